@@ -1,1 +1,9 @@
-//! placeholder
+//! What both directions of xbridge share: the message contract with the CRM
+//! ([`model`]), the configuration ([`config`], [`secret`]), the AMQP plumbing
+//! ([`amqp`]) and logging ([`telemetry`]).
+
+pub mod amqp;
+pub mod config;
+pub mod model;
+pub mod secret;
+pub mod telemetry;

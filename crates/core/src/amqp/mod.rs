@@ -1,0 +1,56 @@
+//! The AMQP plumbing both directions share: connecting, declaring the
+//! topology, publishing with confirms, and the failure headers of parked and
+//! dead-lettered replies.
+
+mod headers;
+mod publisher;
+mod topology;
+
+pub use headers::{FailureHeaders, HEADER_PREFIX};
+pub use publisher::{PublishError, Publisher};
+pub use topology::{declare_topology, TopologyPlan};
+
+use lapin::{Connection, ConnectionProperties};
+use secrecy::{ExposeSecret, SecretString};
+
+/// Why the broker could not be reached. The AMQP URL (which holds a password)
+/// is never part of the message.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to RabbitMQ: {0}")]
+pub struct ConnectError(String);
+
+/// Opens a connection named after this process, so operators can tell the
+/// bridge's connections apart in the management UI.
+pub async fn connect(
+    url: &SecretString,
+    connection_name: &str,
+) -> Result<Connection, ConnectError> {
+    let properties =
+        ConnectionProperties::default().with_connection_name(connection_name.to_owned().into());
+    Connection::connect(url.expose_secret(), properties)
+        .await
+        .map_err(|e| ConnectError(redact(&e.to_string(), url.expose_secret())))
+}
+
+/// Removes the URL, and its password on its own, from an error text.
+fn redact(text: &str, url: &str) -> String {
+    let mut text = text.replace(url, "<amqp url>");
+    if let Ok(parsed) = url::Url::parse(url) {
+        if let Some(password) = parsed.password().filter(|p| !p.is_empty()) {
+            text = text.replace(password, "<password>");
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_the_password() {
+        let text = super::redact(
+            "failed amqp://u:pw123@host/%2f and pw123",
+            "amqp://u:pw123@host/%2f",
+        );
+        assert!(!text.contains("pw123"), "{text}");
+    }
+}

@@ -1,0 +1,162 @@
+//! Declares every exchange and queue the bridge uses. Idempotent: run at
+//! startup and again after every reconnect, so a broker that lost its
+//! definitions (or a fresh one) is put right without an operator.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::TopologyNames;
+
+/// What to declare: the names, the channels that get a reply queue and the
+/// delay steps that get a delay queue.
+#[derive(Debug, Clone)]
+pub struct TopologyPlan {
+    /// Exchange and queue names.
+    pub names: TopologyNames,
+    /// Configured channel names.
+    pub channels: Vec<String>,
+    /// Retry delay steps.
+    pub delays: Vec<Duration>,
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    args
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Declares the whole topology on `channel`.
+pub async fn declare_topology(channel: &Channel, plan: &TopologyPlan) -> lapin::Result<()> {
+    let names = &plan.names;
+
+    // Replies for channels nobody configured land here instead of vanishing.
+    channel
+        .exchange_declare(
+            names.unrouted.as_str().into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    declare_queue(channel, &names.unrouted, quorum_args()).await?;
+    bind(channel, &names.unrouted, &names.unrouted, "").await?;
+
+    let mut outgoing_args = FieldTable::default();
+    outgoing_args.insert("alternate-exchange".into(), long_string(&names.unrouted));
+    channel
+        .exchange_declare(
+            names.outgoing_exchange.as_str().into(),
+            ExchangeKind::Direct,
+            durable_exchange(),
+            outgoing_args,
+        )
+        .await?;
+    for name in &plan.channels {
+        let queue = names.outgoing_queue(name);
+        declare_queue(channel, &queue, quorum_args()).await?;
+        bind(channel, &queue, &names.outgoing_exchange, name).await?;
+    }
+
+    channel
+        .exchange_declare(
+            names.incoming_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    declare_queue(channel, &names.incoming_queue, quorum_args()).await?;
+    bind(
+        channel,
+        &names.incoming_queue,
+        &names.incoming_exchange,
+        "#",
+    )
+    .await?;
+
+    channel
+        .exchange_declare(
+            names.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    declare_queue(channel, &names.dead_letter_queue, quorum_args()).await?;
+    bind(
+        channel,
+        &names.dead_letter_queue,
+        &names.dead_letter_exchange,
+        "#",
+    )
+    .await?;
+
+    for delay in &plan.delays {
+        let name = names.delay_queue(*delay);
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Fanout,
+                durable_exchange(),
+                FieldTable::default(),
+            )
+            .await?;
+        // When the TTL runs out the reply goes back to the outgoing exchange
+        // under its own routing key (its channel), at least once.
+        let mut args = quorum_args();
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long_string(&names.outgoing_exchange),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        args.insert("x-overflow".into(), long_string("reject-publish"));
+        declare_queue(channel, &name, args).await?;
+        bind(channel, &name, &name, "").await?;
+    }
+    Ok(())
+}
+
+async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
+    channel
+        .queue_declare(name.into(), durable_queue(), args)
+        .await
+        .map(|_| ())
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}

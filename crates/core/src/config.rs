@@ -1,0 +1,712 @@
+//! Typed, layered configuration: a TOML file, then `XBRIDGE_…` environment
+//! overrides, validated as a whole at startup.
+//!
+//! The file is read into a raw form first and then validated field by field, so
+//! that one run reports every problem at once, each naming its field
+//! (`channels[1].consumer_secret: environment variable ACME_SECRET is not set`).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use crate::secret::SecretSource;
+
+/// Prefix of the environment variables that override the file
+/// (`XBRIDGE_AMQP__URL`, `XBRIDGE_X__API_BASE_URL`, …).
+pub const ENV_PREFIX: &str = "XBRIDGE_";
+
+/// Everything the bridge needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The broker and the names of the topology on it.
+    pub amqp: AmqpSettings,
+    /// How to reach X.
+    pub x: XSettings,
+    /// Retry, credits and shutdown bounds of the outbound side.
+    pub outbound: OutboundSettings,
+    /// Where durable state lives.
+    pub state: StateSettings,
+    /// Logging.
+    pub telemetry: TelemetrySettings,
+    /// The X accounts this deployment serves, in file order.
+    pub channels: Vec<ChannelSettings>,
+}
+
+/// The broker connection and topology.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// AMQP URL; a secret because it usually carries a password.
+    pub url: SecretString,
+    /// Unacknowledged replies a channel's consumer may hold: bounds memory and
+    /// how many replies wait in the bridge while a channel is paused.
+    pub prefetch: u16,
+    /// Exchange and queue names.
+    pub topology: TopologyNames,
+}
+
+/// Names of every exchange and queue the bridge declares. Defaults are the
+/// documented contract; an integrator may rename them to fit the CRM.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopologyNames {
+    /// Direct exchange the CRM publishes replies to, routing key = channel.
+    pub outgoing_exchange: String,
+    /// Prefix of the per-channel reply queues (`<prefix><channel>`).
+    pub outgoing_queue_prefix: String,
+    /// Alternate exchange and queue that catch replies for unknown channels.
+    pub unrouted: String,
+    /// Topic exchange for events to the CRM (`<channel>.<type>`).
+    pub incoming_exchange: String,
+    /// Durable queue bound to all of the incoming exchange, so nothing is lost
+    /// while the CRM is away.
+    pub incoming_queue: String,
+    /// Topic exchange failed replies are published to (routing key = channel).
+    pub dead_letter_exchange: String,
+    /// The queue operators watch and replay from.
+    pub dead_letter_queue: String,
+    /// Prefix of the delay exchanges and queues (`<prefix><duration>`).
+    pub delay_prefix: String,
+}
+
+impl Default for TopologyNames {
+    fn default() -> Self {
+        Self::with_prefix("xbridge")
+    }
+}
+
+impl TopologyNames {
+    /// All names under one prefix (`<prefix>.outgoing`, …). Tests use this to
+    /// give each test its own topology on a shared broker.
+    pub fn with_prefix(prefix: &str) -> Self {
+        TopologyNames {
+            outgoing_exchange: format!("{prefix}.outgoing"),
+            outgoing_queue_prefix: format!("{prefix}.outgoing."),
+            unrouted: format!("{prefix}.outgoing.unrouted"),
+            incoming_exchange: format!("{prefix}.incoming"),
+            incoming_queue: format!("{prefix}.incoming"),
+            dead_letter_exchange: format!("{prefix}.dead-letter"),
+            dead_letter_queue: format!("{prefix}.dead-letter"),
+            delay_prefix: format!("{prefix}.delay."),
+        }
+    }
+
+    /// The reply queue of one channel.
+    pub fn outgoing_queue(&self, channel: &str) -> String {
+        format!("{}{channel}", self.outgoing_queue_prefix)
+    }
+
+    /// The delay exchange and queue (same name) for one delay step.
+    pub fn delay_queue(&self, delay: Duration) -> String {
+        format!(
+            "{}{}",
+            self.delay_prefix,
+            humantime::format_duration(delay)
+                .to_string()
+                .replace(' ', "")
+        )
+    }
+}
+
+/// How to reach X's API.
+#[derive(Debug, Clone)]
+pub struct XSettings {
+    /// `https://api.x.com`, or the simulator's URL.
+    pub api_base_url: Url,
+    /// Bound on one HTTP request; a timeout counts as a transient failure.
+    pub request_timeout: Duration,
+}
+
+/// Bounds of the outbound side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundSettings {
+    /// How long in-flight sends may finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// Transient-failure retries.
+    pub retry: RetrySettings,
+    /// Behaviour while an account is out of credits.
+    pub credits: CreditsSettings,
+}
+
+/// Transient failures: a few tries in place, then delay queues, then give up.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Tries in place (with backoff) before a reply is parked in a delay queue.
+    pub immediate_attempts: u32,
+    /// First in-place backoff.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Cap of the in-place backoff.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Delay-queue steps; the last one repeats.
+    #[serde(deserialize_with = "duration_list")]
+    pub delays: Vec<Duration>,
+    /// Requests to X before a reply is dead-lettered as `retries_exhausted`.
+    pub max_attempts: u32,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            immediate_attempts: 3,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            delays: vec![
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                Duration::from_secs(300),
+            ],
+            max_attempts: 8,
+        }
+    }
+}
+
+/// While an X account has no credits, its replies wait and X is probed rarely.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreditsSettings {
+    /// How long a reply may wait for credits before it is dead-lettered as
+    /// `credits_exhausted` and the CRM is told.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// First pause between probes; doubles up to `probe_max`.
+    #[serde(with = "humantime_serde")]
+    pub probe_initial: Duration,
+    /// Longest pause between probes.
+    #[serde(with = "humantime_serde")]
+    pub probe_max: Duration,
+}
+
+impl Default for CreditsSettings {
+    fn default() -> Self {
+        CreditsSettings {
+            max_wait: Duration::from_secs(15 * 60),
+            probe_initial: Duration::from_secs(30),
+            probe_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Where the embedded state store keeps its file.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Path of the store's file (created if missing).
+    pub path: PathBuf,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Logging settings; the level comes from `RUST_LOG`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Text or JSON lines.
+    pub log_format: LogFormat,
+}
+
+/// One X account, as in the CRM's channel form.
+#[derive(Debug, Clone)]
+pub struct ChannelSettings {
+    /// Channel name: the routing key of its replies and part of queue names.
+    pub name: String,
+    /// The X App's API key.
+    pub consumer_key: SecretString,
+    /// The X App's API secret: signs requests and verifies webhooks.
+    pub consumer_secret: SecretString,
+    /// The account's access token (must have DM permission).
+    pub access_token: SecretString,
+    /// The access token's secret.
+    pub access_token_secret: SecretString,
+    /// App-only token for webhook management (never accepted for DMs).
+    pub bearer_token: SecretString,
+    /// Optional weight from the CRM's channel form (kept for the CRM's sake).
+    pub weight: Option<u32>,
+    /// Optional URL from the CRM's channel form (e.g. the account's profile).
+    pub url: Option<Url>,
+}
+
+/// Every problem found in a configuration, one per field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or is not valid TOML / not the right shape.
+    #[error("configuration could not be read: {0}")]
+    Read(String),
+    /// The file was read but some fields are invalid.
+    #[error("configuration is invalid:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    #[serde(default)]
+    amqp: RawAmqp,
+    #[serde(default)]
+    x: RawX,
+    #[serde(default)]
+    outbound: RawOutbound,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    telemetry: TelemetrySettings,
+    #[serde(default)]
+    channels: Vec<RawChannel>,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawAmqp {
+    url: SecretSource,
+    prefetch: u16,
+    topology: TopologyNames,
+}
+
+impl Default for RawAmqp {
+    fn default() -> Self {
+        RawAmqp {
+            url: SecretSource::Inline("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            prefetch: 64,
+            topology: TopologyNames::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawX {
+    api_base_url: String,
+    #[serde(with = "humantime_serde")]
+    request_timeout: Duration,
+}
+
+impl Default for RawX {
+    fn default() -> Self {
+        RawX {
+            api_base_url: "https://api.x.com".into(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawOutbound {
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
+    retry: RetrySettings,
+    credits: CreditsSettings,
+}
+
+impl Default for RawOutbound {
+    fn default() -> Self {
+        RawOutbound {
+            shutdown_grace: Duration::from_secs(10),
+            retry: RetrySettings::default(),
+            credits: CreditsSettings::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawState {
+    path: PathBuf,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            path: PathBuf::from("xbridge-state.redb"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    name: Option<String>,
+    consumer_key: Option<SecretSource>,
+    consumer_secret: Option<SecretSource>,
+    access_token: Option<SecretSource>,
+    access_token_secret: Option<SecretSource>,
+    bearer_token: Option<SecretSource>,
+    weight: Option<u32>,
+    url: Option<String>,
+}
+
+fn duration_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// RabbitMQ closes a channel whose delivery stays unacknowledged longer than
+/// its `consumer_timeout` (30 minutes by default); replies waiting for credits
+/// are held unacknowledged, so their wait must stay well below it.
+const MAX_CREDITS_WAIT: Duration = Duration::from_secs(25 * 60);
+
+impl Settings {
+    /// Reads `path` (TOML), applies `XBRIDGE_…` environment overrides and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Read(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        Self::from_figment(Figment::from(Toml::file(path)))
+    }
+
+    /// Parses a configuration from a TOML string (tests, the demo), with the
+    /// same environment overrides and validation as [`Settings::load`].
+    pub fn from_toml(toml: &str) -> Result<Settings, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(toml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        let raw: RawSettings = figment
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Read(e.to_string()))?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
+        let mut errors = Vec::new();
+
+        let amqp_url = raw.amqp.url.resolve().unwrap_or_else(|e| {
+            errors.push(format!("amqp.url: {e}"));
+            SecretString::from("")
+        });
+        if !amqp_url.expose_secret().is_empty()
+            && !(amqp_url.expose_secret().starts_with("amqp://")
+                || amqp_url.expose_secret().starts_with("amqps://"))
+        {
+            errors.push("amqp.url: must start with amqp:// or amqps://".into());
+        }
+        if raw.amqp.prefetch == 0 {
+            errors.push("amqp.prefetch: must be at least 1".into());
+        }
+        check_topology(&raw.amqp.topology, &mut errors);
+
+        let api_base_url = match Url::parse(&raw.x.api_base_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+            Ok(_) => {
+                errors.push("x.api_base_url: must be an http or https URL".into());
+                Url::parse("https://api.x.com").expect("static URL")
+            }
+            Err(e) => {
+                errors.push(format!("x.api_base_url: {e}"));
+                Url::parse("https://api.x.com").expect("static URL")
+            }
+        };
+        if raw.x.request_timeout.is_zero() {
+            errors.push("x.request_timeout: must be greater than zero".into());
+        }
+
+        let retry = &raw.outbound.retry;
+        if retry.max_attempts == 0 {
+            errors.push("outbound.retry.max_attempts: must be at least 1".into());
+        }
+        if retry.delays.is_empty() {
+            errors.push("outbound.retry.delays: needs at least one delay".into());
+        }
+        if retry.delays.iter().any(|d| d.as_millis() < 1) {
+            errors.push("outbound.retry.delays: each delay must be at least 1ms".into());
+        }
+        if retry.initial_backoff > retry.max_backoff {
+            errors.push("outbound.retry.initial_backoff: must not exceed max_backoff".into());
+        }
+        let credits = &raw.outbound.credits;
+        if credits.max_wait > MAX_CREDITS_WAIT {
+            errors.push(format!(
+                "outbound.credits.max_wait: at most {} (RabbitMQ's consumer timeout would close the channel)",
+                humantime::format_duration(MAX_CREDITS_WAIT)
+            ));
+        }
+        if credits.probe_initial.is_zero() || credits.probe_initial > credits.probe_max {
+            errors.push(
+                "outbound.credits.probe_initial: must be greater than zero and not exceed probe_max"
+                    .into(),
+            );
+        }
+
+        if raw.channels.is_empty() {
+            errors.push("channels: at least one channel is required".into());
+        }
+        let mut names = HashSet::new();
+        let mut channels = Vec::with_capacity(raw.channels.len());
+        for (i, raw_channel) in raw.channels.into_iter().enumerate() {
+            if let Some(channel) = validate_channel(i, raw_channel, &mut names, &mut errors) {
+                channels.push(channel);
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(Settings {
+            amqp: AmqpSettings {
+                url: amqp_url,
+                prefetch: raw.amqp.prefetch,
+                topology: raw.amqp.topology,
+            },
+            x: XSettings {
+                api_base_url,
+                request_timeout: raw.x.request_timeout,
+            },
+            outbound: OutboundSettings {
+                shutdown_grace: raw.outbound.shutdown_grace,
+                retry: raw.outbound.retry,
+                credits: raw.outbound.credits,
+            },
+            state: StateSettings {
+                path: raw.state.path,
+            },
+            telemetry: raw.telemetry,
+            channels,
+        })
+    }
+
+    /// The channel with this name, if configured.
+    pub fn channel(&self, name: &str) -> Option<&ChannelSettings> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+/// Whether a channel name is usable in routing keys and queue names: no dots
+/// (they separate topic words) and nothing a shell or URL would mangle.
+pub fn is_valid_channel_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+fn check_topology(names: &TopologyNames, errors: &mut Vec<String>) {
+    let fields = [
+        ("outgoing_exchange", &names.outgoing_exchange),
+        ("outgoing_queue_prefix", &names.outgoing_queue_prefix),
+        ("unrouted", &names.unrouted),
+        ("incoming_exchange", &names.incoming_exchange),
+        ("incoming_queue", &names.incoming_queue),
+        ("dead_letter_exchange", &names.dead_letter_exchange),
+        ("dead_letter_queue", &names.dead_letter_queue),
+        ("delay_prefix", &names.delay_prefix),
+    ];
+    for (field, value) in fields {
+        if value.is_empty() || value.len() > 200 {
+            errors.push(format!(
+                "amqp.topology.{field}: must be 1 to 200 characters"
+            ));
+        } else if value.starts_with("amq.") {
+            errors.push(format!(
+                "amqp.topology.{field}: names starting with amq. are reserved by RabbitMQ"
+            ));
+        }
+    }
+}
+
+fn validate_channel(
+    i: usize,
+    raw: RawChannel,
+    names: &mut HashSet<String>,
+    errors: &mut Vec<String>,
+) -> Option<ChannelSettings> {
+    let before = errors.len();
+    let name = match raw.name {
+        Some(name) if is_valid_channel_name(&name) => {
+            if !names.insert(name.clone()) {
+                errors.push(format!("channels[{i}].name: {name:?} is used twice"));
+            }
+            name
+        }
+        Some(name) => {
+            errors.push(format!(
+                "channels[{i}].name: {name:?} must be 1 to 63 of a-z, 0-9, _ and -, starting with a letter or digit"
+            ));
+            name
+        }
+        None => {
+            errors.push(format!("channels[{i}].name: missing"));
+            String::new()
+        }
+    };
+    let label = if name.is_empty() {
+        format!("channels[{i}]")
+    } else {
+        format!("channels[{i}] ({name})")
+    };
+    let mut secret = |field: &str, source: Option<SecretSource>| match source {
+        Some(source) => source.resolve().unwrap_or_else(|e| {
+            errors.push(format!("{label}.{field}: {e}"));
+            SecretString::from("")
+        }),
+        None => {
+            errors.push(format!("{label}.{field}: missing"));
+            SecretString::from("")
+        }
+    };
+    let consumer_key = secret("consumer_key", raw.consumer_key);
+    let consumer_secret = secret("consumer_secret", raw.consumer_secret);
+    let access_token = secret("access_token", raw.access_token);
+    let access_token_secret = secret("access_token_secret", raw.access_token_secret);
+    let bearer_token = secret("bearer_token", raw.bearer_token);
+    let url = match raw.url.map(|u| Url::parse(&u)) {
+        None => None,
+        Some(Ok(url)) => Some(url),
+        Some(Err(e)) => {
+            errors.push(format!("{label}.url: {e}"));
+            None
+        }
+    };
+    if raw.weight == Some(0) {
+        errors.push(format!("{label}.weight: must be at least 1"));
+    }
+    (errors.len() == before).then_some(ChannelSettings {
+        name,
+        consumer_key,
+        consumer_secret,
+        access_token,
+        access_token_secret,
+        bearer_token,
+        weight: raw.weight,
+        url,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+        [amqp]
+        url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+
+        [[channels]]
+        name = "acme"
+        consumer_key = "ck"
+        consumer_secret = "cs"
+        access_token = "at"
+        access_token_secret = "ats"
+        bearer_token = "bt"
+        weight = 2
+        url = "https://x.com/acme"
+    "#;
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let settings = Settings::from_toml(VALID).unwrap();
+        assert_eq!(settings.amqp.topology.outgoing_exchange, "xbridge.outgoing");
+        assert_eq!(
+            settings.amqp.topology.dead_letter_queue,
+            "xbridge.dead-letter"
+        );
+        assert_eq!(settings.x.api_base_url.as_str(), "https://api.x.com/");
+        assert_eq!(settings.outbound.credits.max_wait, Duration::from_secs(900));
+        assert_eq!(settings.channels[0].name, "acme");
+        assert_eq!(settings.channels[0].weight, Some(2));
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let toml = r#"
+            [x]
+            api_base_url = "ftp://example.com"
+            [outbound.retry]
+            max_attempts = 0
+            [[channels]]
+            name = "Bad.Name"
+            consumer_key = "ck"
+            consumer_secret = { env = "XBRIDGE_TEST_UNSET_SECRET_1" }
+            access_token = "at"
+            access_token_secret = "ats"
+            [[channels]]
+            name = "ok"
+            consumer_key = "ck"
+            consumer_secret = "cs"
+            access_token = "at"
+            access_token_secret = "ats"
+            bearer_token = "bt"
+            url = "not a url"
+        "#;
+        let ConfigError::Invalid(errors) = Settings::from_toml(toml).unwrap_err() else {
+            panic!("expected validation errors");
+        };
+        let all = errors.join("\n");
+        for expected in [
+            "x.api_base_url",
+            "outbound.retry.max_attempts",
+            "channels[0].name",
+            "channels[0] (Bad.Name).consumer_secret: environment variable XBRIDGE_TEST_UNSET_SECRET_1 is not set",
+            "channels[0] (Bad.Name).bearer_token: missing",
+            "channels[1] (ok).url",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn duplicate_channel_names_are_refused() {
+        let toml = format!("{VALID}\n{}", &VALID[VALID.find("[[channels]]").unwrap()..]);
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(err.contains("\"acme\" is used twice"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_rather_than_ignored() {
+        let toml = format!("{VALID}\nconsumer_secrte = \"typo\"");
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(err.contains("consumer_secrte"), "{err}");
+    }
+
+    #[test]
+    fn errors_never_contain_secret_values() {
+        let toml = VALID.replace("name = \"acme\"", "name = \"ACME!\"");
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        for secret in ["\"cs\"", "\"ats\"", "guest:guest"] {
+            assert!(!err.contains(secret), "{err}");
+        }
+    }
+
+    #[test]
+    fn channel_names_must_fit_routing_keys() {
+        assert!(is_valid_channel_name("acme-support_2"));
+        assert!(!is_valid_channel_name("acme.support"));
+        assert!(!is_valid_channel_name(""));
+        assert!(!is_valid_channel_name("-acme"));
+        assert!(!is_valid_channel_name(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn delay_queue_names_read_as_durations() {
+        let names = TopologyNames::default();
+        assert_eq!(
+            names.delay_queue(Duration::from_secs(10)),
+            "xbridge.delay.10s"
+        );
+        assert_eq!(
+            names.delay_queue(Duration::from_secs(90)),
+            "xbridge.delay.1m30s"
+        );
+        assert_eq!(names.outgoing_queue("acme"), "xbridge.outgoing.acme");
+    }
+}
