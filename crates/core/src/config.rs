@@ -396,10 +396,8 @@ impl Settings {
             errors.push(format!("amqp.url: {e}"));
             SecretString::from("")
         });
-        if !amqp_url.expose_secret().is_empty()
-            && !(amqp_url.expose_secret().starts_with("amqp://")
-                || amqp_url.expose_secret().starts_with("amqps://"))
-        {
+        let url = amqp_url.expose_secret();
+        if !url.is_empty() && !url.starts_with("amqp://") && !url.starts_with("amqps://") {
             errors.push("amqp.url: must start with amqp:// or amqps://".into());
         }
         if raw.amqp.prefetch == 0 {
