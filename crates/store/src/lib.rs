@@ -1,1 +1,58 @@
-//! Work in progress.
+//! xbridge's durable state behind one interface.
+//!
+//! Today it remembers which replies were sent, so a reply is never sent twice:
+//! not when RabbitMQ redelivers it after a crash, not when the CRM publishes it
+//! twice. The [`EmbeddedStore`] keeps it in a single file (no server); a shared
+//! store for several replicas can implement [`StateStore`] later and must pass
+//! the same [`contract`] tests.
+
+pub mod contract;
+mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What X answered when a reply went out: enough to tell the CRM again
+/// without a second DM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentRecord {
+    /// X's id of the DM event.
+    pub dm_event_id: String,
+    /// X's conversation id.
+    pub conversation_id: String,
+    /// When X accepted it.
+    pub sent_at: DateTime<Utc>,
+    /// Whether the `message.sent` event was confirmed by the broker; if not,
+    /// a redelivery publishes it (and only it) again.
+    pub reported: bool,
+}
+
+/// Why the store could not answer. The caller must not guess: a reply whose
+/// state is unknown is left unacknowledged and retried.
+#[derive(Debug, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StoreError(pub String);
+
+/// The durable state of the bridge. Implementations must make a write durable
+/// before returning, since the bridge acts on it right after.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// The record of a sent reply, if it was sent.
+    async fn sent(&self, channel: &str, message_id: &str)
+        -> Result<Option<SentRecord>, StoreError>;
+
+    /// Remembers that a reply was sent. Keeps an existing record (the first
+    /// send wins), so a late duplicate cannot overwrite X's real event id.
+    async fn record_sent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        record: &SentRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Remembers that the CRM was told (the `message.sent` was confirmed).
+    async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,69 @@
+//! The behaviour every [`StateStore`] must show, as reusable checks: the
+//! embedded store runs them today, a shared store will run the same.
+
+use chrono::{DateTime, Utc};
+
+use crate::{SentRecord, StateStore};
+
+/// A record for tests.
+pub fn sample_record() -> SentRecord {
+    SentRecord {
+        dm_event_id: "1585800613253812228".into(),
+        conversation_id: "750362064426721281-1072250532645998596".into(),
+        sent_at: DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
+            .expect("static time")
+            .with_timezone(&Utc),
+        reported: false,
+    }
+}
+
+/// Runs every check against `store`; panics on the first broken promise.
+pub async fn run_all(store: &dyn StateStore) {
+    unknown_replies_were_not_sent(store).await;
+    a_recorded_reply_reads_back(store).await;
+    the_first_record_wins(store).await;
+    reporting_is_remembered(store).await;
+    channels_do_not_share_message_ids(store).await;
+}
+
+async fn unknown_replies_were_not_sent(store: &dyn StateStore) {
+    assert_eq!(store.sent("contract", "never").await.unwrap(), None);
+}
+
+async fn a_recorded_reply_reads_back(store: &dyn StateStore) {
+    let record = sample_record();
+    store.record_sent("contract", "a", &record).await.unwrap();
+    assert_eq!(store.sent("contract", "a").await.unwrap(), Some(record));
+}
+
+async fn the_first_record_wins(store: &dyn StateStore) {
+    let first = sample_record();
+    let second = SentRecord {
+        dm_event_id: "1".into(),
+        ..sample_record()
+    };
+    store.record_sent("contract", "b", &first).await.unwrap();
+    store.record_sent("contract", "b", &second).await.unwrap();
+    assert_eq!(store.sent("contract", "b").await.unwrap(), Some(first));
+}
+
+async fn reporting_is_remembered(store: &dyn StateStore) {
+    store
+        .record_sent("contract", "c", &sample_record())
+        .await
+        .unwrap();
+    store.mark_reported("contract", "c").await.unwrap();
+    let record = store.sent("contract", "c").await.unwrap().unwrap();
+    assert!(record.reported);
+    // Marking a reply that was never sent changes nothing.
+    store.mark_reported("contract", "ghost").await.unwrap();
+    assert_eq!(store.sent("contract", "ghost").await.unwrap(), None);
+}
+
+async fn channels_do_not_share_message_ids(store: &dyn StateStore) {
+    store
+        .record_sent("contract-one", "same", &sample_record())
+        .await
+        .unwrap();
+    assert_eq!(store.sent("contract-two", "same").await.unwrap(), None);
+}
