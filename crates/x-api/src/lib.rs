@@ -1,1 +1,24 @@
-//! Work in progress.
+//! The parts of X's API that xbridge uses, for one X account at a time.
+//!
+//! - [`XClient`] sends DMs, signed with the account's OAuth 1.0a [`UserCredentials`].
+//! - [`Pacer`] spreads a backlog of sends over X's rate-limit windows instead of running
+//!   into 429s.
+//! - [`XError`] says what a failure means for the caller (retry later, never, or alert an
+//!   operator), read from X's problem bodies by [`classify_send_error`], because X reuses
+//!   HTTP statuses for unrelated causes.
+//!
+//! What X sends on the wire, and where each fact comes from, is in the project's notes on
+//! the X API; the recorded bodies the tests use are in `tests/fixtures/x-api/`.
+
+mod client;
+mod dm;
+mod error;
+mod id;
+mod oauth;
+mod pacing;
+
+pub use client::{XClient, XClientConfig};
+pub use dm::{DmTarget, SentDm};
+pub use error::{classify_send_error, Problem, XError};
+pub use oauth::UserCredentials;
+pub use pacing::{Pacer, RateLimit};

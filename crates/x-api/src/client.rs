@@ -1,0 +1,510 @@
+//! The HTTP client of one X account ("channel").
+
+use std::error::Error as _;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use url::Url;
+
+use crate::dm::{self, SendDmBody, SendDmResponse};
+use crate::error::body_snippet;
+use crate::oauth;
+use crate::{classify_send_error, DmTarget, Pacer, RateLimit, SentDm, UserCredentials, XError};
+
+/// Where X lives and how long to wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XClientConfig {
+    /// X's API root; `https://api.x.com` in production, a local simulator in tests.
+    pub base_url: Url,
+    /// Upper bound for one request including the body, so a hung connection turns into a
+    /// retryable error instead of a stuck sender.
+    pub request_timeout: Duration,
+}
+
+impl Default for XClientConfig {
+    fn default() -> XClientConfig {
+        XClientConfig {
+            base_url: Url::parse("https://api.x.com").expect("a valid URL"),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// X's API as one account sees it: signs every request with the account's credentials and
+/// paces DM sends to the account's rate limit.
+///
+/// Cheap to clone; clones share the connection pool and the pacer, which is the point: all
+/// senders of a channel must draw from the same rate-limit window.
+#[derive(Clone)]
+pub struct XClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base_url: Url,
+    request_timeout: Duration,
+    credentials: UserCredentials,
+    pacer: Pacer,
+}
+
+impl fmt::Debug for XClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XClient")
+            .field("base_url", &self.inner.base_url.as_str())
+            .field("pacer", &self.inner.pacer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl XClient {
+    /// A client for one account.
+    ///
+    /// Fails with [`XError::InvalidRequest`] when `base_url` is not an http(s) URL that can
+    /// take a path, and with [`XError::Transient`] when the HTTP stack cannot start (TLS).
+    pub fn new(config: XClientConfig, credentials: UserCredentials) -> Result<XClient, XError> {
+        if !matches!(config.base_url.scheme(), "http" | "https")
+            || config.base_url.cannot_be_a_base()
+        {
+            return Err(dm::local_invalid(format!(
+                "X base URL {} is not an http(s) URL",
+                config.base_url
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            // A signed request must not be replayed elsewhere; X does not redirect API calls.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("xbridge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| XError::Transient {
+                status: None,
+                detail: format!("cannot set up the HTTP client: {}", error_chain(&error)),
+            })?;
+        Ok(XClient {
+            inner: Arc::new(Inner {
+                http,
+                base_url: config.base_url,
+                request_timeout: config.request_timeout,
+                credentials,
+                pacer: Pacer::default(),
+            }),
+        })
+    }
+
+    /// Sends a text DM: `POST /2/dm_conversations/with/:participant_id/messages` or
+    /// `POST /2/dm_conversations/:dm_conversation_id/messages` with `{"text": …}`.
+    ///
+    /// Waits for the pacer first, signs with OAuth 1.0a, and feeds the answer's rate-limit
+    /// headers (and any 429) back to the pacer. Texts X would refuse (empty, over 10,000
+    /// characters) and malformed ids fail locally, without spending a request.
+    ///
+    /// A 2xx whose body cannot be read is reported as [`XError::Transient`] as well; the DM
+    /// may then have gone out, so a retry can duplicate it.
+    #[tracing::instrument(skip_all, fields(target = ?target, text_chars = text.chars().count()))]
+    pub async fn send_dm(&self, target: &DmTarget, text: &str) -> Result<SentDm, XError> {
+        let url = target.messages_url(&self.inner.base_url)?;
+        if text.is_empty() {
+            return Err(dm::local_invalid("the DM text is empty".to_owned()));
+        }
+        let text_chars = text.chars().count();
+        if text_chars > dm::MAX_TEXT_CHARS {
+            return Err(dm::local_invalid(format!(
+                "the DM text has {text_chars} characters; X allows at most {}",
+                dm::MAX_TEXT_CHARS
+            )));
+        }
+
+        self.inner.pacer.ready().await;
+        let mut authorization = HeaderValue::from_str(&oauth::authorization_header(
+            "POST",
+            &url,
+            &[],
+            &self.inner.credentials,
+        ))
+        // Only reachable with control characters in a credential; the header is not shown.
+        .map_err(|_| XError::Unauthorized { problem: None })?;
+        authorization.set_sensitive(true);
+
+        let response = self
+            .inner
+            .http
+            .post(url)
+            .header(AUTHORIZATION, authorization)
+            .json(&SendDmBody { text })
+            .send()
+            .await
+            .map_err(|error| self.transport_error(&error))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if let Some(rate_limit) = RateLimit::from_headers(&headers) {
+            self.inner.pacer.observe(&rate_limit);
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport_error(&error))?;
+
+        if status.is_success() {
+            return match serde_json::from_slice::<SendDmResponse>(&body) {
+                Ok(answer) => {
+                    tracing::info!(
+                        dm_event_id = %answer.data.dm_event_id,
+                        dm_conversation_id = %answer.data.dm_conversation_id,
+                        "DM sent"
+                    );
+                    Ok(answer.data)
+                }
+                Err(error) => {
+                    tracing::warn!(status = status.as_u16(), %error, "X accepted a DM with an unreadable answer");
+                    Err(XError::Transient {
+                        status: Some(status.as_u16()),
+                        detail: format!(
+                            "X answered {status} with an unexpected body ({error}): {}",
+                            body_snippet(status.as_u16(), &body)
+                        ),
+                    })
+                }
+            };
+        }
+
+        let error = classify_send_error(status.as_u16(), &headers, &body);
+        if let XError::RateLimited { reset_at, .. } = &error {
+            self.inner.pacer.block_until(*reset_at);
+        }
+        tracing::warn!(
+            status = status.as_u16(),
+            problem = error.problem_type().unwrap_or("none"),
+            detail = %error.detail(),
+            "X refused a DM send"
+        );
+        Err(error)
+    }
+
+    /// The pacer of this channel's DM sends, for status reports.
+    pub fn pacer(&self) -> &Pacer {
+        &self.inner.pacer
+    }
+
+    fn transport_error(&self, error: &reqwest::Error) -> XError {
+        let detail = if error.is_timeout() {
+            format!("no answer from X within {:?}", self.inner.request_timeout)
+        } else {
+            error_chain(error)
+        };
+        tracing::warn!(%detail, "DM send did not get an answer");
+        XError::Transient {
+            status: error.status().map(|status| status.as_u16()),
+            detail,
+        }
+    }
+}
+
+/// An error with its causes, since reqwest's own message rarely names the cause
+/// ("error sending request"). Requests carry credentials only in a header, never in the URL,
+/// so nothing here is secret.
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    use axum::response::IntoResponse;
+
+    /// What the local server saw of one request.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        path: String,
+        authorization: String,
+        content_type: String,
+        body: String,
+    }
+
+    /// A canned answer: status, headers, body.
+    type Answer = (u16, Vec<(&'static str, String)>, String);
+
+    #[derive(Default)]
+    struct Server {
+        answers: Mutex<VecDeque<Answer>>,
+        seen: Mutex<Vec<Seen>>,
+    }
+
+    async fn answer(
+        State(server): State<Arc<Server>>,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> impl IntoResponse {
+        let header = |name| {
+            headers
+                .get(name)
+                .map(|value: &HeaderValue| value.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        server.seen.lock().unwrap().push(Seen {
+            path: uri.path().to_owned(),
+            authorization: header(AUTHORIZATION.as_str()),
+            content_type: header("content-type"),
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        });
+        let (status, extra, body) = server
+            .answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("an answer for every request");
+        let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
+        for (name, value) in extra {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_str(&value).unwrap());
+        }
+        response
+    }
+
+    /// Starts a server that answers every POST with the next canned answer.
+    async fn serve(answers: Vec<Answer>) -> (Arc<Server>, Url) {
+        let server = Arc::new(Server {
+            answers: Mutex::new(answers.into()),
+            ..Server::default()
+        });
+        let app = axum::Router::new()
+            .fallback(axum::routing::post(answer))
+            .with_state(Arc::clone(&server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (server, url)
+    }
+
+    fn credentials() -> UserCredentials {
+        UserCredentials {
+            consumer_key: "consumer-key".into(),
+            consumer_secret: "consumer-secret".into(),
+            access_token: "1-access-token".into(),
+            access_token_secret: "token-secret".into(),
+        }
+    }
+
+    fn client(base_url: Url) -> XClient {
+        XClient::new(
+            XClientConfig {
+                base_url,
+                request_timeout: Duration::from_secs(10),
+            },
+            credentials(),
+        )
+        .unwrap()
+    }
+
+    fn fixture(name: &str) -> String {
+        let path = format!(
+            "{}/../../tests/fixtures/x-api/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn epoch_in(secs: i64) -> String {
+        (chrono::Utc::now().timestamp() + secs).to_string()
+    }
+
+    /// The value of `key="…"` in an OAuth header.
+    fn oauth_param<'a>(header: &'a str, key: &str) -> &'a str {
+        let start = header.find(&format!("{key}=\"")).expect(key) + key.len() + 2;
+        let len = header[start..].find('"').unwrap();
+        &header[start..start + len]
+    }
+
+    #[tokio::test]
+    async fn send_dm_posts_signed_json_and_learns_the_rate_limit() {
+        let (server, base_url) = serve(vec![(
+            201,
+            vec![
+                ("x-rate-limit-limit", "15".to_owned()),
+                ("x-rate-limit-remaining", "0".to_owned()),
+                ("x-rate-limit-reset", epoch_in(600)),
+            ],
+            fixture("send_dm_201.json"),
+        )])
+        .await;
+        let client = client(base_url.clone());
+
+        let sent = client
+            .send_dm(
+                &DmTarget::Participant("944480690".into()),
+                "Hello \"you\" ☃",
+            )
+            .await
+            .unwrap();
+
+        assert_eq!(sent.dm_event_id, "1585800613253812228");
+        assert_eq!(
+            sent.dm_conversation_id,
+            "750362064426721281-1072250532645998596"
+        );
+        let seen = server.seen.lock().unwrap()[0].clone();
+        assert_eq!(seen.path, "/2/dm_conversations/with/944480690/messages");
+        assert_eq!(seen.content_type, "application/json");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&seen.body).unwrap(),
+            serde_json::json!({"text": "Hello \"you\" ☃"})
+        );
+        // The signature covers the URL X sees (with its port) and no JSON body.
+        let nonce = oauth_param(&seen.authorization, "oauth_nonce");
+        let timestamp = oauth_param(&seen.authorization, "oauth_timestamp");
+        assert_eq!(nonce.len(), 32);
+        let expected = oauth::authorization_header_with(
+            "POST",
+            &base_url.join(&seen.path).unwrap(),
+            &[],
+            &credentials(),
+            nonce,
+            timestamp.parse().unwrap(),
+        );
+        assert_eq!(seen.authorization, expected);
+        assert_eq!(
+            oauth_param(&seen.authorization, "oauth_token"),
+            "1-access-token"
+        );
+        // X said the window is used up: the next send has to wait for the reset.
+        let blocked_until = client.pacer().blocked_until().expect("blocked");
+        assert!(blocked_until > chrono::Utc::now() + chrono::Duration::seconds(590));
+    }
+
+    #[tokio::test]
+    async fn a_429_blocks_the_pacer_until_its_reset() {
+        let reset = epoch_in(300);
+        let (_server, base_url) = serve(vec![(
+            429,
+            vec![
+                ("x-rate-limit-remaining", "0".to_owned()),
+                ("x-rate-limit-reset", reset.clone()),
+            ],
+            fixture("error_429_rate_limited.json"),
+        )])
+        .await;
+        let client = client(base_url);
+
+        let error = client
+            .send_dm(&DmTarget::Conversation("1-2".into()), "hi")
+            .await
+            .unwrap_err();
+
+        let XError::RateLimited { reset_at, .. } = error else {
+            panic!("{error:?}")
+        };
+        assert_eq!(reset_at.unwrap().timestamp().to_string(), reset);
+        assert!(client.pacer().blocked_until().unwrap() >= reset_at.unwrap());
+    }
+
+    #[tokio::test]
+    async fn errors_are_classified_from_the_body() {
+        let (_server, base_url) = serve(vec![
+            (403, vec![], fixture("error_403_oauth1_permissions.json")),
+            (402, vec![], fixture("error_402_credits_depleted.json")),
+            (201, vec![], "<html>ok</html>".to_owned()),
+        ])
+        .await;
+        let client = client(base_url);
+        let target = DmTarget::Participant("42".into());
+
+        let error = client.send_dm(&target, "hi").await.unwrap_err();
+        assert!(
+            matches!(error, XError::MissingDmPermission { .. }),
+            "{error:?}"
+        );
+        let error = client.send_dm(&target, "hi").await.unwrap_err();
+        assert!(
+            matches!(error, XError::CreditsExhausted { status: 402, .. }),
+            "{error:?}"
+        );
+        let error = client.send_dm(&target, "hi").await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                XError::Transient {
+                    status: Some(201),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn texts_x_would_refuse_are_not_sent() {
+        let (server, base_url) = serve(vec![]).await;
+        let client = client(base_url);
+        let target = DmTarget::Participant("42".into());
+
+        for text in [String::new(), "x".repeat(10_001)] {
+            let error = client.send_dm(&target, &text).await.unwrap_err();
+            assert!(
+                matches!(error, XError::InvalidRequest { status: 400, .. }),
+                "{error:?}"
+            );
+        }
+        assert!(client
+            .send_dm(&DmTarget::Participant("a/b".into()), "hi")
+            .await
+            .is_err());
+        assert!(server.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_answer_is_transient_and_shows_no_credential() {
+        // Bind and drop: nothing listens on this port any more.
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = client(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+
+        let error = client
+            .send_dm(&DmTarget::Participant("42".into()), "hi")
+            .await
+            .unwrap_err();
+
+        assert!(
+            matches!(error, XError::Transient { status: None, .. }),
+            "{error:?}"
+        );
+        let shown = format!("{error} {error:?} {client:?}");
+        for secret in [
+            "consumer-key",
+            "consumer-secret",
+            "1-access-token",
+            "token-secret",
+        ] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_base_url_that_cannot_take_a_path_is_refused() {
+        let config = XClientConfig {
+            base_url: Url::parse("mailto:x@example.com").unwrap(),
+            ..XClientConfig::default()
+        };
+        assert!(XClient::new(config, credentials()).is_err());
+    }
+}
