@@ -158,7 +158,11 @@ impl XClient {
                     Ok(answer.data)
                 }
                 Err(error) => {
-                    tracing::warn!(status = status.as_u16(), %error, "X accepted a DM with an unreadable answer");
+                    tracing::warn!(
+                        status = status.as_u16(),
+                        %error,
+                        "X accepted a DM with an unreadable answer"
+                    );
                     Err(XError::Transient {
                         status: Some(status.as_u16()),
                         detail: format!(
@@ -177,6 +181,11 @@ impl XClient {
         tracing::warn!(
             status = status.as_u16(),
             problem = error.problem_type().unwrap_or("none"),
+            // The token's permission as X sees it; tells a missing DM permission apart.
+            access_level = headers
+                .get("x-access-level")
+                .and_then(|level| level.to_str().ok())
+                .unwrap_or("unknown"),
             detail = %error.detail(),
             "X refused a DM send"
         );

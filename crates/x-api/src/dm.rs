@@ -81,7 +81,7 @@ pub(crate) struct SendDmBody<'a> {
 }
 
 /// A DM X accepted: enough to find it again and to recognise its echo in the webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentDm {
     /// The new DM event's id; the webhook delivers our own DM back with this id.
     #[serde(deserialize_with = "crate::id::deserialize")]

@@ -23,10 +23,11 @@ const BODY_SNIPPET_CHARS: usize = 300;
 ///
 /// Ids in these bodies are strings or bare 19-digit numbers; fields this type does not keep
 /// are skipped without being converted, so no number is ever read as a float.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     /// The full `type` URL, e.g. `https://api.twitter.com/2/problems/credits`; the host
     /// changed over the years, so compare [`Problem::name`] instead.
+    #[serde(rename = "type")]
     pub problem_type: String,
     /// X's short title, e.g. `CreditsDepleted`; some billing errors are only recognisable by it.
     pub title: String,
@@ -122,12 +123,12 @@ fn parse(body: &[u8]) -> Option<ParsedProblem> {
 }
 
 /// Why a request to X failed, sorted by what the caller should do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum XError {
     /// The X account cannot pay for requests: credits used up (402), a usage cap (429
     /// `usage-capped`) or the billing cycle's spend cap (403 `SpendCapReached`). Retrying
     /// before someone tops up or the cycle ends only burns time.
-    #[error("X account is out of credits or over its spending cap (HTTP {status}, {}): {}; top up or raise the limit at console.x.com", .problem.name(), .problem.text())]
+    #[error("X account is out of credits or over its spending cap (HTTP {status}, {}): {} (fix: top up or raise the spending limit at console.x.com)", .problem.name(), .problem.text())]
     CreditsExhausted {
         /// The HTTP status, which differs by cause (402, 403 or 429).
         status: u16,
@@ -143,20 +144,20 @@ pub enum XError {
         problem: Option<Problem>,
     },
     /// X does not accept the channel's credentials (401): wrong or revoked keys or tokens.
-    #[error("X rejected this channel's credentials: {}; check the API key and secret and the access token and secret", describe(.problem.as_ref(), "Unauthorized"))]
+    #[error("X rejected this channel's credentials: {} (fix: check the API key and secret and the access token and secret)", describe(.problem.as_ref(), "Unauthorized"))]
     Unauthorized {
         /// X's body, if it sent a readable one.
         problem: Option<Problem>,
     },
     /// The access token was issued without DM permission, so no DM can be sent until an
     /// operator fixes the App's settings and issues a new token.
-    #[error("the access token may not send Direct Messages ({}). Fix: in the X developer console set the App's permissions to \"Read and write and Direct message\", then regenerate the access token and secret and update this channel's credentials", .problem.text())]
+    #[error("the access token may not send Direct Messages: {} (fix: in the X developer console set the App's permissions to \"Read and write and Direct message\", then regenerate the access token and secret and update this channel's credentials)", .problem.text())]
     MissingDmPermission {
         /// X's `oauth1-permissions` body.
         problem: Problem,
     },
     /// The App is not attached to a Project or has no API plan, so X refuses all v2 calls.
-    #[error("the X App is not enrolled for this API ({}): attach it to a Project with an active plan in the X developer console", .problem.text())]
+    #[error("the X App is not enrolled for this API: {} (fix: attach the App to a Project with an active plan in the X developer console)", .problem.text())]
     NotEnrolled {
         /// X's `client-forbidden` body, whose `reason` says which enrollment is missing.
         problem: Problem,

@@ -10,6 +10,8 @@
 //! What X sends on the wire, and where each fact comes from, is in the project's notes on
 //! the X API; the recorded bodies the tests use are in `tests/fixtures/x-api/`.
 
+#![warn(missing_docs)]
+
 mod client;
 mod dm;
 mod error;

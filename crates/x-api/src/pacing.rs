@@ -18,6 +18,10 @@ use tokio::time::Instant;
 /// may run ahead of X's, and one early request costs a 429.
 const RESET_SLACK: Duration = Duration::from_secs(1);
 
+/// X's longest window is 24 hours; a reset further out is taken for a glitch rather than a
+/// reason to stop sending for months.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// How long a 429 blocks when X does not say when its window resets.
 const DEFAULT_BLOCK: Duration = Duration::from_secs(60);
 
@@ -106,7 +110,8 @@ impl Window {
     fn ending_at(reset_at: DateTime<Utc>) -> Window {
         let until_reset = SystemTime::from(reset_at)
             .duration_since(SystemTime::now())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .min(MAX_WAIT);
         Window {
             reset_at,
             opens_at: Instant::now() + until_reset + RESET_SLACK,
@@ -435,6 +440,14 @@ mod tests {
         pacer.block_until(Some(in_secs(300)));
         pacer.block_until(Some(in_secs(10)));
         assert!(!ready_within(&pacer, Duration::from_secs(298)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_far_in_the_future_blocks_for_a_day_at_most() {
+        let pacer = Pacer::default();
+        pacer.block_until(DateTime::from_timestamp(253_402_300_799, 0));
+        assert!(!ready_within(&pacer, MAX_WAIT - Duration::from_secs(1)).await);
+        assert!(ready_within(&pacer, Duration::from_secs(3)).await);
     }
 
     #[test]
