@@ -21,8 +21,8 @@ const BODY_SNIPPET_CHARS: usize = 300;
 
 /// An RFC 7807 problem document as X sends it with an error.
 ///
-/// Ids in these bodies are strings or bare 19-digit numbers; fields this type does not keep
-/// are skipped without being converted, so no number is ever read as a float.
+/// Ids in these bodies are strings or bare 19-digit numbers; bodies are read so that such a
+/// number stays an exact `u64` and an unexpected field type never fails the whole body.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     /// The full `type` URL, e.g. `https://api.twitter.com/2/problems/credits`; the host
