@@ -1,0 +1,341 @@
+//! Who sent a request: OAuth 1.0a user context checked the way X does (signature, timestamp,
+//! nonce), with the reason for every refusal logged so a developer can fix their client.
+
+use std::collections::HashMap;
+
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use chrono::{DateTime, Utc};
+
+use crate::accounts::{Account, AccountRegistry};
+use crate::oauth::{self, HeaderError};
+use crate::problems;
+
+/// How far a request's `oauth_timestamp` may be from the simulator's clock, and how long a nonce
+/// stays spent.
+pub(crate) const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;
+
+/// The parts of a request that its signature covers.
+pub(crate) struct SignedRequest<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Why a request was not accepted as any account's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AuthFailure {
+    MissingHeader,
+    NotOAuth,
+    Malformed(String),
+    /// An App-only Bearer token: valid, but X refuses it for DMs (403, not 401).
+    AppOnly {
+        user_id: String,
+    },
+    UnknownCredentials,
+    UnsupportedSignatureMethod(String),
+    NoHost,
+    SignatureMismatch {
+        base_string: String,
+    },
+    StaleTimestamp {
+        timestamp: i64,
+    },
+    NonceReused,
+}
+
+impl AuthFailure {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            AuthFailure::AppOnly { .. } => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    pub(crate) fn body(&self) -> String {
+        match self {
+            AuthFailure::AppOnly { .. } => problems::unsupported_authentication(),
+            _ => problems::UNAUTHORIZED.to_string(),
+        }
+    }
+
+    /// The account identified despite the refusal, for the request log.
+    pub(crate) fn user_id(&self) -> Option<&str> {
+        match self {
+            AuthFailure::AppOnly { user_id } => Some(user_id),
+            _ => None,
+        }
+    }
+}
+
+/// Nonces seen per account, each kept until its timestamp could no longer pass, which is exactly
+/// as long as a replay would otherwise succeed.
+#[derive(Debug, Default)]
+pub(crate) struct NonceCache {
+    by_user: HashMap<String, HashMap<String, i64>>,
+}
+
+impl NonceCache {
+    /// Remembers the nonce; false if the account already used it within the window.
+    fn remember(&mut self, user_id: &str, nonce: &str, timestamp: i64, now: i64) -> bool {
+        let seen = self.by_user.entry(user_id.to_string()).or_default();
+        seen.retain(|_, expires| *expires >= now);
+        if seen.contains_key(nonce) {
+            return false;
+        }
+        seen.insert(nonce.to_string(), timestamp + TIMESTAMP_TOLERANCE_SECS);
+        true
+    }
+}
+
+/// Finds the account whose credentials signed `request`, or says why none did.
+pub(crate) fn authenticate<'a>(
+    request: &SignedRequest<'_>,
+    accounts: &'a AccountRegistry,
+    nonces: &mut NonceCache,
+    now: DateTime<Utc>,
+) -> Result<&'a Account, AuthFailure> {
+    let value = request
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthFailure::MissingHeader)?
+        .to_str()
+        .map_err(|_| AuthFailure::Malformed("Authorization is not visible ASCII".into()))?;
+    if let Some(token) = bearer_token(value) {
+        return match accounts.by_bearer_token(token) {
+            Some(account) => Err(AuthFailure::AppOnly {
+                user_id: account.user_id.clone(),
+            }),
+            None => Err(AuthFailure::UnknownCredentials),
+        };
+    }
+    let oauth_header = oauth::parse_authorization_header(value).map_err(|error| match error {
+        HeaderError::NotOAuth => AuthFailure::NotOAuth,
+        HeaderError::Malformed(why) => AuthFailure::Malformed(why),
+    })?;
+    let required = |name: &str| {
+        oauth_header
+            .get(name)
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| AuthFailure::Malformed(format!("missing {name}")))
+    };
+    let account = accounts
+        .by_user_token(required("oauth_consumer_key")?, required("oauth_token")?)
+        .ok_or(AuthFailure::UnknownCredentials)?;
+    let method = required("oauth_signature_method")?;
+    if method != "HMAC-SHA1" {
+        return Err(AuthFailure::UnsupportedSignatureMethod(method.to_string()));
+    }
+    if oauth_header
+        .get("oauth_version")
+        .is_some_and(|v| v != "1.0")
+    {
+        return Err(AuthFailure::Malformed("oauth_version must be 1.0".into()));
+    }
+    let timestamp: i64 = required("oauth_timestamp")?
+        .parse()
+        .map_err(|_| AuthFailure::Malformed("oauth_timestamp is not a number".into()))?;
+    let nonce = required("oauth_nonce")?;
+
+    let base_string = base_string(request, &oauth_header.signed_params)?;
+    if !oauth::signature_matches(
+        &base_string,
+        &account.consumer_secret,
+        &account.access_token_secret,
+        &oauth_header.signature,
+    ) {
+        return Err(AuthFailure::SignatureMismatch { base_string });
+    }
+    if (timestamp - now.timestamp()).abs() > TIMESTAMP_TOLERANCE_SECS {
+        return Err(AuthFailure::StaleTimestamp { timestamp });
+    }
+    if !nonces.remember(&account.user_id, nonce, timestamp, now.timestamp()) {
+        return Err(AuthFailure::NonceReused);
+    }
+    Ok(account)
+}
+
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then_some(token.trim())
+}
+
+/// Rebuilds the base string from what the client addressed: Host header, path, query, a form
+/// body if there is one, and the header's `oauth_*` fields.
+fn base_string(
+    request: &SignedRequest<'_>,
+    oauth_params: &[(String, String)],
+) -> Result<String, AuthFailure> {
+    let host = request
+        .headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri.authority().map(|a| a.as_str()))
+        .ok_or(AuthFailure::NoHost)?;
+    let base_uri = oauth::base_string_uri("http", host, request.uri.path());
+
+    let mut params: Vec<(String, String)> = oauth_params.to_vec();
+    if let Some(query) = request.uri.query() {
+        params.extend(form_pairs(query.as_bytes()));
+    }
+    let is_form = request
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if is_form {
+        params.extend(form_pairs(request.body));
+    }
+    Ok(oauth::signature_base_string(
+        request.method.as_str(),
+        &base_uri,
+        &params,
+    ))
+}
+
+fn form_pairs(encoded: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
+    url::form_urlencoded::parse(encoded).map(|(key, value)| (key.into_owned(), value.into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn registry_with(account: &Account) -> AccountRegistry {
+        let mut registry = AccountRegistry::default();
+        registry.upsert(account.clone());
+        registry
+    }
+
+    fn signed_headers(url: &str, account: &Account, nonce: &str, timestamp: i64) -> HeaderMap {
+        let url = url::Url::parse(url).unwrap();
+        let value = oauth::authorization_header("POST", &url, &[], account, nonce, timestamp);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&value).unwrap(),
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8081"));
+        headers
+    }
+
+    fn check(
+        headers: &HeaderMap,
+        path_and_query: &str,
+        registry: &AccountRegistry,
+        nonces: &mut NonceCache,
+        now: DateTime<Utc>,
+    ) -> Result<String, AuthFailure> {
+        let uri: Uri = path_and_query.parse().unwrap();
+        let request = SignedRequest {
+            method: &Method::POST,
+            uri: &uri,
+            headers,
+            body: b"{\"text\":\"not signed\"}",
+        };
+        authenticate(&request, registry, nonces, now).map(|a| a.user_id.clone())
+    }
+
+    #[test]
+    fn signed_request_passes_once_and_its_replay_fails() {
+        let account = Account::generate("a");
+        let registry = registry_with(&account);
+        let mut nonces = NonceCache::default();
+        let now = Utc::now();
+        let headers = signed_headers(
+            "http://127.0.0.1:8081/2/dm_conversations/with/12/messages?x=a%20b",
+            &account,
+            "nonce1",
+            now.timestamp(),
+        );
+        let path = "/2/dm_conversations/with/12/messages?x=a%20b";
+        assert_eq!(
+            check(&headers, path, &registry, &mut nonces, now),
+            Ok(account.user_id.clone())
+        );
+        assert_eq!(
+            check(&headers, path, &registry, &mut nonces, now),
+            Err(AuthFailure::NonceReused)
+        );
+    }
+
+    #[test]
+    fn stale_timestamp_fails_even_when_signed() {
+        let account = Account::generate("a");
+        let registry = registry_with(&account);
+        let now = Utc::now();
+        let old = now.timestamp() - TIMESTAMP_TOLERANCE_SECS - 1;
+        let headers = signed_headers("http://127.0.0.1:8081/2/x", &account, "n", old);
+        assert_eq!(
+            check(&headers, "/2/x", &registry, &mut NonceCache::default(), now),
+            Err(AuthFailure::StaleTimestamp { timestamp: old })
+        );
+    }
+
+    #[test]
+    fn different_path_host_or_query_breaks_the_signature() {
+        let account = Account::generate("a");
+        let registry = registry_with(&account);
+        let now = Utc::now();
+        let headers = signed_headers(
+            "http://127.0.0.1:8081/2/x?a=1",
+            &account,
+            "n",
+            now.timestamp(),
+        );
+        for tampered in ["/2/y?a=1", "/2/x?a=2", "/2/x"] {
+            assert!(matches!(
+                check(
+                    &headers,
+                    tampered,
+                    &registry,
+                    &mut NonceCache::default(),
+                    now
+                ),
+                Err(AuthFailure::SignatureMismatch { .. })
+            ));
+        }
+        let mut other_host = headers.clone();
+        other_host.insert(header::HOST, HeaderValue::from_static("localhost:8081"));
+        assert!(matches!(
+            check(
+                &other_host,
+                "/2/x?a=1",
+                &registry,
+                &mut NonceCache::default(),
+                now
+            ),
+            Err(AuthFailure::SignatureMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn bearer_token_of_a_known_app_is_refused_as_app_only() {
+        let account = Account::generate("a");
+        let registry = registry_with(&account);
+        let mut headers = HeaderMap::new();
+        let value = format!("Bearer {}", account.bearer_token);
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&value).unwrap(),
+        );
+        let failure = check(
+            &headers,
+            "/2/x",
+            &registry,
+            &mut NonceCache::default(),
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert_eq!(failure.status(), StatusCode::FORBIDDEN);
+        assert_eq!(failure.user_id(), Some(account.user_id.as_str()));
+    }
+}

@@ -1,0 +1,474 @@
+//! Sending Direct Messages: X's two 1:1 send endpoints, from authentication through rate limit,
+//! faults and validation to the recorded [`SentDm`].
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::Extension;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::auth::{self, SignedRequest};
+use crate::faults::SendFailure;
+use crate::problems;
+use crate::reply::Reply;
+use crate::request_log::RequestIdentity;
+use crate::state::SimState;
+
+/// X's limit on a DM's text, in characters.
+pub const MAX_TEXT_CHARS: usize = 10_000;
+
+/// A DM the simulator accepted (answered 201), as the bridge's tests assert on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentDm {
+    /// The 19-digit id answered as `dm_event_id`; later DMs have larger ids.
+    pub dm_event_id: String,
+    /// The answered `dm_conversation_id`: `smaller-larger` user id for a 1:1 conversation.
+    pub dm_conversation_id: String,
+    /// The user id of the account that signed the request.
+    pub sender_id: String,
+    /// The recipient: the path's participant, or the other member of a 1:1 conversation id;
+    /// `None` for a group conversation id.
+    pub participant_id: Option<String>,
+    /// The message text, empty if the DM carried only an attachment.
+    pub text: String,
+    /// The `media_id`s of `attachments` (X allows one), so media sends can be asserted too.
+    pub media_ids: Vec<String>,
+    /// When the simulator accepted it, by its clock.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Which send endpoint was called, and with what id.
+enum Target {
+    /// `POST /2/dm_conversations/with/:participant_id/messages`.
+    Participant(String),
+    /// `POST /2/dm_conversations/:dm_conversation_id/messages`.
+    Conversation(String),
+    /// A path segment that could not even be decoded.
+    Undecodable { parameter: &'static str },
+}
+
+/// `POST /2/dm_conversations/with/:participant_id/messages`.
+pub(crate) async fn send_to_participant(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    participant_id: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = match participant_id {
+        Ok(Path(id)) => Target::Participant(id),
+        Err(_) => Target::Undecodable {
+            parameter: "participant_id",
+        },
+    };
+    let request = SignedRequest {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &body,
+    };
+    let reply = decide(&state, &request, target);
+    reply.deliver(&state, &identity).await
+}
+
+/// `POST /2/dm_conversations/:dm_conversation_id/messages`.
+pub(crate) async fn send_in_conversation(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    conversation_id: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = match conversation_id {
+        Ok(Path(id)) => Target::Conversation(id),
+        Err(_) => Target::Undecodable {
+            parameter: "dm_conversation_id",
+        },
+    };
+    let request = SignedRequest {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &body,
+    };
+    let reply = decide(&state, &request, target);
+    reply.deliver(&state, &identity).await
+}
+
+/// Everything X checks, in X's order: who (401), how often (429), the account's faults, what
+/// (400), to whom (403); then the DM is recorded. Runs under the state lock, without awaiting.
+fn decide(state: &SimState, request: &SignedRequest<'_>, target: Target) -> Reply {
+    let now = state.now();
+    let mut guard = state.lock();
+    let inner = &mut *guard;
+
+    let account = match auth::authenticate(request, &inner.accounts, &mut inner.nonces, now) {
+        Ok(account) => account.clone(),
+        Err(failure) => {
+            tracing::warn!(
+                ?failure,
+                path = request.uri.path(),
+                "refused a DM send's credentials"
+            );
+            let reply = Reply::new(failure.status(), failure.body());
+            return match failure.user_id() {
+                Some(user_id) => reply.for_account(user_id, None),
+                None => reply,
+            };
+        }
+    };
+    let user_id = account.user_id.as_str();
+    let reply = Reply::new(StatusCode::OK, "").for_account(user_id, inner.faults.latency(user_id));
+    if inner.faults.revokes_token(user_id) {
+        inner.counters.faults_injected += 1;
+        return reply.answer(StatusCode::UNAUTHORIZED, problems::UNAUTHORIZED);
+    }
+
+    let window = inner.count_rate_limit(user_id, now, state.default_rate_limit);
+    let reply = reply
+        .rate_limit(window)
+        .access_level(!inner.faults.lacks_dm_permission(user_id));
+    if window.exceeded {
+        inner.counters.rate_limited += 1;
+        return reply.answer(StatusCode::TOO_MANY_REQUESTS, problems::RATE_LIMITED);
+    }
+
+    match inner.faults.take_send_failure(user_id, now.date_naive()) {
+        Some(SendFailure::Hold) => {
+            inner.counters.faults_injected += 1;
+            tracing::info!(
+                user_id,
+                "holding a DM send without answering (timeout fault)"
+            );
+            return reply.hold();
+        }
+        Some(SendFailure::Answer { status, body }) => {
+            inner.counters.faults_injected += 1;
+            return reply.answer(status, body);
+        }
+        None => {}
+    }
+
+    let message = match validate(request, target, user_id) {
+        Ok(message) => message,
+        Err(Refusal::Invalid(body)) => return reply.answer(StatusCode::BAD_REQUEST, body),
+        Err(Refusal::NotAMember) => {
+            return reply.answer(StatusCode::FORBIDDEN, problems::FORBIDDEN)
+        }
+    };
+    if let Some(participant) = &message.participant_id {
+        if inner.faults.recipient_refuses(user_id, participant) {
+            inner.counters.faults_injected += 1;
+            return reply.answer(StatusCode::FORBIDDEN, problems::FORBIDDEN);
+        }
+    }
+
+    let dm = SentDm {
+        dm_event_id: inner.next_event_id(now),
+        dm_conversation_id: message.conversation_id,
+        sender_id: user_id.to_string(),
+        participant_id: message.participant_id,
+        text: message.text,
+        media_ids: message.media_ids,
+        created_at: now,
+    };
+    tracing::info!(
+        sender_id = %dm.sender_id,
+        dm_conversation_id = %dm.dm_conversation_id,
+        dm_event_id = %dm.dm_event_id,
+        "DM sent"
+    );
+    let body = json!({ "data": {
+        "dm_conversation_id": dm.dm_conversation_id,
+        "dm_event_id": dm.dm_event_id,
+    }})
+    .to_string();
+    // X's own quirk: the event id appears quoted in the recorded `location` header.
+    let location = format!(
+        "http://{}/2/dm_events/\"{}\"",
+        host(request.headers).unwrap_or("localhost"),
+        dm.dm_event_id
+    );
+    inner.counters.dms_sent += 1;
+    inner.dms.push(dm);
+    drop(guard);
+    state.dm_recorded.notify_waiters();
+    reply
+        .answer(StatusCode::CREATED, body)
+        .header(header::LOCATION, location)
+}
+
+fn host(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::HOST).and_then(|h| h.to_str().ok())
+}
+
+/// A send X would accept.
+#[derive(Debug, PartialEq, Eq)]
+struct ValidMessage {
+    conversation_id: String,
+    participant_id: Option<String>,
+    text: String,
+    media_ids: Vec<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// 400 with this `invalid-request` body.
+    Invalid(String),
+    /// 403: the sender is not one of the conversation's two members.
+    NotAMember,
+}
+
+fn invalid(message: &str, parameter: Option<(&str, &str)>) -> Refusal {
+    Refusal::Invalid(problems::invalid_request(message, parameter))
+}
+
+fn validate(
+    request: &SignedRequest<'_>,
+    target: Target,
+    own_id: &str,
+) -> Result<ValidMessage, Refusal> {
+    let (conversation_id, participant_id) = match target {
+        Target::Undecodable { parameter } => {
+            return Err(invalid(
+                &format!("The `{parameter}` path parameter could not be decoded"),
+                None,
+            ))
+        }
+        Target::Participant(participant) => {
+            if !is_user_id(&participant) {
+                return Err(invalid(
+                    &format!(
+                        "The `participant_id` path parameter value [{participant}] is not valid"
+                    ),
+                    Some(("participant_id", &participant)),
+                ));
+            }
+            (
+                one_to_one_conversation_id(own_id, &participant),
+                Some(participant),
+            )
+        }
+        Target::Conversation(conversation) => {
+            if !is_conversation_id(&conversation) {
+                return Err(invalid(
+                    &format!(
+                        "The `dm_conversation_id` path parameter value [{conversation}] does not match ^([0-9]{{1,19}}-[0-9]{{1,19}}|[0-9]{{15,19}})$"
+                    ),
+                    Some(("dm_conversation_id", &conversation)),
+                ));
+            }
+            let participant = match conversation.split_once('-') {
+                Some((a, b)) if a == own_id => Some(b.to_string()),
+                Some((a, b)) if b == own_id => Some(a.to_string()),
+                Some(_) => return Err(Refusal::NotAMember),
+                None => None,
+            };
+            (conversation, participant)
+        }
+    };
+    let (text, media_ids) = parse_body(request.headers, request.body)?;
+    Ok(ValidMessage {
+        conversation_id,
+        participant_id,
+        text,
+        media_ids,
+    })
+}
+
+/// Checks the JSON body against X's schema: `text` and/or one attachment, nothing else.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<(String, Vec<String>), Refusal> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !is_json {
+        return Err(invalid(
+            "Requests with bodies must have content-type of application/json.",
+            None,
+        ));
+    }
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|error| invalid(&format!("Request body is not valid JSON: {error}"), None))?;
+    let Value::Object(fields) = body else {
+        return Err(invalid("$: expected an object", None));
+    };
+    if let Some(extra) = fields
+        .keys()
+        .find(|key| *key != "text" && *key != "attachments")
+    {
+        return Err(invalid(
+            &format!("$.{extra}: is not defined in the schema and the schema does not allow additional properties"),
+            None,
+        ));
+    }
+    let text = match fields.get("text") {
+        None => String::new(),
+        Some(Value::String(text)) => text.clone(),
+        Some(_) => return Err(invalid("$.text: expected a string", None)),
+    };
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(invalid(
+            &format!("$.text: must be at most {MAX_TEXT_CHARS} characters long"),
+            None,
+        ));
+    }
+    let media_ids = match fields.get("attachments") {
+        None => Vec::new(),
+        Some(attachments) => parse_attachments(attachments)?,
+    };
+    if text.is_empty() && media_ids.is_empty() {
+        return Err(invalid(
+            "$: one of `text` or `attachments` is required",
+            None,
+        ));
+    }
+    Ok((text, media_ids))
+}
+
+fn parse_attachments(attachments: &Value) -> Result<Vec<String>, Refusal> {
+    let Some(items) = attachments.as_array() else {
+        return Err(invalid("$.attachments: expected an array", None));
+    };
+    if items.len() != 1 {
+        return Err(invalid(
+            "$.attachments: a DM carries exactly one attachment",
+            None,
+        ));
+    }
+    items
+        .iter()
+        .map(|item| {
+            match item
+                .as_object()
+                .map(Map::iter)
+                .map(Iterator::collect::<Vec<_>>)
+            {
+                Some(pairs) if pairs.len() == 1 && pairs[0].0 == "media_id" => match pairs[0].1 {
+                    Value::String(id) if is_user_id(id) => Ok(id.clone()),
+                    _ => Err(invalid(
+                        "$.attachments[0].media_id: expected a numeric string",
+                        None,
+                    )),
+                },
+                _ => Err(invalid(
+                    "$.attachments[0]: expected an object with only `media_id`",
+                    None,
+                )),
+            }
+        })
+        .collect()
+}
+
+/// X's numeric id pattern for users and media: 1 to 19 digits.
+fn is_user_id(id: &str) -> bool {
+    (1..=19).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$`, X's pattern for conversation ids.
+fn is_conversation_id(id: &str) -> bool {
+    match id.split_once('-') {
+        Some((a, b)) => is_user_id(a) && is_user_id(b),
+        None => (15..=19).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// `smaller-larger`, compared as numbers (ids of different lengths sort by length first).
+fn one_to_one_conversation_id(a: &str, b: &str) -> String {
+    let numeric = |id: &str| {
+        (
+            id.trim_start_matches('0').len(),
+            id.trim_start_matches('0').to_string(),
+        )
+    };
+    if numeric(a) <= numeric(b) {
+        format!("{a}-{b}")
+    } else {
+        format!("{b}-{a}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_ids_follow_x_pattern() {
+        assert!(is_conversation_id("1-2"));
+        assert!(is_conversation_id("1234567890123456789-1"));
+        assert!(is_conversation_id("123456789012345"));
+        assert!(!is_conversation_id("12345678901234"));
+        assert!(!is_conversation_id("12345678901234567890"));
+        assert!(!is_conversation_id("1-"));
+        assert!(!is_conversation_id("-1"));
+        assert!(!is_conversation_id("1-2-3"));
+        assert!(!is_conversation_id("a-b"));
+        assert!(!is_conversation_id(""));
+    }
+
+    #[test]
+    fn one_to_one_id_orders_numerically_not_lexically() {
+        assert_eq!(one_to_one_conversation_id("9", "10"), "9-10");
+        assert_eq!(one_to_one_conversation_id("10", "9"), "9-10");
+        assert_eq!(
+            one_to_one_conversation_id("1072250532645998596", "750362064426721281"),
+            "750362064426721281-1072250532645998596"
+        );
+    }
+
+    fn json_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn bodies_are_checked_against_the_schema() {
+        let headers = json_headers();
+        let ok = |body: &str| parse_body(&headers, body.as_bytes());
+        assert_eq!(ok(r#"{"text":"hi"}"#), Ok(("hi".into(), vec![])));
+        assert_eq!(
+            ok(r#"{"attachments":[{"media_id":"1583157113245011970"}]}"#),
+            Ok((String::new(), vec!["1583157113245011970".into()]))
+        );
+        let long = "é".repeat(MAX_TEXT_CHARS);
+        assert!(ok(&json!({ "text": long }).to_string()).is_ok());
+        for bad in [
+            "",
+            "not json",
+            "[]",
+            "{}",
+            r#"{"text":""}"#,
+            r#"{"text":5}"#,
+            r#"{"text":"hi","extra":1}"#,
+            r#"{"attachments":[]}"#,
+            r#"{"attachments":[{"media_id":"1"},{"media_id":"2"}]}"#,
+            r#"{"attachments":[{"media_id":1}]}"#,
+            r#"{"attachments":[{"media_id":"1","x":2}]}"#,
+            r#"{"attachments":"1"}"#,
+        ] {
+            assert!(
+                matches!(ok(bad), Err(Refusal::Invalid(_))),
+                "accepted {bad:?}"
+            );
+        }
+        let too_long = "a".repeat(MAX_TEXT_CHARS + 1);
+        assert!(ok(&json!({ "text": too_long }).to_string()).is_err());
+        assert!(parse_body(&HeaderMap::new(), br#"{"text":"hi"}"#).is_err());
+    }
+}

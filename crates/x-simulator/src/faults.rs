@@ -1,0 +1,332 @@
+//! Failures X is known to produce, switched on per account so tests can drive the bridge through
+//! every error path without a real X account in trouble.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use crate::problems;
+use crate::rate_limit::RateLimitWindow;
+
+/// One way X misbehaves, applied to an account's DM sends until cleared (or used up).
+///
+/// Serialised with a `kind` tag in snake_case, e.g. `{"kind":"server_error","status":503,"times":2}`,
+/// which is also what `POST /_sim/faults` takes. Several faults may be active at once; setting a
+/// fault of a kind already active replaces it (for `recipient_refuses`: of the same participant).
+/// A faulted request never records a DM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// Out of prepaid credits: 402 with `error_402_credits_depleted.json`, X's most common variant.
+    CreditsDepleted,
+    /// The other observed out-of-credits answer: 402 with `error_402_payment_required.json`.
+    PaymentRequired,
+    /// Monthly product cap reached: 429 with `error_429_usage_capped.json` while the rate-limit
+    /// headers still show plenty remaining, so a client must branch on the body, not the status.
+    UsageCapped,
+    /// Billing-cycle spend cap reached: 403 `SpendCapReached` with a `reset_date` on the 1st of next month.
+    SpendCapReached,
+    /// The App lacks "Read, write, and Direct Messages": 403 `oauth1-permissions`, and the answers'
+    /// `x-access-level` header says `read-write`.
+    MissingPermission,
+    /// The App is not in a Project or has no plan: 403 `client-not-enrolled`.
+    NotEnrolled,
+    /// The token was revoked: every request of the account gets 401, before any other check.
+    Unauthorized,
+    /// The recipient does not accept DMs from this account: 403 `error_403_forbidden.json`, for
+    /// sends to that participant only.
+    RecipientRefuses {
+        /// The recipient's user id; sends into a 1:1 conversation with them are refused too.
+        participant_id: String,
+    },
+    /// X has an outage: that status (e.g. 500, 503) with an `about:blank` problem body.
+    ServerError {
+        /// The HTTP status to answer; an invalid one becomes 500.
+        status: u16,
+        /// How many requests fail before X recovers; `None` fails until cleared.
+        times: Option<u32>,
+    },
+    /// A slow network: every answer to the account (not only DM sends) is delayed. The effect
+    /// happens at once (a DM is recorded before its delayed 201), like a real slow response.
+    Latency {
+        /// The delay added to every response, in milliseconds.
+        millis: u64,
+    },
+    /// X accepts the connection but never answers, so the client's own timeout must fire. The
+    /// request is held for an hour, or until the client gives up or the simulator shuts down.
+    Timeout {
+        /// How many requests are held; `None` holds every one until cleared.
+        times: Option<u32>,
+    },
+    /// Replaces the account's rate-limit window (and starts a fresh one), so a test can reach a
+    /// 429 and its recovery in seconds; clearing faults restores the configured window.
+    RateLimitWindow {
+        /// Requests allowed per window.
+        limit: u32,
+        /// Length of the window in seconds.
+        window_secs: u64,
+    },
+}
+
+impl Fault {
+    /// Whether `other` takes this fault's place when set, rather than adding to it.
+    fn replaces(&self, other: &Fault) -> bool {
+        match (self, other) {
+            (
+                Fault::RecipientRefuses { participant_id: a },
+                Fault::RecipientRefuses { participant_id: b },
+            ) => a == b,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
+/// How a fault answers a DM send instead of the normal 201.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SendFailure {
+    /// Keep the client waiting (the [`Fault::Timeout`] case).
+    Hold,
+    Answer {
+        status: StatusCode,
+        body: String,
+    },
+}
+
+/// The active faults of every account, keyed by user id.
+#[derive(Debug, Default)]
+pub(crate) struct FaultBook {
+    by_user: HashMap<String, Vec<Fault>>,
+}
+
+impl FaultBook {
+    pub(crate) fn set(&mut self, user_id: &str, fault: Fault) {
+        let active = self.by_user.entry(user_id.to_string()).or_default();
+        active.retain(|known| !known.replaces(&fault));
+        active.push(fault);
+    }
+
+    pub(crate) fn clear(&mut self, user_id: &str) {
+        self.by_user.remove(user_id);
+    }
+
+    pub(crate) fn clear_all(&mut self) {
+        self.by_user.clear();
+    }
+
+    fn active(&self, user_id: &str) -> &[Fault] {
+        self.by_user.get(user_id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub(crate) fn latency(&self, user_id: &str) -> Option<Duration> {
+        self.active(user_id).iter().find_map(|fault| match fault {
+            Fault::Latency { millis } => Some(Duration::from_millis(*millis)),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn rate_limit_window(&self, user_id: &str) -> Option<RateLimitWindow> {
+        self.active(user_id).iter().find_map(|fault| match fault {
+            Fault::RateLimitWindow { limit, window_secs } => Some(RateLimitWindow {
+                limit: *limit,
+                window: Duration::from_secs(*window_secs),
+            }),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn revokes_token(&self, user_id: &str) -> bool {
+        self.active(user_id).contains(&Fault::Unauthorized)
+    }
+
+    pub(crate) fn lacks_dm_permission(&self, user_id: &str) -> bool {
+        self.active(user_id).contains(&Fault::MissingPermission)
+    }
+
+    pub(crate) fn recipient_refuses(&self, user_id: &str, participant: &str) -> bool {
+        self.active(user_id).iter().any(|fault| {
+            matches!(fault, Fault::RecipientRefuses { participant_id } if participant_id == participant)
+        })
+    }
+
+    /// The failure, if any, that answers this DM send, using up one count of a limited fault.
+    ///
+    /// Order: outages first (the request never reaches billing), then billing, then permissions.
+    pub(crate) fn take_send_failure(
+        &mut self,
+        user_id: &str,
+        today: NaiveDate,
+    ) -> Option<SendFailure> {
+        let active = self.by_user.get_mut(user_id)?;
+        if let Some(index) = active
+            .iter()
+            .position(|f| matches!(f, Fault::Timeout { .. }))
+        {
+            if use_one(active, index) {
+                return Some(SendFailure::Hold);
+            }
+        }
+        let server_error = active
+            .iter()
+            .enumerate()
+            .find_map(|(index, fault)| match fault {
+                Fault::ServerError { status, .. } => Some((index, *status)),
+                _ => None,
+            });
+        if let Some((index, status)) = server_error {
+            if use_one(active, index) {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return Some(SendFailure::Answer {
+                    status,
+                    body: problems::generic(status),
+                });
+            }
+        }
+        let answer = |status: StatusCode, body: &str| {
+            Some(SendFailure::Answer {
+                status,
+                body: body.to_string(),
+            })
+        };
+        let has = |wanted: &Fault| active.contains(wanted);
+        if has(&Fault::CreditsDepleted) {
+            return answer(StatusCode::PAYMENT_REQUIRED, problems::CREDITS_DEPLETED);
+        }
+        if has(&Fault::PaymentRequired) {
+            return answer(StatusCode::PAYMENT_REQUIRED, problems::PAYMENT_REQUIRED);
+        }
+        if has(&Fault::SpendCapReached) {
+            return answer(StatusCode::FORBIDDEN, &problems::spend_cap_reached(today));
+        }
+        if has(&Fault::UsageCapped) {
+            return answer(StatusCode::TOO_MANY_REQUESTS, problems::USAGE_CAPPED);
+        }
+        if has(&Fault::NotEnrolled) {
+            return answer(StatusCode::FORBIDDEN, problems::CLIENT_NOT_ENROLLED);
+        }
+        if has(&Fault::MissingPermission) {
+            return answer(StatusCode::FORBIDDEN, problems::OAUTH1_PERMISSIONS);
+        }
+        None
+    }
+}
+
+/// Uses one count of the limited fault at `index`, removing it once spent. Returns whether it
+/// still applied to this request.
+fn use_one(active: &mut Vec<Fault>, index: usize) -> bool {
+    let times = match &mut active[index] {
+        Fault::Timeout { times } | Fault::ServerError { times, .. } => times,
+        _ => return true,
+    };
+    match times {
+        None => true,
+        Some(0) => {
+            active.remove(index);
+            false
+        }
+        Some(left) => {
+            *left -= 1;
+            if *left == 0 {
+                active.remove(index);
+            }
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 3, 14).unwrap()
+    }
+
+    #[test]
+    fn faults_use_the_documented_json_shape() {
+        let fault: Fault =
+            serde_json::from_str(r#"{"kind":"server_error","status":503,"times":2}"#).unwrap();
+        assert_eq!(
+            fault,
+            Fault::ServerError {
+                status: 503,
+                times: Some(2)
+            }
+        );
+        let fault: Fault = serde_json::from_str(r#"{"kind":"server_error","status":500}"#).unwrap();
+        assert_eq!(
+            fault,
+            Fault::ServerError {
+                status: 500,
+                times: None
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Fault::CreditsDepleted).unwrap(),
+            r#"{"kind":"credits_depleted"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Fault::RecipientRefuses {
+                participant_id: "42".into()
+            })
+            .unwrap(),
+            r#"{"kind":"recipient_refuses","participant_id":"42"}"#
+        );
+        assert!(serde_json::from_str::<Fault>(r#"{"kind":"no_such_fault"}"#).is_err());
+    }
+
+    #[test]
+    fn limited_server_error_fails_that_many_times_then_clears() {
+        let mut book = FaultBook::default();
+        book.set(
+            "1",
+            Fault::ServerError {
+                status: 503,
+                times: Some(2),
+            },
+        );
+        for _ in 0..2 {
+            let failure = book.take_send_failure("1", today());
+            assert!(matches!(
+                failure,
+                Some(SendFailure::Answer { status, .. }) if status == StatusCode::SERVICE_UNAVAILABLE
+            ));
+        }
+        assert_eq!(book.take_send_failure("1", today()), None);
+    }
+
+    #[test]
+    fn setting_a_kind_again_replaces_it() {
+        let mut book = FaultBook::default();
+        book.set("1", Fault::Latency { millis: 10 });
+        book.set("1", Fault::Latency { millis: 20 });
+        assert_eq!(book.latency("1"), Some(Duration::from_millis(20)));
+        book.set(
+            "1",
+            Fault::RecipientRefuses {
+                participant_id: "a".into(),
+            },
+        );
+        book.set(
+            "1",
+            Fault::RecipientRefuses {
+                participant_id: "b".into(),
+            },
+        );
+        assert!(book.recipient_refuses("1", "a") && book.recipient_refuses("1", "b"));
+        book.clear("1");
+        assert_eq!(book.latency("1"), None);
+        assert!(!book.recipient_refuses("1", "a"));
+    }
+
+    #[test]
+    fn faults_are_per_account() {
+        let mut book = FaultBook::default();
+        book.set("1", Fault::CreditsDepleted);
+        assert!(book.take_send_failure("1", today()).is_some());
+        assert_eq!(book.take_send_failure("2", today()), None);
+    }
+}

@@ -1,0 +1,91 @@
+//! `x-simulator`: the simulator as a process, for CRM developers and docker-compose.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use x_simulator::{load_accounts, Account, RateLimitWindow, Simulator, SimulatorConfig};
+
+/// A local fake of X's DM API in X's wire format. Admin API under /_sim/ (see the crate docs).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Address to listen on; use 0.0.0.0:8081 inside a container.
+    #[arg(long, env = "X_SIMULATOR_BIND", default_value = "127.0.0.1:8081")]
+    bind: SocketAddr,
+    /// TOML file of [[accounts]] tables (user_id, username, name, consumer_key, consumer_secret,
+    /// access_token, access_token_secret, bearer_token).
+    #[arg(long, env = "X_SIMULATOR_ACCOUNTS")]
+    accounts: Option<PathBuf>,
+    /// Also serve the fixed demo account (user id 1000000000000000001, consumer key
+    /// demo-consumer-key, token demo-access-token; secrets demo-consumer-secret and
+    /// demo-access-token-secret).
+    #[arg(long, env = "X_SIMULATOR_DEMO")]
+    demo: bool,
+    /// DM sends allowed per account per window.
+    #[arg(long, env = "X_SIMULATOR_RATE_LIMIT", default_value_t = RateLimitWindow::default().limit)]
+    rate_limit: u32,
+    /// Length of the rate-limit window, in seconds.
+    #[arg(long, env = "X_SIMULATOR_RATE_LIMIT_WINDOW_SECS", default_value_t = RateLimitWindow::default().window.as_secs())]
+    rate_limit_window_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let mut accounts = match &cli.accounts {
+        Some(path) => load_accounts(path)?,
+        None => Vec::new(),
+    };
+    if cli.demo {
+        accounts.push(Account::demo());
+    }
+    if accounts.is_empty() {
+        tracing::warn!(
+            "no accounts: every request will get 401 until one is added with POST /_sim/accounts"
+        );
+    }
+    let simulator = Simulator::start(SimulatorConfig {
+        bind: cli.bind,
+        accounts,
+        rate_limit: RateLimitWindow {
+            limit: cli.rate_limit,
+            window: Duration::from_secs(cli.rate_limit_window_secs),
+        },
+    })
+    .await?;
+    println!("x-simulator listening on {}", simulator.base_url());
+
+    stop_signal().await?;
+    simulator.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM as docker sends on `docker stop`.
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("listening for SIGTERM")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("listening for Ctrl-C"),
+            _ = terminate.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("listening for Ctrl-C")
+    }
+}

@@ -1,0 +1,130 @@
+//! What tests observe besides DMs: every request X-facing routes answered, and running totals.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::state::SimState;
+
+/// Status logged for a request whose client hung up before the answer (nginx's convention),
+/// typically a client timing out on a [`crate::Fault::Timeout`].
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// One request to an X route, logged when it was answered (or abandoned by the client), so tests
+/// can assert on retries and backoff without counting DMs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// The path without query, e.g. `/2/dm_conversations/with/42/messages`.
+    pub path: String,
+    /// The account the request was authenticated as; `None` if its credentials were not accepted
+    /// (an account whose token a `Unauthorized` fault revoked is still named, to tell it apart).
+    pub user_id: Option<String>,
+    /// The status answered, or 499 if the client closed the connection first.
+    pub status: u16,
+    /// When the request arrived, by the simulator's clock.
+    pub at: DateTime<Utc>,
+}
+
+/// Running totals since start or the last reset, for quick assertions and `GET /_sim/counters`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Requests answered on X routes (admin routes excluded).
+    pub requests: u64,
+    /// DMs accepted and recorded.
+    pub dms_sent: u64,
+    /// 401 answers: bad or unknown credentials, stale timestamps, reused nonces, revoked tokens.
+    pub unauthorized: u64,
+    /// 400 answers: bodies or ids X would reject.
+    pub invalid_requests: u64,
+    /// 429 answers because the rate-limit window was used up (usage caps count as faults).
+    pub rate_limited: u64,
+    /// Answers decided by an injected [`crate::Fault`] (latency excluded).
+    pub faults_injected: u64,
+    /// Requests the client gave up on before they were answered.
+    pub abandoned: u64,
+}
+
+impl Counters {
+    pub(crate) fn count_answer(&mut self, status: u16) {
+        self.requests += 1;
+        match status {
+            400 => self.invalid_requests += 1,
+            401 => self.unauthorized += 1,
+            CLIENT_CLOSED_REQUEST => self.abandoned += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Filled in by a handler once it knows who sent the request, so the log can name the account
+/// even if the request is abandoned mid-way.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RequestIdentity(Arc<OnceLock<String>>);
+
+impl RequestIdentity {
+    pub(crate) fn set(&self, user_id: &str) {
+        let _ = self.0.set(user_id.to_string());
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.get().cloned()
+    }
+}
+
+/// Logs the request when its answer is ready, or as 499 when the client goes away first.
+struct PendingRecord {
+    state: Arc<SimState>,
+    identity: RequestIdentity,
+    method: String,
+    path: String,
+    at: DateTime<Utc>,
+    answered: bool,
+}
+
+impl PendingRecord {
+    fn log(&mut self, status: u16) {
+        self.answered = true;
+        self.state.record_request(RequestRecord {
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            user_id: self.identity.get(),
+            status,
+            at: self.at,
+        });
+    }
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.log(CLIENT_CLOSED_REQUEST);
+        }
+    }
+}
+
+/// Middleware around the X routes: gives handlers a [`RequestIdentity`] and logs every request.
+pub(crate) async fn log_requests(
+    State(state): State<Arc<SimState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let identity = RequestIdentity::default();
+    request.extensions_mut().insert(identity.clone());
+    let mut pending = PendingRecord {
+        at: state.now(),
+        state,
+        identity,
+        method: request.method().to_string(),
+        path: request.uri().path().to_string(),
+        answered: false,
+    };
+    let response = next.run(request).await;
+    pending.log(response.status().as_u16());
+    response
+}
