@@ -383,7 +383,13 @@ impl Settings {
 
     fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
         let raw: RawSettings = figment
-            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            // Only nested keys (`XBRIDGE_AMQP__URL`) are settings, so an
+            // unrelated `XBRIDGE_SOMETHING` in the environment is not an error.
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| ConfigError::Read(e.to_string()))?;
         Self::validate(raw)

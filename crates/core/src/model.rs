@@ -184,9 +184,9 @@ fn id_field(
         Some(Value::String(id)) => Err(format!(
             "{field} {id:?} is not an X user id (1 to 19 digits)"
         )),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(id) => Ok(Some(id.to_string())),
-            None => Err(format!(
+        Some(Value::Number(n)) => match n.as_u64().map(|id| id.to_string()) {
+            Some(id) if is_user_id(&id) => Ok(Some(id)),
+            _ => Err(format!(
                 "{field} must be a whole number or a string of digits, not {n}"
             )),
         },

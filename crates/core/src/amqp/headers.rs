@@ -15,6 +15,7 @@ const ATTEMPTS: &str = "x-xbridge-attempts";
 const FIRST_FAILURE: &str = "x-xbridge-first-failure-at";
 const LAST_FAILURE: &str = "x-xbridge-last-failure-at";
 const FIRST_SEEN: &str = "x-xbridge-first-seen-at";
+const PARKED: &str = "x-xbridge-parked";
 const REASON: &str = "x-xbridge-reason";
 const DETAIL: &str = "x-xbridge-detail";
 const CHANNEL: &str = "x-xbridge-channel";
@@ -29,6 +30,8 @@ const ORIGINAL_ROUTING_KEY: &str = "x-xbridge-original-routing-key";
 pub struct FailureHeaders {
     /// Requests made to X for this reply so far.
     pub attempts: u32,
+    /// How often the reply was parked in a delay queue (sets the next delay).
+    pub times_parked: u32,
     /// When the bridge first took the reply (bounds the credits wait across
     /// parking and restarts).
     pub first_seen_at: Option<DateTime<Utc>>,
@@ -71,6 +74,7 @@ impl FailureHeaders {
             attempts: int(ATTEMPTS)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
+            times_parked: int(PARKED).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
             first_seen_at: time(FIRST_SEEN),
             first_failure_at: time(FIRST_FAILURE),
             last_failure_at: time(LAST_FAILURE),
@@ -98,6 +102,9 @@ impl FailureHeaders {
             out.insert(ShortString::from(key), value);
         };
         put(ATTEMPTS, AMQPValue::LongLongInt(i64::from(self.attempts)));
+        if self.times_parked > 0 {
+            put(PARKED, AMQPValue::LongLongInt(i64::from(self.times_parked)));
+        }
         let strings = [
             (FIRST_SEEN, self.first_seen_at.map(rfc3339)),
             (FIRST_FAILURE, self.first_failure_at.map(rfc3339)),
@@ -164,6 +171,7 @@ mod tests {
             .with_timezone(&Utc);
         let headers = FailureHeaders {
             attempts: 3,
+            times_parked: 2,
             first_seen_at: Some(at),
             first_failure_at: Some(at),
             last_failure_at: Some(at),

@@ -1,0 +1,265 @@
+//! The per-channel credits gate: while an X account has no credits, its
+//! replies wait here and only one probe request goes out per backoff step.
+//!
+//! Other channels have their own gate, so one account running dry never
+//! delays another; inbound traffic does not pass through it at all.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use xbridge_core::config::CreditsSettings;
+
+/// What a sender may do after waiting at the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Credits are fine: send.
+    Send,
+    /// Credits are out and it is this sender's turn to probe X with its reply.
+    Probe,
+}
+
+/// The reply's own wait bound passed before credits came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitedTooLong;
+
+#[derive(Debug)]
+enum State {
+    Open,
+    Closed {
+        /// Probes that failed since the outage began: sets the next pause.
+        failed_probes: u32,
+        next_probe_at: Instant,
+        probe_in_flight: bool,
+    },
+}
+
+/// The credits state of one channel.
+#[derive(Debug)]
+pub struct CreditsGate {
+    state: Mutex<State>,
+    changed: Notify,
+    settings: CreditsSettings,
+}
+
+impl CreditsGate {
+    /// An open gate.
+    pub fn new(settings: CreditsSettings) -> CreditsGate {
+        CreditsGate {
+            state: Mutex::new(State::Open),
+            changed: Notify::new(),
+            settings,
+        }
+    }
+
+    /// Whether the channel is currently out of credits.
+    pub fn is_closed(&self) -> bool {
+        matches!(*self.lock(), State::Closed { .. })
+    }
+
+    /// Waits until the caller may send (or probe), or until `deadline`.
+    pub async fn acquire(&self, deadline: Instant) -> Result<Permit, WaitedTooLong> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wake_at = {
+                let mut state = self.lock();
+                match &mut *state {
+                    State::Open => return Ok(Permit::Send),
+                    State::Closed {
+                        next_probe_at,
+                        probe_in_flight,
+                        ..
+                    } => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return Err(WaitedTooLong);
+                        }
+                        if !*probe_in_flight && now >= *next_probe_at {
+                            *probe_in_flight = true;
+                            return Ok(Permit::Probe);
+                        }
+                        if *probe_in_flight {
+                            deadline
+                        } else {
+                            (*next_probe_at).min(deadline)
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    /// X accepted a request: credits are there (again).
+    pub fn succeeded(&self) {
+        let mut state = self.lock();
+        if matches!(*state, State::Closed { .. }) {
+            tracing::info!("credits are back; sending resumes");
+        }
+        *state = State::Open;
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// X said the account has no credits. A failed probe lengthens the pause
+    /// before the next one; the first such answer closes the gate.
+    pub fn exhausted(&self, permit: Permit) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match &mut *state {
+            State::Open => {
+                tracing::warn!("X account is out of credits; sending paused");
+                *state = State::Closed {
+                    failed_probes: 0,
+                    next_probe_at: now + self.settings.probe_initial,
+                    probe_in_flight: false,
+                };
+            }
+            State::Closed {
+                failed_probes,
+                next_probe_at,
+                probe_in_flight,
+            } => {
+                if permit == Permit::Probe {
+                    *failed_probes += 1;
+                    *next_probe_at = now + self.pause_after(*failed_probes);
+                    *probe_in_flight = false;
+                }
+            }
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// The request ended some other way (a transient error, a rate limit):
+    /// says nothing about credits, but frees the probe slot.
+    pub fn inconclusive(&self, permit: Permit) {
+        if permit == Permit::Probe {
+            if let State::Closed {
+                probe_in_flight, ..
+            } = &mut *self.lock()
+            {
+                *probe_in_flight = false;
+            }
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The pause after `failed` failed probes: doubling from `probe_initial`
+    /// up to `probe_max`.
+    fn pause_after(&self, failed: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failed.min(16));
+        self.settings
+            .probe_initial
+            .saturating_mul(factor)
+            .min(self.settings.probe_max)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn gate() -> Arc<CreditsGate> {
+        Arc::new(CreditsGate::new(CreditsSettings {
+            max_wait: Duration::from_secs(900),
+            probe_initial: Duration::from_secs(30),
+            probe_max: Duration::from_secs(300),
+        }))
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_gate_lets_everyone_send() {
+        assert_eq!(gate().acquire(far()).await, Ok(Permit::Send));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_gate_gives_one_probe_per_step() {
+        let gate = gate();
+        gate.exhausted(Permit::Send);
+        let start = Instant::now();
+
+        assert_eq!(gate.acquire(far()).await, Ok(Permit::Probe));
+        assert_eq!(Instant::now() - start, Duration::from_secs(30));
+
+        // While the probe is out, nobody else gets through.
+        let other = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.acquire(far()).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!other.is_finished());
+
+        // The probe fails: the next one comes after a doubled pause.
+        gate.exhausted(Permit::Probe);
+        assert_eq!(other.await.unwrap(), Ok(Permit::Probe));
+        assert_eq!(Instant::now() - start, Duration::from_secs(30 + 60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_grow_to_the_cap() {
+        let gate = gate();
+        assert_eq!(gate.pause_after(1), Duration::from_secs(60));
+        assert_eq!(gate.pause_after(3), Duration::from_secs(240));
+        assert_eq!(gate.pause_after(4), Duration::from_secs(300));
+        assert_eq!(gate.pause_after(40), Duration::from_secs(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successful_probe_opens_the_gate_for_all_waiters() {
+        let gate = gate();
+        gate.exhausted(Permit::Send);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let gate = gate.clone();
+                tokio::spawn(async move { gate.acquire(far()).await })
+            })
+            .collect();
+        let probe = gate.acquire(far()).await.unwrap();
+        assert_eq!(probe, Permit::Probe);
+        gate.succeeded();
+        for waiter in waiters {
+            let permit = waiter.await.unwrap().unwrap();
+            // One waiter may have taken the probe before the success; all get through.
+            assert!(matches!(permit, Permit::Send | Permit::Probe));
+        }
+        assert!(!gate.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_at_its_own_deadline() {
+        let gate = gate();
+        gate.exhausted(Permit::Send);
+        let _probe = gate.acquire(far()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert_eq!(gate.acquire(deadline).await, Err(WaitedTooLong));
+        assert_eq!(Instant::now(), deadline);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inconclusive_probe_frees_the_slot_without_a_longer_pause() {
+        let gate = gate();
+        gate.exhausted(Permit::Send);
+        let probe = gate.acquire(far()).await.unwrap();
+        let at = Instant::now();
+        gate.inconclusive(probe);
+        assert_eq!(gate.acquire(far()).await, Ok(Permit::Probe));
+        assert_eq!(Instant::now(), at);
+    }
+}

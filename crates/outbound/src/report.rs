@@ -1,0 +1,160 @@
+//! Everything the outbound side publishes: status events for the CRM,
+//! parked replies for the delay queues, and dead letters. All of it
+//! confirmed before the delivery that caused it is acknowledged.
+
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::BasicProperties;
+
+use xbridge_core::amqp::{FailureHeaders, PublishError, Publisher};
+use xbridge_core::config::TopologyNames;
+use xbridge_core::model::{FailureReason, StatusEvent};
+use xbridge_x_api::XError;
+
+/// Why a reply is being given up, with what operators need to see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The closed-set reason.
+    pub reason: FailureReason,
+    /// Human-readable explanation, for the CRM's agent and the operator.
+    pub detail: String,
+    /// X's HTTP status, when X answered.
+    pub http_status: Option<u16>,
+    /// X's problem name, when X sent one.
+    pub problem_type: Option<String>,
+}
+
+impl Failure {
+    /// A failure caused by X's answer.
+    pub fn from_x(reason: FailureReason, error: &XError) -> Failure {
+        Failure {
+            reason,
+            detail: error.to_string(),
+            http_status: error.http_status(),
+            problem_type: error.problem_type().map(str::to_owned),
+        }
+    }
+
+    /// A failure found by the bridge itself (bad input, unknown channel).
+    pub fn local(reason: FailureReason, detail: impl Into<String>) -> Failure {
+        Failure {
+            reason,
+            detail: detail.into(),
+            http_status: None,
+            problem_type: None,
+        }
+    }
+}
+
+/// Publishes on behalf of the outbound side.
+#[derive(Clone)]
+pub struct Reporter {
+    publisher: Publisher,
+    names: TopologyNames,
+}
+
+impl Reporter {
+    /// A reporter publishing through `publisher` to the topology `names`.
+    pub fn new(publisher: Publisher, names: TopologyNames) -> Reporter {
+        Reporter { publisher, names }
+    }
+
+    /// Tells the CRM what became of a reply.
+    pub async fn status(&self, event: &StatusEvent) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(event).expect("status events always serialize");
+        let properties = BasicProperties::default()
+            .with_message_id(event.amqp_message_id().into())
+            .with_correlation_id(event.message_id().into())
+            .with_content_type("application/json".into())
+            .with_type(event.event_type().into());
+        self.publisher
+            .publish(
+                &self.names.incoming_exchange,
+                &event.routing_key(),
+                &body,
+                properties,
+            )
+            .await
+    }
+
+    /// Puts a reply in the delay queue for `delay`; it comes back to its
+    /// channel's queue under its original routing key.
+    pub async fn park(
+        &self,
+        delivery: &Delivery,
+        delay: Duration,
+        history: &FailureHeaders,
+    ) -> Result<(), PublishError> {
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(history.apply_to(delivery.properties.headers().as_ref()));
+        self.publisher
+            .publish(
+                &self.names.delay_queue(delay),
+                delivery.routing_key.as_str(),
+                &delivery.data,
+                properties,
+            )
+            .await
+    }
+
+    /// Moves a reply to the dead-letter queue, body and properties unchanged,
+    /// with our failure headers, then tells the CRM when the reply's id is
+    /// known. The caller acknowledges the delivery afterwards.
+    pub async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        channel: &str,
+        message_id: Option<&str>,
+        failure: &Failure,
+        mut history: FailureHeaders,
+    ) -> Result<(), PublishError> {
+        let now = chrono::Utc::now();
+        history.reason = Some(failure.reason.as_str().to_owned());
+        history.detail = Some(failure.detail.clone());
+        history.channel = Some(channel.to_owned());
+        history.http_status = failure.http_status.or(history.http_status);
+        history.problem_type = failure.problem_type.clone().or(history.problem_type);
+        history.first_failure_at.get_or_insert(now);
+        history.last_failure_at = Some(now);
+        history
+            .original_exchange
+            .get_or_insert_with(|| delivery.exchange.as_str().to_owned());
+        history
+            .original_routing_key
+            .get_or_insert_with(|| delivery.routing_key.as_str().to_owned());
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(history.apply_to(delivery.properties.headers().as_ref()));
+        self.publisher
+            .publish(
+                &self.names.dead_letter_exchange,
+                channel,
+                &delivery.data,
+                properties,
+            )
+            .await?;
+        tracing::warn!(
+            channel,
+            message_id = message_id.unwrap_or("-"),
+            reason = failure.reason.as_str(),
+            detail = %failure.detail,
+            attempts = history.attempts,
+            "reply dead-lettered"
+        );
+        if let Some(message_id) = message_id {
+            self.status(&StatusEvent::Failed {
+                message_id: message_id.to_owned(),
+                channel: channel.to_owned(),
+                reason: failure.reason,
+                detail: failure.detail.clone(),
+                attempts: history.attempts,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! The outbound service: connects to RabbitMQ, declares the topology, runs a
+//! consumer per channel, and starts over after a lost connection. Stops
+//! taking replies on shutdown and lets in-flight sends finish within a grace
+//! period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use xbridge_core::amqp::{self, declare_topology, Publisher, TopologyPlan};
+use xbridge_core::config::Settings;
+use xbridge_store::StateStore;
+use xbridge_x_api::{UserCredentials, XClient, XClientConfig};
+
+use crate::credits::CreditsGate;
+use crate::fate::Policy;
+use crate::ordering::ParkedReplies;
+use crate::report::Reporter;
+use crate::worker::{self, ChannelContext, Unsettled};
+use crate::{unrouted, OutboundError};
+
+/// The outbound side of one bridge process.
+pub struct Outbound {
+    settings: Arc<Settings>,
+    channels: Vec<Arc<ChannelContext>>,
+}
+
+impl Outbound {
+    /// Builds every channel's X client and state. Fails only on a client that
+    /// cannot be built (bad TLS setup, bad base URL).
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Arc<dyn StateStore>,
+    ) -> Result<Outbound, OutboundError> {
+        let policy = Policy {
+            retry: settings.outbound.retry.clone(),
+            credits: settings.outbound.credits.clone(),
+        };
+        let channels = settings
+            .channels
+            .iter()
+            .map(|channel| {
+                let client = XClient::new(
+                    XClientConfig {
+                        base_url: settings.x.api_base_url.clone(),
+                        request_timeout: settings.x.request_timeout,
+                    },
+                    UserCredentials {
+                        consumer_key: channel.consumer_key.clone(),
+                        consumer_secret: channel.consumer_secret.clone(),
+                        access_token: channel.access_token.clone(),
+                        access_token_secret: channel.access_token_secret.clone(),
+                    },
+                )
+                .map_err(|e| OutboundError::Client {
+                    channel: channel.name.clone(),
+                    detail: e.to_string(),
+                })?;
+                Ok(Arc::new(ChannelContext {
+                    name: channel.name.clone(),
+                    client,
+                    gate: CreditsGate::new(settings.outbound.credits.clone()),
+                    parked: ParkedReplies::default(),
+                    store: store.clone(),
+                    policy: policy.clone(),
+                }))
+            })
+            .collect::<Result<Vec<_>, OutboundError>>()?;
+        Ok(Outbound { settings, channels })
+    }
+
+    /// Runs until `shutdown` is cancelled, reconnecting as often as needed.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), OutboundError> {
+        let mut reconnect = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(15))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            match self.session(&shutdown).await {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Failed(reason) => {
+                    let wait = reconnect.next().unwrap_or(Duration::from_secs(15));
+                    tracing::warn!(error = %reason, retry_in_ms = wait.as_millis() as u64, "RabbitMQ session ended; reconnecting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                SessionEnd::Healthy => {
+                    // A session that ran a while resets the backoff.
+                    reconnect = ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(200))
+                        .with_max_delay(Duration::from_secs(15))
+                        .with_jitter()
+                        .without_max_times()
+                        .build();
+                }
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> SessionEnd {
+        let connection = match amqp::connect(&self.settings.amqp.url, "xbridge outbound").await {
+            Ok(connection) => connection,
+            Err(e) => return SessionEnd::Failed(e.to_string()),
+        };
+        let stop = shutdown.child_token();
+        let mut tasks = match self.start(&connection, &stop).await {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                let _ = connection.close(320, "setup failed".into()).await;
+                return SessionEnd::Failed(e);
+            }
+        };
+        tracing::info!(
+            channels = self.channels.len(),
+            "outbound running: topology declared, consuming replies"
+        );
+        let started = tokio::time::Instant::now();
+
+        let failure = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            Some(joined) = tasks.join_next() => Some(match joined {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => "a consumer stopped".to_owned(),
+                Err(e) => format!("a consumer task failed: {e}"),
+            }),
+        };
+        stop.cancel();
+        let grace = self.settings.outbound.shutdown_grace;
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "in-flight replies did not finish in time; they will be redelivered"
+            );
+            tasks.abort_all();
+        }
+        let _ = connection.close(200, "xbridge stopping".into()).await;
+        match failure {
+            None => {
+                tracing::info!("outbound stopped");
+                SessionEnd::Shutdown
+            }
+            Some(reason) if started.elapsed() > Duration::from_secs(30) => {
+                tracing::warn!(error = %reason, "RabbitMQ session lost");
+                SessionEnd::Healthy
+            }
+            Some(reason) => SessionEnd::Failed(reason),
+        }
+    }
+
+    /// Declares the topology and starts one consumer per channel plus the
+    /// unrouted one.
+    async fn start(
+        &self,
+        connection: &Connection,
+        stop: &CancellationToken,
+    ) -> Result<JoinSet<Result<(), Unsettled>>, String> {
+        let names = self.settings.amqp.topology.clone();
+        let publisher = Publisher::open(connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        let plan = TopologyPlan {
+            names: names.clone(),
+            channels: self.channels.iter().map(|c| c.name.clone()).collect(),
+            delays: self.settings.outbound.retry.delays.clone(),
+        };
+        declare_topology(publisher.channel(), &plan)
+            .await
+            .map_err(|e| format!("declaring the topology failed: {e}"))?;
+        let reporter = Reporter::new(publisher, names.clone());
+
+        let mut tasks = JoinSet::new();
+        for ctx in &self.channels {
+            let consumer = self
+                .consumer(connection, &names.outgoing_queue(&ctx.name), &ctx.name)
+                .await?;
+            tasks.spawn(worker::consume(
+                ctx.clone(),
+                reporter.clone(),
+                consumer,
+                stop.clone(),
+            ));
+        }
+        let consumer = self
+            .consumer(connection, &names.unrouted, "unrouted")
+            .await?;
+        tasks.spawn(unrouted::consume(reporter, consumer, stop.clone()));
+        Ok(tasks)
+    }
+
+    async fn consumer(
+        &self,
+        connection: &Connection,
+        queue: &str,
+        label: &str,
+    ) -> Result<lapin::Consumer, String> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| e.to_string())?;
+        channel
+            .basic_qos(self.settings.amqp.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        channel
+            .basic_consume(
+                queue.into(),
+                format!("xbridge-{label}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("consuming {queue} failed: {e}"))
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Failed(String),
+    Healthy,
+}

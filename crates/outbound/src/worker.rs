@@ -1,0 +1,437 @@
+//! One channel's consumer: takes replies from the channel's queue, keeps each
+//! conversation in order on its own lane, and settles every delivery (sent,
+//! parked or dead-lettered, each confirmed) before acknowledging it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use lapin::Consumer;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use xbridge_core::amqp::{FailureHeaders, PublishError};
+use xbridge_core::model::{FailureReason, OutgoingReply, ReplyTarget, StatusEvent};
+use xbridge_store::{SentRecord, StateStore, StoreError};
+use xbridge_x_api::{DmTarget, XClient, XError};
+
+use crate::credits::CreditsGate;
+use crate::failpoints;
+use crate::fate::{decide, Fate, History, Policy};
+use crate::ordering::ParkedReplies;
+use crate::report::{Failure, Reporter};
+
+/// What one channel keeps across reconnects: its X client (and so its rate
+/// limit pacing), its credits gate and its parked-reply order.
+pub struct ChannelContext {
+    /// Channel name.
+    pub name: String,
+    /// The channel's X client.
+    pub client: XClient,
+    /// The channel's credits state.
+    pub gate: CreditsGate,
+    /// Parked replies per conversation.
+    pub parked: ParkedReplies,
+    /// Which replies were sent.
+    pub store: Arc<dyn StateStore>,
+    /// Retry and credits bounds.
+    pub policy: Policy,
+}
+
+/// Why a delivery was left unacknowledged (it will be redelivered).
+#[derive(Debug, thiserror::Error)]
+pub enum Unsettled {
+    /// Shutdown or a lost connection interrupted a wait.
+    #[error("interrupted")]
+    Interrupted,
+    /// The broker did not confirm a publish or an ack.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The broker connection failed.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Job {
+    delivery: Delivery,
+    reply: OutgoingReply,
+}
+
+struct Lane {
+    jobs: mpsc::UnboundedSender<Job>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// Consumes `consumer` until `stop` is cancelled or something fails; then
+/// lets the lanes finish what they hold. Returns the failure, if any, so the
+/// caller can reconnect.
+pub async fn consume(
+    ctx: Arc<ChannelContext>,
+    reporter: Reporter,
+    mut consumer: Consumer,
+    stop: CancellationToken,
+) -> Result<(), Unsettled> {
+    let (failures_tx, mut failures) = mpsc::unbounded_channel::<Unsettled>();
+    let mut lanes: HashMap<String, Lane> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    let mut since_sweep = 0usize;
+
+    let outcome = loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ok(()),
+            Some(failure) = failures.recv() => break Err(failure),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => break Err(Unsettled::Broker(e)),
+                None => break Err(Unsettled::Broker(lapin::Error::from(
+                    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+                ))),
+            },
+        };
+        match OutgoingReply::parse(&delivery.data, &ctx.name) {
+            Err(invalid) => {
+                let ctx = ctx.clone();
+                let reporter = reporter.clone();
+                let failures_tx = failures_tx.clone();
+                tasks.spawn(async move {
+                    let failure = Failure::local(FailureReason::InvalidMessage, invalid.detail);
+                    let history = FailureHeaders::read(delivery.properties.headers().as_ref());
+                    let result = async {
+                        reporter
+                            .dead_letter(
+                                &delivery,
+                                &ctx.name,
+                                invalid.message_id.as_deref(),
+                                &failure,
+                                history,
+                            )
+                            .await?;
+                        ack(&delivery).await
+                    }
+                    .await;
+                    if let Err(e) = result {
+                        let _ = failures_tx.send(e);
+                    }
+                });
+            }
+            Ok(reply) => {
+                let key = reply.target.ordering_key();
+                let lane = lanes.entry(key).or_insert_with(|| {
+                    spawn_lane(
+                        &mut tasks,
+                        ctx.clone(),
+                        reporter.clone(),
+                        stop.clone(),
+                        failures_tx.clone(),
+                    )
+                });
+                lane.pending.fetch_add(1, Ordering::SeqCst);
+                if lane.jobs.send(Job { delivery, reply }).is_err() {
+                    // The lane stopped on a failure that is already reported.
+                    lane.pending.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+        since_sweep += 1;
+        if since_sweep >= 256 {
+            since_sweep = 0;
+            lanes.retain(|_, lane| lane.pending.load(Ordering::SeqCst) > 0);
+        }
+    };
+
+    // Lanes end when their queues are empty (or at once when interrupted).
+    drop(lanes);
+    drop(failures_tx);
+    while tasks.join_next().await.is_some() {}
+    outcome
+}
+
+fn spawn_lane(
+    tasks: &mut JoinSet<()>,
+    ctx: Arc<ChannelContext>,
+    reporter: Reporter,
+    stop: CancellationToken,
+    failures: mpsc::UnboundedSender<Unsettled>,
+) -> Lane {
+    let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let lane_pending = pending.clone();
+    tasks.spawn(async move {
+        while let Some(job) = queue.recv().await {
+            let result = process(&ctx, &reporter, job, &stop).await;
+            lane_pending.fetch_sub(1, Ordering::SeqCst);
+            match result {
+                Ok(()) => {}
+                Err(Unsettled::Interrupted) => break,
+                Err(failure) => {
+                    let _ = failures.send(failure);
+                    break;
+                }
+            }
+        }
+    });
+    Lane { jobs, pending }
+}
+
+async fn ack(delivery: &Delivery) -> Result<(), Unsettled> {
+    delivery.acker.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}
+
+fn dm_target(target: &ReplyTarget) -> DmTarget {
+    match target {
+        ReplyTarget::Recipient(id) => DmTarget::Participant(id.clone()),
+        ReplyTarget::Conversation(id) => DmTarget::Conversation(id.clone()),
+    }
+}
+
+/// When a parked reply should be back at the latest; past it the reply is
+/// presumed gone and stops holding up its conversation.
+fn due_by(delay: Duration) -> Instant {
+    Instant::now() + delay * 2 + Duration::from_secs(60)
+}
+
+/// Waits for `duration` unless `stop` comes first.
+async fn pause(duration: Duration, stop: &CancellationToken) -> Result<(), Unsettled> {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => Err(Unsettled::Interrupted),
+        _ = tokio::time::sleep(duration) => Ok(()),
+    }
+}
+
+/// Settles one reply: sends it, or parks it, or dead-letters it; acks only
+/// after that outcome is durable.
+async fn process(
+    ctx: &ChannelContext,
+    reporter: &Reporter,
+    job: Job,
+    stop: &CancellationToken,
+) -> Result<(), Unsettled> {
+    let Job { delivery, reply } = job;
+    let channel = ctx.name.as_str();
+    let message_id = reply.message_id.as_str();
+    let conversation = reply.target.ordering_key();
+    let mut history = FailureHeaders::read(delivery.properties.headers().as_ref());
+    history.channel = Some(channel.to_owned());
+
+    if let Some(record) = ctx.store.sent(channel, message_id).await? {
+        if !record.reported {
+            reporter
+                .status(&sent_event(channel, message_id, &record))
+                .await?;
+            ctx.store.mark_reported(channel, message_id).await?;
+        }
+        tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, "reply was already sent; not sending it again");
+        ack(&delivery).await?;
+        ctx.parked.settled(&conversation, message_id);
+        return Ok(());
+    }
+
+    if ctx.parked.must_wait(&conversation, message_id) {
+        let delay = ctx.policy.retry.delays[0];
+        reporter.park(&delivery, delay, &history).await?;
+        ctx.parked.park(&conversation, message_id, due_by(delay));
+        tracing::debug!(
+            channel,
+            message_id,
+            "parked behind an earlier reply of its conversation"
+        );
+        return ack(&delivery).await;
+    }
+
+    let now = Utc::now();
+    let published_at = delivery
+        .properties
+        .timestamp()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(i64::try_from(t).ok()?, 0))
+        .filter(|t| *t <= now);
+    let first_seen = [history.first_seen_at, published_at]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now);
+    history.first_seen_at = Some(first_seen);
+    let waited = (now - first_seen).to_std().unwrap_or_default();
+    let credits_deadline = Instant::now() + ctx.policy.credits.max_wait.saturating_sub(waited);
+    let target = dm_target(&reply.target);
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(ctx.policy.retry.initial_backoff)
+        .with_max_delay(ctx.policy.retry.max_backoff)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut attempts_this_delivery = 0;
+    let mut last_credits_failure: Option<Failure> = None;
+
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Err(Unsettled::Interrupted),
+            permit = ctx.gate.acquire(credits_deadline) => permit,
+        };
+        let Ok(permit) = permit else {
+            let failure = last_credits_failure.unwrap_or_else(|| {
+                Failure::local(
+                    FailureReason::CreditsExhausted,
+                    "the X account has had no credits for longer than the wait bound; top up at console.x.com, then replay from the dead-letter queue",
+                )
+            });
+            return dead_letter(
+                ctx,
+                reporter,
+                &delivery,
+                &reply,
+                &conversation,
+                &failure,
+                history,
+            )
+            .await;
+        };
+        if let Some(until) = ctx.client.pacer().blocked_until() {
+            let wait = (until - Utc::now()).to_std().unwrap_or_default();
+            if !wait.is_zero() {
+                tracing::info!(
+                    channel,
+                    message_id,
+                    wait_secs = wait.as_secs(),
+                    "waiting for X's rate-limit window"
+                );
+                if let Err(e) = pause(wait, stop).await {
+                    ctx.gate.inconclusive(permit);
+                    return Err(e);
+                }
+            }
+        }
+
+        history.attempts += 1;
+        attempts_this_delivery += 1;
+        let error = match ctx.client.send_dm(&target, &reply.text).await {
+            Ok(sent) => {
+                ctx.gate.succeeded();
+                let record = SentRecord {
+                    dm_event_id: sent.dm_event_id,
+                    conversation_id: sent.dm_conversation_id,
+                    sent_at: Utc::now(),
+                    reported: false,
+                };
+                ctx.store.record_sent(channel, message_id, &record).await?;
+                tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, attempts = history.attempts, "DM sent");
+                failpoints::freeze_if_armed(failpoints::AFTER_SEND_RECORDED).await;
+                reporter
+                    .status(&sent_event(channel, message_id, &record))
+                    .await?;
+                ctx.store.mark_reported(channel, message_id).await?;
+                ack(&delivery).await?;
+                ctx.parked.settled(&conversation, message_id);
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+
+        let now = Utc::now();
+        history.first_failure_at.get_or_insert(now);
+        history.last_failure_at = Some(now);
+        history.http_status = error.http_status();
+        history.problem_type = error.problem_type().map(str::to_owned);
+        if matches!(error, XError::CreditsExhausted { .. }) {
+            ctx.gate.exhausted(permit);
+            last_credits_failure = Some(Failure::from_x(FailureReason::CreditsExhausted, &error));
+        } else {
+            ctx.gate.inconclusive(permit);
+        }
+        let fate = decide(
+            &error,
+            &History {
+                attempts: history.attempts,
+                attempts_this_delivery,
+                times_parked: history.times_parked,
+                waited: (now - first_seen).to_std().unwrap_or_default(),
+            },
+            &ctx.policy,
+        );
+        tracing::warn!(channel, message_id, attempts = history.attempts, error = %error, ?fate, "send failed");
+        match fate {
+            Fate::RetrySoon => {
+                let wait = backoff.next().unwrap_or(ctx.policy.retry.max_backoff);
+                pause(wait, stop).await?;
+            }
+            Fate::WaitForRateLimit => {
+                if let XError::RateLimited { reset_at, .. } = &error {
+                    ctx.client.pacer().block_until(*reset_at);
+                }
+            }
+            Fate::WaitForCredits => {}
+            Fate::Park(delay) => {
+                history.times_parked += 1;
+                reporter.park(&delivery, delay, &history).await?;
+                ctx.parked.park(&conversation, message_id, due_by(delay));
+                tracing::info!(
+                    channel,
+                    message_id,
+                    delay_secs = delay.as_secs(),
+                    "reply parked for a later retry"
+                );
+                return ack(&delivery).await;
+            }
+            Fate::DeadLetter(reason) => {
+                let failure = Failure::from_x(reason, &error);
+                return dead_letter(
+                    ctx,
+                    reporter,
+                    &delivery,
+                    &reply,
+                    &conversation,
+                    &failure,
+                    history,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn dead_letter(
+    ctx: &ChannelContext,
+    reporter: &Reporter,
+    delivery: &Delivery,
+    reply: &OutgoingReply,
+    conversation: &str,
+    failure: &Failure,
+    history: FailureHeaders,
+) -> Result<(), Unsettled> {
+    reporter
+        .dead_letter(
+            delivery,
+            &ctx.name,
+            Some(&reply.message_id),
+            failure,
+            history,
+        )
+        .await?;
+    ack(delivery).await?;
+    ctx.parked.settled(conversation, &reply.message_id);
+    Ok(())
+}
+
+fn sent_event(channel: &str, message_id: &str, record: &SentRecord) -> StatusEvent {
+    StatusEvent::Sent {
+        message_id: message_id.to_owned(),
+        channel: channel.to_owned(),
+        dm_event_id: record.dm_event_id.clone(),
+        conversation_id: record.conversation_id.clone(),
+        sent_at: record.sent_at,
+    }
+}
