@@ -318,6 +318,48 @@ mod tests {
     }
 
     #[test]
+    fn form_body_parameters_are_signed_but_json_is_not() {
+        let account = Account::generate("a");
+        let registry = registry_with(&account);
+        let now = Utc::now();
+        let url = url::Url::parse("http://127.0.0.1:8081/1.1/statuses/update.json").unwrap();
+        let form = [("status", "Hello Ladies + Gentlemen")];
+        let value =
+            oauth::authorization_header("POST", &url, &form, &account, "n1", now.timestamp());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&value).unwrap(),
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8081"));
+        let uri: Uri = "/1.1/statuses/update.json".parse().unwrap();
+        let mut nonces = NonceCache::default();
+        let mut attempt = |content_type: &'static str, body: &[u8]| {
+            let mut headers = headers.clone();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            let request = SignedRequest {
+                method: &Method::POST,
+                uri: &uri,
+                headers: &headers,
+                body,
+            };
+            authenticate(&request, &registry, &mut nonces, now).map(|_| ())
+        };
+        let json = attempt("application/json", b"status=Hello+Ladies+%2B+Gentlemen");
+        assert!(matches!(json, Err(AuthFailure::SignatureMismatch { .. })));
+        let tampered = attempt("application/x-www-form-urlencoded", b"status=Bye");
+        assert!(matches!(
+            tampered,
+            Err(AuthFailure::SignatureMismatch { .. })
+        ));
+        let form = attempt(
+            "application/x-www-form-urlencoded",
+            b"status=Hello+Ladies+%2B+Gentlemen",
+        );
+        assert_eq!(form, Ok(()));
+    }
+
+    #[test]
     fn bearer_token_of_a_known_app_is_refused_as_app_only() {
         let account = Account::generate("a");
         let registry = registry_with(&account);
