@@ -10,6 +10,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +30,7 @@ use crate::{unrouted, OutboundError};
 pub struct Outbound {
     settings: Arc<Settings>,
     channels: Vec<Arc<ChannelContext>>,
+    ready: watch::Sender<bool>,
 }
 
 impl Outbound {
@@ -72,7 +74,17 @@ impl Outbound {
                 }))
             })
             .collect::<Result<Vec<_>, OutboundError>>()?;
-        Ok(Outbound { settings, channels })
+        Ok(Outbound {
+            settings,
+            channels,
+            ready: watch::Sender::new(false),
+        })
+    }
+
+    /// `true` while connected with the topology declared and every consumer
+    /// running: what a readiness probe (or a test) waits for.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// Runs until `shutdown` is cancelled, reconnecting as often as needed.
@@ -127,6 +139,7 @@ impl Outbound {
             channels = self.channels.len(),
             "outbound running: topology declared, consuming replies"
         );
+        self.ready.send_replace(true);
         let started = tokio::time::Instant::now();
 
         let failure = tokio::select! {
@@ -137,6 +150,7 @@ impl Outbound {
                 Err(e) => format!("a consumer task failed: {e}"),
             }),
         };
+        self.ready.send_replace(false);
         stop.cancel();
         let grace = self.settings.outbound.shutdown_grace;
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })

@@ -1,1 +1,56 @@
-fn main() {}
+//! The `xbridge` binary: parses the command line and hands over to the
+//! library. Errors end here, printed once, with a non-zero exit status.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use xbridge::app::Bridge;
+use xbridge::cli::{Cli, Command};
+use xbridge::{demo, signals};
+use xbridge_core::config::Settings;
+use xbridge_core::telemetry;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(&config).await,
+        Command::Demo {
+            amqp_url,
+            keep_running,
+        } => demo::run(&amqp_url, keep_running).await,
+        Command::CheckConfig { config } => check_config(&config),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xbridge: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: &std::path::Path) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    telemetry::init(settings.telemetry.log_format);
+    xbridge_outbound::failpoints::setup();
+    let bridge = Bridge::build(settings)?;
+    let shutdown = CancellationToken::new();
+    signals::cancel_on_signal(shutdown.clone());
+    bridge.run(shutdown).await
+}
+
+fn check_config(config: &std::path::Path) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    println!("configuration OK: {}", config.display());
+    println!("  X API: {}", settings.x.api_base_url);
+    println!("  state store: {}", settings.state.path.display());
+    for channel in &settings.channels {
+        println!(
+            "  channel {}: replies from queue {}",
+            channel.name,
+            settings.amqp.topology.outgoing_queue(&channel.name)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! `xbridge demo`: the whole outbound path on one machine with no X account.
+//!
+//! Starts the X simulator with its demo account, runs the bridge against the
+//! local RabbitMQ (default topology names), publishes one reply the way a CRM
+//! would, and shows the DM the simulator received and the `message.sent` the
+//! CRM got back.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+
+use x_simulator::{Account, Simulator, SimulatorConfig, DEMO_USER_ID};
+use xbridge_core::config::{LogFormat, Settings, TopologyNames};
+use xbridge_core::telemetry;
+
+use crate::app::Bridge;
+use crate::signals;
+
+/// The channel name the demo configures.
+pub const DEMO_CHANNEL: &str = "demo";
+/// A made-up customer the demo replies to.
+const DEMO_CUSTOMER: &str = "2244994945";
+/// How long each step may take before the demo says what is wrong.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The configuration the demo runs the bridge with: the simulator's demo
+/// account as the only channel.
+pub fn demo_settings(amqp_url: &str, x_api_base_url: &str, state_path: &std::path::Path) -> String {
+    let account = Account::demo();
+    format!(
+        r#"
+[amqp]
+url = "{amqp_url}"
+
+[x]
+api_base_url = "{x_api_base_url}"
+
+[state]
+path = "{state}"
+
+[[channels]]
+name = "{DEMO_CHANNEL}"
+consumer_key = "{ck}"
+consumer_secret = "{cs}"
+access_token = "{at}"
+access_token_secret = "{ats}"
+bearer_token = "{bt}"
+"#,
+        state = state_path.display(),
+        ck = account.consumer_key,
+        cs = account.consumer_secret,
+        at = account.access_token,
+        ats = account.access_token_secret,
+        bt = account.bearer_token,
+    )
+}
+
+/// Runs the demo.
+pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
+    telemetry::init(LogFormat::Text);
+    let simulator = Simulator::start(SimulatorConfig {
+        accounts: vec![Account::demo()],
+        ..SimulatorConfig::default()
+    })
+    .await
+    .context("starting the X simulator")?;
+    println!("X simulator listening on {}", simulator.base_url());
+
+    let state = tempfile::tempdir().context("creating a state folder")?;
+    let settings = Settings::from_toml(&demo_settings(
+        amqp_url,
+        simulator.base_url().as_str(),
+        &state.path().join("state.redb"),
+    ))?;
+    let names = settings.amqp.topology.clone();
+    let bridge = Bridge::build(settings)?;
+    let mut ready = bridge.readiness();
+    let shutdown = CancellationToken::new();
+    signals::cancel_on_signal(shutdown.clone());
+    let running = tokio::spawn(bridge.run(shutdown.clone()));
+
+    tokio::time::timeout(STEP_TIMEOUT, ready.wait_for(|r| *r))
+        .await
+        .map_err(|_| anyhow!("the bridge did not connect to RabbitMQ at {amqp_url} within {STEP_TIMEOUT:?}; is rabbitmq-server running? (see README: Getting RabbitMQ)"))?
+        .ok();
+    println!("bridge connected; topology declared on RabbitMQ");
+
+    let crm = Crm::connect(amqp_url, &names).await?;
+    let message_id = format!("demo-{}", uuid::Uuid::new_v4());
+    let reply = serde_json::json!({
+        "message_id": message_id,
+        "recipient_id": DEMO_CUSTOMER,
+        "text": "Hello from your CRM, via xbridge!",
+    });
+    crm.publish_reply(&names.outgoing_exchange, DEMO_CHANNEL, &reply)
+        .await?;
+    println!(
+        "\nCRM published to {} (routing key {DEMO_CHANNEL}):\n  {reply}",
+        names.outgoing_exchange
+    );
+
+    let already = simulator.sent_dms_for(DEMO_USER_ID).len();
+    let dms = tokio::time::timeout(
+        STEP_TIMEOUT,
+        simulator.wait_for_dms(DEMO_USER_ID, already + 1),
+    )
+    .await
+    .map_err(|_| anyhow!("the simulator received no DM within {STEP_TIMEOUT:?}"))?;
+    let dm = dms.last().expect("waited for at least one DM");
+    println!(
+        "\nX simulator received a DM (OAuth 1.0a signature verified):\n  dm_event_id {} in conversation {}: {:?}",
+        dm.dm_event_id, dm.dm_conversation_id, dm.text
+    );
+
+    let event = tokio::time::timeout(STEP_TIMEOUT, crm.next_event_for(&message_id))
+        .await
+        .map_err(|_| anyhow!("no status event reached the CRM within {STEP_TIMEOUT:?}"))??;
+    println!("\nCRM received on {}:\n  {event}", names.incoming_exchange);
+
+    if keep_running {
+        println!(
+            "\nStill running (Ctrl-C to stop). Publish more replies to exchange {} with routing key {DEMO_CHANNEL}; X simulator admin: {}_sim/dms",
+            names.outgoing_exchange,
+            simulator.base_url()
+        );
+    } else {
+        shutdown.cancel();
+    }
+    running.await.context("the bridge task failed")??;
+    simulator.shutdown().await;
+    Ok(())
+}
+
+/// What the demo does in the CRM's place.
+struct Crm {
+    _connection: Connection,
+    channel: lapin::Channel,
+    events: lapin::Consumer,
+}
+
+impl Crm {
+    async fn connect(amqp_url: &str, names: &TopologyNames) -> anyhow::Result<Crm> {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        // A private queue so the demo sees its own event without draining
+        // the durable incoming queue a real CRM reads.
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                names.incoming_exchange.as_str().into(),
+                format!("{DEMO_CHANNEL}.#").into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let events = channel
+            .basic_consume(
+                queue.name().clone(),
+                "xbridge-demo-crm".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Crm {
+            _connection: connection,
+            channel,
+            events,
+        })
+    }
+
+    async fn publish_reply(
+        &self,
+        exchange: &str,
+        channel_name: &str,
+        reply: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                channel_name.into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(reply)?,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    async fn next_event_for(&self, message_id: &str) -> anyhow::Result<String> {
+        let mut events = self.events.clone();
+        while let Some(delivery) = events.next().await {
+            let delivery = delivery?;
+            delivery.ack(BasicAckOptions::default()).await?;
+            let body = String::from_utf8_lossy(&delivery.data).into_owned();
+            if body.contains(message_id) {
+                return Ok(body);
+            }
+        }
+        Err(anyhow!("the event stream ended"))
+    }
+}

@@ -1,0 +1,8 @@
+//! The `xbridge` command: `run` the bridge from a configuration file, or run
+//! a self-contained `demo` against the built-in X simulator. The logic lives
+//! in the library crates; this crate only wires them together.
+
+pub mod app;
+pub mod cli;
+pub mod demo;
+pub mod signals;

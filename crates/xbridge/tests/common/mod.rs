@@ -1,0 +1,41 @@
+//! Starting the bridge inside a test's own process.
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use xbridge::app::Bridge;
+use xbridge_core::config::Settings;
+use xbridge_test_support::{TestApp, PATIENCE};
+
+/// A bridge running in this test's runtime.
+pub struct RunningBridge {
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningBridge {
+    /// Stops it the way SIGTERM would and waits for it to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("the bridge stops")
+            .expect("the bridge task")
+            .expect("the bridge ends cleanly");
+    }
+}
+
+/// Starts the bridge with the test's configuration and waits until it is
+/// connected, has declared the topology and consumes.
+pub async fn start_bridge(app: &TestApp) -> RunningBridge {
+    let settings = Settings::from_toml(&app.config_toml()).expect("the test config is valid");
+    let bridge = Bridge::build(settings).expect("the bridge builds");
+    let mut ready = bridge.readiness();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(bridge.run(shutdown.clone()));
+    tokio::time::timeout(PATIENCE, ready.wait_for(|ready| *ready))
+        .await
+        .expect("the bridge becomes ready")
+        .expect("readiness");
+    RunningBridge { shutdown, task }
+}

@@ -1,0 +1,494 @@
+//! The outbound path end to end: a reply published by a CRM client reaches
+//! the X simulator as a signed DM, and the CRM hears back; every failure
+//! class ends the way the contract says. Real RabbitMQ, simulated X.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+
+use common::start_bridge;
+use x_simulator::Fault;
+use xbridge_test_support::{assert_valid, spawn_app, TestApp, TestOptions, PATIENCE};
+
+fn reply(message_id: &str, recipient: &str, text: &str) -> serde_json::Value {
+    json!({ "message_id": message_id, "recipient_id": recipient, "text": text })
+}
+
+async fn wait_dms(app: &TestApp, channel: &str, count: usize) -> Vec<x_simulator::SentDm> {
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_dms(&app.user_id(channel), count),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} DM(s) on {channel}"))
+}
+
+#[allow(dead_code)]
+async fn wait_requests(app: &TestApp, channel: &str, count: usize) {
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator
+            .wait_for_requests(&app.user_id(channel), count),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} request(s) on {channel}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_becomes_a_signed_dm_and_the_crm_gets_message_sent() {
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    let body = reply("crm-1", "944480690", "Hello from support ☃ + & %");
+    assert_valid("outgoing-reply", &body);
+    crm.publish_reply("acme", &body).await;
+
+    let dms = wait_dms(&app, "acme", 1).await;
+    assert_eq!(dms[0].text, "Hello from support ☃ + & %");
+    assert_eq!(dms[0].participant_id.as_deref(), Some("944480690"));
+
+    let event = crm.next_event().await;
+    assert_eq!(event.routing_key, "acme.message.sent");
+    assert_valid("message-sent", &event.body);
+    assert_eq!(event.body["message_id"], "crm-1");
+    assert_eq!(event.body["channel"], "acme");
+    assert_eq!(event.body["dm_event_id"], dms[0].dm_event_id.as_str());
+    assert_eq!(
+        event.body["conversation_id"],
+        dms[0].dm_conversation_id.as_str()
+    );
+    let props = &event.properties;
+    assert_eq!(
+        props.correlation_id().as_ref().map(|s| s.as_str()),
+        Some("crm-1")
+    );
+    assert_eq!(
+        props.message_id().as_ref().map(|s| s.as_str()),
+        Some("acme:crm-1:sent")
+    );
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(*props.delivery_mode(), Some(2));
+    assert!(props.timestamp().is_some());
+    // The simulator refuses bad signatures with 401; none happened.
+    assert_eq!(app.simulator.counters().unauthorized, 0);
+
+    // A conversation id works as well as a recipient id.
+    let conversation = dms[0].dm_conversation_id.clone();
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "crm-2", "conversation_id": conversation, "text": "Follow-up"}),
+    )
+    .await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["message_id"], "crm-2");
+    assert_eq!(event.body["conversation_id"], conversation.as_str());
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_id_published_twice_gives_one_dm() {
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    crm.publish_reply("acme", &reply("dup-1", "944480690", "only once"))
+        .await;
+    crm.publish_reply("acme", &reply("dup-1", "944480690", "only once"))
+        .await;
+    // A later reply in the same conversation is our sync point: when its
+    // event arrives, both copies of dup-1 have been handled.
+    crm.publish_reply("acme", &reply("after", "944480690", "next"))
+        .await;
+
+    let ids: Vec<String> = crm
+        .events(2)
+        .await
+        .iter()
+        .map(|e| e.body["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["dup-1", "after"]);
+    let texts: Vec<String> = app
+        .simulator
+        .sent_dms()
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(texts, ["only once", "next"]);
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    let long = "x".repeat(10_001);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"this is not json".to_vec(), "not valid JSON"),
+        (vec![0xff, 0xfe, 0x00], "not valid UTF-8"),
+        (
+            br#"{"recipient_id":"1","text":"no id"}"#.to_vec(),
+            "message_id is missing",
+        ),
+        (
+            br#"{"message_id":42,"recipient_id":"1","text":"a"}"#.to_vec(),
+            "message_id must be a string",
+        ),
+        (
+            br#"{"message_id":"bad-1","text":"nobody"}"#.to_vec(),
+            "recipient_id or conversation_id is required",
+        ),
+        (
+            br#"{"message_id":"bad-2","recipient_id":"12x","text":"a"}"#.to_vec(),
+            "not an X user id",
+        ),
+        (
+            br#"{"message_id":"bad-3","recipient_id":"1","text":""}"#.to_vec(),
+            "text must not be empty",
+        ),
+        (
+            br#"{"message_id":"bad-4","recipient_id":"1","text":["a"]}"#.to_vec(),
+            "text must be a string",
+        ),
+        (
+            format!(r#"{{"message_id":"bad-5","recipient_id":"1","text":"{long}"}}"#).into_bytes(),
+            "at most 10000",
+        ),
+        (
+            br#"{"message_id":"bad-6","recipient_id":"1","text":"a","channel":"other"}"#.to_vec(),
+            "does not match the routing key",
+        ),
+    ];
+    for (body, _) in &cases {
+        crm.publish_raw("acme", body).await;
+    }
+    crm.publish_reply("acme", &reply("good", "944480690", "still works"))
+        .await;
+
+    let mut details = Vec::new();
+    for (body, _) in &cases {
+        let dead = crm.next_dead_letter().await;
+        assert_eq!(dead.reason(), "invalid_message");
+        assert_eq!(dead.headers.channel.as_deref(), Some("acme"));
+        assert_eq!(dead.headers.attempts, 0);
+        assert_eq!(dead.routing_key, "acme");
+        assert!(
+            cases.iter().any(|(b, _)| *b == dead.body),
+            "the original body is kept"
+        );
+        let _ = body;
+        details.push(dead.headers.detail.unwrap_or_default());
+    }
+    for (_, expected) in &cases {
+        assert!(
+            details.iter().any(|d| d.contains(expected)),
+            "no dead letter says {expected:?}: {details:?}"
+        );
+    }
+
+    // The CRM hears about each reply whose id it can know, and the good one is sent.
+    let events = crm.events(7).await;
+    let failed: HashSet<&str> = events
+        .iter()
+        .filter(|e| e.body["type"] == "message.failed")
+        .inspect(|e| {
+            assert_valid("message-failed", &e.body);
+            assert_eq!(e.body["reason"], "invalid_message");
+        })
+        .map(|e| e.body["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        HashSet::from(["bad-1", "bad-2", "bad-3", "bad-4", "bad-5", "bad-6"])
+    );
+    assert!(events
+        .iter()
+        .any(|e| e.body["type"] == "message.sent" && e.body["message_id"] == "good"));
+    assert_eq!(wait_dms(&app, "acme", 1).await.len(), 1);
+    assert_eq!(app.simulator.requests().len(), 1, "no bad reply reached X");
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_for_an_unknown_channel_is_dead_lettered_not_lost() {
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    crm.publish_reply("nosuchchannel", &reply("lost-1", "1", "hello?"))
+        .await;
+
+    let dead = crm.next_dead_letter().await;
+    assert_eq!(dead.reason(), "unknown_channel");
+    assert_eq!(
+        dead.headers.original_routing_key.as_deref(),
+        Some("nosuchchannel")
+    );
+    assert!(dead.headers.detail.unwrap().contains("nosuchchannel"));
+    let event = crm.next_event().await;
+    assert_eq!(event.body["reason"], "unknown_channel");
+    assert_eq!(event.body["message_id"], "lost-1");
+    assert!(app.simulator.requests().is_empty());
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_of_one_conversation_go_out_in_order_retries_included() {
+    let app = spawn_app(TestOptions {
+        retry: "immediate_attempts = 2\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\ndelays = [\"200ms\"]\nmax_attempts = 10\n".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    // The first reply fails often enough to be parked in the delay queue.
+    app.simulator.set_fault(
+        &app.user_id("acme"),
+        Fault::ServerError {
+            status: 503,
+            times: Some(3),
+        },
+    );
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    for i in 1..=4 {
+        crm.publish_reply(
+            "acme",
+            &reply(&format!("o{i}"), "944480690", &format!("part {i}")),
+        )
+        .await;
+    }
+    let texts: Vec<String> = wait_dms(&app, "acme", 4)
+        .await
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(texts, ["part 1", "part 2", "part 3", "part 4"]);
+    let ids: Vec<String> = crm
+        .events(4)
+        .await
+        .iter()
+        .map(|e| e.body["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["o1", "o2", "o3", "o4"]);
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_timeouts_are_retried_then_sent() {
+    let app = spawn_app(TestOptions {
+        request_timeout: Duration::from_millis(500),
+        ..TestOptions::default()
+    })
+    .await;
+    let user = app.user_id("acme");
+    app.simulator.set_fault(
+        &user,
+        Fault::ServerError {
+            status: 503,
+            times: Some(2),
+        },
+    );
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    crm.publish_reply("acme", &reply("t-1", "944480690", "after 5xx"))
+        .await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["message_id"], "t-1");
+    assert_eq!(event.body["type"], "message.sent");
+
+    app.simulator
+        .set_fault(&user, Fault::Timeout { times: Some(1) });
+    crm.publish_reply("acme", &reply("t-2", "944480690", "after a timeout"))
+        .await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["message_id"], "t-2");
+    assert_eq!(event.body["type"], "message.sent");
+
+    let texts: Vec<String> = app
+        .simulator
+        .sent_dms()
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(texts, ["after 5xx", "after a timeout"]);
+    let statuses: Vec<u16> = app
+        .simulator
+        .requests_for(&user)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        2,
+        "{statuses:?}"
+    );
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lasting_server_error_ends_as_retries_exhausted() {
+    let app = spawn_app(TestOptions {
+        retry: "immediate_attempts = 2\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\ndelays = [\"200ms\"]\nmax_attempts = 5\n".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    let user = app.user_id("acme");
+    app.simulator.set_fault(
+        &user,
+        Fault::ServerError {
+            status: 500,
+            times: None,
+        },
+    );
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    crm.publish_reply("acme", &reply("p-1", "944480690", "never"))
+        .await;
+    let dead = crm.next_dead_letter().await;
+    assert_eq!(dead.reason(), "retries_exhausted");
+    assert_eq!(dead.headers.attempts, 5);
+    assert_eq!(dead.headers.http_status, Some(500));
+    assert!(dead.headers.first_failure_at.is_some() && dead.headers.last_failure_at.is_some());
+    assert_eq!(
+        dead.body,
+        serde_json::to_vec(&reply("p-1", "944480690", "never")).unwrap()
+    );
+    let event = crm.next_event().await;
+    assert_valid("message-failed", &event.body);
+    assert_eq!(event.body["reason"], "retries_exhausted");
+    assert_eq!(event.body["attempts"], 5);
+    assert_eq!(app.simulator.requests_for(&user).len(), 5);
+    assert!(app.simulator.sent_dms().is_empty());
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_errors_are_dead_lettered_after_one_request_with_their_reason() {
+    let app = spawn_app(TestOptions {
+        channels: vec![
+            "refuse".into(),
+            "unauth".into(),
+            "noperm".into(),
+            "noenrol".into(),
+        ],
+        ..TestOptions::default()
+    })
+    .await;
+    let sim = &app.simulator;
+    sim.set_fault(
+        &app.user_id("refuse"),
+        Fault::RecipientRefuses {
+            participant_id: "944480690".into(),
+        },
+    );
+    sim.set_fault(&app.user_id("unauth"), Fault::Unauthorized);
+    sim.set_fault(&app.user_id("noperm"), Fault::MissingPermission);
+    sim.set_fault(&app.user_id("noenrol"), Fault::NotEnrolled);
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    let expected = [
+        ("refuse", "recipient_refuses", 403),
+        ("unauth", "unauthorized", 401),
+        ("noperm", "missing_permission", 403),
+        ("noenrol", "not_enrolled", 403),
+    ];
+    for (channel, _, _) in expected {
+        crm.publish_reply(channel, &reply(&format!("{channel}-1"), "944480690", "hi"))
+            .await;
+    }
+    let mut seen = Vec::new();
+    for _ in expected {
+        let dead = crm.next_dead_letter().await;
+        seen.push((
+            dead.headers.channel.clone().unwrap(),
+            dead.reason().to_owned(),
+            dead.headers.http_status.unwrap(),
+        ));
+        assert_eq!(dead.headers.attempts, 1);
+    }
+    for (channel, reason, status) in expected {
+        assert!(
+            seen.contains(&(channel.to_owned(), reason.to_owned(), status)),
+            "{seen:?}"
+        );
+        assert_eq!(
+            sim.requests_for(&app.user_id(channel)).len(),
+            1,
+            "{channel}: one request only"
+        );
+    }
+    let events = crm.events(4).await;
+    let missing_permission = events
+        .iter()
+        .find(|e| e.body["reason"] == "missing_permission")
+        .unwrap();
+    let detail = missing_permission.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Read and write and Direct message") && detail.contains("regenerate"),
+        "{detail}"
+    );
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_events_carry_no_secrets() {
+    let app = spawn_app(TestOptions::default()).await;
+    let account = app.account("acme").clone();
+    app.simulator
+        .set_fault(&account.user_id, Fault::Unauthorized);
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    crm.publish_reply("acme", &reply("s-1", "944480690", "hi"))
+        .await;
+    let dead = crm.next_dead_letter().await;
+    let event = crm.next_event().await;
+    let everything = format!("{:?} {:?} {}", dead.properties, dead.headers, event.body);
+    for secret in [
+        &account.consumer_secret,
+        &account.access_token_secret,
+        &account.access_token,
+        &account.bearer_token,
+        &account.consumer_key,
+    ] {
+        assert!(
+            !everything.contains(secret.as_str()),
+            "a credential leaked: {everything}"
+        );
+    }
+
+    bridge.stop().await;
+    app.cleanup().await;
+}

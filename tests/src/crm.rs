@@ -1,0 +1,219 @@
+//! The CRM's side of the contract, as a test sees it: publish replies to the
+//! outgoing exchange, read events from the incoming queue and failures from
+//! the dead-letter queue.
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use serde_json::Value;
+
+use xbridge_core::amqp::FailureHeaders;
+use xbridge_core::config::TopologyNames;
+
+use crate::PATIENCE;
+
+/// An event the bridge published for the CRM.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// `<channel>.<type>`.
+    pub routing_key: String,
+    /// The JSON body.
+    pub body: Value,
+    /// AMQP properties (message_id, correlation_id, …).
+    pub properties: BasicProperties,
+}
+
+/// A reply in the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The original body.
+    pub body: Vec<u8>,
+    /// Routing key on the dead-letter exchange.
+    pub routing_key: String,
+    /// Our failure headers.
+    pub headers: FailureHeaders,
+    /// All properties, to check nothing secret rides along.
+    pub properties: BasicProperties,
+}
+
+impl DeadLetter {
+    /// The reason header.
+    pub fn reason(&self) -> &str {
+        self.headers.reason.as_deref().unwrap_or("")
+    }
+}
+
+/// A CRM connected to one test's topology.
+pub struct Crm {
+    _connection: Connection,
+    channel: Channel,
+    names: TopologyNames,
+    events: Consumer,
+    dead_letters: Consumer,
+}
+
+impl Crm {
+    /// Connects and starts reading the incoming and dead-letter queues.
+    pub async fn connect(url: &str, names: TopologyNames) -> Crm {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("the CRM connects to RabbitMQ");
+        let channel = connection.create_channel().await.expect("a channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let events = consume(&connection, &names.incoming_queue).await;
+        let dead_letters = consume(&connection, &names.dead_letter_queue).await;
+        Crm {
+            _connection: connection,
+            channel,
+            names,
+            events,
+            dead_letters,
+        }
+    }
+
+    /// Publishes a reply as JSON under `channel`'s routing key.
+    pub async fn publish_reply(&self, channel: &str, reply: &Value) {
+        self.publish_raw(channel, &serde_json::to_vec(reply).expect("json"))
+            .await;
+    }
+
+    /// Publishes any bytes under `routing_key` (bad input tests), persistent
+    /// and confirmed, the way a CRM should.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.names.outgoing_exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker took the reply");
+    }
+
+    /// The next event for the CRM; fails the test after [`PATIENCE`].
+    pub async fn next_event(&mut self) -> Event {
+        let delivery = next(&mut self.events, "an event on the incoming queue").await;
+        Event {
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            body: serde_json::from_slice(&delivery.data).expect("events are JSON"),
+            properties: delivery.properties.clone(),
+        }
+    }
+
+    /// The next `n` events.
+    pub async fn events(&mut self, n: usize) -> Vec<Event> {
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            events.push(self.next_event().await);
+        }
+        events
+    }
+
+    /// The next dead letter; fails the test after [`PATIENCE`].
+    pub async fn next_dead_letter(&mut self) -> DeadLetter {
+        let delivery = next(&mut self.dead_letters, "a dead letter").await;
+        DeadLetter {
+            body: delivery.data.clone(),
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            headers: FailureHeaders::read(delivery.properties.headers().as_ref()),
+            properties: delivery.properties.clone(),
+        }
+    }
+
+    /// Messages ready in `queue` (not counting what our consumers hold).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists")
+            .message_count()
+    }
+}
+
+async fn consume(connection: &Connection, queue: &str) -> Consumer {
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .basic_consume(
+            queue.into(),
+            format!("test-crm-{}", uuid::Uuid::new_v4()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("consume {queue}: {e}"))
+}
+
+async fn next(consumer: &mut Consumer, what: &str) -> lapin::message::Delivery {
+    let delivery = tokio::time::timeout(PATIENCE, consumer.next())
+        .await
+        .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {what}"))
+        .unwrap_or_else(|| panic!("the consumer for {what} ended"))
+        .unwrap_or_else(|e| panic!("reading {what}: {e}"));
+    delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    delivery
+}
+
+/// Deletes a test's queues and exchanges (best effort).
+pub(crate) async fn delete_topology(
+    url: &str,
+    names: &TopologyNames,
+    channels: &[String],
+    delays: &[std::time::Duration],
+) {
+    let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await else {
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    let mut queues = vec![
+        names.unrouted.clone(),
+        names.incoming_queue.clone(),
+        names.dead_letter_queue.clone(),
+    ];
+    queues.extend(channels.iter().map(|c| names.outgoing_queue(c)));
+    let mut exchanges = vec![
+        names.unrouted.clone(),
+        names.outgoing_exchange.clone(),
+        names.incoming_exchange.clone(),
+        names.dead_letter_exchange.clone(),
+    ];
+    for delay in delays {
+        let name = names.delay_queue(*delay);
+        queues.push(name.clone());
+        exchanges.push(name);
+    }
+    for queue in queues {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in exchanges {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "cleanup".into()).await;
+}

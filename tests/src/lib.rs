@@ -1,0 +1,215 @@
+//! The harness every integration test uses, in the spirit of zero2prod's
+//! `spawn_app()`: each test gets its own topology on the shared RabbitMQ
+//! (unique names), its own X simulator, its own state file, and a CRM client
+//! that publishes replies and reads what the bridge sends back.
+//!
+//! The bridge itself runs either in the test's process (through a start
+//! function the test passes in, so this crate does not depend on the binary)
+//! or as a real `xbridge run` child process for crash and signal tests.
+
+mod crm;
+mod process;
+mod schema;
+
+pub use crm::{Crm, DeadLetter, Event};
+pub use process::BridgeProcess;
+pub use schema::assert_valid;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use x_simulator::{Account, Simulator, SimulatorConfig};
+use xbridge_core::config::TopologyNames;
+
+/// RabbitMQ for tests; override with `XBRIDGE_TEST_AMQP_URL`.
+pub fn amqp_url() -> String {
+    std::env::var("XBRIDGE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// How long a test waits for anything before it fails with a message.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Knobs a test may turn; the defaults keep every wait short.
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// Channel names, each backed by its own simulator account.
+    pub channels: Vec<String>,
+    /// Extra TOML appended to `[outbound.retry]`.
+    pub retry: String,
+    /// Extra TOML appended to `[outbound.credits]`.
+    pub credits: String,
+    /// `x.request_timeout`.
+    pub request_timeout: Duration,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        TestOptions {
+            channels: vec!["acme".to_owned()],
+            retry: "immediate_attempts = 3\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\ndelays = [\"200ms\", \"400ms\"]\nmax_attempts = 8\n".to_owned(),
+            credits: "max_wait = \"15m\"\nprobe_initial = \"200ms\"\nprobe_max = \"1s\"\n".to_owned(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One test's world.
+pub struct TestApp {
+    /// This test's exchange and queue names.
+    pub names: TopologyNames,
+    /// The fake X.
+    pub simulator: Simulator,
+    /// Channel name → simulator account.
+    pub accounts: Vec<(String, Account)>,
+    /// Where this test keeps its state file and config.
+    pub dir: tempfile::TempDir,
+    options: TestOptions,
+}
+
+/// Sets up a test's world: a simulator with one account per channel and
+/// unique topology names. The bridge is started by the test.
+pub async fn spawn_app(options: TestOptions) -> TestApp {
+    init_logs();
+    let prefix = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let accounts: Vec<(String, Account)> = options
+        .channels
+        .iter()
+        .map(|name| (name.clone(), Account::generate(&format!("{name}_support"))))
+        .collect();
+    let simulator = Simulator::start(SimulatorConfig {
+        accounts: accounts.iter().map(|(_, a)| a.clone()).collect(),
+        ..SimulatorConfig::default()
+    })
+    .await
+    .expect("the X simulator starts");
+    TestApp {
+        names: TopologyNames::with_prefix(&prefix),
+        simulator,
+        accounts,
+        dir: tempfile::tempdir().expect("a temp dir"),
+        options,
+    }
+}
+
+impl TestApp {
+    /// The simulator account behind `channel`.
+    pub fn account(&self, channel: &str) -> &Account {
+        &self
+            .accounts
+            .iter()
+            .find(|(name, _)| name == channel)
+            .unwrap_or_else(|| panic!("no channel {channel} in this test"))
+            .1
+    }
+
+    /// The X user id behind `channel`.
+    pub fn user_id(&self, channel: &str) -> String {
+        self.account(channel).user_id.clone()
+    }
+
+    /// The state store file of this test's bridge.
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.path().join("state.redb")
+    }
+
+    /// The bridge's configuration for this test, as TOML.
+    pub fn config_toml(&self) -> String {
+        let n = &self.names;
+        let mut toml = format!(
+            r#"
+[amqp]
+url = "{amqp}"
+prefetch = 64
+
+[amqp.topology]
+outgoing_exchange = "{oe}"
+outgoing_queue_prefix = "{oqp}"
+unrouted = "{un}"
+incoming_exchange = "{ie}"
+incoming_queue = "{iq}"
+dead_letter_exchange = "{dle}"
+dead_letter_queue = "{dlq}"
+delay_prefix = "{dp}"
+
+[x]
+api_base_url = "{x}"
+request_timeout = "{timeout}ms"
+
+[outbound]
+shutdown_grace = "10s"
+
+[outbound.retry]
+{retry}
+[outbound.credits]
+{credits}
+[state]
+path = "{state}"
+"#,
+            amqp = amqp_url(),
+            oe = n.outgoing_exchange,
+            oqp = n.outgoing_queue_prefix,
+            un = n.unrouted,
+            ie = n.incoming_exchange,
+            iq = n.incoming_queue,
+            dle = n.dead_letter_exchange,
+            dlq = n.dead_letter_queue,
+            dp = n.delay_prefix,
+            x = self.simulator.base_url(),
+            timeout = self.options.request_timeout.as_millis(),
+            retry = self.options.retry,
+            credits = self.options.credits,
+            state = self.state_path().display(),
+        );
+        for (name, account) in &self.accounts {
+            toml.push_str(&format!(
+                r#"
+[[channels]]
+name = "{name}"
+consumer_key = "{}"
+consumer_secret = "{}"
+access_token = "{}"
+access_token_secret = "{}"
+bearer_token = "{}"
+"#,
+                account.consumer_key,
+                account.consumer_secret,
+                account.access_token,
+                account.access_token_secret,
+                account.bearer_token
+            ));
+        }
+        toml
+    }
+
+    /// Writes the configuration to a file (for a bridge process).
+    pub fn write_config(&self) -> PathBuf {
+        let path = self.dir.path().join("xbridge.toml");
+        std::fs::write(&path, self.config_toml()).expect("config written");
+        path
+    }
+
+    /// A CRM client on this test's topology. Call it once the bridge is
+    /// ready (the bridge declares the topology).
+    pub async fn crm(&self) -> Crm {
+        Crm::connect(&amqp_url(), self.names.clone()).await
+    }
+
+    /// Deletes this test's queues and exchanges.
+    pub async fn cleanup(&self) {
+        let channels: Vec<String> = self.accounts.iter().map(|(n, _)| n.clone()).collect();
+        let delays = xbridge_core::config::Settings::from_toml(&self.config_toml())
+            .map(|s| s.outbound.retry.delays)
+            .unwrap_or_default();
+        crm::delete_topology(&amqp_url(), &self.names, &channels, &delays).await;
+    }
+}
+
+/// Logs of in-process bridges go to the test's captured output.
+fn init_logs() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,lapin=warn".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
