@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use xbridge_core::config::CreditsSettings;
+use xbridge_x_api::XError;
 
 /// What a sender may do after waiting at the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,9 @@ enum State {
 #[derive(Debug)]
 pub struct CreditsGate {
     state: Mutex<State>,
+    /// X's latest answer about credits, so replies that give up without a
+    /// request of their own can still say what X said.
+    last_error: Mutex<Option<XError>>,
     changed: Notify,
     settings: CreditsSettings,
 }
@@ -49,6 +53,7 @@ impl CreditsGate {
     pub fn new(settings: CreditsSettings) -> CreditsGate {
         CreditsGate {
             state: Mutex::new(State::Open),
+            last_error: Mutex::new(None),
             changed: Notify::new(),
             settings,
         }
@@ -99,6 +104,7 @@ impl CreditsGate {
 
     /// X accepted a request: credits are there (again).
     pub fn succeeded(&self) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut state = self.lock();
         if matches!(*state, State::Closed { .. }) {
             tracing::info!("credits are back; sending resumes");
@@ -108,9 +114,18 @@ impl CreditsGate {
         self.changed.notify_waiters();
     }
 
-    /// X said the account has no credits. A failed probe lengthens the pause
-    /// before the next one; the first such answer closes the gate.
-    pub fn exhausted(&self, permit: Permit) {
+    /// X's latest answer about credits during this outage.
+    pub fn last_error(&self) -> Option<XError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// X said the account has no credits (`error`). A failed probe lengthens
+    /// the pause before the next one; the first such answer closes the gate.
+    pub fn exhausted(&self, permit: Permit, error: &XError) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
         let now = Instant::now();
         let mut state = self.lock();
         match &mut *state {
@@ -172,6 +187,10 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    fn no_credits() -> XError {
+        xbridge_x_api::classify_send_error(402, &Default::default(), b"")
+    }
+
     fn gate() -> Arc<CreditsGate> {
         Arc::new(CreditsGate::new(CreditsSettings {
             max_wait: Duration::from_secs(900),
@@ -192,7 +211,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_closed_gate_gives_one_probe_per_step() {
         let gate = gate();
-        gate.exhausted(Permit::Send);
+        gate.exhausted(Permit::Send, &no_credits());
         let start = Instant::now();
 
         assert_eq!(gate.acquire(far()).await, Ok(Permit::Probe));
@@ -207,7 +226,7 @@ mod tests {
         assert!(!other.is_finished());
 
         // The probe fails: the next one comes after a doubled pause.
-        gate.exhausted(Permit::Probe);
+        gate.exhausted(Permit::Probe, &no_credits());
         assert_eq!(other.await.unwrap(), Ok(Permit::Probe));
         assert_eq!(Instant::now() - start, Duration::from_secs(30 + 60));
     }
@@ -224,7 +243,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_successful_probe_opens_the_gate_for_all_waiters() {
         let gate = gate();
-        gate.exhausted(Permit::Send);
+        gate.exhausted(Permit::Send, &no_credits());
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let gate = gate.clone();
@@ -245,7 +264,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_gives_up_at_its_own_deadline() {
         let gate = gate();
-        gate.exhausted(Permit::Send);
+        gate.exhausted(Permit::Send, &no_credits());
         let _probe = gate.acquire(far()).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         assert_eq!(gate.acquire(deadline).await, Err(WaitedTooLong));
@@ -255,7 +274,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_inconclusive_probe_frees_the_slot_without_a_longer_pause() {
         let gate = gate();
-        gate.exhausted(Permit::Send);
+        gate.exhausted(Permit::Send, &no_credits());
         let probe = gate.acquire(far()).await.unwrap();
         let at = Instant::now();
         gate.inconclusive(probe);

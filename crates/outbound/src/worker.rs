@@ -66,6 +66,9 @@ pub enum Unsettled {
 struct Job {
     delivery: Delivery,
     reply: OutgoingReply,
+    /// When the bridge took the delivery off the queue: a reply waiting in
+    /// its lane behind others is already waiting for credits.
+    received_at: DateTime<Utc>,
 }
 
 struct Lane {
@@ -138,7 +141,12 @@ pub async fn consume(
                     )
                 });
                 lane.pending.fetch_add(1, Ordering::SeqCst);
-                if lane.jobs.send(Job { delivery, reply }).is_err() {
+                let job = Job {
+                    delivery,
+                    reply,
+                    received_at: Utc::now(),
+                };
+                if lane.jobs.send(job).is_err() {
                     // The lane stopped on a failure that is already reported.
                     lane.pending.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -220,7 +228,11 @@ async fn process(
     job: Job,
     stop: &CancellationToken,
 ) -> Result<(), Unsettled> {
-    let Job { delivery, reply } = job;
+    let Job {
+        delivery,
+        reply,
+        received_at,
+    } = job;
     let channel = ctx.name.as_str();
     let message_id = reply.message_id.as_str();
     let conversation = reply.target.ordering_key();
@@ -258,7 +270,7 @@ async fn process(
         .timestamp()
         .and_then(|t| DateTime::<Utc>::from_timestamp(i64::try_from(t).ok()?, 0))
         .filter(|t| *t <= now);
-    let first_seen = [history.first_seen_at, published_at]
+    let first_seen = [history.first_seen_at, published_at, Some(received_at)]
         .into_iter()
         .flatten()
         .min()
@@ -283,7 +295,13 @@ async fn process(
             permit = ctx.gate.acquire(credits_deadline) => permit,
         };
         let Ok(permit) = permit else {
-            let failure = last_credits_failure.unwrap_or_else(|| {
+            let failure = last_credits_failure
+                .or_else(|| {
+                    ctx.gate
+                        .last_error()
+                        .map(|e| Failure::from_x(FailureReason::CreditsExhausted, &e))
+                })
+                .unwrap_or_else(|| {
                 Failure::local(
                     FailureReason::CreditsExhausted,
                     "the X account has had no credits for longer than the wait bound; top up at console.x.com, then replay from the dead-letter queue",
@@ -347,7 +365,7 @@ async fn process(
         history.http_status = error.http_status();
         history.problem_type = error.problem_type().map(str::to_owned);
         if matches!(error, XError::CreditsExhausted { .. }) {
-            ctx.gate.exhausted(permit);
+            ctx.gate.exhausted(permit, &error);
             last_credits_failure = Some(Failure::from_x(FailureReason::CreditsExhausted, &error));
         } else {
             ctx.gate.inconclusive(permit);
