@@ -1,0 +1,94 @@
+//! RabbitMQ going away mid-stream: the broker application restarted, then
+//! every connection closed by force. The bridge reconnects, declares its
+//! topology again, and every reply is sent exactly once.
+//!
+//! This test restarts the shared broker, so it lives in its own test binary
+//! (cargo runs test binaries one after another) and in a single test.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+
+use common::start_bridge;
+use x_simulator::Fault;
+use xbridge_test_support::{spawn_app, TestApp, TestOptions};
+
+/// Waiting for the broker to come back and the bridge to reconnect.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl runs (the tests need a local RabbitMQ they may restart)");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+async fn publish_batch(app: &TestApp, from: usize, to: usize) {
+    let crm = app.crm().await;
+    for i in from..=to {
+        crm.publish_reply(
+            "acme",
+            &json!({"message_id": format!("r-{i}"), "recipient_id": "944480690", "text": format!("reply {i}")}),
+        )
+        .await;
+    }
+    // The publishing connection closes here, before the broker goes away.
+}
+
+async fn wait_dms(app: &TestApp, count: usize) {
+    tokio::time::timeout(
+        OUTAGE_PATIENCE,
+        app.simulator.wait_for_dms(&app.user_id("acme"), count),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("waited {OUTAGE_PATIENCE:?} for {count} DMs"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_is_sent_exactly_once_across_broker_restarts_and_dropped_connections() {
+    let app = spawn_app(TestOptions::default()).await;
+    // Slow enough that the broker goes away with replies still queued.
+    app.simulator
+        .set_fault(&app.user_id("acme"), Fault::Latency { millis: 100 });
+    let bridge = start_bridge(&app).await;
+
+    publish_batch(&app, 1, 30).await;
+    wait_dms(&app, 5).await;
+    rabbitmqctl(&["stop_app"]);
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    wait_dms(&app, 30).await;
+
+    publish_batch(&app, 31, 60).await;
+    wait_dms(&app, 35).await;
+    rabbitmqctl(&["close_all_connections", "xbridge test: dropped connection"]);
+    wait_dms(&app, 60).await;
+
+    // Every reply reported to the CRM, and X saw each exactly once, in order.
+    let mut crm = app.crm().await;
+    let mut reported = HashSet::new();
+    while reported.len() < 60 {
+        let event = tokio::time::timeout(OUTAGE_PATIENCE, crm.next_event())
+            .await
+            .expect("events keep coming");
+        assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+        reported.insert(event.body["message_id"].as_str().unwrap().to_owned());
+    }
+    let texts: Vec<String> = app
+        .simulator
+        .sent_dms_for(&app.user_id("acme"))
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    let expected: Vec<String> = (1..=60).map(|i| format!("reply {i}")).collect();
+    assert_eq!(texts, expected, "each reply sent once, in order");
+    assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
+
+    bridge.stop().await;
+    app.cleanup().await;
+}

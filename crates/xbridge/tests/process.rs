@@ -1,0 +1,149 @@
+//! The bridge as an operator runs it: a real `xbridge` process that is
+//! killed, stopped by a signal, or run as the README's demo.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use x_simulator::Fault;
+use xbridge_test_support::{amqp_url, spawn_app, BridgeProcess, TestOptions, PATIENCE};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_xbridge"))
+}
+
+const RUNNING: &str = "outbound running";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_killed_after_sending_and_before_acking_sends_no_second_dm() {
+    let app = spawn_app(TestOptions::default()).await;
+    let config = app.write_config();
+    let user = app.user_id("acme");
+
+    // The first bridge freezes right after the DM is sent and recorded, before
+    // it tells the CRM and acks; then it is killed.
+    let first = BridgeProcess::start(
+        binary(),
+        &config,
+        &[("FAILPOINTS", "after_send_recorded=return")],
+    );
+    first.wait_for_log(RUNNING, 1).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "k-1", "recipient_id": "944480690", "text": "exactly once"}),
+    )
+    .await;
+    first.wait_for_log("failpoint reached", 1).await;
+    assert_eq!(app.simulator.sent_dms_for(&user).len(), 1);
+    first.kill().await;
+
+    // RabbitMQ redelivers the unacked reply to the restarted bridge.
+    let second = BridgeProcess::start(binary(), &config, &[]);
+    second.wait_for_log(RUNNING, 1).await;
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "k-2", "recipient_id": "944480690", "text": "next"}),
+    )
+    .await;
+
+    let events = crm.events(2).await;
+    let ids: Vec<&str> = events
+        .iter()
+        .map(|e| e.body["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["k-1", "k-2"], "one message.sent each, in order");
+    assert_eq!(
+        events[0].body["dm_event_id"],
+        app.simulator.sent_dms_for(&user)[0].dm_event_id.as_str()
+    );
+    let texts: Vec<String> = app
+        .simulator
+        .sent_dms_for(&user)
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(texts, ["exactly once", "next"]);
+    assert!(second.count_logs("reply was already sent") >= 1);
+
+    second.terminate().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_send_finish_and_exits_cleanly() {
+    let app = spawn_app(TestOptions::default()).await;
+    let user = app.user_id("acme");
+    // X is slow: the DM is accepted at once but the answer takes a while.
+    app.simulator
+        .set_fault(&user, Fault::Latency { millis: 1500 });
+    let bridge = BridgeProcess::start(binary(), &app.write_config(), &[]);
+    bridge.wait_for_log(RUNNING, 1).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "g-1", "recipient_id": "944480690", "text": "in flight"}),
+    )
+    .await;
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_dms(&user, 1))
+        .await
+        .expect("the DM reached X");
+
+    let status = bridge.terminate().await;
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    let event = crm.next_event().await;
+    assert_eq!(event.body["message_id"], "g-1");
+    assert_eq!(event.body["type"], "message.sent");
+    // Acked before exit: nothing is left for the next start to redeliver.
+    assert_eq!(crm.queue_depth(&app.names.outgoing_queue("acme")).await, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_configuration_names_the_field_and_never_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[[channels]]\nname = \"Bad Name\"\nconsumer_key = \"ck-visible?\"\nconsumer_secret = \"very-secret-value\"\naccess_token = \"at\"\naccess_token_secret = { env = \"XBRIDGE_TEST_SURELY_UNSET\" }\nbearer_token = \"bt\"\n",
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("channels[0].name"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "access_token_secret: environment variable XBRIDGE_TEST_SURELY_UNSET is not set"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("very-secret-value"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_demo_shows_the_dm_and_the_message_sent() {
+    let output = tokio::time::timeout(
+        PATIENCE * 2,
+        tokio::process::Command::new(binary())
+            .args(["demo", "--amqp-url", &amqp_url()])
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await
+    .expect("the demo finishes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("X simulator received a DM"), "{stdout}");
+    assert!(stdout.contains("\"type\":\"message.sent\""), "{stdout}");
+}
