@@ -7,7 +7,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
     ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use serde_json::Value;
 
@@ -41,6 +41,18 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// The AMQP headers as a JSON object, to check them against the
+    /// documented schema.
+    pub fn headers_json(&self) -> Value {
+        let mut object = serde_json::Map::new();
+        if let Some(table) = self.properties.headers() {
+            for (key, value) in table.inner() {
+                object.insert(key.as_str().to_owned(), amqp_to_json(value));
+            }
+        }
+        Value::Object(object)
+    }
+
     /// The reason header.
     pub fn reason(&self) -> &str {
         self.headers.reason.as_deref().unwrap_or("")
@@ -149,6 +161,35 @@ impl Crm {
             .await
             .expect("queue exists")
             .message_count()
+    }
+}
+
+fn amqp_to_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(n) => (*n).into(),
+        AMQPValue::ShortShortUInt(n) => (*n).into(),
+        AMQPValue::ShortInt(n) => (*n).into(),
+        AMQPValue::ShortUInt(n) => (*n).into(),
+        AMQPValue::LongInt(n) => (*n).into(),
+        AMQPValue::LongUInt(n) => (*n).into(),
+        AMQPValue::LongLongInt(n) => (*n).into(),
+        AMQPValue::Timestamp(n) => (*n).into(),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(amqp_to_json).collect())
+        }
+        AMQPValue::FieldTable(table) => Value::Object(
+            table
+                .inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), amqp_to_json(v)))
+                .collect(),
+        ),
+        other => Value::String(format!("{other:?}")),
     }
 }
 

@@ -180,6 +180,7 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
     let mut details = Vec::new();
     for (body, _) in &cases {
         let dead = crm.next_dead_letter().await;
+        assert_valid("dead-letter-headers", &dead.headers_json());
         assert_eq!(dead.reason(), "invalid_message");
         assert_eq!(dead.headers.channel.as_deref(), Some("acme"));
         assert_eq!(dead.headers.attempts, 0);
@@ -233,6 +234,7 @@ async fn a_reply_for_an_unknown_channel_is_dead_lettered_not_lost() {
         .await;
 
     let dead = crm.next_dead_letter().await;
+    assert_valid("dead-letter-headers", &dead.headers_json());
     assert_eq!(dead.reason(), "unknown_channel");
     assert_eq!(
         dead.headers.original_routing_key.as_deref(),
@@ -372,7 +374,10 @@ async fn a_lasting_server_error_ends_as_retries_exhausted() {
     crm.publish_reply("acme", &reply("p-1", "944480690", "never"))
         .await;
     let dead = crm.next_dead_letter().await;
+    assert_valid("dead-letter-headers", &dead.headers_json());
     assert_eq!(dead.reason(), "retries_exhausted");
+    // Tries 1-2 in place, parked, 3-4, parked again, 5: given up.
+    assert_eq!(dead.headers.times_parked, 2);
     assert_eq!(dead.headers.attempts, 5);
     assert_eq!(dead.headers.http_status, Some(500));
     assert!(dead.headers.first_failure_at.is_some() && dead.headers.last_failure_at.is_some());
