@@ -30,6 +30,11 @@ pub fn amqp_url() -> String {
 /// How long a test waits for anything before it fails with a message.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// A reply as the CRM publishes it.
+pub fn reply(message_id: &str, recipient_id: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({ "message_id": message_id, "recipient_id": recipient_id, "text": text })
+}
+
 /// Knobs a test may turn; the defaults keep every wait short.
 #[derive(Debug, Clone)]
 pub struct TestOptions {
@@ -106,6 +111,29 @@ impl TestApp {
     /// The X user id behind `channel`.
     pub fn user_id(&self, channel: &str) -> String {
         self.account(channel).user_id.clone()
+    }
+
+    /// Waits until the simulator recorded `count` DMs from `channel`'s
+    /// account; fails the test after [`PATIENCE`].
+    pub async fn wait_for_dms(&self, channel: &str, count: usize) -> Vec<x_simulator::SentDm> {
+        tokio::time::timeout(
+            PATIENCE,
+            self.simulator.wait_for_dms(&self.user_id(channel), count),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} DM(s) on {channel}"))
+    }
+
+    /// Waits until the simulator answered `count` requests of `channel`'s
+    /// account; fails the test after [`PATIENCE`].
+    pub async fn wait_for_requests(&self, channel: &str, count: usize) {
+        tokio::time::timeout(
+            PATIENCE,
+            self.simulator
+                .wait_for_requests(&self.user_id(channel), count),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} request(s) on {channel}"));
     }
 
     /// The state store file of this test's bridge.

@@ -86,17 +86,30 @@ impl Reporter {
         delay: Duration,
         history: &FailureHeaders,
     ) -> Result<(), PublishError> {
+        self.republish(
+            delivery,
+            &self.names.delay_queue(delay),
+            delivery.routing_key.as_str(),
+            history,
+        )
+        .await
+    }
+
+    /// Publishes the delivery's body and properties again, with `history`
+    /// in place of our old headers.
+    async fn republish(
+        &self,
+        delivery: &Delivery,
+        exchange: &str,
+        routing_key: &str,
+        history: &FailureHeaders,
+    ) -> Result<(), PublishError> {
         let properties = delivery
             .properties
             .clone()
             .with_headers(history.apply_to(delivery.properties.headers().as_ref()));
         self.publisher
-            .publish(
-                &self.names.delay_queue(delay),
-                delivery.routing_key.as_str(),
-                &delivery.data,
-                properties,
-            )
+            .publish(exchange, routing_key, &delivery.data, properties)
             .await
     }
 
@@ -125,18 +138,13 @@ impl Reporter {
         history
             .original_routing_key
             .get_or_insert_with(|| delivery.routing_key.as_str().to_owned());
-        let properties = delivery
-            .properties
-            .clone()
-            .with_headers(history.apply_to(delivery.properties.headers().as_ref()));
-        self.publisher
-            .publish(
-                &self.names.dead_letter_exchange,
-                channel,
-                &delivery.data,
-                properties,
-            )
-            .await?;
+        self.republish(
+            delivery,
+            &self.names.dead_letter_exchange,
+            channel,
+            &history,
+        )
+        .await?;
         tracing::warn!(
             channel,
             message_id = message_id.unwrap_or("-"),

@@ -10,34 +10,15 @@ use serde_json::json;
 
 use common::start_bridge;
 use x_simulator::Fault;
-use xbridge_test_support::{assert_valid, spawn_app, TestApp, TestOptions, PATIENCE};
-
-fn reply(message_id: &str, recipient: &str) -> serde_json::Value {
-    json!({ "message_id": message_id, "recipient_id": recipient, "text": format!("reply {message_id}") })
-}
-
-async fn wait_dms(app: &TestApp, channel: &str, count: usize) -> Vec<x_simulator::SentDm> {
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_dms(&app.user_id(channel), count),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} DM(s) on {channel}"))
-}
-
-async fn wait_requests(app: &TestApp, channel: &str, count: usize) {
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator
-            .wait_for_requests(&app.user_id(channel), count),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} request(s) on {channel}"));
-}
+use xbridge_test_support::{assert_valid, spawn_app, TestOptions};
 
 /// Requests X could see while a channel waits `max_wait` for credits: the
 /// replies' first tries (at most one per conversation before the gate
 /// closes) plus one probe per backoff step.
+fn reply(message_id: &str, recipient: &str) -> serde_json::Value {
+    xbridge_test_support::reply(message_id, recipient, &format!("reply {message_id}"))
+}
+
 fn request_bound(
     conversations: usize,
     max_wait: Duration,
@@ -70,7 +51,7 @@ async fn credits_run_out_and_stay_out(fault: Fault, status: u16, problem: &str) 
     crm.publish_reply("acme", &reply("c-1", "111")).await;
     crm.publish_reply("acme", &reply("c-2", "111")).await;
     crm.publish_reply("acme", &reply("c-3", "222")).await;
-    wait_requests(&app, "acme", 1).await;
+    app.wait_for_requests("acme", 1).await;
 
     // The other channel keeps sending while acme waits.
     crm.publish_reply("beta", &reply("b-1", "333")).await;
@@ -111,7 +92,7 @@ async fn credits_run_out_and_stay_out(fault: Fault, status: u16, problem: &str) 
         "{requests} requests while out of credits; at most {bound} expected"
     );
     assert!(app.simulator.sent_dms_for(&app.user_id("acme")).is_empty());
-    assert_eq!(wait_dms(&app, "beta", 1).await.len(), 1);
+    assert_eq!(app.wait_for_dms("beta", 1).await.len(), 1);
 
     bridge.stop().await;
     app.cleanup().await;
@@ -145,7 +126,7 @@ async fn when_credits_return_during_the_wait_every_reply_is_sent() {
             .await;
     }
     // The first try and at least one probe failed: the channel is paused.
-    wait_requests(&app, "acme", 2).await;
+    app.wait_for_requests("acme", 2).await;
     app.simulator.clear_faults(&user);
 
     let mut ids: Vec<String> = crm
@@ -157,7 +138,8 @@ async fn when_credits_return_during_the_wait_every_reply_is_sent() {
         .collect();
     ids.sort();
     assert_eq!(ids, ["w-1", "w-2", "w-3"]);
-    let texts: Vec<String> = wait_dms(&app, "acme", 3)
+    let texts: Vec<String> = app
+        .wait_for_dms("acme", 3)
         .await
         .into_iter()
         .map(|d| d.text)

@@ -11,31 +11,7 @@ use serde_json::json;
 
 use common::start_bridge;
 use x_simulator::Fault;
-use xbridge_test_support::{assert_valid, spawn_app, TestApp, TestOptions, PATIENCE};
-
-fn reply(message_id: &str, recipient: &str, text: &str) -> serde_json::Value {
-    json!({ "message_id": message_id, "recipient_id": recipient, "text": text })
-}
-
-async fn wait_dms(app: &TestApp, channel: &str, count: usize) -> Vec<x_simulator::SentDm> {
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_dms(&app.user_id(channel), count),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} DM(s) on {channel}"))
-}
-
-#[allow(dead_code)]
-async fn wait_requests(app: &TestApp, channel: &str, count: usize) {
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator
-            .wait_for_requests(&app.user_id(channel), count),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} request(s) on {channel}"));
-}
+use xbridge_test_support::{assert_valid, reply, spawn_app, TestOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_becomes_a_signed_dm_and_the_crm_gets_message_sent() {
@@ -47,7 +23,7 @@ async fn a_reply_becomes_a_signed_dm_and_the_crm_gets_message_sent() {
     assert_valid("outgoing-reply", &body);
     crm.publish_reply("acme", &body).await;
 
-    let dms = wait_dms(&app, "acme", 1).await;
+    let dms = app.wait_for_dms("acme", 1).await;
     assert_eq!(dms[0].text, "Hello from support ☃ + & %");
     assert_eq!(dms[0].participant_id.as_deref(), Some("944480690"));
 
@@ -217,7 +193,7 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
     assert!(events
         .iter()
         .any(|e| e.body["type"] == "message.sent" && e.body["message_id"] == "good"));
-    assert_eq!(wait_dms(&app, "acme", 1).await.len(), 1);
+    assert_eq!(app.wait_for_dms("acme", 1).await.len(), 1);
     assert_eq!(app.simulator.requests().len(), 1, "no bad reply reached X");
 
     bridge.stop().await;
@@ -275,7 +251,8 @@ async fn replies_of_one_conversation_go_out_in_order_retries_included() {
         )
         .await;
     }
-    let texts: Vec<String> = wait_dms(&app, "acme", 4)
+    let texts: Vec<String> = app
+        .wait_for_dms("acme", 4)
         .await
         .into_iter()
         .map(|d| d.text)
