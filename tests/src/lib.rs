@@ -7,6 +7,8 @@
 //! function the test passes in, so this crate does not depend on the binary)
 //! or as a real `xbridge run` child process for crash and signal tests.
 
+#![warn(missing_docs)]
+
 mod crm;
 mod process;
 mod schema;

@@ -2,6 +2,8 @@
 //! ([`model`]), the configuration ([`config`], [`secret`]), the AMQP plumbing
 //! ([`amqp`]) and logging ([`telemetry`]).
 
+#![warn(missing_docs)]
+
 pub mod amqp;
 pub mod config;
 pub mod model;

@@ -10,6 +10,8 @@
 //! - [`ordering`]: conversation order while replies are parked.
 //! - [`report`]: status events, parking and dead letters.
 
+#![warn(missing_docs)]
+
 pub mod credits;
 pub mod failpoints;
 pub mod fate;

@@ -6,6 +6,8 @@
 //! store for several replicas can implement [`StateStore`] later and must pass
 //! the same [`contract`] tests.
 
+#![warn(missing_docs)]
+
 pub mod contract;
 mod embedded;
 

@@ -94,6 +94,8 @@
 //! | `access_token_secret` | `demo-access-token-secret` |
 //! | `bearer_token` | `demo-bearer-token` |
 
+#![warn(missing_docs)]
+
 mod accounts;
 mod admin;
 mod auth;

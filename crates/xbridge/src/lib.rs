@@ -2,6 +2,8 @@
 //! a self-contained `demo` against the built-in X simulator. The logic lives
 //! in the library crates; this crate only wires them together.
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod cli;
 pub mod demo;
