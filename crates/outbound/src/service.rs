@@ -131,7 +131,7 @@ impl Outbound {
         let mut tasks = match self.start(&connection, &stop).await {
             Ok(tasks) => tasks,
             Err(e) => {
-                let _ = connection.close(320, "setup failed".into()).await;
+                close(&connection, 320, "setup failed").await;
                 return SessionEnd::Failed(e);
             }
         };
@@ -163,7 +163,7 @@ impl Outbound {
             );
             tasks.abort_all();
         }
-        let _ = connection.close(200, "xbridge stopping".into()).await;
+        close(&connection, 200, "xbridge stopping").await;
         match failure {
             None => {
                 tracing::info!("outbound stopped");
@@ -240,6 +240,17 @@ impl Outbound {
             )
             .await
             .map_err(|e| format!("consuming {queue} failed: {e}"))
+    }
+}
+
+/// Closes the connection, but never waits long for a broker that is gone:
+/// unacknowledged deliveries are requeued by the broker either way.
+async fn close(connection: &Connection, code: u16, reason: &str) {
+    const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+    match tokio::time::timeout(CLOSE_TIMEOUT, connection.close(code, reason.into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "closing the RabbitMQ connection"),
+        Err(_) => tracing::warn!("RabbitMQ did not confirm closing the connection in time"),
     }
 }
 

@@ -28,6 +28,28 @@ fn quorum_args() -> FieldTable {
     args
 }
 
+/// Queues the bridge consumes replies from. The bridge dead-letters replies
+/// itself, with its own headers; this is only a safety net. RabbitMQ 4.x
+/// gives quorum queues a default delivery limit (20) and drops a message
+/// that exceeds it unless the queue has a dead-letter exchange, and a reply
+/// held through many reconnects can be redelivered that often. With this,
+/// such a reply lands in the dead-letter queue (with RabbitMQ's `x-death`
+/// reason `delivery_limit`) instead of vanishing. RabbitMQ 3.10 to 3.13 have
+/// no default limit, so nothing changes there.
+fn safety_net_args(names: &TopologyNames) -> FieldTable {
+    let mut args = quorum_args();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        long_string(&names.dead_letter_exchange),
+    );
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
+    args.insert("x-overflow".into(), long_string("reject-publish"));
+    args
+}
+
 fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
@@ -59,7 +81,7 @@ pub async fn declare_topology(channel: &Channel, plan: &TopologyPlan) -> lapin::
             FieldTable::default(),
         )
         .await?;
-    declare_queue(channel, &names.unrouted, quorum_args()).await?;
+    declare_queue(channel, &names.unrouted, safety_net_args(names)).await?;
     bind(channel, &names.unrouted, &names.unrouted, "").await?;
 
     let mut outgoing_args = FieldTable::default();
@@ -74,7 +96,7 @@ pub async fn declare_topology(channel: &Channel, plan: &TopologyPlan) -> lapin::
         .await?;
     for name in &plan.channels {
         let queue = names.outgoing_queue(name);
-        declare_queue(channel, &queue, quorum_args()).await?;
+        declare_queue(channel, &queue, safety_net_args(names)).await?;
         bind(channel, &queue, &names.outgoing_exchange, name).await?;
     }
 
