@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use xbridge_core::amqp::{FailureHeaders, PublishError};
 use xbridge_core::model::{FailureReason, OutgoingReply, ReplyTarget, StatusEvent};
@@ -178,7 +179,14 @@ fn spawn_lane(
     let lane_pending = pending.clone();
     tasks.spawn(async move {
         while let Some(job) = queue.recv().await {
-            let result = process(&ctx, &reporter, job, &stop).await;
+            // Every line logged while handling this reply, the X client's
+            // included, carries its channel and message id.
+            let span = tracing::info_span!(
+                "reply",
+                channel = %ctx.name,
+                message_id = %job.reply.message_id
+            );
+            let result = process(&ctx, &reporter, job, &stop).instrument(span).await;
             lane_pending.fetch_sub(1, Ordering::SeqCst);
             match result {
                 Ok(()) => {}
