@@ -128,6 +128,8 @@ impl XClient {
         .map_err(|_| XError::Unauthorized { problem: None })?;
         authorization.set_sensitive(true);
 
+        // Tells the pacer the request is over however it ends, cancellation included.
+        let _answered = Answered(&self.inner.pacer);
         let response = self
             .inner
             .http
@@ -142,6 +144,7 @@ impl XClient {
         if let Some(rate_limit) = RateLimit::from_headers(&headers) {
             self.inner.pacer.observe(&rate_limit);
         }
+        self.inner.pacer.completed();
         let body = response
             .bytes()
             .await
@@ -515,5 +518,14 @@ mod tests {
             ..XClientConfig::default()
         };
         assert!(XClient::new(config, credentials()).is_err());
+    }
+}
+
+/// Calls [`Pacer::completed`] when a request ends, even when its future is dropped.
+struct Answered<'a>(&'a Pacer);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.completed();
     }
 }

@@ -96,6 +96,9 @@ struct State {
     /// When every request of a refilled window is out and no answer has named its end: the
     /// time to stop waiting for one and let a single request through.
     probe_at: Option<Instant>,
+    /// While nothing is known about the window, one request goes first to learn it, so a
+    /// backlog at startup does not fire all at once into a 429.
+    discovering: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -185,7 +188,11 @@ impl Pacer {
             state.window = None;
         }
         match (state.remaining, state.window) {
-            (None, _) => Ok(()),
+            (None, _) if state.discovering => Err(now + self.fallback_block),
+            (None, _) => {
+                state.discovering = true;
+                Ok(())
+            }
             (Some(0), Some(window)) => Err(window.opens_at),
             (Some(0), None) => {
                 let probe_at = *state.probe_at.get_or_insert(now + self.fallback_block);
@@ -201,6 +208,15 @@ impl Pacer {
                 state.remaining = Some(remaining - 1);
                 Ok(())
             }
+        }
+    }
+
+    /// A request reserved by [`Pacer::ready`] got its answer (or failed): if it was the one
+    /// sent to learn the window, the next may go. Call it after [`Pacer::observe`].
+    pub fn completed(&self) {
+        let was_discovering = std::mem::take(&mut self.lock().discovering);
+        if was_discovering {
+            self.changed.notify_waiters();
         }
     }
 
@@ -292,6 +308,41 @@ mod tests {
     use tokio::task::JoinSet;
     use tokio::time::timeout;
 
+    #[tokio::test(start_paused = true)]
+    async fn with_nothing_known_one_request_goes_first_to_learn_the_window() {
+        let pacer = Arc::new(Pacer::new(Duration::from_secs(60)));
+        pacer.ready().await;
+        let second = tokio::spawn({
+            let pacer = pacer.clone();
+            async move { pacer.ready().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "waits for the first answer");
+        pacer.observe(&window(2, 1, in_secs(60)));
+        pacer.completed();
+        timeout(Duration::from_millis(1), second)
+            .await
+            .expect("goes once the window is known")
+            .unwrap();
+        // The window had room for exactly that one.
+        let third = tokio::spawn({
+            let pacer = pacer.clone();
+            async move { pacer.ready().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_without_headers_still_lets_the_next_request_learn() {
+        let pacer = Arc::new(Pacer::new(Duration::from_secs(60)));
+        pacer.ready().await;
+        pacer.completed();
+        timeout(Duration::from_millis(1), pacer.ready())
+            .await
+            .expect("the next request may try");
+    }
+
     fn in_secs(secs: i64) -> DateTime<Utc> {
         Utc::now() + chrono::Duration::seconds(secs)
     }
@@ -310,10 +361,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_unknown_window_is_unlimited() {
+    async fn an_unknown_window_is_unlimited_one_request_at_a_time() {
         let pacer = Pacer::default();
         for _ in 0..1000 {
             assert!(ready_within(&pacer, Duration::ZERO).await);
+            pacer.completed();
         }
         assert_eq!(pacer.blocked_until(), None);
     }
