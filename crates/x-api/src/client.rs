@@ -228,6 +228,15 @@ fn error_chain(error: &reqwest::Error) -> String {
     text
 }
 
+/// Calls [`Pacer::completed`] when a request ends, even when its future is dropped.
+struct Answered<'a>(&'a Pacer);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.completed();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,14 +527,5 @@ mod tests {
             ..XClientConfig::default()
         };
         assert!(XClient::new(config, credentials()).is_err());
-    }
-}
-
-/// Calls [`Pacer::completed`] when a request ends, even when its future is dropped.
-struct Answered<'a>(&'a Pacer);
-
-impl Drop for Answered<'_> {
-    fn drop(&mut self) {
-        self.0.completed();
     }
 }
