@@ -213,6 +213,12 @@ fn dm_target(target: &ReplyTarget) -> DmTarget {
     }
 }
 
+/// The longest the bridge holds a delivery while waiting for X's rate-limit
+/// window: X's 15-minute windows are waited out in place; longer waits (the
+/// daily limits) park the reply, since RabbitMQ takes back a delivery left
+/// unacknowledged for 30 minutes (its default `consumer_timeout`).
+const MAX_RATE_LIMIT_HOLD: Duration = Duration::from_secs(20 * 60);
+
 /// When a parked reply should be back at the latest; past it the reply is
 /// presumed gone and stops holding up its conversation.
 fn due_by(delay: Duration) -> Instant {
@@ -328,6 +334,22 @@ async fn process(
         };
         if let Some(until) = ctx.client.pacer().blocked_until() {
             let wait = (until - Utc::now()).to_std().unwrap_or_default();
+            if wait > MAX_RATE_LIMIT_HOLD {
+                // X's daily windows can close for hours; RabbitMQ would take
+                // back a delivery held that long. Park it and look again.
+                ctx.gate.inconclusive(permit);
+                let delay = ctx.policy.retry.delays.last().copied().unwrap_or(wait);
+                reporter.park(&delivery, delay, &history).await?;
+                ctx.parked.park(&conversation, message_id, due_by(delay));
+                tracing::info!(
+                    channel,
+                    message_id,
+                    wait_secs = wait.as_secs(),
+                    delay_secs = delay.as_secs(),
+                    "X's rate-limit window opens later than a reply may be held; parked until then"
+                );
+                return ack(&delivery).await;
+            }
             if !wait.is_zero() {
                 tracing::info!(
                     channel,

@@ -147,3 +147,41 @@ async fn the_readme_demo_shows_the_dm_and_the_message_sent() {
     assert!(stdout.contains("X simulator received a DM"), "{stdout}");
     assert!(stdout.contains("\"type\":\"message.sent\""), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_facing_a_long_rate_limit_wait_is_parked_not_held() {
+    let app = spawn_app(TestOptions::default()).await;
+    let user = app.user_id("acme");
+    // One request per hour, like X's daily limits: after the first DM the
+    // window opens far later than a delivery may stay unacknowledged.
+    app.simulator.set_fault(
+        &user,
+        Fault::RateLimitWindow {
+            limit: 1,
+            window_secs: 3600,
+        },
+    );
+    let bridge = BridgeProcess::start(binary(), &app.write_config(), &[]);
+    bridge.wait_for_log(RUNNING, 1).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "h-1", "recipient_id": "111", "text": "first"}),
+    )
+    .await;
+    assert_eq!(crm.next_event().await.body["message_id"], "h-1");
+
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "h-2", "recipient_id": "222", "text": "later"}),
+    )
+    .await;
+    // Parked, back from the delay queue, parked again: not held, not sent
+    // before the window opens, not dead-lettered.
+    bridge.wait_for_log("parked until then", 2).await;
+    assert_eq!(app.simulator.requests_for(&user).len(), 1);
+    assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
+
+    assert!(bridge.terminate().await.success());
+    app.cleanup().await;
+}
