@@ -24,6 +24,9 @@ pub async fn run_all(store: &dyn StateStore) {
     the_first_record_wins(store).await;
     reporting_is_remembered(store).await;
     channels_do_not_share_message_ids(store).await;
+    own_sends_are_known_by_their_dm_event_id(store).await;
+    delivered_events_are_remembered_per_channel(store).await;
+    poll_cursors_move_per_channel(store).await;
 }
 
 async fn unknown_replies_were_not_sent(store: &dyn StateStore) {
@@ -66,4 +69,59 @@ async fn channels_do_not_share_message_ids(store: &dyn StateStore) {
         .await
         .unwrap();
     assert_eq!(store.sent("contract-two", "same").await.unwrap(), None);
+}
+
+async fn own_sends_are_known_by_their_dm_event_id(store: &dyn StateStore) {
+    let record = SentRecord {
+        dm_event_id: "1700000000000000001".into(),
+        ..sample_record()
+    };
+    store
+        .record_sent("contract-own", "m", &record)
+        .await
+        .unwrap();
+    assert!(store
+        .is_own_send("contract-own", "1700000000000000001")
+        .await
+        .unwrap());
+    assert!(!store
+        .is_own_send("contract-own", "1700000000000000002")
+        .await
+        .unwrap());
+    assert!(!store
+        .is_own_send("contract-other", "1700000000000000001")
+        .await
+        .unwrap());
+}
+
+async fn delivered_events_are_remembered_per_channel(store: &dyn StateStore) {
+    assert!(!store.is_delivered("contract-in", "1").await.unwrap());
+    store
+        .record_delivered("contract-in", &["1".into(), "2".into()])
+        .await
+        .unwrap();
+    assert!(store.is_delivered("contract-in", "1").await.unwrap());
+    assert!(store.is_delivered("contract-in", "2").await.unwrap());
+    assert!(!store.is_delivered("contract-in", "3").await.unwrap());
+    assert!(!store.is_delivered("contract-in-other", "1").await.unwrap());
+    // Recording again is harmless.
+    store
+        .record_delivered("contract-in", &["1".into()])
+        .await
+        .unwrap();
+    assert!(store.is_delivered("contract-in", "1").await.unwrap());
+}
+
+async fn poll_cursors_move_per_channel(store: &dyn StateStore) {
+    assert_eq!(store.poll_cursor("contract-poll").await.unwrap(), None);
+    store.set_poll_cursor("contract-poll", "10").await.unwrap();
+    store.set_poll_cursor("contract-poll", "20").await.unwrap();
+    assert_eq!(
+        store.poll_cursor("contract-poll").await.unwrap().as_deref(),
+        Some("20")
+    );
+    assert_eq!(
+        store.poll_cursor("contract-poll-other").await.unwrap(),
+        None
+    );
 }

@@ -11,6 +11,14 @@ use crate::{SentRecord, StateStore, StoreError};
 /// Sent replies, keyed by `<channel>\0<message_id>`; values are JSON so the
 /// record can grow fields without a migration.
 const SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("sent_replies");
+/// X DM event ids of the bridge's own sends, keyed by `<channel>\0<dm_event_id>`;
+/// the value is the CRM's message id.
+const OWN_SENDS: TableDefinition<&str, &str> = TableDefinition::new("own_dm_events");
+/// Inbound DM events that reached the CRM, keyed by `<channel>\0<event_id>`;
+/// the value is when (Unix milliseconds), for pruning later.
+const DELIVERED: TableDefinition<&str, u64> = TableDefinition::new("delivered_events");
+/// Each channel's poll cursor: the newest delivered DM event id.
+const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("poll_cursors");
 
 /// A [`StateStore`] in a single redb file. One process at a time may open it
 /// (redb locks the file), which is what a single bridge process needs.
@@ -31,6 +39,9 @@ impl EmbeddedStore {
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(SENT).map_err(err)?;
+        txn.open_table(OWN_SENDS).map_err(err)?;
+        txn.open_table(DELIVERED).map_err(err)?;
+        txn.open_table(CURSORS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -81,6 +92,8 @@ impl StateStore for EmbeddedStore {
         record: &SentRecord,
     ) -> Result<(), StoreError> {
         let key = key(channel, message_id);
+        let own_key = self::key(channel, &record.dm_event_id);
+        let message_id = message_id.to_owned();
         let value = serde_json::to_vec(record).map_err(err)?;
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
@@ -88,6 +101,9 @@ impl StateStore for EmbeddedStore {
                 let mut table = txn.open_table(SENT).map_err(err)?;
                 if table.get(key.as_str()).map_err(err)?.is_none() {
                     table.insert(key.as_str(), value.as_slice()).map_err(err)?;
+                    let mut own = txn.open_table(OWN_SENDS).map_err(err)?;
+                    own.insert(own_key.as_str(), message_id.as_str())
+                        .map_err(err)?;
                 }
             }
             txn.commit().map_err(err)
@@ -116,6 +132,75 @@ impl StateStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn is_own_send(&self, channel: &str, dm_event_id: &str) -> Result<bool, StoreError> {
+        let key = key(channel, dm_event_id);
+        self.blocking(move |db| contains(db, OWN_SENDS, &key)).await
+    }
+
+    async fn is_delivered(&self, channel: &str, event_id: &str) -> Result<bool, StoreError> {
+        let key = key(channel, event_id);
+        self.blocking(move |db| contains(db, DELIVERED, &key)).await
+    }
+
+    async fn record_delivered(
+        &self,
+        channel: &str,
+        event_ids: &[String],
+    ) -> Result<(), StoreError> {
+        let keys: Vec<String> = event_ids.iter().map(|id| key(channel, id)).collect();
+        let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(DELIVERED).map_err(err)?;
+                for key in &keys {
+                    table.insert(key.as_str(), now).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
+    async fn poll_cursor(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        let channel = channel.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(CURSORS).map_err(err)?;
+            Ok(table
+                .get(channel.as_str())
+                .map_err(err)?
+                .map(|v| v.value().to_owned()))
+        })
+        .await
+    }
+
+    async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError> {
+        let channel = channel.to_owned();
+        let event_id = event_id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(CURSORS).map_err(err)?;
+                table
+                    .insert(channel.as_str(), event_id.as_str())
+                    .map_err(err)?;
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+}
+
+fn contains<V: redb::Value + 'static>(
+    db: &Database,
+    table: TableDefinition<&'static str, V>,
+    key: &str,
+) -> Result<bool, StoreError> {
+    let txn = db.begin_read().map_err(err)?;
+    let table = txn.open_table(table).map_err(err)?;
+    Ok(table.get(key).map_err(err)?.is_some())
 }
 
 #[cfg(test)]
@@ -137,8 +222,22 @@ mod tests {
         {
             let store = EmbeddedStore::open(&path).unwrap();
             store.record_sent("acme", "m1", &record).await.unwrap();
+            store
+                .record_delivered("acme", &["42".into()])
+                .await
+                .unwrap();
+            store.set_poll_cursor("acme", "42").await.unwrap();
         }
         let store = EmbeddedStore::open(&path).unwrap();
+        assert!(store
+            .is_own_send("acme", &record.dm_event_id)
+            .await
+            .unwrap());
         assert_eq!(store.sent("acme", "m1").await.unwrap(), Some(record));
+        assert!(store.is_delivered("acme", "42").await.unwrap());
+        assert_eq!(
+            store.poll_cursor("acme").await.unwrap().as_deref(),
+            Some("42")
+        );
     }
 }

@@ -1,8 +1,11 @@
 //! xbridge's durable state behind one interface.
 //!
-//! Today it remembers which replies were sent, so a reply is never sent twice:
-//! not when RabbitMQ redelivers it after a crash, not when the CRM publishes it
-//! twice. The [`EmbeddedStore`] keeps it in a single file (no server); a shared
+//! It remembers which replies were sent, so a reply is never sent twice: not
+//! when RabbitMQ redelivers it after a crash, not when the CRM publishes it
+//! twice. For the inbound side it remembers which X DM events reached the CRM
+//! (so a webhook retry or a poll does not deliver one again), which DM events
+//! were the bridge's own sends (so their echoes are dropped), and where each
+//! channel's poller stopped. The [`EmbeddedStore`] keeps it in a single file (no server); a shared
 //! store for several replicas can implement [`StateStore`] later and must pass
 //! the same [`contract`] tests.
 
@@ -57,4 +60,24 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Remembers that the CRM was told (the `message.sent` was confirmed).
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError>;
+
+    /// Whether X's DM event `dm_event_id` is one the bridge sent (recorded by
+    /// [`StateStore::record_sent`]): its echo from X must not reach the CRM as
+    /// a customer's message.
+    async fn is_own_send(&self, channel: &str, dm_event_id: &str) -> Result<bool, StoreError>;
+
+    /// Whether the inbound DM event `event_id` already reached the CRM.
+    async fn is_delivered(&self, channel: &str, event_id: &str) -> Result<bool, StoreError>;
+
+    /// Remembers that these inbound events reached the CRM (their publishes
+    /// were confirmed), in one durable write.
+    async fn record_delivered(&self, channel: &str, event_ids: &[String])
+        -> Result<(), StoreError>;
+
+    /// The newest DM event id the channel's poller has delivered up to.
+    async fn poll_cursor(&self, channel: &str) -> Result<Option<String>, StoreError>;
+
+    /// Moves the poller's cursor; only after the events up to it were
+    /// delivered and confirmed.
+    async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError>;
 }
