@@ -1,4 +1,73 @@
-//! The inbound side of xbridge (X webhook and poller → CRM) is **not built yet**.
+//! The inbound side of xbridge: customers' X Direct Messages becoming CRM events.
 //!
-//! It is tracked by the inbound issue; nothing in this crate receives DMs today, and
-//! the binary does not start anything from it.
+//! **Only the pure part exists so far**: turning what X sends into the normalized events
+//! of the contract (`docs/schemas/message-received.json` and its siblings). There is
+//! **no webhook server, no poller and no publishing yet**; nothing in the `xbridge`
+//! binary uses this crate, and no `message.received` reaches RabbitMQ today.
+//!
+//! What is here:
+//!
+//! - [`parse_webhook`] reads an Account Activity or X Activity webhook body (already
+//!   signature-checked by the caller) into [`InboundItem`]s plus the subscribed account
+//!   they are for ([`WebhookDelivery`]).
+//! - [`parse_dm_events`] reads a `GET /2/dm_events` page into the same items, with the
+//!   page's `next_token` ([`DmEventsPage`]).
+//! - [`classify`] tells a customer's DM from one the company sent, through the bridge or
+//!   not ([`MessageOrigin`]).
+//! - [`ReceivedMessage`], [`MessageEcho`], [`ConversationTyping`] and [`MessageRead`] are
+//!   the events for the CRM: an item plus its channel, serializing to the contract, with
+//!   their routing keys on `xbridge.incoming`.
+//!
+//! A body that is not JSON or not shaped like an X body is a [`PayloadError`] (the
+//! webhook will answer 400); an event the bridge does not handle or cannot read is an
+//! [`InboundItem::Ignored`] with the reason, so it never costs the other events of its
+//! body. Ids are kept as strings of digits throughout: X's ids have up to 19 digits,
+//! more than a JSON float holds.
+//!
+//! How a caller is meant to combine them, once the webhook exists:
+//!
+//! ```
+//! use xbridge_inbound::{classify, parse_webhook, InboundItem, MessageOrigin, ReceivedMessage};
+//!
+//! let body = br#"{"for_user_id":"4337869213","direct_message_events":[{"type":"message_create",
+//!   "id":"954491830116155396","created_timestamp":"1516403560557","message_create":{
+//!   "target":{"recipient_id":"4337869213"},"sender_id":"3001969357",
+//!   "message_data":{"text":"Hello World!"}}}]}"#;
+//! let delivery = parse_webhook(body).unwrap();
+//! let own = delivery.for_user_id.as_deref().unwrap(); // → which channel, e.g. "acme"
+//! for item in delivery.items {
+//!     if let InboundItem::Message(dm) = item {
+//!         if classify(&dm, own, &|_event_id| false) == MessageOrigin::Received {
+//!             let event = ReceivedMessage::new("acme", dm);
+//!             assert_eq!(event.routing_key(), "acme.message.received");
+//!         }
+//!     }
+//! }
+//! ```
+
+#![warn(missing_docs)]
+
+mod aaa;
+mod attachment;
+mod dm_events;
+mod echo;
+mod error;
+mod event;
+mod item;
+mod json;
+mod message;
+mod sender;
+mod text;
+
+#[cfg(test)]
+mod test_support;
+
+pub use aaa::{parse_webhook, WebhookDelivery};
+pub use attachment::{Attachment, AttachmentKind};
+pub use dm_events::{parse_dm_events, DmEventsPage};
+pub use echo::{classify, MessageOrigin};
+pub use error::PayloadError;
+pub use event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
+pub use item::{InboundItem, ReadReceipt, Typing};
+pub use message::{DirectMessage, ReceivedVia};
+pub use sender::Sender;

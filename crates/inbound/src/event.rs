@@ -1,0 +1,336 @@
+//! The events the inbound side will publish to the CRM, as the contract in
+//! `docs/schemas/` describes them.
+//!
+//! Each one is a normalized item from X plus the channel it belongs to, and serializes
+//! with a `type` field, so a consumer reading several event types from one queue can
+//! tell them apart without the routing key. The routing key on `xbridge.incoming` is
+//! `<channel>.<type>`, as for the outbound side's status events.
+
+use serde::Serialize;
+
+use crate::item::{ReadReceipt, Typing};
+use crate::message::DirectMessage;
+
+/// `message.received`: a customer sent the channel's account a DM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename = "message.received")]
+pub struct ReceivedMessage {
+    /// The channel (configured X account) the DM was sent to.
+    pub channel: String,
+    /// The DM.
+    #[serde(flatten)]
+    pub message: DirectMessage,
+}
+
+/// `message.echo`: the company's account sent a DM from somewhere other than the bridge
+/// (X's own app, another tool), so the CRM can show the whole conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename = "message.echo")]
+pub struct MessageEcho {
+    /// The channel (configured X account) that sent the DM.
+    pub channel: String,
+    /// The DM; its sender is the channel's own account.
+    #[serde(flatten)]
+    pub message: DirectMessage,
+}
+
+/// `conversation.typing`: someone is typing in one of the channel's conversations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename = "conversation.typing")]
+pub struct ConversationTyping {
+    /// The channel whose conversation it is.
+    pub channel: String,
+    /// Who types, to whom, when.
+    #[serde(flatten)]
+    pub typing: Typing,
+}
+
+/// `message.read`: someone read one of the channel's conversations up to a DM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename = "message.read")]
+pub struct MessageRead {
+    /// The channel whose conversation it is.
+    pub channel: String,
+    /// Who read up to which DM, when.
+    #[serde(flatten)]
+    pub read: ReadReceipt,
+}
+
+macro_rules! event_type {
+    ($event:ty, $name:literal) => {
+        impl $event {
+            /// The event type: the `type` field, the AMQP `type` property and the last
+            /// words of the routing key.
+            pub const EVENT_TYPE: &'static str = $name;
+
+            /// Routing key on the incoming exchange: `<channel>.<type>`.
+            pub fn routing_key(&self) -> String {
+                format!("{}.{}", self.channel, Self::EVENT_TYPE)
+            }
+        }
+    };
+}
+
+event_type!(ReceivedMessage, "message.received");
+event_type!(MessageEcho, "message.echo");
+event_type!(ConversationTyping, "conversation.typing");
+event_type!(MessageRead, "message.read");
+
+impl ReceivedMessage {
+    /// A customer's DM to `channel`.
+    pub fn new(channel: impl Into<String>, message: DirectMessage) -> ReceivedMessage {
+        ReceivedMessage {
+            channel: channel.into(),
+            message,
+        }
+    }
+}
+
+impl MessageEcho {
+    /// A DM `channel`'s account sent outside the bridge.
+    pub fn new(channel: impl Into<String>, message: DirectMessage) -> MessageEcho {
+        MessageEcho {
+            channel: channel.into(),
+            message,
+        }
+    }
+}
+
+impl ConversationTyping {
+    /// A typing indicator in one of `channel`'s conversations.
+    pub fn new(channel: impl Into<String>, typing: Typing) -> ConversationTyping {
+        ConversationTyping {
+            channel: channel.into(),
+            typing,
+        }
+    }
+}
+
+impl MessageRead {
+    /// A read receipt in one of `channel`'s conversations.
+    pub fn new(channel: impl Into<String>, read: ReadReceipt) -> MessageRead {
+        MessageRead {
+            channel: channel.into(),
+            read,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::test_support::{assert_valid, fixture, is_valid};
+    use crate::{parse_dm_events, parse_webhook, InboundItem};
+
+    fn items(body: &[u8]) -> Vec<InboundItem> {
+        parse_webhook(body).unwrap().items
+    }
+
+    fn message(body: &[u8]) -> DirectMessage {
+        match items(body).remove(0) {
+            InboundItem::Message(message) => message,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_received_message_serializes_to_the_contract() {
+        let event = ReceivedMessage::new("acme", message(fixture!("webhook_aaa_dm.json")));
+        assert_eq!(event.routing_key(), "acme.message.received");
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            json!({
+                "type": "message.received",
+                "channel": "acme",
+                "event_id": "954491830116155396",
+                "conversation_id": "3001969357-4337869213",
+                "sender": {
+                    "id": "3001969357",
+                    "username": "furiouscamper",
+                    "name": "Jordan Brinks",
+                    "avatar_url": "https://pbs.twimg.com/profile_images/851526626785480705/cW4WTi7C_normal.jpg"
+                },
+                "recipient_id": "4337869213",
+                "text": "Hello World!",
+                "attachments": [],
+                "created_at": "2018-01-19T23:12:40.557Z",
+                "received_via": "webhook"
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_profile_fields_serialize_as_null() {
+        let mut dm = message(fixture!("webhook_aaa_dm_media.json"));
+        dm.sender.username = None;
+        dm.sender.name = None;
+        dm.sender.avatar_url = None;
+        let value = serde_json::to_value(ReceivedMessage::new("acme", dm)).unwrap();
+        assert_eq!(
+            value["sender"],
+            json!({"id":"3001969357","username":null,"name":null,"avatar_url":null})
+        );
+        assert_eq!(
+            value["attachments"],
+            json!([{"kind":"photo","media_key":"1221092866912550912",
+                "url":"https://ton.twitter.com/1.1/ton/data/dm/1221092871941558276/1221092866912550912/OwIPMAFC.png",
+                "preview_url":null}])
+        );
+        assert_valid("message-received", &value);
+    }
+
+    #[test]
+    fn every_received_message_is_valid_against_its_schema() {
+        let mut dms = vec![
+            message(fixture!("webhook_aaa_dm.json")),
+            message(fixture!("webhook_aaa_dm_media.json")),
+        ];
+        let page = parse_dm_events(
+            fixture!("dm_events_expanded_200.json"),
+            "906948460078698496",
+        )
+        .unwrap();
+        for item in page.items {
+            let InboundItem::Message(dm) = item else {
+                panic!("{item:?}")
+            };
+            dms.push(dm);
+        }
+        assert_eq!(dms.len(), 3);
+        for dm in dms {
+            let received = serde_json::to_value(ReceivedMessage::new("acme", dm.clone())).unwrap();
+            assert_valid("message-received", &received);
+            let echo = serde_json::to_value(MessageEcho::new("acme", dm)).unwrap();
+            assert_eq!(echo["type"], "message.echo");
+            assert_valid("message-echo", &echo);
+            // Same fields, different type: neither schema takes the other's event.
+            assert!(!is_valid("message-received", &echo));
+            assert!(!is_valid("message-echo", &received));
+        }
+    }
+
+    #[test]
+    fn a_polled_message_says_so() {
+        let page = parse_dm_events(
+            fixture!("dm_events_expanded_200.json"),
+            "906948460078698496",
+        )
+        .unwrap();
+        let InboundItem::Message(dm) = page.items[0].clone() else {
+            panic!("{:?}", page.items[0])
+        };
+        let value = serde_json::to_value(ReceivedMessage::new("acme", dm)).unwrap();
+        assert_eq!(value["received_via"], "poll");
+        assert_eq!(value["created_at"], "2022-10-25T23:16:15.000Z");
+        assert_eq!(
+            value["attachments"][0]["media_key"],
+            "3_1583157113245011970"
+        );
+    }
+
+    #[test]
+    fn an_echo_has_its_own_type_and_routing_key() {
+        let echo = MessageEcho::new("acme", message(fixture!("webhook_aaa_dm.json")));
+        assert_eq!(echo.routing_key(), "acme.message.echo");
+        assert_eq!(MessageEcho::EVENT_TYPE, "message.echo");
+        assert_eq!(ReceivedMessage::EVENT_TYPE, "message.received");
+    }
+
+    #[test]
+    fn typing_serializes_to_the_contract() {
+        let InboundItem::Typing(typing) = items(fixture!("webhook_aaa_typing.json")).remove(0)
+        else {
+            panic!()
+        };
+        let event = ConversationTyping::new("acme", typing);
+        assert_eq!(event.routing_key(), "acme.conversation.typing");
+        let value = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            value,
+            json!({"type":"conversation.typing","channel":"acme","sender_id":"3284025577",
+                "recipient_id":"3001969357","created_at":"2018-02-08T21:59:43.443Z"})
+        );
+        assert_valid("conversation-typing", &value);
+    }
+
+    #[test]
+    fn a_read_receipt_serializes_to_the_contract() {
+        let body = br#"{"for_user_id":"4337869213","direct_message_mark_read_events":[
+            {"created_timestamp":"1518452444662","sender_id":"3001969357",
+             "target":{"recipient_id":"4337869213"},"last_read_event_id":"963085315333238788"}]}"#;
+        let InboundItem::Read(read) = items(body).remove(0) else {
+            panic!()
+        };
+        let event = MessageRead::new("acme", read);
+        assert_eq!(event.routing_key(), "acme.message.read");
+        let value = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            value,
+            json!({"type":"message.read","channel":"acme","reader_id":"3001969357",
+                "last_read_event_id":"963085315333238788","created_at":"2018-02-12T16:20:44.662Z"})
+        );
+        assert_valid("message-read", &value);
+    }
+
+    #[test]
+    fn the_schemas_examples_are_valid() {
+        for schema in [
+            "message-received",
+            "message-echo",
+            "conversation-typing",
+            "message-read",
+        ] {
+            let path = format!(
+                "{}/../../docs/schemas/{schema}.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let text = std::fs::read_to_string(&path).unwrap();
+            let document: Value = serde_json::from_str(&text).unwrap();
+            let examples = document["examples"].as_array().unwrap();
+            assert!(!examples.is_empty(), "{schema}");
+            for example in examples {
+                assert_valid(schema, example);
+            }
+        }
+    }
+
+    #[test]
+    fn the_message_schema_refuses_what_the_contract_forbids() {
+        let good = serde_json::to_value(ReceivedMessage::new(
+            "acme",
+            message(fixture!("webhook_aaa_dm_media.json")),
+        ))
+        .unwrap();
+        assert!(is_valid("message-received", &good));
+        let changes: Vec<(&str, Value)> = vec![
+            ("/event_id", json!(954491830116155396u64)),
+            ("/event_id", json!("12345678901234567890")),
+            ("/sender/id", json!(3.001969357e9)),
+            ("/recipient_id", json!("")),
+            ("/conversation_id", json!("12345")),
+            ("/channel", json!("Acme.Support")),
+            ("/created_at", json!("2020-01-26 21:28:20")),
+            ("/created_at", json!("2020-01-26T22:28:20+01:00")),
+            ("/received_via", json!("email")),
+            ("/attachments/0/kind", json!("sticker")),
+            ("/attachments/0/url", json!(null)),
+            ("/sender/username", json!("")),
+        ];
+        for (pointer, value) in changes {
+            let mut bad = good.clone();
+            *bad.pointer_mut(pointer).unwrap() = value.clone();
+            assert!(
+                !is_valid("message-received", &bad),
+                "{pointer} = {value} was accepted"
+            );
+        }
+        let mut extra = good.clone();
+        extra["mood"] = json!("happy");
+        assert!(!is_valid("message-received", &extra));
+        let mut missing = good.clone();
+        missing["sender"].as_object_mut().unwrap().remove("name");
+        assert!(!is_valid("message-received", &missing));
+    }
+}
