@@ -14,6 +14,8 @@
 //!   page's `next_token` ([`DmEventsPage`]).
 //! - [`classify`] tells a customer's DM from one the company sent, through the bridge or
 //!   not ([`MessageOrigin`]).
+//! - [`webhook_auth`] answers X's CRC challenge and checks the signature of event POSTs,
+//!   both with the channel's consumer secret, in constant time, before the body is read.
 //! - [`ReceivedMessage`], [`MessageEcho`], [`ConversationTyping`] and [`MessageRead`] are
 //!   the events for the CRM: an item plus its channel, serializing to the contract, with
 //!   their routing keys on `xbridge.incoming`.
@@ -58,6 +60,7 @@ mod json;
 mod message;
 mod sender;
 mod text;
+pub mod webhook_auth;
 
 #[cfg(test)]
 mod test_support;
