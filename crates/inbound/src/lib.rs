@@ -1,9 +1,9 @@
 //! The inbound side of xbridge: customers' X Direct Messages becoming CRM events.
 //!
-//! **Only the pure part exists so far**: turning what X sends into the normalized events
-//! of the contract (`docs/schemas/message-received.json` and its siblings). There is
-//! **no webhook server, no poller and no publishing yet**; nothing in the `xbridge`
-//! binary uses this crate, and no `message.received` reaches RabbitMQ today.
+//! The parsing and the webhook exist as a library; **nothing in the `xbridge` binary
+//! serves the webhook or uses this crate yet** (no configuration, no listener), and
+//! there is no poller. Until that wiring exists, no `message.received` reaches RabbitMQ
+//! from a running bridge.
 //!
 //! What is here:
 //!
@@ -19,14 +19,20 @@
 //! - [`ReceivedMessage`], [`MessageEcho`], [`ConversationTyping`] and [`MessageRead`] are
 //!   the events for the CRM: an item plus its channel, serializing to the contract, with
 //!   their routing keys on `xbridge.incoming`.
+//! - [`webhook::router`] is the HTTP endpoint for X: it answers the CRC, checks
+//!   signatures, drops duplicates and the bridge's own echoes (through the
+//!   `xbridge_store::StateStore`), and answers 200 only once every event is confirmed
+//!   by the broker, so X retries what was not taken.
+//! - [`sink`] is where the webhook publishes: [`sink::AmqpSink`] sends each event to the
+//!   incoming exchange persistent, `mandatory` and confirmed.
 //!
 //! A body that is not JSON or not shaped like an X body is a [`PayloadError`] (the
-//! webhook will answer 400); an event the bridge does not handle or cannot read is an
+//! webhook answers 400); an event the bridge does not handle or cannot read is an
 //! [`InboundItem::Ignored`] with the reason, so it never costs the other events of its
 //! body. Ids are kept as strings of digits throughout: X's ids have up to 19 digits,
 //! more than a JSON float holds.
 //!
-//! How a caller is meant to combine them, once the webhook exists:
+//! How the webhook combines them:
 //!
 //! ```
 //! use xbridge_inbound::{classify, parse_webhook, InboundItem, MessageOrigin, ReceivedMessage};
@@ -59,7 +65,9 @@ mod item;
 mod json;
 mod message;
 mod sender;
+pub mod sink;
 mod text;
+pub mod webhook;
 pub mod webhook_auth;
 
 #[cfg(test)]

@@ -1,0 +1,651 @@
+//! The webhook against the real RabbitMQ: each test gets its own topology (unique
+//! prefix), its own state file and its own server on a free port, and reads what the
+//! webhook published from its own incoming queue.
+//!
+//! Tests synchronize on events (consumed with a timeout), never on sleeps. To show
+//! that something was published exactly once (or not at all), a test follows it with a
+//! second, distinct event and checks that the next event on the queue is that one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, Consumer};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+use xbridge_core::amqp::{connect, declare_topology, Publisher, TopologyPlan};
+use xbridge_core::config::TopologyNames;
+use xbridge_inbound::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
+use xbridge_inbound::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
+use xbridge_inbound::webhook_auth::{crc_response_token, SIGNATURE_HEADER};
+use xbridge_store::{EmbeddedStore, SentRecord, StateStore};
+
+/// The consumer secret X's own examples are signed with (see `webhook_auth`).
+const SECRET: &str = "kAcSOqF21Fu85e7zjz7ZN2U4ZRhfV3WpwPAoE3Z7kBw";
+/// X's signature of `webhook_aaa_dm.json` with [`SECRET`], computed independently.
+const FIXTURE_SIGNATURE: &str = "sha256=UxI5VQCQ3mj9W74QtbAd7Pp8wOgWdC/A3vMYL3yp92Q=";
+/// The company's account ("acme") and the customer in the fixture.
+const ACME: &str = "4337869213";
+const CUSTOMER: &str = "3001969357";
+const FIXTURE_EVENT: &str = "954491830116155396";
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn amqp_url() -> String {
+    std::env::var("XBRIDGE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../../tests/fixtures/x-api/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn assert_valid(schema: &str, instance: &Value) {
+    let path = format!(
+        "{}/../../docs/schemas/{schema}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let schema_value: Value = serde_json::from_str(&text).expect("schemas are JSON");
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema_value)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{instance} against {schema}: {errors:?}");
+}
+
+/// The fixture's DM, re-addressed: `event_id` from `sender` to `recipient`, delivered
+/// to the subscription of `for_user_id`.
+fn dm_body(for_user_id: &str, event_id: &str, sender: &str, recipient: &str) -> Vec<u8> {
+    let mut body: Value = serde_json::from_slice(&fixture("webhook_aaa_dm.json")).unwrap();
+    body["for_user_id"] = json!(for_user_id);
+    let event = &mut body["direct_message_events"][0];
+    event["id"] = json!(event_id);
+    event["message_create"]["sender_id"] = json!(sender);
+    event["message_create"]["target"]["recipient_id"] = json!(recipient);
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// A customer's DM to acme, with its own event id.
+fn customer_dm(event_id: &str) -> Vec<u8> {
+    dm_body(ACME, event_id, CUSTOMER, ACME)
+}
+
+fn sign(body: &[u8]) -> String {
+    // The body signature has the CRC answer's formula, over the raw body.
+    crc_response_token(
+        &SecretString::from(SECRET),
+        std::str::from_utf8(body).unwrap(),
+    )
+}
+
+/// An event the webhook published.
+#[derive(Debug)]
+struct Event {
+    routing_key: String,
+    body: Value,
+    properties: BasicProperties,
+}
+
+/// A sink that fails on demand in front of the real one, to play a broker outage.
+struct FlakySink {
+    inner: AmqpSink,
+    /// Fail every publish.
+    down: AtomicBool,
+    /// Fail publishes whose AMQP message id contains this.
+    fail_on: Mutex<Option<String>>,
+}
+
+#[async_trait]
+impl EventSink for FlakySink {
+    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError> {
+        let targeted = self
+            .fail_on
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|id| event.message_id.contains(id));
+        if self.down.load(Ordering::SeqCst) || targeted {
+            return Err(SinkError::Unavailable(
+                "the test took the broker away".into(),
+            ));
+        }
+        self.inner.publish(event).await
+    }
+}
+
+/// One test's world.
+struct World {
+    names: TopologyNames,
+    base: String,
+    http: reqwest::Client,
+    state: Arc<WebhookState>,
+    store: Arc<EmbeddedStore>,
+    publisher: Publisher,
+    flaky: Arc<FlakySink>,
+    events: Consumer,
+    _consumer_connection: Connection,
+    _publisher_connection: Connection,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn start(config: WebhookConfig) -> World {
+        let names = TopologyNames::with_prefix(&format!(
+            "t-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        let url = SecretString::from(amqp_url());
+        let publisher_connection = connect(&url, "xbridge-inbound-test")
+            .await
+            .expect("RabbitMQ is reachable");
+        let publisher = Publisher::open(&publisher_connection).await.unwrap();
+        declare_topology(
+            publisher.channel(),
+            &TopologyPlan {
+                names: names.clone(),
+                channels: vec![],
+                delays: vec![],
+            },
+        )
+        .await
+        .expect("the topology is declared");
+
+        let consumer_connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let events = consumer_connection
+            .create_channel()
+            .await
+            .unwrap()
+            .basic_consume(
+                names.incoming_queue.as_str().into(),
+                "test-crm".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
+        let flaky = Arc::new(FlakySink {
+            inner: AmqpSink::new(publisher.clone(), names.incoming_exchange.clone()),
+            down: AtomicBool::new(false),
+            fail_on: Mutex::new(None),
+        });
+        let channels = vec![
+            WebhookChannel {
+                name: "acme".into(),
+                consumer_secret: SecretString::from(SECRET),
+                own_user_id: Some(ACME.into()),
+            },
+            // The customer's account configured too, as when two configured accounts
+            // write to each other: acme's customer DMs are its own sends.
+            WebhookChannel {
+                name: "jordan".into(),
+                consumer_secret: SecretString::from(SECRET),
+                own_user_id: Some(CUSTOMER.into()),
+            },
+        ];
+        let state = Arc::new(WebhookState::new(
+            channels,
+            flaky.clone(),
+            store.clone(),
+            config,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        World {
+            names,
+            base,
+            http: reqwest::Client::new(),
+            state,
+            store,
+            publisher,
+            flaky,
+            events,
+            _consumer_connection: consumer_connection,
+            _publisher_connection: publisher_connection,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, channel: &str) -> String {
+        format!("{}/webhooks/{channel}", self.base)
+    }
+
+    /// POSTs `body` to `channel`'s webhook with `signature` (none when `None`).
+    async fn post_signed(
+        &self,
+        channel: &str,
+        body: Vec<u8>,
+        signature: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.url(channel))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(signature) = signature {
+            request = request.header(SIGNATURE_HEADER, signature);
+        }
+        request.send().await.expect("the webhook answers")
+    }
+
+    /// POSTs `body` signed correctly and returns the status.
+    async fn post(&self, channel: &str, body: &[u8]) -> u16 {
+        let signature = sign(body);
+        self.post_signed(channel, body.to_vec(), Some(&signature))
+            .await
+            .status()
+            .as_u16()
+    }
+
+    async fn next_event(&mut self) -> Event {
+        let delivery = tokio::time::timeout(PATIENCE, self.events.next())
+            .await
+            .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for an event"))
+            .expect("the consumer is open")
+            .expect("a delivery");
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        Event {
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            body: serde_json::from_slice(&delivery.data).expect("events are JSON"),
+            properties: delivery.properties.clone(),
+        }
+    }
+
+    /// Publishes a fresh customer DM and checks it is the next event: whatever the
+    /// test did before published nothing more than what it already consumed.
+    async fn assert_nothing_else_published(&mut self, fresh_event_id: &str) {
+        assert_eq!(self.post("acme", &customer_dm(fresh_event_id)).await, 200);
+        let next = self.next_event().await;
+        assert_eq!(
+            next.body["event_id"], fresh_event_id,
+            "an unexpected event was published before the marker: {next:?}"
+        );
+    }
+
+    /// Deletes the test's queues and exchanges.
+    async fn cleanup(self) {
+        let channel = self.publisher.channel();
+        let n = &self.names;
+        for queue in [&n.unrouted, &n.incoming_queue, &n.dead_letter_queue] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            &n.unrouted,
+            &n.outgoing_exchange,
+            &n.incoming_exchange,
+            &n.dead_letter_exchange,
+        ] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_crc_answer_matches_an_independent_computation() {
+    let world = World::start(WebhookConfig::default()).await;
+    let answer = world
+        .http
+        .get(format!(
+            "{}?crc_token=8f3ba2b1-1d87-4d5e-9f1b-0c2c4c1a7a5e",
+            world.url("acme")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    // Computed with Python's hmac module.
+    assert_eq!(
+        body,
+        json!({"response_token": "sha256=MosEQWJAvCCWOIKRBC6aYDNH4A7Xf/PiRiaANbd+3qI="})
+    );
+
+    let missing = world.http.get(world.url("acme")).send().await.unwrap();
+    assert_eq!(missing.status(), 400);
+    let unknown = world
+        .http
+        .get(format!("{}?crc_token=x", world.url("nobody")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(world.post("nobody", &customer_dm("1")).await, 404);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_dm_signed_by_x_becomes_one_message_received() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    let answer = world
+        .post_signed(
+            "acme",
+            fixture("webhook_aaa_dm.json"),
+            Some(FIXTURE_SIGNATURE),
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+
+    let event = world.next_event().await;
+    assert_eq!(event.routing_key, "acme.message.received");
+    assert_valid("message-received", &event.body);
+    let body = &event.body;
+    assert_eq!(body["type"], "message.received");
+    assert_eq!(body["channel"], "acme");
+    assert_eq!(body["event_id"], FIXTURE_EVENT);
+    assert_eq!(body["text"], "Hello World!");
+    assert_eq!(body["created_at"], "2018-01-19T23:12:40.557Z");
+    assert_eq!(body["received_via"], "webhook");
+    assert_eq!(
+        body["sender"],
+        json!({"id": CUSTOMER, "username": "furiouscamper", "name": "Jordan Brinks",
+            "avatar_url": "https://pbs.twimg.com/profile_images/851526626785480705/cW4WTi7C_normal.jpg"})
+    );
+    let properties = &event.properties;
+    assert_eq!(
+        properties.message_id().as_ref().map(|id| id.as_str()),
+        Some("acme:954491830116155396:received")
+    );
+    assert_eq!(
+        properties.kind().as_ref().map(|kind| kind.as_str()),
+        Some("message.received")
+    );
+    assert_eq!(
+        properties.content_type().as_ref().map(|ct| ct.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(*properties.delivery_mode(), Some(2));
+    assert!(properties.timestamp().is_some());
+    assert!(world
+        .store
+        .is_delivered("acme", FIXTURE_EVENT)
+        .await
+        .unwrap());
+
+    // X delivers it again, twice in a row, then three times at once.
+    for _ in 0..2 {
+        assert_eq!(
+            world.post("acme", &fixture("webhook_aaa_dm.json")).await,
+            200
+        );
+    }
+    let body = fixture("webhook_aaa_dm.json");
+    let concurrent = futures::future::join_all((0..3).map(|_| world.post("acme", &body))).await;
+    assert_eq!(concurrent, vec![200, 200, 200]);
+    world
+        .assert_nothing_else_published("954491830116155400")
+        .await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn concurrent_first_deliveries_of_one_event_publish_it_once() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    let body = customer_dm("954491830116155410");
+    let answers = futures::future::join_all((0..3).map(|_| world.post("acme", &body))).await;
+    assert_eq!(answers, vec![200, 200, 200]);
+    let event = world.next_event().await;
+    assert_eq!(event.body["event_id"], "954491830116155410");
+    world
+        .assert_nothing_else_published("954491830116155411")
+        .await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_signatures_are_refused_counted_and_the_server_keeps_serving() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    let body = customer_dm("954491830116155420");
+    let wrong = sign(b"another body");
+    for signature in [None, Some("sha256=***"), Some(wrong.as_str())] {
+        let answer = world.post_signed("acme", body.clone(), signature).await;
+        assert_eq!(answer.status(), 401, "{signature:?}");
+    }
+    assert_eq!(world.state.signature_failures(), 3);
+
+    // The same body, signed right, is taken; none of the refused ones published.
+    assert_eq!(world.post("acme", &body).await, 200);
+    let event = world.next_event().await;
+    assert_eq!(event.body["event_id"], "954491830116155420");
+    assert_eq!(world.state.signature_failures(), 3);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_with_413() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    // Valid JSON and signed, just one byte over the default 1 MiB.
+    let mut body = customer_dm("954491830116155430");
+    body.pop(); // the closing brace
+                // `,"pad":"` + padding + `"}` fill it up to the limit plus one.
+    let padding = 1024 * 1024 + 1 - body.len() - 10;
+    body.extend_from_slice(format!(",\"pad\":\"{}\"}}", "x".repeat(padding)).as_bytes());
+    assert_eq!(body.len(), 1024 * 1024 + 1);
+    assert_eq!(world.post("acme", &body).await, 413);
+    // Still serving, and nothing of the refused body was published.
+    world
+        .assert_nothing_else_published("954491830116155431")
+        .await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn malformed_json_with_a_valid_signature_is_a_400_that_says_why() {
+    let world = World::start(WebhookConfig::default()).await;
+    let body = br#"{"for_user_id":"4337869213","direct_message_events":["#.to_vec();
+    let signature = sign(&body);
+    let answer = world.post_signed("acme", body, Some(&signature)).await;
+    assert_eq!(answer.status(), 400);
+    let error: Value = answer.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("not valid JSON"),
+        "{error}"
+    );
+
+    let wrong_shape = br#"{"direct_message_events":{}}"#;
+    assert_eq!(world.post("acme", wrong_shape).await, 400);
+    assert_eq!(world.state.signature_failures(), 0);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_bridges_own_reply_is_dropped_and_a_company_echo_is_published() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    // jordan's account sent 954491830116155396 through the bridge.
+    world
+        .store
+        .record_sent(
+            "jordan",
+            "crm-reply-1",
+            &SentRecord {
+                dm_event_id: FIXTURE_EVENT.into(),
+                conversation_id: format!("{CUSTOMER}-{ACME}"),
+                sent_at: chrono::Utc::now(),
+                reported: true,
+            },
+        )
+        .await
+        .unwrap();
+    // X delivers it to jordan's subscription: the sender is the account itself.
+    let own_send = dm_body(CUSTOMER, FIXTURE_EVENT, CUSTOMER, ACME);
+    assert_eq!(world.post("jordan", &own_send).await, 200);
+
+    // Someone at jordan wrote from X's app: an echo, for the CRM to see.
+    let company = dm_body(CUSTOMER, "954491830116155440", CUSTOMER, ACME);
+    assert_eq!(world.post("jordan", &company).await, 200);
+    let echo = world.next_event().await;
+    assert_eq!(echo.routing_key, "jordan.message.echo");
+    assert_eq!(echo.body["type"], "message.echo");
+    assert_eq!(echo.body["event_id"], "954491830116155440");
+    assert_eq!(
+        echo.properties.message_id().as_ref().map(|id| id.as_str()),
+        Some("jordan:954491830116155440:echo")
+    );
+    assert_valid("message-echo", &echo.body);
+    world
+        .assert_nothing_else_published("954491830116155441")
+        .await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_body_for_another_account_is_skipped() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    // A DM to some other account, POSTed to acme's URL.
+    let body = dm_body("1111111111", "954491830116155450", CUSTOMER, "1111111111");
+    assert_eq!(world.post("acme", &body).await, 200);
+    world
+        .assert_nothing_else_published("954491830116155451")
+        .await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn typing_is_dropped_by_default_and_published_when_activity_is_on() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    // Bogus Bogart types to Jordan, in a conversation of acme's account.
+    let typing = fixture("webhook_aaa_typing.json");
+    assert_eq!(world.post("acme", &typing).await, 200);
+    world
+        .assert_nothing_else_published("954491830116155460")
+        .await;
+    world.cleanup().await;
+
+    let mut world = World::start(WebhookConfig {
+        publish_activity: true,
+        ..WebhookConfig::default()
+    })
+    .await;
+    assert_eq!(world.post("acme", &typing).await, 200);
+    let event = world.next_event().await;
+    assert_eq!(event.routing_key, "acme.conversation.typing");
+    assert_eq!(
+        event.properties.message_id().as_ref().map(|id| id.as_str()),
+        Some("acme:typing:3284025577:1518127183443")
+    );
+    assert_valid("conversation-typing", &event.body);
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failed_publish_is_a_503_and_x_retry_delivers_once() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    let body = customer_dm("954491830116155470");
+    world.flaky.down.store(true, Ordering::SeqCst);
+    assert_eq!(world.post("acme", &body).await, 503);
+    assert!(!world
+        .store
+        .is_delivered("acme", "954491830116155470")
+        .await
+        .unwrap());
+
+    // The broker is back; X retries (twice, as it may).
+    world.flaky.down.store(false, Ordering::SeqCst);
+    assert_eq!(world.post("acme", &body).await, 200);
+    assert_eq!(world.post("acme", &body).await, 200);
+    let event = world.next_event().await;
+    assert_eq!(event.body["event_id"], "954491830116155470");
+    world
+        .assert_nothing_else_published("954491830116155471")
+        .await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_body_that_fails_halfway_is_completed_by_the_retry() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    // Two DMs in one body; the broker refuses the second.
+    let mut body: Value = serde_json::from_slice(&customer_dm("954491830116155480")).unwrap();
+    let mut second = body["direct_message_events"][0].clone();
+    second["id"] = json!("954491830116155481");
+    body["direct_message_events"]
+        .as_array_mut()
+        .unwrap()
+        .push(second);
+    let body = serde_json::to_vec(&body).unwrap();
+    *world.flaky.fail_on.lock().unwrap() = Some("954491830116155481".into());
+    assert_eq!(world.post("acme", &body).await, 503);
+    assert_eq!(
+        world.next_event().await.body["event_id"],
+        "954491830116155480"
+    );
+
+    *world.flaky.fail_on.lock().unwrap() = None;
+    assert_eq!(world.post("acme", &body).await, 200);
+    assert_eq!(
+        world.next_event().await.body["event_id"],
+        "954491830116155481"
+    );
+    world
+        .assert_nothing_else_published("954491830116155482")
+        .await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_closed_amqp_channel_is_a_503_not_a_crash() {
+    let world = World::start(WebhookConfig::default()).await;
+    // A state whose real AMQP sink publishes on a channel that is gone.
+    let connection = connect(&SecretString::from(amqp_url()), "xbridge-inbound-test")
+        .await
+        .unwrap();
+    let publisher = Publisher::open(&connection).await.unwrap();
+    publisher.channel().close(200, "test".into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(WebhookState::new(
+        vec![WebhookChannel {
+            name: "acme".into(),
+            consumer_secret: SecretString::from(SECRET),
+            own_user_id: None,
+        }],
+        Arc::new(AmqpSink::new(
+            publisher,
+            world.names.incoming_exchange.clone(),
+        )),
+        Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap()),
+        WebhookConfig::default(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/acme", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+
+    let body = customer_dm("954491830116155490");
+    for _ in 0..2 {
+        let answer = world
+            .http
+            .post(&url)
+            .header(SIGNATURE_HEADER, sign(&body))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 503);
+    }
+    let _ = connection.close(200, "done".into()).await;
+    world.cleanup().await;
+}
