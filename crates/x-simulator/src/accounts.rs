@@ -124,6 +124,10 @@ impl AccountRegistry {
             .find(|a| a.bearer_token == bearer_token)
     }
 
+    pub(crate) fn by_user_id(&self, user_id: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.user_id == user_id)
+    }
+
     pub(crate) fn contains(&self, user_id: &str) -> bool {
         self.accounts.iter().any(|a| a.user_id == user_id)
     }

@@ -9,15 +9,25 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::accounts::Account;
+use crate::customers::Customer;
+use crate::delivery;
+use crate::events::{MediaSpec, Written};
 use crate::faults::Fault;
 use crate::state::SimState;
 
 pub(crate) fn router() -> Router<Arc<SimState>> {
     Router::new()
+        .route("/customer_dm", post(customer_dm))
+        .route("/dm_events", get(dm_events))
+        .route("/billing", get(billing))
+        .route("/webhooks", get(webhooks))
+        .route("/deliveries", get(deliveries))
+        .route("/redeliver", post(redeliver))
         .route("/dms", get(dms))
         .route("/requests", get(requests))
         .route("/counters", get(counters))
@@ -37,6 +47,33 @@ struct ByAccount {
 struct SetFault {
     user_id: String,
     fault: Fault,
+}
+
+/// The customer of `POST /_sim/customer_dm`: only `username` is required; missing fields are
+/// generated as by [`Customer::generate`] (so without `user_id`, every call is a new customer).
+#[derive(Debug, Deserialize)]
+struct CustomerBody {
+    username: String,
+    user_id: Option<String>,
+    name: Option<String>,
+    profile_image_url: Option<String>,
+}
+
+/// Body of `POST /_sim/customer_dm`.
+#[derive(Debug, Deserialize)]
+struct CustomerDm {
+    user_id: String,
+    customer: CustomerBody,
+    #[serde(default)]
+    text: String,
+    media: Option<MediaSpec>,
+    created_at: Option<DateTime<Utc>>,
+}
+
+/// Body of `POST /_sim/redeliver`.
+#[derive(Debug, Deserialize)]
+struct Redeliver {
+    event_id: String,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -142,4 +179,109 @@ async fn reset(State(state): State<Arc<SimState>>) -> Response {
     tracing::info!("simulator reset");
     state.reset();
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn customer_dm(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let request = match serde_json::from_slice::<CustomerDm>(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why.to_string()),
+    };
+    if request.text.is_empty() && request.media.is_none() {
+        return error(StatusCode::BAD_REQUEST, "a DM needs `text` or `media`");
+    }
+    let generated = Customer::generate(&request.customer.username);
+    let customer = Customer {
+        user_id: request.customer.user_id.unwrap_or(generated.user_id),
+        username: request.customer.username,
+        name: request.customer.name.unwrap_or(generated.name),
+        profile_image_url: request
+            .customer
+            .profile_image_url
+            .unwrap_or(generated.profile_image_url),
+    };
+    let event = {
+        let mut inner = state.lock();
+        if !inner.accounts.contains(&request.user_id) {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no account with user_id {}", request.user_id),
+            );
+        }
+        let written = match request.created_at {
+            Some(at) => Written::At(at),
+            None => Written::Now(state.now()),
+        };
+        inner.record_customer_dm(
+            &state.base_url,
+            &request.user_id,
+            &customer,
+            &request.text,
+            request.media.as_ref(),
+            written,
+        )
+    };
+    tracing::info!(event_id = %event.id, sender_id = %event.sender_id, "customer DM received (admin)");
+    delivery::schedule(&state, &event);
+    (StatusCode::CREATED, Json(event)).into_response()
+}
+
+async fn dm_events(
+    State(state): State<Arc<SimState>>,
+    query: Result<Query<ByAccount>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return bad_query();
+    };
+    let inner = state.lock();
+    let events = match &query.user_id {
+        Some(user_id) => inner.events_of(user_id),
+        None => {
+            let mut events = inner.events.clone();
+            events.sort_by_key(crate::events::DmEvent::numeric_id);
+            events
+        }
+    };
+    Json(events).into_response()
+}
+
+async fn billing(State(state): State<Arc<SimState>>) -> Response {
+    let billed = state.lock().billed_dm_events.clone();
+    Json(json!({ "dm_events_billed": billed })).into_response()
+}
+
+async fn webhooks(State(state): State<Arc<SimState>>) -> Response {
+    let inner = state.lock();
+    Json(json!({
+        "webhooks": inner.webhooks,
+        "subscriptions": inner.subscriptions,
+    }))
+    .into_response()
+}
+
+async fn deliveries(State(state): State<Arc<SimState>>) -> Response {
+    let deliveries = state.lock().deliveries.clone();
+    Json(deliveries).into_response()
+}
+
+async fn redeliver(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let request = match serde_json::from_slice::<Redeliver>(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why.to_string()),
+    };
+    let event = state
+        .lock()
+        .events
+        .iter()
+        .find(|event| event.id == request.event_id)
+        .cloned();
+    match event {
+        Some(event) => {
+            let started = delivery::schedule(&state, &event);
+            Json(json!({ "deliveries_started": started })).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no DM event with id {}", request.event_id),
+        ),
+    }
 }

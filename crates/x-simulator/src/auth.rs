@@ -155,6 +155,33 @@ pub(crate) fn authenticate<'a>(
     Ok(account)
 }
 
+/// How a request that may use either kind of token was authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuthKind {
+    /// OAuth 1.0a user context: the account itself.
+    User,
+    /// The App-only Bearer token of the account's App.
+    App,
+}
+
+/// [`authenticate`] for routes that take an App's Bearer token as well as a user token
+/// (`GET /2/users/:id`, `/2/webhooks`): the account is the one whose token was used.
+pub(crate) fn authenticate_user_or_app(
+    request: &SignedRequest<'_>,
+    accounts: &AccountRegistry,
+    nonces: &mut NonceCache,
+    now: DateTime<Utc>,
+) -> Result<(Account, AuthKind), AuthFailure> {
+    match authenticate(request, accounts, nonces, now) {
+        Ok(account) => Ok((account.clone(), AuthKind::User)),
+        Err(AuthFailure::AppOnly { user_id }) => accounts
+            .by_user_id(&user_id)
+            .map(|account| (account.clone(), AuthKind::App))
+            .ok_or(AuthFailure::UnknownCredentials),
+        Err(failure) => Err(failure),
+    }
+}
+
 fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme

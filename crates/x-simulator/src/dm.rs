@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::auth::{self, SignedRequest};
-use crate::faults::SendFailure;
+use crate::delivery;
+use crate::events::{one_to_one_conversation_id, DmEvent};
+use crate::faults::{Endpoint, SendFailure};
 use crate::problems;
 use crate::reply::Reply;
 use crate::request_log::RequestIdentity;
-use crate::state::SimState;
+use crate::state::{SimState, Window};
 
 /// X's limit on a DM's text, in characters.
 pub const MAX_TEXT_CHARS: usize = 10_000;
@@ -75,7 +77,10 @@ pub(crate) async fn send_to_participant(
         headers: &headers,
         body: &body,
     };
-    let reply = decide(&state, &request, target);
+    let (reply, event) = decide(&state, &request, target);
+    if let Some(event) = event {
+        delivery::schedule(&state, &event);
+    }
     reply.deliver(&state, &identity).await
 }
 
@@ -101,13 +106,32 @@ pub(crate) async fn send_in_conversation(
         headers: &headers,
         body: &body,
     };
-    let reply = decide(&state, &request, target);
+    let (reply, event) = decide(&state, &request, target);
+    if let Some(event) = event {
+        delivery::schedule(&state, &event);
+    }
     reply.deliver(&state, &identity).await
 }
 
 /// Everything X checks, in X's order: who (401), how often (429), the account's faults, what
-/// (400), to whom (403); then the DM is recorded. Runs under the state lock, without awaiting.
-fn decide(state: &SimState, request: &SignedRequest<'_>, target: Target) -> Reply {
+/// (400), to whom (403); then the DM is recorded, also as a DM event (returned, for webhook
+/// delivery). Runs under the state lock, without awaiting.
+fn decide(
+    state: &SimState,
+    request: &SignedRequest<'_>,
+    target: Target,
+) -> (Reply, Option<DmEvent>) {
+    match decide_send(state, request, target) {
+        Ok((reply, event)) => (reply, Some(event)),
+        Err(refused) => (refused, None),
+    }
+}
+
+fn decide_send(
+    state: &SimState,
+    request: &SignedRequest<'_>,
+    target: Target,
+) -> Result<(Reply, DmEvent), Reply> {
     let now = state.now();
     let mut guard = state.lock();
     let inner = &mut *guard;
@@ -121,55 +145,58 @@ fn decide(state: &SimState, request: &SignedRequest<'_>, target: Target) -> Repl
                 "refused a DM send's credentials"
             );
             let reply = Reply::new(failure.status(), failure.body());
-            return match failure.user_id() {
+            return Err(match failure.user_id() {
                 Some(user_id) => reply.for_account(user_id, None),
                 None => reply,
-            };
+            });
         }
     };
     let user_id = account.user_id.as_str();
     let reply = Reply::new(StatusCode::OK, "").for_account(user_id, inner.faults.latency(user_id));
     if inner.faults.revokes_token(user_id) {
         inner.counters.faults_injected += 1;
-        return reply.answer(StatusCode::UNAUTHORIZED, problems::UNAUTHORIZED);
+        return Err(reply.answer(StatusCode::UNAUTHORIZED, problems::UNAUTHORIZED));
     }
 
-    let window = inner.count_rate_limit(user_id, now, state.default_rate_limit);
+    let window = inner.count_rate_limit(Window::Send, user_id, now, state.default_rate_limit);
     let reply = reply
         .rate_limit(window)
         .access_level(!inner.faults.lacks_dm_permission(user_id));
     if window.exceeded {
         inner.counters.rate_limited += 1;
-        return reply.answer(StatusCode::TOO_MANY_REQUESTS, problems::RATE_LIMITED);
+        return Err(reply.answer(StatusCode::TOO_MANY_REQUESTS, problems::RATE_LIMITED));
     }
 
-    match inner.faults.take_send_failure(user_id, now.date_naive()) {
+    match inner
+        .faults
+        .take_failure(user_id, now.date_naive(), Endpoint::DmSend)
+    {
         Some(SendFailure::Hold) => {
             inner.counters.faults_injected += 1;
             tracing::info!(
                 user_id,
                 "holding a DM send without answering (timeout fault)"
             );
-            return reply.hold();
+            return Err(reply.hold());
         }
         Some(SendFailure::Answer { status, body }) => {
             inner.counters.faults_injected += 1;
-            return reply.answer(status, body);
+            return Err(reply.answer(status, body));
         }
         None => {}
     }
 
     let message = match validate(request, target, user_id) {
         Ok(message) => message,
-        Err(Refusal::Invalid(body)) => return reply.answer(StatusCode::BAD_REQUEST, body),
+        Err(Refusal::Invalid(body)) => return Err(reply.answer(StatusCode::BAD_REQUEST, body)),
         Err(Refusal::NotAMember) => {
-            return reply.answer(StatusCode::FORBIDDEN, problems::FORBIDDEN)
+            return Err(reply.answer(StatusCode::FORBIDDEN, problems::FORBIDDEN))
         }
     };
     if let Some(participant) = &message.participant_id {
         if inner.faults.recipient_refuses(user_id, participant) {
             inner.counters.faults_injected += 1;
-            return reply.answer(StatusCode::FORBIDDEN, problems::FORBIDDEN);
+            return Err(reply.answer(StatusCode::FORBIDDEN, problems::FORBIDDEN));
         }
     }
 
@@ -199,13 +226,24 @@ fn decide(state: &SimState, request: &SignedRequest<'_>, target: Target) -> Repl
         host(request.headers).unwrap_or("localhost"),
         dm.dm_event_id
     );
+    let event = inner.record_send_event(
+        &state.base_url,
+        &account,
+        &dm.dm_event_id,
+        &dm.dm_conversation_id,
+        dm.participant_id.as_deref(),
+        &dm.text,
+        &dm.media_ids,
+        now,
+    );
     inner.counters.dms_sent += 1;
     inner.dms.push(dm);
     drop(guard);
     state.dm_recorded.notify_waiters();
-    reply
+    let reply = reply
         .answer(StatusCode::CREATED, body)
-        .header(header::LOCATION, location)
+        .header(header::LOCATION, location);
+    Ok((reply, event))
 }
 
 fn host(headers: &HeaderMap) -> Option<&str> {
@@ -388,21 +426,6 @@ fn is_conversation_id(id: &str) -> bool {
     }
 }
 
-/// `smaller-larger`, compared as numbers (ids of different lengths sort by length first).
-fn one_to_one_conversation_id(a: &str, b: &str) -> String {
-    let numeric = |id: &str| {
-        (
-            id.trim_start_matches('0').len(),
-            id.trim_start_matches('0').to_string(),
-        )
-    };
-    if numeric(a) <= numeric(b) {
-        format!("{a}-{b}")
-    } else {
-        format!("{b}-{a}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,16 +442,6 @@ mod tests {
         assert!(!is_conversation_id("1-2-3"));
         assert!(!is_conversation_id("a-b"));
         assert!(!is_conversation_id(""));
-    }
-
-    #[test]
-    fn one_to_one_id_orders_numerically_not_lexically() {
-        assert_eq!(one_to_one_conversation_id("9", "10"), "9-10");
-        assert_eq!(one_to_one_conversation_id("10", "9"), "9-10");
-        assert_eq!(
-            one_to_one_conversation_id("1072250532645998596", "750362064426721281"),
-            "750362064426721281-1072250532645998596"
-        );
     }
 
     fn json_headers() -> HeaderMap {

@@ -11,12 +11,23 @@ use serde::{Deserialize, Serialize};
 use crate::problems;
 use crate::rate_limit::RateLimitWindow;
 
-/// One way X misbehaves, applied to an account's DM sends until cleared (or used up).
+/// One way X misbehaves, applied to an account's requests until cleared (or used up).
 ///
 /// Serialised with a `kind` tag in snake_case, e.g. `{"kind":"server_error","status":503,"times":2}`,
 /// which is also what `POST /_sim/faults` takes. Several faults may be active at once; setting a
 /// fault of a kind already active replaces it (for `recipient_refuses`: of the same participant).
 /// A faulted request never records a DM.
+///
+/// Which requests a fault reaches: the account's *states* — billing (`credits_depleted`,
+/// `payment_required`, `usage_capped`, `spend_cap_reached`), `not_enrolled`, `unauthorized`
+/// and `latency` — apply to DM sends, `GET /2/dm_events` and `GET /2/users/:id` alike, as X
+/// bills and blocks reads too (`missing_permission` reaches sends and DM reads, not user
+/// lookups, which need no DM permission). One-off *incidents* are scoped, so a counted fault
+/// meant for sends is never used up by a poll: `server_error`, `timeout`, `rate_limit_window`
+/// and `recipient_refuses` reach DM sends only; `read_server_error`, `read_timeout` and
+/// `read_rate_limit_window` reach the two reads only. `GET /2/users/me` only feels
+/// `unauthorized` and `latency`; the webhook and subscription routes only `latency` (and the
+/// subscription routes, which take a user token, `unauthorized`); media downloads none.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
@@ -69,6 +80,37 @@ pub enum Fault {
         /// Length of the window in seconds.
         window_secs: u64,
     },
+    /// [`Fault::RateLimitWindow`] for the account's separate DM-read window
+    /// (`GET /2/dm_events`; X allows 15 per 15 minutes per user).
+    ReadRateLimitWindow {
+        /// Reads allowed per window.
+        limit: u32,
+        /// Length of the window in seconds.
+        window_secs: u64,
+    },
+    /// [`Fault::ServerError`] for the account's reads (`GET /2/dm_events`, `GET /2/users/:id`).
+    ReadServerError {
+        /// The HTTP status to answer; an invalid one becomes 500.
+        status: u16,
+        /// How many reads fail before X recovers; `None` fails until cleared.
+        times: Option<u32>,
+    },
+    /// [`Fault::Timeout`] for the account's reads (`GET /2/dm_events`, `GET /2/users/:id`).
+    ReadTimeout {
+        /// How many reads are held; `None` holds every one until cleared.
+        times: Option<u32>,
+    },
+}
+
+/// Which family of X routes a request belongs to, for deciding which faults reach it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// The two DM send routes.
+    DmSend,
+    /// `GET /2/dm_events`.
+    DmRead,
+    /// `GET /2/users/:id`.
+    UserLookup,
 }
 
 impl Fault {
@@ -84,7 +126,7 @@ impl Fault {
     }
 }
 
-/// How a fault answers a DM send instead of the normal 201.
+/// How a fault answers a request instead of the normal answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum SendFailure {
     /// Keep the client waiting (the [`Fault::Timeout`] case).
@@ -137,6 +179,16 @@ impl FaultBook {
         })
     }
 
+    pub(crate) fn read_rate_limit_window(&self, user_id: &str) -> Option<RateLimitWindow> {
+        self.active(user_id).iter().find_map(|fault| match fault {
+            Fault::ReadRateLimitWindow { limit, window_secs } => Some(RateLimitWindow {
+                limit: *limit,
+                window: Duration::from_secs(*window_secs),
+            }),
+            _ => None,
+        })
+    }
+
     pub(crate) fn revokes_token(&self, user_id: &str) -> bool {
         self.active(user_id).contains(&Fault::Unauthorized)
     }
@@ -152,18 +204,31 @@ impl FaultBook {
     }
 
     /// The failure, if any, that answers this DM send, using up one count of a limited fault.
-    ///
-    /// Order: outages first (the request never reaches billing), then billing, then permissions.
+    #[cfg(test)]
     pub(crate) fn take_send_failure(
         &mut self,
         user_id: &str,
         today: NaiveDate,
     ) -> Option<SendFailure> {
+        self.take_failure(user_id, today, Endpoint::DmSend)
+    }
+
+    /// The failure, if any, that answers this request, using up one count of a limited fault.
+    ///
+    /// Order: outages first (the request never reaches billing), then billing, then permissions.
+    pub(crate) fn take_failure(
+        &mut self,
+        user_id: &str,
+        today: NaiveDate,
+        endpoint: Endpoint,
+    ) -> Option<SendFailure> {
         let active = self.by_user.get_mut(user_id)?;
-        if let Some(index) = active
-            .iter()
-            .position(|f| matches!(f, Fault::Timeout { .. }))
-        {
+        let sends = endpoint == Endpoint::DmSend;
+        if let Some(index) = active.iter().position(|f| match f {
+            Fault::Timeout { .. } => sends,
+            Fault::ReadTimeout { .. } => !sends,
+            _ => false,
+        }) {
             if use_one(active, index) {
                 return Some(SendFailure::Hold);
             }
@@ -172,7 +237,8 @@ impl FaultBook {
             .iter()
             .enumerate()
             .find_map(|(index, fault)| match fault {
-                Fault::ServerError { status, .. } => Some((index, *status)),
+                Fault::ServerError { status, .. } if sends => Some((index, *status)),
+                Fault::ReadServerError { status, .. } if !sends => Some((index, *status)),
                 _ => None,
             });
         if let Some((index, status)) = server_error {
@@ -207,7 +273,7 @@ impl FaultBook {
         if has(&Fault::NotEnrolled) {
             return answer(StatusCode::FORBIDDEN, problems::CLIENT_NOT_ENROLLED);
         }
-        if has(&Fault::MissingPermission) {
+        if endpoint != Endpoint::UserLookup && has(&Fault::MissingPermission) {
             return answer(StatusCode::FORBIDDEN, problems::OAUTH1_PERMISSIONS);
         }
         None
@@ -218,7 +284,10 @@ impl FaultBook {
 /// still applied to this request.
 fn use_one(active: &mut Vec<Fault>, index: usize) -> bool {
     let times = match &mut active[index] {
-        Fault::Timeout { times } | Fault::ServerError { times, .. } => times,
+        Fault::Timeout { times }
+        | Fault::ServerError { times, .. }
+        | Fault::ReadTimeout { times }
+        | Fault::ReadServerError { times, .. } => times,
         _ => return true,
     };
     match times {
@@ -320,6 +389,41 @@ mod tests {
         book.clear("1");
         assert_eq!(book.latency("1"), None);
         assert!(!book.recipient_refuses("1", "a"));
+    }
+
+    #[test]
+    fn incidents_are_scoped_and_states_apply_to_reads_too() {
+        let mut book = FaultBook::default();
+        book.set(
+            "1",
+            Fault::ServerError {
+                status: 503,
+                times: Some(1),
+            },
+        );
+        assert_eq!(book.take_failure("1", today(), Endpoint::DmRead), None);
+        assert_eq!(book.take_failure("1", today(), Endpoint::UserLookup), None);
+        assert!(book.take_failure("1", today(), Endpoint::DmSend).is_some());
+
+        book.set("1", Fault::ReadTimeout { times: Some(1) });
+        assert_eq!(book.take_failure("1", today(), Endpoint::DmSend), None);
+        assert_eq!(
+            book.take_failure("1", today(), Endpoint::DmRead),
+            Some(SendFailure::Hold)
+        );
+        assert_eq!(book.take_failure("1", today(), Endpoint::DmRead), None);
+
+        book.set("1", Fault::MissingPermission);
+        assert!(book.take_failure("1", today(), Endpoint::DmRead).is_some());
+        assert_eq!(book.take_failure("1", today(), Endpoint::UserLookup), None);
+
+        book.set("1", Fault::PaymentRequired);
+        for endpoint in [Endpoint::DmSend, Endpoint::DmRead, Endpoint::UserLookup] {
+            assert!(matches!(
+                book.take_failure("1", today(), endpoint),
+                Some(SendFailure::Answer { status, .. }) if status == StatusCode::PAYMENT_REQUIRED
+            ));
+        }
     }
 
     #[test]

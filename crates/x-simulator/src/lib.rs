@@ -1,21 +1,29 @@
 //! A local fake of X's API, speaking X's real wire format, so the bridge's tests, its demo and CRM
 //! developers never need a real X account.
 //!
-//! It serves the two 1:1 DM send endpoints and the credential check, checks OAuth 1.0a
-//! signatures with code of its own (so a signing bug in the bridge's client is caught, not
-//! mirrored), enforces X's body rules and a per-account rate limit, records every accepted DM,
-//! and can be told to fail the way X is known to fail ([`Fault`]).
+//! It serves both directions of the bridge's DM traffic:
+//!
+//! - **outbound**: the two 1:1 DM send endpoints and the credential check, with OAuth 1.0a
+//!   signatures checked by code of its own (so a signing bug in the bridge's client is caught, not
+//!   mirrored), X's body rules and a per-account rate limit;
+//! - **inbound**: a DM event store per account (its own sends plus DMs injected "from customers"),
+//!   `GET /2/dm_events` for polling, `GET /2/users/:id`, webhook registration with X's CRC,
+//!   Account Activity subscriptions and signed, retried webhook deliveries.
+//!
+//! Everything can be told to fail the way X is known to fail ([`Fault`]).
 //!
 //! # In tests
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use std::time::Duration;
-//! use x_simulator::{Account, Fault, Simulator, SimulatorConfig};
+//! use x_simulator::{Account, Customer, Fault, MediaSpec, Simulator, SimulatorConfig, WebhookConfig};
 //!
 //! let account = Account::generate("acme_support");
 //! let sim = Simulator::start(SimulatorConfig {
 //!     accounts: vec![account.clone()],
+//!     // Retry failed webhook deliveries after 10 ms, 20 ms, 40 ms instead of seconds.
+//!     webhooks: WebhookConfig { retry_backoff: Duration::from_millis(10), ..WebhookConfig::default() },
 //!     ..SimulatorConfig::default()
 //! })
 //! .await?;
@@ -23,65 +31,215 @@
 //! sim.set_fault(&account.user_id, Fault::ServerError { status: 503, times: Some(1) });
 //! let dms = tokio::time::timeout(Duration::from_secs(10), sim.wait_for_dms(&account.user_id, 1)).await?;
 //! assert_eq!(dms[0].text, "Hello from the CRM");
+//!
+//! // Inbound: a customer writes; the bridge sees it by polling GET /2/dm_events, and by webhook
+//! // once it has registered one and subscribed the account.
+//! let jane = Customer::generate("jane_doe");
+//! let event = sim.customer_dm(&account.user_id, &jane, "Where is my order?", Some(MediaSpec::photo()));
+//! let deliveries = tokio::time::timeout(Duration::from_secs(10), sim.wait_for_deliveries(1)).await?;
+//! assert_eq!(deliveries[0].event_id.as_deref(), Some(event.id.as_str()));
 //! sim.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!
 //! # X routes
 //!
-//! | Route | Answer |
-//! |---|---|
-//! | `POST /2/dm_conversations/with/:participant_id/messages` | 201 `{"data":{"dm_conversation_id":"<smaller>-<larger>","dm_event_id":"<19 digits>"}}` |
-//! | `POST /2/dm_conversations/:dm_conversation_id/messages` | the same, for an id matching `^([0-9]{1,19}-[0-9]{1,19}\|[0-9]{15,19})$`; 403 if the sender is not in a 1:1 conversation |
-//! | `GET /2/users/me` | 200 `{"data":{"id","name","username"}}`, unaffected by faults other than `unauthorized` and `latency` |
-//! | anything else | 404 |
+//! | Route | Auth | Answer |
+//! |---|---|---|
+//! | `POST /2/dm_conversations/with/:participant_id/messages` | user | 201 `{"data":{"dm_conversation_id":"<smaller>-<larger>","dm_event_id":"<19 digits>"}}` |
+//! | `POST /2/dm_conversations/:dm_conversation_id/messages` | user | the same, for an id matching `^([0-9]{1,19}-[0-9]{1,19}\|[0-9]{15,19})$`; 403 if the sender is not in a 1:1 conversation |
+//! | `GET /2/users/me` | user | 200 `{"data":{"id","name","username"}}`, unaffected by faults other than `unauthorized` and `latency` |
+//! | `GET /2/dm_events` | user | the account's DM events, newest first (below) |
+//! | `GET /2/users/:id` | user or App | 200 `{"data":{"id","name","username"}}` plus the `user.fields` asked for, for any account or customer; 404 otherwise (below) |
+//! | `POST /2/webhooks` `{"url"}` | App or user | runs a CRC against the URL at once; 200 `{"data":{"id","url","valid":true,"created_at"}}` |
+//! | `GET /2/webhooks` | App or user | 200 `{"data":[{"id","url","valid","created_at"}],"meta":{"result_count"}}`, `{"meta":{"result_count":0}}` if none |
+//! | `PUT /2/webhooks/:id` | App or user | runs the CRC again; 200 `{"data":{"valid":true}}`, or 400 `CrcValidationFailed` and the webhook is marked invalid |
+//! | `DELETE /2/webhooks/:id` | App or user | 200 `{"data":{"deleted":true}}`; its subscriptions go too |
+//! | `POST /2/account_activity/webhooks/:webhook_id/subscriptions/all` `{}` | user (the subscribing account) | 200 `{"data":{"subscribed":true}}` |
+//! | `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all` | user | 200 `{"data":{"subscribed":true\|false}}` (v2 style; v1.1 answered 204/404) |
+//! | `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all/list` | App or user | 200 `{"data":{"application_id","webhook_id","webhook_url","subscriptions":[{"user_id"}]}}` |
+//! | `DELETE /2/account_activity/webhooks/:webhook_id/subscriptions/:user_id/all` | App or user | 200 `{"data":{"subscribed":false}}` |
+//! | `GET /1.1/ton/data/dm/:event_id/:media_id/:name` | user (a participant) | the media's bytes (a placeholder, not a real image); 403 for others |
+//! | `GET /dm_video/…`, `/dm_video_thumb/…`, `/dm_gif/…`, `/dm_gif_thumb/…` | none | video and GIF renditions and previews (placeholders) |
+//! | anything else | | 404 |
 //!
-//! Every request needs `Authorization: OAuth …` (HMAC-SHA1) signed with an account's four
-//! credentials; the base string uses scheme `http`, the `Host` header as sent and the path, plus
-//! query (and form-body) parameters; JSON bodies are not signed. A wrong signature, unknown keys,
-//! a timestamp more than 5 minutes off or a nonce the account reused within that window gets 401
-//! with X's body; the reason (and the base string the simulator expected) is logged at WARN. An
-//! App-only `Bearer` token gets X's 403 `unsupported-authentication`.
+//! "user" is `Authorization: OAuth …` (HMAC-SHA1) signed with an account's four credentials; the
+//! base string uses scheme `http`, the `Host` header as sent and the path, plus query (and
+//! form-body) parameters; JSON bodies are not signed. A wrong signature, unknown keys, a timestamp
+//! more than 5 minutes off or a nonce the account reused within that window gets 401 with X's
+//! body; the reason (and the base string the simulator expected) is logged at WARN. "App" is
+//! `Authorization: Bearer <an account's bearer_token>`; where only "user" is listed, a Bearer
+//! token gets X's 403 `unsupported-authentication`. An App is a consumer key: accounts sharing
+//! one share its webhooks and its subscription allowance.
 //!
-//! A send is checked in this order: credentials (401); the account's rate-limit window, which
-//! counts every authenticated send (429, default 1000 per 15 minutes); the account's faults;
-//! the body — JSON content type, `text` (at most 10,000 characters) and/or exactly one
-//! `attachments` item `{"media_id":"<digits>"}`, nothing else (400 `invalid-request`); then a
-//! refusing recipient (403). Answers to authenticated sends carry `x-rate-limit-limit`,
+//! A send is checked in this order: credentials (401); the account's send window, which counts
+//! every authenticated send (429, default 1000 per 15 minutes); the account's faults; the body —
+//! JSON content type, `text` (at most 10,000 characters) and/or exactly one `attachments` item
+//! `{"media_id":"<digits>"}`, nothing else (400 `invalid-request`); then a refusing recipient
+//! (403). Answers to authenticated sends and DM reads carry `x-rate-limit-limit`,
 //! `x-rate-limit-remaining`, `x-rate-limit-reset` (epoch seconds) and `x-access-level`; a 201 also
 //! carries `location`. Error bodies are X's recorded ones, byte for byte, from
 //! `tests/fixtures/x-api/`.
+//!
+//! # DM events
+//!
+//! Every DM the simulator records is a [`DmEvent`] of both participants: each accepted send (same
+//! id as its `dm_event_id`, `source_app_id` set, its media shown as a photo) and each customer DM
+//! ([`Simulator::customer_dm`], `POST /_sim/customer_dm`). Ids are 19-digit snowflakes from one
+//! sequence shared with sends, media and webhooks; [`Simulator::customer_dm_at`] mints the id from
+//! the given `created_at`, so a back-dated DM sorts among older events, as on X. A media DM gets a
+//! media id minted just before its event id, a `media_key` of `3_` (photo), `7_` (video) or `16_`
+//! (animated GIF) plus that id, a TON-like URL `{base_url}/1.1/ton/data/dm/{event_id}/{media_id}/{name}`,
+//! and for videos and GIFs a preview image and mp4 variants.
+//!
+//! `GET /2/dm_events` checks, in order: credentials (401, Bearer 403); the account's **read**
+//! window, separate from the send window (429; default 1000 per 15 minutes, X's is 15; see
+//! [`SimulatorConfig::read_rate_limit`] and [`Fault::ReadRateLimitWindow`]); the account's faults;
+//! the query (400 `invalid-request` naming the parameter). Then:
+//!
+//! - events newer than 30 days ([`RETENTION_DAYS`]) only, newest first (by id);
+//! - `max_results` 1–100, default 100; unknown parameters (there is no `since_id`), repeated
+//!   parameters and values outside X's enums for `dm_event.fields`, `expansions` and
+//!   `event_types` are 400; `user.fields` and `media.fields` accept any names and render the
+//!   ones the simulator knows;
+//! - `pagination_token`: `meta.next_token` resumes strictly after the page's last event, so events
+//!   arriving meanwhile never shift a walk; `meta.previous_token` (on pages after the first) leads
+//!   back to the newer events. Tokens are 21 characters of X's alphabet with a check; one that
+//!   does not decode or names no event of this account is 400;
+//! - an empty result is exactly `{"meta":{"result_count":0}}`;
+//! - fields: `id`, `event_type`, `text` always; `created_at` (RFC 3339, milliseconds, `Z`),
+//!   `dm_conversation_id`, `sender_id`, `attachments` when `dm_event.fields` asks (an expansion
+//!   also brings its field); `entities`, `participant_ids` and `referenced_tweets` are accepted
+//!   but never present;
+//! - `expansions=sender_id` adds `includes.users` (`id`, `name`, `username`, plus
+//!   `profile_image_url`, `protected`, `verified`, `receives_your_dm` when `user.fields` asks);
+//!   `expansions=attachments.media_keys` adds `includes.media` (`media_key`, `type`, plus `url`,
+//!   `preview_image_url`, `variants`, `width`, `height`, `duration_ms` when `media.fields` asks
+//!   and the media has them);
+//! - billing: every event in `data` counts ([`Counters::dm_events_billed`],
+//!   [`Simulator::billed_dm_events`], `GET /_sim/billing`), as X bills "DM Event: Read" per
+//!   event returned; refused and empty answers bill nothing.
+//!
+//! `GET /2/users/:id` answers a non-numeric id with 400 and an unknown one with 404
+//! `{"errors":[{…,"title":"Not Found Error","type":"…/problems/resource-not-found"}],"title":"Not Found Error","detail":"Could not find user with id: [<id>].","type":"…/problems/resource-not-found","status":404}`.
+//! Successful lookups count in [`Counters::users_read`].
+//!
+//! # Webhooks
+//!
+//! `POST /2/webhooks` checks the URL, then runs X's CRC: `GET <url>?crc_token=<random>` must
+//! answer 200 with `{"response_token":"sha256=<base64 HMAC-SHA256(consumer_secret, crc_token)>"}`,
+//! keyed with the consumer secret of the account whose token registered it. Every refusal of the
+//! webhook and subscription routes has one shape, 400 `invalid-request` with X's reason as the
+//! message: `{"errors":[{"message":"CrcValidationFailed","parameters":{"url":["…"]}}],"title":"Invalid Request","detail":"One or more parameters to your request was invalid.","type":"https://api.twitter.com/2/problems/invalid-request"}`.
+//! Reasons: `UrlValidationFailed` (not http(s), no host, over 200 characters), `DuplicateUrlFailed`
+//! (the App has that URL), `WebhookLimitExceeded` (the App has [`WebhookConfig::max_webhooks_per_app`],
+//! 1 on Pay Per Use), `CrcValidationFailed` (no answer, not 200, not JSON, wrong token), and for
+//! the ids and subscriptions `WebhookIdInvalid` (unknown, or another App's),
+//! `DuplicateSubscriptionFailed`, `SubscriptionLimitExceeded` (beyond
+//! [`WebhookConfig::max_subscriptions_per_app`], 3 on Pay Per Use).
+//!
+//! When a DM event involves a subscribed account — a customer's DM to it, or its own send (the
+//! echo X also delivers) — the Account Activity payload is POSTed, in the background, to every
+//! **valid** webhook the account is subscribed to (a DM between two subscribed accounts goes
+//! once for each):
+//!
+//! ```text
+//! {"for_user_id":"<account>",
+//!  "direct_message_events":[{"type":"message_create","id":"<event id>","created_timestamp":"<epoch ms>",
+//!    "message_create":{"target":{"recipient_id":"…"},"sender_id":"…","source_app_id":"<sends only>",
+//!      "message_data":{"text":"…","entities":{"hashtags":[],"symbols":[],"user_mentions":[],"urls":[…]},
+//!                      "attachment":{"type":"media","media":{…}}}}}],
+//!  "apps":{"<source_app_id>":{"id","name","url"}},
+//!  "users":{"<id>":{"id","name","screen_name","profile_image_url_https"}}}
+//! ```
+//!
+//! with `content-type: application/json` and
+//! `x-twitter-webhooks-signature: sha256=<base64 HMAC-SHA256(consumer_secret, body)>`. A media DM's
+//! text ends with ` https://t.co/<10 characters>` (just the link if there is no text), whose
+//! `indices` (in characters) are in `entities.urls` and `attachment.media`, as in
+//! `webhook_aaa_dm_media.json`; videos and GIFs add `video_info`. `apps` is only there for sends;
+//! `users` has both participants when the simulator knows them (a send to an unknown user id lists
+//! only the sender). Group sends are not delivered. A receiver answering anything but 2xx (or
+//! not answering within [`WebhookConfig::timeout`]) is retried [`WebhookConfig::delivery_retries`]
+//! times, waiting [`WebhookConfig::retry_backoff`] then twice as long each time. Every attempt is
+//! a [`Delivery`] in [`Simulator::deliveries`]; [`Simulator::wait_for_deliveries`] waits for them.
+//! Test hooks: [`Simulator::deliver_again`] (a duplicate, byte for byte),
+//! [`Simulator::deliver_raw`] (any body, with a correct, chosen or no signature) and
+//! [`Simulator::check_webhook`] (X's periodic CRC, on demand).
+//!
+//! # Faults
+//!
+//! [`Fault`] lists them all. Account *states* reach every X route that reads or writes DM data:
+//! `credits_depleted`, `payment_required`, `usage_capped`, `spend_cap_reached` and `not_enrolled`
+//! apply to sends, `GET /2/dm_events` and `GET /2/users/:id` (X bills and blocks reads too);
+//! `missing_permission` to sends and DM reads; `unauthorized` and `latency` to every user-token
+//! request but media downloads, which feel no fault. One-off *incidents* are scoped so that a counted fault meant for one direction is not
+//! used up by the other (a poller would otherwise eat a `server_error` meant for a send):
+//! `server_error`, `timeout`, `rate_limit_window` and `recipient_refuses` reach sends only;
+//! `read_server_error`, `read_timeout` and `read_rate_limit_window` reach the two reads only.
+//! Webhook management feels only `latency`; subscriptions `latency` and `unauthorized`.
+//!
+//! # Faithful and simplified
+//!
+//! Faithful: wire formats and error bodies, OAuth 1.0a checks, the CRC and signature algorithms,
+//! newest-first paging with no `since_id`, default fields, the 30-day window, per-event billing,
+//! a read window separate from the send window, Pay Per Use's 1 webhook and 3 subscriptions,
+//! echoes of the account's own sends, duplicate deliveries. Simplified or unconfirmed:
+//!
+//! - webhook URLs may be `http` with any port (X demands public `https` without a port), so
+//!   tests can register `http://127.0.0.1:<port>/…`; X re-runs the CRC periodically, the
+//!   simulator only on `PUT` or [`Simulator::check_webhook`];
+//! - the refusal shape of the webhook routes, 404 rather than a 200 with `errors[]` for an
+//!   unknown user (X has been seen to do the latter; the body carries both forms), the retry
+//!   schedule of deliveries (v2's is undocumented), and v2's `text` of a media DM (the simulator
+//!   follows the documented sample: the text without the t.co link) are not confirmed;
+//! - there are no group conversations, `ParticipantsJoin`/`Leave` events, typing or read events,
+//!   per-conversation lookups (`/2/dm_conversations/…/dm_events`), replay, XAA, or media upload
+//!   (a send's media is shown as a photo); the media bytes are placeholders;
+//! - AAA deliveries are not billed (UNCONFIRMED on X); expanded users are not counted as reads.
 //!
 //! # Admin API (`/_sim/`, no credentials)
 //!
 //! | Route | Does |
 //! |---|---|
 //! | `GET /_sim/dms[?user_id=…]` | JSON array of [`SentDm`], oldest first |
+//! | `POST /_sim/customer_dm` | body `{"user_id":"<account>","customer":{"username":"jane","user_id"?,"name"?,"profile_image_url"?},"text":"…","media"?:{"type":"photo"\|"video"\|"animated_gif",…},"created_at"?:"<RFC 3339>"}` (missing customer fields are generated, see [`MediaSpec`] for `media`); 201 with the [`DmEvent`], 404 for an unknown account |
+//! | `GET /_sim/dm_events[?user_id=…]` | JSON array of [`DmEvent`], oldest first, retention ignored |
+//! | `GET /_sim/billing` | `{"dm_events_billed":{"<user_id>":n}}` |
+//! | `GET /_sim/webhooks` | `{"webhooks":[`[`Webhook`]`],"subscriptions":[`[`Subscription`]`]}` |
+//! | `GET /_sim/deliveries` | JSON array of [`Delivery`] |
+//! | `POST /_sim/redeliver` | body `{"event_id":"…"}`: [`Simulator::deliver_again`]; `{"deliveries_started":n}`, 404 for an unknown event |
 //! | `GET /_sim/requests[?user_id=…]` | JSON array of [`RequestRecord`] (admin calls are not logged) |
 //! | `GET /_sim/counters` | [`Counters`] |
 //! | `GET /_sim/accounts` | JSON array of [`Account`] |
 //! | `POST /_sim/accounts` | adds an [`Account`] (JSON with its eight fields); 201 |
 //! | `POST /_sim/faults` | body `{"user_id":"…","fault":{"kind":"credits_depleted"}}`; 204, 404 for an unknown account, 400 for a bad body |
 //! | `DELETE /_sim/faults?user_id=…` | clears that account's faults (all accounts' without `user_id`); 204 |
-//! | `POST /_sim/reset` | forgets DMs, requests, counters, faults, windows and nonces, keeps accounts; 204 |
+//! | `POST /_sim/reset` | forgets DMs, DM events, deliveries, billing, requests, counters, faults, windows and nonces; keeps accounts, customers, webhooks and subscriptions; 204 |
 //!
 //! Fault kinds (see [`Fault`]): `credits_depleted`, `payment_required`, `usage_capped`,
 //! `spend_cap_reached`, `missing_permission`, `not_enrolled`, `unauthorized`,
 //! `recipient_refuses` (`participant_id`), `server_error` (`status`, optional `times`),
 //! `latency` (`millis`), `timeout` (optional `times`), `rate_limit_window` (`limit`,
-//! `window_secs`). For example, with the binary running:
+//! `window_secs`), `read_rate_limit_window` (`limit`, `window_secs`), `read_server_error`
+//! (`status`, optional `times`), `read_timeout` (optional `times`). For example, with the binary
+//! running:
 //!
 //! ```text
 //! curl -X POST localhost:8081/_sim/faults -H 'content-type: application/json' \
 //!   -d '{"user_id":"1000000000000000001","fault":{"kind":"server_error","status":503,"times":2}}'
+//! curl -X POST localhost:8081/_sim/customer_dm -H 'content-type: application/json' \
+//!   -d '{"user_id":"1000000000000000001","customer":{"username":"jane_doe"},"text":"Hi!"}'
 //! ```
 //!
 //! # The binary
 //!
 //! `x-simulator --bind 127.0.0.1:8081 --accounts accounts.toml [--demo]` serves the accounts of a
-//! TOML file made of `[[accounts]]` tables with [`Account`]'s eight fields. `--demo` adds
-//! [`Account::demo`], whose credentials are fixed so docker-compose and the bridge's demo config
-//! work with no setup:
+//! TOML file made of `[[accounts]]` tables with [`Account`]'s eight fields. `--read-rate-limit`,
+//! `--read-rate-limit-window-secs`, `--webhook-retries` and `--webhook-backoff-ms` (and their
+//! `X_SIMULATOR_…` variables, see `--help`) tune the read window and the delivery retries.
+//! `--demo` adds [`Account::demo`], whose credentials are fixed so docker-compose and the
+//! bridge's demo config work with no setup:
 //!
 //! | field | value |
 //! |---|---|
@@ -100,8 +258,13 @@ mod accounts;
 mod admin;
 mod auth;
 mod clock;
+mod customers;
+mod delivery;
 mod dm;
+mod dm_events;
+mod events;
 mod faults;
+mod media;
 pub mod oauth;
 mod problems;
 mod rate_limit;
@@ -111,13 +274,19 @@ mod routes;
 mod simulator;
 mod state;
 mod users;
+mod webhooks;
 
 #[cfg(test)]
 mod tests;
 
 pub use accounts::{load_accounts, Account, DEMO_USER_ID};
+pub use customers::Customer;
+pub use delivery::{Delivery, SIGNATURE_HEADER};
 pub use dm::{SentDm, MAX_TEXT_CHARS};
+pub use dm_events::RETENTION_DAYS;
+pub use events::{DmAttachment, DmEvent, MediaSpec, MediaType, MediaVariant, MESSAGE_CREATE};
 pub use faults::Fault;
 pub use rate_limit::RateLimitWindow;
 pub use request_log::{Counters, RequestRecord, CLIENT_CLOSED_REQUEST};
 pub use simulator::{Simulator, SimulatorConfig};
+pub use webhooks::{Subscription, Webhook, WebhookConfig, MAX_WEBHOOK_URL_CHARS};

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use x_simulator::{load_accounts, Account, RateLimitWindow, Simulator, SimulatorConfig};
+use x_simulator::{
+    load_accounts, Account, RateLimitWindow, Simulator, SimulatorConfig, WebhookConfig,
+};
 
 /// A local fake of X's DM API in X's wire format. Admin API under /_sim/ (see the crate docs).
 #[derive(Debug, Parser)]
@@ -31,6 +33,18 @@ struct Cli {
     /// Length of the rate-limit window, in seconds.
     #[arg(long, env = "X_SIMULATOR_RATE_LIMIT_WINDOW_SECS", default_value_t = RateLimitWindow::default().window.as_secs())]
     rate_limit_window_secs: u64,
+    /// DM reads (GET /2/dm_events) allowed per account per window; X's real limit is 15.
+    #[arg(long, env = "X_SIMULATOR_READ_RATE_LIMIT", default_value_t = RateLimitWindow::default().limit)]
+    read_rate_limit: u32,
+    /// Length of the DM-read rate-limit window, in seconds.
+    #[arg(long, env = "X_SIMULATOR_READ_RATE_LIMIT_WINDOW_SECS", default_value_t = RateLimitWindow::default().window.as_secs())]
+    read_rate_limit_window_secs: u64,
+    /// How many times a webhook delivery not answered with a 2xx is retried.
+    #[arg(long, env = "X_SIMULATOR_WEBHOOK_RETRIES", default_value_t = WebhookConfig::default().delivery_retries)]
+    webhook_retries: u32,
+    /// Wait before the first delivery retry, in milliseconds; it doubles for each later one.
+    #[arg(long, env = "X_SIMULATOR_WEBHOOK_BACKOFF_MS", default_value_t = WebhookConfig::default().retry_backoff.as_millis() as u64)]
+    webhook_backoff_ms: u64,
 }
 
 #[tokio::main]
@@ -62,6 +76,15 @@ async fn main() -> anyhow::Result<()> {
         rate_limit: RateLimitWindow {
             limit: cli.rate_limit,
             window: Duration::from_secs(cli.rate_limit_window_secs),
+        },
+        read_rate_limit: RateLimitWindow {
+            limit: cli.read_rate_limit,
+            window: Duration::from_secs(cli.read_rate_limit_window_secs),
+        },
+        webhooks: WebhookConfig {
+            delivery_retries: cli.webhook_retries,
+            retry_backoff: Duration::from_millis(cli.webhook_backoff_ms),
+            ..WebhookConfig::default()
         },
     })
     .await?;

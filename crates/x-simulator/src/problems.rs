@@ -80,6 +80,29 @@ pub(crate) fn generic(status: StatusCode) -> String {
         .to_string()
 }
 
+/// A user id nobody has: X's `resource-not-found` problem, both at the top level and inside
+/// `errors[]` (the shape X uses when it reports it inside a 200), so either parse finds it.
+pub(crate) fn user_not_found(id: &str) -> String {
+    let detail = format!("Could not find user with id: [{id}].");
+    let problem_type = "https://api.twitter.com/2/problems/resource-not-found";
+    json!({
+        "errors": [{
+            "value": id,
+            "detail": detail,
+            "title": "Not Found Error",
+            "resource_type": "user",
+            "parameter": "id",
+            "resource_id": id,
+            "type": problem_type,
+        }],
+        "title": "Not Found Error",
+        "detail": detail,
+        "type": problem_type,
+        "status": 404,
+    })
+    .to_string()
+}
+
 /// X's answer to a path it does not serve.
 pub(crate) fn not_found() -> String {
     json!({ "errors": [{ "message": "Sorry, that page does not exist", "code": 34 }] }).to_string()

@@ -33,6 +33,7 @@ pub struct RequestRecord {
 
 /// Running totals since start or the last reset, for quick assertions and `GET /_sim/counters`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     /// Requests answered on X routes (admin routes excluded).
     pub requests: u64,
@@ -48,6 +49,17 @@ pub struct Counters {
     pub faults_injected: u64,
     /// Requests the client gave up on before they were answered.
     pub abandoned: u64,
+    /// Customers' DMs injected ([`crate::Simulator::customer_dm`], `POST /_sim/customer_dm`).
+    pub dms_received: u64,
+    /// DM events returned in `data` by `GET /2/dm_events`, all accounts together: what X bills
+    /// as "DM Event: Read" ($0.010 each). Per account: [`crate::Simulator::billed_dm_events`].
+    pub dm_events_billed: u64,
+    /// Users returned by `GET /2/users/:id` ("User: Read"; expanded users are not counted).
+    pub users_read: u64,
+    /// CRC checks run against webhook URLs (registration, `PUT`, [`crate::Simulator::check_webhook`]).
+    pub crc_checks: u64,
+    /// Webhook POSTs made (every attempt, retries and raw deliveries included).
+    pub webhook_deliveries: u64,
 }
 
 impl Counters {

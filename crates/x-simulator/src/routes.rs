@@ -5,11 +5,11 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse as _, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::state::SimState;
-use crate::{admin, dm, problems, request_log, users};
+use crate::{admin, dm, dm_events, media, problems, request_log, users, webhooks};
 
 pub(crate) fn router(state: Arc<SimState>) -> Router {
     let x_routes = Router::new()
@@ -21,7 +21,34 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
             "/2/dm_conversations/{dm_conversation_id}/messages",
             post(dm::send_in_conversation),
         )
+        .route("/2/dm_events", get(dm_events::list_events))
         .route("/2/users/me", get(users::me))
+        .route("/2/users/{id}", get(users::by_id))
+        .route("/2/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/2/webhooks/{webhook_id}",
+            axum::routing::put(webhooks::revalidate).delete(webhooks::delete),
+        )
+        .route(
+            "/2/account_activity/webhooks/{webhook_id}/subscriptions/all",
+            post(webhooks::subscribe).get(webhooks::check_subscription),
+        )
+        .route(
+            "/2/account_activity/webhooks/{webhook_id}/subscriptions/all/list",
+            get(webhooks::list_subscriptions),
+        )
+        .route(
+            "/2/account_activity/webhooks/{webhook_id}/subscriptions/{user_id}/all",
+            delete(webhooks::unsubscribe),
+        )
+        .route(
+            "/1.1/ton/data/dm/{event_id}/{media_id}/{name}",
+            get(media::ton),
+        )
+        .route("/dm_video/{*rest}", get(media::rendition))
+        .route("/dm_video_thumb/{*rest}", get(media::rendition))
+        .route("/dm_gif/{*rest}", get(media::rendition))
+        .route("/dm_gif_thumb/{*rest}", get(media::rendition))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

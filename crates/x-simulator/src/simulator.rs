@@ -5,17 +5,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 use url::Url;
 
 use crate::accounts::Account;
 use crate::clock::{Clock, SystemClock};
+use crate::customers::Customer;
+use crate::delivery::{self, Delivery};
 use crate::dm::SentDm;
+use crate::events::{DmEvent, MediaSpec, Written};
 use crate::faults::Fault;
 use crate::rate_limit::RateLimitWindow;
 use crate::request_log::{Counters, RequestRecord};
 use crate::routes;
-use crate::state::SimState;
+use crate::state::{SimState, StateSettings};
+use crate::webhooks::{self, Subscription, Webhook, WebhookConfig};
 
 /// How long [`Simulator::shutdown`] lets open connections finish before cutting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -29,15 +34,25 @@ pub struct SimulatorConfig {
     pub accounts: Vec<Account>,
     /// Every account's DM-send window unless a [`Fault::RateLimitWindow`] overrides it.
     pub rate_limit: RateLimitWindow,
+    /// Every account's DM-read window (`GET /2/dm_events`) unless a
+    /// [`Fault::ReadRateLimitWindow`] overrides it. X allows 15 per 15 minutes; the default is
+    /// as generous as the send window's.
+    pub read_rate_limit: RateLimitWindow,
+    /// Webhook limits and the delivery retry schedule; tests shorten `retry_backoff` to
+    /// milliseconds.
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for SimulatorConfig {
-    /// No accounts, an ephemeral loopback port and the generous default window.
+    /// No accounts, an ephemeral loopback port, the generous default windows and Pay Per Use's
+    /// webhook limits.
     fn default() -> Self {
         SimulatorConfig {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             accounts: Vec::new(),
             rate_limit: RateLimitWindow::default(),
+            read_rate_limit: RateLimitWindow::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -85,7 +100,16 @@ impl Simulator {
             .with_context(|| format!("binding the X simulator to {}", config.bind))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
         let base_url = base_url_for(local_addr)?;
-        let state = Arc::new(SimState::new(config.accounts, config.rate_limit, clock));
+        let state = Arc::new(SimState::new(
+            StateSettings {
+                accounts: config.accounts,
+                base_url: base_url.clone(),
+                rate_limit: config.rate_limit,
+                read_rate_limit: config.read_rate_limit,
+                webhook_config: config.webhooks,
+            },
+            clock,
+        )?);
         let app = routes::router(state.clone());
         let stop = state.shutdown.clone().cancelled_owned();
         let server = tokio::spawn(async move {
@@ -110,6 +134,10 @@ impl Simulator {
         &self.handle.state
     }
 
+    fn shared_state(&self) -> &Arc<SimState> {
+        &self.handle.state
+    }
+
     /// Where clients reach the simulator, e.g. `http://127.0.0.1:41234`: the X API base URL to
     /// configure the client with (an unspecified bind address is reported as loopback).
     pub fn base_url(&self) -> Url {
@@ -126,8 +154,9 @@ impl Simulator {
         self.state().lock().accounts.all()
     }
 
-    /// Makes the account's DM sends fail that way until [`Simulator::clear_faults`] (or until a
-    /// limited fault is used up). The account need not exist yet.
+    /// Makes the account's requests fail that way until [`Simulator::clear_faults`] (or until a
+    /// limited fault is used up); [`Fault`] says which requests each kind reaches. The account
+    /// need not exist yet.
     pub fn set_fault(&self, user_id: &str, fault: Fault) {
         tracing::info!(user_id, ?fault, "fault set");
         self.state().set_fault(user_id, fault);
@@ -190,7 +219,177 @@ impl Simulator {
         self.state().lock().counters
     }
 
-    /// Forgets DMs, requests, counters, faults, rate-limit windows and nonces; keeps accounts.
+    /// A customer writes to the account, now: the DM becomes a DM event of the account (listed by
+    /// `GET /2/dm_events`) and, if the account is subscribed to a valid webhook, is delivered
+    /// there in the background. The customer is remembered for user lookups.
+    pub fn customer_dm(
+        &self,
+        account_user_id: &str,
+        customer: &Customer,
+        text: &str,
+        media: Option<MediaSpec>,
+    ) -> DmEvent {
+        let now = self.state().now();
+        self.inject(account_user_id, customer, text, media, Written::Now(now))
+    }
+
+    /// [`Simulator::customer_dm`] written at `created_at`, for tests of ordering, backfill and
+    /// the 30-day retention. The id is minted from `created_at` as X's snowflake ids are, so a
+    /// back-dated DM sorts among older events; it is still delivered at once.
+    pub fn customer_dm_at(
+        &self,
+        account_user_id: &str,
+        customer: &Customer,
+        text: &str,
+        media: Option<MediaSpec>,
+        created_at: DateTime<Utc>,
+    ) -> DmEvent {
+        self.inject(
+            account_user_id,
+            customer,
+            text,
+            media,
+            Written::At(created_at),
+        )
+    }
+
+    fn inject(
+        &self,
+        account_user_id: &str,
+        customer: &Customer,
+        text: &str,
+        media: Option<MediaSpec>,
+        written: Written,
+    ) -> DmEvent {
+        let state = self.shared_state();
+        let event = {
+            let mut inner = state.lock();
+            if !inner.accounts.contains(account_user_id) {
+                tracing::warn!(
+                    account_user_id,
+                    "a customer DM to an account the simulator does not know"
+                );
+            }
+            inner.record_customer_dm(
+                &state.base_url,
+                account_user_id,
+                customer,
+                text,
+                media.as_ref(),
+                written,
+            )
+        };
+        tracing::info!(
+            event_id = %event.id,
+            sender_id = %event.sender_id,
+            account_user_id,
+            "customer DM received"
+        );
+        delivery::schedule(state, &event);
+        event
+    }
+
+    /// Makes a customer known (for `GET /2/users/:id`) without a DM.
+    pub fn add_customer(&self, customer: Customer) {
+        self.state().lock().customers.upsert(customer);
+    }
+
+    /// The customers the simulator knows.
+    pub fn customers(&self) -> Vec<Customer> {
+        self.state().lock().customers.all()
+    }
+
+    /// Every DM event of the account (its sends and the DMs it received), oldest first, including
+    /// those older than `GET /2/dm_events`' 30 days.
+    pub fn dm_events_for(&self, user_id: &str) -> Vec<DmEvent> {
+        self.state().lock().events_of(user_id)
+    }
+
+    /// How many DM events `GET /2/dm_events` returned to the account (what X bills it for).
+    pub fn billed_dm_events(&self, user_id: &str) -> u64 {
+        self.state()
+            .lock()
+            .billed_dm_events
+            .get(user_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The registered webhooks, oldest first.
+    pub fn webhooks(&self) -> Vec<Webhook> {
+        self.state().lock().webhooks.clone()
+    }
+
+    /// The Account Activity subscriptions, oldest first.
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        self.state().lock().subscriptions.clone()
+    }
+
+    /// Runs the CRC of a registered webhook now, as X does periodically, and records the outcome
+    /// as its `valid`. False if the check failed or there is no such webhook.
+    pub async fn check_webhook(&self, webhook_id: &str) -> bool {
+        let webhook = self
+            .state()
+            .lock()
+            .webhooks
+            .iter()
+            .find(|w| w.id == webhook_id)
+            .cloned();
+        match webhook {
+            Some(webhook) => webhooks::check_webhook(self.state(), &webhook).await,
+            None => false,
+        }
+    }
+
+    /// Every webhook delivery attempt so far, in the order made.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.state().lock().deliveries.clone()
+    }
+
+    /// Waits until at least `count` delivery attempts were made (retries count), then returns all
+    /// of them. Wrap it in a timeout.
+    pub async fn wait_for_deliveries(&self, count: usize) -> Vec<Delivery> {
+        let state = self.state();
+        state
+            .wait_until(&state.delivery_recorded, |inner| {
+                (inner.deliveries.len() >= count).then(|| inner.deliveries.clone())
+            })
+            .await
+    }
+
+    /// Delivers the DM event again, byte for byte, to every valid webhook a participant is
+    /// subscribed to — the duplicate deliveries X warns about. Returns how many deliveries
+    /// started (0 for an unknown event or no subscription).
+    pub fn deliver_again(&self, event_id: &str) -> usize {
+        let state = self.shared_state();
+        let event = state
+            .lock()
+            .events
+            .iter()
+            .find(|event| event.id == event_id)
+            .cloned();
+        match event {
+            Some(event) => delivery::schedule(state, &event),
+            None => 0,
+        }
+    }
+
+    /// POSTs `body` once to the webhook's URL, with a correct signature when `signature` is
+    /// `None`, that exact header value when `Some`, or no signature header at all when
+    /// `Some("")` — for tests of forged or mangled deliveries. Returns the status the receiver
+    /// answered, or 0 if the webhook is unknown or the receiver did not answer. Logged in
+    /// [`Simulator::deliveries`] without a user or event, and never retried.
+    pub async fn deliver_raw(
+        &self,
+        webhook_id: &str,
+        body: impl Into<Vec<u8>>,
+        signature: Option<String>,
+    ) -> u16 {
+        delivery::deliver_raw(self.state(), webhook_id, body.into(), signature).await
+    }
+
+    /// Forgets DMs, DM events, deliveries, billing, requests, counters, faults, rate-limit windows
+    /// and nonces; keeps accounts, customers, webhooks and subscriptions.
     pub fn reset(&self) {
         self.state().reset();
     }

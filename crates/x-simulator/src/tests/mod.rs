@@ -2,10 +2,15 @@
 
 mod admin;
 mod auth;
+mod delivery;
+mod dm_events;
 mod faults;
 mod rate_limit;
+mod receiver;
 mod sends;
+mod users;
 mod waiting;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,17 +63,17 @@ fn hello() -> &'static str {
 }
 
 async fn harness() -> Harness {
+    harness_with(SimulatorConfig::default()).await
+}
+
+/// A harness whose simulator has `config` plus the harness account.
+async fn harness_with(mut config: SimulatorConfig) -> Harness {
     let account = Account::generate("acme_support");
     let clock = Arc::new(ManualClock::starting_now());
-    let sim = Simulator::start_with_clock(
-        SimulatorConfig {
-            accounts: vec![account.clone()],
-            ..SimulatorConfig::default()
-        },
-        clock.clone(),
-    )
-    .await
-    .unwrap();
+    config.accounts.push(account.clone());
+    let sim = Simulator::start_with_clock(config, clock.clone())
+        .await
+        .unwrap();
     Harness {
         sim,
         clock,
@@ -111,6 +116,38 @@ impl Harness {
                 .body(body.to_string()),
         )
         .await
+    }
+
+    /// GETs `path_and_query`, signed (query included) as the harness account.
+    async fn get(&self, path_and_query: &str) -> Answer {
+        self.get_as(&self.account.clone(), path_and_query).await
+    }
+
+    async fn get_as(&self, account: &Account, path_and_query: &str) -> Answer {
+        let url = self.url(path_and_query);
+        let authorization = self.authorization(account, "GET", &url);
+        self.send(self.client.get(url).header(AUTHORIZATION, authorization))
+            .await
+    }
+
+    /// A request with `account`'s App-only Bearer token and an optional JSON body.
+    async fn bearer(
+        &self,
+        account: &Account,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Answer {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .header(AUTHORIZATION, format!("Bearer {}", account.bearer_token));
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        self.send(request).await
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Answer {

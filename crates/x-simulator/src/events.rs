@@ -1,0 +1,440 @@
+//! The DM event store: every DM the simulator knows — the accounts' own sends and customers'
+//! DMs to them — as X keeps them for `GET /2/dm_events` and delivers them to webhooks.
+
+use chrono::{DateTime, SubsecRound as _, Utc};
+use rand::distr::{Alphanumeric, SampleString as _};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::accounts::Account;
+use crate::customers::Customer;
+use crate::state::Inner;
+
+/// The only DM event type the simulator produces (X also has `ParticipantsJoin`/`Leave` for groups).
+pub const MESSAGE_CREATE: &str = "MessageCreate";
+
+/// What kind of media a DM carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaType {
+    /// A picture: one TON URL, no variants.
+    Photo,
+    /// A video: a preview image and mp4 variants at several bit rates.
+    Video,
+    /// A GIF, which X stores as one mp4 variant plus a preview image.
+    AnimatedGif,
+}
+
+impl MediaType {
+    /// X's `type` value: `photo`, `video` or `animated_gif`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaType::Photo => "photo",
+            MediaType::Video => "video",
+            MediaType::AnimatedGif => "animated_gif",
+        }
+    }
+
+    /// The prefix X puts before the media id in a `media_key`.
+    fn key_prefix(self) -> &'static str {
+        match self {
+            MediaType::Photo => "3",
+            MediaType::Video => "7",
+            MediaType::AnimatedGif => "16",
+        }
+    }
+
+    fn default_size(self) -> (u32, u32) {
+        match self {
+            MediaType::Photo => (1280, 720),
+            MediaType::Video => (1280, 720),
+            MediaType::AnimatedGif => (498, 280),
+        }
+    }
+
+    fn default_extension(self) -> &'static str {
+        match self {
+            MediaType::Photo => "jpg",
+            MediaType::Video | MediaType::AnimatedGif => "mp4",
+        }
+    }
+}
+
+/// The media a customer's DM should carry ([`crate::Simulator::customer_dm`]); everything but
+/// the type is optional and gets X-like defaults.
+///
+/// As JSON (the admin API): `{"type":"photo"}`, or e.g.
+/// `{"type":"video","width":640,"height":360,"duration_ms":4000,"file_name":"clip.mp4"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaSpec {
+    /// Photo, video or animated GIF.
+    #[serde(rename = "type")]
+    pub media_type: MediaType,
+    /// Pixel width; 1280 (photo, video) or 498 (GIF) if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Pixel height; 720 (photo, video) or 280 (GIF) if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// A video's length; 5 s if unset. Ignored for photos.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// The last segment of the TON URL, e.g. `OwIPMAFC.png`; 8 random characters plus `.jpg`
+    /// (photo) or `.mp4` if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+}
+
+impl MediaSpec {
+    fn of(media_type: MediaType) -> MediaSpec {
+        MediaSpec {
+            media_type,
+            width: None,
+            height: None,
+            duration_ms: None,
+            file_name: None,
+        }
+    }
+
+    /// A 1280×720 JPEG.
+    pub fn photo() -> MediaSpec {
+        MediaSpec::of(MediaType::Photo)
+    }
+
+    /// A 5-second 1280×720 video.
+    pub fn video() -> MediaSpec {
+        MediaSpec::of(MediaType::Video)
+    }
+
+    /// A 498×280 GIF.
+    pub fn animated_gif() -> MediaSpec {
+        MediaSpec::of(MediaType::AnimatedGif)
+    }
+}
+
+/// One rendition of a video or GIF.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaVariant {
+    /// Bits per second; X gives 0 for a GIF's single variant.
+    pub bit_rate: u64,
+    /// `video/mp4`.
+    pub content_type: String,
+    /// Where the simulator serves it (no credentials needed).
+    pub url: String,
+}
+
+/// The media attached to a DM event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmAttachment {
+    /// The media's own 19-digit id, minted just before the event's (so it is smaller, as on X).
+    pub media_id: String,
+    /// `3_<media_id>` for a photo, `7_` for a video, `16_` for an animated GIF, as X keys media.
+    pub media_key: String,
+    /// Photo, video or animated GIF.
+    pub media_type: MediaType,
+    /// The TON-like URL `{base_url}/1.1/ton/data/dm/{event_id}/{media_id}/{file_name}`, which the
+    /// simulator serves to an OAuth 1.0a-signed GET of one of the conversation's accounts.
+    pub url: String,
+    /// A still image for videos and GIFs.
+    pub preview_image_url: Option<String>,
+    /// The mp4 renditions of a video or GIF; empty for a photo.
+    pub variants: Vec<MediaVariant>,
+    /// Pixel width.
+    pub width: u32,
+    /// Pixel height.
+    pub height: u32,
+    /// A video's length; `None` for photos and GIFs.
+    pub duration_ms: Option<u64>,
+    /// The `https://t.co/…` link X appends to the text of the webhook payload for this media.
+    pub tco_url: String,
+}
+
+/// One DM as X stores it for both participants: what `GET /2/dm_events` lists and webhooks
+/// deliver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmEvent {
+    /// The 19-digit event id, from the same sequence as the send endpoints' `dm_event_id`.
+    pub id: String,
+    /// Always `MessageCreate`.
+    pub event_type: String,
+    /// The text as written, without the t.co link that stands for media in webhook payloads.
+    pub text: String,
+    /// Who wrote it: an account (its sends) or a customer.
+    pub sender_id: String,
+    /// The other member of a 1:1 conversation; `None` for a send into a group conversation.
+    pub recipient_id: Option<String>,
+    /// `smaller-larger` user id (numerically) for 1:1 conversations, the group id otherwise.
+    pub dm_conversation_id: String,
+    /// When it was written, to the millisecond.
+    pub created_at: DateTime<Utc>,
+    /// The media, if any.
+    pub attachment: Option<DmAttachment>,
+    /// The App that sent it through the API: set for the accounts' sends, `None` for customers'
+    /// DMs (written in X's own apps).
+    pub source_app_id: Option<String>,
+}
+
+impl DmEvent {
+    /// Whether the event is in this user's DM history (sent or received).
+    pub fn involves(&self, user_id: &str) -> bool {
+        self.sender_id == user_id || self.recipient_id.as_deref() == Some(user_id)
+    }
+
+    /// `created_at` as X writes it: RFC 3339 with milliseconds, `Z`.
+    pub fn created_at_string(&self) -> String {
+        self.created_at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    }
+
+    pub(crate) fn numeric_id(&self) -> u64 {
+        self.id.parse().unwrap_or(0)
+    }
+}
+
+/// The App id X shows as `source_app_id` for an account's sends: a stable 8-digit number derived
+/// from its consumer key (accounts sharing an App share it).
+pub(crate) fn app_id(account: &Account) -> String {
+    // FNV-1a: stable across runs and platforms, unlike the std hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in account.consumer_key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (10_000_000 + hash % 90_000_000).to_string()
+}
+
+/// `smaller-larger`, compared as numbers (ids of different lengths sort by length first).
+pub(crate) fn one_to_one_conversation_id(a: &str, b: &str) -> String {
+    let numeric = |id: &str| {
+        (
+            id.trim_start_matches('0').len(),
+            id.trim_start_matches('0').to_string(),
+        )
+    };
+    if numeric(a) <= numeric(b) {
+        format!("{a}-{b}")
+    } else {
+        format!("{b}-{a}")
+    }
+}
+
+fn random_text(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
+fn build_attachment(
+    base_url: &Url,
+    event_id: &str,
+    media_id: String,
+    spec: &MediaSpec,
+) -> DmAttachment {
+    let media_type = spec.media_type;
+    let (default_width, default_height) = media_type.default_size();
+    let width = spec.width.unwrap_or(default_width).max(1);
+    let height = spec.height.unwrap_or(default_height).max(1);
+    let file_name = spec
+        .file_name
+        .clone()
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+        .unwrap_or_else(|| format!("{}.{}", random_text(8), media_type.default_extension()));
+    let stem = file_name
+        .rsplit_once('.')
+        .map_or(file_name.as_str(), |(stem, _)| stem)
+        .to_string();
+    let base = base_url.as_str().trim_end_matches('/');
+    let url = format!("{base}/1.1/ton/data/dm/{event_id}/{media_id}/{file_name}");
+    let mp4 = |bit_rate: u64, url: String| MediaVariant {
+        bit_rate,
+        content_type: "video/mp4".to_string(),
+        url,
+    };
+    let (preview_image_url, variants, duration_ms) = match media_type {
+        MediaType::Photo => (None, Vec::new(), None),
+        MediaType::Video => {
+            let variants = [(256_000u64, 4u32), (832_000, 2), (2_176_000, 1)]
+                .into_iter()
+                .map(|(bit_rate, divisor)| {
+                    let (w, h) = ((width / divisor).max(1), (height / divisor).max(1));
+                    mp4(
+                        bit_rate,
+                        format!("{base}/dm_video/{media_id}/vid/avc1/{w}x{h}/{stem}.mp4"),
+                    )
+                })
+                .collect();
+            (
+                Some(format!("{base}/dm_video_thumb/{media_id}/img/{stem}.jpg")),
+                variants,
+                Some(spec.duration_ms.unwrap_or(5_000)),
+            )
+        }
+        MediaType::AnimatedGif => (
+            Some(format!("{base}/dm_gif_thumb/{media_id}/{stem}.jpg")),
+            vec![mp4(0, format!("{base}/dm_gif/{media_id}/{stem}.mp4"))],
+            None,
+        ),
+    };
+    DmAttachment {
+        media_key: format!("{}_{media_id}", media_type.key_prefix()),
+        media_id,
+        media_type,
+        url,
+        preview_image_url,
+        variants,
+        width,
+        height,
+        duration_ms,
+        tco_url: format!("https://t.co/{}", random_text(10)),
+    }
+}
+
+/// When a customer's DM was written.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Written {
+    /// Just now, by the simulator's clock.
+    Now(DateTime<Utc>),
+    /// At a time the test chose.
+    At(DateTime<Utc>),
+}
+
+impl Inner {
+    /// Records a customer's DM to an account and remembers the customer. Written `now`, its ids
+    /// come after every earlier one; written `at` a chosen time, they are minted from it (X's
+    /// ids are time-ordered), so a back-dated DM sorts among older events.
+    pub(crate) fn record_customer_dm(
+        &mut self,
+        base_url: &Url,
+        account_user_id: &str,
+        customer: &Customer,
+        text: &str,
+        media: Option<&MediaSpec>,
+        written: Written,
+    ) -> DmEvent {
+        let (created_at, chosen) = match written {
+            Written::Now(now) => (now.trunc_subsecs(3), false),
+            Written::At(at) => (at.trunc_subsecs(3), true),
+        };
+        let mint = |inner: &mut Inner| {
+            if chosen {
+                inner.event_id_at(created_at)
+            } else {
+                inner.next_event_id(created_at)
+            }
+        };
+        let media_id = media.map(|_| mint(self));
+        let id = mint(self);
+        let attachment = media
+            .zip(media_id)
+            .map(|(spec, media_id)| build_attachment(base_url, &id, media_id, spec));
+        self.customers.upsert(customer.clone());
+        let event = DmEvent {
+            id,
+            event_type: MESSAGE_CREATE.to_string(),
+            text: text.to_string(),
+            sender_id: customer.user_id.clone(),
+            recipient_id: Some(account_user_id.to_string()),
+            dm_conversation_id: one_to_one_conversation_id(account_user_id, &customer.user_id),
+            created_at,
+            attachment,
+            source_app_id: None,
+        };
+        self.counters.dms_received += 1;
+        self.events.push(event.clone());
+        event
+    }
+
+    /// Records an account's accepted send as a DM event with the send's id. Its media (X allows
+    /// one) is shown as a photo, since the simulator has no upload endpoint to learn the type.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_send_event(
+        &mut self,
+        base_url: &Url,
+        account: &Account,
+        event_id: &str,
+        dm_conversation_id: &str,
+        recipient_id: Option<&str>,
+        text: &str,
+        media_ids: &[String],
+        created_at: DateTime<Utc>,
+    ) -> DmEvent {
+        let attachment = media_ids.first().map(|media_id| {
+            build_attachment(base_url, event_id, media_id.clone(), &MediaSpec::photo())
+        });
+        let event = DmEvent {
+            id: event_id.to_string(),
+            event_type: MESSAGE_CREATE.to_string(),
+            text: text.to_string(),
+            sender_id: account.user_id.clone(),
+            recipient_id: recipient_id.map(str::to_string),
+            dm_conversation_id: dm_conversation_id.to_string(),
+            created_at: created_at.trunc_subsecs(3),
+            attachment,
+            source_app_id: Some(app_id(account)),
+        };
+        self.events.push(event.clone());
+        event
+    }
+
+    /// The account's DM events, oldest first (by id).
+    pub(crate) fn events_of(&self, user_id: &str) -> Vec<DmEvent> {
+        let mut events: Vec<DmEvent> = self
+            .events
+            .iter()
+            .filter(|event| event.involves(user_id))
+            .cloned()
+            .collect();
+        events.sort_by_key(DmEvent::numeric_id);
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_to_one_id_orders_numerically_not_lexically() {
+        assert_eq!(one_to_one_conversation_id("9", "10"), "9-10");
+        assert_eq!(one_to_one_conversation_id("10", "9"), "9-10");
+        assert_eq!(
+            one_to_one_conversation_id("1072250532645998596", "750362064426721281"),
+            "750362064426721281-1072250532645998596"
+        );
+    }
+
+    #[test]
+    fn media_keys_and_urls_follow_x() {
+        let base = Url::parse("http://127.0.0.1:9/").unwrap();
+        let photo = build_attachment(&base, "2", "1".into(), &MediaSpec::photo());
+        assert_eq!(photo.media_key, "3_1");
+        assert!(photo
+            .url
+            .starts_with("http://127.0.0.1:9/1.1/ton/data/dm/2/1/"));
+        assert!(photo.url.ends_with(".jpg"));
+        assert!(photo.variants.is_empty() && photo.preview_image_url.is_none());
+        assert_eq!(photo.tco_url.len(), 23);
+
+        let video = build_attachment(&base, "2", "1".into(), &MediaSpec::video());
+        assert_eq!(video.media_key, "7_1");
+        assert_eq!(video.variants.len(), 3);
+        assert!(video.variants.iter().all(|v| v.content_type == "video/mp4"));
+        assert!(video.preview_image_url.is_some());
+        assert_eq!(video.duration_ms, Some(5_000));
+
+        let gif = build_attachment(&base, "2", "1".into(), &MediaSpec::animated_gif());
+        assert_eq!(gif.media_key, "16_1");
+        assert_eq!(gif.variants[0].bit_rate, 0);
+
+        let named = MediaSpec {
+            file_name: Some("OwIPMAFC.png".into()),
+            ..MediaSpec::photo()
+        };
+        let named = build_attachment(&base, "2", "1".into(), &named);
+        assert!(named.url.ends_with("/2/1/OwIPMAFC.png"));
+    }
+
+    #[test]
+    fn app_ids_are_stable_eight_digit_numbers() {
+        let account = Account::demo();
+        assert_eq!(app_id(&account), app_id(&account.clone()));
+        assert_eq!(app_id(&account).len(), 8);
+    }
+}

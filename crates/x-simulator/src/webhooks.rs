@@ -1,0 +1,635 @@
+//! Webhooks and Account Activity subscriptions: `POST/GET/PUT/DELETE /2/webhooks` (with the
+//! CRC check X runs against the URL) and `/2/account_activity/webhooks/:id/subscriptions/…`.
+//!
+//! An "App" here is a consumer key: an account's webhook belongs to the App of the token that
+//! registered it, and only accounts of that App can subscribe to it. The CRC and every delivery
+//! are keyed with the consumer secret of the account whose token registered the webhook.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::Extension;
+use chrono::{DateTime, Utc};
+use rand::distr::{Alphanumeric, SampleString as _};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use url::Url;
+
+use crate::accounts::Account;
+use crate::auth::{self, SignedRequest};
+use crate::delivery::crc_response_token;
+use crate::events::app_id;
+use crate::problems;
+use crate::reply::Reply;
+use crate::request_log::RequestIdentity;
+use crate::state::{Inner, SimState};
+
+/// X's limit on a webhook URL's length.
+pub const MAX_WEBHOOK_URL_CHARS: usize = 200;
+
+/// How webhooks behave: X's Pay Per Use limits and the delivery retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// Webhooks one App may register; Pay Per Use allows 1 (`WebhookLimitExceeded` beyond).
+    pub max_webhooks_per_app: usize,
+    /// Accounts that may subscribe to one App's webhooks; Pay Per Use allows 3
+    /// (`SubscriptionLimitExceeded` beyond).
+    pub max_subscriptions_per_app: usize,
+    /// How many times a delivery the receiver did not answer with a 2xx is retried.
+    pub delivery_retries: u32,
+    /// The wait before the first retry; each later retry waits twice as long as the one before.
+    pub retry_backoff: Duration,
+    /// How long a CRC check or a delivery may take before it counts as failed (X allows 10 s).
+    pub timeout: Duration,
+}
+
+impl Default for WebhookConfig {
+    /// Pay Per Use's limits, X's 10-second timeout and 3 retries starting 1 s apart (X's
+    /// enterprise AAA retried 3 times over 5 minutes; v2's schedule is not documented).
+    fn default() -> Self {
+        WebhookConfig {
+            max_webhooks_per_app: 1,
+            max_subscriptions_per_app: 3,
+            delivery_retries: 3,
+            retry_backoff: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A registered webhook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    /// Its 19-digit id.
+    pub id: String,
+    /// Where CRC checks and events go.
+    pub url: String,
+    /// Whether the last CRC check passed; events are only delivered to valid webhooks.
+    pub valid: bool,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+    /// The user id of the account whose token registered it; its consumer secret signs.
+    pub registered_by: String,
+    /// The App (consumer key) it belongs to.
+    #[serde(skip)]
+    pub(crate) app_key: String,
+    /// The consumer secret that keys its CRC checks and signatures.
+    #[serde(skip)]
+    pub(crate) secret: String,
+}
+
+/// An account subscribed to a webhook: its DM events are delivered there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// The webhook's id.
+    pub webhook_id: String,
+    /// The subscribed account.
+    pub user_id: String,
+    /// When it subscribed.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Webhook {
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "url": self.url,
+            "valid": self.valid,
+            "created_at": self.created_at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        })
+    }
+}
+
+/// Runs X's Challenge-Response Check: `GET url?crc_token=…` must answer 200 with
+/// `{"response_token":"sha256=<base64 HMAC-SHA256(secret, token)>"}`. The error says why not.
+pub(crate) async fn run_crc(state: &SimState, url: &str, secret: &str) -> Result<(), String> {
+    state.lock().counters.crc_checks += 1;
+    let mut target = Url::parse(url).map_err(|error| format!("unparsable URL: {error}"))?;
+    let token = Alphanumeric.sample_string(&mut rand::rng(), 48);
+    target.query_pairs_mut().append_pair("crc_token", &token);
+    let request = state.http.get(target).send();
+    let response = tokio::select! {
+        response = request => response.map_err(|error| format!("no answer: {error}"))?,
+        () = state.shutdown.cancelled() => return Err("the simulator is shutting down".into()),
+    };
+    let status = response.status();
+    if status != StatusCode::OK {
+        return Err(format!("answered {status}, not 200"));
+    }
+    let body = response
+        .text()
+        .await
+        .map_err(|error| format!("unreadable body: {error}"))?;
+    let answered: Value =
+        serde_json::from_str(&body).map_err(|_| format!("body is not JSON: {body:?}"))?;
+    let expected = crc_response_token(secret, &token);
+    match answered.get("response_token").and_then(Value::as_str) {
+        Some(token) if token == expected => Ok(()),
+        Some(token) => Err(format!(
+            "response_token {token:?} is not the expected one (keyed with the consumer secret)"
+        )),
+        None => Err(format!("no response_token in {body:?}")),
+    }
+}
+
+/// A refusal in the webhook routes' one error shape: 400 `invalid-request` whose
+/// `errors[0].message` is X's reason (`CrcValidationFailed`, `WebhookIdInvalid`, …).
+fn refusal(reason: &str, parameter: Option<(&str, &str)>) -> (StatusCode, String) {
+    (
+        StatusCode::BAD_REQUEST,
+        problems::invalid_request(reason, parameter),
+    )
+}
+
+/// Why a URL cannot be registered, before any CRC is run.
+fn check_url(inner: &Inner, app_key: &str, url: &str, limit: usize) -> Result<(), &'static str> {
+    let parsed = Url::parse(url).map_err(|_| "UrlValidationFailed")?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host_str().is_none()
+        || url.chars().count() > MAX_WEBHOOK_URL_CHARS
+    {
+        return Err("UrlValidationFailed");
+    }
+    let of_app = inner.webhooks.iter().filter(|w| w.app_key == app_key);
+    if of_app.clone().any(|w| w.url == url) {
+        return Err("DuplicateUrlFailed");
+    }
+    if of_app.count() >= limit {
+        return Err("WebhookLimitExceeded");
+    }
+    Ok(())
+}
+
+/// Who is calling a route that takes an App's Bearer token or a user token: the account, and a
+/// reply carrying its identity and latency. An unknown token gets 401.
+fn app_caller(state: &SimState, request: &SignedRequest<'_>) -> Result<(Account, Reply), Reply> {
+    let now = state.now();
+    let mut guard = state.lock();
+    let inner = &mut *guard;
+    match auth::authenticate_user_or_app(request, &inner.accounts, &mut inner.nonces, now) {
+        Ok((account, _)) => {
+            let latency = inner.faults.latency(&account.user_id);
+            let reply = Reply::new(StatusCode::OK, "").for_account(&account.user_id, latency);
+            Ok((account, reply))
+        }
+        Err(failure) => {
+            tracing::warn!(
+                ?failure,
+                path = request.uri.path(),
+                "refused a webhook request's credentials"
+            );
+            Err(Reply::new(failure.status(), failure.body()))
+        }
+    }
+}
+
+/// Who is calling a route that needs the subscribing account's own user token: a Bearer token
+/// gets 403 `unsupported-authentication`, a revoked token 401.
+fn user_caller(state: &SimState, request: &SignedRequest<'_>) -> Result<(Account, Reply), Reply> {
+    let now = state.now();
+    let mut guard = state.lock();
+    let inner = &mut *guard;
+    match auth::authenticate(request, &inner.accounts, &mut inner.nonces, now) {
+        Ok(account) => {
+            let account = account.clone();
+            let user_id = account.user_id.as_str();
+            let reply =
+                Reply::new(StatusCode::OK, "").for_account(user_id, inner.faults.latency(user_id));
+            if inner.faults.revokes_token(user_id) {
+                inner.counters.faults_injected += 1;
+                return Err(reply.answer(StatusCode::UNAUTHORIZED, problems::UNAUTHORIZED));
+            }
+            Ok((account, reply))
+        }
+        Err(failure) => {
+            tracing::warn!(
+                ?failure,
+                path = request.uri.path(),
+                "refused a subscription request's credentials"
+            );
+            let reply = Reply::new(failure.status(), failure.body());
+            Err(match failure.user_id() {
+                Some(user_id) => reply.for_account(user_id, None),
+                None => reply,
+            })
+        }
+    }
+}
+
+/// The URL of a `POST /2/webhooks` body `{"url":"…"}`.
+fn parse_url_body(body: &[u8]) -> Result<String, String> {
+    let invalid = |message: &str| problems::invalid_request(message, None);
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|error| invalid(&format!("Request body is not valid JSON: {error}")))?;
+    let Value::Object(fields) = value else {
+        return Err(invalid("$: expected an object"));
+    };
+    if let Some(extra) = fields.keys().find(|key| *key != "url") {
+        return Err(invalid(&format!(
+            "$.{extra}: is not defined in the schema and the schema does not allow additional properties"
+        )));
+    }
+    match fields.get("url") {
+        Some(Value::String(url)) => Ok(url.clone()),
+        Some(_) => Err(invalid("$.url: expected a string")),
+        None => Err(invalid("$: `url` is required")),
+    }
+}
+
+macro_rules! signed_request {
+    ($method:expr, $uri:expr, $headers:expr, $body:expr) => {
+        SignedRequest {
+            method: &$method,
+            uri: &$uri,
+            headers: &$headers,
+            body: &$body,
+        }
+    };
+}
+
+/// `POST /2/webhooks` `{"url":"…"}`: checks the URL, runs the CRC, registers.
+pub(crate) async fn create(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = signed_request!(method, uri, headers, body);
+    let (account, reply) = match app_caller(&state, &request) {
+        Ok(caller) => caller,
+        Err(reply) => return reply.deliver(&state, &identity).await,
+    };
+    let url = match parse_url_body(&body) {
+        Ok(url) => url,
+        Err(problem) => {
+            return reply
+                .answer(StatusCode::BAD_REQUEST, problem)
+                .deliver(&state, &identity)
+                .await
+        }
+    };
+    let limit = state.webhook_config.max_webhooks_per_app;
+    let checked = check_url(&state.lock(), &account.consumer_key, &url, limit);
+    if let Err(reason) = checked {
+        let (status, problem) = refusal(reason, Some(("url", &url)));
+        return reply
+            .answer(status, problem)
+            .deliver(&state, &identity)
+            .await;
+    }
+    let crc = run_crc(&state, &url, &account.consumer_secret).await;
+    let reply = {
+        let now = state.now();
+        let mut inner = state.lock();
+        match crc {
+            Err(why) => {
+                tracing::warn!(%url, %why, "webhook CRC failed; not registered");
+                let (status, problem) = refusal("CrcValidationFailed", Some(("url", &url)));
+                reply.answer(status, problem)
+            }
+            // Checked again: another registration may have landed while the CRC ran.
+            Ok(()) => match check_url(&inner, &account.consumer_key, &url, limit) {
+                Err(reason) => {
+                    let (status, problem) = refusal(reason, Some(("url", &url)));
+                    reply.answer(status, problem)
+                }
+                Ok(()) => {
+                    let webhook = Webhook {
+                        id: inner.next_event_id(now),
+                        url: url.clone(),
+                        valid: true,
+                        created_at: now,
+                        registered_by: account.user_id.clone(),
+                        app_key: account.consumer_key.clone(),
+                        secret: account.consumer_secret.clone(),
+                    };
+                    tracing::info!(id = %webhook.id, %url, "webhook registered");
+                    let body = json!({ "data": webhook.to_json() }).to_string();
+                    inner.webhooks.push(webhook);
+                    reply.answer(StatusCode::OK, body)
+                }
+            },
+        }
+    };
+    reply.deliver(&state, &identity).await
+}
+
+/// `GET /2/webhooks`: the App's webhooks.
+pub(crate) async fn list(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = signed_request!(method, uri, headers, body);
+    let reply = match app_caller(&state, &request) {
+        Ok((account, reply)) => {
+            let inner = state.lock();
+            let data: Vec<Value> = inner
+                .webhooks
+                .iter()
+                .filter(|w| w.app_key == account.consumer_key)
+                .map(Webhook::to_json)
+                .collect();
+            let body = if data.is_empty() {
+                json!({ "meta": { "result_count": 0 } })
+            } else {
+                json!({ "data": data, "meta": { "result_count": data.len() } })
+            };
+            reply.answer(StatusCode::OK, body.to_string())
+        }
+        Err(reply) => reply,
+    };
+    reply.deliver(&state, &identity).await
+}
+
+fn webhook_id_of(path: Result<Path<String>, PathRejection>) -> String {
+    path.map(|Path(id)| id).unwrap_or_default()
+}
+
+/// `PUT /2/webhooks/:webhook_id`: runs the CRC again and marks the webhook valid or not.
+pub(crate) async fn revalidate(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    webhook_id: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let webhook_id = webhook_id_of(webhook_id);
+    let request = signed_request!(method, uri, headers, body);
+    let (account, reply) = match app_caller(&state, &request) {
+        Ok(caller) => caller,
+        Err(reply) => return reply.deliver(&state, &identity).await,
+    };
+    let found = state
+        .lock()
+        .webhooks
+        .iter()
+        .find(|w| w.id == webhook_id && w.app_key == account.consumer_key)
+        .cloned();
+    let Some(webhook) = found else {
+        let (status, problem) = refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
+        return reply
+            .answer(status, problem)
+            .deliver(&state, &identity)
+            .await;
+    };
+    let valid = check_webhook(&state, &webhook).await;
+    let reply = if valid {
+        reply.answer(
+            StatusCode::OK,
+            json!({ "data": { "valid": true } }).to_string(),
+        )
+    } else {
+        let (status, problem) = refusal("CrcValidationFailed", Some(("webhook_id", &webhook_id)));
+        reply.answer(status, problem)
+    };
+    reply.deliver(&state, &identity).await
+}
+
+/// Runs the CRC of a registered webhook and records the outcome as its `valid`.
+pub(crate) async fn check_webhook(state: &SimState, webhook: &Webhook) -> bool {
+    let outcome = run_crc(state, &webhook.url, &webhook.secret).await;
+    if let Err(why) = &outcome {
+        tracing::warn!(id = %webhook.id, url = %webhook.url, %why, "webhook CRC failed; marked invalid");
+    }
+    let valid = outcome.is_ok();
+    if let Some(known) = state
+        .lock()
+        .webhooks
+        .iter_mut()
+        .find(|w| w.id == webhook.id)
+    {
+        known.valid = valid;
+    }
+    valid
+}
+
+/// `DELETE /2/webhooks/:webhook_id`: forgets the webhook and its subscriptions.
+pub(crate) async fn delete(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    webhook_id: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let webhook_id = webhook_id_of(webhook_id);
+    let request = signed_request!(method, uri, headers, body);
+    let reply = match app_caller(&state, &request) {
+        Ok((account, reply)) => {
+            let mut inner = state.lock();
+            let before = inner.webhooks.len();
+            inner
+                .webhooks
+                .retain(|w| !(w.id == webhook_id && w.app_key == account.consumer_key));
+            if inner.webhooks.len() == before {
+                let (status, problem) =
+                    refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
+                reply.answer(status, problem)
+            } else {
+                inner.subscriptions.retain(|s| s.webhook_id != webhook_id);
+                tracing::info!(id = %webhook_id, "webhook deleted");
+                reply.answer(
+                    StatusCode::OK,
+                    json!({ "data": { "deleted": true } }).to_string(),
+                )
+            }
+        }
+        Err(reply) => reply,
+    };
+    reply.deliver(&state, &identity).await
+}
+
+/// The webhook of that id, if the App (consumer key) owns it.
+fn webhook_of_app<'a>(inner: &'a Inner, webhook_id: &str, app_key: &str) -> Option<&'a Webhook> {
+    inner
+        .webhooks
+        .iter()
+        .find(|w| w.id == webhook_id && w.app_key == app_key)
+}
+
+/// `POST /2/account_activity/webhooks/:webhook_id/subscriptions/all` with body `{}`: subscribes
+/// the account whose user token signed the request.
+pub(crate) async fn subscribe(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    webhook_id: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let webhook_id = webhook_id_of(webhook_id);
+    let request = signed_request!(method, uri, headers, body);
+    let reply = match user_caller(&state, &request) {
+        Ok((account, reply)) => {
+            let body_ok = body.iter().all(u8::is_ascii_whitespace)
+                || serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.is_object());
+            let now = state.now();
+            let mut inner = state.lock();
+            let app_key = account.consumer_key.as_str();
+            let subscribers_of_app = inner
+                .subscriptions
+                .iter()
+                .filter(|s| webhook_of_app(&inner, &s.webhook_id, app_key).is_some())
+                .count();
+            let (status, body) = if !body_ok {
+                (
+                    StatusCode::BAD_REQUEST,
+                    problems::invalid_request("$: expected an empty object `{}`", None),
+                )
+            } else if webhook_of_app(&inner, &webhook_id, app_key).is_none() {
+                refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)))
+            } else if inner
+                .subscriptions
+                .iter()
+                .any(|s| s.webhook_id == webhook_id && s.user_id == account.user_id)
+            {
+                refusal("DuplicateSubscriptionFailed", None)
+            } else if subscribers_of_app >= state.webhook_config.max_subscriptions_per_app {
+                refusal("SubscriptionLimitExceeded", None)
+            } else {
+                tracing::info!(%webhook_id, user_id = %account.user_id, "account subscribed");
+                inner.subscriptions.push(Subscription {
+                    webhook_id: webhook_id.clone(),
+                    user_id: account.user_id.clone(),
+                    created_at: now,
+                });
+                (
+                    StatusCode::OK,
+                    json!({ "data": { "subscribed": true } }).to_string(),
+                )
+            };
+            reply.answer(status, body)
+        }
+        Err(reply) => reply,
+    };
+    reply.deliver(&state, &identity).await
+}
+
+/// `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all`: 200
+/// `{"data":{"subscribed":true|false}}` for the signing account.
+pub(crate) async fn check_subscription(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    webhook_id: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let webhook_id = webhook_id_of(webhook_id);
+    let request = signed_request!(method, uri, headers, body);
+    let reply = match user_caller(&state, &request) {
+        Ok((account, reply)) => {
+            let inner = state.lock();
+            if webhook_of_app(&inner, &webhook_id, &account.consumer_key).is_none() {
+                let (status, problem) =
+                    refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
+                reply.answer(status, problem)
+            } else {
+                let subscribed = inner
+                    .subscriptions
+                    .iter()
+                    .any(|s| s.webhook_id == webhook_id && s.user_id == account.user_id);
+                reply.answer(
+                    StatusCode::OK,
+                    json!({ "data": { "subscribed": subscribed } }).to_string(),
+                )
+            }
+        }
+        Err(reply) => reply,
+    };
+    reply.deliver(&state, &identity).await
+}
+
+/// `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all/list` (App token): the
+/// subscribed accounts.
+pub(crate) async fn list_subscriptions(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    webhook_id: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let webhook_id = webhook_id_of(webhook_id);
+    let request = signed_request!(method, uri, headers, body);
+    let reply = match app_caller(&state, &request) {
+        Ok((account, reply)) => {
+            let inner = state.lock();
+            match webhook_of_app(&inner, &webhook_id, &account.consumer_key) {
+                None => {
+                    let (status, problem) =
+                        refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
+                    reply.answer(status, problem)
+                }
+                Some(webhook) => {
+                    let subscriptions: Vec<Value> = inner
+                        .subscriptions
+                        .iter()
+                        .filter(|s| s.webhook_id == webhook_id)
+                        .map(|s| json!({ "user_id": s.user_id }))
+                        .collect();
+                    let body = json!({ "data": {
+                        "application_id": app_id(&account),
+                        "webhook_id": webhook.id,
+                        "webhook_url": webhook.url,
+                        "subscriptions": subscriptions,
+                    }});
+                    reply.answer(StatusCode::OK, body.to_string())
+                }
+            }
+        }
+        Err(reply) => reply,
+    };
+    reply.deliver(&state, &identity).await
+}
+
+/// `DELETE /2/account_activity/webhooks/:webhook_id/subscriptions/:user_id/all` (App token).
+pub(crate) async fn unsubscribe(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    ids: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (webhook_id, user_id) = ids.map(|Path(ids)| ids).unwrap_or_default();
+    let request = signed_request!(method, uri, headers, body);
+    let reply = match app_caller(&state, &request) {
+        Ok((account, reply)) => {
+            let mut inner = state.lock();
+            if webhook_of_app(&inner, &webhook_id, &account.consumer_key).is_none() {
+                let (status, problem) =
+                    refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
+                reply.answer(status, problem)
+            } else {
+                inner
+                    .subscriptions
+                    .retain(|s| !(s.webhook_id == webhook_id && s.user_id == user_id));
+                reply.answer(
+                    StatusCode::OK,
+                    json!({ "data": { "subscribed": false } }).to_string(),
+                )
+            }
+        }
+        Err(reply) => reply,
+    };
+    reply.deliver(&state, &identity).await
+}
