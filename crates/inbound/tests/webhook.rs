@@ -135,12 +135,12 @@ struct World {
     http: reqwest::Client,
     state: Arc<WebhookState>,
     store: Arc<EmbeddedStore>,
-    publisher: Publisher,
     flaky: Arc<FlakySink>,
     events: Consumer,
     _consumer_connection: Connection,
     _publisher_connection: Connection,
     _dir: tempfile::TempDir,
+    _cleanup: TopologyCleanup,
 }
 
 impl World {
@@ -214,17 +214,17 @@ impl World {
         tokio::spawn(async move { axum::serve(listener, app).await });
 
         World {
-            names,
+            names: names.clone(),
             base,
             http: reqwest::Client::new(),
             state,
             store,
-            publisher,
             flaky,
             events,
             _consumer_connection: consumer_connection,
             _publisher_connection: publisher_connection,
             _dir: dir,
+            _cleanup: TopologyCleanup(names),
         }
     }
 
@@ -283,27 +283,57 @@ impl World {
             "an unexpected event was published before the marker: {next:?}"
         );
     }
+}
 
-    /// Deletes the test's queues and exchanges.
-    async fn cleanup(self) {
-        let channel = self.publisher.channel();
-        let n = &self.names;
-        for queue in [&n.unrouted, &n.incoming_queue, &n.dead_letter_queue] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [
-            &n.unrouted,
-            &n.outgoing_exchange,
-            &n.incoming_exchange,
-            &n.dead_letter_exchange,
-        ] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+/// Deletes a test's queues and exchanges when the test ends, passed or failed.
+struct TopologyCleanup(TopologyNames);
+
+impl Drop for TopologyCleanup {
+    fn drop(&mut self) {
+        let names = self.0.clone();
+        // After a failed assertion the test's runtime is unwinding: use a runtime of
+        // our own, on a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(delete_topology(&names));
+        })
+        .join();
     }
+}
+
+async fn delete_topology(names: &TopologyNames) {
+    let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    for queue in [
+        &names.unrouted,
+        &names.incoming_queue,
+        &names.dead_letter_queue,
+    ] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [
+        &names.unrouted,
+        &names.outgoing_exchange,
+        &names.incoming_exchange,
+        &names.dead_letter_exchange,
+    ] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "cleanup".into()).await;
 }
 
 #[tokio::test]
@@ -336,7 +366,6 @@ async fn the_crc_answer_matches_an_independent_computation() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
     assert_eq!(world.post("nobody", &customer_dm("1")).await, 404);
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -400,7 +429,6 @@ async fn a_dm_signed_by_x_becomes_one_message_received() {
     world
         .assert_nothing_else_published("954491830116155400")
         .await;
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -414,7 +442,6 @@ async fn concurrent_first_deliveries_of_one_event_publish_it_once() {
     world
         .assert_nothing_else_published("954491830116155411")
         .await;
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -433,7 +460,6 @@ async fn bad_signatures_are_refused_counted_and_the_server_keeps_serving() {
     let event = world.next_event().await;
     assert_eq!(event.body["event_id"], "954491830116155420");
     assert_eq!(world.state.signature_failures(), 3);
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -451,7 +477,55 @@ async fn an_oversized_body_is_refused_with_413() {
     world
         .assert_nothing_else_published("954491830116155431")
         .await;
-    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_limit_applies_before_the_body_is_read_in_full() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut world = World::start(WebhookConfig::default()).await;
+    // A client announcing 100 MiB and sending a little over the limit: the answer must
+    // come without the server waiting for (and buffering) the rest.
+    let address = world.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /webhooks/acme HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n{SIGNATURE_HEADER}: sha256=AAAA\r\n\r\n",
+        100 * 1024 * 1024
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..17 {
+        stream.write_all(&chunk).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let status_line = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+            if answer.windows(2).any(|w| w == b"\r\n") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .map(str::to_owned)
+    })
+    .await
+    .expect("the webhook answers without reading 100 MiB");
+    assert_eq!(
+        status_line.as_deref(),
+        Some("HTTP/1.1 413 Payload Too Large")
+    );
+    // Refused before the signature was looked at.
+    assert_eq!(world.state.signature_failures(), 0);
+    world
+        .assert_nothing_else_published("954491830116155432")
+        .await;
 }
 
 #[tokio::test]
@@ -470,7 +544,6 @@ async fn malformed_json_with_a_valid_signature_is_a_400_that_says_why() {
     let wrong_shape = br#"{"direct_message_events":{}}"#;
     assert_eq!(world.post("acme", wrong_shape).await, 400);
     assert_eq!(world.state.signature_failures(), 0);
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -510,7 +583,6 @@ async fn the_bridges_own_reply_is_dropped_and_a_company_echo_is_published() {
     world
         .assert_nothing_else_published("954491830116155441")
         .await;
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -522,7 +594,6 @@ async fn a_body_for_another_account_is_skipped() {
     world
         .assert_nothing_else_published("954491830116155451")
         .await;
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -534,7 +605,6 @@ async fn typing_is_dropped_by_default_and_published_when_activity_is_on() {
     world
         .assert_nothing_else_published("954491830116155460")
         .await;
-    world.cleanup().await;
 
     let mut world = World::start(WebhookConfig {
         publish_activity: true,
@@ -549,7 +619,6 @@ async fn typing_is_dropped_by_default_and_published_when_activity_is_on() {
         Some("acme:typing:3284025577:1518127183443")
     );
     assert_valid("conversation-typing", &event.body);
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -573,7 +642,6 @@ async fn a_failed_publish_is_a_503_and_x_retry_delivers_once() {
     world
         .assert_nothing_else_published("954491830116155471")
         .await;
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -604,7 +672,6 @@ async fn a_body_that_fails_halfway_is_completed_by_the_retry() {
     world
         .assert_nothing_else_published("954491830116155482")
         .await;
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -647,5 +714,4 @@ async fn a_closed_amqp_channel_is_a_503_not_a_crash() {
         assert_eq!(answer.status(), 503);
     }
     let _ = connection.close(200, "done".into()).await;
-    world.cleanup().await;
 }
