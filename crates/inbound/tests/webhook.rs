@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use xbridge_test_support::{amqp_url, assert_valid};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -37,35 +38,12 @@ const CUSTOMER: &str = "3001969357";
 const FIXTURE_EVENT: &str = "954491830116155396";
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn amqp_url() -> String {
-    std::env::var("XBRIDGE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!(
         "{}/../../tests/fixtures/x-api/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn assert_valid(schema: &str, instance: &Value) {
-    let path = format!(
-        "{}/../../docs/schemas/{schema}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let schema_value: Value = serde_json::from_str(&text).expect("schemas are JSON");
-    let validator = jsonschema::options()
-        .should_validate_formats(true)
-        .build(&schema_value)
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    let errors: Vec<String> = validator
-        .iter_errors(instance)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{instance} against {schema}: {errors:?}");
 }
 
 /// The fixture's DM, re-addressed: `event_id` from `sender` to `recipient`, delivered
