@@ -11,6 +11,7 @@ use url::Url;
 use crate::dm::{self, SendDmBody, SendDmResponse};
 use crate::error::body_snippet;
 use crate::oauth;
+use crate::read::{classify_read_error, DmEventsRequest, DmEventsResponse, XUser};
 use crate::{classify_send_error, DmTarget, Pacer, RateLimit, SentDm, UserCredentials, XError};
 
 /// Where X lives and how long to wait for it.
@@ -33,7 +34,7 @@ impl Default for XClientConfig {
 }
 
 /// X's API as one account sees it: signs every request with the account's credentials and
-/// paces DM sends to the account's rate limit.
+/// paces DM sends and reads, each to its own rate-limit window of the account.
 ///
 /// Cheap to clone; clones share the connection pool and the pacer, which is the point: all
 /// senders of a channel must draw from the same rate-limit window.
@@ -48,6 +49,8 @@ struct Inner {
     request_timeout: Duration,
     credentials: UserCredentials,
     pacer: Pacer,
+    /// X counts DM reads in a window of their own, so they are paced apart from sends.
+    read_pacer: Pacer,
 }
 
 impl fmt::Debug for XClient {
@@ -55,6 +58,7 @@ impl fmt::Debug for XClient {
         f.debug_struct("XClient")
             .field("base_url", &self.inner.base_url.as_str())
             .field("pacer", &self.inner.pacer)
+            .field("read_pacer", &self.inner.read_pacer)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +94,7 @@ impl XClient {
                 request_timeout: config.request_timeout,
                 credentials,
                 pacer: Pacer::default(),
+                read_pacer: Pacer::default(),
             }),
         })
     }
@@ -138,7 +143,7 @@ impl XClient {
             .json(&SendDmBody { text })
             .send()
             .await
-            .map_err(|error| self.transport_error(&error))?;
+            .map_err(|error| self.transport_error(&error, "DM send"))?;
         let status = response.status();
         let headers = response.headers().clone();
         if let Some(rate_limit) = RateLimit::from_headers(&headers) {
@@ -148,7 +153,7 @@ impl XClient {
         let body = response
             .bytes()
             .await
-            .map_err(|error| self.transport_error(&error))?;
+            .map_err(|error| self.transport_error(&error, "DM send"))?;
 
         if status.is_success() {
             return match serde_json::from_slice::<SendDmResponse>(&body) {
@@ -200,13 +205,125 @@ impl XClient {
         &self.inner.pacer
     }
 
-    fn transport_error(&self, error: &reqwest::Error) -> XError {
+    /// The pacer of this channel's reads (DM events and user lookups), for status reports.
+    /// Separate from [`XClient::pacer`] because X counts reads in a window of their own: a
+    /// poller running out of reads must not hold up replies, nor a send backlog the poller.
+    pub fn read_pacer(&self) -> &Pacer {
+        &self.inner.read_pacer
+    }
+
+    /// Fetches one page of the account's DM messages, newest first: `GET /2/dm_events` with
+    /// `event_types=MessageCreate`, the event fields, and the sender's profile and the media
+    /// expanded into `includes`, so the inbound side needs no further reads per event.
+    ///
+    /// The body is handed back raw for the inbound crate to parse. Waits for the read pacer
+    /// and feeds it the answer. Failures are sorted as for sends, except that a plain 403 is
+    /// [`XError::Unauthorized`] (a read has no recipient to refuse). A `max_results` outside
+    /// 1–100 or a malformed token fails locally, without spending a request.
+    #[tracing::instrument(skip_all, fields(max_results = page.max_results, first = page.pagination_token.is_none()))]
+    pub async fn list_dm_events(&self, page: &DmEventsRequest) -> Result<DmEventsResponse, XError> {
+        let url = page.url(&self.inner.base_url)?;
+        let (body, rate_limit) = self.read(url, "DM events read", Window::DmEvents).await?;
+        if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            return Err(XError::Transient {
+                status: Some(200),
+                detail: format!(
+                    "X answered a DM events read with a body that is not JSON ({error}): {}",
+                    body_snippet(200, &body)
+                ),
+            });
+        }
+        Ok(DmEventsResponse { body, rate_limit })
+    }
+
+    /// Looks up the profile the CRM shows for a contact: `GET /2/users/:id` with
+    /// `user.fields=username,name,profile_image_url`, signed with the user context and paced
+    /// with the other reads.
+    ///
+    /// A lookup waits for the read pacer and takes a request from it, but does not teach it
+    /// its rate-limit headers: X counts user lookups in a window of their own, and its
+    /// numbers would overwrite what the pacer knows of the DM-read window. A 429 still holds
+    /// all reads until its reset, erring on the side of fewer 429s.
+    ///
+    /// An unknown user is [`XError::InvalidRequest`] with status 404, whether X says so with a
+    /// 404 or with a 200 carrying only `errors[]`; a non-numeric id fails locally with 400.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    pub async fn get_user(&self, user_id: &str) -> Result<XUser, XError> {
+        let url = XUser::url(&self.inner.base_url, user_id)?;
+        let (body, _) = self.read(url, "user lookup", Window::Other).await?;
+        XUser::from_body(&body)
+    }
+
+    /// One signed, read-paced `GET`: the body of a 2xx with the window X announced, or the
+    /// classified error (a 429 also blocks the read pacer until its reset). The read pacer
+    /// learns the announced window only if it is the DM-read window.
+    async fn read(
+        &self,
+        url: Url,
+        what: &'static str,
+        window: Window,
+    ) -> Result<(Vec<u8>, Option<RateLimit>), XError> {
+        let pacer = &self.inner.read_pacer;
+        pacer.ready().await;
+        let mut authorization = HeaderValue::from_str(&oauth::authorization_header(
+            "GET",
+            &url,
+            &[],
+            &self.inner.credentials,
+        ))
+        // Only reachable with control characters in a credential; the header is not shown.
+        .map_err(|_| XError::Unauthorized { problem: None })?;
+        authorization.set_sensitive(true);
+
+        let _answered = Answered(pacer);
+        let response = self
+            .inner
+            .http
+            .get(url)
+            .header(AUTHORIZATION, authorization)
+            .send()
+            .await
+            .map_err(|error| self.transport_error(&error, what))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let rate_limit = RateLimit::from_headers(&headers);
+        if let (Some(rate_limit), Window::DmEvents) = (&rate_limit, window) {
+            pacer.observe(rate_limit);
+        }
+        pacer.completed();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport_error(&error, what))?;
+        if status.is_success() {
+            return Ok((body.to_vec(), rate_limit));
+        }
+
+        let error = classify_read_error(status.as_u16(), &headers, &body);
+        if let XError::RateLimited { reset_at, .. } = &error {
+            pacer.block_until(*reset_at);
+        }
+        tracing::warn!(
+            status = status.as_u16(),
+            problem = error.problem_type().unwrap_or("none"),
+            access_level = headers
+                .get("x-access-level")
+                .and_then(|level| level.to_str().ok())
+                .unwrap_or("unknown"),
+            detail = %error.detail(),
+            what,
+            "X refused a read"
+        );
+        Err(error)
+    }
+
+    fn transport_error(&self, error: &reqwest::Error, what: &'static str) -> XError {
         let detail = if error.is_timeout() {
             format!("no answer from X within {:?}", self.inner.request_timeout)
         } else {
             error_chain(error)
         };
-        tracing::warn!(%detail, "DM send did not get an answer");
+        tracing::warn!(%detail, what, "request to X did not get an answer");
         XError::Transient {
             status: error.status().map(|status| status.as_u16()),
             detail,
@@ -226,6 +343,15 @@ fn error_chain(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Which of X's rate-limit windows a read's answer announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    /// The DM-read window the read pacer paces.
+    DmEvents,
+    /// Some other window (user lookups), not the read pacer's to learn.
+    Other,
 }
 
 /// Calls [`Pacer::completed`] when a request ends, even when its future is dropped.

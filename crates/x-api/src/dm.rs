@@ -48,7 +48,7 @@ impl DmTarget {
 }
 
 /// X user ids are decimal numbers.
-fn is_user_id(id: &str) -> bool {
+pub(crate) fn is_user_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())
 }
 

@@ -1,8 +1,9 @@
 //! The parts of X's API that xbridge uses, for one X account at a time.
 //!
-//! - [`XClient`] sends DMs, signed with the account's OAuth 1.0a [`UserCredentials`].
-//! - [`Pacer`] spreads a backlog of sends over X's rate-limit windows instead of running
-//!   into 429s.
+//! - [`XClient`] sends DMs and reads DM events and users (for the inbound poller), signed
+//!   with the account's OAuth 1.0a [`UserCredentials`].
+//! - [`Pacer`] spreads a backlog of sends (and, with a window of its own, of reads) over
+//!   X's rate-limit windows instead of running into 429s.
 //! - [`XError`] says what a failure means for the caller (retry later, never, or alert an
 //!   operator), read from X's problem bodies by [`classify_send_error`], because X reuses
 //!   HTTP statuses for unrelated causes.
@@ -18,9 +19,11 @@ mod error;
 mod id;
 mod oauth;
 mod pacing;
+mod read;
 
 pub use client::{XClient, XClientConfig};
 pub use dm::{DmTarget, SentDm};
 pub use error::{classify_send_error, Problem, XError};
 pub use oauth::UserCredentials;
 pub use pacing::{Pacer, RateLimit};
+pub use read::{DmEventsRequest, DmEventsResponse, XUser};

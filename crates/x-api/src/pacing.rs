@@ -267,7 +267,7 @@ impl Pacer {
         {
             return;
         }
-        tracing::info!(%reset_at, "X rate limit hit; holding DM sends until the reset");
+        tracing::info!(%reset_at, "X rate limit hit; holding this window's requests until the reset");
         state.blocked = Some(Window::ending_at(reset_at));
     }
 
