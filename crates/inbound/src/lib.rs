@@ -1,9 +1,9 @@
 //! The inbound side of xbridge: customers' X Direct Messages becoming CRM events.
 //!
-//! The parsing and the webhook exist as a library; **nothing in the `xbridge` binary
-//! serves the webhook or uses this crate yet** (no configuration, no listener), and
-//! there is no poller. Until that wiring exists, no `message.received` reaches RabbitMQ
-//! from a running bridge.
+//! The parsing, the webhook and one poll of a channel exist as a library; **nothing in
+//! the `xbridge` binary serves the webhook, runs the poller or uses this crate yet** (no
+//! configuration, no listener, no polling loop or schedule). Until that wiring exists,
+//! no `message.received` reaches RabbitMQ from a running bridge.
 //!
 //! What is here:
 //!
@@ -23,8 +23,14 @@
 //!   signatures, drops duplicates and the bridge's own echoes (through the
 //!   `xbridge_store::StateStore`), and answers 200 only once every event is confirmed
 //!   by the broker, so X retries what was not taken.
-//! - [`sink`] is where the webhook publishes: [`sink::AmqpSink`] sends each event to the
-//!   incoming exchange persistent, `mandatory` and confirmed.
+//! - [`poller::poll_once`] polls one channel once through `GET /2/dm_events`: pages
+//!   back to the stored cursor with small, growing pages (X bills every event read),
+//!   publishes the new DMs oldest first with the webhook's dedupe and echo handling, and
+//!   moves the cursor only past confirmed publishes. A first poll starts from now;
+//!   backfill and the loop that calls it (interval, pausing on exhausted credits) do not
+//!   exist yet.
+//! - [`sink`] is where the webhook and the poller publish: [`sink::AmqpSink`] sends
+//!   each event to the incoming exchange persistent, `mandatory` and confirmed.
 //!
 //! A body that is not JSON or not shaped like an X body is a [`PayloadError`] (the
 //! webhook answers 400); an event the bridge does not handle or cannot read is an
@@ -64,6 +70,7 @@ mod event;
 mod item;
 mod json;
 mod message;
+pub mod poller;
 mod sender;
 pub mod sink;
 mod text;

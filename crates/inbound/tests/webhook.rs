@@ -11,18 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use xbridge_test_support::{amqp_url, assert_valid};
 
+mod common;
+use common::Broker;
+
 use async_trait::async_trait;
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, Consumer};
+use lapin::options::BasicAckOptions;
+use lapin::BasicProperties;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use xbridge_core::amqp::{connect, declare_topology, Publisher, TopologyPlan};
-use xbridge_core::config::TopologyNames;
+use xbridge_core::amqp::{connect, Publisher};
 use xbridge_inbound::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
 use xbridge_inbound::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
 use xbridge_inbound::webhook_auth::{crc_response_token, SIGNATURE_HEADER};
@@ -108,61 +107,25 @@ impl EventSink for FlakySink {
 
 /// One test's world.
 struct World {
-    names: TopologyNames,
     base: String,
     http: reqwest::Client,
     state: Arc<WebhookState>,
     store: Arc<EmbeddedStore>,
     flaky: Arc<FlakySink>,
-    events: Consumer,
-    _consumer_connection: Connection,
-    _publisher_connection: Connection,
+    broker: Broker,
     _dir: tempfile::TempDir,
-    _cleanup: TopologyCleanup,
 }
 
 impl World {
     async fn start(config: WebhookConfig) -> World {
-        let names = TopologyNames::with_prefix(&format!(
-            "t-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        ));
-        let url = SecretString::from(amqp_url());
-        let publisher_connection = connect(&url, "xbridge-inbound-test")
-            .await
-            .expect("RabbitMQ is reachable");
-        let publisher = Publisher::open(&publisher_connection).await.unwrap();
-        declare_topology(
-            publisher.channel(),
-            &TopologyPlan {
-                names: names.clone(),
-                channels: vec![],
-                delays: vec![],
-            },
-        )
-        .await
-        .expect("the topology is declared");
-
-        let consumer_connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .unwrap();
-        let events = consumer_connection
-            .create_channel()
-            .await
-            .unwrap()
-            .basic_consume(
-                names.incoming_queue.as_str().into(),
-                "test-crm".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-
+        let broker = Broker::start().await;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
         let flaky = Arc::new(FlakySink {
-            inner: AmqpSink::new(publisher.clone(), names.incoming_exchange.clone()),
+            inner: AmqpSink::new(
+                broker.publisher.clone(),
+                broker.names.incoming_exchange.clone(),
+            ),
             down: AtomicBool::new(false),
             fail_on: Mutex::new(None),
         });
@@ -192,17 +155,13 @@ impl World {
         tokio::spawn(async move { axum::serve(listener, app).await });
 
         World {
-            names: names.clone(),
             base,
             http: reqwest::Client::new(),
             state,
             store,
             flaky,
-            events,
-            _consumer_connection: consumer_connection,
-            _publisher_connection: publisher_connection,
+            broker,
             _dir: dir,
-            _cleanup: TopologyCleanup(names),
         }
     }
 
@@ -238,7 +197,7 @@ impl World {
     }
 
     async fn next_event(&mut self) -> Event {
-        let delivery = tokio::time::timeout(PATIENCE, self.events.next())
+        let delivery = tokio::time::timeout(PATIENCE, self.broker.events.next())
             .await
             .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for an event"))
             .expect("the consumer is open")
@@ -261,57 +220,6 @@ impl World {
             "an unexpected event was published before the marker: {next:?}"
         );
     }
-}
-
-/// Deletes a test's queues and exchanges when the test ends, passed or failed.
-struct TopologyCleanup(TopologyNames);
-
-impl Drop for TopologyCleanup {
-    fn drop(&mut self) {
-        let names = self.0.clone();
-        // After a failed assertion the test's runtime is unwinding: use a runtime of
-        // our own, on a thread of our own.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(delete_topology(&names));
-        })
-        .join();
-    }
-}
-
-async fn delete_topology(names: &TopologyNames) {
-    let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-    else {
-        return;
-    };
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    for queue in [
-        &names.unrouted,
-        &names.incoming_queue,
-        &names.dead_letter_queue,
-    ] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [
-        &names.unrouted,
-        &names.outgoing_exchange,
-        &names.incoming_exchange,
-        &names.dead_letter_exchange,
-    ] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    let _ = connection.close(200, "cleanup".into()).await;
 }
 
 #[tokio::test]
@@ -670,7 +578,7 @@ async fn a_closed_amqp_channel_is_a_503_not_a_crash() {
         }],
         Arc::new(AmqpSink::new(
             publisher,
-            world.names.incoming_exchange.clone(),
+            world.broker.names.incoming_exchange.clone(),
         )),
         Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap()),
         WebhookConfig::default(),
