@@ -334,7 +334,7 @@ impl XClient {
 /// An error with its causes, since reqwest's own message rarely names the cause
 /// ("error sending request"). Requests carry credentials only in a header, never in the URL,
 /// so nothing here is secret.
-fn error_chain(error: &reqwest::Error) -> String {
+pub(crate) fn error_chain(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -4,6 +4,9 @@
 //!   with the account's OAuth 1.0a [`UserCredentials`].
 //! - [`Pacer`] spreads a backlog of sends (and, with a window of its own, of reads) over
 //!   X's rate-limit windows instead of running into 429s.
+//! - [`WebhookClient`] registers, lists and revalidates the App's webhook and subscribes an
+//!   account to it (README §4), with [`WebhookError`] saying what each of X's refusal
+//!   reasons means, so X can push DMs instead of being polled.
 //! - [`XError`] says what a failure means for the caller (retry later, never, or alert an
 //!   operator), read from X's problem bodies by [`classify_send_error`], because X reuses
 //!   HTTP statuses for unrelated causes.
@@ -20,6 +23,7 @@ mod id;
 mod oauth;
 mod pacing;
 mod read;
+mod webhooks;
 
 pub use client::{XClient, XClientConfig};
 pub use dm::{DmTarget, SentDm};
@@ -27,3 +31,4 @@ pub use error::{classify_send_error, Problem, XError};
 pub use oauth::UserCredentials;
 pub use pacing::{Pacer, RateLimit};
 pub use read::{DmEventsRequest, DmEventsResponse, XUser};
+pub use webhooks::{classify_webhook_error, Webhook, WebhookClient, WebhookError};

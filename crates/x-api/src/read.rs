@@ -167,7 +167,7 @@ fn not_found() -> Problem {
 }
 
 /// `base_url` with `segments` appended to its path.
-fn endpoint(base_url: &Url, segments: &[&str]) -> Result<Url, XError> {
+pub(crate) fn endpoint(base_url: &Url, segments: &[&str]) -> Result<Url, XError> {
     let mut url = base_url.clone();
     url.path_segments_mut()
         .map_err(|()| dm::local_invalid(format!("{base_url} cannot be a base URL")))?

@@ -1,0 +1,464 @@
+//! Webhook management and Account Activity (AAA) subscriptions (README §4): what an operator
+//! runs once per X App and account so that X pushes DMs to `xbridge run` instead of being
+//! polled for them.
+//!
+//! The webhook routes (`/2/webhooks`) belong to the App and take its Bearer token; a
+//! subscription (`/2/account_activity/webhooks/:id/subscriptions/all`) belongs to one account
+//! and takes that account's OAuth 1.0a user context. X refuses these calls with a 400 whose
+//! `errors[].message` names the reason (`CrcValidationFailed`, `WebhookLimitExceeded`, …);
+//! [`WebhookError`] turns each reason into what it means and what to do about it.
+//!
+//! These are rare, operator-driven calls, so they are not paced.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
+
+use crate::client::error_chain;
+use crate::dm::local_invalid;
+use crate::error::body_snippet;
+use crate::read::{classify_read_error, endpoint};
+use crate::{oauth, UserCredentials, XClientConfig, XError};
+
+/// A webhook as X lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Webhook {
+    /// X's id for it, needed to subscribe accounts and to revalidate it.
+    #[serde(deserialize_with = "crate::id::deserialize")]
+    pub id: String,
+    /// Where X sends the CRC and the events.
+    pub url: String,
+    /// Whether X's last CRC passed; X delivers nothing to an invalid webhook until it is
+    /// revalidated.
+    pub valid: bool,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why X refused a webhook or subscription call: one variant per reason X names, so an
+/// operator is told what the reason means and what to do, and [`WebhookError::Other`] for
+/// every other failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WebhookError {
+    /// X's CRC against the URL failed: nothing answered, or the answer was not keyed with
+    /// the App's consumer secret.
+    #[error("X could not verify the webhook URL (CrcValidationFailed): make sure `xbridge run` is reachable at that URL over HTTPS and answers the CRC with this channel's consumer secret")]
+    CrcValidationFailed,
+    /// X does not accept the URL itself.
+    #[error("X does not accept this webhook URL (UrlValidationFailed): it must be a public https:// URL without a port and at most 200 characters long")]
+    UrlValidationFailed,
+    /// The App already has a webhook with this URL.
+    #[error("this URL is already registered as a webhook of this X App (DuplicateUrlFailed): see it with `xbridge webhook status`, and use `xbridge webhook revalidate` if it is marked invalid")]
+    DuplicateUrlFailed,
+    /// The App has as many webhooks as its plan allows (Pay Per Use: 1).
+    #[error("this X App already has as many webhooks as its plan allows (WebhookLimitExceeded; Pay Per Use allows 1): reuse the registered one (`xbridge webhook status`) or delete it in the X developer console first")]
+    WebhookLimitExceeded,
+    /// No webhook of this App has that id.
+    #[error("X knows no webhook with this id for this X App (WebhookIdInvalid): list the registered ones with `xbridge webhook status`")]
+    WebhookIdInvalid,
+    /// The account is already subscribed to the webhook.
+    #[error("this account is already subscribed to the webhook (DuplicateSubscriptionFailed): nothing to do, its DMs already go to the webhook")]
+    DuplicateSubscriptionFailed,
+    /// The App has as many subscribed accounts as its plan allows (Pay Per Use: 3).
+    #[error("this X App already has as many subscribed accounts as its plan allows (SubscriptionLimitExceeded; Pay Per Use allows 3): unsubscribe another account first, or poll this channel instead")]
+    SubscriptionLimitExceeded,
+    /// Any other failure (credentials, credits, rate limits, transport, ...).
+    #[error(transparent)]
+    Other(#[from] XError),
+}
+
+impl WebhookError {
+    /// The reason X named, for the variants that have one; lets callers and tests match
+    /// on X's own word.
+    pub fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            WebhookError::CrcValidationFailed => "CrcValidationFailed",
+            WebhookError::UrlValidationFailed => "UrlValidationFailed",
+            WebhookError::DuplicateUrlFailed => "DuplicateUrlFailed",
+            WebhookError::WebhookLimitExceeded => "WebhookLimitExceeded",
+            WebhookError::WebhookIdInvalid => "WebhookIdInvalid",
+            WebhookError::DuplicateSubscriptionFailed => "DuplicateSubscriptionFailed",
+            WebhookError::SubscriptionLimitExceeded => "SubscriptionLimitExceeded",
+            WebhookError::Other(_) => return None,
+        })
+    }
+}
+
+/// Every reason X names for refusing a webhook or subscription call, with its variant.
+const REASONS: [(&str, WebhookError); 7] = [
+    ("CrcValidationFailed", WebhookError::CrcValidationFailed),
+    ("UrlValidationFailed", WebhookError::UrlValidationFailed),
+    ("DuplicateUrlFailed", WebhookError::DuplicateUrlFailed),
+    ("WebhookLimitExceeded", WebhookError::WebhookLimitExceeded),
+    ("WebhookIdInvalid", WebhookError::WebhookIdInvalid),
+    (
+        "DuplicateSubscriptionFailed",
+        WebhookError::DuplicateSubscriptionFailed,
+    ),
+    (
+        "SubscriptionLimitExceeded",
+        WebhookError::SubscriptionLimitExceeded,
+    ),
+];
+
+/// Sorts a non-2xx answer to a webhook or subscription call: a reason X names in
+/// `errors[].message` (or, failing that, in `title` or `detail`) becomes its variant;
+/// anything else is classified as for a read.
+pub fn classify_webhook_error(status: u16, headers: &HeaderMap, body: &[u8]) -> WebhookError {
+    if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) {
+        let messages = fields
+            .get("errors")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|error| error.get("message").and_then(Value::as_str));
+        let texts = ["title", "detail"]
+            .into_iter()
+            .filter_map(|key| fields.get(key).and_then(Value::as_str));
+        for text in messages.chain(texts) {
+            if let Some((_, error)) = REASONS.iter().find(|(name, _)| text.contains(name)) {
+                return error.clone();
+            }
+        }
+    }
+    WebhookError::Other(classify_read_error(status, headers, body))
+}
+
+/// The webhook and subscription calls of one channel: the App's Bearer token for the
+/// webhook routes, the account's OAuth 1.0a credentials for its subscription.
+#[derive(Clone)]
+pub struct WebhookClient {
+    http: reqwest::Client,
+    base_url: Url,
+    request_timeout: std::time::Duration,
+    bearer_token: SecretString,
+    credentials: UserCredentials,
+}
+
+impl fmt::Debug for WebhookClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookClient")
+            .field("base_url", &self.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a request proves who sends it.
+enum Auth {
+    /// The App's Bearer token (webhook routes).
+    App,
+    /// The account's OAuth 1.0a user context (its subscription).
+    User,
+}
+
+impl WebhookClient {
+    /// A client for one channel. Fails like [`crate::XClient::new`]: on a base URL that is
+    /// not http(s), or when the HTTP stack cannot start.
+    pub fn new(
+        config: XClientConfig,
+        bearer_token: SecretString,
+        credentials: UserCredentials,
+    ) -> Result<WebhookClient, XError> {
+        if !matches!(config.base_url.scheme(), "http" | "https")
+            || config.base_url.cannot_be_a_base()
+        {
+            return Err(local_invalid(format!(
+                "X base URL {} is not an http(s) URL",
+                config.base_url
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            // Credentials must not follow a redirect elsewhere; X does not redirect API calls.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("xbridge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| XError::Transient {
+                status: None,
+                detail: format!("cannot set up the HTTP client: {}", error_chain(&error)),
+            })?;
+        Ok(WebhookClient {
+            http,
+            base_url: config.base_url,
+            request_timeout: config.request_timeout,
+            bearer_token,
+            credentials,
+        })
+    }
+
+    /// Registers `url` as the App's webhook: `POST /2/webhooks` `{"url"}` with the Bearer
+    /// token. X runs a CRC against the URL before answering, so the bridge must already be
+    /// serving it.
+    #[tracing::instrument(skip_all, fields(url = %url))]
+    pub async fn register_webhook(&self, url: &str) -> Result<Webhook, WebhookError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            data: Webhook,
+        }
+        let endpoint = endpoint(&self.base_url, &["2", "webhooks"])?;
+        let body = serde_json::json!({ "url": url });
+        let answer: Answer = self
+            .call(
+                Method::POST,
+                endpoint,
+                Auth::App,
+                Some(&body),
+                "webhook registration",
+            )
+            .await?;
+        tracing::info!(id = %answer.data.id, valid = answer.data.valid, "webhook registered");
+        Ok(answer.data)
+    }
+
+    /// The App's webhooks: `GET /2/webhooks` with the Bearer token, each with whether X
+    /// considers it valid.
+    pub async fn list_webhooks(&self) -> Result<Vec<Webhook>, WebhookError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            data: Vec<Webhook>,
+        }
+        let endpoint = endpoint(&self.base_url, &["2", "webhooks"])?;
+        let answer: Answer = self
+            .call(Method::GET, endpoint, Auth::App, None, "webhook list")
+            .await?;
+        Ok(answer.data)
+    }
+
+    /// Makes X run the CRC again and re-enable the webhook if it passes:
+    /// `PUT /2/webhooks/:id` with the Bearer token. A failing CRC is
+    /// [`WebhookError::CrcValidationFailed`] (X then marks the webhook invalid).
+    #[tracing::instrument(skip_all, fields(webhook_id = %webhook_id))]
+    pub async fn revalidate_webhook(&self, webhook_id: &str) -> Result<(), WebhookError> {
+        let endpoint = endpoint(&self.base_url, &["2", "webhooks", checked_id(webhook_id)?])?;
+        let _: Value = self
+            .call(
+                Method::PUT,
+                endpoint,
+                Auth::App,
+                None,
+                "webhook revalidation",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Subscribes the channel's account to the webhook, so X delivers its DM events there:
+    /// `POST /2/account_activity/webhooks/:id/subscriptions/all` with body `{}`, signed with
+    /// the account's OAuth 1.0a user context (X refuses the Bearer token here).
+    #[tracing::instrument(skip_all, fields(webhook_id = %webhook_id))]
+    pub async fn subscribe(&self, webhook_id: &str) -> Result<(), WebhookError> {
+        let endpoint = self.subscription_url(webhook_id)?;
+        let _: Value = self
+            .call(
+                Method::POST,
+                endpoint,
+                Auth::User,
+                Some(&serde_json::json!({})),
+                "subscription",
+            )
+            .await?;
+        tracing::info!("account subscribed to the webhook");
+        Ok(())
+    }
+
+    /// Whether the channel's account is subscribed to the webhook:
+    /// `GET /2/account_activity/webhooks/:id/subscriptions/all` with its user context.
+    pub async fn subscription_status(&self, webhook_id: &str) -> Result<bool, WebhookError> {
+        #[derive(Deserialize)]
+        struct Subscribed {
+            subscribed: bool,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            data: Subscribed,
+        }
+        let endpoint = self.subscription_url(webhook_id)?;
+        let answer: Answer = self
+            .call(
+                Method::GET,
+                endpoint,
+                Auth::User,
+                None,
+                "subscription check",
+            )
+            .await?;
+        Ok(answer.data.subscribed)
+    }
+
+    fn subscription_url(&self, webhook_id: &str) -> Result<Url, XError> {
+        endpoint(
+            &self.base_url,
+            &[
+                "2",
+                "account_activity",
+                "webhooks",
+                checked_id(webhook_id)?,
+                "subscriptions",
+                "all",
+            ],
+        )
+    }
+
+    /// One authenticated call: the 2xx body read as `T`, or the classified refusal.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        auth: Auth,
+        body: Option<&Value>,
+        what: &'static str,
+    ) -> Result<T, WebhookError> {
+        let header = match auth {
+            Auth::App => format!("Bearer {}", self.bearer_token.expose_secret()),
+            // JSON bodies are not part of X's OAuth 1.0a signature.
+            Auth::User => {
+                oauth::authorization_header(method.as_str(), &url, &[], &self.credentials)
+            }
+        };
+        let mut authorization = HeaderValue::from_str(&header)
+            // Only reachable with control characters in a credential; the header is not shown.
+            .map_err(|_| XError::Unauthorized { problem: None })?;
+        authorization.set_sensitive(true);
+
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(AUTHORIZATION, authorization);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport_error(&error, what))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport_error(&error, what))?;
+        if !(200..300).contains(&status) {
+            let error = classify_webhook_error(status, &headers, &bytes);
+            tracing::warn!(
+                status,
+                what,
+                reason = error.reason().unwrap_or("none"),
+                "X refused a webhook call"
+            );
+            return Err(error);
+        }
+        serde_json::from_slice(&bytes).map_err(|error| {
+            WebhookError::Other(XError::Transient {
+                status: Some(status),
+                detail: format!(
+                    "X answered the {what} with an unexpected body ({error}): {}",
+                    body_snippet(status, &bytes)
+                ),
+            })
+        })
+    }
+
+    fn transport_error(&self, error: &reqwest::Error, what: &'static str) -> XError {
+        let detail = if error.is_timeout() {
+            format!("no answer from X within {:?}", self.request_timeout)
+        } else {
+            error_chain(error)
+        };
+        tracing::warn!(%detail, what, "request to X did not get an answer");
+        XError::Transient {
+            status: error.status().map(|status| status.as_u16()),
+            detail,
+        }
+    }
+}
+
+/// A webhook id as X writes them (digits), so nothing else lands in a path.
+fn checked_id(webhook_id: &str) -> Result<&str, XError> {
+    if !webhook_id.is_empty()
+        && webhook_id.len() <= 19
+        && webhook_id.bytes().all(|b| b.is_ascii_digit())
+    {
+        Ok(webhook_id)
+    } else {
+        Err(local_invalid(format!(
+            "{webhook_id:?} is not an X webhook id (digits only)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(reason: &str) -> Vec<u8> {
+        serde_json::json!({
+            "errors": [{ "message": reason, "parameters": { "url": ["https://example.com/x"] } }],
+            "title": "Invalid Request",
+            "detail": "One or more parameters to your request was invalid.",
+            "type": "https://api.twitter.com/2/problems/invalid-request"
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn every_named_reason_gets_its_variant() {
+        for (name, _) in &REASONS {
+            let error = classify_webhook_error(400, &HeaderMap::new(), &refusal(name));
+            assert_eq!(error.reason(), Some(*name), "{error:?}");
+            assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_crc_message_says_what_to_do() {
+        let error = classify_webhook_error(400, &HeaderMap::new(), &refusal("CrcValidationFailed"));
+        assert!(error.to_string().contains("consumer secret"), "{error}");
+    }
+
+    #[test]
+    fn other_refusals_are_classified_as_reads() {
+        let error = classify_webhook_error(401, &HeaderMap::new(), b"");
+        assert!(matches!(
+            error,
+            WebhookError::Other(XError::Unauthorized { .. })
+        ));
+        let error = classify_webhook_error(400, &HeaderMap::new(), &refusal("something else"));
+        assert!(matches!(
+            error,
+            WebhookError::Other(XError::InvalidRequest { status: 400, .. })
+        ));
+        assert_eq!(error.reason(), None);
+    }
+
+    #[test]
+    fn webhook_ids_are_digits() {
+        assert!(checked_id("1234567890123456789").is_ok());
+        assert!(checked_id("").is_err());
+        assert!(checked_id("12/../x").is_err());
+    }
+
+    #[test]
+    fn the_bearer_token_is_not_in_debug_output() {
+        let credentials = UserCredentials {
+            consumer_key: "ck".into(),
+            consumer_secret: "cs".into(),
+            access_token: "at".into(),
+            access_token_secret: "ats".into(),
+        };
+        let client = WebhookClient::new(
+            XClientConfig::default(),
+            "very-secret-bearer".into(),
+            credentials,
+        )
+        .unwrap();
+        assert!(!format!("{client:?}").contains("very-secret-bearer"));
+    }
+}
