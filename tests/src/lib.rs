@@ -48,6 +48,11 @@ pub struct TestOptions {
     pub credits: String,
     /// `x.request_timeout`.
     pub request_timeout: Duration,
+    /// TOML for the `[inbound]` section (empty: no webhook server, no polls).
+    pub inbound: String,
+    /// Every channel's `inbound` mode (`webhook`, `poll`, `both`); the
+    /// channel's `user_id` is set to its simulator account's when given.
+    pub inbound_mode: Option<String>,
 }
 
 impl Default for TestOptions {
@@ -57,6 +62,8 @@ impl Default for TestOptions {
             retry: "immediate_attempts = 3\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\ndelays = [\"200ms\", \"400ms\"]\nmax_attempts = 8\n".to_owned(),
             credits: "max_wait = \"15m\"\nprobe_initial = \"200ms\"\nprobe_max = \"1s\"\n".to_owned(),
             request_timeout: Duration::from_secs(5),
+            inbound: String::new(),
+            inbound_mode: None,
         }
     }
 }
@@ -138,6 +145,54 @@ impl TestApp {
         .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} request(s) on {channel}"));
     }
 
+    /// Registers `webhook_url` with the simulated X (which runs its CRC
+    /// against it, so the bridge must be serving) with `channel`'s bearer
+    /// token, and subscribes `channel`'s account to it, the way an operator
+    /// sets X up.
+    pub async fn subscribe_webhook(&self, channel: &str, webhook_url: &str) {
+        let account = self.account(channel);
+        let base = self.simulator.base_url();
+        let http = reqwest::Client::new();
+        let answer = http
+            .post(base.join("2/webhooks").expect("url"))
+            .bearer_auth(&account.bearer_token)
+            .json(&serde_json::json!({ "url": webhook_url }))
+            .send()
+            .await
+            .expect("register the webhook");
+        let status = answer.status();
+        let body: serde_json::Value = answer.json().await.expect("JSON answer");
+        assert!(
+            status.is_success(),
+            "registering the webhook: {status} {body}"
+        );
+        let id = body["data"]["id"].as_str().expect("webhook id").to_owned();
+        let url = base
+            .join(&format!(
+                "2/account_activity/webhooks/{id}/subscriptions/all"
+            ))
+            .expect("url");
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let authorization =
+            x_simulator::oauth::authorization_header("POST", &url, &[], account, &nonce, timestamp);
+        let answer = http
+            .post(url)
+            .header("authorization", authorization)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("subscribe");
+        assert!(
+            answer.status().is_success(),
+            "subscribing: {}",
+            answer.status()
+        );
+    }
+
     /// The state store file of this test's bridge.
     pub fn state_path(&self) -> PathBuf {
         self.dir.path().join("state.redb")
@@ -173,6 +228,8 @@ shutdown_grace = "10s"
 {retry}
 [outbound.credits]
 {credits}
+[inbound]
+{inbound}
 [state]
 path = "{state}"
 "#,
@@ -189,6 +246,7 @@ path = "{state}"
             timeout = self.options.request_timeout.as_millis(),
             retry = self.options.retry,
             credits = self.options.credits,
+            inbound = self.options.inbound,
             state = self.state_path().display(),
         );
         for (name, account) in &self.accounts {
@@ -208,6 +266,12 @@ bearer_token = "{}"
                 account.access_token_secret,
                 account.bearer_token
             ));
+            if let Some(mode) = &self.options.inbound_mode {
+                toml.push_str(&format!(
+                    "inbound = \"{mode}\"\nuser_id = \"{}\"\n",
+                    account.user_id
+                ));
+            }
         }
         toml
     }

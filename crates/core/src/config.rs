@@ -30,6 +30,8 @@ pub struct Settings {
     pub x: XSettings,
     /// Retry, credits and shutdown bounds of the outbound side.
     pub outbound: OutboundSettings,
+    /// The webhook server and the pollers of the inbound side.
+    pub inbound: InboundSettings,
     /// Where durable state lives.
     pub state: StateSettings,
     /// Logging.
@@ -194,6 +196,61 @@ impl Default for CreditsSettings {
     }
 }
 
+/// The inbound side: X's webhook server and the pollers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboundSettings {
+    /// Where the webhook server listens (X must reach it over HTTPS through
+    /// a proxy); unset, no webhook is served.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Largest webhook body accepted, in bytes; larger ones get 413.
+    pub body_limit: usize,
+    /// Publish DMs the company sent from X's own app as `message.echo`.
+    pub publish_echoes: bool,
+    /// Publish typing and read events (`conversation.typing`, `message.read`).
+    pub publish_activity: bool,
+    /// Pause between polls of a channel in `poll` mode. X allows 15 DM reads
+    /// per 15 minutes per account, hence one a minute by default.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Pause between the safety-net polls of a channel in `both` mode.
+    #[serde(with = "humantime_serde")]
+    pub safety_poll_interval: Duration,
+}
+
+impl Default for InboundSettings {
+    fn default() -> Self {
+        InboundSettings {
+            listen: None,
+            body_limit: 1024 * 1024,
+            publish_echoes: true,
+            publish_activity: false,
+            poll_interval: Duration::from_secs(60),
+            safety_poll_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How a channel receives its customers' DMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundMode {
+    /// X's Account Activity webhook only.
+    #[default]
+    Webhook,
+    /// Polling `GET /2/dm_events` only.
+    Poll,
+    /// The webhook for speed, and a slow poll that fills any gap it left.
+    Both,
+}
+
+impl InboundMode {
+    /// Whether the channel is polled.
+    pub fn polls(self) -> bool {
+        matches!(self, InboundMode::Poll | InboundMode::Both)
+    }
+}
+
 /// Where the embedded state store keeps its file.
 #[derive(Debug, Clone)]
 pub struct StateSettings {
@@ -239,6 +296,11 @@ pub struct ChannelSettings {
     pub weight: Option<u32>,
     /// Optional URL from the CRM's channel form (e.g. the account's profile).
     pub url: Option<Url>,
+    /// How customers' DMs reach the bridge.
+    pub inbound: InboundMode,
+    /// The account's X user id: needed to poll (to tell its own DMs from the
+    /// customers'); the webhook learns it from each delivery.
+    pub user_id: Option<String>,
 }
 
 /// Every problem found in a configuration, one per field.
@@ -261,6 +323,8 @@ struct RawSettings {
     x: RawX,
     #[serde(default)]
     outbound: RawOutbound,
+    #[serde(default)]
+    inbound: InboundSettings,
     #[serde(default)]
     state: RawState,
     #[serde(default)]
@@ -348,6 +412,9 @@ struct RawChannel {
     bearer_token: Option<SecretSource>,
     weight: Option<u32>,
     url: Option<String>,
+    #[serde(default)]
+    inbound: InboundMode,
+    user_id: Option<String>,
 }
 
 fn duration_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -453,6 +520,16 @@ impl Settings {
             );
         }
 
+        if raw.inbound.body_limit < 1024 {
+            errors.push("inbound.body_limit: must be at least 1024 bytes".into());
+        }
+        if raw.inbound.poll_interval.is_zero() || raw.inbound.safety_poll_interval.is_zero() {
+            errors.push(
+                "inbound.poll_interval and inbound.safety_poll_interval: must be greater than zero"
+                    .into(),
+            );
+        }
+
         if raw.channels.is_empty() {
             errors.push("channels: at least one channel is required".into());
         }
@@ -482,6 +559,7 @@ impl Settings {
                 retry: raw.outbound.retry,
                 credits: raw.outbound.credits,
             },
+            inbound: raw.inbound,
             state: StateSettings {
                 path: raw.state.path,
             },
@@ -585,6 +663,15 @@ fn validate_channel(
     if raw.weight == Some(0) {
         errors.push(format!("{label}.weight: must be at least 1"));
     }
+    match &raw.user_id {
+        Some(id) if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) => {
+            errors.push(format!("{label}.user_id: must be the account's X user id (1 to 19 digits)"));
+        }
+        None if raw.inbound.polls() => errors.push(format!(
+            "{label}.user_id: required when inbound is \"poll\" or \"both\" (the account's X user id)"
+        )),
+        _ => {}
+    }
     (errors.len() == before).then_some(ChannelSettings {
         name,
         consumer_key,
@@ -594,6 +681,8 @@ fn validate_channel(
         bearer_token,
         weight: raw.weight,
         url,
+        inbound: raw.inbound,
+        user_id: raw.user_id,
     })
 }
 
@@ -689,6 +778,25 @@ mod tests {
         for secret in ["\"cs\"", "\"ats\"", "guest:guest"] {
             assert!(!err.contains(secret), "{err}");
         }
+    }
+
+    #[test]
+    fn polling_needs_the_accounts_user_id() {
+        let toml = format!("{VALID}\ninbound = \"poll\"");
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("channels[0] (acme).user_id: required"),
+            "{err}"
+        );
+        let toml = format!("{VALID}\ninbound = \"both\"\nuser_id = \"1553086854915936256\"");
+        let settings = Settings::from_toml(&toml).unwrap();
+        assert!(settings.channels[0].inbound.polls());
+        assert_eq!(
+            settings.inbound.listen, None,
+            "no webhook unless configured"
+        );
+        let toml = format!("{VALID}\nuser_id = \"12ab\"");
+        assert!(Settings::from_toml(&toml).is_err());
     }
 
     #[test]

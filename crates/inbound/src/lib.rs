@@ -72,6 +72,7 @@ mod json;
 mod message;
 pub mod poller;
 mod sender;
+pub mod service;
 pub mod sink;
 mod text;
 pub mod webhook;

@@ -8,12 +8,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::config::Settings;
+use xbridge_inbound::service::Inbound;
 use xbridge_outbound::Outbound;
 use xbridge_store::EmbeddedStore;
 
 /// A bridge ready to run.
 pub struct Bridge {
     outbound: Outbound,
+    inbound: Inbound,
 }
 
 impl Bridge {
@@ -22,23 +24,38 @@ impl Bridge {
         let store = EmbeddedStore::open(&settings.state.path).with_context(|| {
             format!("opening the state store {}", settings.state.path.display())
         })?;
-        let outbound = Outbound::new(Arc::new(settings), Arc::new(store))?;
-        Ok(Bridge { outbound })
+        let settings = Arc::new(settings);
+        let store: Arc<dyn xbridge_store::StateStore> = Arc::new(store);
+        let outbound = Outbound::new(settings.clone(), store.clone())?;
+        let inbound = Inbound::new(settings, store)?;
+        Ok(Bridge { outbound, inbound })
     }
 
-    /// `true` while the bridge is connected and consuming.
+    /// `true` while the outbound side is connected and consuming.
     pub fn readiness(&self) -> watch::Receiver<bool> {
         self.outbound.readiness()
+    }
+
+    /// `true` while the inbound side can publish events.
+    pub fn inbound_readiness(&self) -> watch::Receiver<bool> {
+        self.inbound.readiness()
+    }
+
+    /// Where X's webhook is served, when configured.
+    pub fn webhook_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inbound.webhook_addr()
     }
 
     /// Runs until `shutdown` is cancelled; in-flight sends finish within the
     /// configured grace period.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(
-            inbound = "not built yet",
-            "xbridge starting: outbound replies only"
-        );
-        self.outbound.run(shutdown).await?;
+        tracing::info!(webhook = ?self.inbound.webhook_addr(), "xbridge starting");
+        let inbound = tokio::spawn(self.inbound.run(shutdown.clone()));
+        let outbound = self.outbound.run(shutdown.clone()).await;
+        // Whatever ended the outbound side ends the process: stop inbound too.
+        shutdown.cancel();
+        let _ = inbound.await;
+        outbound?;
         Ok(())
     }
 }

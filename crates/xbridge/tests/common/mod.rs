@@ -11,6 +11,9 @@ use xbridge_test_support::{TestApp, PATIENCE};
 pub struct RunningBridge {
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+    /// Where X's webhook is served, when the test configured it.
+    #[allow(dead_code)] // Only the inbound tests use it.
+    pub webhook_addr: Option<std::net::SocketAddr>,
 }
 
 impl RunningBridge {
@@ -31,11 +34,21 @@ pub async fn start_bridge(app: &TestApp) -> RunningBridge {
     let settings = Settings::from_toml(&app.config_toml()).expect("the test config is valid");
     let bridge = Bridge::build(settings).expect("the bridge builds");
     let mut ready = bridge.readiness();
+    let mut inbound_ready = bridge.inbound_readiness();
+    let webhook_addr = bridge.webhook_addr();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(bridge.run(shutdown.clone()));
     tokio::time::timeout(PATIENCE, ready.wait_for(|ready| *ready))
         .await
         .expect("the bridge becomes ready")
         .expect("readiness");
-    RunningBridge { shutdown, task }
+    tokio::time::timeout(PATIENCE, inbound_ready.wait_for(|ready| *ready))
+        .await
+        .expect("the inbound side becomes ready")
+        .expect("readiness");
+    RunningBridge {
+        shutdown,
+        task,
+        webhook_addr,
+    }
 }

@@ -1,0 +1,375 @@
+//! The inbound service of one bridge process: keeps a confirm-mode
+//! connection to RabbitMQ, serves X's webhook, and polls the channels that
+//! are configured to be polled. Stops on shutdown: the webhook finishes the
+//! requests in flight, the pollers stop between polls.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use xbridge_core::amqp::{self, declare_topology, PublishError, Publisher, TopologyPlan};
+use xbridge_core::config::{ChannelSettings, Settings};
+use xbridge_store::StateStore;
+use xbridge_x_api::{UserCredentials, XClient, XClientConfig};
+
+use crate::poller::{poll_once, PollBudget, PollContext, PollError};
+use crate::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
+use crate::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
+
+/// Why the inbound side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    /// The webhook's listen address could not be bound.
+    #[error("cannot listen for X's webhook on {addr}: {detail}")]
+    Listen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What failed.
+        detail: String,
+    },
+    /// A channel's X client could not be built.
+    #[error("channel {channel}: cannot build the X client: {detail}")]
+    Client {
+        /// The channel.
+        channel: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// The inbound side, built and bound, ready to run.
+pub struct Inbound {
+    settings: Arc<Settings>,
+    store: Arc<dyn StateStore>,
+    sink: Arc<BrokerSink>,
+    listener: Option<std::net::TcpListener>,
+    pollers: Vec<PollContext>,
+}
+
+impl Inbound {
+    /// Binds the webhook's address (when configured) and builds the pollers'
+    /// X clients, so configuration mistakes show at startup.
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Arc<dyn StateStore>,
+    ) -> Result<Inbound, InboundError> {
+        let listener = match settings.inbound.listen {
+            Some(addr) => {
+                let listener =
+                    std::net::TcpListener::bind(addr).map_err(|e| InboundError::Listen {
+                        addr,
+                        detail: e.to_string(),
+                    })?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|e| InboundError::Listen {
+                        addr,
+                        detail: e.to_string(),
+                    })?;
+                Some(listener)
+            }
+            None => None,
+        };
+        let sink = Arc::new(BrokerSink::default());
+        let pollers = settings
+            .channels
+            .iter()
+            .filter(|c| c.inbound.polls())
+            .map(|channel| {
+                Ok(PollContext {
+                    channel: channel.name.clone(),
+                    own_user_id: channel.user_id.clone().unwrap_or_default(),
+                    client: client(&settings, channel)?,
+                    store: store.clone(),
+                    sink: sink.clone(),
+                    publish_echoes: settings.inbound.publish_echoes,
+                })
+            })
+            .collect::<Result<Vec<_>, InboundError>>()?;
+        Ok(Inbound {
+            settings,
+            store,
+            sink,
+            listener,
+            pollers,
+        })
+    }
+
+    /// Where the webhook listens (the bound port when the configuration said
+    /// port 0).
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// `true` while events can be published (connected, topology declared).
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.sink.ready.subscribe()
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Inbound {
+            settings,
+            store,
+            sink,
+            listener,
+            pollers,
+        } = self;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(keep_connected(
+            settings.clone(),
+            sink.clone(),
+            shutdown.clone(),
+        ));
+
+        if let Some(listener) = listener {
+            let channels = settings
+                .channels
+                .iter()
+                .filter(|c| c.inbound != xbridge_core::config::InboundMode::Poll)
+                .map(|c| WebhookChannel {
+                    name: c.name.clone(),
+                    consumer_secret: c.consumer_secret.clone(),
+                    own_user_id: c.user_id.clone(),
+                })
+                .collect();
+            let config = WebhookConfig {
+                body_limit: settings.inbound.body_limit,
+                publish_echoes: settings.inbound.publish_echoes,
+                publish_activity: settings.inbound.publish_activity,
+            };
+            let state = Arc::new(WebhookState::new(channels, sink.clone(), store, config));
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serve the webhook");
+                        return;
+                    }
+                };
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!(%addr, "serving X's webhook");
+                }
+                if let Err(e) = axum::serve(listener, router(state))
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "the webhook server stopped");
+                }
+            });
+        }
+
+        for ctx in pollers {
+            let mode = settings
+                .channel(&ctx.channel)
+                .map(|c| c.inbound)
+                .unwrap_or_default();
+            let interval = if mode == xbridge_core::config::InboundMode::Both {
+                settings.inbound.safety_poll_interval
+            } else {
+                settings.inbound.poll_interval
+            };
+            let credits = settings.outbound.credits.clone();
+            tasks.spawn(poll_loop(
+                ctx,
+                interval,
+                credits.probe_initial,
+                credits.probe_max,
+                sink.clone(),
+                shutdown.clone(),
+            ));
+        }
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("inbound stopped");
+    }
+}
+
+fn client(settings: &Settings, channel: &ChannelSettings) -> Result<XClient, InboundError> {
+    XClient::new(
+        XClientConfig {
+            base_url: settings.x.api_base_url.clone(),
+            request_timeout: settings.x.request_timeout,
+        },
+        UserCredentials {
+            consumer_key: channel.consumer_key.clone(),
+            consumer_secret: channel.consumer_secret.clone(),
+            access_token: channel.access_token.clone(),
+            access_token_secret: channel.access_token_secret.clone(),
+        },
+    )
+    .map_err(|e| InboundError::Client {
+        channel: channel.name.clone(),
+        detail: e.to_string(),
+    })
+}
+
+/// Polls one channel until shutdown: every `interval`, sooner after a
+/// rate-limit reset, and with a growing pause while its credits are out.
+async fn poll_loop(
+    ctx: PollContext,
+    interval: Duration,
+    credits_pause_initial: Duration,
+    credits_pause_max: Duration,
+    sink: Arc<BrokerSink>,
+    shutdown: CancellationToken,
+) {
+    let channel = ctx.channel.clone();
+    let mut budget = PollBudget::default();
+    let mut credits_pause = credits_pause_initial;
+    let mut ready = sink.ready.subscribe();
+    loop {
+        // No point reading (and paying for) events that cannot be published.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ready.wait_for(|r| *r) => {}
+        }
+        let wait = match poll_once(&ctx, &mut budget).await {
+            Ok(outcome) => {
+                credits_pause = credits_pause_initial;
+                if outcome.delivered > 0 {
+                    tracing::info!(
+                        channel,
+                        delivered = outcome.delivered,
+                        pages = outcome.pages,
+                        events_read = outcome.events_read,
+                        "poll delivered new DMs"
+                    );
+                }
+                interval
+            }
+            Err(PollError::RateLimited { until }) => until
+                .and_then(|at| (at - Utc::now()).to_std().ok())
+                .unwrap_or(interval)
+                .max(interval),
+            Err(PollError::CreditsExhausted(error)) => {
+                tracing::warn!(channel, error = %error, retry_in_secs = credits_pause.as_secs(), "polling paused: the X account has no credits");
+                let wait = credits_pause;
+                credits_pause = (credits_pause * 2).min(credits_pause_max);
+                wait
+            }
+            Err(error) => {
+                tracing::warn!(channel, error = %error, "poll failed");
+                interval
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Keeps a confirm-mode publisher on a live connection for the sink, and
+/// makes a new one when the old one breaks.
+async fn keep_connected(
+    settings: Arc<Settings>,
+    sink: Arc<BrokerSink>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = reconnect_backoff();
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match connect(&settings).await {
+            Ok((connection, publisher)) => {
+                backoff = reconnect_backoff();
+                sink.set(Some(AmqpSink::new(
+                    publisher,
+                    settings.amqp.topology.incoming_exchange.clone(),
+                )));
+                tracing::info!("inbound connected: events can be published");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = sink.broken.notified() => {
+                        tracing::warn!("inbound lost its RabbitMQ connection; reconnecting");
+                    }
+                }
+                sink.set(None);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    connection.close(200, "xbridge inbound stopping".into()),
+                )
+                .await;
+            }
+            Err(e) => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(15));
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "inbound cannot reach RabbitMQ");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+fn reconnect_backoff() -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(15))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn connect(settings: &Settings) -> Result<(lapin::Connection, Publisher), String> {
+    let connection = amqp::connect(&settings.amqp.url, "xbridge inbound")
+        .await
+        .map_err(|e| e.to_string())?;
+    let publisher = Publisher::open(&connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    let plan = TopologyPlan {
+        names: settings.amqp.topology.clone(),
+        channels: settings.channels.iter().map(|c| c.name.clone()).collect(),
+        delays: settings.outbound.retry.delays.clone(),
+    };
+    declare_topology(publisher.channel(), &plan)
+        .await
+        .map_err(|e| format!("declaring the topology failed: {e}"))?;
+    Ok((connection, publisher))
+}
+
+/// An [`EventSink`] that outlives connections: publishes through the current
+/// connection's publisher, refuses (so the webhook answers 503 and X retries)
+/// while there is none, and reports a broken connection.
+#[derive(Default)]
+struct BrokerSink {
+    current: RwLock<Option<AmqpSink>>,
+    ready: watch::Sender<bool>,
+    broken: Notify,
+}
+
+impl BrokerSink {
+    fn set(&self, sink: Option<AmqpSink>) {
+        let ready = sink.is_some();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = sink;
+        self.ready.send_replace(ready);
+    }
+}
+
+#[async_trait]
+impl EventSink for BrokerSink {
+    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError> {
+        let sink = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| SinkError::Unavailable("not connected to RabbitMQ".into()))?;
+        let result = sink.publish(event).await;
+        if let Err(SinkError::Publish(PublishError::Broker(_))) = &result {
+            self.broken.notify_one();
+        }
+        result
+    }
+}

@@ -1,0 +1,225 @@
+//! The inbound path end to end: customers' DMs reach the CRM's queue once,
+//! by X's webhook, by polling, or both, with the contact's identity. Real
+//! RabbitMQ, simulated X (which registers the webhook with a real CRC and
+//! delivers signed Account Activity payloads).
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{start_bridge, RunningBridge};
+use x_simulator::{Customer, Fault, MediaSpec};
+use xbridge_test_support::{
+    assert_valid, reply, spawn_app, Crm, Event, TestApp, TestOptions, PATIENCE,
+};
+
+fn webhook_options(mode: &str) -> TestOptions {
+    TestOptions {
+        inbound:
+            "listen = \"127.0.0.1:0\"\npoll_interval = \"50ms\"\nsafety_poll_interval = \"100ms\"\n"
+                .into(),
+        inbound_mode: Some(mode.into()),
+        ..TestOptions::default()
+    }
+}
+
+async fn subscribe(app: &TestApp, bridge: &RunningBridge, channel: &str) {
+    let addr = bridge.webhook_addr.expect("the webhook is served");
+    app.subscribe_webhook(channel, &format!("http://{addr}/webhooks/{channel}"))
+        .await;
+}
+
+/// The next event of type `kind`, skipping others (status events of sends).
+async fn next_of(crm: &mut Crm, kind: &str) -> Event {
+    loop {
+        let event = crm.next_event().await;
+        if event.body["type"] == kind {
+            return event;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_dm_reaches_the_crm_once_with_the_contact_and_without_echoes() {
+    let app = spawn_app(webhook_options("webhook")).await;
+    let bridge = start_bridge(&app).await;
+    subscribe(&app, &bridge, "acme").await;
+    let mut crm = app.crm().await;
+    let user = app.user_id("acme");
+    let jane = Customer::generate("jane_doe");
+
+    let dm = app
+        .simulator
+        .customer_dm(&user, &jane, "Where is my order?", None);
+    let event = next_of(&mut crm, "message.received").await;
+    assert_valid("message-received", &event.body);
+    assert_eq!(event.routing_key, "acme.message.received");
+    let body = &event.body;
+    assert_eq!(body["event_id"], dm.id.as_str());
+    assert_eq!(body["channel"], "acme");
+    assert_eq!(body["text"], "Where is my order?");
+    assert_eq!(body["sender"]["id"], jane.user_id.as_str());
+    assert_eq!(body["sender"]["username"], jane.username.as_str());
+    assert_eq!(body["sender"]["name"], jane.name.as_str());
+    assert_eq!(
+        body["sender"]["avatar_url"],
+        jane.profile_image_url.as_str()
+    );
+    assert_eq!(body["recipient_id"], user.as_str());
+    assert_eq!(body["received_via"], "webhook");
+    let created_at =
+        chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).unwrap();
+    assert_eq!(created_at, dm.created_at, "X's time, not the arrival time");
+
+    // A photo arrives as an attachment, without the t.co link in the text.
+    let photo =
+        app.simulator
+            .customer_dm(&user, &jane, "Here is the photo", Some(MediaSpec::photo()));
+    let event = next_of(&mut crm, "message.received").await;
+    assert_valid("message-received", &event.body);
+    assert_eq!(event.body["event_id"], photo.id.as_str());
+    assert_eq!(event.body["text"], "Here is the photo");
+    assert_eq!(event.body["attachments"][0]["kind"], "photo");
+
+    // X delivers the same event twice more: nothing new reaches the CRM.
+    let before = app.simulator.deliveries().len();
+    assert!(app.simulator.deliver_again(&dm.id) >= 1);
+    assert!(app.simulator.deliver_again(&dm.id) >= 1);
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_deliveries(before + 2))
+        .await
+        .expect("redeliveries answered");
+
+    // The bridge's own reply comes back from X as an echo: dropped.
+    let deliveries = app.simulator.deliveries().len();
+    crm.publish_reply("acme", &reply("r-1", &jane.user_id, "It ships today."))
+        .await;
+    let sent = next_of(&mut crm, "message.sent").await;
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_deliveries(deliveries + 1))
+        .await
+        .expect("the echo was delivered");
+    let echo = app.simulator.deliveries().pop().unwrap();
+    assert_eq!(echo.event_id.as_deref(), sent.body["dm_event_id"].as_str());
+    assert_eq!(echo.status, Some(200));
+
+    // The next thing the CRM hears about is the customer's next DM.
+    let next = app.simulator.customer_dm(&user, &jane, "Thanks!", None);
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.received", "{}", event.body);
+    assert_eq!(event.body["event_id"], next.id.as_str());
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dms_sent_while_the_bridge_was_down_are_caught_up_by_polling_once_in_order() {
+    let app = spawn_app(webhook_options("poll")).await;
+    let user = app.user_id("acme");
+    // The first run sets the poll cursor at "now".
+    let bridge = start_bridge(&app).await;
+    app.wait_for_requests("acme", 1).await;
+    bridge.stop().await;
+
+    let customers: Vec<Customer> = (0..5)
+        .map(|i| Customer::generate(&format!("c{i}")))
+        .collect();
+    let mut sent = Vec::new();
+    for i in 0..250 {
+        let dm = app
+            .simulator
+            .customer_dm(&user, &customers[i % 5], &format!("dm {i}"), None);
+        sent.push(dm.id);
+    }
+
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+    let mut received = Vec::new();
+    for _ in 0..250 {
+        let event = next_of(&mut crm, "message.received").await;
+        assert_eq!(event.body["received_via"], "poll");
+        received.push(event.body["event_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(received, sent, "all 250, once each, oldest first");
+
+    // And nothing more: the next event is a new DM.
+    let late = app
+        .simulator
+        .customer_dm(&user, &customers[0], "late", None);
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(event.body["event_id"], late.id.as_str());
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_delivered_three_times_and_also_polled_reaches_the_crm_once() {
+    let app = spawn_app(webhook_options("both")).await;
+    let user = app.user_id("acme");
+    let bridge = start_bridge(&app).await;
+    subscribe(&app, &bridge, "acme").await;
+    let mut crm = app.crm().await;
+    let jane = Customer::generate("jane");
+
+    let dm = app.simulator.customer_dm(&user, &jane, "once please", None);
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(event.body["event_id"], dm.id.as_str());
+    app.simulator.deliver_again(&dm.id);
+    app.simulator.deliver_again(&dm.id);
+    // The safety-net poll has read past this event at least once more.
+    let reads = app.simulator.requests_for(&user).len();
+    app.wait_for_requests("acme", reads + 2).await;
+
+    let marker = app.simulator.customer_dm(&user, &jane, "marker", None);
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(
+        event.body["event_id"],
+        marker.id.as_str(),
+        "no second copy of the first DM"
+    );
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credits_webhook_dms_keep_flowing_and_polling_pauses_then_catches_up() {
+    let app = spawn_app(TestOptions {
+        channels: vec!["hook".into(), "pull".into()],
+        ..webhook_options("both")
+    })
+    .await;
+    let bridge = start_bridge(&app).await;
+    subscribe(&app, &bridge, "hook").await;
+    let mut crm = app.crm().await;
+    let (hook, pull) = (app.user_id("hook"), app.user_id("pull"));
+    let jane = Customer::generate("jane");
+    // Let the pull channel's first poll set its cursor before credits run out.
+    app.wait_for_requests("pull", 1).await;
+    app.simulator.set_fault(&hook, Fault::CreditsDepleted);
+    app.simulator.set_fault(&pull, Fault::CreditsDepleted);
+
+    let by_webhook = app.simulator.customer_dm(&hook, &jane, "via webhook", None);
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(event.body["event_id"], by_webhook.id.as_str());
+
+    // The pull channel (not subscribed) only polls, and its reads get 402.
+    let missed = app.simulator.customer_dm(&pull, &jane, "via poll", None);
+    let requests = app.simulator.requests_for(&pull).len();
+    app.wait_for_requests("pull", requests + 2).await;
+    assert!(app
+        .simulator
+        .requests_for(&pull)
+        .iter()
+        .skip(requests)
+        .all(|r| r.status == 402));
+    app.simulator.clear_faults(&pull);
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(event.body["event_id"], missed.id.as_str());
+    assert_eq!(event.body["received_via"], "poll");
+
+    let ids: HashSet<String> = [by_webhook.id, missed.id].into_iter().collect();
+    assert_eq!(ids.len(), 2);
+    bridge.stop().await;
+    app.cleanup().await;
+}
