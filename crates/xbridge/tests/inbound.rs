@@ -223,3 +223,50 @@ async fn without_credits_webhook_dms_keep_flowing_and_polling_pauses_then_catche
     bridge.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_stays_within_xs_read_limit() {
+    // X allows 15 DM reads per 15 minutes; the simulator compresses the
+    // window to 2 seconds, and the poller is told to poll as often as it can.
+    let app = spawn_app(TestOptions {
+        inbound: "poll_interval = \"10ms\"\n".into(),
+        inbound_mode: Some("poll".into()),
+        ..TestOptions::default()
+    })
+    .await;
+    let user = app.user_id("acme");
+    app.simulator.set_fault(
+        &user,
+        Fault::ReadRateLimitWindow {
+            limit: 15,
+            window_secs: 2,
+        },
+    );
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+    let jane = Customer::generate("jane");
+
+    // Well past one window's worth of reads, with DMs arriving meanwhile.
+    app.wait_for_requests("acme", 10).await;
+    let dm = app
+        .simulator
+        .customer_dm(&user, &jane, "during the window", None);
+    app.wait_for_requests("acme", 20).await;
+    let later = app.simulator.customer_dm(&user, &jane, "after it", None);
+    app.wait_for_requests("acme", 35).await;
+
+    let statuses: Vec<u16> = app
+        .simulator
+        .requests_for(&user)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "no 429: {statuses:?}");
+    let first = next_of(&mut crm, "message.received").await;
+    let second = next_of(&mut crm, "message.received").await;
+    assert_eq!(first.body["event_id"], dm.id.as_str());
+    assert_eq!(second.body["event_id"], later.id.as_str());
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
