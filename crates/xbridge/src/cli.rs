@@ -41,4 +41,68 @@ pub enum Command {
         #[arg(long, short, env = "XBRIDGE_CONFIG")]
         config: PathBuf,
     },
+    /// Set up X's webhook so X pushes DMs to `xbridge run` instead of being
+    /// polled: register it, subscribe channels' accounts, check and revalidate it.
+    Webhook {
+        /// What to do with the webhook.
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+}
+
+/// The `webhook` subcommands (README §4 of the X API notes). Webhooks belong to
+/// the X App and use a channel's Bearer token; subscriptions belong to one
+/// account and use the channel's OAuth 1.0a credentials.
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register URL as the App's webhook (`POST /2/webhooks`). X checks it with
+    /// a CRC at once, so `xbridge run` must already be serving it.
+    Register {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+        /// The channel whose Bearer token (and so whose X App) registers it.
+        #[arg(long)]
+        channel: String,
+        /// The public HTTPS URL X should call, e.g.
+        /// `https://bridge.example.com/webhooks/CHANNEL`.
+        #[arg(long)]
+        url: String,
+    },
+    /// Subscribe the channel's account to the webhook, so X delivers its DMs
+    /// there (`POST /2/account_activity/webhooks/:id/subscriptions/all`).
+    Subscribe {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+        /// The channel whose account subscribes.
+        #[arg(long)]
+        channel: String,
+        /// The webhook's id; by default the App's only registered webhook.
+        #[arg(long)]
+        webhook_id: Option<String>,
+    },
+    /// Show the registered webhooks, whether X considers them valid, and
+    /// whether each channel's account is subscribed (`GET /2/webhooks`).
+    Status {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+        /// Only this channel; by default every configured channel.
+        #[arg(long)]
+        channel: Option<String>,
+    },
+    /// Make X run the CRC again and re-enable an invalid webhook
+    /// (`PUT /2/webhooks/:id`).
+    Revalidate {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+        /// The channel whose Bearer token (and so whose X App) owns the webhook.
+        #[arg(long)]
+        channel: String,
+        /// The webhook's id; by default the App's only registered webhook.
+        #[arg(long)]
+        webhook_id: Option<String>,
+    },
 }

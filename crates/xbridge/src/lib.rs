@@ -8,3 +8,4 @@ pub mod app;
 pub mod cli;
 pub mod demo;
 pub mod signals;
+pub mod webhook_cmd;

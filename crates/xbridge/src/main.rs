@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use xbridge::app::Bridge;
 use xbridge::cli::{Cli, Command};
-use xbridge::{demo, signals};
+use xbridge::{demo, signals, webhook_cmd};
 use xbridge_core::config::Settings;
 use xbridge_core::telemetry;
 
@@ -20,6 +20,7 @@ async fn main() -> std::process::ExitCode {
             keep_running,
         } => demo::run(&amqp_url, keep_running).await,
         Command::CheckConfig { config } => check_config(&config),
+        Command::Webhook { command } => webhook_cmd::run(command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,191 @@
+//! `xbridge webhook …`: the one-off setup that makes X push a channel's DMs to
+//! `xbridge run` (register the App's webhook, subscribe each account, check and
+//! revalidate), so operators need neither curl nor the X developer console.
+//!
+//! Output is for people: what X now has, never a credential. Failures come back
+//! as errors naming the channel and the step, with [`WebhookError`]'s advice for
+//! each of X's refusal reasons; `main` prints them once and exits 1.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use xbridge_core::config::{ChannelSettings, Settings};
+use xbridge_x_api::{UserCredentials, Webhook, WebhookClient, WebhookError, XClientConfig};
+
+use crate::cli::WebhookCommand;
+
+/// Runs one `webhook` subcommand to completion.
+pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
+    match command {
+        WebhookCommand::Register {
+            config,
+            channel,
+            url,
+        } => {
+            let (_, client) = channel_client(&config, &channel)?;
+            let webhook = client
+                .register_webhook(&url)
+                .await
+                .with_context(|| format!("channel {channel}: registering {url}"))?;
+            println!("registered webhook {} for channel {channel}", webhook.id);
+            print_webhook(&webhook);
+            println!(
+                "next: xbridge webhook subscribe --channel {channel} --webhook-id {}",
+                webhook.id
+            );
+            Ok(())
+        }
+        WebhookCommand::Subscribe {
+            config,
+            channel,
+            webhook_id,
+        } => {
+            let (_, client) = channel_client(&config, &channel)?;
+            let webhook_id = resolve_webhook_id(&client, &channel, webhook_id).await?;
+            client.subscribe(&webhook_id).await.with_context(|| {
+                format!("channel {channel}: subscribing to webhook {webhook_id}")
+            })?;
+            println!("channel {channel}: subscribed to webhook {webhook_id}");
+            Ok(())
+        }
+        WebhookCommand::Revalidate {
+            config,
+            channel,
+            webhook_id,
+        } => {
+            let (_, client) = channel_client(&config, &channel)?;
+            let webhook_id = resolve_webhook_id(&client, &channel, webhook_id).await?;
+            client
+                .revalidate_webhook(&webhook_id)
+                .await
+                .with_context(|| format!("channel {channel}: revalidating webhook {webhook_id}"))?;
+            println!("webhook {webhook_id} passed X's CRC and is valid again");
+            Ok(())
+        }
+        WebhookCommand::Status { config, channel } => status(&config, channel.as_deref()).await,
+    }
+}
+
+/// Prints each selected channel's webhooks (id, URL, validity, creation) and
+/// whether the channel's account is subscribed to each.
+async fn status(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    let channels: Vec<&ChannelSettings> = match only {
+        Some(name) => vec![find_channel(&settings, name)?],
+        None => settings.channels.iter().collect(),
+    };
+    if channels.is_empty() {
+        bail!("{} configures no channels", config.display());
+    }
+    for channel in channels {
+        let name = &channel.name;
+        let client = client_for(&settings, channel)?;
+        let webhooks = client
+            .list_webhooks()
+            .await
+            .with_context(|| format!("channel {name}: listing webhooks"))?;
+        println!("channel {name}:");
+        if webhooks.is_empty() {
+            println!(
+                "  no webhook registered (xbridge webhook register --channel {name} --url URL)"
+            );
+        }
+        for webhook in &webhooks {
+            print_webhook(webhook);
+            let subscribed = client
+                .subscription_status(&webhook.id)
+                .await
+                .with_context(|| {
+                    format!(
+                        "channel {name}: checking the subscription to webhook {}",
+                        webhook.id
+                    )
+                })?;
+            println!("    subscribed: {}", yes_no(subscribed));
+        }
+    }
+    Ok(())
+}
+
+fn print_webhook(webhook: &Webhook) {
+    println!("  webhook {}", webhook.id);
+    println!("    url: {}", webhook.url);
+    println!("    valid: {}", yes_no(webhook.valid));
+    println!("    created_at: {}", webhook.created_at.to_rfc3339());
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The webhook id given, or the App's only webhook: Pay Per Use allows one, so
+/// asking for the id would only make the operator copy it around.
+async fn resolve_webhook_id(
+    client: &WebhookClient,
+    channel: &str,
+    given: Option<String>,
+) -> anyhow::Result<String> {
+    if let Some(id) = given {
+        return Ok(id);
+    }
+    let webhooks = client
+        .list_webhooks()
+        .await
+        .with_context(|| format!("channel {channel}: listing webhooks"))?;
+    match webhooks.as_slice() {
+        [only] => Ok(only.id.clone()),
+        [] => bail!(
+            "channel {channel}: this X App has no webhook yet; register one first with `xbridge webhook register --channel {channel} --url URL`"
+        ),
+        several => bail!(
+            "channel {channel}: this X App has {} webhooks ({}); pick one with --webhook-id",
+            several.len(),
+            several
+                .iter()
+                .map(|w| w.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The configuration and a webhook client for one named channel.
+fn channel_client(config: &Path, name: &str) -> anyhow::Result<(Settings, WebhookClient)> {
+    let settings = Settings::load(config)?;
+    let client = client_for(&settings, find_channel(&settings, name)?)?;
+    Ok((settings, client))
+}
+
+fn find_channel<'a>(settings: &'a Settings, name: &str) -> anyhow::Result<&'a ChannelSettings> {
+    settings.channel(name).with_context(|| {
+        let known: Vec<&str> = settings.channels.iter().map(|c| c.name.as_str()).collect();
+        format!(
+            "no channel {name:?} in the configuration (configured: {})",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )
+    })
+}
+
+fn client_for(settings: &Settings, channel: &ChannelSettings) -> anyhow::Result<WebhookClient> {
+    let config = XClientConfig {
+        base_url: settings.x.api_base_url.clone(),
+        request_timeout: settings.x.request_timeout,
+    };
+    let credentials = UserCredentials {
+        consumer_key: channel.consumer_key.clone(),
+        consumer_secret: channel.consumer_secret.clone(),
+        access_token: channel.access_token.clone(),
+        access_token_secret: channel.access_token_secret.clone(),
+    };
+    WebhookClient::new(config, channel.bearer_token.clone(), credentials)
+        .map_err(WebhookError::from)
+        .with_context(|| format!("channel {}: setting up the X client", channel.name))
+}
