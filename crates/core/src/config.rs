@@ -216,6 +216,9 @@ pub struct InboundSettings {
     /// Pause between the safety-net polls of a channel in `both` mode.
     #[serde(with = "humantime_serde")]
     pub safety_poll_interval: Duration,
+    /// On a polled channel's first start, deliver the DMs of this many past
+    /// days (at most 30, what X keeps); 0 starts from now.
+    pub backfill_days: u32,
 }
 
 impl Default for InboundSettings {
@@ -227,6 +230,7 @@ impl Default for InboundSettings {
             publish_activity: false,
             poll_interval: Duration::from_secs(60),
             safety_poll_interval: Duration::from_secs(300),
+            backfill_days: 0,
         }
     }
 }
@@ -528,6 +532,10 @@ impl Settings {
                 "inbound.poll_interval and inbound.safety_poll_interval: must be greater than zero"
                     .into(),
             );
+        }
+
+        if raw.inbound.backfill_days > 30 {
+            errors.push("inbound.backfill_days: at most 30 (X keeps DM events for 30 days)".into());
         }
 
         if raw.channels.is_empty() {

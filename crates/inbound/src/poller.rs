@@ -27,6 +27,7 @@
 //! This module is a library piece: nothing in the `xbridge` binary runs a poller yet.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use xbridge_store::{StateStore, StoreError};
@@ -57,6 +58,19 @@ pub struct PollContext {
     pub sink: Arc<dyn EventSink>,
     /// Publish `message.echo` for DMs the account sent outside the bridge.
     pub publish_echoes: bool,
+    /// On the channel's first start, deliver the DMs of this many past days
+    /// (X keeps 30); `None` starts from now.
+    pub backfill: Option<Duration>,
+}
+
+/// Milliseconds of X's snowflake epoch (2010-11-04T01:42:54.657Z).
+const SNOWFLAKE_EPOCH_MS: i64 = 1_288_834_974_657;
+
+/// The smallest X id minted at `at`: ids carry their creation time in
+/// milliseconds since X's epoch above their low 22 bits.
+pub fn snowflake_at(at: DateTime<Utc>) -> u64 {
+    let ms = (at.timestamp_millis() - SNOWFLAKE_EPOCH_MS).max(0) as u64;
+    ms << 22
 }
 
 /// The page size a channel's polls ask for, kept between polls.
@@ -186,6 +200,20 @@ pub async fn poll_once(
     };
     let mut outcome = PollOutcome::default();
 
+    let cursor = match (cursor, ctx.backfill) {
+        (None, Some(days)) => {
+            // X's ids are snowflakes: the id of "that long ago" is a cursor
+            // behind every DM written since, so the catch-up below sends them.
+            let since = Utc::now() - chrono::Duration::from_std(days).unwrap_or_default();
+            let start = snowflake_at(since);
+            ctx.store
+                .set_poll_cursor(channel, &start.to_string())
+                .await?;
+            tracing::info!(channel, since = %since, "first poll: backfilling");
+            Some(start)
+        }
+        (cursor, _) => cursor,
+    };
     let Some(cursor) = cursor else {
         // First start: from now on. One small page tells where "now" is.
         budget.settle();
@@ -337,6 +365,17 @@ async fn deliver(ctx: &PollContext, dm: &DirectMessage) -> Result<bool, PollErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snowflake_cursors_sort_by_time() {
+        // An id and its time from X's documented sample.
+        let id: u64 = 1_585_047_616_894_574_596;
+        let written = DateTime::parse_from_rfc3339("2022-10-25T23:16:15.000Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(snowflake_at(written - chrono::Duration::milliseconds(1)) < id);
+        assert!(snowflake_at(written + chrono::Duration::seconds(1)) > id);
+    }
 
     #[test]
     fn pages_grow_with_what_was_found_and_settle_back() {

@@ -90,6 +90,9 @@ impl Inbound {
                     store: store.clone(),
                     sink: sink.clone(),
                     publish_echoes: settings.inbound.publish_echoes,
+                    backfill: (settings.inbound.backfill_days > 0).then(|| {
+                        Duration::from_secs(u64::from(settings.inbound.backfill_days) * 86_400)
+                    }),
                 })
             })
             .collect::<Result<Vec<_>, InboundError>>()?;

@@ -109,6 +109,7 @@ impl World {
             store: store.clone(),
             sink: flaky.clone(),
             publish_echoes: true,
+            backfill: None,
         };
         World {
             sim,

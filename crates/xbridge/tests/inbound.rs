@@ -270,3 +270,50 @@ async fn polling_stays_within_xs_read_limit() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_can_backfill_a_configured_number_of_days() {
+    let app = spawn_app(TestOptions {
+        inbound: "poll_interval = \"50ms\"\nbackfill_days = 5\n".into(),
+        inbound_mode: Some("poll".into()),
+        ..TestOptions::default()
+    })
+    .await;
+    let user = app.user_id("acme");
+    let jane = Customer::generate("jane");
+    let now = chrono::Utc::now();
+    let old = app.simulator.customer_dm_at(
+        &user,
+        &jane,
+        "ten days ago",
+        None,
+        now - chrono::Duration::days(10),
+    );
+    let recent = app.simulator.customer_dm_at(
+        &user,
+        &jane,
+        "two days ago",
+        None,
+        now - chrono::Duration::days(2),
+    );
+
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(
+        event.body["event_id"],
+        recent.id.as_str(),
+        "within the backfill"
+    );
+    let fresh = app.simulator.customer_dm(&user, &jane, "now", None);
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(
+        event.body["event_id"],
+        fresh.id.as_str(),
+        "nothing older than the backfill"
+    );
+    assert_ne!(old.id, recent.id);
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
