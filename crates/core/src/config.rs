@@ -219,6 +219,10 @@ pub struct InboundSettings {
     /// On a polled channel's first start, deliver the DMs of this many past
     /// days (at most 30, what X keeps); 0 starts from now.
     pub backfill_days: u32,
+    /// How long a sender profile looked up with `GET /2/users/:id` (when a
+    /// payload lacks it) is reused.
+    #[serde(with = "humantime_serde")]
+    pub profile_cache_ttl: Duration,
 }
 
 impl Default for InboundSettings {
@@ -231,6 +235,7 @@ impl Default for InboundSettings {
             poll_interval: Duration::from_secs(60),
             safety_poll_interval: Duration::from_secs(300),
             backfill_days: 0,
+            profile_cache_ttl: Duration::from_secs(3600),
         }
     }
 }

@@ -71,6 +71,7 @@ mod item;
 mod json;
 mod message;
 pub mod poller;
+pub mod profiles;
 mod sender;
 pub mod service;
 pub mod sink;

@@ -61,6 +61,8 @@ pub struct PollContext {
     /// On the channel's first start, deliver the DMs of this many past days
     /// (X keeps 30); `None` starts from now.
     pub backfill: Option<Duration>,
+    /// Where to look up a sender's profile when a page lacks it.
+    pub profiles: Option<Arc<crate::profiles::Profiles>>,
 }
 
 /// Milliseconds of X's snowflake epoch (2010-11-04T01:42:54.657Z).
@@ -346,7 +348,11 @@ async fn deliver(ctx: &PollContext, dm: &DirectMessage) -> Result<bool, PollErro
         }
         MessageOrigin::CompanyEcho => OutboundEvent::echo(&MessageEcho::new(channel, dm.clone())),
         MessageOrigin::Received => {
-            OutboundEvent::received(&ReceivedMessage::new(channel, dm.clone()))
+            let mut dm = dm.clone();
+            if let Some(profiles) = &ctx.profiles {
+                profiles.complete(&mut dm.sender).await;
+            }
+            OutboundEvent::received(&ReceivedMessage::new(channel, dm))
         }
     };
     ctx.sink.publish(&event).await?;

@@ -20,6 +20,7 @@ use xbridge_store::StateStore;
 use xbridge_x_api::{UserCredentials, XClient, XClientConfig};
 
 use crate::poller::{poll_once, PollBudget, PollContext, PollError};
+use crate::profiles::Profiles;
 use crate::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
 use crate::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
 
@@ -51,6 +52,7 @@ pub struct Inbound {
     sink: Arc<BrokerSink>,
     listener: Option<std::net::TcpListener>,
     pollers: Vec<PollContext>,
+    profiles: Vec<(String, Arc<Profiles>)>,
 }
 
 impl Inbound {
@@ -78,30 +80,37 @@ impl Inbound {
             None => None,
         };
         let sink = Arc::new(BrokerSink::default());
-        let pollers = settings
-            .channels
-            .iter()
-            .filter(|c| c.inbound.polls())
-            .map(|channel| {
-                Ok(PollContext {
+        let mut profiles = Vec::new();
+        let mut pollers = Vec::new();
+        for channel in &settings.channels {
+            let client = client(&settings, channel)?;
+            let channel_profiles = Arc::new(Profiles::new(
+                client.clone(),
+                settings.inbound.profile_cache_ttl,
+            ));
+            profiles.push((channel.name.clone(), channel_profiles.clone()));
+            if channel.inbound.polls() {
+                pollers.push(PollContext {
                     channel: channel.name.clone(),
                     own_user_id: channel.user_id.clone().unwrap_or_default(),
-                    client: client(&settings, channel)?,
+                    client,
                     store: store.clone(),
                     sink: sink.clone(),
                     publish_echoes: settings.inbound.publish_echoes,
                     backfill: (settings.inbound.backfill_days > 0).then(|| {
                         Duration::from_secs(u64::from(settings.inbound.backfill_days) * 86_400)
                     }),
-                })
-            })
-            .collect::<Result<Vec<_>, InboundError>>()?;
+                    profiles: Some(channel_profiles),
+                });
+            }
+        }
         Ok(Inbound {
             settings,
             store,
             sink,
             listener,
             pollers,
+            profiles,
         })
     }
 
@@ -124,6 +133,7 @@ impl Inbound {
             sink,
             listener,
             pollers,
+            profiles,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(keep_connected(
@@ -148,7 +158,11 @@ impl Inbound {
                 publish_echoes: settings.inbound.publish_echoes,
                 publish_activity: settings.inbound.publish_activity,
             };
-            let state = Arc::new(WebhookState::new(channels, sink.clone(), store, config));
+            let state = profiles.into_iter().fold(
+                WebhookState::new(channels, sink.clone(), store, config),
+                |state, (channel, profiles)| state.with_profiles(&channel, profiles),
+            );
+            let state = Arc::new(state);
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {

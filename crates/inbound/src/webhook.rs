@@ -81,6 +81,7 @@ pub struct WebhookState {
     config: WebhookConfig,
     signature_failures: AtomicU64,
     in_flight: InFlight,
+    profiles: HashMap<String, Arc<crate::profiles::Profiles>>,
 }
 
 impl WebhookState {
@@ -108,7 +109,19 @@ impl WebhookState {
             config,
             signature_failures: AtomicU64::new(0),
             in_flight: InFlight::default(),
+            profiles: HashMap::new(),
         }
+    }
+
+    /// Looks up the sender's profile through `profiles` when a delivery to
+    /// `channel` lacks it.
+    pub fn with_profiles(
+        mut self,
+        channel: &str,
+        profiles: Arc<crate::profiles::Profiles>,
+    ) -> WebhookState {
+        self.profiles.insert(channel.to_owned(), profiles);
+        self
     }
 
     /// How many POSTs were refused for a missing, malformed or wrong signature since
@@ -294,7 +307,7 @@ impl WebhookState {
         &self,
         channel: &str,
         own_user_id: &str,
-        dm: DirectMessage,
+        mut dm: DirectMessage,
     ) -> Result<(), DeliveryError> {
         let event_id = dm.event_id.clone();
         // Concurrent deliveries of the same event (X's retry racing the original) wait
@@ -306,7 +319,13 @@ impl WebhookState {
         }
         let own_send =
             dm.sender.id == own_user_id && self.store.is_own_send(channel, &event_id).await?;
-        let event = match classify(&dm, own_user_id, &|_| own_send) {
+        let origin = classify(&dm, own_user_id, &|_| own_send);
+        if origin == MessageOrigin::Received {
+            if let Some(profiles) = self.profiles.get(channel) {
+                profiles.complete(&mut dm.sender).await;
+            }
+        }
+        let event = match origin {
             MessageOrigin::OwnSendEcho => {
                 tracing::debug!(channel, event_id, "echo of the bridge's own reply; dropped");
                 return Ok(());

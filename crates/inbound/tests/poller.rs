@@ -110,6 +110,7 @@ impl World {
             sink: flaky.clone(),
             publish_echoes: true,
             backfill: None,
+            profiles: None,
         };
         World {
             sim,

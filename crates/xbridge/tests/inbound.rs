@@ -317,3 +317,63 @@ async fn a_first_start_can_backfill_a_configured_number_of_days() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_missing_from_the_payload_is_looked_up_once_and_cached() {
+    let app = spawn_app(webhook_options("webhook")).await;
+    let bridge = start_bridge(&app).await;
+    subscribe(&app, &bridge, "acme").await;
+    let mut crm = app.crm().await;
+    let user = app.user_id("acme");
+    let jane = Customer::generate("jane_lookup");
+    app.simulator.add_customer(jane.clone());
+    let webhook_id = app.simulator.webhooks()[0].id.clone();
+
+    // Account Activity payloads without a `users` entry for the sender.
+    let payload = |event_id: &str, text: &str| {
+        serde_json::json!({
+            "for_user_id": user,
+            "direct_message_events": [{
+                "type": "message_create", "id": event_id, "created_timestamp": "1516403560557",
+                "message_create": {"target": {"recipient_id": user}, "sender_id": jane.user_id,
+                    "message_data": {"text": text}}
+            }]
+        })
+        .to_string()
+    };
+    let lookups = || {
+        app.simulator
+            .requests_for(&user)
+            .iter()
+            .filter(|r| r.path.starts_with("/2/users/"))
+            .count()
+    };
+
+    assert_eq!(
+        app.simulator
+            .deliver_raw(&webhook_id, payload("1000000000000000101", "first"), None)
+            .await,
+        200
+    );
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(event.body["sender"]["username"], jane.username.as_str());
+    assert_eq!(event.body["sender"]["name"], jane.name.as_str());
+    assert_eq!(
+        event.body["sender"]["avatar_url"],
+        jane.profile_image_url.as_str()
+    );
+    assert_eq!(lookups(), 1);
+
+    assert_eq!(
+        app.simulator
+            .deliver_raw(&webhook_id, payload("1000000000000000102", "second"), None)
+            .await,
+        200
+    );
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(event.body["sender"]["username"], jane.username.as_str());
+    assert_eq!(lookups(), 1, "the second DM used the cached profile");
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
