@@ -1,9 +1,8 @@
 //! The inbound side of xbridge: customers' X Direct Messages becoming CRM events.
 //!
-//! The parsing, the webhook and one poll of a channel exist as a library; **nothing in
-//! the `xbridge` binary serves the webhook, runs the poller or uses this crate yet** (no
-//! configuration, no listener, no polling loop or schedule). Until that wiring exists,
-//! no `message.received` reaches RabbitMQ from a running bridge.
+//! [`service::Inbound`] is what `xbridge run` starts: it keeps a confirm-mode connection
+//! to RabbitMQ, serves X's webhook on `inbound.listen`, and polls the channels configured
+//! to be polled, each on its own schedule.
 //!
 //! What is here:
 //!
@@ -26,9 +25,11 @@
 //! - [`poller::poll_once`] polls one channel once through `GET /2/dm_events`: pages
 //!   back to the stored cursor with small, growing pages (X bills every event read),
 //!   publishes the new DMs oldest first with the webhook's dedupe and echo handling, and
-//!   moves the cursor only past confirmed publishes. A first poll starts from now;
-//!   backfill and the loop that calls it (interval, pausing on exhausted credits) do not
-//!   exist yet.
+//!   moves the cursor only past confirmed publishes. A first poll starts from now, or
+//!   `inbound.backfill_days` back; the service's loop calls it on an interval and pauses
+//!   it while the account's credits are out.
+//! - [`profiles::Profiles`] looks up (and caches) a sender's profile when a payload
+//!   lacks it.
 //! - [`sink`] is where the webhook and the poller publish: [`sink::AmqpSink`] sends
 //!   each event to the incoming exchange persistent, `mandatory` and confirmed.
 //!

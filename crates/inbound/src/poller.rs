@@ -17,14 +17,14 @@
 //!
 //! The first poll of a channel (no cursor yet) starts from now: it reads one small page,
 //! delivers nothing and sets the cursor to the newest event (to `0` when the account has
-//! no DM events, so everything after counts as new). Backfilling the last N days on first
-//! start is not implemented yet.
+//! no DM events, so everything after counts as new), or, with a backfill configured, at
+//! the snowflake id of that many days ago, so the catch-up delivers every DM since.
 //!
 //! Delivery is at least once: a crash between a confirmed publish and its record, or a
 //! webhook delivery racing a poll of the same event, can repeat an event with the same
 //! AMQP `message_id`.
 //!
-//! This module is a library piece: nothing in the `xbridge` binary runs a poller yet.
+//! The inbound service ([`crate::service`]) calls it on each polled channel's schedule.
 
 use std::sync::Arc;
 use std::time::Duration;

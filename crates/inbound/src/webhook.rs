@@ -8,7 +8,7 @@
 //! between a confirmed publish and its record can repeat one, with the same AMQP
 //! `message_id`.
 //!
-//! This module is a library piece: the `xbridge` binary does not serve it yet.
+//! The inbound service ([`crate::service`]) serves it on `inbound.listen`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
