@@ -278,12 +278,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logging settings; the level comes from `RUST_LOG`.
+/// Logging, health and metrics; the log level comes from `RUST_LOG`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// Text or JSON lines.
     pub log_format: LogFormat,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (for probes and
+    /// Prometheus); unset, they are not served.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// One X account, as in the CRM's channel form.

@@ -365,6 +365,13 @@ async fn deliver(ctx: &PollContext, dm: &DirectMessage) -> Result<bool, PollErro
         event_type = event.event_type,
         "polled DM published"
     );
+    metrics::counter!(
+        "xbridge_dms_received_total",
+        "channel" => channel.to_owned(),
+        "via" => "poll",
+        "type" => event.event_type
+    )
+    .increment(1);
     Ok(true)
 }
 

@@ -248,8 +248,15 @@ async fn poll_loop(
             _ = shutdown.cancelled() => return,
             _ = ready.wait_for(|r| *r) => {}
         }
-        let wait = match poll_once(&ctx, &mut budget).await {
+        let result = poll_once(&ctx, &mut budget).await;
+        if result.is_err() {
+            metrics::counter!("xbridge_poll_errors_total", "channel" => channel.clone())
+                .increment(1);
+        }
+        let wait = match result {
             Ok(outcome) => {
+                metrics::counter!("xbridge_dm_events_read_total", "channel" => channel.clone())
+                    .increment(outcome.events_read as u64);
                 credits_pause = credits_pause_initial;
                 if outcome.delivered > 0 {
                     tracing::info!(

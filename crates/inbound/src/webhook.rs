@@ -201,6 +201,8 @@ async fn receive_events(
         .map(|value| value.to_str().unwrap_or(""));
     if let Err(reason) = verify_signature(&config.consumer_secret, &body, signature) {
         state.signature_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("xbridge_webhook_signature_failures_total", "channel" => channel.to_string())
+            .increment(1);
         tracing::warn!(channel, %reason, "webhook POST refused: bad signature");
         return error(StatusCode::UNAUTHORIZED, reason.to_string());
     }
@@ -347,6 +349,13 @@ impl WebhookState {
             event_type = event.event_type,
             "inbound DM published"
         );
+        metrics::counter!(
+            "xbridge_dms_received_total",
+            "channel" => channel.to_owned(),
+            "via" => "webhook",
+            "type" => event.event_type
+        )
+        .increment(1);
         Ok(())
     }
 

@@ -153,7 +153,26 @@ impl Reporter {
             attempts = history.attempts,
             "reply dead-lettered"
         );
+        // Unknown channels are whatever routing key the CRM used: one label
+        // value for all of them keeps the metric's cardinality bounded.
+        let channel_label = if failure.reason == FailureReason::UnknownChannel {
+            "unknown".to_owned()
+        } else {
+            channel.to_owned()
+        };
+        metrics::counter!(
+            "xbridge_dead_letters_total",
+            "channel" => channel_label.clone(),
+            "reason" => failure.reason.as_str()
+        )
+        .increment(1);
         if let Some(message_id) = message_id {
+            metrics::counter!(
+                "xbridge_dms_failed_total",
+                "channel" => channel_label,
+                "reason" => failure.reason.as_str()
+            )
+            .increment(1);
             self.status(&StatusEvent::Failed {
                 message_id: message_id.to_owned(),
                 channel: channel.to_owned(),

@@ -377,6 +377,8 @@ async fn process(
                 };
                 ctx.store.record_sent(channel, message_id, &record).await?;
                 tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, attempts = history.attempts, "DM sent");
+                metrics::counter!("xbridge_dms_sent_total", "channel" => channel.to_owned())
+                    .increment(1);
                 failpoints::freeze_if_armed(failpoints::AFTER_SEND_RECORDED).await;
                 reporter
                     .status(&sent_event(channel, message_id, &record))
@@ -411,6 +413,13 @@ async fn process(
             &ctx.policy,
         );
         tracing::warn!(channel, message_id, attempts = history.attempts, error = %error, ?fate, "send failed");
+        match fate {
+            Fate::RetrySoon | Fate::Park(_) => {
+                metrics::counter!("xbridge_retries_total", "channel" => channel.to_owned())
+                    .increment(1);
+            }
+            _ => {}
+        }
         match fate {
             Fate::RetrySoon => {
                 let wait = backoff.next().unwrap_or(ctx.policy.retry.max_backoff);

@@ -135,6 +135,7 @@ impl XClient {
 
         // Tells the pacer the request is over however it ends, cancellation included.
         let _answered = Answered(&self.inner.pacer);
+        let started = std::time::Instant::now();
         let response = self
             .inner
             .http
@@ -142,8 +143,9 @@ impl XClient {
             .header(AUTHORIZATION, authorization)
             .json(&SendDmBody { text })
             .send()
-            .await
-            .map_err(|error| self.transport_error(&error, "DM send"))?;
+            .await;
+        crate::telemetry::record_request("dm_send", started, &response);
+        let response = response.map_err(|error| self.transport_error(&error, "DM send"))?;
         let status = response.status();
         let headers = response.headers().clone();
         if let Some(rate_limit) = RateLimit::from_headers(&headers) {
@@ -276,14 +278,20 @@ impl XClient {
         authorization.set_sensitive(true);
 
         let _answered = Answered(pacer);
+        let started = std::time::Instant::now();
         let response = self
             .inner
             .http
             .get(url)
             .header(AUTHORIZATION, authorization)
             .send()
-            .await
-            .map_err(|error| self.transport_error(&error, what))?;
+            .await;
+        let endpoint = match window {
+            Window::DmEvents => "dm_events",
+            _ => "users",
+        };
+        crate::telemetry::record_request(endpoint, started, &response);
+        let response = response.map_err(|error| self.transport_error(&error, what))?;
         let status = response.status();
         let headers = response.headers().clone();
         let rate_limit = RateLimit::from_headers(&headers);

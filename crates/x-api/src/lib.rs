@@ -23,6 +23,7 @@ mod id;
 mod oauth;
 mod pacing;
 mod read;
+mod telemetry;
 mod webhooks;
 
 pub use client::{XClient, XClientConfig};

@@ -16,6 +16,7 @@ use xbridge_store::EmbeddedStore;
 pub struct Bridge {
     outbound: Outbound,
     inbound: Inbound,
+    ops: Option<std::net::TcpListener>,
 }
 
 impl Bridge {
@@ -24,11 +25,26 @@ impl Bridge {
         let store = EmbeddedStore::open(&settings.state.path).with_context(|| {
             format!("opening the state store {}", settings.state.path.display())
         })?;
+        let ops = match settings.telemetry.listen {
+            Some(addr) => {
+                // Record from the start, not from the first scrape.
+                crate::ops::metrics_handle();
+                Some(
+                    crate::ops::bind(addr)
+                        .with_context(|| format!("cannot serve health and metrics on {addr}"))?,
+                )
+            }
+            None => None,
+        };
         let settings = Arc::new(settings);
         let store: Arc<dyn xbridge_store::StateStore> = Arc::new(store);
         let outbound = Outbound::new(settings.clone(), store.clone())?;
         let inbound = Inbound::new(settings, store)?;
-        Ok(Bridge { outbound, inbound })
+        Ok(Bridge {
+            outbound,
+            inbound,
+            ops,
+        })
     }
 
     /// `true` while the outbound side is connected and consuming.
@@ -41,6 +57,11 @@ impl Bridge {
         self.inbound.readiness()
     }
 
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, when configured.
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Where X's webhook is served, when configured.
     pub fn webhook_addr(&self) -> Option<std::net::SocketAddr> {
         self.inbound.webhook_addr()
@@ -50,11 +71,21 @@ impl Bridge {
     /// configured grace period.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(webhook = ?self.inbound.webhook_addr(), "xbridge starting");
+        let ops = self.ops.map(|listener| {
+            let readiness = crate::ops::Readiness {
+                outbound: self.outbound.readiness(),
+                inbound: self.inbound.readiness(),
+            };
+            tokio::spawn(crate::ops::serve(listener, readiness, shutdown.clone()))
+        });
         let inbound = tokio::spawn(self.inbound.run(shutdown.clone()));
         let outbound = self.outbound.run(shutdown.clone()).await;
         // Whatever ended the outbound side ends the process: stop inbound too.
         shutdown.cancel();
         let _ = inbound.await;
+        if let Some(ops) = ops {
+            let _ = ops.await;
+        }
         outbound?;
         Ok(())
     }

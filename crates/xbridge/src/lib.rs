@@ -7,5 +7,6 @@
 pub mod app;
 pub mod cli;
 pub mod demo;
+pub mod ops;
 pub mod signals;
 pub mod webhook_cmd;

@@ -1,0 +1,108 @@
+//! What operators and their tools look at: `/healthz` (the process is
+//! alive), `/readyz` (connected to RabbitMQ with the topology declared, per
+//! side) and `/metrics` (Prometheus text format).
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The process-wide Prometheus recorder, installed on first use (metrics
+/// recorded before that are not kept).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may be installed already (tests); ours still renders.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// What `/readyz` reports on.
+#[derive(Clone)]
+pub struct Readiness {
+    /// The outbound side consumes replies.
+    pub outbound: watch::Receiver<bool>,
+    /// The inbound side can publish events.
+    pub inbound: watch::Receiver<bool>,
+}
+
+#[derive(Clone)]
+struct OpsState {
+    readiness: Readiness,
+    metrics: PrometheusHandle,
+}
+
+/// Serves the operations endpoints on `listener` until `shutdown`.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let state = OpsState {
+        readiness,
+        metrics: metrics_handle(),
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(render))
+        .with_state(state);
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the health and metrics endpoints");
+            return;
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    }
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "the health and metrics server stopped");
+    }
+}
+
+async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
+    let outbound = *state.readiness.outbound.borrow();
+    let inbound = *state.readiness.inbound.borrow();
+    let status = if outbound && inbound {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(
+            serde_json::json!({ "ready": outbound && inbound, "outbound": outbound, "inbound": inbound }),
+        ),
+    )
+}
+
+async fn render(State(state): State<OpsState>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// Binds the operations address early, so a port in use fails at startup.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}

@@ -1,0 +1,104 @@
+//! What operators see: health, readiness and Prometheus metrics. In its own
+//! test binary, since metrics are process-wide.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use x_simulator::Fault;
+use xbridge::app::Bridge;
+use xbridge_core::config::Settings;
+use xbridge_test_support::{reply, spawn_app, TestOptions, PATIENCE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_are_served() {
+    let app = spawn_app(TestOptions {
+        channels: vec!["acme".into(), "dry".into()],
+        credits: "max_wait = \"1s\"\nprobe_initial = \"200ms\"\nprobe_max = \"400ms\"\n".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    app.simulator
+        .set_fault(&app.user_id("dry"), Fault::CreditsDepleted);
+    let config = format!(
+        "{}\n[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+        app.config_toml()
+    );
+    let bridge = Bridge::build(Settings::from_toml(&config).unwrap()).unwrap();
+    let addr = bridge.ops_addr().expect("ops endpoints configured");
+    let mut ready = bridge.readiness();
+    let mut inbound_ready = bridge.inbound_readiness();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(bridge.run(shutdown.clone()));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let base = format!("http://{addr}");
+
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    tokio::time::timeout(PATIENCE, ready.wait_for(|r| *r))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(PATIENCE, inbound_ready.wait_for(|r| *r))
+        .await
+        .unwrap()
+        .unwrap();
+    let readyz = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 200);
+    let body: serde_json::Value = readyz.json().await.unwrap();
+    assert_eq!(body["ready"], true);
+
+    let mut crm = app.crm().await;
+    crm.publish_reply("acme", &reply("m-1", "944480690", "hello"))
+        .await;
+    crm.publish_reply("dry", &reply("m-2", "944480690", "no credits"))
+        .await;
+    let mut types = vec![
+        crm.next_event().await.body["type"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        crm.next_event().await.body["type"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ];
+    types.sort();
+    assert_eq!(types, ["message.failed", "message.sent"]);
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "xbridge_dms_sent_total{channel=\"acme\"} 1",
+        "xbridge_dead_letters_total{channel=\"dry\",reason=\"credits_exhausted\"} 1",
+        "xbridge_dms_failed_total{channel=\"dry\",reason=\"credits_exhausted\"} 1",
+        "xbridge_x_requests_total{endpoint=\"dm_send\",status=\"201\"} 1",
+        "xbridge_x_requests_total{endpoint=\"dm_send\",status=\"402\"}",
+        "xbridge_x_request_duration_seconds",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in:\n{metrics}"
+        );
+    }
+    for id in ["m-1", "m-2", "944480690"] {
+        assert!(!metrics.contains(id), "label values never carry ids: {id}");
+    }
+
+    shutdown.cancel();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    app.cleanup().await;
+}
