@@ -65,6 +65,10 @@ pub struct Crm {
     channel: Channel,
     names: TopologyNames,
     events: Consumer,
+    /// `channel.state` events read while waiting for other events.
+    channel_states: std::collections::VecDeque<Event>,
+    /// Other events read while waiting for a `channel.state`.
+    other_events: std::collections::VecDeque<Event>,
     dead_letters: Consumer,
 }
 
@@ -87,6 +91,8 @@ impl Crm {
             names,
             events,
             dead_letters,
+            channel_states: Default::default(),
+            other_events: Default::default(),
         }
     }
 
@@ -118,7 +124,39 @@ impl Crm {
     }
 
     /// The next event for the CRM; fails the test after [`PATIENCE`].
+    ///
+    /// `channel.state` events are set aside (see [`Crm::next_channel_state`]):
+    /// they come whenever a channel changes state, interleaved with the
+    /// events about messages that most tests follow.
     pub async fn next_event(&mut self) -> Event {
+        loop {
+            let event = self.next_any_event().await;
+            if event.body["type"] == "channel.state" {
+                self.channel_states.push_back(event);
+            } else {
+                return event;
+            }
+        }
+    }
+
+    /// The next `channel.state` event, including ones already set aside.
+    pub async fn next_channel_state(&mut self) -> Event {
+        if let Some(event) = self.channel_states.pop_front() {
+            return event;
+        }
+        loop {
+            let event = self.next_any_event().await;
+            if event.body["type"] == "channel.state" {
+                return event;
+            }
+            self.other_events.push_back(event);
+        }
+    }
+
+    async fn next_any_event(&mut self) -> Event {
+        if let Some(event) = self.other_events.pop_front() {
+            return event;
+        }
         let delivery = next(&mut self.events, "an event on the incoming queue").await;
         Event {
             routing_key: delivery.routing_key.as_str().to_owned(),

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp::{self, declare_topology, PublishError, Publisher, TopologyPlan};
+use xbridge_core::channel_state::{ChannelState, ChannelStates};
 use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_store::StateStore;
 use xbridge_x_api::{UserCredentials, XClient, XClientConfig};
@@ -48,6 +49,7 @@ pub enum InboundError {
 /// The inbound side, built and bound, ready to run.
 pub struct Inbound {
     settings: Arc<Settings>,
+    states: Arc<ChannelStates>,
     store: Arc<dyn StateStore>,
     sink: Arc<BrokerSink>,
     listener: Option<std::net::TcpListener>,
@@ -61,6 +63,7 @@ impl Inbound {
     pub fn new(
         settings: Arc<Settings>,
         store: Arc<dyn StateStore>,
+        states: Arc<ChannelStates>,
     ) -> Result<Inbound, InboundError> {
         let listener = match settings.inbound.listen {
             Some(addr) => {
@@ -106,6 +109,7 @@ impl Inbound {
         }
         Ok(Inbound {
             settings,
+            states,
             store,
             sink,
             listener,
@@ -129,6 +133,7 @@ impl Inbound {
     pub async fn run(self, shutdown: CancellationToken) {
         let Inbound {
             settings,
+            states,
             store,
             sink,
             listener,
@@ -197,6 +202,7 @@ impl Inbound {
             let credits = settings.outbound.credits.clone();
             tasks.spawn(poll_loop(
                 ctx,
+                states.clone(),
                 interval,
                 credits.probe_initial,
                 credits.probe_max,
@@ -232,6 +238,7 @@ fn client(settings: &Settings, channel: &ChannelSettings) -> Result<XClient, Inb
 /// rate-limit reset, and with a growing pause while its credits are out.
 async fn poll_loop(
     ctx: PollContext,
+    states: Arc<ChannelStates>,
     interval: Duration,
     credits_pause_initial: Duration,
     credits_pause_max: Duration,
@@ -257,6 +264,13 @@ async fn poll_loop(
             Ok(outcome) => {
                 metrics::counter!("xbridge_dm_events_read_total", "channel" => channel.clone())
                     .increment(outcome.events_read as u64);
+                // Polling owns these two states; others are the sends' to clear.
+                if matches!(
+                    states.get(&channel).map(|s| s.state),
+                    Some(ChannelState::CreditsExhausted | ChannelState::PollingPaused)
+                ) {
+                    states.set(&channel, ChannelState::Ok, None, None);
+                }
                 credits_pause = credits_pause_initial;
                 if outcome.delivered > 0 {
                     tracing::info!(
@@ -274,6 +288,12 @@ async fn poll_loop(
                 .unwrap_or(interval)
                 .max(interval),
             Err(PollError::CreditsExhausted(error)) => {
+                states.set(
+                    &channel,
+                    ChannelState::CreditsExhausted,
+                    None,
+                    Some(format!("polling paused: {error}")),
+                );
                 tracing::warn!(channel, error = %error, retry_in_secs = credits_pause.as_secs(), "polling paused: the X account has no credits");
                 let wait = credits_pause;
                 credits_pause = (credits_pause * 2).min(credits_pause_max);

@@ -8,6 +8,7 @@ use lapin::message::Delivery;
 use lapin::BasicProperties;
 
 use xbridge_core::amqp::{FailureHeaders, PublishError, Publisher};
+use xbridge_core::channel_state::ChannelStateEvent;
 use xbridge_core::config::TopologyNames;
 use xbridge_core::model::{FailureReason, StatusEvent};
 use xbridge_x_api::XError;
@@ -68,6 +69,30 @@ impl Reporter {
             .with_correlation_id(event.message_id().into())
             .with_content_type("application/json".into())
             .with_type(event.event_type().into());
+        self.publisher
+            .publish(
+                &self.names.incoming_exchange,
+                &event.routing_key(),
+                &body,
+                properties,
+            )
+            .await
+    }
+
+    /// Tells the CRM a channel changed state.
+    pub async fn channel_state(&self, event: &ChannelStateEvent) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(event).expect("state events always serialize");
+        let properties = BasicProperties::default()
+            .with_message_id(
+                format!(
+                    "{}:state:{}",
+                    event.channel,
+                    event.status.since.timestamp_millis()
+                )
+                .into(),
+            )
+            .with_content_type("application/json".into())
+            .with_type(event.event_type.into());
         self.publisher
             .publish(
                 &self.names.incoming_exchange,

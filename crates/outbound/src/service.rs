@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp::{self, declare_topology, Publisher, TopologyPlan};
+use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
 use xbridge_store::StateStore;
 use xbridge_x_api::{UserCredentials, XClient, XClientConfig};
@@ -29,6 +30,7 @@ use crate::{unrouted, OutboundError};
 /// The outbound side of one bridge process.
 pub struct Outbound {
     settings: Arc<Settings>,
+    states: Arc<ChannelStates>,
     channels: Vec<Arc<ChannelContext>>,
     ready: watch::Sender<bool>,
 }
@@ -39,6 +41,7 @@ impl Outbound {
     pub fn new(
         settings: Arc<Settings>,
         store: Arc<dyn StateStore>,
+        states: Arc<ChannelStates>,
     ) -> Result<Outbound, OutboundError> {
         let policy = Policy {
             retry: settings.outbound.retry.clone(),
@@ -71,11 +74,13 @@ impl Outbound {
                     parked: ParkedReplies::default(),
                     store: store.clone(),
                     policy: policy.clone(),
+                    states: states.clone(),
                 }))
             })
             .collect::<Result<Vec<_>, OutboundError>>()?;
         Ok(Outbound {
             settings,
+            states,
             channels,
             ready: watch::Sender::new(false),
         })
@@ -213,7 +218,8 @@ impl Outbound {
         let consumer = self
             .consumer(connection, &names.unrouted, "unrouted")
             .await?;
-        tasks.spawn(unrouted::consume(reporter, consumer, stop.clone()));
+        tasks.spawn(unrouted::consume(reporter.clone(), consumer, stop.clone()));
+        tasks.spawn(report_states(self.states.clone(), reporter, stop.clone()));
         Ok(tasks)
     }
 
@@ -240,6 +246,36 @@ impl Outbound {
             )
             .await
             .map_err(|e| format!("consuming {queue} failed: {e}"))
+    }
+}
+
+/// Tells the CRM of every channel state change while the session lasts, so
+/// it can warn agents that replies on a channel are not going out.
+async fn report_states(
+    states: Arc<ChannelStates>,
+    reporter: Reporter,
+    stop: CancellationToken,
+) -> Result<(), Unsettled> {
+    let mut changes = states.subscribe();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            event = changes.recv() => event,
+        };
+        match event {
+            Ok(event) => {
+                if let Err(e) = reporter.channel_state(&event).await {
+                    tracing::warn!(channel = %event.channel, error = %e, "channel.state not published");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "channel.state changes came faster than they were published"
+                );
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
     }
 }
 

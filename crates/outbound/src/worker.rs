@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use xbridge_core::amqp::{FailureHeaders, PublishError};
+use xbridge_core::channel_state::{ChannelState, ChannelStates};
 use xbridge_core::model::{FailureReason, OutgoingReply, ReplyTarget, StatusEvent};
 use xbridge_store::{SentRecord, StateStore, StoreError};
 use xbridge_x_api::{DmTarget, XClient, XError};
@@ -45,6 +46,8 @@ pub struct ChannelContext {
     pub store: Arc<dyn StateStore>,
     /// Retry and credits bounds.
     pub policy: Policy,
+    /// Every channel's state, for the CRM and operators.
+    pub states: Arc<ChannelStates>,
 }
 
 /// Why a delivery was left unacknowledged (it will be redelivered).
@@ -351,6 +354,12 @@ async fn process(
                 return ack(&delivery).await;
             }
             if !wait.is_zero() {
+                ctx.states.set(
+                    channel,
+                    ChannelState::RateLimited,
+                    Some(until),
+                    Some("X's rate limit for DM sends is used up until the reset".into()),
+                );
                 tracing::info!(
                     channel,
                     message_id,
@@ -369,6 +378,7 @@ async fn process(
         let error = match ctx.client.send_dm(&target, &reply.text).await {
             Ok(sent) => {
                 ctx.gate.succeeded();
+                ctx.states.set(channel, ChannelState::Ok, None, None);
                 let record = SentRecord {
                     dm_event_id: sent.dm_event_id,
                     conversation_id: sent.dm_conversation_id,
@@ -396,6 +406,33 @@ async fn process(
         history.last_failure_at = Some(now);
         history.http_status = error.http_status();
         history.problem_type = error.problem_type().map(str::to_owned);
+        match &error {
+            XError::CreditsExhausted { .. } => ctx.states.set(
+                channel,
+                ChannelState::CreditsExhausted,
+                None,
+                Some(error.to_string()),
+            ),
+            XError::RateLimited { reset_at, .. } => ctx.states.set(
+                channel,
+                ChannelState::RateLimited,
+                *reset_at,
+                Some(error.to_string()),
+            ),
+            XError::Unauthorized { .. } => ctx.states.set(
+                channel,
+                ChannelState::Unauthorized,
+                None,
+                Some(error.to_string()),
+            ),
+            XError::MissingDmPermission { .. } => ctx.states.set(
+                channel,
+                ChannelState::MissingPermission,
+                None,
+                Some(error.to_string()),
+            ),
+            _ => {}
+        }
         if matches!(error, XError::CreditsExhausted { .. }) {
             ctx.gate.exhausted(permit, &error);
             last_credits_failure = Some(Failure::from_x(FailureReason::CreditsExhausted, &error));

@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
 use xbridge_inbound::service::Inbound;
 use xbridge_outbound::Outbound;
@@ -17,6 +18,7 @@ pub struct Bridge {
     outbound: Outbound,
     inbound: Inbound,
     ops: Option<std::net::TcpListener>,
+    states: Arc<ChannelStates>,
 }
 
 impl Bridge {
@@ -38,12 +40,16 @@ impl Bridge {
         };
         let settings = Arc::new(settings);
         let store: Arc<dyn xbridge_store::StateStore> = Arc::new(store);
-        let outbound = Outbound::new(settings.clone(), store.clone())?;
-        let inbound = Inbound::new(settings, store)?;
+        let states = Arc::new(ChannelStates::new(
+            settings.channels.iter().map(|c| c.name.as_str()),
+        ));
+        let outbound = Outbound::new(settings.clone(), store.clone(), states.clone())?;
+        let inbound = Inbound::new(settings, store, states.clone())?;
         Ok(Bridge {
             outbound,
             inbound,
             ops,
+            states,
         })
     }
 
@@ -55,6 +61,11 @@ impl Bridge {
     /// `true` while the inbound side can publish events.
     pub fn inbound_readiness(&self) -> watch::Receiver<bool> {
         self.inbound.readiness()
+    }
+
+    /// Every channel's state.
+    pub fn channel_states(&self) -> Arc<ChannelStates> {
+        self.states.clone()
     }
 
     /// Where `/healthz`, `/readyz` and `/metrics` are served, when configured.
@@ -75,6 +86,7 @@ impl Bridge {
             let readiness = crate::ops::Readiness {
                 outbound: self.outbound.readiness(),
                 inbound: self.inbound.readiness(),
+                channels: self.states.clone(),
             };
             tokio::spawn(crate::ops::serve(listener, readiness, shutdown.clone()))
         });

@@ -36,6 +36,8 @@ pub struct Readiness {
     pub outbound: watch::Receiver<bool>,
     /// The inbound side can publish events.
     pub inbound: watch::Receiver<bool>,
+    /// Every channel's state, shown per channel.
+    pub channels: std::sync::Arc<xbridge_core::channel_state::ChannelStates>,
 }
 
 #[derive(Clone)]

@@ -138,6 +138,13 @@ async fn when_credits_return_during_the_wait_every_reply_is_sent() {
         .collect();
     ids.sort();
     assert_eq!(ids, ["w-1", "w-2", "w-3"]);
+    // The CRM was told the channel stopped and started again.
+    let paused = crm.next_channel_state().await;
+    assert_valid("channel-state", &paused.body);
+    assert_eq!(paused.routing_key, "acme.channel.state");
+    assert_eq!(paused.body["state"], "credits_exhausted");
+    let resumed = crm.next_channel_state().await;
+    assert_eq!(resumed.body["state"], "ok");
     let texts: Vec<String> = app
         .wait_for_dms("acme", 3)
         .await

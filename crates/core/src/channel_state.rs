@@ -1,0 +1,232 @@
+//! Each channel's state, as operators and the CRM see it: whether replies on
+//! it are going out, and if not why. Every change is published to the CRM as
+//! a `channel.state` event (so it can warn agents), shown on `/readyz` and
+//! exported as the `xbridge_channel_state` gauge.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// The states a channel can be in. A closed set: documented for the CRM and
+/// used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelState {
+    /// Replies go out and DMs come in.
+    Ok,
+    /// X's rate limit holds replies until a reset.
+    RateLimited,
+    /// The X account has no credits (or hit a cap): replies wait.
+    CreditsExhausted,
+    /// X refuses the channel's credentials.
+    Unauthorized,
+    /// The access token may not send DMs.
+    MissingPermission,
+    /// X considers the webhook invalid: no webhook events arrive.
+    WebhookInvalid,
+    /// Polling for DMs is paused after repeated failures.
+    PollingPaused,
+}
+
+impl ChannelState {
+    /// Every state, for metrics.
+    pub const ALL: [ChannelState; 7] = [
+        ChannelState::Ok,
+        ChannelState::RateLimited,
+        ChannelState::CreditsExhausted,
+        ChannelState::Unauthorized,
+        ChannelState::MissingPermission,
+        ChannelState::WebhookInvalid,
+        ChannelState::PollingPaused,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelState::Ok => "ok",
+            ChannelState::RateLimited => "rate_limited",
+            ChannelState::CreditsExhausted => "credits_exhausted",
+            ChannelState::Unauthorized => "unauthorized",
+            ChannelState::MissingPermission => "missing_permission",
+            ChannelState::WebhookInvalid => "webhook_invalid",
+            ChannelState::PollingPaused => "polling_paused",
+        }
+    }
+}
+
+/// A channel's current state, since when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelStatus {
+    /// The state.
+    pub state: ChannelState,
+    /// When the channel entered it.
+    #[serde(serialize_with = "rfc3339")]
+    pub since: DateTime<Utc>,
+    /// For `rate_limited`: when X's window resets.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339_opt"
+    )]
+    pub until: Option<DateTime<Utc>>,
+    /// Human-readable cause (X's own words where there are some).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The `channel.state` event for the CRM.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelStateEvent {
+    /// Always `channel.state`.
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    /// The channel.
+    pub channel: String,
+    /// Its new status.
+    #[serde(flatten)]
+    pub status: ChannelStatus,
+}
+
+impl ChannelStateEvent {
+    /// Routing key on the incoming exchange.
+    pub fn routing_key(&self) -> String {
+        format!("{}.channel.state", self.channel)
+    }
+}
+
+/// Every channel's state, shared by both directions of one bridge.
+pub struct ChannelStates {
+    current: Mutex<BTreeMap<String, ChannelStatus>>,
+    changes: broadcast::Sender<ChannelStateEvent>,
+}
+
+impl ChannelStates {
+    /// All `channels` start `ok`.
+    pub fn new<'a>(channels: impl IntoIterator<Item = &'a str>) -> ChannelStates {
+        let now = Utc::now();
+        let current = channels
+            .into_iter()
+            .map(|name| {
+                set_gauge(name, ChannelState::Ok);
+                (
+                    name.to_owned(),
+                    ChannelStatus {
+                        state: ChannelState::Ok,
+                        since: now,
+                        until: None,
+                        detail: None,
+                    },
+                )
+            })
+            .collect();
+        ChannelStates {
+            current: Mutex::new(current),
+            changes: broadcast::channel(256).0,
+        }
+    }
+
+    /// Records `state` for `channel`; a change (not a repeat) is broadcast.
+    pub fn set(
+        &self,
+        channel: &str,
+        state: ChannelState,
+        until: Option<DateTime<Utc>>,
+        detail: Option<String>,
+    ) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(status) = current.get_mut(channel) else {
+            return;
+        };
+        if status.state == state {
+            return;
+        }
+        *status = ChannelStatus {
+            state,
+            since: Utc::now(),
+            until,
+            detail,
+        };
+        set_gauge(channel, state);
+        tracing::info!(channel, state = state.as_str(), "channel state changed");
+        let _ = self.changes.send(ChannelStateEvent {
+            event_type: "channel.state",
+            channel: channel.to_owned(),
+            status: status.clone(),
+        });
+    }
+
+    /// The state of `channel`.
+    pub fn get(&self, channel: &str) -> Option<ChannelStatus> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .cloned()
+    }
+
+    /// Every channel's status, by name.
+    pub fn snapshot(&self) -> BTreeMap<String, ChannelStatus> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChannelStateEvent> {
+        self.changes.subscribe()
+    }
+}
+
+fn set_gauge(channel: &str, state: ChannelState) {
+    for candidate in ChannelState::ALL {
+        metrics::gauge!(
+            "xbridge_channel_state",
+            "channel" => channel.to_owned(),
+            "state" => candidate.as_str()
+        )
+        .set(if candidate == state { 1.0 } else { 0.0 });
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn rfc3339_opt<S: serde::Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => rfc3339(at, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_are_broadcast() {
+        let states = ChannelStates::new(["acme"]);
+        let mut changes = states.subscribe();
+        states.set("acme", ChannelState::Ok, None, None);
+        states.set(
+            "acme",
+            ChannelState::CreditsExhausted,
+            None,
+            Some("no credits".into()),
+        );
+        states.set("acme", ChannelState::CreditsExhausted, None, None);
+        states.set("nope", ChannelState::Unauthorized, None, None);
+        let event = changes.try_recv().unwrap();
+        assert_eq!(event.status.state, ChannelState::CreditsExhausted);
+        assert!(changes.try_recv().is_err());
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], "channel.state");
+        assert_eq!(json["state"], "credits_exhausted");
+        assert_eq!(json["detail"], "no credits");
+        assert_eq!(event.routing_key(), "acme.channel.state");
+        assert!(json.get("until").is_none());
+    }
+}
