@@ -69,12 +69,23 @@ pub struct Crm {
     channel_states: std::collections::VecDeque<Event>,
     /// Other events read while waiting for a `channel.state`.
     other_events: std::collections::VecDeque<Event>,
-    dead_letters: Consumer,
+    dead_letters: Option<Consumer>,
 }
 
 impl Crm {
     /// Connects and starts reading the incoming and dead-letter queues.
     pub async fn connect(url: &str, names: TopologyNames) -> Crm {
+        Crm::open(url, names, true).await
+    }
+
+    /// Connects and reads only the incoming queue, leaving dead letters in
+    /// their queue for tests of the tools that operate on them (`xbridge
+    /// dlq`); [`Crm::next_dead_letter`] then panics.
+    pub async fn connect_without_dead_letters(url: &str, names: TopologyNames) -> Crm {
+        Crm::open(url, names, false).await
+    }
+
+    async fn open(url: &str, names: TopologyNames, read_dead_letters: bool) -> Crm {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("the CRM connects to RabbitMQ");
@@ -84,7 +95,11 @@ impl Crm {
             .await
             .expect("confirm mode");
         let events = consume(&connection, &names.incoming_queue).await;
-        let dead_letters = consume(&connection, &names.dead_letter_queue).await;
+        let dead_letters = if read_dead_letters {
+            Some(consume(&connection, &names.dead_letter_queue).await)
+        } else {
+            None
+        };
         Crm {
             _connection: connection,
             channel,
@@ -176,7 +191,11 @@ impl Crm {
 
     /// The next dead letter; fails the test after [`PATIENCE`].
     pub async fn next_dead_letter(&mut self) -> DeadLetter {
-        let delivery = next(&mut self.dead_letters, "a dead letter").await;
+        let consumer = self
+            .dead_letters
+            .as_mut()
+            .expect("this CRM was connected without reading dead letters");
+        let delivery = next(consumer, "a dead letter").await;
         DeadLetter {
             body: delivery.data.clone(),
             routing_key: delivery.routing_key.as_str().to_owned(),

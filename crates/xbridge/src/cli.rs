@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// xbridge: X Direct Messages <-> your CRM over RabbitMQ.
 #[derive(Debug, Parser)]
@@ -48,6 +48,84 @@ pub enum Command {
         #[command(subcommand)]
         command: WebhookCommand,
     },
+    /// Inspect, replay and purge dead-lettered replies (the dead-letter
+    /// queue), e.g. after credits were topped up.
+    Dlq {
+        /// What to do with the dead letters.
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+/// The `dlq` subcommands. Each reads the whole dead-letter queue, acts on the
+/// letters that match its filters and gives the rest back untouched.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Counts by channel and reason, then one line per dead letter
+    /// (message_id, channel, reason, detail, attempts, age). Changes nothing.
+    List {
+        /// Which dead letters.
+        #[command(flatten)]
+        filter: DlqFilter,
+    },
+    /// Everything about one dead letter: headers, properties and body.
+    /// Changes nothing.
+    Show {
+        /// The reply's `message_id` (else the AMQP message id).
+        id: String,
+        /// The TOML configuration file.
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Send matching dead letters to the bridge again (to the outgoing
+    /// exchange under their original routing key, failure headers cleared);
+    /// each leaves the queue only once its copy is confirmed. Replies that
+    /// were already sent are not sent again.
+    Replay {
+        /// Which dead letters.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Only this message (the reply's `message_id`).
+        #[arg(long)]
+        id: Option<String>,
+        /// Print what would be replayed and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Drop matching dead letters for good.
+    Purge {
+        /// Which dead letters.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Only this message (the reply's `message_id`).
+        #[arg(long)]
+        id: Option<String>,
+        /// Print what would be dropped and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Really drop them (required unless --dry-run): purged replies are
+        /// gone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// The configuration and the filters every `dlq` command takes; no filter
+/// means every dead letter.
+#[derive(Debug, Args)]
+pub struct DlqFilter {
+    /// The TOML configuration file (for the broker and the queue names).
+    #[arg(long, short, env = "XBRIDGE_CONFIG")]
+    pub config: PathBuf,
+    /// Only dead letters of this channel.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Only dead letters with this reason (`credits_exhausted`, …).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only dead letters whose last failure is at least this old (`10m`, `2h`).
+    #[arg(long, value_parser = xbridge_core::amqp::dead_letters::parse_age)]
+    pub older_than: Option<std::time::Duration>,
 }
 
 /// The `webhook` subcommands (README §4 of the X API notes). Webhooks belong to

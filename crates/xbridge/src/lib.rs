@@ -7,6 +7,7 @@
 pub mod app;
 pub mod cli;
 pub mod demo;
+pub mod dlq_cmd;
 pub mod ops;
 pub mod signals;
 pub mod webhook_cmd;

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use xbridge::app::Bridge;
 use xbridge::cli::{Cli, Command};
-use xbridge::{demo, signals, webhook_cmd};
+use xbridge::{demo, dlq_cmd, signals, webhook_cmd};
 use xbridge_core::config::Settings;
 use xbridge_core::telemetry;
 
@@ -21,6 +21,7 @@ async fn main() -> std::process::ExitCode {
         } => demo::run(&amqp_url, keep_running).await,
         Command::CheckConfig { config } => check_config(&config),
         Command::Webhook { command } => webhook_cmd::run(command).await,
+        Command::Dlq { command } => dlq_cmd::run(command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

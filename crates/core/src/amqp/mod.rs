@@ -2,6 +2,7 @@
 //! topology, publishing with confirms, and the failure headers of parked and
 //! dead-lettered replies.
 
+pub mod dead_letters;
 mod headers;
 mod publisher;
 mod topology;

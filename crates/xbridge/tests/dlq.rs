@@ -1,0 +1,313 @@
+//! `xbridge dlq …` end to end: the real binary against the test's RabbitMQ
+//! topology, with the bridge running in process against the X simulator. The
+//! credits story (outage, dead letters, top-up, replay, each reply sent
+//! exactly once), replays of replies that were already sent, `--dry-run` and
+//! filters.
+
+mod common;
+
+use chrono::{Duration as Age, Utc};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::Value;
+
+use common::start_bridge;
+use x_simulator::Fault;
+use xbridge_core::amqp::FailureHeaders;
+use xbridge_test_support::{amqp_url, spawn_app, Crm, TestApp, TestOptions};
+
+fn reply(message_id: &str, recipient: &str) -> Value {
+    xbridge_test_support::reply(message_id, recipient, &format!("reply {message_id}"))
+}
+
+/// Runs `xbridge dlq ARGS --config <the test's config>`; returns the exit
+/// success and stdout (stderr is appended for failure messages).
+async fn dlq(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let config = app.write_config();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_xbridge"))
+        .arg("dlq")
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .await
+        .expect("xbridge runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), format!("{stdout}{stderr}"))
+}
+
+async fn dlq_ok(app: &TestApp, args: &[&str]) -> String {
+    let (ok, output) = dlq(app, args).await;
+    assert!(ok, "xbridge dlq {args:?} failed:\n{output}");
+    output
+}
+
+/// A CRM that leaves the dead letters where `xbridge dlq` finds them.
+async fn crm(app: &TestApp) -> Crm {
+    Crm::connect_without_dead_letters(&amqp_url(), app.names.clone()).await
+}
+
+/// The message ids of the table rows, in order.
+fn listed_ids(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .skip_while(|l| !l.starts_with("MESSAGE_ID"))
+        .skip(1)
+        .filter(|l| !l.starts_with('('))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// Publishes a dead letter the way the bridge does (to the dead-letter
+/// exchange under the channel, with our failure headers), confirmed.
+async fn craft_dead_letter(
+    app: &TestApp,
+    channel: &str,
+    body: &Value,
+    reason: &str,
+    failed_ago: Age,
+) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let amqp = connection.create_channel().await.expect("channel");
+    amqp.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let at = Utc::now() - failed_ago;
+    let headers = FailureHeaders {
+        attempts: 3,
+        first_failure_at: Some(at),
+        last_failure_at: Some(at),
+        reason: Some(reason.to_owned()),
+        detail: Some(format!("crafted: {reason}")),
+        channel: Some(channel.to_owned()),
+        original_exchange: Some(app.names.outgoing_exchange.clone()),
+        original_routing_key: Some(channel.to_owned()),
+        ..FailureHeaders::default()
+    }
+    .apply_to(None);
+    let confirm = amqp
+        .basic_publish(
+            app.names.dead_letter_exchange.as_str().into(),
+            channel.into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(body).unwrap(),
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_headers(headers),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_run_out_then_a_replay_after_the_top_up_sends_each_reply_exactly_once() {
+    let app = spawn_app(TestOptions {
+        credits: "max_wait = \"1s\"\nprobe_initial = \"100ms\"\nprobe_max = \"300ms\"\n".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    let user = app.user_id("acme");
+    app.simulator.set_fault(&user, Fault::CreditsDepleted);
+    let bridge = start_bridge(&app).await;
+    let mut crm = crm(&app).await;
+
+    // The outage: three replies, each dead-lettered after the credits wait.
+    for (id, to) in [("c-1", "111"), ("c-2", "111"), ("c-3", "222")] {
+        crm.publish_reply("acme", &reply(id, to)).await;
+    }
+    // The bridge tells the CRM only after the dead letter is confirmed.
+    for event in crm.events(3).await {
+        assert_eq!(event.body["type"], "message.failed");
+        assert_eq!(event.body["reason"], "credits_exhausted");
+    }
+    let dlq_name = app.names.dead_letter_queue.clone();
+    assert_eq!(crm.queue_depth(&dlq_name).await, 3);
+
+    // The top-up.
+    app.simulator.clear_faults(&user);
+
+    let listing = dlq_ok(&app, &["list"]).await;
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["acme", "credits_exhausted", "3"]),
+        "counts by channel and reason:\n{listing}"
+    );
+    let mut ids = listed_ids(&listing);
+    ids.sort();
+    assert_eq!(ids, ["c-1", "c-2", "c-3"], "{listing}");
+    assert_eq!(crm.queue_depth(&dlq_name).await, 3, "list changes nothing");
+
+    let shown = dlq_ok(&app, &["show", "c-2"]).await;
+    assert!(shown.contains("credits_exhausted"), "{shown}");
+    assert!(shown.contains("\"reply c-2\""), "{shown}");
+
+    let dry = dlq_ok(
+        &app,
+        &["replay", "--reason", "credits_exhausted", "--dry-run"],
+    )
+    .await;
+    assert!(dry.contains("would replay 3 dead letter(s)"), "{dry}");
+    assert_eq!(
+        crm.queue_depth(&dlq_name).await,
+        3,
+        "--dry-run changes nothing"
+    );
+    assert!(app.simulator.sent_dms_for(&user).is_empty());
+
+    let replayed = dlq_ok(&app, &["replay", "--reason", "credits_exhausted"]).await;
+    assert!(replayed.contains("replayed 3 dead letter(s)"), "{replayed}");
+
+    let mut sent: Vec<String> = crm
+        .events(3)
+        .await
+        .into_iter()
+        .inspect(|e| assert_eq!(e.body["type"], "message.sent", "{}", e.body))
+        .map(|e| e.body["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    sent.sort();
+    assert_eq!(sent, ["c-1", "c-2", "c-3"]);
+    let mut texts: Vec<String> = app
+        .wait_for_dms("acme", 3)
+        .await
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    texts.sort();
+    assert_eq!(texts, ["reply c-1", "reply c-2", "reply c-3"]);
+    assert_eq!(crm.queue_depth(&dlq_name).await, 0);
+
+    // A later reply in a replayed conversation is sent after them: by then
+    // nothing else is in flight, and X saw each replayed reply exactly once.
+    crm.publish_reply("acme", &reply("c-4", "111")).await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["message_id"], "c-4");
+    assert_eq!(app.simulator.sent_dms_for(&user).len(), 4);
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_reply_that_was_already_sent_sends_nothing() {
+    let app = spawn_app(TestOptions::default()).await;
+    let user = app.user_id("acme");
+    let bridge = start_bridge(&app).await;
+    let mut crm = crm(&app).await;
+
+    crm.publish_reply("acme", &reply("s-1", "111")).await;
+    assert_eq!(crm.next_event().await.body["type"], "message.sent");
+    app.wait_for_dms("acme", 1).await;
+
+    // A stale dead letter of the same reply (e.g. dead-lettered by a bridge
+    // that crashed after sending but before recording it as settled).
+    craft_dead_letter(
+        &app,
+        "acme",
+        &reply("s-1", "111"),
+        "credits_exhausted",
+        Age::zero(),
+    )
+    .await;
+    let replayed = dlq_ok(&app, &["replay", "--reason", "credits_exhausted"]).await;
+    assert!(replayed.contains("replayed 1 dead letter(s)"), "{replayed}");
+
+    // The next reply of the conversation is handled after the replayed copy.
+    crm.publish_reply("acme", &reply("s-2", "111")).await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["message_id"], "s-2", "no second event for s-1");
+    assert_eq!(event.body["type"], "message.sent");
+    let texts: Vec<String> = app
+        .simulator
+        .sent_dms_for(&user)
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(texts, ["reply s-1", "reply s-2"], "s-1 was not sent again");
+    assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_dry_runs_and_purge_leave_everything_else_in_place() {
+    let app = spawn_app(TestOptions {
+        channels: vec!["acme".into(), "beta".into()],
+        ..TestOptions::default()
+    })
+    .await;
+    let bridge = start_bridge(&app).await; // declares the topology
+    let crm = crm(&app).await;
+    let dlq_name = app.names.dead_letter_queue.clone();
+
+    let letters = [
+        ("a-1", "acme", "credits_exhausted", Age::minutes(1)),
+        ("a-2", "acme", "recipient_refuses", Age::hours(2)),
+        ("b-1", "beta", "credits_exhausted", Age::minutes(5)),
+    ];
+    for (id, channel, reason, ago) in letters {
+        craft_dead_letter(&app, channel, &reply(id, "111"), reason, ago).await;
+    }
+    assert_eq!(crm.queue_depth(&dlq_name).await, 3);
+
+    // Reading keeps the queue's order, every time.
+    let all = dlq_ok(&app, &["list"]).await;
+    assert_eq!(listed_ids(&all), ["a-1", "a-2", "b-1"], "{all}");
+    let again = dlq_ok(&app, &["list"]).await;
+    assert_eq!(listed_ids(&again), ["a-1", "a-2", "b-1"], "{again}");
+
+    let beta = dlq_ok(&app, &["list", "--channel", "beta"]).await;
+    assert_eq!(listed_ids(&beta), ["b-1"], "{beta}");
+    let old = dlq_ok(&app, &["list", "--older-than", "30m"]).await;
+    assert_eq!(listed_ids(&old), ["a-2"], "{old}");
+    let dry = dlq_ok(
+        &app,
+        &[
+            "replay",
+            "--channel",
+            "acme",
+            "--reason",
+            "credits_exhausted",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(dry.contains("would replay a-1"), "{dry}");
+    assert!(dry.contains("would replay 1 dead letter(s)"), "{dry}");
+
+    let (ok, refused) = dlq(&app, &["purge", "--channel", "beta"]).await;
+    assert!(!ok, "purge without --yes must refuse:\n{refused}");
+    assert!(refused.contains("--yes"), "{refused}");
+    let dry = dlq_ok(
+        &app,
+        &["purge", "--reason", "recipient_refuses", "--dry-run"],
+    )
+    .await;
+    assert!(dry.contains("would drop 1 dead letter(s)"), "{dry}");
+    assert_eq!(
+        crm.queue_depth(&dlq_name).await,
+        3,
+        "dry runs change nothing"
+    );
+
+    let purged = dlq_ok(&app, &["purge", "--reason", "recipient_refuses", "--yes"]).await;
+    assert!(purged.contains("dropped a-2"), "{purged}");
+    let rest = dlq_ok(&app, &["list"]).await;
+    assert_eq!(listed_ids(&rest), ["a-1", "b-1"], "{rest}");
+    assert_eq!(crm.queue_depth(&dlq_name).await, 2);
+
+    let (ok, missing) = dlq(&app, &["show", "nope"]).await;
+    assert!(!ok && missing.contains("no dead letter"), "{missing}");
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
