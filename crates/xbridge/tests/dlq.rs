@@ -311,3 +311,59 @@ async fn filters_dry_runs_and_purge_leave_everything_else_in_place() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_dies_half_way_loses_nothing() {
+    use xbridge_core::amqp::dead_letters::DeadLetterQueue;
+
+    let app = spawn_app(TestOptions::default()).await;
+    // The bridge declares the topology, then stops, so the replayed copy
+    // stays in the channel's queue where the test can count it.
+    start_bridge(&app).await.stop().await;
+    for id in ["d-1", "d-2", "d-3"] {
+        craft_dead_letter(
+            &app,
+            "acme",
+            &reply(id, "111"),
+            "credits_exhausted",
+            Age::zero(),
+        )
+        .await;
+    }
+    let crm = crm(&app).await;
+
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let mut queue = DeadLetterQueue::open(&connection, app.names.clone())
+        .await
+        .expect("open");
+    let letters = queue.take_all().await.expect("read");
+    assert_eq!(letters.len(), 3);
+    queue.replay(&letters[0]).await.expect("replay one");
+    // The "crash": the connection goes away with two letters still held.
+    connection.close(320, "crash".into()).await.expect("close");
+
+    assert_eq!(
+        crm.queue_depth(&app.names.outgoing_queue("acme")).await,
+        1,
+        "the confirmed copy is in the channel's queue"
+    );
+    assert_eq!(
+        crm.queue_depth(&app.names.dead_letter_queue).await,
+        2,
+        "the rest are back in the dead-letter queue"
+    );
+    let listing = dlq_ok(&app, &["list"]).await;
+    let mut ids = listed_ids(&listing);
+    ids.sort();
+    let replayed = letters[0].id();
+    let expected: Vec<String> = ["d-1", "d-2", "d-3"]
+        .into_iter()
+        .filter(|id| *id != replayed)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids, expected, "{listing}");
+
+    app.cleanup().await;
+}
