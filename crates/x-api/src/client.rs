@@ -225,7 +225,9 @@ impl XClient {
     #[tracing::instrument(skip_all, fields(max_results = page.max_results, first = page.pagination_token.is_none()))]
     pub async fn list_dm_events(&self, page: &DmEventsRequest) -> Result<DmEventsResponse, XError> {
         let url = page.url(&self.inner.base_url)?;
-        let (body, rate_limit) = self.read(url, "DM events read", Window::DmEvents).await?;
+        let ReadAnswer {
+            body, rate_limit, ..
+        } = self.read(url, "DM events read", Window::DmEvents).await?;
         if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
             return Err(XError::Transient {
                 status: Some(200),
@@ -252,8 +254,28 @@ impl XClient {
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn get_user(&self, user_id: &str) -> Result<XUser, XError> {
         let url = XUser::url(&self.inner.base_url, user_id)?;
-        let (body, _) = self.read(url, "user lookup", Window::Other).await?;
-        XUser::from_body(&body)
+        let answer = self.read(url, "user lookup", Window::Other).await?;
+        XUser::from_body(&answer.body)
+    }
+
+    /// Who the channel's access token belongs to (`GET /2/users/me`), and the token's
+    /// permission as X reports it in `x-access-level` (`read`, `read-write` or
+    /// `read-write-directmessages`), for the credential check. X answers 200 here even
+    /// when the token lacks DM permission or the account has no credits, so a check must
+    /// also probe a DM endpoint.
+    pub async fn me(&self) -> Result<(XUser, Option<String>), XError> {
+        let mut url = self
+            .inner
+            .base_url
+            .join("2/users/me")
+            .map_err(|e| XError::Transient {
+                status: None,
+                detail: format!("bad base URL: {e}"),
+            })?;
+        url.query_pairs_mut()
+            .append_pair("user.fields", "username,name,profile_image_url");
+        let answer = self.read(url, "own account lookup", Window::Other).await?;
+        Ok((XUser::from_body(&answer.body)?, answer.access_level))
     }
 
     /// One signed, read-paced `GET`: the body of a 2xx with the window X announced, or the
@@ -264,7 +286,7 @@ impl XClient {
         url: Url,
         what: &'static str,
         window: Window,
-    ) -> Result<(Vec<u8>, Option<RateLimit>), XError> {
+    ) -> Result<ReadAnswer, XError> {
         let pacer = &self.inner.read_pacer;
         pacer.ready().await;
         let mut authorization = HeaderValue::from_str(&oauth::authorization_header(
@@ -304,7 +326,14 @@ impl XClient {
             .await
             .map_err(|error| self.transport_error(&error, what))?;
         if status.is_success() {
-            return Ok((body.to_vec(), rate_limit));
+            return Ok(ReadAnswer {
+                body: body.to_vec(),
+                rate_limit,
+                access_level: headers
+                    .get("x-access-level")
+                    .and_then(|level| level.to_str().ok())
+                    .map(str::to_owned),
+            });
         }
 
         let error = classify_read_error(status.as_u16(), &headers, &body);
@@ -354,6 +383,13 @@ pub(crate) fn error_chain(error: &reqwest::Error) -> String {
 }
 
 /// Which of X's rate-limit windows a read's answer announces.
+/// A successful read: its body, the window X announced and the token's access level.
+struct ReadAnswer {
+    body: Vec<u8>,
+    rate_limit: Option<RateLimit>,
+    access_level: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Window {
     /// The DM-read window the read pacer paces.

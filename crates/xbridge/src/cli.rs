@@ -41,6 +41,17 @@ pub enum Command {
         #[arg(long, short, env = "XBRIDGE_CONFIG")]
         config: PathBuf,
     },
+    /// Check each channel against X: who the access token belongs to, DM
+    /// permission, credits, the bearer token and the webhook; print the
+    /// problem and its fix. Exit status 0 only when every channel is ready.
+    Check {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+        /// Check only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+    },
     /// Set up X's webhook so X pushes DMs to `xbridge run` instead of being
     /// polled: register it, subscribe channels' accounts, check and revalidate it.
     Webhook {

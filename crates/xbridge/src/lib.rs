@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod check_cmd;
 pub mod cli;
 pub mod demo;
 pub mod dlq_cmd;

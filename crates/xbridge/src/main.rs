@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use xbridge::app::Bridge;
 use xbridge::cli::{Cli, Command};
-use xbridge::{demo, dlq_cmd, signals, webhook_cmd};
+use xbridge::{check_cmd, demo, dlq_cmd, signals, webhook_cmd};
 use xbridge_core::config::Settings;
 use xbridge_core::telemetry;
 
@@ -20,6 +20,7 @@ async fn main() -> std::process::ExitCode {
             keep_running,
         } => demo::run(&amqp_url, keep_running).await,
         Command::CheckConfig { config } => check_config(&config),
+        Command::Check { config, channel } => check(&config, channel.as_deref()).await,
         Command::Webhook { command } => webhook_cmd::run(command).await,
         Command::Dlq { command } => dlq_cmd::run(command).await,
     };
@@ -40,6 +41,15 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     signals::cancel_on_signal(shutdown.clone());
     bridge.run(shutdown).await
+}
+
+async fn check(config: &std::path::Path, channel: Option<&str>) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    if check_cmd::run(&settings, channel).await? {
+        Ok(())
+    } else {
+        anyhow::bail!("not every channel is ready (see above)")
+    }
 }
 
 fn check_config(config: &std::path::Path) -> anyhow::Result<()> {
