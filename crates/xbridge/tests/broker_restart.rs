@@ -49,8 +49,12 @@ async fn wait_dms(app: &TestApp, count: usize) {
     .unwrap_or_else(|_| panic!("waited {OUTAGE_PATIENCE:?} for {count} DMs"));
 }
 
+/// The tests here stop the shared broker: one at a time.
+static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reply_is_sent_exactly_once_across_broker_restarts_and_dropped_connections() {
+    let _broker = BROKER.lock().await;
     let app = spawn_app(TestOptions::default()).await;
     // Slow enough that the broker goes away with replies still queued.
     app.simulator
@@ -90,5 +94,59 @@ async fn every_reply_is_sent_exactly_once_across_broker_restarts_and_dropped_con
     assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
 
     bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_rabbitmq_is_stopped_and_recovers_after() {
+    let _broker = BROKER.lock().await;
+    let app = spawn_app(TestOptions::default()).await;
+    let config = format!(
+        "{}\n[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+        app.config_toml()
+    );
+    let bridge =
+        xbridge::app::Bridge::build(xbridge_core::config::Settings::from_toml(&config).unwrap())
+            .unwrap();
+    let readyz = format!("http://{}/readyz", bridge.ops_addr().unwrap());
+    let mut outbound = bridge.readiness();
+    let mut inbound = bridge.inbound_readiness();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(bridge.run(shutdown.clone()));
+    let http = reqwest::Client::new();
+    let status = || async { http.get(&readyz).send().await.unwrap().status().as_u16() };
+
+    for watch in [&mut outbound, &mut inbound] {
+        tokio::time::timeout(OUTAGE_PATIENCE, watch.wait_for(|r| *r))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(status().await, 200);
+
+    rabbitmqctl(&["stop_app"]);
+    tokio::time::timeout(OUTAGE_PATIENCE, outbound.wait_for(|r| !*r))
+        .await
+        .unwrap()
+        .unwrap();
+    let while_down = status().await;
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    assert_eq!(while_down, 503, "not ready without RabbitMQ");
+
+    for watch in [&mut outbound, &mut inbound] {
+        tokio::time::timeout(OUTAGE_PATIENCE, watch.wait_for(|r| *r))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(status().await, 200, "ready again once reconnected");
+
+    shutdown.cancel();
+    tokio::time::timeout(OUTAGE_PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     app.cleanup().await;
 }

@@ -213,6 +213,12 @@ async fn a_429_waits_for_the_reset_then_sends_and_dead_letters_nothing() {
         .collect();
     assert_eq!(statuses, [201, 429, 201]);
     assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
+    // The CRM heard that the channel was held, until when, and that it recovered.
+    let limited = crm.next_channel_state().await;
+    assert_valid("channel-state", &limited.body);
+    assert_eq!(limited.body["state"], "rate_limited");
+    assert!(limited.body["until"].is_string(), "{}", limited.body);
+    assert_eq!(crm.next_channel_state().await.body["state"], "ok");
 
     bridge.stop().await;
     app.cleanup().await;

@@ -365,5 +365,31 @@ async fn a_replay_that_dies_half_way_loses_nothing() {
         .collect();
     assert_eq!(ids, expected, "{listing}");
 
+    // Run again: the rest are replayed, and with the bridge running each
+    // reply is sent exactly once (a marker in the same conversation comes last).
+    dlq_ok(&app, &["replay"]).await;
+    assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
+    let bridge = start_bridge(&app).await;
+    crm.publish_reply("acme", &reply("marker", "111")).await;
+    let mut sent: Vec<String> = app
+        .wait_for_dms("acme", 4)
+        .await
+        .into_iter()
+        .map(|dm| dm.text)
+        .collect();
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert_eq!(
+        sent.pop().unwrap(),
+        reply("marker", "111")["text"].as_str().unwrap()
+    );
+    sent.sort();
+    let mut expected: Vec<String> = ["d-1", "d-2", "d-3"]
+        .iter()
+        .map(|id| reply(id, "111")["text"].as_str().unwrap().to_owned())
+        .collect();
+    expected.sort();
+    assert_eq!(sent, expected, "each replayed reply sent exactly once");
+
+    bridge.stop().await;
     app.cleanup().await;
 }
