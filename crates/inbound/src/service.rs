@@ -234,6 +234,10 @@ fn client(settings: &Settings, channel: &ChannelSettings) -> Result<XClient, Inb
     })
 }
 
+/// Failed polls in a row (other than credits and rate limits) after which the
+/// channel is reported as `polling_paused`.
+const POLL_FAILURES_BEFORE_PAUSED: u32 = 3;
+
 /// Polls one channel until shutdown: every `interval`, sooner after a
 /// rate-limit reset, and with a growing pause while its credits are out.
 async fn poll_loop(
@@ -248,6 +252,7 @@ async fn poll_loop(
     let channel = ctx.channel.clone();
     let mut budget = PollBudget::default();
     let mut credits_pause = credits_pause_initial;
+    let mut failures_in_a_row = 0u32;
     let mut ready = sink.ready.subscribe();
     loop {
         // No point reading (and paying for) events that cannot be published.
@@ -262,8 +267,15 @@ async fn poll_loop(
         }
         let wait = match result {
             Ok(outcome) => {
+                failures_in_a_row = 0;
                 metrics::counter!("xbridge_dm_events_read_total", "channel" => channel.clone())
                     .increment(outcome.events_read as u64);
+                // Poll lag is `time() - this` in Prometheus.
+                metrics::gauge!(
+                    "xbridge_last_poll_success_timestamp_seconds",
+                    "channel" => channel.clone()
+                )
+                .set(Utc::now().timestamp() as f64);
                 // Polling owns these two states; others are the sends' to clear.
                 if matches!(
                     states.get(&channel).map(|s| s.state),
@@ -300,7 +312,16 @@ async fn poll_loop(
                 wait
             }
             Err(error) => {
-                tracing::warn!(channel, error = %error, "poll failed");
+                failures_in_a_row += 1;
+                tracing::warn!(channel, error = %error, failures_in_a_row, "poll failed");
+                if failures_in_a_row >= POLL_FAILURES_BEFORE_PAUSED {
+                    states.set(
+                        &channel,
+                        ChannelState::PollingPaused,
+                        None,
+                        Some(format!("polling keeps failing: {error}")),
+                    );
+                }
                 interval
             }
         };

@@ -377,3 +377,32 @@ async fn a_sender_missing_from_the_payload_is_looked_up_once_and_cached() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_that_keeps_failing_is_reported_as_paused_until_it_recovers() {
+    let app = spawn_app(TestOptions {
+        inbound: "poll_interval = \"20ms\"\n".into(),
+        inbound_mode: Some("poll".into()),
+        ..TestOptions::default()
+    })
+    .await;
+    let user = app.user_id("acme");
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+    app.wait_for_requests("acme", 1).await;
+    app.simulator.set_fault(
+        &user,
+        Fault::ReadServerError {
+            status: 503,
+            times: None,
+        },
+    );
+    let paused = crm.next_channel_state().await;
+    assert_valid("channel-state", &paused.body);
+    assert_eq!(paused.body["state"], "polling_paused");
+    app.simulator.clear_faults(&user);
+    assert_eq!(crm.next_channel_state().await.body["state"], "ok");
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
