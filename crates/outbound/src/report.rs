@@ -79,6 +79,29 @@ impl Reporter {
             .await
     }
 
+    /// Samples the dead-letter queue's depth into the
+    /// `xbridge_dead_letter_queue_depth` gauge (what operators must drain).
+    pub async fn sample_dead_letter_depth(&self) {
+        let declared = self
+            .publisher
+            .channel()
+            .queue_declare(
+                self.names.dead_letter_queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await;
+        match declared {
+            Ok(queue) => {
+                metrics::gauge!("xbridge_dead_letter_queue_depth").set(queue.message_count() as f64)
+            }
+            Err(e) => tracing::debug!(error = %e, "dead-letter queue depth not sampled"),
+        }
+    }
+
     /// Tells the CRM a channel changed state.
     pub async fn channel_state(&self, event: &ChannelStateEvent) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).expect("state events always serialize");

@@ -249,6 +249,9 @@ impl Outbound {
     }
 }
 
+/// How often the dead-letter queue's depth is sampled for metrics.
+const DEPTH_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
+
 /// Tells the CRM of every channel state change while the session lasts, so
 /// it can warn agents that replies on a channel are not going out.
 async fn report_states(
@@ -257,9 +260,15 @@ async fn report_states(
     stop: CancellationToken,
 ) -> Result<(), Unsettled> {
     let mut changes = states.subscribe();
+    // Also keeps the dead-letter depth gauge fresh after replays and purges.
+    let mut sample = tokio::time::interval(DEPTH_SAMPLE_INTERVAL);
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            _ = sample.tick() => {
+                reporter.sample_dead_letter_depth().await;
+                continue;
+            }
             event = changes.recv() => event,
         };
         match event {

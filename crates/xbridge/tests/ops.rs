@@ -51,7 +51,12 @@ async fn health_readiness_and_metrics_are_served() {
     let body: serde_json::Value = readyz.json().await.unwrap();
     assert_eq!(body["ready"], true);
 
-    let mut crm = app.crm().await;
+    // This CRM leaves the dead-letter queue alone, so its depth shows.
+    let mut crm = xbridge_test_support::Crm::connect_without_dead_letters(
+        &xbridge_test_support::amqp_url(),
+        app.names.clone(),
+    )
+    .await;
     crm.publish_reply("acme", &reply("m-1", "944480690", "hello"))
         .await;
     crm.publish_reply("dry", &reply("m-2", "944480690", "no credits"))
@@ -84,6 +89,9 @@ async fn health_readiness_and_metrics_are_served() {
         "xbridge_x_requests_total{endpoint=\"dm_send\",status=\"201\"} 1",
         "xbridge_x_requests_total{endpoint=\"dm_send\",status=\"402\"}",
         "xbridge_x_request_duration_seconds",
+        // Sampled (every 15 s and after each dead letter); its value may trail.
+        "# TYPE xbridge_dead_letter_queue_depth gauge",
+        "xbridge_channel_state{channel=\"dry\",state=\"credits_exhausted\"} 1",
     ] {
         assert!(
             metrics.contains(expected),
