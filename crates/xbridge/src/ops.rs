@@ -96,9 +96,12 @@ async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(
-            serde_json::json!({ "ready": outbound && inbound, "outbound": outbound, "inbound": inbound }),
-        ),
+        Json(serde_json::json!({
+            "ready": outbound && inbound,
+            "outbound": outbound,
+            "inbound": inbound,
+            "channels": state.readiness.channels.snapshot(),
+        })),
     )
 }
 

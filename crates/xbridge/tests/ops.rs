@@ -50,6 +50,7 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(readyz.status(), 200);
     let body: serde_json::Value = readyz.json().await.unwrap();
     assert_eq!(body["ready"], true);
+    assert_eq!(body["channels"]["acme"]["state"], "ok", "{body}");
 
     // This CRM leaves the dead-letter queue alone, so its depth shows.
     let mut crm = xbridge_test_support::Crm::connect_without_dead_letters(
