@@ -94,11 +94,22 @@ async fn a_webhook_dm_reaches_the_crm_once_with_the_contact_and_without_echoes()
     crm.publish_reply("acme", &reply("r-1", &jane.user_id, "It ships today."))
         .await;
     let sent = next_of(&mut crm, "message.sent").await;
-    tokio::time::timeout(PATIENCE, app.simulator.wait_for_deliveries(deliveries + 1))
-        .await
-        .expect("the echo was delivered");
-    let echo = app.simulator.deliveries().pop().unwrap();
-    assert_eq!(echo.event_id.as_deref(), sent.body["dm_event_id"].as_str());
+    let echo_id = sent.body["dm_event_id"].as_str().unwrap().to_owned();
+    // Wait for the echo's delivery itself (other deliveries may finish later).
+    let mut seen = deliveries;
+    let echo = loop {
+        let all = app.simulator.deliveries();
+        if let Some(echo) = all
+            .iter()
+            .find(|d| d.event_id.as_deref() == Some(echo_id.as_str()))
+        {
+            break echo.clone();
+        }
+        seen = seen.max(all.len()) + 1;
+        tokio::time::timeout(PATIENCE, app.simulator.wait_for_deliveries(seen))
+            .await
+            .expect("the echo was delivered");
+    };
     assert_eq!(echo.status, Some(200));
 
     // The next thing the CRM hears about is the customer's next DM.
