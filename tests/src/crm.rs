@@ -204,6 +204,27 @@ impl Crm {
         }
     }
 
+    /// Waits until `queue` holds exactly `count` ready messages. RabbitMQ
+    /// gives no event when it requeues what a closed connection held (a
+    /// quorum queue applies it a moment after the close), so this is the one
+    /// place the tests look repeatedly, bounded by [`PATIENCE`].
+    pub async fn wait_for_depth(&self, queue: &str, count: u32) {
+        let wait = async {
+            loop {
+                if self.queue_depth(queue).await == count {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(PATIENCE, wait).await.is_err() {
+            panic!(
+                "{queue} holds {} messages, not {count}",
+                self.queue_depth(queue).await
+            );
+        }
+    }
+
     /// Messages ready in `queue` (not counting what our consumers hold).
     pub async fn queue_depth(&self, queue: &str) -> u32 {
         self.channel

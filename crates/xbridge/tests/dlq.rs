@@ -344,16 +344,11 @@ async fn a_replay_that_dies_half_way_loses_nothing() {
     // The "crash": the connection goes away with two letters still held.
     connection.close(320, "crash".into()).await.expect("close");
 
-    assert_eq!(
-        crm.queue_depth(&app.names.outgoing_queue("acme")).await,
-        1,
-        "the confirmed copy is in the channel's queue"
-    );
-    assert_eq!(
-        crm.queue_depth(&app.names.dead_letter_queue).await,
-        2,
-        "the rest are back in the dead-letter queue"
-    );
+    // The confirmed copy is in the channel's queue; the rest are back in
+    // the dead-letter queue.
+    crm.wait_for_depth(&app.names.outgoing_queue("acme"), 1)
+        .await;
+    crm.wait_for_depth(&app.names.dead_letter_queue, 2).await;
     let listing = dlq_ok(&app, &["list"]).await;
     let mut ids = listed_ids(&listing);
     ids.sort();
