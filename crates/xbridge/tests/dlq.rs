@@ -109,8 +109,10 @@ async fn craft_dead_letter(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credits_run_out_then_a_replay_after_the_top_up_sends_each_reply_exactly_once() {
+    // The wait bound is counted from the AMQP timestamp, which has one-second
+    // resolution: a replayed reply must not start out at the bound.
     let app = spawn_app(TestOptions {
-        credits: "max_wait = \"1s\"\nprobe_initial = \"100ms\"\nprobe_max = \"300ms\"\n".into(),
+        credits: "max_wait = \"3s\"\nprobe_initial = \"100ms\"\nprobe_max = \"300ms\"\n".into(),
         ..TestOptions::default()
     })
     .await;
