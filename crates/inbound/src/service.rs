@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -339,14 +338,14 @@ async fn keep_connected(
     sink: Arc<BrokerSink>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = reconnect_backoff();
+    let mut backoff = amqp::reconnect_backoff();
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         match connect(&settings).await {
             Ok((connection, publisher)) => {
-                backoff = reconnect_backoff();
+                backoff = amqp::reconnect_backoff();
                 sink.set(Some(AmqpSink::new(
                     publisher,
                     settings.amqp.topology.incoming_exchange.clone(),
@@ -359,11 +358,7 @@ async fn keep_connected(
                     }
                 }
                 sink.set(None);
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    connection.close(200, "xbridge inbound stopping".into()),
-                )
-                .await;
+                amqp::close(&connection, 200, "xbridge inbound stopping").await;
             }
             Err(e) => {
                 let wait = backoff.next().unwrap_or(Duration::from_secs(15));
@@ -375,15 +370,6 @@ async fn keep_connected(
             }
         }
     }
-}
-
-fn reconnect_backoff() -> backon::ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(15))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 async fn connect(settings: &Settings) -> Result<(lapin::Connection, Publisher), String> {

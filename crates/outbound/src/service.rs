@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
@@ -94,12 +93,7 @@ impl Outbound {
 
     /// Runs until `shutdown` is cancelled, reconnecting as often as needed.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), OutboundError> {
-        let mut reconnect = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(15))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut reconnect = amqp::reconnect_backoff();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -116,12 +110,7 @@ impl Outbound {
                 }
                 SessionEnd::Healthy => {
                     // A session that ran a while resets the backoff.
-                    reconnect = ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(200))
-                        .with_max_delay(Duration::from_secs(15))
-                        .with_jitter()
-                        .without_max_times()
-                        .build();
+                    reconnect = amqp::reconnect_backoff();
                 }
             }
         }
@@ -136,7 +125,7 @@ impl Outbound {
         let mut tasks = match self.start(&connection, &stop).await {
             Ok(tasks) => tasks,
             Err(e) => {
-                close(&connection, 320, "setup failed").await;
+                amqp::close(&connection, 320, "setup failed").await;
                 return SessionEnd::Failed(e);
             }
         };
@@ -168,7 +157,7 @@ impl Outbound {
             );
             tasks.abort_all();
         }
-        close(&connection, 200, "xbridge stopping").await;
+        amqp::close(&connection, 200, "xbridge stopping").await;
         match failure {
             None => {
                 tracing::info!("outbound stopped");
@@ -285,17 +274,6 @@ async fn report_states(
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
         }
-    }
-}
-
-/// Closes the connection, but never waits long for a broker that is gone:
-/// unacknowledged deliveries are requeued by the broker either way.
-async fn close(connection: &Connection, code: u16, reason: &str) {
-    const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-    match tokio::time::timeout(CLOSE_TIMEOUT, connection.close(code, reason.into())).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "closing the RabbitMQ connection"),
-        Err(_) => tracing::warn!("RabbitMQ did not confirm closing the connection in time"),
     }
 }
 

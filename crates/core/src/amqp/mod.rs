@@ -33,6 +33,29 @@ pub async fn connect(
         .map_err(|e| ConnectError(redact(&e.to_string(), url.expose_secret())))
 }
 
+/// The pause schedule between reconnection attempts: from 200 ms, doubling
+/// with jitter, up to 15 s, forever (the broker will come back).
+pub fn reconnect_backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_max_delay(std::time::Duration::from_secs(15))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Closes `connection`, but never waits long for a broker that is gone:
+/// unacknowledged deliveries are requeued by the broker either way.
+pub async fn close(connection: &Connection, code: u16, reason: &str) {
+    const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    match tokio::time::timeout(CLOSE_TIMEOUT, connection.close(code, reason.into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "closing the RabbitMQ connection"),
+        Err(_) => tracing::warn!("RabbitMQ did not confirm closing the connection in time"),
+    }
+}
+
 /// Removes the URL, and its password on its own, from an error text.
 fn redact(text: &str, url: &str) -> String {
     let mut text = text.replace(url, "<amqp url>");
