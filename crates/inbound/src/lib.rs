@@ -64,6 +64,7 @@
 
 mod aaa;
 mod attachment;
+mod delivery;
 mod dm_events;
 mod echo;
 mod error;

@@ -33,11 +33,9 @@ use chrono::{DateTime, Utc};
 use xbridge_store::{StateStore, StoreError};
 use xbridge_x_api::{DmEventsRequest, XClient, XError};
 
-use crate::sink::{EventSink, OutboundEvent, SinkError};
-use crate::{
-    classify, parse_dm_events, DirectMessage, InboundItem, MessageEcho, MessageOrigin,
-    PayloadError, ReceivedMessage,
-};
+use crate::delivery::{DeliverError, Delivery};
+use crate::sink::{EventSink, SinkError};
+use crate::{parse_dm_events, DirectMessage, InboundItem, PayloadError};
 
 /// X's largest `max_results` for `GET /2/dm_events`.
 const MAX_PAGE: u8 = 100;
@@ -167,6 +165,15 @@ pub enum PollError {
     /// The state store failed (or holds a cursor that is not an event id).
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<DeliverError> for PollError {
+    fn from(error: DeliverError) -> Self {
+        match error {
+            DeliverError::Sink(e) => PollError::Publish(e),
+            DeliverError::Store(e) => PollError::Store(e),
+        }
+    }
 }
 
 impl From<XError> for PollError {
@@ -329,50 +336,15 @@ async fn read_page(
 /// One new DM: skipped if already delivered, classified, published, recorded. `Ok(true)`
 /// when it was published.
 async fn deliver(ctx: &PollContext, dm: &DirectMessage) -> Result<bool, PollError> {
-    let channel = ctx.channel.as_str();
-    let event_id = &dm.event_id;
-    if ctx.store.is_delivered(channel, event_id).await? {
-        tracing::debug!(channel, event_id, "polled DM already delivered; skipped");
-        return Ok(false);
-    }
-    let own_send =
-        dm.sender.id == ctx.own_user_id && ctx.store.is_own_send(channel, event_id).await?;
-    let event = match classify(dm, &ctx.own_user_id, &|_| own_send) {
-        MessageOrigin::OwnSendEcho => {
-            tracing::debug!(channel, event_id, "echo of the bridge's own reply; dropped");
-            return Ok(false);
-        }
-        MessageOrigin::CompanyEcho if !ctx.publish_echoes => {
-            tracing::debug!(channel, event_id, "company echo; echoes are off, dropped");
-            return Ok(false);
-        }
-        MessageOrigin::CompanyEcho => OutboundEvent::echo(&MessageEcho::new(channel, dm.clone())),
-        MessageOrigin::Received => {
-            let mut dm = dm.clone();
-            if let Some(profiles) = &ctx.profiles {
-                profiles.complete(&mut dm.sender).await;
-            }
-            OutboundEvent::received(&ReceivedMessage::new(channel, dm))
-        }
+    let delivery = Delivery {
+        channel: &ctx.channel,
+        own_user_id: &ctx.own_user_id,
+        store: ctx.store.as_ref(),
+        sink: ctx.sink.as_ref(),
+        profiles: ctx.profiles.as_deref(),
+        publish_echoes: ctx.publish_echoes,
     };
-    ctx.sink.publish(&event).await?;
-    ctx.store
-        .record_delivered(channel, std::slice::from_ref(event_id))
-        .await?;
-    tracing::info!(
-        channel,
-        event_id,
-        event_type = event.event_type,
-        "polled DM published"
-    );
-    metrics::counter!(
-        "xbridge_dms_received_total",
-        "channel" => channel.to_owned(),
-        "via" => "poll",
-        "type" => event.event_type
-    )
-    .increment(1);
-    Ok(true)
+    Ok(delivery.deliver(dm.clone()).await?)
 }
 
 #[cfg(test)]

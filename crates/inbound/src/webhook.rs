@@ -26,11 +26,11 @@ use serde_json::json;
 use tokio::sync::Notify;
 use xbridge_store::{StateStore, StoreError};
 
+use crate::delivery::{DeliverError, Delivery};
 use crate::sink::{EventSink, OutboundEvent, SinkError};
 use crate::webhook_auth::{crc_response_token, verify_signature, SIGNATURE_HEADER};
 use crate::{
-    classify, parse_webhook, ConversationTyping, DirectMessage, InboundItem, MessageEcho,
-    MessageOrigin, MessageRead, ReceivedMessage, WebhookDelivery,
+    parse_webhook, ConversationTyping, DirectMessage, InboundItem, MessageRead, WebhookDelivery,
 };
 
 /// One configured X account as the webhook sees it: the path segment X calls, the
@@ -247,6 +247,15 @@ enum DeliveryError {
     Store(#[from] StoreError),
 }
 
+impl From<DeliverError> for DeliveryError {
+    fn from(error: DeliverError) -> Self {
+        match error {
+            DeliverError::Sink(e) => DeliveryError::Sink(e),
+            DeliverError::Store(e) => DeliveryError::Store(e),
+        }
+    }
+}
+
 impl WebhookState {
     /// Publishes the events of one body in order; stops at the first failure (the
     /// retry skips what was delivered before it).
@@ -309,53 +318,21 @@ impl WebhookState {
         &self,
         channel: &str,
         own_user_id: &str,
-        mut dm: DirectMessage,
+        dm: DirectMessage,
     ) -> Result<(), DeliveryError> {
-        let event_id = dm.event_id.clone();
         // Concurrent deliveries of the same event (X's retry racing the original) wait
         // here, then find it delivered.
-        let _in_flight = self.in_flight.acquire(channel, &event_id).await;
-        if self.store.is_delivered(channel, &event_id).await? {
-            tracing::debug!(channel, event_id, "inbound DM already delivered; skipped");
-            return Ok(());
-        }
-        let own_send =
-            dm.sender.id == own_user_id && self.store.is_own_send(channel, &event_id).await?;
-        let origin = classify(&dm, own_user_id, &|_| own_send);
-        if origin == MessageOrigin::Received {
-            if let Some(profiles) = self.profiles.get(channel) {
-                profiles.complete(&mut dm.sender).await;
-            }
-        }
-        let event = match origin {
-            MessageOrigin::OwnSendEcho => {
-                tracing::debug!(channel, event_id, "echo of the bridge's own reply; dropped");
-                return Ok(());
-            }
-            MessageOrigin::CompanyEcho if !self.config.publish_echoes => {
-                tracing::debug!(channel, event_id, "company echo; echoes are off, dropped");
-                return Ok(());
-            }
-            MessageOrigin::CompanyEcho => OutboundEvent::echo(&MessageEcho::new(channel, dm)),
-            MessageOrigin::Received => OutboundEvent::received(&ReceivedMessage::new(channel, dm)),
-        };
-        self.sink.publish(&event).await?;
-        self.store
-            .record_delivered(channel, std::slice::from_ref(&event_id))
-            .await?;
-        tracing::info!(
+        let _in_flight = self.in_flight.acquire(channel, &dm.event_id).await;
+        Delivery {
             channel,
-            event_id,
-            event_type = event.event_type,
-            "inbound DM published"
-        );
-        metrics::counter!(
-            "xbridge_dms_received_total",
-            "channel" => channel.to_owned(),
-            "via" => "webhook",
-            "type" => event.event_type
-        )
-        .increment(1);
+            own_user_id,
+            store: self.store.as_ref(),
+            sink: self.sink.as_ref(),
+            profiles: self.profiles.get(channel).map(|p| p.as_ref()),
+            publish_echoes: self.config.publish_echoes,
+        }
+        .deliver(dm)
+        .await?;
         Ok(())
     }
 
