@@ -67,6 +67,8 @@ pub struct Crm {
     events: Consumer,
     /// `channel.state` events read while waiting for other events.
     channel_states: std::collections::VecDeque<Event>,
+    /// The state each channel was last seen in, for [`Crm::next_channel_state`].
+    last_states: std::collections::HashMap<String, String>,
     /// Other events read while waiting for a `channel.state`.
     other_events: std::collections::VecDeque<Event>,
     dead_letters: Option<Consumer>,
@@ -107,6 +109,7 @@ impl Crm {
             events,
             dead_letters,
             channel_states: Default::default(),
+            last_states: Default::default(),
             other_events: Default::default(),
         }
     }
@@ -154,8 +157,31 @@ impl Crm {
         }
     }
 
-    /// The next `channel.state` event, including ones already set aside.
+    /// The next change of a channel's state as a CRM showing the states sees
+    /// it: a `channel.state` event repeating the state last seen for its
+    /// channel (the bridge tells every state when it connects; channels start
+    /// `ok`) is skipped.
     pub async fn next_channel_state(&mut self) -> Event {
+        loop {
+            let event = self.next_channel_state_event().await;
+            let channel = event.body["channel"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let state = event.body["state"].as_str().unwrap_or_default().to_owned();
+            let last = self
+                .last_states
+                .insert(channel, state.clone())
+                .unwrap_or_else(|| "ok".to_owned());
+            if last != state {
+                return event;
+            }
+        }
+    }
+
+    /// The next `channel.state` event as published, including ones already
+    /// set aside.
+    pub async fn next_channel_state_event(&mut self) -> Event {
         if let Some(event) = self.channel_states.pop_front() {
             return event;
         }

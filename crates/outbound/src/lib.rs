@@ -18,6 +18,7 @@ pub mod fate;
 pub mod ordering;
 pub mod report;
 pub mod service;
+pub mod state_sync;
 mod unrouted;
 pub mod worker;
 

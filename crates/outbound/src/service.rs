@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp::{self, declare_topology, Publisher, TopologyPlan};
-use xbridge_core::channel_state::ChannelStates;
+use xbridge_core::channel_state::{ChannelStateEvent, ChannelStates};
 use xbridge_core::config::Settings;
 use xbridge_store::StateStore;
 use xbridge_x_api::{UserCredentials, XClient, XClientConfig};
@@ -23,6 +23,7 @@ use crate::credits::CreditsGate;
 use crate::fate::Policy;
 use crate::ordering::ParkedReplies;
 use crate::report::Reporter;
+use crate::state_sync::PublishedStates;
 use crate::worker::{self, ChannelContext, Unsettled};
 use crate::{unrouted, OutboundError};
 
@@ -32,6 +33,7 @@ pub struct Outbound {
     states: Arc<ChannelStates>,
     channels: Vec<Arc<ChannelContext>>,
     ready: watch::Sender<bool>,
+    published_states: Arc<PublishedStates>,
 }
 
 impl Outbound {
@@ -82,6 +84,7 @@ impl Outbound {
             states,
             channels,
             ready: watch::Sender::new(false),
+            published_states: Arc::default(),
         })
     }
 
@@ -208,7 +211,12 @@ impl Outbound {
             .consumer(connection, &names.unrouted, "unrouted")
             .await?;
         tasks.spawn(unrouted::consume(reporter.clone(), consumer, stop.clone()));
-        tasks.spawn(report_states(self.states.clone(), reporter, stop.clone()));
+        tasks.spawn(report_states(
+            self.states.clone(),
+            self.published_states.clone(),
+            reporter,
+            stop.clone(),
+        ));
         Ok(tasks)
     }
 
@@ -242,13 +250,33 @@ impl Outbound {
 const DEPTH_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Tells the CRM of every channel state change while the session lasts, so
-/// it can warn agents that replies on a channel are not going out.
+/// it can warn agents that replies on a channel are not going out; first the
+/// states it has not been told yet (all of them in the first session).
 async fn report_states(
     states: Arc<ChannelStates>,
+    published: Arc<PublishedStates>,
     reporter: Reporter,
     stop: CancellationToken,
 ) -> Result<(), Unsettled> {
     let mut changes = states.subscribe();
+    let tell = |event: ChannelStateEvent| {
+        let reporter = reporter.clone();
+        let published = published.clone();
+        async move {
+            if published.already_told(&event) {
+                return;
+            }
+            match reporter.channel_state(&event).await {
+                Ok(()) => published.record(&event),
+                Err(e) => {
+                    tracing::warn!(channel = %event.channel, error = %e, "channel.state not published; told again on the next session")
+                }
+            }
+        }
+    };
+    for event in published.untold(&states.snapshot()) {
+        tell(event).await;
+    }
     // Also keeps the dead-letter depth gauge fresh after replays and purges.
     let mut sample = tokio::time::interval(DEPTH_SAMPLE_INTERVAL);
     loop {
@@ -261,16 +289,15 @@ async fn report_states(
             event = changes.recv() => event,
         };
         match event {
-            Ok(event) => {
-                if let Err(e) = reporter.channel_state(&event).await {
-                    tracing::warn!(channel = %event.channel, error = %e, "channel.state not published");
-                }
-            }
+            Ok(event) => tell(event).await,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(
                     missed,
-                    "channel.state changes came faster than they were published"
+                    "channel.state changes came faster than they were published; telling the current states"
                 );
+                for event in published.untold(&states.snapshot()) {
+                    tell(event).await;
+                }
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
         }

@@ -474,3 +474,29 @@ async fn dead_letters_and_events_carry_no_secrets() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crm_is_told_every_channels_state_when_the_bridge_connects() {
+    let app = spawn_app(TestOptions {
+        channels: vec!["acme".into(), "beta".into()],
+        ..TestOptions::default()
+    })
+    .await;
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    // A CRM that missed changes (or saw a previous process die mid-outage)
+    // learns where every channel stands without waiting for the next change.
+    let mut told = Vec::new();
+    for _ in 0..2 {
+        let event = crm.next_channel_state_event().await;
+        assert_valid("channel-state", &event.body);
+        assert_eq!(event.body["state"], "ok");
+        told.push(event.body["channel"].as_str().unwrap().to_owned());
+    }
+    told.sort();
+    assert_eq!(told, ["acme", "beta"]);
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
