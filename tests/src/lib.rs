@@ -49,6 +49,9 @@ pub struct TestOptions {
     /// `x.request_timeout`.
     pub request_timeout: Duration,
     /// TOML for the `[inbound]` section (empty: no webhook server, no polls).
+    /// The periodic webhook check is off unless it sets
+    /// `webhook_check_interval`: most tests register no webhook, and their
+    /// channels would otherwise all report `webhook_invalid`.
     pub inbound: String,
     /// Every channel's `inbound` mode (`webhook`, `poll`, `both`); the
     /// channel's `user_id` is set to its simulator account's when given.
@@ -246,7 +249,11 @@ path = "{state}"
             timeout = self.options.request_timeout.as_millis(),
             retry = self.options.retry,
             credits = self.options.credits,
-            inbound = self.options.inbound,
+            inbound = if self.options.inbound.contains("webhook_check_interval") {
+                self.options.inbound.clone()
+            } else {
+                format!("webhook_check_interval = \"0s\"\n{}", self.options.inbound)
+            },
             state = self.state_path().display(),
         );
         for (name, account) in &self.accounts {

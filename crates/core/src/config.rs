@@ -223,6 +223,12 @@ pub struct InboundSettings {
     /// payload lacks it) is reused.
     #[serde(with = "humantime_serde")]
     pub profile_cache_ttl: Duration,
+    /// How often the bridge asks X (with each webhook channel's bearer token)
+    /// whether the App's webhook is registered and valid, so a webhook X
+    /// disabled after a failed CRC shows as `webhook_invalid` instead of as
+    /// silence; 0 turns the check off (webhooks managed elsewhere).
+    #[serde(with = "humantime_serde")]
+    pub webhook_check_interval: Duration,
 }
 
 impl Default for InboundSettings {
@@ -236,6 +242,7 @@ impl Default for InboundSettings {
             safety_poll_interval: Duration::from_secs(300),
             backfill_days: 0,
             profile_cache_ttl: Duration::from_secs(3600),
+            webhook_check_interval: Duration::from_secs(300),
         }
     }
 }
@@ -257,6 +264,11 @@ impl InboundMode {
     /// Whether the channel is polled.
     pub fn polls(self) -> bool {
         matches!(self, InboundMode::Poll | InboundMode::Both)
+    }
+
+    /// Whether X's webhook delivers the channel's DMs.
+    pub fn uses_webhook(self) -> bool {
+        matches!(self, InboundMode::Webhook | InboundMode::Both)
     }
 }
 

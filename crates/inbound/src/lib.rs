@@ -80,6 +80,7 @@ pub mod sink;
 mod text;
 pub mod webhook;
 pub mod webhook_auth;
+pub mod webhook_watch;
 
 #[cfg(test)]
 mod test_support;

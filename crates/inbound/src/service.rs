@@ -17,12 +17,13 @@ use xbridge_core::amqp::{self, declare_topology, PublishError, Publisher, Topolo
 use xbridge_core::channel_state::{ChannelState, ChannelStates};
 use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_store::StateStore;
-use xbridge_x_api::{UserCredentials, XClient, XClientConfig};
+use xbridge_x_api::{UserCredentials, WebhookClient, XClient, XClientConfig};
 
 use crate::poller::{poll_once, PollBudget, PollContext, PollError};
 use crate::profiles::Profiles;
 use crate::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
 use crate::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
+use crate::webhook_watch::watch_webhook;
 
 /// Why the inbound side could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,7 @@ pub struct Inbound {
     listener: Option<std::net::TcpListener>,
     pollers: Vec<PollContext>,
     profiles: Vec<(String, Arc<Profiles>)>,
+    webhook_watches: Vec<(String, WebhookClient)>,
 }
 
 impl Inbound {
@@ -84,8 +86,13 @@ impl Inbound {
         let sink = Arc::new(BrokerSink::default());
         let mut profiles = Vec::new();
         let mut pollers = Vec::new();
+        let mut webhook_watches = Vec::new();
         for channel in &settings.channels {
             let client = client(&settings, channel)?;
+            if channel.inbound.uses_webhook() && !settings.inbound.webhook_check_interval.is_zero()
+            {
+                webhook_watches.push((channel.name.clone(), webhook_client(&settings, channel)?));
+            }
             let channel_profiles = Arc::new(Profiles::new(
                 client.clone(),
                 settings.inbound.profile_cache_ttl,
@@ -114,6 +121,7 @@ impl Inbound {
             listener,
             pollers,
             profiles,
+            webhook_watches,
         })
     }
 
@@ -138,6 +146,7 @@ impl Inbound {
             listener,
             pollers,
             profiles,
+            webhook_watches,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(keep_connected(
@@ -209,28 +218,57 @@ impl Inbound {
                 shutdown.clone(),
             ));
         }
+        for (channel, client) in webhook_watches {
+            tasks.spawn(watch_webhook(
+                channel,
+                client,
+                states.clone(),
+                settings.inbound.webhook_check_interval,
+                shutdown.clone(),
+            ));
+        }
         while tasks.join_next().await.is_some() {}
         tracing::info!("inbound stopped");
     }
 }
 
 fn client(settings: &Settings, channel: &ChannelSettings) -> Result<XClient, InboundError> {
-    XClient::new(
-        XClientConfig {
-            base_url: settings.x.api_base_url.clone(),
-            request_timeout: settings.x.request_timeout,
-        },
-        UserCredentials {
-            consumer_key: channel.consumer_key.clone(),
-            consumer_secret: channel.consumer_secret.clone(),
-            access_token: channel.access_token.clone(),
-            access_token_secret: channel.access_token_secret.clone(),
-        },
+    XClient::new(x_config(settings), credentials(channel)).map_err(|e| client_error(channel, e))
+}
+
+fn webhook_client(
+    settings: &Settings,
+    channel: &ChannelSettings,
+) -> Result<WebhookClient, InboundError> {
+    WebhookClient::new(
+        x_config(settings),
+        channel.bearer_token.clone(),
+        credentials(channel),
     )
-    .map_err(|e| InboundError::Client {
+    .map_err(|e| client_error(channel, e))
+}
+
+fn x_config(settings: &Settings) -> XClientConfig {
+    XClientConfig {
+        base_url: settings.x.api_base_url.clone(),
+        request_timeout: settings.x.request_timeout,
+    }
+}
+
+fn credentials(channel: &ChannelSettings) -> UserCredentials {
+    UserCredentials {
+        consumer_key: channel.consumer_key.clone(),
+        consumer_secret: channel.consumer_secret.clone(),
+        access_token: channel.access_token.clone(),
+        access_token_secret: channel.access_token_secret.clone(),
+    }
+}
+
+fn client_error(channel: &ChannelSettings, error: xbridge_x_api::XError) -> InboundError {
+    InboundError::Client {
         channel: channel.name.clone(),
-        detail: e.to_string(),
-    })
+        detail: error.to_string(),
+    }
 }
 
 /// Failed polls in a row (other than credits and rate limits) after which the

@@ -32,4 +32,4 @@ pub use error::{classify_send_error, Problem, XError};
 pub use oauth::UserCredentials;
 pub use pacing::{Pacer, RateLimit};
 pub use read::{DmEventsRequest, DmEventsResponse, XUser};
-pub use webhooks::{classify_webhook_error, Webhook, WebhookClient, WebhookError};
+pub use webhooks::{classify_webhook_error, webhook_problem, Webhook, WebhookClient, WebhookError};

@@ -41,6 +41,22 @@ pub struct Webhook {
     pub created_at: DateTime<Utc>,
 }
 
+/// What is wrong with an App's webhooks as X lists them, with the fix, or `None` when one
+/// of them is valid (X delivers events only to a valid webhook). One verdict for
+/// `xbridge check` and the running bridge's periodic check, so both say the same thing.
+pub fn webhook_problem(webhooks: &[Webhook]) -> Option<String> {
+    if webhooks.iter().any(|w| w.valid) {
+        return None;
+    }
+    Some(match webhooks.first() {
+        None => "no webhook is registered for this App: run `xbridge webhook register`, then `xbridge webhook subscribe` (or set inbound = \"poll\")".to_owned(),
+        Some(webhook) => format!(
+            "X considers the webhook {} invalid (its CRC check failed): make sure the bridge is reachable there, then run `xbridge webhook revalidate`",
+            webhook.url
+        ),
+    })
+}
+
 /// Why X refused a webhook or subscription call: one variant per reason X names, so an
 /// operator is told what the reason means and what to do, and [`WebhookError::Other`] for
 /// every other failure.

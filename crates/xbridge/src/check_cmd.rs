@@ -6,7 +6,8 @@
 
 use xbridge_core::config::{ChannelSettings, InboundMode, Settings};
 use xbridge_x_api::{
-    DmEventsRequest, UserCredentials, WebhookClient, XClient, XClientConfig, XError,
+    webhook_problem, DmEventsRequest, UserCredentials, WebhookClient, XClient, XClientConfig,
+    XError,
 };
 
 /// Checks `channel` (or every channel) and returns whether all are ready.
@@ -88,13 +89,7 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
                 if channel.inbound != InboundMode::Poll {
                     match list.iter().find(|w| w.valid) {
                         Some(webhook) => println!("  webhook: {} (valid)", webhook.url),
-                        None if list.is_empty() => problems.push(
-                            "no webhook is registered for this App: run `xbridge webhook register`, then `xbridge webhook subscribe` (or set inbound = \"poll\")".into(),
-                        ),
-                        None => problems.push(format!(
-                            "X considers the webhook {} invalid (its CRC check failed): make sure the bridge is reachable there, then run `xbridge webhook revalidate`",
-                            list[0].url
-                        )),
+                        None => problems.extend(webhook_problem(&list)),
                     }
                 }
             }

@@ -417,3 +417,32 @@ async fn polling_that_keeps_failing_is_reported_as_paused_until_it_recovers() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_whose_webhook_x_will_not_call_reports_webhook_invalid_until_it_is_registered() {
+    let app = spawn_app(TestOptions {
+        inbound: "listen = \"127.0.0.1:0\"\nwebhook_check_interval = \"100ms\"\n".into(),
+        inbound_mode: Some("webhook".into()),
+        ..TestOptions::default()
+    })
+    .await;
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    // No webhook is registered for the App yet: X would deliver nothing.
+    // (`next_channel_state` skips the `ok` told at startup.)
+    let invalid = crm.next_channel_state().await;
+    assert_valid("channel-state", &invalid.body);
+    assert_eq!(invalid.body["channel"], "acme");
+    assert_eq!(invalid.body["state"], "webhook_invalid");
+    let detail = invalid.body["detail"].as_str().unwrap();
+    assert!(detail.contains("xbridge webhook register"), "{detail}");
+
+    // Registering it (X runs a CRC against the bridge) brings the channel back.
+    subscribe(&app, &bridge, "acme").await;
+    let ok = crm.next_channel_state().await;
+    assert_eq!(ok.body["state"], "ok");
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
