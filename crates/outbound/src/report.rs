@@ -53,12 +53,24 @@ impl Failure {
 pub struct Reporter {
     publisher: Publisher,
     names: TopologyNames,
+    /// Signalled after each park or dead letter, so the depth gauges follow
+    /// them instead of trailing by a sampling period.
+    queues_changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Reporter {
     /// A reporter publishing through `publisher` to the topology `names`.
     pub fn new(publisher: Publisher, names: TopologyNames) -> Reporter {
-        Reporter { publisher, names }
+        Reporter {
+            publisher,
+            names,
+            queues_changed: Default::default(),
+        }
+    }
+
+    /// Resolves once a reply was parked or dead-lettered since the last call.
+    pub async fn queues_changed(&self) {
+        self.queues_changed.notified().await
     }
 
     /// Tells the CRM what became of a reply.
@@ -79,14 +91,36 @@ impl Reporter {
             .await
     }
 
-    /// Samples the dead-letter queue's depth into the
-    /// `xbridge_dead_letter_queue_depth` gauge (what operators must drain).
-    pub async fn sample_dead_letter_depth(&self) {
+    /// Samples the depths of the dead-letter queue (what operators must
+    /// drain) and of each delay queue (replies waiting for a retry) into the
+    /// `xbridge_dead_letter_queue_depth` and `xbridge_delay_queue_depth{delay}`
+    /// gauges. The delay label is one of the configured steps, so it stays
+    /// bounded.
+    pub async fn sample_queue_depths(&self, delays: &[std::time::Duration]) {
+        if let Some(depth) = self.depth(&self.names.dead_letter_queue).await {
+            metrics::gauge!("xbridge_dead_letter_queue_depth").set(f64::from(depth));
+        }
+        for delay in delays {
+            let queue = self.names.delay_queue(*delay);
+            if let Some(depth) = self.depth(&queue).await {
+                let label = queue
+                    .strip_prefix(self.names.delay_prefix.as_str())
+                    .unwrap_or(&queue)
+                    .to_owned();
+                metrics::gauge!("xbridge_delay_queue_depth", "delay" => label)
+                    .set(f64::from(depth));
+            }
+        }
+    }
+
+    /// The number of ready messages in `queue`, by a passive declare (the
+    /// bridge declared it, so the declare cannot close the channel).
+    async fn depth(&self, queue: &str) -> Option<u32> {
         let declared = self
             .publisher
             .channel()
             .queue_declare(
-                self.names.dead_letter_queue.as_str().into(),
+                queue.into(),
                 lapin::options::QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -95,10 +129,11 @@ impl Reporter {
             )
             .await;
         match declared {
-            Ok(queue) => {
-                metrics::gauge!("xbridge_dead_letter_queue_depth").set(queue.message_count() as f64)
+            Ok(queue) => Some(queue.message_count()),
+            Err(e) => {
+                tracing::debug!(queue, error = %e, "queue depth not sampled");
+                None
             }
-            Err(e) => tracing::debug!(error = %e, "dead-letter queue depth not sampled"),
         }
     }
 
@@ -158,7 +193,9 @@ impl Reporter {
             .with_headers(history.apply_to(delivery.properties.headers().as_ref()));
         self.publisher
             .publish(exchange, routing_key, &delivery.data, properties)
-            .await
+            .await?;
+        self.queues_changed.notify_one();
+        Ok(())
     }
 
     /// Moves a reply to the dead-letter queue, body and properties unchanged,

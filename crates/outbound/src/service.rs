@@ -215,6 +215,7 @@ impl Outbound {
             self.states.clone(),
             self.published_states.clone(),
             reporter,
+            self.settings.outbound.retry.delays.clone(),
             stop.clone(),
         ));
         Ok(tasks)
@@ -256,6 +257,7 @@ async fn report_states(
     states: Arc<ChannelStates>,
     published: Arc<PublishedStates>,
     reporter: Reporter,
+    delays: Vec<Duration>,
     stop: CancellationToken,
 ) -> Result<(), Unsettled> {
     let mut changes = states.subscribe();
@@ -277,13 +279,17 @@ async fn report_states(
     for event in published.untold(&states.snapshot()) {
         tell(event).await;
     }
-    // Also keeps the dead-letter depth gauge fresh after replays and purges.
+    // Also keeps the queue depth gauges fresh (after replays and purges too).
     let mut sample = tokio::time::interval(DEPTH_SAMPLE_INTERVAL);
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = sample.tick() => {
-                reporter.sample_dead_letter_depth().await;
+                reporter.sample_queue_depths(&delays).await;
+                continue;
+            }
+            _ = reporter.queues_changed() => {
+                reporter.sample_queue_depths(&delays).await;
                 continue;
             }
             event = changes.recv() => event,

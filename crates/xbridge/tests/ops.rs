@@ -90,8 +90,11 @@ async fn health_readiness_and_metrics_are_served() {
         "xbridge_x_requests_total{endpoint=\"dm_send\",status=\"201\"} 1",
         "xbridge_x_requests_total{endpoint=\"dm_send\",status=\"402\"}",
         "xbridge_x_request_duration_seconds",
-        // Sampled (every 15 s and after each dead letter); its value may trail.
+        // Sampled (every 15 s and after each park or dead letter); a quorum
+        // queue may not count a message the instant its publish is confirmed.
         "# TYPE xbridge_dead_letter_queue_depth gauge",
+        "# TYPE xbridge_delay_queue_depth gauge",
+        "xbridge_delay_queue_depth{delay=\"200ms\"}",
         "xbridge_channel_state{channel=\"dry\",state=\"credits_exhausted\"} 1",
     ] {
         assert!(
