@@ -279,8 +279,12 @@ pub enum StatusEvent {
         message_id: String,
         /// The channel it went out on.
         channel: String,
-        /// X's id of the DM event: lets the CRM match the echo X sends back.
+        /// X's id of the DM event (the first, when the reply became several
+        /// DMs): lets the CRM match the echo X sends back.
         dm_event_id: String,
+        /// Every DM the reply became, in order: one, or one per attachment
+        /// (X takes one attachment per DM; the text goes with the first).
+        dm_event_ids: Vec<String>,
         /// X's conversation id, for replies addressed by recipient.
         conversation_id: String,
         /// When X accepted it.
@@ -479,6 +483,7 @@ mod tests {
             message_id: "m1".into(),
             channel: "acme".into(),
             dm_event_id: "1585800613253812228".into(),
+            dm_event_ids: vec!["1585800613253812228".into()],
             conversation_id: "1-2".into(),
             sent_at: DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
                 .unwrap()
@@ -486,7 +491,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_value(&sent).unwrap(),
-            serde_json::json!({"type":"message.sent","message_id":"m1","channel":"acme","dm_event_id":"1585800613253812228","conversation_id":"1-2","sent_at":"2026-11-25T10:00:00.000Z"})
+            serde_json::json!({"type":"message.sent","message_id":"m1","channel":"acme","dm_event_id":"1585800613253812228","dm_event_ids":["1585800613253812228"],"conversation_id":"1-2","sent_at":"2026-11-25T10:00:00.000Z"})
         );
         assert_eq!(sent.routing_key(), "acme.message.sent");
         assert_eq!(sent.amqp_message_id(), "acme:m1:sent");

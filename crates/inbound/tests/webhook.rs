@@ -446,6 +446,7 @@ async fn the_bridges_own_reply_is_dropped_and_a_company_echo_is_published() {
                 conversation_id: format!("{CUSTOMER}-{ACME}"),
                 sent_at: chrono::Utc::now(),
                 reported: true,
+                parts: Vec::new(),
             },
         )
         .await

@@ -384,6 +384,7 @@ async fn process(
                     conversation_id: sent.dm_conversation_id,
                     sent_at: Utc::now(),
                     reported: false,
+                    parts: Vec::new(),
                 };
                 ctx.store.record_sent(channel, message_id, &record).await?;
                 tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, attempts = history.attempts, "DM sent");
@@ -525,6 +526,7 @@ fn sent_event(channel: &str, message_id: &str, record: &SentRecord) -> StatusEve
         message_id: message_id.to_owned(),
         channel: channel.to_owned(),
         dm_event_id: record.dm_event_id.clone(),
+        dm_event_ids: record.dm_event_ids(),
         conversation_id: record.conversation_id.clone(),
         sent_at: record.sent_at,
     }

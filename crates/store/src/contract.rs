@@ -14,6 +14,7 @@ pub fn sample_record() -> SentRecord {
             .expect("static time")
             .with_timezone(&Utc),
         reported: false,
+        parts: Vec::new(),
     }
 }
 
@@ -21,6 +22,7 @@ pub fn sample_record() -> SentRecord {
 pub async fn run_all(store: &dyn StateStore) {
     unknown_replies_were_not_sent(store).await;
     a_recorded_reply_reads_back(store).await;
+    a_reply_sent_in_parts_reads_back_with_every_part(store).await;
     the_first_record_wins(store).await;
     reporting_is_remembered(store).await;
     channels_do_not_share_message_ids(store).await;
@@ -37,6 +39,27 @@ async fn a_recorded_reply_reads_back(store: &dyn StateStore) {
     let record = sample_record();
     store.record_sent("contract", "a", &record).await.unwrap();
     assert_eq!(store.sent("contract", "a").await.unwrap(), Some(record));
+}
+
+async fn a_reply_sent_in_parts_reads_back_with_every_part(store: &dyn StateStore) {
+    let record = SentRecord {
+        parts: vec!["1585800613253812228".into(), "1585800613253812229".into()],
+        ..sample_record()
+    };
+    store
+        .record_sent("contract", "parts", &record)
+        .await
+        .unwrap();
+    let read = store.sent("contract", "parts").await.unwrap().unwrap();
+    assert_eq!(
+        read.dm_event_ids(),
+        ["1585800613253812228", "1585800613253812229"]
+    );
+    assert_eq!(
+        sample_record().dm_event_ids(),
+        ["1585800613253812228"],
+        "a one-DM reply lists its one DM"
+    );
 }
 
 async fn the_first_record_wins(store: &dyn StateStore) {

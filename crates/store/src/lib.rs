@@ -33,6 +33,23 @@ pub struct SentRecord {
     /// Whether the `message.sent` event was confirmed by the broker; if not,
     /// a redelivery publishes it (and only it) again.
     pub reported: bool,
+    /// Every DM of a reply that went out as several (X takes one attachment
+    /// per DM), in order, so `message.sent` can list them all; empty when the
+    /// reply was one DM (`dm_event_id`). Records written before replies had
+    /// parts lack it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
+}
+
+impl SentRecord {
+    /// The ids of every DM the reply became, in order.
+    pub fn dm_event_ids(&self) -> Vec<String> {
+        if self.parts.is_empty() {
+            vec![self.dm_event_id.clone()]
+        } else {
+            self.parts.clone()
+        }
+    }
 }
 
 /// Why the store could not answer. The caller must not guess: a reply whose
