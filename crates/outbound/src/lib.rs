@@ -9,12 +9,14 @@
 //! - [`credits`]: the per-channel pause while an account has no credits.
 //! - [`ordering`]: conversation order while replies are parked.
 //! - [`report`]: status events, parking and dead letters.
+//! - [`media`]: a reply's attachments made local bytes, downloaded safely.
 
 #![warn(missing_docs)]
 
 pub mod credits;
 pub mod failpoints;
 pub mod fate;
+pub mod media;
 pub mod ordering;
 pub mod report;
 pub mod service;
