@@ -157,7 +157,8 @@
 //! `x-twitter-webhooks-signature: sha256=<base64 HMAC-SHA256(consumer_secret, body)>`. A media DM's
 //! text ends with ` https://t.co/<10 characters>` (just the link if there is no text), whose
 //! `indices` (in characters) are in `entities.urls` and `attachment.media`, as in
-//! `webhook_aaa_dm_media.json`; videos and GIFs add `video_info`. `apps` is only there for sends;
+//! `webhook_aaa_dm_media.json`; videos and GIFs add `video_info`, and their `media_url_https` is
+//! the preview image, as in v1.1 entities. `apps` is only there for sends;
 //! `users` has both participants when the simulator knows them (a send to an unknown user id lists
 //! only the sender). Group sends are not delivered. A receiver answering anything but 2xx (or
 //! not answering within [`WebhookConfig::timeout`]) is retried [`WebhookConfig::delivery_retries`]
