@@ -222,7 +222,7 @@ pub struct InboundSettings {
     pub profile_cache_ttl: Duration,
     /// The media proxy: the bridge URLs attachments carry, since X's own
     /// media URLs need the channel's OAuth signature, which the CRM lacks.
-    pub media: MediaSettings,
+    pub media: MediaProxySettings,
 }
 
 impl Default for InboundSettings {
@@ -237,7 +237,7 @@ impl Default for InboundSettings {
             safety_poll_interval: raw.safety_poll_interval,
             backfill_days: raw.backfill_days,
             profile_cache_ttl: raw.profile_cache_ttl,
-            media: MediaSettings::default(),
+            media: MediaProxySettings::default(),
         }
     }
 }
@@ -255,7 +255,7 @@ pub const DEFAULT_MEDIA_ORIGINS: [&str; 3] = [
 /// carries a signed URL of the bridge's own HTTP server, which fetches the
 /// media from X with the channel's OAuth signature and streams it through.
 #[derive(Debug, Clone)]
-pub struct MediaSettings {
+pub struct MediaProxySettings {
     /// The URL prefix under which the CRM reaches the bridge's HTTP server
     /// (e.g. `https://xbridge.internal.example/`); media URLs are
     /// `<prefix>media/<channel>/<token>`. Unset, `http://<inbound.listen>/`
@@ -284,9 +284,9 @@ pub struct MediaSettings {
     pub allowed_origins: Vec<String>,
 }
 
-impl Default for MediaSettings {
+impl Default for MediaProxySettings {
     fn default() -> Self {
-        MediaSettings {
+        MediaProxySettings {
             public_base_url: None,
             signing_key: None,
             url_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -470,7 +470,7 @@ struct RawInbound {
     backfill_days: u32,
     #[serde(with = "humantime_serde")]
     profile_cache_ttl: Duration,
-    media: RawMedia,
+    media: RawMediaProxy,
 }
 
 impl Default for RawInbound {
@@ -484,14 +484,14 @@ impl Default for RawInbound {
             safety_poll_interval: Duration::from_secs(300),
             backfill_days: 0,
             profile_cache_ttl: Duration::from_secs(3600),
-            media: RawMedia::default(),
+            media: RawMediaProxy::default(),
         }
     }
 }
 
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct RawMedia {
+struct RawMediaProxy {
     public_base_url: Option<String>,
     signing_key: Option<SecretSource>,
     #[serde(with = "humantime_serde")]
@@ -502,10 +502,10 @@ struct RawMedia {
     allowed_origins: Vec<String>,
 }
 
-impl Default for RawMedia {
+impl Default for RawMediaProxy {
     fn default() -> Self {
-        let defaults = MediaSettings::default();
-        RawMedia {
+        let defaults = MediaProxySettings::default();
+        RawMediaProxy {
             public_base_url: None,
             signing_key: None,
             url_ttl: defaults.url_ttl,
@@ -524,7 +524,7 @@ const MIN_SIGNING_KEY_CHARS: usize = 32;
 const MAX_MEDIA_URL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Validates `[inbound.media]`.
-fn validate_media(raw: RawMedia, errors: &mut Vec<String>) -> MediaSettings {
+fn validate_media_proxy(raw: RawMediaProxy, errors: &mut Vec<String>) -> MediaProxySettings {
     let public_base_url = raw.public_base_url.and_then(|text| match Url::parse(&text) {
         Ok(url)
             if matches!(url.scheme(), "http" | "https")
@@ -591,7 +591,7 @@ fn validate_media(raw: RawMedia, errors: &mut Vec<String>) -> MediaSettings {
             )),
         }
     }
-    MediaSettings {
+    MediaProxySettings {
         public_base_url,
         signing_key,
         url_ttl: raw.url_ttl,
@@ -756,7 +756,7 @@ impl Settings {
             safety_poll_interval: raw.inbound.safety_poll_interval,
             backfill_days: raw.inbound.backfill_days,
             profile_cache_ttl: raw.inbound.profile_cache_ttl,
-            media: validate_media(raw.inbound.media, &mut errors),
+            media: validate_media_proxy(raw.inbound.media, &mut errors),
         };
 
         if raw.channels.is_empty() {
