@@ -320,11 +320,11 @@ impl Default for CreditsSettings {
 }
 
 /// The inbound side: X's webhook server and the pollers.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct InboundSettings {
     /// Where the webhook server listens (X must reach it over HTTPS through
-    /// a proxy); unset, no webhook is served.
+    /// a proxy); unset, no webhook is served. The same server serves the
+    /// media proxy (`GET /media/…`).
     pub listen: Option<std::net::SocketAddr>,
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     pub body_limit: usize,
@@ -334,38 +334,94 @@ pub struct InboundSettings {
     pub publish_activity: bool,
     /// Pause between polls of a channel in `poll` mode. X allows 15 DM reads
     /// per 15 minutes per account, hence one a minute by default.
-    #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Pause between the safety-net polls of a channel in `both` mode.
-    #[serde(with = "humantime_serde")]
     pub safety_poll_interval: Duration,
     /// On a polled channel's first start, deliver the DMs of this many past
     /// days (at most 30, what X keeps); 0 starts from now.
     pub backfill_days: u32,
     /// How long a sender profile looked up with `GET /2/users/:id` (when a
     /// payload lacks it) is reused.
-    #[serde(with = "humantime_serde")]
     pub profile_cache_ttl: Duration,
     /// How often the bridge asks X (with each webhook channel's bearer token)
     /// whether the App's webhook is registered and valid, so a webhook X
     /// disabled after a failed CRC shows as `webhook_invalid` instead of as
     /// silence; 0 turns the check off (webhooks managed elsewhere).
-    #[serde(with = "humantime_serde")]
     pub webhook_check_interval: Duration,
+    /// The media proxy: the bridge URLs attachments carry, since X's own
+    /// media URLs need the channel's OAuth signature, which the CRM lacks.
+    pub media: MediaProxySettings,
 }
 
 impl Default for InboundSettings {
     fn default() -> Self {
+        let raw = RawInbound::default();
         InboundSettings {
-            listen: None,
-            body_limit: 1024 * 1024,
-            publish_echoes: true,
-            publish_activity: false,
-            poll_interval: Duration::from_secs(60),
-            safety_poll_interval: Duration::from_secs(300),
-            backfill_days: 0,
-            profile_cache_ttl: Duration::from_secs(3600),
-            webhook_check_interval: Duration::from_secs(300),
+            listen: raw.listen,
+            body_limit: raw.body_limit,
+            publish_echoes: raw.publish_echoes,
+            publish_activity: raw.publish_activity,
+            poll_interval: raw.poll_interval,
+            safety_poll_interval: raw.safety_poll_interval,
+            backfill_days: raw.backfill_days,
+            profile_cache_ttl: raw.profile_cache_ttl,
+            webhook_check_interval: raw.webhook_check_interval,
+            media: MediaProxySettings::default(),
+        }
+    }
+}
+
+/// X's origins that serve DM media: photos (TON), videos and GIFs, and
+/// their preview images. The X API base URL's origin is always allowed on
+/// top of the configured list, so the simulator works.
+pub const DEFAULT_MEDIA_ORIGINS: [&str; 3] = [
+    "https://ton.twitter.com",
+    "https://video.twimg.com",
+    "https://pbs.twimg.com",
+];
+
+/// The media proxy (`[inbound.media]`): each attachment of a published DM
+/// carries a signed URL of the bridge's own HTTP server, which fetches the
+/// media from X with the channel's OAuth signature and streams it through.
+#[derive(Debug, Clone)]
+pub struct MediaProxySettings {
+    /// The URL prefix under which the CRM reaches the bridge's HTTP server
+    /// (e.g. `https://xbridge.internal.example/`); media URLs are
+    /// `<prefix>media/<channel>/<token>`. Unset, `http://<inbound.listen>/`
+    /// is used, with loopback for an unspecified address: fine for a
+    /// CRM on the same host, wrong behind a proxy or in a cluster.
+    pub public_base_url: Option<Url>,
+    /// The HMAC-SHA256 key media URLs are signed with (at least 32
+    /// characters). Unset, a random key is made at startup: URLs then die
+    /// with the process and replicas refuse each other's.
+    pub signing_key: Option<SecretString>,
+    /// How long a media URL works after the event was published. A week
+    /// by default: long enough for a CRM that was down over a long weekend
+    /// to fetch what queued up, short enough that a leaked URL soon stops
+    /// working; X keeps DMs for 30 days, the upper bound.
+    pub url_ttl: Duration,
+    /// Largest media passed through, in bytes (default 512 MiB, X's video
+    /// limit): a larger announced size is refused, a body that grows past it
+    /// is cut.
+    pub max_bytes: u64,
+    /// How long X may take to answer a media download (connect and
+    /// response head), and the longest pause between two pieces of its body.
+    pub timeout: Duration,
+    /// Origins (`scheme://host[:port]`) media are fetched from; a signed
+    /// URL naming another origin is refused even with a valid signature, in
+    /// case the key leaks.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for MediaProxySettings {
+    fn default() -> Self {
+        MediaProxySettings {
+            public_base_url: None,
+            signing_key: None,
+            url_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 512 * 1024 * 1024,
+            timeout: Duration::from_secs(30),
+            allowed_origins: DEFAULT_MEDIA_ORIGINS.map(str::to_owned).to_vec(),
         }
     }
 }
@@ -471,7 +527,7 @@ struct RawSettings {
     #[serde(default)]
     outbound: RawOutbound,
     #[serde(default)]
-    inbound: InboundSettings,
+    inbound: RawInbound,
     #[serde(default)]
     state: RawState,
     #[serde(default)]
@@ -562,6 +618,42 @@ impl Default for RawMedia {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawInbound {
+    listen: Option<std::net::SocketAddr>,
+    body_limit: usize,
+    publish_echoes: bool,
+    publish_activity: bool,
+    #[serde(with = "humantime_serde")]
+    poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    safety_poll_interval: Duration,
+    backfill_days: u32,
+    #[serde(with = "humantime_serde")]
+    profile_cache_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    webhook_check_interval: Duration,
+    media: RawMediaProxy,
+}
+
+impl Default for RawInbound {
+    fn default() -> Self {
+        RawInbound {
+            listen: None,
+            body_limit: 1024 * 1024,
+            publish_echoes: true,
+            publish_activity: false,
+            poll_interval: Duration::from_secs(60),
+            safety_poll_interval: Duration::from_secs(300),
+            backfill_days: 0,
+            profile_cache_ttl: Duration::from_secs(3600),
+            webhook_check_interval: Duration::from_secs(300),
+            media: RawMediaProxy::default(),
+        }
+    }
+}
+
 fn validate_media(raw: RawMedia, errors: &mut Vec<String>) -> MediaSettings {
     let mut allowed_hosts = Vec::with_capacity(raw.allowed_hosts.len());
     for (i, text) in raw.allowed_hosts.iter().enumerate() {
@@ -593,6 +685,118 @@ fn validate_media(raw: RawMedia, errors: &mut Vec<String>) -> MediaSettings {
         download_timeout: raw.download_timeout,
         max_download_bytes: raw.max_download_bytes,
         spool_dir: raw.spool_dir,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawMediaProxy {
+    public_base_url: Option<String>,
+    signing_key: Option<SecretSource>,
+    #[serde(with = "humantime_serde")]
+    url_ttl: Duration,
+    max_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+    allowed_origins: Vec<String>,
+}
+
+impl Default for RawMediaProxy {
+    fn default() -> Self {
+        let defaults = MediaProxySettings::default();
+        RawMediaProxy {
+            public_base_url: None,
+            signing_key: None,
+            url_ttl: defaults.url_ttl,
+            max_bytes: defaults.max_bytes,
+            timeout: defaults.timeout,
+            allowed_origins: defaults.allowed_origins,
+        }
+    }
+}
+
+/// Shortest accepted media signing key: 32 characters, as many bits as
+/// the random key the bridge makes when none is configured.
+const MIN_SIGNING_KEY_CHARS: usize = 32;
+
+/// Longest media URL lifetime: X keeps DM events (and their media) 30 days.
+const MAX_MEDIA_URL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Validates `[inbound.media]`.
+fn validate_media_proxy(raw: RawMediaProxy, errors: &mut Vec<String>) -> MediaProxySettings {
+    let public_base_url = raw.public_base_url.and_then(|text| match Url::parse(&text) {
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.query().is_none()
+                && url.fragment().is_none() =>
+        {
+            // A prefix: media paths are joined under it, so it must end with '/'.
+            let mut url = url;
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            Some(url)
+        }
+        Ok(_) => {
+            errors.push(
+                "inbound.media.public_base_url: must be an http or https URL without query or fragment"
+                    .into(),
+            );
+            None
+        }
+        Err(e) => {
+            errors.push(format!("inbound.media.public_base_url: {e}"));
+            None
+        }
+    });
+    let signing_key = raw.signing_key.and_then(|source| match source.resolve() {
+        Ok(key) if key.expose_secret().chars().count() >= MIN_SIGNING_KEY_CHARS => Some(key),
+        Ok(_) => {
+            errors.push(format!(
+                "inbound.media.signing_key: must be at least {MIN_SIGNING_KEY_CHARS} characters"
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("inbound.media.signing_key: {e}"));
+            None
+        }
+    });
+    if raw.url_ttl < Duration::from_secs(60) || raw.url_ttl > MAX_MEDIA_URL_TTL {
+        errors.push(
+            "inbound.media.url_ttl: must be between 1m and 30days (X keeps DMs for 30 days)".into(),
+        );
+    }
+    if raw.max_bytes == 0 {
+        errors.push("inbound.media.max_bytes: must be at least 1".into());
+    }
+    if raw.timeout.is_zero() {
+        errors.push("inbound.media.timeout: must be greater than zero".into());
+    }
+    let mut allowed_origins = Vec::with_capacity(raw.allowed_origins.len());
+    for (i, text) in raw.allowed_origins.iter().enumerate() {
+        match Url::parse(text) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.path() == "/"
+                    && url.query().is_none()
+                    && url.fragment().is_none() =>
+            {
+                allowed_origins.push(url.origin().ascii_serialization());
+            }
+            _ => errors.push(format!(
+                "inbound.media.allowed_origins[{i}]: {text:?} must be an origin such as https://ton.twitter.com (scheme, host, optional port, nothing else)"
+            )),
+        }
+    }
+    MediaProxySettings {
+        public_base_url,
+        signing_key,
+        url_ttl: raw.url_ttl,
+        max_bytes: raw.max_bytes,
+        timeout: raw.timeout,
+        allowed_origins,
     }
 }
 
@@ -744,6 +948,18 @@ impl Settings {
         if raw.inbound.backfill_days > 30 {
             errors.push("inbound.backfill_days: at most 30 (X keeps DM events for 30 days)".into());
         }
+        let inbound = InboundSettings {
+            listen: raw.inbound.listen,
+            body_limit: raw.inbound.body_limit,
+            publish_echoes: raw.inbound.publish_echoes,
+            publish_activity: raw.inbound.publish_activity,
+            poll_interval: raw.inbound.poll_interval,
+            safety_poll_interval: raw.inbound.safety_poll_interval,
+            backfill_days: raw.inbound.backfill_days,
+            profile_cache_ttl: raw.inbound.profile_cache_ttl,
+            webhook_check_interval: raw.inbound.webhook_check_interval,
+            media: validate_media_proxy(raw.inbound.media, &mut errors),
+        };
 
         if raw.channels.is_empty() {
             errors.push("channels: at least one channel is required".into());
@@ -775,7 +991,7 @@ impl Settings {
                 credits: raw.outbound.credits,
                 media,
             },
-            inbound: raw.inbound,
+            inbound,
             state: StateSettings {
                 path: raw.state.path,
             },
@@ -1013,6 +1229,98 @@ mod tests {
         );
         let toml = format!("{VALID}\nuser_id = \"12ab\"");
         assert!(Settings::from_toml(&toml).is_err());
+    }
+
+    #[test]
+    fn media_urls_default_to_a_week_and_x_origins_without_a_key() {
+        let media = Settings::from_toml(VALID).unwrap().inbound.media;
+        assert_eq!(media.public_base_url, None);
+        assert!(media.signing_key.is_none(), "made at startup");
+        assert_eq!(media.url_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(media.timeout, Duration::from_secs(30));
+        assert_eq!(
+            media.allowed_origins,
+            [
+                "https://ton.twitter.com",
+                "https://video.twimg.com",
+                "https://pbs.twimg.com"
+            ]
+        );
+    }
+
+    #[test]
+    fn media_settings_are_read_and_the_key_never_shown() {
+        let key = "k".repeat(40);
+        std::env::set_var("XBRIDGE_TEST_MEDIA_KEY_OK", &key);
+        let toml = VALID.replace(
+            "[[channels]]",
+            r#"[inbound.media]
+            public_base_url = "https://bridge.example.com/xbridge"
+            signing_key = { env = "XBRIDGE_TEST_MEDIA_KEY_OK" }
+            url_ttl = "2h"
+            max_bytes = 1048576
+            timeout = "5s"
+            allowed_origins = ["https://ton.twitter.com", "http://127.0.0.1:8081"]
+
+            [[channels]]"#,
+        );
+        let settings = Settings::from_toml(&toml).unwrap();
+        let media = &settings.inbound.media;
+        assert_eq!(
+            media.public_base_url.as_ref().unwrap().as_str(),
+            "https://bridge.example.com/xbridge/",
+            "a prefix, so paths join under it"
+        );
+        assert_eq!(media.signing_key.as_ref().unwrap().expose_secret(), key);
+        assert_eq!(media.url_ttl, Duration::from_secs(7200));
+        assert_eq!(media.max_bytes, 1_048_576);
+        assert_eq!(media.timeout, Duration::from_secs(5));
+        assert_eq!(
+            media.allowed_origins,
+            ["https://ton.twitter.com", "http://127.0.0.1:8081"]
+        );
+        assert!(!format!("{settings:?}").contains(&key));
+    }
+
+    #[test]
+    fn media_settings_can_come_from_the_environment() {
+        std::env::set_var("XBRIDGE_INBOUND__MEDIA__MAX_BYTES", "4096");
+        let settings = Settings::from_toml(VALID);
+        std::env::remove_var("XBRIDGE_INBOUND__MEDIA__MAX_BYTES");
+        assert_eq!(settings.unwrap().inbound.media.max_bytes, 4096);
+    }
+
+    #[test]
+    fn bad_media_settings_name_their_field_but_not_the_key() {
+        let toml = VALID.replace(
+            "[[channels]]",
+            r#"[inbound.media]
+            public_base_url = "ftp://bridge.example.com/"
+            signing_key = "too-short-secret"
+            url_ttl = "90days"
+            max_bytes = 0
+            timeout = "0s"
+            allowed_origins = ["https://ton.twitter.com/1.1/ton"]
+
+            [[channels]]"#,
+        );
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        for expected in [
+            "inbound.media.public_base_url",
+            "inbound.media.signing_key: must be at least 32 characters",
+            "inbound.media.url_ttl",
+            "inbound.media.max_bytes",
+            "inbound.media.timeout",
+            "inbound.media.allowed_origins[0]",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+        assert!(!err.contains("too-short-secret"), "{err}");
+        let typo = VALID.replace(
+            "[[channels]]",
+            "[inbound.media]\nsigning_kye = \"x\"\n[[channels]]",
+        );
+        assert!(Settings::from_toml(&typo).is_err());
     }
 
     #[test]

@@ -445,9 +445,15 @@ mod tests {
             message.attachments,
             vec![Attachment {
                 kind: AttachmentKind::Photo,
-                media_key: "1221092866912550912".into(),
-                url: "https://ton.twitter.com/1.1/ton/data/dm/1221092871941558276/1221092866912550912/OwIPMAFC.png".into(),
+                media_id: Some("1221092866912550912".into()),
+                media_key: None,
+                url: None,
                 preview_url: None,
+                width: Some(1280),
+                height: Some(720),
+                duration_ms: None,
+                x_url: "https://ton.twitter.com/1.1/ton/data/dm/1221092871941558276/1221092866912550912/OwIPMAFC.png".into(),
+                x_preview_url: None,
             }]
         );
     }

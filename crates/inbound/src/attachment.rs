@@ -1,8 +1,10 @@
 //! Media attached to a DM, read from either of X's two media shapes.
 //!
 //! DM media URLs are not public: a photo's `https://ton.twitter.com/1.1/ton/data/dm/…`
-//! URL must be fetched with a request signed by the channel's user token. The bridge
-//! passes the URL on; fetching it is a later step.
+//! URL must be fetched with a request signed by the channel's user token, which the CRM
+//! does not have. So X's URLs are kept here but never published ([`Attachment::x_url`]);
+//! before a DM is published, [`crate::media::MediaLinks`] fills [`Attachment::url`] and
+//! [`Attachment::preview_url`] with signed URLs of the bridge's own media proxy.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -33,56 +35,96 @@ impl AttachmentKind {
     }
 }
 
-/// One media item of a DM (X allows one per DM).
+/// One media item of a DM (X allows one per DM), as the contract publishes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Attachment {
     /// Photo, video or animated GIF.
     pub kind: AttachmentKind,
-    /// X's id of the media: the `media_key` (`3_1583157113245011970`) from v2 lookups,
-    /// the numeric media id (`1221092866912550912`) from webhooks. Lets the CRM
-    /// recognise the same media when it is delivered twice.
-    pub media_key: String,
-    /// Where the media is: the photo itself, or for videos and GIFs the highest-bitrate
-    /// MP4. Fetching it needs the channel's user token.
-    pub url: String,
-    /// A still image standing for a video or GIF, when X gives one.
+    /// X's numeric media id (`1221092866912550912`): what webhooks give, and the digits of
+    /// a v2 `media_key` after its `_`, so both paths fill it and the CRM can recognise the
+    /// same media whichever way it came. `None` only if X gave neither.
+    pub media_id: Option<String>,
+    /// X's v2 media key (`3_1221092866912550912`), as the poller's `includes.media` gives
+    /// it, or a webhook when its media entity carries one. Not made up from the id: the
+    /// prefix depends on X's media category, which a webhook does not state.
+    pub media_key: Option<String>,
+    /// The bridge's signed URL of the media (for videos and GIFs, of the highest-bitrate
+    /// MP4), which the CRM fetches without X credentials until it expires. `None` when the
+    /// bridge has no public URL for its media proxy or X's URL is not on an allowed origin.
+    pub url: Option<String>,
+    /// The bridge's signed URL of the still image X gives for a video or GIF; `None` for a
+    /// photo (its `url` is the image) or when X gives none or it cannot be proxied.
     pub preview_url: Option<String>,
+    /// Width in pixels, when X says (the original size if given, else the largest X
+    /// renders).
+    pub width: Option<u32>,
+    /// Height in pixels, when X says.
+    pub height: Option<u32>,
+    /// A video's length in milliseconds, when X says.
+    pub duration_ms: Option<u64>,
+    /// X's URL of the media (TON, or the best MP4 variant): needs the channel's OAuth
+    /// signature, so it is only the media proxy's upstream, never published.
+    #[serde(skip)]
+    pub x_url: String,
+    /// X's URL of the preview image, never published (see `x_url`).
+    #[serde(skip)]
+    pub x_preview_url: Option<String>,
 }
 
 impl Attachment {
     /// From a webhook's `message_data.attachment.media` (v1.1 shape: `id_str`,
-    /// `media_url_https`, `type`, `video_info.variants[].bitrate`).
+    /// `media_url_https`, `type`, `original_info` or `sizes`, `video_info.variants[].bitrate`,
+    /// `video_info.duration_millis`).
     pub(crate) fn from_v1_media(media: &Object, path: &str) -> Result<Attachment, String> {
         let kind = kind(media, path)?;
-        let media_key = match media.get("id_str") {
+        let media_id = match media.get("id_str") {
             Some(Value::String(_)) => json::required_id(media, "id_str", path)?,
             _ => json::required_id(media, "id", path)?,
         };
+        let media_key = json::optional_str(media, "media_key").filter(|key| {
+            key.split_once('_')
+                .is_some_and(|(_, id)| id == media_id && is_media_key(key))
+        });
         let image = json::optional_str(media, "media_url_https")
             .or_else(|| json::optional_str(media, "media_url"));
-        let (url, preview_url) = match kind {
+        let video_info = media.get("video_info");
+        let (x_url, x_preview_url) = match kind {
             AttachmentKind::Photo => (image, None),
             AttachmentKind::Video | AttachmentKind::AnimatedGif => {
-                let variants = media
-                    .get("video_info")
-                    .and_then(|info| info.get("variants"));
-                match best_mp4(variants) {
+                match best_mp4(video_info.and_then(|info| info.get("variants"))) {
                     Some(mp4) => (Some(mp4), image),
                     None => (image, None),
                 }
             }
         };
-        let url = url.ok_or_else(|| format!("{path}media_url_https is missing"))?;
+        let x_url = x_url.ok_or_else(|| format!("{path}media_url_https is missing"))?;
+        let original = media.get("original_info").and_then(Value::as_object);
+        let large = media
+            .get("sizes")
+            .and_then(|sizes| sizes.get("large"))
+            .and_then(Value::as_object);
+        let (width, height) = match (dimension(original, "width"), dimension(original, "height")) {
+            (Some(w), Some(h)) => (Some(w), Some(h)),
+            _ => (dimension(large, "w"), dimension(large, "h")),
+        };
         Ok(Attachment {
             kind,
+            media_id: Some(media_id),
             media_key,
-            url,
-            preview_url,
+            url: None,
+            preview_url: None,
+            width,
+            height,
+            duration_ms: video_info
+                .and_then(|info| info.get("duration_millis"))
+                .and_then(Value::as_u64),
+            x_url,
+            x_preview_url,
         })
     }
 
     /// From an `includes.media[]` entry of a v2 lookup (`media_key`, `type`, `url`,
-    /// `preview_image_url`, `variants[].bit_rate`).
+    /// `preview_image_url`, `variants[].bit_rate`, `width`, `height`, `duration_ms`).
     pub(crate) fn from_v2_media(media: &Object, path: &str) -> Result<Attachment, String> {
         let kind = kind(media, path)?;
         let media_key = match media.get("media_key") {
@@ -90,23 +132,41 @@ impl Attachment {
             Some(other) => return Err(format!("{path}media_key {other} is not an X media key")),
             None => return Err(format!("{path}media_key is missing")),
         };
-        let preview_url = json::optional_str(media, "preview_image_url");
-        let url = match kind {
+        // The key is `<category>_<media id>`; X's upload answers give both, equal so.
+        let media_id = media_key.split_once('_').map(|(_, id)| id.to_owned());
+        let x_preview_url = json::optional_str(media, "preview_image_url");
+        let x_url = match kind {
             AttachmentKind::Photo => json::optional_str(media, "url"),
             AttachmentKind::Video | AttachmentKind::AnimatedGif => {
                 best_mp4(media.get("variants")).or_else(|| json::optional_str(media, "url"))
             }
         };
-        let url = url.ok_or_else(|| {
+        let x_url = x_url.ok_or_else(|| {
             format!("{path}url is missing (request media.fields=url,variants,preview_image_url)")
         })?;
         Ok(Attachment {
             kind,
-            media_key,
-            url,
-            preview_url,
+            media_id,
+            media_key: Some(media_key),
+            url: None,
+            preview_url: None,
+            width: dimension(Some(media), "width"),
+            height: dimension(Some(media), "height"),
+            duration_ms: media.get("duration_ms").and_then(Value::as_u64),
+            x_url,
+            // A photo is its own preview.
+            x_preview_url: x_preview_url.filter(|_| kind != AttachmentKind::Photo),
         })
     }
+}
+
+/// A positive pixel count at `object[field]`.
+fn dimension(object: Option<&Object>, field: &str) -> Option<u32> {
+    object?
+        .get(field)?
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n > 0)
 }
 
 fn kind(media: &Object, path: &str) -> Result<AttachmentKind, String> {
@@ -121,16 +181,13 @@ fn kind(media: &Object, path: &str) -> Result<AttachmentKind, String> {
     }
 }
 
-/// `<type>_<id>` as X forms media keys; the contract's `^([0-9]{1,3}_)?[0-9]{1,19}$`.
+/// `<category>_<id>` as X forms media keys; the contract's `^[0-9]{1,3}_[0-9]{1,19}$`.
 fn is_media_key(key: &str) -> bool {
-    match key.split_once('_') {
-        Some((prefix, id)) => {
-            (1..=3).contains(&prefix.len())
-                && prefix.bytes().all(|b| b.is_ascii_digit())
-                && json::is_id(id)
-        }
-        None => json::is_id(key),
-    }
+    key.split_once('_').is_some_and(|(prefix, id)| {
+        (1..=3).contains(&prefix.len())
+            && prefix.bytes().all(|b| b.is_ascii_digit())
+            && json::is_id(id)
+    })
 }
 
 /// The URL of the highest-bitrate `video/mp4` variant. The bitrate is `bit_rate` in v2
@@ -168,9 +225,10 @@ mod tests {
     }
 
     #[test]
-    fn a_v2_video_takes_the_highest_bitrate_mp4() {
+    fn a_v2_video_takes_the_highest_bitrate_mp4_its_sizes_and_both_ids() {
         let video = v2(json!({"media_key":"7_1583157113245011970","type":"video",
             "preview_image_url":"https://pbs.twimg.com/p.jpg",
+            "width":1280,"height":720,"duration_ms":4000,
             "variants":[
                 {"content_type":"application/x-mpegURL","url":"https://video.twimg.com/v.m3u8"},
                 {"bit_rate":832000,"content_type":"video/mp4","url":"https://video.twimg.com/mid.mp4"},
@@ -178,11 +236,32 @@ mod tests {
                 {"bit_rate":256000,"content_type":"video/mp4","url":"https://video.twimg.com/low.mp4"}]}))
         .unwrap();
         assert_eq!(video.kind, AttachmentKind::Video);
-        assert_eq!(video.media_key, "7_1583157113245011970");
-        assert_eq!(video.url, "https://video.twimg.com/high.mp4");
+        assert_eq!(video.media_key.as_deref(), Some("7_1583157113245011970"));
+        assert_eq!(video.media_id.as_deref(), Some("1583157113245011970"));
+        assert_eq!(video.x_url, "https://video.twimg.com/high.mp4");
         assert_eq!(
-            video.preview_url.as_deref(),
+            video.x_preview_url.as_deref(),
             Some("https://pbs.twimg.com/p.jpg")
+        );
+        assert_eq!(
+            (video.width, video.height, video.duration_ms),
+            (Some(1280), Some(720), Some(4000))
+        );
+        // Nothing the CRM could not fetch is published before the links are made.
+        assert_eq!((video.url, video.preview_url), (None, None));
+    }
+
+    #[test]
+    fn a_v2_photo_has_no_preview_and_may_lack_sizes() {
+        let photo = v2(
+            json!({"media_key":"3_1","type":"photo","url":"https://ton.twitter.com/x.jpg",
+            "preview_image_url":"https://ton.twitter.com/x.jpg","width":0}),
+        )
+        .unwrap();
+        assert_eq!(photo.x_preview_url, None);
+        assert_eq!(
+            (photo.width, photo.height, photo.duration_ms),
+            (None, None, None)
         );
     }
 
@@ -190,14 +269,39 @@ mod tests {
     fn a_v1_gif_takes_its_mp4_and_keeps_the_image_as_preview() {
         let gif = v1(json!({"id_str":"1221092866912550912","type":"animated_gif",
             "media_url_https":"https://pbs.twimg.com/dm_gif_preview/x.jpg",
-            "video_info":{"variants":[{"bitrate":0,"content_type":"video/mp4","url":"https://video.twimg.com/dm_gif/x.mp4"}]}}))
+            "sizes":{"thumb":{"w":150,"h":150,"resize":"crop"},"large":{"w":498,"h":280,"resize":"fit"}},
+            "video_info":{"aspect_ratio":[249,140],"variants":[{"bitrate":0,"content_type":"video/mp4","url":"https://video.twimg.com/dm_gif/x.mp4"}]}}))
         .unwrap();
         assert_eq!(gif.kind, AttachmentKind::AnimatedGif);
-        assert_eq!(gif.url, "https://video.twimg.com/dm_gif/x.mp4");
+        assert_eq!(gif.x_url, "https://video.twimg.com/dm_gif/x.mp4");
         assert_eq!(
-            gif.preview_url.as_deref(),
+            gif.x_preview_url.as_deref(),
             Some("https://pbs.twimg.com/dm_gif_preview/x.jpg")
         );
+        assert_eq!((gif.width, gif.height), (Some(498), Some(280)));
+        assert_eq!(gif.media_id.as_deref(), Some("1221092866912550912"));
+        assert_eq!(
+            gif.media_key, None,
+            "a webhook does not say the key's category"
+        );
+    }
+
+    #[test]
+    fn a_v1_video_gives_its_duration_and_prefers_the_original_size() {
+        let video = v1(json!({"id_str":"12","media_key":"7_12","type":"video",
+            "media_url_https":"https://pbs.twimg.com/dm_video_thumb/12/x.jpg",
+            "original_info":{"width":3840,"height":2160},
+            "sizes":{"large":{"w":2048,"h":1152,"resize":"fit"}},
+            "video_info":{"duration_millis":6500,"variants":[{"bitrate":832000,"content_type":"video/mp4","url":"https://video.twimg.com/dm_video/12/x.mp4"}]}}))
+        .unwrap();
+        assert_eq!((video.width, video.height), (Some(3840), Some(2160)));
+        assert_eq!(video.duration_ms, Some(6500));
+        assert_eq!(video.media_key.as_deref(), Some("7_12"), "given by X, kept");
+        // A key that does not name this media is not trusted.
+        let odd = v1(json!({"id_str":"12","media_key":"7_13","type":"photo",
+            "media_url_https":"https://ton.twitter.com/x.jpg"}))
+        .unwrap();
+        assert_eq!(odd.media_key, None);
     }
 
     #[test]
@@ -206,7 +310,10 @@ mod tests {
             r#"{"id":1221092866912550912,"type":"photo","media_url_https":"https://ton.twitter.com/x.png"}"#,
         )
         .unwrap();
-        assert_eq!(v1(media).unwrap().media_key, "1221092866912550912");
+        assert_eq!(
+            v1(media).unwrap().media_id.as_deref(),
+            Some("1221092866912550912")
+        );
     }
 
     #[test]
@@ -225,11 +332,14 @@ mod tests {
         assert!(v2(json!({"media_key":"3_1","type":"photo"}))
             .unwrap_err()
             .contains("url is missing"));
-        assert!(
-            v2(json!({"media_key":"x_1","type":"photo","url":"https://x"}))
-                .unwrap_err()
-                .contains("not an X media key")
-        );
+        for key in ["x_1", "1", "1234_1", "3_"] {
+            assert!(
+                v2(json!({"media_key":key,"type":"photo","url":"https://x"}))
+                    .unwrap_err()
+                    .contains("not an X media key"),
+                "{key}"
+            );
+        }
         assert!(v2(json!({"media_key":"3_1","url":"https://x"}))
             .unwrap_err()
             .contains("type is missing"));

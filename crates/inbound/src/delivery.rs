@@ -7,6 +7,7 @@
 
 use xbridge_store::{StateStore, StoreError};
 
+use crate::media::MediaLinks;
 use crate::profiles::Profiles;
 use crate::sink::{EventSink, OutboundEvent, SinkError};
 use crate::{classify, DirectMessage, MessageEcho, MessageOrigin, ReceivedMessage, ReceivedVia};
@@ -19,6 +20,8 @@ pub(crate) struct Delivery<'a> {
     pub sink: &'a dyn EventSink,
     pub profiles: Option<&'a Profiles>,
     pub publish_echoes: bool,
+    /// Signs the attachments' media URLs; without it they go out with `url: null`.
+    pub media: Option<&'a MediaLinks>,
 }
 
 /// Why a DM was not delivered; the caller retries (X redelivers, the poller
@@ -46,6 +49,9 @@ impl Delivery<'_> {
             ReceivedVia::Webhook => "webhook",
             ReceivedVia::Poll => "poll",
         };
+        if let Some(media) = self.media {
+            media.complete(channel, &mut dm);
+        }
         let event = match classify(&dm, self.own_user_id, &|_| own_send) {
             MessageOrigin::OwnSendEcho => {
                 tracing::debug!(channel, event_id, "echo of the bridge's own reply; dropped");

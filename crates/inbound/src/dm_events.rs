@@ -4,7 +4,7 @@
 //! The poller is expected to ask for everything a message needs:
 //! `dm_event.fields=id,event_type,text,sender_id,created_at,dm_conversation_id,attachments`,
 //! `expansions=sender_id,attachments.media_keys`, `user.fields=username,name,profile_image_url`
-//! and `media.fields=media_key,type,url,preview_image_url,variants`. An event without
+//! and `media.fields=media_key,type,url,preview_image_url,variants,width,height,duration_ms`. An event without
 //! its sender, time or conversation cannot become a message and is ignored with the
 //! reason; a page whose `includes` lack a user or a media still gives its messages,
 //! without the profile or the attachment.
@@ -273,9 +273,15 @@ mod tests {
                 text: "Hello, just you!".into(),
                 attachments: vec![Attachment {
                     kind: AttachmentKind::Photo,
-                    media_key: "3_1583157113245011970".into(),
-                    url: "https://ton.twitter.com/1.1/ton/data/dm/1585047616894574596/1583157113245011970/abcdEFGH.jpg".into(),
+                    media_id: Some("1583157113245011970".into()),
+                    media_key: Some("3_1583157113245011970".into()),
+                    url: None,
                     preview_url: None,
+                    width: None,
+                    height: None,
+                    duration_ms: None,
+                    x_url: "https://ton.twitter.com/1.1/ton/data/dm/1585047616894574596/1583157113245011970/abcdEFGH.jpg".into(),
+                    x_preview_url: None,
                 }],
                 created_at: DateTime::parse_from_rfc3339("2022-10-25T23:16:15.000Z")
                     .unwrap()
@@ -326,11 +332,11 @@ mod tests {
         let attachment = &messages(&page)[0].attachments[0];
         assert_eq!(attachment.kind, AttachmentKind::Video);
         assert_eq!(
-            attachment.url,
+            attachment.x_url,
             "https://video.twimg.com/dm_video/1/vid/high.mp4"
         );
         assert_eq!(
-            attachment.preview_url.as_deref(),
+            attachment.x_preview_url.as_deref(),
             Some("https://pbs.twimg.com/dm_video_thumb/1/img/x.jpg")
         );
     }

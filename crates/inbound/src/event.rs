@@ -172,13 +172,105 @@ mod tests {
             value["sender"],
             json!({"id":"3001969357","username":null,"name":null,"avatar_url":null})
         );
+        // X's URL is never published; without the media links there is no URL at all.
         assert_eq!(
             value["attachments"],
-            json!([{"kind":"photo","media_key":"1221092866912550912",
-                "url":"https://ton.twitter.com/1.1/ton/data/dm/1221092871941558276/1221092866912550912/OwIPMAFC.png",
-                "preview_url":null}])
+            json!([{"kind":"photo","media_id":"1221092866912550912","media_key":null,
+                "url":null,"preview_url":null,"width":1280,"height":720,"duration_ms":null}])
+        );
+        assert!(!value.to_string().contains("ton.twitter.com"));
+        assert_valid("message-received", &value);
+    }
+
+    fn media_links() -> crate::media::MediaLinks {
+        crate::media::MediaLinks::new(
+            secrecy::SecretString::from("k".repeat(32)),
+            Some(url::Url::parse("https://xbridge.example.com/").unwrap()),
+            std::time::Duration::from_secs(3600),
+            vec![
+                "https://ton.twitter.com".into(),
+                "https://video.twimg.com".into(),
+                "https://pbs.twimg.com".into(),
+            ],
+        )
+    }
+
+    #[test]
+    fn attachments_carry_signed_bridge_urls_once_linked() {
+        let links = media_links();
+        let mut dm = message(fixture!("webhook_aaa_dm_media.json"));
+        links.complete("acme", &mut dm);
+        let value = serde_json::to_value(ReceivedMessage::new("acme", dm)).unwrap();
+        let attachment = &value["attachments"][0];
+        let url = attachment["url"].as_str().unwrap();
+        assert!(
+            url.starts_with("https://xbridge.example.com/media/acme/v1."),
+            "{url}"
+        );
+        assert_eq!(
+            attachment["preview_url"],
+            Value::Null,
+            "a photo is its own preview"
+        );
+        let token = url.rsplit('/').next().unwrap();
+        let media = links
+            .verify("acme", token, None, std::time::SystemTime::now())
+            .unwrap();
+        assert_eq!(media.dm_event_id, "1221092871941558276");
+        assert_eq!(
+            media.x_url.as_str(),
+            "https://ton.twitter.com/1.1/ton/data/dm/1221092871941558276/1221092866912550912/OwIPMAFC.png"
         );
         assert_valid("message-received", &value);
+    }
+
+    #[test]
+    fn a_polled_video_is_linked_with_its_preview_and_sizes() {
+        let mut body: Value =
+            serde_json::from_slice(fixture!("dm_events_expanded_200.json")).unwrap();
+        body["data"][0]["attachments"]["media_keys"] = json!(["7_1583157113245011970"]);
+        body["includes"]["media"] = json!([{"media_key":"7_1583157113245011970","type":"video",
+            "preview_image_url":"https://pbs.twimg.com/dm_video_thumb/1/img/x.jpg",
+            "width":1280,"height":720,"duration_ms":5000,
+            "variants":[{"bit_rate":632000,"content_type":"video/mp4","url":"https://video.twimg.com/dm_video/1/vid/low.mp4"},
+                        {"bit_rate":2176000,"content_type":"video/mp4","url":"https://video.twimg.com/dm_video/1/vid/high.mp4"}]}]);
+        let page = parse_dm_events(body.to_string().as_bytes(), "906948460078698496").unwrap();
+        let InboundItem::Message(mut dm) = page.items[0].clone() else {
+            panic!("{:?}", page.items[0])
+        };
+        let links = media_links();
+        links.complete("acme", &mut dm);
+        let value = serde_json::to_value(MessageEcho::new("acme", dm)).unwrap();
+        let attachment = &value["attachments"][0];
+        assert_eq!(attachment["kind"], "video");
+        assert_eq!(attachment["media_key"], "7_1583157113245011970");
+        assert_eq!(attachment["media_id"], "1583157113245011970");
+        assert_eq!(
+            (
+                &attachment["width"],
+                &attachment["height"],
+                &attachment["duration_ms"]
+            ),
+            (&json!(1280), &json!(720), &json!(5000))
+        );
+        let verify = |field: &str| {
+            let url = attachment[field].as_str().unwrap();
+            let token = url.rsplit('/').next().unwrap();
+            links
+                .verify("acme", token, None, std::time::SystemTime::now())
+                .unwrap()
+                .x_url
+                .to_string()
+        };
+        assert_eq!(
+            verify("url"),
+            "https://video.twimg.com/dm_video/1/vid/high.mp4"
+        );
+        assert_eq!(
+            verify("preview_url"),
+            "https://pbs.twimg.com/dm_video_thumb/1/img/x.jpg"
+        );
+        assert_valid("message-echo", &value);
     }
 
     #[test]
@@ -228,6 +320,7 @@ mod tests {
             value["attachments"][0]["media_key"],
             "3_1583157113245011970"
         );
+        assert_eq!(value["attachments"][0]["media_id"], "1583157113245011970");
     }
 
     #[test]
@@ -315,7 +408,11 @@ mod tests {
             ("/created_at", json!("2020-01-26T22:28:20+01:00")),
             ("/received_via", json!("email")),
             ("/attachments/0/kind", json!("sticker")),
-            ("/attachments/0/url", json!(null)),
+            ("/attachments/0/url", json!(42)),
+            ("/attachments/0/media_key", json!("1221092866912550912")),
+            ("/attachments/0/media_id", json!("3_1221092866912550912")),
+            ("/attachments/0/width", json!(0)),
+            ("/attachments/0/duration_ms", json!(-1)),
             ("/sender/username", json!("")),
         ];
         for (pointer, value) in changes {

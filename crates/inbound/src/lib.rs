@@ -28,6 +28,10 @@
 //!   moves the cursor only past confirmed publishes. A first poll starts from now, or
 //!   `inbound.backfill_days` back; the service's loop calls it on an interval and pauses
 //!   it while the account's credits are out.
+//! - [`media::MediaLinks`] gives each published attachment a signed URL of the bridge
+//!   (X's own media URLs need the channel's OAuth signature), and
+//!   [`media_proxy::router`] serves it: checks the URL, fetches the media from X with the
+//!   channel's signature and streams it through, bounded in size and time.
 //! - [`profiles::Profiles`] looks up (and caches) a sender's profile when a payload
 //!   lacks it.
 //! - [`sink`] is where the webhook and the poller publish: [`sink::AmqpSink`] sends
@@ -71,6 +75,8 @@ mod error;
 mod event;
 mod item;
 mod json;
+pub mod media;
+pub mod media_proxy;
 mod message;
 pub mod poller;
 pub mod profiles;

@@ -61,6 +61,9 @@ pub struct PollContext {
     pub backfill: Option<Duration>,
     /// Where to look up a sender's profile when a page lacks it.
     pub profiles: Option<Arc<crate::profiles::Profiles>>,
+    /// Signs the attachments' media URLs (X's need the channel's signature); without it
+    /// attachments are published with `url: null`.
+    pub media: Option<Arc<crate::media::MediaLinks>>,
 }
 
 /// Milliseconds of X's snowflake epoch (2010-11-04T01:42:54.657Z).
@@ -343,6 +346,7 @@ async fn deliver(ctx: &PollContext, dm: &DirectMessage) -> Result<bool, PollErro
         sink: ctx.sink.as_ref(),
         profiles: ctx.profiles.as_deref(),
         publish_echoes: ctx.publish_echoes,
+        media: ctx.media.as_deref(),
     };
     Ok(delivery.deliver(dm.clone()).await?)
 }

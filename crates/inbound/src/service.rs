@@ -1,8 +1,10 @@
 //! The inbound service of one bridge process: keeps a confirm-mode
 //! connection to RabbitMQ, serves X's webhook, and polls the channels that
-//! are configured to be polled. Stops on shutdown: the webhook finishes the
+//! are configured to be polled; the webhook's server also serves the media
+//! proxy, whose signed URLs the published attachments carry. Stops on shutdown: the webhook finishes the
 //! requests in flight, the pollers stop between polls.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -19,6 +21,8 @@ use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_store::StateStore;
 use xbridge_x_api::{UserCredentials, WebhookClient, XClient, XClientConfig};
 
+use crate::media::MediaLinks;
+use crate::media_proxy::{self, MediaProxy};
 use crate::poller::{poll_once, PollBudget, PollContext, PollError};
 use crate::profiles::Profiles;
 use crate::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
@@ -56,6 +60,8 @@ pub struct Inbound {
     pollers: Vec<PollContext>,
     profiles: Vec<(String, Arc<Profiles>)>,
     webhook_watches: Vec<(String, WebhookClient)>,
+    media: Arc<MediaLinks>,
+    clients: HashMap<String, XClient>,
 }
 
 impl Inbound {
@@ -84,11 +90,15 @@ impl Inbound {
             None => None,
         };
         let sink = Arc::new(BrokerSink::default());
+        let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let media = Arc::new(media_links(&settings, bound));
         let mut profiles = Vec::new();
         let mut pollers = Vec::new();
         let mut webhook_watches = Vec::new();
+        let mut clients = HashMap::new();
         for channel in &settings.channels {
             let client = client(&settings, channel)?;
+            clients.insert(channel.name.clone(), client.clone());
             if channel.inbound.uses_webhook() && !settings.inbound.webhook_check_interval.is_zero()
             {
                 webhook_watches.push((channel.name.clone(), webhook_client(&settings, channel)?));
@@ -110,6 +120,7 @@ impl Inbound {
                         Duration::from_secs(u64::from(settings.inbound.backfill_days) * 86_400)
                     }),
                     profiles: Some(channel_profiles),
+                    media: Some(media.clone()),
                 });
             }
         }
@@ -122,6 +133,8 @@ impl Inbound {
             pollers,
             profiles,
             webhook_watches,
+            media,
+            clients,
         })
     }
 
@@ -147,6 +160,8 @@ impl Inbound {
             pollers,
             profiles,
             webhook_watches,
+            media,
+            clients,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(keep_connected(
@@ -172,10 +187,17 @@ impl Inbound {
                 publish_activity: settings.inbound.publish_activity,
             };
             let state = profiles.into_iter().fold(
-                WebhookState::new(channels, sink.clone(), store, config),
+                WebhookState::new(channels, sink.clone(), store, config).with_media(media.clone()),
                 |state, (channel, profiles)| state.with_profiles(&channel, profiles),
             );
             let state = Arc::new(state);
+            let proxy = Arc::new(MediaProxy::new(
+                media,
+                clients,
+                settings.inbound.media.max_bytes,
+                settings.inbound.media.timeout,
+            ));
+            let app = router(state).merge(media_proxy::router(proxy));
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -186,9 +208,9 @@ impl Inbound {
                     }
                 };
                 if let Ok(addr) = listener.local_addr() {
-                    tracing::info!(%addr, "serving X's webhook");
+                    tracing::info!(%addr, "serving X's webhook and the media proxy");
                 }
-                if let Err(e) = axum::serve(listener, router(state))
+                if let Err(e) = axum::serve(listener, app)
                     .with_graceful_shutdown(shutdown.cancelled_owned())
                     .await
                 {
@@ -230,6 +252,51 @@ impl Inbound {
         while tasks.join_next().await.is_some() {}
         tracing::info!("inbound stopped");
     }
+}
+
+/// The media URL signer of this process, from `[inbound.media]`: the configured key (or a
+/// random one, with a warning), the public URL (or one derived from the bound webhook
+/// address), and the allowed X origins plus the API base URL's (so a simulator works).
+fn media_links(settings: &Settings, bound: Option<SocketAddr>) -> MediaLinks {
+    let media = &settings.inbound.media;
+    let key = match &media.signing_key {
+        Some(key) => key.clone(),
+        None => {
+            tracing::warn!(
+                "inbound.media.signing_key is not set: media URLs are signed with a random key, so they stop working when the bridge restarts and other replicas refuse them"
+            );
+            MediaLinks::random_key()
+        }
+    };
+    let public_base_url = media.public_base_url.clone().or_else(|| {
+        let addr = bound?;
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            }
+            ip => ip,
+        };
+        let url = url::Url::parse(&format!("http://{}/", SocketAddr::new(ip, addr.port()))).ok()?;
+        tracing::warn!(
+            public_base_url = %url,
+            "inbound.media.public_base_url is not set: media URLs point at the webhook's own address, which only a CRM on this host reaches"
+        );
+        Some(url)
+    });
+    if public_base_url.is_none() {
+        tracing::warn!(
+            "neither inbound.listen nor inbound.media.public_base_url is set: DM attachments are published without media URLs"
+        );
+    }
+    let mut origins = media.allowed_origins.clone();
+    let api_origin = settings.x.api_base_url.origin().ascii_serialization();
+    if !origins.contains(&api_origin) {
+        origins.push(api_origin);
+    }
+    MediaLinks::new(key, public_base_url, media.url_ttl, origins)
 }
 
 fn client(settings: &Settings, channel: &ChannelSettings) -> Result<XClient, InboundError> {

@@ -82,6 +82,7 @@ pub struct WebhookState {
     signature_failures: AtomicU64,
     in_flight: InFlight,
     profiles: HashMap<String, Arc<crate::profiles::Profiles>>,
+    media: Option<Arc<crate::media::MediaLinks>>,
 }
 
 impl WebhookState {
@@ -110,7 +111,16 @@ impl WebhookState {
             signature_failures: AtomicU64::new(0),
             in_flight: InFlight::default(),
             profiles: HashMap::new(),
+            media: None,
         }
+    }
+
+    /// Gives the attachments of published DMs signed URLs of the bridge's media proxy
+    /// (`media`); without it they are published with `url: null`, since X's URLs are of
+    /// no use to the CRM.
+    pub fn with_media(mut self, media: Arc<crate::media::MediaLinks>) -> WebhookState {
+        self.media = Some(media);
+        self
     }
 
     /// Looks up the sender's profile through `profiles` when a delivery to
@@ -330,6 +340,7 @@ impl WebhookState {
             sink: self.sink.as_ref(),
             profiles: self.profiles.get(channel).map(|p| p.as_ref()),
             publish_echoes: self.config.publish_echoes,
+            media: self.media.as_deref(),
         }
         .deliver(dm)
         .await?;

@@ -111,6 +111,7 @@ impl World {
             publish_echoes: true,
             backfill: None,
             profiles: None,
+            media: None,
         };
         World {
             sim,

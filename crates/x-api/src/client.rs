@@ -202,6 +202,17 @@ impl XClient {
         Err(error)
     }
 
+    /// The shared HTTP client (connection pool, no redirects), for the request kinds that
+    /// live in modules of their own (media downloads).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// The account's credentials, for signing the requests of sibling modules.
+    pub(crate) fn credentials(&self) -> &UserCredentials {
+        &self.inner.credentials
+    }
+
     /// The pacer of this channel's DM sends, for status reports.
     pub fn pacer(&self) -> &Pacer {
         &self.inner.pacer

@@ -7,6 +7,8 @@
 //! - [`WebhookClient`] registers, lists and revalidates the App's webhook and subscribes an
 //!   account to it (README §4), with [`WebhookError`] saying what each of X's refusal
 //!   reasons means, so X can push DMs instead of being polled.
+//! - [`XClient::download_media`] fetches a DM's media with the account's signature and hands
+//!   the response on unread, for the inbound media proxy to stream ([`MediaDownloadError`]).
 //! - [`XError`] says what a failure means for the caller (retry later, never, or alert an
 //!   operator), read from X's problem bodies by [`classify_send_error`], because X reuses
 //!   HTTP statuses for unrelated causes.
@@ -20,6 +22,7 @@ mod client;
 mod dm;
 mod error;
 mod id;
+mod media_download;
 mod oauth;
 mod pacing;
 mod read;
@@ -29,6 +32,7 @@ mod webhooks;
 pub use client::{XClient, XClientConfig};
 pub use dm::{DmTarget, SentDm};
 pub use error::{classify_send_error, Problem, XError};
+pub use media_download::{MediaDownloadError, MAX_TRANSFER};
 pub use oauth::UserCredentials;
 pub use pacing::{Pacer, RateLimit};
 pub use read::{DmEventsRequest, DmEventsResponse, XUser};

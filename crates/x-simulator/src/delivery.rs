@@ -362,12 +362,21 @@ fn attachment_media(event: &DmEvent, attachment: &DmAttachment, indices: Value) 
         }
     };
     let size = |(w, h): (u32, u32)| json!({ "w": w, "h": h, "resize": "fit" });
+    // As in v1.1 entities, a video's or GIF's `media_url` is its still image; the video
+    // itself is in `video_info.variants`.
+    let image = match attachment.media_type {
+        MediaType::Photo => &attachment.url,
+        _ => attachment
+            .preview_image_url
+            .as_ref()
+            .unwrap_or(&attachment.url),
+    };
     let mut media = json!({
         "id": numeric_id,
         "id_str": attachment.media_id,
         "indices": indices,
-        "media_url": attachment.url,
-        "media_url_https": attachment.url,
+        "media_url": image,
+        "media_url_https": image,
         "url": attachment.tco_url,
         "display_url": display_url(attachment),
         "expanded_url": expanded_url(event),

@@ -83,6 +83,10 @@ pub struct MediaSpec {
     /// (photo) or `.mp4` if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_name: Option<String>,
+    /// The bytes the TON URL and every rendition serve, so a test can check a download byte
+    /// for byte (as a JSON array of numbers); a short placeholder naming the media if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Vec<u8>>,
 }
 
 impl MediaSpec {
@@ -93,6 +97,7 @@ impl MediaSpec {
             height: None,
             duration_ms: None,
             file_name: None,
+            content: None,
         }
     }
 
@@ -147,6 +152,10 @@ pub struct DmAttachment {
     pub duration_ms: Option<u64>,
     /// The `https://t.co/…` link X appends to the text of the webhook payload for this media.
     pub tco_url: String,
+    /// The bytes served for the media ([`MediaSpec::content`]); `None` serves a placeholder.
+    /// Not part of any X answer.
+    #[serde(skip)]
+    pub content: Option<Vec<u8>>,
 }
 
 /// One DM as X stores it for both participants: what `GET /2/dm_events` lists and webhooks
@@ -283,6 +292,7 @@ fn build_attachment(
         height,
         duration_ms,
         tco_url: format!("https://t.co/{}", random_text(10)),
+        content: spec.content.clone(),
     }
 }
 

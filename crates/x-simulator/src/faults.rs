@@ -27,7 +27,8 @@ use crate::rate_limit::RateLimitWindow;
 /// and `recipient_refuses` reach DM sends only; `read_server_error`, `read_timeout` and
 /// `read_rate_limit_window` reach the two reads only. `GET /2/users/me` only feels
 /// `unauthorized` and `latency`; the webhook and subscription routes only `latency` (and the
-/// subscription routes, which take a user token, `unauthorized`); media downloads none.
+/// subscription routes, which take a user token, `unauthorized`); media downloads (the TON
+/// URL and the video and GIF renditions) only the `media_*` faults, which reach nothing else.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
@@ -100,6 +101,28 @@ pub enum Fault {
         /// How many reads are held; `None` holds every one until cleared.
         times: Option<u32>,
     },
+    /// [`Fault::ServerError`] for downloads of the account's DM media (the TON URL, and the
+    /// renditions of media in the account's conversations).
+    MediaServerError {
+        /// The HTTP status to answer; an invalid one becomes 500.
+        status: u16,
+        /// How many downloads fail before X recovers; `None` fails until cleared.
+        times: Option<u32>,
+    },
+    /// [`Fault::Timeout`] for downloads of the account's DM media: no response head is sent.
+    MediaTimeout {
+        /// How many downloads are held; `None` holds every one until cleared.
+        times: Option<u32>,
+    },
+    /// Downloads of the account's DM media answer 200 with `bytes` filler bytes instead of
+    /// the media, so a client's size bound can be tested without a real large file.
+    MediaLargeBody {
+        /// How many bytes the body has.
+        bytes: u64,
+        /// Whether the answer announces its size in `Content-Length`; if not, the body is
+        /// streamed in chunks and the client only learns the size by counting.
+        content_length: bool,
+    },
 }
 
 /// Which family of X routes a request belongs to, for deciding which faults reach it.
@@ -111,6 +134,17 @@ pub(crate) enum Endpoint {
     DmRead,
     /// `GET /2/users/:id`.
     UserLookup,
+}
+
+/// How a `media_*` fault answers a media download instead of the media.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MediaFailure {
+    /// Keep the client waiting (the [`Fault::MediaTimeout`] case).
+    Hold,
+    /// An error status with X's generic problem body.
+    Answer { status: StatusCode, body: String },
+    /// 200 with filler bytes (the [`Fault::MediaLargeBody`] case).
+    LargeBody { bytes: u64, content_length: bool },
 }
 
 impl Fault {
@@ -280,6 +314,49 @@ impl FaultBook {
     }
 }
 
+impl FaultBook {
+    /// The failure, if any, that answers a download of `user_id`'s DM media, using up one
+    /// count of a limited fault. Only `media_*` faults reach media downloads.
+    pub(crate) fn take_media_failure(&mut self, user_id: &str) -> Option<MediaFailure> {
+        let active = self.by_user.get_mut(user_id)?;
+        if let Some(index) = active
+            .iter()
+            .position(|f| matches!(f, Fault::MediaTimeout { .. }))
+        {
+            if use_one(active, index) {
+                return Some(MediaFailure::Hold);
+            }
+        }
+        let server_error = active
+            .iter()
+            .enumerate()
+            .find_map(|(index, fault)| match fault {
+                Fault::MediaServerError { status, .. } => Some((index, *status)),
+                _ => None,
+            });
+        if let Some((index, status)) = server_error {
+            if use_one(active, index) {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return Some(MediaFailure::Answer {
+                    status,
+                    body: problems::generic(status),
+                });
+            }
+        }
+        active.iter().find_map(|fault| match fault {
+            Fault::MediaLargeBody {
+                bytes,
+                content_length,
+            } => Some(MediaFailure::LargeBody {
+                bytes: *bytes,
+                content_length: *content_length,
+            }),
+            _ => None,
+        })
+    }
+}
+
 /// Uses one count of the limited fault at `index`, removing it once spent. Returns whether it
 /// still applied to this request.
 fn use_one(active: &mut Vec<Fault>, index: usize) -> bool {
@@ -287,7 +364,9 @@ fn use_one(active: &mut Vec<Fault>, index: usize) -> bool {
         Fault::Timeout { times }
         | Fault::ServerError { times, .. }
         | Fault::ReadTimeout { times }
-        | Fault::ReadServerError { times, .. } => times,
+        | Fault::ReadServerError { times, .. }
+        | Fault::MediaTimeout { times }
+        | Fault::MediaServerError { times, .. } => times,
         _ => return true,
     };
     match times {
@@ -424,6 +503,52 @@ mod tests {
                 Some(SendFailure::Answer { status, .. }) if status == StatusCode::PAYMENT_REQUIRED
             ));
         }
+    }
+
+    #[test]
+    fn media_faults_reach_media_downloads_only() {
+        let mut book = FaultBook::default();
+        book.set(
+            "1",
+            Fault::MediaServerError {
+                status: 502,
+                times: Some(1),
+            },
+        );
+        for endpoint in [Endpoint::DmSend, Endpoint::DmRead, Endpoint::UserLookup] {
+            assert_eq!(book.take_failure("1", today(), endpoint), None);
+        }
+        assert!(matches!(
+            book.take_media_failure("1"),
+            Some(MediaFailure::Answer { status, .. }) if status == StatusCode::BAD_GATEWAY
+        ));
+        assert_eq!(book.take_media_failure("1"), None, "used up");
+        book.set("1", Fault::MediaTimeout { times: Some(1) });
+        assert_eq!(book.take_media_failure("1"), Some(MediaFailure::Hold));
+        book.set(
+            "1",
+            Fault::MediaLargeBody {
+                bytes: 10,
+                content_length: false,
+            },
+        );
+        assert_eq!(
+            book.take_media_failure("1"),
+            Some(MediaFailure::LargeBody {
+                bytes: 10,
+                content_length: false
+            })
+        );
+        let parsed: Fault =
+            serde_json::from_str(r#"{"kind":"media_large_body","bytes":10,"content_length":true}"#)
+                .unwrap();
+        assert!(matches!(
+            parsed,
+            Fault::MediaLargeBody {
+                bytes: 10,
+                content_length: true
+            }
+        ));
     }
 
     #[test]

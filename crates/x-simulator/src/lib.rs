@@ -157,7 +157,8 @@
 //! `x-twitter-webhooks-signature: sha256=<base64 HMAC-SHA256(consumer_secret, body)>`. A media DM's
 //! text ends with ` https://t.co/<10 characters>` (just the link if there is no text), whose
 //! `indices` (in characters) are in `entities.urls` and `attachment.media`, as in
-//! `webhook_aaa_dm_media.json`; videos and GIFs add `video_info`. `apps` is only there for sends;
+//! `webhook_aaa_dm_media.json`; videos and GIFs add `video_info`, and their `media_url_https` is
+//! the preview image, as in v1.1 entities. `apps` is only there for sends;
 //! `users` has both participants when the simulator knows them (a send to an unknown user id lists
 //! only the sender). Group sends are not delivered. A receiver answering anything but 2xx (or
 //! not answering within [`WebhookConfig::timeout`]) is retried [`WebhookConfig::delivery_retries`]
@@ -173,7 +174,8 @@
 //! `credits_depleted`, `payment_required`, `usage_capped`, `spend_cap_reached` and `not_enrolled`
 //! apply to sends, `GET /2/dm_events` and `GET /2/users/:id` (X bills and blocks reads too);
 //! `missing_permission` to sends and DM reads; `unauthorized` and `latency` to every user-token
-//! request but media downloads, which feel no fault. One-off *incidents* are scoped so that a counted fault meant for one direction is not
+//! request but media downloads, which feel only the `media_*` faults (`media_server_error`,
+//! `media_timeout`, `media_large_body`), which reach nothing else. One-off *incidents* are scoped so that a counted fault meant for one direction is not
 //! used up by the other (a poller would otherwise eat a `server_error` meant for a send):
 //! `server_error`, `timeout`, `rate_limit_window` and `recipient_refuses` reach sends only;
 //! `read_server_error`, `read_timeout` and `read_rate_limit_window` reach the two reads only.
@@ -195,7 +197,8 @@
 //!   follows the documented sample: the text without the t.co link) are not confirmed;
 //! - there are no group conversations, `ParticipantsJoin`/`Leave` events, typing or read events,
 //!   per-conversation lookups (`/2/dm_conversations/…/dm_events`), replay, XAA, or media upload
-//!   (a send's media is shown as a photo); the media bytes are placeholders;
+//!   (a send's media is shown as a photo); the media bytes are placeholders unless a test gives
+//!   them ([`MediaSpec`]`::content`, read back with [`Simulator::media_content`]);
 //! - AAA deliveries are not billed (UNCONFIRMED on X); expanded users are not counted as reads.
 //!
 //! # Admin API (`/_sim/`, no credentials)
@@ -222,7 +225,9 @@
 //! `recipient_refuses` (`participant_id`), `server_error` (`status`, optional `times`),
 //! `latency` (`millis`), `timeout` (optional `times`), `rate_limit_window` (`limit`,
 //! `window_secs`), `read_rate_limit_window` (`limit`, `window_secs`), `read_server_error`
-//! (`status`, optional `times`), `read_timeout` (optional `times`). For example, with the binary
+//! (`status`, optional `times`), `read_timeout` (optional `times`), `media_server_error`
+//! (`status`, optional `times`), `media_timeout` (optional `times`), `media_large_body`
+//! (`bytes`, `content_length`). For example, with the binary
 //! running:
 //!
 //! ```text

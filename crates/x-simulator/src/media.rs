@@ -1,11 +1,14 @@
 //! The media URLs of DM events, so a client can download what `GET /2/dm_events` and webhook
 //! payloads point at: the TON URL needs an OAuth 1.0a-signed GET by one of the conversation's
-//! accounts (as on X); video and GIF renditions and previews are public. The bytes are a
-//! placeholder naming the media, not a decodable image or video.
+//! accounts (as on X); video and GIF renditions and previews are public. The bytes are the
+//! media's [`crate::MediaSpec::content`], or a placeholder naming the media, never a decodable
+//! image or video. The `media_*` faults ([`crate::Fault::MediaServerError`],
+//! [`crate::Fault::MediaTimeout`], [`crate::Fault::MediaLargeBody`]) of the downloading account
+//! (TON) or of the conversation's accounts (renditions) replace the answer.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -13,8 +16,10 @@ use axum::response::{IntoResponse as _, Response};
 use axum::Extension;
 
 use crate::auth::{self, SignedRequest};
-use crate::events::DmEvent;
+use crate::events::{DmAttachment, DmEvent};
+use crate::faults::MediaFailure;
 use crate::problems;
+use crate::reply::Reply;
 use crate::request_log::RequestIdentity;
 use crate::state::SimState;
 
@@ -31,12 +36,83 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-fn media_bytes(media_id: &str, name: &str) -> Response {
-    let mut response = format!("x-simulator media {media_id} {name}\n").into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(name)),
-    );
+/// What a download of `name` (the URL's last segment) of `attachment` serves: the spec's bytes,
+/// or a placeholder naming the media.
+fn body_of(attachment: &DmAttachment, name: &str) -> (&'static str, Vec<u8>) {
+    let bytes = attachment.content.clone().unwrap_or_else(|| {
+        format!("x-simulator media {} {name}\n", attachment.media_id).into_bytes()
+    });
+    (content_type(name), bytes)
+}
+
+/// The content type and bytes the simulator serves at `url` (a TON URL, a rendition or a
+/// preview of a known DM event), for tests to compare a download with.
+pub(crate) fn content_at(events: &[DmEvent], url: &str) -> Option<(String, Vec<u8>)> {
+    let attachment = events.iter().find_map(|event| {
+        event.attachment.as_ref().filter(|a| {
+            a.url == url
+                || a.preview_image_url.as_deref() == Some(url)
+                || a.variants.iter().any(|v| v.url == url)
+        })
+    })?;
+    let name = url.rsplit('/').next().unwrap_or_default();
+    let (content_type, bytes) = body_of(attachment, name);
+    Some((content_type.to_owned(), bytes))
+}
+
+/// What a download answers, decided under the state lock and sent after it is released.
+enum Outcome {
+    Media(&'static str, Vec<u8>),
+    Failure(&'static str, MediaFailure),
+    Problem(StatusCode, String),
+}
+
+impl Outcome {
+    async fn answer(self, state: &SimState, identity: &RequestIdentity) -> Response {
+        match self {
+            Outcome::Media(content_type, bytes) => media_response(content_type, Body::from(bytes)),
+            Outcome::Problem(status, body) => problem(status, body),
+            Outcome::Failure(_, MediaFailure::Hold) => {
+                Reply::new(StatusCode::OK, "")
+                    .hold()
+                    .deliver(state, identity)
+                    .await
+            }
+            Outcome::Failure(_, MediaFailure::Answer { status, body }) => problem(status, body),
+            Outcome::Failure(
+                content_type,
+                MediaFailure::LargeBody {
+                    bytes,
+                    content_length: true,
+                },
+            ) => media_response(content_type, Body::from(vec![b'x'; bytes as usize])),
+            Outcome::Failure(
+                content_type,
+                MediaFailure::LargeBody {
+                    bytes,
+                    content_length: false,
+                },
+            ) => {
+                // Streamed in chunks: the body has no size the client could learn up front.
+                const CHUNK: u64 = 16 * 1024;
+                let chunks = (0..bytes.div_ceil(CHUNK)).map(move |i| {
+                    let len = CHUNK.min(bytes - i * CHUNK) as usize;
+                    Ok::<_, std::convert::Infallible>(Bytes::from(vec![b'x'; len]))
+                });
+                media_response(
+                    content_type,
+                    Body::from_stream(futures::stream::iter(chunks)),
+                )
+            }
+        }
+    }
+}
+
+fn media_response(content_type: &'static str, body: Body) -> Response {
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -68,35 +144,54 @@ pub(crate) async fn ton(
         headers: &headers,
         body: &body,
     };
-    let now = state.now();
-    let mut guard = state.lock();
-    let inner = &mut *guard;
-    let account = match auth::authenticate(&request, &inner.accounts, &mut inner.nonces, now) {
-        Ok(account) => account.clone(),
-        Err(failure) => {
-            tracing::warn!(?failure, "refused a media download's credentials");
-            return problem(failure.status(), failure.body());
-        }
+    let outcome = {
+        let now = state.now();
+        let mut guard = state.lock();
+        let inner = &mut *guard;
+        let account = match auth::authenticate(&request, &inner.accounts, &mut inner.nonces, now) {
+            Ok(account) => account.clone(),
+            Err(failure) => {
+                tracing::warn!(?failure, "refused a media download's credentials");
+                return problem(failure.status(), failure.body());
+            }
+        };
+        identity.set(&account.user_id);
+        let event = inner.events.iter().find(|event| {
+            event.id == event_id
+                && event.attachment.as_ref().is_some_and(|a| {
+                    a.media_id == media_id && a.url.rsplit('/').next() == Some(name.as_str())
+                })
+        });
+        let outcome = match event {
+            None => Outcome::Problem(StatusCode::NOT_FOUND, problems::not_found()),
+            Some(event) if !event.involves(&account.user_id) => {
+                Outcome::Problem(StatusCode::FORBIDDEN, problems::FORBIDDEN.to_string())
+            }
+            Some(event) => {
+                let (content_type, bytes) =
+                    body_of(event.attachment.as_ref().expect("matched above"), &name);
+                match inner.faults.take_media_failure(&account.user_id) {
+                    Some(failure) => {
+                        inner.counters.faults_injected += 1;
+                        Outcome::Failure(content_type, failure)
+                    }
+                    None => Outcome::Media(content_type, bytes),
+                }
+            }
+        };
+        outcome
     };
-    identity.set(&account.user_id);
-    let event = inner.events.iter().find(|event| {
-        event.id == event_id
-            && event.attachment.as_ref().is_some_and(|a| {
-                a.media_id == media_id && a.url.rsplit('/').next() == Some(name.as_str())
-            })
-    });
-    match event {
-        None => problem(StatusCode::NOT_FOUND, problems::not_found()),
-        Some(event) if !event.involves(&account.user_id) => {
-            problem(StatusCode::FORBIDDEN, problems::FORBIDDEN.to_string())
-        }
-        Some(_) => media_bytes(&media_id, &name),
-    }
+    outcome.answer(&state, &identity).await
 }
 
 /// `GET /dm_video/…`, `/dm_video_thumb/…`, `/dm_gif/…`, `/dm_gif_thumb/…`: public renditions,
-/// found by the media id that follows the prefix.
-pub(crate) async fn rendition(State(state): State<Arc<SimState>>, uri: Uri) -> Response {
+/// found by the media id that follows the prefix. The `media_*` faults of the conversation's
+/// accounts apply.
+pub(crate) async fn rendition(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    uri: Uri,
+) -> Response {
     let mut segments = uri.path().trim_start_matches('/').split('/').skip(1);
     let media_id = segments.next().unwrap_or_default().to_string();
     let name = uri
@@ -105,19 +200,40 @@ pub(crate) async fn rendition(State(state): State<Arc<SimState>>, uri: Uri) -> R
         .next()
         .unwrap_or_default()
         .to_string();
-    let known = state.lock().events.iter().any(|event: &DmEvent| {
-        event.attachment.as_ref().is_some_and(|a| {
-            a.media_id == media_id
-                && (a
-                    .preview_image_url
-                    .as_deref()
-                    .is_some_and(|url| url.ends_with(uri.path()))
-                    || a.variants.iter().any(|v| v.url.ends_with(uri.path())))
-        })
-    });
-    if known {
-        media_bytes(&media_id, &name)
-    } else {
-        problem(StatusCode::NOT_FOUND, problems::not_found())
-    }
+    let outcome = {
+        let mut guard = state.lock();
+        let inner = &mut *guard;
+        let event = inner.events.iter().find(|event: &&DmEvent| {
+            event.attachment.as_ref().is_some_and(|a| {
+                a.media_id == media_id
+                    && (a
+                        .preview_image_url
+                        .as_deref()
+                        .is_some_and(|url| url.ends_with(uri.path()))
+                        || a.variants.iter().any(|v| v.url.ends_with(uri.path())))
+            })
+        });
+        let outcome = match event {
+            None => Outcome::Problem(StatusCode::NOT_FOUND, problems::not_found()),
+            Some(event) => {
+                let (content_type, bytes) =
+                    body_of(event.attachment.as_ref().expect("matched above"), &name);
+                let participants: Vec<String> = std::iter::once(event.sender_id.clone())
+                    .chain(event.recipient_id.clone())
+                    .collect();
+                match participants
+                    .iter()
+                    .find_map(|user_id| inner.faults.take_media_failure(user_id))
+                {
+                    Some(failure) => {
+                        inner.counters.faults_injected += 1;
+                        Outcome::Failure(content_type, failure)
+                    }
+                    None => Outcome::Media(content_type, bytes),
+                }
+            }
+        };
+        outcome
+    };
+    outcome.answer(&state, &identity).await
 }

@@ -289,6 +289,13 @@ impl Simulator {
         event
     }
 
+    /// The content type and bytes the simulator serves at a media URL of a DM event (its TON
+    /// URL, a video or GIF rendition, a preview), so a test can compare a download through
+    /// the bridge with them byte for byte; `None` for a URL of no known media.
+    pub fn media_content(&self, url: &str) -> Option<(String, Vec<u8>)> {
+        crate::media::content_at(&self.state().lock().events, url)
+    }
+
     /// Makes a customer known (for `GET /2/users/:id`) without a DM.
     pub fn add_customer(&self, customer: Customer) {
         self.state().lock().customers.upsert(customer);

@@ -80,6 +80,19 @@ async fn a_webhook_dm_reaches_the_crm_once_with_the_contact_and_without_echoes()
     assert_eq!(event.body["event_id"], photo.id.as_str());
     assert_eq!(event.body["text"], "Here is the photo");
     assert_eq!(event.body["attachments"][0]["kind"], "photo");
+    // Its URL is the bridge's own, and serves X's bytes without X credentials.
+    let url = event.body["attachments"][0]["url"].as_str().unwrap();
+    let addr = bridge.webhook_addr.expect("the webhook is served");
+    assert!(
+        url.starts_with(&format!("http://{addr}/media/acme/")),
+        "{url}"
+    );
+    let media = reqwest::get(url).await.expect("the media proxy answers");
+    assert_eq!(media.status(), 200);
+    let x_url = photo.attachment.as_ref().unwrap().url.clone();
+    let (content_type, bytes) = app.simulator.media_content(&x_url).unwrap();
+    assert_eq!(media.headers()["content-type"], content_type.as_str());
+    assert_eq!(media.bytes().await.unwrap().as_ref(), bytes.as_slice());
 
     // X delivers the same event twice more: nothing new reaches the CRM.
     let before = app.simulator.deliveries().len();

@@ -378,6 +378,91 @@ async fn the_ton_url_needs_a_participants_signature() {
 }
 
 #[tokio::test]
+async fn media_serve_their_content_and_feel_the_media_faults() {
+    let h = harness().await;
+    let photo = MediaSpec {
+        content: Some(vec![0xff, 0xd8, 0xff, 0x00, 0x01]),
+        ..MediaSpec::photo()
+    };
+    let event = h
+        .sim
+        .customer_dm(h.user_id(), &Customer::generate("jane"), "", Some(photo));
+    let url = event.attachment.unwrap().url;
+    let path = format!("/{}", url.strip_prefix(h.sim.base_url().as_str()).unwrap());
+    let (content_type, bytes) = h.sim.media_content(&url).unwrap();
+    assert_eq!(content_type, "image/jpeg");
+    assert_eq!(bytes, [0xff, 0xd8, 0xff, 0x00, 0x01]);
+    let response = h
+        .client
+        .get(h.url(&path))
+        .header(
+            AUTHORIZATION,
+            h.authorization(&h.account, "GET", &h.url(&path)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.content_length(), Some(5));
+    assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    assert_eq!(h.sim.media_content("http://elsewhere/x.jpg"), None);
+
+    h.sim.set_fault(
+        h.user_id(),
+        Fault::MediaServerError {
+            status: 503,
+            times: Some(1),
+        },
+    );
+    assert_eq!(h.get(&path).await.status, 503);
+    assert_eq!(h.get(&path).await.status, 200, "used up");
+    // Reads' faults do not reach media, nor media faults reads.
+    h.sim.set_fault(
+        h.user_id(),
+        Fault::ReadServerError {
+            status: 500,
+            times: None,
+        },
+    );
+    assert_eq!(h.get(&path).await.status, 200);
+    h.sim.clear_faults(h.user_id());
+
+    h.sim.set_fault(
+        h.user_id(),
+        Fault::MediaLargeBody {
+            bytes: 40_000,
+            content_length: false,
+        },
+    );
+    let response = h
+        .client
+        .get(h.url(&path))
+        .header(
+            AUTHORIZATION,
+            h.authorization(&h.account, "GET", &h.url(&path)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.content_length(), None, "streamed without a size");
+    assert_eq!(response.bytes().await.unwrap().len(), 40_000);
+
+    h.sim
+        .set_fault(h.user_id(), Fault::MediaTimeout { times: Some(1) });
+    let error = h
+        .client
+        .get(h.url(&path))
+        .header(
+            AUTHORIZATION,
+            h.authorization(&h.account, "GET", &h.url(&path)),
+        )
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await
+        .expect_err("held");
+    assert!(error.is_timeout(), "{error}");
+}
+
+#[tokio::test]
 async fn only_the_last_30_days_are_listed() {
     let h = harness().await;
     let customer = Customer::generate("jane");
