@@ -23,6 +23,7 @@ pub async fn run_all(store: &dyn StateStore) {
     unknown_replies_were_not_sent(store).await;
     a_recorded_reply_reads_back(store).await;
     a_reply_sent_in_parts_reads_back_with_every_part(store).await;
+    each_part_is_recorded_on_its_own_and_is_an_own_send(store).await;
     the_first_record_wins(store).await;
     reporting_is_remembered(store).await;
     channels_do_not_share_message_ids(store).await;
@@ -60,6 +61,47 @@ async fn a_reply_sent_in_parts_reads_back_with_every_part(store: &dyn StateStore
         ["1585800613253812228"],
         "a one-DM reply lists its one DM"
     );
+}
+
+async fn each_part_is_recorded_on_its_own_and_is_an_own_send(store: &dyn StateStore) {
+    let part = |id: &str| SentRecord {
+        dm_event_id: id.into(),
+        ..sample_record()
+    };
+    assert_eq!(
+        store.sent_part("contract-parts", "p", 0).await.unwrap(),
+        None
+    );
+    store
+        .record_sent_part("contract-parts", "p", 0, &part("1800000000000000000"))
+        .await
+        .unwrap();
+    store
+        .record_sent_part("contract-parts", "p", 1, &part("1800000000000000001"))
+        .await
+        .unwrap();
+    // The first record of a part wins, as for whole replies.
+    store
+        .record_sent_part("contract-parts", "p", 1, &part("1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sent_part("contract-parts", "p", 1).await.unwrap(),
+        Some(part("1800000000000000001"))
+    );
+    assert_eq!(
+        store.sent_part("contract-parts", "p", 2).await.unwrap(),
+        None
+    );
+    // Parts are not the reply: it is recorded once every part went out.
+    assert_eq!(store.sent("contract-parts", "p").await.unwrap(), None);
+    assert_eq!(
+        store.sent_part("contract-other", "p", 0).await.unwrap(),
+        None
+    );
+    for id in ["1800000000000000000", "1800000000000000001"] {
+        assert!(store.is_own_send("contract-parts", id).await.unwrap());
+    }
 }
 
 async fn the_first_record_wins(store: &dyn StateStore) {

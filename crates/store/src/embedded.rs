@@ -11,6 +11,9 @@ use crate::{SentRecord, StateStore, StoreError};
 /// Sent replies, keyed by `<channel>\0<message_id>`; values are JSON so the
 /// record can grow fields without a migration.
 const SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("sent_replies");
+/// The DMs of replies sent in parts, keyed by `<channel>\0<part>\0<message_id>`;
+/// values as in [`SENT`].
+const SENT_PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("sent_reply_parts");
 /// X DM event ids of the bridge's own sends, keyed by `<channel>\0<dm_event_id>`;
 /// the value is the CRM's message id.
 const OWN_SENDS: TableDefinition<&str, &str> = TableDefinition::new("own_dm_events");
@@ -39,6 +42,7 @@ impl EmbeddedStore {
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(SENT).map_err(err)?;
+        txn.open_table(SENT_PARTS).map_err(err)?;
         txn.open_table(OWN_SENDS).map_err(err)?;
         txn.open_table(DELIVERED).map_err(err)?;
         txn.open_table(CURSORS).map_err(err)?;
@@ -57,6 +61,43 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// Inserts `record` at `key` in `table` unless a record is there (the
+    /// first send wins), and indexes its DMs as own sends, in one write.
+    async fn insert_first(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: String,
+        channel: &str,
+        message_id: &str,
+        record: &SentRecord,
+    ) -> Result<(), StoreError> {
+        let own_keys: Vec<String> = record
+            .dm_event_ids()
+            .iter()
+            .map(|id| self::key(channel, id))
+            .collect();
+        let message_id = message_id.to_owned();
+        let value = serde_json::to_vec(record).map_err(err)?;
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(table).map_err(err)?;
+                if table.get(key.as_str()).map_err(err)?.is_none() {
+                    table.insert(key.as_str(), value.as_slice()).map_err(err)?;
+                    let mut own = txn.open_table(OWN_SENDS).map_err(err)?;
+                    for own_key in &own_keys {
+                        own.insert(own_key.as_str(), message_id.as_str())
+                            .map_err(err)?;
+                    }
+                }
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+}
+
 fn key(channel: &str, message_id: &str) -> String {
     format!("{channel}\0{message_id}")
 }
@@ -65,9 +106,17 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
-fn read(db: &Database, key: &str) -> Result<Option<SentRecord>, StoreError> {
+fn part_key(channel: &str, message_id: &str, part: usize) -> String {
+    format!("{channel}\0{part}\0{message_id}")
+}
+
+fn read(
+    db: &Database,
+    table: TableDefinition<'static, &'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<SentRecord>, StoreError> {
     let txn = db.begin_read().map_err(err)?;
-    let table = txn.open_table(SENT).map_err(err)?;
+    let table = txn.open_table(table).map_err(err)?;
     let Some(value) = table.get(key).map_err(err)? else {
         return Ok(None);
     };
@@ -82,7 +131,7 @@ impl StateStore for EmbeddedStore {
         message_id: &str,
     ) -> Result<Option<SentRecord>, StoreError> {
         let key = key(channel, message_id);
-        self.blocking(move |db| read(db, &key)).await
+        self.blocking(move |db| read(db, SENT, &key)).await
     }
 
     async fn record_sent(
@@ -92,23 +141,30 @@ impl StateStore for EmbeddedStore {
         record: &SentRecord,
     ) -> Result<(), StoreError> {
         let key = key(channel, message_id);
-        let own_key = self::key(channel, &record.dm_event_id);
-        let message_id = message_id.to_owned();
-        let value = serde_json::to_vec(record).map_err(err)?;
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut table = txn.open_table(SENT).map_err(err)?;
-                if table.get(key.as_str()).map_err(err)?.is_none() {
-                    table.insert(key.as_str(), value.as_slice()).map_err(err)?;
-                    let mut own = txn.open_table(OWN_SENDS).map_err(err)?;
-                    own.insert(own_key.as_str(), message_id.as_str())
-                        .map_err(err)?;
-                }
-            }
-            txn.commit().map_err(err)
-        })
-        .await
+        self.insert_first(SENT, key, channel, message_id, record)
+            .await
+    }
+
+    async fn sent_part(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<Option<SentRecord>, StoreError> {
+        let key = part_key(channel, message_id, part);
+        self.blocking(move |db| read(db, SENT_PARTS, &key)).await
+    }
+
+    async fn record_sent_part(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+        record: &SentRecord,
+    ) -> Result<(), StoreError> {
+        let key = part_key(channel, message_id, part);
+        self.insert_first(SENT_PARTS, key, channel, message_id, record)
+            .await
     }
 
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {

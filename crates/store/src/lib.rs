@@ -75,6 +75,28 @@ pub trait StateStore: Send + Sync + 'static {
         record: &SentRecord,
     ) -> Result<(), StoreError>;
 
+    /// The record of part `part` (0-based) of a reply that goes out as
+    /// several DMs (one per attachment), if that part was sent. A crash
+    /// between parts must not send a part twice.
+    async fn sent_part(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<Option<SentRecord>, StoreError>;
+
+    /// Remembers that one part of a reply was sent; the first record wins,
+    /// and its DM is an own send ([`StateStore::is_own_send`]). The reply as
+    /// a whole is recorded with [`StateStore::record_sent`] once every part
+    /// went out.
+    async fn record_sent_part(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+        record: &SentRecord,
+    ) -> Result<(), StoreError>;
+
     /// Remembers that the CRM was told (the `message.sent` was confirmed).
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError>;
 
