@@ -126,6 +126,28 @@ impl PreparedMedia {
     }
 }
 
+/// The bytes from the current position, so X's chunked upload can read a
+/// prepared attachment like any stream ([`PreparedMedia::rewind`] first to
+/// start over).
+impl tokio::io::AsyncRead for PreparedMedia {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().body {
+            Body::Memory { bytes, position } => {
+                let rest = &bytes[(*position).min(bytes.len())..];
+                let n = rest.len().min(buf.remaining());
+                buf.put_slice(&rest[..n]);
+                *position += n;
+                std::task::Poll::Ready(Ok(()))
+            }
+            Body::Spooled(file) => std::pin::Pin::new(file).poll_read(cx, buf),
+        }
+    }
+}
+
 /// Which bound a download broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeLimit {
@@ -316,6 +338,25 @@ mod tests {
         assert_eq!(media.read_chunk(3).await.unwrap(), None);
         media.rewind().await.unwrap();
         assert_eq!(media.read_all().await.unwrap(), b"abcdefg");
+    }
+
+    #[tokio::test]
+    async fn prepared_media_reads_as_a_stream_from_where_it_stands() {
+        use tokio::io::AsyncReadExt as _;
+        let mut media = PreparedMedia::from_bytes(
+            0,
+            "image/png".into(),
+            MediaCategory::DmImage,
+            None,
+            b"abcdefg".to_vec(),
+        );
+        let mut all = Vec::new();
+        media.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"abcdefg");
+        media.rewind().await.unwrap();
+        let mut head = [0; 2];
+        media.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"ab");
     }
 
     #[test]
