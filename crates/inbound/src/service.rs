@@ -219,6 +219,7 @@ fn client(settings: &Settings, channel: &ChannelSettings) -> Result<XClient, Inb
         XClientConfig {
             base_url: settings.x.api_base_url.clone(),
             request_timeout: settings.x.request_timeout,
+            ..XClientConfig::default()
         },
         UserCredentials {
             consumer_key: channel.consumer_key.clone(),
