@@ -215,7 +215,7 @@ async fn out_of_credits_at_initialize_is_credits_exhausted() {
 }
 
 #[tokio::test]
-async fn an_outage_mid_upload_is_transient() {
+async fn an_outage_during_an_upload_is_transient() {
     let account = Account::generate("acme_support");
     let sim = simulator(&account).await;
     let client = client(&sim, &account, 2);
