@@ -319,6 +319,7 @@ fn x_config(settings: &Settings) -> XClientConfig {
     XClientConfig {
         base_url: settings.x.api_base_url.clone(),
         request_timeout: settings.x.request_timeout,
+        ..XClientConfig::default()
     }
 }
 

@@ -83,6 +83,7 @@ impl World {
             XClientConfig {
                 base_url: sim.base_url(),
                 request_timeout: Duration::from_secs(10),
+                ..XClientConfig::default()
             },
             UserCredentials {
                 consumer_key: account.consumer_key.clone().into(),

@@ -78,7 +78,10 @@ pub fn decide(error: &XError, history: &History, policy: &Policy) -> Fate {
         XError::MissingDmPermission { .. } => Fate::DeadLetter(FailureReason::MissingPermission),
         XError::NotEnrolled { .. } => Fate::DeadLetter(FailureReason::NotEnrolled),
         XError::RecipientRefuses { .. } => Fate::DeadLetter(FailureReason::RecipientRefuses),
-        XError::InvalidRequest { .. } => Fate::DeadLetter(FailureReason::InvalidRequest),
+        // X refused the media itself: sending it again fails the same way.
+        XError::InvalidRequest { .. } | XError::MediaProcessingFailed { .. } => {
+            Fate::DeadLetter(FailureReason::InvalidRequest)
+        }
     }
 }
 

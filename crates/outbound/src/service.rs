@@ -56,6 +56,7 @@ impl Outbound {
                     XClientConfig {
                         base_url: settings.x.api_base_url.clone(),
                         request_timeout: settings.x.request_timeout,
+                        ..XClientConfig::default()
                     },
                     UserCredentials {
                         consumer_key: channel.consumer_key.clone(),

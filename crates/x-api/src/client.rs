@@ -8,10 +8,11 @@ use std::time::Duration;
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use url::Url;
 
-use crate::dm::{self, SendDmBody, SendDmResponse};
+use crate::dm::{self, Attachment, SendDmBody, SendDmResponse};
 use crate::error::body_snippet;
 use crate::oauth;
 use crate::read::{classify_read_error, DmEventsRequest, DmEventsResponse, XUser};
+use crate::upload::MediaUploadConfig;
 use crate::{classify_send_error, DmTarget, Pacer, RateLimit, SentDm, UserCredentials, XError};
 
 /// Where X lives and how long to wait for it.
@@ -22,6 +23,9 @@ pub struct XClientConfig {
     /// Upper bound for one request including the body, so a hung connection turns into a
     /// retryable error instead of a stuck sender.
     pub request_timeout: Duration,
+    /// How [`XClient::upload_media`] cuts media into APPENDs and how long it waits for X to
+    /// process a video or GIF.
+    pub media: MediaUploadConfig,
 }
 
 impl Default for XClientConfig {
@@ -29,6 +33,7 @@ impl Default for XClientConfig {
         XClientConfig {
             base_url: Url::parse("https://api.x.com").expect("a valid URL"),
             request_timeout: Duration::from_secs(30),
+            media: MediaUploadConfig::default(),
         }
     }
 }
@@ -40,17 +45,20 @@ impl Default for XClientConfig {
 /// senders of a channel must draw from the same rate-limit window.
 #[derive(Clone)]
 pub struct XClient {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    http: reqwest::Client,
-    base_url: Url,
-    request_timeout: Duration,
-    credentials: UserCredentials,
-    pacer: Pacer,
+pub(crate) struct Inner {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base_url: Url,
+    pub(crate) request_timeout: Duration,
+    pub(crate) credentials: UserCredentials,
+    pub(crate) pacer: Pacer,
     /// X counts DM reads in a window of their own, so they are paced apart from sends.
-    read_pacer: Pacer,
+    pub(crate) read_pacer: Pacer,
+    /// X counts media uploads in a window of their own too (README §2).
+    pub(crate) upload_pacer: Pacer,
+    pub(crate) media: MediaUploadConfig,
 }
 
 impl fmt::Debug for XClient {
@@ -59,6 +67,7 @@ impl fmt::Debug for XClient {
             .field("base_url", &self.inner.base_url.as_str())
             .field("pacer", &self.inner.pacer)
             .field("read_pacer", &self.inner.read_pacer)
+            .field("upload_pacer", &self.inner.upload_pacer)
             .finish_non_exhaustive()
     }
 }
@@ -67,7 +76,8 @@ impl XClient {
     /// A client for one account.
     ///
     /// Fails with [`XError::InvalidRequest`] when `base_url` is not an http(s) URL that can
-    /// take a path, and with [`XError::Transient`] when the HTTP stack cannot start (TLS).
+    /// take a path or the media segment size is outside 1 byte to 5 MiB, and with
+    /// [`XError::Transient`] when the HTTP stack cannot start (TLS).
     pub fn new(config: XClientConfig, credentials: UserCredentials) -> Result<XClient, XError> {
         if !matches!(config.base_url.scheme(), "http" | "https")
             || config.base_url.cannot_be_a_base()
@@ -77,6 +87,7 @@ impl XClient {
                 config.base_url
             )));
         }
+        config.media.check()?;
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             // A signed request must not be replayed elsewhere; X does not redirect API calls.
@@ -95,6 +106,8 @@ impl XClient {
                 credentials,
                 pacer: Pacer::default(),
                 read_pacer: Pacer::default(),
+                upload_pacer: Pacer::default(),
+                media: config.media,
             }),
         })
     }
@@ -108,11 +121,29 @@ impl XClient {
     ///
     /// A 2xx whose body cannot be read is reported as [`XError::Transient`] as well; the DM
     /// may then have gone out, so a retry can duplicate it.
-    #[tracing::instrument(skip_all, fields(target = ?target, text_chars = text.chars().count()))]
     pub async fn send_dm(&self, target: &DmTarget, text: &str) -> Result<SentDm, XError> {
+        self.send_dm_with_media(target, text, None).await
+    }
+
+    /// [`XClient::send_dm`] with an optional attachment: `media_id` is the id
+    /// [`XClient::upload_media`] returned, sent as `"attachments":[{"media_id":…}]` (X takes
+    /// one per DM). With media the text may be empty (X takes a DM of only media); without,
+    /// it may not. A `media_id` that is not an X id fails locally.
+    #[tracing::instrument(skip_all, fields(target = ?target, text_chars = text.chars().count(), media_id = media_id.unwrap_or("none")))]
+    pub async fn send_dm_with_media(
+        &self,
+        target: &DmTarget,
+        text: &str,
+        media_id: Option<&str>,
+    ) -> Result<SentDm, XError> {
         let url = target.messages_url(&self.inner.base_url)?;
-        if text.is_empty() {
+        if text.is_empty() && media_id.is_none() {
             return Err(dm::local_invalid("the DM text is empty".to_owned()));
+        }
+        if let Some(media_id) = media_id.filter(|id| !dm::is_user_id(id)) {
+            return Err(dm::local_invalid(format!(
+                "{media_id:?} is not an X media id"
+            )));
         }
         let text_chars = text.chars().count();
         if text_chars > dm::MAX_TEXT_CHARS {
@@ -141,7 +172,10 @@ impl XClient {
             .http
             .post(url)
             .header(AUTHORIZATION, authorization)
-            .json(&SendDmBody { text })
+            .json(&SendDmBody {
+                text,
+                attachments: media_id.map(|media_id| [Attachment { media_id }]),
+            })
             .send()
             .await;
         crate::telemetry::record_request("dm_send", started, &response);
@@ -365,7 +399,7 @@ impl XClient {
         Err(error)
     }
 
-    fn transport_error(&self, error: &reqwest::Error, what: &'static str) -> XError {
+    pub(crate) fn transport_error(&self, error: &reqwest::Error, what: &'static str) -> XError {
         let detail = if error.is_timeout() {
             format!("no answer from X within {:?}", self.inner.request_timeout)
         } else {
@@ -410,7 +444,7 @@ enum Window {
 }
 
 /// Calls [`Pacer::completed`] when a request ends, even when its future is dropped.
-struct Answered<'a>(&'a Pacer);
+pub(crate) struct Answered<'a>(pub(crate) &'a Pacer);
 
 impl Drop for Answered<'_> {
     fn drop(&mut self) {
@@ -509,6 +543,7 @@ mod tests {
             XClientConfig {
                 base_url,
                 request_timeout: Duration::from_secs(10),
+                ..XClientConfig::default()
             },
             credentials(),
         )
@@ -647,6 +682,41 @@ mod tests {
                 }
             ),
             "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn media_goes_in_attachments_and_an_empty_text_is_left_out() {
+        let (server, base_url) = serve(vec![
+            (201, vec![], fixture("send_dm_201.json")),
+            (201, vec![], fixture("send_dm_201.json")),
+        ])
+        .await;
+        let client = client(base_url);
+        let target = DmTarget::Participant("42".into());
+
+        client
+            .send_dm_with_media(&target, "", Some("1583157113245011970"))
+            .await
+            .unwrap();
+        client
+            .send_dm_with_media(&target, "see", Some("1583157113245011970"))
+            .await
+            .unwrap();
+
+        let bodies: Vec<serde_json::Value> = server
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|seen| serde_json::from_str(&seen.body).unwrap())
+            .collect();
+        assert_eq!(
+            bodies,
+            [
+                serde_json::json!({"attachments": [{"media_id": "1583157113245011970"}]}),
+                serde_json::json!({"text": "see", "attachments": [{"media_id": "1583157113245011970"}]}),
+            ]
         );
     }
 

@@ -74,10 +74,20 @@ pub(crate) fn local_invalid(detail: String) -> XError {
     }
 }
 
-/// The JSON body of a text DM send.
+/// The JSON body of a DM send: `text` and/or one attachment. An empty text is left out, as
+/// X takes a DM with only media but no empty `text`.
 #[derive(Serialize)]
 pub(crate) struct SendDmBody<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
     pub(crate) text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) attachments: Option<[Attachment<'a>; 1]>,
+}
+
+/// One `attachments` item: X takes exactly one per DM.
+#[derive(Serialize)]
+pub(crate) struct Attachment<'a> {
+    pub(crate) media_id: &'a str,
 }
 
 /// A DM X accepted: enough to find it again and to recognise its echo in the webhook.

@@ -177,6 +177,16 @@ pub enum XError {
         /// X's body, if it sent a readable one.
         problem: Option<Problem>,
     },
+    /// X took the uploaded media but could not process it (a video or GIF whose STATUS ended
+    /// `failed`, e.g. an unsupported format): permanent for this media, since uploading the
+    /// same bytes again fails the same way. Tell the agent rather than retry.
+    #[error("X could not process the media {media_id}: {detail}")]
+    MediaProcessingFailed {
+        /// The media id X gave at INITIALIZE.
+        media_id: String,
+        /// X's message (`processing_info.error.message`), e.g. `Unsupported video format`.
+        detail: String,
+    },
     /// A failure that may pass: 5xx, a timeout, a broken connection, or an answer we could
     /// not read. Worth retrying with backoff.
     #[error("temporary failure talking to X ({}): {detail}", .status.map_or_else(|| "no HTTP status".to_owned(), |status| format!("HTTP {status}")))]
@@ -209,6 +219,8 @@ impl XError {
             | XError::NotEnrolled { .. }
             | XError::RecipientRefuses { .. } => Some(403),
             XError::Transient { status, .. } => *status,
+            // X answered the STATUS poll with 200; the failure is in its body.
+            XError::MediaProcessingFailed { .. } => None,
         }
     }
 
@@ -222,7 +234,9 @@ impl XError {
     /// there is one.
     pub fn detail(&self) -> String {
         match self {
-            XError::Transient { detail, .. } => detail.clone(),
+            XError::Transient { detail, .. } | XError::MediaProcessingFailed { detail, .. } => {
+                detail.clone()
+            }
             XError::RateLimited { problem, .. } => describe(problem.as_ref(), "Too Many Requests"),
             XError::Unauthorized { problem } => describe(problem.as_ref(), "Unauthorized"),
             XError::RecipientRefuses { problem } => describe(problem.as_ref(), "Forbidden"),
@@ -245,7 +259,7 @@ impl XError {
             | XError::Unauthorized { problem }
             | XError::RecipientRefuses { problem }
             | XError::InvalidRequest { problem, .. } => problem.as_ref(),
-            XError::Transient { .. } => None,
+            XError::Transient { .. } | XError::MediaProcessingFailed { .. } => None,
         }
     }
 }

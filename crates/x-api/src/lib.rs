@@ -1,7 +1,8 @@
 //! The parts of X's API that xbridge uses, for one X account at a time.
 //!
-//! - [`XClient`] sends DMs and reads DM events and users (for the inbound poller), signed
-//!   with the account's OAuth 1.0a [`UserCredentials`].
+//! - [`XClient`] sends DMs (with media it uploads first, [`XClient::upload_media`]) and
+//!   reads DM events and users (for the inbound poller), signed with the account's OAuth
+//!   1.0a [`UserCredentials`].
 //! - [`Pacer`] spreads a backlog of sends (and, with a window of its own, of reads) over
 //!   X's rate-limit windows instead of running into 429s.
 //! - [`WebhookClient`] registers, lists and revalidates the App's webhook and subscribes an
@@ -27,6 +28,7 @@ mod oauth;
 mod pacing;
 mod read;
 mod telemetry;
+mod upload;
 mod webhooks;
 
 pub use client::{XClient, XClientConfig};
@@ -36,4 +38,5 @@ pub use media_download::{MediaDownloadError, MAX_TRANSFER};
 pub use oauth::UserCredentials;
 pub use pacing::{Pacer, RateLimit};
 pub use read::{DmEventsRequest, DmEventsResponse, XUser};
+pub use upload::{MediaCategory, MediaUpload, MediaUploadConfig, UploadedMedia, MAX_SEGMENT_BYTES};
 pub use webhooks::{classify_webhook_error, webhook_problem, Webhook, WebhookClient, WebhookError};

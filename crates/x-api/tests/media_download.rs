@@ -12,6 +12,7 @@ fn client(sim: &Simulator, account: &Account) -> XClient {
         XClientConfig {
             base_url: sim.base_url(),
             request_timeout: Duration::from_secs(10),
+            ..XClientConfig::default()
         },
         UserCredentials {
             consumer_key: account.consumer_key.clone().into(),

@@ -19,6 +19,7 @@ use crate::delivery;
 use crate::events::{MediaSpec, Written};
 use crate::faults::Fault;
 use crate::state::SimState;
+use crate::uploads::{MediaProcessing, UploadRecord};
 
 pub(crate) fn router() -> Router<Arc<SimState>> {
     Router::new()
@@ -34,6 +35,8 @@ pub(crate) fn router() -> Router<Arc<SimState>> {
         .route("/accounts", get(accounts).post(add_account))
         .route("/faults", post(set_fault).delete(clear_faults))
         .route("/reset", post(reset))
+        .route("/uploads", get(uploads))
+        .route("/media_processing", post(set_media_processing))
 }
 
 /// `?user_id=`: narrows a listing to one account, or names whose faults to clear.
@@ -68,6 +71,14 @@ struct CustomerDm {
     text: String,
     media: Option<MediaSpec>,
     created_at: Option<DateTime<Utc>>,
+}
+
+/// Body of `POST /_sim/media_processing`.
+#[derive(Debug, Deserialize)]
+struct SetMediaProcessing {
+    user_id: String,
+    #[serde(default)]
+    processing: MediaProcessing,
 }
 
 /// Body of `POST /_sim/redeliver`.
@@ -284,4 +295,40 @@ async fn redeliver(State(state): State<Arc<SimState>>, body: Bytes) -> Response 
             format!("no DM event with id {}", request.event_id),
         ),
     }
+}
+
+async fn uploads(
+    State(state): State<Arc<SimState>>,
+    query: Result<Query<ByAccount>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return bad_query();
+    };
+    let inner = state.lock();
+    let uploads: Vec<_> = inner
+        .uploads
+        .iter()
+        .filter(|u| query.user_id.as_ref().is_none_or(|id| *id == u.user_id))
+        .map(UploadRecord::snapshot)
+        .collect();
+    Json(uploads).into_response()
+}
+
+async fn set_media_processing(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let request = match serde_json::from_slice::<SetMediaProcessing>(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why.to_string()),
+    };
+    let mut inner = state.lock();
+    if !inner.accounts.contains(&request.user_id) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no account with user_id {}", request.user_id),
+        );
+    }
+    tracing::info!(user_id = %request.user_id, processing = ?request.processing, "media processing set");
+    inner
+        .media_processing
+        .insert(request.user_id, request.processing);
+    StatusCode::NO_CONTENT.into_response()
 }

@@ -13,14 +13,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::auth::{self, SignedRequest};
-use crate::delivery;
+use crate::auth::SignedRequest;
 use crate::events::{one_to_one_conversation_id, DmEvent};
-use crate::faults::{Endpoint, SendFailure};
-use crate::problems;
+use crate::faults::Endpoint;
 use crate::reply::Reply;
 use crate::request_log::RequestIdentity;
 use crate::state::{SimState, Window};
+use crate::{delivery, gate, problems, uploads};
 
 /// X's limit on a DM's text, in characters.
 pub const MAX_TEXT_CHARS: usize = 10_000;
@@ -135,56 +134,15 @@ fn decide_send(
     let now = state.now();
     let mut guard = state.lock();
     let inner = &mut *guard;
-
-    let account = match auth::authenticate(request, &inner.accounts, &mut inner.nonces, now) {
-        Ok(account) => account.clone(),
-        Err(failure) => {
-            tracing::warn!(
-                ?failure,
-                path = request.uri.path(),
-                "refused a DM send's credentials"
-            );
-            let reply = Reply::new(failure.status(), failure.body());
-            return Err(match failure.user_id() {
-                Some(user_id) => reply.for_account(user_id, None),
-                None => reply,
-            });
-        }
-    };
+    let (account, reply) = gate::admit(
+        state,
+        inner,
+        request,
+        now,
+        (Window::Send, Endpoint::DmSend),
+        "DM send",
+    )?;
     let user_id = account.user_id.as_str();
-    let reply = Reply::new(StatusCode::OK, "").for_account(user_id, inner.faults.latency(user_id));
-    if inner.faults.revokes_token(user_id) {
-        inner.counters.faults_injected += 1;
-        return Err(reply.answer(StatusCode::UNAUTHORIZED, problems::UNAUTHORIZED));
-    }
-
-    let window = inner.count_rate_limit(Window::Send, user_id, now, state.default_rate_limit);
-    let reply = reply
-        .rate_limit(window)
-        .access_level(!inner.faults.lacks_dm_permission(user_id));
-    if window.exceeded {
-        inner.counters.rate_limited += 1;
-        return Err(reply.answer(StatusCode::TOO_MANY_REQUESTS, problems::RATE_LIMITED));
-    }
-
-    match inner
-        .faults
-        .take_failure(user_id, now.date_naive(), Endpoint::DmSend)
-    {
-        Some(SendFailure::Hold) => {
-            inner.counters.faults_injected += 1;
-            tracing::info!(
-                user_id,
-                "holding a DM send without answering (timeout fault)"
-            );
-            return Err(reply.hold());
-        }
-        Some(SendFailure::Answer { status, body }) => {
-            inner.counters.faults_injected += 1;
-            return Err(reply.answer(status, body));
-        }
-        None => {}
-    }
 
     let message = match validate(request, target, user_id) {
         Ok(message) => message,
@@ -192,6 +150,14 @@ fn decide_send(
         Err(Refusal::NotAMember) => {
             return Err(reply.answer(StatusCode::FORBIDDEN, problems::FORBIDDEN))
         }
+    };
+    // X takes only media this account uploaded, finalized and saw processed, within 24 h.
+    let media = match message.media_ids.first() {
+        Some(media_id) => match uploads::check_attachment(inner, user_id, media_id, now) {
+            Ok(kind) => Some((media_id.clone(), kind)),
+            Err(problem) => return Err(reply.answer(StatusCode::BAD_REQUEST, problem)),
+        },
+        None => None,
     };
     if let Some(participant) = &message.participant_id {
         if inner.faults.recipient_refuses(user_id, participant) {
@@ -233,7 +199,7 @@ fn decide_send(
         &dm.dm_conversation_id,
         dm.participant_id.as_deref(),
         &dm.text,
-        &dm.media_ids,
+        media.as_ref().map(|(id, kind)| (id.as_str(), *kind)),
         now,
     );
     inner.counters.dms_sent += 1;

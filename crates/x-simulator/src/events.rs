@@ -352,7 +352,7 @@ impl Inner {
     }
 
     /// Records an account's accepted send as a DM event with the send's id. Its media (X allows
-    /// one) is shown as a photo, since the simulator has no upload endpoint to learn the type.
+    /// one) is shown as the kind it was uploaded as.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn record_send_event(
         &mut self,
@@ -362,11 +362,16 @@ impl Inner {
         dm_conversation_id: &str,
         recipient_id: Option<&str>,
         text: &str,
-        media_ids: &[String],
+        media: Option<(&str, MediaType)>,
         created_at: DateTime<Utc>,
     ) -> DmEvent {
-        let attachment = media_ids.first().map(|media_id| {
-            build_attachment(base_url, event_id, media_id.clone(), &MediaSpec::photo())
+        let attachment = media.map(|(media_id, kind)| {
+            build_attachment(
+                base_url,
+                event_id,
+                media_id.to_string(),
+                &MediaSpec::of(kind),
+            )
         });
         let event = DmEvent {
             id: event_id.to_string(),

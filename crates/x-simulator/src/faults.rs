@@ -25,7 +25,10 @@ use crate::rate_limit::RateLimitWindow;
 /// lookups, which need no DM permission). One-off *incidents* are scoped, so a counted fault
 /// meant for sends is never used up by a poll: `server_error`, `timeout`, `rate_limit_window`
 /// and `recipient_refuses` reach DM sends only; `read_server_error`, `read_timeout` and
-/// `read_rate_limit_window` reach the two reads only. `GET /2/users/me` only feels
+/// `read_rate_limit_window` reach the two reads only. The media upload routes
+/// (`/2/media/upload…`) are the sending direction too: they feel the states (but not
+/// `missing_permission`, as uploading needs no DM permission), `server_error` and `timeout`,
+/// and their own window, `upload_rate_limit_window`. `GET /2/users/me` only feels
 /// `unauthorized` and `latency`; the webhook and subscription routes only `latency` (and the
 /// subscription routes, which take a user token, `unauthorized`); media downloads (the TON
 /// URL and the video and GIF renditions) only the `media_*` faults, which reach nothing else.
@@ -89,6 +92,14 @@ pub enum Fault {
         /// Length of the window in seconds.
         window_secs: u64,
     },
+    /// [`Fault::RateLimitWindow`] for the account's separate media upload window
+    /// (`/2/media/upload…`; X allows 1,875 per 15 minutes per user).
+    UploadRateLimitWindow {
+        /// Upload requests allowed per window.
+        limit: u32,
+        /// Length of the window in seconds.
+        window_secs: u64,
+    },
     /// [`Fault::ServerError`] for the account's reads (`GET /2/dm_events`, `GET /2/users/:id`).
     ReadServerError {
         /// The HTTP status to answer; an invalid one becomes 500.
@@ -134,6 +145,8 @@ pub(crate) enum Endpoint {
     DmRead,
     /// `GET /2/users/:id`.
     UserLookup,
+    /// The media upload routes: INITIALIZE, APPEND, FINALIZE and STATUS.
+    MediaUpload,
 }
 
 /// How a `media_*` fault answers a media download instead of the media.
@@ -223,6 +236,16 @@ impl FaultBook {
         })
     }
 
+    pub(crate) fn upload_rate_limit_window(&self, user_id: &str) -> Option<RateLimitWindow> {
+        self.active(user_id).iter().find_map(|fault| match fault {
+            Fault::UploadRateLimitWindow { limit, window_secs } => Some(RateLimitWindow {
+                limit: *limit,
+                window: Duration::from_secs(*window_secs),
+            }),
+            _ => None,
+        })
+    }
+
     pub(crate) fn revokes_token(&self, user_id: &str) -> bool {
         self.active(user_id).contains(&Fault::Unauthorized)
     }
@@ -257,7 +280,8 @@ impl FaultBook {
         endpoint: Endpoint,
     ) -> Option<SendFailure> {
         let active = self.by_user.get_mut(user_id)?;
-        let sends = endpoint == Endpoint::DmSend;
+        // Uploads are part of sending: a send's outage is theirs too.
+        let sends = matches!(endpoint, Endpoint::DmSend | Endpoint::MediaUpload);
         if let Some(index) = active.iter().position(|f| match f {
             Fault::Timeout { .. } => sends,
             Fault::ReadTimeout { .. } => !sends,
@@ -307,7 +331,8 @@ impl FaultBook {
         if has(&Fault::NotEnrolled) {
             return answer(StatusCode::FORBIDDEN, problems::CLIENT_NOT_ENROLLED);
         }
-        if endpoint != Endpoint::UserLookup && has(&Fault::MissingPermission) {
+        if matches!(endpoint, Endpoint::DmSend | Endpoint::DmRead) && has(&Fault::MissingPermission)
+        {
             return answer(StatusCode::FORBIDDEN, problems::OAUTH1_PERMISSIONS);
         }
         None

@@ -3,7 +3,7 @@
 //!
 //! It serves both directions of the bridge's DM traffic:
 //!
-//! - **outbound**: the two 1:1 DM send endpoints and the credential check, with OAuth 1.0a
+//! - **outbound**: the two 1:1 DM send endpoints, the media upload and the credential check, with OAuth 1.0a
 //!   signatures checked by code of its own (so a signing bug in the bridge's client is caught, not
 //!   mirrored), X's body rules and a per-account rate limit;
 //! - **inbound**: a DM event store per account (its own sends plus DMs injected "from customers"),
@@ -59,6 +59,10 @@
 //! | `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all` | user | 200 `{"data":{"subscribed":true\|false}}` (v2 style; v1.1 answered 204/404) |
 //! | `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all/list` | App or user | 200 `{"data":{"application_id","webhook_id","webhook_url","subscriptions":[{"user_id"}]}}` |
 //! | `DELETE /2/account_activity/webhooks/:webhook_id/subscriptions/:user_id/all` | App or user | 200 `{"data":{"subscribed":false}}` |
+//! | `POST /2/media/upload/initialize` `{"media_type","total_bytes","media_category","shared"?}` | user | 200 `{"data":{"id","media_key","expires_after_secs":86400}}` (below) |
+//! | `POST /2/media/upload/:id/append` multipart `media`, `segment_index` | user | 200 `{"data":{"expires_at":<epoch secs>}}` |
+//! | `POST /2/media/upload/:id/finalize` | user | 200 `{"data":{"id","media_key","size","expires_after_secs"}}`, plus `processing_info` for videos and GIFs |
+//! | `GET /2/media/upload?command=STATUS&media_id=…` | user | 200 `{"data":{"id","media_key","processing_info":{"state",…}}}` |
 //! | `GET /1.1/ton/data/dm/:event_id/:media_id/:name` | user (a participant) | the media's bytes (a placeholder, not a real image); 403 for others |
 //! | `GET /dm_video/…`, `/dm_video_thumb/…`, `/dm_gif/…`, `/dm_gif_thumb/…` | none | video and GIF renditions and previews (placeholders) |
 //! | anything else | | 404 |
@@ -80,6 +84,39 @@
 //! `x-rate-limit-remaining`, `x-rate-limit-reset` (epoch seconds) and `x-access-level`; a 201 also
 //! carries `location`. Error bodies are X's recorded ones, byte for byte, from
 //! `tests/fixtures/x-api/`.
+//!
+//! # Media upload
+//!
+//! X's v2 chunked upload, for DM media. Every step is checked like a send — credentials, then
+//! the account's **upload** window (429; default X's 1,875 per 15 minutes, see
+//! [`SimulatorConfig::upload_rate_limit`] and [`Fault::UploadRateLimitWindow`]), then the
+//! account's faults — and answers carry the `x-rate-limit-*` and `x-access-level` headers.
+//! Then, each refusal being 400 `invalid-request` with a message naming the problem:
+//!
+//! - INITIALIZE takes a JSON body with `media_category` `dm_image` (`image/jpeg`, `image/pjpeg`,
+//!   `image/png`, `image/webp`, `image/bmp`; at most 5 MiB), `dm_gif` (`image/gif`; 15 MiB) or
+//!   `dm_video` (`video/mp4`, `video/quicktime`; 512 MiB), `total_bytes` from 1 to that limit,
+//!   optional `shared` and `additional_owners`, nothing else. The media id comes from the one
+//!   id sequence; the `media_key` is `3_`, `16_` or `7_` plus the id.
+//! - APPEND (not signed over its multipart body, as OAuth 1.0a says) takes `media` (1 byte to
+//!   [`MAX_SEGMENT_BYTES`], 5 MiB, X's documented chunk bound) and `segment_index` (0 to
+//!   [`MAX_SEGMENT_INDEX`], 999), for an upload of the same account that is not finalized. A
+//!   repeated index replaces the earlier segment (X lets a chunk be retried).
+//! - FINALIZE wants segments `0..n` without a gap whose sizes add up to `total_bytes`; the
+//!   upload stays open after a refusal. A repeated FINALIZE answers the current state.
+//! - STATUS (for a finalized upload of the account) moves processing one step per poll: a
+//!   video or GIF answers `pending` at FINALIZE, then `in_progress` (with `progress_percent`)
+//!   for [`MediaProcessing::status_polls_before_done`] polls, then `succeeded`, or `failed`
+//!   with `"error":{"code":1,"name":"InvalidMedia","message":…}` inside `processing_info` (X's
+//!   v1.1 shape). Images are `succeeded` at FINALIZE and have no `processing_info` there.
+//!   [`Simulator::set_media_processing`] (or `POST /_sim/media_processing`) sets an account's
+//!   polls, outcome and `check_after_secs`; the default is one poll, `succeeded`, 1 s.
+//!
+//! A send's `attachments[0].media_id` must name an upload of the sending account that is
+//! finalized, processed (`succeeded`) and younger than 24 hours; otherwise 400 naming why.
+//! Its DM event then shows the media as a photo, video or animated GIF after its category.
+//! [`Simulator::uploads`] lists every [`Upload`] with its segments in arrival order and the
+//! bytes assembled by index (all kept in memory).
 //!
 //! # DM events
 //!
@@ -179,6 +216,9 @@
 //! used up by the other (a poller would otherwise eat a `server_error` meant for a send):
 //! `server_error`, `timeout`, `rate_limit_window` and `recipient_refuses` reach sends only;
 //! `read_server_error`, `read_timeout` and `read_rate_limit_window` reach the two reads only.
+//! Media uploads belong to the sending direction: they feel the states but
+//! `missing_permission` (uploading needs no DM permission), `server_error` and `timeout`
+//! (shared with sends), and `upload_rate_limit_window`.
 //! Webhook management feels only `latency`; subscriptions `latency` and `unauthorized`.
 //!
 //! # Faithful and simplified
@@ -196,9 +236,12 @@
 //!   schedule of deliveries (v2's is undocumented), and v2's `text` of a media DM (the simulator
 //!   follows the documented sample: the text without the t.co link) are not confirmed;
 //! - there are no group conversations, `ParticipantsJoin`/`Leave` events, typing or read events,
-//!   per-conversation lookups (`/2/dm_conversations/…/dm_events`), replay, XAA, or media upload
-//!   (a send's media is shown as a photo); the media bytes are placeholders unless a test gives
-//!   them ([`MediaSpec`]`::content`, read back with [`Simulator::media_content`]);
+//!   per-conversation lookups (`/2/dm_conversations/…/dm_events`), replay, XAA, the one-shot
+//!   `POST /2/media/upload`, base64 `media_data` APPENDs, or `shared` media reuse checks; the
+//!   media bytes served for a DM are placeholders unless a test gives them
+//!   ([`MediaSpec`]`::content`, read back with [`Simulator::media_content`]), not the uploaded
+//!   ones; media processing advances by STATUS polls rather than time, and the MIME types
+//!   accepted per category are a plausible subset (X's exact DM lists are unconfirmed);
 //! - AAA deliveries are not billed (UNCONFIRMED on X); expanded users are not counted as reads.
 //!
 //! # Admin API (`/_sim/`, no credentials)
@@ -218,13 +261,16 @@
 //! | `POST /_sim/accounts` | adds an [`Account`] (JSON with its eight fields); 201 |
 //! | `POST /_sim/faults` | body `{"user_id":"…","fault":{"kind":"credits_depleted"}}`; 204, 404 for an unknown account, 400 for a bad body |
 //! | `DELETE /_sim/faults?user_id=…` | clears that account's faults (all accounts' without `user_id`); 204 |
-//! | `POST /_sim/reset` | forgets DMs, DM events, deliveries, billing, requests, counters, faults, windows and nonces; keeps accounts, customers, webhooks and subscriptions; 204 |
+//! | `GET /_sim/uploads[?user_id=…]` | JSON array of [`Upload`] (without the bytes; `size` is their count) |
+//! | `POST /_sim/media_processing` | body `{"user_id":"…","processing":{"status_polls_before_done":1,"outcome":{"kind":"succeeded"}\|{"kind":"failed","message":"…"},"check_after_secs":1}}` (every field optional): [`Simulator::set_media_processing`]; 204, 404 for an unknown account |
+//! | `POST /_sim/reset` | forgets DMs, DM events, uploads, deliveries, billing, requests, counters, faults, windows and nonces; keeps accounts, customers, webhooks and subscriptions; 204 |
 //!
 //! Fault kinds (see [`Fault`]): `credits_depleted`, `payment_required`, `usage_capped`,
 //! `spend_cap_reached`, `missing_permission`, `not_enrolled`, `unauthorized`,
 //! `recipient_refuses` (`participant_id`), `server_error` (`status`, optional `times`),
 //! `latency` (`millis`), `timeout` (optional `times`), `rate_limit_window` (`limit`,
-//! `window_secs`), `read_rate_limit_window` (`limit`, `window_secs`), `read_server_error`
+//! `window_secs`), `read_rate_limit_window` (`limit`, `window_secs`),
+//! `upload_rate_limit_window` (`limit`, `window_secs`), `read_server_error`
 //! (`status`, optional `times`), `read_timeout` (optional `times`), `media_server_error`
 //! (`status`, optional `times`), `media_timeout` (optional `times`), `media_large_body`
 //! (`bytes`, `content_length`). For example, with the binary
@@ -269,6 +315,7 @@ mod dm;
 mod dm_events;
 mod events;
 mod faults;
+mod gate;
 mod media;
 pub mod oauth;
 mod problems;
@@ -278,6 +325,7 @@ mod request_log;
 mod routes;
 mod simulator;
 mod state;
+mod uploads;
 mod users;
 mod webhooks;
 
@@ -294,4 +342,8 @@ pub use faults::Fault;
 pub use rate_limit::RateLimitWindow;
 pub use request_log::{Counters, RequestRecord, CLIENT_CLOSED_REQUEST};
 pub use simulator::{Simulator, SimulatorConfig};
+pub use uploads::{
+    MediaProcessing, ProcessingOutcome, ProcessingState, Upload, MAX_SEGMENT_BYTES,
+    MAX_SEGMENT_INDEX, MEDIA_EXPIRES_AFTER_SECS,
+};
 pub use webhooks::{Subscription, Webhook, WebhookConfig, MAX_WEBHOOK_URL_CHARS};

@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             limit: cli.read_rate_limit,
             window: Duration::from_secs(cli.read_rate_limit_window_secs),
         },
+        upload_rate_limit: SimulatorConfig::default().upload_rate_limit,
         webhooks: WebhookConfig {
             delivery_retries: cli.webhook_retries,
             retry_backoff: Duration::from_millis(cli.webhook_backoff_ms),

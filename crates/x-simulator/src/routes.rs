@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse as _, Response};
@@ -9,7 +10,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::state::SimState;
-use crate::{admin, dm, dm_events, media, problems, request_log, users, webhooks};
+use crate::{admin, dm, dm_events, media, problems, request_log, uploads, users, webhooks};
 
 pub(crate) fn router(state: Arc<SimState>) -> Router {
     let x_routes = Router::new()
@@ -45,6 +46,13 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
             "/1.1/ton/data/dm/{event_id}/{media_id}/{name}",
             get(media::ton),
         )
+        .route("/2/media/upload/initialize", post(uploads::initialize))
+        .route(
+            "/2/media/upload/{id}/append",
+            post(uploads::append).layer(DefaultBodyLimit::max(uploads::APPEND_BODY_LIMIT)),
+        )
+        .route("/2/media/upload/{id}/finalize", post(uploads::finalize))
+        .route("/2/media/upload", get(uploads::status))
         .route("/dm_video/{*rest}", get(media::rendition))
         .route("/dm_video_thumb/{*rest}", get(media::rendition))
         .route("/dm_gif/{*rest}", get(media::rendition))

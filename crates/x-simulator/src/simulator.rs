@@ -20,6 +20,7 @@ use crate::rate_limit::RateLimitWindow;
 use crate::request_log::{Counters, RequestRecord};
 use crate::routes;
 use crate::state::{SimState, StateSettings};
+use crate::uploads::{MediaProcessing, Upload, UploadRecord};
 use crate::webhooks::{self, Subscription, Webhook, WebhookConfig};
 
 /// How long [`Simulator::shutdown`] lets open connections finish before cutting them.
@@ -38,6 +39,10 @@ pub struct SimulatorConfig {
     /// [`Fault::ReadRateLimitWindow`] overrides it. X allows 15 per 15 minutes; the default is
     /// as generous as the send window's.
     pub read_rate_limit: RateLimitWindow,
+    /// Every account's media upload window (`/2/media/upload…`: INITIALIZE, APPEND, FINALIZE
+    /// and STATUS together) unless a [`Fault::UploadRateLimitWindow`] overrides it. The default
+    /// is X's documented 1,875 per 15 minutes per user.
+    pub upload_rate_limit: RateLimitWindow,
     /// Webhook limits and the delivery retry schedule; tests shorten `retry_backoff` to
     /// milliseconds.
     pub webhooks: WebhookConfig,
@@ -52,6 +57,7 @@ impl Default for SimulatorConfig {
             accounts: Vec::new(),
             rate_limit: RateLimitWindow::default(),
             read_rate_limit: RateLimitWindow::default(),
+            upload_rate_limit: crate::uploads::DEFAULT_UPLOAD_RATE_LIMIT,
             webhooks: WebhookConfig::default(),
         }
     }
@@ -106,6 +112,7 @@ impl Simulator {
                 base_url: base_url.clone(),
                 rate_limit: config.rate_limit,
                 read_rate_limit: config.read_rate_limit,
+                upload_rate_limit: config.upload_rate_limit,
                 webhook_config: config.webhooks,
             },
             clock,
@@ -189,6 +196,41 @@ impl Simulator {
                 (dms.len() >= count).then_some(dms)
             })
             .await
+    }
+
+    /// Sets how the account's video and GIF uploads process from their next FINALIZE on:
+    /// how many STATUS polls answer `in_progress` before the outcome, which outcome, and the
+    /// `check_after_secs` X asks clients to wait (tests set 0). Images never process. Until
+    /// set (and after [`Simulator::reset`]): 1 poll in progress, then `succeeded`, waiting 1 s.
+    pub fn set_media_processing(&self, user_id: &str, processing: MediaProcessing) {
+        tracing::info!(user_id, ?processing, "media processing set");
+        self.state()
+            .lock()
+            .media_processing
+            .insert(user_id.to_string(), processing);
+    }
+
+    /// Every media upload, oldest first: its INITIALIZE values, its APPENDs as
+    /// `(segment_index, bytes)` in arrival order, whether it was finalized, its processing
+    /// state and the bytes assembled by segment index, so a test can check order and content.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.state()
+            .lock()
+            .uploads
+            .iter()
+            .map(UploadRecord::snapshot)
+            .collect()
+    }
+
+    /// [`Simulator::uploads`] of one account.
+    pub fn uploads_for(&self, user_id: &str) -> Vec<Upload> {
+        self.state()
+            .lock()
+            .uploads
+            .iter()
+            .filter(|upload| upload.user_id == user_id)
+            .map(UploadRecord::snapshot)
+            .collect()
     }
 
     /// Every request X routes answered, in the order they were answered.
@@ -395,8 +437,8 @@ impl Simulator {
         delivery::deliver_raw(self.state(), webhook_id, body.into(), signature).await
     }
 
-    /// Forgets DMs, DM events, deliveries, billing, requests, counters, faults, rate-limit windows
-    /// and nonces; keeps accounts, customers, webhooks and subscriptions.
+    /// Forgets DMs, DM events, uploads and media processing settings, deliveries, billing,
+    /// requests, counters, faults, rate-limit windows and nonces; keeps accounts, customers, webhooks and subscriptions.
     pub fn reset(&self) {
         self.state().reset();
     }

@@ -19,6 +19,7 @@ use crate::events::DmEvent;
 use crate::faults::{Fault, FaultBook};
 use crate::rate_limit::{RateLimitStatus, RateLimitWindow, RateLimiter};
 use crate::request_log::{Counters, RequestRecord};
+use crate::uploads::{MediaProcessing, UploadRecord};
 use crate::webhooks::{Subscription, Webhook, WebhookConfig};
 
 /// Twitter's snowflake epoch (2010-11-04), so event ids look like X's: 19 digits, time-ordered.
@@ -33,6 +34,8 @@ pub(crate) struct SimState {
     pub default_rate_limit: RateLimitWindow,
     /// The DM-read window of every account without a `ReadRateLimitWindow` fault.
     pub default_read_rate_limit: RateLimitWindow,
+    /// The media upload window of every account without an `UploadRateLimitWindow` fault.
+    pub default_upload_rate_limit: RateLimitWindow,
     /// Webhook limits, retries and timeouts.
     pub webhook_config: WebhookConfig,
     /// The simulator's own HTTP client, for CRC checks and webhook deliveries.
@@ -58,6 +61,11 @@ pub(crate) struct Inner {
     pub faults: FaultBook,
     pub rate_limiters: HashMap<String, RateLimiter>,
     pub read_rate_limiters: HashMap<String, RateLimiter>,
+    pub upload_rate_limiters: HashMap<String, RateLimiter>,
+    /// Every media upload, oldest first.
+    pub uploads: Vec<UploadRecord>,
+    /// How each account's video and GIF uploads process, when a test changed the default.
+    pub media_processing: HashMap<String, MediaProcessing>,
     pub nonces: NonceCache,
     pub dms: Vec<SentDm>,
     pub customers: CustomerRegistry,
@@ -84,6 +92,8 @@ pub(crate) enum Window {
     Send,
     /// `GET /2/dm_events`.
     Read,
+    /// The media upload routes.
+    Upload,
 }
 
 impl SimState {
@@ -106,6 +116,7 @@ impl SimState {
             base_url: settings.base_url,
             default_rate_limit: settings.rate_limit,
             default_read_rate_limit: settings.read_rate_limit,
+            default_upload_rate_limit: settings.upload_rate_limit,
             webhook_config: settings.webhook_config,
             http,
             runtime: tokio::runtime::Handle::current(),
@@ -129,6 +140,15 @@ impl SimState {
         self.clock.now()
     }
 
+    /// The configured window of that kind, for accounts without a fault replacing it.
+    pub(crate) fn default_window(&self, window: Window) -> RateLimitWindow {
+        match window {
+            Window::Send => self.default_rate_limit,
+            Window::Read => self.default_read_rate_limit,
+            Window::Upload => self.default_upload_rate_limit,
+        }
+    }
+
     pub(crate) fn set_fault(&self, user_id: &str, fault: Fault) {
         let mut inner = self.lock();
         match fault {
@@ -137,6 +157,9 @@ impl SimState {
             }
             Fault::ReadRateLimitWindow { .. } => {
                 inner.read_rate_limiters.remove(user_id);
+            }
+            Fault::UploadRateLimitWindow { .. } => {
+                inner.upload_rate_limiters.remove(user_id);
             }
             _ => {}
         }
@@ -162,6 +185,14 @@ impl SimState {
         {
             inner.read_rate_limiters.remove(user_id);
         }
+        let default = self.default_upload_rate_limit;
+        if inner
+            .upload_rate_limiters
+            .get(user_id)
+            .is_some_and(|limiter| limiter.window() != default)
+        {
+            inner.upload_rate_limiters.remove(user_id);
+        }
     }
 
     pub(crate) fn clear_all_faults(&self) {
@@ -175,10 +206,14 @@ impl SimState {
         inner
             .read_rate_limiters
             .retain(|_, limiter| limiter.window() == default);
+        let default = self.default_upload_rate_limit;
+        inner
+            .upload_rate_limiters
+            .retain(|_, limiter| limiter.window() == default);
     }
 
-    /// Forgets everything that happened (DMs, DM events, deliveries, billing, requests, counters,
-    /// faults, windows, nonces), but keeps the accounts, customers, webhooks and subscriptions —
+    /// Forgets everything that happened (DMs, DM events, uploads and media processing settings,
+    /// deliveries, billing, requests, counters, faults, windows, nonces), but keeps the accounts, customers, webhooks and subscriptions —
     /// the set-up — so one simulator can serve several scenarios.
     pub(crate) fn reset(&self) {
         let mut inner = self.lock();
@@ -236,6 +271,7 @@ pub(crate) struct StateSettings {
     pub base_url: Url,
     pub rate_limit: RateLimitWindow,
     pub read_rate_limit: RateLimitWindow,
+    pub upload_rate_limit: RateLimitWindow,
     pub webhook_config: WebhookConfig,
 }
 
@@ -261,6 +297,10 @@ impl Inner {
             Window::Read => (
                 self.faults.read_rate_limit_window(user_id),
                 &mut self.read_rate_limiters,
+            ),
+            Window::Upload => (
+                self.faults.upload_rate_limit_window(user_id),
+                &mut self.upload_rate_limiters,
             ),
         };
         let window = configured.unwrap_or(default);

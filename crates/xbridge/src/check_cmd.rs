@@ -38,6 +38,7 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
     let config = XClientConfig {
         base_url: settings.x.api_base_url.clone(),
         request_timeout: settings.x.request_timeout,
+        ..XClientConfig::default()
     };
     let credentials = UserCredentials {
         consumer_key: channel.consumer_key.clone(),
@@ -121,7 +122,9 @@ fn diagnose(error: &XError) -> String {
         ),
         XError::RateLimited { .. } => "X's rate limit is used up right now; the check could not finish, try again after the reset".into(),
         XError::Transient { .. } => format!("cannot reach X: {error}"),
-        XError::RecipientRefuses { .. } | XError::InvalidRequest { .. } => {
+        XError::RecipientRefuses { .. }
+        | XError::InvalidRequest { .. }
+        | XError::MediaProcessingFailed { .. } => {
             format!("X refused the check: {error}")
         }
     }

@@ -178,6 +178,7 @@ fn client_for(settings: &Settings, channel: &ChannelSettings) -> anyhow::Result<
     let config = XClientConfig {
         base_url: settings.x.api_base_url.clone(),
         request_timeout: settings.x.request_timeout,
+        ..XClientConfig::default()
     };
     let credentials = UserCredentials {
         consumer_key: channel.consumer_key.clone(),

@@ -179,6 +179,7 @@ async fn a_429_waits_for_the_reset_then_sends_and_dead_letters_nothing() {
         xbridge_x_api::XClientConfig {
             base_url: app.simulator.base_url(),
             request_timeout: Duration::from_secs(5),
+            ..xbridge_x_api::XClientConfig::default()
         },
         xbridge_x_api::UserCredentials {
             consumer_key: account.consumer_key.clone().into(),

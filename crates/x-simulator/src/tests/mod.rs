@@ -8,6 +8,7 @@ mod faults;
 mod rate_limit;
 mod receiver;
 mod sends;
+mod uploads;
 mod users;
 mod waiting;
 mod webhooks;

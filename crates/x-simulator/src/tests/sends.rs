@@ -148,21 +148,6 @@ async fn text_of_exactly_10000_characters_is_accepted() {
 }
 
 #[tokio::test]
-async fn media_only_dm_is_recorded_with_its_media_id() {
-    let h = harness().await;
-    let answer = h
-        .post(
-            &with_participant(RECIPIENT),
-            r#"{"attachments":[{"media_id":"1583157113245011970"}]}"#,
-        )
-        .await;
-    assert_eq!(answer.status, 201, "{}", answer.body);
-    let dm = &h.sim.sent_dms()[0];
-    assert_eq!(dm.text, "");
-    assert_eq!(dm.media_ids, ["1583157113245011970"]);
-}
-
-#[tokio::test]
 async fn wrong_content_type_is_invalid() {
     let h = harness().await;
     let url = h.url(&with_participant(RECIPIENT));

@@ -1,0 +1,536 @@
+//! Uploading DM media with X's v2 chunked upload (README §5 "Sending"): INITIALIZE, one
+//! multipart APPEND per segment, FINALIZE, then STATUS polls while X processes a video or
+//! GIF. The media id it yields goes into a DM's `attachments`.
+//!
+//! The bytes come from a reader, a segment at a time, so a large video spooled to disk is
+//! never held in memory whole.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::multipart::{Form, Part};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::time::Instant;
+use url::Url;
+
+use crate::client::Answered;
+use crate::dm::local_invalid;
+use crate::error::body_snippet;
+use crate::{classify_send_error, oauth, RateLimit, XClient, XError};
+
+/// X's bound on one APPEND's `media` (5 MB, documented for the chunked upload); the largest
+/// segment size [`MediaUploadConfig`] accepts.
+pub const MAX_SEGMENT_BYTES: usize = 5 * 1024 * 1024;
+
+/// X numbers segments 0 to 999, so an upload has at most this many.
+const MAX_SEGMENTS: u32 = 1000;
+
+/// How long to wait between STATUS polls when X gives no `check_after_secs`.
+const DEFAULT_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// What X calls the kind of DM media at INITIALIZE (`media_category`); it decides X's size
+/// limit and whether X processes the media after FINALIZE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaCategory {
+    /// A picture (JPEG, PNG, WEBP, ...): `dm_image`, at most 5 MB, usable at once.
+    DmImage,
+    /// An animated GIF: `dm_gif`, at most 15 MB, processed by X.
+    DmGif,
+    /// A video (MP4, MOV): `dm_video`, at most 512 MB, processed by X.
+    DmVideo,
+}
+
+impl MediaCategory {
+    /// X's wire value: `dm_image`, `dm_gif` or `dm_video`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaCategory::DmImage => "dm_image",
+            MediaCategory::DmGif => "dm_gif",
+            MediaCategory::DmVideo => "dm_video",
+        }
+    }
+
+    /// X's size limit for the kind (image 5 MB, GIF 15 MB, video 512 MB, counted in MiB), so
+    /// a caller can refuse a too-large file before downloading or uploading it.
+    pub fn max_bytes(self) -> u64 {
+        const MIB: u64 = 1024 * 1024;
+        match self {
+            MediaCategory::DmImage => 5 * MIB,
+            MediaCategory::DmGif => 15 * MIB,
+            MediaCategory::DmVideo => 512 * MIB,
+        }
+    }
+}
+
+impl fmt::Display for MediaCategory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How [`XClient::upload_media`] cuts and waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaUploadConfig {
+    /// Bytes per APPEND (default 4 MiB): below X's 5 MB bound with room to spare, and the
+    /// most the client holds in memory per upload. 1 byte to [`MAX_SEGMENT_BYTES`].
+    pub segment_bytes: usize,
+    /// How long to wait in all for X to process a video or GIF after FINALIZE (default 10
+    /// minutes) before giving up with [`XError::Transient`].
+    pub processing_timeout: Duration,
+    /// The longest single wait between STATUS polls (default 10 s), whatever
+    /// `check_after_secs` X asks for, so a glitch in X's hint cannot park an upload.
+    pub max_status_wait: Duration,
+}
+
+impl Default for MediaUploadConfig {
+    fn default() -> MediaUploadConfig {
+        MediaUploadConfig {
+            segment_bytes: 4 * 1024 * 1024,
+            processing_timeout: Duration::from_secs(10 * 60),
+            max_status_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+impl MediaUploadConfig {
+    /// Refuses a segment size X would refuse (or that could not make progress).
+    pub(crate) fn check(&self) -> Result<(), XError> {
+        if (1..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            Ok(())
+        } else {
+            Err(local_invalid(format!(
+                "the media segment size {} is not between 1 and {MAX_SEGMENT_BYTES} bytes",
+                self.segment_bytes
+            )))
+        }
+    }
+}
+
+/// One file to upload: what it is and where its bytes come from.
+pub struct MediaUpload<'a> {
+    /// The MIME type, e.g. `image/jpeg`, `image/gif`, `video/mp4`; X checks it against the
+    /// category.
+    pub media_type: &'a str,
+    /// The kind of DM media.
+    pub category: MediaCategory,
+    /// The exact size; X wants it at INITIALIZE and checks the segments add up to it.
+    pub total_bytes: u64,
+    /// The bytes, read a segment at a time (a `tokio::fs::File` of the spooled download, or
+    /// any reader); it must yield exactly `total_bytes`.
+    pub reader: &'a mut (dyn AsyncRead + Unpin + Send),
+}
+
+impl fmt::Debug for MediaUpload<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MediaUpload")
+            .field("media_type", &self.media_type)
+            .field("category", &self.category)
+            .field("total_bytes", &self.total_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Media X accepted and processed, ready to attach to a DM of the same account within 24 h.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedMedia {
+    /// The id to put in `attachments[0].media_id`.
+    pub media_id: String,
+    /// X's `media_key` (`3_…`, `16_…`, `7_…`), the key DM events list media under.
+    pub media_key: String,
+}
+
+/// The steps of an upload, each with its own bounded metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Initialize,
+    Append,
+    Finalize,
+    Status,
+}
+
+impl Step {
+    fn endpoint(self) -> &'static str {
+        match self {
+            Step::Initialize => "media_upload_initialize",
+            Step::Append => "media_upload_append",
+            Step::Finalize => "media_upload_finalize",
+            Step::Status => "media_upload_status",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Step::Initialize => "media upload INITIALIZE",
+            Step::Append => "media upload APPEND",
+            Step::Finalize => "media upload FINALIZE",
+            Step::Status => "media upload STATUS",
+        }
+    }
+}
+
+/// What a request carries besides its signature.
+enum Body {
+    Json(serde_json::Value),
+    Multipart(Form),
+    Empty,
+}
+
+/// `{"data":{…}}` of INITIALIZE, FINALIZE and STATUS.
+#[derive(Deserialize)]
+struct Envelope {
+    data: MediaData,
+}
+
+#[derive(Deserialize)]
+struct MediaData {
+    #[serde(deserialize_with = "crate::id::deserialize")]
+    id: String,
+    #[serde(default)]
+    media_key: Option<String>,
+    #[serde(default)]
+    processing_info: Option<ProcessingInfo>,
+}
+
+/// X's `processing_info`: `pending → in_progress → succeeded | failed`.
+#[derive(Debug, Deserialize)]
+struct ProcessingInfo {
+    state: String,
+    #[serde(default)]
+    check_after_secs: Option<u64>,
+    #[serde(default)]
+    progress_percent: Option<u64>,
+    #[serde(default)]
+    error: Option<ProcessingError>,
+}
+
+/// X's processing error, v1.1's shape: `{"code":1,"name":"InvalidMedia","message":"…"}`.
+#[derive(Debug, Deserialize)]
+struct ProcessingError {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl XClient {
+    /// Uploads one DM media file: `POST /2/media/upload/initialize`, one
+    /// `POST /2/media/upload/{id}/append` per segment of [`MediaUploadConfig::segment_bytes`]
+    /// (multipart `media` + `segment_index`), `POST /2/media/upload/{id}/finalize`, then, if
+    /// X says it is processing, `GET /2/media/upload?command=STATUS&media_id=…` until it
+    /// succeeds, waiting `check_after_secs` (at most [`MediaUploadConfig::max_status_wait`])
+    /// between polls.
+    ///
+    /// Every request is signed with the channel's OAuth 1.0a user token (the multipart body
+    /// is not part of the signature). Every refusal is sorted by the same rules as a DM send
+    /// ([`classify_send_error`]), so credits, rate limits, outages and bad requests are the
+    /// errors the send path already handles; a plain 403, having no recipient here, is
+    /// [`XError::InvalidRequest`] rather than [`XError::RecipientRefuses`]. Processing that
+    /// ends `failed` is [`XError::MediaProcessingFailed`] (permanent); processing still
+    /// running after [`MediaUploadConfig::processing_timeout`] is [`XError::Transient`], as
+    /// a later attempt (a fresh upload) may well pass. A reader that fails is
+    /// [`XError::Transient`]; one that yields more or fewer bytes than `total_bytes`, or a
+    /// size or type X would refuse, fails locally as [`XError::InvalidRequest`].
+    ///
+    /// Pacing: uploads count against X's media window (1,875 per 15 minutes per user), not
+    /// the DM send window, so they go through a pacer of their own ([`XClient::upload_pacer`]):
+    /// INITIALIZE, APPEND and FINALIZE teach it the window X announces and a 429 on any step
+    /// blocks it until the reset, so the next upload of the channel waits instead of earning
+    /// another 429. STATUS polls wait for it but do not teach it their headers, as X lists no
+    /// limit for them in the media window. The 429 itself still ends this upload with
+    /// [`XError::RateLimited`] for the caller to retry at the reset, from INITIALIZE.
+    #[tracing::instrument(skip_all, fields(category = %media.category, media_type = media.media_type, total_bytes = media.total_bytes))]
+    pub async fn upload_media(&self, media: MediaUpload<'_>) -> Result<UploadedMedia, XError> {
+        let MediaUpload {
+            media_type,
+            category,
+            total_bytes,
+            reader,
+        } = media;
+        if media_type.trim().is_empty() {
+            return Err(local_invalid("the media has no MIME type".to_owned()));
+        }
+        if total_bytes == 0 || total_bytes > category.max_bytes() {
+            return Err(local_invalid(format!(
+                "the media has {total_bytes} bytes; X takes 1 to {} for {category}",
+                category.max_bytes()
+            )));
+        }
+
+        let initialized = self
+            .media_request(
+                Step::Initialize,
+                self.media_url(&["initialize"])?,
+                Body::Json(serde_json::json!({
+                    "media_type": media_type,
+                    "total_bytes": total_bytes,
+                    "media_category": category.as_str(),
+                    "shared": false,
+                })),
+            )
+            .await?;
+        let media_id = initialized.id;
+        let media_key = initialized.media_key.unwrap_or_default();
+        tracing::debug!(%media_id, "media upload initialized");
+
+        let segment_bytes = self.inner.media.segment_bytes;
+        let append_url = self.media_url(&[&media_id, "append"])?;
+        let mut sent: u64 = 0;
+        let mut segment_index: u32 = 0;
+        loop {
+            let mut segment = Vec::with_capacity(segment_bytes.min(total_bytes as usize));
+            (&mut *reader)
+                .take(segment_bytes as u64)
+                .read_to_end(&mut segment)
+                .await
+                .map_err(|error| XError::Transient {
+                    status: None,
+                    detail: format!("cannot read the media to upload: {error}"),
+                })?;
+            if segment.is_empty() {
+                break;
+            }
+            sent += segment.len() as u64;
+            if sent > total_bytes {
+                return Err(local_invalid(format!(
+                    "the media has more bytes than the {total_bytes} it was declared with"
+                )));
+            }
+            if segment_index >= MAX_SEGMENTS {
+                return Err(local_invalid(format!(
+                    "the media needs more than X's {MAX_SEGMENTS} segments of {segment_bytes} bytes"
+                )));
+            }
+            let form = Form::new()
+                .text("segment_index", segment_index.to_string())
+                .part("media", Part::bytes(segment));
+            self.media_request(Step::Append, append_url.clone(), Body::Multipart(form))
+                .await?;
+            segment_index += 1;
+        }
+        if sent != total_bytes {
+            return Err(local_invalid(format!(
+                "the media ended after {sent} of the {total_bytes} bytes it was declared with"
+            )));
+        }
+
+        let finalized = self
+            .media_request(
+                Step::Finalize,
+                self.media_url(&[&media_id, "finalize"])?,
+                Body::Empty,
+            )
+            .await?;
+        if let Some(info) = finalized.processing_info {
+            self.await_processing(&media_id, info).await?;
+        }
+        tracing::info!(%media_id, segments = segment_index, "media uploaded");
+        Ok(UploadedMedia {
+            media_id,
+            media_key: finalized.media_key.unwrap_or(media_key),
+        })
+    }
+
+    /// The pacer of this channel's media uploads, for status reports: X counts uploads in a
+    /// window of their own, apart from DM sends and reads.
+    pub fn upload_pacer(&self) -> &crate::Pacer {
+        &self.inner.upload_pacer
+    }
+
+    /// Polls STATUS until processing ends or the timeout passes.
+    async fn await_processing(&self, media_id: &str, first: ProcessingInfo) -> Result<(), XError> {
+        let config = &self.inner.media;
+        let deadline = Instant::now() + config.processing_timeout;
+        let mut status_url = self.media_url(&[])?;
+        status_url
+            .query_pairs_mut()
+            .append_pair("command", "STATUS")
+            .append_pair("media_id", media_id);
+        let mut info = first;
+        loop {
+            match info.state.as_str() {
+                "succeeded" => return Ok(()),
+                "failed" => {
+                    let error = info.error.unwrap_or(ProcessingError {
+                        name: None,
+                        message: None,
+                    });
+                    let detail = error
+                        .message
+                        .or(error.name)
+                        .unwrap_or_else(|| "processing failed".to_owned());
+                    tracing::warn!(%media_id, %detail, "X could not process the media");
+                    return Err(XError::MediaProcessingFailed {
+                        media_id: media_id.to_owned(),
+                        detail,
+                    });
+                }
+                // pending, in_progress, or a state X adds later: wait and ask again.
+                state => tracing::debug!(
+                    %media_id,
+                    state,
+                    progress_percent = info.progress_percent,
+                    "X is processing the media"
+                ),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(%media_id, timeout = ?config.processing_timeout, "X did not finish processing the media in time");
+                return Err(XError::Transient {
+                    status: None,
+                    detail: format!(
+                        "X was still processing the media {media_id} after {:?}",
+                        config.processing_timeout
+                    ),
+                });
+            }
+            let hint = info
+                .check_after_secs
+                .map_or(DEFAULT_CHECK_AFTER, Duration::from_secs);
+            tokio::time::sleep(hint.min(config.max_status_wait).min(deadline - now)).await;
+            let answer = self
+                .media_request(Step::Status, status_url.clone(), Body::Empty)
+                .await?;
+            info = match answer.processing_info {
+                Some(info) => info,
+                // No processing_info any more: nothing left to wait for.
+                None => return Ok(()),
+            };
+        }
+    }
+
+    /// `{base}/2/media/upload[/segments…]`.
+    fn media_url(&self, segments: &[&str]) -> Result<Url, XError> {
+        let mut url = self.inner.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| local_invalid(format!("{} cannot be a base URL", self.inner.base_url)))?
+            .pop_if_empty()
+            .extend(["2", "media", "upload"])
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// One signed, upload-paced request; the `data` of a 2xx, or the classified error (a 429
+    /// also blocks the upload pacer until its reset).
+    async fn media_request(&self, step: Step, url: Url, body: Body) -> Result<MediaData, XError> {
+        let pacer = &self.inner.upload_pacer;
+        pacer.ready().await;
+        let method = if step == Step::Status { "GET" } else { "POST" };
+        // Query parameters are signed; JSON and multipart bodies are not (README §7).
+        let mut authorization = HeaderValue::from_str(&oauth::authorization_header(
+            method,
+            &url,
+            &[],
+            &self.inner.credentials,
+        ))
+        // Only reachable with control characters in a credential; the header is not shown.
+        .map_err(|_| XError::Unauthorized { problem: None })?;
+        authorization.set_sensitive(true);
+
+        let _answered = Answered(pacer);
+        let request = match method {
+            "GET" => self.inner.http.get(url),
+            _ => self.inner.http.post(url),
+        }
+        .header(AUTHORIZATION, authorization);
+        let request = match body {
+            Body::Json(json) => request.json(&json),
+            Body::Multipart(form) => request.multipart(form),
+            Body::Empty => request,
+        };
+        let started = std::time::Instant::now();
+        let response = request.send().await;
+        crate::telemetry::record_request(step.endpoint(), started, &response);
+        let response = response.map_err(|error| self.transport_error(&error, step.what()))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if step != Step::Status {
+            if let Some(rate_limit) = RateLimit::from_headers(&headers) {
+                pacer.observe(&rate_limit);
+            }
+        }
+        pacer.completed();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport_error(&error, step.what()))?;
+
+        if status.is_success() {
+            if step == Step::Append {
+                // Nothing in APPEND's answer is needed; X has answered it with no body at all.
+                return Ok(MediaData {
+                    id: String::new(),
+                    media_key: None,
+                    processing_info: None,
+                });
+            }
+            return serde_json::from_slice::<Envelope>(&body)
+                .map(|envelope| envelope.data)
+                .map_err(|error| XError::Transient {
+                    status: Some(status.as_u16()),
+                    detail: format!(
+                        "X answered a {} with an unexpected body ({error}): {}",
+                        step.what(),
+                        body_snippet(status.as_u16(), &body)
+                    ),
+                });
+        }
+
+        let error = match classify_send_error(status.as_u16(), &headers, &body) {
+            XError::RecipientRefuses { problem } => XError::InvalidRequest {
+                status: status.as_u16(),
+                problem,
+            },
+            error => error,
+        };
+        if let XError::RateLimited { reset_at, .. } = &error {
+            pacer.block_until(*reset_at);
+        }
+        tracing::warn!(
+            status = status.as_u16(),
+            problem = error.problem_type().unwrap_or("none"),
+            detail = %error.detail(),
+            what = step.what(),
+            "X refused a media upload request"
+        );
+        Err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_use_xs_names_and_limits() {
+        assert_eq!(MediaCategory::DmImage.as_str(), "dm_image");
+        assert_eq!(MediaCategory::DmGif.to_string(), "dm_gif");
+        assert_eq!(MediaCategory::DmVideo.max_bytes(), 512 * 1024 * 1024);
+    }
+
+    #[test]
+    fn segment_sizes_x_would_refuse_are_refused() {
+        let config = |segment_bytes| MediaUploadConfig {
+            segment_bytes,
+            ..MediaUploadConfig::default()
+        };
+        assert!(config(0).check().is_err());
+        assert!(config(MAX_SEGMENT_BYTES + 1).check().is_err());
+        assert!(config(1).check().is_ok());
+        assert!(MediaUploadConfig::default().check().is_ok());
+    }
+
+    #[test]
+    fn a_failed_status_body_parses() {
+        let body = br#"{"data":{"id":1880028106020515840,"media_key":"7_1880028106020515840","processing_info":{"state":"failed","progress_percent":50,"error":{"code":1,"name":"InvalidMedia","message":"Unsupported video format"}}}}"#;
+        let data = serde_json::from_slice::<Envelope>(body).unwrap().data;
+        assert_eq!(data.id, "1880028106020515840");
+        let info = data.processing_info.unwrap();
+        assert_eq!(info.state, "failed");
+        assert_eq!(
+            info.error.unwrap().message.as_deref(),
+            Some("Unsupported video format")
+        );
+    }
+}

@@ -1,0 +1,860 @@
+//! X's v2 media upload, as a DM sender uses it: `POST /2/media/upload/initialize`,
+//! `POST /2/media/upload/{id}/append` (multipart), `POST /2/media/upload/{id}/finalize` and
+//! `GET /2/media/upload?command=STATUS&media_id=…`, with the processing of videos and GIFs
+//! steered per account by tests ([`MediaProcessing`]), and the checks a DM send makes of the
+//! media it attaches.
+//!
+//! Processing advances by STATUS polls, not by time, so a test decides exactly how many polls
+//! a client makes and never waits on a clock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::Extension;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::auth::SignedRequest;
+use crate::events::MediaType;
+use crate::faults::Endpoint;
+use crate::gate;
+use crate::problems;
+use crate::rate_limit::RateLimitWindow;
+use crate::reply::Reply;
+use crate::request_log::RequestIdentity;
+use crate::state::{Inner, SimState, Window};
+
+/// X's per-user limit on the upload routes (README §2: 1,875 per 15 minutes), the default of
+/// [`crate::SimulatorConfig::upload_rate_limit`].
+pub(crate) const DEFAULT_UPLOAD_RATE_LIMIT: RateLimitWindow = RateLimitWindow {
+    limit: 1875,
+    window: Duration::from_secs(15 * 60),
+};
+
+/// The largest `media` part one APPEND may carry: 5 MiB, X's documented bound on a chunk of
+/// the chunked upload (stated for v1.1's APPEND; v2 documents none, so the simulator keeps it).
+pub const MAX_SEGMENT_BYTES: usize = 5 * 1024 * 1024;
+
+/// The largest `segment_index` X takes (0–999, from the same documentation).
+pub const MAX_SEGMENT_INDEX: u32 = 999;
+
+/// How long an upload may be attached after INITIALIZE, X's `expires_after_secs` (24 hours;
+/// X says DM media must be used within 24 h).
+pub const MEDIA_EXPIRES_AFTER_SECS: i64 = 86_400;
+
+/// The body limit of the APPEND route: room for a segment twice over the limit plus the
+/// multipart framing, so an oversized segment gets X's 400 rather than a bare 413.
+pub(crate) const APPEND_BODY_LIMIT: usize = 2 * MAX_SEGMENT_BYTES + 64 * 1024;
+
+/// How an account's video and GIF uploads process after FINALIZE ([`crate::Simulator::set_media_processing`],
+/// `POST /_sim/media_processing`). Images are never processed: they are usable at once.
+///
+/// As JSON, every field optional: `{"status_polls_before_done":2,"outcome":{"kind":"failed","message":"Unsupported video format"},"check_after_secs":0}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MediaProcessing {
+    /// How many STATUS polls answer `in_progress` before one answers the outcome.
+    pub status_polls_before_done: u32,
+    /// What processing ends in.
+    pub outcome: ProcessingOutcome,
+    /// The `check_after_secs` of FINALIZE's and STATUS's `processing_info`; tests set 0 so a
+    /// client that honours it does not wait.
+    pub check_after_secs: u64,
+}
+
+impl Default for MediaProcessing {
+    /// One poll in progress, then success, with X's typical one-second hint.
+    fn default() -> Self {
+        MediaProcessing {
+            status_polls_before_done: 1,
+            outcome: ProcessingOutcome::Succeeded,
+            check_after_secs: 1,
+        }
+    }
+}
+
+/// How processing ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProcessingOutcome {
+    /// `succeeded`: the media can be attached.
+    #[default]
+    Succeeded,
+    /// `failed` with X's v1.1-style `{"code":1,"name":"InvalidMedia","message":…}`.
+    Failed {
+        /// The `message` X gives, e.g. `Unsupported video format`.
+        message: String,
+    },
+}
+
+/// Where an upload stands, as [`Upload::processing`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ProcessingState {
+    /// Initialized, not finalized: APPENDs still accepted.
+    Uploading,
+    /// A video or GIF finalized and not yet polled.
+    Pending,
+    /// Polled at least once, not done.
+    InProgress {
+        /// The last `progress_percent` answered.
+        progress_percent: u8,
+    },
+    /// Usable in a DM; images get here at FINALIZE.
+    Succeeded,
+    /// Processing failed; a DM with it is refused.
+    Failed {
+        /// X's message.
+        message: String,
+    },
+}
+
+/// One media upload as a test sees it ([`crate::Simulator::uploads`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Upload {
+    /// The 19-digit media id INITIALIZE answered, from the simulator's one id sequence.
+    pub id: String,
+    /// `3_<id>` (dm_image), `16_<id>` (dm_gif) or `7_<id>` (dm_video), as X keys media.
+    pub media_key: String,
+    /// The account that uploaded it; only it may append, finalize, poll or attach it.
+    pub user_id: String,
+    /// INITIALIZE's `media_type`, e.g. `image/jpeg`.
+    pub media_type: String,
+    /// INITIALIZE's `media_category`: `dm_image`, `dm_gif` or `dm_video`.
+    pub category: String,
+    /// INITIALIZE's `total_bytes`.
+    pub total_bytes: u64,
+    /// INITIALIZE's `shared` (false if absent).
+    pub shared: bool,
+    /// Every accepted APPEND as `(segment_index, bytes)`, in arrival order (a repeated index
+    /// replaced the earlier segment and shows twice here).
+    pub segments: Vec<(u32, u64)>,
+    /// Whether FINALIZE accepted it.
+    pub finalized: bool,
+    /// Where processing stands.
+    pub processing: ProcessingState,
+    /// The segments' bytes, assembled in segment-index order (left out of the admin JSON).
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+    /// `bytes.len()`, for the admin JSON.
+    pub size: u64,
+    /// When INITIALIZE was answered, by the simulator's clock.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The `media_category` values the simulator serves: DM media only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Category {
+    Image,
+    Gif,
+    Video,
+}
+
+impl Category {
+    fn parse(value: &str) -> Option<Category> {
+        match value {
+            "dm_image" => Some(Category::Image),
+            "dm_gif" => Some(Category::Gif),
+            "dm_video" => Some(Category::Video),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Category::Image => "dm_image",
+            Category::Gif => "dm_gif",
+            Category::Video => "dm_video",
+        }
+    }
+
+    /// X's size limits per kind (README §5): image 5 MB, GIF 15 MB, video 512 MB, in MiB.
+    fn max_bytes(self) -> u64 {
+        const MIB: u64 = 1024 * 1024;
+        match self {
+            Category::Image => 5 * MIB,
+            Category::Gif => 15 * MIB,
+            Category::Video => 512 * MIB,
+        }
+    }
+
+    /// The MIME types X takes for the category (its documented image formats JPEG, PNG, WEBP,
+    /// BMP; GIFs; MP4 and MOV videos).
+    fn media_types(self) -> &'static [&'static str] {
+        match self {
+            Category::Image => &[
+                "image/jpeg",
+                "image/pjpeg",
+                "image/png",
+                "image/webp",
+                "image/bmp",
+            ],
+            Category::Gif => &["image/gif"],
+            Category::Video => &["video/mp4", "video/quicktime"],
+        }
+    }
+
+    fn media_kind(self) -> MediaType {
+        match self {
+            Category::Image => MediaType::Photo,
+            Category::Gif => MediaType::AnimatedGif,
+            Category::Video => MediaType::Video,
+        }
+    }
+
+    fn key_prefix(self) -> &'static str {
+        match self {
+            Category::Image => "3",
+            Category::Gif => "16",
+            Category::Video => "7",
+        }
+    }
+
+    /// Videos and GIFs are transcoded after FINALIZE; images are usable at once.
+    fn processes(self) -> bool {
+        self != Category::Image
+    }
+}
+
+/// What the simulator remembers of one upload.
+#[derive(Debug)]
+pub(crate) struct UploadRecord {
+    pub id: String,
+    media_key: String,
+    pub user_id: String,
+    media_type: String,
+    category: Category,
+    total_bytes: u64,
+    shared: bool,
+    arrivals: Vec<(u32, u64)>,
+    parts: BTreeMap<u32, Bytes>,
+    finalized: bool,
+    processing: ProcessingState,
+    /// The account's processing settings as they were at FINALIZE.
+    settings: MediaProcessing,
+    /// STATUS polls answered since FINALIZE.
+    polls: u32,
+    created_at: DateTime<Utc>,
+}
+
+impl UploadRecord {
+    pub(crate) fn snapshot(&self) -> Upload {
+        let bytes: Vec<u8> = self
+            .parts
+            .values()
+            .flat_map(|part| part.iter())
+            .copied()
+            .collect();
+        Upload {
+            id: self.id.clone(),
+            media_key: self.media_key.clone(),
+            user_id: self.user_id.clone(),
+            media_type: self.media_type.clone(),
+            category: self.category.as_str().to_string(),
+            total_bytes: self.total_bytes,
+            shared: self.shared,
+            segments: self.arrivals.clone(),
+            finalized: self.finalized,
+            processing: self.processing.clone(),
+            size: bytes.len() as u64,
+            bytes,
+            created_at: self.created_at,
+        }
+    }
+
+    fn expires_at(&self) -> DateTime<Utc> {
+        self.created_at + chrono::Duration::seconds(MEDIA_EXPIRES_AFTER_SECS)
+    }
+
+    fn expires_after_secs(&self, now: DateTime<Utc>) -> i64 {
+        (self.expires_at() - now).num_seconds().max(0)
+    }
+
+    /// `processing_info` as X renders it, `None` for an image.
+    fn processing_info(&self) -> Option<Value> {
+        if !self.category.processes() {
+            return None;
+        }
+        let check_after_secs = self.settings.check_after_secs;
+        Some(match &self.processing {
+            ProcessingState::Uploading | ProcessingState::Pending => {
+                json!({ "state": "pending", "check_after_secs": check_after_secs })
+            }
+            ProcessingState::InProgress { progress_percent } => json!({
+                "state": "in_progress",
+                "check_after_secs": check_after_secs,
+                "progress_percent": progress_percent,
+            }),
+            ProcessingState::Succeeded => json!({ "state": "succeeded", "progress_percent": 100 }),
+            ProcessingState::Failed { message } => json!({
+                "state": "failed",
+                "progress_percent": self.progress_percent(),
+                "error": { "code": 1, "name": "InvalidMedia", "message": message },
+            }),
+        })
+    }
+
+    fn progress_percent(&self) -> u8 {
+        let steps = u64::from(self.settings.status_polls_before_done) + 1;
+        u8::try_from((u64::from(self.polls) * 100 / steps).min(99)).unwrap_or(99)
+    }
+
+    /// One STATUS poll moves processing one step: `in_progress` for the configured number of
+    /// polls, then the outcome.
+    fn poll(&mut self) {
+        if !matches!(
+            self.processing,
+            ProcessingState::Pending | ProcessingState::InProgress { .. }
+        ) {
+            return;
+        }
+        if self.polls < self.settings.status_polls_before_done {
+            self.polls += 1;
+            self.processing = ProcessingState::InProgress {
+                progress_percent: self.progress_percent(),
+            };
+            return;
+        }
+        self.processing = match &self.settings.outcome {
+            ProcessingOutcome::Succeeded => ProcessingState::Succeeded,
+            ProcessingOutcome::Failed { message } => ProcessingState::Failed {
+                message: message.clone(),
+            },
+        };
+    }
+}
+
+/// The answer to a request for an upload id: the record, or X's 400 naming the id.
+fn own_upload<'a>(
+    inner: &'a mut Inner,
+    user_id: &str,
+    id: &str,
+) -> Result<&'a mut UploadRecord, String> {
+    let invalid = |why: &str| {
+        problems::invalid_request(
+            &format!("The `id` path parameter value [{id}] {why}"),
+            Some(("id", id)),
+        )
+    };
+    match inner.uploads.iter_mut().find(|upload| upload.id == id) {
+        None => Err(invalid("is not a media id of an upload in progress")),
+        Some(upload) if upload.user_id != user_id => {
+            Err(invalid("belongs to an upload of another user"))
+        }
+        Some(upload) => Ok(upload),
+    }
+}
+
+fn signed<'a>(
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+) -> SignedRequest<'a> {
+    SignedRequest {
+        method,
+        uri,
+        headers,
+        body,
+    }
+}
+
+const GATE: (Window, Endpoint) = (Window::Upload, Endpoint::MediaUpload);
+
+/// `POST /2/media/upload/initialize`.
+pub(crate) async fn initialize(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = signed(&method, &uri, &headers, &body);
+    let reply = decide_initialize(&state, &request);
+    reply.deliver(&state, &identity).await
+}
+
+fn decide_initialize(state: &SimState, request: &SignedRequest<'_>) -> Reply {
+    let now = state.now();
+    let mut guard = state.lock();
+    let inner = &mut *guard;
+    let (account, reply) = match gate::admit(state, inner, request, now, GATE, "media upload") {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let init = match parse_initialize(request.headers, request.body) {
+        Ok(init) => init,
+        Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
+    };
+    let id = inner.next_event_id(now);
+    let record = UploadRecord {
+        media_key: format!("{}_{id}", init.category.key_prefix()),
+        id,
+        user_id: account.user_id.clone(),
+        media_type: init.media_type,
+        category: init.category,
+        total_bytes: init.total_bytes,
+        shared: init.shared,
+        arrivals: Vec::new(),
+        parts: BTreeMap::new(),
+        finalized: false,
+        processing: ProcessingState::Uploading,
+        settings: MediaProcessing::default(),
+        polls: 0,
+        created_at: now,
+    };
+    tracing::info!(
+        user_id = %record.user_id,
+        media_id = %record.id,
+        category = record.category.as_str(),
+        total_bytes = record.total_bytes,
+        "media upload initialized"
+    );
+    let body = json!({ "data": {
+        "id": record.id,
+        "media_key": record.media_key,
+        "expires_after_secs": MEDIA_EXPIRES_AFTER_SECS,
+    }})
+    .to_string();
+    inner.uploads.push(record);
+    reply.answer(StatusCode::OK, body)
+}
+
+/// INITIALIZE's body, checked.
+struct Initialize {
+    media_type: String,
+    category: Category,
+    total_bytes: u64,
+    shared: bool,
+}
+
+fn invalid(message: &str, parameter: Option<(&str, &str)>) -> String {
+    problems::invalid_request(message, parameter)
+}
+
+fn parse_initialize(headers: &HeaderMap, body: &[u8]) -> Result<Initialize, String> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !is_json {
+        return Err(invalid(
+            "Requests with bodies must have content-type of application/json.",
+            None,
+        ));
+    }
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|error| invalid(&format!("Request body is not valid JSON: {error}"), None))?;
+    let Value::Object(fields) = body else {
+        return Err(invalid("$: expected an object", None));
+    };
+    const KNOWN: [&str; 5] = [
+        "media_type",
+        "total_bytes",
+        "media_category",
+        "shared",
+        "additional_owners",
+    ];
+    if let Some(extra) = fields.keys().find(|key| !KNOWN.contains(&key.as_str())) {
+        return Err(invalid(
+            &format!("$.{extra}: is not defined in the schema and the schema does not allow additional properties"),
+            None,
+        ));
+    }
+    let media_type = match fields.get("media_type") {
+        Some(Value::String(value)) => value.trim().to_ascii_lowercase(),
+        Some(_) => return Err(invalid("$.media_type: expected a string", None)),
+        None => return Err(invalid("$.media_type: is required", None)),
+    };
+    let total_bytes = match fields.get("total_bytes") {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| invalid("$.total_bytes: expected a non-negative integer", None))?,
+        Some(_) => return Err(invalid("$.total_bytes: expected an integer", None)),
+        None => return Err(invalid("$.total_bytes: is required", None)),
+    };
+    let category = match fields.get("media_category") {
+        Some(Value::String(value)) => Category::parse(value).ok_or_else(|| {
+            invalid(
+                &format!(
+                    "The `media_category` value [{value}] is not one of [dm_image,dm_gif,dm_video]"
+                ),
+                Some(("media_category", value)),
+            )
+        })?,
+        Some(_) => return Err(invalid("$.media_category: expected a string", None)),
+        None => return Err(invalid(
+            "$.media_category: is required for Direct Message media (dm_image, dm_gif or dm_video)",
+            None,
+        )),
+    };
+    let shared = match fields.get("shared") {
+        None => false,
+        Some(Value::Bool(shared)) => *shared,
+        Some(_) => return Err(invalid("$.shared: expected a boolean", None)),
+    };
+    if !category.media_types().contains(&media_type.as_str()) {
+        return Err(invalid(
+            &format!(
+                "The `media_type` value [{media_type}] does not match the `media_category` {} (one of [{}])",
+                category.as_str(),
+                category.media_types().join(",")
+            ),
+            Some(("media_type", &media_type)),
+        ));
+    }
+    if total_bytes == 0 || total_bytes > category.max_bytes() {
+        let value = total_bytes.to_string();
+        return Err(invalid(
+            &format!(
+                "The `total_bytes` value [{total_bytes}] is not between 1 and {} for {}",
+                category.max_bytes(),
+                category.as_str()
+            ),
+            Some(("total_bytes", &value)),
+        ));
+    }
+    Ok(Initialize {
+        media_type,
+        category,
+        total_bytes,
+        shared,
+    })
+}
+
+/// The parts of an APPEND the simulator reads.
+#[derive(Default)]
+struct AppendParts {
+    media: Option<Bytes>,
+    segment_index: Option<String>,
+}
+
+/// Reads the whole multipart body, before the state is locked; a body that is not multipart
+/// or cannot be read is reported after authentication, as X checks credentials first.
+async fn read_parts(
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<AppendParts, String> {
+    let mut multipart = multipart.map_err(|rejection| rejection.body_text())?;
+    let mut parts = AppendParts::default();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|error| error.body_text())?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        let data = field.bytes().await.map_err(|error| error.body_text())?;
+        let slot_taken = match name.as_str() {
+            "media" => parts.media.replace(data).is_some(),
+            "segment_index" => parts
+                .segment_index
+                .replace(String::from_utf8_lossy(&data).trim().to_string())
+                .is_some(),
+            _ => false,
+        };
+        if slot_taken {
+            return Err(format!("the `{name}` part appears twice"));
+        }
+    }
+    Ok(parts)
+}
+
+/// `POST /2/media/upload/{id}/append`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn append(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    id: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    let id = id.map(|Path(id)| id).unwrap_or_default();
+    let parts = read_parts(multipart).await;
+    // A multipart body is not part of the OAuth signature: only query and `oauth_*` are.
+    let request = signed(&method, &uri, &headers, &[]);
+    let reply = decide_append(&state, &request, &id, parts);
+    reply.deliver(&state, &identity).await
+}
+
+fn decide_append(
+    state: &SimState,
+    request: &SignedRequest<'_>,
+    id: &str,
+    parts: Result<AppendParts, String>,
+) -> Reply {
+    let now = state.now();
+    let mut guard = state.lock();
+    let inner = &mut *guard;
+    let (account, reply) = match gate::admit(state, inner, request, now, GATE, "media upload") {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let bad = |message: &str, parameter: Option<(&str, &str)>| {
+        (StatusCode::BAD_REQUEST, invalid(message, parameter))
+    };
+    let outcome = own_upload(inner, &account.user_id, id)
+        .map_err(|problem| (StatusCode::BAD_REQUEST, problem))
+        .and_then(|upload| {
+            if upload.finalized {
+                return Err(bad(
+                    &format!("The upload [{id}] is already finalized; no more segments are accepted"),
+                    Some(("id", id)),
+                ));
+            }
+            let parts = parts.map_err(|why| {
+                bad(
+                    &format!("The request body is not a readable multipart/form-data body: {why}"),
+                    None,
+                )
+            })?;
+            let Some(media) = parts.media else {
+                return Err(bad("The `media` part is required", None));
+            };
+            let Some(index) = parts.segment_index else {
+                return Err(bad("The `segment_index` part is required", None));
+            };
+            let segment_index = match index.parse::<u32>() {
+                Ok(n) if n <= MAX_SEGMENT_INDEX => n,
+                _ => {
+                    return Err(bad(
+                        &format!(
+                            "The `segment_index` value [{index}] is not between 0 and {MAX_SEGMENT_INDEX}"
+                        ),
+                        Some(("segment_index", &index)),
+                    ))
+                }
+            };
+            if media.is_empty() || media.len() > MAX_SEGMENT_BYTES {
+                let length = media.len().to_string();
+                return Err(bad(
+                    &format!(
+                        "The `media` part has {length} bytes; a segment must have 1 to {MAX_SEGMENT_BYTES}"
+                    ),
+                    Some(("media", &length)),
+                ));
+            }
+            upload.arrivals.push((segment_index, media.len() as u64));
+            upload.parts.insert(segment_index, media);
+            tracing::debug!(media_id = %upload.id, segment_index, "media segment appended");
+            Ok(json!({ "data": { "expires_at": upload.expires_at().timestamp() } }).to_string())
+        });
+    match outcome {
+        Ok(body) => reply.answer(StatusCode::OK, body),
+        Err((status, problem)) => reply.answer(status, problem),
+    }
+}
+
+/// `POST /2/media/upload/{id}/finalize`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn finalize(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    id: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let id = id.map(|Path(id)| id).unwrap_or_default();
+    let request = signed(&method, &uri, &headers, &body);
+    let reply = decide_finalize(&state, &request, &id);
+    reply.deliver(&state, &identity).await
+}
+
+fn decide_finalize(state: &SimState, request: &SignedRequest<'_>, id: &str) -> Reply {
+    let now = state.now();
+    let mut guard = state.lock();
+    let inner = &mut *guard;
+    let (account, reply) = match gate::admit(state, inner, request, now, GATE, "media upload") {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let settings = inner
+        .media_processing
+        .get(&account.user_id)
+        .cloned()
+        .unwrap_or_default();
+    let upload = match own_upload(inner, &account.user_id, id) {
+        Ok(upload) => upload,
+        Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
+    };
+    // A FINALIZE repeated (a client retrying after a lost answer) gets the current state.
+    if !upload.finalized {
+        let contiguous = upload
+            .parts
+            .keys()
+            .enumerate()
+            .all(|(position, index)| usize::try_from(*index).is_ok_and(|i| i == position));
+        if upload.parts.is_empty() || !contiguous {
+            let indices: Vec<String> = upload.parts.keys().map(u32::to_string).collect();
+            return reply.answer(
+                StatusCode::BAD_REQUEST,
+                invalid(
+                    &format!(
+                        "The segments of upload [{id}] are not contiguous from 0: got [{}]",
+                        indices.join(",")
+                    ),
+                    Some(("id", id)),
+                ),
+            );
+        }
+        let received: u64 = upload.parts.values().map(|part| part.len() as u64).sum();
+        if received != upload.total_bytes {
+            return reply.answer(
+                StatusCode::BAD_REQUEST,
+                invalid(
+                    &format!(
+                        "The segments of upload [{id}] add up to {received} bytes, not the {} of total_bytes",
+                        upload.total_bytes
+                    ),
+                    Some(("id", id)),
+                ),
+            );
+        }
+        upload.finalized = true;
+        upload.settings = settings;
+        upload.processing = if upload.category.processes() {
+            ProcessingState::Pending
+        } else {
+            ProcessingState::Succeeded
+        };
+        tracing::info!(media_id = %upload.id, size = received, "media upload finalized");
+    }
+    let mut data = json!({
+        "id": upload.id,
+        "media_key": upload.media_key,
+        "size": upload.total_bytes,
+        "expires_after_secs": upload.expires_after_secs(now),
+    });
+    if let Some(info) = upload.processing_info() {
+        data["processing_info"] = info;
+    }
+    reply.answer(StatusCode::OK, json!({ "data": data }).to_string())
+}
+
+/// `GET /2/media/upload?command=STATUS&media_id=…`.
+pub(crate) async fn status(
+    State(state): State<Arc<SimState>>,
+    Extension(identity): Extension<RequestIdentity>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = signed(&method, &uri, &headers, &body);
+    let reply = decide_status(&state, &request);
+    reply.deliver(&state, &identity).await
+}
+
+fn decide_status(state: &SimState, request: &SignedRequest<'_>) -> Reply {
+    let now = state.now();
+    let mut guard = state.lock();
+    let inner = &mut *guard;
+    let (account, reply) = match gate::admit(state, inner, request, now, GATE, "media upload") {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let mut command = None;
+    let mut media_id = None;
+    for (name, value) in url::form_urlencoded::parse(request.uri.query().unwrap_or("").as_bytes()) {
+        match name.as_ref() {
+            "command" => command = Some(value.into_owned()),
+            "media_id" => media_id = Some(value.into_owned()),
+            other => {
+                return reply.answer(
+                    StatusCode::BAD_REQUEST,
+                    invalid(
+                        &format!("The query parameter [{other}] is not one of [command,media_id]"),
+                        Some((other, &value)),
+                    ),
+                )
+            }
+        }
+    }
+    if command.as_deref() != Some("STATUS") {
+        let value = command.unwrap_or_default();
+        return reply.answer(
+            StatusCode::BAD_REQUEST,
+            invalid(
+                &format!("The `command` query parameter value [{value}] is not one of [STATUS]"),
+                Some(("command", &value)),
+            ),
+        );
+    }
+    let Some(media_id) = media_id else {
+        return reply.answer(
+            StatusCode::BAD_REQUEST,
+            invalid("The `media_id` query parameter is required", None),
+        );
+    };
+    let upload = match own_upload(inner, &account.user_id, &media_id) {
+        Ok(upload) => upload,
+        Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
+    };
+    if !upload.finalized {
+        return reply.answer(
+            StatusCode::BAD_REQUEST,
+            invalid(
+                &format!("The upload [{media_id}] is not finalized yet"),
+                Some(("media_id", &media_id)),
+            ),
+        );
+    }
+    upload.poll();
+    let mut data = json!({ "id": upload.id, "media_key": upload.media_key });
+    data["processing_info"] = upload
+        .processing_info()
+        .unwrap_or_else(|| json!({ "state": "succeeded", "progress_percent": 100 }));
+    reply.answer(StatusCode::OK, json!({ "data": data }).to_string())
+}
+
+/// What a DM send checks of its attachment, as X does: the media exists, this account
+/// uploaded it, it was finalized, its processing succeeded and it has not expired. The media's
+/// kind, for the DM event, or X's 400 body naming the problem.
+pub(crate) fn check_attachment(
+    inner: &Inner,
+    user_id: &str,
+    media_id: &str,
+    now: DateTime<Utc>,
+) -> Result<MediaType, String> {
+    let refuse = |why: &str| {
+        invalid(
+            &format!("$.attachments[0].media_id: the media [{media_id}] {why}"),
+            Some(("media_id", media_id)),
+        )
+    };
+    let Some(upload) = inner.uploads.iter().find(|upload| upload.id == media_id) else {
+        return Err(refuse("does not exist"));
+    };
+    if upload.user_id != user_id {
+        return Err(refuse("was not uploaded by the sending user"));
+    }
+    if !upload.finalized {
+        return Err(refuse("has not been finalized"));
+    }
+    if now >= upload.expires_at() {
+        return Err(refuse("has expired"));
+    }
+    match &upload.processing {
+        ProcessingState::Succeeded => Ok(upload.category.media_kind()),
+        ProcessingState::Failed { message } => {
+            Err(refuse(&format!("failed processing: {message}")))
+        }
+        _ => Err(refuse("is still processing")),
+    }
+}
