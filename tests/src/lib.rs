@@ -53,6 +53,8 @@ pub struct TestOptions {
     /// `webhook_check_interval`: most tests register no webhook, and their
     /// channels would otherwise all report `webhook_invalid`.
     pub inbound: String,
+    /// TOML for the `[outbound.media]` section (attachment downloads).
+    pub outbound_media: String,
     /// Every channel's `inbound` mode (`webhook`, `poll`, `both`); the
     /// channel's `user_id` is set to its simulator account's when given.
     pub inbound_mode: Option<String>,
@@ -66,6 +68,7 @@ impl Default for TestOptions {
             credits: "max_wait = \"15m\"\nprobe_initial = \"200ms\"\nprobe_max = \"1s\"\n".to_owned(),
             request_timeout: Duration::from_secs(5),
             inbound: String::new(),
+            outbound_media: String::new(),
             inbound_mode: None,
         }
     }
@@ -231,6 +234,8 @@ shutdown_grace = "10s"
 {retry}
 [outbound.credits]
 {credits}
+[outbound.media]
+{outbound_media}
 [inbound]
 {inbound}
 [state]
@@ -249,6 +254,7 @@ path = "{state}"
             timeout = self.options.request_timeout.as_millis(),
             retry = self.options.retry,
             credits = self.options.credits,
+            outbound_media = self.options.outbound_media,
             inbound = if self.options.inbound.contains("webhook_check_interval") {
                 self.options.inbound.clone()
             } else {

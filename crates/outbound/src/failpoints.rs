@@ -10,6 +10,9 @@
 /// told and the delivery acknowledged.
 pub const AFTER_SEND_RECORDED: &str = "after_send_recorded";
 
+/// After one DM of a reply sent in parts was recorded, before the next part.
+pub const BETWEEN_PARTS: &str = "between_parts";
+
 /// Stops here forever if the failpoint `name` is armed.
 pub async fn freeze_if_armed(name: &'static str) {
     if is_armed(name) {

@@ -18,6 +18,7 @@ pub mod failpoints;
 pub mod fate;
 pub mod media;
 pub mod ordering;
+pub mod parts;
 pub mod report;
 pub mod service;
 pub mod state_sync;
@@ -37,4 +38,7 @@ pub enum OutboundError {
         /// What failed.
         detail: String,
     },
+    /// The attachment downloader could not be built.
+    #[error("cannot set up attachment downloads: {0}")]
+    Media(#[from] media::FetcherInitError),
 }

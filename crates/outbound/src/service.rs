@@ -21,6 +21,7 @@ use xbridge_x_api::{UserCredentials, XClient, XClientConfig};
 
 use crate::credits::CreditsGate;
 use crate::fate::Policy;
+use crate::media::MediaFetcher;
 use crate::ordering::ParkedReplies;
 use crate::report::Reporter;
 use crate::state_sync::PublishedStates;
@@ -48,6 +49,7 @@ impl Outbound {
             retry: settings.outbound.retry.clone(),
             credits: settings.outbound.credits.clone(),
         };
+        let media = Arc::new(MediaFetcher::new(settings.outbound.media.clone())?);
         let channels = settings
             .channels
             .iter()
@@ -77,6 +79,7 @@ impl Outbound {
                     store: store.clone(),
                     policy: policy.clone(),
                     states: states.clone(),
+                    media: media.clone(),
                 }))
             })
             .collect::<Result<Vec<_>, OutboundError>>()?;

@@ -28,7 +28,9 @@ use xbridge_x_api::{DmTarget, XClient, XError};
 use crate::credits::CreditsGate;
 use crate::failpoints;
 use crate::fate::{decide, Fate, History, Policy};
+use crate::media::MediaFetcher;
 use crate::ordering::ParkedReplies;
+use crate::parts::{PrepareError, ReplyParts};
 use crate::report::{Failure, Reporter};
 
 /// What one channel keeps across reconnects: its X client (and so its rate
@@ -48,6 +50,8 @@ pub struct ChannelContext {
     pub policy: Policy,
     /// Every channel's state, for the CRM and operators.
     pub states: Arc<ChannelStates>,
+    /// Turns reply attachments into bytes to upload, safely.
+    pub media: Arc<MediaFetcher>,
 }
 
 /// Why a delivery was left unacknowledged (it will be redelivered).
@@ -281,6 +285,32 @@ async fn process(
         return ack(&delivery).await;
     }
 
+    let mut parts = match ReplyParts::prepare(ctx, &reply).await {
+        Ok(parts) => parts,
+        Err(PrepareError::Invalid(detail)) => {
+            let failure = Failure::local(FailureReason::InvalidMessage, detail);
+            return dead_letter(
+                ctx,
+                reporter,
+                &delivery,
+                &reply,
+                &conversation,
+                &failure,
+                history,
+            )
+            .await;
+        }
+        Err(PrepareError::Local(detail)) => {
+            // The local disk, not the reply: try again after the first delay.
+            let delay = ctx.policy.retry.delays[0];
+            tracing::warn!(channel, message_id, detail = %detail, "cannot spool an attachment; parked for a later try");
+            reporter.park(&delivery, delay, &history).await?;
+            ctx.parked.park(&conversation, message_id, due_by(delay));
+            return ack(&delivery).await;
+        }
+        Err(PrepareError::Store(e)) => return Err(e.into()),
+    };
+
     let now = Utc::now();
     let published_at = delivery
         .properties
@@ -312,7 +342,7 @@ async fn process(
             permit = ctx.gate.acquire(credits_deadline) => permit,
         };
         let Ok(permit) = permit else {
-            let failure = last_credits_failure
+            let mut failure = last_credits_failure
                 .or_else(|| {
                     ctx.gate
                         .last_error()
@@ -324,6 +354,7 @@ async fn process(
                     "the X account has had no credits for longer than the wait bound; top up at console.x.com, then replay from the dead-letter queue",
                 )
             });
+            failure.detail.extend(parts.partial_note());
             return dead_letter(
                 ctx,
                 reporter,
@@ -375,21 +406,12 @@ async fn process(
 
         history.attempts += 1;
         attempts_this_delivery += 1;
-        let error = match ctx.client.send_dm(&target, &reply.text).await {
-            Ok(sent) => {
+        let error = match parts.send(ctx, &target, message_id).await? {
+            Ok(record) => {
                 ctx.gate.succeeded();
                 ctx.states.set(channel, ChannelState::Ok, None, None);
-                let record = SentRecord {
-                    dm_event_id: sent.dm_event_id,
-                    conversation_id: sent.dm_conversation_id,
-                    sent_at: Utc::now(),
-                    reported: false,
-                    parts: Vec::new(),
-                };
                 ctx.store.record_sent(channel, message_id, &record).await?;
-                tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, attempts = history.attempts, "DM sent");
-                metrics::counter!("xbridge_dms_sent_total", "channel" => channel.to_owned())
-                    .increment(1);
+                tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, dms = record.dm_event_ids().len(), attempts = history.attempts, "reply sent");
                 failpoints::freeze_if_armed(failpoints::AFTER_SEND_RECORDED).await;
                 reporter
                     .status(&sent_event(channel, message_id, &record))
@@ -482,7 +504,8 @@ async fn process(
                 return ack(&delivery).await;
             }
             Fate::DeadLetter(reason) => {
-                let failure = Failure::from_x(reason, &error);
+                let mut failure = Failure::from_x(reason, &error);
+                failure.detail.extend(parts.partial_note());
                 return dead_letter(
                     ctx,
                     reporter,

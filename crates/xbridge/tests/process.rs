@@ -185,3 +185,64 @@ async fn a_reply_facing_a_long_rate_limit_wait_is_parked_not_held() {
     assert!(bridge.terminate().await.success());
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_killed_between_the_parts_of_a_reply_sends_no_part_twice() {
+    use base64::Engine as _;
+    let app = spawn_app(TestOptions::default()).await;
+    let config = app.write_config();
+    let user = app.user_id("acme");
+    let file = |name: &str| {
+        let bytes: Vec<u8> = name.bytes().cycle().take(2048).collect();
+        json!({"data": base64::engine::general_purpose::STANDARD.encode(bytes), "mime_type": "image/png"})
+    };
+    let reply = json!({
+        "message_id": "parts-1",
+        "recipient_id": "944480690",
+        "text": "three pictures",
+        "attachments": [file("one"), file("two"), file("three")]
+    });
+
+    // The first bridge freezes right after the first part is sent and
+    // recorded, before the second; then it is killed.
+    let first = BridgeProcess::start(binary(), &config, &[("FAILPOINTS", "between_parts=return")]);
+    first.wait_for_log(RUNNING, 1).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply("acme", &reply).await;
+    first.wait_for_log("failpoint reached", 1).await;
+    assert_eq!(app.simulator.sent_dms_for(&user).len(), 1);
+    first.kill().await;
+
+    // RabbitMQ redelivers the reply; the restarted bridge sends the rest.
+    let second = BridgeProcess::start(binary(), &config, &[]);
+    second.wait_for_log(RUNNING, 1).await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+    assert_eq!(event.body["message_id"], "parts-1");
+    let dms = app.simulator.sent_dms_for(&user);
+    assert_eq!(dms.len(), 3, "each part once");
+    let texts: Vec<&str> = dms.iter().map(|d| d.text.as_str()).collect();
+    assert_eq!(texts, ["three pictures", "", ""]);
+    let ids: Vec<serde_json::Value> = dms.iter().map(|d| json!(d.dm_event_id)).collect();
+    assert_eq!(event.body["dm_event_ids"], serde_json::Value::Array(ids));
+    // Each DM carries a different upload, in the reply's order.
+    let uploads = app.simulator.uploads_for(&user);
+    let sent_media: Vec<Vec<u8>> = dms
+        .iter()
+        .map(|d| {
+            uploads
+                .iter()
+                .find(|u| u.id == d.media_ids[0])
+                .expect("an upload of this account")
+                .bytes[..3]
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(
+        sent_media,
+        [b"one".to_vec(), b"two".to_vec(), b"thr".to_vec()]
+    );
+
+    second.terminate().await;
+    app.cleanup().await;
+}

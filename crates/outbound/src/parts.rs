@@ -1,0 +1,218 @@
+//! A reply as the DMs it becomes: X takes one attachment per DM, so a reply
+//! with several attachments goes out as several DMs in order, the text with
+//! the first. Each part is recorded once sent, so a crash or a retry between
+//! parts sends no part twice: the next try starts at the first unsent part.
+
+use chrono::Utc;
+
+use xbridge_core::model::{MediaCategory, OutgoingReply};
+use xbridge_store::{SentRecord, StoreError};
+use xbridge_x_api::{DmTarget, MediaUpload, XError};
+
+use crate::failpoints;
+use crate::media::{MediaError, PreparedMedia};
+use crate::worker::ChannelContext;
+
+/// One DM of a reply.
+struct Part {
+    /// The reply's text for the first part, empty for the others.
+    text: String,
+    /// The attachment, downloaded or decoded, while it still has to go out.
+    media: Option<PreparedMedia>,
+    /// X's id of the uploaded media, so a retry of the DM (a 5xx, a rate
+    /// limit) does not upload the same bytes again.
+    media_id: Option<String>,
+    /// X's answer once the DM went out.
+    sent: Option<SentRecord>,
+}
+
+/// Why a reply's parts could not be made ready to send.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// An attachment is unusable (download refused or failed, too large):
+    /// the reply is dead-lettered `invalid_message` before any request to X.
+    #[error("{0}")]
+    Invalid(String),
+    /// Spooling a download to local disk failed: worth another try later.
+    #[error("{0}")]
+    Local(String),
+    /// The state store could not say which parts were sent.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The DMs of one reply and how far they got.
+pub struct ReplyParts {
+    parts: Vec<Part>,
+}
+
+impl ReplyParts {
+    /// Looks up which parts already went out (a previous delivery may have
+    /// died between parts) and prepares the attachments of the others, all
+    /// before the first request to X, so a bad attachment sends nothing.
+    pub async fn prepare(
+        ctx: &ChannelContext,
+        reply: &OutgoingReply,
+    ) -> Result<ReplyParts, PrepareError> {
+        let count = reply.attachments.len().max(1);
+        let mut parts = Vec::with_capacity(count);
+        for index in 0..count {
+            let sent = if count > 1 {
+                ctx.store
+                    .sent_part(&ctx.name, &reply.message_id, index)
+                    .await?
+            } else {
+                None
+            };
+            let media = match (reply.attachments.get(index), &sent) {
+                (Some(attachment), None) => Some(
+                    ctx.media
+                        .prepare(index, attachment)
+                        .await
+                        .map_err(|e: MediaError| {
+                            if e.is_invalid_message() {
+                                PrepareError::Invalid(e.detail())
+                            } else {
+                                PrepareError::Local(e.detail())
+                            }
+                        })?,
+                ),
+                _ => None,
+            };
+            parts.push(Part {
+                text: if index == 0 {
+                    reply.text.clone()
+                } else {
+                    String::new()
+                },
+                media,
+                media_id: None,
+                sent,
+            });
+        }
+        Ok(ReplyParts { parts })
+    }
+
+    /// Sends every part not sent yet, in order: uploads its attachment, sends
+    /// the DM, records the part. Returns the record of the whole reply, or
+    /// X's refusal of the first part that failed (the parts before it stay
+    /// recorded). Only the state store's failures are `Err`.
+    pub async fn send(
+        &mut self,
+        ctx: &ChannelContext,
+        target: &DmTarget,
+        message_id: &str,
+    ) -> Result<Result<SentRecord, XError>, StoreError> {
+        let count = self.parts.len();
+        for (index, part) in self.parts.iter_mut().enumerate() {
+            if part.sent.is_some() {
+                continue;
+            }
+            if let (Some(media), None) = (part.media.as_mut(), &part.media_id) {
+                match upload(ctx, media).await {
+                    Ok(media_id) => part.media_id = Some(media_id),
+                    Err(error) => return Ok(Err(error)),
+                }
+            }
+            let sent = match ctx
+                .client
+                .send_dm_with_media(target, &part.text, part.media_id.as_deref())
+                .await
+            {
+                Ok(sent) => sent,
+                Err(error) => return Ok(Err(error)),
+            };
+            let record = SentRecord {
+                dm_event_id: sent.dm_event_id,
+                conversation_id: sent.dm_conversation_id,
+                sent_at: Utc::now(),
+                reported: false,
+                parts: Vec::new(),
+            };
+            metrics::counter!("xbridge_dms_sent_total", "channel" => ctx.name.clone()).increment(1);
+            if count > 1 {
+                ctx.store
+                    .record_sent_part(&ctx.name, message_id, index, &record)
+                    .await?;
+                tracing::info!(
+                    channel = %ctx.name,
+                    message_id,
+                    dm_event_id = %record.dm_event_id,
+                    part = index + 1,
+                    of = count,
+                    "DM of a reply in parts sent"
+                );
+            }
+            part.media = None;
+            part.sent = Some(record);
+            if index + 1 < count {
+                failpoints::freeze_if_armed(failpoints::BETWEEN_PARTS).await;
+            }
+        }
+        let first = self.parts[0].sent.clone().expect("every part was sent");
+        let last = self.parts[count - 1].sent.as_ref().expect("sent");
+        Ok(Ok(SentRecord {
+            sent_at: last.sent_at,
+            parts: if count > 1 {
+                self.sent_ids()
+            } else {
+                Vec::new()
+            },
+            ..first
+        }))
+    }
+
+    /// A note for a failure after some parts went out: the CRM must know
+    /// the customer already has them, and that a replay sends only the rest.
+    pub fn partial_note(&self) -> Option<String> {
+        let sent = self.sent_ids();
+        (!sent.is_empty()).then(|| {
+            format!(
+                " ({} of {} DMs of this reply were sent before this: {}; a replay sends only the others)",
+                sent.len(),
+                self.parts.len(),
+                sent.join(", ")
+            )
+        })
+    }
+
+    fn sent_ids(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter_map(|p| p.sent.as_ref().map(|s| s.dm_event_id.clone()))
+            .collect()
+    }
+}
+
+/// Uploads one prepared attachment from its first byte.
+async fn upload(ctx: &ChannelContext, media: &mut PreparedMedia) -> Result<String, XError> {
+    media.rewind().await.map_err(|e| XError::Transient {
+        status: None,
+        detail: format!(
+            "cannot read attachments[{}] from the local spool: {e}",
+            media.index
+        ),
+    })?;
+    let media_type = media.mime_type.clone();
+    let category = x_category(media.category);
+    let total_bytes = media.total_bytes;
+    let uploaded = ctx
+        .client
+        .upload_media(MediaUpload {
+            media_type: &media_type,
+            category,
+            total_bytes,
+            reader: media,
+        })
+        .await?;
+    tracing::info!(channel = %ctx.name, media_id = %uploaded.media_id, category = category.as_str(), total_bytes, "attachment uploaded to X");
+    Ok(uploaded.media_id)
+}
+
+fn x_category(category: MediaCategory) -> xbridge_x_api::MediaCategory {
+    match category {
+        MediaCategory::DmImage => xbridge_x_api::MediaCategory::DmImage,
+        MediaCategory::DmGif => xbridge_x_api::MediaCategory::DmGif,
+        MediaCategory::DmVideo => xbridge_x_api::MediaCategory::DmVideo,
+    }
+}
