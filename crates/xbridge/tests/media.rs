@@ -16,7 +16,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use common::start_bridge;
-use x_simulator::{MediaProcessing, ProcessingOutcome, ProcessingState};
+use x_simulator::{Fault, MediaProcessing, ProcessingOutcome, ProcessingState};
 use xbridge_test_support::{assert_valid, spawn_app, TestApp, TestOptions};
 
 /// Files the CRM's storage serves, by name.
@@ -312,6 +312,47 @@ async fn a_video_is_sent_once_x_has_processed_it_and_a_failed_one_is_reported() 
     let detail = failed.body["detail"].as_str().unwrap();
     assert!(detail.contains("Unsupported video format"), "{detail}");
     assert_eq!(app.simulator.sent_dms_for(&user).len(), 1, "nothing sent");
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_failures_take_the_same_fates_as_sends() {
+    let app = spawn_app(TestOptions::default()).await;
+    let user = app.user_id("acme");
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+    let photo = |id: &str| {
+        json!({"message_id": id, "recipient_id": "944480690", "text": id,
+               "attachments": [{"data": data(&bytes_of(id, 5000)), "mime_type": "image/jpeg"}]})
+    };
+
+    // A passing 503 on the upload is retried, then the reply goes out.
+    app.simulator.set_fault(
+        &user,
+        Fault::ServerError {
+            status: 503,
+            times: Some(2),
+        },
+    );
+    crm.publish_reply("acme", &photo("flaky")).await;
+    assert_eq!(crm.next_event().await.body["type"], "message.sent");
+    assert_eq!(app.wait_for_dms("acme", 1).await[0].text, "flaky");
+    let statuses: Vec<u16> = app
+        .simulator
+        .requests_for(&user)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(&statuses[..2], [503, 503]);
+
+    // Revoked credentials refuse the upload: dead-lettered at once as for a send.
+    app.simulator.set_fault(&user, Fault::Unauthorized);
+    crm.publish_reply("acme", &photo("revoked")).await;
+    let dead = crm.next_dead_letter().await;
+    assert_eq!(dead.reason(), "unauthorized");
+    assert_eq!(dead.headers.attempts, 1, "one request, no retries");
 
     bridge.stop().await;
     app.cleanup().await;
