@@ -1283,14 +1283,6 @@ mod tests {
     }
 
     #[test]
-    fn media_settings_can_come_from_the_environment() {
-        std::env::set_var("XBRIDGE_INBOUND__MEDIA__MAX_BYTES", "4096");
-        let settings = Settings::from_toml(VALID);
-        std::env::remove_var("XBRIDGE_INBOUND__MEDIA__MAX_BYTES");
-        assert_eq!(settings.unwrap().inbound.media.max_bytes, 4096);
-    }
-
-    #[test]
     fn bad_media_settings_name_their_field_but_not_the_key() {
         let toml = VALID.replace(
             "[[channels]]",
