@@ -206,6 +206,11 @@ async fn bad_attachments_are_dead_lettered_without_a_request_to_x() {
             "base64",
         ),
         (
+            // Over X's 5 MiB for images.
+            json!({"data": data(&vec![7u8; 5 * 1024 * 1024 + 1]), "mime_type": "image/png"}),
+            "5 MiB",
+        ),
+        (
             json!({"url": format!("http://{server}/files/a.png"), "mime_type": "image/png"}),
             "127.0.0.1",
         ),
@@ -227,16 +232,24 @@ async fn bad_attachments_are_dead_lettered_without_a_request_to_x() {
         });
         crm.publish_reply("acme", &body).await;
     }
-    for (i, (_, named)) in cases.iter().enumerate() {
+    // Refusals found while parsing and while downloading settle in their
+    // own order: match dead letters to cases by message id.
+    let mut details = HashMap::new();
+    for _ in 0..cases.len() {
         let dead = crm.next_dead_letter().await;
         assert_eq!(dead.reason(), "invalid_message");
         assert_valid("dead-letter-headers", &dead.headers_json());
-        let detail = dead.headers.detail.clone().unwrap_or_default();
-        assert!(detail.contains("attachments[0]"), "{detail}");
-        assert!(detail.contains(named), "case {i}: {detail}");
+        let body: Value = serde_json::from_slice(&dead.body).unwrap();
+        let id = body["message_id"].as_str().unwrap().to_owned();
+        details.insert(id, dead.headers.detail.clone().unwrap_or_default());
         let failed = crm.next_event().await;
         assert_eq!(failed.body["type"], "message.failed");
-        assert_eq!(failed.body["message_id"], format!("bad-{i}"));
+        assert_eq!(failed.body["reason"], "invalid_message");
+    }
+    for (i, (_, named)) in cases.iter().enumerate() {
+        let detail = &details[&format!("bad-{i}")];
+        assert!(detail.contains("attachments[0]"), "{detail}");
+        assert!(detail.contains(named), "case {i}: {detail}");
     }
     assert!(
         app.simulator.requests_for(&user).is_empty(),
