@@ -24,6 +24,7 @@ pub async fn run_all(store: &dyn StateStore) {
     a_recorded_reply_reads_back(store).await;
     a_reply_sent_in_parts_reads_back_with_every_part(store).await;
     each_part_is_recorded_on_its_own_and_is_an_own_send(store).await;
+    send_intents_are_kept_per_part_and_the_last_wins(store).await;
     the_first_record_wins(store).await;
     reporting_is_remembered(store).await;
     channels_do_not_share_message_ids(store).await;
@@ -102,6 +103,39 @@ async fn each_part_is_recorded_on_its_own_and_is_an_own_send(store: &dyn StateSt
     for id in ["1800000000000000000", "1800000000000000001"] {
         assert!(store.is_own_send("contract-parts", id).await.unwrap());
     }
+}
+
+async fn send_intents_are_kept_per_part_and_the_last_wins(store: &dyn StateStore) {
+    let at = |s: &str| {
+        DateTime::parse_from_rfc3339(s)
+            .expect("static time")
+            .with_timezone(&Utc)
+    };
+    assert_eq!(
+        store.send_intent("contract-intent", "i", 0).await.unwrap(),
+        None
+    );
+    store
+        .record_send_intent("contract-intent", "i", 0, at("2026-11-25T10:00:00.123Z"))
+        .await
+        .unwrap();
+    store
+        .record_send_intent("contract-intent", "i", 0, at("2026-11-25T10:05:00.456Z"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.send_intent("contract-intent", "i", 0).await.unwrap(),
+        Some(at("2026-11-25T10:05:00.456Z")),
+        "the latest try counts, to the millisecond"
+    );
+    assert_eq!(
+        store.send_intent("contract-intent", "i", 1).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.send_intent("contract-other", "i", 0).await.unwrap(),
+        None
+    );
 }
 
 async fn the_first_record_wins(store: &dyn StateStore) {

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{SentRecord, StateStore, StoreError};
@@ -14,6 +15,9 @@ const SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("sent_replies");
 /// The DMs of replies sent in parts, keyed by `<channel>\0<part>\0<message_id>`;
 /// values as in [`SENT`].
 const SENT_PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("sent_reply_parts");
+/// When the last send of a reply's part started (Unix milliseconds), keyed
+/// like [`SENT_PARTS`].
+const SEND_INTENTS: TableDefinition<&str, i64> = TableDefinition::new("send_intents");
 /// X DM event ids of the bridge's own sends, keyed by `<channel>\0<dm_event_id>`;
 /// the value is the CRM's message id.
 const OWN_SENDS: TableDefinition<&str, &str> = TableDefinition::new("own_dm_events");
@@ -43,6 +47,7 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(SENT).map_err(err)?;
         txn.open_table(SENT_PARTS).map_err(err)?;
+        txn.open_table(SEND_INTENTS).map_err(err)?;
         txn.open_table(OWN_SENDS).map_err(err)?;
         txn.open_table(DELIVERED).map_err(err)?;
         txn.open_table(CURSORS).map_err(err)?;
@@ -165,6 +170,42 @@ impl StateStore for EmbeddedStore {
         let key = part_key(channel, message_id, part);
         self.insert_first(SENT_PARTS, key, channel, message_id, record)
             .await
+    }
+
+    async fn record_send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let key = part_key(channel, message_id, part);
+        let millis = started_at.timestamp_millis();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(SEND_INTENTS).map_err(err)?;
+                table.insert(key.as_str(), millis).map_err(err)?;
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
+    async fn send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let key = part_key(channel, message_id, part);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(SEND_INTENTS).map_err(err)?;
+            let millis = table.get(key.as_str()).map_err(err)?.map(|v| v.value());
+            Ok(millis.and_then(DateTime::<Utc>::from_timestamp_millis))
+        })
+        .await
     }
 
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {

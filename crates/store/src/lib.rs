@@ -97,6 +97,27 @@ pub trait StateStore: Send + Sync + 'static {
         record: &SentRecord,
     ) -> Result<(), StoreError>;
 
+    /// Remembers that part `part` (0 for a one-DM reply) is about to be sent,
+    /// and since when, before the request goes to X. After a crash, a part
+    /// with an intent and no sent record may or may not have reached X; the
+    /// bridge then looks for it on X before sending again. A later intent for
+    /// the same part replaces the earlier one.
+    async fn record_send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// When the last send of part `part` of a reply started, if one did.
+    async fn send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
     /// Remembers that the CRM was told (the `message.sent` was confirmed).
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError>;
 
