@@ -146,7 +146,9 @@ async fn credits_run_out_then_a_replay_after_the_top_up_sends_each_reply_exactly
     let mut ids = listed_ids(&listing);
     ids.sort();
     assert_eq!(ids, ["c-1", "c-2", "c-3"], "{listing}");
-    assert_eq!(crm.queue_depth(&dlq_name).await, 3, "list changes nothing");
+    // List changes nothing: its reads are requeued (a moment after the
+    // command's connection closes, on a quorum queue).
+    crm.wait_for_depth(&dlq_name, 3).await;
 
     let shown = dlq_ok(&app, &["show", "c-2"]).await;
     assert!(shown.contains("credits_exhausted"), "{shown}");
@@ -158,11 +160,8 @@ async fn credits_run_out_then_a_replay_after_the_top_up_sends_each_reply_exactly
     )
     .await;
     assert!(dry.contains("would replay 3 dead letter(s)"), "{dry}");
-    assert_eq!(
-        crm.queue_depth(&dlq_name).await,
-        3,
-        "--dry-run changes nothing"
-    );
+    // --dry-run changes nothing.
+    crm.wait_for_depth(&dlq_name, 3).await;
     assert!(app.simulator.sent_dms_for(&user).is_empty());
 
     let replayed = dlq_ok(&app, &["replay", "--reason", "credits_exhausted"]).await;
@@ -295,17 +294,16 @@ async fn filters_dry_runs_and_purge_leave_everything_else_in_place() {
     )
     .await;
     assert!(dry.contains("would drop 1 dead letter(s)"), "{dry}");
-    assert_eq!(
-        crm.queue_depth(&dlq_name).await,
-        3,
-        "dry runs change nothing"
-    );
+    // Dry runs change nothing (once the commands' reads are requeued).
+    crm.wait_for_depth(&dlq_name, 3).await;
 
     let purged = dlq_ok(&app, &["purge", "--reason", "recipient_refuses", "--yes"]).await;
     assert!(purged.contains("dropped a-2"), "{purged}");
     let rest = dlq_ok(&app, &["list"]).await;
     assert_eq!(listed_ids(&rest), ["a-1", "b-1"], "{rest}");
-    assert_eq!(crm.queue_depth(&dlq_name).await, 2);
+    // `list` reads and requeues; the quorum queue takes them back when the
+    // command's connection closes, a moment later.
+    crm.wait_for_depth(&dlq_name, 2).await;
 
     let (ok, missing) = dlq(&app, &["show", "nope"]).await;
     assert!(!ok && missing.contains("no dead letter"), "{missing}");
