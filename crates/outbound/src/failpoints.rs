@@ -10,6 +10,10 @@
 /// told and the delivery acknowledged.
 pub const AFTER_SEND_RECORDED: &str = "after_send_recorded";
 
+/// After X accepted a DM, before the bridge recorded it: the window an
+/// unrecorded send is looked up on X for.
+pub const BEFORE_SEND_RECORDED: &str = "before_send_recorded";
+
 /// After one DM of a reply sent in parts was recorded, before the next part.
 pub const BETWEEN_PARTS: &str = "between_parts";
 

@@ -19,6 +19,7 @@ pub mod fate;
 pub mod media;
 pub mod ordering;
 pub mod parts;
+pub mod reconcile;
 pub mod report;
 pub mod service;
 pub mod state_sync;

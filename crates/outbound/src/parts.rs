@@ -3,7 +3,7 @@
 //! the first. Each part is recorded once sent, so a crash or a retry between
 //! parts sends no part twice: the next try starts at the first unsent part.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use xbridge_core::model::{MediaCategory, OutgoingReply};
 use xbridge_store::{SentRecord, StoreError};
@@ -11,6 +11,7 @@ use xbridge_x_api::{DmTarget, MediaUpload, XError};
 
 use crate::failpoints;
 use crate::media::{MediaError, PreparedMedia};
+use crate::reconcile::find_earlier_send;
 use crate::worker::ChannelContext;
 
 /// One DM of a reply.
@@ -24,6 +25,9 @@ struct Part {
     media_id: Option<String>,
     /// X's answer once the DM went out.
     sent: Option<SentRecord>,
+    /// When a send of this part started that may have reached X without the
+    /// bridge hearing back (a crash, a timeout): look on X before sending.
+    ambiguous_since: Option<DateTime<Utc>>,
 }
 
 /// Why a reply's parts could not be made ready to send.
@@ -64,6 +68,14 @@ impl ReplyParts {
             } else {
                 None
             };
+            let ambiguous_since = match sent {
+                Some(_) => None,
+                None => {
+                    ctx.store
+                        .send_intent(&ctx.name, &reply.message_id, index)
+                        .await?
+                }
+            };
             let media = match (reply.attachments.get(index), &sent) {
                 (Some(attachment), None) => Some(
                     ctx.media
@@ -88,6 +100,7 @@ impl ReplyParts {
                 media,
                 media_id: None,
                 sent,
+                ambiguous_since,
             });
         }
         Ok(ReplyParts { parts })
@@ -108,19 +121,63 @@ impl ReplyParts {
             if part.sent.is_some() {
                 continue;
             }
+            if let Some(since) = part.ambiguous_since {
+                let has_media = part.media.is_some();
+                match find_earlier_send(ctx, target, &part.text, has_media, since).await {
+                    Ok(Some(event)) => {
+                        tracing::warn!(
+                            channel = %ctx.name,
+                            message_id,
+                            dm_event_id = %event.id,
+                            part = index + 1,
+                            "an earlier send of this DM reached X before the bridge could record it; not sending it again"
+                        );
+                        let record = SentRecord {
+                            dm_event_id: event.id,
+                            conversation_id: event.dm_conversation_id,
+                            sent_at: event.created_at,
+                            reported: false,
+                            parts: Vec::new(),
+                        };
+                        if count > 1 {
+                            ctx.store
+                                .record_sent_part(&ctx.name, message_id, index, &record)
+                                .await?;
+                        }
+                        part.media = None;
+                        part.sent = Some(record);
+                        continue;
+                    }
+                    Ok(None) => part.ambiguous_since = None,
+                    Err(error) => return Ok(Err(error)),
+                }
+            }
             if let (Some(media), None) = (part.media.as_mut(), &part.media_id) {
                 match upload(ctx, media).await {
                     Ok(media_id) => part.media_id = Some(media_id),
                     Err(error) => return Ok(Err(error)),
                 }
             }
+            let started = Utc::now();
+            ctx.store
+                .record_send_intent(&ctx.name, message_id, index, started)
+                .await?;
             let sent = match ctx
                 .client
                 .send_dm_with_media(target, &part.text, part.media_id.as_deref())
                 .await
             {
-                Ok(sent) => sent,
-                Err(error) => return Ok(Err(error)),
+                Ok(sent) => {
+                    failpoints::freeze_if_armed(failpoints::BEFORE_SEND_RECORDED).await;
+                    sent
+                }
+                Err(error) => {
+                    if matches!(error, XError::Transient { status: None, .. }) {
+                        // No answer: X may have created the DM anyway.
+                        part.ambiguous_since = Some(started);
+                    }
+                    return Ok(Err(error));
+                }
             };
             let record = SentRecord {
                 dm_event_id: sent.dm_event_id,

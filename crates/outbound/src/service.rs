@@ -80,6 +80,7 @@ impl Outbound {
                     policy: policy.clone(),
                     states: states.clone(),
                     media: media.clone(),
+                    own_user: tokio::sync::OnceCell::new_with(channel.user_id.clone()),
                 }))
             })
             .collect::<Result<Vec<_>, OutboundError>>()?;

@@ -52,6 +52,19 @@ pub struct ChannelContext {
     pub states: Arc<ChannelStates>,
     /// Turns reply attachments into bytes to upload, safely.
     pub media: Arc<MediaFetcher>,
+    /// The account's X user id (from the configuration, or asked of X once),
+    /// to recognise its own DMs when looking for an unrecorded send.
+    pub own_user: tokio::sync::OnceCell<String>,
+}
+
+impl ChannelContext {
+    /// The account's X user id.
+    pub async fn own_user_id(&self) -> Result<String, XError> {
+        self.own_user
+            .get_or_try_init(|| async { Ok(self.client.me().await?.0.id) })
+            .await
+            .cloned()
+    }
 }
 
 /// Why a delivery was left unacknowledged (it will be redelivered).

@@ -246,3 +246,51 @@ async fn a_bridge_killed_between_the_parts_of_a_reply_sends_no_part_twice() {
     second.terminate().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_x_accepted_but_the_bridge_never_recorded_is_found_on_x_not_sent_again() {
+    let app = spawn_app(TestOptions::default()).await;
+    let config = app.write_config();
+    let user = app.user_id("acme");
+
+    // The first bridge freezes after X's 201 and before its own record (the
+    // window a crash used to turn into a second DM); then it is killed.
+    let first = BridgeProcess::start(
+        binary(),
+        &config,
+        &[("FAILPOINTS", "before_send_recorded=return")],
+    );
+    first.wait_for_log(RUNNING, 1).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "w-1", "recipient_id": "944480690", "text": "only once, please"}),
+    )
+    .await;
+    first.wait_for_log("failpoint reached", 1).await;
+    let sent = app.simulator.sent_dms_for(&user);
+    assert_eq!(sent.len(), 1);
+    first.kill().await;
+
+    // The restarted bridge finds the DM among the account's events on X.
+    let second = BridgeProcess::start(binary(), &config, &[]);
+    second.wait_for_log(RUNNING, 1).await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+    assert_eq!(event.body["message_id"], "w-1");
+    assert_eq!(event.body["dm_event_id"], sent[0].dm_event_id.as_str());
+    assert_eq!(app.simulator.sent_dms_for(&user).len(), 1, "no second DM");
+    assert_eq!(second.count_logs("an earlier send of this DM reached X"), 1);
+
+    // A later reply with the same words is a new DM, not mistaken for it.
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "w-2", "recipient_id": "944480690", "text": "only once, please"}),
+    )
+    .await;
+    assert_eq!(crm.next_event().await.body["message_id"], "w-2");
+    assert_eq!(app.simulator.sent_dms_for(&user).len(), 2);
+
+    second.terminate().await;
+    app.cleanup().await;
+}

@@ -1,0 +1,238 @@
+//! Closing the window between X's answer and the bridge's record.
+//!
+//! X's DM endpoints take no idempotency key. If the bridge dies (or loses
+//! X's answer) after X created a DM and before the bridge recorded it, a
+//! blind retry would send the customer the same DM twice. The bridge records
+//! an intent before each send; a part with an intent and no record is
+//! ambiguous, and before sending it again the bridge looks for it among the
+//! account's recent DM events: a DM of its own, in the same conversation,
+//! with the same text (and media, if any), created after the intent and not
+//! already recorded for another reply. That read is billed by X, so it only
+//! happens for ambiguous parts, which take a crash or a lost answer.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::Deserialize;
+
+use xbridge_x_api::{DmEventsRequest, DmTarget, XError};
+
+use crate::worker::ChannelContext;
+
+/// Events per page read while looking (X bills each one).
+const PAGE_SIZE: u8 = 50;
+/// Pages read at most: a send that old is past any crash recovery.
+const MAX_PAGES: usize = 4;
+/// Clock skew allowed between the bridge's intent and X's `created_at`.
+const SKEW: ChronoDuration = ChronoDuration::seconds(5);
+
+/// A DM event as far as matching needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Candidate {
+    /// X's id of the event.
+    pub id: String,
+    /// Who sent it.
+    #[serde(default)]
+    pub sender_id: String,
+    /// Its text (X may append a `t.co` link standing for media).
+    #[serde(default)]
+    pub text: String,
+    /// The conversation it is in.
+    #[serde(default)]
+    pub dm_conversation_id: String,
+    /// When X created it.
+    pub created_at: DateTime<Utc>,
+    /// Its media, if any.
+    #[serde(default)]
+    pub attachments: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    data: Vec<Candidate>,
+    #[serde(default)]
+    meta: Meta,
+}
+
+#[derive(Default, Deserialize)]
+struct Meta {
+    next_token: Option<String>,
+}
+
+/// What a sent part looked like, to recognise it on X.
+#[derive(Debug, Clone, Copy)]
+pub struct Sought<'a> {
+    /// The account's own user id.
+    pub own_user_id: &'a str,
+    /// Where the part was sent.
+    pub target: &'a DmTarget,
+    /// Its text.
+    pub text: &'a str,
+    /// Whether it carried an attachment.
+    pub has_media: bool,
+    /// When the send started.
+    pub since: DateTime<Utc>,
+}
+
+/// Whether `event` could be the part described by `sought` (ignoring
+/// whether another reply already claimed it).
+pub fn matches(event: &Candidate, sought: &Sought<'_>) -> bool {
+    if event.sender_id != sought.own_user_id || event.created_at < sought.since - SKEW {
+        return false;
+    }
+    let in_conversation = match sought.target {
+        DmTarget::Conversation(id) => event.dm_conversation_id == *id,
+        DmTarget::Participant(user) => {
+            let mut members = event.dm_conversation_id.split('-');
+            let (a, b) = (members.next(), members.next());
+            members.next().is_none()
+                && matches!((a, b), (Some(a), Some(b))
+                    if (a == user && b == sought.own_user_id) || (b == user && a == sought.own_user_id))
+        }
+    };
+    if !in_conversation || event.attachments.is_some() != sought.has_media {
+        return false;
+    }
+    // With media X may append the t.co link that stands for it.
+    let text = event.text.trim_end();
+    text == sought.text.trim_end()
+        || (sought.has_media
+            && text
+                .strip_prefix(sought.text.trim_end())
+                .is_some_and(|rest| rest.trim_start().starts_with("https://t.co/")))
+}
+
+/// Looks for an earlier send of the part on X: its DM event id, if found.
+pub async fn find_earlier_send(
+    ctx: &ChannelContext,
+    target: &DmTarget,
+    text: &str,
+    has_media: bool,
+    since: DateTime<Utc>,
+) -> Result<Option<Candidate>, XError> {
+    let own_user_id = ctx.own_user_id().await?;
+    let sought = Sought {
+        own_user_id: &own_user_id,
+        target,
+        text,
+        has_media,
+        since,
+    };
+    let mut request = DmEventsRequest::first(PAGE_SIZE);
+    let mut found: Option<Candidate> = None;
+    for _ in 0..MAX_PAGES {
+        let page = ctx.client.list_dm_events(&request).await?;
+        let page: Page = serde_json::from_slice(&page.body).map_err(|e| XError::Transient {
+            status: Some(200),
+            detail: format!("unreadable DM events page: {e}"),
+        })?;
+        let mut older_than_sought = false;
+        for event in page.data {
+            if event.created_at < since - SKEW {
+                older_than_sought = true;
+                continue;
+            }
+            if matches(&event, &sought)
+                && !ctx
+                    .store
+                    .is_own_send(&ctx.name, &event.id)
+                    .await
+                    .map_err(|e| XError::Transient {
+                        status: None,
+                        detail: e.to_string(),
+                    })?
+            {
+                // Pages run newest first: the last match is the earliest.
+                found = Some(event);
+            }
+        }
+        match page.meta.next_token {
+            Some(token) if !older_than_sought => request.pagination_token = Some(token),
+            _ => break,
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn event(text: &str, conversation: &str, created: &str) -> Candidate {
+        Candidate {
+            id: "1900000000000000001".into(),
+            sender_id: "100".into(),
+            text: text.into(),
+            dm_conversation_id: conversation.into(),
+            created_at: at(created),
+            attachments: None,
+        }
+    }
+
+    fn sought<'a>(target: &'a DmTarget, text: &'a str) -> Sought<'a> {
+        Sought {
+            own_user_id: "100",
+            target,
+            text,
+            has_media: false,
+            since: at("2026-11-25T10:00:00Z"),
+        }
+    }
+
+    #[test]
+    fn the_same_text_from_us_in_the_conversation_after_the_intent_matches() {
+        let to_user = DmTarget::Participant("42".into());
+        let in_conversation = DmTarget::Conversation("42-100".into());
+        let sent = event("Your order shipped", "42-100", "2026-11-25T10:00:01Z");
+        assert!(matches(&sent, &sought(&to_user, "Your order shipped")));
+        assert!(matches(
+            &sent,
+            &sought(&in_conversation, "Your order shipped")
+        ));
+        // Within the allowed clock skew before the intent.
+        let early = event("Your order shipped", "42-100", "2026-11-25T09:59:57Z");
+        assert!(matches(&early, &sought(&to_user, "Your order shipped")));
+    }
+
+    #[test]
+    fn anything_else_does_not_match() {
+        let target = DmTarget::Participant("42".into());
+        let s = sought(&target, "Your order shipped");
+        let mut other_sender = event("Your order shipped", "42-100", "2026-11-25T10:00:01Z");
+        other_sender.sender_id = "42".into();
+        assert!(!matches(&other_sender, &s), "the customer's words");
+        assert!(!matches(
+            &event("Your order shipped", "43-100", "2026-11-25T10:00:01Z"),
+            &s
+        ));
+        assert!(!matches(
+            &event("Your order shipped!", "42-100", "2026-11-25T10:00:01Z"),
+            &s
+        ));
+        assert!(
+            !matches(
+                &event("Your order shipped", "42-100", "2026-11-25T09:50:00Z"),
+                &s
+            ),
+            "an older DM with the same words is an earlier reply"
+        );
+        let mut with_media = event("Your order shipped", "42-100", "2026-11-25T10:00:01Z");
+        with_media.attachments = Some(serde_json::json!({"media_keys": ["3_1"]}));
+        assert!(!matches(&with_media, &s));
+    }
+
+    #[test]
+    fn a_media_part_matches_with_the_link_x_appends() {
+        let target = DmTarget::Participant("42".into());
+        let mut part = event("https://t.co/abc", "42-100", "2026-11-25T10:00:01Z");
+        part.attachments = Some(serde_json::json!({"media_keys": ["3_1"]}));
+        let s = Sought {
+            has_media: true,
+            ..sought(&target, "")
+        };
+        assert!(matches(&part, &s));
+    }
+}
