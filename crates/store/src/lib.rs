@@ -5,16 +5,19 @@
 //! twice. For the inbound side it remembers which X DM events reached the CRM
 //! (so a webhook retry or a poll does not deliver one again), which DM events
 //! were the bridge's own sends (so their echoes are dropped), and where each
-//! channel's poller stopped. The [`EmbeddedStore`] keeps it in a single file (no server); a shared
-//! store for several replicas can implement [`StateStore`] later and must pass
-//! the same [`contract`] tests.
+//! channel's poller stopped. The [`EmbeddedStore`] keeps it in a single file
+//! (no server) for a single process, the default; the [`PostgresStore`] keeps
+//! it in PostgreSQL, shared by several replicas. Both pass the same
+//! [`contract`] tests.
 
 #![warn(missing_docs)]
 
 pub mod contract;
 mod embedded;
+pub mod postgres;
 
 pub use embedded::EmbeddedStore;
+pub use postgres::PostgresStore;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -4,14 +4,33 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::channel_state::ChannelStates;
-use xbridge_core::config::Settings;
+use xbridge_core::config::{Settings, StateBackend, StateSettings};
 use xbridge_inbound::service::Inbound;
 use xbridge_outbound::Outbound;
-use xbridge_store::EmbeddedStore;
+use xbridge_store::{EmbeddedStore, PostgresStore, StateStore};
+
+/// Opens the configured state store: the embedded file for a single process,
+/// or PostgreSQL shared by several replicas.
+pub async fn open_store(settings: &StateSettings) -> anyhow::Result<Arc<dyn StateStore>> {
+    let store: Arc<dyn StateStore> = match &settings.backend {
+        StateBackend::Embedded { path } => Arc::new(
+            EmbeddedStore::open(path)
+                .with_context(|| format!("opening the state store {}", path.display()))?,
+        ),
+        StateBackend::Postgres { url, schema } => Arc::new(
+            PostgresStore::connect(url.expose_secret(), Some(schema))
+                .await
+                .with_context(|| format!("opening the PostgreSQL state store (schema {schema})"))?,
+        ),
+    };
+    tracing::info!(store = %settings.backend.describe(), "state store open");
+    Ok(store)
+}
 
 /// A bridge ready to run.
 pub struct Bridge {
@@ -22,11 +41,10 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Opens the state store and builds every channel's client.
-    pub fn build(settings: Settings) -> anyhow::Result<Bridge> {
-        let store = EmbeddedStore::open(&settings.state.path).with_context(|| {
-            format!("opening the state store {}", settings.state.path.display())
-        })?;
+    /// Opens the state store (connecting to PostgreSQL and migrating it when
+    /// that is the backend) and builds every channel's client.
+    pub async fn build(settings: Settings) -> anyhow::Result<Bridge> {
+        let store = open_store(&settings.state).await?;
         let ops = match settings.telemetry.listen {
             Some(addr) => {
                 // Record from the start, not from the first scrape.
@@ -39,7 +57,6 @@ impl Bridge {
             None => None,
         };
         let settings = Arc::new(settings);
-        let store: Arc<dyn xbridge_store::StateStore> = Arc::new(store);
         let states = Arc::new(ChannelStates::new(
             settings.channels.iter().map(|c| c.name.as_str()),
         ));

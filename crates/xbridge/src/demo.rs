@@ -81,7 +81,7 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
         &state.path().join("state.redb"),
     ))?;
     let names = settings.amqp.topology.clone();
-    let bridge = Bridge::build(settings)?;
+    let bridge = Bridge::build(settings).await?;
     let mut ready = bridge.readiness();
     let shutdown = CancellationToken::new();
     signals::cancel_on_signal(shutdown.clone());

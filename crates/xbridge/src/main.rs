@@ -37,7 +37,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     telemetry::init(settings.telemetry.log_format);
     xbridge_outbound::failpoints::setup();
-    let bridge = Bridge::build(settings)?;
+    let bridge = Bridge::build(settings).await?;
     let shutdown = CancellationToken::new();
     signals::cancel_on_signal(shutdown.clone());
     bridge.run(shutdown).await
@@ -56,7 +56,7 @@ fn check_config(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     println!("configuration OK: {}", config.display());
     println!("  X API: {}", settings.x.api_base_url);
-    println!("  state store: {}", settings.state.path.display());
+    println!("  state store: {}", settings.state.backend.describe());
     for channel in &settings.channels {
         println!(
             "  channel {}: replies from queue {}",

@@ -107,6 +107,7 @@ async fn readyz_fails_while_rabbitmq_is_stopped_and_recovers_after() {
     );
     let bridge =
         xbridge::app::Bridge::build(xbridge_core::config::Settings::from_toml(&config).unwrap())
+            .await
             .unwrap();
     let readyz = format!("http://{}/readyz", bridge.ops_addr().unwrap());
     let mut outbound = bridge.readiness();

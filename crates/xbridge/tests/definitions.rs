@@ -73,7 +73,9 @@ bearer_token = "{bt}"
         ats = account.access_token_secret,
         bt = account.bearer_token,
     );
-    let bridge = Bridge::build(Settings::from_toml(&config).unwrap()).unwrap();
+    let bridge = Bridge::build(Settings::from_toml(&config).unwrap())
+        .await
+        .unwrap();
     let mut outbound = bridge.readiness();
     let mut inbound = bridge.inbound_readiness();
     let shutdown = CancellationToken::new();

@@ -24,7 +24,9 @@ async fn health_readiness_and_metrics_are_served() {
         "{}\n[telemetry]\nlisten = \"127.0.0.1:0\"\n",
         app.config_toml()
     );
-    let bridge = Bridge::build(Settings::from_toml(&config).unwrap()).unwrap();
+    let bridge = Bridge::build(Settings::from_toml(&config).unwrap())
+        .await
+        .unwrap();
     let addr = bridge.ops_addr().expect("ops endpoints configured");
     let mut ready = bridge.readiness();
     let mut inbound_ready = bridge.inbound_readiness();

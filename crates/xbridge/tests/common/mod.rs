@@ -32,7 +32,7 @@ impl RunningBridge {
 /// connected, has declared the topology and consumes.
 pub async fn start_bridge(app: &TestApp) -> RunningBridge {
     let settings = Settings::from_toml(&app.config_toml()).expect("the test config is valid");
-    let bridge = Bridge::build(settings).expect("the bridge builds");
+    let bridge = Bridge::build(settings).await.expect("the bridge builds");
     let mut ready = bridge.readiness();
     let mut inbound_ready = bridge.inbound_readiness();
     let webhook_addr = bridge.webhook_addr();

@@ -1,0 +1,588 @@
+//! The shared store: PostgreSQL, for several bridge replicas on one RabbitMQ.
+//!
+//! Replicas that consume the same queues must agree on which replies were
+//! sent and which DM events were delivered, so that a redelivery landing on
+//! another replica is still recognised. The tables mirror the embedded
+//! store's; "the first record wins" is `INSERT … ON CONFLICT DO NOTHING`, and
+//! a record's own-send index rows are written in the same transaction only
+//! when the record itself was.
+//!
+//! Connections are plain TCP (`NoTls`): TLS to the database is not supported
+//! yet, so the database must be reached over a trusted network (or a local
+//! TLS-terminating proxy).
+
+use std::error::Error as StdError;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::{SentRecord, StateStore, StoreError};
+
+/// Connections in the pool: every channel's outbound worker and inbound
+/// poller touches the store once or twice per message, each for a few
+/// milliseconds, so a handful of connections serve a replica; more would only
+/// use up the database's connection limit when many replicas run.
+const POOL_SIZE: usize = 8;
+
+/// How long to wait for a TCP connection, a free pooled connection or a new
+/// one, so a database outage turns into a [`StoreError`] (and a retry) rather
+/// than a hung worker.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The schema used when none is configured.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// Numbered migrations, applied in order, each once per schema. A released
+/// migration is never edited; a change is a new entry.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "
+    CREATE TABLE sent_replies (
+        channel     text    NOT NULL,
+        message_id  text    NOT NULL,
+        record      jsonb   NOT NULL,
+        reported    boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (channel, message_id)
+    );
+    CREATE TABLE sent_reply_parts (
+        channel     text    NOT NULL,
+        message_id  text    NOT NULL,
+        part        integer NOT NULL,
+        record      jsonb   NOT NULL,
+        PRIMARY KEY (channel, message_id, part)
+    );
+    CREATE TABLE send_intents (
+        channel     text        NOT NULL,
+        message_id  text        NOT NULL,
+        part        integer     NOT NULL,
+        started_at  timestamptz NOT NULL,
+        PRIMARY KEY (channel, message_id, part)
+    );
+    CREATE TABLE own_sends (
+        channel     text NOT NULL,
+        dm_event_id text NOT NULL,
+        message_id  text NOT NULL,
+        PRIMARY KEY (channel, dm_event_id)
+    );
+    CREATE TABLE delivered_events (
+        channel      text        NOT NULL,
+        event_id     text        NOT NULL,
+        delivered_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (channel, event_id)
+    );
+    CREATE TABLE poll_cursors (
+        channel  text PRIMARY KEY,
+        event_id text NOT NULL
+    );
+    ",
+)];
+
+/// A [`StateStore`] in a PostgreSQL schema, shared by every replica that
+/// connects to it. Cloning shares the connection pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    schema: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The pool's configuration holds the password: show only the schema.
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (a libpq URL or key/value string),
+    /// keeps the state in `schema` ([`DEFAULT_SCHEMA`] when `None`; created
+    /// if missing) and applies any migration not applied yet, so a replica
+    /// never runs against tables older than its code. Replicas starting at
+    /// once are safe: migrations run under a transaction-scoped advisory
+    /// lock. Errors never contain the URL's password.
+    pub async fn connect(url: &str, schema: Option<&str>) -> Result<PostgresStore, StoreError> {
+        let schema = schema.unwrap_or(DEFAULT_SCHEMA);
+        if !is_valid_schema_name(schema) {
+            return Err(StoreError(format!(
+                "schema {schema:?} must be 1 to 63 of a-z, 0-9 and _, starting with a letter or _"
+            )));
+        }
+        // The parser's messages name the option that is wrong, never a value.
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError(format!("invalid PostgreSQL URL: {}", describe(&e))))?;
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        // Unqualified table names in every query resolve to the schema.
+        let options = match config.get_options() {
+            Some(existing) if !existing.trim().is_empty() => {
+                format!("{existing} -c search_path={schema}")
+            }
+            _ => format!("-c search_path={schema}"),
+        };
+        config.options(options);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("xbridge");
+        }
+        let redact = |message: String| match password.as_deref() {
+            Some(p) if !p.is_empty() => message.replace(p, "***"),
+            _ => message,
+        };
+
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(TIMEOUT))
+            .create_timeout(Some(TIMEOUT))
+            .recycle_timeout(Some(TIMEOUT))
+            .build()
+            .map_err(|e| StoreError(format!("cannot create the PostgreSQL pool: {e}")))?;
+        let store = PostgresStore {
+            pool,
+            schema: schema.to_owned(),
+        };
+        store
+            .migrate()
+            .await
+            .map_err(|StoreError(message)| StoreError(redact(message)))?;
+        Ok(store)
+    }
+
+    /// The schema the state lives in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| fail("cannot get a PostgreSQL connection", &e))
+    }
+
+    /// Creates the schema and the migrations table if missing and applies
+    /// every migration that is not recorded yet, all in one transaction
+    /// under an advisory lock keyed by the schema, so a second replica
+    /// waits and then finds the work done.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| fail("cannot start the migration", &e))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('xbridge_schema_migrations:' || $1))",
+            &[&self.schema],
+        )
+        .await
+        .map_err(|e| fail("cannot take the migration lock", &e))?;
+        // Checked rather than `CREATE SCHEMA IF NOT EXISTS`, which needs the
+        // right to create schemas even when the schema exists.
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+                &[&self.schema],
+            )
+            .await
+            .map_err(|e| fail("cannot look up the schema", &e))?
+            .is_some();
+        if !exists {
+            // The name was checked to be a plain identifier.
+            tx.batch_execute(&format!("CREATE SCHEMA \"{}\"", self.schema))
+                .await
+                .map_err(|e| fail(&format!("cannot create schema {}", self.schema), &e))?;
+        }
+        tx.batch_execute(&format!(
+            "SET LOCAL search_path TO \"{}\";
+             CREATE TABLE IF NOT EXISTS xbridge_schema_migrations (
+                 version    integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );",
+            self.schema
+        ))
+        .await
+        .map_err(|e| fail("cannot create the migrations table", &e))?;
+        let applied: Vec<i32> = tx
+            .query("SELECT version FROM xbridge_schema_migrations", &[])
+            .await
+            .map_err(|e| fail("cannot read the applied migrations", &e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if let Some(newest) = applied.iter().max() {
+            let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+            if *newest > known {
+                return Err(StoreError(format!(
+                    "schema {} is at migration {newest}, newer than this xbridge knows ({known}): run a newer xbridge",
+                    self.schema
+                )));
+            }
+        }
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql)
+                .await
+                .map_err(|e| fail(&format!("migration {version} failed"), &e))?;
+            tx.execute(
+                "INSERT INTO xbridge_schema_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await
+            .map_err(|e| fail(&format!("cannot record migration {version}"), &e))?;
+            tracing::info!(schema = %self.schema, version, "applied a state store migration");
+        }
+        tx.commit()
+            .await
+            .map_err(|e| fail("cannot commit the migrations", &e))
+    }
+
+    /// Inserts `record` unless the row is there (the first send wins) and,
+    /// only if it was inserted, indexes each of its DMs as an own send, in
+    /// one transaction.
+    async fn insert_first(
+        &self,
+        insert: &str,
+        key: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        channel: &str,
+        message_id: &str,
+        record: &SentRecord,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_value(record)
+            .map_err(|e| StoreError(format!("cannot encode the sent record: {e}")))?;
+        let mut params = key.to_vec();
+        params.push(&value);
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| fail("cannot start a transaction", &e))?;
+        let inserted = tx
+            .execute(insert, &params)
+            .await
+            .map_err(|e| fail("cannot record the sent reply", &e))?;
+        if inserted == 1 {
+            tx.execute(
+                "INSERT INTO own_sends (channel, dm_event_id, message_id)
+                 SELECT $1, id, $2 FROM unnest($3::text[]) AS id
+                 ON CONFLICT DO NOTHING",
+                &[&channel, &message_id, &record.dm_event_ids()],
+            )
+            .await
+            .map_err(|e| fail("cannot record the own sends", &e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| fail("cannot commit the sent reply", &e))
+    }
+}
+
+/// Whether `name` can be used unquoted-safe as a schema name: it is put in a
+/// connection option and in DDL, so only plain lower-case identifiers.
+fn is_valid_schema_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with("pg_")
+}
+
+/// `context` and the whole chain of causes: tokio-postgres shows only the
+/// kind of error ("db error") and keeps the server's message in the source.
+fn fail(context: &str, e: &(dyn StdError + 'static)) -> StoreError {
+    StoreError(format!("{context}: {}", describe(e)))
+}
+
+fn describe(e: &(dyn StdError + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+fn part_number(part: usize) -> Result<i32, StoreError> {
+    i32::try_from(part).map_err(|_| StoreError(format!("part {part} is out of range")))
+}
+
+fn decode(value: serde_json::Value) -> Result<SentRecord, StoreError> {
+    serde_json::from_value(value)
+        .map_err(|e| StoreError(format!("cannot decode a sent record: {e}")))
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    async fn sent(
+        &self,
+        channel: &str,
+        message_id: &str,
+    ) -> Result<Option<SentRecord>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT record, reported FROM sent_replies WHERE channel = $1 AND message_id = $2",
+                &[&channel, &message_id],
+            )
+            .await
+            .map_err(|e| fail("cannot read a sent reply", &e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut record = decode(row.get(0))?;
+        // The column is what `mark_reported` changes.
+        record.reported = row.get(1);
+        Ok(Some(record))
+    }
+
+    async fn record_sent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        record: &SentRecord,
+    ) -> Result<(), StoreError> {
+        self.insert_first(
+            "INSERT INTO sent_replies (channel, message_id, reported, record)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+            &[&channel, &message_id, &record.reported],
+            channel,
+            message_id,
+            record,
+        )
+        .await
+    }
+
+    async fn sent_part(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<Option<SentRecord>, StoreError> {
+        let part = part_number(part)?;
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT record FROM sent_reply_parts
+                 WHERE channel = $1 AND message_id = $2 AND part = $3",
+                &[&channel, &message_id, &part],
+            )
+            .await
+            .map_err(|e| fail("cannot read a sent part", &e))?;
+        row.map(|row| decode(row.get(0))).transpose()
+    }
+
+    async fn record_sent_part(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+        record: &SentRecord,
+    ) -> Result<(), StoreError> {
+        let part = part_number(part)?;
+        self.insert_first(
+            "INSERT INTO sent_reply_parts (channel, message_id, part, record)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+            &[&channel, &message_id, &part],
+            channel,
+            message_id,
+            record,
+        )
+        .await
+    }
+
+    async fn record_send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let part = part_number(part)?;
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO send_intents (channel, message_id, part, started_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (channel, message_id, part)
+                 DO UPDATE SET started_at = EXCLUDED.started_at",
+                &[&channel, &message_id, &part, &started_at],
+            )
+            .await
+            .map_err(|e| fail("cannot record a send intent", &e))?;
+        Ok(())
+    }
+
+    async fn send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let part = part_number(part)?;
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT started_at FROM send_intents
+                 WHERE channel = $1 AND message_id = $2 AND part = $3",
+                &[&channel, &message_id, &part],
+            )
+            .await
+            .map_err(|e| fail("cannot read a send intent", &e))?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE sent_replies
+                 SET reported = true, record = jsonb_set(record, '{reported}', 'true')
+                 WHERE channel = $1 AND message_id = $2",
+                &[&channel, &message_id],
+            )
+            .await
+            .map_err(|e| fail("cannot mark a reply reported", &e))?;
+        Ok(())
+    }
+
+    async fn is_own_send(&self, channel: &str, dm_event_id: &str) -> Result<bool, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT 1 FROM own_sends WHERE channel = $1 AND dm_event_id = $2",
+                &[&channel, &dm_event_id],
+            )
+            .await
+            .map_err(|e| fail("cannot look up an own send", &e))?;
+        Ok(row.is_some())
+    }
+
+    async fn is_delivered(&self, channel: &str, event_id: &str) -> Result<bool, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT 1 FROM delivered_events WHERE channel = $1 AND event_id = $2",
+                &[&channel, &event_id],
+            )
+            .await
+            .map_err(|e| fail("cannot look up a delivered event", &e))?;
+        Ok(row.is_some())
+    }
+
+    async fn record_delivered(
+        &self,
+        channel: &str,
+        event_ids: &[String],
+    ) -> Result<(), StoreError> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        // One statement: all of the events are recorded or none.
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO delivered_events (channel, event_id)
+                 SELECT $1, id FROM unnest($2::text[]) AS id
+                 ON CONFLICT DO NOTHING",
+                &[&channel, &event_ids],
+            )
+            .await
+            .map_err(|e| fail("cannot record delivered events", &e))?;
+        Ok(())
+    }
+
+    async fn poll_cursor(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT event_id FROM poll_cursors WHERE channel = $1",
+                &[&channel],
+            )
+            .await
+            .map_err(|e| fail("cannot read a poll cursor", &e))?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO poll_cursors (channel, event_id) VALUES ($1, $2)
+                 ON CONFLICT (channel) DO UPDATE SET event_id = EXCLUDED.event_id",
+                &[&channel, &event_id],
+            )
+            .await
+            .map_err(|e| fail("cannot move a poll cursor", &e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for ok in ["public", "xbridge", "t_0f3a", "_x"] {
+            assert!(is_valid_schema_name(ok), "{ok}");
+        }
+        for bad in ["", "Public", "a-b", "a;drop", "1a", "pg_catalog", "a\"b"] {
+            assert!(!is_valid_schema_name(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_never_show_the_password() {
+        // Nothing listens on port 1: the connection is refused.
+        let err = PostgresStore::connect(
+            "postgres://xbridge:s3cret-pw@127.0.0.1:1/state?connect_timeout=2",
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(!err.to_string().contains("s3cret-pw"), "{err}");
+        assert!(err.to_string().contains("connection"), "{err}");
+
+        let err = PostgresStore::connect("postgres://xbridge:s3cret-pw@127.0.0.1:99999/x", None)
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("s3cret-pw"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_schema_name_is_refused_before_connecting() {
+        let err = PostgresStore::connect("postgres://127.0.0.1:1/x", Some("a;b"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("schema"), "{err}");
+    }
+}
