@@ -18,7 +18,7 @@ use xbridge_x_api::{DmEventsRequest, DmTarget, XError};
 use crate::worker::ChannelContext;
 
 /// Events per page read while looking (X bills each one).
-const PAGE_SIZE: u8 = 50;
+const PAGE_SIZE: u8 = 100;
 /// Pages read at most: a send that old is past any crash recovery.
 const MAX_PAGES: usize = 4;
 /// Clock skew allowed between the bridge's intent and X's `created_at`.
@@ -101,7 +101,31 @@ pub fn matches(event: &Candidate, sought: &Sought<'_>) -> bool {
                 .is_some_and(|rest| rest.trim_start().starts_with("https://t.co/")))
 }
 
-/// Looks for an earlier send of the part on X: its DM event id, if found.
+/// The account's recent DM events as last read, newest first: after a crash
+/// every lane with an ambiguous part looks at once, and X allows only a few
+/// DM reads per window (15 per 15 minutes), so one read serves them all.
+#[derive(Debug, Default)]
+pub struct RecentEvents {
+    read: Option<ReadEvents>,
+}
+
+#[derive(Debug)]
+struct ReadEvents {
+    /// When the read started: it shows every DM created before then.
+    at: DateTime<Utc>,
+    /// How far back it reaches (the oldest event read, or the start of time
+    /// when X had no more).
+    back_to: DateTime<Utc>,
+    events: Vec<Candidate>,
+}
+
+impl ReadEvents {
+    fn covers(&self, since: DateTime<Utc>) -> bool {
+        self.at > since && self.back_to <= since - SKEW
+    }
+}
+
+/// Looks for an earlier send of the part on X: its DM event, if found.
 pub async fn find_earlier_send(
     ctx: &ChannelContext,
     target: &DmTarget,
@@ -117,40 +141,66 @@ pub async fn find_earlier_send(
         has_media,
         since,
     };
+    let mut recent = ctx.recent_events.lock().await;
+    if !recent.read.as_ref().is_some_and(|read| read.covers(since)) {
+        recent.read = Some(read_back_to(ctx, since - SKEW).await?);
+    }
+    let events = &recent.read.as_ref().expect("just read").events;
+    // Oldest first, so the earliest unclaimed match wins.
+    for event in events.iter().rev() {
+        if matches(event, &sought)
+            && !ctx
+                .store
+                .is_own_send(&ctx.name, &event.id)
+                .await
+                .map_err(|e| XError::Transient {
+                    status: None,
+                    detail: e.to_string(),
+                })?
+        {
+            return Ok(Some(event.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the account's DM events, newest first, back to `until` (or
+/// [`MAX_PAGES`] pages).
+async fn read_back_to(ctx: &ChannelContext, until: DateTime<Utc>) -> Result<ReadEvents, XError> {
+    let at = Utc::now();
     let mut request = DmEventsRequest::first(PAGE_SIZE);
-    let mut found: Option<Candidate> = None;
+    let mut events = Vec::new();
+    let mut back_to = at;
     for _ in 0..MAX_PAGES {
         let page = ctx.client.list_dm_events(&request).await?;
         let page: Page = serde_json::from_slice(&page.body).map_err(|e| XError::Transient {
             status: Some(200),
             detail: format!("unreadable DM events page: {e}"),
         })?;
-        let mut older_than_sought = false;
-        for event in page.data {
-            if event.created_at < since - SKEW {
-                older_than_sought = true;
-                continue;
-            }
-            if matches(&event, &sought)
-                && !ctx
-                    .store
-                    .is_own_send(&ctx.name, &event.id)
-                    .await
-                    .map_err(|e| XError::Transient {
-                        status: None,
-                        detail: e.to_string(),
-                    })?
-            {
-                // Pages run newest first: the last match is the earliest.
-                found = Some(event);
-            }
+        if let Some(oldest) = page.data.iter().map(|e| e.created_at).min() {
+            back_to = back_to.min(oldest);
         }
+        events.extend(page.data);
         match page.meta.next_token {
-            Some(token) if !older_than_sought => request.pagination_token = Some(token),
-            _ => break,
+            Some(token) if back_to > until => request.pagination_token = Some(token),
+            Some(_) => break,
+            None => {
+                // X has nothing older: the read covers all time.
+                back_to = DateTime::<Utc>::MIN_UTC;
+                break;
+            }
         }
     }
-    Ok(found)
+    tracing::info!(
+        channel = %ctx.name,
+        events = events.len(),
+        "read the account's recent DM events to find sends the bridge did not record"
+    );
+    Ok(ReadEvents {
+        at,
+        back_to,
+        events,
+    })
 }
 
 #[cfg(test)]

@@ -81,6 +81,7 @@ impl Outbound {
                     states: states.clone(),
                     media: media.clone(),
                     own_user: tokio::sync::OnceCell::new_with(channel.user_id.clone()),
+                    recent_events: Default::default(),
                 }))
             })
             .collect::<Result<Vec<_>, OutboundError>>()?;

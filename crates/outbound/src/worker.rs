@@ -55,6 +55,8 @@ pub struct ChannelContext {
     /// The account's X user id (from the configuration, or asked of X once),
     /// to recognise its own DMs when looking for an unrecorded send.
     pub own_user: tokio::sync::OnceCell<String>,
+    /// The account's DM events as last read to find unrecorded sends.
+    pub recent_events: tokio::sync::Mutex<crate::reconcile::RecentEvents>,
 }
 
 impl ChannelContext {
