@@ -55,6 +55,10 @@ pub struct TestOptions {
     pub inbound: String,
     /// TOML for the `[outbound.media]` section (attachment downloads).
     pub outbound_media: String,
+    /// Keep the state in PostgreSQL ([`postgres_url`]), in a schema of this
+    /// test's own, instead of a file: several bridge processes can then share
+    /// it, as replicas do.
+    pub postgres: bool,
     /// Every channel's `inbound` mode (`webhook`, `poll`, `both`); the
     /// channel's `user_id` is set to its simulator account's when given.
     pub inbound_mode: Option<String>,
@@ -69,6 +73,7 @@ impl Default for TestOptions {
             request_timeout: Duration::from_secs(5),
             inbound: String::new(),
             outbound_media: String::new(),
+            postgres: false,
             inbound_mode: None,
         }
     }
@@ -199,6 +204,16 @@ impl TestApp {
         );
     }
 
+    /// The PostgreSQL schema of this test's state, when it keeps it there.
+    pub fn postgres_schema(&self) -> String {
+        // The topology prefix (`t-<hex>`) names the test.
+        self.names
+            .outgoing_exchange
+            .trim_end_matches(".outgoing")
+            .replace(['-', '.'], "_")
+            .to_ascii_lowercase()
+    }
+
     /// The state store file of this test's bridge.
     pub fn state_path(&self) -> PathBuf {
         self.dir.path().join("state.redb")
@@ -239,7 +254,7 @@ shutdown_grace = "10s"
 [inbound]
 {inbound}
 [state]
-path = "{state}"
+{state}
 "#,
             amqp = amqp_url(),
             oe = n.outgoing_exchange,
@@ -260,7 +275,15 @@ path = "{state}"
             } else {
                 format!("webhook_check_interval = \"0s\"\n{}", self.options.inbound)
             },
-            state = self.state_path().display(),
+            state = if self.options.postgres {
+                format!(
+                    "backend = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"",
+                    postgres_url(),
+                    self.postgres_schema()
+                )
+            } else {
+                format!("path = \"{}\"", self.state_path().display())
+            },
         );
         for (name, account) in &self.accounts {
             toml.push_str(&format!(
@@ -304,12 +327,34 @@ bearer_token = "{}"
 
     /// Deletes this test's queues and exchanges.
     pub async fn cleanup(&self) {
+        if self.options.postgres {
+            drop_schema(&self.postgres_schema()).await;
+        }
         let channels: Vec<String> = self.accounts.iter().map(|(n, _)| n.clone()).collect();
         let delays = xbridge_core::config::Settings::from_toml(&self.config_toml())
             .map(|s| s.outbound.retry.delays)
             .unwrap_or_default();
         crm::delete_topology(&amqp_url(), &self.names, &channels, &delays).await;
     }
+}
+
+/// PostgreSQL for tests that share state between processes: this machine's
+/// server (trust auth, database `test`), or `XBRIDGE_TEST_POSTGRES_URL`.
+pub fn postgres_url() -> String {
+    std::env::var("XBRIDGE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+async fn drop_schema(schema: &str) {
+    let Ok((client, connection)) =
+        tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await
+    else {
+        return;
+    };
+    tokio::spawn(connection);
+    let _ = client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await;
 }
 
 /// Logs of in-process bridges go to the test's captured output.
