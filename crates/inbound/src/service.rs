@@ -571,7 +571,7 @@ async fn keep_connected(
                     }
                     // Without a publish to fail, only the connection tells:
                     // the poll leases on it are gone, so reconnect.
-                    error = connection_failed(&mut events) => {
+                    error = connection_failed(&connection, &mut events) => {
                         tracing::warn!(error = %error, "inbound lost its RabbitMQ connection; reconnecting");
                     }
                 }
@@ -591,18 +591,33 @@ async fn keep_connected(
     }
 }
 
-/// Waits for `events` to report the connection failed (an error, or the end
-/// of the events).
+/// How often the inbound connection's state is looked at, for closes that
+/// come without an error event (the broker closing it, for one).
+const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Waits until `connection` fails: `events` reports an error (which a broker
+/// closing one of its channels also does), or its state is no longer
+/// connected. What it says happened.
 async fn connection_failed(
+    connection: &lapin::Connection,
     events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin),
 ) -> String {
     use futures::StreamExt as _;
-    while let Some(event) = events.next().await {
-        if let lapin::Event::Error(error) = event {
-            return error.to_string();
+    let mut check = tokio::time::interval(CONNECTION_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(error)) => return error.to_string(),
+                Some(_) => {}
+                None => return "the connection closed".to_owned(),
+            },
+            _ = check.tick() => {
+                if !connection.status().connected() {
+                    return "the connection closed".to_owned();
+                }
+            }
         }
     }
-    "the connection closed".to_owned()
 }
 
 async fn connect(settings: &Settings) -> Result<(lapin::Connection, Publisher), String> {
