@@ -339,6 +339,8 @@ pub(crate) async fn delete_topology(
         names.dead_letter_queue.clone(),
     ];
     queues.extend(channels.iter().map(|c| names.outgoing_queue(c)));
+    // Only polled channels have one; deleting a missing queue is fine.
+    queues.extend(channels.iter().map(|c| names.poll_lease_queue(c)));
     let mut exchanges = vec![
         names.unrouted.clone(),
         names.outgoing_exchange.clone(),

@@ -237,6 +237,7 @@ incoming_queue = "{iq}"
 dead_letter_exchange = "{dle}"
 dead_letter_queue = "{dlq}"
 delay_prefix = "{dp}"
+poll_lease_prefix = "{plp}"
 
 [x]
 api_base_url = "{x}"
@@ -265,6 +266,7 @@ shutdown_grace = "10s"
             dle = n.dead_letter_exchange,
             dlq = n.dead_letter_queue,
             dp = n.delay_prefix,
+            plp = n.poll_lease_prefix,
             x = self.simulator.base_url(),
             timeout = self.options.request_timeout.as_millis(),
             retry = self.options.retry,

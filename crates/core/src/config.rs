@@ -74,6 +74,10 @@ pub struct TopologyNames {
     pub dead_letter_queue: String,
     /// Prefix of the delay exchanges and queues (`<prefix><duration>`).
     pub delay_prefix: String,
+    /// Prefix of the per-channel poll lease queues (`<prefix><channel>`):
+    /// single-active-consumer queues whose token says which replica polls
+    /// the channel, so replicas never poll one account at the same time.
+    pub poll_lease_prefix: String,
 }
 
 impl Default for TopologyNames {
@@ -95,12 +99,18 @@ impl TopologyNames {
             dead_letter_exchange: format!("{prefix}.dead-letter"),
             dead_letter_queue: format!("{prefix}.dead-letter"),
             delay_prefix: format!("{prefix}.delay."),
+            poll_lease_prefix: format!("{prefix}.poll-lease."),
         }
     }
 
     /// The reply queue of one channel.
     pub fn outgoing_queue(&self, channel: &str) -> String {
         format!("{}{channel}", self.outgoing_queue_prefix)
+    }
+
+    /// The poll lease queue of one polled channel.
+    pub fn poll_lease_queue(&self, channel: &str) -> String {
+        format!("{}{channel}", self.poll_lease_prefix)
     }
 
     /// The delay exchange and queue (same name) for one delay step.
@@ -1130,6 +1140,7 @@ fn check_topology(names: &TopologyNames, errors: &mut Vec<String>) {
         ("dead_letter_exchange", &names.dead_letter_exchange),
         ("dead_letter_queue", &names.dead_letter_queue),
         ("delay_prefix", &names.delay_prefix),
+        ("poll_lease_prefix", &names.poll_lease_prefix),
     ];
     for (field, value) in fields {
         if value.is_empty() || value.len() > 200 {

@@ -75,6 +75,7 @@ mod error;
 mod event;
 mod item;
 mod json;
+pub mod lease;
 pub mod media;
 pub mod media_proxy;
 mod message;

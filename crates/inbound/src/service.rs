@@ -21,6 +21,7 @@ use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_store::StateStore;
 use xbridge_x_api::{UserCredentials, WebhookClient, XClient, XClientConfig};
 
+use crate::lease::{self, LeaseError, PollLease};
 use crate::media::MediaLinks;
 use crate::media_proxy::{self, MediaProxy};
 use crate::poller::{poll_once, PollBudget, PollContext, PollError};
@@ -229,13 +230,18 @@ impl Inbound {
             } else {
                 settings.inbound.poll_interval
             };
-            let credits = settings.outbound.credits.clone();
+            let credits = &settings.outbound.credits;
+            let schedule = PollSchedule {
+                interval,
+                credits_pause_initial: credits.probe_initial,
+                credits_pause_max: credits.probe_max,
+            };
+            let lease_queue = settings.amqp.topology.poll_lease_queue(&ctx.channel);
             tasks.spawn(poll_loop(
                 ctx,
                 states.clone(),
-                interval,
-                credits.probe_initial,
-                credits.probe_max,
+                schedule,
+                lease_queue,
                 sink.clone(),
                 shutdown.clone(),
             ));
@@ -343,29 +349,125 @@ fn client_error(channel: &ChannelSettings, error: xbridge_x_api::XError) -> Inbo
 /// channel is reported as `polling_paused`.
 const POLL_FAILURES_BEFORE_PAUSED: u32 = 3;
 
-/// Polls one channel until shutdown: every `interval`, sooner after a
-/// rate-limit reset, and with a growing pause while its credits are out.
+/// When one channel's polls happen.
+#[derive(Debug, Clone, Copy)]
+struct PollSchedule {
+    /// Between polls.
+    interval: Duration,
+    /// The first pause while the account's credits are out; it doubles...
+    credits_pause_initial: Duration,
+    /// ...up to this.
+    credits_pause_max: Duration,
+}
+
+/// Polls one channel until shutdown, but only while this replica holds the
+/// channel's poll lease ([`crate::lease`]): contends for it on the inbound
+/// connection, waits while another replica holds it, polls once it is held,
+/// and stops polling (and contends again on the next connection) when it is
+/// lost. `xbridge_poll_lease_held{channel}` is 1 while held.
 async fn poll_loop(
     ctx: PollContext,
     states: Arc<ChannelStates>,
-    interval: Duration,
-    credits_pause_initial: Duration,
-    credits_pause_max: Duration,
+    schedule: PollSchedule,
+    lease_queue: String,
     sink: Arc<BrokerSink>,
     shutdown: CancellationToken,
 ) {
     let channel = ctx.channel.clone();
+    let held = metrics::gauge!("xbridge_poll_lease_held", "channel" => channel.clone());
+    held.set(0.0);
+    let mut connections = sink.connection.subscribe();
+    let mut retry = amqp::reconnect_backoff();
+    // Kept between leases: the page size is about the account, not the holder.
     let mut budget = PollBudget::default();
-    let mut credits_pause = credits_pause_initial;
-    let mut failures_in_a_row = 0u32;
-    let mut ready = sink.ready.subscribe();
     loop {
-        // No point reading (and paying for) events that cannot be published.
-        tokio::select! {
+        // No point reading (and paying for) events that cannot be published,
+        // and no lease without a connection.
+        let connection = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ready.wait_for(|r| *r) => {}
+            connection = connections.wait_for(Option::is_some) => match connection {
+                Ok(connection) => connection.clone(),
+                Err(_) => return,
+            },
+        };
+        let Some(connection) = connection else {
+            continue;
+        };
+        let contended =
+            PollLease::contend(&connection, &lease_queue, &channel, lease::RENEW_EVERY).await;
+        drop(connection);
+        let mut lease = match contended {
+            Ok(lease) => lease,
+            Err(error) => {
+                let wait = retry.next().unwrap_or(Duration::from_secs(15));
+                tracing::warn!(channel, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot contend for the poll lease");
+                // A new connection (the old one broke) or the pause, whichever first.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = connections.changed() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+        };
+        tracing::debug!(channel, queue = %lease_queue, "contending for the poll lease");
+        let acquired = tokio::select! {
+            _ = shutdown.cancelled() => {
+                lease.release().await;
+                return;
+            }
+            acquired = lease.acquired() => acquired,
+        };
+        if let Err(error) = acquired {
+            tracing::info!(channel, error = %error, "stopped waiting for the poll lease");
+            continue;
         }
-        let result = poll_once(&ctx, &mut budget).await;
+        retry = amqp::reconnect_backoff();
+        held.set(1.0);
+        tracing::info!(
+            channel,
+            "poll lease acquired: this replica polls the channel"
+        );
+        let ended =
+            poll_while_held(&ctx, &mut lease, &mut budget, &states, schedule, &shutdown).await;
+        held.set(0.0);
+        match ended {
+            None => {
+                lease.release().await;
+                tracing::info!(channel, "poll lease released on shutdown");
+                return;
+            }
+            Some(error) => {
+                tracing::info!(channel, error = %error, "poll lease lost: this replica stopped polling the channel");
+                lease.release().await;
+            }
+        }
+    }
+}
+
+/// Polls `ctx`'s channel while `lease` is held: every `interval`, sooner after
+/// a rate-limit reset, and with a growing pause while its credits are out.
+/// `None` on shutdown, else why the lease ended.
+async fn poll_while_held(
+    ctx: &PollContext,
+    lease: &mut PollLease,
+    budget: &mut PollBudget,
+    states: &ChannelStates,
+    schedule: PollSchedule,
+    shutdown: &CancellationToken,
+) -> Option<LeaseError> {
+    let channel = ctx.channel.clone();
+    let interval = schedule.interval;
+    let mut credits_pause = schedule.credits_pause_initial;
+    let mut failures_in_a_row = 0u32;
+    loop {
+        // The broker may have given the lease to another replica while this
+        // one could not hear it (a partition): ask before every poll.
+        if let Err(error) = lease.confirm(lease::CONFIRM_TIMEOUT).await {
+            return Some(error);
+        }
+        // Not cut short by shutdown: pollers stop between polls.
+        let result = poll_once(ctx, budget).await;
         if result.is_err() {
             metrics::counter!("xbridge_poll_errors_total", "channel" => channel.clone())
                 .increment(1);
@@ -388,7 +490,7 @@ async fn poll_loop(
                 ) {
                     states.set(&channel, ChannelState::Ok, None, None);
                 }
-                credits_pause = credits_pause_initial;
+                credits_pause = schedule.credits_pause_initial;
                 if outcome.delivered > 0 {
                     tracing::info!(
                         channel,
@@ -413,7 +515,7 @@ async fn poll_loop(
                 );
                 tracing::warn!(channel, error = %error, retry_in_secs = credits_pause.as_secs(), "polling paused: the X account has no credits");
                 let wait = credits_pause;
-                credits_pause = (credits_pause * 2).min(credits_pause_max);
+                credits_pause = (credits_pause * 2).min(schedule.credits_pause_max);
                 wait
             }
             Err(error) => {
@@ -431,7 +533,8 @@ async fn poll_loop(
             }
         };
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return None,
+            error = lease.ended() => return Some(error),
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -452,18 +555,28 @@ async fn keep_connected(
         match connect(&settings).await {
             Ok((connection, publisher)) => {
                 backoff = amqp::reconnect_backoff();
+                let mut events = Box::pin(connection.events_listener());
+                let connection = Arc::new(connection);
                 sink.set(Some(AmqpSink::new(
                     publisher,
                     settings.amqp.topology.incoming_exchange.clone(),
                 )));
+                // The poll leases live on this connection too.
+                sink.connection.send_replace(Some(connection.clone()));
                 tracing::info!("inbound connected: events can be published");
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = sink.broken.notified() => {
                         tracing::warn!("inbound lost its RabbitMQ connection; reconnecting");
                     }
+                    // Without a publish to fail, only the connection tells:
+                    // the poll leases on it are gone, so reconnect.
+                    error = connection_failed(&connection, &mut events) => {
+                        tracing::warn!(error = %error, "inbound lost its RabbitMQ connection; reconnecting");
+                    }
                 }
                 sink.set(None);
+                sink.connection.send_replace(None);
                 amqp::close(&connection, 200, "xbridge inbound stopping").await;
             }
             Err(e) => {
@@ -478,6 +591,35 @@ async fn keep_connected(
     }
 }
 
+/// How often the inbound connection's state is looked at, for closes that
+/// come without an error event (the broker closing it, for one).
+const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Waits until `connection` fails: `events` reports an error (which a broker
+/// closing one of its channels also does), or its state is no longer
+/// connected. What it says happened.
+async fn connection_failed(
+    connection: &lapin::Connection,
+    events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin),
+) -> String {
+    use futures::StreamExt as _;
+    let mut check = tokio::time::interval(CONNECTION_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(error)) => return error.to_string(),
+                Some(_) => {}
+                None => return "the connection closed".to_owned(),
+            },
+            _ = check.tick() => {
+                if !connection.status().connected() {
+                    return "the connection closed".to_owned();
+                }
+            }
+        }
+    }
+}
+
 async fn connect(settings: &Settings) -> Result<(lapin::Connection, Publisher), String> {
     let connection = amqp::connect(&settings.amqp.url, "xbridge inbound")
         .await
@@ -485,11 +627,7 @@ async fn connect(settings: &Settings) -> Result<(lapin::Connection, Publisher), 
     let publisher = Publisher::open(&connection)
         .await
         .map_err(|e| e.to_string())?;
-    let plan = TopologyPlan {
-        names: settings.amqp.topology.clone(),
-        channels: settings.channels.iter().map(|c| c.name.clone()).collect(),
-        delays: settings.outbound.retry.delays.clone(),
-    };
+    let plan = TopologyPlan::for_settings(settings);
     declare_topology(publisher.channel(), &plan)
         .await
         .map_err(|e| format!("declaring the topology failed: {e}"))?;
@@ -504,6 +642,8 @@ struct BrokerSink {
     current: RwLock<Option<AmqpSink>>,
     ready: watch::Sender<bool>,
     broken: Notify,
+    /// The current connection, for the poll leases.
+    connection: watch::Sender<Option<Arc<lapin::Connection>>>,
 }
 
 impl BrokerSink {

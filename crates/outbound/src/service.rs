@@ -9,6 +9,7 @@ use std::time::Duration;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
+use rand::seq::SliceRandom as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +86,13 @@ impl Outbound {
                 }))
             })
             .collect::<Result<Vec<_>, OutboundError>>()?;
+        // Reply queues are single-active-consumer queues: of the replicas
+        // consuming a channel's queue, the one that registered first is the
+        // active one. Registering in an order of this process's own makes
+        // replicas started together split the channels between them instead
+        // of one replica winning every channel.
+        let mut channels = channels;
+        channels.shuffle(&mut rand::rng());
         Ok(Outbound {
             settings,
             states,
@@ -191,11 +199,7 @@ impl Outbound {
         let publisher = Publisher::open(connection)
             .await
             .map_err(|e| e.to_string())?;
-        let plan = TopologyPlan {
-            names: names.clone(),
-            channels: self.channels.iter().map(|c| c.name.clone()).collect(),
-            delays: self.settings.outbound.retry.delays.clone(),
-        };
+        let plan = TopologyPlan::for_settings(&self.settings);
         declare_topology(publisher.channel(), &plan)
             .await
             .map_err(|e| format!("declaring the topology failed: {e}"))?;

@@ -126,12 +126,52 @@ async fn an_invalid_configuration_names_the_field_and_never_the_secret() {
     assert!(!stderr.contains("very-secret-value"), "{stderr}");
 }
 
+fn rabbitmqctl(args: &[&str]) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+/// A virtual host of the test's own, deleted when the test ends (passed or failed).
+struct ScratchVhost(String);
+
+impl ScratchVhost {
+    fn new() -> ScratchVhost {
+        let name = format!(
+            "xbridge-demo-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        ScratchVhost(name)
+    }
+}
+
+impl Drop for ScratchVhost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.0])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_demo_shows_the_dm_and_the_message_sent() {
+    // The demo declares the default names, which on the shared broker's `/` could be
+    // left over from another version of the bridge with other queue arguments (and
+    // RabbitMQ refuses to redeclare those): give it a virtual host of its own.
+    let vhost = ScratchVhost::new();
+    let url = amqp_url();
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+    let url = format!("{base}/{}", vhost.0);
     let output = tokio::time::timeout(
         PATIENCE * 2,
         tokio::process::Command::new(binary())
-            .args(["demo", "--amqp-url", &amqp_url()])
+            .args(["demo", "--amqp-url", &url])
             .env("RUST_LOG", "warn")
             .output(),
     )

@@ -9,7 +9,7 @@ mod topology;
 
 pub use headers::{FailureHeaders, HEADER_PREFIX};
 pub use publisher::{PublishError, Publisher};
-pub use topology::{declare_topology, TopologyPlan};
+pub use topology::{declare_poll_lease_queue, declare_topology, TopologyPlan};
 
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};

@@ -8,18 +8,41 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::config::TopologyNames;
+use crate::config::{Settings, TopologyNames};
 
-/// What to declare: the names, the channels that get a reply queue and the
-/// delay steps that get a delay queue.
+/// What to declare: the names, the channels that get a reply queue, the
+/// polled channels that get a poll lease queue and the delay steps that get a
+/// delay queue.
 #[derive(Debug, Clone)]
 pub struct TopologyPlan {
     /// Exchange and queue names.
     pub names: TopologyNames,
     /// Configured channel names.
     pub channels: Vec<String>,
+    /// Channels that are polled (`inbound = "poll"` or `"both"`): only they
+    /// need a poll lease queue.
+    pub polled_channels: Vec<String>,
     /// Retry delay steps.
     pub delays: Vec<Duration>,
+}
+
+impl TopologyPlan {
+    /// Everything the configuration needs. The inbound and the outbound side
+    /// both declare from this, so whichever connects first declares it all,
+    /// the same way.
+    pub fn for_settings(settings: &Settings) -> TopologyPlan {
+        TopologyPlan {
+            names: settings.amqp.topology.clone(),
+            channels: settings.channels.iter().map(|c| c.name.clone()).collect(),
+            polled_channels: settings
+                .channels
+                .iter()
+                .filter(|c| c.inbound.polls())
+                .map(|c| c.name.clone())
+                .collect(),
+            delays: settings.outbound.retry.delays.clone(),
+        }
+    }
 }
 
 fn quorum_args() -> FieldTable {
@@ -48,6 +71,32 @@ fn safety_net_args(names: &TopologyNames) -> FieldTable {
     );
     args.insert("x-overflow".into(), long_string("reject-publish"));
     args
+}
+
+/// A channel's reply queue: the safety net plus single active consumer. With
+/// several replicas on one broker only one of them consumes a channel's
+/// replies at a time, so replies of a conversation still go out in the order
+/// the CRM published them; when that replica goes away, RabbitMQ makes the
+/// next one active and redelivers what was unacknowledged, in order.
+fn reply_queue_args(names: &TopologyNames) -> FieldTable {
+    let mut args = safety_net_args(names);
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args
+}
+
+/// A channel's poll lease queue (see `xbridge_inbound::lease`): single active
+/// consumer, so the broker, not the replicas, decides who polls.
+fn poll_lease_args() -> FieldTable {
+    let mut args = quorum_args();
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args
+}
+
+/// Declares one poll lease queue `name`, exactly as [`declare_topology`]
+/// does. A lease contender calls it before consuming, so a lease queue an
+/// operator deleted is back without waiting for a reconnect.
+pub async fn declare_poll_lease_queue(channel: &Channel, name: &str) -> lapin::Result<()> {
+    declare_queue(channel, name, poll_lease_args()).await
 }
 
 fn long_string(s: &str) -> AMQPValue {
@@ -96,8 +145,13 @@ pub async fn declare_topology(channel: &Channel, plan: &TopologyPlan) -> lapin::
         .await?;
     for name in &plan.channels {
         let queue = names.outgoing_queue(name);
-        declare_queue(channel, &queue, safety_net_args(names)).await?;
+        declare_queue(channel, &queue, reply_queue_args(names)).await?;
         bind(channel, &queue, &names.outgoing_exchange, name).await?;
+    }
+    // Reached through the default exchange by the lease holders themselves:
+    // no exchange, no binding.
+    for name in &plan.polled_channels {
+        declare_poll_lease_queue(channel, &names.poll_lease_queue(name)).await?;
     }
 
     channel

@@ -42,6 +42,7 @@ impl Broker {
             &TopologyPlan {
                 names: names.clone(),
                 channels: vec![],
+                polled_channels: vec![],
                 delays: vec![],
             },
         )

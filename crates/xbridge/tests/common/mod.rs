@@ -32,6 +32,22 @@ impl RunningBridge {
 /// connected, has declared the topology and consumes.
 pub async fn start_bridge(app: &TestApp) -> RunningBridge {
     let settings = Settings::from_toml(&app.config_toml()).expect("the test config is valid");
+    start_with(settings).await
+}
+
+/// Starts another replica of the test's bridge, with its own state file at
+/// `state` (the embedded store cannot be shared), and waits like
+/// [`start_bridge`].
+#[allow(dead_code)] // Only the replica tests use it.
+pub async fn start_replica(app: &TestApp, state: &std::path::Path) -> RunningBridge {
+    let mut settings = Settings::from_toml(&app.config_toml()).expect("the test config is valid");
+    settings.state.backend = xbridge_core::config::StateBackend::Embedded {
+        path: state.to_path_buf(),
+    };
+    start_with(settings).await
+}
+
+async fn start_with(settings: Settings) -> RunningBridge {
     let bridge = Bridge::build(settings).await.expect("the bridge builds");
     let mut ready = bridge.readiness();
     let mut inbound_ready = bridge.inbound_readiness();
