@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+mod cleanup;
 mod economy;
 mod harness;
 mod inbound;
@@ -41,6 +42,12 @@ enum Command {
     Economy(EconomyOpts),
     /// Everything, with the defaults, machine first.
     All(ScaleBinary),
+    /// Deletes the queues and exchanges an interrupted run left, named `<PREFIX>.…`
+    /// (the `t-…` or `bench-…` prefix); needs `rabbitmqctl`.
+    Cleanup {
+        /// The run's prefix, e.g. `t-2691435e2ac2`.
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +197,7 @@ async fn main() -> std::process::ExitCode {
         Command::Scale(o) => scale::run(&o.into()).await,
         Command::Economy(o) => economy::run(&o.into()).await,
         Command::All(binary) => all(binary).await,
+        Command::Cleanup { prefix } => cleanup::run(prefix).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

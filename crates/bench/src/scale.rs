@@ -113,7 +113,7 @@ async fn one(args: &ScaleArgs, channels: usize, ticks: u64) -> anyhow::Result<Sc
         .with_context(|| format!("starting {}", args.xbridge.display()))?;
     let pid = child.id().context("the bridge has a pid")?;
     let measured = async {
-        wait_ready(ops_port).await?;
+        wait_ready(ops_port, &mut child).await?;
         let ready_after = started.elapsed();
         tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
         let before = cpu_ticks(pid)?;
@@ -140,7 +140,7 @@ async fn one(args: &ScaleArgs, channels: usize, ticks: u64) -> anyhow::Result<Sc
 }
 
 /// Waits until the ops server says the bridge is ready.
-async fn wait_ready(port: u16) -> anyhow::Result<()> {
+async fn wait_ready(port: u16, child: &mut tokio::process::Child) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/readyz");
     let deadline = Instant::now() + SETUP_PATIENCE * 5;
@@ -149,6 +149,9 @@ async fn wait_ready(port: u16) -> anyhow::Result<()> {
             if answer.status().is_success() {
                 return Ok(());
             }
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the bridge exited before it was ready: {status}");
         }
         anyhow::ensure!(
             Instant::now() < deadline,
