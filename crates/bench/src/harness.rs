@@ -1,0 +1,234 @@
+//! What every measurement sets up: a world from the test harness (its own
+//! topology names, simulator and state file), the bridge in this process, a
+//! confirming publisher and a reader of the events the bridge publishes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use x_simulator::Fault;
+use xbridge::app::Bridge;
+use xbridge_core::config::Settings;
+use xbridge_test_support::{spawn_app, TestApp, TestOptions};
+
+/// How long any setup step may take before the run is abandoned.
+pub const SETUP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The test harness's options with the logs of a benchmark in mind.
+pub fn options(channels: Vec<String>) -> TestOptions {
+    TestOptions {
+        channels,
+        ..TestOptions::default()
+    }
+}
+
+/// A world whose simulator lets every account send and read without a
+/// practical limit (X's 1,000 sends per 15 minutes would stop a 2,000-reply
+/// run), unless a measurement sets a window of its own.
+pub async fn world(options: TestOptions) -> TestApp {
+    let app = spawn_app(options).await;
+    for (_, account) in &app.accounts {
+        app.simulator.set_fault(
+            &account.user_id,
+            Fault::RateLimitWindow {
+                limit: 1_000_000,
+                window_secs: 900,
+            },
+        );
+        app.simulator.set_fault(
+            &account.user_id,
+            Fault::ReadRateLimitWindow {
+                limit: 1_000_000,
+                window_secs: 900,
+            },
+        );
+    }
+    app
+}
+
+/// The bridge running in this process.
+pub struct InProcessBridge {
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    /// Where X's webhook is served, when configured.
+    pub webhook_addr: Option<std::net::SocketAddr>,
+}
+
+impl InProcessBridge {
+    /// Builds the bridge from the world's configuration and waits until both
+    /// sides are ready.
+    pub async fn start(app: &TestApp) -> anyhow::Result<InProcessBridge> {
+        let settings = Settings::from_toml(&app.config_toml()).context("the bench config")?;
+        let bridge = Bridge::build(settings)?;
+        let mut outbound = bridge.readiness();
+        let mut inbound = bridge.inbound_readiness();
+        let webhook_addr = bridge.webhook_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(bridge.run(shutdown.clone()));
+        tokio::time::timeout(SETUP_PATIENCE, outbound.wait_for(|r| *r))
+            .await
+            .context("the bridge's outbound side did not become ready")??;
+        tokio::time::timeout(SETUP_PATIENCE, inbound.wait_for(|r| *r))
+            .await
+            .context("the bridge's inbound side did not become ready")??;
+        Ok(InProcessBridge {
+            shutdown,
+            task,
+            webhook_addr,
+        })
+    }
+
+    /// Stops it as SIGTERM would.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(SETUP_PATIENCE, self.task)
+            .await
+            .context("the bridge did not stop")???;
+        Ok(())
+    }
+}
+
+/// A connection and a channel in confirm mode, publishing persistent JSON.
+pub struct Publisher {
+    _connection: Connection,
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> anyhow::Result<Publisher> {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            _connection: connection,
+            channel,
+        })
+    }
+
+    /// The channel, for declaring and deleting.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes every body without waiting between them, then waits for all
+    /// confirms. Returns when each was handed to the connection.
+    pub async fn publish_all(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        bodies: Vec<Vec<u8>>,
+    ) -> anyhow::Result<Vec<Instant>> {
+        let mut sent_at = Vec::with_capacity(bodies.len());
+        let mut confirms = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            sent_at.push(Instant::now());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default()
+                        .with_content_type("application/json".into())
+                        .with_delivery_mode(2),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in futures::future::join_all(confirms).await {
+            anyhow::ensure!(confirm?.is_ack(), "the broker refused a message");
+        }
+        Ok(sent_at)
+    }
+}
+
+/// One message read from a queue: its JSON body and when it was read.
+pub struct Received {
+    /// The body.
+    pub body: serde_json::Value,
+    /// When it was read.
+    pub at: Instant,
+}
+
+/// Reads `queue` without acknowledgements (the reader's own cost stays out
+/// of the figures) and hands every message over with its arrival time.
+pub async fn read_queue(
+    url: &str,
+    queue: &str,
+) -> anyhow::Result<(Connection, mpsc::UnboundedReceiver<Received>)> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            format!("bench-{}", uuid::Uuid::new_v4().simple()).into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming {queue}"))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let at = Instant::now();
+            let body = serde_json::from_slice(&delivery.data).unwrap_or(serde_json::Value::Null);
+            if tx.send(Received { body, at }).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((connection, rx))
+}
+
+/// Durable quorum queue arguments, as the bridge declares its own.
+pub fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args
+}
+
+/// Declares a durable quorum queue.
+pub async fn declare_quorum_queue(channel: &Channel, name: &str) -> anyhow::Result<()> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            quorum(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes a queue, ignoring failures (cleanup).
+pub async fn delete_queue(channel: &Channel, name: &str) {
+    let _ = channel
+        .queue_delete(name.into(), QueueDeleteOptions::default())
+        .await;
+}
+
+/// A duration between two instants, zero if they are out of order.
+pub fn between(from: Instant, to: Instant) -> Duration {
+    to.saturating_duration_since(from)
+}

@@ -1,0 +1,186 @@
+//! Inbound: Account Activity POSTs, signed as X signs them, offered to the
+//! bridge's webhook at a fixed rate; the bridge answers 200 only once the
+//! event's `message.received` is confirmed by the broker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::Mutex;
+use xbridge_test_support::{amqp_url, TestOptions};
+
+use crate::harness::{between, options, read_queue, world, InProcessBridge};
+use crate::stats::{ms, per_second, print_load, Latencies};
+
+const CHANNEL: &str = "bench";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct InboundArgs {
+    /// Offered events per second.
+    pub rate: u32,
+    /// Measured seconds (after the warm-up).
+    pub seconds: u32,
+    /// Warm-up seconds at the same rate, left out of the figures.
+    pub warmup_seconds: u32,
+}
+
+/// One POST's outcome.
+struct Outcome {
+    /// From the moment it was due to be sent (so a stalled sender counts
+    /// against the bridge, not in its favour) to the answer.
+    latency: Duration,
+    status: u16,
+    measured: bool,
+}
+
+/// An Account Activity body with one customer DM to `account`, with the
+/// sender in `users` (so the bridge needs no profile lookup).
+fn payload(account: &str, event_id: u64, sender: u64, text: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "for_user_id": account,
+        "direct_message_events": [{
+            "type": "message_create",
+            "id": event_id.to_string(),
+            "created_timestamp": "1767225600000",
+            "message_create": {
+                "target": {"recipient_id": account},
+                "sender_id": sender.to_string(),
+                "message_data": {"text": text, "entities": {"hashtags": [], "symbols": [], "user_mentions": [], "urls": []}}
+            }
+        }],
+        "users": {
+            sender.to_string(): {"id": sender.to_string(), "name": "Bench Customer",
+                "screen_name": format!("bench_{sender}"),
+                "profile_image_url_https": "https://pbs.twimg.com/profile_images/1/bench_normal.jpg"},
+            account: {"id": account, "name": "Bench", "screen_name": "bench_support",
+                "profile_image_url_https": "https://pbs.twimg.com/profile_images/2/bench_normal.jpg"}
+        }
+    }))
+    .expect("JSON")
+}
+
+/// `sha256=<base64 HMAC-SHA256(consumer secret, body)>`.
+fn signature(consumer_secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(consumer_secret.as_bytes()).expect("any key");
+    mac.update(body);
+    format!("sha256={}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// Runs the offered load and prints the table.
+pub async fn run(args: &InboundArgs) -> anyhow::Result<()> {
+    eprintln!("inbound: webhook at {} events/s", args.rate);
+    let app = world(TestOptions {
+        inbound: "listen = \"127.0.0.1:0\"\n".to_owned(),
+        inbound_mode: Some("webhook".to_owned()),
+        ..options(vec![CHANNEL.to_owned()])
+    })
+    .await;
+    let bridge = InProcessBridge::start(&app).await?;
+    let addr = bridge
+        .webhook_addr
+        .ok_or_else(|| anyhow::anyhow!("the webhook is not served"))?;
+    let url = format!("http://{addr}/webhooks/{CHANNEL}");
+    let account = app.account(CHANNEL).clone();
+    let (_reader, mut events) = read_queue(&amqp_url(), &app.names.incoming_queue).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+
+    let warmup = (args.rate * args.warmup_seconds) as usize;
+    let total = warmup + (args.rate * args.seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let outcomes = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let mut tasks = Vec::with_capacity(total);
+    let start = tokio::time::Instant::now();
+    let mut measured_start = None;
+    for i in 0..total {
+        let due = start + interval * i as u32;
+        tokio::time::sleep_until(due).await;
+        if i == warmup {
+            measured_start = Some(Instant::now());
+        }
+        let body = payload(
+            &account.user_id,
+            1_900_000_000_000_000_000 + i as u64,
+            3_000_000_000_000_000_000 + (i % 20) as u64,
+            &format!("bench event {i}"),
+        );
+        let signed = signature(&account.consumer_secret, &body);
+        let http = http.clone();
+        let url = url.clone();
+        let outcomes = outcomes.clone();
+        let due: Instant = due.into_std();
+        tasks.push(tokio::spawn(async move {
+            let status = match http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header(x_simulator::SIGNATURE_HEADER, signed)
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(answer) => answer.status().as_u16(),
+                Err(_) => 0,
+            };
+            outcomes.lock().await.push(Outcome {
+                latency: between(due, Instant::now()),
+                status,
+                measured: i >= warmup,
+            });
+        }));
+    }
+    let offered_for = measured_start.map(|s| s.elapsed()).unwrap_or_default();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let answered_for = measured_start.map(|s| s.elapsed()).unwrap_or_default();
+
+    // Every event must also reach the CRM's queue.
+    let mut received = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while received < total {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) if event.body["type"] == "message.received" => received += 1,
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+
+    let outcomes = outcomes.lock().await;
+    let measured: Vec<&Outcome> = outcomes.iter().filter(|o| o.measured).collect();
+    let ok = measured.iter().filter(|o| o.status == 200).count();
+    let latencies = Latencies::of(measured.iter().map(|o| o.latency).collect());
+    println!("## Inbound (webhook)\n");
+    println!(
+        "Signed Account Activity POSTs, one customer DM each (sender in `users`, so no profile lookup), \
+         offered open-loop at a fixed rate from the benchmark's process over pooled HTTP/1.1 connections; \
+         {} s warm-up left out. The bridge answers 200 after the `message.received` publish is confirmed. \
+         Latency is from when each POST was due to its answer.\n",
+        args.warmup_seconds
+    );
+    println!("| offered | measured POSTs | 200s | achieved events/s | p50 | p99 | max | reached the CRM queue (all runs) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {}/s for {} s | {} | {} | {:.0} | {} | {} | {} | {}/{} |",
+        args.rate,
+        args.seconds,
+        measured.len(),
+        ok,
+        per_second(ok, answered_for.max(offered_for)),
+        ms(latencies.map(|l| l.p50)),
+        ms(latencies.map(|l| l.p99)),
+        ms(latencies.map(|l| l.max)),
+        received,
+        total,
+    );
+    print_load();
+    println!();
+    drop(outcomes);
+    bridge.stop().await?;
+    app.cleanup().await;
+    Ok(())
+}

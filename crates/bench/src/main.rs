@@ -1,0 +1,278 @@
+//! `xbridge-bench`: measures the bridge against the real RabbitMQ and the X
+//! simulator, and prints Markdown tables for `docs/benchmarks.md`.
+//!
+//! Progress goes to stderr, results to stdout. Needs RabbitMQ on
+//! 127.0.0.1:5672 (`XBRIDGE_TEST_AMQP_URL` overrides it, as for the tests);
+//! `scale` also needs the release `xbridge` binary.
+
+#![warn(missing_docs)]
+
+mod cleanup;
+mod economy;
+mod harness;
+mod inbound;
+mod outbound;
+mod scale;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Benchmarks of xbridge.
+#[derive(Debug, Parser)]
+#[command(name = "xbridge-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints the machine the figures come from.
+    Machine,
+    /// Replies through the bridge against a plain lapin relay.
+    Outbound(OutboundOpts),
+    /// Signed webhook POSTs at a fixed rate.
+    Inbound(InboundOpts),
+    /// RSS and idle CPU of `xbridge run` with many channels.
+    Scale(ScaleOpts),
+    /// Requests per sent DM under a rate limit; billed events per polled event.
+    Economy(EconomyOpts),
+    /// Everything, with the defaults, machine first.
+    All(ScaleBinary),
+    /// Deletes the queues and exchanges an interrupted run left, named `<PREFIX>.…`
+    /// (the `t-…` or `bench-…` prefix); needs `rabbitmqctl`.
+    Cleanup {
+        /// The run's prefix, e.g. `t-2691435e2ac2`.
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct OutboundOpts {
+    /// Replies per run.
+    #[arg(long, default_value_t = 2000)]
+    replies: usize,
+    /// Distinct recipients (the bridge orders per conversation).
+    #[arg(long, default_value_t = 20)]
+    conversations: usize,
+    /// Simulator latencies to run at, in milliseconds.
+    #[arg(long, value_delimiter = ',', default_value = "0,100")]
+    latencies_ms: Vec<u64>,
+    /// Seconds a run may take.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct InboundOpts {
+    /// Offered events per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// Warm-up seconds, left out of the figures.
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u32,
+}
+
+#[derive(Debug, Args)]
+struct ScaleBinary {
+    /// The `xbridge` binary; by default the one next to this binary.
+    #[arg(long)]
+    xbridge: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ScaleOpts {
+    /// Channel counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+    channels: Vec<usize>,
+    /// Seconds of idleness over which CPU is measured.
+    #[arg(long, default_value_t = 30)]
+    idle_secs: u64,
+    /// Seconds to settle after readiness.
+    #[arg(long, default_value_t = 5)]
+    settle_secs: u64,
+    #[command(flatten)]
+    binary: ScaleBinary,
+}
+
+#[derive(Debug, Args)]
+struct EconomyOpts {
+    /// Replies waiting when the bridge meets the rate limit.
+    #[arg(long, default_value_t = 100)]
+    backlog: usize,
+    /// Sends allowed per window.
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Window length in seconds.
+    #[arg(long, default_value_t = 5)]
+    window_secs: u64,
+    /// Customer DMs injected while polling.
+    #[arg(long, default_value_t = 200)]
+    polled_events: usize,
+    /// Customer DMs per second while polling.
+    #[arg(long, default_value_t = 20)]
+    polled_rate: u32,
+    /// The channel's poll interval in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    poll_interval_ms: u64,
+    /// Poll intervals to keep counting after the last event.
+    #[arg(long, default_value_t = 5)]
+    idle_polls: u32,
+}
+
+impl From<&OutboundOpts> for outbound::OutboundArgs {
+    fn from(o: &OutboundOpts) -> Self {
+        outbound::OutboundArgs {
+            replies: o.replies,
+            conversations: o.conversations.max(1),
+            latencies_ms: o.latencies_ms.clone(),
+            timeout: Duration::from_secs(o.timeout_secs),
+        }
+    }
+}
+
+impl From<&InboundOpts> for inbound::InboundArgs {
+    fn from(o: &InboundOpts) -> Self {
+        inbound::InboundArgs {
+            rate: o.rate.max(1),
+            seconds: o.seconds,
+            warmup_seconds: o.warmup_seconds,
+        }
+    }
+}
+
+impl From<&ScaleOpts> for scale::ScaleArgs {
+    fn from(o: &ScaleOpts) -> Self {
+        scale::ScaleArgs {
+            channels: o.channels.clone(),
+            idle_seconds: o.idle_secs,
+            settle_seconds: o.settle_secs,
+            xbridge: o
+                .binary
+                .xbridge
+                .clone()
+                .unwrap_or_else(scale::default_xbridge),
+        }
+    }
+}
+
+impl From<&EconomyOpts> for economy::EconomyArgs {
+    fn from(o: &EconomyOpts) -> Self {
+        economy::EconomyArgs {
+            backlog: o.backlog,
+            limit: o.limit.max(1),
+            window_secs: o.window_secs,
+            polled_events: o.polled_events,
+            polled_rate: o.polled_rate,
+            poll_interval_ms: o.poll_interval_ms,
+            idle_polls: o.idle_polls,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // Warnings only, on stderr, unless RUST_LOG says otherwise: the bridge's
+    // per-message logs would otherwise be part of what is measured. The test
+    // harness's own subscriber then stays uninstalled.
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,lapin=off".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Machine => {
+            machine();
+            Ok(())
+        }
+        Command::Outbound(o) => outbound::run(&o.into()).await,
+        Command::Inbound(o) => inbound::run(&o.into()).await,
+        Command::Scale(o) => scale::run(&o.into()).await,
+        Command::Economy(o) => economy::run(&o.into()).await,
+        Command::All(binary) => all(binary).await,
+        Command::Cleanup { prefix } => cleanup::run(prefix).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xbridge-bench: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn all(binary: &ScaleBinary) -> anyhow::Result<()> {
+    machine();
+    let defaults = Cli::parse_from(["xbridge-bench", "outbound"]);
+    if let Command::Outbound(o) = &defaults.command {
+        outbound::run(&o.into()).await?;
+    }
+    let defaults = Cli::parse_from(["xbridge-bench", "inbound"]);
+    if let Command::Inbound(o) = &defaults.command {
+        inbound::run(&o.into()).await?;
+    }
+    let defaults = Cli::parse_from(["xbridge-bench", "economy"]);
+    if let Command::Economy(o) = &defaults.command {
+        economy::run(&o.into()).await?;
+    }
+    let defaults = Cli::parse_from(["xbridge-bench", "scale"]);
+    if let Command::Scale(o) = &defaults.command {
+        let mut args: scale::ScaleArgs = o.into();
+        if let Some(path) = &binary.xbridge {
+            args.xbridge = path.clone();
+        }
+        scale::run(&args).await?;
+    }
+    Ok(())
+}
+
+/// The machine: cores, CPU model, memory, RabbitMQ version, date.
+fn machine() {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get().to_string())
+        .unwrap_or_else(|_| "?".to_owned());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let rabbitmq = std::process::Command::new("rabbitmqctl")
+        .arg("version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown (rabbitmqctl not available)".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let load = stats::load_average();
+    println!("## Machine\n");
+    println!("| | |\n| --- | --- |");
+    println!(
+        "| date | {} |",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    println!("| cores (`nproc`) | {cores} |");
+    println!("| CPU | {model} |");
+    println!("| RAM | {memory} |");
+    println!("| Linux | {kernel} |");
+    println!("| load average at start (1, 5, 15 min) | {load} |");
+    println!("| RabbitMQ | {rabbitmq} (same machine, 127.0.0.1:5672) |");
+    println!();
+}
