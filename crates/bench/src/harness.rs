@@ -68,7 +68,7 @@ impl InProcessBridge {
     /// sides are ready.
     pub async fn start(app: &TestApp) -> anyhow::Result<InProcessBridge> {
         let settings = Settings::from_toml(&app.config_toml()).context("the bench config")?;
-        let bridge = Bridge::build(settings)?;
+        let bridge = Bridge::build(settings).await?;
         let mut outbound = bridge.readiness();
         let mut inbound = bridge.inbound_readiness();
         let webhook_addr = bridge.webhook_addr();
