@@ -172,9 +172,16 @@ impl ReplyParts {
                     sent
                 }
                 Err(error) => {
-                    if matches!(error, XError::Transient { status: None, .. }) {
-                        // No answer: X may have created the DM anyway.
-                        part.ambiguous_since = Some(started);
+                    match error.http_status() {
+                        // X answered with an error: no DM was created.
+                        Some(status) if !(200..300).contains(&status) => {
+                            ctx.store
+                                .clear_send_intent(&ctx.name, message_id, index)
+                                .await?;
+                        }
+                        // No answer, or a 2xx the bridge could not read: X
+                        // may have created the DM.
+                        _ => part.ambiguous_since = Some(started),
                     }
                     return Ok(Err(error));
                 }

@@ -192,6 +192,24 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
+    async fn clear_send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<(), StoreError> {
+        let key = part_key(channel, message_id, part);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(SEND_INTENTS).map_err(err)?;
+                table.remove(key.as_str()).map_err(err)?;
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
     async fn send_intent(
         &self,
         channel: &str,

@@ -113,6 +113,15 @@ pub trait StateStore: Send + Sync + 'static {
         started_at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
+    /// Forgets the intent of part `part`: X answered (with an error), so that
+    /// send certainly did not create a DM and needs no lookup.
+    async fn clear_send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<(), StoreError>;
+
     /// When the last send of part `part` of a reply started, if one did.
     async fn send_intent(
         &self,

@@ -437,6 +437,25 @@ impl StateStore for PostgresStore {
         Ok(())
     }
 
+    async fn clear_send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<(), StoreError> {
+        let part = part_number(part)?;
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM send_intents
+                 WHERE channel = $1 AND message_id = $2 AND part = $3",
+                &[&channel, &message_id, &part],
+            )
+            .await
+            .map_err(|e| fail("cannot clear a send intent", &e))?;
+        Ok(())
+    }
+
     async fn send_intent(
         &self,
         channel: &str,
