@@ -12,6 +12,10 @@ use crate::profiles::Profiles;
 use crate::sink::{EventSink, OutboundEvent, SinkError};
 use crate::{classify, DirectMessage, MessageEcho, MessageOrigin, ReceivedMessage, ReceivedVia};
 
+/// How long a DM of the account's own, not (yet) known as one of the bridge's
+/// sends, is looked up again before it is published as `message.echo`.
+const OWN_SEND_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What delivering a DM needs to know and reach.
 pub(crate) struct Delivery<'a> {
     pub channel: &'a str,
@@ -35,6 +39,27 @@ pub(crate) enum DeliverError {
 }
 
 impl Delivery<'_> {
+    /// Whether the account's DM `event_id`, delivered by the webhook, is one
+    /// the bridge sent. X delivers the echo of a reply as soon as it creates
+    /// the DM, which can be before
+    /// the bridge (this process or another replica) has recorded X's answer:
+    /// an unknown DM of the account is looked up again for a short while
+    /// before it is taken for one sent outside the bridge.
+    async fn is_own_send(&self, channel: &str, event_id: &str) -> Result<bool, StoreError> {
+        let mut pause = std::time::Duration::from_millis(20);
+        let deadline = tokio::time::Instant::now() + OWN_SEND_GRACE;
+        loop {
+            if self.store.is_own_send(channel, event_id).await? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        }
+    }
+
     /// Delivers `dm`; `true` when an event was published.
     pub(crate) async fn deliver(&self, mut dm: DirectMessage) -> Result<bool, DeliverError> {
         let channel = self.channel;
@@ -43,8 +68,12 @@ impl Delivery<'_> {
             tracing::debug!(channel, event_id, "DM already delivered; skipped");
             return Ok(false);
         }
-        let own_send =
-            dm.sender.id == self.own_user_id && self.store.is_own_send(channel, &event_id).await?;
+        // A webhook delivers the echo of a reply at once; a poll comes later.
+        let own_send = dm.sender.id == self.own_user_id
+            && match dm.received_via {
+                ReceivedVia::Webhook => self.is_own_send(channel, &event_id).await?,
+                ReceivedVia::Poll => self.store.is_own_send(channel, &event_id).await?,
+            };
         let via = match dm.received_via {
             ReceivedVia::Webhook => "webhook",
             ReceivedVia::Poll => "poll",
