@@ -139,13 +139,7 @@ impl ReplyParts {
                             reported: false,
                             parts: Vec::new(),
                         };
-                        if count > 1 {
-                            ctx.store
-                                .record_sent_part(&ctx.name, message_id, index, &record)
-                                .await?;
-                        }
-                        part.media = None;
-                        part.sent = Some(record);
+                        settle(ctx, message_id, index, count, part, record).await?;
                         continue;
                     }
                     Ok(None) => part.ambiguous_since = None,
@@ -195,9 +189,6 @@ impl ReplyParts {
             };
             metrics::counter!("xbridge_dms_sent_total", "channel" => ctx.name.clone()).increment(1);
             if count > 1 {
-                ctx.store
-                    .record_sent_part(&ctx.name, message_id, index, &record)
-                    .await?;
                 tracing::info!(
                     channel = %ctx.name,
                     message_id,
@@ -207,8 +198,7 @@ impl ReplyParts {
                     "DM of a reply in parts sent"
                 );
             }
-            part.media = None;
-            part.sent = Some(record);
+            settle(ctx, message_id, index, count, part, record).await?;
             if index + 1 < count {
                 failpoints::freeze_if_armed(failpoints::BETWEEN_PARTS).await;
             }
@@ -246,6 +236,27 @@ impl ReplyParts {
             .filter_map(|p| p.sent.as_ref().map(|s| s.dm_event_id.clone()))
             .collect()
     }
+}
+
+/// Marks `part` (number `index` of `count`) as sent with X's `record`; a
+/// reply in several parts records each part as it goes, so a later try
+/// starts at the first unsent one.
+async fn settle(
+    ctx: &ChannelContext,
+    message_id: &str,
+    index: usize,
+    count: usize,
+    part: &mut Part,
+    record: SentRecord,
+) -> Result<(), StoreError> {
+    if count > 1 {
+        ctx.store
+            .record_sent_part(&ctx.name, message_id, index, &record)
+            .await?;
+    }
+    part.media = None;
+    part.sent = Some(record);
+    Ok(())
 }
 
 /// Uploads one prepared attachment from its first byte.
