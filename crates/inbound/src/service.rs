@@ -19,7 +19,7 @@ use xbridge_core::amqp::{self, declare_topology, PublishError, Publisher, Topolo
 use xbridge_core::channel_state::{ChannelState, ChannelStates};
 use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_store::StateStore;
-use xbridge_x_api::{UserCredentials, WebhookClient, XClient, XClientConfig};
+use xbridge_x_api::{WebhookClient, XClient};
 
 use crate::lease::{self, LeaseError, PollLease};
 use crate::media::MediaLinks;
@@ -306,7 +306,7 @@ fn media_links(settings: &Settings, bound: Option<SocketAddr>) -> MediaLinks {
 }
 
 fn client(settings: &Settings, channel: &ChannelSettings) -> Result<XClient, InboundError> {
-    XClient::new(x_config(settings), credentials(channel)).map_err(|e| client_error(channel, e))
+    XClient::new((&settings.x).into(), channel.into()).map_err(|e| client_error(channel, e))
 }
 
 fn webhook_client(
@@ -314,28 +314,11 @@ fn webhook_client(
     channel: &ChannelSettings,
 ) -> Result<WebhookClient, InboundError> {
     WebhookClient::new(
-        x_config(settings),
+        (&settings.x).into(),
         channel.bearer_token.clone(),
-        credentials(channel),
+        channel.into(),
     )
     .map_err(|e| client_error(channel, e))
-}
-
-fn x_config(settings: &Settings) -> XClientConfig {
-    XClientConfig {
-        base_url: settings.x.api_base_url.clone(),
-        request_timeout: settings.x.request_timeout,
-        ..XClientConfig::default()
-    }
-}
-
-fn credentials(channel: &ChannelSettings) -> UserCredentials {
-    UserCredentials {
-        consumer_key: channel.consumer_key.clone(),
-        consumer_secret: channel.consumer_secret.clone(),
-        access_token: channel.access_token.clone(),
-        access_token_secret: channel.access_token_secret.clone(),
-    }
 }
 
 fn client_error(channel: &ChannelSettings, error: xbridge_x_api::XError) -> InboundError {

@@ -18,7 +18,7 @@ use xbridge_core::amqp::{self, declare_topology, Publisher, TopologyPlan};
 use xbridge_core::channel_state::{ChannelStateEvent, ChannelStates};
 use xbridge_core::config::Settings;
 use xbridge_store::StateStore;
-use xbridge_x_api::{UserCredentials, XClient, XClientConfig};
+use xbridge_x_api::XClient;
 
 use crate::credits::CreditsGate;
 use crate::fate::Policy;
@@ -55,22 +55,11 @@ impl Outbound {
             .channels
             .iter()
             .map(|channel| {
-                let client = XClient::new(
-                    XClientConfig {
-                        base_url: settings.x.api_base_url.clone(),
-                        request_timeout: settings.x.request_timeout,
-                        ..XClientConfig::default()
-                    },
-                    UserCredentials {
-                        consumer_key: channel.consumer_key.clone(),
-                        consumer_secret: channel.consumer_secret.clone(),
-                        access_token: channel.access_token.clone(),
-                        access_token_secret: channel.access_token_secret.clone(),
-                    },
-                )
-                .map_err(|e| OutboundError::Client {
-                    channel: channel.name.clone(),
-                    detail: e.to_string(),
+                let client = XClient::new((&settings.x).into(), channel.into()).map_err(|e| {
+                    OutboundError::Client {
+                        channel: channel.name.clone(),
+                        detail: e.to_string(),
+                    }
                 })?;
                 Ok(Arc::new(ChannelContext {
                     name: channel.name.clone(),

@@ -27,6 +27,7 @@ mod media_download;
 mod oauth;
 mod pacing;
 mod read;
+mod settings;
 mod telemetry;
 mod upload;
 mod webhooks;

@@ -35,17 +35,8 @@ pub async fn run(settings: &Settings, channel: Option<&str>) -> anyhow::Result<b
 
 async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
     println!("channel {}:", channel.name);
-    let config = XClientConfig {
-        base_url: settings.x.api_base_url.clone(),
-        request_timeout: settings.x.request_timeout,
-        ..XClientConfig::default()
-    };
-    let credentials = UserCredentials {
-        consumer_key: channel.consumer_key.clone(),
-        consumer_secret: channel.consumer_secret.clone(),
-        access_token: channel.access_token.clone(),
-        access_token_secret: channel.access_token_secret.clone(),
-    };
+    let config = XClientConfig::from(&settings.x);
+    let credentials = UserCredentials::from(channel);
     let mut problems = Vec::new();
     let client = match XClient::new(config.clone(), credentials.clone()) {
         Ok(client) => client,

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use xbridge_core::config::{ChannelSettings, Settings};
-use xbridge_x_api::{UserCredentials, Webhook, WebhookClient, WebhookError, XClientConfig};
+use xbridge_x_api::{Webhook, WebhookClient, WebhookError};
 
 use crate::cli::WebhookCommand;
 
@@ -175,18 +175,11 @@ fn find_channel<'a>(settings: &'a Settings, name: &str) -> anyhow::Result<&'a Ch
 }
 
 fn client_for(settings: &Settings, channel: &ChannelSettings) -> anyhow::Result<WebhookClient> {
-    let config = XClientConfig {
-        base_url: settings.x.api_base_url.clone(),
-        request_timeout: settings.x.request_timeout,
-        ..XClientConfig::default()
-    };
-    let credentials = UserCredentials {
-        consumer_key: channel.consumer_key.clone(),
-        consumer_secret: channel.consumer_secret.clone(),
-        access_token: channel.access_token.clone(),
-        access_token_secret: channel.access_token_secret.clone(),
-    };
-    WebhookClient::new(config, channel.bearer_token.clone(), credentials)
-        .map_err(WebhookError::from)
-        .with_context(|| format!("channel {}: setting up the X client", channel.name))
+    WebhookClient::new(
+        (&settings.x).into(),
+        channel.bearer_token.clone(),
+        channel.into(),
+    )
+    .map_err(WebhookError::from)
+    .with_context(|| format!("channel {}: setting up the X client", channel.name))
 }
