@@ -11,9 +11,9 @@
 //! not lost.
 //!
 //! X bills every event a read returns, so the page size is kept in a [`PollBudget`]: a
-//! poll starts with a single event (in steady state, with no new DMs, one poll reads and
-//! pays for exactly the cursor's own event) and grows the pages only while they hold
-//! nothing but new events.
+//! poll's first page is sized for what recent polls found, plus the cursor's own event (an
+//! idle channel pays for exactly that one event per poll), and further pages are read
+//! only while pages hold nothing but new events.
 //!
 //! The first poll of a channel (no cursor yet) starts from now: it reads one small page,
 //! delivers nothing and sets the cursor to the newest event (to `0` when the account has
@@ -78,26 +78,38 @@ pub fn snowflake_at(at: DateTime<Utc>) -> u64 {
 
 /// The page size a channel's polls ask for, kept between polls.
 ///
-/// It starts at the small size. Within a poll, while pages hold only new events, each
-/// next page is as large as all the new events read so far (so sizes go 1, 1, 2, 4, 8, …
-/// up to 100): a backlog takes few requests, and the page that reaches the cursor costs at
-/// most as many old events as new ones were found. Once a poll reaches the cursor the
-/// size drops back to the small one; a poll that fails half-way keeps the grown size.
+/// X bills every event a page returns, old or new, so a page should end just past the
+/// cursor. A poll's first page is sized for what the channel's recent polls found: the
+/// smaller of the last two polls' counts of new events, plus one for the cursor's own
+/// event (a steady stream of about `n` DMs per interval then costs `n + 1` events per
+/// poll; an idle channel costs one). The smaller of two, so a single burst does not make
+/// the next, quiet poll pay for a large page. When a page holds only new events, more are
+/// waiting: the follow-up pages double from one (1, 2, 4, … up to 100), so an overflow
+/// past the first page costs at most about as many old events as it found new ones, and
+/// a backlog after downtime still takes few requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollBudget {
     small: u8,
+    /// New events found by the last two complete polls, older first.
+    recent: [usize; 2],
     next: u8,
+    follow_up: u8,
 }
 
 impl PollBudget {
-    /// The default small page size: one event, the least X bills for a poll that finds
+    /// The default smallest page: one event, the least X bills for a poll that finds
     /// nothing new.
     pub const SMALL: u8 = 1;
 
-    /// A budget starting at `small` events per page (clamped to X's 1–100).
+    /// A budget whose pages are at least `small` events (clamped to X's 1–100).
     pub fn new(small: u8) -> PollBudget {
         let small = small.clamp(1, MAX_PAGE);
-        PollBudget { small, next: small }
+        PollBudget {
+            small,
+            recent: [0, 0],
+            next: small,
+            follow_up: small,
+        }
     }
 
     /// The `max_results` of the next page.
@@ -105,26 +117,45 @@ impl PollBudget {
         self.next
     }
 
-    /// The small size polls start from and return to.
+    /// The smallest page.
     pub fn small(&self) -> u8 {
         self.small
     }
 
-    /// A page held only new events and `new_so_far` were read in this poll: more may be
-    /// waiting, so the next page grows to that many.
-    fn grow(&mut self, new_so_far: usize) {
-        let wanted = new_so_far.min(usize::from(MAX_PAGE)) as u8;
-        self.next = self.next.max(wanted).min(MAX_PAGE);
+    /// The first page of a poll: what the recent polls suggest will reach the cursor.
+    fn begin(&mut self) {
+        let expected = self.recent[0].min(self.recent[1]);
+        self.next = clamp_page(expected.saturating_add(1), self.small);
+        self.follow_up = self.small;
     }
 
-    /// A page reached the cursor: back to the small size.
-    fn settle(&mut self) {
-        self.next = self.small;
+    /// A page held only new events: more are waiting, so read another, each
+    /// follow-up twice the last.
+    fn grow(&mut self) {
+        self.next = self.follow_up;
+        self.follow_up = clamp_page(usize::from(self.follow_up) * 2, self.small);
+    }
+
+    /// A poll reached the cursor having found `new` events: sizes the next poll's
+    /// first page.
+    fn settle(&mut self, new: usize) {
+        self.recent = [self.recent[1], new];
+        self.begin();
+    }
+
+    /// Forgets the recent polls: the next page is the smallest.
+    fn reset(&mut self) {
+        self.recent = [0, 0];
+        self.begin();
     }
 }
 
+fn clamp_page(size: usize, small: u8) -> u8 {
+    size.clamp(usize::from(small), usize::from(MAX_PAGE)) as u8
+}
+
 impl Default for PollBudget {
-    /// [`PollBudget::SMALL`] events per page.
+    /// Pages of at least [`PollBudget::SMALL`] events.
     fn default() -> Self {
         PollBudget::new(PollBudget::SMALL)
     }
@@ -228,7 +259,7 @@ pub async fn poll_once(
     };
     let Some(cursor) = cursor else {
         // First start: from now on. One small page tells where "now" is.
-        budget.settle();
+        budget.reset();
         let page = read_page(ctx, budget.page_size(), None, &mut outcome).await?;
         let newest = page.0.iter().map(|seen| seen.id).max().unwrap_or(0);
         ctx.store
@@ -239,6 +270,7 @@ pub async fn poll_once(
     };
 
     // Newest first, as X lists them.
+    budget.begin();
     let mut new: Vec<Seen> = Vec::new();
     let mut token = None;
     loop {
@@ -253,10 +285,10 @@ pub async fn poll_once(
             new.push(seen);
         }
         if reached || next_token.is_none() {
-            budget.settle();
+            budget.settle(new.len());
             break;
         }
-        budget.grow(new.len());
+        budget.grow();
         token = next_token;
     }
 
@@ -367,20 +399,52 @@ mod tests {
     }
 
     #[test]
-    fn pages_grow_with_what_was_found_and_settle_back() {
+    fn an_idle_channel_reads_one_event_per_poll() {
         let mut budget = PollBudget::default();
-        assert_eq!(budget.page_size(), 1);
-        let mut sizes = vec![budget.page_size()];
-        let mut found = 0;
-        for _ in 0..9 {
-            found += usize::from(budget.page_size());
-            budget.grow(found);
-            sizes.push(budget.page_size());
+        for _ in 0..3 {
+            budget.begin();
+            assert_eq!(budget.page_size(), 1);
+            budget.settle(0);
         }
-        assert_eq!(sizes, [1, 1, 2, 4, 8, 16, 32, 64, 100, 100]);
-        budget.settle();
-        assert_eq!(budget.page_size(), 1);
         assert_eq!(PollBudget::new(0).page_size(), 1);
         assert_eq!(PollBudget::new(200).small(), 100);
+    }
+
+    #[test]
+    fn a_steady_stream_is_read_in_one_page_ending_at_the_cursor() {
+        let mut budget = PollBudget::default();
+        budget.settle(20);
+        budget.settle(20);
+        budget.begin();
+        assert_eq!(budget.page_size(), 21);
+        // A slower poll sizes the next first page down at once.
+        budget.settle(12);
+        assert_eq!(budget.page_size(), 13);
+    }
+
+    #[test]
+    fn one_burst_does_not_make_the_next_quiet_poll_read_a_large_page() {
+        let mut budget = PollBudget::default();
+        budget.settle(0);
+        budget.settle(80);
+        assert_eq!(budget.page_size(), 1);
+    }
+
+    #[test]
+    fn follow_up_pages_double_from_one_up_to_x_maximum() {
+        let mut budget = PollBudget::default();
+        budget.settle(30);
+        budget.settle(30);
+        let mut sizes = vec![budget.page_size()];
+        for _ in 0..8 {
+            budget.grow();
+            sizes.push(budget.page_size());
+        }
+        assert_eq!(sizes, [31, 1, 2, 4, 8, 16, 32, 64, 100]);
+        // The next poll starts from what was found again.
+        budget.settle(25);
+        assert_eq!(budget.page_size(), 26);
+        budget.reset();
+        assert_eq!(budget.page_size(), 1);
     }
 }

@@ -259,6 +259,40 @@ async fn polls_without_news_bill_one_event_and_a_backlog_little_more_than_itself
 }
 
 #[tokio::test]
+async fn a_steady_stream_costs_one_event_per_poll_beyond_the_new_ones() {
+    let mut world = World::start().await;
+    world.customer_writes("before");
+    world.poll().await.unwrap();
+
+    let mut written = Vec::new();
+    for round in 0..4 {
+        let billed = world.billed();
+        for n in 0..5 {
+            written.push(world.customer_writes(&format!("round {round}, DM {n}")));
+        }
+        let outcome = world.poll().await.unwrap();
+        assert_eq!(outcome.delivered, 5);
+        let cost = world.billed() - billed;
+        if round >= 2 {
+            // Two polls have shown the pace: one page of the 5 new and the cursor.
+            assert_eq!((outcome.pages, cost), (1, 6), "round {round}");
+        }
+    }
+    for event_id in &written {
+        assert_eq!(world.next_event().await.body["event_id"], event_id.as_str());
+    }
+
+    // The stream stops: the next quiet poll pays for one page of the size the
+    // stream had, then polls are back to one event.
+    world.poll().await.unwrap();
+    world.poll().await.unwrap();
+    let billed = world.billed();
+    world.poll().await.unwrap();
+    assert_eq!(world.billed() - billed, 1);
+    world.assert_nothing_else_published().await;
+}
+
+#[tokio::test]
 async fn an_event_the_webhook_delivered_is_not_published_again() {
     let mut world = World::start().await;
     world.customer_writes("before");
