@@ -1,11 +1,19 @@
 //! The default store: one redb file, crash-safe, no server.
+//!
+//! Every write must be durable before the bridge acts on it, and a durable redb commit
+//! costs a disk flush; redb also takes one write transaction at a time. So writes go
+//! through one writer thread that commits whatever is waiting together (group commit):
+//! under load one flush serves every reply and event in flight, and each caller still
+//! hears back only once its own write is on disk. Reads run on their own snapshots.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{SentRecord, StateStore, StoreError};
 
@@ -32,6 +40,82 @@ const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("poll_cursors"
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    writer: Arc<Writer>,
+}
+
+/// The most writes one commit takes, so a flood of writes still reaches disk, and
+/// its callers hear back, in steady steps.
+const MAX_BATCH: usize = 512;
+
+/// One write, applied inside a transaction it may share with others. `Fn`, not
+/// `FnOnce`: when a shared transaction fails, each of its writes is tried again
+/// alone, so a bad write fails only its own caller.
+type Write = Box<dyn Fn(&WriteTransaction) -> Result<(), StoreError> + Send>;
+
+/// A write waiting for the writer thread, and where to say how it went.
+struct PendingWrite {
+    write: Write,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The writer thread and its queue. Dropping the last store handle closes the
+/// queue and waits for the thread, so the file is released when the store is
+/// gone (a restart in the same process can open it again at once).
+struct Writer {
+    queue: Option<mpsc::UnboundedSender<PendingWrite>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Commits what is waiting, in batches, until every store handle is gone.
+fn write_loop(db: Arc<Database>, mut queue: mpsc::UnboundedReceiver<PendingWrite>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        match commit(&db, batch.iter().map(|pending| &pending.write)) {
+            Ok(()) => {
+                for pending in batch.drain(..) {
+                    let _ = pending.done.send(Ok(()));
+                }
+            }
+            Err(error) if batch.len() == 1 => {
+                if let Some(pending) = batch.pop() {
+                    let _ = pending.done.send(Err(error));
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, writes = batch.len(), "shared commit failed: committing each write alone");
+                for pending in batch.drain(..) {
+                    let result = commit(&db, std::iter::once(&pending.write));
+                    let _ = pending.done.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Applies `writes` in one transaction and makes it durable; all or nothing.
+fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(err)?;
+    for write in writes {
+        // Dropping the transaction on an error aborts it.
+        write(&txn)?;
+    }
+    txn.commit().map_err(err)
 }
 
 impl EmbeddedStore {
@@ -52,7 +136,40 @@ impl EmbeddedStore {
         txn.open_table(DELIVERED).map_err(err)?;
         txn.open_table(CURSORS).map_err(err)?;
         txn.commit().map_err(err)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let (queue, pending) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("xbridge-store-writer".into())
+            .spawn({
+                let db = db.clone();
+                move || write_loop(db, pending)
+            })
+            .map_err(|e| StoreError(format!("cannot start the store's writer: {e}")))?;
+        let writer = Arc::new(Writer {
+            queue: Some(queue),
+            thread: Some(thread),
+        });
+        Ok(EmbeddedStore { db, writer })
+    }
+
+    /// Applies `write` durably, in a commit it may share with other writes
+    /// waiting at the same time.
+    async fn write(
+        &self,
+        write: impl Fn(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (done, outcome) = oneshot::channel();
+        let stopped = || StoreError("the store's writer stopped".into());
+        self.writer
+            .queue
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(PendingWrite {
+                write: Box::new(write),
+                done,
+            })
+            .map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
     }
 
     async fn blocking<T: Send + 'static>(
@@ -84,20 +201,17 @@ impl EmbeddedStore {
             .collect();
         let message_id = message_id.to_owned();
         let value = serde_json::to_vec(record).map_err(err)?;
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut table = txn.open_table(table).map_err(err)?;
-                if table.get(key.as_str()).map_err(err)?.is_none() {
-                    table.insert(key.as_str(), value.as_slice()).map_err(err)?;
-                    let mut own = txn.open_table(OWN_SENDS).map_err(err)?;
-                    for own_key in &own_keys {
-                        own.insert(own_key.as_str(), message_id.as_str())
-                            .map_err(err)?;
-                    }
+        self.write(move |txn| {
+            let mut table = txn.open_table(table).map_err(err)?;
+            if table.get(key.as_str()).map_err(err)?.is_none() {
+                table.insert(key.as_str(), value.as_slice()).map_err(err)?;
+                let mut own = txn.open_table(OWN_SENDS).map_err(err)?;
+                for own_key in &own_keys {
+                    own.insert(own_key.as_str(), message_id.as_str())
+                        .map_err(err)?;
                 }
             }
-            txn.commit().map_err(err)
+            Ok(())
         })
         .await
     }
@@ -181,13 +295,10 @@ impl StateStore for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let key = part_key(channel, message_id, part);
         let millis = started_at.timestamp_millis();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut table = txn.open_table(SEND_INTENTS).map_err(err)?;
-                table.insert(key.as_str(), millis).map_err(err)?;
-            }
-            txn.commit().map_err(err)
+        self.write(move |txn| {
+            let mut table = txn.open_table(SEND_INTENTS).map_err(err)?;
+            table.insert(key.as_str(), millis).map_err(err)?;
+            Ok(())
         })
         .await
     }
@@ -199,13 +310,10 @@ impl StateStore for EmbeddedStore {
         part: usize,
     ) -> Result<(), StoreError> {
         let key = part_key(channel, message_id, part);
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut table = txn.open_table(SEND_INTENTS).map_err(err)?;
-                table.remove(key.as_str()).map_err(err)?;
-            }
-            txn.commit().map_err(err)
+        self.write(move |txn| {
+            let mut table = txn.open_table(SEND_INTENTS).map_err(err)?;
+            table.remove(key.as_str()).map_err(err)?;
+            Ok(())
         })
         .await
     }
@@ -228,22 +336,19 @@ impl StateStore for EmbeddedStore {
 
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
         let key = key(channel, message_id);
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut table = txn.open_table(SENT).map_err(err)?;
-                let existing = table
-                    .get(key.as_str())
-                    .map_err(err)?
-                    .map(|v| v.value().to_vec());
-                if let Some(bytes) = existing {
-                    let mut record: SentRecord = serde_json::from_slice(&bytes).map_err(err)?;
-                    record.reported = true;
-                    let value = serde_json::to_vec(&record).map_err(err)?;
-                    table.insert(key.as_str(), value.as_slice()).map_err(err)?;
-                }
+        self.write(move |txn| {
+            let mut table = txn.open_table(SENT).map_err(err)?;
+            let existing = table
+                .get(key.as_str())
+                .map_err(err)?
+                .map(|v| v.value().to_vec());
+            if let Some(bytes) = existing {
+                let mut record: SentRecord = serde_json::from_slice(&bytes).map_err(err)?;
+                record.reported = true;
+                let value = serde_json::to_vec(&record).map_err(err)?;
+                table.insert(key.as_str(), value.as_slice()).map_err(err)?;
             }
-            txn.commit().map_err(err)
+            Ok(())
         })
         .await
     }
@@ -265,15 +370,12 @@ impl StateStore for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let keys: Vec<String> = event_ids.iter().map(|id| key(channel, id)).collect();
         let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut table = txn.open_table(DELIVERED).map_err(err)?;
-                for key in &keys {
-                    table.insert(key.as_str(), now).map_err(err)?;
-                }
+        self.write(move |txn| {
+            let mut table = txn.open_table(DELIVERED).map_err(err)?;
+            for key in &keys {
+                table.insert(key.as_str(), now).map_err(err)?;
             }
-            txn.commit().map_err(err)
+            Ok(())
         })
         .await
     }
@@ -294,15 +396,12 @@ impl StateStore for EmbeddedStore {
     async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError> {
         let channel = channel.to_owned();
         let event_id = event_id.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut table = txn.open_table(CURSORS).map_err(err)?;
-                table
-                    .insert(channel.as_str(), event_id.as_str())
-                    .map_err(err)?;
-            }
-            txn.commit().map_err(err)
+        self.write(move |txn| {
+            let mut table = txn.open_table(CURSORS).map_err(err)?;
+            table
+                .insert(channel.as_str(), event_id.as_str())
+                .map_err(err)?;
+            Ok(())
         })
         .await
     }
@@ -327,6 +426,83 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("state.redb")).unwrap();
         crate::contract::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_bad_write_in_a_shared_commit_fails_only_its_own_caller() {
+        use std::sync::{Condvar, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("state.redb")).unwrap();
+
+        // Holds the writer busy until the three writes below are queued, so
+        // they share one commit.
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let blocker = store.write({
+            let gate = gate.clone();
+            move |_| {
+                let (open, opened) = &*gate;
+                let _open = opened
+                    .wait_while(open.lock().unwrap(), |open| !*open)
+                    .unwrap();
+                Ok(())
+            }
+        });
+        let cursor = |channel: &'static str| {
+            move |txn: &WriteTransaction| {
+                let mut table = txn.open_table(CURSORS).map_err(err)?;
+                table.insert(channel, "7").map_err(err)?;
+                Ok(())
+            }
+        };
+        let mut blocker = std::pin::pin!(blocker);
+        let mut first = std::pin::pin!(store.write(cursor("first")));
+        let mut bad = std::pin::pin!(store.write(|_| Err(StoreError("refused".into()))));
+        let mut last = std::pin::pin!(store.write(cursor("last")));
+        assert!(futures::poll!(blocker.as_mut()).is_pending());
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        assert!(futures::poll!(bad.as_mut()).is_pending());
+        assert!(futures::poll!(last.as_mut()).is_pending());
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+
+        blocker.await.unwrap();
+        first.await.unwrap();
+        assert_eq!(bad.await.unwrap_err().0, "refused");
+        last.await.unwrap();
+        assert_eq!(
+            store.poll_cursor("first").await.unwrap().as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            store.poll_cursor("last").await.unwrap().as_deref(),
+            Some("7")
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_each_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            let writes = (0..200).map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .record_delivered("acme", &[n.to_string()])
+                        .await
+                        .unwrap()
+                })
+            });
+            for write in futures::future::join_all(writes).await {
+                write.unwrap();
+            }
+        }
+        // Dropping the store released the file.
+        let store = EmbeddedStore::open(&path).unwrap();
+        for n in 0..200 {
+            assert!(store.is_delivered("acme", &n.to_string()).await.unwrap());
+        }
     }
 
     #[tokio::test]
