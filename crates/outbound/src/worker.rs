@@ -2,7 +2,7 @@
 //! conversation in order on its own lane, and settles every delivery (sent,
 //! parked or dead-lettered, each confirmed) before acknowledging it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +84,10 @@ pub enum Unsettled {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Settling a sent reply panicked (a bug); its delivery comes back after
+    /// the reconnect, and the send's records keep it from going out twice.
+    #[error("settling a sent reply panicked: {0}")]
+    Panicked(String),
 }
 
 struct Job {
@@ -200,7 +204,15 @@ fn spawn_lane(
     let pending = Arc::new(AtomicUsize::new(0));
     let lane_pending = pending.clone();
     tasks.spawn(async move {
+        let mut finishing = Finishing::new(lane_pending.clone(), failures.clone());
         while let Some(job) = queue.recv().await {
+            // A second copy of a reply still being recorded (the CRM may
+            // publish one twice) waits for the record, so it is not sent again.
+            if finishing.holds(&job.reply.message_id) {
+                finishing.wait_all().await;
+            } else {
+                finishing.reap();
+            }
             // Every line logged while handling this reply, the X client's
             // included, carries its channel and message id.
             let span = tracing::info_span!(
@@ -208,19 +220,111 @@ fn spawn_lane(
                 channel = %ctx.name,
                 message_id = %job.reply.message_id
             );
-            let result = process(&ctx, &reporter, job, &stop).instrument(span).await;
-            lane_pending.fetch_sub(1, Ordering::SeqCst);
+            let result = process(&ctx, &reporter, job, &stop)
+                .instrument(span.clone())
+                .await;
             match result {
-                Ok(()) => {}
-                Err(Unsettled::Interrupted) => break,
+                Ok(Processed::Settled) => {
+                    lane_pending.fetch_sub(1, Ordering::SeqCst);
+                }
+                Ok(Processed::Sent(sent)) => finishing.start(&ctx, &reporter, sent, span),
+                Err(Unsettled::Interrupted) => {
+                    lane_pending.fetch_sub(1, Ordering::SeqCst);
+                    break;
+                }
                 Err(failure) => {
+                    lane_pending.fetch_sub(1, Ordering::SeqCst);
                     let _ = failures.send(failure);
                     break;
                 }
             }
         }
+        finishing.wait_all().await;
     });
     Lane { jobs, pending }
+}
+
+/// A lane's sent replies being recorded, reported and acked ([`finish`]),
+/// beside the lane's next sends.
+struct Finishing {
+    tasks: JoinSet<String>,
+    /// The message ids of `tasks`.
+    message_ids: HashSet<String>,
+    /// The lane's count of replies not yet settled: a reply stays counted
+    /// until it is finished, so the lane (and this) outlives its finish.
+    pending: Arc<AtomicUsize>,
+    /// Where a failure goes: the channel's consumer then reconnects.
+    failures: mpsc::UnboundedSender<Unsettled>,
+}
+
+impl Finishing {
+    fn new(pending: Arc<AtomicUsize>, failures: mpsc::UnboundedSender<Unsettled>) -> Finishing {
+        Finishing {
+            tasks: JoinSet::new(),
+            message_ids: HashSet::new(),
+            pending,
+            failures,
+        }
+    }
+
+    fn start(
+        &mut self,
+        ctx: &Arc<ChannelContext>,
+        reporter: &Reporter,
+        sent: SentReply,
+        span: tracing::Span,
+    ) {
+        let ctx = ctx.clone();
+        let reporter = reporter.clone();
+        let pending = self.pending.clone();
+        let failures = self.failures.clone();
+        let message_id = sent.message_id.clone();
+        self.message_ids.insert(message_id.clone());
+        self.tasks.spawn(
+            async move {
+                let result = finish(&ctx, &reporter, sent).await;
+                pending.fetch_sub(1, Ordering::SeqCst);
+                if let Err(failure) = result {
+                    let _ = failures.send(failure);
+                }
+                message_id
+            }
+            .instrument(span),
+        );
+    }
+
+    fn holds(&self, message_id: &str) -> bool {
+        self.message_ids.contains(message_id)
+    }
+
+    /// Forgets the replies that are finished.
+    fn reap(&mut self) {
+        while let Some(finished) = self.tasks.try_join_next() {
+            self.forget(finished);
+        }
+    }
+
+    /// Waits until every reply is finished.
+    async fn wait_all(&mut self) {
+        while let Some(finished) = self.tasks.join_next().await {
+            self.forget(finished);
+        }
+    }
+
+    fn forget(&mut self, finished: Result<String, tokio::task::JoinError>) {
+        match finished {
+            Ok(message_id) => {
+                self.message_ids.remove(&message_id);
+            }
+            // A bug. The delivery stays unacked; the reconnect brings it back.
+            Err(panicked) => {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+                let _ = self
+                    .failures
+                    .send(Unsettled::Panicked(panicked.to_string()));
+            }
+        }
+    }
 }
 
 async fn ack(delivery: &Delivery) -> Result<(), Unsettled> {
@@ -256,14 +360,15 @@ async fn pause(duration: Duration, stop: &CancellationToken) -> Result<(), Unset
     }
 }
 
-/// Settles one reply: sends it, or parks it, or dead-letters it; acks only
-/// after that outcome is durable.
+/// Takes one reply as far as its lane must wait for: parks or dead-letters
+/// it (acked once that is durable), or sends it and hands what is left to
+/// [`finish`], so the conversation's next reply can go out meanwhile.
 async fn process(
     ctx: &ChannelContext,
     reporter: &Reporter,
     job: Job,
     stop: &CancellationToken,
-) -> Result<(), Unsettled> {
+) -> Result<Processed, Unsettled> {
     let Job {
         delivery,
         reply,
@@ -285,7 +390,7 @@ async fn process(
         tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, "reply was already sent; not sending it again");
         ack(&delivery).await?;
         ctx.parked.settled(&conversation, message_id);
-        return Ok(());
+        return Ok(Processed::Settled);
     }
 
     if ctx.parked.must_wait(&conversation, message_id) {
@@ -297,23 +402,25 @@ async fn process(
             message_id,
             "parked behind an earlier reply of its conversation"
         );
-        return ack(&delivery).await;
+        return settled(ack(&delivery).await);
     }
 
     let mut parts = match ReplyParts::prepare(ctx, &reply).await {
         Ok(parts) => parts,
         Err(PrepareError::Invalid(detail)) => {
             let failure = Failure::local(FailureReason::InvalidMessage, detail);
-            return dead_letter(
-                ctx,
-                reporter,
-                &delivery,
-                &reply,
-                &conversation,
-                &failure,
-                history,
-            )
-            .await;
+            return settled(
+                dead_letter(
+                    ctx,
+                    reporter,
+                    &delivery,
+                    &reply,
+                    &conversation,
+                    &failure,
+                    history,
+                )
+                .await,
+            );
         }
         Err(PrepareError::Local(detail)) => {
             // The local disk, not the reply: try again after the first delay.
@@ -321,7 +428,7 @@ async fn process(
             tracing::warn!(channel, message_id, detail = %detail, "cannot spool an attachment; parked for a later try");
             reporter.park(&delivery, delay, &history).await?;
             ctx.parked.park(&conversation, message_id, due_by(delay));
-            return ack(&delivery).await;
+            return settled(ack(&delivery).await);
         }
         Err(PrepareError::Store(e)) => return Err(e.into()),
     };
@@ -370,16 +477,18 @@ async fn process(
                 )
             });
             failure.detail.extend(parts.partial_note());
-            return dead_letter(
-                ctx,
-                reporter,
-                &delivery,
-                &reply,
-                &conversation,
-                &failure,
-                history,
-            )
-            .await;
+            return settled(
+                dead_letter(
+                    ctx,
+                    reporter,
+                    &delivery,
+                    &reply,
+                    &conversation,
+                    &failure,
+                    history,
+                )
+                .await,
+            );
         };
         if let Some(until) = ctx.client.pacer().blocked_until() {
             let wait = (until - Utc::now()).to_std().unwrap_or_default();
@@ -397,7 +506,7 @@ async fn process(
                     delay_secs = delay.as_secs(),
                     "X's rate-limit window opens later than a reply may be held; parked until then"
                 );
-                return ack(&delivery).await;
+                return settled(ack(&delivery).await);
             }
             if !wait.is_zero() {
                 ctx.states.set(
@@ -425,16 +534,14 @@ async fn process(
             Ok(record) => {
                 ctx.gate.succeeded();
                 ctx.states.set(channel, ChannelState::Ok, None, None);
-                ctx.store.record_sent(channel, message_id, &record).await?;
                 tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, dms = record.dm_event_ids().len(), attempts = history.attempts, "reply sent");
-                failpoints::freeze_if_armed(failpoints::AFTER_SEND_RECORDED).await;
-                reporter
-                    .status(&sent_event(channel, message_id, &record))
-                    .await?;
-                ctx.store.mark_reported(channel, message_id).await?;
-                ack(&delivery).await?;
+                // On X, so no longer holding up its conversation.
                 ctx.parked.settled(&conversation, message_id);
-                return Ok(());
+                return Ok(Processed::Sent(SentReply {
+                    delivery,
+                    message_id: reply.message_id,
+                    record,
+                }));
             }
             Err(error) => error,
         };
@@ -516,24 +623,76 @@ async fn process(
                     delay_secs = delay.as_secs(),
                     "reply parked for a later retry"
                 );
-                return ack(&delivery).await;
+                return settled(ack(&delivery).await);
             }
             Fate::DeadLetter(reason) => {
                 let mut failure = Failure::from_x(reason, &error);
                 failure.detail.extend(parts.partial_note());
-                return dead_letter(
-                    ctx,
-                    reporter,
-                    &delivery,
-                    &reply,
-                    &conversation,
-                    &failure,
-                    history,
-                )
-                .await;
+                return settled(
+                    dead_letter(
+                        ctx,
+                        reporter,
+                        &delivery,
+                        &reply,
+                        &conversation,
+                        &failure,
+                        history,
+                    )
+                    .await,
+                );
             }
         }
     }
+}
+
+/// What [`process`] left to do with a reply.
+enum Processed {
+    /// Nothing: it was acknowledged once its outcome was durable.
+    Settled,
+    /// X accepted it: [`finish`] records it, tells the CRM and acks.
+    Sent(SentReply),
+}
+
+fn settled(result: Result<(), Unsettled>) -> Result<Processed, Unsettled> {
+    result.map(|()| Processed::Settled)
+}
+
+/// A reply X accepted, not yet recorded, reported or acknowledged.
+struct SentReply {
+    delivery: Delivery,
+    message_id: String,
+    record: SentRecord,
+}
+
+/// Records a sent reply, tells the CRM, then acks. Runs beside the lane's
+/// next sends: their order is X's, already kept; a crash before the record
+/// leaves the send's intent, so the redelivered reply is looked up on X
+/// instead of sent again.
+async fn finish(
+    ctx: &ChannelContext,
+    reporter: &Reporter,
+    sent: SentReply,
+) -> Result<(), Unsettled> {
+    let SentReply {
+        delivery,
+        message_id,
+        record,
+    } = sent;
+    let channel = ctx.name.as_str();
+    ctx.store.record_sent(channel, &message_id, &record).await?;
+    failpoints::freeze_if_armed(failpoints::AFTER_SEND_RECORDED).await;
+    reporter
+        .status(&sent_event(channel, &message_id, &record))
+        .await?;
+    // The mark only spares a redelivery a second `message.sent`; an acked
+    // reply is never redelivered, so neither waits for the other.
+    let (marked, acked) = tokio::join!(
+        ctx.store.mark_reported(channel, &message_id),
+        ack(&delivery)
+    );
+    acked?;
+    marked?;
+    Ok(())
 }
 
 async fn dead_letter(
