@@ -271,7 +271,7 @@ impl Finishing {
         &mut self,
         ctx: &Arc<ChannelContext>,
         reporter: &Reporter,
-        sent: SentReply,
+        sent: Box<SentReply>,
         span: tracing::Span,
     ) {
         let ctx = ctx.clone();
@@ -282,7 +282,7 @@ impl Finishing {
         self.message_ids.insert(message_id.clone());
         self.tasks.spawn(
             async move {
-                let result = finish(&ctx, &reporter, sent).await;
+                let result = finish(&ctx, &reporter, *sent).await;
                 pending.fetch_sub(1, Ordering::SeqCst);
                 if let Err(failure) = result {
                     let _ = failures.send(failure);
@@ -537,11 +537,11 @@ async fn process(
                 tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, dms = record.dm_event_ids().len(), attempts = history.attempts, "reply sent");
                 // On X, so no longer holding up its conversation.
                 ctx.parked.settled(&conversation, message_id);
-                return Ok(Processed::Sent(SentReply {
+                return Ok(Processed::Sent(Box::new(SentReply {
                     delivery,
                     message_id: reply.message_id,
                     record,
-                }));
+                })));
             }
             Err(error) => error,
         };
@@ -650,7 +650,7 @@ enum Processed {
     /// Nothing: it was acknowledged once its outcome was durable.
     Settled,
     /// X accepted it: [`finish`] records it, tells the CRM and acks.
-    Sent(SentReply),
+    Sent(Box<SentReply>),
 }
 
 fn settled(result: Result<(), Unsettled>) -> Result<Processed, Unsettled> {
