@@ -172,14 +172,15 @@ impl EmbeddedStore {
         outcome.await.map_err(|_| stopped())?
     }
 
-    async fn blocking<T: Send + 'static>(
+    /// Runs a read on the calling thread. A read transaction never waits for
+    /// the writer (it sees the last commit), and a lookup of a few pages, mostly
+    /// in redb's cache, costs less than handing it to a blocking thread and back
+    /// (which, once per lookup, was a visible part of the bridge's CPU time).
+    fn read_now<T>(
         &self,
-        work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        work: impl FnOnce(&Database) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || work(&db))
-            .await
-            .map_err(|e| StoreError(format!("store task failed: {e}")))?
+        work(&self.db)
     }
 }
 
@@ -250,7 +251,7 @@ impl StateStore for EmbeddedStore {
         message_id: &str,
     ) -> Result<Option<SentRecord>, StoreError> {
         let key = key(channel, message_id);
-        self.blocking(move |db| read(db, SENT, &key)).await
+        self.read_now(|db| read(db, SENT, &key))
     }
 
     async fn record_sent(
@@ -271,7 +272,7 @@ impl StateStore for EmbeddedStore {
         part: usize,
     ) -> Result<Option<SentRecord>, StoreError> {
         let key = part_key(channel, message_id, part);
-        self.blocking(move |db| read(db, SENT_PARTS, &key)).await
+        self.read_now(|db| read(db, SENT_PARTS, &key))
     }
 
     async fn record_sent_part(
@@ -325,13 +326,12 @@ impl StateStore for EmbeddedStore {
         part: usize,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let key = part_key(channel, message_id, part);
-        self.blocking(move |db| {
+        self.read_now(|db| {
             let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(SEND_INTENTS).map_err(err)?;
             let millis = table.get(key.as_str()).map_err(err)?.map(|v| v.value());
             Ok(millis.and_then(DateTime::<Utc>::from_timestamp_millis))
         })
-        .await
     }
 
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
@@ -355,12 +355,12 @@ impl StateStore for EmbeddedStore {
 
     async fn is_own_send(&self, channel: &str, dm_event_id: &str) -> Result<bool, StoreError> {
         let key = key(channel, dm_event_id);
-        self.blocking(move |db| contains(db, OWN_SENDS, &key)).await
+        self.read_now(|db| contains(db, OWN_SENDS, &key))
     }
 
     async fn is_delivered(&self, channel: &str, event_id: &str) -> Result<bool, StoreError> {
         let key = key(channel, event_id);
-        self.blocking(move |db| contains(db, DELIVERED, &key)).await
+        self.read_now(|db| contains(db, DELIVERED, &key))
     }
 
     async fn record_delivered(
@@ -382,7 +382,7 @@ impl StateStore for EmbeddedStore {
 
     async fn poll_cursor(&self, channel: &str) -> Result<Option<String>, StoreError> {
         let channel = channel.to_owned();
-        self.blocking(move |db| {
+        self.read_now(|db| {
             let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(CURSORS).map_err(err)?;
             Ok(table
@@ -390,7 +390,6 @@ impl StateStore for EmbeddedStore {
                 .map_err(err)?
                 .map(|v| v.value().to_owned()))
         })
-        .await
     }
 
     async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError> {
