@@ -84,9 +84,11 @@ pub fn snowflake_at(at: DateTime<Utc>) -> u64 {
 /// event (a steady stream of about `n` DMs per interval then costs `n + 1` events per
 /// poll; an idle channel costs one). The smaller of two, so a single burst does not make
 /// the next, quiet poll pay for a large page. When a page holds only new events, more are
-/// waiting: the follow-up pages double from one (1, 2, 4, … up to 100), so an overflow
-/// past the first page costs at most about as many old events as it found new ones, and
-/// a backlog after downtime still takes few requests.
+/// waiting. X's ids carry their creation time, so once a poll has seen a few new events
+/// it knows their pace and how far back the cursor lies, and the next page asks for about
+/// the number written in between, plus the cursor. Before that, follow-up pages double
+/// from one (1, 2, 4, … up to 100), so an overflow costs at most about as many old events
+/// as it found new ones, and a backlog after downtime still takes few requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollBudget {
     small: u8,
@@ -129,11 +131,15 @@ impl PollBudget {
         self.follow_up = self.small;
     }
 
-    /// A page held only new events: more are waiting, so read another, each
-    /// follow-up twice the last.
-    fn grow(&mut self) {
-        self.next = self.follow_up;
+    /// Pages held only new events, `newest` to `oldest` (ids), `found` of them:
+    /// more are waiting back to `cursor`, so read another page.
+    fn grow(&mut self, found: usize, newest: u64, oldest: u64, cursor: u64) {
+        let doubled = self.follow_up;
         self.follow_up = clamp_page(usize::from(self.follow_up) * 2, self.small);
+        self.next = match expected_between(found, newest, oldest, cursor) {
+            Some(expected) => clamp_page(expected.saturating_add(1), self.small),
+            None => doubled,
+        };
     }
 
     /// A poll reached the cursor having found `new` events: sizes the next poll's
@@ -148,6 +154,24 @@ impl PollBudget {
         self.recent = [0, 0];
         self.begin();
     }
+}
+
+/// The fewest events whose pace tells the rest.
+const PACE_SAMPLE: usize = 3;
+
+/// About how many events lie between the `oldest` of `found` new events and
+/// the `cursor`, at the pace the new ones were written (ids are snowflakes:
+/// their creation time in milliseconds sits above the low 22 bits). `None`
+/// while too few were seen to tell a pace.
+fn expected_between(found: usize, newest: u64, oldest: u64, cursor: u64) -> Option<usize> {
+    let span = (newest >> 22).checked_sub(oldest >> 22)?;
+    let behind = (oldest >> 22).checked_sub(cursor >> 22)?;
+    if found < PACE_SAMPLE || span == 0 {
+        return None;
+    }
+    // `found` events span `found - 1` gaps.
+    let gaps = (found - 1) as u64;
+    Some(usize::try_from(behind.saturating_mul(gaps).div_ceil(span)).unwrap_or(usize::MAX))
 }
 
 fn clamp_page(size: usize, small: u8) -> u8 {
@@ -288,7 +312,9 @@ pub async fn poll_once(
             budget.settle(new.len());
             break;
         }
-        budget.grow();
+        if let (Some(newest), Some(oldest)) = (new.first(), new.last()) {
+            budget.grow(new.len(), newest.id, oldest.id, cursor);
+        }
         token = next_token;
     }
 
@@ -399,6 +425,26 @@ mod tests {
     }
 
     #[test]
+    fn with_a_pace_the_next_page_reaches_just_past_the_cursor() {
+        let mut budget = PollBudget::default();
+        budget.begin();
+        // Two events are too few to tell a pace.
+        budget.grow(2, id_at(10_000), id_at(9_900), id_at(1_000));
+        assert_eq!(budget.page_size(), 1);
+        // 4 events 100 ms apart, the oldest 1.6 s after the cursor: about 16
+        // more, then the cursor.
+        budget.grow(4, id_at(10_000), id_at(9_700), id_at(8_100));
+        assert_eq!(budget.page_size(), 17);
+        // Capped at X's largest page.
+        budget.grow(4, id_at(10_000), id_at(9_970), id_at(1_000));
+        assert_eq!(budget.page_size(), 100);
+        // Ids out of order (a cursor newer than the page) fall back to the
+        // doubling follow-ups (1, 2 and 4 went by).
+        budget.grow(4, id_at(10_000), id_at(9_700), id_at(20_000));
+        assert_eq!(budget.page_size(), 8);
+    }
+
+    #[test]
     fn an_idle_channel_reads_one_event_per_poll() {
         let mut budget = PollBudget::default();
         for _ in 0..3 {
@@ -430,14 +476,20 @@ mod tests {
         assert_eq!(budget.page_size(), 1);
     }
 
+    /// An id minted `ms` milliseconds after X's epoch.
+    fn id_at(ms: u64) -> u64 {
+        (ms << 22) | 7
+    }
+
     #[test]
-    fn follow_up_pages_double_from_one_up_to_x_maximum() {
+    fn follow_up_pages_double_from_one_up_to_x_maximum_without_a_pace() {
         let mut budget = PollBudget::default();
         budget.settle(30);
         budget.settle(30);
         let mut sizes = vec![budget.page_size()];
         for _ in 0..8 {
-            budget.grow();
+            // All new events written in the same millisecond: no pace to go by.
+            budget.grow(50, id_at(5_000), id_at(5_000), id_at(1_000));
             sizes.push(budget.page_size());
         }
         assert_eq!(sizes, [31, 1, 2, 4, 8, 16, 32, 64, 100]);
