@@ -12,7 +12,13 @@ use sha2::Sha256;
 use tokio::sync::Mutex;
 use xbridge_test_support::{amqp_url, TestOptions};
 
-use crate::harness::{between, options, read_queue, world, InProcessBridge};
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
+
+use crate::harness::{
+    between, declare_quorum_queue, delete_queue, options, read_queue, world, InProcessBridge,
+    Publisher,
+};
 use crate::stats::{ms, per_second, print_load, Latencies};
 
 const CHANNEL: &str = "bench";
@@ -159,7 +165,8 @@ pub async fn run(args: &InboundArgs) -> anyhow::Result<()> {
         "Signed Account Activity POSTs, one customer DM each (sender in `users`, so no profile lookup), \
          offered open-loop at a fixed rate from the benchmark's process over pooled HTTP/1.1 connections; \
          {} s warm-up left out. The bridge answers 200 after the `message.received` publish is confirmed. \
-         Latency is from when each POST was due to its answer.\n",
+         Latency is from when each POST was due to its answer. The last row is the floor under it, \
+         measured right after: persistent publishes alone, each confirmed, at the same rate to a quorum queue.\n",
         args.warmup_seconds
     );
     println!("| offered | measured POSTs | 200s | achieved events/s | p50 | p99 | max | reached the CRM queue (all runs) |");
@@ -177,10 +184,91 @@ pub async fn run(args: &InboundArgs) -> anyhow::Result<()> {
         received,
         total,
     );
-    print_load();
-    println!();
     drop(outcomes);
     bridge.stop().await?;
     app.cleanup().await;
+
+    let publish = confirmed_publishes(args).await?;
+    println!(
+        "| confirmed publish alone (no HTTP, no bridge), {}/s for {} s | {} | | {:.0} | {} | {} | {} | |",
+        args.rate,
+        args.seconds,
+        publish.measured,
+        publish.rate,
+        ms(publish.latency.map(|l| l.p50)),
+        ms(publish.latency.map(|l| l.p99)),
+        ms(publish.latency.map(|l| l.max)),
+    );
+    print_load();
+    println!();
     Ok(())
+}
+
+/// The floor under the webhook's latency, in the same run: what the bridge
+/// must wait for before its 200 (a persistent publish to a quorum queue,
+/// confirmed), offered at the same rate from one confirm-mode channel.
+struct PublishRun {
+    measured: usize,
+    rate: f64,
+    latency: Option<Latencies>,
+}
+
+async fn confirmed_publishes(args: &InboundArgs) -> anyhow::Result<PublishRun> {
+    eprintln!("inbound: confirmed publishes alone at {} /s", args.rate);
+    let queue = format!(
+        "bench-{}.publish",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let publisher = Arc::new(Publisher::connect(&amqp_url()).await?);
+    declare_quorum_queue(publisher.channel(), &queue).await?;
+    let body = payload("1", 1, 2, "bench event");
+
+    let warmup = (args.rate * args.warmup_seconds) as usize;
+    let total = warmup + (args.rate * args.seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let mut tasks = Vec::with_capacity(total);
+    let start = tokio::time::Instant::now();
+    let mut measured_start = None;
+    for i in 0..total {
+        let due = start + interval * i as u32;
+        tokio::time::sleep_until(due).await;
+        if i == warmup {
+            measured_start = Some(Instant::now());
+        }
+        let publisher = publisher.clone();
+        let queue = queue.clone();
+        let body = body.clone();
+        let due: Instant = due.into_std();
+        tasks.push(tokio::spawn(async move {
+            let confirmed = async {
+                publisher
+                    .channel()
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?
+                    .await
+            }
+            .await
+            .is_ok_and(|confirm| confirm.is_ack());
+            (i >= warmup && confirmed).then(|| between(due, Instant::now()))
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for task in tasks {
+        if let Ok(Some(latency)) = task.await {
+            latencies.push(latency);
+        }
+    }
+    let took = measured_start.map(|s| s.elapsed()).unwrap_or_default();
+    delete_queue(publisher.channel(), &queue).await;
+    Ok(PublishRun {
+        measured: latencies.len(),
+        rate: per_second(latencies.len(), took),
+        latency: Latencies::of(latencies),
+    })
 }
