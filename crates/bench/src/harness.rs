@@ -130,15 +130,30 @@ impl Publisher {
         routing_key: &str,
         bodies: Vec<Vec<u8>>,
     ) -> anyhow::Result<Vec<Instant>> {
-        let mut sent_at = Vec::with_capacity(bodies.len());
-        let mut confirms = Vec::with_capacity(bodies.len());
-        for body in bodies {
+        let routed = bodies
+            .into_iter()
+            .map(|body| (routing_key.to_owned(), body))
+            .collect();
+        self.publish_routed(exchange, routed).await
+    }
+
+    /// [`Publisher::publish_all`] with a routing key per message, so one
+    /// backlog can reach several channels' reply queues in an order of the
+    /// caller's choosing.
+    pub async fn publish_routed(
+        &self,
+        exchange: &str,
+        messages: Vec<(String, Vec<u8>)>,
+    ) -> anyhow::Result<Vec<Instant>> {
+        let mut sent_at = Vec::with_capacity(messages.len());
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (routing_key, body) in messages {
             sent_at.push(Instant::now());
             let confirm = self
                 .channel
                 .basic_publish(
                     exchange.into(),
-                    routing_key.into(),
+                    routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     &body,
                     BasicProperties::default()

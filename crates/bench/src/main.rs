@@ -3,7 +3,8 @@
 //!
 //! Progress goes to stderr, results to stdout. Needs RabbitMQ on
 //! 127.0.0.1:5672 (`XBRIDGE_TEST_AMQP_URL` overrides it, as for the tests);
-//! `scale` also needs the release `xbridge` binary.
+//! `scale` and `replicas` also need the release `xbridge` binary, `replicas`
+//! PostgreSQL on 127.0.0.1:5432 (`XBRIDGE_TEST_POSTGRES_URL` overrides it).
 
 #![warn(missing_docs)]
 
@@ -12,6 +13,7 @@ mod economy;
 mod harness;
 mod inbound;
 mod outbound;
+mod replicas;
 mod scale;
 mod stats;
 
@@ -40,7 +42,10 @@ enum Command {
     Scale(ScaleOpts),
     /// Requests per sent DM under a rate limit; billed events per polled event.
     Economy(EconomyOpts),
-    /// Everything, with the defaults, machine first.
+    /// Reply throughput of 1, 2 and 4 `xbridge run` processes sharing one
+    /// PostgreSQL store.
+    Replicas(ReplicasOpts),
+    /// Everything, with the defaults, machine first (`scale` and `replicas` last).
     All(ScaleBinary),
     /// Deletes the queues and exchanges an interrupted run left, named `<PREFIX>.…`
     /// (the `t-…` or `bench-…` prefix); needs `rabbitmqctl`.
@@ -97,6 +102,30 @@ struct ScaleOpts {
     /// Seconds to settle after readiness.
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
+    #[command(flatten)]
+    binary: ScaleBinary,
+}
+
+#[derive(Debug, Args)]
+struct ReplicasOpts {
+    /// Replica counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    replicas: Vec<usize>,
+    /// Channels; replicas share the work by channel.
+    #[arg(long, default_value_t = 8)]
+    channels: usize,
+    /// Conversations per channel (a channel sends one reply per conversation at a time).
+    #[arg(long, default_value_t = 10)]
+    conversations: usize,
+    /// Replies in the backlog, spread over the channels.
+    #[arg(long, default_value_t = 4000)]
+    replies: usize,
+    /// Simulator latencies to run at, in milliseconds.
+    #[arg(long, value_delimiter = ',', default_value = "0,100")]
+    latencies_ms: Vec<u64>,
+    /// Seconds a run may take.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
     #[command(flatten)]
     binary: ScaleBinary,
 }
@@ -162,6 +191,24 @@ impl From<&ScaleOpts> for scale::ScaleArgs {
     }
 }
 
+impl From<&ReplicasOpts> for replicas::ReplicasArgs {
+    fn from(o: &ReplicasOpts) -> Self {
+        replicas::ReplicasArgs {
+            replicas: o.replicas.clone(),
+            channels: o.channels.max(1),
+            conversations: o.conversations.max(1),
+            replies: o.replies,
+            latencies_ms: o.latencies_ms.clone(),
+            timeout: Duration::from_secs(o.timeout_secs),
+            xbridge: o
+                .binary
+                .xbridge
+                .clone()
+                .unwrap_or_else(scale::default_xbridge),
+        }
+    }
+}
+
 impl From<&EconomyOpts> for economy::EconomyArgs {
     fn from(o: &EconomyOpts) -> Self {
         economy::EconomyArgs {
@@ -196,6 +243,7 @@ async fn main() -> std::process::ExitCode {
         Command::Inbound(o) => inbound::run(&o.into()).await,
         Command::Scale(o) => scale::run(&o.into()).await,
         Command::Economy(o) => economy::run(&o.into()).await,
+        Command::Replicas(o) => replicas::run(&o.into()).await,
         Command::All(binary) => all(binary).await,
         Command::Cleanup { prefix } => cleanup::run(prefix).await,
     };
@@ -229,6 +277,14 @@ async fn all(binary: &ScaleBinary) -> anyhow::Result<()> {
             args.xbridge = path.clone();
         }
         scale::run(&args).await?;
+    }
+    let defaults = Cli::parse_from(["xbridge-bench", "replicas"]);
+    if let Command::Replicas(o) = &defaults.command {
+        let mut args: replicas::ReplicasArgs = o.into();
+        if let Some(path) = &binary.xbridge {
+            args.xbridge = path.clone();
+        }
+        replicas::run(&args).await?;
     }
     Ok(())
 }

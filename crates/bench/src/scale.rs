@@ -135,12 +135,37 @@ async fn one(args: &ScaleArgs, channels: usize, ticks: u64) -> anyhow::Result<Sc
     .await;
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    app.cleanup().await;
+    // The figures first: a broker that chokes on deleting a thousand quorum
+    // queues must not take them with it.
+    match &measured {
+        Ok(run) => eprintln!(
+            "scale: {channels} channel(s): ready after {:.1} s, VmRSS {:.1} MiB, VmHWM {:.1} MiB, {} threads, idle CPU {:.2} %",
+            run.ready_after.as_secs_f64(),
+            run.rss_kib as f64 / 1024.0,
+            run.hwm_kib as f64 / 1024.0,
+            run.threads,
+            run.cpu_percent
+        ),
+        Err(e) => eprintln!("scale: {channels} channel(s): {e:#}"),
+    }
+    if tokio::time::timeout(CLEANUP_PATIENCE, app.cleanup())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "scale: the broker did not finish deleting the run's queues in {CLEANUP_PATIENCE:?}; \
+             `xbridge-bench cleanup {}` deletes them later",
+            app.names.outgoing_exchange.trim_end_matches(".outgoing")
+        );
+    }
     measured
 }
 
+/// How long deleting a run's topology may take before the run moves on.
+const CLEANUP_PATIENCE: Duration = Duration::from_secs(180);
+
 /// Waits until the ops server says the bridge is ready.
-async fn wait_ready(port: u16, child: &mut tokio::process::Child) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(port: u16, child: &mut tokio::process::Child) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/readyz");
     let deadline = Instant::now() + SETUP_PATIENCE * 5;
@@ -162,7 +187,7 @@ async fn wait_ready(port: u16, child: &mut tokio::process::Child) -> anyhow::Res
 }
 
 /// A loopback port free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

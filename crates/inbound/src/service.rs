@@ -19,7 +19,7 @@ use xbridge_core::amqp::{self, declare_topology, PublishError, Publisher, Topolo
 use xbridge_core::channel_state::{ChannelState, ChannelStates};
 use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_store::StateStore;
-use xbridge_x_api::{WebhookClient, XClient};
+use xbridge_x_api::{WebhookClient, XClient, XHttp};
 
 use crate::lease::{self, LeaseError, PollLease};
 use crate::media::MediaLinks;
@@ -67,11 +67,13 @@ pub struct Inbound {
 
 impl Inbound {
     /// Binds the webhook's address (when configured) and builds the pollers'
-    /// X clients, so configuration mistakes show at startup.
+    /// X clients, so configuration mistakes show at startup. The clients use
+    /// the process's shared HTTP stack `http`.
     pub fn new(
         settings: Arc<Settings>,
         store: Arc<dyn StateStore>,
         states: Arc<ChannelStates>,
+        http: XHttp,
     ) -> Result<Inbound, InboundError> {
         let listener = match settings.inbound.listen {
             Some(addr) => {
@@ -98,11 +100,14 @@ impl Inbound {
         let mut webhook_watches = Vec::new();
         let mut clients = HashMap::new();
         for channel in &settings.channels {
-            let client = client(&settings, channel)?;
+            let client = client(&settings, channel, &http)?;
             clients.insert(channel.name.clone(), client.clone());
             if channel.inbound.uses_webhook() && !settings.inbound.webhook_check_interval.is_zero()
             {
-                webhook_watches.push((channel.name.clone(), webhook_client(&settings, channel)?));
+                webhook_watches.push((
+                    channel.name.clone(),
+                    webhook_client(&settings, channel, &http)?,
+                ));
             }
             let channel_profiles = Arc::new(Profiles::new(
                 client.clone(),
@@ -305,18 +310,25 @@ fn media_links(settings: &Settings, bound: Option<SocketAddr>) -> MediaLinks {
     MediaLinks::new(key, public_base_url, media.url_ttl, origins)
 }
 
-fn client(settings: &Settings, channel: &ChannelSettings) -> Result<XClient, InboundError> {
-    XClient::new((&settings.x).into(), channel.into()).map_err(|e| client_error(channel, e))
+fn client(
+    settings: &Settings,
+    channel: &ChannelSettings,
+    http: &XHttp,
+) -> Result<XClient, InboundError> {
+    XClient::with_http((&settings.x).into(), channel.into(), http.clone())
+        .map_err(|e| client_error(channel, e))
 }
 
 fn webhook_client(
     settings: &Settings,
     channel: &ChannelSettings,
+    http: &XHttp,
 ) -> Result<WebhookClient, InboundError> {
-    WebhookClient::new(
+    WebhookClient::with_http(
         (&settings.x).into(),
         channel.bearer_token.clone(),
         channel.into(),
+        http.clone(),
     )
     .map_err(|e| client_error(channel, e))
 }

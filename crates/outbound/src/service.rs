@@ -18,7 +18,7 @@ use xbridge_core::amqp::{self, declare_topology, Publisher, TopologyPlan};
 use xbridge_core::channel_state::{ChannelStateEvent, ChannelStates};
 use xbridge_core::config::Settings;
 use xbridge_store::StateStore;
-use xbridge_x_api::XClient;
+use xbridge_x_api::{XClient, XHttp};
 
 use crate::credits::CreditsGate;
 use crate::fate::Policy;
@@ -39,12 +39,15 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Builds every channel's X client and state. Fails only on a client that
-    /// cannot be built (bad TLS setup, bad base URL).
+    /// Builds every channel's X client and state, the clients on the
+    /// process's shared HTTP stack `http` (one connection pool and TLS
+    /// configuration for all channels, since they all talk to X). Fails only
+    /// on a client that cannot be built (bad base URL).
     pub fn new(
         settings: Arc<Settings>,
         store: Arc<dyn StateStore>,
         states: Arc<ChannelStates>,
+        http: XHttp,
     ) -> Result<Outbound, OutboundError> {
         let policy = Policy {
             retry: settings.outbound.retry.clone(),
@@ -55,12 +58,11 @@ impl Outbound {
             .channels
             .iter()
             .map(|channel| {
-                let client = XClient::new((&settings.x).into(), channel.into()).map_err(|e| {
-                    OutboundError::Client {
+                let client = XClient::with_http((&settings.x).into(), channel.into(), http.clone())
+                    .map_err(|e| OutboundError::Client {
                         channel: channel.name.clone(),
                         detail: e.to_string(),
-                    }
-                })?;
+                    })?;
                 Ok(Arc::new(ChannelContext {
                     name: channel.name.clone(),
                     client,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::Method;
 use url::Url;
 
 use crate::dm::{self, Attachment, SendDmBody, SendDmResponse};
@@ -13,7 +14,9 @@ use crate::error::body_snippet;
 use crate::oauth;
 use crate::read::{classify_read_error, DmEventsRequest, DmEventsResponse, XUser};
 use crate::upload::MediaUploadConfig;
-use crate::{classify_send_error, DmTarget, Pacer, RateLimit, SentDm, UserCredentials, XError};
+use crate::{
+    classify_send_error, DmTarget, Pacer, RateLimit, SentDm, UserCredentials, XError, XHttp,
+};
 
 /// Where X lives and how long to wait for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +44,9 @@ impl Default for XClientConfig {
 /// X's API as one account sees it: signs every request with the account's credentials and
 /// paces DM sends and reads, each to its own rate-limit window of the account.
 ///
-/// Cheap to clone; clones share the connection pool and the pacer, which is the point: all
-/// senders of a channel must draw from the same rate-limit window.
+/// Cheap to clone; clones share the pacer, which is the point: all senders of a channel must
+/// draw from the same rate-limit window. The connection pool may be shared further, by every
+/// channel of the process ([`XClient::with_http`]).
 #[derive(Clone)]
 pub struct XClient {
     pub(crate) inner: Arc<Inner>,
@@ -73,12 +77,24 @@ impl fmt::Debug for XClient {
 }
 
 impl XClient {
-    /// A client for one account.
+    /// A client for one account, with an HTTP stack of its own.
     ///
     /// Fails with [`XError::InvalidRequest`] when `base_url` is not an http(s) URL that can
     /// take a path or the media segment size is outside 1 byte to 5 MiB, and with
-    /// [`XError::Transient`] when the HTTP stack cannot start (TLS).
+    /// [`XError::Transient`] when the HTTP stack cannot start (TLS). A process with many
+    /// channels shares one stack between them with [`XClient::with_http`].
     pub fn new(config: XClientConfig, credentials: UserCredentials) -> Result<XClient, XError> {
+        XClient::with_http(config, credentials, XHttp::new()?)
+    }
+
+    /// A client for one account on a shared HTTP stack (see [`XHttp`] for why). The client
+    /// keeps its own pacers and its own `request_timeout`. Fails like [`XClient::new`] on a
+    /// bad base URL or media segment size.
+    pub fn with_http(
+        config: XClientConfig,
+        credentials: UserCredentials,
+        http: XHttp,
+    ) -> Result<XClient, XError> {
         if !matches!(config.base_url.scheme(), "http" | "https")
             || config.base_url.cannot_be_a_base()
         {
@@ -88,19 +104,9 @@ impl XClient {
             )));
         }
         config.media.check()?;
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            // A signed request must not be replayed elsewhere; X does not redirect API calls.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("xbridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| XError::Transient {
-                status: None,
-                detail: format!("cannot set up the HTTP client: {}", error_chain(&error)),
-            })?;
         Ok(XClient {
             inner: Arc::new(Inner {
-                http,
+                http: http.client().clone(),
                 base_url: config.base_url,
                 request_timeout: config.request_timeout,
                 credentials,
@@ -168,9 +174,7 @@ impl XClient {
         let _answered = Answered(&self.inner.pacer);
         let started = std::time::Instant::now();
         let response = self
-            .inner
-            .http
-            .post(url)
+            .request(Method::POST, url)
             .header(AUTHORIZATION, authorization)
             .json(&SendDmBody {
                 text,
@@ -236,10 +240,20 @@ impl XClient {
         Err(error)
     }
 
-    /// The shared HTTP client (connection pool, no redirects), for the request kinds that
-    /// live in modules of their own (media downloads).
+    /// The shared HTTP client (connection pool, no redirects, no timeout of its own), for the
+    /// request kinds that live in modules of their own and set their own timeout (media
+    /// downloads).
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.inner.http
+    }
+
+    /// A request to X bounded by this client's `request_timeout`: the shared HTTP stack has no
+    /// timeout of its own, so every API call goes through here.
+    pub(crate) fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
+        self.inner
+            .http
+            .request(method, url)
+            .timeout(self.inner.request_timeout)
     }
 
     /// The account's credentials, for signing the requests of sibling modules.
@@ -347,9 +361,7 @@ impl XClient {
         let _answered = Answered(pacer);
         let started = std::time::Instant::now();
         let response = self
-            .inner
-            .http
-            .get(url)
+            .request(Method::GET, url)
             .header(AUTHORIZATION, authorization)
             .send()
             .await;

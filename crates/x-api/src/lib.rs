@@ -10,6 +10,8 @@
 //!   reasons means, so X can push DMs instead of being polled.
 //! - [`XClient::download_media`] fetches a DM's media with the account's signature and hands
 //!   the response on unread, for the inbound media proxy to stream ([`MediaDownloadError`]).
+//! - [`XHttp`] is the HTTP stack (connection pool, TLS configuration) that every channel's
+//!   clients in a process share, so a thousand channels do not mean a thousand of them.
 //! - [`XError`] says what a failure means for the caller (retry later, never, or alert an
 //!   operator), read from X's problem bodies by [`classify_send_error`], because X reuses
 //!   HTTP statuses for unrelated causes.
@@ -22,6 +24,7 @@
 mod client;
 mod dm;
 mod error;
+mod http;
 mod id;
 mod media_download;
 mod oauth;
@@ -35,6 +38,7 @@ mod webhooks;
 pub use client::{XClient, XClientConfig};
 pub use dm::{DmTarget, SentDm};
 pub use error::{classify_send_error, Problem, XError};
+pub use http::XHttp;
 pub use media_download::{MediaDownloadError, MAX_TRANSFER};
 pub use oauth::UserCredentials;
 pub use pacing::{Pacer, RateLimit};

@@ -430,8 +430,8 @@ impl XClient {
 
         let _answered = Answered(pacer);
         let request = match method {
-            "GET" => self.inner.http.get(url),
-            _ => self.inner.http.post(url),
+            "GET" => self.request(reqwest::Method::GET, url),
+            _ => self.request(reqwest::Method::POST, url),
         }
         .header(AUTHORIZATION, authorization);
         let request = match body {

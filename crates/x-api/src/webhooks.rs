@@ -24,7 +24,7 @@ use crate::client::error_chain;
 use crate::dm::local_invalid;
 use crate::error::body_snippet;
 use crate::read::{classify_read_error, endpoint};
-use crate::{oauth, UserCredentials, XClientConfig, XError};
+use crate::{oauth, UserCredentials, XClientConfig, XError, XHttp};
 
 /// A webhook as X lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -174,12 +174,24 @@ enum Auth {
 }
 
 impl WebhookClient {
-    /// A client for one channel. Fails like [`crate::XClient::new`]: on a base URL that is
-    /// not http(s), or when the HTTP stack cannot start.
+    /// A client for one channel, with an HTTP stack of its own. Fails like
+    /// [`crate::XClient::new`]: on a base URL that is not http(s), or when the HTTP stack
+    /// cannot start.
     pub fn new(
         config: XClientConfig,
         bearer_token: SecretString,
         credentials: UserCredentials,
+    ) -> Result<WebhookClient, XError> {
+        WebhookClient::with_http(config, bearer_token, credentials, XHttp::new()?)
+    }
+
+    /// A client for one channel on a shared HTTP stack (see [`XHttp`] for why), with its own
+    /// `request_timeout`. Fails on a base URL that is not http(s).
+    pub fn with_http(
+        config: XClientConfig,
+        bearer_token: SecretString,
+        credentials: UserCredentials,
+        http: XHttp,
     ) -> Result<WebhookClient, XError> {
         if !matches!(config.base_url.scheme(), "http" | "https")
             || config.base_url.cannot_be_a_base()
@@ -189,18 +201,8 @@ impl WebhookClient {
                 config.base_url
             )));
         }
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            // Credentials must not follow a redirect elsewhere; X does not redirect API calls.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("xbridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| XError::Transient {
-                status: None,
-                detail: format!("cannot set up the HTTP client: {}", error_chain(&error)),
-            })?;
         Ok(WebhookClient {
-            http,
+            http: http.client().clone(),
             base_url: config.base_url,
             request_timeout: config.request_timeout,
             bearer_token,
@@ -343,9 +345,11 @@ impl WebhookClient {
             .map_err(|_| XError::Unauthorized { problem: None })?;
         authorization.set_sensitive(true);
 
+        // The shared HTTP stack has no timeout of its own.
         let mut request = self
             .http
             .request(method, url)
+            .timeout(self.request_timeout)
             .header(AUTHORIZATION, authorization);
         if let Some(body) = body {
             request = request.json(body);

@@ -13,6 +13,7 @@ use xbridge_core::config::{Settings, StateBackend, StateSettings};
 use xbridge_inbound::service::Inbound;
 use xbridge_outbound::Outbound;
 use xbridge_store::{EmbeddedStore, PostgresStore, StateStore};
+use xbridge_x_api::XHttp;
 
 /// Opens the configured state store: the embedded file for a single process,
 /// or PostgreSQL shared by several replicas.
@@ -60,8 +61,17 @@ impl Bridge {
         let states = Arc::new(ChannelStates::new(
             settings.channels.iter().map(|c| c.name.as_str()),
         ));
-        let outbound = Outbound::new(settings.clone(), store.clone(), states.clone())?;
-        let inbound = Inbound::new(settings, store, states.clone())?;
+        // One HTTP stack for every channel's X clients, both sides: they all
+        // talk to the same host, and a stack per client costs a copy of the
+        // system's root certificates each.
+        let http = XHttp::new().context("setting up the HTTP client for X")?;
+        let outbound = Outbound::new(
+            settings.clone(),
+            store.clone(),
+            states.clone(),
+            http.clone(),
+        )?;
+        let inbound = Inbound::new(settings, store, states.clone(), http)?;
         Ok(Bridge {
             outbound,
             inbound,

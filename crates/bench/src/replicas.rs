@@ -1,0 +1,297 @@
+//! Replicas: the outbound throughput of N real `xbridge run` processes that
+//! share one PostgreSQL state store and one broker. Each channel's reply queue
+//! has a single active consumer, so replicas share the work by channel: the
+//! figures show both the rate and how the channels ended up spread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use x_simulator::Fault;
+use xbridge_test_support::{amqp_url, TestOptions};
+
+use crate::harness::{between, options, read_queue, world, Publisher};
+use crate::scale::{free_port, wait_ready};
+use crate::stats::{ms, per_second, print_load, Latencies};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ReplicasArgs {
+    /// Replica counts to run with, in turn.
+    pub replicas: Vec<usize>,
+    /// Channels (X accounts), each with its own reply queue.
+    pub channels: usize,
+    /// Conversations (recipients) per channel.
+    pub conversations: usize,
+    /// Replies in the backlog, spread evenly over the channels.
+    pub replies: usize,
+    /// Simulator latencies to run at, in milliseconds.
+    pub latencies_ms: Vec<u64>,
+    /// How long a run may take before it is reported as incomplete.
+    pub timeout: Duration,
+    /// The `xbridge` binary.
+    pub xbridge: PathBuf,
+}
+
+/// The figures of one run.
+struct ReplicasRun {
+    latency_ms: u64,
+    replicas: usize,
+    published: usize,
+    sent: usize,
+    other_outcomes: usize,
+    rate: f64,
+    to_sent: Option<Latencies>,
+    /// Per replica, the channels it sent DMs on (from its `/metrics`).
+    active: Vec<Vec<String>>,
+}
+
+/// Runs every latency and replica count and prints the table.
+pub async fn run(args: &ReplicasArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.xbridge.exists(),
+        "{} does not exist: build it first with `cargo build --release -p xbridge`, or pass --xbridge",
+        args.xbridge.display()
+    );
+    anyhow::ensure!(args.channels > 0, "at least one channel");
+    let mut runs = Vec::new();
+    for &latency_ms in &args.latencies_ms {
+        for &replicas in &args.replicas {
+            runs.push(one(args, replicas.max(1), latency_ms).await?);
+        }
+    }
+    println!("## Replicas\n");
+    println!(
+        "`{}` run N times as child processes with one configuration: {} channels backed by simulator \
+         accounts in the benchmark's process, the state in PostgreSQL (one schema per run, shared by \
+         the replicas), no webhook server, no polling. The replicas are started together; once all \
+         answer `/readyz`, {} replies are published at once (persistent, confirmed), spread evenly \
+         over the channels and {} conversations per channel. Rate: first publish to last \
+         `message.sent`. Channels per replica: those on which the replica's `/metrics` counted DMs \
+         (`xbridge_dms_sent_total`).\n",
+        args.xbridge.display(),
+        args.channels,
+        args.replies,
+        args.conversations,
+    );
+    println!("| X latency | replicas | done | replies/s | publish → `message.sent` p50 | p99 | max | channels per replica |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for run in &runs {
+        let split = run
+            .active
+            .iter()
+            .map(|channels| channels.len().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        println!(
+            "| {} ms | {} | {}/{}{} | {:.0} | {} | {} | {} | {} |",
+            run.latency_ms,
+            run.replicas,
+            run.sent,
+            run.published,
+            if run.other_outcomes > 0 {
+                format!(" ({} other outcomes)", run.other_outcomes)
+            } else {
+                String::new()
+            },
+            run.rate,
+            ms(run.to_sent.map(|l| l.p50)),
+            ms(run.to_sent.map(|l| l.p99)),
+            ms(run.to_sent.map(|l| l.max)),
+            split,
+        );
+    }
+    print_load();
+    println!();
+    Ok(())
+}
+
+/// A replica: the child process and its ops port.
+struct Replica {
+    child: Child,
+    ops_port: u16,
+}
+
+async fn one(args: &ReplicasArgs, replicas: usize, latency_ms: u64) -> anyhow::Result<ReplicasRun> {
+    eprintln!("replicas: {replicas} replica(s), X latency {latency_ms} ms");
+    let names: Vec<String> = (0..args.channels).map(|i| format!("c{i}")).collect();
+    let app = world(TestOptions {
+        postgres: true,
+        ..options(names.clone())
+    })
+    .await;
+    if latency_ms > 0 {
+        for (_, account) in &app.accounts {
+            app.simulator
+                .set_fault(&account.user_id, Fault::Latency { millis: latency_ms });
+        }
+    }
+    let spawned = async {
+        // Every replica gets the same configuration but for its ops port.
+        let mut started = Vec::with_capacity(replicas);
+        for i in 0..replicas {
+            let ops_port = free_port()?;
+            let config = app.dir.path().join(format!("replica-{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "{}\n[telemetry]\nlisten = \"127.0.0.1:{ops_port}\"\n",
+                    app.config_toml()
+                ),
+            )?;
+            let child = Command::new(&args.xbridge)
+                .arg("run")
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "warn,lapin=off")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", args.xbridge.display()))?;
+            started.push(Replica { child, ops_port });
+        }
+        anyhow::Ok(started)
+    }
+    .await;
+    let mut replicas_running = match spawned {
+        Ok(started) => started,
+        Err(e) => {
+            app.cleanup().await;
+            return Err(e);
+        }
+    };
+    let result = measure(args, &app, &mut replicas_running, latency_ms).await;
+    for replica in &mut replicas_running {
+        if let Some(pid) = replica.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for replica in &mut replicas_running {
+        let _ = tokio::time::timeout(Duration::from_secs(30), replica.child.wait()).await;
+    }
+    app.cleanup().await;
+    result
+}
+
+async fn measure(
+    args: &ReplicasArgs,
+    app: &xbridge_test_support::TestApp,
+    replicas: &mut [Replica],
+    latency_ms: u64,
+) -> anyhow::Result<ReplicasRun> {
+    for replica in replicas.iter_mut() {
+        wait_ready(replica.ops_port, &mut replica.child).await?;
+    }
+    let (_reader, mut events) = read_queue(&amqp_url(), &app.names.incoming_queue).await?;
+    let publisher = Publisher::connect(&amqp_url()).await?;
+    let start = Instant::now();
+    let published_at = publisher
+        .publish_routed(&app.names.outgoing_exchange, backlog(args))
+        .await?;
+
+    let mut sent_at: HashMap<usize, Instant> = HashMap::new();
+    let mut other = 0;
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    while sent_at.len() + other < args.replies {
+        let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await else {
+            eprintln!(
+                "replicas: gave up after {:?} with {} of {} outcomes",
+                args.timeout,
+                sent_at.len() + other,
+                args.replies
+            );
+            break;
+        };
+        let kind = event.body["type"].as_str().unwrap_or_default();
+        let id = event.body["message_id"]
+            .as_str()
+            .and_then(|id| id.strip_prefix("m-")?.parse::<usize>().ok());
+        match (kind, id) {
+            ("message.sent", Some(i)) => {
+                sent_at.entry(i).or_insert(event.at);
+            }
+            ("channel.state", _) => {}
+            (_, Some(_)) => other += 1,
+            _ => {}
+        }
+    }
+    let last = sent_at.values().max().copied().unwrap_or(start);
+    let to_sent = sent_at
+        .iter()
+        .map(|(i, at)| between(published_at[*i], *at))
+        .collect();
+    let mut active = Vec::with_capacity(replicas.len());
+    for replica in replicas.iter() {
+        active.push(channels_sent_on(replica.ops_port).await?);
+    }
+    Ok(ReplicasRun {
+        latency_ms,
+        replicas: replicas.len(),
+        published: args.replies,
+        sent: sent_at.len(),
+        other_outcomes: other,
+        rate: per_second(sent_at.len(), between(start, last)),
+        to_sent: Latencies::of(to_sent),
+        active,
+    })
+}
+
+/// The backlog, channel by channel in turn so every channel has work from the
+/// first publish: reply `m-<i>` goes to channel `c<i % channels>`, to one of
+/// that channel's conversations in turn.
+fn backlog(args: &ReplicasArgs) -> Vec<(String, Vec<u8>)> {
+    (0..args.replies)
+        .map(|i| {
+            let channel = i % args.channels;
+            let conversation = (i / args.channels) % args.conversations.max(1);
+            let recipient = 2_000_000_000_000_000_000u64 + conversation as u64;
+            let body = serde_json::to_vec(&xbridge_test_support::reply(
+                &format!("m-{i}"),
+                &recipient.to_string(),
+                &format!("bench reply {i}"),
+            ))
+            .expect("JSON");
+            (format!("c{channel}"), body)
+        })
+        .collect()
+}
+
+/// The channels on which a replica sent DMs, from `xbridge_dms_sent_total` on
+/// its `/metrics`.
+async fn channels_sent_on(ops_port: u16) -> anyhow::Result<Vec<String>> {
+    let text = reqwest::get(format!("http://127.0.0.1:{ops_port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let mut sent: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(labels) = line.strip_prefix("xbridge_dms_sent_total{") else {
+            continue;
+        };
+        let Some(channel) = labels
+            .split_once("channel=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(channel, _)| channel.to_owned())
+        else {
+            continue;
+        };
+        let count: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0);
+        *sent.entry(channel).or_default() += count;
+    }
+    Ok(sent
+        .into_iter()
+        .filter(|(_, count)| *count > 0.0)
+        .map(|(channel, _)| channel)
+        .collect())
+}
