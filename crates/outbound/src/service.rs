@@ -145,13 +145,17 @@ impl Outbound {
         let started = tokio::time::Instant::now();
 
         let failure = tokio::select! {
+            // Consumers stop on the same signal: a shutdown must not read as a
+            // consumer that failed.
+            biased;
             _ = shutdown.cancelled() => None,
             Some(joined) = tasks.join_next() => Some(match joined {
                 Ok(Err(e)) => e.to_string(),
                 Ok(Ok(())) => "a consumer stopped".to_owned(),
                 Err(e) => format!("a consumer task failed: {e}"),
             }),
-        };
+        }
+        .filter(|_| !shutdown.is_cancelled());
         self.ready.send_replace(false);
         stop.cancel();
         let grace = self.settings.outbound.shutdown_grace;
