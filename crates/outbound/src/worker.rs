@@ -13,7 +13,7 @@ use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Consumer;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -255,6 +255,10 @@ struct Finishing {
     pending: Arc<AtomicUsize>,
     /// Where a failure goes: the channel's consumer then reconnects.
     failures: mpsc::UnboundedSender<Unsettled>,
+    /// Resolves once the last started reply's `message.sent` is confirmed (or
+    /// its finish gave up), so the next one's follows it: the CRM hears of a
+    /// conversation's replies in the order X got them.
+    last_reported: Option<oneshot::Receiver<()>>,
 }
 
 impl Finishing {
@@ -264,6 +268,7 @@ impl Finishing {
             message_ids: HashSet::new(),
             pending,
             failures,
+            last_reported: None,
         }
     }
 
@@ -280,9 +285,14 @@ impl Finishing {
         let failures = self.failures.clone();
         let message_id = sent.message_id.clone();
         self.message_ids.insert(message_id.clone());
+        let (reported, next_may_report) = oneshot::channel();
+        let order = Reported {
+            after: self.last_reported.replace(next_may_report),
+            done: reported,
+        };
         self.tasks.spawn(
             async move {
-                let result = finish(&ctx, &reporter, *sent).await;
+                let result = finish(&ctx, &reporter, *sent, order).await;
                 pending.fetch_sub(1, Ordering::SeqCst);
                 if let Err(failure) = result {
                     let _ = failures.send(failure);
@@ -664,6 +674,16 @@ struct SentReply {
     record: SentRecord,
 }
 
+/// Where a reply's `message.sent` goes among its lane's: after the one
+/// before it, and before the one after it.
+struct Reported {
+    /// The previous reply's signal; `None` for a lane's first.
+    after: Option<oneshot::Receiver<()>>,
+    /// This reply's signal, sent once its `message.sent` is confirmed, or
+    /// dropped if its finish fails first.
+    done: oneshot::Sender<()>,
+}
+
 /// Records a sent reply, tells the CRM, then acks. Runs beside the lane's
 /// next sends: their order is X's, already kept; a crash before the record
 /// leaves the send's intent, so the redelivered reply is looked up on X
@@ -672,6 +692,7 @@ async fn finish(
     ctx: &ChannelContext,
     reporter: &Reporter,
     sent: SentReply,
+    order: Reported,
 ) -> Result<(), Unsettled> {
     let SentReply {
         delivery,
@@ -681,9 +702,14 @@ async fn finish(
     let channel = ctx.name.as_str();
     ctx.store.record_sent(channel, &message_id, &record).await?;
     failpoints::freeze_if_armed(failpoints::AFTER_SEND_RECORDED).await;
+    if let Some(previous) = order.after {
+        // Either way the previous reply is done reporting.
+        let _ = previous.await;
+    }
     reporter
         .status(&sent_event(channel, &message_id, &record))
         .await?;
+    let _ = order.done.send(());
     // The mark only spares a redelivery a second `message.sent`; an acked
     // reply is never redelivered, so neither waits for the other.
     let (marked, acked) = tokio::join!(
