@@ -5,6 +5,10 @@
 //! and published as `message.received`; recorded as delivered only after the
 //! publish is confirmed.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
 use xbridge_store::{StateStore, StoreError};
 
 use crate::media::MediaLinks;
@@ -26,6 +30,57 @@ pub(crate) struct Delivery<'a> {
     pub publish_echoes: bool,
     /// Signs the attachments' media URLs; without it they go out with `url: null`.
     pub media: Option<&'a MediaLinks>,
+    /// The events being delivered right now, shared by the webhook and the pollers.
+    pub in_flight: &'a InFlightDeliveries,
+}
+
+/// The (channel, event id) pairs being delivered right now in this process, so
+/// two concurrent deliveries of one event (X's retry racing the original, or
+/// the webhook racing a poll) cannot both pass the "already delivered" check
+/// and publish twice: the second waits, then finds it delivered.
+#[derive(Default)]
+pub struct InFlightDeliveries {
+    keys: Mutex<HashSet<String>>,
+    released: Notify,
+}
+
+/// Holds one (channel, event id); releasing it wakes the waiters.
+struct InFlightGuard<'a> {
+    in_flight: &'a InFlightDeliveries,
+    key: String,
+}
+
+impl InFlightDeliveries {
+    fn keys(&self) -> MutexGuard<'_, HashSet<String>> {
+        // Nothing panics while holding the lock; recover rather than propagate.
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn acquire(&self, channel: &str, event_id: &str) -> InFlightGuard<'_> {
+        let key = format!("{channel}\0{event_id}");
+        loop {
+            // Register for the wake-up before checking, so a release in between is
+            // not missed.
+            let released = self.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            let taken = self.keys().insert(key.clone());
+            if taken {
+                return InFlightGuard {
+                    in_flight: self,
+                    key,
+                };
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.in_flight.keys().remove(&self.key);
+        self.in_flight.released.notify_waiters();
+    }
 }
 
 /// Why a DM was not delivered; the caller retries (X redelivers, the poller
@@ -64,6 +119,7 @@ impl Delivery<'_> {
     pub(crate) async fn deliver(&self, mut dm: DirectMessage) -> Result<bool, DeliverError> {
         let channel = self.channel;
         let event_id = dm.event_id.clone();
+        let _in_flight = self.in_flight.acquire(channel, &event_id).await;
         if self.store.is_delivered(channel, &event_id).await? {
             tracing::debug!(channel, event_id, "DM already delivered; skipped");
             return Ok(false);
@@ -117,5 +173,37 @@ impl Delivery<'_> {
         )
         .increment(1);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_delivery_of_the_same_event_waits_for_the_first() {
+        let in_flight = std::sync::Arc::new(InFlightDeliveries::default());
+        let first = in_flight.acquire("acme", "1").await;
+        // Another event, or the same event on another channel, does not wait.
+        drop(in_flight.acquire("acme", "2").await);
+        drop(in_flight.acquire("other", "1").await);
+
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let waiter = {
+            let in_flight = in_flight.clone();
+            tokio::spawn(async move {
+                let _second = in_flight.acquire("acme", "1").await;
+                let _ = tx.send(());
+            })
+        };
+        // Still held: the waiter cannot have got it.
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err());
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter gets the event once released")
+            .unwrap();
+        assert!(in_flight.keys().is_empty());
     }
 }

@@ -64,6 +64,9 @@ pub struct PollContext {
     /// Signs the attachments' media URLs (X's need the channel's signature); without it
     /// attachments are published with `url: null`.
     pub media: Option<Arc<crate::media::MediaLinks>>,
+    /// The events being delivered right now, shared with the webhook of the same
+    /// process, so a poll and the webhook cannot both publish one event.
+    pub in_flight: Arc<crate::delivery::InFlightDeliveries>,
 }
 
 /// Milliseconds of X's snowflake epoch (2010-11-04T01:42:54.657Z).
@@ -405,6 +408,7 @@ async fn deliver(ctx: &PollContext, dm: &DirectMessage) -> Result<bool, PollErro
         profiles: ctx.profiles.as_deref(),
         publish_echoes: ctx.publish_echoes,
         media: ctx.media.as_deref(),
+        in_flight: &ctx.in_flight,
     };
     Ok(delivery.deliver(dm.clone()).await?)
 }

@@ -21,6 +21,7 @@ use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_store::StateStore;
 use xbridge_x_api::{WebhookClient, XClient, XHttp};
 
+use crate::delivery::InFlightDeliveries;
 use crate::lease::{self, LeaseError, PollLease};
 use crate::media::MediaLinks;
 use crate::media_proxy::{self, MediaProxy};
@@ -63,6 +64,8 @@ pub struct Inbound {
     webhook_watches: Vec<(String, WebhookClient)>,
     media: Arc<MediaLinks>,
     clients: HashMap<String, XClient>,
+    /// Shared by the webhook and the pollers (see [`InFlightDeliveries`]).
+    in_flight: Arc<InFlightDeliveries>,
 }
 
 impl Inbound {
@@ -99,6 +102,7 @@ impl Inbound {
         let mut pollers = Vec::new();
         let mut webhook_watches = Vec::new();
         let mut clients = HashMap::new();
+        let in_flight = Arc::new(InFlightDeliveries::default());
         for channel in &settings.channels {
             let client = client(&settings, channel, &http)?;
             clients.insert(channel.name.clone(), client.clone());
@@ -127,6 +131,7 @@ impl Inbound {
                     }),
                     profiles: Some(channel_profiles),
                     media: Some(media.clone()),
+                    in_flight: in_flight.clone(),
                 });
             }
         }
@@ -141,6 +146,7 @@ impl Inbound {
             webhook_watches,
             media,
             clients,
+            in_flight,
         })
     }
 
@@ -168,6 +174,7 @@ impl Inbound {
             webhook_watches,
             media,
             clients,
+            in_flight,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(keep_connected(
@@ -193,7 +200,9 @@ impl Inbound {
                 publish_activity: settings.inbound.publish_activity,
             };
             let state = profiles.into_iter().fold(
-                WebhookState::new(channels, sink.clone(), store, config).with_media(media.clone()),
+                WebhookState::new(channels, sink.clone(), store, config)
+                    .with_media(media.clone())
+                    .with_in_flight(in_flight.clone()),
                 |state, (channel, profiles)| state.with_profiles(&channel, profiles),
             );
             let state = Arc::new(state);

@@ -10,9 +10,9 @@
 //!
 //! The inbound service ([`crate::service`]) serves it on `inbound.listen`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -23,10 +23,9 @@ use axum::{Json, Router};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Notify;
 use xbridge_store::{StateStore, StoreError};
 
-use crate::delivery::{DeliverError, Delivery};
+use crate::delivery::{DeliverError, Delivery, InFlightDeliveries};
 use crate::sink::{EventSink, OutboundEvent, SinkError};
 use crate::webhook_auth::{crc_response_token, verify_signature, SIGNATURE_HEADER};
 use crate::{
@@ -80,7 +79,7 @@ pub struct WebhookState {
     store: Arc<dyn StateStore>,
     config: WebhookConfig,
     signature_failures: AtomicU64,
-    in_flight: InFlight,
+    in_flight: Arc<InFlightDeliveries>,
     profiles: HashMap<String, Arc<crate::profiles::Profiles>>,
     media: Option<Arc<crate::media::MediaLinks>>,
 }
@@ -109,10 +108,17 @@ impl WebhookState {
             store,
             config,
             signature_failures: AtomicU64::new(0),
-            in_flight: InFlight::default(),
+            in_flight: Arc::default(),
             profiles: HashMap::new(),
             media: None,
         }
+    }
+
+    /// Shares `in_flight` with the channels' pollers, so the webhook and a poll
+    /// delivering the same event at once cannot both publish it.
+    pub fn with_in_flight(mut self, in_flight: Arc<InFlightDeliveries>) -> WebhookState {
+        self.in_flight = in_flight;
+        self
     }
 
     /// Gives the attachments of published DMs signed URLs of the bridge's media proxy
@@ -330,9 +336,6 @@ impl WebhookState {
         own_user_id: &str,
         dm: DirectMessage,
     ) -> Result<(), DeliveryError> {
-        // Concurrent deliveries of the same event (X's retry racing the original) wait
-        // here, then find it delivered.
-        let _in_flight = self.in_flight.acquire(channel, &dm.event_id).await;
         Delivery {
             channel,
             own_user_id,
@@ -341,6 +344,7 @@ impl WebhookState {
             profiles: self.profiles.get(channel).map(|p| p.as_ref()),
             publish_echoes: self.config.publish_echoes,
             media: self.media.as_deref(),
+            in_flight: &self.in_flight,
         }
         .deliver(dm)
         .await?;
@@ -376,57 +380,8 @@ impl WebhookState {
     }
 }
 
-/// The (channel, event id) pairs being delivered right now, so two concurrent
-/// deliveries of one event cannot both pass the `is_delivered` check and publish twice.
-#[derive(Default)]
-struct InFlight {
-    keys: Mutex<HashSet<String>>,
-    released: Notify,
-}
-
-/// Holds one (channel, event id); releasing it wakes the waiters.
-struct InFlightGuard<'a> {
-    in_flight: &'a InFlight,
-    key: String,
-}
-
-impl InFlight {
-    fn keys(&self) -> MutexGuard<'_, HashSet<String>> {
-        // Nothing panics while holding the lock; recover rather than propagate.
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    async fn acquire(&self, channel: &str, event_id: &str) -> InFlightGuard<'_> {
-        let key = format!("{channel}\0{event_id}");
-        loop {
-            // Register for the wake-up before checking, so a release in between is
-            // not missed.
-            let released = self.released.notified();
-            let mut released = std::pin::pin!(released);
-            released.as_mut().enable();
-            let taken = self.keys().insert(key.clone());
-            if taken {
-                return InFlightGuard {
-                    in_flight: self,
-                    key,
-                };
-            }
-            released.await;
-        }
-    }
-}
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        self.in_flight.keys().remove(&self.key);
-        self.in_flight.released.notify_waiters();
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -435,32 +390,5 @@ mod tests {
         assert_eq!(config.body_limit, 1_048_576);
         assert!(config.publish_echoes);
         assert!(!config.publish_activity);
-    }
-
-    #[tokio::test]
-    async fn a_second_holder_of_the_same_event_waits_for_the_first() {
-        let in_flight = Arc::new(InFlight::default());
-        let first = in_flight.acquire("acme", "1").await;
-        // Another event, or the same event on another channel, does not wait.
-        drop(in_flight.acquire("acme", "2").await);
-        drop(in_flight.acquire("other", "1").await);
-
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
-        let waiter = {
-            let in_flight = in_flight.clone();
-            tokio::spawn(async move {
-                let _second = in_flight.acquire("acme", "1").await;
-                let _ = tx.send(());
-            })
-        };
-        // Still held: the waiter cannot have got it.
-        tokio::task::yield_now().await;
-        assert!(rx.try_recv().is_err());
-        drop(first);
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("the waiter gets the event once released")
-            .unwrap();
-        assert!(in_flight.keys().is_empty());
     }
 }

@@ -111,6 +111,7 @@ impl World {
             backfill: Some(Duration::from_secs(3600)),
             profiles: None,
             media: Some(links.clone()),
+            in_flight: Default::default(),
         };
         World {
             app,

@@ -113,6 +113,7 @@ impl World {
             backfill: None,
             profiles: None,
             media: None,
+            in_flight: Default::default(),
         };
         World {
             sim,
