@@ -2,6 +2,7 @@
 //! topology names, simulator and state file), the bridge in this process, a
 //! confirming publisher and a reader of the events the bridge publishes.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -176,6 +177,49 @@ pub struct Received {
     pub body: serde_json::Value,
     /// When it was read.
     pub at: Instant,
+}
+
+/// How a backlog of replies `m-<i>` ended, as the CRM saw it.
+pub struct Outcomes {
+    /// When the first `message.sent` of each reply was read.
+    pub sent_at: HashMap<usize, Instant>,
+    /// Replies that ended otherwise (`message.failed`).
+    pub other: usize,
+}
+
+/// Reads status events until `expected` replies have an outcome, or gives up
+/// after `timeout` and says so on stderr (prefixed with `what`).
+pub async fn collect_outcomes(
+    events: &mut mpsc::UnboundedReceiver<Received>,
+    expected: usize,
+    timeout: Duration,
+    what: &str,
+) -> Outcomes {
+    let mut sent_at: HashMap<usize, Instant> = HashMap::new();
+    let mut other = 0;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while sent_at.len() + other < expected {
+        let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await else {
+            eprintln!(
+                "{what}: gave up after {timeout:?} with {} of {expected} outcomes",
+                sent_at.len() + other,
+            );
+            break;
+        };
+        let kind = event.body["type"].as_str().unwrap_or_default();
+        let id = event.body["message_id"]
+            .as_str()
+            .and_then(|id| id.strip_prefix("m-")?.parse::<usize>().ok());
+        match (kind, id) {
+            ("message.sent", Some(i)) => {
+                sent_at.entry(i).or_insert(event.at);
+            }
+            ("channel.state", _) => {}
+            (_, Some(_)) => other += 1,
+            _ => {}
+        }
+    }
+    Outcomes { sent_at, other }
 }
 
 /// Reads `queue` without acknowledgements (the reader's own cost stays out

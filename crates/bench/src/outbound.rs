@@ -18,8 +18,8 @@ use x_simulator::Fault;
 use xbridge_test_support::amqp_url;
 
 use crate::harness::{
-    between, declare_quorum_queue, delete_queue, options, read_queue, world, InProcessBridge,
-    Publisher,
+    between, collect_outcomes, declare_quorum_queue, delete_queue, options, read_queue, world,
+    InProcessBridge, Outcomes, Publisher,
 };
 use crate::stats::{ms, per_second, print_load, Latencies};
 
@@ -173,32 +173,8 @@ async fn bridge(args: &OutboundArgs, latency_ms: u64) -> anyhow::Result<BridgeRu
         .map(|at| wall_start + between(start, *at))
         .collect();
 
-    let mut sent_at: HashMap<usize, Instant> = HashMap::new();
-    let mut other = 0;
-    let deadline = tokio::time::Instant::now() + args.timeout;
-    while sent_at.len() + other < args.replies {
-        let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await else {
-            eprintln!(
-                "outbound: gave up after {:?} with {} of {} outcomes",
-                args.timeout,
-                sent_at.len() + other,
-                args.replies
-            );
-            break;
-        };
-        let kind = event.body["type"].as_str().unwrap_or_default();
-        let id = event.body["message_id"]
-            .as_str()
-            .and_then(|id| index_of(id, "m-"));
-        match (kind, id) {
-            ("message.sent", Some(i)) => {
-                sent_at.insert(i, event.at);
-            }
-            ("channel.state", _) => {}
-            (_, Some(_)) => other += 1,
-            _ => {}
-        }
-    }
+    let Outcomes { sent_at, other } =
+        collect_outcomes(&mut events, args.replies, args.timeout, "outbound").await;
     let last = sent_at.values().max().copied().unwrap_or(start);
     let to_sent = sent_at
         .iter()

@@ -3,7 +3,7 @@
 //! has a single active consumer, so replicas share the work by channel: the
 //! figures show both the rate and how the channels ended up spread.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 use x_simulator::Fault;
 use xbridge_test_support::{amqp_url, TestOptions};
 
-use crate::harness::{between, options, read_queue, world, Publisher};
+use crate::harness::{between, collect_outcomes, options, read_queue, world, Outcomes, Publisher};
 use crate::scale::{free_port, wait_ready};
 use crate::stats::{ms, per_second, print_load, Latencies};
 
@@ -196,32 +196,8 @@ async fn measure(
         .publish_routed(&app.names.outgoing_exchange, backlog(args))
         .await?;
 
-    let mut sent_at: HashMap<usize, Instant> = HashMap::new();
-    let mut other = 0;
-    let deadline = tokio::time::Instant::now() + args.timeout;
-    while sent_at.len() + other < args.replies {
-        let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await else {
-            eprintln!(
-                "replicas: gave up after {:?} with {} of {} outcomes",
-                args.timeout,
-                sent_at.len() + other,
-                args.replies
-            );
-            break;
-        };
-        let kind = event.body["type"].as_str().unwrap_or_default();
-        let id = event.body["message_id"]
-            .as_str()
-            .and_then(|id| id.strip_prefix("m-")?.parse::<usize>().ok());
-        match (kind, id) {
-            ("message.sent", Some(i)) => {
-                sent_at.entry(i).or_insert(event.at);
-            }
-            ("channel.state", _) => {}
-            (_, Some(_)) => other += 1,
-            _ => {}
-        }
-    }
+    let Outcomes { sent_at, other } =
+        collect_outcomes(&mut events, args.replies, args.timeout, "replicas").await;
     let last = sent_at.values().max().copied().unwrap_or(start);
     let to_sent = sent_at
         .iter()
