@@ -80,18 +80,12 @@ impl Inbound {
     ) -> Result<Inbound, InboundError> {
         let listener = match settings.inbound.listen {
             Some(addr) => {
-                let listener =
-                    std::net::TcpListener::bind(addr).map_err(|e| InboundError::Listen {
+                Some(
+                    xbridge_core::server::bind(addr).map_err(|e| InboundError::Listen {
                         addr,
                         detail: e.to_string(),
-                    })?;
-                listener
-                    .set_nonblocking(true)
-                    .map_err(|e| InboundError::Listen {
-                        addr,
-                        detail: e.to_string(),
-                    })?;
-                Some(listener)
+                    })?,
+                )
             }
             None => None,
         };
@@ -214,23 +208,12 @@ impl Inbound {
             ));
             let app = router(state).merge(media_proxy::router(proxy));
             let shutdown = shutdown.clone();
+            let limits = settings.http.clone();
             tasks.spawn(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot serve the webhook");
-                        return;
-                    }
-                };
                 if let Ok(addr) = listener.local_addr() {
                     tracing::info!(%addr, "serving X's webhook and the media proxy");
                 }
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "the webhook server stopped");
-                }
+                xbridge_core::server::serve("webhook", listener, app, &limits, shutdown).await;
             });
         }
 
