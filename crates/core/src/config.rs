@@ -385,7 +385,9 @@ impl Default for InboundSettings {
 
 /// X's origins that serve DM media: photos (TON), videos and GIFs, and
 /// their preview images. The X API base URL's origin is always allowed on
-/// top of the configured list, so the simulator works.
+/// top of the configured list (`/2/dm_conversations/media/…` is there, and
+/// the simulator serves all media there); on every origin only DM media
+/// paths are fetched.
 pub const DEFAULT_MEDIA_ORIGINS: [&str; 3] = [
     "https://ton.twitter.com",
     "https://video.twimg.com",
@@ -420,8 +422,8 @@ pub struct MediaProxySettings {
     /// response head), and the longest pause between two pieces of its body.
     pub timeout: Duration,
     /// Origins (`scheme://host[:port]`) media are fetched from; a signed
-    /// URL naming another origin is refused even with a valid signature, in
-    /// case the key leaks.
+    /// URL naming another origin, or a path on them that is not DM media,
+    /// is refused even with a valid signature, in case the key leaks.
     pub allowed_origins: Vec<String>,
 }
 

@@ -259,7 +259,10 @@ impl Inbound {
 
 /// The media URL signer of this process, from `[inbound.media]`: the configured key (or a
 /// random one, with a warning), the public URL (or one derived from the bound webhook
-/// address), and the allowed X origins plus the API base URL's (so a simulator works).
+/// address), and the allowed X origins plus the API base URL's (X serves
+/// `/2/dm_conversations/media/…` there, and a simulator all its media). On every origin
+/// only DM media paths are fetched ([`crate::media::is_dm_media`]): the API origin's other
+/// endpoints never are.
 fn media_links(settings: &Settings, bound: Option<SocketAddr>) -> MediaLinks {
     let media = &settings.inbound.media;
     let key = match &media.signing_key {
