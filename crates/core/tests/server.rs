@@ -180,7 +180,7 @@ async fn a_body_that_stops_arriving_is_refused_and_its_connection_closed() {
     )
     .await;
     let answer = until_closed(&mut client).await;
-    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     // A whole body is read as before.
     let answer = request(
         server.addr,
