@@ -20,7 +20,7 @@
 //!   ([`LISTEN_BACKLOG`]) until a stalled one is cut, instead of being
 //!   accepted and failed.
 //!
-//! Failed accepts pause and are logged at most once a minute ([`accept`]).
+//! Failed accepts pause and are logged at most once a minute (`accept.rs`).
 //! Only HTTP/1.1 is spoken: X, probes, Prometheus and the CRM's downloads use
 //! it, and hyper's HTTP/2 server has no header read timeout.
 
