@@ -21,7 +21,34 @@ pub struct BridgeProcess {
 impl BridgeProcess {
     /// Starts `binary run --config <config>` with `env` added.
     pub fn start(binary: &Path, config: &Path, env: &[(&str, &str)]) -> BridgeProcess {
+        Self::spawn(Command::new(binary), config, env)
+    }
+
+    /// [`BridgeProcess::start`] with the soft open-files limit (`RLIMIT_NOFILE`)
+    /// at `soft`, the hard one unchanged: the 1024 systemd and Docker start
+    /// processes with, whatever this test process has.
+    pub fn start_with_open_files(
+        binary: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        soft: u64,
+    ) -> BridgeProcess {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
         let mut command = Command::new(binary);
+        // SAFETY: between fork and exec the closure only makes the
+        // getrlimit and setrlimit system calls, which allocate nothing and
+        // take no lock.
+        unsafe {
+            command.pre_exec(move || {
+                let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+                setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)?;
+                Ok(())
+            });
+        }
+        Self::spawn(command, config, env)
+    }
+
+    fn spawn(mut command: Command, config: &Path, env: &[(&str, &str)]) -> BridgeProcess {
         command
             .arg("run")
             .arg("--config")

@@ -1,6 +1,7 @@
 //! What both directions of xbridge share: the message contract with the CRM
 //! ([`model`]), the configuration ([`config`], [`secret`]), the AMQP plumbing
-//! ([`amqp`]) and logging ([`telemetry`]).
+//! ([`amqp`]), the HTTP serving with its timeouts and limits ([`server`]) and
+//! logging ([`telemetry`]).
 
 #![warn(missing_docs)]
 
@@ -9,4 +10,5 @@ pub mod channel_state;
 pub mod config;
 pub mod model;
 pub mod secret;
+pub mod server;
 pub mod telemetry;

@@ -10,8 +10,10 @@
 //! where the signature is HMAC-SHA256 with the configured key over the channel and the
 //! token's other segments exactly as written. Changing any bit of the path (channel,
 //! expiry, event id, URL or signature) or adding a query makes the URL invalid; the check
-//! runs in constant time. Even a valid token is only fetched from an allowed X media
-//! origin, so a leaked key cannot turn the bridge into an open proxy.
+//! runs in constant time. Even a valid token is only fetched if it names X's DM media
+//! ([`is_dm_media`]): an allowed origin and one of the paths X serves DM media at. So a
+//! leaked key cannot turn the bridge into an open proxy, nor into a client of the rest of
+//! X's API with the channel's credentials (`/2/users/me`, `/2/dm_events`).
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,6 +50,10 @@ pub enum LinkError {
     /// The token is genuine but names media outside X's media origins.
     #[error("the media URL points outside X's media origins")]
     OriginNotAllowed,
+    /// The token is genuine and its origin allowed, but its path is not one of X's DM
+    /// media paths (another API endpoint, say).
+    #[error("the media URL does not point at X's DM media")]
+    NotDmMedia,
 }
 
 /// What a valid media URL stands for.
@@ -124,11 +130,23 @@ impl MediaLinks {
         self.public_base_url.as_ref()
     }
 
-    /// Whether X's `url` is on an allowed media origin: media are fetched from nowhere
-    /// else.
-    pub fn is_allowed(&self, url: &Url) -> bool {
+    /// Whether X's `url` may be fetched for a DM's media: the one check behind both
+    /// making links and serving them. Its origin must be allowed and its path one of X's
+    /// DM media paths ([`is_dm_media`]); nothing else is fetched, whatever the signature.
+    pub fn check(&self, url: &Url) -> Result<(), LinkError> {
         let origin = url.origin().ascii_serialization();
-        self.allowed_origins.contains(&origin)
+        if !self.allowed_origins.contains(&origin) {
+            return Err(LinkError::OriginNotAllowed);
+        }
+        if !is_dm_media(url) {
+            return Err(LinkError::NotDmMedia);
+        }
+        Ok(())
+    }
+
+    /// Whether [`MediaLinks::check`] lets `url` through.
+    pub fn is_allowed(&self, url: &Url) -> bool {
+        self.check(url).is_ok()
     }
 
     /// The bridge URL of X's `x_url` for `channel`'s DM `dm_event_id`, valid for the
@@ -149,12 +167,13 @@ impl MediaLinks {
     ) -> Option<String> {
         let base = self.public_base_url.as_ref()?;
         let parsed = Url::parse(x_url).ok()?;
-        if !self.is_allowed(&parsed) {
+        if let Err(error) = self.check(&parsed) {
             tracing::warn!(
                 channel,
                 dm_event_id,
                 origin = %parsed.origin().ascii_serialization(),
-                "DM media on an origin that is not allowed; published without a URL"
+                %error,
+                "DM media X named is not fetched by the media proxy; published without a URL"
             );
             return None;
         }
@@ -208,8 +227,8 @@ impl MediaLinks {
     /// string, which a URL the bridge made never has.
     ///
     /// The signature is checked first (in constant time), so an altered URL is
-    /// [`LinkError::Invalid`] whatever else is wrong with it; then the expiry; then the
-    /// origin of X's URL.
+    /// [`LinkError::Invalid`] whatever else is wrong with it; then the expiry; then
+    /// whether X's URL is DM media ([`MediaLinks::check`]).
     pub fn verify(
         &self,
         channel: &str,
@@ -244,15 +263,58 @@ impl MediaLinks {
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .and_then(|text| Url::parse(&text).ok())
             .ok_or(LinkError::Invalid)?;
-        if !self.is_allowed(&x_url) {
-            return Err(LinkError::OriginNotAllowed);
-        }
+        self.check(&x_url)?;
         Ok(SignedMedia {
             x_url,
             dm_event_id: (*dm_event_id).to_owned(),
             expires,
         })
     }
+}
+
+/// The first path segments of X's DM video and GIF renditions and their previews
+/// (`video.twimg.com/dm_video/<media id>/vid/avc1/1280x720/<name>.mp4`,
+/// `pbs.twimg.com/dm_video_thumb/<media id>/img/<name>.jpg`, `…/dm_gif/…`,
+/// `…/dm_gif_thumb/…`).
+const RENDITIONS: [&str; 4] = ["dm_video", "dm_video_thumb", "dm_gif", "dm_gif_thumb"];
+
+/// Whether `url`'s path is one X serves a DM's media at: a TON URL
+/// `/1.1/ton/data/dm/<dm id>/<media id>/<name>`, its OAuth 2 twin
+/// `/2/dm_conversations/media/<dm id>/<media id>/<name>`, or a rendition
+/// `/<dm_video|dm_video_thumb|dm_gif|dm_gif_thumb>/<media id>/…` (at most six more
+/// segments). Ids are digits; no segment is empty, dots only, or an encoded slash, so no
+/// reading of the path by X's servers reaches another endpoint. The query is not looked
+/// at (renditions carry `?tag=…`): it cannot change which endpoint answers.
+pub fn is_dm_media(url: &Url) -> bool {
+    let Some(segments) = url.path_segments() else {
+        return false;
+    };
+    let segments: Vec<&str> = segments.collect();
+    match segments.as_slice() {
+        ["1.1", "ton", "data", "dm", dm_id, media_id, name]
+        | ["2", "dm_conversations", "media", dm_id, media_id, name] => {
+            is_id(dm_id) && is_id(media_id) && is_name(name)
+        }
+        [kind, media_id, rest @ ..] if RENDITIONS.contains(kind) => {
+            is_id(media_id) && (1..=6).contains(&rest.len()) && rest.iter().all(|s| is_name(s))
+        }
+        _ => false,
+    }
+}
+
+/// An X id: 1 to 19 digits.
+fn is_id(segment: &str) -> bool {
+    (1..=19).contains(&segment.len()) && segment.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A file-like segment: not empty, not only dots, no encoded `/` or `\`.
+fn is_name(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    !segment.is_empty()
+        && !segment.bytes().all(|b| b == b'.')
+        && !lower.contains("%2f")
+        && !lower.contains("%5c")
+        && !lower.contains("%2e%2e")
 }
 
 fn unix_seconds(at: SystemTime) -> u64 {
@@ -389,7 +451,12 @@ mod tests {
             ],
         );
         let url = wider
-            .link_at("acme", "12", "https://evil.example/x.png", at(1))
+            .link_at(
+                "acme",
+                "12",
+                "https://evil.example/1.1/ton/data/dm/12/34/x.png",
+                at(1),
+            )
             .unwrap();
         let (channel, token) = split(&url);
         assert_eq!(
@@ -399,6 +466,68 @@ mod tests {
         // Same host, other scheme or port: another origin.
         assert!(!links.is_allowed(&Url::parse("http://ton.twitter.com/x").unwrap()));
         assert!(!links.is_allowed(&Url::parse("https://ton.twitter.com:444/x").unwrap()));
+    }
+
+    #[test]
+    fn only_x_dm_media_paths_are_linked_or_fetched() {
+        let x = |path: &str| Url::parse(&format!("https://api.x.com{path}")).unwrap();
+        for path in [
+            "/1.1/ton/data/dm/1221092871941558276/1221092866912550912/OwIPMAFC.png",
+            "/2/dm_conversations/media/1221092871941558276/1221092866912550912/OwIPMAFC.png",
+            "/dm_video/1583157113245011970/vid/avc1/1280x720/AbCd-_9.mp4",
+            "/dm_video/1583157113245011970/vid/avc1/1280x720/AbCd.mp4?tag=12",
+            "/dm_video/1583157113245011970/vid/1280x720/AbCd.mp4",
+            "/dm_video_thumb/1583157113245011970/img/AbCd.jpg",
+            "/dm_gif/1583157113245011970/AbCd.mp4",
+            "/dm_gif_thumb/1583157113245011970/AbCd.jpg",
+            "/1.1/ton/data/dm/1/2/receipt%20photo.png",
+        ] {
+            assert!(is_dm_media(&x(path)), "{path} refused");
+        }
+        for path in [
+            "/2/users/me",
+            "/2/dm_events",
+            "/2/dm_events?dm_event.fields=text",
+            "/2/users/12",
+            "/2/dm_conversations/with/12/messages",
+            "/2/dm_conversations/media/12/34",
+            "/1.1/ton/data/dm/12/34",
+            "/1.1/ton/data/dm/12/34/",
+            "/1.1/ton/data/dm/12/34/x.png/more",
+            "/1.1/ton/data/dm/ab/34/x.png",
+            "/1.1/ton/data/dm/12/34/../../../../../2/users/me",
+            "/1.1/ton/data/dm/12/34/%2e%2e/%2E%2E/x",
+            "/1.1/ton/data/dm/12/34/..%2F..%2F..%2F2%2Fusers%2Fme",
+            "/1.1/ton/data/dm/12/34/..%5C2%5Cusers%5Cme",
+            "/dm_video/12",
+            "/dm_video/12/",
+            "/dm_video/x/vid/a.mp4",
+            "/dm_video/12/1/2/3/4/5/6/7.mp4",
+            "/dm_video/12/../../2/users/me",
+            "/media/12/x.png",
+            "/",
+        ] {
+            assert!(!is_dm_media(&x(path)), "{path} accepted");
+        }
+
+        // The same check when links are made and when they are served.
+        let links = MediaLinks::new(
+            SecretString::from("k".repeat(32)),
+            Some(Url::parse("https://bridge.example.com/xb/").unwrap()),
+            Duration::from_secs(3600),
+            vec!["https://api.x.com".into(), "https://ton.twitter.com".into()],
+        );
+        assert_eq!(
+            links.link_at("acme", "12", "https://api.x.com/2/users/me", at(1)),
+            None
+        );
+        assert_eq!(links.check(&x("/2/dm_events")), Err(LinkError::NotDmMedia));
+        // A token signed with the key, for an API endpoint on an allowed origin.
+        let token = links.token("acme", "12", "https://api.x.com/2/users/me", 100);
+        assert_eq!(
+            links.verify("acme", &token, None, at(2)),
+            Err(LinkError::NotDmMedia)
+        );
     }
 
     #[test]

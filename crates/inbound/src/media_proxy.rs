@@ -1,8 +1,8 @@
 //! The media proxy: `GET /media/{channel}/{token}` serves a DM's media to the CRM, which
 //! cannot fetch X's URLs itself (they need the channel's OAuth 1.0a signature).
 //!
-//! A request is checked ([`MediaLinks::verify`]: signature, expiry, X origin; 403 when any
-//! fails), then X's URL is fetched with an OAuth-signed GET under the channel's user
+//! A request is checked ([`MediaLinks::verify`]: signature, expiry, X's DM media origin and
+//! path; 403 when any fails, before anything is asked of X), then X's URL is fetched with an OAuth-signed GET under the channel's user
 //! credentials and its body streamed through as it arrives, with X's `Content-Type` and,
 //! when X gives it, `Content-Length`. Nothing is buffered beyond a chunk in flight.
 //!
@@ -10,7 +10,7 @@
 //!
 //! | What happened | Answer |
 //! |---|---|
-//! | URL altered, foreign key, expired, origin not allowed | 403 |
+//! | URL altered, foreign key, expired, origin not allowed, not a DM media path | 403 |
 //! | channel no longer configured | 404 |
 //! | X answers nothing within `timeout` | 504 |
 //! | X answers an error (401, 403, 404, 5xx, a redirect elsewhere), cannot be reached | 502 |
@@ -84,6 +84,8 @@ enum Outcome {
     Expired,
     /// The URL named media outside the allowed origins.
     OriginRefused,
+    /// The URL named something other than DM media on an allowed origin.
+    NotDmMedia,
     /// The channel is not configured (any more).
     UnknownChannel,
     /// X did not answer in time.
@@ -107,6 +109,7 @@ impl Outcome {
             Outcome::Invalid => "invalid",
             Outcome::Expired => "expired",
             Outcome::OriginRefused => "origin_refused",
+            Outcome::NotDmMedia => "not_dm_media",
             Outcome::UnknownChannel => "unknown_channel",
             Outcome::Timeout => "timeout",
             Outcome::XError => "x_error",
@@ -160,6 +163,7 @@ async fn serve(
                 LinkError::Invalid => (Outcome::Invalid, "invalid_url"),
                 LinkError::Expired => (Outcome::Expired, "expired"),
                 LinkError::OriginNotAllowed => (Outcome::OriginRefused, "origin_not_allowed"),
+                LinkError::NotDmMedia => (Outcome::NotDmMedia, "not_dm_media"),
             };
             count(&channel, outcome);
             tracing::warn!(channel, status = 403, cause, "media request refused");

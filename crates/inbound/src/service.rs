@@ -80,18 +80,12 @@ impl Inbound {
     ) -> Result<Inbound, InboundError> {
         let listener = match settings.inbound.listen {
             Some(addr) => {
-                let listener =
-                    std::net::TcpListener::bind(addr).map_err(|e| InboundError::Listen {
+                Some(
+                    xbridge_core::server::bind(addr).map_err(|e| InboundError::Listen {
                         addr,
                         detail: e.to_string(),
-                    })?;
-                listener
-                    .set_nonblocking(true)
-                    .map_err(|e| InboundError::Listen {
-                        addr,
-                        detail: e.to_string(),
-                    })?;
-                Some(listener)
+                    })?,
+                )
             }
             None => None,
         };
@@ -214,23 +208,12 @@ impl Inbound {
             ));
             let app = router(state).merge(media_proxy::router(proxy));
             let shutdown = shutdown.clone();
+            let limits = settings.http.clone();
             tasks.spawn(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot serve the webhook");
-                        return;
-                    }
-                };
                 if let Ok(addr) = listener.local_addr() {
                     tracing::info!(%addr, "serving X's webhook and the media proxy");
                 }
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "the webhook server stopped");
-                }
+                xbridge_core::server::serve("webhook", listener, app, &limits, shutdown).await;
             });
         }
 
@@ -276,7 +259,10 @@ impl Inbound {
 
 /// The media URL signer of this process, from `[inbound.media]`: the configured key (or a
 /// random one, with a warning), the public URL (or one derived from the bound webhook
-/// address), and the allowed X origins plus the API base URL's (so a simulator works).
+/// address), and the allowed X origins plus the API base URL's (X serves
+/// `/2/dm_conversations/media/…` there, and a simulator all its media). On every origin
+/// only DM media paths are fetched ([`crate::media::is_dm_media`]): the API origin's other
+/// endpoints never are.
 fn media_links(settings: &Settings, bound: Option<SocketAddr>) -> MediaLinks {
     let media = &settings.inbound.media;
     let key = match &media.signing_key {

@@ -32,6 +32,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// The proxy's timeout in these tests: short, since the timeout test waits for it.
 const MEDIA_TIMEOUT: Duration = Duration::from_millis(500);
 const MAX_BYTES: u64 = 64 * 1024;
+/// The media URLs' key in these tests.
+const SIGNING_KEY: &str = "a-test-signing-key-of-32-characters!";
 
 struct World {
     app: TestApp,
@@ -73,7 +75,7 @@ impl World {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let links = Arc::new(MediaLinks::new(
-            SecretString::from("a-test-signing-key-of-32-characters!"),
+            SecretString::from(SIGNING_KEY),
             Some(Url::parse(&base).unwrap()),
             Duration::from_secs(3600),
             vec![app.simulator.base_url().origin().ascii_serialization()],
@@ -369,4 +371,68 @@ async fn a_polled_photo_carries_its_key_and_a_working_url() {
     let response = world.get(attachment["url"].as_str().unwrap()).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.bytes().await.unwrap().as_ref(), b"polled bytes");
+}
+
+/// A media URL of the proxy for `x_url`, signed with the test's key the way the bridge
+/// signs (`v1.<expires>.<event id>.<X's URL, base64url>.<HMAC-SHA256>`), but without the
+/// bridge's own checks: what someone holding a leaked key can make.
+fn signed_with_the_key(base: &str, channel: &str, x_url: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let expires = (SystemTime::now() + Duration::from_secs(3600))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let event_id = "1585047616894574596";
+    let url = URL_SAFE_NO_PAD.encode(x_url);
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SIGNING_KEY.as_bytes()).unwrap();
+    for part in [
+        "xbridge media url v1",
+        channel,
+        expires.as_str(),
+        event_id,
+        url.as_str(),
+    ] {
+        mac.update(part.as_bytes());
+        mac.update(b"\0");
+    }
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{base}/media/{channel}/v1.{expires}.{event_id}.{url}.{signature}")
+}
+
+#[tokio::test]
+async fn a_signed_url_for_another_x_api_endpoint_is_refused_without_a_request_to_x() {
+    let world = World::start(false).await;
+    let x = world.app.simulator.base_url();
+    // The key is right: a DM's media on the same origin is served...
+    let dm = world.customer_sends(photo(b"genuine"));
+    let genuine = signed_with_the_key(&world.base, "acme", &dm.attachment.unwrap().url);
+    let response = world.get(&genuine).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), b"genuine");
+    let requests = world.app.simulator.requests().len();
+
+    // ...but no other endpoint of X's API, with the channel's credentials or at all.
+    for endpoint in [
+        "2/users/me",
+        "2/dm_events",
+        "2/dm_events?dm_event.fields=text,sender_id",
+        "2/dm_conversations/with/944480690/messages",
+        "1.1/ton/data/dm/1/2/../../../../../2/users/me",
+    ] {
+        let url = signed_with_the_key(&world.base, "acme", x.join(endpoint).unwrap().as_str());
+        assert_eq!(
+            world.refused(&url).await,
+            (403, "not_dm_media".into()),
+            "{endpoint}"
+        );
+    }
+    assert_eq!(
+        world.app.simulator.requests().len(),
+        requests,
+        "no request reached X: {:?}",
+        &world.app.simulator.requests()[requests..]
+    );
 }

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::channel_state::ChannelStates;
-use xbridge_core::config::{Settings, StateBackend, StateSettings};
+use xbridge_core::config::{HttpSettings, Settings, StateBackend, StateSettings};
 use xbridge_inbound::service::Inbound;
 use xbridge_outbound::Outbound;
 use xbridge_store::{EmbeddedStore, PostgresStore, StateStore};
@@ -33,11 +33,48 @@ pub async fn open_store(settings: &StateSettings) -> anyhow::Result<Arc<dyn Stat
     Ok(store)
 }
 
+/// File descriptors the bridge needs beside its HTTP connections: RabbitMQ,
+/// X and PostgreSQL connections, the state file, the runtime's own.
+const OTHER_OPEN_FILES: u64 = 256;
+
+/// Raises the process's open-files limit to the hard limit (see
+/// [`xbridge_core::server::raise_open_files_limit`]) and warns when even
+/// that cannot hold every HTTP server's `http.max_connections`: accepts
+/// would then fail (and pause) before the cap is reached.
+fn open_files_for(settings: &Settings) {
+    let servers = [settings.inbound.listen, settings.telemetry.listen]
+        .iter()
+        .flatten()
+        .count() as u64;
+    let needed = servers * settings.http.max_connections as u64 + OTHER_OPEN_FILES;
+    match xbridge_core::server::raise_open_files_limit() {
+        Ok(limit) => {
+            if let Some(before) = limit.raised_from {
+                tracing::info!(
+                    before,
+                    now = limit.soft,
+                    "raised the open-files limit (RLIMIT_NOFILE) to its hard limit"
+                );
+            }
+            if limit.soft < needed {
+                tracing::warn!(
+                    limit = limit.soft,
+                    needed,
+                    "the open-files limit is below what http.max_connections needs; raise the hard limit (ulimit -Hn, LimitNOFILE=, docker --ulimit nofile=) or lower http.max_connections"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
+    }
+}
+
 /// A bridge ready to run.
 pub struct Bridge {
     outbound: Outbound,
     inbound: Inbound,
     ops: Option<std::net::TcpListener>,
+    /// The HTTP servers' timeouts and limits, for the operations server.
+    http: HttpSettings,
     states: Arc<ChannelStates>,
 }
 
@@ -45,6 +82,7 @@ impl Bridge {
     /// Opens the state store (connecting to PostgreSQL and migrating it when
     /// that is the backend) and builds every channel's client.
     pub async fn build(settings: Settings) -> anyhow::Result<Bridge> {
+        open_files_for(&settings);
         let store = open_store(&settings.state).await?;
         let ops = match settings.telemetry.listen {
             Some(addr) => {
@@ -57,6 +95,7 @@ impl Bridge {
             }
             None => None,
         };
+        let http = settings.http.clone();
         let settings = Arc::new(settings);
         let states = Arc::new(ChannelStates::new(
             settings.channels.iter().map(|c| c.name.as_str()),
@@ -64,18 +103,19 @@ impl Bridge {
         // One HTTP stack for every channel's X clients, both sides: they all
         // talk to the same host, and a stack per client costs a copy of the
         // system's root certificates each.
-        let http = XHttp::new().context("setting up the HTTP client for X")?;
+        let x_http = XHttp::new().context("setting up the HTTP client for X")?;
         let outbound = Outbound::new(
             settings.clone(),
             store.clone(),
             states.clone(),
-            http.clone(),
+            x_http.clone(),
         )?;
-        let inbound = Inbound::new(settings, store, states.clone(), http)?;
+        let inbound = Inbound::new(settings, store, states.clone(), x_http)?;
         Ok(Bridge {
             outbound,
             inbound,
             ops,
+            http,
             states,
         })
     }
@@ -115,7 +155,12 @@ impl Bridge {
                 inbound: self.inbound.readiness(),
                 channels: self.states.clone(),
             };
-            tokio::spawn(crate::ops::serve(listener, readiness, shutdown.clone()))
+            tokio::spawn(crate::ops::serve(
+                listener,
+                readiness,
+                self.http.clone(),
+                shutdown.clone(),
+            ))
         });
         let inbound = tokio::spawn(self.inbound.run(shutdown.clone()));
         let outbound = self.outbound.run(shutdown.clone()).await;

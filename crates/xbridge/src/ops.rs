@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use xbridge_core::config::HttpSettings;
 
 /// The process-wide Prometheus recorder, installed on first use (metrics
 /// recorded before that are not kept).
@@ -53,10 +54,12 @@ struct OpsState {
     metrics: PrometheusHandle,
 }
 
-/// Serves the operations endpoints on `listener` until `shutdown`.
+/// Serves the operations endpoints on `listener` within `limits` until
+/// `shutdown`.
 pub async fn serve(
     listener: std::net::TcpListener,
     readiness: Readiness,
+    limits: HttpSettings,
     shutdown: CancellationToken,
 ) {
     let state = OpsState {
@@ -68,22 +71,10 @@ pub async fn serve(
         .route("/readyz", get(ready))
         .route("/metrics", get(render))
         .with_state(state);
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serve the health and metrics endpoints");
-            return;
-        }
-    };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
     }
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "the health and metrics server stopped");
-    }
+    xbridge_core::server::serve("ops", listener, app, &limits, shutdown).await;
 }
 
 async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
@@ -114,7 +105,5 @@ async fn render(State(state): State<OpsState>) -> impl IntoResponse {
 
 /// Binds the operations address early, so a port in use fails at startup.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+    xbridge_core::server::bind(addr)
 }

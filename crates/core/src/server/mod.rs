@@ -1,0 +1,217 @@
+//! The HTTP serving both of the bridge's servers use: X's webhook with the
+//! media proxy (`xbridge-inbound`), and `/healthz`, `/readyz` and `/metrics`
+//! (the `xbridge` binary).
+//!
+//! Anyone who reaches a port can open connections and then send nothing, half
+//! a request, or a body one byte at a time. `axum::serve` keeps every such
+//! connection forever, and once the process runs out of file descriptors every
+//! accept fails, X's deliveries and the probes included. So each connection
+//! here meets the limits of `[http]` ([`HttpSettings`]):
+//!
+//! - hyper's header read timeout, from the moment the connection waits for a
+//!   request's headers: on a new connection, and after each response (so it is
+//!   also the idle keep-alive timeout);
+//! - tower-http's body read timeout, the longest pause inside a request body;
+//! - tower-http's request timeout, from a request's headers to its response's
+//!   (408 after it); a response body already streaming (the media proxy) is
+//!   not bounded by it;
+//! - a cap on the connections held at once: when it is reached the server
+//!   stops accepting, so new connections wait in the kernel's listen queue
+//!   ([`LISTEN_BACKLOG`]) until a stalled one is cut, instead of being
+//!   accepted and failed.
+//!
+//! Failed accepts pause and are logged at most once a minute (`accept.rs`).
+//! Only HTTP/1.1 is spoken: X, probes, Prometheus and the CRM's downloads use
+//! it, and hyper's HTTP/2 server has no header read timeout.
+
+mod accept;
+mod open_files;
+
+pub use open_files::{raise_open_files_limit, OpenFiles};
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::{RequestBodyTimeout, Timeout};
+
+use crate::config::HttpSettings;
+use accept::AcceptTrouble;
+
+/// The listen queue asked of the kernel (which caps it at
+/// `net.core.somaxconn`, 4096 by default since Linux 5.4): where new
+/// connections wait while a server holds `http.max_connections`. std's
+/// `TcpListener::bind` asks for 128, fewer than a burst of stalled clients.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// How long requests in flight at shutdown may finish before their
+/// connections are cut; idle connections close at once.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Binds `addr` with a [`LISTEN_BACKLOG`]-long listen queue, non-blocking,
+/// ready for [`serve`]. Bound early (at startup), so a port in use fails
+/// there.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does on Unix: a restarted bridge binds again at once, while the
+    // old process's connections linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown`; then stops
+/// accepting, closes idle connections and gives requests in flight
+/// [`SHUTDOWN_GRACE`]. `server` names it in logs and metrics (`webhook`,
+/// `ops`).
+pub async fn serve(
+    server: &'static str,
+    listener: std::net::TcpListener,
+    app: Router,
+    limits: &HttpSettings,
+    shutdown: CancellationToken,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(server, %error, "cannot serve HTTP");
+            return;
+        }
+    };
+    let service = TowerToHyperService::new(Timeout::with_status_code(
+        RequestBodyTimeout::new(app, limits.body_read_timeout),
+        StatusCode::REQUEST_TIMEOUT,
+        limits.request_timeout,
+    ));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut trouble = AcceptTrouble::new(server);
+    loop {
+        while connections.try_join_next().is_some() {}
+        // A free slot first: while every slot is taken, nothing is accepted
+        // and the kernel queues new connections.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    trouble.cleared();
+                    stream
+                }
+                Err(error) => {
+                    let pause = trouble.failed(&error);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            },
+        };
+        let slot = Slot::taken(server, permit);
+        let served = slot.served.clone();
+        let service = service.clone();
+        let per_connection = hyper::service::service_fn(move |request| {
+            served.store(true, Ordering::Relaxed);
+            service.call(request)
+        });
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(stream), per_connection));
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = &mut connection => ended,
+                _ = stop.cancelled() => {
+                    // hyper closes idle connections and lets a request in
+                    // flight finish, but waits for a client still sending
+                    // its first request's headers: nothing to wait for.
+                    if !slot.served.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
+                slot.ended_with(&error);
+            }
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        let cut = connections.len();
+        connections.shutdown().await;
+        tracing::info!(server, cut, "requests still in flight at shutdown were cut");
+    }
+}
+
+/// One connection's place among `http.max_connections`, given back (and
+/// counted out of `xbridge_http_connections`) when the connection ends,
+/// however it ends.
+struct Slot {
+    server: &'static str,
+    _permit: OwnedSemaphorePermit,
+    /// Whether a request got as far as the router: a header timeout before
+    /// that is a stalled client, after it an idle keep-alive connection.
+    served: Arc<AtomicBool>,
+}
+
+impl Slot {
+    fn taken(server: &'static str, permit: OwnedSemaphorePermit) -> Slot {
+        metrics::gauge!("xbridge_http_connections", "server" => server).increment(1.0);
+        Slot {
+            server,
+            _permit: permit,
+            served: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Notes how a connection that ended with `error` ended. Per connection
+    /// and caused by clients, so debug only: the metric is what operators see.
+    fn ended_with(&self, error: &hyper::Error) {
+        let server = self.server;
+        if error.is_timeout() && !self.served.load(Ordering::Relaxed) {
+            metrics::counter!("xbridge_http_stalled_connections_total", "server" => server)
+                .increment(1);
+            tracing::debug!(
+                server,
+                "a client did not send a request's headers in time; connection closed"
+            );
+        } else {
+            tracing::debug!(server, %error, "connection ended with an error");
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!("xbridge_http_connections", "server" => self.server).decrement(1.0);
+    }
+}
