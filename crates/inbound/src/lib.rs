@@ -85,6 +85,7 @@ mod sender;
 pub mod service;
 pub mod sink;
 mod text;
+pub mod untrusted_log;
 pub mod webhook;
 pub mod webhook_auth;
 pub mod webhook_watch;
