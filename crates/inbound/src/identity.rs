@@ -162,7 +162,9 @@ async fn ask(
         Err(error) => {
             let configured = identities.user_id(channel).is_some();
             if !passes_by_itself(&error) {
-                identities.unavailable(channel, &error.to_string());
+                // Bounded: it ends up in dead letters' detail header.
+                let reason: String = error.to_string().chars().take(200).collect();
+                identities.unavailable(channel, &reason);
             }
             if configured {
                 tracing::warn!(channel, %error, "cannot confirm the channel's user_id with X; trusting the configuration and asking again later");

@@ -62,12 +62,16 @@ pub(crate) fn route(channels: &[ChannelIdentity], url_channel: &str, account: &s
     if !pending.is_empty() {
         return Route::Wait { pending };
     }
-    let names: Vec<&str> = of_app.iter().map(|c| c.name.as_str()).collect();
+    // Bounded: the detail rides in a header. X lets 3 accounts share an App.
+    let mut names: Vec<&str> = of_app.iter().take(5).map(|c| c.name.as_str()).collect();
+    if of_app.len() > names.len() {
+        names.push("…");
+    }
     let mut detail = format!(
         "X delivered a body for X account {account} to the webhook of channel {url_channel}; no channel of that X App ({}) is this account",
         names.join(", ")
     );
-    for channel in &of_app {
+    for channel in of_app.iter().take(5) {
         if let Identity::Unavailable(reason) = &channel.identity {
             detail.push_str(&format!(
                 "; channel {} is not known: {reason}",

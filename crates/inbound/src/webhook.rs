@@ -153,7 +153,12 @@ impl WebhookState {
                 );
             }
         }
-        let identities = ChannelIdentities::new(channels.iter().rev().map(|c| ChannelAccount {
+        // The last entry of a name wins here too; the order of the others is kept.
+        let last_entries = channels
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !channels[i + 1..].iter().any(|later| later.name == c.name));
+        let identities = ChannelIdentities::new(last_entries.map(|(_, c)| ChannelAccount {
             name: &c.name,
             consumer_key: &c.consumer_key,
             user_id: c.own_user_id.as_deref(),
