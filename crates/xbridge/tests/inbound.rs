@@ -605,3 +605,22 @@ async fn a_dm_for_an_account_no_channel_is_is_kept_and_counted_not_published() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_id_that_is_not_the_tokens_account_stops_the_bridge_at_startup() {
+    let app = spawn_app(webhook_options("webhook")).await;
+    let actual = app.user_id("acme");
+    let wrong = "1234567890";
+    let toml = app.config_toml().replace(
+        &format!("user_id = \"{actual}\""),
+        &format!("user_id = \"{wrong}\""),
+    );
+    let settings = xbridge_core::config::Settings::from_toml(&toml).expect("a valid configuration");
+    let error = match xbridge::app::Bridge::build(settings).await {
+        Ok(_) => panic!("the bridge must not start"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("channel acme"), "{error}");
+    assert!(error.contains(wrong) && error.contains(&actual), "{error}");
+    app.cleanup().await;
+}
