@@ -5,7 +5,7 @@
 //! of every account subscribed to that App's webhook. A POST's signature is checked with
 //! the consumer secret of the channel whose URL was called (its App's), then the body is
 //! routed by the account it names to the channel of that App which is that account
-//! ([`crate::routing`]). A body for an account no channel of the App is, is kept as a
+//! (`routing.rs`). A body for an account no channel of the App is, is kept as a
 //! dead letter (reason `unknown_account`) rather than dropped; one that may belong to a
 //! channel whose account X has not told yet is answered 503, so X sends it again.
 //!
