@@ -60,8 +60,15 @@ pub struct TestOptions {
     /// it, as replicas do.
     pub postgres: bool,
     /// Every channel's `inbound` mode (`webhook`, `poll`, `both`); the
-    /// channel's `user_id` is set to its simulator account's when given.
+    /// channel's `user_id` is set to its simulator account's when given
+    /// (unless [`TestOptions::omit_user_id`]).
     pub inbound_mode: Option<String>,
+    /// Every channel's account on one X App (the first channel's consumer key,
+    /// secret and bearer token), as when one App's webhook serves several
+    /// accounts.
+    pub shared_app: bool,
+    /// Leave `user_id` out of every channel, so the bridge learns it from X.
+    pub omit_user_id: bool,
 }
 
 impl Default for TestOptions {
@@ -75,6 +82,8 @@ impl Default for TestOptions {
             outbound_media: String::new(),
             postgres: false,
             inbound_mode: None,
+            shared_app: false,
+            omit_user_id: false,
         }
     }
 }
@@ -97,11 +106,15 @@ pub struct TestApp {
 pub async fn spawn_app(options: TestOptions) -> TestApp {
     init_logs();
     let prefix = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let accounts: Vec<(String, Account)> = options
-        .channels
-        .iter()
-        .map(|name| (name.clone(), Account::generate(&format!("{name}_support"))))
-        .collect();
+    let mut accounts: Vec<(String, Account)> = Vec::new();
+    for name in &options.channels {
+        let username = format!("{name}_support");
+        let account = match accounts.first() {
+            Some((_, app)) if options.shared_app => Account::generate_for_app(&username, app),
+            _ => Account::generate(&username),
+        };
+        accounts.push((name.clone(), account));
+    }
     let simulator = Simulator::start(SimulatorConfig {
         accounts: accounts.iter().map(|(_, a)| a.clone()).collect(),
         ..SimulatorConfig::default()
@@ -156,11 +169,31 @@ impl TestApp {
         .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} request(s) on {channel}"));
     }
 
+    /// Waits until the simulator answered `count` DM reads (`GET
+    /// /2/dm_events`, i.e. polls) of `channel`'s account, whatever else the
+    /// account asked; fails the test after [`PATIENCE`].
+    pub async fn wait_for_reads(&self, channel: &str, count: usize) {
+        tokio::time::timeout(
+            PATIENCE,
+            self.simulator
+                .wait_for_requests_to(&self.user_id(channel), "/2/dm_events", count),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} DM read(s) on {channel}"));
+    }
+
     /// Registers `webhook_url` with the simulated X (which runs its CRC
     /// against it, so the bridge must be serving) with `channel`'s bearer
     /// token, and subscribes `channel`'s account to it, the way an operator
     /// sets X up.
     pub async fn subscribe_webhook(&self, channel: &str, webhook_url: &str) {
+        let id = self.register_webhook(channel, webhook_url).await;
+        self.subscribe_account(self.account(channel), &id).await;
+    }
+
+    /// Registers `webhook_url` as the webhook of `channel`'s X App (X allows
+    /// one per App) and returns its id.
+    pub async fn register_webhook(&self, channel: &str, webhook_url: &str) -> String {
         let account = self.account(channel);
         let base = self.simulator.base_url();
         let http = reqwest::Client::new();
@@ -177,7 +210,15 @@ impl TestApp {
             status.is_success(),
             "registering the webhook: {status} {body}"
         );
-        let id = body["data"]["id"].as_str().expect("webhook id").to_owned();
+        body["data"]["id"].as_str().expect("webhook id").to_owned()
+    }
+
+    /// Subscribes `account` (a channel's, or one of the App's no channel is)
+    /// to the webhook `id` with its own user token, so X delivers its events
+    /// there.
+    pub async fn subscribe_account(&self, account: &Account, id: &str) {
+        let base = self.simulator.base_url();
+        let http = reqwest::Client::new();
         let url = base
             .join(&format!(
                 "2/account_activity/webhooks/{id}/subscriptions/all"
@@ -305,10 +346,10 @@ bearer_token = "{}"
                 account.bearer_token
             ));
             if let Some(mode) = &self.options.inbound_mode {
-                toml.push_str(&format!(
-                    "inbound = \"{mode}\"\nuser_id = \"{}\"\n",
-                    account.user_id
-                ));
+                toml.push_str(&format!("inbound = \"{mode}\"\n"));
+                if !self.options.omit_user_id {
+                    toml.push_str(&format!("user_id = \"{}\"\n", account.user_id));
+                }
             }
         }
         toml

@@ -1162,6 +1162,7 @@ impl Settings {
                 channels.push(channel);
             }
         }
+        check_shared_apps(&channels, &mut errors);
 
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
@@ -1225,6 +1226,37 @@ fn check_topology(names: &TopologyNames, errors: &mut Vec<String>) {
         } else if value.starts_with("amq.") {
             errors.push(format!(
                 "amqp.topology.{field}: names starting with amq. are reserved by RabbitMQ"
+            ));
+        }
+    }
+}
+
+/// Channels with one consumer key are one X App, whose single webhook brings all
+/// their accounts' events: they must agree on the App's secret (it checks every
+/// body's signature), and no account may be two channels of one App (a body
+/// for it could not be routed).
+fn check_shared_apps(channels: &[ChannelSettings], errors: &mut Vec<String>) {
+    for (i, channel) in channels.iter().enumerate() {
+        let Some(first) = channels[..i]
+            .iter()
+            .find(|c| c.consumer_key.expose_secret() == channel.consumer_key.expose_secret())
+        else {
+            continue;
+        };
+        if first.consumer_secret.expose_secret() != channel.consumer_secret.expose_secret() {
+            errors.push(format!(
+                "channel {}: consumer_secret differs from channel {}'s, which has the same consumer_key (one X App has one secret)",
+                channel.name, first.name
+            ));
+        }
+        if let Some(twin) = channels[..i].iter().find(|c| {
+            c.consumer_key.expose_secret() == channel.consumer_key.expose_secret()
+                && c.user_id.is_some()
+                && c.user_id == channel.user_id
+        }) {
+            errors.push(format!(
+                "channel {}: user_id is channel {}'s too, on the same X App (consumer_key); configure each account once",
+                channel.name, twin.name
             ));
         }
     }
@@ -1385,6 +1417,37 @@ mod tests {
         let toml = format!("{VALID}\n{}", &VALID[VALID.find("[[channels]]").unwrap()..]);
         let err = Settings::from_toml(&toml).unwrap_err().to_string();
         assert!(err.contains("\"acme\" is used twice"), "{err}");
+    }
+
+    #[test]
+    fn channels_of_one_app_share_its_secret_and_are_distinct_accounts() {
+        let second = VALID[VALID.find("[[channels]]").unwrap()..].replace("acme", "beta");
+        let shared = format!("{VALID}\nuser_id = \"1\"\n{second}\nuser_id = \"2\"");
+        assert_eq!(Settings::from_toml(&shared).unwrap().channels.len(), 2);
+
+        let other_secret = second.replace("\"cs\"", "\"cs2\"");
+        let err = Settings::from_toml(&format!("{VALID}\n{other_secret}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("channel beta: consumer_secret differs from channel acme's"),
+            "{err}"
+        );
+        assert!(!err.contains("cs2"), "{err}");
+
+        let twice = format!("{VALID}\nuser_id = \"1\"\n{second}\nuser_id = \"1\"");
+        let err = Settings::from_toml(&twice).unwrap_err().to_string();
+        assert!(
+            err.contains("channel beta: user_id is channel acme's too"),
+            "{err}"
+        );
+
+        // Another App may hold the same account.
+        let other_app = second
+            .replace("\"ck\"", "\"ck2\"")
+            .replace("\"cs\"", "\"cs2\"");
+        let toml = format!("{VALID}\nuser_id = \"1\"\n{other_app}\nuser_id = \"1\"");
+        assert!(Settings::from_toml(&toml).is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod amqp;
+pub mod channel_identity;
 pub mod channel_state;
 pub mod config;
 pub mod model;

@@ -174,6 +174,32 @@ impl Delivery<'_> {
         .increment(1);
         Ok(true)
     }
+
+    /// Publishes a typing or read `event` once, like a DM: X gives these no id, so
+    /// their stable AMQP `message_id` (built from who and when) is the key of the
+    /// in-flight guard and of the delivered record. `true` when it was published.
+    pub(crate) async fn deliver_activity(
+        &self,
+        event: &OutboundEvent,
+    ) -> Result<bool, DeliverError> {
+        let channel = self.channel;
+        let key = event.message_id.as_str();
+        let _in_flight = self.in_flight.acquire(channel, key).await;
+        if self.store.is_delivered(channel, key).await? {
+            tracing::debug!(
+                channel,
+                message_id = key,
+                "activity event already delivered; skipped"
+            );
+            return Ok(false);
+        }
+        self.sink.publish(event).await?;
+        self.store
+            .record_delivered(channel, &[key.to_owned()])
+            .await?;
+        tracing::debug!(channel, message_id = key, "activity event published");
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,13 @@
 //!   the events for the CRM: an item plus its channel, serializing to the contract, with
 //!   their routing keys on `xbridge.incoming`.
 //! - [`webhook::router`] is the HTTP endpoint for X: it answers the CRC, checks
-//!   signatures, drops duplicates and the bridge's own echoes (through the
-//!   `xbridge_store::StateStore`), and answers 200 only once every event is confirmed
-//!   by the broker, so X retries what was not taken.
+//!   signatures, routes each body to the channel of the signing App that is the
+//!   account it names (one App's webhook carries all its accounts' events), keeps a
+//!   body for an account no such channel is as a dead letter, drops duplicates and
+//!   the bridge's own echoes (through the `xbridge_store::StateStore`), and answers
+//!   200 only once every event is confirmed by the broker, so X retries what was not
+//!   taken. [`identity::IdentityResolver`] learns the channels' accounts from X for
+//!   it; [`untrusted_log`] keeps what unsigned requests make it log bounded.
 //! - [`poller::poll_once`] polls one channel once through `GET /2/dm_events`: pages
 //!   back to the stored cursor with small, growing pages (X bills every event read),
 //!   publishes the new DMs oldest first with the webhook's dedupe and echo handling, and
@@ -73,6 +77,7 @@ mod dm_events;
 mod echo;
 mod error;
 mod event;
+pub mod identity;
 mod item;
 mod json;
 pub mod lease;
@@ -81,10 +86,12 @@ pub mod media_proxy;
 mod message;
 pub mod poller;
 pub mod profiles;
+mod routing;
 mod sender;
 pub mod service;
 pub mod sink;
 mod text;
+pub mod untrusted_log;
 pub mod webhook;
 pub mod webhook_auth;
 pub mod webhook_watch;

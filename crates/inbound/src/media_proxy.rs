@@ -20,7 +20,8 @@
 //! Refusals have a short JSON body `{"error": "<cause>", "detail": "<sentence>"}` that
 //! never holds a credential, the signing key or X's URL. Each request is counted in
 //! `xbridge_media_proxy_requests_total{channel, outcome}` (an unconfigured channel is
-//! counted as `unknown`, so a client cannot grow the label set).
+//! counted as `unknown`, so a client cannot grow the label set). Refusals are logged at a
+//! bounded rate, names shown bounded ([`crate::untrusted_log`]): the metric counts them all.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use serde_json::json;
 use xbridge_x_api::{MediaDownloadError, XClient};
 
 use crate::media::{LinkError, MediaLinks};
+use crate::untrusted_log::{shown, LogLimiter};
 
 /// What the proxy needs: the links to check, each channel's X client, and the bounds.
 pub struct MediaProxy {
@@ -43,6 +45,8 @@ pub struct MediaProxy {
     clients: HashMap<String, XClient>,
     max_bytes: u64,
     timeout: Duration,
+    /// Refusals are logged at a bounded rate: anyone can ask for any URL.
+    refusal_log: LogLimiter,
 }
 
 impl MediaProxy {
@@ -61,6 +65,7 @@ impl MediaProxy {
             clients,
             max_bytes,
             timeout,
+            refusal_log: LogLimiter::for_requests("media proxy refusals"),
         }
     }
 }
@@ -146,7 +151,13 @@ async fn serve(
     // Only configured channels become label values.
     let Some(client) = proxy.clients.get(&channel) else {
         count("unknown", Outcome::UnknownChannel);
-        tracing::warn!(status = 404, "media request for an unknown channel");
+        if proxy.refusal_log.allow() {
+            tracing::warn!(
+                channel = %shown(&channel),
+                status = 404,
+                "media request for an unknown channel"
+            );
+        }
         return refusal(
             StatusCode::NOT_FOUND,
             "unknown_channel",
@@ -166,7 +177,9 @@ async fn serve(
                 LinkError::NotDmMedia => (Outcome::NotDmMedia, "not_dm_media"),
             };
             count(&channel, outcome);
-            tracing::warn!(channel, status = 403, cause, "media request refused");
+            if proxy.refusal_log.allow() {
+                tracing::warn!(channel, status = 403, cause, "media request refused");
+            }
             return refusal(StatusCode::FORBIDDEN, cause, error.to_string());
         }
     };

@@ -16,18 +16,20 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp::{self, declare_topology, PublishError, Publisher, TopologyPlan};
+use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::{ChannelState, ChannelStates};
 use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_store::StateStore;
 use xbridge_x_api::{WebhookClient, XClient, XHttp};
 
 use crate::delivery::InFlightDeliveries;
+use crate::identity::{AccountLookup, IdentityResolver};
 use crate::lease::{self, LeaseError, PollLease};
 use crate::media::MediaLinks;
 use crate::media_proxy::{self, MediaProxy};
 use crate::poller::{poll_once, PollBudget, PollContext, PollError};
 use crate::profiles::Profiles;
-use crate::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
+use crate::sink::{AmqpSink, EventSink, InboundDeadLetter, OutboundEvent, SinkError};
 use crate::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
 use crate::webhook_watch::watch_webhook;
 
@@ -66,17 +68,21 @@ pub struct Inbound {
     clients: HashMap<String, XClient>,
     /// Shared by the webhook and the pollers (see [`InFlightDeliveries`]).
     in_flight: Arc<InFlightDeliveries>,
+    /// Every channel's account and App, shared with the outbound side.
+    identities: Arc<ChannelIdentities>,
 }
 
 impl Inbound {
     /// Binds the webhook's address (when configured) and builds the pollers'
     /// X clients, so configuration mistakes show at startup. The clients use
-    /// the process's shared HTTP stack `http`.
+    /// the process's shared HTTP stack `http`; webhook bodies are routed by
+    /// `identities`, which [`Inbound::identity_resolver`] completes.
     pub fn new(
         settings: Arc<Settings>,
         store: Arc<dyn StateStore>,
         states: Arc<ChannelStates>,
         http: XHttp,
+        identities: Arc<ChannelIdentities>,
     ) -> Result<Inbound, InboundError> {
         let listener = match settings.inbound.listen {
             Some(addr) => {
@@ -141,7 +147,27 @@ impl Inbound {
             media,
             clients,
             in_flight,
+            identities,
         })
+    }
+
+    /// What learns the accounts of the channels that receive DMs here: every
+    /// channel when the webhook is served (one App's webhook brings the events of
+    /// all its accounts, whatever their `inbound` mode), else the polled ones.
+    /// Other channels are left to the outbound side, which asks X when it needs to.
+    pub fn identity_resolver(&self) -> IdentityResolver {
+        let serves_webhook = self.listener.is_some();
+        let lookups = self
+            .settings
+            .channels
+            .iter()
+            .filter(|c| serves_webhook || c.inbound.polls())
+            .filter_map(|c| {
+                let client = self.clients.get(&c.name)?.clone();
+                Some((c.name.clone(), Arc::new(client) as Arc<dyn AccountLookup>))
+            })
+            .collect();
+        IdentityResolver::new(self.identities.clone(), lookups)
     }
 
     /// Where the webhook listens (the bound port when the configuration said
@@ -169,6 +195,7 @@ impl Inbound {
             media,
             clients,
             in_flight,
+            identities,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(keep_connected(
@@ -184,6 +211,7 @@ impl Inbound {
                 .filter(|c| c.inbound != xbridge_core::config::InboundMode::Poll)
                 .map(|c| WebhookChannel {
                     name: c.name.clone(),
+                    consumer_key: c.consumer_key.clone(),
                     consumer_secret: c.consumer_secret.clone(),
                     own_user_id: c.user_id.clone(),
                 })
@@ -195,6 +223,7 @@ impl Inbound {
             };
             let state = profiles.into_iter().fold(
                 WebhookState::new(channels, sink.clone(), store, config)
+                    .with_identities(identities)
                     .with_media(media.clone())
                     .with_in_flight(in_flight.clone()),
                 |state, (channel, profiles)| state.with_profiles(&channel, profiles),
@@ -547,10 +576,10 @@ async fn keep_connected(
                 backoff = amqp::reconnect_backoff();
                 let mut events = Box::pin(connection.events_listener());
                 let connection = Arc::new(connection);
-                sink.set(Some(AmqpSink::new(
-                    publisher,
-                    settings.amqp.topology.incoming_exchange.clone(),
-                )));
+                sink.set(Some(
+                    AmqpSink::new(publisher, settings.amqp.topology.incoming_exchange.clone())
+                        .with_dead_letters(settings.amqp.topology.dead_letter_exchange.clone()),
+                ));
                 // The poll leases live on this connection too.
                 sink.connection.send_replace(Some(connection.clone()));
                 tracing::info!("inbound connected: events can be published");
@@ -654,6 +683,20 @@ impl EventSink for BrokerSink {
             .clone()
             .ok_or_else(|| SinkError::Unavailable("not connected to RabbitMQ".into()))?;
         let result = sink.publish(event).await;
+        if let Err(SinkError::Publish(PublishError::Broker(_))) = &result {
+            self.broken.notify_one();
+        }
+        result
+    }
+
+    async fn dead_letter(&self, letter: &InboundDeadLetter) -> Result<(), SinkError> {
+        let sink = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| SinkError::Unavailable("not connected to RabbitMQ".into()))?;
+        let result = sink.dead_letter(letter).await;
         if let Err(SinkError::Publish(PublishError::Broker(_))) = &result {
             self.broken.notify_one();
         }

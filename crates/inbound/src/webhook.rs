@@ -1,12 +1,23 @@
 //! The HTTP endpoint X's webhooks call: `GET /webhooks/{channel}` answers the CRC
 //! challenge, `POST /webhooks/{channel}` takes DM activity and publishes it for the CRM.
 //!
+//! X allows one webhook per App, so one URL (say `/webhooks/alpha`) receives the events
+//! of every account subscribed to that App's webhook. A POST's signature is checked with
+//! the consumer secret of the channel whose URL was called (its App's), then the body is
+//! routed by the account it names to the channel of that App which is that account
+//! (`routing.rs`). A body for an account no channel of the App is, is kept as a
+//! dead letter (reason `unknown_account`) rather than dropped; one that may belong to a
+//! channel whose account X has not told yet is answered 503, so X sends it again.
+//!
 //! X retries what it could not deliver (and may deliver twice anyway), so a POST is
 //! answered 200 only once every event of its body is confirmed by the broker and
-//! recorded as delivered; anything else is a 503 and X sends the body again, when the
-//! events already delivered are skipped. Events reach the CRM at least once: a crash
-//! between a confirmed publish and its record can repeat one, with the same AMQP
-//! `message_id`.
+//! recorded as delivered (or the body is confirmed kept); anything else is a 503 and X
+//! sends the body again, when the events already delivered are skipped. Events reach
+//! the CRM at least once: a crash between a confirmed publish and its record can repeat
+//! one, with the same AMQP `message_id`.
+//!
+//! Requests that are not signed are logged bounded in size and rate
+//! ([`crate::untrusted_log`]); the metrics count every one.
 //!
 //! The inbound service ([`crate::service`]) serves it on `inbound.listen`.
 
@@ -23,28 +34,38 @@ use axum::{Json, Router};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
 use xbridge_store::{StateStore, StoreError};
 
 use crate::delivery::{DeliverError, Delivery, InFlightDeliveries};
-use crate::sink::{EventSink, OutboundEvent, SinkError};
+use crate::routing::{route, Route};
+use crate::sink::{EventSink, InboundDeadLetter, OutboundEvent, SinkError};
+use crate::untrusted_log::{shown, shown_within, LogLimiter};
 use crate::webhook_auth::{crc_response_token, verify_signature, SIGNATURE_HEADER};
 use crate::{
     parse_webhook, ConversationTyping, DirectMessage, InboundItem, MessageRead, WebhookDelivery,
 };
 
-/// One configured X account as the webhook sees it: the path segment X calls, the
-/// secret X signs with, and the account's user id.
+/// The reason of a kept body for an account no channel of its App is.
+pub const UNKNOWN_ACCOUNT: &str = "unknown_account";
+
+/// One configured X account as the webhook sees it: the path segment X calls, the App
+/// it belongs to, the secret X signs with, and the account's user id.
 #[derive(Debug, Clone)]
 pub struct WebhookChannel {
     /// The channel name: the `{channel}` of the webhook URL and the first word of the
     /// routing keys.
     pub name: String,
+    /// The X App's consumer (API) key: channels with the same key are one App, whose
+    /// one webhook brings the events of all their accounts.
+    pub consumer_key: SecretString,
     /// The X App's consumer (API) secret: X keys both the CRC answer and the body
     /// signatures with it.
     pub consumer_secret: SecretString,
-    /// The account's X user id. When set, a body for another account (`for_user_id`)
-    /// is skipped instead of being published under this channel; when unset, the
-    /// body's `for_user_id` is trusted.
+    /// The account's X user id, when configured. Bodies are routed by it; a channel
+    /// without one gets bodies only once its id is learnt (see
+    /// [`WebhookState::with_identities`]).
     pub own_user_id: Option<String>,
 }
 
@@ -72,9 +93,36 @@ impl Default for WebhookConfig {
     }
 }
 
+/// One limiter per kind of log line a request can cause, so a flood of one kind
+/// does not silence the others.
+struct Logs {
+    unknown_channel: LogLimiter,
+    bad_signature: LogLimiter,
+    unreadable_body: LogLimiter,
+    account_not_known_yet: LogLimiter,
+    unknown_account: LogLimiter,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs {
+            unknown_channel: LogLimiter::for_requests("webhook requests for an unknown channel"),
+            bad_signature: LogLimiter::for_requests("webhook POSTs with a bad signature"),
+            unreadable_body: LogLimiter::for_requests("webhook POSTs with an unreadable body"),
+            account_not_known_yet: LogLimiter::for_requests(
+                "webhook bodies waiting for a channel's account",
+            ),
+            unknown_account: LogLimiter::for_requests("webhook bodies for an unknown X account"),
+        }
+    }
+}
+
 /// Everything the webhook's handlers share.
 pub struct WebhookState {
+    /// The channels served at `/webhooks/{name}`.
     channels: HashMap<String, WebhookChannel>,
+    /// Every channel's account and App: where bodies are routed.
+    identities: Arc<ChannelIdentities>,
     sink: Arc<dyn EventSink>,
     store: Arc<dyn StateStore>,
     config: WebhookConfig,
@@ -82,11 +130,14 @@ pub struct WebhookState {
     in_flight: Arc<InFlightDeliveries>,
     profiles: HashMap<String, Arc<crate::profiles::Profiles>>,
     media: Option<Arc<crate::media::MediaLinks>>,
+    logs: Logs,
 }
 
 impl WebhookState {
     /// The state for `channels`, publishing to `sink` and deduplicating through
-    /// `store`. A channel name given twice keeps its last entry.
+    /// `store`. A channel name given twice keeps its last entry. Bodies are routed
+    /// among `channels` by their configured ids, unless
+    /// [`WebhookState::with_identities`] gives the process's.
     pub fn new(
         channels: Vec<WebhookChannel>,
         sink: Arc<dyn EventSink>,
@@ -94,16 +145,27 @@ impl WebhookState {
         config: WebhookConfig,
     ) -> WebhookState {
         let mut by_name = HashMap::new();
-        for channel in channels {
-            if let Some(previous) = by_name.insert(channel.name.clone(), channel) {
+        for channel in &channels {
+            if let Some(previous) = by_name.insert(channel.name.clone(), channel.clone()) {
                 tracing::warn!(
                     channel = %previous.name,
                     "webhook channel configured twice; the last entry wins"
                 );
             }
         }
+        // The last entry of a name wins here too; the order of the others is kept.
+        let last_entries = channels
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !channels[i + 1..].iter().any(|later| later.name == c.name));
+        let identities = ChannelIdentities::new(last_entries.map(|(_, c)| ChannelAccount {
+            name: &c.name,
+            consumer_key: &c.consumer_key,
+            user_id: c.own_user_id.as_deref(),
+        }));
         WebhookState {
             channels: by_name,
+            identities: Arc::new(identities),
             sink,
             store,
             config,
@@ -111,7 +173,16 @@ impl WebhookState {
             in_flight: Arc::default(),
             profiles: HashMap::new(),
             media: None,
+            logs: Logs::default(),
         }
+    }
+
+    /// Routes bodies by the process's `identities`: every configured channel (those
+    /// that poll too, whose accounts may be subscribed to an App's webhook) with the
+    /// ids configured or learnt from X.
+    pub fn with_identities(mut self, identities: Arc<ChannelIdentities>) -> WebhookState {
+        self.identities = identities;
+        self
     }
 
     /// Shares `in_flight` with the channels' pollers, so the webhook and a poll
@@ -173,7 +244,19 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn unknown_channel() -> Response {
+/// Counts a request refused before its signature could vouch for it, under a fixed
+/// set of `reason`s, so a client cannot grow the label set.
+fn count_refused(reason: &'static str) {
+    metrics::counter!("xbridge_webhook_requests_refused_total", "reason" => reason).increment(1);
+}
+
+/// 404 for a name no served channel has; the name is anyone's to choose, so it is
+/// logged shortened and escaped, and only so often.
+fn unknown_channel(state: &WebhookState, request: &'static str, channel: &str) -> Response {
+    count_refused("unknown_channel");
+    if state.logs.unknown_channel.allow() {
+        tracing::warn!(channel = %shown(channel), request, "webhook request for an unknown channel");
+    }
     error(StatusCode::NOT_FOUND, "no webhook channel by this name")
 }
 
@@ -184,8 +267,7 @@ async fn crc_challenge(
     Query(query): Query<CrcQuery>,
 ) -> Response {
     let Some(config) = state.channels.get(&channel) else {
-        tracing::warn!(channel, "CRC challenge for an unknown channel");
-        return unknown_channel();
+        return unknown_channel(&state, "CRC challenge", &channel);
     };
     match query.crc_token.filter(|token| !token.is_empty()) {
         Some(token) => {
@@ -200,7 +282,7 @@ async fn crc_challenge(
     }
 }
 
-/// `POST`: checks the signature, parses, publishes, answers.
+/// `POST`: checks the signature, parses, routes and publishes, answers.
 async fn receive_events(
     State(state): State<Arc<WebhookState>>,
     Path(channel): Path<String>,
@@ -208,8 +290,7 @@ async fn receive_events(
     body: Bytes,
 ) -> Response {
     let Some(config) = state.channels.get(&channel) else {
-        tracing::warn!(channel, "webhook POST for an unknown channel");
-        return unknown_channel();
+        return unknown_channel(&state, "POST", &channel);
     };
     // A header that is not text cannot be a valid signature: treat it as malformed.
     let signature = headers
@@ -217,25 +298,31 @@ async fn receive_events(
         .map(|value| value.to_str().unwrap_or(""));
     if let Err(reason) = verify_signature(&config.consumer_secret, &body, signature) {
         state.signature_failures.fetch_add(1, Ordering::Relaxed);
+        count_refused("bad_signature");
         metrics::counter!("xbridge_webhook_signature_failures_total", "channel" => channel.to_string())
             .increment(1);
-        tracing::warn!(channel, %reason, "webhook POST refused: bad signature");
+        if state.logs.bad_signature.allow() {
+            tracing::warn!(channel, %reason, "webhook POST refused: bad signature");
+        }
         return error(StatusCode::UNAUTHORIZED, reason.to_string());
     }
     let delivery = match parse_webhook(&body) {
         Ok(delivery) => delivery,
         Err(problem) => {
-            tracing::warn!(channel, %problem, "webhook POST refused: unreadable body");
+            count_refused("unreadable_body");
+            if state.logs.unreadable_body.allow() {
+                let problem = shown_within(&problem.to_string(), 200);
+                tracing::warn!(channel, %problem, "webhook POST refused: unreadable body");
+            }
             return error(StatusCode::BAD_REQUEST, problem.to_string());
         }
     };
     // In its own task, so the work finishes even when X hangs up first (its retry then
     // finds the events delivered), and a bug cannot take the server down.
-    let own_user_id = config.own_user_id.clone();
     let task = {
         let state = state.clone();
         let channel = channel.clone();
-        tokio::spawn(async move { state.deliver(&channel, own_user_id, delivery).await })
+        tokio::spawn(async move { state.deliver(&channel, delivery, &body).await })
     };
     match task.await {
         Ok(Ok(())) => StatusCode::OK.into_response(),
@@ -261,6 +348,12 @@ enum DeliveryError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The body may be for a channel whose account X has not told yet.
+    #[error("X account {account} may be channel {}'s, whose account is not known yet", .pending.join(" or "))]
+    AccountNotKnownYet {
+        account: String,
+        pending: Vec<String>,
+    },
 }
 
 impl From<DeliverError> for DeliveryError {
@@ -273,48 +366,70 @@ impl From<DeliverError> for DeliveryError {
 }
 
 impl WebhookState {
-    /// Publishes the events of one body in order; stops at the first failure (the
-    /// retry skips what was delivered before it).
+    /// Routes one body that arrived at `url_channel`'s URL to the channel that is its
+    /// account and publishes its events there in order, stopping at the first failure
+    /// (the retry skips what was delivered before it); or keeps it, when no channel of
+    /// the App is its account.
     async fn deliver(
         &self,
-        channel: &str,
-        own_user_id: Option<String>,
+        url_channel: &str,
         delivery: WebhookDelivery,
+        body: &[u8],
     ) -> Result<(), DeliveryError> {
-        let own_user_id = match (own_user_id, delivery.for_user_id) {
-            (Some(own), Some(for_user_id)) if own != for_user_id => {
-                tracing::warn!(
-                    channel,
-                    for_user_id,
-                    own_user_id = own,
-                    "webhook body is for another X account; its events are skipped"
-                );
-                return Ok(());
-            }
-            (Some(own), _) => Some(own),
-            (None, for_user_id) => for_user_id,
+        let WebhookDelivery { for_user_id, items } = delivery;
+        let Some(account) = for_user_id.filter(|_| self.has_work(&items)) else {
+            // Tweets, follows, activity while it is off: nothing to publish, whoever
+            // the body is for.
+            tracing::debug!(
+                channel = url_channel,
+                events = items.len(),
+                "webhook body with nothing to publish"
+            );
+            return Ok(());
         };
-        for item in delivery.items {
+        let channel = match route(&self.identities.snapshot(), url_channel, &account) {
+            Route::Channel(channel) => channel,
+            Route::Wait { pending } => {
+                let error = DeliveryError::AccountNotKnownYet { account, pending };
+                if self.logs.account_not_known_yet.allow() {
+                    tracing::warn!(channel = url_channel, %error, "webhook body answered 503 until X tells the channel's account");
+                }
+                return Err(error);
+            }
+            Route::Keep { detail } => {
+                return self
+                    .keep_unknown_account(url_channel, &account, detail, &items, body)
+                    .await;
+            }
+        };
+        if channel != url_channel {
+            tracing::debug!(
+                url_channel,
+                channel,
+                for_user_id = account,
+                "webhook body routed to the channel of its account"
+            );
+        }
+        let channel = channel.as_str();
+        for item in items {
             match item {
                 InboundItem::Message(dm) => {
                     let event_id = dm.event_id.clone();
-                    let Some(own) = own_user_id.as_deref() else {
-                        // parse_webhook refuses such bodies; kept for safety.
-                        tracing::warn!(channel, event_id, "DM without an account id; skipped");
-                        continue;
-                    };
-                    self.message(channel, own, dm).await.inspect_err(|error| {
-                        tracing::error!(channel, event_id, %error, "inbound DM not delivered");
-                    })?;
+                    self.message(channel, &account, dm)
+                        .await
+                        .inspect_err(|error| {
+                            tracing::error!(channel, event_id, %error, "inbound DM not delivered");
+                        })?;
                 }
                 InboundItem::Typing(typing) => {
                     let event = ConversationTyping::new(channel, typing);
-                    self.activity(channel, OutboundEvent::typing(&event))
+                    self.activity(channel, &account, OutboundEvent::typing(&event))
                         .await?;
                 }
                 InboundItem::Read(read) => {
                     let event = MessageRead::new(channel, read);
-                    self.activity(channel, OutboundEvent::read(&event)).await?;
+                    self.activity(channel, &account, OutboundEvent::read(&event))
+                        .await?;
                 }
                 InboundItem::Ignored { event_id, reason } => {
                     tracing::debug!(
@@ -329,13 +444,16 @@ impl WebhookState {
         Ok(())
     }
 
-    /// One DM: deduplicated, classified, published, recorded.
-    async fn message(
-        &self,
-        channel: &str,
-        own_user_id: &str,
-        dm: DirectMessage,
-    ) -> Result<(), DeliveryError> {
+    /// Whether `items` hold anything that would be published.
+    fn has_work(&self, items: &[InboundItem]) -> bool {
+        items.iter().any(|item| match item {
+            InboundItem::Message(_) => true,
+            InboundItem::Typing(_) | InboundItem::Read(_) => self.config.publish_activity,
+            InboundItem::Ignored { .. } => false,
+        })
+    }
+
+    fn delivery<'a>(&'a self, channel: &'a str, own_user_id: &'a str) -> Delivery<'a> {
         Delivery {
             channel,
             own_user_id,
@@ -346,15 +464,26 @@ impl WebhookState {
             media: self.media.as_deref(),
             in_flight: &self.in_flight,
         }
-        .deliver(dm)
-        .await?;
+    }
+
+    /// One DM: deduplicated, classified, published, recorded.
+    async fn message(
+        &self,
+        channel: &str,
+        own_user_id: &str,
+        dm: DirectMessage,
+    ) -> Result<(), DeliveryError> {
+        self.delivery(channel, own_user_id).deliver(dm).await?;
         Ok(())
     }
 
-    /// A typing or read event: published when activity is on. X gives these no id, so
-    /// they are not deduplicated in the store; their stable AMQP `message_id` lets a
-    /// consumer drop a repeat.
-    async fn activity(&self, channel: &str, event: OutboundEvent) -> Result<(), DeliveryError> {
+    /// A typing or read event: published once, when activity is on.
+    async fn activity(
+        &self,
+        channel: &str,
+        own_user_id: &str,
+        event: OutboundEvent,
+    ) -> Result<(), DeliveryError> {
         if !self.config.publish_activity {
             tracing::debug!(
                 channel,
@@ -363,19 +492,65 @@ impl WebhookState {
             );
             return Ok(());
         }
-        self.sink.publish(&event).await.inspect_err(|error| {
-            tracing::error!(
-                channel,
-                message_id = event.message_id,
-                %error,
-                "inbound activity event not delivered"
-            );
+        self.delivery(channel, own_user_id)
+            .deliver_activity(&event)
+            .await
+            .inspect_err(|error| {
+                tracing::error!(
+                    channel,
+                    message_id = event.message_id,
+                    %error,
+                    "inbound activity event not delivered"
+                );
+            })?;
+        Ok(())
+    }
+
+    /// A body for an X account no channel of its App is: never published under a
+    /// channel, never dropped. It is kept in the dead-letter queue as X sent it, and
+    /// the answer is 200 only once the broker confirmed that.
+    async fn keep_unknown_account(
+        &self,
+        url_channel: &str,
+        account: &str,
+        detail: String,
+        items: &[InboundItem],
+        body: &[u8],
+    ) -> Result<(), DeliveryError> {
+        let first_event = items.iter().find_map(|item| match item {
+            InboundItem::Message(dm) => Some(dm.event_id.clone()),
+            _ => None,
+        });
+        // The event id tells the operator which DM it is; a body of activity only
+        // has none, and a digest of the body stands in.
+        let which = first_event.unwrap_or_else(|| {
+            let digest = Sha256::digest(body);
+            digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        });
+        let letter = InboundDeadLetter {
+            channel: url_channel.to_owned(),
+            message_id: format!("{UNKNOWN_ACCOUNT}:{account}:{which}"),
+            reason: UNKNOWN_ACCOUNT,
+            detail,
+            body: body.to_vec(),
+        };
+        metrics::counter!(
+            "xbridge_webhook_unknown_account_total",
+            "channel" => url_channel.to_owned()
+        )
+        .increment(1);
+        self.sink.dead_letter(&letter).await.inspect_err(|error| {
+            tracing::error!(channel = url_channel, for_user_id = account, %error, "webhook body for an unknown X account not kept; X will send it again");
         })?;
-        tracing::debug!(
-            channel,
-            message_id = event.message_id,
-            "activity event published"
-        );
+        if self.logs.unknown_account.allow() {
+            tracing::warn!(
+                channel = url_channel,
+                for_user_id = account,
+                message_id = letter.message_id,
+                detail = letter.detail,
+                "webhook body for an X account no channel of the App is; kept as a dead letter"
+            );
+        }
         Ok(())
     }
 }

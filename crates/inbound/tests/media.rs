@@ -83,6 +83,7 @@ impl World {
         let state = WebhookState::new(
             vec![WebhookChannel {
                 name: "acme".into(),
+                consumer_key: SecretString::from(account.consumer_key.clone()),
                 consumer_secret: SecretString::from(account.consumer_secret.clone()),
                 own_user_id: Some(account.user_id.clone()),
             }],

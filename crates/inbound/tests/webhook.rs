@@ -16,19 +16,27 @@ use common::Broker;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::BasicProperties;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use xbridge_core::amqp::{connect, Publisher};
-use xbridge_inbound::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
+use xbridge_core::amqp::dead_letters::DIRECTION_HEADER;
+use xbridge_core::amqp::{connect, FailureHeaders, Publisher};
+use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
+use xbridge_inbound::sink::{AmqpSink, EventSink, InboundDeadLetter, OutboundEvent, SinkError};
 use xbridge_inbound::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
 use xbridge_inbound::webhook_auth::{crc_response_token, SIGNATURE_HEADER};
 use xbridge_store::{EmbeddedStore, SentRecord, StateStore};
 
 /// The consumer secret X's own examples are signed with (see `webhook_auth`).
 const SECRET: &str = "kAcSOqF21Fu85e7zjz7ZN2U4ZRhfV3WpwPAoE3Z7kBw";
+/// The consumer key of that App, which acme and jordan share.
+const APP_KEY: &str = "the-apps-consumer-key";
+/// Another App, with its own channel and account.
+const OTHER_APP_KEY: &str = "another-apps-consumer-key";
+const OTHER_APP_SECRET: &str = "another-apps-consumer-secret";
+const OTHER_ACCOUNT: &str = "5555555555";
 /// X's signature of `webhook_aaa_dm.json` with [`SECRET`], computed independently.
 const FIXTURE_SIGNATURE: &str = "sha256=UxI5VQCQ3mj9W74QtbAd7Pp8wOgWdC/A3vMYL3yp92Q=";
 /// The company's account ("acme") and the customer in the fixture.
@@ -103,6 +111,32 @@ impl EventSink for FlakySink {
         }
         self.inner.publish(event).await
     }
+
+    async fn dead_letter(&self, letter: &InboundDeadLetter) -> Result<(), SinkError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SinkError::Unavailable(
+                "the test took the broker away".into(),
+            ));
+        }
+        self.inner.dead_letter(letter).await
+    }
+}
+
+/// The channels of every world: acme and jordan on one App (the customer's account
+/// configured too, as when two configured accounts write to each other: acme's
+/// customer DMs are its own sends), and `other` on another App.
+fn channels() -> Vec<WebhookChannel> {
+    let channel = |name: &str, key: &str, secret: &str, id: &str| WebhookChannel {
+        name: name.into(),
+        consumer_key: SecretString::from(key),
+        consumer_secret: SecretString::from(secret),
+        own_user_id: Some(id.into()),
+    };
+    vec![
+        channel("acme", APP_KEY, SECRET, ACME),
+        channel("jordan", APP_KEY, SECRET, CUSTOMER),
+        channel("other", OTHER_APP_KEY, OTHER_APP_SECRET, OTHER_ACCOUNT),
+    ]
 }
 
 /// One test's world.
@@ -118,6 +152,14 @@ struct World {
 
 impl World {
     async fn start(config: WebhookConfig) -> World {
+        World::start_with(config, None).await
+    }
+
+    /// A world whose bodies are routed by `identities` instead of the configured ids.
+    async fn start_with(
+        config: WebhookConfig,
+        identities: Option<Arc<ChannelIdentities>>,
+    ) -> World {
         let broker = Broker::start().await;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
@@ -125,30 +167,16 @@ impl World {
             inner: AmqpSink::new(
                 broker.publisher.clone(),
                 broker.names.incoming_exchange.clone(),
-            ),
+            )
+            .with_dead_letters(broker.names.dead_letter_exchange.clone()),
             down: AtomicBool::new(false),
             fail_on: Mutex::new(None),
         });
-        let channels = vec![
-            WebhookChannel {
-                name: "acme".into(),
-                consumer_secret: SecretString::from(SECRET),
-                own_user_id: Some(ACME.into()),
-            },
-            // The customer's account configured too, as when two configured accounts
-            // write to each other: acme's customer DMs are its own sends.
-            WebhookChannel {
-                name: "jordan".into(),
-                consumer_secret: SecretString::from(SECRET),
-                own_user_id: Some(CUSTOMER.into()),
-            },
-        ];
-        let state = Arc::new(WebhookState::new(
-            channels,
-            flaky.clone(),
-            store.clone(),
-            config,
-        ));
+        let state = WebhookState::new(channels(), flaky.clone(), store.clone(), config);
+        let state = Arc::new(match identities {
+            Some(identities) => state.with_identities(identities),
+            None => state,
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let app = router(state.clone());
@@ -208,6 +236,27 @@ impl World {
             body: serde_json::from_slice(&delivery.data).expect("events are JSON"),
             properties: delivery.properties.clone(),
         }
+    }
+
+    /// The next message in the dead-letter queue, if any. The webhook answers 200 only
+    /// once the broker confirmed a dead letter, so after that answer it is there.
+    async fn take_dead_letter(&self) -> Option<(String, Vec<u8>, BasicProperties)> {
+        let message = self
+            .broker
+            .publisher
+            .channel()
+            .basic_get(
+                self.broker.names.dead_letter_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()?;
+        let delivery = message.delivery;
+        Some((
+            delivery.routing_key.as_str().to_owned(),
+            delivery.data,
+            delivery.properties,
+        ))
     }
 
     /// Publishes a fresh customer DM and checks it is the next event: whatever the
@@ -473,13 +522,164 @@ async fn the_bridges_own_reply_is_dropped_and_a_company_echo_is_published() {
 }
 
 #[tokio::test]
-async fn a_body_for_another_account_is_skipped() {
+async fn a_dm_for_another_account_of_the_app_is_published_under_that_accounts_channel() {
     let mut world = World::start(WebhookConfig::default()).await;
-    // A DM to some other account, POSTed to acme's URL.
-    let body = dm_body("1111111111", "954491830116155450", CUSTOMER, "1111111111");
+    // X has one webhook per App: a customer's DM to jordan's account arrives at
+    // acme's URL, signed with the App's secret.
+    let body = dm_body(CUSTOMER, "954491830116155450", "7777777777", CUSTOMER);
     assert_eq!(world.post("acme", &body).await, 200);
+    let event = world.next_event().await;
+    assert_eq!(event.routing_key, "jordan.message.received");
+    assert_eq!(event.body["channel"], "jordan");
+    assert_eq!(event.body["recipient_id"], CUSTOMER);
+    assert_eq!(
+        event.properties.message_id().as_ref().map(|id| id.as_str()),
+        Some("jordan:954491830116155450:received")
+    );
+    // Delivered once, whichever URL X uses again.
+    assert_eq!(world.post("jordan", &body).await, 200);
+    assert_eq!(world.post("acme", &body).await, 200);
+    assert!(world
+        .store
+        .is_delivered("jordan", "954491830116155450")
+        .await
+        .unwrap());
+    assert!(!world
+        .store
+        .is_delivered("acme", "954491830116155450")
+        .await
+        .unwrap());
     world
         .assert_nothing_else_published("954491830116155451")
+        .await;
+}
+
+#[tokio::test]
+async fn a_body_for_an_account_no_channel_of_the_app_is_is_kept_not_published() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    // An account nobody configured, then the account of a channel on another App: the
+    // App that signed the body does not vouch for that one.
+    for (account, event_id) in [
+        ("1111111111", "954491830116155452"),
+        (OTHER_ACCOUNT, "954491830116155453"),
+    ] {
+        let body = dm_body(account, event_id, CUSTOMER, account);
+        assert_eq!(world.post("acme", &body).await, 200);
+        let (routing_key, kept, properties) = world
+            .take_dead_letter()
+            .await
+            .expect("the body is kept as a dead letter");
+        assert_eq!(kept, body, "kept as X sent it");
+        assert_eq!(routing_key, "acme");
+        let table = properties.headers().clone().unwrap();
+        let headers = FailureHeaders::read(Some(&table));
+        assert_eq!(headers.reason.as_deref(), Some("unknown_account"));
+        assert_eq!(headers.channel.as_deref(), Some("acme"));
+        let detail = headers.detail.unwrap();
+        assert!(detail.contains(account), "{detail}");
+        assert!(table.contains_key(DIRECTION_HEADER));
+        assert_eq!(
+            properties.message_id().as_ref().map(|id| id.as_str()),
+            Some(format!("unknown_account:{account}:{event_id}").as_str())
+        );
+        if account == OTHER_ACCOUNT {
+            assert!(
+                detail.contains("channel other is this account but on another X App"),
+                "{detail}"
+            );
+        }
+    }
+
+    // Not kept, not answered 200: X must send it again.
+    world.flaky.down.store(true, Ordering::SeqCst);
+    let body = dm_body("1111111111", "954491830116155454", CUSTOMER, "1111111111");
+    assert_eq!(world.post("acme", &body).await, 503);
+    world.flaky.down.store(false, Ordering::SeqCst);
+    assert!(world.take_dead_letter().await.is_none());
+
+    world
+        .assert_nothing_else_published("954491830116155455")
+        .await;
+}
+
+#[tokio::test]
+async fn a_body_waits_with_503_while_a_channel_of_the_app_is_not_known() {
+    // jordan's account is not configured and X has not told it yet.
+    let key = SecretString::from(APP_KEY);
+    let other_key = SecretString::from(OTHER_APP_KEY);
+    let identities = Arc::new(ChannelIdentities::new([
+        ChannelAccount {
+            name: "acme",
+            consumer_key: &key,
+            user_id: Some(ACME),
+        },
+        ChannelAccount {
+            name: "jordan",
+            consumer_key: &key,
+            user_id: None,
+        },
+        ChannelAccount {
+            name: "other",
+            consumer_key: &other_key,
+            user_id: Some(OTHER_ACCOUNT),
+        },
+    ]));
+    let mut world = World::start_with(WebhookConfig::default(), Some(identities.clone())).await;
+    let for_jordan = dm_body(CUSTOMER, "954491830116155456", "7777777777", CUSTOMER);
+    assert_eq!(world.post("acme", &for_jordan).await, 503);
+    assert!(world.take_dead_letter().await.is_none(), "not kept either");
+    // acme's own DMs do not wait.
+    assert_eq!(
+        world.post("acme", &customer_dm("954491830116155457")).await,
+        200
+    );
+    assert_eq!(
+        world.next_event().await.body["event_id"],
+        "954491830116155457"
+    );
+
+    // X told: its retry is published under jordan.
+    identities.learn("jordan", CUSTOMER).unwrap();
+    assert_eq!(world.post("acme", &for_jordan).await, 200);
+    let event = world.next_event().await;
+    assert_eq!(event.routing_key, "jordan.message.received");
+    world
+        .assert_nothing_else_published("954491830116155458")
+        .await;
+}
+
+#[tokio::test]
+async fn repeated_typing_and_read_events_are_published_once() {
+    let mut world = World::start(WebhookConfig {
+        publish_activity: true,
+        ..WebhookConfig::default()
+    })
+    .await;
+    let typing = fixture("webhook_aaa_typing.json");
+    let read = serde_json::to_vec(&json!({
+        "for_user_id": ACME,
+        "direct_message_mark_read_events": [{
+            "created_timestamp": "1518452444662",
+            "sender_id": CUSTOMER,
+            "target": {"recipient_id": ACME},
+            "last_read_event_id": "963085315333238788"
+        }]
+    }))
+    .unwrap();
+    for body in [&typing, &read] {
+        // X sends it again and again, some at once.
+        let at_once = futures::future::join_all((0..10).map(|_| world.post("acme", body))).await;
+        assert!(at_once.iter().all(|status| *status == 200), "{at_once:?}");
+        for _ in 0..40 {
+            assert_eq!(world.post("acme", body).await, 200);
+        }
+    }
+    let first = world.next_event().await;
+    assert_eq!(first.routing_key, "acme.conversation.typing");
+    let second = world.next_event().await;
+    assert_eq!(second.routing_key, "acme.message.read");
+    world
+        .assert_nothing_else_published("954491830116155459")
         .await;
 }
 
@@ -574,8 +774,9 @@ async fn a_closed_amqp_channel_is_a_503_not_a_crash() {
     let state = Arc::new(WebhookState::new(
         vec![WebhookChannel {
             name: "acme".into(),
+            consumer_key: SecretString::from(APP_KEY),
             consumer_secret: SecretString::from(SECRET),
-            own_user_id: None,
+            own_user_id: Some(ACME.into()),
         }],
         Arc::new(AmqpSink::new(
             publisher,
@@ -601,4 +802,101 @@ async fn a_closed_amqp_channel_is_a_503_not_a_crash() {
         assert_eq!(answer.status(), 503);
     }
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// Log lines written while it is held, by the tasks of this (current-thread) runtime.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn unsigned_requests_are_logged_bounded_in_size_and_rate() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let world = World::start(WebhookConfig::default()).await;
+
+    // A 16 KB channel name, a line break in another, bad signatures: hundreds of each.
+    let long = "x".repeat(16 * 1024);
+    let forged = "acme\nERROR forged line";
+    let body = customer_dm("954491830116155499");
+    let answer = world
+        .http
+        .post(world.url(&urlencode(forged)))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    for _ in 0..200 {
+        assert_eq!(world.post(&long, &body).await, 404);
+        let crc = world
+            .http
+            .get(format!("{}?crc_token=t", world.url(&long)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(crc.status(), 404);
+        let answer = world
+            .post_signed("acme", body.clone(), Some("sha256=AAAA"))
+            .await;
+        assert_eq!(answer.status(), 401);
+    }
+    // Every refusal counted, whatever the log shows.
+    assert_eq!(world.state.signature_failures(), 200);
+
+    let text = logs.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("unknown channel")),
+        "refusals are still logged:\n{text}"
+    );
+    assert!(lines.iter().any(|l| l.contains("bad signature")), "{text}");
+    assert!(
+        lines.iter().all(|l| l.len() < 1024),
+        "a line is longer than 1 KB:\n{text}"
+    );
+    assert!(
+        lines.len() <= 20,
+        "{} lines for 601 refused requests:\n{text}",
+        lines.len()
+    );
+    assert!(
+        text.contains("acme\\nERROR forged line"),
+        "escaped:\n{text}"
+    );
+    assert!(!text.contains("\nERROR forged line"), "{text}");
+}
+
+/// Percent-encodes a path segment.
+fn urlencode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

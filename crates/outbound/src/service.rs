@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp::{self, declare_topology, Publisher, TopologyPlan};
+use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::{ChannelStateEvent, ChannelStates};
 use xbridge_core::config::Settings;
 use xbridge_store::StateStore;
@@ -41,13 +42,15 @@ pub struct Outbound {
 impl Outbound {
     /// Builds every channel's X client and state, the clients on the
     /// process's shared HTTP stack `http` (one connection pool and TLS
-    /// configuration for all channels, since they all talk to X). Fails only
-    /// on a client that cannot be built (bad base URL).
+    /// configuration for all channels, since they all talk to X), sharing the
+    /// channels' accounts through `identities`. Fails only on a client that
+    /// cannot be built (bad base URL).
     pub fn new(
         settings: Arc<Settings>,
         store: Arc<dyn StateStore>,
         states: Arc<ChannelStates>,
         http: XHttp,
+        identities: Arc<ChannelIdentities>,
     ) -> Result<Outbound, OutboundError> {
         let policy = Policy {
             retry: settings.outbound.retry.clone(),
@@ -72,7 +75,7 @@ impl Outbound {
                     policy: policy.clone(),
                     states: states.clone(),
                     media: media.clone(),
-                    own_user: tokio::sync::OnceCell::new_with(channel.user_id.clone()),
+                    identities: identities.clone(),
                     recent_events: Default::default(),
                 }))
             })

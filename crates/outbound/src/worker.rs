@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use xbridge_core::amqp::{FailureHeaders, PublishError};
+use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::{ChannelState, ChannelStates};
 use xbridge_core::model::{FailureReason, OutgoingReply, ReplyTarget, StatusEvent};
 use xbridge_store::{SentRecord, StateStore, StoreError};
@@ -52,20 +53,26 @@ pub struct ChannelContext {
     pub states: Arc<ChannelStates>,
     /// Turns reply attachments into bytes to upload, safely.
     pub media: Arc<MediaFetcher>,
-    /// The account's X user id (from the configuration, or asked of X once),
-    /// to recognise its own DMs when looking for an unrecorded send.
-    pub own_user: tokio::sync::OnceCell<String>,
+    /// Every channel's X account (configured, or learnt from X by the inbound
+    /// side or by [`ChannelContext::own_user_id`]), to recognise this account's
+    /// own DMs when looking for an unrecorded send.
+    pub identities: Arc<ChannelIdentities>,
     /// The account's DM events as last read to find unrecorded sends.
     pub recent_events: tokio::sync::Mutex<crate::reconcile::RecentEvents>,
 }
 
 impl ChannelContext {
-    /// The account's X user id.
+    /// The account's X user id: the one known to the process, else asked of X
+    /// (and then known to the inbound side too).
     pub async fn own_user_id(&self) -> Result<String, XError> {
-        self.own_user
-            .get_or_try_init(|| async { Ok(self.client.me().await?.0.id) })
-            .await
-            .cloned()
+        if let Some(id) = self.identities.user_id(&self.name) {
+            return Ok(id);
+        }
+        let id = self.client.me().await?.0.id;
+        // A channel with a configured id has it known from the start, so what X
+        // says cannot contradict one here; the inbound side checks those.
+        let _ = self.identities.learn(&self.name, &id);
+        Ok(id)
     }
 }
 

@@ -59,6 +59,18 @@ impl Account {
         }
     }
 
+    /// Another account on the App of `app`: its own user and access token, the App's consumer
+    /// key, secret and bearer token. X's Pay Per Use lets up to 3 accounts of one App subscribe to
+    /// the App's one webhook, so their events all arrive at one URL.
+    pub fn generate_for_app(username: &str, app: &Account) -> Account {
+        Account {
+            consumer_key: app.consumer_key.clone(),
+            consumer_secret: app.consumer_secret.clone(),
+            bearer_token: app.bearer_token.clone(),
+            ..Account::generate(username)
+        }
+    }
+
     /// The fixed account that `x-simulator --demo` serves, so a demo runs with no setup.
     ///
     /// Its credentials are public and documented in the crate docs; never use them anywhere real.
@@ -155,6 +167,33 @@ mod tests {
         assert_ne!(
             Account::generate("a").consumer_secret,
             Account::generate("a").consumer_secret
+        );
+    }
+
+    #[test]
+    fn accounts_of_one_app_share_its_credentials_but_not_their_own() {
+        let alpha = Account::generate("alpha");
+        let beta = Account::generate_for_app("beta", &alpha);
+        assert_eq!(
+            (
+                &beta.consumer_key,
+                &beta.consumer_secret,
+                &beta.bearer_token
+            ),
+            (
+                &alpha.consumer_key,
+                &alpha.consumer_secret,
+                &alpha.bearer_token
+            )
+        );
+        assert_ne!(beta.user_id, alpha.user_id);
+        assert_ne!(beta.access_token, alpha.access_token);
+        let mut registry = AccountRegistry::default();
+        registry.upsert(alpha.clone());
+        registry.upsert(beta.clone());
+        assert_eq!(
+            registry.by_user_token(&beta.consumer_key, &beta.access_token),
+            Some(&beta)
         );
     }
 

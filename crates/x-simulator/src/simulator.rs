@@ -256,6 +256,25 @@ impl Simulator {
             .await
     }
 
+    /// Waits until at least `count` requests of the account to paths starting with `path`
+    /// were answered (e.g. its DM reads, `/2/dm_events`, apart from other calls), then returns
+    /// those. Wrap it in a timeout.
+    pub async fn wait_for_requests_to(
+        &self,
+        user_id: &str,
+        path: &str,
+        count: usize,
+    ) -> Vec<RequestRecord> {
+        let state = self.state();
+        state
+            .wait_until(&state.request_recorded, |inner| {
+                let mut requests = requests_of(&inner.requests, user_id);
+                requests.retain(|r| r.path.starts_with(path));
+                (requests.len() >= count).then_some(requests)
+            })
+            .await
+    }
+
     /// Running totals since start or the last reset.
     pub fn counters(&self) -> Counters {
         self.state().lock().counters

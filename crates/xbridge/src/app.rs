@@ -8,8 +8,10 @@ use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{HttpSettings, Settings, StateBackend, StateSettings};
+use xbridge_inbound::identity::IdentityResolver;
 use xbridge_inbound::service::Inbound;
 use xbridge_outbound::Outbound;
 use xbridge_store::{EmbeddedStore, PostgresStore, StateStore};
@@ -76,11 +78,16 @@ pub struct Bridge {
     /// The HTTP servers' timeouts and limits, for the operations server.
     http: HttpSettings,
     states: Arc<ChannelStates>,
+    /// The channels whose account X did not tell at startup, and what asks again.
+    unresolved: Option<(IdentityResolver, Vec<String>)>,
 }
 
 impl Bridge {
     /// Opens the state store (connecting to PostgreSQL and migrating it when
-    /// that is the backend) and builds every channel's client.
+    /// that is the backend), builds every channel's client, and asks X which
+    /// account each receiving channel is: a configured `user_id` X contradicts
+    /// is an error here, naming the channel and both ids. Channels X does not
+    /// answer for now are asked again once the bridge runs.
     pub async fn build(settings: Settings) -> anyhow::Result<Bridge> {
         open_files_for(&settings);
         let store = open_store(&settings.state).await?;
@@ -104,19 +111,24 @@ impl Bridge {
         // talk to the same host, and a stack per client costs a copy of the
         // system's root certificates each.
         let x_http = XHttp::new().context("setting up the HTTP client for X")?;
+        let identities = Arc::new(ChannelIdentities::from_channels(&settings.channels));
         let outbound = Outbound::new(
             settings.clone(),
             store.clone(),
             states.clone(),
             x_http.clone(),
+            identities.clone(),
         )?;
-        let inbound = Inbound::new(settings, store, states.clone(), x_http)?;
+        let inbound = Inbound::new(settings, store, states.clone(), x_http, identities)?;
+        let resolver = inbound.identity_resolver();
+        let unanswered = resolver.resolve_once().await?;
         Ok(Bridge {
             outbound,
             inbound,
             ops,
             http,
             states,
+            unresolved: (!unanswered.is_empty()).then_some((resolver, unanswered)),
         })
     }
 
@@ -162,6 +174,20 @@ impl Bridge {
                 shutdown.clone(),
             ))
         });
+        // A configured id X contradicts later stops the bridge as it would have
+        // stopped at startup: routing by it would publish one account's DMs as
+        // another's.
+        let identities = self.unresolved.map(|(resolver, unanswered)| {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let result = resolver.run(unanswered, shutdown.clone()).await;
+                if let Err(mismatch) = &result {
+                    tracing::error!(error = %mismatch, "stopping: a channel is not the X account its configuration names");
+                    shutdown.cancel();
+                }
+                result
+            })
+        });
         let inbound = tokio::spawn(self.inbound.run(shutdown.clone()));
         let outbound = self.outbound.run(shutdown.clone()).await;
         // Whatever ended the outbound side ends the process: stop inbound too.
@@ -169,6 +195,11 @@ impl Bridge {
         let _ = inbound.await;
         if let Some(ops) = ops {
             let _ = ops.await;
+        }
+        if let Some(identities) = identities {
+            if let Ok(Err(mismatch)) = identities.await {
+                return Err(mismatch.into());
+            }
         }
         outbound?;
         Ok(())

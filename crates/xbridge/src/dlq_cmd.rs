@@ -1,6 +1,9 @@
 //! `xbridge dlq …`: what operators do with dead-lettered replies without the
 //! management UI: see them (`list`, `show`), send them again once the cause is
 //! fixed (`replay`, e.g. after credits were topped up) or drop them (`purge`).
+//! The queue also keeps webhook bodies from X the bridge could not route (marked
+//! inbound): they are listed, shown and purged alike, but never replayed, since
+//! they were never replies.
 //!
 //! Every command reads the whole dead-letter queue (see
 //! [`xbridge_core::amqp::dead_letters`] for how, and why nothing is lost if
@@ -121,7 +124,19 @@ async fn act(
         Action::Replay { dry_run } => {
             let verb = if dry_run { "would replay" } else { "replayed" };
             let mut done = 0;
+            let mut skipped = 0;
             for letter in matching {
+                // A webhook body from X was never a reply: there is nothing to send.
+                if letter.is_inbound() {
+                    skipped += 1;
+                    println!(
+                        "skipped {} (channel {}, reason {}): a webhook body from X, not a reply, so it cannot be replayed; read it with `dlq show`, drop it with `dlq purge`",
+                        letter.id(),
+                        letter.channel(),
+                        letter.reason()
+                    );
+                    continue;
+                }
                 if !dry_run {
                     queue
                         .replay(letter)
@@ -135,6 +150,9 @@ async fn act(
                     letter.channel(),
                     letter.reason()
                 );
+            }
+            if skipped > 0 {
+                println!("skipped {skipped} webhook bod(y/ies) from X");
             }
             println!(
                 "{verb} {done} dead letter(s); {} left in the queue",
@@ -206,6 +224,9 @@ fn show(letter: &DeadLetter) {
     println!("message_id:        {}", letter.id());
     println!("channel:           {}", letter.channel());
     println!("reason:            {}", letter.reason());
+    if letter.is_inbound() {
+        println!("direction:         inbound (a webhook body from X, kept as X sent it; it cannot be replayed)");
+    }
     println!("detail:            {}", h.detail.as_deref().unwrap_or("-"));
     println!("attempts:          {}", h.attempts);
     for (name, value) in [

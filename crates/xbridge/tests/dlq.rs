@@ -388,3 +388,91 @@ async fn a_replay_that_dies_half_way_loses_nothing() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_webhook_body_is_listed_and_shown_never_replayed_and_can_be_purged() {
+    use xbridge_inbound::sink::InboundDeadLetter;
+
+    let app = spawn_app(TestOptions::default()).await;
+    // The bridge declares the topology, then stops, so a replayed copy would
+    // stay in the channel's queue where the test can count it.
+    start_bridge(&app).await.stop().await;
+    craft_dead_letter(
+        &app,
+        "acme",
+        &reply("r-1", "111"),
+        "credits_exhausted",
+        Age::zero(),
+    )
+    .await;
+    // A webhook body for an account no channel is, kept the way the webhook does.
+    let body = serde_json::json!({"for_user_id": "1111111111", "direct_message_events": []});
+    let letter = InboundDeadLetter {
+        channel: "acme".into(),
+        message_id: "unknown_account:1111111111:954491830116155452".into(),
+        reason: "unknown_account",
+        detail: "no channel of that X App is this account".into(),
+        body: serde_json::to_vec(&body).unwrap(),
+    };
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let amqp = connection.create_channel().await.expect("channel");
+    amqp.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let confirm = amqp
+        .basic_publish(
+            app.names.dead_letter_exchange.as_str().into(),
+            "acme".into(),
+            BasicPublishOptions::default(),
+            &letter.body,
+            letter.properties(Utc::now()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+    let _ = connection.close(200, "done".into()).await;
+    let crm = crm(&app).await;
+    let dlq_name = app.names.dead_letter_queue.clone();
+
+    let listing = dlq_ok(&app, &["list"]).await;
+    assert_eq!(
+        listed_ids(&listing),
+        ["r-1", letter.message_id.as_str()],
+        "{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["acme", "unknown_account", "1"]),
+        "{listing}"
+    );
+    crm.wait_for_depth(&dlq_name, 2).await;
+    let shown = dlq_ok(&app, &["show", &letter.message_id]).await;
+    assert!(shown.contains("direction:         inbound"), "{shown}");
+    assert!(shown.contains("\"for_user_id\": \"1111111111\""), "{shown}");
+
+    let replayed = dlq_ok(&app, &["replay"]).await;
+    assert!(
+        replayed.contains(&format!("skipped {}", letter.message_id)),
+        "{replayed}"
+    );
+    assert!(replayed.contains("replayed 1 dead letter(s)"), "{replayed}");
+    // Only the reply went to the channel's queue; the body stays kept.
+    crm.wait_for_depth(&app.names.outgoing_queue("acme"), 1)
+        .await;
+    crm.wait_for_depth(&dlq_name, 1).await;
+    assert_eq!(crm.queue_depth(&app.names.outgoing_queue("acme")).await, 1);
+
+    let purged = dlq_ok(&app, &["purge", "--reason", "unknown_account", "--yes"]).await;
+    assert!(
+        purged.contains(&format!("dropped {}", letter.message_id)),
+        "{purged}"
+    );
+    assert_eq!(crm.queue_depth(&dlq_name).await, 0);
+
+    app.cleanup().await;
+}

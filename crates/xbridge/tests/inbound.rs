@@ -7,8 +7,8 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{start_bridge, RunningBridge};
-use x_simulator::{Customer, Fault, MediaSpec};
+use common::{start_bridge, start_bridge_with, RunningBridge};
+use x_simulator::{Account, Customer, Fault, MediaSpec};
 use xbridge_test_support::{
     assert_valid, reply, spawn_app, Crm, Event, TestApp, TestOptions, PATIENCE,
 };
@@ -141,7 +141,7 @@ async fn dms_sent_while_the_bridge_was_down_are_caught_up_by_polling_once_in_ord
     let user = app.user_id("acme");
     // The first run sets the poll cursor at "now".
     let bridge = start_bridge(&app).await;
-    app.wait_for_requests("acme", 1).await;
+    app.wait_for_reads("acme", 1).await;
     bridge.stop().await;
 
     let customers: Vec<Customer> = (0..5)
@@ -219,7 +219,7 @@ async fn without_credits_webhook_dms_keep_flowing_and_polling_pauses_then_catche
     let (hook, pull) = (app.user_id("hook"), app.user_id("pull"));
     let jane = Customer::generate("jane");
     // Let the pull channel's first poll set its cursor before credits run out.
-    app.wait_for_requests("pull", 1).await;
+    app.wait_for_reads("pull", 1).await;
     app.simulator.set_fault(&hook, Fault::CreditsDepleted);
     app.simulator.set_fault(&pull, Fault::CreditsDepleted);
 
@@ -271,13 +271,13 @@ async fn polling_stays_within_xs_read_limit() {
     let jane = Customer::generate("jane");
 
     // Well past one window's worth of reads, with DMs arriving meanwhile.
-    app.wait_for_requests("acme", 10).await;
+    app.wait_for_reads("acme", 10).await;
     let dm = app
         .simulator
         .customer_dm(&user, &jane, "during the window", None);
-    app.wait_for_requests("acme", 20).await;
+    app.wait_for_reads("acme", 20).await;
     let later = app.simulator.customer_dm(&user, &jane, "after it", None);
-    app.wait_for_requests("acme", 35).await;
+    app.wait_for_reads("acme", 35).await;
 
     let statuses: Vec<u16> = app
         .simulator
@@ -369,7 +369,7 @@ async fn a_sender_missing_from_the_payload_is_looked_up_once_and_cached() {
         app.simulator
             .requests_for(&user)
             .iter()
-            .filter(|r| r.path.starts_with("/2/users/"))
+            .filter(|r| r.path.starts_with("/2/users/") && r.path != "/2/users/me")
             .count()
     };
 
@@ -413,7 +413,7 @@ async fn polling_that_keeps_failing_is_reported_as_paused_until_it_recovers() {
     let user = app.user_id("acme");
     let bridge = start_bridge(&app).await;
     let mut crm = app.crm().await;
-    app.wait_for_requests("acme", 1).await;
+    app.wait_for_reads("acme", 1).await;
     app.simulator.set_fault(
         &user,
         Fault::ReadServerError {
@@ -457,5 +457,170 @@ async fn a_channel_whose_webhook_x_will_not_call_reports_webhook_invalid_until_i
     assert_eq!(ok.body["state"], "ok");
 
     bridge.stop().await;
+    app.cleanup().await;
+}
+
+/// Two channels on one X App, as X's Pay Per Use allows (1 webhook, 3 accounts):
+/// the App's one webhook is registered at alpha's URL and both accounts subscribe.
+fn one_app(configure_user_ids: bool) -> TestOptions {
+    TestOptions {
+        channels: vec!["alpha".into(), "beta".into()],
+        shared_app: true,
+        omit_user_id: !configure_user_ids,
+        ..webhook_options("webhook")
+    }
+}
+
+/// Registers alpha's URL as the App's webhook and subscribes `accounts` to it.
+async fn subscribe_app(app: &TestApp, bridge: &RunningBridge, accounts: &[&Account]) {
+    let addr = bridge.webhook_addr.expect("the webhook is served");
+    let id = app
+        .register_webhook("alpha", &format!("http://{addr}/webhooks/alpha"))
+        .await;
+    for account in accounts {
+        app.subscribe_account(account, &id).await;
+    }
+}
+
+/// A DM for beta's account, delivered to alpha's URL, reaches the CRM once as beta's;
+/// alpha's own DMs stay alpha's.
+async fn dms_of_both_accounts_arrive_through_one_url(configure_user_ids: bool) {
+    let app = spawn_app(one_app(configure_user_ids)).await;
+    let bridge = start_bridge(&app).await;
+    subscribe_app(&app, &bridge, &[app.account("alpha"), app.account("beta")]).await;
+    let mut crm = app.crm().await;
+    let (alpha, beta) = (app.user_id("alpha"), app.user_id("beta"));
+    let jane = Customer::generate("jane");
+
+    let to_beta = app.simulator.customer_dm(&beta, &jane, "hello beta", None);
+    let event = next_of(&mut crm, "message.received").await;
+    assert_valid("message-received", &event.body);
+    assert_eq!(event.routing_key, "beta.message.received");
+    assert_eq!(event.body["channel"], "beta");
+    assert_eq!(event.body["event_id"], to_beta.id.as_str());
+    assert_eq!(event.body["recipient_id"], beta.as_str());
+    let delivered = tokio::time::timeout(PATIENCE, app.simulator.wait_for_deliveries(1))
+        .await
+        .expect("X recorded its delivery");
+    let delivery = delivered
+        .iter()
+        .find(|d| d.event_id.as_deref() == Some(to_beta.id.as_str()))
+        .expect("X delivered it");
+    assert!(
+        delivery.url.ends_with("/webhooks/alpha"),
+        "{}",
+        delivery.url
+    );
+    assert_eq!(delivery.status, Some(200));
+
+    // X delivers it again: still once. Then alpha's own customer writes.
+    let before = app.simulator.deliveries().len();
+    assert_eq!(app.simulator.deliver_again(&to_beta.id), 1);
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_deliveries(before + 1))
+        .await
+        .expect("the redelivery is answered");
+    let to_alpha = app
+        .simulator
+        .customer_dm(&alpha, &jane, "hello alpha", None);
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(event.routing_key, "alpha.message.received");
+    assert_eq!(event.body["event_id"], to_alpha.id.as_str());
+
+    // Each account was asked of X once, at startup, for both sides.
+    for user in [&alpha, &beta] {
+        let asked = app
+            .simulator
+            .requests_for(user)
+            .iter()
+            .filter(|r| r.path == "/2/users/me")
+            .count();
+        assert_eq!(asked, 1, "GET /2/users/me of {user}");
+    }
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_for_the_second_account_of_an_app_reaches_the_crm_once_as_its_channels() {
+    dms_of_both_accounts_arrive_through_one_url(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_user_ids_the_accounts_are_learnt_from_x_once_and_routed_alike() {
+    dms_of_both_accounts_arrive_through_one_url(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_for_an_account_no_channel_is_is_kept_and_counted_not_published() {
+    let app = spawn_app(one_app(true)).await;
+    // A third account of the App, subscribed to its webhook but no channel of the bridge.
+    let gamma = Account::generate_for_app("gamma_support", app.account("alpha"));
+    app.simulator.add_account(gamma.clone());
+    let bridge = start_bridge_with(&app, "[telemetry]\nlisten = \"127.0.0.1:0\"").await;
+    subscribe_app(&app, &bridge, &[app.account("alpha"), &gamma]).await;
+    let mut crm = app.crm().await;
+    let jane = Customer::generate("jane");
+
+    let lost = app
+        .simulator
+        .customer_dm(&gamma.user_id, &jane, "anyone there?", None);
+    let letter = crm.next_dead_letter().await;
+    assert_eq!(letter.reason(), "unknown_account");
+    assert_eq!(letter.headers.channel.as_deref(), Some("alpha"));
+    let detail = letter.headers.detail.clone().unwrap_or_default();
+    assert!(detail.contains(&gamma.user_id), "{detail}");
+    assert_eq!(letter.headers_json()["x-xbridge-direction"], "inbound");
+    assert_valid("dead-letter-headers", &letter.headers_json());
+    let kept: serde_json::Value = serde_json::from_slice(&letter.body).unwrap();
+    assert_eq!(kept["for_user_id"], gamma.user_id.as_str());
+    assert_eq!(
+        kept["direct_message_events"][0]["id"],
+        lost.id.as_str(),
+        "kept as X sent it"
+    );
+
+    // Published under no channel: the next event is alpha's next DM.
+    let marker = app
+        .simulator
+        .customer_dm(&app.user_id("alpha"), &jane, "marker", None);
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.received", "{}", event.body);
+    assert_eq!(event.body["event_id"], marker.id.as_str());
+
+    let ops = bridge.ops_addr.expect("metrics are served");
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "xbridge_webhook_unknown_account_total{channel=\"alpha\"} 1"),
+        "{metrics}"
+    );
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_id_that_is_not_the_tokens_account_stops_the_bridge_at_startup() {
+    let app = spawn_app(webhook_options("webhook")).await;
+    let actual = app.user_id("acme");
+    let wrong = "1234567890";
+    let toml = app.config_toml().replace(
+        &format!("user_id = \"{actual}\""),
+        &format!("user_id = \"{wrong}\""),
+    );
+    let settings = xbridge_core::config::Settings::from_toml(&toml).expect("a valid configuration");
+    let error = match xbridge::app::Bridge::build(settings).await {
+        Ok(_) => panic!("the bridge must not start"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("channel acme"), "{error}");
+    assert!(error.contains(wrong) && error.contains(&actual), "{error}");
     app.cleanup().await;
 }

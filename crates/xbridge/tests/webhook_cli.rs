@@ -87,6 +87,7 @@ bearer_token = "{bearer}"
         let state = Arc::new(WebhookState::new(
             vec![WebhookChannel {
                 name: CHANNEL.into(),
+                consumer_key: "the-apps-key".into(),
                 consumer_secret: secret.into(),
                 own_user_id: None,
             }],

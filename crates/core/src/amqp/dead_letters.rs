@@ -27,6 +27,14 @@ use lapin::{BasicProperties, Channel, Connection};
 use super::{FailureHeaders, PublishError, Publisher, HEADER_PREFIX};
 use crate::config::TopologyNames;
 
+/// Says which way a dead letter was going. Absent on replies (the CRM's messages
+/// to X); [`INBOUND`] on webhook bodies from X the bridge kept rather than lose
+/// (e.g. reason `unknown_account`): those were never replies, so replaying them
+/// to the outgoing exchange would make no sense.
+pub const DIRECTION_HEADER: &str = "x-xbridge-direction";
+/// [`DIRECTION_HEADER`]'s value on kept webhook bodies.
+pub const INBOUND: &str = "inbound";
+
 /// One message taken from the dead-letter queue and held (unacked) until it
 /// is replayed, dropped or given back.
 #[derive(Debug, Clone)]
@@ -85,6 +93,20 @@ impl DeadLetter {
                 _ => None,
             })
             .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// Whether it is a webhook body from X the bridge kept (see
+    /// [`DIRECTION_HEADER`]) rather than a reply.
+    pub fn is_inbound(&self) -> bool {
+        self.properties
+            .headers()
+            .as_ref()
+            .and_then(|t| t.inner().get(DIRECTION_HEADER).cloned())
+            .is_some_and(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => s.as_bytes() == INBOUND.as_bytes(),
+                lapin::types::AMQPValue::ShortString(s) => s.as_str() == INBOUND,
+                _ => false,
+            })
     }
 
     /// How long ago it last failed (our header), if known.
@@ -187,6 +209,15 @@ pub enum DeadLetterError {
         /// What the broker said.
         source: lapin::Error,
     },
+    /// The letter is a kept webhook body, not a reply: there is nothing to
+    /// send it to, so it stays.
+    #[error("{id} is a webhook body from X (reason {reason}), not a reply: it cannot be replayed; read it with `xbridge dlq show`, drop it with `xbridge dlq purge`")]
+    NotAReply {
+        /// The dead letter's id.
+        id: String,
+        /// Why it was kept.
+        reason: String,
+    },
     /// The replayed copy was not confirmed; the dead letter stays.
     #[error("replaying {id}: {source}")]
     Replay {
@@ -262,6 +293,12 @@ impl DeadLetterQueue {
     /// Republishes `letter` (see [`DeadLetter::replay_properties`]) with a
     /// confirm, then removes it from the queue.
     pub async fn replay(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+        if letter.is_inbound() {
+            return Err(DeadLetterError::NotAReply {
+                id: letter.id(),
+                reason: letter.reason(),
+            });
+        }
         let (exchange, routing_key) = letter.replay_target(&self.names);
         self.publisher
             .publish(
@@ -367,6 +404,20 @@ mod tests {
             ..Filter::default()
         };
         assert!(id.matches(&l, now));
+    }
+
+    #[test]
+    fn only_letters_marked_inbound_are_inbound() {
+        let now = Utc::now();
+        let mut l = letter("unknown_account", "acme", now);
+        assert!(!l.is_inbound(), "replies carry no direction");
+        let mut table = l.properties.headers().clone().unwrap();
+        table.insert(
+            DIRECTION_HEADER.into(),
+            AMQPValue::LongString(LongString::from(INBOUND)),
+        );
+        l.properties = l.properties.clone().with_headers(table);
+        assert!(l.is_inbound());
     }
 
     #[test]

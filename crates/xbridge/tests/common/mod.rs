@@ -14,6 +14,10 @@ pub struct RunningBridge {
     /// Where X's webhook is served, when the test configured it.
     #[allow(dead_code)] // Only the inbound tests use it.
     pub webhook_addr: Option<std::net::SocketAddr>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, when the test
+    /// configured `telemetry.listen`.
+    #[allow(dead_code)] // Only some tests read metrics.
+    pub ops_addr: Option<std::net::SocketAddr>,
 }
 
 impl RunningBridge {
@@ -35,6 +39,15 @@ pub async fn start_bridge(app: &TestApp) -> RunningBridge {
     start_with(settings).await
 }
 
+/// Starts the bridge like [`start_bridge`] with `extra` TOML appended to the
+/// test's configuration (e.g. a `[telemetry]` section).
+#[allow(dead_code)] // Only some tests add configuration.
+pub async fn start_bridge_with(app: &TestApp, extra: &str) -> RunningBridge {
+    let toml = format!("{}\n{extra}\n", app.config_toml());
+    let settings = Settings::from_toml(&toml).expect("the test config is valid");
+    start_with(settings).await
+}
+
 /// Starts another replica of the test's bridge, with its own state file at
 /// `state` (the embedded store cannot be shared), and waits like
 /// [`start_bridge`].
@@ -52,6 +65,7 @@ async fn start_with(settings: Settings) -> RunningBridge {
     let mut ready = bridge.readiness();
     let mut inbound_ready = bridge.inbound_readiness();
     let webhook_addr = bridge.webhook_addr();
+    let ops_addr = bridge.ops_addr();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(bridge.run(shutdown.clone()));
     tokio::time::timeout(PATIENCE, ready.wait_for(|ready| *ready))
@@ -66,5 +80,6 @@ async fn start_with(settings: Settings) -> RunningBridge {
         shutdown,
         task,
         webhook_addr,
+        ops_addr,
     }
 }
