@@ -1,12 +1,15 @@
 //! What both directions of xbridge share: the message contract with the CRM
 //! ([`model`]), the configuration ([`config`], [`secret`]), the AMQP plumbing
-//! ([`amqp`]) and logging ([`telemetry`]).
+//! ([`amqp`]), logging ([`telemetry`]) and bounded quotes of outside input
+//! ([`excerpt`]).
 
 #![warn(missing_docs)]
 
 pub mod amqp;
 pub mod channel_state;
 pub mod config;
+pub mod excerpt;
 pub mod model;
 pub mod secret;
 pub mod telemetry;
+
