@@ -50,9 +50,54 @@ pub fn string() -> impl Strategy<Value = String> {
         1 => Just("é🙂\u{10ffff}\u{fffd}".to_owned()),
         // Long: past every length limit of the contract (10,000 characters of text,
         // 2,048 of a URL), in one-byte and four-byte characters.
-        1 => (prop_oneof![Just('x'), Just('é'), Just('🙂'), any::<char>()], 300usize..12_000)
+        3 => (prop_oneof![Just('x'), Just('é'), Just('🙂'), any::<char>()], 300usize..12_000)
             .prop_map(|(c, n)| c.to_string().repeat(n)),
     ]
+}
+
+/// A fixed set of hostile leaves, for sweeps that put each of them in every field of a
+/// template ([`each_field`]): the cases a random run may take long to draw, such as a
+/// string far longer than any limit where an id or a name belongs.
+pub fn samples() -> Vec<Value> {
+    vec![
+        Value::Null,
+        Value::Bool(true),
+        Value::from(-1),
+        Value::from(u64::MAX),
+        Value::from(1.5),
+        raw_number("1234567890123456789012345"),
+        Value::String(String::new()),
+        Value::String(" ".to_owned()),
+        Value::String("1234567890123456789012345".to_owned()),
+        Value::String("abc".to_owned()),
+        Value::String("\u{0}\n\u{202e}\"".to_owned()),
+        Value::String("x".repeat(20_000)),
+        Value::String("🙂".repeat(5_000)),
+        Value::Array(vec![Value::Null; 3]),
+        Value::Object(Map::new()),
+    ]
+}
+
+/// `template` with one value replaced by each of `replacements` in turn, at every place
+/// in it (the root included), and with each field removed: a deterministic sweep.
+pub fn each_field(template: &Value, replacements: &[Value]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let paths = pointers(template);
+    for path in &paths {
+        for replacement in replacements {
+            let mut changed = template.clone();
+            if let Some(slot) = changed.pointer_mut(path) {
+                *slot = replacement.clone();
+            }
+            out.push(changed);
+        }
+    }
+    for path in &paths[1..] {
+        let mut changed = template.clone();
+        remove(&mut changed, path);
+        out.push(changed);
+    }
+    out
 }
 
 /// Values where an X id is expected: valid ones, and every way one can be wrong: too
@@ -300,6 +345,28 @@ pub fn pointers(root: &Value) -> Vec<String> {
     out
 }
 
+/// Takes the value at `path` out of its object or array (the root becomes `null`).
+fn remove(root: &mut Value, path: &str) {
+    let Some((parent, last)) = path.rsplit_once('/') else {
+        *root = Value::Null;
+        return;
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    match root.pointer_mut(parent) {
+        Some(Value::Object(object)) => {
+            object.remove(&last);
+        }
+        Some(Value::Array(items)) => {
+            if let Ok(i) = last.parse::<usize>() {
+                if i < items.len() {
+                    items.remove(i);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn apply(root: &mut Value, edit: &Edit) {
     let paths = pointers(root);
     let at = match edit {
@@ -312,26 +379,7 @@ fn apply(root: &mut Value, edit: &Edit) {
                 *slot = replacement.clone();
             }
         }
-        Edit::Remove(_) => {
-            let Some((parent, last)) = path.rsplit_once('/') else {
-                *root = Value::Null;
-                return;
-            };
-            let last = last.replace("~1", "/").replace("~0", "~");
-            match root.pointer_mut(parent) {
-                Some(Value::Object(object)) => {
-                    object.remove(&last);
-                }
-                Some(Value::Array(items)) => {
-                    if let Ok(i) = last.parse::<usize>() {
-                        if i < items.len() {
-                            items.remove(i);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
+        Edit::Remove(_) => remove(root, &path),
         Edit::Add(_, key, extra) => match root.pointer_mut(&path) {
             Some(Value::Object(object)) => {
                 object.insert(key.clone(), extra.clone());

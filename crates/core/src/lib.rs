@@ -13,3 +13,6 @@ pub mod model;
 pub mod secret;
 pub mod telemetry;
 
+#[cfg(test)]
+mod properties;
+
