@@ -42,6 +42,6 @@ pub use http::XHttp;
 pub use media_download::{MediaDownloadError, MAX_TRANSFER};
 pub use oauth::UserCredentials;
 pub use pacing::{Pacer, RateLimit};
-pub use read::{DmEventsRequest, DmEventsResponse, XUser};
+pub use read::{is_pagination_token, DmEventsRequest, DmEventsResponse, XUser};
 pub use upload::{MediaCategory, MediaUpload, MediaUploadConfig, UploadedMedia, MAX_SEGMENT_BYTES};
 pub use webhooks::{classify_webhook_error, webhook_problem, Webhook, WebhookClient, WebhookError};
