@@ -15,4 +15,3 @@ pub mod telemetry;
 
 #[cfg(test)]
 mod properties;
-

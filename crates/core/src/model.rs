@@ -278,10 +278,12 @@ impl OutgoingReply {
         let conversation = match object.get("conversation_id") {
             None | Some(Value::Null) => None,
             Some(Value::String(id)) if is_conversation_id(id) => Some(id.clone()),
-            Some(Value::String(id)) => return Err(fail(format!(
+            Some(Value::String(id)) => {
+                return Err(fail(format!(
                 "conversation_id {} is not an X conversation id (digits, or two ids joined by -)",
                 quoted(id)
-            ))),
+            )))
+            }
             Some(other) => {
                 return Err(fail(format!(
                     "conversation_id must be a string, not {}",
