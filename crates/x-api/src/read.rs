@@ -159,7 +159,8 @@ impl XUser {
             Err(error) => Err(XError::Transient {
                 status: Some(200),
                 detail: format!(
-                    "X answered a user lookup with an unexpected body ({error}): {}",
+                    "X answered a user lookup with an unexpected body ({}): {}",
+                    crate::error::why_unreadable(&error),
                     crate::error::body_snippet(200, body)
                 ),
             }),
@@ -308,6 +309,30 @@ mod tests {
             XUser::url(&base, "944480690").unwrap().as_str(),
             "https://api.x.com/2/users/944480690?user.fields=username%2Cname%2Cprofile_image_url"
         );
+    }
+
+    /// Found by the property tests: serde's message quoted the wrong value whole, and an
+    /// id of letters was taken as a user.
+    #[test]
+    fn an_unreadable_user_answer_is_transient_with_a_bounded_detail() {
+        let long = "x".repeat(100_000);
+        for body in [
+            serde_json::json!({"data": long}),
+            serde_json::json!({"data": {"id": "12a", "name": "n", "username": "u"}}),
+        ] {
+            let error = XUser::from_body(body.to_string().as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    XError::Transient {
+                        status: Some(200),
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+            assert!(error.detail().len() < 1024, "{}", error.detail().len());
+        }
     }
 
     #[test]
