@@ -29,6 +29,8 @@ mod id;
 mod media_download;
 mod oauth;
 mod pacing;
+#[cfg(test)]
+mod properties;
 mod read;
 mod settings;
 mod telemetry;
