@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
+use crate::excerpt::quoted;
+
 /// X's limit on a DM's text, in characters.
 pub const MAX_TEXT_CHARS: usize = 10_000;
 /// Upper bound on the CRM's message id in bytes: it travels in AMQP short
@@ -259,7 +261,9 @@ impl OutgoingReply {
             Some(Value::String(c)) if c == channel => {}
             Some(Value::String(c)) => {
                 return Err(fail(format!(
-                    "channel {c:?} does not match the routing key {channel:?}"
+                    "channel {} does not match the routing key {}",
+                    quoted(c),
+                    quoted(channel)
                 )))
             }
             Some(other) => {
@@ -276,8 +280,9 @@ impl OutgoingReply {
             Some(Value::String(id)) if is_conversation_id(id) => Some(id.clone()),
             Some(Value::String(id)) => {
                 return Err(fail(format!(
-                    "conversation_id {id:?} is not an X conversation id (digits, or two ids joined by -)"
-                )))
+                "conversation_id {} is not an X conversation id (digits, or two ids joined by -)",
+                quoted(id)
+            )))
             }
             Some(other) => {
                 return Err(fail(format!(
@@ -383,7 +388,8 @@ fn attachment(i: usize, item: &Value) -> Result<OutgoingAttachment, String> {
         field("mime_type")?.ok_or_else(|| format!("attachments[{i}].mime_type is missing"))?;
     let category = MediaCategory::from_mime_type(mime_type).ok_or_else(|| {
         format!(
-            "attachments[{i}].mime_type {mime_type:?} is not supported: X DMs take {}",
+            "attachments[{i}].mime_type {} is not supported: X DMs take {}",
+            quoted(mime_type),
             SUPPORTED_MIME_TYPES.join(", ")
         )
     })?;
@@ -502,7 +508,8 @@ fn id_field(
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(id)) if is_user_id(id) => Ok(Some(id.clone())),
         Some(Value::String(id)) => Err(format!(
-            "{field} {id:?} is not an X user id (1 to 19 digits)"
+            "{field} {} is not an X user id (1 to 19 digits)",
+            quoted(id)
         )),
         Some(Value::Number(n)) => match n.as_u64().map(|id| id.to_string()) {
             Some(id) if is_user_id(&id) => Ok(Some(id)),
@@ -1142,6 +1149,24 @@ mod tests {
         for example in examples {
             assert!(validator.is_valid(example), "{example}");
             parse_value(example).unwrap_or_else(|e| panic!("{example}: {}", e.detail));
+        }
+    }
+
+    /// Found by the property tests: a refusal quoted the whole wrong value, so a 20,000
+    /// character id made a 20 KB detail for the dead letter's header and the status event.
+    #[test]
+    fn a_refusal_quotes_only_the_start_of_a_long_value() {
+        let long = "x".repeat(20_000);
+        let bodies = [
+            serde_json::json!({"message_id":"m","recipient_id":long,"text":"Hi"}),
+            serde_json::json!({"message_id":"m","conversation_id":long,"text":"Hi"}),
+            serde_json::json!({"message_id":"m","channel":long,"recipient_id":"1","text":"Hi"}),
+            serde_json::json!({"message_id":"m","recipient_id":"1","attachments":[{"data":"R0lGODlh","mime_type":long}]}),
+        ];
+        for body in bodies {
+            let err = parse_value(&body).unwrap_err();
+            assert!(err.detail.len() < 400, "{}", err.detail);
+            assert!(err.detail.contains("(20000 bytes)"), "{}", err.detail);
         }
     }
 

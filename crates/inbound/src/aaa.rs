@@ -11,6 +11,7 @@
 //! The caller has already checked the body's signature; this module only reads it.
 
 use serde_json::Value;
+use xbridge_core::excerpt::quoted;
 
 use crate::attachment::Attachment;
 use crate::item::{skipped, unreadable, InboundItem, ReadReceipt, Typing};
@@ -70,7 +71,7 @@ fn account_activity(root: &Object) -> Result<WebhookDelivery, PayloadError> {
             let reason = if kinds.is_empty() {
                 "the body carries no events".to_owned()
             } else {
-                format!("not DM activity: {}", kinds.join(", "))
+                not_dm_activity(&kinds)
             };
             vec![skipped(None, reason)]
         }
@@ -100,7 +101,7 @@ fn x_activity(data: &Object) -> Result<WebhookDelivery, PayloadError> {
         _ => None,
     };
     if !event_type.starts_with("dm.") {
-        let reason = format!("X Activity event {event_type:?} is not DM activity");
+        let reason = format!("X Activity event {} is not DM activity", quoted(event_type));
         return Ok(WebhookDelivery {
             for_user_id,
             items: vec![skipped(None, reason)],
@@ -131,7 +132,10 @@ fn x_activity(data: &Object) -> Result<WebhookDelivery, PayloadError> {
         Some(items) => items,
         None => vec![skipped(
             None,
-            format!("X Activity event {event_type:?} carries no DM events the bridge knows"),
+            format!(
+                "X Activity event {} carries no DM events the bridge knows",
+                quoted(event_type)
+            ),
         )],
     };
     delivery(for_user_id, items, "data.filter.user_id")
@@ -149,6 +153,26 @@ fn account_id(object: &Object, field: &str, path: &str) -> Result<Option<String>
                 detail,
             }),
     }
+}
+
+/// The reason a body of other kinds is ignored: its first few keys, each cut short, since
+/// a body may have any number of keys of any length.
+fn not_dm_activity(kinds: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    let mut reason = kinds
+        .iter()
+        .take(SHOWN)
+        .map(|kind| match quoted(kind) {
+            // Plain names read better without quotes.
+            q if q.len() == kind.len() + 2 && !kind.contains([',', ' ']) => kind.to_string(),
+            q => q,
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if kinds.len() > SHOWN {
+        reason.push_str(&format!(" and {} more", kinds.len() - SHOWN));
+    }
+    format!("not DM activity: {reason}")
 }
 
 /// Refuses events that cannot be matched to an account.
@@ -207,7 +231,7 @@ fn message_event(event: &Value, path: &str, users: &Profiles) -> InboundItem {
         Some(Value::String(kind)) => {
             return skipped(
                 Some(event_id),
-                format!("{path}type is {kind:?}, not a message"),
+                format!("{path}type is {}, not a message", quoted(kind)),
             )
         }
         _ => {
@@ -276,7 +300,7 @@ fn media<'a>(attachment: &'a Value, path: &str) -> Result<(&'a Object, Attachmen
         .ok_or_else(|| not_an_object(&path, attachment))?;
     if let Some(Value::String(kind)) = attachment.get("type") {
         if kind != "media" {
-            return Err(format!("{path}type {kind:?} is not media"));
+            return Err(format!("{path}type {} is not media", quoted(kind)));
         }
     }
     let media = json::required_object(attachment, "media", &path)?;
@@ -688,6 +712,30 @@ mod tests {
             assert_eq!(reasons[0].0, event_id, "{expected}");
             assert!(reasons[0].1.contains(expected), "{}", reasons[0].1);
         }
+    }
+
+    /// Found by the property tests: reasons and errors quoted whole values of the body, so
+    /// one 20,000-character field made a 20 KB log line (and 400 answer).
+    #[test]
+    fn reasons_and_errors_quote_only_the_start_of_a_long_value() {
+        let long = "x".repeat(20_000);
+        let delivery = with_broken_event(|e| e["created_timestamp"] = json!(long));
+        let reasons = ignored_reasons(&delivery.items);
+        assert!(reasons[0].1.len() < 300, "{}", reasons[0].1);
+        assert!(reasons[0].1.contains("(20000 bytes)"), "{}", reasons[0].1);
+
+        let body = json!({"for_user_id": long, "direct_message_events": []});
+        let error = parse(&body).unwrap_err().to_string();
+        assert!(error.len() < 300, "{error}");
+
+        let mut many = serde_json::Map::new();
+        for i in 0..1000 {
+            many.insert(format!("{i}{long}"), json!(1));
+        }
+        let delivery = parse(&Value::Object(many)).unwrap();
+        let reasons = ignored_reasons(&delivery.items);
+        assert!(reasons[0].1.len() < 600, "{}", reasons[0].1);
+        assert!(reasons[0].1.ends_with("and 995 more"), "{}", reasons[0].1);
     }
 
     #[test]

@@ -129,7 +129,12 @@ impl Attachment {
         let kind = kind(media, path)?;
         let media_key = match media.get("media_key") {
             Some(Value::String(key)) if is_media_key(key) => key.clone(),
-            Some(other) => return Err(format!("{path}media_key {other} is not an X media key")),
+            Some(other) => {
+                return Err(format!(
+                    "{path}media_key {} is not an X media key",
+                    json::shown(other)
+                ))
+            }
             None => return Err(format!("{path}media_key is missing")),
         };
         // The key is `<category>_<media id>`; X's upload answers give both, equal so.
@@ -171,8 +176,12 @@ fn dimension(object: Option<&Object>, field: &str) -> Option<u32> {
 
 fn kind(media: &Object, path: &str) -> Result<AttachmentKind, String> {
     match media.get("type") {
-        Some(Value::String(kind)) => AttachmentKind::from_x(kind)
-            .ok_or_else(|| format!("{path}type {kind:?} is not a media kind the bridge knows")),
+        Some(Value::String(kind)) => AttachmentKind::from_x(kind).ok_or_else(|| {
+            format!(
+                "{path}type {} is not a media kind the bridge knows",
+                xbridge_core::excerpt::quoted(kind)
+            )
+        }),
         Some(other) => Err(format!(
             "{path}type must be a string, not {}",
             json::kind(other)

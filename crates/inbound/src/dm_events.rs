@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use xbridge_core::excerpt::{cut, quoted};
 
 use crate::attachment::Attachment;
 use crate::item::{skipped, unreadable, InboundItem};
@@ -82,12 +83,28 @@ pub fn parse_dm_events(body: &[u8], account_id: &str) -> Result<DmEventsPage, Pa
         .and_then(Value::as_u64)
         .unwrap_or(events.len() as u64);
     let next_token = meta.and_then(|m| json::optional_str(m, "next_token"));
+    if let Some(token) = next_token.as_deref() {
+        // The poller sends it back; anything else would make its next request invalid.
+        if !xbridge_x_api::is_pagination_token(token) {
+            return Err(PayloadError::Invalid {
+                field: "meta.next_token".into(),
+                detail: format!("{} is not an X pagination token", quoted(token)),
+            });
+        }
+    }
 
-    let partial_errors: Vec<String> = json::optional_array(&root, "errors", "")?
-        .map_or(&[][..], Vec::as_slice)
+    let errors = json::optional_array(&root, "errors", "")?.map_or(&[][..], Vec::as_slice);
+    let mut partial_errors: Vec<String> = errors
         .iter()
+        .take(MAX_PARTIAL_ERRORS)
         .map(describe_error)
         .collect();
+    if errors.len() > MAX_PARTIAL_ERRORS {
+        partial_errors.push(format!(
+            "and {} more errors",
+            errors.len() - MAX_PARTIAL_ERRORS
+        ));
+    }
     for error in &partial_errors {
         tracing::warn!(%error, "X reported a partial error in a DM events page");
     }
@@ -105,12 +122,24 @@ pub fn parse_dm_events(body: &[u8], account_id: &str) -> Result<DmEventsPage, Pa
     })
 }
 
+/// How many of a page's partial errors are kept (and logged) one by one.
+const MAX_PARTIAL_ERRORS: usize = 10;
+/// How much of each of X's texts in a partial error is kept.
+const MAX_ERROR_TEXT_CHARS: usize = 200;
+
+/// One partial error as a line: X's title and detail, each cut short, since the page
+/// comes from outside and each line is logged.
 fn describe_error(error: &Value) -> String {
-    let text = |field| error.get(field).and_then(Value::as_str);
+    let text = |field| {
+        error
+            .get(field)
+            .and_then(Value::as_str)
+            .map(|text| cut(text, MAX_ERROR_TEXT_CHARS))
+    };
     match (text("title"), text("detail").or_else(|| text("message"))) {
         (Some(title), Some(detail)) => format!("{title}: {detail}"),
-        (Some(one), None) | (None, Some(one)) => one.to_owned(),
-        (None, None) => error.to_string(),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => cut(&error.to_string(), MAX_ERROR_TEXT_CHARS),
     }
 }
 
@@ -137,7 +166,7 @@ fn dm_event(
         Some(Value::String(kind)) => {
             return skipped(
                 Some(event_id),
-                format!("{path}event_type is {kind:?}, not a message"),
+                format!("{path}event_type is {}, not a message", quoted(kind)),
             )
         }
         _ => {
@@ -167,7 +196,8 @@ fn message_create(
         Some(Value::String(id)) if json::is_conversation_id(id) => id.clone(),
         Some(other) => {
             return Err(format!(
-                "{path}dm_conversation_id {other} is not an X conversation id"
+                "{path}dm_conversation_id {} is not an X conversation id",
+                json::shown(other)
             ))
         }
         None => return Err(format!("{path}dm_conversation_id is missing")),
@@ -192,9 +222,13 @@ fn message_create(
     let mut attachments = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let read = match key.as_str().and_then(|key| media.get(key)) {
-            Some(found) => Attachment::from_v2_media(found, &format!("includes.media[{key}].")),
+            Some(found) => Attachment::from_v2_media(
+                found,
+                &format!("includes.media[{}].", json::shown(key)),
+            ),
             None => Err(format!(
-                "{path}attachments.media_keys[{i}] {key} is not in includes.media (request expansions=attachments.media_keys)"
+                "{path}attachments.media_keys[{i}] {} is not in includes.media (request expansions=attachments.media_keys)",
+                json::shown(key)
             )),
         };
         match read {
@@ -503,6 +537,33 @@ mod tests {
             let error = parse_dm_events(body, ACCOUNT).unwrap_err();
             assert!(error.to_string().contains(expected), "{error}");
         }
+    }
+
+    /// Found by the property tests: a page's `next_token` was taken whatever it held, and
+    /// the poller's next request then failed locally as one X would refuse.
+    #[test]
+    fn a_page_whose_next_token_cannot_be_sent_back_is_unreadable() {
+        for token in [" \t\r\n ", "a/b", "x".repeat(20_000).as_str()] {
+            let mut body = expanded();
+            body["meta"]["next_token"] = json!(token);
+            let error = parse_dm_events(body.to_string().as_bytes(), ACCOUNT).unwrap_err();
+            assert!(error.to_string().starts_with("meta.next_token "), "{error}");
+            assert!(error.to_string().len() < 300, "{error}");
+        }
+    }
+
+    /// Partial errors are logged one line each: their number and length are bounded.
+    #[test]
+    fn partial_errors_are_bounded() {
+        let mut body = expanded();
+        body["errors"] = json!(vec![
+            json!({"title": "t".repeat(5_000), "detail": "d"});
+            1_000
+        ]);
+        let page = parse(&body);
+        assert_eq!(page.partial_errors.len(), 11);
+        assert!(page.partial_errors[0].chars().count() < 420);
+        assert_eq!(page.partial_errors[10], "and 990 more errors");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use xbridge_core::excerpt::quoted;
 
 use crate::PayloadError;
 
@@ -56,6 +57,16 @@ pub(crate) fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// A value of the body as an error or a reason shows it: strings quoted and cut short
+/// (they may be of any length), arrays and objects by their kind only.
+pub(crate) fn shown(value: &Value) -> String {
+    match value {
+        Value::String(s) => quoted(s),
+        Value::Array(_) | Value::Object(_) => kind(value).to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// An X user or event id: 1 to 19 decimal digits (the contract's `^[0-9]{1,19}$`).
 pub(crate) fn is_id(id: &str) -> bool {
     (1..=19).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
@@ -86,7 +97,7 @@ pub(crate) fn one_to_one_conversation_id(a: &str, b: &str) -> String {
 pub(crate) fn id(value: &Value) -> Result<String, String> {
     match value {
         Value::String(id) if is_id(id) => Ok(id.clone()),
-        Value::String(id) => Err(format!("{id:?} is not an X id (1 to 19 digits)")),
+        Value::String(id) => Err(format!("{} is not an X id (1 to 19 digits)", quoted(id))),
         Value::Number(n) => match n.as_u64().map(|n| n.to_string()) {
             Some(id) if is_id(&id) => Ok(id),
             _ => Err(format!(
@@ -167,7 +178,7 @@ pub(crate) fn epoch_millis(
         .ok_or_else(|| {
             format!(
                 "{path}{field} must be milliseconds since the epoch, not {}",
-                object.get(field).map_or("nothing".into(), Value::to_string)
+                object.get(field).map_or("nothing".into(), shown)
             )
         })
 }
@@ -178,7 +189,7 @@ pub(crate) fn rfc3339(object: &Object, field: &str, path: &str) -> Result<DateTi
         None | Some(Value::Null) => Err(format!("{path}{field} is missing")),
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
             .map(|at| at.with_timezone(&Utc))
-            .map_err(|e| format!("{path}{field} {s:?} is not an RFC 3339 time: {e}")),
+            .map_err(|e| format!("{path}{field} {} is not an RFC 3339 time: {e}", quoted(s))),
         Some(other) => Err(format!(
             "{path}{field} must be a string, not {}",
             kind(other)

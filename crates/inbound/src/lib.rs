@@ -97,6 +97,8 @@ pub mod webhook_auth;
 pub mod webhook_watch;
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod test_support;
 
 pub use aaa::{parse_webhook, WebhookDelivery};

@@ -19,6 +19,8 @@ pub mod fate;
 pub mod media;
 pub mod ordering;
 pub mod parts;
+#[cfg(test)]
+mod properties;
 pub mod reconcile;
 pub mod report;
 pub mod service;

@@ -45,17 +45,48 @@ pub struct Candidate {
     pub attachments: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
-struct Page {
+#[derive(Debug, Deserialize)]
+pub(crate) struct Page {
     #[serde(default)]
-    data: Vec<Candidate>,
+    pub(crate) data: Vec<Candidate>,
     #[serde(default)]
-    meta: Meta,
+    pub(crate) meta: Meta,
 }
 
-#[derive(Default, Deserialize)]
-struct Meta {
-    next_token: Option<String>,
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Meta {
+    pub(crate) next_token: Option<String>,
+}
+
+/// Reads one page of the lookup. A page that cannot be read, or whose events' ids or
+/// next token are not X's, is a transient failure: the part stays ambiguous and the
+/// lookup is tried again later, and no made-up id is ever recorded as a send.
+pub(crate) fn read_page(body: &[u8]) -> Result<Page, XError> {
+    let unreadable = |why: String| XError::Transient {
+        status: Some(200),
+        detail: format!("unreadable DM events page: {why}"),
+    };
+    let page: Page = serde_json::from_slice(body)
+        .map_err(|e| unreadable(xbridge_core::excerpt::cut(&e.to_string(), 200)))?;
+    if let Some(event) = page.data.iter().find(|event| !is_id(&event.id)) {
+        return Err(unreadable(format!(
+            "event id {} is not an X id",
+            xbridge_core::excerpt::quoted(&event.id)
+        )));
+    }
+    if let Some(token) = page.meta.next_token.as_deref() {
+        if !xbridge_x_api::is_pagination_token(token) {
+            return Err(unreadable(format!(
+                "next_token {} is not an X pagination token",
+                xbridge_core::excerpt::quoted(token)
+            )));
+        }
+    }
+    Ok(page)
+}
+
+fn is_id(id: &str) -> bool {
+    (1..=19).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// What a sent part looked like, to recognise it on X.
@@ -173,10 +204,7 @@ async fn read_back_to(ctx: &ChannelContext, until: DateTime<Utc>) -> Result<Read
     let mut back_to = at;
     for _ in 0..MAX_PAGES {
         let page = ctx.client.list_dm_events(&request).await?;
-        let page: Page = serde_json::from_slice(&page.body).map_err(|e| XError::Transient {
-            status: Some(200),
-            detail: format!("unreadable DM events page: {e}"),
-        })?;
+        let page = read_page(&page.body)?;
         if let Some(oldest) = page.data.iter().map(|e| e.created_at).min() {
             back_to = back_to.min(oldest);
         }
@@ -272,6 +300,39 @@ mod tests {
         let mut with_media = event("Your order shipped", "42-100", "2026-11-25T10:00:01Z");
         with_media.attachments = Some(serde_json::json!({"media_keys": ["3_1"]}));
         assert!(!matches(&with_media, &s));
+    }
+
+    /// Found by the property tests: serde's message quoted a wrong value whole, an event
+    /// id of letters could be recorded as a send, and a next_token the client refuses
+    /// was asked for.
+    #[test]
+    fn a_page_with_wrong_ids_or_tokens_is_unreadable_and_says_so_briefly() {
+        let long = "x".repeat(100_000);
+        let event = |id: &str| serde_json::json!({"id": id, "created_at": "2026-11-25T10:00:01Z", "sender_id": "100"});
+        for body in [
+            serde_json::json!({"data": long}),
+            serde_json::json!({"data": [event("12a")]}),
+            serde_json::json!({"data": [event(&long)]}),
+            serde_json::json!({"data": [event("1")], "meta": {"next_token": "a b"}}),
+        ] {
+            let error = read_page(body.to_string().as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    XError::Transient {
+                        status: Some(200),
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+            assert!(error.detail().len() < 400, "{}", error.detail().len());
+        }
+        let good = serde_json::json!({"data": [event("1")], "meta": {"next_token": "7140dibdnow9c7btw4b0zmpfdlmg5e6dohbthdfqbwcp2"}});
+        assert_eq!(
+            read_page(good.to_string().as_bytes()).unwrap().data.len(),
+            1
+        );
     }
 
     #[test]

@@ -32,11 +32,7 @@ pub async fn consume(
             },
         };
         let channel = delivery.routing_key.as_str().to_owned();
-        // Best effort: tell the CRM when the body at least names its id.
-        let message_id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
-            .ok()
-            .and_then(|v| v.get("message_id")?.as_str().map(str::to_owned))
-            .filter(|id| !id.is_empty() && id.len() <= xbridge_core::model::MAX_MESSAGE_ID_BYTES);
+        let message_id = reportable_id(&channel, &delivery.data);
         let failure = Failure::local(
             FailureReason::UnknownChannel,
             format!("no channel named {channel:?} is configured in xbridge; check the routing key or add the channel"),
@@ -52,5 +48,39 @@ pub async fn consume(
             )
             .await?;
         delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
+}
+
+/// The reply's id, when the CRM can be told about it: the body names one (best effort)
+/// and the `message.failed` event for it fits AMQP's short strings. Its routing key
+/// (`<routing key>.message.failed`) and message id (`<routing key>:<id>:failed`) are
+/// built from the CRM's routing key, which may be up to 255 bytes itself; publishing
+/// either past 255 bytes panics in the AMQP client. Such a reply is still dead-lettered.
+pub(crate) fn reportable_id(routing_key: &str, body: &[u8]) -> Option<String> {
+    const SHORT_STRING: usize = 255;
+    let id = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message_id")?.as_str().map(str::to_owned))
+        .filter(|id| !id.is_empty() && id.len() <= xbridge_core::model::MAX_MESSAGE_ID_BYTES)?;
+    let fits = routing_key.len() + ".message.failed".len() <= SHORT_STRING
+        && routing_key.len() + id.len() + "::failed".len() <= SHORT_STRING;
+    fits.then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found while sweeping the input paths: a reply under a 250-byte routing key that
+    /// names no channel made the status event's ids longer than AMQP's short strings,
+    /// and building them for the publish panicked (`ShortString::from`).
+    #[test]
+    fn a_reply_under_a_long_routing_key_is_not_reported() {
+        let key = "k".repeat(250);
+        assert_eq!(reportable_id(&key, br#"{"message_id":"m"}"#), None);
+        assert_eq!(
+            reportable_id("acme", br#"{"message_id":"m"}"#).as_deref(),
+            Some("m")
+        );
     }
 }

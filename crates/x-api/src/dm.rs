@@ -97,7 +97,7 @@ pub struct SentDm {
     #[serde(deserialize_with = "crate::id::deserialize")]
     pub dm_event_id: String,
     /// The conversation it landed in; for a send by participant, the id for later replies.
-    #[serde(deserialize_with = "crate::id::deserialize")]
+    #[serde(deserialize_with = "crate::id::deserialize_conversation")]
     pub dm_conversation_id: String,
 }
 

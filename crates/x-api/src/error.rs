@@ -10,6 +10,8 @@ use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use xbridge_core::excerpt::cut;
+
 use crate::pacing;
 
 /// The part of a type URL that stays the same across `api.twitter.com` and `api.x.com`.
@@ -18,6 +20,12 @@ const PROBLEMS_PATH: &str = "/2/problems/";
 const ABOUT_BLANK: &str = "about:blank";
 /// How much of a body that is not a problem document is kept for humans.
 const BODY_SNIPPET_CHARS: usize = 300;
+/// How much of each text of a problem document is kept: its detail (with the messages of
+/// `errors[]`) becomes a dead letter's header and a `message.failed` detail, and every
+/// text is logged, so none may grow with X's body.
+const PROBLEM_TEXT_CHARS: usize = 500;
+/// How many messages of `errors[]` are kept in a problem's detail.
+const PROBLEM_ERRORS: usize = 5;
 
 /// An RFC 7807 problem document as X sends it with an error.
 ///
@@ -79,7 +87,12 @@ fn parse(body: &[u8]) -> Option<ParsedProblem> {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
         return None;
     };
-    let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
+    let text = |key: &str| {
+        fields
+            .get(key)
+            .and_then(Value::as_str)
+            .map(|text| cut(text, PROBLEM_TEXT_CHARS))
+    };
 
     let problem_type = text("type");
     let title = text("title");
@@ -90,6 +103,7 @@ fn parse(body: &[u8]) -> Option<ParsedProblem> {
         .into_iter()
         .flatten()
         .filter_map(|error| error.get("message").and_then(Value::as_str))
+        .take(PROBLEM_ERRORS)
         .collect();
     if problem_type.is_none() && title.is_none() && detail.is_none() && error_messages.is_empty() {
         return None;
@@ -101,9 +115,10 @@ fn parse(body: &[u8]) -> Option<ParsedProblem> {
         Some(detail) => Some(detail),
         None if !errors.is_empty() => Some(errors),
         None => None,
-    };
+    }
+    .map(|detail| cut(&detail, PROBLEM_TEXT_CHARS));
     let account_id = match fields.get("account_id") {
-        Some(Value::String(id)) => Some(id.clone()),
+        Some(Value::String(id)) => Some(cut(id, 20)),
         Some(Value::Number(id)) if id.is_u64() => Some(id.to_string()),
         _ => None,
     };
@@ -342,6 +357,12 @@ fn synthesised_problem(status: u16, body: &[u8]) -> Problem {
         status: Some(status),
         reason: None,
     }
+}
+
+/// Why serde could not read an answer, cut short: its messages quote the offending
+/// value (`invalid type: string "…"`), which may be as long as the body.
+pub(crate) fn why_unreadable(error: &serde_json::Error) -> String {
+    cut(&error.to_string(), 200)
 }
 
 /// The start of a body that is not a problem document, or the status reason if it is empty.
@@ -626,6 +647,30 @@ mod tests {
     fn long_bodies_are_cut() {
         let error = classify(502, "x".repeat(10_000).as_bytes());
         assert!(error.detail().chars().count() <= BODY_SNIPPET_CHARS + 1);
+    }
+
+    /// Found by the property tests: X's texts were kept whole, so a 1 MB detail went into
+    /// the dead letter's header and the status event.
+    #[test]
+    fn a_problem_keeps_only_the_start_of_long_texts() {
+        let long = "x".repeat(100_000);
+        let body = serde_json::json!({
+            "title": long, "detail": long, "type": long, "reason": long, "account_id": long,
+            "errors": vec![serde_json::json!({"message": long}); 1_000],
+        });
+        let error = classify(402, body.to_string().as_bytes());
+        assert!(error.detail().chars().count() <= PROBLEM_TEXT_CHARS + 1);
+        assert!(
+            error.to_string().len() < 3 * 1024,
+            "{}",
+            error.to_string().len()
+        );
+        let XError::CreditsExhausted { problem, .. } = &error else {
+            panic!("{error:?}")
+        };
+        assert!(problem.title.chars().count() <= PROBLEM_TEXT_CHARS + 1);
+        assert!(problem.problem_type.chars().count() <= PROBLEM_TEXT_CHARS + 1);
+        assert!(problem.reason.as_ref().unwrap().chars().count() <= PROBLEM_TEXT_CHARS + 1);
     }
 
     #[test]

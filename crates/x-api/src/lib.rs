@@ -29,6 +29,8 @@ mod id;
 mod media_download;
 mod oauth;
 mod pacing;
+#[cfg(test)]
+mod properties;
 mod read;
 mod settings;
 mod telemetry;
@@ -42,6 +44,6 @@ pub use http::XHttp;
 pub use media_download::{MediaDownloadError, MAX_TRANSFER};
 pub use oauth::UserCredentials;
 pub use pacing::{Pacer, RateLimit};
-pub use read::{DmEventsRequest, DmEventsResponse, XUser};
+pub use read::{is_pagination_token, DmEventsRequest, DmEventsResponse, XUser};
 pub use upload::{MediaCategory, MediaUpload, MediaUploadConfig, UploadedMedia, MAX_SEGMENT_BYTES};
 pub use webhooks::{classify_webhook_error, webhook_problem, Webhook, WebhookClient, WebhookError};

@@ -122,7 +122,10 @@ impl Window {
     }
 
     fn opens_at_utc(&self) -> DateTime<Utc> {
-        self.reset_at + chrono::Duration::from_std(RESET_SLACK).unwrap_or_default()
+        // `reset_at` is X's header: at the end of chrono's range, adding panics.
+        self.reset_at
+            .checked_add_signed(chrono::Duration::from_std(RESET_SLACK).unwrap_or_default())
+            .unwrap_or(self.reset_at)
     }
 }
 
@@ -307,6 +310,22 @@ mod tests {
     use reqwest::header::HeaderValue;
     use tokio::task::JoinSet;
     use tokio::time::timeout;
+
+    /// Found by the property tests: a reset at the last second chrono can hold made the
+    /// status report panic adding the slack to it.
+    #[test]
+    fn a_reset_at_the_end_of_time_is_reported_without_panic() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-rate-limit-reset",
+            HeaderValue::from_static("8210266876799"),
+        );
+        let reset = reset_after_rate_limit(&headers);
+        assert!(reset.is_some());
+        let pacer = Pacer::new(Duration::from_secs(60));
+        pacer.block_until(reset);
+        assert_eq!(pacer.blocked_until(), reset);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn with_nothing_known_one_request_goes_first_to_learn_the_window() {

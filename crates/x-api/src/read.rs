@@ -30,6 +30,17 @@ const USER_FIELDS: &str = "username,name,profile_image_url";
 /// Enough to fetch or link every kind of DM media (photo, video, GIF).
 const MEDIA_FIELDS: &str = "media_key,type,url,preview_image_url,variants,width,height,duration_ms";
 
+/// The longest pagination token the bridge sends back: X's are a few dozen characters.
+const MAX_PAGINATION_TOKEN_BYTES: usize = 256;
+
+/// Whether `token` can be a `meta.next_token` of X to send back as `pagination_token`:
+/// letters and digits, 1 to 256 of them. A page whose token is anything else is
+/// unreadable, rather than the next request being one X would refuse.
+pub fn is_pagination_token(token: &str) -> bool {
+    (1..=MAX_PAGINATION_TOKEN_BYTES).contains(&token.len())
+        && token.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// One page to fetch from `GET /2/dm_events`, which lists the account's DM events newest
 /// first and has no `since_id`: a poller pages from the newest event until it reaches one it
 /// already stored (README §1).
@@ -64,9 +75,10 @@ impl DmEventsRequest {
             let mut query = url.query_pairs_mut();
             query.append_pair("max_results", &self.max_results.to_string());
             if let Some(token) = &self.pagination_token {
-                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                if !is_pagination_token(token) {
                     return Err(dm::local_invalid(format!(
-                        "{token:?} is not an X pagination token"
+                        "{} is not an X pagination token",
+                        xbridge_core::excerpt::quoted(token)
                     )));
                 }
                 query.append_pair("pagination_token", token);
@@ -147,7 +159,8 @@ impl XUser {
             Err(error) => Err(XError::Transient {
                 status: Some(200),
                 detail: format!(
-                    "X answered a user lookup with an unexpected body ({error}): {}",
+                    "X answered a user lookup with an unexpected body ({}): {}",
+                    crate::error::why_unreadable(&error),
                     crate::error::body_snippet(200, body)
                 ),
             }),
@@ -296,6 +309,30 @@ mod tests {
             XUser::url(&base, "944480690").unwrap().as_str(),
             "https://api.x.com/2/users/944480690?user.fields=username%2Cname%2Cprofile_image_url"
         );
+    }
+
+    /// Found by the property tests: serde's message quoted the wrong value whole, and an
+    /// id of letters was taken as a user.
+    #[test]
+    fn an_unreadable_user_answer_is_transient_with_a_bounded_detail() {
+        let long = "x".repeat(100_000);
+        for body in [
+            serde_json::json!({"data": long}),
+            serde_json::json!({"data": {"id": "12a", "name": "n", "username": "u"}}),
+        ] {
+            let error = XUser::from_body(body.to_string().as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    XError::Transient {
+                        status: Some(200),
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+            assert!(error.detail().len() < 1024, "{}", error.detail().len());
+        }
     }
 
     #[test]

@@ -179,39 +179,58 @@ enum Body {
 
 /// `{"data":{…}}` of INITIALIZE, FINALIZE and STATUS.
 #[derive(Deserialize)]
-struct Envelope {
-    data: MediaData,
+pub(crate) struct Envelope {
+    pub(crate) data: MediaData,
 }
 
 #[derive(Deserialize)]
-struct MediaData {
+pub(crate) struct MediaData {
+    /// Digits only: it goes into the APPEND and FINALIZE paths.
     #[serde(deserialize_with = "crate::id::deserialize")]
-    id: String,
+    pub(crate) id: String,
     #[serde(default)]
-    media_key: Option<String>,
+    pub(crate) media_key: Option<String>,
     #[serde(default)]
-    processing_info: Option<ProcessingInfo>,
+    pub(crate) processing_info: Option<ProcessingInfo>,
 }
 
 /// X's `processing_info`: `pending → in_progress → succeeded | failed`.
 #[derive(Debug, Deserialize)]
-struct ProcessingInfo {
-    state: String,
+pub(crate) struct ProcessingInfo {
+    pub(crate) state: String,
     #[serde(default)]
-    check_after_secs: Option<u64>,
+    pub(crate) check_after_secs: Option<u64>,
     #[serde(default)]
-    progress_percent: Option<u64>,
+    pub(crate) progress_percent: Option<u64>,
     #[serde(default)]
-    error: Option<ProcessingError>,
+    pub(crate) error: Option<ProcessingError>,
 }
 
 /// X's processing error, v1.1's shape: `{"code":1,"name":"InvalidMedia","message":"…"}`.
 #[derive(Debug, Deserialize)]
-struct ProcessingError {
+pub(crate) struct ProcessingError {
     #[serde(default)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default)]
-    message: Option<String>,
+    pub(crate) message: Option<String>,
+}
+
+/// How much of X's processing error is kept: it becomes the reply's failure detail.
+const PROCESSING_ERROR_CHARS: usize = 500;
+
+impl ProcessingInfo {
+    /// The failure detail of a `failed` processing: X's message, else its name, cut short.
+    pub(crate) fn failure_detail(self) -> String {
+        let error = self.error.unwrap_or(ProcessingError {
+            name: None,
+            message: None,
+        });
+        let detail = error
+            .message
+            .or(error.name)
+            .unwrap_or_else(|| "processing failed".to_owned());
+        xbridge_core::excerpt::cut(&detail, PROCESSING_ERROR_CHARS)
+    }
 }
 
 impl XClient {
@@ -352,14 +371,7 @@ impl XClient {
             match info.state.as_str() {
                 "succeeded" => return Ok(()),
                 "failed" => {
-                    let error = info.error.unwrap_or(ProcessingError {
-                        name: None,
-                        message: None,
-                    });
-                    let detail = error
-                        .message
-                        .or(error.name)
-                        .unwrap_or_else(|| "processing failed".to_owned());
+                    let detail = info.failure_detail();
                     tracing::warn!(%media_id, %detail, "X could not process the media");
                     return Err(XError::MediaProcessingFailed {
                         media_id: media_id.to_owned(),
@@ -470,8 +482,9 @@ impl XClient {
                 .map_err(|error| XError::Transient {
                     status: Some(status.as_u16()),
                     detail: format!(
-                        "X answered a {} with an unexpected body ({error}): {}",
+                        "X answered a {} with an unexpected body ({}): {}",
                         step.what(),
+                        crate::error::why_unreadable(&error),
                         body_snippet(status.as_u16(), &body)
                     ),
                 });

@@ -52,9 +52,16 @@ pub fn webhook_problem(webhooks: &[Webhook]) -> Option<String> {
         None => "no webhook is registered for this App: run `xbridge webhook register`, then `xbridge webhook subscribe` (or set inbound = \"poll\")".to_owned(),
         Some(webhook) => format!(
             "X considers the webhook {} invalid (its CRC check failed): make sure the bridge is reachable there, then run `xbridge webhook revalidate`",
-            webhook.url
+            xbridge_core::excerpt::cut(&webhook.url, 300)
         ),
     })
+}
+
+/// X's answer to `GET /2/webhooks`.
+#[derive(Deserialize)]
+pub(crate) struct WebhookList {
+    #[serde(default)]
+    pub(crate) data: Vec<Webhook>,
 }
 
 /// Why X refused a webhook or subscription call: one variant per reason X names, so an
@@ -237,13 +244,8 @@ impl WebhookClient {
     /// The App's webhooks: `GET /2/webhooks` with the Bearer token, each with whether X
     /// considers it valid.
     pub async fn list_webhooks(&self) -> Result<Vec<Webhook>, WebhookError> {
-        #[derive(Deserialize)]
-        struct Answer {
-            #[serde(default)]
-            data: Vec<Webhook>,
-        }
         let endpoint = endpoint(&self.base_url, &["2", "webhooks"])?;
-        let answer: Answer = self
+        let answer: WebhookList = self
             .call(Method::GET, endpoint, Auth::App, None, "webhook list")
             .await?;
         Ok(answer.data)
@@ -378,7 +380,8 @@ impl WebhookClient {
             WebhookError::Other(XError::Transient {
                 status: Some(status),
                 detail: format!(
-                    "X answered the {what} with an unexpected body ({error}): {}",
+                    "X answered the {what} with an unexpected body ({}): {}",
+                    crate::error::why_unreadable(&error),
                     body_snippet(status, &bytes)
                 ),
             })

@@ -1,0 +1,266 @@
+//! Property tests of the core's parsers of outside input: the CRM's reply bodies and the
+//! AMQP headers a reply arrives with. Whatever the CRM (or anyone who can publish to the
+//! outgoing exchange) sends, the parser answers with a classified outcome, never a panic,
+//! and a refusal's text stays small enough for a dead letter's header and a status event.
+//!
+//! The generic hostile values come from `xbridge-arbitrary`; this module adds the shapes of
+//! this crate's inputs (valid replies to mutate, AMQP field tables).
+
+use base64::Engine as _;
+use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use xbridge_arbitrary as arbitrary;
+
+use crate::amqp::FailureHeaders;
+use crate::model::{
+    AttachmentSource, OutgoingReply, ReplyTarget, MAX_ATTACHMENTS, MAX_INLINE_DATA_BYTES,
+    MAX_MESSAGE_ID_BYTES, MAX_TEXT_CHARS,
+};
+
+/// The longest refusal text a reply may get: it becomes the `x-xbridge-detail` header of
+/// the dead letter and the `detail` of `message.failed`, so it must not grow with the
+/// body (a 130 KB id quoted back would make the dead letter too large to publish).
+const MAX_DETAIL_BYTES: usize = 600;
+
+/// Valid replies of every shape the contract allows, for the mutations to start from.
+fn replies() -> Vec<Value> {
+    let gif = base64::engine::general_purpose::STANDARD
+        .encode(b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!");
+    vec![
+        json!({"message_id": "m-1", "recipient_id": "2244994945", "text": "Hello!"}),
+        json!({"message_id": "m-2", "channel": "acme", "conversation_id": "2244994945-1000000000000000001", "text": "Hi"}),
+        json!({"message_id": "m-3", "recipient_id": 2244994945u64, "text": "é🙂",
+               "attachments": [{"data": gif, "mime_type": "image/gif", "filename": "dot.gif"}]}),
+        json!({"message_id": "m-4", "conversation_id": "1585047616894574596",
+               "attachments": [{"url": "https://cdn.example.com/a.png?sig=1", "mime_type": "image/png"},
+                               {"url": "http://cdn.example.com:8080/v.mp4", "mime_type": "video/mp4"}]}),
+    ]
+}
+
+/// Any AMQP field value, nested a little: what a publisher may put in a header.
+fn amqp_value() -> impl Strategy<Value = AMQPValue> {
+    let leaf = prop_oneof![
+        any::<bool>().prop_map(AMQPValue::Boolean),
+        any::<i8>().prop_map(AMQPValue::ShortShortInt),
+        any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+        any::<i16>().prop_map(AMQPValue::ShortInt),
+        any::<u16>().prop_map(AMQPValue::ShortUInt),
+        any::<i32>().prop_map(AMQPValue::LongInt),
+        any::<u32>().prop_map(AMQPValue::LongUInt),
+        any::<i64>().prop_map(AMQPValue::LongLongInt),
+        any::<f32>().prop_map(AMQPValue::Float),
+        any::<f64>().prop_map(AMQPValue::Double),
+        (any::<u8>(), any::<u32>())
+            .prop_map(|(scale, value)| AMQPValue::DecimalValue(DecimalValue { scale, value })),
+        "[ -~]{0,40}".prop_map(|s| AMQPValue::ShortString(s.as_str().into())),
+        arbitrary::string().prop_map(|s| AMQPValue::LongString(LongString::from(s.into_bytes()))),
+        prop::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|b| AMQPValue::LongString(LongString::from(b))),
+        // Numbers and times as text, the way a header may be written by hand.
+        prop_oneof![
+            "-?[0-9]{1,25}",
+            Just("2026-11-25T10:00:00.123Z".to_owned()),
+            Just("0000-01-01T00:00:00Z".to_owned()),
+            Just("9999-12-31T23:59:59.999+14:00".to_owned()),
+            Just("1970-01-01T00:00:00Z".to_owned()),
+        ]
+        .prop_map(|s| AMQPValue::LongString(LongString::from(s.into_bytes()))),
+        any::<u64>().prop_map(AMQPValue::Timestamp),
+        prop::collection::vec(any::<u8>(), 0..32)
+            .prop_map(|b| AMQPValue::ByteArray(ByteArray::from(b))),
+        Just(AMQPValue::Void),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4)
+                .prop_map(|items| AMQPValue::FieldArray(FieldArray::from(items))),
+            field_table_of(inner).prop_map(AMQPValue::FieldTable),
+        ]
+    })
+}
+
+/// Our header names (so that a generated table often has them, with any type) and others.
+fn header_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(vec![
+            "x-xbridge-attempts",
+            "x-xbridge-parked",
+            "x-xbridge-first-seen-at",
+            "x-xbridge-first-failure-at",
+            "x-xbridge-last-failure-at",
+            "x-xbridge-reason",
+            "x-xbridge-detail",
+            "x-xbridge-channel",
+            "x-xbridge-http-status",
+            "x-xbridge-problem-type",
+            "x-xbridge-original-exchange",
+            "x-xbridge-original-routing-key",
+            "x-death",
+            "x-first-death-reason",
+        ])
+        .prop_map(str::to_owned),
+        1 => "[ -~]{0,40}",
+    ]
+}
+
+fn field_table_of(value: impl Strategy<Value = AMQPValue>) -> impl Strategy<Value = FieldTable> {
+    prop::collection::vec((header_name(), value), 0..8).prop_map(|entries| {
+        let mut table = FieldTable::default();
+        for (name, value) in entries {
+            table.insert(name.as_str().into(), value);
+        }
+        table
+    })
+}
+
+/// A reply's headers as any publisher may set them.
+fn field_table() -> impl Strategy<Value = FieldTable> {
+    field_table_of(amqp_value())
+}
+
+/// A failure history the bridge itself could write: times at millisecond precision within
+/// the years RFC 3339 can write.
+fn failure_headers() -> impl Strategy<Value = FailureHeaders> {
+    let time = prop::option::of(
+        (0i64..253_402_300_799_999)
+            .prop_map(|ms| chrono::DateTime::from_timestamp_millis(ms).expect("in range")),
+    );
+    let text = || prop::option::of(arbitrary::string());
+    (
+        (any::<u32>(), any::<u32>(), time.clone(), time.clone(), time),
+        (text(), text(), text(), prop::option::of(any::<u16>())),
+        (text(), text(), text()),
+    )
+        .prop_map(
+            |(
+                (attempts, times_parked, first_seen_at, first_failure_at, last_failure_at),
+                (reason, detail, channel, http_status),
+                (problem_type, original_exchange, original_routing_key),
+            )| FailureHeaders {
+                attempts,
+                times_parked,
+                first_seen_at,
+                first_failure_at,
+                last_failure_at,
+                reason,
+                detail,
+                channel,
+                http_status,
+                problem_type,
+                original_exchange,
+                original_routing_key,
+            },
+        )
+}
+
+fn is_digits(id: &str, lengths: std::ops::RangeInclusive<usize>) -> bool {
+    lengths.contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// What every accepted reply guarantees the sending side.
+fn assert_valid(reply: &OutgoingReply) -> Result<(), TestCaseError> {
+    prop_assert!(!reply.message_id.trim().is_empty());
+    prop_assert!(reply.message_id.len() <= MAX_MESSAGE_ID_BYTES);
+    match &reply.target {
+        ReplyTarget::Recipient(id) => prop_assert!(is_digits(id, 1..=19), "{id:?}"),
+        ReplyTarget::Conversation(id) => prop_assert!(
+            match id.split_once('-') {
+                Some((a, b)) => is_digits(a, 1..=19) && is_digits(b, 1..=19),
+                None => is_digits(id, 15..=19),
+            },
+            "{id:?}"
+        ),
+    }
+    prop_assert!(reply.text.chars().count() <= MAX_TEXT_CHARS);
+    prop_assert!(reply.attachments.len() <= MAX_ATTACHMENTS);
+    if reply.attachments.is_empty() {
+        prop_assert!(!reply.text.trim().is_empty());
+    }
+    for attachment in &reply.attachments {
+        if let AttachmentSource::Data(data) = &attachment.source {
+            prop_assert!(!data.is_empty());
+            prop_assert!(data.len() as u64 <= MAX_INLINE_DATA_BYTES);
+            prop_assert!(data.len() as u64 <= attachment.category.max_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// A refusal as the property wants it: some text, of bounded size, naming only a
+/// well-formed id.
+fn assert_bounded(refusal: &crate::model::InvalidReply) -> Result<(), TestCaseError> {
+    prop_assert!(!refusal.detail.is_empty());
+    prop_assert!(
+        refusal.detail.len() <= MAX_DETAIL_BYTES,
+        "{} bytes: {}…",
+        refusal.detail.len(),
+        refusal.detail.chars().take(200).collect::<String>()
+    );
+    if let Some(id) = &refusal.message_id {
+        prop_assert!(!id.trim().is_empty() && id.len() <= MAX_MESSAGE_ID_BYTES);
+    }
+    Ok(())
+}
+
+/// Every field of every template replaced by each hostile sample (a 20,000-character
+/// string among them), and each left out: what a random run may take long to draw.
+#[test]
+fn every_field_of_a_reply_may_be_wrong() {
+    for template in replies() {
+        for body in arbitrary::each_field(&template, &arbitrary::samples()) {
+            let bytes = arbitrary::to_bytes(&body);
+            let outcome = match OutgoingReply::parse(&bytes, "acme") {
+                Ok(reply) => assert_valid(&reply),
+                Err(refusal) => assert_bounded(&refusal),
+            };
+            if let Err(failure) = outcome {
+                let shown: String = body.to_string().chars().take(300).collect();
+                panic!("{failure} for {shown}");
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(arbitrary::config(256))]
+
+    /// Any body, valid or not: an accepted reply keeps every promise of the contract, a
+    /// refused one says why in a bounded text and names only an id it could read.
+    #[test]
+    fn a_reply_body_is_accepted_valid_or_refused_with_a_bounded_reason(
+        body in arbitrary::body(replies()),
+        channel in prop_oneof![Just("acme".to_owned()), "[a-z]{1,8}"],
+    ) {
+        match OutgoingReply::parse(&body, &channel) {
+            Ok(reply) => assert_valid(&reply)?,
+            Err(refusal) => assert_bounded(&refusal)?,
+        }
+    }
+
+    /// Whatever headers a reply carries, reading its history gives an answer: the
+    /// headers of the wrong type count as absent.
+    #[test]
+    fn any_headers_give_a_failure_history(table in prop::option::of(field_table())) {
+        let history = FailureHeaders::read(table.as_ref());
+        // Reading what the bridge would write back gives the same history.
+        let written = history.apply_to(table.as_ref());
+        prop_assert_eq!(FailureHeaders::read(Some(&written)), history);
+    }
+
+    /// The history the bridge writes reads back exactly, next to any foreign headers,
+    /// which are kept.
+    #[test]
+    fn the_bridges_own_history_survives_a_round_trip(
+        headers in failure_headers(),
+        foreign in field_table(),
+    ) {
+        let written = headers.apply_to(Some(&foreign));
+        prop_assert_eq!(FailureHeaders::read(Some(&written)), headers);
+        for (name, value) in foreign.inner() {
+            if !name.as_str().starts_with("x-xbridge-") {
+                prop_assert_eq!(written.inner().get(name), Some(value));
+            }
+        }
+    }
+}

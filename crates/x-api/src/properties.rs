@@ -1,0 +1,262 @@
+//! Property tests of the X client's parsers of X's answers: error bodies (for sends,
+//! reads and webhook calls), the send-DM answer, user lookups, media upload answers, the
+//! webhook list and the rate-limit headers.
+//!
+//! X is a remote service and its answers are outside input like any other: a wrong or
+//! truncated body, a 25-digit id, a 1 MB detail or an absurd reset time must give a
+//! classified [`XError`] (or a readable answer whose ids are ids), never a panic, and no
+//! text that grows with the body, since X's texts end up in dead letters' headers, status
+//! events and logs.
+
+use proptest::prelude::*;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{json, Value};
+use xbridge_arbitrary as arbitrary;
+
+use crate::dm::SendDmResponse;
+use crate::read::classify_read_error;
+use crate::upload::Envelope;
+use crate::webhooks::WebhookList;
+use crate::{
+    classify_send_error, classify_webhook_error, webhook_problem, Pacer, RateLimit, XError, XUser,
+};
+
+/// The longest `detail()` of an error: it becomes the `x-xbridge-detail` header of a
+/// dead letter and the `detail` of `message.failed`.
+const MAX_DETAIL_BYTES: usize = 2048;
+/// The longest error message (the detail plus what to do about it), as logged.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../../tests/fixtures/x-api/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// X's recorded error bodies, and the shapes of the ones it did not record for us.
+fn problems() -> Vec<Value> {
+    let mut bodies: Vec<Value> = [
+        "error_400_invalid_request.json",
+        "error_401_unauthorized.json",
+        "error_402_credits_depleted.json",
+        "error_402_payment_required.json",
+        "error_403_client_not_enrolled.json",
+        "error_403_forbidden.json",
+        "error_403_oauth1_permissions.json",
+        "error_429_rate_limited.json",
+        "error_429_usage_capped.json",
+    ]
+    .into_iter()
+    .map(fixture)
+    .collect();
+    bodies.push(json!({"title":"SpendCapReached","detail":"Your monthly spend cap has been reached.","type":"about:blank","status":403}));
+    bodies.push(json!({"errors":[{"code":88,"message":"Rate limit exceeded"}]}));
+    bodies.push(json!({"errors":[{"message":"CrcValidationFailed","parameters":{"url":["https://example.com/x"]}}],"title":"Invalid Request","type":"https://api.twitter.com/2/problems/invalid-request"}));
+    bodies
+}
+
+fn users() -> Vec<Value> {
+    vec![
+        json!({"data":{"id":"2244994945","name":"X Dev","username":"XDevelopers","profile_image_url":"https://pbs.twimg.com/a_normal.jpg"}}),
+        json!({"data":{"id":2244994945u64,"name":"X Dev","username":"XDevelopers"}}),
+        json!({"errors":[{"value":"1","detail":"Could not find user with id: [1].","title":"Not Found Error","type":"https://api.twitter.com/2/problems/resource-not-found"}]}),
+    ]
+}
+
+fn upload_answers() -> Vec<Value> {
+    vec![
+        json!({"data":{"id":"1880028106020515840","media_key":"3_1880028106020515840","expires_after_secs":86400}}),
+        json!({"data":{"id":"1880028106020515840","media_key":"7_1880028106020515840","processing_info":{"state":"pending","check_after_secs":1}}}),
+        json!({"data":{"id":"1880028106020515840","processing_info":{"state":"failed","progress_percent":40,"error":{"code":1,"name":"InvalidMedia","message":"Unsupported video format"}}}}),
+    ]
+}
+
+fn webhook_lists() -> Vec<Value> {
+    vec![
+        json!({"data":[{"id":"1146654567674912769","url":"https://example.com/webhooks/acme","valid":true,"created_at":"2019-06-22T05:04:35.000Z"}],"meta":{"result_count":1}}),
+        json!({"data":[{"id":"1146654567674912769","url":"https://example.com/webhooks/acme","valid":false,"created_at":"2019-06-22T05:04:35.000Z"}]}),
+        json!({"meta":{"result_count":0}}),
+    ]
+}
+
+fn is_id(id: &str) -> bool {
+    (1..=19).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Rate-limit headers as X sends them, and as nobody should: negative, huge (past the
+/// end of chrono's calendar), fractional, padded, or not numbers at all.
+fn headers() -> impl Strategy<Value = HeaderMap> {
+    let name = prop::sample::select(vec![
+        "x-rate-limit-limit",
+        "x-rate-limit-remaining",
+        "x-rate-limit-reset",
+        "x-user-limit-24hour-remaining",
+        "x-user-limit-24hour-reset",
+        "x-app-limit-24hour-remaining",
+        "x-app-limit-24hour-reset",
+        "x-access-level",
+    ]);
+    let value = prop_oneof![
+        Just("0".to_owned()),
+        Just("15".to_owned()),
+        Just("1790000000".to_owned()),
+        Just("8210298412799".to_owned()),
+        Just("8210266876799".to_owned()),
+        Just("-8334632851200".to_owned()),
+        Just("9223372036854775807".to_owned()),
+        Just("18446744073709551616".to_owned()),
+        Just(" 42 ".to_owned()),
+        Just("1.5".to_owned()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u32>().prop_map(|n| n.to_string()),
+        "[ -~]{0,24}",
+    ];
+    prop::collection::vec((name, value), 0..8).prop_map(|pairs| {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        headers
+    })
+}
+
+fn assert_bounded(error: &XError) -> Result<(), TestCaseError> {
+    let detail = error.detail();
+    prop_assert!(
+        detail.len() <= MAX_DETAIL_BYTES,
+        "detail of {} bytes",
+        detail.len()
+    );
+    let message = error.to_string();
+    prop_assert!(
+        message.len() <= MAX_MESSAGE_BYTES,
+        "message of {} bytes",
+        message.len()
+    );
+    if let Some(name) = error.problem_type() {
+        prop_assert!(name.len() <= MAX_DETAIL_BYTES);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(arbitrary::config(256))]
+
+    /// Any answer that is not a 2xx is sorted by its status and problem into what the
+    /// caller should do, with bounded texts: a 402 or a billing problem is always credits,
+    /// a 429 otherwise a rate limit, a 401 unauthorized, a 403 one of the 403 kinds, other
+    /// 4xx an invalid request, anything else transient.
+    #[test]
+    fn x_errors_are_classified_by_status_and_problem(
+        status in prop_oneof![400u16..=431, 100u16..600],
+        headers in headers(),
+        body in arbitrary::body(problems()),
+    ) {
+        let error = classify_send_error(status, &headers, &body);
+        assert_bounded(&error)?;
+        if status == 402 {
+            prop_assert!(matches!(error, XError::CreditsExhausted { .. }), "{error:?}");
+        }
+        match &error {
+            XError::CreditsExhausted { status: s, .. } => prop_assert_eq!(*s, status),
+            XError::RateLimited { .. } => prop_assert_eq!(status, 429),
+            XError::Unauthorized { .. } => prop_assert!(status == 401 || status == 403),
+            XError::MissingDmPermission { .. }
+            | XError::NotEnrolled { .. }
+            | XError::RecipientRefuses { .. } => prop_assert_eq!(status, 403),
+            XError::InvalidRequest { status: s, .. } => {
+                prop_assert_eq!(*s, status);
+                prop_assert!((400..500).contains(s) && ![401, 402, 403, 429].contains(s));
+            }
+            XError::Transient { status: s, .. } => {
+                prop_assert_eq!(*s, Some(status));
+                prop_assert!(!(400..500).contains(&status));
+            }
+            XError::MediaProcessingFailed { .. } => prop_assert!(false, "{error:?}"),
+        }
+
+        // A read has no recipient to refuse.
+        let read = classify_read_error(status, &headers, &body);
+        prop_assert!(!matches!(read, XError::RecipientRefuses { .. }), "{read:?}");
+        assert_bounded(&read)?;
+
+        // A webhook call names X's reason only when X's body does.
+        let webhook = classify_webhook_error(status, &headers, &body);
+        if let Some(reason) = webhook.reason() {
+            let text = String::from_utf8_lossy(&body);
+            prop_assert!(text.contains(reason), "{reason}");
+        }
+        prop_assert!(webhook.to_string().len() <= MAX_MESSAGE_BYTES);
+    }
+
+    /// A user lookup's 200: a user whose id is an id, an unknown user (404), or a
+    /// transient failure for a body that cannot be read.
+    #[test]
+    fn a_user_lookup_answer_is_a_user_or_a_classified_error(body in arbitrary::body(users())) {
+        match XUser::from_body(&body) {
+            Ok(user) => prop_assert!(is_id(&user.id), "{:?}", user.id),
+            Err(error @ XError::InvalidRequest { status: 404, problem: Some(_) })
+            | Err(error @ XError::Transient { status: Some(200), .. }) => assert_bounded(&error)?,
+            Err(other) => prop_assert!(false, "{other:?}"),
+        }
+    }
+
+    /// The 201 of a DM send is read only when both ids are X's.
+    #[test]
+    fn a_send_answer_is_read_only_with_xs_ids(body in arbitrary::body(vec![fixture("send_dm_201.json")])) {
+        if let Ok(answer) = serde_json::from_slice::<SendDmResponse>(&body) {
+            let sent = answer.data;
+            prop_assert!(is_id(&sent.dm_event_id), "{:?}", sent.dm_event_id);
+            let conversation = &sent.dm_conversation_id;
+            prop_assert!(
+                match conversation.split_once('-') {
+                    Some((a, b)) => is_id(a) && is_id(b),
+                    None => is_id(conversation),
+                },
+                "{conversation:?}"
+            );
+        }
+    }
+
+    /// An upload answer is read only with a media id of digits (it goes into the next
+    /// requests' paths), and a failed processing's detail is bounded.
+    #[test]
+    fn an_upload_answer_is_read_only_with_a_media_id(body in arbitrary::body(upload_answers())) {
+        if let Ok(envelope) = serde_json::from_slice::<Envelope>(&body) {
+            let data = envelope.data;
+            prop_assert!(is_id(&data.id), "{:?}", data.id);
+            if let Some(info) = data.processing_info {
+                let detail = info.failure_detail();
+                prop_assert!(!detail.is_empty() && detail.len() <= MAX_DETAIL_BYTES);
+            }
+        }
+    }
+
+    /// The webhook list reads or fails to read, and the verdict on it is bounded.
+    #[test]
+    fn a_webhook_list_gives_a_bounded_verdict(body in arbitrary::body(webhook_lists())) {
+        if let Ok(list) = serde_json::from_slice::<WebhookList>(&body) {
+            if let Some(problem) = webhook_problem(&list.data) {
+                prop_assert!(problem.len() <= MAX_MESSAGE_BYTES);
+            }
+        }
+    }
+
+    /// Whatever the rate-limit headers say, the pacer learns from them and answers when
+    /// the next request may go.
+    #[test]
+    fn any_rate_limit_headers_pace_without_panic(headers in headers()) {
+        let pacer = Pacer::new(std::time::Duration::from_secs(60));
+        if let Some(limit) = RateLimit::from_headers(&headers) {
+            pacer.observe(&limit);
+        }
+        let _ = pacer.blocked_until();
+        pacer.block_until(crate::pacing::reset_after_rate_limit(&headers));
+        let _ = pacer.blocked_until();
+    }
+}
