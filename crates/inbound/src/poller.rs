@@ -262,7 +262,7 @@ pub async fn poll_once(
     let channel = ctx.channel.as_str();
     let cursor = match ctx.store.poll_cursor(channel).await? {
         Some(cursor) => Some(cursor.parse::<u64>().map_err(|_| {
-            StoreError(format!(
+            StoreError::Failed(format!(
                 "the poll cursor of channel {channel} is {cursor:?}, not an event id"
             ))
         })?),
