@@ -12,7 +12,7 @@ use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{Settings, StateBackend, StateSettings};
 use xbridge_inbound::service::Inbound;
 use xbridge_outbound::Outbound;
-use xbridge_store::{EmbeddedStore, PostgresStore, StateStore};
+use xbridge_store::{EmbeddedStore, PostgresStore, StateStore, StoreHealth};
 use xbridge_x_api::XHttp;
 
 /// Opens the configured state store: the embedded file for a single process,
@@ -39,16 +39,17 @@ pub struct Bridge {
     inbound: Inbound,
     ops: Option<std::net::TcpListener>,
     states: Arc<ChannelStates>,
+    store: StoreHealth,
 }
 
 impl Bridge {
     /// Opens the state store (connecting to PostgreSQL and migrating it when
     /// that is the backend) and builds every channel's client.
     pub async fn build(settings: Settings) -> anyhow::Result<Bridge> {
-        let store = open_store(&settings.state).await?;
         let ops = match settings.telemetry.listen {
             Some(addr) => {
-                // Record from the start, not from the first scrape.
+                // Record from the start (the store's health included), not
+                // from the first scrape.
                 crate::ops::metrics_handle();
                 Some(
                     crate::ops::bind(addr)
@@ -57,6 +58,8 @@ impl Bridge {
             }
             None => None,
         };
+        let store = open_store(&settings.state).await?;
+        let store_health = store.health();
         let settings = Arc::new(settings);
         let states = Arc::new(ChannelStates::new(
             settings.channels.iter().map(|c| c.name.as_str()),
@@ -77,6 +80,7 @@ impl Bridge {
             inbound,
             ops,
             states,
+            store: store_health,
         })
     }
 
@@ -88,6 +92,11 @@ impl Bridge {
     /// `true` while the inbound side can publish events.
     pub fn inbound_readiness(&self) -> watch::Receiver<bool> {
         self.inbound.readiness()
+    }
+
+    /// Whether the state store can write.
+    pub fn store_health(&self) -> StoreHealth {
+        self.store.clone()
     }
 
     /// Every channel's state.
@@ -114,6 +123,7 @@ impl Bridge {
                 outbound: self.outbound.readiness(),
                 inbound: self.inbound.readiness(),
                 channels: self.states.clone(),
+                store: self.store.clone(),
             };
             tokio::spawn(crate::ops::serve(listener, readiness, shutdown.clone()))
         });
