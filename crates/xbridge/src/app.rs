@@ -46,6 +46,22 @@ impl Bridge {
     /// Opens the state store (connecting to PostgreSQL and migrating it when
     /// that is the backend) and builds every channel's client.
     pub async fn build(settings: Settings) -> anyhow::Result<Bridge> {
+        Bridge::build_with(settings, None).await
+    }
+
+    /// [`Bridge::build`] with `store` in place of the configured state store
+    /// (tests put a store double there).
+    pub async fn build_with_store(
+        settings: Settings,
+        store: Arc<dyn StateStore>,
+    ) -> anyhow::Result<Bridge> {
+        Bridge::build_with(settings, Some(store)).await
+    }
+
+    async fn build_with(
+        settings: Settings,
+        store: Option<Arc<dyn StateStore>>,
+    ) -> anyhow::Result<Bridge> {
         let ops = match settings.telemetry.listen {
             Some(addr) => {
                 // Record from the start (the store's health included), not
@@ -58,7 +74,10 @@ impl Bridge {
             }
             None => None,
         };
-        let store = open_store(&settings.state).await?;
+        let store = match store {
+            Some(store) => store,
+            None => open_store(&settings.state).await?,
+        };
         let store_health = store.health();
         let settings = Arc::new(settings);
         let states = Arc::new(ChannelStates::new(
