@@ -170,7 +170,11 @@ impl PendingRecords {
                 }
                 state.events -= written;
             }
-            tracing::info!(channel, events = ids.len(), "delivered events kept in memory are recorded");
+            tracing::info!(
+                channel,
+                events = ids.len(),
+                "delivered events kept in memory are recorded"
+            );
         }
         for (channel, cursor) in cursors {
             store.set_poll_cursor(&channel, &cursor).await?;

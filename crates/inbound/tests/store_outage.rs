@@ -72,8 +72,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: im
 }
 
 #[tokio::test]
-async fn a_webhook_dm_published_while_the_store_cannot_write_is_answered_200_and_published_once()
-{
+async fn a_webhook_dm_published_while_the_store_cannot_write_is_answered_200_and_published_once() {
     let mut broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
     let real: Arc<dyn StateStore> =
@@ -220,7 +219,11 @@ async fn polls_while_the_store_cannot_write_publish_each_dm_once_and_the_cursor_
     assert_eq!(poll_once(&ctx, &mut budget).await.unwrap().delivered, 0);
 
     store.heal();
-    ctx.in_flight.pending().write_to(store.as_ref()).await.unwrap();
+    ctx.in_flight
+        .pending()
+        .write_to(store.as_ref())
+        .await
+        .unwrap();
     assert_eq!(
         real.poll_cursor("acme").await.unwrap().as_deref(),
         Some(second.as_str())

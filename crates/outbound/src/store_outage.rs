@@ -175,7 +175,8 @@ pub async fn record_reply(
     })
     .await?;
     // The reply's record covers its parts.
-    ctx.unrecorded.update(message_id, |held| *held = Unrecorded::default());
+    ctx.unrecorded
+        .update(message_id, |held| *held = Unrecorded::default());
     Ok(())
 }
 

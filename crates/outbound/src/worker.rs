@@ -435,21 +435,21 @@ async fn process(
             mark_reported(ctx, message_id).await;
         }
         tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, "reply was already sent; not sending it again");
-        ack(&delivery).await?;
+        ack(delivery).await?;
         ctx.parked.settled(&conversation, message_id);
         return Ok(Processed::Settled);
     }
 
     if ctx.parked.must_wait(&conversation, message_id) {
         let delay = ctx.policy.retry.delays[0];
-        reporter.park(&delivery, delay, &history).await?;
+        reporter.park(delivery, delay, &history).await?;
         ctx.parked.park(&conversation, message_id, due_by(delay));
         tracing::debug!(
             channel,
             message_id,
             "parked behind an earlier reply of its conversation"
         );
-        return settled(ack(&delivery).await);
+        return settled(ack(delivery).await);
     }
 
     let mut parts = match ReplyParts::prepare(ctx, reply).await {
@@ -460,8 +460,8 @@ async fn process(
                 dead_letter(
                     ctx,
                     reporter,
-                    &delivery,
-                    &reply,
+                    delivery,
+                    reply,
                     &conversation,
                     &failure,
                     history,
@@ -473,9 +473,9 @@ async fn process(
             // The local disk, not the reply: try again after the first delay.
             let delay = ctx.policy.retry.delays[0];
             tracing::warn!(channel, message_id, detail = %detail, "cannot spool an attachment; parked for a later try");
-            reporter.park(&delivery, delay, &history).await?;
+            reporter.park(delivery, delay, &history).await?;
             ctx.parked.park(&conversation, message_id, due_by(delay));
-            return settled(ack(&delivery).await);
+            return settled(ack(delivery).await);
         }
         Err(PrepareError::Store(e)) => return Err(e.into()),
     };
@@ -528,8 +528,8 @@ async fn process(
                 dead_letter(
                     ctx,
                     reporter,
-                    &delivery,
-                    &reply,
+                    delivery,
+                    reply,
                     &conversation,
                     &failure,
                     history,
@@ -544,7 +544,7 @@ async fn process(
                 // back a delivery held that long. Park it and look again.
                 ctx.gate.inconclusive(permit);
                 let delay = ctx.policy.retry.delays.last().copied().unwrap_or(wait);
-                reporter.park(&delivery, delay, &history).await?;
+                reporter.park(delivery, delay, &history).await?;
                 ctx.parked.park(&conversation, message_id, due_by(delay));
                 tracing::info!(
                     channel,
@@ -553,7 +553,7 @@ async fn process(
                     delay_secs = delay.as_secs(),
                     "X's rate-limit window opens later than a reply may be held; parked until then"
                 );
-                return settled(ack(&delivery).await);
+                return settled(ack(delivery).await);
             }
             if !wait.is_zero() {
                 ctx.states.set(
@@ -666,7 +666,7 @@ async fn process(
             Fate::WaitForCredits => {}
             Fate::Park(delay) => {
                 history.times_parked += 1;
-                reporter.park(&delivery, delay, &history).await?;
+                reporter.park(delivery, delay, &history).await?;
                 ctx.parked.park(&conversation, message_id, due_by(delay));
                 tracing::info!(
                     channel,
@@ -674,7 +674,7 @@ async fn process(
                     delay_secs = delay.as_secs(),
                     "reply parked for a later retry"
                 );
-                return settled(ack(&delivery).await);
+                return settled(ack(delivery).await);
             }
             Fate::DeadLetter(reason) => {
                 let mut failure = Failure::from_x(reason, &error);
@@ -683,8 +683,8 @@ async fn process(
                     dead_letter(
                         ctx,
                         reporter,
-                        &delivery,
-                        &reply,
+                        delivery,
+                        reply,
                         &conversation,
                         &failure,
                         history,

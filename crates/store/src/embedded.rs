@@ -470,7 +470,9 @@ fn read(
     let Some(value) = table.get(key).map_err(err)? else {
         return Ok(None);
     };
-    serde_json::from_slice(value.value()).map(Some).map_err(codec)
+    serde_json::from_slice(value.value())
+        .map(Some)
+        .map_err(codec)
 }
 
 #[async_trait]

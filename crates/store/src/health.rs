@@ -80,7 +80,10 @@ mod tests {
         let health = StoreHealth::new();
         assert!(health.is_writable());
         health.write_failed(&StoreError::Failed("a bad record".into()));
-        assert!(health.is_writable(), "one bad write says nothing of the store");
+        assert!(
+            health.is_writable(),
+            "one bad write says nothing of the store"
+        );
         health.write_failed(&StoreError::Unavailable("disk full".into()));
         assert!(!health.is_writable());
 

@@ -411,17 +411,16 @@ fn is_unavailable(e: &(dyn StdError + 'static)) -> bool {
             || code.starts_with("57")
             || matches!(code, "25006" | "40001" | "40P01");
     }
-    e.is_closed()
-        || {
-            let mut cause = e.source();
-            while let Some(inner) = cause {
-                if inner.is::<std::io::Error>() {
-                    return true;
-                }
-                cause = inner.source();
+    e.is_closed() || {
+        let mut cause = e.source();
+        while let Some(inner) = cause {
+            if inner.is::<std::io::Error>() {
+                return true;
             }
-            false
+            cause = inner.source();
         }
+        false
+    }
 }
 
 fn describe(e: &(dyn StdError + 'static)) -> String {

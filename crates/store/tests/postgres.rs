@@ -199,7 +199,11 @@ async fn refuse_writes(schema: &str, refuse: bool) {
             format!("DROP TRIGGER refuse ON \"{schema}\".{table};")
         });
     }
-    admin().await.batch_execute(&sql).await.expect("triggers changed");
+    admin()
+        .await
+        .batch_execute(&sql)
+        .await
+        .expect("triggers changed");
 }
 
 #[tokio::test]
