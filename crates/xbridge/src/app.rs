@@ -62,6 +62,10 @@ impl Bridge {
         settings: Settings,
         store: Option<Arc<dyn StateStore>>,
     ) -> anyhow::Result<Bridge> {
+        // Once, now that logging is set up.
+        for warning in &settings.warnings {
+            tracing::warn!(%warning, "configuration warning");
+        }
         let ops = match settings.telemetry.listen {
             Some(addr) => {
                 // Record from the start (the store's health included), not
