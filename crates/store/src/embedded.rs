@@ -179,7 +179,10 @@ fn write_loop(shared: Arc<Shared>, queue: mpsc::Receiver<PendingWrite>) {
                         shared.install(Some(db.clone()));
                         shared.health.write_succeeded();
                         open = Some(db);
-                        delay = REOPEN_FIRST_DELAY;
+                        // The pause starts short again only once a real write
+                        // commits: a disk with room for the probe alone would
+                        // otherwise have the file closed and opened in a
+                        // tight loop.
                     }
                     Err(error) => {
                         tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "the state file cannot be opened again yet");
@@ -208,6 +211,7 @@ fn write_loop(shared: Arc<Shared>, queue: mpsc::Receiver<PendingWrite>) {
         match commit(&db, batch.iter().map(|pending| &pending.write)) {
             Ok(()) => {
                 shared.health.write_succeeded();
+                delay = REOPEN_FIRST_DELAY;
                 for pending in batch.drain(..) {
                     let _ = pending.done.send(Ok(()));
                 }

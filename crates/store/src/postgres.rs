@@ -18,7 +18,7 @@
 
 use std::error::Error as StdError;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +104,10 @@ pub struct PostgresStore {
     health: StoreHealth,
     /// Whether a probe is running (one at a time).
     probing: Arc<AtomicBool>,
+    /// The next pause between probes, in milliseconds: short again only once
+    /// a real write succeeds, so a database that takes the probe but not the
+    /// writes is not probed in a tight loop.
+    probe_delay_ms: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -174,6 +178,7 @@ impl PostgresStore {
             schema: schema.to_owned(),
             health: StoreHealth::new(),
             probing: Arc::default(),
+            probe_delay_ms: Arc::new(AtomicU64::new(first_probe_delay_ms())),
         };
         store.migrate().await.map_err(|error| match error {
             StoreError::Unavailable(message) => StoreError::Unavailable(redact(message)),
@@ -191,7 +196,11 @@ impl PostgresStore {
     /// refused, probes it until it takes writes again.
     fn written(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
         match &result {
-            Ok(()) => self.health.write_succeeded(),
+            Ok(()) => {
+                self.health.write_succeeded();
+                self.probe_delay_ms
+                    .store(first_probe_delay_ms(), Ordering::SeqCst);
+            }
             Err(error) => {
                 self.health.write_failed(error);
                 if error.is_unavailable() && !self.probing.swap(true, Ordering::SeqCst) {
@@ -207,11 +216,13 @@ impl PostgresStore {
     /// still needs what any write needs (a writable database, room for its
     /// WAL record).
     async fn probe_until_writable(self) {
-        let mut delay = PROBE_FIRST_DELAY;
         loop {
             while !self.health.is_writable() {
+                let delay = Duration::from_millis(self.probe_delay_ms.load(Ordering::SeqCst));
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(PROBE_MAX_DELAY);
+                let next = (delay * 2).min(PROBE_MAX_DELAY);
+                self.probe_delay_ms
+                    .store(next.as_millis() as u64, Ordering::SeqCst);
                 let probe = async {
                     self.client()
                         .await?
@@ -226,7 +237,7 @@ impl PostgresStore {
                 match probe.await {
                     Ok(_) => self.health.write_succeeded(),
                     Err(error) => {
-                        tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64, "the state database does not take writes yet");
+                        tracing::debug!(%error, retry_in_ms = next.as_millis() as u64, "the state database does not take writes yet");
                     }
                 }
             }
@@ -366,6 +377,10 @@ impl PostgresStore {
         .await;
         self.written(result)
     }
+}
+
+fn first_probe_delay_ms() -> u64 {
+    PROBE_FIRST_DELAY.as_millis() as u64
 }
 
 /// Whether `name` can be used unquoted-safe as a schema name: it is put in a
