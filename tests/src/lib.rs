@@ -10,10 +10,12 @@
 #![warn(missing_docs)]
 
 mod crm;
+mod failing_store;
 mod process;
 mod schema;
 
 pub use crm::{Crm, DeadLetter, Event};
+pub use failing_store::{FailingStore, Refuse};
 pub use process::BridgeProcess;
 pub use schema::assert_valid;
 

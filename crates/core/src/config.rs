@@ -40,6 +40,9 @@ pub struct Settings {
     pub http: HttpSettings,
     /// The X accounts this deployment serves, in file order.
     pub channels: Vec<ChannelSettings>,
+    /// What is allowed but unwise (a secret file every user can read), for
+    /// the caller to log once its logging is set up.
+    pub warnings: Vec<String>,
 }
 
 /// The broker connection and topology.
@@ -1025,6 +1028,39 @@ fn duration_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>
         .collect()
 }
 
+/// A warning for each secret read from a file that every user of the host can
+/// read, naming the setting and the file (never the content).
+fn exposed_secret_files(raw: &RawSettings) -> Vec<String> {
+    let mut sources: Vec<(String, &SecretSource)> = vec![("amqp.url".into(), &raw.amqp.url)];
+    if let Some(url) = &raw.state.url {
+        sources.push(("state.url".into(), url));
+    }
+    if let Some(key) = &raw.inbound.media.signing_key {
+        sources.push(("inbound.media.signing_key".into(), key));
+    }
+    for (i, channel) in raw.channels.iter().enumerate() {
+        let label = match &channel.name {
+            Some(name) => format!("channels[{i}] ({name})"),
+            None => format!("channels[{i}]"),
+        };
+        for (field, source) in [
+            ("consumer_key", &channel.consumer_key),
+            ("consumer_secret", &channel.consumer_secret),
+            ("access_token", &channel.access_token),
+            ("access_token_secret", &channel.access_token_secret),
+            ("bearer_token", &channel.bearer_token),
+        ] {
+            if let Some(source) = source {
+                sources.push((format!("{label}.{field}"), source));
+            }
+        }
+    }
+    sources
+        .into_iter()
+        .filter_map(|(setting, source)| source.exposure(&setting))
+        .collect()
+}
+
 /// RabbitMQ closes a channel whose delivery stays unacknowledged longer than
 /// its `consumer_timeout` (30 minutes by default); replies waiting for credits
 /// are held unacknowledged, so their wait must stay well below it.
@@ -1065,6 +1101,7 @@ impl Settings {
 
     fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         let mut errors = Vec::new();
+        let warnings = exposed_secret_files(&raw);
 
         let amqp_url = raw.amqp.url.resolve().unwrap_or_else(|e| {
             errors.push(format!("amqp.url: {e}"));
@@ -1188,6 +1225,7 @@ impl Settings {
             telemetry: raw.telemetry,
             http: raw.http,
             channels,
+            warnings,
         })
     }
 
@@ -1359,6 +1397,40 @@ mod tests {
         weight = 2
         url = "https://x.com/acme"
     "#;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_every_user_can_read_is_a_warning_naming_setting_and_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("consumer_secret");
+        let private = dir.path().join("access_token");
+        for (file, mode) in [(&open, 0o644), (&private, 0o600)] {
+            std::fs::write(file, "v3ry-s3cret\n").unwrap();
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let toml = format!(
+            r#"
+            [[channels]]
+            name = "acme"
+            consumer_key = "ck"
+            consumer_secret = {{ file = {open:?} }}
+            access_token = {{ file = {private:?} }}
+            access_token_secret = "ats"
+            bearer_token = "bt"
+            "#
+        );
+        let settings = Settings::from_toml(&toml).unwrap();
+        assert_eq!(settings.warnings.len(), 1, "{:?}", settings.warnings);
+        let warning = &settings.warnings[0];
+        assert!(
+            warning.starts_with("channels[0] (acme).consumer_secret: "),
+            "{warning}"
+        );
+        assert!(warning.contains(&open.display().to_string()), "{warning}");
+        assert!(!warning.contains("s3cret"), "{warning}");
+        assert!(Settings::from_toml(VALID).unwrap().warnings.is_empty());
+    }
 
     #[test]
     fn a_minimal_file_gets_the_documented_defaults() {

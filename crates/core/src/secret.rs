@@ -43,6 +43,21 @@ impl std::fmt::Debug for SecretSource {
 }
 
 impl SecretSource {
+    /// For a file that every user of the host can read (mode `o+r`, as in
+    /// 0644 or 0666): a warning naming `setting`, the file and its mode,
+    /// never any of its content. `None` for other sources, a private file, or
+    /// a file that cannot be looked at (reading it reports that).
+    pub fn exposure(&self, setting: &str) -> Option<String> {
+        let SecretSource::File { file } = self else {
+            return None;
+        };
+        let mode = world_readable_mode(file)?;
+        Some(format!(
+            "{setting}: {} can be read by every user of this host (mode {mode:04o}); let only the bridge's user read it (0600 or 0400; in Kubernetes, the secret volume's defaultMode)",
+            file.display()
+        ))
+    }
+
     /// Reads the value. The error says which variable or file failed and why,
     /// never any part of a value.
     pub fn resolve(&self) -> Result<SecretString, String> {
@@ -66,6 +81,20 @@ impl SecretSource {
         }
         Ok(SecretString::from(value))
     }
+}
+
+/// The permission bits of `file` (following links, as Kubernetes mounts
+/// secrets through them) when others may read it.
+#[cfg(unix)]
+fn world_readable_mode(file: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o004 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn world_readable_mode(_file: &std::path::Path) -> Option<u32> {
+    None
 }
 
 #[cfg(test)]
@@ -96,6 +125,33 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.contains("XBRIDGE_TEST_SURELY_UNSET_VAR"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_others_can_read_is_named_with_its_setting_never_its_content() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret-value\n").unwrap();
+        let source = SecretSource::File { file: path.clone() };
+        for (mode, exposed) in [(0o644, true), (0o666, true), (0o640, false), (0o600, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let warning = source.exposure("channels[0] (acme).consumer_secret");
+            assert_eq!(warning.is_some(), exposed, "mode {mode:o}");
+            if let Some(warning) = warning {
+                assert!(
+                    warning.contains("channels[0] (acme).consumer_secret"),
+                    "{warning}"
+                );
+                assert!(warning.contains(&path.display().to_string()), "{warning}");
+                assert!(warning.contains(&format!("{mode:04o}")), "{warning}");
+                assert!(!warning.contains("s3cret"), "{warning}");
+            }
+        }
+        assert!(SecretSource::Inline("x".into())
+            .exposure("amqp.url")
+            .is_none());
     }
 
     #[test]

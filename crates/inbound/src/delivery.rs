@@ -4,11 +4,23 @@
 //! company sent it from X's own app, else completed with the sender's profile
 //! and published as `message.received`; recorded as delivered only after the
 //! publish is confirmed.
+//!
+//! **While the state store cannot write.** A DM whose publish was confirmed
+//! counts as delivered even if its record then fails: answering X with an
+//! error would only make it deliver the DM again, to be published again. The
+//! event stays known as delivered in memory ([`PendingRecords`], bounded), so
+//! X's retries and the polls skip it, until [`write_pending`] gets it into the
+//! store. A DM the store cannot judge is not published at all (and X retries
+//! it, or the next poll finds it): one the store cannot say it delivered
+//! before, or one of the account's own whose record as the bridge's reply may
+//! still be waiting to be written.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use xbridge_store::{StateStore, StoreError};
 
 use crate::media::MediaLinks;
@@ -42,6 +54,176 @@ pub(crate) struct Delivery<'a> {
 pub struct InFlightDeliveries {
     keys: Mutex<HashSet<String>>,
     released: Notify,
+    /// What the store could not take yet, shared like the keys.
+    pending: PendingRecords,
+}
+
+/// The most delivered events kept in memory while the store cannot write:
+/// about 5 MB. Past it an event's record is dropped with a warning (it may
+/// then be published again by a poll).
+const MAX_PENDING_EVENTS: usize = 50_000;
+
+/// Records the store did not take yet (see the [module documentation](self)):
+/// events delivered (published and confirmed) and poll cursors, per channel.
+#[derive(Default)]
+pub struct PendingRecords {
+    state: Mutex<Pending>,
+    /// Signalled when something is added, for [`write_pending`].
+    added: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    delivered: HashMap<String, HashSet<String>>,
+    events: usize,
+    cursors: HashMap<String, String>,
+}
+
+impl PendingRecords {
+    fn state(&self) -> MutexGuard<'_, Pending> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `event_id` was delivered and waits to be recorded.
+    pub fn is_delivered(&self, channel: &str, event_id: &str) -> bool {
+        self.state()
+            .delivered
+            .get(channel)
+            .is_some_and(|ids| ids.contains(event_id))
+    }
+
+    /// Keeps `event_id` as delivered until it is recorded; `false` when the
+    /// memory is full.
+    pub fn keep_delivered(&self, channel: &str, event_id: &str) -> bool {
+        let mut state = self.state();
+        if state.events >= MAX_PENDING_EVENTS {
+            return false;
+        }
+        if state
+            .delivered
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(event_id.to_owned())
+        {
+            state.events += 1;
+        }
+        drop(state);
+        self.added.notify_one();
+        true
+    }
+
+    /// The channel's poll cursor, when it moved but was not recorded.
+    pub fn cursor(&self, channel: &str) -> Option<String> {
+        self.state().cursors.get(channel).cloned()
+    }
+
+    /// Keeps `event_id` as the channel's poll cursor until it is recorded.
+    pub fn keep_cursor(&self, channel: &str, event_id: &str) {
+        self.state()
+            .cursors
+            .insert(channel.to_owned(), event_id.to_owned());
+        self.added.notify_one();
+    }
+
+    /// A newer cursor was recorded: the pending one is of no use.
+    pub fn forget_cursor(&self, channel: &str) {
+        self.state().cursors.remove(channel);
+    }
+
+    /// The cursor was recorded: forget the pending one, unless it moved on.
+    pub fn cursor_recorded(&self, channel: &str, event_id: &str) {
+        let mut state = self.state();
+        if state.cursors.get(channel).map(String::as_str) == Some(event_id) {
+            state.cursors.remove(channel);
+        }
+    }
+
+    /// How many records wait.
+    pub fn len(&self) -> usize {
+        let state = self.state();
+        state.events + state.cursors.len()
+    }
+
+    /// Whether no record waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes what waits; what the store refuses stays for the next try.
+    pub async fn write_to(&self, store: &dyn StateStore) -> Result<(), StoreError> {
+        let (delivered, cursors) = {
+            let state = self.state();
+            (state.delivered.clone(), state.cursors.clone())
+        };
+        for (channel, ids) in delivered {
+            let ids: Vec<String> = ids.into_iter().collect();
+            store.record_delivered(&channel, &ids).await?;
+            let mut state = self.state();
+            if let Some(pending) = state.delivered.get_mut(&channel) {
+                let before = pending.len();
+                for id in &ids {
+                    pending.remove(id);
+                }
+                let written = before - pending.len();
+                if pending.is_empty() {
+                    state.delivered.remove(&channel);
+                }
+                state.events -= written;
+            }
+            tracing::info!(
+                channel,
+                events = ids.len(),
+                "delivered events kept in memory are recorded"
+            );
+        }
+        for (channel, cursor) in cursors {
+            store.set_poll_cursor(&channel, &cursor).await?;
+            self.cursor_recorded(&channel, &cursor);
+        }
+        Ok(())
+    }
+}
+
+/// The first pause after a failed write of the pending records; it doubles
+/// up to [`PENDING_MAX_PAUSE`].
+const PENDING_FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// The longest such pause.
+const PENDING_MAX_PAUSE: Duration = Duration::from_secs(10);
+
+/// Writes the records [`InFlightDeliveries`] keeps in memory whenever there
+/// are some and the store can write, until `stop`. One per process.
+pub async fn write_pending(
+    in_flight: &InFlightDeliveries,
+    store: &dyn StateStore,
+    stop: CancellationToken,
+) {
+    let pending = &in_flight.pending;
+    let health = store.health();
+    let mut pause = PENDING_FIRST_PAUSE;
+    loop {
+        let added = pending.added.notified();
+        if pending.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = added => {}
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = health.wait_writable() => {}
+        }
+        match pending.write_to(store).await {
+            Ok(()) => pause = PENDING_FIRST_PAUSE,
+            Err(error) => {
+                tracing::warn!(%error, waiting = pending.len(), retry_in_ms = pause.as_millis() as u64, "records kept in memory are not written yet");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(PENDING_MAX_PAUSE);
+            }
+        }
+    }
 }
 
 /// Holds one (channel, event id); releasing it wakes the waiters.
@@ -51,6 +233,11 @@ struct InFlightGuard<'a> {
 }
 
 impl InFlightDeliveries {
+    /// What the store could not take yet.
+    pub fn pending(&self) -> &PendingRecords {
+        &self.pending
+    }
+
     fn keys(&self) -> MutexGuard<'_, HashSet<String>> {
         // Nothing panics while holding the lock; recover rather than propagate.
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
@@ -120,7 +307,7 @@ impl Delivery<'_> {
         let channel = self.channel;
         let event_id = dm.event_id.clone();
         let _in_flight = self.in_flight.acquire(channel, &event_id).await;
-        if self.store.is_delivered(channel, &event_id).await? {
+        if self.already_delivered(&event_id).await? {
             tracing::debug!(channel, event_id, "DM already delivered; skipped");
             return Ok(false);
         }
@@ -130,6 +317,13 @@ impl Delivery<'_> {
                 ReceivedVia::Webhook => self.is_own_send(channel, &event_id).await?,
                 ReceivedVia::Poll => self.store.is_own_send(channel, &event_id).await?,
             };
+        if dm.sender.id == self.own_user_id && !own_send && !self.store.health().is_writable() {
+            // The record of the reply it echoes may be waiting for the store.
+            return Err(StoreError::Unavailable(
+                "the store cannot write, so it cannot tell yet whether this DM is the bridge's own reply".into(),
+            )
+            .into());
+        }
         let via = match dm.received_via {
             ReceivedVia::Webhook => "webhook",
             ReceivedVia::Poll => "poll",
@@ -155,9 +349,7 @@ impl Delivery<'_> {
             }
         };
         self.sink.publish(&event).await?;
-        self.store
-            .record_delivered(channel, std::slice::from_ref(&event_id))
-            .await?;
+        self.record_delivered(&event_id).await;
         tracing::info!(
             channel,
             event_id,
@@ -185,7 +377,7 @@ impl Delivery<'_> {
         let channel = self.channel;
         let key = event.message_id.as_str();
         let _in_flight = self.in_flight.acquire(channel, key).await;
-        if self.store.is_delivered(channel, key).await? {
+        if self.already_delivered(key).await? {
             tracing::debug!(
                 channel,
                 message_id = key,
@@ -194,11 +386,35 @@ impl Delivery<'_> {
             return Ok(false);
         }
         self.sink.publish(event).await?;
-        self.store
-            .record_delivered(channel, &[key.to_owned()])
-            .await?;
+        self.record_delivered(key).await;
         tracing::debug!(channel, message_id = key, "activity event published");
         Ok(true)
+    }
+
+    /// Whether the event `key` reached the CRM: recorded in the store, or
+    /// published and still waiting in memory for its record.
+    async fn already_delivered(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.in_flight.pending.is_delivered(self.channel, key)
+            || self.store.is_delivered(self.channel, key).await?)
+    }
+
+    /// Records the published event `key` as delivered. A failed record is no
+    /// reason to have the event sent again (it would be published again): it
+    /// stays known as delivered in memory until the store can write.
+    async fn record_delivered(&self, key: &str) {
+        let channel = self.channel;
+        let Err(error) = self
+            .store
+            .record_delivered(channel, &[key.to_owned()])
+            .await
+        else {
+            return;
+        };
+        if self.in_flight.pending.keep_delivered(channel, key) {
+            tracing::warn!(channel, event_id = key, %error, "event published but not recorded; known as delivered in memory until the store can write");
+        } else {
+            tracing::warn!(channel, event_id = key, %error, "event published but not recorded, and the memory for such events is full; a poll may publish it again");
+        }
     }
 }
 

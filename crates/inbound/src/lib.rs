@@ -103,7 +103,7 @@ mod test_support;
 
 pub use aaa::{parse_webhook, WebhookDelivery};
 pub use attachment::{Attachment, AttachmentKind};
-pub use delivery::InFlightDeliveries;
+pub use delivery::{write_pending, InFlightDeliveries, PendingRecords};
 pub use dm_events::{parse_dm_events, DmEventsPage};
 pub use echo::{classify, MessageOrigin};
 pub use error::PayloadError;

@@ -22,7 +22,9 @@
 //!
 //! Delivery is at least once: a crash between a confirmed publish and its record, or a
 //! webhook delivery racing a poll of the same event, can repeat an event with the same
-//! AMQP `message_id`.
+//! AMQP `message_id`. While the store cannot write, the cursor and the delivered events
+//! are kept in memory until it can (see [`crate::delivery`]), so polls go on without
+//! publishing an event twice.
 //!
 //! The inbound service ([`crate::service`]) calls it on each polled channel's schedule.
 
@@ -260,9 +262,13 @@ pub async fn poll_once(
     budget: &mut PollBudget,
 ) -> Result<PollOutcome, PollError> {
     let channel = ctx.channel.as_str();
-    let cursor = match ctx.store.poll_cursor(channel).await? {
+    let cursor = match ctx.in_flight.pending().cursor(channel) {
+        Some(cursor) => Some(cursor),
+        None => ctx.store.poll_cursor(channel).await?,
+    };
+    let cursor = match cursor {
         Some(cursor) => Some(cursor.parse::<u64>().map_err(|_| {
-            StoreError(format!(
+            StoreError::Failed(format!(
                 "the poll cursor of channel {channel} is {cursor:?}, not an event id"
             ))
         })?),
@@ -276,9 +282,7 @@ pub async fn poll_once(
             // behind every DM written since, so the catch-up below sends them.
             let since = Utc::now() - chrono::Duration::from_std(days).unwrap_or_default();
             let start = snowflake_at(since);
-            ctx.store
-                .set_poll_cursor(channel, &start.to_string())
-                .await?;
+            move_cursor(ctx, &start.to_string()).await;
             tracing::info!(channel, since = %since, "first poll: backfilling");
             Some(start)
         }
@@ -289,9 +293,7 @@ pub async fn poll_once(
         budget.reset();
         let page = read_page(ctx, budget.page_size(), None, &mut outcome).await?;
         let newest = page.0.iter().map(|seen| seen.id).max().unwrap_or(0);
-        ctx.store
-            .set_poll_cursor(channel, &newest.to_string())
-            .await?;
+        move_cursor(ctx, &newest.to_string()).await;
         tracing::info!(channel, cursor = newest, "first poll: starting from now");
         return Ok(outcome);
     };
@@ -337,18 +339,14 @@ pub async fn poll_once(
             Err(error) => {
                 tracing::error!(channel, event_id = seen.id, %error, "polled DM not delivered");
                 if let Some(id) = confirmed {
-                    if let Err(store_error) =
-                        ctx.store.set_poll_cursor(channel, &id.to_string()).await
-                    {
-                        tracing::warn!(channel, %store_error, "poll cursor not moved");
-                    }
+                    move_cursor(ctx, &id.to_string()).await;
                 }
                 return Err(error);
             }
         }
     }
     if let Some(id) = confirmed {
-        ctx.store.set_poll_cursor(channel, &id.to_string()).await?;
+        move_cursor(ctx, &id.to_string()).await;
     }
     tracing::debug!(
         channel,
@@ -358,6 +356,20 @@ pub async fn poll_once(
         "poll done"
     );
     Ok(outcome)
+}
+
+/// Moves the channel's cursor to `event_id`, in the store or, while the store
+/// cannot take it, in memory until it can (see [`crate::delivery`]): the
+/// events up to it were published, so a poll must not publish them again.
+async fn move_cursor(ctx: &PollContext, event_id: &str) {
+    let channel = ctx.channel.as_str();
+    match ctx.store.set_poll_cursor(channel, event_id).await {
+        Ok(()) => ctx.in_flight.pending().forget_cursor(channel),
+        Err(error) => {
+            tracing::warn!(channel, event_id, %error, "poll cursor not recorded; kept in memory until the store can write");
+            ctx.in_flight.pending().keep_cursor(channel, event_id);
+        }
+    }
 }
 
 /// Reads one page: its events with numeric ids, newest first, and the next page's token.

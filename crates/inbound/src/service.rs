@@ -203,6 +203,11 @@ impl Inbound {
             sink.clone(),
             shutdown.clone(),
         ));
+        // Records of delivered DMs the store could not take when they were made.
+        tasks.spawn({
+            let (in_flight, store, shutdown) = (in_flight.clone(), store.clone(), shutdown.clone());
+            async move { crate::delivery::write_pending(&in_flight, store.as_ref(), shutdown).await }
+        });
 
         if let Some(listener) = listener {
             let channels = settings

@@ -10,6 +10,7 @@
 //! - [`ordering`]: conversation order while replies are parked.
 //! - [`report`]: status events, parking and dead letters.
 //! - [`media`]: a reply's attachments made local bytes, downloaded safely.
+//! - [`store_outage`]: replies while the state store cannot write.
 
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod reconcile;
 pub mod report;
 pub mod service;
 pub mod state_sync;
+pub mod store_outage;
 mod unrouted;
 pub mod worker;
 

@@ -4,6 +4,7 @@
 //! parts sends no part twice: the next try starts at the first unsent part.
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use xbridge_core::model::{MediaCategory, OutgoingReply};
 use xbridge_store::{SentRecord, StoreError};
@@ -11,8 +12,9 @@ use xbridge_x_api::{DmTarget, MediaUpload, XError};
 
 use crate::failpoints;
 use crate::media::{MediaError, PreparedMedia};
-use crate::reconcile::find_earlier_send;
-use crate::worker::ChannelContext;
+use crate::reconcile::{find_earlier_send, LookupError};
+use crate::store_outage::{record_part, write_durably};
+use crate::worker::{ChannelContext, Unsettled};
 
 /// One DM of a reply.
 struct Part {
@@ -109,13 +111,16 @@ impl ReplyParts {
     /// Sends every part not sent yet, in order: uploads its attachment, sends
     /// the DM, records the part. Returns the record of the whole reply, or
     /// X's refusal of the first part that failed (the parts before it stay
-    /// recorded). Only the state store's failures are `Err`.
+    /// recorded). Only the state store's failures (before a send: nothing was
+    /// sent) and `stop` are `Err`: a part X accepted is recorded whatever it
+    /// takes (see [`crate::store_outage`]).
     pub async fn send(
         &mut self,
         ctx: &ChannelContext,
         target: &DmTarget,
         message_id: &str,
-    ) -> Result<Result<SentRecord, XError>, StoreError> {
+        stop: &CancellationToken,
+    ) -> Result<Result<SentRecord, XError>, Unsettled> {
         let count = self.parts.len();
         for (index, part) in self.parts.iter_mut().enumerate() {
             if part.sent.is_some() {
@@ -139,11 +144,12 @@ impl ReplyParts {
                             reported: false,
                             parts: Vec::new(),
                         };
-                        settle(ctx, message_id, index, count, part, record).await?;
+                        settle(ctx, message_id, index, count, part, record, stop).await?;
                         continue;
                     }
                     Ok(None) => part.ambiguous_since = None,
-                    Err(error) => return Ok(Err(error)),
+                    Err(LookupError::X(error)) => return Ok(Err(error)),
+                    Err(LookupError::Store(error)) => return Err(error.into()),
                 }
             }
             if let (Some(media), None) = (part.media.as_mut(), &part.media_id) {
@@ -169,9 +175,10 @@ impl ReplyParts {
                     match error.http_status() {
                         // X answered with an error: no DM was created.
                         Some(status) if !(200..300).contains(&status) => {
-                            ctx.store
-                                .clear_send_intent(&ctx.name, message_id, index)
-                                .await?;
+                            write_durably(ctx, stop, || {
+                                ctx.store.clear_send_intent(&ctx.name, message_id, index)
+                            })
+                            .await?;
                         }
                         // No answer, or a 2xx the bridge could not read: X
                         // may have created the DM.
@@ -198,7 +205,7 @@ impl ReplyParts {
                     "DM of a reply in parts sent"
                 );
             }
-            settle(ctx, message_id, index, count, part, record).await?;
+            settle(ctx, message_id, index, count, part, record, stop).await?;
             if index + 1 < count {
                 failpoints::freeze_if_armed(failpoints::BETWEEN_PARTS).await;
             }
@@ -248,11 +255,10 @@ async fn settle(
     count: usize,
     part: &mut Part,
     record: SentRecord,
-) -> Result<(), StoreError> {
+    stop: &CancellationToken,
+) -> Result<(), Unsettled> {
     if count > 1 {
-        ctx.store
-            .record_sent_part(&ctx.name, message_id, index, &record)
-            .await?;
+        record_part(ctx, message_id, index, &record, stop).await?;
     }
     part.media = None;
     part.sent = Some(record);

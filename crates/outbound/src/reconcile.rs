@@ -13,6 +13,7 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Deserialize;
 
+use xbridge_store::StoreError;
 use xbridge_x_api::{DmEventsRequest, DmTarget, XError};
 
 use crate::worker::ChannelContext;
@@ -156,6 +157,18 @@ impl ReadEvents {
     }
 }
 
+/// Why a look for an earlier send found nothing certain.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// X's read failed: the reply's fate decides, like a failed send.
+    #[error(transparent)]
+    X(#[from] XError),
+    /// The store could not say whether a DM is already another reply's: the
+    /// reply waits for the store, and no attempt is used up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Looks for an earlier send of the part on X: its DM event, if found.
 pub async fn find_earlier_send(
     ctx: &ChannelContext,
@@ -163,7 +176,7 @@ pub async fn find_earlier_send(
     text: &str,
     has_media: bool,
     since: DateTime<Utc>,
-) -> Result<Option<Candidate>, XError> {
+) -> Result<Option<Candidate>, LookupError> {
     let own_user_id = ctx.own_user_id().await?;
     let sought = Sought {
         own_user_id: &own_user_id,
@@ -179,16 +192,7 @@ pub async fn find_earlier_send(
     let events = &recent.read.as_ref().expect("just read").events;
     // Oldest first, so the earliest unclaimed match wins.
     for event in events.iter().rev() {
-        if matches(event, &sought)
-            && !ctx
-                .store
-                .is_own_send(&ctx.name, &event.id)
-                .await
-                .map_err(|e| XError::Transient {
-                    status: None,
-                    detail: e.to_string(),
-                })?
-        {
+        if matches(event, &sought) && !ctx.store.is_own_send(&ctx.name, &event.id).await? {
             return Ok(Some(event.clone()));
         }
     }

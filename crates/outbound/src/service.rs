@@ -77,6 +77,7 @@ impl Outbound {
                     media: media.clone(),
                     identities: identities.clone(),
                     recent_events: Default::default(),
+                    unrecorded: Default::default(),
                 }))
             })
             .collect::<Result<Vec<_>, OutboundError>>()?;

@@ -33,6 +33,7 @@ use crate::media::MediaFetcher;
 use crate::ordering::ParkedReplies;
 use crate::parts::{PrepareError, ReplyParts};
 use crate::report::{Failure, Reporter};
+use crate::store_outage::{self, UnrecordedSends};
 
 /// What one channel keeps across reconnects: its X client (and so its rate
 /// limit pacing), its credits gate and its parked-reply order.
@@ -59,6 +60,8 @@ pub struct ChannelContext {
     pub identities: Arc<ChannelIdentities>,
     /// The account's DM events as last read to find unrecorded sends.
     pub recent_events: tokio::sync::Mutex<crate::reconcile::RecentEvents>,
+    /// Sends X accepted whose records the store has not taken yet.
+    pub unrecorded: UnrecordedSends,
 }
 
 impl ChannelContext {
@@ -88,7 +91,8 @@ pub enum Unsettled {
     /// The broker connection failed.
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
-    /// The state store failed.
+    /// The state store failed before anything was sent: the lane waits for
+    /// the store and takes the reply again (see [`crate::store_outage`]).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Settling a sent reply panicked (a bug); its delivery comes back after
@@ -227,14 +231,21 @@ fn spawn_lane(
                 channel = %ctx.name,
                 message_id = %job.reply.message_id
             );
-            let result = process(&ctx, &reporter, job, &stop)
+            let result = process_until_stored(&ctx, &reporter, &job, &stop)
                 .instrument(span.clone())
                 .await;
             match result {
                 Ok(Processed::Settled) => {
                     lane_pending.fetch_sub(1, Ordering::SeqCst);
                 }
-                Ok(Processed::Sent(sent)) => finishing.start(&ctx, &reporter, sent, span),
+                Ok(Processed::Sent(record)) => {
+                    let sent = SentReply {
+                        delivery: job.delivery,
+                        message_id: job.reply.message_id,
+                        record,
+                    };
+                    finishing.start(&ctx, &reporter, sent, span, &stop);
+                }
                 Err(Unsettled::Interrupted) => {
                     lane_pending.fetch_sub(1, Ordering::SeqCst);
                     break;
@@ -283,10 +294,12 @@ impl Finishing {
         &mut self,
         ctx: &Arc<ChannelContext>,
         reporter: &Reporter,
-        sent: Box<SentReply>,
+        sent: SentReply,
         span: tracing::Span,
+        stop: &CancellationToken,
     ) {
         let ctx = ctx.clone();
+        let stop = stop.clone();
         let reporter = reporter.clone();
         let pending = self.pending.clone();
         let failures = self.failures.clone();
@@ -299,7 +312,7 @@ impl Finishing {
         };
         self.tasks.spawn(
             async move {
-                let result = finish(&ctx, &reporter, *sent, order).await;
+                let result = finish(&ctx, &reporter, sent, order, &stop).await;
                 pending.fetch_sub(1, Ordering::SeqCst);
                 if let Err(failure) = result {
                     let _ = failures.send(failure);
@@ -377,13 +390,35 @@ async fn pause(duration: Duration, stop: &CancellationToken) -> Result<(), Unset
     }
 }
 
+/// [`process`], taken again from the start after each failure of the state
+/// store (which comes before anything is sent), once the store can write:
+/// the reply waits in its lane, unacknowledged, instead of ending the
+/// RabbitMQ session.
+async fn process_until_stored(
+    ctx: &ChannelContext,
+    reporter: &Reporter,
+    job: &Job,
+    stop: &CancellationToken,
+) -> Result<Processed, Unsettled> {
+    let mut pauses = store_outage::pauses();
+    loop {
+        store_outage::until_writable(ctx, stop).await?;
+        match process(ctx, reporter, job, stop).await {
+            Err(Unsettled::Store(error)) => {
+                store_outage::wait_for_store(ctx, &error, &mut pauses, stop).await?;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Takes one reply as far as its lane must wait for: parks or dead-letters
 /// it (acked once that is durable), or sends it and hands what is left to
 /// [`finish`], so the conversation's next reply can go out meanwhile.
 async fn process(
     ctx: &ChannelContext,
     reporter: &Reporter,
-    job: Job,
+    job: &Job,
     stop: &CancellationToken,
 ) -> Result<Processed, Unsettled> {
     let Job {
@@ -397,32 +432,34 @@ async fn process(
     let mut history = FailureHeaders::read(delivery.properties.headers().as_ref());
     history.channel = Some(channel.to_owned());
 
+    // A previous delivery's send whose record the store did not take yet.
+    store_outage::write_held(ctx, message_id, stop).await?;
     if let Some(record) = ctx.store.sent(channel, message_id).await? {
         if !record.reported {
             reporter
                 .status(&sent_event(channel, message_id, &record))
                 .await?;
-            ctx.store.mark_reported(channel, message_id).await?;
+            mark_reported(ctx, message_id).await;
         }
         tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, "reply was already sent; not sending it again");
-        ack(&delivery).await?;
+        ack(delivery).await?;
         ctx.parked.settled(&conversation, message_id);
         return Ok(Processed::Settled);
     }
 
     if ctx.parked.must_wait(&conversation, message_id) {
         let delay = ctx.policy.retry.delays[0];
-        reporter.park(&delivery, delay, &history).await?;
+        reporter.park(delivery, delay, &history).await?;
         ctx.parked.park(&conversation, message_id, due_by(delay));
         tracing::debug!(
             channel,
             message_id,
             "parked behind an earlier reply of its conversation"
         );
-        return settled(ack(&delivery).await);
+        return settled(ack(delivery).await);
     }
 
-    let mut parts = match ReplyParts::prepare(ctx, &reply).await {
+    let mut parts = match ReplyParts::prepare(ctx, reply).await {
         Ok(parts) => parts,
         Err(PrepareError::Invalid(detail)) => {
             let failure = Failure::local(FailureReason::InvalidMessage, detail);
@@ -430,8 +467,8 @@ async fn process(
                 dead_letter(
                     ctx,
                     reporter,
-                    &delivery,
-                    &reply,
+                    delivery,
+                    reply,
                     &conversation,
                     &failure,
                     history,
@@ -443,9 +480,9 @@ async fn process(
             // The local disk, not the reply: try again after the first delay.
             let delay = ctx.policy.retry.delays[0];
             tracing::warn!(channel, message_id, detail = %detail, "cannot spool an attachment; parked for a later try");
-            reporter.park(&delivery, delay, &history).await?;
+            reporter.park(delivery, delay, &history).await?;
             ctx.parked.park(&conversation, message_id, due_by(delay));
-            return settled(ack(&delivery).await);
+            return settled(ack(delivery).await);
         }
         Err(PrepareError::Store(e)) => return Err(e.into()),
     };
@@ -456,7 +493,7 @@ async fn process(
         .timestamp()
         .and_then(|t| DateTime::<Utc>::from_timestamp(i64::try_from(t).ok()?, 0))
         .filter(|t| *t <= now);
-    let first_seen = [history.first_seen_at, published_at, Some(received_at)]
+    let first_seen = [history.first_seen_at, published_at, Some(*received_at)]
         .into_iter()
         .flatten()
         .min()
@@ -498,8 +535,8 @@ async fn process(
                 dead_letter(
                     ctx,
                     reporter,
-                    &delivery,
-                    &reply,
+                    delivery,
+                    reply,
                     &conversation,
                     &failure,
                     history,
@@ -514,7 +551,7 @@ async fn process(
                 // back a delivery held that long. Park it and look again.
                 ctx.gate.inconclusive(permit);
                 let delay = ctx.policy.retry.delays.last().copied().unwrap_or(wait);
-                reporter.park(&delivery, delay, &history).await?;
+                reporter.park(delivery, delay, &history).await?;
                 ctx.parked.park(&conversation, message_id, due_by(delay));
                 tracing::info!(
                     channel,
@@ -523,7 +560,7 @@ async fn process(
                     delay_secs = delay.as_secs(),
                     "X's rate-limit window opens later than a reply may be held; parked until then"
                 );
-                return settled(ack(&delivery).await);
+                return settled(ack(delivery).await);
             }
             if !wait.is_zero() {
                 ctx.states.set(
@@ -547,18 +584,22 @@ async fn process(
 
         history.attempts += 1;
         attempts_this_delivery += 1;
-        let error = match parts.send(ctx, &target, message_id).await? {
+        let sent = match parts.send(ctx, &target, message_id, stop).await {
+            Ok(sent) => sent,
+            Err(unsettled) => {
+                // Nothing was sent: another sender may probe for credits.
+                ctx.gate.inconclusive(permit);
+                return Err(unsettled);
+            }
+        };
+        let error = match sent {
             Ok(record) => {
                 ctx.gate.succeeded();
                 ctx.states.set(channel, ChannelState::Ok, None, None);
                 tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, dms = record.dm_event_ids().len(), attempts = history.attempts, "reply sent");
                 // On X, so no longer holding up its conversation.
                 ctx.parked.settled(&conversation, message_id);
-                return Ok(Processed::Sent(Box::new(SentReply {
-                    delivery,
-                    message_id: reply.message_id,
-                    record,
-                })));
+                return Ok(Processed::Sent(record));
             }
             Err(error) => error,
         };
@@ -632,7 +673,7 @@ async fn process(
             Fate::WaitForCredits => {}
             Fate::Park(delay) => {
                 history.times_parked += 1;
-                reporter.park(&delivery, delay, &history).await?;
+                reporter.park(delivery, delay, &history).await?;
                 ctx.parked.park(&conversation, message_id, due_by(delay));
                 tracing::info!(
                     channel,
@@ -640,7 +681,7 @@ async fn process(
                     delay_secs = delay.as_secs(),
                     "reply parked for a later retry"
                 );
-                return settled(ack(&delivery).await);
+                return settled(ack(delivery).await);
             }
             Fate::DeadLetter(reason) => {
                 let mut failure = Failure::from_x(reason, &error);
@@ -649,8 +690,8 @@ async fn process(
                     dead_letter(
                         ctx,
                         reporter,
-                        &delivery,
-                        &reply,
+                        delivery,
+                        reply,
                         &conversation,
                         &failure,
                         history,
@@ -666,8 +707,8 @@ async fn process(
 enum Processed {
     /// Nothing: it was acknowledged once its outcome was durable.
     Settled,
-    /// X accepted it: [`finish`] records it, tells the CRM and acks.
-    Sent(Box<SentReply>),
+    /// X accepted it as this: [`finish`] records it, tells the CRM and acks.
+    Sent(SentRecord),
 }
 
 fn settled(result: Result<(), Unsettled>) -> Result<Processed, Unsettled> {
@@ -694,12 +735,14 @@ struct Reported {
 /// Records a sent reply, tells the CRM, then acks. Runs beside the lane's
 /// next sends: their order is X's, already kept; a crash before the record
 /// leaves the send's intent, so the redelivered reply is looked up on X
-/// instead of sent again.
+/// instead of sent again. While the store cannot write, the record waits in
+/// memory (see [`crate::store_outage`]), and so do the CRM and the ack.
 async fn finish(
     ctx: &ChannelContext,
     reporter: &Reporter,
     sent: SentReply,
     order: Reported,
+    stop: &CancellationToken,
 ) -> Result<(), Unsettled> {
     let SentReply {
         delivery,
@@ -707,7 +750,7 @@ async fn finish(
         record,
     } = sent;
     let channel = ctx.name.as_str();
-    ctx.store.record_sent(channel, &message_id, &record).await?;
+    store_outage::record_reply(ctx, &message_id, &record, stop).await?;
     failpoints::freeze_if_armed(failpoints::AFTER_SEND_RECORDED).await;
     if let Some(previous) = order.after {
         // Either way the previous reply is done reporting.
@@ -719,13 +762,17 @@ async fn finish(
     let _ = order.done.send(());
     // The mark only spares a redelivery a second `message.sent`; an acked
     // reply is never redelivered, so neither waits for the other.
-    let (marked, acked) = tokio::join!(
-        ctx.store.mark_reported(channel, &message_id),
-        ack(&delivery)
-    );
-    acked?;
-    marked?;
-    Ok(())
+    let ((), acked) = tokio::join!(mark_reported(ctx, &message_id), ack(&delivery));
+    acked
+}
+
+/// Remembers that the CRM was told of `message_id`. Only spares a copy of the
+/// reply a second `message.sent` (with the same AMQP `message_id`), so a store
+/// that cannot write it is logged, not waited for.
+async fn mark_reported(ctx: &ChannelContext, message_id: &str) {
+    if let Err(error) = ctx.store.mark_reported(&ctx.name, message_id).await {
+        tracing::warn!(channel = %ctx.name, message_id, %error, "could not mark the reply as reported; a copy of it would be reported again");
+    }
 }
 
 async fn dead_letter(

@@ -5,17 +5,32 @@
 //! through one writer thread that commits whatever is waiting together (group commit):
 //! under load one flush serves every reply and event in flight, and each caller still
 //! hears back only once its own write is on disk. Reads run on their own snapshots.
+//!
+//! **A full disk.** After an I/O error redb refuses every later operation of that
+//! `Database` ("Previous I/O error occurred. Please close and re-open the database"),
+//! even once the disk has room again. The writer thread then closes the database and
+//! opens the file again, with backoff, until a probe write commits; meanwhile every read
+//! and write fails at once with [`StoreError::Unavailable`] and the store's
+//! [`StoreHealth`] says it cannot write. The store reopens itself rather than the process
+//! exiting for a supervisor to restart it: a restart frees no disk either, it would throw
+//! away what the process holds in memory (replies X accepted whose records wait to be
+//! written, webhook events known as delivered), and it would drop every connection for
+//! nothing. redb locks the file, also against a second open in the same process, so the
+//! old `Database` is dropped (the writer's handle and every reader's) before the file is
+//! opened again.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::{SentRecord, StateStore, StoreError};
+use crate::{SentRecord, StateStore, StoreError, StoreHealth};
 
 /// Sent replies, keyed by `<channel>\0<message_id>`; values are JSON so the
 /// record can grow fields without a migration.
@@ -34,23 +49,35 @@ const OWN_SENDS: TableDefinition<&str, &str> = TableDefinition::new("own_dm_even
 const DELIVERED: TableDefinition<&str, u64> = TableDefinition::new("delivered_events");
 /// Each channel's poll cursor: the newest delivered DM event id.
 const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("poll_cursors");
+/// The writer's probe after reopening the file: one key, the time of the probe
+/// (Unix milliseconds). Writing it proves the file takes writes again.
+const PROBE: TableDefinition<&str, i64> = TableDefinition::new("store_probe");
 
 /// A [`StateStore`] in a single redb file. One process at a time may open it
 /// (redb locks the file), which is what a single bridge process needs.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
-    writer: Arc<Writer>,
+    inner: Arc<Inner>,
 }
 
 /// The most writes one commit takes, so a flood of writes still reaches disk, and
 /// its callers hear back, in steady steps.
 const MAX_BATCH: usize = 512;
 
+/// The first pause before the file is opened again after an I/O error; it
+/// doubles up to [`REOPEN_MAX_DELAY`] while the disk stays full.
+const REOPEN_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The longest pause between two tries to open the file again: a freed disk
+/// is noticed within this.
+const REOPEN_MAX_DELAY: Duration = Duration::from_secs(5);
+
 /// One write, applied inside a transaction it may share with others. `Fn`, not
 /// `FnOnce`: when a shared transaction fails, each of its writes is tried again
 /// alone, so a bad write fails only its own caller.
 type Write = Box<dyn Fn(&WriteTransaction) -> Result<(), StoreError> + Send>;
+
+/// Opens (or creates) the database; called again after an I/O error.
+type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
 /// A write waiting for the writer thread, and where to say how it went.
 struct PendingWrite {
@@ -58,15 +85,69 @@ struct PendingWrite {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// The writer thread and its queue. Dropping the last store handle closes the
-/// queue and waits for the thread, so the file is released when the store is
-/// gone (a restart in the same process can open it again at once).
-struct Writer {
-    queue: Option<mpsc::UnboundedSender<PendingWrite>>,
+/// What the store handles and the writer thread share.
+struct Shared {
+    /// The open database; `None` while the writer is opening the file again.
+    db: RwLock<Option<Arc<Database>>>,
+    opener: Opener,
+    health: StoreHealth,
+}
+
+impl Shared {
+    /// The open database, or why there is none.
+    fn current(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(reopening)
+    }
+
+    fn install(&self, db: Option<Arc<Database>>) -> Option<Arc<Database>> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *slot, db)
+    }
+
+    /// Takes the database out of use and waits until the last reader is done
+    /// with it, so dropping it releases the file's lock.
+    fn close(&self, writer_handle: Arc<Database>) {
+        drop(writer_handle);
+        let Some(mut db) = self.install(None) else {
+            return;
+        };
+        // Readers hold it only for a synchronous lookup.
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    drop(db);
+                    return;
+                }
+                Err(shared) => {
+                    db = shared;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}
+
+fn reopening() -> StoreError {
+    StoreError::Unavailable(
+        "the state file hit an I/O error (a full disk?) and is being opened again".into(),
+    )
+}
+
+/// The store's shared state and its writer thread. Dropping the last store
+/// handle closes the queue and waits for the thread, which closes the database,
+/// so the file is released when the store is gone (a restart in the same
+/// process can open it again at once).
+struct Inner {
+    shared: Arc<Shared>,
+    queue: Option<mpsc::Sender<PendingWrite>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for Writer {
+impl Drop for Inner {
     fn drop(&mut self) {
         self.queue.take();
         if let Some(thread) = self.thread.take() {
@@ -75,10 +156,51 @@ impl Drop for Writer {
     }
 }
 
-/// Commits what is waiting, in batches, until every store handle is gone.
-fn write_loop(db: Arc<Database>, mut queue: mpsc::UnboundedReceiver<PendingWrite>) {
+/// Commits what is waiting, in batches, until every store handle is gone;
+/// after an I/O error, opens the file again (see the module documentation).
+fn write_loop(shared: Arc<Shared>, queue: mpsc::Receiver<PendingWrite>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.blocking_recv() {
+    let mut open = shared.current().ok();
+    let mut delay = REOPEN_FIRST_DELAY;
+    let mut next_try = Instant::now();
+    loop {
+        let Some(db) = open.clone() else {
+            // Closed after an I/O error: fail what comes at once, try the file
+            // again when the pause is over.
+            match queue.recv_timeout(next_try.saturating_duration_since(Instant::now())) {
+                Ok(pending) => {
+                    let error = reopening();
+                    shared.health.write_failed(&error);
+                    let _ = pending.done.send(Err(error));
+                }
+                Err(RecvTimeoutError::Timeout) => match reopen(&shared) {
+                    Ok(db) => {
+                        tracing::info!("the state file is open again after an I/O error");
+                        shared.install(Some(db.clone()));
+                        shared.health.write_succeeded();
+                        open = Some(db);
+                        // The pause starts short again only once a real write
+                        // commits: a disk with room for the probe alone would
+                        // otherwise have the file closed and opened in a
+                        // tight loop.
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "the state file cannot be opened again yet");
+                        next_try = Instant::now() + delay;
+                        delay = (delay * 2).min(REOPEN_MAX_DELAY);
+                    }
+                },
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
+        };
+        let Ok(first) = queue.recv() else {
+            drop(db);
+            if let Some(db) = open.take() {
+                shared.close(db);
+            }
+            return;
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -88,12 +210,30 @@ fn write_loop(db: Arc<Database>, mut queue: mpsc::UnboundedReceiver<PendingWrite
         }
         match commit(&db, batch.iter().map(|pending| &pending.write)) {
             Ok(()) => {
+                shared.health.write_succeeded();
+                delay = REOPEN_FIRST_DELAY;
                 for pending in batch.drain(..) {
                     let _ = pending.done.send(Ok(()));
                 }
             }
+            Err(error) if error.is_unavailable() => {
+                // The database refuses everything from now on: fail the batch
+                // and open the file again.
+                tracing::warn!(%error, writes = batch.len(), "the state file hit an I/O error; closing it to open it again");
+                for pending in batch.drain(..) {
+                    shared.health.write_failed(&error);
+                    let _ = pending.done.send(Err(error.clone()));
+                }
+                drop(db);
+                if let Some(db) = open.take() {
+                    shared.close(db);
+                }
+                next_try = Instant::now() + delay;
+                delay = (delay * 2).min(REOPEN_MAX_DELAY);
+            }
             Err(error) if batch.len() == 1 => {
                 if let Some(pending) = batch.pop() {
+                    shared.health.write_failed(&error);
                     let _ = pending.done.send(Err(error));
                 }
             }
@@ -101,11 +241,29 @@ fn write_loop(db: Arc<Database>, mut queue: mpsc::UnboundedReceiver<PendingWrite
                 tracing::debug!(%error, writes = batch.len(), "shared commit failed: committing each write alone");
                 for pending in batch.drain(..) {
                     let result = commit(&db, std::iter::once(&pending.write));
+                    match &result {
+                        Ok(()) => shared.health.write_succeeded(),
+                        Err(error) => shared.health.write_failed(error),
+                    }
                     let _ = pending.done.send(result);
                 }
             }
         }
     }
+}
+
+/// Opens the file again and proves it takes a write.
+fn reopen(shared: &Shared) -> Result<Arc<Database>, StoreError> {
+    let db = (shared.opener)()?;
+    let txn = db.begin_write().map_err(err)?;
+    {
+        let mut probe = txn.open_table(PROBE).map_err(err)?;
+        probe
+            .insert("last", Utc::now().timestamp_millis())
+            .map_err(err)?;
+    }
+    txn.commit().map_err(err)?;
+    Ok(Arc::new(db))
 }
 
 /// Applies `writes` in one transaction and makes it durable; all or nothing.
@@ -118,49 +276,110 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<
     txn.commit().map_err(err)
 }
 
+/// Opens the database file at `path`, creating it readable by its owner only
+/// (it holds who wrote to whom), with every table.
+fn open_file(path: &Path) -> Result<Database, StoreError> {
+    create_private(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", path.display())))?;
+    let db = Database::create(path).map_err(|e| {
+        let e: redb::Error = e.into();
+        let detail = format!("cannot open {}: {e}", path.display());
+        match e {
+            // Another process has it; waiting will not help.
+            redb::Error::DatabaseAlreadyOpen => StoreError::Failed(detail),
+            _ => StoreError::Unavailable(detail),
+        }
+    })?;
+    with_tables(db)
+}
+
+/// Creates the tables a new file lacks.
+fn with_tables(db: Database) -> Result<Database, StoreError> {
+    let txn = db.begin_write().map_err(err)?;
+    txn.open_table(SENT).map_err(err)?;
+    txn.open_table(SENT_PARTS).map_err(err)?;
+    txn.open_table(SEND_INTENTS).map_err(err)?;
+    txn.open_table(OWN_SENDS).map_err(err)?;
+    txn.open_table(DELIVERED).map_err(err)?;
+    txn.open_table(CURSORS).map_err(err)?;
+    txn.commit().map_err(err)?;
+    Ok(db)
+}
+
+/// Creates an empty file at `path`, mode 0600, unless one is there (redb
+/// initialises an empty file as a new database). An existing file keeps its
+/// mode: the operator may have chosen it.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the folders up to `folder` that are missing, mode 0700: only the
+/// bridge's user needs to enter them.
+fn create_private_folder(folder: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(folder)
+}
+
 impl EmbeddedStore {
-    /// Opens the store at `path`, creating the file and its parent folder if
-    /// needed.
+    /// Opens the store at `path`, creating the file (0600) and its parent
+    /// folder (0700) if needed.
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError(format!("cannot create {}: {e}", parent.display())))?;
+            if !parent.exists() {
+                create_private_folder(parent).map_err(|e| {
+                    StoreError::Failed(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
         }
-        let db = Database::create(path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(err)?;
-        txn.open_table(SENT).map_err(err)?;
-        txn.open_table(SENT_PARTS).map_err(err)?;
-        txn.open_table(SEND_INTENTS).map_err(err)?;
-        txn.open_table(OWN_SENDS).map_err(err)?;
-        txn.open_table(DELIVERED).map_err(err)?;
-        txn.open_table(CURSORS).map_err(err)?;
-        txn.commit().map_err(err)?;
-        let db = Arc::new(db);
-        let (queue, pending) = mpsc::unbounded_channel();
+        let path: PathBuf = path.to_owned();
+        EmbeddedStore::with_opener(Box::new(move || open_file(&path)))
+    }
+
+    fn with_opener(opener: Opener) -> Result<EmbeddedStore, StoreError> {
+        let db = Arc::new(opener()?);
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(db)),
+            opener,
+            health: StoreHealth::new(),
+        });
+        let (queue, pending) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("xbridge-store-writer".into())
             .spawn({
-                let db = db.clone();
-                move || write_loop(db, pending)
+                let shared = shared.clone();
+                move || write_loop(shared, pending)
             })
-            .map_err(|e| StoreError(format!("cannot start the store's writer: {e}")))?;
-        let writer = Arc::new(Writer {
-            queue: Some(queue),
-            thread: Some(thread),
-        });
-        Ok(EmbeddedStore { db, writer })
+            .map_err(|e| StoreError::Failed(format!("cannot start the store's writer: {e}")))?;
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                shared,
+                queue: Some(queue),
+                thread: Some(thread),
+            }),
+        })
     }
 
     /// Applies `write` durably, in a commit it may share with other writes
-    /// waiting at the same time.
+    /// waiting at the same time. Fails at once while the file is being opened
+    /// again after an I/O error.
     async fn write(
         &self,
         write: impl Fn(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let (done, outcome) = oneshot::channel();
-        let stopped = || StoreError("the store's writer stopped".into());
-        self.writer
+        let stopped = || StoreError::Failed("the store's writer stopped".into());
+        self.inner
             .queue
             .as_ref()
             .ok_or_else(stopped)?
@@ -180,7 +399,8 @@ impl EmbeddedStore {
         &self,
         work: impl FnOnce(&Database) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        work(&self.db)
+        let db = self.inner.shared.current()?;
+        work(&db)
     }
 }
 
@@ -201,7 +421,7 @@ impl EmbeddedStore {
             .map(|id| self::key(channel, id))
             .collect();
         let message_id = message_id.to_owned();
-        let value = serde_json::to_vec(record).map_err(err)?;
+        let value = serde_json::to_vec(record).map_err(codec)?;
         self.write(move |txn| {
             let mut table = txn.open_table(table).map_err(err)?;
             if table.get(key.as_str()).map_err(err)?.is_none() {
@@ -222,8 +442,22 @@ fn key(channel: &str, message_id: &str) -> String {
     format!("{channel}\0{message_id}")
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+/// A redb error as a [`StoreError`]: an I/O error (a full disk) poisons the
+/// open database until it is opened again, so the store cannot write.
+fn err(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::Io(_)
+        | redb::Error::PreviousIo
+        | redb::Error::DatabaseClosed
+        | redb::Error::Backend(_) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Failed(e.to_string()),
+    }
+}
+
+/// A record that does not encode or decode: that record's problem, not the store's.
+fn codec(e: serde_json::Error) -> StoreError {
+    StoreError::Failed(format!("a sent record does not encode or decode: {e}"))
 }
 
 fn part_key(channel: &str, message_id: &str, part: usize) -> String {
@@ -240,7 +474,9 @@ fn read(
     let Some(value) = table.get(key).map_err(err)? else {
         return Ok(None);
     };
-    serde_json::from_slice(value.value()).map(Some).map_err(err)
+    serde_json::from_slice(value.value())
+        .map(Some)
+        .map_err(codec)
 }
 
 #[async_trait]
@@ -343,9 +579,9 @@ impl StateStore for EmbeddedStore {
                 .map_err(err)?
                 .map(|v| v.value().to_vec());
             if let Some(bytes) = existing {
-                let mut record: SentRecord = serde_json::from_slice(&bytes).map_err(err)?;
+                let mut record: SentRecord = serde_json::from_slice(&bytes).map_err(codec)?;
                 record.reported = true;
-                let value = serde_json::to_vec(&record).map_err(err)?;
+                let value = serde_json::to_vec(&record).map_err(codec)?;
                 table.insert(key.as_str(), value.as_slice()).map_err(err)?;
             }
             Ok(())
@@ -404,6 +640,10 @@ impl StateStore for EmbeddedStore {
         })
         .await
     }
+
+    fn health(&self) -> StoreHealth {
+        self.inner.shared.health.clone()
+    }
 }
 
 fn contains<V: redb::Value + 'static>(
@@ -455,7 +695,7 @@ mod tests {
         };
         let mut blocker = std::pin::pin!(blocker);
         let mut first = std::pin::pin!(store.write(cursor("first")));
-        let mut bad = std::pin::pin!(store.write(|_| Err(StoreError("refused".into()))));
+        let mut bad = std::pin::pin!(store.write(|_| Err(StoreError::Failed("refused".into()))));
         let mut last = std::pin::pin!(store.write(cursor("last")));
         assert!(futures::poll!(blocker.as_mut()).is_pending());
         assert!(futures::poll!(first.as_mut()).is_pending());
@@ -466,7 +706,9 @@ mod tests {
 
         blocker.await.unwrap();
         first.await.unwrap();
-        assert_eq!(bad.await.unwrap_err().0, "refused");
+        assert!(
+            matches!(bad.await.unwrap_err(), StoreError::Failed(detail) if detail == "refused")
+        );
         last.await.unwrap();
         assert_eq!(
             store.poll_cursor("first").await.unwrap().as_deref(),
@@ -476,6 +718,139 @@ mod tests {
             store.poll_cursor("last").await.unwrap().as_deref(),
             Some("7")
         );
+    }
+
+    /// A file that fails every write while `full` is set, as a full disk does.
+    #[derive(Debug)]
+    struct FillableFile {
+        file: redb::backends::FileBackend,
+        full: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FillableFile {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    use redb::BackendError;
+    use std::ops::Bound;
+
+    impl redb::StorageBackend for FillableFile {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+        // The real file's locks, so reopening meets redb's lock as it would.
+        fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+            self.file.try_lock_range(s, e)
+        }
+        fn try_lock_shared_range(
+            &self,
+            s: Bound<u64>,
+            e: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.file.try_lock_shared_range(s, e)
+        }
+        fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.file.lock_range(s, e)
+        }
+        fn lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.file.lock_shared_range(s, e)
+        }
+        fn unlock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+            self.file.unlock_range(s, e)
+        }
+        fn query_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+            self.file.query_lock_range(s, e)
+        }
+    }
+
+    #[tokio::test]
+    async fn after_an_io_error_the_store_fails_fast_then_opens_the_file_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store = EmbeddedStore::with_opener(Box::new({
+            let full = full.clone();
+            move || {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let backend = FillableFile {
+                    file: redb::backends::FileBackend::new(file).map_err(err)?,
+                    full: full.clone(),
+                };
+                let db = Database::builder()
+                    .create_with_backend(backend)
+                    .map_err(err)?;
+                with_tables(db)
+            }
+        }))
+        .unwrap();
+        let health = store.health();
+        store.set_poll_cursor("acme", "1").await.unwrap();
+
+        full.store(true, std::sync::atomic::Ordering::SeqCst);
+        let error = store.set_poll_cursor("acme", "2").await.unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(!health.is_writable());
+        // Closed until the file takes writes: every call fails at once.
+        for _ in 0..3 {
+            let error = store
+                .record_delivered("acme", &["7".into()])
+                .await
+                .unwrap_err();
+            assert!(error.is_unavailable(), "{error}");
+        }
+
+        full.store(false, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(30), health.wait_writable())
+            .await
+            .expect("the store opens the file again once it takes writes");
+        store.set_poll_cursor("acme", "3").await.unwrap();
+        assert_eq!(
+            store.poll_cursor("acme").await.unwrap().as_deref(),
+            Some("3")
+        );
+        assert!(!store.is_delivered("acme", "7").await.unwrap());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_state_file_and_its_folder_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/state.redb");
+        drop(EmbeddedStore::open(&path).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
     }
 
     #[tokio::test]

@@ -9,14 +9,21 @@
 //! (no server) for a single process, the default; the [`PostgresStore`] keeps
 //! it in PostgreSQL, shared by several replicas. Both pass the same
 //! [`contract`] tests.
+//!
+//! A store that cannot write (a full disk, a database that refuses writes)
+//! says so: its operations fail fast with [`StoreError::Unavailable`], and its
+//! [`StoreHealth`] tells the health endpoints and the metrics. It heals by
+//! itself once it can write again; callers wait for that rather than give up.
 
 #![warn(missing_docs)]
 
 pub mod contract;
 mod embedded;
+mod health;
 pub mod postgres;
 
 pub use embedded::EmbeddedStore;
+pub use health::StoreHealth;
 pub use postgres::PostgresStore;
 
 use async_trait::async_trait;
@@ -57,9 +64,26 @@ impl SentRecord {
 
 /// Why the store could not answer. The caller must not guess: a reply whose
 /// state is unknown is left unacknowledged and retried.
-#[derive(Debug, thiserror::Error)]
-#[error("state store: {0}")]
-pub struct StoreError(pub String);
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot take writes now (its file hit an I/O error such as a
+    /// full disk and is being reopened, or the database refuses writes or
+    /// cannot be reached). It heals by itself: wait for
+    /// [`StoreHealth::wait_writable`] and try again.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a record that does not decode, a value out of range.
+    #[error("state store: {0}")]
+    Failed(String),
+}
+
+impl StoreError {
+    /// Whether the store as a whole cannot write, as opposed to this one
+    /// operation failing.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
 
 /// The durable state of the bridge. Implementations must make a write durable
 /// before returning, since the bridge acts on it right after.
@@ -152,4 +176,7 @@ pub trait StateStore: Send + Sync + 'static {
     /// Moves the poller's cursor; only after the events up to it were
     /// delivered and confirmed.
     async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError>;
+
+    /// Whether the store can write now, and a way to wait until it can.
+    fn health(&self) -> StoreHealth;
 }

@@ -10,9 +10,16 @@
 //! Connections are plain TCP (`NoTls`): TLS to the database is not supported
 //! yet, so the database must be reached over a trusted network (or a local
 //! TLS-terminating proxy).
+//!
+//! A database that refuses writes (read-only, out of disk, unreachable) makes
+//! each write fail with [`StoreError::Unavailable`] and marks the store's
+//! [`StoreHealth`] unwritable; a probe write then checks with backoff until the
+//! database takes writes again, like the embedded store's reopening.
 
 use std::error::Error as StdError;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,7 +27,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use crate::{SentRecord, StateStore, StoreError};
+use crate::{SentRecord, StateStore, StoreError, StoreHealth};
 
 /// Connections in the pool: every channel's outbound worker and inbound
 /// poller touches the store once or twice per message, each for a few
@@ -32,6 +39,13 @@ const POOL_SIZE: usize = 8;
 /// one, so a database outage turns into a [`StoreError`] (and a retry) rather
 /// than a hung worker.
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first pause before probing a database that refused a write; it doubles
+/// up to [`PROBE_MAX_DELAY`].
+const PROBE_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The longest pause between probes: a database that takes writes again is
+/// noticed within this.
+const PROBE_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// The schema used when none is configured.
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -87,6 +101,13 @@ const MIGRATIONS: &[(i32, &str)] = &[(
 pub struct PostgresStore {
     pool: Pool,
     schema: String,
+    health: StoreHealth,
+    /// Whether a probe is running (one at a time).
+    probing: Arc<AtomicBool>,
+    /// The next pause between probes, in milliseconds: short again only once
+    /// a real write succeeds, so a database that takes the probe but not the
+    /// writes is not probed in a tight loop.
+    probe_delay_ms: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -108,13 +129,13 @@ impl PostgresStore {
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<PostgresStore, StoreError> {
         let schema = schema.unwrap_or(DEFAULT_SCHEMA);
         if !is_valid_schema_name(schema) {
-            return Err(StoreError(format!(
+            return Err(StoreError::Failed(format!(
                 "schema {schema:?} must be 1 to 63 of a-z, 0-9 and _, starting with a letter or _"
             )));
         }
         // The parser's messages name the option that is wrong, never a value.
         let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError(format!("invalid PostgreSQL URL: {}", describe(&e))))?;
+            .map_err(|e| StoreError::Failed(format!("invalid PostgreSQL URL: {}", describe(&e))))?;
         let password = config
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
@@ -151,21 +172,82 @@ impl PostgresStore {
             .create_timeout(Some(TIMEOUT))
             .recycle_timeout(Some(TIMEOUT))
             .build()
-            .map_err(|e| StoreError(format!("cannot create the PostgreSQL pool: {e}")))?;
+            .map_err(|e| StoreError::Failed(format!("cannot create the PostgreSQL pool: {e}")))?;
         let store = PostgresStore {
             pool,
             schema: schema.to_owned(),
+            health: StoreHealth::new(),
+            probing: Arc::default(),
+            probe_delay_ms: Arc::new(AtomicU64::new(first_probe_delay_ms())),
         };
-        store
-            .migrate()
-            .await
-            .map_err(|StoreError(message)| StoreError(redact(message)))?;
+        store.migrate().await.map_err(|error| match error {
+            StoreError::Unavailable(message) => StoreError::Unavailable(redact(message)),
+            StoreError::Failed(message) => StoreError::Failed(redact(message)),
+        })?;
         Ok(store)
     }
 
     /// The schema the state lives in.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// Tells the store's health how a write went; after a write the database
+    /// refused, probes it until it takes writes again.
+    fn written(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        match &result {
+            Ok(()) => {
+                self.health.write_succeeded();
+                self.probe_delay_ms
+                    .store(first_probe_delay_ms(), Ordering::SeqCst);
+            }
+            Err(error) => {
+                self.health.write_failed(error);
+                if error.is_unavailable() && !self.probing.swap(true, Ordering::SeqCst) {
+                    tokio::spawn(self.clone().probe_until_writable());
+                }
+            }
+        }
+        result
+    }
+
+    /// Tries a write with backoff until one commits (or another write did).
+    /// The write changes nothing: it rewrites the first migration's row, which
+    /// still needs what any write needs (a writable database, room for its
+    /// WAL record).
+    async fn probe_until_writable(self) {
+        loop {
+            while !self.health.is_writable() {
+                let delay = Duration::from_millis(self.probe_delay_ms.load(Ordering::SeqCst));
+                tokio::time::sleep(delay).await;
+                let next = (delay * 2).min(PROBE_MAX_DELAY);
+                self.probe_delay_ms
+                    .store(next.as_millis() as u64, Ordering::SeqCst);
+                let probe = async {
+                    self.client()
+                        .await?
+                        .execute(
+                            "UPDATE xbridge_schema_migrations SET applied_at = applied_at
+                             WHERE version = 1",
+                            &[],
+                        )
+                        .await
+                        .map_err(|e| fail("the probe write failed", &e))
+                };
+                match probe.await {
+                    Ok(_) => self.health.write_succeeded(),
+                    Err(error) => {
+                        tracing::debug!(%error, retry_in_ms = next.as_millis() as u64, "the state database does not take writes yet");
+                    }
+                }
+            }
+            self.probing.store(false, Ordering::SeqCst);
+            // A write that failed just before the flag was cleared started no
+            // probe: carry on for it.
+            if self.health.is_writable() || self.probing.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -227,7 +309,7 @@ impl PostgresStore {
         if let Some(newest) = applied.iter().max() {
             let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
             if *newest > known {
-                return Err(StoreError(format!(
+                return Err(StoreError::Failed(format!(
                     "schema {} is at migration {newest}, newer than this xbridge knows ({known}): run a newer xbridge",
                     self.schema
                 )));
@@ -264,33 +346,41 @@ impl PostgresStore {
         message_id: &str,
         record: &SentRecord,
     ) -> Result<(), StoreError> {
-        let value = serde_json::to_value(record)
-            .map_err(|e| StoreError(format!("cannot encode the sent record: {e}")))?;
-        let mut params = key.to_vec();
-        params.push(&value);
-        let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| fail("cannot start a transaction", &e))?;
-        let inserted = tx
-            .execute(insert, &params)
-            .await
-            .map_err(|e| fail("cannot record the sent reply", &e))?;
-        if inserted == 1 {
-            tx.execute(
-                "INSERT INTO own_sends (channel, dm_event_id, message_id)
-                 SELECT $1, id, $2 FROM unnest($3::text[]) AS id
-                 ON CONFLICT DO NOTHING",
-                &[&channel, &message_id, &record.dm_event_ids()],
-            )
-            .await
-            .map_err(|e| fail("cannot record the own sends", &e))?;
+        let result = async {
+            let value = serde_json::to_value(record)
+                .map_err(|e| StoreError::Failed(format!("cannot encode the sent record: {e}")))?;
+            let mut params = key.to_vec();
+            params.push(&value);
+            let mut client = self.client().await?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| fail("cannot start a transaction", &e))?;
+            let inserted = tx
+                .execute(insert, &params)
+                .await
+                .map_err(|e| fail("cannot record the sent reply", &e))?;
+            if inserted == 1 {
+                tx.execute(
+                    "INSERT INTO own_sends (channel, dm_event_id, message_id)
+                     SELECT $1, id, $2 FROM unnest($3::text[]) AS id
+                     ON CONFLICT DO NOTHING",
+                    &[&channel, &message_id, &record.dm_event_ids()],
+                )
+                .await
+                .map_err(|e| fail("cannot record the own sends", &e))?;
+            }
+            tx.commit()
+                .await
+                .map_err(|e| fail("cannot commit the sent reply", &e))
         }
-        tx.commit()
-            .await
-            .map_err(|e| fail("cannot commit the sent reply", &e))
+        .await;
+        self.written(result)
     }
+}
+
+fn first_probe_delay_ms() -> u64 {
+    PROBE_FIRST_DELAY.as_millis() as u64
 }
 
 /// Whether `name` can be used unquoted-safe as a schema name: it is put in a
@@ -305,8 +395,47 @@ fn is_valid_schema_name(name: &str) -> bool {
 
 /// `context` and the whole chain of causes: tokio-postgres shows only the
 /// kind of error ("db error") and keeps the server's message in the source.
+/// Unavailable when the database as a whole cannot take the operation.
 fn fail(context: &str, e: &(dyn StdError + 'static)) -> StoreError {
-    StoreError(format!("{context}: {}", describe(e)))
+    let message = format!("{context}: {}", describe(e));
+    if is_unavailable(e) {
+        StoreError::Unavailable(message)
+    } else {
+        StoreError::Failed(message)
+    }
+}
+
+/// Whether `e` says the database cannot take writes (or cannot be reached)
+/// now, rather than that this one statement is wrong: no connection, a closed
+/// or broken one, or SQLSTATE class 08 (connection), 53 (insufficient
+/// resources: disk full, out of memory, too many connections), 57 (operator
+/// intervention: shutdown, cannot connect now), 25006 (read-only
+/// transaction: a standby, or `default_transaction_read_only`), 40001 and
+/// 40P01 (serialization failure, deadlock: a retry succeeds).
+fn is_unavailable(e: &(dyn StdError + 'static)) -> bool {
+    if e.downcast_ref::<deadpool_postgres::PoolError>().is_some() {
+        return true;
+    }
+    let Some(e) = e.downcast_ref::<tokio_postgres::Error>() else {
+        return false;
+    };
+    if let Some(code) = e.code() {
+        let code = code.code();
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57")
+            || matches!(code, "25006" | "40001" | "40P01");
+    }
+    e.is_closed() || {
+        let mut cause = e.source();
+        while let Some(inner) = cause {
+            if inner.is::<std::io::Error>() {
+                return true;
+            }
+            cause = inner.source();
+        }
+        false
+    }
 }
 
 fn describe(e: &(dyn StdError + 'static)) -> String {
@@ -324,12 +453,12 @@ fn describe(e: &(dyn StdError + 'static)) -> String {
 }
 
 fn part_number(part: usize) -> Result<i32, StoreError> {
-    i32::try_from(part).map_err(|_| StoreError(format!("part {part} is out of range")))
+    i32::try_from(part).map_err(|_| StoreError::Failed(format!("part {part} is out of range")))
 }
 
 fn decode(value: serde_json::Value) -> Result<SentRecord, StoreError> {
     serde_json::from_value(value)
-        .map_err(|e| StoreError(format!("cannot decode a sent record: {e}")))
+        .map_err(|e| StoreError::Failed(format!("cannot decode a sent record: {e}")))
 }
 
 #[async_trait]
@@ -422,19 +551,23 @@ impl StateStore for PostgresStore {
         part: usize,
         started_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let part = part_number(part)?;
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO send_intents (channel, message_id, part, started_at)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (channel, message_id, part)
-                 DO UPDATE SET started_at = EXCLUDED.started_at",
-                &[&channel, &message_id, &part, &started_at],
-            )
-            .await
-            .map_err(|e| fail("cannot record a send intent", &e))?;
-        Ok(())
+        let result = async {
+            let part = part_number(part)?;
+            self.client()
+                .await?
+                .execute(
+                    "INSERT INTO send_intents (channel, message_id, part, started_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (channel, message_id, part)
+                     DO UPDATE SET started_at = EXCLUDED.started_at",
+                    &[&channel, &message_id, &part, &started_at],
+                )
+                .await
+                .map_err(|e| fail("cannot record a send intent", &e))?;
+            Ok(())
+        }
+        .await;
+        self.written(result)
     }
 
     async fn clear_send_intent(
@@ -443,17 +576,21 @@ impl StateStore for PostgresStore {
         message_id: &str,
         part: usize,
     ) -> Result<(), StoreError> {
-        let part = part_number(part)?;
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM send_intents
-                 WHERE channel = $1 AND message_id = $2 AND part = $3",
-                &[&channel, &message_id, &part],
-            )
-            .await
-            .map_err(|e| fail("cannot clear a send intent", &e))?;
-        Ok(())
+        let result = async {
+            let part = part_number(part)?;
+            self.client()
+                .await?
+                .execute(
+                    "DELETE FROM send_intents
+                     WHERE channel = $1 AND message_id = $2 AND part = $3",
+                    &[&channel, &message_id, &part],
+                )
+                .await
+                .map_err(|e| fail("cannot clear a send intent", &e))?;
+            Ok(())
+        }
+        .await;
+        self.written(result)
     }
 
     async fn send_intent(
@@ -477,17 +614,21 @@ impl StateStore for PostgresStore {
     }
 
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE sent_replies
-                 SET reported = true, record = jsonb_set(record, '{reported}', 'true')
-                 WHERE channel = $1 AND message_id = $2",
-                &[&channel, &message_id],
-            )
-            .await
-            .map_err(|e| fail("cannot mark a reply reported", &e))?;
-        Ok(())
+        let result = async {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE sent_replies
+                     SET reported = true, record = jsonb_set(record, '{reported}', 'true')
+                     WHERE channel = $1 AND message_id = $2",
+                    &[&channel, &message_id],
+                )
+                .await
+                .map_err(|e| fail("cannot mark a reply reported", &e))?;
+            Ok(())
+        }
+        .await;
+        self.written(result)
     }
 
     async fn is_own_send(&self, channel: &str, dm_event_id: &str) -> Result<bool, StoreError> {
@@ -521,21 +662,25 @@ impl StateStore for PostgresStore {
         channel: &str,
         event_ids: &[String],
     ) -> Result<(), StoreError> {
-        if event_ids.is_empty() {
-            return Ok(());
+        let result = async {
+            if event_ids.is_empty() {
+                return Ok(());
+            }
+            // One statement: all of the events are recorded or none.
+            self.client()
+                .await?
+                .execute(
+                    "INSERT INTO delivered_events (channel, event_id)
+                     SELECT $1, id FROM unnest($2::text[]) AS id
+                     ON CONFLICT DO NOTHING",
+                    &[&channel, &event_ids],
+                )
+                .await
+                .map_err(|e| fail("cannot record delivered events", &e))?;
+            Ok(())
         }
-        // One statement: all of the events are recorded or none.
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO delivered_events (channel, event_id)
-                 SELECT $1, id FROM unnest($2::text[]) AS id
-                 ON CONFLICT DO NOTHING",
-                &[&channel, &event_ids],
-            )
-            .await
-            .map_err(|e| fail("cannot record delivered events", &e))?;
-        Ok(())
+        .await;
+        self.written(result)
     }
 
     async fn poll_cursor(&self, channel: &str) -> Result<Option<String>, StoreError> {
@@ -552,16 +697,24 @@ impl StateStore for PostgresStore {
     }
 
     async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO poll_cursors (channel, event_id) VALUES ($1, $2)
-                 ON CONFLICT (channel) DO UPDATE SET event_id = EXCLUDED.event_id",
-                &[&channel, &event_id],
-            )
-            .await
-            .map_err(|e| fail("cannot move a poll cursor", &e))?;
-        Ok(())
+        let result = async {
+            self.client()
+                .await?
+                .execute(
+                    "INSERT INTO poll_cursors (channel, event_id) VALUES ($1, $2)
+                     ON CONFLICT (channel) DO UPDATE SET event_id = EXCLUDED.event_id",
+                    &[&channel, &event_id],
+                )
+                .await
+                .map_err(|e| fail("cannot move a poll cursor", &e))?;
+            Ok(())
+        }
+        .await;
+        self.written(result)
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.health.clone()
     }
 }
 

@@ -172,3 +172,64 @@ async fn concurrent_first_records_keep_exactly_one() {
     })
     .await;
 }
+
+/// Makes every table of `schema` refuse writes the way a database out of disk
+/// does (SQLSTATE 53100), or takes that back.
+async fn refuse_writes(schema: &str, refuse: bool) {
+    let tables = [
+        "sent_replies",
+        "sent_reply_parts",
+        "send_intents",
+        "own_sends",
+        "delivered_events",
+        "poll_cursors",
+        "xbridge_schema_migrations",
+    ];
+    let mut sql = format!(
+        "CREATE OR REPLACE FUNCTION \"{schema}\".refuse() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RAISE EXCEPTION USING ERRCODE = '53100', MESSAGE = 'could not extend file: No space left on device'; END $$;"
+    );
+    for table in tables {
+        sql.push_str(&if refuse {
+            format!(
+                "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON \"{schema}\".{table}
+                 FOR EACH STATEMENT EXECUTE FUNCTION \"{schema}\".refuse();"
+            )
+        } else {
+            format!("DROP TRIGGER refuse ON \"{schema}\".{table};")
+        });
+    }
+    admin()
+        .await
+        .batch_execute(&sql)
+        .await
+        .expect("triggers changed");
+}
+
+#[tokio::test]
+async fn a_database_that_refuses_writes_is_reported_until_it_takes_them_again() {
+    in_fresh_schema(|schema| async move {
+        let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
+        let health = store.health();
+        assert!(health.is_writable());
+
+        refuse_writes(&schema, true).await;
+        let error = store
+            .record_delivered("acme", &["1".into()])
+            .await
+            .unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(!health.is_writable());
+        // Reads still work, and nothing was written.
+        assert!(!store.is_delivered("acme", "1").await.unwrap());
+
+        refuse_writes(&schema, false).await;
+        // Nobody writes: the store's own probe notices.
+        tokio::time::timeout(std::time::Duration::from_secs(30), health.wait_writable())
+            .await
+            .expect("the store notices the database takes writes again");
+        store.record_delivered("acme", &["1".into()]).await.unwrap();
+        assert!(store.is_delivered("acme", "1").await.unwrap());
+    })
+    .await;
+}

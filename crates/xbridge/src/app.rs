@@ -14,7 +14,7 @@ use xbridge_core::config::{HttpSettings, Settings, StateBackend, StateSettings};
 use xbridge_inbound::identity::IdentityResolver;
 use xbridge_inbound::service::Inbound;
 use xbridge_outbound::Outbound;
-use xbridge_store::{EmbeddedStore, PostgresStore, StateStore};
+use xbridge_store::{EmbeddedStore, PostgresStore, StateStore, StoreHealth};
 use xbridge_x_api::XHttp;
 
 /// Opens the configured state store: the embedded file for a single process,
@@ -80,6 +80,8 @@ pub struct Bridge {
     states: Arc<ChannelStates>,
     /// The channels whose account X did not tell at startup, and what asks again.
     unresolved: Option<(IdentityResolver, Vec<String>)>,
+    /// Whether the state store can write, for the probes.
+    store: StoreHealth,
 }
 
 impl Bridge {
@@ -89,11 +91,31 @@ impl Bridge {
     /// is an error here, naming the channel and both ids. Channels X does not
     /// answer for now are asked again once the bridge runs.
     pub async fn build(settings: Settings) -> anyhow::Result<Bridge> {
+        Bridge::build_with(settings, None).await
+    }
+
+    /// [`Bridge::build`] with `store` in place of the configured state store
+    /// (tests put a store double there).
+    pub async fn build_with_store(
+        settings: Settings,
+        store: Arc<dyn StateStore>,
+    ) -> anyhow::Result<Bridge> {
+        Bridge::build_with(settings, Some(store)).await
+    }
+
+    async fn build_with(
+        settings: Settings,
+        store: Option<Arc<dyn StateStore>>,
+    ) -> anyhow::Result<Bridge> {
+        // Once, now that logging is set up.
+        for warning in &settings.warnings {
+            tracing::warn!(%warning, "configuration warning");
+        }
         open_files_for(&settings);
-        let store = open_store(&settings.state).await?;
         let ops = match settings.telemetry.listen {
             Some(addr) => {
-                // Record from the start, not from the first scrape.
+                // Record from the start (the store's health included), not
+                // from the first scrape.
                 crate::ops::metrics_handle();
                 Some(
                     crate::ops::bind(addr)
@@ -102,6 +124,11 @@ impl Bridge {
             }
             None => None,
         };
+        let store = match store {
+            Some(store) => store,
+            None => open_store(&settings.state).await?,
+        };
+        let store_health = store.health();
         let http = settings.http.clone();
         let settings = Arc::new(settings);
         let states = Arc::new(ChannelStates::new(
@@ -129,6 +156,7 @@ impl Bridge {
             http,
             states,
             unresolved: (!unanswered.is_empty()).then_some((resolver, unanswered)),
+            store: store_health,
         })
     }
 
@@ -140,6 +168,11 @@ impl Bridge {
     /// `true` while the inbound side can publish events.
     pub fn inbound_readiness(&self) -> watch::Receiver<bool> {
         self.inbound.readiness()
+    }
+
+    /// Whether the state store can write.
+    pub fn store_health(&self) -> StoreHealth {
+        self.store.clone()
     }
 
     /// Every channel's state.
@@ -166,6 +199,7 @@ impl Bridge {
                 outbound: self.outbound.readiness(),
                 inbound: self.inbound.readiness(),
                 channels: self.states.clone(),
+                store: self.store.clone(),
             };
             tokio::spawn(crate::ops::serve(
                 listener,

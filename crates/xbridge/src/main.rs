@@ -55,6 +55,9 @@ async fn check(config: &std::path::Path, channel: Option<&str>) -> anyhow::Resul
 fn check_config(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     println!("configuration OK: {}", config.display());
+    for warning in &settings.warnings {
+        println!("  warning: {warning}");
+    }
     println!("  X API: {}", settings.x.api_base_url);
     println!("  state store: {}", settings.state.backend.describe());
     for channel in &settings.channels {

@@ -1,6 +1,15 @@
 //! What operators and their tools look at: `/healthz` (the process is
 //! alive), `/readyz` (connected to RabbitMQ with the topology declared, per
-//! side) and `/metrics` (Prometheus text format).
+//! side, and a state store that can write) and `/metrics` (Prometheus text
+//! format).
+//!
+//! A state store that cannot write (a full disk) shows in both bodies
+//! (`"store": false`), but only `/readyz` fails for it: it is what alerting
+//! and traffic routing look at, and nothing goes out while the store cannot
+//! record it. `/healthz` stays 200, since a liveness failure makes Kubernetes
+//! restart the pod, which would not help: a restart frees no disk, the store
+//! reopens itself once there is room, and the process would lose the records
+//! it keeps in memory until then.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -46,6 +55,8 @@ pub struct Readiness {
     pub inbound: watch::Receiver<bool>,
     /// Every channel's state, shown per channel.
     pub channels: std::sync::Arc<xbridge_core::channel_state::ChannelStates>,
+    /// Whether the state store can write.
+    pub store: xbridge_store::StoreHealth,
 }
 
 #[derive(Clone)]
@@ -67,7 +78,7 @@ pub async fn serve(
         metrics: metrics_handle(),
     };
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(live))
         .route("/readyz", get(ready))
         .route("/metrics", get(render))
         .with_state(state);
@@ -77,10 +88,21 @@ pub async fn serve(
     xbridge_core::server::serve("ops", listener, app, &limits, shutdown).await;
 }
 
+/// Always 200 while the process serves: see the module documentation for
+/// why a store that cannot write does not fail it.
+async fn live(State(state): State<OpsState>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "status": "ok",
+        "store": state.readiness.store.is_writable(),
+    }))
+}
+
 async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
     let outbound = *state.readiness.outbound.borrow();
     let inbound = *state.readiness.inbound.borrow();
-    let status = if outbound && inbound {
+    let store = state.readiness.store.is_writable();
+    let ready = outbound && inbound && store;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -88,9 +110,10 @@ async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
     (
         status,
         Json(serde_json::json!({
-            "ready": outbound && inbound,
+            "ready": ready,
             "outbound": outbound,
             "inbound": inbound,
+            "store": store,
             "channels": state.readiness.channels.snapshot(),
         })),
     )

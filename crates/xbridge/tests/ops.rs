@@ -40,6 +40,8 @@ async fn health_readiness_and_metrics_are_served() {
 
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["store"], true, "{body}");
     tokio::time::timeout(PATIENCE, ready.wait_for(|r| *r))
         .await
         .unwrap()
@@ -52,6 +54,7 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(readyz.status(), 200);
     let body: serde_json::Value = readyz.json().await.unwrap();
     assert_eq!(body["ready"], true);
+    assert_eq!(body["store"], true, "{body}");
     assert_eq!(body["channels"]["acme"]["state"], "ok", "{body}");
 
     // This CRM leaves the dead-letter queue alone, so its depth shows.
@@ -98,6 +101,7 @@ async fn health_readiness_and_metrics_are_served() {
         "# TYPE xbridge_delay_queue_depth gauge",
         "xbridge_delay_queue_depth{delay=\"200ms\"}",
         "xbridge_channel_state{channel=\"dry\",state=\"credits_exhausted\"} 1",
+        "xbridge_state_store_writable 1",
     ] {
         assert!(
             metrics.contains(expected),

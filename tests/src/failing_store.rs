@@ -1,0 +1,227 @@
+//! A state store that refuses writes on demand, the way a full disk or a
+//! read-only database does, in front of a real store: for tests of what the
+//! bridge does while its store cannot write.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use xbridge_store::{SentRecord, StateStore, StoreError, StoreHealth};
+
+/// What the store refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuse {
+    /// Nothing: every call reaches the real store.
+    Nothing,
+    /// Every write; reads still answer (a database gone read-only).
+    Writes,
+    /// Only the records of sent replies (`record_sent`): X accepts a reply,
+    /// then its record fails.
+    SentRecords,
+    /// Every call (a store closed while it opens its file again).
+    Everything,
+}
+
+/// The double. Its health is its own: unwritable from the first refused
+/// write until [`FailingStore::heal`].
+pub struct FailingStore {
+    inner: Arc<dyn StateStore>,
+    health: StoreHealth,
+    refuse: Mutex<Refuse>,
+    refused: watch::Sender<usize>,
+}
+
+impl FailingStore {
+    /// In front of `inner`, refusing nothing yet.
+    pub fn new(inner: Arc<dyn StateStore>) -> Arc<FailingStore> {
+        Arc::new(FailingStore {
+            inner,
+            health: StoreHealth::new(),
+            refuse: Mutex::new(Refuse::Nothing),
+            refused: watch::Sender::new(0),
+        })
+    }
+
+    /// Starts refusing `what`.
+    pub fn refuse(&self, what: Refuse) {
+        *self.refuse.lock().unwrap_or_else(PoisonError::into_inner) = what;
+    }
+
+    /// Refuses nothing any more, and says so the way a store's probe does.
+    pub fn heal(&self) {
+        self.refuse(Refuse::Nothing);
+        self.health.write_succeeded();
+    }
+
+    /// Waits until `count` calls were refused since the start.
+    pub async fn wait_for_refusals(&self, count: usize) {
+        let mut refused = self.refused.subscribe();
+        let _ = refused.wait_for(|refused| *refused >= count).await;
+    }
+
+    /// Calls refused since the start.
+    pub fn refusals(&self) -> usize {
+        *self.refused.borrow()
+    }
+
+    fn mode(&self) -> Refuse {
+        *self.refuse.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn refused(&self, write: bool) -> StoreError {
+        let error = StoreError::Unavailable("No space left on device (injected)".into());
+        if write {
+            self.health.write_failed(&error);
+        }
+        self.refused.send_modify(|refused| *refused += 1);
+        error
+    }
+
+    fn read(&self) -> Result<(), StoreError> {
+        match self.mode() {
+            Refuse::Everything => Err(self.refused(false)),
+            _ => Ok(()),
+        }
+    }
+
+    fn write(&self, sent_record: bool) -> Result<(), StoreError> {
+        match self.mode() {
+            Refuse::Writes | Refuse::Everything => Err(self.refused(true)),
+            Refuse::SentRecords if sent_record => Err(self.refused(true)),
+            _ => Ok(()),
+        }
+    }
+
+    fn wrote(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        match &result {
+            Ok(()) => self.health.write_succeeded(),
+            Err(error) => self.health.write_failed(error),
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl StateStore for FailingStore {
+    async fn sent(
+        &self,
+        channel: &str,
+        message_id: &str,
+    ) -> Result<Option<SentRecord>, StoreError> {
+        self.read()?;
+        self.inner.sent(channel, message_id).await
+    }
+
+    async fn record_sent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        record: &SentRecord,
+    ) -> Result<(), StoreError> {
+        self.write(true)?;
+        self.wrote(self.inner.record_sent(channel, message_id, record).await)
+    }
+
+    async fn sent_part(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<Option<SentRecord>, StoreError> {
+        self.read()?;
+        self.inner.sent_part(channel, message_id, part).await
+    }
+
+    async fn record_sent_part(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+        record: &SentRecord,
+    ) -> Result<(), StoreError> {
+        self.write(false)?;
+        self.wrote(
+            self.inner
+                .record_sent_part(channel, message_id, part, record)
+                .await,
+        )
+    }
+
+    async fn record_send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write(false)?;
+        self.wrote(
+            self.inner
+                .record_send_intent(channel, message_id, part, started_at)
+                .await,
+        )
+    }
+
+    async fn clear_send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<(), StoreError> {
+        self.write(false)?;
+        self.wrote(
+            self.inner
+                .clear_send_intent(channel, message_id, part)
+                .await,
+        )
+    }
+
+    async fn send_intent(
+        &self,
+        channel: &str,
+        message_id: &str,
+        part: usize,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.read()?;
+        self.inner.send_intent(channel, message_id, part).await
+    }
+
+    async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
+        self.write(false)?;
+        self.wrote(self.inner.mark_reported(channel, message_id).await)
+    }
+
+    async fn is_own_send(&self, channel: &str, dm_event_id: &str) -> Result<bool, StoreError> {
+        self.read()?;
+        self.inner.is_own_send(channel, dm_event_id).await
+    }
+
+    async fn is_delivered(&self, channel: &str, event_id: &str) -> Result<bool, StoreError> {
+        self.read()?;
+        self.inner.is_delivered(channel, event_id).await
+    }
+
+    async fn record_delivered(
+        &self,
+        channel: &str,
+        event_ids: &[String],
+    ) -> Result<(), StoreError> {
+        self.write(false)?;
+        self.wrote(self.inner.record_delivered(channel, event_ids).await)
+    }
+
+    async fn poll_cursor(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        self.read()?;
+        self.inner.poll_cursor(channel).await
+    }
+
+    async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError> {
+        self.write(false)?;
+        self.wrote(self.inner.set_poll_cursor(channel, event_id).await)
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.health.clone()
+    }
+}
