@@ -176,7 +176,7 @@ async fn a_full_disk_is_reported_and_once_freed_every_reply_and_dm_goes_through_
 
     // The DM whose record did not fit was published and answered 200; X
     // delivers it three more times: each answered 200, none published again.
-    let unrecorded = logged_event_id(&bridge, "DM published but not recorded")
+    let unrecorded = logged_event_id(&bridge, "event published but not recorded")
         .expect("the failing write was a published DM's record");
     let before = app.simulator.deliveries().len();
     for _ in 0..3 {
