@@ -6,6 +6,7 @@ pub mod dead_letters;
 mod headers;
 mod publisher;
 mod topology;
+pub mod wire;
 
 pub use headers::{FailureHeaders, HEADER_PREFIX};
 pub use publisher::{PublishError, Publisher};
