@@ -194,6 +194,13 @@ impl Outbound {
         let publisher = Publisher::open(connection)
             .await
             .map_err(|e| e.to_string())?;
+        if publisher.frame_max() < amqp::MIN_FRAME_MAX {
+            return Err(format!(
+                "RabbitMQ negotiated a frame_max of {} bytes; xbridge needs at least {} to dead-letter and park replies (RabbitMQ's default is 131072)",
+                publisher.frame_max(),
+                amqp::MIN_FRAME_MAX
+            ));
+        }
         let plan = TopologyPlan::for_settings(&self.settings);
         declare_topology(publisher.channel(), &plan)
             .await

@@ -201,6 +201,77 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_with_headers_filling_a_frame_is_dead_lettered_and_every_channel_carries_on() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let app = spawn_app(TestOptions {
+        channels: vec!["alpha".into(), "beta".into()],
+        ..TestOptions::default()
+    })
+    .await;
+    let mut bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    // RabbitMQ takes this reply (its header frame is just under frame_max);
+    // the bridge's own headers on top of it would not fit in one frame.
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "pad".into(),
+        AMQPValue::LongString(LongString::from(vec![b'p'; 130_700])),
+    );
+    headers.insert("x-crm-trace".into(), AMQPValue::LongString("t-1".into()));
+    let bad = br#"{"message_id":"p","recipient_id":"1"}"#;
+    crm.publish_with_properties(
+        "alpha",
+        bad,
+        lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers),
+    )
+    .await;
+    for i in 1..=5 {
+        crm.publish_reply("beta", &reply(&format!("b-{i}"), &format!("{i}00"), "hi"))
+            .await;
+    }
+
+    let letter = crm.next_dead_letter().await;
+    assert_eq!(letter.body, bad);
+    assert_eq!(letter.reason(), "invalid_message");
+    assert_eq!(
+        letter.headers.dropped_headers.as_deref(),
+        Some("pad (130709 bytes)"),
+        "the letter names what it lost"
+    );
+    let detail = letter.headers.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("text"), "{detail}");
+    assert!(detail.contains("x-xbridge-dropped-headers"), "{detail}");
+    let kept = letter.properties.headers().clone().unwrap_or_default();
+    assert!(kept.contains_key("x-crm-trace"), "small headers are kept");
+    assert_valid("dead-letter-headers", &letter.headers_json());
+
+    let mut sent = HashSet::new();
+    for event in crm.events(6).await {
+        match event.body["type"].as_str() {
+            Some("message.failed") => assert_eq!(event.body["message_id"], "p"),
+            _ => {
+                assert_eq!(event.routing_key, "beta.message.sent");
+                sent.insert(event.body["message_id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(sent.len(), 5, "every reply of the other channel went out");
+    assert_eq!(app.wait_for_dms("beta", 5).await.len(), 5);
+    assert!(
+        !bridge.ready.has_changed().unwrap(),
+        "the outbound connection was never lost"
+    );
+    assert!(*bridge.ready.borrow_and_update());
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_for_an_unknown_channel_is_dead_lettered_not_lost() {
     let app = spawn_app(TestOptions::default()).await;
     let bridge = start_bridge(&app).await;

@@ -8,8 +8,11 @@ mod publisher;
 mod topology;
 pub mod wire;
 
-pub use headers::{FailureHeaders, HEADER_PREFIX};
-pub use publisher::{PublishError, Publisher};
+pub use headers::{
+    Applied, DroppedHeader, FailureHeaders, HEADER_PREFIX, MAX_DETAIL_BYTES, MAX_DROPPED_BYTES,
+    MAX_NAME_BYTES,
+};
+pub use publisher::{PublishError, Publisher, MIN_FRAME_MAX};
 pub use topology::{declare_poll_lease_queue, declare_topology, TopologyPlan};
 
 use lapin::{Connection, ConnectionProperties};

@@ -9,6 +9,12 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use super::wire;
 
+/// The smallest `frame_max` the bridge works with: a republished reply needs
+/// room for its AMQP properties (up to about 3.6 KiB), the bridge's bounded
+/// `x-xbridge-*` headers (about 5 KiB at most) and the room kept for what
+/// RabbitMQ adds on the way back. RabbitMQ's default is 131,072.
+pub const MIN_FRAME_MAX: usize = 16 * 1024;
+
 /// Why a publish is not known to be safe in the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

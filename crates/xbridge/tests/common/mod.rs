@@ -14,6 +14,11 @@ pub struct RunningBridge {
     /// Where X's webhook is served, when the test configured it.
     #[allow(dead_code)] // Only the inbound tests use it.
     pub webhook_addr: Option<std::net::SocketAddr>,
+    /// The outbound side's readiness, seen as ready: it changes (to not
+    /// ready and back) only when a RabbitMQ session ends, so
+    /// `has_changed()` tells whether the connection was lost since.
+    #[allow(dead_code)] // Only some tests look at it.
+    pub ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RunningBridge {
@@ -62,9 +67,11 @@ async fn start_with(settings: Settings) -> RunningBridge {
         .await
         .expect("the inbound side becomes ready")
         .expect("readiness");
+    ready.borrow_and_update();
     RunningBridge {
         shutdown,
         task,
         webhook_addr,
+        ready,
     }
 }
