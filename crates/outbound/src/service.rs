@@ -74,6 +74,7 @@ impl Outbound {
                     media: media.clone(),
                     own_user: tokio::sync::OnceCell::new_with(channel.user_id.clone()),
                     recent_events: Default::default(),
+                    max_reply_bytes: settings.outbound.max_reply_bytes,
                 }))
             })
             .collect::<Result<Vec<_>, OutboundError>>()?;

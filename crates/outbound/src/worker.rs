@@ -57,6 +57,8 @@ pub struct ChannelContext {
     pub own_user: tokio::sync::OnceCell<String>,
     /// The account's DM events as last read to find unrecorded sends.
     pub recent_events: tokio::sync::Mutex<crate::reconcile::RecentEvents>,
+    /// Largest reply body parsed (`outbound.max_reply_bytes`).
+    pub max_reply_bytes: usize,
 }
 
 impl ChannelContext {
@@ -130,7 +132,7 @@ pub async fn consume(
                 ))),
             },
         };
-        match OutgoingReply::parse(&delivery.data, &ctx.name) {
+        match OutgoingReply::parse_bounded(&delivery.data, &ctx.name, ctx.max_reply_bytes) {
             Err(invalid) => {
                 let ctx = ctx.clone();
                 let reporter = reporter.clone();

@@ -146,6 +146,24 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
             br#"{"message_id":"bad-6","recipient_id":"1","text":"a","channel":"other"}"#.to_vec(),
             "does not match the routing key",
         ),
+        // Over outbound.max_reply_bytes (16 MiB by default): refused unparsed.
+        (
+            format!(
+                r#"{{"message_id":"bad-7","recipient_id":"1","text":"{}"}}"#,
+                "x".repeat(16 * 1024 * 1024)
+            )
+            .into_bytes(),
+            "outbound.max_reply_bytes",
+        ),
+        // A detail quoting a huge field stays within its bound.
+        (
+            format!(
+                r#"{{"message_id":"bad-8","recipient_id":"1","text":"a","channel":"{}"}}"#,
+                "c".repeat(100_000)
+            )
+            .into_bytes(),
+            "channel \"ccc",
+        ),
     ];
     for (body, _) in &cases {
         crm.publish_raw("acme", body).await;
@@ -166,7 +184,9 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
             "the original body is kept"
         );
         let _ = body;
-        details.push(dead.headers.detail.unwrap_or_default());
+        let detail = dead.headers.detail.unwrap_or_default();
+        assert!(detail.len() <= xbridge_core::amqp::MAX_DETAIL_BYTES);
+        details.push(detail);
     }
     for (_, expected) in &cases {
         assert!(
@@ -176,7 +196,7 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
     }
 
     // The CRM hears about each reply whose id it can know, and the good one is sent.
-    let events = crm.events(7).await;
+    let events = crm.events(9).await;
     let failed: HashSet<&str> = events
         .iter()
         .filter(|e| e.body["type"] == "message.failed")
@@ -188,7 +208,7 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
         .collect();
     assert_eq!(
         failed,
-        HashSet::from(["bad-1", "bad-2", "bad-3", "bad-4", "bad-5", "bad-6"])
+        HashSet::from(["bad-1", "bad-2", "bad-3", "bad-4", "bad-5", "bad-6", "bad-7", "bad-8"])
     );
     assert!(events
         .iter()
