@@ -446,16 +446,12 @@ async fn process(
     };
 
     let now = Utc::now();
-    let published_at = delivery
-        .properties
-        .timestamp()
-        .and_then(|t| DateTime::<Utc>::from_timestamp(i64::try_from(t).ok()?, 0))
-        .filter(|t| *t <= now);
-    let first_seen = [history.first_seen_at, published_at, Some(received_at)]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(now);
+    let first_seen = crate::credits::wait_started(
+        now,
+        *delivery.properties.timestamp(),
+        history.first_seen_at,
+        received_at,
+    );
     history.first_seen_at = Some(first_seen);
     let waited = (now - first_seen).to_std().unwrap_or_default();
     let credits_deadline = Instant::now() + ctx.policy.credits.max_wait.saturating_sub(waited);
