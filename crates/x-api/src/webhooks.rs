@@ -20,7 +20,6 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
-use crate::client::error_chain;
 use crate::dm::local_invalid;
 use crate::error::body_snippet;
 use crate::read::{classify_read_error, endpoint};
@@ -386,16 +385,7 @@ impl WebhookClient {
     }
 
     fn transport_error(&self, error: &reqwest::Error, what: &'static str) -> XError {
-        let detail = if error.is_timeout() {
-            format!("no answer from X within {:?}", self.request_timeout)
-        } else {
-            error_chain(error)
-        };
-        tracing::warn!(%detail, what, "request to X did not get an answer");
-        XError::Transient {
-            status: error.status().map(|status| status.as_u16()),
-            detail,
-        }
+        crate::client::transport_error(error, self.request_timeout, what)
     }
 }
 

@@ -112,7 +112,9 @@ fn diagnose(error: &XError) -> String {
             error.http_status().unwrap_or(402)
         ),
         XError::RateLimited { .. } => "X's rate limit is used up right now; the check could not finish, try again after the reset".into(),
-        XError::Transient { .. } => format!("cannot reach X: {error}"),
+        XError::Transient { .. } | XError::NotConnected { .. } => {
+            format!("cannot reach X: {error}")
+        }
         XError::RecipientRefuses { .. }
         | XError::InvalidRequest { .. }
         | XError::MediaProcessingFailed { .. } => {
