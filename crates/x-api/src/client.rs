@@ -190,10 +190,13 @@ impl XClient {
             self.inner.pacer.observe(&rate_limit);
         }
         self.inner.pacer.completed();
-        let body = response
-            .bytes()
+        let body = crate::body::read(response)
             .await
             .map_err(|error| self.transport_error(&error, "DM send"))?;
+        if let Some(error) = body.too_large(status.as_u16(), "DM send") {
+            return Err(error);
+        }
+        let body = body.bytes;
 
         if status.is_success() {
             return match serde_json::from_slice::<SendDmResponse>(&body) {
@@ -378,13 +381,15 @@ impl XClient {
             pacer.observe(rate_limit);
         }
         pacer.completed();
-        let body = response
-            .bytes()
+        let body = crate::body::read(response)
             .await
             .map_err(|error| self.transport_error(&error, what))?;
         if status.is_success() {
+            if let Some(error) = body.too_large(status.as_u16(), what) {
+                return Err(error);
+            }
             return Ok(ReadAnswer {
-                body: body.to_vec(),
+                body: body.bytes,
                 rate_limit,
                 access_level: headers
                     .get("x-access-level")
@@ -393,7 +398,7 @@ impl XClient {
             });
         }
 
-        let error = classify_read_error(status.as_u16(), &headers, &body);
+        let error = classify_read_error(status.as_u16(), &headers, &body.bytes);
         if let XError::RateLimited { reset_at, .. } = &error {
             pacer.block_until(*reset_at);
         }

@@ -359,10 +359,13 @@ impl WebhookClient {
             .map_err(|error| self.transport_error(&error, what))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
+        let body = crate::body::read(response)
             .await
             .map_err(|error| self.transport_error(&error, what))?;
+        if let Some(error) = body.too_large(status, what) {
+            return Err(error.into());
+        }
+        let bytes = body.bytes;
         if !(200..300).contains(&status) {
             let error = classify_webhook_error(status, &headers, &bytes);
             tracing::warn!(
