@@ -562,7 +562,7 @@ async fn keep_connected(
                 let mut events = Box::pin(connection.events_listener());
                 let connection = Arc::new(connection);
                 sink.set(Some(AmqpSink::new(
-                    publisher,
+                    publisher.clone(),
                     settings.amqp.topology.incoming_exchange.clone(),
                 )));
                 // The poll leases live on this connection too.
@@ -581,6 +581,9 @@ async fn keep_connected(
                 }
                 sink.set(None);
                 sink.connection.send_replace(None);
+                // Held until here, so its channel is closed before the
+                // connection (see amqp::close_channels).
+                amqp::close_channels(&[publisher.channel().clone()]).await;
                 amqp::close(&connection, 200, "xbridge inbound stopping").await;
             }
             Err(e) => {

@@ -100,6 +100,44 @@ async fn sigterm_lets_an_in_flight_send_finish_and_exits_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_logs_no_error() {
+    // Every kind of AMQP channel the bridge opens: the outbound publisher and
+    // consumers, the inbound publisher and a poll lease.
+    let app = spawn_app(TestOptions {
+        channels: vec!["acme".into(), "beta".into()],
+        inbound: "listen = \"127.0.0.1:0\"\npoll_interval = \"50ms\"\n".into(),
+        inbound_mode: Some("both".into()),
+        ..TestOptions::default()
+    })
+    .await;
+    let bridge = BridgeProcess::start(binary(), &app.write_config(), &[]);
+    bridge.wait_for_log(RUNNING, 1).await;
+    bridge.wait_for_log("inbound connected", 1).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "s-1", "recipient_id": "944480690", "text": "before the stop"}),
+    )
+    .await;
+    assert_eq!(crm.next_event().await.body["message_id"], "s-1");
+
+    let status = bridge.terminate_keeping_logs().await;
+    assert!(
+        status.0.success(),
+        "clean exit after SIGTERM: {:?}",
+        status.0
+    );
+    let errors: Vec<&String> = status.1.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "a clean stop logged errors: {errors:#?}");
+    assert!(
+        status.1.iter().any(|l| l.contains("outbound stopped")),
+        "{:#?}",
+        status.1
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_configuration_names_the_field_and_never_the_secret() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
