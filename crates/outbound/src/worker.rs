@@ -536,7 +536,7 @@ async fn process(
             }
         }
 
-        history.attempts += 1;
+        history.count_attempt();
         attempts_this_delivery += 1;
         let error = match parts.send(ctx, &target, message_id).await? {
             Ok(record) => {
@@ -622,7 +622,7 @@ async fn process(
             }
             Fate::WaitForCredits => {}
             Fate::Park(delay) => {
-                history.times_parked += 1;
+                history.count_park();
                 reporter.park(&delivery, delay, &history).await?;
                 ctx.parked.park(&conversation, message_id, due_by(delay));
                 tracing::info!(

@@ -141,6 +141,18 @@ impl FailureHeaders {
         }
     }
 
+    /// Counts one more request to X. The count comes from a header anyone
+    /// publishing a reply can set, so it saturates instead of overflowing.
+    pub fn count_attempt(&mut self) {
+        self.attempts = self.attempts.saturating_add(1);
+    }
+
+    /// Counts one more parking in a delay queue, saturating like
+    /// [`FailureHeaders::count_attempt`].
+    pub fn count_park(&mut self) {
+        self.times_parked = self.times_parked.saturating_add(1);
+    }
+
     /// A copy of `table` with our old headers replaced by these, however
     /// large (for tools and tests; the bridge republishes with
     /// [`FailureHeaders::apply_within`]).
@@ -338,6 +350,20 @@ mod tests {
         let table = headers.apply_to(Some(&original));
         assert_eq!(FailureHeaders::read(Some(&table)), headers);
         assert!(table.contains_key("x-crm-trace"));
+    }
+
+    #[test]
+    fn counts_from_a_crafted_header_saturate() {
+        let mut table = FieldTable::default();
+        table.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(i64::from(u32::MAX)));
+        table.insert(PARKED.into(), AMQPValue::LongUInt(u32::MAX));
+        let mut headers = FailureHeaders::read(Some(&table));
+        headers.count_attempt();
+        headers.count_park();
+        assert_eq!(
+            (headers.attempts, headers.times_parked),
+            (u32::MAX, u32::MAX)
+        );
     }
 
     #[test]
