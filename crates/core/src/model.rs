@@ -506,9 +506,10 @@ fn attachment_data(i: usize, text: &str, category: MediaCategory) -> Result<Vec<
     Ok(data)
 }
 
-/// The `message_id` of a reply body too large to parse, if it has a usable
-/// one: read by skipping every other value, so nothing but the id is kept.
-fn scan_message_id(body: &[u8]) -> Option<String> {
+/// The `message_id` of a reply body that is not parsed (too large, or for no
+/// configured channel), if it has a usable one: read by skipping every other
+/// value, so nothing but the id is kept in memory, whatever the body's size.
+pub fn scan_message_id(body: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     struct IdOnly {
         message_id: Option<String>,

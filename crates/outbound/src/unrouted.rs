@@ -32,11 +32,9 @@ pub async fn consume(
             },
         };
         let channel = delivery.routing_key.as_str().to_owned();
-        // Best effort: tell the CRM when the body at least names its id.
-        let message_id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
-            .ok()
-            .and_then(|v| v.get("message_id")?.as_str().map(str::to_owned))
-            .filter(|id| !id.is_empty() && id.len() <= xbridge_core::model::MAX_MESSAGE_ID_BYTES);
+        // Best effort: tell the CRM when the body at least names its id (read
+        // without parsing the rest: the body may be as large as RabbitMQ allows).
+        let message_id = xbridge_core::model::scan_message_id(&delivery.data);
         let failure = Failure::local(
             FailureReason::UnknownChannel,
             format!("no channel named {channel:?} is configured in xbridge; check the routing key or add the channel"),

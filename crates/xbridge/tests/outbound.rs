@@ -313,6 +313,24 @@ async fn a_reply_for_an_unknown_channel_is_dead_lettered_not_lost() {
     assert_eq!(event.body["message_id"], "lost-1");
     assert!(app.simulator.requests().is_empty());
 
+    // A routing key of 250 bytes: its `message.failed` would need a routing
+    // key and an AMQP message_id over AMQP's 255 bytes, so there is none, but
+    // the letter is kept once and the bridge carries on.
+    let long_key = "u".repeat(250);
+    crm.publish_reply(&long_key, &reply("lost-2", "1", "hello?"))
+        .await;
+    let dead = crm.next_dead_letter().await;
+    assert_eq!(dead.reason(), "unknown_channel");
+    assert_eq!(dead.routing_key, long_key);
+    assert_eq!(dead.headers.channel.as_deref(), Some(long_key.as_str()));
+    crm.publish_reply("acme", &reply("after", "944480690", "still here"))
+        .await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+    assert_eq!(event.body["message_id"], "after");
+    assert!(!bridge.ready.has_changed().unwrap(), "no reconnect");
+    assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
+
     bridge.stop().await;
     app.cleanup().await;
 }
