@@ -123,6 +123,24 @@ impl Crm {
     /// Publishes any bytes under `routing_key` (bad input tests), persistent
     /// and confirmed, the way a CRM should.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        self.publish_with_properties(
+            routing_key,
+            body,
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2),
+        )
+        .await;
+    }
+
+    /// Publishes `body` under `routing_key` with the given AMQP properties
+    /// (headers, timestamp, …), confirmed.
+    pub async fn publish_with_properties(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
         let confirm = self
             .channel
             .basic_publish(
@@ -130,9 +148,7 @@ impl Crm {
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
+                properties,
             )
             .await
             .expect("publish")

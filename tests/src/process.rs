@@ -16,6 +16,8 @@ pub struct BridgeProcess {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     new_line: Arc<Notify>,
+    /// The task collecting stderr; it ends at the process's last line.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl BridgeProcess {
@@ -66,7 +68,7 @@ impl BridgeProcess {
         let stderr = child.stderr.take().expect("stderr is piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let new_line = Arc::new(Notify::new());
-        tokio::spawn({
+        let reader = tokio::spawn({
             let lines = lines.clone();
             let new_line = new_line.clone();
             async move {
@@ -83,6 +85,7 @@ impl BridgeProcess {
             child,
             lines,
             new_line,
+            reader: Some(reader),
         }
     }
 
@@ -125,6 +128,20 @@ impl BridgeProcess {
     /// SIGKILL: no cleanup, no drain, like a crash or an OOM kill.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL");
+    }
+
+    /// Sends SIGTERM, waits for the process to exit and for the last of its
+    /// log lines; returns the exit status and every log line.
+    pub async fn terminate_keeping_logs(mut self) -> (ExitStatus, Vec<String>) {
+        let reader = self.reader.take().expect("the log reader runs");
+        let lines = self.lines.clone();
+        let status = self.terminate().await;
+        tokio::time::timeout(PATIENCE, reader)
+            .await
+            .expect("the log reader ends with the process")
+            .expect("the log reader");
+        let lines = lines.lock().expect("lines").clone();
+        (status, lines)
     }
 
     /// Sends SIGTERM and waits for the process to exit.

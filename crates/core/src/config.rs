@@ -150,7 +150,20 @@ pub struct OutboundSettings {
     pub credits: CreditsSettings,
     /// Where and how reply attachments given by URL may be downloaded.
     pub media: MediaSettings,
+    /// Largest reply body the bridge parses; a larger one is dead-lettered as
+    /// `invalid_message` unread (see [`DEFAULT_MAX_REPLY_BYTES`]).
+    pub max_reply_bytes: usize,
 }
+
+/// The default bound on a reply body: RabbitMQ 4's default
+/// `max_message_size`, so every reply a default RabbitMQ 4 takes is parsed,
+/// while RabbitMQ 3's 128 MiB (or a raised limit) cannot make the bridge
+/// parse, and hold decoded, several times that per delivery. Inline `data` is
+/// for small files; large media go behind a `url`.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+/// The most `outbound.max_reply_bytes` may be: RabbitMQ's own ceiling for
+/// `max_message_size`.
+pub const MAX_REPLY_BYTES_LIMIT: usize = 512 * 1024 * 1024;
 
 /// Largest download worth allowing: X's largest media (a `dm_video`).
 pub const MAX_MEDIA_BYTES: u64 = 512 * 1024 * 1024;
@@ -700,6 +713,7 @@ struct RawOutbound {
     retry: RetrySettings,
     credits: CreditsSettings,
     media: RawMedia,
+    max_reply_bytes: usize,
 }
 
 impl Default for RawOutbound {
@@ -709,6 +723,7 @@ impl Default for RawOutbound {
             retry: RetrySettings::default(),
             credits: CreditsSettings::default(),
             media: RawMedia::default(),
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 }
@@ -1158,6 +1173,11 @@ impl Settings {
             );
         }
 
+        if !(1024..=MAX_REPLY_BYTES_LIMIT).contains(&raw.outbound.max_reply_bytes) {
+            errors.push(format!(
+                "outbound.max_reply_bytes: must be 1024 to {MAX_REPLY_BYTES_LIMIT} (RabbitMQ's largest max_message_size)"
+            ));
+        }
         let media = validate_media(raw.outbound.media, &mut errors);
 
         if raw.inbound.body_limit < 1024 {
@@ -1219,6 +1239,7 @@ impl Settings {
                 retry: raw.outbound.retry,
                 credits: raw.outbound.credits,
                 media,
+                max_reply_bytes: raw.outbound.max_reply_bytes,
             },
             inbound,
             state,

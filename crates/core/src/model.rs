@@ -214,6 +214,27 @@ pub struct InvalidReply {
 }
 
 impl OutgoingReply {
+    /// [`OutgoingReply::parse`] for a body of at most `max_bytes`; a larger
+    /// one is refused without being parsed into memory (only scanned for its
+    /// `message_id`, so the CRM can still be told).
+    pub fn parse_bounded(
+        body: &[u8],
+        channel: &str,
+        max_bytes: usize,
+    ) -> Result<OutgoingReply, InvalidReply> {
+        if body.len() > max_bytes {
+            return Err(InvalidReply {
+                detail: format!(
+                    "the reply is {} bytes; the bridge takes at most {} (outbound.max_reply_bytes): send large attachments by url",
+                    body.len(),
+                    max_bytes
+                ),
+                message_id: scan_message_id(body),
+            });
+        }
+        OutgoingReply::parse(body, channel)
+    }
+
     /// Parses and validates a reply body. `channel` is the channel named by the
     /// routing key; a `channel` field in the body must agree with it.
     pub fn parse(body: &[u8], channel: &str) -> Result<OutgoingReply, InvalidReply> {
@@ -491,6 +512,18 @@ fn attachment_data(i: usize, text: &str, category: MediaCategory) -> Result<Vec<
     Ok(data)
 }
 
+/// The `message_id` of a reply body that is not parsed (too large, or for no
+/// configured channel), if it has a usable one: read by skipping every other
+/// value, so nothing but the id is kept in memory, whatever the body's size.
+pub fn scan_message_id(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        message_id: Option<String>,
+    }
+    let id = serde_json::from_slice::<IdOnly>(body).ok()?.message_id?;
+    (!id.trim().is_empty() && id.len() <= MAX_MESSAGE_ID_BYTES).then_some(id)
+}
+
 fn invalid(message_id: Option<String>, detail: &str) -> InvalidReply {
     InvalidReply {
         detail: detail.into(),
@@ -686,6 +719,37 @@ mod tests {
 
     fn parse(body: &str) -> Result<OutgoingReply, InvalidReply> {
         OutgoingReply::parse(body.as_bytes(), "acme")
+    }
+
+    #[test]
+    fn a_body_over_the_bound_is_refused_unparsed_but_keeps_its_id() {
+        let padding = "x".repeat(2000);
+        let body = format!(
+            r#"{{"recipient_id":"1","text":"{padding}","message_id":"big-1","more":[1,{{"a":"é"}}]}}"#
+        );
+        assert!(OutgoingReply::parse_bounded(body.as_bytes(), "acme", body.len()).is_ok());
+        let refused =
+            OutgoingReply::parse_bounded(body.as_bytes(), "acme", body.len() - 1).unwrap_err();
+        assert_eq!(refused.message_id.as_deref(), Some("big-1"));
+        assert!(
+            refused.detail.contains("outbound.max_reply_bytes"),
+            "{}",
+            refused.detail
+        );
+        for (body, why) in [
+            (r#"{"message_id":"","text":"x"}"#, "blank"),
+            (r#"{"message_id":7}"#, "not a string"),
+            ("not json at all", "not JSON"),
+        ] {
+            let refused = OutgoingReply::parse_bounded(body.as_bytes(), "acme", 3).unwrap_err();
+            assert_eq!(refused.message_id, None, "{why}");
+        }
+        let long_id = format!(r#"{{"message_id":"{}"}}"#, "i".repeat(129));
+        let refused = OutgoingReply::parse_bounded(long_id.as_bytes(), "acme", 3).unwrap_err();
+        assert_eq!(
+            refused.message_id, None,
+            "an id too long for AMQP is not used"
+        );
     }
 
     #[test]

@@ -120,13 +120,24 @@ fn field_table() -> impl Strategy<Value = FieldTable> {
 }
 
 /// A failure history the bridge itself could write: times at millisecond precision within
-/// the years RFC 3339 can write.
+/// the years RFC 3339 can write, texts within the bounds of the headers they go to
+/// ([`crate::amqp::MAX_NAME_BYTES`], the tightest).
 fn failure_headers() -> impl Strategy<Value = FailureHeaders> {
+    failure_headers_with(|| {
+        arbitrary::string()
+            .prop_map(|text| crate::amqp::wire::truncate(&text, crate::amqp::MAX_NAME_BYTES))
+    })
+}
+
+/// A failure history with texts from `text()`, however long.
+fn failure_headers_with<S: Strategy<Value = String>>(
+    text: impl Fn() -> S,
+) -> impl Strategy<Value = FailureHeaders> {
     let time = prop::option::of(
         (0i64..253_402_300_799_999)
             .prop_map(|ms| chrono::DateTime::from_timestamp_millis(ms).expect("in range")),
     );
-    let text = || prop::option::of(arbitrary::string());
+    let text = || prop::option::of(text());
     (
         (any::<u32>(), any::<u32>(), time.clone(), time.clone(), time),
         (text(), text(), text(), prop::option::of(any::<u16>())),
@@ -150,6 +161,7 @@ fn failure_headers() -> impl Strategy<Value = FailureHeaders> {
                 problem_type,
                 original_exchange,
                 original_routing_key,
+                dropped_headers: None,
             },
         )
 }
@@ -262,5 +274,29 @@ proptest! {
                 prop_assert_eq!(written.inner().get(name), Some(value));
             }
         }
+    }
+
+    /// Whatever texts a history holds (X's long error texts, a huge routing key), the
+    /// headers written for it stay within their bounds, and reading them back and
+    /// writing again changes nothing.
+    #[test]
+    fn the_bridges_own_headers_stay_bounded(
+        mut headers in failure_headers_with(arbitrary::string),
+        dropped in prop::option::of(arbitrary::string()),
+    ) {
+        headers.dropped_headers = dropped;
+        let written = headers.apply_to(None);
+        for (name, value) in written.inner() {
+            if let AMQPValue::LongString(text) = value {
+                let bound = match name.as_str() {
+                    "x-xbridge-detail" => crate::amqp::MAX_DETAIL_BYTES,
+                    "x-xbridge-dropped-headers" => crate::amqp::MAX_DROPPED_BYTES,
+                    _ => crate::amqp::MAX_NAME_BYTES,
+                };
+                prop_assert!(text.as_bytes().len() <= bound, "{name}: {} bytes", text.as_bytes().len());
+            }
+        }
+        let again = FailureHeaders::read(Some(&written)).apply_to(None);
+        prop_assert_eq!(again, written);
     }
 }

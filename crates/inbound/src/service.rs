@@ -582,8 +582,11 @@ async fn keep_connected(
                 let mut events = Box::pin(connection.events_listener());
                 let connection = Arc::new(connection);
                 sink.set(Some(
-                    AmqpSink::new(publisher, settings.amqp.topology.incoming_exchange.clone())
-                        .with_dead_letters(settings.amqp.topology.dead_letter_exchange.clone()),
+                    AmqpSink::new(
+                        publisher.clone(),
+                        settings.amqp.topology.incoming_exchange.clone(),
+                    )
+                    .with_dead_letters(settings.amqp.topology.dead_letter_exchange.clone()),
                 ));
                 // The poll leases live on this connection too.
                 sink.connection.send_replace(Some(connection.clone()));
@@ -601,6 +604,9 @@ async fn keep_connected(
                 }
                 sink.set(None);
                 sink.connection.send_replace(None);
+                // Held until here, so its channel is closed before the
+                // connection (see amqp::close_channels).
+                amqp::close_channels(&[publisher.channel().clone()]).await;
                 amqp::close(&connection, 200, "xbridge inbound stopping").await;
             }
             Err(e) => {

@@ -7,11 +7,41 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use xbridge_core::config::CreditsSettings;
 use xbridge_x_api::XError;
+
+/// The earliest time a publisher's `timestamp` (or our own
+/// `x-xbridge-first-seen-at`) may name for the credits wait to count from:
+/// 2020-01-01T00:00:00Z, before X's v2 DM endpoints existed. An earlier one is
+/// not a real publish time but a mistake (0, a small number, a default), and
+/// counting from it would dead-letter the reply at its first credits error.
+pub const EARLIEST_PLAUSIBLE_START: i64 = 1_577_836_800;
+
+/// When a reply's credits wait started: the earliest of the AMQP `timestamp`
+/// the CRM set (`published_at`, in seconds), our `first_seen` header from an
+/// earlier round, and when this delivery was taken (`received_at`). A time
+/// before [`EARLIEST_PLAUSIBLE_START`] or after `now` is ignored, so a
+/// publisher's mistake cannot start the wait in 1970 or in the future.
+pub fn wait_started(
+    now: DateTime<Utc>,
+    published_at: Option<u64>,
+    first_seen: Option<DateTime<Utc>>,
+    received_at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let plausible = |at: &DateTime<Utc>| at.timestamp() >= EARLIEST_PLAUSIBLE_START && *at <= now;
+    let published_at =
+        published_at.and_then(|secs| DateTime::<Utc>::from_timestamp(i64::try_from(secs).ok()?, 0));
+    [published_at, first_seen, Some(received_at)]
+        .into_iter()
+        .flatten()
+        .filter(plausible)
+        .min()
+        .unwrap_or(now)
+}
 
 /// What a sender may do after waiting at the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +231,60 @@ mod tests {
 
     fn far() -> Instant {
         Instant::now() + Duration::from_secs(3600)
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_wait_starts_at_the_earliest_plausible_time() {
+        let now = at("2026-11-25T10:00:00Z");
+        let received = at("2026-11-25T09:59:59Z");
+        let published = at("2026-11-25T09:50:00Z").timestamp() as u64;
+        let seen = at("2026-11-25T09:40:00Z");
+        assert_eq!(
+            wait_started(now, Some(published), None, received).timestamp() as u64,
+            published
+        );
+        assert_eq!(
+            wait_started(now, Some(published), Some(seen), received),
+            seen
+        );
+        assert_eq!(wait_started(now, None, None, received), received);
+    }
+
+    #[test]
+    fn an_implausible_timestamp_is_ignored() {
+        let now = at("2026-11-25T10:00:00Z");
+        let received = at("2026-11-25T09:59:59Z");
+        // 0 and other small numbers, a time in the future, milliseconds for
+        // seconds, a number chrono cannot place: the delivery's time counts.
+        for published in [
+            0,
+            1,
+            86_400,
+            1_577_836_799,
+            1_900_000_000,
+            1_764_064_800_000,
+            u64::MAX,
+        ] {
+            assert_eq!(
+                wait_started(now, Some(published), None, received),
+                received,
+                "{published}"
+            );
+        }
+        assert_eq!(
+            wait_started(now, None, Some(at("1970-01-01T00:00:00Z")), received),
+            received
+        );
+        // A real publish time hours ago still counts: that reply did wait.
+        let hours_ago = at("2026-11-25T06:00:00Z");
+        assert_eq!(
+            wait_started(now, Some(hours_ago.timestamp() as u64), None, received),
+            hours_ago
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,10 +48,26 @@ pub struct Policy {
     pub credits: CreditsSettings,
 }
 
+/// Whether a DM send that failed with `error` may still have created the DM on X, so
+/// that before sending it again the bridge must look for it among the account's DM
+/// events (a billed read that also spends one of the reply's attempts). Only what is
+/// proof that X did nothing rules it out: an error status from X, or a connection that
+/// never opened; no answer at all, or a 2xx the bridge could not read, may hide a DM.
+pub fn send_may_have_gone_out(error: &XError) -> bool {
+    match error {
+        XError::NotConnected { .. } => false,
+        _ => error
+            .http_status()
+            .is_none_or(|status| (200..300).contains(&status)),
+    }
+}
+
 /// Decides what happens after `error`.
 pub fn decide(error: &XError, history: &History, policy: &Policy) -> Fate {
     match error {
-        XError::Transient { .. } => {
+        // A connection to X that never opened counts against the same budget:
+        // X may be down for a while.
+        XError::Transient { .. } | XError::NotConnected { .. } => {
             if history.attempts >= policy.retry.max_attempts {
                 Fate::DeadLetter(FailureReason::RetriesExhausted)
             } else if history.attempts_this_delivery < policy.retry.immediate_attempts {
@@ -186,6 +202,48 @@ mod tests {
             decide(&timeout, &history(1, 1, 0, 0), &policy()),
             Fate::RetrySoon
         );
+    }
+
+    #[test]
+    fn a_connection_that_never_opened_is_retried_like_a_transient_failure() {
+        let refused = XError::NotConnected {
+            detail: "connection refused".into(),
+        };
+        assert_eq!(
+            decide(&refused, &history(1, 1, 0, 0), &policy()),
+            Fate::RetrySoon
+        );
+        assert_eq!(
+            decide(&refused, &history(8, 2, 2, 0), &policy()),
+            Fate::DeadLetter(FailureReason::RetriesExhausted)
+        );
+    }
+
+    #[test]
+    fn only_proof_that_x_did_nothing_rules_out_an_earlier_send() {
+        let refused = XError::NotConnected {
+            detail: "connection refused".into(),
+        };
+        assert!(!send_may_have_gone_out(&refused));
+        assert!(!send_may_have_gone_out(&from_fixture(
+            403,
+            "error_403_forbidden.json"
+        )));
+        assert!(!send_may_have_gone_out(&from_fixture(
+            429,
+            "error_429_rate_limited.json"
+        )));
+        assert!(!send_may_have_gone_out(&transient()), "X answered 503");
+        let timeout = XError::Transient {
+            status: None,
+            detail: "no answer from X within 10s".into(),
+        };
+        assert!(send_may_have_gone_out(&timeout));
+        let unreadable = XError::Transient {
+            status: Some(201),
+            detail: "X answered 201 with an unexpected body".into(),
+        };
+        assert!(send_may_have_gone_out(&unreadable));
     }
 
     #[test]

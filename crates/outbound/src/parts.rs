@@ -172,17 +172,15 @@ impl ReplyParts {
                     sent
                 }
                 Err(error) => {
-                    match error.http_status() {
-                        // X answered with an error: no DM was created.
-                        Some(status) if !(200..300).contains(&status) => {
-                            write_durably(ctx, stop, || {
-                                ctx.store.clear_send_intent(&ctx.name, message_id, index)
-                            })
-                            .await?;
-                        }
-                        // No answer, or a 2xx the bridge could not read: X
-                        // may have created the DM.
-                        _ => part.ambiguous_since = Some(started),
+                    if crate::fate::send_may_have_gone_out(&error) {
+                        part.ambiguous_since = Some(started);
+                    } else {
+                        // X refused it, or the connection never opened: no DM
+                        // was created, and the next try needs no lookup.
+                        write_durably(ctx, stop, || {
+                            ctx.store.clear_send_intent(&ctx.name, message_id, index)
+                        })
+                        .await?;
                     }
                     return Ok(Err(error));
                 }

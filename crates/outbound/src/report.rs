@@ -7,11 +7,21 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::BasicProperties;
 
-use xbridge_core::amqp::{FailureHeaders, PublishError, Publisher};
+use xbridge_core::amqp::{
+    wire, DroppedHeader, FailureHeaders, PublishError, Publisher, MAX_DETAIL_BYTES,
+};
 use xbridge_core::channel_state::ChannelStateEvent;
 use xbridge_core::config::TopologyNames;
 use xbridge_core::model::{FailureReason, StatusEvent};
 use xbridge_x_api::XError;
+
+/// Room kept free in a republished reply's header frame for what RabbitMQ
+/// adds on the way back: `x-death` (an entry per queue) when a parked reply
+/// returns from its delay queue, `x-delivery-count` when a quorum queue
+/// redelivers it. A reply that only just fit when the bridge republished it
+/// would otherwise come back in a frame over `frame_max`, which lapin answers
+/// by closing the connection. At most an eighth of `frame_max`.
+const BROKER_HEADROOM: usize = 4096;
 
 /// Why a reply is being given up, with what operators need to see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,12 +83,25 @@ impl Reporter {
         self.queues_changed.notified().await
     }
 
-    /// Tells the CRM what became of a reply.
+    /// Tells the CRM what became of a reply. Its AMQP ids and routing key
+    /// are short strings: when one would be over 255 bytes (the routing key of
+    /// an unknown channel can be that long already) the event is refused with
+    /// [`PublishError::FieldTooLong`], never sent malformed.
     pub async fn status(&self, event: &StatusEvent) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).expect("status events always serialize");
+        let short = |field: &'static str, value: String| {
+            let len = value.len();
+            wire::short_string(value).ok_or(PublishError::FieldTooLong { field, len })
+        };
         let properties = BasicProperties::default()
-            .with_message_id(event.amqp_message_id().into())
-            .with_correlation_id(event.message_id().into())
+            .with_message_id(short(
+                "the event's AMQP message_id",
+                event.amqp_message_id(),
+            )?)
+            .with_correlation_id(short(
+                "the event's correlation_id",
+                event.message_id().to_owned(),
+            )?)
             .with_content_type("application/json".into())
             .with_type(event.event_type().into());
         self.publisher
@@ -176,26 +199,48 @@ impl Reporter {
             history,
         )
         .await
+        .map(drop)
     }
 
     /// Publishes the delivery's body and properties again, with `history`
-    /// in place of our old headers.
+    /// in place of our old headers. The reply's own headers are kept as far
+    /// as they fit in one frame beside ours with [`BROKER_HEADROOM`] to spare;
+    /// the largest of the others are dropped, and returned.
     async fn republish(
         &self,
         delivery: &Delivery,
         exchange: &str,
         routing_key: &str,
         history: &FailureHeaders,
-    ) -> Result<(), PublishError> {
-        let properties = delivery
-            .properties
-            .clone()
-            .with_headers(history.apply_to(delivery.properties.headers().as_ref()));
+    ) -> Result<Vec<DroppedHeader>, PublishError> {
+        let properties = Publisher::complete(delivery.properties.clone());
+        let headroom = BROKER_HEADROOM.min(self.publisher.frame_max() / 8);
+        let budget = self
+            .publisher
+            .headers_room(&properties)
+            .saturating_sub(headroom);
+        let applied = history.apply_within(delivery.properties.headers().as_ref(), budget);
+        if !applied.dropped.is_empty() {
+            let dropped: Vec<String> = applied.dropped.iter().map(ToString::to_string).collect();
+            tracing::warn!(
+                exchange,
+                routing_key,
+                dropped = %wire::truncate(&dropped.join(", "), 512),
+                "the reply's own headers do not all fit in one AMQP frame beside the bridge's; the largest were dropped"
+            );
+            metrics::counter!("xbridge_reply_headers_dropped_total")
+                .increment(applied.dropped.len() as u64);
+        }
         self.publisher
-            .publish(exchange, routing_key, &delivery.data, properties)
+            .publish(
+                exchange,
+                routing_key,
+                &delivery.data,
+                properties.with_headers(applied.table),
+            )
             .await?;
         self.queues_changed.notify_one();
-        Ok(())
+        Ok(applied.dropped)
     }
 
     /// Moves a reply to the dead-letter queue, body and properties unchanged,
@@ -210,8 +255,11 @@ impl Reporter {
         mut history: FailureHeaders,
     ) -> Result<(), PublishError> {
         let now = chrono::Utc::now();
+        // X's texts and a bad reply's fields can be long: the CRM's event
+        // gets the same bounded detail as the letter.
+        let detail = wire::truncate(&failure.detail, MAX_DETAIL_BYTES);
         history.reason = Some(failure.reason.as_str().to_owned());
-        history.detail = Some(failure.detail.clone());
+        history.detail = Some(detail.clone());
         history.channel = Some(channel.to_owned());
         history.http_status = failure.http_status.or(history.http_status);
         history.problem_type = failure.problem_type.clone().or(history.problem_type);
@@ -223,19 +271,21 @@ impl Reporter {
         history
             .original_routing_key
             .get_or_insert_with(|| delivery.routing_key.as_str().to_owned());
-        self.republish(
-            delivery,
-            &self.names.dead_letter_exchange,
-            channel,
-            &history,
-        )
-        .await?;
+        let dropped = self
+            .republish(
+                delivery,
+                &self.names.dead_letter_exchange,
+                channel,
+                &history,
+            )
+            .await?;
         tracing::warn!(
             channel,
             message_id = message_id.unwrap_or("-"),
             reason = failure.reason.as_str(),
-            detail = %failure.detail,
+            detail = %detail,
             attempts = history.attempts,
+            headers_dropped = dropped.len(),
             "reply dead-lettered"
         );
         // Unknown channels are whatever routing key the CRM used: one label
@@ -258,14 +308,27 @@ impl Reporter {
                 "reason" => failure.reason.as_str()
             )
             .increment(1);
-            self.status(&StatusEvent::Failed {
-                message_id: message_id.to_owned(),
-                channel: channel.to_owned(),
-                reason: failure.reason,
-                detail: failure.detail.clone(),
-                attempts: history.attempts,
-            })
-            .await?;
+            let told = self
+                .status(&StatusEvent::Failed {
+                    message_id: message_id.to_owned(),
+                    channel: channel.to_owned(),
+                    reason: failure.reason,
+                    detail,
+                    attempts: history.attempts,
+                })
+                .await;
+            match told {
+                Ok(()) => {}
+                // The letter is safe; an event that can never be published
+                // must not bring the reply back to be dead-lettered again.
+                Err(e) if e.is_refused_locally() => tracing::warn!(
+                    channel = %wire::truncate(channel, 64),
+                    message_id,
+                    error = %e,
+                    "message.failed cannot be published for this reply; the dead letter says why it failed"
+                ),
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

@@ -78,6 +78,7 @@ impl Outbound {
                     identities: identities.clone(),
                     recent_events: Default::default(),
                     unrecorded: Default::default(),
+                    max_reply_bytes: settings.outbound.max_reply_bytes,
                 }))
             })
             .collect::<Result<Vec<_>, OutboundError>>()?;
@@ -134,9 +135,12 @@ impl Outbound {
             Err(e) => return SessionEnd::Failed(e.to_string()),
         };
         let stop = shutdown.child_token();
-        let mut tasks = match self.start(&connection, &stop).await {
+        // Every channel of the session, closed before the connection.
+        let mut channels = Vec::new();
+        let mut tasks = match self.start(&connection, &stop, &mut channels).await {
             Ok(tasks) => tasks,
             Err(e) => {
+                amqp::close_channels(&channels).await;
                 amqp::close(&connection, 320, "setup failed").await;
                 return SessionEnd::Failed(e);
             }
@@ -173,6 +177,7 @@ impl Outbound {
             );
             tasks.abort_all();
         }
+        amqp::close_channels(&channels).await;
         amqp::close(&connection, 200, "xbridge stopping").await;
         match failure {
             None => {
@@ -188,16 +193,26 @@ impl Outbound {
     }
 
     /// Declares the topology and starts one consumer per channel plus the
-    /// unrouted one.
+    /// unrouted one. Every AMQP channel it opens goes into `channels`, for the
+    /// session to close.
     async fn start(
         &self,
         connection: &Connection,
         stop: &CancellationToken,
+        channels: &mut Vec<lapin::Channel>,
     ) -> Result<JoinSet<Result<(), Unsettled>>, String> {
         let names = self.settings.amqp.topology.clone();
         let publisher = Publisher::open(connection)
             .await
             .map_err(|e| e.to_string())?;
+        channels.push(publisher.channel().clone());
+        if publisher.frame_max() < amqp::MIN_FRAME_MAX {
+            return Err(format!(
+                "RabbitMQ negotiated a frame_max of {} bytes; xbridge needs at least {} to dead-letter and park replies (RabbitMQ's default is 131072)",
+                publisher.frame_max(),
+                amqp::MIN_FRAME_MAX
+            ));
+        }
         let plan = TopologyPlan::for_settings(&self.settings);
         declare_topology(publisher.channel(), &plan)
             .await
@@ -207,7 +222,12 @@ impl Outbound {
         let mut tasks = JoinSet::new();
         for ctx in &self.channels {
             let consumer = self
-                .consumer(connection, &names.outgoing_queue(&ctx.name), &ctx.name)
+                .consumer(
+                    connection,
+                    &names.outgoing_queue(&ctx.name),
+                    &ctx.name,
+                    channels,
+                )
                 .await?;
             tasks.spawn(worker::consume(
                 ctx.clone(),
@@ -217,7 +237,7 @@ impl Outbound {
             ));
         }
         let consumer = self
-            .consumer(connection, &names.unrouted, "unrouted")
+            .consumer(connection, &names.unrouted, "unrouted", channels)
             .await?;
         tasks.spawn(unrouted::consume(reporter.clone(), consumer, stop.clone()));
         tasks.spawn(report_states(
@@ -235,11 +255,13 @@ impl Outbound {
         connection: &Connection,
         queue: &str,
         label: &str,
+        channels: &mut Vec<lapin::Channel>,
     ) -> Result<lapin::Consumer, String> {
         let channel = connection
             .create_channel()
             .await
             .map_err(|e| e.to_string())?;
+        channels.push(channel.clone());
         channel
             .basic_qos(self.settings.amqp.prefetch, BasicQosOptions::default())
             .await

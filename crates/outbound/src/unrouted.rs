@@ -51,17 +51,14 @@ pub async fn consume(
     }
 }
 
-/// The reply's id, when the CRM can be told about it: the body names one (best effort)
-/// and the `message.failed` event for it fits AMQP's short strings. Its routing key
+/// The reply's id, when the CRM can be told about it: the body names one (best effort,
+/// read without parsing the rest: the body may be as large as RabbitMQ allows) and the `message.failed` event for it fits AMQP's short strings. Its routing key
 /// (`<routing key>.message.failed`) and message id (`<routing key>:<id>:failed`) are
 /// built from the CRM's routing key, which may be up to 255 bytes itself; publishing
 /// either past 255 bytes panics in the AMQP client. Such a reply is still dead-lettered.
 pub(crate) fn reportable_id(routing_key: &str, body: &[u8]) -> Option<String> {
     const SHORT_STRING: usize = 255;
-    let id = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("message_id")?.as_str().map(str::to_owned))
-        .filter(|id| !id.is_empty() && id.len() <= xbridge_core::model::MAX_MESSAGE_ID_BYTES)?;
+    let id = xbridge_core::model::scan_message_id(body)?;
     let fits = routing_key.len() + ".message.failed".len() <= SHORT_STRING
         && routing_key.len() + id.len() + "::failed".len() <= SHORT_STRING;
     fits.then_some(id)

@@ -62,6 +62,8 @@ pub struct ChannelContext {
     pub recent_events: tokio::sync::Mutex<crate::reconcile::RecentEvents>,
     /// Sends X accepted whose records the store has not taken yet.
     pub unrecorded: UnrecordedSends,
+    /// Largest reply body parsed (`outbound.max_reply_bytes`).
+    pub max_reply_bytes: usize,
 }
 
 impl ChannelContext {
@@ -141,7 +143,7 @@ pub async fn consume(
                 ))),
             },
         };
-        match OutgoingReply::parse(&delivery.data, &ctx.name) {
+        match OutgoingReply::parse_bounded(&delivery.data, &ctx.name, ctx.max_reply_bytes) {
             Err(invalid) => {
                 let ctx = ctx.clone();
                 let reporter = reporter.clone();
@@ -488,16 +490,12 @@ async fn process(
     };
 
     let now = Utc::now();
-    let published_at = delivery
-        .properties
-        .timestamp()
-        .and_then(|t| DateTime::<Utc>::from_timestamp(i64::try_from(t).ok()?, 0))
-        .filter(|t| *t <= now);
-    let first_seen = [history.first_seen_at, published_at, Some(*received_at)]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(now);
+    let first_seen = crate::credits::wait_started(
+        now,
+        *delivery.properties.timestamp(),
+        history.first_seen_at,
+        *received_at,
+    );
     history.first_seen_at = Some(first_seen);
     let waited = (now - first_seen).to_std().unwrap_or_default();
     let credits_deadline = Instant::now() + ctx.policy.credits.max_wait.saturating_sub(waited);
@@ -582,7 +580,7 @@ async fn process(
             }
         }
 
-        history.attempts += 1;
+        history.count_attempt();
         attempts_this_delivery += 1;
         let sent = match parts.send(ctx, &target, message_id, stop).await {
             Ok(sent) => sent,
@@ -672,7 +670,7 @@ async fn process(
             }
             Fate::WaitForCredits => {}
             Fate::Park(delay) => {
-                history.times_parked += 1;
+                history.count_park();
                 reporter.park(delivery, delay, &history).await?;
                 ctx.parked.park(&conversation, message_id, due_by(delay));
                 tracing::info!(

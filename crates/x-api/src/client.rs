@@ -190,10 +190,13 @@ impl XClient {
             self.inner.pacer.observe(&rate_limit);
         }
         self.inner.pacer.completed();
-        let body = response
-            .bytes()
+        let body = crate::body::read(response)
             .await
             .map_err(|error| self.transport_error(&error, "DM send"))?;
+        if let Some(error) = body.too_large(status.as_u16(), "DM send") {
+            return Err(error);
+        }
+        let body = body.bytes;
 
         if status.is_success() {
             return match serde_json::from_slice::<SendDmResponse>(&body) {
@@ -378,13 +381,15 @@ impl XClient {
             pacer.observe(rate_limit);
         }
         pacer.completed();
-        let body = response
-            .bytes()
+        let body = crate::body::read(response)
             .await
             .map_err(|error| self.transport_error(&error, what))?;
         if status.is_success() {
+            if let Some(error) = body.too_large(status.as_u16(), what) {
+                return Err(error);
+            }
             return Ok(ReadAnswer {
-                body: body.to_vec(),
+                body: body.bytes,
                 rate_limit,
                 access_level: headers
                     .get("x-access-level")
@@ -393,7 +398,7 @@ impl XClient {
             });
         }
 
-        let error = classify_read_error(status.as_u16(), &headers, &body);
+        let error = classify_read_error(status.as_u16(), &headers, &body.bytes);
         if let XError::RateLimited { reset_at, .. } = &error {
             pacer.block_until(*reset_at);
         }
@@ -412,16 +417,33 @@ impl XClient {
     }
 
     pub(crate) fn transport_error(&self, error: &reqwest::Error, what: &'static str) -> XError {
-        let detail = if error.is_timeout() {
-            format!("no answer from X within {:?}", self.inner.request_timeout)
-        } else {
-            error_chain(error)
-        };
-        tracing::warn!(%detail, what, "request to X did not get an answer");
-        XError::Transient {
-            status: error.status().map(|status| status.as_u16()),
-            detail,
-        }
+        transport_error(error, self.inner.request_timeout, what)
+    }
+}
+
+/// A request that got no usable answer, sorted by whether it can have reached X: a
+/// connection that never opened ([`reqwest::Error::is_connect`]: refused, no route, a failed
+/// lookup or TLS handshake) sent nothing ([`XError::NotConnected`]); anything later (a
+/// timeout, a connection broken mid-request, an unreadable body) may have ([`XError::Transient`]).
+pub(crate) fn transport_error(
+    error: &reqwest::Error,
+    timeout: Duration,
+    what: &'static str,
+) -> XError {
+    if error.is_connect() {
+        let detail = error_chain(error);
+        tracing::warn!(%detail, what, "could not connect to X; nothing was sent");
+        return XError::NotConnected { detail };
+    }
+    let detail = if error.is_timeout() {
+        format!("no answer from X within {timeout:?}")
+    } else {
+        error_chain(error)
+    };
+    tracing::warn!(%detail, what, "request to X did not get an answer");
+    XError::Transient {
+        status: error.status().map(|status| status.as_u16()),
+        detail,
     }
 }
 
@@ -753,7 +775,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_answer_is_transient_and_shows_no_credential() {
+    async fn a_refused_connection_says_nothing_was_sent_and_shows_no_credential() {
         // Bind and drop: nothing listens on this port any more.
         let port = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -768,10 +790,8 @@ mod tests {
             .await
             .unwrap_err();
 
-        assert!(
-            matches!(error, XError::Transient { status: None, .. }),
-            "{error:?}"
-        );
+        assert!(matches!(error, XError::NotConnected { .. }), "{error:?}");
+        assert_eq!(error.http_status(), None);
         let shown = format!("{error} {error:?} {client:?}");
         for secret in [
             "consumer-key",

@@ -202,6 +202,15 @@ pub enum XError {
         /// X's message (`processing_info.error.message`), e.g. `Unsupported video format`.
         detail: String,
     },
+    /// The connection to X never opened (refused, no route, a failed name lookup or TLS
+    /// handshake): the request was not sent, so it cannot have done anything on X. Worth
+    /// retrying like [`XError::Transient`]; unlike it, a DM send that failed this way is known
+    /// not to have gone out.
+    #[error("X could not be reached, nothing was sent: {detail}")]
+    NotConnected {
+        /// The transport's chain of causes.
+        detail: String,
+    },
     /// A failure that may pass: 5xx, a timeout, a broken connection, or an answer we could
     /// not read. Worth retrying with backoff.
     #[error("temporary failure talking to X ({}): {detail}", .status.map_or_else(|| "no HTTP status".to_owned(), |status| format!("HTTP {status}")))]
@@ -235,7 +244,7 @@ impl XError {
             | XError::RecipientRefuses { .. } => Some(403),
             XError::Transient { status, .. } => *status,
             // X answered the STATUS poll with 200; the failure is in its body.
-            XError::MediaProcessingFailed { .. } => None,
+            XError::MediaProcessingFailed { .. } | XError::NotConnected { .. } => None,
         }
     }
 
@@ -249,9 +258,9 @@ impl XError {
     /// there is one.
     pub fn detail(&self) -> String {
         match self {
-            XError::Transient { detail, .. } | XError::MediaProcessingFailed { detail, .. } => {
-                detail.clone()
-            }
+            XError::Transient { detail, .. }
+            | XError::NotConnected { detail }
+            | XError::MediaProcessingFailed { detail, .. } => detail.clone(),
             XError::RateLimited { problem, .. } => describe(problem.as_ref(), "Too Many Requests"),
             XError::Unauthorized { problem } => describe(problem.as_ref(), "Unauthorized"),
             XError::RecipientRefuses { problem } => describe(problem.as_ref(), "Forbidden"),
@@ -274,7 +283,9 @@ impl XError {
             | XError::Unauthorized { problem }
             | XError::RecipientRefuses { problem }
             | XError::InvalidRequest { problem, .. } => problem.as_ref(),
-            XError::Transient { .. } | XError::MediaProcessingFailed { .. } => None,
+            XError::Transient { .. }
+            | XError::NotConnected { .. }
+            | XError::MediaProcessingFailed { .. } => None,
         }
     }
 }

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod body;
 mod client;
 mod dm;
 mod error;
@@ -37,6 +38,7 @@ mod telemetry;
 mod upload;
 mod webhooks;
 
+pub use body::{MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES};
 pub use client::{XClient, XClientConfig};
 pub use dm::{DmTarget, SentDm};
 pub use error::{classify_send_error, Problem, XError};

@@ -177,7 +177,10 @@ proptest! {
                 prop_assert_eq!(*s, Some(status));
                 prop_assert!(!(400..500).contains(&status));
             }
-            XError::MediaProcessingFailed { .. } => prop_assert!(false, "{error:?}"),
+            // Neither comes from an answer.
+            XError::MediaProcessingFailed { .. } | XError::NotConnected { .. } => {
+                prop_assert!(false, "{error:?}")
+            }
         }
 
         // A read has no recipient to refuse.

@@ -463,10 +463,13 @@ impl XClient {
             }
         }
         pacer.completed();
-        let body = response
-            .bytes()
+        let body = crate::body::read(response)
             .await
             .map_err(|error| self.transport_error(&error, step.what()))?;
+        if let Some(error) = body.too_large(status.as_u16(), step.what()) {
+            return Err(error);
+        }
+        let body = body.bytes;
 
         if status.is_success() {
             if step == Step::Append {

@@ -20,7 +20,6 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
-use crate::client::error_chain;
 use crate::dm::local_invalid;
 use crate::error::body_snippet;
 use crate::read::{classify_read_error, endpoint};
@@ -362,10 +361,13 @@ impl WebhookClient {
             .map_err(|error| self.transport_error(&error, what))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
+        let body = crate::body::read(response)
             .await
             .map_err(|error| self.transport_error(&error, what))?;
+        if let Some(error) = body.too_large(status, what) {
+            return Err(error.into());
+        }
+        let bytes = body.bytes;
         if !(200..300).contains(&status) {
             let error = classify_webhook_error(status, &headers, &bytes);
             tracing::warn!(
@@ -389,16 +391,7 @@ impl WebhookClient {
     }
 
     fn transport_error(&self, error: &reqwest::Error, what: &'static str) -> XError {
-        let detail = if error.is_timeout() {
-            format!("no answer from X within {:?}", self.request_timeout)
-        } else {
-            error_chain(error)
-        };
-        tracing::warn!(%detail, what, "request to X did not get an answer");
-        XError::Transient {
-            status: error.status().map(|status| status.as_u16()),
-            detail,
-        }
+        crate::client::transport_error(error, self.request_timeout, what)
     }
 }
 

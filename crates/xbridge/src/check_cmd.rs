@@ -22,11 +22,11 @@ pub async fn run(settings: &Settings, channel: Option<&str>) -> anyhow::Result<b
     for channel in channels {
         let problems = check_channel(settings, channel).await;
         if problems.is_empty() {
-            println!("  ready");
+            crate::outln!("  ready");
         } else {
             all_ready = false;
             for problem in problems {
-                println!("  PROBLEM: {problem}");
+                crate::outln!("  PROBLEM: {problem}");
             }
         }
     }
@@ -34,7 +34,7 @@ pub async fn run(settings: &Settings, channel: Option<&str>) -> anyhow::Result<b
 }
 
 async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
-    println!("channel {}:", channel.name);
+    crate::outln!("channel {}:", channel.name);
     let config = XClientConfig::from(&settings.x);
     let credentials = UserCredentials::from(channel);
     let mut problems = Vec::new();
@@ -45,7 +45,7 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
 
     match client.me().await {
         Ok((user, access_level)) => {
-            println!("  X account: @{} (id {})", user.username, user.id);
+            crate::outln!("  X account: @{} (id {})", user.username, user.id);
             if let Some(configured) = &channel.user_id {
                 if configured != &user.id {
                     problems.push(format!(
@@ -70,17 +70,17 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
 
     // A DM read: the permission, the enrollment and the credits all show here.
     match client.list_dm_events(&DmEventsRequest::first(1)).await {
-        Ok(_) => println!("  Direct Messages: readable"),
+        Ok(_) => crate::outln!("  Direct Messages: readable"),
         Err(error) => problems.push(diagnose(&error)),
     }
 
     match WebhookClient::new(config, channel.bearer_token.clone(), credentials) {
         Ok(webhooks) => match webhooks.list_webhooks().await {
             Ok(list) => {
-                println!("  bearer token: accepted");
+                crate::outln!("  bearer token: accepted");
                 if channel.inbound != InboundMode::Poll {
                     match list.iter().find(|w| w.valid) {
-                        Some(webhook) => println!("  webhook: {} (valid)", webhook.url),
+                        Some(webhook) => crate::outln!("  webhook: {} (valid)", webhook.url),
                         None => problems.extend(webhook_problem(&list)),
                     }
                 }
@@ -112,7 +112,9 @@ fn diagnose(error: &XError) -> String {
             error.http_status().unwrap_or(402)
         ),
         XError::RateLimited { .. } => "X's rate limit is used up right now; the check could not finish, try again after the reset".into(),
-        XError::Transient { .. } => format!("cannot reach X: {error}"),
+        XError::Transient { .. } | XError::NotConnected { .. } => {
+            format!("cannot reach X: {error}")
+        }
         XError::RecipientRefuses { .. }
         | XError::InvalidRequest { .. }
         | XError::MediaProcessingFailed { .. } => {

@@ -72,7 +72,7 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
     })
     .await
     .context("starting the X simulator")?;
-    println!("X simulator listening on {}", simulator.base_url());
+    crate::outln!("X simulator listening on {}", simulator.base_url());
 
     let state = tempfile::tempdir().context("creating a state folder")?;
     let settings = Settings::from_toml(&demo_settings(
@@ -91,7 +91,7 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
         .await
         .map_err(|_| anyhow!("the bridge did not connect to RabbitMQ at {amqp_url} within {STEP_TIMEOUT:?}; is rabbitmq-server running? (see README: Getting RabbitMQ)"))?
         .ok();
-    println!("bridge connected; topology declared on RabbitMQ");
+    crate::outln!("bridge connected; topology declared on RabbitMQ");
 
     let crm = Crm::connect(amqp_url, &names).await?;
     let message_id = format!("demo-{}", uuid::Uuid::new_v4());
@@ -102,7 +102,7 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
     });
     crm.publish_reply(&names.outgoing_exchange, DEMO_CHANNEL, &reply)
         .await?;
-    println!(
+    crate::outln!(
         "\nCRM published to {} (routing key {DEMO_CHANNEL}):\n  {reply}",
         names.outgoing_exchange
     );
@@ -115,7 +115,7 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
     .await
     .map_err(|_| anyhow!("the simulator received no DM within {STEP_TIMEOUT:?}"))?;
     let dm = dms.last().expect("waited for at least one DM");
-    println!(
+    crate::outln!(
         "\nX simulator received a DM (OAuth 1.0a signature verified):\n  dm_event_id {} in conversation {}: {:?}",
         dm.dm_event_id, dm.dm_conversation_id, dm.text
     );
@@ -123,10 +123,10 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
     let event = tokio::time::timeout(STEP_TIMEOUT, crm.next_event_for(&message_id))
         .await
         .map_err(|_| anyhow!("no status event reached the CRM within {STEP_TIMEOUT:?}"))??;
-    println!("\nCRM received on {}:\n  {event}", names.incoming_exchange);
+    crate::outln!("\nCRM received on {}:\n  {event}", names.incoming_exchange);
 
     if keep_running {
-        println!(
+        crate::outln!(
             "\nStill running (Ctrl-C to stop). Publish more replies to exchange {} with routing key {DEMO_CHANNEL}; X simulator admin: {}_sim/dms",
             names.outgoing_exchange,
             simulator.base_url()

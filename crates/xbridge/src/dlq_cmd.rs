@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use lapin::types::AMQPValue;
 use xbridge_core::amqp::connect;
 use xbridge_core::amqp::dead_letters::{DeadLetter, DeadLetterQueue, Filter};
 use xbridge_core::config::Settings;
@@ -94,10 +95,10 @@ async fn act(
     match action {
         Action::List => {
             print_counts(matching);
-            println!();
+            crate::outln!();
             print_table(matching);
             if matching.len() != all.len() {
-                println!(
+                crate::outln!(
                     "({} of {} dead letters match the filters)",
                     matching.len(),
                     all.len()
@@ -114,7 +115,7 @@ async fn act(
             };
             show(letter);
             if matching.len() > 1 {
-                println!(
+                crate::outln!(
                     "({} dead letters have this message_id; showing the oldest)",
                     matching.len()
                 );
@@ -129,7 +130,7 @@ async fn act(
                 // A webhook body from X was never a reply: there is nothing to send.
                 if letter.is_inbound() {
                     skipped += 1;
-                    println!(
+                    crate::outln!(
                         "skipped {} (channel {}, reason {}): a webhook body from X, not a reply, so it cannot be replayed; read it with `dlq show`, drop it with `dlq purge`",
                         letter.id(),
                         letter.channel(),
@@ -144,7 +145,7 @@ async fn act(
                         .with_context(|| format!("after {done} replayed"))?;
                 }
                 done += 1;
-                println!(
+                crate::outln!(
                     "{verb} {} (channel {}, reason {})",
                     letter.id(),
                     letter.channel(),
@@ -152,9 +153,9 @@ async fn act(
                 );
             }
             if skipped > 0 {
-                println!("skipped {skipped} webhook bod(y/ies) from X");
+                crate::outln!("skipped {skipped} webhook bod(y/ies) from X");
             }
-            println!(
+            crate::outln!(
                 "{verb} {done} dead letter(s); {} left in the queue",
                 all.len() - if dry_run { 0 } else { done }
             );
@@ -168,14 +169,14 @@ async fn act(
                     queue.remove(letter).await?;
                 }
                 done += 1;
-                println!(
+                crate::outln!(
                     "{verb} {} (channel {}, reason {})",
                     letter.id(),
                     letter.channel(),
                     letter.reason()
                 );
             }
-            println!(
+            crate::outln!(
                 "{verb} {done} dead letter(s); {} left in the queue",
                 all.len() - if dry_run { 0 } else { done }
             );
@@ -191,20 +192,24 @@ fn print_counts(letters: &[&DeadLetter]) {
             .entry((letter.channel().to_owned(), letter.reason()))
             .or_default() += 1;
     }
-    println!("{:<20} {:<24} {:>6}", "CHANNEL", "REASON", "COUNT");
+    crate::outln!("{:<20} {:<24} {:>6}", "CHANNEL", "REASON", "COUNT");
     for ((channel, reason), count) in &counts {
-        println!("{channel:<20} {reason:<24} {count:>6}");
+        crate::outln!("{channel:<20} {reason:<24} {count:>6}");
     }
-    println!("{:<20} {:<24} {:>6}", "total", "", letters.len());
+    crate::outln!("{:<20} {:<24} {:>6}", "total", "", letters.len());
 }
 
 fn print_table(letters: &[&DeadLetter]) {
-    println!(
+    crate::outln!(
         "{:<36} {:<16} {:<22} {:>8} {:>8}  DETAIL",
-        "MESSAGE_ID", "CHANNEL", "REASON", "ATTEMPTS", "AGE"
+        "MESSAGE_ID",
+        "CHANNEL",
+        "REASON",
+        "ATTEMPTS",
+        "AGE"
     );
     for letter in letters {
-        println!(
+        crate::outln!(
             "{:<36} {:<16} {:<22} {:>8} {:>8}  {}",
             letter.id(),
             letter.channel(),
@@ -221,14 +226,17 @@ fn print_table(letters: &[&DeadLetter]) {
 
 fn show(letter: &DeadLetter) {
     let h = &letter.headers;
-    println!("message_id:        {}", letter.id());
-    println!("channel:           {}", letter.channel());
-    println!("reason:            {}", letter.reason());
+    crate::outln!("message_id:        {}", letter.id());
+    crate::outln!("channel:           {}", letter.channel());
+    crate::outln!("reason:            {}", letter.reason());
     if letter.is_inbound() {
-        println!("direction:         inbound (a webhook body from X, kept as X sent it; it cannot be replayed)");
+        crate::outln!("direction:         inbound (a webhook body from X, kept as X sent it; it cannot be replayed)");
     }
-    println!("detail:            {}", h.detail.as_deref().unwrap_or("-"));
-    println!("attempts:          {}", h.attempts);
+    crate::outln!(
+        "detail:            {}",
+        printable(h.detail.as_deref().unwrap_or("-"))
+    );
+    crate::outln!("attempts:          {}", h.attempts);
     for (name, value) in [
         ("first seen at", h.first_seen_at.map(|t| t.to_rfc3339())),
         (
@@ -240,35 +248,111 @@ fn show(letter: &DeadLetter) {
         ("problem type", h.problem_type.clone()),
         ("original exchange", h.original_exchange.clone()),
         ("original key", h.original_routing_key.clone()),
+        ("dropped headers", h.dropped_headers.clone()),
     ] {
-        println!(
+        crate::outln!(
             "{:<18} {}",
             format!("{name}:"),
             value.unwrap_or_else(|| "-".into())
         );
     }
-    println!(
+    crate::outln!(
         "age:               {}",
         letter
             .age_now()
             .map(short_age)
             .unwrap_or_else(|| "-".into())
     );
-    println!("routing key:       {}", letter.routing_key);
+    crate::outln!("routing key:       {}", letter.routing_key);
     if let Some(headers) = letter.properties.headers() {
-        println!("headers:");
+        crate::outln!("headers:");
         for (key, value) in headers.inner() {
-            println!("  {key}: {value:?}");
+            crate::outln!(
+                "  {}: {}",
+                printable(key.as_str()),
+                shown(value, SHOWN_CHARS)
+            );
         }
     }
-    println!("body:");
+    crate::outln!("body:");
     match serde_json::from_slice::<serde_json::Value>(&letter.body) {
-        Ok(json) => println!(
+        Ok(json) => crate::outln!(
             "{}",
             serde_json::to_string_pretty(&json).unwrap_or_default()
         ),
-        Err(_) => println!("{}", String::from_utf8_lossy(&letter.body)),
+        Err(_) => crate::outln!("{}", printable(&String::from_utf8_lossy(&letter.body))),
     }
+}
+
+/// How much of one header value `show` prints: headers can be as large as an
+/// AMQP frame, and nobody reads 100 KB on a terminal.
+const SHOWN_CHARS: usize = 512;
+
+/// A header value for people: strings as text, numbers as numbers, times
+/// with their date, tables and arrays by their items; at most about `max`
+/// characters, saying how long the rest was.
+fn shown(value: &AMQPValue, max: usize) -> String {
+    let text = match value {
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => printable(text),
+            Err(_) => format!("<{} bytes, not UTF-8>", s.as_bytes().len()),
+        },
+        AMQPValue::ShortString(s) => printable(s.as_str()),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        AMQPValue::DecimalValue(d) => format!("{}e-{}", d.value, d.scale),
+        AMQPValue::Timestamp(t) => match i64::try_from(*t)
+            .ok()
+            .and_then(|t| chrono::DateTime::<chrono::Utc>::from_timestamp(t, 0))
+        {
+            Some(at) => format!("{t} ({})", at.to_rfc3339()),
+            None => t.to_string(),
+        },
+        AMQPValue::FieldTable(table) => {
+            let items: Vec<String> = table
+                .inner()
+                .iter()
+                .map(|(key, value)| format!("{}: {}", printable(key.as_str()), shown(value, max)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        AMQPValue::FieldArray(array) => {
+            let items: Vec<String> = array.as_slice().iter().map(|v| shown(v, max)).collect();
+            format!("[{}]", items.join(", "))
+        }
+        AMQPValue::ByteArray(bytes) => format!("<{} bytes>", bytes.as_slice().len()),
+        AMQPValue::Void => "(void)".to_owned(),
+    };
+    let chars = text.chars().count();
+    if chars > max {
+        let kept: String = text.chars().take(max).collect();
+        format!("{kept}… ({chars} characters in all)")
+    } else {
+        text
+    }
+}
+
+/// `text` with control characters escaped, so a header or body cannot move
+/// the cursor or recolour the operator's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// `42s`, `5m`, `3h`, `2d`: enough to tell old from new in a table.
@@ -292,5 +376,45 @@ fn one_line(text: &str) -> String {
         format!("{}…", flat.chars().take(79).collect::<String>())
     } else {
         flat
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, FieldTable, LongString};
+
+    #[test]
+    fn header_values_are_shown_as_text_and_numbers() {
+        let text = AMQPValue::LongString(LongString::from("xb-trace-1"));
+        assert_eq!(shown(&text, 512), "xb-trace-1");
+        assert_eq!(shown(&AMQPValue::LongLongInt(3), 512), "3");
+        assert_eq!(
+            shown(&AMQPValue::Timestamp(1_764_064_800), 512),
+            "1764064800 (2025-11-25T10:00:00+00:00)"
+        );
+        let mut death = FieldTable::default();
+        death.insert("count".into(), AMQPValue::LongLongInt(1));
+        death.insert(
+            "queue".into(),
+            AMQPValue::LongString("xbridge.delay.10s".into()),
+        );
+        let deaths = AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)]));
+        assert_eq!(
+            shown(&deaths, 512),
+            "[{count: 1, queue: xbridge.delay.10s}]"
+        );
+        let binary = AMQPValue::LongString(LongString::from(vec![0xff, 0xfe]));
+        assert_eq!(shown(&binary, 512), "<2 bytes, not UTF-8>");
+    }
+
+    #[test]
+    fn long_values_are_cut_and_control_characters_escaped() {
+        let long = AMQPValue::LongString(LongString::from(vec![b'p'; 130_700]));
+        let text = shown(&long, 512);
+        assert!(text.starts_with(&"p".repeat(512)));
+        assert!(text.ends_with("… (130700 characters in all)"), "{text}");
+        let hostile = AMQPValue::LongString(LongString::from("a\u{1b}[2Jb"));
+        assert_eq!(shown(&hostile, 512), "a\\u{1b}[2Jb");
     }
 }

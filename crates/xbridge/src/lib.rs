@@ -10,5 +10,6 @@ pub mod cli;
 pub mod demo;
 pub mod dlq_cmd;
 pub mod ops;
+pub mod output;
 pub mod signals;
 pub mod webhook_cmd;

@@ -25,6 +25,7 @@ async fn main() -> std::process::ExitCode {
         Command::Dlq { command } => dlq_cmd::run(command).await,
     };
     match result {
+        Ok(()) if xbridge::output::failed() => std::process::ExitCode::from(1),
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xbridge: {e:#}");
@@ -54,14 +55,14 @@ async fn check(config: &std::path::Path, channel: Option<&str>) -> anyhow::Resul
 
 fn check_config(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
-    println!("configuration OK: {}", config.display());
+    xbridge::outln!("configuration OK: {}", config.display());
     for warning in &settings.warnings {
-        println!("  warning: {warning}");
+        xbridge::outln!("  warning: {warning}");
     }
-    println!("  X API: {}", settings.x.api_base_url);
-    println!("  state store: {}", settings.state.backend.describe());
+    xbridge::outln!("  X API: {}", settings.x.api_base_url);
+    xbridge::outln!("  state store: {}", settings.state.backend.describe());
     for channel in &settings.channels {
-        println!(
+        xbridge::outln!(
             "  channel {}: replies from queue {}",
             channel.name,
             settings.amqp.topology.outgoing_queue(&channel.name)

@@ -27,9 +27,9 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 .register_webhook(&url)
                 .await
                 .with_context(|| format!("channel {channel}: registering {url}"))?;
-            println!("registered webhook {} for channel {channel}", webhook.id);
+            crate::outln!("registered webhook {} for channel {channel}", webhook.id);
             print_webhook(&webhook);
-            println!(
+            crate::outln!(
                 "next: xbridge webhook subscribe --channel {channel} --webhook-id {}",
                 webhook.id
             );
@@ -45,7 +45,7 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
             client.subscribe(&webhook_id).await.with_context(|| {
                 format!("channel {channel}: subscribing to webhook {webhook_id}")
             })?;
-            println!("channel {channel}: subscribed to webhook {webhook_id}");
+            crate::outln!("channel {channel}: subscribed to webhook {webhook_id}");
             Ok(())
         }
         WebhookCommand::Revalidate {
@@ -59,7 +59,7 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 .revalidate_webhook(&webhook_id)
                 .await
                 .with_context(|| format!("channel {channel}: revalidating webhook {webhook_id}"))?;
-            println!("webhook {webhook_id} passed X's CRC and is valid again");
+            crate::outln!("webhook {webhook_id} passed X's CRC and is valid again");
             Ok(())
         }
         WebhookCommand::Status { config, channel } => status(&config, channel.as_deref()).await,
@@ -84,9 +84,9 @@ async fn status(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
             .list_webhooks()
             .await
             .with_context(|| format!("channel {name}: listing webhooks"))?;
-        println!("channel {name}:");
+        crate::outln!("channel {name}:");
         if webhooks.is_empty() {
-            println!(
+            crate::outln!(
                 "  no webhook registered (xbridge webhook register --channel {name} --url URL)"
             );
         }
@@ -101,17 +101,17 @@ async fn status(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
                         webhook.id
                     )
                 })?;
-            println!("    subscribed: {}", yes_no(subscribed));
+            crate::outln!("    subscribed: {}", yes_no(subscribed));
         }
     }
     Ok(())
 }
 
 fn print_webhook(webhook: &Webhook) {
-    println!("  webhook {}", webhook.id);
-    println!("    url: {}", webhook.url);
-    println!("    valid: {}", yes_no(webhook.valid));
-    println!("    created_at: {}", webhook.created_at.to_rfc3339());
+    crate::outln!("  webhook {}", webhook.id);
+    crate::outln!("    url: {}", webhook.url);
+    crate::outln!("    valid: {}", yes_no(webhook.valid));
+    crate::outln!("    created_at: {}", webhook.created_at.to_rfc3339());
 }
 
 fn yes_no(value: bool) -> &'static str {

@@ -8,6 +8,7 @@ mod common;
 
 use chrono::{Duration as Age, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
 
@@ -68,6 +69,18 @@ async fn craft_dead_letter(
     reason: &str,
     failed_ago: Age,
 ) {
+    craft_dead_letter_with(app, channel, body, reason, failed_ago, None).await
+}
+
+/// [`craft_dead_letter`] with headers of the reply's own (`x-death`, the CRM's).
+async fn craft_dead_letter_with(
+    app: &TestApp,
+    channel: &str,
+    body: &Value,
+    reason: &str,
+    failed_ago: Age,
+    own_headers: Option<&FieldTable>,
+) {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("connect");
@@ -87,7 +100,7 @@ async fn craft_dead_letter(
         original_routing_key: Some(channel.to_owned()),
         ..FailureHeaders::default()
     }
-    .apply_to(None);
+    .apply_to(own_headers);
     let confirm = amqp
         .basic_publish(
             app.names.dead_letter_exchange.as_str().into(),
@@ -473,6 +486,82 @@ async fn a_kept_webhook_body_is_listed_and_shown_never_replayed_and_can_be_purge
         "{purged}"
     );
     assert_eq!(crm.queue_depth(&dlq_name).await, 0);
+    app.cleanup().await;
+}
 
+/// Runs `xbridge ARGS` with its standard output a pipe whose reading end is
+/// already closed, like `xbridge dlq list | head -0`; returns the exit status
+/// and stderr.
+fn with_closed_stdout(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xbridge"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xbridge runs");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("xbridge ends");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_prints_headers_as_text_and_a_closed_pipe_ends_each_command_quietly() {
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = start_bridge(&app).await; // declares the topology
+    let crm = crm(&app).await;
+    let mut own = FieldTable::default();
+    own.insert(
+        "x-crm-trace".into(),
+        AMQPValue::LongString("xb-trace-1".into()),
+    );
+    let mut death = FieldTable::default();
+    death.insert("count".into(), AMQPValue::LongLongInt(2));
+    death.insert("reason".into(), AMQPValue::LongString("expired".into()));
+    own.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+    );
+    craft_dead_letter_with(
+        &app,
+        "acme",
+        &reply("s-1", "111"),
+        "credits_exhausted",
+        Age::minutes(1),
+        Some(&own),
+    )
+    .await;
+
+    let shown = dlq_ok(&app, &["show", "s-1"]).await;
+    assert!(shown.contains("  x-crm-trace: xb-trace-1\n"), "{shown}");
+    assert!(
+        shown.contains("  x-xbridge-reason: credits_exhausted\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("  x-xbridge-attempts: 3\n"), "{shown}");
+    assert!(
+        shown.contains("  x-death: [{count: 2, reason: expired}]\n"),
+        "{shown}"
+    );
+    assert!(!shown.contains("LongString("), "{shown}");
+
+    let config = app.write_config();
+    let config = config.to_str().unwrap();
+    for args in [
+        vec!["dlq", "list", "--config", config],
+        vec!["dlq", "show", "s-1", "--config", config],
+        vec!["check-config", "--config", config],
+    ] {
+        let (status, stderr) = with_closed_stdout(&args);
+        assert!(status.success(), "{args:?}: {status:?}\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} stops quietly: {stderr}");
+    }
+    // Whatever the commands read went back to the queue.
+    crm.wait_for_depth(&app.names.dead_letter_queue, 1).await;
+
+    bridge.stop().await;
     app.cleanup().await;
 }

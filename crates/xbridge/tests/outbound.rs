@@ -146,6 +146,24 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
             br#"{"message_id":"bad-6","recipient_id":"1","text":"a","channel":"other"}"#.to_vec(),
             "does not match the routing key",
         ),
+        // Over outbound.max_reply_bytes (16 MiB by default): refused unparsed.
+        (
+            format!(
+                r#"{{"message_id":"bad-7","recipient_id":"1","text":"{}"}}"#,
+                "x".repeat(16 * 1024 * 1024)
+            )
+            .into_bytes(),
+            "outbound.max_reply_bytes",
+        ),
+        // A detail quoting a huge field stays within its bound.
+        (
+            format!(
+                r#"{{"message_id":"bad-8","recipient_id":"1","text":"a","channel":"{}"}}"#,
+                "c".repeat(100_000)
+            )
+            .into_bytes(),
+            "channel \"ccc",
+        ),
     ];
     for (body, _) in &cases {
         crm.publish_raw("acme", body).await;
@@ -166,7 +184,9 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
             "the original body is kept"
         );
         let _ = body;
-        details.push(dead.headers.detail.unwrap_or_default());
+        let detail = dead.headers.detail.unwrap_or_default();
+        assert!(detail.len() <= xbridge_core::amqp::MAX_DETAIL_BYTES);
+        details.push(detail);
     }
     for (_, expected) in &cases {
         assert!(
@@ -176,7 +196,7 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
     }
 
     // The CRM hears about each reply whose id it can know, and the good one is sent.
-    let events = crm.events(7).await;
+    let events = crm.events(9).await;
     let failed: HashSet<&str> = events
         .iter()
         .filter(|e| e.body["type"] == "message.failed")
@@ -188,13 +208,84 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
         .collect();
     assert_eq!(
         failed,
-        HashSet::from(["bad-1", "bad-2", "bad-3", "bad-4", "bad-5", "bad-6"])
+        HashSet::from(["bad-1", "bad-2", "bad-3", "bad-4", "bad-5", "bad-6", "bad-7", "bad-8"])
     );
     assert!(events
         .iter()
         .any(|e| e.body["type"] == "message.sent" && e.body["message_id"] == "good"));
     assert_eq!(app.wait_for_dms("acme", 1).await.len(), 1);
     assert_eq!(app.simulator.requests().len(), 1, "no bad reply reached X");
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_with_headers_filling_a_frame_is_dead_lettered_and_every_channel_carries_on() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let app = spawn_app(TestOptions {
+        channels: vec!["alpha".into(), "beta".into()],
+        ..TestOptions::default()
+    })
+    .await;
+    let mut bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    // RabbitMQ takes this reply (its header frame is just under frame_max);
+    // the bridge's own headers on top of it would not fit in one frame.
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "pad".into(),
+        AMQPValue::LongString(LongString::from(vec![b'p'; 130_700])),
+    );
+    headers.insert("x-crm-trace".into(), AMQPValue::LongString("t-1".into()));
+    let bad = br#"{"message_id":"p","recipient_id":"1"}"#;
+    crm.publish_with_properties(
+        "alpha",
+        bad,
+        lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers),
+    )
+    .await;
+    for i in 1..=5 {
+        crm.publish_reply("beta", &reply(&format!("b-{i}"), &format!("{i}00"), "hi"))
+            .await;
+    }
+
+    let letter = crm.next_dead_letter().await;
+    assert_eq!(letter.body, bad);
+    assert_eq!(letter.reason(), "invalid_message");
+    assert_eq!(
+        letter.headers.dropped_headers.as_deref(),
+        Some("pad (130709 bytes)"),
+        "the letter names what it lost"
+    );
+    let detail = letter.headers.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("text"), "{detail}");
+    assert!(detail.contains("x-xbridge-dropped-headers"), "{detail}");
+    let kept = letter.properties.headers().clone().unwrap_or_default();
+    assert!(kept.contains_key("x-crm-trace"), "small headers are kept");
+    assert_valid("dead-letter-headers", &letter.headers_json());
+
+    let mut sent = HashSet::new();
+    for event in crm.events(6).await {
+        match event.body["type"].as_str() {
+            Some("message.failed") => assert_eq!(event.body["message_id"], "p"),
+            _ => {
+                assert_eq!(event.routing_key, "beta.message.sent");
+                sent.insert(event.body["message_id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(sent.len(), 5, "every reply of the other channel went out");
+    assert_eq!(app.wait_for_dms("beta", 5).await.len(), 5);
+    assert!(
+        !bridge.ready.has_changed().unwrap(),
+        "the outbound connection was never lost"
+    );
+    assert!(*bridge.ready.borrow_and_update());
 
     bridge.stop().await;
     app.cleanup().await;
@@ -221,6 +312,24 @@ async fn a_reply_for_an_unknown_channel_is_dead_lettered_not_lost() {
     assert_eq!(event.body["reason"], "unknown_channel");
     assert_eq!(event.body["message_id"], "lost-1");
     assert!(app.simulator.requests().is_empty());
+
+    // A routing key of 250 bytes: its `message.failed` would need a routing
+    // key and an AMQP message_id over AMQP's 255 bytes, so there is none, but
+    // the letter is kept once and the bridge carries on.
+    let long_key = "u".repeat(250);
+    crm.publish_reply(&long_key, &reply("lost-2", "1", "hello?"))
+        .await;
+    let dead = crm.next_dead_letter().await;
+    assert_eq!(dead.reason(), "unknown_channel");
+    assert_eq!(dead.routing_key, long_key);
+    assert_eq!(dead.headers.channel.as_deref(), Some(long_key.as_str()));
+    crm.publish_reply("acme", &reply("after", "944480690", "still here"))
+        .await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+    assert_eq!(event.body["message_id"], "after");
+    assert!(!bridge.ready.has_changed().unwrap(), "no reconnect");
+    assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
 
     bridge.stop().await;
     app.cleanup().await;

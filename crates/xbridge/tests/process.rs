@@ -100,6 +100,44 @@ async fn sigterm_lets_an_in_flight_send_finish_and_exits_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_logs_no_error() {
+    // Every kind of AMQP channel the bridge opens: the outbound publisher and
+    // consumers, the inbound publisher and a poll lease.
+    let app = spawn_app(TestOptions {
+        channels: vec!["acme".into(), "beta".into()],
+        inbound: "listen = \"127.0.0.1:0\"\npoll_interval = \"50ms\"\n".into(),
+        inbound_mode: Some("both".into()),
+        ..TestOptions::default()
+    })
+    .await;
+    let bridge = BridgeProcess::start(binary(), &app.write_config(), &[]);
+    bridge.wait_for_log(RUNNING, 1).await;
+    bridge.wait_for_log("inbound connected", 1).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "s-1", "recipient_id": "944480690", "text": "before the stop"}),
+    )
+    .await;
+    assert_eq!(crm.next_event().await.body["message_id"], "s-1");
+
+    let status = bridge.terminate_keeping_logs().await;
+    assert!(
+        status.0.success(),
+        "clean exit after SIGTERM: {:?}",
+        status.0
+    );
+    let errors: Vec<&String> = status.1.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "a clean stop logged errors: {errors:#?}");
+    assert!(
+        status.1.iter().any(|l| l.contains("outbound stopped")),
+        "{:#?}",
+        status.1
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_configuration_names_the_field_and_never_the_secret() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
@@ -124,6 +162,88 @@ async fn an_invalid_configuration_names_the_field_and_never_the_secret() {
         "{stderr}"
     );
     assert!(!stderr.contains("very-secret-value"), "{stderr}");
+}
+
+/// Forwards every connection to `port` to the simulator: X "comes back" on a
+/// port that refused connections until now.
+async fn forward_to_simulator(port: u16, simulator: std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port is still free");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(simulator).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_to_x_is_retried_without_looking_for_an_earlier_send() {
+    let app = spawn_app(TestOptions {
+        retry: "immediate_attempts = 3\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\ndelays = [\"200ms\"]\nmax_attempts = 100\n".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    let user = app.user_id("acme");
+    // X's address is a port nothing listens on, for now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let simulator = app.simulator.base_url();
+    let config = app.dir.path().join("refused.toml");
+    std::fs::write(
+        &config,
+        app.config_toml()
+            .replace(simulator.as_str(), &format!("http://127.0.0.1:{port}/")),
+    )
+    .unwrap();
+    let bridge = BridgeProcess::start(binary(), &config, &[]);
+    bridge.wait_for_log(RUNNING, 1).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply(
+        "acme",
+        &json!({"message_id": "r-1", "recipient_id": "944480690", "text": "after the outage"}),
+    )
+    .await;
+    // Two refused tries: a maybe-sent first one would make the second look
+    // for it on X first.
+    bridge.wait_for_log("send failed", 2).await;
+
+    let addr = (
+        simulator.host_str().unwrap().to_owned(),
+        simulator.port().unwrap(),
+    );
+    let addr = tokio::net::lookup_host(addr).await.unwrap().next().unwrap();
+    forward_to_simulator(port, addr).await;
+
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+    assert_eq!(event.body["message_id"], "r-1");
+    assert_eq!(app.simulator.sent_dms_for(&user).len(), 1);
+    let paths: Vec<String> = app
+        .simulator
+        .requests_for(&user)
+        .into_iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        !paths.iter().any(|p| p.contains("/2/dm_events")),
+        "no DM-events lookup (billed) for a request that never reached X: {paths:?}"
+    );
+    assert_eq!(
+        paths.iter().filter(|p| p.starts_with("POST ")).count(),
+        1,
+        "{paths:?}"
+    );
+
+    assert!(bridge.terminate().await.success());
+    app.cleanup().await;
 }
 
 fn rabbitmqctl(args: &[&str]) {

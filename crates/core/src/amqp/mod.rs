@@ -6,9 +6,13 @@ pub mod dead_letters;
 mod headers;
 mod publisher;
 mod topology;
+pub mod wire;
 
-pub use headers::{FailureHeaders, HEADER_PREFIX};
-pub use publisher::{PublishError, Publisher};
+pub use headers::{
+    Applied, DroppedHeader, FailureHeaders, HEADER_PREFIX, MAX_DETAIL_BYTES, MAX_DROPPED_BYTES,
+    MAX_NAME_BYTES,
+};
+pub use publisher::{PublishError, Publisher, MIN_FRAME_MAX};
 pub use topology::{declare_poll_lease_queue, declare_topology, TopologyPlan};
 
 use lapin::{Connection, ConnectionProperties};
@@ -45,10 +49,30 @@ pub fn reconnect_backoff() -> backon::ExponentialBackoff {
         .build()
 }
 
+/// How long a close waits for the broker's answer.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Closes each of `channels` still open, before the caller closes their
+/// connection with [`close`]. Callers keep a handle to every channel they
+/// opened until then, because lapin closes a channel whose last handle is
+/// dropped in the background: when that happens just before the connection
+/// closes, the background close finds the connection closing and lapin logs it
+/// as a connection `ERROR` ("invalid channel state: Closing") on an otherwise
+/// clean stop. A channel closed here is closed; dropping it later does nothing.
+pub async fn close_channels(channels: &[lapin::Channel]) {
+    for channel in channels.iter().filter(|c| c.status().connected()) {
+        match tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "closing".into())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "closing a RabbitMQ channel"),
+            Err(_) => tracing::debug!("RabbitMQ did not confirm closing a channel in time"),
+        }
+    }
+}
+
 /// Closes `connection`, but never waits long for a broker that is gone:
-/// unacknowledged deliveries are requeued by the broker either way.
+/// unacknowledged deliveries are requeued by the broker either way. Close the
+/// channels you hold first ([`close_channels`]).
 pub async fn close(connection: &Connection, code: u16, reason: &str) {
-    const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
     match tokio::time::timeout(CLOSE_TIMEOUT, connection.close(code, reason.into())).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "closing the RabbitMQ connection"),

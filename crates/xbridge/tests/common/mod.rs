@@ -18,6 +18,11 @@ pub struct RunningBridge {
     /// configured `telemetry.listen`.
     #[allow(dead_code)] // Only some tests read metrics.
     pub ops_addr: Option<std::net::SocketAddr>,
+    /// The outbound side's readiness, seen as ready: it changes (to not
+    /// ready and back) only when a RabbitMQ session ends, so
+    /// `has_changed()` tells whether the connection was lost since.
+    #[allow(dead_code)] // Only some tests look at it.
+    pub ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RunningBridge {
@@ -76,10 +81,12 @@ async fn start_with(settings: Settings) -> RunningBridge {
         .await
         .expect("the inbound side becomes ready")
         .expect("readiness");
+    ready.borrow_and_update();
     RunningBridge {
         shutdown,
         task,
         webhook_addr,
         ops_addr,
+        ready,
     }
 }
