@@ -684,33 +684,34 @@ impl BrokerSink {
     }
 }
 
-#[async_trait]
-impl EventSink for BrokerSink {
-    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError> {
-        let sink = self
-            .current
+impl BrokerSink {
+    /// The current connection's sink, or why there is none.
+    fn current(&self) -> Result<AmqpSink, SinkError> {
+        self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| SinkError::Unavailable("not connected to RabbitMQ".into()))?;
-        let result = sink.publish(event).await;
+            .ok_or_else(|| SinkError::Unavailable("not connected to RabbitMQ".into()))
+    }
+
+    /// Passes `result` on, first reporting a broken connection.
+    fn noticed<T>(&self, result: Result<T, SinkError>) -> Result<T, SinkError> {
         if let Err(SinkError::Publish(PublishError::Broker(_))) = &result {
             self.broken.notify_one();
         }
         result
     }
+}
+
+#[async_trait]
+impl EventSink for BrokerSink {
+    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError> {
+        let sink = self.current()?;
+        self.noticed(sink.publish(event).await)
+    }
 
     async fn dead_letter(&self, letter: &InboundDeadLetter) -> Result<(), SinkError> {
-        let sink = self
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| SinkError::Unavailable("not connected to RabbitMQ".into()))?;
-        let result = sink.dead_letter(letter).await;
-        if let Err(SinkError::Publish(PublishError::Broker(_))) = &result {
-            self.broken.notify_one();
-        }
-        result
+        let sink = self.current()?;
+        self.noticed(sink.dead_letter(letter).await)
     }
 }
