@@ -68,8 +68,9 @@ pub enum Command {
     },
 }
 
-/// The `dlq` subcommands. Each reads the whole dead-letter queue, acts on the
-/// letters that match its filters and gives the rest back untouched.
+/// The `dlq` subcommands. Each reads the dead-letter queue (the oldest 10,000
+/// letters or 256 MiB at most), acts on the letters that match its filters
+/// and gives the rest back untouched.
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// Counts by channel and reason, then one line per dead letter

@@ -5,10 +5,11 @@
 //! inbound): they are listed, shown and purged alike, but never replayed, since
 //! they were never replies.
 //!
-//! Every command reads the whole dead-letter queue (see
+//! Every command reads the dead-letter queue (see
 //! [`xbridge_core::amqp::dead_letters`] for how, and why nothing is lost if
-//! the command dies), acts on the letters its filters match and gives the rest
-//! back in their order. Output is a plain table for people; dead letters hold
+//! the command dies), the whole of it up to a bound ([`ReadBound`]: a queue
+//! flooded past it is worked through by running the command again), acts on
+//! the letters its filters match and gives the rest back in their order. Output is a plain table for people; dead letters hold
 //! no credentials by design, so nothing here needs redacting.
 
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use lapin::types::AMQPValue;
 use xbridge_core::amqp::connect;
-use xbridge_core::amqp::dead_letters::{DeadLetter, DeadLetterQueue, Filter};
+use xbridge_core::amqp::dead_letters::{DeadLetter, DeadLetterQueue, Filter, ReadBound, Taken};
 use xbridge_core::config::Settings;
 
 use crate::cli::{DlqCommand, DlqFilter};
@@ -73,7 +74,15 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
     };
     let connection = connect(&settings.amqp.url, "xbridge dlq").await?;
     let mut queue = DeadLetterQueue::open(&connection, settings.amqp.topology.clone()).await?;
-    let letters = queue.take_all().await?;
+    let bound = ReadBound::default();
+    let Taken { letters, more } = queue.take(bound).await?;
+    if more {
+        eprintln!(
+            "xbridge: only the oldest {} dead letters ({} MiB of bodies at most) are read by one command; more wait behind them: act on these, then run it again",
+            letters.len(),
+            bound.bytes / (1024 * 1024)
+        );
+    }
     let matching: Vec<&DeadLetter> = letters.iter().filter(|l| filter.matches_now(l)).collect();
     let outcome = act(&queue, action, &filter, &letters, &matching).await;
     // Whatever happened, what is still held goes back to the queue; closing

@@ -327,7 +327,7 @@ async fn filters_dry_runs_and_purge_leave_everything_else_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_that_dies_half_way_loses_nothing() {
-    use xbridge_core::amqp::dead_letters::DeadLetterQueue;
+    use xbridge_core::amqp::dead_letters::{DeadLetterQueue, ReadBound};
 
     let app = spawn_app(TestOptions::default()).await;
     // The bridge declares the topology, then stops, so the replayed copy
@@ -351,7 +351,20 @@ async fn a_replay_that_dies_half_way_loses_nothing() {
     let mut queue = DeadLetterQueue::open(&connection, app.names.clone())
         .await
         .expect("open");
-    let letters = queue.take_all().await.expect("read");
+    // A command reads no more than its bound, says there is more, and gives
+    // back what it read, in order.
+    let bounded = ReadBound {
+        letters: 2,
+        bytes: usize::MAX,
+    };
+    let first_two = queue.take(bounded).await.expect("read");
+    assert!(first_two.more);
+    let ids: Vec<String> = first_two.letters.iter().map(|l| l.id()).collect();
+    assert_eq!(ids, ["d-1", "d-2"]);
+    queue.release_rest().await.expect("give back");
+    let taken = queue.take(ReadBound::default()).await.expect("read");
+    assert!(!taken.more);
+    let letters = taken.letters;
     assert_eq!(letters.len(), 3);
     queue.replay(&letters[0]).await.expect("replay one");
     // The "crash": the connection goes away with two letters still held.

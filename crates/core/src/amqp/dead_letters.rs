@@ -1,8 +1,8 @@
 //! Reading, replaying and purging the dead-letter queue, for `xbridge dlq`.
 //!
-//! How the queue is read: [`DeadLetterQueue::take_all`] takes every message
-//! with `basic.get` and manual acknowledgement and holds them all unacked on
-//! one channel, so nothing is lost if the tool dies (the broker returns what
+//! How the queue is read: [`DeadLetterQueue::take`] takes every message (up
+//! to a [`ReadBound`]) with `basic.get` and manual acknowledgement and holds
+//! them all unacked on one channel, so nothing is lost if the tool dies (the broker returns what
 //! a closed channel held) and nothing is read twice. Messages nobody acts on
 //! are given back with one `basic.nack(multiple, requeue)` after all were
 //! taken, so the queue keeps its order whether the broker requeues them at
@@ -228,6 +228,35 @@ pub enum DeadLetterError {
     },
 }
 
+/// How much of the dead-letter queue one command reads at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBound {
+    /// Letters.
+    pub letters: usize,
+    /// Bytes of their bodies (the last letter may pass it).
+    pub bytes: usize,
+}
+
+impl Default for ReadBound {
+    /// 10,000 letters or 256 MiB of bodies: far more than dead letters should
+    /// ever number, within what an operator's machine holds in memory.
+    fn default() -> Self {
+        ReadBound {
+            letters: 10_000,
+            bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// What [`DeadLetterQueue::take`] read.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// The letters, oldest first, held unacked.
+    pub letters: Vec<DeadLetter>,
+    /// Whether reading stopped at the bound: the queue may hold more, behind these.
+    pub more: bool,
+}
+
 /// The dead-letter queue, opened for one command.
 pub struct DeadLetterQueue {
     reader: Channel,
@@ -263,11 +292,18 @@ impl DeadLetterQueue {
         }
     }
 
-    /// Takes every message now in the queue and holds them unacked, oldest
-    /// first. Memory grows with the queue; dead letters are few by design.
-    pub async fn take_all(&mut self) -> Result<Vec<DeadLetter>, DeadLetterError> {
-        let mut letters = Vec::new();
+    /// Takes the messages now in the queue, oldest first, and holds them
+    /// unacked, until the queue is empty or `bound` is reached (the dead-letter
+    /// queue is outside input too: a flood of letters, or letters as large as
+    /// RabbitMQ allows, must not exhaust the tool's memory).
+    pub async fn take(&mut self, bound: ReadBound) -> Result<Taken, DeadLetterError> {
+        let mut taken = Taken::default();
+        let mut bytes = 0usize;
         loop {
+            if taken.letters.len() >= bound.letters || bytes >= bound.bytes {
+                taken.more = true;
+                break;
+            }
             let got = self
                 .reader
                 .basic_get(
@@ -279,7 +315,8 @@ impl DeadLetterQueue {
             let Some(message) = got else { break };
             let delivery = message.delivery;
             self.highest_tag = Some(delivery.delivery_tag);
-            letters.push(DeadLetter {
+            bytes = bytes.saturating_add(delivery.data.len());
+            taken.letters.push(DeadLetter {
                 delivery_tag: delivery.delivery_tag,
                 routing_key: delivery.routing_key.as_str().to_owned(),
                 headers: FailureHeaders::read(delivery.properties.headers().as_ref()),
@@ -287,7 +324,7 @@ impl DeadLetterQueue {
                 properties: delivery.properties,
             });
         }
-        Ok(letters)
+        Ok(taken)
     }
 
     /// Republishes `letter` (see [`DeadLetter::replay_properties`]) with a
