@@ -42,7 +42,7 @@ use crate::delivery::{DeliverError, Delivery, InFlightDeliveries};
 use crate::routing::{route, Route};
 use crate::sink::{EventSink, InboundDeadLetter, OutboundEvent, SinkError};
 use crate::untrusted_log::{shown, shown_within, LogLimiter};
-use crate::webhook_auth::{crc_response_token, verify_signature, SIGNATURE_HEADER};
+use crate::webhook_auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
 use crate::{
     parse_webhook, ConversationTyping, DirectMessage, InboundItem, MessageRead, WebhookDelivery,
 };
@@ -97,6 +97,7 @@ impl Default for WebhookConfig {
 /// does not silence the others.
 struct Logs {
     unknown_channel: LogLimiter,
+    bad_crc_token: LogLimiter,
     bad_signature: LogLimiter,
     unreadable_body: LogLimiter,
     account_not_known_yet: LogLimiter,
@@ -107,6 +108,7 @@ impl Default for Logs {
     fn default() -> Self {
         Logs {
             unknown_channel: LogLimiter::for_requests("webhook requests for an unknown channel"),
+            bad_crc_token: LogLimiter::for_requests("CRC challenges with a token X does not send"),
             bad_signature: LogLimiter::for_requests("webhook POSTs with a bad signature"),
             unreadable_body: LogLimiter::for_requests("webhook POSTs with an unreadable body"),
             account_not_known_yet: LogLimiter::for_requests(
@@ -270,6 +272,18 @@ async fn crc_challenge(
         return unknown_channel(&state, "CRC challenge", &channel);
     };
     match query.crc_token.filter(|token| !token.is_empty()) {
+        // The answer would be a valid signature of `token` as a body (see
+        // `webhook_auth`): only X's kind of token gets one.
+        Some(token) if !is_crc_token(&token) => {
+            count_refused("bad_crc_token");
+            if state.logs.bad_crc_token.allow() {
+                tracing::warn!(channel, token = %shown(&token), "CRC challenge refused: not a token X sends");
+            }
+            error(
+                StatusCode::BAD_REQUEST,
+                "the crc_token is not one X sends (letters, digits, + / = - _, at most 256)",
+            )
+        }
         Some(token) => {
             tracing::debug!(channel, "answering X's CRC challenge");
             let response_token = crc_response_token(&config.consumer_secret, &token);

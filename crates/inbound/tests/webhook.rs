@@ -197,6 +197,13 @@ impl World {
         format!("{}/webhooks/{channel}", self.base)
     }
 
+    /// `channel`'s CRC URL for `token`, encoded as X would.
+    fn crc_url(&self, channel: &str, token: &str) -> url::Url {
+        let mut url = url::Url::parse(&self.url(channel)).unwrap();
+        url.query_pairs_mut().append_pair("crc_token", token);
+        url
+    }
+
     /// POSTs `body` to `channel`'s webhook with `signature` (none when `None`).
     async fn post_signed(
         &self,
@@ -301,6 +308,56 @@ async fn the_crc_answer_matches_an_independent_computation() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
     assert_eq!(world.post("nobody", &customer_dm("1")).await, 404);
+}
+
+/// X's CRC answer and its body signatures are the same HMAC with the same secret, so a
+/// CRC that answered any token would sign any body for whoever asks: here, a DM no
+/// customer sent. Only tokens shaped like X's (which no JSON body can be) are answered.
+#[tokio::test]
+async fn the_crc_answer_cannot_be_used_to_sign_a_forged_body() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    let forged = customer_dm("954491830116155399");
+    let crc = world
+        .http
+        .get(world.crc_url("acme", std::str::from_utf8(&forged).unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(crc.status(), 400, "a token no X CRC sends is not answered");
+    let answer: Value = crc.json().await.unwrap();
+    assert!(answer.get("response_token").is_none(), "{answer}");
+
+    // Whatever the attacker got, the forged body is refused and nothing published.
+    let mut signature = answer["response_token"].as_str().unwrap_or("").to_owned();
+    if signature.is_empty() {
+        signature = "sha256=AAAA".into();
+    }
+    let posted = world.post_signed("acme", forged, Some(&signature)).await;
+    assert_eq!(posted.status(), 401);
+    world
+        .assert_nothing_else_published("954491830116155398")
+        .await;
+
+    // X's own tokens (letters, digits, base64 and base64url signs) are answered.
+    for token in [
+        "8f3ba2b1-1d87-4d5e-9f1b-0c2c4c1a7a5e",
+        "ZmY4MTk0ZTAtYTQ2Ni00MzQ3LWJmYjYtNzM5NjdkZDc5ZDQ1",
+        "a+b/c=_-",
+    ] {
+        let crc = world
+            .http
+            .get(world.crc_url("acme", token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(crc.status(), 200, "{token}");
+        let body: Value = crc.json().await.unwrap();
+        assert_eq!(
+            body["response_token"],
+            crc_response_token(&SecretString::from(SECRET), token),
+            "{token}"
+        );
+    }
 }
 
 #[tokio::test]
