@@ -566,6 +566,11 @@ pub struct HttpSettings {
     /// cut by it. Past it the client gets 408.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The longest a response may wait to be written because the client reads
+    /// nothing (a hung consumer, or requests pipelined and never read). Then
+    /// the connection is closed. A slow reader that reads at all is not cut.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Connections each server holds at once. When full, it accepts no more
     /// until one closes: new ones wait in the kernel's listen queue instead
     /// of being accepted and failed.
@@ -578,6 +583,7 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             max_connections: 1024,
         }
     }
@@ -594,6 +600,7 @@ fn validate_http(http: &HttpSettings, media_timeout: Duration, errors: &mut Vec<
         ("header_read_timeout", http.header_read_timeout),
         ("body_read_timeout", http.body_read_timeout),
         ("request_timeout", http.request_timeout),
+        ("write_timeout", http.write_timeout),
     ] {
         if value.is_zero() {
             errors.push(format!("http.{key}: must be greater than zero"));
@@ -1668,23 +1675,26 @@ mod tests {
         assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
         assert_eq!(defaults.body_read_timeout, Duration::from_secs(10));
         assert_eq!(defaults.request_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.write_timeout, Duration::from_secs(30));
         assert_eq!(defaults.max_connections, 1024);
 
         let toml = format!(
-            "{VALID}\n[http]\nheader_read_timeout = \"2s\"\nbody_read_timeout = \"3s\"\nrequest_timeout = \"40s\"\nmax_connections = 10\n"
+            "{VALID}\n[http]\nheader_read_timeout = \"2s\"\nbody_read_timeout = \"3s\"\nrequest_timeout = \"40s\"\nwrite_timeout = \"5s\"\nmax_connections = 10\n"
         );
         let http = Settings::from_toml(&toml).unwrap().http;
+        assert_eq!(http.write_timeout, Duration::from_secs(5));
         assert_eq!(http.header_read_timeout, Duration::from_secs(2));
         assert_eq!(http.body_read_timeout, Duration::from_secs(3));
         assert_eq!(http.request_timeout, Duration::from_secs(40));
         assert_eq!(http.max_connections, 10);
 
         let toml = format!(
-            "{VALID}\n[http]\nheader_read_timeout = \"0s\"\nrequest_timeout = \"20s\"\nmax_connections = 0\n"
+            "{VALID}\n[http]\nheader_read_timeout = \"0s\"\nwrite_timeout = \"0s\"\nrequest_timeout = \"20s\"\nmax_connections = 0\n"
         );
         let err = Settings::from_toml(&toml).unwrap_err().to_string();
         for expected in [
             "http.header_read_timeout: must be greater than zero",
+            "http.write_timeout: must be greater than zero",
             "http.request_timeout: must be longer than inbound.media.timeout",
             "http.max_connections: must be 1 to 65536",
         ] {

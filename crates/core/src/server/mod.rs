@@ -15,6 +15,10 @@
 //! - tower-http's request timeout, from a request's headers to its response's
 //!   (408 after it); a response body already streaming (the media proxy) is
 //!   not bounded by it;
+//! - a write timeout (tokio-io-timeout), the longest a response may wait
+//!   because the client reads nothing: hyper has none, and a client that asks
+//!   and never reads (a hung consumer, or requests pipelined and left unread)
+//!   would hold its connection, and its slot, for ever;
 //! - a cap on the connections held at once: when it is reached the server
 //!   stops accepting, so new connections wait in the kernel's listen queue
 //!   ([`LISTEN_BACKLOG`]) until a stalled one is cut, instead of being
@@ -137,8 +141,10 @@ pub async fn serve(
             served.store(true, Ordering::Relaxed);
             service.call(request)
         });
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
         let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(stream), per_connection));
+            graceful.watch(http.serve_connection(TokioIo::new(Box::pin(stream)), per_connection));
         let stop = shutdown.clone();
         connections.spawn(async move {
             tokio::pin!(connection);
@@ -198,16 +204,39 @@ impl Slot {
     fn ended_with(&self, error: &hyper::Error) {
         let server = self.server;
         if error.is_timeout() && !self.served.load(Ordering::Relaxed) {
-            metrics::counter!("xbridge_http_stalled_connections_total", "server" => server)
+            metrics::counter!("xbridge_http_stalled_connections_total", "server" => server, "stage" => "headers")
                 .increment(1);
             tracing::debug!(
                 server,
                 "a client did not send a request's headers in time; connection closed"
             );
+        } else if write_timed_out(error) {
+            metrics::counter!("xbridge_http_stalled_connections_total", "server" => server, "stage" => "response")
+                .increment(1);
+            tracing::debug!(
+                server,
+                "a client read nothing of its response in time; connection closed"
+            );
         } else {
             tracing::debug!(server, %error, "connection ended with an error");
         }
     }
+}
+
+/// Whether `error` is the write timeout's: an I/O error of kind `TimedOut`
+/// somewhere in its sources.
+fn write_timed_out(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 impl Drop for Slot {
