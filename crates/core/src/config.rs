@@ -583,7 +583,7 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
             max_connections: 1024,
         }
     }
@@ -1675,7 +1675,7 @@ mod tests {
         assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
         assert_eq!(defaults.body_read_timeout, Duration::from_secs(10));
         assert_eq!(defaults.request_timeout, Duration::from_secs(60));
-        assert_eq!(defaults.write_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.write_timeout, Duration::from_secs(10));
         assert_eq!(defaults.max_connections, 1024);
 
         let toml = format!(
