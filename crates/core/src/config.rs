@@ -356,6 +356,11 @@ pub struct InboundSettings {
     pub listen: Option<std::net::SocketAddr>,
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     pub body_limit: usize,
+    /// Bytes all webhook bodies being read or handled may hold together; a
+    /// body past it gets 503. Bodies are read whole before their signature is
+    /// checked, so this bounds what anyone who reaches the port can make the
+    /// bridge hold.
+    pub body_memory: usize,
     /// Publish DMs the company sent from X's own app as `message.echo`.
     pub publish_echoes: bool,
     /// Publish typing and read events (`conversation.typing`, `message.read`).
@@ -387,6 +392,7 @@ impl Default for InboundSettings {
         InboundSettings {
             listen: raw.listen,
             body_limit: raw.body_limit,
+            body_memory: raw.body_memory,
             publish_echoes: raw.publish_echoes,
             publish_activity: raw.publish_activity,
             poll_interval: raw.poll_interval,
@@ -766,6 +772,7 @@ impl Default for RawMedia {
 struct RawInbound {
     listen: Option<std::net::SocketAddr>,
     body_limit: usize,
+    body_memory: usize,
     publish_echoes: bool,
     publish_activity: bool,
     #[serde(with = "humantime_serde")]
@@ -785,6 +792,7 @@ impl Default for RawInbound {
         RawInbound {
             listen: None,
             body_limit: 1024 * 1024,
+            body_memory: 64 * 1024 * 1024,
             publish_echoes: true,
             publish_activity: false,
             poll_interval: Duration::from_secs(60),
@@ -1190,6 +1198,9 @@ impl Settings {
         if raw.inbound.body_limit < 1024 {
             errors.push("inbound.body_limit: must be at least 1024 bytes".into());
         }
+        if raw.inbound.body_memory < raw.inbound.body_limit {
+            errors.push("inbound.body_memory: must be at least inbound.body_limit".into());
+        }
         if raw.inbound.poll_interval.is_zero() || raw.inbound.safety_poll_interval.is_zero() {
             errors.push(
                 "inbound.poll_interval and inbound.safety_poll_interval: must be greater than zero"
@@ -1203,6 +1214,7 @@ impl Settings {
         let inbound = InboundSettings {
             listen: raw.inbound.listen,
             body_limit: raw.inbound.body_limit,
+            body_memory: raw.inbound.body_memory,
             publish_echoes: raw.inbound.publish_echoes,
             publish_activity: raw.inbound.publish_activity,
             poll_interval: raw.inbound.poll_interval,
@@ -1700,6 +1712,23 @@ mod tests {
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn the_memory_for_webhook_bodies_holds_at_least_one_body() {
+        let defaults = Settings::from_toml(VALID).unwrap().inbound;
+        assert_eq!(defaults.body_memory, 64 * 1024 * 1024);
+        let toml = format!("{VALID}\n[inbound]\nbody_limit = 4096\nbody_memory = 8192\n");
+        assert_eq!(
+            Settings::from_toml(&toml).unwrap().inbound.body_memory,
+            8192
+        );
+        let toml = format!("{VALID}\n[inbound]\nbody_limit = 4096\nbody_memory = 4095\n");
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("inbound.body_memory: must be at least inbound.body_limit"),
+            "{err}"
+        );
     }
 
     #[test]
