@@ -333,3 +333,28 @@ async fn a_slow_reader_that_keeps_reading_gets_the_whole_response() {
     assert!(received > MEDIUM, "{received}: cut before its end");
     server.stop().await;
 }
+
+/// Headers are held in memory until they end: hyper's default lets each
+/// connection grow a 400 KB buffer, and 1,000 connections sending 380 KB of
+/// headers that never end grew the bridge by 300 MB. A head past
+/// `server::MAX_HEAD_BYTES` is refused at once.
+#[tokio::test]
+async fn headers_past_the_head_limit_are_refused_at_once() {
+    let server = Server::start(HttpSettings {
+        // Only the head limit can end this request in time.
+        header_read_timeout: PATIENCE * 2,
+        ..limits()
+    });
+    let mut head = b"GET /ok HTTP/1.1\r\nHost: test\r\nX-Pad: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', server::MAX_HEAD_BYTES + 1));
+    let mut client = stalled(server.addr, &head).await;
+    let answer = until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // A head of ordinary size is served.
+    let mut head = b"GET /ok HTTP/1.1\r\nHost: test\r\nConnection: close\r\nX-Pad: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 4 * 1024));
+    head.extend(b"\r\n\r\n");
+    let answer = request(server.addr, std::str::from_utf8(&head).unwrap()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.stop().await;
+}

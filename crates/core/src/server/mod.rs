@@ -19,6 +19,7 @@
 //!   because the client reads nothing: hyper has none, and a client that asks
 //!   and never reads (a hung consumer, or requests pipelined and left unread)
 //!   would hold its connection, and its slot, for ever;
+//! - at most [`MAX_HEAD_BYTES`] of a request's head buffered (431 beyond);
 //! - a cap on the connections held at once: when it is reached the server
 //!   stops accepting, so new connections wait in the kernel's listen queue
 //!   ([`LISTEN_BACKLOG`]) until a stalled one is cut, instead of being
@@ -59,6 +60,13 @@ use accept::AcceptTrouble;
 /// connections wait while a server holds `http.max_connections`. std's
 /// `TcpListener::bind` asks for 128, fewer than a burst of stalled clients.
 pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// The most of a request's head (request line and headers) a connection
+/// holds while it arrives; a longer head gets 431. hyper's default (about 400
+/// KB) let 1,000 connections sending headers that never end grow the process
+/// by 300 MB. X, probes, Prometheus and the CRM send heads of a few hundred
+/// bytes. It is also hyper's largest read and write buffer per connection.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// How long requests in flight at shutdown may finish before their
 /// connections are cut; idle connections close at once.
@@ -105,6 +113,7 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
