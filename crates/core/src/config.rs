@@ -356,6 +356,11 @@ pub struct InboundSettings {
     pub listen: Option<std::net::SocketAddr>,
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     pub body_limit: usize,
+    /// Bytes all webhook bodies being read or handled may hold together; a
+    /// body past it gets 503. Bodies are read whole before their signature is
+    /// checked, so this bounds what anyone who reaches the port can make the
+    /// bridge hold.
+    pub body_memory: usize,
     /// Publish DMs the company sent from X's own app as `message.echo`.
     pub publish_echoes: bool,
     /// Publish typing and read events (`conversation.typing`, `message.read`).
@@ -387,6 +392,7 @@ impl Default for InboundSettings {
         InboundSettings {
             listen: raw.listen,
             body_limit: raw.body_limit,
+            body_memory: raw.body_memory,
             publish_echoes: raw.publish_echoes,
             publish_activity: raw.publish_activity,
             poll_interval: raw.poll_interval,
@@ -566,6 +572,11 @@ pub struct HttpSettings {
     /// cut by it. Past it the client gets 408.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The longest a response may wait to be written because the client reads
+    /// nothing (a hung consumer, or requests pipelined and never read). Then
+    /// the connection is closed. A slow reader that reads at all is not cut.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Connections each server holds at once. When full, it accepts no more
     /// until one closes: new ones wait in the kernel's listen queue instead
     /// of being accepted and failed.
@@ -578,6 +589,7 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
             max_connections: 1024,
         }
     }
@@ -594,6 +606,7 @@ fn validate_http(http: &HttpSettings, media_timeout: Duration, errors: &mut Vec<
         ("header_read_timeout", http.header_read_timeout),
         ("body_read_timeout", http.body_read_timeout),
         ("request_timeout", http.request_timeout),
+        ("write_timeout", http.write_timeout),
     ] {
         if value.is_zero() {
             errors.push(format!("http.{key}: must be greater than zero"));
@@ -759,6 +772,7 @@ impl Default for RawMedia {
 struct RawInbound {
     listen: Option<std::net::SocketAddr>,
     body_limit: usize,
+    body_memory: usize,
     publish_echoes: bool,
     publish_activity: bool,
     #[serde(with = "humantime_serde")]
@@ -778,6 +792,7 @@ impl Default for RawInbound {
         RawInbound {
             listen: None,
             body_limit: 1024 * 1024,
+            body_memory: 64 * 1024 * 1024,
             publish_echoes: true,
             publish_activity: false,
             poll_interval: Duration::from_secs(60),
@@ -1183,6 +1198,9 @@ impl Settings {
         if raw.inbound.body_limit < 1024 {
             errors.push("inbound.body_limit: must be at least 1024 bytes".into());
         }
+        if raw.inbound.body_memory < raw.inbound.body_limit {
+            errors.push("inbound.body_memory: must be at least inbound.body_limit".into());
+        }
         if raw.inbound.poll_interval.is_zero() || raw.inbound.safety_poll_interval.is_zero() {
             errors.push(
                 "inbound.poll_interval and inbound.safety_poll_interval: must be greater than zero"
@@ -1196,6 +1214,7 @@ impl Settings {
         let inbound = InboundSettings {
             listen: raw.inbound.listen,
             body_limit: raw.inbound.body_limit,
+            body_memory: raw.inbound.body_memory,
             publish_echoes: raw.inbound.publish_echoes,
             publish_activity: raw.inbound.publish_activity,
             poll_interval: raw.inbound.poll_interval,
@@ -1668,28 +1687,48 @@ mod tests {
         assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
         assert_eq!(defaults.body_read_timeout, Duration::from_secs(10));
         assert_eq!(defaults.request_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.write_timeout, Duration::from_secs(10));
         assert_eq!(defaults.max_connections, 1024);
 
         let toml = format!(
-            "{VALID}\n[http]\nheader_read_timeout = \"2s\"\nbody_read_timeout = \"3s\"\nrequest_timeout = \"40s\"\nmax_connections = 10\n"
+            "{VALID}\n[http]\nheader_read_timeout = \"2s\"\nbody_read_timeout = \"3s\"\nrequest_timeout = \"40s\"\nwrite_timeout = \"5s\"\nmax_connections = 10\n"
         );
         let http = Settings::from_toml(&toml).unwrap().http;
+        assert_eq!(http.write_timeout, Duration::from_secs(5));
         assert_eq!(http.header_read_timeout, Duration::from_secs(2));
         assert_eq!(http.body_read_timeout, Duration::from_secs(3));
         assert_eq!(http.request_timeout, Duration::from_secs(40));
         assert_eq!(http.max_connections, 10);
 
         let toml = format!(
-            "{VALID}\n[http]\nheader_read_timeout = \"0s\"\nrequest_timeout = \"20s\"\nmax_connections = 0\n"
+            "{VALID}\n[http]\nheader_read_timeout = \"0s\"\nwrite_timeout = \"0s\"\nrequest_timeout = \"20s\"\nmax_connections = 0\n"
         );
         let err = Settings::from_toml(&toml).unwrap_err().to_string();
         for expected in [
             "http.header_read_timeout: must be greater than zero",
+            "http.write_timeout: must be greater than zero",
             "http.request_timeout: must be longer than inbound.media.timeout",
             "http.max_connections: must be 1 to 65536",
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn the_memory_for_webhook_bodies_holds_at_least_one_body() {
+        let defaults = Settings::from_toml(VALID).unwrap().inbound;
+        assert_eq!(defaults.body_memory, 64 * 1024 * 1024);
+        let toml = format!("{VALID}\n[inbound]\nbody_limit = 4096\nbody_memory = 8192\n");
+        assert_eq!(
+            Settings::from_toml(&toml).unwrap().inbound.body_memory,
+            8192
+        );
+        let toml = format!("{VALID}\n[inbound]\nbody_limit = 4096\nbody_memory = 4095\n");
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("inbound.body_memory: must be at least inbound.body_limit"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -32,6 +32,17 @@ fn app() -> Router {
         .route("/slow", get(std::future::pending::<&'static str>))
         .route("/stream", get(|| async { Body::from_stream(pieces()) }))
         .route("/held", get(|| async { Body::from_stream(held()) }))
+        .route("/big", get(|| async { Body::from_stream(big()) }))
+        .route("/medium", get(|| async { vec![b'm'; MEDIUM] }))
+}
+
+/// The length of `/medium`: several socket buffers' worth.
+const MEDIUM: usize = 16 * 1024 * 1024;
+
+/// 64 MiB in 64 KiB pieces: more than any socket buffers hold.
+fn big() -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+    futures::stream::iter((0..1024).map(move |_| Ok(piece.clone())))
 }
 
 /// Released by [`release_held`].
@@ -98,6 +109,7 @@ fn limits() -> HttpSettings {
         header_read_timeout: Duration::from_millis(300),
         body_read_timeout: Duration::from_millis(300),
         request_timeout: Duration::from_millis(300),
+        write_timeout: Duration::from_millis(300),
         max_connections: 64,
     }
 }
@@ -247,5 +259,102 @@ async fn shutdown_lets_a_response_in_flight_finish_and_hangs_up_on_stalled_clien
     HELD.notify_one();
     let rest = until_closed(&mut streaming).await;
     assert!(rest.contains("last piece"), "{rest}");
+    server.stop().await;
+}
+
+/// A client that asks for something and then never reads the answer (a hung
+/// consumer, or an attacker pipelining requests): the server's writes block
+/// once the socket buffers are full. Such a connection must not keep its slot
+/// for ever, or a few of them hold every slot of the server.
+#[tokio::test]
+async fn a_client_that_stops_reading_its_response_is_cut_and_others_are_served() {
+    let server = Server::start(HttpSettings {
+        max_connections: 1,
+        ..limits()
+    });
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window, so the server's writes block sooner.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut reader = tokio::time::timeout(PATIENCE, socket.connect(server.addr))
+        .await
+        .expect("the kernel takes the connection")
+        .unwrap();
+    reader
+        .write_all(b"GET /big HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // It holds the only slot and reads nothing; the next client is served all
+    // the same, once the stuck one is cut.
+    let answer = get_ok(server.addr).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+    // The stuck client got a cut answer, not 64 MiB.
+    let mut received = 0usize;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(PATIENCE, reader.read(&mut buffer))
+            .await
+            .expect("the server closed the connection")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+    }
+    assert!(received < 64 * 1024 * 1024, "{received}");
+    server.stop().await;
+}
+
+/// The write timeout is about a client reading nothing, not a slow one: a
+/// client that reads a little at a time, for longer than the timeout in all,
+/// gets the whole response.
+#[tokio::test]
+async fn a_slow_reader_that_keeps_reading_gets_the_whole_response() {
+    let server = Server::start(limits());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut reader = socket.connect(server.addr).await.unwrap();
+    reader
+        .write_all(b"GET /medium HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = 0usize;
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let n = tokio::time::timeout(PATIENCE, reader.read(&mut buffer))
+            .await
+            .expect("the response goes on")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        received += n;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(received > MEDIUM, "{received}: cut before its end");
+    server.stop().await;
+}
+
+/// Headers are held in memory until they end: hyper's default lets each
+/// connection grow a 400 KB buffer, and 1,000 connections sending 380 KB of
+/// headers that never end grew the bridge by 300 MB. A head past
+/// `server::MAX_HEAD_BYTES` is refused at once.
+#[tokio::test]
+async fn headers_past_the_head_limit_are_refused_at_once() {
+    let server = Server::start(HttpSettings {
+        // Only the head limit can end this request in time.
+        header_read_timeout: PATIENCE * 2,
+        ..limits()
+    });
+    let mut head = b"GET /ok HTTP/1.1\r\nHost: test\r\nX-Pad: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', server::MAX_HEAD_BYTES + 1));
+    let mut client = stalled(server.addr, &head).await;
+    let answer = until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // A head of ordinary size is served.
+    let mut head = b"GET /ok HTTP/1.1\r\nHost: test\r\nConnection: close\r\nX-Pad: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 4 * 1024));
+    head.extend(b"\r\n\r\n");
+    let answer = request(server.addr, std::str::from_utf8(&head).unwrap()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.stop().await;
 }

@@ -72,6 +72,7 @@
 
 mod aaa;
 mod attachment;
+mod body;
 mod delivery;
 mod dm_events;
 mod echo;

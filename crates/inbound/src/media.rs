@@ -307,14 +307,22 @@ fn is_id(segment: &str) -> bool {
     (1..=19).contains(&segment.len()) && segment.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// A file-like segment: not empty, not only dots, no encoded `/` or `\`.
+/// A file-like segment, as X names its media files (`OwIPMAFC.png`, `1280x720`): after
+/// percent-decoding, letters, digits, `-`, `_`, `~`, `.` and spaces, with no `..`
+/// anywhere. So nothing a server may read as a path step survives: no `/` or `\`
+/// (raw or encoded), no dot segments (`..`, `%2e%2e`), no `..;` (read as `..` by some
+/// servers), no NUL or other control characters.
 fn is_name(segment: &str) -> bool {
-    let lower = segment.to_ascii_lowercase();
-    !segment.is_empty()
-        && !segment.bytes().all(|b| b == b'.')
-        && !lower.contains("%2f")
-        && !lower.contains("%5c")
-        && !lower.contains("%2e%2e")
+    let Ok(decoded) = percent_encoding::percent_decode_str(segment).decode_utf8() else {
+        return false;
+    };
+    // A `%` not followed by two hex digits is left as is by the decoder: refused too.
+    !decoded.is_empty()
+        && !decoded.contains("..")
+        && !decoded.bytes().all(|b| b == b'.')
+        && decoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~' | b'.' | b' '))
 }
 
 fn unix_seconds(at: SystemTime) -> u64 {
@@ -499,6 +507,12 @@ mod tests {
             "/1.1/ton/data/dm/12/34/%2e%2e/%2E%2E/x",
             "/1.1/ton/data/dm/12/34/..%2F..%2F..%2F2%2Fusers%2Fme",
             "/1.1/ton/data/dm/12/34/..%5C2%5Cusers%5Cme",
+            "/dm_video/12/..;/..;/2/users/me",
+            "/dm_video/12/a;b/x.mp4",
+            "/dm_video/12/x%00.mp4",
+            "/dm_video/12/x%zz.mp4",
+            "/dm_video/12/a..b/x.mp4",
+            "/1.1/ton/data/dm/12/34/x%2e%2e",
             "/dm_video/12",
             "/dm_video/12/",
             "/dm_video/x/vid/a.mp4",

@@ -13,7 +13,7 @@
 //! | URL altered, foreign key, expired, origin not allowed, not a DM media path | 403 |
 //! | channel no longer configured | 404 |
 //! | X answers nothing within `timeout` | 504 |
-//! | X answers an error (401, 403, 404, 5xx, a redirect elsewhere), cannot be reached | 502 |
+//! | X answers an error (401, 403, 404, 5xx, a redirect elsewhere or to anything but DM media), cannot be reached | 502 |
 //! | X announces more than `max_bytes` | 502 |
 //! | the body grows past `max_bytes`, stalls longer than `timeout`, or breaks | the stream is cut |
 //!
@@ -184,7 +184,13 @@ async fn serve(
         }
     };
     let dm_event_id = media.dm_event_id.as_str();
-    let response = match client.download_media(&media.x_url, proxy.timeout).await {
+    // A redirect is followed only to what the same check lets through.
+    let links = proxy.links.clone();
+    let may_fetch = move |url: &url::Url| links.is_allowed(url);
+    let response = match client
+        .download_media(&media.x_url, proxy.timeout, &may_fetch)
+        .await
+    {
         Ok(response) => response,
         Err(error) => {
             let (status, outcome, cause, detail) = match &error {

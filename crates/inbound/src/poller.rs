@@ -301,10 +301,14 @@ pub async fn poll_once(
     // Newest first, as X lists them.
     budget.begin();
     let mut new: Vec<Seen> = Vec::new();
-    let mut token = None;
+    let mut token: Option<String> = None;
+    let mut oldest_read: Option<u64> = None;
     loop {
+        let asked = token.take();
         let (page, next_token) =
-            read_page(ctx, budget.page_size(), token.take(), &mut outcome).await?;
+            read_page(ctx, budget.page_size(), asked.clone(), &mut outcome).await?;
+        repeats_no_page(&page, oldest_read, asked.as_deref(), next_token.as_deref())?;
+        oldest_read = page.iter().map(|seen| seen.id).min().or(oldest_read);
         let mut reached = false;
         for seen in page {
             if seen.id <= cursor {
@@ -356,6 +360,31 @@ pub async fn poll_once(
         "poll done"
     );
     Ok(outcome)
+}
+
+/// Checks that a page goes on from the one before: X lists DM events newest first, so
+/// every event of a page is older than the `oldest_read` before it, and its
+/// `next_token` is not the token (`asked`) that fetched it. A page that repeats
+/// events, or hands back its own token, would have the poll follow it for ever,
+/// paying for every read and never reaching the cursor; the poll stops with an error
+/// instead (and the next one starts again from the newest page).
+fn repeats_no_page(
+    page: &[Seen],
+    oldest_read: Option<u64>,
+    asked: Option<&str>,
+    next_token: Option<&str>,
+) -> Result<(), PollError> {
+    let newest = page.iter().map(|seen| seen.id).max();
+    let repeats_events =
+        matches!((newest, oldest_read), (Some(newest), Some(oldest)) if newest >= oldest);
+    let repeats_token = asked.is_some() && asked == next_token;
+    if repeats_events || repeats_token {
+        return Err(PollError::Page(PayloadError::Invalid {
+            field: "meta.next_token".into(),
+            detail: "led to a page that repeats the one before (its events or its token), so paging back to the cursor would never end".into(),
+        }));
+    }
+    Ok(())
 }
 
 /// Moves the channel's cursor to `event_id`, in the store or, while the store
@@ -428,6 +457,21 @@ async fn deliver(ctx: &PollContext, dm: &DirectMessage) -> Result<bool, PollErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_must_be_older_than_the_one_before_and_bring_a_new_token() {
+        let page = |ids: &[u64]| -> Vec<Seen> {
+            ids.iter().map(|&id| Seen { id, message: None }).collect()
+        };
+        // The first page, and pages going back in time.
+        assert!(repeats_no_page(&page(&[9, 8]), None, None, Some("a")).is_ok());
+        assert!(repeats_no_page(&page(&[7, 6]), Some(8), Some("a"), Some("b")).is_ok());
+        assert!(repeats_no_page(&page(&[]), Some(8), Some("a"), None).is_ok());
+        // The same events again, one as new as the last page's oldest, or the same token.
+        assert!(repeats_no_page(&page(&[9, 8]), Some(8), Some("a"), Some("b")).is_err());
+        assert!(repeats_no_page(&page(&[8]), Some(8), Some("a"), Some("b")).is_err());
+        assert!(repeats_no_page(&page(&[]), Some(8), Some("a"), Some("a")).is_err());
+    }
 
     #[test]
     fn snowflake_cursors_sort_by_time() {

@@ -223,6 +223,7 @@ impl Inbound {
                 .collect();
             let config = WebhookConfig {
                 body_limit: settings.inbound.body_limit,
+                body_memory: settings.inbound.body_memory,
                 publish_echoes: settings.inbound.publish_echoes,
                 publish_activity: settings.inbound.publish_activity,
             };

@@ -25,8 +25,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -38,11 +38,12 @@ use sha2::{Digest, Sha256};
 use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
 use xbridge_store::{StateStore, StoreError};
 
+use crate::body::{BodyBudget, BodyRefusal};
 use crate::delivery::{DeliverError, Delivery, InFlightDeliveries};
 use crate::routing::{route, Route};
 use crate::sink::{EventSink, InboundDeadLetter, OutboundEvent, SinkError};
 use crate::untrusted_log::{shown, shown_within, LogLimiter};
-use crate::webhook_auth::{crc_response_token, verify_signature, SIGNATURE_HEADER};
+use crate::webhook_auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
 use crate::{
     parse_webhook, ConversationTyping, DirectMessage, InboundItem, MessageRead, WebhookDelivery,
 };
@@ -75,6 +76,11 @@ pub struct WebhookConfig {
     /// Largest POST body taken, in bytes (default 1 MiB); larger ones get 413 before
     /// they are read in full, so nobody can make the bridge buffer without bound.
     pub body_limit: usize,
+    /// Bytes all POST bodies being read or handled may hold together (default 64
+    /// MiB): a body is read whole before its signature can vouch for it, so without
+    /// this, `body_limit` times the connection cap could be held for anyone. A body
+    /// that does not fit is answered 503 (X sends it again).
+    pub body_memory: usize,
     /// Publish `message.echo` for DMs the company's account sent outside the bridge
     /// (default true), so the CRM sees the whole conversation.
     pub publish_echoes: bool,
@@ -87,6 +93,7 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         WebhookConfig {
             body_limit: 1024 * 1024,
+            body_memory: 64 * 1024 * 1024,
             publish_echoes: true,
             publish_activity: false,
         }
@@ -97,8 +104,10 @@ impl Default for WebhookConfig {
 /// does not silence the others.
 struct Logs {
     unknown_channel: LogLimiter,
+    bad_crc_token: LogLimiter,
     bad_signature: LogLimiter,
     unreadable_body: LogLimiter,
+    no_body_memory: LogLimiter,
     account_not_known_yet: LogLimiter,
     unknown_account: LogLimiter,
 }
@@ -107,8 +116,12 @@ impl Default for Logs {
     fn default() -> Self {
         Logs {
             unknown_channel: LogLimiter::for_requests("webhook requests for an unknown channel"),
+            bad_crc_token: LogLimiter::for_requests("CRC challenges with a token X does not send"),
             bad_signature: LogLimiter::for_requests("webhook POSTs with a bad signature"),
             unreadable_body: LogLimiter::for_requests("webhook POSTs with an unreadable body"),
+            no_body_memory: LogLimiter::for_requests(
+                "webhook POSTs refused for want of memory for bodies",
+            ),
             account_not_known_yet: LogLimiter::for_requests(
                 "webhook bodies waiting for a channel's account",
             ),
@@ -126,6 +139,8 @@ pub struct WebhookState {
     sink: Arc<dyn EventSink>,
     store: Arc<dyn StateStore>,
     config: WebhookConfig,
+    /// The memory bodies being read and handled may hold together.
+    bodies: BodyBudget,
     signature_failures: AtomicU64,
     in_flight: Arc<InFlightDeliveries>,
     profiles: HashMap<String, Arc<crate::profiles::Profiles>>,
@@ -168,6 +183,7 @@ impl WebhookState {
             identities: Arc::new(identities),
             sink,
             store,
+            bodies: BodyBudget::new(config.body_memory, config.body_limit),
             config,
             signature_failures: AtomicU64::new(0),
             in_flight: Arc::default(),
@@ -223,14 +239,14 @@ impl WebhookState {
     }
 }
 
-/// The webhook's routes, `GET` and `POST /webhooks/{channel}`, with the body limit of
-/// `state`'s config. The caller serves it (and may nest it under another router).
+/// The webhook's routes, `GET` and `POST /webhooks/{channel}`; POST bodies are read
+/// within the limits of `state`'s config (`body.rs`). The caller serves it (and may
+/// nest it under another router).
 pub fn router(state: Arc<WebhookState>) -> Router {
-    let limit = DefaultBodyLimit::max(state.config.body_limit);
     Router::new()
         .route(
             "/webhooks/{channel}",
-            get(crc_challenge).post(receive_events).layer(limit),
+            get(crc_challenge).post(receive_events),
         )
         .with_state(state)
 }
@@ -260,6 +276,42 @@ fn unknown_channel(state: &WebhookState, request: &'static str, channel: &str) -
     error(StatusCode::NOT_FOUND, "no webhook channel by this name")
 }
 
+/// The answer to a body that was not read: 413 over the limit, 503 when the bodies
+/// being read hold all the memory for bodies (X sends it again), 400 when it broke off
+/// or stopped arriving.
+fn refused_body(state: &WebhookState, channel: &str, refusal: BodyRefusal) -> Response {
+    match refusal {
+        BodyRefusal::TooLarge => {
+            count_refused("too_large");
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {} bytes", state.config.body_limit),
+            )
+        }
+        BodyRefusal::NoRoom => {
+            count_refused("no_body_memory");
+            if state.logs.no_body_memory.allow() {
+                tracing::warn!(
+                    channel,
+                    body_memory = state.config.body_memory,
+                    "webhook POST answered 503: the bodies being read hold all of inbound.body_memory"
+                );
+            }
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many bodies are being read at once; retry later",
+            )
+        }
+        BodyRefusal::Unreadable => {
+            count_refused("unreadable_body");
+            error(
+                StatusCode::BAD_REQUEST,
+                "the body broke off or stopped arriving",
+            )
+        }
+    }
+}
+
 /// `GET ?crc_token=…`: proves to X that we hold the consumer secret.
 async fn crc_challenge(
     State(state): State<Arc<WebhookState>>,
@@ -270,6 +322,18 @@ async fn crc_challenge(
         return unknown_channel(&state, "CRC challenge", &channel);
     };
     match query.crc_token.filter(|token| !token.is_empty()) {
+        // The answer would be a valid signature of `token` as a body (see
+        // `webhook_auth`): only X's kind of token gets one.
+        Some(token) if !is_crc_token(&token) => {
+            count_refused("bad_crc_token");
+            if state.logs.bad_crc_token.allow() {
+                tracing::warn!(channel, token = %shown(&token), "CRC challenge refused: not a token X sends");
+            }
+            error(
+                StatusCode::BAD_REQUEST,
+                "the crc_token is not one X sends (letters, digits, + / = - _, at most 256)",
+            )
+        }
         Some(token) => {
             tracing::debug!(channel, "answering X's CRC challenge");
             let response_token = crc_response_token(&config.consumer_secret, &token);
@@ -282,16 +346,22 @@ async fn crc_challenge(
     }
 }
 
-/// `POST`: checks the signature, parses, routes and publishes, answers.
+/// `POST`: reads the body within the budget, checks the signature, parses, routes and
+/// publishes, answers.
 async fn receive_events(
     State(state): State<Arc<WebhookState>>,
     Path(channel): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(config) = state.channels.get(&channel) else {
         return unknown_channel(&state, "POST", &channel);
     };
+    let held = match state.bodies.read(&headers, body).await {
+        Ok(held) => held,
+        Err(refusal) => return refused_body(&state, &channel, refusal),
+    };
+    let body = held.bytes.clone();
     // A header that is not text cannot be a valid signature: treat it as malformed.
     let signature = headers
         .get(SIGNATURE_HEADER)
@@ -322,7 +392,12 @@ async fn receive_events(
     let task = {
         let state = state.clone();
         let channel = channel.clone();
-        tokio::spawn(async move { state.deliver(&channel, delivery, &body).await })
+        // The body's memory stays taken until its events are handled.
+        tokio::spawn(async move {
+            let delivered = state.deliver(&channel, delivery, &body).await;
+            drop(held);
+            delivered
+        })
     };
     match task.await {
         Ok(Ok(())) => StatusCode::OK.into_response(),

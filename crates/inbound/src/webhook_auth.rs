@@ -4,6 +4,13 @@
 //!
 //! The signature is checked over the raw body, in constant time, before the
 //! body is parsed, so a forged request costs us no JSON parsing.
+//!
+//! X's CRC answer and its body signatures are the same HMAC under the same
+//! secret, and anyone may ask for a CRC answer. Answering any `crc_token` would
+//! sign any body for whoever asks: a forged DM, published as a customer's. So
+//! only tokens shaped like X's are answered ([`is_crc_token`]): letters, digits
+//! and base64 signs, none of which can make the `{` every webhook body starts
+//! with.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -31,6 +38,20 @@ pub enum SignatureError {
 fn mac(consumer_secret: &SecretString) -> Hmac<Sha256> {
     Hmac::<Sha256>::new_from_slice(consumer_secret.expose_secret().as_bytes())
         .expect("HMAC takes keys of any length")
+}
+
+/// Longest `crc_token` answered. X's are a few dozen characters.
+pub const MAX_CRC_TOKEN: usize = 256;
+
+/// Whether `token` is shaped like the CRC tokens X sends (1 to
+/// [`MAX_CRC_TOKEN`] characters of the base64 and base64url alphabets, `=`
+/// included), so that its answer can never double as the signature of a webhook
+/// body: those are JSON objects, and `{` is not among these characters.
+pub fn is_crc_token(token: &str) -> bool {
+    (1..=MAX_CRC_TOKEN).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
 }
 
 /// The body of the answer to `GET ?crc_token=…`:
@@ -88,6 +109,30 @@ mod tests {
             crc_response_token(&secret(), "8f3ba2b1-1d87-4d5e-9f1b-0c2c4c1a7a5e"),
             "sha256=MosEQWJAvCCWOIKRBC6aYDNH4A7Xf/PiRiaANbd+3qI="
         );
+    }
+
+    #[test]
+    fn only_tokens_shaped_like_xs_are_crc_tokens() {
+        for token in [
+            "8f3ba2b1-1d87-4d5e-9f1b-0c2c4c1a7a5e",
+            "ZmY4MTk0ZTAtYTQ2Ni00MzQ3LWJmYjYtNzM5NjdkZDc5ZDQ1",
+            "a+b/c=_-",
+            &"A".repeat(MAX_CRC_TOKEN),
+        ] {
+            assert!(is_crc_token(token), "{token}");
+        }
+        let body = String::from_utf8(fixture()).unwrap();
+        for token in [
+            "",
+            &"A".repeat(MAX_CRC_TOKEN + 1),
+            body.as_str(),
+            "{}",
+            "a b",
+            "a.b",
+            "é",
+        ] {
+            assert!(!is_crc_token(token), "{token}");
+        }
     }
 
     #[test]

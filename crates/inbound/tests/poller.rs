@@ -370,3 +370,90 @@ async fn a_failed_publish_moves_the_cursor_only_past_what_was_confirmed() {
     );
     world.assert_nothing_else_published().await;
 }
+
+/// A sink that must not be reached.
+struct NoSink;
+
+#[async_trait]
+impl EventSink for NoSink {
+    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError> {
+        panic!("nothing should be published: {event:?}");
+    }
+}
+
+/// X answering every page with the same events and the same `next_token` (a bug on
+/// its side, or a page token it keeps handing back): the poll pages back to the cursor
+/// and would never reach it, reading (and paying for) the same page for ever while its
+/// list of "new" events grows. It stops at the first page that is not older than the
+/// one before, with an error saying so.
+#[tokio::test]
+async fn a_page_that_repeats_an_earlier_one_ends_the_poll_with_an_error() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let pages = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/2/dm_events",
+        axum::routing::get({
+            let pages = pages.clone();
+            move || async move {
+                pages.fetch_add(1, Ordering::SeqCst);
+                axum::Json(serde_json::json!({
+                    "data": [{"id": "1585047616894574596", "event_type": "MessageCreate",
+                        "text": "again", "sender_id": "944480690",
+                        "created_at": "2022-10-25T23:16:15.000Z",
+                        "dm_conversation_id": "944480690-906948460078698496"}],
+                    "meta": {"result_count": 1, "next_token": "18LAA581J5II7LA00C00ZZZZ"}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let account = Account::generate("acme_support");
+    let client = XClient::new(
+        XClientConfig {
+            base_url: url::Url::parse(&base).unwrap(),
+            request_timeout: Duration::from_secs(10),
+            ..XClientConfig::default()
+        },
+        UserCredentials {
+            consumer_key: account.consumer_key.clone().into(),
+            consumer_secret: account.consumer_secret.clone().into(),
+            access_token: account.access_token.clone().into(),
+            access_token_secret: account.access_token_secret.clone().into(),
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
+    store.set_poll_cursor(CHANNEL, "1").await.unwrap();
+    let ctx = PollContext {
+        channel: CHANNEL.into(),
+        own_user_id: "906948460078698496".into(),
+        client,
+        store: store.clone(),
+        sink: Arc::new(NoSink),
+        publish_echoes: true,
+        backfill: None,
+        profiles: None,
+        media: None,
+        in_flight: Default::default(),
+    };
+    let mut budget = PollBudget::default();
+    let polled = tokio::time::timeout(PATIENCE, poll_once(&ctx, &mut budget))
+        .await
+        .expect("the poll ends");
+    let error = polled.expect_err("a poll that cannot reach its cursor fails");
+    assert!(matches!(error, PollError::Page(_)), "{error}");
+    assert!(error.to_string().contains("repeats"), "{error}");
+    assert_eq!(
+        pages.load(Ordering::SeqCst),
+        2,
+        "read once more, not for ever"
+    );
+    assert_eq!(
+        store.poll_cursor(CHANNEL).await.unwrap().as_deref(),
+        Some("1")
+    );
+}

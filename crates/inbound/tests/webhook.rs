@@ -197,6 +197,13 @@ impl World {
         format!("{}/webhooks/{channel}", self.base)
     }
 
+    /// `channel`'s CRC URL for `token`, encoded as X would.
+    fn crc_url(&self, channel: &str, token: &str) -> url::Url {
+        let mut url = url::Url::parse(&self.url(channel)).unwrap();
+        url.query_pairs_mut().append_pair("crc_token", token);
+        url
+    }
+
     /// POSTs `body` to `channel`'s webhook with `signature` (none when `None`).
     async fn post_signed(
         &self,
@@ -301,6 +308,56 @@ async fn the_crc_answer_matches_an_independent_computation() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
     assert_eq!(world.post("nobody", &customer_dm("1")).await, 404);
+}
+
+/// X's CRC answer and its body signatures are the same HMAC with the same secret, so a
+/// CRC that answered any token would sign any body for whoever asks: here, a DM no
+/// customer sent. Only tokens shaped like X's (which no JSON body can be) are answered.
+#[tokio::test]
+async fn the_crc_answer_cannot_be_used_to_sign_a_forged_body() {
+    let mut world = World::start(WebhookConfig::default()).await;
+    let forged = customer_dm("954491830116155399");
+    let crc = world
+        .http
+        .get(world.crc_url("acme", std::str::from_utf8(&forged).unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(crc.status(), 400, "a token no X CRC sends is not answered");
+    let answer: Value = crc.json().await.unwrap();
+    assert!(answer.get("response_token").is_none(), "{answer}");
+
+    // Whatever the attacker got, the forged body is refused and nothing published.
+    let mut signature = answer["response_token"].as_str().unwrap_or("").to_owned();
+    if signature.is_empty() {
+        signature = "sha256=AAAA".into();
+    }
+    let posted = world.post_signed("acme", forged, Some(&signature)).await;
+    assert_eq!(posted.status(), 401);
+    world
+        .assert_nothing_else_published("954491830116155398")
+        .await;
+
+    // X's own tokens (letters, digits, base64 and base64url signs) are answered.
+    for token in [
+        "8f3ba2b1-1d87-4d5e-9f1b-0c2c4c1a7a5e",
+        "ZmY4MTk0ZTAtYTQ2Ni00MzQ3LWJmYjYtNzM5NjdkZDc5ZDQ1",
+        "a+b/c=_-",
+    ] {
+        let crc = world
+            .http
+            .get(world.crc_url("acme", token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(crc.status(), 200, "{token}");
+        let body: Value = crc.json().await.unwrap();
+        assert_eq!(
+            body["response_token"],
+            crc_response_token(&SecretString::from(SECRET), token),
+            "{token}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -461,6 +518,109 @@ async fn the_limit_applies_before_the_body_is_read_in_full() {
     world
         .assert_nothing_else_published("954491830116155432")
         .await;
+}
+
+/// Bodies are read whole before their signature can be checked, so each connection
+/// can make the webhook buffer up to `body_limit`: 1,000 unsigned connections of 1 MiB
+/// each held 840 MB of the bridge. Together, bodies hold at most `body_memory`; a body
+/// that would go past it is answered 503 at once (X sends it again), not buffered.
+#[tokio::test]
+async fn unsigned_bodies_together_hold_at_most_the_body_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const PIECE: usize = 60 * 1024;
+    let mut world = World::start(WebhookConfig {
+        body_limit: 64 * 1024,
+        body_memory: 4 * PIECE + 1024,
+        ..WebhookConfig::default()
+    })
+    .await;
+    let address = world.base.trim_start_matches("http://").to_owned();
+    let start = |address: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /webhooks/acme HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n{SIGNATURE_HEADER}: sha256=AAAA\r\n\r\n",
+            64 * 1024
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Most of the body, and then nothing.
+        stream.write_all(&vec![b' '; PIECE]).await.unwrap();
+        stream
+    };
+    // Five of them do not fit together: one (whichever is read last) is answered
+    // at once, not buffered, while the others wait for the rest of their bodies.
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(start(address.clone()).await);
+    }
+    let answers = streams.iter_mut().map(|stream| {
+        Box::pin(async move {
+            let mut answer = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !answer.windows(2).any(|w| w == b"\r\n") {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buffer[..n]),
+                }
+            }
+            String::from_utf8_lossy(&answer).into_owned()
+        })
+    });
+    let (answer, _, _) = tokio::time::timeout(PATIENCE, futures::future::select_all(answers))
+        .await
+        .expect("a body past the memory for bodies is answered without waiting for it");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let held = streams;
+    assert_eq!(world.state.signature_failures(), 0);
+
+    // Once they are gone, X's POST is taken.
+    drop(held);
+    let body = customer_dm("954491830116155433");
+    let status = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let status = world.post("acme", &body).await;
+            if status != 503 {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the memory is given back when the connections go");
+    assert_eq!(status, 200);
+    assert_eq!(
+        world.next_event().await.body["event_id"],
+        "954491830116155433"
+    );
+}
+
+/// A POST for a channel nobody configured is refused before its body is read.
+#[tokio::test]
+async fn a_post_for_an_unknown_channel_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let world = World::start(WebhookConfig::default()).await;
+    let address = world.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /webhooks/nobody HTTP/1.1\r\nhost: {address}\r\ncontent-length: 1000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    tokio::time::timeout(PATIENCE, async {
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .expect("answered without the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }
 
 #[tokio::test]

@@ -66,16 +66,20 @@ impl XClient {
     /// response with its body unread, for streaming.
     ///
     /// `timeout` bounds connecting and waiting for the response head. Redirects to the same
-    /// origin are followed (signed again for their URL, at most three); a redirect elsewhere
-    /// is [`MediaDownloadError::Redirected`], so the signature never travels to a foreign
-    /// host. Media downloads are not paced: they do not count against X's API rate limits.
+    /// origin are followed (signed again for their URL, at most three) if `may_fetch`
+    /// allows their target as it allowed `url` (the media proxy's check that a URL is DM
+    /// media); a redirect elsewhere, or to a URL `may_fetch` refuses, is
+    /// [`MediaDownloadError::Redirected`], so the signature never travels to a foreign
+    /// host nor signs a request for anything but media. Media downloads are not paced:
+    /// they do not count against X's API rate limits.
     #[tracing::instrument(skip_all, fields(origin = %url.origin().ascii_serialization()))]
     pub async fn download_media(
         &self,
         url: &Url,
         timeout: Duration,
+        may_fetch: &(dyn Fn(&Url) -> bool + Sync),
     ) -> Result<reqwest::Response, MediaDownloadError> {
-        if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || !may_fetch(url) {
             return Err(MediaDownloadError::InvalidUrl);
         }
         let origin = url.origin();
@@ -93,6 +97,14 @@ impl XClient {
                 });
             }
             current = same_origin_location(&current, &origin, response.headers().get(LOCATION))?;
+            if !may_fetch(&current) {
+                tracing::warn!(
+                    "X redirected a media download to a URL that is not media; not followed"
+                );
+                return Err(MediaDownloadError::Redirected {
+                    reason: "to a URL that is not DM media".to_owned(),
+                });
+            }
         }
         Err(MediaDownloadError::Redirected {
             reason: format!("more than {MAX_REDIRECTS} redirects"),

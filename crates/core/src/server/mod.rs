@@ -15,6 +15,11 @@
 //! - tower-http's request timeout, from a request's headers to its response's
 //!   (408 after it); a response body already streaming (the media proxy) is
 //!   not bounded by it;
+//! - a write timeout (tokio-io-timeout), the longest a response may wait
+//!   because the client reads nothing: hyper has none, and a client that asks
+//!   and never reads (a hung consumer, or requests pipelined and left unread)
+//!   would hold its connection, and its slot, for ever;
+//! - at most [`MAX_HEAD_BYTES`] of a request's head buffered (431 beyond);
 //! - a cap on the connections held at once: when it is reached the server
 //!   stops accepting, so new connections wait in the kernel's listen queue
 //!   ([`LISTEN_BACKLOG`]) until a stalled one is cut, instead of being
@@ -55,6 +60,13 @@ use accept::AcceptTrouble;
 /// connections wait while a server holds `http.max_connections`. std's
 /// `TcpListener::bind` asks for 128, fewer than a burst of stalled clients.
 pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// The most of a request's head (request line and headers) a connection
+/// holds while it arrives; a longer head gets 431. hyper's default (about 400
+/// KB) let 1,000 connections sending headers that never end grow the process
+/// by 300 MB. X, probes, Prometheus and the CRM send heads of a few hundred
+/// bytes. It is also hyper's largest read and write buffer per connection.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// How long requests in flight at shutdown may finish before their
 /// connections are cut; idle connections close at once.
@@ -101,6 +113,7 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -137,8 +150,10 @@ pub async fn serve(
             served.store(true, Ordering::Relaxed);
             service.call(request)
         });
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
         let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(stream), per_connection));
+            graceful.watch(http.serve_connection(TokioIo::new(Box::pin(stream)), per_connection));
         let stop = shutdown.clone();
         connections.spawn(async move {
             tokio::pin!(connection);
@@ -198,16 +213,39 @@ impl Slot {
     fn ended_with(&self, error: &hyper::Error) {
         let server = self.server;
         if error.is_timeout() && !self.served.load(Ordering::Relaxed) {
-            metrics::counter!("xbridge_http_stalled_connections_total", "server" => server)
+            metrics::counter!("xbridge_http_stalled_connections_total", "server" => server, "stage" => "headers")
                 .increment(1);
             tracing::debug!(
                 server,
                 "a client did not send a request's headers in time; connection closed"
             );
+        } else if write_timed_out(error) {
+            metrics::counter!("xbridge_http_stalled_connections_total", "server" => server, "stage" => "response")
+                .increment(1);
+            tracing::debug!(
+                server,
+                "a client read nothing of its response in time; connection closed"
+            );
         } else {
             tracing::debug!(server, %error, "connection ended with an error");
         }
     }
+}
+
+/// Whether `error` is the write timeout's: an I/O error of kind `TimedOut`
+/// somewhere in its sources.
+fn write_timed_out(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 impl Drop for Slot {
