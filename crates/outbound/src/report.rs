@@ -202,7 +202,8 @@ impl Reporter {
         .map(drop)
     }
 
-    /// Publishes the delivery's body and properties again, with `history`
+    /// Publishes the delivery's body and properties again (without the
+    /// CRM's `user_id`: see [`Publisher::republishable`]), with `history`
     /// in place of our old headers. The reply's own headers are kept as far
     /// as they fit in one frame beside ours with [`BROKER_HEADROOM`] to spare;
     /// the largest of the others are dropped, and returned.
@@ -213,7 +214,7 @@ impl Reporter {
         routing_key: &str,
         history: &FailureHeaders,
     ) -> Result<Vec<DroppedHeader>, PublishError> {
-        let properties = Publisher::complete(delivery.properties.clone());
+        let properties = Publisher::complete(Publisher::republishable(&delivery.properties));
         let headroom = BROKER_HEADROOM.min(self.publisher.frame_max() / 8);
         let budget = self
             .publisher
