@@ -78,6 +78,12 @@ impl Reporter {
         }
     }
 
+    /// The connection's negotiated `frame_max`, which every delivery's
+    /// properties must leave room in (see [`wire::check_redelivery`]).
+    pub fn frame_max(&self) -> usize {
+        self.publisher.frame_max()
+    }
+
     /// Resolves once a reply was parked or dead-lettered since the last call.
     pub async fn queues_changed(&self) {
         self.queues_changed.notified().await
