@@ -233,3 +233,45 @@ async fn a_database_that_refuses_writes_is_reported_until_it_takes_them_again() 
     })
     .await;
 }
+
+/// A statement that waits for a lock another session holds (a `VACUUM FULL`,
+/// an `ALTER TABLE`, a stuck migration) used to hang the store call forever,
+/// with health still saying the store could write: every reply behind it
+/// waited, silently.
+#[tokio::test]
+async fn a_write_stuck_behind_a_lock_fails_and_is_reported_instead_of_hanging() {
+    in_fresh_schema(|schema| async move {
+        let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
+        let health = store.health();
+        let (locker, connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
+        tokio::spawn(connection);
+        locker
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE \"{schema}\".send_intents IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .unwrap();
+
+        let error = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            store.record_send_intent("acme", "m-1", 0, chrono::Utc::now()),
+        )
+        .await
+        .expect("the store call ends")
+        .unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(error.to_string().contains("statement timeout"), "{error}");
+        assert!(!health.is_writable(), "the store says it cannot write");
+
+        locker.batch_execute("ROLLBACK").await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), health.wait_writable())
+            .await
+            .expect("the store notices it can write again");
+        store
+            .record_send_intent("acme", "m-1", 0, chrono::Utc::now())
+            .await
+            .unwrap();
+        assert!(store.send_intent("acme", "m-1", 0).await.unwrap().is_some());
+    })
+    .await;
+}
