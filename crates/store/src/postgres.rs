@@ -277,6 +277,21 @@ impl PostgresStore {
     /// waits and then finds the work done.
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
+        // Reading first: a schema whose migrations are all applied needs no
+        // write, so a replica (re)started while the database refuses writes
+        // (a standby, `default_transaction_read_only`, a full disk) still
+        // starts, reads what it can and reports the store unwritable, instead
+        // of failing its start on `CREATE TABLE IF NOT EXISTS`.
+        let applied = client
+            .query("SELECT version FROM xbridge_schema_migrations", &[])
+            .await;
+        if let Ok(rows) = applied {
+            let applied: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+            self.check_not_newer(&applied)?;
+            if MIGRATIONS.iter().all(|(v, _)| applied.contains(v)) {
+                return Ok(());
+            }
+        }
         let tx = client
             .transaction()
             .await
@@ -320,15 +335,7 @@ impl PostgresStore {
             .iter()
             .map(|row| row.get(0))
             .collect();
-        if let Some(newest) = applied.iter().max() {
-            let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
-            if *newest > known {
-                return Err(StoreError::Failed(format!(
-                    "schema {} is at migration {newest}, newer than this xbridge knows ({known}): run a newer xbridge",
-                    self.schema
-                )));
-            }
-        }
+        self.check_not_newer(&applied)?;
         for (version, sql) in MIGRATIONS {
             if applied.contains(version) {
                 continue;
@@ -347,6 +354,18 @@ impl PostgresStore {
         tx.commit()
             .await
             .map_err(|e| fail("cannot commit the migrations", &e))
+    }
+
+    /// Refuses a schema migrated by a newer xbridge.
+    fn check_not_newer(&self, applied: &[i32]) -> Result<(), StoreError> {
+        let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        match applied.iter().max() {
+            Some(newest) if *newest > known => Err(StoreError::Failed(format!(
+                "schema {} is at migration {newest}, newer than this xbridge knows ({known}): run a newer xbridge",
+                self.schema
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Inserts `record` unless the row is there (the first send wins) and,

@@ -275,3 +275,37 @@ async fn a_write_stuck_behind_a_lock_fails_and_is_reported_instead_of_hanging() 
     })
     .await;
 }
+
+/// A replica started (or restarted) while the database refuses writes (a
+/// standby, `default_transaction_read_only`) used to fail its start: the
+/// migration step writes even when every migration is applied.
+#[tokio::test]
+async fn a_store_starts_on_a_database_that_refuses_writes_once_migrated() {
+    in_fresh_schema(|schema| async move {
+        let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
+        store.record_delivered("acme", &["1".into()]).await.unwrap();
+        drop(store);
+
+        let read_only = format!(
+            "{}{}options=-c%20default_transaction_read_only%3Don",
+            url(),
+            if url().contains('?') { "&" } else { "?" }
+        );
+        let store = PostgresStore::connect(&read_only, Some(&schema))
+            .await
+            .expect("starts on a read-only database");
+        assert!(store.is_delivered("acme", "1").await.unwrap());
+        let error = store
+            .record_delivered("acme", &["2".into()])
+            .await
+            .unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(!store.health().is_writable());
+
+        // A schema never migrated cannot be used read-only: that start fails.
+        let fresh = format!("{schema}_new");
+        let refused = PostgresStore::connect(&read_only, Some(&fresh)).await;
+        assert!(refused.is_err(), "tables are needed");
+    })
+    .await;
+}
