@@ -272,12 +272,13 @@ impl Reporter {
         history.problem_type = failure.problem_type.clone().or(history.problem_type);
         history.first_failure_at.get_or_insert(now);
         history.last_failure_at = Some(now);
-        history
-            .original_exchange
-            .get_or_insert_with(|| delivery.exchange.as_str().to_owned());
-        history
-            .original_routing_key
-            .get_or_insert_with(|| delivery.routing_key.as_str().to_owned());
+        // Where this delivery was published, never what its headers claim:
+        // they came with the reply (a replay follows the routing key, so a
+        // header naming another channel would send the reply out of that
+        // channel's account). A parked reply comes back under its own routing
+        // key, through the outgoing exchange, so the delivery says it.
+        history.original_exchange = Some(delivery.exchange.as_str().to_owned());
+        history.original_routing_key = Some(delivery.routing_key.as_str().to_owned());
         let dropped = self
             .republish(
                 delivery,

@@ -631,3 +631,59 @@ async fn what_a_publisher_put_in_a_dead_letter_reaches_the_terminal_as_text() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+/// The `x-xbridge-*` headers a reply arrives with are the publisher's to
+/// choose. Kept on the dead letter, `x-xbridge-original-routing-key` sent the
+/// operator's replay of a reply for alpha to beta, out of beta's account: a
+/// publisher allowed only alpha's routing key (RabbitMQ topic permissions)
+/// reached another account through the replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_goes_where_the_reply_was_published_whatever_its_headers_say() {
+    let app = spawn_app(TestOptions {
+        channels: vec!["alpha".into(), "beta".into()],
+        ..TestOptions::default()
+    })
+    .await;
+    let alpha = app.user_id("alpha");
+    app.simulator.set_fault(
+        &alpha,
+        Fault::RecipientRefuses {
+            participant_id: "111".into(),
+        },
+    );
+    let bridge = start_bridge(&app).await;
+    let mut crm = crm(&app).await;
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("x-xbridge-original-routing-key", "beta"),
+        ("x-xbridge-original-exchange", "elsewhere"),
+    ] {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
+    crm.publish_with_properties(
+        "alpha",
+        &serde_json::to_vec(&reply("r-1", "111")).unwrap(),
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(headers),
+    )
+    .await;
+    let failed = crm.next_event().await;
+    assert_eq!(
+        failed.body["reason"], "recipient_refuses",
+        "{}",
+        failed.body
+    );
+
+    app.simulator.clear_faults(&alpha);
+    let shown = dlq_ok(&app, &["show", "r-1"]).await;
+    assert!(shown.contains("original key:      alpha\n"), "{shown}");
+    dlq_ok(&app, &["replay"]).await;
+    let sent = crm.next_event().await;
+    assert_eq!(sent.routing_key, "alpha.message.sent", "{}", sent.body);
+    assert_eq!(app.wait_for_dms("alpha", 1).await.len(), 1);
+    assert!(app.simulator.sent_dms_for(&app.user_id("beta")).is_empty());
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
