@@ -78,6 +78,12 @@ impl Reporter {
         }
     }
 
+    /// The connection's negotiated `frame_max`, which every delivery's
+    /// properties must leave room in (see [`wire::check_redelivery`]).
+    pub fn frame_max(&self) -> usize {
+        self.publisher.frame_max()
+    }
+
     /// Resolves once a reply was parked or dead-lettered since the last call.
     pub async fn queues_changed(&self) {
         self.queues_changed.notified().await
@@ -202,7 +208,8 @@ impl Reporter {
         .map(drop)
     }
 
-    /// Publishes the delivery's body and properties again, with `history`
+    /// Publishes the delivery's body and properties again (without the
+    /// CRM's `user_id`: see [`Publisher::republishable`]), with `history`
     /// in place of our old headers. The reply's own headers are kept as far
     /// as they fit in one frame beside ours with [`BROKER_HEADROOM`] to spare;
     /// the largest of the others are dropped, and returned.
@@ -213,7 +220,7 @@ impl Reporter {
         routing_key: &str,
         history: &FailureHeaders,
     ) -> Result<Vec<DroppedHeader>, PublishError> {
-        let properties = Publisher::complete(delivery.properties.clone());
+        let properties = Publisher::complete(Publisher::republishable(&delivery.properties));
         let headroom = BROKER_HEADROOM.min(self.publisher.frame_max() / 8);
         let budget = self
             .publisher
@@ -265,12 +272,13 @@ impl Reporter {
         history.problem_type = failure.problem_type.clone().or(history.problem_type);
         history.first_failure_at.get_or_insert(now);
         history.last_failure_at = Some(now);
-        history
-            .original_exchange
-            .get_or_insert_with(|| delivery.exchange.as_str().to_owned());
-        history
-            .original_routing_key
-            .get_or_insert_with(|| delivery.routing_key.as_str().to_owned());
+        // Where this delivery was published, never what its headers claim:
+        // they came with the reply (a replay follows the routing key, so a
+        // header naming another channel would send the reply out of that
+        // channel's account). A parked reply comes back under its own routing
+        // key, through the outgoing exchange, so the delivery says it.
+        history.original_exchange = Some(delivery.exchange.as_str().to_owned());
+        history.original_routing_key = Some(delivery.routing_key.as_str().to_owned());
         let dropped = self
             .republish(
                 delivery,

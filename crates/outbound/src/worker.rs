@@ -19,10 +19,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use xbridge_core::amqp::{FailureHeaders, PublishError};
+use xbridge_core::amqp::{wire, FailureHeaders, PublishError};
 use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::{ChannelState, ChannelStates};
-use xbridge_core::model::{FailureReason, OutgoingReply, ReplyTarget, StatusEvent};
+use xbridge_core::model::{FailureReason, InvalidReply, OutgoingReply, ReplyTarget, StatusEvent};
 use xbridge_store::{SentRecord, StateStore, StoreError};
 use xbridge_x_api::{DmTarget, XClient, XError};
 
@@ -143,7 +143,7 @@ pub async fn consume(
                 ))),
             },
         };
-        match OutgoingReply::parse_bounded(&delivery.data, &ctx.name, ctx.max_reply_bytes) {
+        match accept(&delivery, &ctx, reporter.frame_max()) {
             Err(invalid) => {
                 let ctx = ctx.clone();
                 let reporter = reporter.clone();
@@ -204,6 +204,28 @@ pub async fn consume(
     drop(failures_tx);
     while tasks.join_next().await.is_some() {}
     outcome
+}
+
+/// The reply in `delivery`, or why it is dead-lettered at once: a body that
+/// is not a valid reply, or properties that leave RabbitMQ no room to deliver
+/// it again. The latter must leave the queue at its first delivery, before the
+/// bridge holds it (a wait for credits, a rate limit, a send) long enough for
+/// a restart or a lost connection to hand it back: its next delivery would not
+/// fit in a frame and would close the connection, every channel's consumer
+/// with it, on every reconnect.
+fn accept(
+    delivery: &Delivery,
+    ctx: &ChannelContext,
+    frame_max: usize,
+) -> Result<OutgoingReply, InvalidReply> {
+    let reply = OutgoingReply::parse_bounded(&delivery.data, &ctx.name, ctx.max_reply_bytes)?;
+    match wire::check_redelivery(&delivery.properties, frame_max) {
+        Ok(()) => Ok(reply),
+        Err(too_large) => Err(InvalidReply {
+            detail: format!("the reply cannot be carried safely: {too_large}"),
+            message_id: Some(reply.message_id),
+        }),
+    }
 }
 
 fn spawn_lane(

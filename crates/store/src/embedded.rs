@@ -77,7 +77,25 @@ const REOPEN_MAX_DELAY: Duration = Duration::from_secs(5);
 type Write = Box<dyn Fn(&WriteTransaction) -> Result<(), StoreError> + Send>;
 
 /// Opens (or creates) the database; called again after an I/O error.
-type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
+type Opener = Box<dyn Fn() -> Result<Database, Opening> + Send + Sync>;
+
+/// Why opening the file failed: the two cases differ at startup.
+#[derive(Debug)]
+enum Opening {
+    /// The file could not be opened as a database at all (a folder that is
+    /// missing or not ours, another process holding it, not a redb file).
+    Open(StoreError),
+    /// The file opened, but the write that readies it failed.
+    Write(StoreError),
+}
+
+impl From<Opening> for StoreError {
+    fn from(opening: Opening) -> StoreError {
+        match opening {
+            Opening::Open(error) | Opening::Write(error) => error,
+        }
+    }
+}
 
 /// A write waiting for the writer thread, and where to say how it went.
 struct PendingWrite {
@@ -254,7 +272,7 @@ fn write_loop(shared: Arc<Shared>, queue: mpsc::Receiver<PendingWrite>) {
 
 /// Opens the file again and proves it takes a write.
 fn reopen(shared: &Shared) -> Result<Arc<Database>, StoreError> {
-    let db = (shared.opener)()?;
+    let db = (shared.opener)().map_err(StoreError::from)?;
     let txn = db.begin_write().map_err(err)?;
     {
         let mut probe = txn.open_table(PROBE).map_err(err)?;
@@ -278,31 +296,39 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<
 
 /// Opens the database file at `path`, creating it readable by its owner only
 /// (it holds who wrote to whom), with every table.
-fn open_file(path: &Path) -> Result<Database, StoreError> {
-    create_private(path)
-        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", path.display())))?;
+fn open_file(path: &Path) -> Result<Database, Opening> {
+    create_private(path).map_err(|e| {
+        Opening::Open(StoreError::Unavailable(format!(
+            "cannot create {}: {e}",
+            path.display()
+        )))
+    })?;
     let db = Database::create(path).map_err(|e| {
         let e: redb::Error = e.into();
         let detail = format!("cannot open {}: {e}", path.display());
-        match e {
+        Opening::Open(match e {
             // Another process has it; waiting will not help.
             redb::Error::DatabaseAlreadyOpen => StoreError::Failed(detail),
             _ => StoreError::Unavailable(detail),
-        }
+        })
     })?;
     with_tables(db)
 }
 
-/// Creates the tables a new file lacks.
-fn with_tables(db: Database) -> Result<Database, StoreError> {
-    let txn = db.begin_write().map_err(err)?;
-    txn.open_table(SENT).map_err(err)?;
-    txn.open_table(SENT_PARTS).map_err(err)?;
-    txn.open_table(SEND_INTENTS).map_err(err)?;
-    txn.open_table(OWN_SENDS).map_err(err)?;
-    txn.open_table(DELIVERED).map_err(err)?;
-    txn.open_table(CURSORS).map_err(err)?;
-    txn.commit().map_err(err)?;
+/// Creates the tables a new file lacks. A commit, so it needs room on the
+/// disk even when every table is there.
+fn with_tables(db: Database) -> Result<Database, Opening> {
+    let ready = || {
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(SENT).map_err(err)?;
+        txn.open_table(SENT_PARTS).map_err(err)?;
+        txn.open_table(SEND_INTENTS).map_err(err)?;
+        txn.open_table(OWN_SENDS).map_err(err)?;
+        txn.open_table(DELIVERED).map_err(err)?;
+        txn.open_table(CURSORS).map_err(err)?;
+        txn.commit().map_err(err)
+    };
+    ready().map_err(Opening::Write)?;
     Ok(db)
 }
 
@@ -346,12 +372,30 @@ impl EmbeddedStore {
         EmbeddedStore::with_opener(Box::new(move || open_file(&path)))
     }
 
+    /// Opens the file with `opener` and starts the writer. A file that opens
+    /// but cannot be written to (a full disk) is not a startup failure: the
+    /// store starts closed, unwritable, and the writer opens the file again
+    /// with backoff, as after an I/O error at run time. Exiting instead left
+    /// a bridge restarted on a full disk (a deploy, a crash) unable to start
+    /// at all, every start failing the same way, where a running one goes on
+    /// publishing webhook events and heals by itself once there is room. A
+    /// file that cannot be opened at all still fails the start: a wrong path or
+    /// another process holding the file is not healed by waiting.
     fn with_opener(opener: Opener) -> Result<EmbeddedStore, StoreError> {
-        let db = Arc::new(opener()?);
+        let health = StoreHealth::new();
+        let db = match opener() {
+            Ok(db) => Some(Arc::new(db)),
+            Err(Opening::Write(error)) if error.is_unavailable() => {
+                tracing::warn!(%error, "the state file opens but cannot be written (a full disk?); starting without it, and opening it again until it takes writes");
+                health.write_failed(&error);
+                None
+            }
+            Err(opening) => return Err(opening.into()),
+        };
         let shared = Arc::new(Shared {
-            db: RwLock::new(Some(db)),
+            db: RwLock::new(db),
             opener,
-            health: StoreHealth::new(),
+            health,
         });
         let (queue, pending) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -801,14 +845,15 @@ mod tests {
                     .create(true)
                     .truncate(false)
                     .open(&path)
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    .map_err(|e| Opening::Open(StoreError::Unavailable(e.to_string())))?;
                 let backend = FillableFile {
-                    file: redb::backends::FileBackend::new(file).map_err(err)?,
+                    file: redb::backends::FileBackend::new(file)
+                        .map_err(|e| Opening::Open(err(e)))?,
                     full: full.clone(),
                 };
                 let db = Database::builder()
                     .create_with_backend(backend)
-                    .map_err(err)?;
+                    .map_err(|e| Opening::Open(err(e)))?;
                 with_tables(db)
             }
         }))

@@ -40,6 +40,23 @@ const POOL_SIZE: usize = 8;
 /// than a hung worker.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the database may take over one statement (`statement_timeout`,
+/// unless the URL's `options` set one): the store's statements touch a row or
+/// two, so one still running after this is waiting for something that may
+/// never come: a lock another session holds (a `VACUUM FULL`, an `ALTER
+/// TABLE`), a synchronous standby that is gone. Ended, it is an error like any
+/// refused write, so the store says it cannot write and probes until it can,
+/// instead of hanging every reply and webhook behind it, with health still
+/// saying all is well.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one operation of the store may take all told, waiting for a
+/// connection included. Beyond the database's own statement timeout, this
+/// bounds what the database cannot end: an answer lost on a network path that
+/// went silent (no reset, so the connection looks open). Longer than
+/// [`TIMEOUT`] and [`STATEMENT_TIMEOUT`], so those, which say more, come first.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The first pause before probing a database that refused a write; it doubles
 /// up to [`PROBE_MAX_DELAY`].
 const PROBE_FIRST_DELAY: Duration = Duration::from_millis(100);
@@ -140,12 +157,7 @@ impl PostgresStore {
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
         // Unqualified table names in every query resolve to the schema.
-        let options = match config.get_options() {
-            Some(existing) if !existing.trim().is_empty() => {
-                format!("{existing} -c search_path={schema}")
-            }
-            _ => format!("-c search_path={schema}"),
-        };
+        let options = session_options(config.get_options().unwrap_or_default(), schema);
         config.options(options);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(TIMEOUT);
@@ -180,10 +192,12 @@ impl PostgresStore {
             probing: Arc::default(),
             probe_delay_ms: Arc::new(AtomicU64::new(first_probe_delay_ms())),
         };
-        store.migrate().await.map_err(|error| match error {
-            StoreError::Unavailable(message) => StoreError::Unavailable(redact(message)),
-            StoreError::Failed(message) => StoreError::Failed(redact(message)),
-        })?;
+        bounded("cannot migrate the schema", store.migrate())
+            .await
+            .map_err(|error| match error {
+                StoreError::Unavailable(message) => StoreError::Unavailable(redact(message)),
+                StoreError::Failed(message) => StoreError::Failed(redact(message)),
+            })?;
         Ok(store)
     }
 
@@ -234,7 +248,7 @@ impl PostgresStore {
                         .await
                         .map_err(|e| fail("the probe write failed", &e))
                 };
-                match probe.await {
+                match bounded("the probe write failed", probe).await {
                     Ok(_) => self.health.write_succeeded(),
                     Err(error) => {
                         tracing::debug!(%error, retry_in_ms = next.as_millis() as u64, "the state database does not take writes yet");
@@ -263,6 +277,21 @@ impl PostgresStore {
     /// waits and then finds the work done.
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
+        // Reading first: a schema whose migrations are all applied needs no
+        // write, so a replica (re)started while the database refuses writes
+        // (a standby, `default_transaction_read_only`, a full disk) still
+        // starts, reads what it can and reports the store unwritable, instead
+        // of failing its start on `CREATE TABLE IF NOT EXISTS`.
+        let applied = client
+            .query("SELECT version FROM xbridge_schema_migrations", &[])
+            .await;
+        if let Ok(rows) = applied {
+            let applied: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+            self.check_not_newer(&applied)?;
+            if MIGRATIONS.iter().all(|(v, _)| applied.contains(v)) {
+                return Ok(());
+            }
+        }
         let tx = client
             .transaction()
             .await
@@ -306,15 +335,7 @@ impl PostgresStore {
             .iter()
             .map(|row| row.get(0))
             .collect();
-        if let Some(newest) = applied.iter().max() {
-            let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
-            if *newest > known {
-                return Err(StoreError::Failed(format!(
-                    "schema {} is at migration {newest}, newer than this xbridge knows ({known}): run a newer xbridge",
-                    self.schema
-                )));
-            }
-        }
+        self.check_not_newer(&applied)?;
         for (version, sql) in MIGRATIONS {
             if applied.contains(version) {
                 continue;
@@ -335,6 +356,18 @@ impl PostgresStore {
             .map_err(|e| fail("cannot commit the migrations", &e))
     }
 
+    /// Refuses a schema migrated by a newer xbridge.
+    fn check_not_newer(&self, applied: &[i32]) -> Result<(), StoreError> {
+        let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        match applied.iter().max() {
+            Some(newest) if *newest > known => Err(StoreError::Failed(format!(
+                "schema {} is at migration {newest}, newer than this xbridge knows ({known}): run a newer xbridge",
+                self.schema
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Inserts `record` unless the row is there (the first send wins) and,
     /// only if it was inserted, indexes each of its DMs as an own send, in
     /// one transaction.
@@ -346,7 +379,7 @@ impl PostgresStore {
         message_id: &str,
         record: &SentRecord,
     ) -> Result<(), StoreError> {
-        let result = async {
+        let result = bounded("cannot record the sent reply", async {
             let value = serde_json::to_value(record)
                 .map_err(|e| StoreError::Failed(format!("cannot encode the sent record: {e}")))?;
             let mut params = key.to_vec();
@@ -373,10 +406,44 @@ impl PostgresStore {
             tx.commit()
                 .await
                 .map_err(|e| fail("cannot commit the sent reply", &e))
-        }
+        })
         .await;
         self.written(result)
     }
+}
+
+/// The connection's `options`: the URL's own, the search path, and
+/// [`STATEMENT_TIMEOUT`] unless the URL sets a statement timeout itself.
+fn session_options(existing: &str, schema: &str) -> String {
+    let mut options = existing.trim().to_owned();
+    if !options.is_empty() {
+        options.push(' ');
+    }
+    options.push_str(&format!("-c search_path={schema}"));
+    if !existing.contains("statement_timeout") {
+        options.push_str(&format!(
+            " -c statement_timeout={}",
+            STATEMENT_TIMEOUT.as_millis()
+        ));
+    }
+    options
+}
+
+/// `operation`, or [`StoreError::Unavailable`] when it takes longer than
+/// [`OPERATION_TIMEOUT`]. Dropping it mid-way is safe: a transaction not
+/// committed is rolled back, and every write of the store may be made again.
+async fn bounded<T>(
+    what: &str,
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(OPERATION_TIMEOUT, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "{what}: PostgreSQL did not answer within {} s",
+                OPERATION_TIMEOUT.as_secs()
+            )))
+        })
 }
 
 fn first_probe_delay_ms() -> u64 {
@@ -468,15 +535,17 @@ impl StateStore for PostgresStore {
         channel: &str,
         message_id: &str,
     ) -> Result<Option<SentRecord>, StoreError> {
-        let row = self
-            .client()
+        let row = bounded("cannot read a sent reply", async {
+            self.client()
             .await?
             .query_opt(
                 "SELECT record, reported FROM sent_replies WHERE channel = $1 AND message_id = $2",
                 &[&channel, &message_id],
             )
             .await
-            .map_err(|e| fail("cannot read a sent reply", &e))?;
+            .map_err(|e| fail("cannot read a sent reply", &e))
+        })
+        .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -511,16 +580,18 @@ impl StateStore for PostgresStore {
         part: usize,
     ) -> Result<Option<SentRecord>, StoreError> {
         let part = part_number(part)?;
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT record FROM sent_reply_parts
+        let row = bounded("cannot read a sent part", async {
+            self.client()
+                .await?
+                .query_opt(
+                    "SELECT record FROM sent_reply_parts
                  WHERE channel = $1 AND message_id = $2 AND part = $3",
-                &[&channel, &message_id, &part],
-            )
-            .await
-            .map_err(|e| fail("cannot read a sent part", &e))?;
+                    &[&channel, &message_id, &part],
+                )
+                .await
+                .map_err(|e| fail("cannot read a sent part", &e))
+        })
+        .await?;
         row.map(|row| decode(row.get(0))).transpose()
     }
 
@@ -551,7 +622,7 @@ impl StateStore for PostgresStore {
         part: usize,
         started_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let result = async {
+        let result = bounded("cannot record a send intent", async {
             let part = part_number(part)?;
             self.client()
                 .await?
@@ -565,7 +636,7 @@ impl StateStore for PostgresStore {
                 .await
                 .map_err(|e| fail("cannot record a send intent", &e))?;
             Ok(())
-        }
+        })
         .await;
         self.written(result)
     }
@@ -576,7 +647,7 @@ impl StateStore for PostgresStore {
         message_id: &str,
         part: usize,
     ) -> Result<(), StoreError> {
-        let result = async {
+        let result = bounded("cannot clear a send intent", async {
             let part = part_number(part)?;
             self.client()
                 .await?
@@ -588,7 +659,7 @@ impl StateStore for PostgresStore {
                 .await
                 .map_err(|e| fail("cannot clear a send intent", &e))?;
             Ok(())
-        }
+        })
         .await;
         self.written(result)
     }
@@ -600,21 +671,23 @@ impl StateStore for PostgresStore {
         part: usize,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let part = part_number(part)?;
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT started_at FROM send_intents
+        let row = bounded("cannot read a send intent", async {
+            self.client()
+                .await?
+                .query_opt(
+                    "SELECT started_at FROM send_intents
                  WHERE channel = $1 AND message_id = $2 AND part = $3",
-                &[&channel, &message_id, &part],
-            )
-            .await
-            .map_err(|e| fail("cannot read a send intent", &e))?;
+                    &[&channel, &message_id, &part],
+                )
+                .await
+                .map_err(|e| fail("cannot read a send intent", &e))
+        })
+        .await?;
         Ok(row.map(|row| row.get(0)))
     }
 
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
-        let result = async {
+        let result = bounded("cannot mark a reply reported", async {
             self.client()
                 .await?
                 .execute(
@@ -626,34 +699,38 @@ impl StateStore for PostgresStore {
                 .await
                 .map_err(|e| fail("cannot mark a reply reported", &e))?;
             Ok(())
-        }
+        })
         .await;
         self.written(result)
     }
 
     async fn is_own_send(&self, channel: &str, dm_event_id: &str) -> Result<bool, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT 1 FROM own_sends WHERE channel = $1 AND dm_event_id = $2",
-                &[&channel, &dm_event_id],
-            )
-            .await
-            .map_err(|e| fail("cannot look up an own send", &e))?;
+        let row = bounded("cannot look up an own send", async {
+            self.client()
+                .await?
+                .query_opt(
+                    "SELECT 1 FROM own_sends WHERE channel = $1 AND dm_event_id = $2",
+                    &[&channel, &dm_event_id],
+                )
+                .await
+                .map_err(|e| fail("cannot look up an own send", &e))
+        })
+        .await?;
         Ok(row.is_some())
     }
 
     async fn is_delivered(&self, channel: &str, event_id: &str) -> Result<bool, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT 1 FROM delivered_events WHERE channel = $1 AND event_id = $2",
-                &[&channel, &event_id],
-            )
-            .await
-            .map_err(|e| fail("cannot look up a delivered event", &e))?;
+        let row = bounded("cannot look up a delivered event", async {
+            self.client()
+                .await?
+                .query_opt(
+                    "SELECT 1 FROM delivered_events WHERE channel = $1 AND event_id = $2",
+                    &[&channel, &event_id],
+                )
+                .await
+                .map_err(|e| fail("cannot look up a delivered event", &e))
+        })
+        .await?;
         Ok(row.is_some())
     }
 
@@ -662,7 +739,7 @@ impl StateStore for PostgresStore {
         channel: &str,
         event_ids: &[String],
     ) -> Result<(), StoreError> {
-        let result = async {
+        let result = bounded("cannot record delivered events", async {
             if event_ids.is_empty() {
                 return Ok(());
             }
@@ -678,26 +755,28 @@ impl StateStore for PostgresStore {
                 .await
                 .map_err(|e| fail("cannot record delivered events", &e))?;
             Ok(())
-        }
+        })
         .await;
         self.written(result)
     }
 
     async fn poll_cursor(&self, channel: &str) -> Result<Option<String>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT event_id FROM poll_cursors WHERE channel = $1",
-                &[&channel],
-            )
-            .await
-            .map_err(|e| fail("cannot read a poll cursor", &e))?;
+        let row = bounded("cannot read a poll cursor", async {
+            self.client()
+                .await?
+                .query_opt(
+                    "SELECT event_id FROM poll_cursors WHERE channel = $1",
+                    &[&channel],
+                )
+                .await
+                .map_err(|e| fail("cannot read a poll cursor", &e))
+        })
+        .await?;
         Ok(row.map(|row| row.get(0)))
     }
 
     async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError> {
-        let result = async {
+        let result = bounded("cannot move a poll cursor", async {
             self.client()
                 .await?
                 .execute(
@@ -708,7 +787,7 @@ impl StateStore for PostgresStore {
                 .await
                 .map_err(|e| fail("cannot move a poll cursor", &e))?;
             Ok(())
-        }
+        })
         .await;
         self.written(result)
     }
@@ -721,6 +800,22 @@ impl StateStore for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_get_a_statement_timeout_unless_the_url_sets_one() {
+        assert_eq!(
+            session_options("", "xb"),
+            "-c search_path=xb -c statement_timeout=10000"
+        );
+        assert_eq!(
+            session_options("-c statement_timeout=500", "xb"),
+            "-c statement_timeout=500 -c search_path=xb"
+        );
+        assert_eq!(
+            session_options(" -c work_mem=4MB ", "xb"),
+            "-c work_mem=4MB -c search_path=xb -c statement_timeout=10000"
+        );
+    }
 
     #[test]
     fn schema_names_are_plain_identifiers() {

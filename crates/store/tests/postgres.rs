@@ -233,3 +233,79 @@ async fn a_database_that_refuses_writes_is_reported_until_it_takes_them_again() 
     })
     .await;
 }
+
+/// A statement that waits for a lock another session holds (a `VACUUM FULL`,
+/// an `ALTER TABLE`, a stuck migration) used to hang the store call forever,
+/// with health still saying the store could write: every reply behind it
+/// waited, silently.
+#[tokio::test]
+async fn a_write_stuck_behind_a_lock_fails_and_is_reported_instead_of_hanging() {
+    in_fresh_schema(|schema| async move {
+        let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
+        let health = store.health();
+        let (locker, connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
+        tokio::spawn(connection);
+        locker
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE \"{schema}\".send_intents IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .unwrap();
+
+        let error = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            store.record_send_intent("acme", "m-1", 0, chrono::Utc::now()),
+        )
+        .await
+        .expect("the store call ends")
+        .unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(error.to_string().contains("statement timeout"), "{error}");
+        assert!(!health.is_writable(), "the store says it cannot write");
+
+        locker.batch_execute("ROLLBACK").await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), health.wait_writable())
+            .await
+            .expect("the store notices it can write again");
+        store
+            .record_send_intent("acme", "m-1", 0, chrono::Utc::now())
+            .await
+            .unwrap();
+        assert!(store.send_intent("acme", "m-1", 0).await.unwrap().is_some());
+    })
+    .await;
+}
+
+/// A replica started (or restarted) while the database refuses writes (a
+/// standby, `default_transaction_read_only`) used to fail its start: the
+/// migration step writes even when every migration is applied.
+#[tokio::test]
+async fn a_store_starts_on_a_database_that_refuses_writes_once_migrated() {
+    in_fresh_schema(|schema| async move {
+        let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
+        store.record_delivered("acme", &["1".into()]).await.unwrap();
+        drop(store);
+
+        let read_only = format!(
+            "{}{}options=-c%20default_transaction_read_only%3Don",
+            url(),
+            if url().contains('?') { "&" } else { "?" }
+        );
+        let store = PostgresStore::connect(&read_only, Some(&schema))
+            .await
+            .expect("starts on a read-only database");
+        assert!(store.is_delivered("acme", "1").await.unwrap());
+        let error = store
+            .record_delivered("acme", &["2".into()])
+            .await
+            .unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(!store.health().is_writable());
+
+        // A schema never migrated cannot be used read-only: that start fails.
+        let fresh = format!("{schema}_new");
+        let refused = PostgresStore::connect(&read_only, Some(&fresh)).await;
+        assert!(refused.is_err(), "tables are needed");
+    })
+    .await;
+}

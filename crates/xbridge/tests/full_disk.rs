@@ -262,3 +262,67 @@ async fn a_full_disk_is_reported_and_once_freed_every_reply_and_dm_goes_through_
     app.cleanup().await;
     drop(tmpfs);
 }
+
+/// A bridge restarted while its disk is full (a deploy, a crash, a node
+/// drain) used to exit at once, on every start: opening the existing state
+/// file commits, and the commit found no room ("No space left on device").
+/// A running bridge goes on through a full disk and heals; a restarted one
+/// must too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_started_on_a_full_disk_runs_and_heals_once_freed() {
+    let tmpfs = Tmpfs::mount("4m");
+    let app = spawn_app(TestOptions::default()).await;
+    let state = tmpfs.path().join("state.redb");
+    let config = app.config_toml().replace(
+        &format!("path = \"{}\"", app.state_path().display()),
+        &format!("path = \"{}\"", state.display()),
+    ) + "\n[telemetry]\nlisten = \"127.0.0.1:0\"\n";
+    let config_path = app.dir.path().join("xbridge.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let user = app.user_id("acme");
+
+    // A first run leaves a state file with a record in it.
+    let bridge = BridgeProcess::start(binary(), &config_path, &[]);
+    bridge.wait_for_log("outbound running", 1).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply("acme", &reply("r-1", "944480690", "before"))
+        .await;
+    assert_eq!(crm.next_event().await.body["message_id"], "r-1");
+    assert!(bridge.terminate().await.success());
+
+    let filler = tmpfs.fill();
+    let bridge = BridgeProcess::start(binary(), &config_path, &[]);
+    bridge.wait_for_log("outbound running", 1).await;
+    let ops = format!("http://{}", logged_addr(&bridge, "serving /healthz"));
+    let http = reqwest::Client::new();
+    let (status, health) = get(&http, &format!("{ops}/healthz")).await;
+    assert_eq!((status, &health["store"]), (200, &Value::Bool(false)));
+    assert_eq!(get(&http, &format!("{ops}/readyz")).await.0, 503);
+
+    // A copy of the sent reply and a new one wait for the store.
+    crm.publish_reply("acme", &reply("r-1", "944480690", "before"))
+        .await;
+    crm.publish_reply("acme", &reply("r-2", "944480690", "after"))
+        .await;
+    bridge
+        .wait_for_log("the state store cannot write; replies wait for it", 1)
+        .await;
+
+    std::fs::remove_file(filler).unwrap();
+    // The copy of r-1 is known as sent and reported: nothing is told of it.
+    let event = crm.next_event().await;
+    assert_eq!(event.body["message_id"], "r-2", "{}", event.body);
+    let texts: Vec<String> = app
+        .simulator
+        .sent_dms_for(&user)
+        .into_iter()
+        .map(|dm| dm.text)
+        .collect();
+    assert_eq!(texts, ["before", "after"], "each reply sent once");
+    let (status, health) = get(&http, &format!("{ops}/healthz")).await;
+    assert_eq!((status, &health["store"]), (200, &Value::Bool(true)));
+
+    assert!(bridge.terminate().await.success());
+    app.cleanup().await;
+    drop(tmpfs);
+}

@@ -291,6 +291,80 @@ async fn a_reply_with_headers_filling_a_frame_is_dead_lettered_and_every_channel
     app.cleanup().await;
 }
 
+/// RabbitMQ takes a reply whose header frame is just under `frame_max` and
+/// delivers it once; a quorum queue that delivers it again adds
+/// `x-delivery-count`, the frame no longer fits, and lapin closes the bridge's
+/// connection for it, on every reconnect. Here the reply is held for credits
+/// when the bridge stops, the usual way a delivery comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_with_no_room_left_in_its_frame_leaves_at_once_and_a_restart_brings_nothing_back() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    use xbridge_core::amqp::wire;
+    let app = spawn_app(TestOptions {
+        channels: vec!["alpha".into(), "beta".into()],
+        ..TestOptions::default()
+    })
+    .await;
+    let alpha = app.user_id("alpha");
+    app.simulator.set_fault(&alpha, Fault::CreditsDepleted);
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    // A valid reply whose header frame is 8 bytes under RabbitMQ's default
+    // frame_max of 131,072.
+    let properties = lapin::BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    let bare = wire::header_frame_len(&properties.clone().with_headers(FieldTable::default()));
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "pad".into(),
+        AMQPValue::LongString(LongString::from(vec![b'p'; 131_064 - bare - 9])),
+    );
+    let properties = properties.with_headers(headers);
+    assert_eq!(wire::header_frame_len(&properties), 131_064);
+    crm.publish_with_properties(
+        "alpha",
+        &serde_json::to_vec(&reply("full-1", "100", "hello")).unwrap(),
+        properties,
+    )
+    .await;
+
+    // Dead-lettered before any request to X (without the check, it is sent,
+    // refused for credits and held).
+    let letter = tokio::select! {
+        letter = crm.next_dead_letter() => letter,
+        _ = app.wait_for_requests("alpha", 1) => panic!("the reply was held for X"),
+    };
+    assert_eq!(letter.reason(), "invalid_message");
+    let detail = letter.headers.detail.clone().unwrap_or_default();
+    assert!(detail.contains("131072-byte frame"), "{detail}");
+    assert_eq!(
+        letter.headers.dropped_headers,
+        Some(format!("pad ({} bytes)", 131_064 - bare))
+    );
+    let failed = crm.next_event().await;
+    assert_eq!(failed.body["type"], "message.failed");
+    assert_eq!(failed.body["message_id"], "full-1");
+
+    // A deploy: whatever the bridge held goes back to its queue.
+    bridge.stop().await;
+    app.simulator.clear_faults(&alpha);
+    let bridge = start_bridge(&app).await;
+    for i in 1..=3 {
+        crm.publish_reply("beta", &reply(&format!("b-{i}"), &format!("{i}00"), "hi"))
+            .await;
+    }
+    assert_eq!(app.wait_for_dms("beta", 3).await.len(), 3);
+    assert!(app.simulator.sent_dms_for(&alpha).is_empty());
+    assert!(
+        !bridge.ready.has_changed().unwrap(),
+        "the outbound connection was never lost"
+    );
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_for_an_unknown_channel_is_dead_lettered_not_lost() {
     let app = spawn_app(TestOptions::default()).await;

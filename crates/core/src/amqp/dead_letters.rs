@@ -138,7 +138,9 @@ impl DeadLetter {
     /// The properties of the replayed copy: the CRM's own, without any of our
     /// failure headers (so attempts start at zero) or the broker's `x-death`
     /// history, and timestamped now, so the reply gets a fresh credits wait
-    /// instead of being dead-lettered at its first failure again.
+    /// instead of being dead-lettered at its first failure again. Without a
+    /// `user_id` either: RabbitMQ refuses one that is not the replaying user's
+    /// (see [`Publisher::republishable`]).
     pub fn replay_properties(&self, now: DateTime<Utc>) -> BasicProperties {
         let mut headers = FieldTable::default();
         if let Some(table) = self.properties.headers() {
@@ -153,8 +155,7 @@ impl DeadLetter {
                 }
             }
         }
-        self.properties
-            .clone()
+        Publisher::republishable(&self.properties)
             .with_headers(headers)
             .with_timestamp(now.timestamp().max(0) as u64)
     }
@@ -474,6 +475,22 @@ mod tests {
         assert_eq!(
             l.replay_target(&names),
             ("xbridge.outgoing".to_owned(), "acme".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_replay_does_not_claim_the_crms_user() {
+        let now = Utc::now();
+        let mut l = letter("credits_exhausted", "acme", now);
+        l.properties = l
+            .properties
+            .with_user_id("crm".into())
+            .with_correlation_id("c-1".into());
+        let properties = l.replay_properties(now);
+        assert_eq!(properties.user_id(), &None);
+        assert_eq!(
+            properties.correlation_id().as_ref().map(|c| c.as_str()),
+            Some("c-1")
         );
     }
 }

@@ -126,6 +126,45 @@ impl Publisher {
         properties
     }
 
+    /// The properties of a message someone else published, as the bridge may
+    /// publish them again (parking, dead-lettering, replaying): the same, but
+    /// without `user_id`.
+    ///
+    /// RabbitMQ validates `user_id` against the user of the connection that
+    /// publishes the message and closes the channel (`PRECONDITION_FAILED`)
+    /// when they differ. The CRM publishes as its own user, not the bridge's,
+    /// so a reply that carried its (valid) `user_id` closed the bridge's
+    /// publishing channel on its first park or dead letter: the session
+    /// ended, the reply came back and did it again, and no channel sent
+    /// anything. The other properties need nothing of the publisher, and
+    /// RabbitMQ already accepted them once.
+    pub fn republishable(properties: &BasicProperties) -> BasicProperties {
+        let mut out = BasicProperties::default();
+        macro_rules! carry {
+            ($($get:ident => $set:ident),* $(,)?) => {
+                $(if let Some(value) = properties.$get() {
+                    out = out.$set(value.clone());
+                })*
+            };
+        }
+        carry!(
+            content_type => with_content_type,
+            content_encoding => with_content_encoding,
+            headers => with_headers,
+            delivery_mode => with_delivery_mode,
+            priority => with_priority,
+            correlation_id => with_correlation_id,
+            reply_to => with_reply_to,
+            expiration => with_expiration,
+            message_id => with_message_id,
+            timestamp => with_timestamp,
+            kind => with_type,
+            app_id => with_app_id,
+            cluster_id => with_cluster_id,
+        );
+        out
+    }
+
     /// How many bytes the headers table of a message with `properties` (as
     /// [`Publisher::complete`] makes them; their own headers do not count)
     /// may take so that its content-header frame fits in `frame_max`.
@@ -206,5 +245,51 @@ impl Publisher {
                 routing_key: routing_key.into(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{AMQPValue, LongString};
+
+    #[test]
+    fn a_republished_message_keeps_every_property_but_the_publishers_user_id() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-crm-trace".into(),
+            AMQPValue::LongString(LongString::from("t-1")),
+        );
+        let crm = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("identity".into())
+            .with_headers(headers)
+            .with_delivery_mode(2)
+            .with_priority(3)
+            .with_correlation_id("c-1".into())
+            .with_reply_to("crm.replies".into())
+            .with_expiration("60000".into())
+            .with_message_id("m-1".into())
+            .with_timestamp(1_767_225_600)
+            .with_type("reply".into())
+            .with_user_id("crm".into())
+            .with_app_id("crm-app".into())
+            .with_cluster_id("c".into());
+
+        let again = Publisher::republishable(&crm);
+        assert_eq!(
+            again.user_id(),
+            &None,
+            "RabbitMQ would refuse it from our user"
+        );
+        assert_eq!(
+            again.clone().with_user_id("crm".into()),
+            crm,
+            "nothing else changed"
+        );
+        assert_eq!(
+            Publisher::republishable(&BasicProperties::default()),
+            BasicProperties::default()
+        );
     }
 }

@@ -59,6 +59,55 @@ pub fn short_string(value: impl Into<String>) -> Option<ShortString> {
     ShortString::try_new(value).ok()
 }
 
+/// Room a delivered message's content-header frame must leave below the
+/// connection's `frame_max`: what RabbitMQ adds to a message it delivers again
+/// (`x-delivery-count` from a quorum queue, about 30 bytes, and on RabbitMQ 4
+/// `x-acquired-count`), with room to spare. Less than the room the bridge keeps
+/// in the replies it parks (4 KiB, for the `x-death` a delay queue adds), so a
+/// parked reply coming back always passes.
+pub const REDELIVERY_HEADROOM: usize = 1024;
+
+/// A delivered message whose properties leave less than
+/// [`REDELIVERY_HEADROOM`] of the frame free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("its AMQP properties (headers included) take {size} bytes of the {frame_max}-byte frame this connection allows; RabbitMQ adds headers when it delivers a message again, and one that no longer fits in a frame makes the bridge's connection close each time, so a reply's properties must stay under {limit} bytes")]
+pub struct NoRoomForRedelivery {
+    /// The content-header frame as delivered.
+    pub size: usize,
+    /// The connection's negotiated `frame_max`.
+    pub frame_max: usize,
+    /// The largest frame that passes.
+    pub limit: usize,
+}
+
+/// Whether a message delivered with `properties` could be delivered again on
+/// a connection with `frame_max`.
+///
+/// RabbitMQ takes a message whose header frame is just under `frame_max`, and
+/// delivers it fine the first time; but a quorum queue adds `x-delivery-count`
+/// when it delivers it again (after a restart of the bridge, a lost
+/// connection, a reply held unacknowledged), the frame is then over
+/// `frame_max`, and lapin closes the whole connection for it, every channel's
+/// consumer with it. The message stays at the head of its queue, so this
+/// repeats on every reconnect. Such a message must be taken out of its queue
+/// at its first delivery.
+pub fn check_redelivery(
+    properties: &BasicProperties,
+    frame_max: usize,
+) -> Result<(), NoRoomForRedelivery> {
+    let size = header_frame_len(properties);
+    let limit = frame_max.saturating_sub(REDELIVERY_HEADROOM);
+    if size <= limit {
+        Ok(())
+    } else {
+        Err(NoRoomForRedelivery {
+            size,
+            frame_max,
+            limit,
+        })
+    }
+}
+
 /// At most `max` bytes of `text`, cut at a character boundary, ending with `…`
 /// when something was cut (the mark counts towards `max`).
 pub fn truncate(text: &str, max: usize) -> String {
@@ -110,6 +159,39 @@ mod tests {
         assert!(cut.len() <= 6, "{cut}");
         assert_eq!(cut, "é…");
         assert_eq!(truncate(&"x".repeat(100), 10).len(), 10);
+    }
+
+    #[test]
+    fn a_message_near_frame_max_has_no_room_for_a_redelivery() {
+        let frame_max = 131_072;
+        let padded = |frame: usize| {
+            let mut table = FieldTable::default();
+            // An empty table's frame is 22 + 4; the entry is 1 + 3 + 1 + 4 + n.
+            let n = frame - 26 - 9;
+            table.insert(
+                "pad".into(),
+                AMQPValue::LongString(LongString::from(vec![b'p'; n])),
+            );
+            let properties = BasicProperties::default().with_headers(table);
+            assert_eq!(header_frame_len(&properties), frame);
+            properties
+        };
+        let limit = frame_max - REDELIVERY_HEADROOM;
+        assert_eq!(check_redelivery(&padded(limit), frame_max), Ok(()));
+        assert_eq!(
+            check_redelivery(&padded(limit + 1), frame_max),
+            Err(NoRoomForRedelivery {
+                size: limit + 1,
+                frame_max,
+                limit
+            })
+        );
+        // What the reply was: RabbitMQ took it, a redelivery would not fit.
+        assert!(check_redelivery(&padded(frame_max - 8), frame_max).is_err());
+        assert_eq!(
+            check_redelivery(&BasicProperties::default(), frame_max),
+            Ok(())
+        );
     }
 
     #[test]
