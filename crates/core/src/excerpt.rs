@@ -23,13 +23,19 @@ pub fn quoted(text: &str) -> String {
     format!("\"{shown}\"")
 }
 
-/// The start of `text`, at most `max_chars` characters, ending with `…` when cut: for
-/// texts shown as they are (X's error messages), not quoted.
-pub fn cut(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        None => text.to_owned(),
-        Some((end, _)) => format!("{}…", &text[..end]),
+/// The start of `text`, at most `max_bytes` bytes cut at a character boundary, ending
+/// with `…` when cut: for texts shown as they are (X's error messages), not quoted.
+/// Bounded in bytes, like [`quoted`], since the bounds that matter (a header, a frame, a
+/// log line) are: 200 characters of emoji are 800 bytes.
+pub fn cut(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_owned();
     }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 #[cfg(test)]
@@ -56,8 +62,12 @@ mod tests {
     }
 
     #[test]
-    fn texts_are_cut_at_a_character() {
-        assert_eq!(cut("héllo", 2), "hé…");
-        assert_eq!(cut("hé", 2), "hé");
+    fn texts_are_cut_at_a_character_within_their_bytes() {
+        assert_eq!(cut("héllo", 3), "hé…");
+        assert_eq!(cut("héllo", 2), "h…");
+        assert_eq!(cut("hé", 3), "hé");
+        // Found by the reconcile page's property test: 200 four-byte characters.
+        let emoji = "🙂".repeat(200);
+        assert!(cut(&emoji, 200).len() <= 200 + "…".len());
     }
 }

@@ -255,9 +255,13 @@ proptest! {
     #[test]
     fn any_headers_give_a_failure_history(table in prop::option::of(field_table())) {
         let history = FailureHeaders::read(table.as_ref());
-        // Reading what the bridge would write back gives the same history.
+        // What the bridge writes back is its bounded form of that history (a publisher's
+        // own x-xbridge-* headers may be of any size); reading that and writing it again
+        // changes nothing.
         let written = history.apply_to(table.as_ref());
-        prop_assert_eq!(FailureHeaders::read(Some(&written)), history);
+        let bounded = FailureHeaders::read(Some(&written));
+        let again = bounded.apply_to(Some(&written));
+        prop_assert_eq!(FailureHeaders::read(Some(&again)), bounded);
     }
 
     /// The history the bridge writes reads back exactly, next to any foreign headers,

@@ -125,7 +125,7 @@ pub fn parse_dm_events(body: &[u8], account_id: &str) -> Result<DmEventsPage, Pa
 /// How many of a page's partial errors are kept (and logged) one by one.
 const MAX_PARTIAL_ERRORS: usize = 10;
 /// How much of each of X's texts in a partial error is kept.
-const MAX_ERROR_TEXT_CHARS: usize = 200;
+const MAX_ERROR_TEXT_BYTES: usize = 200;
 
 /// One partial error as a line: X's title and detail, each cut short, since the page
 /// comes from outside and each line is logged.
@@ -134,12 +134,12 @@ fn describe_error(error: &Value) -> String {
         error
             .get(field)
             .and_then(Value::as_str)
-            .map(|text| cut(text, MAX_ERROR_TEXT_CHARS))
+            .map(|text| cut(text, MAX_ERROR_TEXT_BYTES))
     };
     match (text("title"), text("detail").or_else(|| text("message"))) {
         (Some(title), Some(detail)) => format!("{title}: {detail}"),
         (Some(one), None) | (None, Some(one)) => one,
-        (None, None) => cut(&error.to_string(), MAX_ERROR_TEXT_CHARS),
+        (None, None) => cut(&error.to_string(), MAX_ERROR_TEXT_BYTES),
     }
 }
 

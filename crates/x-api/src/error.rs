@@ -23,7 +23,7 @@ const BODY_SNIPPET_CHARS: usize = 300;
 /// How much of each text of a problem document is kept: its detail (with the messages of
 /// `errors[]`) becomes a dead letter's header and a `message.failed` detail, and every
 /// text is logged, so none may grow with X's body.
-const PROBLEM_TEXT_CHARS: usize = 500;
+const PROBLEM_TEXT_BYTES: usize = 500;
 /// How many messages of `errors[]` are kept in a problem's detail.
 const PROBLEM_ERRORS: usize = 5;
 
@@ -91,7 +91,7 @@ fn parse(body: &[u8]) -> Option<ParsedProblem> {
         fields
             .get(key)
             .and_then(Value::as_str)
-            .map(|text| cut(text, PROBLEM_TEXT_CHARS))
+            .map(|text| cut(text, PROBLEM_TEXT_BYTES))
     };
 
     let problem_type = text("type");
@@ -116,7 +116,7 @@ fn parse(body: &[u8]) -> Option<ParsedProblem> {
         None if !errors.is_empty() => Some(errors),
         None => None,
     }
-    .map(|detail| cut(&detail, PROBLEM_TEXT_CHARS));
+    .map(|detail| cut(&detail, PROBLEM_TEXT_BYTES));
     let account_id = match fields.get("account_id") {
         Some(Value::String(id)) => Some(cut(id, 20)),
         Some(Value::Number(id)) if id.is_u64() => Some(id.to_string()),
@@ -670,7 +670,7 @@ mod tests {
             "errors": vec![serde_json::json!({"message": long}); 1_000],
         });
         let error = classify(402, body.to_string().as_bytes());
-        assert!(error.detail().chars().count() <= PROBLEM_TEXT_CHARS + 1);
+        assert!(error.detail().chars().count() <= PROBLEM_TEXT_BYTES + 1);
         assert!(
             error.to_string().len() < 3 * 1024,
             "{}",
@@ -679,9 +679,9 @@ mod tests {
         let XError::CreditsExhausted { problem, .. } = &error else {
             panic!("{error:?}")
         };
-        assert!(problem.title.chars().count() <= PROBLEM_TEXT_CHARS + 1);
-        assert!(problem.problem_type.chars().count() <= PROBLEM_TEXT_CHARS + 1);
-        assert!(problem.reason.as_ref().unwrap().chars().count() <= PROBLEM_TEXT_CHARS + 1);
+        assert!(problem.title.chars().count() <= PROBLEM_TEXT_BYTES + 1);
+        assert!(problem.problem_type.chars().count() <= PROBLEM_TEXT_BYTES + 1);
+        assert!(problem.reason.as_ref().unwrap().chars().count() <= PROBLEM_TEXT_BYTES + 1);
     }
 
     #[test]

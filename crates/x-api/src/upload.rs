@@ -216,7 +216,7 @@ pub(crate) struct ProcessingError {
 }
 
 /// How much of X's processing error is kept: it becomes the reply's failure detail.
-const PROCESSING_ERROR_CHARS: usize = 500;
+const PROCESSING_ERROR_BYTES: usize = 500;
 
 impl ProcessingInfo {
     /// The failure detail of a `failed` processing: X's message, else its name, cut short.
@@ -229,7 +229,7 @@ impl ProcessingInfo {
             .message
             .or(error.name)
             .unwrap_or_else(|| "processing failed".to_owned());
-        xbridge_core::excerpt::cut(&detail, PROCESSING_ERROR_CHARS)
+        xbridge_core::excerpt::cut(&detail, PROCESSING_ERROR_BYTES)
     }
 }
 
