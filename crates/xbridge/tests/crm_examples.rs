@@ -152,32 +152,31 @@ impl Example {
 
     /// Fails with what to run when the example's AMQP client is missing.
     fn check_installed(self) {
-        let (interpreter, installed) = match self {
+        let runs = |program: &str, args: &[&str]| {
+            std::process::Command::new(program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let (installed, needs) = match self {
             Example::Python => (
-                "python3",
-                std::process::Command::new("python3")
-                    .args(["-c", "import pika"])
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success()),
+                runs("python3", &["-c", "import pika"]),
+                "pika for the python3 on the PATH",
             ),
             Example::Node => (
-                "node",
-                std::process::Command::new("node")
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
+                runs("node", &["--version"])
                     && repo()
                         .join("docs/examples/node/node_modules/amqplib")
                         .is_dir(),
+                "node on the PATH and amqplib in docs/examples/node/node_modules",
             ),
         };
         assert!(
             installed,
-            "the {self:?} CRM example needs {interpreter} with its AMQP client (pika on the PATH's \
-             python3; amqplib in docs/examples/node/node_modules): run the tests with `bash .ci/test`, \
-             which installs them"
+            "the {self:?} CRM example needs {needs}: run the tests with `bash .ci/test`, which \
+             installs it"
         );
     }
 

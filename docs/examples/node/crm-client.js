@@ -90,8 +90,10 @@ class CrmClient {
   async open() {
     // A confirm channel for publishing: RabbitMQ acks each reply once it has it.
     this.publisher = await this.connection.createConfirmChannel();
-    // With `mandatory`, a reply that no queue takes (wrong routing key, the
-    // bridge never declared the channel's queue) comes back before the ack.
+    // With `mandatory`, a reply that no queue takes comes back before the ack.
+    // (The bridge's outgoing exchange sends a routing key that names no
+    // channel to its unrouted queue instead, and the CRM gets a
+    // message.failed with reason unknown_channel.)
     this.publisher.on('return', (msg) => this.returned.add(msg.properties.messageId));
     this.consumer = await this.connection.createChannel();
     // A channel error (e.g. NOT_FOUND for the queue) also rejects the call
@@ -119,7 +121,7 @@ class CrmClient {
       }, (err) => (err ? reject(new Error(`RabbitMQ refused reply ${messageId}`)) : resolve()));
     });
     if (this.returned.delete(messageId)) {
-      throw new Error(`reply ${messageId} was routed nowhere: is ${channel} a channel of the bridge?`);
+      throw new Error(`reply ${messageId} was routed nowhere: is ${channel} a bridge channel?`);
     }
     this.pending.add(messageId);
     this.publishedAny = true;
@@ -185,7 +187,8 @@ class CrmClient {
         this.pending.delete(event.message_id);
         this.failedAny = true;
         say('message.failed', {
-          message_id: event.message_id, channel: event.channel, reason: event.reason, detail: event.detail,
+          message_id: event.message_id, channel: event.channel,
+          reason: event.reason, detail: event.detail,
         });
         break;
       case 'channel.state':
@@ -208,7 +211,7 @@ async function main() {
   const { values: args } = parseArgs({
     options: {
       'reply-to': { type: 'string' }, // publish one reply to this X user id on CHANNEL at start
-      once: { type: 'boolean', default: false }, // exit once every reply published was sent or failed
+      once: { type: 'boolean', default: false }, // exit when each reply published is sent or failed
       timeout: { type: 'string' }, // give up after this many seconds (exit status 2)
     },
   });

@@ -98,6 +98,9 @@ class CrmClient:
         # A channel for publishing, in confirm mode: basic_publish returns
         # only once RabbitMQ has the reply, and raises if it was refused
         # (NackError) or routed nowhere (UnroutableError, with mandatory).
+        # The bridge's outgoing exchange sends a routing key that names no
+        # channel to its unrouted queue, and the CRM gets a message.failed
+        # with reason unknown_channel.
         self.publisher = connection.channel()
         self.publisher.confirm_delivery()
         # A channel for consuming, taking a few events at a time.
