@@ -70,6 +70,8 @@ pub struct Inbound {
     in_flight: Arc<InFlightDeliveries>,
     /// Every channel's account and App, shared with the outbound side.
     identities: Arc<ChannelIdentities>,
+    /// `true` while the webhook's server (and its media proxy) serves.
+    serving: watch::Sender<bool>,
 }
 
 impl Inbound {
@@ -148,6 +150,7 @@ impl Inbound {
             clients,
             in_flight,
             identities,
+            serving: watch::Sender::new(false),
         })
     }
 
@@ -181,6 +184,13 @@ impl Inbound {
         self.sink.ready.subscribe()
     }
 
+    /// `true` while X's webhook and the media proxy are served, whatever
+    /// RabbitMQ does: the server runs from start to shutdown and answers a
+    /// POST it cannot publish with 503. `None` when no webhook is configured.
+    pub fn webhook_serving(&self) -> Option<watch::Receiver<bool>> {
+        self.listener.as_ref().map(|_| self.serving.subscribe())
+    }
+
     /// Runs until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
         let Inbound {
@@ -196,6 +206,7 @@ impl Inbound {
             clients,
             in_flight,
             identities,
+            serving,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(keep_connected(
@@ -248,7 +259,9 @@ impl Inbound {
                 if let Ok(addr) = listener.local_addr() {
                     tracing::info!(%addr, "serving X's webhook and the media proxy");
                 }
+                serving.send_replace(true);
                 xbridge_core::server::serve("webhook", listener, app, &limits, shutdown).await;
+                serving.send_replace(false);
             });
         }
 
