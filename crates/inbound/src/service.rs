@@ -184,9 +184,11 @@ impl Inbound {
         self.sink.ready.subscribe()
     }
 
-    /// `true` while X's webhook and the media proxy are served, whatever
-    /// RabbitMQ does: the server runs from start to shutdown and answers a
-    /// POST it cannot publish with 503. `None` when no webhook is configured.
+    /// `true` while X's webhook and the media proxy are served: from the
+    /// start of [`Inbound::run`] until shutdown begins, whatever RabbitMQ and
+    /// the store do (the CRC and the media proxy need neither, and a POST
+    /// that cannot be published is answered 503 so X sends it again). `None`
+    /// when no webhook is configured.
     pub fn webhook_serving(&self) -> Option<watch::Receiver<bool>> {
         self.listener.as_ref().map(|_| self.serving.subscribe())
     }
@@ -260,7 +262,23 @@ impl Inbound {
                     tracing::info!(%addr, "serving X's webhook and the media proxy");
                 }
                 serving.send_replace(true);
-                xbridge_core::server::serve("webhook", listener, app, &limits, shutdown).await;
+                let serve = xbridge_core::server::serve(
+                    "webhook",
+                    listener,
+                    app,
+                    &limits,
+                    shutdown.clone(),
+                );
+                tokio::pin!(serve);
+                tokio::select! {
+                    () = &mut serve => {}
+                    () = shutdown.cancelled() => {
+                        // No new connection is taken from here on, while the
+                        // requests in flight finish.
+                        serving.send_replace(false);
+                        serve.await;
+                    }
+                }
                 serving.send_replace(false);
             });
         }
