@@ -23,6 +23,10 @@ use xbridge_test_support::{
 /// Between two looks at an endpoint that is expected to change.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long a bridge may take to reconnect once the broker is back: its
+/// pauses between attempts grow to 15 s, plus up to as much again of jitter.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
 fn webhook_options(broker: &PrivateBroker) -> TestOptions {
     TestOptions {
         inbound: "listen = \"127.0.0.1:0\"\n".into(),
@@ -34,6 +38,8 @@ fn webhook_options(broker: &PrivateBroker) -> TestOptions {
 
 const TELEMETRY: &str = "[telemetry]\nlisten = \"127.0.0.1:0\"\n";
 
+/// A client as patient as X, which gives a webhook POST 10 s: a 503 that
+/// came later would be no answer at all.
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -52,8 +58,15 @@ async fn probe(http: &reqwest::Client, ops: SocketAddr, path: &str) -> (u16, Val
     (status, answer.json().await.expect("a JSON body"))
 }
 
-/// Polls `path` until it answers `status`; returns the body.
-async fn wait_for_probe(http: &reqwest::Client, ops: SocketAddr, path: &str, status: u16) -> Value {
+/// Polls `path` until it answers `status`, for up to `patience`; returns
+/// the body.
+async fn wait_for_probe(
+    http: &reqwest::Client,
+    ops: SocketAddr,
+    path: &str,
+    status: u16,
+    patience: Duration,
+) -> Value {
     let wait = async {
         loop {
             let (answered, body) = probe(http, ops, path).await;
@@ -63,9 +76,9 @@ async fn wait_for_probe(http: &reqwest::Client, ops: SocketAddr, path: &str, sta
             tokio::time::sleep(POLL).await;
         }
     };
-    tokio::time::timeout(PATIENCE, wait)
+    tokio::time::timeout(patience, wait)
         .await
-        .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {path} to answer {status}"))
+        .unwrap_or_else(|_| panic!("waited {patience:?} for {path} to answer {status}"))
 }
 
 /// `xbridge_rabbitmq_connected{side}` for both sides, as `/metrics` shows it.
@@ -260,7 +273,7 @@ async fn with_rabbitmq_stopped_x_still_reaches_the_webhook_and_its_retry_is_deli
     );
 
     broker.start().await;
-    wait_for_probe(&http, ops, "/readyz", 200).await;
+    wait_for_probe(&http, ops, "/readyz", 200, RECONNECT_PATIENCE).await;
     wait_for_connected(&http, ops, 1.0).await;
     let mut crm = app.crm().await;
     let (status, body) = post_again(&http, &delivery).await;
@@ -312,7 +325,7 @@ async fn a_bridge_started_while_rabbitmq_is_down_answers_x_and_delivers_once_it_
         .await;
     let (status, body) = probe(&http, ops, "/readyz").await;
     assert_eq!(status, 503, "{body}");
-    let body = wait_for_probe(&http, ops, "/readyz/webhook", 200).await;
+    let body = wait_for_probe(&http, ops, "/readyz/webhook", 200, PATIENCE).await;
     assert_eq!(body["webhook"], true, "{body}");
 
     let user = app.user_id("acme");
@@ -324,7 +337,7 @@ async fn a_bridge_started_while_rabbitmq_is_down_answers_x_and_delivers_once_it_
     assert_eq!(delivery.status, Some(503), "{delivery:?}");
 
     broker.start().await;
-    wait_for_probe(&http, ops, "/readyz", 200).await;
+    wait_for_probe(&http, ops, "/readyz", 200, RECONNECT_PATIENCE).await;
     let mut crm = app.crm().await;
     let (status, body) = post_again(&http, &delivery).await;
     assert_eq!(status, 200, "X's retry is taken: {body}");
