@@ -124,7 +124,7 @@ async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
 
 /// 200 while this process serves X's webhook (CRC and POSTs) and the media
 /// proxy, whatever RabbitMQ and the store do; 503 before the server runs and
-/// once it stopped. The body is `/readyz`'s with `"ready"` meaning this
+/// from the moment shutdown begins. The body is `/readyz`'s with `"ready"` meaning this
 /// endpoint's answer, plus `"webhook"`: whether the server runs.
 ///
 /// Without a webhook (`inbound.listen` unset: poll-only, or a replica that
