@@ -11,11 +11,13 @@
 
 mod crm;
 mod failing_store;
+mod private_broker;
 mod process;
 mod schema;
 
 pub use crm::{Crm, DeadLetter, Event};
 pub use failing_store::{FailingStore, Refuse};
+pub use private_broker::PrivateBroker;
 pub use process::BridgeProcess;
 pub use schema::assert_valid;
 
@@ -71,6 +73,9 @@ pub struct TestOptions {
     pub shared_app: bool,
     /// Leave `user_id` out of every channel, so the bridge learns it from X.
     pub omit_user_id: bool,
+    /// The broker of this test alone (a [`PrivateBroker`]'s URL) instead of
+    /// the shared one ([`amqp_url`]), for the bridge, the CRM and cleanup.
+    pub amqp_url: Option<String>,
 }
 
 impl Default for TestOptions {
@@ -86,6 +91,7 @@ impl Default for TestOptions {
             inbound_mode: None,
             shared_app: false,
             omit_user_id: false,
+            amqp_url: None,
         }
     }
 }
@@ -141,6 +147,11 @@ impl TestApp {
             .find(|(name, _)| name == channel)
             .unwrap_or_else(|| panic!("no channel {channel} in this test"))
             .1
+    }
+
+    /// The RabbitMQ this test's bridge and CRM use.
+    pub fn amqp_url(&self) -> String {
+        self.options.amqp_url.clone().unwrap_or_else(amqp_url)
     }
 
     /// The X user id behind `channel`.
@@ -300,7 +311,7 @@ shutdown_grace = "10s"
 [state]
 {state}
 "#,
-            amqp = amqp_url(),
+            amqp = self.amqp_url(),
             oe = n.outgoing_exchange,
             oqp = n.outgoing_queue_prefix,
             un = n.unrouted,
@@ -367,7 +378,7 @@ bearer_token = "{}"
     /// A CRM client on this test's topology. Call it once the bridge is
     /// ready (the bridge declares the topology).
     pub async fn crm(&self) -> Crm {
-        Crm::connect(&amqp_url(), self.names.clone()).await
+        Crm::connect(&self.amqp_url(), self.names.clone()).await
     }
 
     /// Deletes this test's queues and exchanges.
@@ -379,7 +390,7 @@ bearer_token = "{}"
         let delays = xbridge_core::config::Settings::from_toml(&self.config_toml())
             .map(|s| s.outbound.retry.delays)
             .unwrap_or_default();
-        crm::delete_topology(&amqp_url(), &self.names, &channels, &delays).await;
+        crm::delete_topology(&self.amqp_url(), &self.names, &channels, &delays).await;
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Inbound {
     in_flight: Arc<InFlightDeliveries>,
     /// Every channel's account and App, shared with the outbound side.
     identities: Arc<ChannelIdentities>,
+    /// `true` while the webhook's server (and its media proxy) serves.
+    serving: watch::Sender<bool>,
 }
 
 impl Inbound {
@@ -148,6 +150,7 @@ impl Inbound {
             clients,
             in_flight,
             identities,
+            serving: watch::Sender::new(false),
         })
     }
 
@@ -181,6 +184,15 @@ impl Inbound {
         self.sink.ready.subscribe()
     }
 
+    /// `true` while X's webhook and the media proxy are served: from the
+    /// start of [`Inbound::run`] until shutdown begins, whatever RabbitMQ and
+    /// the store do (the CRC and the media proxy need neither, and a POST
+    /// that cannot be published is answered 503 so X sends it again). `None`
+    /// when no webhook is configured.
+    pub fn webhook_serving(&self) -> Option<watch::Receiver<bool>> {
+        self.listener.as_ref().map(|_| self.serving.subscribe())
+    }
+
     /// Runs until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
         let Inbound {
@@ -196,6 +208,7 @@ impl Inbound {
             clients,
             in_flight,
             identities,
+            serving,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(keep_connected(
@@ -248,7 +261,25 @@ impl Inbound {
                 if let Ok(addr) = listener.local_addr() {
                     tracing::info!(%addr, "serving X's webhook and the media proxy");
                 }
-                xbridge_core::server::serve("webhook", listener, app, &limits, shutdown).await;
+                serving.send_replace(true);
+                let serve = xbridge_core::server::serve(
+                    "webhook",
+                    listener,
+                    app,
+                    &limits,
+                    shutdown.clone(),
+                );
+                tokio::pin!(serve);
+                tokio::select! {
+                    () = &mut serve => {}
+                    () = shutdown.cancelled() => {
+                        // No new connection is taken from here on, while the
+                        // requests in flight finish.
+                        serving.send_replace(false);
+                        serve.await;
+                    }
+                }
+                serving.send_replace(false);
             });
         }
 

@@ -194,13 +194,18 @@ impl Bridge {
     /// configured grace period.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(webhook = ?self.inbound.webhook_addr(), "xbridge starting");
+        let readiness = crate::ops::Readiness {
+            outbound: self.outbound.readiness(),
+            inbound: self.inbound.readiness(),
+            channels: self.states.clone(),
+            store: self.store.clone(),
+            webhook: self.inbound.webhook_serving(),
+        };
+        let gauges = tokio::spawn({
+            let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
+            async move { crate::ops::track_broker_connections(&readiness, shutdown).await }
+        });
         let ops = self.ops.map(|listener| {
-            let readiness = crate::ops::Readiness {
-                outbound: self.outbound.readiness(),
-                inbound: self.inbound.readiness(),
-                channels: self.states.clone(),
-                store: self.store.clone(),
-            };
             tokio::spawn(crate::ops::serve(
                 listener,
                 readiness,
@@ -230,6 +235,7 @@ impl Bridge {
         if let Some(ops) = ops {
             let _ = ops.await;
         }
+        let _ = gauges.await;
         if let Some(identities) = identities {
             if let Ok(Err(mismatch)) = identities.await {
                 return Err(mismatch.into());

@@ -1,7 +1,18 @@
 //! What operators and their tools look at: `/healthz` (the process is
 //! alive), `/readyz` (connected to RabbitMQ with the topology declared, per
-//! side, and a state store that can write) and `/metrics` (Prometheus text
-//! format).
+//! side, and a state store that can write), `/readyz/webhook` (X's webhook
+//! and the media proxy are served) and `/metrics` (Prometheus text format).
+//!
+//! Two readiness endpoints, because they answer different questions.
+//! `/readyz` tells the truth about the whole bridge: an operator, a script
+//! or an alert looks at it. `/readyz/webhook` is for traffic routing (the
+//! Kubernetes readinessProbe): what reaches this process from outside is X's
+//! webhook and the CRM's media downloads, and both keep working while
+//! RabbitMQ or the store is away — the CRC is answered, media is proxied, and
+//! a POST that cannot be published is answered 503 so X sends it again. A
+//! readinessProbe on `/readyz` would take the pod out of the Service during a
+//! broker outage; X's CRC would then fail at the ingress, X would mark the
+//! webhook invalid and stop delivering, and the CRM's media links would break.
 //!
 //! A state store that cannot write (a full disk) shows in both bodies
 //! (`"store": false`), but only `/readyz` fails for it: it is what alerting
@@ -11,6 +22,7 @@
 //! reopens itself once there is room, and the process would lose the records
 //! it keeps in memory until then.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
@@ -22,6 +34,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use xbridge_core::channel_state::ChannelStatus;
 use xbridge_core::config::HttpSettings;
 
 /// The process-wide Prometheus recorder, installed on first use (metrics
@@ -57,6 +70,9 @@ pub struct Readiness {
     pub channels: std::sync::Arc<xbridge_core::channel_state::ChannelStates>,
     /// Whether the state store can write.
     pub store: xbridge_store::StoreHealth,
+    /// Whether X's webhook and the media proxy are served; `None` when no
+    /// webhook is configured (`inbound.listen` unset).
+    pub webhook: Option<watch::Receiver<bool>>,
 }
 
 #[derive(Clone)]
@@ -80,10 +96,11 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(live))
         .route("/readyz", get(ready))
+        .route("/readyz/webhook", get(webhook_ready))
         .route("/metrics", get(render))
         .with_state(state);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+        tracing::info!(%addr, "serving /healthz, /readyz, /readyz/webhook and /metrics");
     }
     xbridge_core::server::serve("ops", listener, app, &limits, shutdown).await;
 }
@@ -97,26 +114,110 @@ async fn live(State(state): State<OpsState>) -> impl IntoResponse {
     }))
 }
 
+/// 200 when both sides are connected to RabbitMQ with the topology declared
+/// and the store can write; else 503. The body says which part is missing.
 async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
-    let outbound = *state.readiness.outbound.borrow();
-    let inbound = *state.readiness.inbound.borrow();
-    let store = state.readiness.store.is_writable();
-    let ready = outbound && inbound && store;
+    let body = state.readiness.report();
+    let ready = body.outbound && body.inbound && body.store;
+    answer(ready, body.json(ready))
+}
+
+/// 200 while this process serves X's webhook (CRC and POSTs) and the media
+/// proxy, whatever RabbitMQ and the store do; 503 before the server runs and
+/// from the moment shutdown begins. The body is `/readyz`'s with `"ready"` meaning this
+/// endpoint's answer, plus `"webhook"`: whether the server runs.
+///
+/// Without a webhook (`inbound.listen` unset: poll-only, or a replica that
+/// only sends) it answers 200 with `"webhook": false`. Such a process serves
+/// nothing anyone outside reaches, so there is no traffic for readiness to
+/// route; a 503 there would only keep the pod unready forever and hold every
+/// rollout and PodDisruptionBudget. `/readyz` still tells how it is doing.
+async fn webhook_ready(State(state): State<OpsState>) -> impl IntoResponse {
+    let body = state.readiness.report();
+    let (ready, serving) = match &state.readiness.webhook {
+        Some(serving) => {
+            let serving = *serving.borrow();
+            (serving, serving)
+        }
+        None => (true, false),
+    };
+    let mut json = body.json(ready);
+    json["webhook"] = serving.into();
+    answer(ready, json)
+}
+
+fn answer(ready: bool, body: serde_json::Value) -> impl IntoResponse {
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(serde_json::json!({
+    (status, Json(body))
+}
+
+/// What both readiness endpoints show, read once per request.
+struct Report {
+    outbound: bool,
+    inbound: bool,
+    store: bool,
+    channels: BTreeMap<String, ChannelStatus>,
+}
+
+impl Readiness {
+    fn report(&self) -> Report {
+        Report {
+            outbound: *self.outbound.borrow(),
+            inbound: *self.inbound.borrow(),
+            store: self.store.is_writable(),
+            channels: self.channels.snapshot(),
+        }
+    }
+}
+
+impl Report {
+    fn json(self, ready: bool) -> serde_json::Value {
+        serde_json::json!({
             "ready": ready,
-            "outbound": outbound,
-            "inbound": inbound,
-            "store": store,
-            "channels": state.readiness.channels.snapshot(),
-        })),
-    )
+            "outbound": self.outbound,
+            "inbound": self.inbound,
+            "store": self.store,
+            "channels": self.channels,
+        })
+    }
+}
+
+/// Keeps `xbridge_rabbitmq_connected{side}` equal to each side's readiness
+/// (1 while connected with the topology declared, else 0) until the side's
+/// readiness ends or `shutdown`. Derived here, from the watches `/readyz`
+/// reads, so the gauge and the probe cannot disagree and the sides need not
+/// know about it. Alerts use it: a probe only says "not ready", the gauge
+/// says the broker is the reason, per replica and side.
+pub async fn track_broker_connections(readiness: &Readiness, shutdown: CancellationToken) {
+    tokio::join!(
+        track_side("inbound", readiness.inbound.clone(), shutdown.clone()),
+        track_side("outbound", readiness.outbound.clone(), shutdown),
+    );
+}
+
+async fn track_side(
+    side: &'static str,
+    mut connected: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
+    let gauge = metrics::gauge!("xbridge_rabbitmq_connected", "side" => side);
+    loop {
+        gauge.set(if *connected.borrow_and_update() {
+            1.0
+        } else {
+            0.0
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = connected.changed() => if changed.is_err() { break },
+        }
+    }
+    // Stopping, or the side is gone: either way not connected.
+    gauge.set(0.0);
 }
 
 async fn render(State(state): State<OpsState>) -> impl IntoResponse {

@@ -56,6 +56,16 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(body["ready"], true);
     assert_eq!(body["store"], true, "{body}");
     assert_eq!(body["channels"]["acme"]["state"], "ok", "{body}");
+    // No webhook configured: nothing for traffic routing to hold back.
+    let webhook = http
+        .get(format!("{base}/readyz/webhook"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webhook.status(), 200);
+    let body: serde_json::Value = webhook.json().await.unwrap();
+    assert_eq!(body["webhook"], false, "{body}");
+    assert_eq!(body["ready"], true, "{body}");
 
     // This CRM leaves the dead-letter queue alone, so its depth shows.
     let mut crm = xbridge_test_support::Crm::connect_without_dead_letters(
@@ -102,6 +112,8 @@ async fn health_readiness_and_metrics_are_served() {
         "xbridge_delay_queue_depth{delay=\"200ms\"}",
         "xbridge_channel_state{channel=\"dry\",state=\"credits_exhausted\"} 1",
         "xbridge_state_store_writable 1",
+        "xbridge_rabbitmq_connected{side=\"inbound\"} 1",
+        "xbridge_rabbitmq_connected{side=\"outbound\"} 1",
     ] {
         assert!(
             metrics.contains(expected),

@@ -1,0 +1,223 @@
+//! A RabbitMQ node of one test's own, for tests that need the broker to go
+//! away and come back. The shared broker on 5672 serves every other test
+//! running at the same time, so it is never stopped; this node has its own
+//! name, AMQP and distribution ports, data and log directories, a
+//! configuration file of its own (the system's pins the listener to 5672) and
+//! no plugins (so no management or Prometheus port clashes with the shared
+//! node's). Its data outlives [`PrivateBroker::stop`], as a real broker's
+//! does across a restart, and is deleted with the node when dropped.
+//!
+//! It runs the RabbitMQ server of this machine: Debian's scripts in
+//! `/usr/lib/rabbitmq/bin` (the `/usr/sbin` wrappers would switch to the
+//! `rabbitmq` user, who cannot write the test's directories), else
+//! `rabbitmq-server` and `rabbitmqctl` from the `PATH`.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::PATIENCE;
+
+/// Where Debian installs the server's own scripts.
+const DEBIAN_SCRIPTS: &str = "/usr/lib/rabbitmq/bin";
+
+/// Between two attempts to connect while the node boots.
+const BOOT_POLL: Duration = Duration::from_millis(200);
+
+/// A private RabbitMQ node: configured by [`PrivateBroker::new`], run by
+/// [`PrivateBroker::start`], stopped (and deleted) on drop.
+pub struct PrivateBroker {
+    node: String,
+    amqp_port: u16,
+    dist_port: u16,
+    dir: tempfile::TempDir,
+    running: bool,
+}
+
+impl PrivateBroker {
+    /// A node configured but not started: its AMQP URL refuses connections,
+    /// as a broker that is down does.
+    pub fn new() -> PrivateBroker {
+        let dir = tempfile::tempdir().expect("a directory for the private broker");
+        let amqp_port = free_port();
+        let dist_port = free_port();
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        std::fs::create_dir_all(dir.path().join("log")).expect("log dir");
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{amqp_port}\nloopback_users = none\n"),
+        )
+        .expect("the private broker's config");
+        // An empty list: no plugins, so no ports beside AMQP and distribution.
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("enabled_plugins");
+        PrivateBroker {
+            node: format!("xbt-{id}@localhost"),
+            amqp_port,
+            dist_port,
+            dir,
+            running: false,
+        }
+    }
+
+    /// A node started and accepting AMQP connections.
+    pub async fn started() -> PrivateBroker {
+        let mut broker = PrivateBroker::new();
+        broker.start().await;
+        broker
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
+    /// Starts the node (again, with the data it had) and waits until it
+    /// accepts an AMQP connection; fails the test after twice [`PATIENCE`]
+    /// (a first boot on a busy machine is slow).
+    pub async fn start(&mut self) {
+        assert!(!self.running, "the private broker is already running");
+        let mut command = self.command("rabbitmq-server");
+        run(command.arg("-detached")).await;
+        self.running = true;
+        // An AMQP handshake is what clients wait for; `rabbitmqctl
+        // await_startup` fails before the node registered and then looks again
+        // only every 10 s.
+        let url = self.amqp_url();
+        let boot = async {
+            loop {
+                let properties = lapin::ConnectionProperties::default();
+                if let Ok(connection) = lapin::Connection::connect(&url, properties).await {
+                    let _ = connection.close(200, "booted".into()).await;
+                    return;
+                }
+                tokio::time::sleep(BOOT_POLL).await;
+            }
+        };
+        if tokio::time::timeout(PATIENCE * 2, boot).await.is_err() {
+            panic!(
+                "the private broker {} did not accept connections within {:?}; its log:\n{}",
+                self.node,
+                PATIENCE * 2,
+                self.log_tail()
+            );
+        }
+    }
+
+    /// Stops the node (`rabbitmqctl stop`) and waits until its process
+    /// exited: its clients' connections are closed, its port refuses.
+    pub async fn stop(&mut self) {
+        assert!(self.running, "the private broker is not running");
+        let mut command = self.command("rabbitmqctl");
+        run(command
+            .args(["-n", &self.node, "stop"])
+            .arg(self.pid_file()))
+        .await;
+        self.running = false;
+    }
+
+    /// The node's log, its last lines, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let path = self
+            .dir
+            .path()
+            .join("log")
+            .join(format!("{}.log", self.node));
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("data")
+            .join(format!("{}.pid", self.node))
+    }
+
+    /// One of the server's scripts, with this node's environment.
+    fn command(&self, script: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(script_path(script));
+        command
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", Ipv4Addr::LOCALHOST.to_string())
+            .env("RABBITMQ_NODE_PORT", self.amqp_port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", self.dir.path().join("data"))
+            .env("RABBITMQ_LOG_BASE", self.dir.path().join("log"))
+            .env("RABBITMQ_PID_FILE", self.pid_file())
+            .env(
+                "RABBITMQ_CONFIG_FILE",
+                self.dir.path().join("rabbitmq.conf"),
+            )
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.path().join("enabled_plugins"),
+            )
+            .current_dir(self.dir.path())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(false);
+        command
+    }
+}
+
+impl Default for PrivateBroker {
+    fn default() -> Self {
+        PrivateBroker::new()
+    }
+}
+
+impl Drop for PrivateBroker {
+    /// Stops the node, even when the test failed; the directory goes with
+    /// the [`tempfile::TempDir`].
+    fn drop(&mut self) {
+        if !self.running {
+            return;
+        }
+        let stopped = std::process::Command::new(script_path("rabbitmqctl"))
+            .args(["-n", &self.node, "stop"])
+            .arg(self.pid_file())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !stopped.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "could not stop the private RabbitMQ node {}; stop it with `rabbitmqctl -n {} stop`",
+                self.node, self.node
+            );
+        }
+    }
+}
+
+/// Runs one of the server's scripts to its end, quietly unless it fails.
+async fn run(command: &mut tokio::process::Command) {
+    let output = command
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{command:?} cannot run: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn script_path(script: &str) -> PathBuf {
+    let debian = Path::new(DEBIAN_SCRIPTS).join(script);
+    if debian.exists() {
+        debian
+    } else {
+        PathBuf::from(script)
+    }
+}
+
+/// A port nothing listens on now. Another process could take it before the
+/// node binds it; the node then fails to start, with a clear log.
+fn free_port() -> u16 {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
