@@ -15,6 +15,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 
 use base64::Engine as _;
+use secrecy::ExposeSecret as _;
 use serde_json::Value;
 use xbridge_core::config::{Settings, StateBackend};
 
@@ -428,6 +429,7 @@ fn check_kubernetes(dir: &str, store: Store) {
     let settings = pod.settings();
     check_media(dir, &kit, &settings);
     check_ports_and_probes(dir, &kit, deployment, container, &settings);
+    check_network_policy(dir, &kit, &settings);
     check_spool(dir, &pod, &settings);
     check_memory(dir, container, &settings);
 
@@ -558,6 +560,51 @@ fn check_ports_and_probes(
     let ports = array_at(service, "/spec/ports");
     assert_eq!(named(ports, "metrics")["targetPort"], "metrics", "{dir}");
     assert_eq!(named(ports, "webhook")["targetPort"], "webhook", "{dir}");
+}
+
+/// The NetworkPolicies let in what the Service exposes and let out what the
+/// configuration connects to: DNS, RabbitMQ's port, PostgreSQL's with that store,
+/// HTTPS for X.
+fn check_network_policy(dir: &str, kit: &Rendered, settings: &Settings) {
+    let ports = |direction: &str| -> Vec<u64> {
+        kit.of_kind("NetworkPolicy")
+            .into_iter()
+            .flat_map(|policy| array_at(policy, &format!("/spec/{direction}")))
+            .flat_map(|rule| array_at(rule, "/ports"))
+            .filter_map(|port| port["port"].as_u64())
+            .collect()
+    };
+    let incoming = ports("ingress");
+    for listen in [settings.inbound.listen, settings.telemetry.listen] {
+        let port = u64::from(listen.unwrap().port());
+        assert!(
+            incoming.contains(&port),
+            "{dir}: nothing may reach port {port}"
+        );
+    }
+    let port_of_url = |url: &str, default: u16| {
+        u64::from(
+            reqwest::Url::parse(url)
+                .expect("a URL")
+                .port()
+                .unwrap_or(default),
+        )
+    };
+    let mut needed = vec![
+        53,
+        443,
+        port_of_url(settings.amqp.url.expose_secret(), 5672),
+    ];
+    if let StateBackend::Postgres { url, .. } = &settings.state.backend {
+        needed.push(port_of_url(url.expose_secret(), 5432));
+    }
+    let outgoing = ports("egress");
+    for port in needed {
+        assert!(
+            outgoing.contains(&port),
+            "{dir}: egress to port {port} is not allowed"
+        );
+    }
 }
 
 /// Reply attachments spool to a volume of their own that holds one reply of X's
