@@ -254,31 +254,53 @@ struct Pod {
 impl Pod {
     fn of(kit: &Rendered, deployment: &Value, container: &Value) -> Pod {
         let root = tempfile::tempdir().unwrap();
+        let mounts = Self::mount_volumes(kit, deployment, container, root.path());
+        let env = Self::environment(kit, container);
+        let config = Self::write_config(kit, container, &mounts, root.path());
+        Pod {
+            root,
+            env,
+            config,
+            mounts,
+        }
+    }
+
+    /// Every volume mount as a directory under `root`, Secrets' keys written as files
+    /// with the volume's mode; longest mount path first, so a mount inside another
+    /// is found as itself.
+    fn mount_volumes(
+        kit: &Rendered,
+        deployment: &Value,
+        container: &Value,
+        root: &Path,
+    ) -> Vec<(String, Value)> {
+        use std::os::unix::fs::PermissionsExt;
         let volumes = array_at(deployment, "/spec/template/spec/volumes");
         let mut mounts = Vec::new();
         for mount in array_at(container, "/volumeMounts") {
             let path = str_at(mount, "/mountPath").to_owned();
             let volume = named(volumes, str_at(mount, "/name")).clone();
-            let dir = root.path().join(path.trim_start_matches('/'));
+            let dir = root.join(path.trim_start_matches('/'));
             std::fs::create_dir_all(&dir).unwrap();
             if let Some(name) = volume.pointer("/secret/secretName").and_then(Value::as_str) {
+                let mode = volume
+                    .pointer("/secret/defaultMode")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0o644) as u32;
                 for key in kit.secret_keys(name) {
                     let file = dir.join(&key);
                     std::fs::write(&file, kit.secret_value(name, &key)).unwrap();
-                    let mode = volume
-                        .pointer("/secret/defaultMode")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0o644);
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode as u32))
-                        .unwrap();
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
                 }
             }
             mounts.push((path, volume));
         }
-        // Longest first, so a mount inside another is rewritten as itself.
         mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        mounts
+    }
 
+    /// The container's environment: `envFrom` Secrets, then `env`.
+    fn environment(kit: &Rendered, container: &Value) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         for source in array_at(container, "/envFrom") {
             let name = str_at(source, "/secretRef/name");
@@ -296,8 +318,17 @@ impl Pod {
             };
             env.insert(str_at(var, "/name").to_owned(), value);
         }
+        env
+    }
 
-        // The image's command: run --config <file>, a file of the config volume.
+    /// The file the container's `--config` names, taken from the ConfigMap mounted
+    /// there, its paths moved under `root`.
+    fn write_config(
+        kit: &Rendered,
+        container: &Value,
+        mounts: &[(String, Value)],
+        root: &Path,
+    ) -> PathBuf {
         let args: Vec<&str> = array_at(container, "/args")
             .iter()
             .filter_map(Value::as_str)
@@ -318,16 +349,10 @@ impl Pod {
             .find(|i| i["path"] == item)
             .map(|i| str_at(i, "/key"))
             .unwrap_or(item);
-        let toml = str_at(configmap, &format!("/data/{key}"));
-        let toml = relocate(toml, &mounts, root.path());
-        let config = root.path().join(config_at.trim_start_matches('/'));
+        let toml = relocate(str_at(configmap, &format!("/data/{key}")), mounts, root);
+        let config = root.join(config_at.trim_start_matches('/'));
         std::fs::write(&config, toml).unwrap();
-        Pod {
-            root,
-            env,
-            config,
-            mounts,
-        }
+        config
     }
 
     /// The volume a path in the pod (as the configuration names it here) is on.
