@@ -328,8 +328,9 @@ impl Inbound {
 /// address), and the allowed X origins plus the API base URL's (X serves
 /// `/2/dm_conversations/media/…` there, and a simulator all its media). On every origin
 /// only DM media paths are fetched ([`crate::media::is_dm_media`]): the API origin's other
-/// endpoints never are.
-fn media_links(settings: &Settings, bound: Option<SocketAddr>) -> MediaLinks {
+/// endpoints never are. Public so the deployment kit's checks build URLs exactly as a
+/// running bridge would from a shipped configuration.
+pub fn media_links(settings: &Settings, bound: Option<SocketAddr>) -> MediaLinks {
     let media = &settings.inbound.media;
     let key = match &media.signing_key {
         Some(key) => key.clone(),
