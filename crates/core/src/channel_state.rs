@@ -277,6 +277,9 @@ mod tests {
             "a new status for the CRM, with its own message_id"
         );
         assert!(changes.try_recv().is_err());
-        assert_eq!(states.get("acme").unwrap().detail.as_deref(), Some("refused"));
+        assert_eq!(
+            states.get("acme").unwrap().detail.as_deref(),
+            Some("refused")
+        );
     }
 }

@@ -113,6 +113,7 @@ impl Inbound {
                     channel: channel.name.clone(),
                     x: Arc::new(webhook_client(&settings, channel, &http)?),
                     crc: crc_self_check(bound, channel),
+                    app_channels: app_channels(&settings, channel),
                     interval: settings.inbound.webhook_check_interval,
                 });
             }
@@ -348,6 +349,18 @@ fn webhook_client(
         http.clone(),
     )
     .map_err(|e| client_error(channel, e))
+}
+
+/// The other channels of `channel`'s X App that receive by webhook.
+fn app_channels(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
+    use secrecy::ExposeSecret as _;
+    settings
+        .channels
+        .iter()
+        .filter(|c| c.name != channel.name && c.inbound.uses_webhook())
+        .filter(|c| c.consumer_key.expose_secret() == channel.consumer_key.expose_secret())
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 /// How the channel's webhook watch proves this process answers the CRC before it

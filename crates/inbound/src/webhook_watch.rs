@@ -58,6 +58,9 @@ pub struct WebhookWatch {
     /// serve the webhook (no `inbound.listen`), which leaves revalidation to an
     /// operator.
     pub crc: Option<Arc<dyn CrcSelfCheck>>,
+    /// The other channels of the same X App that receive by webhook here: one
+    /// App has one webhook, and the watch of the channel whose URL it is heals it.
+    pub app_channels: Vec<String>,
     /// Between checks (`inbound.webhook_check_interval`).
     pub interval: Duration,
 }
@@ -75,17 +78,37 @@ pub enum Verdict {
 }
 
 /// Decides from the App's webhooks as X lists them. Only the webhook whose URL
-/// is this channel's is ever revalidated, and only by a process that serves it.
-pub fn verdict(webhooks: &[Webhook], channel: &str, serves_webhook: bool) -> Verdict {
+/// is this channel's is ever revalidated, and only by a process that serves it;
+/// one at the URL of another of the App's channels (`app_channels`) is left to
+/// that channel's watch.
+pub fn verdict(
+    webhooks: &[Webhook],
+    channel: &str,
+    serves_webhook: bool,
+    app_channels: &[String],
+) -> Verdict {
     let Some(problem) = webhook_problem(webhooks) else {
         return Verdict::Valid;
     };
-    match webhooks
+    if !serves_webhook {
+        return Verdict::Broken(problem);
+    }
+    if let Some(webhook) = webhooks
         .iter()
         .find(|w| !w.valid && names_channel(&w.url, channel))
     {
-        Some(webhook) if serves_webhook => Verdict::Revalidate(webhook.clone()),
-        _ => Verdict::Broken(problem),
+        return Verdict::Revalidate(webhook.clone());
+    }
+    let sibling = webhooks.iter().find_map(|w| {
+        let owner = app_channels.iter().find(|c| names_channel(&w.url, c))?;
+        Some((w, owner))
+    });
+    match sibling {
+        Some((webhook, owner)) => Verdict::Broken(format!(
+            "X considers the webhook {} invalid (its CRC check failed); the bridge asks X to revalidate it for channel {owner}, whose URL it is",
+            cut(&webhook.url, 300)
+        )),
+        None => Verdict::Broken(problem),
     }
 }
 
@@ -192,7 +215,7 @@ async fn check(watch: &WebhookWatch, states: &ChannelStates, pacing: &mut Pacing
             return;
         }
     };
-    match verdict(&webhooks, channel, watch.crc.is_some()) {
+    match verdict(&webhooks, channel, watch.crc.is_some(), &watch.app_channels) {
         Verdict::Valid => {
             pacing.reset();
             apply(states, channel, None);
@@ -341,28 +364,47 @@ mod tests {
     fn only_an_invalid_webhook_at_the_channels_own_served_url_is_revalidated() {
         let invalid = webhook(URL, false);
         assert_eq!(
-            verdict(&[invalid.clone()], "acme", true),
+            verdict(&[invalid.clone()], "acme", true, &[]),
             Verdict::Revalidate(invalid.clone())
         );
         assert!(matches!(
-            verdict(&[invalid.clone()], "acme", false),
+            verdict(&[invalid.clone()], "acme", false, &[]),
             Verdict::Broken(why) if why.contains("xbridge webhook revalidate")
         ));
         for other in ["beta", "acm", "acme2"] {
             assert!(
-                matches!(verdict(&[invalid.clone()], other, true), Verdict::Broken(_)),
+                matches!(
+                    verdict(&[invalid.clone()], other, true, &[]),
+                    Verdict::Broken(why) if why.contains("xbridge webhook revalidate")
+                ),
                 "{other}"
             );
         }
         let elsewhere = webhook("https://example.com/hooks/acme", false);
         assert!(matches!(
-            verdict(&[elsewhere], "acme", true),
+            verdict(&[elsewhere], "acme", true, &[]),
             Verdict::Broken(_)
         ));
-        assert_eq!(verdict(&[webhook(URL, true)], "acme", true), Verdict::Valid);
+        assert_eq!(
+            verdict(&[webhook(URL, true)], "acme", true, &[]),
+            Verdict::Valid
+        );
         assert!(matches!(
-            verdict(&[], "acme", true),
+            verdict(&[], "acme", true, &[]),
             Verdict::Broken(why) if why.contains("xbridge webhook register")
+        ));
+    }
+
+    #[test]
+    fn the_webhook_of_an_app_is_healed_by_the_channel_whose_url_it_is() {
+        let invalid = webhook(URL, false);
+        assert!(matches!(
+            verdict(&[invalid.clone()], "beta", true, &["acme".into()]),
+            Verdict::Broken(why) if why.contains("for channel acme")
+        ));
+        assert!(matches!(
+            verdict(&[invalid], "beta", true, &["other".into()]),
+            Verdict::Broken(why) if why.contains("xbridge webhook revalidate")
         ));
     }
 
@@ -479,6 +521,7 @@ mod tests {
             channel: "acme".into(),
             x,
             crc: Some(Arc::new(Crc(crc))),
+            app_channels: Vec::new(),
             interval: INTERVAL,
         };
         let task = tokio::spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
@@ -522,6 +565,7 @@ mod tests {
             channel: "acme".into(),
             x: x.clone(),
             crc: Some(Arc::new(Crc(Ok(())))),
+            app_channels: Vec::new(),
             interval: INTERVAL,
         };
         let task = tokio::spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
