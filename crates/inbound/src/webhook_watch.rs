@@ -364,17 +364,17 @@ mod tests {
     fn only_an_invalid_webhook_at_the_channels_own_served_url_is_revalidated() {
         let invalid = webhook(URL, false);
         assert_eq!(
-            verdict(&[invalid.clone()], "acme", true, &[]),
+            verdict(std::slice::from_ref(&invalid), "acme", true, &[]),
             Verdict::Revalidate(invalid.clone())
         );
         assert!(matches!(
-            verdict(&[invalid.clone()], "acme", false, &[]),
+            verdict(std::slice::from_ref(&invalid), "acme", false, &[]),
             Verdict::Broken(why) if why.contains("xbridge webhook revalidate")
         ));
         for other in ["beta", "acm", "acme2"] {
             assert!(
                 matches!(
-                    verdict(&[invalid.clone()], other, true, &[]),
+                    verdict(std::slice::from_ref(&invalid), other, true, &[]),
                     Verdict::Broken(why) if why.contains("xbridge webhook revalidate")
                 ),
                 "{other}"
@@ -399,7 +399,7 @@ mod tests {
     fn the_webhook_of_an_app_is_healed_by_the_channel_whose_url_it_is() {
         let invalid = webhook(URL, false);
         assert!(matches!(
-            verdict(&[invalid.clone()], "beta", true, &["acme".into()]),
+            verdict(std::slice::from_ref(&invalid), "beta", true, &["acme".into()]),
             Verdict::Broken(why) if why.contains("for channel acme")
         ));
         assert!(matches!(
