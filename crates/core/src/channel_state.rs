@@ -62,7 +62,8 @@ impl ChannelState {
 pub struct ChannelStatus {
     /// The state.
     pub state: ChannelState,
-    /// When the channel entered it.
+    /// When the channel entered it, or when its cause (`detail`) last changed
+    /// ([`ChannelStates::explain`]).
     #[serde(serialize_with = "rfc3339")]
     pub since: DateTime<Utc>,
     /// For `rate_limited`: when X's window resets.
@@ -157,6 +158,30 @@ impl ChannelStates {
         });
     }
 
+    /// Replaces the detail of `channel`'s state when it is still `state` and the
+    /// detail differs, and broadcasts the change: a state that lasts can change
+    /// its cause (X marked the webhook invalid, then refused to revalidate it), and
+    /// the CRM should hear the new one. `since` moves to now, because the CRM's
+    /// copy is told by it: the event's `message_id` is `<channel>:state:<since>`
+    /// (a CRM deduplicating by it would drop a repeat) and the outbound side
+    /// publishes only statuses newer than the last it told.
+    pub fn explain(&self, channel: &str, state: ChannelState, detail: String) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(status) = current.get_mut(channel) else {
+            return;
+        };
+        if status.state != state || status.detail.as_deref() == Some(detail.as_str()) {
+            return;
+        }
+        status.detail = Some(detail);
+        status.since = Utc::now().max(status.since + chrono::Duration::milliseconds(1));
+        let _ = self.changes.send(ChannelStateEvent {
+            event_type: "channel.state",
+            channel: channel.to_owned(),
+            status: status.clone(),
+        });
+    }
+
     /// The state of `channel`.
     pub fn get(&self, channel: &str) -> Option<ChannelStatus> {
         self.current
@@ -228,5 +253,33 @@ mod tests {
         assert_eq!(json["detail"], "no credits");
         assert_eq!(event.routing_key(), "acme.channel.state");
         assert!(json.get("until").is_none());
+    }
+
+    #[test]
+    fn a_new_cause_of_the_same_state_is_broadcast_once() {
+        let states = ChannelStates::new(["acme"]);
+        states.set(
+            "acme",
+            ChannelState::WebhookInvalid,
+            None,
+            Some("invalid".into()),
+        );
+        let since = states.get("acme").unwrap().since;
+        let mut changes = states.subscribe();
+        states.explain("acme", ChannelState::WebhookInvalid, "refused".into());
+        states.explain("acme", ChannelState::WebhookInvalid, "refused".into());
+        states.explain("acme", ChannelState::Ok, "not the state".into());
+        let event = changes.try_recv().unwrap();
+        assert_eq!(event.status.state, ChannelState::WebhookInvalid);
+        assert_eq!(event.status.detail.as_deref(), Some("refused"));
+        assert!(
+            event.status.since > since,
+            "a new status for the CRM, with its own message_id"
+        );
+        assert!(changes.try_recv().is_err());
+        assert_eq!(
+            states.get("acme").unwrap().detail.as_deref(),
+            Some("refused")
+        );
     }
 }

@@ -73,6 +73,7 @@
 mod aaa;
 mod attachment;
 mod body;
+pub mod crc_self_check;
 mod delivery;
 mod dm_events;
 mod echo;

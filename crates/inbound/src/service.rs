@@ -22,6 +22,7 @@ use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_store::StateStore;
 use xbridge_x_api::{WebhookClient, XClient, XHttp};
 
+use crate::crc_self_check::{loopback_if_wildcard, CrcSelfCheck, LocalCrc};
 use crate::delivery::InFlightDeliveries;
 use crate::identity::{AccountLookup, IdentityResolver};
 use crate::lease::{self, LeaseError, PollLease};
@@ -31,7 +32,7 @@ use crate::poller::{poll_once, PollBudget, PollContext, PollError};
 use crate::profiles::Profiles;
 use crate::sink::{AmqpSink, EventSink, InboundDeadLetter, OutboundEvent, SinkError};
 use crate::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
-use crate::webhook_watch::watch_webhook;
+use crate::webhook_watch::{watch_webhook, WebhookWatch};
 
 /// Why the inbound side could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +64,7 @@ pub struct Inbound {
     listener: Option<std::net::TcpListener>,
     pollers: Vec<PollContext>,
     profiles: Vec<(String, Arc<Profiles>)>,
-    webhook_watches: Vec<(String, WebhookClient)>,
+    webhook_watches: Vec<WebhookWatch>,
     media: Arc<MediaLinks>,
     clients: HashMap<String, XClient>,
     /// Shared by the webhook and the pollers (see [`InFlightDeliveries`]).
@@ -110,10 +111,13 @@ impl Inbound {
             clients.insert(channel.name.clone(), client.clone());
             if channel.inbound.uses_webhook() && !settings.inbound.webhook_check_interval.is_zero()
             {
-                webhook_watches.push((
-                    channel.name.clone(),
-                    webhook_client(&settings, channel, &http)?,
-                ));
+                webhook_watches.push(WebhookWatch {
+                    channel: channel.name.clone(),
+                    x: Arc::new(webhook_client(&settings, channel, &http)?),
+                    crc: crc_self_check(bound, channel),
+                    app_channels: app_channels(&settings, channel),
+                    interval: settings.inbound.webhook_check_interval,
+                });
             }
             let channel_profiles = Arc::new(Profiles::new(
                 client.clone(),
@@ -309,14 +313,8 @@ impl Inbound {
                 shutdown.clone(),
             ));
         }
-        for (channel, client) in webhook_watches {
-            tasks.spawn(watch_webhook(
-                channel,
-                client,
-                states.clone(),
-                settings.inbound.webhook_check_interval,
-                shutdown.clone(),
-            ));
+        for watch in webhook_watches {
+            tasks.spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
         }
         while tasks.join_next().await.is_some() {}
         tracing::info!("inbound stopped");
@@ -342,17 +340,7 @@ pub fn media_links(settings: &Settings, bound: Option<SocketAddr>) -> MediaLinks
         }
     };
     let public_base_url = media.public_base_url.clone().or_else(|| {
-        let addr = bound?;
-        let ip = match addr.ip() {
-            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
-                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-            }
-            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
-                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
-            }
-            ip => ip,
-        };
-        let url = url::Url::parse(&format!("http://{}/", SocketAddr::new(ip, addr.port()))).ok()?;
+        let url = url::Url::parse(&format!("http://{}/", loopback_if_wildcard(bound?))).ok()?;
         tracing::warn!(
             public_base_url = %url,
             "inbound.media.public_base_url is not set: media URLs point at the webhook's own address, which only a CRM on this host reaches"
@@ -393,6 +381,29 @@ fn webhook_client(
         http.clone(),
     )
     .map_err(|e| client_error(channel, e))
+}
+
+/// The other channels of `channel`'s X App that receive by webhook.
+fn app_channels(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
+    use secrecy::ExposeSecret as _;
+    settings
+        .channels
+        .iter()
+        .filter(|c| c.name != channel.name && c.inbound.uses_webhook())
+        .filter(|c| c.consumer_key.expose_secret() == channel.consumer_key.expose_secret())
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// How the channel's webhook watch proves this process answers the CRC before it
+/// asks X to revalidate the webhook: over HTTP from its own webhook server, when
+/// it serves one (`bound`); without, revalidating is left to an operator.
+fn crc_self_check(
+    bound: Option<SocketAddr>,
+    channel: &ChannelSettings,
+) -> Option<Arc<dyn CrcSelfCheck>> {
+    let check = LocalCrc::new(bound?, &channel.name, channel.consumer_secret.clone())?;
+    Some(Arc::new(check))
 }
 
 fn client_error(channel: &ChannelSettings, error: xbridge_x_api::XError) -> InboundError {

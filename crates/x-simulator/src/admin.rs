@@ -27,6 +27,7 @@ pub(crate) fn router() -> Router<Arc<SimState>> {
         .route("/dm_events", get(dm_events))
         .route("/billing", get(billing))
         .route("/webhooks", get(webhooks))
+        .route("/webhooks/invalidate", post(invalidate_webhook))
         .route("/deliveries", get(deliveries))
         .route("/redeliver", post(redeliver))
         .route("/dms", get(dms))
@@ -79,6 +80,12 @@ struct SetMediaProcessing {
     user_id: String,
     #[serde(default)]
     processing: MediaProcessing,
+}
+
+/// Body of `POST /_sim/webhooks/invalidate`.
+#[derive(Debug, Deserialize)]
+struct InvalidateWebhook {
+    webhook_id: String,
 }
 
 /// Body of `POST /_sim/redeliver`.
@@ -267,6 +274,18 @@ async fn webhooks(State(state): State<Arc<SimState>>) -> Response {
         "subscriptions": inner.subscriptions,
     }))
     .into_response()
+}
+
+async fn invalidate_webhook(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let body = match serde_json::from_slice::<InvalidateWebhook>(&body) {
+        Ok(body) => body,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why.to_string()),
+    };
+    if crate::webhooks::invalidate(&state, &body.webhook_id) {
+        Json(json!({ "webhook_id": body.webhook_id, "valid": false })).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "no webhook with this id")
+    }
 }
 
 async fn deliveries(State(state): State<Arc<SimState>>) -> Response {

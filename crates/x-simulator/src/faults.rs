@@ -30,7 +30,8 @@ use crate::rate_limit::RateLimitWindow;
 /// `missing_permission`, as uploading needs no DM permission), `server_error` and `timeout`,
 /// and their own window, `upload_rate_limit_window`. `GET /2/users/me` only feels
 /// `unauthorized` and `latency`; the webhook and subscription routes only `latency` (and the
-/// subscription routes, which take a user token, `unauthorized`); media downloads (the TON
+/// subscription routes, which take a user token, `unauthorized`); the CRC X runs against the
+/// webhooks the account registered only `crc_fails`; media downloads (the TON
 /// URL and the video and GIF renditions) only the `media_*` faults, which reach nothing else.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -133,6 +134,13 @@ pub enum Fault {
         /// Whether the answer announces its size in `Content-Length`; if not, the body is
         /// streamed in chunks and the client only learns the size by counting.
         content_length: bool,
+    },
+    /// X's CRC of the webhooks the account registered fails as if nothing answered at the
+    /// URL (a proxy, DNS or TLS problem between X and the receiver, which the receiver cannot
+    /// see): registering is refused and a `PUT` or periodic check marks the webhook invalid.
+    CrcFails {
+        /// How many CRC checks fail; `None` fails every one until cleared.
+        times: Option<u32>,
     },
 }
 
@@ -244,6 +252,21 @@ impl FaultBook {
             }),
             _ => None,
         })
+    }
+
+    /// Whether X's CRC of a webhook `user_id` registered fails, using up one count of
+    /// [`Fault::CrcFails`].
+    pub(crate) fn take_crc_failure(&mut self, user_id: &str) -> bool {
+        let Some(active) = self.by_user.get_mut(user_id) else {
+            return false;
+        };
+        match active
+            .iter()
+            .position(|f| matches!(f, Fault::CrcFails { .. }))
+        {
+            Some(index) => use_one(active, index),
+            None => false,
+        }
     }
 
     pub(crate) fn revokes_token(&self, user_id: &str) -> bool {
@@ -391,7 +414,8 @@ fn use_one(active: &mut Vec<Fault>, index: usize) -> bool {
         | Fault::ReadTimeout { times }
         | Fault::ReadServerError { times, .. }
         | Fault::MediaTimeout { times }
-        | Fault::MediaServerError { times, .. } => times,
+        | Fault::MediaServerError { times, .. }
+        | Fault::CrcFails { times } => times,
         _ => return true,
     };
     match times {

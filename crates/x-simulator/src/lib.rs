@@ -203,7 +203,8 @@
 //! a [`Delivery`] in [`Simulator::deliveries`]; [`Simulator::wait_for_deliveries`] waits for them.
 //! Test hooks: [`Simulator::deliver_again`] (a duplicate, byte for byte),
 //! [`Simulator::deliver_raw`] (any body, with a correct, chosen or no signature) and
-//! [`Simulator::check_webhook`] (X's periodic CRC, on demand).
+//! [`Simulator::check_webhook`] (X's periodic CRC, on demand) and
+//! [`Simulator::invalidate_webhook`] (its outcome after an outage, without running it).
 //!
 //! # Faults
 //!
@@ -219,7 +220,9 @@
 //! Media uploads belong to the sending direction: they feel the states but
 //! `missing_permission` (uploading needs no DM permission), `server_error` and `timeout`
 //! (shared with sends), and `upload_rate_limit_window`.
-//! Webhook management feels only `latency`; subscriptions `latency` and `unauthorized`.
+//! Webhook management feels only `latency`; subscriptions `latency` and `unauthorized`; the CRC
+//! X runs against a webhook (registration, `PUT`, [`Simulator::check_webhook`]) only
+//! `crc_fails` of the account that registered it.
 //!
 //! # Faithful and simplified
 //!
@@ -253,6 +256,7 @@
 //! | `GET /_sim/dm_events[?user_id=…]` | JSON array of [`DmEvent`], oldest first, retention ignored |
 //! | `GET /_sim/billing` | `{"dm_events_billed":{"<user_id>":n}}` |
 //! | `GET /_sim/webhooks` | `{"webhooks":[`[`Webhook`]`],"subscriptions":[`[`Subscription`]`]}` |
+//! | `POST /_sim/webhooks/invalidate` | body `{"webhook_id":"…"}`: [`Simulator::invalidate_webhook`] (what X does after failed periodic CRCs); `{"webhook_id","valid":false}`, 404 for an unknown webhook |
 //! | `GET /_sim/deliveries` | JSON array of [`Delivery`] |
 //! | `POST /_sim/redeliver` | body `{"event_id":"…"}`: [`Simulator::deliver_again`]; `{"deliveries_started":n}`, 404 for an unknown event |
 //! | `GET /_sim/requests[?user_id=…]` | JSON array of [`RequestRecord`] (admin calls are not logged) |

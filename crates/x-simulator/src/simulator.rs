@@ -409,6 +409,13 @@ impl Simulator {
         }
     }
 
+    /// Marks a registered webhook invalid, as X does when its periodic CRC failed while the
+    /// receiver was away; only a `PUT /2/webhooks/:id` whose CRC passes makes it valid again.
+    /// False if there is no such webhook.
+    pub fn invalidate_webhook(&self, webhook_id: &str) -> bool {
+        webhooks::invalidate(self.state(), webhook_id)
+    }
+
     /// Every webhook delivery attempt so far, in the order made.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.state().lock().deliveries.clone()

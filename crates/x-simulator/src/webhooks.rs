@@ -105,10 +105,23 @@ impl Webhook {
     }
 }
 
-/// Runs X's Challenge-Response Check: `GET url?crc_token=…` must answer 200 with
+/// Runs X's Challenge-Response Check for a webhook `user_id` registers or registered:
+/// `GET url?crc_token=…` must answer 200 with
 /// `{"response_token":"sha256=<base64 HMAC-SHA256(secret, token)>"}`. The error says why not.
-pub(crate) async fn run_crc(state: &SimState, url: &str, secret: &str) -> Result<(), String> {
-    state.lock().counters.crc_checks += 1;
+pub(crate) async fn run_crc(
+    state: &SimState,
+    user_id: &str,
+    url: &str,
+    secret: &str,
+) -> Result<(), String> {
+    {
+        let mut inner = state.lock();
+        inner.counters.crc_checks += 1;
+        if inner.faults.take_crc_failure(user_id) {
+            inner.counters.faults_injected += 1;
+            return Err("no answer: the crc_fails fault keeps X from reaching the URL".into());
+        }
+    }
     let mut target = Url::parse(url).map_err(|error| format!("unparsable URL: {error}"))?;
     let token = Alphanumeric.sample_string(&mut rand::rng(), 48);
     target.query_pairs_mut().append_pair("crc_token", &token);
@@ -284,7 +297,7 @@ pub(crate) async fn create(
             .deliver(&state, &identity)
             .await;
     }
-    let crc = run_crc(&state, &url, &account.consumer_secret).await;
+    let crc = run_crc(&state, &account.user_id, &url, &account.consumer_secret).await;
     let reply = {
         let now = state.now();
         let mut inner = state.lock();
@@ -400,7 +413,7 @@ pub(crate) async fn revalidate(
 
 /// Runs the CRC of a registered webhook and records the outcome as its `valid`.
 pub(crate) async fn check_webhook(state: &SimState, webhook: &Webhook) -> bool {
-    let outcome = run_crc(state, &webhook.url, &webhook.secret).await;
+    let outcome = run_crc(state, &webhook.registered_by, &webhook.url, &webhook.secret).await;
     if let Err(why) = &outcome {
         tracing::warn!(id = %webhook.id, url = %webhook.url, %why, "webhook CRC failed; marked invalid");
     }
@@ -414,6 +427,18 @@ pub(crate) async fn check_webhook(state: &SimState, webhook: &Webhook) -> bool {
         known.valid = valid;
     }
     valid
+}
+
+/// Marks a registered webhook invalid, as X does after its periodic CRC failed (the receiver
+/// was down or unreachable for a while). False if there is no such webhook.
+pub(crate) fn invalidate(state: &SimState, webhook_id: &str) -> bool {
+    let mut inner = state.lock();
+    let Some(webhook) = inner.webhooks.iter_mut().find(|w| w.id == webhook_id) else {
+        return false;
+    };
+    webhook.valid = false;
+    tracing::info!(id = %webhook_id, "webhook marked invalid");
+    true
 }
 
 /// `DELETE /2/webhooks/:webhook_id`: forgets the webhook and its subscriptions.

@@ -4,9 +4,19 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// What `xbridge --version` prints after the name: the crate version and the
+/// commit it was built from (`build.rs`), so a running binary can be traced to
+/// its source between releases.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("XBRIDGE_BUILD_COMMIT"),
+    ")"
+);
+
 /// xbridge: X Direct Messages <-> your CRM over RabbitMQ.
 #[derive(Debug, Parser)]
-#[command(name = "xbridge", version, about)]
+#[command(name = "xbridge", version = VERSION, about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -1,6 +1,8 @@
 use reqwest::Method;
 use serde_json::json;
 
+use crate::Fault;
+
 use super::receiver::{hmac_sha256, Receiver};
 use super::*;
 
@@ -195,6 +197,54 @@ async fn put_reruns_the_crc_and_delete_forgets() {
         .bearer(&h.account, Method::PUT, "/2/webhooks/123", None)
         .await;
     assert_eq!(reason(&unknown), "WebhookIdInvalid");
+}
+
+#[tokio::test]
+async fn an_invalidated_webhook_stays_invalid_until_a_put_whose_crc_passes() {
+    let h = harness().await;
+    let receiver = Receiver::start(&h.account.consumer_secret).await;
+    let id = registered(&h, &receiver).await;
+    let path = format!("/2/webhooks/{id}");
+
+    assert!(h.sim.invalidate_webhook(&id));
+    assert!(!h.sim.invalidate_webhook("123"), "unknown id");
+    let listed = h.bearer(&h.account, Method::GET, "/2/webhooks", None).await;
+    assert_eq!(listed.json()["data"][0]["valid"], false);
+    assert_eq!(receiver.crc_tokens().len(), 1, "marking ran no CRC");
+
+    // The receiver answers, but X cannot reach it: the PUT fails and counts.
+    h.sim
+        .set_fault(h.user_id(), Fault::CrcFails { times: Some(1) });
+    let failed = h.bearer(&h.account, Method::PUT, &path, None).await;
+    assert_eq!(reason(&failed), "CrcValidationFailed");
+    assert!(!h.sim.webhooks()[0].valid);
+    assert_eq!(receiver.crc_tokens().len(), 1, "X never reached the URL");
+
+    let fixed = h.bearer(&h.account, Method::PUT, &path, None).await;
+    assert_eq!(fixed.status, 200, "{}", fixed.body);
+    assert!(h.sim.webhooks()[0].valid);
+    assert_eq!(
+        receiver.crc_tokens().len(),
+        2,
+        "the PUT's CRC reached the URL"
+    );
+
+    // The same over the admin API.
+    let url = h.url("/_sim/webhooks/invalidate");
+    let marked = h
+        .send(
+            h.client
+                .post(url.clone())
+                .json(&json!({ "webhook_id": id })),
+        )
+        .await;
+    assert_eq!(marked.status, 200, "{}", marked.body);
+    assert_eq!(marked.json(), json!({ "webhook_id": id, "valid": false }));
+    assert!(!h.sim.webhooks()[0].valid);
+    let unknown = h
+        .send(h.client.post(url).json(&json!({ "webhook_id": "123" })))
+        .await;
+    assert_eq!(unknown.status, 404);
 }
 
 #[tokio::test]
