@@ -17,7 +17,7 @@ mod schema;
 pub use crm::{Crm, DeadLetter, Event};
 pub use failing_store::{FailingStore, Refuse};
 pub use process::BridgeProcess;
-pub use schema::assert_valid;
+pub use schema::{assert_valid, schema_errors};
 
 use std::path::PathBuf;
 use std::time::Duration;
