@@ -19,7 +19,7 @@ pub use crm::{Crm, DeadLetter, Event};
 pub use failing_store::{FailingStore, Refuse};
 pub use private_broker::PrivateBroker;
 pub use process::BridgeProcess;
-pub use schema::assert_valid;
+pub use schema::{assert_valid, schema_errors};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -5,6 +5,17 @@ use serde_json::Value;
 
 /// Panics unless `instance` is valid against `docs/schemas/<schema>.json`.
 pub fn assert_valid(schema: &str, instance: &Value) {
+    let errors = schema_errors(schema, instance);
+    assert!(
+        errors.is_empty(),
+        "{instance} is not valid against {schema}: {errors:?}"
+    );
+}
+
+/// What is wrong with `instance` against `docs/schemas/<schema>.json`; empty
+/// when it is valid. For callers that gather every failure (the documents'
+/// examples) or accept one of several schemas, instead of stopping at the first.
+pub fn schema_errors(schema: &str, instance: &Value) -> Vec<String> {
     let path = format!(
         "{}/../docs/schemas/{schema}.json",
         env!("CARGO_MANIFEST_DIR")
@@ -15,12 +26,8 @@ pub fn assert_valid(schema: &str, instance: &Value) {
         .should_validate_formats(true)
         .build(&schema_value)
         .unwrap_or_else(|e| panic!("{path} is not a valid schema: {e}"));
-    let errors: Vec<String> = validator
+    validator
         .iter_errors(instance)
         .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{instance} is not valid against {schema}: {errors:?}"
-    );
+        .collect()
 }

@@ -89,7 +89,7 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
 
     tokio::time::timeout(STEP_TIMEOUT, ready.wait_for(|r| *r))
         .await
-        .map_err(|_| anyhow!("the bridge did not connect to RabbitMQ at {amqp_url} within {STEP_TIMEOUT:?}; is rabbitmq-server running? (see README: Getting RabbitMQ)"))?
+        .map_err(|_| anyhow!("the bridge did not connect to RabbitMQ at {amqp_url} within {STEP_TIMEOUT:?}; is rabbitmq-server running? (see docs/operator.md#getting-rabbitmq)"))?
         .ok();
     crate::outln!("bridge connected; topology declared on RabbitMQ");
 
