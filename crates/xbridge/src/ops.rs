@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use xbridge_core::config::HttpSettings;
 
 /// The process-wide Prometheus recorder, installed on first use (metrics
-/// recorded before that are not kept).
+/// recorded before that are not kept), with every metric's `# HELP` text
+/// from the catalog.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -39,6 +40,9 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .expect("static, non-empty buckets")
                 .build_recorder();
             let handle = recorder.handle();
+            // Described on this recorder itself, so the help reaches
+            // /metrics even where another global recorder won (tests).
+            metrics::with_local_recorder(&recorder, xbridge_core::metrics_catalog::describe);
             // Another recorder may be installed already (tests); ours still renders.
             let _ = metrics::set_global_recorder(recorder);
             handle
