@@ -56,6 +56,11 @@ const fn gauge(name: &'static str, labels: &'static [&'static str], help: &'stat
 
 /// Every metric the bridge records.
 pub const METRICS: &[Metric] = &[
+    gauge(
+        "xbridge_build_info",
+        &["version"],
+        "Always 1, with the running bridge's version as a label; marks a scrape target as an xbridge (alerts join up on it).",
+    ),
     // Replies (CRM -> X).
     counter(
         "xbridge_dms_sent_total",

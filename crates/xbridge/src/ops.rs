@@ -42,7 +42,13 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Described on this recorder itself, so the help reaches
             // /metrics even where another global recorder won (tests).
-            metrics::with_local_recorder(&recorder, xbridge_core::metrics_catalog::describe);
+            metrics::with_local_recorder(&recorder, || {
+                xbridge_core::metrics_catalog::describe();
+                // Present on every scrape of a bridge, whatever it does: the
+                // series alerts join `up` on to tell xbridge targets apart.
+                metrics::gauge!("xbridge_build_info", "version" => env!("CARGO_PKG_VERSION"))
+                    .set(1.0);
+            });
             // Another recorder may be installed already (tests); ours still renders.
             let _ = metrics::set_global_recorder(recorder);
             handle
