@@ -39,7 +39,7 @@ impl RunningBridge {
 
 /// Starts the bridge with the test's configuration and waits until it is
 /// connected, has declared the topology and consumes.
-#[allow(dead_code)] // The dashboard test always adds configuration.
+#[allow(dead_code)] // Tests that add configuration use start_bridge_with.
 pub async fn start_bridge(app: &TestApp) -> RunningBridge {
     let settings = Settings::from_toml(&app.config_toml()).expect("the test config is valid");
     start_with(settings).await
