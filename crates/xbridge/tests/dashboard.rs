@@ -5,7 +5,8 @@
 //! lease; then each panel's query, with Grafana's variables filled in, is
 //! asked of Prometheus' HTTP API until it returns data. A panel left empty
 //! is named. The same Prometheus loads deploy/prometheus/alerts.yml, and
-//! the dead letter fires DeadLettersGrowing. In its own test binary, since metrics are process-wide.
+//! the dead letter fires DeadLettersGrowing. In its own test binary, since
+//! metrics are process-wide.
 //!
 //! Needs `prometheus` on the PATH (`bash .ci/test` installs it).
 
