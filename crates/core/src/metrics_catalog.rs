@@ -106,7 +106,7 @@ pub const METRICS: &[Metric] = &[
     gauge(
         "xbridge_last_poll_success_timestamp_seconds",
         &["channel"],
-        "Unix time of the channel's last successful poll of GET /2/dm_events; time() minus it is the poll lag.",
+        "Unix time of the channel's last successful poll of GET /2/dm_events by this process; time() minus it (max over replicas) is the poll lag. Polled channels only, from their first successful poll.",
     ),
     counter(
         "xbridge_dm_events_read_total",
@@ -121,7 +121,7 @@ pub const METRICS: &[Metric] = &[
     gauge(
         "xbridge_poll_lease_held",
         &["channel"],
-        "1 while this replica holds the channel's poll lease (it is the one polling X), else 0; summed over replicas it is 1 for a polled channel.",
+        "1 while this process holds the channel's poll lease (it is the one polling X), else 0; summed over replicas it is 1 for each polled channel. Polled channels only.",
     ),
     counter(
         "xbridge_webhook_signature_failures_total",
