@@ -1,7 +1,8 @@
 //! What both directions of xbridge share: the message contract with the CRM
 //! ([`model`]), the configuration ([`config`], [`secret`]), the AMQP plumbing
 //! ([`amqp`]), the HTTP serving with its timeouts and limits ([`server`]),
-//! logging ([`telemetry`]) and bounded quotes of outside input ([`excerpt`]).
+//! logging ([`telemetry`]), the metrics and their help ([`metrics_catalog`]) and
+//! bounded quotes of outside input ([`excerpt`]).
 
 #![warn(missing_docs)]
 
@@ -10,6 +11,7 @@ pub mod channel_identity;
 pub mod channel_state;
 pub mod config;
 pub mod excerpt;
+pub mod metrics_catalog;
 pub mod model;
 pub mod secret;
 pub mod server;

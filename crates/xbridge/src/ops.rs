@@ -38,7 +38,8 @@ use xbridge_core::channel_state::ChannelStatus;
 use xbridge_core::config::HttpSettings;
 
 /// The process-wide Prometheus recorder, installed on first use (metrics
-/// recorded before that are not kept).
+/// recorded before that are not kept), with every metric's `# HELP` text
+/// from the catalog.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -52,6 +53,15 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .expect("static, non-empty buckets")
                 .build_recorder();
             let handle = recorder.handle();
+            // Described on this recorder itself, so the help reaches
+            // /metrics even where another global recorder won (tests).
+            metrics::with_local_recorder(&recorder, || {
+                xbridge_core::metrics_catalog::describe();
+                // Present on every scrape of a bridge, whatever it does: the
+                // series alerts join `up` on to tell xbridge targets apart.
+                metrics::gauge!("xbridge_build_info", "version" => env!("CARGO_PKG_VERSION"))
+                    .set(1.0);
+            });
             // Another recorder may be installed already (tests); ours still renders.
             let _ = metrics::set_global_recorder(recorder);
             handle

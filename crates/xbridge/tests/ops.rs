@@ -123,6 +123,7 @@ async fn health_readiness_and_metrics_are_served() {
     for id in ["m-1", "m-2", "944480690"] {
         assert!(!metrics.contains(id), "label values never carry ids: {id}");
     }
+    assert_every_type_has_help(&metrics);
 
     shutdown.cancel();
     tokio::time::timeout(PATIENCE, task)
@@ -131,4 +132,26 @@ async fn health_readiness_and_metrics_are_served() {
         .unwrap()
         .unwrap();
     app.cleanup().await;
+}
+
+/// Every `# TYPE name kind` line of a `/metrics` page comes with a
+/// `# HELP name text` line, the text the catalog gives it.
+fn assert_every_type_has_help(page: &str) {
+    let typed: Vec<&str> = page
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert!(typed.len() > 5, "a page with metrics:\n{page}");
+    for name in typed {
+        let help = page
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("# HELP {name} ")));
+        let Some(help) = help else {
+            panic!("{name} has a # TYPE but no # HELP line in:\n{page}");
+        };
+        let catalog = xbridge_core::metrics_catalog::find(name)
+            .unwrap_or_else(|| panic!("{name} is not in the metrics catalog"));
+        assert_eq!(help, catalog.help, "{name}'s help is the catalog's");
+    }
 }
