@@ -1,9 +1,10 @@
 //! A scripted run leaves every query of the Grafana dashboard
 //! (deploy/grafana/xbridge.json) non-empty: a real Prometheus scrapes a
 //! bridge that receives DMs by webhook and by poll, sends a reply, fails one,
-//! retries one through a delay queue, dead-letters one and holds the poll
-//! lease; then each panel's query, with Grafana's variables filled in, is
-//! asked of Prometheus' HTTP API until it returns data. A panel left empty
+//! retries one through a delay queue, dead-letters one, holds the poll
+//! lease and has a webhook X marked invalid revalidated; then each panel's
+//! query, with Grafana's variables filled in, is asked of Prometheus' HTTP
+//! API until it returns data. A panel left empty
 //! is named. The same Prometheus loads deploy/prometheus/alerts.yml, and
 //! the dead letter fires DeadLettersGrowing. In its own test binary, since
 //! metrics are process-wide.
@@ -20,15 +21,6 @@ use common::start_bridge_with;
 use serde_json::Value;
 use x_simulator::{Customer, Fault};
 use xbridge_test_support::{reply, spawn_app, Crm, Event, TestApp, TestOptions, PATIENCE};
-
-/// Metrics recorded by branches of issue 12 not merged here yet (the broker
-/// connection gauge, the webhook revalidation counter): panels reading them
-/// are not checked until then. Empty this after the merge, and make the
-/// scenario revalidate a webhook X marked invalid.
-const AWAITING_MERGE: &[&str] = &[
-    "xbridge_rabbitmq_connected",
-    "xbridge_webhook_revalidations_total",
-];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -211,8 +203,9 @@ fn activity(user: &str, sender: &Customer, event_id: &str, text: &str) -> String
 }
 
 /// Customers write: to acme through its webhook (an event X delivers but
-/// polling will not find), to pull (not subscribed) found by polling; and a
-/// POST with a bad signature is refused.
+/// polling will not find), to pull (not subscribed) found by polling; a
+/// POST with a bad signature is refused; X marks the webhook invalid and the
+/// bridge has it revalidated.
 async fn dms_arrive_by_webhook_and_by_poll(app: &TestApp, crm: &mut Crm, webhook: SocketAddr) {
     app.subscribe_webhook("acme", &format!("http://{webhook}/webhooks/acme"))
         .await;
@@ -244,6 +237,9 @@ async fn dms_arrive_by_webhook_and_by_poll(app: &TestApp, crm: &mut Crm, webhook
         .customer_dm(&app.user_id("pull"), &jane, "hello by poll", None);
     let event = next_about(crm, "message.received", &polled.id).await;
     assert_eq!(event.body["received_via"], "poll");
+
+    // X marks acme's webhook invalid (failed CRCs): the bridge revalidates it.
+    assert!(app.simulator.invalidate_webhook(&webhook_id));
 }
 
 /// acme sends one reply, fails one for good (dead-lettered), and retries
@@ -309,7 +305,7 @@ async fn a_scripted_run_leaves_every_dashboard_query_non_empty() {
     let app = spawn_app(TestOptions {
         channels: vec!["acme".into(), "pull".into()],
         inbound:
-            "listen = \"127.0.0.1:0\"\npoll_interval = \"50ms\"\nsafety_poll_interval = \"100ms\"\n"
+            "listen = \"127.0.0.1:0\"\npoll_interval = \"50ms\"\nsafety_poll_interval = \"100ms\"\nwebhook_check_interval = \"100ms\"\n"
                 .into(),
         inbound_mode: Some("both".into()),
         ..TestOptions::default()
@@ -333,17 +329,7 @@ async fn a_scripted_run_leaves_every_dashboard_query_non_empty() {
         expr: "ALERTS{alertname=\"DeadLettersGrowing\", alertstate=\"firing\", channel=\"acme\", reason=\"recipient_refuses\"}".to_owned(),
     };
     let http = reqwest::Client::new();
-    let mut waiting: Vec<&PanelQuery> = queries
-        .iter()
-        .chain([&alert])
-        .filter(|query| {
-            let pending = AWAITING_MERGE.iter().any(|name| query.expr.contains(name));
-            if pending {
-                tracing::warn!(panel = %query.panel, "not checked until its metric's branch is merged");
-            }
-            !pending
-        })
-        .collect();
+    let mut waiting: Vec<&PanelQuery> = queries.iter().chain([&alert]).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
         let mut still = Vec::new();
