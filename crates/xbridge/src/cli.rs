@@ -35,6 +35,7 @@ pub enum Command {
     },
     /// Run a self-contained demo: the built-in X simulator, the bridge and a
     /// reply published the way a CRM would, against the local RabbitMQ.
+    #[cfg(feature = "demo")]
     Demo {
         /// AMQP URL of the RabbitMQ to use.
         #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]

@@ -1,9 +1,12 @@
-//! `xbridge demo`: the whole outbound path on one machine with no X account.
+//! `xbridge demo`: both paths on one machine with no X account.
 //!
 //! Starts the X simulator with its demo account, runs the bridge against the
 //! local RabbitMQ (default topology names), publishes one reply the way a CRM
 //! would, and shows the DM the simulator received and the `message.sent` the
-//! CRM got back.
+//! CRM got back. The demo channel polls X every [`DEMO_POLL_INTERVAL`] (no
+//! webhook to register), so with `--keep-running` a customer DM made with the
+//! simulator's admin API reaches `xbridge.incoming` too, and a CRM client (the
+//! examples in `docs/examples/`) sees both directions.
 
 use std::time::Duration;
 
@@ -28,6 +31,9 @@ use crate::signals;
 pub const DEMO_CHANNEL: &str = "demo";
 /// A made-up customer the demo replies to.
 const DEMO_CUSTOMER: &str = "2244994945";
+/// How often the demo channel polls the simulator for customer DMs: short, so
+/// a DM made by hand shows up at once (a real channel polls every minute).
+const DEMO_POLL_INTERVAL: &str = "2s";
 /// How long each step may take before the demo says what is wrong.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,8 +52,12 @@ api_base_url = "{x_api_base_url}"
 [state]
 path = "{state}"
 
+[inbound]
+poll_interval = "{DEMO_POLL_INTERVAL}"
+
 [[channels]]
 name = "{DEMO_CHANNEL}"
+inbound = "poll"
 consumer_key = "{ck}"
 consumer_secret = "{cs}"
 access_token = "{at}"
@@ -129,6 +139,11 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
         crate::outln!(
             "\nStill running (Ctrl-C to stop). Publish more replies to exchange {} with routing key {DEMO_CHANNEL}; X simulator admin: {}_sim/dms",
             names.outgoing_exchange,
+            simulator.base_url()
+        );
+        crate::outln!(
+            "A customer DM, delivered to {} within {DEMO_POLL_INTERVAL}:\n  curl -s -X POST {}_sim/customer_dm -H 'content-type: application/json' -d '{{\"user_id\":\"{DEMO_USER_ID}\",\"customer\":{{\"username\":\"alice\"}},\"text\":\"Hi, where is my order?\"}}'",
+            names.incoming_queue,
             simulator.base_url()
         );
     } else {

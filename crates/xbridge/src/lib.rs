@@ -1,12 +1,17 @@
 //! The `xbridge` command: `run` the bridge from a configuration file, or run
 //! a self-contained `demo` against the built-in X simulator. The logic lives
 //! in the library crates; this crate only wires them together.
+//!
+//! The demo, and with it the simulator, is the default feature `demo`: the
+//! production image builds without it (`--no-default-features`), so no fake
+//! X ships where a real one is meant.
 
 #![warn(missing_docs)]
 
 pub mod app;
 pub mod check_cmd;
 pub mod cli;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dlq_cmd;
 pub mod ops;

@@ -6,7 +6,9 @@ use tokio_util::sync::CancellationToken;
 
 use xbridge::app::Bridge;
 use xbridge::cli::{Cli, Command};
-use xbridge::{check_cmd, demo, dlq_cmd, signals, webhook_cmd};
+#[cfg(feature = "demo")]
+use xbridge::demo;
+use xbridge::{check_cmd, dlq_cmd, signals, webhook_cmd};
 use xbridge_core::config::Settings;
 use xbridge_core::telemetry;
 
@@ -15,6 +17,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config).await,
+        #[cfg(feature = "demo")]
         Command::Demo {
             amqp_url,
             keep_running,
