@@ -58,6 +58,7 @@ poll_interval = "{DEMO_POLL_INTERVAL}"
 [[channels]]
 name = "{DEMO_CHANNEL}"
 inbound = "poll"
+user_id = "{DEMO_USER_ID}"
 consumer_key = "{ck}"
 consumer_secret = "{cs}"
 access_token = "{at}"
