@@ -58,8 +58,8 @@ const fn gauge(name: &'static str, labels: &'static [&'static str], help: &'stat
 pub const METRICS: &[Metric] = &[
     gauge(
         "xbridge_build_info",
-        &["version"],
-        "Always 1, with the running bridge's version as a label; marks a scrape target as an xbridge (alerts join up on it).",
+        &["version", "commit"],
+        "Always 1, with the running bridge's version and the commit it was built from (as `xbridge --version` prints them) as labels; marks a scrape target as an xbridge (alerts join up on it).",
     ),
     // Replies (CRM -> X).
     counter(

@@ -59,8 +59,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                 xbridge_core::metrics_catalog::describe();
                 // Present on every scrape of a bridge, whatever it does: the
                 // series alerts join `up` on to tell xbridge targets apart.
-                metrics::gauge!("xbridge_build_info", "version" => env!("CARGO_PKG_VERSION"))
-                    .set(1.0);
+                metrics::gauge!(
+                    "xbridge_build_info",
+                    "version" => env!("CARGO_PKG_VERSION"),
+                    "commit" => env!("XBRIDGE_BUILD_COMMIT")
+                )
+                .set(1.0);
             });
             // Another recorder may be installed already (tests); ours still renders.
             let _ = metrics::set_global_recorder(recorder);
