@@ -546,3 +546,38 @@ fn every_pointer_from_the_code_and_the_kit_to_a_guide_resolves() {
     assert!(checked >= 5, "only {checked} pointers to guides found");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The operator's guide's metrics table is the reference operators read; a
+/// metric added to the catalog (and so to `/metrics`) without a row there is
+/// one nobody learns to alert on, and a row without a metric sends them
+/// looking for a series that does not exist.
+#[test]
+fn the_operators_guide_lists_every_metric_of_the_catalog() {
+    let guide = read(&root().join("docs/operator.md"));
+    let rows: HashSet<&str> = guide
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `xbridge_"))
+        .filter_map(|rest| rest.split('`').next())
+        .collect();
+    let catalog: HashSet<&str> = xbridge_core::metrics_catalog::METRICS
+        .iter()
+        .map(|metric| {
+            metric
+                .name
+                .strip_prefix("xbridge_")
+                .expect("xbridge_ prefix")
+        })
+        .collect();
+    let mut missing: Vec<_> = catalog.difference(&rows).collect();
+    let mut unknown: Vec<_> = rows.difference(&catalog).collect();
+    missing.sort();
+    unknown.sort();
+    assert!(
+        missing.is_empty(),
+        "metrics without a row in docs/operator.md's metrics table: xbridge_{missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "rows of docs/operator.md's metrics table that name no metric of crates/core/src/metrics_catalog.rs: xbridge_{unknown:?}"
+    );
+}
