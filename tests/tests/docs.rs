@@ -581,3 +581,52 @@ fn the_operators_guide_lists_every_metric_of_the_catalog() {
         "rows of docs/operator.md's metrics table that name no metric of crates/core/src/metrics_catalog.rs: xbridge_{unknown:?}"
     );
 }
+
+/// The guides tell an operator to point the Kubernetes kit at their own image
+/// with `kustomize edit set image NAME=...` in `base/` or an overlay. Below
+/// `common/`, whose `images` entry renames `xbridge`, the image already has
+/// that entry's `newName`: an entry for any other name matches nothing, and
+/// the pods keep pulling the default image (the guides once said `xbridge`).
+#[test]
+fn every_set_image_command_names_the_image_as_the_kit_renders_it() {
+    let common = root().join("deploy/kubernetes/common/kustomization.yaml");
+    let kustomization: Value =
+        serde_norway::from_str(&read(&common)).expect("common/kustomization.yaml is YAML");
+    let rendered_as = kustomization["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|image| image["name"] == "xbridge")
+        .and_then(|image| image["newName"].as_str())
+        .expect("common/kustomization.yaml renames the image xbridge")
+        .to_owned();
+    let mut sources = documents();
+    sources.extend(files_under(&root().join("deploy/kubernetes"), &|path| {
+        path.file_name()
+            .is_some_and(|name| name == "kustomization.yaml")
+    }));
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for source in &sources {
+        for (number, line) in read(source).lines().enumerate() {
+            let Some((_, command)) = line.split_once("set image ") else {
+                continue;
+            };
+            let name = command
+                .trim_start_matches(['`', '"'])
+                .split('=')
+                .next()
+                .unwrap_or("");
+            checked += 1;
+            if name != rendered_as {
+                failures.push(format!(
+                    "{}:{}: `set image {name}=…` matches nothing below common/; name it {rendered_as}",
+                    shown(source),
+                    number + 1
+                ));
+            }
+        }
+    }
+    assert!(checked >= 2, "only {checked} `set image` commands found");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
