@@ -18,18 +18,41 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// README.md and every docs/*.md, the documents whose examples and links are checked.
+/// Every Markdown file of the repository (README.md, docs/, the READMEs of
+/// deploy/ and of the examples, CHANGELOG.md), the documents whose examples and
+/// links are checked: a reader follows a link from any of them.
 fn documents() -> Vec<PathBuf> {
-    let mut docs = vec![root().join("README.md")];
-    let dir = root().join("docs");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("readable docs/ entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
-        .collect();
-    found.sort();
-    docs.extend(found);
+    let mut docs = files_under(&root(), &|path| {
+        path.extension().is_some_and(|ext| ext == "md")
+    });
+    docs.sort();
+    assert!(
+        docs.contains(&root().join("README.md")) && docs.contains(&root().join("docs/operator.md")),
+        "the document walk missed README.md or docs/operator.md"
+    );
     docs
+}
+
+/// Files below `dir` that `keep` accepts, leaving out what is not the
+/// project's own text: build output, installed packages and hidden folders.
+fn files_under(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("readable directory entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if path.is_dir() {
+            if !(name.starts_with('.') && name != ".ci"
+                || name == "target"
+                || name == "node_modules")
+            {
+                found.extend(files_under(&path, keep));
+            }
+        } else if keep(&path) {
+            found.push(path);
+        }
+    }
+    found
 }
 
 fn read(path: &Path) -> String {
@@ -378,4 +401,232 @@ fn anchors_follow_github() {
     let doc = "# A\n## A\n```\n# not a heading\n```\n";
     let found = anchors(doc);
     assert!(found.contains("a") && found.contains("a-1") && !found.contains("not-a-heading"));
+}
+
+/// Where a comment in the code or the deployment kit points a reader to a
+/// guide: `docs/operator.md#getting-rabbitmq`, or `docs/operator.md, "Running
+/// several replicas"` (file, then a heading's text, on one line), or the
+/// README's `README, "Quick start"`.
+#[derive(Debug, PartialEq, Eq)]
+struct Pointer {
+    file: String,
+    section: Option<Section>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Section {
+    Anchor(String),
+    Heading(String),
+}
+
+fn pointers(line: &str) -> Vec<Pointer> {
+    let mut found = Vec::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("docs/") {
+        // A path that ends in docs/ is read from the root: `../` before it
+        // names the same file.
+        let after = &rest[at..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "/._-".contains(c)))
+            .unwrap_or(after.len());
+        let file = after[..end].trim_end_matches('.');
+        rest = &after[file.len()..];
+        if !file.ends_with(".md") {
+            continue;
+        }
+        let section = if let Some(anchor) = rest.strip_prefix('#') {
+            let end = anchor
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "_-".contains(c)))
+                .unwrap_or(anchor.len());
+            Some(Section::Anchor(anchor[..end].to_owned()))
+        } else if let Some(quoted) = rest.strip_prefix(", \"") {
+            quoted
+                .find('"')
+                .map(|end| Section::Heading(quoted[..end].to_owned()))
+        } else {
+            None
+        };
+        found.push(Pointer {
+            file: file.to_owned(),
+            section,
+        });
+    }
+    let mut rest = line;
+    while let Some(at) = rest.find("README, \"") {
+        let quoted = &rest[at + "README, \"".len()..];
+        let Some(end) = quoted.find('"') else { break };
+        found.push(Pointer {
+            file: "README.md".into(),
+            section: Some(Section::Heading(quoted[..end].to_owned())),
+        });
+        rest = &quoted[end..];
+    }
+    found
+}
+
+#[test]
+fn pointers_are_read_as_written() {
+    assert_eq!(
+        pointers("see docs/operator.md#getting-rabbitmq)"),
+        vec![Pointer {
+            file: "docs/operator.md".into(),
+            section: Some(Section::Anchor("getting-rabbitmq".into())),
+        }]
+    );
+    assert_eq!(
+        pointers("# (docs/operator.md, \"Running several replicas\"): the same"),
+        vec![Pointer {
+            file: "docs/operator.md".into(),
+            section: Some(Section::Heading("Running several replicas".into())),
+        }]
+    );
+    assert_eq!(
+        pointers("(README, \"Sent once\")"),
+        vec![Pointer {
+            file: "README.md".into(),
+            section: Some(Section::Heading("Sent once".into())),
+        }]
+    );
+    assert_eq!(
+        pointers("(see docs/benchmarks.md). And docs/schemas/x.json"),
+        vec![Pointer {
+            file: "docs/benchmarks.md".into(),
+            section: None,
+        }]
+    );
+}
+
+/// The code and the deployment kit point readers at sections of the guides.
+/// The guides get reorganised (the README's reference moved to docs/ once,
+/// and left a dozen comments pointing at sections that no longer existed):
+/// every such pointer must name a file and a section that exist.
+#[test]
+fn every_pointer_from_the_code_and_the_kit_to_a_guide_resolves() {
+    let text_file = |path: &Path| {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        ["rs", "toml", "yaml", "yml", "json", "sh", "py", "js"].contains(&ext)
+            || name == "Dockerfile"
+            || path.parent().and_then(Path::file_name) == Some(".ci".as_ref())
+    };
+    let mut sources = Vec::new();
+    for dir in ["crates", "deploy", "tests", ".ci", "docs/examples"] {
+        sources.extend(files_under(&root().join(dir), &text_file));
+    }
+    sources.push(root().join("docker-compose.yml"));
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for source in &sources {
+        let Ok(text) = std::fs::read_to_string(source) else {
+            continue; // not text
+        };
+        for (number, line) in text.lines().enumerate() {
+            for pointer in pointers(line) {
+                checked += 1;
+                let at = format!("{}:{}", shown(source), number + 1);
+                let target = root().join(&pointer.file);
+                if !target.exists() {
+                    failures.push(format!("{at}: {}: no such file", pointer.file));
+                    continue;
+                }
+                let anchor = match &pointer.section {
+                    None => continue,
+                    Some(Section::Anchor(anchor)) => anchor.clone(),
+                    Some(Section::Heading(heading)) => slug(heading),
+                };
+                if !anchors(&read(&target)).contains(&anchor) {
+                    failures.push(format!(
+                        "{at}: {}: no section {:?}",
+                        pointer.file, pointer.section
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked >= 5, "only {checked} pointers to guides found");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The operator's guide's metrics table is the reference operators read; a
+/// metric added to the catalog (and so to `/metrics`) without a row there is
+/// one nobody learns to alert on, and a row without a metric sends them
+/// looking for a series that does not exist.
+#[test]
+fn the_operators_guide_lists_every_metric_of_the_catalog() {
+    let guide = read(&root().join("docs/operator.md"));
+    let rows: HashSet<&str> = guide
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `xbridge_"))
+        .filter_map(|rest| rest.split('`').next())
+        .collect();
+    let catalog: HashSet<&str> = xbridge_core::metrics_catalog::METRICS
+        .iter()
+        .map(|metric| {
+            metric
+                .name
+                .strip_prefix("xbridge_")
+                .expect("xbridge_ prefix")
+        })
+        .collect();
+    let mut missing: Vec<_> = catalog.difference(&rows).collect();
+    let mut unknown: Vec<_> = rows.difference(&catalog).collect();
+    missing.sort();
+    unknown.sort();
+    assert!(
+        missing.is_empty(),
+        "metrics without a row in docs/operator.md's metrics table: xbridge_{missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "rows of docs/operator.md's metrics table that name no metric of crates/core/src/metrics_catalog.rs: xbridge_{unknown:?}"
+    );
+}
+
+/// The guides tell an operator to point the Kubernetes kit at their own image
+/// with `kustomize edit set image NAME=...` in `base/` or an overlay. Below
+/// `common/`, whose `images` entry renames `xbridge`, the image already has
+/// that entry's `newName`: an entry for any other name matches nothing, and
+/// the pods keep pulling the default image (the guides once said `xbridge`).
+#[test]
+fn every_set_image_command_names_the_image_as_the_kit_renders_it() {
+    let common = root().join("deploy/kubernetes/common/kustomization.yaml");
+    let kustomization: Value =
+        serde_norway::from_str(&read(&common)).expect("common/kustomization.yaml is YAML");
+    let rendered_as = kustomization["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|image| image["name"] == "xbridge")
+        .and_then(|image| image["newName"].as_str())
+        .expect("common/kustomization.yaml renames the image xbridge")
+        .to_owned();
+    let mut sources = documents();
+    sources.extend(files_under(&root().join("deploy/kubernetes"), &|path| {
+        path.file_name()
+            .is_some_and(|name| name == "kustomization.yaml")
+    }));
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for source in &sources {
+        for (number, line) in read(source).lines().enumerate() {
+            let Some((_, command)) = line.split_once("set image ") else {
+                continue;
+            };
+            let name = command
+                .trim_start_matches(['`', '"'])
+                .split('=')
+                .next()
+                .unwrap_or("");
+            checked += 1;
+            if name != rendered_as {
+                failures.push(format!(
+                    "{}:{}: `set image {name}=…` matches nothing below common/; name it {rendered_as}",
+                    shown(source),
+                    number + 1
+                ));
+            }
+        }
+    }
+    assert!(checked >= 2, "only {checked} `set image` commands found");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -124,7 +124,7 @@ pub struct InboundDeadLetter {
     pub channel: String,
     /// Its AMQP `message_id`, what `xbridge dlq show` finds it by.
     pub message_id: String,
-    /// One of the README's reasons (`unknown_account`).
+    /// One of the reasons of docs/integrator.md#reasons (`unknown_account`).
     pub reason: &'static str,
     /// Why, for the operator.
     pub detail: String,

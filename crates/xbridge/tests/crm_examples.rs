@@ -142,7 +142,7 @@ enum Example {
 }
 
 impl Example {
-    /// The interpreter and script, as the README tells an integrator to run it.
+    /// The interpreter and script, as docs/examples/README.md tells an integrator to run them.
     fn program(self) -> (&'static str, &'static str) {
         match self {
             Example::Python => ("python3", "docs/examples/python/crm_client.py"),

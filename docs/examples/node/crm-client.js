@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // A minimal CRM client for xbridge, in Node.js (20 or later) with amqplib.
 //
-// It does the CRM's half of the contract (README, "Message contract"):
+// It does the CRM's half of the contract (docs/integrator.md, "Message contract"):
 // - consumes the incoming queue (xbridge.incoming) with manual acks, acking
 //   each event only after it was handled;
 // - drops repeats by the AMQP message_id: delivery is at least once, and a
@@ -36,7 +36,7 @@ const OUTGOING_EXCHANGE = process.env.XBRIDGE_OUTGOING_EXCHANGE || 'xbridge.outg
 const INCOMING_QUEUE = process.env.XBRIDGE_INCOMING_QUEUE || 'xbridge.incoming';
 const CHANNEL = process.env.XBRIDGE_CHANNEL || 'demo';
 
-// What each channel state means for the agents (README, "Channel states").
+// What each channel state means for the agents (docs/operator.md, "Channel states").
 const STATE_NOTES = {
   ok: 'replies go out again',
   rate_limited: "replies held until X's rate-limit window resets",
@@ -183,7 +183,7 @@ class CrmClient {
         break;
       case 'message.failed':
         // The reply was dead-lettered: show the agent `detail` and let them act
-        // on `reason` (README, "Reasons").
+        // on `reason` (docs/integrator.md, "Reasons").
         this.pending.delete(event.message_id);
         this.failedAny = true;
         say('message.failed', {

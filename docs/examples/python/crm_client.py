@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A minimal CRM client for xbridge, in Python with pika.
 
-It does the CRM's half of the contract (README, "Message contract"):
+It does the CRM's half of the contract (docs/integrator.md, "Message contract"):
 
 * consumes the incoming queue (``xbridge.incoming``) with manual acks, acking
   each event only after it was handled;
@@ -44,7 +44,7 @@ OUTGOING_EXCHANGE = os.environ.get("XBRIDGE_OUTGOING_EXCHANGE", "xbridge.outgoin
 INCOMING_QUEUE = os.environ.get("XBRIDGE_INCOMING_QUEUE", "xbridge.incoming")
 CHANNEL = os.environ.get("XBRIDGE_CHANNEL", "demo")
 
-# What each channel state means for the agents (README, "Channel states").
+# What each channel state means for the agents (docs/operator.md, "Channel states").
 STATE_NOTES = {
     "ok": "replies go out again",
     "rate_limited": "replies held until X's rate-limit window resets",
@@ -171,7 +171,7 @@ class CrmClient:
                 dm_event_id=event["dm_event_id"])
         elif kind == "message.failed":
             # The reply was dead-lettered: show the agent `detail` and let them
-            # act on `reason` (README, "Reasons").
+            # act on `reason` (docs/integrator.md, "Reasons").
             self.pending.discard(event["message_id"])
             self.failed_any = True
             say("message.failed", message_id=event["message_id"], channel=event["channel"],
