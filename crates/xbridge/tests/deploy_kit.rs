@@ -134,17 +134,37 @@ fn quantity(text: &str) -> u64 {
         .unwrap_or_else(|_| panic!("unsupported quantity {text}"))
 }
 
-/// One rendered kustomization.
+/// One rendered kustomization, with the example Secrets an operator creates
+/// beside it.
 struct Rendered {
     documents: Vec<Value>,
+    /// The example Secrets (`*.example.yaml`), which no kustomization renders.
+    secrets: Vec<Value>,
 }
 
 impl Rendered {
-    fn of(dir: &str) -> Rendered {
+    fn of(dir: &str, secret_files: &[&str]) -> Rendered {
         let yaml = succeed("kubectl", &["kustomize", dir]);
+        let secrets = secret_files
+            .iter()
+            .flat_map(|file| {
+                let text = std::fs::read_to_string(root().join(file))
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+                yaml_documents(&text)
+            })
+            .collect();
         Rendered {
             documents: yaml_documents(&yaml),
+            secrets,
         }
+    }
+
+    /// An example Secret by name.
+    fn secret(&self, name: &str) -> &Value {
+        self.secrets
+            .iter()
+            .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no example Secret {name}"))
     }
 
     fn find(&self, kind: &str, name: &str) -> Option<&Value> {
@@ -167,7 +187,7 @@ impl Rendered {
 
     /// A Secret's key, placeholders filled in as an operator would.
     fn secret_value(&self, secret: &str, key: &str) -> String {
-        let secret = self.get("Secret", secret);
+        let secret = self.secret(secret);
         let value = match secret["stringData"][key].as_str() {
             Some(text) => text.to_owned(),
             None => {
@@ -184,7 +204,7 @@ impl Rendered {
     }
 
     fn secret_keys(&self, secret: &str) -> Vec<String> {
-        let secret = self.get("Secret", secret);
+        let secret = self.secret(secret);
         ["stringData", "data"]
             .iter()
             .filter_map(|field| secret[field].as_object())
@@ -197,7 +217,7 @@ impl Rendered {
     fn validate(&self, dir: &str) {
         let files = tempfile::tempdir().unwrap();
         let mut checked = Vec::new();
-        for (i, document) in self.documents.iter().enumerate() {
+        for (i, document) in self.documents.iter().chain(&self.secrets).enumerate() {
             let kind = document["kind"].as_str().unwrap_or_default();
             if CUSTOM_KINDS.contains(&kind) {
                 continue;
@@ -405,14 +425,13 @@ enum Store {
     Postgres,
 }
 
-fn check_kubernetes(dir: &str, store: Store) {
-    let kit = Rendered::of(dir);
+fn check_kubernetes(dir: &str, secret_files: &[&str], store: Store) {
+    let kit = Rendered::of(dir, secret_files);
     kit.validate(dir);
     for kind in [
         "Deployment",
         "Service",
         "ConfigMap",
-        "Secret",
         "PodDisruptionBudget",
         "NetworkPolicy",
         "Ingress",
@@ -423,6 +442,7 @@ fn check_kubernetes(dir: &str, store: Store) {
     let deployment = kit.get("Deployment", "xbridge");
     let containers = array_at(deployment, "/spec/template/spec/containers");
     let container = named(containers, "xbridge");
+    check_secrets(dir, &kit, deployment, container);
 
     // A released image: the workspace version, never `latest`.
     let image = str_at(container, "/image");
@@ -477,6 +497,43 @@ fn check_kubernetes(dir: &str, store: Store) {
             );
         }
         (_, backend) => panic!("{dir}: unexpected state store {}", backend.describe()),
+    }
+}
+
+/// No Secret is part of the kustomization: `kubectl apply -k` would write the
+/// example values over the operator's real Secrets at every apply, and one dropped
+/// from it would break the overlays patching it. Every Secret and key the pod
+/// refers to has an example to create beside it.
+fn check_secrets(dir: &str, kit: &Rendered, deployment: &Value, container: &Value) {
+    assert!(
+        kit.of_kind("Secret").is_empty(),
+        "{dir}: `kubectl apply -k` would overwrite the operator's Secrets with the examples"
+    );
+    let mut wanted: Vec<(&str, Option<&str>)> = Vec::new();
+    for source in array_at(container, "/envFrom") {
+        wanted.push((str_at(source, "/secretRef/name"), None));
+    }
+    for var in array_at(container, "/env") {
+        if var.pointer("/valueFrom/secretKeyRef").is_some() {
+            wanted.push((
+                str_at(var, "/valueFrom/secretKeyRef/name"),
+                Some(str_at(var, "/valueFrom/secretKeyRef/key")),
+            ));
+        }
+    }
+    for volume in array_at(deployment, "/spec/template/spec/volumes") {
+        if let Some(name) = volume.pointer("/secret/secretName").and_then(Value::as_str) {
+            wanted.push((name, None));
+        }
+    }
+    for (name, key) in wanted {
+        let keys = kit.secret_keys(name);
+        if let Some(key) = key {
+            assert!(
+                keys.iter().any(|k| k == key),
+                "{dir}: the example Secret {name} has no key {key}"
+            );
+        }
     }
 }
 
@@ -676,12 +733,23 @@ fn check_memory(dir: &str, container: &Value, settings: &Settings) {
 
 #[test]
 fn the_kubernetes_base_passes_the_schemas_and_its_configuration_works() {
-    check_kubernetes("deploy/kubernetes/base", Store::Embedded);
+    check_kubernetes(
+        "deploy/kubernetes/base",
+        &["deploy/kubernetes/secrets.example.yaml"],
+        Store::Embedded,
+    );
 }
 
 #[test]
 fn the_postgres_overlay_passes_the_schemas_and_its_configuration_works() {
-    check_kubernetes("deploy/kubernetes/overlays/postgres", Store::Postgres);
+    check_kubernetes(
+        "deploy/kubernetes/overlays/postgres",
+        &[
+            "deploy/kubernetes/secrets.example.yaml",
+            "deploy/kubernetes/overlays/postgres/secret.example.yaml",
+        ],
+        Store::Postgres,
+    );
 }
 
 #[test]
