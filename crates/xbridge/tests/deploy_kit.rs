@@ -477,6 +477,7 @@ fn check_kubernetes(dir: &str, secret_files: &[&str], store: Store) {
     check_network_policy(dir, &kit, &settings);
     check_spool(dir, &pod, &settings);
     check_memory(dir, container, &settings);
+    check_termination(dir, deployment, container, &settings);
 
     let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
     match (store, &settings.state.backend) {
@@ -713,6 +714,43 @@ fn check_spool(dir: &str, pod: &Pod, settings: &Settings) {
     assert!(
         size >= MAX_ATTACHMENTS * largest,
         "{dir}: the spool ({size} bytes) cannot hold a reply of {MAX_ATTACHMENTS} attachments of {largest} bytes"
+    );
+}
+
+/// A terminating pod serves on until the ingress controller has taken it out of
+/// its endpoints (a preStop pause), then finishes what it does within the
+/// grace period: replies in flight get `outbound.shutdown_grace` while the HTTP
+/// servers' requests in flight get theirs at the same time, and the AMQP
+/// connection closes. A shorter period gets the process killed mid-send.
+fn check_termination(dir: &str, deployment: &Value, container: &Value, settings: &Settings) {
+    let pause = match array_at(container, "/lifecycle/preStop/exec/command") {
+        [sleep, seconds] if sleep == "sleep" => seconds
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{dir}: preStop sleeps {seconds}")),
+        _ => container
+            .pointer("/lifecycle/preStop/sleep/seconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    };
+    assert!(
+        pause >= 1,
+        "{dir}: no preStop pause: X's webhook POSTs are refused while the ingress still routes to a stopping pod"
+    );
+    let grace = deployment
+        .pointer("/spec/template/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(30);
+    let draining = settings
+        .outbound
+        .shutdown_grace
+        .max(xbridge_core::server::SHUTDOWN_GRACE)
+        .as_secs();
+    // Closing the AMQP connection and the store.
+    let closing = 5;
+    assert!(
+        grace >= pause + draining + closing,
+        "{dir}: terminationGracePeriodSeconds {grace} < preStop {pause} s + draining {draining} s + closing {closing} s"
     );
 }
 
