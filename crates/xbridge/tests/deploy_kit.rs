@@ -592,6 +592,37 @@ fn check_media(dir: &str, kit: &Rendered, settings: &Settings) {
         2,
         "{dir}: only the webhook and the media proxy are public"
     );
+    check_ingress_limits(dir, ingress, settings);
+}
+
+/// ingress-nginx lets through every webhook body the bridge takes (a smaller
+/// limit there answers X 413, and X gives up on the event) and waits for
+/// the bridge's answer as long as the bridge may take.
+fn check_ingress_limits(dir: &str, ingress: &Value, settings: &Settings) {
+    let annotation = |name: &str| {
+        ingress["metadata"]["annotations"][format!("nginx.ingress.kubernetes.io/{name}")]
+            .as_str()
+            .map(str::to_owned)
+    };
+    // nginx's default is 1m.
+    let body = annotation("proxy-body-size").unwrap_or_else(|| "1m".into());
+    let (number, factor) = match body.to_ascii_lowercase().chars().last() {
+        Some('k') => (&body[..body.len() - 1], 1024),
+        Some('m') => (&body[..body.len() - 1], MIB),
+        Some('g') => (&body[..body.len() - 1], 1024 * MIB),
+        _ => (body.as_str(), 1),
+    };
+    let body_bytes = number.parse::<u64>().expect("an nginx size") * factor;
+    assert!(
+        body_bytes == 0 || body_bytes >= settings.inbound.body_limit as u64,
+        "{dir}: the Ingress refuses webhook bodies over {body}, below inbound.body_limit"
+    );
+    // nginx's default is 60 (seconds).
+    let read = annotation("proxy-read-timeout").map_or(60, |t| t.parse::<u64>().expect("seconds"));
+    assert!(
+        read >= settings.http.request_timeout.as_secs(),
+        "{dir}: the Ingress gives up after {read} s, before http.request_timeout"
+    );
 }
 
 fn port_of(container: &Value, name: &str) -> u64 {
