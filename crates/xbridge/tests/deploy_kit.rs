@@ -238,6 +238,18 @@ impl Rendered {
     }
 }
 
+/// The `--config` the container runs with.
+fn config_arg(container: &Value) -> &str {
+    let args: Vec<&str> = array_at(container, "/args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    args.iter()
+        .position(|a| *a == "--config")
+        .map(|i| args[i + 1])
+        .expect("the container names its --config")
+}
+
 /// `toml` with every quoted absolute path on one of `mounts` moved under `root`.
 fn relocate(toml: &str, mounts: &[(String, Value)], root: &Path) -> String {
     let mut out = String::new();
@@ -349,15 +361,7 @@ impl Pod {
         mounts: &[(String, Value)],
         root: &Path,
     ) -> PathBuf {
-        let args: Vec<&str> = array_at(container, "/args")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        let config_at = args
-            .iter()
-            .position(|a| *a == "--config")
-            .map(|i| args[i + 1])
-            .expect("the container names its --config");
+        let config_at = config_arg(container);
         let (mount_path, volume) = mounts
             .iter()
             .find(|(path, _)| config_at.starts_with(&format!("{path}/")))
@@ -456,6 +460,13 @@ fn check_kubernetes(dir: &str, secret_files: &[&str], store: Store) {
     // The pod's configuration passes check-config, and fails with the example
     // signing key left in place.
     let pod = Pod::of(&kit, deployment, container);
+    // `kubectl exec deploy/xbridge -- xbridge webhook register ...` (the README's
+    // way to register the webhook) reads the file `run` reads.
+    assert_eq!(
+        pod.env.get("XBRIDGE_CONFIG").map(String::as_str),
+        Some(config_arg(container)),
+        "{dir}: XBRIDGE_CONFIG must name the --config of `run`, for the tools run in the pod"
+    );
     let (ok, text) = pod.check_config(&pod.env);
     assert!(ok, "{dir}: check-config fails:\n{text}");
     assert!(!text.contains("warning"), "{dir}: {text}");
@@ -934,6 +945,17 @@ fn the_dockerfile_passes_hadolint_and_builds_a_production_image_without_the_simu
         "the production image ships the simulator"
     );
     assert!(stage("simulator").contains("/out/x-simulator"));
+    // `docker exec` / `kubectl exec ... xbridge webhook|check|dlq` find the
+    // configuration `run` reads without a --config.
+    let cmd_config = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD [\"run\", \"--config\", \""))
+        .and_then(|rest| rest.strip_suffix("\"]"))
+        .expect("CMD runs with a --config");
+    assert!(
+        runtime.contains(&format!("ENV XBRIDGE_CONFIG={cmd_config}\n")),
+        "the runtime image must set XBRIDGE_CONFIG={cmd_config}"
+    );
     let last_stage = text.lines().rev().find(|l| l.starts_with("FROM "));
     assert_eq!(
         last_stage,
