@@ -281,6 +281,8 @@ struct Pod {
     config: PathBuf,
     /// Mount path to the volume mounted there.
     mounts: Vec<(String, Value)>,
+    /// The mount paths mounted `readOnly`.
+    read_only: Vec<String>,
 }
 
 impl Pod {
@@ -289,11 +291,17 @@ impl Pod {
         let mounts = Self::mount_volumes(kit, deployment, container, root.path());
         let env = Self::environment(kit, container);
         let config = Self::write_config(kit, container, &mounts, root.path());
+        let read_only = array_at(container, "/volumeMounts")
+            .iter()
+            .filter(|m| m["readOnly"] == true)
+            .map(|m| str_at(m, "/mountPath").to_owned())
+            .collect();
         Pod {
             root,
             env,
             config,
             mounts,
+            read_only,
         }
     }
 
@@ -487,6 +495,7 @@ fn check_kubernetes(dir: &str, secret_files: &[&str], store: Store) {
     check_ports_and_probes(dir, &kit, deployment, container, &settings);
     check_network_policy(dir, &kit, &settings);
     check_spool(dir, &pod, &settings);
+    check_writable(dir, &pod, deployment, container, &settings);
     check_memory(dir, container, &settings);
     check_termination(dir, deployment, container, &settings);
 
@@ -728,6 +737,62 @@ fn check_network_policy(dir: &str, kit: &Rendered, settings: &Settings) {
         assert!(
             outgoing.contains(&port),
             "{dir}: egress to port {port} is not allowed"
+        );
+    }
+}
+
+/// The pod meets the "restricted" Pod Security Standard with a read-only root
+/// filesystem, and every path the bridge writes (the embedded store's file, the
+/// spool, the temporary directory when there is no spool) is on a writable volume:
+/// a path left on the root filesystem or on a read-only mount fails only when the
+/// bridge first writes there.
+fn check_writable(
+    dir: &str,
+    pod: &Pod,
+    deployment: &Value,
+    container: &Value,
+    settings: &Settings,
+) {
+    let security = &container["securityContext"];
+    let pod_security = &deployment["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true, "{dir}");
+    assert_eq!(security["allowPrivilegeEscalation"], false, "{dir}");
+    assert!(
+        array_at(security, "/capabilities/drop").contains(&Value::from("ALL")),
+        "{dir}: capabilities must drop ALL"
+    );
+    assert!(
+        security["runAsNonRoot"] == true || pod_security["runAsNonRoot"] == true,
+        "{dir}: runAsNonRoot"
+    );
+    let seccomp = security["seccompProfile"]["type"]
+        .as_str()
+        .or(pod_security["seccompProfile"]["type"].as_str());
+    assert_eq!(seccomp, Some("RuntimeDefault"), "{dir}");
+
+    let mut written = Vec::new();
+    if let StateBackend::Embedded { path } = &settings.state.backend {
+        written.push(path.parent().expect("a folder").to_path_buf());
+    }
+    match &settings.outbound.media.spool_dir {
+        Some(spool) => written.push(spool.clone()),
+        // tempfile's directory: TMPDIR, else /tmp.
+        None => written.push(
+            pod.root.path().join(
+                pod.env
+                    .get("TMPDIR")
+                    .map_or("tmp", |t| t.trim_start_matches('/')),
+            ),
+        ),
+    }
+    for local in written {
+        let (path, volume) = pod.volume_of(&local);
+        let kind = ["configMap", "secret", "projected", "downwardAPI"]
+            .into_iter()
+            .find(|kind| volume.get(*kind).is_some());
+        assert!(
+            kind.is_none() && !pod.read_only.iter().any(|p| p == path),
+            "{dir}: the bridge writes under {path}, which is mounted read-only"
         );
     }
 }
