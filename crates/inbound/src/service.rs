@@ -2,7 +2,7 @@
 //! connection to RabbitMQ, serves X's webhook, and polls the channels that
 //! are configured to be polled; the webhook's server also serves the media
 //! proxy, whose signed URLs the published attachments carry. Stops on shutdown: the webhook finishes the
-//! requests in flight, the pollers stop between polls.
+//! requests in flight, the pollers stop between polls, and only then the connection closes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -215,10 +215,16 @@ impl Inbound {
             serving,
         } = self;
         let mut tasks = JoinSet::new();
-        tasks.spawn(keep_connected(
+        // The connection outlives `shutdown` until every task that publishes
+        // has stopped: the webhook's requests in flight at shutdown, which it
+        // lets finish, get their events published and X its 200, instead of
+        // finding the connection closed under them (a 503, or a confirm lost
+        // after the publish, and X delivering the events again).
+        let disconnect = CancellationToken::new();
+        let connected = tokio::spawn(keep_connected(
             settings.clone(),
             sink.clone(),
-            shutdown.clone(),
+            disconnect.clone(),
         ));
         // Records of delivered DMs the store could not take when they were made.
         tasks.spawn({
@@ -317,6 +323,8 @@ impl Inbound {
             tasks.spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
         }
         while tasks.join_next().await.is_some() {}
+        disconnect.cancel();
+        let _ = connected.await;
         tracing::info!("inbound stopped");
     }
 }

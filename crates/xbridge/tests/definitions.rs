@@ -46,7 +46,8 @@ async fn the_published_definitions_load_and_the_bridge_starts_against_them() {
     std::fs::write(&file, definitions.to_string()).unwrap();
     rabbitmqctl(&["import_definitions", file.to_str().unwrap()]);
 
-    // The bridge with the default names and the file's channel, `acme`.
+    // The bridge with the default names and the file's channel, `acme`, polled
+    // as well as served by the webhook (so its poll lease queue is declared).
     let app = spawn_app(TestOptions::default()).await;
     let account = app.account("acme");
     let config = format!(
@@ -64,6 +65,8 @@ consumer_secret = "{cs}"
 access_token = "{at}"
 access_token_secret = "{ats}"
 bearer_token = "{bt}"
+inbound = "both"
+user_id = "{user_id}"
 "#,
         x = app.simulator.base_url(),
         state = dir.path().join("state.redb").display(),
@@ -72,6 +75,7 @@ bearer_token = "{bt}"
         at = account.access_token,
         ats = account.access_token_secret,
         bt = account.bearer_token,
+        user_id = app.user_id("acme"),
     );
     let bridge = Bridge::build(Settings::from_toml(&config).unwrap())
         .await

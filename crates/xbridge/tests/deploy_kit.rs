@@ -134,17 +134,37 @@ fn quantity(text: &str) -> u64 {
         .unwrap_or_else(|_| panic!("unsupported quantity {text}"))
 }
 
-/// One rendered kustomization.
+/// One rendered kustomization, with the example Secrets an operator creates
+/// beside it.
 struct Rendered {
     documents: Vec<Value>,
+    /// The example Secrets (`*.example.yaml`), which no kustomization renders.
+    secrets: Vec<Value>,
 }
 
 impl Rendered {
-    fn of(dir: &str) -> Rendered {
+    fn of(dir: &str, secret_files: &[&str]) -> Rendered {
         let yaml = succeed("kubectl", &["kustomize", dir]);
+        let secrets = secret_files
+            .iter()
+            .flat_map(|file| {
+                let text = std::fs::read_to_string(root().join(file))
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+                yaml_documents(&text)
+            })
+            .collect();
         Rendered {
             documents: yaml_documents(&yaml),
+            secrets,
         }
+    }
+
+    /// An example Secret by name.
+    fn secret(&self, name: &str) -> &Value {
+        self.secrets
+            .iter()
+            .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no example Secret {name}"))
     }
 
     fn find(&self, kind: &str, name: &str) -> Option<&Value> {
@@ -167,7 +187,7 @@ impl Rendered {
 
     /// A Secret's key, placeholders filled in as an operator would.
     fn secret_value(&self, secret: &str, key: &str) -> String {
-        let secret = self.get("Secret", secret);
+        let secret = self.secret(secret);
         let value = match secret["stringData"][key].as_str() {
             Some(text) => text.to_owned(),
             None => {
@@ -184,7 +204,7 @@ impl Rendered {
     }
 
     fn secret_keys(&self, secret: &str) -> Vec<String> {
-        let secret = self.get("Secret", secret);
+        let secret = self.secret(secret);
         ["stringData", "data"]
             .iter()
             .filter_map(|field| secret[field].as_object())
@@ -197,7 +217,7 @@ impl Rendered {
     fn validate(&self, dir: &str) {
         let files = tempfile::tempdir().unwrap();
         let mut checked = Vec::new();
-        for (i, document) in self.documents.iter().enumerate() {
+        for (i, document) in self.documents.iter().chain(&self.secrets).enumerate() {
             let kind = document["kind"].as_str().unwrap_or_default();
             if CUSTOM_KINDS.contains(&kind) {
                 continue;
@@ -216,6 +236,18 @@ impl Rendered {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+/// The `--config` the container runs with.
+fn config_arg(container: &Value) -> &str {
+    let args: Vec<&str> = array_at(container, "/args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    args.iter()
+        .position(|a| *a == "--config")
+        .map(|i| args[i + 1])
+        .expect("the container names its --config")
 }
 
 /// `toml` with every quoted absolute path on one of `mounts` moved under `root`.
@@ -249,6 +281,8 @@ struct Pod {
     config: PathBuf,
     /// Mount path to the volume mounted there.
     mounts: Vec<(String, Value)>,
+    /// The mount paths mounted `readOnly`.
+    read_only: Vec<String>,
 }
 
 impl Pod {
@@ -257,11 +291,17 @@ impl Pod {
         let mounts = Self::mount_volumes(kit, deployment, container, root.path());
         let env = Self::environment(kit, container);
         let config = Self::write_config(kit, container, &mounts, root.path());
+        let read_only = array_at(container, "/volumeMounts")
+            .iter()
+            .filter(|m| m["readOnly"] == true)
+            .map(|m| str_at(m, "/mountPath").to_owned())
+            .collect();
         Pod {
             root,
             env,
             config,
             mounts,
+            read_only,
         }
     }
 
@@ -329,15 +369,7 @@ impl Pod {
         mounts: &[(String, Value)],
         root: &Path,
     ) -> PathBuf {
-        let args: Vec<&str> = array_at(container, "/args")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        let config_at = args
-            .iter()
-            .position(|a| *a == "--config")
-            .map(|i| args[i + 1])
-            .expect("the container names its --config");
+        let config_at = config_arg(container);
         let (mount_path, volume) = mounts
             .iter()
             .find(|(path, _)| config_at.starts_with(&format!("{path}/")))
@@ -405,14 +437,13 @@ enum Store {
     Postgres,
 }
 
-fn check_kubernetes(dir: &str, store: Store) {
-    let kit = Rendered::of(dir);
+fn check_kubernetes(dir: &str, secret_files: &[&str], store: Store) {
+    let kit = Rendered::of(dir, secret_files);
     kit.validate(dir);
     for kind in [
         "Deployment",
         "Service",
         "ConfigMap",
-        "Secret",
         "PodDisruptionBudget",
         "NetworkPolicy",
         "Ingress",
@@ -423,6 +454,7 @@ fn check_kubernetes(dir: &str, store: Store) {
     let deployment = kit.get("Deployment", "xbridge");
     let containers = array_at(deployment, "/spec/template/spec/containers");
     let container = named(containers, "xbridge");
+    check_secrets(dir, &kit, deployment, container);
 
     // A released image: the workspace version, never `latest`.
     let image = str_at(container, "/image");
@@ -436,6 +468,13 @@ fn check_kubernetes(dir: &str, store: Store) {
     // The pod's configuration passes check-config, and fails with the example
     // signing key left in place.
     let pod = Pod::of(&kit, deployment, container);
+    // `kubectl exec deploy/xbridge -- xbridge webhook register ...` (the README's
+    // way to register the webhook) reads the file `run` reads.
+    assert_eq!(
+        pod.env.get("XBRIDGE_CONFIG").map(String::as_str),
+        Some(config_arg(container)),
+        "{dir}: XBRIDGE_CONFIG must name the --config of `run`, for the tools run in the pod"
+    );
     let (ok, text) = pod.check_config(&pod.env);
     assert!(ok, "{dir}: check-config fails:\n{text}");
     assert!(!text.contains("warning"), "{dir}: {text}");
@@ -456,7 +495,9 @@ fn check_kubernetes(dir: &str, store: Store) {
     check_ports_and_probes(dir, &kit, deployment, container, &settings);
     check_network_policy(dir, &kit, &settings);
     check_spool(dir, &pod, &settings);
+    check_writable(dir, &pod, deployment, container, &settings);
     check_memory(dir, container, &settings);
+    check_termination(dir, deployment, container, &settings);
 
     let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
     match (store, &settings.state.backend) {
@@ -477,6 +518,43 @@ fn check_kubernetes(dir: &str, store: Store) {
             );
         }
         (_, backend) => panic!("{dir}: unexpected state store {}", backend.describe()),
+    }
+}
+
+/// No Secret is part of the kustomization: `kubectl apply -k` would write the
+/// example values over the operator's real Secrets at every apply, and one dropped
+/// from it would break the overlays patching it. Every Secret and key the pod
+/// refers to has an example to create beside it.
+fn check_secrets(dir: &str, kit: &Rendered, deployment: &Value, container: &Value) {
+    assert!(
+        kit.of_kind("Secret").is_empty(),
+        "{dir}: `kubectl apply -k` would overwrite the operator's Secrets with the examples"
+    );
+    let mut wanted: Vec<(&str, Option<&str>)> = Vec::new();
+    for source in array_at(container, "/envFrom") {
+        wanted.push((str_at(source, "/secretRef/name"), None));
+    }
+    for var in array_at(container, "/env") {
+        if var.pointer("/valueFrom/secretKeyRef").is_some() {
+            wanted.push((
+                str_at(var, "/valueFrom/secretKeyRef/name"),
+                Some(str_at(var, "/valueFrom/secretKeyRef/key")),
+            ));
+        }
+    }
+    for volume in array_at(deployment, "/spec/template/spec/volumes") {
+        if let Some(name) = volume.pointer("/secret/secretName").and_then(Value::as_str) {
+            wanted.push((name, None));
+        }
+    }
+    for (name, key) in wanted {
+        let keys = kit.secret_keys(name);
+        if let Some(key) = key {
+            assert!(
+                keys.iter().any(|k| k == key),
+                "{dir}: the example Secret {name} has no key {key}"
+            );
+        }
     }
 }
 
@@ -533,6 +611,37 @@ fn check_media(dir: &str, kit: &Rendered, settings: &Settings) {
         paths.len(),
         2,
         "{dir}: only the webhook and the media proxy are public"
+    );
+    check_ingress_limits(dir, ingress, settings);
+}
+
+/// ingress-nginx lets through every webhook body the bridge takes (a smaller
+/// limit there answers X 413, and X gives up on the event) and waits for
+/// the bridge's answer as long as the bridge may take.
+fn check_ingress_limits(dir: &str, ingress: &Value, settings: &Settings) {
+    let annotation = |name: &str| {
+        ingress["metadata"]["annotations"][format!("nginx.ingress.kubernetes.io/{name}")]
+            .as_str()
+            .map(str::to_owned)
+    };
+    // nginx's default is 1m.
+    let body = annotation("proxy-body-size").unwrap_or_else(|| "1m".into());
+    let (number, factor) = match body.to_ascii_lowercase().chars().last() {
+        Some('k') => (&body[..body.len() - 1], 1024),
+        Some('m') => (&body[..body.len() - 1], MIB),
+        Some('g') => (&body[..body.len() - 1], 1024 * MIB),
+        _ => (body.as_str(), 1),
+    };
+    let body_bytes = number.parse::<u64>().expect("an nginx size") * factor;
+    assert!(
+        body_bytes == 0 || body_bytes >= settings.inbound.body_limit as u64,
+        "{dir}: the Ingress refuses webhook bodies over {body}, below inbound.body_limit"
+    );
+    // nginx's default is 60 (seconds).
+    let read = annotation("proxy-read-timeout").map_or(60, |t| t.parse::<u64>().expect("seconds"));
+    assert!(
+        read >= settings.http.request_timeout.as_secs(),
+        "{dir}: the Ingress gives up after {read} s, before http.request_timeout"
     );
 }
 
@@ -632,6 +741,62 @@ fn check_network_policy(dir: &str, kit: &Rendered, settings: &Settings) {
     }
 }
 
+/// The pod meets the "restricted" Pod Security Standard with a read-only root
+/// filesystem, and every path the bridge writes (the embedded store's file, the
+/// spool, the temporary directory when there is no spool) is on a writable volume:
+/// a path left on the root filesystem or on a read-only mount fails only when the
+/// bridge first writes there.
+fn check_writable(
+    dir: &str,
+    pod: &Pod,
+    deployment: &Value,
+    container: &Value,
+    settings: &Settings,
+) {
+    let security = &container["securityContext"];
+    let pod_security = &deployment["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true, "{dir}");
+    assert_eq!(security["allowPrivilegeEscalation"], false, "{dir}");
+    assert!(
+        array_at(security, "/capabilities/drop").contains(&Value::from("ALL")),
+        "{dir}: capabilities must drop ALL"
+    );
+    assert!(
+        security["runAsNonRoot"] == true || pod_security["runAsNonRoot"] == true,
+        "{dir}: runAsNonRoot"
+    );
+    let seccomp = security["seccompProfile"]["type"]
+        .as_str()
+        .or(pod_security["seccompProfile"]["type"].as_str());
+    assert_eq!(seccomp, Some("RuntimeDefault"), "{dir}");
+
+    let mut written = Vec::new();
+    if let StateBackend::Embedded { path } = &settings.state.backend {
+        written.push(path.parent().expect("a folder").to_path_buf());
+    }
+    match &settings.outbound.media.spool_dir {
+        Some(spool) => written.push(spool.clone()),
+        // tempfile's directory: TMPDIR, else /tmp.
+        None => written.push(
+            pod.root.path().join(
+                pod.env
+                    .get("TMPDIR")
+                    .map_or("tmp", |t| t.trim_start_matches('/')),
+            ),
+        ),
+    }
+    for local in written {
+        let (path, volume) = pod.volume_of(&local);
+        let kind = ["configMap", "secret", "projected", "downwardAPI"]
+            .into_iter()
+            .find(|kind| volume.get(*kind).is_some());
+        assert!(
+            kind.is_none() && !pod.read_only.iter().any(|p| p == path),
+            "{dir}: the bridge writes under {path}, which is mounted read-only"
+        );
+    }
+}
+
 /// Reply attachments spool to a volume of their own that holds one reply of X's
 /// largest media.
 fn check_spool(dir: &str, pod: &Pod, settings: &Settings) {
@@ -659,6 +824,43 @@ fn check_spool(dir: &str, pod: &Pod, settings: &Settings) {
     );
 }
 
+/// A terminating pod serves on until the ingress controller has taken it out of
+/// its endpoints (a preStop pause), then finishes what it does within the
+/// grace period: replies in flight get `outbound.shutdown_grace` while the HTTP
+/// servers' requests in flight get theirs at the same time, and the AMQP
+/// connection closes. A shorter period gets the process killed mid-send.
+fn check_termination(dir: &str, deployment: &Value, container: &Value, settings: &Settings) {
+    let pause = match array_at(container, "/lifecycle/preStop/exec/command") {
+        [sleep, seconds] if sleep == "sleep" => seconds
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{dir}: preStop sleeps {seconds}")),
+        _ => container
+            .pointer("/lifecycle/preStop/sleep/seconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    };
+    assert!(
+        pause >= 1,
+        "{dir}: no preStop pause: X's webhook POSTs are refused while the ingress still routes to a stopping pod"
+    );
+    let grace = deployment
+        .pointer("/spec/template/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(30);
+    let draining = settings
+        .outbound
+        .shutdown_grace
+        .max(xbridge_core::server::SHUTDOWN_GRACE)
+        .as_secs();
+    // Closing the AMQP connection and the store.
+    let closing = 5;
+    assert!(
+        grace >= pause + draining + closing,
+        "{dir}: terminationGracePeriodSeconds {grace} < preStop {pause} s + draining {draining} s + closing {closing} s"
+    );
+}
+
 /// The memory limit covers the worst case the configuration allows, as the comment
 /// in the Deployment works it out.
 fn check_memory(dir: &str, container: &Value, settings: &Settings) {
@@ -676,12 +878,23 @@ fn check_memory(dir: &str, container: &Value, settings: &Settings) {
 
 #[test]
 fn the_kubernetes_base_passes_the_schemas_and_its_configuration_works() {
-    check_kubernetes("deploy/kubernetes/base", Store::Embedded);
+    check_kubernetes(
+        "deploy/kubernetes/base",
+        &["deploy/kubernetes/secrets.example.yaml"],
+        Store::Embedded,
+    );
 }
 
 #[test]
 fn the_postgres_overlay_passes_the_schemas_and_its_configuration_works() {
-    check_kubernetes("deploy/kubernetes/overlays/postgres", Store::Postgres);
+    check_kubernetes(
+        "deploy/kubernetes/overlays/postgres",
+        &[
+            "deploy/kubernetes/secrets.example.yaml",
+            "deploy/kubernetes/overlays/postgres/secret.example.yaml",
+        ],
+        Store::Postgres,
+    );
 }
 
 #[test]
@@ -797,6 +1010,17 @@ fn the_dockerfile_passes_hadolint_and_builds_a_production_image_without_the_simu
         "the production image ships the simulator"
     );
     assert!(stage("simulator").contains("/out/x-simulator"));
+    // `docker exec` / `kubectl exec ... xbridge webhook|check|dlq` find the
+    // configuration `run` reads without a --config.
+    let cmd_config = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD [\"run\", \"--config\", \""))
+        .and_then(|rest| rest.strip_suffix("\"]"))
+        .expect("CMD runs with a --config");
+    assert!(
+        runtime.contains(&format!("ENV XBRIDGE_CONFIG={cmd_config}\n")),
+        "the runtime image must set XBRIDGE_CONFIG={cmd_config}"
+    );
     let last_stage = text.lines().rev().find(|l| l.starts_with("FROM "));
     assert_eq!(
         last_stage,

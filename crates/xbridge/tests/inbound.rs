@@ -135,6 +135,97 @@ async fn a_webhook_dm_reaches_the_crm_once_with_the_contact_and_without_echoes()
     app.cleanup().await;
 }
 
+/// A webhook POST in flight when the bridge is told to stop (SIGTERM, a rollout)
+/// is published and answered 200: the bridge keeps its RabbitMQ connection until
+/// the requests the webhook lets finish have finished, instead of answering them
+/// 503 (or losing the publish's confirm) and having X deliver them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_post_in_flight_at_shutdown_is_published_and_answered_200() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let app = spawn_app(webhook_options("webhook")).await;
+    let bridge = start_bridge(&app).await;
+    subscribe(&app, &bridge, "acme").await;
+    let mut crm = app.crm().await;
+    let user = app.user_id("acme");
+    let jane = Customer::generate("jane_doe");
+
+    // A body as X sends it, for an event X has not delivered: the body of a
+    // delivered one with another event id, signed with the channel's secret.
+    let before = app.simulator.deliveries().len();
+    let dm = app
+        .simulator
+        .customer_dm(&user, &jane, "Still there?", None);
+    next_of(&mut crm, "message.received").await;
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_deliveries(before + 1))
+        .await
+        .expect("X records its delivery");
+    let template = app
+        .simulator
+        .deliveries()
+        .into_iter()
+        .find(|d| d.event_id.as_deref() == Some(dm.id.as_str()))
+        .expect("X delivered the DM");
+    let fresh_id = (dm.id.parse::<u64>().expect("a numeric id") + 1_000_000).to_string();
+    let body = template.body.replace(&dm.id, &fresh_id);
+    let settings = xbridge_core::config::Settings::from_toml(&app.config_toml()).unwrap();
+    let secret = &settings.channel("acme").unwrap().consumer_secret;
+    let signature = xbridge_inbound::webhook_auth::crc_response_token(secret, &body);
+
+    // The request is in the bridge's hands: it asked for the body (100 Continue).
+    let addr = bridge.webhook_addr.expect("the webhook is served");
+    let mut x = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/acme HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         {}: {signature}\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        x_simulator::SIGNATURE_HEADER,
+        body.len()
+    );
+    x.write_all(head.as_bytes()).await.unwrap();
+    let interim = read_head(&mut x).await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+
+    // Told to stop; the outbound side has let go of RabbitMQ already.
+    bridge.begin_stop();
+    let mut outbound = bridge.ready.clone();
+    tokio::time::timeout(PATIENCE, outbound.wait_for(|ready| !*ready))
+        .await
+        .expect("the outbound side stops")
+        .unwrap();
+
+    x.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_head(&mut x).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let event = next_of(&mut crm, "message.received").await;
+    assert_eq!(event.body["event_id"], fresh_id.as_str());
+
+    let mut rest = Vec::new();
+    let _ = x.read_to_end(&mut rest).await;
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+/// The status line and headers of the next response on `stream`.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("the bridge answers")
+            .unwrap();
+        assert_eq!(
+            read,
+            1,
+            "the connection closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dms_sent_while_the_bridge_was_down_are_caught_up_by_polling_once_in_order() {
     let app = spawn_app(webhook_options("poll")).await;

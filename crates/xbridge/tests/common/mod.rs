@@ -26,6 +26,13 @@ pub struct RunningBridge {
 }
 
 impl RunningBridge {
+    /// Tells it to stop, the way SIGTERM would, without waiting; [`Self::stop`]
+    /// then waits for it to finish.
+    #[allow(dead_code)] // Only the shutdown tests look in between.
+    pub fn begin_stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops it the way SIGTERM would and waits for it to finish.
     pub async fn stop(self) {
         self.shutdown.cancel();
