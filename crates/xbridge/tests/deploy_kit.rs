@@ -1010,6 +1010,13 @@ fn the_dockerfile_passes_hadolint_and_builds_a_production_image_without_the_simu
         "the production image ships the simulator"
     );
     assert!(stage("simulator").contains("/out/x-simulator"));
+    // Nor inside the bridge: `xbridge demo` embeds the simulator and is a
+    // default feature, which the image's build of the bridge leaves out.
+    assert!(
+        stage("builder")
+            .contains("cargo build --release --locked -p xbridge --no-default-features"),
+        "the production binary must be built without the demo (and its simulator)"
+    );
     // `docker exec` / `kubectl exec ... xbridge webhook|check|dlq` find the
     // configuration `run` reads without a --config.
     let cmd_config = runtime
