@@ -247,7 +247,11 @@ async fn revalidate(
         return Revalidation::NotAnswering(why);
     }
     let pause = pacing.requested(Instant::now());
-    let outcome = match watch.x.revalidate_webhook(&webhook.id).await {
+    let answer = match watch.x.revalidate_webhook(&webhook.id).await {
+        Ok(()) => confirmed(watch.x.as_ref(), &webhook.id).await,
+        Err(error) => Err(error),
+    };
+    let outcome = match answer {
         Ok(()) => {
             tracing::info!(channel, webhook_id = %webhook.id, "X revalidated the webhook");
             Revalidation::Revalidated
@@ -274,6 +278,21 @@ async fn revalidate(
     )
     .increment(1);
     outcome
+}
+
+/// Whether X, having answered a revalidation with success, lists the webhook as
+/// valid: X's answer may say only that it ran the CRC (`"attempted": true`).
+/// Taking that for a pass would report the channel `ok` and count
+/// `revalidated` while X still delivers nothing, and the channel would flap
+/// between `ok` and `webhook_invalid` (two `channel.state` events per attempt).
+/// A list that fails says nothing: the next check looks again.
+async fn confirmed(x: &dyn WebhookAdmin, webhook_id: &str) -> Result<(), WebhookError> {
+    match x.list_webhooks().await {
+        Ok(webhooks) if webhooks.iter().any(|w| w.id == webhook_id && !w.valid) => {
+            Err(WebhookError::CrcValidationFailed)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Records how an attempt went as the channel's state.
@@ -599,6 +618,59 @@ mod tests {
         assert!(detail(&states).contains("X is down"), "{}", detail(&states));
         shutdown.cancel();
         task.await.unwrap();
+    }
+
+    /// X that answers every revalidation with success (`"attempted": true`)
+    /// while its CRC keeps failing: the webhook stays invalid.
+    struct AttemptingX(FakeX);
+
+    #[async_trait]
+    impl WebhookAdmin for AttemptingX {
+        async fn list_webhooks(&self) -> Result<Vec<Webhook>, WebhookError> {
+            Ok(vec![webhook(URL, false)])
+        }
+
+        async fn revalidate_webhook(&self, id: &str) -> Result<(), WebhookError> {
+            self.0.revalidate_webhook(id).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_answer_that_leaves_the_webhook_invalid_is_a_failure() {
+        let x = Arc::new(AttemptingX(FakeX::default()));
+        let states = Arc::new(ChannelStates::new(["acme"]));
+        let mut changes = states.subscribe();
+        let shutdown = CancellationToken::new();
+        let watch = WebhookWatch {
+            channel: "acme".into(),
+            x: x.clone(),
+            crc: Some(Arc::new(Crc(Ok(())))),
+            app_channels: Vec::new(),
+            interval: INTERVAL,
+        };
+        let task = tokio::spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+
+        assert_eq!(
+            gaps(&x.0.requests())[..4],
+            [60, 120, 240, 480],
+            "paced as refusals"
+        );
+        let told: Vec<_> = std::iter::from_fn(|| changes.try_recv().ok())
+            .map(|e| e.status.state)
+            .collect();
+        assert_eq!(
+            told,
+            [ChannelState::WebhookInvalid, ChannelState::WebhookInvalid],
+            "never ok: invalid, then X's refusal, once"
+        );
+        assert!(
+            detail(&states).contains("CrcValidationFailed"),
+            "{}",
+            detail(&states)
+        );
     }
 
     #[tokio::test(start_paused = true)]
