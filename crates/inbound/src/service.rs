@@ -513,6 +513,19 @@ async fn poll_loop(
     }
 }
 
+/// Reports `polling_paused` for a channel that is `ok`, and only then: every
+/// other state says more (credentials, credits, rate limit and permission stop
+/// replies; `webhook_invalid` outranks paused polling), and overwriting it would
+/// hide that cause. It would also make the poller and whoever reported the
+/// other state take turns, each turn a `channel.state` for the CRM: a failed
+/// poll every interval against the webhook check, or against each reply that
+/// fails the same way.
+fn report_polling_paused(states: &ChannelStates, channel: &str, detail: String) {
+    if states.get(channel).map(|status| status.state) == Some(ChannelState::Ok) {
+        states.set(channel, ChannelState::PollingPaused, None, Some(detail));
+    }
+}
+
 /// Polls `ctx`'s channel while `lease` is held: every `interval`, sooner after
 /// a rate-limit reset, and with a growing pause while its credits are out.
 /// `None` on shutdown, else why the lease ended.
@@ -590,11 +603,10 @@ async fn poll_while_held(
                 failures_in_a_row += 1;
                 tracing::warn!(channel, error = %error, failures_in_a_row, "poll failed");
                 if failures_in_a_row >= POLL_FAILURES_BEFORE_PAUSED {
-                    states.set(
+                    report_polling_paused(
+                        states,
                         &channel,
-                        ChannelState::PollingPaused,
-                        None,
-                        Some(format!("polling keeps failing: {error}")),
+                        format!("polling keeps failing: {error}"),
                     );
                 }
                 interval
@@ -757,5 +769,37 @@ impl EventSink for BrokerSink {
     async fn dead_letter(&self, letter: &InboundDeadLetter) -> Result<(), SinkError> {
         let sink = self.current()?;
         self.noticed(sink.dead_letter(letter).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paused_polling_does_not_replace_a_state_that_says_more() {
+        for other in [
+            ChannelState::WebhookInvalid,
+            ChannelState::Unauthorized,
+            ChannelState::MissingPermission,
+            ChannelState::CreditsExhausted,
+            ChannelState::RateLimited,
+        ] {
+            let states = ChannelStates::new(["acme"]);
+            states.set("acme", other, None, Some("why".into()));
+            let mut changes = states.subscribe();
+            report_polling_paused(&states, "acme", "polling keeps failing".into());
+            assert_eq!(states.get("acme").unwrap().state, other);
+            assert!(
+                changes.try_recv().is_err(),
+                "{other:?}: nothing for the CRM"
+            );
+        }
+        let states = ChannelStates::new(["acme"]);
+        report_polling_paused(&states, "acme", "polling keeps failing".into());
+        assert_eq!(
+            states.get("acme").unwrap().state,
+            ChannelState::PollingPaused
+        );
     }
 }
