@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use secrecy::ExposeSecret as _;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,7 @@ use crate::poller::{poll_once, PollBudget, PollContext, PollError};
 use crate::profiles::Profiles;
 use crate::sink::{AmqpSink, EventSink, InboundDeadLetter, OutboundEvent, SinkError};
 use crate::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
-use crate::webhook_watch::{watch_webhook, WebhookWatch};
+use crate::webhook_watch::{watch_webhook, AppListing, AppWebhooks, WebhookWatch};
 
 /// Why the inbound side could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,14 +107,23 @@ impl Inbound {
         let mut webhook_watches = Vec::new();
         let mut clients = HashMap::new();
         let in_flight = Arc::new(InFlightDeliveries::default());
+        // One webhook list per X App (by consumer key), shared by its channels' checks.
+        let mut app_webhooks: HashMap<String, Arc<AppWebhooks>> = HashMap::new();
         for channel in &settings.channels {
             let client = client(&settings, channel, &http)?;
             clients.insert(channel.name.clone(), client.clone());
             if channel.inbound.uses_webhook() && !settings.inbound.webhook_check_interval.is_zero()
             {
+                let app = app_webhooks
+                    .entry(channel.consumer_key.expose_secret().to_owned())
+                    .or_insert_with(|| AppWebhooks::new(settings.inbound.webhook_check_interval))
+                    .clone();
                 webhook_watches.push(WebhookWatch {
                     channel: channel.name.clone(),
-                    x: Arc::new(webhook_client(&settings, channel, &http)?),
+                    x: Arc::new(AppListing {
+                        x: Arc::new(webhook_client(&settings, channel, &http)?),
+                        app,
+                    }),
                     crc: crc_self_check(bound, channel),
                     app_channels: app_channels(&settings, channel),
                     interval: settings.inbound.webhook_check_interval,
@@ -385,7 +395,6 @@ fn webhook_client(
 
 /// The other channels of `channel`'s X App that receive by webhook.
 fn app_channels(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
-    use secrecy::ExposeSecret as _;
     settings
         .channels
         .iter()
