@@ -59,12 +59,10 @@ impl CrcSelfCheck for LocalCrc {
         let token = Alphanumeric.sample_string(&mut rand::rng(), 48);
         let mut url = self.url.clone();
         url.query_pairs_mut().append_pair("crc_token", &token);
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|error| format!("GET {} got no answer: {error}", self.url.path()))?;
+        let response =
+            self.http.get(url).send().await.map_err(|error| {
+                format!("GET {} got no answer: {}", self.url.path(), why(error))
+            })?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
             return Err(format!("GET {} answered {status}", self.url.path()));
@@ -82,6 +80,24 @@ impl CrcSelfCheck for LocalCrc {
             )),
         }
     }
+}
+
+/// Why a request failed, the same words each time it fails the same way:
+/// reqwest's own text names the URL, whose `crc_token` is new on every check,
+/// and the failure becomes the channel's `webhook_invalid` detail, so a
+/// changing text would publish a new `channel.state` to the CRM at every
+/// check. The causes (connection refused, timed out) are what tells why.
+fn why(error: reqwest::Error) -> String {
+    use std::error::Error as _;
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Where this host reaches a server bound to `addr`: a wildcard (`0.0.0.0`, `::`)
@@ -118,5 +134,30 @@ mod tests {
             .await
             .unwrap_err();
         assert!(why.contains("/webhooks/acme"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn the_same_failure_is_told_in_the_same_words() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let check = LocalCrc::new(addr, "acme", "s".into()).unwrap();
+        let first = check.answers().await.unwrap_err();
+        let second = check.answers().await.unwrap_err();
+        assert_eq!(
+            first, second,
+            "a new channel.state at every check otherwise"
+        );
+        assert!(!first.contains("crc_token"), "{first}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_own_server_fails_the_check_instead_of_holding_it() {
+        // Accepts connections (the kernel's backlog) and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let check = LocalCrc::new(listener.local_addr().unwrap(), "acme", "s".into()).unwrap();
+        let why = check.answers().await.unwrap_err();
+        assert!(why.contains("got no answer"), "{why}");
+        drop(listener);
     }
 }

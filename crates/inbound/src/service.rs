@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use secrecy::ExposeSecret as _;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,7 @@ use crate::poller::{poll_once, PollBudget, PollContext, PollError};
 use crate::profiles::Profiles;
 use crate::sink::{AmqpSink, EventSink, InboundDeadLetter, OutboundEvent, SinkError};
 use crate::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
-use crate::webhook_watch::{watch_webhook, WebhookWatch};
+use crate::webhook_watch::{watch_webhook, AppListing, AppWebhooks, WebhookWatch};
 
 /// Why the inbound side could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,14 +107,23 @@ impl Inbound {
         let mut webhook_watches = Vec::new();
         let mut clients = HashMap::new();
         let in_flight = Arc::new(InFlightDeliveries::default());
+        // One webhook list per X App (by consumer key), shared by its channels' checks.
+        let mut app_webhooks: HashMap<String, Arc<AppWebhooks>> = HashMap::new();
         for channel in &settings.channels {
             let client = client(&settings, channel, &http)?;
             clients.insert(channel.name.clone(), client.clone());
             if channel.inbound.uses_webhook() && !settings.inbound.webhook_check_interval.is_zero()
             {
+                let app = app_webhooks
+                    .entry(channel.consumer_key.expose_secret().to_owned())
+                    .or_insert_with(|| AppWebhooks::new(settings.inbound.webhook_check_interval))
+                    .clone();
                 webhook_watches.push(WebhookWatch {
                     channel: channel.name.clone(),
-                    x: Arc::new(webhook_client(&settings, channel, &http)?),
+                    x: Arc::new(AppListing {
+                        x: Arc::new(webhook_client(&settings, channel, &http)?),
+                        app,
+                    }),
                     crc: crc_self_check(bound, channel),
                     app_channels: app_channels(&settings, channel),
                     interval: settings.inbound.webhook_check_interval,
@@ -393,7 +403,6 @@ fn webhook_client(
 
 /// The other channels of `channel`'s X App that receive by webhook.
 fn app_channels(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
-    use secrecy::ExposeSecret as _;
     settings
         .channels
         .iter()
@@ -521,6 +530,19 @@ async fn poll_loop(
     }
 }
 
+/// Reports `polling_paused` for a channel that is `ok`, and only then: every
+/// other state says more (credentials, credits, rate limit and permission stop
+/// replies; `webhook_invalid` outranks paused polling), and overwriting it would
+/// hide that cause. It would also make the poller and whoever reported the
+/// other state take turns, each turn a `channel.state` for the CRM: a failed
+/// poll every interval against the webhook check, or against each reply that
+/// fails the same way.
+fn report_polling_paused(states: &ChannelStates, channel: &str, detail: String) {
+    if states.get(channel).map(|status| status.state) == Some(ChannelState::Ok) {
+        states.set(channel, ChannelState::PollingPaused, None, Some(detail));
+    }
+}
+
 /// Polls `ctx`'s channel while `lease` is held: every `interval`, sooner after
 /// a rate-limit reset, and with a growing pause while its credits are out.
 /// `None` on shutdown, else why the lease ended.
@@ -598,11 +620,10 @@ async fn poll_while_held(
                 failures_in_a_row += 1;
                 tracing::warn!(channel, error = %error, failures_in_a_row, "poll failed");
                 if failures_in_a_row >= POLL_FAILURES_BEFORE_PAUSED {
-                    states.set(
+                    report_polling_paused(
+                        states,
                         &channel,
-                        ChannelState::PollingPaused,
-                        None,
-                        Some(format!("polling keeps failing: {error}")),
+                        format!("polling keeps failing: {error}"),
                     );
                 }
                 interval
@@ -765,5 +786,37 @@ impl EventSink for BrokerSink {
     async fn dead_letter(&self, letter: &InboundDeadLetter) -> Result<(), SinkError> {
         let sink = self.current()?;
         self.noticed(sink.dead_letter(letter).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paused_polling_does_not_replace_a_state_that_says_more() {
+        for other in [
+            ChannelState::WebhookInvalid,
+            ChannelState::Unauthorized,
+            ChannelState::MissingPermission,
+            ChannelState::CreditsExhausted,
+            ChannelState::RateLimited,
+        ] {
+            let states = ChannelStates::new(["acme"]);
+            states.set("acme", other, None, Some("why".into()));
+            let mut changes = states.subscribe();
+            report_polling_paused(&states, "acme", "polling keeps failing".into());
+            assert_eq!(states.get("acme").unwrap().state, other);
+            assert!(
+                changes.try_recv().is_err(),
+                "{other:?}: nothing for the CRM"
+            );
+        }
+        let states = ChannelStates::new(["acme"]);
+        report_polling_paused(&states, "acme", "polling keeps failing".into());
+        assert_eq!(
+            states.get("acme").unwrap().state,
+            ChannelState::PollingPaused
+        );
     }
 }

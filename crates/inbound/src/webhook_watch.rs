@@ -48,6 +48,59 @@ impl WebhookAdmin for WebhookClient {
     }
 }
 
+/// The webhooks of one X App, as its channels' checks last listed them. One App
+/// has one list, and X limits `GET /2/webhooks` per App (the Account Activity
+/// API's limit is 15 requests in 15 minutes): a bridge with three channels of
+/// one App and two replicas would ask 18 times in 15 minutes at the default
+/// interval if each check asked X itself.
+pub struct AppWebhooks {
+    fresh_for: Duration,
+    last: tokio::sync::Mutex<Option<(Instant, Vec<Webhook>)>>,
+}
+
+impl AppWebhooks {
+    /// A list for checks `interval` apart: one listing serves every check of
+    /// the same round (the checks tick in phase), never the next round.
+    pub fn new(interval: Duration) -> Arc<AppWebhooks> {
+        Arc::new(AppWebhooks {
+            fresh_for: interval / 2,
+            last: tokio::sync::Mutex::new(None),
+        })
+    }
+}
+
+/// A channel's [`WebhookAdmin`] whose listings are shared with the other
+/// channels of its App ([`AppWebhooks`]); revalidations stay the channel's own
+/// and make the next listing ask X again.
+pub struct AppListing {
+    /// X, with the channel's bearer token.
+    pub x: Arc<dyn WebhookAdmin>,
+    /// The App's shared list.
+    pub app: Arc<AppWebhooks>,
+}
+
+#[async_trait]
+impl WebhookAdmin for AppListing {
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>, WebhookError> {
+        // Held while X answers, so the checks of one round wait for one listing.
+        let mut last = self.app.last.lock().await;
+        if let Some((at, webhooks)) = last.as_ref() {
+            if at.elapsed() < self.app.fresh_for {
+                return Ok(webhooks.clone());
+            }
+        }
+        let webhooks = self.x.list_webhooks().await?;
+        *last = Some((Instant::now(), webhooks.clone()));
+        Ok(webhooks)
+    }
+
+    async fn revalidate_webhook(&self, webhook_id: &str) -> Result<(), WebhookError> {
+        let result = self.x.revalidate_webhook(webhook_id).await;
+        *self.app.last.lock().await = None;
+        result
+    }
+}
+
 /// One channel's periodic check.
 pub struct WebhookWatch {
     /// The channel.
@@ -193,14 +246,18 @@ pub async fn watch_webhook(
     shutdown: CancellationToken,
 ) {
     let mut pacing = Pacing::new(watch.interval);
+    // Fixed ticks, not a sleep after each check: the checks of an App's
+    // channels keep the same phase, so they share one list ([`AppListing`]).
+    let mut ticks = tokio::time::interval(watch.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            () = check(&watch, &states, &mut pacing) => {}
+            _ = ticks.tick() => {}
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(watch.interval) => {}
+            () = check(&watch, &states, &mut pacing) => {}
         }
     }
 }
@@ -247,7 +304,11 @@ async fn revalidate(
         return Revalidation::NotAnswering(why);
     }
     let pause = pacing.requested(Instant::now());
-    let outcome = match watch.x.revalidate_webhook(&webhook.id).await {
+    let answer = match watch.x.revalidate_webhook(&webhook.id).await {
+        Ok(()) => confirmed(watch.x.as_ref(), &webhook.id).await,
+        Err(error) => Err(error),
+    };
+    let outcome = match answer {
         Ok(()) => {
             tracing::info!(channel, webhook_id = %webhook.id, "X revalidated the webhook");
             Revalidation::Revalidated
@@ -274,6 +335,21 @@ async fn revalidate(
     )
     .increment(1);
     outcome
+}
+
+/// Whether X, having answered a revalidation with success, lists the webhook as
+/// valid: X's answer may say only that it ran the CRC (`"attempted": true`).
+/// Taking that for a pass would report the channel `ok` and count
+/// `revalidated` while X still delivers nothing, and the channel would flap
+/// between `ok` and `webhook_invalid` (two `channel.state` events per attempt).
+/// A list that fails says nothing: the next check looks again.
+async fn confirmed(x: &dyn WebhookAdmin, webhook_id: &str) -> Result<(), WebhookError> {
+    match x.list_webhooks().await {
+        Ok(webhooks) if webhooks.iter().any(|w| w.id == webhook_id && !w.valid) => {
+            Err(WebhookError::CrcValidationFailed)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Records how an attempt went as the channel's state.
@@ -599,6 +675,120 @@ mod tests {
         assert!(detail(&states).contains("X is down"), "{}", detail(&states));
         shutdown.cancel();
         task.await.unwrap();
+    }
+
+    /// X that answers every revalidation with success (`"attempted": true`)
+    /// while its CRC keeps failing: the webhook stays invalid.
+    struct AttemptingX(FakeX);
+
+    #[async_trait]
+    impl WebhookAdmin for AttemptingX {
+        async fn list_webhooks(&self) -> Result<Vec<Webhook>, WebhookError> {
+            Ok(vec![webhook(URL, false)])
+        }
+
+        async fn revalidate_webhook(&self, id: &str) -> Result<(), WebhookError> {
+            self.0.revalidate_webhook(id).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_answer_that_leaves_the_webhook_invalid_is_a_failure() {
+        let x = Arc::new(AttemptingX(FakeX::default()));
+        let states = Arc::new(ChannelStates::new(["acme"]));
+        let mut changes = states.subscribe();
+        let shutdown = CancellationToken::new();
+        let watch = WebhookWatch {
+            channel: "acme".into(),
+            x: x.clone(),
+            crc: Some(Arc::new(Crc(Ok(())))),
+            app_channels: Vec::new(),
+            interval: INTERVAL,
+        };
+        let task = tokio::spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+
+        assert_eq!(
+            gaps(&x.0.requests())[..4],
+            [60, 120, 240, 480],
+            "paced as refusals"
+        );
+        let told: Vec<_> = std::iter::from_fn(|| changes.try_recv().ok())
+            .map(|e| e.status.state)
+            .collect();
+        assert_eq!(
+            told,
+            [ChannelState::WebhookInvalid, ChannelState::WebhookInvalid],
+            "never ok: invalid, then X's refusal, once"
+        );
+        assert!(
+            detail(&states).contains("CrcValidationFailed"),
+            "{}",
+            detail(&states)
+        );
+    }
+
+    /// Counts the listings X answers.
+    #[derive(Default)]
+    struct CountingX {
+        listings: Mutex<u32>,
+        inner: FakeX,
+    }
+
+    #[async_trait]
+    impl WebhookAdmin for CountingX {
+        async fn list_webhooks(&self) -> Result<Vec<Webhook>, WebhookError> {
+            *self.listings.lock().unwrap() += 1;
+            self.inner.list_webhooks().await
+        }
+
+        async fn revalidate_webhook(&self, id: &str) -> Result<(), WebhookError> {
+            self.inner.revalidate_webhook(id).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_channels_of_one_app_list_its_webhooks_once_per_round() {
+        let x = Arc::new(CountingX::default());
+        *x.inner.valid.lock().unwrap() = true;
+        let app = AppWebhooks::new(INTERVAL);
+        let channels = ["acme", "beta", "gamma"];
+        let states = Arc::new(ChannelStates::new(channels));
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        for channel in channels {
+            let watch = WebhookWatch {
+                channel: channel.into(),
+                x: Arc::new(AppListing {
+                    x: x.clone(),
+                    app: app.clone(),
+                }),
+                crc: Some(Arc::new(Crc(Ok(())))),
+                app_channels: channels
+                    .iter()
+                    .filter(|c| **c != channel)
+                    .map(|c| (*c).to_owned())
+                    .collect(),
+                interval: INTERVAL,
+            };
+            tasks.push(tokio::spawn(watch_webhook(
+                watch,
+                states.clone(),
+                shutdown.clone(),
+            )));
+            // Spawned a little apart, as a real startup does.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Rounds at 0, 60, …, 600 s.
+        tokio::time::sleep(Duration::from_secs(630)).await;
+        shutdown.cancel();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(*x.listings.lock().unwrap(), 11, "one listing per round");
+        assert_eq!(state(&states), ChannelState::Ok);
     }
 
     #[tokio::test(start_paused = true)]

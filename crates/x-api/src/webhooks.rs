@@ -252,11 +252,14 @@ impl WebhookClient {
 
     /// Makes X run the CRC again and re-enable the webhook if it passes:
     /// `PUT /2/webhooks/:id` with the Bearer token. A failing CRC is
-    /// [`WebhookError::CrcValidationFailed`] (X then marks the webhook invalid).
+    /// [`WebhookError::CrcValidationFailed`] (X then marks the webhook invalid),
+    /// whether X refuses the call or answers 200 with `"valid": false`.
+    /// X may also answer only `"attempted": true`: `Ok` then means X ran the
+    /// CRC, not that it passed (`GET /2/webhooks` tells).
     #[tracing::instrument(skip_all, fields(webhook_id = %webhook_id))]
     pub async fn revalidate_webhook(&self, webhook_id: &str) -> Result<(), WebhookError> {
         let endpoint = endpoint(&self.base_url, &["2", "webhooks", checked_id(webhook_id)?])?;
-        let _: Value = self
+        let answer: Value = self
             .call(
                 Method::PUT,
                 endpoint,
@@ -265,7 +268,7 @@ impl WebhookClient {
                 "webhook revalidation",
             )
             .await?;
-        Ok(())
+        revalidation_answer(&answer)
     }
 
     /// Subscribes the channel's account to the webhook, so X delivers its DM events there:
@@ -409,9 +412,29 @@ fn checked_id(webhook_id: &str) -> Result<&str, XError> {
     }
 }
 
+/// What X's 2xx answer to `PUT /2/webhooks/:id` says: X documents `valid` as
+/// the webhook's status after the CRC it ran, so `"valid": false` is a failed CRC.
+fn revalidation_answer(answer: &Value) -> Result<(), WebhookError> {
+    match answer.pointer("/data/valid").and_then(Value::as_bool) {
+        Some(false) => Err(WebhookError::CrcValidationFailed),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revalidation_answered_valid_false_is_a_failed_crc() {
+        let answer = |body: &str| revalidation_answer(&serde_json::from_str(body).unwrap());
+        assert!(matches!(
+            answer(r#"{"data":{"valid":false}}"#),
+            Err(WebhookError::CrcValidationFailed)
+        ));
+        assert!(answer(r#"{"data":{"valid":true}}"#).is_ok());
+        assert!(answer(r#"{"data":{"attempted":true}}"#).is_ok());
+    }
 
     fn refusal(reason: &str) -> Vec<u8> {
         serde_json::json!({

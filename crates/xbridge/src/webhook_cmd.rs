@@ -59,6 +59,17 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 .revalidate_webhook(&webhook_id)
                 .await
                 .with_context(|| format!("channel {channel}: revalidating webhook {webhook_id}"))?;
+            // X may answer only that it ran the CRC: its list says whether it passed.
+            let still_invalid = client
+                .list_webhooks()
+                .await
+                .is_ok_and(|webhooks| webhooks.iter().any(|w| w.id == webhook_id && !w.valid));
+            if still_invalid {
+                bail!(
+                    "channel {channel}: X ran the CRC for webhook {webhook_id} but still lists it invalid: {}",
+                    WebhookError::CrcValidationFailed
+                );
+            }
             crate::outln!("webhook {webhook_id} passed X's CRC and is valid again");
             Ok(())
         }

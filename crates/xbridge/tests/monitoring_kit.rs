@@ -151,3 +151,62 @@ fn the_rendered_prometheus_rule_passes_the_alert_tests() {
         dir.path(),
     );
 }
+
+/// The YAML documents `kubectl kustomize dir` renders, as JSON values.
+fn rendered(dir: &str) -> Vec<serde_json::Value> {
+    run("kubectl", &["kustomize", dir], &root())
+        .split("\n---\n")
+        .map(|doc| serde_norway::from_str(doc).expect("valid YAML"))
+        .filter(|doc: &serde_json::Value| doc.as_object().is_some_and(|o| !o.is_empty()))
+        .collect()
+}
+
+/// The ServiceMonitor scrapes what the kit deploys: its selector matches the
+/// Service's labels in the base and the overlay, and its port is a port name
+/// of that Service. A mismatch validates fine and scrapes nothing, which only
+/// XbridgeAbsent would tell, once the rules are loaded.
+#[test]
+fn the_service_monitor_selects_the_services_metrics_port() {
+    let monitoring = rendered("deploy/kubernetes/monitoring");
+    let monitor = monitoring
+        .iter()
+        .find(|doc| doc["kind"] == "ServiceMonitor")
+        .expect("a ServiceMonitor");
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("the ServiceMonitor selects by labels");
+    let endpoints = monitor["spec"]["endpoints"].as_array().unwrap();
+    for dir in [
+        "deploy/kubernetes/base",
+        "deploy/kubernetes/overlays/postgres",
+    ] {
+        let kit = rendered(dir);
+        let selected: Vec<_> = kit
+            .iter()
+            .filter(|doc| doc["kind"] == "Service")
+            .filter(|service| {
+                selector
+                    .iter()
+                    .all(|(key, value)| &service["metadata"]["labels"][key] == value)
+            })
+            .collect();
+        assert_eq!(
+            selected.len(),
+            1,
+            "{dir}: the ServiceMonitor selects {selected:?}"
+        );
+        let ports: Vec<_> = selected[0]["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|port| &port["name"])
+            .collect();
+        for endpoint in endpoints {
+            assert!(
+                ports.contains(&&endpoint["port"]),
+                "{dir}: the Service has no port {} (it has {ports:?})",
+                endpoint["port"]
+            );
+        }
+    }
+}
