@@ -88,16 +88,7 @@ impl CrcSelfCheck for LocalCrc {
 /// changing text would publish a new `channel.state` to the CRM at every
 /// check. The causes (connection refused, timed out) are what tells why.
 fn why(error: reqwest::Error) -> String {
-    use std::error::Error as _;
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    xbridge_x_api::error_chain(&error.without_url())
 }
 
 /// Where this host reaches a server bound to `addr`: a wildcard (`0.0.0.0`, `::`)

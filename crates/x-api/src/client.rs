@@ -450,7 +450,7 @@ pub(crate) fn transport_error(
 /// An error with its causes, since reqwest's own message rarely names the cause
 /// ("error sending request"). Requests carry credentials only in a header, never in the URL,
 /// so nothing here is secret.
-pub(crate) fn error_chain(error: &reqwest::Error) -> String {
+pub fn error_chain(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -39,7 +39,7 @@ mod upload;
 mod webhooks;
 
 pub use body::{MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES};
-pub use client::{XClient, XClientConfig};
+pub use client::{error_chain, XClient, XClientConfig};
 pub use dm::{DmTarget, SentDm};
 pub use error::{classify_send_error, Problem, XError};
 pub use http::XHttp;
