@@ -10,12 +10,15 @@ pub mod amqp;
 pub mod channel_identity;
 pub mod channel_state;
 pub mod config;
-pub mod excerpt;
 pub mod metrics_catalog;
 pub mod model;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
+
+/// Bounded quotes of outside input; they live in the X client, which depends on
+/// nothing of ours, and are re-exported here for the rest of the bridge.
+pub use xbridge_x_api::excerpt;
 
 #[cfg(test)]
 mod properties;
