@@ -48,20 +48,7 @@ pub struct InboundSettings {
 
 impl Default for InboundSettings {
     fn default() -> Self {
-        let raw = RawInbound::default();
-        InboundSettings {
-            listen: raw.listen,
-            body_limit: raw.body_limit,
-            body_memory: raw.body_memory,
-            publish_echoes: raw.publish_echoes,
-            publish_activity: raw.publish_activity,
-            poll_interval: raw.poll_interval,
-            safety_poll_interval: raw.safety_poll_interval,
-            backfill_days: raw.backfill_days,
-            profile_cache_ttl: raw.profile_cache_ttl,
-            webhook_check_interval: raw.webhook_check_interval,
-            media: MediaProxySettings::default(),
-        }
+        RawInbound::default().settings(|_| MediaProxySettings::default())
     }
 }
 
@@ -103,6 +90,26 @@ impl Default for RawInbound {
     }
 }
 
+impl RawInbound {
+    /// The settings as read, with `[inbound.media]` made by `media` (defaults
+    /// or validation): one field list for both.
+    fn settings(self, media: impl FnOnce(RawMediaProxy) -> MediaProxySettings) -> InboundSettings {
+        InboundSettings {
+            listen: self.listen,
+            body_limit: self.body_limit,
+            body_memory: self.body_memory,
+            publish_echoes: self.publish_echoes,
+            publish_activity: self.publish_activity,
+            poll_interval: self.poll_interval,
+            safety_poll_interval: self.safety_poll_interval,
+            backfill_days: self.backfill_days,
+            profile_cache_ttl: self.profile_cache_ttl,
+            webhook_check_interval: self.webhook_check_interval,
+            media: media(self.media),
+        }
+    }
+}
+
 /// Validates `[inbound]` and `[inbound.media]`.
 pub(super) fn validate(raw: RawInbound, errors: &mut Vec<String>) -> InboundSettings {
     if raw.body_limit < 1024 {
@@ -120,19 +127,7 @@ pub(super) fn validate(raw: RawInbound, errors: &mut Vec<String>) -> InboundSett
     if raw.backfill_days > 30 {
         errors.push("inbound.backfill_days: at most 30 (X keeps DM events for 30 days)".into());
     }
-    InboundSettings {
-        listen: raw.listen,
-        body_limit: raw.body_limit,
-        body_memory: raw.body_memory,
-        publish_echoes: raw.publish_echoes,
-        publish_activity: raw.publish_activity,
-        poll_interval: raw.poll_interval,
-        safety_poll_interval: raw.safety_poll_interval,
-        backfill_days: raw.backfill_days,
-        profile_cache_ttl: raw.profile_cache_ttl,
-        webhook_check_interval: raw.webhook_check_interval,
-        media: inbound_media::validate(raw.media, errors),
-    }
+    raw.settings(|media| inbound_media::validate(media, errors))
 }
 
 #[cfg(test)]
