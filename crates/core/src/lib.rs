@@ -1,8 +1,21 @@
-//! What both directions of xbridge share: the message contract with the CRM
-//! ([`model`]), the configuration ([`config`], [`secret`]), the AMQP plumbing
-//! ([`amqp`]), the HTTP serving with its timeouts and limits ([`server`]),
-//! logging ([`telemetry`]), the metrics and their help ([`metrics_catalog`]) and
-//! bounded quotes of outside input ([`excerpt`]).
+//! What both directions of xbridge share.
+//!
+//! - [`model`]: the message contract with the CRM (replies, status events, reasons).
+//! - [`channel_state`], [`channel_identity`]: a channel's state as the CRM sees it, and
+//!   the account's X user id, learnt or configured.
+//! - [`config`]: the configuration, a folder with one file per section:
+//!   - `config/mod.rs`: the loader ([`config::Settings::load`], `from_toml`, the
+//!     `XBRIDGE_…` environment overrides), [`config::ConfigError`] and the warnings;
+//!   - `amqp.rs` (`[amqp]`, topology names), `x.rs` (`[x]`, and the X client's
+//!     configuration built from it), `outbound.rs` (retry, credits, reply bound),
+//!     `outbound_media.rs` (reply downloads, host patterns), `inbound.rs` (webhook
+//!     server, pollers), `inbound_media.rs` (the media proxy), `state.rs`,
+//!     `telemetry.rs`, `http.rs` and `channels.rs` (`[[channels]]`, their X
+//!     credentials): each with its raw form, defaults, validation and tests.
+//! - [`secret`]: secrets given inline, by environment variable or by file.
+//! - [`amqp`]: the AMQP plumbing; [`server`]: the HTTP serving with its timeouts and
+//!   limits; [`telemetry`]: logging; [`metrics_catalog`]: the metrics and their help.
+//! - [`excerpt`]: bounded quotes of outside input (from `xbridge-x-api`, the leaf crate).
 
 #![warn(missing_docs)]
 
@@ -10,12 +23,15 @@ pub mod amqp;
 pub mod channel_identity;
 pub mod channel_state;
 pub mod config;
-pub mod excerpt;
 pub mod metrics_catalog;
 pub mod model;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
+
+/// Bounded quotes of outside input; they live in the X client, which depends on
+/// nothing of ours, and are re-exported here for the rest of the bridge.
+pub use xbridge_x_api::excerpt;
 
 #[cfg(test)]
 mod properties;

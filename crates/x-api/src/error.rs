@@ -10,7 +10,7 @@ use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use xbridge_core::excerpt::cut;
+use crate::excerpt::cut;
 
 use crate::pacing;
 

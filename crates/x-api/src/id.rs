@@ -36,7 +36,7 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<
     } else {
         Err(D::Error::custom(format!(
             "{} is not an X id (1 to 19 digits)",
-            xbridge_core::excerpt::quoted(&id)
+            crate::excerpt::quoted(&id)
         )))
     }
 }
@@ -55,7 +55,7 @@ pub(crate) fn deserialize_conversation<'de, D: Deserializer<'de>>(
     } else {
         Err(D::Error::custom(format!(
             "{} is not an X conversation id",
-            xbridge_core::excerpt::quoted(&id)
+            crate::excerpt::quoted(&id)
         )))
     }
 }

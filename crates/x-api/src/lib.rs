@@ -10,6 +10,8 @@
 //!   reasons means, so X can push DMs instead of being polled.
 //! - [`XClient::download_media`] fetches a DM's media with the account's signature and hands
 //!   the response on unread, for the inbound media proxy to stream ([`MediaDownloadError`]).
+//! - [`excerpt`] quotes outside input in errors and logs, bounded; the rest of the bridge
+//!   uses it too (as `xbridge_core::excerpt`), so the X client, a leaf crate, owns it.
 //! - [`XHttp`] is the HTTP stack (connection pool, TLS configuration) that every channel's
 //!   clients in a process share, so a thousand channels do not mean a thousand of them.
 //! - [`XError`] says what a failure means for the caller (retry later, never, or alert an
@@ -25,6 +27,7 @@ mod body;
 mod client;
 mod dm;
 mod error;
+pub mod excerpt;
 mod http;
 mod id;
 mod media_download;
@@ -33,7 +36,6 @@ mod pacing;
 #[cfg(test)]
 mod properties;
 mod read;
-mod settings;
 mod telemetry;
 mod upload;
 mod webhooks;

@@ -78,7 +78,7 @@ impl DmEventsRequest {
                 if !is_pagination_token(token) {
                     return Err(dm::local_invalid(format!(
                         "{} is not an X pagination token",
-                        xbridge_core::excerpt::quoted(token)
+                        crate::excerpt::quoted(token)
                     )));
                 }
                 query.append_pair("pagination_token", token);

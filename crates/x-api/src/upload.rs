@@ -229,7 +229,7 @@ impl ProcessingInfo {
             .message
             .or(error.name)
             .unwrap_or_else(|| "processing failed".to_owned());
-        xbridge_core::excerpt::cut(&detail, PROCESSING_ERROR_BYTES)
+        crate::excerpt::cut(&detail, PROCESSING_ERROR_BYTES)
     }
 }
 

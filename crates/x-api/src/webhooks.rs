@@ -51,7 +51,7 @@ pub fn webhook_problem(webhooks: &[Webhook]) -> Option<String> {
         None => "no webhook is registered for this App: run `xbridge webhook register`, then `xbridge webhook subscribe` (or set inbound = \"poll\")".to_owned(),
         Some(webhook) => format!(
             "X considers the webhook {} invalid (its CRC check failed): make sure the bridge is reachable there, then run `xbridge webhook revalidate`",
-            xbridge_core::excerpt::cut(&webhook.url, 300)
+            crate::excerpt::cut(&webhook.url, 300)
         ),
     })
 }

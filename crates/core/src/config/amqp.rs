@@ -1,0 +1,176 @@
+//! `[amqp]`: the broker connection and the names of the topology on it.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::secret::SecretSource;
+
+/// The broker connection and topology.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// AMQP URL; a secret because it usually carries a password.
+    pub url: SecretString,
+    /// Unacknowledged replies a channel's consumer may hold: bounds memory and
+    /// how many replies wait in the bridge while a channel is paused.
+    pub prefetch: u16,
+    /// Exchange and queue names.
+    pub topology: TopologyNames,
+}
+
+/// Names of every exchange and queue the bridge declares. Defaults are the
+/// documented contract; an integrator may rename them to fit the CRM.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopologyNames {
+    /// Direct exchange the CRM publishes replies to, routing key = channel.
+    pub outgoing_exchange: String,
+    /// Prefix of the per-channel reply queues (`<prefix><channel>`).
+    pub outgoing_queue_prefix: String,
+    /// Alternate exchange and queue that catch replies for unknown channels.
+    pub unrouted: String,
+    /// Topic exchange for events to the CRM (`<channel>.<type>`).
+    pub incoming_exchange: String,
+    /// Durable queue bound to all of the incoming exchange, so nothing is lost
+    /// while the CRM is away.
+    pub incoming_queue: String,
+    /// Topic exchange failed replies are published to (routing key = channel).
+    pub dead_letter_exchange: String,
+    /// The queue operators watch and replay from.
+    pub dead_letter_queue: String,
+    /// Prefix of the delay exchanges and queues (`<prefix><duration>`).
+    pub delay_prefix: String,
+    /// Prefix of the per-channel poll lease queues (`<prefix><channel>`):
+    /// single-active-consumer queues whose token says which replica polls
+    /// the channel, so replicas never poll one account at the same time.
+    pub poll_lease_prefix: String,
+}
+
+impl Default for TopologyNames {
+    fn default() -> Self {
+        Self::with_prefix("xbridge")
+    }
+}
+
+impl TopologyNames {
+    /// All names under one prefix (`<prefix>.outgoing`, …). Tests use this to
+    /// give each test its own topology on a shared broker.
+    pub fn with_prefix(prefix: &str) -> Self {
+        TopologyNames {
+            outgoing_exchange: format!("{prefix}.outgoing"),
+            outgoing_queue_prefix: format!("{prefix}.outgoing."),
+            unrouted: format!("{prefix}.outgoing.unrouted"),
+            incoming_exchange: format!("{prefix}.incoming"),
+            incoming_queue: format!("{prefix}.incoming"),
+            dead_letter_exchange: format!("{prefix}.dead-letter"),
+            dead_letter_queue: format!("{prefix}.dead-letter"),
+            delay_prefix: format!("{prefix}.delay."),
+            poll_lease_prefix: format!("{prefix}.poll-lease."),
+        }
+    }
+
+    /// The reply queue of one channel.
+    pub fn outgoing_queue(&self, channel: &str) -> String {
+        format!("{}{channel}", self.outgoing_queue_prefix)
+    }
+
+    /// The poll lease queue of one polled channel.
+    pub fn poll_lease_queue(&self, channel: &str) -> String {
+        format!("{}{channel}", self.poll_lease_prefix)
+    }
+
+    /// The delay exchange and queue (same name) for one delay step.
+    pub fn delay_queue(&self, delay: Duration) -> String {
+        format!(
+            "{}{}",
+            self.delay_prefix,
+            humantime::format_duration(delay)
+                .to_string()
+                .replace(' ', "")
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawAmqp {
+    pub(super) url: SecretSource,
+    pub(super) prefetch: u16,
+    pub(super) topology: TopologyNames,
+}
+
+impl Default for RawAmqp {
+    fn default() -> Self {
+        RawAmqp {
+            url: SecretSource::Inline("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            prefetch: 64,
+            topology: TopologyNames::default(),
+        }
+    }
+}
+
+/// Validates `[amqp]`: a usable URL, a prefetch, names RabbitMQ accepts.
+pub(super) fn validate(raw: RawAmqp, errors: &mut Vec<String>) -> AmqpSettings {
+    let url = raw.url.resolve().unwrap_or_else(|e| {
+        errors.push(format!("amqp.url: {e}"));
+        SecretString::from("")
+    });
+    let shown = url.expose_secret();
+    if !shown.is_empty() && !shown.starts_with("amqp://") && !shown.starts_with("amqps://") {
+        errors.push("amqp.url: must start with amqp:// or amqps://".into());
+    }
+    if raw.prefetch == 0 {
+        errors.push("amqp.prefetch: must be at least 1".into());
+    }
+    check_topology(&raw.topology, errors);
+    AmqpSettings {
+        url,
+        prefetch: raw.prefetch,
+        topology: raw.topology,
+    }
+}
+
+fn check_topology(names: &TopologyNames, errors: &mut Vec<String>) {
+    let fields = [
+        ("outgoing_exchange", &names.outgoing_exchange),
+        ("outgoing_queue_prefix", &names.outgoing_queue_prefix),
+        ("unrouted", &names.unrouted),
+        ("incoming_exchange", &names.incoming_exchange),
+        ("incoming_queue", &names.incoming_queue),
+        ("dead_letter_exchange", &names.dead_letter_exchange),
+        ("dead_letter_queue", &names.dead_letter_queue),
+        ("delay_prefix", &names.delay_prefix),
+        ("poll_lease_prefix", &names.poll_lease_prefix),
+    ];
+    for (field, value) in fields {
+        if value.is_empty() || value.len() > 200 {
+            errors.push(format!(
+                "amqp.topology.{field}: must be 1 to 200 characters"
+            ));
+        } else if value.starts_with("amq.") {
+            errors.push(format!(
+                "amqp.topology.{field}: names starting with amq. are reserved by RabbitMQ"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_queue_names_read_as_durations() {
+        let names = TopologyNames::default();
+        assert_eq!(
+            names.delay_queue(Duration::from_secs(10)),
+            "xbridge.delay.10s"
+        );
+        assert_eq!(
+            names.delay_queue(Duration::from_secs(90)),
+            "xbridge.delay.1m30s"
+        );
+        assert_eq!(names.outgoing_queue("acme"), "xbridge.outgoing.acme");
+    }
+}

@@ -1,0 +1,297 @@
+//! `[[channels]]`: the X accounts the deployment serves, their credentials and
+//! how their customers' DMs arrive.
+
+use std::collections::HashSet;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+use xbridge_x_api::UserCredentials;
+
+use crate::secret::SecretSource;
+
+/// One X account, as in the CRM's channel form.
+#[derive(Debug, Clone)]
+pub struct ChannelSettings {
+    /// Channel name: the routing key of its replies and part of queue names.
+    pub name: String,
+    /// The X App's API key.
+    pub consumer_key: SecretString,
+    /// The X App's API secret: signs requests and verifies webhooks.
+    pub consumer_secret: SecretString,
+    /// The account's access token (must have DM permission).
+    pub access_token: SecretString,
+    /// The access token's secret.
+    pub access_token_secret: SecretString,
+    /// App-only token for webhook management (never accepted for DMs).
+    pub bearer_token: SecretString,
+    /// Optional weight from the CRM's channel form (kept for the CRM's sake).
+    pub weight: Option<u32>,
+    /// Optional URL from the CRM's channel form (e.g. the account's profile).
+    pub url: Option<Url>,
+    /// How customers' DMs reach the bridge.
+    pub inbound: InboundMode,
+    /// The account's X user id: needed to poll (to tell its own DMs from the
+    /// customers'); the webhook learns it from each delivery.
+    pub user_id: Option<String>,
+}
+
+/// How a channel receives its customers' DMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundMode {
+    /// X's Account Activity webhook only.
+    #[default]
+    Webhook,
+    /// Polling `GET /2/dm_events` only.
+    Poll,
+    /// The webhook for speed, and a slow poll that fills any gap it left.
+    Both,
+}
+
+impl InboundMode {
+    /// Whether the channel is polled.
+    pub fn polls(self) -> bool {
+        matches!(self, InboundMode::Poll | InboundMode::Both)
+    }
+
+    /// Whether X's webhook delivers the channel's DMs.
+    pub fn uses_webhook(self) -> bool {
+        matches!(self, InboundMode::Webhook | InboundMode::Both)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChannel {
+    pub(super) name: Option<String>,
+    pub(super) consumer_key: Option<SecretSource>,
+    pub(super) consumer_secret: Option<SecretSource>,
+    pub(super) access_token: Option<SecretSource>,
+    pub(super) access_token_secret: Option<SecretSource>,
+    pub(super) bearer_token: Option<SecretSource>,
+    pub(super) weight: Option<u32>,
+    pub(super) url: Option<String>,
+    #[serde(default)]
+    pub(super) inbound: InboundMode,
+    pub(super) user_id: Option<String>,
+}
+
+/// Validates every `[[channels]]` entry, then what they must agree on.
+pub(super) fn validate(raw: Vec<RawChannel>, errors: &mut Vec<String>) -> Vec<ChannelSettings> {
+    if raw.is_empty() {
+        errors.push("channels: at least one channel is required".into());
+    }
+    let mut names = HashSet::new();
+    let mut channels = Vec::with_capacity(raw.len());
+    for (i, raw_channel) in raw.into_iter().enumerate() {
+        if let Some(channel) = validate_channel(i, raw_channel, &mut names, errors) {
+            channels.push(channel);
+        }
+    }
+    check_shared_apps(&channels, errors);
+    channels
+}
+
+/// Whether a channel name is usable in routing keys and queue names: no dots
+/// (they separate topic words) and nothing a shell or URL would mangle.
+pub fn is_valid_channel_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Channels with one consumer key are one X App, whose single webhook brings all
+/// their accounts' events: they must agree on the App's secret (it checks every
+/// body's signature), and no account may be two channels of one App (a body
+/// for it could not be routed).
+fn check_shared_apps(channels: &[ChannelSettings], errors: &mut Vec<String>) {
+    for (i, channel) in channels.iter().enumerate() {
+        let Some(first) = channels[..i]
+            .iter()
+            .find(|c| c.consumer_key.expose_secret() == channel.consumer_key.expose_secret())
+        else {
+            continue;
+        };
+        if first.consumer_secret.expose_secret() != channel.consumer_secret.expose_secret() {
+            errors.push(format!(
+                "channel {}: consumer_secret differs from channel {}'s, which has the same consumer_key (one X App has one secret)",
+                channel.name, first.name
+            ));
+        }
+        if let Some(twin) = channels[..i].iter().find(|c| {
+            c.consumer_key.expose_secret() == channel.consumer_key.expose_secret()
+                && c.user_id.is_some()
+                && c.user_id == channel.user_id
+        }) {
+            errors.push(format!(
+                "channel {}: user_id is channel {}'s too, on the same X App (consumer_key); configure each account once",
+                channel.name, twin.name
+            ));
+        }
+    }
+}
+
+fn validate_channel(
+    i: usize,
+    raw: RawChannel,
+    names: &mut HashSet<String>,
+    errors: &mut Vec<String>,
+) -> Option<ChannelSettings> {
+    let before = errors.len();
+    let name = match raw.name {
+        Some(name) if is_valid_channel_name(&name) => {
+            if !names.insert(name.clone()) {
+                errors.push(format!("channels[{i}].name: {name:?} is used twice"));
+            }
+            name
+        }
+        Some(name) => {
+            errors.push(format!(
+                "channels[{i}].name: {name:?} must be 1 to 63 of a-z, 0-9, _ and -, starting with a letter or digit"
+            ));
+            name
+        }
+        None => {
+            errors.push(format!("channels[{i}].name: missing"));
+            String::new()
+        }
+    };
+    let label = if name.is_empty() {
+        format!("channels[{i}]")
+    } else {
+        format!("channels[{i}] ({name})")
+    };
+    let mut secret = |field: &str, source: Option<SecretSource>| match source {
+        Some(source) => source.resolve().unwrap_or_else(|e| {
+            errors.push(format!("{label}.{field}: {e}"));
+            SecretString::from("")
+        }),
+        None => {
+            errors.push(format!("{label}.{field}: missing"));
+            SecretString::from("")
+        }
+    };
+    let consumer_key = secret("consumer_key", raw.consumer_key);
+    let consumer_secret = secret("consumer_secret", raw.consumer_secret);
+    let access_token = secret("access_token", raw.access_token);
+    let access_token_secret = secret("access_token_secret", raw.access_token_secret);
+    let bearer_token = secret("bearer_token", raw.bearer_token);
+    let url = match raw.url.map(|u| Url::parse(&u)) {
+        None => None,
+        Some(Ok(url)) => Some(url),
+        Some(Err(e)) => {
+            errors.push(format!("{label}.url: {e}"));
+            None
+        }
+    };
+    if raw.weight == Some(0) {
+        errors.push(format!("{label}.weight: must be at least 1"));
+    }
+    match &raw.user_id {
+        Some(id) if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) => {
+            errors.push(format!("{label}.user_id: must be the account's X user id (1 to 19 digits)"));
+        }
+        None if raw.inbound.polls() => errors.push(format!(
+            "{label}.user_id: required when inbound is \"poll\" or \"both\" (the account's X user id)"
+        )),
+        _ => {}
+    }
+    (errors.len() == before).then_some(ChannelSettings {
+        name,
+        consumer_key,
+        consumer_secret,
+        access_token,
+        access_token_secret,
+        bearer_token,
+        weight: raw.weight,
+        url,
+        inbound: raw.inbound,
+        user_id: raw.user_id,
+    })
+}
+
+/// A channel's X client signs its requests with the channel's account.
+impl From<&ChannelSettings> for UserCredentials {
+    fn from(channel: &ChannelSettings) -> UserCredentials {
+        UserCredentials {
+            consumer_key: channel.consumer_key.clone(),
+            consumer_secret: channel.consumer_secret.clone(),
+            access_token: channel.access_token.clone(),
+            access_token_secret: channel.access_token_secret.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Settings, VALID};
+
+    #[test]
+    fn duplicate_channel_names_are_refused() {
+        let toml = format!("{VALID}\n{}", &VALID[VALID.find("[[channels]]").unwrap()..]);
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(err.contains("\"acme\" is used twice"), "{err}");
+    }
+
+    #[test]
+    fn channels_of_one_app_share_its_secret_and_are_distinct_accounts() {
+        let second = VALID[VALID.find("[[channels]]").unwrap()..].replace("acme", "beta");
+        let shared = format!("{VALID}\nuser_id = \"1\"\n{second}\nuser_id = \"2\"");
+        assert_eq!(Settings::from_toml(&shared).unwrap().channels.len(), 2);
+
+        let other_secret = second.replace("\"cs\"", "\"cs2\"");
+        let err = Settings::from_toml(&format!("{VALID}\n{other_secret}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("channel beta: consumer_secret differs from channel acme's"),
+            "{err}"
+        );
+        assert!(!err.contains("cs2"), "{err}");
+
+        let twice = format!("{VALID}\nuser_id = \"1\"\n{second}\nuser_id = \"1\"");
+        let err = Settings::from_toml(&twice).unwrap_err().to_string();
+        assert!(
+            err.contains("channel beta: user_id is channel acme's too"),
+            "{err}"
+        );
+
+        // Another App may hold the same account.
+        let other_app = second
+            .replace("\"ck\"", "\"ck2\"")
+            .replace("\"cs\"", "\"cs2\"");
+        let toml = format!("{VALID}\nuser_id = \"1\"\n{other_app}\nuser_id = \"1\"");
+        assert!(Settings::from_toml(&toml).is_ok());
+    }
+
+    #[test]
+    fn polling_needs_the_accounts_user_id() {
+        let toml = format!("{VALID}\ninbound = \"poll\"");
+        let err = Settings::from_toml(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("channels[0] (acme).user_id: required"),
+            "{err}"
+        );
+        let toml = format!("{VALID}\ninbound = \"both\"\nuser_id = \"1553086854915936256\"");
+        let settings = Settings::from_toml(&toml).unwrap();
+        assert!(settings.channels[0].inbound.polls());
+        assert_eq!(
+            settings.inbound.listen, None,
+            "no webhook unless configured"
+        );
+        let toml = format!("{VALID}\nuser_id = \"12ab\"");
+        assert!(Settings::from_toml(&toml).is_err());
+    }
+
+    #[test]
+    fn channel_names_must_fit_routing_keys() {
+        assert!(is_valid_channel_name("acme-support_2"));
+        assert!(!is_valid_channel_name("acme.support"));
+        assert!(!is_valid_channel_name(""));
+        assert!(!is_valid_channel_name("-acme"));
+        assert!(!is_valid_channel_name(&"a".repeat(64)));
+    }
+}

@@ -1,0 +1,214 @@
+//! `[state]`: where durable state lives, the embedded file or PostgreSQL.
+
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::secret::SecretSource;
+
+/// Where durable state lives (`[state]`): which replies were sent, which DM
+/// events were delivered, each poller's cursor.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// The store and how to reach it.
+    pub backend: StateBackend,
+}
+
+/// Which state store the bridge uses.
+#[derive(Debug, Clone)]
+pub enum StateBackend {
+    /// One file, no server (`backend = "embedded"`, the default): for a single
+    /// bridge process, which locks the file.
+    Embedded {
+        /// Path of the store's file (created if missing).
+        path: PathBuf,
+    },
+    /// PostgreSQL (`backend = "postgres"`): shared by several replicas on one
+    /// RabbitMQ, so a redelivery on another replica is still known.
+    Postgres {
+        /// Connection URL (`postgres://user:password@host:port/db`); a secret
+        /// because it usually carries a password.
+        url: SecretString,
+        /// The schema the tables live in (created if missing).
+        schema: String,
+    },
+}
+
+impl StateBackend {
+    /// Where the state is, for operators, without secrets: the file's path,
+    /// or the PostgreSQL schema (the URL is never shown).
+    pub fn describe(&self) -> String {
+        match self {
+            StateBackend::Embedded { path } => format!("embedded, {}", path.display()),
+            StateBackend::Postgres { schema, .. } => format!("postgres, schema {schema}"),
+        }
+    }
+}
+
+/// The schema used when `state.schema` is not set.
+pub const DEFAULT_STATE_SCHEMA: &str = "public";
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawState {
+    backend: RawStateBackend,
+    pub(super) path: PathBuf,
+    pub(super) url: Option<SecretSource>,
+    pub(super) schema: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawStateBackend {
+    #[default]
+    Embedded,
+    Postgres,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            backend: RawStateBackend::Embedded,
+            path: PathBuf::from("xbridge-state.redb"),
+            url: None,
+            schema: None,
+        }
+    }
+}
+
+/// Validates `[state]`.
+pub(super) fn validate(raw: RawState, errors: &mut Vec<String>) -> StateSettings {
+    let backend = match raw.backend {
+        RawStateBackend::Embedded => {
+            // A URL or schema without the backend is a half-done switch to
+            // PostgreSQL: running on a local file instead would split state.
+            for (field, set) in [("url", raw.url.is_some()), ("schema", raw.schema.is_some())] {
+                if set {
+                    errors.push(format!(
+                        "state.{field}: only used with state.backend = \"postgres\""
+                    ));
+                }
+            }
+            StateBackend::Embedded { path: raw.path }
+        }
+        RawStateBackend::Postgres => {
+            let url = match raw.url {
+                Some(source) => source.resolve().unwrap_or_else(|e| {
+                    errors.push(format!("state.url: {e}"));
+                    SecretString::from("")
+                }),
+                None => {
+                    errors.push("state.url: required when state.backend = \"postgres\"".into());
+                    SecretString::from("")
+                }
+            };
+            let value = url.expose_secret();
+            if !value.is_empty()
+                && !value.starts_with("postgres://")
+                && !value.starts_with("postgresql://")
+            {
+                errors.push("state.url: must start with postgres:// or postgresql://".into());
+            }
+            let schema = raw
+                .schema
+                .unwrap_or_else(|| DEFAULT_STATE_SCHEMA.to_owned());
+            if !is_valid_schema_name(&schema) {
+                errors.push(format!(
+                    "state.schema: {schema:?} must be 1 to 63 of a-z, 0-9 and _, starting with a letter or _, not pg_"
+                ));
+            }
+            StateBackend::Postgres { url, schema }
+        }
+    };
+    StateSettings { backend }
+}
+
+/// A schema name the PostgreSQL store accepts: a plain lower-case identifier,
+/// so it never needs quoting and cannot name a system schema.
+fn is_valid_schema_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with("pg_")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{ConfigError, Settings, VALID};
+
+    #[test]
+    fn the_embedded_state_store_is_the_default() {
+        let settings = Settings::from_toml(VALID).unwrap();
+        let StateBackend::Embedded { path } = &settings.state.backend else {
+            panic!("expected the embedded store");
+        };
+        assert_eq!(path, Path::new("xbridge-state.redb"));
+    }
+
+    #[test]
+    fn the_postgres_state_store_takes_a_secret_url_and_a_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pg-url");
+        std::fs::write(&file, "postgres://xbridge:pg-s3cret@db:5432/xbridge\n").unwrap();
+        let toml = format!(
+            "{VALID}\n[state]\nbackend = \"postgres\"\nurl = {{ file = {:?} }}\nschema = \"bridge\"\n",
+            file.display().to_string()
+        );
+        let settings = Settings::from_toml(&toml).unwrap();
+        let StateBackend::Postgres { url, schema } = &settings.state.backend else {
+            panic!("expected the postgres store");
+        };
+        assert_eq!(
+            url.expose_secret(),
+            "postgres://xbridge:pg-s3cret@db:5432/xbridge"
+        );
+        assert_eq!(schema, "bridge");
+        let shown = format!("{settings:?} {}", settings.state.backend.describe());
+        assert!(!shown.contains("pg-s3cret"), "{shown}");
+
+        let toml =
+            format!("{VALID}\n[state]\nbackend = \"postgres\"\nurl = \"postgresql://db/x\"\n");
+        let StateBackend::Postgres { schema, .. } =
+            Settings::from_toml(&toml).unwrap().state.backend
+        else {
+            panic!("expected the postgres store");
+        };
+        assert_eq!(schema, DEFAULT_STATE_SCHEMA);
+    }
+
+    #[test]
+    fn state_store_mistakes_name_their_field() {
+        let cases = [
+            ("backend = \"postgres\"", "state.url: required"),
+            (
+                "backend = \"postgres\"\nurl = \"mysql://pw@db/x\"",
+                "state.url: must start with postgres://",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgres://db/x\"\nschema = \"Bad-Name\"",
+                "state.schema",
+            ),
+            ("url = \"postgres://db/x\"", "state.url: only used with"),
+            ("schema = \"x\"", "state.schema: only used with"),
+        ];
+        for (state, expected) in cases {
+            let toml = format!("{VALID}\n[state]\n{state}\n");
+            let ConfigError::Invalid(errors) = Settings::from_toml(&toml).unwrap_err() else {
+                panic!("expected validation errors for {state}");
+            };
+            let all = errors.join("\n");
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+            assert!(!all.contains("pw@"), "{all}");
+        }
+        let toml = format!("{VALID}\n[state]\nbackend = \"redis\"\n");
+        assert!(matches!(
+            Settings::from_toml(&toml),
+            Err(ConfigError::Read(_))
+        ));
+    }
+}
