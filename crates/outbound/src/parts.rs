@@ -10,11 +10,12 @@ use xbridge_core::model::{MediaCategory, OutgoingReply};
 use xbridge_store::{SentRecord, StoreError};
 use xbridge_x_api::{DmTarget, MediaUpload, XError};
 
+use crate::context::ChannelContext;
 use crate::failpoints;
 use crate::media::{MediaError, PreparedMedia};
 use crate::reconcile::{find_earlier_send, LookupError};
 use crate::store_outage::{record_part, write_durably};
-use crate::worker::{ChannelContext, Unsettled};
+use crate::unsettled::Unsettled;
 
 /// One DM of a reply.
 struct Part {

@@ -1,111 +1,46 @@
 //! One channel's consumer: takes replies from the channel's queue, keeps each
-//! conversation in order on its own lane, and settles every delivery (sent,
-//! parked or dead-lettered, each confirmed) before acknowledging it.
+//! conversation in order on its own lane, and takes each reply through its
+//! life: `process` decides what becomes of it (sent, parked, dead-lettered:
+//! a [`Settlement`]) and [`Settler::settle`] carries that out and acks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
 use lapin::Consumer;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use xbridge_core::amqp::{wire, FailureHeaders, PublishError};
-use xbridge_core::channel_identity::ChannelIdentities;
-use xbridge_core::channel_state::{ChannelState, ChannelStates};
-use xbridge_core::model::{FailureReason, InvalidReply, OutgoingReply, ReplyTarget, StatusEvent};
-use xbridge_store::{SentRecord, StateStore, StoreError};
-use xbridge_x_api::{DmTarget, XClient, XError};
+use xbridge_core::amqp::{wire, FailureHeaders};
+use xbridge_core::channel_state::ChannelState;
+use xbridge_core::model::{FailureReason, InvalidReply, OutgoingReply, ReplyTarget};
+use xbridge_store::SentRecord;
+use xbridge_x_api::{DmTarget, XError};
 
-use crate::credits::CreditsGate;
-use crate::failpoints;
-use crate::fate::{decide, Fate, History, Policy};
-use crate::media::MediaFetcher;
-use crate::ordering::ParkedReplies;
+use crate::context::ChannelContext;
+use crate::credits::Permit;
+use crate::fate::{self, Fate, History};
 use crate::parts::{PrepareError, ReplyParts};
 use crate::report::{Failure, Reporter};
-use crate::store_outage::{self, UnrecordedSends};
+use crate::settle::{self, Settlement, Settler};
+use crate::store_outage;
+use crate::unsettled::Unsettled;
 
-/// What one channel keeps across reconnects: its X client (and so its rate
-/// limit pacing), its credits gate and its parked-reply order.
-pub struct ChannelContext {
-    /// Channel name.
-    pub name: String,
-    /// The channel's X client.
-    pub client: XClient,
-    /// The channel's credits state.
-    pub gate: CreditsGate,
-    /// Parked replies per conversation.
-    pub parked: ParkedReplies,
-    /// Which replies were sent.
-    pub store: Arc<dyn StateStore>,
-    /// Retry and credits bounds.
-    pub policy: Policy,
-    /// Every channel's state, for the CRM and operators.
-    pub states: Arc<ChannelStates>,
-    /// Turns reply attachments into bytes to upload, safely.
-    pub media: Arc<MediaFetcher>,
-    /// Every channel's X account (configured, or learnt from X by the inbound
-    /// side or by [`ChannelContext::own_user_id`]), to recognise this account's
-    /// own DMs when looking for an unrecorded send.
-    pub identities: Arc<ChannelIdentities>,
-    /// The account's DM events as last read to find unrecorded sends.
-    pub recent_events: tokio::sync::Mutex<crate::reconcile::RecentEvents>,
-    /// Sends X accepted whose records the store has not taken yet.
-    pub unrecorded: UnrecordedSends,
-    /// Largest reply body parsed (`outbound.max_reply_bytes`).
-    pub max_reply_bytes: usize,
-}
-
-impl ChannelContext {
-    /// The account's X user id: the one known to the process, else asked of X
-    /// (and then known to the inbound side too).
-    pub async fn own_user_id(&self) -> Result<String, XError> {
-        if let Some(id) = self.identities.user_id(&self.name) {
-            return Ok(id);
-        }
-        let id = self.client.me().await?.0.id;
-        // A channel with a configured id has it known from the start, so what X
-        // says cannot contradict one here; the inbound side checks those.
-        let _ = self.identities.learn(&self.name, &id);
-        Ok(id)
-    }
-}
-
-/// Why a delivery was left unacknowledged (it will be redelivered).
-#[derive(Debug, thiserror::Error)]
-pub enum Unsettled {
-    /// Shutdown or a lost connection interrupted a wait.
-    #[error("interrupted")]
-    Interrupted,
-    /// The broker did not confirm a publish or an ack.
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-    /// The broker connection failed.
-    #[error("broker: {0}")]
-    Broker(#[from] lapin::Error),
-    /// The state store failed before anything was sent: the lane waits for
-    /// the store and takes the reply again (see [`crate::store_outage`]).
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Settling a sent reply panicked (a bug); its delivery comes back after
-    /// the reconnect, and the send's records keep it from going out twice.
-    #[error("settling a sent reply panicked: {0}")]
-    Panicked(String),
-}
-
+/// A reply taken off the channel's queue, on its way through its lane.
 struct Job {
     delivery: Delivery,
     reply: OutgoingReply,
+    /// The reply's conversation, whose lane it goes through (see
+    /// [`ReplyTarget::ordering_key`]).
+    conversation: String,
     /// When the bridge took the delivery off the queue: a reply waiting in
     /// its lane behind others is already waiting for credits.
     received_at: DateTime<Utc>,
@@ -145,33 +80,19 @@ pub async fn consume(
         };
         match accept(&delivery, &ctx, reporter.frame_max()) {
             Err(invalid) => {
-                let ctx = ctx.clone();
-                let reporter = reporter.clone();
+                let (ctx, reporter) = (ctx.clone(), reporter.clone());
                 let failures_tx = failures_tx.clone();
                 tasks.spawn(async move {
-                    let failure = Failure::local(FailureReason::InvalidMessage, invalid.detail);
-                    let history = FailureHeaders::read(delivery.properties.headers().as_ref());
-                    let result = async {
-                        reporter
-                            .dead_letter(
-                                &delivery,
-                                &ctx.name,
-                                invalid.message_id.as_deref(),
-                                &failure,
-                                history,
-                            )
-                            .await?;
-                        ack(&delivery).await
-                    }
-                    .await;
+                    let result =
+                        settle::dead_letter_invalid(&reporter, &delivery, &ctx.name, invalid).await;
                     if let Err(e) = result {
                         let _ = failures_tx.send(e);
                     }
                 });
             }
             Ok(reply) => {
-                let key = reply.target.ordering_key();
-                let lane = lanes.entry(key).or_insert_with(|| {
+                let conversation = reply.target.ordering_key();
+                let lane = lanes.entry(conversation.clone()).or_insert_with(|| {
                     spawn_lane(
                         &mut tasks,
                         ctx.clone(),
@@ -184,6 +105,7 @@ pub async fn consume(
                 let job = Job {
                     delivery,
                     reply,
+                    conversation,
                     received_at: Utc::now(),
                 };
                 if lane.jobs.send(job).is_err() {
@@ -238,16 +160,16 @@ fn spawn_lane(
     let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
     let pending = Arc::new(AtomicUsize::new(0));
     let lane_pending = pending.clone();
+    let mut settler = Settler::new(
+        ctx.clone(),
+        reporter,
+        stop.clone(),
+        pending.clone(),
+        failures.clone(),
+    );
     tasks.spawn(async move {
-        let mut finishing = Finishing::new(lane_pending.clone(), failures.clone());
         while let Some(job) = queue.recv().await {
-            // A second copy of a reply still being recorded (the CRM may
-            // publish one twice) waits for the record, so it is not sent again.
-            if finishing.holds(&job.reply.message_id) {
-                finishing.wait_all().await;
-            } else {
-                finishing.reap();
-            }
+            settler.make_way(&job.reply.message_id).await;
             // Every line logged while handling this reply, the X client's
             // included, carries its channel and message id.
             let span = tracing::info_span!(
@@ -255,135 +177,327 @@ fn spawn_lane(
                 channel = %ctx.name,
                 message_id = %job.reply.message_id
             );
-            let result = process_until_stored(&ctx, &reporter, &job, &stop)
-                .instrument(span.clone())
+            let taken = take(&ctx, &mut settler, job, &stop, span.clone())
+                .instrument(span)
                 .await;
-            match result {
-                Ok(Processed::Settled) => {
-                    lane_pending.fetch_sub(1, Ordering::SeqCst);
-                }
-                Ok(Processed::Sent(record)) => {
-                    let sent = SentReply {
-                        delivery: job.delivery,
-                        message_id: job.reply.message_id,
-                        record,
-                    };
-                    finishing.start(&ctx, &reporter, sent, span, &stop);
-                }
-                Err(Unsettled::Interrupted) => {
-                    lane_pending.fetch_sub(1, Ordering::SeqCst);
-                    break;
-                }
-                Err(failure) => {
-                    lane_pending.fetch_sub(1, Ordering::SeqCst);
+            if let Err(failure) = taken {
+                lane_pending.fetch_sub(1, Ordering::SeqCst);
+                if !matches!(failure, Unsettled::Interrupted) {
                     let _ = failures.send(failure);
-                    break;
                 }
+                break;
             }
         }
-        finishing.wait_all().await;
+        settler.wait_all().await;
     });
     Lane { jobs, pending }
 }
 
-/// A lane's sent replies being recorded, reported and acked ([`finish`]),
-/// beside the lane's next sends.
-struct Finishing {
-    tasks: JoinSet<String>,
-    /// The message ids of `tasks`.
-    message_ids: HashSet<String>,
-    /// The lane's count of replies not yet settled: a reply stays counted
-    /// until it is finished, so the lane (and this) outlives its finish.
-    pending: Arc<AtomicUsize>,
-    /// Where a failure goes: the channel's consumer then reconnects.
-    failures: mpsc::UnboundedSender<Unsettled>,
-    /// Resolves once the last started reply's `message.sent` is confirmed (or
-    /// its finish gave up), so the next one's follows it: the CRM hears of a
-    /// conversation's replies in the order X got them.
-    last_reported: Option<oneshot::Receiver<()>>,
+/// Takes one reply through its lane: decides what becomes of it, then
+/// settles that.
+async fn take(
+    ctx: &ChannelContext,
+    settler: &mut Settler,
+    job: Job,
+    stop: &CancellationToken,
+    span: tracing::Span,
+) -> Result<(), Unsettled> {
+    let settlement = process_until_stored(ctx, &job, stop).await?;
+    let Job {
+        delivery,
+        reply,
+        conversation,
+        ..
+    } = job;
+    settler
+        .settle(delivery, reply.message_id, &conversation, settlement, span)
+        .await
 }
 
-impl Finishing {
-    fn new(pending: Arc<AtomicUsize>, failures: mpsc::UnboundedSender<Unsettled>) -> Finishing {
-        Finishing {
-            tasks: JoinSet::new(),
-            message_ids: HashSet::new(),
-            pending,
-            failures,
-            last_reported: None,
+/// [`process`], taken again from the start after each failure of the state
+/// store (which comes before anything is sent), once the store can write:
+/// the reply waits in its lane, unacknowledged, instead of ending the
+/// RabbitMQ session.
+async fn process_until_stored(
+    ctx: &ChannelContext,
+    job: &Job,
+    stop: &CancellationToken,
+) -> Result<Settlement, Unsettled> {
+    let mut pauses = store_outage::pauses();
+    loop {
+        store_outage::until_writable(ctx, stop).await?;
+        match process(ctx, job, stop).await {
+            Err(Unsettled::Store(error)) => {
+                store_outage::wait_for_store(ctx, &error, &mut pauses, stop).await?;
+            }
+            outcome => return outcome,
         }
     }
+}
 
-    fn start(
-        &mut self,
-        ctx: &Arc<ChannelContext>,
-        reporter: &Reporter,
-        sent: SentReply,
-        span: tracing::Span,
-        stop: &CancellationToken,
-    ) {
-        let ctx = ctx.clone();
-        let stop = stop.clone();
-        let reporter = reporter.clone();
-        let pending = self.pending.clone();
-        let failures = self.failures.clone();
-        let message_id = sent.message_id.clone();
-        self.message_ids.insert(message_id.clone());
-        let (reported, next_may_report) = oneshot::channel();
-        let order = Reported {
-            after: self.last_reported.replace(next_may_report),
-            done: reported,
+/// Takes one reply as far as its lane must wait for, and says what becomes
+/// of it: already sent, parked behind its conversation or for a later try,
+/// dead-lettered, or sent (its finish then runs beside the conversation's
+/// next reply). Publishes and acks nothing: [`Settler::settle`] does.
+async fn process(
+    ctx: &ChannelContext,
+    job: &Job,
+    stop: &CancellationToken,
+) -> Result<Settlement, Unsettled> {
+    let message_id = job.reply.message_id.as_str();
+    // A previous delivery's send whose record the store did not take yet.
+    store_outage::write_held(ctx, message_id, stop).await?;
+    if let Some(record) = ctx.store.sent(&ctx.name, message_id).await? {
+        return Ok(Settlement::AlreadySent(record));
+    }
+    let mut history = FailureHeaders::read(job.delivery.properties.headers().as_ref());
+    history.channel = Some(ctx.name.clone());
+    if ctx.parked.must_wait(&job.conversation, message_id) {
+        tracing::debug!(channel = %ctx.name, message_id, "parked behind an earlier reply of its conversation");
+        let delay = ctx.policy.retry.delays[0];
+        return Ok(Settlement::Park { delay, history });
+    }
+    let parts = match ReplyParts::prepare(ctx, &job.reply).await {
+        Ok(parts) => parts,
+        Err(PrepareError::Invalid(detail)) => {
+            let failure = Failure::local(FailureReason::InvalidMessage, detail);
+            return Ok(Settlement::DeadLetter { failure, history });
+        }
+        Err(PrepareError::Local(detail)) => {
+            // The local disk, not the reply: try again after the first delay.
+            tracing::warn!(channel = %ctx.name, message_id, detail = %detail, "cannot spool an attachment; parked for a later try");
+            let delay = ctx.policy.retry.delays[0];
+            return Ok(Settlement::Park { delay, history });
+        }
+        Err(PrepareError::Store(e)) => return Err(e.into()),
+    };
+    send(ctx, job, parts, history, stop).await
+}
+
+/// Sends the reply's `parts`, waiting for credits and X's rate limit and
+/// trying again in place as each failure's fate says, until it is sent or
+/// must be parked or dead-lettered.
+async fn send(
+    ctx: &ChannelContext,
+    job: &Job,
+    mut parts: ReplyParts,
+    mut history: FailureHeaders,
+    stop: &CancellationToken,
+) -> Result<Settlement, Unsettled> {
+    let mut sending = Sending::start(ctx, job, &mut history);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Err(Unsettled::Interrupted),
+            permit = ctx.gate.acquire(sending.credits_deadline) => permit,
         };
-        self.tasks.spawn(
-            async move {
-                let result = finish(&ctx, &reporter, sent, order, &stop).await;
-                pending.fetch_sub(1, Ordering::SeqCst);
-                if let Err(failure) = result {
-                    let _ = failures.send(failure);
+        let Ok(permit) = permit else {
+            let failure = sending.credits_ran_out(ctx, &parts);
+            return Ok(Settlement::DeadLetter { failure, history });
+        };
+        if let Some(delay) = hold_for_rate_limit(ctx, sending.message_id, permit, stop).await? {
+            return Ok(Settlement::Park { delay, history });
+        }
+        history.count_attempt();
+        sending.attempts_this_delivery += 1;
+        let error = match parts
+            .send(ctx, &sending.target, sending.message_id, stop)
+            .await
+        {
+            Ok(Ok(record)) => return Ok(sent(ctx, sending.message_id, record, &history)),
+            Ok(Err(error)) => error,
+            Err(unsettled) => {
+                // Nothing was sent: another sender may probe for credits.
+                ctx.gate.inconclusive(permit);
+                return Err(unsettled);
+            }
+        };
+        match sending.failed(ctx, permit, &error, &mut history) {
+            Fate::RetrySoon => {
+                let wait = sending
+                    .backoff
+                    .next()
+                    .unwrap_or(ctx.policy.retry.max_backoff);
+                pause(wait, stop).await?;
+            }
+            Fate::WaitForRateLimit => {
+                if let XError::RateLimited { reset_at, .. } = &error {
+                    ctx.client.pacer().block_until(*reset_at);
                 }
-                message_id
             }
-            .instrument(span),
-        );
-    }
-
-    fn holds(&self, message_id: &str) -> bool {
-        self.message_ids.contains(message_id)
-    }
-
-    /// Forgets the replies that are finished.
-    fn reap(&mut self) {
-        while let Some(finished) = self.tasks.try_join_next() {
-            self.forget(finished);
-        }
-    }
-
-    /// Waits until every reply is finished.
-    async fn wait_all(&mut self) {
-        while let Some(finished) = self.tasks.join_next().await {
-            self.forget(finished);
-        }
-    }
-
-    fn forget(&mut self, finished: Result<String, tokio::task::JoinError>) {
-        match finished {
-            Ok(message_id) => {
-                self.message_ids.remove(&message_id);
+            Fate::WaitForCredits => {}
+            Fate::Park(delay) => {
+                history.count_park();
+                tracing::info!(channel = %ctx.name, message_id = sending.message_id, delay_secs = delay.as_secs(), "reply parked for a later retry");
+                return Ok(Settlement::Park { delay, history });
             }
-            // A bug. The delivery stays unacked; the reconnect brings it back.
-            Err(panicked) => {
-                self.pending.fetch_sub(1, Ordering::SeqCst);
-                let _ = self
-                    .failures
-                    .send(Unsettled::Panicked(panicked.to_string()));
+            Fate::DeadLetter(reason) => {
+                let mut failure = Failure::from_x(reason, &error);
+                failure.detail.extend(parts.partial_note());
+                return Ok(Settlement::DeadLetter { failure, history });
             }
         }
     }
 }
 
-async fn ack(delivery: &Delivery) -> Result<(), Unsettled> {
-    delivery.acker.ack(BasicAckOptions::default()).await?;
-    Ok(())
+/// X took the reply: the channel works, and so do its credits.
+fn sent(
+    ctx: &ChannelContext,
+    message_id: &str,
+    record: SentRecord,
+    history: &FailureHeaders,
+) -> Settlement {
+    ctx.gate.succeeded();
+    ctx.states.set(&ctx.name, ChannelState::Ok, None, None);
+    tracing::info!(channel = %ctx.name, message_id, dm_event_id = %record.dm_event_id, dms = record.dm_event_ids().len(), attempts = history.attempts, "reply sent");
+    Settlement::Sent(record)
+}
+
+/// One delivery's sending of a reply: what its waits and tries go by.
+struct Sending<'a> {
+    message_id: &'a str,
+    target: DmTarget,
+    /// When the reply's wait for credits started (see
+    /// [`crate::credits::wait_started`]).
+    first_seen: DateTime<Utc>,
+    /// Past this the reply waits for credits no longer.
+    credits_deadline: Instant,
+    backoff: ExponentialBackoff,
+    attempts_this_delivery: u32,
+    /// X's latest credits refusal of this reply.
+    last_credits_failure: Option<Failure>,
+}
+
+impl<'a> Sending<'a> {
+    /// Starts sending `job`'s reply; notes in `history` when its wait began.
+    fn start(ctx: &ChannelContext, job: &'a Job, history: &mut FailureHeaders) -> Sending<'a> {
+        let now = Utc::now();
+        let first_seen = crate::credits::wait_started(
+            now,
+            *job.delivery.properties.timestamp(),
+            history.first_seen_at,
+            job.received_at,
+        );
+        history.first_seen_at = Some(first_seen);
+        let waited = (now - first_seen).to_std().unwrap_or_default();
+        Sending {
+            message_id: &job.reply.message_id,
+            target: dm_target(&job.reply.target),
+            first_seen,
+            credits_deadline: Instant::now() + ctx.policy.credits.max_wait.saturating_sub(waited),
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(ctx.policy.retry.initial_backoff)
+                .with_max_delay(ctx.policy.retry.max_backoff)
+                .with_jitter()
+                .without_max_times()
+                .build(),
+            attempts_this_delivery: 0,
+            last_credits_failure: None,
+        }
+    }
+
+    /// Takes in a send that failed with `error`: notes it in `history`, shows
+    /// the channel's state, gives back the credits `permit`, and decides the
+    /// reply's [`Fate`].
+    fn failed(
+        &mut self,
+        ctx: &ChannelContext,
+        permit: Permit,
+        error: &XError,
+        history: &mut FailureHeaders,
+    ) -> Fate {
+        let now = Utc::now();
+        history.first_failure_at.get_or_insert(now);
+        history.last_failure_at = Some(now);
+        history.http_status = error.http_status();
+        history.problem_type = error.problem_type().map(str::to_owned);
+        if let Some((state, until)) = fate::channel_state(error) {
+            ctx.states
+                .set(&ctx.name, state, until, Some(error.to_string()));
+        }
+        if matches!(error, XError::CreditsExhausted { .. }) {
+            ctx.gate.exhausted(permit, error);
+            let failure = Failure::from_x(FailureReason::CreditsExhausted, error);
+            self.last_credits_failure = Some(failure);
+        } else {
+            ctx.gate.inconclusive(permit);
+        }
+        let so_far = History {
+            attempts: history.attempts,
+            attempts_this_delivery: self.attempts_this_delivery,
+            times_parked: history.times_parked,
+            waited: (now - self.first_seen).to_std().unwrap_or_default(),
+        };
+        let fate = fate::decide(error, &so_far, &ctx.policy);
+        tracing::warn!(channel = %ctx.name, message_id = self.message_id, attempts = history.attempts, error = %error, ?fate, "send failed");
+        if matches!(fate, Fate::RetrySoon | Fate::Park(_)) {
+            metrics::counter!("xbridge_retries_total", "channel" => ctx.name.clone()).increment(1);
+        }
+        fate
+    }
+
+    /// Why the reply gives up waiting for credits: X's last word on them.
+    fn credits_ran_out(&mut self, ctx: &ChannelContext, parts: &ReplyParts) -> Failure {
+        let mut failure = self
+            .last_credits_failure
+            .take()
+            .or_else(|| {
+                ctx.gate
+                    .last_error()
+                    .map(|e| Failure::from_x(FailureReason::CreditsExhausted, &e))
+            })
+            .unwrap_or_else(|| {
+                Failure::local(
+                    FailureReason::CreditsExhausted,
+                    "the X account has had no credits for longer than the wait bound; top up at console.x.com, then replay from the dead-letter queue",
+                )
+            });
+        failure.detail.extend(parts.partial_note());
+        failure
+    }
+}
+
+/// Waits out X's rate-limit window for the channel if it is short enough to
+/// hold the delivery that long; else gives back the `permit` and returns the
+/// delay to park the reply for.
+async fn hold_for_rate_limit(
+    ctx: &ChannelContext,
+    message_id: &str,
+    permit: Permit,
+    stop: &CancellationToken,
+) -> Result<Option<Duration>, Unsettled> {
+    let Some(until) = ctx.client.pacer().blocked_until() else {
+        return Ok(None);
+    };
+    let wait = (until - Utc::now()).to_std().unwrap_or_default();
+    if wait > MAX_RATE_LIMIT_HOLD {
+        // X's daily windows can close for hours; RabbitMQ would take back a
+        // delivery held that long. Park it and look again.
+        ctx.gate.inconclusive(permit);
+        let delay = ctx.policy.retry.delays.last().copied().unwrap_or(wait);
+        tracing::info!(
+            channel = %ctx.name,
+            message_id,
+            wait_secs = wait.as_secs(),
+            delay_secs = delay.as_secs(),
+            "X's rate-limit window opens later than a reply may be held; parked until then"
+        );
+        return Ok(Some(delay));
+    }
+    if !wait.is_zero() {
+        ctx.states.set(
+            &ctx.name,
+            ChannelState::RateLimited,
+            Some(until),
+            Some("X's rate limit for DM sends is used up until the reset".into()),
+        );
+        tracing::info!(channel = %ctx.name, message_id, wait_secs = wait.as_secs(), "waiting for X's rate-limit window");
+        if let Err(e) = pause(wait, stop).await {
+            ctx.gate.inconclusive(permit);
+            return Err(e);
+        }
+    }
+    Ok(None)
 }
 
 fn dm_target(target: &ReplyTarget) -> DmTarget {
@@ -399,432 +513,11 @@ fn dm_target(target: &ReplyTarget) -> DmTarget {
 /// unacknowledged for 30 minutes (its default `consumer_timeout`).
 const MAX_RATE_LIMIT_HOLD: Duration = Duration::from_secs(20 * 60);
 
-/// When a parked reply should be back at the latest; past it the reply is
-/// presumed gone and stops holding up its conversation.
-fn due_by(delay: Duration) -> Instant {
-    Instant::now() + delay * 2 + Duration::from_secs(60)
-}
-
 /// Waits for `duration` unless `stop` comes first.
 async fn pause(duration: Duration, stop: &CancellationToken) -> Result<(), Unsettled> {
     tokio::select! {
         biased;
         _ = stop.cancelled() => Err(Unsettled::Interrupted),
         _ = tokio::time::sleep(duration) => Ok(()),
-    }
-}
-
-/// [`process`], taken again from the start after each failure of the state
-/// store (which comes before anything is sent), once the store can write:
-/// the reply waits in its lane, unacknowledged, instead of ending the
-/// RabbitMQ session.
-async fn process_until_stored(
-    ctx: &ChannelContext,
-    reporter: &Reporter,
-    job: &Job,
-    stop: &CancellationToken,
-) -> Result<Processed, Unsettled> {
-    let mut pauses = store_outage::pauses();
-    loop {
-        store_outage::until_writable(ctx, stop).await?;
-        match process(ctx, reporter, job, stop).await {
-            Err(Unsettled::Store(error)) => {
-                store_outage::wait_for_store(ctx, &error, &mut pauses, stop).await?;
-            }
-            outcome => return outcome,
-        }
-    }
-}
-
-/// Takes one reply as far as its lane must wait for: parks or dead-letters
-/// it (acked once that is durable), or sends it and hands what is left to
-/// [`finish`], so the conversation's next reply can go out meanwhile.
-async fn process(
-    ctx: &ChannelContext,
-    reporter: &Reporter,
-    job: &Job,
-    stop: &CancellationToken,
-) -> Result<Processed, Unsettled> {
-    let Job {
-        delivery,
-        reply,
-        received_at,
-    } = job;
-    let channel = ctx.name.as_str();
-    let message_id = reply.message_id.as_str();
-    let conversation = reply.target.ordering_key();
-    let mut history = FailureHeaders::read(delivery.properties.headers().as_ref());
-    history.channel = Some(channel.to_owned());
-
-    // A previous delivery's send whose record the store did not take yet.
-    store_outage::write_held(ctx, message_id, stop).await?;
-    if let Some(record) = ctx.store.sent(channel, message_id).await? {
-        if !record.reported {
-            reporter
-                .status(&sent_event(channel, message_id, &record))
-                .await?;
-            mark_reported(ctx, message_id).await;
-        }
-        tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, "reply was already sent; not sending it again");
-        ack(delivery).await?;
-        ctx.parked.settled(&conversation, message_id);
-        return Ok(Processed::Settled);
-    }
-
-    if ctx.parked.must_wait(&conversation, message_id) {
-        let delay = ctx.policy.retry.delays[0];
-        reporter.park(delivery, delay, &history).await?;
-        ctx.parked.park(&conversation, message_id, due_by(delay));
-        tracing::debug!(
-            channel,
-            message_id,
-            "parked behind an earlier reply of its conversation"
-        );
-        return settled(ack(delivery).await);
-    }
-
-    let mut parts = match ReplyParts::prepare(ctx, reply).await {
-        Ok(parts) => parts,
-        Err(PrepareError::Invalid(detail)) => {
-            let failure = Failure::local(FailureReason::InvalidMessage, detail);
-            return settled(
-                dead_letter(
-                    ctx,
-                    reporter,
-                    delivery,
-                    reply,
-                    &conversation,
-                    &failure,
-                    history,
-                )
-                .await,
-            );
-        }
-        Err(PrepareError::Local(detail)) => {
-            // The local disk, not the reply: try again after the first delay.
-            let delay = ctx.policy.retry.delays[0];
-            tracing::warn!(channel, message_id, detail = %detail, "cannot spool an attachment; parked for a later try");
-            reporter.park(delivery, delay, &history).await?;
-            ctx.parked.park(&conversation, message_id, due_by(delay));
-            return settled(ack(delivery).await);
-        }
-        Err(PrepareError::Store(e)) => return Err(e.into()),
-    };
-
-    let now = Utc::now();
-    let first_seen = crate::credits::wait_started(
-        now,
-        *delivery.properties.timestamp(),
-        history.first_seen_at,
-        *received_at,
-    );
-    history.first_seen_at = Some(first_seen);
-    let waited = (now - first_seen).to_std().unwrap_or_default();
-    let credits_deadline = Instant::now() + ctx.policy.credits.max_wait.saturating_sub(waited);
-    let target = dm_target(&reply.target);
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(ctx.policy.retry.initial_backoff)
-        .with_max_delay(ctx.policy.retry.max_backoff)
-        .with_jitter()
-        .without_max_times()
-        .build();
-    let mut attempts_this_delivery = 0;
-    let mut last_credits_failure: Option<Failure> = None;
-
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Err(Unsettled::Interrupted),
-            permit = ctx.gate.acquire(credits_deadline) => permit,
-        };
-        let Ok(permit) = permit else {
-            let mut failure = last_credits_failure
-                .or_else(|| {
-                    ctx.gate
-                        .last_error()
-                        .map(|e| Failure::from_x(FailureReason::CreditsExhausted, &e))
-                })
-                .unwrap_or_else(|| {
-                Failure::local(
-                    FailureReason::CreditsExhausted,
-                    "the X account has had no credits for longer than the wait bound; top up at console.x.com, then replay from the dead-letter queue",
-                )
-            });
-            failure.detail.extend(parts.partial_note());
-            return settled(
-                dead_letter(
-                    ctx,
-                    reporter,
-                    delivery,
-                    reply,
-                    &conversation,
-                    &failure,
-                    history,
-                )
-                .await,
-            );
-        };
-        if let Some(until) = ctx.client.pacer().blocked_until() {
-            let wait = (until - Utc::now()).to_std().unwrap_or_default();
-            if wait > MAX_RATE_LIMIT_HOLD {
-                // X's daily windows can close for hours; RabbitMQ would take
-                // back a delivery held that long. Park it and look again.
-                ctx.gate.inconclusive(permit);
-                let delay = ctx.policy.retry.delays.last().copied().unwrap_or(wait);
-                reporter.park(delivery, delay, &history).await?;
-                ctx.parked.park(&conversation, message_id, due_by(delay));
-                tracing::info!(
-                    channel,
-                    message_id,
-                    wait_secs = wait.as_secs(),
-                    delay_secs = delay.as_secs(),
-                    "X's rate-limit window opens later than a reply may be held; parked until then"
-                );
-                return settled(ack(delivery).await);
-            }
-            if !wait.is_zero() {
-                ctx.states.set(
-                    channel,
-                    ChannelState::RateLimited,
-                    Some(until),
-                    Some("X's rate limit for DM sends is used up until the reset".into()),
-                );
-                tracing::info!(
-                    channel,
-                    message_id,
-                    wait_secs = wait.as_secs(),
-                    "waiting for X's rate-limit window"
-                );
-                if let Err(e) = pause(wait, stop).await {
-                    ctx.gate.inconclusive(permit);
-                    return Err(e);
-                }
-            }
-        }
-
-        history.count_attempt();
-        attempts_this_delivery += 1;
-        let sent = match parts.send(ctx, &target, message_id, stop).await {
-            Ok(sent) => sent,
-            Err(unsettled) => {
-                // Nothing was sent: another sender may probe for credits.
-                ctx.gate.inconclusive(permit);
-                return Err(unsettled);
-            }
-        };
-        let error = match sent {
-            Ok(record) => {
-                ctx.gate.succeeded();
-                ctx.states.set(channel, ChannelState::Ok, None, None);
-                tracing::info!(channel, message_id, dm_event_id = %record.dm_event_id, dms = record.dm_event_ids().len(), attempts = history.attempts, "reply sent");
-                // On X, so no longer holding up its conversation.
-                ctx.parked.settled(&conversation, message_id);
-                return Ok(Processed::Sent(record));
-            }
-            Err(error) => error,
-        };
-
-        let now = Utc::now();
-        history.first_failure_at.get_or_insert(now);
-        history.last_failure_at = Some(now);
-        history.http_status = error.http_status();
-        history.problem_type = error.problem_type().map(str::to_owned);
-        match &error {
-            XError::CreditsExhausted { .. } => ctx.states.set(
-                channel,
-                ChannelState::CreditsExhausted,
-                None,
-                Some(error.to_string()),
-            ),
-            XError::RateLimited { reset_at, .. } => ctx.states.set(
-                channel,
-                ChannelState::RateLimited,
-                *reset_at,
-                Some(error.to_string()),
-            ),
-            XError::Unauthorized { .. } => ctx.states.set(
-                channel,
-                ChannelState::Unauthorized,
-                None,
-                Some(error.to_string()),
-            ),
-            XError::MissingDmPermission { .. } => ctx.states.set(
-                channel,
-                ChannelState::MissingPermission,
-                None,
-                Some(error.to_string()),
-            ),
-            _ => {}
-        }
-        if matches!(error, XError::CreditsExhausted { .. }) {
-            ctx.gate.exhausted(permit, &error);
-            last_credits_failure = Some(Failure::from_x(FailureReason::CreditsExhausted, &error));
-        } else {
-            ctx.gate.inconclusive(permit);
-        }
-        let fate = decide(
-            &error,
-            &History {
-                attempts: history.attempts,
-                attempts_this_delivery,
-                times_parked: history.times_parked,
-                waited: (now - first_seen).to_std().unwrap_or_default(),
-            },
-            &ctx.policy,
-        );
-        tracing::warn!(channel, message_id, attempts = history.attempts, error = %error, ?fate, "send failed");
-        match fate {
-            Fate::RetrySoon | Fate::Park(_) => {
-                metrics::counter!("xbridge_retries_total", "channel" => channel.to_owned())
-                    .increment(1);
-            }
-            _ => {}
-        }
-        match fate {
-            Fate::RetrySoon => {
-                let wait = backoff.next().unwrap_or(ctx.policy.retry.max_backoff);
-                pause(wait, stop).await?;
-            }
-            Fate::WaitForRateLimit => {
-                if let XError::RateLimited { reset_at, .. } = &error {
-                    ctx.client.pacer().block_until(*reset_at);
-                }
-            }
-            Fate::WaitForCredits => {}
-            Fate::Park(delay) => {
-                history.count_park();
-                reporter.park(delivery, delay, &history).await?;
-                ctx.parked.park(&conversation, message_id, due_by(delay));
-                tracing::info!(
-                    channel,
-                    message_id,
-                    delay_secs = delay.as_secs(),
-                    "reply parked for a later retry"
-                );
-                return settled(ack(delivery).await);
-            }
-            Fate::DeadLetter(reason) => {
-                let mut failure = Failure::from_x(reason, &error);
-                failure.detail.extend(parts.partial_note());
-                return settled(
-                    dead_letter(
-                        ctx,
-                        reporter,
-                        delivery,
-                        reply,
-                        &conversation,
-                        &failure,
-                        history,
-                    )
-                    .await,
-                );
-            }
-        }
-    }
-}
-
-/// What [`process`] left to do with a reply.
-enum Processed {
-    /// Nothing: it was acknowledged once its outcome was durable.
-    Settled,
-    /// X accepted it as this: [`finish`] records it, tells the CRM and acks.
-    Sent(SentRecord),
-}
-
-fn settled(result: Result<(), Unsettled>) -> Result<Processed, Unsettled> {
-    result.map(|()| Processed::Settled)
-}
-
-/// A reply X accepted, not yet recorded, reported or acknowledged.
-struct SentReply {
-    delivery: Delivery,
-    message_id: String,
-    record: SentRecord,
-}
-
-/// Where a reply's `message.sent` goes among its lane's: after the one
-/// before it, and before the one after it.
-struct Reported {
-    /// The previous reply's signal; `None` for a lane's first.
-    after: Option<oneshot::Receiver<()>>,
-    /// This reply's signal, sent once its `message.sent` is confirmed, or
-    /// dropped if its finish fails first.
-    done: oneshot::Sender<()>,
-}
-
-/// Records a sent reply, tells the CRM, then acks. Runs beside the lane's
-/// next sends: their order is X's, already kept; a crash before the record
-/// leaves the send's intent, so the redelivered reply is looked up on X
-/// instead of sent again. While the store cannot write, the record waits in
-/// memory (see [`crate::store_outage`]), and so do the CRM and the ack.
-async fn finish(
-    ctx: &ChannelContext,
-    reporter: &Reporter,
-    sent: SentReply,
-    order: Reported,
-    stop: &CancellationToken,
-) -> Result<(), Unsettled> {
-    let SentReply {
-        delivery,
-        message_id,
-        record,
-    } = sent;
-    let channel = ctx.name.as_str();
-    store_outage::record_reply(ctx, &message_id, &record, stop).await?;
-    failpoints::freeze_if_armed(failpoints::AFTER_SEND_RECORDED).await;
-    if let Some(previous) = order.after {
-        // Either way the previous reply is done reporting.
-        let _ = previous.await;
-    }
-    reporter
-        .status(&sent_event(channel, &message_id, &record))
-        .await?;
-    let _ = order.done.send(());
-    // The mark only spares a redelivery a second `message.sent`; an acked
-    // reply is never redelivered, so neither waits for the other.
-    let ((), acked) = tokio::join!(mark_reported(ctx, &message_id), ack(&delivery));
-    acked
-}
-
-/// Remembers that the CRM was told of `message_id`. Only spares a copy of the
-/// reply a second `message.sent` (with the same AMQP `message_id`), so a store
-/// that cannot write it is logged, not waited for.
-async fn mark_reported(ctx: &ChannelContext, message_id: &str) {
-    if let Err(error) = ctx.store.mark_reported(&ctx.name, message_id).await {
-        tracing::warn!(channel = %ctx.name, message_id, %error, "could not mark the reply as reported; a copy of it would be reported again");
-    }
-}
-
-async fn dead_letter(
-    ctx: &ChannelContext,
-    reporter: &Reporter,
-    delivery: &Delivery,
-    reply: &OutgoingReply,
-    conversation: &str,
-    failure: &Failure,
-    history: FailureHeaders,
-) -> Result<(), Unsettled> {
-    reporter
-        .dead_letter(
-            delivery,
-            &ctx.name,
-            Some(&reply.message_id),
-            failure,
-            history,
-        )
-        .await?;
-    ack(delivery).await?;
-    ctx.parked.settled(conversation, &reply.message_id);
-    Ok(())
-}
-
-fn sent_event(channel: &str, message_id: &str, record: &SentRecord) -> StatusEvent {
-    StatusEvent::Sent {
-        message_id: message_id.to_owned(),
-        channel: channel.to_owned(),
-        dm_event_id: record.dm_event_id.clone(),
-        dm_event_ids: record.dm_event_ids(),
-        conversation_id: record.conversation_id.clone(),
-        sent_at: record.sent_at,
     }
 }
