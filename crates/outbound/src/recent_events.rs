@@ -1,5 +1,5 @@
 //! The account's recent DM events as the lookup for unrecorded sends reads
-//! them (see [`crate::reconcile`]): a page of X's answer checked before it is
+//! them (see `reconcile`): a page of X's answer checked before it is
 //! believed, what a sent part looks like among them, and the last read kept
 //! for every lane of the channel. Pure, so the matching is tested alone.
 

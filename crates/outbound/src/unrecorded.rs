@@ -1,5 +1,5 @@
 //! Sends X accepted whose records the state store has not taken yet, held in
-//! memory per channel across RabbitMQ sessions (see [`crate::store_outage`]
+//! memory per channel across RabbitMQ sessions (see `store_outage`
 //! for when they are written).
 
 use std::collections::{BTreeMap, HashMap};

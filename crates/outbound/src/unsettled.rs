@@ -18,7 +18,7 @@ pub enum Unsettled {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
     /// The state store failed before anything was sent: the lane waits for
-    /// the store and takes the reply again (see [`crate::store_outage`]).
+    /// the store and takes the reply again (see `store_outage`).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Settling a sent reply panicked (a bug); its delivery comes back after

@@ -61,10 +61,15 @@ pub async fn consume(
     stop: CancellationToken,
 ) -> Result<(), Unsettled> {
     let (failures_tx, mut failures) = mpsc::unbounded_channel::<Unsettled>();
-    let mut lanes: HashMap<String, Lane> = HashMap::new();
-    let mut tasks = JoinSet::new();
-    let mut since_sweep = 0usize;
-
+    let mut lanes = Lanes {
+        ctx,
+        reporter,
+        stop: stop.clone(),
+        failures: failures_tx,
+        by_conversation: HashMap::new(),
+        tasks: JoinSet::new(),
+        since_sweep: 0,
+    };
     let outcome = loop {
         let delivery = tokio::select! {
             biased;
@@ -78,54 +83,92 @@ pub async fn consume(
                 ))),
             },
         };
-        match accept(&delivery, &ctx, reporter.frame_max()) {
+        lanes.take(delivery);
+    };
+    lanes.close().await;
+    outcome
+}
+
+/// One channel's lanes, one per conversation with replies in hand, and the
+/// tasks that run them.
+struct Lanes {
+    ctx: Arc<ChannelContext>,
+    reporter: Reporter,
+    stop: CancellationToken,
+    /// Where a lane's failure goes: the consumer then stops.
+    failures: mpsc::UnboundedSender<Unsettled>,
+    by_conversation: HashMap<String, Lane>,
+    tasks: JoinSet<()>,
+    /// Deliveries since idle lanes were last let go.
+    since_sweep: usize,
+}
+
+impl Lanes {
+    /// Hands `delivery` to its conversation's lane, or dead-letters it at
+    /// once if it holds no reply the bridge can take.
+    fn take(&mut self, delivery: Delivery) {
+        match accept(&delivery, &self.ctx, self.reporter.frame_max()) {
             Err(invalid) => {
-                let (ctx, reporter) = (ctx.clone(), reporter.clone());
-                let failures_tx = failures_tx.clone();
-                tasks.spawn(async move {
+                let (ctx, reporter) = (self.ctx.clone(), self.reporter.clone());
+                let failures = self.failures.clone();
+                self.tasks.spawn(async move {
                     let result =
                         settle::dead_letter_invalid(&reporter, &delivery, &ctx.name, invalid).await;
                     if let Err(e) = result {
-                        let _ = failures_tx.send(e);
+                        let _ = failures.send(e);
                     }
                 });
             }
-            Ok(reply) => {
-                let conversation = reply.target.ordering_key();
-                let lane = lanes.entry(conversation.clone()).or_insert_with(|| {
-                    spawn_lane(
-                        &mut tasks,
-                        ctx.clone(),
-                        reporter.clone(),
-                        stop.clone(),
-                        failures_tx.clone(),
-                    )
-                });
-                lane.pending.fetch_add(1, Ordering::SeqCst);
-                let job = Job {
-                    delivery,
-                    reply,
-                    conversation,
-                    received_at: Utc::now(),
-                };
-                if lane.jobs.send(job).is_err() {
-                    // The lane stopped on a failure that is already reported.
-                    lane.pending.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
+            Ok(reply) => self.enqueue(delivery, reply),
         }
-        since_sweep += 1;
-        if since_sweep >= 256 {
-            since_sweep = 0;
-            lanes.retain(|_, lane| lane.pending.load(Ordering::SeqCst) > 0);
+        self.since_sweep += 1;
+        if self.since_sweep >= 256 {
+            self.since_sweep = 0;
+            self.by_conversation
+                .retain(|_, lane| lane.pending.load(Ordering::SeqCst) > 0);
         }
-    };
+    }
 
-    // Lanes end when their queues are empty (or at once when interrupted).
-    drop(lanes);
-    drop(failures_tx);
-    while tasks.join_next().await.is_some() {}
-    outcome
+    fn enqueue(&mut self, delivery: Delivery, reply: OutgoingReply) {
+        let conversation = reply.target.ordering_key();
+        let lane = self
+            .by_conversation
+            .entry(conversation.clone())
+            .or_insert_with(|| {
+                spawn_lane(
+                    &mut self.tasks,
+                    self.ctx.clone(),
+                    self.reporter.clone(),
+                    self.stop.clone(),
+                    self.failures.clone(),
+                )
+            });
+        lane.pending.fetch_add(1, Ordering::SeqCst);
+        let job = Job {
+            delivery,
+            reply,
+            conversation,
+            received_at: Utc::now(),
+        };
+        if lane.jobs.send(job).is_err() {
+            // The lane stopped on a failure that is already reported.
+            lane.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Lets the lanes end once their queues are empty (or at once when
+    /// interrupted), and waits for them.
+    async fn close(self) {
+        let Lanes {
+            by_conversation,
+            failures,
+            mut tasks,
+            ..
+        } = self;
+        drop(by_conversation);
+        drop(failures);
+        while tasks.join_next().await.is_some() {}
+    }
 }
 
 /// The reply in `delivery`, or why it is dead-lettered at once: a body that
@@ -312,30 +355,12 @@ async fn send(
                 return Err(unsettled);
             }
         };
-        match sending.failed(ctx, permit, &error, &mut history) {
-            Fate::RetrySoon => {
-                let wait = sending
-                    .backoff
-                    .next()
-                    .unwrap_or(ctx.policy.retry.max_backoff);
-                pause(wait, stop).await?;
-            }
-            Fate::WaitForRateLimit => {
-                if let XError::RateLimited { reset_at, .. } = &error {
-                    ctx.client.pacer().block_until(*reset_at);
-                }
-            }
-            Fate::WaitForCredits => {}
-            Fate::Park(delay) => {
-                history.count_park();
-                tracing::info!(channel = %ctx.name, message_id = sending.message_id, delay_secs = delay.as_secs(), "reply parked for a later retry");
-                return Ok(Settlement::Park { delay, history });
-            }
-            Fate::DeadLetter(reason) => {
-                let mut failure = Failure::from_x(reason, &error);
-                failure.detail.extend(parts.partial_note());
-                return Ok(Settlement::DeadLetter { failure, history });
-            }
+        let fate = sending.failed(ctx, permit, &error, &mut history);
+        if let Some(settlement) = sending
+            .follow(ctx, fate, &error, &parts, &mut history, stop)
+            .await?
+        {
+            return Ok(settlement);
         }
     }
 }
@@ -434,6 +459,44 @@ impl<'a> Sending<'a> {
             metrics::counter!("xbridge_retries_total", "channel" => ctx.name.clone()).increment(1);
         }
         fate
+    }
+
+    /// Does what `fate` says after `error`: waits to try again, or says how
+    /// the reply is settled (taking its `history` along).
+    async fn follow(
+        &mut self,
+        ctx: &ChannelContext,
+        fate: Fate,
+        error: &XError,
+        parts: &ReplyParts,
+        history: &mut FailureHeaders,
+        stop: &CancellationToken,
+    ) -> Result<Option<Settlement>, Unsettled> {
+        match fate {
+            Fate::RetrySoon => {
+                let wait = self.backoff.next().unwrap_or(ctx.policy.retry.max_backoff);
+                pause(wait, stop).await?;
+            }
+            Fate::WaitForRateLimit => {
+                if let XError::RateLimited { reset_at, .. } = error {
+                    ctx.client.pacer().block_until(*reset_at);
+                }
+            }
+            Fate::WaitForCredits => {}
+            Fate::Park(delay) => {
+                history.count_park();
+                tracing::info!(channel = %ctx.name, message_id = self.message_id, delay_secs = delay.as_secs(), "reply parked for a later retry");
+                let history = std::mem::take(history);
+                return Ok(Some(Settlement::Park { delay, history }));
+            }
+            Fate::DeadLetter(reason) => {
+                let mut failure = Failure::from_x(reason, error);
+                failure.detail.extend(parts.partial_note());
+                let history = std::mem::take(history);
+                return Ok(Some(Settlement::DeadLetter { failure, history }));
+            }
+        }
+        Ok(None)
     }
 
     /// Why the reply gives up waiting for credits: X's last word on them.
