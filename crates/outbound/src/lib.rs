@@ -7,6 +7,8 @@
 //! - [`context`]: what one channel keeps across reconnects ([`context::ChannelContext`]).
 //! - [`worker`]: one channel's consumer, a lane per conversation, and
 //!   `process`: what becomes of a reply (a [`settle::Settlement`]).
+//! - [`send`]: one delivery's sending of a reply: credits, X's rate limit,
+//!   retries in place, until it is sent or must be parked or dead-lettered.
 //! - [`settle`]: carrying a settlement out: status events, parking, dead
 //!   letters, conversation order and the ack, in one place; a sent reply's
 //!   finish beside its lane's next sends.
@@ -41,6 +43,7 @@ mod properties;
 pub mod recent_events;
 pub mod reconcile;
 pub mod report;
+pub mod send;
 pub mod service;
 pub mod settle;
 pub mod state_sync;
