@@ -282,28 +282,10 @@ impl Reporter {
             headers_dropped = dropped.len(),
             "reply dead-lettered"
         );
-        // Unknown channels are whatever routing key the CRM used: one label
-        // value for all of them keeps the metric's cardinality bounded.
-        let channel_label = if failure.reason == FailureReason::UnknownChannel {
-            "unknown".to_owned()
-        } else {
-            channel.to_owned()
-        };
-        metrics::counter!(
-            "xbridge_dead_letters_total",
-            "channel" => channel_label.clone(),
-            "reason" => failure.reason.as_str()
-        )
-        .increment(1);
+        count_dead_letter(channel, failure, message_id.is_some());
         let Some(message_id) = message_id else {
             return Ok(());
         };
-        metrics::counter!(
-            "xbridge_dms_failed_total",
-            "channel" => channel_label,
-            "reason" => failure.reason.as_str()
-        )
-        .increment(1);
         let event = StatusEvent::Failed {
             message_id: message_id.to_owned(),
             channel: channel.to_owned(),
@@ -336,6 +318,32 @@ impl Reporter {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Counts a dead letter, and the failed DM when the reply's id is known
+/// (`identified`).
+fn count_dead_letter(channel: &str, failure: &Failure, identified: bool) {
+    // Unknown channels are whatever routing key the CRM used: one label
+    // value for all of them keeps the metric's cardinality bounded.
+    let channel_label = if failure.reason == FailureReason::UnknownChannel {
+        "unknown".to_owned()
+    } else {
+        channel.to_owned()
+    };
+    metrics::counter!(
+        "xbridge_dead_letters_total",
+        "channel" => channel_label.clone(),
+        "reason" => failure.reason.as_str()
+    )
+    .increment(1);
+    if identified {
+        metrics::counter!(
+            "xbridge_dms_failed_total",
+            "channel" => channel_label,
+            "reason" => failure.reason.as_str()
+        )
+        .increment(1);
     }
 }
 
