@@ -1,8 +1,12 @@
-//! The fate of a failed send: one pure function over the typed X error and the
-//! reply's history, so every case is decided in one place and tested alone.
+//! The fate of a failed send: pure functions over the typed X error and the
+//! reply's history, so every case is decided in one place and tested alone:
+//! what becomes of the reply ([`decide`]) and what the failure says about the
+//! channel ([`channel_state`]).
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use xbridge_core::channel_state::ChannelState;
 use xbridge_core::config::{CreditsSettings, RetrySettings};
 use xbridge_core::model::FailureReason;
 use xbridge_x_api::XError;
@@ -98,6 +102,19 @@ pub fn decide(error: &XError, history: &History, policy: &Policy) -> Fate {
         XError::InvalidRequest { .. } | XError::MediaProcessingFailed { .. } => {
             Fate::DeadLetter(FailureReason::InvalidRequest)
         }
+    }
+}
+
+/// What a failed send says about its channel, for the CRM and operators: the
+/// state to show and until when it lasts, if known; `None` when the failure
+/// is the reply's own (or passing, like a 5xx), so the state stays as it was.
+pub fn channel_state(error: &XError) -> Option<(ChannelState, Option<DateTime<Utc>>)> {
+    match error {
+        XError::CreditsExhausted { .. } => Some((ChannelState::CreditsExhausted, None)),
+        XError::RateLimited { reset_at, .. } => Some((ChannelState::RateLimited, *reset_at)),
+        XError::Unauthorized { .. } => Some((ChannelState::Unauthorized, None)),
+        XError::MissingDmPermission { .. } => Some((ChannelState::MissingPermission, None)),
+        _ => None,
     }
 }
 
@@ -320,5 +337,41 @@ mod tests {
                 "{file}"
             );
         }
+    }
+
+    #[test]
+    fn a_failure_shows_on_its_channel_only_when_it_is_the_channel_s() {
+        let rate_limited = from_fixture(429, "error_429_rate_limited.json");
+        let XError::RateLimited { reset_at, .. } = &rate_limited else {
+            panic!("{rate_limited:?}");
+        };
+        assert_eq!(
+            channel_state(&rate_limited),
+            Some((ChannelState::RateLimited, *reset_at))
+        );
+        let cases = [
+            (
+                402,
+                "error_402_credits_depleted.json",
+                Some(ChannelState::CreditsExhausted),
+            ),
+            (
+                401,
+                "error_401_unauthorized.json",
+                Some(ChannelState::Unauthorized),
+            ),
+            (
+                403,
+                "error_403_oauth1_permissions.json",
+                Some(ChannelState::MissingPermission),
+            ),
+            (403, "error_403_forbidden.json", None),
+            (400, "error_400_invalid_request.json", None),
+        ];
+        for (status, file, state) in cases {
+            let shown = channel_state(&from_fixture(status, file));
+            assert_eq!(shown.map(|(state, _)| state), state, "{file}");
+        }
+        assert_eq!(channel_state(&transient()), None);
     }
 }

@@ -4,16 +4,34 @@
 //!
 //! - [`service`]: connection, topology, one consumer per channel, reconnects
 //!   and graceful shutdown.
-//! - [`worker`]: one channel's consumer and the life of a single reply.
-//! - [`fate`]: the pure decision of what a failure means.
+//! - [`context`]: what one channel keeps across reconnects ([`context::ChannelContext`]).
+//! - [`worker`]: one channel's consumer, a lane per conversation, and
+//!   `process`: what becomes of a reply (a [`settle::Settlement`]).
+//! - [`send`]: one delivery's sending of a reply: credits, X's rate limit,
+//!   retries in place, until it is sent or must be parked or dead-lettered.
+//! - [`settle`]: carrying a settlement out: status events, parking, dead
+//!   letters, conversation order and the ack, in one place; a sent reply's
+//!   finish beside its lane's next sends.
+//! - [`unsettled`]: why a delivery is left unacknowledged (the consumer reconnects).
+//! - [`parts`]: a reply as the DMs it becomes, each recorded as it goes out.
+//! - [`fate`]: the pure decisions of what a failure means for the reply and
+//!   for its channel's state.
 //! - [`credits`]: the per-channel pause while an account has no credits.
 //! - [`ordering`]: conversation order while replies are parked.
-//! - [`report`]: status events, parking and dead letters.
-//! - [`media`]: a reply's attachments made local bytes, downloaded safely.
+//! - [`report`]: publishing status events, parked replies and dead letters.
+//! - [`reconcile`]: looking on X for a send the bridge could not record.
+//! - [`recent_events`]: the account's DM events as that lookup reads and
+//!   matches them, and the last read kept for the channel.
 //! - [`store_outage`]: replies while the state store cannot write.
+//! - [`unrecorded`]: sends X accepted whose records the store has not taken yet.
+//! - [`media`]: a reply's attachments made local bytes, downloaded safely.
+//! - [`state_sync`]: channel states published to the CRM.
+//! - [`failpoints`]: points where tests can stop the process.
+//! - `unrouted`: replies for no configured channel, dead-lettered.
 
 #![warn(missing_docs)]
 
+pub mod context;
 pub mod credits;
 pub mod failpoints;
 pub mod fate;
@@ -22,12 +40,17 @@ pub mod ordering;
 pub mod parts;
 #[cfg(test)]
 mod properties;
+pub mod recent_events;
 pub mod reconcile;
 pub mod report;
+pub mod send;
 pub mod service;
+pub mod settle;
 pub mod state_sync;
 pub mod store_outage;
+pub mod unrecorded;
 mod unrouted;
+pub mod unsettled;
 pub mod worker;
 
 pub use service::Outbound;

@@ -10,11 +10,13 @@ use xbridge_core::model::{MediaCategory, OutgoingReply};
 use xbridge_store::{SentRecord, StoreError};
 use xbridge_x_api::{DmTarget, MediaUpload, XError};
 
+use crate::context::ChannelContext;
 use crate::failpoints;
 use crate::media::{MediaError, PreparedMedia};
+use crate::recent_events::Candidate;
 use crate::reconcile::{find_earlier_send, LookupError};
 use crate::store_outage::{record_part, write_durably};
-use crate::worker::{ChannelContext, Unsettled};
+use crate::unsettled::Unsettled;
 
 /// One DM of a reply.
 struct Part {
@@ -126,86 +128,13 @@ impl ReplyParts {
             if part.sent.is_some() {
                 continue;
             }
-            if let Some(since) = part.ambiguous_since {
-                let has_media = part.media.is_some();
-                match find_earlier_send(ctx, target, &part.text, has_media, since).await {
-                    Ok(Some(event)) => {
-                        tracing::warn!(
-                            channel = %ctx.name,
-                            message_id,
-                            dm_event_id = %event.id,
-                            part = index + 1,
-                            "an earlier send of this DM reached X before the bridge could record it; not sending it again"
-                        );
-                        let record = SentRecord {
-                            dm_event_id: event.id,
-                            conversation_id: event.dm_conversation_id,
-                            sent_at: event.created_at,
-                            reported: false,
-                            parts: Vec::new(),
-                        };
-                        settle(ctx, message_id, index, count, part, record, stop).await?;
-                        continue;
-                    }
-                    Ok(None) => part.ambiguous_since = None,
-                    Err(LookupError::X(error)) => return Ok(Err(error)),
-                    Err(LookupError::Store(error)) => return Err(error.into()),
-                }
-            }
-            if let (Some(media), None) = (part.media.as_mut(), &part.media_id) {
-                match upload(ctx, media).await {
-                    Ok(media_id) => part.media_id = Some(media_id),
-                    Err(error) => return Ok(Err(error)),
-                }
-            }
-            let started = Utc::now();
-            ctx.store
-                .record_send_intent(&ctx.name, message_id, index, started)
-                .await?;
-            let sent = match ctx
-                .client
-                .send_dm_with_media(target, &part.text, part.media_id.as_deref())
-                .await
-            {
-                Ok(sent) => {
-                    failpoints::freeze_if_armed(failpoints::BEFORE_SEND_RECORDED).await;
-                    sent
-                }
-                Err(error) => {
-                    if crate::fate::send_may_have_gone_out(&error) {
-                        part.ambiguous_since = Some(started);
-                    } else {
-                        // X refused it, or the connection never opened: no DM
-                        // was created, and the next try needs no lookup.
-                        write_durably(ctx, stop, || {
-                            ctx.store.clear_send_intent(&ctx.name, message_id, index)
-                        })
-                        .await?;
-                    }
-                    return Ok(Err(error));
-                }
+            let place = Place {
+                message_id,
+                index,
+                count,
             };
-            let record = SentRecord {
-                dm_event_id: sent.dm_event_id,
-                conversation_id: sent.dm_conversation_id,
-                sent_at: Utc::now(),
-                reported: false,
-                parts: Vec::new(),
-            };
-            metrics::counter!("xbridge_dms_sent_total", "channel" => ctx.name.clone()).increment(1);
-            if count > 1 {
-                tracing::info!(
-                    channel = %ctx.name,
-                    message_id,
-                    dm_event_id = %record.dm_event_id,
-                    part = index + 1,
-                    of = count,
-                    "DM of a reply in parts sent"
-                );
-            }
-            settle(ctx, message_id, index, count, part, record, stop).await?;
-            if index + 1 < count {
-                failpoints::freeze_if_armed(failpoints::BETWEEN_PARTS).await;
+            if let Err(error) = send_part(ctx, target, place, part, stop).await? {
+                return Ok(Err(error));
             }
         }
         let first = self.parts[0].sent.clone().expect("every part was sent");
@@ -243,20 +172,136 @@ impl ReplyParts {
     }
 }
 
-/// Marks `part` (number `index` of `count`) as sent with X's `record`; a
-/// reply in several parts records each part as it goes, so a later try
-/// starts at the first unsent one.
-async fn settle(
-    ctx: &ChannelContext,
-    message_id: &str,
+/// Where a part is: which reply, which of its parts.
+#[derive(Debug, Clone, Copy)]
+struct Place<'a> {
+    message_id: &'a str,
     index: usize,
     count: usize,
+}
+
+/// Sends one part not sent yet: unless an earlier send of it turns out to
+/// have reached X, uploads its attachment, sends the DM and records the part.
+/// `Ok(Err)` is X's refusal (of the lookup, the upload or the DM).
+async fn send_part(
+    ctx: &ChannelContext,
+    target: &DmTarget,
+    place: Place<'_>,
+    part: &mut Part,
+    stop: &CancellationToken,
+) -> Result<Result<(), XError>, Unsettled> {
+    if let Some(since) = part.ambiguous_since {
+        let has_media = part.media.is_some();
+        match find_earlier_send(ctx, target, &part.text, has_media, since).await {
+            Ok(Some(event)) => {
+                let record = earlier_record(ctx, place, event);
+                return mark_sent(ctx, place, part, record, stop).await.map(Ok);
+            }
+            Ok(None) => part.ambiguous_since = None,
+            Err(LookupError::X(error)) => return Ok(Err(error)),
+            Err(LookupError::Store(error)) => return Err(error.into()),
+        }
+    }
+    if let (Some(media), None) = (part.media.as_mut(), &part.media_id) {
+        match upload(ctx, media).await {
+            Ok(media_id) => part.media_id = Some(media_id),
+            Err(error) => return Ok(Err(error)),
+        }
+    }
+    let record = match send_dm(ctx, target, place, part, stop).await? {
+        Ok(record) => record,
+        Err(error) => return Ok(Err(error)),
+    };
+    mark_sent(ctx, place, part, record, stop).await?;
+    if place.index + 1 < place.count {
+        failpoints::freeze_if_armed(failpoints::BETWEEN_PARTS).await;
+    }
+    Ok(Ok(()))
+}
+
+/// The record of a part whose earlier send was found on X as `event`.
+fn earlier_record(ctx: &ChannelContext, place: Place<'_>, event: Candidate) -> SentRecord {
+    tracing::warn!(
+        channel = %ctx.name,
+        message_id = place.message_id,
+        dm_event_id = %event.id,
+        part = place.index + 1,
+        "an earlier send of this DM reached X before the bridge could record it; not sending it again"
+    );
+    SentRecord {
+        dm_event_id: event.id,
+        conversation_id: event.dm_conversation_id,
+        sent_at: event.created_at,
+        reported: false,
+        parts: Vec::new(),
+    }
+}
+
+/// Sends the part's DM, its intent recorded first: X's record of it, or X's
+/// refusal (after which the part is ambiguous if the DM may exist anyway).
+async fn send_dm(
+    ctx: &ChannelContext,
+    target: &DmTarget,
+    place: Place<'_>,
+    part: &mut Part,
+    stop: &CancellationToken,
+) -> Result<Result<SentRecord, XError>, Unsettled> {
+    let Place {
+        message_id,
+        index,
+        count,
+    } = place;
+    let started = Utc::now();
+    ctx.store
+        .record_send_intent(&ctx.name, message_id, index, started)
+        .await?;
+    let sent = match ctx
+        .client
+        .send_dm_with_media(target, &part.text, part.media_id.as_deref())
+        .await
+    {
+        Ok(sent) => {
+            failpoints::freeze_if_armed(failpoints::BEFORE_SEND_RECORDED).await;
+            sent
+        }
+        Err(error) => {
+            if crate::fate::send_may_have_gone_out(&error) {
+                part.ambiguous_since = Some(started);
+            } else {
+                // X refused it, or the connection never opened: no DM
+                // was created, and the next try needs no lookup.
+                write_durably(ctx, stop, || {
+                    ctx.store.clear_send_intent(&ctx.name, message_id, index)
+                })
+                .await?;
+            }
+            return Ok(Err(error));
+        }
+    };
+    metrics::counter!("xbridge_dms_sent_total", "channel" => ctx.name.clone()).increment(1);
+    if count > 1 {
+        tracing::info!(channel = %ctx.name, message_id, dm_event_id = %sent.dm_event_id, part = index + 1, of = count, "DM of a reply in parts sent");
+    }
+    Ok(Ok(SentRecord {
+        dm_event_id: sent.dm_event_id,
+        conversation_id: sent.dm_conversation_id,
+        sent_at: Utc::now(),
+        reported: false,
+        parts: Vec::new(),
+    }))
+}
+
+/// Marks `part` as sent with X's `record`; a reply in several parts records
+/// each part as it goes, so a later try starts at the first unsent one.
+async fn mark_sent(
+    ctx: &ChannelContext,
+    place: Place<'_>,
     part: &mut Part,
     record: SentRecord,
     stop: &CancellationToken,
 ) -> Result<(), Unsettled> {
-    if count > 1 {
-        record_part(ctx, message_id, index, &record, stop).await?;
+    if place.count > 1 {
+        record_part(ctx, place.message_id, place.index, &record, stop).await?;
     }
     part.media = None;
     part.sent = Some(record);

@@ -9,7 +9,7 @@ use xbridge_arbitrary as arbitrary;
 use xbridge_core::model::{FailureReason, StatusEvent};
 use xbridge_x_api::{DmTarget, XError};
 
-use crate::reconcile::{matches, read_page, Sought};
+use crate::recent_events::{matches, read_page, Sought};
 use crate::unrouted::reportable_id;
 
 /// A page as X answers the lookup, with an own DM that has media and one of the customer.

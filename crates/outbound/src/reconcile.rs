@@ -10,152 +10,18 @@
 //! already recorded for another reply. That read is billed by X, so it only
 //! happens for ambiguous parts, which take a crash or a lost answer.
 
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
 
 use xbridge_store::StoreError;
 use xbridge_x_api::{DmEventsRequest, DmTarget, XError};
 
-use crate::worker::ChannelContext;
+use crate::context::ChannelContext;
+use crate::recent_events::{matches, read_page, Candidate, ReadEvents, Sought, SKEW};
 
 /// Events per page read while looking (X bills each one).
 const PAGE_SIZE: u8 = 100;
 /// Pages read at most: a send that old is past any crash recovery.
 const MAX_PAGES: usize = 4;
-/// Clock skew allowed between the bridge's intent and X's `created_at`.
-const SKEW: ChronoDuration = ChronoDuration::seconds(5);
-
-/// A DM event as far as matching needs it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Candidate {
-    /// X's id of the event.
-    pub id: String,
-    /// Who sent it.
-    #[serde(default)]
-    pub sender_id: String,
-    /// Its text (X may append a `t.co` link standing for media).
-    #[serde(default)]
-    pub text: String,
-    /// The conversation it is in.
-    #[serde(default)]
-    pub dm_conversation_id: String,
-    /// When X created it.
-    pub created_at: DateTime<Utc>,
-    /// Its media, if any.
-    #[serde(default)]
-    pub attachments: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct Page {
-    #[serde(default)]
-    pub(crate) data: Vec<Candidate>,
-    #[serde(default)]
-    pub(crate) meta: Meta,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct Meta {
-    pub(crate) next_token: Option<String>,
-}
-
-/// Reads one page of the lookup. A page that cannot be read, or whose events' ids or
-/// next token are not X's, is a transient failure: the part stays ambiguous and the
-/// lookup is tried again later, and no made-up id is ever recorded as a send.
-pub(crate) fn read_page(body: &[u8]) -> Result<Page, XError> {
-    let unreadable = |why: String| XError::Transient {
-        status: Some(200),
-        detail: format!("unreadable DM events page: {why}"),
-    };
-    let page: Page = serde_json::from_slice(body)
-        .map_err(|e| unreadable(xbridge_core::excerpt::cut(&e.to_string(), 200)))?;
-    if let Some(event) = page.data.iter().find(|event| !is_id(&event.id)) {
-        return Err(unreadable(format!(
-            "event id {} is not an X id",
-            xbridge_core::excerpt::quoted(&event.id)
-        )));
-    }
-    if let Some(token) = page.meta.next_token.as_deref() {
-        if !xbridge_x_api::is_pagination_token(token) {
-            return Err(unreadable(format!(
-                "next_token {} is not an X pagination token",
-                xbridge_core::excerpt::quoted(token)
-            )));
-        }
-    }
-    Ok(page)
-}
-
-fn is_id(id: &str) -> bool {
-    (1..=19).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// What a sent part looked like, to recognise it on X.
-#[derive(Debug, Clone, Copy)]
-pub struct Sought<'a> {
-    /// The account's own user id.
-    pub own_user_id: &'a str,
-    /// Where the part was sent.
-    pub target: &'a DmTarget,
-    /// Its text.
-    pub text: &'a str,
-    /// Whether it carried an attachment.
-    pub has_media: bool,
-    /// When the send started.
-    pub since: DateTime<Utc>,
-}
-
-/// Whether `event` could be the part described by `sought` (ignoring
-/// whether another reply already claimed it).
-pub fn matches(event: &Candidate, sought: &Sought<'_>) -> bool {
-    if event.sender_id != sought.own_user_id || event.created_at < sought.since - SKEW {
-        return false;
-    }
-    let in_conversation = match sought.target {
-        DmTarget::Conversation(id) => event.dm_conversation_id == *id,
-        DmTarget::Participant(user) => {
-            let mut members = event.dm_conversation_id.split('-');
-            let (a, b) = (members.next(), members.next());
-            members.next().is_none()
-                && matches!((a, b), (Some(a), Some(b))
-                    if (a == user && b == sought.own_user_id) || (b == user && a == sought.own_user_id))
-        }
-    };
-    if !in_conversation || event.attachments.is_some() != sought.has_media {
-        return false;
-    }
-    // With media X may append the t.co link that stands for it.
-    let text = event.text.trim_end();
-    text == sought.text.trim_end()
-        || (sought.has_media
-            && text
-                .strip_prefix(sought.text.trim_end())
-                .is_some_and(|rest| rest.trim_start().starts_with("https://t.co/")))
-}
-
-/// The account's recent DM events as last read, newest first: after a crash
-/// every lane with an ambiguous part looks at once, and X allows only a few
-/// DM reads per window (15 per 15 minutes), so one read serves them all.
-#[derive(Debug, Default)]
-pub struct RecentEvents {
-    read: Option<ReadEvents>,
-}
-
-#[derive(Debug)]
-struct ReadEvents {
-    /// When the read started: it shows every DM created before then.
-    at: DateTime<Utc>,
-    /// How far back it reaches (the oldest event read, or the start of time
-    /// when X had no more).
-    back_to: DateTime<Utc>,
-    events: Vec<Candidate>,
-}
-
-impl ReadEvents {
-    fn covers(&self, since: DateTime<Utc>) -> bool {
-        self.at > since && self.back_to <= since - SKEW
-    }
-}
 
 /// Why a look for an earlier send found nothing certain.
 #[derive(Debug, thiserror::Error)]
@@ -186,12 +52,11 @@ pub async fn find_earlier_send(
         since,
     };
     let mut recent = ctx.recent_events.lock().await;
-    if !recent.read.as_ref().is_some_and(|read| read.covers(since)) {
-        recent.read = Some(read_back_to(ctx, since - SKEW).await?);
+    if !recent.covers(since) {
+        recent.keep(read_back_to(ctx, since - SKEW).await?);
     }
-    let events = &recent.read.as_ref().expect("just read").events;
     // Oldest first, so the earliest unclaimed match wins.
-    for event in events.iter().rev() {
+    for event in recent.events().iter().rev() {
         if matches(event, &sought) && !ctx.store.is_own_send(&ctx.name, &event.id).await? {
             return Ok(Some(event.clone()));
         }
@@ -233,121 +98,4 @@ async fn read_back_to(ctx: &ChannelContext, until: DateTime<Utc>) -> Result<Read
         back_to,
         events,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn event(text: &str, conversation: &str, created: &str) -> Candidate {
-        Candidate {
-            id: "1900000000000000001".into(),
-            sender_id: "100".into(),
-            text: text.into(),
-            dm_conversation_id: conversation.into(),
-            created_at: at(created),
-            attachments: None,
-        }
-    }
-
-    fn sought<'a>(target: &'a DmTarget, text: &'a str) -> Sought<'a> {
-        Sought {
-            own_user_id: "100",
-            target,
-            text,
-            has_media: false,
-            since: at("2026-11-25T10:00:00Z"),
-        }
-    }
-
-    #[test]
-    fn the_same_text_from_us_in_the_conversation_after_the_intent_matches() {
-        let to_user = DmTarget::Participant("42".into());
-        let in_conversation = DmTarget::Conversation("42-100".into());
-        let sent = event("Your order shipped", "42-100", "2026-11-25T10:00:01Z");
-        assert!(matches(&sent, &sought(&to_user, "Your order shipped")));
-        assert!(matches(
-            &sent,
-            &sought(&in_conversation, "Your order shipped")
-        ));
-        // Within the allowed clock skew before the intent.
-        let early = event("Your order shipped", "42-100", "2026-11-25T09:59:57Z");
-        assert!(matches(&early, &sought(&to_user, "Your order shipped")));
-    }
-
-    #[test]
-    fn anything_else_does_not_match() {
-        let target = DmTarget::Participant("42".into());
-        let s = sought(&target, "Your order shipped");
-        let mut other_sender = event("Your order shipped", "42-100", "2026-11-25T10:00:01Z");
-        other_sender.sender_id = "42".into();
-        assert!(!matches(&other_sender, &s), "the customer's words");
-        assert!(!matches(
-            &event("Your order shipped", "43-100", "2026-11-25T10:00:01Z"),
-            &s
-        ));
-        assert!(!matches(
-            &event("Your order shipped!", "42-100", "2026-11-25T10:00:01Z"),
-            &s
-        ));
-        assert!(
-            !matches(
-                &event("Your order shipped", "42-100", "2026-11-25T09:50:00Z"),
-                &s
-            ),
-            "an older DM with the same words is an earlier reply"
-        );
-        let mut with_media = event("Your order shipped", "42-100", "2026-11-25T10:00:01Z");
-        with_media.attachments = Some(serde_json::json!({"media_keys": ["3_1"]}));
-        assert!(!matches(&with_media, &s));
-    }
-
-    /// Found by the property tests: serde's message quoted a wrong value whole, an event
-    /// id of letters could be recorded as a send, and a next_token the client refuses
-    /// was asked for.
-    #[test]
-    fn a_page_with_wrong_ids_or_tokens_is_unreadable_and_says_so_briefly() {
-        let long = "x".repeat(100_000);
-        let event = |id: &str| serde_json::json!({"id": id, "created_at": "2026-11-25T10:00:01Z", "sender_id": "100"});
-        for body in [
-            serde_json::json!({"data": long}),
-            serde_json::json!({"data": [event("12a")]}),
-            serde_json::json!({"data": [event(&long)]}),
-            serde_json::json!({"data": [event("1")], "meta": {"next_token": "a b"}}),
-        ] {
-            let error = read_page(body.to_string().as_bytes()).unwrap_err();
-            assert!(
-                matches!(
-                    error,
-                    XError::Transient {
-                        status: Some(200),
-                        ..
-                    }
-                ),
-                "{error:?}"
-            );
-            assert!(error.detail().len() < 400, "{}", error.detail().len());
-        }
-        let good = serde_json::json!({"data": [event("1")], "meta": {"next_token": "7140dibdnow9c7btw4b0zmpfdlmg5e6dohbthdfqbwcp2"}});
-        assert_eq!(
-            read_page(good.to_string().as_bytes()).unwrap().data.len(),
-            1
-        );
-    }
-
-    #[test]
-    fn a_media_part_matches_with_the_link_x_appends() {
-        let target = DmTarget::Participant("42".into());
-        let mut part = event("https://t.co/abc", "42-100", "2026-11-25T10:00:01Z");
-        part.attachments = Some(serde_json::json!({"media_keys": ["3_1"]}));
-        let s = Sought {
-            has_media: true,
-            ..sought(&target, "")
-        };
-        assert!(matches(&part, &s));
-    }
 }

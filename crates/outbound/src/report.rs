@@ -259,26 +259,12 @@ impl Reporter {
         channel: &str,
         message_id: Option<&str>,
         failure: &Failure,
-        mut history: FailureHeaders,
+        history: FailureHeaders,
     ) -> Result<(), PublishError> {
-        let now = chrono::Utc::now();
         // X's texts and a bad reply's fields can be long: the CRM's event
         // gets the same bounded detail as the letter.
         let detail = wire::truncate(&failure.detail, MAX_DETAIL_BYTES);
-        history.reason = Some(failure.reason.as_str().to_owned());
-        history.detail = Some(detail.clone());
-        history.channel = Some(channel.to_owned());
-        history.http_status = failure.http_status.or(history.http_status);
-        history.problem_type = failure.problem_type.clone().or(history.problem_type);
-        history.first_failure_at.get_or_insert(now);
-        history.last_failure_at = Some(now);
-        // Where this delivery was published, never what its headers claim:
-        // they came with the reply (a replay follows the routing key, so a
-        // header naming another channel would send the reply out of that
-        // channel's account). A parked reply comes back under its own routing
-        // key, through the outgoing exchange, so the delivery says it.
-        history.original_exchange = Some(delivery.exchange.as_str().to_owned());
-        history.original_routing_key = Some(delivery.routing_key.as_str().to_owned());
+        let history = letter_headers(delivery, channel, failure, &detail, history);
         let dropped = self
             .republish(
                 delivery,
@@ -296,48 +282,94 @@ impl Reporter {
             headers_dropped = dropped.len(),
             "reply dead-lettered"
         );
-        // Unknown channels are whatever routing key the CRM used: one label
-        // value for all of them keeps the metric's cardinality bounded.
-        let channel_label = if failure.reason == FailureReason::UnknownChannel {
-            "unknown".to_owned()
-        } else {
-            channel.to_owned()
+        count_dead_letter(channel, failure, message_id.is_some());
+        let Some(message_id) = message_id else {
+            return Ok(());
         };
-        metrics::counter!(
-            "xbridge_dead_letters_total",
-            "channel" => channel_label.clone(),
-            "reason" => failure.reason.as_str()
-        )
-        .increment(1);
-        if let Some(message_id) = message_id {
-            metrics::counter!(
-                "xbridge_dms_failed_total",
-                "channel" => channel_label,
-                "reason" => failure.reason.as_str()
-            )
-            .increment(1);
-            let told = self
-                .status(&StatusEvent::Failed {
-                    message_id: message_id.to_owned(),
-                    channel: channel.to_owned(),
-                    reason: failure.reason,
-                    detail,
-                    attempts: history.attempts,
-                })
-                .await;
-            match told {
-                Ok(()) => {}
-                // The letter is safe; an event that can never be published
-                // must not bring the reply back to be dead-lettered again.
-                Err(e) if e.is_refused_locally() => tracing::warn!(
+        let event = StatusEvent::Failed {
+            message_id: message_id.to_owned(),
+            channel: channel.to_owned(),
+            reason: failure.reason,
+            detail,
+            attempts: history.attempts,
+        };
+        self.tell_failed(&event, channel, message_id).await
+    }
+
+    /// Publishes a reply's `message.failed` once its dead letter is safe.
+    async fn tell_failed(
+        &self,
+        event: &StatusEvent,
+        channel: &str,
+        message_id: &str,
+    ) -> Result<(), PublishError> {
+        match self.status(event).await {
+            Ok(()) => Ok(()),
+            // The letter is safe; an event that can never be published
+            // must not bring the reply back to be dead-lettered again.
+            Err(e) if e.is_refused_locally() => {
+                tracing::warn!(
                     channel = %wire::truncate(channel, 64),
                     message_id,
                     error = %e,
                     "message.failed cannot be published for this reply; the dead letter says why it failed"
-                ),
-                Err(e) => return Err(e),
+                );
+                Ok(())
             }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
+}
+
+/// Counts a dead letter, and the failed DM when the reply's id is known
+/// (`identified`).
+fn count_dead_letter(channel: &str, failure: &Failure, identified: bool) {
+    // Unknown channels are whatever routing key the CRM used: one label
+    // value for all of them keeps the metric's cardinality bounded.
+    let channel_label = if failure.reason == FailureReason::UnknownChannel {
+        "unknown".to_owned()
+    } else {
+        channel.to_owned()
+    };
+    metrics::counter!(
+        "xbridge_dead_letters_total",
+        "channel" => channel_label.clone(),
+        "reason" => failure.reason.as_str()
+    )
+    .increment(1);
+    if identified {
+        metrics::counter!(
+            "xbridge_dms_failed_total",
+            "channel" => channel_label,
+            "reason" => failure.reason.as_str()
+        )
+        .increment(1);
+    }
+}
+
+/// A dead letter's headers: the reply's `history` with why it failed
+/// (`detail`, already bounded) and where it was published.
+fn letter_headers(
+    delivery: &Delivery,
+    channel: &str,
+    failure: &Failure,
+    detail: &str,
+    mut history: FailureHeaders,
+) -> FailureHeaders {
+    let now = chrono::Utc::now();
+    history.reason = Some(failure.reason.as_str().to_owned());
+    history.detail = Some(detail.to_owned());
+    history.channel = Some(channel.to_owned());
+    history.http_status = failure.http_status.or(history.http_status);
+    history.problem_type = failure.problem_type.clone().or(history.problem_type);
+    history.first_failure_at.get_or_insert(now);
+    history.last_failure_at = Some(now);
+    // Where this delivery was published, never what its headers claim:
+    // they came with the reply (a replay follows the routing key, so a
+    // header naming another channel would send the reply out of that
+    // channel's account). A parked reply comes back under its own routing
+    // key, through the outgoing exchange, so the delivery says it.
+    history.original_exchange = Some(delivery.exchange.as_str().to_owned());
+    history.original_routing_key = Some(delivery.routing_key.as_str().to_owned());
+    history
 }

@@ -21,13 +21,15 @@ use xbridge_core::config::Settings;
 use xbridge_store::StateStore;
 use xbridge_x_api::{XClient, XHttp};
 
+use crate::context::ChannelContext;
 use crate::credits::CreditsGate;
 use crate::fate::Policy;
 use crate::media::MediaFetcher;
 use crate::ordering::ParkedReplies;
 use crate::report::Reporter;
 use crate::state_sync::PublishedStates;
-use crate::worker::{self, ChannelContext, Unsettled};
+use crate::unsettled::Unsettled;
+use crate::worker;
 use crate::{unrouted, OutboundError};
 
 /// The outbound side of one bridge process.

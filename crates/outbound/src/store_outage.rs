@@ -13,9 +13,7 @@
 //! written before the request, then makes the next process look on X before
 //! sending (see [`crate::reconcile`]).
 
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -23,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use xbridge_store::{SentRecord, StoreError};
 
-use crate::worker::{ChannelContext, Unsettled};
+use crate::context::ChannelContext;
+use crate::unrecorded::Unrecorded;
+use crate::unsettled::Unsettled;
 
 /// The first pause before a failed store operation is tried again once the
 /// store says it can write; it grows to [`MAX_PAUSE`]. Keeps an operation
@@ -40,42 +40,6 @@ pub fn pauses() -> impl Iterator<Item = Duration> {
         .with_jitter()
         .without_max_times()
         .build()
-}
-
-/// One channel's sends X accepted whose records the store has not taken yet,
-/// by message id. Kept across RabbitMQ sessions.
-#[derive(Debug, Default)]
-pub struct UnrecordedSends {
-    replies: Mutex<HashMap<String, Unrecorded>>,
-}
-
-/// What is held of one reply.
-#[derive(Debug, Default, Clone)]
-struct Unrecorded {
-    /// The DMs of a reply in parts, by part.
-    parts: BTreeMap<usize, SentRecord>,
-    /// The reply as a whole, once every part went out.
-    reply: Option<SentRecord>,
-}
-
-impl UnrecordedSends {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Unrecorded>> {
-        self.replies.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether anything of `message_id` is held.
-    pub fn holds(&self, message_id: &str) -> bool {
-        self.lock().contains_key(message_id)
-    }
-
-    fn update(&self, message_id: &str, change: impl FnOnce(&mut Unrecorded)) {
-        let mut replies = self.lock();
-        let held = replies.entry(message_id.to_owned()).or_default();
-        change(held);
-        if held.parts.is_empty() && held.reply.is_none() {
-            replies.remove(message_id);
-        }
-    }
 }
 
 /// Waits after `error` until the store can write (a short pause at least, so
@@ -187,7 +151,7 @@ pub async fn write_held(
     message_id: &str,
     stop: &CancellationToken,
 ) -> Result<(), Unsettled> {
-    let Some(held) = ctx.unrecorded.lock().get(message_id).cloned() else {
+    let Some(held) = ctx.unrecorded.held(message_id) else {
         return Ok(());
     };
     tracing::info!(channel = %ctx.name, message_id, "writing the record of a send X accepted before the store could take it");
@@ -198,27 +162,4 @@ pub async fn write_held(
         record_part(ctx, message_id, *part, record, stop).await?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reply_is_held_until_nothing_of_it_is_left() {
-        let held = UnrecordedSends::default();
-        let record = xbridge_store::contract::sample_record();
-        held.update("m1", |h| {
-            h.parts.insert(0, record.clone());
-        });
-        assert!(held.holds("m1"));
-        held.update("m1", |h| h.reply = Some(record.clone()));
-        held.update("m1", |h| {
-            h.parts.remove(&0);
-        });
-        assert!(held.holds("m1"), "the reply's record is still held");
-        held.update("m1", |h| *h = Unrecorded::default());
-        assert!(!held.holds("m1"));
-        assert!(held.lock().is_empty());
-    }
 }

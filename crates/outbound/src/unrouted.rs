@@ -11,7 +11,7 @@ use xbridge_core::amqp::FailureHeaders;
 use xbridge_core::model::FailureReason;
 
 use crate::report::{Failure, Reporter};
-use crate::worker::Unsettled;
+use crate::unsettled::Unsettled;
 
 /// Consumes the unrouted queue until `stop` or a broker failure.
 pub async fn consume(
