@@ -312,6 +312,7 @@
 mod accounts;
 mod admin;
 mod auth;
+mod authorized;
 mod clock;
 mod customers;
 mod delivery;
