@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::authorized::{Authorized, DmSend};
 use crate::events::{one_to_one_conversation_id, DmEvent};
 use crate::reply::Reply;
-use crate::{delivery, problems, uploads};
+use crate::{delivery, problems, request_body, uploads};
 
 /// X's limit on a DM's text, in characters.
 pub const MAX_TEXT_CHARS: usize = 10_000;
@@ -253,35 +253,9 @@ fn validate(
 
 /// Checks the JSON body against X's schema: `text` and/or one attachment, nothing else.
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<(String, Vec<String>), Refusal> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value
-                .trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return Err(invalid(
-            "Requests with bodies must have content-type of application/json.",
-            None,
-        ));
-    }
-    let body: Value = serde_json::from_slice(body)
-        .map_err(|error| invalid(&format!("Request body is not valid JSON: {error}"), None))?;
-    let Value::Object(fields) = body else {
-        return Err(invalid("$: expected an object", None));
-    };
-    if let Some(extra) = fields
-        .keys()
-        .find(|key| *key != "text" && *key != "attachments")
-    {
-        return Err(invalid(
-            &format!("$.{extra}: is not defined in the schema and the schema does not allow additional properties"),
-            None,
-        ));
-    }
+    request_body::require_json(headers).map_err(Refusal::Invalid)?;
+    let fields =
+        request_body::json_object(body, &["text", "attachments"]).map_err(Refusal::Invalid)?;
     let text = match fields.get("text") {
         None => String::new(),
         Some(Value::String(text)) => text.clone(),

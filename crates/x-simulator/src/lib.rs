@@ -326,6 +326,7 @@ pub mod oauth;
 mod problems;
 mod rate_limit;
 mod reply;
+mod request_body;
 mod request_log;
 mod routes;
 mod simulator;

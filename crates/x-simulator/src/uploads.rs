@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest as _, Path, Request};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -22,10 +22,10 @@ use serde_json::{json, Value};
 
 use crate::authorized::{Authorized, MediaUpload, SignedBody};
 use crate::events::MediaType;
-use crate::problems;
 use crate::rate_limit::RateLimitWindow;
 use crate::reply::Reply;
 use crate::state::Inner;
+use crate::{problems, request_body};
 
 /// X's per-user limit on the upload routes (README §2: 1,875 per 15 minutes), the default of
 /// [`crate::SimulatorConfig::upload_rate_limit`].
@@ -411,39 +411,17 @@ fn invalid(message: &str, parameter: Option<(&str, &str)>) -> String {
 }
 
 fn parse_initialize(headers: &HeaderMap, body: &[u8]) -> Result<Initialize, String> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value
-                .trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return Err(invalid(
-            "Requests with bodies must have content-type of application/json.",
-            None,
-        ));
-    }
-    let body: Value = serde_json::from_slice(body)
-        .map_err(|error| invalid(&format!("Request body is not valid JSON: {error}"), None))?;
-    let Value::Object(fields) = body else {
-        return Err(invalid("$: expected an object", None));
-    };
-    const KNOWN: [&str; 5] = [
-        "media_type",
-        "total_bytes",
-        "media_category",
-        "shared",
-        "additional_owners",
-    ];
-    if let Some(extra) = fields.keys().find(|key| !KNOWN.contains(&key.as_str())) {
-        return Err(invalid(
-            &format!("$.{extra}: is not defined in the schema and the schema does not allow additional properties"),
-            None,
-        ));
-    }
+    request_body::require_json(headers)?;
+    let fields = request_body::json_object(
+        body,
+        &[
+            "media_type",
+            "total_bytes",
+            "media_category",
+            "shared",
+            "additional_owners",
+        ],
+    )?;
     let media_type = match fields.get("media_type") {
         Some(Value::String(value)) => value.trim().to_ascii_lowercase(),
         Some(_) => return Err(invalid("$.media_type: expected a string", None)),

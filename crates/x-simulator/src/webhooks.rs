@@ -19,9 +19,9 @@ use url::Url;
 use crate::authorized::{Authorized, Subscription as SubscriptionRoute, Webhooks};
 use crate::delivery::crc_response_token;
 use crate::events::app_id;
-use crate::problems;
 use crate::reply::Reply;
 use crate::state::{Inner, SimState};
+use crate::{problems, request_body};
 
 /// X's limit on a webhook URL's length.
 pub const MAX_WEBHOOK_URL_CHARS: usize = 200;
@@ -175,16 +175,7 @@ fn check_url(inner: &Inner, app_key: &str, url: &str, limit: usize) -> Result<()
 /// The URL of a `POST /2/webhooks` body `{"url":"…"}`.
 fn parse_url_body(body: &[u8]) -> Result<String, String> {
     let invalid = |message: &str| problems::invalid_request(message, None);
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|error| invalid(&format!("Request body is not valid JSON: {error}")))?;
-    let Value::Object(fields) = value else {
-        return Err(invalid("$: expected an object"));
-    };
-    if let Some(extra) = fields.keys().find(|key| *key != "url") {
-        return Err(invalid(&format!(
-            "$.{extra}: is not defined in the schema and the schema does not allow additional properties"
-        )));
-    }
+    let fields = request_body::json_object(body, &["url"])?;
     match fields.get("url") {
         Some(Value::String(url)) => Ok(url.clone()),
         Some(_) => Err(invalid("$.url: expected a string")),
