@@ -350,25 +350,17 @@ fn own_upload<'a>(
 
 /// `POST /2/media/upload/initialize`.
 pub(crate) async fn initialize(caller: Authorized<MediaUpload>) -> Reply {
-    let Authorized {
-        state,
-        account,
-        now,
-        reply,
-        headers,
-        body,
-        ..
-    } = caller;
-    let init = match parse_initialize(&headers, &body) {
+    let init = match parse_initialize(&caller.headers, &caller.body) {
         Ok(init) => init,
-        Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
+        Err(problem) => return caller.reply.answer(StatusCode::BAD_REQUEST, problem),
     };
-    let mut inner = state.lock();
+    let now = caller.now;
+    let mut inner = caller.state.lock();
     let id = inner.next_event_id(now);
     let record = UploadRecord {
         media_key: format!("{}_{id}", init.category.key_prefix()),
         id,
-        user_id: account.user_id.clone(),
+        user_id: caller.account.user_id.clone(),
         media_type: init.media_type,
         category: init.category,
         total_bytes: init.total_bytes,
@@ -395,7 +387,7 @@ pub(crate) async fn initialize(caller: Authorized<MediaUpload>) -> Reply {
     }})
     .to_string();
     inner.uploads.push(record);
-    reply.answer(StatusCode::OK, body)
+    caller.reply.answer(StatusCode::OK, body)
 }
 
 /// INITIALIZE's body, checked.
