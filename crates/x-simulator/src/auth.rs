@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::accounts::{Account, AccountRegistry};
 use crate::oauth::{self, HeaderError};
-use crate::problems;
+use crate::{problems, request_body};
 
 /// How far a request's `oauth_timestamp` may be from the simulator's clock, and how long a nonce
 /// stays spent.
@@ -207,17 +207,7 @@ fn base_string(
     if let Some(query) = request.uri.query() {
         params.extend(form_pairs(query.as_bytes()));
     }
-    let is_form = request
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value
-                .trim()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
-    if is_form {
+    if request_body::has_content_type(request.headers, "application/x-www-form-urlencoded") {
         params.extend(form_pairs(request.body));
     }
     Ok(oauth::signature_base_string(

@@ -1,25 +1,19 @@
-//! Sending Direct Messages: X's two 1:1 send endpoints, from authentication through rate limit,
-//! faults and validation to the recorded [`SentDm`].
+//! Sending Direct Messages: X's two 1:1 send endpoints, from validation (after the shared
+//! gate: credentials, rate limit, faults) to the recorded [`SentDm`].
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
-use axum::response::Response;
-use axum::Extension;
+use axum::extract::Path;
+use axum::http::{header, HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::auth::SignedRequest;
+use crate::authorized::{Authorized, DmSend};
 use crate::events::{one_to_one_conversation_id, DmEvent};
-use crate::faults::Endpoint;
 use crate::reply::Reply;
-use crate::request_log::RequestIdentity;
-use crate::state::{SimState, Window};
-use crate::{delivery, gate, problems, uploads};
+use crate::{delivery, problems, request_body, uploads};
 
 /// X's limit on a DM's text, in characters.
 pub const MAX_TEXT_CHARS: usize = 10_000;
@@ -56,95 +50,61 @@ enum Target {
 
 /// `POST /2/dm_conversations/with/:participant_id/messages`.
 pub(crate) async fn send_to_participant(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
     participant_id: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+    caller: Authorized<DmSend>,
+) -> Reply {
     let target = match participant_id {
         Ok(Path(id)) => Target::Participant(id),
         Err(_) => Target::Undecodable {
             parameter: "participant_id",
         },
     };
-    let request = SignedRequest {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    let (reply, event) = decide(&state, &request, target);
-    if let Some(event) = event {
-        delivery::schedule(&state, &event);
-    }
-    reply.deliver(&state, &identity).await
+    send(caller, target)
 }
 
 /// `POST /2/dm_conversations/:dm_conversation_id/messages`.
 pub(crate) async fn send_in_conversation(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
     conversation_id: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+    caller: Authorized<DmSend>,
+) -> Reply {
     let target = match conversation_id {
         Ok(Path(id)) => Target::Conversation(id),
         Err(_) => Target::Undecodable {
             parameter: "dm_conversation_id",
         },
     };
-    let request = SignedRequest {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    let (reply, event) = decide(&state, &request, target);
-    if let Some(event) = event {
-        delivery::schedule(&state, &event);
-    }
-    reply.deliver(&state, &identity).await
+    send(caller, target)
 }
 
-/// Everything X checks, in X's order: who (401), how often (429), the account's faults, what
-/// (400), to whom (403); then the DM is recorded, also as a DM event (returned, for webhook
-/// delivery). Runs under the state lock, without awaiting.
-fn decide(
-    state: &SimState,
-    request: &SignedRequest<'_>,
-    target: Target,
-) -> (Reply, Option<DmEvent>) {
-    match decide_send(state, request, target) {
-        Ok((reply, event)) => (reply, Some(event)),
-        Err(refused) => (refused, None),
+/// Records an admitted send and schedules its webhook deliveries, or says why X refuses it.
+fn send(caller: Authorized<DmSend>, target: Target) -> Reply {
+    let state = Arc::clone(&caller.state);
+    match decide(caller, target) {
+        Ok((reply, event)) => {
+            delivery::schedule(&state, &event);
+            reply
+        }
+        Err(refused) => refused,
     }
 }
 
-fn decide_send(
-    state: &SimState,
-    request: &SignedRequest<'_>,
-    target: Target,
-) -> Result<(Reply, DmEvent), Reply> {
-    let now = state.now();
+/// What X checks after the gate, in X's order: what (400), to whom (403); then the DM is
+/// recorded, also as a DM event (returned, for webhook delivery). Runs under the state lock.
+fn decide(caller: Authorized<DmSend>, target: Target) -> Result<(Reply, DmEvent), Reply> {
+    let Authorized {
+        state,
+        account,
+        now,
+        reply,
+        headers,
+        body,
+        ..
+    } = caller;
     let mut guard = state.lock();
     let inner = &mut *guard;
-    let (account, reply) = gate::admit(
-        state,
-        inner,
-        request,
-        now,
-        (Window::Send, Endpoint::DmSend),
-        "DM send",
-    )?;
     let user_id = account.user_id.as_str();
 
-    let message = match validate(request, target, user_id) {
+    let message = match validate(&headers, &body, target, user_id) {
         Ok(message) => message,
         Err(Refusal::Invalid(body)) => return Err(reply.answer(StatusCode::BAD_REQUEST, body)),
         Err(Refusal::NotAMember) => {
@@ -189,7 +149,7 @@ fn decide_send(
     // X's own quirk: the event id appears quoted in the recorded `location` header.
     let location = format!(
         "http://{}/2/dm_events/\"{}\"",
-        host(request.headers).unwrap_or("localhost"),
+        host(&headers).unwrap_or("localhost"),
         dm.dm_event_id
     );
     let event = inner.record_send_event(
@@ -238,7 +198,8 @@ fn invalid(message: &str, parameter: Option<(&str, &str)>) -> Refusal {
 }
 
 fn validate(
-    request: &SignedRequest<'_>,
+    headers: &HeaderMap,
+    body: &[u8],
     target: Target,
     own_id: &str,
 ) -> Result<ValidMessage, Refusal> {
@@ -281,7 +242,7 @@ fn validate(
             (conversation, participant)
         }
     };
-    let (text, media_ids) = parse_body(request.headers, request.body)?;
+    let (text, media_ids) = parse_body(headers, body)?;
     Ok(ValidMessage {
         conversation_id,
         participant_id,
@@ -292,35 +253,9 @@ fn validate(
 
 /// Checks the JSON body against X's schema: `text` and/or one attachment, nothing else.
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<(String, Vec<String>), Refusal> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value
-                .trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return Err(invalid(
-            "Requests with bodies must have content-type of application/json.",
-            None,
-        ));
-    }
-    let body: Value = serde_json::from_slice(body)
-        .map_err(|error| invalid(&format!("Request body is not valid JSON: {error}"), None))?;
-    let Value::Object(fields) = body else {
-        return Err(invalid("$: expected an object", None));
-    };
-    if let Some(extra) = fields
-        .keys()
-        .find(|key| *key != "text" && *key != "attachments")
-    {
-        return Err(invalid(
-            &format!("$.{extra}: is not defined in the schema and the schema does not allow additional properties"),
-            None,
-        ));
-    }
+    request_body::require_json(headers).map_err(Refusal::Invalid)?;
+    let fields =
+        request_body::json_object(body, &["text", "attachments"]).map_err(Refusal::Invalid)?;
     let text = match fields.get("text") {
         None => String::new(),
         Some(Value::String(text)) => text.clone(),

@@ -2,24 +2,17 @@
 //! X's field selection and expansions, its own rate-limit window and billing per event returned.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::Response;
-use axum::Extension;
+use axum::http::StatusCode;
 use chrono::Duration;
 use serde_json::{json, Map, Value};
 
-use crate::auth::{self, SignedRequest};
+use crate::authorized::{Authorized, DmRead};
 use crate::customers::{find_user, UserView};
 use crate::events::DmEvent;
-use crate::faults::{Endpoint, SendFailure};
 use crate::problems;
 use crate::reply::Reply;
-use crate::request_log::RequestIdentity;
-use crate::state::{Inner, SimState, Window};
+use crate::state::Inner;
 
 /// How long X keeps DM events for `GET /2/dm_events`.
 pub const RETENTION_DAYS: i64 = 30;
@@ -241,71 +234,21 @@ fn bad_token(value: &str) -> String {
     )
 }
 
-/// `GET /2/dm_events`.
-pub(crate) async fn list_events(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let request = SignedRequest {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    let reply = decide(&state, &request);
-    reply.deliver(&state, &identity).await
-}
-
-/// Who (401/403), how often (429, the read window), the account's faults, the query (400), then
-/// the page, billed per event returned.
-fn decide(state: &SimState, request: &SignedRequest<'_>) -> Reply {
-    let now = state.now();
+/// `GET /2/dm_events`: after the gate (credentials, the read window, the read faults), the
+/// query (400), then the page, billed per event returned.
+pub(crate) async fn list_events(caller: Authorized<DmRead>) -> Reply {
+    let Authorized {
+        state,
+        account,
+        now,
+        reply,
+        uri,
+        ..
+    } = caller;
     let mut guard = state.lock();
     let inner = &mut *guard;
-    let account = match auth::authenticate(request, &inner.accounts, &mut inner.nonces, now) {
-        Ok(account) => account.clone(),
-        Err(failure) => {
-            tracing::warn!(?failure, "refused a DM read's credentials");
-            let reply = Reply::new(failure.status(), failure.body());
-            return match failure.user_id() {
-                Some(user_id) => reply.for_account(user_id, None),
-                None => reply,
-            };
-        }
-    };
     let user_id = account.user_id.as_str();
-    let reply = Reply::new(StatusCode::OK, "").for_account(user_id, inner.faults.latency(user_id));
-    if inner.faults.revokes_token(user_id) {
-        inner.counters.faults_injected += 1;
-        return reply.answer(StatusCode::UNAUTHORIZED, problems::UNAUTHORIZED);
-    }
-    let window = inner.count_rate_limit(Window::Read, user_id, now, state.default_read_rate_limit);
-    let reply = reply
-        .rate_limit(window)
-        .access_level(!inner.faults.lacks_dm_permission(user_id));
-    if window.exceeded {
-        inner.counters.rate_limited += 1;
-        return reply.answer(StatusCode::TOO_MANY_REQUESTS, problems::RATE_LIMITED);
-    }
-    match inner
-        .faults
-        .take_failure(user_id, now.date_naive(), Endpoint::DmRead)
-    {
-        Some(SendFailure::Hold) => {
-            inner.counters.faults_injected += 1;
-            return reply.hold();
-        }
-        Some(SendFailure::Answer { status, body }) => {
-            inner.counters.faults_injected += 1;
-            return reply.answer(status, body);
-        }
-        None => {}
-    }
-    let query = match parse_query(request.uri.query()) {
+    let query = match parse_query(uri.query()) {
         Ok(query) => query,
         Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
     };

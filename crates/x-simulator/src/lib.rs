@@ -306,12 +306,47 @@
 //! | `access_token` | `demo-access-token` |
 //! | `access_token_secret` | `demo-access-token-secret` |
 //! | `bearer_token` | `demo-bearer-token` |
+//!
+//! # Layout
+//!
+//! An X route is a handler that takes `Authorized<Route>` and returns a `Reply`: the
+//! extractor has already checked the signature or token and run the route's gate (revoked
+//! token, rate-limit window, faults), and the `deliver` layer applies latency and holds, so a
+//! handler holds only what its endpoint does.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | `routes` | the router: X's routes, their layers (request log, `deliver`), the `/_sim/` nest |
+//! | `authorized` | the `Authorized<R, B>` extractor, one route type per gate, `SignedBody` |
+//! | `gate` | the shared checks in X's order and the table of which ones reach which route |
+//! | `auth` | OAuth 1.0a and Bearer authentication, the nonce cache, `AuthFailure` |
+//! | `oauth` | signature base strings and HMAC-SHA1 (public, for tests that sign) |
+//! | `reply` | `Reply` (status, body, X's headers) and the `deliver` layer (latency, holds) |
+//! | `request_body` | X's checks of JSON bodies (content type, object, unknown fields) |
+//! | `problems` | X's error bodies, from the shared fixtures |
+//! | `faults` | [`Fault`] and the per-account fault book |
+//! | `rate_limit` | [`RateLimitWindow`] and the fixed-window counter |
+//! | `request_log` | [`RequestRecord`], [`Counters`] and the logging middleware |
+//! | `dm` | the two DM send routes and [`SentDm`] |
+//! | `dm_events` | `GET /2/dm_events`: paging, fields, expansions, billing |
+//! | `users` | `GET /2/users/me` and `GET /2/users/:id` |
+//! | `uploads` | the media upload routes, [`Upload`], [`MediaProcessing`] |
+//! | `media` | downloads of DM media (TON URL, renditions) |
+//! | `webhooks` | webhook and subscription routes, the CRC, [`Webhook`], [`Subscription`] |
+//! | `delivery` | signed, retried Account Activity deliveries, [`Delivery`] |
+//! | `events` | the DM event store, [`DmEvent`], [`MediaSpec`] |
+//! | `accounts`, `customers` | who the simulator knows: [`Account`], [`Customer`] |
+//! | `state`, `clock` | everything remembered, behind one mutex; where time is read |
+//! | `admin` | the `/_sim/` admin API |
+//! | `simulator` | [`Simulator`] (start, steer, observe, shut down) and [`SimulatorConfig`] |
+//! | `tests` | the crate's own HTTP-level tests, one file per area |
 
 #![warn(missing_docs)]
 
 mod accounts;
 mod admin;
 mod auth;
+mod authorized;
 mod clock;
 mod customers;
 mod delivery;
@@ -325,6 +360,7 @@ pub mod oauth;
 mod problems;
 mod rate_limit;
 mod reply;
+mod request_body;
 mod request_log;
 mod routes;
 mod simulator;

@@ -9,13 +9,13 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse as _, Response};
 use axum::Extension;
 
-use crate::auth::{self, SignedRequest};
+use crate::authorized::{Authorized, MediaDownload};
 use crate::events::{DmAttachment, DmEvent};
 use crate::faults::MediaFailure;
 use crate::problems;
@@ -68,15 +68,12 @@ enum Outcome {
 }
 
 impl Outcome {
-    async fn answer(self, state: &SimState, identity: &RequestIdentity) -> Response {
+    fn answer(self) -> Response {
         match self {
             Outcome::Media(content_type, bytes) => media_response(content_type, Body::from(bytes)),
             Outcome::Problem(status, body) => problem(status, body),
             Outcome::Failure(_, MediaFailure::Hold) => {
-                Reply::new(StatusCode::OK, "")
-                    .hold()
-                    .deliver(state, identity)
-                    .await
+                Reply::new(StatusCode::OK, "").hold().into_response()
             }
             Outcome::Failure(_, MediaFailure::Answer { status, body }) => problem(status, body),
             Outcome::Failure(
@@ -125,73 +122,71 @@ fn problem(status: StatusCode, body: String) -> Response {
     response
 }
 
-/// `GET /1.1/ton/data/dm/:event_id/:media_id/:name`.
+/// The TON URL's segments; one that does not decode is X's 404, before any credential check.
+pub(crate) struct TonPath {
+    event_id: String,
+    media_id: String,
+    name: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TonPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<(String, String, String)>::from_request_parts(parts, state).await {
+            Ok(Path((event_id, media_id, name))) => Ok(TonPath {
+                event_id,
+                media_id,
+                name,
+            }),
+            Err(_) => Err(problem(StatusCode::NOT_FOUND, problems::not_found())),
+        }
+    }
+}
+
+/// `GET /1.1/ton/data/dm/:event_id/:media_id/:name`: the media, for a participant only.
 pub(crate) async fn ton(
-    State(state): State<Arc<SimState>>,
     Extension(identity): Extension<RequestIdentity>,
-    segments: Result<Path<(String, String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    path: TonPath,
+    caller: Authorized<MediaDownload>,
 ) -> Response {
-    let Ok(Path((event_id, media_id, name))) = segments else {
-        return problem(StatusCode::NOT_FOUND, problems::not_found());
-    };
-    let request = SignedRequest {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    let outcome = {
-        let now = state.now();
-        let mut guard = state.lock();
-        let inner = &mut *guard;
-        let account = match auth::authenticate(&request, &inner.accounts, &mut inner.nonces, now) {
-            Ok(account) => account.clone(),
-            Err(failure) => {
-                tracing::warn!(?failure, "refused a media download's credentials");
-                return problem(failure.status(), failure.body());
-            }
-        };
-        identity.set(&account.user_id);
-        let event = inner.events.iter().find(|event| {
-            event.id == event_id
-                && event.attachment.as_ref().is_some_and(|a| {
-                    a.media_id == media_id && a.url.rsplit('/').next() == Some(name.as_str())
-                })
-        });
-        let outcome = match event {
-            None => Outcome::Problem(StatusCode::NOT_FOUND, problems::not_found()),
-            Some(event) if !event.involves(&account.user_id) => {
-                Outcome::Problem(StatusCode::FORBIDDEN, problems::FORBIDDEN.to_string())
-            }
-            Some(event) => {
-                let (content_type, bytes) =
-                    body_of(event.attachment.as_ref().expect("matched above"), &name);
-                match inner.faults.take_media_failure(&account.user_id) {
-                    Some(failure) => {
-                        inner.counters.faults_injected += 1;
-                        Outcome::Failure(content_type, failure)
-                    }
-                    None => Outcome::Media(content_type, bytes),
+    let user_id = caller.account.user_id.as_str();
+    identity.set(user_id);
+    let mut guard = caller.state.lock();
+    let inner = &mut *guard;
+    let event = inner.events.iter().find(|event| {
+        event.id == path.event_id
+            && event.attachment.as_ref().is_some_and(|a| {
+                a.media_id == path.media_id && a.url.rsplit('/').next() == Some(path.name.as_str())
+            })
+    });
+    let outcome = match event {
+        None => Outcome::Problem(StatusCode::NOT_FOUND, problems::not_found()),
+        Some(event) if !event.involves(user_id) => {
+            Outcome::Problem(StatusCode::FORBIDDEN, problems::FORBIDDEN.to_string())
+        }
+        Some(event) => {
+            let (content_type, bytes) = body_of(
+                event.attachment.as_ref().expect("matched above"),
+                &path.name,
+            );
+            match inner.faults.take_media_failure(user_id) {
+                Some(failure) => {
+                    inner.counters.faults_injected += 1;
+                    Outcome::Failure(content_type, failure)
                 }
+                None => Outcome::Media(content_type, bytes),
             }
-        };
-        outcome
+        }
     };
-    outcome.answer(&state, &identity).await
+    drop(guard);
+    outcome.answer()
 }
 
 /// `GET /dm_video/…`, `/dm_video_thumb/…`, `/dm_gif/…`, `/dm_gif_thumb/…`: public renditions,
 /// found by the media id that follows the prefix. The `media_*` faults of the conversation's
 /// accounts apply.
-pub(crate) async fn rendition(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
-    uri: Uri,
-) -> Response {
+pub(crate) async fn rendition(State(state): State<Arc<SimState>>, uri: Uri) -> Response {
     let mut segments = uri.path().trim_start_matches('/').split('/').skip(1);
     let media_id = segments.next().unwrap_or_default().to_string();
     let name = uri
@@ -235,5 +230,5 @@ pub(crate) async fn rendition(
         };
         outcome
     };
-    outcome.answer(&state, &identity).await
+    outcome.answer()
 }

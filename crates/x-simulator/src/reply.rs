@@ -1,10 +1,17 @@
 //! How the simulator answers X routes: X's JSON content type and headers, plus the delays and
 //! holds that faults add once the answer is decided.
+//!
+//! A handler (or the [`crate::authorized::Authorized`] extractor refusing a request) returns a
+//! [`Reply`]; the [`deliver`] layer then names the account in the request log and applies the
+//! account's latency or hold, so no route awaits those itself.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse as _, Response};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use crate::rate_limit::RateLimitStatus;
 use crate::request_log::RequestIdentity;
@@ -13,11 +20,11 @@ use crate::state::SimState;
 /// How long a `Timeout` fault keeps a request waiting: far beyond any sane client timeout.
 const HOLD_FOR: Duration = Duration::from_secs(60 * 60);
 
-/// What X would answer, decided under the state lock; [`Reply::deliver`] then sends it, after
-/// whatever delay the account's faults impose.
+/// What X would answer, decided under the state lock; the [`deliver`] layer then sends it,
+/// after whatever delay the account's faults impose.
 #[derive(Debug)]
 pub(crate) struct Reply {
-    pub user_id: Option<String>,
+    user_id: Option<String>,
     status: StatusCode,
     headers: Vec<(HeaderName, String)>,
     body: String,
@@ -86,30 +93,23 @@ impl Reply {
         self.hold = true;
         self
     }
+}
 
-    /// Sends the answer after the account's latency, or holds it; both end early on shutdown.
-    pub(crate) async fn deliver(self, state: &SimState, identity: &RequestIdentity) -> Response {
-        if let Some(user_id) = &self.user_id {
-            identity.set(user_id);
-        }
-        if let Some(latency) = self.latency {
-            tokio::select! {
-                () = tokio::time::sleep(latency) => {}
-                () = state.shutdown.cancelled() => {}
-            }
-        }
-        if self.hold {
-            tokio::select! {
-                () = tokio::time::sleep(HOLD_FOR) => {}
-                () = state.shutdown.cancelled() => {}
-            }
-            let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-            return Reply::new(unavailable, crate::problems::generic(unavailable)).into_response();
-        }
-        self.into_response()
-    }
+/// What the [`deliver`] layer still has to do with an answer: whom to name, how long to wait.
+#[derive(Clone, Debug)]
+struct Pending {
+    user_id: Option<String>,
+    latency: Option<Duration>,
+    hold: bool,
+}
 
+impl IntoResponse for Reply {
     fn into_response(self) -> Response {
+        let pending = Pending {
+            user_id: self.user_id,
+            latency: self.latency,
+            hold: self.hold,
+        };
         let mut response = (self.status, self.body).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -122,6 +122,43 @@ impl Reply {
                 headers.insert(name, value);
             }
         }
+        response.extensions_mut().insert(pending);
         response
     }
+}
+
+/// Layer around the X routes: names the account of a [`Reply`] in the request log, then sends
+/// it after the account's latency, or holds it; both end early on shutdown. Answers that are
+/// not replies (media bytes, the 404 fallback) pass untouched.
+pub(crate) async fn deliver(
+    State(state): State<Arc<SimState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let identity = request.extensions().get::<RequestIdentity>().cloned();
+    let mut response = next.run(request).await;
+    let Some(pending) = response.extensions_mut().remove::<Pending>() else {
+        return response;
+    };
+    if let (Some(user_id), Some(identity)) = (&pending.user_id, &identity) {
+        identity.set(user_id);
+    }
+    if let Some(latency) = pending.latency {
+        tokio::select! {
+            () = tokio::time::sleep(latency) => {}
+            () = state.shutdown.cancelled() => {}
+        }
+    }
+    if pending.hold {
+        tokio::select! {
+            () = tokio::time::sleep(HOLD_FOR) => {}
+            () = state.shutdown.cancelled() => {}
+        }
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        let mut held =
+            Reply::new(unavailable, crate::problems::generic(unavailable)).into_response();
+        held.extensions_mut().remove::<Pending>();
+        return held;
+    }
+    response
 }

@@ -1,4 +1,6 @@
-//! The HTTP surface: X's routes (logged, authenticated per request) and the `/_sim/` admin API.
+//! The HTTP surface: X's routes (logged, answered after the account's latency by the
+//! [`reply::deliver`] layer, each admitted by the [`crate::authorized::Authorized`] extractor
+//! with its route's gate) and the `/_sim/` admin API.
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::state::SimState;
-use crate::{admin, dm, dm_events, media, problems, request_log, uploads, users, webhooks};
+use crate::{admin, dm, dm_events, media, problems, reply, request_log, uploads, users, webhooks};
 
 pub(crate) fn router(state: Arc<SimState>) -> Router {
     let x_routes = Router::new()
@@ -58,6 +60,10 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
         .route("/dm_gif/{*rest}", get(media::rendition))
         .route("/dm_gif_thumb/{*rest}", get(media::rendition))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            reply::deliver,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_log::log_requests,

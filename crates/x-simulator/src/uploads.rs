@@ -8,29 +8,24 @@
 //! a client makes and never waits on a clock.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{FromRequest as _, Path, Request};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Extension;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::auth::SignedRequest;
+use crate::authorized::{Authorized, MediaUpload, SignedBody};
 use crate::events::MediaType;
-use crate::faults::Endpoint;
-use crate::gate;
-use crate::problems;
 use crate::rate_limit::RateLimitWindow;
 use crate::reply::Reply;
-use crate::request_log::RequestIdentity;
-use crate::state::{Inner, SimState, Window};
+use crate::state::Inner;
+use crate::{problems, request_body};
 
 /// X's per-user limit on the upload routes (README §2: 1,875 per 15 minutes), the default of
 /// [`crate::SimulatorConfig::upload_rate_limit`].
@@ -353,53 +348,19 @@ fn own_upload<'a>(
     }
 }
 
-fn signed<'a>(
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-    body: &'a [u8],
-) -> SignedRequest<'a> {
-    SignedRequest {
-        method,
-        uri,
-        headers,
-        body,
-    }
-}
-
-const GATE: (Window, Endpoint) = (Window::Upload, Endpoint::MediaUpload);
-
 /// `POST /2/media/upload/initialize`.
-pub(crate) async fn initialize(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let request = signed(&method, &uri, &headers, &body);
-    let reply = decide_initialize(&state, &request);
-    reply.deliver(&state, &identity).await
-}
-
-fn decide_initialize(state: &SimState, request: &SignedRequest<'_>) -> Reply {
-    let now = state.now();
-    let mut guard = state.lock();
-    let inner = &mut *guard;
-    let (account, reply) = match gate::admit(state, inner, request, now, GATE, "media upload") {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
-    };
-    let init = match parse_initialize(request.headers, request.body) {
+pub(crate) async fn initialize(caller: Authorized<MediaUpload>) -> Reply {
+    let init = match parse_initialize(&caller.headers, &caller.body) {
         Ok(init) => init,
-        Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
+        Err(problem) => return caller.reply.answer(StatusCode::BAD_REQUEST, problem),
     };
+    let now = caller.now;
+    let mut inner = caller.state.lock();
     let id = inner.next_event_id(now);
     let record = UploadRecord {
         media_key: format!("{}_{id}", init.category.key_prefix()),
         id,
-        user_id: account.user_id.clone(),
+        user_id: caller.account.user_id.clone(),
         media_type: init.media_type,
         category: init.category,
         total_bytes: init.total_bytes,
@@ -426,7 +387,7 @@ fn decide_initialize(state: &SimState, request: &SignedRequest<'_>) -> Reply {
     }})
     .to_string();
     inner.uploads.push(record);
-    reply.answer(StatusCode::OK, body)
+    caller.reply.answer(StatusCode::OK, body)
 }
 
 /// INITIALIZE's body, checked.
@@ -442,39 +403,17 @@ fn invalid(message: &str, parameter: Option<(&str, &str)>) -> String {
 }
 
 fn parse_initialize(headers: &HeaderMap, body: &[u8]) -> Result<Initialize, String> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value
-                .trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return Err(invalid(
-            "Requests with bodies must have content-type of application/json.",
-            None,
-        ));
-    }
-    let body: Value = serde_json::from_slice(body)
-        .map_err(|error| invalid(&format!("Request body is not valid JSON: {error}"), None))?;
-    let Value::Object(fields) = body else {
-        return Err(invalid("$: expected an object", None));
-    };
-    const KNOWN: [&str; 5] = [
-        "media_type",
-        "total_bytes",
-        "media_category",
-        "shared",
-        "additional_owners",
-    ];
-    if let Some(extra) = fields.keys().find(|key| !KNOWN.contains(&key.as_str())) {
-        return Err(invalid(
-            &format!("$.{extra}: is not defined in the schema and the schema does not allow additional properties"),
-            None,
-        ));
-    }
+    request_body::require_json(headers)?;
+    let fields = request_body::json_object(
+        body,
+        &[
+            "media_type",
+            "total_bytes",
+            "media_category",
+            "shared",
+            "additional_owners",
+        ],
+    )?;
     let media_type = match fields.get("media_type") {
         Some(Value::String(value)) => value.trim().to_ascii_lowercase(),
         Some(_) => return Err(invalid("$.media_type: expected a string", None)),
@@ -572,38 +511,38 @@ async fn read_parts(
     Ok(parts)
 }
 
-/// `POST /2/media/upload/{id}/append`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn append(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
-    id: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    multipart: Result<Multipart, MultipartRejection>,
-) -> Response {
-    let id = id.map(|Path(id)| id).unwrap_or_default();
-    let parts = read_parts(multipart).await;
-    // A multipart body is not part of the OAuth signature: only query and `oauth_*` are.
-    let request = signed(&method, &uri, &headers, &[]);
-    let reply = decide_append(&state, &request, &id, parts);
-    reply.deliver(&state, &identity).await
+/// An APPEND's multipart body, read whole before the checks; not part of the OAuth signature
+/// (only query and `oauth_*` are). A body that is not multipart or cannot be read is reported
+/// after authentication, as X checks credentials first.
+pub(crate) struct AppendBody(Result<AppendParts, String>);
+
+impl SignedBody for AppendBody {
+    async fn read(request: Request) -> Result<Self, Response> {
+        let multipart = Multipart::from_request(request, &()).await;
+        Ok(AppendBody(read_parts(multipart).await))
+    }
+
+    fn signed(&self) -> &[u8] {
+        &[]
+    }
 }
 
-fn decide_append(
-    state: &SimState,
-    request: &SignedRequest<'_>,
-    id: &str,
-    parts: Result<AppendParts, String>,
+/// `POST /2/media/upload/{id}/append`.
+pub(crate) async fn append(
+    id: Result<Path<String>, PathRejection>,
+    caller: Authorized<MediaUpload, AppendBody>,
 ) -> Reply {
-    let now = state.now();
+    let id = id.map(|Path(id)| id).unwrap_or_default();
+    let id = id.as_str();
+    let Authorized {
+        state,
+        account,
+        reply,
+        body: AppendBody(parts),
+        ..
+    } = caller;
     let mut guard = state.lock();
     let inner = &mut *guard;
-    let (account, reply) = match gate::admit(state, inner, request, now, GATE, "media upload") {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
-    };
     let bad = |message: &str, parameter: Option<(&str, &str)>| {
         (StatusCode::BAD_REQUEST, invalid(message, parameter))
     };
@@ -660,30 +599,21 @@ fn decide_append(
 }
 
 /// `POST /2/media/upload/{id}/finalize`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn finalize(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
     id: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+    caller: Authorized<MediaUpload>,
+) -> Reply {
     let id = id.map(|Path(id)| id).unwrap_or_default();
-    let request = signed(&method, &uri, &headers, &body);
-    let reply = decide_finalize(&state, &request, &id);
-    reply.deliver(&state, &identity).await
-}
-
-fn decide_finalize(state: &SimState, request: &SignedRequest<'_>, id: &str) -> Reply {
-    let now = state.now();
+    let id = id.as_str();
+    let Authorized {
+        state,
+        account,
+        now,
+        reply,
+        ..
+    } = caller;
     let mut guard = state.lock();
     let inner = &mut *guard;
-    let (account, reply) = match gate::admit(state, inner, request, now, GATE, "media upload") {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
-    };
     let settings = inner
         .media_processing
         .get(&account.user_id)
@@ -748,30 +678,17 @@ fn decide_finalize(state: &SimState, request: &SignedRequest<'_>, id: &str) -> R
 }
 
 /// `GET /2/media/upload?command=STATUS&media_id=…`.
-pub(crate) async fn status(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let request = signed(&method, &uri, &headers, &body);
-    let reply = decide_status(&state, &request);
-    reply.deliver(&state, &identity).await
-}
-
-fn decide_status(state: &SimState, request: &SignedRequest<'_>) -> Reply {
-    let now = state.now();
-    let mut guard = state.lock();
-    let inner = &mut *guard;
-    let (account, reply) = match gate::admit(state, inner, request, now, GATE, "media upload") {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
-    };
+pub(crate) async fn status(caller: Authorized<MediaUpload>) -> Reply {
+    let Authorized {
+        state,
+        account,
+        reply,
+        uri,
+        ..
+    } = caller;
     let mut command = None;
     let mut media_id = None;
-    for (name, value) in url::form_urlencoded::parse(request.uri.query().unwrap_or("").as_bytes()) {
+    for (name, value) in url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
         match name.as_ref() {
             "command" => command = Some(value.into_owned()),
             "media_id" => media_id = Some(value.into_owned()),
@@ -802,7 +719,8 @@ fn decide_status(state: &SimState, request: &SignedRequest<'_>) -> Reply {
             invalid("The `media_id` query parameter is required", None),
         );
     };
-    let upload = match own_upload(inner, &account.user_id, &media_id) {
+    let mut inner = state.lock();
+    let upload = match own_upload(&mut inner, &account.user_id, &media_id) {
         Ok(upload) => upload,
         Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
     };

@@ -5,29 +5,23 @@
 //! registered it, and only accounts of that App can subscribe to it. The CRC and every delivery
 //! are keyed with the consumer secret of the account whose token registered the webhook.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::Response;
-use axum::Extension;
+use axum::extract::Path;
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use rand::distr::{Alphanumeric, SampleString as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use url::Url;
 
-use crate::accounts::Account;
-use crate::auth::{self, SignedRequest};
+use crate::authorized::{Authorized, Subscription as SubscriptionRoute, Webhooks};
 use crate::delivery::crc_response_token;
 use crate::events::app_id;
-use crate::problems;
 use crate::reply::Reply;
-use crate::request_log::RequestIdentity;
 use crate::state::{Inner, SimState};
+use crate::{problems, request_body};
 
 /// X's limit on a webhook URL's length.
 pub const MAX_WEBHOOK_URL_CHARS: usize = 200;
@@ -178,75 +172,10 @@ fn check_url(inner: &Inner, app_key: &str, url: &str, limit: usize) -> Result<()
     Ok(())
 }
 
-/// Who is calling a route that takes an App's Bearer token or a user token: the account, and a
-/// reply carrying its identity and latency. An unknown token gets 401.
-fn app_caller(state: &SimState, request: &SignedRequest<'_>) -> Result<(Account, Reply), Reply> {
-    let now = state.now();
-    let mut guard = state.lock();
-    let inner = &mut *guard;
-    match auth::authenticate_user_or_app(request, &inner.accounts, &mut inner.nonces, now) {
-        Ok((account, _)) => {
-            let latency = inner.faults.latency(&account.user_id);
-            let reply = Reply::new(StatusCode::OK, "").for_account(&account.user_id, latency);
-            Ok((account, reply))
-        }
-        Err(failure) => {
-            tracing::warn!(
-                ?failure,
-                path = request.uri.path(),
-                "refused a webhook request's credentials"
-            );
-            Err(Reply::new(failure.status(), failure.body()))
-        }
-    }
-}
-
-/// Who is calling a route that needs the subscribing account's own user token: a Bearer token
-/// gets 403 `unsupported-authentication`, a revoked token 401.
-fn user_caller(state: &SimState, request: &SignedRequest<'_>) -> Result<(Account, Reply), Reply> {
-    let now = state.now();
-    let mut guard = state.lock();
-    let inner = &mut *guard;
-    match auth::authenticate(request, &inner.accounts, &mut inner.nonces, now) {
-        Ok(account) => {
-            let account = account.clone();
-            let user_id = account.user_id.as_str();
-            let reply =
-                Reply::new(StatusCode::OK, "").for_account(user_id, inner.faults.latency(user_id));
-            if inner.faults.revokes_token(user_id) {
-                inner.counters.faults_injected += 1;
-                return Err(reply.answer(StatusCode::UNAUTHORIZED, problems::UNAUTHORIZED));
-            }
-            Ok((account, reply))
-        }
-        Err(failure) => {
-            tracing::warn!(
-                ?failure,
-                path = request.uri.path(),
-                "refused a subscription request's credentials"
-            );
-            let reply = Reply::new(failure.status(), failure.body());
-            Err(match failure.user_id() {
-                Some(user_id) => reply.for_account(user_id, None),
-                None => reply,
-            })
-        }
-    }
-}
-
 /// The URL of a `POST /2/webhooks` body `{"url":"…"}`.
 fn parse_url_body(body: &[u8]) -> Result<String, String> {
     let invalid = |message: &str| problems::invalid_request(message, None);
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|error| invalid(&format!("Request body is not valid JSON: {error}")))?;
-    let Value::Object(fields) = value else {
-        return Err(invalid("$: expected an object"));
-    };
-    if let Some(extra) = fields.keys().find(|key| *key != "url") {
-        return Err(invalid(&format!(
-            "$.{extra}: is not defined in the schema and the schema does not allow additional properties"
-        )));
-    }
+    let fields = request_body::json_object(body, &["url"])?;
     match fields.get("url") {
         Some(Value::String(url)) => Ok(url.clone()),
         Some(_) => Err(invalid("$.url: expected a string")),
@@ -254,115 +183,74 @@ fn parse_url_body(body: &[u8]) -> Result<String, String> {
     }
 }
 
-macro_rules! signed_request {
-    ($method:expr, $uri:expr, $headers:expr, $body:expr) => {
-        SignedRequest {
-            method: &$method,
-            uri: &$uri,
-            headers: &$headers,
-            body: &$body,
-        }
-    };
-}
-
 /// `POST /2/webhooks` `{"url":"…"}`: checks the URL, runs the CRC, registers.
-pub(crate) async fn create(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let request = signed_request!(method, uri, headers, body);
-    let (account, reply) = match app_caller(&state, &request) {
-        Ok(caller) => caller,
-        Err(reply) => return reply.deliver(&state, &identity).await,
-    };
+pub(crate) async fn create(caller: Authorized<Webhooks>) -> Reply {
+    let Authorized {
+        state,
+        account,
+        reply,
+        body,
+        ..
+    } = caller;
     let url = match parse_url_body(&body) {
         Ok(url) => url,
-        Err(problem) => {
-            return reply
-                .answer(StatusCode::BAD_REQUEST, problem)
-                .deliver(&state, &identity)
-                .await
-        }
+        Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
     };
     let limit = state.webhook_config.max_webhooks_per_app;
     let checked = check_url(&state.lock(), &account.consumer_key, &url, limit);
     if let Err(reason) = checked {
         let (status, problem) = refusal(reason, Some(("url", &url)));
-        return reply
-            .answer(status, problem)
-            .deliver(&state, &identity)
-            .await;
+        return reply.answer(status, problem);
     }
     let crc = run_crc(&state, &account.user_id, &url, &account.consumer_secret).await;
-    let reply = {
-        let now = state.now();
-        let mut inner = state.lock();
-        match crc {
-            Err(why) => {
-                tracing::warn!(%url, %why, "webhook CRC failed; not registered");
-                let (status, problem) = refusal("CrcValidationFailed", Some(("url", &url)));
+    let now = state.now();
+    let mut inner = state.lock();
+    match crc {
+        Err(why) => {
+            tracing::warn!(%url, %why, "webhook CRC failed; not registered");
+            let (status, problem) = refusal("CrcValidationFailed", Some(("url", &url)));
+            reply.answer(status, problem)
+        }
+        // Checked again: another registration may have landed while the CRC ran.
+        Ok(()) => match check_url(&inner, &account.consumer_key, &url, limit) {
+            Err(reason) => {
+                let (status, problem) = refusal(reason, Some(("url", &url)));
                 reply.answer(status, problem)
             }
-            // Checked again: another registration may have landed while the CRC ran.
-            Ok(()) => match check_url(&inner, &account.consumer_key, &url, limit) {
-                Err(reason) => {
-                    let (status, problem) = refusal(reason, Some(("url", &url)));
-                    reply.answer(status, problem)
-                }
-                Ok(()) => {
-                    let webhook = Webhook {
-                        id: inner.next_event_id(now),
-                        url: url.clone(),
-                        valid: true,
-                        created_at: now,
-                        registered_by: account.user_id.clone(),
-                        app_key: account.consumer_key.clone(),
-                        secret: account.consumer_secret.clone(),
-                    };
-                    tracing::info!(id = %webhook.id, %url, "webhook registered");
-                    let body = json!({ "data": webhook.to_json() }).to_string();
-                    inner.webhooks.push(webhook);
-                    reply.answer(StatusCode::OK, body)
-                }
-            },
-        }
-    };
-    reply.deliver(&state, &identity).await
+            Ok(()) => {
+                let webhook = Webhook {
+                    id: inner.next_event_id(now),
+                    url: url.clone(),
+                    valid: true,
+                    created_at: now,
+                    registered_by: account.user_id.clone(),
+                    app_key: account.consumer_key.clone(),
+                    secret: account.consumer_secret.clone(),
+                };
+                tracing::info!(id = %webhook.id, %url, "webhook registered");
+                let body = json!({ "data": webhook.to_json() }).to_string();
+                inner.webhooks.push(webhook);
+                reply.answer(StatusCode::OK, body)
+            }
+        },
+    }
 }
 
 /// `GET /2/webhooks`: the App's webhooks.
-pub(crate) async fn list(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let request = signed_request!(method, uri, headers, body);
-    let reply = match app_caller(&state, &request) {
-        Ok((account, reply)) => {
-            let inner = state.lock();
-            let data: Vec<Value> = inner
-                .webhooks
-                .iter()
-                .filter(|w| w.app_key == account.consumer_key)
-                .map(Webhook::to_json)
-                .collect();
-            let body = if data.is_empty() {
-                json!({ "meta": { "result_count": 0 } })
-            } else {
-                json!({ "data": data, "meta": { "result_count": data.len() } })
-            };
-            reply.answer(StatusCode::OK, body.to_string())
-        }
-        Err(reply) => reply,
+pub(crate) async fn list(caller: Authorized<Webhooks>) -> Reply {
+    let inner = caller.state.lock();
+    let data: Vec<Value> = inner
+        .webhooks
+        .iter()
+        .filter(|w| w.app_key == caller.account.consumer_key)
+        .map(Webhook::to_json)
+        .collect();
+    let body = if data.is_empty() {
+        json!({ "meta": { "result_count": 0 } })
+    } else {
+        json!({ "data": data, "meta": { "result_count": data.len() } })
     };
-    reply.deliver(&state, &identity).await
+    caller.reply.answer(StatusCode::OK, body.to_string())
 }
 
 fn webhook_id_of(path: Result<Path<String>, PathRejection>) -> String {
@@ -371,35 +259,22 @@ fn webhook_id_of(path: Result<Path<String>, PathRejection>) -> String {
 
 /// `PUT /2/webhooks/:webhook_id`: runs the CRC again and marks the webhook valid or not.
 pub(crate) async fn revalidate(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
     webhook_id: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+    caller: Authorized<Webhooks>,
+) -> Reply {
     let webhook_id = webhook_id_of(webhook_id);
-    let request = signed_request!(method, uri, headers, body);
-    let (account, reply) = match app_caller(&state, &request) {
-        Ok(caller) => caller,
-        Err(reply) => return reply.deliver(&state, &identity).await,
-    };
-    let found = state
-        .lock()
-        .webhooks
-        .iter()
-        .find(|w| w.id == webhook_id && w.app_key == account.consumer_key)
-        .cloned();
+    let Authorized {
+        state,
+        account,
+        reply,
+        ..
+    } = caller;
+    let found = webhook_of_app(&state.lock(), &webhook_id, &account.consumer_key).cloned();
     let Some(webhook) = found else {
         let (status, problem) = refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
-        return reply
-            .answer(status, problem)
-            .deliver(&state, &identity)
-            .await;
+        return reply.answer(status, problem);
     };
-    let valid = check_webhook(&state, &webhook).await;
-    let reply = if valid {
+    if check_webhook(&state, &webhook).await {
         reply.answer(
             StatusCode::OK,
             json!({ "data": { "valid": true } }).to_string(),
@@ -407,8 +282,7 @@ pub(crate) async fn revalidate(
     } else {
         let (status, problem) = refusal("CrcValidationFailed", Some(("webhook_id", &webhook_id)));
         reply.answer(status, problem)
-    };
-    reply.deliver(&state, &identity).await
+    }
 }
 
 /// Runs the CRC of a registered webhook and records the outcome as its `valid`.
@@ -443,39 +317,25 @@ pub(crate) fn invalidate(state: &SimState, webhook_id: &str) -> bool {
 
 /// `DELETE /2/webhooks/:webhook_id`: forgets the webhook and its subscriptions.
 pub(crate) async fn delete(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
     webhook_id: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+    caller: Authorized<Webhooks>,
+) -> Reply {
     let webhook_id = webhook_id_of(webhook_id);
-    let request = signed_request!(method, uri, headers, body);
-    let reply = match app_caller(&state, &request) {
-        Ok((account, reply)) => {
-            let mut inner = state.lock();
-            let before = inner.webhooks.len();
-            inner
-                .webhooks
-                .retain(|w| !(w.id == webhook_id && w.app_key == account.consumer_key));
-            if inner.webhooks.len() == before {
-                let (status, problem) =
-                    refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
-                reply.answer(status, problem)
-            } else {
-                inner.subscriptions.retain(|s| s.webhook_id != webhook_id);
-                tracing::info!(id = %webhook_id, "webhook deleted");
-                reply.answer(
-                    StatusCode::OK,
-                    json!({ "data": { "deleted": true } }).to_string(),
-                )
-            }
-        }
-        Err(reply) => reply,
-    };
-    reply.deliver(&state, &identity).await
+    let mut inner = caller.state.lock();
+    let before = inner.webhooks.len();
+    inner
+        .webhooks
+        .retain(|w| !(w.id == webhook_id && w.app_key == caller.account.consumer_key));
+    if inner.webhooks.len() == before {
+        let (status, problem) = refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
+        return caller.reply.answer(status, problem);
+    }
+    inner.subscriptions.retain(|s| s.webhook_id != webhook_id);
+    tracing::info!(id = %webhook_id, "webhook deleted");
+    caller.reply.answer(
+        StatusCode::OK,
+        json!({ "data": { "deleted": true } }).to_string(),
+    )
 }
 
 /// The webhook of that id, if the App (consumer key) owns it.
@@ -489,172 +349,123 @@ fn webhook_of_app<'a>(inner: &'a Inner, webhook_id: &str, app_key: &str) -> Opti
 /// `POST /2/account_activity/webhooks/:webhook_id/subscriptions/all` with body `{}`: subscribes
 /// the account whose user token signed the request.
 pub(crate) async fn subscribe(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
     webhook_id: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+    caller: Authorized<SubscriptionRoute>,
+) -> Reply {
     let webhook_id = webhook_id_of(webhook_id);
-    let request = signed_request!(method, uri, headers, body);
-    let reply = match user_caller(&state, &request) {
-        Ok((account, reply)) => {
-            let body_ok = body.iter().all(u8::is_ascii_whitespace)
-                || serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.is_object());
-            let now = state.now();
-            let mut inner = state.lock();
-            let app_key = account.consumer_key.as_str();
-            let subscribers_of_app = inner
-                .subscriptions
-                .iter()
-                .filter(|s| webhook_of_app(&inner, &s.webhook_id, app_key).is_some())
-                .count();
-            let (status, body) = if !body_ok {
-                (
-                    StatusCode::BAD_REQUEST,
-                    problems::invalid_request("$: expected an empty object `{}`", None),
-                )
-            } else if webhook_of_app(&inner, &webhook_id, app_key).is_none() {
-                refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)))
-            } else if inner
-                .subscriptions
-                .iter()
-                .any(|s| s.webhook_id == webhook_id && s.user_id == account.user_id)
-            {
-                refusal("DuplicateSubscriptionFailed", None)
-            } else if subscribers_of_app >= state.webhook_config.max_subscriptions_per_app {
-                refusal("SubscriptionLimitExceeded", None)
-            } else {
-                tracing::info!(%webhook_id, user_id = %account.user_id, "account subscribed");
-                inner.subscriptions.push(Subscription {
-                    webhook_id: webhook_id.clone(),
-                    user_id: account.user_id.clone(),
-                    created_at: now,
-                });
-                (
-                    StatusCode::OK,
-                    json!({ "data": { "subscribed": true } }).to_string(),
-                )
-            };
-            reply.answer(status, body)
-        }
-        Err(reply) => reply,
+    let Authorized {
+        state,
+        account,
+        now,
+        reply,
+        body,
+        ..
+    } = caller;
+    let body_ok = body.iter().all(u8::is_ascii_whitespace)
+        || serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.is_object());
+    let mut inner = state.lock();
+    let app_key = account.consumer_key.as_str();
+    let subscribers_of_app = inner
+        .subscriptions
+        .iter()
+        .filter(|s| webhook_of_app(&inner, &s.webhook_id, app_key).is_some())
+        .count();
+    let (status, body) = if !body_ok {
+        (
+            StatusCode::BAD_REQUEST,
+            problems::invalid_request("$: expected an empty object `{}`", None),
+        )
+    } else if webhook_of_app(&inner, &webhook_id, app_key).is_none() {
+        refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)))
+    } else if inner
+        .subscriptions
+        .iter()
+        .any(|s| s.webhook_id == webhook_id && s.user_id == account.user_id)
+    {
+        refusal("DuplicateSubscriptionFailed", None)
+    } else if subscribers_of_app >= state.webhook_config.max_subscriptions_per_app {
+        refusal("SubscriptionLimitExceeded", None)
+    } else {
+        tracing::info!(%webhook_id, user_id = %account.user_id, "account subscribed");
+        inner.subscriptions.push(Subscription {
+            webhook_id: webhook_id.clone(),
+            user_id: account.user_id.clone(),
+            created_at: now,
+        });
+        (
+            StatusCode::OK,
+            json!({ "data": { "subscribed": true } }).to_string(),
+        )
     };
-    reply.deliver(&state, &identity).await
+    reply.answer(status, body)
 }
 
 /// `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all`: 200
 /// `{"data":{"subscribed":true|false}}` for the signing account.
 pub(crate) async fn check_subscription(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
     webhook_id: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+    caller: Authorized<SubscriptionRoute>,
+) -> Reply {
     let webhook_id = webhook_id_of(webhook_id);
-    let request = signed_request!(method, uri, headers, body);
-    let reply = match user_caller(&state, &request) {
-        Ok((account, reply)) => {
-            let inner = state.lock();
-            if webhook_of_app(&inner, &webhook_id, &account.consumer_key).is_none() {
-                let (status, problem) =
-                    refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
-                reply.answer(status, problem)
-            } else {
-                let subscribed = inner
-                    .subscriptions
-                    .iter()
-                    .any(|s| s.webhook_id == webhook_id && s.user_id == account.user_id);
-                reply.answer(
-                    StatusCode::OK,
-                    json!({ "data": { "subscribed": subscribed } }).to_string(),
-                )
-            }
-        }
-        Err(reply) => reply,
-    };
-    reply.deliver(&state, &identity).await
+    let inner = caller.state.lock();
+    let account = &caller.account;
+    if webhook_of_app(&inner, &webhook_id, &account.consumer_key).is_none() {
+        let (status, problem) = refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
+        return caller.reply.answer(status, problem);
+    }
+    let subscribed = inner
+        .subscriptions
+        .iter()
+        .any(|s| s.webhook_id == webhook_id && s.user_id == account.user_id);
+    caller.reply.answer(
+        StatusCode::OK,
+        json!({ "data": { "subscribed": subscribed } }).to_string(),
+    )
 }
 
 /// `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all/list` (App token): the
 /// subscribed accounts.
 pub(crate) async fn list_subscriptions(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
     webhook_id: Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+    caller: Authorized<Webhooks>,
+) -> Reply {
     let webhook_id = webhook_id_of(webhook_id);
-    let request = signed_request!(method, uri, headers, body);
-    let reply = match app_caller(&state, &request) {
-        Ok((account, reply)) => {
-            let inner = state.lock();
-            match webhook_of_app(&inner, &webhook_id, &account.consumer_key) {
-                None => {
-                    let (status, problem) =
-                        refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
-                    reply.answer(status, problem)
-                }
-                Some(webhook) => {
-                    let subscriptions: Vec<Value> = inner
-                        .subscriptions
-                        .iter()
-                        .filter(|s| s.webhook_id == webhook_id)
-                        .map(|s| json!({ "user_id": s.user_id }))
-                        .collect();
-                    let body = json!({ "data": {
-                        "application_id": app_id(&account),
-                        "webhook_id": webhook.id,
-                        "webhook_url": webhook.url,
-                        "subscriptions": subscriptions,
-                    }});
-                    reply.answer(StatusCode::OK, body.to_string())
-                }
-            }
-        }
-        Err(reply) => reply,
+    let inner = caller.state.lock();
+    let Some(webhook) = webhook_of_app(&inner, &webhook_id, &caller.account.consumer_key) else {
+        let (status, problem) = refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
+        return caller.reply.answer(status, problem);
     };
-    reply.deliver(&state, &identity).await
+    let subscriptions: Vec<Value> = inner
+        .subscriptions
+        .iter()
+        .filter(|s| s.webhook_id == webhook_id)
+        .map(|s| json!({ "user_id": s.user_id }))
+        .collect();
+    let body = json!({ "data": {
+        "application_id": app_id(&caller.account),
+        "webhook_id": webhook.id,
+        "webhook_url": webhook.url,
+        "subscriptions": subscriptions,
+    }});
+    caller.reply.answer(StatusCode::OK, body.to_string())
 }
 
 /// `DELETE /2/account_activity/webhooks/:webhook_id/subscriptions/:user_id/all` (App token).
 pub(crate) async fn unsubscribe(
-    State(state): State<Arc<SimState>>,
-    Extension(identity): Extension<RequestIdentity>,
     ids: Result<Path<(String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+    caller: Authorized<Webhooks>,
+) -> Reply {
     let (webhook_id, user_id) = ids.map(|Path(ids)| ids).unwrap_or_default();
-    let request = signed_request!(method, uri, headers, body);
-    let reply = match app_caller(&state, &request) {
-        Ok((account, reply)) => {
-            let mut inner = state.lock();
-            if webhook_of_app(&inner, &webhook_id, &account.consumer_key).is_none() {
-                let (status, problem) =
-                    refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
-                reply.answer(status, problem)
-            } else {
-                inner
-                    .subscriptions
-                    .retain(|s| !(s.webhook_id == webhook_id && s.user_id == user_id));
-                reply.answer(
-                    StatusCode::OK,
-                    json!({ "data": { "subscribed": false } }).to_string(),
-                )
-            }
-        }
-        Err(reply) => reply,
-    };
-    reply.deliver(&state, &identity).await
+    let mut inner = caller.state.lock();
+    if webhook_of_app(&inner, &webhook_id, &caller.account.consumer_key).is_none() {
+        let (status, problem) = refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)));
+        return caller.reply.answer(status, problem);
+    }
+    inner
+        .subscriptions
+        .retain(|s| !(s.webhook_id == webhook_id && s.user_id == user_id));
+    caller.reply.answer(
+        StatusCode::OK,
+        json!({ "data": { "subscribed": false } }).to_string(),
+    )
 }
