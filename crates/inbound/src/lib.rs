@@ -70,46 +70,27 @@
 
 #![warn(missing_docs)]
 
-mod aaa;
-mod attachment;
-mod body;
-pub mod crc_self_check;
-mod delivery;
-mod dm_events;
-mod echo;
-mod error;
-mod event;
-pub mod identity;
-mod item;
-mod json;
-pub mod lease;
+mod broker;
+pub mod delivery;
 pub mod media;
-pub mod media_proxy;
-mod message;
-pub mod poller;
-pub mod profiles;
-mod routing;
-mod sender;
+pub mod polling;
 pub mod service;
-pub mod sink;
-mod text;
 pub mod untrusted_log;
 pub mod webhook;
-pub mod webhook_auth;
-pub mod webhook_watch;
+mod x;
 
 #[cfg(test)]
 mod properties;
 #[cfg(test)]
 mod test_support;
 
-pub use aaa::{parse_webhook, WebhookDelivery};
-pub use attachment::{Attachment, AttachmentKind};
-pub use delivery::{write_pending, InFlightDeliveries, PendingRecords};
-pub use dm_events::{parse_dm_events, DmEventsPage};
-pub use echo::{classify, MessageOrigin};
-pub use error::PayloadError;
-pub use event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
-pub use item::{InboundItem, ReadReceipt, Typing};
-pub use message::{DirectMessage, ReceivedVia};
-pub use sender::Sender;
+pub use delivery::dm::{write_pending, InFlightDeliveries, PendingRecords};
+pub use delivery::echo::{classify, MessageOrigin};
+pub use delivery::event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
+pub use x::aaa::{parse_webhook, WebhookDelivery};
+pub use x::attachment::{Attachment, AttachmentKind};
+pub use x::dm_events::{parse_dm_events, DmEventsPage};
+pub use x::error::PayloadError;
+pub use x::item::{InboundItem, ReadReceipt, Typing};
+pub use x::message::{DirectMessage, ReceivedVia};
+pub use x::sender::Sender;

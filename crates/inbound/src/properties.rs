@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use url::Url;
 use xbridge_arbitrary as arbitrary;
 
-use crate::media::{LinkError, MediaLinks};
+use crate::media::links::{LinkError, MediaLinks};
 use crate::test_support::fixture;
-use crate::webhook_auth::{crc_response_token, is_crc_token, verify_signature, SignatureError};
+use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SignatureError};
 use crate::{parse_dm_events, parse_webhook, DirectMessage, InboundItem, PayloadError};
 
 /// The longest reason or error text a body may earn: they are logged for every event
@@ -265,11 +265,11 @@ fn webhook_server() -> &'static Server {
 struct NoSink;
 
 #[async_trait::async_trait]
-impl crate::sink::EventSink for NoSink {
+impl crate::delivery::sink::EventSink for NoSink {
     async fn publish(
         &self,
-        _event: &crate::sink::OutboundEvent,
-    ) -> Result<(), crate::sink::SinkError> {
+        _event: &crate::delivery::sink::OutboundEvent,
+    ) -> Result<(), crate::delivery::sink::SinkError> {
         Ok(())
     }
 }
@@ -277,7 +277,7 @@ impl crate::sink::EventSink for NoSink {
 /// The webhook router for one channel `acme` signed with [`SECRET`], served on a free
 /// port; its base URL.
 async fn serve_webhook(dir: &std::path::Path) -> String {
-    use crate::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
+    use crate::webhook::server::{router, WebhookChannel, WebhookConfig, WebhookState};
     let store = Arc::new(
         xbridge_store::EmbeddedStore::open(&dir.join("state.redb")).expect("a state file"),
     );

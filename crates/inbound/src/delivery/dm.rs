@@ -23,9 +23,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use xbridge_store::{StateStore, StoreError};
 
-use crate::media::MediaLinks;
-use crate::profiles::Profiles;
-use crate::sink::{EventSink, OutboundEvent, SinkError};
+use crate::delivery::profiles::Profiles;
+use crate::delivery::sink::{EventSink, OutboundEvent, SinkError};
+use crate::media::links::MediaLinks;
 use crate::{classify, DirectMessage, MessageEcho, MessageOrigin, ReceivedMessage, ReceivedVia};
 
 /// How long a DM of the account's own, not (yet) known as one of the bridge's

@@ -5,7 +5,7 @@
 //! Publishing those back to the CRM as customer messages would make the CRM answer its
 //! own replies.
 
-use crate::message::DirectMessage;
+use crate::x::message::DirectMessage;
 
 /// Where a DM came from, as far as the channel is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,8 +8,8 @@
 
 use serde::Serialize;
 
-use crate::item::{ReadReceipt, Typing};
-use crate::message::DirectMessage;
+use crate::x::item::{ReadReceipt, Typing};
+use crate::x::message::DirectMessage;
 
 /// `message.received`: a customer sent the channel's account a DM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -182,8 +182,8 @@ mod tests {
         assert_valid("message-received", &value);
     }
 
-    fn media_links() -> crate::media::MediaLinks {
-        crate::media::MediaLinks::new(
+    fn media_links() -> crate::media::links::MediaLinks {
+        crate::media::links::MediaLinks::new(
             secrecy::SecretString::from("k".repeat(32)),
             Some(url::Url::parse("https://xbridge.example.com/").unwrap()),
             std::time::Duration::from_secs(3600),

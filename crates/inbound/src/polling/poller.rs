@@ -35,8 +35,8 @@ use chrono::{DateTime, Utc};
 use xbridge_store::{StateStore, StoreError};
 use xbridge_x_api::{DmEventsRequest, XClient, XError};
 
-use crate::delivery::{DeliverError, Delivery};
-use crate::sink::{EventSink, SinkError};
+use crate::delivery::dm::{DeliverError, Delivery};
+use crate::delivery::sink::{EventSink, SinkError};
 use crate::{parse_dm_events, DirectMessage, InboundItem, PayloadError};
 
 /// X's largest `max_results` for `GET /2/dm_events`.
@@ -62,13 +62,13 @@ pub struct PollContext {
     /// (X keeps 30); `None` starts from now.
     pub backfill: Option<Duration>,
     /// Where to look up a sender's profile when a page lacks it.
-    pub profiles: Option<Arc<crate::profiles::Profiles>>,
+    pub profiles: Option<Arc<crate::delivery::profiles::Profiles>>,
     /// Signs the attachments' media URLs (X's need the channel's signature); without it
     /// attachments are published with `url: null`.
-    pub media: Option<Arc<crate::media::MediaLinks>>,
+    pub media: Option<Arc<crate::media::links::MediaLinks>>,
     /// The events being delivered right now, shared with the webhook of the same
     /// process, so a poll and the webhook cannot both publish one event.
-    pub in_flight: Arc<crate::delivery::InFlightDeliveries>,
+    pub in_flight: Arc<crate::delivery::dm::InFlightDeliveries>,
 }
 
 /// Milliseconds of X's snowflake epoch (2010-11-04T01:42:54.657Z).

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::message::{rfc3339_millis, DirectMessage};
+use crate::x::message::{rfc3339_millis, DirectMessage};
 
 /// One event of a webhook body or a `GET /2/dm_events` page, normalized.
 ///

@@ -14,12 +14,12 @@ use std::collections::HashMap;
 use serde_json::Value;
 use xbridge_core::excerpt::{cut, quoted};
 
-use crate::attachment::Attachment;
-use crate::item::{skipped, unreadable, InboundItem};
-use crate::json::{self, Object};
-use crate::message::{DirectMessage, ReceivedVia};
-use crate::sender::Profiles;
-use crate::text;
+use crate::x::attachment::Attachment;
+use crate::x::item::{skipped, unreadable, InboundItem};
+use crate::x::json::{self, Object};
+use crate::x::message::{DirectMessage, ReceivedVia};
+use crate::x::sender::Profiles;
+use crate::x::text;
 use crate::PayloadError;
 
 /// One page of DM events.

@@ -38,12 +38,12 @@ use sha2::{Digest, Sha256};
 use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
 use xbridge_store::{StateStore, StoreError};
 
-use crate::body::{BodyBudget, BodyRefusal};
-use crate::delivery::{DeliverError, Delivery, InFlightDeliveries};
-use crate::routing::{route, Route};
-use crate::sink::{EventSink, InboundDeadLetter, OutboundEvent, SinkError};
+use crate::delivery::dm::{DeliverError, Delivery, InFlightDeliveries};
+use crate::delivery::sink::{EventSink, InboundDeadLetter, OutboundEvent, SinkError};
 use crate::untrusted_log::{shown, shown_within, LogLimiter};
-use crate::webhook_auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
+use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
+use crate::webhook::body::{BodyBudget, BodyRefusal};
+use crate::webhook::routing::{route, Route};
 use crate::{
     parse_webhook, ConversationTyping, DirectMessage, InboundItem, MessageRead, WebhookDelivery,
 };
@@ -143,8 +143,8 @@ pub struct WebhookState {
     bodies: BodyBudget,
     signature_failures: AtomicU64,
     in_flight: Arc<InFlightDeliveries>,
-    profiles: HashMap<String, Arc<crate::profiles::Profiles>>,
-    media: Option<Arc<crate::media::MediaLinks>>,
+    profiles: HashMap<String, Arc<crate::delivery::profiles::Profiles>>,
+    media: Option<Arc<crate::media::links::MediaLinks>>,
     logs: Logs,
 }
 
@@ -211,7 +211,7 @@ impl WebhookState {
     /// Gives the attachments of published DMs signed URLs of the bridge's media proxy
     /// (`media`); without it they are published with `url: null`, since X's URLs are of
     /// no use to the CRM.
-    pub fn with_media(mut self, media: Arc<crate::media::MediaLinks>) -> WebhookState {
+    pub fn with_media(mut self, media: Arc<crate::media::links::MediaLinks>) -> WebhookState {
         self.media = Some(media);
         self
     }
@@ -221,7 +221,7 @@ impl WebhookState {
     pub fn with_profiles(
         mut self,
         channel: &str,
-        profiles: Arc<crate::profiles::Profiles>,
+        profiles: Arc<crate::delivery::profiles::Profiles>,
     ) -> WebhookState {
         self.profiles.insert(channel.to_owned(), profiles);
         self

@@ -13,12 +13,12 @@
 use serde_json::Value;
 use xbridge_core::excerpt::quoted;
 
-use crate::attachment::Attachment;
-use crate::item::{skipped, unreadable, InboundItem, ReadReceipt, Typing};
-use crate::json::{self, Object};
-use crate::message::{DirectMessage, ReceivedVia};
-use crate::sender::Profiles;
-use crate::text;
+use crate::x::attachment::Attachment;
+use crate::x::item::{skipped, unreadable, InboundItem, ReadReceipt, Typing};
+use crate::x::json::{self, Object};
+use crate::x::message::{DirectMessage, ReceivedVia};
+use crate::x::sender::Profiles;
+use crate::x::text;
 use crate::PayloadError;
 
 /// The arrays of a body (or of an XAA payload) that carry DM activity.

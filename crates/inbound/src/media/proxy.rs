@@ -36,7 +36,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use xbridge_x_api::{MediaDownloadError, XClient};
 
-use crate::media::{LinkError, MediaLinks};
+use crate::media::links::{LinkError, MediaLinks};
 use crate::untrusted_log::{shown, LogLimiter};
 
 /// What the proxy needs: the links to check, each channel's X client, and the bounds.
