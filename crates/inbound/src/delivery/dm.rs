@@ -271,9 +271,10 @@ impl Drop for InFlightGuard<'_> {
 }
 
 /// Why a DM was not delivered; the caller retries (X redelivers, the poller
-/// keeps its cursor).
+/// keeps its cursor). The one failure type of both paths: the webhook adds only
+/// the case of its own (a body whose account is not known yet).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DeliverError {
+pub(crate) enum DeliveryError {
     #[error("publish failed: {0}")]
     Sink(#[from] SinkError),
     #[error(transparent)]
@@ -303,7 +304,7 @@ impl Delivery<'_> {
     }
 
     /// Delivers `dm`; `true` when an event was published.
-    pub(crate) async fn deliver(&self, mut dm: DirectMessage) -> Result<bool, DeliverError> {
+    pub(crate) async fn deliver(&self, mut dm: DirectMessage) -> Result<bool, DeliveryError> {
         let channel = self.channel;
         let event_id = dm.event_id.clone();
         let _in_flight = self.in_flight.acquire(channel, &event_id).await;
@@ -373,7 +374,7 @@ impl Delivery<'_> {
     pub(crate) async fn deliver_activity(
         &self,
         event: &OutboundEvent,
-    ) -> Result<bool, DeliverError> {
+    ) -> Result<bool, DeliveryError> {
         let channel = self.channel;
         let key = event.message_id.as_str();
         let _in_flight = self.in_flight.acquire(channel, key).await;

@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use xbridge_store::{StateStore, StoreError};
 use xbridge_x_api::{DmEventsRequest, XClient, XError};
 
-use crate::delivery::dm::{DeliverError, Delivery};
+use crate::delivery::dm::{Delivery, DeliveryError};
 use crate::delivery::sink::{EventSink, SinkError};
 use crate::{parse_dm_events, DirectMessage, InboundItem, PayloadError};
 
@@ -230,11 +230,11 @@ pub enum PollError {
     Store(#[from] StoreError),
 }
 
-impl From<DeliverError> for PollError {
-    fn from(error: DeliverError) -> Self {
+impl From<DeliveryError> for PollError {
+    fn from(error: DeliveryError) -> Self {
         match error {
-            DeliverError::Sink(e) => PollError::Publish(e),
-            DeliverError::Store(e) => PollError::Store(e),
+            DeliveryError::Sink(e) => PollError::Publish(e),
+            DeliveryError::Store(e) => PollError::Store(e),
         }
     }
 }

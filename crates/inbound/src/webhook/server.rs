@@ -36,10 +36,10 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
-use xbridge_store::{StateStore, StoreError};
+use xbridge_store::StateStore;
 
-use crate::delivery::dm::{DeliverError, Delivery, InFlightDeliveries};
-use crate::delivery::sink::{EventSink, InboundDeadLetter, OutboundEvent, SinkError};
+use crate::delivery::dm::{Delivery, DeliveryError, InFlightDeliveries};
+use crate::delivery::sink::{EventSink, InboundDeadLetter, OutboundEvent};
 use crate::untrusted_log::{shown, shown_within, LogLimiter};
 use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
 use crate::webhook::body::{BodyBudget, BodyRefusal};
@@ -418,26 +418,16 @@ async fn receive_events(
 
 /// Why a body could not be delivered in full: X must send it again.
 #[derive(Debug, thiserror::Error)]
-enum DeliveryError {
-    #[error("publish failed: {0}")]
-    Sink(#[from] SinkError),
+enum BodyDeliveryError {
+    /// An event of it, or the body itself as a dead letter, was not taken.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Delivery(#[from] DeliveryError),
     /// The body may be for a channel whose account X has not told yet.
     #[error("X account {account} may be channel {}'s, whose account is not known yet", .pending.join(" or "))]
     AccountNotKnownYet {
         account: String,
         pending: Vec<String>,
     },
-}
-
-impl From<DeliverError> for DeliveryError {
-    fn from(error: DeliverError) -> Self {
-        match error {
-            DeliverError::Sink(e) => DeliveryError::Sink(e),
-            DeliverError::Store(e) => DeliveryError::Store(e),
-        }
-    }
 }
 
 impl WebhookState {
@@ -450,7 +440,7 @@ impl WebhookState {
         url_channel: &str,
         delivery: WebhookDelivery,
         body: &[u8],
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<(), BodyDeliveryError> {
         let WebhookDelivery { for_user_id, items } = delivery;
         let Some(account) = for_user_id.filter(|_| self.has_work(&items)) else {
             // Tweets, follows, activity while it is off: nothing to publish, whoever
@@ -465,7 +455,7 @@ impl WebhookState {
         let channel = match route(&self.identities.snapshot(), url_channel, &account) {
             Route::Channel(channel) => channel,
             Route::Wait { pending } => {
-                let error = DeliveryError::AccountNotKnownYet { account, pending };
+                let error = BodyDeliveryError::AccountNotKnownYet { account, pending };
                 if self.logs.account_not_known_yet.allow() {
                     tracing::warn!(channel = url_channel, %error, "webhook body answered 503 until X tells the channel's account");
                 }
@@ -547,7 +537,7 @@ impl WebhookState {
         channel: &str,
         own_user_id: &str,
         dm: DirectMessage,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<(), BodyDeliveryError> {
         self.delivery(channel, own_user_id).deliver(dm).await?;
         Ok(())
     }
@@ -558,7 +548,7 @@ impl WebhookState {
         channel: &str,
         own_user_id: &str,
         event: OutboundEvent,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<(), BodyDeliveryError> {
         if !self.config.publish_activity {
             tracing::debug!(
                 channel,
@@ -591,7 +581,7 @@ impl WebhookState {
         detail: String,
         items: &[InboundItem],
         body: &[u8],
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<(), BodyDeliveryError> {
         let first_event = items.iter().find_map(|item| match item {
             InboundItem::Message(dm) => Some(dm.event_id.clone()),
             _ => None,
@@ -614,9 +604,13 @@ impl WebhookState {
             "channel" => url_channel.to_owned()
         )
         .increment(1);
-        self.sink.dead_letter(&letter).await.inspect_err(|error| {
-            tracing::error!(channel = url_channel, for_user_id = account, %error, "webhook body for an unknown X account not kept; X will send it again");
-        })?;
+        self.sink
+            .dead_letter(&letter)
+            .await
+            .inspect_err(|error| {
+                tracing::error!(channel = url_channel, for_user_id = account, %error, "webhook body for an unknown X account not kept; X will send it again");
+            })
+            .map_err(DeliveryError::from)?;
         if self.logs.unknown_account.allow() {
             tracing::warn!(
                 channel = url_channel,
