@@ -23,10 +23,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use xbridge_store::{StateStore, StoreError};
 
+use crate::delivery::echo::{classify, MessageOrigin};
+use crate::delivery::event::{MessageEcho, ReceivedMessage};
 use crate::delivery::profiles::Profiles;
 use crate::delivery::sink::{EventSink, OutboundEvent, SinkError};
 use crate::media::links::MediaLinks;
-use crate::{classify, DirectMessage, MessageEcho, MessageOrigin, ReceivedMessage, ReceivedVia};
+use crate::x::message::{DirectMessage, ReceivedVia};
 
 /// How long a DM of the account's own, not (yet) known as one of the bridge's
 /// sends, is looked up again before it is published as `message.echo`.

@@ -50,7 +50,8 @@ mod tests {
     use chrono::DateTime;
 
     use super::*;
-    use crate::{ReceivedVia, Sender};
+    use crate::x::message::ReceivedVia;
+    use crate::x::sender::Sender;
 
     const OWN: &str = "4337869213";
     const CUSTOMER: &str = "3001969357";

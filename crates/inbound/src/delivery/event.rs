@@ -122,7 +122,9 @@ mod tests {
 
     use super::*;
     use crate::test_support::{assert_valid, fixture, is_valid};
-    use crate::{parse_dm_events, parse_webhook, InboundItem};
+    use crate::x::aaa::parse_webhook;
+    use crate::x::dm_events::parse_dm_events;
+    use crate::x::item::InboundItem;
 
     fn items(body: &[u8]) -> Vec<InboundItem> {
         parse_webhook(body).unwrap().items

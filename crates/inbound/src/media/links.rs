@@ -26,7 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use url::Url;
 
-use crate::DirectMessage;
+use crate::x::message::DirectMessage;
 
 /// The token format's version, the first segment: lets a later format live next to this
 /// one while URLs of the old one are still out.

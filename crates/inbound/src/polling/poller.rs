@@ -37,7 +37,10 @@ use xbridge_x_api::{DmEventsRequest, XClient, XError};
 
 use crate::delivery::dm::{Delivery, DeliveryError};
 use crate::delivery::sink::{EventSink, SinkError};
-use crate::{parse_dm_events, DirectMessage, InboundItem, PayloadError};
+use crate::x::dm_events::parse_dm_events;
+use crate::x::error::PayloadError;
+use crate::x::item::InboundItem;
+use crate::x::message::DirectMessage;
 
 /// X's largest `max_results` for `GET /2/dm_events`.
 const MAX_PAGE: u8 = 100;

@@ -39,14 +39,15 @@ use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
 use xbridge_store::StateStore;
 
 use crate::delivery::dm::{Delivery, DeliveryError, InFlightDeliveries};
+use crate::delivery::event::{ConversationTyping, MessageRead};
 use crate::delivery::sink::{EventSink, InboundDeadLetter, OutboundEvent};
 use crate::untrusted_log::{shown, shown_within, LogLimiter};
 use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
 use crate::webhook::body::{BodyBudget, BodyRefusal};
 use crate::webhook::routing::{route, Route};
-use crate::{
-    parse_webhook, ConversationTyping, DirectMessage, InboundItem, MessageRead, WebhookDelivery,
-};
+use crate::x::aaa::{parse_webhook, WebhookDelivery};
+use crate::x::item::InboundItem;
+use crate::x::message::DirectMessage;
 
 /// The reason of a kept body for an account no channel of its App is.
 pub const UNKNOWN_ACCOUNT: &str = "unknown_account";

@@ -14,12 +14,12 @@ use serde_json::Value;
 use xbridge_core::excerpt::quoted;
 
 use crate::x::attachment::Attachment;
+use crate::x::error::PayloadError;
 use crate::x::item::{skipped, unreadable, InboundItem, ReadReceipt, Typing};
 use crate::x::json::{self, Object};
 use crate::x::message::{DirectMessage, ReceivedVia};
 use crate::x::sender::Profiles;
 use crate::x::text;
-use crate::PayloadError;
 
 /// The arrays of a body (or of an XAA payload) that carry DM activity.
 const DM_EVENTS: &str = "direct_message_events";
@@ -395,7 +395,8 @@ mod tests {
 
     use super::*;
     use crate::test_support::fixture;
-    use crate::{AttachmentKind, DirectMessage, Sender};
+    use crate::x::attachment::AttachmentKind;
+    use crate::x::sender::Sender;
 
     fn at(rfc3339: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(rfc3339).unwrap().into()

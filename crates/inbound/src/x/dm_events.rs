@@ -15,12 +15,12 @@ use serde_json::Value;
 use xbridge_core::excerpt::{cut, quoted};
 
 use crate::x::attachment::Attachment;
+use crate::x::error::PayloadError;
 use crate::x::item::{skipped, unreadable, InboundItem};
 use crate::x::json::{self, Object};
 use crate::x::message::{DirectMessage, ReceivedVia};
 use crate::x::sender::Profiles;
 use crate::x::text;
-use crate::PayloadError;
 
 /// One page of DM events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,7 +264,8 @@ mod tests {
 
     use super::*;
     use crate::test_support::fixture;
-    use crate::{AttachmentKind, Sender};
+    use crate::x::attachment::AttachmentKind;
+    use crate::x::sender::Sender;
 
     const ACCOUNT: &str = "906948460078698496";
 
