@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
-use xbridge_core::config::{ChannelSettings, Settings};
+use xbridge_core::config::{ChannelSettings, HttpSettings, Settings};
 use xbridge_store::StateStore;
 use xbridge_x_api::{WebhookClient, XClient, XHttp};
 
@@ -115,16 +115,7 @@ impl Inbound {
                     .entry(channel.consumer_key.expose_secret().to_owned())
                     .or_insert_with(|| AppWebhooks::new(settings.inbound.webhook_check_interval))
                     .clone();
-                webhook_watches.push(WebhookWatch {
-                    channel: channel.name.clone(),
-                    x: Arc::new(AppListing {
-                        x: Arc::new(webhook_client(&settings, channel, &http)?),
-                        app,
-                    }),
-                    crc: crc_self_check(bound, channel),
-                    app_channels: app_channels(&settings, channel),
-                    interval: settings.inbound.webhook_check_interval,
-                });
+                webhook_watches.push(webhook_watch(&settings, channel, &http, app, bound)?);
             }
             let channel_profiles = Arc::new(Profiles::new(
                 client.clone(),
@@ -139,9 +130,7 @@ impl Inbound {
                     store: store.clone(),
                     sink: sink.clone(),
                     publish_echoes: settings.inbound.publish_echoes,
-                    backfill: (settings.inbound.backfill_days > 0).then(|| {
-                        Duration::from_secs(u64::from(settings.inbound.backfill_days) * 86_400)
-                    }),
+                    backfill: backfill(&settings),
                     profiles: Some(channel_profiles),
                     media: Some(media.clone()),
                     in_flight: in_flight.clone(),
@@ -240,82 +229,20 @@ impl Inbound {
         });
 
         if let Some(listener) = listener {
-            let channels = settings
-                .channels
-                .iter()
-                .filter(|c| c.inbound != xbridge_core::config::InboundMode::Poll)
-                .map(|c| WebhookChannel {
-                    name: c.name.clone(),
-                    consumer_key: c.consumer_key.clone(),
-                    consumer_secret: c.consumer_secret.clone(),
-                    own_user_id: c.user_id.clone(),
-                })
-                .collect();
-            let config = WebhookConfig {
-                body_limit: settings.inbound.body_limit,
-                body_memory: settings.inbound.body_memory,
-                publish_echoes: settings.inbound.publish_echoes,
-                publish_activity: settings.inbound.publish_activity,
-            };
-            let state = profiles.into_iter().fold(
-                WebhookState::new(channels, sink.clone(), store, config)
-                    .with_identities(identities)
-                    .with_media(media.clone())
-                    .with_in_flight(in_flight.clone()),
-                |state, (channel, profiles)| state.with_profiles(&channel, profiles),
-            );
-            let state = Arc::new(state);
-            let proxy = Arc::new(MediaProxy::new(
+            let webhook = WebhookParts {
+                sink: sink.clone(),
+                store,
+                identities,
                 media,
-                clients,
-                settings.inbound.media.max_bytes,
-                settings.inbound.media.timeout,
-            ));
-            let app = router(state).merge(media_proxy::router(proxy));
-            let shutdown = shutdown.clone();
-            let limits = settings.http.clone();
-            tasks.spawn(async move {
-                if let Ok(addr) = listener.local_addr() {
-                    tracing::info!(%addr, "serving X's webhook and the media proxy");
-                }
-                serving.send_replace(true);
-                let serve = xbridge_core::server::serve(
-                    "webhook",
-                    listener,
-                    app,
-                    &limits,
-                    shutdown.clone(),
-                );
-                tokio::pin!(serve);
-                tokio::select! {
-                    () = &mut serve => {}
-                    () = shutdown.cancelled() => {
-                        // No new connection is taken from here on, while the
-                        // requests in flight finish.
-                        serving.send_replace(false);
-                        serve.await;
-                    }
-                }
-                serving.send_replace(false);
-            });
+                in_flight,
+                profiles,
+            };
+            let app = webhook.app(&settings, clients);
+            let (limits, shutdown) = (settings.http.clone(), shutdown.clone());
+            tasks.spawn(serve(listener, app, limits, serving, shutdown));
         }
-
         for ctx in pollers {
-            let mode = settings
-                .channel(&ctx.channel)
-                .map(|c| c.inbound)
-                .unwrap_or_default();
-            let interval = if mode == xbridge_core::config::InboundMode::Both {
-                settings.inbound.safety_poll_interval
-            } else {
-                settings.inbound.poll_interval
-            };
-            let credits = &settings.outbound.credits;
-            let schedule = PollSchedule {
-                interval,
-                credits_pause_initial: credits.probe_initial,
-                credits_pause_max: credits.probe_max,
-            };
+            let schedule = poll_schedule(&settings, &ctx.channel);
             let lease_queue = settings.amqp.topology.poll_lease_queue(&ctx.channel);
             tasks.spawn(poll_loop(
                 ctx,
@@ -333,6 +260,102 @@ impl Inbound {
         disconnect.cancel();
         let _ = connected.await;
         tracing::info!("inbound stopped");
+    }
+}
+
+/// What the webhook's endpoint shares with the rest of the service.
+struct WebhookParts {
+    sink: Arc<BrokerSink>,
+    store: Arc<dyn StateStore>,
+    identities: Arc<ChannelIdentities>,
+    media: Arc<MediaLinks>,
+    in_flight: Arc<InFlightDeliveries>,
+    profiles: Vec<(String, Arc<Profiles>)>,
+}
+
+impl WebhookParts {
+    /// X's webhook for the channels that receive by webhook, and the media proxy
+    /// beside it (`clients` fetch the media).
+    fn app(self, settings: &Settings, clients: HashMap<String, XClient>) -> axum::Router {
+        let channels = settings
+            .channels
+            .iter()
+            .filter(|c| c.inbound != xbridge_core::config::InboundMode::Poll)
+            .map(|c| WebhookChannel {
+                name: c.name.clone(),
+                consumer_key: c.consumer_key.clone(),
+                consumer_secret: c.consumer_secret.clone(),
+                own_user_id: c.user_id.clone(),
+            })
+            .collect();
+        let config = WebhookConfig {
+            body_limit: settings.inbound.body_limit,
+            body_memory: settings.inbound.body_memory,
+            publish_echoes: settings.inbound.publish_echoes,
+            publish_activity: settings.inbound.publish_activity,
+        };
+        let state = self.profiles.into_iter().fold(
+            WebhookState::new(channels, self.sink, self.store, config)
+                .with_identities(self.identities)
+                .with_media(self.media.clone())
+                .with_in_flight(self.in_flight),
+            |state, (channel, profiles)| state.with_profiles(&channel, profiles),
+        );
+        let proxy = Arc::new(MediaProxy::new(
+            self.media,
+            clients,
+            settings.inbound.media.max_bytes,
+            settings.inbound.media.timeout,
+        ));
+        router(Arc::new(state)).merge(media_proxy::router(proxy))
+    }
+}
+
+/// Serves `app` on `listener` until shutdown, then lets the requests in flight
+/// finish; `serving` is `true` until shutdown begins.
+async fn serve(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    limits: HttpSettings,
+    serving: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving X's webhook and the media proxy");
+    }
+    serving.send_replace(true);
+    let serve = xbridge_core::server::serve("webhook", listener, app, &limits, shutdown.clone());
+    tokio::pin!(serve);
+    tokio::select! {
+        () = &mut serve => {}
+        () = shutdown.cancelled() => {
+            // No new connection is taken from here on, while the
+            // requests in flight finish.
+            serving.send_replace(false);
+            serve.await;
+        }
+    }
+    serving.send_replace(false);
+}
+
+/// When `channel` is polled: on the safety interval when the webhook also
+/// receives its DMs, else on the poll interval; paused like the sends while its
+/// credits are out.
+fn poll_schedule(settings: &Settings, channel: &str) -> PollSchedule {
+    let mode = settings
+        .channel(channel)
+        .map(|c| c.inbound)
+        .unwrap_or_default();
+    let interval = if mode == xbridge_core::config::InboundMode::Both {
+        settings.inbound.safety_poll_interval
+    } else {
+        settings.inbound.poll_interval
+    };
+    let credits = &settings.outbound.credits;
+    PollSchedule {
+        interval,
+        credits_pause_initial: credits.probe_initial,
+        credits_pause_max: credits.probe_max,
     }
 }
 
@@ -396,6 +419,34 @@ fn webhook_client(
         http.clone(),
     )
     .map_err(|e| client_error(channel, e))
+}
+
+/// The check that keeps `channel`'s webhook registered and valid; `app` is the
+/// webhook list its X App's channels share.
+fn webhook_watch(
+    settings: &Settings,
+    channel: &ChannelSettings,
+    http: &XHttp,
+    app: Arc<AppWebhooks>,
+    bound: Option<SocketAddr>,
+) -> Result<WebhookWatch, InboundError> {
+    Ok(WebhookWatch {
+        channel: channel.name.clone(),
+        x: Arc::new(AppListing {
+            x: Arc::new(webhook_client(settings, channel, http)?),
+            app,
+        }),
+        crc: crc_self_check(bound, channel),
+        app_channels: app_channels(settings, channel),
+        interval: settings.inbound.webhook_check_interval,
+    })
+}
+
+/// How far back a channel's first poll reads: `inbound.backfill_days`, or from
+/// now when that is 0.
+fn backfill(settings: &Settings) -> Option<Duration> {
+    let days = settings.inbound.backfill_days;
+    (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400))
 }
 
 /// The other channels of `channel`'s X App that receive by webhook.
