@@ -3,7 +3,7 @@
 //!
 //! - [`poller`]: one poll of one channel ([`poller::poll_once`]), paging back to the
 //!   stored cursor and publishing oldest first.
-//! - [`schedule`]: the loop that polls a channel on its interval while this replica holds
+//! - `schedule`: the loop that polls a channel on its interval while this replica holds
 //!   its lease, pausing while the account's credits are out.
 //! - [`lease`]: the poll lease, so one replica polls a channel at a time.
 

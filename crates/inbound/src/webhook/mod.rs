@@ -5,8 +5,8 @@
 //!   routes each body to its account's channel, hands the events to
 //!   [`delivery`](crate::delivery) and answers 200 only once all are confirmed.
 //! - [`auth`]: the CRC answer and the signature check, in constant time.
-//! - [`body`]: the memory budget for bodies being read, and the size limit.
-//! - [`routing`]: which channel a body is for (one App's webhook carries all its accounts).
+//! - `body`: the memory budget for bodies being read, and the size limit.
+//! - `routing`: which channel a body is for (one App's webhook carries all its accounts).
 //! - [`identity`]: learns the channels' X accounts from X, for the routing.
 //! - [`watch`]: keeps each App's webhook registered and valid, revalidating when X
 //!   stopped trusting it.
