@@ -91,9 +91,9 @@ mod properties;
 #[cfg(test)]
 mod test_support;
 
-pub use delivery::dm::{write_pending, InFlightDeliveries, PendingRecords};
 pub use delivery::echo::{classify, MessageOrigin};
 pub use delivery::event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
+pub use delivery::in_flight::{write_pending, InFlightDeliveries, PendingRecords};
 pub use x::aaa::{parse_webhook, WebhookDelivery};
 pub use x::attachment::{Attachment, AttachmentKind};
 pub use x::dm_events::{parse_dm_events, DmEventsPage};

@@ -21,7 +21,7 @@ use xbridge_store::StateStore;
 use xbridge_x_api::{WebhookClient, XClient, XHttp};
 
 use crate::broker::{keep_connected, BrokerSink};
-use crate::delivery::dm::InFlightDeliveries;
+use crate::delivery::in_flight::InFlightDeliveries;
 use crate::delivery::profiles::Profiles;
 use crate::media::links::MediaLinks;
 use crate::media::proxy::{self as media_proxy, MediaProxy};
@@ -225,7 +225,10 @@ impl Inbound {
         // Records of delivered DMs the store could not take when they were made.
         tasks.spawn({
             let (in_flight, store, shutdown) = (in_flight.clone(), store.clone(), shutdown.clone());
-            async move { crate::delivery::dm::write_pending(&in_flight, store.as_ref(), shutdown).await }
+            async move {
+                crate::delivery::in_flight::write_pending(&in_flight, store.as_ref(), shutdown)
+                    .await
+            }
         });
 
         if let Some(listener) = listener {

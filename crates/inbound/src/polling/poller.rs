@@ -71,7 +71,7 @@ pub struct PollContext {
     pub media: Option<Arc<crate::media::links::MediaLinks>>,
     /// The events being delivered right now, shared with the webhook of the same
     /// process, so a poll and the webhook cannot both publish one event.
-    pub in_flight: Arc<crate::delivery::dm::InFlightDeliveries>,
+    pub in_flight: Arc<crate::delivery::in_flight::InFlightDeliveries>,
 }
 
 /// Milliseconds of X's snowflake epoch (2010-11-04T01:42:54.657Z).

@@ -38,8 +38,9 @@ use sha2::{Digest, Sha256};
 use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
 use xbridge_store::StateStore;
 
-use crate::delivery::dm::{Delivery, DeliveryError, InFlightDeliveries};
+use crate::delivery::dm::{Delivery, DeliveryError};
 use crate::delivery::event::{ConversationTyping, MessageRead};
+use crate::delivery::in_flight::InFlightDeliveries;
 use crate::delivery::sink::{EventSink, InboundDeadLetter, OutboundEvent};
 use crate::untrusted_log::{shown, shown_within, LogLimiter};
 use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
