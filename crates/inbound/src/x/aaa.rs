@@ -15,7 +15,7 @@ use xbridge_core::excerpt::quoted;
 
 use crate::x::attachment::Attachment;
 use crate::x::error::PayloadError;
-use crate::x::item::{skipped, unreadable, InboundItem, ReadReceipt, Typing};
+use crate::x::item::{expect_message_type, skipped, unreadable, InboundItem, ReadReceipt, Typing};
 use crate::x::json::{self, Object};
 use crate::x::message::{DirectMessage, ReceivedVia};
 use crate::x::sender::Profiles;
@@ -226,20 +226,8 @@ fn message_event(event: &Value, path: &str, users: &Profiles) -> InboundItem {
         Ok(id) => id,
         Err(reason) => return unreadable(None, reason),
     };
-    match event.get("type") {
-        Some(Value::String(kind)) if kind == "message_create" => {}
-        Some(Value::String(kind)) => {
-            return skipped(
-                Some(event_id),
-                format!("{path}type is {}, not a message", quoted(kind)),
-            )
-        }
-        _ => {
-            return unreadable(
-                Some(event_id),
-                format!("{path}type is missing or not a string"),
-            )
-        }
+    if let Err(other) = expect_message_type(event, &event_id, path, "type", "message_create") {
+        return other;
     }
     match message_create(event, &event_id, path, users) {
         Ok(message) => InboundItem::Message(message),

@@ -16,7 +16,7 @@ use xbridge_core::excerpt::{cut, quoted};
 
 use crate::x::attachment::Attachment;
 use crate::x::error::PayloadError;
-use crate::x::item::{skipped, unreadable, InboundItem};
+use crate::x::item::{expect_message_type, unreadable, InboundItem};
 use crate::x::json::{self, Object};
 use crate::x::message::{DirectMessage, ReceivedVia};
 use crate::x::sender::Profiles;
@@ -161,20 +161,8 @@ fn dm_event(
         Ok(id) => id,
         Err(reason) => return unreadable(None, reason),
     };
-    match event.get("event_type") {
-        Some(Value::String(kind)) if kind == "MessageCreate" => {}
-        Some(Value::String(kind)) => {
-            return skipped(
-                Some(event_id),
-                format!("{path}event_type is {}, not a message", quoted(kind)),
-            )
-        }
-        _ => {
-            return unreadable(
-                Some(event_id),
-                format!("{path}event_type is missing or not a string"),
-            )
-        }
+    if let Err(other) = expect_message_type(event, &event_id, path, "event_type", "MessageCreate") {
+        return other;
     }
     match message_create(event, &event_id, path, account_id, users, media) {
         Ok(message) => InboundItem::Message(message),

@@ -3,6 +3,10 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use serde_json::Value;
+use xbridge_core::excerpt::quoted;
+
+use crate::x::json::Object;
 use crate::x::message::{rfc3339_millis, DirectMessage};
 
 /// One event of a webhook body or a `GET /2/dm_events` page, normalized.
@@ -64,4 +68,27 @@ pub(crate) fn skipped(event_id: Option<String>, reason: String) -> InboundItem {
 pub(crate) fn unreadable(event_id: Option<String>, reason: String) -> InboundItem {
     tracing::warn!(event_id = event_id.as_deref(), %reason, "inbound event cannot be read; ignored");
     InboundItem::Ignored { event_id, reason }
+}
+
+/// Whether the event's type `field` (at `path`) names a message, `expected`: both
+/// formats carry the type in a field of their own. `Err` is the item for an event of
+/// another type (skipped) or of none (unreadable).
+pub(crate) fn expect_message_type(
+    event: &Object,
+    event_id: &str,
+    path: &str,
+    field: &str,
+    expected: &str,
+) -> Result<(), InboundItem> {
+    match event.get(field) {
+        Some(Value::String(kind)) if kind == expected => Ok(()),
+        Some(Value::String(kind)) => Err(skipped(
+            Some(event_id.to_owned()),
+            format!("{path}{field} is {}, not a message", quoted(kind)),
+        )),
+        _ => Err(unreadable(
+            Some(event_id.to_owned()),
+            format!("{path}{field} is missing or not a string"),
+        )),
+    }
 }
