@@ -15,7 +15,7 @@ use xbridge_core::excerpt::quoted;
 
 use crate::x::attachment::Attachment;
 use crate::x::error::PayloadError;
-use crate::x::item::{expect_message_type, skipped, unreadable, InboundItem, ReadReceipt, Typing};
+use crate::x::item::{message_item, skipped, unreadable, InboundItem, ReadReceipt, Typing};
 use crate::x::json::{self, Object};
 use crate::x::message::{DirectMessage, ReceivedVia};
 use crate::x::sender::Profiles;
@@ -222,17 +222,9 @@ fn message_event(event: &Value, path: &str, users: &Profiles) -> InboundItem {
     let Some(event) = event.as_object() else {
         return unreadable(None, not_an_object(path, event));
     };
-    let event_id = match json::required_id(event, "id", path) {
-        Ok(id) => id,
-        Err(reason) => return unreadable(None, reason),
-    };
-    if let Err(other) = expect_message_type(event, &event_id, path, "type", "message_create") {
-        return other;
-    }
-    match message_create(event, &event_id, path, users) {
-        Ok(message) => InboundItem::Message(message),
-        Err(reason) => unreadable(Some(event_id), reason),
-    }
+    message_item(event, path, "type", "message_create", |event_id| {
+        message_create(event, event_id, path, users)
+    })
 }
 
 fn message_create(

@@ -16,7 +16,7 @@ use xbridge_core::excerpt::{cut, quoted};
 
 use crate::x::attachment::Attachment;
 use crate::x::error::PayloadError;
-use crate::x::item::{expect_message_type, unreadable, InboundItem};
+use crate::x::item::{message_item, unreadable, InboundItem};
 use crate::x::json::{self, Object};
 use crate::x::message::{DirectMessage, ReceivedVia};
 use crate::x::sender::Profiles;
@@ -157,17 +157,9 @@ fn dm_event(
             format!("{at} is {}, not an object", json::kind(event)),
         );
     };
-    let event_id = match json::required_id(event, "id", path) {
-        Ok(id) => id,
-        Err(reason) => return unreadable(None, reason),
-    };
-    if let Err(other) = expect_message_type(event, &event_id, path, "event_type", "MessageCreate") {
-        return other;
-    }
-    match message_create(event, &event_id, path, account_id, users, media) {
-        Ok(message) => InboundItem::Message(message),
-        Err(reason) => unreadable(Some(event_id), reason),
-    }
+    message_item(event, path, "event_type", "MessageCreate", |event_id| {
+        message_create(event, event_id, path, account_id, users, media)
+    })
 }
 
 fn message_create(

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 use xbridge_core::excerpt::quoted;
 
-use crate::x::json::Object;
+use crate::x::json::{self, Object};
 use crate::x::message::{rfc3339_millis, DirectMessage};
 
 /// One event of a webhook body or a `GET /2/dm_events` page, normalized.
@@ -70,25 +70,38 @@ pub(crate) fn unreadable(event_id: Option<String>, reason: String) -> InboundIte
     InboundItem::Ignored { event_id, reason }
 }
 
-/// Whether the event's type `field` (at `path`) names a message, `expected`: both
-/// formats carry the type in a field of their own. `Err` is the item for an event of
-/// another type (skipped) or of none (unreadable).
-pub(crate) fn expect_message_type(
+/// One message event of either format, as an item: its id, then its type in the
+/// format's `type_field` (a message is `expected`; another type is skipped), then
+/// the message as `create` reads it. Whatever cannot be read is unreadable, with the
+/// event's id when it has one.
+pub(crate) fn message_item(
     event: &Object,
-    event_id: &str,
     path: &str,
-    field: &str,
+    type_field: &str,
     expected: &str,
-) -> Result<(), InboundItem> {
-    match event.get(field) {
-        Some(Value::String(kind)) if kind == expected => Ok(()),
-        Some(Value::String(kind)) => Err(skipped(
-            Some(event_id.to_owned()),
-            format!("{path}{field} is {}, not a message", quoted(kind)),
-        )),
-        _ => Err(unreadable(
-            Some(event_id.to_owned()),
-            format!("{path}{field} is missing or not a string"),
-        )),
+    create: impl FnOnce(&str) -> Result<DirectMessage, String>,
+) -> InboundItem {
+    let event_id = match json::required_id(event, "id", path) {
+        Ok(id) => id,
+        Err(reason) => return unreadable(None, reason),
+    };
+    match event.get(type_field) {
+        Some(Value::String(kind)) if kind == expected => {}
+        Some(Value::String(kind)) => {
+            return skipped(
+                Some(event_id),
+                format!("{path}{type_field} is {}, not a message", quoted(kind)),
+            )
+        }
+        _ => {
+            return unreadable(
+                Some(event_id),
+                format!("{path}{type_field} is missing or not a string"),
+            )
+        }
+    }
+    match create(&event_id) {
+        Ok(message) => InboundItem::Message(message),
+        Err(reason) => unreadable(Some(event_id), reason),
     }
 }
