@@ -31,7 +31,7 @@
 //!   interval while this replica holds the channel's [`polling::lease`], and pauses it
 //!   while the account's credits are out.
 //! - [`delivery`]: what both paths do with what they found, the same way:
-//!   [`delivery::dm`] drops duplicates and the bridge's own echoes (through the
+//!   `delivery::dm` drops duplicates and the bridge's own echoes (through the
 //!   `xbridge_store::StateStore`), [`classify`] tells a customer's DM from one the
 //!   company sent ([`MessageOrigin`]), [`delivery::profiles::Profiles`] completes a
 //!   sender's profile when a payload lacks it; [`ReceivedMessage`], [`MessageEcho`],

@@ -1,7 +1,7 @@
 //! What happens to a customer's DM once the webhook or a poll found it, the same for
 //! both, and where the resulting events go.
 //!
-//! - [`dm`]: the fate of one DM: skipped if already delivered, dropped if the echo of the
+//! - `dm`: the fate of one DM: skipped if already delivered, dropped if the echo of the
 //!   bridge's own reply, published as an echo or as received, recorded only once
 //!   confirmed.
 //! - [`in_flight`]: the deliveries in flight (one event delivered once at a time), and
@@ -13,7 +13,7 @@
 //! - [`sink`]: publishes them to the incoming exchange, persistent, `mandatory` and
 //!   confirmed; and the inbound dead letters.
 
-pub mod dm;
+pub(crate) mod dm;
 pub mod echo;
 pub mod event;
 pub mod in_flight;
