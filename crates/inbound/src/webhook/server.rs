@@ -364,19 +364,8 @@ async fn receive_events(
         Err(refusal) => return refused_body(&state, &channel, refusal),
     };
     let body = held.bytes.clone();
-    // A header that is not text cannot be a valid signature: treat it as malformed.
-    let signature = headers
-        .get(SIGNATURE_HEADER)
-        .map(|value| value.to_str().unwrap_or(""));
-    if let Err(reason) = verify_signature(&config.consumer_secret, &body, signature) {
-        state.signature_failures.fetch_add(1, Ordering::Relaxed);
-        count_refused("bad_signature");
-        metrics::counter!("xbridge_webhook_signature_failures_total", "channel" => channel.to_string())
-            .increment(1);
-        if state.logs.bad_signature.allow() {
-            tracing::warn!(channel, %reason, "webhook POST refused: bad signature");
-        }
-        return error(StatusCode::UNAUTHORIZED, reason.to_string());
+    if let Err(refused) = check_signature(&state, &channel, config, &headers, &body) {
+        return refused;
     }
     let delivery = match parse_webhook(&body) {
         Ok(delivery) => delivery,
@@ -416,6 +405,32 @@ async fn receive_events(
             )
         }
     }
+}
+
+/// Checks the body's signature with the channel's consumer secret; the 401 to
+/// answer when it is not X's.
+fn check_signature(
+    state: &WebhookState,
+    channel: &str,
+    config: &WebhookChannel,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), Response> {
+    // A header that is not text cannot be a valid signature: treat it as malformed.
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .map(|value| value.to_str().unwrap_or(""));
+    let Err(reason) = verify_signature(&config.consumer_secret, body, signature) else {
+        return Ok(());
+    };
+    state.signature_failures.fetch_add(1, Ordering::Relaxed);
+    count_refused("bad_signature");
+    metrics::counter!("xbridge_webhook_signature_failures_total", "channel" => channel.to_string())
+        .increment(1);
+    if state.logs.bad_signature.allow() {
+        tracing::warn!(channel, %reason, "webhook POST refused: bad signature");
+    }
+    Err(error(StatusCode::UNAUTHORIZED, reason.to_string()))
 }
 
 /// Why a body could not be delivered in full: X must send it again.
@@ -477,12 +492,22 @@ impl WebhookState {
                 "webhook body routed to the channel of its account"
             );
         }
-        let channel = channel.as_str();
+        self.publish_items(channel.as_str(), &account, items).await
+    }
+
+    /// Publishes a routed body's events for `channel`, in order, stopping at the
+    /// first failure.
+    async fn publish_items(
+        &self,
+        channel: &str,
+        account: &str,
+        items: Vec<InboundItem>,
+    ) -> Result<(), BodyDeliveryError> {
         for item in items {
             match item {
                 InboundItem::Message(dm) => {
                     let event_id = dm.event_id.clone();
-                    self.message(channel, &account, dm)
+                    self.message(channel, account, dm)
                         .await
                         .inspect_err(|error| {
                             tracing::error!(channel, event_id, %error, "inbound DM not delivered");
@@ -490,12 +515,12 @@ impl WebhookState {
                 }
                 InboundItem::Typing(typing) => {
                     let event = ConversationTyping::new(channel, typing);
-                    self.activity(channel, &account, OutboundEvent::typing(&event))
+                    self.activity(channel, account, OutboundEvent::typing(&event))
                         .await?;
                 }
                 InboundItem::Read(read) => {
                     let event = MessageRead::new(channel, read);
-                    self.activity(channel, &account, OutboundEvent::read(&event))
+                    self.activity(channel, account, OutboundEvent::read(&event))
                         .await?;
                 }
                 InboundItem::Ignored { event_id, reason } => {
