@@ -14,7 +14,7 @@ use xbridge_core::amqp;
 use xbridge_core::channel_state::{ChannelState, ChannelStates};
 
 use crate::polling::lease::{self, LeaseError, PollLease};
-use crate::polling::poller::{poll_once, PollBudget, PollContext, PollError};
+use crate::polling::poller::{poll_once, PollBudget, PollContext, PollError, PollOutcome};
 
 /// Failed polls in a row (other than credits and rate limits) after which the
 /// channel is reported as `polling_paused`.
@@ -139,10 +139,7 @@ async fn poll_while_held(
     schedule: PollSchedule,
     shutdown: &CancellationToken,
 ) -> Option<LeaseError> {
-    let channel = ctx.channel.clone();
-    let interval = schedule.interval;
-    let mut credits_pause = schedule.credits_pause_initial;
-    let mut failures_in_a_row = 0u32;
+    let mut pacing = Pacing::new(schedule);
     loop {
         // The broker may have given the lease to another replica while this
         // one could not hear it (a partition): ask before every poll.
@@ -151,38 +148,51 @@ async fn poll_while_held(
         }
         // Not cut short by shutdown: pollers stop between polls.
         let result = poll_once(ctx, budget).await;
+        let wait = pacing.after(&ctx.channel, result, states);
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            error = lease.ended() => return Some(error),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// What the polls of one lease have been through so far, for how long to wait
+/// before the next one.
+struct Pacing {
+    schedule: PollSchedule,
+    credits_pause: Duration,
+    failures_in_a_row: u32,
+}
+
+impl Pacing {
+    fn new(schedule: PollSchedule) -> Pacing {
+        Pacing {
+            schedule,
+            credits_pause: schedule.credits_pause_initial,
+            failures_in_a_row: 0,
+        }
+    }
+
+    /// Counts and reports a poll's `result` for `channel`, and says how long
+    /// to wait before the next poll.
+    fn after(
+        &mut self,
+        channel: &str,
+        result: Result<PollOutcome, PollError>,
+        states: &ChannelStates,
+    ) -> Duration {
+        let channel = channel.to_owned();
+        let interval = self.schedule.interval;
         if result.is_err() {
             metrics::counter!("xbridge_poll_errors_total", "channel" => channel.clone())
                 .increment(1);
         }
-        let wait = match result {
+        match result {
             Ok(outcome) => {
-                failures_in_a_row = 0;
-                metrics::counter!("xbridge_dm_events_read_total", "channel" => channel.clone())
-                    .increment(outcome.events_read as u64);
-                // Poll lag is `time() - this` in Prometheus.
-                metrics::gauge!(
-                    "xbridge_last_poll_success_timestamp_seconds",
-                    "channel" => channel.clone()
-                )
-                .set(Utc::now().timestamp() as f64);
-                // Polling owns these two states; others are the sends' to clear.
-                if matches!(
-                    states.get(&channel).map(|s| s.state),
-                    Some(ChannelState::CreditsExhausted | ChannelState::PollingPaused)
-                ) {
-                    states.set(&channel, ChannelState::Ok, None, None);
-                }
-                credits_pause = schedule.credits_pause_initial;
-                if outcome.delivered > 0 {
-                    tracing::info!(
-                        channel,
-                        delivered = outcome.delivered,
-                        pages = outcome.pages,
-                        events_read = outcome.events_read,
-                        "poll delivered new DMs"
-                    );
-                }
+                self.failures_in_a_row = 0;
+                self.credits_pause = self.schedule.credits_pause_initial;
+                succeeded(&channel, &outcome, states);
                 interval
             }
             Err(PollError::RateLimited { until }) => until
@@ -196,13 +206,14 @@ async fn poll_while_held(
                     None,
                     Some(format!("polling paused: {error}")),
                 );
-                tracing::warn!(channel, error = %error, retry_in_secs = credits_pause.as_secs(), "polling paused: the X account has no credits");
-                let wait = credits_pause;
-                credits_pause = (credits_pause * 2).min(schedule.credits_pause_max);
+                tracing::warn!(channel, error = %error, retry_in_secs = self.credits_pause.as_secs(), "polling paused: the X account has no credits");
+                let wait = self.credits_pause;
+                self.credits_pause = (self.credits_pause * 2).min(self.schedule.credits_pause_max);
                 wait
             }
             Err(error) => {
-                failures_in_a_row += 1;
+                self.failures_in_a_row += 1;
+                let failures_in_a_row = self.failures_in_a_row;
                 tracing::warn!(channel, error = %error, failures_in_a_row, "poll failed");
                 if failures_in_a_row >= POLL_FAILURES_BEFORE_PAUSED {
                     report_polling_paused(
@@ -213,12 +224,35 @@ async fn poll_while_held(
                 }
                 interval
             }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            error = lease.ended() => return Some(error),
-            _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Counts a successful poll of `channel` and clears the states polling owns.
+fn succeeded(channel: &str, outcome: &PollOutcome, states: &ChannelStates) {
+    metrics::counter!("xbridge_dm_events_read_total", "channel" => channel.to_owned())
+        .increment(outcome.events_read as u64);
+    // Poll lag is `time() - this` in Prometheus.
+    metrics::gauge!(
+        "xbridge_last_poll_success_timestamp_seconds",
+        "channel" => channel.to_owned()
+    )
+    .set(Utc::now().timestamp() as f64);
+    // Polling owns these two states; others are the sends' to clear.
+    if matches!(
+        states.get(channel).map(|s| s.state),
+        Some(ChannelState::CreditsExhausted | ChannelState::PollingPaused)
+    ) {
+        states.set(channel, ChannelState::Ok, None, None);
+    }
+    if outcome.delivered > 0 {
+        tracing::info!(
+            channel,
+            delivered = outcome.delivered,
+            pages = outcome.pages,
+            events_read = outcome.events_read,
+            "poll delivered new DMs"
+        );
     }
 }
 
