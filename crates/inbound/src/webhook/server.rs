@@ -364,7 +364,7 @@ async fn receive_events(
         Err(refusal) => return refused_body(&state, &channel, refusal),
     };
     let body = held.bytes.clone();
-    if let Err(refused) = check_signature(&state, &channel, config, &headers, &body) {
+    if let Some(refused) = bad_signature(&state, &channel, config, &headers, &body) {
         return refused;
     }
     let delivery = match parse_webhook(&body) {
@@ -407,21 +407,21 @@ async fn receive_events(
     }
 }
 
-/// Checks the body's signature with the channel's consumer secret; the 401 to
-/// answer when it is not X's.
-fn check_signature(
+/// Checks the body's signature with the channel's consumer secret: the 401 to
+/// answer when it is not X's, `None` when it is.
+fn bad_signature(
     state: &WebhookState,
     channel: &str,
     config: &WebhookChannel,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), Response> {
+) -> Option<Response> {
     // A header that is not text cannot be a valid signature: treat it as malformed.
     let signature = headers
         .get(SIGNATURE_HEADER)
         .map(|value| value.to_str().unwrap_or(""));
     let Err(reason) = verify_signature(&config.consumer_secret, body, signature) else {
-        return Ok(());
+        return None;
     };
     state.signature_failures.fetch_add(1, Ordering::Relaxed);
     count_refused("bad_signature");
@@ -430,7 +430,7 @@ fn check_signature(
     if state.logs.bad_signature.allow() {
         tracing::warn!(channel, %reason, "webhook POST refused: bad signature");
     }
-    Err(error(StatusCode::UNAUTHORIZED, reason.to_string()))
+    Some(error(StatusCode::UNAUTHORIZED, reason.to_string()))
 }
 
 /// Why a body could not be delivered in full: X must send it again.
