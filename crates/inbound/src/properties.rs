@@ -20,11 +20,11 @@ use xbridge_arbitrary as arbitrary;
 use crate::media::links::{LinkError, MediaLinks};
 use crate::test_support::fixture;
 use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SignatureError};
-use crate::x::aaa::parse_webhook;
 use crate::x::dm_events::parse_dm_events;
 use crate::x::error::PayloadError;
 use crate::x::item::InboundItem;
 use crate::x::message::DirectMessage;
+use crate::x::webhook_body::parse_webhook;
 
 /// The longest reason or error text a body may earn: they are logged for every event
 /// and a webhook error is answered to the caller, so they must not grow with the body.

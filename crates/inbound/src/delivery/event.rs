@@ -122,9 +122,9 @@ mod tests {
 
     use super::*;
     use crate::test_support::{assert_valid, fixture, is_valid};
-    use crate::x::aaa::parse_webhook;
     use crate::x::dm_events::parse_dm_events;
     use crate::x::item::InboundItem;
+    use crate::x::webhook_body::parse_webhook;
 
     fn items(body: &[u8]) -> Vec<InboundItem> {
         parse_webhook(body).unwrap().items

@@ -240,8 +240,8 @@ mod tests {
 
     use super::*;
     use crate::test_support::fixture;
-    use crate::x::aaa::parse_webhook;
     use crate::x::item::{InboundItem, ReadReceipt, Typing};
+    use crate::x::webhook_body::parse_webhook;
 
     fn dm() -> crate::x::message::DirectMessage {
         match parse_webhook(fixture!("webhook_aaa_dm.json"))

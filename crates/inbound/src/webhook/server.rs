@@ -46,9 +46,9 @@ use crate::untrusted_log::{shown, shown_within, LogLimiter};
 use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
 use crate::webhook::body::{BodyBudget, BodyRefusal};
 use crate::webhook::routing::{route, Route};
-use crate::x::aaa::{parse_webhook, WebhookDelivery};
 use crate::x::item::InboundItem;
 use crate::x::message::DirectMessage;
+use crate::x::webhook_body::{parse_webhook, WebhookDelivery};
 
 /// The reason of a kept body for an account no channel of its App is.
 pub const UNKNOWN_ACCOUNT: &str = "unknown_account";

@@ -2,7 +2,7 @@
 //! [`InboundItem`](item::InboundItem)s without touching the network, the store or the
 //! broker. Everything else in the crate works on these types.
 //!
-//! - [`aaa`]: an Account Activity or X Activity webhook body.
+//! - [`webhook_body`]: an Account Activity or X Activity webhook body.
 //! - [`dm_events`]: a `GET /2/dm_events` page, with its `next_token`.
 //! - [`item`]: one event of either: a DM, typing, a read receipt, or ignored (with why).
 //! - [`message`]: a Direct Message and how it was received.
@@ -12,7 +12,6 @@
 //! - [`json`]: the JSON readers the formats share (ids as strings of digits).
 //! - [`error`]: [`PayloadError`](error::PayloadError), a body that is not X's.
 
-pub mod aaa;
 pub mod attachment;
 pub mod dm_events;
 pub mod error;
@@ -21,3 +20,4 @@ pub mod json;
 pub mod message;
 pub mod sender;
 pub mod text;
+pub mod webhook_body;
