@@ -4,42 +4,49 @@
 //! to RabbitMQ, serves X's webhook on `inbound.listen`, and polls the channels configured
 //! to be polled, each on its own schedule.
 //!
-//! What is here:
+//! Where things are, by role (each folder's `mod.rs` lists its files):
 //!
-//! - [`parse_webhook`] reads an Account Activity or X Activity webhook body (already
+//! - `x` (private; its types are re-exported here): X's body formats.
+//!   [`parse_webhook`] reads an Account Activity or X Activity webhook body (already
 //!   signature-checked by the caller) into [`InboundItem`]s plus the subscribed account
-//!   they are for ([`WebhookDelivery`]).
-//! - [`parse_dm_events`] reads a `GET /2/dm_events` page into the same items, with the
-//!   page's `next_token` ([`DmEventsPage`]).
-//! - [`classify`] tells a customer's DM from one the company sent, through the bridge or
-//!   not ([`MessageOrigin`]).
-//! - [`webhook_auth`] answers X's CRC challenge and checks the signature of event POSTs,
-//!   both with the channel's consumer secret, in constant time, before the body is read.
-//! - [`ReceivedMessage`], [`MessageEcho`], [`ConversationTyping`] and [`MessageRead`] are
-//!   the events for the CRM: an item plus its channel, serializing to the contract, with
-//!   their routing keys on `xbridge.incoming`.
-//! - [`webhook::router`] is the HTTP endpoint for X: it answers the CRC, checks
-//!   signatures, routes each body to the channel of the signing App that is the
-//!   account it names (one App's webhook carries all its accounts' events), keeps a
-//!   body for an account no such channel is as a dead letter, drops duplicates and
-//!   the bridge's own echoes (through the `xbridge_store::StateStore`), and answers
-//!   200 only once every event is confirmed by the broker, so X retries what was not
-//!   taken. [`identity::IdentityResolver`] learns the channels' accounts from X for
-//!   it; [`untrusted_log`] keeps what unsigned requests make it log bounded.
-//! - [`poller::poll_once`] polls one channel once through `GET /2/dm_events`: pages
-//!   back to the stored cursor with small, growing pages (X bills every event read),
-//!   publishes the new DMs oldest first with the webhook's dedupe and echo handling, and
-//!   moves the cursor only past confirmed publishes. A first poll starts from now, or
-//!   `inbound.backfill_days` back; the service's loop calls it on an interval and pauses
-//!   it while the account's credits are out.
-//! - [`media::MediaLinks`] gives each published attachment a signed URL of the bridge
-//!   (X's own media URLs need the channel's OAuth signature), and
-//!   [`media_proxy::router`] serves it: checks the URL, fetches the media from X with the
-//!   channel's signature and streams it through, bounded in size and time.
-//! - [`profiles::Profiles`] looks up (and caches) a sender's profile when a payload
-//!   lacks it.
-//! - [`sink`] is where the webhook and the poller publish: [`sink::AmqpSink`] sends
-//!   each event to the incoming exchange persistent, `mandatory` and confirmed.
+//!   they are for ([`WebhookDelivery`]); [`parse_dm_events`] reads a `GET /2/dm_events`
+//!   page into the same items, with the page's `next_token` ([`DmEventsPage`]). Also
+//!   there: the message, sender and attachment types, the t.co link stripping, the JSON
+//!   readers, and [`PayloadError`].
+//! - [`webhook`]: the HTTP endpoint for X ([`webhook::server::router`]): answers the
+//!   CRC and checks the signature of event POSTs ([`webhook::auth`]), both with the
+//!   channel's consumer secret, in constant time, before the body is read (within a
+//!   memory budget, `body`); routes each body to the channel of the signing App that is
+//!   the account it names (`routing`; one App's webhook carries all its accounts'
+//!   events), keeps a body for an account no such channel is as a dead letter, and
+//!   answers 200 only once every event is confirmed by the broker, so X retries what was
+//!   not taken. [`webhook::identity::IdentityResolver`] learns the channels' accounts
+//!   from X for it; [`webhook::watch`] keeps each App's webhook registered and valid,
+//!   after [`webhook::crc_self_check`] proved this process answers the CRC.
+//! - [`polling`]: [`polling::poller::poll_once`] polls one channel once through
+//!   `GET /2/dm_events`: pages back to the stored cursor with small, growing pages (X
+//!   bills every event read), publishes the new DMs oldest first, and moves the cursor
+//!   only past confirmed publishes; a first poll starts from now, or
+//!   `inbound.backfill_days` back. `polling::schedule` calls it on the channel's
+//!   interval while this replica holds the channel's [`polling::lease`], and pauses it
+//!   while the account's credits are out.
+//! - [`delivery`]: what both paths do with what they found, the same way:
+//!   `delivery::dm` drops duplicates and the bridge's own echoes (through the
+//!   `xbridge_store::StateStore`), [`classify`] tells a customer's DM from one the
+//!   company sent ([`MessageOrigin`]), [`delivery::profiles::Profiles`] completes a
+//!   sender's profile when a payload lacks it; [`ReceivedMessage`], [`MessageEcho`],
+//!   [`ConversationTyping`] and [`MessageRead`] are the events for the CRM, serializing
+//!   to the contract with their routing keys on `xbridge.incoming`; and
+//!   [`delivery::sink::AmqpSink`] publishes them persistent, `mandatory` and confirmed.
+//! - [`media`]: [`media::links::MediaLinks`] gives each published attachment a signed
+//!   URL of the bridge (X's own media URLs need the channel's OAuth signature), and
+//!   [`media::proxy::router`] serves it: checks the URL, fetches the media from X with
+//!   the channel's signature and streams it through, bounded in size and time.
+//! - [`untrusted_log`]: keeps what unsigned requests make the webhook and the media
+//!   proxy log bounded (both endpoints face the internet).
+//! - [`service`]: wires the parts into the [`service::Inbound`] that `xbridge run`
+//!   starts; `broker` (private) keeps its RabbitMQ connection and the sink that
+//!   publishes through whichever connection is current.
 //!
 //! A body that is not JSON or not shaped like an X body is a [`PayloadError`] (the
 //! webhook answers 400); an event the bridge does not handle or cannot read is an
@@ -70,46 +77,27 @@
 
 #![warn(missing_docs)]
 
-mod aaa;
-mod attachment;
-mod body;
-pub mod crc_self_check;
-mod delivery;
-mod dm_events;
-mod echo;
-mod error;
-mod event;
-pub mod identity;
-mod item;
-mod json;
-pub mod lease;
+mod broker;
+pub mod delivery;
 pub mod media;
-pub mod media_proxy;
-mod message;
-pub mod poller;
-pub mod profiles;
-mod routing;
-mod sender;
+pub mod polling;
 pub mod service;
-pub mod sink;
-mod text;
 pub mod untrusted_log;
 pub mod webhook;
-pub mod webhook_auth;
-pub mod webhook_watch;
+mod x;
 
 #[cfg(test)]
 mod properties;
 #[cfg(test)]
 mod test_support;
 
-pub use aaa::{parse_webhook, WebhookDelivery};
-pub use attachment::{Attachment, AttachmentKind};
-pub use delivery::{write_pending, InFlightDeliveries, PendingRecords};
-pub use dm_events::{parse_dm_events, DmEventsPage};
-pub use echo::{classify, MessageOrigin};
-pub use error::PayloadError;
-pub use event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
-pub use item::{InboundItem, ReadReceipt, Typing};
-pub use message::{DirectMessage, ReceivedVia};
-pub use sender::Sender;
+pub use delivery::echo::{classify, MessageOrigin};
+pub use delivery::event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
+pub use delivery::in_flight::{write_pending, InFlightDeliveries, PendingRecords};
+pub use x::attachment::{Attachment, AttachmentKind};
+pub use x::dm_events::{parse_dm_events, DmEventsPage};
+pub use x::error::PayloadError;
+pub use x::item::{InboundItem, ReadReceipt, Typing};
+pub use x::message::{DirectMessage, ReceivedVia};
+pub use x::sender::Sender;
+pub use x::webhook_body::{parse_webhook, WebhookDelivery};

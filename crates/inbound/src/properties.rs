@@ -17,10 +17,14 @@ use serde_json::{json, Value};
 use url::Url;
 use xbridge_arbitrary as arbitrary;
 
-use crate::media::{LinkError, MediaLinks};
+use crate::media::links::{LinkError, MediaLinks};
 use crate::test_support::fixture;
-use crate::webhook_auth::{crc_response_token, is_crc_token, verify_signature, SignatureError};
-use crate::{parse_dm_events, parse_webhook, DirectMessage, InboundItem, PayloadError};
+use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SignatureError};
+use crate::x::dm_events::parse_dm_events;
+use crate::x::error::PayloadError;
+use crate::x::item::InboundItem;
+use crate::x::message::DirectMessage;
+use crate::x::webhook_body::parse_webhook;
 
 /// The longest reason or error text a body may earn: they are logged for every event
 /// and a webhook error is answered to the caller, so they must not grow with the body.
@@ -265,11 +269,11 @@ fn webhook_server() -> &'static Server {
 struct NoSink;
 
 #[async_trait::async_trait]
-impl crate::sink::EventSink for NoSink {
+impl crate::delivery::sink::EventSink for NoSink {
     async fn publish(
         &self,
-        _event: &crate::sink::OutboundEvent,
-    ) -> Result<(), crate::sink::SinkError> {
+        _event: &crate::delivery::sink::OutboundEvent,
+    ) -> Result<(), crate::delivery::sink::SinkError> {
         Ok(())
     }
 }
@@ -277,7 +281,7 @@ impl crate::sink::EventSink for NoSink {
 /// The webhook router for one channel `acme` signed with [`SECRET`], served on a free
 /// port; its base URL.
 async fn serve_webhook(dir: &std::path::Path) -> String {
-    use crate::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
+    use crate::webhook::server::{router, WebhookChannel, WebhookConfig, WebhookState};
     let store = Arc::new(
         xbridge_store::EmbeddedStore::open(&dir.join("state.redb")).expect("a state file"),
     );

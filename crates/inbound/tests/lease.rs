@@ -10,7 +10,7 @@ use lapin::{Connection, ConnectionProperties};
 use secrecy::SecretString;
 use xbridge_core::amqp::connect;
 use xbridge_core::config::TopologyNames;
-use xbridge_inbound::lease::{LeaseError, LeaseState, PollLease};
+use xbridge_inbound::polling::lease::{LeaseError, LeaseState, PollLease};
 use xbridge_test_support::{amqp_url, PATIENCE};
 
 const CHANNEL: &str = "acme";

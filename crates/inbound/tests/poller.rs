@@ -15,8 +15,10 @@ use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use serde_json::Value;
 use x_simulator::{Account, Customer, Fault, Simulator, SimulatorConfig};
-use xbridge_inbound::poller::{poll_once, PollBudget, PollContext, PollError, PollOutcome};
-use xbridge_inbound::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
+use xbridge_inbound::delivery::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
+use xbridge_inbound::polling::poller::{
+    poll_once, PollBudget, PollContext, PollError, PollOutcome,
+};
 use xbridge_store::{EmbeddedStore, StateStore};
 use xbridge_test_support::{assert_valid, PATIENCE};
 use xbridge_x_api::{UserCredentials, XClient, XClientConfig};

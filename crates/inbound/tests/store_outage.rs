@@ -17,10 +17,10 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use x_simulator::{Account, Customer, Simulator, SimulatorConfig};
-use xbridge_inbound::poller::{poll_once, PollBudget, PollContext};
-use xbridge_inbound::sink::AmqpSink;
-use xbridge_inbound::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
-use xbridge_inbound::webhook_auth::{crc_response_token, SIGNATURE_HEADER};
+use xbridge_inbound::delivery::sink::AmqpSink;
+use xbridge_inbound::polling::poller::{poll_once, PollBudget, PollContext};
+use xbridge_inbound::webhook::auth::{crc_response_token, SIGNATURE_HEADER};
+use xbridge_inbound::webhook::server::{router, WebhookChannel, WebhookConfig, WebhookState};
 use xbridge_inbound::{write_pending, InFlightDeliveries};
 use xbridge_store::{EmbeddedStore, StateStore};
 use xbridge_test_support::{FailingStore, Refuse, PATIENCE};

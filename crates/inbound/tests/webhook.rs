@@ -24,9 +24,11 @@ use serde_json::{json, Value};
 use xbridge_core::amqp::dead_letters::DIRECTION_HEADER;
 use xbridge_core::amqp::{connect, FailureHeaders, Publisher};
 use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
-use xbridge_inbound::sink::{AmqpSink, EventSink, InboundDeadLetter, OutboundEvent, SinkError};
-use xbridge_inbound::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
-use xbridge_inbound::webhook_auth::{crc_response_token, SIGNATURE_HEADER};
+use xbridge_inbound::delivery::sink::{
+    AmqpSink, EventSink, InboundDeadLetter, OutboundEvent, SinkError,
+};
+use xbridge_inbound::webhook::auth::{crc_response_token, SIGNATURE_HEADER};
+use xbridge_inbound::webhook::server::{router, WebhookChannel, WebhookConfig, WebhookState};
 use xbridge_store::{EmbeddedStore, SentRecord, StateStore};
 
 /// The consumer secret X's own examples are signed with (see `webhook_auth`).

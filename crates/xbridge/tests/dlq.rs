@@ -417,7 +417,7 @@ async fn a_replay_that_dies_half_way_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_webhook_body_is_listed_and_shown_never_replayed_and_can_be_purged() {
-    use xbridge_inbound::sink::InboundDeadLetter;
+    use xbridge_inbound::delivery::sink::InboundDeadLetter;
 
     let app = spawn_app(TestOptions::default()).await;
     // The bridge declares the topology, then stops, so a replayed copy would

@@ -170,7 +170,7 @@ async fn a_webhook_post_in_flight_at_shutdown_is_published_and_answered_200() {
     let body = template.body.replace(&dm.id, &fresh_id);
     let settings = xbridge_core::config::Settings::from_toml(&app.config_toml()).unwrap();
     let secret = &settings.channel("acme").unwrap().consumer_secret;
-    let signature = xbridge_inbound::webhook_auth::crc_response_token(secret, &body);
+    let signature = xbridge_inbound::webhook::auth::crc_response_token(secret, &body);
 
     // The request is in the bridge's hands: it asked for the body (100 Continue).
     let addr = bridge.webhook_addr.expect("the webhook is served");

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use x_simulator::{Account, Simulator, SimulatorConfig};
-use xbridge_inbound::sink::{EventSink, OutboundEvent, SinkError};
-use xbridge_inbound::webhook::{router, WebhookChannel, WebhookConfig, WebhookState};
+use xbridge_inbound::delivery::sink::{EventSink, OutboundEvent, SinkError};
+use xbridge_inbound::webhook::server::{router, WebhookChannel, WebhookConfig, WebhookState};
 use xbridge_store::EmbeddedStore;
 
 const CHANNEL: &str = "acme";

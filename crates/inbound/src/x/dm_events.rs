@@ -14,13 +14,13 @@ use std::collections::HashMap;
 use serde_json::Value;
 use xbridge_core::excerpt::{cut, quoted};
 
-use crate::attachment::Attachment;
-use crate::item::{skipped, unreadable, InboundItem};
-use crate::json::{self, Object};
-use crate::message::{DirectMessage, ReceivedVia};
-use crate::sender::Profiles;
-use crate::text;
-use crate::PayloadError;
+use crate::x::attachment::Attachment;
+use crate::x::error::PayloadError;
+use crate::x::item::{message_item, unreadable, InboundItem};
+use crate::x::json::{self, Object};
+use crate::x::message::{DirectMessage, ReceivedVia};
+use crate::x::sender::Profiles;
+use crate::x::text;
 
 /// One page of DM events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,29 +157,9 @@ fn dm_event(
             format!("{at} is {}, not an object", json::kind(event)),
         );
     };
-    let event_id = match json::required_id(event, "id", path) {
-        Ok(id) => id,
-        Err(reason) => return unreadable(None, reason),
-    };
-    match event.get("event_type") {
-        Some(Value::String(kind)) if kind == "MessageCreate" => {}
-        Some(Value::String(kind)) => {
-            return skipped(
-                Some(event_id),
-                format!("{path}event_type is {}, not a message", quoted(kind)),
-            )
-        }
-        _ => {
-            return unreadable(
-                Some(event_id),
-                format!("{path}event_type is missing or not a string"),
-            )
-        }
-    }
-    match message_create(event, &event_id, path, account_id, users, media) {
-        Ok(message) => InboundItem::Message(message),
-        Err(reason) => unreadable(Some(event_id), reason),
-    }
+    message_item(event, path, "event_type", "MessageCreate", |event_id| {
+        message_create(event, event_id, path, account_id, users, media)
+    })
 }
 
 fn message_create(
@@ -264,7 +244,8 @@ mod tests {
 
     use super::*;
     use crate::test_support::fixture;
-    use crate::{AttachmentKind, Sender};
+    use crate::x::attachment::AttachmentKind;
+    use crate::x::sender::Sender;
 
     const ACCOUNT: &str = "906948460078698496";
 

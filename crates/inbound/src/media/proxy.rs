@@ -36,7 +36,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use xbridge_x_api::{MediaDownloadError, XClient};
 
-use crate::media::{LinkError, MediaLinks};
+use crate::media::links::{LinkError, MediaLinks};
 use crate::untrusted_log::{shown, LogLimiter};
 
 /// What the proxy needs: the links to check, each channel's X client, and the bounds.
@@ -150,40 +150,15 @@ async fn serve(
 ) -> Response {
     // Only configured channels become label values.
     let Some(client) = proxy.clients.get(&channel) else {
-        count("unknown", Outcome::UnknownChannel);
-        if proxy.refusal_log.allow() {
-            tracing::warn!(
-                channel = %shown(&channel),
-                status = 404,
-                "media request for an unknown channel"
-            );
-        }
-        return refusal(
-            StatusCode::NOT_FOUND,
-            "unknown_channel",
-            "no channel by this name",
-        );
+        return unknown_channel(&proxy, &channel);
     };
     let media = match proxy
         .links
         .verify(&channel, &token, uri.query(), SystemTime::now())
     {
         Ok(media) => media,
-        Err(error) => {
-            let (outcome, cause) = match error {
-                LinkError::Invalid => (Outcome::Invalid, "invalid_url"),
-                LinkError::Expired => (Outcome::Expired, "expired"),
-                LinkError::OriginNotAllowed => (Outcome::OriginRefused, "origin_not_allowed"),
-                LinkError::NotDmMedia => (Outcome::NotDmMedia, "not_dm_media"),
-            };
-            count(&channel, outcome);
-            if proxy.refusal_log.allow() {
-                tracing::warn!(channel, status = 403, cause, "media request refused");
-            }
-            return refusal(StatusCode::FORBIDDEN, cause, error.to_string());
-        }
+        Err(error) => return link_refused(&proxy, &channel, error),
     };
-    let dm_event_id = media.dm_event_id.as_str();
     // A redirect is followed only to what the same check lets through.
     let links = proxy.links.clone();
     let may_fetch = move |url: &url::Url| links.is_allowed(url);
@@ -192,69 +167,121 @@ async fn serve(
         .await
     {
         Ok(response) => response,
-        Err(error) => {
-            let (status, outcome, cause, detail) = match &error {
-                MediaDownloadError::Timeout { .. } => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    Outcome::Timeout,
-                    "x_timeout",
-                    error.to_string(),
-                ),
-                MediaDownloadError::Refused { status } => (
-                    StatusCode::BAD_GATEWAY,
-                    Outcome::XError,
-                    "x_error",
-                    format!("{error} ({})", why_x_refused(*status)),
-                ),
-                MediaDownloadError::Redirected { .. } | MediaDownloadError::InvalidUrl => (
-                    StatusCode::BAD_GATEWAY,
-                    Outcome::XError,
-                    "x_error",
-                    error.to_string(),
-                ),
-                MediaDownloadError::Unreachable { .. } => (
-                    StatusCode::BAD_GATEWAY,
-                    Outcome::Unreachable,
-                    "x_unreachable",
-                    "X could not be reached for the media download".to_owned(),
-                ),
-            };
-            count(&channel, outcome);
-            tracing::warn!(
-                channel,
-                dm_event_id,
-                status = status.as_u16(),
-                x_status = match &error {
-                    MediaDownloadError::Refused { status } => Some(*status),
-                    _ => None,
-                },
-                %error,
-                "media download from X failed"
-            );
-            return refusal(status, cause, detail);
-        }
+        Err(error) => return download_failed(&channel, &media.dm_event_id, error),
     };
+    if let Some(length) = response
+        .content_length()
+        .filter(|length| *length > proxy.max_bytes)
+    {
+        return too_large(&proxy, &channel, &media.dm_event_id, length);
+    }
+    stream(&proxy, channel, media.dm_event_id, response)
+}
 
-    let length = response.content_length();
-    if let Some(length) = length.filter(|length| *length > proxy.max_bytes) {
-        count(&channel, Outcome::TooLarge);
+/// The 404 for a channel that is not configured here.
+fn unknown_channel(proxy: &MediaProxy, channel: &str) -> Response {
+    count("unknown", Outcome::UnknownChannel);
+    if proxy.refusal_log.allow() {
         tracing::warn!(
-            channel,
-            dm_event_id,
-            status = 502,
-            length,
-            max_bytes = proxy.max_bytes,
-            "media larger than allowed; refused"
-        );
-        return refusal(
-            StatusCode::BAD_GATEWAY,
-            "too_large",
-            format!(
-                "the media has {length} bytes, more than the {} allowed",
-                proxy.max_bytes
-            ),
+            channel = %shown(channel),
+            status = 404,
+            "media request for an unknown channel"
         );
     }
+    refusal(
+        StatusCode::NOT_FOUND,
+        "unknown_channel",
+        "no channel by this name",
+    )
+}
+
+/// The 403 for a URL the bridge did not sign, or signed for another time or place.
+fn link_refused(proxy: &MediaProxy, channel: &str, error: LinkError) -> Response {
+    let (outcome, cause) = match error {
+        LinkError::Invalid => (Outcome::Invalid, "invalid_url"),
+        LinkError::Expired => (Outcome::Expired, "expired"),
+        LinkError::OriginNotAllowed => (Outcome::OriginRefused, "origin_not_allowed"),
+        LinkError::NotDmMedia => (Outcome::NotDmMedia, "not_dm_media"),
+    };
+    count(channel, outcome);
+    if proxy.refusal_log.allow() {
+        tracing::warn!(channel, status = 403, cause, "media request refused");
+    }
+    refusal(StatusCode::FORBIDDEN, cause, error.to_string())
+}
+
+/// The 502 or 504 for a download X did not give.
+fn download_failed(channel: &str, dm_event_id: &str, error: MediaDownloadError) -> Response {
+    let (status, outcome, cause, detail) = match &error {
+        MediaDownloadError::Timeout { .. } => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Outcome::Timeout,
+            "x_timeout",
+            error.to_string(),
+        ),
+        MediaDownloadError::Refused { status } => (
+            StatusCode::BAD_GATEWAY,
+            Outcome::XError,
+            "x_error",
+            format!("{error} ({})", why_x_refused(*status)),
+        ),
+        MediaDownloadError::Redirected { .. } | MediaDownloadError::InvalidUrl => (
+            StatusCode::BAD_GATEWAY,
+            Outcome::XError,
+            "x_error",
+            error.to_string(),
+        ),
+        MediaDownloadError::Unreachable { .. } => (
+            StatusCode::BAD_GATEWAY,
+            Outcome::Unreachable,
+            "x_unreachable",
+            "X could not be reached for the media download".to_owned(),
+        ),
+    };
+    count(channel, outcome);
+    tracing::warn!(
+        channel,
+        dm_event_id,
+        status = status.as_u16(),
+        x_status = match &error {
+            MediaDownloadError::Refused { status } => Some(*status),
+            _ => None,
+        },
+        %error,
+        "media download from X failed"
+    );
+    refusal(status, cause, detail)
+}
+
+/// The 502 for media X says is larger than allowed, before any of it is read.
+fn too_large(proxy: &MediaProxy, channel: &str, dm_event_id: &str, length: u64) -> Response {
+    count(channel, Outcome::TooLarge);
+    tracing::warn!(
+        channel,
+        dm_event_id,
+        status = 502,
+        length,
+        max_bytes = proxy.max_bytes,
+        "media larger than allowed; refused"
+    );
+    refusal(
+        StatusCode::BAD_GATEWAY,
+        "too_large",
+        format!(
+            "the media has {length} bytes, more than the {} allowed",
+            proxy.max_bytes
+        ),
+    )
+}
+
+/// The 200 that streams X's `response` through, bounded in size and time.
+fn stream(
+    proxy: &MediaProxy,
+    channel: String,
+    dm_event_id: String,
+    response: reqwest::Response,
+) -> Response {
+    let length = response.content_length();
     let content_type = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -274,7 +301,7 @@ async fn serve(
         timeout: proxy.timeout,
         tally: Tally {
             channel,
-            dm_event_id: media.dm_event_id.clone(),
+            dm_event_id,
             outcome: Outcome::ClientGone,
         },
     };

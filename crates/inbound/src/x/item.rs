@@ -3,7 +3,11 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::message::{rfc3339_millis, DirectMessage};
+use serde_json::Value;
+use xbridge_core::excerpt::quoted;
+
+use crate::x::json::{self, Object};
+use crate::x::message::{rfc3339_millis, DirectMessage};
 
 /// One event of a webhook body or a `GET /2/dm_events` page, normalized.
 ///
@@ -64,4 +68,40 @@ pub(crate) fn skipped(event_id: Option<String>, reason: String) -> InboundItem {
 pub(crate) fn unreadable(event_id: Option<String>, reason: String) -> InboundItem {
     tracing::warn!(event_id = event_id.as_deref(), %reason, "inbound event cannot be read; ignored");
     InboundItem::Ignored { event_id, reason }
+}
+
+/// One message event of either format, as an item: its id, then its type in the
+/// format's `type_field` (a message is `expected`; another type is skipped), then
+/// the message as `create` reads it. Whatever cannot be read is unreadable, with the
+/// event's id when it has one.
+pub(crate) fn message_item(
+    event: &Object,
+    path: &str,
+    type_field: &str,
+    expected: &str,
+    create: impl FnOnce(&str) -> Result<DirectMessage, String>,
+) -> InboundItem {
+    let event_id = match json::required_id(event, "id", path) {
+        Ok(id) => id,
+        Err(reason) => return unreadable(None, reason),
+    };
+    match event.get(type_field) {
+        Some(Value::String(kind)) if kind == expected => {}
+        Some(Value::String(kind)) => {
+            return skipped(
+                Some(event_id),
+                format!("{path}{type_field} is {}, not a message", quoted(kind)),
+            )
+        }
+        _ => {
+            return unreadable(
+                Some(event_id),
+                format!("{path}{type_field} is missing or not a string"),
+            )
+        }
+    }
+    match create(&event_id) {
+        Ok(message) => InboundItem::Message(message),
+        Err(reason) => unreadable(Some(event_id), reason),
+    }
 }

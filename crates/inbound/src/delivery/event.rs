@@ -8,8 +8,8 @@
 
 use serde::Serialize;
 
-use crate::item::{ReadReceipt, Typing};
-use crate::message::DirectMessage;
+use crate::x::item::{ReadReceipt, Typing};
+use crate::x::message::DirectMessage;
 
 /// `message.received`: a customer sent the channel's account a DM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -122,7 +122,9 @@ mod tests {
 
     use super::*;
     use crate::test_support::{assert_valid, fixture, is_valid};
-    use crate::{parse_dm_events, parse_webhook, InboundItem};
+    use crate::x::dm_events::parse_dm_events;
+    use crate::x::item::InboundItem;
+    use crate::x::webhook_body::parse_webhook;
 
     fn items(body: &[u8]) -> Vec<InboundItem> {
         parse_webhook(body).unwrap().items
@@ -182,8 +184,8 @@ mod tests {
         assert_valid("message-received", &value);
     }
 
-    fn media_links() -> crate::media::MediaLinks {
-        crate::media::MediaLinks::new(
+    fn media_links() -> crate::media::links::MediaLinks {
+        crate::media::links::MediaLinks::new(
             secrecy::SecretString::from("k".repeat(32)),
             Some(url::Url::parse("https://xbridge.example.com/").unwrap()),
             std::time::Duration::from_secs(3600),

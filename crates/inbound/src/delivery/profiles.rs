@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use xbridge_x_api::XClient;
 
-use crate::Sender;
+use crate::x::sender::Sender;
 
 /// The profile lookups of one channel (its X client and its cache).
 pub struct Profiles {

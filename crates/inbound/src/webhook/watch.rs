@@ -5,7 +5,7 @@
 //!
 //! The bridge then heals it itself when it can: if the invalid webhook is this
 //! channel's URL (`…/webhooks/{channel}`), this process serves it, and its own
-//! CRC answer is right ([`crate::crc_self_check`]), it asks X to revalidate the
+//! CRC answer is right ([`crate::webhook::crc_self_check`]), it asks X to revalidate the
 //! webhook (`PUT /2/webhooks/:id`, which makes X run the CRC again). A refusal
 //! keeps `webhook_invalid` with X's reason, and the next request waits longer
 //! each time ([`Pacing`]); a success brings the channel back to `ok`. Each
@@ -26,7 +26,7 @@ use xbridge_core::channel_state::{ChannelState, ChannelStates};
 use xbridge_core::excerpt::cut;
 use xbridge_x_api::{webhook_problem, Webhook, WebhookClient, WebhookError};
 
-use crate::crc_self_check::CrcSelfCheck;
+use crate::webhook::crc_self_check::CrcSelfCheck;
 
 /// What the check needs from X: the App's webhooks, and a revalidation.
 #[async_trait]

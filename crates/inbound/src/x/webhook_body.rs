@@ -13,13 +13,13 @@
 use serde_json::Value;
 use xbridge_core::excerpt::quoted;
 
-use crate::attachment::Attachment;
-use crate::item::{skipped, unreadable, InboundItem, ReadReceipt, Typing};
-use crate::json::{self, Object};
-use crate::message::{DirectMessage, ReceivedVia};
-use crate::sender::Profiles;
-use crate::text;
-use crate::PayloadError;
+use crate::x::attachment::Attachment;
+use crate::x::error::PayloadError;
+use crate::x::item::{message_item, skipped, unreadable, InboundItem, ReadReceipt, Typing};
+use crate::x::json::{self, Object};
+use crate::x::message::{DirectMessage, ReceivedVia};
+use crate::x::sender::Profiles;
+use crate::x::text;
 
 /// The arrays of a body (or of an XAA payload) that carry DM activity.
 const DM_EVENTS: &str = "direct_message_events";
@@ -222,29 +222,9 @@ fn message_event(event: &Value, path: &str, users: &Profiles) -> InboundItem {
     let Some(event) = event.as_object() else {
         return unreadable(None, not_an_object(path, event));
     };
-    let event_id = match json::required_id(event, "id", path) {
-        Ok(id) => id,
-        Err(reason) => return unreadable(None, reason),
-    };
-    match event.get("type") {
-        Some(Value::String(kind)) if kind == "message_create" => {}
-        Some(Value::String(kind)) => {
-            return skipped(
-                Some(event_id),
-                format!("{path}type is {}, not a message", quoted(kind)),
-            )
-        }
-        _ => {
-            return unreadable(
-                Some(event_id),
-                format!("{path}type is missing or not a string"),
-            )
-        }
-    }
-    match message_create(event, &event_id, path, users) {
-        Ok(message) => InboundItem::Message(message),
-        Err(reason) => unreadable(Some(event_id), reason),
-    }
+    message_item(event, path, "type", "message_create", |event_id| {
+        message_create(event, event_id, path, users)
+    })
 }
 
 fn message_create(
@@ -395,7 +375,8 @@ mod tests {
 
     use super::*;
     use crate::test_support::fixture;
-    use crate::{AttachmentKind, DirectMessage, Sender};
+    use crate::x::attachment::AttachmentKind;
+    use crate::x::sender::Sender;
 
     fn at(rfc3339: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(rfc3339).unwrap().into()

@@ -3,13 +3,13 @@
 //! DM media URLs are not public: a photo's `https://ton.twitter.com/1.1/ton/data/dm/…`
 //! URL must be fetched with a request signed by the channel's user token, which the CRM
 //! does not have. So X's URLs are kept here but never published ([`Attachment::x_url`]);
-//! before a DM is published, [`crate::media::MediaLinks`] fills [`Attachment::url`] and
+//! before a DM is published, [`crate::media::links::MediaLinks`] fills [`Attachment::url`] and
 //! [`Attachment::preview_url`] with signed URLs of the bridge's own media proxy.
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::json::{self, Object};
+use crate::x::json::{self, Object};
 
 /// What kind of media an attachment is, so the CRM can choose how to show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

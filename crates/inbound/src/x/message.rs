@@ -3,8 +3,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::attachment::Attachment;
-use crate::sender::Sender;
+use crate::x::attachment::Attachment;
+use crate::x::sender::Sender;
 
 /// How the bridge learnt of a DM: the CRM may want to know that a DM came late, through
 /// the poller that catches up on what the webhook missed.

@@ -36,17 +36,19 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
-use xbridge_store::{StateStore, StoreError};
+use xbridge_store::StateStore;
 
-use crate::body::{BodyBudget, BodyRefusal};
-use crate::delivery::{DeliverError, Delivery, InFlightDeliveries};
-use crate::routing::{route, Route};
-use crate::sink::{EventSink, InboundDeadLetter, OutboundEvent, SinkError};
+use crate::delivery::dm::{Delivery, DeliveryError};
+use crate::delivery::event::{ConversationTyping, MessageRead};
+use crate::delivery::in_flight::InFlightDeliveries;
+use crate::delivery::sink::{EventSink, InboundDeadLetter, OutboundEvent};
 use crate::untrusted_log::{shown, shown_within, LogLimiter};
-use crate::webhook_auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
-use crate::{
-    parse_webhook, ConversationTyping, DirectMessage, InboundItem, MessageRead, WebhookDelivery,
-};
+use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
+use crate::webhook::body::{BodyBudget, BodyRefusal};
+use crate::webhook::routing::{route, Route};
+use crate::x::item::InboundItem;
+use crate::x::message::DirectMessage;
+use crate::x::webhook_body::{parse_webhook, WebhookDelivery};
 
 /// The reason of a kept body for an account no channel of its App is.
 pub const UNKNOWN_ACCOUNT: &str = "unknown_account";
@@ -143,8 +145,8 @@ pub struct WebhookState {
     bodies: BodyBudget,
     signature_failures: AtomicU64,
     in_flight: Arc<InFlightDeliveries>,
-    profiles: HashMap<String, Arc<crate::profiles::Profiles>>,
-    media: Option<Arc<crate::media::MediaLinks>>,
+    profiles: HashMap<String, Arc<crate::delivery::profiles::Profiles>>,
+    media: Option<Arc<crate::media::links::MediaLinks>>,
     logs: Logs,
 }
 
@@ -211,7 +213,7 @@ impl WebhookState {
     /// Gives the attachments of published DMs signed URLs of the bridge's media proxy
     /// (`media`); without it they are published with `url: null`, since X's URLs are of
     /// no use to the CRM.
-    pub fn with_media(mut self, media: Arc<crate::media::MediaLinks>) -> WebhookState {
+    pub fn with_media(mut self, media: Arc<crate::media::links::MediaLinks>) -> WebhookState {
         self.media = Some(media);
         self
     }
@@ -221,7 +223,7 @@ impl WebhookState {
     pub fn with_profiles(
         mut self,
         channel: &str,
-        profiles: Arc<crate::profiles::Profiles>,
+        profiles: Arc<crate::delivery::profiles::Profiles>,
     ) -> WebhookState {
         self.profiles.insert(channel.to_owned(), profiles);
         self
@@ -362,19 +364,8 @@ async fn receive_events(
         Err(refusal) => return refused_body(&state, &channel, refusal),
     };
     let body = held.bytes.clone();
-    // A header that is not text cannot be a valid signature: treat it as malformed.
-    let signature = headers
-        .get(SIGNATURE_HEADER)
-        .map(|value| value.to_str().unwrap_or(""));
-    if let Err(reason) = verify_signature(&config.consumer_secret, &body, signature) {
-        state.signature_failures.fetch_add(1, Ordering::Relaxed);
-        count_refused("bad_signature");
-        metrics::counter!("xbridge_webhook_signature_failures_total", "channel" => channel.to_string())
-            .increment(1);
-        if state.logs.bad_signature.allow() {
-            tracing::warn!(channel, %reason, "webhook POST refused: bad signature");
-        }
-        return error(StatusCode::UNAUTHORIZED, reason.to_string());
+    if let Some(refused) = bad_signature(&state, &channel, config, &headers, &body) {
+        return refused;
     }
     let delivery = match parse_webhook(&body) {
         Ok(delivery) => delivery,
@@ -416,28 +407,44 @@ async fn receive_events(
     }
 }
 
+/// Checks the body's signature with the channel's consumer secret: the 401 to
+/// answer when it is not X's, `None` when it is.
+fn bad_signature(
+    state: &WebhookState,
+    channel: &str,
+    config: &WebhookChannel,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Response> {
+    // A header that is not text cannot be a valid signature: treat it as malformed.
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .map(|value| value.to_str().unwrap_or(""));
+    let Err(reason) = verify_signature(&config.consumer_secret, body, signature) else {
+        return None;
+    };
+    state.signature_failures.fetch_add(1, Ordering::Relaxed);
+    count_refused("bad_signature");
+    metrics::counter!("xbridge_webhook_signature_failures_total", "channel" => channel.to_string())
+        .increment(1);
+    if state.logs.bad_signature.allow() {
+        tracing::warn!(channel, %reason, "webhook POST refused: bad signature");
+    }
+    Some(error(StatusCode::UNAUTHORIZED, reason.to_string()))
+}
+
 /// Why a body could not be delivered in full: X must send it again.
 #[derive(Debug, thiserror::Error)]
-enum DeliveryError {
-    #[error("publish failed: {0}")]
-    Sink(#[from] SinkError),
+enum BodyDeliveryError {
+    /// An event of it, or the body itself as a dead letter, was not taken.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Delivery(#[from] DeliveryError),
     /// The body may be for a channel whose account X has not told yet.
     #[error("X account {account} may be channel {}'s, whose account is not known yet", .pending.join(" or "))]
     AccountNotKnownYet {
         account: String,
         pending: Vec<String>,
     },
-}
-
-impl From<DeliverError> for DeliveryError {
-    fn from(error: DeliverError) -> Self {
-        match error {
-            DeliverError::Sink(e) => DeliveryError::Sink(e),
-            DeliverError::Store(e) => DeliveryError::Store(e),
-        }
-    }
 }
 
 impl WebhookState {
@@ -450,7 +457,7 @@ impl WebhookState {
         url_channel: &str,
         delivery: WebhookDelivery,
         body: &[u8],
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<(), BodyDeliveryError> {
         let WebhookDelivery { for_user_id, items } = delivery;
         let Some(account) = for_user_id.filter(|_| self.has_work(&items)) else {
             // Tweets, follows, activity while it is off: nothing to publish, whoever
@@ -465,7 +472,7 @@ impl WebhookState {
         let channel = match route(&self.identities.snapshot(), url_channel, &account) {
             Route::Channel(channel) => channel,
             Route::Wait { pending } => {
-                let error = DeliveryError::AccountNotKnownYet { account, pending };
+                let error = BodyDeliveryError::AccountNotKnownYet { account, pending };
                 if self.logs.account_not_known_yet.allow() {
                     tracing::warn!(channel = url_channel, %error, "webhook body answered 503 until X tells the channel's account");
                 }
@@ -485,12 +492,22 @@ impl WebhookState {
                 "webhook body routed to the channel of its account"
             );
         }
-        let channel = channel.as_str();
+        self.publish_items(channel.as_str(), &account, items).await
+    }
+
+    /// Publishes a routed body's events for `channel`, in order, stopping at the
+    /// first failure.
+    async fn publish_items(
+        &self,
+        channel: &str,
+        account: &str,
+        items: Vec<InboundItem>,
+    ) -> Result<(), BodyDeliveryError> {
         for item in items {
             match item {
                 InboundItem::Message(dm) => {
                     let event_id = dm.event_id.clone();
-                    self.message(channel, &account, dm)
+                    self.message(channel, account, dm)
                         .await
                         .inspect_err(|error| {
                             tracing::error!(channel, event_id, %error, "inbound DM not delivered");
@@ -498,12 +515,12 @@ impl WebhookState {
                 }
                 InboundItem::Typing(typing) => {
                     let event = ConversationTyping::new(channel, typing);
-                    self.activity(channel, &account, OutboundEvent::typing(&event))
+                    self.activity(channel, account, OutboundEvent::typing(&event))
                         .await?;
                 }
                 InboundItem::Read(read) => {
                     let event = MessageRead::new(channel, read);
-                    self.activity(channel, &account, OutboundEvent::read(&event))
+                    self.activity(channel, account, OutboundEvent::read(&event))
                         .await?;
                 }
                 InboundItem::Ignored { event_id, reason } => {
@@ -547,7 +564,7 @@ impl WebhookState {
         channel: &str,
         own_user_id: &str,
         dm: DirectMessage,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<(), BodyDeliveryError> {
         self.delivery(channel, own_user_id).deliver(dm).await?;
         Ok(())
     }
@@ -558,7 +575,7 @@ impl WebhookState {
         channel: &str,
         own_user_id: &str,
         event: OutboundEvent,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<(), BodyDeliveryError> {
         if !self.config.publish_activity {
             tracing::debug!(
                 channel,
@@ -591,7 +608,7 @@ impl WebhookState {
         detail: String,
         items: &[InboundItem],
         body: &[u8],
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<(), BodyDeliveryError> {
         let first_event = items.iter().find_map(|item| match item {
             InboundItem::Message(dm) => Some(dm.event_id.clone()),
             _ => None,
@@ -614,9 +631,13 @@ impl WebhookState {
             "channel" => url_channel.to_owned()
         )
         .increment(1);
-        self.sink.dead_letter(&letter).await.inspect_err(|error| {
-            tracing::error!(channel = url_channel, for_user_id = account, %error, "webhook body for an unknown X account not kept; X will send it again");
-        })?;
+        self.sink
+            .dead_letter(&letter)
+            .await
+            .inspect_err(|error| {
+                tracing::error!(channel = url_channel, for_user_id = account, %error, "webhook body for an unknown X account not kept; X will send it again");
+            })
+            .map_err(DeliveryError::from)?;
         if self.logs.unknown_account.allow() {
             tracing::warn!(
                 channel = url_channel,

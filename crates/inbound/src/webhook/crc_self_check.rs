@@ -12,7 +12,7 @@ use rand::distr::{Alphanumeric, SampleString as _};
 use secrecy::SecretString;
 use url::Url;
 
-use crate::webhook_auth::crc_response_token;
+use crate::webhook::auth::crc_response_token;
 
 /// Whether the CRC for a channel is answered right, now.
 #[async_trait]

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use xbridge_core::excerpt::quoted;
 
-use crate::PayloadError;
+use crate::x::error::PayloadError;
 
 /// A JSON object.
 pub(crate) type Object = Map<String, Value>;

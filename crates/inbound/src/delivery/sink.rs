@@ -12,7 +12,7 @@ use serde::Serialize;
 use xbridge_core::amqp::dead_letters::{DIRECTION_HEADER, INBOUND};
 use xbridge_core::amqp::{FailureHeaders, PublishError, Publisher};
 
-use crate::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
+use crate::delivery::event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
 
 /// One event ready for the incoming exchange: everything the broker needs, serialized
 /// once.
@@ -240,9 +240,10 @@ mod tests {
 
     use super::*;
     use crate::test_support::fixture;
-    use crate::{parse_webhook, InboundItem, ReadReceipt, Typing};
+    use crate::x::item::{InboundItem, ReadReceipt, Typing};
+    use crate::x::webhook_body::parse_webhook;
 
-    fn dm() -> crate::DirectMessage {
+    fn dm() -> crate::x::message::DirectMessage {
         match parse_webhook(fixture!("webhook_aaa_dm.json"))
             .unwrap()
             .items

@@ -35,9 +35,12 @@ use chrono::{DateTime, Utc};
 use xbridge_store::{StateStore, StoreError};
 use xbridge_x_api::{DmEventsRequest, XClient, XError};
 
-use crate::delivery::{DeliverError, Delivery};
-use crate::sink::{EventSink, SinkError};
-use crate::{parse_dm_events, DirectMessage, InboundItem, PayloadError};
+use crate::delivery::dm::{Delivery, DeliveryError};
+use crate::delivery::sink::{EventSink, SinkError};
+use crate::x::dm_events::parse_dm_events;
+use crate::x::error::PayloadError;
+use crate::x::item::InboundItem;
+use crate::x::message::DirectMessage;
 
 /// X's largest `max_results` for `GET /2/dm_events`.
 const MAX_PAGE: u8 = 100;
@@ -62,13 +65,13 @@ pub struct PollContext {
     /// (X keeps 30); `None` starts from now.
     pub backfill: Option<Duration>,
     /// Where to look up a sender's profile when a page lacks it.
-    pub profiles: Option<Arc<crate::profiles::Profiles>>,
+    pub profiles: Option<Arc<crate::delivery::profiles::Profiles>>,
     /// Signs the attachments' media URLs (X's need the channel's signature); without it
     /// attachments are published with `url: null`.
-    pub media: Option<Arc<crate::media::MediaLinks>>,
+    pub media: Option<Arc<crate::media::links::MediaLinks>>,
     /// The events being delivered right now, shared with the webhook of the same
     /// process, so a poll and the webhook cannot both publish one event.
-    pub in_flight: Arc<crate::delivery::InFlightDeliveries>,
+    pub in_flight: Arc<crate::delivery::in_flight::InFlightDeliveries>,
 }
 
 /// Milliseconds of X's snowflake epoch (2010-11-04T01:42:54.657Z).
@@ -230,11 +233,11 @@ pub enum PollError {
     Store(#[from] StoreError),
 }
 
-impl From<DeliverError> for PollError {
-    fn from(error: DeliverError) -> Self {
+impl From<DeliveryError> for PollError {
+    fn from(error: DeliveryError) -> Self {
         match error {
-            DeliverError::Sink(e) => PollError::Publish(e),
-            DeliverError::Store(e) => PollError::Store(e),
+            DeliveryError::Sink(e) => PollError::Publish(e),
+            DeliveryError::Store(e) => PollError::Store(e),
         }
     }
 }
@@ -262,6 +265,35 @@ pub async fn poll_once(
     budget: &mut PollBudget,
 ) -> Result<PollOutcome, PollError> {
     let channel = ctx.channel.as_str();
+    let mut outcome = PollOutcome::default();
+    let Some(cursor) = start_cursor(ctx).await? else {
+        // First start: from now on. One small page tells where "now" is.
+        budget.reset();
+        let page = read_page(ctx, budget.page_size(), None, &mut outcome).await?;
+        let newest = page.0.iter().map(|seen| seen.id).max().unwrap_or(0);
+        move_cursor(ctx, &newest.to_string()).await;
+        tracing::info!(channel, cursor = newest, "first poll: starting from now");
+        return Ok(outcome);
+    };
+    let mut new = read_back_to(ctx, cursor, budget, &mut outcome).await?;
+    // Oldest first; the cursor follows the confirmed publishes.
+    new.reverse();
+    publish_in_order(ctx, &new, &mut outcome).await?;
+    tracing::debug!(
+        channel,
+        delivered = outcome.delivered,
+        pages = outcome.pages,
+        events_read = outcome.events_read,
+        "poll done"
+    );
+    Ok(outcome)
+}
+
+/// Where this poll reads back to: the channel's cursor (kept in memory while
+/// the store could not take it), or on a first poll with a backfill, the id of
+/// "that long ago"; `None` for a first poll that starts from now.
+async fn start_cursor(ctx: &PollContext) -> Result<Option<u64>, PollError> {
+    let channel = ctx.channel.as_str();
     let cursor = match ctx.in_flight.pending().cursor(channel) {
         Some(cursor) => Some(cursor),
         None => ctx.store.poll_cursor(channel).await?,
@@ -274,12 +306,10 @@ pub async fn poll_once(
         })?),
         None => None,
     };
-    let mut outcome = PollOutcome::default();
-
-    let cursor = match (cursor, ctx.backfill) {
+    Ok(match (cursor, ctx.backfill) {
         (None, Some(days)) => {
             // X's ids are snowflakes: the id of "that long ago" is a cursor
-            // behind every DM written since, so the catch-up below sends them.
+            // behind every DM written since, so the catch-up sends them.
             let since = Utc::now() - chrono::Duration::from_std(days).unwrap_or_default();
             let start = snowflake_at(since);
             move_cursor(ctx, &start.to_string()).await;
@@ -287,26 +317,24 @@ pub async fn poll_once(
             Some(start)
         }
         (cursor, _) => cursor,
-    };
-    let Some(cursor) = cursor else {
-        // First start: from now on. One small page tells where "now" is.
-        budget.reset();
-        let page = read_page(ctx, budget.page_size(), None, &mut outcome).await?;
-        let newest = page.0.iter().map(|seen| seen.id).max().unwrap_or(0);
-        move_cursor(ctx, &newest.to_string()).await;
-        tracing::info!(channel, cursor = newest, "first poll: starting from now");
-        return Ok(outcome);
-    };
+    })
+}
 
-    // Newest first, as X lists them.
+/// Reads pages, newest first as X lists them, until one reaches `cursor` (or
+/// the last page): the events newer than it, newest first.
+async fn read_back_to(
+    ctx: &PollContext,
+    cursor: u64,
+    budget: &mut PollBudget,
+    outcome: &mut PollOutcome,
+) -> Result<Vec<Seen>, PollError> {
     budget.begin();
     let mut new: Vec<Seen> = Vec::new();
     let mut token: Option<String> = None;
     let mut oldest_read: Option<u64> = None;
     loop {
         let asked = token.take();
-        let (page, next_token) =
-            read_page(ctx, budget.page_size(), asked.clone(), &mut outcome).await?;
+        let (page, next_token) = read_page(ctx, budget.page_size(), asked.clone(), outcome).await?;
         repeats_no_page(&page, oldest_read, asked.as_deref(), next_token.as_deref())?;
         oldest_read = page.iter().map(|seen| seen.id).min().or(oldest_read);
         let mut reached = false;
@@ -319,18 +347,25 @@ pub async fn poll_once(
         }
         if reached || next_token.is_none() {
             budget.settle(new.len());
-            break;
+            return Ok(new);
         }
         if let (Some(newest), Some(oldest)) = (new.first(), new.last()) {
             budget.grow(new.len(), newest.id, oldest.id, cursor);
         }
         token = next_token;
     }
+}
 
-    // Oldest first; the cursor follows the confirmed publishes.
-    new.reverse();
+/// Delivers `new` in its order, stopping at the first failure, and moves the
+/// cursor past the last event confirmed (also when one failed).
+async fn publish_in_order(
+    ctx: &PollContext,
+    new: &[Seen],
+    outcome: &mut PollOutcome,
+) -> Result<(), PollError> {
     let mut confirmed: Option<u64> = None;
-    for seen in &new {
+    let mut failed = None;
+    for seen in new {
         let result = match &seen.message {
             Some(dm) => deliver(ctx, dm).await,
             None => Ok(false),
@@ -341,25 +376,17 @@ pub async fn poll_once(
                 confirmed = Some(seen.id);
             }
             Err(error) => {
+                let channel = ctx.channel.as_str();
                 tracing::error!(channel, event_id = seen.id, %error, "polled DM not delivered");
-                if let Some(id) = confirmed {
-                    move_cursor(ctx, &id.to_string()).await;
-                }
-                return Err(error);
+                failed = Some(error);
+                break;
             }
         }
     }
     if let Some(id) = confirmed {
         move_cursor(ctx, &id.to_string()).await;
     }
-    tracing::debug!(
-        channel,
-        delivered = outcome.delivered,
-        pages = outcome.pages,
-        events_read = outcome.events_read,
-        "poll done"
-    );
-    Ok(outcome)
+    failed.map_or(Ok(()), Err)
 }
 
 /// Checks that a page goes on from the one before: X lists DM events newest first, so

@@ -3,7 +3,7 @@
 //! X's URL of a DM's media only answers a GET signed with the channel's OAuth 1.0a user
 //! token, which the CRM must not hold. So before a DM is published, each attachment gets a
 //! URL of the bridge itself, `<public base>media/<channel>/<token>`, that the media proxy
-//! ([`crate::media_proxy`]) serves by fetching X's URL with the channel's signature.
+//! ([`crate::media::proxy`]) serves by fetching X's URL with the channel's signature.
 //!
 //! The token carries everything the proxy needs, so any replica holding the key can serve
 //! it and nothing is stored: `v1.<expires>.<dm event id>.<X's URL, base64url>.<signature>`,
@@ -26,7 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use url::Url;
 
-use crate::DirectMessage;
+use crate::x::message::DirectMessage;
 
 /// The token format's version, the first segment: lets a later format live next to this
 /// one while URLs of the old one are still out.

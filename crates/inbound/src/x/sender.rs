@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::json::{self, Object};
+use crate::x::json::{self, Object};
 
 /// The author of a DM as the CRM sees it.
 ///
