@@ -84,7 +84,7 @@ fn reply_queue_args(names: &TopologyNames) -> FieldTable {
     args
 }
 
-/// A channel's poll lease queue (see `xbridge_inbound::lease`): single active
+/// A channel's poll lease queue (see `xbridge_inbound::polling::lease`): single active
 /// consumer, so the broker, not the replicas, decides who polls.
 fn poll_lease_args() -> FieldTable {
     let mut args = quorum_args();
