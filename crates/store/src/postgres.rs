@@ -451,8 +451,10 @@ fn first_probe_delay_ms() -> u64 {
 }
 
 /// Whether `name` can be used unquoted-safe as a schema name: it is put in a
-/// connection option and in DDL, so only plain lower-case identifiers.
-fn is_valid_schema_name(name: &str) -> bool {
+/// connection option and in DDL, so only plain lower-case identifiers, and
+/// never a system schema (`pg_`). The configuration checks `state.schema`
+/// with the same rule, so a bad name is refused before the bridge starts.
+pub fn is_valid_schema_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && name.len() <= 63
