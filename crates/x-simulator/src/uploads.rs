@@ -612,12 +612,14 @@ impl AppendParts {
         };
         let segment_index = match index.parse::<u32>() {
             Ok(n) if n <= MAX_SEGMENT_INDEX => n,
-            _ => return Err(invalid(
-                &format!(
+            _ => {
+                return Err(invalid(
+                    &format!(
                     "The `segment_index` value [{index}] is not between 0 and {MAX_SEGMENT_INDEX}"
                 ),
-                Some(("segment_index", &index)),
-            )),
+                    Some(("segment_index", &index)),
+                ))
+            }
         };
         if media.is_empty() || media.len() > MAX_SEGMENT_BYTES {
             let length = media.len().to_string();
