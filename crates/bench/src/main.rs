@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+mod child;
 mod cleanup;
 mod economy;
 mod harness;
@@ -186,7 +187,7 @@ impl From<&ScaleOpts> for scale::ScaleArgs {
                 .binary
                 .xbridge
                 .clone()
-                .unwrap_or_else(scale::default_xbridge),
+                .unwrap_or_else(child::default_xbridge),
         }
     }
 }
@@ -204,7 +205,7 @@ impl From<&ReplicasOpts> for replicas::ReplicasArgs {
                 .binary
                 .xbridge
                 .clone()
-                .unwrap_or_else(scale::default_xbridge),
+                .unwrap_or_else(child::default_xbridge),
         }
     }
 }

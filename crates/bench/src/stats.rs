@@ -42,6 +42,15 @@ pub fn ms(duration: Option<Duration>) -> String {
     }
 }
 
+/// After a table's `done` count: how many replies ended otherwise, if any.
+pub fn other_outcomes(count: usize) -> String {
+    if count > 0 {
+        format!(" ({count} other outcomes)")
+    } else {
+        String::new()
+    }
+}
+
 /// A rate per second from a count and the time it took.
 pub fn per_second(count: usize, elapsed: Duration) -> f64 {
     if elapsed.is_zero() {
