@@ -140,6 +140,9 @@ fn decide(caller: Authorized<DmSend>, target: Target) -> Result<(Reply, DmEvent)
     Ok((reply, event))
 }
 
+/// The media a send carries: the upload's id and its kind.
+type Attached = (String, MediaType);
+
 /// The checks after the gate: the message (400), its media — only what this account uploaded,
 /// finalized and saw processed, within 24 h (400) — and a refusing recipient (403).
 fn admit(
@@ -149,7 +152,7 @@ fn admit(
     target: Target,
     user_id: &str,
     now: DateTime<Utc>,
-) -> Result<(ValidMessage, Option<(String, MediaType)>), (StatusCode, String)> {
+) -> Result<(ValidMessage, Option<Attached>), (StatusCode, String)> {
     let message = match validate(headers, body, target, user_id) {
         Ok(message) => message,
         Err(Refusal::Invalid(body)) => return Err((StatusCode::BAD_REQUEST, body)),
@@ -179,7 +182,7 @@ fn record(
     base_url: &Url,
     account: &Account,
     dm: &SentDm,
-    media: Option<(String, MediaType)>,
+    media: Option<Attached>,
 ) -> DmEvent {
     tracing::info!(
         sender_id = %dm.sender_id,

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse as _, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -29,7 +29,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AdminBody<T> {
     async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
         let body = Bytes::from_request(request, state)
             .await
-            .map_err(axum::response::IntoResponse::into_response)?;
+            .map_err(IntoResponse::into_response)?;
         serde_json::from_slice(&body)
             .map(AdminBody)
             .map_err(|why| error(StatusCode::BAD_REQUEST, why.to_string()))
@@ -63,14 +63,23 @@ impl ForAccount {
     }
 }
 
-/// 404 unless the simulator has an account `user_id`.
-pub(super) fn known_account(inner: &Inner, user_id: &str) -> Result<(), Response> {
+/// The refusal of a request naming an account the simulator does not have: 404.
+pub(super) struct UnknownAccount(String);
+
+impl IntoResponse for UnknownAccount {
+    fn into_response(self) -> Response {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no account with user_id {}", self.0),
+        )
+    }
+}
+
+/// [`UnknownAccount`] unless the simulator has an account `user_id`.
+pub(super) fn known_account(inner: &Inner, user_id: &str) -> Result<(), UnknownAccount> {
     if inner.accounts.contains(user_id) {
         Ok(())
     } else {
-        Err(error(
-            StatusCode::NOT_FOUND,
-            format!("no account with user_id {user_id}"),
-        ))
+        Err(UnknownAccount(user_id.to_owned()))
     }
 }

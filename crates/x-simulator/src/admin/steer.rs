@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::{error, known_account, AdminBody, ForAccount};
+use super::extract::{error, known_account, AdminBody, ForAccount, UnknownAccount};
 use crate::accounts::Account;
 use crate::customers::Customer;
 use crate::delivery;
@@ -96,7 +96,7 @@ pub(super) async fn set_fault(
     AdminBody(request): AdminBody<SetFault>,
 ) -> Response {
     if let Err(unknown) = known_account(&state.lock(), &request.user_id) {
-        return unknown;
+        return unknown.into_response();
     }
     tracing::info!(user_id = %request.user_id, fault = ?request.fault, "fault set");
     state.set_fault(&request.user_id, request.fault);
@@ -137,7 +137,7 @@ pub(super) async fn customer_dm(
     }
     let event = match record_customer_dm(&state, request) {
         Ok(event) => event,
-        Err(unknown) => return unknown,
+        Err(unknown) => return unknown.into_response(),
     };
     tracing::info!(event_id = %event.id, sender_id = %event.sender_id, "customer DM received (admin)");
     delivery::schedule(&state, &event);
@@ -145,7 +145,7 @@ pub(super) async fn customer_dm(
 }
 
 /// The DM event of `request`, recorded, or 404 for an unknown account.
-fn record_customer_dm(state: &SimState, request: CustomerDm) -> Result<DmEvent, Response> {
+fn record_customer_dm(state: &SimState, request: CustomerDm) -> Result<DmEvent, UnknownAccount> {
     let customer = request.customer.into_customer();
     let mut inner = state.lock();
     known_account(&inner, &request.user_id)?;
@@ -202,7 +202,7 @@ pub(super) async fn set_media_processing(
 ) -> Response {
     let mut inner = state.lock();
     if let Err(unknown) = known_account(&inner, &request.user_id) {
-        return unknown;
+        return unknown.into_response();
     }
     tracing::info!(user_id = %request.user_id, processing = ?request.processing, "media processing set");
     inner
