@@ -19,7 +19,7 @@ use crate::harness::{
     between, count_received, declare_quorum_queue, delete_queue, options, read_queue, world,
     InProcessBridge, OpenLoop, Publisher,
 };
-use crate::stats::{ms, per_second, print_load, Latencies};
+use crate::stats::{p50_p99_max, per_second, print_load, Latencies};
 
 const CHANNEL: &str = "bench";
 
@@ -112,14 +112,12 @@ pub async fn run(args: &InboundArgs) -> anyhow::Result<()> {
 
     let publish = confirmed_publishes(args).await?;
     println!(
-        "| confirmed publish alone (no HTTP, no bridge), {}/s for {} s | {} | | {:.0} | {} | {} | {} | |",
+        "| confirmed publish alone (no HTTP, no bridge), {}/s for {} s | {} | | {:.0} | {} | |",
         args.rate,
         args.seconds,
         publish.measured,
         publish.rate,
-        ms(publish.latency.map(|l| l.p50)),
-        ms(publish.latency.map(|l| l.p99)),
-        ms(publish.latency.map(|l| l.max)),
+        p50_p99_max(publish.latency),
     );
     print_load();
     println!();
@@ -201,15 +199,13 @@ fn print_webhook_row(
     println!("| offered | measured POSTs | 200s | achieved events/s | p50 | p99 | max | reached the CRM queue (all runs) |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| {}/s for {} s | {} | {} | {:.0} | {} | {} | {} | {}/{} |",
+        "| {}/s for {} s | {} | {} | {:.0} | {} | {}/{} |",
         args.rate,
         args.seconds,
         measured.len(),
         ok,
         per_second(ok, took),
-        ms(latencies.map(|l| l.p50)),
-        ms(latencies.map(|l| l.p99)),
-        ms(latencies.map(|l| l.max)),
+        p50_p99_max(latencies),
         received,
         total,
     );

@@ -21,7 +21,7 @@ use crate::harness::{
     between, collect_outcomes, declare_quorum_queue, delete_queue, options, read_queue, world,
     InProcessBridge, Outcomes, Publisher, Received,
 };
-use crate::stats::{ms, other_outcomes, per_second, print_load, Latencies};
+use crate::stats::{ms, other_outcomes, p50_p99_max, per_second, print_load, Latencies};
 
 /// The channel every reply goes through.
 const CHANNEL: &str = "bench";
@@ -91,17 +91,15 @@ fn print_table(args: &OutboundArgs, relay: &RelayRun, runs: &[BridgeRun]) {
     println!("| path | X latency | done | replies/s | publish → X p50 | p99 | publish → `message.sent` p50 | p99 | max | ratio to relay |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| plain lapin relay (consume, publish with confirm, ack) | n/a | {}/{} | {:.0} | n/a | n/a | {} | {} | {} | 1.00 |",
+        "| plain lapin relay (consume, publish with confirm, ack) | n/a | {}/{} | {:.0} | n/a | n/a | {} | 1.00 |",
         relay.relayed,
         args.replies,
         relay.rate,
-        ms(relay.latency.map(|l| l.p50)),
-        ms(relay.latency.map(|l| l.p99)),
-        ms(relay.latency.map(|l| l.max)),
+        p50_p99_max(relay.latency),
     );
     for run in runs {
         println!(
-            "| bridge | {} ms | {}/{}{} | {:.0} | {} | {} | {} | {} | {} | {:.2} |",
+            "| bridge | {} ms | {}/{}{} | {:.0} | {} | {} | {} | {:.2} |",
             run.latency_ms,
             run.sent,
             run.published,
@@ -109,9 +107,7 @@ fn print_table(args: &OutboundArgs, relay: &RelayRun, runs: &[BridgeRun]) {
             run.rate,
             ms(run.to_x.map(|l| l.p50)),
             ms(run.to_x.map(|l| l.p99)),
-            ms(run.to_sent.map(|l| l.p50)),
-            ms(run.to_sent.map(|l| l.p99)),
-            ms(run.to_sent.map(|l| l.max)),
+            p50_p99_max(run.to_sent),
             if relay.rate > 0.0 {
                 run.rate / relay.rate
             } else {

@@ -12,7 +12,7 @@ use xbridge_test_support::{amqp_url, TestOptions};
 
 use crate::child::{ensure_built, ChildBridge};
 use crate::harness::{between, collect_outcomes, options, read_queue, world, Outcomes, Publisher};
-use crate::stats::{ms, other_outcomes, per_second, print_load, Latencies};
+use crate::stats::{other_outcomes, p50_p99_max, per_second, print_load, Latencies};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -85,16 +85,14 @@ fn print_table(args: &ReplicasArgs, runs: &[ReplicasRun]) {
             .collect::<Vec<_>>()
             .join(" + ");
         println!(
-            "| {} ms | {} | {}/{}{} | {:.0} | {} | {} | {} | {} |",
+            "| {} ms | {} | {}/{}{} | {:.0} | {} | {} |",
             run.latency_ms,
             run.replicas,
             run.sent,
             run.published,
             other_outcomes(run.other_outcomes),
             run.rate,
-            ms(run.to_sent.map(|l| l.p50)),
-            ms(run.to_sent.map(|l| l.p99)),
-            ms(run.to_sent.map(|l| l.max)),
+            p50_p99_max(run.to_sent),
             split,
         );
     }
