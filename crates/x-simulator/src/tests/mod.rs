@@ -131,6 +131,19 @@ impl Harness {
             .await
     }
 
+    /// GETs `path`, signed as the harness account, for a test that reads the raw response (its
+    /// size, its bytes).
+    async fn get_response(&self, path: &str) -> reqwest::Response {
+        let url = self.url(path);
+        let authorization = self.authorization(&self.account, "GET", &url);
+        self.client
+            .get(url)
+            .header(AUTHORIZATION, authorization)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A request with `account`'s App-only Bearer token and an optional JSON body.
     async fn bearer(
         &self,
