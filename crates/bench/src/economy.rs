@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use x_simulator::{Customer, Fault};
 use xbridge_test_support::{amqp_url, reply, TestOptions};
 
-use crate::harness::{options, read_queue, world, InProcessBridge, Publisher};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::harness::{
+    count_received, options, read_queue, world, InProcessBridge, Publisher, Received,
+};
 
 const CHANNEL: &str = "bench";
 
@@ -69,8 +73,23 @@ async fn rate_limited_backlog(args: &EconomyArgs) -> anyhow::Result<()> {
     let windows = args.backlog.div_ceil(args.limit as usize) as u64 + 2;
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(windows * args.window_secs + 60);
+    let (sent, failed) = wait_outcomes(&mut events, args.backlog, deadline).await;
+    let elapsed = start.elapsed();
+    print_backlog(args, &app.simulator, &user, (sent, failed), elapsed);
+    bridge.stop().await?;
+    app.cleanup().await;
+    Ok(())
+}
+
+/// Counts `message.sent` and `message.failed` until `expected` replies
+/// have one, or `deadline` passes.
+async fn wait_outcomes(
+    events: &mut UnboundedReceiver<Received>,
+    expected: usize,
+    deadline: tokio::time::Instant,
+) -> (usize, usize) {
     let (mut sent, mut failed) = (0, 0);
-    while sent + failed < args.backlog {
+    while sent + failed < expected {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Some(event)) => match event.body["type"].as_str() {
                 Some("message.sent") => sent += 1,
@@ -83,14 +102,24 @@ async fn rate_limited_backlog(args: &EconomyArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let elapsed = start.elapsed();
-    let requests = app.simulator.requests_for(&user);
+    (sent, failed)
+}
+
+/// The backlog's table: what X recorded and how many requests it took.
+fn print_backlog(
+    args: &EconomyArgs,
+    simulator: &x_simulator::Simulator,
+    user: &str,
+    (sent, failed): (usize, usize),
+    elapsed: Duration,
+) {
+    let requests = simulator.requests_for(user);
     let sends: Vec<_> = requests
         .iter()
         .filter(|r| r.method == "POST" && r.path.starts_with("/2/dm_conversations/"))
         .collect();
     let too_many = sends.iter().filter(|r| r.status == 429).count();
-    let dms = app.simulator.sent_dms_for(&user).len();
+    let dms = simulator.sent_dms_for(user).len();
     println!(
         "### Sends under a rate limit\n\nA backlog of {} replies (5 conversations) published at once; \
          the simulator allows {} sends per {} s window (X's real window is 15 minutes; compressed so the \
@@ -118,9 +147,6 @@ async fn rate_limited_backlog(args: &EconomyArgs) -> anyhow::Result<()> {
     );
     crate::stats::print_load();
     println!();
-    bridge.stop().await?;
-    app.cleanup().await;
-    Ok(())
 }
 
 async fn polling(args: &EconomyArgs) -> anyhow::Result<()> {
@@ -134,6 +160,38 @@ async fn polling(args: &EconomyArgs) -> anyhow::Result<()> {
     let user = app.user_id(CHANNEL);
     let bridge = InProcessBridge::start(&app).await?;
     let (_reader, mut events) = read_queue(&amqp_url(), &app.names.incoming_queue).await?;
+    let received = inject_polled(args, &app.simulator, &user, &mut events).await;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(args.poll_interval_ms * 10)
+        + Duration::from_secs(30);
+    let received = count_received(&mut events, received, args.polled_events, deadline).await;
+    let billed_when_delivered = app.simulator.billed_dm_events(&user);
+    let polls_when_delivered = dm_reads(&app.simulator, &user);
+    tokio::time::sleep(Duration::from_millis(
+        args.poll_interval_ms * u64::from(args.idle_polls),
+    ))
+    .await;
+    let billed_after_idle = app.simulator.billed_dm_events(&user);
+    let polls_after_idle = dm_reads(&app.simulator, &user);
+    print_polling(
+        args,
+        received,
+        (polls_when_delivered, billed_when_delivered),
+        (polls_after_idle, billed_after_idle),
+    );
+    bridge.stop().await?;
+    app.cleanup().await;
+    Ok(())
+}
+
+/// Customer DMs from 20 customers at `polled_rate`, counting the
+/// `message.received` events that arrive meanwhile.
+async fn inject_polled(
+    args: &EconomyArgs,
+    simulator: &x_simulator::Simulator,
+    user: &str,
+    events: &mut UnboundedReceiver<Received>,
+) -> usize {
     let customers: Vec<Customer> = (0..20)
         .map(|i| Customer::generate(&format!("bench_customer_{i}")))
         .collect();
@@ -142,8 +200,8 @@ async fn polling(args: &EconomyArgs) -> anyhow::Result<()> {
     let mut received = 0;
     for i in 0..args.polled_events {
         tokio::time::sleep_until(start + interval * i as u32).await;
-        app.simulator.customer_dm(
-            &user,
+        simulator.customer_dm(
+            user,
             &customers[i % customers.len()],
             &format!("polled event {i}"),
             None,
@@ -154,24 +212,17 @@ async fn polling(args: &EconomyArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_millis(args.poll_interval_ms * 10)
-        + Duration::from_secs(30);
-    while received < args.polled_events {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(event)) if event.body["type"] == "message.received" => received += 1,
-            Ok(Some(_)) => {}
-            _ => break,
-        }
-    }
-    let billed_when_delivered = app.simulator.billed_dm_events(&user);
-    let polls_when_delivered = dm_reads(&app.simulator, &user);
-    tokio::time::sleep(Duration::from_millis(
-        args.poll_interval_ms * u64::from(args.idle_polls),
-    ))
-    .await;
-    let billed_after_idle = app.simulator.billed_dm_events(&user);
-    let polls_after_idle = dm_reads(&app.simulator, &user);
+    received
+}
+
+/// The polled channel's table: DM reads and billed events when every event
+/// was delivered, and again after idle polls.
+fn print_polling(
+    args: &EconomyArgs,
+    received: usize,
+    (polls_when_delivered, billed_when_delivered): (usize, u64),
+    (polls_after_idle, billed_after_idle): (usize, u64),
+) {
     println!(
         "### Billing of a polled channel\n\nOne channel with `inbound = \"poll\"` and `poll_interval = \"{} ms\"`; \
          {} customer DMs injected at {}/s from 20 customers. X bills every DM event `GET /2/dm_events` \
@@ -201,9 +252,6 @@ async fn polling(args: &EconomyArgs) -> anyhow::Result<()> {
     );
     crate::stats::print_load();
     println!();
-    bridge.stop().await?;
-    app.cleanup().await;
-    Ok(())
 }
 
 /// `GET /2/dm_events` requests the simulator answered for `user`.

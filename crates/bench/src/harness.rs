@@ -222,6 +222,67 @@ pub async fn collect_outcomes(
     Outcomes { sent_at, other }
 }
 
+/// Counts `message.received` events on top of `received` until there are
+/// `expected`, the reader closes or `deadline` passes.
+pub async fn count_received(
+    events: &mut mpsc::UnboundedReceiver<Received>,
+    mut received: usize,
+    expected: usize,
+    deadline: tokio::time::Instant,
+) -> usize {
+    while received < expected {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) if event.body["type"] == "message.received" => received += 1,
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    received
+}
+
+/// Operations offered open-loop at a fixed rate: the first `warmup` are
+/// left out of the figures, `total` in all.
+pub struct OpenLoop {
+    /// Operations before the measured ones.
+    pub warmup: usize,
+    /// Operations in all.
+    pub total: usize,
+    interval: Duration,
+}
+
+impl OpenLoop {
+    /// `rate` per second for `warmup_seconds`, then for `seconds`.
+    pub fn new(rate: u32, warmup_seconds: u32, seconds: u32) -> OpenLoop {
+        let warmup = (rate * warmup_seconds) as usize;
+        OpenLoop {
+            warmup,
+            total: warmup + (rate * seconds) as usize,
+            interval: Duration::from_secs_f64(1.0 / f64::from(rate)),
+        }
+    }
+
+    /// Starts operation `i` when it is due, by `start_one(i, due)`, whatever
+    /// the earlier ones are doing; the started tasks and when the first
+    /// measured one was offered.
+    pub async fn offer<T>(
+        &self,
+        mut start_one: impl FnMut(usize, Instant) -> JoinHandle<T>,
+    ) -> (Vec<JoinHandle<T>>, Option<Instant>) {
+        let mut tasks = Vec::with_capacity(self.total);
+        let start = tokio::time::Instant::now();
+        let mut measured_start = None;
+        for i in 0..self.total {
+            let due = start + self.interval * i as u32;
+            tokio::time::sleep_until(due).await;
+            if i == self.warmup {
+                measured_start = Some(Instant::now());
+            }
+            tasks.push(start_one(i, due.into_std()));
+        }
+        (tasks, measured_start)
+    }
+}
+
 /// Reads `queue` without acknowledgements (the reader's own cost stays out
 /// of the figures) and hands every message over with its arrival time.
 pub async fn read_queue(

@@ -16,10 +16,10 @@ use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 
 use crate::harness::{
-    between, declare_quorum_queue, delete_queue, options, read_queue, world, InProcessBridge,
-    Publisher,
+    between, count_received, declare_quorum_queue, delete_queue, options, read_queue, world,
+    InProcessBridge, OpenLoop, Publisher,
 };
-use crate::stats::{ms, per_second, print_load, Latencies};
+use crate::stats::{p50_p99_max, per_second, print_load, Latencies};
 
 const CHANNEL: &str = "bench";
 
@@ -92,72 +92,99 @@ pub async fn run(args: &InboundArgs) -> anyhow::Result<()> {
     let url = format!("http://{addr}/webhooks/{CHANNEL}");
     let account = app.account(CHANNEL).clone();
     let (_reader, mut events) = read_queue(&amqp_url(), &app.names.incoming_queue).await?;
+
+    let load = OpenLoop::new(args.rate, args.warmup_seconds, args.seconds);
+    let (outcomes, offered_for, answered_for) = post_webhooks(&load, &url, &account).await?;
+    // Every event must also reach the CRM's queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let received = count_received(&mut events, 0, load.total, deadline).await;
+
+    let measured: Vec<&Outcome> = outcomes.iter().filter(|o| o.measured).collect();
+    print_webhook_row(
+        args,
+        &measured,
+        answered_for.max(offered_for),
+        received,
+        load.total,
+    );
+    bridge.stop().await?;
+    app.cleanup().await;
+
+    let publish = confirmed_publishes(args).await?;
+    println!(
+        "| confirmed publish alone (no HTTP, no bridge), {}/s for {} s | {} | | {:.0} | {} | |",
+        args.rate,
+        args.seconds,
+        publish.measured,
+        publish.rate,
+        p50_p99_max(publish.latency),
+    );
+    print_load();
+    println!();
+    Ok(())
+}
+
+/// Offers the signed POSTs open-loop; their outcomes, and how long the
+/// measured ones took to offer and to be answered.
+async fn post_webhooks(
+    load: &OpenLoop,
+    url: &str,
+    account: &x_simulator::Account,
+) -> anyhow::Result<(Vec<Outcome>, Duration, Duration)> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-
-    let warmup = (args.rate * args.warmup_seconds) as usize;
-    let total = warmup + (args.rate * args.seconds) as usize;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
-    let outcomes = Arc::new(Mutex::new(Vec::with_capacity(total)));
-    let mut tasks = Vec::with_capacity(total);
-    let start = tokio::time::Instant::now();
-    let mut measured_start = None;
-    for i in 0..total {
-        let due = start + interval * i as u32;
-        tokio::time::sleep_until(due).await;
-        if i == warmup {
-            measured_start = Some(Instant::now());
-        }
-        let body = payload(
-            &account.user_id,
-            1_900_000_000_000_000_000 + i as u64,
-            3_000_000_000_000_000_000 + (i % 20) as u64,
-            &format!("bench event {i}"),
-        );
-        let signed = signature(&account.consumer_secret, &body);
-        let http = http.clone();
-        let url = url.clone();
-        let outcomes = outcomes.clone();
-        let due: Instant = due.into_std();
-        tasks.push(tokio::spawn(async move {
-            let status = match http
-                .post(&url)
-                .header("content-type", "application/json")
-                .header(x_simulator::SIGNATURE_HEADER, signed)
-                .body(body)
-                .send()
-                .await
-            {
-                Ok(answer) => answer.status().as_u16(),
-                Err(_) => 0,
-            };
-            outcomes.lock().await.push(Outcome {
-                latency: between(due, Instant::now()),
-                status,
-                measured: i >= warmup,
-            });
-        }));
-    }
+    let outcomes = Arc::new(Mutex::new(Vec::with_capacity(load.total)));
+    let warmup = load.warmup;
+    let (tasks, measured_start) = load
+        .offer(|i, due| {
+            let body = payload(
+                &account.user_id,
+                1_900_000_000_000_000_000 + i as u64,
+                3_000_000_000_000_000_000 + (i % 20) as u64,
+                &format!("bench event {i}"),
+            );
+            let signed = signature(&account.consumer_secret, &body);
+            let http = http.clone();
+            let url = url.to_owned();
+            let outcomes = outcomes.clone();
+            tokio::spawn(async move {
+                let status = match http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header(x_simulator::SIGNATURE_HEADER, signed)
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(answer) => answer.status().as_u16(),
+                    Err(_) => 0,
+                };
+                outcomes.lock().await.push(Outcome {
+                    latency: between(due, Instant::now()),
+                    status,
+                    measured: i >= warmup,
+                });
+            })
+        })
+        .await;
     let offered_for = measured_start.map(|s| s.elapsed()).unwrap_or_default();
     for task in tasks {
         let _ = task.await;
     }
     let answered_for = measured_start.map(|s| s.elapsed()).unwrap_or_default();
+    let outcomes = std::mem::take(&mut *outcomes.lock().await);
+    Ok((outcomes, offered_for, answered_for))
+}
 
-    // Every event must also reach the CRM's queue.
-    let mut received = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while received < total {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(event)) if event.body["type"] == "message.received" => received += 1,
-            Ok(Some(_)) => {}
-            _ => break,
-        }
-    }
-
-    let outcomes = outcomes.lock().await;
-    let measured: Vec<&Outcome> = outcomes.iter().filter(|o| o.measured).collect();
+/// The table's head and the webhook's row.
+fn print_webhook_row(
+    args: &InboundArgs,
+    measured: &[&Outcome],
+    took: Duration,
+    received: usize,
+    total: usize,
+) {
     let ok = measured.iter().filter(|o| o.status == 200).count();
     let latencies = Latencies::of(measured.iter().map(|o| o.latency).collect());
     println!("## Inbound (webhook)\n");
@@ -172,36 +199,16 @@ pub async fn run(args: &InboundArgs) -> anyhow::Result<()> {
     println!("| offered | measured POSTs | 200s | achieved events/s | p50 | p99 | max | reached the CRM queue (all runs) |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| {}/s for {} s | {} | {} | {:.0} | {} | {} | {} | {}/{} |",
+        "| {}/s for {} s | {} | {} | {:.0} | {} | {}/{} |",
         args.rate,
         args.seconds,
         measured.len(),
         ok,
-        per_second(ok, answered_for.max(offered_for)),
-        ms(latencies.map(|l| l.p50)),
-        ms(latencies.map(|l| l.p99)),
-        ms(latencies.map(|l| l.max)),
+        per_second(ok, took),
+        p50_p99_max(latencies),
         received,
         total,
     );
-    drop(outcomes);
-    bridge.stop().await?;
-    app.cleanup().await;
-
-    let publish = confirmed_publishes(args).await?;
-    println!(
-        "| confirmed publish alone (no HTTP, no bridge), {}/s for {} s | {} | | {:.0} | {} | {} | {} | |",
-        args.rate,
-        args.seconds,
-        publish.measured,
-        publish.rate,
-        ms(publish.latency.map(|l| l.p50)),
-        ms(publish.latency.map(|l| l.p99)),
-        ms(publish.latency.map(|l| l.max)),
-    );
-    print_load();
-    println!();
-    Ok(())
 }
 
 /// The floor under the webhook's latency, in the same run: what the bridge
@@ -223,42 +230,34 @@ async fn confirmed_publishes(args: &InboundArgs) -> anyhow::Result<PublishRun> {
     declare_quorum_queue(publisher.channel(), &queue).await?;
     let body = payload("1", 1, 2, "bench event");
 
-    let warmup = (args.rate * args.warmup_seconds) as usize;
-    let total = warmup + (args.rate * args.seconds) as usize;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
-    let mut tasks = Vec::with_capacity(total);
-    let start = tokio::time::Instant::now();
-    let mut measured_start = None;
-    for i in 0..total {
-        let due = start + interval * i as u32;
-        tokio::time::sleep_until(due).await;
-        if i == warmup {
-            measured_start = Some(Instant::now());
-        }
-        let publisher = publisher.clone();
-        let queue = queue.clone();
-        let body = body.clone();
-        let due: Instant = due.into_std();
-        tasks.push(tokio::spawn(async move {
-            let confirmed = async {
-                publisher
-                    .channel()
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?
-                    .await
-            }
-            .await
-            .is_ok_and(|confirm| confirm.is_ack());
-            (i >= warmup && confirmed).then(|| between(due, Instant::now()))
-        }));
-    }
-    let mut latencies = Vec::with_capacity(total);
+    let load = OpenLoop::new(args.rate, args.warmup_seconds, args.seconds);
+    let warmup = load.warmup;
+    let (tasks, measured_start) = load
+        .offer(|i, due| {
+            let publisher = publisher.clone();
+            let queue = queue.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let confirmed = async {
+                    publisher
+                        .channel()
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            BasicProperties::default().with_delivery_mode(2),
+                        )
+                        .await?
+                        .await
+                }
+                .await
+                .is_ok_and(|confirm| confirm.is_ack());
+                (i >= warmup && confirmed).then(|| between(due, Instant::now()))
+            })
+        })
+        .await;
+    let mut latencies = Vec::with_capacity(load.total);
     for task in tasks {
         if let Ok(Some(latency)) = task.await {
             latencies.push(latency);

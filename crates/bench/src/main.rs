@@ -5,9 +5,18 @@
 //! 127.0.0.1:5672 (`XBRIDGE_TEST_AMQP_URL` overrides it, as for the tests);
 //! `scale` and `replicas` also need the release `xbridge` binary, `replicas`
 //! PostgreSQL on 127.0.0.1:5432 (`XBRIDGE_TEST_POSTGRES_URL` overrides it).
+//!
+//! | file | role |
+//! |---|---|
+//! | `outbound.rs`, `inbound.rs`, `scale.rs`, `replicas.rs`, `economy.rs` | one measurement each: setup, measure, print its table |
+//! | `harness.rs` | a world from the test harness, the bridge in process, a confirming publisher, queue readers, the open-loop schedule |
+//! | `child.rs` | the `xbridge` binary as a child process: started with an ops port, ready, stopped |
+//! | `stats.rs` | percentiles and the formatting of table cells |
+//! | `cleanup.rs` | deleting what an interrupted run left on the broker |
 
 #![warn(missing_docs)]
 
+mod child;
 mod cleanup;
 mod economy;
 mod harness;
@@ -186,7 +195,7 @@ impl From<&ScaleOpts> for scale::ScaleArgs {
                 .binary
                 .xbridge
                 .clone()
-                .unwrap_or_else(scale::default_xbridge),
+                .unwrap_or_else(child::default_xbridge),
         }
     }
 }
@@ -204,7 +213,7 @@ impl From<&ReplicasOpts> for replicas::ReplicasArgs {
                 .binary
                 .xbridge
                 .clone()
-                .unwrap_or_else(scale::default_xbridge),
+                .unwrap_or_else(child::default_xbridge),
         }
     }
 }

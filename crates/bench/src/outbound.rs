@@ -19,9 +19,9 @@ use xbridge_test_support::amqp_url;
 
 use crate::harness::{
     between, collect_outcomes, declare_quorum_queue, delete_queue, options, read_queue, world,
-    InProcessBridge, Outcomes, Publisher,
+    InProcessBridge, Outcomes, Publisher, Received,
 };
-use crate::stats::{ms, per_second, print_load, Latencies};
+use crate::stats::{ms, other_outcomes, p50_p99_max, per_second, print_load, Latencies};
 
 /// The channel every reply goes through.
 const CHANNEL: &str = "bench";
@@ -83,34 +83,31 @@ pub async fn run(args: &OutboundArgs) -> anyhow::Result<()> {
     for latency in &args.latencies_ms {
         runs.push(bridge(args, *latency).await?);
     }
+    print_table(args, &relay, &runs);
+    Ok(())
+}
+
+fn print_table(args: &OutboundArgs, relay: &RelayRun, runs: &[BridgeRun]) {
     println!("| path | X latency | done | replies/s | publish → X p50 | p99 | publish → `message.sent` p50 | p99 | max | ratio to relay |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| plain lapin relay (consume, publish with confirm, ack) | n/a | {}/{} | {:.0} | n/a | n/a | {} | {} | {} | 1.00 |",
+        "| plain lapin relay (consume, publish with confirm, ack) | n/a | {}/{} | {:.0} | n/a | n/a | {} | 1.00 |",
         relay.relayed,
         args.replies,
         relay.rate,
-        ms(relay.latency.map(|l| l.p50)),
-        ms(relay.latency.map(|l| l.p99)),
-        ms(relay.latency.map(|l| l.max)),
+        p50_p99_max(relay.latency),
     );
-    for run in &runs {
+    for run in runs {
         println!(
-            "| bridge | {} ms | {}/{}{} | {:.0} | {} | {} | {} | {} | {} | {:.2} |",
+            "| bridge | {} ms | {}/{}{} | {:.0} | {} | {} | {} | {:.2} |",
             run.latency_ms,
             run.sent,
             run.published,
-            if run.other_outcomes > 0 {
-                format!(" ({} other outcomes)", run.other_outcomes)
-            } else {
-                String::new()
-            },
+            other_outcomes(run.other_outcomes),
             run.rate,
             ms(run.to_x.map(|l| l.p50)),
             ms(run.to_x.map(|l| l.p99)),
-            ms(run.to_sent.map(|l| l.p50)),
-            ms(run.to_sent.map(|l| l.p99)),
-            ms(run.to_sent.map(|l| l.max)),
+            p50_p99_max(run.to_sent),
             if relay.rate > 0.0 {
                 run.rate / relay.rate
             } else {
@@ -120,7 +117,6 @@ pub async fn run(args: &OutboundArgs) -> anyhow::Result<()> {
     }
     print_load();
     println!();
-    Ok(())
 }
 
 /// The reply bodies: `m-<i>` to recipient `i % conversations`.
@@ -180,16 +176,7 @@ async fn bridge(args: &OutboundArgs, latency_ms: u64) -> anyhow::Result<BridgeRu
         .iter()
         .map(|(i, at)| between(published_at[*i], *at))
         .collect();
-    let to_x = app
-        .simulator
-        .sent_dms_for(&user)
-        .iter()
-        .filter_map(|dm| {
-            let i = index_of(&dm.text, "bench reply ")?;
-            let at: SystemTime = dm.created_at.into();
-            Some(at.duration_since(published_wall[i]).unwrap_or_default())
-        })
-        .collect();
+    let to_x = to_x(&app.simulator.sent_dms_for(&user), &published_wall);
     let run = BridgeRun {
         latency_ms,
         published: args.replies,
@@ -204,6 +191,18 @@ async fn bridge(args: &OutboundArgs, latency_ms: u64) -> anyhow::Result<BridgeRu
     Ok(run)
 }
 
+/// Publish → the simulator recorded the DM, by the wall clock (the
+/// simulator's timestamps are wall-clock times).
+fn to_x(dms: &[x_simulator::SentDm], published_wall: &[SystemTime]) -> Vec<Duration> {
+    dms.iter()
+        .filter_map(|dm| {
+            let i = index_of(&dm.text, "bench reply ")?;
+            let at: SystemTime = dm.created_at.into();
+            Some(at.duration_since(published_wall[i]).unwrap_or_default())
+        })
+        .collect()
+}
+
 /// Consume from one quorum queue, publish each message with a confirm to
 /// another, then ack: what the bridge does minus X, the state store and the
 /// JSON, with the same prefetch (64) and queue type.
@@ -216,7 +215,36 @@ async fn relay(count: usize, timeout: Duration) -> anyhow::Result<RelayRun> {
     declare_quorum_queue(publisher.channel(), &input).await?;
     declare_quorum_queue(publisher.channel(), &output).await?;
 
-    // The relay, on its own connection as a separate service would be.
+    let (relay_connection, relay_task) = start_relay(&input, &output).await?;
+    let (_reader, mut out) = read_queue(&amqp_url(), &output).await?;
+    let start = Instant::now();
+    let published_at = publisher
+        .publish_all("", &input, replies(count, 20))
+        .await?;
+    let read_at = read_relayed(&mut out, count, timeout).await;
+    let last = read_at.values().max().copied().unwrap_or(start);
+    let latencies = read_at
+        .iter()
+        .map(|(i, at)| between(published_at[*i], *at))
+        .collect();
+    relay_task.abort();
+    let _ = relay_connection.close(200, "done".into()).await;
+    delete_queue(publisher.channel(), &input).await;
+    delete_queue(publisher.channel(), &output).await;
+    Ok(RelayRun {
+        relayed: read_at.len(),
+        rate: per_second(read_at.len(), between(start, last)),
+        latency: Latencies::of(latencies),
+    })
+}
+
+/// The relay, on its own connection as a separate service would be: consume
+/// from `input` (prefetch 64), publish each message to `output` with a
+/// confirm, then ack.
+async fn start_relay(
+    input: &str,
+    output: &str,
+) -> anyhow::Result<(Connection, tokio::task::JoinHandle<()>)> {
     let relay_connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .context("the relay connects")?;
@@ -230,13 +258,13 @@ async fn relay(count: usize, timeout: Duration) -> anyhow::Result<RelayRun> {
         .await?;
     let mut consumer = consume_channel
         .basic_consume(
-            input.as_str().into(),
+            input.into(),
             "bench-relay".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    let relay_output = output.clone();
+    let relay_output = output.to_owned();
     let relay_task = tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let channel = publish_channel.clone();
@@ -263,12 +291,16 @@ async fn relay(count: usize, timeout: Duration) -> anyhow::Result<RelayRun> {
             });
         }
     });
+    Ok((relay_connection, relay_task))
+}
 
-    let (_reader, mut out) = read_queue(&amqp_url(), &output).await?;
-    let start = Instant::now();
-    let published_at = publisher
-        .publish_all("", &input, replies(count, 20))
-        .await?;
+/// When each relayed `m-<i>` was read from the output queue, until all
+/// `count` were or `timeout` passed.
+async fn read_relayed(
+    out: &mut tokio::sync::mpsc::UnboundedReceiver<Received>,
+    count: usize,
+    timeout: Duration,
+) -> HashMap<usize, Instant> {
     let mut read_at: HashMap<usize, Instant> = HashMap::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while read_at.len() < count {
@@ -283,18 +315,5 @@ async fn relay(count: usize, timeout: Duration) -> anyhow::Result<RelayRun> {
             read_at.insert(i, message.at);
         }
     }
-    let last = read_at.values().max().copied().unwrap_or(start);
-    let latencies = read_at
-        .iter()
-        .map(|(i, at)| between(published_at[*i], *at))
-        .collect();
-    relay_task.abort();
-    let _ = relay_connection.close(200, "done".into()).await;
-    delete_queue(publisher.channel(), &input).await;
-    delete_queue(publisher.channel(), &output).await;
-    Ok(RelayRun {
-        relayed: read_at.len(),
-        rate: per_second(read_at.len(), between(start, last)),
-        latency: Latencies::of(latencies),
-    })
+    read_at
 }

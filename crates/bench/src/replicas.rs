@@ -5,19 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
 use x_simulator::Fault;
 use xbridge_test_support::{amqp_url, TestOptions};
 
+use crate::child::{ensure_built, ChildBridge};
 use crate::harness::{between, collect_outcomes, options, read_queue, world, Outcomes, Publisher};
-use crate::scale::{free_port, wait_ready};
-use crate::stats::{ms, per_second, print_load, Latencies};
+use crate::stats::{other_outcomes, p50_p99_max, per_second, print_load, Latencies};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -53,11 +48,7 @@ struct ReplicasRun {
 
 /// Runs every latency and replica count and prints the table.
 pub async fn run(args: &ReplicasArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.xbridge.exists(),
-        "{} does not exist: build it first with `cargo build --release -p xbridge`, or pass --xbridge",
-        args.xbridge.display()
-    );
+    ensure_built(&args.xbridge)?;
     anyhow::ensure!(args.channels > 0, "at least one channel");
     let mut runs = Vec::new();
     for &latency_ms in &args.latencies_ms {
@@ -65,6 +56,11 @@ pub async fn run(args: &ReplicasArgs) -> anyhow::Result<()> {
             runs.push(one(args, replicas.max(1), latency_ms).await?);
         }
     }
+    print_table(args, &runs);
+    Ok(())
+}
+
+fn print_table(args: &ReplicasArgs, runs: &[ReplicasRun]) {
     println!("## Replicas\n");
     println!(
         "`{}` run N times as child processes with one configuration: {} channels backed by simulator \
@@ -81,7 +77,7 @@ pub async fn run(args: &ReplicasArgs) -> anyhow::Result<()> {
     );
     println!("| X latency | replicas | done | replies/s | publish → `message.sent` p50 | p99 | max | channels per replica |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for run in &runs {
+    for run in runs {
         let split = run
             .active
             .iter()
@@ -89,32 +85,19 @@ pub async fn run(args: &ReplicasArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" + ");
         println!(
-            "| {} ms | {} | {}/{}{} | {:.0} | {} | {} | {} | {} |",
+            "| {} ms | {} | {}/{}{} | {:.0} | {} | {} |",
             run.latency_ms,
             run.replicas,
             run.sent,
             run.published,
-            if run.other_outcomes > 0 {
-                format!(" ({} other outcomes)", run.other_outcomes)
-            } else {
-                String::new()
-            },
+            other_outcomes(run.other_outcomes),
             run.rate,
-            ms(run.to_sent.map(|l| l.p50)),
-            ms(run.to_sent.map(|l| l.p99)),
-            ms(run.to_sent.map(|l| l.max)),
+            p50_p99_max(run.to_sent),
             split,
         );
     }
     print_load();
     println!();
-    Ok(())
-}
-
-/// A replica: the child process and its ops port.
-struct Replica {
-    child: Child,
-    ops_port: u16,
 }
 
 async fn one(args: &ReplicasArgs, replicas: usize, latency_ms: u64) -> anyhow::Result<ReplicasRun> {
@@ -131,35 +114,10 @@ async fn one(args: &ReplicasArgs, replicas: usize, latency_ms: u64) -> anyhow::R
                 .set_fault(&account.user_id, Fault::Latency { millis: latency_ms });
         }
     }
-    let spawned = async {
-        // Every replica gets the same configuration but for its ops port.
-        let mut started = Vec::with_capacity(replicas);
-        for i in 0..replicas {
-            let ops_port = free_port()?;
-            let config = app.dir.path().join(format!("replica-{i}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "{}\n[telemetry]\nlisten = \"127.0.0.1:{ops_port}\"\n",
-                    app.config_toml()
-                ),
-            )?;
-            let child = Command::new(&args.xbridge)
-                .arg("run")
-                .arg("--config")
-                .arg(&config)
-                .env("RUST_LOG", "warn,lapin=off")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting {}", args.xbridge.display()))?;
-            started.push(Replica { child, ops_port });
-        }
-        anyhow::Ok(started)
-    }
-    .await;
+    // Every replica gets the same configuration but for its ops port.
+    let spawned: anyhow::Result<Vec<ChildBridge>> = (0..replicas)
+        .map(|i| ChildBridge::spawn(&args.xbridge, &app, &format!("replica-{i}.toml")))
+        .collect();
     let mut replicas_running = match spawned {
         Ok(started) => started,
         Err(e) => {
@@ -168,13 +126,11 @@ async fn one(args: &ReplicasArgs, replicas: usize, latency_ms: u64) -> anyhow::R
         }
     };
     let result = measure(args, &app, &mut replicas_running, latency_ms).await;
-    for replica in &mut replicas_running {
-        if let Some(pid) = replica.child.id() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
+    for replica in &replicas_running {
+        replica.terminate();
     }
     for replica in &mut replicas_running {
-        let _ = tokio::time::timeout(Duration::from_secs(30), replica.child.wait()).await;
+        replica.wait_exit().await;
     }
     app.cleanup().await;
     result
@@ -183,11 +139,11 @@ async fn one(args: &ReplicasArgs, replicas: usize, latency_ms: u64) -> anyhow::R
 async fn measure(
     args: &ReplicasArgs,
     app: &xbridge_test_support::TestApp,
-    replicas: &mut [Replica],
+    replicas: &mut [ChildBridge],
     latency_ms: u64,
 ) -> anyhow::Result<ReplicasRun> {
     for replica in replicas.iter_mut() {
-        wait_ready(replica.ops_port, &mut replica.child).await?;
+        replica.wait_ready().await?;
     }
     let (_reader, mut events) = read_queue(&amqp_url(), &app.names.incoming_queue).await?;
     let publisher = Publisher::connect(&amqp_url()).await?;

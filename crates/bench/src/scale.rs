@@ -3,15 +3,12 @@
 //! reply queue.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::process::Command;
 
-use crate::harness::{options, world, SETUP_PATIENCE};
+use crate::child::{ensure_built, ChildBridge};
+use crate::harness::{options, world};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -36,26 +33,19 @@ struct ScaleRun {
     cpu_percent: f64,
 }
 
-/// The `xbridge` binary next to this one (both in `target/release`).
-pub fn default_xbridge() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("xbridge")))
-        .unwrap_or_else(|| PathBuf::from("xbridge"))
-}
-
 /// Runs each channel count in turn and prints the table.
 pub async fn run(args: &ScaleArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.xbridge.exists(),
-        "{} does not exist: build it first with `cargo build --release -p xbridge`, or pass --xbridge",
-        args.xbridge.display()
-    );
+    ensure_built(&args.xbridge)?;
     let ticks = clock_ticks()?;
     let mut runs = Vec::new();
     for &channels in &args.channels {
         runs.push(one(args, channels, ticks).await?);
     }
+    print_table(args, &runs);
+    Ok(())
+}
+
+fn print_table(args: &ScaleArgs, runs: &[ScaleRun]) {
     println!("## Scale (one `xbridge run` process)\n");
     println!(
         "`{}` as a child process, channels backed by simulator accounts in the benchmark's process, \
@@ -83,58 +73,24 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<()> {
     }
     crate::stats::print_load();
     println!();
-    Ok(())
 }
 
 async fn one(args: &ScaleArgs, channels: usize, ticks: u64) -> anyhow::Result<ScaleRun> {
     eprintln!("scale: {channels} channel(s)");
     let names = (0..channels).map(|i| format!("c{i:04}")).collect();
     let app = world(options(names)).await;
-    let ops_port = free_port()?;
-    let config = app.dir.path().join("xbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[telemetry]\nlisten = \"127.0.0.1:{ops_port}\"\n",
-            app.config_toml()
-        ),
-    )?;
     let started = Instant::now();
-    let mut child = Command::new(&args.xbridge)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn,lapin=off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", args.xbridge.display()))?;
-    let pid = child.id().context("the bridge has a pid")?;
+    let mut bridge = ChildBridge::spawn(&args.xbridge, &app, "xbridge.toml")?;
+    let pid = bridge.child.id().context("the bridge has a pid")?;
     let measured = async {
-        wait_ready(ops_port, &mut child).await?;
+        bridge.wait_ready().await?;
         let ready_after = started.elapsed();
         tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
-        let before = cpu_ticks(pid)?;
-        let idle_start = Instant::now();
-        tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-        let after = cpu_ticks(pid)?;
-        let idle = idle_start.elapsed();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let cpu_seconds = (after - before) as f64 / ticks as f64;
-        anyhow::Ok(ScaleRun {
-            channels,
-            ready_after,
-            rss_kib: status_field(&status, "VmRSS:")?,
-            hwm_kib: status_field(&status, "VmHWM:")?,
-            threads: status_field(&status, "Threads:")?,
-            cpu_percent: 100.0 * cpu_seconds / idle.as_secs_f64(),
-        })
+        measure_idle(args, pid, ticks, channels, ready_after).await
     }
     .await;
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    bridge.terminate();
+    bridge.wait_exit().await;
     // The figures first: a broker that chokes on deleting a thousand quorum
     // queues must not take them with it.
     match &measured {
@@ -161,36 +117,34 @@ async fn one(args: &ScaleArgs, channels: usize, ticks: u64) -> anyhow::Result<Sc
     measured
 }
 
+/// The process's CPU over `idle_seconds` of idleness, then its memory and
+/// threads.
+async fn measure_idle(
+    args: &ScaleArgs,
+    pid: u32,
+    ticks: u64,
+    channels: usize,
+    ready_after: Duration,
+) -> anyhow::Result<ScaleRun> {
+    let before = cpu_ticks(pid)?;
+    let idle_start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let after = cpu_ticks(pid)?;
+    let idle = idle_start.elapsed();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let cpu_seconds = (after - before) as f64 / ticks as f64;
+    Ok(ScaleRun {
+        channels,
+        ready_after,
+        rss_kib: status_field(&status, "VmRSS:")?,
+        hwm_kib: status_field(&status, "VmHWM:")?,
+        threads: status_field(&status, "Threads:")?,
+        cpu_percent: 100.0 * cpu_seconds / idle.as_secs_f64(),
+    })
+}
+
 /// How long deleting a run's topology may take before the run moves on.
 const CLEANUP_PATIENCE: Duration = Duration::from_secs(180);
-
-/// Waits until the ops server says the bridge is ready.
-pub(crate) async fn wait_ready(port: u16, child: &mut tokio::process::Child) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    let deadline = Instant::now() + SETUP_PATIENCE * 5;
-    loop {
-        if let Ok(answer) = http.get(&url).send().await {
-            if answer.status().is_success() {
-                return Ok(());
-            }
-        }
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("the bridge exited before it was ready: {status}");
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the bridge was not ready in time"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A loopback port free a moment ago.
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
 
 /// `utime + stime` of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {

@@ -42,6 +42,25 @@ pub fn ms(duration: Option<Duration>) -> String {
     }
 }
 
+/// After a table's `done` count: how many replies ended otherwise, if any.
+pub fn other_outcomes(count: usize) -> String {
+    if count > 0 {
+        format!(" ({count} other outcomes)")
+    } else {
+        String::new()
+    }
+}
+
+/// Three table cells: p50, p99 and max in milliseconds (`n/a` without samples).
+pub fn p50_p99_max(latencies: Option<Latencies>) -> String {
+    format!(
+        "{} | {} | {}",
+        ms(latencies.map(|l| l.p50)),
+        ms(latencies.map(|l| l.p99)),
+        ms(latencies.map(|l| l.max)),
+    )
+}
+
 /// A rate per second from a count and the time it took.
 pub fn per_second(count: usize, elapsed: Duration) -> f64 {
     if elapsed.is_zero() {

@@ -177,59 +177,100 @@ impl Drop for Inner {
 /// Commits what is waiting, in batches, until every store handle is gone;
 /// after an I/O error, opens the file again (see the module documentation).
 fn write_loop(shared: Arc<Shared>, queue: mpsc::Receiver<PendingWrite>) {
+    let open = shared.current().ok();
+    let mut writer = Writer {
+        shared,
+        queue,
+        open,
+        delay: REOPEN_FIRST_DELAY,
+        next_try: Instant::now(),
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut open = shared.current().ok();
-    let mut delay = REOPEN_FIRST_DELAY;
-    let mut next_try = Instant::now();
     loop {
-        let Some(db) = open.clone() else {
-            // Closed after an I/O error: fail what comes at once, try the file
-            // again when the pause is over.
-            match queue.recv_timeout(next_try.saturating_duration_since(Instant::now())) {
-                Ok(pending) => {
-                    let error = reopening();
-                    shared.health.write_failed(&error);
-                    let _ = pending.done.send(Err(error));
-                }
-                Err(RecvTimeoutError::Timeout) => match reopen(&shared) {
-                    Ok(db) => {
-                        tracing::info!("the state file is open again after an I/O error");
-                        shared.install(Some(db.clone()));
-                        shared.health.write_succeeded();
-                        open = Some(db);
-                        // The pause starts short again only once a real write
-                        // commits: a disk with room for the probe alone would
-                        // otherwise have the file closed and opened in a
-                        // tight loop.
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "the state file cannot be opened again yet");
-                        next_try = Instant::now() + delay;
-                        delay = (delay * 2).min(REOPEN_MAX_DELAY);
-                    }
-                },
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-            continue;
-        };
-        let Ok(first) = queue.recv() else {
-            drop(db);
-            if let Some(db) = open.take() {
-                shared.close(db);
+        let Some(db) = writer.open.clone() else {
+            if writer.while_closed() {
+                continue;
             }
             return;
         };
+        if !writer.next_batch(&mut batch) {
+            writer.close(db);
+            return;
+        }
+        writer.commit_batch(db, &mut batch);
+    }
+}
+
+/// The writer thread's state: the open database, if any, and when to try a
+/// closed one again.
+struct Writer {
+    shared: Arc<Shared>,
+    queue: mpsc::Receiver<PendingWrite>,
+    open: Option<Arc<Database>>,
+    delay: Duration,
+    next_try: Instant,
+}
+
+impl Writer {
+    /// Closed after an I/O error: fails what comes at once, tries the file
+    /// again when the pause is over. False once every store handle is gone.
+    fn while_closed(&mut self) -> bool {
+        let wait = self.next_try.saturating_duration_since(Instant::now());
+        match self.queue.recv_timeout(wait) {
+            Ok(pending) => {
+                let error = reopening();
+                self.shared.health.write_failed(&error);
+                let _ = pending.done.send(Err(error));
+            }
+            Err(RecvTimeoutError::Timeout) => self.try_reopen(),
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+        true
+    }
+
+    fn try_reopen(&mut self) {
+        match reopen(&self.shared) {
+            Ok(db) => {
+                tracing::info!("the state file is open again after an I/O error");
+                self.shared.install(Some(db.clone()));
+                self.shared.health.write_succeeded();
+                self.open = Some(db);
+                // The pause starts short again only once a real write
+                // commits: a disk with room for the probe alone would
+                // otherwise have the file closed and opened in a tight loop.
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = self.delay.as_millis() as u64, "the state file cannot be opened again yet");
+                self.pause();
+            }
+        }
+    }
+
+    /// Waits for a write, then takes what else is waiting, up to
+    /// [`MAX_BATCH`]. False once every store handle is gone.
+    fn next_batch(&self, batch: &mut Vec<PendingWrite>) -> bool {
+        let Ok(first) = self.queue.recv() else {
+            return false;
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
+            match self.queue.try_recv() {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }
         }
+        true
+    }
+
+    /// Commits the batch in one transaction and answers each write; when the
+    /// shared commit fails for another reason than I/O, commits each write
+    /// alone so one bad write fails only its own caller.
+    fn commit_batch(&mut self, db: Arc<Database>, batch: &mut Vec<PendingWrite>) {
+        let health = &self.shared.health;
         match commit(&db, batch.iter().map(|pending| &pending.write)) {
             Ok(()) => {
-                shared.health.write_succeeded();
-                delay = REOPEN_FIRST_DELAY;
+                health.write_succeeded();
+                self.delay = REOPEN_FIRST_DELAY;
                 for pending in batch.drain(..) {
                     let _ = pending.done.send(Ok(()));
                 }
@@ -239,19 +280,15 @@ fn write_loop(shared: Arc<Shared>, queue: mpsc::Receiver<PendingWrite>) {
                 // and open the file again.
                 tracing::warn!(%error, writes = batch.len(), "the state file hit an I/O error; closing it to open it again");
                 for pending in batch.drain(..) {
-                    shared.health.write_failed(&error);
+                    health.write_failed(&error);
                     let _ = pending.done.send(Err(error.clone()));
                 }
-                drop(db);
-                if let Some(db) = open.take() {
-                    shared.close(db);
-                }
-                next_try = Instant::now() + delay;
-                delay = (delay * 2).min(REOPEN_MAX_DELAY);
+                self.close(db);
+                self.pause();
             }
             Err(error) if batch.len() == 1 => {
                 if let Some(pending) = batch.pop() {
-                    shared.health.write_failed(&error);
+                    health.write_failed(&error);
                     let _ = pending.done.send(Err(error));
                 }
             }
@@ -260,13 +297,27 @@ fn write_loop(shared: Arc<Shared>, queue: mpsc::Receiver<PendingWrite>) {
                 for pending in batch.drain(..) {
                     let result = commit(&db, std::iter::once(&pending.write));
                     match &result {
-                        Ok(()) => shared.health.write_succeeded(),
-                        Err(error) => shared.health.write_failed(error),
+                        Ok(()) => health.write_succeeded(),
+                        Err(error) => health.write_failed(error),
                     }
                     let _ = pending.done.send(result);
                 }
             }
         }
+    }
+
+    /// Takes the database out of use (the writer's own handle `db` first).
+    fn close(&mut self, db: Arc<Database>) {
+        drop(db);
+        if let Some(db) = self.open.take() {
+            self.shared.close(db);
+        }
+    }
+
+    /// Tries the file again after `delay`, twice as long the time after.
+    fn pause(&mut self) {
+        self.next_try = Instant::now() + self.delay;
+        self.delay = (self.delay * 2).min(REOPEN_MAX_DELAY);
     }
 }
 

@@ -24,8 +24,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use crate::{SentRecord, StateStore, StoreError, StoreHealth};
 
@@ -150,43 +151,16 @@ impl PostgresStore {
                 "schema {schema:?} must be 1 to 63 of a-z, 0-9 and _, starting with a letter or _"
             )));
         }
-        // The parser's messages name the option that is wrong, never a value.
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Failed(format!("invalid PostgreSQL URL: {}", describe(&e))))?;
+        let config = session_config(url, schema)?;
         let password = config
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
-        // Unqualified table names in every query resolve to the schema.
-        let options = session_options(config.get_options().unwrap_or_default(), schema);
-        config.options(options);
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("xbridge");
-        }
         let redact = |message: String| match password.as_deref() {
             Some(p) if !p.is_empty() => message.replace(p, "***"),
             _ => message,
         };
-
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(TIMEOUT))
-            .create_timeout(Some(TIMEOUT))
-            .recycle_timeout(Some(TIMEOUT))
-            .build()
-            .map_err(|e| StoreError::Failed(format!("cannot create the PostgreSQL pool: {e}")))?;
         let store = PostgresStore {
-            pool,
+            pool: pool(config)?,
             schema: schema.to_owned(),
             health: StoreHealth::new(),
             probing: Arc::default(),
@@ -264,6 +238,44 @@ impl PostgresStore {
         }
     }
 
+    /// The row `sql` finds, if any, within [`OPERATION_TIMEOUT`]; an error
+    /// says `what` could not be done.
+    async fn read_row(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        bounded(what, async {
+            self.client()
+                .await?
+                .query_opt(sql, params)
+                .await
+                .map_err(|e| fail(what, &e))
+        })
+        .await
+    }
+
+    /// One write statement within [`OPERATION_TIMEOUT`], its outcome told
+    /// to the store's health ([`PostgresStore::written`]).
+    async fn write(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(), StoreError> {
+        let result = bounded(what, async {
+            self.client()
+                .await?
+                .execute(sql, params)
+                .await
+                .map_err(|e| fail(what, &e))?;
+            Ok(())
+        })
+        .await;
+        self.written(result)
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool
             .get()
@@ -277,20 +289,8 @@ impl PostgresStore {
     /// waits and then finds the work done.
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        // Reading first: a schema whose migrations are all applied needs no
-        // write, so a replica (re)started while the database refuses writes
-        // (a standby, `default_transaction_read_only`, a full disk) still
-        // starts, reads what it can and reports the store unwritable, instead
-        // of failing its start on `CREATE TABLE IF NOT EXISTS`.
-        let applied = client
-            .query("SELECT version FROM xbridge_schema_migrations", &[])
-            .await;
-        if let Ok(rows) = applied {
-            let applied: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-            self.check_not_newer(&applied)?;
-            if MIGRATIONS.iter().all(|(v, _)| applied.contains(v)) {
-                return Ok(());
-            }
+        if self.up_to_date(&client).await? {
+            return Ok(());
         }
         let tx = client
             .transaction()
@@ -302,6 +302,33 @@ impl PostgresStore {
         )
         .await
         .map_err(|e| fail("cannot take the migration lock", &e))?;
+        self.create_schema(&tx).await?;
+        self.apply_missing(&tx).await?;
+        tx.commit()
+            .await
+            .map_err(|e| fail("cannot commit the migrations", &e))
+    }
+
+    /// Whether every migration is applied already, found by reading only:
+    /// a schema whose migrations are all applied needs no write, so a
+    /// replica (re)started while the database refuses writes (a standby,
+    /// `default_transaction_read_only`, a full disk) still starts, reads
+    /// what it can and reports the store unwritable, instead of failing its
+    /// start on `CREATE TABLE IF NOT EXISTS`.
+    async fn up_to_date(&self, client: &deadpool_postgres::Client) -> Result<bool, StoreError> {
+        let applied = client
+            .query("SELECT version FROM xbridge_schema_migrations", &[])
+            .await;
+        let Ok(rows) = applied else {
+            return Ok(false);
+        };
+        let applied: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+        self.check_not_newer(&applied)?;
+        Ok(MIGRATIONS.iter().all(|(v, _)| applied.contains(v)))
+    }
+
+    /// The schema, if missing, and its migrations table.
+    async fn create_schema(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         // Checked rather than `CREATE SCHEMA IF NOT EXISTS`, which needs the
         // right to create schemas even when the schema exists.
         let exists = tx
@@ -327,7 +354,11 @@ impl PostgresStore {
             self.schema
         ))
         .await
-        .map_err(|e| fail("cannot create the migrations table", &e))?;
+        .map_err(|e| fail("cannot create the migrations table", &e))
+    }
+
+    /// Each migration not recorded yet, applied and recorded, in order.
+    async fn apply_missing(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         let applied: Vec<i32> = tx
             .query("SELECT version FROM xbridge_schema_migrations", &[])
             .await
@@ -351,9 +382,7 @@ impl PostgresStore {
             .map_err(|e| fail(&format!("cannot record migration {version}"), &e))?;
             tracing::info!(schema = %self.schema, version, "applied a state store migration");
         }
-        tx.commit()
-            .await
-            .map_err(|e| fail("cannot commit the migrations", &e))
+        Ok(())
     }
 
     /// Refuses a schema migrated by a newer xbridge.
@@ -374,7 +403,7 @@ impl PostgresStore {
     async fn insert_first(
         &self,
         insert: &str,
-        key: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        key: &[&(dyn ToSql + Sync)],
         channel: &str,
         message_id: &str,
         record: &SentRecord,
@@ -410,6 +439,45 @@ impl PostgresStore {
         .await;
         self.written(result)
     }
+}
+
+/// The connection settings of `url`, with the schema as search path, the
+/// statement timeout, and a connect timeout and application name unless the
+/// URL sets them.
+fn session_config(url: &str, schema: &str) -> Result<tokio_postgres::Config, StoreError> {
+    // The parser's messages name the option that is wrong, never a value.
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| StoreError::Failed(format!("invalid PostgreSQL URL: {}", describe(&e))))?;
+    // Unqualified table names in every query resolve to the schema.
+    let options = session_options(config.get_options().unwrap_or_default(), schema);
+    config.options(options);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("xbridge");
+    }
+    Ok(config)
+}
+
+/// A pool of at most [`POOL_SIZE`] connections, each waited for, created and
+/// recycled within [`TIMEOUT`].
+fn pool(config: tokio_postgres::Config) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(TIMEOUT))
+        .create_timeout(Some(TIMEOUT))
+        .recycle_timeout(Some(TIMEOUT))
+        .build()
+        .map_err(|e| StoreError::Failed(format!("cannot create the PostgreSQL pool: {e}")))
 }
 
 /// The connection's `options`: the URL's own, the search path, and
@@ -451,8 +519,10 @@ fn first_probe_delay_ms() -> u64 {
 }
 
 /// Whether `name` can be used unquoted-safe as a schema name: it is put in a
-/// connection option and in DDL, so only plain lower-case identifiers.
-fn is_valid_schema_name(name: &str) -> bool {
+/// connection option and in DDL, so only plain lower-case identifiers, and
+/// never a system schema (`pg_`). The configuration checks `state.schema`
+/// with the same rule, so a bad name is refused before the bridge starts.
+pub fn is_valid_schema_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && name.len() <= 63
@@ -535,17 +605,13 @@ impl StateStore for PostgresStore {
         channel: &str,
         message_id: &str,
     ) -> Result<Option<SentRecord>, StoreError> {
-        let row = bounded("cannot read a sent reply", async {
-            self.client()
-            .await?
-            .query_opt(
+        let row = self
+            .read_row(
+                "cannot read a sent reply",
                 "SELECT record, reported FROM sent_replies WHERE channel = $1 AND message_id = $2",
                 &[&channel, &message_id],
             )
-            .await
-            .map_err(|e| fail("cannot read a sent reply", &e))
-        })
-        .await?;
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -580,18 +646,14 @@ impl StateStore for PostgresStore {
         part: usize,
     ) -> Result<Option<SentRecord>, StoreError> {
         let part = part_number(part)?;
-        let row = bounded("cannot read a sent part", async {
-            self.client()
-                .await?
-                .query_opt(
-                    "SELECT record FROM sent_reply_parts
+        let row = self
+            .read_row(
+                "cannot read a sent part",
+                "SELECT record FROM sent_reply_parts
                  WHERE channel = $1 AND message_id = $2 AND part = $3",
-                    &[&channel, &message_id, &part],
-                )
-                .await
-                .map_err(|e| fail("cannot read a sent part", &e))
-        })
-        .await?;
+                &[&channel, &message_id, &part],
+            )
+            .await?;
         row.map(|row| decode(row.get(0))).transpose()
     }
 
@@ -622,23 +684,19 @@ impl StateStore for PostgresStore {
         part: usize,
         started_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let result = bounded("cannot record a send intent", async {
-            let part = part_number(part)?;
-            self.client()
-                .await?
-                .execute(
-                    "INSERT INTO send_intents (channel, message_id, part, started_at)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (channel, message_id, part)
-                     DO UPDATE SET started_at = EXCLUDED.started_at",
-                    &[&channel, &message_id, &part, &started_at],
-                )
-                .await
-                .map_err(|e| fail("cannot record a send intent", &e))?;
-            Ok(())
-        })
-        .await;
-        self.written(result)
+        let part = match part_number(part) {
+            Ok(part) => part,
+            Err(error) => return self.written(Err(error)),
+        };
+        self.write(
+            "cannot record a send intent",
+            "INSERT INTO send_intents (channel, message_id, part, started_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (channel, message_id, part)
+             DO UPDATE SET started_at = EXCLUDED.started_at",
+            &[&channel, &message_id, &part, &started_at],
+        )
+        .await
     }
 
     async fn clear_send_intent(
@@ -647,21 +705,17 @@ impl StateStore for PostgresStore {
         message_id: &str,
         part: usize,
     ) -> Result<(), StoreError> {
-        let result = bounded("cannot clear a send intent", async {
-            let part = part_number(part)?;
-            self.client()
-                .await?
-                .execute(
-                    "DELETE FROM send_intents
-                     WHERE channel = $1 AND message_id = $2 AND part = $3",
-                    &[&channel, &message_id, &part],
-                )
-                .await
-                .map_err(|e| fail("cannot clear a send intent", &e))?;
-            Ok(())
-        })
-        .await;
-        self.written(result)
+        let part = match part_number(part) {
+            Ok(part) => part,
+            Err(error) => return self.written(Err(error)),
+        };
+        self.write(
+            "cannot clear a send intent",
+            "DELETE FROM send_intents
+             WHERE channel = $1 AND message_id = $2 AND part = $3",
+            &[&channel, &message_id, &part],
+        )
+        .await
     }
 
     async fn send_intent(
@@ -671,66 +725,47 @@ impl StateStore for PostgresStore {
         part: usize,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let part = part_number(part)?;
-        let row = bounded("cannot read a send intent", async {
-            self.client()
-                .await?
-                .query_opt(
-                    "SELECT started_at FROM send_intents
+        let row = self
+            .read_row(
+                "cannot read a send intent",
+                "SELECT started_at FROM send_intents
                  WHERE channel = $1 AND message_id = $2 AND part = $3",
-                    &[&channel, &message_id, &part],
-                )
-                .await
-                .map_err(|e| fail("cannot read a send intent", &e))
-        })
-        .await?;
+                &[&channel, &message_id, &part],
+            )
+            .await?;
         Ok(row.map(|row| row.get(0)))
     }
 
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
-        let result = bounded("cannot mark a reply reported", async {
-            self.client()
-                .await?
-                .execute(
-                    "UPDATE sent_replies
+        self.write(
+            "cannot mark a reply reported",
+            "UPDATE sent_replies
                      SET reported = true, record = jsonb_set(record, '{reported}', 'true')
                      WHERE channel = $1 AND message_id = $2",
-                    &[&channel, &message_id],
-                )
-                .await
-                .map_err(|e| fail("cannot mark a reply reported", &e))?;
-            Ok(())
-        })
-        .await;
-        self.written(result)
+            &[&channel, &message_id],
+        )
+        .await
     }
 
     async fn is_own_send(&self, channel: &str, dm_event_id: &str) -> Result<bool, StoreError> {
-        let row = bounded("cannot look up an own send", async {
-            self.client()
-                .await?
-                .query_opt(
-                    "SELECT 1 FROM own_sends WHERE channel = $1 AND dm_event_id = $2",
-                    &[&channel, &dm_event_id],
-                )
-                .await
-                .map_err(|e| fail("cannot look up an own send", &e))
-        })
-        .await?;
+        let row = self
+            .read_row(
+                "cannot look up an own send",
+                "SELECT 1 FROM own_sends WHERE channel = $1 AND dm_event_id = $2",
+                &[&channel, &dm_event_id],
+            )
+            .await?;
         Ok(row.is_some())
     }
 
     async fn is_delivered(&self, channel: &str, event_id: &str) -> Result<bool, StoreError> {
-        let row = bounded("cannot look up a delivered event", async {
-            self.client()
-                .await?
-                .query_opt(
-                    "SELECT 1 FROM delivered_events WHERE channel = $1 AND event_id = $2",
-                    &[&channel, &event_id],
-                )
-                .await
-                .map_err(|e| fail("cannot look up a delivered event", &e))
-        })
-        .await?;
+        let row = self
+            .read_row(
+                "cannot look up a delivered event",
+                "SELECT 1 FROM delivered_events WHERE channel = $1 AND event_id = $2",
+                &[&channel, &event_id],
+            )
+            .await?;
         Ok(row.is_some())
     }
 
@@ -739,57 +774,39 @@ impl StateStore for PostgresStore {
         channel: &str,
         event_ids: &[String],
     ) -> Result<(), StoreError> {
-        let result = bounded("cannot record delivered events", async {
-            if event_ids.is_empty() {
-                return Ok(());
-            }
-            // One statement: all of the events are recorded or none.
-            self.client()
-                .await?
-                .execute(
-                    "INSERT INTO delivered_events (channel, event_id)
-                     SELECT $1, id FROM unnest($2::text[]) AS id
-                     ON CONFLICT DO NOTHING",
-                    &[&channel, &event_ids],
-                )
-                .await
-                .map_err(|e| fail("cannot record delivered events", &e))?;
-            Ok(())
-        })
-        .await;
-        self.written(result)
+        if event_ids.is_empty() {
+            return self.written(Ok(()));
+        }
+        // One statement: all of the events are recorded or none.
+        self.write(
+            "cannot record delivered events",
+            "INSERT INTO delivered_events (channel, event_id)
+             SELECT $1, id FROM unnest($2::text[]) AS id
+             ON CONFLICT DO NOTHING",
+            &[&channel, &event_ids],
+        )
+        .await
     }
 
     async fn poll_cursor(&self, channel: &str) -> Result<Option<String>, StoreError> {
-        let row = bounded("cannot read a poll cursor", async {
-            self.client()
-                .await?
-                .query_opt(
-                    "SELECT event_id FROM poll_cursors WHERE channel = $1",
-                    &[&channel],
-                )
-                .await
-                .map_err(|e| fail("cannot read a poll cursor", &e))
-        })
-        .await?;
+        let row = self
+            .read_row(
+                "cannot read a poll cursor",
+                "SELECT event_id FROM poll_cursors WHERE channel = $1",
+                &[&channel],
+            )
+            .await?;
         Ok(row.map(|row| row.get(0)))
     }
 
     async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError> {
-        let result = bounded("cannot move a poll cursor", async {
-            self.client()
-                .await?
-                .execute(
-                    "INSERT INTO poll_cursors (channel, event_id) VALUES ($1, $2)
+        self.write(
+            "cannot move a poll cursor",
+            "INSERT INTO poll_cursors (channel, event_id) VALUES ($1, $2)
                      ON CONFLICT (channel) DO UPDATE SET event_id = EXCLUDED.event_id",
-                    &[&channel, &event_id],
-                )
-                .await
-                .map_err(|e| fail("cannot move a poll cursor", &e))?;
-            Ok(())
-        })
-        .await;
-        self.written(result)
+            &[&channel, &event_id],
+        )
+        .await
     }
 
     fn health(&self) -> StoreHealth {

@@ -7,7 +7,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use chrono::{DateTime, Utc};
 
 use crate::accounts::{Account, AccountRegistry};
-use crate::oauth::{self, HeaderError};
+use crate::oauth::{self, HeaderError, OAuthHeader};
 use crate::{problems, request_body};
 
 /// How far a request's `oauth_timestamp` may be from the simulator's clock, and how long a nonce
@@ -113,46 +113,77 @@ pub(crate) fn authenticate<'a>(
         HeaderError::NotOAuth => AuthFailure::NotOAuth,
         HeaderError::Malformed(why) => AuthFailure::Malformed(why),
     })?;
-    let required = |name: &str| {
-        oauth_header
-            .get(name)
-            .filter(|value| !value.is_empty())
-            .ok_or_else(|| AuthFailure::Malformed(format!("missing {name}")))
-    };
-    let account = accounts
-        .by_user_token(required("oauth_consumer_key")?, required("oauth_token")?)
-        .ok_or(AuthFailure::UnknownCredentials)?;
-    let method = required("oauth_signature_method")?;
-    if method != "HMAC-SHA1" {
-        return Err(AuthFailure::UnsupportedSignatureMethod(method.to_string()));
-    }
-    if oauth_header
-        .get("oauth_version")
-        .is_some_and(|v| v != "1.0")
-    {
-        return Err(AuthFailure::Malformed("oauth_version must be 1.0".into()));
-    }
-    let timestamp: i64 = required("oauth_timestamp")?
-        .parse()
-        .map_err(|_| AuthFailure::Malformed("oauth_timestamp is not a number".into()))?;
-    let nonce = required("oauth_nonce")?;
-
+    let claim = Claim::read(&oauth_header, accounts)?;
     let base_string = base_string(request, &oauth_header.signed_params)?;
     if !oauth::signature_matches(
         &base_string,
-        &account.consumer_secret,
-        &account.access_token_secret,
+        &claim.account.consumer_secret,
+        &claim.account.access_token_secret,
         &oauth_header.signature,
     ) {
         return Err(AuthFailure::SignatureMismatch { base_string });
     }
-    if (timestamp - now.timestamp()).abs() > TIMESTAMP_TOLERANCE_SECS {
-        return Err(AuthFailure::StaleTimestamp { timestamp });
+    if (claim.timestamp - now.timestamp()).abs() > TIMESTAMP_TOLERANCE_SECS {
+        return Err(AuthFailure::StaleTimestamp {
+            timestamp: claim.timestamp,
+        });
     }
-    if !nonces.remember(&account.user_id, nonce, timestamp, now.timestamp()) {
+    let account = claim.account;
+    if !nonces.remember(
+        &account.user_id,
+        claim.nonce,
+        claim.timestamp,
+        now.timestamp(),
+    ) {
         return Err(AuthFailure::NonceReused);
     }
     Ok(account)
+}
+
+/// What an OAuth 1.0a header claims before its signature is checked: whose credentials, when
+/// and with which nonce.
+struct Claim<'a, 'h> {
+    account: &'a Account,
+    timestamp: i64,
+    nonce: &'h str,
+}
+
+impl<'a, 'h> Claim<'a, 'h> {
+    /// The header's claim, checked in X's order: the credentials are known, HMAC-SHA1, version
+    /// 1.0 if given, a numeric timestamp and a nonce.
+    fn read(
+        oauth_header: &'h OAuthHeader,
+        accounts: &'a AccountRegistry,
+    ) -> Result<Self, AuthFailure> {
+        let required = |name: &str| {
+            oauth_header
+                .get(name)
+                .filter(|value| !value.is_empty())
+                .ok_or_else(|| AuthFailure::Malformed(format!("missing {name}")))
+        };
+        let account = accounts
+            .by_user_token(required("oauth_consumer_key")?, required("oauth_token")?)
+            .ok_or(AuthFailure::UnknownCredentials)?;
+        let method = required("oauth_signature_method")?;
+        if method != "HMAC-SHA1" {
+            return Err(AuthFailure::UnsupportedSignatureMethod(method.to_string()));
+        }
+        if oauth_header
+            .get("oauth_version")
+            .is_some_and(|v| v != "1.0")
+        {
+            return Err(AuthFailure::Malformed("oauth_version must be 1.0".into()));
+        }
+        let timestamp: i64 = required("oauth_timestamp")?
+            .parse()
+            .map_err(|_| AuthFailure::Malformed("oauth_timestamp is not a number".into()))?;
+        let nonce = required("oauth_nonce")?;
+        Ok(Claim {
+            account,
+            timestamp,
+            nonce,
+        })
+    }
 }
 
 /// How a request that may use either kind of token was authenticated.

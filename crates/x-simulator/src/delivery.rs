@@ -259,6 +259,29 @@ pub(crate) async fn deliver_raw(
 /// The Account Activity payload of one DM event for one subscribed account, as in X's docs and
 /// `webhook_aaa_dm.json` / `webhook_aaa_dm_media.json`.
 pub(crate) fn aaa_payload(inner: &Inner, event: &DmEvent, for_user_id: &str) -> String {
+    let mut payload = json!({
+        "for_user_id": for_user_id,
+        "direct_message_events": [{
+            "type": "message_create",
+            "id": event.id,
+            "created_timestamp": event.created_at.timestamp_millis().to_string(),
+            "message_create": message_create(event),
+        }],
+        "users": users(inner, event),
+    });
+    if let Some(app) = &event.source_app_id {
+        let name = inner.accounts.by_user_id(&event.sender_id).map_or_else(
+            || "x-simulator app".to_string(),
+            |account| format!("{} (x-simulator app)", account.username),
+        );
+        payload["apps"] = json!({ app: { "id": app, "name": name, "url": "https://example.com" } });
+    }
+    payload.to_string()
+}
+
+/// `message_create`: who to whom, and the text with a media DM's t.co link appended (its
+/// place in `entities.urls` and the attachment).
+fn message_create(event: &DmEvent) -> Value {
     let mut text = event.text.clone();
     let mut urls = Vec::new();
     if let Some(attachment) = &event.attachment {
@@ -293,6 +316,11 @@ pub(crate) fn aaa_payload(inner: &Inner, event: &DmEvent, for_user_id: &str) -> 
     if let Some(app) = &event.source_app_id {
         message_create["source_app_id"] = json!(app);
     }
+    message_create
+}
+
+/// `users`: both participants, where the simulator knows them, by id.
+fn users(inner: &Inner, event: &DmEvent) -> Map<String, Value> {
     let mut users = Map::new();
     for id in [
         Some(event.sender_id.as_str()),
@@ -313,24 +341,7 @@ pub(crate) fn aaa_payload(inner: &Inner, event: &DmEvent, for_user_id: &str) -> 
             );
         }
     }
-    let mut payload = json!({
-        "for_user_id": for_user_id,
-        "direct_message_events": [{
-            "type": "message_create",
-            "id": event.id,
-            "created_timestamp": event.created_at.timestamp_millis().to_string(),
-            "message_create": message_create,
-        }],
-        "users": users,
-    });
-    if let Some(app) = &event.source_app_id {
-        let name = inner.accounts.by_user_id(&event.sender_id).map_or_else(
-            || "x-simulator app".to_string(),
-            |account| format!("{} (x-simulator app)", account.username),
-        );
-        payload["apps"] = json!({ app: { "id": app, "name": name, "url": "https://example.com" } });
-    }
-    payload.to_string()
+    users
 }
 
 fn expanded_url(event: &DmEvent) -> String {
@@ -349,19 +360,6 @@ fn display_url(attachment: &DmAttachment) -> String {
 /// `message_data.attachment.media`: X's v1.1 media entity.
 fn attachment_media(event: &DmEvent, attachment: &DmAttachment, indices: Value) -> Value {
     let numeric_id: u64 = attachment.media_id.parse().unwrap_or(0);
-    let (w, h) = (attachment.width, attachment.height);
-    let fit = |limit: u32| {
-        let scale = f64::from(limit) / f64::from(w.max(h));
-        if scale >= 1.0 {
-            (w, h)
-        } else {
-            (
-                (f64::from(w) * scale).round() as u32,
-                (f64::from(h) * scale).round() as u32,
-            )
-        }
-    };
-    let size = |(w, h): (u32, u32)| json!({ "w": w, "h": h, "resize": "fit" });
     // As in v1.1 entities, a video's or GIF's `media_url` is its still image; the video
     // itself is in `video_info.variants`.
     let image = match attachment.media_type {
@@ -381,29 +379,52 @@ fn attachment_media(event: &DmEvent, attachment: &DmAttachment, indices: Value) 
         "display_url": display_url(attachment),
         "expanded_url": expanded_url(event),
         "type": attachment.media_type.as_str(),
-        "sizes": {
-            "thumb": { "w": 150, "h": 150, "resize": "crop" },
-            "small": size(fit(680)),
-            "medium": size(fit(1200)),
-            "large": size(fit(2048)),
-        },
+        "sizes": sizes(attachment.width, attachment.height),
     });
     if attachment.media_type != MediaType::Photo {
-        let divisor = gcd(w, h).max(1);
-        let mut video_info = json!({
-            "aspect_ratio": [w / divisor, h / divisor],
-            "variants": attachment.variants.iter().map(|v| json!({
-                "bitrate": v.bit_rate,
-                "content_type": v.content_type,
-                "url": v.url,
-            })).collect::<Vec<_>>(),
-        });
-        if let Some(duration) = attachment.duration_ms {
-            video_info["duration_millis"] = json!(duration);
-        }
-        media["video_info"] = video_info;
+        media["video_info"] = video_info(attachment);
     }
     media
+}
+
+/// v1.1's `sizes`: a square thumb and the image fitted into 680, 1200 and 2048 pixels.
+fn sizes(w: u32, h: u32) -> Value {
+    let fit = |limit: u32| {
+        let scale = f64::from(limit) / f64::from(w.max(h));
+        if scale >= 1.0 {
+            (w, h)
+        } else {
+            (
+                (f64::from(w) * scale).round() as u32,
+                (f64::from(h) * scale).round() as u32,
+            )
+        }
+    };
+    let size = |(w, h): (u32, u32)| json!({ "w": w, "h": h, "resize": "fit" });
+    json!({
+        "thumb": { "w": 150, "h": 150, "resize": "crop" },
+        "small": size(fit(680)),
+        "medium": size(fit(1200)),
+        "large": size(fit(2048)),
+    })
+}
+
+/// A video's or GIF's `video_info`: aspect ratio, mp4 variants and duration.
+fn video_info(attachment: &DmAttachment) -> Value {
+    let (w, h) = (attachment.width, attachment.height);
+    let divisor = gcd(w, h).max(1);
+    let mut video_info = json!({
+        "aspect_ratio": [w / divisor, h / divisor],
+        "variants": attachment.variants.iter().map(|v| json!({
+            "bitrate": v.bit_rate,
+            "content_type": v.content_type,
+            "url": v.url,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(duration) = attachment.duration_ms {
+        video_info["duration_millis"] = json!(duration);
+    }
+    video_info
 }
 
 fn gcd(a: u32, b: u32) -> u32 {

@@ -9,10 +9,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use url::Url;
 
+use crate::accounts::Account;
 use crate::authorized::{Authorized, DmSend};
-use crate::events::{one_to_one_conversation_id, DmEvent};
+use crate::events::{one_to_one_conversation_id, DmEvent, MediaType};
 use crate::reply::Reply;
+use crate::state::Inner;
 use crate::{delivery, problems, request_body, uploads};
 
 /// X's limit on a DM's text, in characters.
@@ -103,29 +106,10 @@ fn decide(caller: Authorized<DmSend>, target: Target) -> Result<(Reply, DmEvent)
     let mut guard = state.lock();
     let inner = &mut *guard;
     let user_id = account.user_id.as_str();
-
-    let message = match validate(&headers, &body, target, user_id) {
-        Ok(message) => message,
-        Err(Refusal::Invalid(body)) => return Err(reply.answer(StatusCode::BAD_REQUEST, body)),
-        Err(Refusal::NotAMember) => {
-            return Err(reply.answer(StatusCode::FORBIDDEN, problems::FORBIDDEN))
-        }
+    let (message, media) = match admit(inner, &headers, &body, target, user_id, now) {
+        Ok(admitted) => admitted,
+        Err((status, problem)) => return Err(reply.answer(status, problem)),
     };
-    // X takes only media this account uploaded, finalized and saw processed, within 24 h.
-    let media = match message.media_ids.first() {
-        Some(media_id) => match uploads::check_attachment(inner, user_id, media_id, now) {
-            Ok(kind) => Some((media_id.clone(), kind)),
-            Err(problem) => return Err(reply.answer(StatusCode::BAD_REQUEST, problem)),
-        },
-        None => None,
-    };
-    if let Some(participant) = &message.participant_id {
-        if inner.faults.recipient_refuses(user_id, participant) {
-            inner.counters.faults_injected += 1;
-            return Err(reply.answer(StatusCode::FORBIDDEN, problems::FORBIDDEN));
-        }
-    }
-
     let dm = SentDm {
         dm_event_id: inner.next_event_id(now),
         dm_conversation_id: message.conversation_id,
@@ -135,34 +119,18 @@ fn decide(caller: Authorized<DmSend>, target: Target) -> Result<(Reply, DmEvent)
         media_ids: message.media_ids,
         created_at: now,
     };
-    tracing::info!(
-        sender_id = %dm.sender_id,
-        dm_conversation_id = %dm.dm_conversation_id,
-        dm_event_id = %dm.dm_event_id,
-        "DM sent"
-    );
-    let body = json!({ "data": {
-        "dm_conversation_id": dm.dm_conversation_id,
-        "dm_event_id": dm.dm_event_id,
-    }})
-    .to_string();
+    let event = record(inner, &state.base_url, &account, &dm, media);
     // X's own quirk: the event id appears quoted in the recorded `location` header.
     let location = format!(
         "http://{}/2/dm_events/\"{}\"",
         host(&headers).unwrap_or("localhost"),
         dm.dm_event_id
     );
-    let event = inner.record_send_event(
-        &state.base_url,
-        &account,
-        &dm.dm_event_id,
-        &dm.dm_conversation_id,
-        dm.participant_id.as_deref(),
-        &dm.text,
-        media.as_ref().map(|(id, kind)| (id.as_str(), *kind)),
-        now,
-    );
-    inner.counters.dms_sent += 1;
+    let body = json!({ "data": {
+        "dm_conversation_id": dm.dm_conversation_id,
+        "dm_event_id": dm.dm_event_id,
+    }})
+    .to_string();
     inner.dms.push(dm);
     drop(guard);
     state.dm_recorded.notify_waiters();
@@ -170,6 +138,70 @@ fn decide(caller: Authorized<DmSend>, target: Target) -> Result<(Reply, DmEvent)
         .answer(StatusCode::CREATED, body)
         .header(header::LOCATION, location);
     Ok((reply, event))
+}
+
+/// The media a send carries: the upload's id and its kind.
+type Attached = (String, MediaType);
+
+/// The checks after the gate: the message (400), its media — only what this account uploaded,
+/// finalized and saw processed, within 24 h (400) — and a refusing recipient (403).
+fn admit(
+    inner: &mut Inner,
+    headers: &HeaderMap,
+    body: &[u8],
+    target: Target,
+    user_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(ValidMessage, Option<Attached>), (StatusCode, String)> {
+    let message = match validate(headers, body, target, user_id) {
+        Ok(message) => message,
+        Err(Refusal::Invalid(body)) => return Err((StatusCode::BAD_REQUEST, body)),
+        Err(Refusal::NotAMember) => {
+            return Err((StatusCode::FORBIDDEN, problems::FORBIDDEN.to_string()))
+        }
+    };
+    let media = match message.media_ids.first() {
+        Some(media_id) => match uploads::check_attachment(inner, user_id, media_id, now) {
+            Ok(kind) => Some((media_id.clone(), kind)),
+            Err(problem) => return Err((StatusCode::BAD_REQUEST, problem)),
+        },
+        None => None,
+    };
+    if let Some(participant) = &message.participant_id {
+        if inner.faults.recipient_refuses(user_id, participant) {
+            inner.counters.faults_injected += 1;
+            return Err((StatusCode::FORBIDDEN, problems::FORBIDDEN.to_string()));
+        }
+    }
+    Ok((message, media))
+}
+
+/// Logs the accepted `dm`, counts it and records its DM event.
+fn record(
+    inner: &mut Inner,
+    base_url: &Url,
+    account: &Account,
+    dm: &SentDm,
+    media: Option<Attached>,
+) -> DmEvent {
+    tracing::info!(
+        sender_id = %dm.sender_id,
+        dm_conversation_id = %dm.dm_conversation_id,
+        dm_event_id = %dm.dm_event_id,
+        "DM sent"
+    );
+    let event = inner.record_send_event(
+        base_url,
+        account,
+        &dm.dm_event_id,
+        &dm.dm_conversation_id,
+        dm.participant_id.as_deref(),
+        &dm.text,
+        media.as_ref().map(|(id, kind)| (id.as_str(), *kind)),
+        dm.created_at,
+    );
+    inner.counters.dms_sent += 1;
+    event
 }
 
 fn host(headers: &HeaderMap) -> Option<&str> {
@@ -203,13 +235,23 @@ fn validate(
     target: Target,
     own_id: &str,
 ) -> Result<ValidMessage, Refusal> {
-    let (conversation_id, participant_id) = match target {
-        Target::Undecodable { parameter } => {
-            return Err(invalid(
-                &format!("The `{parameter}` path parameter could not be decoded"),
-                None,
-            ))
-        }
+    let (conversation_id, participant_id) = conversation(target, own_id)?;
+    let (text, media_ids) = parse_body(headers, body)?;
+    Ok(ValidMessage {
+        conversation_id,
+        participant_id,
+        text,
+        media_ids,
+    })
+}
+
+/// The conversation the path names and the other member of it (`None` in a group).
+fn conversation(target: Target, own_id: &str) -> Result<(String, Option<String>), Refusal> {
+    match target {
+        Target::Undecodable { parameter } => Err(invalid(
+            &format!("The `{parameter}` path parameter could not be decoded"),
+            None,
+        )),
         Target::Participant(participant) => {
             if !is_user_id(&participant) {
                 return Err(invalid(
@@ -219,10 +261,10 @@ fn validate(
                     Some(("participant_id", &participant)),
                 ));
             }
-            (
+            Ok((
                 one_to_one_conversation_id(own_id, &participant),
                 Some(participant),
-            )
+            ))
         }
         Target::Conversation(conversation) => {
             if !is_conversation_id(&conversation) {
@@ -239,16 +281,9 @@ fn validate(
                 Some(_) => return Err(Refusal::NotAMember),
                 None => None,
             };
-            (conversation, participant)
+            Ok((conversation, participant))
         }
-    };
-    let (text, media_ids) = parse_body(headers, body)?;
-    Ok(ValidMessage {
-        conversation_id,
-        participant_id,
-        text,
-        media_ids,
-    })
+    }
 }
 
 /// Checks the JSON body against X's schema: `text` and/or one attachment, nothing else.

@@ -4,12 +4,12 @@
 use std::collections::{BTreeSet, HashMap};
 
 use axum::http::StatusCode;
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 
 use crate::authorized::{Authorized, DmRead};
 use crate::customers::{find_user, UserView};
-use crate::events::DmEvent;
+use crate::events::{DmAttachment, DmEvent};
 use crate::problems;
 use crate::reply::Reply;
 use crate::state::Inner;
@@ -165,6 +165,27 @@ fn list(name: &str, value: &str, allowed: Option<&[&str]>) -> Result<BTreeSet<St
 }
 
 fn parse_query(query: Option<&str>) -> Result<ListQuery, String> {
+    let seen = parameters(query)?;
+    let set = |name: &str, allowed: Option<&[&str]>| -> Result<BTreeSet<String>, String> {
+        seen.get(name)
+            .map_or_else(|| Ok(BTreeSet::new()), |value| list(name, value, allowed))
+    };
+    Ok(ListQuery {
+        max_results: max_results(&seen)?,
+        token: pagination_token(&seen)?,
+        event_types: seen
+            .get("event_types")
+            .map(|value| list("event_types", value, Some(EVENT_TYPES)))
+            .transpose()?,
+        fields: set("dm_event.fields", Some(EVENT_FIELDS))?,
+        expansions: set("expansions", Some(EXPANSIONS))?,
+        user_fields: set("user.fields", None)?,
+        media_fields: set("media.fields", None)?,
+    })
+}
+
+/// The query's parameters by name: each one X knows, at most once.
+fn parameters(query: Option<&str>) -> Result<HashMap<String, String>, String> {
     let mut seen: HashMap<String, String> = HashMap::new();
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if !PARAMETERS.contains(&name.as_ref()) {
@@ -186,44 +207,35 @@ fn parse_query(query: Option<&str>) -> Result<ListQuery, String> {
         }
         seen.insert(name.into_owned(), value.into_owned());
     }
-    let max_results = match seen.get("max_results") {
-        None => DEFAULT_MAX_RESULTS,
-        Some(value) => match value.parse::<usize>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => {
-                return Err(invalid(
-                    format!(
-                        "The `max_results` query parameter value [{value}] is not between 1 and 100"
-                    ),
-                    "max_results",
-                    value,
-                ))
-            }
-        },
+    Ok(seen)
+}
+
+/// `max_results`: 1 to 100, [`DEFAULT_MAX_RESULTS`] when absent.
+fn max_results(seen: &HashMap<String, String>) -> Result<usize, String> {
+    let Some(value) = seen.get("max_results") else {
+        return Ok(DEFAULT_MAX_RESULTS);
     };
-    let token = match seen.get("pagination_token") {
-        None => None,
-        Some(value) => match decode_token(value) {
-            Some((direction, id)) if value.len() >= 16 => Some((value.clone(), direction, id)),
-            _ => return Err(bad_token(value)),
-        },
+    match value.parse::<usize>() {
+        Ok(n) if (1..=100).contains(&n) => Ok(n),
+        _ => Err(invalid(
+            format!("The `max_results` query parameter value [{value}] is not between 1 and 100"),
+            "max_results",
+            value,
+        )),
+    }
+}
+
+/// `pagination_token`, decoded: the token as sent, which way it leads and from which event.
+fn pagination_token(
+    seen: &HashMap<String, String>,
+) -> Result<Option<(String, Direction, u64)>, String> {
+    let Some(value) = seen.get("pagination_token") else {
+        return Ok(None);
     };
-    let set = |name: &str, allowed: Option<&[&str]>| -> Result<BTreeSet<String>, String> {
-        seen.get(name)
-            .map_or_else(|| Ok(BTreeSet::new()), |value| list(name, value, allowed))
-    };
-    Ok(ListQuery {
-        max_results,
-        token,
-        event_types: seen
-            .get("event_types")
-            .map(|value| list("event_types", value, Some(EVENT_TYPES)))
-            .transpose()?,
-        fields: set("dm_event.fields", Some(EVENT_FIELDS))?,
-        expansions: set("expansions", Some(EXPANSIONS))?,
-        user_fields: set("user.fields", None)?,
-        media_fields: set("media.fields", None)?,
-    })
+    match decode_token(value) {
+        Some((direction, id)) if value.len() >= 16 => Ok(Some((value.clone(), direction, id))),
+        _ => Err(bad_token(value)),
+    }
 }
 
 fn bad_token(value: &str) -> String {
@@ -252,7 +264,26 @@ pub(crate) async fn list_events(caller: Authorized<DmRead>) -> Reply {
         Ok(query) => query,
         Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
     };
-    let cutoff = now - Duration::days(RETENTION_DAYS);
+    let events = visible_events(inner, user_id, now - Duration::days(RETENTION_DAYS), &query);
+    let (start, end) = match page_bounds(inner, user_id, &events, &query) {
+        Ok(bounds) => bounds,
+        Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
+    };
+    if start == end {
+        return reply.answer(StatusCode::OK, r#"{"meta":{"result_count":0}}"#);
+    }
+    let body = render_page(inner, &events, (start, end), &query);
+    bill(inner, user_id, (end - start) as u64);
+    reply.answer(StatusCode::OK, body.to_string())
+}
+
+/// The account's events within retention and of the asked-for types, newest first.
+fn visible_events<'a>(
+    inner: &'a Inner,
+    user_id: &str,
+    cutoff: DateTime<Utc>,
+    query: &ListQuery,
+) -> Vec<&'a DmEvent> {
     let mut events: Vec<&DmEvent> = inner
         .events
         .iter()
@@ -265,34 +296,48 @@ pub(crate) async fn list_events(caller: Authorized<DmRead>) -> Reply {
         })
         .collect();
     events.sort_by_key(|event| std::cmp::Reverse(event.numeric_id()));
+    events
+}
 
-    let (start, end) = match &query.token {
-        None => (0, query.max_results.min(events.len())),
-        Some((token, direction, id)) => {
-            // The token must name one of the account's events, as one X handed out would.
-            if !inner
-                .events
-                .iter()
-                .any(|e| e.involves(user_id) && e.numeric_id() == *id)
-            {
-                return reply.answer(StatusCode::BAD_REQUEST, bad_token(token));
-            }
-            match direction {
-                Direction::Older => {
-                    let start = events.partition_point(|e| e.numeric_id() >= *id);
-                    (start, (start + query.max_results).min(events.len()))
-                }
-                Direction::Newer => {
-                    let end = events.partition_point(|e| e.numeric_id() > *id);
-                    (end.saturating_sub(query.max_results), end)
-                }
-            }
-        }
+/// Where the page starts and ends in `events`: the first `max_results`, or those strictly
+/// older or newer than the token's event. A token naming no event of the account is 400.
+fn page_bounds(
+    inner: &Inner,
+    user_id: &str,
+    events: &[&DmEvent],
+    query: &ListQuery,
+) -> Result<(usize, usize), String> {
+    let Some((token, direction, id)) = &query.token else {
+        return Ok((0, query.max_results.min(events.len())));
     };
-    let page = &events[start..end];
-    if page.is_empty() {
-        return reply.answer(StatusCode::OK, r#"{"meta":{"result_count":0}}"#);
+    // The token must name one of the account's events, as one X handed out would.
+    if !inner
+        .events
+        .iter()
+        .any(|e| e.involves(user_id) && e.numeric_id() == *id)
+    {
+        return Err(bad_token(token));
     }
+    Ok(match direction {
+        Direction::Older => {
+            let start = events.partition_point(|e| e.numeric_id() >= *id);
+            (start, (start + query.max_results).min(events.len()))
+        }
+        Direction::Newer => {
+            let end = events.partition_point(|e| e.numeric_id() > *id);
+            (end.saturating_sub(query.max_results), end)
+        }
+    })
+}
+
+/// The page's `data`, `includes` and `meta` (with the tokens to the older and newer pages).
+fn render_page(
+    inner: &Inner,
+    events: &[&DmEvent],
+    (start, end): (usize, usize),
+    query: &ListQuery,
+) -> Value {
+    let page = &events[start..end];
     let mut meta = json!({ "result_count": page.len() });
     if end < events.len() {
         meta["next_token"] = json!(encode_token(
@@ -304,21 +349,23 @@ pub(crate) async fn list_events(caller: Authorized<DmRead>) -> Reply {
         meta["previous_token"] = json!(encode_token(Direction::Newer, page[0].numeric_id()));
     }
     let mut body = json!({
-        "data": page.iter().map(|event| render_event(event, &query)).collect::<Vec<_>>(),
+        "data": page.iter().map(|event| render_event(event, query)).collect::<Vec<_>>(),
     });
-    let includes = render_includes(inner, page, &query);
+    let includes = render_includes(inner, page, query);
     if !includes.is_empty() {
         body["includes"] = Value::Object(includes);
     }
     body["meta"] = meta;
+    body
+}
 
-    let billed = page.len() as u64;
+/// X bills "DM Event: Read" per event returned.
+fn bill(inner: &mut Inner, user_id: &str, events: u64) {
     *inner
         .billed_dm_events
         .entry(user_id.to_string())
-        .or_default() += billed;
-    inner.counters.dm_events_billed += billed;
-    reply.answer(StatusCode::OK, body.to_string())
+        .or_default() += events;
+    inner.counters.dm_events_billed += events;
 }
 
 /// One event with X's default fields (`id`, `event_type`, `text`) plus those asked for; an
@@ -365,50 +412,53 @@ fn render_includes(inner: &Inner, page: &[&DmEvent], query: &ListQuery) -> Map<S
         let media: Vec<Value> = page
             .iter()
             .filter_map(|event| event.attachment.as_ref())
-            .map(|attachment| {
-                let wants = |field: &str| query.media_fields.contains(field);
-                let mut rendered = json!({
-                    "media_key": attachment.media_key,
-                    "type": attachment.media_type.as_str(),
-                });
-                if wants("url") {
-                    rendered["url"] = json!(attachment.url);
-                }
-                if wants("preview_image_url") {
-                    if let Some(preview) = &attachment.preview_image_url {
-                        rendered["preview_image_url"] = json!(preview);
-                    }
-                }
-                if wants("variants") && !attachment.variants.is_empty() {
-                    rendered["variants"] = json!(attachment
-                        .variants
-                        .iter()
-                        .map(|v| json!({
-                            "bit_rate": v.bit_rate,
-                            "content_type": v.content_type,
-                            "url": v.url,
-                        }))
-                        .collect::<Vec<_>>());
-                }
-                if wants("width") {
-                    rendered["width"] = json!(attachment.width);
-                }
-                if wants("height") {
-                    rendered["height"] = json!(attachment.height);
-                }
-                if wants("duration_ms") {
-                    if let Some(duration) = attachment.duration_ms {
-                        rendered["duration_ms"] = json!(duration);
-                    }
-                }
-                rendered
-            })
+            .map(|attachment| render_media(attachment, &query.media_fields))
             .collect();
         if !media.is_empty() {
             includes.insert("media".into(), Value::Array(media));
         }
     }
     includes
+}
+
+/// A v2 media object: `media_key` and `type`, plus the asked-for fields the media has.
+fn render_media(attachment: &DmAttachment, fields: &BTreeSet<String>) -> Value {
+    let wants = |field: &str| fields.contains(field);
+    let mut rendered = json!({
+        "media_key": attachment.media_key,
+        "type": attachment.media_type.as_str(),
+    });
+    if wants("url") {
+        rendered["url"] = json!(attachment.url);
+    }
+    if wants("preview_image_url") {
+        if let Some(preview) = &attachment.preview_image_url {
+            rendered["preview_image_url"] = json!(preview);
+        }
+    }
+    if wants("variants") && !attachment.variants.is_empty() {
+        rendered["variants"] = json!(attachment
+            .variants
+            .iter()
+            .map(|v| json!({
+                "bit_rate": v.bit_rate,
+                "content_type": v.content_type,
+                "url": v.url,
+            }))
+            .collect::<Vec<_>>());
+    }
+    if wants("width") {
+        rendered["width"] = json!(attachment.width);
+    }
+    if wants("height") {
+        rendered["height"] = json!(attachment.height);
+    }
+    if wants("duration_ms") {
+        if let Some(duration) = attachment.duration_ms {
+            rendered["duration_ms"] = json!(duration);
+        }
+    }
+    rendered
 }
 
 /// A v2 user: `id`, `name`, `username`, plus the asked-for fields the simulator knows

@@ -245,54 +245,69 @@ fn build_attachment(
         .clone()
         .filter(|name| !name.is_empty() && !name.contains('/'))
         .unwrap_or_else(|| format!("{}.{}", random_text(8), media_type.default_extension()));
-    let stem = file_name
-        .rsplit_once('.')
-        .map_or(file_name.as_str(), |(stem, _)| stem)
-        .to_string();
     let base = base_url.as_str().trim_end_matches('/');
     let url = format!("{base}/1.1/ton/data/dm/{event_id}/{media_id}/{file_name}");
-    let mp4 = |bit_rate: u64, url: String| MediaVariant {
-        bit_rate,
-        content_type: "video/mp4".to_string(),
-        url,
-    };
-    let (preview_image_url, variants, duration_ms) = match media_type {
-        MediaType::Photo => (None, Vec::new(), None),
-        MediaType::Video => {
-            let variants = [(256_000u64, 4u32), (832_000, 2), (2_176_000, 1)]
-                .into_iter()
-                .map(|(bit_rate, divisor)| {
-                    let (w, h) = ((width / divisor).max(1), (height / divisor).max(1));
-                    mp4(
-                        bit_rate,
-                        format!("{base}/dm_video/{media_id}/vid/avc1/{w}x{h}/{stem}.mp4"),
-                    )
-                })
-                .collect();
-            (
-                Some(format!("{base}/dm_video_thumb/{media_id}/img/{stem}.jpg")),
-                variants,
-                Some(spec.duration_ms.unwrap_or(5_000)),
-            )
-        }
-        MediaType::AnimatedGif => (
-            Some(format!("{base}/dm_gif_thumb/{media_id}/{stem}.jpg")),
-            vec![mp4(0, format!("{base}/dm_gif/{media_id}/{stem}.mp4"))],
-            None,
-        ),
-    };
+    let stem = file_name
+        .rsplit_once('.')
+        .map_or(file_name.as_str(), |(stem, _)| stem);
+    let renditions = Renditions::of(spec, base, &media_id, stem, (width, height));
     DmAttachment {
         media_key: format!("{}_{media_id}", media_type.key_prefix()),
         media_id,
         media_type,
         url,
-        preview_image_url,
-        variants,
+        preview_image_url: renditions.preview_image_url,
+        variants: renditions.variants,
         width,
         height,
-        duration_ms,
+        duration_ms: renditions.duration_ms,
         tco_url: format!("https://t.co/{}", random_text(10)),
         content: spec.content.clone(),
+    }
+}
+
+/// A video's or GIF's preview image, mp4 variants and duration, as X serves them; a photo has
+/// none.
+struct Renditions {
+    preview_image_url: Option<String>,
+    variants: Vec<MediaVariant>,
+    duration_ms: Option<u64>,
+}
+
+impl Renditions {
+    fn of(spec: &MediaSpec, base: &str, media_id: &str, stem: &str, size: (u32, u32)) -> Self {
+        let (width, height) = size;
+        let mp4 = |bit_rate: u64, url: String| MediaVariant {
+            bit_rate,
+            content_type: "video/mp4".to_string(),
+            url,
+        };
+        match spec.media_type {
+            MediaType::Photo => Renditions {
+                preview_image_url: None,
+                variants: Vec::new(),
+                duration_ms: None,
+            },
+            MediaType::Video => Renditions {
+                preview_image_url: Some(format!("{base}/dm_video_thumb/{media_id}/img/{stem}.jpg")),
+                variants: [(256_000u64, 4u32), (832_000, 2), (2_176_000, 1)]
+                    .into_iter()
+                    .map(|(bit_rate, divisor)| {
+                        let (w, h) = ((width / divisor).max(1), (height / divisor).max(1));
+                        mp4(
+                            bit_rate,
+                            format!("{base}/dm_video/{media_id}/vid/avc1/{w}x{h}/{stem}.mp4"),
+                        )
+                    })
+                    .collect(),
+                duration_ms: Some(spec.duration_ms.unwrap_or(5_000)),
+            },
+            MediaType::AnimatedGif => Renditions {
+                preview_image_url: Some(format!("{base}/dm_gif_thumb/{media_id}/{stem}.jpg")),
+                variants: vec![mp4(0, format!("{base}/dm_gif/{media_id}/{stem}.mp4"))],
+                duration_ms: None,
+            },
+        }
     }
 }
 

@@ -303,63 +303,69 @@ impl FaultBook {
         endpoint: Endpoint,
     ) -> Option<SendFailure> {
         let active = self.by_user.get_mut(user_id)?;
-        // Uploads are part of sending: a send's outage is theirs too.
-        let sends = matches!(endpoint, Endpoint::DmSend | Endpoint::MediaUpload);
-        if let Some(index) = active.iter().position(|f| match f {
-            Fault::Timeout { .. } => sends,
-            Fault::ReadTimeout { .. } => !sends,
-            _ => false,
-        }) {
-            if use_one(active, index) {
-                return Some(SendFailure::Hold);
-            }
-        }
-        let server_error = active
-            .iter()
-            .enumerate()
-            .find_map(|(index, fault)| match fault {
-                Fault::ServerError { status, .. } if sends => Some((index, *status)),
-                Fault::ReadServerError { status, .. } if !sends => Some((index, *status)),
-                _ => None,
-            });
-        if let Some((index, status)) = server_error {
-            if use_one(active, index) {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return Some(SendFailure::Answer {
-                    status,
-                    body: problems::generic(status),
-                });
-            }
-        }
-        let answer = |status: StatusCode, body: &str| {
-            Some(SendFailure::Answer {
-                status,
-                body: body.to_string(),
-            })
-        };
-        let has = |wanted: &Fault| active.contains(wanted);
-        if has(&Fault::CreditsDepleted) {
-            return answer(StatusCode::PAYMENT_REQUIRED, problems::CREDITS_DEPLETED);
-        }
-        if has(&Fault::PaymentRequired) {
-            return answer(StatusCode::PAYMENT_REQUIRED, problems::PAYMENT_REQUIRED);
-        }
-        if has(&Fault::SpendCapReached) {
-            return answer(StatusCode::FORBIDDEN, &problems::spend_cap_reached(today));
-        }
-        if has(&Fault::UsageCapped) {
-            return answer(StatusCode::TOO_MANY_REQUESTS, problems::USAGE_CAPPED);
-        }
-        if has(&Fault::NotEnrolled) {
-            return answer(StatusCode::FORBIDDEN, problems::CLIENT_NOT_ENROLLED);
-        }
-        if matches!(endpoint, Endpoint::DmSend | Endpoint::DmRead) && has(&Fault::MissingPermission)
-        {
-            return answer(StatusCode::FORBIDDEN, problems::OAUTH1_PERMISSIONS);
-        }
-        None
+        take_outage(active, endpoint).or_else(|| account_state(active, today, endpoint))
     }
+}
+
+/// A timeout, then a server error, of the endpoint's direction, using up one count. Uploads
+/// are part of sending: a send's outage is theirs too.
+fn take_outage(active: &mut Vec<Fault>, endpoint: Endpoint) -> Option<SendFailure> {
+    let sends = matches!(endpoint, Endpoint::DmSend | Endpoint::MediaUpload);
+    if let Some(index) = active.iter().position(|f| match f {
+        Fault::Timeout { .. } => sends,
+        Fault::ReadTimeout { .. } => !sends,
+        _ => false,
+    }) {
+        if use_one(active, index) {
+            return Some(SendFailure::Hold);
+        }
+    }
+    let (index, status) = active
+        .iter()
+        .enumerate()
+        .find_map(|(index, fault)| match fault {
+            Fault::ServerError { status, .. } if sends => Some((index, *status)),
+            Fault::ReadServerError { status, .. } if !sends => Some((index, *status)),
+            _ => None,
+        })?;
+    if !use_one(active, index) {
+        return None;
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Some(SendFailure::Answer {
+        status,
+        body: problems::generic(status),
+    })
+}
+
+/// The account's billing state, then its permissions, as X answers them.
+fn account_state(active: &[Fault], today: NaiveDate, endpoint: Endpoint) -> Option<SendFailure> {
+    let answer = |status: StatusCode, body: &str| {
+        Some(SendFailure::Answer {
+            status,
+            body: body.to_string(),
+        })
+    };
+    let has = |wanted: &Fault| active.contains(wanted);
+    if has(&Fault::CreditsDepleted) {
+        return answer(StatusCode::PAYMENT_REQUIRED, problems::CREDITS_DEPLETED);
+    }
+    if has(&Fault::PaymentRequired) {
+        return answer(StatusCode::PAYMENT_REQUIRED, problems::PAYMENT_REQUIRED);
+    }
+    if has(&Fault::SpendCapReached) {
+        return answer(StatusCode::FORBIDDEN, &problems::spend_cap_reached(today));
+    }
+    if has(&Fault::UsageCapped) {
+        return answer(StatusCode::TOO_MANY_REQUESTS, problems::USAGE_CAPPED);
+    }
+    if has(&Fault::NotEnrolled) {
+        return answer(StatusCode::FORBIDDEN, problems::CLIENT_NOT_ENROLLED);
+    }
+    if matches!(endpoint, Endpoint::DmSend | Endpoint::DmRead) && has(&Fault::MissingPermission) {
+        return answer(StatusCode::FORBIDDEN, problems::OAUTH1_PERMISSIONS);
+    }
+    None
 }
 
 impl FaultBook {

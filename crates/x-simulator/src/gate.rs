@@ -138,12 +138,28 @@ pub(crate) fn admit(
         .latency
         .then(|| inner.faults.latency(user_id))
         .flatten();
-    let mut reply = Reply::new(StatusCode::OK, "").for_account(user_id, latency);
+    let reply = Reply::new(StatusCode::OK, "").for_account(user_id, latency);
     if user && gate.revocable && inner.faults.revokes_token(user_id) {
         inner.counters.faults_injected += 1;
         return Err(reply.answer(StatusCode::UNAUTHORIZED, problems::UNAUTHORIZED));
     }
 
+    let reply = count_window(state, inner, gate, user_id, user, now, reply)?;
+    let reply = take_fault(inner, gate, user_id, now, reply)?;
+    Ok(Admitted { account, reply })
+}
+
+/// Counts the request in the route's rate-limit window and puts the window (and the access
+/// level) in the answer's headers; 429 once the window is used up.
+fn count_window(
+    state: &SimState,
+    inner: &mut Inner,
+    gate: &Gate,
+    user_id: &str,
+    user: bool,
+    now: DateTime<Utc>,
+    mut reply: Reply,
+) -> Result<Reply, Reply> {
     let window = gate
         .window
         .map(|window| inner.count_rate_limit(window, user_id, now, state.default_window(window)));
@@ -157,7 +173,18 @@ pub(crate) fn admit(
         inner.counters.rate_limited += 1;
         return Err(reply.answer(StatusCode::TOO_MANY_REQUESTS, problems::RATE_LIMITED));
     }
+    Ok(reply)
+}
 
+/// The account's fault for the route's endpoint, if one answers it: held (a timeout) or
+/// answered with X's error.
+fn take_fault(
+    inner: &mut Inner,
+    gate: &Gate,
+    user_id: &str,
+    now: DateTime<Utc>,
+    reply: Reply,
+) -> Result<Reply, Reply> {
     let today = now.date_naive();
     match gate
         .faults
@@ -176,7 +203,7 @@ pub(crate) fn admit(
             inner.counters.faults_injected += 1;
             Err(reply.answer(status, body))
         }
-        None => Ok(Admitted { account, reply }),
+        None => Ok(reply),
     }
 }
 

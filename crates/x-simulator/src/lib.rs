@@ -337,7 +337,7 @@
 //! | `events` | the DM event store, [`DmEvent`], [`MediaSpec`] |
 //! | `accounts`, `customers` | who the simulator knows: [`Account`], [`Customer`] |
 //! | `state`, `clock` | everything remembered, behind one mutex; where time is read |
-//! | `admin` | the `/_sim/` admin API |
+//! | `admin/` | the `/_sim/` admin API: `extract` (the JSON body, `?user_id=`, unknown accounts), `observe` (the `GET` listings), `steer` (what changes the simulator) |
 //! | `simulator` | [`Simulator`] (start, steer, observe, shut down) and [`SimulatorConfig`] |
 //! | `tests` | the crate's own HTTP-level tests, one file per area |
 

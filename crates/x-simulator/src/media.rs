@@ -21,7 +21,7 @@ use crate::faults::MediaFailure;
 use crate::problems;
 use crate::reply::Reply;
 use crate::request_log::RequestIdentity;
-use crate::state::SimState;
+use crate::state::{Inner, SimState};
 
 fn content_type(name: &str) -> &'static str {
     match name
@@ -166,21 +166,30 @@ pub(crate) async fn ton(
             Outcome::Problem(StatusCode::FORBIDDEN, problems::FORBIDDEN.to_string())
         }
         Some(event) => {
-            let (content_type, bytes) = body_of(
+            let body = body_of(
                 event.attachment.as_ref().expect("matched above"),
                 &path.name,
             );
-            match inner.faults.take_media_failure(user_id) {
-                Some(failure) => {
-                    inner.counters.faults_injected += 1;
-                    Outcome::Failure(content_type, failure)
-                }
-                None => Outcome::Media(content_type, bytes),
-            }
+            served(inner, body, &[user_id.to_owned()])
         }
     };
     drop(guard);
     outcome.answer()
+}
+
+/// The media's `body`, or the first `media_*` fault of one of `accounts` (counted as injected).
+fn served(inner: &mut Inner, body: (&'static str, Vec<u8>), accounts: &[String]) -> Outcome {
+    let (content_type, bytes) = body;
+    match accounts
+        .iter()
+        .find_map(|user_id| inner.faults.take_media_failure(user_id))
+    {
+        Some(failure) => {
+            inner.counters.faults_injected += 1;
+            Outcome::Failure(content_type, failure)
+        }
+        None => Outcome::Media(content_type, bytes),
+    }
 }
 
 /// `GET /dm_video/…`, `/dm_video_thumb/…`, `/dm_gif/…`, `/dm_gif_thumb/…`: public renditions,
@@ -211,21 +220,11 @@ pub(crate) async fn rendition(State(state): State<Arc<SimState>>, uri: Uri) -> R
         let outcome = match event {
             None => Outcome::Problem(StatusCode::NOT_FOUND, problems::not_found()),
             Some(event) => {
-                let (content_type, bytes) =
-                    body_of(event.attachment.as_ref().expect("matched above"), &name);
+                let body = body_of(event.attachment.as_ref().expect("matched above"), &name);
                 let participants: Vec<String> = std::iter::once(event.sender_id.clone())
                     .chain(event.recipient_id.clone())
                     .collect();
-                match participants
-                    .iter()
-                    .find_map(|user_id| inner.faults.take_media_failure(user_id))
-                {
-                    Some(failure) => {
-                        inner.counters.faults_injected += 1;
-                        Outcome::Failure(content_type, failure)
-                    }
-                    None => Outcome::Media(content_type, bytes),
-                }
+                served(inner, body, &participants)
             }
         };
         outcome

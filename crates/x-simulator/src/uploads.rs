@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::authorized::{Authorized, MediaUpload, SignedBody};
 use crate::events::MediaType;
@@ -414,19 +414,36 @@ fn parse_initialize(headers: &HeaderMap, body: &[u8]) -> Result<Initialize, Stri
             "additional_owners",
         ],
     )?;
-    let media_type = match fields.get("media_type") {
-        Some(Value::String(value)) => value.trim().to_ascii_lowercase(),
-        Some(_) => return Err(invalid("$.media_type: expected a string", None)),
-        None => return Err(invalid("$.media_type: is required", None)),
+    let init = Initialize {
+        media_type: media_type_of(&fields)?,
+        total_bytes: total_bytes_of(&fields)?,
+        category: category_of(&fields)?,
+        shared: shared_of(&fields)?,
     };
-    let total_bytes = match fields.get("total_bytes") {
+    init.check_fits()?;
+    Ok(init)
+}
+
+fn media_type_of(fields: &Map<String, Value>) -> Result<String, String> {
+    match fields.get("media_type") {
+        Some(Value::String(value)) => Ok(value.trim().to_ascii_lowercase()),
+        Some(_) => Err(invalid("$.media_type: expected a string", None)),
+        None => Err(invalid("$.media_type: is required", None)),
+    }
+}
+
+fn total_bytes_of(fields: &Map<String, Value>) -> Result<u64, String> {
+    match fields.get("total_bytes") {
         Some(Value::Number(n)) => n
             .as_u64()
-            .ok_or_else(|| invalid("$.total_bytes: expected a non-negative integer", None))?,
-        Some(_) => return Err(invalid("$.total_bytes: expected an integer", None)),
-        None => return Err(invalid("$.total_bytes: is required", None)),
-    };
-    let category = match fields.get("media_category") {
+            .ok_or_else(|| invalid("$.total_bytes: expected a non-negative integer", None)),
+        Some(_) => Err(invalid("$.total_bytes: expected an integer", None)),
+        None => Err(invalid("$.total_bytes: is required", None)),
+    }
+}
+
+fn category_of(fields: &Map<String, Value>) -> Result<Category, String> {
+    match fields.get("media_category") {
         Some(Value::String(value)) => Category::parse(value).ok_or_else(|| {
             invalid(
                 &format!(
@@ -434,45 +451,55 @@ fn parse_initialize(headers: &HeaderMap, body: &[u8]) -> Result<Initialize, Stri
                 ),
                 Some(("media_category", value)),
             )
-        })?,
-        Some(_) => return Err(invalid("$.media_category: expected a string", None)),
-        None => return Err(invalid(
+        }),
+        Some(_) => Err(invalid("$.media_category: expected a string", None)),
+        None => Err(invalid(
             "$.media_category: is required for Direct Message media (dm_image, dm_gif or dm_video)",
             None,
         )),
-    };
-    let shared = match fields.get("shared") {
-        None => false,
-        Some(Value::Bool(shared)) => *shared,
-        Some(_) => return Err(invalid("$.shared: expected a boolean", None)),
-    };
-    if !category.media_types().contains(&media_type.as_str()) {
-        return Err(invalid(
-            &format!(
-                "The `media_type` value [{media_type}] does not match the `media_category` {} (one of [{}])",
-                category.as_str(),
-                category.media_types().join(",")
-            ),
-            Some(("media_type", &media_type)),
-        ));
     }
-    if total_bytes == 0 || total_bytes > category.max_bytes() {
-        let value = total_bytes.to_string();
-        return Err(invalid(
-            &format!(
-                "The `total_bytes` value [{total_bytes}] is not between 1 and {} for {}",
-                category.max_bytes(),
-                category.as_str()
-            ),
-            Some(("total_bytes", &value)),
-        ));
+}
+
+fn shared_of(fields: &Map<String, Value>) -> Result<bool, String> {
+    match fields.get("shared") {
+        None => Ok(false),
+        Some(Value::Bool(shared)) => Ok(*shared),
+        Some(_) => Err(invalid("$.shared: expected a boolean", None)),
     }
-    Ok(Initialize {
-        media_type,
-        category,
-        total_bytes,
-        shared,
-    })
+}
+
+impl Initialize {
+    /// The media type and size must fit the category.
+    fn check_fits(&self) -> Result<(), String> {
+        let Initialize {
+            media_type,
+            category,
+            total_bytes,
+            ..
+        } = self;
+        if !category.media_types().contains(&media_type.as_str()) {
+            return Err(invalid(
+                &format!(
+                    "The `media_type` value [{media_type}] does not match the `media_category` {} (one of [{}])",
+                    category.as_str(),
+                    category.media_types().join(",")
+                ),
+                Some(("media_type", media_type)),
+            ));
+        }
+        if *total_bytes == 0 || *total_bytes > category.max_bytes() {
+            let value = total_bytes.to_string();
+            return Err(invalid(
+                &format!(
+                    "The `total_bytes` value [{total_bytes}] is not between 1 and {} for {}",
+                    category.max_bytes(),
+                    category.as_str()
+                ),
+                Some(("total_bytes", &value)),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The parts of an APPEND the simulator reads.
@@ -533,7 +560,6 @@ pub(crate) async fn append(
     caller: Authorized<MediaUpload, AppendBody>,
 ) -> Reply {
     let id = id.map(|Path(id)| id).unwrap_or_default();
-    let id = id.as_str();
     let Authorized {
         state,
         account,
@@ -541,60 +567,70 @@ pub(crate) async fn append(
         body: AppendBody(parts),
         ..
     } = caller;
-    let mut guard = state.lock();
-    let inner = &mut *guard;
-    let bad = |message: &str, parameter: Option<(&str, &str)>| {
-        (StatusCode::BAD_REQUEST, invalid(message, parameter))
-    };
-    let outcome = own_upload(inner, &account.user_id, id)
-        .map_err(|problem| (StatusCode::BAD_REQUEST, problem))
-        .and_then(|upload| {
-            if upload.finalized {
-                return Err(bad(
-                    &format!("The upload [{id}] is already finalized; no more segments are accepted"),
-                    Some(("id", id)),
-                ));
-            }
-            let parts = parts.map_err(|why| {
-                bad(
-                    &format!("The request body is not a readable multipart/form-data body: {why}"),
-                    None,
-                )
-            })?;
-            let Some(media) = parts.media else {
-                return Err(bad("The `media` part is required", None));
-            };
-            let Some(index) = parts.segment_index else {
-                return Err(bad("The `segment_index` part is required", None));
-            };
-            let segment_index = match index.parse::<u32>() {
-                Ok(n) if n <= MAX_SEGMENT_INDEX => n,
-                _ => {
-                    return Err(bad(
-                        &format!(
-                            "The `segment_index` value [{index}] is not between 0 and {MAX_SEGMENT_INDEX}"
-                        ),
-                        Some(("segment_index", &index)),
-                    ))
-                }
-            };
-            if media.is_empty() || media.len() > MAX_SEGMENT_BYTES {
-                let length = media.len().to_string();
-                return Err(bad(
-                    &format!(
-                        "The `media` part has {length} bytes; a segment must have 1 to {MAX_SEGMENT_BYTES}"
-                    ),
-                    Some(("media", &length)),
-                ));
-            }
-            upload.arrivals.push((segment_index, media.len() as u64));
-            upload.parts.insert(segment_index, media);
-            tracing::debug!(media_id = %upload.id, segment_index, "media segment appended");
-            Ok(json!({ "data": { "expires_at": upload.expires_at().timestamp() } }).to_string())
-        });
+    let mut inner = state.lock();
+    let outcome = own_upload(&mut inner, &account.user_id, &id)
+        .and_then(|upload| take_segment(upload, &id, parts));
     match outcome {
         Ok(body) => reply.answer(StatusCode::OK, body),
-        Err((status, problem)) => reply.answer(status, problem),
+        Err(problem) => reply.answer(StatusCode::BAD_REQUEST, problem),
+    }
+}
+
+/// Keeps an APPEND's segment in an upload still open; the answer's body, or X's 400.
+fn take_segment(
+    upload: &mut UploadRecord,
+    id: &str,
+    parts: Result<AppendParts, String>,
+) -> Result<String, String> {
+    if upload.finalized {
+        return Err(invalid(
+            &format!("The upload [{id}] is already finalized; no more segments are accepted"),
+            Some(("id", id)),
+        ));
+    }
+    let parts = parts.map_err(|why| {
+        invalid(
+            &format!("The request body is not a readable multipart/form-data body: {why}"),
+            None,
+        )
+    })?;
+    let (segment_index, media) = parts.segment()?;
+    upload.arrivals.push((segment_index, media.len() as u64));
+    upload.parts.insert(segment_index, media);
+    tracing::debug!(media_id = %upload.id, segment_index, "media segment appended");
+    Ok(json!({ "data": { "expires_at": upload.expires_at().timestamp() } }).to_string())
+}
+
+impl AppendParts {
+    /// The segment's index and bytes, each within X's bounds.
+    fn segment(self) -> Result<(u32, Bytes), String> {
+        let Some(media) = self.media else {
+            return Err(invalid("The `media` part is required", None));
+        };
+        let Some(index) = self.segment_index else {
+            return Err(invalid("The `segment_index` part is required", None));
+        };
+        let segment_index = match index.parse::<u32>() {
+            Ok(n) if n <= MAX_SEGMENT_INDEX => n,
+            _ => {
+                return Err(invalid(
+                    &format!(
+                    "The `segment_index` value [{index}] is not between 0 and {MAX_SEGMENT_INDEX}"
+                ),
+                    Some(("segment_index", &index)),
+                ))
+            }
+        };
+        if media.is_empty() || media.len() > MAX_SEGMENT_BYTES {
+            let length = media.len().to_string();
+            return Err(invalid(
+                &format!(
+                    "The `media` part has {length} bytes; a segment must have 1 to {MAX_SEGMENT_BYTES}"
+                ),
+                Some(("media", &length)),
+            ));
+        }
+        Ok((segment_index, media))
     }
 }
 
@@ -604,7 +640,6 @@ pub(crate) async fn finalize(
     caller: Authorized<MediaUpload>,
 ) -> Reply {
     let id = id.map(|Path(id)| id).unwrap_or_default();
-    let id = id.as_str();
     let Authorized {
         state,
         account,
@@ -619,51 +654,15 @@ pub(crate) async fn finalize(
         .get(&account.user_id)
         .cloned()
         .unwrap_or_default();
-    let upload = match own_upload(inner, &account.user_id, id) {
+    let upload = match own_upload(inner, &account.user_id, &id) {
         Ok(upload) => upload,
         Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
     };
     // A FINALIZE repeated (a client retrying after a lost answer) gets the current state.
     if !upload.finalized {
-        let contiguous = upload
-            .parts
-            .keys()
-            .enumerate()
-            .all(|(position, index)| usize::try_from(*index).is_ok_and(|i| i == position));
-        if upload.parts.is_empty() || !contiguous {
-            let indices: Vec<String> = upload.parts.keys().map(u32::to_string).collect();
-            return reply.answer(
-                StatusCode::BAD_REQUEST,
-                invalid(
-                    &format!(
-                        "The segments of upload [{id}] are not contiguous from 0: got [{}]",
-                        indices.join(",")
-                    ),
-                    Some(("id", id)),
-                ),
-            );
+        if let Err(problem) = upload.finish(&id, settings) {
+            return reply.answer(StatusCode::BAD_REQUEST, problem);
         }
-        let received: u64 = upload.parts.values().map(|part| part.len() as u64).sum();
-        if received != upload.total_bytes {
-            return reply.answer(
-                StatusCode::BAD_REQUEST,
-                invalid(
-                    &format!(
-                        "The segments of upload [{id}] add up to {received} bytes, not the {} of total_bytes",
-                        upload.total_bytes
-                    ),
-                    Some(("id", id)),
-                ),
-            );
-        }
-        upload.finalized = true;
-        upload.settings = settings;
-        upload.processing = if upload.category.processes() {
-            ProcessingState::Pending
-        } else {
-            ProcessingState::Succeeded
-        };
-        tracing::info!(media_id = %upload.id, size = received, "media upload finalized");
     }
     let mut data = json!({
         "id": upload.id,
@@ -677,6 +676,47 @@ pub(crate) async fn finalize(
     reply.answer(StatusCode::OK, json!({ "data": data }).to_string())
 }
 
+impl UploadRecord {
+    /// FINALIZE of an open upload: its segments must run `0..n` without a gap and add up to
+    /// `total_bytes`; then it is closed and starts processing with the account's `settings`.
+    fn finish(&mut self, id: &str, settings: MediaProcessing) -> Result<(), String> {
+        let contiguous = self
+            .parts
+            .keys()
+            .enumerate()
+            .all(|(position, index)| usize::try_from(*index).is_ok_and(|i| i == position));
+        if self.parts.is_empty() || !contiguous {
+            let indices: Vec<String> = self.parts.keys().map(u32::to_string).collect();
+            return Err(invalid(
+                &format!(
+                    "The segments of upload [{id}] are not contiguous from 0: got [{}]",
+                    indices.join(",")
+                ),
+                Some(("id", id)),
+            ));
+        }
+        let received: u64 = self.parts.values().map(|part| part.len() as u64).sum();
+        if received != self.total_bytes {
+            return Err(invalid(
+                &format!(
+                    "The segments of upload [{id}] add up to {received} bytes, not the {} of total_bytes",
+                    self.total_bytes
+                ),
+                Some(("id", id)),
+            ));
+        }
+        self.finalized = true;
+        self.settings = settings;
+        self.processing = if self.category.processes() {
+            ProcessingState::Pending
+        } else {
+            ProcessingState::Succeeded
+        };
+        tracing::info!(media_id = %self.id, size = received, "media upload finalized");
+        Ok(())
+    }
+}
+
 /// `GET /2/media/upload?command=STATUS&media_id=…`.
 pub(crate) async fn status(caller: Authorized<MediaUpload>) -> Reply {
     let Authorized {
@@ -686,38 +726,9 @@ pub(crate) async fn status(caller: Authorized<MediaUpload>) -> Reply {
         uri,
         ..
     } = caller;
-    let mut command = None;
-    let mut media_id = None;
-    for (name, value) in url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-        match name.as_ref() {
-            "command" => command = Some(value.into_owned()),
-            "media_id" => media_id = Some(value.into_owned()),
-            other => {
-                return reply.answer(
-                    StatusCode::BAD_REQUEST,
-                    invalid(
-                        &format!("The query parameter [{other}] is not one of [command,media_id]"),
-                        Some((other, &value)),
-                    ),
-                )
-            }
-        }
-    }
-    if command.as_deref() != Some("STATUS") {
-        let value = command.unwrap_or_default();
-        return reply.answer(
-            StatusCode::BAD_REQUEST,
-            invalid(
-                &format!("The `command` query parameter value [{value}] is not one of [STATUS]"),
-                Some(("command", &value)),
-            ),
-        );
-    }
-    let Some(media_id) = media_id else {
-        return reply.answer(
-            StatusCode::BAD_REQUEST,
-            invalid("The `media_id` query parameter is required", None),
-        );
+    let media_id = match status_media_id(uri.query()) {
+        Ok(media_id) => media_id,
+        Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
     };
     let mut inner = state.lock();
     let upload = match own_upload(&mut inner, &account.user_id, &media_id) {
@@ -739,6 +750,32 @@ pub(crate) async fn status(caller: Authorized<MediaUpload>) -> Reply {
         .processing_info()
         .unwrap_or_else(|| json!({ "state": "succeeded", "progress_percent": 100 }));
     reply.answer(StatusCode::OK, json!({ "data": data }).to_string())
+}
+
+/// STATUS's query: `command=STATUS` and the `media_id`, nothing else.
+fn status_media_id(query: Option<&str>) -> Result<String, String> {
+    let mut command = None;
+    let mut media_id = None;
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match name.as_ref() {
+            "command" => command = Some(value.into_owned()),
+            "media_id" => media_id = Some(value.into_owned()),
+            other => {
+                return Err(invalid(
+                    &format!("The query parameter [{other}] is not one of [command,media_id]"),
+                    Some((other, &value)),
+                ))
+            }
+        }
+    }
+    if command.as_deref() != Some("STATUS") {
+        let value = command.unwrap_or_default();
+        return Err(invalid(
+            &format!("The `command` query parameter value [{value}] is not one of [STATUS]"),
+            Some(("command", &value)),
+        ));
+    }
+    media_id.ok_or_else(|| invalid("The `media_id` query parameter is required", None))
 }
 
 /// What a DM send checks of its attachment, as X does: the media exists, this account

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use url::Url;
 
+use crate::accounts::Account;
 use crate::authorized::{Authorized, Subscription as SubscriptionRoute, Webhooks};
 use crate::delivery::crc_response_token;
 use crate::events::app_id;
@@ -205,35 +206,29 @@ pub(crate) async fn create(caller: Authorized<Webhooks>) -> Reply {
     let crc = run_crc(&state, &account.user_id, &url, &account.consumer_secret).await;
     let now = state.now();
     let mut inner = state.lock();
-    match crc {
-        Err(why) => {
-            tracing::warn!(%url, %why, "webhook CRC failed; not registered");
-            let (status, problem) = refusal("CrcValidationFailed", Some(("url", &url)));
-            reply.answer(status, problem)
-        }
-        // Checked again: another registration may have landed while the CRC ran.
-        Ok(()) => match check_url(&inner, &account.consumer_key, &url, limit) {
-            Err(reason) => {
-                let (status, problem) = refusal(reason, Some(("url", &url)));
-                reply.answer(status, problem)
-            }
-            Ok(()) => {
-                let webhook = Webhook {
-                    id: inner.next_event_id(now),
-                    url: url.clone(),
-                    valid: true,
-                    created_at: now,
-                    registered_by: account.user_id.clone(),
-                    app_key: account.consumer_key.clone(),
-                    secret: account.consumer_secret.clone(),
-                };
-                tracing::info!(id = %webhook.id, %url, "webhook registered");
-                let body = json!({ "data": webhook.to_json() }).to_string();
-                inner.webhooks.push(webhook);
-                reply.answer(StatusCode::OK, body)
-            }
-        },
+    if let Err(why) = crc {
+        tracing::warn!(%url, %why, "webhook CRC failed; not registered");
+        let (status, problem) = refusal("CrcValidationFailed", Some(("url", &url)));
+        return reply.answer(status, problem);
     }
+    // Checked again: another registration may have landed while the CRC ran.
+    if let Err(reason) = check_url(&inner, &account.consumer_key, &url, limit) {
+        let (status, problem) = refusal(reason, Some(("url", &url)));
+        return reply.answer(status, problem);
+    }
+    let webhook = Webhook {
+        id: inner.next_event_id(now),
+        url: url.clone(),
+        valid: true,
+        created_at: now,
+        registered_by: account.user_id.clone(),
+        app_key: account.consumer_key.clone(),
+        secret: account.consumer_secret.clone(),
+    };
+    tracing::info!(id = %webhook.id, %url, "webhook registered");
+    let body = json!({ "data": webhook.to_json() }).to_string();
+    inner.webhooks.push(webhook);
+    reply.answer(StatusCode::OK, body)
 }
 
 /// `GET /2/webhooks`: the App's webhooks.
@@ -363,41 +358,57 @@ pub(crate) async fn subscribe(
     } = caller;
     let body_ok = body.iter().all(u8::is_ascii_whitespace)
         || serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.is_object());
-    let mut inner = state.lock();
-    let app_key = account.consumer_key.as_str();
-    let subscribers_of_app = inner
-        .subscriptions
-        .iter()
-        .filter(|s| webhook_of_app(&inner, &s.webhook_id, app_key).is_some())
-        .count();
-    let (status, body) = if !body_ok {
-        (
+    if !body_ok {
+        return reply.answer(
             StatusCode::BAD_REQUEST,
             problems::invalid_request("$: expected an empty object `{}`", None),
-        )
-    } else if webhook_of_app(&inner, &webhook_id, app_key).is_none() {
-        refusal("WebhookIdInvalid", Some(("webhook_id", &webhook_id)))
-    } else if inner
+        );
+    }
+    let mut inner = state.lock();
+    let limit = state.webhook_config.max_subscriptions_per_app;
+    if let Some((status, problem)) = subscription_refusal(&inner, &webhook_id, &account, limit) {
+        return reply.answer(status, problem);
+    }
+    tracing::info!(%webhook_id, user_id = %account.user_id, "account subscribed");
+    inner.subscriptions.push(Subscription {
+        webhook_id: webhook_id.clone(),
+        user_id: account.user_id.clone(),
+        created_at: now,
+    });
+    reply.answer(
+        StatusCode::OK,
+        json!({ "data": { "subscribed": true } }).to_string(),
+    )
+}
+
+/// Why X refuses to subscribe `account` to the webhook: another App's or unknown webhook, a
+/// subscription it already has, or the App's subscriptions used up.
+fn subscription_refusal(
+    inner: &Inner,
+    webhook_id: &str,
+    account: &Account,
+    limit: usize,
+) -> Option<(StatusCode, String)> {
+    let app_key = account.consumer_key.as_str();
+    if webhook_of_app(inner, webhook_id, app_key).is_none() {
+        return Some(refusal(
+            "WebhookIdInvalid",
+            Some(("webhook_id", webhook_id)),
+        ));
+    }
+    if inner
         .subscriptions
         .iter()
         .any(|s| s.webhook_id == webhook_id && s.user_id == account.user_id)
     {
-        refusal("DuplicateSubscriptionFailed", None)
-    } else if subscribers_of_app >= state.webhook_config.max_subscriptions_per_app {
-        refusal("SubscriptionLimitExceeded", None)
-    } else {
-        tracing::info!(%webhook_id, user_id = %account.user_id, "account subscribed");
-        inner.subscriptions.push(Subscription {
-            webhook_id: webhook_id.clone(),
-            user_id: account.user_id.clone(),
-            created_at: now,
-        });
-        (
-            StatusCode::OK,
-            json!({ "data": { "subscribed": true } }).to_string(),
-        )
-    };
-    reply.answer(status, body)
+        return Some(refusal("DuplicateSubscriptionFailed", None));
+    }
+    let subscribers_of_app = inner
+        .subscriptions
+        .iter()
+        .filter(|s| webhook_of_app(inner, &s.webhook_id, app_key).is_some())
+        .count();
+    (subscribers_of_app >= limit).then(|| refusal("SubscriptionLimitExceeded", None))
 }
 
 /// `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all`: 200

@@ -140,24 +140,7 @@ fn validate_channel(
     errors: &mut Vec<String>,
 ) -> Option<ChannelSettings> {
     let before = errors.len();
-    let name = match raw.name {
-        Some(name) if is_valid_channel_name(&name) => {
-            if !names.insert(name.clone()) {
-                errors.push(format!("channels[{i}].name: {name:?} is used twice"));
-            }
-            name
-        }
-        Some(name) => {
-            errors.push(format!(
-                "channels[{i}].name: {name:?} must be 1 to 63 of a-z, 0-9, _ and -, starting with a letter or digit"
-            ));
-            name
-        }
-        None => {
-            errors.push(format!("channels[{i}].name: missing"));
-            String::new()
-        }
-    };
+    let name = channel_name(i, raw.name, names, errors);
     let label = if name.is_empty() {
         format!("channels[{i}]")
     } else {
@@ -189,15 +172,7 @@ fn validate_channel(
     if raw.weight == Some(0) {
         errors.push(format!("{label}.weight: must be at least 1"));
     }
-    match &raw.user_id {
-        Some(id) if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) => {
-            errors.push(format!("{label}.user_id: must be the account's X user id (1 to 19 digits)"));
-        }
-        None if raw.inbound.polls() => errors.push(format!(
-            "{label}.user_id: required when inbound is \"poll\" or \"both\" (the account's X user id)"
-        )),
-        _ => {}
-    }
+    check_user_id(&label, raw.user_id.as_deref(), raw.inbound.polls(), errors);
     (errors.len() == before).then_some(ChannelSettings {
         name,
         consumer_key,
@@ -210,6 +185,46 @@ fn validate_channel(
         inbound: raw.inbound,
         user_id: raw.user_id,
     })
+}
+
+/// The channel's name: present, well formed and not another channel's.
+fn channel_name(
+    i: usize,
+    name: Option<String>,
+    names: &mut HashSet<String>,
+    errors: &mut Vec<String>,
+) -> String {
+    match name {
+        Some(name) if is_valid_channel_name(&name) => {
+            if !names.insert(name.clone()) {
+                errors.push(format!("channels[{i}].name: {name:?} is used twice"));
+            }
+            name
+        }
+        Some(name) => {
+            errors.push(format!(
+                "channels[{i}].name: {name:?} must be 1 to 63 of a-z, 0-9, _ and -, starting with a letter or digit"
+            ));
+            name
+        }
+        None => {
+            errors.push(format!("channels[{i}].name: missing"));
+            String::new()
+        }
+    }
+}
+
+/// `user_id`: X's id of the account, 1 to 19 digits; a polling channel needs it.
+fn check_user_id(label: &str, user_id: Option<&str>, polls: bool, errors: &mut Vec<String>) {
+    match user_id {
+        Some(id) if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) => {
+            errors.push(format!("{label}.user_id: must be the account's X user id (1 to 19 digits)"));
+        }
+        None if polls => errors.push(format!(
+            "{label}.user_id: required when inbound is \"poll\" or \"both\" (the account's X user id)"
+        )),
+        _ => {}
+    }
 }
 
 /// A channel's X client signs its requests with the channel's account.

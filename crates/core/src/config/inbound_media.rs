@@ -102,32 +102,9 @@ const MAX_MEDIA_URL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Validates `[inbound.media]`.
 pub(super) fn validate(raw: RawMediaProxy, errors: &mut Vec<String>) -> MediaProxySettings {
-    let public_base_url = raw.public_base_url.and_then(|text| match Url::parse(&text) {
-        Ok(url)
-            if matches!(url.scheme(), "http" | "https")
-                && url.query().is_none()
-                && url.fragment().is_none() =>
-        {
-            // A prefix: media paths are joined under it, so it must end with '/'.
-            let mut url = url;
-            if !url.path().ends_with('/') {
-                let path = format!("{}/", url.path());
-                url.set_path(&path);
-            }
-            Some(url)
-        }
-        Ok(_) => {
-            errors.push(
-                "inbound.media.public_base_url: must be an http or https URL without query or fragment"
-                    .into(),
-            );
-            None
-        }
-        Err(e) => {
-            errors.push(format!("inbound.media.public_base_url: {e}"));
-            None
-        }
-    });
+    let public_base_url = raw
+        .public_base_url
+        .and_then(|text| public_base_url(&text, errors));
     let signing_key = raw.signing_key.and_then(|source| match source.resolve() {
         Ok(key) if key.expose_secret().chars().count() >= MIN_SIGNING_KEY_CHARS => Some(key),
         Ok(_) => {
@@ -152,22 +129,7 @@ pub(super) fn validate(raw: RawMediaProxy, errors: &mut Vec<String>) -> MediaPro
     if raw.timeout.is_zero() {
         errors.push("inbound.media.timeout: must be greater than zero".into());
     }
-    let mut allowed_origins = Vec::with_capacity(raw.allowed_origins.len());
-    for (i, text) in raw.allowed_origins.iter().enumerate() {
-        match Url::parse(text) {
-            Ok(url)
-                if matches!(url.scheme(), "http" | "https")
-                    && url.path() == "/"
-                    && url.query().is_none()
-                    && url.fragment().is_none() =>
-            {
-                allowed_origins.push(url.origin().ascii_serialization());
-            }
-            _ => errors.push(format!(
-                "inbound.media.allowed_origins[{i}]: {text:?} must be an origin such as https://ton.twitter.com (scheme, host, optional port, nothing else)"
-            )),
-        }
-    }
+    let allowed_origins = allowed_origins(&raw.allowed_origins, errors);
     MediaProxySettings {
         public_base_url,
         signing_key,
@@ -176,6 +138,56 @@ pub(super) fn validate(raw: RawMediaProxy, errors: &mut Vec<String>) -> MediaPro
         timeout: raw.timeout,
         allowed_origins,
     }
+}
+
+/// `public_base_url`: an http(s) prefix without query or fragment, ending
+/// with '/' so media paths are joined under it.
+fn public_base_url(text: &str, errors: &mut Vec<String>) -> Option<Url> {
+    match Url::parse(text) {
+        Ok(mut url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.query().is_none()
+                && url.fragment().is_none() =>
+        {
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            Some(url)
+        }
+        Ok(_) => {
+            errors.push(
+                "inbound.media.public_base_url: must be an http or https URL without query or fragment"
+                    .into(),
+            );
+            None
+        }
+        Err(e) => {
+            errors.push(format!("inbound.media.public_base_url: {e}"));
+            None
+        }
+    }
+}
+
+/// `allowed_origins`: each an origin alone, in its serialized form.
+fn allowed_origins(texts: &[String], errors: &mut Vec<String>) -> Vec<String> {
+    let mut origins = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        match Url::parse(text) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.path() == "/"
+                    && url.query().is_none()
+                    && url.fragment().is_none() =>
+            {
+                origins.push(url.origin().ascii_serialization());
+            }
+            _ => errors.push(format!(
+                "inbound.media.allowed_origins[{i}]: {text:?} must be an origin such as https://ton.twitter.com (scheme, host, optional port, nothing else)"
+            )),
+        }
+    }
+    origins
 }
 
 #[cfg(test)]

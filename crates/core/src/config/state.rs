@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use xbridge_store::postgres::is_valid_schema_name;
+
 use crate::secret::SecretSource;
 
 /// Where durable state lives (`[state]`): which replies were sent, which DM
@@ -46,8 +48,8 @@ impl StateBackend {
     }
 }
 
-/// The schema used when `state.schema` is not set.
-pub const DEFAULT_STATE_SCHEMA: &str = "public";
+/// The schema used when `state.schema` is not set: the store's own default.
+pub const DEFAULT_STATE_SCHEMA: &str = xbridge_store::postgres::DEFAULT_SCHEMA;
 
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -122,16 +124,6 @@ pub(super) fn validate(raw: RawState, errors: &mut Vec<String>) -> StateSettings
         }
     };
     StateSettings { backend }
-}
-
-/// A schema name the PostgreSQL store accepts: a plain lower-case identifier,
-/// so it never needs quoting and cannot name a system schema.
-fn is_valid_schema_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && name.len() <= 63
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !name.starts_with("pg_")
 }
 
 #[cfg(test)]

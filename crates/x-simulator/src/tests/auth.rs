@@ -73,15 +73,7 @@ async fn tampered_requests_get_401_with_x_body() {
     .into_iter()
     .chain(garbage)
     {
-        let answer = h
-            .send(
-                h.client
-                    .post(url.clone())
-                    .header(AUTHORIZATION, authorization.as_str())
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(hello()),
-            )
-            .await;
+        let answer = h.post_with_authorization(&url, &authorization).await;
         assert_eq!(answer.status, 401, "{authorization}: {}", answer.body);
         assert_eq!(answer.body, problems::UNAUTHORIZED);
         assert!(answer.headers.get("x-rate-limit-remaining").is_none());
@@ -115,15 +107,7 @@ async fn replayed_nonce_gets_401() {
     let authorization = h.authorization(&h.account, "POST", &url);
     let mut statuses = Vec::new();
     for _ in 0..2 {
-        let answer = h
-            .send(
-                h.client
-                    .post(url.clone())
-                    .header(AUTHORIZATION, authorization.as_str())
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(hello()),
-            )
-            .await;
+        let answer = h.post_with_authorization(&url, &authorization).await;
         statuses.push(answer.status);
     }
     assert_eq!(statuses, [201, 401]);

@@ -160,13 +160,7 @@ async fn a_dm_between_two_subscribed_accounts_arrives_for_each() {
     let h = quick_harness().await;
     let mut receiver = Receiver::start(&h.account.consumer_secret).await;
     subscribe(&h, &receiver, &h.account).await;
-    let sibling = Account {
-        consumer_key: h.account.consumer_key.clone(),
-        consumer_secret: h.account.consumer_secret.clone(),
-        bearer_token: h.account.bearer_token.clone(),
-        ..Account::generate("sibling")
-    };
-    h.sim.add_account(sibling.clone());
+    let sibling = h.app_sibling();
     let id = h.sim.webhooks()[0].id.clone();
     let path = format!("/2/account_activity/webhooks/{id}/subscriptions/all");
     assert_eq!(h.post_as(&sibling, &path, "{}").await.status, 200);

@@ -392,16 +392,7 @@ async fn media_serve_their_content_and_feel_the_media_faults() {
     let (content_type, bytes) = h.sim.media_content(&url).unwrap();
     assert_eq!(content_type, "image/jpeg");
     assert_eq!(bytes, [0xff, 0xd8, 0xff, 0x00, 0x01]);
-    let response = h
-        .client
-        .get(h.url(&path))
-        .header(
-            AUTHORIZATION,
-            h.authorization(&h.account, "GET", &h.url(&path)),
-        )
-        .send()
-        .await
-        .unwrap();
+    let response = h.get_response(&path).await;
     assert_eq!(response.content_length(), Some(5));
     assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
     assert_eq!(h.sim.media_content("http://elsewhere/x.jpg"), None);
@@ -433,16 +424,7 @@ async fn media_serve_their_content_and_feel_the_media_faults() {
             content_length: false,
         },
     );
-    let response = h
-        .client
-        .get(h.url(&path))
-        .header(
-            AUTHORIZATION,
-            h.authorization(&h.account, "GET", &h.url(&path)),
-        )
-        .send()
-        .await
-        .unwrap();
+    let response = h.get_response(&path).await;
     assert_eq!(response.content_length(), None, "streamed without a size");
     assert_eq!(response.bytes().await.unwrap().len(), 40_000);
 

@@ -131,6 +131,44 @@ impl Harness {
             .await
     }
 
+    /// GETs `path`, signed as the harness account, for a test that reads the raw response (its
+    /// size, its bytes).
+    async fn get_response(&self, path: &str) -> reqwest::Response {
+        let url = self.url(path);
+        let authorization = self.authorization(&self.account, "GET", &url);
+        self.client
+            .get(url)
+            .header(AUTHORIZATION, authorization)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs [`hello`] to `url` as JSON with this `Authorization` header, however it was made.
+    async fn post_with_authorization(&self, url: &Url, authorization: &str) -> Answer {
+        self.send(
+            self.client
+                .post(url.clone())
+                .header(AUTHORIZATION, authorization)
+                .header(CONTENT_TYPE, "application/json")
+                .body(hello()),
+        )
+        .await
+    }
+
+    /// A new account of the harness account's App (same consumer key, secret and Bearer
+    /// token), added to the simulator.
+    fn app_sibling(&self) -> Account {
+        let sibling = Account {
+            consumer_key: self.account.consumer_key.clone(),
+            consumer_secret: self.account.consumer_secret.clone(),
+            bearer_token: self.account.bearer_token.clone(),
+            ..Account::generate("sibling")
+        };
+        self.sim.add_account(sibling.clone());
+        sibling
+    }
+
     /// A request with `account`'s App-only Bearer token and an optional JSON body.
     async fn bearer(
         &self,

@@ -341,13 +341,7 @@ async fn accounts_sharing_an_app_share_its_subscription_allowance() {
     let mut statuses = Vec::new();
     for _ in 0..3 {
         // Same App (consumer key and secret), another user.
-        let sibling = Account {
-            consumer_key: h.account.consumer_key.clone(),
-            consumer_secret: h.account.consumer_secret.clone(),
-            bearer_token: h.account.bearer_token.clone(),
-            ..Account::generate("sibling")
-        };
-        h.sim.add_account(sibling.clone());
+        let sibling = h.app_sibling();
         let answer = h.post_as(&sibling, &path, "{}").await;
         statuses.push(if answer.status == 200 {
             "ok".to_string()

@@ -1,0 +1,41 @@
+//! The `/_sim/` admin API: what tests do through [`crate::Simulator`]'s methods, over HTTP, for
+//! CRM developers and docker-compose setups that run the binary. It takes no credentials.
+//!
+//! | file | role |
+//! |---|---|
+//! | `extract.rs` | what every admin route reads and refuses alike: the JSON body, `?user_id=`, an unknown account |
+//! | `observe.rs` | the `GET` routes: what the simulator saw (DMs, events, requests, uploads, deliveries…) |
+//! | `steer.rs` | the routes that change it: customer DMs, accounts, faults, media processing, redeliveries, reset |
+
+mod extract;
+mod observe;
+mod steer;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::state::SimState;
+
+pub(crate) fn router() -> Router<Arc<SimState>> {
+    Router::new()
+        .route("/customer_dm", post(steer::customer_dm))
+        .route("/dm_events", get(observe::dm_events))
+        .route("/billing", get(observe::billing))
+        .route("/webhooks", get(observe::webhooks))
+        .route("/webhooks/invalidate", post(steer::invalidate_webhook))
+        .route("/deliveries", get(observe::deliveries))
+        .route("/redeliver", post(steer::redeliver))
+        .route("/dms", get(observe::dms))
+        .route("/requests", get(observe::requests))
+        .route("/counters", get(observe::counters))
+        .route("/accounts", get(observe::accounts).post(steer::add_account))
+        .route(
+            "/faults",
+            post(steer::set_fault).delete(steer::clear_faults),
+        )
+        .route("/reset", post(steer::reset))
+        .route("/uploads", get(observe::uploads))
+        .route("/media_processing", post(steer::set_media_processing))
+}
