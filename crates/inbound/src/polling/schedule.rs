@@ -52,20 +52,14 @@ pub(crate) async fn poll_loop(
     // Kept between leases: the page size is about the account, not the holder.
     let mut budget = PollBudget::default();
     loop {
-        let contended = contend(
+        let lease = take_lease(
             &channel,
             &lease_queue,
             &mut connections,
             &mut retry,
             &shutdown,
-        )
-        .await;
-        let lease = match contended {
-            Next::Go(lease) => lease,
-            Next::Again => continue,
-            Next::Stop => return,
-        };
-        let mut lease = match acquire(&channel, &lease_queue, lease, &shutdown).await {
+        );
+        let mut lease = match lease.await {
             Next::Go(lease) => lease,
             Next::Again => continue,
             Next::Stop => return,
@@ -79,17 +73,41 @@ pub(crate) async fn poll_loop(
         let ended =
             poll_while_held(&ctx, &mut lease, &mut budget, &states, schedule, &shutdown).await;
         held.set(0.0);
-        match ended {
-            None => {
-                lease.release().await;
-                tracing::info!(channel, "poll lease released on shutdown");
-                return;
-            }
-            Some(error) => {
-                tracing::info!(channel, error = %error, "poll lease lost: this replica stopped polling the channel");
-                lease.release().await;
-            }
+        if let Next::Stop = release(&channel, lease, ended).await {
+            return;
         }
+    }
+}
+
+/// Releases the lease when polling under it ended: on shutdown (`ended` is `None`) the
+/// loop stops; when the lease was lost, this replica contends again.
+async fn release(channel: &str, lease: PollLease, ended: Option<LeaseError>) -> Next<()> {
+    match ended {
+        None => {
+            lease.release().await;
+            tracing::info!(channel, "poll lease released on shutdown");
+            Next::Stop
+        }
+        Some(error) => {
+            tracing::info!(channel, error = %error, "poll lease lost: this replica stopped polling the channel");
+            lease.release().await;
+            Next::Again
+        }
+    }
+}
+
+/// Contends for the lease and waits until this replica holds it.
+async fn take_lease(
+    channel: &str,
+    lease_queue: &str,
+    connections: &mut watch::Receiver<Option<Arc<lapin::Connection>>>,
+    retry: &mut impl Iterator<Item = Duration>,
+    shutdown: &CancellationToken,
+) -> Next<PollLease> {
+    match contend(channel, lease_queue, connections, retry, shutdown).await {
+        Next::Go(lease) => acquire(channel, lease_queue, lease, shutdown).await,
+        Next::Again => Next::Again,
+        Next::Stop => Next::Stop,
     }
 }
 
