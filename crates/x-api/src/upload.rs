@@ -184,7 +184,7 @@ impl ProcessingInfo {
         let detail = error
             .and_then(|error| error.message.as_deref().or(error.name.as_deref()))
             .unwrap_or("processing failed");
-        crate::excerpt::cut(&detail, PROCESSING_ERROR_BYTES)
+        crate::excerpt::cut(detail, PROCESSING_ERROR_BYTES)
     }
 }
 

@@ -147,8 +147,6 @@ impl Attachment {
     }
 }
 
-/// A positive pixel count at `object[field]`.
-
 /// Where X serves a v1.1 media: the picture of a photo; the best MP4 of a video or GIF,
 /// with its picture as the preview (or the picture alone when there is no MP4).
 fn v1_urls(media: &Object, kind: AttachmentKind) -> (Option<String>, Option<String>) {
@@ -179,6 +177,7 @@ fn v1_dimensions(media: &Object) -> (Option<u32>, Option<u32>) {
     }
 }
 
+/// A positive pixel count at `object[field]`.
 fn dimension(object: Option<&Object>, field: &str) -> Option<u32> {
     object?
         .get(field)?
