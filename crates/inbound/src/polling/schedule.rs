@@ -96,21 +96,6 @@ async fn release(channel: &str, lease: PollLease, ended: Option<LeaseError>) -> 
     }
 }
 
-/// Contends for the lease and waits until this replica holds it.
-async fn take_lease(
-    channel: &str,
-    lease_queue: &str,
-    connections: &mut watch::Receiver<Option<Arc<lapin::Connection>>>,
-    retry: &mut impl Iterator<Item = Duration>,
-    shutdown: &CancellationToken,
-) -> Next<PollLease> {
-    match contend(channel, lease_queue, connections, retry, shutdown).await {
-        Next::Go(lease) => acquire(channel, lease_queue, lease, shutdown).await,
-        Next::Again => Next::Again,
-        Next::Stop => Next::Stop,
-    }
-}
-
 /// What a step of the poll loop leads to: on with its result, back to the start of the
 /// loop, or out of it (shutdown).
 enum Next<T> {
@@ -119,11 +104,12 @@ enum Next<T> {
     Stop,
 }
 
-/// Contends for the channel's lease on the inbound connection, once there is one: no
-/// point reading (and paying for) events that cannot be published, and no lease without a
-/// connection. When contending fails, waits for a new connection (the old one broke) or
-/// the backoff's pause, whichever comes first, and says to try again.
-async fn contend(
+/// Contends for the channel's lease on the inbound connection, once there is one (no
+/// point reading, and paying for, events that cannot be published, and no lease without a
+/// connection), and waits until this replica holds it. When contending fails, waits for a
+/// new connection (the old one broke) or the backoff's pause, whichever comes first, and
+/// says to try again.
+async fn take_lease(
     channel: &str,
     lease_queue: &str,
     connections: &mut watch::Receiver<Option<Arc<lapin::Connection>>>,
@@ -143,7 +129,7 @@ async fn contend(
     let contended = PollLease::contend(&connection, lease_queue, channel, lease::RENEW_EVERY).await;
     drop(connection);
     let error = match contended {
-        Ok(lease) => return Next::Go(lease),
+        Ok(lease) => return acquire(channel, lease_queue, lease, shutdown).await,
         Err(error) => error,
     };
     let wait = retry.next().unwrap_or(Duration::from_secs(15));
