@@ -65,47 +65,7 @@ impl ReplyParts {
         let count = reply.attachments.len().max(1);
         let mut parts = Vec::with_capacity(count);
         for index in 0..count {
-            let sent = if count > 1 {
-                ctx.store
-                    .sent_part(&ctx.name, &reply.message_id, index)
-                    .await?
-            } else {
-                None
-            };
-            let ambiguous_since = match sent {
-                Some(_) => None,
-                None => {
-                    ctx.store
-                        .send_intent(&ctx.name, &reply.message_id, index)
-                        .await?
-                }
-            };
-            let media = match (reply.attachments.get(index), &sent) {
-                (Some(attachment), None) => Some(
-                    ctx.media
-                        .prepare(index, attachment)
-                        .await
-                        .map_err(|e: MediaError| {
-                            if e.is_invalid_message() {
-                                PrepareError::Invalid(e.detail())
-                            } else {
-                                PrepareError::Local(e.detail())
-                            }
-                        })?,
-                ),
-                _ => None,
-            };
-            parts.push(Part {
-                text: if index == 0 {
-                    reply.text.clone()
-                } else {
-                    String::new()
-                },
-                media,
-                media_id: None,
-                sent,
-                ambiguous_since,
-            });
+            parts.push(prepare_part(ctx, reply, index, count).await?);
         }
         Ok(ReplyParts { parts })
     }
@@ -170,6 +130,55 @@ impl ReplyParts {
             .filter_map(|p| p.sent.as_ref().map(|s| s.dm_event_id.clone()))
             .collect()
     }
+}
+
+/// Part `index` of `count`: its record if a previous delivery sent it (only a reply in
+/// parts records parts), else when a send of it may have reached X unheard, and its
+/// attachment prepared while it still has to go out.
+async fn prepare_part(
+    ctx: &ChannelContext,
+    reply: &OutgoingReply,
+    index: usize,
+    count: usize,
+) -> Result<Part, PrepareError> {
+    let sent = if count > 1 {
+        ctx.store
+            .sent_part(&ctx.name, &reply.message_id, index)
+            .await?
+    } else {
+        None
+    };
+    let ambiguous_since = match sent {
+        Some(_) => None,
+        None => {
+            ctx.store
+                .send_intent(&ctx.name, &reply.message_id, index)
+                .await?
+        }
+    };
+    let media = match (reply.attachments.get(index), &sent) {
+        (Some(attachment), None) => Some(ctx.media.prepare(index, attachment).await.map_err(
+            |e: MediaError| {
+                if e.is_invalid_message() {
+                    PrepareError::Invalid(e.detail())
+                } else {
+                    PrepareError::Local(e.detail())
+                }
+            },
+        )?),
+        _ => None,
+    };
+    Ok(Part {
+        text: if index == 0 {
+            reply.text.clone()
+        } else {
+            String::new()
+        },
+        media,
+        media_id: None,
+        sent,
+        ambiguous_since,
+    })
 }
 
 /// Where a part is: which reply, which of its parts.
@@ -260,24 +269,13 @@ async fn send_dm(
         .send_dm_with_media(target, &part.text, part.media_id.as_deref())
         .await
     {
-        Ok(sent) => {
-            failpoints::freeze_if_armed(failpoints::BEFORE_SEND_RECORDED).await;
-            sent
-        }
+        Ok(sent) => sent,
         Err(error) => {
-            if crate::fate::send_may_have_gone_out(&error) {
-                part.ambiguous_since = Some(started);
-            } else {
-                // X refused it, or the connection never opened: no DM
-                // was created, and the next try needs no lookup.
-                write_durably(ctx, stop, || {
-                    ctx.store.clear_send_intent(&ctx.name, message_id, index)
-                })
-                .await?;
-            }
+            not_sent(ctx, place, part, started, &error, stop).await?;
             return Ok(Err(error));
         }
     };
+    failpoints::freeze_if_armed(failpoints::BEFORE_SEND_RECORDED).await;
     metrics::counter!("xbridge_dms_sent_total", "channel" => ctx.name.clone()).increment(1);
     if count > 1 {
         tracing::info!(channel = %ctx.name, message_id, dm_event_id = %sent.dm_event_id, part = index + 1, of = count, "DM of a reply in parts sent");
@@ -289,6 +287,28 @@ async fn send_dm(
         reported: false,
         parts: Vec::new(),
     }))
+}
+
+/// After X's refusal of a part's DM: the part is ambiguous if the DM may exist anyway (a
+/// lookup comes before the next send); otherwise (X refused it, or the connection never
+/// opened) no DM was created, so the intent is cleared and the next try needs no lookup.
+async fn not_sent(
+    ctx: &ChannelContext,
+    place: Place<'_>,
+    part: &mut Part,
+    started: DateTime<Utc>,
+    error: &XError,
+    stop: &CancellationToken,
+) -> Result<(), Unsettled> {
+    if crate::fate::send_may_have_gone_out(error) {
+        part.ambiguous_since = Some(started);
+        return Ok(());
+    }
+    write_durably(ctx, stop, || {
+        ctx.store
+            .clear_send_intent(&ctx.name, place.message_id, place.index)
+    })
+    .await
 }
 
 /// Marks `part` as sent with X's `record`; a reply in several parts records

@@ -1,19 +1,18 @@
 //! The HTTP client of one X account ("channel").
 
-use std::error::Error as _;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::header::{HeaderMap, AUTHORIZATION};
 use reqwest::Method;
 use url::Url;
 
 use crate::dm::{self, Attachment, SendDmBody, SendDmResponse};
 use crate::error::body_snippet;
+use crate::http::error_chain;
 use crate::oauth;
 use crate::read::{classify_read_error, DmEventsRequest, DmEventsResponse, XUser};
-use crate::upload::MediaUploadConfig;
 use crate::{
     classify_send_error, DmTarget, Pacer, RateLimit, SentDm, UserCredentials, XError, XHttp,
 };
@@ -37,6 +36,48 @@ impl Default for XClientConfig {
             base_url: Url::parse("https://api.x.com").expect("a valid URL"),
             request_timeout: Duration::from_secs(30),
             media: MediaUploadConfig::default(),
+        }
+    }
+}
+
+/// X's bound on one APPEND's `media` (5 MB, documented for the chunked upload); the largest
+/// segment size [`MediaUploadConfig`] accepts.
+pub const MAX_SEGMENT_BYTES: usize = 5 * 1024 * 1024;
+
+/// How [`XClient::upload_media`] cuts and waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaUploadConfig {
+    /// Bytes per APPEND (default 4 MiB): below X's 5 MB bound with room to spare, and the
+    /// most the client holds in memory per upload. 1 byte to [`MAX_SEGMENT_BYTES`].
+    pub segment_bytes: usize,
+    /// How long to wait in all for X to process a video or GIF after FINALIZE (default 10
+    /// minutes) before giving up with [`XError::Transient`].
+    pub processing_timeout: Duration,
+    /// The longest single wait between STATUS polls (default 10 s), whatever
+    /// `check_after_secs` X asks for, so a glitch in X's hint cannot park an upload.
+    pub max_status_wait: Duration,
+}
+
+impl Default for MediaUploadConfig {
+    fn default() -> MediaUploadConfig {
+        MediaUploadConfig {
+            segment_bytes: 4 * 1024 * 1024,
+            processing_timeout: Duration::from_secs(10 * 60),
+            max_status_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+impl MediaUploadConfig {
+    /// Refuses a segment size X would refuse (or that could not make progress).
+    pub(crate) fn check(&self) -> Result<(), XError> {
+        if (1..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            Ok(())
+        } else {
+            Err(dm::local_invalid(format!(
+                "the media segment size {} is not between 1 and {MAX_SEGMENT_BYTES} bytes",
+                self.segment_bytes
+            )))
         }
     }
 }
@@ -143,104 +184,81 @@ impl XClient {
         media_id: Option<&str>,
     ) -> Result<SentDm, XError> {
         let url = target.messages_url(&self.inner.base_url)?;
-        if text.is_empty() && media_id.is_none() {
-            return Err(dm::local_invalid("the DM text is empty".to_owned()));
-        }
-        if let Some(media_id) = media_id.filter(|id| !dm::is_user_id(id)) {
-            return Err(dm::local_invalid(format!(
-                "{media_id:?} is not an X media id"
-            )));
-        }
-        let text_chars = text.chars().count();
-        if text_chars > dm::MAX_TEXT_CHARS {
-            return Err(dm::local_invalid(format!(
-                "the DM text has {text_chars} characters; X allows at most {}",
-                dm::MAX_TEXT_CHARS
-            )));
-        }
-
+        check_dm(text, media_id)?;
         self.inner.pacer.ready().await;
-        let mut authorization = HeaderValue::from_str(&oauth::authorization_header(
-            "POST",
-            &url,
-            &[],
-            &self.inner.credentials,
-        ))
-        // Only reachable with control characters in a credential; the header is not shown.
-        .map_err(|_| XError::Unauthorized { problem: None })?;
-        authorization.set_sensitive(true);
-
-        // Tells the pacer the request is over however it ends, cancellation included.
-        let _answered = Answered(&self.inner.pacer);
-        let started = std::time::Instant::now();
-        let response = self
+        let authorization = oauth::signed_header("POST", &url, &self.inner.credentials)
+            .ok_or(XError::Unauthorized { problem: None })?;
+        let request = self
             .request(Method::POST, url)
             .header(AUTHORIZATION, authorization)
             .json(&SendDmBody {
                 text,
                 attachments: media_id.map(|media_id| [Attachment { media_id }]),
-            })
-            .send()
-            .await;
-        crate::telemetry::record_request("dm_send", started, &response);
-        let response = response.map_err(|error| self.transport_error(&error, "DM send"))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        if let Some(rate_limit) = RateLimit::from_headers(&headers) {
-            self.inner.pacer.observe(&rate_limit);
+            });
+        let paced = Paced {
+            pacer: &self.inner.pacer,
+            endpoint: "dm_send",
+            what: "DM send",
+            learns_window: true,
+        };
+        let answer = self.exchange(request, paced).await?;
+        if answer.status.is_success() {
+            return sent_dm(&answer);
         }
-        self.inner.pacer.completed();
-        let body = crate::body::read(response)
-            .await
-            .map_err(|error| self.transport_error(&error, "DM send"))?;
-        if let Some(error) = body.too_large(status.as_u16(), "DM send") {
-            return Err(error);
-        }
-        let body = body.bytes;
+        Err(self.dm_refused(&answer))
+    }
 
-        if status.is_success() {
-            return match serde_json::from_slice::<SendDmResponse>(&body) {
-                Ok(answer) => {
-                    tracing::info!(
-                        dm_event_id = %answer.data.dm_event_id,
-                        dm_conversation_id = %answer.data.dm_conversation_id,
-                        "DM sent"
-                    );
-                    Ok(answer.data)
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        status = status.as_u16(),
-                        %error,
-                        "X accepted a DM with an unreadable answer"
-                    );
-                    Err(XError::Transient {
-                        status: Some(status.as_u16()),
-                        detail: format!(
-                            "X answered {status} with an unexpected body ({error}): {}",
-                            body_snippet(status.as_u16(), &body)
-                        ),
-                    })
-                }
-            };
-        }
-
-        let error = classify_send_error(status.as_u16(), &headers, &body);
-        if let XError::RateLimited { reset_at, .. } = &error {
-            self.inner.pacer.block_until(*reset_at);
-        }
+    /// The classified refusal of a DM send; a 429 holds the send pacer until its reset, so
+    /// the channel's next sends wait instead of earning another 429.
+    fn dm_refused(&self, answer: &Exchange) -> XError {
+        let status = answer.status.as_u16();
+        let error = classify_send_error(status, &answer.headers, &answer.body);
+        hold_on_rate_limit(&self.inner.pacer, &error);
         tracing::warn!(
-            status = status.as_u16(),
+            status,
             problem = error.problem_type().unwrap_or("none"),
             // The token's permission as X sees it; tells a missing DM permission apart.
-            access_level = headers
-                .get("x-access-level")
-                .and_then(|level| level.to_str().ok())
-                .unwrap_or("unknown"),
+            access_level = access_level(&answer.headers).unwrap_or("unknown"),
             detail = %error.detail(),
             "X refused a DM send"
         );
-        Err(error)
+        error
+    }
+
+    /// Sends one request the caller has signed after waiting for `paced.pacer`, and reads the
+    /// answer: the pacer hears that the request is over however it ends (cancellation
+    /// included), learns X's window from the headers if it is its window, and the body is read
+    /// no further than [`crate::body`]'s caps. Every API call goes through here so the
+    /// telemetry, the pacing and the size caps cannot differ between endpoints.
+    pub(crate) async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        paced: Paced<'_>,
+    ) -> Result<Exchange, XError> {
+        let _answered = Answered(paced.pacer);
+        let started = std::time::Instant::now();
+        let response = request.send().await;
+        crate::telemetry::record_request(paced.endpoint, started, &response);
+        let response = response.map_err(|error| self.transport_error(&error, paced.what))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if paced.learns_window {
+            if let Some(rate_limit) = RateLimit::from_headers(&headers) {
+                paced.pacer.observe(&rate_limit);
+            }
+        }
+        paced.pacer.completed();
+        let body = crate::body::read(response)
+            .await
+            .map_err(|error| self.transport_error(&error, paced.what))?;
+        if let Some(error) = body.too_large(status.as_u16(), paced.what) {
+            return Err(error);
+        }
+        Ok(Exchange {
+            status,
+            headers,
+            body: body.bytes,
+        })
     }
 
     /// The shared HTTP client (connection pool, no redirects, no timeout of its own), for the
@@ -351,69 +369,42 @@ impl XClient {
     ) -> Result<ReadAnswer, XError> {
         let pacer = &self.inner.read_pacer;
         pacer.ready().await;
-        let mut authorization = HeaderValue::from_str(&oauth::authorization_header(
-            "GET",
-            &url,
-            &[],
-            &self.inner.credentials,
-        ))
-        // Only reachable with control characters in a credential; the header is not shown.
-        .map_err(|_| XError::Unauthorized { problem: None })?;
-        authorization.set_sensitive(true);
-
-        let _answered = Answered(pacer);
-        let started = std::time::Instant::now();
-        let response = self
+        let authorization = oauth::signed_header("GET", &url, &self.inner.credentials)
+            .ok_or(XError::Unauthorized { problem: None })?;
+        let request = self
             .request(Method::GET, url)
-            .header(AUTHORIZATION, authorization)
-            .send()
-            .await;
-        let endpoint = match window {
-            Window::DmEvents => "dm_events",
-            _ => "users",
+            .header(AUTHORIZATION, authorization);
+        let paced = Paced {
+            pacer,
+            endpoint: window.endpoint(),
+            what,
+            learns_window: window == Window::DmEvents,
         };
-        crate::telemetry::record_request(endpoint, started, &response);
-        let response = response.map_err(|error| self.transport_error(&error, what))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let rate_limit = RateLimit::from_headers(&headers);
-        if let (Some(rate_limit), Window::DmEvents) = (&rate_limit, window) {
-            pacer.observe(rate_limit);
-        }
-        pacer.completed();
-        let body = crate::body::read(response)
-            .await
-            .map_err(|error| self.transport_error(&error, what))?;
-        if status.is_success() {
-            if let Some(error) = body.too_large(status.as_u16(), what) {
-                return Err(error);
-            }
+        let answer = self.exchange(request, paced).await?;
+        if answer.status.is_success() {
             return Ok(ReadAnswer {
-                body: body.bytes,
-                rate_limit,
-                access_level: headers
-                    .get("x-access-level")
-                    .and_then(|level| level.to_str().ok())
-                    .map(str::to_owned),
+                rate_limit: RateLimit::from_headers(&answer.headers),
+                access_level: access_level(&answer.headers).map(str::to_owned),
+                body: answer.body,
             });
         }
+        Err(self.read_refused(&answer, what))
+    }
 
-        let error = classify_read_error(status.as_u16(), &headers, &body.bytes);
-        if let XError::RateLimited { reset_at, .. } = &error {
-            pacer.block_until(*reset_at);
-        }
+    /// The classified refusal of a read; a 429 holds the read pacer until its reset.
+    fn read_refused(&self, answer: &Exchange, what: &'static str) -> XError {
+        let status = answer.status.as_u16();
+        let error = classify_read_error(status, &answer.headers, &answer.body);
+        hold_on_rate_limit(&self.inner.read_pacer, &error);
         tracing::warn!(
-            status = status.as_u16(),
+            status,
             problem = error.problem_type().unwrap_or("none"),
-            access_level = headers
-                .get("x-access-level")
-                .and_then(|level| level.to_str().ok())
-                .unwrap_or("unknown"),
+            access_level = access_level(&answer.headers).unwrap_or("unknown"),
             detail = %error.detail(),
             what,
             "X refused a read"
         );
-        Err(error)
+        error
     }
 
     pub(crate) fn transport_error(&self, error: &reqwest::Error, what: &'static str) -> XError {
@@ -447,21 +438,6 @@ pub(crate) fn transport_error(
     }
 }
 
-/// An error with its causes, since reqwest's own message rarely names the cause
-/// ("error sending request"). Requests carry credentials only in a header, never in the URL,
-/// so nothing here is secret.
-pub fn error_chain(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Which of X's rate-limit windows a read's answer announces.
 /// A successful read: its body, the window X announced and the token's access level.
 struct ReadAnswer {
     body: Vec<u8>,
@@ -469,12 +445,107 @@ struct ReadAnswer {
     access_level: Option<String>,
 }
 
+/// Which of X's rate-limit windows a read's answer announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Window {
     /// The DM-read window the read pacer paces.
     DmEvents,
     /// Some other window (user lookups), not the read pacer's to learn.
     Other,
+}
+
+impl Window {
+    /// The `endpoint` label of the read in `xbridge_x_requests_total`.
+    fn endpoint(self) -> &'static str {
+        match self {
+            Window::DmEvents => "dm_events",
+            Window::Other => "users",
+        }
+    }
+}
+
+/// What X answered to one request: the status, the headers and the body as far as it was read.
+pub(crate) struct Exchange {
+    pub(crate) status: reqwest::StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Vec<u8>,
+}
+
+/// How one request is paced and named: the pacer it waited for, its `endpoint` label in the
+/// request metrics, what errors call it, and whether the pacer learns X's window from its
+/// answer (only the window the pacer paces).
+pub(crate) struct Paced<'a> {
+    pub(crate) pacer: &'a Pacer,
+    pub(crate) endpoint: &'static str,
+    pub(crate) what: &'static str,
+    pub(crate) learns_window: bool,
+}
+
+/// Texts and media ids X would refuse fail locally, without spending a request: a DM needs
+/// a text or media, the text at most [`dm::MAX_TEXT_CHARS`] characters, and a media id is
+/// digits.
+fn check_dm(text: &str, media_id: Option<&str>) -> Result<(), XError> {
+    if text.is_empty() && media_id.is_none() {
+        return Err(dm::local_invalid("the DM text is empty".to_owned()));
+    }
+    if let Some(media_id) = media_id.filter(|id| !dm::is_user_id(id)) {
+        return Err(dm::local_invalid(format!(
+            "{media_id:?} is not an X media id"
+        )));
+    }
+    let text_chars = text.chars().count();
+    if text_chars > dm::MAX_TEXT_CHARS {
+        return Err(dm::local_invalid(format!(
+            "the DM text has {text_chars} characters; X allows at most {}",
+            dm::MAX_TEXT_CHARS
+        )));
+    }
+    Ok(())
+}
+
+/// The DM X reports sent in a 2xx. A 2xx whose body cannot be read is transient, though
+/// the DM may then have gone out.
+fn sent_dm(answer: &Exchange) -> Result<SentDm, XError> {
+    let status = answer.status;
+    match serde_json::from_slice::<SendDmResponse>(&answer.body) {
+        Ok(answer) => {
+            tracing::info!(
+                dm_event_id = %answer.data.dm_event_id,
+                dm_conversation_id = %answer.data.dm_conversation_id,
+                "DM sent"
+            );
+            Ok(answer.data)
+        }
+        Err(error) => {
+            tracing::warn!(
+                status = status.as_u16(),
+                %error,
+                "X accepted a DM with an unreadable answer"
+            );
+            Err(XError::Transient {
+                status: Some(status.as_u16()),
+                detail: format!(
+                    "X answered {status} with an unexpected body ({error}): {}",
+                    body_snippet(status.as_u16(), &answer.body)
+                ),
+            })
+        }
+    }
+}
+
+/// A 429 holds `pacer` until X's reset, so the channel's next request of the kind waits
+/// instead of earning another 429.
+pub(crate) fn hold_on_rate_limit(pacer: &Pacer, error: &XError) {
+    if let XError::RateLimited { reset_at, .. } = error {
+        pacer.block_until(*reset_at);
+    }
+}
+
+/// The token's permission as X reports it in `x-access-level`.
+fn access_level(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-access-level")
+        .and_then(|level| level.to_str().ok())
 }
 
 /// Calls [`Pacer::completed`] when a request ends, even when its future is dropped.
@@ -496,6 +567,7 @@ mod tests {
     use axum::extract::State;
     use axum::http::{HeaderMap, StatusCode, Uri};
     use axum::response::IntoResponse;
+    use reqwest::header::HeaderValue;
 
     /// What the local server saw of one request.
     #[derive(Debug, Clone)]
@@ -810,5 +882,17 @@ mod tests {
             ..XClientConfig::default()
         };
         assert!(XClient::new(config, credentials()).is_err());
+    }
+
+    #[test]
+    fn segment_sizes_x_would_refuse_are_refused() {
+        let config = |segment_bytes| MediaUploadConfig {
+            segment_bytes,
+            ..MediaUploadConfig::default()
+        };
+        assert!(config(0).check().is_err());
+        assert!(config(MAX_SEGMENT_BYTES + 1).check().is_err());
+        assert!(config(1).check().is_ok());
+        assert!(MediaUploadConfig::default().check().is_ok());
     }
 }

@@ -97,26 +97,11 @@ fn parse(body: &[u8]) -> Option<ParsedProblem> {
     let problem_type = text("type");
     let title = text("title");
     let detail = text("detail");
-    let error_messages: Vec<&str> = fields
-        .get("errors")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|error| error.get("message").and_then(Value::as_str))
-        .take(PROBLEM_ERRORS)
-        .collect();
+    let error_messages = error_messages(&fields);
     if problem_type.is_none() && title.is_none() && detail.is_none() && error_messages.is_empty() {
         return None;
     }
-
-    let errors = error_messages.join("; ");
-    let detail = match detail {
-        Some(detail) if !errors.is_empty() => Some(format!("{detail} ({errors})")),
-        Some(detail) => Some(detail),
-        None if !errors.is_empty() => Some(errors),
-        None => None,
-    }
-    .map(|detail| cut(&detail, PROBLEM_TEXT_BYTES));
+    let detail = with_error_messages(detail, &error_messages);
     let account_id = match fields.get("account_id") {
         Some(Value::String(id)) => Some(cut(id, 20)),
         Some(Value::Number(id)) if id.is_u64() => Some(id.to_string()),
@@ -135,6 +120,31 @@ fn parse(body: &[u8]) -> Option<ParsedProblem> {
         },
         account_id,
     })
+}
+
+/// The messages of the body's `errors[]`, at most [`PROBLEM_ERRORS`].
+fn error_messages(fields: &serde_json::Map<String, Value>) -> Vec<&str> {
+    fields
+        .get("errors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|error| error.get("message").and_then(Value::as_str))
+        .take(PROBLEM_ERRORS)
+        .collect()
+}
+
+/// X's detail followed by the messages of `errors[]`, since the detail of a 400 alone does
+/// not say which parameter was wrong; cut short.
+fn with_error_messages(detail: Option<String>, error_messages: &[&str]) -> Option<String> {
+    let errors = error_messages.join("; ");
+    match detail {
+        Some(detail) if !errors.is_empty() => Some(format!("{detail} ({errors})")),
+        Some(detail) => Some(detail),
+        None if !errors.is_empty() => Some(errors),
+        None => None,
+    }
+    .map(|detail| cut(&detail, PROBLEM_TEXT_BYTES))
 }
 
 /// Why a request to X failed, sorted by what the caller should do about it.
@@ -332,7 +342,17 @@ pub fn classify_send_error(status: u16, headers: &HeaderMap, body: &[u8]) -> XEr
         );
         return XError::CreditsExhausted { status, problem };
     }
+    classify_by_status(status, headers, body, problem)
+}
 
+/// A refusal that is not about billing, sorted by its status, and a 403 by its problem:
+/// X uses 403 both for "this recipient does not take DMs" and for channel problems.
+fn classify_by_status(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    problem: Option<Problem>,
+) -> XError {
     let name = problem.as_ref().map(|problem| problem.name().to_owned());
     match status {
         429 => XError::RateLimited {

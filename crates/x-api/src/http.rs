@@ -1,8 +1,8 @@
 //! The HTTP stack a process's X clients share.
 
+use std::error::Error as _;
 use std::fmt;
 
-use crate::client::error_chain;
 use crate::XError;
 
 /// One connection pool and one TLS configuration for every X client of a process.
@@ -52,4 +52,18 @@ impl fmt::Debug for XHttp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("XHttp").finish_non_exhaustive()
     }
+}
+
+/// An error with its causes, since reqwest's own message rarely names the cause
+/// ("error sending request"). Requests carry credentials only in a header, never in the URL,
+/// so nothing here is secret.
+pub fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

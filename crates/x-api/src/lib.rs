@@ -41,13 +41,13 @@ mod upload;
 mod webhooks;
 
 pub use body::{MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES};
-pub use client::{error_chain, XClient, XClientConfig};
+pub use client::{MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};
 pub use dm::{DmTarget, SentDm};
 pub use error::{classify_send_error, Problem, XError};
-pub use http::XHttp;
+pub use http::{error_chain, XHttp};
 pub use media_download::{MediaDownloadError, MAX_TRANSFER};
 pub use oauth::UserCredentials;
 pub use pacing::{Pacer, RateLimit};
 pub use read::{is_pagination_token, DmEventsRequest, DmEventsResponse, XUser};
-pub use upload::{MediaCategory, MediaUpload, MediaUploadConfig, UploadedMedia, MAX_SEGMENT_BYTES};
+pub use upload::{MediaCategory, MediaUpload, UploadedMedia};
 pub use webhooks::{classify_webhook_error, webhook_problem, Webhook, WebhookClient, WebhookError};

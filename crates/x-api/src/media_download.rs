@@ -14,7 +14,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderValue, AUTHORIZATION, LOCATION};
 use url::{Origin, Url};
 
-use crate::client::error_chain;
+use crate::http::error_chain;
 use crate::{oauth, XClient};
 
 /// Upper bound on one whole media transfer, body included: it replaces the client's short
@@ -116,15 +116,9 @@ impl XClient {
         url: &Url,
         timeout: Duration,
     ) -> Result<reqwest::Response, MediaDownloadError> {
-        let mut authorization = HeaderValue::from_str(&oauth::authorization_header(
-            "GET",
-            url,
-            &[],
-            self.credentials(),
-        ))
-        // Only reachable with control characters in a credential; the header is not shown.
-        .map_err(|_| MediaDownloadError::Refused { status: 401 })?;
-        authorization.set_sensitive(true);
+        let authorization = oauth::signed_header("GET", url, self.credentials())
+            // Only `None` with control characters in a credential; the header is not shown.
+            .ok_or(MediaDownloadError::Refused { status: 401 })?;
         let started = std::time::Instant::now();
         let request = self
             .http()

@@ -10,6 +10,7 @@ use std::num::NonZeroU64;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::distr::{Alphanumeric, SampleString};
+use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
@@ -39,6 +40,24 @@ impl fmt::Debug for UserCredentials {
             .field("access_token_secret", &"[REDACTED]")
             .finish()
     }
+}
+
+/// `text` as a header value marked sensitive, so it never shows in a log or a `Debug`;
+/// `None` only when it holds control characters (from a credential).
+pub(crate) fn sensitive_header(text: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(text).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// The signed `Authorization` header of a request whose body is not signed (JSON and
+/// multipart bodies are not part of X's signature; query parameters are), marked sensitive.
+pub(crate) fn signed_header(
+    method: &str,
+    url: &Url,
+    credentials: &UserCredentials,
+) -> Option<HeaderValue> {
+    sensitive_header(&authorization_header(method, url, &[], credentials))
 }
 
 /// Length of the random nonce; X only asks that it is alphanumeric and unique per request.

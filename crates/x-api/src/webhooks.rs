@@ -337,18 +337,7 @@ impl WebhookClient {
         body: Option<&Value>,
         what: &'static str,
     ) -> Result<T, WebhookError> {
-        let header = match auth {
-            Auth::App => format!("Bearer {}", self.bearer_token.expose_secret()),
-            // JSON bodies are not part of X's OAuth 1.0a signature.
-            Auth::User => {
-                oauth::authorization_header(method.as_str(), &url, &[], &self.credentials)
-            }
-        };
-        let mut authorization = HeaderValue::from_str(&header)
-            // Only reachable with control characters in a credential; the header is not shown.
-            .map_err(|_| XError::Unauthorized { problem: None })?;
-        authorization.set_sensitive(true);
-
+        let authorization = self.authorization(auth, method.as_str(), &url)?;
         // The shared HTTP stack has no timeout of its own.
         let mut request = self
             .http
@@ -370,32 +359,54 @@ impl WebhookClient {
         if let Some(error) = body.too_large(status, what) {
             return Err(error.into());
         }
-        let bytes = body.bytes;
-        if !(200..300).contains(&status) {
-            let error = classify_webhook_error(status, &headers, &bytes);
-            tracing::warn!(
-                status,
-                what,
-                reason = error.reason().unwrap_or("none"),
-                "X refused a webhook call"
-            );
-            return Err(error);
-        }
-        serde_json::from_slice(&bytes).map_err(|error| {
-            WebhookError::Other(XError::Transient {
-                status: Some(status),
-                detail: format!(
-                    "X answered the {what} with an unexpected body ({}): {}",
-                    crate::error::why_unreadable(&error),
-                    body_snippet(status, &bytes)
-                ),
-            })
-        })
+        webhook_answer(status, &headers, &body.bytes, what)
+    }
+
+    /// The `Authorization` header of a call, marked sensitive: the App's bearer token, or the
+    /// account's OAuth 1.0a signature (JSON bodies are not part of it).
+    fn authorization(&self, auth: Auth, method: &str, url: &Url) -> Result<HeaderValue, XError> {
+        let header = match auth {
+            Auth::App => {
+                oauth::sensitive_header(&format!("Bearer {}", self.bearer_token.expose_secret()))
+            }
+            Auth::User => oauth::signed_header(method, url, &self.credentials),
+        };
+        // Only `None` with control characters in a credential; the header is not shown.
+        header.ok_or(XError::Unauthorized { problem: None })
     }
 
     fn transport_error(&self, error: &reqwest::Error, what: &'static str) -> XError {
         crate::client::transport_error(error, self.request_timeout, what)
     }
+}
+
+/// A call's 2xx body read as `T`, or its classified refusal.
+fn webhook_answer<T: serde::de::DeserializeOwned>(
+    status: u16,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, WebhookError> {
+    if !(200..300).contains(&status) {
+        let error = classify_webhook_error(status, headers, bytes);
+        tracing::warn!(
+            status,
+            what,
+            reason = error.reason().unwrap_or("none"),
+            "X refused a webhook call"
+        );
+        return Err(error);
+    }
+    serde_json::from_slice(bytes).map_err(|error| {
+        WebhookError::Other(XError::Transient {
+            status: Some(status),
+            detail: format!(
+                "X answered the {what} with an unexpected body ({}): {}",
+                crate::error::why_unreadable(&error),
+                body_snippet(status, bytes)
+            ),
+        })
+    })
 }
 
 /// A webhook id as X writes them (digits), so nothing else lands in a path.

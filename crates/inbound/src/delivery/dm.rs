@@ -78,19 +78,7 @@ impl Delivery<'_> {
             tracing::debug!(channel, event_id, "DM already delivered; skipped");
             return Ok(false);
         }
-        // A webhook delivers the echo of a reply at once; a poll comes later.
-        let own_send = dm.sender.id == self.own_user_id
-            && match dm.received_via {
-                ReceivedVia::Webhook => self.is_own_send(channel, &event_id).await?,
-                ReceivedVia::Poll => self.store.is_own_send(channel, &event_id).await?,
-            };
-        if dm.sender.id == self.own_user_id && !own_send && !self.store.health().is_writable() {
-            // The record of the reply it echoes may be waiting for the store.
-            return Err(StoreError::Unavailable(
-                "the store cannot write, so it cannot tell yet whether this DM is the bridge's own reply".into(),
-            )
-            .into());
-        }
+        let own_send = self.is_own_reply(&dm).await?;
         let via = match dm.received_via {
             ReceivedVia::Webhook => "webhook",
             ReceivedVia::Poll => "poll",
@@ -98,22 +86,8 @@ impl Delivery<'_> {
         if let Some(media) = self.media {
             media.complete(channel, &mut dm);
         }
-        let event = match classify(&dm, self.own_user_id, &|_| own_send) {
-            MessageOrigin::OwnSendEcho => {
-                tracing::debug!(channel, event_id, "echo of the bridge's own reply; dropped");
-                return Ok(false);
-            }
-            MessageOrigin::CompanyEcho if !self.publish_echoes => {
-                tracing::debug!(channel, event_id, "company echo; echoes are off, dropped");
-                return Ok(false);
-            }
-            MessageOrigin::CompanyEcho => OutboundEvent::echo(&MessageEcho::new(channel, dm)),
-            MessageOrigin::Received => {
-                if let Some(profiles) = self.profiles {
-                    profiles.complete(&mut dm.sender).await;
-                }
-                OutboundEvent::received(&ReceivedMessage::new(channel, dm))
-            }
+        let Some(event) = self.event_for(dm, own_send).await else {
+            return Ok(false);
         };
         self.sink.publish(&event).await?;
         self.record_delivered(&event_id).await;
@@ -132,6 +106,52 @@ impl Delivery<'_> {
         )
         .increment(1);
         Ok(true)
+    }
+
+    /// Whether `dm`, if the account sent it, is the echo of the bridge's own reply. A
+    /// webhook delivers that echo at once, so it is looked up for a short while; a poll
+    /// comes later. While the store cannot write, an unknown DM of the account is not
+    /// delivered yet: the record of the reply it echoes may be waiting for the store.
+    async fn is_own_reply(&self, dm: &DirectMessage) -> Result<bool, DeliveryError> {
+        if dm.sender.id != self.own_user_id {
+            return Ok(false);
+        }
+        let own_send = match dm.received_via {
+            ReceivedVia::Webhook => self.is_own_send(self.channel, &dm.event_id).await?,
+            ReceivedVia::Poll => self.store.is_own_send(self.channel, &dm.event_id).await?,
+        };
+        if !own_send && !self.store.health().is_writable() {
+            return Err(StoreError::Unavailable(
+                "the store cannot write, so it cannot tell yet whether this DM is the bridge's own reply".into(),
+            )
+            .into());
+        }
+        Ok(own_send)
+    }
+
+    /// The event `dm` becomes, or `None` when it is dropped: the echo of the bridge's own
+    /// reply never goes to the CRM, a company echo only when echoes are on, and a
+    /// customer's DM goes with the sender's profile completed.
+    async fn event_for(&self, mut dm: DirectMessage, own_send: bool) -> Option<OutboundEvent> {
+        let channel = self.channel;
+        let event_id = dm.event_id.as_str();
+        match classify(&dm, self.own_user_id, &|_| own_send) {
+            MessageOrigin::OwnSendEcho => {
+                tracing::debug!(channel, event_id, "echo of the bridge's own reply; dropped");
+                None
+            }
+            MessageOrigin::CompanyEcho if !self.publish_echoes => {
+                tracing::debug!(channel, event_id, "company echo; echoes are off, dropped");
+                None
+            }
+            MessageOrigin::CompanyEcho => Some(OutboundEvent::echo(&MessageEcho::new(channel, dm))),
+            MessageOrigin::Received => {
+                if let Some(profiles) = self.profiles {
+                    profiles.complete(&mut dm.sender).await;
+                }
+                Some(OutboundEvent::received(&ReceivedMessage::new(channel, dm)))
+            }
+        }
     }
 
     /// Publishes a typing or read `event` once, like a DM: X gives these no id, so

@@ -368,29 +368,16 @@ struct Pump {
 type Chunk = Result<axum::body::Bytes, std::io::Error>;
 
 impl Pump {
+    /// The next chunk of X's body for the client, or the end: a body that passes
+    /// `max_bytes`, breaks off or stalls past `timeout` cuts the stream with an error, so the
+    /// client sees a broken download rather than a short file.
     async fn next(state: Option<Pump>) -> Option<(Chunk, Option<Pump>)> {
         let mut pump = state?;
-        let cut = |pump: &mut Pump, outcome: Outcome, why: &str| {
-            pump.tally.outcome = outcome;
-            tracing::warn!(
-                channel = pump.tally.channel,
-                dm_event_id = pump.tally.dm_event_id,
-                sent = pump.sent,
-                outcome = outcome.label(),
-                why,
-                "media stream cut"
-            );
-            std::io::Error::other(why.to_owned())
-        };
         match tokio::time::timeout(pump.timeout, pump.response.chunk()).await {
             Ok(Ok(Some(bytes))) => {
                 pump.sent += bytes.len() as u64;
                 if pump.sent > pump.max_bytes {
-                    let error = cut(
-                        &mut pump,
-                        Outcome::TooLarge,
-                        "the media grew past max_bytes",
-                    );
+                    let error = pump.cut(Outcome::TooLarge, "the media grew past max_bytes");
                     return Some((Err(error), None));
                 }
                 Some((Ok(bytes), Some(pump)))
@@ -405,14 +392,29 @@ impl Pump {
                 );
                 None
             }
-            Ok(Err(_)) => {
-                let error = cut(&mut pump, Outcome::UpstreamCut, "X's body broke off");
-                Some((Err(error), None))
-            }
-            Err(_) => {
-                let error = cut(&mut pump, Outcome::UpstreamCut, "X's body stalled");
-                Some((Err(error), None))
-            }
+            Ok(Err(_)) => Some((
+                Err(pump.cut(Outcome::UpstreamCut, "X's body broke off")),
+                None,
+            )),
+            Err(_) => Some((
+                Err(pump.cut(Outcome::UpstreamCut, "X's body stalled")),
+                None,
+            )),
         }
+    }
+
+    /// Ends the stream with `outcome`: logged with how much was sent, and the error the
+    /// client's body ends with.
+    fn cut(&mut self, outcome: Outcome, why: &str) -> std::io::Error {
+        self.tally.outcome = outcome;
+        tracing::warn!(
+            channel = self.tally.channel,
+            dm_event_id = self.tally.dm_event_id,
+            sent = self.sent,
+            outcome = outcome.label(),
+            why,
+            "media stream cut"
+        );
+        std::io::Error::other(why.to_owned())
     }
 }

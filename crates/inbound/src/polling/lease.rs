@@ -138,22 +138,7 @@ impl PollLease {
             detail: e.to_string(),
         };
         let amqp = connection.create_channel().await.map_err(setup)?;
-        let started = async {
-            amqp.confirm_select(ConfirmSelectOptions::default()).await?;
-            amqp.basic_qos(1, BasicQosOptions::default()).await?;
-            declare_poll_lease_queue(&amqp, queue).await?;
-            let seed = ready_tokens(&amqp, queue).await? == 0;
-            let consumer = amqp
-                .basic_consume(
-                    queue.into(),
-                    format!("xbridge-poll-lease-{channel}").into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok::<_, lapin::Error>((consumer, seed))
-        }
-        .await;
+        let started = start_consuming(&amqp, queue, channel).await;
         let (consumer, seed) = match started {
             Ok(started) => started,
             Err(e) => {
@@ -296,6 +281,36 @@ async fn ready_tokens(amqp: &Channel, queue: &str) -> lapin::Result<u32> {
     .map(|q| q.message_count())
 }
 
+/// Sets up the contender's AMQP channel (confirm mode, prefetch 1), declares the lease
+/// queue and consumes it; also says whether to seed a token, when the queue has none ready.
+async fn start_consuming(
+    amqp: &Channel,
+    queue: &str,
+    channel: &str,
+) -> Result<(Consumer, bool), lapin::Error> {
+    amqp.confirm_select(ConfirmSelectOptions::default()).await?;
+    amqp.basic_qos(1, BasicQosOptions::default()).await?;
+    declare_poll_lease_queue(amqp, queue).await?;
+    let seed = ready_tokens(amqp, queue).await? == 0;
+    let consumer = amqp
+        .basic_consume(
+            queue.into(),
+            format!("xbridge-poll-lease-{channel}").into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((consumer, seed))
+}
+
+/// The token this contender keeps unacked while it holds the lease, how often it renewed
+/// it, and when it renews next.
+struct Kept {
+    token: Option<Acker>,
+    renewals: u64,
+    next_tick: Instant,
+}
+
 /// The lease's background task: consumes the lease queue, keeps one token,
 /// renews it while held, seeds one while waiting on an empty queue.
 struct Driver {
@@ -348,9 +363,11 @@ impl Driver {
                 .await
                 .map_err(|e| format!("seeding the lease queue: {e}"))?;
         }
-        let mut token: Option<Acker> = None;
-        let mut renewals = 0u64;
-        let mut next_tick = Instant::now() + self.renew_every;
+        let mut kept = Kept {
+            token: None,
+            renewals: 0,
+            next_tick: Instant::now() + self.renew_every,
+        };
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
@@ -360,51 +377,81 @@ impl Driver {
                         Some(Err(e)) => return Err(format!("the lease consumer failed: {e}")),
                         None => return Err("the broker cancelled the lease consumer".into()),
                     };
-                    // Only the active consumer receives anything.
-                    if !matches!(*state.borrow(), LeaseState::Held { .. }) {
-                        state.send_replace(LeaseState::Held { renewals });
-                        next_tick = Instant::now() + self.renew_every;
-                    }
-                    if let Some(old) = token.take() {
-                        ack(&old).await?;
-                    }
-                    // Another token is ready (a spare one from seeding, or the
-                    // renewal's new one): keep that one instead.
-                    let spare = ready_tokens(&self.amqp, &self.queue)
-                        .await
-                        .map_err(|e| format!("counting lease tokens: {e}"))?;
-                    if spare > 0 {
-                        ack(&delivery.acker).await?;
-                    } else {
-                        token = Some(delivery.acker);
-                    }
+                    self.receive(delivery.acker, &mut kept, state).await?;
                 }
-                _ = tokio::time::sleep_until(next_tick) => {
-                    next_tick = Instant::now() + self.renew_every;
+                _ = tokio::time::sleep_until(kept.next_tick) => {
+                    kept.next_tick = Instant::now() + self.renew_every;
                     if matches!(*state.borrow(), LeaseState::Held { .. }) {
-                        // New token first, so the queue is never without one.
-                        self.publish_token()
-                            .await
-                            .map_err(|e| format!("renewing the lease: {e}"))?;
-                        if let Some(old) = token.take() {
-                            ack(&old).await?;
-                        }
-                        renewals += 1;
-                        state.send_replace(LeaseState::Held { renewals });
-                        tracing::debug!(channel = %self.channel, renewals, "poll lease renewed");
+                        self.renew(&mut kept, state).await?;
                     } else {
-                        let ready = ready_tokens(&self.amqp, &self.queue)
-                            .await
-                            .map_err(|e| format!("counting lease tokens: {e}"))?;
-                        if ready == 0 {
-                            self.publish_token()
-                                .await
-                                .map_err(|e| format!("seeding the lease queue: {e}"))?;
-                        }
+                        self.seed_if_empty().await?;
                     }
                 }
             }
         }
+    }
+
+    /// A token arrived, and only the active consumer receives any: the lease is held.
+    /// Keeps one token: the new one, or none of them when another is ready (a spare one
+    /// from seeding, or the renewal's new one), which is then kept instead.
+    async fn receive(
+        &self,
+        token: Acker,
+        kept: &mut Kept,
+        state: &watch::Sender<LeaseState>,
+    ) -> Result<(), String> {
+        if !matches!(*state.borrow(), LeaseState::Held { .. }) {
+            state.send_replace(LeaseState::Held {
+                renewals: kept.renewals,
+            });
+            kept.next_tick = Instant::now() + self.renew_every;
+        }
+        if let Some(old) = kept.token.take() {
+            ack(&old).await?;
+        }
+        let spare = ready_tokens(&self.amqp, &self.queue)
+            .await
+            .map_err(|e| format!("counting lease tokens: {e}"))?;
+        if spare > 0 {
+            ack(&token).await?;
+        } else {
+            kept.token = Some(token);
+        }
+        Ok(())
+    }
+
+    /// Renews a held lease: the new token first, so the queue is never without one, then
+    /// the old one acked.
+    async fn renew(
+        &self,
+        kept: &mut Kept,
+        state: &watch::Sender<LeaseState>,
+    ) -> Result<(), String> {
+        self.publish_token()
+            .await
+            .map_err(|e| format!("renewing the lease: {e}"))?;
+        if let Some(old) = kept.token.take() {
+            ack(&old).await?;
+        }
+        kept.renewals += 1;
+        let renewals = kept.renewals;
+        state.send_replace(LeaseState::Held { renewals });
+        tracing::debug!(channel = %self.channel, renewals, "poll lease renewed");
+        Ok(())
+    }
+
+    /// While waiting, puts a token in an empty queue (its holder may have taken the last
+    /// one with it), so the lease cannot be lost to everyone.
+    async fn seed_if_empty(&self) -> Result<(), String> {
+        let ready = ready_tokens(&self.amqp, &self.queue)
+            .await
+            .map_err(|e| format!("counting lease tokens: {e}"))?;
+        if ready == 0 {
+            self.publish_token()
+                .await
+                .map_err(|e| format!("seeding the lease queue: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Publishes a token to the lease queue (default exchange) and waits for the

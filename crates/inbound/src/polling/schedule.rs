@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp;
 use xbridge_core::channel_state::{ChannelState, ChannelStates};
+use xbridge_x_api::XError;
 
 use crate::polling::lease::{self, LeaseError, PollLease};
 use crate::polling::poller::{poll_once, PollBudget, PollContext, PollError, PollOutcome};
@@ -51,47 +52,18 @@ pub(crate) async fn poll_loop(
     // Kept between leases: the page size is about the account, not the holder.
     let mut budget = PollBudget::default();
     loop {
-        // No point reading (and paying for) events that cannot be published,
-        // and no lease without a connection.
-        let connection = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            connection = connections.wait_for(Option::is_some) => match connection {
-                Ok(connection) => connection.clone(),
-                Err(_) => return,
-            },
+        let lease = take_lease(
+            &channel,
+            &lease_queue,
+            &mut connections,
+            &mut retry,
+            &shutdown,
+        );
+        let mut lease = match lease.await {
+            Next::Go(lease) => lease,
+            Next::Again => continue,
+            Next::Stop => return,
         };
-        let Some(connection) = connection else {
-            continue;
-        };
-        let contended =
-            PollLease::contend(&connection, &lease_queue, &channel, lease::RENEW_EVERY).await;
-        drop(connection);
-        let mut lease = match contended {
-            Ok(lease) => lease,
-            Err(error) => {
-                let wait = retry.next().unwrap_or(Duration::from_secs(15));
-                tracing::warn!(channel, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot contend for the poll lease");
-                // A new connection (the old one broke) or the pause, whichever first.
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = connections.changed() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                continue;
-            }
-        };
-        tracing::debug!(channel, queue = %lease_queue, "contending for the poll lease");
-        let acquired = tokio::select! {
-            _ = shutdown.cancelled() => {
-                lease.release().await;
-                return;
-            }
-            acquired = lease.acquired() => acquired,
-        };
-        if let Err(error) = acquired {
-            tracing::info!(channel, error = %error, "stopped waiting for the poll lease");
-            continue;
-        }
         retry = amqp::reconnect_backoff();
         held.set(1.0);
         tracing::info!(
@@ -101,16 +73,95 @@ pub(crate) async fn poll_loop(
         let ended =
             poll_while_held(&ctx, &mut lease, &mut budget, &states, schedule, &shutdown).await;
         held.set(0.0);
-        match ended {
-            None => {
-                lease.release().await;
-                tracing::info!(channel, "poll lease released on shutdown");
-                return;
-            }
-            Some(error) => {
-                tracing::info!(channel, error = %error, "poll lease lost: this replica stopped polling the channel");
-                lease.release().await;
-            }
+        if let Next::Stop = release(&channel, lease, ended).await {
+            return;
+        }
+    }
+}
+
+/// Releases the lease when polling under it ended: on shutdown (`ended` is `None`) the
+/// loop stops; when the lease was lost, this replica contends again.
+async fn release(channel: &str, lease: PollLease, ended: Option<LeaseError>) -> Next<()> {
+    match ended {
+        None => {
+            lease.release().await;
+            tracing::info!(channel, "poll lease released on shutdown");
+            Next::Stop
+        }
+        Some(error) => {
+            tracing::info!(channel, error = %error, "poll lease lost: this replica stopped polling the channel");
+            lease.release().await;
+            Next::Again
+        }
+    }
+}
+
+/// What a step of the poll loop leads to: on with its result, back to the start of the
+/// loop, or out of it (shutdown).
+enum Next<T> {
+    Go(T),
+    Again,
+    Stop,
+}
+
+/// Contends for the channel's lease on the inbound connection, once there is one (no
+/// point reading, and paying for, events that cannot be published, and no lease without a
+/// connection), and waits until this replica holds it. When contending fails, waits for a
+/// new connection (the old one broke) or the backoff's pause, whichever comes first, and
+/// says to try again.
+async fn take_lease(
+    channel: &str,
+    lease_queue: &str,
+    connections: &mut watch::Receiver<Option<Arc<lapin::Connection>>>,
+    retry: &mut impl Iterator<Item = Duration>,
+    shutdown: &CancellationToken,
+) -> Next<PollLease> {
+    let connection = tokio::select! {
+        _ = shutdown.cancelled() => return Next::Stop,
+        connection = connections.wait_for(Option::is_some) => match connection {
+            Ok(connection) => connection.clone(),
+            Err(_) => return Next::Stop,
+        },
+    };
+    let Some(connection) = connection else {
+        return Next::Again;
+    };
+    let contended = PollLease::contend(&connection, lease_queue, channel, lease::RENEW_EVERY).await;
+    drop(connection);
+    let error = match contended {
+        Ok(lease) => return acquire(channel, lease_queue, lease, shutdown).await,
+        Err(error) => error,
+    };
+    let wait = retry.next().unwrap_or(Duration::from_secs(15));
+    tracing::warn!(channel, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot contend for the poll lease");
+    tokio::select! {
+        _ = shutdown.cancelled() => Next::Stop,
+        _ = connections.changed() => Next::Again,
+        _ = tokio::time::sleep(wait) => Next::Again,
+    }
+}
+
+/// Waits while another replica holds the lease. Releases it on shutdown; when the wait
+/// ends otherwise (the connection broke), says to contend again.
+async fn acquire(
+    channel: &str,
+    lease_queue: &str,
+    mut lease: PollLease,
+    shutdown: &CancellationToken,
+) -> Next<PollLease> {
+    tracing::debug!(channel, queue = %lease_queue, "contending for the poll lease");
+    let acquired = tokio::select! {
+        _ = shutdown.cancelled() => {
+            lease.release().await;
+            return Next::Stop;
+        }
+        acquired = lease.acquired() => acquired,
+    };
+    match acquired {
+        Ok(()) => Next::Go(lease),
+        Err(error) => {
+            tracing::info!(channel, error = %error, "stopped waiting for the poll lease");
+            Next::Again
         }
     }
 }
@@ -199,31 +250,37 @@ impl Pacing {
                 .and_then(|at| (at - Utc::now()).to_std().ok())
                 .unwrap_or(interval)
                 .max(interval),
-            Err(PollError::CreditsExhausted(error)) => {
-                states.set(
-                    &channel,
-                    ChannelState::CreditsExhausted,
-                    None,
-                    Some(format!("polling paused: {error}")),
-                );
-                tracing::warn!(channel, error = %error, retry_in_secs = self.credits_pause.as_secs(), "polling paused: the X account has no credits");
-                let wait = self.credits_pause;
-                self.credits_pause = (self.credits_pause * 2).min(self.schedule.credits_pause_max);
-                wait
-            }
+            Err(PollError::CreditsExhausted(error)) => self.credits_out(&channel, &error, states),
             Err(error) => {
-                self.failures_in_a_row += 1;
-                let failures_in_a_row = self.failures_in_a_row;
-                tracing::warn!(channel, error = %error, failures_in_a_row, "poll failed");
-                if failures_in_a_row >= POLL_FAILURES_BEFORE_PAUSED {
-                    report_polling_paused(
-                        states,
-                        &channel,
-                        format!("polling keeps failing: {error}"),
-                    );
-                }
+                self.failed(&channel, &error, states);
                 interval
             }
+        }
+    }
+
+    /// Reports the account out of credits and pauses polling, the pause doubling up to
+    /// its maximum while the credits stay out: each poll would be refused (and logged).
+    fn credits_out(&mut self, channel: &str, error: &XError, states: &ChannelStates) -> Duration {
+        states.set(
+            channel,
+            ChannelState::CreditsExhausted,
+            None,
+            Some(format!("polling paused: {error}")),
+        );
+        tracing::warn!(channel, error = %error, retry_in_secs = self.credits_pause.as_secs(), "polling paused: the X account has no credits");
+        let wait = self.credits_pause;
+        self.credits_pause = (self.credits_pause * 2).min(self.schedule.credits_pause_max);
+        wait
+    }
+
+    /// Counts a failed poll; after [`POLL_FAILURES_BEFORE_PAUSED`] in a row the channel is
+    /// reported `polling_paused`, as one failure may be a glitch.
+    fn failed(&mut self, channel: &str, error: &PollError, states: &ChannelStates) {
+        self.failures_in_a_row += 1;
+        let failures_in_a_row = self.failures_in_a_row;
+        tracing::warn!(channel, error = %error, failures_in_a_row, "poll failed");
+        if failures_in_a_row >= POLL_FAILURES_BEFORE_PAUSED {
+            report_polling_paused(states, channel, format!("polling keeps failing: {error}"));
         }
     }
 }

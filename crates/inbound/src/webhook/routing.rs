@@ -10,7 +10,7 @@
 //! channel on another App's word would let whoever holds one App's secret speak for
 //! every channel. Such a body is kept like one for an account nobody configured.
 
-use xbridge_core::channel_identity::{ChannelIdentity, Identity};
+use xbridge_core::channel_identity::{AppId, ChannelIdentity, Identity};
 
 /// Where a webhook body goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,21 @@ pub(crate) fn route(channels: &[ChannelIdentity], url_channel: &str, account: &s
     if !pending.is_empty() {
         return Route::Wait { pending };
     }
-    // Bounded: the detail rides in a header. X lets 3 accounts share an App.
+    Route::Keep {
+        detail: no_channel_detail(channels, app, &of_app, url_channel, account),
+    }
+}
+
+/// Why no channel of the App is the account, for the dead letter: the App's channels
+/// (bounded, as the detail rides in a header; X lets 3 accounts share an App), the ones
+/// whose account is not known and why, and a channel of another App that is the account.
+fn no_channel_detail(
+    channels: &[ChannelIdentity],
+    app: AppId,
+    of_app: &[&ChannelIdentity],
+    url_channel: &str,
+    account: &str,
+) -> String {
     let mut names: Vec<&str> = of_app.iter().take(5).map(|c| c.name.as_str()).collect();
     if of_app.len() > names.len() {
         names.push("…");
@@ -79,13 +93,14 @@ pub(crate) fn route(channels: &[ChannelIdentity], url_channel: &str, account: &s
             ));
         }
     }
+    let is_account = |c: &ChannelIdentity| c.identity == Identity::Known(account.to_owned());
     if let Some(elsewhere) = channels.iter().find(|c| c.app != app && is_account(c)) {
         detail.push_str(&format!(
             "; channel {} is this account but on another X App, whose signature this body does not carry",
             elsewhere.name
         ));
     }
-    Route::Keep { detail }
+    detail
 }
 
 #[cfg(test)]

@@ -44,8 +44,9 @@ use crate::delivery::in_flight::InFlightDeliveries;
 use crate::delivery::sink::{EventSink, InboundDeadLetter, OutboundEvent};
 use crate::untrusted_log::{shown, shown_within, LogLimiter};
 use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
-use crate::webhook::body::{BodyBudget, BodyRefusal};
+use crate::webhook::body::{BodyBudget, BodyRefusal, HeldBody};
 use crate::webhook::routing::{route, Route};
+use crate::x::error::PayloadError;
 use crate::x::item::InboundItem;
 use crate::x::message::DirectMessage;
 use crate::x::webhook_body::{parse_webhook, WebhookDelivery};
@@ -369,20 +370,35 @@ async fn receive_events(
     }
     let delivery = match parse_webhook(&body) {
         Ok(delivery) => delivery,
-        Err(problem) => {
-            count_refused("unreadable_body");
-            if state.logs.unreadable_body.allow() {
-                let problem = shown_within(&problem.to_string(), 200);
-                tracing::warn!(channel, %problem, "webhook POST refused: unreadable body");
-            }
-            return error(StatusCode::BAD_REQUEST, problem.to_string());
-        }
+        Err(problem) => return unreadable_body(&state, &channel, &problem),
     };
-    // In its own task, so the work finishes even when X hangs up first (its retry then
-    // finds the events delivered), and a bug cannot take the server down.
+    deliver_in_task(state, channel, delivery, held).await
+}
+
+/// The 400 for a body that is not a webhook body X sends; logged within the log budget,
+/// as anyone can post one.
+fn unreadable_body(state: &WebhookState, channel: &str, problem: &PayloadError) -> Response {
+    count_refused("unreadable_body");
+    if state.logs.unreadable_body.allow() {
+        let problem = shown_within(&problem.to_string(), 200);
+        tracing::warn!(channel, %problem, "webhook POST refused: unreadable body");
+    }
+    error(StatusCode::BAD_REQUEST, problem.to_string())
+}
+
+/// Delivers the body's events in a task of their own, so the work finishes even when X
+/// hangs up first (its retry then finds the events delivered), and a bug cannot take the
+/// server down; 200 once they reached the CRM, else 503 for X to send them again.
+async fn deliver_in_task(
+    state: Arc<WebhookState>,
+    channel: String,
+    delivery: WebhookDelivery,
+    held: HeldBody,
+) -> Response {
     let task = {
         let state = state.clone();
         let channel = channel.clone();
+        let body = held.bytes.clone();
         // The body's memory stays taken until its events are handled.
         tokio::spawn(async move {
             let delivered = state.deliver(&channel, delivery, &body).await;

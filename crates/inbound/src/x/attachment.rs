@@ -85,28 +85,10 @@ impl Attachment {
             key.split_once('_')
                 .is_some_and(|(_, id)| id == media_id && is_media_key(key))
         });
-        let image = json::optional_str(media, "media_url_https")
-            .or_else(|| json::optional_str(media, "media_url"));
-        let video_info = media.get("video_info");
-        let (x_url, x_preview_url) = match kind {
-            AttachmentKind::Photo => (image, None),
-            AttachmentKind::Video | AttachmentKind::AnimatedGif => {
-                match best_mp4(video_info.and_then(|info| info.get("variants"))) {
-                    Some(mp4) => (Some(mp4), image),
-                    None => (image, None),
-                }
-            }
-        };
+        let (x_url, x_preview_url) = v1_urls(media, kind);
         let x_url = x_url.ok_or_else(|| format!("{path}media_url_https is missing"))?;
-        let original = media.get("original_info").and_then(Value::as_object);
-        let large = media
-            .get("sizes")
-            .and_then(|sizes| sizes.get("large"))
-            .and_then(Value::as_object);
-        let (width, height) = match (dimension(original, "width"), dimension(original, "height")) {
-            (Some(w), Some(h)) => (Some(w), Some(h)),
-            _ => (dimension(large, "w"), dimension(large, "h")),
-        };
+        let (width, height) = v1_dimensions(media);
+        let video_info = media.get("video_info");
         Ok(Attachment {
             kind,
             media_id: Some(media_id),
@@ -162,6 +144,36 @@ impl Attachment {
             // A photo is its own preview.
             x_preview_url: x_preview_url.filter(|_| kind != AttachmentKind::Photo),
         })
+    }
+}
+
+/// Where X serves a v1.1 media: the picture of a photo; the best MP4 of a video or GIF,
+/// with its picture as the preview (or the picture alone when there is no MP4).
+fn v1_urls(media: &Object, kind: AttachmentKind) -> (Option<String>, Option<String>) {
+    let image = json::optional_str(media, "media_url_https")
+        .or_else(|| json::optional_str(media, "media_url"));
+    let video_info = media.get("video_info");
+    match kind {
+        AttachmentKind::Photo => (image, None),
+        AttachmentKind::Video | AttachmentKind::AnimatedGif => {
+            match best_mp4(video_info.and_then(|info| info.get("variants"))) {
+                Some(mp4) => (Some(mp4), image),
+                None => (image, None),
+            }
+        }
+    }
+}
+
+/// A v1.1 media's size: `original_info` when it has both, else `sizes.large`.
+fn v1_dimensions(media: &Object) -> (Option<u32>, Option<u32>) {
+    let original = media.get("original_info").and_then(Value::as_object);
+    let large = media
+        .get("sizes")
+        .and_then(|sizes| sizes.get("large"))
+        .and_then(Value::as_object);
+    match (dimension(original, "width"), dimension(original, "height")) {
+        (Some(w), Some(h)) => (Some(w), Some(h)),
+        _ => (dimension(large, "w"), dimension(large, "h")),
     }
 }
 

@@ -45,46 +45,46 @@ pub struct DmEventsPage {
 pub fn parse_dm_events(body: &[u8], account_id: &str) -> Result<DmEventsPage, PayloadError> {
     let root = json::parse_object(body)?;
     let events = json::optional_array(&root, "data", "")?.map_or(&[][..], Vec::as_slice);
-
-    let includes = match root.get("includes") {
-        Some(Value::Object(includes)) => Some(includes),
-        None | Some(Value::Null) => None,
-        Some(other) => {
-            return Err(PayloadError::WrongType {
-                field: "includes".into(),
-                expected: "an object",
-                found: json::kind(other),
-            })
-        }
-    };
+    let includes = json::optional_object(&root, "includes", "")?;
     let users = Profiles::from_list(includes.and_then(|i| i.get("users")));
-    let media: HashMap<&str, &Object> = includes
+    let media = media_by_key(includes);
+    let meta = json::optional_object(&root, "meta", "")?;
+    let result_count = meta
+        .and_then(|m| m.get("result_count"))
+        .and_then(Value::as_u64)
+        .unwrap_or(events.len() as u64);
+    let next_token = next_token(meta)?;
+    let partial_errors = partial_errors(&root)?;
+    let items = events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| dm_event(event, &format!("data[{i}]."), account_id, &users, &media))
+        .collect();
+    Ok(DmEventsPage {
+        items,
+        result_count,
+        next_token,
+        partial_errors,
+    })
+}
+
+/// The page's `includes.media` by `media_key`, for the events' attachments to find theirs.
+fn media_by_key(includes: Option<&Object>) -> HashMap<&str, &Object> {
+    includes
         .and_then(|i| i.get("media"))
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(Value::as_object)
         .filter_map(|m| Some((m.get("media_key")?.as_str()?, m)))
-        .collect();
+        .collect()
+}
 
-    let meta = match root.get("meta") {
-        Some(Value::Object(meta)) => Some(meta),
-        None | Some(Value::Null) => None,
-        Some(other) => {
-            return Err(PayloadError::WrongType {
-                field: "meta".into(),
-                expected: "an object",
-                found: json::kind(other),
-            })
-        }
-    };
-    let result_count = meta
-        .and_then(|m| m.get("result_count"))
-        .and_then(Value::as_u64)
-        .unwrap_or(events.len() as u64);
+/// `meta.next_token`, refused unless it is an X pagination token: the poller sends it
+/// back, and anything else would make its next request invalid.
+fn next_token(meta: Option<&Object>) -> Result<Option<String>, PayloadError> {
     let next_token = meta.and_then(|m| json::optional_str(m, "next_token"));
     if let Some(token) = next_token.as_deref() {
-        // The poller sends it back; anything else would make its next request invalid.
         if !xbridge_x_api::is_pagination_token(token) {
             return Err(PayloadError::Invalid {
                 field: "meta.next_token".into(),
@@ -92,8 +92,13 @@ pub fn parse_dm_events(body: &[u8], account_id: &str) -> Result<DmEventsPage, Pa
             });
         }
     }
+    Ok(next_token)
+}
 
-    let errors = json::optional_array(&root, "errors", "")?.map_or(&[][..], Vec::as_slice);
+/// The page's `errors[]` as lines, at most [`MAX_PARTIAL_ERRORS`] and a count of the rest,
+/// each logged: X may answer 200 with some events missing.
+fn partial_errors(root: &Object) -> Result<Vec<String>, PayloadError> {
+    let errors = json::optional_array(root, "errors", "")?.map_or(&[][..], Vec::as_slice);
     let mut partial_errors: Vec<String> = errors
         .iter()
         .take(MAX_PARTIAL_ERRORS)
@@ -108,18 +113,7 @@ pub fn parse_dm_events(body: &[u8], account_id: &str) -> Result<DmEventsPage, Pa
     for error in &partial_errors {
         tracing::warn!(%error, "X reported a partial error in a DM events page");
     }
-
-    let items = events
-        .iter()
-        .enumerate()
-        .map(|(i, event)| dm_event(event, &format!("data[{i}]."), account_id, &users, &media))
-        .collect();
-    Ok(DmEventsPage {
-        items,
-        result_count,
-        next_token,
-        partial_errors,
-    })
+    Ok(partial_errors)
 }
 
 /// How many of a page's partial errors are kept (and logged) one by one.
@@ -162,6 +156,8 @@ fn dm_event(
     })
 }
 
+/// A `MessageCreate` event as a polled DM: its sender, time and conversation must be
+/// readable; attachments that cannot be read are left out (their link stays in the text).
 fn message_create(
     event: &Object,
     event_id: &str,
@@ -172,28 +168,65 @@ fn message_create(
 ) -> Result<DirectMessage, String> {
     let sender_id = json::required_id(event, "sender_id", path)?;
     let created_at = json::rfc3339(event, "created_at", path)?;
-    let conversation_id = match event.get("dm_conversation_id") {
-        Some(Value::String(id)) if json::is_conversation_id(id) => id.clone(),
-        Some(other) => {
-            return Err(format!(
-                "{path}dm_conversation_id {} is not an X conversation id",
-                json::shown(other)
-            ))
-        }
-        None => return Err(format!("{path}dm_conversation_id is missing")),
-    };
-    let recipient_id = match conversation_id.split_once('-') {
-        Some((a, b)) if a == sender_id => b.to_owned(),
-        Some((a, b)) if b == sender_id => a.to_owned(),
-        Some(_) => {
-            return Err(format!(
-                "{path}sender_id {sender_id} is not a participant of conversation {conversation_id}"
-            ))
-        }
-        None => account_id.to_owned(),
-    };
+    let conversation_id = conversation_id(event, path)?;
+    let recipient_id = recipient_id(&conversation_id, &sender_id, account_id, path)?;
     let mut text = json::text(event, "text", path)?;
+    let attachments = attachments(event, event_id, path, media);
+    if !attachments.is_empty() {
+        text = text::strip_trailing_tco(&text);
+    }
+    Ok(DirectMessage {
+        event_id: event_id.to_owned(),
+        conversation_id,
+        sender: users.sender(sender_id),
+        recipient_id,
+        text,
+        attachments,
+        created_at,
+        received_via: ReceivedVia::Poll,
+        source_app_id: None,
+    })
+}
 
+/// The event's `dm_conversation_id`, which must be an X conversation id: replies go back
+/// into it.
+fn conversation_id(event: &Object, path: &str) -> Result<String, String> {
+    match event.get("dm_conversation_id") {
+        Some(Value::String(id)) if json::is_conversation_id(id) => Ok(id.clone()),
+        Some(other) => Err(format!(
+            "{path}dm_conversation_id {} is not an X conversation id",
+            json::shown(other)
+        )),
+        None => Err(format!("{path}dm_conversation_id is missing")),
+    }
+}
+
+/// Who received the DM: the other participant of a one-to-one conversation (whose id
+/// names both, one of them the sender), or the polled account in a group conversation.
+fn recipient_id(
+    conversation_id: &str,
+    sender_id: &str,
+    account_id: &str,
+    path: &str,
+) -> Result<String, String> {
+    match conversation_id.split_once('-') {
+        Some((a, b)) if a == sender_id => Ok(b.to_owned()),
+        Some((a, b)) if b == sender_id => Ok(a.to_owned()),
+        Some(_) => Err(format!(
+            "{path}sender_id {sender_id} is not a participant of conversation {conversation_id}"
+        )),
+        None => Ok(account_id.to_owned()),
+    }
+}
+
+/// The event's attachments found in the page's `includes.media`; one that is missing or
+/// unreadable is logged and left out, so the DM still goes on.
+fn attachments(
+    event: &Object,
+    event_id: &str,
+    path: &str,
+    media: &HashMap<&str, &Object>,
+) -> Vec<Attachment> {
     let keys = event
         .get("attachments")
         .and_then(|a| a.get("media_keys"))
@@ -220,21 +253,7 @@ fn message_create(
             ),
         }
     }
-    if !attachments.is_empty() {
-        text = text::strip_trailing_tco(&text);
-    }
-
-    Ok(DirectMessage {
-        event_id: event_id.to_owned(),
-        conversation_id,
-        sender: users.sender(sender_id),
-        recipient_id,
-        text,
-        attachments,
-        created_at,
-        received_via: ReceivedVia::Poll,
-        source_app_id: None,
-    })
+    attachments
 }
 
 #[cfg(test)]

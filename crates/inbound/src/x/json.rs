@@ -44,6 +44,24 @@ pub(crate) fn optional_array<'a>(
     }
 }
 
+/// `object[field]` when it is an object; absent or null is none, any other type is an
+/// error in the body's structure (`path` names the object).
+pub(crate) fn optional_object<'a>(
+    object: &'a Object,
+    field: &str,
+    path: &str,
+) -> Result<Option<&'a Object>, PayloadError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(inner)) => Ok(Some(inner)),
+        Some(other) => Err(PayloadError::WrongType {
+            field: format!("{path}{field}"),
+            expected: "an object",
+            found: kind(other),
+        }),
+    }
+}
+
 /// How a value is named in error messages.
 pub(crate) fn kind(value: &Value) -> &'static str {
     match value {

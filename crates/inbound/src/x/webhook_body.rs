@@ -79,23 +79,10 @@ fn account_activity(root: &Object) -> Result<WebhookDelivery, PayloadError> {
     delivery(for_user_id, items, "for_user_id")
 }
 
+/// An X Activity body: events other than `dm.*` are skipped with the reason; a DM event
+/// must carry its payload, and an account to match it to (the filter's, else the payload's).
 fn x_activity(data: &Object) -> Result<WebhookDelivery, PayloadError> {
-    let event_type = match data.get("event_type") {
-        Some(Value::String(event_type)) => event_type.as_str(),
-        None | Some(Value::Null) => {
-            return Err(PayloadError::Invalid {
-                field: "data.event_type".into(),
-                detail: "is missing".into(),
-            })
-        }
-        Some(other) => {
-            return Err(PayloadError::WrongType {
-                field: "data.event_type".into(),
-                expected: "a string",
-                found: json::kind(other),
-            })
-        }
-    };
+    let event_type = event_type(data)?;
     let for_user_id = match data.get("filter") {
         Some(Value::Object(filter)) => account_id(filter, "user_id", "data.filter.")?,
         _ => None,
@@ -107,22 +94,7 @@ fn x_activity(data: &Object) -> Result<WebhookDelivery, PayloadError> {
             items: vec![skipped(None, reason)],
         });
     }
-    let payload = match data.get("payload") {
-        Some(Value::Object(payload)) => payload,
-        None | Some(Value::Null) => {
-            return Err(PayloadError::Invalid {
-                field: "data.payload".into(),
-                detail: format!("is missing from a {event_type} event"),
-            })
-        }
-        Some(other) => {
-            return Err(PayloadError::WrongType {
-                field: "data.payload".into(),
-                expected: "an object",
-                found: json::kind(other),
-            })
-        }
-    };
+    let payload = activity_payload(data, event_type)?;
     let for_user_id = match for_user_id {
         Some(id) => Some(id),
         None => account_id(payload, "for_user_id", "data.payload.")?,
@@ -139,6 +111,30 @@ fn x_activity(data: &Object) -> Result<WebhookDelivery, PayloadError> {
         )],
     };
     delivery(for_user_id, items, "data.filter.user_id")
+}
+
+/// `data.event_type`, which says what the body is, so it must be a string.
+fn event_type(data: &Object) -> Result<&str, PayloadError> {
+    match data.get("event_type") {
+        Some(Value::String(event_type)) => Ok(event_type.as_str()),
+        None | Some(Value::Null) => Err(PayloadError::Invalid {
+            field: "data.event_type".into(),
+            detail: "is missing".into(),
+        }),
+        Some(other) => Err(PayloadError::WrongType {
+            field: "data.event_type".into(),
+            expected: "a string",
+            found: json::kind(other),
+        }),
+    }
+}
+
+/// `data.payload` of a DM event, which holds the events themselves.
+fn activity_payload<'a>(data: &'a Object, event_type: &str) -> Result<&'a Object, PayloadError> {
+    json::optional_object(data, "payload", "data.")?.ok_or_else(|| PayloadError::Invalid {
+        field: "data.payload".into(),
+        detail: format!("is missing from a {event_type} event"),
+    })
 }
 
 /// The subscribed account's id in `object[field]`; it must be readable, since every

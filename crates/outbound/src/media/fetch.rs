@@ -197,6 +197,8 @@ impl MediaFetcher {
         Ok(())
     }
 
+    /// Downloads `url` into a spool file, refusing a redirect, a non-2xx, and a body over
+    /// `limit` (announced or as it arrives) or empty; the file rewound, and its size.
     async fn stream_to_spool(
         &self,
         index: usize,
@@ -206,12 +208,41 @@ impl MediaFetcher {
         limit_by: SizeLimit,
     ) -> Result<(tokio::fs::File, u64), MediaError> {
         let host = url.host_str().unwrap_or_default();
-        let mut response = self
+        let response = self
             .client
             .get(url.clone())
             .send()
             .await
             .map_err(|e| request_error(index, host, shown, e))?;
+        let download = Download {
+            index,
+            host,
+            shown,
+            limit,
+            limit_by,
+        };
+        download.check_answer(url, &response)?;
+        download
+            .spool(response, self.settings.spool_dir.clone())
+            .await
+    }
+}
+
+/// One attachment's download as its refusals name it: which attachment, from which
+/// host, its URL as shown, and the size limit and where that limit comes from.
+struct Download<'a> {
+    index: usize,
+    host: &'a str,
+    shown: &'a str,
+    limit: u64,
+    limit_by: SizeLimit,
+}
+
+impl Download<'_> {
+    /// Refuses a redirect (with where it pointed, redacted), a non-2xx, and a body announced
+    /// larger than the limit, before anything is read.
+    fn check_answer(&self, url: &Url, response: &reqwest::Response) -> Result<(), MediaError> {
+        let (index, shown) = (self.index, self.shown);
         let status = response.status();
         if status.is_redirection() {
             let location = response
@@ -237,44 +268,54 @@ impl MediaFetcher {
                 status: status.as_u16(),
             });
         }
-        let too_large = |size: Option<u64>| MediaError::TooLarge {
-            index,
-            url: shown.to_owned(),
-            size,
-            limit,
-            limit_by,
-        };
-        if let Some(length) = response.content_length() {
-            if length > limit {
-                return Err(too_large(Some(length)));
-            }
+        match response.content_length() {
+            Some(length) if length > self.limit => Err(self.too_large(Some(length))),
+            _ => Ok(()),
         }
+    }
 
+    /// Streams the body into an unnamed spool file chunk by chunk, stopping as soon as it
+    /// passes the limit, so no more than the limit is ever written.
+    async fn spool(
+        &self,
+        mut response: reqwest::Response,
+        spool_dir: Option<PathBuf>,
+    ) -> Result<(tokio::fs::File, u64), MediaError> {
+        let index = self.index;
         let spool = |source| MediaError::Spool { index, source };
-        let mut file = spool_file(self.settings.spool_dir.clone())
-            .await
-            .map_err(spool)?;
+        let mut file = spool_file(spool_dir).await.map_err(spool)?;
         let mut total: u64 = 0;
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| request_error(index, host, shown, e))?
+            .map_err(|e| request_error(index, self.host, self.shown, e))?
         {
             total += chunk.len() as u64;
-            if total > limit {
-                return Err(too_large(None));
+            if total > self.limit {
+                return Err(self.too_large(None));
             }
             file.write_all(&chunk).await.map_err(spool)?;
         }
         if total == 0 {
             return Err(MediaError::Empty {
                 index,
-                url: shown.to_owned(),
+                url: self.shown.to_owned(),
             });
         }
         file.flush().await.map_err(spool)?;
         file.rewind().await.map_err(spool)?;
         Ok((file, total))
+    }
+
+    /// The refusal of a body over the limit, with its announced size if it had one.
+    fn too_large(&self, size: Option<u64>) -> MediaError {
+        MediaError::TooLarge {
+            index: self.index,
+            url: self.shown.to_owned(),
+            size,
+            limit: self.limit,
+            limit_by: self.limit_by,
+        }
     }
 }
 
