@@ -92,12 +92,8 @@ mod properties;
 mod test_support;
 
 pub use delivery::echo::{classify, MessageOrigin};
-pub use delivery::event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
 pub use delivery::in_flight::{write_pending, InFlightDeliveries, PendingRecords};
-pub use x::attachment::{Attachment, AttachmentKind};
 pub use x::dm_events::{parse_dm_events, DmEventsPage};
 pub use x::error::PayloadError;
-pub use x::item::{InboundItem, ReadReceipt, Typing};
-pub use x::message::{DirectMessage, ReceivedVia};
-pub use x::sender::Sender;
+pub use x::item::InboundItem;
 pub use x::webhook_body::{parse_webhook, WebhookDelivery};

@@ -10,9 +10,9 @@ use lapin::BasicProperties;
 use xbridge_core::amqp::{
     wire, DroppedHeader, FailureHeaders, PublishError, Publisher, MAX_DETAIL_BYTES,
 };
-use xbridge_core::channel_state::ChannelStateEvent;
 use xbridge_core::config::TopologyNames;
-use xbridge_core::model::{FailureReason, StatusEvent};
+use xbridge_core::contract::ChannelStateEvent;
+use xbridge_core::contract::{FailureReason, StatusEvent};
 use xbridge_x_api::XError;
 
 /// Room kept free in a republished reply's header frame for what RabbitMQ
