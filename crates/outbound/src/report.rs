@@ -170,14 +170,7 @@ impl Reporter {
     pub async fn channel_state(&self, event: &ChannelStateEvent) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).expect("state events always serialize");
         let properties = BasicProperties::default()
-            .with_message_id(
-                format!(
-                    "{}:state:{}",
-                    event.channel,
-                    event.status.since.timestamp_millis()
-                )
-                .into(),
-            )
+            .with_message_id(event.amqp_message_id().into())
             .with_content_type("application/json".into())
             .with_type(event.event_type.into());
         self.publisher

@@ -93,4 +93,41 @@ impl ChannelStateEvent {
     pub fn routing_key(&self) -> String {
         format!("{}.channel.state", self.channel)
     }
+
+    /// Its AMQP `message_id`, `<channel>:state:<since millis>`: one per status, so a
+    /// CRM deduplicating by it drops only a repeat of the same status
+    /// ([`ChannelStates::explain`](crate::channel_state::ChannelStates::explain) moves
+    /// `since` for a new cause).
+    pub fn amqp_message_id(&self) -> String {
+        format!(
+            "{}:state:{}",
+            self.channel,
+            self.status.since.timestamp_millis()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_event_is_keyed_by_channel_and_since() {
+        let event = ChannelStateEvent {
+            event_type: "channel.state",
+            channel: "acme".into(),
+            status: ChannelStatus {
+                state: ChannelState::RateLimited,
+                since: DateTime::from_timestamp_millis(1_764_000_000_123).unwrap(),
+                until: DateTime::from_timestamp_millis(1_764_000_900_000),
+                detail: None,
+            },
+        };
+        assert_eq!(event.routing_key(), "acme.channel.state");
+        assert_eq!(event.amqp_message_id(), "acme:state:1764000000123");
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["since"], "2025-11-24T16:00:00.123Z");
+        assert_eq!(json["until"], "2025-11-24T16:15:00.000Z");
+        assert_eq!(json["state"], "rate_limited");
+    }
 }
