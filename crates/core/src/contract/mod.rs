@@ -27,12 +27,14 @@
 //! - [`event_to_crm`]: [`EventToCrm`], one of them serialized with its AMQP
 //!   `message_id` and `type`, ready for the incoming exchange.
 //!
-//! Every timestamp is RFC 3339 in UTC with milliseconds (`timestamp`).
+//! Every timestamp is RFC 3339 in UTC with milliseconds (`timestamp`); the parsers'
+//! refusals name a wrong-typed value alike (`json_kind`).
 
 pub mod channel_state;
 pub mod direct_message;
 pub mod event_to_crm;
 pub mod inbound_event;
+mod json_kind;
 pub mod reason;
 pub mod reply;
 pub mod reply_attachment;

@@ -9,6 +9,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::contract::json_kind::kind;
 use crate::contract::reply_attachment::{attachments, OutgoingAttachment};
 use crate::excerpt::quoted;
 
@@ -268,18 +269,6 @@ fn is_conversation_id(id: &str) -> bool {
     match id.split_once('-') {
         Some((a, b)) => is_user_id(a) && is_user_id(b),
         None => (15..=19).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit()),
-    }
-}
-
-/// How a JSON value is named in a refusal (`a string`, `an array`, …).
-pub(super) fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -12,7 +12,7 @@ use url::Url;
 
 pub use xbridge_x_api::{MediaCategory, SUPPORTED_MIME_TYPES};
 
-use crate::contract::reply::kind;
+use crate::contract::json_kind::kind;
 use crate::excerpt::quoted;
 
 /// Most attachments one reply may carry. X takes one media per DM, so each
