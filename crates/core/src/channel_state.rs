@@ -1,101 +1,16 @@
 //! Each channel's state, as operators and the CRM see it: whether replies on
 //! it are going out, and if not why. Every change is published to the CRM as
-//! a `channel.state` event (so it can warn agents), shown on `/readyz` and
-//! exported as the `xbridge_channel_state` gauge.
+//! a `channel.state` event (so it can warn agents; its wire form is
+//! [`crate::contract::channel_state`]), shown on `/readyz` and exported as the
+//! `xbridge_channel_state` gauge.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-/// The states a channel can be in. A closed set: documented for the CRM and
-/// used as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChannelState {
-    /// Replies go out and DMs come in.
-    Ok,
-    /// X's rate limit holds replies until a reset.
-    RateLimited,
-    /// The X account has no credits (or hit a cap): replies wait.
-    CreditsExhausted,
-    /// X refuses the channel's credentials.
-    Unauthorized,
-    /// The access token may not send DMs.
-    MissingPermission,
-    /// X considers the webhook invalid: no webhook events arrive.
-    WebhookInvalid,
-    /// Polling for DMs is paused after repeated failures.
-    PollingPaused,
-}
-
-impl ChannelState {
-    /// Every state, for metrics.
-    pub const ALL: [ChannelState; 7] = [
-        ChannelState::Ok,
-        ChannelState::RateLimited,
-        ChannelState::CreditsExhausted,
-        ChannelState::Unauthorized,
-        ChannelState::MissingPermission,
-        ChannelState::WebhookInvalid,
-        ChannelState::PollingPaused,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelState::Ok => "ok",
-            ChannelState::RateLimited => "rate_limited",
-            ChannelState::CreditsExhausted => "credits_exhausted",
-            ChannelState::Unauthorized => "unauthorized",
-            ChannelState::MissingPermission => "missing_permission",
-            ChannelState::WebhookInvalid => "webhook_invalid",
-            ChannelState::PollingPaused => "polling_paused",
-        }
-    }
-}
-
-/// A channel's current state, since when, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChannelStatus {
-    /// The state.
-    pub state: ChannelState,
-    /// When the channel entered it, or when its cause (`detail`) last changed
-    /// ([`ChannelStates::explain`]).
-    #[serde(serialize_with = "rfc3339")]
-    pub since: DateTime<Utc>,
-    /// For `rate_limited`: when X's window resets.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "rfc3339_opt"
-    )]
-    pub until: Option<DateTime<Utc>>,
-    /// Human-readable cause (X's own words where there are some).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-/// The `channel.state` event for the CRM.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChannelStateEvent {
-    /// Always `channel.state`.
-    #[serde(rename = "type")]
-    pub event_type: &'static str,
-    /// The channel.
-    pub channel: String,
-    /// Its new status.
-    #[serde(flatten)]
-    pub status: ChannelStatus,
-}
-
-impl ChannelStateEvent {
-    /// Routing key on the incoming exchange.
-    pub fn routing_key(&self) -> String {
-        format!("{}.channel.state", self.channel)
-    }
-}
+use crate::contract::{ChannelState, ChannelStateEvent, ChannelStatus};
 
 /// Every channel's state, shared by both directions of one bridge.
 pub struct ChannelStates {
@@ -213,17 +128,6 @@ fn set_gauge(channel: &str, state: ChannelState) {
             "state" => candidate.as_str()
         )
         .set(if candidate == state { 1.0 } else { 0.0 });
-    }
-}
-
-fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
-
-fn rfc3339_opt<S: serde::Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(at) => rfc3339(at, s),
-        None => s.serialize_none(),
     }
 }
 

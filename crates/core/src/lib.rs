@@ -1,8 +1,12 @@
 //! What both directions of xbridge share.
 //!
-//! - [`model`]: the message contract with the CRM (replies, status events, reasons).
-//! - [`channel_state`], [`channel_identity`]: a channel's state as the CRM sees it, and
-//!   the account's X user id, learnt or configured.
+//! - [`contract`]: the message contract with the CRM, a folder with one file per
+//!   document of `docs/schemas/`: from the CRM the reply (`reply.rs`,
+//!   `reply_attachment.rs`); to the CRM the reply's status (`status.rs`, `reason.rs`),
+//!   the channel's state (`channel_state.rs`) and the DM events (`direct_message.rs`,
+//!   `inbound_event.rs`, and `event_to_crm.rs`, their envelope on the incoming exchange).
+//! - [`channel_state`], [`channel_identity`]: every channel's state, tracked and
+//!   broadcast to the CRM, and the account's X user id, learnt or configured.
 //! - [`config`]: the configuration, a folder with one file per section:
 //!   - `config/mod.rs`: the loader ([`config::Settings::load`], `from_toml`, the
 //!     `XBRIDGE_…` environment overrides), [`config::ConfigError`] and the warnings;
@@ -23,8 +27,8 @@ pub mod amqp;
 pub mod channel_identity;
 pub mod channel_state;
 pub mod config;
+pub mod contract;
 pub mod metrics_catalog;
-pub mod model;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use xbridge_arbitrary as arbitrary;
 
 use crate::amqp::FailureHeaders;
-use crate::model::{
+use crate::contract::{
     AttachmentSource, OutgoingReply, ReplyTarget, MAX_ATTACHMENTS, MAX_INLINE_DATA_BYTES,
     MAX_MESSAGE_ID_BYTES, MAX_TEXT_CHARS,
 };
@@ -201,7 +201,7 @@ fn assert_valid(reply: &OutgoingReply) -> Result<(), TestCaseError> {
 
 /// A refusal as the property wants it: some text, of bounded size, naming only a
 /// well-formed id.
-fn assert_bounded(refusal: &crate::model::InvalidReply) -> Result<(), TestCaseError> {
+fn assert_bounded(refusal: &crate::contract::InvalidReply) -> Result<(), TestCaseError> {
     prop_assert!(!refusal.detail.is_empty());
     prop_assert!(
         refusal.detail.len() <= MAX_DETAIL_BYTES,

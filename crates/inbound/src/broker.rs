@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp::{self, declare_topology, PublishError, Publisher, TopologyPlan};
 use xbridge_core::config::Settings;
+use xbridge_core::contract::EventToCrm;
 
-use crate::delivery::sink::{AmqpSink, EventSink, InboundDeadLetter, OutboundEvent, SinkError};
+use crate::delivery::sink::{AmqpSink, EventSink, InboundDeadLetter, SinkError};
 
 /// Keeps a confirm-mode publisher on a live connection for the sink, and
 /// makes a new one when the old one breaks.
@@ -160,7 +161,7 @@ impl BrokerSink {
 
 #[async_trait]
 impl EventSink for BrokerSink {
-    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError> {
+    async fn publish(&self, event: &EventToCrm) -> Result<(), SinkError> {
         let sink = self.current()?;
         self.noticed(sink.publish(event).await)
     }

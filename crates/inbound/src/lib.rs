@@ -11,8 +11,9 @@
 //!   signature-checked by the caller) into [`InboundItem`]s plus the subscribed account
 //!   they are for ([`WebhookDelivery`]); [`parse_dm_events`] reads a `GET /2/dm_events`
 //!   page into the same items, with the page's `next_token` ([`DmEventsPage`]). Also
-//!   there: the message, sender and attachment types, the t.co link stripping, the JSON
-//!   readers, and [`PayloadError`].
+//!   there: the readers of senders and attachments, the t.co link stripping, the JSON
+//!   readers, and [`PayloadError`]. What they read into (the DM with its sender and
+//!   media, typing, read receipts) is the CRM contract's, in `xbridge_core::contract`.
 //! - [`webhook`]: the HTTP endpoint for X ([`webhook::server::router`]): answers the
 //!   CRC and checks the signature of event POSTs ([`webhook::auth`]), both with the
 //!   channel's consumer secret, in constant time, before the body is read (within a
@@ -34,10 +35,13 @@
 //!   `delivery::dm` drops duplicates and the bridge's own echoes (through the
 //!   `xbridge_store::StateStore`), [`classify`] tells a customer's DM from one the
 //!   company sent ([`MessageOrigin`]), [`delivery::profiles::Profiles`] completes a
-//!   sender's profile when a payload lacks it; [`ReceivedMessage`], [`MessageEcho`],
-//!   [`ConversationTyping`] and [`MessageRead`] are the events for the CRM, serializing
-//!   to the contract with their routing keys on `xbridge.incoming`; and
-//!   [`delivery::sink::AmqpSink`] publishes them persistent, `mandatory` and confirmed.
+//!   sender's profile when a payload lacks it; each DM, typing indicator and read
+//!   receipt becomes one of the contract's events for the CRM
+//!   ([`ReceivedMessage`](xbridge_core::contract::ReceivedMessage), `MessageEcho`,
+//!   `ConversationTyping`, `MessageRead`, each sent as an
+//!   [`EventToCrm`](xbridge_core::contract::EventToCrm) with its routing key on
+//!   `xbridge.incoming`); and [`delivery::sink::AmqpSink`] publishes them persistent,
+//!   `mandatory` and confirmed.
 //! - [`media`]: [`media::links::MediaLinks`] gives each published attachment a signed
 //!   URL of the bridge (X's own media URLs need the channel's OAuth signature), and
 //!   [`media::proxy::router`] serves it: checks the URL, fetches the media from X with
@@ -57,7 +61,8 @@
 //! How the webhook combines them:
 //!
 //! ```
-//! use xbridge_inbound::{classify, parse_webhook, InboundItem, MessageOrigin, ReceivedMessage};
+//! use xbridge_core::contract::ReceivedMessage;
+//! use xbridge_inbound::{classify, parse_webhook, InboundItem, MessageOrigin};
 //!
 //! let body = br#"{"for_user_id":"4337869213","direct_message_events":[{"type":"message_create",
 //!   "id":"954491830116155396","created_timestamp":"1516403560557","message_create":{
@@ -92,12 +97,8 @@ mod properties;
 mod test_support;
 
 pub use delivery::echo::{classify, MessageOrigin};
-pub use delivery::event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
 pub use delivery::in_flight::{write_pending, InFlightDeliveries, PendingRecords};
-pub use x::attachment::{Attachment, AttachmentKind};
 pub use x::dm_events::{parse_dm_events, DmEventsPage};
 pub use x::error::PayloadError;
-pub use x::item::{InboundItem, ReadReceipt, Typing};
-pub use x::message::{DirectMessage, ReceivedVia};
-pub use x::sender::Sender;
+pub use x::item::InboundItem;
 pub use x::webhook_body::{parse_webhook, WebhookDelivery};

@@ -16,6 +16,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use url::Url;
 use xbridge_arbitrary as arbitrary;
+use xbridge_core::contract::DirectMessage;
 
 use crate::media::links::{LinkError, MediaLinks};
 use crate::test_support::fixture;
@@ -23,7 +24,6 @@ use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, S
 use crate::x::dm_events::parse_dm_events;
 use crate::x::error::PayloadError;
 use crate::x::item::InboundItem;
-use crate::x::message::DirectMessage;
 use crate::x::webhook_body::parse_webhook;
 
 /// The longest reason or error text a body may earn: they are logged for every event
@@ -272,7 +272,7 @@ struct NoSink;
 impl crate::delivery::sink::EventSink for NoSink {
     async fn publish(
         &self,
-        _event: &crate::delivery::sink::OutboundEvent,
+        _event: &xbridge_core::contract::EventToCrm,
     ) -> Result<(), crate::delivery::sink::SinkError> {
         Ok(())
     }

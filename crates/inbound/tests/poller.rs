@@ -15,7 +15,8 @@ use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use serde_json::Value;
 use x_simulator::{Account, Customer, Fault, Simulator, SimulatorConfig};
-use xbridge_inbound::delivery::sink::{AmqpSink, EventSink, OutboundEvent, SinkError};
+use xbridge_core::contract::EventToCrm;
+use xbridge_inbound::delivery::sink::{AmqpSink, EventSink, SinkError};
 use xbridge_inbound::polling::poller::{
     poll_once, PollBudget, PollContext, PollError, PollOutcome,
 };
@@ -43,7 +44,7 @@ struct FlakySink {
 
 #[async_trait]
 impl EventSink for FlakySink {
-    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError> {
+    async fn publish(&self, event: &EventToCrm) -> Result<(), SinkError> {
         let targeted = self
             .fail_on
             .lock()
@@ -378,7 +379,7 @@ struct NoSink;
 
 #[async_trait]
 impl EventSink for NoSink {
-    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError> {
+    async fn publish(&self, event: &EventToCrm) -> Result<(), SinkError> {
         panic!("nothing should be published: {event:?}");
     }
 }

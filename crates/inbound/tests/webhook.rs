@@ -24,9 +24,8 @@ use serde_json::{json, Value};
 use xbridge_core::amqp::dead_letters::DIRECTION_HEADER;
 use xbridge_core::amqp::{connect, FailureHeaders, Publisher};
 use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
-use xbridge_inbound::delivery::sink::{
-    AmqpSink, EventSink, InboundDeadLetter, OutboundEvent, SinkError,
-};
+use xbridge_core::contract::EventToCrm;
+use xbridge_inbound::delivery::sink::{AmqpSink, EventSink, InboundDeadLetter, SinkError};
 use xbridge_inbound::webhook::auth::{crc_response_token, SIGNATURE_HEADER};
 use xbridge_inbound::webhook::server::{router, WebhookChannel, WebhookConfig, WebhookState};
 use xbridge_store::{EmbeddedStore, SentRecord, StateStore};
@@ -99,7 +98,7 @@ struct FlakySink {
 
 #[async_trait]
 impl EventSink for FlakySink {
-    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError> {
+    async fn publish(&self, event: &EventToCrm) -> Result<(), SinkError> {
         let targeted = self
             .fail_on
             .lock()

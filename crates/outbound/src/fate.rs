@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use xbridge_core::channel_state::ChannelState;
 use xbridge_core::config::{CreditsSettings, RetrySettings};
-use xbridge_core::model::FailureReason;
+use xbridge_core::contract::ChannelState;
+use xbridge_core::contract::FailureReason;
 use xbridge_x_api::XError;
 
 /// What happens to a reply after a failed request.

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use xbridge_core::model::{MediaCategory, OutgoingReply};
+use xbridge_core::contract::OutgoingReply;
 use xbridge_store::{SentRecord, StoreError};
 use xbridge_x_api::{DmTarget, MediaUpload, XError};
 
@@ -338,7 +338,7 @@ async fn upload(ctx: &ChannelContext, media: &mut PreparedMedia) -> Result<Strin
         ),
     })?;
     let media_type = media.mime_type.clone();
-    let category = x_category(media.category);
+    let category = media.category;
     let total_bytes = media.total_bytes;
     let uploaded = ctx
         .client
@@ -351,12 +351,4 @@ async fn upload(ctx: &ChannelContext, media: &mut PreparedMedia) -> Result<Strin
         .await?;
     tracing::info!(channel = %ctx.name, media_id = %uploaded.media_id, category = category.as_str(), total_bytes, "attachment uploaded to X");
     Ok(uploaded.media_id)
-}
-
-fn x_category(category: MediaCategory) -> xbridge_x_api::MediaCategory {
-    match category {
-        MediaCategory::DmImage => xbridge_x_api::MediaCategory::DmImage,
-        MediaCategory::DmGif => xbridge_x_api::MediaCategory::DmGif,
-        MediaCategory::DmVideo => xbridge_x_api::MediaCategory::DmVideo,
-    }
 }

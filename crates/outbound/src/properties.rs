@@ -6,7 +6,7 @@ use lapin::types::ShortString;
 use proptest::prelude::*;
 use serde_json::json;
 use xbridge_arbitrary as arbitrary;
-use xbridge_core::model::{FailureReason, StatusEvent};
+use xbridge_core::contract::{FailureReason, StatusEvent};
 use xbridge_x_api::{DmTarget, XError};
 
 use crate::recent_events::{matches, read_page, Sought};

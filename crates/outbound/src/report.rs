@@ -10,9 +10,9 @@ use lapin::BasicProperties;
 use xbridge_core::amqp::{
     wire, DroppedHeader, FailureHeaders, PublishError, Publisher, MAX_DETAIL_BYTES,
 };
-use xbridge_core::channel_state::ChannelStateEvent;
 use xbridge_core::config::TopologyNames;
-use xbridge_core::model::{FailureReason, StatusEvent};
+use xbridge_core::contract::ChannelStateEvent;
+use xbridge_core::contract::{FailureReason, StatusEvent};
 use xbridge_x_api::XError;
 
 /// Room kept free in a republished reply's header frame for what RabbitMQ
@@ -170,14 +170,7 @@ impl Reporter {
     pub async fn channel_state(&self, event: &ChannelStateEvent) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).expect("state events always serialize");
         let properties = BasicProperties::default()
-            .with_message_id(
-                format!(
-                    "{}:state:{}",
-                    event.channel,
-                    event.status.since.timestamp_millis()
-                )
-                .into(),
-            )
+            .with_message_id(event.amqp_message_id().into())
             .with_content_type("application/json".into())
             .with_type(event.event_type.into());
         self.publisher

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp::FailureHeaders;
-use xbridge_core::channel_state::ChannelState;
-use xbridge_core::model::{FailureReason, OutgoingReply, ReplyTarget};
+use xbridge_core::contract::ChannelState;
+use xbridge_core::contract::{FailureReason, OutgoingReply, ReplyTarget};
 use xbridge_store::SentRecord;
 use xbridge_x_api::{DmTarget, XError};
 

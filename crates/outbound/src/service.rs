@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp::{self, declare_topology, Publisher, TopologyPlan};
 use xbridge_core::channel_identity::ChannelIdentities;
-use xbridge_core::channel_state::{ChannelStateEvent, ChannelStates};
+use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
+use xbridge_core::contract::ChannelStateEvent;
 use xbridge_store::StateStore;
 use xbridge_x_api::{XClient, XHttp};
 

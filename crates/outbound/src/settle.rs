@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use xbridge_core::amqp::FailureHeaders;
-use xbridge_core::model::{FailureReason, InvalidReply, StatusEvent};
+use xbridge_core::contract::{FailureReason, InvalidReply, StatusEvent};
 use xbridge_store::SentRecord;
 
 use crate::context::ChannelContext;

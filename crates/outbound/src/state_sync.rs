@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use xbridge_core::channel_state::{ChannelStateEvent, ChannelStatus};
+use xbridge_core::contract::{ChannelStateEvent, ChannelStatus};
 
 /// What the CRM was last told of each channel, kept across sessions.
 #[derive(Debug, Default)]
@@ -53,7 +53,8 @@ impl PublishedStates {
 
 #[cfg(test)]
 mod tests {
-    use xbridge_core::channel_state::{ChannelState, ChannelStates};
+    use xbridge_core::channel_state::ChannelStates;
+    use xbridge_core::contract::ChannelState;
 
     use super::*;
 

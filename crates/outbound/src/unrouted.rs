@@ -8,7 +8,7 @@ use lapin::Consumer;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp::FailureHeaders;
-use xbridge_core::model::FailureReason;
+use xbridge_core::contract::FailureReason;
 
 use crate::report::{Failure, Reporter};
 use crate::unsettled::Unsettled;
@@ -58,7 +58,7 @@ pub async fn consume(
 /// either past 255 bytes panics in the AMQP client. Such a reply is still dead-lettered.
 pub(crate) fn reportable_id(routing_key: &str, body: &[u8]) -> Option<String> {
     const SHORT_STRING: usize = 255;
-    let id = xbridge_core::model::scan_message_id(body)?;
+    let id = xbridge_core::contract::scan_message_id(body)?;
     let fits = routing_key.len() + ".message.failed".len() <= SHORT_STRING
         && routing_key.len() + id.len() + "::failed".len() <= SHORT_STRING;
     fits.then_some(id)

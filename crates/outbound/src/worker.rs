@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use xbridge_core::amqp::{wire, FailureHeaders};
-use xbridge_core::model::{FailureReason, InvalidReply, OutgoingReply};
+use xbridge_core::contract::{FailureReason, InvalidReply, OutgoingReply};
 
 use crate::context::ChannelContext;
 use crate::parts::{PrepareError, ReplyParts};
@@ -32,7 +32,7 @@ struct Job {
     delivery: Delivery,
     reply: OutgoingReply,
     /// The reply's conversation, whose lane it goes through (see
-    /// [`xbridge_core::model::ReplyTarget::ordering_key`]).
+    /// [`xbridge_core::contract::ReplyTarget::ordering_key`]).
     conversation: String,
     /// When the bridge took the delivery off the queue: a reply waiting in
     /// its lane behind others is already waiting for credits.

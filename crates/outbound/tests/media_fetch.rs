@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::Router;
 use url::Url;
 use xbridge_core::config::{HostPattern, MediaSettings};
-use xbridge_core::model::{AttachmentSource, MediaCategory, OutgoingAttachment};
+use xbridge_core::contract::{AttachmentSource, MediaCategory, OutgoingAttachment};
 use xbridge_outbound::media::{AddressClass, MediaError, MediaFetcher, SizeLimit};
 
 /// The configured download cap in these tests.

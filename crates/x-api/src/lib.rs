@@ -1,8 +1,8 @@
 //! The parts of X's API that xbridge uses, for one X account at a time.
 //!
-//! - [`XClient`] sends DMs (with media it uploads first, [`XClient::upload_media`]) and
-//!   reads DM events and users (for the inbound poller), signed with the account's OAuth
-//!   1.0a [`UserCredentials`].
+//! - [`XClient`] sends DMs (with media it uploads first, [`XClient::upload_media`], each of
+//!   a [`MediaCategory`] known from its MIME type) and reads DM events and users (for the
+//!   inbound poller), signed with the account's OAuth 1.0a [`UserCredentials`].
 //! - [`Pacer`] spreads a backlog of sends (and, with a window of its own, of reads) over
 //!   X's rate-limit windows instead of running into 429s.
 //! - [`WebhookClient`] registers, lists and revalidates the App's webhook and subscribes an
@@ -30,6 +30,7 @@ mod error;
 pub mod excerpt;
 mod http;
 mod id;
+mod media_category;
 mod media_download;
 mod oauth;
 mod pacing;
@@ -45,9 +46,10 @@ pub use client::{MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};
 pub use dm::{DmTarget, SentDm};
 pub use error::{classify_send_error, Problem, XError};
 pub use http::{error_chain, XHttp};
+pub use media_category::{MediaCategory, SUPPORTED_MIME_TYPES};
 pub use media_download::{MediaDownloadError, MAX_TRANSFER};
 pub use oauth::UserCredentials;
 pub use pacing::{Pacer, RateLimit};
 pub use read::{is_pagination_token, DmEventsRequest, DmEventsResponse, XUser};
-pub use upload::{MediaCategory, MediaUpload, UploadedMedia};
+pub use upload::{MediaUpload, UploadedMedia};
 pub use webhooks::{classify_webhook_error, webhook_problem, Webhook, WebhookClient, WebhookError};

@@ -19,53 +19,13 @@ use url::Url;
 use crate::client::{hold_on_rate_limit, Exchange, Paced};
 use crate::dm::local_invalid;
 use crate::error::body_snippet;
-use crate::{classify_send_error, oauth, XClient, XError};
+use crate::{classify_send_error, oauth, MediaCategory, XClient, XError};
 
 /// X numbers segments 0 to 999, so an upload has at most this many.
 const MAX_SEGMENTS: u32 = 1000;
 
 /// How long to wait between STATUS polls when X gives no `check_after_secs`.
 const DEFAULT_CHECK_AFTER: Duration = Duration::from_secs(1);
-
-/// What X calls the kind of DM media at INITIALIZE (`media_category`); it decides X's size
-/// limit and whether X processes the media after FINALIZE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MediaCategory {
-    /// A picture (JPEG, PNG, WEBP, ...): `dm_image`, at most 5 MB, usable at once.
-    DmImage,
-    /// An animated GIF: `dm_gif`, at most 15 MB, processed by X.
-    DmGif,
-    /// A video (MP4, MOV): `dm_video`, at most 512 MB, processed by X.
-    DmVideo,
-}
-
-impl MediaCategory {
-    /// X's wire value: `dm_image`, `dm_gif` or `dm_video`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MediaCategory::DmImage => "dm_image",
-            MediaCategory::DmGif => "dm_gif",
-            MediaCategory::DmVideo => "dm_video",
-        }
-    }
-
-    /// X's size limit for the kind (image 5 MB, GIF 15 MB, video 512 MB, counted in MiB), so
-    /// a caller can refuse a too-large file before downloading or uploading it.
-    pub fn max_bytes(self) -> u64 {
-        const MIB: u64 = 1024 * 1024;
-        match self {
-            MediaCategory::DmImage => 5 * MIB,
-            MediaCategory::DmGif => 15 * MIB,
-            MediaCategory::DmVideo => 512 * MIB,
-        }
-    }
-}
-
-impl fmt::Display for MediaCategory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One file to upload: what it is and where its bytes come from.
 pub struct MediaUpload<'a> {
@@ -526,13 +486,6 @@ fn media_refusal(answer: &Exchange) -> XError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn categories_use_xs_names_and_limits() {
-        assert_eq!(MediaCategory::DmImage.as_str(), "dm_image");
-        assert_eq!(MediaCategory::DmGif.to_string(), "dm_gif");
-        assert_eq!(MediaCategory::DmVideo.max_bytes(), 512 * 1024 * 1024);
-    }
 
     #[test]
     fn a_failed_status_body_parses() {

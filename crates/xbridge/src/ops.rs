@@ -34,8 +34,8 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use xbridge_core::channel_state::ChannelStatus;
 use xbridge_core::config::HttpSettings;
+use xbridge_core::contract::ChannelStatus;
 
 /// The process-wide Prometheus recorder, installed on first use (metrics
 /// recorded before that are not kept), with every metric's `# HELP` text

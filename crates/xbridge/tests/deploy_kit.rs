@@ -36,7 +36,7 @@ const DUMMY: &str = "dummy-value-0123456789abcdefghijklmnopqrstuv";
 /// X's largest DM media (video), and the attachments one reply may carry, all
 /// downloaded before the first is sent (docs/media.md, "From agents: reply attachments").
 const LARGEST_MEDIA: u64 = 512 * MIB;
-const MAX_ATTACHMENTS: u64 = xbridge_core::model::MAX_ATTACHMENTS as u64;
+const MAX_ATTACHMENTS: u64 = xbridge_core::contract::MAX_ATTACHMENTS as u64;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use x_simulator::{Account, Simulator, SimulatorConfig};
-use xbridge_inbound::delivery::sink::{EventSink, OutboundEvent, SinkError};
+use xbridge_core::contract::EventToCrm;
+use xbridge_inbound::delivery::sink::{EventSink, SinkError};
 use xbridge_inbound::webhook::server::{router, WebhookChannel, WebhookConfig, WebhookState};
 use xbridge_store::EmbeddedStore;
 
@@ -21,7 +22,7 @@ struct NoSink;
 
 #[async_trait]
 impl EventSink for NoSink {
-    async fn publish(&self, _event: &OutboundEvent) -> Result<(), SinkError> {
+    async fn publish(&self, _event: &EventToCrm) -> Result<(), SinkError> {
         Err(SinkError::Unavailable("not used by these tests".into()))
     }
 }

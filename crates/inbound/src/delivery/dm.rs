@@ -8,15 +8,16 @@
 //! The deliveries in flight, and what the store could not take yet, are
 //! [`InFlightDeliveries`]'s ([`super::in_flight`]).
 
+use xbridge_core::contract::{
+    DirectMessage, EventToCrm, MessageEcho, ReceivedMessage, ReceivedVia,
+};
 use xbridge_store::{StateStore, StoreError};
 
 use crate::delivery::echo::{classify, MessageOrigin};
-use crate::delivery::event::{MessageEcho, ReceivedMessage};
 use crate::delivery::in_flight::InFlightDeliveries;
 use crate::delivery::profiles::Profiles;
-use crate::delivery::sink::{EventSink, OutboundEvent, SinkError};
+use crate::delivery::sink::{EventSink, SinkError};
 use crate::media::links::MediaLinks;
-use crate::x::message::{DirectMessage, ReceivedVia};
 
 /// How long a DM of the account's own, not (yet) known as one of the bridge's
 /// sends, is looked up again before it is published as `message.echo`.
@@ -132,7 +133,7 @@ impl Delivery<'_> {
     /// The event `dm` becomes, or `None` when it is dropped: the echo of the bridge's own
     /// reply never goes to the CRM, a company echo only when echoes are on, and a
     /// customer's DM goes with the sender's profile completed.
-    async fn event_for(&self, mut dm: DirectMessage, own_send: bool) -> Option<OutboundEvent> {
+    async fn event_for(&self, mut dm: DirectMessage, own_send: bool) -> Option<EventToCrm> {
         let channel = self.channel;
         let event_id = dm.event_id.as_str();
         match classify(&dm, self.own_user_id, &|_| own_send) {
@@ -144,12 +145,12 @@ impl Delivery<'_> {
                 tracing::debug!(channel, event_id, "company echo; echoes are off, dropped");
                 None
             }
-            MessageOrigin::CompanyEcho => Some(OutboundEvent::echo(&MessageEcho::new(channel, dm))),
+            MessageOrigin::CompanyEcho => Some(EventToCrm::echo(&MessageEcho::new(channel, dm))),
             MessageOrigin::Received => {
                 if let Some(profiles) = self.profiles {
                     profiles.complete(&mut dm.sender).await;
                 }
-                Some(OutboundEvent::received(&ReceivedMessage::new(channel, dm)))
+                Some(EventToCrm::received(&ReceivedMessage::new(channel, dm)))
             }
         }
     }
@@ -157,10 +158,7 @@ impl Delivery<'_> {
     /// Publishes a typing or read `event` once, like a DM: X gives these no id, so
     /// their stable AMQP `message_id` (built from who and when) is the key of the
     /// in-flight guard and of the delivered record. `true` when it was published.
-    pub(crate) async fn deliver_activity(
-        &self,
-        event: &OutboundEvent,
-    ) -> Result<bool, DeliveryError> {
+    pub(crate) async fn deliver_activity(&self, event: &EventToCrm) -> Result<bool, DeliveryError> {
         let channel = self.channel;
         let key = event.message_id.as_str();
         let _in_flight = self.in_flight.acquire(channel, key).await;

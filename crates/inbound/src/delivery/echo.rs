@@ -5,7 +5,7 @@
 //! Publishing those back to the CRM as customer messages would make the CRM answer its
 //! own replies.
 
-use crate::x::message::DirectMessage;
+use xbridge_core::contract::DirectMessage;
 
 /// Where a DM came from, as far as the channel is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,8 +50,7 @@ mod tests {
     use chrono::DateTime;
 
     use super::*;
-    use crate::x::message::ReceivedVia;
-    use crate::x::sender::Sender;
+    use xbridge_core::contract::{ReceivedVia, Sender};
 
     const OWN: &str = "4337869213";
     const CUSTOMER: &str = "3001969357";

@@ -11,9 +11,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use xbridge_core::contract::Sender;
 use xbridge_x_api::XClient;
-
-use crate::x::sender::Sender;
 
 /// The profile lookups of one channel (its X client and its cache).
 pub struct Profiles {

@@ -8,98 +8,9 @@ use async_trait::async_trait;
 use chrono::Utc;
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
-use serde::Serialize;
 use xbridge_core::amqp::dead_letters::{DIRECTION_HEADER, INBOUND};
 use xbridge_core::amqp::{FailureHeaders, PublishError, Publisher};
-
-use crate::delivery::event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
-
-/// One event ready for the incoming exchange: everything the broker needs, serialized
-/// once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboundEvent {
-    /// `<channel>.<type>` on the incoming exchange.
-    pub routing_key: String,
-    /// The AMQP `message_id`: the same X event on the same channel always gets the same
-    /// id, so a consumer can drop the duplicates at-least-once delivery allows.
-    pub message_id: String,
-    /// The AMQP `type` property (`message.received`, …), so a consumer can dispatch
-    /// without parsing the body.
-    pub event_type: &'static str,
-    /// The JSON body, as the contract in `docs/schemas/` describes it.
-    pub body: Vec<u8>,
-}
-
-impl OutboundEvent {
-    /// `message.received`, id `<channel>:<event_id>:received`.
-    pub fn received(event: &ReceivedMessage) -> OutboundEvent {
-        OutboundEvent::new(
-            event.routing_key(),
-            format!("{}:{}:received", event.channel, event.message.event_id),
-            ReceivedMessage::EVENT_TYPE,
-            event,
-        )
-    }
-
-    /// `message.echo`, id `<channel>:<event_id>:echo`: distinct from the `received` of
-    /// the same X event on another channel (two configured accounts writing to each
-    /// other).
-    pub fn echo(event: &MessageEcho) -> OutboundEvent {
-        OutboundEvent::new(
-            event.routing_key(),
-            format!("{}:{}:echo", event.channel, event.message.event_id),
-            MessageEcho::EVENT_TYPE,
-            event,
-        )
-    }
-
-    /// `conversation.typing`, id `<channel>:typing:<sender>:<created_at millis>`
-    /// (X gives typing events no id).
-    pub fn typing(event: &ConversationTyping) -> OutboundEvent {
-        OutboundEvent::new(
-            event.routing_key(),
-            format!(
-                "{}:typing:{}:{}",
-                event.channel,
-                event.typing.sender_id,
-                event.typing.created_at.timestamp_millis()
-            ),
-            ConversationTyping::EVENT_TYPE,
-            event,
-        )
-    }
-
-    /// `message.read`, id `<channel>:read:<reader>:<created_at millis>` (X gives read
-    /// events no id).
-    pub fn read(event: &MessageRead) -> OutboundEvent {
-        OutboundEvent::new(
-            event.routing_key(),
-            format!(
-                "{}:read:{}:{}",
-                event.channel,
-                event.read.reader_id,
-                event.read.created_at.timestamp_millis()
-            ),
-            MessageRead::EVENT_TYPE,
-            event,
-        )
-    }
-
-    fn new(
-        routing_key: String,
-        message_id: String,
-        event_type: &'static str,
-        event: &impl Serialize,
-    ) -> OutboundEvent {
-        OutboundEvent {
-            routing_key,
-            message_id,
-            event_type,
-            // Plain structs of strings and timestamps: serializing cannot fail.
-            body: serde_json::to_vec(event).unwrap_or_default(),
-        }
-    }
-}
+use xbridge_core::contract::EventToCrm;
 
 /// Why an event is not known to be safe in the broker. The webhook answers 503 and X
 /// sends the body again later.
@@ -162,7 +73,7 @@ impl InboundDeadLetter {
 #[async_trait]
 pub trait EventSink: Send + Sync {
     /// Publishes one event and waits until it is safe.
-    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError>;
+    async fn publish(&self, event: &EventToCrm) -> Result<(), SinkError>;
 
     /// Keeps `letter` in the dead-letter queue and waits until it is safe. A sink
     /// without one refuses, so the webhook answers 503 and X sends the body again.
@@ -203,7 +114,7 @@ impl AmqpSink {
 
 #[async_trait]
 impl EventSink for AmqpSink {
-    async fn publish(&self, event: &OutboundEvent) -> Result<(), SinkError> {
+    async fn publish(&self, event: &EventToCrm) -> Result<(), SinkError> {
         let properties = BasicProperties::default()
             .with_message_id(event.message_id.as_str().into())
             .with_content_type("application/json".into())
@@ -230,66 +141,5 @@ impl EventSink for AmqpSink {
             )
             .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::DateTime;
-    use serde_json::Value;
-
-    use super::*;
-    use crate::test_support::fixture;
-    use crate::x::item::{InboundItem, ReadReceipt, Typing};
-    use crate::x::webhook_body::parse_webhook;
-
-    fn dm() -> crate::x::message::DirectMessage {
-        match parse_webhook(fixture!("webhook_aaa_dm.json"))
-            .unwrap()
-            .items
-            .remove(0)
-        {
-            InboundItem::Message(dm) => dm,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn message_ids_differ_by_channel_and_kind() {
-        let received = OutboundEvent::received(&ReceivedMessage::new("acme", dm()));
-        assert_eq!(received.message_id, "acme:954491830116155396:received");
-        assert_eq!(received.routing_key, "acme.message.received");
-        assert_eq!(received.event_type, "message.received");
-        let body: Value = serde_json::from_slice(&received.body).unwrap();
-        assert_eq!(body["type"], "message.received");
-
-        let echo = OutboundEvent::echo(&MessageEcho::new("other", dm()));
-        assert_eq!(echo.message_id, "other:954491830116155396:echo");
-        assert_eq!(echo.routing_key, "other.message.echo");
-    }
-
-    #[test]
-    fn activity_ids_are_built_from_sender_and_time() {
-        let at = DateTime::from_timestamp_millis(1518127183443).unwrap();
-        let typing = OutboundEvent::typing(&ConversationTyping::new(
-            "acme",
-            Typing {
-                sender_id: "3284025577".into(),
-                recipient_id: "3001969357".into(),
-                created_at: at,
-            },
-        ));
-        assert_eq!(typing.message_id, "acme:typing:3284025577:1518127183443");
-        assert_eq!(typing.event_type, "conversation.typing");
-        let read = OutboundEvent::read(&MessageRead::new(
-            "acme",
-            ReadReceipt {
-                reader_id: "3001969357".into(),
-                last_read_event_id: "963085315333238788".into(),
-                created_at: at,
-            },
-        ));
-        assert_eq!(read.message_id, "acme:read:3001969357:1518127183443");
-        assert_eq!(read.routing_key, "acme.message.read");
     }
 }

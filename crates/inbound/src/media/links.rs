@@ -25,8 +25,7 @@ use rand::RngCore as _;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use url::Url;
-
-use crate::x::message::DirectMessage;
+use xbridge_core::contract::DirectMessage;
 
 /// The token format's version, the first segment: lets a later format live next to this
 /// one while URLs of the old one are still out.

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use xbridge_core::contract::DirectMessage;
 use xbridge_store::{StateStore, StoreError};
 use xbridge_x_api::{DmEventsRequest, XClient, XError};
 
@@ -40,7 +41,6 @@ use crate::delivery::sink::{EventSink, SinkError};
 use crate::x::dm_events::parse_dm_events;
 use crate::x::error::PayloadError;
 use crate::x::item::InboundItem;
-use crate::x::message::DirectMessage;
 
 /// X's largest `max_results` for `GET /2/dm_events`.
 const MAX_PAGE: u8 = 100;

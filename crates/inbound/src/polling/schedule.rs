@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::amqp;
-use xbridge_core::channel_state::{ChannelState, ChannelStates};
+use xbridge_core::channel_state::ChannelStates;
+use xbridge_core::contract::ChannelState;
 use xbridge_x_api::XError;
 
 use crate::polling::lease::{self, LeaseError, PollLease};

@@ -36,19 +36,18 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
+use xbridge_core::contract::{ConversationTyping, DirectMessage, EventToCrm, MessageRead};
 use xbridge_store::StateStore;
 
 use crate::delivery::dm::{Delivery, DeliveryError};
-use crate::delivery::event::{ConversationTyping, MessageRead};
 use crate::delivery::in_flight::InFlightDeliveries;
-use crate::delivery::sink::{EventSink, InboundDeadLetter, OutboundEvent};
+use crate::delivery::sink::{EventSink, InboundDeadLetter};
 use crate::untrusted_log::{shown, shown_within, LogLimiter};
 use crate::webhook::auth::{crc_response_token, is_crc_token, verify_signature, SIGNATURE_HEADER};
 use crate::webhook::body::{BodyBudget, BodyRefusal, HeldBody};
 use crate::webhook::routing::{route, Route};
 use crate::x::error::PayloadError;
 use crate::x::item::InboundItem;
-use crate::x::message::DirectMessage;
 use crate::x::webhook_body::{parse_webhook, WebhookDelivery};
 
 /// The reason of a kept body for an account no channel of its App is.
@@ -531,12 +530,12 @@ impl WebhookState {
                 }
                 InboundItem::Typing(typing) => {
                     let event = ConversationTyping::new(channel, typing);
-                    self.activity(channel, account, OutboundEvent::typing(&event))
+                    self.activity(channel, account, EventToCrm::typing(&event))
                         .await?;
                 }
                 InboundItem::Read(read) => {
                     let event = MessageRead::new(channel, read);
-                    self.activity(channel, account, OutboundEvent::read(&event))
+                    self.activity(channel, account, EventToCrm::read(&event))
                         .await?;
                 }
                 InboundItem::Ignored { event_id, reason } => {
@@ -590,7 +589,7 @@ impl WebhookState {
         &self,
         channel: &str,
         own_user_id: &str,
-        event: OutboundEvent,
+        event: EventToCrm,
     ) -> Result<(), BodyDeliveryError> {
         if !self.config.publish_activity {
             tracing::debug!(

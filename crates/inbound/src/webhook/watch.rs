@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use xbridge_core::channel_state::{ChannelState, ChannelStates};
+use xbridge_core::channel_state::ChannelStates;
+use xbridge_core::contract::ChannelState;
 use xbridge_core::excerpt::cut;
 use xbridge_x_api::{webhook_problem, Webhook, WebhookClient, WebhookError};
 

@@ -1,150 +1,99 @@
-//! Media attached to a DM, read from either of X's two media shapes.
+//! Media attached to a DM, read from either of X's two media shapes into the contract's
+//! [`Attachment`].
 //!
 //! DM media URLs are not public: a photo's `https://ton.twitter.com/1.1/ton/data/dm/…`
 //! URL must be fetched with a request signed by the channel's user token, which the CRM
-//! does not have. So X's URLs are kept here but never published ([`Attachment::x_url`]);
+//! does not have. So X's URLs are kept but never published ([`Attachment::x_url`]);
 //! before a DM is published, [`crate::media::links::MediaLinks`] fills [`Attachment::url`] and
 //! [`Attachment::preview_url`] with signed URLs of the bridge's own media proxy.
 
-use serde::Serialize;
 use serde_json::Value;
+use xbridge_core::contract::{Attachment, AttachmentKind};
 
 use crate::x::json::{self, Object};
 
-/// What kind of media an attachment is, so the CRM can choose how to show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachmentKind {
-    /// A still image.
-    Photo,
-    /// A video; `url` is its best MP4.
-    Video,
-    /// A GIF, which X stores as a silent looping MP4.
-    AnimatedGif,
+/// X's name for a media kind (`photo`, `video`, `animated_gif`), the same in both shapes.
+fn kind_from_x(kind: &str) -> Option<AttachmentKind> {
+    match kind {
+        "photo" => Some(AttachmentKind::Photo),
+        "video" => Some(AttachmentKind::Video),
+        "animated_gif" => Some(AttachmentKind::AnimatedGif),
+        _ => None,
+    }
 }
 
-impl AttachmentKind {
-    /// X's name for the kind (`photo`, `video`, `animated_gif`), the same in both shapes.
-    fn from_x(kind: &str) -> Option<AttachmentKind> {
-        match kind {
-            "photo" => Some(AttachmentKind::Photo),
-            "video" => Some(AttachmentKind::Video),
-            "animated_gif" => Some(AttachmentKind::AnimatedGif),
-            _ => None,
+/// From a webhook's `message_data.attachment.media` (v1.1 shape: `id_str`,
+/// `media_url_https`, `type`, `original_info` or `sizes`, `video_info.variants[].bitrate`,
+/// `video_info.duration_millis`).
+pub(crate) fn from_v1_media(media: &Object, path: &str) -> Result<Attachment, String> {
+    let kind = kind(media, path)?;
+    let media_id = match media.get("id_str") {
+        Some(Value::String(_)) => json::required_id(media, "id_str", path)?,
+        _ => json::required_id(media, "id", path)?,
+    };
+    let media_key = json::optional_str(media, "media_key").filter(|key| {
+        key.split_once('_')
+            .is_some_and(|(_, id)| id == media_id && is_media_key(key))
+    });
+    let (x_url, x_preview_url) = v1_urls(media, kind);
+    let x_url = x_url.ok_or_else(|| format!("{path}media_url_https is missing"))?;
+    let (width, height) = v1_dimensions(media);
+    let video_info = media.get("video_info");
+    Ok(Attachment {
+        kind,
+        media_id: Some(media_id),
+        media_key,
+        url: None,
+        preview_url: None,
+        width,
+        height,
+        duration_ms: video_info
+            .and_then(|info| info.get("duration_millis"))
+            .and_then(Value::as_u64),
+        x_url,
+        x_preview_url,
+    })
+}
+
+/// From an `includes.media[]` entry of a v2 lookup (`media_key`, `type`, `url`,
+/// `preview_image_url`, `variants[].bit_rate`, `width`, `height`, `duration_ms`).
+pub(crate) fn from_v2_media(media: &Object, path: &str) -> Result<Attachment, String> {
+    let kind = kind(media, path)?;
+    let media_key = match media.get("media_key") {
+        Some(Value::String(key)) if is_media_key(key) => key.clone(),
+        Some(other) => {
+            return Err(format!(
+                "{path}media_key {} is not an X media key",
+                json::shown(other)
+            ))
         }
-    }
-}
-
-/// One media item of a DM (X allows one per DM), as the contract publishes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Attachment {
-    /// Photo, video or animated GIF.
-    pub kind: AttachmentKind,
-    /// X's numeric media id (`1221092866912550912`): what webhooks give, and the digits of
-    /// a v2 `media_key` after its `_`, so both paths fill it and the CRM can recognise the
-    /// same media whichever way it came. `None` only if X gave neither.
-    pub media_id: Option<String>,
-    /// X's v2 media key (`3_1221092866912550912`), as the poller's `includes.media` gives
-    /// it, or a webhook when its media entity carries one. Not made up from the id: the
-    /// prefix depends on X's media category, which a webhook does not state.
-    pub media_key: Option<String>,
-    /// The bridge's signed URL of the media (for videos and GIFs, of the highest-bitrate
-    /// MP4), which the CRM fetches without X credentials until it expires. `None` when the
-    /// bridge has no public URL for its media proxy or X's URL is not on an allowed origin.
-    pub url: Option<String>,
-    /// The bridge's signed URL of the still image X gives for a video or GIF; `None` for a
-    /// photo (its `url` is the image) or when X gives none or it cannot be proxied.
-    pub preview_url: Option<String>,
-    /// Width in pixels, when X says (the original size if given, else the largest X
-    /// renders).
-    pub width: Option<u32>,
-    /// Height in pixels, when X says.
-    pub height: Option<u32>,
-    /// A video's length in milliseconds, when X says.
-    pub duration_ms: Option<u64>,
-    /// X's URL of the media (TON, or the best MP4 variant): needs the channel's OAuth
-    /// signature, so it is only the media proxy's upstream, never published.
-    #[serde(skip)]
-    pub x_url: String,
-    /// X's URL of the preview image, never published (see `x_url`).
-    #[serde(skip)]
-    pub x_preview_url: Option<String>,
-}
-
-impl Attachment {
-    /// From a webhook's `message_data.attachment.media` (v1.1 shape: `id_str`,
-    /// `media_url_https`, `type`, `original_info` or `sizes`, `video_info.variants[].bitrate`,
-    /// `video_info.duration_millis`).
-    pub(crate) fn from_v1_media(media: &Object, path: &str) -> Result<Attachment, String> {
-        let kind = kind(media, path)?;
-        let media_id = match media.get("id_str") {
-            Some(Value::String(_)) => json::required_id(media, "id_str", path)?,
-            _ => json::required_id(media, "id", path)?,
-        };
-        let media_key = json::optional_str(media, "media_key").filter(|key| {
-            key.split_once('_')
-                .is_some_and(|(_, id)| id == media_id && is_media_key(key))
-        });
-        let (x_url, x_preview_url) = v1_urls(media, kind);
-        let x_url = x_url.ok_or_else(|| format!("{path}media_url_https is missing"))?;
-        let (width, height) = v1_dimensions(media);
-        let video_info = media.get("video_info");
-        Ok(Attachment {
-            kind,
-            media_id: Some(media_id),
-            media_key,
-            url: None,
-            preview_url: None,
-            width,
-            height,
-            duration_ms: video_info
-                .and_then(|info| info.get("duration_millis"))
-                .and_then(Value::as_u64),
-            x_url,
-            x_preview_url,
-        })
-    }
-
-    /// From an `includes.media[]` entry of a v2 lookup (`media_key`, `type`, `url`,
-    /// `preview_image_url`, `variants[].bit_rate`, `width`, `height`, `duration_ms`).
-    pub(crate) fn from_v2_media(media: &Object, path: &str) -> Result<Attachment, String> {
-        let kind = kind(media, path)?;
-        let media_key = match media.get("media_key") {
-            Some(Value::String(key)) if is_media_key(key) => key.clone(),
-            Some(other) => {
-                return Err(format!(
-                    "{path}media_key {} is not an X media key",
-                    json::shown(other)
-                ))
-            }
-            None => return Err(format!("{path}media_key is missing")),
-        };
-        // The key is `<category>_<media id>`; X's upload answers give both, equal so.
-        let media_id = media_key.split_once('_').map(|(_, id)| id.to_owned());
-        let x_preview_url = json::optional_str(media, "preview_image_url");
-        let x_url = match kind {
-            AttachmentKind::Photo => json::optional_str(media, "url"),
-            AttachmentKind::Video | AttachmentKind::AnimatedGif => {
-                best_mp4(media.get("variants")).or_else(|| json::optional_str(media, "url"))
-            }
-        };
-        let x_url = x_url.ok_or_else(|| {
-            format!("{path}url is missing (request media.fields=url,variants,preview_image_url)")
-        })?;
-        Ok(Attachment {
-            kind,
-            media_id,
-            media_key: Some(media_key),
-            url: None,
-            preview_url: None,
-            width: dimension(Some(media), "width"),
-            height: dimension(Some(media), "height"),
-            duration_ms: media.get("duration_ms").and_then(Value::as_u64),
-            x_url,
-            // A photo is its own preview.
-            x_preview_url: x_preview_url.filter(|_| kind != AttachmentKind::Photo),
-        })
-    }
+        None => return Err(format!("{path}media_key is missing")),
+    };
+    // The key is `<category>_<media id>`; X's upload answers give both, equal so.
+    let media_id = media_key.split_once('_').map(|(_, id)| id.to_owned());
+    let x_preview_url = json::optional_str(media, "preview_image_url");
+    let x_url = match kind {
+        AttachmentKind::Photo => json::optional_str(media, "url"),
+        AttachmentKind::Video | AttachmentKind::AnimatedGif => {
+            best_mp4(media.get("variants")).or_else(|| json::optional_str(media, "url"))
+        }
+    };
+    let x_url = x_url.ok_or_else(|| {
+        format!("{path}url is missing (request media.fields=url,variants,preview_image_url)")
+    })?;
+    Ok(Attachment {
+        kind,
+        media_id,
+        media_key: Some(media_key),
+        url: None,
+        preview_url: None,
+        width: dimension(Some(media), "width"),
+        height: dimension(Some(media), "height"),
+        duration_ms: media.get("duration_ms").and_then(Value::as_u64),
+        x_url,
+        // A photo is its own preview.
+        x_preview_url: x_preview_url.filter(|_| kind != AttachmentKind::Photo),
+    })
 }
 
 /// Where X serves a v1.1 media: the picture of a photo; the best MP4 of a video or GIF,
@@ -188,7 +137,7 @@ fn dimension(object: Option<&Object>, field: &str) -> Option<u32> {
 
 fn kind(media: &Object, path: &str) -> Result<AttachmentKind, String> {
     match media.get("type") {
-        Some(Value::String(kind)) => AttachmentKind::from_x(kind).ok_or_else(|| {
+        Some(Value::String(kind)) => kind_from_x(kind).ok_or_else(|| {
             format!(
                 "{path}type {} is not a media kind the bridge knows",
                 xbridge_core::excerpt::quoted(kind)
@@ -238,11 +187,11 @@ mod tests {
     use serde_json::json;
 
     fn v1(media: Value) -> Result<Attachment, String> {
-        Attachment::from_v1_media(media.as_object().unwrap(), "media.")
+        from_v1_media(media.as_object().unwrap(), "media.")
     }
 
     fn v2(media: Value) -> Result<Attachment, String> {
-        Attachment::from_v2_media(media.as_object().unwrap(), "media.")
+        from_v2_media(media.as_object().unwrap(), "media.")
     }
 
     #[test]

@@ -12,13 +12,13 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use xbridge_core::contract::{Attachment, DirectMessage, ReceivedVia};
 use xbridge_core::excerpt::{cut, quoted};
 
-use crate::x::attachment::Attachment;
+use crate::x::attachment;
 use crate::x::error::PayloadError;
 use crate::x::item::{message_item, unreadable, InboundItem};
 use crate::x::json::{self, Object};
-use crate::x::message::{DirectMessage, ReceivedVia};
 use crate::x::sender::Profiles;
 use crate::x::text;
 
@@ -235,7 +235,7 @@ fn attachments(
     let mut attachments = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let read = match key.as_str().and_then(|key| media.get(key)) {
-            Some(found) => Attachment::from_v2_media(
+            Some(found) => attachment::from_v2_media(
                 found,
                 &format!("includes.media[{}].", json::shown(key)),
             ),
@@ -263,8 +263,7 @@ mod tests {
 
     use super::*;
     use crate::test_support::fixture;
-    use crate::x::attachment::AttachmentKind;
-    use crate::x::sender::Sender;
+    use xbridge_core::contract::{Attachment, AttachmentKind, Sender};
 
     const ACCOUNT: &str = "906948460078698496";
 

@@ -1,13 +1,10 @@
 //! What one event of an X body turns into.
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-
 use serde_json::Value;
+use xbridge_core::contract::{DirectMessage, ReadReceipt, Typing};
 use xbridge_core::excerpt::quoted;
 
 use crate::x::json::{self, Object};
-use crate::x::message::{rfc3339_millis, DirectMessage};
 
 /// One event of a webhook body or a `GET /2/dm_events` page, normalized.
 ///
@@ -31,30 +28,6 @@ pub enum InboundItem {
         /// Why, naming the event and the field.
         reason: String,
     },
-}
-
-/// A typing indicator: lets an agent see that the customer is writing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Typing {
-    /// The X user who is typing.
-    pub sender_id: String,
-    /// The X user on the other side of the conversation.
-    pub recipient_id: String,
-    /// When X saw the typing.
-    #[serde(serialize_with = "rfc3339_millis")]
-    pub created_at: DateTime<Utc>,
-}
-
-/// A read receipt: lets the CRM show that a reply was seen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReadReceipt {
-    /// The X user who read the conversation.
-    pub reader_id: String,
-    /// The last DM event they read; every earlier DM of the conversation is read too.
-    pub last_read_event_id: String,
-    /// When X saw the read.
-    #[serde(serialize_with = "rfc3339_millis")]
-    pub created_at: DateTime<Utc>,
 }
 
 /// An event the bridge skips on purpose; logged at debug level.

@@ -5,9 +5,11 @@
 //! - [`webhook_body`]: an Account Activity or X Activity webhook body.
 //! - [`dm_events`]: a `GET /2/dm_events` page, with its `next_token`.
 //! - [`item`]: one event of either: a DM, typing, a read receipt, or ignored (with why).
-//! - [`message`]: a Direct Message and how it was received.
 //! - [`sender`]: the sender and its profile, as far as the body tells it.
-//! - [`attachment`]: a DM's media attachment.
+//! - [`attachment`]: a DM's media attachment, in either of X's shapes.
+//!
+//! What they read into, the DM with its sender and media, typing and read receipts, is
+//! the contract's (`xbridge_core::contract`), since those are what the CRM receives.
 //! - [`text`]: taking the attachment's t.co link out of the DM's text.
 //! - [`json`]: the JSON readers the formats share (ids as strings of digits).
 //! - [`error`]: [`PayloadError`](error::PayloadError), a body that is not X's.
@@ -17,7 +19,6 @@ pub mod dm_events;
 pub mod error;
 pub mod item;
 pub mod json;
-pub mod message;
 pub mod sender;
 pub mod text;
 pub mod webhook_body;

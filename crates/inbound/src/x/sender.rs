@@ -1,29 +1,12 @@
-//! Who sent a DM, and the user tables X ships alongside events to say so.
+//! Who sent a DM: the user tables X ships alongside events, read into the contract's
+//! [`Sender`].
 
 use std::collections::HashMap;
 
-use serde::Serialize;
 use serde_json::Value;
+use xbridge_core::contract::Sender;
 
 use crate::x::json::{self, Object};
-
-/// The author of a DM as the CRM sees it.
-///
-/// Only `id` is certain. The profile fields come from the user table of the same body,
-/// which may lack the user; they are then `None` (serialized as `null`) and a later user
-/// lookup can fill them. They let the CRM link the X account to a contact and show who
-/// wrote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Sender {
-    /// X user id (decimal string): the stable key of the X account.
-    pub id: String,
-    /// The @handle without the `@` (`screen_name` in webhooks, `username` in v2).
-    pub username: Option<String>,
-    /// The display name.
-    pub name: Option<String>,
-    /// The profile picture's URL, as X gives it (the small `_normal` size).
-    pub avatar_url: Option<String>,
-}
 
 /// A user table: profiles by user id, read leniently (a profile that cannot be read is
 /// simply missing, since the message is still worth delivering without it).

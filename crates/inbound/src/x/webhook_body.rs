@@ -11,13 +11,13 @@
 //! The caller has already checked the body's signature; this module only reads it.
 
 use serde_json::Value;
+use xbridge_core::contract::{Attachment, DirectMessage, ReadReceipt, ReceivedVia, Typing};
 use xbridge_core::excerpt::quoted;
 
-use crate::x::attachment::Attachment;
+use crate::x::attachment;
 use crate::x::error::PayloadError;
-use crate::x::item::{message_item, skipped, unreadable, InboundItem, ReadReceipt, Typing};
+use crate::x::item::{message_item, skipped, unreadable, InboundItem};
 use crate::x::json::{self, Object};
-use crate::x::message::{DirectMessage, ReceivedVia};
 use crate::x::sender::Profiles;
 use crate::x::text;
 
@@ -280,7 +280,7 @@ fn media<'a>(attachment: &'a Value, path: &str) -> Result<(&'a Object, Attachmen
         }
     }
     let media = json::required_object(attachment, "media", &path)?;
-    let read = Attachment::from_v1_media(media, &format!("{path}media."))?;
+    let read = attachment::from_v1_media(media, &format!("{path}media."))?;
     Ok((media, read))
 }
 
@@ -371,8 +371,7 @@ mod tests {
 
     use super::*;
     use crate::test_support::fixture;
-    use crate::x::attachment::AttachmentKind;
-    use crate::x::sender::Sender;
+    use xbridge_core::contract::{AttachmentKind, Sender};
 
     fn at(rfc3339: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(rfc3339).unwrap().into()

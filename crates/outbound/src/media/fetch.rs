@@ -29,7 +29,7 @@ use reqwest::header::LOCATION;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use url::{Host, Url};
 use xbridge_core::config::MediaSettings;
-use xbridge_core::model::{redact_url, AttachmentSource, MediaCategory, OutgoingAttachment};
+use xbridge_core::contract::{redact_url, AttachmentSource, MediaCategory, OutgoingAttachment};
 
 use super::address::{classify, AddressClass};
 use super::{Body, MediaError, PreparedMedia, SizeLimit};

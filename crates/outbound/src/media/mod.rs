@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use xbridge_core::model::{format_bytes, MediaCategory};
+use xbridge_core::contract::{format_bytes, MediaCategory};
 
 pub use address::{classify, AddressClass};
 pub use fetch::{FetcherInitError, MediaFetcher};

@@ -1,16 +1,16 @@
-//! The message contract with the CRM: replies in, status events out, and the
-//! closed set of reasons a reply can fail for.
+//! A reply the CRM asks the bridge to send (`docs/schemas/outgoing-reply.json`), read
+//! from the outgoing exchange and validated; its attachments are in
+//! [`reply_attachment`](super::reply_attachment).
 //!
 //! Parsing is strict where a mistake would send the wrong DM (ids, text
 //! length, channel) and lenient where it costs nothing (unknown extra fields
 //! are ignored, so the CRM can add fields without breaking the bridge).
 
-use base64::Engine as _;
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
-use url::Url;
 
+use crate::contract::json_kind::kind;
+use crate::contract::reply_attachment::{attachments, OutgoingAttachment};
 use crate::excerpt::quoted;
 
 /// X's limit on a DM's text, in characters.
@@ -18,32 +18,6 @@ pub const MAX_TEXT_CHARS: usize = 10_000;
 /// Upper bound on the CRM's message id in bytes: it travels in AMQP short
 /// strings (at most 255 bytes) together with the channel name.
 pub const MAX_MESSAGE_ID_BYTES: usize = 128;
-
-/// Most attachments one reply may carry. X takes one media per DM, so each
-/// attachment is a DM of its own; ten keeps a reply a handful of DMs (and of
-/// X's billed requests) and its inline data within a sane AMQP message.
-pub const MAX_ATTACHMENTS: usize = 10;
-/// Upper bound on an attachment's inline `data`, decoded. Inline data is for
-/// small files: it travels base64-encoded (4/3 larger) inside the AMQP message,
-/// and RabbitMQ 4 refuses messages over 16 MiB by default; larger media belong
-/// behind a `url`. Each category's own limit applies too, whichever is lower.
-pub const MAX_INLINE_DATA_BYTES: u64 = 5 * MIB;
-/// Longest `filename`, in characters: a display name, never used as a path.
-pub const MAX_FILENAME_CHARS: usize = 255;
-/// Longest attachment `url`, in characters: longer ones are almost certainly
-/// mistakes, and a bound keeps dead-letter details readable.
-pub const MAX_URL_CHARS: usize = 2048;
-/// The MIME types an attachment may have: those X accepts for DM media.
-pub const SUPPORTED_MIME_TYPES: [&str; 6] = [
-    "image/jpeg",
-    "image/png",
-    "image/webp",
-    "image/gif",
-    "video/mp4",
-    "video/quicktime",
-];
-
-const MIB: u64 = 1024 * 1024;
 
 /// A reply the CRM asked the bridge to send, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,129 +32,9 @@ pub struct OutgoingReply {
     /// attachment.
     pub text: String,
     /// Media to send, in order; each becomes a DM of its own (X takes one
-    /// media per DM), at most [`MAX_ATTACHMENTS`].
+    /// media per DM), at most
+    /// [`MAX_ATTACHMENTS`](super::reply_attachment::MAX_ATTACHMENTS).
     pub attachments: Vec<OutgoingAttachment>,
-}
-
-/// One media file a reply carries, validated: its type is one X accepts in
-/// DMs and inline data is decoded and within the limits. A URL is only
-/// checked for shape here; whether the bridge may fetch it is decided by the
-/// outbound side's fetcher, which knows the configured allow-list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutgoingAttachment {
-    /// Where the bytes come from.
-    pub source: AttachmentSource,
-    /// The MIME type the CRM declared, one of [`SUPPORTED_MIME_TYPES`]; sent
-    /// to X as the upload's `media_type`.
-    pub mime_type: String,
-    /// X's media category, derived from the MIME type: it sets X's size limit.
-    pub category: MediaCategory,
-    /// A display name for logs and the agent; never used as a path.
-    pub filename: Option<String>,
-}
-
-/// Where an attachment's bytes come from.
-#[derive(Clone, PartialEq, Eq)]
-pub enum AttachmentSource {
-    /// An `http(s)` URL the bridge downloads (http only where configured).
-    Url(Url),
-    /// Bytes given inline (decoded from base64), at most
-    /// [`MAX_INLINE_DATA_BYTES`].
-    Data(Vec<u8>),
-}
-
-impl std::fmt::Debug for AttachmentSource {
-    // Neither a URL's query (often a signed token) nor megabytes of data
-    // belong in a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AttachmentSource::Url(url) => f.debug_tuple("Url").field(&redact_url(url)).finish(),
-            AttachmentSource::Data(data) => write!(f, "Data({} bytes)", data.len()),
-        }
-    }
-}
-
-/// A URL fit for logs and dead-letter details: scheme, host, port and path,
-/// without credentials, query or fragment (where signed URLs keep tokens).
-pub fn redact_url(url: &Url) -> String {
-    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
-    if let Some(port) = url.port() {
-        shown.push_str(&format!(":{port}"));
-    }
-    shown.push_str(url.path());
-    if url.query().is_some() {
-        shown.push_str("?…");
-    }
-    shown
-}
-
-/// X's media category for a DM attachment: X applies each one's size and
-/// format limits at upload (`media_category` of `POST /2/media/upload/initialize`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MediaCategory {
-    /// JPEG, PNG or WebP image, at most 5 MiB.
-    DmImage,
-    /// Animated GIF, at most 15 MiB.
-    DmGif,
-    /// MP4 or QuickTime video, at most 512 MiB.
-    DmVideo,
-}
-
-impl MediaCategory {
-    /// The category of a supported MIME type, `None` for any other. GIFs are
-    /// their own category because X animates them and allows them more bytes.
-    /// `video/quicktime` is in X's list of upload media types and X transcodes
-    /// it; MP4 (H.264/AAC) remains what X recommends.
-    pub fn from_mime_type(mime_type: &str) -> Option<MediaCategory> {
-        match mime_type {
-            "image/jpeg" | "image/png" | "image/webp" => Some(MediaCategory::DmImage),
-            "image/gif" => Some(MediaCategory::DmGif),
-            "video/mp4" | "video/quicktime" => Some(MediaCategory::DmVideo),
-            _ => None,
-        }
-    }
-
-    /// X's wire name (`dm_image`, `dm_gif`, `dm_video`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MediaCategory::DmImage => "dm_image",
-            MediaCategory::DmGif => "dm_gif",
-            MediaCategory::DmVideo => "dm_video",
-        }
-    }
-
-    /// X's size limit for the category, in bytes; a larger file is refused
-    /// before any request to X.
-    pub fn max_bytes(self) -> u64 {
-        match self {
-            MediaCategory::DmImage => 5 * MIB,
-            MediaCategory::DmGif => 15 * MIB,
-            MediaCategory::DmVideo => 512 * MIB,
-        }
-    }
-}
-
-impl std::fmt::Display for MediaCategory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A byte count for people: `6.2 MiB`, `512 MiB`, `900 bytes`.
-pub fn format_bytes(bytes: u64) -> String {
-    const KIB: u64 = 1024;
-    if bytes >= MIB {
-        let mib = bytes as f64 / MIB as f64;
-        if bytes.is_multiple_of(MIB) {
-            format!("{} MiB", bytes / MIB)
-        } else {
-            format!("{mib:.1} MiB")
-        }
-    } else if bytes >= KIB {
-        format!("{:.1} KiB", bytes as f64 / KIB as f64)
-    } else {
-        format!("{bytes} bytes")
-    }
 }
 
 /// Where a reply goes: X has one endpoint for each.
@@ -361,157 +215,6 @@ impl OutgoingReply {
     }
 }
 
-/// Canonical base64 (RFC 4648 section 4, padded): what the schema's pattern
-/// describes, so the two agree on what is valid.
-const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// The `attachments` field: absent, null or an array of at most
-/// [`MAX_ATTACHMENTS`] attachment objects.
-fn attachments(object: &serde_json::Map<String, Value>) -> Result<Vec<OutgoingAttachment>, String> {
-    let items = match object.get("attachments") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(other) => return Err(format!("attachments must be an array, not {}", kind(other))),
-    };
-    if items.len() > MAX_ATTACHMENTS {
-        return Err(format!(
-            "attachments has {} items; a reply carries at most {MAX_ATTACHMENTS}",
-            items.len()
-        ));
-    }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| attachment(i, item))
-        .collect()
-}
-
-/// One attachment object; every refusal names `attachments[i].<field>`.
-fn attachment(i: usize, item: &Value) -> Result<OutgoingAttachment, String> {
-    let Value::Object(object) = item else {
-        return Err(format!(
-            "attachments[{i}] must be an object, not {}",
-            kind(item)
-        ));
-    };
-    let field = |name: &str| -> Result<Option<&String>, String> {
-        match object.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(format!(
-                "attachments[{i}].{name} must be a string, not {}",
-                kind(other)
-            )),
-        }
-    };
-
-    let mime_type =
-        field("mime_type")?.ok_or_else(|| format!("attachments[{i}].mime_type is missing"))?;
-    let category = MediaCategory::from_mime_type(mime_type).ok_or_else(|| {
-        format!(
-            "attachments[{i}].mime_type {} is not supported: X DMs take {}",
-            quoted(mime_type),
-            SUPPORTED_MIME_TYPES.join(", ")
-        )
-    })?;
-
-    let filename = field("filename")?;
-    if let Some(name) = filename {
-        let chars = name.chars().count();
-        if chars == 0 || chars > MAX_FILENAME_CHARS {
-            return Err(format!(
-                "attachments[{i}].filename must be 1 to {MAX_FILENAME_CHARS} characters, not {chars}"
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(format!(
-                "attachments[{i}].filename must not contain control characters"
-            ));
-        }
-    }
-
-    let source = match (field("url")?, field("data")?) {
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "attachments[{i}] must have either url or data, not both"
-            ))
-        }
-        (None, None) => return Err(format!("attachments[{i}] needs url or data")),
-        (Some(url), None) => AttachmentSource::Url(attachment_url(i, url)?),
-        (None, Some(data)) => AttachmentSource::Data(attachment_data(i, data, category)?),
-    };
-
-    Ok(OutgoingAttachment {
-        source,
-        mime_type: mime_type.clone(),
-        category,
-        filename: filename.cloned(),
-    })
-}
-
-fn attachment_url(i: usize, text: &str) -> Result<Url, String> {
-    let chars = text.chars().count();
-    if chars > MAX_URL_CHARS {
-        return Err(format!(
-            "attachments[{i}].url is {chars} characters; at most {MAX_URL_CHARS}"
-        ));
-    }
-    // The parser's own message never quotes the input, so no token leaks.
-    let url =
-        Url::parse(text).map_err(|e| format!("attachments[{i}].url is not a valid URL: {e}"))?;
-    if !matches!(url.scheme(), "https" | "http") {
-        return Err(format!(
-            "attachments[{i}].url must be https, not {}",
-            url.scheme()
-        ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "attachments[{i}].url must not carry credentials (user:password@)"
-        ));
-    }
-    if text.chars().any(char::is_whitespace) {
-        return Err(format!("attachments[{i}].url must not contain whitespace"));
-    }
-    Ok(url)
-}
-
-fn attachment_data(i: usize, text: &str, category: MediaCategory) -> Result<Vec<u8>, String> {
-    let limit = category.max_bytes().min(MAX_INLINE_DATA_BYTES);
-    // Judge the size from the text's length first, so an oversized value is
-    // refused without decoding megabytes.
-    let padding = text.bytes().rev().take_while(|&b| b == b'=').count().min(2) as u64;
-    let estimate = (text.len() as u64).div_ceil(4) * 3 - padding;
-    let too_large = |size: u64| {
-        if limit < category.max_bytes() {
-            format!(
-                "attachments[{i}].data is {} ({size} bytes); inline data is at most {} (give a url for larger files)",
-                format_bytes(size),
-                format_bytes(limit)
-            )
-        } else {
-            format!(
-                "attachments[{i}].data is {} ({size} bytes); {category} media are at most {}",
-                format_bytes(size),
-                format_bytes(limit)
-            )
-        }
-    };
-    if estimate > limit {
-        return Err(too_large(estimate));
-    }
-    let data = BASE64
-        .decode(text)
-        .map_err(|_| format!("attachments[{i}].data is not valid base64 (RFC 4648, padded)"))?;
-    if data.is_empty() {
-        return Err(format!("attachments[{i}].data is empty"));
-    }
-    if data.len() as u64 > limit {
-        return Err(too_large(data.len() as u64));
-    }
-    Ok(data)
-}
-
 /// The `message_id` of a reply body that is not parsed (too large, or for no
 /// configured channel), if it has a usable one: read by skipping every other
 /// value, so nothing but the id is kept in memory, whatever the body's size.
@@ -569,153 +272,13 @@ fn is_conversation_id(id: &str) -> bool {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Why a reply ended in the dead-letter queue. A closed set: these are
-/// documented for operators and used as metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureReason {
-    /// The reply body broke the contract.
-    InvalidMessage,
-    /// The routing key names no configured channel.
-    UnknownChannel,
-    /// Transient X failures outlasted the retry budget.
-    RetriesExhausted,
-    /// The account had no credits (or hit a cap) for longer than allowed.
-    CreditsExhausted,
-    /// X refused the request as invalid (400 and other 4xx).
-    InvalidRequest,
-    /// The recipient does not accept DMs from this account (403).
-    RecipientRefuses,
-    /// X refused the credentials (401).
-    Unauthorized,
-    /// The access token lacks DM permission (403 oauth1-permissions).
-    MissingPermission,
-    /// The X App is not enrolled / attached to a Project (403 client-forbidden).
-    NotEnrolled,
-}
-
-impl FailureReason {
-    /// The wire name (`credits_exhausted`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::InvalidMessage => "invalid_message",
-            FailureReason::UnknownChannel => "unknown_channel",
-            FailureReason::RetriesExhausted => "retries_exhausted",
-            FailureReason::CreditsExhausted => "credits_exhausted",
-            FailureReason::InvalidRequest => "invalid_request",
-            FailureReason::RecipientRefuses => "recipient_refuses",
-            FailureReason::Unauthorized => "unauthorized",
-            FailureReason::MissingPermission => "missing_permission",
-            FailureReason::NotEnrolled => "not_enrolled",
-        }
-    }
-}
-
-impl std::fmt::Display for FailureReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An event the bridge publishes to the CRM about one of its replies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "type")]
-pub enum StatusEvent {
-    /// The reply went out as a DM.
-    #[serde(rename = "message.sent")]
-    Sent {
-        /// The CRM's id of the reply.
-        message_id: String,
-        /// The channel it went out on.
-        channel: String,
-        /// X's id of the DM event (the first, when the reply became several
-        /// DMs): lets the CRM match the echo X sends back.
-        dm_event_id: String,
-        /// Every DM the reply became, in order: one, or one per attachment
-        /// (X takes one attachment per DM; the text goes with the first).
-        dm_event_ids: Vec<String>,
-        /// X's conversation id, for replies addressed by recipient.
-        conversation_id: String,
-        /// When X accepted it.
-        #[serde(serialize_with = "rfc3339")]
-        sent_at: DateTime<Utc>,
-    },
-    /// The reply will not go out; it is in the dead-letter queue.
-    #[serde(rename = "message.failed")]
-    Failed {
-        /// The CRM's id of the reply.
-        message_id: String,
-        /// The channel it was for.
-        channel: String,
-        /// Machine-readable reason.
-        reason: FailureReason,
-        /// Human-readable explanation for the agent.
-        detail: String,
-        /// Requests made to X for this reply.
-        attempts: u32,
-    },
-}
-
-impl StatusEvent {
-    /// `message.sent` / `message.failed`: the AMQP `type` and the last words
-    /// of the routing key.
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            StatusEvent::Sent { .. } => "message.sent",
-            StatusEvent::Failed { .. } => "message.failed",
-        }
-    }
-
-    /// The reply's CRM id.
-    pub fn message_id(&self) -> &str {
-        match self {
-            StatusEvent::Sent { message_id, .. } | StatusEvent::Failed { message_id, .. } => {
-                message_id
-            }
-        }
-    }
-
-    /// The channel.
-    pub fn channel(&self) -> &str {
-        match self {
-            StatusEvent::Sent { channel, .. } | StatusEvent::Failed { channel, .. } => channel,
-        }
-    }
-
-    /// Routing key on the incoming exchange: `<channel>.<type>`.
-    pub fn routing_key(&self) -> String {
-        format!("{}.{}", self.channel(), self.event_type())
-    }
-
-    /// Deterministic AMQP message id (`<channel>:<message_id>:sent`), so the
-    /// CRM can drop the rare duplicate a crash can cause.
-    pub fn amqp_message_id(&self) -> String {
-        let suffix = match self {
-            StatusEvent::Sent { .. } => "sent",
-            StatusEvent::Failed { .. } => "failed",
-        };
-        format!("{}:{}:{suffix}", self.channel(), self.message_id())
-    }
-}
-
-fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
-
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use url::Url;
+
     use super::*;
+    use crate::contract::reply_attachment::*;
 
     fn parse(body: &str) -> Result<OutgoingReply, InvalidReply> {
         OutgoingReply::parse(body.as_bytes(), "acme")
@@ -1239,36 +802,5 @@ mod tests {
         let text = "é".repeat(MAX_TEXT_CHARS);
         let body = format!(r#"{{"message_id":"m","recipient_id":"1","text":"{text}"}}"#);
         assert!(parse(&body).is_ok());
-    }
-
-    #[test]
-    fn status_events_serialize_to_the_contract() {
-        let sent = StatusEvent::Sent {
-            message_id: "m1".into(),
-            channel: "acme".into(),
-            dm_event_id: "1585800613253812228".into(),
-            dm_event_ids: vec!["1585800613253812228".into()],
-            conversation_id: "1-2".into(),
-            sent_at: DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
-                .unwrap()
-                .into(),
-        };
-        assert_eq!(
-            serde_json::to_value(&sent).unwrap(),
-            serde_json::json!({"type":"message.sent","message_id":"m1","channel":"acme","dm_event_id":"1585800613253812228","dm_event_ids":["1585800613253812228"],"conversation_id":"1-2","sent_at":"2026-11-25T10:00:00.000Z"})
-        );
-        assert_eq!(sent.routing_key(), "acme.message.sent");
-        assert_eq!(sent.amqp_message_id(), "acme:m1:sent");
-        let failed = StatusEvent::Failed {
-            message_id: "m1".into(),
-            channel: "acme".into(),
-            reason: FailureReason::CreditsExhausted,
-            detail: "no credits".into(),
-            attempts: 2,
-        };
-        assert_eq!(
-            serde_json::to_value(&failed).unwrap()["reason"],
-            "credits_exhausted"
-        );
     }
 }
