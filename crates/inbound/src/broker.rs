@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use xbridge_core::amqp::{self, declare_topology, PublishError, Publisher, TopologyPlan};
+use xbridge_amqp::{self as amqp, declare_topology, PublishError, Publisher, TopologyPlan};
 use xbridge_core::config::Settings;
 
 use crate::delivery::sink::{AmqpSink, EventSink, InboundDeadLetter, OutboundEvent, SinkError};

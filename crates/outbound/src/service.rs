@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use xbridge_core::amqp::{self, declare_topology, Publisher, TopologyPlan};
+use xbridge_amqp::{self as amqp, declare_topology, Publisher, TopologyPlan};
 use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::{ChannelStateEvent, ChannelStates};
 use xbridge_core::config::Settings;

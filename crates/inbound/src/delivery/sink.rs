@@ -9,8 +9,8 @@ use chrono::Utc;
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 use serde::Serialize;
-use xbridge_core::amqp::dead_letters::{DIRECTION_HEADER, INBOUND};
-use xbridge_core::amqp::{FailureHeaders, PublishError, Publisher};
+use xbridge_amqp::dead_letters::{DIRECTION_HEADER, INBOUND};
+use xbridge_amqp::{FailureHeaders, PublishError, Publisher};
 
 use crate::delivery::event::{ConversationTyping, MessageEcho, MessageRead, ReceivedMessage};
 
