@@ -98,8 +98,7 @@ fn field_table() -> impl Strategy<Value = FieldTable> {
 /// ([`crate::MAX_NAME_BYTES`], the tightest).
 fn failure_headers() -> impl Strategy<Value = FailureHeaders> {
     failure_headers_with(|| {
-        arbitrary::string()
-            .prop_map(|text| crate::wire::truncate(&text, crate::MAX_NAME_BYTES))
+        arbitrary::string().prop_map(|text| crate::wire::truncate(&text, crate::MAX_NAME_BYTES))
     })
 }
 

@@ -142,12 +142,16 @@ impl Supervisor {
             Err(error) => return Attempt::Failed(error.into()),
         };
         let mut channels = Vec::new();
-        let (end, code, reason) = match session.start(&connection, &mut channels).await {
-            Ok(running) => (self.serve(session, running, shutdown).await, 200, "xbridge stopping"),
-            Err(error) => (Attempt::Failed(error), 320, "setup failed"),
+        let end = match session.start(&connection, &mut channels).await {
+            Ok(running) => self.serve(session, running, shutdown).await,
+            Err(error) => {
+                close_channels(&channels).await;
+                close(&connection, 320, "setup failed").await;
+                return Attempt::Failed(error);
+            }
         };
         close_channels(&channels).await;
-        close(&connection, code, reason).await;
+        close(&connection, 200, "xbridge stopping").await;
         end
     }
 
