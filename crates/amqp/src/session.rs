@@ -108,8 +108,9 @@ impl Supervisor {
     }
 
     /// Runs `session` on connection after connection until `shutdown`, which
-    /// ends it without an error logged.
-    pub async fn run<S: Session>(&self, session: &mut S, shutdown: &CancellationToken) {
+    /// ends it without an error logged. Readiness ends with it.
+    pub async fn run<S: Session>(self, mut session: S, shutdown: CancellationToken) {
+        let (session, shutdown) = (&mut session, &shutdown);
         let mut pauses = reconnect_backoff();
         while !shutdown.is_cancelled() {
             match self.attempt(session, shutdown).await {

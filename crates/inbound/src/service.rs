@@ -172,21 +172,13 @@ impl Inbound {
         // finding the connection closed under them (a 503, or a confirm lost
         // after the publish, and X delivering the events again).
         let disconnect = CancellationToken::new();
-        let mut session = BrokerSession {
+        let session = BrokerSession {
             settings: settings.clone(),
             sink: shared.sink.clone(),
         };
-        let connected = tokio::spawn({
-            let disconnect = disconnect.clone();
-            async move { supervisor.run(&mut session, &disconnect).await }
-        });
+        let connected = tokio::spawn(supervisor.run(session, disconnect.clone()));
         let mut tasks = JoinSet::new();
-        // Records of delivered DMs the store could not take when they were made.
-        tasks.spawn({
-            let (in_flight, store) = (shared.in_flight.clone(), shared.store.clone());
-            let shutdown = shutdown.clone();
-            async move { write_pending(&in_flight, store.as_ref(), shutdown).await }
-        });
+        tasks.spawn(write_pending_records(shared.clone(), shutdown.clone()));
         if let Some(listener) = listener {
             let webhook = WebhookParts {
                 shared: shared.clone(),
@@ -208,6 +200,11 @@ impl Inbound {
         let _ = connected.await;
         tracing::info!("inbound stopped");
     }
+}
+
+/// Records of delivered DMs the store could not take when they were made.
+async fn write_pending_records(shared: Shared, shutdown: CancellationToken) {
+    write_pending(&shared.in_flight, shared.store.as_ref(), shutdown).await
 }
 
 /// The webhook's listener, bound, when `inbound.listen` is set.

@@ -79,8 +79,8 @@ impl Outbound {
     }
 
     /// Runs until `shutdown` is cancelled, reconnecting as often as needed.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboundError> {
-        self.supervisor.run(&mut self.session, &shutdown).await;
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), OutboundError> {
+        self.supervisor.run(self.session, shutdown).await;
         tracing::info!("outbound stopped");
         Ok(())
     }
