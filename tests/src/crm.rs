@@ -11,7 +11,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use serde_json::Value;
 
-use xbridge_core::amqp::FailureHeaders;
+use xbridge_amqp::FailureHeaders;
 use xbridge_core::config::TopologyNames;
 
 use crate::PATIENCE;

@@ -1,4 +1,4 @@
-//! What both directions of xbridge share.
+//! What both directions of xbridge share: the contract with the CRM and the configuration.
 //!
 //! - [`contract`]: the message contract with the CRM, a folder with one file per
 //!   document of `docs/schemas/`: from the CRM the reply (`reply.rs`,
@@ -17,13 +17,15 @@
 //!     `telemetry.rs`, `http.rs` and `channels.rs` (`[[channels]]`, their X
 //!     credentials): each with its raw form, defaults, validation and tests.
 //! - [`secret`]: secrets given inline, by environment variable or by file.
-//! - [`amqp`]: the AMQP plumbing; [`server`]: the HTTP serving with its timeouts and
-//!   limits; [`telemetry`]: logging; [`metrics_catalog`]: the metrics and their help.
+//! - [`server`]: the HTTP serving with its timeouts and limits; [`telemetry`]: logging;
+//!   [`metrics_catalog`]: the metrics and their help.
 //! - [`excerpt`]: bounded quotes of outside input (from `xbridge-x-api`, the leaf crate).
+//!
+//! The AMQP plumbing (connecting, the reconnecting session, topology, publishing, the
+//! failure headers) is the `xbridge-amqp` crate, which depends on this one for `[amqp]`.
 
 #![warn(missing_docs)]
 
-pub mod amqp;
 pub mod channel_identity;
 pub mod channel_state;
 pub mod config;

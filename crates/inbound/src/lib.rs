@@ -49,8 +49,9 @@
 //! - [`untrusted_log`]: keeps what unsigned requests make the webhook and the media
 //!   proxy log bounded (both endpoints face the internet).
 //! - [`service`]: wires the parts into the [`service::Inbound`] that `xbridge run`
-//!   starts; `broker` (private) keeps its RabbitMQ connection and the sink that
-//!   publishes through whichever connection is current.
+//!   starts; `broker` (private) is its RabbitMQ session, run by the shared supervisor
+//!   (`xbridge_amqp::Supervisor`), and the sink that publishes through whichever
+//!   connection is current.
 //!
 //! A body that is not JSON or not shaped like an X body is a [`PayloadError`] (the
 //! webhook answers 400); an event the bridge does not handle or cannot read is an

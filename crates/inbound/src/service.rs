@@ -14,14 +14,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use xbridge_amqp::Supervisor;
 use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ChannelSettings, HttpSettings, Settings};
 use xbridge_store::StateStore;
 use xbridge_x_api::{WebhookClient, XClient, XHttp};
 
-use crate::broker::{keep_connected, BrokerSink};
-use crate::delivery::in_flight::InFlightDeliveries;
+use crate::broker::{BrokerSession, BrokerSink};
+use crate::delivery::in_flight::{write_pending, InFlightDeliveries};
 use crate::delivery::profiles::Profiles;
 use crate::media::links::MediaLinks;
 use crate::media::proxy::{self as media_proxy, MediaProxy};
@@ -57,20 +58,25 @@ pub enum InboundError {
 pub struct Inbound {
     settings: Arc<Settings>,
     states: Arc<ChannelStates>,
-    store: Arc<dyn StateStore>,
-    sink: Arc<BrokerSink>,
+    /// Keeps the RabbitMQ session the sink publishes through.
+    supervisor: Supervisor,
+    shared: Shared,
     listener: Option<std::net::TcpListener>,
-    pollers: Vec<PollContext>,
-    profiles: Vec<(String, Arc<Profiles>)>,
-    webhook_watches: Vec<WebhookWatch>,
-    media: Arc<MediaLinks>,
-    clients: HashMap<String, XClient>,
-    /// Shared by the webhook and the pollers (see [`InFlightDeliveries`]).
-    in_flight: Arc<InFlightDeliveries>,
+    channels: ChannelParts,
     /// Every channel's account and App, shared with the outbound side.
     identities: Arc<ChannelIdentities>,
     /// `true` while the webhook's server (and its media proxy) serves.
     serving: watch::Sender<bool>,
+}
+
+/// What the webhook and the pollers share.
+#[derive(Clone)]
+struct Shared {
+    store: Arc<dyn StateStore>,
+    sink: Arc<BrokerSink>,
+    media: Arc<MediaLinks>,
+    /// Shared by the webhook and the pollers (see [`InFlightDeliveries`]).
+    in_flight: Arc<InFlightDeliveries>,
 }
 
 impl Inbound {
@@ -85,70 +91,25 @@ impl Inbound {
         http: XHttp,
         identities: Arc<ChannelIdentities>,
     ) -> Result<Inbound, InboundError> {
-        let listener = match settings.inbound.listen {
-            Some(addr) => {
-                Some(
-                    xbridge_core::server::bind(addr).map_err(|e| InboundError::Listen {
-                        addr,
-                        detail: e.to_string(),
-                    })?,
-                )
-            }
-            None => None,
-        };
-        let sink = Arc::new(BrokerSink::default());
+        let listener = listener(&settings)?;
         let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
-        let media = Arc::new(media_links(&settings, bound));
-        let mut profiles = Vec::new();
-        let mut pollers = Vec::new();
-        let mut webhook_watches = Vec::new();
-        let mut clients = HashMap::new();
-        let in_flight = Arc::new(InFlightDeliveries::default());
-        // One webhook list per X App (by consumer key), shared by its channels' checks.
-        let mut app_webhooks: HashMap<String, Arc<AppWebhooks>> = HashMap::new();
+        let shared = Shared {
+            store,
+            sink: Arc::new(BrokerSink::default()),
+            media: Arc::new(media_links(&settings, bound)),
+            in_flight: Arc::new(InFlightDeliveries::default()),
+        };
+        let mut channels = ChannelParts::default();
         for channel in &settings.channels {
-            let client = client(&settings, channel, &http)?;
-            clients.insert(channel.name.clone(), client.clone());
-            if channel.inbound.uses_webhook() && !settings.inbound.webhook_check_interval.is_zero()
-            {
-                let app = app_webhooks
-                    .entry(channel.consumer_key.expose_secret().to_owned())
-                    .or_insert_with(|| AppWebhooks::new(settings.inbound.webhook_check_interval))
-                    .clone();
-                webhook_watches.push(webhook_watch(&settings, channel, &http, app, bound)?);
-            }
-            let channel_profiles = Arc::new(Profiles::new(
-                client.clone(),
-                settings.inbound.profile_cache_ttl,
-            ));
-            profiles.push((channel.name.clone(), channel_profiles.clone()));
-            if channel.inbound.polls() {
-                pollers.push(PollContext {
-                    channel: channel.name.clone(),
-                    own_user_id: channel.user_id.clone().unwrap_or_default(),
-                    client,
-                    store: store.clone(),
-                    sink: sink.clone(),
-                    publish_echoes: settings.inbound.publish_echoes,
-                    backfill: backfill(&settings),
-                    profiles: Some(channel_profiles),
-                    media: Some(media.clone()),
-                    in_flight: in_flight.clone(),
-                });
-            }
+            channels.add(&settings, channel, &http, bound, &shared)?;
         }
         Ok(Inbound {
+            supervisor: crate::broker::supervisor(&settings),
             settings,
             states,
-            store,
-            sink,
+            shared,
             listener,
-            pollers,
-            profiles,
-            webhook_watches,
-            media,
-            clients,
-            in_flight,
+            channels,
             identities,
             serving: watch::Sender::new(false),
         })
@@ -166,7 +127,7 @@ impl Inbound {
             .iter()
             .filter(|c| serves_webhook || c.inbound.polls())
             .filter_map(|c| {
-                let client = self.clients.get(&c.name)?.clone();
+                let client = self.channels.clients.get(&c.name)?.clone();
                 Some((c.name.clone(), Arc::new(client) as Arc<dyn AccountLookup>))
             })
             .collect();
@@ -181,7 +142,7 @@ impl Inbound {
 
     /// `true` while events can be published (connected, topology declared).
     pub fn readiness(&self) -> watch::Receiver<bool> {
-        self.sink.readiness()
+        self.supervisor.readiness()
     }
 
     /// `true` while X's webhook and the media proxy are served: from the
@@ -198,65 +159,40 @@ impl Inbound {
         let Inbound {
             settings,
             states,
-            store,
-            sink,
+            supervisor,
+            shared,
             listener,
-            pollers,
-            profiles,
-            webhook_watches,
-            media,
-            clients,
-            in_flight,
+            channels,
             identities,
             serving,
         } = self;
-        let mut tasks = JoinSet::new();
         // The connection outlives `shutdown` until every task that publishes
         // has stopped: the webhook's requests in flight at shutdown, which it
         // lets finish, get their events published and X its 200, instead of
         // finding the connection closed under them (a 503, or a confirm lost
         // after the publish, and X delivering the events again).
         let disconnect = CancellationToken::new();
-        let connected = tokio::spawn(keep_connected(
-            settings.clone(),
-            sink.clone(),
-            disconnect.clone(),
-        ));
-        // Records of delivered DMs the store could not take when they were made.
-        tasks.spawn({
-            let (in_flight, store, shutdown) = (in_flight.clone(), store.clone(), shutdown.clone());
-            async move {
-                crate::delivery::in_flight::write_pending(&in_flight, store.as_ref(), shutdown)
-                    .await
-            }
-        });
-
+        let session = BrokerSession {
+            settings: settings.clone(),
+            sink: shared.sink.clone(),
+        };
+        let connected = tokio::spawn(supervisor.run(session, disconnect.clone()));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(write_pending_records(shared.clone(), shutdown.clone()));
         if let Some(listener) = listener {
             let webhook = WebhookParts {
-                sink: sink.clone(),
-                store,
+                shared: shared.clone(),
                 identities,
-                media,
-                in_flight,
-                profiles,
+                profiles: channels.profiles,
             };
-            let app = webhook.app(&settings, clients);
+            let app = webhook.app(&settings, channels.clients);
             let (limits, shutdown) = (settings.http.clone(), shutdown.clone());
             tasks.spawn(serve(listener, app, limits, serving, shutdown));
         }
-        for ctx in pollers {
-            let schedule = poll_schedule(&settings, &ctx.channel);
-            let lease_queue = settings.amqp.topology.poll_lease_queue(&ctx.channel);
-            tasks.spawn(poll_loop(
-                ctx,
-                states.clone(),
-                schedule,
-                lease_queue,
-                sink.connection.subscribe(),
-                shutdown.clone(),
-            ));
+        for ctx in channels.pollers {
+            tasks.spawn(poll(ctx, &settings, &states, &shared.sink, &shutdown));
         }
-        for watch in webhook_watches {
+        for watch in channels.webhook_watches {
             tasks.spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
         }
         while tasks.join_next().await.is_some() {}
@@ -266,13 +202,103 @@ impl Inbound {
     }
 }
 
+/// Records of delivered DMs the store could not take when they were made.
+async fn write_pending_records(shared: Shared, shutdown: CancellationToken) {
+    write_pending(&shared.in_flight, shared.store.as_ref(), shutdown).await
+}
+
+/// The webhook's listener, bound, when `inbound.listen` is set.
+fn listener(settings: &Settings) -> Result<Option<std::net::TcpListener>, InboundError> {
+    let Some(addr) = settings.inbound.listen else {
+        return Ok(None);
+    };
+    let listener = xbridge_core::server::bind(addr).map_err(|e| InboundError::Listen {
+        addr,
+        detail: e.to_string(),
+    })?;
+    Ok(Some(listener))
+}
+
+/// Every channel's X client, profiles, poller and webhook watch, as it has them.
+#[derive(Default)]
+struct ChannelParts {
+    clients: HashMap<String, XClient>,
+    profiles: Vec<(String, Arc<Profiles>)>,
+    pollers: Vec<PollContext>,
+    webhook_watches: Vec<WebhookWatch>,
+    /// One webhook list per X App (by consumer key), shared by its channels' checks.
+    app_webhooks: HashMap<String, Arc<AppWebhooks>>,
+}
+
+impl ChannelParts {
+    /// Builds `channel`'s parts: its client (from `http`), its profiles, a
+    /// poller when it polls and a webhook watch when it receives by webhook.
+    fn add(
+        &mut self,
+        settings: &Settings,
+        channel: &ChannelSettings,
+        http: &XHttp,
+        bound: Option<SocketAddr>,
+        shared: &Shared,
+    ) -> Result<(), InboundError> {
+        let client = client(settings, channel, http)?;
+        self.clients.insert(channel.name.clone(), client.clone());
+        if channel.inbound.uses_webhook() && !settings.inbound.webhook_check_interval.is_zero() {
+            let app = self
+                .app_webhooks
+                .entry(channel.consumer_key.expose_secret().to_owned())
+                .or_insert_with(|| AppWebhooks::new(settings.inbound.webhook_check_interval))
+                .clone();
+            let watch = webhook_watch(settings, channel, http, app, bound)?;
+            self.webhook_watches.push(watch);
+        }
+        let ttl = settings.inbound.profile_cache_ttl;
+        let profiles = Arc::new(Profiles::new(client.clone(), ttl));
+        self.profiles.push((channel.name.clone(), profiles.clone()));
+        if channel.inbound.polls() {
+            self.pollers.push(PollContext {
+                channel: channel.name.clone(),
+                own_user_id: channel.user_id.clone().unwrap_or_default(),
+                client,
+                store: shared.store.clone(),
+                sink: shared.sink.clone(),
+                publish_echoes: settings.inbound.publish_echoes,
+                backfill: backfill(settings),
+                profiles: Some(profiles),
+                media: Some(shared.media.clone()),
+                in_flight: shared.in_flight.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `ctx`'s channel polled on its schedule, while this replica holds its lease
+/// on the current connection.
+fn poll(
+    ctx: PollContext,
+    settings: &Settings,
+    states: &Arc<ChannelStates>,
+    sink: &BrokerSink,
+    shutdown: &CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let schedule = poll_schedule(settings, &ctx.channel);
+    let lease_queue = settings.amqp.topology.poll_lease_queue(&ctx.channel);
+    let connections = sink.connection.subscribe();
+    poll_loop(
+        ctx,
+        states.clone(),
+        schedule,
+        lease_queue,
+        connections,
+        shutdown.clone(),
+    )
+}
+
 /// What the webhook's endpoint shares with the rest of the service.
 struct WebhookParts {
-    sink: Arc<BrokerSink>,
-    store: Arc<dyn StateStore>,
+    shared: Shared,
     identities: Arc<ChannelIdentities>,
-    media: Arc<MediaLinks>,
-    in_flight: Arc<InFlightDeliveries>,
     profiles: Vec<(String, Arc<Profiles>)>,
 }
 
@@ -297,15 +323,16 @@ impl WebhookParts {
             publish_echoes: settings.inbound.publish_echoes,
             publish_activity: settings.inbound.publish_activity,
         };
+        let shared = self.shared;
         let state = self.profiles.into_iter().fold(
-            WebhookState::new(channels, self.sink, self.store, config)
+            WebhookState::new(channels, shared.sink, shared.store, config)
                 .with_identities(self.identities)
-                .with_media(self.media.clone())
-                .with_in_flight(self.in_flight),
+                .with_media(shared.media.clone())
+                .with_in_flight(shared.in_flight),
             |state, (channel, profiles)| state.with_profiles(&channel, profiles),
         );
         let proxy = Arc::new(MediaProxy::new(
-            self.media,
+            shared.media,
             clients,
             settings.inbound.media.max_bytes,
             settings.inbound.media.timeout,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use lapin::options::QueueDeleteOptions;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::SecretString;
-use xbridge_core::amqp::connect;
+use xbridge_amqp::connect;
 use xbridge_core::config::TopologyNames;
 use xbridge_inbound::polling::lease::{LeaseError, LeaseState, PollLease};
 use xbridge_test_support::{amqp_url, PATIENCE};

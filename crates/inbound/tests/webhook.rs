@@ -21,8 +21,8 @@ use lapin::BasicProperties;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use xbridge_core::amqp::dead_letters::DIRECTION_HEADER;
-use xbridge_core::amqp::{connect, FailureHeaders, Publisher};
+use xbridge_amqp::dead_letters::DIRECTION_HEADER;
+use xbridge_amqp::{connect, FailureHeaders, Publisher};
 use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
 use xbridge_core::contract::EventToCrm;
 use xbridge_inbound::delivery::sink::{AmqpSink, EventSink, InboundDeadLetter, SinkError};

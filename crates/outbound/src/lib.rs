@@ -2,8 +2,12 @@
 //! Messages, each sent at most once, in order per conversation, with its
 //! outcome reported back to the CRM.
 //!
-//! - [`service`]: connection, topology, one consumer per channel, reconnects
-//!   and graceful shutdown.
+//! - [`service`]: the [`Outbound`] `xbridge run` starts: every channel's context, and
+//!   the session run under the shared supervisor (`xbridge_amqp::Supervisor`), which
+//!   reconnects.
+//! - [`session`]: what runs on each connection: the topology, one consumer per channel,
+//!   the unrouted one and the channel state reports; the grace period on shutdown;
+//!   [`session::SessionError`], why a session ended.
 //! - [`context`]: what one channel keeps across reconnects ([`context::ChannelContext`]).
 //! - [`worker`]: one channel's consumer, a lane per conversation, and
 //!   `process`: what becomes of a reply (a [`settle::Settlement`]).
@@ -45,6 +49,7 @@ pub mod reconcile;
 pub mod report;
 pub mod send;
 pub mod service;
+pub mod session;
 pub mod settle;
 pub mod state_sync;
 pub mod store_outage;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::BasicProperties;
 
-use xbridge_core::amqp::{
+use xbridge_amqp::{
     wire, DroppedHeader, FailureHeaders, PublishError, Publisher, MAX_DETAIL_BYTES,
 };
 use xbridge_core::config::TopologyNames;

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use xbridge_core::amqp::FailureHeaders;
+use xbridge_amqp::FailureHeaders;
 use xbridge_core::contract::ChannelState;
 use xbridge_core::contract::{FailureReason, OutgoingReply, ReplyTarget};
 use xbridge_store::SentRecord;

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use xbridge_core::amqp::FailureHeaders;
+use xbridge_amqp::FailureHeaders;
 use xbridge_core::contract::{FailureReason, InvalidReply, StatusEvent};
 use xbridge_store::SentRecord;
 

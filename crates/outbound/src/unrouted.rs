@@ -7,7 +7,7 @@ use lapin::options::BasicAckOptions;
 use lapin::Consumer;
 use tokio_util::sync::CancellationToken;
 
-use xbridge_core::amqp::FailureHeaders;
+use xbridge_amqp::FailureHeaders;
 use xbridge_core::contract::FailureReason;
 
 use crate::report::{Failure, Reporter};

@@ -2,7 +2,7 @@
 //! after which the channel's consumer reconnects and RabbitMQ delivers the
 //! reply again.
 
-use xbridge_core::amqp::PublishError;
+use xbridge_amqp::PublishError;
 use xbridge_store::StoreError;
 
 /// Why a delivery was left unacknowledged (it will be redelivered).

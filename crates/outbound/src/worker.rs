@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use xbridge_core::amqp::{wire, FailureHeaders};
+use xbridge_amqp::{wire, FailureHeaders};
 use xbridge_core::contract::{FailureReason, InvalidReply, OutgoingReply};
 
 use crate::context::ChannelContext;

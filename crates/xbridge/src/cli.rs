@@ -147,7 +147,7 @@ pub struct DlqFilter {
     #[arg(long)]
     pub reason: Option<String>,
     /// Only dead letters whose last failure is at least this old (`10m`, `2h`).
-    #[arg(long, value_parser = xbridge_core::amqp::dead_letters::parse_age)]
+    #[arg(long, value_parser = xbridge_amqp::dead_letters::parse_age)]
     pub older_than: Option<std::time::Duration>,
 }
 

@@ -6,7 +6,7 @@
 //! they were never replies.
 //!
 //! Every command reads the dead-letter queue (see
-//! [`xbridge_core::amqp::dead_letters`] for how, and why nothing is lost if
+//! [`xbridge_amqp::dead_letters`] for how, and why nothing is lost if
 //! the command dies), the whole of it up to a bound ([`ReadBound`]: a queue
 //! flooded past it is worked through by running the command again), acts on
 //! the letters its filters match and gives the rest back in their order. Output is a plain table for people; dead letters hold
@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use lapin::types::AMQPValue;
-use xbridge_core::amqp::connect;
-use xbridge_core::amqp::dead_letters::{DeadLetter, DeadLetterQueue, Filter, ReadBound, Taken};
+use xbridge_amqp::connect;
+use xbridge_amqp::dead_letters::{DeadLetter, DeadLetterQueue, Filter, ReadBound, Taken};
 use xbridge_core::config::Settings;
 
 use crate::cli::{DlqCommand, DlqFilter};

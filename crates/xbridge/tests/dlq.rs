@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use common::start_bridge;
 use x_simulator::Fault;
-use xbridge_core::amqp::FailureHeaders;
+use xbridge_amqp::FailureHeaders;
 use xbridge_test_support::{amqp_url, spawn_app, Crm, TestApp, TestOptions};
 
 fn reply(message_id: &str, recipient: &str) -> Value {
@@ -327,7 +327,7 @@ async fn filters_dry_runs_and_purge_leave_everything_else_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_that_dies_half_way_loses_nothing() {
-    use xbridge_core::amqp::dead_letters::{DeadLetterQueue, ReadBound};
+    use xbridge_amqp::dead_letters::{DeadLetterQueue, ReadBound};
 
     let app = spawn_app(TestOptions::default()).await;
     // The bridge declares the topology, then stops, so the replayed copy

@@ -185,7 +185,7 @@ async fn every_invalid_reply_is_dead_lettered_and_the_next_valid_one_is_sent() {
         );
         let _ = body;
         let detail = dead.headers.detail.unwrap_or_default();
-        assert!(detail.len() <= xbridge_core::amqp::MAX_DETAIL_BYTES);
+        assert!(detail.len() <= xbridge_amqp::MAX_DETAIL_BYTES);
         details.push(detail);
     }
     for (_, expected) in &cases {
@@ -299,7 +299,7 @@ async fn a_reply_with_headers_filling_a_frame_is_dead_lettered_and_every_channel
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_with_no_room_left_in_its_frame_leaves_at_once_and_a_restart_brings_nothing_back() {
     use lapin::types::{AMQPValue, FieldTable, LongString};
-    use xbridge_core::amqp::wire;
+    use xbridge_amqp::wire;
     let app = spawn_app(TestOptions {
         channels: vec!["alpha".into(), "beta".into()],
         ..TestOptions::default()

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
-use xbridge_core::amqp::dead_letters::{DIRECTION_HEADER, INBOUND};
-use xbridge_core::amqp::{FailureHeaders, PublishError, Publisher};
+use xbridge_amqp::dead_letters::{DIRECTION_HEADER, INBOUND};
+use xbridge_amqp::{FailureHeaders, PublishError, Publisher};
 use xbridge_core::contract::EventToCrm;
 
 /// Why an event is not known to be safe in the broker. The webhook answers 503 and X

@@ -52,7 +52,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use xbridge_core::amqp::declare_poll_lease_queue;
+use xbridge_amqp::declare_poll_lease_queue;
 
 /// How often the holder renews its token: well inside RabbitMQ's default
 /// `consumer_timeout` of 30 minutes (a broker configured below this would

@@ -10,7 +10,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use xbridge_core::amqp;
+use xbridge_amqp as amqp;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::contract::ChannelState;
 use xbridge_x_api::XError;

@@ -8,7 +8,7 @@ use lapin::{Connection, ConnectionProperties, Consumer};
 use secrecy::SecretString;
 use xbridge_test_support::amqp_url;
 
-use xbridge_core::amqp::{connect, declare_topology, Publisher, TopologyPlan};
+use xbridge_amqp::{connect, declare_topology, Publisher, TopologyPlan};
 use xbridge_core::config::TopologyNames;
 
 /// One test's topology, declared, with a publisher and a consumer on its incoming queue.

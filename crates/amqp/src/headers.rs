@@ -16,7 +16,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use super::wire;
+use crate::wire;
 
 /// Every header the bridge writes starts with this.
 pub const HEADER_PREFIX: &str = "x-xbridge-";

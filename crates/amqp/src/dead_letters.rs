@@ -24,8 +24,8 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 
-use super::{FailureHeaders, PublishError, Publisher, HEADER_PREFIX};
-use crate::config::TopologyNames;
+use crate::{FailureHeaders, PublishError, Publisher, HEADER_PREFIX};
+use xbridge_core::config::TopologyNames;
 
 /// Says which way a dead letter was going. Absent on replies (the CRM's messages
 /// to X); [`INBOUND`] on webhook bodies from X the bridge kept rather than lose

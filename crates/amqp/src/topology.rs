@@ -8,7 +8,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::config::{Settings, TopologyNames};
+use xbridge_core::config::{Settings, TopologyNames};
 
 /// What to declare: the names, the channels that get a reply queue, the
 /// polled channels that get a poll lease queue and the delay steps that get a

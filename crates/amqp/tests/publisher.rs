@@ -6,7 +6,7 @@ use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 
-use xbridge_core::amqp::{connect, wire, PublishError, Publisher};
+use xbridge_amqp::{connect, wire, PublishError, Publisher};
 
 fn amqp_url() -> secrecy::SecretString {
     std::env::var("XBRIDGE_TEST_AMQP_URL")
@@ -86,5 +86,5 @@ async fn a_frame_of_frame_max_is_published_and_a_byte_more_is_refused_on_a_live_
         "{error:?}"
     );
     assert!(connection.status().connected());
-    xbridge_core::amqp::close(&connection, 200, "test done").await;
+    xbridge_amqp::close(&connection, 200, "test done").await;
 }

@@ -7,7 +7,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
-use super::wire;
+use crate::wire;
 
 /// The smallest `frame_max` the bridge works with: a republished reply needs
 /// room for its AMQP properties (up to about 3.6 KiB), the bridge's bounded
