@@ -1,5 +1,16 @@
 //! Everything a running simulator remembers, behind one mutex that is only ever held by
 //! synchronous code (never across an `.await`).
+//!
+//! This file is the container ([`SimState`], its mutable [`Inner`] and the one id sequence);
+//! each kind of record it keeps has a file of its own beside it, which imports nothing of the
+//! routes that fill it in, so no module that reads or writes the state is imported back:
+//!
+//! - `dm_event.rs`: [`DmEvent`], its media ([`DmAttachment`], [`MediaType`], [`MediaVariant`]);
+//! - `sent_dm.rs`: [`SentDm`], a DM the send endpoints accepted;
+//! - `upload.rs`: [`UploadRecord`] and what tests see of it ([`Upload`]), [`MediaProcessing`];
+//! - `webhook.rs`: [`Webhook`], [`Subscription`] and their limits ([`WebhookConfig`]);
+//! - `delivery.rs`: [`Delivery`], one webhook POST;
+//! - `request_record.rs`: [`RequestRecord`], the request log's entries, and [`Counters`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,14 +24,23 @@ use crate::accounts::{Account, AccountRegistry};
 use crate::auth::NonceCache;
 use crate::clock::Clock;
 use crate::customers::CustomerRegistry;
-use crate::delivery::Delivery;
-use crate::dm::SentDm;
-use crate::events::DmEvent;
 use crate::faults::{Fault, FaultBook};
 use crate::rate_limit::{RateLimitStatus, RateLimitWindow, RateLimiter};
-use crate::request_log::{Counters, RequestRecord};
-use crate::uploads::{MediaProcessing, UploadRecord};
-use crate::webhooks::{Subscription, Webhook, WebhookConfig};
+
+mod delivery;
+mod dm_event;
+mod request_record;
+mod sent_dm;
+mod upload;
+mod webhook;
+
+pub use delivery::Delivery;
+pub use dm_event::{DmAttachment, DmEvent, MediaType, MediaVariant, MESSAGE_CREATE};
+pub use request_record::{Counters, RequestRecord, CLIENT_CLOSED_REQUEST};
+pub use sent_dm::SentDm;
+pub(crate) use upload::{Category, UploadRecord};
+pub use upload::{MediaProcessing, ProcessingOutcome, ProcessingState, Upload};
+pub use webhook::{Subscription, Webhook, WebhookConfig};
 
 /// Twitter's snowflake epoch (2010-11-04), so event ids look like X's: 19 digits, time-ordered.
 const SNOWFLAKE_EPOCH_MILLIS: i64 = 1_288_834_974_657;
