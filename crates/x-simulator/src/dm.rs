@@ -99,10 +99,19 @@ fn decide(caller: Authorized<DmSend>, target: Target) -> Result<(Reply, DmEvent)
         created_at: now,
     };
     let event = record(inner, &state.base_url, &account, &dm, media);
+    let reply = created(reply, &headers, &dm);
+    inner.dms.push(dm);
+    drop(guard);
+    state.dm_recorded.notify_waiters();
+    Ok((reply, event))
+}
+
+/// X's 201 for an accepted send: the conversation and event ids, and a `location`.
+fn created(reply: Reply, headers: &HeaderMap, dm: &SentDm) -> Reply {
     // X's own quirk: the event id appears quoted in the recorded `location` header.
     let location = format!(
         "http://{}/2/dm_events/\"{}\"",
-        host(&headers).unwrap_or("localhost"),
+        host(headers).unwrap_or("localhost"),
         dm.dm_event_id
     );
     let body = json!({ "data": {
@@ -110,13 +119,9 @@ fn decide(caller: Authorized<DmSend>, target: Target) -> Result<(Reply, DmEvent)
         "dm_event_id": dm.dm_event_id,
     }})
     .to_string();
-    inner.dms.push(dm);
-    drop(guard);
-    state.dm_recorded.notify_waiters();
-    let reply = reply
+    reply
         .answer(StatusCode::CREATED, body)
-        .header(header::LOCATION, location);
-    Ok((reply, event))
+        .header(header::LOCATION, location)
 }
 
 /// The media a send carries: the upload's id and its kind.

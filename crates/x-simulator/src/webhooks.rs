@@ -127,29 +127,33 @@ pub(crate) async fn create(caller: Authorized<Webhooks>) -> Reply {
         body,
         ..
     } = caller;
-    let url = match parse_url_body(&body) {
-        Ok(url) => url,
-        Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
-    };
+    match register(&state, &account, &body).await {
+        Ok(webhook) => reply.answer(StatusCode::OK, json!({ "data": webhook }).to_string()),
+        Err((status, problem)) => reply.answer(status, problem),
+    }
+}
+
+/// The checks of the URL and the CRC, then the webhook registered (as X shows it), or X's
+/// refusal.
+async fn register(
+    state: &SimState,
+    account: &Account,
+    body: &[u8],
+) -> Result<Value, (StatusCode, String)> {
+    let url = parse_url_body(body).map_err(|problem| (StatusCode::BAD_REQUEST, problem))?;
+    let refused = |reason: &str| refusal(reason, Some(("url", &url)));
     let limit = state.webhook_config.max_webhooks_per_app;
     let checked = check_url(&state.lock(), &account.consumer_key, &url, limit);
-    if let Err(reason) = checked {
-        let (status, problem) = refusal(reason, Some(("url", &url)));
-        return reply.answer(status, problem);
-    }
-    let crc = run_crc(&state, &account.user_id, &url, &account.consumer_secret).await;
+    checked.map_err(refused)?;
+    let crc = run_crc(state, &account.user_id, &url, &account.consumer_secret).await;
     let now = state.now();
     let mut inner = state.lock();
     if let Err(why) = crc {
         tracing::warn!(%url, %why, "webhook CRC failed; not registered");
-        let (status, problem) = refusal("CrcValidationFailed", Some(("url", &url)));
-        return reply.answer(status, problem);
+        return Err(refused("CrcValidationFailed"));
     }
     // Checked again: another registration may have landed while the CRC ran.
-    if let Err(reason) = check_url(&inner, &account.consumer_key, &url, limit) {
-        let (status, problem) = refusal(reason, Some(("url", &url)));
-        return reply.answer(status, problem);
-    }
+    check_url(&inner, &account.consumer_key, &url, limit).map_err(refused)?;
     let webhook = Webhook {
         id: inner.next_event_id(now),
         url: url.clone(),
@@ -160,9 +164,9 @@ pub(crate) async fn create(caller: Authorized<Webhooks>) -> Reply {
         secret: account.consumer_secret.clone(),
     };
     tracing::info!(id = %webhook.id, %url, "webhook registered");
-    let body = json!({ "data": webhook.to_json() }).to_string();
+    let shown = webhook.to_json();
     inner.webhooks.push(webhook);
-    reply.answer(StatusCode::OK, body)
+    Ok(shown)
 }
 
 /// `GET /2/webhooks`: the App's webhooks.
