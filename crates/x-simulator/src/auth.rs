@@ -95,24 +95,7 @@ pub(crate) fn authenticate<'a>(
     nonces: &mut NonceCache,
     now: DateTime<Utc>,
 ) -> Result<&'a Account, AuthFailure> {
-    let value = request
-        .headers
-        .get(header::AUTHORIZATION)
-        .ok_or(AuthFailure::MissingHeader)?
-        .to_str()
-        .map_err(|_| AuthFailure::Malformed("Authorization is not visible ASCII".into()))?;
-    if let Some(token) = bearer_token(value) {
-        return match accounts.by_bearer_token(token) {
-            Some(account) => Err(AuthFailure::AppOnly {
-                user_id: account.user_id.clone(),
-            }),
-            None => Err(AuthFailure::UnknownCredentials),
-        };
-    }
-    let oauth_header = oauth::parse_authorization_header(value).map_err(|error| match error {
-        HeaderError::NotOAuth => AuthFailure::NotOAuth,
-        HeaderError::Malformed(why) => AuthFailure::Malformed(why),
-    })?;
+    let oauth_header = oauth_header(request, accounts)?;
     let claim = Claim::read(&oauth_header, accounts)?;
     let base_string = base_string(request, &oauth_header.signed_params)?;
     if !oauth::signature_matches(
@@ -138,6 +121,32 @@ pub(crate) fn authenticate<'a>(
         return Err(AuthFailure::NonceReused);
     }
     Ok(account)
+}
+
+/// The request's `Authorization: OAuth …` header, parsed. A Bearer token there is an App's,
+/// which a user-token route refuses naming the account (or as unknown credentials).
+fn oauth_header(
+    request: &SignedRequest<'_>,
+    accounts: &AccountRegistry,
+) -> Result<OAuthHeader, AuthFailure> {
+    let value = request
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthFailure::MissingHeader)?
+        .to_str()
+        .map_err(|_| AuthFailure::Malformed("Authorization is not visible ASCII".into()))?;
+    if let Some(token) = bearer_token(value) {
+        return match accounts.by_bearer_token(token) {
+            Some(account) => Err(AuthFailure::AppOnly {
+                user_id: account.user_id.clone(),
+            }),
+            None => Err(AuthFailure::UnknownCredentials),
+        };
+    }
+    oauth::parse_authorization_header(value).map_err(|error| match error {
+        HeaderError::NotOAuth => AuthFailure::NotOAuth,
+        HeaderError::Malformed(why) => AuthFailure::Malformed(why),
+    })
 }
 
 /// What an OAuth 1.0a header claims before its signature is checked: whose credentials, when

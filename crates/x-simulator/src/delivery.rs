@@ -6,52 +6,15 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
 use crate::customers::find_user;
-use crate::events::{DmAttachment, DmEvent, MediaType};
-use crate::state::{Inner, SimState};
+use crate::state::{Delivery, DmAttachment, DmEvent, Inner, MediaType, SimState};
 
 /// The header X signs webhook POSTs with.
 pub const SIGNATURE_HEADER: &str = "x-twitter-webhooks-signature";
-
-/// One POST to a webhook (a first attempt, a retry, a repeat or a raw delivery) and how the
-/// receiver answered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    /// The webhook it went to.
-    pub webhook_id: String,
-    /// The URL it was POSTed to.
-    pub url: String,
-    /// The subscribed account it was for (`for_user_id`); `None` for a raw delivery.
-    pub for_user_id: Option<String>,
-    /// The DM event it carried; `None` for a raw delivery.
-    pub event_id: Option<String>,
-    /// 1 for the first attempt, 2 for the first retry, and so on.
-    pub attempt: u32,
-    /// The receiver's status, or `None` if it did not answer (refused, timed out).
-    pub status: Option<u16>,
-    /// Why there was no status.
-    pub error: Option<String>,
-    /// The `x-twitter-webhooks-signature` header sent, if any.
-    pub signature: Option<String>,
-    /// The exact body sent.
-    pub body: String,
-    /// When the attempt was made, by the simulator's clock.
-    pub at: DateTime<Utc>,
-}
-
-impl Delivery {
-    /// Whether the receiver answered 2xx.
-    pub fn succeeded(&self) -> bool {
-        self.status
-            .is_some_and(|status| (200..300).contains(&status))
-    }
-}
 
 fn hmac_sha256(secret: &str, message: &[u8]) -> String {
     let mut mac =

@@ -7,39 +7,18 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use url::Url;
 
 use crate::accounts::Account;
 use crate::authorized::{Authorized, DmSend};
-use crate::events::{one_to_one_conversation_id, DmEvent, MediaType};
+use crate::events::one_to_one_conversation_id;
 use crate::reply::Reply;
-use crate::state::Inner;
+use crate::state::{DmEvent, Inner, MediaType, SentDm};
 use crate::{delivery, problems, request_body, uploads};
 
 /// X's limit on a DM's text, in characters.
 pub const MAX_TEXT_CHARS: usize = 10_000;
-
-/// A DM the simulator accepted (answered 201), as the bridge's tests assert on it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SentDm {
-    /// The 19-digit id answered as `dm_event_id`; later DMs have larger ids.
-    pub dm_event_id: String,
-    /// The answered `dm_conversation_id`: `smaller-larger` user id for a 1:1 conversation.
-    pub dm_conversation_id: String,
-    /// The user id of the account that signed the request.
-    pub sender_id: String,
-    /// The recipient: the path's participant, or the other member of a 1:1 conversation id;
-    /// `None` for a group conversation id.
-    pub participant_id: Option<String>,
-    /// The message text, empty if the DM carried only an attachment.
-    pub text: String,
-    /// The `media_id`s of `attachments` (X allows one), so media sends can be asserted too.
-    pub media_ids: Vec<String>,
-    /// When the simulator accepted it, by its clock.
-    pub created_at: DateTime<Utc>,
-}
 
 /// Which send endpoint was called, and with what id.
 enum Target {
@@ -120,10 +99,19 @@ fn decide(caller: Authorized<DmSend>, target: Target) -> Result<(Reply, DmEvent)
         created_at: now,
     };
     let event = record(inner, &state.base_url, &account, &dm, media);
+    let reply = created(reply, &headers, &dm);
+    inner.dms.push(dm);
+    drop(guard);
+    state.dm_recorded.notify_waiters();
+    Ok((reply, event))
+}
+
+/// X's 201 for an accepted send: the conversation and event ids, and a `location`.
+fn created(reply: Reply, headers: &HeaderMap, dm: &SentDm) -> Reply {
     // X's own quirk: the event id appears quoted in the recorded `location` header.
     let location = format!(
         "http://{}/2/dm_events/\"{}\"",
-        host(&headers).unwrap_or("localhost"),
+        host(headers).unwrap_or("localhost"),
         dm.dm_event_id
     );
     let body = json!({ "data": {
@@ -131,13 +119,9 @@ fn decide(caller: Authorized<DmSend>, target: Target) -> Result<(Reply, DmEvent)
         "dm_event_id": dm.dm_event_id,
     }})
     .to_string();
-    inner.dms.push(dm);
-    drop(guard);
-    state.dm_recorded.notify_waiters();
-    let reply = reply
+    reply
         .answer(StatusCode::CREATED, body)
-        .header(header::LOCATION, location);
-    Ok((reply, event))
+        .header(header::LOCATION, location)
 }
 
 /// The media a send carries: the upload's id and its kind.

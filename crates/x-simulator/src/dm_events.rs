@@ -9,10 +9,9 @@ use serde_json::{json, Map, Value};
 
 use crate::authorized::{Authorized, DmRead};
 use crate::customers::{find_user, UserView};
-use crate::events::{DmAttachment, DmEvent};
 use crate::problems;
 use crate::reply::Reply;
-use crate::state::Inner;
+use crate::state::{DmAttachment, DmEvent, Inner};
 
 /// How long X keeps DM events for `GET /2/dm_events`.
 pub const RETENTION_DAYS: i64 = 30;

@@ -326,17 +326,18 @@
 //! | `problems` | X's error bodies, from the shared fixtures |
 //! | `faults` | [`Fault`] and the per-account fault book |
 //! | `rate_limit` | [`RateLimitWindow`] and the fixed-window counter |
-//! | `request_log` | [`RequestRecord`], [`Counters`] and the logging middleware |
-//! | `dm` | the two DM send routes and [`SentDm`] |
+//! | `request_log` | the logging middleware, which fills in [`RequestRecord`]s and [`Counters`] |
+//! | `dm` | the two DM send routes, which record [`SentDm`]s |
 //! | `dm_events` | `GET /2/dm_events`: paging, fields, expansions, billing |
 //! | `users` | `GET /2/users/me` and `GET /2/users/:id` |
-//! | `uploads` | the media upload routes, [`Upload`], [`MediaProcessing`] |
+//! | `uploads` | the media upload routes and how processing advances by STATUS polls |
 //! | `media` | downloads of DM media (TON URL, renditions) |
-//! | `webhooks` | webhook and subscription routes, the CRC, [`Webhook`], [`Subscription`] |
-//! | `delivery` | signed, retried Account Activity deliveries, [`Delivery`] |
-//! | `events` | the DM event store, [`DmEvent`], [`MediaSpec`] |
+//! | `webhooks` | webhook and subscription routes, the CRC |
+//! | `delivery` | signed, retried Account Activity deliveries and their payloads |
+//! | `events` | recording DM events (sends and customers' DMs, with [`MediaSpec`] media) and reading an account's |
 //! | `accounts`, `customers` | who the simulator knows: [`Account`], [`Customer`] |
-//! | `state`, `clock` | everything remembered, behind one mutex; where time is read |
+//! | `state/` | everything remembered: `mod.rs` the container behind one mutex and the one id sequence; one file per kind of record, importing nothing of the routes that fill it in: `dm_event` ([`DmEvent`], its media), `sent_dm` ([`SentDm`]), `upload` ([`Upload`], [`MediaProcessing`]), `webhook` ([`Webhook`], [`Subscription`], [`WebhookConfig`]), `delivery` ([`Delivery`]), `request_record` ([`RequestRecord`], [`Counters`]) |
+//! | `clock` | where time is read |
 //! | `admin/` | the `/_sim/` admin API: `extract` (the JSON body, `?user_id=`, unknown accounts), `observe` (the `GET` listings), `steer` (what changes the simulator) |
 //! | `simulator` | [`Simulator`] (start, steer, observe, shut down) and [`SimulatorConfig`] |
 //! | `tests` | the crate's own HTTP-level tests, one file per area |
@@ -374,16 +375,17 @@ mod tests;
 
 pub use accounts::{load_accounts, Account, DEMO_USER_ID};
 pub use customers::Customer;
-pub use delivery::{Delivery, SIGNATURE_HEADER};
-pub use dm::{SentDm, MAX_TEXT_CHARS};
+pub use delivery::SIGNATURE_HEADER;
+pub use dm::MAX_TEXT_CHARS;
 pub use dm_events::RETENTION_DAYS;
-pub use events::{DmAttachment, DmEvent, MediaSpec, MediaType, MediaVariant, MESSAGE_CREATE};
+pub use events::MediaSpec;
 pub use faults::Fault;
 pub use rate_limit::RateLimitWindow;
-pub use request_log::{Counters, RequestRecord, CLIENT_CLOSED_REQUEST};
 pub use simulator::{Simulator, SimulatorConfig};
-pub use uploads::{
-    MediaProcessing, ProcessingOutcome, ProcessingState, Upload, MAX_SEGMENT_BYTES,
-    MAX_SEGMENT_INDEX, MEDIA_EXPIRES_AFTER_SECS,
+pub use state::{
+    Counters, Delivery, DmAttachment, DmEvent, MediaProcessing, MediaType, MediaVariant,
+    ProcessingOutcome, ProcessingState, RequestRecord, SentDm, Subscription, Upload, Webhook,
+    WebhookConfig, CLIENT_CLOSED_REQUEST, MESSAGE_CREATE,
 };
-pub use webhooks::{Subscription, Webhook, WebhookConfig, MAX_WEBHOOK_URL_CHARS};
+pub use uploads::{MAX_SEGMENT_BYTES, MAX_SEGMENT_INDEX, MEDIA_EXPIRES_AFTER_SECS};
+pub use webhooks::MAX_WEBHOOK_URL_CHARS;

@@ -58,42 +58,54 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    let mut accounts = match &cli.accounts {
-        Some(path) => load_accounts(path)?,
-        None => Vec::new(),
-    };
-    if cli.demo {
-        accounts.push(Account::demo());
-    }
-    if accounts.is_empty() {
-        tracing::warn!(
-            "no accounts: every request will get 401 until one is added with POST /_sim/accounts"
-        );
-    }
-    let simulator = Simulator::start(SimulatorConfig {
-        bind: cli.bind,
-        accounts,
-        rate_limit: RateLimitWindow {
-            limit: cli.rate_limit,
-            window: Duration::from_secs(cli.rate_limit_window_secs),
-        },
-        read_rate_limit: RateLimitWindow {
-            limit: cli.read_rate_limit,
-            window: Duration::from_secs(cli.read_rate_limit_window_secs),
-        },
-        upload_rate_limit: SimulatorConfig::default().upload_rate_limit,
-        webhooks: WebhookConfig {
-            delivery_retries: cli.webhook_retries,
-            retry_backoff: Duration::from_millis(cli.webhook_backoff_ms),
-            ..WebhookConfig::default()
-        },
-    })
-    .await?;
+    let accounts = cli.accounts()?;
+    let simulator = Simulator::start(cli.config(accounts)).await?;
     println!("x-simulator listening on {}", simulator.base_url());
 
     stop_signal().await?;
     simulator.shutdown().await;
     Ok(())
+}
+
+impl Cli {
+    /// The accounts file's accounts, plus the demo account with `--demo`.
+    fn accounts(&self) -> anyhow::Result<Vec<Account>> {
+        let mut accounts = match &self.accounts {
+            Some(path) => load_accounts(path)?,
+            None => Vec::new(),
+        };
+        if self.demo {
+            accounts.push(Account::demo());
+        }
+        if accounts.is_empty() {
+            tracing::warn!(
+                "no accounts: every request will get 401 until one is added with POST /_sim/accounts"
+            );
+        }
+        Ok(accounts)
+    }
+
+    /// The simulator the flags describe, serving `accounts`.
+    fn config(&self, accounts: Vec<Account>) -> SimulatorConfig {
+        SimulatorConfig {
+            bind: self.bind,
+            accounts,
+            rate_limit: RateLimitWindow {
+                limit: self.rate_limit,
+                window: Duration::from_secs(self.rate_limit_window_secs),
+            },
+            read_rate_limit: RateLimitWindow {
+                limit: self.read_rate_limit,
+                window: Duration::from_secs(self.read_rate_limit_window_secs),
+            },
+            upload_rate_limit: SimulatorConfig::default().upload_rate_limit,
+            webhooks: WebhookConfig {
+                delivery_retries: self.webhook_retries,
+                retry_backoff: Duration::from_millis(self.webhook_backoff_ms),
+                ..WebhookConfig::default()
+            },
+        }
+    }
 }
 
 /// Ctrl-C, or SIGTERM as docker sends on `docker stop`.

@@ -16,12 +16,11 @@ use axum::response::{IntoResponse as _, Response};
 use axum::Extension;
 
 use crate::authorized::{Authorized, MediaDownload};
-use crate::events::{DmAttachment, DmEvent};
 use crate::faults::MediaFailure;
 use crate::problems;
 use crate::reply::Reply;
 use crate::request_log::RequestIdentity;
-use crate::state::{Inner, SimState};
+use crate::state::{DmAttachment, DmEvent, Inner, SimState};
 
 fn content_type(name: &str) -> &'static str {
     match name

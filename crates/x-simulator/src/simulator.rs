@@ -12,16 +12,16 @@ use url::Url;
 use crate::accounts::Account;
 use crate::clock::{Clock, SystemClock};
 use crate::customers::Customer;
-use crate::delivery::{self, Delivery};
-use crate::dm::SentDm;
-use crate::events::{DmEvent, MediaSpec, Written};
+use crate::delivery;
+use crate::events::{MediaSpec, Written};
 use crate::faults::Fault;
 use crate::rate_limit::RateLimitWindow;
-use crate::request_log::{Counters, RequestRecord};
 use crate::routes;
-use crate::state::{SimState, StateSettings};
-use crate::uploads::{MediaProcessing, Upload, UploadRecord};
-use crate::webhooks::{self, Subscription, Webhook, WebhookConfig};
+use crate::state::{
+    Counters, Delivery, DmEvent, MediaProcessing, RequestRecord, SentDm, SimState, StateSettings,
+    Subscription, Upload, UploadRecord, Webhook, WebhookConfig,
+};
+use crate::webhooks;
 
 /// How long [`Simulator::shutdown`] lets open connections finish before cutting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

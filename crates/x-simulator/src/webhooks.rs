@@ -5,14 +5,10 @@
 //! registered it, and only accounts of that App can subscribe to it. The CRC and every delivery
 //! are keyed with the consumer secret of the account whose token registered the webhook.
 
-use std::time::Duration;
-
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
 use rand::distr::{Alphanumeric, SampleString as _};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use url::Url;
 
@@ -21,73 +17,11 @@ use crate::authorized::{Authorized, Subscription as SubscriptionRoute, Webhooks}
 use crate::delivery::crc_response_token;
 use crate::events::app_id;
 use crate::reply::Reply;
-use crate::state::{Inner, SimState};
+use crate::state::{Inner, SimState, Subscription, Webhook};
 use crate::{problems, request_body};
 
 /// X's limit on a webhook URL's length.
 pub const MAX_WEBHOOK_URL_CHARS: usize = 200;
-
-/// How webhooks behave: X's Pay Per Use limits and the delivery retries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WebhookConfig {
-    /// Webhooks one App may register; Pay Per Use allows 1 (`WebhookLimitExceeded` beyond).
-    pub max_webhooks_per_app: usize,
-    /// Accounts that may subscribe to one App's webhooks; Pay Per Use allows 3
-    /// (`SubscriptionLimitExceeded` beyond).
-    pub max_subscriptions_per_app: usize,
-    /// How many times a delivery the receiver did not answer with a 2xx is retried.
-    pub delivery_retries: u32,
-    /// The wait before the first retry; each later retry waits twice as long as the one before.
-    pub retry_backoff: Duration,
-    /// How long a CRC check or a delivery may take before it counts as failed (X allows 10 s).
-    pub timeout: Duration,
-}
-
-impl Default for WebhookConfig {
-    /// Pay Per Use's limits, X's 10-second timeout and 3 retries starting 1 s apart (X's
-    /// enterprise AAA retried 3 times over 5 minutes; v2's schedule is not documented).
-    fn default() -> Self {
-        WebhookConfig {
-            max_webhooks_per_app: 1,
-            max_subscriptions_per_app: 3,
-            delivery_retries: 3,
-            retry_backoff: Duration::from_secs(1),
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// A registered webhook.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Webhook {
-    /// Its 19-digit id.
-    pub id: String,
-    /// Where CRC checks and events go.
-    pub url: String,
-    /// Whether the last CRC check passed; events are only delivered to valid webhooks.
-    pub valid: bool,
-    /// When it was registered.
-    pub created_at: DateTime<Utc>,
-    /// The user id of the account whose token registered it; its consumer secret signs.
-    pub registered_by: String,
-    /// The App (consumer key) it belongs to.
-    #[serde(skip)]
-    pub(crate) app_key: String,
-    /// The consumer secret that keys its CRC checks and signatures.
-    #[serde(skip)]
-    pub(crate) secret: String,
-}
-
-/// An account subscribed to a webhook: its DM events are delivered there.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Subscription {
-    /// The webhook's id.
-    pub webhook_id: String,
-    /// The subscribed account.
-    pub user_id: String,
-    /// When it subscribed.
-    pub created_at: DateTime<Utc>,
-}
 
 impl Webhook {
     fn to_json(&self) -> Value {
@@ -193,29 +127,33 @@ pub(crate) async fn create(caller: Authorized<Webhooks>) -> Reply {
         body,
         ..
     } = caller;
-    let url = match parse_url_body(&body) {
-        Ok(url) => url,
-        Err(problem) => return reply.answer(StatusCode::BAD_REQUEST, problem),
-    };
+    match register(&state, &account, &body).await {
+        Ok(webhook) => reply.answer(StatusCode::OK, json!({ "data": webhook }).to_string()),
+        Err((status, problem)) => reply.answer(status, problem),
+    }
+}
+
+/// The checks of the URL and the CRC, then the webhook registered (as X shows it), or X's
+/// refusal.
+async fn register(
+    state: &SimState,
+    account: &Account,
+    body: &[u8],
+) -> Result<Value, (StatusCode, String)> {
+    let url = parse_url_body(body).map_err(|problem| (StatusCode::BAD_REQUEST, problem))?;
+    let refused = |reason: &str| refusal(reason, Some(("url", &url)));
     let limit = state.webhook_config.max_webhooks_per_app;
     let checked = check_url(&state.lock(), &account.consumer_key, &url, limit);
-    if let Err(reason) = checked {
-        let (status, problem) = refusal(reason, Some(("url", &url)));
-        return reply.answer(status, problem);
-    }
-    let crc = run_crc(&state, &account.user_id, &url, &account.consumer_secret).await;
+    checked.map_err(refused)?;
+    let crc = run_crc(state, &account.user_id, &url, &account.consumer_secret).await;
     let now = state.now();
     let mut inner = state.lock();
     if let Err(why) = crc {
         tracing::warn!(%url, %why, "webhook CRC failed; not registered");
-        let (status, problem) = refusal("CrcValidationFailed", Some(("url", &url)));
-        return reply.answer(status, problem);
+        return Err(refused("CrcValidationFailed"));
     }
     // Checked again: another registration may have landed while the CRC ran.
-    if let Err(reason) = check_url(&inner, &account.consumer_key, &url, limit) {
-        let (status, problem) = refusal(reason, Some(("url", &url)));
-        return reply.answer(status, problem);
-    }
+    check_url(&inner, &account.consumer_key, &url, limit).map_err(refused)?;
     let webhook = Webhook {
         id: inner.next_event_id(now),
         url: url.clone(),
@@ -226,9 +164,9 @@ pub(crate) async fn create(caller: Authorized<Webhooks>) -> Reply {
         secret: account.consumer_secret.clone(),
     };
     tracing::info!(id = %webhook.id, %url, "webhook registered");
-    let body = json!({ "data": webhook.to_json() }).to_string();
+    let shown = webhook.to_json();
     inner.webhooks.push(webhook);
-    reply.answer(StatusCode::OK, body)
+    Ok(shown)
 }
 
 /// `GET /2/webhooks`: the App's webhooks.

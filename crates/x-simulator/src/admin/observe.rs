@@ -10,9 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::extract::ForAccount;
-use crate::events::DmEvent;
-use crate::state::SimState;
-use crate::uploads::UploadRecord;
+use crate::state::{DmEvent, SimState, UploadRecord};
 
 impl ForAccount {
     /// The JSON array of `items` this filter admits, by their `owner`, each as `view` shows it.

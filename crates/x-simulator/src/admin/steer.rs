@@ -15,10 +15,9 @@ use super::extract::{error, known_account, AdminBody, ForAccount, UnknownAccount
 use crate::accounts::Account;
 use crate::customers::Customer;
 use crate::delivery;
-use crate::events::{DmEvent, MediaSpec, Written};
+use crate::events::{MediaSpec, Written};
 use crate::faults::Fault;
-use crate::state::SimState;
-use crate::uploads::MediaProcessing;
+use crate::state::{DmEvent, MediaProcessing, SimState};
 
 /// Body of `POST /_sim/faults`.
 #[derive(Debug, Deserialize)]

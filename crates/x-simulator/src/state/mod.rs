@@ -1,5 +1,16 @@
 //! Everything a running simulator remembers, behind one mutex that is only ever held by
 //! synchronous code (never across an `.await`).
+//!
+//! This file is the container ([`SimState`], its mutable [`Inner`] and the one id sequence);
+//! each kind of record it keeps has a file of its own beside it, which imports nothing of the
+//! routes that fill it in, so no module that reads or writes the state is imported back:
+//!
+//! - `dm_event.rs`: [`DmEvent`], its media ([`DmAttachment`], [`MediaType`], [`MediaVariant`]);
+//! - `sent_dm.rs`: [`SentDm`], a DM the send endpoints accepted;
+//! - `upload.rs`: [`UploadRecord`] and what tests see of it ([`Upload`]), [`MediaProcessing`];
+//! - `webhook.rs`: [`Webhook`], [`Subscription`] and their limits ([`WebhookConfig`]);
+//! - `delivery.rs`: [`Delivery`], one webhook POST;
+//! - `request_record.rs`: [`RequestRecord`], the request log's entries, and [`Counters`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,14 +24,23 @@ use crate::accounts::{Account, AccountRegistry};
 use crate::auth::NonceCache;
 use crate::clock::Clock;
 use crate::customers::CustomerRegistry;
-use crate::delivery::Delivery;
-use crate::dm::SentDm;
-use crate::events::DmEvent;
 use crate::faults::{Fault, FaultBook};
 use crate::rate_limit::{RateLimitStatus, RateLimitWindow, RateLimiter};
-use crate::request_log::{Counters, RequestRecord};
-use crate::uploads::{MediaProcessing, UploadRecord};
-use crate::webhooks::{Subscription, Webhook, WebhookConfig};
+
+mod delivery;
+mod dm_event;
+mod request_record;
+mod sent_dm;
+mod upload;
+mod webhook;
+
+pub use delivery::Delivery;
+pub use dm_event::{DmAttachment, DmEvent, MediaType, MediaVariant, MESSAGE_CREATE};
+pub use request_record::{Counters, RequestRecord, CLIENT_CLOSED_REQUEST};
+pub use sent_dm::SentDm;
+pub(crate) use upload::{Category, UploadRecord};
+pub use upload::{MediaProcessing, ProcessingOutcome, ProcessingState, Upload};
+pub use webhook::{Subscription, Webhook, WebhookConfig};
 
 /// Twitter's snowflake epoch (2010-11-04), so event ids look like X's: 19 digits, time-ordered.
 const SNOWFLAKE_EPOCH_MILLIS: i64 = 1_288_834_974_657;
@@ -96,6 +116,10 @@ pub(crate) enum Window {
     Upload,
 }
 
+impl Window {
+    const ALL: [Window; 3] = [Window::Send, Window::Read, Window::Upload];
+}
+
 impl SimState {
     pub(crate) fn new(settings: StateSettings, clock: Arc<dyn Clock>) -> anyhow::Result<SimState> {
         let mut inner = Inner::default();
@@ -151,17 +175,15 @@ impl SimState {
 
     pub(crate) fn set_fault(&self, user_id: &str, fault: Fault) {
         let mut inner = self.lock();
-        match fault {
-            Fault::RateLimitWindow { .. } => {
-                inner.rate_limiters.remove(user_id);
-            }
-            Fault::ReadRateLimitWindow { .. } => {
-                inner.read_rate_limiters.remove(user_id);
-            }
-            Fault::UploadRateLimitWindow { .. } => {
-                inner.upload_rate_limiters.remove(user_id);
-            }
-            _ => {}
+        // A new window starts counting afresh.
+        let replaced = match fault {
+            Fault::RateLimitWindow { .. } => Some(Window::Send),
+            Fault::ReadRateLimitWindow { .. } => Some(Window::Read),
+            Fault::UploadRateLimitWindow { .. } => Some(Window::Upload),
+            _ => None,
+        };
+        if let Some(window) = replaced {
+            inner.limiters(window).remove(user_id);
         }
         inner.faults.set(user_id, fault);
     }
@@ -169,47 +191,28 @@ impl SimState {
     pub(crate) fn clear_faults(&self, user_id: &str) {
         let mut inner = self.lock();
         inner.faults.clear(user_id);
-        let default = self.default_rate_limit;
-        if inner
-            .rate_limiters
-            .get(user_id)
-            .is_some_and(|limiter| limiter.window() != default)
-        {
-            inner.rate_limiters.remove(user_id);
-        }
-        let default = self.default_read_rate_limit;
-        if inner
-            .read_rate_limiters
-            .get(user_id)
-            .is_some_and(|limiter| limiter.window() != default)
-        {
-            inner.read_rate_limiters.remove(user_id);
-        }
-        let default = self.default_upload_rate_limit;
-        if inner
-            .upload_rate_limiters
-            .get(user_id)
-            .is_some_and(|limiter| limiter.window() != default)
-        {
-            inner.upload_rate_limiters.remove(user_id);
+        // Only a window a fault replaced starts afresh; the default one keeps counting.
+        for window in Window::ALL {
+            let default = self.default_window(window);
+            let limiters = inner.limiters(window);
+            if limiters
+                .get(user_id)
+                .is_some_and(|limiter| limiter.window() != default)
+            {
+                limiters.remove(user_id);
+            }
         }
     }
 
     pub(crate) fn clear_all_faults(&self) {
         let mut inner = self.lock();
         inner.faults.clear_all();
-        let default = self.default_rate_limit;
-        inner
-            .rate_limiters
-            .retain(|_, limiter| limiter.window() == default);
-        let default = self.default_read_rate_limit;
-        inner
-            .read_rate_limiters
-            .retain(|_, limiter| limiter.window() == default);
-        let default = self.default_upload_rate_limit;
-        inner
-            .upload_rate_limiters
-            .retain(|_, limiter| limiter.window() == default);
+        for window in Window::ALL {
+            let default = self.default_window(window);
+            inner
+                .limiters(window)
+                .retain(|_, limiter| limiter.window() == default);
+        }
     }
 
     /// Forgets everything that happened (DMs, DM events, uploads and media processing settings,
@@ -289,25 +292,25 @@ impl Inner {
         now: DateTime<Utc>,
         default: RateLimitWindow,
     ) -> RateLimitStatus {
-        let (configured, limiters) = match window {
-            Window::Send => (
-                self.faults.rate_limit_window(user_id),
-                &mut self.rate_limiters,
-            ),
-            Window::Read => (
-                self.faults.read_rate_limit_window(user_id),
-                &mut self.read_rate_limiters,
-            ),
-            Window::Upload => (
-                self.faults.upload_rate_limit_window(user_id),
-                &mut self.upload_rate_limiters,
-            ),
+        let configured = match window {
+            Window::Send => self.faults.rate_limit_window(user_id),
+            Window::Read => self.faults.read_rate_limit_window(user_id),
+            Window::Upload => self.faults.upload_rate_limit_window(user_id),
         };
-        let window = configured.unwrap_or(default);
-        limiters
+        let limit = configured.unwrap_or(default);
+        self.limiters(window)
             .entry(user_id.to_string())
-            .or_insert_with(|| RateLimiter::new(window, now))
+            .or_insert_with(|| RateLimiter::new(limit, now))
             .count(now)
+    }
+
+    /// The accounts' counters of that window.
+    fn limiters(&mut self, window: Window) -> &mut HashMap<String, RateLimiter> {
+        match window {
+            Window::Send => &mut self.rate_limiters,
+            Window::Read => &mut self.read_rate_limiters,
+            Window::Upload => &mut self.upload_rate_limiters,
+        }
     }
 
     /// A fresh 19-digit id (events, media, webhooks), greater than every earlier one.
