@@ -14,7 +14,9 @@ use secrecy::{ExposeSecret, SecretString};
 pub enum ConnectError {
     /// The broker answered and said no: wrong credentials, an unknown vhost, no
     /// permission, an AMQP version it does not speak. Another attempt succeeds
-    /// only once its configuration (or ours) changes.
+    /// only once its configuration (or ours) changes; the supervisor still
+    /// retries it like the other, because a broker's users and vhosts are often
+    /// created after the bridge starts (definitions loaded late).
     #[error("cannot connect to RabbitMQ: {0}")]
     Refused(Redacted),
     /// No broker answered: DNS, TCP, TLS, an unusable URL, or a connection

@@ -30,7 +30,8 @@ pub use headers::{
 };
 pub use publisher::{PublishError, Publisher, MIN_FRAME_MAX};
 pub use session::{
-    declared_publisher, reconnect_backoff, Session, SessionLog, SetupError, Supervisor,
+    declare, declared_publisher, open_publisher, reconnect_backoff, Session, SessionLog,
+    SetupError, Supervisor,
 };
 pub use topology::{declare_poll_lease_queue, declare_topology, TopologyPlan};
 

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use xbridge_core::config::Settings;
 
 use crate::connection::{close, close_channels, connect, ConnectError};
-use crate::{declare_topology, Publisher, TopologyPlan};
+use crate::publisher::Publisher;
+use crate::topology::{declare_topology, TopologyPlan};
 
 /// What one direction does on a live connection. The supervisor calls
 /// [`start`](Session::start) on each new connection, then [`run`](Session::run)
@@ -30,11 +31,14 @@ pub trait Session: Send {
 
     /// Sets up on a new connection. Every AMQP channel it opens also goes into
     /// `channels`, which the supervisor closes before the connection (lapin
-    /// logs a channel dropped while its connection closes as an error).
+    /// logs a channel dropped while its connection closes as an error). Tasks
+    /// it spawns stop on `shutdown` (a child token of it), so a shutdown that
+    /// comes while it still sets up stops what already runs.
     fn start(
         &mut self,
         connection: &Arc<Connection>,
         channels: &mut Vec<Channel>,
+        shutdown: &CancellationToken,
     ) -> impl Future<Output = Result<Self::Running, Self::Error>> + Send;
 
     /// Runs until the session ends: `None` on `shutdown`, else why it ended.
@@ -75,8 +79,8 @@ pub struct Supervisor {
 /// How one attempt ended.
 enum Attempt<E> {
     Shutdown,
-    /// A session that had run at least `healthy_after`.
-    Lost(E),
+    /// A session that had run at least `healthy_after` ended (already logged).
+    Lost,
     /// Connecting or the setup failed, or the session ended too soon.
     Failed(E),
 }
@@ -115,13 +119,17 @@ impl Supervisor {
         while !shutdown.is_cancelled() {
             match self.attempt(session, shutdown).await {
                 Attempt::Shutdown => return,
-                Attempt::Lost(error) => {
-                    tracing::warn!(error = %error, "{}", self.log.lost);
-                    pauses = reconnect_backoff();
-                }
+                // Logged when the loss was seen, before the session wound down.
+                Attempt::Lost => pauses = reconnect_backoff(),
                 Attempt::Failed(error) => {
                     let wait = pauses.next().unwrap_or(MAX_PAUSE);
-                    tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "{}", self.log.retrying);
+                    tracing::warn!(
+                        connection = self.connection_name,
+                        error = %error,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "{}",
+                        self.log.retrying
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
@@ -143,7 +151,7 @@ impl Supervisor {
             Err(error) => return Attempt::Failed(error.into()),
         };
         let mut channels = Vec::new();
-        let end = match session.start(&connection, &mut channels).await {
+        let end = match session.start(&connection, &mut channels, shutdown).await {
             Ok(running) => self.serve(session, running, shutdown).await,
             Err(error) => {
                 close_channels(&channels).await;
@@ -152,7 +160,12 @@ impl Supervisor {
             }
         };
         close_channels(&channels).await;
-        close(&connection, 200, "xbridge stopping").await;
+        close(
+            &connection,
+            200,
+            &format!("{} stopping", self.connection_name),
+        )
+        .await;
         end
     }
 
@@ -172,12 +185,18 @@ impl Supervisor {
             .await
             .filter(|_| !shutdown.is_cancelled());
         self.ready.send_replace(false);
-        session.stop(running).await;
-        match failure {
+        let end = match failure {
             None => Attempt::Shutdown,
-            Some(error) if started.elapsed() >= self.healthy_after => Attempt::Lost(error),
+            Some(error) if started.elapsed() >= self.healthy_after => {
+                // Said at once: closing on a dead broker can take a while, and
+                // what the loss causes (leases lost) is logged meanwhile.
+                tracing::warn!(connection = self.connection_name, error = %error, "{}", self.log.lost);
+                Attempt::Lost
+            }
             Some(error) => Attempt::Failed(error),
-        }
+        };
+        session.stop(running).await;
+        end
     }
 }
 
@@ -215,13 +234,28 @@ pub async fn declared_publisher(
     settings: &Settings,
     channels: &mut Vec<Channel>,
 ) -> Result<Publisher, SetupError> {
+    let publisher = open_publisher(connection, channels).await?;
+    declare(&publisher, settings).await?;
+    Ok(publisher)
+}
+
+/// A confirm-mode publisher, its channel in `channels`; for a session that
+/// checks the connection (its `frame_max`) before it declares anything.
+pub async fn open_publisher(
+    connection: &Connection,
+    channels: &mut Vec<Channel>,
+) -> Result<Publisher, SetupError> {
     let publisher = Publisher::open(connection)
         .await
         .map_err(SetupError::Channel)?;
     channels.push(publisher.channel().clone());
+    Ok(publisher)
+}
+
+/// Declares on `publisher`'s channel the topology `settings` describe.
+pub async fn declare(publisher: &Publisher, settings: &Settings) -> Result<(), SetupError> {
     let plan = TopologyPlan::for_settings(settings);
     declare_topology(publisher.channel(), &plan)
         .await
-        .map_err(SetupError::Topology)?;
-    Ok(publisher)
+        .map_err(SetupError::Topology)
 }

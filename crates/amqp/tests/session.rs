@@ -45,6 +45,7 @@ impl Session for Counting {
         &mut self,
         connection: &Arc<Connection>,
         channels: &mut Vec<Channel>,
+        _shutdown: &CancellationToken,
     ) -> Result<(), TestError> {
         channels.push(connection.create_channel().await.expect("a channel"));
         self.starts.fetch_add(1, Ordering::SeqCst);

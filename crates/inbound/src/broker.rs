@@ -74,6 +74,7 @@ impl Session for BrokerSession {
         &mut self,
         connection: &Arc<lapin::Connection>,
         channels: &mut Vec<lapin::Channel>,
+        _shutdown: &CancellationToken,
     ) -> Result<Connected, BrokerError> {
         let publisher = declared_publisher(connection, &self.settings, channels).await?;
         let events = Box::pin(connection.events_listener());

@@ -14,7 +14,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use xbridge_amqp::{declared_publisher, ConnectError, Session, SessionLog, SetupError, Supervisor};
+use xbridge_amqp::{
+    declare, open_publisher, ConnectError, Session, SessionLog, SetupError, Supervisor,
+};
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
 use xbridge_core::contract::ChannelStateEvent;
@@ -105,17 +107,19 @@ impl Session for ReplySession {
         &mut self,
         connection: &Arc<Connection>,
         channels: &mut Vec<lapin::Channel>,
+        shutdown: &CancellationToken,
     ) -> Result<Consuming, SessionError> {
-        let publisher = declared_publisher(connection, &self.settings, channels).await?;
+        let publisher = open_publisher(connection, channels).await?;
         if publisher.frame_max() < xbridge_amqp::MIN_FRAME_MAX {
             return Err(SessionError::FrameMax {
                 negotiated: publisher.frame_max(),
                 needed: xbridge_amqp::MIN_FRAME_MAX,
             });
         }
+        declare(&publisher, &self.settings).await?;
         let names = self.settings.amqp.topology.clone();
         let reporter = Reporter::new(publisher, names.clone());
-        let stop = CancellationToken::new();
+        let stop = shutdown.child_token();
         let mut tasks = JoinSet::new();
         for ctx in &self.channels {
             let queue = names.outgoing_queue(&ctx.name);

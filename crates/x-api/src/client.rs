@@ -228,8 +228,10 @@ impl XClient {
     /// Sends one request the caller has signed after waiting for `paced.pacer`, and reads the
     /// answer: the pacer hears that the request is over however it ends (cancellation
     /// included), learns X's window from the headers if it is its window, and the body is read
-    /// no further than [`crate::body`]'s caps. Every API call goes through here so the
-    /// telemetry, the pacing and the size caps cannot differ between endpoints.
+    /// no further than [`crate::body`]'s caps. Every paced API call (DM sends, reads,
+    /// uploads) goes through here so the telemetry, the pacing and the size caps cannot
+    /// differ between them; media downloads and the webhook calls are not paced and have
+    /// their own (`media_download.rs`, `webhooks.rs`).
     pub(crate) async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
