@@ -105,57 +105,136 @@ pub async fn serve(
             return;
         }
     };
-    let service = TowerToHyperService::new(Timeout::with_status_code(
-        RequestBodyTimeout::new(app, limits.body_read_timeout),
-        StatusCode::REQUEST_TIMEOUT,
-        limits.request_timeout,
-    ));
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
+    let mut connections = Connections::new(server, app, limits, shutdown.clone());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
     let mut trouble = AcceptTrouble::new(server);
     loop {
-        while connections.try_join_next().is_some() {}
-        // A free slot first: while every slot is taken, nothing is accepted
-        // and the kernel queues new connections.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        connections.reap();
+        let Some(permit) = free_slot(&slots, &shutdown).await else {
+            break;
         };
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    trouble.cleared();
-                    stream
+        match accept(&listener, &mut trouble, &shutdown).await {
+            Accepted::Stream(stream) => connections.spawn(Slot::taken(server, permit), stream),
+            Accepted::Retry => continue,
+            Accepted::Shutdown => break,
+        }
+    }
+    drop(listener);
+    connections.drain().await;
+}
+
+/// A free slot first, `None` at shutdown: while every slot is taken, nothing
+/// is accepted and the kernel queues new connections.
+async fn free_slot(
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        permit = slots.clone().acquire_owned() => Some(permit.expect("the semaphore is never closed")),
+    }
+}
+
+/// What one accept came to.
+enum Accepted {
+    /// A new connection to serve.
+    Stream(tokio::net::TcpStream),
+    /// The accept failed and its pause is over: try again.
+    Retry,
+    /// Shutdown came first.
+    Shutdown,
+}
+
+/// The next connection. A failed accept (out of file descriptors, most
+/// often) pauses before the next try, so a busy loop does not make it worse.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    trouble: &mut AcceptTrouble,
+    shutdown: &CancellationToken,
+) -> Accepted {
+    tokio::select! {
+        _ = shutdown.cancelled() => Accepted::Shutdown,
+        accepted = listener.accept() => match accepted {
+            Ok((stream, _)) => {
+                trouble.cleared();
+                Accepted::Stream(stream)
+            }
+            Err(error) => {
+                let pause = trouble.failed(&error);
+                tokio::select! {
+                    _ = shutdown.cancelled() => Accepted::Shutdown,
+                    _ = tokio::time::sleep(pause) => Accepted::Retry,
                 }
-                Err(error) => {
-                    let pause = trouble.failed(&error);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => continue,
-                    }
-                }
-            },
-        };
-        let slot = Slot::taken(server, permit);
+            }
+        },
+    }
+}
+
+/// The app as hyper serves it: within the body read and request timeouts.
+type AppService = TowerToHyperService<Timeout<RequestBodyTimeout<Router>>>;
+
+/// The connections one server holds, and how each is served.
+struct Connections {
+    server: &'static str,
+    service: AppService,
+    http: http1::Builder,
+    write_timeout: Duration,
+    graceful: GracefulShutdown,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Connections {
+    /// Every limit of `[http]` but the connection cap, applied per connection.
+    fn new(
+        server: &'static str,
+        app: Router,
+        limits: &HttpSettings,
+        shutdown: CancellationToken,
+    ) -> Connections {
+        let service = TowerToHyperService::new(Timeout::with_status_code(
+            RequestBodyTimeout::new(app, limits.body_read_timeout),
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ));
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .keep_alive(true);
+        Connections {
+            server,
+            service,
+            http,
+            write_timeout: limits.write_timeout,
+            graceful: GracefulShutdown::new(),
+            tasks: JoinSet::new(),
+            shutdown,
+        }
+    }
+
+    /// Forgets the connections that ended, so a long-running server does not
+    /// keep one entry per connection it ever had.
+    fn reap(&mut self) {
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Serves `stream` in a task of its own, holding `slot` until it ends.
+    fn spawn(&mut self, slot: Slot, stream: tokio::net::TcpStream) {
         let served = slot.served.clone();
-        let service = service.clone();
+        let service = self.service.clone();
         let per_connection = hyper::service::service_fn(move |request| {
             served.store(true, Ordering::Relaxed);
             service.call(request)
         });
         let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(limits.write_timeout));
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(Box::pin(stream)), per_connection));
-        let stop = shutdown.clone();
-        connections.spawn(async move {
+        stream.set_write_timeout(Some(self.write_timeout));
+        let connection = self.graceful.watch(
+            self.http
+                .serve_connection(TokioIo::new(Box::pin(stream)), per_connection),
+        );
+        let stop = self.shutdown.clone();
+        self.tasks.spawn(async move {
             tokio::pin!(connection);
             let ended = tokio::select! {
                 ended = &mut connection => ended,
@@ -174,16 +253,23 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        graceful.shutdown().await;
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        let cut = connections.len();
-        connections.shutdown().await;
-        tracing::info!(server, cut, "requests still in flight at shutdown were cut");
+
+    /// Closes idle connections and gives requests in flight
+    /// [`SHUTDOWN_GRACE`], then cuts what is left.
+    async fn drain(mut self) {
+        let graceful = self.graceful;
+        let tasks = &mut self.tasks;
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            graceful.shutdown().await;
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            let cut = self.tasks.len();
+            self.tasks.shutdown().await;
+            let server = self.server;
+            tracing::info!(server, cut, "requests still in flight at shutdown were cut");
+        }
     }
 }
 
