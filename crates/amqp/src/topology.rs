@@ -60,11 +60,14 @@ fn quorum_args() -> FieldTable {
 /// reason `delivery_limit`) instead of vanishing. RabbitMQ 3.10 to 3.13 have
 /// no default limit, so nothing changes there.
 fn safety_net_args(names: &TopologyNames) -> FieldTable {
+    dead_lettering_args(&names.dead_letter_exchange)
+}
+
+/// A quorum queue whose dead messages go on to `exchange` at least once,
+/// which RabbitMQ allows only with `reject-publish` overflow.
+fn dead_lettering_args(exchange: &str) -> FieldTable {
     let mut args = quorum_args();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        long_string(&names.dead_letter_exchange),
-    );
+    args.insert("x-dead-letter-exchange".into(), long_string(exchange));
     args.insert(
         "x-dead-letter-strategy".into(),
         long_string("at-least-once"),
@@ -203,18 +206,9 @@ async fn declare_delay(
 ) -> lapin::Result<()> {
     let name = names.delay_queue(delay);
     declare_exchange(channel, &name, ExchangeKind::Fanout, FieldTable::default()).await?;
-    let mut args = quorum_args();
+    let mut args = dead_lettering_args(&names.outgoing_exchange);
     let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
     args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        long_string(&names.outgoing_exchange),
-    );
-    args.insert(
-        "x-dead-letter-strategy".into(),
-        long_string("at-least-once"),
-    );
-    args.insert("x-overflow".into(), long_string("reject-publish"));
     declare_queue(channel, &name, args).await?;
     bind(channel, &name, &name, "").await
 }
