@@ -167,63 +167,48 @@ impl FailureHeaders {
     /// them. Our headers are bounded, so they always fit in a budget of a few
     /// kilobytes; a smaller budget than ours alone is exceeded.
     pub fn apply_within(&self, table: Option<&FieldTable>, budget: usize) -> Applied {
-        let mut foreign: Vec<(&ShortString, &AMQPValue, usize)> = table
-            .map(|table| {
-                table
-                    .inner()
-                    .iter()
-                    .filter(|(key, _)| !key.as_str().starts_with(HEADER_PREFIX))
-                    .map(|(key, value)| (key, value, wire::entry_len(key, value)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let entries = |table: &FieldTable| wire::table_len(table) - wire::EMPTY_TABLE_LEN;
+        let mut foreign = foreign_entries(table);
         let foreign_len: usize = foreign.iter().map(|(_, _, len)| len).sum();
         let ours = self.own_headers();
-        if wire::EMPTY_TABLE_LEN + foreign_len + entries(&ours) <= budget {
+        if wire::EMPTY_TABLE_LEN + foreign_len + entries_len(&ours) <= budget {
             return Applied {
                 table: merged(ours, &foreign),
                 dropped: Vec::new(),
             };
         }
+        let widest = self.widest().own_headers();
+        let room = budget.saturating_sub(wire::EMPTY_TABLE_LEN + entries_len(&widest));
+        let dropped = drop_largest(&mut foreign, foreign_len, room);
+        Applied {
+            table: merged(self.noting(&dropped).own_headers(), &foreign),
+            dropped,
+        }
+    }
 
-        // Ours at their largest once they name what was dropped, so what is
-        // kept fits whatever the list turns out to be.
-        let widest = FailureHeaders {
+    /// These headers at their largest once they name what was dropped, so
+    /// what is kept fits whatever the list of dropped headers turns out to be.
+    fn widest(&self) -> FailureHeaders {
+        FailureHeaders {
             detail: self.detail.as_ref().map(|_| "x".repeat(MAX_DETAIL_BYTES)),
             dropped_headers: Some("x".repeat(MAX_DROPPED_BYTES)),
             ..self.clone()
-        };
-        let room = budget.saturating_sub(wire::EMPTY_TABLE_LEN + entries(&widest.own_headers()));
-        foreign.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
-        let mut kept_len = foreign_len;
-        let mut cut = 0;
-        while kept_len > room && cut < foreign.len() {
-            kept_len -= foreign[cut].2;
-            cut += 1;
         }
-        let dropped: Vec<DroppedHeader> = foreign
-            .drain(..cut)
-            .map(|(name, _, bytes)| DroppedHeader {
-                name: name.as_str().to_owned(),
-                bytes,
-            })
-            .collect();
+    }
+
+    /// These headers with `dropped` added to the list of dropped headers, so
+    /// a letter republished more than once still names all it lost.
+    fn noting(&self, dropped: &[DroppedHeader]) -> FailureHeaders {
         let listed = dropped
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        let noted = FailureHeaders {
+        FailureHeaders {
             dropped_headers: Some(match &self.dropped_headers {
                 Some(earlier) if !earlier.is_empty() => format!("{earlier}, {listed}"),
                 _ => listed,
             }),
             ..self.clone()
-        };
-        Applied {
-            table: merged(noted.own_headers(), &foreign),
-            dropped,
         }
     }
 
@@ -237,12 +222,29 @@ impl FailureHeaders {
         if self.times_parked > 0 {
             put(PARKED, AMQPValue::LongLongInt(i64::from(self.times_parked)));
         }
+        for (key, value) in self.own_strings() {
+            if let Some(value) = value {
+                put(
+                    key,
+                    AMQPValue::LongString(LongString::from(value.into_bytes())),
+                );
+            }
+        }
+        if let Some(status) = self.http_status {
+            put(HTTP_STATUS, AMQPValue::LongLongInt(i64::from(status)));
+        }
+        out
+    }
+
+    /// Our string headers in the order they are written, each within its
+    /// bound (a frame must hold them whatever X or the CRM sent).
+    fn own_strings(&self) -> [(&'static str, Option<String>); 10] {
         let name = |value: &Option<String>| {
             value
                 .as_deref()
                 .map(|value| wire::truncate(value, MAX_NAME_BYTES))
         };
-        let strings = [
+        [
             (FIRST_SEEN, self.first_seen_at.map(rfc3339)),
             (FIRST_FAILURE, self.first_failure_at.map(rfc3339)),
             (LAST_FAILURE, self.last_failure_at.map(rfc3339)),
@@ -258,19 +260,7 @@ impl FailureHeaders {
                     .as_deref()
                     .map(|list| wire::truncate(list, MAX_DROPPED_BYTES)),
             ),
-        ];
-        for (key, value) in strings {
-            if let Some(value) = value {
-                put(
-                    key,
-                    AMQPValue::LongString(LongString::from(value.into_bytes())),
-                );
-            }
-        }
-        if let Some(status) = self.http_status {
-            put(HTTP_STATUS, AMQPValue::LongLongInt(i64::from(status)));
-        }
-        out
+        ]
     }
 
     /// The detail within [`MAX_DETAIL_BYTES`], ending with a note when
@@ -286,8 +276,55 @@ impl FailureHeaders {
     }
 }
 
+/// One of the reply's own headers: its name, value and encoded size.
+type Entry<'a> = (&'a ShortString, &'a AMQPValue, usize);
+
+/// The reply's own headers (not ours) with their encoded sizes, the
+/// candidates for dropping when the frame is too small for all.
+fn foreign_entries(table: Option<&FieldTable>) -> Vec<Entry<'_>> {
+    table
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .filter(|(key, _)| !key.as_str().starts_with(HEADER_PREFIX))
+                .map(|(key, value)| (key, value, wire::entry_len(key, value)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The encoded size of a table's entries, without the table's own length.
+fn entries_len(table: &FieldTable) -> usize {
+    wire::table_len(table) - wire::EMPTY_TABLE_LEN
+}
+
+/// Removes the largest of `foreign` (ties by name) until the rest, of
+/// `foreign_len` bytes in all, fits in `room`: dropping the fewest headers
+/// keeps the most of what the CRM sent.
+fn drop_largest(
+    foreign: &mut Vec<Entry<'_>>,
+    foreign_len: usize,
+    room: usize,
+) -> Vec<DroppedHeader> {
+    foreign.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
+    let mut kept_len = foreign_len;
+    let mut cut = 0;
+    while kept_len > room && cut < foreign.len() {
+        kept_len -= foreign[cut].2;
+        cut += 1;
+    }
+    foreign
+        .drain(..cut)
+        .map(|(name, _, bytes)| DroppedHeader {
+            name: name.as_str().to_owned(),
+            bytes,
+        })
+        .collect()
+}
+
 /// `ours` and the kept entries of the reply's own headers in one table.
-fn merged(mut ours: FieldTable, foreign: &[(&ShortString, &AMQPValue, usize)]) -> FieldTable {
+fn merged(mut ours: FieldTable, foreign: &[Entry<'_>]) -> FieldTable {
     for (key, value, _) in foreign {
         ours.insert((*key).clone(), (*value).clone());
     }

@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use crate::wire;
@@ -189,31 +189,10 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        let exchange_name = wire::short_string(exchange).ok_or(PublishError::FieldTooLong {
-            field: "the exchange name",
-            len: exchange.len(),
-        })?;
-        let key = wire::short_string(routing_key).ok_or(PublishError::FieldTooLong {
-            field: "the routing key",
-            len: routing_key.len(),
-        })?;
+        let exchange_name = short_field(exchange, "the exchange name")?;
+        let key = short_field(routing_key, "the routing key")?;
         let properties = Publisher::complete(properties);
-        let size = wire::header_frame_len(&properties);
-        if size > self.frame_max {
-            tracing::warn!(
-                exchange,
-                routing_key,
-                size,
-                frame_max = self.frame_max,
-                "a message's properties do not fit in one AMQP frame; not published"
-            );
-            return Err(PublishError::FrameTooLarge {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-                size,
-                frame_max: self.frame_max,
-            });
-        }
+        self.check_frame(exchange, routing_key, &properties)?;
         let confirmation = self
             .channel
             .basic_publish(
@@ -228,23 +207,69 @@ impl Publisher {
             )
             .await?
             .await?;
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-            }),
-            Confirmation::Nack(_) => Err(PublishError::Nacked {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-            }),
-            // Confirm mode is set in `open`, so this means the channel was
-            // replaced under us: treat it as not confirmed.
-            Confirmation::NotRequested => Err(PublishError::Nacked {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-            }),
+        confirmed(confirmation, exchange, routing_key)
+    }
+
+    /// Refuses properties whose content-header frame would exceed
+    /// `frame_max`: the broker would close the whole connection for it.
+    fn check_frame(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &BasicProperties,
+    ) -> Result<(), PublishError> {
+        let size = wire::header_frame_len(properties);
+        if size <= self.frame_max {
+            return Ok(());
         }
+        tracing::warn!(
+            exchange,
+            routing_key,
+            size,
+            frame_max = self.frame_max,
+            "a message's properties do not fit in one AMQP frame; not published"
+        );
+        Err(PublishError::FrameTooLarge {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            size,
+            frame_max: self.frame_max,
+        })
+    }
+}
+
+/// `value` as an AMQP short string, or the error naming `field`: a name over
+/// 255 bytes would make the broker close the connection.
+fn short_field(value: &str, field: &'static str) -> Result<ShortString, PublishError> {
+    wire::short_string(value).ok_or(PublishError::FieldTooLong {
+        field,
+        len: value.len(),
+    })
+}
+
+/// The broker's answer to a mandatory publish as our result: only a plain
+/// ack means the message is queued.
+fn confirmed(
+    confirmation: Confirmation,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), PublishError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        }),
+        Confirmation::Nack(_) => Err(PublishError::Nacked {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        }),
+        // Confirm mode is set in `open`, so this means the channel was
+        // replaced under us: treat it as not confirmed.
+        Confirmation::NotRequested => Err(PublishError::Nacked {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        }),
     }
 }
 

@@ -60,11 +60,14 @@ fn quorum_args() -> FieldTable {
 /// reason `delivery_limit`) instead of vanishing. RabbitMQ 3.10 to 3.13 have
 /// no default limit, so nothing changes there.
 fn safety_net_args(names: &TopologyNames) -> FieldTable {
+    dead_lettering_args(&names.dead_letter_exchange)
+}
+
+/// A quorum queue whose dead messages go on to `exchange` at least once,
+/// which RabbitMQ allows only with `reject-publish` overflow.
+fn dead_lettering_args(exchange: &str) -> FieldTable {
     let mut args = quorum_args();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        long_string(&names.dead_letter_exchange),
-    );
+    args.insert("x-dead-letter-exchange".into(), long_string(exchange));
     args.insert(
         "x-dead-letter-strategy".into(),
         long_string("at-least-once"),
@@ -117,32 +120,51 @@ fn durable_queue() -> QueueDeclareOptions {
     }
 }
 
-/// Declares the whole topology on `channel`.
+/// Declares the whole topology on `channel`: the safety net first, so the
+/// outgoing exchange's alternate exists before anything can be routed to it.
 pub async fn declare_topology(channel: &Channel, plan: &TopologyPlan) -> lapin::Result<()> {
     let names = &plan.names;
+    declare_unrouted(channel, names).await?;
+    declare_outgoing(channel, plan).await?;
+    declare_topic_with_queue(channel, &names.incoming_exchange, &names.incoming_queue).await?;
+    declare_topic_with_queue(
+        channel,
+        &names.dead_letter_exchange,
+        &names.dead_letter_queue,
+    )
+    .await?;
+    for delay in &plan.delays {
+        declare_delay(channel, names, *delay).await?;
+    }
+    Ok(())
+}
 
-    // Replies for channels nobody configured land here instead of vanishing.
-    channel
-        .exchange_declare(
-            names.unrouted.as_str().into(),
-            ExchangeKind::Fanout,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await?;
+/// Replies for channels nobody configured land here instead of vanishing.
+async fn declare_unrouted(channel: &Channel, names: &TopologyNames) -> lapin::Result<()> {
+    declare_exchange(
+        channel,
+        &names.unrouted,
+        ExchangeKind::Fanout,
+        FieldTable::default(),
+    )
+    .await?;
     declare_queue(channel, &names.unrouted, safety_net_args(names)).await?;
-    bind(channel, &names.unrouted, &names.unrouted, "").await?;
+    bind(channel, &names.unrouted, &names.unrouted, "").await
+}
 
+/// The CRM's replies: one queue per configured channel, bound by the
+/// channel's name, and the poll lease queues of the polled channels.
+async fn declare_outgoing(channel: &Channel, plan: &TopologyPlan) -> lapin::Result<()> {
+    let names = &plan.names;
     let mut outgoing_args = FieldTable::default();
     outgoing_args.insert("alternate-exchange".into(), long_string(&names.unrouted));
-    channel
-        .exchange_declare(
-            names.outgoing_exchange.as_str().into(),
-            ExchangeKind::Direct,
-            durable_exchange(),
-            outgoing_args,
-        )
-        .await?;
+    declare_exchange(
+        channel,
+        &names.outgoing_exchange,
+        ExchangeKind::Direct,
+        outgoing_args,
+    )
+    .await?;
     for name in &plan.channels {
         let queue = names.outgoing_queue(name);
         declare_queue(channel, &queue, reply_queue_args(names)).await?;
@@ -153,69 +175,53 @@ pub async fn declare_topology(channel: &Channel, plan: &TopologyPlan) -> lapin::
     for name in &plan.polled_channels {
         declare_poll_lease_queue(channel, &names.poll_lease_queue(name)).await?;
     }
-
-    channel
-        .exchange_declare(
-            names.incoming_exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await?;
-    declare_queue(channel, &names.incoming_queue, quorum_args()).await?;
-    bind(
-        channel,
-        &names.incoming_queue,
-        &names.incoming_exchange,
-        "#",
-    )
-    .await?;
-
-    channel
-        .exchange_declare(
-            names.dead_letter_exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await?;
-    declare_queue(channel, &names.dead_letter_queue, quorum_args()).await?;
-    bind(
-        channel,
-        &names.dead_letter_queue,
-        &names.dead_letter_exchange,
-        "#",
-    )
-    .await?;
-
-    for delay in &plan.delays {
-        let name = names.delay_queue(*delay);
-        channel
-            .exchange_declare(
-                name.as_str().into(),
-                ExchangeKind::Fanout,
-                durable_exchange(),
-                FieldTable::default(),
-            )
-            .await?;
-        // When the TTL runs out the reply goes back to the outgoing exchange
-        // under its own routing key (its channel), at least once.
-        let mut args = quorum_args();
-        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            long_string(&names.outgoing_exchange),
-        );
-        args.insert(
-            "x-dead-letter-strategy".into(),
-            long_string("at-least-once"),
-        );
-        args.insert("x-overflow".into(), long_string("reject-publish"));
-        declare_queue(channel, &name, args).await?;
-        bind(channel, &name, &name, "").await?;
-    }
     Ok(())
+}
+
+/// A topic exchange whose one quorum queue takes every routing key (the
+/// incoming events and the dead letters are both shaped so).
+async fn declare_topic_with_queue(
+    channel: &Channel,
+    exchange: &str,
+    queue: &str,
+) -> lapin::Result<()> {
+    declare_exchange(
+        channel,
+        exchange,
+        ExchangeKind::Topic,
+        FieldTable::default(),
+    )
+    .await?;
+    declare_queue(channel, queue, quorum_args()).await?;
+    bind(channel, queue, exchange, "#").await
+}
+
+/// One delay queue behind its own fanout exchange. When the TTL runs out the
+/// reply goes back to the outgoing exchange under its own routing key (its
+/// channel), at least once.
+async fn declare_delay(
+    channel: &Channel,
+    names: &TopologyNames,
+    delay: Duration,
+) -> lapin::Result<()> {
+    let name = names.delay_queue(delay);
+    declare_exchange(channel, &name, ExchangeKind::Fanout, FieldTable::default()).await?;
+    let mut args = dead_lettering_args(&names.outgoing_exchange);
+    let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+    declare_queue(channel, &name, args).await?;
+    bind(channel, &name, &name, "").await
+}
+
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+    args: FieldTable,
+) -> lapin::Result<()> {
+    channel
+        .exchange_declare(name.into(), kind, durable_exchange(), args)
+        .await
 }
 
 async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {

@@ -17,7 +17,9 @@
 //!     `telemetry.rs`, `http.rs` and `channels.rs` (`[[channels]]`, their X
 //!     credentials): each with its raw form, defaults, validation and tests.
 //! - [`secret`]: secrets given inline, by environment variable or by file.
-//! - [`server`]: the HTTP serving with its timeouts and limits; [`telemetry`]: logging;
+//! - [`server`]: the HTTP serving with its timeouts and limits (`mod.rs` accepts within the
+//!   connection cap, `connection.rs` serves and drains each connection, `accept.rs` failed
+//!   accepts, `open_files.rs` the open-files limit); [`telemetry`]: logging;
 //!   [`metrics_catalog`]: the metrics and their help.
 //! - [`excerpt`]: bounded quotes of outside input (from `xbridge-x-api`, the leaf crate).
 //!

@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use xbridge_core::channel_identity::ChannelIdentities;
+use xbridge_core::channel_identity::{ChannelIdentities, IdentityMismatch};
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{HttpSettings, Settings, StateBackend, StateSettings};
 use xbridge_inbound::service::Inbound;
@@ -103,6 +103,9 @@ impl Bridge {
         Bridge::build_with(settings, Some(store)).await
     }
 
+    /// The story of a start: what is local first (warnings, limits, the
+    /// operations port), then the store, then both sides, and last X's word
+    /// on each receiving channel's account.
     async fn build_with(
         settings: Settings,
         store: Option<Arc<dyn StateStore>>,
@@ -112,18 +115,7 @@ impl Bridge {
             tracing::warn!(%warning, "configuration warning");
         }
         open_files_for(&settings);
-        let ops = match settings.telemetry.listen {
-            Some(addr) => {
-                // Record from the start (the store's health included), not
-                // from the first scrape.
-                crate::ops::metrics_handle();
-                Some(
-                    crate::ops::bind(addr)
-                        .with_context(|| format!("cannot serve health and metrics on {addr}"))?,
-                )
-            }
-            None => None,
-        };
+        let ops = bind_ops(&settings)?;
         let store = match store {
             Some(store) => store,
             None => open_store(&settings.state).await?,
@@ -134,19 +126,7 @@ impl Bridge {
         let states = Arc::new(ChannelStates::new(
             settings.channels.iter().map(|c| c.name.as_str()),
         ));
-        // One HTTP stack for every channel's X clients, both sides: they all
-        // talk to the same host, and a stack per client costs a copy of the
-        // system's root certificates each.
-        let x_http = XHttp::new().context("setting up the HTTP client for X")?;
-        let identities = Arc::new(ChannelIdentities::from_channels(&settings.channels));
-        let outbound = Outbound::new(
-            settings.clone(),
-            store.clone(),
-            states.clone(),
-            x_http.clone(),
-            identities.clone(),
-        )?;
-        let inbound = Inbound::new(settings, store, states.clone(), x_http, identities)?;
+        let (outbound, inbound) = sides(settings, store, states.clone())?;
         let resolver = inbound.identity_resolver();
         let unanswered = resolver.resolve_once().await?;
         Ok(Bridge {
@@ -194,13 +174,7 @@ impl Bridge {
     /// configured grace period.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(webhook = ?self.inbound.webhook_addr(), "xbridge starting");
-        let readiness = crate::ops::Readiness {
-            outbound: self.outbound.readiness(),
-            inbound: self.inbound.readiness(),
-            channels: self.states.clone(),
-            store: self.store.clone(),
-            webhook: self.inbound.webhook_serving(),
-        };
+        let readiness = self.readiness_sources();
         let gauges = tokio::spawn({
             let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
             async move { crate::ops::track_broker_connections(&readiness, shutdown).await }
@@ -213,20 +187,9 @@ impl Bridge {
                 shutdown.clone(),
             ))
         });
-        // A configured id X contradicts later stops the bridge as it would have
-        // stopped at startup: routing by it would publish one account's DMs as
-        // another's.
-        let identities = self.unresolved.map(|(resolver, unanswered)| {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let result = resolver.run(unanswered, shutdown.clone()).await;
-                if let Err(mismatch) = &result {
-                    tracing::error!(error = %mismatch, "stopping: a channel is not the X account its configuration names");
-                    shutdown.cancel();
-                }
-                result
-            })
-        });
+        let identities = self
+            .unresolved
+            .map(|(resolver, unanswered)| spawn_identity_checks(resolver, unanswered, &shutdown));
         let inbound = tokio::spawn(self.inbound.run(shutdown.clone()));
         let outbound = self.outbound.run(shutdown.clone()).await;
         // Whatever ended the outbound side ends the process: stop inbound too.
@@ -244,4 +207,70 @@ impl Bridge {
         outbound?;
         Ok(())
     }
+
+    /// What `/readyz` and the connection gauges read: each side's readiness,
+    /// the channels, the store and the webhook.
+    fn readiness_sources(&self) -> crate::ops::Readiness {
+        crate::ops::Readiness {
+            outbound: self.outbound.readiness(),
+            inbound: self.inbound.readiness(),
+            channels: self.states.clone(),
+            store: self.store.clone(),
+            webhook: self.inbound.webhook_serving(),
+        }
+    }
+}
+
+/// Binds the operations port when one is configured, at startup so a port in
+/// use fails there. Metrics record from then on (the store's health
+/// included), not from the first scrape.
+fn bind_ops(settings: &Settings) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(addr) = settings.telemetry.listen else {
+        return Ok(None);
+    };
+    crate::ops::metrics_handle();
+    let listener = crate::ops::bind(addr)
+        .with_context(|| format!("cannot serve health and metrics on {addr}"))?;
+    Ok(Some(listener))
+}
+
+/// Both directions over one HTTP stack for every channel's X clients: they
+/// all talk to the same host, and a stack per client costs a copy of the
+/// system's root certificates each.
+fn sides(
+    settings: Arc<Settings>,
+    store: Arc<dyn StateStore>,
+    states: Arc<ChannelStates>,
+) -> anyhow::Result<(Outbound, Inbound)> {
+    let x_http = XHttp::new().context("setting up the HTTP client for X")?;
+    let identities = Arc::new(ChannelIdentities::from_channels(&settings.channels));
+    let outbound = Outbound::new(
+        settings.clone(),
+        store.clone(),
+        states.clone(),
+        x_http.clone(),
+        identities.clone(),
+    )?;
+    let inbound = Inbound::new(settings, store, states, x_http, identities)?;
+    Ok((outbound, inbound))
+}
+
+/// Asks X again about the channels it did not answer for at startup. A
+/// configured id X contradicts later stops the bridge as it would have
+/// stopped at startup: routing by it would publish one account's DMs as
+/// another's.
+fn spawn_identity_checks(
+    resolver: IdentityResolver,
+    unanswered: Vec<String>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), IdentityMismatch>> {
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let result = resolver.run(unanswered, shutdown.clone()).await;
+        if let Err(mismatch) = &result {
+            tracing::error!(error = %mismatch, "stopping: a channel is not the X account its configuration names");
+            shutdown.cancel();
+        }
+        result
+    })
 }

@@ -33,6 +33,9 @@ pub async fn run(settings: &Settings, channel: Option<&str>) -> anyhow::Result<b
     Ok(all_ready)
 }
 
+/// One channel's checks in the order a fix is found: the account first (if
+/// X refuses the credentials nothing else can be asked), then Direct
+/// Messages, then the bearer token and the webhook.
 async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
     crate::outln!("channel {}:", channel.name);
     let config = XClientConfig::from(&settings.x);
@@ -42,56 +45,70 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
         Ok(client) => client,
         Err(e) => return vec![format!("cannot build the X client: {e}")],
     };
-
-    match client.me().await {
-        Ok((user, access_level)) => {
-            crate::outln!("  X account: @{} (id {})", user.username, user.id);
-            if let Some(configured) = &channel.user_id {
-                if configured != &user.id {
-                    problems.push(format!(
-                        "user_id is {configured} in the configuration, but the access token belongs to {} (@{}): fix user_id or the credentials",
-                        user.id, user.username
-                    ));
-                }
-            }
-            match access_level.as_deref() {
-                Some("read-write-directmessages") | None => {}
-                Some(level) => problems.push(format!(
-                    "the access token's permission is {level:?}, without Direct Messages. {}",
-                    PERMISSION_FIX
-                )),
-            }
-        }
-        Err(error) => {
-            problems.push(diagnose(&error));
-            return problems;
-        }
+    if let Err(error) = check_account(&client, channel, &mut problems).await {
+        problems.push(diagnose(&error));
+        return problems;
     }
-
     // A DM read: the permission, the enrollment and the credits all show here.
     match client.list_dm_events(&DmEventsRequest::first(1)).await {
         Ok(_) => crate::outln!("  Direct Messages: readable"),
         Err(error) => problems.push(diagnose(&error)),
     }
-
     match WebhookClient::new(config, channel.bearer_token.clone(), credentials) {
-        Ok(webhooks) => match webhooks.list_webhooks().await {
-            Ok(list) => {
-                crate::outln!("  bearer token: accepted");
-                if channel.inbound != InboundMode::Poll {
-                    match list.iter().find(|w| w.valid) {
-                        Some(webhook) => crate::outln!("  webhook: {} (valid)", webhook.url),
-                        None => problems.extend(webhook_problem(&list)),
-                    }
-                }
-            }
-            Err(error) => problems.push(format!(
-                "the bearer token was refused ({error}): copy the App's bearer token from the X developer console"
-            )),
-        },
+        Ok(webhooks) => check_webhooks(&webhooks, channel, &mut problems).await,
         Err(e) => problems.push(format!("cannot build the webhook client: {e}")),
     }
     problems
+}
+
+/// Who the access token belongs to: the account must be the configured
+/// `user_id`, and the token must carry the Direct Messages permission.
+async fn check_account(
+    client: &XClient,
+    channel: &ChannelSettings,
+    problems: &mut Vec<String>,
+) -> Result<(), XError> {
+    let (user, access_level) = client.me().await?;
+    crate::outln!("  X account: @{} (id {})", user.username, user.id);
+    if let Some(configured) = &channel.user_id {
+        if configured != &user.id {
+            problems.push(format!(
+                "user_id is {configured} in the configuration, but the access token belongs to {} (@{}): fix user_id or the credentials",
+                user.id, user.username
+            ));
+        }
+    }
+    match access_level.as_deref() {
+        Some("read-write-directmessages") | None => {}
+        Some(level) => problems.push(format!(
+            "the access token's permission is {level:?}, without Direct Messages. {}",
+            PERMISSION_FIX
+        )),
+    }
+    Ok(())
+}
+
+/// The bearer token on the webhook list; for a channel X delivers to, that
+/// a valid webhook is registered.
+async fn check_webhooks(
+    webhooks: &WebhookClient,
+    channel: &ChannelSettings,
+    problems: &mut Vec<String>,
+) {
+    match webhooks.list_webhooks().await {
+        Ok(list) => {
+            crate::outln!("  bearer token: accepted");
+            if channel.inbound != InboundMode::Poll {
+                match list.iter().find(|w| w.valid) {
+                    Some(webhook) => crate::outln!("  webhook: {} (valid)", webhook.url),
+                    None => problems.extend(webhook_problem(&list)),
+                }
+            }
+        }
+        Err(error) => problems.push(format!(
+            "the bearer token was refused ({error}): copy the App's bearer token from the X developer console"
+        )),
+    }
 }
 
 const PERMISSION_FIX: &str = "Fix: in the X developer console set the App's permissions to \"Read and write and Direct message\", then regenerate the access token and secret (a token keeps the permissions it was made with) and update this channel's credentials";

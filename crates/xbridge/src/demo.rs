@@ -74,7 +74,8 @@ bearer_token = "{bt}"
     )
 }
 
-/// Runs the demo.
+/// Runs the demo: the simulator, then the bridge, then one reply followed
+/// from the CRM to X and its status event back.
 pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
     telemetry::init(LogFormat::Text);
     let simulator = Simulator::start(SimulatorConfig {
@@ -92,9 +93,37 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
         &state.path().join("state.redb"),
     ))?;
     let names = settings.amqp.topology.clone();
+    let shutdown = CancellationToken::new();
+    let running = start_bridge(settings, amqp_url, &shutdown).await?;
+
+    let crm = Crm::connect(amqp_url, &names).await?;
+    let message_id = publish_reply(&crm, &names).await?;
+    show_dm(&simulator).await?;
+    let event = tokio::time::timeout(STEP_TIMEOUT, crm.next_event_for(&message_id))
+        .await
+        .map_err(|_| anyhow!("no status event reached the CRM within {STEP_TIMEOUT:?}"))??;
+    crate::outln!("\nCRM received on {}:\n  {event}", names.incoming_exchange);
+
+    if keep_running {
+        print_what_to_try(&names, &simulator);
+    } else {
+        shutdown.cancel();
+    }
+    running.await.context("the bridge task failed")??;
+    simulator.shutdown().await;
+    Ok(())
+}
+
+/// Runs the bridge until `shutdown` (or a signal) and waits until it is
+/// connected, so a missing RabbitMQ is named at once instead of showing as a
+/// reply that never arrives.
+async fn start_bridge(
+    settings: Settings,
+    amqp_url: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let bridge = Bridge::build(settings).await?;
     let mut ready = bridge.readiness();
-    let shutdown = CancellationToken::new();
     signals::cancel_on_signal(shutdown.clone());
     let running = tokio::spawn(bridge.run(shutdown.clone()));
 
@@ -103,8 +132,12 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
         .map_err(|_| anyhow!("the bridge did not connect to RabbitMQ at {amqp_url} within {STEP_TIMEOUT:?}; is rabbitmq-server running? (see docs/operator.md#getting-rabbitmq)"))?
         .ok();
     crate::outln!("bridge connected; topology declared on RabbitMQ");
+    Ok(running)
+}
 
-    let crm = Crm::connect(amqp_url, &names).await?;
+/// Publishes one reply to the demo customer as a CRM would, and returns its
+/// message id (the status event names it).
+async fn publish_reply(crm: &Crm, names: &TopologyNames) -> anyhow::Result<String> {
     let message_id = format!("demo-{}", uuid::Uuid::new_v4());
     let reply = serde_json::json!({
         "message_id": message_id,
@@ -117,7 +150,11 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
         "\nCRM published to {} (routing key {DEMO_CHANNEL}):\n  {reply}",
         names.outgoing_exchange
     );
+    Ok(message_id)
+}
 
+/// Waits for the DM the reply became at the simulator and shows it.
+async fn show_dm(simulator: &Simulator) -> anyhow::Result<()> {
     let already = simulator.sent_dms_for(DEMO_USER_ID).len();
     let dms = tokio::time::timeout(
         STEP_TIMEOUT,
@@ -130,29 +167,21 @@ pub async fn run(amqp_url: &str, keep_running: bool) -> anyhow::Result<()> {
         "\nX simulator received a DM (OAuth 1.0a signature verified):\n  dm_event_id {} in conversation {}: {:?}",
         dm.dm_event_id, dm.dm_conversation_id, dm.text
     );
-
-    let event = tokio::time::timeout(STEP_TIMEOUT, crm.next_event_for(&message_id))
-        .await
-        .map_err(|_| anyhow!("no status event reached the CRM within {STEP_TIMEOUT:?}"))??;
-    crate::outln!("\nCRM received on {}:\n  {event}", names.incoming_exchange);
-
-    if keep_running {
-        crate::outln!(
-            "\nStill running (Ctrl-C to stop). Publish more replies to exchange {} with routing key {DEMO_CHANNEL}; X simulator admin: {}_sim/dms",
-            names.outgoing_exchange,
-            simulator.base_url()
-        );
-        crate::outln!(
-            "A customer DM, delivered to {} within {DEMO_POLL_INTERVAL}:\n  curl -s -X POST {}_sim/customer_dm -H 'content-type: application/json' -d '{{\"user_id\":\"{DEMO_USER_ID}\",\"customer\":{{\"username\":\"alice\"}},\"text\":\"Hi, where is my order?\"}}'",
-            names.incoming_queue,
-            simulator.base_url()
-        );
-    } else {
-        shutdown.cancel();
-    }
-    running.await.context("the bridge task failed")??;
-    simulator.shutdown().await;
     Ok(())
+}
+
+/// With `--keep-running`: how to send more replies and a customer DM.
+fn print_what_to_try(names: &TopologyNames, simulator: &Simulator) {
+    crate::outln!(
+        "\nStill running (Ctrl-C to stop). Publish more replies to exchange {} with routing key {DEMO_CHANNEL}; X simulator admin: {}_sim/dms",
+        names.outgoing_exchange,
+        simulator.base_url()
+    );
+    crate::outln!(
+        "A customer DM, delivered to {} within {DEMO_POLL_INTERVAL}:\n  curl -s -X POST {}_sim/customer_dm -H 'content-type: application/json' -d '{{\"user_id\":\"{DEMO_USER_ID}\",\"customer\":{{\"username\":\"alice\"}},\"text\":\"Hi, where is my order?\"}}'",
+        names.incoming_queue,
+        simulator.base_url()
+    );
 }
 
 /// What the demo does in the CRM's place.

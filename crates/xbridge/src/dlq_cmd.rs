@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use lapin::types::AMQPValue;
-use xbridge_amqp::connect;
+use lapin::types::{AMQPValue, FieldTable};
+use xbridge_amqp::{connect, FailureHeaders};
+
 use xbridge_amqp::dead_letters::{DeadLetter, DeadLetterQueue, Filter, ReadBound, Taken};
 use xbridge_core::config::Settings;
 
@@ -34,7 +35,36 @@ enum Action {
 
 /// Runs one `dlq` subcommand to completion.
 pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
-    let (options, id, action) = match command {
+    let (options, id, action) = parse(command)?;
+    let settings = Settings::load(&options.config)?;
+    let filter = Filter {
+        id,
+        channel: options.channel,
+        reason: options.reason,
+        older_than: options.older_than,
+    };
+    let connection = connect(&settings.amqp.url, "xbridge dlq").await?;
+    let mut queue = DeadLetterQueue::open(&connection, settings.amqp.topology.clone()).await?;
+    let bound = ReadBound::default();
+    let Taken { letters, more } = queue.take(bound).await?;
+    if more {
+        warn_more_behind(letters.len(), bound);
+    }
+    let matching: Vec<&DeadLetter> = letters.iter().filter(|l| filter.matches_now(l)).collect();
+    let outcome = act(&queue, action, &filter, &letters, &matching).await;
+    // Whatever happened, what is still held goes back to the queue; closing
+    // the connection would return it too, this keeps the order explicit.
+    let released = queue.release_rest().await;
+    let _ = connection.close(200, "done".into()).await;
+    outcome?;
+    released?;
+    Ok(())
+}
+
+/// The subcommand as filters, an optional message id and an action. A purge
+/// without `--yes` or `--dry-run` is refused here, before anything connects.
+fn parse(command: DlqCommand) -> anyhow::Result<(DlqFilter, Option<String>, Action)> {
+    Ok(match command {
         DlqCommand::List { filter } => (filter, None, Action::List),
         DlqCommand::Show { id, config } => (
             DlqFilter {
@@ -64,34 +94,17 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
             }
             (filter, id, Action::Purge { dry_run })
         }
-    };
-    let settings = Settings::load(&options.config)?;
-    let filter = Filter {
-        id,
-        channel: options.channel,
-        reason: options.reason,
-        older_than: options.older_than,
-    };
-    let connection = connect(&settings.amqp.url, "xbridge dlq").await?;
-    let mut queue = DeadLetterQueue::open(&connection, settings.amqp.topology.clone()).await?;
-    let bound = ReadBound::default();
-    let Taken { letters, more } = queue.take(bound).await?;
-    if more {
-        eprintln!(
-            "xbridge: only the oldest {} dead letters ({} MiB of bodies at most) are read by one command; more wait behind them: act on these, then run it again",
-            letters.len(),
-            bound.bytes / (1024 * 1024)
-        );
-    }
-    let matching: Vec<&DeadLetter> = letters.iter().filter(|l| filter.matches_now(l)).collect();
-    let outcome = act(&queue, action, &filter, &letters, &matching).await;
-    // Whatever happened, what is still held goes back to the queue; closing
-    // the connection would return it too, this keeps the order explicit.
-    let released = queue.release_rest().await;
-    let _ = connection.close(200, "done".into()).await;
-    outcome?;
-    released?;
-    Ok(())
+    })
+}
+
+/// Tells the operator (on stderr, beside the table) that the queue holds more
+/// than one command reads, so an empty result is not taken for an empty queue.
+fn warn_more_behind(read: usize, bound: ReadBound) {
+    eprintln!(
+        "xbridge: only the oldest {} dead letters ({} MiB of bodies at most) are read by one command; more wait behind them: act on these, then run it again",
+        read,
+        bound.bytes / (1024 * 1024)
+    );
 }
 
 async fn act(
@@ -103,95 +116,117 @@ async fn act(
 ) -> anyhow::Result<()> {
     match action {
         Action::List => {
-            print_counts(matching);
-            crate::outln!();
-            print_table(matching);
-            if matching.len() != all.len() {
-                crate::outln!(
-                    "({} of {} dead letters match the filters)",
-                    matching.len(),
-                    all.len()
-                );
-            }
+            list(all, matching);
             Ok(())
         }
-        Action::Show => {
-            let Some(letter) = matching.first() else {
-                bail!(
-                    "no dead letter with message_id {}",
-                    filter.id.as_deref().unwrap_or("-")
-                );
-            };
-            show(letter);
-            if matching.len() > 1 {
-                crate::outln!(
-                    "({} dead letters have this message_id; showing the oldest)",
-                    matching.len()
-                );
-            }
-            Ok(())
-        }
-        Action::Replay { dry_run } => {
-            let verb = if dry_run { "would replay" } else { "replayed" };
-            let mut done = 0;
-            let mut skipped = 0;
-            for letter in matching {
-                // A webhook body from X was never a reply: there is nothing to send.
-                if letter.is_inbound() {
-                    skipped += 1;
-                    crate::outln!(
-                        "skipped {} (channel {}, reason {}): a webhook body from X, not a reply, so it cannot be replayed; read it with `dlq show`, drop it with `dlq purge`",
-                        id(letter),
-                        channel(letter),
-                        reason(letter)
-                    );
-                    continue;
-                }
-                if !dry_run {
-                    queue
-                        .replay(letter)
-                        .await
-                        .with_context(|| format!("after {done} replayed"))?;
-                }
-                done += 1;
-                crate::outln!(
-                    "{verb} {} (channel {}, reason {})",
-                    id(letter),
-                    channel(letter),
-                    reason(letter)
-                );
-            }
-            if skipped > 0 {
-                crate::outln!("skipped {skipped} webhook bod(y/ies) from X");
-            }
-            crate::outln!(
-                "{verb} {done} dead letter(s); {} left in the queue",
-                all.len() - if dry_run { 0 } else { done }
-            );
-            Ok(())
-        }
-        Action::Purge { dry_run } => {
-            let verb = if dry_run { "would drop" } else { "dropped" };
-            let mut done = 0;
-            for letter in matching {
-                if !dry_run {
-                    queue.remove(letter).await?;
-                }
-                done += 1;
-                crate::outln!(
-                    "{verb} {} (channel {}, reason {})",
-                    id(letter),
-                    channel(letter),
-                    reason(letter)
-                );
-            }
-            crate::outln!(
-                "{verb} {done} dead letter(s); {} left in the queue",
-                all.len() - if dry_run { 0 } else { done }
-            );
-            Ok(())
-        }
+        Action::Show => show_oldest(filter, matching),
+        Action::Replay { dry_run } => replay(queue, dry_run, all, matching).await,
+        Action::Purge { dry_run } => purge(queue, dry_run, all, matching).await,
     }
+}
+
+/// `dlq list`: counts by channel and reason, then one row per letter.
+fn list(all: &[DeadLetter], matching: &[&DeadLetter]) {
+    print_counts(matching);
+    crate::outln!();
+    print_table(matching);
+    if matching.len() != all.len() {
+        crate::outln!(
+            "({} of {} dead letters match the filters)",
+            matching.len(),
+            all.len()
+        );
+    }
+}
+
+/// `dlq show`: the oldest letter with the id, saying when there are more.
+fn show_oldest(filter: &Filter, matching: &[&DeadLetter]) -> anyhow::Result<()> {
+    let Some(letter) = matching.first() else {
+        bail!(
+            "no dead letter with message_id {}",
+            filter.id.as_deref().unwrap_or("-")
+        );
+    };
+    show(letter);
+    if matching.len() > 1 {
+        crate::outln!(
+            "({} dead letters have this message_id; showing the oldest)",
+            matching.len()
+        );
+    }
+    Ok(())
+}
+
+/// `dlq replay`: sends the matching replies again, one by one, so a failure
+/// midway says how many went. Webhook bodies from X are skipped: they were
+/// never replies, so there is nothing to send.
+async fn replay(
+    queue: &DeadLetterQueue,
+    dry_run: bool,
+    all: &[DeadLetter],
+    matching: &[&DeadLetter],
+) -> anyhow::Result<()> {
+    let verb = if dry_run { "would replay" } else { "replayed" };
+    let mut done = 0;
+    let mut skipped = 0;
+    for letter in matching {
+        if letter.is_inbound() {
+            skipped += 1;
+            crate::outln!(
+                "skipped {}: a webhook body from X, not a reply, so it cannot be replayed; read it with `dlq show`, drop it with `dlq purge`",
+                described(letter)
+            );
+            continue;
+        }
+        if !dry_run {
+            queue
+                .replay(letter)
+                .await
+                .with_context(|| format!("after {done} replayed"))?;
+        }
+        done += 1;
+        crate::outln!("{verb} {}", described(letter));
+    }
+    if skipped > 0 {
+        crate::outln!("skipped {skipped} webhook bod(y/ies) from X");
+    }
+    print_done(verb, done, all.len() - if dry_run { 0 } else { done });
+    Ok(())
+}
+
+/// `dlq purge`: drops the matching letters for good.
+async fn purge(
+    queue: &DeadLetterQueue,
+    dry_run: bool,
+    all: &[DeadLetter],
+    matching: &[&DeadLetter],
+) -> anyhow::Result<()> {
+    let verb = if dry_run { "would drop" } else { "dropped" };
+    let mut done = 0;
+    for letter in matching {
+        if !dry_run {
+            queue.remove(letter).await?;
+        }
+        done += 1;
+        crate::outln!("{verb} {}", described(letter));
+    }
+    print_done(verb, done, all.len() - if dry_run { 0 } else { done });
+    Ok(())
+}
+
+/// One letter as replay and purge name it: id, channel and reason.
+fn described(letter: &DeadLetter) -> String {
+    format!(
+        "{} (channel {}, reason {})",
+        id(letter),
+        channel(letter),
+        reason(letter)
+    )
+}
+
+/// The last line of replay and purge: how many, and how many are left.
+fn print_done(verb: &str, done: usize, left: usize) {
+    crate::outln!("{verb} {done} dead letter(s); {left} left in the queue");
 }
 
 fn print_counts(letters: &[&DeadLetter]) {
@@ -231,14 +266,39 @@ fn print_table(letters: &[&DeadLetter]) {
     }
 }
 
+/// `dlq show` of one letter: what it is, its failure history, its
+/// properties' headers and its body, every value made printable.
 fn show(letter: &DeadLetter) {
-    let h = &letter.headers;
     crate::outln!("message_id:        {}", id(letter));
     crate::outln!("channel:           {}", channel(letter));
     crate::outln!("reason:            {}", reason(letter));
     if letter.is_inbound() {
         crate::outln!("direction:         inbound (a webhook body from X, kept as X sent it; it cannot be replayed)");
     }
+    show_history(&letter.headers);
+    crate::outln!(
+        "age:               {}",
+        letter
+            .age_now()
+            .map(short_age)
+            .unwrap_or_else(|| "-".into())
+    );
+    crate::outln!("routing key:       {}", printable(&letter.routing_key));
+    if let Some(headers) = letter.properties.headers() {
+        crate::outln!("headers:");
+        for (key, value) in headers.inner() {
+            crate::outln!(
+                "  {}: {}",
+                printable(key.as_str()),
+                shown(value, SHOWN_CHARS)
+            );
+        }
+    }
+    show_body(&letter.body);
+}
+
+/// The bridge's own headers: why the letter failed, when, and where from.
+fn show_history(h: &FailureHeaders) {
     crate::outln!(
         "detail:            {}",
         printable(h.detail.as_deref().unwrap_or("-"))
@@ -263,28 +323,14 @@ fn show(letter: &DeadLetter) {
             value.as_deref().map_or_else(|| "-".into(), printable)
         );
     }
-    crate::outln!(
-        "age:               {}",
-        letter
-            .age_now()
-            .map(short_age)
-            .unwrap_or_else(|| "-".into())
-    );
-    crate::outln!("routing key:       {}", printable(&letter.routing_key));
-    if let Some(headers) = letter.properties.headers() {
-        crate::outln!("headers:");
-        for (key, value) in headers.inner() {
-            crate::outln!(
-                "  {}: {}",
-                printable(key.as_str()),
-                shown(value, SHOWN_CHARS)
-            );
-        }
-    }
+}
+
+/// The body, pretty-printed when it is JSON. JSON escapes C0 controls in
+/// strings, but not DEL or C1 (`\u{9b}` is a CSI to some terminals), so
+/// each line still goes through [`printable`].
+fn show_body(body: &[u8]) {
     crate::outln!("body:");
-    match serde_json::from_slice::<serde_json::Value>(&letter.body) {
-        // JSON escapes C0 controls in strings, but not DEL or C1 (`\u{9b}`
-        // is a CSI to some terminals).
+    match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(json) => {
             for line in serde_json::to_string_pretty(&json)
                 .unwrap_or_default()
@@ -293,7 +339,7 @@ fn show(letter: &DeadLetter) {
                 crate::outln!("{}", printable(line));
             }
         }
-        Err(_) => crate::outln!("{}", printable(&String::from_utf8_lossy(&letter.body))),
+        Err(_) => crate::outln!("{}", printable(&String::from_utf8_lossy(body))),
     }
 }
 
@@ -306,10 +352,7 @@ const SHOWN_CHARS: usize = 512;
 /// characters, saying how long the rest was.
 fn shown(value: &AMQPValue, max: usize) -> String {
     let text = match value {
-        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
-            Ok(text) => printable(text),
-            Err(_) => format!("<{} bytes, not UTF-8>", s.as_bytes().len()),
-        },
+        AMQPValue::LongString(s) => long_string_text(s.as_bytes()),
         AMQPValue::ShortString(s) => printable(s.as_str()),
         AMQPValue::Boolean(b) => b.to_string(),
         AMQPValue::ShortShortInt(n) => n.to_string(),
@@ -322,21 +365,8 @@ fn shown(value: &AMQPValue, max: usize) -> String {
         AMQPValue::Float(n) => n.to_string(),
         AMQPValue::Double(n) => n.to_string(),
         AMQPValue::DecimalValue(d) => format!("{}e-{}", d.value, d.scale),
-        AMQPValue::Timestamp(t) => match i64::try_from(*t)
-            .ok()
-            .and_then(|t| chrono::DateTime::<chrono::Utc>::from_timestamp(t, 0))
-        {
-            Some(at) => format!("{t} ({})", at.to_rfc3339()),
-            None => t.to_string(),
-        },
-        AMQPValue::FieldTable(table) => {
-            let items: Vec<String> = table
-                .inner()
-                .iter()
-                .map(|(key, value)| format!("{}: {}", printable(key.as_str()), shown(value, max)))
-                .collect();
-            format!("{{{}}}", items.join(", "))
-        }
+        AMQPValue::Timestamp(t) => timestamp_text(*t),
+        AMQPValue::FieldTable(table) => table_text(table, max),
         AMQPValue::FieldArray(array) => {
             let items: Vec<String> = array.as_slice().iter().map(|v| shown(v, max)).collect();
             format!("[{}]", items.join(", "))
@@ -344,6 +374,40 @@ fn shown(value: &AMQPValue, max: usize) -> String {
         AMQPValue::ByteArray(bytes) => format!("<{} bytes>", bytes.as_slice().len()),
         AMQPValue::Void => "(void)".to_owned(),
     };
+    cut(text, max)
+}
+
+/// A long string as text when it is UTF-8; otherwise only its size.
+fn long_string_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => printable(text),
+        Err(_) => format!("<{} bytes, not UTF-8>", bytes.len()),
+    }
+}
+
+/// An AMQP timestamp (seconds) with its date, when it has one.
+fn timestamp_text(t: u64) -> String {
+    match i64::try_from(t)
+        .ok()
+        .and_then(|t| chrono::DateTime::<chrono::Utc>::from_timestamp(t, 0))
+    {
+        Some(at) => format!("{t} ({})", at.to_rfc3339()),
+        None => t.to_string(),
+    }
+}
+
+/// A nested table (`x-death`'s entries, say) as `{key: value, …}`.
+fn table_text(table: &FieldTable, max: usize) -> String {
+    let items: Vec<String> = table
+        .inner()
+        .iter()
+        .map(|(key, value)| format!("{}: {}", printable(key.as_str()), shown(value, max)))
+        .collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+/// `text` cut to `max` characters, saying how long it was.
+fn cut(text: String, max: usize) -> String {
     let chars = text.chars().count();
     if chars > max {
         let kept: String = text.chars().take(max).collect();
@@ -414,7 +478,7 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::{FieldArray, FieldTable, LongString};
+    use lapin::types::{FieldArray, LongString};
 
     #[test]
     fn header_values_are_shown_as_text_and_numbers() {

@@ -21,60 +21,74 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
             config,
             channel,
             url,
-        } => {
-            let (_, client) = channel_client(&config, &channel)?;
-            let webhook = client
-                .register_webhook(&url)
-                .await
-                .with_context(|| format!("channel {channel}: registering {url}"))?;
-            crate::outln!("registered webhook {} for channel {channel}", webhook.id);
-            print_webhook(&webhook);
-            crate::outln!(
-                "next: xbridge webhook subscribe --channel {channel} --webhook-id {}",
-                webhook.id
-            );
-            Ok(())
-        }
+        } => register(&config, &channel, &url).await,
         WebhookCommand::Subscribe {
             config,
             channel,
             webhook_id,
-        } => {
-            let (_, client) = channel_client(&config, &channel)?;
-            let webhook_id = resolve_webhook_id(&client, &channel, webhook_id).await?;
-            client.subscribe(&webhook_id).await.with_context(|| {
-                format!("channel {channel}: subscribing to webhook {webhook_id}")
-            })?;
-            crate::outln!("channel {channel}: subscribed to webhook {webhook_id}");
-            Ok(())
-        }
+        } => subscribe(&config, &channel, webhook_id).await,
         WebhookCommand::Revalidate {
             config,
             channel,
             webhook_id,
-        } => {
-            let (_, client) = channel_client(&config, &channel)?;
-            let webhook_id = resolve_webhook_id(&client, &channel, webhook_id).await?;
-            client
-                .revalidate_webhook(&webhook_id)
-                .await
-                .with_context(|| format!("channel {channel}: revalidating webhook {webhook_id}"))?;
-            // X may answer only that it ran the CRC: its list says whether it passed.
-            let still_invalid = client
-                .list_webhooks()
-                .await
-                .is_ok_and(|webhooks| webhooks.iter().any(|w| w.id == webhook_id && !w.valid));
-            if still_invalid {
-                bail!(
-                    "channel {channel}: X ran the CRC for webhook {webhook_id} but still lists it invalid: {}",
-                    WebhookError::CrcValidationFailed
-                );
-            }
-            crate::outln!("webhook {webhook_id} passed X's CRC and is valid again");
-            Ok(())
-        }
+        } => revalidate(&config, &channel, webhook_id).await,
         WebhookCommand::Status { config, channel } => status(&config, channel.as_deref()).await,
     }
+}
+
+/// Registers `url` as the App's webhook and says what to do next.
+async fn register(config: &Path, channel: &str, url: &str) -> anyhow::Result<()> {
+    let (_, client) = channel_client(config, channel)?;
+    let webhook = client
+        .register_webhook(url)
+        .await
+        .with_context(|| format!("channel {channel}: registering {url}"))?;
+    crate::outln!("registered webhook {} for channel {channel}", webhook.id);
+    print_webhook(&webhook);
+    crate::outln!(
+        "next: xbridge webhook subscribe --channel {channel} --webhook-id {}",
+        webhook.id
+    );
+    Ok(())
+}
+
+/// Subscribes the channel's account to the webhook, so X delivers its DMs.
+async fn subscribe(config: &Path, channel: &str, webhook_id: Option<String>) -> anyhow::Result<()> {
+    let (_, client) = channel_client(config, channel)?;
+    let webhook_id = resolve_webhook_id(&client, channel, webhook_id).await?;
+    client
+        .subscribe(&webhook_id)
+        .await
+        .with_context(|| format!("channel {channel}: subscribing to webhook {webhook_id}"))?;
+    crate::outln!("channel {channel}: subscribed to webhook {webhook_id}");
+    Ok(())
+}
+
+/// Asks X to run the CRC again. X may answer only that it ran the CRC: its
+/// list says whether it passed.
+async fn revalidate(
+    config: &Path,
+    channel: &str,
+    webhook_id: Option<String>,
+) -> anyhow::Result<()> {
+    let (_, client) = channel_client(config, channel)?;
+    let webhook_id = resolve_webhook_id(&client, channel, webhook_id).await?;
+    client
+        .revalidate_webhook(&webhook_id)
+        .await
+        .with_context(|| format!("channel {channel}: revalidating webhook {webhook_id}"))?;
+    let still_invalid = client
+        .list_webhooks()
+        .await
+        .is_ok_and(|webhooks| webhooks.iter().any(|w| w.id == webhook_id && !w.valid));
+    if still_invalid {
+        bail!(
+            "channel {channel}: X ran the CRC for webhook {webhook_id} but still lists it invalid: {}",
+            WebhookError::CrcValidationFailed
+        );
+    }
+    crate::outln!("webhook {webhook_id} passed X's CRC and is valid again");
+    Ok(())
 }
 
 /// Prints each selected channel's webhooks (id, URL, validity, creation) and

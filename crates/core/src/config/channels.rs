@@ -133,6 +133,8 @@ fn check_shared_apps(channels: &[ChannelSettings], errors: &mut Vec<String>) {
     }
 }
 
+/// One channel checked field by field, every problem recorded in `errors`
+/// (so one run of the loader names them all); `None` when any was found.
 fn validate_channel(
     i: usize,
     raw: RawChannel,
@@ -141,34 +143,18 @@ fn validate_channel(
 ) -> Option<ChannelSettings> {
     let before = errors.len();
     let name = channel_name(i, raw.name, names, errors);
-    let label = if name.is_empty() {
-        format!("channels[{i}]")
-    } else {
-        format!("channels[{i}] ({name})")
-    };
-    let mut secret = |field: &str, source: Option<SecretSource>| match source {
-        Some(source) => source.resolve().unwrap_or_else(|e| {
-            errors.push(format!("{label}.{field}: {e}"));
-            SecretString::from("")
-        }),
-        None => {
-            errors.push(format!("{label}.{field}: missing"));
-            SecretString::from("")
-        }
-    };
-    let consumer_key = secret("consumer_key", raw.consumer_key);
-    let consumer_secret = secret("consumer_secret", raw.consumer_secret);
-    let access_token = secret("access_token", raw.access_token);
-    let access_token_secret = secret("access_token_secret", raw.access_token_secret);
-    let bearer_token = secret("bearer_token", raw.bearer_token);
-    let url = match raw.url.map(|u| Url::parse(&u)) {
-        None => None,
-        Some(Ok(url)) => Some(url),
-        Some(Err(e)) => {
-            errors.push(format!("{label}.url: {e}"));
-            None
-        }
-    };
+    let label = channel_label(i, &name);
+    let consumer_key = secret(&label, "consumer_key", raw.consumer_key, errors);
+    let consumer_secret = secret(&label, "consumer_secret", raw.consumer_secret, errors);
+    let access_token = secret(&label, "access_token", raw.access_token, errors);
+    let access_token_secret = secret(
+        &label,
+        "access_token_secret",
+        raw.access_token_secret,
+        errors,
+    );
+    let bearer_token = secret(&label, "bearer_token", raw.bearer_token, errors);
+    let url = channel_url(&label, raw.url, errors);
     if raw.weight == Some(0) {
         errors.push(format!("{label}.weight: must be at least 1"));
     }
@@ -185,6 +171,48 @@ fn validate_channel(
         inbound: raw.inbound,
         user_id: raw.user_id,
     })
+}
+
+/// How errors name the channel: by position, and by name once it has one, so
+/// a reader finds the entry even when the name is what is wrong.
+fn channel_label(i: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("channels[{i}]")
+    } else {
+        format!("channels[{i}] ({name})")
+    }
+}
+
+/// A credential resolved from its source; a missing or unreadable one is
+/// recorded and stands in as empty so the other fields are still checked.
+fn secret(
+    label: &str,
+    field: &str,
+    source: Option<SecretSource>,
+    errors: &mut Vec<String>,
+) -> SecretString {
+    match source {
+        Some(source) => source.resolve().unwrap_or_else(|e| {
+            errors.push(format!("{label}.{field}: {e}"));
+            SecretString::from("")
+        }),
+        None => {
+            errors.push(format!("{label}.{field}: missing"));
+            SecretString::from("")
+        }
+    }
+}
+
+/// The channel's optional X base URL, recorded as an error when malformed.
+fn channel_url(label: &str, url: Option<String>, errors: &mut Vec<String>) -> Option<Url> {
+    match url.map(|u| Url::parse(&u)) {
+        None => None,
+        Some(Ok(url)) => Some(url),
+        Some(Err(e)) => {
+            errors.push(format!("{label}.url: {e}"));
+            None
+        }
+    }
 }
 
 /// The channel's name: present, well formed and not another channel's.

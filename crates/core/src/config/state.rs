@@ -82,48 +82,58 @@ impl Default for RawState {
 /// Validates `[state]`.
 pub(super) fn validate(raw: RawState, errors: &mut Vec<String>) -> StateSettings {
     let backend = match raw.backend {
-        RawStateBackend::Embedded => {
-            // A URL or schema without the backend is a half-done switch to
-            // PostgreSQL: running on a local file instead would split state.
-            for (field, set) in [("url", raw.url.is_some()), ("schema", raw.schema.is_some())] {
-                if set {
-                    errors.push(format!(
-                        "state.{field}: only used with state.backend = \"postgres\""
-                    ));
-                }
-            }
-            StateBackend::Embedded { path: raw.path }
-        }
-        RawStateBackend::Postgres => {
-            let url = match raw.url {
-                Some(source) => source.resolve().unwrap_or_else(|e| {
-                    errors.push(format!("state.url: {e}"));
-                    SecretString::from("")
-                }),
-                None => {
-                    errors.push("state.url: required when state.backend = \"postgres\"".into());
-                    SecretString::from("")
-                }
-            };
-            let value = url.expose_secret();
-            if !value.is_empty()
-                && !value.starts_with("postgres://")
-                && !value.starts_with("postgresql://")
-            {
-                errors.push("state.url: must start with postgres:// or postgresql://".into());
-            }
-            let schema = raw
-                .schema
-                .unwrap_or_else(|| DEFAULT_STATE_SCHEMA.to_owned());
-            if !is_valid_schema_name(&schema) {
-                errors.push(format!(
-                    "state.schema: {schema:?} must be 1 to 63 of a-z, 0-9 and _, starting with a letter or _, not pg_"
-                ));
-            }
-            StateBackend::Postgres { url, schema }
-        }
+        RawStateBackend::Embedded => embedded(raw, errors),
+        RawStateBackend::Postgres => postgres(raw, errors),
     };
     StateSettings { backend }
+}
+
+/// The local file store. A URL or schema without the backend is a half-done
+/// switch to PostgreSQL: running on a local file instead would split state.
+fn embedded(raw: RawState, errors: &mut Vec<String>) -> StateBackend {
+    for (field, set) in [("url", raw.url.is_some()), ("schema", raw.schema.is_some())] {
+        if set {
+            errors.push(format!(
+                "state.{field}: only used with state.backend = \"postgres\""
+            ));
+        }
+    }
+    StateBackend::Embedded { path: raw.path }
+}
+
+/// The PostgreSQL store: its URL (a secret) and the schema to keep state in.
+fn postgres(raw: RawState, errors: &mut Vec<String>) -> StateBackend {
+    let url = postgres_url(raw.url, errors);
+    let schema = raw
+        .schema
+        .unwrap_or_else(|| DEFAULT_STATE_SCHEMA.to_owned());
+    if !is_valid_schema_name(&schema) {
+        errors.push(format!(
+            "state.schema: {schema:?} must be 1 to 63 of a-z, 0-9 and _, starting with a letter or _, not pg_"
+        ));
+    }
+    StateBackend::Postgres { url, schema }
+}
+
+/// The database URL, resolved and checked for a PostgreSQL scheme so a typo
+/// fails at load rather than at the first connect.
+fn postgres_url(source: Option<SecretSource>, errors: &mut Vec<String>) -> SecretString {
+    let url = match source {
+        Some(source) => source.resolve().unwrap_or_else(|e| {
+            errors.push(format!("state.url: {e}"));
+            SecretString::from("")
+        }),
+        None => {
+            errors.push("state.url: required when state.backend = \"postgres\"".into());
+            SecretString::from("")
+        }
+    };
+    let value = url.expose_secret();
+    if !value.is_empty() && !value.starts_with("postgres://") && !value.starts_with("postgresql://")
+    {
+        errors.push("state.url: must start with postgres:// or postgresql://".into());
+    }
+    url
 }
 
 #[cfg(test)]

@@ -92,120 +92,16 @@ impl OutgoingReply {
     /// Parses and validates a reply body. `channel` is the channel named by the
     /// routing key; a `channel` field in the body must agree with it.
     pub fn parse(body: &[u8], channel: &str) -> Result<OutgoingReply, InvalidReply> {
-        let text = std::str::from_utf8(body).map_err(|e| InvalidReply {
-            detail: format!("body is not valid UTF-8 (at byte {})", e.valid_up_to()),
-            message_id: None,
-        })?;
-        let value: Value = serde_json::from_str(text).map_err(|e| InvalidReply {
-            detail: format!("body is not valid JSON: {e}"),
-            message_id: None,
-        })?;
-        let Value::Object(object) = value else {
-            return Err(InvalidReply {
-                detail: "body must be a JSON object".into(),
-                message_id: None,
-            });
-        };
-
-        let message_id = match object.get("message_id") {
-            Some(Value::String(id)) if !id.trim().is_empty() => {
-                if id.len() > MAX_MESSAGE_ID_BYTES {
-                    return Err(InvalidReply {
-                        detail: format!("message_id must be at most {MAX_MESSAGE_ID_BYTES} bytes"),
-                        message_id: None,
-                    });
-                }
-                id.clone()
-            }
-            Some(Value::String(_)) => return Err(invalid(None, "message_id must not be empty")),
-            Some(other) => {
-                return Err(invalid(
-                    None,
-                    &format!("message_id must be a string, not {}", kind(other)),
-                ))
-            }
-            None => return Err(invalid(None, "message_id is missing")),
-        };
+        let object = json_object(body)?;
+        let message_id = message_id(&object)?;
         let fail = |detail: String| InvalidReply {
             detail,
             message_id: Some(message_id.clone()),
         };
-
-        match object.get("channel") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(c)) if c == channel => {}
-            Some(Value::String(c)) => {
-                return Err(fail(format!(
-                    "channel {} does not match the routing key {}",
-                    quoted(c),
-                    quoted(channel)
-                )))
-            }
-            Some(other) => {
-                return Err(fail(format!(
-                    "channel must be a string, not {}",
-                    kind(other)
-                )))
-            }
-        }
-
-        let recipient = id_field(&object, "recipient_id").map_err(&fail)?;
-        let conversation = match object.get("conversation_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(id)) if is_conversation_id(id) => Some(id.clone()),
-            Some(Value::String(id)) => {
-                return Err(fail(format!(
-                "conversation_id {} is not an X conversation id (digits, or two ids joined by -)",
-                quoted(id)
-            )))
-            }
-            Some(other) => {
-                return Err(fail(format!(
-                    "conversation_id must be a string, not {}",
-                    kind(other)
-                )))
-            }
-        };
-        let target = match (recipient, conversation) {
-            (Some(id), None) => ReplyTarget::Recipient(id),
-            (None, Some(id)) => ReplyTarget::Conversation(id),
-            (Some(_), Some(_)) => {
-                return Err(fail(
-                    "give either recipient_id or conversation_id, not both".into(),
-                ))
-            }
-            (None, None) => return Err(fail("recipient_id or conversation_id is required".into())),
-        };
-
+        check_channel(&object, channel).map_err(&fail)?;
+        let target = target(&object).map_err(&fail)?;
         let attachments = attachments(&object).map_err(&fail)?;
-
-        // With attachments the text is optional: the DMs can carry media only.
-        let text = match object.get("text") {
-            Some(Value::String(text)) => text.clone(),
-            None | Some(Value::Null) if !attachments.is_empty() => String::new(),
-            Some(Value::Null) | None => {
-                return Err(fail(
-                    "text is missing (it is required when there are no attachments)".into(),
-                ))
-            }
-            Some(other) => return Err(fail(format!("text must be a string, not {}", kind(other)))),
-        };
-        let chars = text.chars().count();
-        if attachments.is_empty() && text.trim().is_empty() {
-            return Err(fail("text must not be empty".into()));
-        }
-        if !text.is_empty() && text.trim().is_empty() {
-            return Err(fail(
-                "text must not be only whitespace; leave it out or empty to send the attachments alone"
-                    .into(),
-            ));
-        }
-        if chars > MAX_TEXT_CHARS {
-            return Err(fail(format!(
-                "text is {chars} characters; X allows at most {MAX_TEXT_CHARS}"
-            )));
-        }
-
+        let text = text(&object, !attachments.is_empty()).map_err(&fail)?;
         Ok(OutgoingReply {
             message_id,
             target,
@@ -213,6 +109,122 @@ impl OutgoingReply {
             attachments,
         })
     }
+}
+
+/// The body as a JSON object. Nothing of it can be read before this, so its
+/// errors carry no message id.
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, InvalidReply> {
+    let text = std::str::from_utf8(body).map_err(|e| InvalidReply {
+        detail: format!("body is not valid UTF-8 (at byte {})", e.valid_up_to()),
+        message_id: None,
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| InvalidReply {
+        detail: format!("body is not valid JSON: {e}"),
+        message_id: None,
+    })?;
+    let Value::Object(object) = value else {
+        return Err(InvalidReply {
+            detail: "body must be a JSON object".into(),
+            message_id: None,
+        });
+    };
+    Ok(object)
+}
+
+/// The CRM's id, read first: every later refusal names it so the CRM can be
+/// told which reply failed.
+fn message_id(object: &serde_json::Map<String, Value>) -> Result<String, InvalidReply> {
+    match object.get("message_id") {
+        Some(Value::String(id)) if !id.trim().is_empty() => {
+            if id.len() > MAX_MESSAGE_ID_BYTES {
+                return Err(InvalidReply {
+                    detail: format!("message_id must be at most {MAX_MESSAGE_ID_BYTES} bytes"),
+                    message_id: None,
+                });
+            }
+            Ok(id.clone())
+        }
+        Some(Value::String(_)) => Err(invalid(None, "message_id must not be empty")),
+        Some(other) => Err(invalid(
+            None,
+            &format!("message_id must be a string, not {}", kind(other)),
+        )),
+        None => Err(invalid(None, "message_id is missing")),
+    }
+}
+
+/// A `channel` field, when given, must be the routing key's: a reply
+/// published under the wrong key would go out from the wrong account.
+fn check_channel(object: &serde_json::Map<String, Value>, channel: &str) -> Result<(), String> {
+    match object.get("channel") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(c)) if c == channel => Ok(()),
+        Some(Value::String(c)) => Err(format!(
+            "channel {} does not match the routing key {}",
+            quoted(c),
+            quoted(channel)
+        )),
+        Some(other) => Err(format!("channel must be a string, not {}", kind(other))),
+    }
+}
+
+/// Exactly one of `recipient_id` and `conversation_id`: X has one endpoint
+/// for each, and guessing between two would risk the wrong conversation.
+fn target(object: &serde_json::Map<String, Value>) -> Result<ReplyTarget, String> {
+    let recipient = id_field(object, "recipient_id")?;
+    let conversation = conversation_field(object)?;
+    match (recipient, conversation) {
+        (Some(id), None) => Ok(ReplyTarget::Recipient(id)),
+        (None, Some(id)) => Ok(ReplyTarget::Conversation(id)),
+        (Some(_), Some(_)) => Err("give either recipient_id or conversation_id, not both".into()),
+        (None, None) => Err("recipient_id or conversation_id is required".into()),
+    }
+}
+
+/// `conversation_id`, when given: an X conversation id.
+fn conversation_field(object: &serde_json::Map<String, Value>) -> Result<Option<String>, String> {
+    match object.get("conversation_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) if is_conversation_id(id) => Ok(Some(id.clone())),
+        Some(Value::String(id)) => Err(format!(
+            "conversation_id {} is not an X conversation id (digits, or two ids joined by -)",
+            quoted(id)
+        )),
+        Some(other) => Err(format!(
+            "conversation_id must be a string, not {}",
+            kind(other)
+        )),
+    }
+}
+
+/// The DM's text. With attachments it is optional: the DMs can carry media
+/// only; a text of only whitespace is refused either way, since X would
+/// refuse it after the media were uploaded.
+fn text(object: &serde_json::Map<String, Value>, has_attachments: bool) -> Result<String, String> {
+    let text = match object.get("text") {
+        Some(Value::String(text)) => text.clone(),
+        None | Some(Value::Null) if has_attachments => String::new(),
+        Some(Value::Null) | None => {
+            return Err("text is missing (it is required when there are no attachments)".into())
+        }
+        Some(other) => return Err(format!("text must be a string, not {}", kind(other))),
+    };
+    let chars = text.chars().count();
+    if !has_attachments && text.trim().is_empty() {
+        return Err("text must not be empty".into());
+    }
+    if !text.is_empty() && text.trim().is_empty() {
+        return Err(
+            "text must not be only whitespace; leave it out or empty to send the attachments alone"
+                .into(),
+        );
+    }
+    if chars > MAX_TEXT_CHARS {
+        return Err(format!(
+            "text is {chars} characters; X allows at most {MAX_TEXT_CHARS}"
+        ));
+    }
+    Ok(text)
 }
 
 /// The `message_id` of a reply body that is not parsed (too large, or for no

@@ -135,17 +135,7 @@ fn attachment(i: usize, item: &Value) -> Result<OutgoingAttachment, String> {
             kind(item)
         ));
     };
-    let field = |name: &str| -> Result<Option<&String>, String> {
-        match object.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(format!(
-                "attachments[{i}].{name} must be a string, not {}",
-                kind(other)
-            )),
-        }
-    };
-
+    let field = |name: &str| string_field(object, i, name);
     let mime_type =
         field("mime_type")?.ok_or_else(|| format!("attachments[{i}].mime_type is missing"))?;
     let category = MediaCategory::from_mime_type(mime_type).ok_or_else(|| {
@@ -155,22 +145,10 @@ fn attachment(i: usize, item: &Value) -> Result<OutgoingAttachment, String> {
             SUPPORTED_MIME_TYPES.join(", ")
         )
     })?;
-
     let filename = field("filename")?;
     if let Some(name) = filename {
-        let chars = name.chars().count();
-        if chars == 0 || chars > MAX_FILENAME_CHARS {
-            return Err(format!(
-                "attachments[{i}].filename must be 1 to {MAX_FILENAME_CHARS} characters, not {chars}"
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(format!(
-                "attachments[{i}].filename must not contain control characters"
-            ));
-        }
+        check_filename(i, name)?;
     }
-
     let source = match (field("url")?, field("data")?) {
         (Some(_), Some(_)) => {
             return Err(format!(
@@ -181,13 +159,46 @@ fn attachment(i: usize, item: &Value) -> Result<OutgoingAttachment, String> {
         (Some(url), None) => AttachmentSource::Url(attachment_url(i, url)?),
         (None, Some(data)) => AttachmentSource::Data(attachment_data(i, data, category)?),
     };
-
     Ok(OutgoingAttachment {
         source,
         mime_type: mime_type.clone(),
         category,
         filename: filename.cloned(),
     })
+}
+
+/// An optional string field of attachment `i`; any other JSON type is
+/// refused rather than read as absent.
+fn string_field<'a>(
+    object: &'a serde_json::Map<String, Value>,
+    i: usize,
+    name: &str,
+) -> Result<Option<&'a String>, String> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!(
+            "attachments[{i}].{name} must be a string, not {}",
+            kind(other)
+        )),
+    }
+}
+
+/// A filename X shows the customer: bounded, and without control
+/// characters that could disguise it.
+fn check_filename(i: usize, name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_FILENAME_CHARS {
+        return Err(format!(
+            "attachments[{i}].filename must be 1 to {MAX_FILENAME_CHARS} characters, not {chars}"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "attachments[{i}].filename must not contain control characters"
+        ));
+    }
+    Ok(())
 }
 
 fn attachment_url(i: usize, text: &str) -> Result<Url, String> {

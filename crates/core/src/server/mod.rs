@@ -30,47 +30,29 @@
 //! it, and hyper's HTTP/2 server has no header read timeout.
 
 mod accept;
+mod connection;
 mod open_files;
 
+pub use connection::{MAX_HEAD_BYTES, SHUTDOWN_GRACE};
 pub use open_files::{raise_open_files_limit, OpenFiles};
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::http::StatusCode;
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper::service::Service as _;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::{RequestBodyTimeout, Timeout};
 
 use crate::config::HttpSettings;
 use accept::AcceptTrouble;
+use connection::Connections;
 
 /// The listen queue asked of the kernel (which caps it at
 /// `net.core.somaxconn`, 4096 by default since Linux 5.4): where new
 /// connections wait while a server holds `http.max_connections`. std's
 /// `TcpListener::bind` asks for 128, fewer than a burst of stalled clients.
 pub const LISTEN_BACKLOG: i32 = 4096;
-
-/// The most of a request's head (request line and headers) a connection
-/// holds while it arrives; a longer head gets 431. hyper's default (about 400
-/// KB) let 1,000 connections sending headers that never end grow the process
-/// by 300 MB. X, probes, Prometheus and the CRM send heads of a few hundred
-/// bytes. It is also hyper's largest read and write buffer per connection.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-
-/// How long requests in flight at shutdown may finish before their
-/// connections are cut; idle connections close at once.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Binds `addr` with a [`LISTEN_BACKLOG`]-long listen queue, non-blocking,
 /// ready for [`serve`]. Bound early (at startup), so a port in use fails
@@ -105,151 +87,67 @@ pub async fn serve(
             return;
         }
     };
-    let service = TowerToHyperService::new(Timeout::with_status_code(
-        RequestBodyTimeout::new(app, limits.body_read_timeout),
-        StatusCode::REQUEST_TIMEOUT,
-        limits.request_timeout,
-    ));
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
+    let mut connections = Connections::new(server, app, limits, shutdown.clone());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
     let mut trouble = AcceptTrouble::new(server);
     loop {
-        while connections.try_join_next().is_some() {}
-        // A free slot first: while every slot is taken, nothing is accepted
-        // and the kernel queues new connections.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        connections.reap();
+        let Some(permit) = free_slot(&slots, &shutdown).await else {
+            break;
         };
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    trouble.cleared();
-                    stream
-                }
-                Err(error) => {
-                    let pause = trouble.failed(&error);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => continue,
-                    }
-                }
-            },
-        };
-        let slot = Slot::taken(server, permit);
-        let served = slot.served.clone();
-        let service = service.clone();
-        let per_connection = hyper::service::service_fn(move |request| {
-            served.store(true, Ordering::Relaxed);
-            service.call(request)
-        });
-        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(limits.write_timeout));
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(Box::pin(stream)), per_connection));
-        let stop = shutdown.clone();
-        connections.spawn(async move {
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = &mut connection => ended,
-                _ = stop.cancelled() => {
-                    // hyper closes idle connections and lets a request in
-                    // flight finish, but waits for a client still sending
-                    // its first request's headers: nothing to wait for.
-                    if !slot.served.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    connection.await
-                }
-            };
-            if let Err(error) = ended {
-                slot.ended_with(&error);
-            }
-        });
+        match accept(&listener, &mut trouble, &shutdown).await {
+            Accepted::Stream(stream) => connections.spawn(permit, stream),
+            Accepted::Retry => continue,
+            Accepted::Shutdown => break,
+        }
     }
     drop(listener);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        graceful.shutdown().await;
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        let cut = connections.len();
-        connections.shutdown().await;
-        tracing::info!(server, cut, "requests still in flight at shutdown were cut");
+    connections.drain().await;
+}
+
+/// A free slot first, `None` at shutdown: while every slot is taken, nothing
+/// is accepted and the kernel queues new connections.
+async fn free_slot(
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        permit = slots.clone().acquire_owned() => Some(permit.expect("the semaphore is never closed")),
     }
 }
 
-/// One connection's place among `http.max_connections`, given back (and
-/// counted out of `xbridge_http_connections`) when the connection ends,
-/// however it ends.
-struct Slot {
-    server: &'static str,
-    _permit: OwnedSemaphorePermit,
-    /// Whether a request got as far as the router: a header timeout before
-    /// that is a stalled client, after it an idle keep-alive connection.
-    served: Arc<AtomicBool>,
+/// What one accept came to.
+enum Accepted {
+    /// A new connection to serve.
+    Stream(tokio::net::TcpStream),
+    /// The accept failed and its pause is over: try again.
+    Retry,
+    /// Shutdown came first.
+    Shutdown,
 }
 
-impl Slot {
-    fn taken(server: &'static str, permit: OwnedSemaphorePermit) -> Slot {
-        metrics::gauge!("xbridge_http_connections", "server" => server).increment(1.0);
-        Slot {
-            server,
-            _permit: permit,
-            served: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// Notes how a connection that ended with `error` ended. Per connection
-    /// and caused by clients, so debug only: the metric is what operators see.
-    fn ended_with(&self, error: &hyper::Error) {
-        let server = self.server;
-        if error.is_timeout() && !self.served.load(Ordering::Relaxed) {
-            metrics::counter!("xbridge_http_stalled_connections_total", "server" => server, "stage" => "headers")
-                .increment(1);
-            tracing::debug!(
-                server,
-                "a client did not send a request's headers in time; connection closed"
-            );
-        } else if write_timed_out(error) {
-            metrics::counter!("xbridge_http_stalled_connections_total", "server" => server, "stage" => "response")
-                .increment(1);
-            tracing::debug!(
-                server,
-                "a client read nothing of its response in time; connection closed"
-            );
-        } else {
-            tracing::debug!(server, %error, "connection ended with an error");
-        }
-    }
-}
-
-/// Whether `error` is the write timeout's: an I/O error of kind `TimedOut`
-/// somewhere in its sources.
-fn write_timed_out(error: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        metrics::gauge!("xbridge_http_connections", "server" => self.server).decrement(1.0);
+/// The next connection. A failed accept (out of file descriptors, most
+/// often) pauses before the next try, so a busy loop does not make it worse.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    trouble: &mut AcceptTrouble,
+    shutdown: &CancellationToken,
+) -> Accepted {
+    tokio::select! {
+        _ = shutdown.cancelled() => Accepted::Shutdown,
+        accepted = listener.accept() => match accepted {
+            Ok((stream, _)) => {
+                trouble.cleared();
+                Accepted::Stream(stream)
+            }
+            Err(error) => {
+                let pause = trouble.failed(&error);
+                tokio::select! {
+                    _ = shutdown.cancelled() => Accepted::Shutdown,
+                    _ = tokio::time::sleep(pause) => Accepted::Retry,
+                }
+            }
+        },
     }
 }
