@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use xbridge_x_api::{ConversationId, UserId};
 
 use crate::contract::json_kind::kind;
 use crate::contract::reply_attachment::{attachments, OutgoingAttachment};
@@ -41,9 +42,9 @@ pub struct OutgoingReply {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ReplyTarget {
     /// A 1:1 conversation with this X user id.
-    Recipient(String),
+    Recipient(UserId),
     /// An existing DM conversation.
-    Conversation(String),
+    Conversation(ConversationId),
 }
 
 impl ReplyTarget {
@@ -167,8 +168,8 @@ impl OutgoingReply {
             }
         };
         let target = match (recipient, conversation) {
-            (Some(id), None) => ReplyTarget::Recipient(id),
-            (None, Some(id)) => ReplyTarget::Conversation(id),
+            (Some(id), None) => ReplyTarget::Recipient(UserId::from(id)),
+            (None, Some(id)) => ReplyTarget::Conversation(ConversationId::from(id)),
             (Some(_), Some(_)) => {
                 return Err(fail(
                     "give either recipient_id or conversation_id, not both".into(),

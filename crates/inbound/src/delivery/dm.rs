@@ -76,7 +76,7 @@ impl Delivery<'_> {
         let event_id = dm.event_id.clone();
         let _in_flight = self.in_flight.acquire(channel, &event_id).await;
         if self.already_delivered(&event_id).await? {
-            tracing::debug!(channel, event_id, "DM already delivered; skipped");
+            tracing::debug!(channel, %event_id, "DM already delivered; skipped");
             return Ok(false);
         }
         let own_send = self.is_own_reply(&dm).await?;
@@ -94,7 +94,7 @@ impl Delivery<'_> {
         self.record_delivered(&event_id).await;
         tracing::info!(
             channel,
-            event_id,
+            %event_id,
             via,
             event_type = event.event_type,
             "DM published"

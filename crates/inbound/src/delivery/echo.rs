@@ -58,7 +58,7 @@ mod tests {
     fn dm(event_id: &str, sender: &str, recipient: &str) -> DirectMessage {
         DirectMessage {
             event_id: event_id.into(),
-            conversation_id: format!("{CUSTOMER}-{OWN}"),
+            conversation_id: format!("{CUSTOMER}-{OWN}").into(),
             sender: Sender {
                 id: sender.into(),
                 username: None,

@@ -452,7 +452,7 @@ async fn read_page(
             let (event_id, message) = match item {
                 InboundItem::Message(dm) => (Some(dm.event_id.clone()), Some(dm)),
                 InboundItem::Ignored { event_id, reason } => {
-                    tracing::debug!(channel = ctx.channel, event_id, %reason, "polled event ignored");
+                    tracing::debug!(channel = ctx.channel, event_id = event_id.as_deref(), %reason, "polled event ignored");
                     (event_id, None)
                 }
                 // Not listed by `GET /2/dm_events`.

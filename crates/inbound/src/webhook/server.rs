@@ -525,7 +525,7 @@ impl WebhookState {
                     self.message(channel, account, dm)
                         .await
                         .inspect_err(|error| {
-                            tracing::error!(channel, event_id, %error, "inbound DM not delivered");
+                            tracing::error!(channel, %event_id, %error, "inbound DM not delivered");
                         })?;
                 }
                 InboundItem::Typing(typing) => {
@@ -625,7 +625,7 @@ impl WebhookState {
         body: &[u8],
     ) -> Result<(), BodyDeliveryError> {
         let first_event = items.iter().find_map(|item| match item {
-            InboundItem::Message(dm) => Some(dm.event_id.clone()),
+            InboundItem::Message(dm) => Some(dm.event_id.to_string()),
             _ => None,
         });
         // The event id tells the operator which DM it is; a body of activity only
