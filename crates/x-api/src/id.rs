@@ -28,9 +28,7 @@ macro_rules! x_id {
         $(#[$doc])*
         // `Default` is the empty text, as for the `String` fields these replaced (a field
         // X may leave out); no valid id is empty.
-        #[derive(
-            Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-        )]
+        #[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(String);
 
@@ -63,6 +61,14 @@ macro_rules! x_id {
         impl From<$name> for String {
             fn from(id: $name) -> String {
                 id.0
+            }
+        }
+
+        /// As the quoted text, like the `String` it replaced, so logs and error texts that
+        /// show an id with `{:?}` read as before.
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
             }
         }
 
@@ -222,6 +228,7 @@ mod tests {
         let conversation = ConversationId::from("1-2".to_owned());
         assert_eq!(conversation.to_string(), "1-2");
         assert_eq!(conversation.as_str(), "1-2");
+        assert_eq!(format!("{conversation:?}"), r#""1-2""#);
     }
 
     #[derive(serde::Deserialize)]
