@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
+use xbridge_x_api::UserId;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -29,7 +30,7 @@ pub enum Identity {
     /// (unreachable, or rate-limited). Bodies that may be this account's wait.
     Pending,
     /// The account's X user id: configured, or learnt from X.
-    Known(String),
+    Known(UserId),
     /// X will not say, for a reason that does not pass by itself (the channel's
     /// credentials refused, the App not enrolled): the reason, for logs and dead
     /// letters. Still retried, but bodies no longer wait for it.
@@ -72,7 +73,7 @@ pub struct ChannelAccount<'a> {
 }
 
 struct Entry {
-    configured: Option<String>,
+    configured: Option<UserId>,
     channel: ChannelIdentity,
 }
 
@@ -94,7 +95,8 @@ impl ChannelIdentities {
                 let app = *apps
                     .entry(account.consumer_key.expose_secret().to_owned())
                     .or_insert(next);
-                let configured = account.user_id.map(str::to_owned);
+                // Taken as configured: the configuration checks its form when loaded.
+                let configured = account.user_id.map(UserId::from);
                 Entry {
                     channel: ChannelIdentity {
                         name: account.name.to_owned(),
@@ -140,7 +142,7 @@ impl ChannelIdentities {
     }
 
     /// `channel`'s account id, once known.
-    pub fn user_id(&self, channel: &str) -> Option<String> {
+    pub fn user_id(&self, channel: &str) -> Option<UserId> {
         match self.identity(channel)? {
             Identity::Known(id) => Some(id),
             Identity::Pending | Identity::Unavailable(_) => None,
@@ -155,16 +157,16 @@ impl ChannelIdentities {
         let Some(entry) = entries.iter_mut().find(|e| e.channel.name == channel) else {
             return Ok(());
         };
-        if let Some(configured) = entry.configured.as_deref() {
-            if configured != actual {
+        if let Some(configured) = &entry.configured {
+            if *configured != actual {
                 return Err(IdentityMismatch {
                     channel: channel.to_owned(),
-                    configured: configured.to_owned(),
-                    actual: actual.to_owned(),
+                    configured: configured.to_string(),
+                    actual: actual.to_string(),
                 });
             }
         }
-        entry.channel.identity = Identity::Known(actual.to_owned());
+        entry.channel.identity = Identity::Known(UserId::from(actual));
         Ok(())
     }
 

@@ -46,11 +46,11 @@ fn assert_valid(reply: &OutgoingReply) -> Result<(), TestCaseError> {
     prop_assert!(!reply.message_id.trim().is_empty());
     prop_assert!(reply.message_id.len() <= MAX_MESSAGE_ID_BYTES);
     match &reply.target {
-        ReplyTarget::Recipient(id) => prop_assert!(is_digits(id, 1..=19), "{id:?}"),
+        ReplyTarget::Recipient(id) => prop_assert!(is_digits(id.as_str(), 1..=19), "{id:?}"),
         ReplyTarget::Conversation(id) => prop_assert!(
-            match id.split_once('-') {
+            match id.as_str().split_once('-') {
                 Some((a, b)) => is_digits(a, 1..=19) && is_digits(b, 1..=19),
-                None => is_digits(id, 15..=19),
+                None => is_digits(id.as_str(), 15..=19),
             },
             "{id:?}"
         ),

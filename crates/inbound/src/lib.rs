@@ -56,7 +56,8 @@
 //! A body that is not JSON or not shaped like an X body is a [`PayloadError`] (the
 //! webhook answers 400); an event the bridge does not handle or cannot read is an
 //! [`InboundItem::Ignored`] with the reason, so it never costs the other events of its
-//! body. Ids are kept as strings of digits throughout: X's ids have up to 19 digits,
+//! body. Ids are kept as strings of digits throughout (typed as `UserId`, `DmEventId`,
+//! `ConversationId`, so one kind is never taken for another): X's ids have up to 19 digits,
 //! more than a JSON float holds.
 //!
 //! How the webhook combines them:
@@ -64,16 +65,17 @@
 //! ```
 //! use xbridge_core::contract::ReceivedMessage;
 //! use xbridge_inbound::{classify, parse_webhook, InboundItem, MessageOrigin};
+//! use xbridge_x_api::UserId;
 //!
 //! let body = br#"{"for_user_id":"4337869213","direct_message_events":[{"type":"message_create",
 //!   "id":"954491830116155396","created_timestamp":"1516403560557","message_create":{
 //!   "target":{"recipient_id":"4337869213"},"sender_id":"3001969357",
 //!   "message_data":{"text":"Hello World!"}}}]}"#;
 //! let delivery = parse_webhook(body).unwrap();
-//! let own = delivery.for_user_id.as_deref().unwrap(); // → which channel, e.g. "acme"
+//! let own = UserId::from(delivery.for_user_id.unwrap()); // → which channel, e.g. "acme"
 //! for item in delivery.items {
 //!     if let InboundItem::Message(dm) = item {
-//!         if classify(&dm, own, &|_event_id| false) == MessageOrigin::Received {
+//!         if classify(&dm, &own, &|_event_id| false) == MessageOrigin::Received {
 //!             let event = ReceivedMessage::new("acme", dm);
 //!             assert_eq!(event.routing_key(), "acme.message.received");
 //!         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_store::StateStore;
-use xbridge_x_api::{XClient, XError};
+use xbridge_x_api::{UserId, XClient, XError};
 
 use crate::credits::CreditsGate;
 use crate::fate::Policy;
@@ -50,7 +50,7 @@ pub struct ChannelContext {
 impl ChannelContext {
     /// The account's X user id: the one known to the process, else asked of X
     /// (and then known to the inbound side too).
-    pub async fn own_user_id(&self) -> Result<String, XError> {
+    pub async fn own_user_id(&self) -> Result<UserId, XError> {
         if let Some(id) = self.identities.user_id(&self.name) {
             return Ok(id);
         }

@@ -238,8 +238,8 @@ fn earlier_record(ctx: &ChannelContext, place: Place<'_>, event: Candidate) -> S
         "an earlier send of this DM reached X before the bridge could record it; not sending it again"
     );
     SentRecord {
-        dm_event_id: event.id,
-        conversation_id: event.dm_conversation_id,
+        dm_event_id: event.id.into(),
+        conversation_id: event.dm_conversation_id.into(),
         sent_at: event.created_at,
         reported: false,
         parts: Vec::new(),
@@ -281,8 +281,8 @@ async fn send_dm(
         tracing::info!(channel = %ctx.name, message_id, dm_event_id = %sent.dm_event_id, part = index + 1, of = count, "DM of a reply in parts sent");
     }
     Ok(Ok(SentRecord {
-        dm_event_id: sent.dm_event_id,
-        conversation_id: sent.dm_conversation_id,
+        dm_event_id: sent.dm_event_id.into(),
+        conversation_id: sent.dm_conversation_id.into(),
         sent_at: Utc::now(),
         reported: false,
         parts: Vec::new(),

@@ -47,7 +47,7 @@ proptest! {
                     );
                     for has_media in [false, true] {
                         let sought = Sought {
-                            own_user_id: "100",
+                            own_user_id: "100".into(),
                             target: &target,
                             text: "Your order shipped",
                             has_media,

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Deserialize;
 
-use xbridge_x_api::{DmTarget, XError};
+use xbridge_x_api::{ConversationId, DmEventId, DmTarget, UserId, XError};
 
 /// Clock skew allowed between the bridge's intent and X's `created_at`.
 pub const SKEW: ChronoDuration = ChronoDuration::seconds(5);
@@ -15,16 +15,16 @@ pub const SKEW: ChronoDuration = ChronoDuration::seconds(5);
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Candidate {
     /// X's id of the event.
-    pub id: String,
+    pub id: DmEventId,
     /// Who sent it.
     #[serde(default)]
-    pub sender_id: String,
+    pub sender_id: UserId,
     /// Its text (X may append a `t.co` link standing for media).
     #[serde(default)]
     pub text: String,
     /// The conversation it is in.
     #[serde(default)]
-    pub dm_conversation_id: String,
+    pub dm_conversation_id: ConversationId,
     /// When X created it.
     pub created_at: DateTime<Utc>,
     /// Its media, if any.
@@ -77,10 +77,10 @@ fn is_id(id: &str) -> bool {
 }
 
 /// What a sent part looked like, to recognise it on X.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Sought<'a> {
     /// The account's own user id.
-    pub own_user_id: &'a str,
+    pub own_user_id: UserId,
     /// Where the part was sent.
     pub target: &'a DmTarget,
     /// Its text.
@@ -183,7 +183,7 @@ mod tests {
 
     fn sought<'a>(target: &'a DmTarget, text: &'a str) -> Sought<'a> {
         Sought {
-            own_user_id: "100",
+            own_user_id: "100".into(),
             target,
             text,
             has_media: false,

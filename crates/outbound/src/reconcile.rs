@@ -43,9 +43,8 @@ pub async fn find_earlier_send(
     has_media: bool,
     since: DateTime<Utc>,
 ) -> Result<Option<Candidate>, LookupError> {
-    let own_user_id = ctx.own_user_id().await?;
     let sought = Sought {
-        own_user_id: &own_user_id,
+        own_user_id: ctx.own_user_id().await?,
         target,
         text,
         has_media,

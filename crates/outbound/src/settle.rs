@@ -24,6 +24,7 @@ use tracing::Instrument;
 use xbridge_amqp::FailureHeaders;
 use xbridge_core::contract::{FailureReason, InvalidReply, StatusEvent};
 use xbridge_store::SentRecord;
+use xbridge_x_api::{ConversationId, DmEventId};
 
 use crate::context::ChannelContext;
 use crate::failpoints;
@@ -310,9 +311,13 @@ fn sent_event(channel: &str, message_id: &str, record: &SentRecord) -> StatusEve
     StatusEvent::Sent {
         message_id: message_id.to_owned(),
         channel: channel.to_owned(),
-        dm_event_id: record.dm_event_id.clone(),
-        dm_event_ids: record.dm_event_ids(),
-        conversation_id: record.conversation_id.clone(),
+        dm_event_id: DmEventId::from(record.dm_event_id.as_str()),
+        dm_event_ids: record
+            .dm_event_ids()
+            .into_iter()
+            .map(DmEventId::from)
+            .collect(),
+        conversation_id: ConversationId::from(record.conversation_id.as_str()),
         sent_at: record.sent_at,
     }
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::error::Problem;
-use crate::XError;
+use crate::{ConversationId, DmEventId, UserId, XError};
 
 /// X's documented maximum length of a DM text (README §1); longer texts get a 400.
 pub(crate) const MAX_TEXT_CHARS: usize = 10_000;
@@ -14,27 +14,31 @@ pub(crate) const MAX_TEXT_CHARS: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DmTarget {
     /// A user id: X creates the 1:1 conversation if needed.
-    Participant(String),
+    Participant(UserId),
     /// A `dm_conversation_id`, e.g. `123-456` for a 1:1 conversation.
-    Conversation(String),
+    Conversation(ConversationId),
 }
 
 impl DmTarget {
     /// The send endpoint for this target under `base_url`, or why the id cannot be one.
     pub(crate) fn messages_url(&self, base_url: &Url) -> Result<Url, XError> {
         let segments: &[&str] = match self {
-            DmTarget::Participant(id) if is_user_id(id) => {
-                &["2", "dm_conversations", "with", id, "messages"]
+            DmTarget::Participant(id) if is_user_id(id.as_str()) => {
+                &["2", "dm_conversations", "with", id.as_str(), "messages"]
             }
-            DmTarget::Conversation(id) if is_conversation_id(id) => {
-                &["2", "dm_conversations", id, "messages"]
+            DmTarget::Conversation(id) if is_conversation_id(id.as_str()) => {
+                &["2", "dm_conversations", id.as_str(), "messages"]
             }
             DmTarget::Participant(id) => {
-                return Err(local_invalid(format!("{id:?} is not an X user id")))
+                return Err(local_invalid(format!(
+                    "{:?} is not an X user id",
+                    id.as_str()
+                )))
             }
             DmTarget::Conversation(id) => {
                 return Err(local_invalid(format!(
-                    "{id:?} is not an X DM conversation id"
+                    "{:?} is not an X DM conversation id",
+                    id.as_str()
                 )))
             }
         };
@@ -95,10 +99,10 @@ pub(crate) struct Attachment<'a> {
 pub struct SentDm {
     /// The new DM event's id; the webhook delivers our own DM back with this id.
     #[serde(deserialize_with = "crate::id::deserialize")]
-    pub dm_event_id: String,
+    pub dm_event_id: DmEventId,
     /// The conversation it landed in; for a send by participant, the id for later replies.
     #[serde(deserialize_with = "crate::id::deserialize_conversation")]
-    pub dm_conversation_id: String,
+    pub dm_conversation_id: ConversationId,
 }
 
 /// X's 201 body: `{"data":{"dm_conversation_id":"…","dm_event_id":"…"}}`.

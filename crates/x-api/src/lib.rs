@@ -10,6 +10,9 @@
 //!   reasons means, so X can push DMs instead of being polled.
 //! - [`XClient::download_media`] fetches a DM's media with the account's signature and hands
 //!   the response on unread, for the inbound media proxy to stream ([`MediaDownloadError`]).
+//! - [`UserId`], [`DmEventId`] and [`ConversationId`] (`id.rs`) keep the three kinds of X id
+//!   apart, so a user id cannot be passed where a DM event or conversation id belongs; on
+//!   the wire each is the same JSON string as before.
 //! - [`excerpt`] quotes outside input in errors and logs, bounded; the rest of the bridge
 //!   uses it too (as `xbridge_core::excerpt`), so the X client, a leaf crate, owns it.
 //! - [`XHttp`] is the HTTP stack (connection pool, TLS configuration) that every channel's
@@ -46,6 +49,7 @@ pub use client::{MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};
 pub use dm::{DmTarget, SentDm};
 pub use error::{classify_send_error, Problem, XError};
 pub use http::{error_chain, XHttp};
+pub use id::{ConversationId, DmEventId, UserId};
 pub use media_category::{MediaCategory, SUPPORTED_MIME_TYPES};
 pub use media_download::{MediaDownloadError, MAX_TRANSFER};
 pub use oauth::UserCredentials;

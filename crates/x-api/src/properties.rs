@@ -202,7 +202,7 @@ proptest! {
     #[test]
     fn a_user_lookup_answer_is_a_user_or_a_classified_error(body in arbitrary::body(users())) {
         match XUser::from_body(&body) {
-            Ok(user) => prop_assert!(is_id(&user.id), "{:?}", user.id),
+            Ok(user) => prop_assert!(is_id(user.id.as_str()), "{:?}", user.id),
             Err(error @ XError::InvalidRequest { status: 404, problem: Some(_) })
             | Err(error @ XError::Transient { status: Some(200), .. }) => assert_bounded(&error)?,
             Err(other) => prop_assert!(false, "{other:?}"),
@@ -214,8 +214,8 @@ proptest! {
     fn a_send_answer_is_read_only_with_xs_ids(body in arbitrary::body(vec![fixture("send_dm_201.json")])) {
         if let Ok(answer) = serde_json::from_slice::<SendDmResponse>(&body) {
             let sent = answer.data;
-            prop_assert!(is_id(&sent.dm_event_id), "{:?}", sent.dm_event_id);
-            let conversation = &sent.dm_conversation_id;
+            prop_assert!(is_id(sent.dm_event_id.as_str()), "{:?}", sent.dm_event_id);
+            let conversation = sent.dm_conversation_id.as_str();
             prop_assert!(
                 match conversation.split_once('-') {
                     Some((a, b)) => is_id(a) && is_id(b),

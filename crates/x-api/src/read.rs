@@ -12,7 +12,7 @@ use url::Url;
 
 use crate::dm::{self, is_user_id};
 use crate::error::Problem;
-use crate::{classify_send_error, RateLimit, XError};
+use crate::{classify_send_error, RateLimit, UserId, XError};
 
 /// X's bounds for `max_results` on `GET /2/dm_events` (README §1).
 const MAX_RESULTS: std::ops::RangeInclusive<u8> = 1..=100;
@@ -114,7 +114,7 @@ pub struct DmEventsResponse {
 pub struct XUser {
     /// X's numeric user id, kept as a string (ids exceed what JSON doubles hold).
     #[serde(deserialize_with = "crate::id::deserialize")]
-    pub id: String,
+    pub id: UserId,
     /// The @handle, without the `@`.
     pub username: String,
     /// The display name.

@@ -206,7 +206,10 @@ async fn a_used_up_read_window_holds_reads_but_not_sends() {
     for client in [&poller, &other] {
         assert_eq!(client.pacer().blocked_until(), None);
         client
-            .send_dm(&DmTarget::Participant(jane.user_id.clone()), "We are on it")
+            .send_dm(
+                &DmTarget::Participant(jane.user_id.clone().into()),
+                "We are on it",
+            )
             .await
             .expect("sends are unaffected by the read window");
     }

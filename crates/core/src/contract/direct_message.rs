@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use xbridge_x_api::{ConversationId, DmEventId, UserId};
 
 use crate::contract::timestamp::rfc3339_millis;
 
@@ -29,16 +30,16 @@ pub enum ReceivedVia {
 pub struct DirectMessage {
     /// X's id of the DM event. The same DM delivered twice (webhook retry, webhook and
     /// poll) has the same id, so it is the key to drop duplicates by.
-    pub event_id: String,
+    pub event_id: DmEventId,
     /// X's `dm_conversation_id`: `<smaller user id>-<larger user id>` for a 1:1
     /// conversation, a bare number for a group. The CRM threads DMs by it and can reply
     /// into it.
-    pub conversation_id: String,
+    pub conversation_id: ConversationId,
     /// Who wrote the DM.
     pub sender: Sender,
     /// The X user the DM was addressed to (in a group conversation, which has no single
     /// recipient, the account the DM was fetched for).
-    pub recipient_id: String,
+    pub recipient_id: UserId,
     /// The text, without the `https://t.co/…` link X appends for an attachment (the
     /// attachment is in `attachments`). Empty for a DM that is only media.
     pub text: String,
@@ -64,7 +65,7 @@ pub struct DirectMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sender {
     /// X user id (decimal string): the stable key of the X account.
-    pub id: String,
+    pub id: UserId,
     /// The @handle without the `@` (`screen_name` in webhooks, `username` in v2).
     pub username: Option<String>,
     /// The display name.

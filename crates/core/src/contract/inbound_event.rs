@@ -10,6 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use xbridge_x_api::{DmEventId, UserId};
 
 use crate::contract::direct_message::DirectMessage;
 use crate::contract::timestamp::rfc3339_millis;
@@ -63,9 +64,9 @@ pub struct MessageRead {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Typing {
     /// The X user who is typing.
-    pub sender_id: String,
+    pub sender_id: UserId,
     /// The X user on the other side of the conversation.
-    pub recipient_id: String,
+    pub recipient_id: UserId,
     /// When X saw the typing.
     #[serde(serialize_with = "rfc3339_millis")]
     pub created_at: DateTime<Utc>,
@@ -75,9 +76,9 @@ pub struct Typing {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReadReceipt {
     /// The X user who read the conversation.
-    pub reader_id: String,
+    pub reader_id: UserId,
     /// The last DM event they read; every earlier DM of the conversation is read too.
-    pub last_read_event_id: String,
+    pub last_read_event_id: DmEventId,
     /// When X saw the read.
     #[serde(serialize_with = "rfc3339_millis")]
     pub created_at: DateTime<Utc>,

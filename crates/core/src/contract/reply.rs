@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use xbridge_x_api::{ConversationId, UserId};
 
 use crate::contract::json_kind::kind;
 use crate::contract::reply_attachment::{attachments, OutgoingAttachment};
@@ -41,9 +42,9 @@ pub struct OutgoingReply {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ReplyTarget {
     /// A 1:1 conversation with this X user id.
-    Recipient(String),
+    Recipient(UserId),
     /// An existing DM conversation.
-    Conversation(String),
+    Conversation(ConversationId),
 }
 
 impl ReplyTarget {
@@ -174,8 +175,8 @@ fn target(object: &serde_json::Map<String, Value>) -> Result<ReplyTarget, String
     let recipient = id_field(object, "recipient_id")?;
     let conversation = conversation_field(object)?;
     match (recipient, conversation) {
-        (Some(id), None) => Ok(ReplyTarget::Recipient(id)),
-        (None, Some(id)) => Ok(ReplyTarget::Conversation(id)),
+        (Some(id), None) => Ok(ReplyTarget::Recipient(UserId::from(id))),
+        (None, Some(id)) => Ok(ReplyTarget::Conversation(ConversationId::from(id))),
         (Some(_), Some(_)) => Err("give either recipient_id or conversation_id, not both".into()),
         (None, None) => Err("recipient_id or conversation_id is required".into()),
     }

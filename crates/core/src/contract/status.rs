@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use xbridge_x_api::{ConversationId, DmEventId};
 
 use crate::contract::reason::FailureReason;
 use crate::contract::timestamp::rfc3339_millis;
@@ -21,12 +22,12 @@ pub enum StatusEvent {
         channel: String,
         /// X's id of the DM event (the first, when the reply became several
         /// DMs): lets the CRM match the echo X sends back.
-        dm_event_id: String,
+        dm_event_id: DmEventId,
         /// Every DM the reply became, in order: one, or one per attachment
         /// (X takes one attachment per DM; the text goes with the first).
-        dm_event_ids: Vec<String>,
+        dm_event_ids: Vec<DmEventId>,
         /// X's conversation id, for replies addressed by recipient.
-        conversation_id: String,
+        conversation_id: ConversationId,
         /// When X accepted it.
         #[serde(serialize_with = "rfc3339_millis")]
         sent_at: DateTime<Utc>,

@@ -12,6 +12,7 @@ use xbridge_core::contract::{
     DirectMessage, EventToCrm, MessageEcho, ReceivedMessage, ReceivedVia,
 };
 use xbridge_store::{StateStore, StoreError};
+use xbridge_x_api::UserId;
 
 use crate::delivery::echo::{classify, MessageOrigin};
 use crate::delivery::in_flight::InFlightDeliveries;
@@ -26,7 +27,8 @@ const OWN_SEND_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// What delivering a DM needs to know and reach.
 pub(crate) struct Delivery<'a> {
     pub channel: &'a str,
-    pub own_user_id: &'a str,
+    /// The channel's account: a DM it sent is an echo, never a customer's.
+    pub own_user_id: &'a UserId,
     pub store: &'a dyn StateStore,
     pub sink: &'a dyn EventSink,
     pub profiles: Option<&'a Profiles>,
@@ -76,7 +78,7 @@ impl Delivery<'_> {
         let event_id = dm.event_id.clone();
         let _in_flight = self.in_flight.acquire(channel, &event_id).await;
         if self.already_delivered(&event_id).await? {
-            tracing::debug!(channel, event_id, "DM already delivered; skipped");
+            tracing::debug!(channel, %event_id, "DM already delivered; skipped");
             return Ok(false);
         }
         let own_send = self.is_own_reply(&dm).await?;
@@ -94,7 +96,7 @@ impl Delivery<'_> {
         self.record_delivered(&event_id).await;
         tracing::info!(
             channel,
-            event_id,
+            %event_id,
             via,
             event_type = event.event_type,
             "DM published"
@@ -114,7 +116,7 @@ impl Delivery<'_> {
     /// comes later. While the store cannot write, an unknown DM of the account is not
     /// delivered yet: the record of the reply it echoes may be waiting for the store.
     async fn is_own_reply(&self, dm: &DirectMessage) -> Result<bool, DeliveryError> {
-        if dm.sender.id != self.own_user_id {
+        if dm.sender.id != *self.own_user_id {
             return Ok(false);
         }
         let own_send = match dm.received_via {

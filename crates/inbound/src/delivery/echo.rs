@@ -6,6 +6,7 @@
 //! own replies.
 
 use xbridge_core::contract::DirectMessage;
+use xbridge_x_api::{DmEventId, UserId};
 
 /// Where a DM came from, as far as the channel is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,10 +32,10 @@ pub enum MessageOrigin {
 /// also covers a reply whose record was not written yet when its echo arrived.
 pub fn classify(
     message: &DirectMessage,
-    own_user_id: &str,
-    sent_by_bridge: &dyn Fn(&str) -> bool,
+    own_user_id: &UserId,
+    sent_by_bridge: &dyn Fn(&DmEventId) -> bool,
 ) -> MessageOrigin {
-    if message.sender.id != own_user_id {
+    if message.sender.id != *own_user_id {
         MessageOrigin::Received
     } else if sent_by_bridge(&message.event_id) {
         MessageOrigin::OwnSendEcho
@@ -58,7 +59,7 @@ mod tests {
     fn dm(event_id: &str, sender: &str, recipient: &str) -> DirectMessage {
         DirectMessage {
             event_id: event_id.into(),
-            conversation_id: format!("{CUSTOMER}-{OWN}"),
+            conversation_id: format!("{CUSTOMER}-{OWN}").into(),
             sender: Sender {
                 id: sender.into(),
                 username: None,
@@ -77,12 +78,12 @@ mod tests {
     #[test]
     fn a_customers_dm_is_received_without_asking_the_store() {
         let asked = RefCell::new(Vec::new());
-        let sent_by_bridge = |id: &str| {
+        let sent_by_bridge = |id: &DmEventId| {
             asked.borrow_mut().push(id.to_owned());
             true
         };
         assert_eq!(
-            classify(&dm("1", CUSTOMER, OWN), OWN, &sent_by_bridge),
+            classify(&dm("1", CUSTOMER, OWN), &OWN.into(), &sent_by_bridge),
             MessageOrigin::Received
         );
         assert!(asked.borrow().is_empty());
@@ -91,11 +92,11 @@ mod tests {
     #[test]
     fn the_bridges_own_reply_is_dropped() {
         let sent = ["954491830116155396"];
-        let sent_by_bridge = |id: &str| sent.contains(&id);
+        let sent_by_bridge = |id: &DmEventId| sent.contains(&id.as_str());
         assert_eq!(
             classify(
                 &dm("954491830116155396", OWN, CUSTOMER),
-                OWN,
+                &OWN.into(),
                 &sent_by_bridge
             ),
             MessageOrigin::OwnSendEcho
@@ -105,11 +106,11 @@ mod tests {
     #[test]
     fn a_dm_the_company_sent_elsewhere_is_an_echo() {
         let sent = ["954491830116155396"];
-        let sent_by_bridge = |id: &str| sent.contains(&id);
+        let sent_by_bridge = |id: &DmEventId| sent.contains(&id.as_str());
         assert_eq!(
             classify(
                 &dm("954491830116155397", OWN, CUSTOMER),
-                OWN,
+                &OWN.into(),
                 &sent_by_bridge
             ),
             MessageOrigin::CompanyEcho
@@ -121,23 +122,27 @@ mod tests {
         // Two configured accounts writing to each other: each gets the event.
         let other_channel = "906948460078698496";
         let message = dm("1", OWN, other_channel);
-        let never = |_: &str| false;
+        let never = |_: &DmEventId| false;
         assert_eq!(
-            classify(&message, other_channel, &never),
+            classify(&message, &other_channel.into(), &never),
             MessageOrigin::Received
         );
-        assert_eq!(classify(&message, OWN, &never), MessageOrigin::CompanyEcho);
+        assert_eq!(
+            classify(&message, &OWN.into(), &never),
+            MessageOrigin::CompanyEcho
+        );
     }
 
     #[test]
     fn source_app_id_can_be_folded_into_the_predicate() {
         let mut message = dm("2", OWN, CUSTOMER);
         message.source_app_id = Some("13090192".into());
-        let store_knows = |_: &str| false;
-        let sent_by_bridge =
-            |id: &str| store_knows(id) || message.source_app_id.as_deref() == Some("13090192");
+        let store_knows = |_: &DmEventId| false;
+        let sent_by_bridge = |id: &DmEventId| {
+            store_knows(id) || message.source_app_id.as_deref() == Some("13090192")
+        };
         assert_eq!(
-            classify(&message, OWN, &sent_by_bridge),
+            classify(&message, &OWN.into(), &sent_by_bridge),
             MessageOrigin::OwnSendEcho
         );
     }

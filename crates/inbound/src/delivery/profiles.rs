@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use xbridge_core::contract::Sender;
-use xbridge_x_api::XClient;
+use xbridge_x_api::{UserId, XClient};
 
 /// The profile lookups of one channel (its X client and its cache).
 pub struct Profiles {
     client: XClient,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, Sender)>>,
+    cache: Mutex<HashMap<UserId, (Instant, Sender)>>,
 }
 
 impl Profiles {
@@ -72,7 +72,7 @@ impl Profiles {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Sender)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, (Instant, Sender)>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

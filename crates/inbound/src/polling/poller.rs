@@ -34,7 +34,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use xbridge_core::contract::DirectMessage;
 use xbridge_store::{StateStore, StoreError};
-use xbridge_x_api::{DmEventsRequest, XClient, XError};
+use xbridge_x_api::{DmEventsRequest, UserId, XClient, XError};
 
 use crate::delivery::dm::{Delivery, DeliveryError};
 use crate::delivery::sink::{EventSink, SinkError};
@@ -452,7 +452,7 @@ async fn read_page(
             let (event_id, message) = match item {
                 InboundItem::Message(dm) => (Some(dm.event_id.clone()), Some(dm)),
                 InboundItem::Ignored { event_id, reason } => {
-                    tracing::debug!(channel = ctx.channel, event_id, %reason, "polled event ignored");
+                    tracing::debug!(channel = ctx.channel, event_id = event_id.as_deref(), %reason, "polled event ignored");
                     (event_id, None)
                 }
                 // Not listed by `GET /2/dm_events`.
@@ -470,7 +470,7 @@ async fn read_page(
 async fn deliver(ctx: &PollContext, dm: &DirectMessage) -> Result<bool, PollError> {
     let delivery = Delivery {
         channel: &ctx.channel,
-        own_user_id: &ctx.own_user_id,
+        own_user_id: &UserId::from(ctx.own_user_id.as_str()),
         store: ctx.store.as_ref(),
         sink: ctx.sink.as_ref(),
         profiles: ctx.profiles.as_deref(),

@@ -35,7 +35,7 @@ pub trait AccountLookup: Send + Sync {
 #[async_trait]
 impl AccountLookup for XClient {
     async fn own_account(&self) -> Result<String, XError> {
-        Ok(self.me().await?.0.id)
+        Ok(self.me().await?.0.id.into())
     }
 }
 

@@ -45,7 +45,7 @@ pub(crate) fn route(channels: &[ChannelIdentity], url_channel: &str, account: &s
         };
     };
     let of_app: Vec<&ChannelIdentity> = channels.iter().filter(|c| c.app == app).collect();
-    let is_account = |c: &ChannelIdentity| c.identity == Identity::Known(account.to_owned());
+    let is_account = |c: &ChannelIdentity| c.identity == Identity::Known(account.into());
     let owners: Vec<&&ChannelIdentity> = of_app.iter().filter(|c| is_account(c)).collect();
     if let Some(owner) = owners
         .iter()
@@ -93,7 +93,7 @@ fn no_channel_detail(
             ));
         }
     }
-    let is_account = |c: &ChannelIdentity| c.identity == Identity::Known(account.to_owned());
+    let is_account = |c: &ChannelIdentity| c.identity == Identity::Known(account.into());
     if let Some(elsewhere) = channels.iter().find(|c| c.app != app && is_account(c)) {
         detail.push_str(&format!(
             "; channel {} is this account but on another X App, whose signature this body does not carry",

@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
 use xbridge_core::contract::{ConversationTyping, DirectMessage, EventToCrm, MessageRead};
 use xbridge_store::StateStore;
+use xbridge_x_api::UserId;
 
 use crate::delivery::dm::{Delivery, DeliveryError};
 use crate::delivery::in_flight::InFlightDeliveries;
@@ -518,6 +519,8 @@ impl WebhookState {
         account: &str,
         items: Vec<InboundItem>,
     ) -> Result<(), BodyDeliveryError> {
+        // The body's `for_user_id`, read as an id and routed to this channel's account.
+        let account = &UserId::from(account);
         for item in items {
             match item {
                 InboundItem::Message(dm) => {
@@ -525,7 +528,7 @@ impl WebhookState {
                     self.message(channel, account, dm)
                         .await
                         .inspect_err(|error| {
-                            tracing::error!(channel, event_id, %error, "inbound DM not delivered");
+                            tracing::error!(channel, %event_id, %error, "inbound DM not delivered");
                         })?;
                 }
                 InboundItem::Typing(typing) => {
@@ -560,7 +563,7 @@ impl WebhookState {
         })
     }
 
-    fn delivery<'a>(&'a self, channel: &'a str, own_user_id: &'a str) -> Delivery<'a> {
+    fn delivery<'a>(&'a self, channel: &'a str, own_user_id: &'a UserId) -> Delivery<'a> {
         Delivery {
             channel,
             own_user_id,
@@ -577,7 +580,7 @@ impl WebhookState {
     async fn message(
         &self,
         channel: &str,
-        own_user_id: &str,
+        own_user_id: &UserId,
         dm: DirectMessage,
     ) -> Result<(), BodyDeliveryError> {
         self.delivery(channel, own_user_id).deliver(dm).await?;
@@ -588,7 +591,7 @@ impl WebhookState {
     async fn activity(
         &self,
         channel: &str,
-        own_user_id: &str,
+        own_user_id: &UserId,
         event: EventToCrm,
     ) -> Result<(), BodyDeliveryError> {
         if !self.config.publish_activity {
@@ -625,7 +628,7 @@ impl WebhookState {
         body: &[u8],
     ) -> Result<(), BodyDeliveryError> {
         let first_event = items.iter().find_map(|item| match item {
-            InboundItem::Message(dm) => Some(dm.event_id.clone()),
+            InboundItem::Message(dm) => Some(dm.event_id.to_string()),
             _ => None,
         });
         // The event id tells the operator which DM it is; a body of activity only

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 use xbridge_core::contract::{Attachment, DirectMessage, ReceivedVia};
 use xbridge_core::excerpt::{cut, quoted};
+use xbridge_x_api::{ConversationId, DmEventId, UserId};
 
 use crate::x::attachment;
 use crate::x::error::PayloadError;
@@ -55,10 +56,11 @@ pub fn parse_dm_events(body: &[u8], account_id: &str) -> Result<DmEventsPage, Pa
         .unwrap_or(events.len() as u64);
     let next_token = next_token(meta)?;
     let partial_errors = partial_errors(&root)?;
+    let account_id = UserId::from(account_id);
     let items = events
         .iter()
         .enumerate()
-        .map(|(i, event)| dm_event(event, &format!("data[{i}]."), account_id, &users, &media))
+        .map(|(i, event)| dm_event(event, &format!("data[{i}]."), &account_id, &users, &media))
         .collect();
     Ok(DmEventsPage {
         items,
@@ -140,7 +142,7 @@ fn describe_error(error: &Value) -> String {
 fn dm_event(
     event: &Value,
     path: &str,
-    account_id: &str,
+    account_id: &UserId,
     users: &Profiles,
     media: &HashMap<&str, &Object>,
 ) -> InboundItem {
@@ -160,13 +162,13 @@ fn dm_event(
 /// readable; attachments that cannot be read are left out (their link stays in the text).
 fn message_create(
     event: &Object,
-    event_id: &str,
+    event_id: &DmEventId,
     path: &str,
-    account_id: &str,
+    account_id: &UserId,
     users: &Profiles,
     media: &HashMap<&str, &Object>,
 ) -> Result<DirectMessage, String> {
-    let sender_id = json::required_id(event, "sender_id", path)?;
+    let sender_id: UserId = json::required_id(event, "sender_id", path)?;
     let created_at = json::rfc3339(event, "created_at", path)?;
     let conversation_id = conversation_id(event, path)?;
     let recipient_id = recipient_id(&conversation_id, &sender_id, account_id, path)?;
@@ -176,7 +178,7 @@ fn message_create(
         text = text::strip_trailing_tco(&text);
     }
     Ok(DirectMessage {
-        event_id: event_id.to_owned(),
+        event_id: event_id.clone(),
         conversation_id,
         sender: users.sender(sender_id),
         recipient_id,
@@ -190,9 +192,9 @@ fn message_create(
 
 /// The event's `dm_conversation_id`, which must be an X conversation id: replies go back
 /// into it.
-fn conversation_id(event: &Object, path: &str) -> Result<String, String> {
+fn conversation_id(event: &Object, path: &str) -> Result<ConversationId, String> {
     match event.get("dm_conversation_id") {
-        Some(Value::String(id)) if json::is_conversation_id(id) => Ok(id.clone()),
+        Some(Value::String(id)) if json::is_conversation_id(id) => Ok(id.clone().into()),
         Some(other) => Err(format!(
             "{path}dm_conversation_id {} is not an X conversation id",
             json::shown(other)
@@ -204,18 +206,18 @@ fn conversation_id(event: &Object, path: &str) -> Result<String, String> {
 /// Who received the DM: the other participant of a one-to-one conversation (whose id
 /// names both, one of them the sender), or the polled account in a group conversation.
 fn recipient_id(
-    conversation_id: &str,
-    sender_id: &str,
-    account_id: &str,
+    conversation_id: &ConversationId,
+    sender_id: &UserId,
+    account_id: &UserId,
     path: &str,
-) -> Result<String, String> {
+) -> Result<UserId, String> {
     match conversation_id.split_once('-') {
-        Some((a, b)) if a == sender_id => Ok(b.to_owned()),
-        Some((a, b)) if b == sender_id => Ok(a.to_owned()),
+        Some((a, b)) if a == sender_id.as_str() => Ok(UserId::from(b)),
+        Some((a, b)) if b == sender_id.as_str() => Ok(UserId::from(a)),
         Some(_) => Err(format!(
             "{path}sender_id {sender_id} is not a participant of conversation {conversation_id}"
         )),
-        None => Ok(account_id.to_owned()),
+        None => Ok(account_id.clone()),
     }
 }
 
@@ -223,7 +225,7 @@ fn recipient_id(
 /// unreadable is logged and left out, so the DM still goes on.
 fn attachments(
     event: &Object,
-    event_id: &str,
+    event_id: &DmEventId,
     path: &str,
     media: &HashMap<&str, &Object>,
 ) -> Vec<Attachment> {
@@ -247,7 +249,7 @@ fn attachments(
         match read {
             Ok(attachment) => attachments.push(attachment),
             Err(reason) => tracing::warn!(
-                event_id,
+                %event_id,
                 %reason,
                 "DM attachment cannot be read; the DM goes on without it, its link left in the text"
             ),

@@ -3,6 +3,7 @@
 use serde_json::Value;
 use xbridge_core::contract::{DirectMessage, ReadReceipt, Typing};
 use xbridge_core::excerpt::quoted;
+use xbridge_x_api::DmEventId;
 
 use crate::x::json::{self, Object};
 
@@ -24,21 +25,21 @@ pub enum InboundItem {
     Ignored {
         /// The event's id, when it has a readable one, for logs and for the poller to
         /// know how far it got.
-        event_id: Option<String>,
+        event_id: Option<DmEventId>,
         /// Why, naming the event and the field.
         reason: String,
     },
 }
 
 /// An event the bridge skips on purpose; logged at debug level.
-pub(crate) fn skipped(event_id: Option<String>, reason: String) -> InboundItem {
+pub(crate) fn skipped(event_id: Option<DmEventId>, reason: String) -> InboundItem {
     tracing::debug!(event_id = event_id.as_deref(), %reason, "inbound event ignored");
     InboundItem::Ignored { event_id, reason }
 }
 
 /// An event the bridge cannot read although it should; logged as a warning, since a
 /// customer's DM may be lost with it.
-pub(crate) fn unreadable(event_id: Option<String>, reason: String) -> InboundItem {
+pub(crate) fn unreadable(event_id: Option<DmEventId>, reason: String) -> InboundItem {
     tracing::warn!(event_id = event_id.as_deref(), %reason, "inbound event cannot be read; ignored");
     InboundItem::Ignored { event_id, reason }
 }
@@ -52,7 +53,7 @@ pub(crate) fn message_item(
     path: &str,
     type_field: &str,
     expected: &str,
-    create: impl FnOnce(&str) -> Result<DirectMessage, String>,
+    create: impl FnOnce(&DmEventId) -> Result<DirectMessage, String>,
 ) -> InboundItem {
     let event_id = match json::required_id(event, "id", path) {
         Ok(id) => id,

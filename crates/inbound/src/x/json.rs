@@ -11,6 +11,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use xbridge_core::excerpt::quoted;
+use xbridge_x_api::ConversationId;
 
 use crate::x::error::PayloadError;
 
@@ -100,7 +101,7 @@ pub(crate) fn is_conversation_id(id: &str) -> bool {
 
 /// The id of the 1:1 conversation between two users, as X forms it: the smaller id, a
 /// dash, the larger one. Ids are compared as numbers (`"9" < "10"`), not as text.
-pub(crate) fn one_to_one_conversation_id(a: &str, b: &str) -> String {
+pub(crate) fn one_to_one_conversation_id(a: &str, b: &str) -> ConversationId {
     let (low, high) = match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(x), Ok(y)) if x <= y => (a, b),
         (Ok(_), Ok(_)) => (b, a),
@@ -108,7 +109,7 @@ pub(crate) fn one_to_one_conversation_id(a: &str, b: &str) -> String {
         _ if a <= b => (a, b),
         _ => (b, a),
     };
-    format!("{low}-{high}")
+    ConversationId::from(format!("{low}-{high}"))
 }
 
 /// `value` read as an id, or why it is not one.
@@ -127,17 +128,26 @@ pub(crate) fn id(value: &Value) -> Result<String, String> {
     }
 }
 
-/// The id in `object[field]`; `path` names the object in the error.
-pub(crate) fn required_id(object: &Object, field: &str, path: &str) -> Result<String, String> {
+/// The id in `object[field]`, as the kind of id `T` the field holds; `path` names the
+/// object in the error.
+pub(crate) fn required_id<T: From<String>>(
+    object: &Object,
+    field: &str,
+    path: &str,
+) -> Result<T, String> {
     match object.get(field) {
         None | Some(Value::Null) => Err(format!("{path}{field} is missing")),
-        Some(value) => id(value).map_err(|e| format!("{path}{field} {e}")),
+        Some(value) => id(value)
+            .map(T::from)
+            .map_err(|e| format!("{path}{field} {e}")),
     }
 }
 
 /// The id in `object[field]` when there is a valid one. For fields nothing depends on.
-pub(crate) fn optional_id(object: &Object, field: &str) -> Option<String> {
-    object.get(field).and_then(|value| id(value).ok())
+pub(crate) fn optional_id<T: From<String>>(object: &Object, field: &str) -> Option<T> {
+    object
+        .get(field)
+        .and_then(|value| id(value).ok().map(T::from))
 }
 
 /// The object in `object[field]`, or why there is none.

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 use xbridge_core::contract::Sender;
+use xbridge_x_api::UserId;
 
 use crate::x::json::{self, Object};
 
@@ -41,7 +42,9 @@ impl Profiles {
         let mut profiles = HashMap::new();
         if let Some(Value::Array(users)) = users {
             for user in users {
-                let id = user.as_object().and_then(|u| json::optional_id(u, "id"));
+                let id = user
+                    .as_object()
+                    .and_then(|u| json::optional_id::<String>(u, "id"));
                 if let (Some(id), Some(profile)) = (id, Profile::read(user)) {
                     profiles.insert(id, profile);
                 }
@@ -51,8 +54,8 @@ impl Profiles {
     }
 
     /// The sender `id`, with its profile when the table has it.
-    pub(crate) fn sender(&self, id: String) -> Sender {
-        let profile = self.0.get(&id).cloned().unwrap_or_default();
+    pub(crate) fn sender(&self, id: UserId) -> Sender {
+        let profile = self.0.get(id.as_str()).cloned().unwrap_or_default();
         Sender {
             id,
             username: profile.username,

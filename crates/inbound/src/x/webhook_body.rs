@@ -13,6 +13,7 @@
 use serde_json::Value;
 use xbridge_core::contract::{Attachment, DirectMessage, ReadReceipt, ReceivedVia, Typing};
 use xbridge_core::excerpt::quoted;
+use xbridge_x_api::{DmEventId, UserId};
 
 use crate::x::attachment;
 use crate::x::error::PayloadError;
@@ -225,16 +226,17 @@ fn message_event(event: &Value, path: &str, users: &Profiles) -> InboundItem {
 
 fn message_create(
     event: &Object,
-    event_id: &str,
+    event_id: &DmEventId,
     path: &str,
     users: &Profiles,
 ) -> Result<DirectMessage, String> {
     let created_at = json::epoch_millis(event, "created_timestamp", path)?;
     let create = json::required_object(event, "message_create", path)?;
     let path = format!("{path}message_create.");
-    let sender_id = json::required_id(create, "sender_id", &path)?;
+    let sender_id: UserId = json::required_id(create, "sender_id", &path)?;
     let target = json::required_object(create, "target", &path)?;
-    let recipient_id = json::required_id(target, "recipient_id", &format!("{path}target."))?;
+    let recipient_id: UserId =
+        json::required_id(target, "recipient_id", &format!("{path}target."))?;
     let data_path = format!("{path}message_data.");
     let data = json::required_object(create, "message_data", &path)?;
     let mut text = json::text(data, "text", &data_path)?;
@@ -248,7 +250,7 @@ fn message_create(
                 attachments.push(attachment);
             }
             Err(reason) => tracing::warn!(
-                event_id,
+                %event_id,
                 %reason,
                 "DM attachment cannot be read; the DM goes on without it, its link left in the text"
             ),
@@ -256,7 +258,7 @@ fn message_create(
     }
 
     Ok(DirectMessage {
-        event_id: event_id.to_owned(),
+        event_id: event_id.clone(),
         conversation_id: json::one_to_one_conversation_id(&sender_id, &recipient_id),
         sender: users.sender(sender_id),
         recipient_id,
@@ -359,7 +361,7 @@ fn not_an_object(path: &str, event: &Value) -> String {
     )
 }
 
-fn target_recipient(event: &Object, path: &str) -> Result<String, String> {
+fn target_recipient(event: &Object, path: &str) -> Result<UserId, String> {
     let target = json::required_object(event, "target", path)?;
     json::required_id(target, "recipient_id", &format!("{path}target."))
 }
