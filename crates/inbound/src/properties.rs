@@ -66,11 +66,13 @@ fn pages() -> Vec<Value> {
     ]
 }
 
-fn is_id(id: &str) -> bool {
+fn is_id(id: &(impl AsRef<str> + ?Sized)) -> bool {
+    let id = id.as_ref();
     (1..=19).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn is_conversation_id(id: &str) -> bool {
+fn is_conversation_id(id: &(impl AsRef<str> + ?Sized)) -> bool {
+    let id = id.as_ref();
     match id.split_once('-') {
         Some((a, b)) => is_id(a) && is_id(b),
         None => (15..=19).contains(&id.len()) && is_id(id),

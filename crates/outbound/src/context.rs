@@ -57,7 +57,7 @@ impl ChannelContext {
         let id = self.client.me().await?.0.id;
         // A channel with a configured id has it known from the start, so what X
         // says cannot contradict one here; the inbound side checks those.
-        let _ = self.identities.learn(&self.name, &id);
+        let _ = self.identities.learn(&self.name, id.as_str());
         Ok(id)
     }
 }

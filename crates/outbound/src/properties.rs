@@ -42,8 +42,8 @@ proptest! {
                     .into();
                 for event in &page.data {
                     prop_assert!(
-                        (1..=19).contains(&event.id.len())
-                            && event.id.bytes().all(|b| b.is_ascii_digit())
+                        (1..=19).contains(&event.id.as_str().len())
+                            && event.id.as_str().bytes().all(|b| b.is_ascii_digit())
                     );
                     for has_media in [false, true] {
                         let sought = Sought {

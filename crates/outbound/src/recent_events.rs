@@ -55,10 +55,10 @@ pub(crate) fn read_page(body: &[u8]) -> Result<Page, XError> {
     };
     let page: Page = serde_json::from_slice(body)
         .map_err(|e| unreadable(xbridge_core::excerpt::cut(&e.to_string(), 200)))?;
-    if let Some(event) = page.data.iter().find(|event| !is_id(&event.id)) {
+    if let Some(event) = page.data.iter().find(|event| !is_id(event.id.as_str())) {
         return Err(unreadable(format!(
             "event id {} is not an X id",
-            xbridge_core::excerpt::quoted(&event.id)
+            xbridge_core::excerpt::quoted(event.id.as_str())
         )));
     }
     if let Some(token) = page.meta.next_token.as_deref() {
@@ -100,7 +100,7 @@ pub fn matches(event: &Candidate, sought: &Sought<'_>) -> bool {
     let in_conversation = match sought.target {
         DmTarget::Conversation(id) => event.dm_conversation_id == *id,
         DmTarget::Participant(user) => {
-            let mut members = event.dm_conversation_id.split('-');
+            let mut members = event.dm_conversation_id.as_str().split('-');
             let (a, b) = (members.next(), members.next());
             members.next().is_none()
                 && matches!((a, b), (Some(a), Some(b))

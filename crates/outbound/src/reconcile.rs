@@ -56,7 +56,7 @@ pub async fn find_earlier_send(
     }
     // Oldest first, so the earliest unclaimed match wins.
     for event in recent.events().iter().rev() {
-        if matches(event, &sought) && !ctx.store.is_own_send(&ctx.name, &event.id).await? {
+        if matches(event, &sought) && !ctx.store.is_own_send(&ctx.name, event.id.as_str()).await? {
             return Ok(Some(event.clone()));
         }
     }

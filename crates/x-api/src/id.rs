@@ -78,16 +78,6 @@ macro_rules! x_id {
             }
         }
 
-        /// Reads as its text, so string functions and `&str` parameters (the store, logs)
-        /// take it as is; the other way round, from a string, is an explicit `from`.
-        impl std::ops::Deref for $name {
-            type Target = str;
-
-            fn deref(&self) -> &str {
-                &self.0
-            }
-        }
-
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0

@@ -76,8 +76,8 @@ impl Delivery<'_> {
     pub(crate) async fn deliver(&self, mut dm: DirectMessage) -> Result<bool, DeliveryError> {
         let channel = self.channel;
         let event_id = dm.event_id.clone();
-        let _in_flight = self.in_flight.acquire(channel, &event_id).await;
-        if self.already_delivered(&event_id).await? {
+        let _in_flight = self.in_flight.acquire(channel, event_id.as_str()).await;
+        if self.already_delivered(event_id.as_str()).await? {
             tracing::debug!(channel, %event_id, "DM already delivered; skipped");
             return Ok(false);
         }
@@ -93,7 +93,7 @@ impl Delivery<'_> {
             return Ok(false);
         };
         self.sink.publish(&event).await?;
-        self.record_delivered(&event_id).await;
+        self.record_delivered(event_id.as_str()).await;
         tracing::info!(
             channel,
             %event_id,
@@ -120,8 +120,12 @@ impl Delivery<'_> {
             return Ok(false);
         }
         let own_send = match dm.received_via {
-            ReceivedVia::Webhook => self.is_own_send(self.channel, &dm.event_id).await?,
-            ReceivedVia::Poll => self.store.is_own_send(self.channel, &dm.event_id).await?,
+            ReceivedVia::Webhook => self.is_own_send(self.channel, dm.event_id.as_str()).await?,
+            ReceivedVia::Poll => {
+                self.store
+                    .is_own_send(self.channel, dm.event_id.as_str())
+                    .await?
+            }
         };
         if !own_send && !self.store.health().is_writable() {
             return Err(StoreError::Unavailable(

@@ -38,11 +38,11 @@ impl Profiles {
         if sender.username.is_some() && sender.name.is_some() {
             return;
         }
-        if let Some(known) = self.cached(&sender.id) {
+        if let Some(known) = self.cached(sender.id.as_str()) {
             fill(sender, &known);
             return;
         }
-        match self.client.get_user(&sender.id).await {
+        match self.client.get_user(sender.id.as_str()).await {
             Ok(user) => {
                 let known = Sender {
                     id: user.id,

@@ -186,11 +186,11 @@ impl MediaLinks {
     pub fn complete(&self, channel: &str, dm: &mut DirectMessage) {
         let event_id = dm.event_id.clone();
         for attachment in &mut dm.attachments {
-            attachment.url = self.link(channel, &event_id, &attachment.x_url);
+            attachment.url = self.link(channel, event_id.as_str(), &attachment.x_url);
             attachment.preview_url = attachment
                 .x_preview_url
                 .as_deref()
-                .and_then(|x_url| self.link(channel, &event_id, x_url));
+                .and_then(|x_url| self.link(channel, event_id.as_str(), x_url));
         }
     }
 

@@ -452,13 +452,13 @@ async fn read_page(
             let (event_id, message) = match item {
                 InboundItem::Message(dm) => (Some(dm.event_id.clone()), Some(dm)),
                 InboundItem::Ignored { event_id, reason } => {
-                    tracing::debug!(channel = ctx.channel, event_id = event_id.as_deref(), %reason, "polled event ignored");
+                    tracing::debug!(channel = ctx.channel, event_id = event_id.as_ref().map(|id| id.as_str()), %reason, "polled event ignored");
                     (event_id, None)
                 }
                 // Not listed by `GET /2/dm_events`.
                 InboundItem::Typing(_) | InboundItem::Read(_) => (None, None),
             };
-            let id = event_id?.parse::<u64>().ok()?;
+            let id = event_id?.as_str().parse::<u64>().ok()?;
             Some(Seen { id, message })
         })
         .collect();

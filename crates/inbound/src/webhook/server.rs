@@ -544,7 +544,7 @@ impl WebhookState {
                 InboundItem::Ignored { event_id, reason } => {
                     tracing::debug!(
                         channel,
-                        event_id = event_id.as_deref(),
+                        event_id = event_id.as_ref().map(|id| id.as_str()),
                         %reason,
                         "webhook event ignored"
                     );

@@ -211,7 +211,7 @@ fn recipient_id(
     account_id: &UserId,
     path: &str,
 ) -> Result<UserId, String> {
-    match conversation_id.split_once('-') {
+    match conversation_id.as_str().split_once('-') {
         Some((a, b)) if a == sender_id.as_str() => Ok(UserId::from(b)),
         Some((a, b)) if b == sender_id.as_str() => Ok(UserId::from(a)),
         Some(_) => Err(format!(
@@ -400,7 +400,9 @@ mod tests {
             .items
             .iter()
             .map(|item| match item {
-                InboundItem::Ignored { event_id, reason } => (event_id.as_deref(), reason.as_str()),
+                InboundItem::Ignored { event_id, reason } => {
+                    (event_id.as_ref().map(|id| id.as_str()), reason.as_str())
+                }
                 other => panic!("{other:?}"),
             })
             .collect();

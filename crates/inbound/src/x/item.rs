@@ -33,14 +33,14 @@ pub enum InboundItem {
 
 /// An event the bridge skips on purpose; logged at debug level.
 pub(crate) fn skipped(event_id: Option<DmEventId>, reason: String) -> InboundItem {
-    tracing::debug!(event_id = event_id.as_deref(), %reason, "inbound event ignored");
+    tracing::debug!(event_id = event_id.as_ref().map(|id| id.as_str()), %reason, "inbound event ignored");
     InboundItem::Ignored { event_id, reason }
 }
 
 /// An event the bridge cannot read although it should; logged as a warning, since a
 /// customer's DM may be lost with it.
 pub(crate) fn unreadable(event_id: Option<DmEventId>, reason: String) -> InboundItem {
-    tracing::warn!(event_id = event_id.as_deref(), %reason, "inbound event cannot be read; ignored");
+    tracing::warn!(event_id = event_id.as_ref().map(|id| id.as_str()), %reason, "inbound event cannot be read; ignored");
     InboundItem::Ignored { event_id, reason }
 }
 

@@ -259,7 +259,10 @@ fn message_create(
 
     Ok(DirectMessage {
         event_id: event_id.clone(),
-        conversation_id: json::one_to_one_conversation_id(&sender_id, &recipient_id),
+        conversation_id: json::one_to_one_conversation_id(
+            sender_id.as_str(),
+            recipient_id.as_str(),
+        ),
         sender: users.sender(sender_id),
         recipient_id,
         text,
@@ -395,7 +398,7 @@ mod tests {
             .iter()
             .filter_map(|item| match item {
                 InboundItem::Ignored { event_id, reason } => {
-                    Some((event_id.as_deref(), reason.as_str()))
+                    Some((event_id.as_ref().map(|id| id.as_str()), reason.as_str()))
                 }
                 _ => None,
             })
