@@ -136,11 +136,18 @@ pub async fn close(connection: &Connection, code: u16, reason: &str) {
 }
 
 /// Removes the URL, and its password on its own, from an error text.
+///
+/// The password goes in both forms: as written in the URL (percent-encoded) and
+/// decoded, as a library that parsed the URL would quote it (`p%40ss` is `p@ss`).
 fn redact(text: &str, url: &str) -> String {
     let mut text = text.replace(url, "<amqp url>");
     if let Ok(parsed) = url::Url::parse(url) {
         if let Some(password) = parsed.password().filter(|p| !p.is_empty()) {
+            let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
             text = text.replace(password, "<password>");
+            if !decoded.is_empty() {
+                text = text.replace(decoded.as_ref(), "<password>");
+            }
         }
     }
     text
@@ -155,5 +162,15 @@ mod tests {
             "amqp://u:pw123@host/%2f",
         );
         assert!(!text.contains("pw123"), "{text}");
+    }
+
+    #[test]
+    fn redact_hides_the_decoded_password_too() {
+        let text = super::redact(
+            "authentication failed for u with p@ss:w/rd (encoded p%40ss%3Aw%2Frd)",
+            "amqp://u:p%40ss%3Aw%2Frd@host/%2f",
+        );
+        assert!(!text.contains("p@ss:w/rd"), "{text}");
+        assert!(!text.contains("p%40ss%3Aw%2Frd"), "{text}");
     }
 }

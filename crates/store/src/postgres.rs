@@ -155,9 +155,14 @@ impl PostgresStore {
         let password = config
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
-        let redact = |message: String| match password.as_deref() {
-            Some(p) if !p.is_empty() => message.replace(p, "***"),
-            _ => message,
+        // The URL as written (its password percent-encoded) and the password
+        // as the driver decoded it.
+        let redact = |message: String| {
+            let message = message.replace(url, "<postgres url>");
+            match password.as_deref() {
+                Some(p) if !p.is_empty() => message.replace(p, "***"),
+                _ => message,
+            }
         };
         let store = PostgresStore {
             pool: pool(config)?,
