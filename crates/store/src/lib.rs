@@ -5,7 +5,9 @@
 //! twice. For the inbound side it remembers which X DM events reached the CRM
 //! (so a webhook retry or a poll does not deliver one again), which DM events
 //! were the bridge's own sends (so their echoes are dropped), and where each
-//! channel's poller stopped. The [`EmbeddedStore`] keeps it in a single file
+//! channel's poller stopped. It also keeps the channels the CRM creates at
+//! run time ([`registry`]), their credentials only sealed ([`sealed`]). The
+//! [`EmbeddedStore`] keeps it in a single file
 //! (no server) for a single process, the default; the [`PostgresStore`] keeps
 //! it in PostgreSQL, shared by several replicas. Both pass the same
 //! [`contract`] tests.
