@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
-use xbridge_store::{SentRecord, StateStore, StoreError, StoreHealth};
+use xbridge_store::{
+    Applied, ChannelEntry, ChannelRecord, ChannelTombstone, SentRecord, StateStore, StoreError,
+    StoreHealth,
+};
 
 /// What the store refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +222,32 @@ impl StateStore for FailingStore {
     async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError> {
         self.write(false)?;
         self.wrote(self.inner.set_poll_cursor(channel, event_id).await)
+    }
+
+    async fn put_channel(&self, record: &ChannelRecord) -> Result<Applied, StoreError> {
+        self.write(false)?;
+        let result = self.inner.put_channel(record).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.wrote(outcome)?;
+        result
+    }
+
+    async fn channel(&self, name: &str) -> Result<Option<ChannelEntry>, StoreError> {
+        self.read()?;
+        self.inner.channel(name).await
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelEntry>, StoreError> {
+        self.read()?;
+        self.inner.channels().await
+    }
+
+    async fn remove_channel(&self, tombstone: &ChannelTombstone) -> Result<Applied, StoreError> {
+        self.write(false)?;
+        let result = self.inner.remove_channel(tombstone).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.wrote(outcome)?;
+        result
     }
 
     fn health(&self) -> StoreHealth {

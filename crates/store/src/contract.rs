@@ -3,7 +3,55 @@
 
 use chrono::{DateTime, Utc};
 
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::registry::{Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone};
+use crate::sealed::CredentialsKey;
 use crate::{SentRecord, StateStore};
+
+/// The operator's secret the contract's channels are sealed with.
+pub const SAMPLE_KEY: &str = "contract-credentials-key-of-32-plus-characters";
+
+/// Credentials no store may show in the clear: the contract's channels carry
+/// them, and tests look for each in the stored bytes.
+pub const SAMPLE_CREDENTIALS: [&str; 5] = [
+    "ck-CONSUMERKEY-4f1d9a",
+    "cs-CONSUMERSECRET-8b2e7c",
+    "at-ACCESSTOKEN-1234567890",
+    "as-ACCESSSECRET-c0ffee77",
+    "bt-BEARERTOKEN-AAAAdeadbeef",
+];
+
+/// The key the contract's channels are sealed with.
+pub fn sample_key() -> CredentialsKey {
+    CredentialsKey::derive(&SecretString::from(SAMPLE_KEY)).expect("a long enough key")
+}
+
+/// A channel of the registry at `revision`, its [`SAMPLE_CREDENTIALS`]
+/// sealed with [`sample_key`].
+pub fn sample_channel(name: &str, revision: u64) -> ChannelRecord {
+    let credentials = format!(
+        r#"{{"consumer_key":"{}","consumer_secret":"{}","access_token":"{}","access_token_secret":"{}","bearer_token":"{}"}}"#,
+        SAMPLE_CREDENTIALS[0],
+        SAMPLE_CREDENTIALS[1],
+        SAMPLE_CREDENTIALS[2],
+        SAMPLE_CREDENTIALS[3],
+        SAMPLE_CREDENTIALS[4]
+    );
+    ChannelRecord {
+        name: name.to_owned(),
+        origin: ChannelOrigin::Crm,
+        settings: r#"{"weight":1,"url":"https://x.com/acme","inbound":"webhook"}"#.into(),
+        credentials: sample_key()
+            .seal(name, &SecretString::from(credentials))
+            .expect("sealed"),
+        revision,
+        paused: false,
+        updated_at: DateTime::parse_from_rfc3339("2026-12-05T02:00:00.250Z")
+            .expect("static time")
+            .with_timezone(&Utc),
+    }
+}
 
 /// A record for tests.
 pub fn sample_record() -> SentRecord {
@@ -31,6 +79,116 @@ pub async fn run_all(store: &dyn StateStore) {
     own_sends_are_known_by_their_dm_event_id(store).await;
     delivered_events_are_remembered_per_channel(store).await;
     poll_cursors_move_per_channel(store).await;
+    run_registry(store).await;
+}
+
+/// The channel registry's checks alone.
+pub async fn run_registry(store: &dyn StateStore) {
+    a_stored_channel_reads_back_and_opens(store).await;
+    only_a_higher_revision_replaces_a_channel(store).await;
+    a_removed_channel_stays_removed_until_a_higher_revision(store).await;
+    the_list_holds_every_channel_and_tombstone(store).await;
+}
+
+async fn a_stored_channel_reads_back_and_opens(store: &dyn StateStore) {
+    assert_eq!(store.channel("reg-none").await.unwrap(), None);
+    let record = sample_channel("reg-a", 1);
+    assert_eq!(store.put_channel(&record).await.unwrap(), Applied::Yes);
+    let read = store.channel("reg-a").await.unwrap().expect("stored");
+    assert_eq!(read, ChannelEntry::Live(record));
+    let opened = sample_key()
+        .open("reg-a", &read.live().unwrap().credentials)
+        .unwrap();
+    assert!(opened.expose_secret().contains(SAMPLE_CREDENTIALS[4]));
+}
+
+async fn only_a_higher_revision_replaces_a_channel(store: &dyn StateStore) {
+    store
+        .put_channel(&sample_channel("reg-b", 5))
+        .await
+        .unwrap();
+    let paused = ChannelRecord {
+        paused: true,
+        settings: r#"{"weight":3}"#.into(),
+        ..sample_channel("reg-b", 6)
+    };
+    assert_eq!(store.put_channel(&paused).await.unwrap(), Applied::Yes);
+    // The same revision again (a second replica applying the same command)
+    // and an older one (a late command) change nothing.
+    for revision in [6, 4] {
+        assert_eq!(
+            store
+                .put_channel(&sample_channel("reg-b", revision))
+                .await
+                .unwrap(),
+            Applied::Stale { current: 6 }
+        );
+    }
+    let read = store.channel("reg-b").await.unwrap().unwrap();
+    assert_eq!(read, ChannelEntry::Live(paused));
+}
+
+async fn a_removed_channel_stays_removed_until_a_higher_revision(store: &dyn StateStore) {
+    store
+        .put_channel(&sample_channel("reg-c", 2))
+        .await
+        .unwrap();
+    let tombstone = ChannelTombstone {
+        name: "reg-c".into(),
+        revision: 3,
+        removed_at: sample_channel("reg-c", 3).updated_at,
+    };
+    assert_eq!(
+        store.remove_channel(&tombstone).await.unwrap(),
+        Applied::Yes
+    );
+    // A replica still holding revision 2 cannot write it back.
+    assert_eq!(
+        store
+            .put_channel(&sample_channel("reg-c", 2))
+            .await
+            .unwrap(),
+        Applied::Stale { current: 3 }
+    );
+    assert_eq!(
+        store.channel("reg-c").await.unwrap(),
+        Some(ChannelEntry::Removed(tombstone.clone()))
+    );
+    // A stale removal does not remove a newer channel.
+    let back = sample_channel("reg-c", 4);
+    assert_eq!(store.put_channel(&back).await.unwrap(), Applied::Yes);
+    assert_eq!(
+        store.remove_channel(&tombstone).await.unwrap(),
+        Applied::Stale { current: 4 }
+    );
+    assert_eq!(
+        store.channel("reg-c").await.unwrap(),
+        Some(ChannelEntry::Live(back))
+    );
+    // Removing what was never stored leaves a tombstone all the same.
+    let never = ChannelTombstone {
+        name: "reg-never".into(),
+        ..tombstone
+    };
+    assert_eq!(store.remove_channel(&never).await.unwrap(), Applied::Yes);
+}
+
+async fn the_list_holds_every_channel_and_tombstone(store: &dyn StateStore) {
+    let entries = store.channels().await.unwrap();
+    let reg: Vec<(&str, u64, bool)> = entries
+        .iter()
+        .filter(|entry| entry.name().starts_with("reg-"))
+        .map(|entry| (entry.name(), entry.revision(), entry.live().is_some()))
+        .collect();
+    assert_eq!(
+        reg,
+        [
+            ("reg-a", 1, true),
+            ("reg-b", 6, true),
+            ("reg-c", 4, true),
+            ("reg-never", 3, false)
+        ]
+    );
 }
 
 async fn unknown_replies_were_not_sent(store: &dyn StateStore) {

@@ -30,6 +30,8 @@ use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
+use crate::registry::{Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone};
+use crate::sealed::SealedCredentials;
 use crate::{SentRecord, StateStore, StoreError, StoreHealth};
 
 /// Sent replies, keyed by `<channel>\0<message_id>`; values are JSON so the
@@ -49,6 +51,9 @@ const OWN_SENDS: TableDefinition<&str, &str> = TableDefinition::new("own_dm_even
 const DELIVERED: TableDefinition<&str, u64> = TableDefinition::new("delivered_events");
 /// Each channel's poll cursor: the newest delivered DM event id.
 const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("poll_cursors");
+/// The channel registry, keyed by channel name; values are [`StoredChannel`]
+/// as JSON, the credentials in it sealed.
+const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels");
 /// The writer's probe after reopening the file: one key, the time of the probe
 /// (Unix milliseconds). Writing it proves the file takes writes again.
 const PROBE: TableDefinition<&str, i64> = TableDefinition::new("store_probe");
@@ -377,6 +382,7 @@ fn with_tables(db: Database) -> Result<Database, Opening> {
         txn.open_table(OWN_SENDS).map_err(err)?;
         txn.open_table(DELIVERED).map_err(err)?;
         txn.open_table(CURSORS).map_err(err)?;
+        txn.open_table(CHANNELS).map_err(err)?;
         txn.commit().map_err(err)
     };
     ready().map_err(Opening::Write)?;
@@ -552,7 +558,7 @@ fn err(e: impl Into<redb::Error>) -> StoreError {
 
 /// A record that does not encode or decode: that record's problem, not the store's.
 fn codec(e: serde_json::Error) -> StoreError {
-    StoreError::Failed(format!("a sent record does not encode or decode: {e}"))
+    StoreError::Failed(format!("a stored record does not encode or decode: {e}"))
 }
 
 fn part_key(channel: &str, message_id: &str, part: usize) -> String {
@@ -736,8 +742,157 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
+    async fn put_channel(&self, record: &ChannelRecord) -> Result<Applied, StoreError> {
+        let stored = StoredChannel::live(record);
+        self.put_if_newer(record.name.clone(), stored).await
+    }
+
+    async fn channel(&self, name: &str) -> Result<Option<ChannelEntry>, StoreError> {
+        self.read_now(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(CHANNELS).map_err(err)?;
+            let Some(value) = table.get(name).map_err(err)? else {
+                return Ok(None);
+            };
+            StoredChannel::decode(value.value())?
+                .into_entry(name)
+                .map(Some)
+        })
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelEntry>, StoreError> {
+        self.read_now(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(CHANNELS).map_err(err)?;
+            let mut entries = Vec::new();
+            for row in table.iter().map_err(err)? {
+                let (name, value) = row.map_err(err)?;
+                entries.push(StoredChannel::decode(value.value())?.into_entry(name.value())?);
+            }
+            Ok(entries)
+        })
+    }
+
+    async fn remove_channel(&self, tombstone: &ChannelTombstone) -> Result<Applied, StoreError> {
+        let stored = StoredChannel::Removed {
+            revision: tombstone.revision,
+            removed_at: tombstone.removed_at,
+        };
+        self.put_if_newer(tombstone.name.clone(), stored).await
+    }
+
     fn health(&self) -> StoreHealth {
         self.inner.shared.health.clone()
+    }
+}
+
+impl EmbeddedStore {
+    /// Writes `stored` at channel `name` unless the entry there has the same
+    /// revision or a newer one, in one write, so two racing writers cannot
+    /// both win.
+    async fn put_if_newer(
+        &self,
+        name: String,
+        stored: StoredChannel,
+    ) -> Result<Applied, StoreError> {
+        let value = serde_json::to_vec(&stored).map_err(codec)?;
+        let revision = stored.revision();
+        let outcome = Arc::new(std::sync::Mutex::new(Applied::Yes));
+        let told = outcome.clone();
+        self.write(move |txn| {
+            let mut table = txn.open_table(CHANNELS).map_err(err)?;
+            let current = match table.get(name.as_str()).map_err(err)? {
+                Some(existing) => Some(StoredChannel::decode(existing.value())?.revision()),
+                None => None,
+            };
+            let applied = match current {
+                Some(current) if current >= revision => Applied::Stale { current },
+                _ => {
+                    table.insert(name.as_str(), value.as_slice()).map_err(err)?;
+                    Applied::Yes
+                }
+            };
+            *told.lock().unwrap_or_else(PoisonError::into_inner) = applied;
+            Ok(())
+        })
+        .await?;
+        let applied = *outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(applied)
+    }
+}
+
+/// A registry entry as the embedded store keeps it. The name is the key.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+enum StoredChannel {
+    Live {
+        origin: String,
+        settings: String,
+        /// Sealed: the only form credentials take in the store.
+        credentials: Vec<u8>,
+        revision: u64,
+        paused: bool,
+        updated_at: DateTime<Utc>,
+    },
+    Removed {
+        revision: u64,
+        removed_at: DateTime<Utc>,
+    },
+}
+
+impl StoredChannel {
+    fn live(record: &ChannelRecord) -> StoredChannel {
+        StoredChannel::Live {
+            origin: record.origin.as_str().to_owned(),
+            settings: record.settings.clone(),
+            credentials: record.credentials.as_bytes().to_vec(),
+            revision: record.revision,
+            paused: record.paused,
+            updated_at: record.updated_at,
+        }
+    }
+
+    fn revision(&self) -> u64 {
+        match self {
+            StoredChannel::Live { revision, .. } | StoredChannel::Removed { revision, .. } => {
+                *revision
+            }
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<StoredChannel, StoreError> {
+        serde_json::from_slice(bytes).map_err(codec)
+    }
+
+    fn into_entry(self, name: &str) -> Result<ChannelEntry, StoreError> {
+        Ok(match self {
+            StoredChannel::Live {
+                origin,
+                settings,
+                credentials,
+                revision,
+                paused,
+                updated_at,
+            } => ChannelEntry::Live(ChannelRecord {
+                name: name.to_owned(),
+                origin: ChannelOrigin::parse(&origin).ok_or_else(|| {
+                    StoreError::Failed(format!("channel {name} has an unknown origin {origin:?}"))
+                })?,
+                settings,
+                credentials: SealedCredentials::from_stored(credentials),
+                revision,
+                paused,
+                updated_at,
+            }),
+            StoredChannel::Removed {
+                revision,
+                removed_at,
+            } => ChannelEntry::Removed(ChannelTombstone {
+                name: name.to_owned(),
+                revision,
+                removed_at,
+            }),
+        })
     }
 }
 
@@ -760,6 +915,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("state.redb")).unwrap();
         crate::contract::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn the_state_file_holds_no_credential_in_the_clear() {
+        use crate::contract::{sample_channel, SAMPLE_CREDENTIALS};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            for (n, name) in ["acme", "globex", "initech"].iter().enumerate() {
+                let revision = n as u64 + 1;
+                store
+                    .put_channel(&sample_channel(name, revision))
+                    .await
+                    .unwrap();
+            }
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.windows(4).any(|w| w == b"acme"), "the file was read");
+        for credential in SAMPLE_CREDENTIALS {
+            assert!(
+                !bytes
+                    .windows(credential.len())
+                    .any(|w| w == credential.as_bytes()),
+                "{credential} is readable in the state file"
+            );
+        }
+        // And it comes back after a restart.
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(store.channels().await.unwrap().len(), 3);
     }
 
     #[tokio::test]

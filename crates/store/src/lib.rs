@@ -5,7 +5,9 @@
 //! twice. For the inbound side it remembers which X DM events reached the CRM
 //! (so a webhook retry or a poll does not deliver one again), which DM events
 //! were the bridge's own sends (so their echoes are dropped), and where each
-//! channel's poller stopped. The [`EmbeddedStore`] keeps it in a single file
+//! channel's poller stopped. It also keeps the channels the CRM creates at
+//! run time ([`registry`]), their credentials only sealed ([`sealed`]). The
+//! [`EmbeddedStore`] keeps it in a single file
 //! (no server) for a single process, the default; the [`PostgresStore`] keeps
 //! it in PostgreSQL, shared by several replicas. Both pass the same
 //! [`contract`] tests.
@@ -21,10 +23,14 @@ pub mod contract;
 mod embedded;
 mod health;
 pub mod postgres;
+pub mod registry;
+pub mod sealed;
 
 pub use embedded::EmbeddedStore;
 pub use health::StoreHealth;
 pub use postgres::PostgresStore;
+pub use registry::{Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone};
+pub use sealed::{CredentialsKey, SealError, SealedCredentials};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -176,6 +182,25 @@ pub trait StateStore: Send + Sync + 'static {
     /// Moves the poller's cursor; only after the events up to it were
     /// delivered and confirmed.
     async fn set_poll_cursor(&self, channel: &str, event_id: &str) -> Result<(), StoreError>;
+
+    /// Stores a channel of the registry (created or replaced) if its
+    /// revision is higher than what the store holds for that name, a
+    /// removal's included; otherwise changes nothing and says which revision
+    /// is there. Its credentials are sealed ([`SealedCredentials`]): nothing
+    /// else can be stored.
+    async fn put_channel(&self, record: &ChannelRecord) -> Result<Applied, StoreError>;
+
+    /// What the store holds for channel `name`: the channel, its tombstone,
+    /// or nothing.
+    async fn channel(&self, name: &str) -> Result<Option<ChannelEntry>, StoreError>;
+
+    /// Every channel of the registry and every tombstone, by name.
+    async fn channels(&self) -> Result<Vec<ChannelEntry>, StoreError>;
+
+    /// Removes channel `name` by leaving a tombstone with `revision`, under
+    /// the same rule as [`StateStore::put_channel`]: only over a lower
+    /// revision (or nothing).
+    async fn remove_channel(&self, tombstone: &ChannelTombstone) -> Result<Applied, StoreError>;
 
     /// Whether the store can write now, and a way to wait until it can.
     fn health(&self) -> StoreHealth;

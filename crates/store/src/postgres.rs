@@ -28,6 +28,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use crate::registry::{
+    revision_as_i64, Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone,
+};
+use crate::sealed::SealedCredentials;
 use crate::{SentRecord, StateStore, StoreError, StoreHealth};
 
 /// Connections in the pool: every channel's outbound worker and inbound
@@ -70,9 +74,10 @@ pub const DEFAULT_SCHEMA: &str = "public";
 
 /// Numbered migrations, applied in order, each once per schema. A released
 /// migration is never edited; a change is a new entry.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE sent_replies (
         channel     text    NOT NULL,
         message_id  text    NOT NULL,
@@ -111,7 +116,27 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         event_id text NOT NULL
     );
     ",
-)];
+    ),
+    (
+        2,
+        // The channel registry (`registry.rs`): a removed channel keeps its
+        // row as a tombstone (`removed`, no settings or credentials), so its
+        // revision still outranks older writes. Credentials are sealed.
+        "
+    CREATE TABLE channels (
+        name        text        PRIMARY KEY,
+        revision    bigint      NOT NULL,
+        removed     boolean     NOT NULL,
+        origin      text,
+        settings    text,
+        credentials bytea,
+        paused      boolean     NOT NULL DEFAULT false,
+        updated_at  timestamptz NOT NULL,
+        CHECK (removed OR (origin IS NOT NULL AND settings IS NOT NULL AND credentials IS NOT NULL))
+    );
+    ",
+    ),
+];
 
 /// A [`StateStore`] in a PostgreSQL schema, shared by every replica that
 /// connects to it. Cloning shares the connection pool.
@@ -443,6 +468,42 @@ impl PostgresStore {
         })
         .await;
         self.written(result)
+    }
+}
+
+impl PostgresStore {
+    /// Runs `upsert` (an insert that updates only a lower revision) for
+    /// channel `name`; when it changed nothing, reads which revision is there.
+    async fn put_if_newer(
+        &self,
+        name: &str,
+        revision: i64,
+        upsert: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Applied, StoreError> {
+        let result = bounded("cannot store a channel", async {
+            let client = self.client().await?;
+            let changed = client
+                .execute(upsert, params)
+                .await
+                .map_err(|e| fail("cannot store a channel", &e))?;
+            if changed == 1 {
+                return Ok(Applied::Yes);
+            }
+            let current: i64 = client
+                .query_one("SELECT revision FROM channels WHERE name = $1", &[&name])
+                .await
+                .map_err(|e| fail("cannot read a channel's revision", &e))?
+                .get(0);
+            debug_assert!(current >= revision);
+            Ok(Applied::Stale {
+                current: u64::try_from(current).unwrap_or(0),
+            })
+        })
+        .await;
+        let applied = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.written(applied)?;
+        result
     }
 }
 
@@ -814,9 +875,108 @@ impl StateStore for PostgresStore {
         .await
     }
 
+    async fn put_channel(&self, record: &ChannelRecord) -> Result<Applied, StoreError> {
+        let revision = revision_as_i64(record.revision)?;
+        self.put_if_newer(
+            &record.name,
+            revision,
+            "INSERT INTO channels
+                 (name, revision, removed, origin, settings, credentials, paused, updated_at)
+             VALUES ($1, $2, false, $3, $4, $5, $6, $7)
+             ON CONFLICT (name) DO UPDATE SET
+                 revision = EXCLUDED.revision, removed = false, origin = EXCLUDED.origin,
+                 settings = EXCLUDED.settings, credentials = EXCLUDED.credentials,
+                 paused = EXCLUDED.paused, updated_at = EXCLUDED.updated_at
+             WHERE channels.revision < EXCLUDED.revision",
+            &[
+                &record.name,
+                &revision,
+                &record.origin.as_str(),
+                &record.settings,
+                &record.credentials.as_bytes(),
+                &record.paused,
+                &record.updated_at,
+            ],
+        )
+        .await
+    }
+
+    async fn channel(&self, name: &str) -> Result<Option<ChannelEntry>, StoreError> {
+        let row = self
+            .read_row(
+                "cannot read a channel",
+                &format!("{CHANNEL_COLUMNS} WHERE name = $1"),
+                &[&name],
+            )
+            .await?;
+        row.map(|row| channel_entry(&row)).transpose()
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelEntry>, StoreError> {
+        let sql = format!("{CHANNEL_COLUMNS} ORDER BY name");
+        let rows = bounded("cannot list the channels", async {
+            self.client()
+                .await?
+                .query(&sql, &[])
+                .await
+                .map_err(|e| fail("cannot list the channels", &e))
+        })
+        .await?;
+        rows.iter().map(channel_entry).collect()
+    }
+
+    async fn remove_channel(&self, tombstone: &ChannelTombstone) -> Result<Applied, StoreError> {
+        let revision = revision_as_i64(tombstone.revision)?;
+        self.put_if_newer(
+            &tombstone.name,
+            revision,
+            "INSERT INTO channels (name, revision, removed, paused, updated_at)
+             VALUES ($1, $2, true, false, $3)
+             ON CONFLICT (name) DO UPDATE SET
+                 revision = EXCLUDED.revision, removed = true, origin = NULL,
+                 settings = NULL, credentials = NULL, paused = false,
+                 updated_at = EXCLUDED.updated_at
+             WHERE channels.revision < EXCLUDED.revision",
+            &[&tombstone.name, &revision, &tombstone.removed_at],
+        )
+        .await
+    }
+
     fn health(&self) -> StoreHealth {
         self.health.clone()
     }
+}
+
+/// The registry's columns, in the order [`channel_entry`] reads them.
+const CHANNEL_COLUMNS: &str =
+    "SELECT name, revision, removed, origin, settings, credentials, paused, updated_at FROM channels";
+
+/// A row of `channels` as an entry of the registry.
+fn channel_entry(row: &Row) -> Result<ChannelEntry, StoreError> {
+    let name: String = row.get(0);
+    let revision = u64::try_from(row.get::<_, i64>(1))
+        .map_err(|_| StoreError::Failed(format!("channel {name} has a negative revision")))?;
+    let updated_at: DateTime<Utc> = row.get(7);
+    if row.get::<_, bool>(2) {
+        return Ok(ChannelEntry::Removed(ChannelTombstone {
+            name,
+            revision,
+            removed_at: updated_at,
+        }));
+    }
+    let origin: String = row.get(3);
+    let origin = ChannelOrigin::parse(&origin).ok_or_else(|| {
+        StoreError::Failed(format!("channel {name} has an unknown origin {origin:?}"))
+    })?;
+    Ok(ChannelEntry::Live(ChannelRecord {
+        origin,
+        settings: row.get(4),
+        credentials: SealedCredentials::from_stored(row.get(5)),
+        revision,
+        paused: row.get(6),
+        updated_at,
+        name,
+    }))
 }
 
 #[cfg(test)]

@@ -111,6 +111,9 @@ fn exposed_secret_files(raw: &RawSettings) -> Vec<String> {
     if let Some(url) = &raw.state.url {
         sources.push(("state.url".into(), url));
     }
+    if let Some(key) = &raw.state.credentials_key {
+        sources.push(("state.credentials_key".into(), key));
+    }
     if let Some(key) = &raw.inbound.media.signing_key {
         sources.push(("inbound.media.signing_key".into(), key));
     }

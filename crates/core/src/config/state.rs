@@ -6,6 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use xbridge_store::postgres::is_valid_schema_name;
+use xbridge_store::sealed::{CredentialsKey, SealError, MIN_SECRET_CHARS};
 
 use crate::secret::SecretSource;
 
@@ -15,6 +16,19 @@ use crate::secret::SecretSource;
 pub struct StateSettings {
     /// The store and how to reach it.
     pub backend: StateBackend,
+    /// The secret the channel registry's credentials are encrypted with in
+    /// the store (`state.credentials_key`, at least 32 characters). Unset,
+    /// channels with credentials are not stored at all.
+    pub credentials_key: Option<SecretString>,
+}
+
+impl StateSettings {
+    /// The key credentials are sealed with, derived from
+    /// `state.credentials_key`; [`SealError::NoKey`] when it is not set, so
+    /// a command that would store credentials is refused with that reason.
+    pub fn credentials_key(&self) -> Result<CredentialsKey, SealError> {
+        CredentialsKey::derive(self.credentials_key.as_ref().ok_or(SealError::NoKey)?)
+    }
 }
 
 /// Which state store the bridge uses.
@@ -58,6 +72,7 @@ pub(super) struct RawState {
     pub(super) path: PathBuf,
     pub(super) url: Option<SecretSource>,
     pub(super) schema: Option<String>,
+    pub(super) credentials_key: Option<SecretSource>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -75,17 +90,42 @@ impl Default for RawState {
             path: PathBuf::from("xbridge-state.redb"),
             url: None,
             schema: None,
+            credentials_key: None,
         }
     }
 }
 
 /// Validates `[state]`.
-pub(super) fn validate(raw: RawState, errors: &mut Vec<String>) -> StateSettings {
+pub(super) fn validate(mut raw: RawState, errors: &mut Vec<String>) -> StateSettings {
+    let credentials_key = credentials_key(raw.credentials_key.take(), errors);
     let backend = match raw.backend {
         RawStateBackend::Embedded => embedded(raw, errors),
         RawStateBackend::Postgres => postgres(raw, errors),
     };
-    StateSettings { backend }
+    StateSettings {
+        backend,
+        credentials_key,
+    }
+}
+
+/// The secret the registry's credentials are sealed with, resolved and at
+/// least [`MIN_SECRET_CHARS`] long: the key is derived from it, so a short
+/// one would be a weak key.
+fn credentials_key(source: Option<SecretSource>, errors: &mut Vec<String>) -> Option<SecretString> {
+    let key = match source?.resolve() {
+        Ok(key) => key,
+        Err(e) => {
+            errors.push(format!("state.credentials_key: {e}"));
+            return None;
+        }
+    };
+    if key.expose_secret().chars().count() < MIN_SECRET_CHARS {
+        errors.push(format!(
+            "state.credentials_key: must be at least {MIN_SECRET_CHARS} characters"
+        ));
+        return None;
+    }
+    Some(key)
 }
 
 /// The local file store. A URL or schema without the backend is a half-done
@@ -181,6 +221,49 @@ mod tests {
             panic!("expected the postgres store");
         };
         assert_eq!(schema, DEFAULT_STATE_SCHEMA);
+    }
+
+    #[test]
+    fn the_credentials_key_is_a_secret_of_at_least_32_characters() {
+        let key = "k".repeat(31) + "-registry-key";
+        std::env::set_var("XBRIDGE_TEST_STATE_CREDENTIALS_KEY_OK", &key);
+        let toml = format!(
+            "{VALID}\n[state]\ncredentials_key = {{ env = \"XBRIDGE_TEST_STATE_CREDENTIALS_KEY_OK\" }}\n"
+        );
+        let settings = Settings::from_toml(&toml).unwrap();
+        let state = &settings.state;
+        assert_eq!(state.credentials_key.as_ref().unwrap().expose_secret(), key);
+        let derived = state.credentials_key().expect("a key");
+        let shown = format!("{settings:?} {derived:?}");
+        assert!(!shown.contains("registry-key"), "{shown}");
+
+        // Unset: allowed (nothing is stored yet), but storing is refused.
+        let settings = Settings::from_toml(VALID).unwrap();
+        assert!(settings.state.credentials_key.is_none());
+        assert_eq!(
+            settings.state.credentials_key().unwrap_err(),
+            SealError::NoKey
+        );
+
+        let cases = [
+            (
+                "credentials_key = \"short-registry-secret\"",
+                "state.credentials_key: must be at least 32 characters",
+            ),
+            (
+                "credentials_key = { env = \"XBRIDGE_TEST_SURELY_UNSET_CREDENTIALS_KEY\" }",
+                "state.credentials_key: environment variable XBRIDGE_TEST_SURELY_UNSET_CREDENTIALS_KEY is not set",
+            ),
+        ];
+        for (state, expected) in cases {
+            let toml = format!("{VALID}\n[state]\n{state}\n");
+            let ConfigError::Invalid(errors) = Settings::from_toml(&toml).unwrap_err() else {
+                panic!("expected validation errors for {state}");
+            };
+            let all = errors.join("\n");
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+            assert!(!all.contains("short-registry-secret"), "{all}");
+        }
     }
 
     #[test]
