@@ -15,6 +15,8 @@
 pub mod answer;
 pub mod command;
 pub mod refusal;
+#[cfg(test)]
+mod schema_tests;
 
 pub use answer::CommandAnswer;
 pub use command::{
