@@ -4,7 +4,8 @@
 //!   document of `docs/schemas/`: from the CRM the reply (`reply.rs`,
 //!   `reply_attachment.rs`); to the CRM the reply's status (`status.rs`, `reason.rs`),
 //!   the channel's state (`channel_state.rs`) and the DM events (`direct_message.rs`,
-//!   `inbound_event.rs`, and `event_to_crm.rs`, their envelope on the incoming exchange).
+//!   `inbound_event.rs`, and `event_to_crm.rs`, their envelope on the incoming exchange);
+//!   the control commands that manage channels, and their answers (`control/`).
 //! - [`channel_state`], [`channel_identity`]: every channel's state, tracked and
 //!   broadcast to the CRM, and the account's X user id, learnt or configured.
 //! - [`config`]: the configuration, a folder with one file per section:
@@ -41,5 +42,7 @@ pub mod telemetry;
 /// nothing of ours, and are re-exported here for the rest of the bridge.
 pub use xbridge_x_api::excerpt;
 
+#[cfg(test)]
+mod control_properties;
 #[cfg(test)]
 mod properties;

@@ -27,10 +27,16 @@
 //! - [`event_to_crm`]: [`EventToCrm`], one of them serialized with its AMQP
 //!   `message_id` and `type`, ready for the incoming exchange.
 //!
+//! Between the CRM and the bridge's control (the `xbridge.control` exchange, and answers
+//! on the incoming exchange):
+//! - [`control`]: [`ControlCommand`]s that manage channels at runtime, and their answers
+//!   ([`CommandAnswer`], [`CommandRefused`]).
+//!
 //! Every timestamp is RFC 3339 in UTC with milliseconds (`timestamp`); the parsers'
 //! refusals name a wrong-typed value alike (`json_kind`).
 
 pub mod channel_state;
+pub mod control;
 pub mod direct_message;
 pub mod event_to_crm;
 pub mod inbound_event;
@@ -42,6 +48,7 @@ pub mod status;
 mod timestamp;
 
 pub use channel_state::{ChannelState, ChannelStateEvent, ChannelStatus};
+pub use control::{ChannelCommand, CommandAnswer, CommandRefused, ControlCommand, RefusalReason};
 pub use direct_message::{Attachment, AttachmentKind, DirectMessage, ReceivedVia, Sender};
 pub use event_to_crm::EventToCrm;
 pub use inbound_event::{

@@ -273,7 +273,7 @@ fn id_field(
     }
 }
 
-fn is_user_id(id: &str) -> bool {
+pub(crate) fn is_user_id(id: &str) -> bool {
     (1..=19).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
 }
 

@@ -1,0 +1,522 @@
+//! A command from the CRM (`docs/schemas/channel-upsert.json`,
+//! `docs/schemas/channel-command.json`), read from the control exchange and validated
+//! whole, so a refused command is never half-applied.
+//!
+//! The policy is the replies': strict on every field the bridge reads, lenient on
+//! unknown extra fields (ignored, so the CRM can add fields without breaking the
+//! bridge). Credentials are read into [`SecretString`]s at once and no refusal quotes
+//! one: a refusal names the field and what is wrong with it, never its value.
+
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+use url::Url;
+
+use super::refusal::{CommandRefused, RefusalReason};
+use crate::config::{is_valid_channel_name, ChannelSettings, InboundMode};
+use crate::contract::json_kind::kind;
+use crate::contract::reply::is_user_id;
+use crate::excerpt::quoted;
+
+/// The exchange the CRM publishes commands to (topic, durable; routing key = the
+/// command's name).
+pub const CONTROL_EXCHANGE: &str = "xbridge.control";
+/// Upper bound on a command body: five credentials and a few settings fit in far less;
+/// a larger body is refused unparsed.
+pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+/// Upper bound on the command id: it travels back as the AMQP `correlation_id`, a
+/// short string of at most 255 bytes.
+pub const MAX_COMMAND_ID_BYTES: usize = 128;
+/// Upper bound on one credential: X's keys and tokens are well under 200 bytes.
+pub const MAX_SECRET_BYTES: usize = 1024;
+/// Upper bound on the channel form's URL, as for a reply's attachment URL.
+pub const MAX_CHANNEL_URL_BYTES: usize = 2048;
+
+/// The five credentials of `channel.upsert`, in the order of the CRM's form.
+const CREDENTIALS: [&str; 5] = [
+    "consumer_key",
+    "consumer_secret",
+    "access_token",
+    "access_token_secret",
+    "bearer_token",
+];
+
+/// A command, validated.
+#[derive(Debug, Clone)]
+pub struct ControlCommand {
+    /// The CRM's id for the command, echoed in its answer.
+    pub command_id: String,
+    /// What to do.
+    pub command: ChannelCommand,
+}
+
+/// What a command asks for, with the channel it names.
+#[derive(Debug, Clone)]
+pub enum ChannelCommand {
+    /// `channel.upsert`: create the channel, or replace all its settings and
+    /// credentials (every credential is given each time: nothing is merged with the
+    /// stored ones, so the command alone says what the channel becomes).
+    Upsert(Box<ChannelSettings>),
+    /// `channel.remove`: stop serving the channel.
+    Remove(String),
+    /// `channel.check`: check the credentials against X again and answer the state.
+    Check(String),
+    /// `channel.pause`: hold its replies; DMs keep coming in.
+    Pause(String),
+    /// `channel.resume`: send its replies again.
+    Resume(String),
+}
+
+impl ChannelCommand {
+    /// The command's wire name, also its routing key on the control exchange.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChannelCommand::Upsert(_) => "channel.upsert",
+            ChannelCommand::Remove(_) => "channel.remove",
+            ChannelCommand::Check(_) => "channel.check",
+            ChannelCommand::Pause(_) => "channel.pause",
+            ChannelCommand::Resume(_) => "channel.resume",
+        }
+    }
+
+    /// The channel the command is about.
+    pub fn channel(&self) -> &str {
+        match self {
+            ChannelCommand::Upsert(settings) => &settings.name,
+            ChannelCommand::Remove(c)
+            | ChannelCommand::Check(c)
+            | ChannelCommand::Pause(c)
+            | ChannelCommand::Resume(c) => c,
+        }
+    }
+}
+
+impl ControlCommand {
+    /// Every command name of the contract.
+    pub const NAMES: [&'static str; 5] = [
+        "channel.upsert",
+        "channel.remove",
+        "channel.check",
+        "channel.pause",
+        "channel.resume",
+    ];
+
+    /// [`ControlCommand::parse`] for a body of at most [`MAX_COMMAND_BYTES`]; a larger
+    /// one is refused without being parsed (and so without an id).
+    pub fn parse_bounded(body: &[u8]) -> Result<ControlCommand, CommandRefused> {
+        if body.len() > MAX_COMMAND_BYTES {
+            return Err(CommandRefused::unread(
+                RefusalReason::TooLarge,
+                format!(
+                    "the command is {} bytes; the bridge takes at most {MAX_COMMAND_BYTES}",
+                    body.len()
+                ),
+            ));
+        }
+        ControlCommand::parse(body)
+    }
+
+    /// Parses and validates a command body: its id first (so every later refusal names
+    /// it), then its name and channel, then the command's own fields.
+    pub fn parse(body: &[u8]) -> Result<ControlCommand, CommandRefused> {
+        let object = json_object(body)?;
+        let command_id = command_id(&object)?;
+        let mut refused = CommandRefused {
+            command_id: Some(command_id.clone()),
+            ..CommandRefused::unread(RefusalReason::UnknownCommand, String::new())
+        };
+        let name = command_name(&object).map_err(|detail| CommandRefused {
+            detail,
+            ..refused.clone()
+        })?;
+        refused.command = Some(name.to_owned());
+        refused.reason = RefusalReason::InvalidField;
+        let fail = |detail: String| CommandRefused {
+            detail,
+            ..refused.clone()
+        };
+        let channel = channel(&object).map_err(fail)?;
+        refused.channel = Some(channel.clone());
+        let fail = |detail: String| CommandRefused {
+            detail,
+            ..refused.clone()
+        };
+        let command = match name {
+            "channel.upsert" => {
+                ChannelCommand::Upsert(Box::new(settings(&object, channel).map_err(fail)?))
+            }
+            "channel.remove" => ChannelCommand::Remove(channel),
+            "channel.check" => ChannelCommand::Check(channel),
+            "channel.pause" => ChannelCommand::Pause(channel),
+            _ => ChannelCommand::Resume(channel),
+        };
+        Ok(ControlCommand {
+            command_id,
+            command,
+        })
+    }
+}
+
+/// The body as a JSON object; nothing of it can be read before this.
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, CommandRefused> {
+    let malformed = |detail: String| CommandRefused::unread(RefusalReason::Malformed, detail);
+    let text = std::str::from_utf8(body).map_err(|e| {
+        malformed(format!(
+            "body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    // serde_json's syntax errors give a position, never the text around it.
+    match serde_json::from_str(text) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(malformed("body must be a JSON object".into())),
+        Err(e) => Err(malformed(format!("body is not valid JSON: {e}"))),
+    }
+}
+
+/// `command_id`: required, so every answer can be correlated.
+fn command_id(object: &Map<String, Value>) -> Result<String, CommandRefused> {
+    let invalid = |detail: String| CommandRefused::unread(RefusalReason::InvalidField, detail);
+    match object.get("command_id") {
+        Some(Value::String(id)) if id.trim().is_empty() => {
+            Err(invalid("command_id must not be empty".into()))
+        }
+        Some(Value::String(id)) if id.len() > MAX_COMMAND_ID_BYTES => Err(invalid(format!(
+            "command_id must be at most {MAX_COMMAND_ID_BYTES} bytes"
+        ))),
+        Some(Value::String(id)) if id.chars().any(char::is_control) => Err(invalid(
+            "command_id must not contain control characters".into(),
+        )),
+        Some(Value::String(id)) => Ok(id.clone()),
+        Some(other) => Err(invalid(format!(
+            "command_id must be a string, not {}",
+            kind(other)
+        ))),
+        None => Err(invalid("command_id is missing".into())),
+    }
+}
+
+/// `command`: one of [`ControlCommand::NAMES`].
+fn command_name(object: &Map<String, Value>) -> Result<&'static str, String> {
+    match object.get("command") {
+        Some(Value::String(name)) => ControlCommand::NAMES
+            .into_iter()
+            .find(|known| known == name)
+            .ok_or_else(|| {
+                format!(
+                    "command {} is not one of {}",
+                    quoted(name),
+                    ControlCommand::NAMES.join(", ")
+                )
+            }),
+        Some(other) => Err(format!("command must be a string, not {}", kind(other))),
+        None => Err("command is missing".into()),
+    }
+}
+
+/// `channel`: the channel's name, by the config file's rule (it is a routing key word
+/// and part of queue names).
+fn channel(object: &Map<String, Value>) -> Result<String, String> {
+    match object.get("channel") {
+        Some(Value::String(name)) if is_valid_channel_name(name) => Ok(name.clone()),
+        Some(Value::String(name)) => Err(format!(
+            "channel {} must be 1 to 63 of a-z, 0-9, _ and -, starting with a letter or digit",
+            quoted(name)
+        )),
+        Some(other) => Err(format!("channel must be a string, not {}", kind(other))),
+        None => Err("channel is missing".into()),
+    }
+}
+
+/// The settings of `channel.upsert`, as a `[[channels]]` entry of the config file
+/// would give them, checked by the same rules.
+fn settings(object: &Map<String, Value>, name: String) -> Result<ChannelSettings, String> {
+    let [consumer_key, consumer_secret, access_token, access_token_secret, bearer_token] =
+        CREDENTIALS.map(|field| secret(object, field));
+    let inbound = inbound(object)?;
+    let user_id = user_id(object, inbound)?;
+    Ok(ChannelSettings {
+        name,
+        consumer_key: consumer_key?,
+        consumer_secret: consumer_secret?,
+        access_token: access_token?,
+        access_token_secret: access_token_secret?,
+        bearer_token: bearer_token?,
+        weight: weight(object)?,
+        url: channel_url(object)?,
+        inbound,
+        user_id,
+    })
+}
+
+/// A credential. Its value is never quoted: only its field, type and length are.
+fn secret(object: &Map<String, Value>, field: &str) -> Result<SecretString, String> {
+    match object.get(field) {
+        Some(Value::String(value)) if value.is_empty() => Err(format!("{field} must not be empty")),
+        Some(Value::String(value)) if value.len() > MAX_SECRET_BYTES => Err(format!(
+            "{field} is {} bytes; a credential is at most {MAX_SECRET_BYTES}",
+            value.len()
+        )),
+        Some(Value::String(value)) if !value.bytes().all(|b| b.is_ascii_graphic()) => Err(format!(
+            "{field} must be printable ASCII without spaces, as X's keys and tokens are"
+        )),
+        Some(Value::String(value)) => Ok(SecretString::from(value.clone())),
+        Some(other) => Err(format!("{field} must be a string, not {}", kind(other))),
+        None => Err(format!("{field} is missing")),
+    }
+}
+
+/// `weight`: optional, at least 1, as in the config file.
+fn weight(object: &Map<String, Value>) -> Result<Option<u32>, String> {
+    match object.get("weight") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64().map(u32::try_from) {
+            Some(Ok(weight)) if weight >= 1 => Ok(Some(weight)),
+            _ => Err(format!(
+                "weight must be a whole number from 1 to {}, not {n}",
+                u32::MAX
+            )),
+        },
+        Some(other) => Err(format!("weight must be a number, not {}", kind(other))),
+    }
+}
+
+/// `url`: optional, the channel form's URL.
+fn channel_url(object: &Map<String, Value>) -> Result<Option<Url>, String> {
+    match object.get("url") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(url)) if url.len() > MAX_CHANNEL_URL_BYTES => Err(format!(
+            "url is {} bytes; at most {MAX_CHANNEL_URL_BYTES}",
+            url.len()
+        )),
+        // The URL's own parse error names the problem without the URL, which may hold
+        // a password.
+        Some(Value::String(url)) => Url::parse(url)
+            .map(Some)
+            .map_err(|e| format!("url is not a URL: {e}")),
+        Some(other) => Err(format!("url must be a string, not {}", kind(other))),
+    }
+}
+
+/// `inbound`: optional, `webhook` unless given, as in the config file.
+fn inbound(object: &Map<String, Value>) -> Result<InboundMode, String> {
+    match object.get("inbound") {
+        None | Some(Value::Null) => Ok(InboundMode::default()),
+        Some(Value::String(mode)) => serde_json::from_value(Value::String(mode.clone()))
+            .map_err(|_| format!("inbound {} is not one of webhook, poll, both", quoted(mode))),
+        Some(other) => Err(format!("inbound must be a string, not {}", kind(other))),
+    }
+}
+
+/// `user_id`: the account's X id; required when the channel polls, as in the config
+/// file (polling tells the account's own DMs from the customers' by it).
+fn user_id(object: &Map<String, Value>, inbound: InboundMode) -> Result<Option<String>, String> {
+    match object.get("user_id") {
+        None | Some(Value::Null) if inbound.polls() => {
+            Err("user_id is required when inbound is poll or both (the account's X user id)".into())
+        }
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) if is_user_id(id) => Ok(Some(id.clone())),
+        Some(Value::String(id)) => Err(format!(
+            "user_id {} is not an X user id (1 to 19 digits)",
+            quoted(id)
+        )),
+        Some(other) => Err(format!(
+            "user_id must be a string of digits, not {}",
+            kind(other)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+    use serde_json::json;
+
+    use super::*;
+
+    fn upsert() -> Value {
+        json!({
+            "command": "channel.upsert", "command_id": "c-1", "channel": "acme",
+            "consumer_key": "ck-1234", "consumer_secret": "cs-5678",
+            "access_token": "at-abcd", "access_token_secret": "ats-efgh",
+            "bearer_token": "bt-ijkl", "weight": 3, "url": "https://x.com/acme",
+            "inbound": "both", "user_id": "1553086854915936256", "extra": true
+        })
+    }
+
+    fn refusal(body: &Value) -> CommandRefused {
+        ControlCommand::parse(body.to_string().as_bytes()).unwrap_err()
+    }
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut body = upsert();
+        body[field] = value;
+        body
+    }
+
+    #[test]
+    fn an_upsert_gives_the_channels_settings() {
+        let command = ControlCommand::parse(upsert().to_string().as_bytes()).unwrap();
+        assert_eq!(command.command_id, "c-1");
+        assert_eq!(command.command.name(), "channel.upsert");
+        let ChannelCommand::Upsert(settings) = command.command else {
+            panic!("not an upsert")
+        };
+        assert_eq!(settings.name, "acme");
+        assert_eq!(settings.access_token.expose_secret(), "at-abcd");
+        assert_eq!(settings.bearer_token.expose_secret(), "bt-ijkl");
+        assert_eq!(settings.weight, Some(3));
+        assert_eq!(settings.inbound, InboundMode::Both);
+        assert_eq!(settings.user_id.as_deref(), Some("1553086854915936256"));
+        assert!(
+            !format!("{settings:?}").contains("at-abcd"),
+            "Debug shows no credential"
+        );
+    }
+
+    #[test]
+    fn the_channel_commands_name_only_a_channel() {
+        for name in &ControlCommand::NAMES[1..] {
+            let body = json!({"command": name, "command_id": "c", "channel": "acme"});
+            let command = ControlCommand::parse(body.to_string().as_bytes()).unwrap();
+            assert_eq!(command.command.name(), *name);
+            assert_eq!(command.command.channel(), "acme");
+        }
+    }
+
+    #[test]
+    fn too_large() {
+        let body = format!(
+            r#"{{"command_id":"c","pad":"{}"}}"#,
+            "x".repeat(MAX_COMMAND_BYTES)
+        );
+        let refused = ControlCommand::parse_bounded(body.as_bytes()).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::TooLarge);
+        assert_eq!(refused.command_id, None);
+    }
+
+    #[test]
+    fn malformed() {
+        for (body, detail) in [
+            (&b"not json"[..], "not valid JSON"),
+            (&[0xff, b'{'][..], "not valid UTF-8"),
+            (&b"[1]"[..], "must be a JSON object"),
+        ] {
+            let refused = ControlCommand::parse(body).unwrap_err();
+            assert_eq!(refused.reason, RefusalReason::Malformed);
+            assert!(refused.detail.contains(detail), "{}", refused.detail);
+        }
+    }
+
+    #[test]
+    fn unknown_command() {
+        for (command, detail) in [
+            (json!("channel.delete"), "is not one of channel.upsert"),
+            (json!(1), "command must be a string"),
+            (Value::Null, "command must be a string"),
+        ] {
+            let refused = refusal(&with("command", command));
+            assert_eq!(refused.reason, RefusalReason::UnknownCommand);
+            assert_eq!(refused.command_id.as_deref(), Some("c-1"));
+            assert!(refused.detail.contains(detail), "{}", refused.detail);
+        }
+        let mut body = upsert();
+        body.as_object_mut().unwrap().remove("command");
+        assert_eq!(refusal(&body).detail, "command is missing");
+    }
+
+    #[test]
+    fn invalid_command_id() {
+        for (id, detail) in [
+            (json!(""), "command_id must not be empty"),
+            (json!("x".repeat(129)), "at most 128 bytes"),
+            (json!("a\nb"), "control characters"),
+            (json!(7), "command_id must be a string, not a number"),
+        ] {
+            let refused = refusal(&with("command_id", id));
+            assert_eq!(refused.reason, RefusalReason::InvalidField);
+            assert_eq!(refused.command_id, None);
+            assert!(refused.detail.contains(detail), "{}", refused.detail);
+        }
+    }
+
+    #[test]
+    fn invalid_field_names_the_field_and_never_a_credential() {
+        let cases = [
+            (
+                "channel",
+                json!("Acme.Support"),
+                "channel \"Acme.Support\" must be 1 to 63",
+            ),
+            ("consumer_key", json!(""), "consumer_key must not be empty"),
+            (
+                "consumer_secret",
+                json!(12),
+                "consumer_secret must be a string, not a number",
+            ),
+            (
+                "access_token",
+                json!("has space-at-abcd"),
+                "access_token must be printable ASCII",
+            ),
+            (
+                "access_token_secret",
+                json!("s".repeat(1025)),
+                "access_token_secret is 1025 bytes",
+            ),
+            (
+                "bearer_token",
+                Value::Null,
+                "bearer_token must be a string, not null",
+            ),
+            ("weight", json!(0), "weight must be a whole number from 1"),
+            (
+                "weight",
+                json!("3"),
+                "weight must be a number, not a string",
+            ),
+            ("url", json!("not a url"), "url is not a URL"),
+            (
+                "inbound",
+                json!("push"),
+                "inbound \"push\" is not one of webhook, poll, both",
+            ),
+            (
+                "user_id",
+                json!("12ab"),
+                "user_id \"12ab\" is not an X user id",
+            ),
+            (
+                "user_id",
+                Value::Null,
+                "user_id is required when inbound is poll or both",
+            ),
+        ];
+        for (field, value, detail) in cases {
+            let refused = refusal(&with(field, value));
+            assert_eq!(refused.reason, RefusalReason::InvalidField, "{field}");
+            assert_eq!(refused.command.as_deref(), Some("channel.upsert"));
+            assert!(
+                refused.detail.contains(detail),
+                "{field}: {}",
+                refused.detail
+            );
+            for secret in ["ck-1234", "cs-5678", "at-abcd", "ats-efgh", "bt-ijkl"] {
+                assert!(!refused.detail.contains(secret), "{}", refused.detail);
+            }
+        }
+        let mut body = upsert();
+        body.as_object_mut().unwrap().remove("access_token");
+        assert_eq!(refusal(&body).detail, "access_token is missing");
+        assert_eq!(refusal(&body).channel.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn a_refusal_serialises_to_its_event() {
+        let json = serde_json::to_value(refusal(&with("weight", json!(0)))).unwrap();
+        assert_eq!(json["type"], "command.refused");
+        assert_eq!(json["reason"], "invalid_field");
+        assert_eq!(json["command_id"], "c-1");
+        assert_eq!(json["channel"], "acme");
+    }
+}

@@ -1,0 +1,26 @@
+//! The control contract: commands the CRM publishes to the `xbridge.control` exchange to
+//! manage channels at runtime (`docs/schemas/channel-upsert.json`,
+//! `docs/schemas/channel-command.json`), and the answers the bridge publishes back on the
+//! incoming exchange (`docs/schemas/command-refused.json`, and `channel.state` with its
+//! `command_id`).
+//!
+//! - [`command`]: [`ControlCommand`], parsed and validated from a body, with the
+//!   credentials of `channel.upsert` held as secrets;
+//! - [`refusal`]: [`CommandRefused`], why a command was refused, with its
+//!   [`RefusalReason`] code; its text never quotes a credential;
+//! - [`answer`]: [`CommandAnswer`], the `channel.state` that answers a command.
+//!
+//! Only the contract is here; nothing consumes commands yet (issue 14).
+
+pub mod answer;
+pub mod command;
+pub mod refusal;
+#[cfg(test)]
+mod schema_tests;
+
+pub use answer::CommandAnswer;
+pub use command::{
+    ChannelCommand, ControlCommand, CONTROL_EXCHANGE, MAX_COMMAND_BYTES, MAX_COMMAND_ID_BYTES,
+    MAX_SECRET_BYTES,
+};
+pub use refusal::{CommandRefused, RefusalReason};

@@ -1,0 +1,102 @@
+//! The control contract's Rust side and its JSON Schemas agree: every schema example
+//! parses, the bridge's answers are valid against their schemas, and the parser and the
+//! schemas accept the same bodies over a sweep of wrong values.
+
+use serde_json::{json, Value};
+use xbridge_arbitrary as arbitrary;
+
+use super::{CommandRefused, ControlCommand};
+
+fn validator(name: &str) -> jsonschema::Validator {
+    let path = format!(
+        "{}/../../docs/schemas/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap()
+}
+
+fn examples(name: &str) -> Vec<Value> {
+    let path = format!(
+        "{}/../../docs/schemas/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    schema["examples"].as_array().unwrap().clone()
+}
+
+/// The schema a command body is checked against, by its `command`.
+fn schema_for(body: &Value) -> &'static str {
+    match body.get("command").and_then(Value::as_str) {
+        Some("channel.upsert") => "channel-upsert",
+        _ => "channel-command",
+    }
+}
+
+#[test]
+fn the_schemas_examples_parse() {
+    for name in ["channel-upsert", "channel-command"] {
+        let validator = validator(name);
+        for example in examples(name) {
+            assert!(validator.is_valid(&example), "{example}");
+            ControlCommand::parse(example.to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{example}: {}", e.detail));
+        }
+    }
+}
+
+#[test]
+fn refusals_are_valid_command_refused_events() {
+    let validator = validator("command-refused");
+    for example in examples("command-refused") {
+        assert!(validator.is_valid(&example), "{example}");
+    }
+    let templates = examples("channel-upsert");
+    for body in arbitrary::each_field(&templates[0], &arbitrary::samples()) {
+        if let Err(refused) = ControlCommand::parse(&arbitrary::to_bytes(&body)) {
+            let event = serde_json::to_value(&refused).unwrap();
+            assert!(validator.is_valid(&event), "{event}");
+        }
+    }
+    let unread: CommandRefused = ControlCommand::parse(b"[]").unwrap_err();
+    assert!(validator.is_valid(&serde_json::to_value(unread).unwrap()));
+}
+
+/// Every field of the examples replaced by each hostile sample: the parser accepts
+/// exactly what the schema accepts. (Nulls for optional fields are the one leniency:
+/// the parser takes them as absent, as for replies.)
+#[test]
+fn the_parser_and_the_schemas_agree() {
+    let mut templates = examples("channel-upsert");
+    templates.extend(examples("channel-command"));
+    templates.push(
+        json!({"command": "channel.upsert", "command_id": "c", "channel": "a",
+        "consumer_key": "k", "consumer_secret": "s", "access_token": "t",
+        "access_token_secret": "u", "bearer_token": "b"}),
+    );
+    for template in templates {
+        for body in arbitrary::each_field(&template, &arbitrary::samples()) {
+            // The body as the parser sees it (the samples' bare numbers written out).
+            let bytes = arbitrary::to_bytes(&body);
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            let optional_null = ["weight", "url", "inbound", "user_id"]
+                .iter()
+                .any(|field| body.get(*field) == Some(&Value::Null));
+            if optional_null {
+                continue;
+            }
+            let schema_ok = validator(schema_for(&body)).is_valid(&body);
+            let parsed = ControlCommand::parse(&bytes);
+            let shown: String = body.to_string().chars().take(300).collect();
+            assert_eq!(
+                schema_ok,
+                parsed.is_ok(),
+                "schema says {schema_ok}, parser says {:?} for {shown}",
+                parsed.map(|_| ()).map_err(|e| e.detail)
+            );
+        }
+    }
+}
