@@ -69,17 +69,24 @@ fn created_at(name: &str) -> Option<u64> {
 fn sweep_stale() {
     let now = unix_secs();
     for (list, delete) in [
-        ("list_vhosts", "delete_vhost"),
-        ("list_users", "delete_user"),
+        (
+            &["list_vhosts", "-q", "--no-table-headers", "name"][..],
+            "delete_vhost",
+        ),
+        (
+            &["list_users", "-q", "--no-table-headers"][..],
+            "delete_user",
+        ),
     ] {
-        let Ok(output) = Command::new("rabbitmqctl")
-            .args([list, "-q", "name"])
-            .output()
-        else {
+        let Ok(output) = Command::new("rabbitmqctl").args(list).output() else {
             return;
         };
-        let names = String::from_utf8_lossy(&output.stdout).into_owned();
-        for name in names.lines().map(str::trim) {
+        let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+        // One per line; a user's line goes on with its tags.
+        for name in listed
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+        {
             if created_at(name).is_some_and(|at| at + STALE_SECS < now) {
                 let _ = Command::new("rabbitmqctl").args([delete, name]).output();
             }
