@@ -325,10 +325,20 @@ fn channel_url(object: &Map<String, Value>) -> Result<Option<Url>, String> {
     // The URL's own parse error names the problem without the URL, which may hold
     // a password.
     let parsed = Url::parse(url).map_err(|e| format!("url is not a URL: {e}"))?;
-    if !parsed.username().is_empty() || parsed.password().is_some() {
+    if has_userinfo(url) || !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("url must not carry a user name or password".into());
     }
     Ok(Some(parsed))
+}
+
+/// Whether the URL as written has an `@` in its authority (`https://user:pw@host`, also
+/// `https://@host`, which a parser reads as no user at all): the schema's pattern.
+fn has_userinfo(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(_, rest)| {
+        rest.split(['/', '?', '#'])
+            .next()
+            .is_some_and(|authority| authority.contains('@'))
+    })
 }
 
 /// `inbound`: optional, `webhook` unless given, as in the config file.
@@ -598,6 +608,7 @@ mod tests {
             ("https://x.com/ac\tme", "tabs or newlines"),
             ("https://user:pw-secret@x.com/acme", "user name or password"),
             ("https://user@x.com/acme", "user name or password"),
+            ("https://@x.com/acme", "user name or password"),
         ] {
             let refused = refusal(&with("url", json!(url)));
             assert!(
