@@ -133,19 +133,11 @@ impl ControlCommand {
         })?;
         refused.command = Some(name.to_owned());
         refused.reason = RefusalReason::InvalidField;
-        if name != routing_key {
-            return Err(CommandRefused {
-                detail: format!(
-                    "command {name} was published with routing key {}; they must be the same",
-                    quoted(routing_key)
-                ),
-                ..refused
-            });
-        }
         let fail = |detail: String| CommandRefused {
             detail,
             ..refused.clone()
         };
+        same_as_routing_key(name, routing_key).map_err(fail)?;
         let channel = channel(&object).map_err(fail)?;
         refused.channel = Some(channel.clone());
         let fail = |detail: String| CommandRefused {
@@ -225,6 +217,18 @@ fn command_name(object: &Map<String, Value>) -> Result<&'static str, String> {
         Some(other) => Err(format!("command must be a string, not {}", kind(other))),
         None => Err("command is missing".into()),
     }
+}
+
+/// The command must be the routing key it was published with, so the broker's topic
+/// permissions on `xbridge.control` bind what the bridge runs.
+fn same_as_routing_key(name: &str, routing_key: &str) -> Result<(), String> {
+    if name == routing_key {
+        return Ok(());
+    }
+    Err(format!(
+        "command {name} was published with routing key {}; they must be the same",
+        quoted(routing_key)
+    ))
 }
 
 /// `channel`: the channel's name, by the config file's rule (it is a routing key word
