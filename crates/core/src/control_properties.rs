@@ -83,8 +83,21 @@ fn assert_refusal(refusal: &CommandRefused, secrets: &[&str]) -> Result<(), Test
     Ok(())
 }
 
+/// Parses `body` as delivered with its own `command` as the routing key (any key when
+/// it names none).
+fn parse(body: &[u8]) -> Result<ControlCommand, CommandRefused> {
+    let value: Option<Value> = serde_json::from_slice(body).ok();
+    let routing_key = value
+        .as_ref()
+        .and_then(|v| v.get("command"))
+        .and_then(Value::as_str)
+        .unwrap_or("channel.upsert")
+        .to_owned();
+    ControlCommand::parse(body, &routing_key)
+}
+
 fn check(body: &[u8], secrets: &[&str]) -> Result<(), TestCaseError> {
-    match ControlCommand::parse_bounded(body) {
+    match parse(body) {
         Ok(command) => {
             let debug = format!("{command:?}");
             for secret in secrets {
@@ -158,7 +171,7 @@ proptest! {
     /// A valid upsert reads back what was sent, field for field.
     #[test]
     fn a_valid_upsert_round_trips(body in valid_upsert()) {
-        let command = ControlCommand::parse_bounded(body.to_string().as_bytes())
+        let command = parse(body.to_string().as_bytes())
             .map_err(|e| TestCaseError::fail(e.detail))?;
         prop_assert_eq!(command.command_id.as_str(), body["command_id"].as_str().unwrap());
         let ChannelCommand::Upsert(settings) = command.command else {
@@ -188,7 +201,7 @@ proptest! {
         let mut body = body;
         body[field] = wrong;
         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        match ControlCommand::parse_bounded(&arbitrary::to_bytes(&body)) {
+        match parse(&arbitrary::to_bytes(&body)) {
             Ok(command) => assert_valid(&command)?,
             Err(refusal) => {
                 prop_assert_ne!(refusal.reason, RefusalReason::Malformed);

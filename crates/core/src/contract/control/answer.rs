@@ -22,6 +22,15 @@ impl CommandAnswer {
     pub fn correlation_id(&self) -> &str {
         &self.command_id
     }
+
+    /// The AMQP `message_id`: `<channel>:state:<command_id>`, from the command rather than
+    /// from the state's `since`, so a redelivered command or a second replica yields the
+    /// same id and the CRM's dedupe by `message_id` keeps exactly one answer (while an
+    /// unprompted `channel.state` keeps `<channel>:state:<since in Unix ms>`). At most
+    /// 63 + 7 + 128 bytes: an AMQP short string.
+    pub fn message_id(&self) -> String {
+        format!("{}:state:{}", self.state.channel, self.command_id)
+    }
 }
 
 #[cfg(test)]
@@ -51,6 +60,7 @@ mod tests {
         assert_eq!(json["state"], "missing_permission");
         assert_eq!(json["command_id"], "cmd-1");
         assert_eq!(answer.correlation_id(), "cmd-1");
+        assert_eq!(answer.message_id(), "acme:state:cmd-1");
         assert_eq!(answer.state.routing_key(), "acme.channel.state");
     }
 }

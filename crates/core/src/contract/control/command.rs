@@ -23,13 +23,15 @@ pub const CONTROL_EXCHANGE: &str = "xbridge.control";
 /// Upper bound on a command body: five credentials and a few settings fit in far less;
 /// a larger body is refused unparsed.
 pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
-/// Upper bound on the command id: it travels back as the AMQP `correlation_id`, a
-/// short string of at most 255 bytes.
+/// Upper bound on the command id (printable ASCII, so bytes and characters agree): it
+/// travels back as the AMQP `correlation_id` and inside the answer's `message_id`
+/// (`<channel>:state:<id>`, at most 63 + 7 + 128 bytes), short strings of at most 255.
 pub const MAX_COMMAND_ID_BYTES: usize = 128;
 /// Upper bound on one credential: X's keys and tokens are well under 200 bytes.
 pub const MAX_SECRET_BYTES: usize = 1024;
-/// Upper bound on the channel form's URL, as for a reply's attachment URL.
-pub const MAX_CHANNEL_URL_BYTES: usize = 2048;
+/// Upper bound on the channel form's URL, in characters as the schema's `maxLength`
+/// counts them.
+pub const MAX_CHANNEL_URL_CHARS: usize = 2048;
 
 /// The five credentials of `channel.upsert`, in the order of the CRM's form.
 const CREDENTIALS: [&str; 5] = [
@@ -100,9 +102,11 @@ impl ControlCommand {
         "channel.resume",
     ];
 
-    /// [`ControlCommand::parse`] for a body of at most [`MAX_COMMAND_BYTES`]; a larger
-    /// one is refused without being parsed (and so without an id).
-    pub fn parse_bounded(body: &[u8]) -> Result<ControlCommand, CommandRefused> {
+    /// Parses and validates a command delivered with `routing_key` on the control
+    /// exchange: a body larger than [`MAX_COMMAND_BYTES`] is refused unparsed; then its
+    /// id (so every later refusal names it), its name, which must be the routing key (the
+    /// broker's topic permissions bind what the bridge runs), its channel and its fields.
+    pub fn parse(body: &[u8], routing_key: &str) -> Result<ControlCommand, CommandRefused> {
         if body.len() > MAX_COMMAND_BYTES {
             return Err(CommandRefused::unread(
                 RefusalReason::TooLarge,
@@ -112,12 +116,11 @@ impl ControlCommand {
                 ),
             ));
         }
-        ControlCommand::parse(body)
+        ControlCommand::parse_body(body, routing_key)
     }
 
-    /// Parses and validates a command body: its id first (so every later refusal names
-    /// it), then its name and channel, then the command's own fields.
-    pub fn parse(body: &[u8]) -> Result<ControlCommand, CommandRefused> {
+    /// [`ControlCommand::parse`] after the size check.
+    fn parse_body(body: &[u8], routing_key: &str) -> Result<ControlCommand, CommandRefused> {
         let object = json_object(body)?;
         let command_id = command_id(&object)?;
         let mut refused = CommandRefused {
@@ -134,6 +137,7 @@ impl ControlCommand {
             detail,
             ..refused.clone()
         };
+        same_as_routing_key(name, routing_key).map_err(fail)?;
         let channel = channel(&object).map_err(fail)?;
         refused.channel = Some(channel.clone());
         let fail = |detail: String| CommandRefused {
@@ -173,19 +177,21 @@ fn json_object(body: &[u8]) -> Result<Map<String, Value>, CommandRefused> {
     }
 }
 
-/// `command_id`: required, so every answer can be correlated.
+/// `command_id`: required, so every answer can be correlated; printable ASCII without
+/// spaces, 1 to [`MAX_COMMAND_ID_BYTES`], as the schemas' pattern says (it goes into the
+/// answer's AMQP `message_id` and `correlation_id`).
 fn command_id(object: &Map<String, Value>) -> Result<String, CommandRefused> {
     let invalid = |detail: String| CommandRefused::unread(RefusalReason::InvalidField, detail);
     match object.get("command_id") {
-        Some(Value::String(id)) if id.trim().is_empty() => {
+        Some(Value::String(id)) if id.is_empty() => {
             Err(invalid("command_id must not be empty".into()))
         }
-        Some(Value::String(id)) if id.len() > MAX_COMMAND_ID_BYTES => Err(invalid(format!(
-            "command_id must be at most {MAX_COMMAND_ID_BYTES} bytes"
-        ))),
-        Some(Value::String(id)) if id.chars().any(char::is_control) => Err(invalid(
-            "command_id must not contain control characters".into(),
+        Some(Value::String(id)) if !id.bytes().all(|b| b.is_ascii_graphic()) => Err(invalid(
+            "command_id must be printable ASCII without spaces or control characters".into(),
         )),
+        Some(Value::String(id)) if id.len() > MAX_COMMAND_ID_BYTES => Err(invalid(format!(
+            "command_id must be at most {MAX_COMMAND_ID_BYTES} characters"
+        ))),
         Some(Value::String(id)) => Ok(id.clone()),
         Some(other) => Err(invalid(format!(
             "command_id must be a string, not {}",
@@ -211,6 +217,18 @@ fn command_name(object: &Map<String, Value>) -> Result<&'static str, String> {
         Some(other) => Err(format!("command must be a string, not {}", kind(other))),
         None => Err("command is missing".into()),
     }
+}
+
+/// The command must be the routing key it was published with, so the broker's topic
+/// permissions on `xbridge.control` bind what the bridge runs.
+fn same_as_routing_key(name: &str, routing_key: &str) -> Result<(), String> {
+    if name == routing_key {
+        return Ok(());
+    }
+    Err(format!(
+        "command {name} was published with routing key {}; they must be the same",
+        quoted(routing_key)
+    ))
 }
 
 /// `channel`: the channel's name, by the config file's rule (it is a routing key word
@@ -265,11 +283,12 @@ fn secret(object: &Map<String, Value>, field: &str) -> Result<SecretString, Stri
     }
 }
 
-/// `weight`: optional, at least 1, as in the config file.
+/// `weight`: optional, at least 1, as in the config file. An integral float such as
+/// `10.0` is a whole number, as JSON Schema's `integer` says.
 fn weight(object: &Map<String, Value>) -> Result<Option<u32>, String> {
     match object.get("weight") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64().map(u32::try_from) {
+        Some(Value::Number(n)) => match whole(n).map(u32::try_from) {
             Some(Ok(weight)) if weight >= 1 => Ok(Some(weight)),
             _ => Err(format!(
                 "weight must be a whole number from 1 to {}, not {n}",
@@ -280,21 +299,50 @@ fn weight(object: &Map<String, Value>) -> Result<Option<u32>, String> {
     }
 }
 
-/// `url`: optional, the channel form's URL.
+/// A JSON number as a non-negative whole number, whether written `10` or `10.0`.
+fn whole(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        let f = n.as_f64()?;
+        // u64::MAX as f64 rounds up to 2^64, so the bound is exclusive.
+        (f.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&f)).then_some(f as u64)
+    })
+}
+
+/// `url`: optional, the channel form's URL: absolute, exactly as written (no
+/// surrounding spaces, no tab or newline, which a URL parser would silently drop) and
+/// without a user name or password (the bridge keeps no secret outside the credentials).
 fn channel_url(object: &Map<String, Value>) -> Result<Option<Url>, String> {
-    match object.get("url") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(url)) if url.len() > MAX_CHANNEL_URL_BYTES => Err(format!(
-            "url is {} bytes; at most {MAX_CHANNEL_URL_BYTES}",
-            url.len()
-        )),
-        // The URL's own parse error names the problem without the URL, which may hold
-        // a password.
-        Some(Value::String(url)) => Url::parse(url)
-            .map(Some)
-            .map_err(|e| format!("url is not a URL: {e}")),
-        Some(other) => Err(format!("url must be a string, not {}", kind(other))),
+    let url = match object.get("url") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(url)) => url,
+        Some(other) => return Err(format!("url must be a string, not {}", kind(other))),
+    };
+    let chars = url.chars().count();
+    if chars > MAX_CHANNEL_URL_CHARS {
+        return Err(format!(
+            "url is {chars} characters; at most {MAX_CHANNEL_URL_CHARS}"
+        ));
     }
+    if url.trim() != url || url.contains(['\t', '\n', '\r']) {
+        return Err("url must not have surrounding spaces, tabs or newlines".into());
+    }
+    // The URL's own parse error names the problem without the URL, which may hold
+    // a password.
+    let parsed = Url::parse(url).map_err(|e| format!("url is not a URL: {e}"))?;
+    if has_userinfo(url) || !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("url must not carry a user name or password".into());
+    }
+    Ok(Some(parsed))
+}
+
+/// Whether the URL as written has an `@` in its authority (`https://user:pw@host`, also
+/// `https://@host`, which a parser reads as no user at all): the schema's pattern.
+fn has_userinfo(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(_, rest)| {
+        rest.split(['/', '?', '#'])
+            .next()
+            .is_some_and(|authority| authority.contains('@'))
+    })
 }
 
 /// `inbound`: optional, `webhook` unless given, as in the config file.
@@ -344,8 +392,14 @@ mod tests {
         })
     }
 
+    /// Parses `body` as delivered with its own `command` as the routing key.
+    fn parse(body: &Value) -> Result<ControlCommand, CommandRefused> {
+        let routing_key = body["command"].as_str().unwrap_or("channel.upsert");
+        ControlCommand::parse(body.to_string().as_bytes(), routing_key)
+    }
+
     fn refusal(body: &Value) -> CommandRefused {
-        ControlCommand::parse(body.to_string().as_bytes()).unwrap_err()
+        parse(body).unwrap_err()
     }
 
     fn with(field: &str, value: Value) -> Value {
@@ -356,7 +410,7 @@ mod tests {
 
     #[test]
     fn an_upsert_gives_the_channels_settings() {
-        let command = ControlCommand::parse(upsert().to_string().as_bytes()).unwrap();
+        let command = parse(&upsert()).unwrap();
         assert_eq!(command.command_id, "c-1");
         assert_eq!(command.command.name(), "channel.upsert");
         let ChannelCommand::Upsert(settings) = command.command else {
@@ -378,7 +432,7 @@ mod tests {
     fn the_channel_commands_name_only_a_channel() {
         for name in &ControlCommand::NAMES[1..] {
             let body = json!({"command": name, "command_id": "c", "channel": "acme"});
-            let command = ControlCommand::parse(body.to_string().as_bytes()).unwrap();
+            let command = parse(&body).unwrap();
             assert_eq!(command.command.name(), *name);
             assert_eq!(command.command.channel(), "acme");
         }
@@ -390,7 +444,7 @@ mod tests {
             r#"{{"command_id":"c","pad":"{}"}}"#,
             "x".repeat(MAX_COMMAND_BYTES)
         );
-        let refused = ControlCommand::parse_bounded(body.as_bytes()).unwrap_err();
+        let refused = ControlCommand::parse(body.as_bytes(), "channel.upsert").unwrap_err();
         assert_eq!(refused.reason, RefusalReason::TooLarge);
         assert_eq!(refused.command_id, None);
     }
@@ -402,7 +456,7 @@ mod tests {
             (&[0xff, b'{'][..], "not valid UTF-8"),
             (&b"[1]"[..], "must be a JSON object"),
         ] {
-            let refused = ControlCommand::parse(body).unwrap_err();
+            let refused = ControlCommand::parse(body, "channel.upsert").unwrap_err();
             assert_eq!(refused.reason, RefusalReason::Malformed);
             assert!(refused.detail.contains(detail), "{}", refused.detail);
         }
@@ -429,8 +483,10 @@ mod tests {
     fn invalid_command_id() {
         for (id, detail) in [
             (json!(""), "command_id must not be empty"),
-            (json!("x".repeat(129)), "at most 128 bytes"),
+            (json!("x".repeat(129)), "at most 128 characters"),
             (json!("a\nb"), "control characters"),
+            (json!("é".repeat(10)), "printable ASCII"),
+            (json!("a b"), "without spaces"),
             (json!(7), "command_id must be a string, not a number"),
         ] {
             let refused = refusal(&with("command_id", id));
@@ -518,5 +574,64 @@ mod tests {
         assert_eq!(json["reason"], "invalid_field");
         assert_eq!(json["command_id"], "c-1");
         assert_eq!(json["channel"], "acme");
+    }
+
+    #[test]
+    fn a_command_must_match_its_routing_key() {
+        let body = json!({"command": "channel.remove", "command_id": "c-9", "channel": "acme"});
+        let refused =
+            ControlCommand::parse(body.to_string().as_bytes(), "channel.check").unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::InvalidField);
+        assert_eq!(refused.command_id.as_deref(), Some("c-9"));
+        assert!(refused.detail.contains("routing key"), "{}", refused.detail);
+        assert!(ControlCommand::parse(body.to_string().as_bytes(), "channel.remove").is_ok());
+    }
+
+    #[test]
+    fn an_integral_float_weight_is_a_whole_number() {
+        let ChannelCommand::Upsert(settings) = parse(&with("weight", json!(10.0))).unwrap().command
+        else {
+            panic!("not an upsert")
+        };
+        assert_eq!(settings.weight, Some(10));
+        for weight in [json!(10.5), json!(0.0), json!(4294967296.0), json!(-1.0)] {
+            assert!(
+                refusal(&with("weight", weight.clone()))
+                    .detail
+                    .contains("whole number"),
+                "{weight}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_url_is_taken_only_as_written_and_without_userinfo() {
+        for (url, detail) in [
+            (" https://x.com/acme", "surrounding spaces"),
+            ("https://x.com/acme\n", "surrounding spaces"),
+            ("https://x.com/ac\tme", "tabs or newlines"),
+            ("https://user:pw-secret@x.com/acme", "user name or password"),
+            ("https://user@x.com/acme", "user name or password"),
+            ("https://@x.com/acme", "user name or password"),
+        ] {
+            let refused = refusal(&with("url", json!(url)));
+            assert!(
+                refused.detail.contains(detail),
+                "{url:?}: {}",
+                refused.detail
+            );
+            assert!(!refused.detail.contains("pw-secret"));
+        }
+        let long = format!("https://x.com/{}", "é".repeat(2048 - 14));
+        assert!(
+            parse(&with("url", json!(long))).is_ok(),
+            "2048 characters fit"
+        );
+        let refused = refusal(&with("url", json!(format!("{long}é"))));
+        assert!(
+            refused.detail.contains("2049 characters"),
+            "{}",
+            refused.detail
+        );
     }
 }

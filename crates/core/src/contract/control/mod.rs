@@ -10,6 +10,10 @@
 //!   [`RefusalReason`] code; its text never quotes a credential;
 //! - [`answer`]: [`CommandAnswer`], the `channel.state` that answers a command.
 //!
+//! An answer's AMQP `message_id` comes from the command (`<channel>:state:<command_id>`,
+//! `command.refused:<command_id>`), so however many replicas or redeliveries produce it,
+//! the CRM's dedupe by `message_id` keeps one.
+//!
 //! Only the contract is here; nothing consumes commands yet (issue 14).
 
 pub mod answer;

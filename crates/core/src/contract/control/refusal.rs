@@ -63,9 +63,43 @@ impl CommandRefused {
         }
     }
 
+    /// The AMQP `message_id`: `command.refused:<command_id>`, the same whichever replica
+    /// refuses the command and however often it is redelivered, so the CRM's dedupe by
+    /// `message_id` keeps one. A command whose id could not be read gives
+    /// `command.refused:unread:<the command's own AMQP message_id>` when it has one that
+    /// fits the 255-byte short string, and no `message_id` otherwise.
+    pub fn message_id(&self, command_message_id: Option<&str>) -> Option<String> {
+        match (&self.command_id, command_message_id) {
+            (Some(id), _) => Some(format!("command.refused:{id}")),
+            (None, Some(theirs)) if theirs.len() <= 255 - "command.refused:unread:".len() => {
+                Some(format!("command.refused:unread:{theirs}"))
+            }
+            (None, _) => None,
+        }
+    }
+
     /// Routing key on the incoming exchange: one for every refusal, as a refused command
     /// may name no valid channel.
     pub fn routing_key(&self) -> &'static str {
         "command.refused"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_id_comes_from_the_command() {
+        let mut refused = CommandRefused::unread(RefusalReason::InvalidField, "x".into());
+        assert_eq!(refused.message_id(None), None);
+        assert_eq!(
+            refused.message_id(Some("m-1")).as_deref(),
+            Some("command.refused:unread:m-1")
+        );
+        assert_eq!(refused.message_id(Some(&"m".repeat(233))), None);
+        refused.command_id = Some("c".repeat(super::super::MAX_COMMAND_ID_BYTES));
+        let id = refused.message_id(Some("ignored")).unwrap();
+        assert!(id.starts_with("command.refused:c") && id.len() <= 255);
     }
 }
