@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::refusal::{CommandRefused, RefusalReason};
+use super::MAX_COMMAND_ID_BYTES;
 use crate::config::{is_valid_channel_name, ChannelSettings, InboundMode};
 use crate::contract::json_kind::kind;
 use crate::contract::reply::is_user_id;
@@ -23,10 +24,6 @@ pub const CONTROL_EXCHANGE: &str = "xbridge.control";
 /// Upper bound on a command body: five credentials and a few settings fit in far less;
 /// a larger body is refused unparsed.
 pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
-/// Upper bound on the command id (printable ASCII, so bytes and characters agree): it
-/// travels back as the AMQP `correlation_id` and inside the answer's `message_id`
-/// (`<channel>:state:<id>`, at most 63 + 7 + 128 bytes), short strings of at most 255.
-pub const MAX_COMMAND_ID_BYTES: usize = 128;
 /// Upper bound on one credential: X's keys and tokens are well under 200 bytes.
 pub const MAX_SECRET_BYTES: usize = 1024;
 /// Upper bound on the channel form's URL, in characters as the schema's `maxLength`

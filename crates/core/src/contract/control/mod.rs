@@ -24,7 +24,12 @@ mod schema_tests;
 
 pub use answer::CommandAnswer;
 pub use command::{
-    ChannelCommand, ControlCommand, CONTROL_EXCHANGE, MAX_COMMAND_BYTES, MAX_COMMAND_ID_BYTES,
-    MAX_SECRET_BYTES,
+    ChannelCommand, ControlCommand, CONTROL_EXCHANGE, MAX_COMMAND_BYTES, MAX_SECRET_BYTES,
 };
+
+/// Upper bound on the command id (printable ASCII, so bytes and characters agree): it
+/// travels back as the AMQP `correlation_id` and inside the answer's `message_id`
+/// (`<channel>:state:<id>`, at most 63 + 7 + 128 bytes), short strings of at most 255.
+pub const MAX_COMMAND_ID_BYTES: usize = 128;
+
 pub use refusal::{CommandRefused, RefusalReason};
