@@ -9,8 +9,9 @@ use crate::registry::{Applied, ChannelEntry, ChannelOrigin, ChannelRecord, Chann
 use crate::sealed::CredentialsKey;
 use crate::{SentRecord, StateStore};
 
-/// The operator's secret the contract's channels are sealed with.
-pub const SAMPLE_KEY: &str = "contract-credentials-key-of-32-plus-characters";
+/// The operator's secret the contract's channels are sealed with: key
+/// material in base64, as `openssl rand -base64 48` makes it.
+pub const SAMPLE_KEY: &str = "Y29udHJhY3QtY3JlZGVudGlhbHMta2V5LW9mLTQ4LWJ5dGVzLWZvci10aGUtdGVzdHM=";
 
 /// Credentials no store may show in the clear: the contract's channels carry
 /// them, and tests look for each in the stored bytes.
@@ -24,7 +25,7 @@ pub const SAMPLE_CREDENTIALS: [&str; 5] = [
 
 /// The key the contract's channels are sealed with.
 pub fn sample_key() -> CredentialsKey {
-    CredentialsKey::derive(&SecretString::from(SAMPLE_KEY)).expect("a long enough key")
+    CredentialsKey::derive(&SecretString::from(SAMPLE_KEY)).expect("valid key material")
 }
 
 /// A channel of the registry at `revision`, its [`SAMPLE_CREDENTIALS`]
