@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::registry::{Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone};
+use crate::registry::{
+    Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone, MAX_REVISION,
+};
 use crate::sealed::CredentialsKey;
 use crate::{SentRecord, StateStore};
 
@@ -89,6 +91,7 @@ pub async fn run_registry(store: &dyn StateStore) {
     only_a_higher_revision_replaces_a_channel(store).await;
     a_removed_channel_stays_removed_until_a_higher_revision(store).await;
     the_list_holds_every_channel_and_tombstone(store).await;
+    revisions_stop_at_what_postgresql_holds(store).await;
 }
 
 async fn a_stored_channel_reads_back_and_opens(store: &dyn StateStore) {
@@ -175,8 +178,10 @@ async fn a_removed_channel_stays_removed_until_a_higher_revision(store: &dyn Sta
 }
 
 async fn the_list_holds_every_channel_and_tombstone(store: &dyn StateStore) {
-    let entries = store.channels().await.unwrap();
-    let reg: Vec<(&str, u64, bool)> = entries
+    let list = store.channels().await.unwrap();
+    assert_eq!(list.broken, []);
+    let reg: Vec<(&str, u64, bool)> = list
+        .entries
         .iter()
         .filter(|entry| entry.name().starts_with("reg-"))
         .map(|entry| (entry.name(), entry.revision(), entry.live().is_some()))
@@ -190,6 +195,20 @@ async fn the_list_holds_every_channel_and_tombstone(store: &dyn StateStore) {
             ("reg-never", 3, false)
         ]
     );
+}
+
+async fn revisions_stop_at_what_postgresql_holds(store: &dyn StateStore) {
+    let beyond = sample_channel("rev-max", MAX_REVISION + 1);
+    assert!(store.put_channel(&beyond).await.is_err());
+    let removal = ChannelTombstone {
+        name: "rev-max".into(),
+        revision: u64::MAX,
+        removed_at: beyond.updated_at,
+    };
+    assert!(store.remove_channel(&removal).await.is_err());
+    assert_eq!(store.channel("rev-max").await.unwrap(), None);
+    let highest = sample_channel("rev-max", MAX_REVISION);
+    assert_eq!(store.put_channel(&highest).await.unwrap(), Applied::Yes);
 }
 
 async fn unknown_replies_were_not_sent(store: &dyn StateStore) {

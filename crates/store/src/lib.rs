@@ -29,7 +29,10 @@ pub mod sealed;
 pub use embedded::EmbeddedStore;
 pub use health::StoreHealth;
 pub use postgres::PostgresStore;
-pub use registry::{Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone};
+pub use registry::{
+    Applied, BrokenChannel, ChannelEntry, ChannelList, ChannelOrigin, ChannelRecord,
+    ChannelTombstone, MAX_REVISION,
+};
 pub use sealed::{CredentialsKey, SealError, SealedCredentials};
 
 use async_trait::async_trait;
@@ -186,7 +189,7 @@ pub trait StateStore: Send + Sync + 'static {
     /// Stores a channel of the registry (created or replaced) if its
     /// revision is higher than what the store holds for that name, a
     /// removal's included; otherwise changes nothing and says which revision
-    /// is there. Its credentials are sealed ([`SealedCredentials`]): nothing
+    /// is there. A revision above [`MAX_REVISION`] is refused. Its credentials are sealed ([`SealedCredentials`]): nothing
     /// else can be stored.
     async fn put_channel(&self, record: &ChannelRecord) -> Result<Applied, StoreError>;
 
@@ -194,8 +197,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// or nothing.
     async fn channel(&self, name: &str) -> Result<Option<ChannelEntry>, StoreError>;
 
-    /// Every channel of the registry and every tombstone, by name.
-    async fn channels(&self) -> Result<Vec<ChannelEntry>, StoreError>;
+    /// Every channel of the registry and every tombstone, by name, and the
+    /// names of stored entries that do not decode (the rest still load).
+    async fn channels(&self) -> Result<ChannelList, StoreError>;
 
     /// Removes channel `name` by leaving a tombstone with `revision`, under
     /// the same rule as [`StateStore::put_channel`]: only over a lower

@@ -389,11 +389,17 @@ mod tests {
         assert!(!derives(&"ab".repeat(31)));
         assert!(!derives(&"a".repeat(65)), "an odd count of hex digits");
         // A passphrase, however long, is not key material.
-        assert!(!derives("an-operator-passphrase-of-well-over-32-characters!"));
-        assert!(!derives("correct horse battery staple correct horse battery"));
+        assert!(!derives(
+            "an-operator-passphrase-of-well-over-32-characters!"
+        ));
+        assert!(!derives(
+            "correct horse battery staple correct horse battery"
+        ));
         // The same material in hex and in base64 is the same key.
         let hex_key = key(&"07".repeat(32));
-        let sealed = hex_key.seal("acme", &SecretString::from(CREDENTIALS)).unwrap();
+        let sealed = hex_key
+            .seal("acme", &SecretString::from(CREDENTIALS))
+            .unwrap();
         let b64 = key("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=");
         assert!(b64.open("acme", &sealed).is_ok());
         let refused = SealError::WeakSecret.to_string();
