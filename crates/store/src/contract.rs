@@ -9,7 +9,7 @@ use crate::registry::{
     Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone, MAX_REVISION,
 };
 use crate::sealed::CredentialsKey;
-use crate::{SentRecord, StateStore};
+use crate::{check_credentials_key, KeyCheckError, SentRecord, StateStore};
 
 /// The operator's secret the contract's channels are sealed with: key
 /// material in base64, as `openssl rand -base64 48` makes it.
@@ -92,6 +92,7 @@ pub async fn run_registry(store: &dyn StateStore) {
     a_removed_channel_stays_removed_until_a_higher_revision(store).await;
     the_list_holds_every_channel_and_tombstone(store).await;
     revisions_stop_at_what_postgresql_holds(store).await;
+    a_store_takes_only_the_key_it_was_first_sealed_with(store).await;
 }
 
 async fn a_stored_channel_reads_back_and_opens(store: &dyn StateStore) {
@@ -209,6 +210,19 @@ async fn revisions_stop_at_what_postgresql_holds(store: &dyn StateStore) {
     assert_eq!(store.channel("rev-max").await.unwrap(), None);
     let highest = sample_channel("rev-max", MAX_REVISION);
     assert_eq!(store.put_channel(&highest).await.unwrap(), Applied::Yes);
+}
+
+async fn a_store_takes_only_the_key_it_was_first_sealed_with(store: &dyn StateStore) {
+    // The first key recorded, then accepted again, as by a second replica.
+    check_credentials_key(store, &sample_key()).await.unwrap();
+    check_credentials_key(store, &sample_key()).await.unwrap();
+    let other = CredentialsKey::derive(&SecretString::from("ab".repeat(32))).unwrap();
+    let refused = check_credentials_key(store, &other).await.unwrap_err();
+    assert!(matches!(refused, KeyCheckError::Mismatch), "{refused:?}");
+    assert!(refused
+        .to_string()
+        .contains("state.credentials_key does not match the key this store was sealed with"));
+    check_credentials_key(store, &sample_key()).await.unwrap();
 }
 
 async fn unknown_replies_were_not_sent(store: &dyn StateStore) {

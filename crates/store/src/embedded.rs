@@ -57,6 +57,10 @@ const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("poll_cursors"
 /// The channel registry, keyed by channel name; values are [`StoredChannel`]
 /// as JSON, the credentials in it sealed.
 const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels");
+/// The key-check record of `state.credentials_key` (`key_check.rs`), at
+/// [`KEY_CHECK`].
+const REGISTRY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("registry_meta");
+const KEY_CHECK: &str = "credentials_key_check";
 /// The writer's probe after reopening the file: one key, the time of the probe
 /// (Unix milliseconds). Writing it proves the file takes writes again.
 const PROBE: TableDefinition<&str, i64> = TableDefinition::new("store_probe");
@@ -386,6 +390,7 @@ fn with_tables(db: Database) -> Result<Database, Opening> {
         txn.open_table(DELIVERED).map_err(err)?;
         txn.open_table(CURSORS).map_err(err)?;
         txn.open_table(CHANNELS).map_err(err)?;
+        txn.open_table(REGISTRY_META).map_err(err)?;
         txn.commit().map_err(err)
     };
     ready().map_err(Opening::Write)?;
@@ -777,6 +782,26 @@ impl StateStore for EmbeddedStore {
                 list.push(name, decoded);
             }
             Ok(list)
+        })
+    }
+
+    async fn keep_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let candidate = candidate.to_vec();
+        self.write(move |txn| {
+            let mut table = txn.open_table(REGISTRY_META).map_err(err)?;
+            if table.get(KEY_CHECK).map_err(err)?.is_none() {
+                table.insert(KEY_CHECK, candidate.as_slice()).map_err(err)?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.read_now(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(REGISTRY_META).map_err(err)?;
+            let stored = table.get(KEY_CHECK).map_err(err)?;
+            stored
+                .map(|value| value.value().to_vec())
+                .ok_or_else(|| StoreError::Failed("the key-check record was not kept".into()))
         })
     }
 

@@ -22,12 +22,14 @@
 pub mod contract;
 mod embedded;
 mod health;
+mod key_check;
 pub mod postgres;
 pub mod registry;
 pub mod sealed;
 
 pub use embedded::EmbeddedStore;
 pub use health::StoreHealth;
+pub use key_check::{check_credentials_key, KeyCheckError};
 pub use postgres::PostgresStore;
 pub use registry::{
     Applied, BrokenChannel, ChannelEntry, ChannelList, ChannelOrigin, ChannelRecord,
@@ -200,6 +202,11 @@ pub trait StateStore: Send + Sync + 'static {
     /// Every channel of the registry and every tombstone, by name, and the
     /// names of stored entries that do not decode (the rest still load).
     async fn channels(&self) -> Result<ChannelList, StoreError>;
+
+    /// The store's key-check record ([`check_credentials_key`]): stores
+    /// `candidate` if the store holds none yet, in one write so that racing
+    /// replicas keep one, and returns the one it holds.
+    async fn keep_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
 
     /// Removes channel `name` by leaving a tombstone with `revision`, under
     /// the same rule as [`StateStore::put_channel`]: only over a lower

@@ -122,7 +122,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         // The channel registry (`registry.rs`): a removed channel keeps its
         // row as a tombstone (`removed`, no settings or credentials), so its
-        // revision still outranks older writes. Credentials are sealed.
+        // revision still outranks older writes. Credentials are sealed. One
+        // row of `registry_key_check` records the key they are sealed with
+        // (`key_check.rs`).
         "
     CREATE TABLE channels (
         name        text        PRIMARY KEY,
@@ -134,6 +136,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         paused      boolean     NOT NULL DEFAULT false,
         updated_at  timestamptz NOT NULL,
         CHECK (removed OR (origin IS NOT NULL AND settings IS NOT NULL AND credentials IS NOT NULL))
+    );
+    CREATE TABLE registry_key_check (
+        id     boolean PRIMARY KEY DEFAULT true CHECK (id),
+        sealed bytea   NOT NULL
     );
     ",
     ),
@@ -931,6 +937,25 @@ impl StateStore for PostgresStore {
             list.push(&name, channel_entry(row));
         }
         Ok(list)
+    }
+
+    async fn keep_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.write(
+            "cannot store the key-check record",
+            "INSERT INTO registry_key_check (sealed) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+            &[&candidate],
+        )
+        .await?;
+        let row = self
+            .read_row(
+                "cannot read the key-check record",
+                "SELECT sealed FROM registry_key_check",
+                &[],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Failed("the key-check record was not kept".into()))?;
+        row.try_get(0)
+            .map_err(|e| fail("cannot read the key-check record", &e))
     }
 
     async fn remove_channel(&self, tombstone: &ChannelTombstone) -> Result<Applied, StoreError> {

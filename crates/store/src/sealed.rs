@@ -46,6 +46,10 @@ const HKDF_SALT: &[u8] = b"xbridge state credentials";
 /// The associated data's prefix, so no other use of the key could produce a
 /// blob that opens here.
 const AAD_PREFIX: &[u8] = b"xbridge channel credentials\0";
+/// The key-check record's associated data's prefix: not a channel's.
+const KEY_CHECK_AAD: &[u8] = b"xbridge credentials key check\0";
+/// What the key-check record seals.
+const KEY_CHECK_TEXT: &str = "xbridge credentials key check, format 1";
 
 /// Why credentials could not be sealed or opened. Callers branch on it: a
 /// missing key refuses a command, a blob that does not open marks the channel
@@ -162,6 +166,38 @@ impl CredentialsKey {
         channel: &str,
         credentials: &SecretString,
     ) -> Result<SealedCredentials, SealError> {
+        self.seal_for(AAD_PREFIX, channel, credentials)
+    }
+
+    /// Opens what [`CredentialsKey::seal`] sealed for `channel`.
+    pub fn open(
+        &self,
+        channel: &str,
+        sealed: &SealedCredentials,
+    ) -> Result<SecretString, SealError> {
+        self.open_for(AAD_PREFIX, channel, sealed)
+    }
+
+    /// The store's key-check record: a constant sealed with associated data
+    /// of its own, so it opens only as a key check, never as a channel's
+    /// credentials.
+    pub(crate) fn seal_key_check(&self) -> Result<SealedCredentials, SealError> {
+        self.seal_for(KEY_CHECK_AAD, "", &SecretString::from(KEY_CHECK_TEXT))
+    }
+
+    /// Whether `stored` is a key-check record sealed with this key.
+    pub(crate) fn opens_key_check(&self, stored: &SealedCredentials) -> bool {
+        self.open_for(KEY_CHECK_AAD, "", stored)
+            .is_ok_and(|text| text.expose_secret() == KEY_CHECK_TEXT)
+    }
+
+    /// Seals `credentials` for `channel` under the associated data `prefix`.
+    fn seal_for(
+        &self,
+        prefix: &[u8],
+        channel: &str,
+        credentials: &SecretString,
+    ) -> Result<SealedCredentials, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -174,7 +210,7 @@ impl CredentialsKey {
         let mut sealed = plain.to_vec();
         let result = self.key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(associated_data(channel, header)),
+            Aad::from(associated_data(prefix, channel, header)),
             &mut sealed,
         );
         if result.is_err() {
@@ -185,9 +221,10 @@ impl CredentialsKey {
         Ok(SealedCredentials(blob))
     }
 
-    /// Opens what [`CredentialsKey::seal`] sealed for `channel`.
-    pub fn open(
+    /// Opens what [`CredentialsKey::seal_for`] sealed with the same `prefix`.
+    fn open_for(
         &self,
+        prefix: &[u8],
         channel: &str,
         sealed: &SealedCredentials,
     ) -> Result<SecretString, SealError> {
@@ -216,7 +253,7 @@ impl CredentialsKey {
             .key
             .open_in_place(
                 nonce,
-                Aad::from(associated_data(channel, header)),
+                Aad::from(associated_data(prefix, channel, header)),
                 &mut buffer,
             )
             .map(|plain| String::from_utf8(plain.to_vec()));
@@ -268,10 +305,10 @@ fn hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// What binds a blob to its channel, format and key id.
-fn associated_data(channel: &str, header: [u8; HEADER_LEN]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(AAD_PREFIX.len() + HEADER_LEN + channel.len());
-    aad.extend_from_slice(AAD_PREFIX);
+/// What binds a blob to its use (`prefix`), its channel, format and key id.
+fn associated_data(prefix: &[u8], channel: &str, header: [u8; HEADER_LEN]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(prefix.len() + HEADER_LEN + channel.len());
+    aad.extend_from_slice(prefix);
     aad.extend_from_slice(&header);
     aad.extend_from_slice(channel.as_bytes());
     aad
@@ -404,6 +441,17 @@ mod tests {
         assert!(b64.open("acme", &sealed).is_ok());
         let refused = SealError::WeakSecret.to_string();
         assert!(refused.contains("openssl rand -base64 48"), "{refused}");
+    }
+
+    #[test]
+    fn the_key_check_opens_with_its_key_only_and_never_as_credentials() {
+        let key = key(SECRET);
+        let check = key.seal_key_check().unwrap();
+        assert!(key.opens_key_check(&check));
+        assert!(!key.opens_key_check(&key.seal("", &SecretString::from(KEY_CHECK_TEXT)).unwrap()));
+        assert!(key.open("", &check).is_err());
+        let other = super::tests::key(&"ab".repeat(32));
+        assert!(!other.opens_key_check(&check));
     }
 
     #[test]
