@@ -295,7 +295,7 @@ fn key_material(secret: &str) -> Option<Zeroizing<Vec<u8>>> {
 /// Hex digits as bytes; `None` for an odd count.
 fn hex(text: &str) -> Option<Vec<u8>> {
     let digits = text.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     let value = |d: u8| (d as char).to_digit(16).map(|v| v as u8);

@@ -32,7 +32,23 @@ pub async fn open_store(settings: &StateSettings) -> anyhow::Result<Arc<dyn Stat
         ),
     };
     tracing::info!(store = %settings.backend.describe(), "state store open");
+    check_credentials_key(settings, store.as_ref()).await?;
     Ok(store)
+}
+
+/// Refuses a `state.credentials_key` that is not the key the store was
+/// first sealed with (recording it on first use), so replicas with different
+/// keys stop at start instead of failing channel by channel later.
+async fn check_credentials_key(
+    settings: &StateSettings,
+    store: &dyn StateStore,
+) -> anyhow::Result<()> {
+    if settings.credentials_key.is_none() {
+        return Ok(());
+    }
+    let key = settings.credentials_key()?;
+    xbridge_store::check_credentials_key(store, &key).await?;
+    Ok(())
 }
 
 /// File descriptors the bridge needs beside its HTTP connections: RabbitMQ,
