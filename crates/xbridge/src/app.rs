@@ -290,3 +290,29 @@ fn spawn_identity_checks(
         result
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    #[tokio::test]
+    async fn a_start_with_another_credentials_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = |key: String| StateSettings {
+            backend: StateBackend::Embedded {
+                path: dir.path().join("state.redb"),
+            },
+            credentials_key: Some(SecretString::from(key)),
+        };
+        for _ in 0..2 {
+            drop(open_store(&settings("ab".repeat(32))).await.unwrap());
+        }
+        let refused = open_store(&settings("cd".repeat(32))).await.err().unwrap();
+        let refused = format!("{refused:#}");
+        assert!(
+            refused.contains("state.credentials_key does not match"),
+            "{refused}"
+        );
+    }
+}
