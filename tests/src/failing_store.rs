@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use xbridge_store::{
-    Applied, ChannelEntry, ChannelRecord, ChannelTombstone, SentRecord, StateStore, StoreError,
-    StoreHealth,
+    Applied, ChannelEntry, ChannelList, ChannelRecord, ChannelTombstone, SentRecord, StateStore,
+    StoreError, StoreHealth,
 };
 
 /// What the store refuses.
@@ -237,9 +237,17 @@ impl StateStore for FailingStore {
         self.inner.channel(name).await
     }
 
-    async fn channels(&self) -> Result<Vec<ChannelEntry>, StoreError> {
+    async fn channels(&self) -> Result<ChannelList, StoreError> {
         self.read()?;
         self.inner.channels().await
+    }
+
+    async fn keep_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.write(false)?;
+        let result = self.inner.keep_key_check(candidate).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.wrote(outcome)?;
+        result
     }
 
     async fn remove_channel(&self, tombstone: &ChannelTombstone) -> Result<Applied, StoreError> {

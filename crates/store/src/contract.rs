@@ -5,12 +5,15 @@ use chrono::{DateTime, Utc};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::registry::{Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone};
+use crate::registry::{
+    Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone, MAX_REVISION,
+};
 use crate::sealed::CredentialsKey;
-use crate::{SentRecord, StateStore};
+use crate::{check_credentials_key, KeyCheckError, SentRecord, StateStore};
 
-/// The operator's secret the contract's channels are sealed with.
-pub const SAMPLE_KEY: &str = "contract-credentials-key-of-32-plus-characters";
+/// The operator's secret the contract's channels are sealed with: key
+/// material in base64, as `openssl rand -base64 48` makes it.
+pub const SAMPLE_KEY: &str = "Y29udHJhY3QtY3JlZGVudGlhbHMta2V5LW9mLTQ4LWJ5dGVzLWZvci10aGUtdGVzdHM=";
 
 /// Credentials no store may show in the clear: the contract's channels carry
 /// them, and tests look for each in the stored bytes.
@@ -24,7 +27,7 @@ pub const SAMPLE_CREDENTIALS: [&str; 5] = [
 
 /// The key the contract's channels are sealed with.
 pub fn sample_key() -> CredentialsKey {
-    CredentialsKey::derive(&SecretString::from(SAMPLE_KEY)).expect("a long enough key")
+    CredentialsKey::derive(&SecretString::from(SAMPLE_KEY)).expect("valid key material")
 }
 
 /// A channel of the registry at `revision`, its [`SAMPLE_CREDENTIALS`]
@@ -88,6 +91,8 @@ pub async fn run_registry(store: &dyn StateStore) {
     only_a_higher_revision_replaces_a_channel(store).await;
     a_removed_channel_stays_removed_until_a_higher_revision(store).await;
     the_list_holds_every_channel_and_tombstone(store).await;
+    revisions_stop_at_what_postgresql_holds(store).await;
+    a_store_takes_only_the_key_it_was_first_sealed_with(store).await;
 }
 
 async fn a_stored_channel_reads_back_and_opens(store: &dyn StateStore) {
@@ -174,8 +179,10 @@ async fn a_removed_channel_stays_removed_until_a_higher_revision(store: &dyn Sta
 }
 
 async fn the_list_holds_every_channel_and_tombstone(store: &dyn StateStore) {
-    let entries = store.channels().await.unwrap();
-    let reg: Vec<(&str, u64, bool)> = entries
+    let list = store.channels().await.unwrap();
+    assert_eq!(list.broken, []);
+    let reg: Vec<(&str, u64, bool)> = list
+        .entries
         .iter()
         .filter(|entry| entry.name().starts_with("reg-"))
         .map(|entry| (entry.name(), entry.revision(), entry.live().is_some()))
@@ -189,6 +196,33 @@ async fn the_list_holds_every_channel_and_tombstone(store: &dyn StateStore) {
             ("reg-never", 3, false)
         ]
     );
+}
+
+async fn revisions_stop_at_what_postgresql_holds(store: &dyn StateStore) {
+    let beyond = sample_channel("rev-max", MAX_REVISION + 1);
+    assert!(store.put_channel(&beyond).await.is_err());
+    let removal = ChannelTombstone {
+        name: "rev-max".into(),
+        revision: u64::MAX,
+        removed_at: beyond.updated_at,
+    };
+    assert!(store.remove_channel(&removal).await.is_err());
+    assert_eq!(store.channel("rev-max").await.unwrap(), None);
+    let highest = sample_channel("rev-max", MAX_REVISION);
+    assert_eq!(store.put_channel(&highest).await.unwrap(), Applied::Yes);
+}
+
+async fn a_store_takes_only_the_key_it_was_first_sealed_with(store: &dyn StateStore) {
+    // The first key recorded, then accepted again, as by a second replica.
+    check_credentials_key(store, &sample_key()).await.unwrap();
+    check_credentials_key(store, &sample_key()).await.unwrap();
+    let other = CredentialsKey::derive(&SecretString::from("ab".repeat(32))).unwrap();
+    let refused = check_credentials_key(store, &other).await.unwrap_err();
+    assert!(matches!(refused, KeyCheckError::Mismatch), "{refused:?}");
+    assert!(refused
+        .to_string()
+        .contains("state.credentials_key does not match the key this store was sealed with"));
+    check_credentials_key(store, &sample_key()).await.unwrap();
 }
 
 async fn unknown_replies_were_not_sent(store: &dyn StateStore) {

@@ -30,7 +30,10 @@ use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
-use crate::registry::{Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone};
+use crate::registry::{
+    revision_as_i64, Applied, ChannelEntry, ChannelList, ChannelOrigin, ChannelRecord,
+    ChannelTombstone,
+};
 use crate::sealed::SealedCredentials;
 use crate::{SentRecord, StateStore, StoreError, StoreHealth};
 
@@ -54,6 +57,10 @@ const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("poll_cursors"
 /// The channel registry, keyed by channel name; values are [`StoredChannel`]
 /// as JSON, the credentials in it sealed.
 const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels");
+/// The key-check record of `state.credentials_key` (`key_check.rs`), at
+/// [`KEY_CHECK`].
+const REGISTRY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("registry_meta");
+const KEY_CHECK: &str = "credentials_key_check";
 /// The writer's probe after reopening the file: one key, the time of the probe
 /// (Unix milliseconds). Writing it proves the file takes writes again.
 const PROBE: TableDefinition<&str, i64> = TableDefinition::new("store_probe");
@@ -383,6 +390,7 @@ fn with_tables(db: Database) -> Result<Database, Opening> {
         txn.open_table(DELIVERED).map_err(err)?;
         txn.open_table(CURSORS).map_err(err)?;
         txn.open_table(CHANNELS).map_err(err)?;
+        txn.open_table(REGISTRY_META).map_err(err)?;
         txn.commit().map_err(err)
     };
     ready().map_err(Opening::Write)?;
@@ -743,6 +751,7 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn put_channel(&self, record: &ChannelRecord) -> Result<Applied, StoreError> {
+        revision_as_i64(record.revision)?;
         let stored = StoredChannel::live(record);
         self.put_if_newer(record.name.clone(), stored).await
     }
@@ -760,20 +769,44 @@ impl StateStore for EmbeddedStore {
         })
     }
 
-    async fn channels(&self) -> Result<Vec<ChannelEntry>, StoreError> {
+    async fn channels(&self) -> Result<ChannelList, StoreError> {
         self.read_now(|db| {
             let txn = db.begin_read().map_err(err)?;
             let table = txn.open_table(CHANNELS).map_err(err)?;
-            let mut entries = Vec::new();
+            let mut list = ChannelList::default();
             for row in table.iter().map_err(err)? {
                 let (name, value) = row.map_err(err)?;
-                entries.push(StoredChannel::decode(value.value())?.into_entry(name.value())?);
+                let name = name.value();
+                let decoded =
+                    StoredChannel::decode(value.value()).and_then(|stored| stored.into_entry(name));
+                list.push(name, decoded);
             }
-            Ok(entries)
+            Ok(list)
+        })
+    }
+
+    async fn keep_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let candidate = candidate.to_vec();
+        self.write(move |txn| {
+            let mut table = txn.open_table(REGISTRY_META).map_err(err)?;
+            if table.get(KEY_CHECK).map_err(err)?.is_none() {
+                table.insert(KEY_CHECK, candidate.as_slice()).map_err(err)?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.read_now(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(REGISTRY_META).map_err(err)?;
+            let stored = table.get(KEY_CHECK).map_err(err)?;
+            stored
+                .map(|value| value.value().to_vec())
+                .ok_or_else(|| StoreError::Failed("the key-check record was not kept".into()))
         })
     }
 
     async fn remove_channel(&self, tombstone: &ChannelTombstone) -> Result<Applied, StoreError> {
+        revision_as_i64(tombstone.revision)?;
         let stored = StoredChannel::Removed {
             revision: tombstone.revision,
             removed_at: tombstone.removed_at,
@@ -944,7 +977,37 @@ mod tests {
         }
         // And it comes back after a restart.
         let store = EmbeddedStore::open(&path).unwrap();
-        assert_eq!(store.channels().await.unwrap().len(), 3);
+        assert_eq!(store.channels().await.unwrap().entries.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_channel_that_does_not_decode_does_not_hide_the_others() {
+        use crate::contract::sample_channel;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("state.redb")).unwrap();
+        store.put_channel(&sample_channel("good", 1)).await.unwrap();
+        let mut stored = StoredChannel::live(&sample_channel("odd", 1));
+        if let StoredChannel::Live { origin, .. } = &mut stored {
+            *origin = "from-a-newer-version".into();
+        }
+        let odd = serde_json::to_vec(&stored).unwrap();
+        store
+            .write(move |txn| {
+                let mut table = txn.open_table(CHANNELS).map_err(err)?;
+                table.insert("odd", odd.as_slice()).map_err(err)?;
+                table
+                    .insert("garbled", b"{not json".as_slice())
+                    .map_err(err)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let list = store.channels().await.unwrap();
+        let names: Vec<&str> = list.entries.iter().map(ChannelEntry::name).collect();
+        assert_eq!(names, ["good"]);
+        let broken: Vec<&str> = list.broken.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(broken, ["garbled", "odd"]);
+        assert!(list.broken[1].reason.contains("unknown origin"), "{list:?}");
     }
 
     #[tokio::test]

@@ -22,14 +22,19 @@
 pub mod contract;
 mod embedded;
 mod health;
+mod key_check;
 pub mod postgres;
 pub mod registry;
 pub mod sealed;
 
 pub use embedded::EmbeddedStore;
 pub use health::StoreHealth;
+pub use key_check::{check_credentials_key, KeyCheckError};
 pub use postgres::PostgresStore;
-pub use registry::{Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone};
+pub use registry::{
+    Applied, BrokenChannel, ChannelEntry, ChannelList, ChannelOrigin, ChannelRecord,
+    ChannelTombstone, MAX_REVISION,
+};
 pub use sealed::{CredentialsKey, SealError, SealedCredentials};
 
 use async_trait::async_trait;
@@ -186,7 +191,7 @@ pub trait StateStore: Send + Sync + 'static {
     /// Stores a channel of the registry (created or replaced) if its
     /// revision is higher than what the store holds for that name, a
     /// removal's included; otherwise changes nothing and says which revision
-    /// is there. Its credentials are sealed ([`SealedCredentials`]): nothing
+    /// is there. A revision above [`MAX_REVISION`] is refused. Its credentials are sealed ([`SealedCredentials`]): nothing
     /// else can be stored.
     async fn put_channel(&self, record: &ChannelRecord) -> Result<Applied, StoreError>;
 
@@ -194,8 +199,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// or nothing.
     async fn channel(&self, name: &str) -> Result<Option<ChannelEntry>, StoreError>;
 
-    /// Every channel of the registry and every tombstone, by name.
-    async fn channels(&self) -> Result<Vec<ChannelEntry>, StoreError>;
+    /// Every channel of the registry and every tombstone, by name, and the
+    /// names of stored entries that do not decode (the rest still load).
+    async fn channels(&self) -> Result<ChannelList, StoreError>;
+
+    /// The store's key-check record ([`check_credentials_key`]): stores
+    /// `candidate` if the store holds none yet, in one write so that racing
+    /// replicas keep one, and returns the one it holds.
+    async fn keep_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
 
     /// Removes channel `name` by leaving a tombstone with `revision`, under
     /// the same rule as [`StateStore::put_channel`]: only over a lower

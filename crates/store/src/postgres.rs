@@ -29,7 +29,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use crate::registry::{
-    revision_as_i64, Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone,
+    revision_as_i64, Applied, ChannelEntry, ChannelList, ChannelOrigin, ChannelRecord,
+    ChannelTombstone,
 };
 use crate::sealed::SealedCredentials;
 use crate::{SentRecord, StateStore, StoreError, StoreHealth};
@@ -121,7 +122,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         // The channel registry (`registry.rs`): a removed channel keeps its
         // row as a tombstone (`removed`, no settings or credentials), so its
-        // revision still outranks older writes. Credentials are sealed.
+        // revision still outranks older writes. Credentials are sealed. One
+        // row of `registry_key_check` records the key they are sealed with
+        // (`key_check.rs`).
         "
     CREATE TABLE channels (
         name        text        PRIMARY KEY,
@@ -133,6 +136,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         paused      boolean     NOT NULL DEFAULT false,
         updated_at  timestamptz NOT NULL,
         CHECK (removed OR (origin IS NOT NULL AND settings IS NOT NULL AND credentials IS NOT NULL))
+    );
+    CREATE TABLE registry_key_check (
+        id     boolean PRIMARY KEY DEFAULT true CHECK (id),
+        sealed bytea   NOT NULL
     );
     ",
     ),
@@ -912,7 +919,7 @@ impl StateStore for PostgresStore {
         row.map(|row| channel_entry(&row)).transpose()
     }
 
-    async fn channels(&self) -> Result<Vec<ChannelEntry>, StoreError> {
+    async fn channels(&self) -> Result<ChannelList, StoreError> {
         let sql = format!("{CHANNEL_COLUMNS} ORDER BY name");
         let rows = bounded("cannot list the channels", async {
             self.client()
@@ -922,7 +929,33 @@ impl StateStore for PostgresStore {
                 .map_err(|e| fail("cannot list the channels", &e))
         })
         .await?;
-        rows.iter().map(channel_entry).collect()
+        let mut list = ChannelList::default();
+        for row in &rows {
+            let name: String = row
+                .try_get(0)
+                .map_err(|e| fail("cannot list the channels", &e))?;
+            list.push(&name, channel_entry(row));
+        }
+        Ok(list)
+    }
+
+    async fn keep_key_check(&self, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.write(
+            "cannot store the key-check record",
+            "INSERT INTO registry_key_check (sealed) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+            &[&candidate],
+        )
+        .await?;
+        let row = self
+            .read_row(
+                "cannot read the key-check record",
+                "SELECT sealed FROM registry_key_check",
+                &[],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Failed("the key-check record was not kept".into()))?;
+        row.try_get(0)
+            .map_err(|e| fail("cannot read the key-check record", &e))
     }
 
     async fn remove_channel(&self, tombstone: &ChannelTombstone) -> Result<Applied, StoreError> {
@@ -951,29 +984,32 @@ impl StateStore for PostgresStore {
 const CHANNEL_COLUMNS: &str =
     "SELECT name, revision, removed, origin, settings, credentials, paused, updated_at FROM channels";
 
-/// A row of `channels` as an entry of the registry.
+/// A row of `channels` as an entry of the registry, or why it is not one
+/// (never a panic: a row a newer version wrote may hold what this one does
+/// not expect).
 fn channel_entry(row: &Row) -> Result<ChannelEntry, StoreError> {
-    let name: String = row.get(0);
-    let revision = u64::try_from(row.get::<_, i64>(1))
+    let column = |e: tokio_postgres::Error| StoreError::Failed(format!("a channel's row: {e}"));
+    let name: String = row.try_get(0).map_err(column)?;
+    let revision = u64::try_from(row.try_get::<_, i64>(1).map_err(column)?)
         .map_err(|_| StoreError::Failed(format!("channel {name} has a negative revision")))?;
-    let updated_at: DateTime<Utc> = row.get(7);
-    if row.get::<_, bool>(2) {
+    let updated_at: DateTime<Utc> = row.try_get(7).map_err(column)?;
+    if row.try_get::<_, bool>(2).map_err(column)? {
         return Ok(ChannelEntry::Removed(ChannelTombstone {
             name,
             revision,
             removed_at: updated_at,
         }));
     }
-    let origin: String = row.get(3);
+    let origin: String = row.try_get(3).map_err(column)?;
     let origin = ChannelOrigin::parse(&origin).ok_or_else(|| {
         StoreError::Failed(format!("channel {name} has an unknown origin {origin:?}"))
     })?;
     Ok(ChannelEntry::Live(ChannelRecord {
         origin,
-        settings: row.get(4),
-        credentials: SealedCredentials::from_stored(row.get(5)),
+        settings: row.try_get(4).map_err(column)?,
+        credentials: SealedCredentials::from_stored(row.try_get(5).map_err(column)?),
         revision,
-        paused: row.get(6),
+        paused: row.try_get(6).map_err(column)?,
         updated_at,
         name,
     }))

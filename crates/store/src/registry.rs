@@ -116,9 +116,53 @@ pub enum Applied {
     },
 }
 
-/// A revision as PostgreSQL's `bigint`, or an error for one beyond it.
+/// The highest revision the registry takes: PostgreSQL's `bigint` holds no
+/// more, and both stores refuse the same, so no store can hold a record
+/// the other could not replace.
+pub const MAX_REVISION: u64 = i64::MAX as u64;
+
+/// A revision as PostgreSQL's `bigint`, or an error for one above
+/// [`MAX_REVISION`]: every store checks its writes with it.
 pub(crate) fn revision_as_i64(revision: u64) -> Result<i64, crate::StoreError> {
     i64::try_from(revision).map_err(|_| {
-        crate::StoreError::Failed(format!("channel revision {revision} is out of range"))
+        crate::StoreError::Failed(format!(
+            "channel revision {revision} is out of range (at most {MAX_REVISION})"
+        ))
     })
+}
+
+/// What [`crate::StateStore::channels`] found: every entry that decodes,
+/// and the names of those that do not. One bad row (an origin a newer
+/// version wrote, a damaged value) must not hide every other channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelList {
+    /// The entries that decode, by name.
+    pub entries: Vec<ChannelEntry>,
+    /// The entries that do not, by name.
+    pub broken: Vec<BrokenChannel>,
+}
+
+/// A stored entry that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenChannel {
+    /// The channel's name (the store's key).
+    pub name: String,
+    /// Why it does not decode; never a credential.
+    pub reason: String,
+}
+
+impl ChannelList {
+    /// Adds what one stored entry decoded to, and logs one that did not.
+    pub(crate) fn push(&mut self, name: &str, decoded: Result<ChannelEntry, crate::StoreError>) {
+        match decoded {
+            Ok(entry) => self.entries.push(entry),
+            Err(error) => {
+                tracing::warn!(channel = name, %error, "a stored channel does not decode; skipped");
+                self.broken.push(BrokenChannel {
+                    name: name.to_owned(),
+                    reason: error.to_string(),
+                });
+            }
+        }
+    }
 }

@@ -15,9 +15,12 @@
 //! id 1.
 //!
 //! The key is HKDF-SHA256 (RFC 5869) of the operator's secret, with a fixed
-//! salt and an info naming the purpose and key id: the secret is required to
-//! be long and random (at least 32 characters), which is what HKDF needs, and
-//! the derived key is tied to this one use. The AEAD comes from `aws-lc-rs`,
+//! salt and an info naming the purpose and key id. HKDF does no stretching:
+//! from a passphrase, a dump would let anyone guess the key offline. So the
+//! secret must be random key material, written as base64 (standard, padded
+//! or not) or hex, of at least [`MIN_KEY_BYTES`] bytes (`openssl rand -base64
+//! 48`); HKDF then only ties the key to this one use. Only the form is
+//! checked: a long passphrase that happens to be valid base64 is not caught. The AEAD comes from `aws-lc-rs`,
 //! the crypto library the TLS stack already builds (`ring` is in `Cargo.lock`
 //! but not built). The secret stays in a `SecretString`; HKDF's output is
 //! zeroized by aws-lc-rs and the key's context cleansed by AWS-LC when freed;
@@ -26,6 +29,7 @@
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::hkdf::{Salt, HKDF_SHA256};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 
 /// The blob's first byte: how the rest is laid out.
@@ -35,13 +39,17 @@ const CURRENT_KEY_ID: u8 = 1;
 /// The format byte and the key id.
 const HEADER_LEN: usize = 2;
 const TAG_LEN: usize = 16;
-/// Shortest accepted operator secret, as for the media signing key.
-pub const MIN_SECRET_CHARS: usize = 32;
+/// Fewest bytes of key material the operator's secret must decode to.
+pub const MIN_KEY_BYTES: usize = 32;
 /// HKDF's salt: fixed, since the secret itself is long and random.
 const HKDF_SALT: &[u8] = b"xbridge state credentials";
 /// The associated data's prefix, so no other use of the key could produce a
 /// blob that opens here.
 const AAD_PREFIX: &[u8] = b"xbridge channel credentials\0";
+/// The key-check record's associated data's prefix: not a channel's.
+const KEY_CHECK_AAD: &[u8] = b"xbridge credentials key check\0";
+/// What the key-check record seals.
+const KEY_CHECK_TEXT: &str = "xbridge credentials key check, format 1";
 
 /// Why credentials could not be sealed or opened. Callers branch on it: a
 /// missing key refuses a command, a blob that does not open marks the channel
@@ -52,8 +60,9 @@ pub enum SealError {
     /// in the clear, so they are not stored at all.
     #[error("state.credentials_key is not set: channel credentials are stored only encrypted, so they cannot be stored")]
     NoKey,
-    /// The secret is too short to derive a key from.
-    #[error("state.credentials_key must be at least {MIN_SECRET_CHARS} characters")]
+    /// The secret is not random key material of at least [`MIN_KEY_BYTES`]
+    /// bytes in base64 or hex. The message never shows the secret.
+    #[error("state.credentials_key must be random key material of at least {MIN_KEY_BYTES} bytes, written as base64 or hex (make one with `openssl rand -base64 48`)")]
     WeakSecret,
     /// The blob is shorter than its header, nonce and tag, or of an unknown
     /// format.
@@ -118,23 +127,23 @@ impl SealedCredentials {
     }
 
     /// A blob read back from the store; [`CredentialsKey::open`] checks it.
-    pub fn from_stored(bytes: Vec<u8>) -> SealedCredentials {
+    /// Only the store decodes stored blobs.
+    pub(crate) fn from_stored(bytes: Vec<u8>) -> SealedCredentials {
         SealedCredentials(bytes)
     }
 }
 
 impl CredentialsKey {
-    /// Derives the key from the operator's secret (`state.credentials_key`).
+    /// Derives the key from the operator's secret (`state.credentials_key`),
+    /// which must be key material in base64 or hex ([`SealError::WeakSecret`]
+    /// otherwise).
     pub fn derive(secret: &SecretString) -> Result<CredentialsKey, SealError> {
-        let secret = secret.expose_secret();
-        if secret.chars().count() < MIN_SECRET_CHARS {
-            return Err(SealError::WeakSecret);
-        }
+        let material = key_material(secret.expose_secret()).ok_or(SealError::WeakSecret)?;
         let info = [
             b"xbridge credentials AES-256-GCM key id ".as_slice(),
             &[CURRENT_KEY_ID],
         ];
-        let prk = Salt::new(HKDF_SHA256, HKDF_SALT).extract(secret.as_bytes());
+        let prk = Salt::new(HKDF_SHA256, HKDF_SALT).extract(&material);
         let okm = prk
             .expand(&info, &AES_256_GCM)
             .map_err(|_| SealError::Crypto("key derivation failed"))?;
@@ -157,6 +166,38 @@ impl CredentialsKey {
         channel: &str,
         credentials: &SecretString,
     ) -> Result<SealedCredentials, SealError> {
+        self.seal_for(AAD_PREFIX, channel, credentials)
+    }
+
+    /// Opens what [`CredentialsKey::seal`] sealed for `channel`.
+    pub fn open(
+        &self,
+        channel: &str,
+        sealed: &SealedCredentials,
+    ) -> Result<SecretString, SealError> {
+        self.open_for(AAD_PREFIX, channel, sealed)
+    }
+
+    /// The store's key-check record: a constant sealed with associated data
+    /// of its own, so it opens only as a key check, never as a channel's
+    /// credentials.
+    pub(crate) fn seal_key_check(&self) -> Result<SealedCredentials, SealError> {
+        self.seal_for(KEY_CHECK_AAD, "", &SecretString::from(KEY_CHECK_TEXT))
+    }
+
+    /// Whether `stored` is a key-check record sealed with this key.
+    pub(crate) fn opens_key_check(&self, stored: &SealedCredentials) -> bool {
+        self.open_for(KEY_CHECK_AAD, "", stored)
+            .is_ok_and(|text| text.expose_secret() == KEY_CHECK_TEXT)
+    }
+
+    /// Seals `credentials` for `channel` under the associated data `prefix`.
+    fn seal_for(
+        &self,
+        prefix: &[u8],
+        channel: &str,
+        credentials: &SecretString,
+    ) -> Result<SealedCredentials, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -169,7 +210,7 @@ impl CredentialsKey {
         let mut sealed = plain.to_vec();
         let result = self.key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(associated_data(channel, header)),
+            Aad::from(associated_data(prefix, channel, header)),
             &mut sealed,
         );
         if result.is_err() {
@@ -180,9 +221,10 @@ impl CredentialsKey {
         Ok(SealedCredentials(blob))
     }
 
-    /// Opens what [`CredentialsKey::seal`] sealed for `channel`.
-    pub fn open(
+    /// Opens what [`CredentialsKey::seal_for`] sealed with the same `prefix`.
+    fn open_for(
         &self,
+        prefix: &[u8],
         channel: &str,
         sealed: &SealedCredentials,
     ) -> Result<SecretString, SealError> {
@@ -211,7 +253,7 @@ impl CredentialsKey {
             .key
             .open_in_place(
                 nonce,
-                Aad::from(associated_data(channel, header)),
+                Aad::from(associated_data(prefix, channel, header)),
                 &mut buffer,
             )
             .map(|plain| String::from_utf8(plain.to_vec()));
@@ -230,10 +272,43 @@ impl CredentialsKey {
     }
 }
 
-/// What binds a blob to its channel, format and key id.
-fn associated_data(channel: &str, header: [u8; HEADER_LEN]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(AAD_PREFIX.len() + HEADER_LEN + channel.len());
-    aad.extend_from_slice(AAD_PREFIX);
+/// The bytes the operator's secret stands for: hex when it is only hex
+/// digits, else standard base64 (padded or not); `None` unless that gives at
+/// least [`MIN_KEY_BYTES`]. Surrounding whitespace (a file's newline) is
+/// ignored. Zeroized when dropped.
+fn key_material(secret: &str) -> Option<Zeroizing<Vec<u8>>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use base64::Engine;
+    let text = secret.trim();
+    let decoded = if text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex(text)
+    } else {
+        STANDARD
+            .decode(text)
+            .or_else(|_| STANDARD_NO_PAD.decode(text))
+            .ok()
+    };
+    let material = Zeroizing::new(decoded?);
+    (material.len() >= MIN_KEY_BYTES).then_some(material)
+}
+
+/// Hex digits as bytes; `None` for an odd count.
+fn hex(text: &str) -> Option<Vec<u8>> {
+    let digits = text.as_bytes();
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    let value = |d: u8| (d as char).to_digit(16).map(|v| v as u8);
+    digits
+        .chunks(2)
+        .map(|pair| Some(value(pair[0])? << 4 | value(pair[1])?))
+        .collect()
+}
+
+/// What binds a blob to its use (`prefix`), its channel, format and key id.
+fn associated_data(prefix: &[u8], channel: &str, header: [u8; HEADER_LEN]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(prefix.len() + HEADER_LEN + channel.len());
+    aad.extend_from_slice(prefix);
     aad.extend_from_slice(&header);
     aad.extend_from_slice(channel.as_bytes());
     aad
@@ -254,7 +329,8 @@ mod tests {
         CredentialsKey::derive(&SecretString::from(secret)).unwrap()
     }
 
-    const SECRET: &str = "an-operator-secret-of-at-least-32-characters";
+    /// 48 random bytes, as `openssl rand -base64 48` writes them.
+    const SECRET: &str = "q6tq0Zf1N8x0m2v7WmJx0qG2cQwz3yR8D1kTnq1Zr3bYtV9Hc8Fw3o7s1A0PqLzE";
     const CREDENTIALS: &str = r#"{"consumer_key":"ck-7f3a","access_token":"at-secret-9c1e"}"#;
 
     #[test]
@@ -287,7 +363,7 @@ mod tests {
         let sealed = key(SECRET)
             .seal("acme", &SecretString::from(CREDENTIALS))
             .unwrap();
-        let error = key("another-operator-secret-also-32-characters-long")
+        let error = key("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
             .open("acme", &sealed)
             .unwrap_err();
         assert!(matches!(error, SealError::Refused { .. }));
@@ -330,6 +406,52 @@ mod tests {
             CredentialsKey::derive(&SecretString::from("short")).unwrap_err(),
             SealError::WeakSecret
         );
+    }
+
+    #[test]
+    fn only_random_key_material_of_32_bytes_or_more_is_a_secret() {
+        let derives = |secret: &str| CredentialsKey::derive(&SecretString::from(secret)).is_ok();
+        let bytes_32 = [7u8; 32];
+        let bytes_31 = [7u8; 31];
+        {
+            use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+            use base64::Engine;
+            assert!(derives(&STANDARD.encode(bytes_32)));
+            assert!(derives(&STANDARD_NO_PAD.encode(bytes_32)));
+            assert!(derives(&format!("{}\n", STANDARD.encode(bytes_32))));
+            assert!(!derives(&STANDARD.encode(bytes_31)));
+        }
+        assert!(derives(&"ab".repeat(32)));
+        assert!(derives(&"AB".repeat(32)));
+        assert!(!derives(&"ab".repeat(31)));
+        assert!(!derives(&"a".repeat(65)), "an odd count of hex digits");
+        // A passphrase, however long, is not key material.
+        assert!(!derives(
+            "an-operator-passphrase-of-well-over-32-characters!"
+        ));
+        assert!(!derives(
+            "correct horse battery staple correct horse battery"
+        ));
+        // The same material in hex and in base64 is the same key.
+        let hex_key = key(&"07".repeat(32));
+        let sealed = hex_key
+            .seal("acme", &SecretString::from(CREDENTIALS))
+            .unwrap();
+        let b64 = key("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=");
+        assert!(b64.open("acme", &sealed).is_ok());
+        let refused = SealError::WeakSecret.to_string();
+        assert!(refused.contains("openssl rand -base64 48"), "{refused}");
+    }
+
+    #[test]
+    fn the_key_check_opens_with_its_key_only_and_never_as_credentials() {
+        let key = key(SECRET);
+        let check = key.seal_key_check().unwrap();
+        assert!(key.opens_key_check(&check));
+        assert!(!key.opens_key_check(&key.seal("", &SecretString::from(KEY_CHECK_TEXT)).unwrap()));
+        assert!(key.open("", &check).is_err());
+        let other = super::tests::key(&"ab".repeat(32));
+        assert!(!other.opens_key_check(&check));
     }
 
     #[test]

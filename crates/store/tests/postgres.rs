@@ -373,3 +373,32 @@ async fn the_database_holds_no_credential_in_the_clear() {
     })
     .await;
 }
+
+/// A row this version cannot read (an origin a newer version wrote) is named
+/// as broken; the other channels still load.
+#[tokio::test]
+async fn a_channel_that_does_not_decode_does_not_hide_the_others() {
+    in_fresh_schema(|schema| async move {
+        let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
+        for name in ["good", "odd"] {
+            store
+                .put_channel(&contract::sample_channel(name, 1))
+                .await
+                .unwrap();
+        }
+        admin()
+            .await
+            .batch_execute(&format!(
+                "UPDATE \"{schema}\".channels SET origin = 'from-a-newer-version' WHERE name = 'odd'"
+            ))
+            .await
+            .unwrap();
+        let list = store.channels().await.unwrap();
+        let names: Vec<&str> = list.entries.iter().map(|e| e.name()).collect();
+        assert_eq!(names, ["good"]);
+        assert_eq!(list.broken.len(), 1, "{list:?}");
+        assert_eq!(list.broken[0].name, "odd");
+        assert!(list.broken[0].reason.contains("unknown origin"), "{list:?}");
+    })
+    .await;
+}

@@ -32,7 +32,23 @@ pub async fn open_store(settings: &StateSettings) -> anyhow::Result<Arc<dyn Stat
         ),
     };
     tracing::info!(store = %settings.backend.describe(), "state store open");
+    check_credentials_key(settings, store.as_ref()).await?;
     Ok(store)
+}
+
+/// Refuses a `state.credentials_key` that is not the key the store was
+/// first sealed with (recording it on first use), so replicas with different
+/// keys stop at start instead of failing channel by channel later.
+async fn check_credentials_key(
+    settings: &StateSettings,
+    store: &dyn StateStore,
+) -> anyhow::Result<()> {
+    if settings.credentials_key.is_none() {
+        return Ok(());
+    }
+    let key = settings.credentials_key()?;
+    xbridge_store::check_credentials_key(store, &key).await?;
+    Ok(())
 }
 
 /// File descriptors the bridge needs beside its HTTP connections: RabbitMQ,
@@ -273,4 +289,30 @@ fn spawn_identity_checks(
         }
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    #[tokio::test]
+    async fn a_start_with_another_credentials_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = |key: String| StateSettings {
+            backend: StateBackend::Embedded {
+                path: dir.path().join("state.redb"),
+            },
+            credentials_key: Some(SecretString::from(key)),
+        };
+        for _ in 0..2 {
+            drop(open_store(&settings("ab".repeat(32))).await.unwrap());
+        }
+        let refused = open_store(&settings("cd".repeat(32))).await.err().unwrap();
+        let refused = format!("{refused:#}");
+        assert!(
+            refused.contains("state.credentials_key does not match"),
+            "{refused}"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use xbridge_store::postgres::is_valid_schema_name;
-use xbridge_store::sealed::{CredentialsKey, SealError, MIN_SECRET_CHARS};
+use xbridge_store::sealed::{CredentialsKey, SealError};
 
 use crate::secret::SecretSource;
 
@@ -17,7 +17,8 @@ pub struct StateSettings {
     /// The store and how to reach it.
     pub backend: StateBackend,
     /// The secret the channel registry's credentials are encrypted with in
-    /// the store (`state.credentials_key`, at least 32 characters). Unset,
+    /// the store (`state.credentials_key`: random key material of at least
+    /// 32 bytes in base64 or hex, checked at load). Unset,
     /// channels with credentials are not stored at all.
     pub credentials_key: Option<SecretString>,
 }
@@ -108,9 +109,9 @@ pub(super) fn validate(mut raw: RawState, errors: &mut Vec<String>) -> StateSett
     }
 }
 
-/// The secret the registry's credentials are sealed with, resolved and at
-/// least [`MIN_SECRET_CHARS`] long: the key is derived from it, so a short
-/// one would be a weak key.
+/// The secret the registry's credentials are sealed with, resolved and
+/// checked to be key material a key derives from, so a weak secret stops
+/// the start rather than the first command. The error never shows it.
 fn credentials_key(source: Option<SecretSource>, errors: &mut Vec<String>) -> Option<SecretString> {
     let key = match source?.resolve() {
         Ok(key) => key,
@@ -119,10 +120,8 @@ fn credentials_key(source: Option<SecretSource>, errors: &mut Vec<String>) -> Op
             return None;
         }
     };
-    if key.expose_secret().chars().count() < MIN_SECRET_CHARS {
-        errors.push(format!(
-            "state.credentials_key: must be at least {MIN_SECRET_CHARS} characters"
-        ));
+    if let Err(e) = CredentialsKey::derive(&key) {
+        errors.push(e.to_string());
         return None;
     }
     Some(key)
@@ -224,9 +223,10 @@ mod tests {
     }
 
     #[test]
-    fn the_credentials_key_is_a_secret_of_at_least_32_characters() {
-        let key = "k".repeat(31) + "-registry-key";
-        std::env::set_var("XBRIDGE_TEST_STATE_CREDENTIALS_KEY_OK", &key);
+    fn the_credentials_key_is_key_material_of_at_least_32_bytes() {
+        // 48 bytes in base64, as `openssl rand -base64 48` writes them.
+        let key = "cmVnaXN0cnkta2V5LW9mLWZvcnR5LWVpZ2h0LXJhbmRvbS1ieXRlcy1pbi10ZXN0";
+        std::env::set_var("XBRIDGE_TEST_STATE_CREDENTIALS_KEY_OK", key);
         let toml = format!(
             "{VALID}\n[state]\ncredentials_key = {{ env = \"XBRIDGE_TEST_STATE_CREDENTIALS_KEY_OK\" }}\n"
         );
@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(state.credentials_key.as_ref().unwrap().expose_secret(), key);
         let derived = state.credentials_key().expect("a key");
         let shown = format!("{settings:?} {derived:?}");
-        assert!(!shown.contains("registry-key"), "{shown}");
+        assert!(!shown.contains(key), "{shown}");
 
         // Unset: allowed (nothing is stored yet), but storing is refused.
         let settings = Settings::from_toml(VALID).unwrap();
@@ -248,7 +248,11 @@ mod tests {
         let cases = [
             (
                 "credentials_key = \"short-registry-secret\"",
-                "state.credentials_key: must be at least 32 characters",
+                "state.credentials_key must be random key material of at least 32 bytes",
+            ),
+            (
+                "credentials_key = \"a-passphrase-of-more-than-32-characters-short-registry-secret\"",
+                "openssl rand -base64 48",
             ),
             (
                 "credentials_key = { env = \"XBRIDGE_TEST_SURELY_UNSET_CREDENTIALS_KEY\" }",
