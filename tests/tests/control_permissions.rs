@@ -161,6 +161,28 @@ impl Drop for Throwaway {
 /// Publishes one message on a channel of its own and waits for the broker's confirm:
 /// `Err` with the broker's refusal (a closed channel) when the user may not.
 async fn publish(connection: &Connection, exchange: &str, key: &str) -> Result<(), String> {
+    publish_with(connection, exchange, key, BasicProperties::default()).await
+}
+
+/// Publishes a command body with `user_id` = `user` (as the broker vouches for it).
+async fn publish_as(
+    connection: &Connection,
+    user: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), String> {
+    let properties = BasicProperties::default().with_user_id(user.into());
+    publish_with(connection, exchange, key, properties).await
+}
+
+/// Publishes a command body with `properties` on a channel of its own and waits
+/// for the broker's confirm.
+async fn publish_with(
+    connection: &Connection,
+    exchange: &str,
+    key: &str,
+    properties: BasicProperties,
+) -> Result<(), String> {
     let channel = connection
         .create_channel()
         .await
@@ -175,7 +197,7 @@ async fn publish(connection: &Connection, exchange: &str, key: &str) -> Result<(
             key.into(),
             BasicPublishOptions::default(),
             br#"{"command":"channel.check","command_id":"c","channel":"acme"}"#,
-            BasicProperties::default(),
+            properties,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -231,38 +253,6 @@ async fn declare_bound_queue(
             QueueBindOptions::default(),
             FieldTable::default(),
         )
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Publishes a command body with `user_id` = `user` (as the broker vouches for it).
-async fn publish_as(
-    connection: &Connection,
-    user: &str,
-    exchange: &str,
-    key: &str,
-) -> Result<(), String> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let confirm = channel
-        .basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            br#"{"command":"channel.check","command_id":"c","channel":"acme"}"#,
-            BasicProperties::default().with_user_id(user.into()),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    confirm.await.map_err(|e| e.to_string())?;
-    channel
-        .basic_qos(1, BasicQosOptions::default())
         .await
         .map_err(|e| e.to_string())
 }
