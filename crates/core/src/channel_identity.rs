@@ -81,6 +81,9 @@ struct Entry {
 pub struct ChannelIdentities {
     /// In configuration order, which breaks ties when routing.
     entries: RwLock<Vec<Entry>>,
+    /// Each App (by consumer key) and its id, kept so a channel added at run time
+    /// joins the App of the channels it shares a consumer key with.
+    apps: RwLock<HashMap<String, AppId>>,
 }
 
 impl ChannelIdentities {
@@ -111,7 +114,47 @@ impl ChannelIdentities {
             .collect();
         ChannelIdentities {
             entries: RwLock::new(entries),
+            apps: RwLock::new(apps),
         }
+    }
+
+    /// Adds a channel at run time, or replaces its entry when the channel's
+    /// account or App may have changed (new credentials): what was learnt of the
+    /// old account is dropped, since the new token may belong to another one.
+    /// An entry whose App and configured id are the same is kept as it is.
+    pub fn upsert(&self, account: ChannelAccount<'_>) {
+        let app = {
+            let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
+            let next = AppId(apps.len());
+            *apps
+                .entry(account.consumer_key.expose_secret().to_owned())
+                .or_insert(next)
+        };
+        let configured = account.user_id.map(UserId::from);
+        let entry = Entry {
+            channel: ChannelIdentity {
+                name: account.name.to_owned(),
+                app,
+                identity: configured
+                    .clone()
+                    .map_or(Identity::Pending, Identity::Known),
+            },
+            configured,
+        };
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        match entries.iter_mut().find(|e| e.channel.name == account.name) {
+            Some(old) if old.channel.app == app && old.configured == entry.configured => {}
+            Some(old) => *old = entry,
+            None => entries.push(entry),
+        }
+    }
+
+    /// Forgets `channel` (removed at run time): its DMs are no longer routed.
+    pub fn remove(&self, channel: &str) {
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|e| e.channel.name != channel);
     }
 
     /// The channels of a configuration.

@@ -43,6 +43,37 @@ impl ChannelStates {
         }
     }
 
+    /// Adds a channel created at run time, `ok` (or `paused`), and broadcasts it
+    /// so the CRM hears of the new channel; a channel already known keeps its state.
+    pub fn add(&self, channel: &str, state: ChannelState) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.contains_key(channel) {
+            return;
+        }
+        let status = ChannelStatus {
+            state,
+            since: Utc::now(),
+            until: None,
+            detail: None,
+        };
+        current.insert(channel.to_owned(), status.clone());
+        set_gauge(channel, state);
+        let _ = self.changes.send(ChannelStateEvent {
+            event_type: "channel.state",
+            channel: channel.to_owned(),
+            status,
+        });
+    }
+
+    /// Forgets a removed channel: it leaves `/readyz` and its gauge reads
+    /// `removed`, so a dashboard does not show it stuck in its last state.
+    pub fn remove(&self, channel: &str) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.remove(channel).is_some() {
+            set_gauge(channel, ChannelState::Removed);
+        }
+    }
+
     /// Records `state` for `channel`; a change (not a repeat) is broadcast.
     pub fn set(
         &self,

@@ -8,6 +8,8 @@
 //!   the control commands that manage channels, and their answers (`control/`).
 //! - [`channel_state`], [`channel_identity`]: every channel's state, tracked and
 //!   broadcast to the CRM, and the account's X user id, learnt or configured.
+//! - [`live_channels`]: the channels served right now (the file's and the CRM's), a
+//!   watched map both directions bring what they run in line with.
 //! - [`config`]: the configuration, a folder with one file per section:
 //!   - `config/mod.rs`: the loader ([`config::Settings::load`], `from_toml`, the
 //!     `XBRIDGE_…` environment overrides), [`config::ConfigError`] and the warnings;
@@ -33,6 +35,7 @@ pub mod channel_identity;
 pub mod channel_state;
 pub mod config;
 pub mod contract;
+pub mod live_channels;
 pub mod metrics_catalog;
 pub mod secret;
 pub mod server;

@@ -18,6 +18,7 @@ use xbridge_amqp::Supervisor;
 use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ChannelSettings, HttpSettings, Settings};
+use xbridge_core::live_channels::LiveChannels;
 use xbridge_store::StateStore;
 use xbridge_x_api::{WebhookClient, XClient, XHttp};
 
@@ -86,6 +87,7 @@ impl Inbound {
     /// `identities`, which [`Inbound::identity_resolver`] completes.
     pub fn new(
         settings: Arc<Settings>,
+        live: Arc<LiveChannels>,
         store: Arc<dyn StateStore>,
         states: Arc<ChannelStates>,
         http: XHttp,
@@ -100,8 +102,8 @@ impl Inbound {
             in_flight: Arc::new(InFlightDeliveries::default()),
         };
         let mut channels = ChannelParts::default();
-        for channel in &settings.channels {
-            channels.add(&settings, channel, &http, bound, &shared)?;
+        for channel in live.current().values() {
+            channels.add(&settings, &channel.settings, &http, bound, &shared)?;
         }
         Ok(Inbound {
             supervisor: crate::broker::supervisor(&settings),

@@ -13,6 +13,7 @@ use xbridge_amqp::Supervisor;
 use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ChannelSettings, Settings};
+use xbridge_core::live_channels::LiveChannels;
 use xbridge_store::StateStore;
 use xbridge_x_api::{XClient, XHttp};
 
@@ -38,6 +39,7 @@ impl Outbound {
     /// cannot be built (bad base URL).
     pub fn new(
         settings: Arc<Settings>,
+        live: Arc<LiveChannels>,
         store: Arc<dyn StateStore>,
         states: Arc<ChannelStates>,
         http: XHttp,
@@ -50,10 +52,10 @@ impl Outbound {
             media: Arc::new(MediaFetcher::new(settings.outbound.media.clone())?),
             http,
         };
-        let mut channels = settings
-            .channels
-            .iter()
-            .map(|channel| shared.context(&settings, channel))
+        let mut channels = live
+            .current()
+            .values()
+            .map(|channel| shared.context(&settings, &channel.settings))
             .collect::<Result<Vec<_>, OutboundError>>()?;
         // Reply queues are single-active-consumer queues: of the replicas
         // consuming a channel's queue, the one that registered first is the

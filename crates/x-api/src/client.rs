@@ -97,7 +97,9 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) base_url: Url,
     pub(crate) request_timeout: Duration,
-    pub(crate) credentials: UserCredentials,
+    /// Swapped whole by [`XClient::set_credentials`]: each request signs with the
+    /// credentials current when it starts.
+    pub(crate) credentials: std::sync::RwLock<Arc<UserCredentials>>,
     pub(crate) pacer: Pacer,
     /// X counts DM reads in a window of their own, so they are paced apart from sends.
     pub(crate) read_pacer: Pacer,
@@ -150,7 +152,7 @@ impl XClient {
                 http: http.client().clone(),
                 base_url: config.base_url,
                 request_timeout: config.request_timeout,
-                credentials,
+                credentials: std::sync::RwLock::new(Arc::new(credentials)),
                 pacer: Pacer::default(),
                 read_pacer: Pacer::default(),
                 upload_pacer: Pacer::default(),
@@ -186,7 +188,7 @@ impl XClient {
         let url = target.messages_url(&self.inner.base_url)?;
         check_dm(text, media_id)?;
         self.inner.pacer.ready().await;
-        let authorization = oauth::signed_header("POST", &url, &self.inner.credentials)
+        let authorization = oauth::signed_header("POST", &url, &self.credentials())
             .ok_or(XError::Unauthorized { problem: None })?;
         let request = self
             .request(Method::POST, url)
@@ -279,9 +281,25 @@ impl XClient {
             .timeout(self.inner.request_timeout)
     }
 
-    /// The account's credentials, for signing the requests of sibling modules.
-    pub(crate) fn credentials(&self) -> &UserCredentials {
-        &self.inner.credentials
+    /// The account's credentials as they are now, for signing one request.
+    pub(crate) fn credentials(&self) -> Arc<UserCredentials> {
+        self.inner
+            .credentials
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the account's credentials (a rotated token, a channel the CRM
+    /// updated): requests that start from now on sign with `credentials`, those
+    /// already signed finish with the old ones. The pacers are kept: the rate
+    /// limit windows belong to the account, not to the token.
+    pub fn set_credentials(&self, credentials: UserCredentials) {
+        *self
+            .inner
+            .credentials
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(credentials);
     }
 
     /// The pacer of this channel's DM sends, for status reports.
@@ -371,7 +389,7 @@ impl XClient {
     ) -> Result<ReadAnswer, XError> {
         let pacer = &self.inner.read_pacer;
         pacer.ready().await;
-        let authorization = oauth::signed_header("GET", &url, &self.inner.credentials)
+        let authorization = oauth::signed_header("GET", &url, &self.credentials())
             .ok_or(XError::Unauthorized { problem: None })?;
         let request = self
             .request(Method::GET, url)

@@ -116,7 +116,7 @@ impl XClient {
         url: &Url,
         timeout: Duration,
     ) -> Result<reqwest::Response, MediaDownloadError> {
-        let authorization = oauth::signed_header("GET", url, self.credentials())
+        let authorization = oauth::signed_header("GET", url, &self.credentials())
             // Only `None` with control characters in a credential; the header is not shown.
             .ok_or(MediaDownloadError::Refused { status: 401 })?;
         let started = std::time::Instant::now();

@@ -324,7 +324,7 @@ impl XClient {
             Method::POST
         };
         // Query parameters are signed; JSON and multipart bodies are not (README §7).
-        let authorization = oauth::signed_header(method.as_str(), &url, self.credentials())
+        let authorization = oauth::signed_header(method.as_str(), &url, &self.credentials())
             .ok_or(XError::Unauthorized { problem: None })?;
         let request = self
             .request(method, url)

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use xbridge_core::channel_identity::{ChannelIdentities, IdentityMismatch};
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{HttpSettings, Settings, StateBackend, StateSettings};
+use xbridge_core::live_channels::LiveChannels;
 use xbridge_inbound::service::Inbound;
 use xbridge_inbound::webhook::identity::IdentityResolver;
 use xbridge_outbound::Outbound;
@@ -98,6 +99,8 @@ pub struct Bridge {
     unresolved: Option<(IdentityResolver, Vec<String>)>,
     /// Whether the state store can write, for the probes.
     store: StoreHealth,
+    /// The channels served now: both sides follow it.
+    live: Arc<LiveChannels>,
 }
 
 impl Bridge {
@@ -142,7 +145,8 @@ impl Bridge {
         let states = Arc::new(ChannelStates::new(
             settings.channels.iter().map(|c| c.name.as_str()),
         ));
-        let (outbound, inbound) = sides(settings, store, states.clone())?;
+        let live = Arc::new(LiveChannels::new(&settings.channels));
+        let (outbound, inbound) = sides(settings, live.clone(), store, states.clone())?;
         let resolver = inbound.identity_resolver();
         let unanswered = resolver.resolve_once().await?;
         Ok(Bridge {
@@ -153,6 +157,7 @@ impl Bridge {
             states,
             unresolved: (!unanswered.is_empty()).then_some((resolver, unanswered)),
             store: store_health,
+            live,
         })
     }
 
@@ -169,6 +174,11 @@ impl Bridge {
     /// Whether the state store can write.
     pub fn store_health(&self) -> StoreHealth {
         self.store.clone()
+    }
+
+    /// The channels served now: what the control consumer and a reload change.
+    pub fn live_channels(&self) -> Arc<LiveChannels> {
+        self.live.clone()
     }
 
     /// Every channel's state.
@@ -255,6 +265,7 @@ fn bind_ops(settings: &Settings) -> anyhow::Result<Option<std::net::TcpListener>
 /// system's root certificates each.
 fn sides(
     settings: Arc<Settings>,
+    live: Arc<LiveChannels>,
     store: Arc<dyn StateStore>,
     states: Arc<ChannelStates>,
 ) -> anyhow::Result<(Outbound, Inbound)> {
@@ -262,12 +273,13 @@ fn sides(
     let identities = Arc::new(ChannelIdentities::from_channels(&settings.channels));
     let outbound = Outbound::new(
         settings.clone(),
+        live.clone(),
         store.clone(),
         states.clone(),
         x_http.clone(),
         identities.clone(),
     )?;
-    let inbound = Inbound::new(settings, store, states, x_http, identities)?;
+    let inbound = Inbound::new(settings, live, store, states, x_http, identities)?;
     Ok((outbound, inbound))
 }
 

@@ -27,11 +27,17 @@ pub enum ChannelState {
     WebhookInvalid,
     /// Polling for DMs is paused after repeated failures.
     PollingPaused,
+    /// Replies are held by the CRM's `channel.pause` until `channel.resume`;
+    /// DMs keep coming in.
+    Paused,
+    /// The channel was removed (`channel.remove`, or gone from the file on a
+    /// reload): nothing is served; its replies wait in its queue.
+    Removed,
 }
 
 impl ChannelState {
     /// Every state, for metrics.
-    pub const ALL: [ChannelState; 7] = [
+    pub const ALL: [ChannelState; 9] = [
         ChannelState::Ok,
         ChannelState::RateLimited,
         ChannelState::CreditsExhausted,
@@ -39,6 +45,8 @@ impl ChannelState {
         ChannelState::MissingPermission,
         ChannelState::WebhookInvalid,
         ChannelState::PollingPaused,
+        ChannelState::Paused,
+        ChannelState::Removed,
     ];
 
     /// The wire name.
@@ -51,6 +59,8 @@ impl ChannelState {
             ChannelState::MissingPermission => "missing_permission",
             ChannelState::WebhookInvalid => "webhook_invalid",
             ChannelState::PollingPaused => "polling_paused",
+            ChannelState::Paused => "paused",
+            ChannelState::Removed => "removed",
         }
     }
 }
