@@ -20,6 +20,7 @@ use std::path::Path;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 
 pub use amqp::{AmqpSettings, TopologyNames};
@@ -144,13 +145,7 @@ impl Settings {
     /// Reads `path` (TOML), applies `XBRIDGE_…` environment overrides and
     /// validates the result.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        if !path.exists() {
-            return Err(ConfigError::Read(format!(
-                "{} does not exist",
-                path.display()
-            )));
-        }
-        Self::from_figment(Figment::from(Toml::file(path)))
+        Self::from_figment(file(path)?)
     }
 
     /// Parses a configuration from a TOML string (tests, the demo), with the
@@ -159,15 +154,30 @@ impl Settings {
         Self::from_figment(Figment::from(Toml::string(toml)))
     }
 
+    /// [`Settings::load`], keeping what each section was written as, so a
+    /// reload can tell which sections changed since the process started.
+    pub fn load_with_sections(path: &Path) -> Result<Loaded, ConfigError> {
+        Self::with_sections(file(path)?)
+    }
+
+    /// [`Settings::from_toml`] with the sections, like [`Settings::load_with_sections`].
+    pub fn from_toml_with_sections(toml: &str) -> Result<Loaded, ConfigError> {
+        Self::with_sections(Figment::from(Toml::string(toml)))
+    }
+
+    fn with_sections(figment: Figment) -> Result<Loaded, ConfigError> {
+        let figment = with_env(figment);
+        let sections = Sections::of(&figment);
+        let settings = Self::from_merged(figment)?;
+        Ok(Loaded { settings, sections })
+    }
+
     fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        Self::from_merged(with_env(figment))
+    }
+
+    fn from_merged(figment: Figment) -> Result<Settings, ConfigError> {
         let raw: RawSettings = figment
-            // Only nested keys (`XBRIDGE_AMQP__URL`) are settings, so an
-            // unrelated `XBRIDGE_SOMETHING` in the environment is not an error.
-            .merge(
-                Env::prefixed(ENV_PREFIX)
-                    .filter(|key| key.as_str().contains("__"))
-                    .split("__"),
-            )
             .extract()
             .map_err(|e| ConfigError::Read(e.to_string()))?;
         Self::validate(raw)
@@ -204,6 +214,109 @@ impl Settings {
     pub fn channel(&self, name: &str) -> Option<&ChannelSettings> {
         self.channels.iter().find(|c| c.name == name)
     }
+}
+
+/// The TOML file at `path`; a missing file is an error (figment would read
+/// it as empty).
+fn file(path: &Path) -> Result<Figment, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::Read(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    Ok(Figment::from(Toml::file(path)))
+}
+
+/// `figment` with the `XBRIDGE_…` environment overrides on top.
+fn with_env(figment: Figment) -> Figment {
+    // Only nested keys (`XBRIDGE_AMQP__URL`) are settings, so an unrelated
+    // `XBRIDGE_SOMETHING` in the environment is not an error.
+    figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    )
+}
+
+/// The sections only a restart applies: everything but `[[channels]]`.
+pub const RESTART_SECTIONS: [&str; 7] = [
+    "amqp",
+    "x",
+    "outbound",
+    "inbound",
+    "state",
+    "telemetry",
+    "http",
+];
+
+/// A configuration as validated, and as written.
+pub struct Loaded {
+    /// The validated settings.
+    pub settings: Settings,
+    /// Each section as written.
+    pub sections: Sections,
+}
+
+/// Each of [`RESTART_SECTIONS`] as written in the file and the environment
+/// (before validation and defaults). Compared as written rather than as
+/// validated because most validated sections cannot be compared (secrets)
+/// and a section is what the operator edits. No `Debug`: inline secrets are
+/// in it.
+pub struct Sections(Vec<Option<figment::value::Value>>);
+
+impl Sections {
+    fn of(figment: &Figment) -> Sections {
+        Sections(
+            RESTART_SECTIONS
+                .iter()
+                .map(|section| figment.find_value(section).ok())
+                .collect(),
+        )
+    }
+}
+
+impl Loaded {
+    /// The sections other than `[[channels]]` in which `self` differs from
+    /// `running`: as written, or in a secret read from a file (a rotated
+    /// mounted secret). Named, never shown.
+    pub fn restart_sections(&self, running: &Loaded) -> Vec<&'static str> {
+        let (now, before) = (
+            file_secrets(&self.settings),
+            file_secrets(&running.settings),
+        );
+        RESTART_SECTIONS
+            .iter()
+            .enumerate()
+            .filter(|&(i, section)| {
+                let secret_changed = now
+                    .iter()
+                    .zip(&before)
+                    .any(|((s, a), (_, b))| s == section && a != b);
+                self.sections.0[i] != running.sections.0[i] || secret_changed
+            })
+            .map(|(_, section)| *section)
+            .collect()
+    }
+}
+
+fn exposed(secret: &Option<secrecy::SecretString>) -> Option<&str> {
+    secret.as_ref().map(|s| s.expose_secret())
+}
+
+/// The secrets of the restart sections, by section, as resolved: a secret
+/// read from a file changes with the file while the section reads the same.
+fn file_secrets(s: &Settings) -> [(&'static str, Option<&str>); 4] {
+    let state_url = match &s.state.backend {
+        StateBackend::Postgres { url, .. } => Some(url.expose_secret()),
+        StateBackend::Embedded { .. } => None,
+    };
+    [
+        ("amqp", Some(s.amqp.url.expose_secret())),
+        ("state", state_url),
+        ("state", exposed(&s.state.credentials_key)),
+        ("inbound", exposed(&s.inbound.media.signing_key)),
+    ]
 }
 
 /// A minimal valid configuration the sections' tests start from.
@@ -313,6 +426,31 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn a_reload_names_the_sections_that_need_a_restart_and_not_the_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let amqp_url = dir.path().join("amqp_url");
+        std::fs::write(&amqp_url, "amqp://a:one@127.0.0.1:5672/%2f").unwrap();
+        let toml = |extra: &str| {
+            VALID.replace(
+                "url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"",
+                &format!("url = {{ file = {amqp_url:?} }}\n{extra}"),
+            )
+        };
+        let load = |toml: &str| Settings::from_toml_with_sections(toml).unwrap();
+        let running = load(&toml(""));
+        let channels_only =
+            load(&toml("").replace("access_token = \"at\"", "access_token = \"at2\""));
+        assert!(channels_only.restart_sections(&running).is_empty());
+        let more = load(&format!(
+            "{}\n[outbound]\nshutdown_grace = \"3s\"\n",
+            toml("prefetch = 7")
+        ));
+        assert_eq!(more.restart_sections(&running), ["amqp", "outbound"]);
+        std::fs::write(&amqp_url, "amqp://a:two@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(load(&toml("")).restart_sections(&running), ["amqp"]);
     }
 
     #[test]
