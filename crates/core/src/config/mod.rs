@@ -179,7 +179,7 @@ impl Settings {
     fn from_merged(figment: Figment) -> Result<Settings, ConfigError> {
         let raw: RawSettings = figment
             .extract()
-            .map_err(|e| ConfigError::Read(e.to_string()))?;
+            .map_err(|e| ConfigError::Read(without_source_lines(&e.to_string())))?;
         Self::validate(raw)
     }
 
@@ -226,6 +226,26 @@ fn file(path: &Path) -> Result<Figment, ConfigError> {
         )));
     }
     Ok(Figment::from(Toml::file(path)))
+}
+
+/// A TOML parse error without the lines of the file it quotes: the line in
+/// error may hold a secret (`access_token = "…` with its quote missing), and
+/// the line and column already say where it is.
+fn without_source_lines(message: &str) -> String {
+    let quoted = |line: &str| {
+        let line = line.trim_start();
+        line.starts_with('|')
+            || line
+                .split_once('|')
+                .is_some_and(|(n, _)| n.trim().parse::<u64>().is_ok())
+    };
+    message
+        .lines()
+        .filter(|line| !quoted(line))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// `figment` with the `XBRIDGE_…` environment overrides on top.
@@ -451,6 +471,18 @@ mod tests {
         assert_eq!(more.restart_sections(&running), ["amqp", "outbound"]);
         std::fs::write(&amqp_url, "amqp://a:two@127.0.0.1:5672/%2f").unwrap();
         assert_eq!(load(&toml("")).restart_sections(&running), ["amqp"]);
+    }
+
+    #[test]
+    fn a_toml_syntax_error_says_where_without_quoting_the_line() {
+        for toml in [
+            "[[channels]]\nname = \"a\"\naccess_token = \"v3ry-s3cret\n",
+            "[[channels]]\nname = \"a\"\naccess_token = \"v3ry-s3cret\" x\n",
+        ] {
+            let err = Settings::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains("line 3"), "{err}");
+            assert!(!err.contains("v3ry-s3cret"), "{err}");
+        }
     }
 
     #[test]
