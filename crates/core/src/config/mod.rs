@@ -160,6 +160,20 @@ impl Settings {
         Self::with_sections(file(path)?)
     }
 
+    /// Only `[telemetry]` of `path`, with the environment overrides: what a
+    /// tool asking the running bridge needs (where its operations port is),
+    /// without resolving the secrets the rest of the file names, which the
+    /// shell it runs in may not have.
+    pub fn load_telemetry(path: &Path) -> Result<TelemetrySettings, ConfigError> {
+        let figment = with_env(file(path)?);
+        if figment.find_value("telemetry").is_err() {
+            return Ok(TelemetrySettings::default());
+        }
+        figment
+            .extract_inner("telemetry")
+            .map_err(|e| ConfigError::Read(without_source_lines(&e.to_string())))
+    }
+
     /// [`Settings::from_toml`] with the sections, like [`Settings::load_with_sections`].
     pub fn from_toml_with_sections(toml: &str) -> Result<Loaded, ConfigError> {
         Self::with_sections(Figment::from(Toml::string(toml)))
