@@ -149,13 +149,13 @@ fn log_reloaded(path: &str, reloaded: &Reloaded) {
     }
     if !reloaded.restart_needed.is_empty() {
         tracing::warn!(
-            path,
+            %path,
             sections = %reloaded.restart_needed.join(", "),
             "configuration sections changed that only a restart applies; they keep their values until then"
         );
     }
     tracing::info!(
-        path,
+        %path,
         added = reloaded.added.len(),
         changed = reloaded.changed.len(),
         removed = reloaded.removed.len(),
@@ -167,17 +167,17 @@ fn log_refused(path: &str, error: &ReloadError) {
     match error {
         ReloadError::Invalid(reasons) => {
             for reason in reasons {
-                tracing::error!(path, %reason, "configuration reload refused: invalid");
+                tracing::error!(%path, %reason, "configuration reload refused: invalid");
             }
         }
         ReloadError::NamedLikeCrm(names) => {
             for channel in names {
-                tracing::error!(path, %channel, "configuration reload refused: a channel the CRM created has this name");
+                tracing::error!(%path, %channel, "configuration reload refused: a channel the CRM created has this name");
             }
         }
     }
     tracing::error!(
-        path,
+        %path,
         "configuration reload refused as a whole; the bridge runs on the configuration it had"
     );
 }
