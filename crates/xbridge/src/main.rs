@@ -1,6 +1,8 @@
 //! The `xbridge` binary: parses the command line and hands over to the
 //! library. Errors end here, printed once, with a non-zero exit status.
 
+use std::sync::Arc;
+
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +40,8 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// Runs the bridge; SIGHUP reloads `config`'s channels ([`reload`]).
+/// Runs the bridge; SIGHUP, or a change of a secret file it names, reloads
+/// `config`'s channels ([`reload`]).
 async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let loaded = Settings::load_with_sections(config)?;
     telemetry::init(loaded.settings.telemetry.log_format);
@@ -48,7 +51,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     signals::cancel_on_signal(shutdown.clone());
     let reloader = reload::Reloader::new(config.to_owned(), loaded, bridge.live_channels());
-    tokio::spawn(reloader.run(hangups, shutdown.clone()));
+    tokio::spawn(Arc::new(reloader).run(hangups, reload::SECRET_FILE_POLL, shutdown.clone()));
     bridge.run(shutdown).await
 }
 

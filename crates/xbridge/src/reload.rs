@@ -14,9 +14,16 @@
 //! TOML, any invalid field) or that names a channel like one the CRM created
 //! is refused as a whole, every reason logged, and the bridge runs on as it
 //! was: half a reload would serve a configuration nobody wrote.
+//!
+//! A secret read from a file (`{ file = "…" }`, a mounted Kubernetes secret)
+//! changes without anyone sending a signal: Kubernetes swaps the files of a
+//! secret volume when the secret is rotated. The files are looked at every
+//! [`SECRET_FILE_POLL`] and a change of one is a reload like a SIGHUP.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +69,10 @@ pub struct Reloaded {
     pub warnings: Vec<String>,
 }
 
+/// How often the secret files are looked at: Kubernetes takes up to a
+/// minute or so to show a rotated secret in a pod, so this adds little.
+pub const SECRET_FILE_POLL: Duration = Duration::from_secs(10);
+
 /// Reloads one configuration file into the running bridge's channels.
 pub struct Reloader {
     path: PathBuf,
@@ -69,13 +80,21 @@ pub struct Reloader {
     /// run on.
     running: Loaded,
     live: Arc<LiveChannels>,
+    /// The secret files of the last configuration applied, each as it was
+    /// before that configuration was read. Held while a reload runs, so a
+    /// SIGHUP and a rotated file never apply two reads in the wrong order.
+    secret_files: Mutex<Vec<(PathBuf, Option<Stamp>)>>,
 }
 
 impl Reloader {
     /// A reloader of `path` for a bridge started with `running`, serving `live`.
+    /// The secret files are taken as they are now: a rotation between the
+    /// start's reading of them and now is applied by the next SIGHUP or
+    /// change.
     pub fn new(path: PathBuf, running: Loaded, live: Arc<LiveChannels>) -> Reloader {
         Reloader {
             path,
+            secret_files: Mutex::new(stamps(&running.secret_files)),
             running,
             live,
         }
@@ -83,6 +102,33 @@ impl Reloader {
 
     /// Reads the file again and applies its channels, or changes nothing.
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let mut secret_files = self
+            .secret_files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // As the files are before they are read: a change from now on is
+        // one this reload may not have seen, and makes another.
+        let before = stamps(secret_files.iter().map(|(file, _)| file));
+        let result = self.apply();
+        *secret_files = match &result {
+            Ok((_, files)) => stamps(files)
+                .into_iter()
+                .map(
+                    |(file, now)| match before.iter().find(|(f, _)| *f == file) {
+                        Some(seen) => seen.clone(),
+                        None => (file, now),
+                    },
+                )
+                .collect(),
+            // The refused version is not tried again until it changes.
+            Err(_) => before,
+        };
+        result.map(|(reloaded, _)| reloaded)
+    }
+
+    /// Loads the file and applies its channels; what changed, and the files
+    /// its secrets come from.
+    fn apply(&self) -> Result<(Reloaded, Vec<PathBuf>), ReloadError> {
         let loaded = Settings::load_with_sections(&self.path)?;
         let deltas = self
             .live
@@ -102,7 +148,7 @@ impl Reloader {
                 Delta::Paused(..) => {}
             }
         }
-        Ok(reloaded)
+        Ok((reloaded, loaded.secret_files))
     }
 
     /// [`Reloader::reload`], told in the log: each channel changed, or each
@@ -117,8 +163,55 @@ impl Reloader {
         result
     }
 
+    /// Reloads on each SIGHUP in `hangups`, and when one of the secret files
+    /// changes (looked at every `poll`), until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        hangups: Signal,
+        poll: Duration,
+        shutdown: CancellationToken,
+    ) {
+        tokio::join!(
+            self.reload_on_hangup(hangups, shutdown.clone()),
+            self.watch_secret_files(poll, shutdown),
+        );
+    }
+
+    /// Reloads when a file a secret is read from (`{ file = "…" }`) changes:
+    /// its modification time, size or inode, which a Kubernetes secret
+    /// rotation (a new file behind the same path) changes.
+    pub async fn watch_secret_files(&self, poll: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(poll);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let changed = self.changed_secret_files();
+            if !changed.is_empty() {
+                tracing::info!(files = %changed.join(", "), "a secret file changed: reloading the configuration");
+                let _ = self.reload_and_log();
+            }
+        }
+    }
+
+    /// The secret files that are not as the last reload (or the start) saw them.
+    fn changed_secret_files(&self) -> Vec<String> {
+        let seen = self
+            .secret_files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        stamps(seen.iter().map(|(file, _)| file))
+            .into_iter()
+            .filter(|now| !seen.contains(now))
+            .map(|(file, _)| file.display().to_string())
+            .collect()
+    }
+
     /// Reloads on each SIGHUP in `hangups` until `shutdown`.
-    pub async fn run(self, mut hangups: Signal, shutdown: CancellationToken) {
+    async fn reload_on_hangup(&self, mut hangups: Signal, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -132,6 +225,30 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Each file with what tells a new version of it (`None` when it cannot be
+/// looked at: a reload reports why).
+fn stamps<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> Vec<(PathBuf, Option<Stamp>)> {
+    files
+        .into_iter()
+        .map(|file| {
+            let stamp = std::fs::metadata(file).ok().map(|m| Stamp {
+                modified: m.modified().ok(),
+                len: m.len(),
+                inode: m.ino(),
+            });
+            (file.clone(), stamp)
+        })
+        .collect()
+}
+
+/// What tells one version of a file from the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
 }
 
 fn log_reloaded(path: &str, reloaded: &Reloaded) {

@@ -325,3 +325,43 @@ fn a_reload_applies_the_channels_and_names_the_sections_a_restart_applies() {
     assert_eq!(again.restart_needed, ["outbound"]);
     assert!(again.added.is_empty() && again.changed.is_empty() && again.removed.is_empty());
 }
+
+#[tokio::test]
+async fn a_rotated_secret_file_is_reloaded_without_a_signal() {
+    use secrecy::ExposeSecret as _;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("access_token");
+    std::fs::write(&token, "old-token\n").unwrap();
+    let path = file_config(dir.path(), &[("acme", "unused")], "");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"unused\"", &format!("{{ file = {token:?} }}"));
+    std::fs::write(&path, toml).unwrap();
+    let running = Settings::load_with_sections(&path).unwrap();
+    let live = Arc::new(LiveChannels::new(&running.settings.channels));
+    let reloader = Reloader::new(path, running, live.clone());
+    let mut changes = live.subscribe();
+    changes.mark_unchanged();
+    let shutdown = CancellationToken::new();
+    let watch = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            reloader
+                .watch_secret_files(std::time::Duration::from_millis(20), shutdown)
+                .await
+        }
+    });
+
+    // As Kubernetes rotates a mounted secret: a new file in its place.
+    let next = dir.path().join("access_token.new");
+    std::fs::write(&next, "new-token\n").unwrap();
+    std::fs::rename(&next, &token).unwrap();
+    tokio::time::timeout(PATIENCE, changes.changed())
+        .await
+        .expect("the rotation is applied")
+        .unwrap();
+    let acme = live.get("acme").unwrap();
+    assert_eq!(acme.settings.access_token.expose_secret(), "new-token");
+    shutdown.cancel();
+    watch.await.unwrap();
+}

@@ -16,7 +16,7 @@ mod state;
 mod telemetry;
 mod x;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
@@ -108,6 +108,25 @@ struct RawSettings {
 /// A warning for each secret read from a file that every user of the host can
 /// read, naming the setting and the file (never the content).
 fn exposed_secret_files(raw: &RawSettings) -> Vec<String> {
+    secret_sources(raw)
+        .into_iter()
+        .filter_map(|(setting, source)| source.exposure(&setting))
+        .collect()
+}
+
+/// The files secrets are read from (`{ file = "…" }`), in file order.
+fn secret_files(raw: &RawSettings) -> Vec<PathBuf> {
+    secret_sources(raw)
+        .into_iter()
+        .filter_map(|(_, source)| match source {
+            SecretSource::File { file } => Some(file.clone()),
+            SecretSource::Inline(_) | SecretSource::Env { .. } => None,
+        })
+        .collect()
+}
+
+/// Every secret of the file, by setting.
+fn secret_sources(raw: &RawSettings) -> Vec<(String, &SecretSource)> {
     let mut sources: Vec<(String, &SecretSource)> = vec![("amqp.url".into(), &raw.amqp.url)];
     if let Some(url) = &raw.state.url {
         sources.push(("state.url".into(), url));
@@ -136,9 +155,6 @@ fn exposed_secret_files(raw: &RawSettings) -> Vec<String> {
         }
     }
     sources
-        .into_iter()
-        .filter_map(|(setting, source)| source.exposure(&setting))
-        .collect()
 }
 
 impl Settings {
@@ -182,8 +198,16 @@ impl Settings {
     fn with_sections(figment: Figment) -> Result<Loaded, ConfigError> {
         let figment = with_env(figment);
         let sections = Sections::of(&figment);
+        let secret_files = figment
+            .extract::<RawSettings>()
+            .map(|raw| secret_files(&raw))
+            .unwrap_or_default();
         let settings = Self::from_merged(figment)?;
-        Ok(Loaded { settings, sections })
+        Ok(Loaded {
+            settings,
+            sections,
+            secret_files,
+        })
     }
 
     fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
@@ -290,6 +314,8 @@ pub struct Loaded {
     pub settings: Settings,
     /// Each section as written.
     pub sections: Sections,
+    /// The files its secrets are read from, to watch for a rotation.
+    pub secret_files: Vec<PathBuf>,
 }
 
 /// Each of [`RESTART_SECTIONS`] as written in the file and the environment
