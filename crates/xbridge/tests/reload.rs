@@ -70,6 +70,27 @@ async fn channels(port: u16) -> Vec<ChannelEntry> {
     answer.json().await.expect("a channel list")
 }
 
+/// Asks `/channels` until `done` holds of its answer (an event the test
+/// cannot be told of otherwise); fails after [`PATIENCE`].
+async fn wait_for_channels(port: u16, done: impl Fn(&[ChannelEntry]) -> bool) -> Vec<ChannelEntry> {
+    let wait = async {
+        loop {
+            let served = channels(port).await;
+            if done(&served) {
+                return served;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    match tokio::time::timeout(PATIENCE, wait).await {
+        Ok(served) => served,
+        Err(_) => panic!(
+            "waited {PATIENCE:?}; /channels is {:?}",
+            channels(port).await
+        ),
+    }
+}
+
 fn names(entries: &[ChannelEntry]) -> Vec<&str> {
     entries.iter().map(|e| e.name.as_str()).collect()
 }
@@ -133,10 +154,19 @@ async fn sighup_applies_the_edited_channels_and_an_invalid_file_changes_nothing(
             "no error names {field}: {errors:#?}"
         );
     }
-    assert_eq!(channels(port).await, served, "the running channels stay");
+    let after = channels(port).await;
+    assert_eq!(names(&after), names(&served), "the running channels stay");
+    assert!(after.iter().all(|c| c.origin == "file"), "{after:?}");
     assert_eq!(bridge.count_logs("configuration reloaded"), 1);
 
-    // The added channel and the changed one both send.
+    // The added channel and the changed one both send. The sides apply a
+    // reload after it is logged: gamma is `ok` once its queue is declared and
+    // consumed, and beta's change came before gamma's addition.
+    wait_for_channels(port, |c| {
+        c.iter()
+            .any(|c| c.name == "gamma" && c.state.as_deref() == Some("ok"))
+    })
+    .await;
     let crm = app.crm().await;
     crm.publish_reply("gamma", &reply("r-1", "944480690", "from the new channel"))
         .await;
