@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +47,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let loaded = Settings::load_with_sections(config)?;
     telemetry::init(loaded.settings.telemetry.log_format);
     xbridge_outbound::failpoints::setup();
-    let hangups = signals::hangups()?;
+    let hangups = signals::hangups().context("cannot listen for SIGHUP")?;
     let bridge = Bridge::build(loaded.settings.clone()).await?;
     let shutdown = CancellationToken::new();
     signals::cancel_on_signal(shutdown.clone());
