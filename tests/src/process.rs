@@ -125,6 +125,17 @@ impl BridgeProcess {
         self.lines.lock().expect("lines").clone()
     }
 
+    /// Sends SIGHUP (`kill -HUP`), as an operator does after editing the
+    /// configuration file.
+    pub fn hangup(&self) {
+        let pid = self.child.id().expect("still running") as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+    }
+
     /// SIGKILL: no cleanup, no drain, like a crash or an OOM kill.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL");

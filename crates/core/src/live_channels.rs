@@ -185,22 +185,51 @@ impl LiveChannels {
     /// settings are the same keeps its version, so nothing restarts for it;
     /// the CRM's channels are left alone. Returns what changed.
     pub fn replace_file_channels(&self, file: &[ChannelSettings]) -> Vec<Delta> {
+        self.edit(|map| replace_file_channels(map, file))
+    }
+
+    /// [`LiveChannels::replace_file_channels`], unless a channel of `file` has
+    /// the name of a CRM channel: then nothing changes and those names are the
+    /// error. Checked and applied as one step, so a CRM channel created
+    /// meanwhile cannot be overwritten by a reload that did not see it.
+    pub fn try_replace_file_channels(
+        &self,
+        file: &[ChannelSettings],
+    ) -> Result<Vec<Delta>, Vec<String>> {
         self.edit(|map| {
-            let before = map.clone();
-            map.retain(|_, c| c.origin != Origin::File);
-            for settings in file {
-                let kept = before.get(&settings.name).filter(|old| {
-                    old.origin == Origin::File && same_settings(&old.settings, settings)
-                });
-                let channel = match kept {
-                    Some(old) => old.clone(),
-                    None => LiveChannel::from_file(settings.clone()),
-                };
-                map.insert(settings.name.clone(), channel);
+            let taken: Vec<String> = file
+                .iter()
+                .filter(|c| map.get(&c.name).is_some_and(|c| c.origin == Origin::Crm))
+                .map(|c| c.name.clone())
+                .collect();
+            if taken.is_empty() {
+                Ok(replace_file_channels(map, file))
+            } else {
+                Err(taken)
             }
-            Delta::between(&before, map)
         })
     }
+}
+
+/// The file's channels in `map` become `file`'s: see
+/// [`LiveChannels::replace_file_channels`].
+fn replace_file_channels(
+    map: &mut BTreeMap<String, LiveChannel>,
+    file: &[ChannelSettings],
+) -> Vec<Delta> {
+    let before = map.clone();
+    map.retain(|_, c| c.origin != Origin::File);
+    for settings in file {
+        let kept = before
+            .get(&settings.name)
+            .filter(|old| old.origin == Origin::File && same_settings(&old.settings, settings));
+        let channel = match kept {
+            Some(old) => old.clone(),
+            None => LiveChannel::from_file(settings.clone()),
+        };
+        map.insert(settings.name.clone(), channel);
+    }
+    Delta::between(&before, map)
 }
 
 /// Whether two channel settings are the same, credentials included (compared
@@ -277,6 +306,25 @@ mod tests {
         assert_eq!(
             deltas,
             vec![Delta::Removed("a".into()), Delta::Removed("c".into())]
+        );
+    }
+
+    #[test]
+    fn a_reload_naming_a_crm_channel_changes_nothing() {
+        let live = LiveChannels::new(&[channel("a", "t1")]);
+        live.upsert(LiveChannel {
+            origin: Origin::Crm,
+            revision: 1,
+            ..LiveChannel::from_file(channel("crm", "t1"))
+        });
+        let before = live.current();
+        let refused = live.try_replace_file_channels(&[channel("b", "t1"), channel("crm", "t2")]);
+        assert_eq!(refused, Err(vec!["crm".to_owned()]));
+        assert!(Arc::ptr_eq(&before, &live.current()), "nothing changed");
+        let applied = live.try_replace_file_channels(&[channel("b", "t1")]);
+        assert_eq!(
+            applied,
+            Ok(vec![Delta::Removed("a".into()), Delta::Added("b".into())])
         );
     }
 

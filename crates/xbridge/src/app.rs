@@ -101,6 +101,8 @@ pub struct Bridge {
     store: StoreHealth,
     /// The channels served now: both sides follow it.
     live: Arc<LiveChannels>,
+    /// Each channel's account, shared by both sides; `/channels` shows it.
+    identities: Arc<ChannelIdentities>,
 }
 
 impl Bridge {
@@ -146,7 +148,14 @@ impl Bridge {
             settings.channels.iter().map(|c| c.name.as_str()),
         ));
         let live = Arc::new(LiveChannels::new(&settings.channels));
-        let (outbound, inbound) = sides(settings, live.clone(), store, states.clone())?;
+        let identities = Arc::new(ChannelIdentities::from_channels(&settings.channels));
+        let (outbound, inbound) = sides(
+            settings,
+            live.clone(),
+            store,
+            states.clone(),
+            identities.clone(),
+        )?;
         let resolver = inbound.identity_resolver();
         let unanswered = resolver.resolve_once().await?;
         Ok(Bridge {
@@ -158,6 +167,7 @@ impl Bridge {
             unresolved: (!unanswered.is_empty()).then_some((resolver, unanswered)),
             store: store_health,
             live,
+            identities,
         })
     }
 
@@ -201,6 +211,7 @@ impl Bridge {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(webhook = ?self.inbound.webhook_addr(), "xbridge starting");
         let readiness = self.readiness_sources();
+        let registry = self.registry();
         let gauges = tokio::spawn({
             let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
             async move { crate::ops::track_broker_connections(&readiness, shutdown).await }
@@ -209,6 +220,7 @@ impl Bridge {
             tokio::spawn(crate::ops::serve(
                 listener,
                 readiness,
+                registry,
                 self.http.clone(),
                 shutdown.clone(),
             ))
@@ -232,6 +244,15 @@ impl Bridge {
         }
         outbound?;
         Ok(())
+    }
+
+    /// What `/channels` lists.
+    fn registry(&self) -> crate::ops::Registry {
+        crate::ops::Registry {
+            live: self.live.clone(),
+            states: self.states.clone(),
+            identities: self.identities.clone(),
+        }
     }
 
     /// What `/readyz` and the connection gauges read: each side's readiness,
@@ -268,9 +289,9 @@ fn sides(
     live: Arc<LiveChannels>,
     store: Arc<dyn StateStore>,
     states: Arc<ChannelStates>,
+    identities: Arc<ChannelIdentities>,
 ) -> anyhow::Result<(Outbound, Inbound)> {
     let x_http = XHttp::new().context("setting up the HTTP client for X")?;
-    let identities = Arc::new(ChannelIdentities::from_channels(&settings.channels));
     let outbound = Outbound::new(
         settings.clone(),
         live.clone(),

@@ -70,12 +70,37 @@ pub enum Command {
         #[command(subcommand)]
         command: WebhookCommand,
     },
+    /// The channels the running bridge serves: the configuration file's and
+    /// the CRM's, with each one's origin and state (never a credential).
+    Channels {
+        /// What to show.
+        #[command(subcommand)]
+        command: ChannelsCommand,
+    },
     /// Inspect, replay and purge dead-lettered replies (the dead-letter
     /// queue), e.g. after credits were topped up.
     Dlq {
         /// What to do with the dead letters.
         #[command(subcommand)]
         command: DlqCommand,
+    },
+}
+
+/// The `channels` subcommands. They ask the running bridge (its operations
+/// port, `telemetry.listen`), since the CRM's channels live in it and its
+/// store, not in the file.
+#[derive(Debug, Subcommand)]
+pub enum ChannelsCommand {
+    /// One line per channel served now: name, origin (`file` or `crm`),
+    /// revision, paused, inbound mode, state and account id.
+    List {
+        /// The TOML configuration file of the running bridge (only its
+        /// `[telemetry]` section is read).
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+        /// Print the bridge's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 

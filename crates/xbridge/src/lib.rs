@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod channels_cmd;
 pub mod check_cmd;
 pub mod cli;
 #[cfg(feature = "demo")]
@@ -16,5 +17,6 @@ pub mod demo;
 pub mod dlq_cmd;
 pub mod ops;
 pub mod output;
+pub mod reload;
 pub mod signals;
 pub mod webhook_cmd;

@@ -1,6 +1,9 @@
 //! The `xbridge` binary: parses the command line and hands over to the
 //! library. Errors end here, printed once, with a non-zero exit status.
 
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -8,7 +11,7 @@ use xbridge::app::Bridge;
 use xbridge::cli::{Cli, Command};
 #[cfg(feature = "demo")]
 use xbridge::demo;
-use xbridge::{check_cmd, dlq_cmd, signals, webhook_cmd};
+use xbridge::{channels_cmd, check_cmd, dlq_cmd, reload, signals, webhook_cmd};
 use xbridge_core::config::Settings;
 use xbridge_core::telemetry;
 
@@ -25,6 +28,7 @@ async fn main() -> std::process::ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Check { config, channel } => check(&config, channel.as_deref()).await,
         Command::Webhook { command } => webhook_cmd::run(command).await,
+        Command::Channels { command } => channels_cmd::run(command).await,
         Command::Dlq { command } => dlq_cmd::run(command).await,
     };
     match result {
@@ -37,13 +41,18 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Runs the bridge; SIGHUP, or a change of a secret file it names, reloads
+/// `config`'s channels ([`reload`]).
 async fn run(config: &std::path::Path) -> anyhow::Result<()> {
-    let settings = Settings::load(config)?;
-    telemetry::init(settings.telemetry.log_format);
+    let loaded = Settings::load_with_sections(config)?;
+    telemetry::init(loaded.settings.telemetry.log_format);
     xbridge_outbound::failpoints::setup();
-    let bridge = Bridge::build(settings).await?;
+    let hangups = signals::hangups().context("cannot listen for SIGHUP")?;
+    let bridge = Bridge::build(loaded.settings.clone()).await?;
     let shutdown = CancellationToken::new();
     signals::cancel_on_signal(shutdown.clone());
+    let reloader = reload::Reloader::new(config.to_owned(), loaded, bridge.live_channels());
+    tokio::spawn(Arc::new(reloader).run(hangups, reload::SECRET_FILE_POLL, shutdown.clone()));
     bridge.run(shutdown).await
 }
 

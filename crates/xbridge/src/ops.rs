@@ -1,7 +1,9 @@
 //! What operators and their tools look at: `/healthz` (the process is
 //! alive), `/readyz` (connected to RabbitMQ with the topology declared, per
 //! side, and a state store that can write), `/readyz/webhook` (X's webhook
-//! and the media proxy are served) and `/metrics` (Prometheus text format).
+//! and the media proxy are served), `/metrics` (Prometheus text format) and
+//! `/channels` (the channels served now, from the file and the CRM, each
+//! with its state: what `xbridge channels list` prints).
 //!
 //! Two readiness endpoints, because they answer different questions.
 //! `/readyz` tells the truth about the whole bridge: an operator, a script
@@ -24,7 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -32,10 +34,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use xbridge_core::config::HttpSettings;
+use xbridge_core::channel_identity::ChannelIdentities;
+use xbridge_core::channel_state::ChannelStates;
+use xbridge_core::config::{HttpSettings, InboundMode};
 use xbridge_core::contract::ChannelStatus;
+use xbridge_core::live_channels::LiveChannels;
 
 /// The process-wide Prometheus recorder, installed on first use (metrics
 /// recorded before that are not kept), with every metric's `# HELP` text
@@ -81,7 +87,7 @@ pub struct Readiness {
     /// The inbound side can publish events.
     pub inbound: watch::Receiver<bool>,
     /// Every channel's state, shown per channel.
-    pub channels: std::sync::Arc<xbridge_core::channel_state::ChannelStates>,
+    pub channels: Arc<ChannelStates>,
     /// Whether the state store can write.
     pub store: xbridge_store::StoreHealth,
     /// Whether X's webhook and the media proxy are served; `None` when no
@@ -89,9 +95,76 @@ pub struct Readiness {
     pub webhook: Option<watch::Receiver<bool>>,
 }
 
+/// What `/channels` lists: the channels served now, their states and
+/// accounts.
+#[derive(Clone)]
+pub struct Registry {
+    /// The channels served now, file and CRM.
+    pub live: Arc<LiveChannels>,
+    /// Each channel's state.
+    pub states: Arc<ChannelStates>,
+    /// Each channel's account, once known.
+    pub identities: Arc<ChannelIdentities>,
+}
+
+/// One channel as `/channels` lists it. Nothing in it is a credential: the
+/// listing is for anyone who can reach the operations port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelEntry {
+    /// The channel's name (its replies' routing key).
+    pub name: String,
+    /// `file` (a `[[channels]]` entry) or `crm` (created by the CRM).
+    pub origin: String,
+    /// The registry revision it was read from (0 for the file's).
+    pub revision: u64,
+    /// Replies held by the CRM's `channel.pause`.
+    pub paused: bool,
+    /// How its DMs come in: `webhook`, `poll` or `both`.
+    pub inbound: String,
+    /// Its state (`ok`, `unauthorized`, …); none while it starts.
+    pub state: Option<String>,
+    /// Its account's X user id: configured, or once X said it.
+    pub user_id: Option<String>,
+}
+
+impl Registry {
+    /// Every channel served now, by name.
+    pub fn entries(&self) -> Vec<ChannelEntry> {
+        self.live
+            .current()
+            .values()
+            .map(|channel| ChannelEntry {
+                name: channel.name().to_owned(),
+                origin: channel.origin.as_str().to_owned(),
+                revision: channel.revision,
+                paused: channel.paused,
+                inbound: inbound_name(channel.settings.inbound).to_owned(),
+                state: self
+                    .states
+                    .get(channel.name())
+                    .map(|s| s.state.as_str().to_owned()),
+                user_id: self
+                    .identities
+                    .user_id(channel.name())
+                    .map(String::from)
+                    .or_else(|| channel.settings.user_id.clone()),
+            })
+            .collect()
+    }
+}
+
+fn inbound_name(mode: InboundMode) -> &'static str {
+    match mode {
+        InboundMode::Webhook => "webhook",
+        InboundMode::Poll => "poll",
+        InboundMode::Both => "both",
+    }
+}
+
 #[derive(Clone)]
 struct OpsState {
     readiness: Readiness,
+    registry: Registry,
     metrics: PrometheusHandle,
 }
 
@@ -100,11 +173,13 @@ struct OpsState {
 pub async fn serve(
     listener: std::net::TcpListener,
     readiness: Readiness,
+    registry: Registry,
     limits: HttpSettings,
     shutdown: CancellationToken,
 ) {
     let state = OpsState {
         readiness,
+        registry,
         metrics: metrics_handle(),
     };
     let app = Router::new()
@@ -112,9 +187,13 @@ pub async fn serve(
         .route("/readyz", get(ready))
         .route("/readyz/webhook", get(webhook_ready))
         .route("/metrics", get(render))
+        .route("/channels", get(channels))
         .with_state(state);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /healthz, /readyz, /readyz/webhook and /metrics");
+        tracing::info!(
+            %addr,
+            "serving /healthz, /readyz, /readyz/webhook, /metrics and /channels"
+        );
     }
     xbridge_core::server::serve("ops", listener, app, &limits, shutdown).await;
 }
@@ -158,6 +237,11 @@ async fn webhook_ready(State(state): State<OpsState>) -> impl IntoResponse {
     let mut json = body.json(ready);
     json["webhook"] = serving.into();
     answer(ready, json)
+}
+
+/// The channels served now, by name: see [`ChannelEntry`].
+async fn channels(State(state): State<OpsState>) -> impl IntoResponse {
+    Json(state.registry.entries())
 }
 
 fn answer(ready: bool, body: serde_json::Value) -> impl IntoResponse {

@@ -1,5 +1,6 @@
 //! Turns SIGTERM and SIGINT into a cancellation, so every part of the bridge
-//! stops taking work and drains instead of dying mid-send.
+//! stops taking work and drains instead of dying mid-send; catches SIGHUP for
+//! the configuration reload ([`crate::reload`]).
 
 use tokio_util::sync::CancellationToken;
 
@@ -20,4 +21,11 @@ pub fn cancel_on_signal(token: CancellationToken) {
         }
         token.cancel();
     });
+}
+
+/// Starts catching SIGHUP, whose default action ends the process. Called
+/// before the bridge is built, so an operator's `kill -HUP` during a slow
+/// start is a reload once the bridge runs rather than a crash.
+pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }

@@ -16,10 +16,11 @@ mod state;
 mod telemetry;
 mod x;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 
 pub use amqp::{AmqpSettings, TopologyNames};
@@ -107,6 +108,25 @@ struct RawSettings {
 /// A warning for each secret read from a file that every user of the host can
 /// read, naming the setting and the file (never the content).
 fn exposed_secret_files(raw: &RawSettings) -> Vec<String> {
+    secret_sources(raw)
+        .into_iter()
+        .filter_map(|(setting, source)| source.exposure(&setting))
+        .collect()
+}
+
+/// The files secrets are read from (`{ file = "…" }`), in file order.
+fn secret_files(raw: &RawSettings) -> Vec<PathBuf> {
+    secret_sources(raw)
+        .into_iter()
+        .filter_map(|(_, source)| match source {
+            SecretSource::File { file } => Some(file.clone()),
+            SecretSource::Inline(_) | SecretSource::Env { .. } => None,
+        })
+        .collect()
+}
+
+/// Every secret of the file, by setting.
+fn secret_sources(raw: &RawSettings) -> Vec<(String, &SecretSource)> {
     let mut sources: Vec<(String, &SecretSource)> = vec![("amqp.url".into(), &raw.amqp.url)];
     if let Some(url) = &raw.state.url {
         sources.push(("state.url".into(), url));
@@ -135,22 +155,13 @@ fn exposed_secret_files(raw: &RawSettings) -> Vec<String> {
         }
     }
     sources
-        .into_iter()
-        .filter_map(|(setting, source)| source.exposure(&setting))
-        .collect()
 }
 
 impl Settings {
     /// Reads `path` (TOML), applies `XBRIDGE_…` environment overrides and
     /// validates the result.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        if !path.exists() {
-            return Err(ConfigError::Read(format!(
-                "{} does not exist",
-                path.display()
-            )));
-        }
-        Self::from_figment(Figment::from(Toml::file(path)))
+        Self::from_figment(file(path)?)
     }
 
     /// Parses a configuration from a TOML string (tests, the demo), with the
@@ -159,17 +170,54 @@ impl Settings {
         Self::from_figment(Figment::from(Toml::string(toml)))
     }
 
+    /// [`Settings::load`], keeping what each section was written as, so a
+    /// reload can tell which sections changed since the process started.
+    pub fn load_with_sections(path: &Path) -> Result<Loaded, ConfigError> {
+        Self::with_sections(file(path)?)
+    }
+
+    /// Only `[telemetry]` of `path`, with the environment overrides: what a
+    /// tool asking the running bridge needs (where its operations port is),
+    /// without resolving the secrets the rest of the file names, which the
+    /// shell it runs in may not have.
+    pub fn load_telemetry(path: &Path) -> Result<TelemetrySettings, ConfigError> {
+        let figment = with_env(file(path)?);
+        if figment.find_value("telemetry").is_err() {
+            return Ok(TelemetrySettings::default());
+        }
+        figment
+            .extract_inner("telemetry")
+            .map_err(|e| ConfigError::Read(without_source_lines(&e.to_string())))
+    }
+
+    /// [`Settings::from_toml`] with the sections, like [`Settings::load_with_sections`].
+    pub fn from_toml_with_sections(toml: &str) -> Result<Loaded, ConfigError> {
+        Self::with_sections(Figment::from(Toml::string(toml)))
+    }
+
+    fn with_sections(figment: Figment) -> Result<Loaded, ConfigError> {
+        let figment = with_env(figment);
+        let sections = Sections::of(&figment);
+        let secret_files = figment
+            .extract::<RawSettings>()
+            .map(|raw| secret_files(&raw))
+            .unwrap_or_default();
+        let settings = Self::from_merged(figment)?;
+        Ok(Loaded {
+            settings,
+            sections,
+            secret_files,
+        })
+    }
+
     fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        Self::from_merged(with_env(figment))
+    }
+
+    fn from_merged(figment: Figment) -> Result<Settings, ConfigError> {
         let raw: RawSettings = figment
-            // Only nested keys (`XBRIDGE_AMQP__URL`) are settings, so an
-            // unrelated `XBRIDGE_SOMETHING` in the environment is not an error.
-            .merge(
-                Env::prefixed(ENV_PREFIX)
-                    .filter(|key| key.as_str().contains("__"))
-                    .split("__"),
-            )
             .extract()
-            .map_err(|e| ConfigError::Read(e.to_string()))?;
+            .map_err(|e| ConfigError::Read(without_source_lines(&e.to_string())))?;
         Self::validate(raw)
     }
 
@@ -204,6 +252,131 @@ impl Settings {
     pub fn channel(&self, name: &str) -> Option<&ChannelSettings> {
         self.channels.iter().find(|c| c.name == name)
     }
+}
+
+/// The TOML file at `path`; a missing file is an error (figment would read
+/// it as empty).
+fn file(path: &Path) -> Result<Figment, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::Read(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    Ok(Figment::from(Toml::file(path)))
+}
+
+/// A TOML parse error without the lines of the file it quotes: the line in
+/// error may hold a secret (`access_token = "…` with its quote missing), and
+/// the line and column already say where it is.
+fn without_source_lines(message: &str) -> String {
+    let quoted = |line: &str| {
+        let line = line.trim_start();
+        line.starts_with('|')
+            || line
+                .split_once('|')
+                .is_some_and(|(n, _)| n.trim().parse::<u64>().is_ok())
+    };
+    message
+        .lines()
+        .filter(|line| !quoted(line))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// `figment` with the `XBRIDGE_…` environment overrides on top.
+fn with_env(figment: Figment) -> Figment {
+    // Only nested keys (`XBRIDGE_AMQP__URL`) are settings, so an unrelated
+    // `XBRIDGE_SOMETHING` in the environment is not an error.
+    figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    )
+}
+
+/// The sections only a restart applies: everything but `[[channels]]`.
+pub const RESTART_SECTIONS: [&str; 7] = [
+    "amqp",
+    "x",
+    "outbound",
+    "inbound",
+    "state",
+    "telemetry",
+    "http",
+];
+
+/// A configuration as validated, and as written.
+pub struct Loaded {
+    /// The validated settings.
+    pub settings: Settings,
+    /// Each section as written.
+    pub sections: Sections,
+    /// The files its secrets are read from, to watch for a rotation.
+    pub secret_files: Vec<PathBuf>,
+}
+
+/// Each of [`RESTART_SECTIONS`] as written in the file and the environment
+/// (before validation and defaults). Compared as written rather than as
+/// validated because most validated sections cannot be compared (secrets)
+/// and a section is what the operator edits. No `Debug`: inline secrets are
+/// in it.
+pub struct Sections(Vec<Option<figment::value::Value>>);
+
+impl Sections {
+    fn of(figment: &Figment) -> Sections {
+        Sections(
+            RESTART_SECTIONS
+                .iter()
+                .map(|section| figment.find_value(section).ok())
+                .collect(),
+        )
+    }
+}
+
+impl Loaded {
+    /// The sections other than `[[channels]]` in which `self` differs from
+    /// `running`: as written, or in a secret read from a file (a rotated
+    /// mounted secret). Named, never shown.
+    pub fn restart_sections(&self, running: &Loaded) -> Vec<&'static str> {
+        let (now, before) = (
+            file_secrets(&self.settings),
+            file_secrets(&running.settings),
+        );
+        RESTART_SECTIONS
+            .iter()
+            .enumerate()
+            .filter(|&(i, section)| {
+                let secret_changed = now
+                    .iter()
+                    .zip(&before)
+                    .any(|((s, a), (_, b))| s == section && a != b);
+                self.sections.0[i] != running.sections.0[i] || secret_changed
+            })
+            .map(|(_, section)| *section)
+            .collect()
+    }
+}
+
+fn exposed(secret: &Option<secrecy::SecretString>) -> Option<&str> {
+    secret.as_ref().map(|s| s.expose_secret())
+}
+
+/// The secrets of the restart sections, by section, as resolved: a secret
+/// read from a file changes with the file while the section reads the same.
+fn file_secrets(s: &Settings) -> [(&'static str, Option<&str>); 4] {
+    let state_url = match &s.state.backend {
+        StateBackend::Postgres { url, .. } => Some(url.expose_secret()),
+        StateBackend::Embedded { .. } => None,
+    };
+    [
+        ("amqp", Some(s.amqp.url.expose_secret())),
+        ("state", state_url),
+        ("state", exposed(&s.state.credentials_key)),
+        ("inbound", exposed(&s.inbound.media.signing_key)),
+    ]
 }
 
 /// A minimal valid configuration the sections' tests start from.
@@ -312,6 +485,43 @@ mod tests {
             "channels[1] (ok).url",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn a_reload_names_the_sections_that_need_a_restart_and_not_the_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let amqp_url = dir.path().join("amqp_url");
+        std::fs::write(&amqp_url, "amqp://a:one@127.0.0.1:5672/%2f").unwrap();
+        let toml = |extra: &str| {
+            VALID.replace(
+                "url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"",
+                &format!("url = {{ file = {amqp_url:?} }}\n{extra}"),
+            )
+        };
+        let load = |toml: &str| Settings::from_toml_with_sections(toml).unwrap();
+        let running = load(&toml(""));
+        let channels_only =
+            load(&toml("").replace("access_token = \"at\"", "access_token = \"at2\""));
+        assert!(channels_only.restart_sections(&running).is_empty());
+        let more = load(&format!(
+            "{}\n[outbound]\nshutdown_grace = \"3s\"\n",
+            toml("prefetch = 7")
+        ));
+        assert_eq!(more.restart_sections(&running), ["amqp", "outbound"]);
+        std::fs::write(&amqp_url, "amqp://a:two@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(load(&toml("")).restart_sections(&running), ["amqp"]);
+    }
+
+    #[test]
+    fn a_toml_syntax_error_says_where_without_quoting_the_line() {
+        for toml in [
+            "[[channels]]\nname = \"a\"\naccess_token = \"v3ry-s3cret\n",
+            "[[channels]]\nname = \"a\"\naccess_token = \"v3ry-s3cret\" x\n",
+        ] {
+            let err = Settings::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains("line 3"), "{err}");
+            assert!(!err.contains("v3ry-s3cret"), "{err}");
         }
     }
 
