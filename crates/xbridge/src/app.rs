@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use xbridge_core::channel_identity::{ChannelIdentities, IdentityMismatch};
 use xbridge_core::channel_state::ChannelStates;
-use xbridge_core::config::{HttpSettings, Settings, StateBackend, StateSettings};
+use xbridge_control::Control;
+use xbridge_core::config::{ChannelSettings, HttpSettings, Settings, StateBackend, StateSettings};
 use xbridge_core::live_channels::LiveChannels;
 use xbridge_inbound::service::Inbound;
 use xbridge_inbound::webhook::identity::IdentityResolver;
@@ -101,6 +102,8 @@ pub struct Bridge {
     store: StoreHealth,
     /// The channels served now: both sides follow it.
     live: Arc<LiveChannels>,
+    /// The CRM's commands, when `amqp.control.allowed_users` names anyone.
+    control: Option<Control>,
 }
 
 impl Bridge {
@@ -142,10 +145,13 @@ impl Bridge {
         let store_health = store.health();
         let http = settings.http.clone();
         let settings = Arc::new(settings);
-        let states = Arc::new(ChannelStates::new(
-            settings.channels.iter().map(|c| c.name.as_str()),
-        ));
         let live = Arc::new(LiveChannels::new(&settings.channels));
+        // The CRM's channels come back from the store before the sides are built.
+        xbridge_control::load_crm_channels(&settings, store.clone(), live.clone())
+            .await
+            .context("reading the CRM's channels from the state store")?;
+        let states = Arc::new(ChannelStates::new(live.current().keys().map(String::as_str)));
+        let control = Control::new(settings.clone(), store.clone(), live.clone())?;
         let (outbound, inbound) = sides(settings, live.clone(), store, states.clone())?;
         let resolver = inbound.identity_resolver();
         let unanswered = resolver.resolve_once().await?;
@@ -158,6 +164,7 @@ impl Bridge {
             unresolved: (!unanswered.is_empty()).then_some((resolver, unanswered)),
             store: store_health,
             live,
+            control,
         })
     }
 
@@ -179,6 +186,12 @@ impl Bridge {
     /// The channels served now: what the control consumer and a reload change.
     pub fn live_channels(&self) -> Arc<LiveChannels> {
         self.live.clone()
+    }
+
+    /// `true` while the control consumer takes commands; `None` when control is
+    /// off (`amqp.control.allowed_users` empty).
+    pub fn control_readiness(&self) -> Option<watch::Receiver<bool>> {
+        self.control.as_ref().map(Control::readiness)
     }
 
     /// Every channel's state.
@@ -217,10 +230,14 @@ impl Bridge {
             .unresolved
             .map(|(resolver, unanswered)| spawn_identity_checks(resolver, unanswered, &shutdown));
         let inbound = tokio::spawn(self.inbound.run(shutdown.clone()));
+        let control = self.control.map(|c| tokio::spawn(c.run(shutdown.clone())));
         let outbound = self.outbound.run(shutdown.clone()).await;
         // Whatever ended the outbound side ends the process: stop inbound too.
         shutdown.cancel();
         let _ = inbound.await;
+        if let Some(control) = control {
+            let _ = control.await;
+        }
         if let Some(ops) = ops {
             let _ = ops.await;
         }
@@ -270,7 +287,13 @@ fn sides(
     states: Arc<ChannelStates>,
 ) -> anyhow::Result<(Outbound, Inbound)> {
     let x_http = XHttp::new().context("setting up the HTTP client for X")?;
-    let identities = Arc::new(ChannelIdentities::from_channels(&settings.channels));
+    // The CRM's channels too, read from the store into `live` before this.
+    let channels: Vec<ChannelSettings> = live
+        .current()
+        .values()
+        .map(|c| (*c.settings).clone())
+        .collect();
+    let identities = Arc::new(ChannelIdentities::from_channels(&channels));
     let outbound = Outbound::new(
         settings.clone(),
         live.clone(),

@@ -1,0 +1,231 @@
+//! The control session on each RabbitMQ connection: the control exchange, the command
+//! queue (quorum, single active consumer, so exactly one replica handles each command)
+//! and this replica's queue of change notices; then commands and notices one at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use xbridge_amqp::{ConnectError, PublishError, Publisher, SetupError};
+use xbridge_core::config::Settings;
+
+use crate::apply::{Applier, Outcome};
+
+/// A change notice on the fanout: which channel to read again, and the revision that
+/// changed it. No secret: the store has the rest.
+#[derive(Debug, Serialize, Deserialize)]
+struct Notice {
+    channel: String,
+    revision: u64,
+}
+
+/// How long a command whose store write failed waits before it goes back to the
+/// queue: a store outage must not spin it round at full speed.
+const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Why the session could not start or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Connecting failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The publisher or the main topology.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The control topology or a consumer.
+    #[error("control setup failed: {0}")]
+    Broker(#[from] lapin::Error),
+    /// An answer or notice was not confirmed: the command comes back.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// A consumer ended.
+    #[error("the broker cancelled the {0} consumer")]
+    Cancelled(&'static str),
+}
+
+/// What runs on one connection.
+pub struct Running {
+    publisher: Publisher,
+    commands: Consumer,
+    notices: Consumer,
+}
+
+/// The control session.
+pub struct ControlSession {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) applier: Arc<Applier>,
+}
+
+impl xbridge_amqp::Session for ControlSession {
+    type Error = SessionError;
+    type Running = Running;
+
+    async fn start(
+        &mut self,
+        connection: &Arc<Connection>,
+        channels: &mut Vec<Channel>,
+        _shutdown: &CancellationToken,
+    ) -> Result<Running, SessionError> {
+        let publisher = xbridge_amqp::declared_publisher(connection, &self.settings, channels).await?;
+        let consuming = connection.create_channel().await?;
+        channels.push(consuming.clone());
+        consuming.basic_qos(1, BasicQosOptions::default()).await?;
+        let notice_queue = declare(&consuming, &self.settings).await?;
+        let control = &self.settings.amqp.control;
+        let commands = consume(&consuming, &control.commands_queue, "xbridge-control").await?;
+        let notices = consume(&consuming, &notice_queue, "xbridge-control-changes").await?;
+        // Notices missed while disconnected: the store has every change.
+        if let Err(error) = self.applier.registry.load_all().await {
+            tracing::warn!(%error, "cannot read the CRM's channels from the store; they are read again on the next notice");
+        }
+        Ok(Running { publisher, commands, notices })
+    }
+
+    async fn run(&mut self, running: &mut Running, shutdown: &CancellationToken) -> Option<SessionError> {
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                next = running.commands.next() => match next {
+                    Some(Ok(delivery)) => self.command(&running.publisher, delivery).await,
+                    Some(Err(error)) => Err(error.into()),
+                    None => Err(SessionError::Cancelled("command")),
+                },
+                next = running.notices.next() => match next {
+                    Some(Ok(delivery)) => self.notice(delivery).await,
+                    Some(Err(error)) => Err(error.into()),
+                    None => Err(SessionError::Cancelled("change notice")),
+                },
+            };
+            if let Err(error) = result {
+                return Some(error);
+            }
+        }
+    }
+
+    async fn stop(&mut self, _running: Running) {}
+}
+
+impl ControlSession {
+    /// One command: applied and answered, then acked; put back when the store could
+    /// not be written (applying it again gives the same result).
+    async fn command(&self, publisher: &Publisher, delivery: Delivery) -> Result<(), SessionError> {
+        let outcome = match self.applier.handle(&delivery).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::warn!(%error, "a command could not be applied; it is retried");
+                tokio::time::sleep(STORE_RETRY_PAUSE).await;
+                let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                delivery.acker.nack(requeue).await?;
+                return Ok(());
+            }
+        };
+        match outcome {
+            Outcome::Answered(answer, notice) => {
+                if let Some((channel, revision)) = notice {
+                    self.publish_notice(publisher, channel, revision).await?;
+                }
+                tracing::info!(command_id = %answer.command_id, channel = %answer.state.channel, state = answer.state.status.state.as_str(), "command answered");
+                let body = serde_json::to_vec(&answer).expect("answers serialize");
+                let properties = properties("channel.state", Some(answer.message_id()), Some(&answer.command_id));
+                let key = answer.state.routing_key();
+                publisher.publish(self.incoming(), &key, &body, properties).await?;
+            }
+            Outcome::Refused(refused) => {
+                tracing::warn!(command_id = ?refused.command_id, channel = ?refused.channel, reason = ?refused.reason, detail = %refused.detail, "command refused");
+                let body = serde_json::to_vec(&refused).expect("refusals serialize");
+                let theirs = delivery.properties.message_id().as_ref().map(|id| id.as_str());
+                let properties = properties("command.refused", refused.message_id(theirs), refused.command_id.as_deref());
+                publisher.publish(self.incoming(), refused.routing_key(), &body, properties).await?;
+            }
+        }
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Tells every replica (this one too) to read `channel` again.
+    async fn publish_notice(&self, publisher: &Publisher, channel: String, revision: u64) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(&Notice { channel, revision }).expect("notices serialize");
+        let properties = BasicProperties::default().with_content_type("application/json".into());
+        publisher
+            .publish(&self.settings.amqp.control.changes_exchange, "", &body, properties)
+            .await
+    }
+
+    /// A change notice: read that channel again. A store that cannot be read now is
+    /// read again on the next session start.
+    async fn notice(&self, delivery: Delivery) -> Result<(), SessionError> {
+        match serde_json::from_slice::<Notice>(&delivery.data) {
+            Ok(notice) => {
+                if let Err(error) = self.applier.registry.refresh(&notice.channel).await {
+                    tracing::warn!(channel = %notice.channel, %error, "cannot read a changed CRM channel from the store");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "a change notice does not decode; ignored"),
+        }
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    fn incoming(&self) -> &str {
+        &self.settings.amqp.topology.incoming_exchange
+    }
+}
+
+/// An answer's AMQP properties.
+fn properties(kind: &str, message_id: Option<String>, correlation_id: Option<&str>) -> BasicProperties {
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_type(kind.into());
+    if let Some(id) = message_id {
+        properties = properties.with_message_id(id.into());
+    }
+    if let Some(id) = correlation_id {
+        properties = properties.with_correlation_id(id.into());
+    }
+    properties
+}
+
+/// Declares the control exchange, the command queue bound to all of it, the change
+/// fanout, and this replica's exclusive queue of notices (its name returned).
+async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String> {
+    let control = &settings.amqp.control;
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(control.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    let queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(control.commands_queue.as_str().into(), queue, args).await?;
+    bind(channel, &control.commands_queue, &control.exchange, "#").await?;
+    channel
+        .exchange_declare(control.changes_exchange.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await?;
+    let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let mine = channel.queue_declare("".into(), exclusive, FieldTable::default()).await?;
+    let name = mine.name().as_str().to_owned();
+    bind(channel, &name, &control.changes_exchange, "").await?;
+    Ok(name)
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
+    channel
+        .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+}
+
+async fn consume(channel: &Channel, queue: &str, tag: &str) -> lapin::Result<Consumer> {
+    channel
+        .basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+}
