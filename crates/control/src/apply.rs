@@ -67,7 +67,9 @@ impl Applier {
         }
         match delivery.properties.user_id() {
             Some(user) if self.control.allows(user.as_str()) => None,
-            Some(_) => Some("the publishing user may not manage channels (amqp.control.allowed_users)".into()),
+            Some(_) => Some(
+                "the publishing user may not manage channels (amqp.control.allowed_users)".into(),
+            ),
             None => Some("a command must carry the publishing user as its AMQP user_id".into()),
         }
     }
@@ -79,7 +81,11 @@ impl Applier {
         let from_file = served.as_ref().is_some_and(|c| c.origin == Origin::File);
         if from_file && !matches!(command.command, ChannelCommand::Check(_)) {
             let detail = format!("channel {name} comes from the config file; change it there");
-            return Ok(Outcome::Refused(refusal(command, RefusalReason::Conflict, detail)));
+            return Ok(Outcome::Refused(refusal(
+                command,
+                RefusalReason::Conflict,
+                detail,
+            )));
         }
         match &command.command {
             ChannelCommand::Upsert(settings) => {
@@ -128,7 +134,11 @@ impl Applier {
         };
         match self.registry.set_paused(&record, paused).await {
             Ok(revision) => {
-                let state = if paused { ChannelState::Paused } else { ChannelState::Ok };
+                let state = if paused {
+                    ChannelState::Paused
+                } else {
+                    ChannelState::Ok
+                };
                 Ok(Outcome::Answered(
                     answer(command, state, None, None),
                     Some((name.to_owned(), revision)),
@@ -140,7 +150,11 @@ impl Applier {
     }
 
     /// The answer carrying X's word on `settings`' credentials.
-    async fn checked(&self, command: &ControlCommand, settings: &ChannelSettings) -> Box<CommandAnswer> {
+    async fn checked(
+        &self,
+        command: &ControlCommand,
+        settings: &ChannelSettings,
+    ) -> Box<CommandAnswer> {
         let check: AccountCheck = check_account(self.x.clone(), settings).await;
         tracing::info!(
             command_id = %command.command_id,
@@ -192,7 +206,9 @@ fn unknown(command: &ControlCommand) -> Outcome {
     Outcome::Refused(refusal(
         command,
         RefusalReason::UnknownChannel,
-        format!("the bridge has no channel {name} (neither in the config file nor created by the CRM)"),
+        format!(
+            "the bridge has no channel {name} (neither in the config file nor created by the CRM)"
+        ),
     ))
 }
 

@@ -13,8 +13,8 @@
 
 #![warn(missing_docs)]
 
-pub mod diagnosis;
 mod apply;
+pub mod diagnosis;
 mod record;
 mod registry;
 mod session;

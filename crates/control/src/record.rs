@@ -185,7 +185,13 @@ mod tests {
     fn a_record_keeps_no_credential_in_the_clear_and_opens_to_the_same_channel() {
         let key = CredentialsKey::derive(&SecretString::from("ab".repeat(32))).unwrap();
         let record = to_record(&key, &settings(), true, 7, Some("cmd-1")).unwrap();
-        for secret in ["ck-secret-1", "cs-secret-2", "at-secret-3", "ats-secret-4", "bt-secret-5"] {
+        for secret in [
+            "ck-secret-1",
+            "cs-secret-2",
+            "at-secret-3",
+            "ats-secret-4",
+            "bt-secret-5",
+        ] {
             assert!(!record.settings.contains(secret));
             let blob = record.credentials.as_bytes();
             assert!(!blob.windows(secret.len()).any(|w| w == secret.as_bytes()));
@@ -194,7 +200,10 @@ mod tests {
         let live = to_live(&key, &record).unwrap();
         assert_eq!(live.settings.access_token.expose_secret(), "at-secret-3");
         assert_eq!(live.settings.inbound, InboundMode::Poll);
-        assert_eq!((live.paused, live.revision, live.origin), (true, 7, Origin::Crm));
+        assert_eq!(
+            (live.paused, live.revision, live.origin),
+            (true, 7, Origin::Crm)
+        );
         assert_eq!(live.settings.user_id.as_deref(), Some("42"));
     }
 }

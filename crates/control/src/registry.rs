@@ -7,8 +7,7 @@ use std::sync::Arc;
 use xbridge_core::config::ChannelSettings;
 use xbridge_core::live_channels::{LiveChannels, Origin};
 use xbridge_store::{
-    Applied, ChannelEntry, ChannelRecord, ChannelTombstone, CredentialsKey, StateStore,
-    StoreError,
+    Applied, ChannelEntry, ChannelRecord, ChannelTombstone, CredentialsKey, StateStore, StoreError,
 };
 
 use crate::record::{self, RecordError};
@@ -86,14 +85,21 @@ impl Registry {
             }
             return;
         }
-        if served.as_ref().is_some_and(|c| c.revision >= entry.revision()) {
+        if served
+            .as_ref()
+            .is_some_and(|c| c.revision >= entry.revision())
+        {
             return;
         }
         match entry {
             ChannelEntry::Removed(_) => {
                 if served.is_some() {
                     self.live.remove(name);
-                    tracing::info!(channel = name, revision = entry.revision(), "CRM channel removed");
+                    tracing::info!(
+                        channel = name,
+                        revision = entry.revision(),
+                        "CRM channel removed"
+                    );
                 }
             }
             ChannelEntry::Live(record) => self.serve(record),
@@ -133,14 +139,19 @@ impl Registry {
                 Some(ChannelEntry::Removed(tombstone)) => (tombstone.revision, false),
                 None => (0, false),
             };
-            let next = record::to_record(&self.key, settings, paused, current + 1, Some(command_id))?;
+            let next =
+                record::to_record(&self.key, settings, paused, current + 1, Some(command_id))?;
             Ok(Step::Put(next))
         })
         .await
     }
 
     /// Stores the channel's pause as its next revision (nothing when it is already so).
-    pub async fn set_paused(&self, record: &ChannelRecord, paused: bool) -> Result<u64, WriteError> {
+    pub async fn set_paused(
+        &self,
+        record: &ChannelRecord,
+        paused: bool,
+    ) -> Result<u64, WriteError> {
         self.write(&record.name, |entry| match entry {
             Some(ChannelEntry::Live(record)) if record.paused == paused => {
                 Ok(Step::Done(record.clone()))

@@ -75,7 +75,8 @@ impl xbridge_amqp::Session for ControlSession {
         channels: &mut Vec<Channel>,
         _shutdown: &CancellationToken,
     ) -> Result<Running, SessionError> {
-        let publisher = xbridge_amqp::declared_publisher(connection, &self.settings, channels).await?;
+        let publisher =
+            xbridge_amqp::declared_publisher(connection, &self.settings, channels).await?;
         let consuming = connection.create_channel().await?;
         channels.push(consuming.clone());
         consuming.basic_qos(1, BasicQosOptions::default()).await?;
@@ -87,10 +88,18 @@ impl xbridge_amqp::Session for ControlSession {
         if let Err(error) = self.applier.registry.load_all().await {
             tracing::warn!(%error, "cannot read the CRM's channels from the store; they are read again on the next notice");
         }
-        Ok(Running { publisher, commands, notices })
+        Ok(Running {
+            publisher,
+            commands,
+            notices,
+        })
     }
 
-    async fn run(&mut self, running: &mut Running, shutdown: &CancellationToken) -> Option<SessionError> {
+    async fn run(
+        &mut self,
+        running: &mut Running,
+        shutdown: &CancellationToken,
+    ) -> Option<SessionError> {
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return None,
@@ -123,7 +132,10 @@ impl ControlSession {
             Err(error) => {
                 tracing::warn!(%error, "a command could not be applied; it is retried");
                 tokio::time::sleep(STORE_RETRY_PAUSE).await;
-                let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
                 delivery.acker.nack(requeue).await?;
                 return Ok(());
             }
@@ -135,16 +147,32 @@ impl ControlSession {
                 }
                 tracing::info!(command_id = %answer.command_id, channel = %answer.state.channel, state = answer.state.status.state.as_str(), "command answered");
                 let body = serde_json::to_vec(&answer).expect("answers serialize");
-                let properties = properties("channel.state", Some(answer.message_id()), Some(&answer.command_id));
+                let properties = properties(
+                    "channel.state",
+                    Some(answer.message_id()),
+                    Some(&answer.command_id),
+                );
                 let key = answer.state.routing_key();
-                publisher.publish(self.incoming(), &key, &body, properties).await?;
+                publisher
+                    .publish(self.incoming(), &key, &body, properties)
+                    .await?;
             }
             Outcome::Refused(refused) => {
                 tracing::warn!(command_id = ?refused.command_id, channel = ?refused.channel, reason = ?refused.reason, detail = %refused.detail, "command refused");
                 let body = serde_json::to_vec(&refused).expect("refusals serialize");
-                let theirs = delivery.properties.message_id().as_ref().map(|id| id.as_str());
-                let properties = properties("command.refused", refused.message_id(theirs), refused.command_id.as_deref());
-                publisher.publish(self.incoming(), refused.routing_key(), &body, properties).await?;
+                let theirs = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str());
+                let properties = properties(
+                    "command.refused",
+                    refused.message_id(theirs),
+                    refused.command_id.as_deref(),
+                );
+                publisher
+                    .publish(self.incoming(), refused.routing_key(), &body, properties)
+                    .await?;
             }
         }
         delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -152,11 +180,21 @@ impl ControlSession {
     }
 
     /// Tells every replica (this one too) to read `channel` again.
-    async fn publish_notice(&self, publisher: &Publisher, channel: String, revision: u64) -> Result<(), PublishError> {
+    async fn publish_notice(
+        &self,
+        publisher: &Publisher,
+        channel: String,
+        revision: u64,
+    ) -> Result<(), PublishError> {
         let body = serde_json::to_vec(&Notice { channel, revision }).expect("notices serialize");
         let properties = BasicProperties::default().with_content_type("application/json".into());
         publisher
-            .publish(&self.settings.amqp.control.changes_exchange, "", &body, properties)
+            .publish(
+                &self.settings.amqp.control.changes_exchange,
+                "",
+                &body,
+                properties,
+            )
             .await
     }
 
@@ -181,7 +219,11 @@ impl ControlSession {
 }
 
 /// An answer's AMQP properties.
-fn properties(kind: &str, message_id: Option<String>, correlation_id: Option<&str>) -> BasicProperties {
+fn properties(
+    kind: &str,
+    message_id: Option<String>,
+    correlation_id: Option<&str>,
+) -> BasicProperties {
     let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_type(kind.into());
@@ -198,21 +240,48 @@ fn properties(kind: &str, message_id: Option<String>, correlation_id: Option<&st
 /// fanout, and this replica's exclusive queue of notices (its name returned).
 async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String> {
     let control = &settings.amqp.control;
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
-        .exchange_declare(control.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .exchange_declare(
+            control.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-    let queue = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(control.commands_queue.as_str().into(), queue, args).await?;
+    let queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(control.commands_queue.as_str().into(), queue, args)
+        .await?;
     bind(channel, &control.commands_queue, &control.exchange, "#").await?;
     channel
-        .exchange_declare(control.changes_exchange.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .exchange_declare(
+            control.changes_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
-    let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-    let mine = channel.queue_declare("".into(), exclusive, FieldTable::default()).await?;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let mine = channel
+        .queue_declare("".into(), exclusive, FieldTable::default())
+        .await?;
     let name = mine.name().as_str().to_owned();
     bind(channel, &name, &control.changes_exchange, "").await?;
     Ok(name)
@@ -220,12 +289,23 @@ async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
     channel
-        .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
 }
 
 async fn consume(channel: &Channel, queue: &str, tag: &str) -> lapin::Result<Consumer> {
     channel
-        .basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
 }

@@ -8,11 +8,11 @@ use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use xbridge_control::Control;
 use xbridge_core::channel_identity::{ChannelIdentities, IdentityMismatch};
 use xbridge_core::channel_state::ChannelStates;
-use xbridge_control::Control;
 use xbridge_core::config::{ChannelSettings, HttpSettings, Settings, StateBackend, StateSettings};
-use xbridge_core::live_channels::LiveChannels;
+use xbridge_core::live_channels::{LiveChannels, Origin};
 use xbridge_inbound::service::Inbound;
 use xbridge_inbound::webhook::identity::IdentityResolver;
 use xbridge_outbound::Outbound;
@@ -144,13 +144,18 @@ impl Bridge {
         };
         let store_health = store.health();
         let http = settings.http.clone();
-        let settings = Arc::new(settings);
+        let mut settings = settings;
         let live = Arc::new(LiveChannels::new(&settings.channels));
-        // The CRM's channels come back from the store before the sides are built.
+        // The CRM's channels come back from the store before the sides are built,
+        // and the sides start with them as with the file's (their queues declared).
         xbridge_control::load_crm_channels(&settings, store.clone(), live.clone())
             .await
             .context("reading the CRM's channels from the state store")?;
-        let states = Arc::new(ChannelStates::new(live.current().keys().map(String::as_str)));
+        settings.channels.extend(crm_channels(&live));
+        let settings = Arc::new(settings);
+        let states = Arc::new(ChannelStates::new(
+            live.current().keys().map(String::as_str),
+        ));
         let control = Control::new(settings.clone(), store.clone(), live.clone())?;
         let (outbound, inbound) = sides(settings, live.clone(), store, states.clone())?;
         let resolver = inbound.identity_resolver();
@@ -287,13 +292,7 @@ fn sides(
     states: Arc<ChannelStates>,
 ) -> anyhow::Result<(Outbound, Inbound)> {
     let x_http = XHttp::new().context("setting up the HTTP client for X")?;
-    // The CRM's channels too, read from the store into `live` before this.
-    let channels: Vec<ChannelSettings> = live
-        .current()
-        .values()
-        .map(|c| (*c.settings).clone())
-        .collect();
-    let identities = Arc::new(ChannelIdentities::from_channels(&channels));
+    let identities = Arc::new(ChannelIdentities::from_channels(&settings.channels));
     let outbound = Outbound::new(
         settings.clone(),
         live.clone(),
@@ -304,6 +303,15 @@ fn sides(
     )?;
     let inbound = Inbound::new(settings, live, store, states, x_http, identities)?;
     Ok((outbound, inbound))
+}
+
+/// The CRM's channels `live` serves (read from the store at start).
+fn crm_channels(live: &LiveChannels) -> Vec<ChannelSettings> {
+    live.current()
+        .values()
+        .filter(|c| c.origin == Origin::Crm)
+        .map(|c| (*c.settings).clone())
+        .collect()
 }
 
 /// Asks X again about the channels it did not answer for at startup. A

@@ -40,7 +40,11 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
     let config = XClientConfig::from(&settings.x);
     let check = check_account(config.clone(), channel).await;
     if let Some(account) = &check.account {
-        crate::outln!("  X account: @{} (id {})", account.username, account.user_id);
+        crate::outln!(
+            "  X account: @{} (id {})",
+            account.username,
+            account.user_id
+        );
     }
     let mut problems: Vec<String> = check.problems.into_iter().map(|p| p.text).collect();
     if check.account.is_none() {

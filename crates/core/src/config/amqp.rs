@@ -256,7 +256,10 @@ mod tests {
         let settings = Settings::from_toml(VALID).unwrap();
         assert!(!settings.amqp.control.enabled());
         assert_eq!(settings.amqp.control.exchange, "xbridge.control");
-        assert_eq!(settings.amqp.control.commands_queue, "xbridge.control.commands");
+        assert_eq!(
+            settings.amqp.control.commands_queue,
+            "xbridge.control.commands"
+        );
         let on = format!("{VALID}\n[amqp.control]\nallowed_users = [\"crm\"]\n");
         let error = Settings::from_toml(&on).unwrap_err().to_string();
         assert!(error.contains("needs state.credentials_key"), "{error}");
