@@ -17,6 +17,43 @@ use xbridge_core::config::{ControlSettings, Settings};
 use xbridge_core::live_channels::{LiveChannels, Origin};
 use xbridge_test_support::{postgres_url, spawn_app, Crm, Event, TestApp, TestOptions, PATIENCE};
 
+/// Every log line of this test binary's bridges, to look for credentials in.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// A log writer that keeps what it writes in [`LOGS`].
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures the logs (before the harness sets up its own, which then stays out),
+/// at debug for the bridge's crates.
+fn capture_logs() {
+    let filter = "info,lapin=warn,x_simulator=off,xbridge=debug,xbridge_control=debug";
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(|| Capture)
+        .try_init();
+}
+
+/// The captured logs hold none of `account`'s credentials.
+fn assert_no_secret_logged(account: &Account) {
+    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("command answered") || logs.contains("command refused"),
+        "logs are captured"
+    );
+    assert_no_secret(&logs, account);
+}
+
 /// The key the tests' stores seal credentials with.
 fn credentials_key() -> String {
     "5e".repeat(32)
@@ -213,6 +250,7 @@ fn new_account(app: &TestApp, username: &str) -> Account {
 
 #[tokio::test]
 async fn a_channel_created_by_the_crm_is_served_and_answered_with_its_account() {
+    capture_logs();
     let app = spawn_app(TestOptions::default()).await;
     let bridge = Running::start(&app).await;
     let mut crm = app.crm().await;
@@ -230,13 +268,41 @@ async fn a_channel_created_by_the_crm_is_served_and_answered_with_its_account() 
     assert_eq!(answer.body["account"]["user_id"], account.user_id);
     assert_no_secret(&answer.body.to_string(), &account);
     let served = bridge.live.get("newco").expect("the channel is served");
-    assert_eq!(served.origin, Origin::Crm);
+    assert_eq!((served.origin, served.revision), (Origin::Crm, 1));
+
+    // The same command again (a redelivery) gives the same answer, no new revision.
+    commands
+        .send(&upsert("cmd-create-1", "newco", &account))
+        .await;
+    let again = crate::answer(&mut crm, "cmd-create-1").await;
+    assert_eq!(
+        again.properties.message_id(),
+        answer.properties.message_id()
+    );
+    assert_eq!(bridge.live.get("newco").unwrap().revision, 1);
+    let pause = json!({"command": "channel.pause", "command_id": "cmd-pause", "channel": "newco"});
+    commands.send(&pause).await;
+    assert_eq!(
+        crate::answer(&mut crm, "cmd-pause").await.body["state"],
+        "paused"
+    );
+    assert!(bridge.live.get("newco").unwrap().paused);
+    let resume =
+        json!({"command": "channel.resume", "command_id": "cmd-resume", "channel": "newco"});
+    commands.send(&resume).await;
+    assert_eq!(
+        crate::answer(&mut crm, "cmd-resume").await.body["state"],
+        "ok"
+    );
+    assert!(!bridge.live.get("newco").unwrap().paused);
+    assert_no_secret_logged(&account);
     bridge.stop().await;
     app.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_token_without_dm_permission_is_answered_with_the_fix_and_a_regenerated_one_is_ok() {
+    capture_logs();
     let app = spawn_app(TestOptions::default()).await;
     let bridge = Running::start(&app).await;
     let mut crm = app.crm().await;
@@ -265,6 +331,8 @@ async fn a_token_without_dm_permission_is_answered_with_the_fix_and_a_regenerate
         .await;
     let second = answer(&mut crm, "cmd-perm-2").await;
     assert_eq!(second.body["state"], "ok", "{}", second.body);
+    assert_no_secret_logged(&account);
+    assert_no_secret_logged(&regenerated);
     let served = bridge.live.get("newco").expect("served");
     assert_eq!(
         served.revision, 2,
@@ -276,6 +344,7 @@ async fn a_token_without_dm_permission_is_answered_with_the_fix_and_a_regenerate
 
 #[tokio::test]
 async fn a_restart_brings_the_crm_channel_back_and_the_state_file_holds_no_credential() {
+    capture_logs();
     let app = spawn_app(TestOptions::default()).await;
     let bridge = Running::start(&app).await;
     let mut crm = app.crm().await;
@@ -303,6 +372,7 @@ async fn a_restart_brings_the_crm_channel_back_and_the_state_file_holds_no_crede
 
 #[tokio::test]
 async fn commands_that_may_not_or_cannot_be_applied_are_refused_with_their_reason() {
+    capture_logs();
     let app = spawn_app(TestOptions::default()).await;
     let bridge = Running::start(&app).await;
     let mut crm = app.crm().await;
@@ -365,6 +435,7 @@ async fn commands_that_may_not_or_cannot_be_applied_are_refused_with_their_reaso
 
 #[tokio::test]
 async fn with_two_replicas_on_postgresql_one_answers_and_both_serve_the_channel() {
+    capture_logs();
     let app = spawn_app(TestOptions {
         postgres: true,
         ..TestOptions::default()
@@ -383,6 +454,7 @@ async fn with_two_replicas_on_postgresql_one_answers_and_both_serve_the_channel(
     first.wait_served("newco", true).await;
     second.wait_served("newco", true).await;
     assert_no_credential_in_postgres(&app, &account).await;
+    assert_no_secret_logged(&account);
     // Up to a second command's answer, no second answer to the first.
     let check =
         json!({"command": "channel.check", "command_id": "cmd-replicas-2", "channel": "newco"});
