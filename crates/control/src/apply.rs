@@ -4,6 +4,7 @@
 
 use chrono::Utc;
 use lapin::message::Delivery;
+use secrecy::ExposeSecret as _;
 use xbridge_core::config::{ChannelSettings, ControlSettings};
 use xbridge_core::contract::control::{
     ChannelCommand, CommandAnswer, CommandRefused, ControlCommand, RefusalReason,
@@ -89,6 +90,13 @@ impl Applier {
         }
         match &command.command {
             ChannelCommand::Upsert(settings) => {
+                if let Some(detail) = self.other_app_secret(settings) {
+                    return Ok(Outcome::Refused(refusal(
+                        command,
+                        RefusalReason::Conflict,
+                        detail,
+                    )));
+                }
                 let revision = match self.registry.upsert(settings, &command.command_id).await {
                     Err(WriteError::Raced(_)) => return Ok(raced(command)),
                     other => other?,
@@ -147,6 +155,24 @@ impl Applier {
             Err(WriteError::Raced(_)) => Ok(raced(command)),
             Err(error) => Err(error),
         }
+    }
+
+    /// Another channel on the same X App (`consumer_key`) holding another
+    /// `consumer_secret`: one App has one secret, which signs its webhook deliveries, so
+    /// one of the two is wrong. Names the channel, never a credential.
+    fn other_app_secret(&self, settings: &ChannelSettings) -> Option<String> {
+        let key = settings.consumer_key.expose_secret();
+        let secret = settings.consumer_secret.expose_secret();
+        let served = self.registry.live().current();
+        let other = served.values().find(|c| {
+            c.name() != settings.name
+                && c.settings.consumer_key.expose_secret() == key
+                && c.settings.consumer_secret.expose_secret() != secret
+        })?;
+        Some(format!(
+            "consumer_key is the X App of channel {}, which holds another consumer_secret for it; one App has one secret",
+            other.name()
+        ))
     }
 
     /// The answer carrying X's word on `settings`' credentials.

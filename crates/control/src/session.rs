@@ -274,15 +274,21 @@ async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String
             FieldTable::default(),
         )
         .await?;
+    // Named under the changes exchange, not by the server (`amq.gen-…`): the bridge's
+    // user may configure only its own names (docs/operator.md's recipe).
+    let name = format!(
+        "{}.{}",
+        control.changes_exchange,
+        uuid::Uuid::new_v4().simple()
+    );
     let exclusive = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,
         ..Default::default()
     };
-    let mine = channel
-        .queue_declare("".into(), exclusive, FieldTable::default())
+    channel
+        .queue_declare(name.as_str().into(), exclusive, FieldTable::default())
         .await?;
-    let name = mine.name().as_str().to_owned();
     bind(channel, &name, &control.changes_exchange, "").await?;
     Ok(name)
 }

@@ -297,7 +297,7 @@ async fn a_channel_created_by_the_crm_is_served_and_answered_with_its_account() 
     assert!(!bridge.live.get("newco").unwrap().paused);
     assert_no_secret_logged(&account);
     bridge.stop().await;
-    app.cleanup().await;
+    cleanup(&app).await;
 }
 
 #[tokio::test]
@@ -339,7 +339,7 @@ async fn a_token_without_dm_permission_is_answered_with_the_fix_and_a_regenerate
         "the update is the channel's next revision"
     );
     bridge.stop().await;
-    app.cleanup().await;
+    cleanup(&app).await;
 }
 
 #[tokio::test]
@@ -367,7 +367,7 @@ async fn a_restart_brings_the_crm_channel_back_and_the_state_file_holds_no_crede
     let served = again.live.get("newco").expect("the CRM channel is back");
     assert_eq!((served.origin, served.revision), (Origin::Crm, 1));
     again.stop().await;
-    app.cleanup().await;
+    cleanup(&app).await;
 }
 
 #[tokio::test]
@@ -420,6 +420,15 @@ async fn commands_that_may_not_or_cannot_be_applied_are_refused_with_their_reaso
         "conflict",
         "acme is the file's"
     );
+    let mut same_app = account.clone();
+    same_app.consumer_key = app.account("acme").consumer_key.clone();
+    commands.send(&upsert("cmd-app", "newco", &same_app)).await;
+    let refused = refusal(&mut crm).await;
+    assert_eq!(
+        refused["reason"], "conflict",
+        "acme's App with another secret: {refused}"
+    );
+    assert_no_secret(&refused.to_string(), app.account("acme"));
     let remove =
         json!({"command": "channel.remove", "command_id": "cmd-gone", "channel": "nobody"});
     commands.send(&remove).await;
@@ -430,7 +439,7 @@ async fn commands_that_may_not_or_cannot_be_applied_are_refused_with_their_reaso
         "nothing refused was applied"
     );
     bridge.stop().await;
-    app.cleanup().await;
+    cleanup(&app).await;
 }
 
 #[tokio::test]
@@ -478,7 +487,7 @@ async fn with_two_replicas_on_postgresql_one_answers_and_both_serve_the_channel(
     second.wait_served("newco", false).await;
     first.stop().await;
     second.stop().await;
-    app.cleanup().await;
+    cleanup(&app).await;
 }
 
 /// Every row of the store's channel table, as text, holds none of the credentials.
@@ -497,4 +506,26 @@ async fn assert_no_credential_in_postgres(app: &TestApp, account: &Account) {
         let text: String = row.get(0);
         assert_no_secret(&text, account);
     }
+}
+
+/// Deletes this test's topology, its control queue and exchanges too.
+async fn cleanup(app: &TestApp) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let control = control(app);
+    if let Ok(connection) =
+        Connection::connect(&app.amqp_url(), ConnectionProperties::default()).await
+    {
+        if let Ok(channel) = connection.create_channel().await {
+            let queue = control.commands_queue.as_str().into();
+            let _ = channel
+                .queue_delete(queue, QueueDeleteOptions::default())
+                .await;
+            for exchange in [&control.exchange, &control.changes_exchange] {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+    }
+    app.cleanup().await;
 }
