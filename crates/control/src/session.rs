@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
@@ -28,9 +28,11 @@ struct Notice {
     revision: u64,
 }
 
-/// How long a command whose store write failed waits before it goes back to the
-/// queue: a store outage must not spin it round at full speed.
+/// The first pause before a command whose store write failed is applied again; it
+/// doubles up to [`MAX_STORE_RETRY_PAUSE`].
 const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between two tries of a command during a store outage.
+const MAX_STORE_RETRY_PAUSE: Duration = Duration::from_secs(15);
 
 /// Why the session could not start or ended.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +106,7 @@ impl xbridge_amqp::Session for ControlSession {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 next = running.commands.next() => match next {
-                    Some(Ok(delivery)) => self.command(&running.publisher, delivery).await,
+                    Some(Ok(delivery)) => self.command(&running.publisher, delivery, shutdown).await,
                     Some(Err(error)) => Err(error.into()),
                     None => Err(SessionError::Cancelled("command")),
                 },
@@ -124,20 +126,29 @@ impl xbridge_amqp::Session for ControlSession {
 }
 
 impl ControlSession {
-    /// One command: applied and answered, then acked; put back when the store could
-    /// not be written (applying it again gives the same result).
-    async fn command(&self, publisher: &Publisher, delivery: Delivery) -> Result<(), SessionError> {
-        let outcome = match self.applier.handle(&delivery).await {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                tracing::warn!(%error, "a command could not be applied; it is retried");
-                tokio::time::sleep(STORE_RETRY_PAUSE).await;
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                };
-                delivery.acker.nack(requeue).await?;
-                return Ok(());
+    /// One command: applied and answered, then acked. While the store cannot be
+    /// written the command is held and applied again after a pause (applying it again
+    /// gives the same result): a nack would count against the quorum queue's delivery
+    /// limit, which drops the command after 20 returns on RabbitMQ 4. On shutdown it
+    /// stays unacked, and the broker gives it to the next consumer.
+    async fn command(
+        &self,
+        publisher: &Publisher,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let mut pause = STORE_RETRY_PAUSE;
+        let outcome = loop {
+            match self.applier.handle(&delivery).await {
+                Ok(outcome) => break outcome,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "a command could not be applied; it is tried again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(MAX_STORE_RETRY_PAUSE);
+                }
             }
         };
         match outcome {

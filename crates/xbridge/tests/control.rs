@@ -15,7 +15,10 @@ use x_simulator::{Account, Fault};
 use xbridge::app::Bridge;
 use xbridge_core::config::{ControlSettings, Settings};
 use xbridge_core::live_channels::{LiveChannels, Origin};
-use xbridge_test_support::{postgres_url, spawn_app, Crm, Event, TestApp, TestOptions, PATIENCE};
+use xbridge_store::StateStore;
+use xbridge_test_support::{
+    postgres_url, spawn_app, Crm, Event, FailingStore, Refuse, TestApp, TestOptions, PATIENCE,
+};
 
 /// Every log line of this test binary's bridges, to look for credentials in.
 static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
@@ -88,6 +91,18 @@ impl Running {
         let bridge = Bridge::build(settings(app))
             .await
             .expect("the bridge builds");
+        Running::run(bridge).await
+    }
+
+    /// Starts the bridge on `store` in place of the configured one.
+    async fn start_on(app: &TestApp, store: Arc<dyn StateStore>) -> Running {
+        let bridge = Bridge::build_with_store(settings(app), store)
+            .await
+            .expect("the bridge builds");
+        Running::run(bridge).await
+    }
+
+    async fn run(bridge: Bridge) -> Running {
         let live = bridge.live_channels();
         let mut ready = bridge.readiness();
         let mut control = bridge.control_readiness().expect("control is on");
@@ -487,6 +502,36 @@ async fn with_two_replicas_on_postgresql_one_answers_and_both_serve_the_channel(
     second.wait_served("newco", false).await;
     first.stop().await;
     second.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test]
+async fn a_command_waits_while_the_store_cannot_write_and_is_answered_once_it_can() {
+    capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let inner = xbridge::app::open_store(&settings(&app).state)
+        .await
+        .expect("the state store");
+    let store = FailingStore::new(inner);
+    let bridge = Running::start_on(&app, store.clone()).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+
+    store.refuse(Refuse::Writes);
+    commands
+        .send(&upsert("cmd-outage-1", "newco", &account))
+        .await;
+    store.wait_for_refusals(1).await;
+    assert!(
+        bridge.live.get("newco").is_none(),
+        "nothing served before it is stored"
+    );
+    store.heal();
+    let answer = answer(&mut crm, "cmd-outage-1").await;
+    assert_eq!(answer.body["state"], "ok", "{}", answer.body);
+    assert_eq!(bridge.live.get("newco").expect("served").revision, 1);
+    bridge.stop().await;
     cleanup(&app).await;
 }
 
