@@ -151,26 +151,35 @@ impl ControlSession {
                 }
             }
         };
-        match outcome {
+        self.answer(publisher, &delivery, outcome).await?;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Publishes a command's outcome, confirmed: the change notice first (so a
+    /// replica that reads the answer's channel finds it), then the answer.
+    async fn answer(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        outcome: Outcome,
+    ) -> Result<(), SessionError> {
+        let (key, body, properties) = match outcome {
             Outcome::Answered(answer, notice) => {
                 if let Some((channel, revision)) = notice {
                     self.publish_notice(publisher, channel, revision).await?;
                 }
                 tracing::info!(command_id = %answer.command_id, channel = %answer.state.channel, state = answer.state.status.state.as_str(), "command answered");
-                let body = serde_json::to_vec(&answer).expect("answers serialize");
                 let properties = properties(
                     "channel.state",
                     Some(answer.message_id()),
                     Some(&answer.command_id),
                 );
-                let key = answer.state.routing_key();
-                publisher
-                    .publish(self.incoming(), &key, &body, properties)
-                    .await?;
+                let body = serde_json::to_vec(&answer).expect("answers serialize");
+                (answer.state.routing_key(), body, properties)
             }
             Outcome::Refused(refused) => {
                 tracing::warn!(command_id = ?refused.command_id, channel = ?refused.channel, reason = ?refused.reason, detail = %refused.detail, "command refused");
-                let body = serde_json::to_vec(&refused).expect("refusals serialize");
                 let theirs = delivery
                     .properties
                     .message_id()
@@ -181,12 +190,13 @@ impl ControlSession {
                     refused.message_id(theirs),
                     refused.command_id.as_deref(),
                 );
-                publisher
-                    .publish(self.incoming(), refused.routing_key(), &body, properties)
-                    .await?;
+                let body = serde_json::to_vec(&refused).expect("refusals serialize");
+                (refused.routing_key().to_owned(), body, properties)
             }
-        }
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+        };
+        publisher
+            .publish(self.incoming(), &key, &body, properties)
+            .await?;
         Ok(())
     }
 
@@ -251,18 +261,7 @@ fn properties(
 /// fanout, and this replica's exclusive queue of notices (its name returned).
 async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String> {
     let control = &settings.amqp.control;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            control.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+    exchange(channel, &control.exchange, ExchangeKind::Topic).await?;
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
@@ -277,14 +276,7 @@ async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String
         .queue_declare(control.commands_queue.as_str().into(), queue, args)
         .await?;
     bind(channel, &control.commands_queue, &control.exchange, "#").await?;
-    channel
-        .exchange_declare(
-            control.changes_exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+    exchange(channel, &control.changes_exchange, ExchangeKind::Fanout).await?;
     // Named under the changes exchange, not by the server (`amq.gen-…`): the bridge's
     // user may configure only its own names (docs/operator.md's recipe).
     let name = format!(
@@ -302,6 +294,16 @@ async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String
         .await?;
     bind(channel, &name, &control.changes_exchange, "").await?;
     Ok(name)
+}
+
+async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(name.into(), kind, durable, FieldTable::default())
+        .await
 }
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
