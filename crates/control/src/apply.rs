@@ -2,9 +2,12 @@
 //! and the live map, its credentials checked against X, and its answer made. A command
 //! that cannot be applied is refused whole before anything is written.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use lapin::message::Delivery;
 use secrecy::ExposeSecret as _;
+use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ChannelSettings, ControlSettings};
 use xbridge_core::contract::control::{
     ChannelCommand, CommandAnswer, CommandRefused, ControlCommand, RefusalReason,
@@ -34,6 +37,8 @@ pub struct Applier {
     pub control: ControlSettings,
     /// How to reach X for the credential check.
     pub x: XClientConfig,
+    /// Every channel's state, for the answer of a check that could not finish.
+    pub states: Arc<ChannelStates>,
 }
 
 impl Applier {
@@ -182,13 +187,20 @@ impl Applier {
         settings: &ChannelSettings,
     ) -> Box<CommandAnswer> {
         let check: AccountCheck = check_account(self.x.clone(), settings).await;
+        // A check that could not finish says nothing new: the state stays what the
+        // bridge last saw (`ok` for a channel it has not used yet), the detail says why.
+        let state = check.state().unwrap_or_else(|| {
+            self.states
+                .get(&settings.name)
+                .map_or(ChannelState::Ok, |status| status.state)
+        });
         tracing::info!(
             command_id = %command.command_id,
             channel = %settings.name,
-            state = check.state().as_str(),
+            state = state.as_str(),
             "credentials checked against X"
         );
-        answer(command, check.state(), check.detail(), check.account)
+        answer(command, state, check.detail(), check.account)
     }
 }
 

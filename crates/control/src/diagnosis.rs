@@ -19,8 +19,9 @@ pub const PERMISSION_FIX: &str = "Fix: in the X developer console set the App's 
 /// (with the fix) an operator acts on. Never a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// The state the problem means for the channel.
-    pub state: ChannelState,
+    /// The state the problem means for the channel; `None` when the check could not
+    /// finish (X out of reach), which says nothing about the credentials.
+    pub state: Option<ChannelState>,
     /// What is wrong and what to do about it.
     pub text: String,
 }
@@ -37,9 +38,12 @@ pub struct AccountCheck {
 }
 
 impl AccountCheck {
-    /// The channel's state by this check: its first problem's, or `ok`.
-    pub fn state(&self) -> ChannelState {
-        self.problems.first().map_or(ChannelState::Ok, |p| p.state)
+    /// The channel's state by this check: its first problem's, `ok` without one, and
+    /// `None` when the check could not finish.
+    pub fn state(&self) -> Option<ChannelState> {
+        self.problems
+            .first()
+            .map_or(Some(ChannelState::Ok), |p| p.state)
     }
 
     /// The problems' words, one sentence each, for a `channel.state`'s `detail`.
@@ -82,7 +86,7 @@ async fn who_am_i(
     let id = user.id.as_str().to_owned();
     if let Some(configured) = channel.user_id.as_ref().filter(|c| **c != id) {
         check.problems.push(Problem {
-            state: ChannelState::Unauthorized,
+            state: Some(ChannelState::Unauthorized),
             text: format!(
                 "user_id is {configured} in the channel's settings, but the access token belongs to {id} (@{}): fix user_id or the credentials",
                 user.username
@@ -92,7 +96,7 @@ async fn who_am_i(
     match access_level.as_deref() {
         Some("read-write-directmessages") | None => {}
         Some(level) => check.problems.push(Problem {
-            state: ChannelState::MissingPermission,
+            state: Some(ChannelState::MissingPermission),
             text: format!(
                 "the access token's permission is {level:?}, without Direct Messages. {PERMISSION_FIX}"
             ),
@@ -107,27 +111,28 @@ async fn who_am_i(
 
 /// The problem an X error shows, with what to do about it.
 pub fn diagnose(error: &XError) -> Problem {
+    use ChannelState::{CreditsExhausted, MissingPermission, RateLimited, Unauthorized};
     let (state, text) = match error {
-        XError::Unauthorized { .. } => (ChannelState::Unauthorized, format!(
+        XError::Unauthorized { .. } => (Some(Unauthorized), format!(
             "X refuses the credentials (HTTP {}): check the API key and secret and the access token and secret; regenerate them in the X developer console if they were revoked",
             error.http_status().unwrap_or(401)
         )),
-        XError::MissingDmPermission { .. } => (ChannelState::MissingPermission, format!(
+        XError::MissingDmPermission { .. } => (Some(MissingPermission), format!(
             "the access token may not use Direct Messages (403 oauth1-permissions). {PERMISSION_FIX}"
         )),
-        XError::NotEnrolled { .. } => (ChannelState::Unauthorized, "the X App is not attached to a Project with an active plan (403 client-forbidden): attach it in the X developer console".into()),
-        XError::CreditsExhausted { .. } => (ChannelState::CreditsExhausted, format!(
+        XError::NotEnrolled { .. } => (Some(Unauthorized), "the X App is not attached to a Project with an active plan (403 client-forbidden): attach it in the X developer console".into()),
+        XError::CreditsExhausted { .. } => (Some(CreditsExhausted), format!(
             "the X account has no credits or is over its spending cap (HTTP {}): top up or raise the limit at console.x.com",
             error.http_status().unwrap_or(402)
         )),
-        XError::RateLimited { .. } => (ChannelState::RateLimited, "X's rate limit is used up right now; the check could not finish, try again after the reset".into()),
+        XError::RateLimited { .. } => (Some(RateLimited), "X's rate limit is used up right now; the check could not finish, try again after the reset".into()),
         XError::Transient { .. } | XError::NotConnected { .. } => {
-            (ChannelState::Unauthorized, format!("cannot reach X: {error}"))
+            (None, format!("cannot reach X, the check could not finish: {error}"))
         }
         XError::RecipientRefuses { .. }
         | XError::InvalidRequest { .. }
         | XError::MediaProcessingFailed { .. } => {
-            (ChannelState::Unauthorized, format!("X refused the check: {error}"))
+            (None, format!("X refused the check: {error}"))
         }
     };
     Problem { state, text }

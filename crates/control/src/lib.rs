@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use xbridge_amqp::{SessionLog, Supervisor};
+use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
 use xbridge_core::live_channels::LiveChannels;
 use xbridge_store::{CredentialsKey, SealError, StateStore, StoreError};
@@ -76,6 +77,7 @@ impl Control {
         settings: Arc<Settings>,
         store: Arc<dyn StateStore>,
         live: Arc<LiveChannels>,
+        states: Arc<ChannelStates>,
     ) -> Result<Option<Control>, SealError> {
         if !settings.amqp.control.enabled() {
             return Ok(None);
@@ -85,6 +87,7 @@ impl Control {
             registry: Registry::new(store, key, live),
             control: settings.amqp.control.clone(),
             x: XClientConfig::from(&settings.x),
+            states,
         });
         let supervisor = Supervisor::new(
             settings.amqp.url.clone(),

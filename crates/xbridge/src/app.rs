@@ -156,7 +156,12 @@ impl Bridge {
         let states = Arc::new(ChannelStates::new(
             live.current().keys().map(String::as_str),
         ));
-        let control = Control::new(settings.clone(), store.clone(), live.clone())?;
+        let control = Control::new(
+            settings.clone(),
+            store.clone(),
+            live.clone(),
+            states.clone(),
+        )?;
         let (outbound, inbound) = sides(settings, live.clone(), store, states.clone())?;
         let resolver = inbound.identity_resolver();
         let unanswered = resolver.resolve_once().await?;
