@@ -220,3 +220,96 @@ enum Step {
     /// Put this record.
     Put(ChannelRecord),
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::{ExposeSecret as _, SecretString};
+    use xbridge_core::config::InboundMode;
+    use xbridge_store::EmbeddedStore;
+
+    use super::*;
+
+    fn channel(name: &str, token: &str) -> ChannelSettings {
+        ChannelSettings {
+            name: name.into(),
+            consumer_key: "ck".into(),
+            consumer_secret: "cs".into(),
+            access_token: token.into(),
+            access_token_secret: "ats".into(),
+            bearer_token: "bt".into(),
+            weight: None,
+            url: None,
+            inbound: InboundMode::Webhook,
+            user_id: None,
+        }
+    }
+
+    fn registry(dir: &tempfile::TempDir, file: &[ChannelSettings]) -> Registry {
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
+        let key = CredentialsKey::derive(&SecretString::from("ab".repeat(32))).unwrap();
+        Registry::new(store, Arc::new(key), Arc::new(LiveChannels::new(file)))
+    }
+
+    #[tokio::test]
+    async fn the_same_upsert_twice_makes_one_revision_and_a_new_one_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(&dir, &[]);
+        assert_eq!(
+            registry
+                .upsert(&channel("newco", "t1"), "c1")
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            registry
+                .upsert(&channel("newco", "t1"), "c1")
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            registry
+                .upsert(&channel("newco", "t2"), "c2")
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(registry.live().get("newco").unwrap().revision, 2);
+    }
+
+    #[tokio::test]
+    async fn a_removed_channel_comes_back_only_with_a_higher_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(&dir, &[]);
+        registry
+            .upsert(&channel("newco", "t1"), "c1")
+            .await
+            .unwrap();
+        assert_eq!(registry.remove("newco").await.unwrap(), 2);
+        assert!(registry.live().get("newco").is_none());
+        assert_eq!(registry.remove("newco").await.unwrap(), 2, "a redelivery");
+        assert_eq!(
+            registry
+                .upsert(&channel("newco", "t1"), "c3")
+                .await
+                .unwrap(),
+            3
+        );
+        assert!(registry.live().get("newco").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_file_channel_wins_over_a_stored_crm_channel_of_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        registry(&dir, &[])
+            .upsert(&channel("acme", "crm-token"), "c1")
+            .await
+            .unwrap();
+        let restarted = registry(&dir, &[channel("acme", "file-token")]);
+        restarted.load_all().await.unwrap();
+        let served = restarted.live().get("acme").unwrap();
+        assert_eq!(served.origin, Origin::File);
+        assert_eq!(served.settings.access_token.expose_secret(), "file-token");
+    }
+}
