@@ -59,6 +59,21 @@ impl Account {
         }
     }
 
+    /// The same account with a regenerated access token and secret, as the X developer
+    /// console makes them: same user, same App, the old token no longer valid.
+    pub fn with_regenerated_token(&self) -> Account {
+        let mut rng = rand::rng();
+        Account {
+            access_token: format!(
+                "{}-{}",
+                self.user_id,
+                Alphanumeric.sample_string(&mut rng, 40)
+            ),
+            access_token_secret: Alphanumeric.sample_string(&mut rng, 45),
+            ..self.clone()
+        }
+    }
+
     /// Another account on the App of `app`: its own user and access token, the App's consumer
     /// key, secret and bearer token. X's Pay Per Use lets up to 3 accounts of one App subscribe to
     /// the App's one webhook, so their events all arrive at one URL.

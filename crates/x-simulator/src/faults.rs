@@ -209,6 +209,14 @@ impl FaultBook {
         self.by_user.remove(user_id);
     }
 
+    /// Drops the account's [`Fault::MissingPermission`]: it belongs to the token, and a
+    /// regenerated token carries the App's permissions as they are now.
+    pub(crate) fn forget_missing_permission(&mut self, user_id: &str) {
+        if let Some(active) = self.by_user.get_mut(user_id) {
+            active.retain(|fault| *fault != Fault::MissingPermission);
+        }
+    }
+
     pub(crate) fn clear_all(&mut self) {
         self.by_user.clear();
     }

@@ -156,6 +156,23 @@ impl Simulator {
         self.state().lock().accounts.upsert(account);
     }
 
+    /// Regenerates the account's access token and secret, as an operator does in the
+    /// X developer console after changing the App's permissions: from now on the old
+    /// token is refused (401) and the new one, returned, is accepted. A token keeps the
+    /// permissions it was made with, so [`Fault::MissingPermission`] (a property of the
+    /// old token) is dropped: the new token carries the App's permissions as they are
+    /// now, which the simulator takes to include Direct Messages (set the fault again to
+    /// model a token regenerated before the permission was fixed). `None` for an
+    /// unknown account.
+    pub fn regenerate_access_token(&self, user_id: &str) -> Option<Account> {
+        let mut inner = self.state().lock();
+        let account = inner.accounts.by_user_id(user_id)?.with_regenerated_token();
+        inner.accounts.upsert(account.clone());
+        inner.faults.forget_missing_permission(user_id);
+        tracing::info!(user_id, "access token regenerated");
+        Some(account)
+    }
+
     /// The accounts the simulator knows.
     pub fn accounts(&self) -> Vec<Account> {
         self.state().lock().accounts.all()

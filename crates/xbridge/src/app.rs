@@ -8,10 +8,11 @@ use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use xbridge_control::Control;
 use xbridge_core::channel_identity::{ChannelIdentities, IdentityMismatch};
 use xbridge_core::channel_state::ChannelStates;
-use xbridge_core::config::{HttpSettings, Settings, StateBackend, StateSettings};
-use xbridge_core::live_channels::LiveChannels;
+use xbridge_core::config::{ChannelSettings, HttpSettings, Settings, StateBackend, StateSettings};
+use xbridge_core::live_channels::{LiveChannels, Origin};
 use xbridge_inbound::service::Inbound;
 use xbridge_inbound::webhook::identity::IdentityResolver;
 use xbridge_outbound::Outbound;
@@ -103,6 +104,8 @@ pub struct Bridge {
     live: Arc<LiveChannels>,
     /// Each channel's account, shared by both sides; `/channels` shows it.
     identities: Arc<ChannelIdentities>,
+    /// The CRM's commands, when `amqp.control.allowed_users` names anyone.
+    control: Option<Control>,
 }
 
 impl Bridge {
@@ -143,12 +146,25 @@ impl Bridge {
         };
         let store_health = store.health();
         let http = settings.http.clone();
+        let mut settings = settings;
+        let live = Arc::new(LiveChannels::new(&settings.channels));
+        // The CRM's channels come back from the store before the sides are built,
+        // and the sides start with them as with the file's (their queues declared).
+        xbridge_control::load_crm_channels(&settings, store.clone(), live.clone())
+            .await
+            .context("reading the CRM's channels from the state store")?;
+        settings.channels.extend(crm_channels(&live));
         let settings = Arc::new(settings);
         let states = Arc::new(ChannelStates::new(
-            settings.channels.iter().map(|c| c.name.as_str()),
+            live.current().keys().map(String::as_str),
         ));
-        let live = Arc::new(LiveChannels::new(&settings.channels));
         let identities = Arc::new(ChannelIdentities::from_channels(&settings.channels));
+        let control = Control::new(
+            settings.clone(),
+            store.clone(),
+            live.clone(),
+            states.clone(),
+        )?;
         let (outbound, inbound) = sides(
             settings,
             live.clone(),
@@ -168,6 +184,7 @@ impl Bridge {
             store: store_health,
             live,
             identities,
+            control,
         })
     }
 
@@ -189,6 +206,12 @@ impl Bridge {
     /// The channels served now: what the control consumer and a reload change.
     pub fn live_channels(&self) -> Arc<LiveChannels> {
         self.live.clone()
+    }
+
+    /// `true` while the control consumer takes commands; `None` when control is
+    /// off (`amqp.control.allowed_users` empty).
+    pub fn control_readiness(&self) -> Option<watch::Receiver<bool>> {
+        self.control.as_ref().map(Control::readiness)
     }
 
     /// Every channel's state.
@@ -229,10 +252,14 @@ impl Bridge {
             .unresolved
             .map(|(resolver, unanswered)| spawn_identity_checks(resolver, unanswered, &shutdown));
         let inbound = tokio::spawn(self.inbound.run(shutdown.clone()));
+        let control = self.control.map(|c| tokio::spawn(c.run(shutdown.clone())));
         let outbound = self.outbound.run(shutdown.clone()).await;
         // Whatever ended the outbound side ends the process: stop inbound too.
         shutdown.cancel();
         let _ = inbound.await;
+        if let Some(control) = control {
+            let _ = control.await;
+        }
         if let Some(ops) = ops {
             let _ = ops.await;
         }
@@ -302,6 +329,15 @@ fn sides(
     )?;
     let inbound = Inbound::new(settings, live, store, states, x_http, identities)?;
     Ok((outbound, inbound))
+}
+
+/// The CRM's channels `live` serves (read from the store at start).
+fn crm_channels(live: &LiveChannels) -> Vec<ChannelSettings> {
+    live.current()
+        .values()
+        .filter(|c| c.origin == Origin::Crm)
+        .map(|c| (*c.settings).clone())
+        .collect()
 }
 
 /// Asks X again about the channels it did not answer for at startup. A

@@ -17,6 +17,61 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     /// Exchange and queue names.
     pub topology: TopologyNames,
+    /// The CRM's commands that manage channels (`[amqp.control]`).
+    pub control: ControlSettings,
+}
+
+/// `[amqp.control]`: who may manage channels with commands, and the names the
+/// commands travel under.
+///
+/// Empty `allowed_users` (the default) turns control off: the bridge declares
+/// and consumes nothing of it, so a deployment that never asked for runtime
+/// channels has no way in for them. Turning it on needs
+/// `state.credentials_key`, as the CRM's channels are stored only sealed.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlSettings {
+    /// RabbitMQ users whose commands are applied: a command is accepted only
+    /// when its AMQP `user_id` (which RabbitMQ checks is the publishing
+    /// connection's user) is one of them.
+    pub allowed_users: Vec<String>,
+    /// Topic exchange the CRM publishes commands to (routing key = command).
+    pub exchange: String,
+    /// Quorum queue with a single active consumer bound to it: exactly one
+    /// replica handles each command.
+    pub commands_queue: String,
+    /// Fanout exchange of change notices (`{channel, revision}`), one
+    /// exclusive queue per replica bound to it.
+    pub changes_exchange: String,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        Self::with_prefix("xbridge")
+    }
+}
+
+impl ControlSettings {
+    /// Every name under one prefix (`<prefix>.control`, …), no user allowed;
+    /// tests use it for a topology of their own.
+    pub fn with_prefix(prefix: &str) -> Self {
+        ControlSettings {
+            allowed_users: Vec::new(),
+            exchange: format!("{prefix}.control"),
+            commands_queue: format!("{prefix}.control.commands"),
+            changes_exchange: format!("{prefix}.control.changes"),
+        }
+    }
+
+    /// Whether the bridge consumes commands at all.
+    pub fn enabled(&self) -> bool {
+        !self.allowed_users.is_empty()
+    }
+
+    /// Whether `user` may manage channels.
+    pub fn allows(&self, user: &str) -> bool {
+        self.allowed_users.iter().any(|allowed| allowed == user)
+    }
 }
 
 /// Names of every exchange and queue the bridge declares. Defaults are the
@@ -98,6 +153,7 @@ pub(super) struct RawAmqp {
     pub(super) url: SecretSource,
     pub(super) prefetch: u16,
     pub(super) topology: TopologyNames,
+    pub(super) control: ControlSettings,
 }
 
 impl Default for RawAmqp {
@@ -106,6 +162,7 @@ impl Default for RawAmqp {
             url: SecretSource::Inline("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             prefetch: 64,
             topology: TopologyNames::default(),
+            control: ControlSettings::default(),
         }
     }
 }
@@ -124,10 +181,43 @@ pub(super) fn validate(raw: RawAmqp, errors: &mut Vec<String>) -> AmqpSettings {
         errors.push("amqp.prefetch: must be at least 1".into());
     }
     check_topology(&raw.topology, errors);
+    check_control(&raw.control, errors);
     AmqpSettings {
         url,
         prefetch: raw.prefetch,
         topology: raw.topology,
+        control: raw.control,
+    }
+}
+
+fn check_control(control: &ControlSettings, errors: &mut Vec<String>) {
+    if control.allowed_users.iter().any(|user| user.is_empty()) {
+        errors.push("amqp.control.allowed_users: a user name must not be empty".into());
+    }
+    let fields = [
+        ("exchange", &control.exchange),
+        ("commands_queue", &control.commands_queue),
+        ("changes_exchange", &control.changes_exchange),
+    ];
+    for (field, value) in fields {
+        if value.is_empty() || value.len() > 200 || value.starts_with("amq.") {
+            errors.push(format!(
+                "amqp.control.{field}: must be 1 to 200 characters, not starting with amq."
+            ));
+        }
+    }
+}
+
+/// Control on (`amqp.control.allowed_users` set) stores the CRM's channels,
+/// whose credentials are stored only sealed: without `state.credentials_key`
+/// the first command would fail, so the start does.
+pub(super) fn check_control_key(
+    amqp: &AmqpSettings,
+    has_credentials_key: bool,
+    errors: &mut Vec<String>,
+) {
+    if amqp.control.enabled() && !has_credentials_key {
+        errors.push("amqp.control.allowed_users: managing channels needs state.credentials_key (the CRM's credentials are stored only encrypted)".into());
     }
 }
 
@@ -159,6 +249,25 @@ fn check_topology(names: &TopologyNames, errors: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Settings, VALID};
+
+    #[test]
+    fn control_is_off_by_default_and_on_needs_the_credentials_key() {
+        let settings = Settings::from_toml(VALID).unwrap();
+        assert!(!settings.amqp.control.enabled());
+        assert_eq!(settings.amqp.control.exchange, "xbridge.control");
+        assert_eq!(
+            settings.amqp.control.commands_queue,
+            "xbridge.control.commands"
+        );
+        let on = format!("{VALID}\n[amqp.control]\nallowed_users = [\"crm\"]\n");
+        let error = Settings::from_toml(&on).unwrap_err().to_string();
+        assert!(error.contains("needs state.credentials_key"), "{error}");
+        let keyed = format!("{on}\n[state]\ncredentials_key = \"{}\"\n", "ab".repeat(32));
+        let settings = Settings::from_toml(&keyed).unwrap();
+        assert!(settings.amqp.control.allows("crm"));
+        assert!(!settings.amqp.control.allows("guest"));
+    }
 
     #[test]
     fn delay_queue_names_read_as_durations() {

@@ -23,7 +23,7 @@ use figment::Figment;
 use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 
-pub use amqp::{AmqpSettings, TopologyNames};
+pub use amqp::{AmqpSettings, ControlSettings, TopologyNames};
 pub use channels::{is_valid_channel_name, ChannelSettings, InboundMode};
 pub use http::HttpSettings;
 pub use inbound::InboundSettings;
@@ -230,6 +230,7 @@ impl Settings {
         let outbound = outbound::validate(raw.outbound, &mut errors);
         let inbound = inbound::validate(raw.inbound, &mut errors);
         let state = state::validate(raw.state, &mut errors);
+        amqp::check_control_key(&amqp, state.credentials_key.is_some(), &mut errors);
         http::validate(&raw.http, inbound.media.timeout, &mut errors);
         let channels = channels::validate(raw.channels, &mut errors);
         if !errors.is_empty() {

@@ -54,6 +54,27 @@ async fn missing_permission_shows_in_the_access_level_header() {
 }
 
 #[tokio::test]
+async fn a_regenerated_token_replaces_the_old_one_and_carries_the_dm_permission() {
+    let h = harness().await;
+    h.sim.set_fault(h.user_id(), Fault::MissingPermission);
+    let fresh = h
+        .sim
+        .regenerate_access_token(h.user_id())
+        .expect("a known account");
+    assert_ne!(fresh.access_token, h.account.access_token);
+    let url = h.url("/2/users/me");
+    let old = h.authorization(&h.account, "GET", &url);
+    let old = h
+        .send(h.client.get(url.clone()).header(AUTHORIZATION, old))
+        .await;
+    assert_eq!(old.status, 401, "the old token is refused");
+    let new = h.authorization(&fresh, "GET", &url);
+    let new = h.send(h.client.get(url).header(AUTHORIZATION, new)).await;
+    assert_eq!(new.status, 200);
+    assert_eq!(new.header("x-access-level"), "read-write-directmessages");
+}
+
+#[tokio::test]
 async fn spend_cap_answers_403_with_a_reset_date() {
     let h = harness().await;
     h.sim.set_fault(h.user_id(), Fault::SpendCapReached);

@@ -15,6 +15,19 @@ pub struct CommandAnswer {
     pub state: ChannelStateEvent,
     /// The command's id; also the AMQP `correlation_id`.
     pub command_id: String,
+    /// The X account the credentials belong to, when X said (`channel.upsert`
+    /// and `channel.check`): what the CRM's form shows as "connected as".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<AnswerAccount>,
+}
+
+/// The X account behind a channel's access token, as X's `/2/users/me` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnswerAccount {
+    /// X's numeric user id, as a string.
+    pub user_id: String,
+    /// The @handle, without the `@`.
+    pub username: String,
 }
 
 impl CommandAnswer {
@@ -54,11 +67,16 @@ mod tests {
                 },
             },
             command_id: "cmd-1".into(),
+            account: Some(AnswerAccount {
+                user_id: "1000000000000000001".into(),
+                username: "acme_support".into(),
+            }),
         };
         let json = serde_json::to_value(&answer).unwrap();
         assert_eq!(json["type"], "channel.state");
         assert_eq!(json["state"], "missing_permission");
         assert_eq!(json["command_id"], "cmd-1");
+        assert_eq!(json["account"]["username"], "acme_support");
         assert_eq!(answer.correlation_id(), "cmd-1");
         assert_eq!(answer.message_id(), "acme:state:cmd-1");
         assert_eq!(answer.state.routing_key(), "acme.channel.state");

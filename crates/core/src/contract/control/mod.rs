@@ -14,7 +14,7 @@
 //! `command.refused:<command_id>`), so however many replicas or redeliveries produce it,
 //! the CRM's dedupe by `message_id` keeps one.
 //!
-//! Only the contract is here; nothing consumes commands yet (issue 14).
+//! Only the contract is here; the `xbridge-control` crate consumes the commands.
 
 pub mod answer;
 pub mod command;
@@ -22,7 +22,7 @@ pub mod refusal;
 #[cfg(test)]
 mod schema_tests;
 
-pub use answer::CommandAnswer;
+pub use answer::{AnswerAccount, CommandAnswer};
 pub use command::{
     ChannelCommand, ControlCommand, CONTROL_EXCHANGE, MAX_COMMAND_BYTES, MAX_SECRET_BYTES,
 };

@@ -1,0 +1,209 @@
+//! A CRM channel as the registry stores it and as the bridge serves it: the settings
+//! that are not secret as JSON text, the five credentials sealed under
+//! `state.credentials_key`, and back.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use url::Url;
+use xbridge_core::config::{ChannelSettings, InboundMode};
+use xbridge_core::live_channels::{LiveChannel, Origin};
+use xbridge_store::{ChannelOrigin, ChannelRecord, CredentialsKey, SealError, SealedCredentials};
+
+/// The settings of a record that are not secret, as stored (`ChannelRecord::settings`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSettings {
+    weight: Option<u32>,
+    url: Option<Url>,
+    inbound: StoredInbound,
+    user_id: Option<String>,
+    /// The `channel.upsert` that made this revision: a redelivered command finds
+    /// itself here and answers again without a new revision.
+    command_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoredInbound {
+    Webhook,
+    Poll,
+    Both,
+}
+
+impl From<InboundMode> for StoredInbound {
+    fn from(mode: InboundMode) -> Self {
+        match mode {
+            InboundMode::Webhook => StoredInbound::Webhook,
+            InboundMode::Poll => StoredInbound::Poll,
+            InboundMode::Both => StoredInbound::Both,
+        }
+    }
+}
+
+impl From<StoredInbound> for InboundMode {
+    fn from(mode: StoredInbound) -> Self {
+        match mode {
+            StoredInbound::Webhook => InboundMode::Webhook,
+            StoredInbound::Poll => InboundMode::Poll,
+            StoredInbound::Both => InboundMode::Both,
+        }
+    }
+}
+
+/// The five credentials, sealed together as one JSON object.
+#[derive(Serialize, Deserialize)]
+struct StoredCredentials {
+    consumer_key: String,
+    consumer_secret: String,
+    access_token: String,
+    access_token_secret: String,
+    bearer_token: String,
+}
+
+/// Why a stored record cannot be served. Never quotes a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The credentials do not open (another key, an altered blob).
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The settings or the opened credentials are not what this version writes.
+    #[error("channel {channel}: the stored {what} do not decode")]
+    Decode {
+        /// The channel.
+        channel: String,
+        /// `settings` or `credentials`.
+        what: &'static str,
+    },
+}
+
+/// The record of `settings` at `revision`, made by `command_id`, its credentials
+/// sealed with `key`.
+pub fn to_record(
+    key: &CredentialsKey,
+    settings: &ChannelSettings,
+    paused: bool,
+    revision: u64,
+    command_id: Option<&str>,
+) -> Result<ChannelRecord, SealError> {
+    let stored = StoredSettings {
+        weight: settings.weight,
+        url: settings.url.clone(),
+        inbound: settings.inbound.into(),
+        user_id: settings.user_id.clone(),
+        command_id: command_id.map(str::to_owned),
+    };
+    let credentials = StoredCredentials {
+        consumer_key: settings.consumer_key.expose_secret().to_owned(),
+        consumer_secret: settings.consumer_secret.expose_secret().to_owned(),
+        access_token: settings.access_token.expose_secret().to_owned(),
+        access_token_secret: settings.access_token_secret.expose_secret().to_owned(),
+        bearer_token: settings.bearer_token.expose_secret().to_owned(),
+    };
+    let clear = SecretString::from(serde_json::to_string(&credentials).expect("strings serialize"));
+    Ok(ChannelRecord {
+        name: settings.name.clone(),
+        origin: ChannelOrigin::Crm,
+        settings: serde_json::to_string(&stored).expect("settings serialize"),
+        credentials: key.seal(&settings.name, &clear)?,
+        revision,
+        paused,
+        updated_at: Utc::now(),
+    })
+}
+
+/// The `channel.upsert` that made `record`, if the record says.
+pub fn command_id(record: &ChannelRecord) -> Option<String> {
+    serde_json::from_str::<StoredSettings>(&record.settings)
+        .ok()
+        .and_then(|s| s.command_id)
+}
+
+/// `record` with another pause and revision, its sealed credentials as they are.
+pub fn with_pause(record: &ChannelRecord, paused: bool, revision: u64) -> ChannelRecord {
+    ChannelRecord {
+        paused,
+        revision,
+        updated_at: Utc::now(),
+        credentials: SealedCredentials::clone(&record.credentials),
+        ..record.clone()
+    }
+}
+
+/// The channel `record` stands for, its credentials opened with `key`.
+pub fn to_live(key: &CredentialsKey, record: &ChannelRecord) -> Result<LiveChannel, RecordError> {
+    let decode = |what| RecordError::Decode {
+        channel: record.name.clone(),
+        what,
+    };
+    let stored: StoredSettings =
+        serde_json::from_str(&record.settings).map_err(|_| decode("settings"))?;
+    let clear = key.open(&record.name, &record.credentials)?;
+    let credentials: StoredCredentials =
+        serde_json::from_str(clear.expose_secret()).map_err(|_| decode("credentials"))?;
+    let settings = ChannelSettings {
+        name: record.name.clone(),
+        consumer_key: credentials.consumer_key.into(),
+        consumer_secret: credentials.consumer_secret.into(),
+        access_token: credentials.access_token.into(),
+        access_token_secret: credentials.access_token_secret.into(),
+        bearer_token: credentials.bearer_token.into(),
+        weight: stored.weight,
+        url: stored.url,
+        inbound: stored.inbound.into(),
+        user_id: stored.user_id,
+    };
+    Ok(LiveChannel {
+        settings: Arc::new(settings),
+        origin: Origin::Crm,
+        paused: record.paused,
+        revision: record.revision,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ChannelSettings {
+        ChannelSettings {
+            name: "acme".into(),
+            consumer_key: "ck-secret-1".into(),
+            consumer_secret: "cs-secret-2".into(),
+            access_token: "at-secret-3".into(),
+            access_token_secret: "ats-secret-4".into(),
+            bearer_token: "bt-secret-5".into(),
+            weight: Some(3),
+            url: Some(Url::parse("https://x.com/acme").unwrap()),
+            inbound: InboundMode::Poll,
+            user_id: Some("42".into()),
+        }
+    }
+
+    #[test]
+    fn a_record_keeps_no_credential_in_the_clear_and_opens_to_the_same_channel() {
+        let key = CredentialsKey::derive(&SecretString::from("ab".repeat(32))).unwrap();
+        let record = to_record(&key, &settings(), true, 7, Some("cmd-1")).unwrap();
+        for secret in [
+            "ck-secret-1",
+            "cs-secret-2",
+            "at-secret-3",
+            "ats-secret-4",
+            "bt-secret-5",
+        ] {
+            assert!(!record.settings.contains(secret));
+            let blob = record.credentials.as_bytes();
+            assert!(!blob.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        }
+        assert_eq!(command_id(&record).as_deref(), Some("cmd-1"));
+        let live = to_live(&key, &record).unwrap();
+        assert_eq!(live.settings.access_token.expose_secret(), "at-secret-3");
+        assert_eq!(live.settings.inbound, InboundMode::Poll);
+        assert_eq!(
+            (live.paused, live.revision, live.origin),
+            (true, 7, Origin::Crm)
+        );
+        assert_eq!(live.settings.user_id.as_deref(), Some("42"));
+    }
+}

@@ -1,0 +1,576 @@
+//! The CRM manages channels with commands on the control exchange (issue 14): a
+//! channel created at run time is served and answered with X's word on its
+//! credentials, a fixed token is taken without a restart, a restart brings the CRM's
+//! channels back with no credential readable at rest, a command that may not or
+//! cannot be applied is refused with its reason, and with two replicas exactly one
+//! answers while both serve the channel.
+
+use std::sync::Arc;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use x_simulator::{Account, Fault};
+use xbridge::app::Bridge;
+use xbridge_core::config::{ControlSettings, Settings};
+use xbridge_core::live_channels::{LiveChannels, Origin};
+use xbridge_store::StateStore;
+use xbridge_test_support::{
+    postgres_url, spawn_app, Crm, Event, FailingStore, Refuse, TestApp, TestOptions, PATIENCE,
+};
+
+/// Every log line of this test binary's bridges, to look for credentials in.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// A log writer that keeps what it writes in [`LOGS`].
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures the logs (before the harness sets up its own, which then stays out),
+/// at debug for the bridge's crates.
+fn capture_logs() {
+    let filter = "info,lapin=warn,x_simulator=off,xbridge=debug,xbridge_control=debug";
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(|| Capture)
+        .try_init();
+}
+
+/// The captured logs hold none of `account`'s credentials.
+fn assert_no_secret_logged(account: &Account) {
+    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("command answered") || logs.contains("command refused"),
+        "logs are captured"
+    );
+    assert_no_secret(&logs, account);
+}
+
+/// The key the tests' stores seal credentials with.
+fn credentials_key() -> String {
+    "5e".repeat(32)
+}
+
+/// This test's control names, under its topology prefix.
+fn control(app: &TestApp) -> ControlSettings {
+    let prefix = app.names.outgoing_exchange.trim_end_matches(".outgoing");
+    ControlSettings {
+        allowed_users: vec!["guest".into()],
+        ..ControlSettings::with_prefix(prefix)
+    }
+}
+
+/// The test's configuration with control on (the CRM publishes as `guest`).
+fn settings(app: &TestApp) -> Settings {
+    let mut settings = Settings::from_toml(&app.config_toml()).expect("the test config is valid");
+    settings.amqp.control = control(app);
+    settings.state.credentials_key = Some(credentials_key().into());
+    settings
+}
+
+/// A bridge running in this test, with its live channels.
+struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    live: Arc<LiveChannels>,
+}
+
+impl Running {
+    async fn start(app: &TestApp) -> Running {
+        let bridge = Bridge::build(settings(app))
+            .await
+            .expect("the bridge builds");
+        Running::run(bridge).await
+    }
+
+    /// Starts the bridge on `store` in place of the configured one.
+    async fn start_on(app: &TestApp, store: Arc<dyn StateStore>) -> Running {
+        let bridge = Bridge::build_with_store(settings(app), store)
+            .await
+            .expect("the bridge builds");
+        Running::run(bridge).await
+    }
+
+    async fn run(bridge: Bridge) -> Running {
+        let live = bridge.live_channels();
+        let mut ready = bridge.readiness();
+        let mut control = bridge.control_readiness().expect("control is on");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(bridge.run(shutdown.clone()));
+        for watch in [&mut ready, &mut control] {
+            tokio::time::timeout(PATIENCE, watch.wait_for(|ready| *ready))
+                .await
+                .expect("the bridge becomes ready")
+                .expect("readiness");
+        }
+        Running {
+            shutdown,
+            task,
+            live,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("the bridge stops")
+            .expect("the bridge task")
+            .expect("the bridge ends cleanly");
+    }
+
+    /// Waits until `name` is served (or not).
+    async fn wait_served(&self, name: &str, served: bool) {
+        let mut watch = self.live.subscribe();
+        tokio::time::timeout(
+            PATIENCE,
+            watch.wait_for(|map| map.contains_key(name) == served),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("waited for channel {name} served = {served}"))
+        .expect("live channels");
+    }
+}
+
+/// The CRM's side of the control exchange: publishes commands as `guest`.
+struct Commands {
+    _connection: Connection,
+    channel: lapin::Channel,
+    exchange: String,
+}
+
+impl Commands {
+    async fn connect(app: &TestApp) -> Commands {
+        let connection = Connection::connect(&app.amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("the CRM connects");
+        let channel = connection.create_channel().await.expect("a channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        Commands {
+            _connection: connection,
+            channel,
+            exchange: control(app).exchange,
+        }
+    }
+
+    /// Publishes `body` as the CRM does: to the control exchange, routing key =
+    /// command, with its user as `user_id`.
+    async fn send(&self, body: &Value) {
+        let key = body["command"]
+            .as_str()
+            .unwrap_or("channel.check")
+            .to_owned();
+        let bytes = serde_json::to_vec(body).unwrap();
+        self.publish(&self.exchange.clone(), &key, &bytes, Some("guest"))
+            .await;
+    }
+
+    async fn publish(&self, exchange: &str, key: &str, body: &[u8], user: Option<&str>) {
+        let mut properties =
+            BasicProperties::default().with_content_type("application/json".into());
+        if let Some(user) = user {
+            properties = properties.with_user_id(user.into());
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker took the command");
+    }
+}
+
+/// `channel.upsert` for `account` as channel `name`.
+fn upsert(command_id: &str, name: &str, account: &Account) -> Value {
+    json!({
+        "command": "channel.upsert", "command_id": command_id, "channel": name,
+        "consumer_key": account.consumer_key, "consumer_secret": account.consumer_secret,
+        "access_token": account.access_token, "access_token_secret": account.access_token_secret,
+        "bearer_token": account.bearer_token, "inbound": "webhook",
+    })
+}
+
+/// The answer (`channel.state` with this command id) to `command_id`.
+async fn answer(crm: &mut Crm, command_id: &str) -> Event {
+    loop {
+        let event = crm.next_channel_state_event().await;
+        if event.body["command_id"] == command_id {
+            xbridge_test_support::assert_valid("channel-state", &event.body);
+            let correlation = event
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.to_string());
+            assert_eq!(correlation.as_deref(), Some(command_id));
+            return event;
+        }
+    }
+}
+
+/// The next `command.refused`.
+async fn refusal(crm: &mut Crm) -> Value {
+    loop {
+        let event = crm.next_event().await;
+        if event.body["type"] == "command.refused" {
+            xbridge_test_support::assert_valid("command-refused", &event.body);
+            return event.body;
+        }
+    }
+}
+
+fn secrets(account: &Account) -> [String; 5] {
+    [
+        account.consumer_key.clone(),
+        account.consumer_secret.clone(),
+        account.access_token.clone(),
+        account.access_token_secret.clone(),
+        account.bearer_token.clone(),
+    ]
+}
+
+fn assert_no_secret(text: &str, account: &Account) {
+    for secret in secrets(account) {
+        assert!(!text.contains(&secret), "a credential appears in {text}");
+    }
+}
+
+/// A new X account the simulator knows, as an administrator would connect it.
+fn new_account(app: &TestApp, username: &str) -> Account {
+    let account = Account::generate(username);
+    app.simulator.add_account(account.clone());
+    account
+}
+
+#[tokio::test]
+async fn a_channel_created_by_the_crm_is_served_and_answered_with_its_account() {
+    capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = Running::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+
+    commands
+        .send(&upsert("cmd-create-1", "newco", &account))
+        .await;
+    let answer = answer(&mut crm, "cmd-create-1").await;
+
+    assert_eq!(answer.body["state"], "ok", "{}", answer.body);
+    assert_eq!(answer.body["channel"], "newco");
+    assert_eq!(answer.body["account"]["username"], "newco_support");
+    assert_eq!(answer.body["account"]["user_id"], account.user_id);
+    assert_no_secret(&answer.body.to_string(), &account);
+    let served = bridge.live.get("newco").expect("the channel is served");
+    assert_eq!((served.origin, served.revision), (Origin::Crm, 1));
+
+    // The same command again (a redelivery) gives the same answer, no new revision.
+    commands
+        .send(&upsert("cmd-create-1", "newco", &account))
+        .await;
+    let again = crate::answer(&mut crm, "cmd-create-1").await;
+    assert_eq!(
+        again.properties.message_id(),
+        answer.properties.message_id()
+    );
+    assert_eq!(bridge.live.get("newco").unwrap().revision, 1);
+    let pause = json!({"command": "channel.pause", "command_id": "cmd-pause", "channel": "newco"});
+    commands.send(&pause).await;
+    assert_eq!(
+        crate::answer(&mut crm, "cmd-pause").await.body["state"],
+        "paused"
+    );
+    assert!(bridge.live.get("newco").unwrap().paused);
+    let resume =
+        json!({"command": "channel.resume", "command_id": "cmd-resume", "channel": "newco"});
+    commands.send(&resume).await;
+    assert_eq!(
+        crate::answer(&mut crm, "cmd-resume").await.body["state"],
+        "ok"
+    );
+    assert!(!bridge.live.get("newco").unwrap().paused);
+    assert_no_secret_logged(&account);
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test]
+async fn a_token_without_dm_permission_is_answered_with_the_fix_and_a_regenerated_one_is_ok() {
+    capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = Running::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+    app.simulator
+        .set_fault(&account.user_id, Fault::MissingPermission);
+
+    commands
+        .send(&upsert("cmd-perm-1", "newco", &account))
+        .await;
+    let first = answer(&mut crm, "cmd-perm-1").await;
+    assert_eq!(first.body["state"], "missing_permission", "{}", first.body);
+    let detail = first.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Direct message") && detail.contains("regenerate"),
+        "{detail}"
+    );
+
+    let regenerated = app
+        .simulator
+        .regenerate_access_token(&account.user_id)
+        .unwrap();
+    commands
+        .send(&upsert("cmd-perm-2", "newco", &regenerated))
+        .await;
+    let second = answer(&mut crm, "cmd-perm-2").await;
+    assert_eq!(second.body["state"], "ok", "{}", second.body);
+    assert_no_secret_logged(&account);
+    assert_no_secret_logged(&regenerated);
+    let served = bridge.live.get("newco").expect("served");
+    assert_eq!(
+        served.revision, 2,
+        "the update is the channel's next revision"
+    );
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test]
+async fn a_restart_brings_the_crm_channel_back_and_the_state_file_holds_no_credential() {
+    capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = Running::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+    commands
+        .send(&upsert("cmd-restart-1", "newco", &account))
+        .await;
+    assert_eq!(answer(&mut crm, "cmd-restart-1").await.body["state"], "ok");
+    bridge.stop().await;
+
+    let state = std::fs::read(app.state_path()).expect("the state file");
+    for secret in secrets(&account) {
+        assert!(
+            !state.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a credential is readable in the state file"
+        );
+    }
+    let again = Running::start(&app).await;
+    let served = again.live.get("newco").expect("the CRM channel is back");
+    assert_eq!((served.origin, served.revision), (Origin::Crm, 1));
+    again.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test]
+async fn commands_that_may_not_or_cannot_be_applied_are_refused_with_their_reason() {
+    capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = Running::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+    let exchange = control(&app).exchange;
+    let queue = control(&app).commands_queue;
+    let body = serde_json::to_vec(&upsert("cmd-sneaky", "newco", &account)).unwrap();
+
+    commands
+        .publish(&exchange, "channel.upsert", b"{not json", Some("guest"))
+        .await;
+    assert_eq!(refusal(&mut crm).await["reason"], "malformed");
+    let unknown =
+        json!({"command": "channel.explode", "command_id": "cmd-unknown", "channel": "acme"});
+    commands
+        .publish(
+            &exchange,
+            "channel.explode",
+            &serde_json::to_vec(&unknown).unwrap(),
+            Some("guest"),
+        )
+        .await;
+    let refused = refusal(&mut crm).await;
+    assert_eq!(
+        (refused["reason"].as_str(), refused["command_id"].as_str()),
+        (Some("unknown_command"), Some("cmd-unknown"))
+    );
+    commands
+        .publish(&exchange, "channel.upsert", &body, None)
+        .await;
+    let refused = refusal(&mut crm).await;
+    assert_eq!(refused["reason"], "unauthorized", "no user_id: {refused}");
+    assert_no_secret(&refused.to_string(), &account);
+    commands.publish("", &queue, &body, Some("guest")).await;
+    let refused = refusal(&mut crm).await;
+    assert_eq!(
+        refused["reason"], "unauthorized",
+        "straight to the queue: {refused}"
+    );
+    assert_no_secret(&refused.to_string(), &account);
+    commands.send(&upsert("cmd-file", "acme", &account)).await;
+    assert_eq!(
+        refusal(&mut crm).await["reason"],
+        "conflict",
+        "acme is the file's"
+    );
+    let mut same_app = account.clone();
+    same_app.consumer_key = app.account("acme").consumer_key.clone();
+    commands.send(&upsert("cmd-app", "newco", &same_app)).await;
+    let refused = refusal(&mut crm).await;
+    assert_eq!(
+        refused["reason"], "conflict",
+        "acme's App with another secret: {refused}"
+    );
+    assert_no_secret(&refused.to_string(), app.account("acme"));
+    let remove =
+        json!({"command": "channel.remove", "command_id": "cmd-gone", "channel": "nobody"});
+    commands.send(&remove).await;
+    assert_eq!(refusal(&mut crm).await["reason"], "unknown_channel");
+
+    assert!(
+        bridge.live.get("newco").is_none(),
+        "nothing refused was applied"
+    );
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test]
+async fn with_two_replicas_on_postgresql_one_answers_and_both_serve_the_channel() {
+    capture_logs();
+    let app = spawn_app(TestOptions {
+        postgres: true,
+        ..TestOptions::default()
+    })
+    .await;
+    let first = Running::start(&app).await;
+    let second = Running::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+
+    commands
+        .send(&upsert("cmd-replicas-1", "newco", &account))
+        .await;
+    assert_eq!(answer(&mut crm, "cmd-replicas-1").await.body["state"], "ok");
+    first.wait_served("newco", true).await;
+    second.wait_served("newco", true).await;
+    assert_no_credential_in_postgres(&app, &account).await;
+    assert_no_secret_logged(&account);
+    // Up to a second command's answer, no second answer to the first.
+    let check =
+        json!({"command": "channel.check", "command_id": "cmd-replicas-2", "channel": "newco"});
+    commands.send(&check).await;
+    loop {
+        let next = crm.next_channel_state_event().await;
+        assert_ne!(next.body["command_id"], "cmd-replicas-1", "answered twice");
+        if next.body["command_id"] == "cmd-replicas-2" {
+            break;
+        }
+    }
+
+    let remove =
+        json!({"command": "channel.remove", "command_id": "cmd-replicas-3", "channel": "newco"});
+    commands.send(&remove).await;
+    assert_eq!(
+        answer(&mut crm, "cmd-replicas-3").await.body["state"],
+        "removed"
+    );
+    first.wait_served("newco", false).await;
+    second.wait_served("newco", false).await;
+    first.stop().await;
+    second.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test]
+async fn a_command_waits_while_the_store_cannot_write_and_is_answered_once_it_can() {
+    capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let inner = xbridge::app::open_store(&settings(&app).state)
+        .await
+        .expect("the state store");
+    let store = FailingStore::new(inner);
+    let bridge = Running::start_on(&app, store.clone()).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+
+    store.refuse(Refuse::Writes);
+    commands
+        .send(&upsert("cmd-outage-1", "newco", &account))
+        .await;
+    store.wait_for_refusals(1).await;
+    assert!(
+        bridge.live.get("newco").is_none(),
+        "nothing served before it is stored"
+    );
+    store.heal();
+    let answer = answer(&mut crm, "cmd-outage-1").await;
+    assert_eq!(answer.body["state"], "ok", "{}", answer.body);
+    assert_eq!(bridge.live.get("newco").expect("served").revision, 1);
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+/// Every row of the store's channel table, as text, holds none of the credentials.
+async fn assert_no_credential_in_postgres(app: &TestApp, account: &Account) {
+    let (client, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL");
+    tokio::spawn(connection);
+    let schema = app.postgres_schema();
+    let rows = client
+        .query(&format!("SELECT c::text FROM \"{schema}\".channels c"), &[])
+        .await
+        .expect("the channel table");
+    assert!(!rows.is_empty(), "the channel is stored");
+    for row in rows {
+        let text: String = row.get(0);
+        assert_no_secret(&text, account);
+    }
+}
+
+/// Deletes this test's topology, its control queue and exchanges too.
+async fn cleanup(app: &TestApp) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let control = control(app);
+    if let Ok(connection) =
+        Connection::connect(&app.amqp_url(), ConnectionProperties::default()).await
+    {
+        if let Ok(channel) = connection.create_channel().await {
+            let queue = control.commands_queue.as_str().into();
+            let _ = channel
+                .queue_delete(queue, QueueDeleteOptions::default())
+                .await;
+            for exchange in [&control.exchange, &control.changes_exchange] {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+    }
+    app.cleanup().await;
+}
