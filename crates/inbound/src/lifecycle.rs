@@ -1,0 +1,303 @@
+//! The inbound side following the live channel registry ([`LiveChannels`]):
+//! each change is applied to the one channel it is about, while the others go
+//! on untouched.
+//!
+//! - **Added**: its client and profiles are built, it is recorded in the shared
+//!   identities (and X is asked for its account when the configuration does not
+//!   give it), the webhook serves its URL and routes its account's bodies to it,
+//!   the media proxy serves its media, its poller starts (contending for the
+//!   channel's poll lease, whose queue it declares, so one replica polls it) and
+//!   its webhook watch too.
+//! - **Removed**: its poller stops between two polls and releases the lease, its
+//!   watch stops, and it leaves the identities, the webhook and the media proxy:
+//!   a request to its URL is answered 404 like one for a name no channel has, and
+//!   a body for its account arriving at the URL of another channel of its App is
+//!   kept as an `unknown_account` dead letter, as for any account no channel is.
+//! - **Changed**: the channel's client signs from its next request with the new
+//!   credentials, the webhook checks the next signature with the new consumer
+//!   secret; a new `inbound` mode or `user_id` restarts its poller (the lease
+//!   moves from the old poller to the new one, never both polling), new App
+//!   credentials or mode restart its webhook watch.
+//! - **Paused**: nothing: a paused channel's replies are held, its DMs flow.
+//!
+//! A change missed while applying another is not lost: the registry is a watch of
+//! the whole map, compared with what was applied last.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret as _;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use xbridge_core::config::ChannelSettings;
+use xbridge_core::live_channels::{ChannelMap, Delta, LiveChannel, LiveChannels};
+
+use crate::media::proxy::MediaProxy;
+use crate::parts::{ChannelParts, Kit};
+use crate::webhook::identity::{AccountLookup, IdentityResolver};
+use crate::webhook::server::{WebhookChannel, WebhookState};
+use crate::webhook::watch::watch_webhook;
+
+/// What the HTTP server serves per channel, when it is served.
+#[derive(Clone)]
+pub(crate) struct Served {
+    pub(crate) webhook: Arc<WebhookState>,
+    pub(crate) media: Arc<MediaProxy>,
+}
+
+/// One channel served: its parts and what stops its tasks.
+struct Running {
+    parts: ChannelParts,
+    /// Stops its poller (between polls) and its account lookup.
+    poll_stop: CancellationToken,
+    /// Stops its webhook watch.
+    watch_stop: CancellationToken,
+}
+
+/// Every channel the inbound side serves, and their tasks.
+pub(crate) struct Channels {
+    kit: Kit,
+    served: Option<Served>,
+    running: HashMap<String, Running>,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+    /// The registry as last applied.
+    applied: ChannelMap,
+}
+
+impl Channels {
+    /// Starts the channels of `initial` (their parts built at startup, so a
+    /// mistake showed then), whose accounts the startup's resolver asks X for.
+    pub(crate) fn start(
+        kit: Kit,
+        served: Option<Served>,
+        initial: (ChannelMap, Vec<ChannelParts>),
+        shutdown: CancellationToken,
+    ) -> Channels {
+        let (applied, parts) = initial;
+        let mut channels = Channels {
+            kit,
+            served,
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+            shutdown,
+            applied,
+        };
+        let map = channels.applied.clone();
+        for parts in parts {
+            channels.serve(parts, &map, false);
+        }
+        channels
+    }
+
+    /// Applies every change of `live` until shutdown, then waits for the
+    /// channels' tasks (pollers stop between polls).
+    pub(crate) async fn follow(mut self, live: Arc<LiveChannels>) {
+        let mut changes = live.subscribe();
+        self.apply(changes.borrow_and_update().clone());
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                changed = changes.changed() => match changed {
+                    Ok(()) => self.apply(changes.borrow_and_update().clone()),
+                    // Not while `live` is held here; nothing more to follow.
+                    Err(_) => self.shutdown.cancelled().await,
+                },
+                // Reaps the tasks of stopped channels.
+                Some(_) = self.tasks.join_next() => {}
+            }
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Brings what runs in line with `now`, channel by channel.
+    fn apply(&mut self, now: ChannelMap) {
+        for delta in Delta::between(&self.applied, &now) {
+            match delta {
+                Delta::Added(name) => self.add(&now[&name], &now),
+                Delta::Removed(name) => self.remove(&name),
+                Delta::Changed(name) => self.change(&now[&name], &now),
+                // Replies are held; the customers' DMs keep flowing.
+                Delta::Paused(..) => {}
+            }
+        }
+        self.applied = now;
+    }
+
+    /// A channel served from now on.
+    fn add(&mut self, channel: &LiveChannel, now: &ChannelMap) {
+        let name = channel.name();
+        self.kit.know(&channel.settings);
+        let parts = match self.kit.parts(channel.settings.clone()) {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::error!(channel = name, %error, "channel added, but inbound cannot serve it");
+                return;
+            }
+        };
+        tracing::info!(
+            channel = name,
+            inbound = ?channel.settings.inbound,
+            "channel added: inbound serves it"
+        );
+        self.serve(parts, now, true);
+    }
+
+    /// Starts serving `parts`' channel: its routes, its poller and watch, and
+    /// (when `learn`: the startup's own resolver asks for the first channels)
+    /// asks X for its account when that is not known yet.
+    fn serve(&mut self, parts: ChannelParts, now: &ChannelMap, learn: bool) {
+        let name = parts.settings.name.clone();
+        self.route(&parts);
+        let running = Running {
+            parts,
+            poll_stop: self.shutdown.child_token(),
+            watch_stop: self.shutdown.child_token(),
+        };
+        self.spawn_poller(&running);
+        self.spawn_watch(&running, now);
+        if learn {
+            self.learn_account(&running);
+        }
+        if let Some(old) = self.running.insert(name, running) {
+            old.poll_stop.cancel();
+            old.watch_stop.cancel();
+        }
+    }
+
+    /// The webhook's and the media proxy's routes to `parts`' channel.
+    fn route(&self, parts: &ChannelParts) {
+        let Some(served) = &self.served else {
+            return;
+        };
+        let channel = &parts.settings;
+        if channel.inbound.uses_webhook() {
+            let route = WebhookChannel {
+                name: channel.name.clone(),
+                consumer_key: channel.consumer_key.clone(),
+                consumer_secret: channel.consumer_secret.clone(),
+                own_user_id: channel.user_id.clone(),
+            };
+            served.webhook.serve_channel(route, Some(parts.profiles.clone()));
+        } else {
+            served.webhook.stop_serving(&channel.name);
+        }
+        served.media.serve_channel(&channel.name, parts.client.clone());
+    }
+
+    fn spawn_poller(&mut self, running: &Running) {
+        let Some(poll) = self.kit.poller(&running.parts, &running.poll_stop) else {
+            return;
+        };
+        let channel = running.parts.settings.name.clone();
+        self.tasks.spawn(async move {
+            poll.await;
+            tracing::info!(channel, "poller stopped");
+        });
+    }
+
+    fn spawn_watch(&mut self, running: &Running, now: &ChannelMap) {
+        let channel = &running.parts.settings;
+        match self.kit.webhook_watch(channel, now.values()) {
+            Ok(Some(watch)) => {
+                let (states, stop) = (self.kit.states.clone(), running.watch_stop.clone());
+                self.tasks.spawn(watch_webhook(watch, states, stop));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(channel = channel.name, %error, "the channel's webhook is not checked");
+            }
+        }
+    }
+
+    /// Asks X who a channel this process receives for is, when the
+    /// configuration does not say and it was not learnt yet; asks again
+    /// (growing pauses) while X does not answer, until the channel stops.
+    fn learn_account(&mut self, running: &Running) {
+        let channel = &running.parts.settings;
+        let identities = &self.kit.identities;
+        if !self.kit.receives(channel) || identities.user_id(&channel.name).is_some() {
+            return;
+        }
+        let name = channel.name.clone();
+        let lookup: Arc<dyn AccountLookup> = Arc::new(running.parts.client.clone());
+        let resolver = IdentityResolver::new(identities.clone(), vec![(name.clone(), lookup)]);
+        let stop = running.poll_stop.clone();
+        self.tasks.spawn(async move {
+            let asked = async {
+                let unanswered = resolver.resolve_once().await?;
+                resolver.run(unanswered, stop.clone()).await
+            };
+            let result = tokio::select! {
+                _ = stop.cancelled() => Ok(()),
+                result = asked => result,
+            };
+            if let Err(mismatch) = result {
+                tracing::error!(channel = name, error = %mismatch, "the channel is not the X account its configuration names");
+            }
+        });
+    }
+
+    /// Stops serving `name`: its tasks stop (its poller between two polls,
+    /// releasing the lease), and its routes and identity go.
+    fn remove(&mut self, name: &str) {
+        let Some(running) = self.running.remove(name) else {
+            return;
+        };
+        running.poll_stop.cancel();
+        running.watch_stop.cancel();
+        if let Some(served) = &self.served {
+            served.webhook.stop_serving(name);
+            served.media.stop_serving(name);
+        }
+        self.kit.identities.remove(name);
+        tracing::info!(
+            channel = name,
+            "channel removed: its poller stops after the poll in progress, its webhook URL is no longer served"
+        );
+    }
+
+    /// New settings for a served channel: new credentials from the next
+    /// request on, and its poller or watch restarted when what they run by changed.
+    fn change(&mut self, channel: &LiveChannel, now: &ChannelMap) {
+        let name = channel.name();
+        let Some(mut running) = self.running.remove(name) else {
+            return self.add(channel, now);
+        };
+        let (old, new) = (running.parts.settings.clone(), channel.settings.clone());
+        running.parts.client.set_credentials(new.as_ref().into());
+        running.parts.settings = new.clone();
+        self.kit.know(&new);
+        self.route(&running.parts);
+        if old.inbound != new.inbound || old.user_id != new.user_id {
+            running.poll_stop.cancel();
+            running.poll_stop = self.shutdown.child_token();
+            self.spawn_poller(&running);
+        }
+        if old.inbound != new.inbound || !same_app_credentials(&old, &new) {
+            running.watch_stop.cancel();
+            running.watch_stop = self.shutdown.child_token();
+            self.spawn_watch(&running, now);
+        }
+        self.learn_account(&running);
+        tracing::info!(channel = name, "channel changed: inbound uses its new settings from the next request");
+        self.running.insert(name.to_owned(), running);
+    }
+}
+
+/// Whether what a webhook watch runs by (the App's keys, its bearer token, the
+/// account's token) is the same in both.
+fn same_app_credentials(a: &ChannelSettings, b: &ChannelSettings) -> bool {
+    let secrets = |c: &ChannelSettings| {
+        [
+            &c.consumer_key,
+            &c.consumer_secret,
+            &c.access_token,
+            &c.access_token_secret,
+            &c.bearer_token,
+        ]
+        .map(|s| s.expose_secret().to_owned())
+    };
+    secrets(a) == secrets(b)
+}
