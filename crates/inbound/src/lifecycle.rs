@@ -179,11 +179,15 @@ impl Channels {
                 consumer_secret: channel.consumer_secret.clone(),
                 own_user_id: channel.user_id.clone(),
             };
-            served.webhook.serve_channel(route, Some(parts.profiles.clone()));
+            served
+                .webhook
+                .serve_channel(route, Some(parts.profiles.clone()));
         } else {
             served.webhook.stop_serving(&channel.name);
         }
-        served.media.serve_channel(&channel.name, parts.client.clone());
+        served
+            .media
+            .serve_channel(&channel.name, parts.client.clone());
     }
 
     fn spawn_poller(&mut self, running: &Running) {
@@ -281,7 +285,10 @@ impl Channels {
             self.spawn_watch(&running, now);
         }
         self.learn_account(&running);
-        tracing::info!(channel = name, "channel changed: inbound uses its new settings from the next request");
+        tracing::info!(
+            channel = name,
+            "channel changed: inbound uses its new settings from the next request"
+        );
         self.running.insert(name.to_owned(), running);
     }
 }

@@ -103,7 +103,10 @@ impl Kit {
     }
 
     /// `channel`'s client (from the shared HTTP stack) and profiles.
-    pub(crate) fn parts(&self, channel: Arc<ChannelSettings>) -> Result<ChannelParts, InboundError> {
+    pub(crate) fn parts(
+        &self,
+        channel: Arc<ChannelSettings>,
+    ) -> Result<ChannelParts, InboundError> {
         let client = XClient::with_http(
             (&self.settings.x).into(),
             channel.as_ref().into(),

@@ -196,10 +196,15 @@ fn served(settings: &Settings, kit: &Kit) -> Served {
         publish_activity: settings.inbound.publish_activity,
     };
     let shared = &kit.shared;
-    let webhook = WebhookState::new(Vec::new(), shared.sink.clone(), shared.store.clone(), config)
-        .with_identities(kit.identities.clone())
-        .with_media(shared.media.clone())
-        .with_in_flight(shared.in_flight.clone());
+    let webhook = WebhookState::new(
+        Vec::new(),
+        shared.sink.clone(),
+        shared.store.clone(),
+        config,
+    )
+    .with_identities(kit.identities.clone())
+    .with_media(shared.media.clone())
+    .with_in_flight(shared.in_flight.clone());
     let media = MediaProxy::new(
         shared.media.clone(),
         HashMap::new(),
@@ -277,4 +282,3 @@ pub fn media_links(settings: &Settings, bound: Option<SocketAddr>) -> MediaLinks
     }
     MediaLinks::new(key, public_base_url, media.url_ttl, origins)
 }
-
