@@ -49,10 +49,21 @@ pub(crate) struct Served {
 /// One channel served: its parts and what stops its tasks.
 struct Running {
     parts: ChannelParts,
-    /// Stops its poller (between polls) and its account lookup.
+    /// Stops its poller (between polls).
     poll_stop: CancellationToken,
+    /// Stops asking X for its account.
+    lookup_stop: CancellationToken,
     /// Stops its webhook watch.
     watch_stop: CancellationToken,
+}
+
+impl Running {
+    /// Stops all its tasks: the poller after the poll in progress.
+    fn stop(&self) {
+        self.poll_stop.cancel();
+        self.watch_stop.cancel();
+        self.lookup_stop.cancel();
+    }
 }
 
 /// Every channel the inbound side serves, and their tasks.
@@ -150,19 +161,19 @@ impl Channels {
     fn serve(&mut self, parts: ChannelParts, now: &ChannelMap, learn: bool) {
         let name = parts.settings.name.clone();
         self.route(&parts);
-        let running = Running {
+        let mut running = Running {
             parts,
             poll_stop: self.shutdown.child_token(),
             watch_stop: self.shutdown.child_token(),
+            lookup_stop: self.shutdown.child_token(),
         };
         self.spawn_poller(&running);
         self.spawn_watch(&running, now);
         if learn {
-            self.learn_account(&running);
+            self.learn_account(&mut running);
         }
         if let Some(old) = self.running.insert(name, running) {
-            old.poll_stop.cancel();
-            old.watch_stop.cancel();
+            old.stop();
         }
     }
 
@@ -215,19 +226,25 @@ impl Channels {
         }
     }
 
-    /// Asks X who a channel this process receives for is, when the
-    /// configuration does not say and it was not learnt yet; asks again
-    /// (growing pauses) while X does not answer, until the channel stops.
-    fn learn_account(&mut self, running: &Running) {
+    /// Asks X who a channel this process receives for is (as the startup does
+    /// for the first channels): learns an id the configuration does not give,
+    /// confirms one it gives; asks again (growing pauses) while X does not
+    /// answer, until the channel stops or changes. An id X contradicts would
+    /// route one account's DMs to another's channel: the channel leaves the
+    /// identities instead, and bodies that would have been routed to it are kept
+    /// as dead letters, until its settings change.
+    fn learn_account(&mut self, running: &mut Running) {
+        running.lookup_stop.cancel();
+        running.lookup_stop = self.shutdown.child_token();
         let channel = &running.parts.settings;
-        let identities = &self.kit.identities;
-        if !self.kit.receives(channel) || identities.user_id(&channel.name).is_some() {
+        if !self.kit.receives(channel) {
             return;
         }
         let name = channel.name.clone();
+        let identities = self.kit.identities.clone();
         let lookup: Arc<dyn AccountLookup> = Arc::new(running.parts.client.clone());
         let resolver = IdentityResolver::new(identities.clone(), vec![(name.clone(), lookup)]);
-        let stop = running.poll_stop.clone();
+        let stop = running.lookup_stop.clone();
         self.tasks.spawn(async move {
             let asked = async {
                 let unanswered = resolver.resolve_once().await?;
@@ -238,7 +255,8 @@ impl Channels {
                 result = asked => result,
             };
             if let Err(mismatch) = result {
-                tracing::error!(channel = name, error = %mismatch, "the channel is not the X account its configuration names");
+                identities.remove(&name);
+                tracing::error!(channel = name, error = %mismatch, "the channel is not the X account its configuration names: its webhook bodies are not routed to it until its settings change");
             }
         });
     }
@@ -249,8 +267,7 @@ impl Channels {
         let Some(running) = self.running.remove(name) else {
             return;
         };
-        running.poll_stop.cancel();
-        running.watch_stop.cancel();
+        running.stop();
         if let Some(served) = &self.served {
             served.webhook.stop_serving(name);
             served.media.stop_serving(name);
@@ -284,13 +301,25 @@ impl Channels {
             running.watch_stop = self.shutdown.child_token();
             self.spawn_watch(&running, now);
         }
-        self.learn_account(&running);
+        if old.inbound != new.inbound
+            || old.user_id != new.user_id
+            || !same_account_credentials(&old, &new)
+        {
+            self.learn_account(&mut running);
+        }
         tracing::info!(
             channel = name,
             "channel changed: inbound uses its new settings from the next request"
         );
         self.running.insert(name.to_owned(), running);
     }
+}
+
+/// Whether the credentials that name the account (its App's key, its token)
+/// are the same in both.
+fn same_account_credentials(a: &ChannelSettings, b: &ChannelSettings) -> bool {
+    a.consumer_key.expose_secret() == b.consumer_key.expose_secret()
+        && a.access_token.expose_secret() == b.access_token.expose_secret()
 }
 
 /// Whether what a webhook watch runs by (the App's keys, its bearer token, the

@@ -216,3 +216,82 @@ async fn new_credentials_sign_the_next_poll() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+/// A removed channel's webhook URL is answered as a name no channel has (404),
+/// and a body for its account at the URL of another channel of its App is
+/// kept as a dead letter, as for any account no channel is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_webhook_channels_bodies_are_kept_like_an_unknown_accounts() {
+    let inbound = "listen = \"127.0.0.1:0\"\nsafety_poll_interval = \"10m\"\n";
+    let mut options = options(&["acme", "gone"], "both", inbound);
+    options.shared_app = true;
+    let app = spawn_app(options).await;
+    let bridge = LiveBridge::start_without(&app, &[]).await;
+    let mut crm = app.crm().await;
+    let addr = bridge.webhook_addr.expect("the webhook is served");
+    let id = app
+        .register_webhook("acme", &format!("http://{addr}/webhooks/acme"))
+        .await;
+    app.subscribe_account(app.account("acme"), &id).await;
+    app.subscribe_account(app.account("gone"), &id).await;
+    let jane = Customer::generate("jane_doe");
+    let gone = app.user_id("gone");
+    let dm = app.simulator.customer_dm(&gone, &jane, "Served", None);
+    let event = next_received(&mut crm).await;
+    assert_eq!(event.routing_key, "gone.message.received");
+    assert_eq!(event.body["event_id"], dm.id.as_str());
+
+    bridge.live.remove("gone");
+    // Applied once the bridge's poller of the channel let go of its lease.
+    let broker = lapin::Connection::connect(&app.amqp_url(), Default::default())
+        .await
+        .expect("RabbitMQ");
+    let queue = bridge.settings.amqp.topology.poll_lease_queue("gone");
+    let mut lease = PollLease::contend(&broker, &queue, "gone", RENEW_EVERY)
+        .await
+        .expect("contend for the lease");
+    tokio::time::timeout(PATIENCE, lease.acquired())
+        .await
+        .expect("the bridge lets go of the lease")
+        .expect("the lease");
+    lease.release().await;
+
+    let crc = reqwest::get(format!("http://{addr}/webhooks/gone?crc_token=abc"))
+        .await
+        .expect("the webhook answers");
+    assert_eq!(crc.status(), 404);
+    let lost = app.simulator.customer_dm(&gone, &jane, "Anyone?", None);
+    let letter = crm.next_dead_letter().await;
+    assert_eq!(letter.reason(), "unknown_account");
+    assert_eq!(letter.headers.channel.as_deref(), Some("acme"));
+    let kept: serde_json::Value = serde_json::from_slice(&letter.body).unwrap();
+    assert_eq!(kept["direct_message_events"][0]["id"], lost.id.as_str());
+
+    drop(broker);
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+/// A channel switched from the webhook to polling is polled from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_switched_to_polling_starts_polling() {
+    let inbound = format!("listen = \"127.0.0.1:0\"\n{POLLED}");
+    let app = spawn_app(options(&["acme"], "webhook", &inbound)).await;
+    let bridge = LiveBridge::start_without(&app, &[]).await;
+    let mut crm = app.crm().await;
+    let jane = Customer::generate("jane_doe");
+
+    let mut channel = bridge.channel("acme");
+    channel.inbound = xbridge_core::config::InboundMode::Poll;
+    bridge.upsert(channel);
+    one_more_read(&app, "acme").await;
+    let dm = app
+        .simulator
+        .customer_dm(&app.user_id("acme"), &jane, "Polled now", None);
+    let event = next_received(&mut crm).await;
+    assert_eq!(event.body["event_id"], dm.id.as_str());
+    assert_eq!(event.body["received_via"], "poll");
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
