@@ -127,7 +127,7 @@ impl Channels {
         for delta in Delta::between(&self.applied, &now) {
             match delta {
                 Delta::Added(name) => self.add(&now[&name], &now),
-                Delta::Removed(name) => self.remove(&name),
+                Delta::Removed(name) => self.remove(&name, &now),
                 Delta::Changed(name) => self.change(&now[&name], &now),
                 // Replies are held; the customers' DMs keep flowing.
                 Delta::Paused(..) => {}
@@ -153,6 +153,9 @@ impl Channels {
             "channel added: inbound serves it"
         );
         self.serve(parts, now, true);
+        if channel.settings.inbound.uses_webhook() {
+            self.rewatch_app(&channel.settings, now);
+        }
     }
 
     /// Starts serving `parts`' channel: its routes, its poller and watch, and
@@ -261,13 +264,43 @@ impl Channels {
         });
     }
 
+    fn restart_watch(&mut self, running: &mut Running, now: &ChannelMap) {
+        running.watch_stop.cancel();
+        running.watch_stop = self.shutdown.child_token();
+        self.spawn_watch(running, now);
+    }
+
+    /// Restarts the webhook watches of `channel`'s App's other channels: which
+    /// of the App's channels receive by webhook here tells each watch whose URL
+    /// the App's one webhook is (see [`crate::webhook::watch::verdict`]).
+    fn rewatch_app(&mut self, channel: &ChannelSettings, now: &ChannelMap) {
+        let key = channel.consumer_key.expose_secret();
+        let siblings: Vec<String> = self
+            .running
+            .values()
+            .map(|r| &r.parts.settings)
+            .filter(|c| c.name != channel.name && c.inbound.uses_webhook())
+            .filter(|c| c.consumer_key.expose_secret() == key)
+            .map(|c| c.name.clone())
+            .collect();
+        for name in siblings {
+            if let Some(mut running) = self.running.remove(&name) {
+                self.restart_watch(&mut running, now);
+                self.running.insert(name, running);
+            }
+        }
+    }
+
     /// Stops serving `name`: its tasks stop (its poller between two polls,
     /// releasing the lease), and its routes and identity go.
-    fn remove(&mut self, name: &str) {
+    fn remove(&mut self, name: &str, now: &ChannelMap) {
         let Some(running) = self.running.remove(name) else {
             return;
         };
         running.stop();
+        if running.parts.settings.inbound.uses_webhook() {
+            self.rewatch_app(&running.parts.settings, now);
+        }
         if let Some(served) = &self.served {
             served.webhook.stop_serving(name);
             served.media.stop_serving(name);
@@ -291,27 +324,47 @@ impl Channels {
         running.parts.settings = new.clone();
         self.kit.know(&new);
         self.route(&running.parts);
-        if old.inbound != new.inbound || old.user_id != new.user_id {
-            running.poll_stop.cancel();
-            running.poll_stop = self.shutdown.child_token();
-            self.spawn_poller(&running);
-        }
-        if old.inbound != new.inbound || !same_app_credentials(&old, &new) {
-            running.watch_stop.cancel();
-            running.watch_stop = self.shutdown.child_token();
-            self.spawn_watch(&running, now);
-        }
-        if old.inbound != new.inbound
-            || old.user_id != new.user_id
-            || !same_account_credentials(&old, &new)
-        {
-            self.learn_account(&mut running);
-        }
+        self.restart_what_changed(&mut running, &old, now);
         tracing::info!(
             channel = name,
             "channel changed: inbound uses its new settings from the next request"
         );
         self.running.insert(name.to_owned(), running);
+    }
+}
+
+impl Channels {
+    /// Restarts what of `running`'s channel runs by what changed from `old`:
+    /// its poller (mode, id), its watch and its App's other watches (mode, App
+    /// credentials), the question to X of who it is (mode, id, account).
+    fn restart_what_changed(
+        &mut self,
+        running: &mut Running,
+        old: &ChannelSettings,
+        now: &ChannelMap,
+    ) {
+        let new = running.parts.settings.clone();
+        if old.inbound != new.inbound || old.user_id != new.user_id {
+            running.poll_stop.cancel();
+            running.poll_stop = self.shutdown.child_token();
+            self.spawn_poller(running);
+        }
+        if old.inbound != new.inbound || !same_app_credentials(old, &new) {
+            self.restart_watch(running, now);
+        }
+        let key = |c: &ChannelSettings| c.consumer_key.expose_secret().to_owned();
+        if old.inbound.uses_webhook() != new.inbound.uses_webhook() || key(old) != key(&new) {
+            self.rewatch_app(old, now);
+            if key(old) != key(&new) {
+                self.rewatch_app(&new, now);
+            }
+        }
+        if old.inbound != new.inbound
+            || old.user_id != new.user_id
+            || !same_account_credentials(old, &new)
+        {
+            self.learn_account(running);
+        }
     }
 }
 
