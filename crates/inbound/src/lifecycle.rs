@@ -116,7 +116,11 @@ impl Channels {
                     Err(_) => self.shutdown.cancelled().await,
                 },
                 // Reaps the tasks of stopped channels.
-                Some(_) = self.tasks.join_next() => {}
+                Some(ended) = self.tasks.join_next() => {
+                    if let Err(failure) = ended {
+                        tracing::error!(%failure, "a channel's inbound task failed");
+                    }
+                }
             }
         }
         while self.tasks.join_next().await.is_some() {}
@@ -306,6 +310,14 @@ impl Channels {
             served.media.stop_serving(name);
         }
         self.kit.identities.remove(name);
+        let key = running.parts.settings.consumer_key.expose_secret();
+        let app_served = self
+            .running
+            .values()
+            .any(|r| r.parts.settings.consumer_key.expose_secret() == key);
+        if !app_served {
+            self.kit.forget_app(key);
+        }
         tracing::info!(
             channel = name,
             "channel removed: its poller stops after the poll in progress, its webhook URL is no longer served"

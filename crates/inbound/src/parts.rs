@@ -102,6 +102,12 @@ impl Kit {
         }
     }
 
+    /// Drops the webhook list of the X App whose consumer key is `key`, once no
+    /// channel served is of it, so channels coming and going leave nothing behind.
+    pub(crate) fn forget_app(&mut self, key: &str) {
+        self.app_webhooks.remove(key);
+    }
+
     /// `channel`'s client (from the shared HTTP stack) and profiles.
     pub(crate) fn parts(
         &self,

@@ -1,8 +1,10 @@
 //! The inbound service of one bridge process: keeps a confirm-mode
 //! connection to RabbitMQ, serves X's webhook, and polls the channels that
 //! are configured to be polled; the webhook's server also serves the media
-//! proxy, whose signed URLs the published attachments carry. Stops on shutdown: the webhook finishes the
-//! requests in flight, the pollers stop between polls, and only then the connection closes.
+//! proxy, whose signed URLs the published attachments carry. The channels are
+//! the live registry's: added, changed and removed while it runs, one at a time
+//! (`lifecycle`). Stops on shutdown: the webhook finishes the requests
+//! in flight, the pollers stop between polls, and only then the connection closes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -129,7 +131,7 @@ impl Inbound {
     }
 
     /// Runs until `shutdown` is cancelled, serving the channels `live` names
-    /// as it changes (see [`crate::lifecycle`]).
+    /// as it changes, one channel at a time.
     pub async fn run(self, shutdown: CancellationToken) {
         let Inbound {
             settings,
