@@ -295,3 +295,62 @@ async fn a_channel_switched_to_polling_starts_polling() {
     bridge.stop().await;
     app.cleanup().await;
 }
+
+/// A regenerated consumer secret checks the webhook's next signature: a body
+/// signed with the new one is taken, one signed with the old one refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_consumer_secret_checks_the_next_webhook_signature() {
+    let app = spawn_app(options(&["acme"], "webhook", "listen = \"127.0.0.1:0\"\n")).await;
+    let bridge = LiveBridge::start_without(&app, &[]).await;
+    let mut crm = app.crm().await;
+    let addr = bridge.webhook_addr.expect("the webhook is served");
+    let jane = Customer::generate("jane_doe");
+    app.simulator.add_customer(jane.clone());
+    let user = app.user_id("acme");
+
+    // Regenerated at X; the channel gets it with a safety poll, whose first
+    // read (signed with the new secret) says the change is applied.
+    let mut regenerated = app.account("acme").clone();
+    regenerated.consumer_secret = format!("secret{}", uuid::Uuid::new_v4().simple());
+    app.simulator.add_account(regenerated.clone());
+    let old = bridge.channel("acme").consumer_secret;
+    let mut channel = bridge.channel("acme");
+    channel.consumer_secret = SecretString::from(regenerated.consumer_secret.clone());
+    channel.inbound = xbridge_core::config::InboundMode::Both;
+    let new = channel.consumer_secret.clone();
+    bridge.upsert(channel);
+    one_more_read(&app, "acme").await;
+
+    let event_id = "1900000000000000001";
+    let body = serde_json::json!({
+        "for_user_id": user,
+        "direct_message_events": [{
+            "type": "message_create",
+            "id": event_id,
+            "created_timestamp": chrono::Utc::now().timestamp_millis().to_string(),
+            "message_create": {
+                "target": { "recipient_id": user },
+                "sender_id": jane.user_id,
+                "message_data": { "text": "Signed anew" }
+            }
+        }]
+    })
+    .to_string();
+    let post = |secret: &SecretString| {
+        let signature = xbridge_inbound::webhook::auth::crc_response_token(secret, &body);
+        reqwest::Client::new()
+            .post(format!("http://{addr}/webhooks/acme"))
+            .header(x_simulator::SIGNATURE_HEADER, signature)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(post(&old).await.expect("answered").status(), 401);
+    assert_eq!(post(&new).await.expect("answered").status(), 200);
+    let event = next_received(&mut crm).await;
+    assert_eq!(event.body["event_id"], event_id);
+    assert_eq!(event.body["received_via"], "webhook");
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
