@@ -310,14 +310,7 @@ impl Channels {
             served.media.stop_serving(name);
         }
         self.kit.identities.remove(name);
-        let key = running.parts.settings.consumer_key.expose_secret();
-        let app_served = self
-            .running
-            .values()
-            .any(|r| r.parts.settings.consumer_key.expose_secret() == key);
-        if !app_served {
-            self.kit.forget_app(key);
-        }
+        self.forget_app_unless_served(&running.parts.settings);
         tracing::info!(
             channel = name,
             "channel removed: its poller stops after the poll in progress, its webhook URL is no longer served"
@@ -342,6 +335,20 @@ impl Channels {
             "channel changed: inbound uses its new settings from the next request"
         );
         self.running.insert(name.to_owned(), running);
+        self.forget_app_unless_served(&old);
+    }
+
+    /// Drops the webhook list of `channel`'s X App when no channel served is of
+    /// it any more, so channels coming and going leave nothing behind.
+    fn forget_app_unless_served(&mut self, channel: &ChannelSettings) {
+        let key = channel.consumer_key.expose_secret();
+        let served = self
+            .running
+            .values()
+            .any(|r| r.parts.settings.consumer_key.expose_secret() == key);
+        if !served {
+            self.kit.forget_app(key);
+        }
     }
 }
 
