@@ -48,6 +48,10 @@
 //!   the channel's signature and streams it through, bounded in size and time.
 //! - [`untrusted_log`]: keeps what unsigned requests make the webhook and the media
 //!   proxy log bounded (both endpoints face the internet).
+//! - `parts` and `lifecycle` (private): what runs for one channel (its client,
+//!   profiles, poller and webhook watch) and how it is started, changed and stopped
+//!   while the bridge runs, as the live channel registry changes, without touching
+//!   the other channels.
 //! - [`service`]: wires the parts into the [`service::Inbound`] that `xbridge run`
 //!   starts; `broker` (private) is its RabbitMQ session, run by the shared supervisor
 //!   (`xbridge_amqp::Supervisor`), and the sink that publishes through whichever
@@ -87,7 +91,9 @@
 
 mod broker;
 pub mod delivery;
+mod lifecycle;
 pub mod media;
+mod parts;
 pub mod polling;
 pub mod service;
 pub mod untrusted_log;

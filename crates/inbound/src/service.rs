@@ -1,15 +1,15 @@
 //! The inbound service of one bridge process: keeps a confirm-mode
 //! connection to RabbitMQ, serves X's webhook, and polls the channels that
 //! are configured to be polled; the webhook's server also serves the media
-//! proxy, whose signed URLs the published attachments carry. Stops on shutdown: the webhook finishes the
-//! requests in flight, the pollers stop between polls, and only then the connection closes.
+//! proxy, whose signed URLs the published attachments carry. The channels are
+//! the live registry's: added, changed and removed while it runs, one at a time
+//! (`lifecycle`). Stops on shutdown: the webhook finishes the requests
+//! in flight, the pollers stop between polls, and only then the connection closes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use secrecy::ExposeSecret as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -17,73 +17,44 @@ use tokio_util::sync::CancellationToken;
 use xbridge_amqp::Supervisor;
 use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
-use xbridge_core::config::{ChannelSettings, HttpSettings, Settings};
-use xbridge_core::live_channels::LiveChannels;
+use xbridge_core::config::{HttpSettings, Settings};
+use xbridge_core::live_channels::{ChannelMap, LiveChannels};
 use xbridge_store::StateStore;
-use xbridge_x_api::{WebhookClient, XClient, XHttp};
+use xbridge_x_api::XHttp;
 
 use crate::broker::{BrokerSession, BrokerSink};
 use crate::delivery::in_flight::{write_pending, InFlightDeliveries};
-use crate::delivery::profiles::Profiles;
+use crate::lifecycle::{Channels, Served};
 use crate::media::links::MediaLinks;
 use crate::media::proxy::{self as media_proxy, MediaProxy};
-use crate::polling::poller::PollContext;
-use crate::polling::schedule::{poll_loop, PollSchedule};
-use crate::webhook::crc_self_check::{loopback_if_wildcard, CrcSelfCheck, LocalCrc};
+use crate::parts::{ChannelParts, Kit, Shared};
+use crate::webhook::crc_self_check::loopback_if_wildcard;
 use crate::webhook::identity::{AccountLookup, IdentityResolver};
-use crate::webhook::server::{router, WebhookChannel, WebhookConfig, WebhookState};
-use crate::webhook::watch::{watch_webhook, AppListing, AppWebhooks, WebhookWatch};
+use crate::webhook::server::{router, WebhookConfig, WebhookState};
 
-/// Why the inbound side could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum InboundError {
-    /// The webhook's listen address could not be bound.
-    #[error("cannot listen for X's webhook on {addr}: {detail}")]
-    Listen {
-        /// The configured address.
-        addr: SocketAddr,
-        /// What failed.
-        detail: String,
-    },
-    /// A channel's X client could not be built.
-    #[error("channel {channel}: cannot build the X client: {detail}")]
-    Client {
-        /// The channel.
-        channel: String,
-        /// What failed.
-        detail: String,
-    },
-}
+pub use crate::parts::InboundError;
 
 /// The inbound side, built and bound, ready to run.
 pub struct Inbound {
     settings: Arc<Settings>,
-    states: Arc<ChannelStates>,
     /// Keeps the RabbitMQ session the sink publishes through.
     supervisor: Supervisor,
-    shared: Shared,
     listener: Option<std::net::TcpListener>,
-    channels: ChannelParts,
-    /// Every channel's account and App, shared with the outbound side.
-    identities: Arc<ChannelIdentities>,
+    /// What each channel's parts are built from, now and when channels change.
+    kit: Kit,
+    /// The channels served at startup, and their parts.
+    initial: (ChannelMap, Vec<ChannelParts>),
+    /// The registry [`Inbound::run`] follows.
+    live: Arc<LiveChannels>,
     /// `true` while the webhook's server (and its media proxy) serves.
     serving: watch::Sender<bool>,
 }
 
-/// What the webhook and the pollers share.
-#[derive(Clone)]
-struct Shared {
-    store: Arc<dyn StateStore>,
-    sink: Arc<BrokerSink>,
-    media: Arc<MediaLinks>,
-    /// Shared by the webhook and the pollers (see [`InFlightDeliveries`]).
-    in_flight: Arc<InFlightDeliveries>,
-}
-
 impl Inbound {
-    /// Binds the webhook's address (when configured) and builds the pollers'
-    /// X clients, so configuration mistakes show at startup. The clients use
-    /// the process's shared HTTP stack `http`; webhook bodies are routed by
+    /// Binds the webhook's address (when configured) and builds the X clients of
+    /// the channels `live` serves now, so configuration mistakes show at startup;
+    /// [`Inbound::run`] then follows `live`'s changes. The clients use the
+    /// process's shared HTTP stack `http`; webhook bodies are routed by
     /// `identities`, which [`Inbound::identity_resolver`] completes.
     pub fn new(
         settings: Arc<Settings>,
@@ -101,39 +72,42 @@ impl Inbound {
             media: Arc::new(media_links(&settings, bound)),
             in_flight: Arc::new(InFlightDeliveries::default()),
         };
-        let mut channels = ChannelParts::default();
-        for channel in live.current().values() {
-            channels.add(&settings, &channel.settings, &http, bound, &shared)?;
+        let kit = Kit::new(settings.clone(), http, bound, shared, states, identities);
+        let current = live.current();
+        let mut parts = Vec::new();
+        for channel in current.values() {
+            // The CRM's channels merged in before the sides were built, too.
+            kit.know(&channel.settings);
+            parts.push(kit.parts(channel.settings.clone())?);
         }
         Ok(Inbound {
             supervisor: crate::broker::supervisor(&settings),
             settings,
-            states,
-            shared,
             listener,
-            channels,
-            identities,
+            kit,
+            initial: (current, parts),
+            live,
             serving: watch::Sender::new(false),
         })
     }
 
-    /// What learns the accounts of the channels that receive DMs here: every
-    /// channel when the webhook is served (one App's webhook brings the events of
-    /// all its accounts, whatever their `inbound` mode), else the polled ones.
-    /// Other channels are left to the outbound side, which asks X when it needs to.
+    /// What learns the accounts of the channels that receive DMs here at
+    /// startup: every channel when the webhook is served (one App's webhook
+    /// brings the events of all its accounts, whatever their `inbound` mode),
+    /// else the polled ones. Other channels are left to the outbound side, which
+    /// asks X when it needs to. Channels added later are asked for as they come.
     pub fn identity_resolver(&self) -> IdentityResolver {
-        let serves_webhook = self.listener.is_some();
         let lookups = self
-            .settings
-            .channels
+            .initial
+            .1
             .iter()
-            .filter(|c| serves_webhook || c.inbound.polls())
-            .filter_map(|c| {
-                let client = self.channels.clients.get(&c.name)?.clone();
-                Some((c.name.clone(), Arc::new(client) as Arc<dyn AccountLookup>))
+            .filter(|parts| self.kit.receives(&parts.settings))
+            .map(|parts| {
+                let lookup = Arc::new(parts.client.clone()) as Arc<dyn AccountLookup>;
+                (parts.settings.name.clone(), lookup)
             })
             .collect();
-        IdentityResolver::new(self.identities.clone(), lookups)
+        IdentityResolver::new(self.kit.identities.clone(), lookups)
     }
 
     /// Where the webhook listens (the bound port when the configuration said
@@ -156,18 +130,19 @@ impl Inbound {
         self.listener.as_ref().map(|_| self.serving.subscribe())
     }
 
-    /// Runs until `shutdown` is cancelled.
+    /// Runs until `shutdown` is cancelled, serving the channels `live` names
+    /// as it changes, one channel at a time.
     pub async fn run(self, shutdown: CancellationToken) {
         let Inbound {
             settings,
-            states,
             supervisor,
-            shared,
             listener,
-            channels,
-            identities,
+            kit,
+            initial,
+            live,
             serving,
         } = self;
+        let shared = kit.shared.clone();
         // The connection outlives `shutdown` until every task that publishes
         // has stopped: the webhook's requests in flight at shutdown, which it
         // lets finish, get their events published and X its 200, instead of
@@ -181,22 +156,14 @@ impl Inbound {
         let connected = tokio::spawn(supervisor.run(session, disconnect.clone()));
         let mut tasks = JoinSet::new();
         tasks.spawn(write_pending_records(shared.clone(), shutdown.clone()));
-        if let Some(listener) = listener {
-            let webhook = WebhookParts {
-                shared: shared.clone(),
-                identities,
-                profiles: channels.profiles,
-            };
-            let app = webhook.app(&settings, channels.clients);
+        let served = listener.is_some().then(|| served(&settings, &kit));
+        let channels = Channels::start(kit, served.clone(), initial, shutdown.clone());
+        if let (Some(listener), Some(served)) = (listener, served) {
+            let app = router(served.webhook).merge(media_proxy::router(served.media));
             let (limits, shutdown) = (settings.http.clone(), shutdown.clone());
             tasks.spawn(serve(listener, app, limits, serving, shutdown));
         }
-        for ctx in channels.pollers {
-            tasks.spawn(poll(ctx, &settings, &states, &shared.sink, &shutdown));
-        }
-        for watch in channels.webhook_watches {
-            tasks.spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
-        }
+        tasks.spawn(channels.follow(live));
         while tasks.join_next().await.is_some() {}
         disconnect.cancel();
         let _ = connected.await;
@@ -221,125 +188,34 @@ fn listener(settings: &Settings) -> Result<Option<std::net::TcpListener>, Inboun
     Ok(Some(listener))
 }
 
-/// Every channel's X client, profiles, poller and webhook watch, as it has them.
-#[derive(Default)]
-struct ChannelParts {
-    clients: HashMap<String, XClient>,
-    profiles: Vec<(String, Arc<Profiles>)>,
-    pollers: Vec<PollContext>,
-    webhook_watches: Vec<WebhookWatch>,
-    /// One webhook list per X App (by consumer key), shared by its channels' checks.
-    app_webhooks: HashMap<String, Arc<AppWebhooks>>,
-}
-
-impl ChannelParts {
-    /// Builds `channel`'s parts: its client (from `http`), its profiles, a
-    /// poller when it polls and a webhook watch when it receives by webhook.
-    fn add(
-        &mut self,
-        settings: &Settings,
-        channel: &ChannelSettings,
-        http: &XHttp,
-        bound: Option<SocketAddr>,
-        shared: &Shared,
-    ) -> Result<(), InboundError> {
-        let client = client(settings, channel, http)?;
-        self.clients.insert(channel.name.clone(), client.clone());
-        if channel.inbound.uses_webhook() && !settings.inbound.webhook_check_interval.is_zero() {
-            let app = self
-                .app_webhooks
-                .entry(channel.consumer_key.expose_secret().to_owned())
-                .or_insert_with(|| AppWebhooks::new(settings.inbound.webhook_check_interval))
-                .clone();
-            let watch = webhook_watch(settings, channel, http, app, bound)?;
-            self.webhook_watches.push(watch);
-        }
-        let ttl = settings.inbound.profile_cache_ttl;
-        let profiles = Arc::new(Profiles::new(client.clone(), ttl));
-        self.profiles.push((channel.name.clone(), profiles.clone()));
-        if channel.inbound.polls() {
-            self.pollers.push(PollContext {
-                channel: channel.name.clone(),
-                own_user_id: channel.user_id.clone().unwrap_or_default(),
-                client,
-                store: shared.store.clone(),
-                sink: shared.sink.clone(),
-                publish_echoes: settings.inbound.publish_echoes,
-                backfill: backfill(settings),
-                profiles: Some(profiles),
-                media: Some(shared.media.clone()),
-                in_flight: shared.in_flight.clone(),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// `ctx`'s channel polled on its schedule, while this replica holds its lease
-/// on the current connection.
-fn poll(
-    ctx: PollContext,
-    settings: &Settings,
-    states: &Arc<ChannelStates>,
-    sink: &BrokerSink,
-    shutdown: &CancellationToken,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let schedule = poll_schedule(settings, &ctx.channel);
-    let lease_queue = settings.amqp.topology.poll_lease_queue(&ctx.channel);
-    let connections = sink.connection.subscribe();
-    poll_loop(
-        ctx,
-        states.clone(),
-        schedule,
-        lease_queue,
-        connections,
-        shutdown.clone(),
+/// X's webhook and the media proxy beside it, serving no channel yet: the
+/// channels are added to both as they are served ([`Channels`]).
+fn served(settings: &Settings, kit: &Kit) -> Served {
+    let config = WebhookConfig {
+        body_limit: settings.inbound.body_limit,
+        body_memory: settings.inbound.body_memory,
+        publish_echoes: settings.inbound.publish_echoes,
+        publish_activity: settings.inbound.publish_activity,
+    };
+    let shared = &kit.shared;
+    let webhook = WebhookState::new(
+        Vec::new(),
+        shared.sink.clone(),
+        shared.store.clone(),
+        config,
     )
-}
-
-/// What the webhook's endpoint shares with the rest of the service.
-struct WebhookParts {
-    shared: Shared,
-    identities: Arc<ChannelIdentities>,
-    profiles: Vec<(String, Arc<Profiles>)>,
-}
-
-impl WebhookParts {
-    /// X's webhook for the channels that receive by webhook, and the media proxy
-    /// beside it (`clients` fetch the media).
-    fn app(self, settings: &Settings, clients: HashMap<String, XClient>) -> axum::Router {
-        let channels = settings
-            .channels
-            .iter()
-            .filter(|c| c.inbound != xbridge_core::config::InboundMode::Poll)
-            .map(|c| WebhookChannel {
-                name: c.name.clone(),
-                consumer_key: c.consumer_key.clone(),
-                consumer_secret: c.consumer_secret.clone(),
-                own_user_id: c.user_id.clone(),
-            })
-            .collect();
-        let config = WebhookConfig {
-            body_limit: settings.inbound.body_limit,
-            body_memory: settings.inbound.body_memory,
-            publish_echoes: settings.inbound.publish_echoes,
-            publish_activity: settings.inbound.publish_activity,
-        };
-        let shared = self.shared;
-        let state = self.profiles.into_iter().fold(
-            WebhookState::new(channels, shared.sink, shared.store, config)
-                .with_identities(self.identities)
-                .with_media(shared.media.clone())
-                .with_in_flight(shared.in_flight),
-            |state, (channel, profiles)| state.with_profiles(&channel, profiles),
-        );
-        let proxy = Arc::new(MediaProxy::new(
-            shared.media,
-            clients,
-            settings.inbound.media.max_bytes,
-            settings.inbound.media.timeout,
-        ));
-        router(Arc::new(state)).merge(media_proxy::router(proxy))
+    .with_identities(kit.identities.clone())
+    .with_media(shared.media.clone())
+    .with_in_flight(shared.in_flight.clone());
+    let media = MediaProxy::new(
+        shared.media.clone(),
+        HashMap::new(),
+        settings.inbound.media.max_bytes,
+        settings.inbound.media.timeout,
+    );
+    Served {
+        webhook: Arc::new(webhook),
+        media: Arc::new(media),
     }
 }
 
@@ -368,27 +244,6 @@ async fn serve(
         }
     }
     serving.send_replace(false);
-}
-
-/// When `channel` is polled: on the safety interval when the webhook also
-/// receives its DMs, else on the poll interval; paused like the sends while its
-/// credits are out.
-fn poll_schedule(settings: &Settings, channel: &str) -> PollSchedule {
-    let mode = settings
-        .channel(channel)
-        .map(|c| c.inbound)
-        .unwrap_or_default();
-    let interval = if mode == xbridge_core::config::InboundMode::Both {
-        settings.inbound.safety_poll_interval
-    } else {
-        settings.inbound.poll_interval
-    };
-    let credits = &settings.outbound.credits;
-    PollSchedule {
-        interval,
-        credits_pause_initial: credits.probe_initial,
-        credits_pause_max: credits.probe_max,
-    }
 }
 
 /// The media URL signer of this process, from `[inbound.media]`: the configured key (or a
@@ -428,84 +283,4 @@ pub fn media_links(settings: &Settings, bound: Option<SocketAddr>) -> MediaLinks
         origins.push(api_origin);
     }
     MediaLinks::new(key, public_base_url, media.url_ttl, origins)
-}
-
-fn client(
-    settings: &Settings,
-    channel: &ChannelSettings,
-    http: &XHttp,
-) -> Result<XClient, InboundError> {
-    XClient::with_http((&settings.x).into(), channel.into(), http.clone())
-        .map_err(|e| client_error(channel, e))
-}
-
-fn webhook_client(
-    settings: &Settings,
-    channel: &ChannelSettings,
-    http: &XHttp,
-) -> Result<WebhookClient, InboundError> {
-    WebhookClient::with_http(
-        (&settings.x).into(),
-        channel.bearer_token.clone(),
-        channel.into(),
-        http.clone(),
-    )
-    .map_err(|e| client_error(channel, e))
-}
-
-/// The check that keeps `channel`'s webhook registered and valid; `app` is the
-/// webhook list its X App's channels share.
-fn webhook_watch(
-    settings: &Settings,
-    channel: &ChannelSettings,
-    http: &XHttp,
-    app: Arc<AppWebhooks>,
-    bound: Option<SocketAddr>,
-) -> Result<WebhookWatch, InboundError> {
-    Ok(WebhookWatch {
-        channel: channel.name.clone(),
-        x: Arc::new(AppListing {
-            x: Arc::new(webhook_client(settings, channel, http)?),
-            app,
-        }),
-        crc: crc_self_check(bound, channel),
-        app_channels: app_channels(settings, channel),
-        interval: settings.inbound.webhook_check_interval,
-    })
-}
-
-/// How far back a channel's first poll reads: `inbound.backfill_days`, or from
-/// now when that is 0.
-fn backfill(settings: &Settings) -> Option<Duration> {
-    let days = settings.inbound.backfill_days;
-    (days > 0).then(|| Duration::from_secs(u64::from(days) * 86_400))
-}
-
-/// The other channels of `channel`'s X App that receive by webhook.
-fn app_channels(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
-    settings
-        .channels
-        .iter()
-        .filter(|c| c.name != channel.name && c.inbound.uses_webhook())
-        .filter(|c| c.consumer_key.expose_secret() == channel.consumer_key.expose_secret())
-        .map(|c| c.name.clone())
-        .collect()
-}
-
-/// How the channel's webhook watch proves this process answers the CRC before it
-/// asks X to revalidate the webhook: over HTTP from its own webhook server, when
-/// it serves one (`bound`); without, revalidating is left to an operator.
-fn crc_self_check(
-    bound: Option<SocketAddr>,
-    channel: &ChannelSettings,
-) -> Option<Arc<dyn CrcSelfCheck>> {
-    let check = LocalCrc::new(bound?, &channel.name, channel.consumer_secret.clone())?;
-    Some(Arc::new(check))
-}
-
-fn client_error(channel: &ChannelSettings, error: xbridge_x_api::XError) -> InboundError {
-    InboundError::Client {
-        channel: channel.name.clone(),
-        detail: error.to_string(),
-    }
 }

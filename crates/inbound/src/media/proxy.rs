@@ -42,7 +42,8 @@ use crate::untrusted_log::{shown, LogLimiter};
 /// What the proxy needs: the links to check, each channel's X client, and the bounds.
 pub struct MediaProxy {
     links: Arc<MediaLinks>,
-    clients: HashMap<String, XClient>,
+    /// Changed while the bridge runs, as channels come and go.
+    clients: std::sync::RwLock<HashMap<String, XClient>>,
     max_bytes: u64,
     timeout: Duration,
     /// Refusals are logged at a bounded rate: anyone can ask for any URL.
@@ -62,11 +63,39 @@ impl MediaProxy {
     ) -> MediaProxy {
         MediaProxy {
             links,
-            clients,
+            clients: std::sync::RwLock::new(clients),
             max_bytes,
             timeout,
             refusal_log: LogLimiter::for_requests("media proxy refusals"),
         }
+    }
+}
+
+impl MediaProxy {
+    /// Fetches `channel`'s media with `client` from now on (a channel added while
+    /// the bridge runs; a changed one keeps its client, whose credentials change).
+    pub fn serve_channel(&self, channel: &str, client: XClient) {
+        self.write_clients().insert(channel.to_owned(), client);
+    }
+
+    /// Stops serving `channel`'s media: its URLs are answered as an unknown channel's.
+    pub fn stop_serving(&self, channel: &str) {
+        self.write_clients().remove(channel);
+    }
+
+    fn client(&self, channel: &str) -> Option<XClient> {
+        let clients = self
+            .clients
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients.get(channel).cloned()
+    }
+
+    fn write_clients(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, XClient>> {
+        // Nothing panics while holding it.
+        self.clients
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -149,7 +178,7 @@ async fn serve(
     uri: Uri,
 ) -> Response {
     // Only configured channels become label values.
-    let Some(client) = proxy.clients.get(&channel) else {
+    let Some(client) = proxy.client(&channel) else {
         return unknown_channel(&proxy, &channel);
     };
     let media = match proxy

@@ -19,11 +19,16 @@
 //! Requests that are not signed are logged bounded in size and rate
 //! ([`crate::untrusted_log`]); the metrics count every one.
 //!
+//! The channels served change while the bridge runs ([`WebhookState::serve_channel`],
+//! [`WebhookState::stop_serving`]): a removed channel's URL is answered 404 like any
+//! name no channel has, and a body for its account at another channel's URL of its
+//! App is kept as an `unknown_account` dead letter.
+//!
 //! The inbound service ([`crate::service`]) serves it on `inbound.listen`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -135,8 +140,10 @@ impl Default for Logs {
 
 /// Everything the webhook's handlers share.
 pub struct WebhookState {
-    /// The channels served at `/webhooks/{name}`.
-    channels: HashMap<String, WebhookChannel>,
+    /// The channels served at `/webhooks/{name}`: changed while the bridge runs
+    /// ([`WebhookState::serve_channel`]), so a request reads it once and works on
+    /// the copy it took.
+    channels: RwLock<HashMap<String, WebhookChannel>>,
     /// Every channel's account and App: where bodies are routed.
     identities: Arc<ChannelIdentities>,
     sink: Arc<dyn EventSink>,
@@ -146,7 +153,7 @@ pub struct WebhookState {
     bodies: BodyBudget,
     signature_failures: AtomicU64,
     in_flight: Arc<InFlightDeliveries>,
-    profiles: HashMap<String, Arc<crate::delivery::profiles::Profiles>>,
+    profiles: RwLock<HashMap<String, Arc<crate::delivery::profiles::Profiles>>>,
     media: Option<Arc<crate::media::links::MediaLinks>>,
     logs: Logs,
 }
@@ -182,7 +189,7 @@ impl WebhookState {
             user_id: c.own_user_id.as_deref(),
         }));
         WebhookState {
-            channels: by_name,
+            channels: RwLock::new(by_name),
             identities: Arc::new(identities),
             sink,
             store,
@@ -190,7 +197,7 @@ impl WebhookState {
             config,
             signature_failures: AtomicU64::new(0),
             in_flight: Arc::default(),
-            profiles: HashMap::new(),
+            profiles: RwLock::default(),
             media: None,
             logs: Logs::default(),
         }
@@ -222,12 +229,41 @@ impl WebhookState {
     /// Looks up the sender's profile through `profiles` when a delivery to
     /// `channel` lacks it.
     pub fn with_profiles(
-        mut self,
+        self,
         channel: &str,
         profiles: Arc<crate::delivery::profiles::Profiles>,
     ) -> WebhookState {
-        self.profiles.insert(channel.to_owned(), profiles);
+        write(&self.profiles).insert(channel.to_owned(), profiles);
         self
+    }
+
+    /// Serves `channel` at its URL from the next request on, or replaces what it
+    /// was served with (new secrets: the next signature is checked with them); its
+    /// senders' profiles are looked up through `profiles`. Requests in flight
+    /// finish with what they started with. Routing by account is the shared
+    /// identities' (see [`WebhookState::with_identities`]): the caller keeps them.
+    pub fn serve_channel(
+        &self,
+        channel: WebhookChannel,
+        profiles: Option<Arc<crate::delivery::profiles::Profiles>>,
+    ) {
+        let name = channel.name.clone();
+        write(&self.channels).insert(name.clone(), channel);
+        if let Some(profiles) = profiles {
+            write(&self.profiles).insert(name, profiles);
+        }
+    }
+
+    /// Stops serving `channel`'s URL (a channel removed while the bridge runs): its
+    /// requests are answered from then on as for a name no channel has (404).
+    pub fn stop_serving(&self, channel: &str) {
+        write(&self.channels).remove(channel);
+        write(&self.profiles).remove(channel);
+    }
+
+    /// The channel served at `/webhooks/{name}`, as it is now.
+    fn channel(&self, name: &str) -> Option<WebhookChannel> {
+        read(&self.channels).get(name).cloned()
     }
 
     /// How many POSTs were refused for a missing, malformed or wrong signature since
@@ -252,6 +288,16 @@ pub fn router(state: Arc<WebhookState>) -> Router {
             get(crc_challenge).post(receive_events),
         )
         .with_state(state)
+}
+
+/// The lock's map: nothing panics while holding these locks, and a poisoned one
+/// still holds a whole map.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[derive(Deserialize)]
@@ -321,7 +367,7 @@ async fn crc_challenge(
     Path(channel): Path<String>,
     Query(query): Query<CrcQuery>,
 ) -> Response {
-    let Some(config) = state.channels.get(&channel) else {
+    let Some(config) = state.channel(&channel) else {
         return unknown_channel(&state, "CRC challenge", &channel);
     };
     match query.crc_token.filter(|token| !token.is_empty()) {
@@ -357,7 +403,7 @@ async fn receive_events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(config) = state.channels.get(&channel) else {
+    let Some(config) = state.channel(&channel) else {
         return unknown_channel(&state, "POST", &channel);
     };
     let held = match state.bodies.read(&headers, body).await {
@@ -365,7 +411,7 @@ async fn receive_events(
         Err(refusal) => return refused_body(&state, &channel, refusal),
     };
     let body = held.bytes.clone();
-    if let Some(refused) = bad_signature(&state, &channel, config, &headers, &body) {
+    if let Some(refused) = bad_signature(&state, &channel, &config, &headers, &body) {
         return refused;
     }
     let delivery = match parse_webhook(&body) {
@@ -563,17 +609,27 @@ impl WebhookState {
         })
     }
 
-    fn delivery<'a>(&'a self, channel: &'a str, own_user_id: &'a UserId) -> Delivery<'a> {
+    fn delivery<'a>(
+        &'a self,
+        channel: &'a str,
+        own_user_id: &'a UserId,
+        profiles: Option<&'a crate::delivery::profiles::Profiles>,
+    ) -> Delivery<'a> {
         Delivery {
             channel,
             own_user_id,
             store: self.store.as_ref(),
             sink: self.sink.as_ref(),
-            profiles: self.profiles.get(channel).map(|p| p.as_ref()),
+            profiles,
             publish_echoes: self.config.publish_echoes,
             media: self.media.as_deref(),
             in_flight: &self.in_flight,
         }
+    }
+
+    /// Where `channel`'s senders' profiles are looked up, as it is now.
+    fn profiles_of(&self, channel: &str) -> Option<Arc<crate::delivery::profiles::Profiles>> {
+        read(&self.profiles).get(channel).cloned()
     }
 
     /// One DM: deduplicated, classified, published, recorded.
@@ -583,7 +639,10 @@ impl WebhookState {
         own_user_id: &UserId,
         dm: DirectMessage,
     ) -> Result<(), BodyDeliveryError> {
-        self.delivery(channel, own_user_id).deliver(dm).await?;
+        let profiles = self.profiles_of(channel);
+        self.delivery(channel, own_user_id, profiles.as_deref())
+            .deliver(dm)
+            .await?;
         Ok(())
     }
 
@@ -602,7 +661,8 @@ impl WebhookState {
             );
             return Ok(());
         }
-        self.delivery(channel, own_user_id)
+        let profiles = self.profiles_of(channel);
+        self.delivery(channel, own_user_id, profiles.as_deref())
             .deliver_activity(&event)
             .await
             .inspect_err(|error| {
