@@ -30,8 +30,9 @@ const CUSTOM_KINDS: &[&str] = &["ServiceMonitor", "PodMonitor", "PrometheusRule"
 const PLACEHOLDER: &str = "CHANGE-ME";
 
 /// What this test fills placeholders with: long enough for every secret the
-/// configuration checks (the media signing key needs 32 characters).
-const DUMMY: &str = "dummy-value-0123456789abcdefghijklmnopqrstuv";
+/// configuration checks (the media signing key needs 32 characters), and
+/// base64 of 36 bytes, as `state.credentials_key` must be.
+const DUMMY: &str = "dummyvalue0123456789abcdefghijklmnopqrstuvwxyzAB";
 
 /// X's largest DM media (video), and the attachments one reply may carry, all
 /// downloaded before the first is sent (docs/media.md, "From agents: reply attachments").
