@@ -210,6 +210,12 @@ impl ChannelConsumers {
         Ok(())
     }
 
+    /// Forgets that this session declared `name`'s queues: the channel was
+    /// removed, and an operator may delete its queue before it comes back.
+    pub(crate) fn forget(&mut self, name: &str) {
+        self.declared.remove(name);
+    }
+
     /// Asks `name`'s consumer to stop: it takes no more replies, and those in
     /// flight have until `outbound.shutdown_grace` from now to settle.
     /// [`ChannelConsumers::next_end`] says when it stopped.

@@ -264,6 +264,7 @@ impl ReplySession {
             running.consumers.begin_stop(name).await;
             return;
         }
+        running.consumers.forget(name);
         if self.contexts.remove(name) {
             self.states.set(name, ChannelState::Removed, None, None);
             self.states.remove(name);

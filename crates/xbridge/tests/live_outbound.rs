@@ -270,3 +270,60 @@ async fn a_paused_channel_holds_its_replies_and_sends_them_in_order_on_resume() 
     running.bridge.stop().await;
     app.cleanup().await;
 }
+
+/// Ends the bridge's outbound session from the broker's side, without
+/// touching any other test's connections: the unrouted queue it consumes is
+/// deleted (the broker cancels that consumer), and the session starts over.
+async fn end_the_outbound_session(app: &xbridge_test_support::TestApp) {
+    let connection =
+        lapin::Connection::connect(&app.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .queue_delete(
+            app.names.unrouted.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("the unrouted queue is deleted");
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_changed_at_run_time_stay_as_they_are_after_a_reconnect() {
+    let app = spawn_app(options(&["acme", "beta"])).await;
+    let mut running = start_serving(&app, &["acme"]).await;
+    let mut crm = app.crm().await;
+    running.live.upsert(crm_channel(&app, "beta"));
+    wait_for_state(&mut crm, "beta", "ok").await;
+    running.live.set_paused("acme", true);
+    wait_for_state(&mut crm, "acme", "paused").await;
+
+    end_the_outbound_session(&app).await;
+    let ready = &mut running.bridge.ready;
+    tokio::time::timeout(xbridge_test_support::PATIENCE, ready.changed())
+        .await
+        .expect("the session ends")
+        .expect("readiness");
+    tokio::time::timeout(xbridge_test_support::PATIENCE, ready.wait_for(|r| *r))
+        .await
+        .expect("the bridge reconnects")
+        .expect("readiness");
+
+    // The channel added is consumed on the new session; the paused one is not.
+    crm.publish_reply("beta", &reply("b1", "944480690", "beta after"))
+        .await;
+    crm.publish_reply("acme", &reply("a1", "944480690", "acme held"))
+        .await;
+    assert_eq!(sent_ids(&mut crm, 1).await, ["b1"]);
+    crm.wait_for_depth(&app.names.outgoing_queue("acme"), 1)
+        .await;
+    assert!(texts(&app, "acme").is_empty());
+    running.live.set_paused("acme", false);
+    assert_eq!(sent_ids(&mut crm, 1).await, ["a1"]);
+    assert_eq!(texts(&app, "acme"), ["acme held"]);
+
+    running.bridge.stop().await;
+    app.cleanup().await;
+}
