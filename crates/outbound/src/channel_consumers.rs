@@ -275,7 +275,7 @@ impl ChannelConsumers {
             if !running.aborted && running.deadline.is_some_and(|d| d <= now) {
                 tracing::warn!(
                     channel = %name,
-                    grace_secs = self.grace.as_secs(),
+                    grace_ms = self.grace.as_millis() as u64,
                     "in-flight replies did not finish in time; they will be redelivered"
                 );
                 running.abort.abort();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
-use common::live::{crm_channel, start_serving, wait_for_state};
+use common::live::{crm_channel, start_serving, start_serving_with, wait_for_state};
 use x_simulator::{Account, Fault};
 use xbridge_core::live_channels::LiveChannel;
 use xbridge_test_support::{reply, spawn_app, Crm, TestOptions};
@@ -117,6 +117,38 @@ async fn a_channel_removed_with_replies_in_flight_loses_none_and_sends_none_twic
     let expected: Vec<String> = (1..=7).map(|i| format!("reply {i}")).collect();
     assert_eq!(texts(&app, "acme"), expected);
     assert!(!running.bridge.ready.has_changed().unwrap());
+
+    running.bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_still_in_flight_when_the_grace_runs_out_is_not_sent_again() {
+    let app = spawn_app(options(&["acme"])).await;
+    let running = start_serving_with(&app, &["acme"], |settings| {
+        settings.outbound.shutdown_grace = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let mut crm = app.crm().await;
+    // X takes the DM at once and answers long after the grace.
+    app.simulator
+        .set_fault(&app.user_id("acme"), Fault::Latency { millis: 5000 });
+    crm.publish_reply("acme", &reply("g1", "944480690", "slow 1"))
+        .await;
+    crm.publish_reply("acme", &reply("g2", "944480690", "slow 2"))
+        .await;
+    app.wait_for_dms("acme", 1).await;
+    let removed = running.live.remove("acme").expect("acme was served");
+    wait_for_state(&mut crm, "acme", "removed").await;
+    app.simulator.clear_faults(&app.user_id("acme"));
+    // Both back in the queue, the one X took among them.
+    crm.wait_for_depth(&app.names.outgoing_queue("acme"), 2)
+        .await;
+
+    // Added back: the one X took is found there, not sent again.
+    running.live.upsert(removed);
+    assert_eq!(sent_ids(&mut crm, 2).await, ["g1", "g2"]);
+    assert_eq!(texts(&app, "acme"), ["slow 1", "slow 2"]);
 
     running.bridge.stop().await;
     app.cleanup().await;

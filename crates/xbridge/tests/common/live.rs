@@ -29,7 +29,17 @@ pub struct LiveBridge {
 /// named in `serving` (the test's other channels exist on the simulated X and
 /// can be added later), and waits until it consumes.
 pub async fn start_serving(app: &TestApp, serving: &[&str]) -> LiveBridge {
+    start_serving_with(app, serving, |_| {}).await
+}
+
+/// [`start_serving`] with the settings changed by `tweak` first.
+pub async fn start_serving_with(
+    app: &TestApp,
+    serving: &[&str],
+    tweak: impl FnOnce(&mut Settings),
+) -> LiveBridge {
     let mut settings = Settings::from_toml(&app.config_toml()).expect("the test config is valid");
+    tweak(&mut settings);
     settings
         .channels
         .retain(|c| serving.contains(&c.name.as_str()));
