@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_amqp::{close_channels, declare_channel_queues};
-use xbridge_core::config::TopologyNames;
+use xbridge_core::config::{Settings, TopologyNames};
 
 use crate::context::ChannelContext;
 use crate::report::Reporter;
@@ -115,43 +115,40 @@ struct Running {
 
 /// What a session's channel consumers share, and the ones running.
 pub(crate) struct ChannelConsumers {
-    pub(crate) connection: Arc<Connection>,
-    pub(crate) reporter: Reporter,
-    pub(crate) names: TopologyNames,
-    pub(crate) delays: Vec<Duration>,
-    pub(crate) prefetch: u16,
-    pub(crate) grace: Duration,
+    connection: Arc<Connection>,
+    reporter: Reporter,
+    names: TopologyNames,
+    delays: Vec<Duration>,
+    prefetch: u16,
+    grace: Duration,
     /// The session's stop: every consumer's stops with it.
-    pub(crate) stop: CancellationToken,
+    stop: CancellationToken,
     /// Channels whose queues this session declared (at its start, or when
     /// it started their consumer).
-    pub(crate) declared: HashSet<String>,
+    declared: HashSet<String>,
     running: BTreeMap<String, Running>,
     tasks: JoinSet<Result<(), Unsettled>>,
     by_task: HashMap<Id, String>,
 }
 
 impl ChannelConsumers {
-    /// No consumer yet; `declared` are the channels the session's topology
-    /// covered.
-    #[allow(clippy::too_many_arguments)]
+    /// No consumer yet, on `connection` with `settings`' names, delays,
+    /// prefetch and grace; `declared` are the channels whose queues the
+    /// session's topology covered.
     pub(crate) fn new(
         connection: Arc<Connection>,
         reporter: Reporter,
-        names: TopologyNames,
-        delays: Vec<Duration>,
-        prefetch: u16,
-        grace: Duration,
+        settings: &Settings,
         stop: CancellationToken,
         declared: HashSet<String>,
     ) -> ChannelConsumers {
         ChannelConsumers {
             connection,
             reporter,
-            names,
-            delays,
-            prefetch,
-            grace,
+            names: settings.amqp.topology.clone(),
+            delays: settings.outbound.retry.delays.clone(),
+            prefetch: settings.amqp.prefetch,
+            grace: settings.outbound.shutdown_grace,
             stop,
             declared,
             running: BTreeMap::new(),

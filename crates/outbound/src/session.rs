@@ -138,33 +138,18 @@ impl Session for ReplySession {
         let plan =
             TopologyPlan::for_channels(&self.settings, served.values().map(|c| &*c.settings));
         declare_plan(&publisher, &plan).await?;
-        let names = self.settings.amqp.topology.clone();
-        let reporter = Reporter::new(publisher, names.clone());
+        let reporter = Reporter::new(publisher, self.settings.amqp.topology.clone());
         let stop = shutdown.child_token();
-        let mut tasks = JoinSet::new();
-        let prefetch = self.settings.amqp.prefetch;
-        let (channel, consumer) =
-            open_consumer(connection, &names.unrouted, "unrouted", prefetch).await?;
-        channels.push(channel);
-        tasks.spawn(unrouted::consume(reporter.clone(), consumer, stop.clone()));
-        let reports = StateReports {
-            // Subscribed now: the changes this start makes are told too.
-            changes: self.states.subscribe(),
-            states: self.states.clone(),
-            published: self.published_states.clone(),
-            reporter: reporter.clone(),
-        };
-        let delays = self.settings.outbound.retry.delays.clone();
-        tasks.spawn(reports.run(delays.clone(), stop.clone()));
+        let tasks = self
+            .side_tasks(connection, channels, &reporter, &stop)
+            .await?;
+        let declared: HashSet<String> = plan.channels.into_iter().collect();
         let consumers = ChannelConsumers::new(
             connection.clone(),
             reporter,
-            names,
-            delays,
-            prefetch,
-            self.settings.outbound.shutdown_grace,
+            &self.settings,
             stop.clone(),
-            plan.channels.into_iter().collect::<HashSet<_>>(),
+            declared,
         );
         let mut running = Consuming {
             tasks,
@@ -233,6 +218,34 @@ impl Session for ReplySession {
 }
 
 impl ReplySession {
+    /// The tasks beside the channels' consumers: the unrouted queue's
+    /// consumer (its AMQP channel in `channels`) and the state reports.
+    async fn side_tasks(
+        &self,
+        connection: &Connection,
+        channels: &mut Vec<lapin::Channel>,
+        reporter: &Reporter,
+        stop: &CancellationToken,
+    ) -> Result<JoinSet<Result<(), Unsettled>>, SessionError> {
+        let names = &self.settings.amqp.topology;
+        let prefetch = self.settings.amqp.prefetch;
+        let (channel, consumer) =
+            open_consumer(connection, &names.unrouted, "unrouted", prefetch).await?;
+        channels.push(channel);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(unrouted::consume(reporter.clone(), consumer, stop.clone()));
+        let reports = StateReports {
+            // Subscribed now: the changes this session's start makes are told too.
+            changes: self.states.subscribe(),
+            states: self.states.clone(),
+            published: self.published_states.clone(),
+            reporter: reporter.clone(),
+        };
+        let delays = self.settings.outbound.retry.delays.clone();
+        tasks.spawn(reports.run(delays, stop.clone()));
+        Ok(tasks)
+    }
+
     /// Brings the channels' contexts and consumers in line with the channels
     /// served now, one channel at a time: the others never notice. A consumer
     /// still stopping is left to finish; its end applies the registry again.
