@@ -201,8 +201,10 @@ impl Crm {
         if let Some(event) = self.channel_states.pop_front() {
             return event;
         }
+        // Only new deliveries: the events set aside are none of them a
+        // `channel.state`, and taking them again would never end.
         loop {
-            let event = self.next_any_event().await;
+            let event = self.next_delivered_event().await;
             if event.body["type"] == "channel.state" {
                 return event;
             }
@@ -214,6 +216,10 @@ impl Crm {
         if let Some(event) = self.other_events.pop_front() {
             return event;
         }
+        self.next_delivered_event().await
+    }
+
+    async fn next_delivered_event(&mut self) -> Event {
         let delivery = next(&mut self.events, "an event on the incoming queue").await;
         Event {
             routing_key: delivery.routing_key.as_str().to_owned(),

@@ -30,10 +30,12 @@ pub use headers::{
 };
 pub use publisher::{PublishError, Publisher, MIN_FRAME_MAX};
 pub use session::{
-    declare, declared_publisher, open_publisher, reconnect_backoff, Session, SessionLog,
-    SetupError, Supervisor,
+    declare, declare_plan, declared_publisher, open_publisher, reconnect_backoff, Session,
+    SessionLog, SetupError, Supervisor,
 };
-pub use topology::{declare_poll_lease_queue, declare_topology, TopologyPlan};
+pub use topology::{
+    declare_channel_queues, declare_poll_lease_queue, declare_topology, TopologyPlan,
+};
 
 #[cfg(test)]
 mod properties;

@@ -254,8 +254,13 @@ pub async fn open_publisher(
 
 /// Declares on `publisher`'s channel the topology `settings` describe.
 pub async fn declare(publisher: &Publisher, settings: &Settings) -> Result<(), SetupError> {
-    let plan = TopologyPlan::for_settings(settings);
-    declare_topology(publisher.channel(), &plan)
+    declare_plan(publisher, &TopologyPlan::for_settings(settings)).await
+}
+
+/// Declares on `publisher`'s channel the topology `plan` describes (a session
+/// serving the channels of the moment makes its own plan).
+pub async fn declare_plan(publisher: &Publisher, plan: &TopologyPlan) -> Result<(), SetupError> {
+    declare_topology(publisher.channel(), plan)
         .await
         .map_err(SetupError::Topology)
 }

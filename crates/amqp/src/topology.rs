@@ -8,7 +8,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
-use xbridge_core::config::{Settings, TopologyNames};
+use xbridge_core::config::{ChannelSettings, Settings, TopologyNames};
 
 /// What to declare: the names, the channels that get a reply queue, the
 /// polled channels that get a poll lease queue and the delay steps that get a
@@ -31,15 +31,27 @@ impl TopologyPlan {
     /// both declare from this, so whichever connects first declares it all,
     /// the same way.
     pub fn for_settings(settings: &Settings) -> TopologyPlan {
+        TopologyPlan::for_channels(settings, &settings.channels)
+    }
+
+    /// What `channels` need, with the names and delays of `settings`: for a
+    /// session that serves the channels of the moment (the file's and the
+    /// CRM's, `LiveChannels`) rather than the file's as read at startup.
+    pub fn for_channels<'a>(
+        settings: &Settings,
+        channels: impl IntoIterator<Item = &'a ChannelSettings>,
+    ) -> TopologyPlan {
+        let (mut names, mut polled) = (Vec::new(), Vec::new());
+        for channel in channels {
+            names.push(channel.name.clone());
+            if channel.inbound.polls() {
+                polled.push(channel.name.clone());
+            }
+        }
         TopologyPlan {
             names: settings.amqp.topology.clone(),
-            channels: settings.channels.iter().map(|c| c.name.clone()).collect(),
-            polled_channels: settings
-                .channels
-                .iter()
-                .filter(|c| c.inbound.polls())
-                .map(|c| c.name.clone())
-                .collect(),
+            channels: names,
+            polled_channels: polled,
             delays: settings.outbound.retry.delays.clone(),
         }
     }
@@ -166,14 +178,43 @@ async fn declare_outgoing(channel: &Channel, plan: &TopologyPlan) -> lapin::Resu
     )
     .await?;
     for name in &plan.channels {
-        let queue = names.outgoing_queue(name);
-        declare_queue(channel, &queue, reply_queue_args(names)).await?;
-        bind(channel, &queue, &names.outgoing_exchange, name).await?;
+        declare_reply_queue(channel, names, name).await?;
     }
     // Reached through the default exchange by the lease holders themselves:
     // no exchange, no binding.
     for name in &plan.polled_channels {
         declare_poll_lease_queue(channel, &names.poll_lease_queue(name)).await?;
+    }
+    Ok(())
+}
+
+/// One channel's reply queue, bound by the channel's name, exactly as
+/// [`declare_topology`] does.
+async fn declare_reply_queue(
+    channel: &Channel,
+    names: &TopologyNames,
+    name: &str,
+) -> lapin::Result<()> {
+    let queue = names.outgoing_queue(name);
+    declare_queue(channel, &queue, reply_queue_args(names)).await?;
+    bind(channel, &queue, &names.outgoing_exchange, name).await
+}
+
+/// Declares what one channel added at run time needs before it is consumed:
+/// its reply queue and binding, and the delay queues its parked replies go
+/// through (shared by every channel, declared again here because that is
+/// idempotent and cheap, and a parked reply must never find one missing).
+/// The outgoing exchange and the rest are the session's, declared when it
+/// started.
+pub async fn declare_channel_queues(
+    channel: &Channel,
+    names: &TopologyNames,
+    name: &str,
+    delays: &[Duration],
+) -> lapin::Result<()> {
+    declare_reply_queue(channel, names, name).await?;
+    for delay in delays {
+        declare_delay(channel, names, *delay).await?;
     }
     Ok(())
 }

@@ -6,8 +6,13 @@
 //!   the session run under the shared supervisor (`xbridge_amqp::Supervisor`), which
 //!   reconnects.
 //! - [`session`]: what runs on each connection: the topology, one consumer per channel,
-//!   the unrouted one and the channel state reports; the grace period on shutdown;
+//!   the unrouted one and the channel state reports, following the channels served
+//!   (`LiveChannels`) while it runs; the grace period on shutdown;
 //!   [`session::SessionError`], why a session ended.
+//! - `channel_consumers`: one channel's consumer started and stopped on its own (added,
+//!   removed, paused, resumed) while the others run on.
+//! - `channel_contexts`: every served channel's context, kept across reconnects, built on
+//!   add, given new credentials on change, dropped on removal.
 //! - [`context`]: what one channel keeps across reconnects ([`context::ChannelContext`]).
 //! - [`worker`]: one channel's consumer, a lane per conversation, and
 //!   `process`: what becomes of a reply (a [`settle::Settlement`]).
@@ -35,6 +40,8 @@
 
 #![warn(missing_docs)]
 
+mod channel_consumers;
+mod channel_contexts;
 pub mod context;
 pub mod credits;
 pub mod failpoints;

@@ -1,31 +1,38 @@
 //! The outbound side's RabbitMQ session, run by the shared supervisor
 //! ([`xbridge_amqp::Supervisor`]): on each new connection it declares the
-//! topology and starts one consumer per channel, the unrouted one and the
-//! channel state reports; it ends when one of them stops, and on shutdown lets
-//! the in-flight sends finish within the grace period.
+//! topology of the channels served now and starts one consumer per channel,
+//! the unrouted one and the channel state reports; while it runs it follows
+//! the channels served (`LiveChannels`), starting and stopping one channel's
+//! consumer at a time ([`crate::channel_consumers`]); it ends when a consumer
+//! fails, and on shutdown lets the in-flight sends finish within the grace
+//! period.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use lapin::Connection;
+use rand::seq::SliceRandom as _;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use xbridge_amqp::{
-    declare, open_publisher, ConnectError, Session, SessionLog, SetupError, Supervisor,
+    declare_plan, open_publisher, ConnectError, Session, SessionLog, SetupError, Supervisor,
+    TopologyPlan,
 };
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
-use xbridge_core::contract::ChannelStateEvent;
+use xbridge_core::contract::{ChannelState, ChannelStateEvent};
+use xbridge_core::live_channels::{ChannelMap, LiveChannel, LiveChannels};
 
-use crate::context::ChannelContext;
+use crate::channel_consumers::{open_consumer, ChannelConsumers, ConsumeError, Ended};
+use crate::channel_contexts::{ChannelContexts, Upserted};
 use crate::report::Reporter;
 use crate::state_sync::PublishedStates;
+use crate::unrouted;
 use crate::unsettled::Unsettled;
-use crate::{unrouted, worker};
 
 /// The supervisor of the outbound session, in the words operators and the
 /// docs know. A session that ran 30 s reconnects at once; one that ends
@@ -61,17 +68,10 @@ pub enum SessionError {
         /// [`xbridge_amqp::MIN_FRAME_MAX`].
         needed: usize,
     },
-    /// A consumer's channel could not be opened or given its prefetch.
-    #[error("{0}")]
-    Channel(lapin::Error),
-    /// A queue could not be consumed (a missing queue, for one).
-    #[error("consuming {queue} failed: {source}")]
-    Consume {
-        /// The queue.
-        queue: String,
-        /// lapin's error.
-        source: lapin::Error,
-    },
+    /// A consumer could not be started (its channel, its queues, its queue
+    /// missing).
+    #[error(transparent)]
+    Consume(#[from] ConsumeError),
     /// A consumer stopped on a delivery it could not settle.
     #[error(transparent)]
     Consumer(#[from] Unsettled),
@@ -83,17 +83,33 @@ pub enum SessionError {
     ConsumerPanicked(JoinError),
 }
 
-/// The outbound session: what it starts on each connection.
+impl SessionError {
+    /// Why a consumer task that ended on its own ends the session.
+    fn ended(joined: Result<Result<(), Unsettled>, JoinError>) -> SessionError {
+        match joined {
+            Ok(Err(e)) => SessionError::Consumer(e),
+            Ok(Ok(())) => SessionError::ConsumerStopped,
+            Err(e) => SessionError::ConsumerPanicked(e),
+        }
+    }
+}
+
+/// The outbound session: what it starts on each connection, and what it
+/// keeps across them (every channel's context, what the CRM was told).
 pub(crate) struct ReplySession {
     pub(crate) settings: Arc<Settings>,
     pub(crate) states: Arc<ChannelStates>,
-    pub(crate) channels: Vec<Arc<ChannelContext>>,
+    pub(crate) live: Arc<LiveChannels>,
+    pub(crate) contexts: ChannelContexts,
     pub(crate) published_states: Arc<PublishedStates>,
 }
 
-/// A running session's tasks, and the signal that stops them.
+/// A running session's tasks, the channels' consumers, the registry it
+/// follows, and the signal that stops them.
 pub(crate) struct Consuming {
     tasks: JoinSet<Result<(), Unsettled>>,
+    consumers: ChannelConsumers,
+    live: watch::Receiver<ChannelMap>,
     stop: CancellationToken,
 }
 
@@ -101,8 +117,9 @@ impl Session for ReplySession {
     type Error = SessionError;
     type Running = Consuming;
 
-    /// Declares the topology and starts one consumer per channel plus the
-    /// unrouted one, and the state reports.
+    /// Declares the topology of the channels served now and starts one
+    /// consumer per channel not paused, plus the unrouted one, and the state
+    /// reports.
     async fn start(
         &mut self,
         connection: &Arc<Connection>,
@@ -116,31 +133,35 @@ impl Session for ReplySession {
                 needed: xbridge_amqp::MIN_FRAME_MAX,
             });
         }
-        declare(&publisher, &self.settings).await?;
-        let names = self.settings.amqp.topology.clone();
-        let reporter = Reporter::new(publisher, names.clone());
+        let mut live = self.live.subscribe();
+        let served = live.borrow_and_update().clone();
+        let plan =
+            TopologyPlan::for_channels(&self.settings, served.values().map(|c| &*c.settings));
+        declare_plan(&publisher, &plan).await?;
+        let reporter = Reporter::new(publisher, self.settings.amqp.topology.clone());
         let stop = shutdown.child_token();
-        let mut tasks = JoinSet::new();
-        for ctx in &self.channels {
-            let queue = names.outgoing_queue(&ctx.name);
-            let consumer = self
-                .consumer(connection, &queue, &ctx.name, channels)
-                .await?;
-            let (ctx, reporter) = (ctx.clone(), reporter.clone());
-            tasks.spawn(worker::consume(ctx, reporter, consumer, stop.clone()));
-        }
-        let consumer = self
-            .consumer(connection, &names.unrouted, "unrouted", channels)
+        let tasks = self
+            .side_tasks(connection, channels, &reporter, &stop)
             .await?;
-        tasks.spawn(unrouted::consume(reporter.clone(), consumer, stop.clone()));
-        let reports = StateReports {
-            states: self.states.clone(),
-            published: self.published_states.clone(),
+        let declared: HashSet<String> = plan.channels.into_iter().collect();
+        let consumers = ChannelConsumers::new(
+            connection.clone(),
             reporter,
+            &self.settings,
+            stop.clone(),
+            declared,
+        );
+        let mut running = Consuming {
+            tasks,
+            consumers,
+            live,
+            stop,
         };
-        let delays = self.settings.outbound.retry.delays.clone();
-        tasks.spawn(reports.run(delays, stop.clone()));
-        Ok(Consuming { tasks, stop })
+        if let Err(e) = self.apply(&mut running).await {
+            self.stop(running).await;
+            return Err(e);
+        }
+        Ok(running)
     }
 
     async fn run(
@@ -149,19 +170,28 @@ impl Session for ReplySession {
         shutdown: &CancellationToken,
     ) -> Option<SessionError> {
         tracing::info!(
-            channels = self.channels.len(),
+            channels = self.contexts.len(),
             "outbound running: topology declared, consuming replies"
         );
-        tokio::select! {
-            // Consumers stop on the same signal: a shutdown must not read as a
-            // consumer that failed.
-            biased;
-            _ = shutdown.cancelled() => None,
-            Some(joined) = running.tasks.join_next() => Some(match joined {
-                Ok(Err(e)) => SessionError::Consumer(e),
-                Ok(Ok(())) => SessionError::ConsumerStopped,
-                Err(e) => SessionError::ConsumerPanicked(e),
-            }),
+        loop {
+            tokio::select! {
+                // Consumers stop on the same signal: a shutdown must not read
+                // as a consumer that failed.
+                biased;
+                _ = shutdown.cancelled() => return None,
+                Some(joined) = running.tasks.join_next() => {
+                    return Some(SessionError::ended(joined));
+                }
+                joined = running.consumers.next_end() => {
+                    if let Ended::Failed(joined) = running.consumers.ended(joined).await {
+                        return Some(SessionError::ended(joined));
+                    }
+                }
+                Ok(()) = running.live.changed() => {}
+            }
+            if let Err(e) = self.apply(running).await {
+                return Some(e);
+            }
         }
     }
 
@@ -170,51 +200,147 @@ impl Session for ReplySession {
     async fn stop(&mut self, mut running: Consuming) {
         running.stop.cancel();
         let grace = self.settings.outbound.shutdown_grace;
-        let tasks = &mut running.tasks;
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
+        let (tasks, consumers) = (&mut running.tasks, &mut running.consumers);
+        let all_ended = async {
+            while tasks.join_next().await.is_some() {}
+            consumers.wait_all().await;
+        };
+        if tokio::time::timeout(grace, all_ended).await.is_err() {
             tracing::warn!(
                 grace_secs = grace.as_secs(),
                 "in-flight replies did not finish in time; they will be redelivered"
             );
             running.tasks.abort_all();
+            running.consumers.abort_all();
         }
+        running.consumers.close_all().await;
     }
 }
 
 impl ReplySession {
-    /// A consumer of `queue` on a channel of its own (kept in `channels`),
-    /// with the configured prefetch, tagged `xbridge-{label}`.
-    async fn consumer(
+    /// The tasks beside the channels' consumers: the unrouted queue's
+    /// consumer (its AMQP channel in `channels`) and the state reports.
+    async fn side_tasks(
         &self,
         connection: &Connection,
-        queue: &str,
-        label: &str,
         channels: &mut Vec<lapin::Channel>,
-    ) -> Result<lapin::Consumer, SessionError> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(SessionError::Channel)?;
-        channels.push(channel.clone());
-        channel
-            .basic_qos(self.settings.amqp.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(SessionError::Channel)?;
-        channel
-            .basic_consume(
-                queue.into(),
-                format!("xbridge-{label}").into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| SessionError::Consume {
-                queue: queue.to_owned(),
-                source,
-            })
+        reporter: &Reporter,
+        stop: &CancellationToken,
+    ) -> Result<JoinSet<Result<(), Unsettled>>, SessionError> {
+        let names = &self.settings.amqp.topology;
+        let prefetch = self.settings.amqp.prefetch;
+        let (channel, consumer) =
+            open_consumer(connection, &names.unrouted, "unrouted", prefetch).await?;
+        channels.push(channel);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(unrouted::consume(reporter.clone(), consumer, stop.clone()));
+        let reports = StateReports {
+            // Subscribed now: the changes this session's start makes are told too.
+            changes: self.states.subscribe(),
+            states: self.states.clone(),
+            published: self.published_states.clone(),
+            reporter: reporter.clone(),
+        };
+        let delays = self.settings.outbound.retry.delays.clone();
+        tasks.spawn(reports.run(delays, stop.clone()));
+        Ok(tasks)
+    }
+
+    /// Brings the channels' contexts and consumers in line with the channels
+    /// served now, one channel at a time: the others never notice. A consumer
+    /// still stopping is left to finish; its end applies the registry again.
+    async fn apply(&mut self, running: &mut Consuming) -> Result<(), SessionError> {
+        let served = running.live.borrow_and_update().clone();
+        for name in self.contexts.names() {
+            if !served.contains_key(&name) {
+                self.remove(running, &name).await;
+            }
+        }
+        // Reply queues are single-active-consumer queues: of the replicas
+        // consuming a channel's queue, the one that registered first is the
+        // active one. Registering in an order of this process's own makes
+        // replicas started together split the channels between them instead
+        // of one replica winning every channel.
+        let mut channels: Vec<&LiveChannel> = served.values().collect();
+        channels.shuffle(&mut rand::rng());
+        for channel in channels {
+            self.serve(running, channel).await?;
+        }
+        Ok(())
+    }
+
+    /// `name` is served no more: its consumer stops first (its in-flight
+    /// replies settle), then its context goes and its state with it. What is
+    /// in its queue stays there.
+    async fn remove(&mut self, running: &mut Consuming, name: &str) {
+        if running.consumers.has(name) {
+            running.consumers.begin_stop(name).await;
+            return;
+        }
+        running.consumers.forget(name);
+        if self.contexts.remove(name) {
+            self.states.set(name, ChannelState::Removed, None, None);
+            self.states.remove(name);
+            tracing::info!(channel = name, "channel removed");
+        }
+    }
+
+    /// Serves `channel` as the registry has it: its context (new, or with
+    /// new credentials), and its consumer running unless it is paused.
+    async fn serve(
+        &mut self,
+        running: &mut Consuming,
+        channel: &LiveChannel,
+    ) -> Result<(), SessionError> {
+        let name = channel.name();
+        let (ctx, upserted) = match self.contexts.upsert(channel) {
+            Ok(upserted) => upserted,
+            Err(e) => {
+                tracing::error!(channel = name, error = %e, "channel not served");
+                return Ok(());
+            }
+        };
+        match upserted {
+            Upserted::Added => {
+                tracing::info!(channel = name, paused = channel.paused, "channel added")
+            }
+            Upserted::CredentialsChanged => {
+                tracing::info!(channel = name, "channel credentials changed")
+            }
+            Upserted::Same => {}
+        }
+        let added = upserted == Upserted::Added;
+        if channel.paused {
+            if running.consumers.has(name) {
+                running.consumers.begin_stop(name).await;
+                return Ok(());
+            }
+            self.tell(name, ChannelState::Paused, added);
+            return Ok(());
+        }
+        if !running.consumers.has(name) {
+            running.consumers.start(ctx).await?;
+            self.tell(name, ChannelState::Ok, added);
+        }
+        Ok(())
+    }
+
+    /// Tells operators and the CRM that `name` is now `paused` or taking
+    /// replies (`ok`) once that is so: a channel added is announced, a
+    /// pause or resume of a known one changes its state, and a consumer only
+    /// restarted (a reconnect) keeps the state it had.
+    fn tell(&mut self, name: &str, state: ChannelState, added: bool) {
+        let paused = state == ChannelState::Paused;
+        if added {
+            self.states.add(name, state);
+        }
+        if self.contexts.set_paused(name, paused) {
+            self.states.set(name, state, None, None);
+            if !added {
+                let change = if paused { "paused" } else { "resumed" };
+                tracing::info!(channel = name, "channel {change}");
+            }
+        }
     }
 }
 
@@ -224,6 +350,7 @@ const DEPTH_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 /// Tells the CRM of every channel state change while the session lasts, so it
 /// can warn agents that replies on a channel are not going out.
 struct StateReports {
+    changes: broadcast::Receiver<ChannelStateEvent>,
     states: Arc<ChannelStates>,
     published: Arc<PublishedStates>,
     reporter: Reporter,
@@ -233,8 +360,11 @@ impl StateReports {
     /// First the states the CRM has not been told yet (all of them in the
     /// first session), then each change; also keeps the queue depth gauges
     /// fresh (after replays and purges too).
-    async fn run(self, delays: Vec<Duration>, stop: CancellationToken) -> Result<(), Unsettled> {
-        let mut changes = self.states.subscribe();
+    async fn run(
+        mut self,
+        delays: Vec<Duration>,
+        stop: CancellationToken,
+    ) -> Result<(), Unsettled> {
         self.tell_untold().await;
         let mut sample = tokio::time::interval(DEPTH_SAMPLE_INTERVAL);
         loop {
@@ -248,7 +378,7 @@ impl StateReports {
                     self.reporter.sample_queue_depths(&delays).await;
                     continue;
                 }
-                event = changes.recv() => event,
+                event = self.changes.recv() => event,
             };
             match event {
                 Ok(event) => self.tell(event).await,

@@ -139,6 +139,13 @@ impl AccountRegistry {
         self.accounts.push(account);
     }
 
+    /// Adds `account`'s user token beside the ones already valid for its user id (a second
+    /// token of the same account); [`AccountRegistry::upsert`] of the account revokes all but
+    /// its own.
+    pub(crate) fn add_token(&mut self, account: Account) {
+        self.accounts.push(account);
+    }
+
     pub(crate) fn by_user_token(&self, consumer_key: &str, access_token: &str) -> Option<&Account> {
         self.accounts
             .iter()

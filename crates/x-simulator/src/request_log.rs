@@ -30,6 +30,7 @@ struct PendingRecord {
     identity: RequestIdentity,
     method: String,
     path: String,
+    oauth_token: Option<String>,
     at: DateTime<Utc>,
     answered: bool,
 }
@@ -41,6 +42,7 @@ impl PendingRecord {
             method: std::mem::take(&mut self.method),
             path: std::mem::take(&mut self.path),
             user_id: self.identity.get(),
+            oauth_token: self.oauth_token.take(),
             status,
             at: self.at,
         });
@@ -69,9 +71,21 @@ pub(crate) async fn log_requests(
         identity,
         method: request.method().to_string(),
         path: request.uri().path().to_string(),
+        oauth_token: oauth_token(&request),
         answered: false,
     };
     let response = next.run(request).await;
     pending.log(response.status().as_u16());
     response
+}
+
+/// The `oauth_token` of the request's `Authorization: OAuth …` header, if any.
+fn oauth_token(request: &Request) -> Option<String> {
+    let value = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let header = crate::oauth::parse_authorization_header(value).ok()?;
+    header.get("oauth_token").map(str::to_owned)
 }

@@ -173,6 +173,14 @@ impl Simulator {
         Some(account)
     }
 
+    /// Accepts `account`'s credentials for its user id beside the ones already accepted, as
+    /// if X let the earlier token live on: a client switching tokens then signs some requests
+    /// with each, none refused, and the request log's `oauth_token` tells which signed what.
+    /// [`Simulator::add_account`] with one of them revokes the others.
+    pub fn add_token(&self, account: Account) {
+        self.state().lock().accounts.add_token(account);
+    }
+
     /// The accounts the simulator knows.
     pub fn accounts(&self) -> Vec<Account> {
         self.state().lock().accounts.all()

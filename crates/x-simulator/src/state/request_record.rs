@@ -18,6 +18,10 @@ pub struct RequestRecord {
     /// The account the request was authenticated as; `None` if its credentials were not accepted
     /// (an account whose token a `Unauthorized` fault revoked is still named, to tell it apart).
     pub user_id: Option<String>,
+    /// The `oauth_token` of the request's OAuth 1.0a header, if it had one: which of an
+    /// account's access tokens signed it (a test of a token rotation tells old from new by it).
+    #[serde(default)]
+    pub oauth_token: Option<String>,
     /// The status answered, or 499 if the client closed the connection first.
     pub status: u16,
     /// When the request arrived, by the simulator's clock.

@@ -1,5 +1,7 @@
 //! Starting the bridge inside a test's own process.
 
+pub mod live;
+
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
