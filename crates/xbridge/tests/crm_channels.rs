@@ -291,3 +291,199 @@ async fn a_channel_the_crm_creates_sends_replies_and_brings_its_customers_dms() 
     bridge.stop().await;
     cleanup(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_failed_for_a_missing_permission_is_replayed_after_the_regenerated_token() {
+    let app = spawn_app(options()).await;
+    let bridge = start(&app).await;
+    let mut audit = Audit::start(&app).await;
+    // The dead letters stay in their queue for the replay, as `xbridge dlq` does it.
+    let mut crm = Crm::connect_without_dead_letters(&app.amqp_url(), app.names.clone()).await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+    app.simulator
+        .set_fault(&account.user_id, Fault::MissingPermission);
+
+    let first = upsert_polled("cmd-e2e-perm-1", "newco", &account);
+    let answer = apply(&commands, &mut crm, &first, &account).await;
+    assert_eq!(answer.body["state"], "missing_permission", "{}", answer.body);
+    let detail = answer.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Direct message") && detail.contains("regenerate"),
+        "{detail}"
+    );
+
+    // A reply meanwhile fails with the reason (integrator.md: reasons) and is
+    // dead-lettered, not lost.
+    crm.publish_reply("newco", &reply("perm-1", "944480690", "first try"))
+        .await;
+    let failed = next_of(&mut crm, "message.failed").await;
+    assert_eq!(failed.body["message_id"], "perm-1");
+    assert_eq!(failed.body["reason"], "missing_permission");
+    crm.wait_for_depth(&app.names.dead_letter_queue, 1).await;
+    assert!(texts(&app, &account.user_id).is_empty());
+
+    // The fix: a regenerated token, by upsert, without a restart.
+    let regenerated = app
+        .simulator
+        .regenerate_access_token(&account.user_id)
+        .unwrap();
+    let second = upsert_polled("cmd-e2e-perm-2", "newco", &regenerated);
+    let answer = apply(&commands, &mut crm, &second, &regenerated).await;
+    assert_eq!(answer.body["state"], "ok", "{}", answer.body);
+    assert_eq!(answer.body["account"]["username"], "newco_support");
+
+    // The dead letter replayed as `xbridge dlq replay --reason missing_permission`
+    // does, then a new reply behind it: both go out, once each, in order.
+    replay_dead_letters(&app, "missing_permission", 1).await;
+    crm.publish_reply("newco", &reply("perm-2", "944480690", "second try"))
+        .await;
+    assert_eq!(sent_ids(&mut crm, 2).await, ["perm-1", "perm-2"]);
+    assert_eq!(
+        texts(&app, &account.user_id),
+        ["first try", "second try"]
+    );
+    for request in app.simulator.requests_for(&account.user_id) {
+        if request.method == "POST" && request.status == 201 {
+            assert_eq!(request.oauth_token, Some(regenerated.access_token.clone()));
+        }
+    }
+
+    assert_no_credential_anywhere(
+        &app,
+        &bridge,
+        &mut audit,
+        &mut crm,
+        1,
+        &[&account, &regenerated],
+    )
+    .await;
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+/// Replays the `expected` dead letters (all of them, each with `reason`)
+/// the way `xbridge dlq replay` does.
+async fn replay_dead_letters(app: &TestApp, reason: &str, expected: usize) {
+    let connection = Connection::connect(&app.amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let mut queue = DeadLetterQueue::open(&connection, app.names.clone())
+        .await
+        .expect("the dead-letter queue");
+    let taken = queue.take(ReadBound::default()).await.expect("read");
+    assert_eq!(taken.letters.len(), expected);
+    for letter in &taken.letters {
+        assert_eq!(letter.reason(), reason);
+        queue.replay(letter).await.expect("replayed");
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// `account` with a second access token of its own (same user, same App).
+fn rotated(account: &Account) -> Account {
+    let fresh = Account::generate("rotated");
+    Account {
+        access_token: format!("{}-{}", account.user_id, fresh.access_token_secret),
+        access_token_secret: fresh.consumer_secret,
+        ..account.clone()
+    }
+}
+
+/// Publishes `count` replies on `channel` numbered from `from`, spread over
+/// four conversations.
+async fn publish_batch(crm: &Crm, channel: &str, from: usize, count: usize) {
+    for i in from..from + count {
+        let recipient = format!("94448069{}", i % 4);
+        let text = format!("{channel} {i}");
+        crm.publish_reply(channel, &reply(&format!("{channel}-{i}"), &recipient, &text))
+            .await;
+    }
+}
+
+/// The `oauth_token` of each DM send of `user_id` X took, by conversation,
+/// in the order X answered them.
+fn tokens_by_conversation(app: &TestApp, user_id: &str) -> BTreeMap<String, Vec<String>> {
+    let mut tokens: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for request in app.simulator.requests_for(user_id) {
+        if request.method == "POST" && request.path.ends_with("/messages") {
+            assert_eq!(request.status, 201, "{request:?}");
+            let token = request.oauth_token.expect("signed with OAuth 1.0a");
+            tokens.entry(request.path).or_default().push(token);
+        }
+    }
+    tokens
+}
+
+/// In each conversation (sent one at a time) `old` signed the sends before
+/// the change and `new` every send after it; both signed some.
+fn assert_switched_once(tokens: &BTreeMap<String, Vec<String>>, old: &str, new: &str) {
+    let all: Vec<&String> = tokens.values().flatten().collect();
+    assert!(all.iter().any(|t| *t == old), "some sent before the change");
+    assert!(all.iter().any(|t| *t == new), "some sent after the change");
+    for (conversation, tokens) in tokens {
+        let first_new = tokens.iter().position(|t| t == new);
+        let after = &tokens[first_new.unwrap_or(tokens.len())..];
+        assert!(
+            after.iter().all(|t| t == new),
+            "{conversation}: the old token signed a send after the new one did"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotated_by_the_crm_while_replies_stream_signs_every_send_after_it() {
+    let app = spawn_app(options()).await;
+    let bridge = start(&app).await;
+    let mut audit = Audit::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let old = new_account(&app, "newco_support");
+    let new = rotated(&old);
+    // X accepts both while the bridge changes over.
+    app.simulator.add_token(new.clone());
+    let created = upsert_polled("cmd-e2e-rotate-1", "newco", &old);
+    assert_eq!(apply(&commands, &mut crm, &created, &old).await.body["state"], "ok");
+
+    publish_batch(&crm, "newco", 0, 100).await;
+    publish_batch(&crm, "acme", 0, 100).await;
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_dms(&old.user_id, 30))
+        .await
+        .expect("newco sends");
+    let rotation = upsert_polled("cmd-e2e-rotate-2", "newco", &new);
+    let answer = apply(&commands, &mut crm, &rotation, &new).await;
+    assert_eq!(answer.body["state"], "ok", "{}", answer.body);
+    publish_batch(&crm, "newco", 100, 100).await;
+    publish_batch(&crm, "acme", 100, 100).await;
+
+    // Every reply sent exactly once, on both channels.
+    let ids = sent_ids(&mut crm, 400).await;
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 400);
+    crm.publish_reply("newco", &reply("newco-last", "944480690", "newco last"))
+        .await;
+    assert_eq!(sent_ids(&mut crm, 1).await, ["newco-last"]);
+    for user_id in [&old.user_id, &app.user_id("acme")] {
+        let sent = texts(&app, user_id);
+        assert_eq!(sent.iter().collect::<HashSet<_>>().len(), sent.len());
+    }
+    assert_eq!(texts(&app, &old.user_id).len(), 201);
+    assert_eq!(texts(&app, &app.user_id("acme")).len(), 200);
+
+    let tokens = tokens_by_conversation(&app, &old.user_id);
+    assert_switched_once(&tokens, &old.access_token, &new.access_token);
+    let last = app
+        .simulator
+        .requests_for(&old.user_id)
+        .into_iter()
+        .rfind(|r| r.method == "POST" && r.path.ends_with("/messages"));
+    assert_eq!(last.and_then(|r| r.oauth_token), Some(new.access_token.clone()));
+    // The other channel signed with its own token throughout.
+    let acme = app.account("acme");
+    let acme_tokens = tokens_by_conversation(&app, &acme.user_id);
+    assert!(acme_tokens.values().flatten().all(|t| *t == acme.access_token));
+    assert_eq!(app.simulator.counters().unauthorized, 0);
+
+    assert_no_credential_anywhere(&app, &bridge, &mut audit, &mut crm, 0, &[&old, &new]).await;
+    bridge.stop().await;
+    cleanup(&app).await;
+}
