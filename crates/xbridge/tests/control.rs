@@ -9,8 +9,8 @@
 mod crm;
 
 use crm::{
-    answer, assert_no_secret, assert_no_secret_logged, capture_logs, cleanup, control,
-    new_account, refusal, secrets, settings, upsert, Commands, Running,
+    answer, assert_no_secret, assert_no_secret_logged, capture_logs, cleanup, control, new_account,
+    refusal, secrets, settings, upsert, Commands, Running,
 };
 use serde_json::json;
 use x_simulator::{Account, Fault};
@@ -306,4 +306,3 @@ async fn assert_no_credential_in_postgres(app: &TestApp, account: &Account) {
         assert_no_secret(&text, account);
     }
 }
-

@@ -82,7 +82,10 @@ impl Audit {
             .expect("the audit connects");
         let channel = connection.create_channel().await.expect("a channel");
         let mut consumers = Vec::new();
-        for exchange in [&app.names.incoming_exchange, &app.names.dead_letter_exchange] {
+        for exchange in [
+            &app.names.incoming_exchange,
+            &app.names.dead_letter_exchange,
+        ] {
             let queue = channel
                 .queue_declare(
                     "".into(),
@@ -306,7 +309,11 @@ async fn a_reply_failed_for_a_missing_permission_is_replayed_after_the_regenerat
 
     let first = upsert_polled("cmd-e2e-perm-1", "newco", &account);
     let answer = apply(&commands, &mut crm, &first, &account).await;
-    assert_eq!(answer.body["state"], "missing_permission", "{}", answer.body);
+    assert_eq!(
+        answer.body["state"], "missing_permission",
+        "{}",
+        answer.body
+    );
     let detail = answer.body["detail"].as_str().unwrap();
     assert!(
         detail.contains("Direct message") && detail.contains("regenerate"),
@@ -339,10 +346,7 @@ async fn a_reply_failed_for_a_missing_permission_is_replayed_after_the_regenerat
     crm.publish_reply("newco", &reply("perm-2", "944480690", "second try"))
         .await;
     assert_eq!(sent_ids(&mut crm, 2).await, ["perm-1", "perm-2"]);
-    assert_eq!(
-        texts(&app, &account.user_id),
-        ["first try", "second try"]
-    );
+    assert_eq!(texts(&app, &account.user_id), ["first try", "second try"]);
     for request in app.simulator.requests_for(&account.user_id) {
         if request.method == "POST" && request.status == 201 {
             assert_eq!(request.oauth_token, Some(regenerated.access_token.clone()));
@@ -396,8 +400,11 @@ async fn publish_batch(crm: &Crm, channel: &str, from: usize, count: usize) {
     for i in from..from + count {
         let recipient = format!("94448069{}", i % 4);
         let text = format!("{channel} {i}");
-        crm.publish_reply(channel, &reply(&format!("{channel}-{i}"), &recipient, &text))
-            .await;
+        crm.publish_reply(
+            channel,
+            &reply(&format!("{channel}-{i}"), &recipient, &text),
+        )
+        .await;
     }
 }
 
@@ -443,7 +450,10 @@ async fn a_token_rotated_by_the_crm_while_replies_stream_signs_every_send_after_
     // X accepts both while the bridge changes over.
     app.simulator.add_token(new.clone());
     let created = upsert_polled("cmd-e2e-rotate-1", "newco", &old);
-    assert_eq!(apply(&commands, &mut crm, &created, &old).await.body["state"], "ok");
+    assert_eq!(
+        apply(&commands, &mut crm, &created, &old).await.body["state"],
+        "ok"
+    );
 
     publish_batch(&crm, "newco", 0, 100).await;
     publish_batch(&crm, "acme", 0, 100).await;
@@ -476,14 +486,84 @@ async fn a_token_rotated_by_the_crm_while_replies_stream_signs_every_send_after_
         .requests_for(&old.user_id)
         .into_iter()
         .rfind(|r| r.method == "POST" && r.path.ends_with("/messages"));
-    assert_eq!(last.and_then(|r| r.oauth_token), Some(new.access_token.clone()));
+    assert_eq!(
+        last.and_then(|r| r.oauth_token),
+        Some(new.access_token.clone())
+    );
     // The other channel signed with its own token throughout.
     let acme = app.account("acme");
     let acme_tokens = tokens_by_conversation(&app, &acme.user_id);
-    assert!(acme_tokens.values().flatten().all(|t| *t == acme.access_token));
+    assert!(acme_tokens
+        .values()
+        .flatten()
+        .all(|t| *t == acme.access_token));
     assert_eq!(app.simulator.counters().unauthorized, 0);
 
     assert_no_credential_anywhere(&app, &bridge, &mut audit, &mut crm, 0, &[&old, &new]).await;
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_crm_removes_mid_stream_keeps_its_replies_and_sends_them_once_when_back() {
+    let app = spawn_app(options()).await;
+    let bridge = start(&app).await;
+    let mut audit = Audit::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+    let queue = app.names.outgoing_queue("newco");
+    let created = upsert_polled("cmd-e2e-remove-1", "newco", &account);
+    assert_eq!(
+        apply(&commands, &mut crm, &created, &account).await.body["state"],
+        "ok"
+    );
+
+    // X takes each DM at once but answers late: the first reply is in flight
+    // when the channel goes, the others of its conversation wait behind it.
+    app.simulator
+        .set_fault(&account.user_id, Fault::Latency { millis: 1500 });
+    for i in 1..=4 {
+        let text = format!("reply {i}");
+        crm.publish_reply("newco", &reply(&format!("r{i}"), "944480690", &text))
+            .await;
+    }
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_dms(&account.user_id, 1))
+        .await
+        .expect("the first reply reaches X");
+    let remove =
+        json!({"command": "channel.remove", "command_id": "cmd-e2e-remove-2", "channel": "newco"});
+    let answer = apply(&commands, &mut crm, &remove, &account).await;
+    assert_eq!(answer.body["state"], "removed", "{}", answer.body);
+    app.simulator.clear_faults(&account.user_id);
+
+    // The reply in flight is settled: sent once, and the CRM told.
+    assert_eq!(sent_ids(&mut crm, 1).await, ["r1"]);
+    // The rest wait in the channel's queue (operator.md: channel states,
+    // `removed`) with replies published since; none sent, none dead-lettered.
+    for i in 5..=6 {
+        let text = format!("reply {i}");
+        crm.publish_reply("newco", &reply(&format!("r{i}"), "944480690", &text))
+            .await;
+    }
+    crm.wait_for_depth(&queue, 5).await;
+    assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
+    assert_eq!(texts(&app, &account.user_id), ["reply 1"]);
+
+    // Added back by the CRM: each sent once, in the order published.
+    let again = upsert_polled("cmd-e2e-remove-3", "newco", &account);
+    assert_eq!(
+        apply(&commands, &mut crm, &again, &account).await.body["state"],
+        "ok"
+    );
+    assert_eq!(sent_ids(&mut crm, 5).await, ["r2", "r3", "r4", "r5", "r6"]);
+    crm.publish_reply("newco", &reply("r7", "944480690", "reply 7"))
+        .await;
+    assert_eq!(sent_ids(&mut crm, 1).await, ["r7"]);
+    let expected: Vec<String> = (1..=7).map(|i| format!("reply {i}")).collect();
+    assert_eq!(texts(&app, &account.user_id), expected);
+
+    assert_no_credential_anywhere(&app, &bridge, &mut audit, &mut crm, 0, &[&account]).await;
     bridge.stop().await;
     cleanup(&app).await;
 }

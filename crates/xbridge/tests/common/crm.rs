@@ -103,9 +103,7 @@ impl Running {
     pub async fn start_with(app: &TestApp, tweak: impl FnOnce(&mut Settings)) -> Running {
         let mut settings = settings(app);
         tweak(&mut settings);
-        let bridge = Bridge::build(settings)
-            .await
-            .expect("the bridge builds");
+        let bridge = Bridge::build(settings).await.expect("the bridge builds");
         Running::run(bridge).await
     }
 
@@ -121,14 +119,13 @@ impl Running {
         let live = bridge.live_channels();
         let ops_addr = bridge.ops_addr();
         let mut ready = bridge.readiness();
-        let mut inbound = bridge.inbound_readiness();
         let mut control = bridge.control_readiness().expect("control is on");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(bridge.run(shutdown.clone()));
-        for watch in [&mut ready, &mut inbound, &mut control] {
+        for watch in [&mut ready, &mut control] {
             tokio::time::timeout(PATIENCE, watch.wait_for(|ready| *ready))
                 .await
-                .expect("the bridge becomes ready")
+                .unwrap_or_else(|_| panic!("the bridge becomes ready; it logged:\n{}", logs()))
                 .expect("readiness");
         }
         Running {
