@@ -57,6 +57,9 @@ pub enum SessionError {
 /// What runs on one connection.
 pub struct Running {
     publisher: Publisher,
+    /// Declares a channel's reply queue before its answer (see
+    /// [`ControlSession::declare_reply_queue`]).
+    declaring: Channel,
     commands: Consumer,
     notices: Consumer,
 }
@@ -92,6 +95,7 @@ impl xbridge_amqp::Session for ControlSession {
         }
         Ok(Running {
             publisher,
+            declaring: consuming,
             commands,
             notices,
         })
@@ -106,7 +110,7 @@ impl xbridge_amqp::Session for ControlSession {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 next = running.commands.next() => match next {
-                    Some(Ok(delivery)) => self.command(&running.publisher, delivery, shutdown).await,
+                    Some(Ok(delivery)) => self.command(running, delivery, shutdown).await,
                     Some(Err(error)) => Err(error.into()),
                     None => Err(SessionError::Cancelled("command")),
                 },
@@ -133,7 +137,7 @@ impl ControlSession {
     /// stays unacked, and the broker gives it to the next consumer.
     async fn command(
         &self,
-        publisher: &Publisher,
+        running: &Running,
         delivery: Delivery,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
@@ -151,9 +155,25 @@ impl ControlSession {
                 }
             }
         };
-        self.answer(publisher, &delivery, outcome).await?;
+        if let Outcome::Answered(answer, Some(_)) = &outcome {
+            if answer.state.status.state.as_str() != "removed" {
+                self.declare_reply_queue(&running.declaring, &answer.state.channel)
+                    .await?;
+            }
+        }
+        self.answer(&running.publisher, &delivery, outcome).await?;
         delivery.acker.ack(BasicAckOptions::default()).await?;
         Ok(())
+    }
+
+    /// Declares `channel`'s reply queue and binding (as the outbound side does when it
+    /// starts consuming it) before the CRM is told the channel exists: a reply the CRM
+    /// publishes as soon as it reads the answer is then queued for the channel, not
+    /// dead-lettered `unknown_channel` because the outbound side had not declared it yet.
+    async fn declare_reply_queue(&self, amqp: &Channel, channel: &str) -> lapin::Result<()> {
+        let names = &self.settings.amqp.topology;
+        let delays = &self.settings.outbound.retry.delays;
+        xbridge_amqp::declare_channel_queues(amqp, names, channel, delays).await
     }
 
     /// Publishes a command's outcome, confirmed: the change notice first (so a

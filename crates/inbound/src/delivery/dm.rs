@@ -51,9 +51,9 @@ pub(crate) enum DeliveryError {
 }
 
 impl Delivery<'_> {
-    /// Whether the account's DM `event_id`, delivered by the webhook, is one
-    /// the bridge sent. X delivers the echo of a reply as soon as it creates
-    /// the DM, which can be before
+    /// Whether the account's DM `event_id` is one the bridge sent. X delivers
+    /// the echo of a reply by webhook as soon as it creates the DM, and a poll
+    /// can list it as soon, which can be before
     /// the bridge (this process or another replica) has recorded X's answer:
     /// an unknown DM of the account is looked up again for a short while
     /// before it is taken for one sent outside the bridge.
@@ -111,22 +111,16 @@ impl Delivery<'_> {
         Ok(true)
     }
 
-    /// Whether `dm`, if the account sent it, is the echo of the bridge's own reply. A
-    /// webhook delivers that echo at once, so it is looked up for a short while; a poll
-    /// comes later. While the store cannot write, an unknown DM of the account is not
+    /// Whether `dm`, if the account sent it, is the echo of the bridge's own reply,
+    /// looked up for a short while however it came (see [`Self::is_own_send`]). While the store cannot write, an unknown DM of the account is not
     /// delivered yet: the record of the reply it echoes may be waiting for the store.
     async fn is_own_reply(&self, dm: &DirectMessage) -> Result<bool, DeliveryError> {
         if dm.sender.id != *self.own_user_id {
             return Ok(false);
         }
-        let own_send = match dm.received_via {
-            ReceivedVia::Webhook => self.is_own_send(self.channel, dm.event_id.as_str()).await?,
-            ReceivedVia::Poll => {
-                self.store
-                    .is_own_send(self.channel, dm.event_id.as_str())
-                    .await?
-            }
-        };
+        // A poll can come as soon as a webhook: with replies streaming, X lists
+        // the DM of a reply before the bridge has recorded X's answer to it.
+        let own_send = self.is_own_send(self.channel, dm.event_id.as_str()).await?;
         if !own_send && !self.store.health().is_writable() {
             return Err(StoreError::Unavailable(
                 "the store cannot write, so it cannot tell yet whether this DM is the bridge's own reply".into(),
