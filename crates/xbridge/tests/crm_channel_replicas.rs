@@ -211,6 +211,23 @@ fn assert_received_once(received: &Received, around_kills: &[String], after_kill
     }
 }
 
+/// What the customers wrote and what reached the CRM so far.
+struct Inbox {
+    /// DMs written while a replica that may be polling is killed.
+    around_kills: Vec<String>,
+    /// DMs written once the kill is over: only one poller ever sees them.
+    after_kills: Vec<String>,
+    received: Received,
+}
+
+impl Inbox {
+    /// Reads the CRM's events until every DM written so far reached it.
+    async fn receive_all(&mut self, crm: &mut Crm) {
+        receive(crm, &self.around_kills, &mut self.received).await;
+        receive(crm, &self.after_kills, &mut self.received).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_serve_a_crm_channel_once_with_one_poller_across_a_kill_and_a_late_start() {
     let app = spawn_app(TestOptions {
@@ -226,24 +243,68 @@ async fn replicas_serve_a_crm_channel_once_with_one_poller_across_a_kill_and_a_l
     let first = start(&config).await;
     let second = start(&config).await;
     let mut crm = app.crm().await;
+    create_and_wait_served(&app, &mut crm, &account, [&first, &second]).await;
 
-    create_channel(&app, &account).await;
-    let answer = answer(&mut crm).await;
+    let mut inbox = Inbox {
+        around_kills: Vec::new(),
+        after_kills: Vec::new(),
+        received: Received::new(),
+    };
+    let survivor = kill_the_sender(&app, &user, &mut crm, &mut inbox, first, second).await;
+    let third = start(&config).await;
+    late_replica_takes_over(&app, &user, &mut crm, &mut inbox, survivor, &third).await;
+
+    // A last DM after a few more polls: a DM published twice would come before it.
+    let reads = app.simulator.requests_for(&user).len();
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_requests(&user, reads + 3))
+        .await
+        .expect("more polls");
+    inbox
+        .after_kills
+        .extend(customers_write(&app, &user, 20, 1));
+    inbox.receive_all(&mut crm).await;
+    assert_received_once(&inbox.received, &inbox.around_kills, &inbox.after_kills);
+    assert_sent_once_in_order(&app, &user, CONVERSATIONS * (FIRST_ROUND + SECOND_ROUND));
+
+    third.terminate().await;
+    cleanup(&app).await;
+}
+
+/// The CRM creates the channel; both replicas serve it, one of them polls, and its
+/// first poll (which starts from now) is done.
+async fn create_and_wait_served(
+    app: &TestApp,
+    crm: &mut Crm,
+    account: &Account,
+    replicas: [&BridgeProcess; 2],
+) {
+    create_channel(app, account).await;
+    let answer = answer(crm).await;
     assert_eq!(answer.body["state"], "ok", "{}", answer.body);
-    for bridge in [&first, &second] {
+    for bridge in replicas {
         bridge.wait_for_log("CRM channel served", 1).await;
         bridge.wait_for_log("channel added", 1).await;
     }
-    first_to_log(&first, &second, ACQUIRED, 1).await;
-    let holder = [&first, &second][lease_holder(&[&first, &second])];
-    // The first poll starts from now: DMs written before it are not the bridge's.
+    first_to_log(replicas[0], replicas[1], ACQUIRED, 1).await;
+    let holder = replicas[lease_holder(&replicas)];
+    // DMs written before the first poll are not the bridge's to deliver.
     holder.wait_for_log("first poll", 1).await;
+}
 
-    // Replies stream and customers write; the replica sending them is killed.
-    let mut around_kills = customers_write(&app, &user, 0, 5);
-    let mut after_kills = Vec::new();
-    publish_replies(&crm, 0, FIRST_ROUND).await;
-    wait_for_sent(&app, &user, CONVERSATIONS * FIRST_ROUND / 3).await;
+/// Replies stream and customers write; the replica sending the replies (which may
+/// also be the one polling) is killed a third of the way in. The other one sends the
+/// rest and polls; it is returned.
+async fn kill_the_sender(
+    app: &TestApp,
+    user: &str,
+    crm: &mut Crm,
+    inbox: &mut Inbox,
+    first: BridgeProcess,
+    second: BridgeProcess,
+) -> BridgeProcess {
+    inbox.around_kills.extend(customers_write(app, user, 0, 5));
+    publish_replies(crm, 0, FIRST_ROUND).await;
+    wait_for_sent(app, user, CONVERSATIONS * FIRST_ROUND / 3).await;
     lease_holder(&[&first, &second]);
     let (active, survivor) = if first.count_logs("reply sent") >= second.count_logs("reply sent") {
         (first, second)
@@ -251,50 +312,39 @@ async fn replicas_serve_a_crm_channel_once_with_one_poller_across_a_kill_and_a_l
         (second, first)
     };
     active.kill().await;
-    after_kills.extend(customers_write(&app, &user, 5, 5));
-    let mut received = Received::new();
-    receive(&mut crm, &around_kills, &mut received).await;
-    receive(&mut crm, &after_kills, &mut received).await;
-    wait_for_sent(&app, &user, CONVERSATIONS * FIRST_ROUND).await;
+    inbox.after_kills.extend(customers_write(app, user, 5, 5));
+    inbox.receive_all(crm).await;
+    wait_for_sent(app, user, CONVERSATIONS * FIRST_ROUND).await;
     survivor.wait_for_log(ACQUIRED, 1).await;
+    survivor
+}
 
-    // A replica started after the command learns the channel from the store; it
-    // waits while the survivor serves, then takes over when that one is killed.
-    let third = start(&config).await;
+/// A replica started after the command learns the channel from the store; it waits
+/// (neither sending nor polling) while the survivor serves, then takes both over when
+/// the survivor is killed mid-stream.
+async fn late_replica_takes_over(
+    app: &TestApp,
+    user: &str,
+    crm: &mut Crm,
+    inbox: &mut Inbox,
+    survivor: BridgeProcess,
+    third: &BridgeProcess,
+) {
     third.wait_for_log("CRM channel served", 1).await;
-    assert_eq!(lease_holder(&[&survivor, &third]), 0, "the survivor polls");
-    around_kills.extend(customers_write(&app, &user, 10, 5));
-    publish_replies(&crm, FIRST_ROUND, SECOND_ROUND).await;
-    wait_for_sent(
-        &app,
-        &user,
-        CONVERSATIONS * (FIRST_ROUND + SECOND_ROUND / 3),
-    )
-    .await;
+    assert_eq!(lease_holder(&[&survivor, third]), 0, "the survivor polls");
+    inbox.around_kills.extend(customers_write(app, user, 10, 5));
+    publish_replies(crm, FIRST_ROUND, SECOND_ROUND).await;
+    let some = CONVERSATIONS * (FIRST_ROUND + SECOND_ROUND / 3);
+    wait_for_sent(app, user, some).await;
     assert_eq!(third.count_logs("reply sent"), 0, "the survivor sends");
-    assert_eq!(lease_holder(&[&survivor, &third]), 0);
+    assert_eq!(lease_holder(&[&survivor, third]), 0);
     survivor.kill().await;
     third.wait_for_log(ACQUIRED, 1).await;
-    after_kills.extend(customers_write(&app, &user, 15, 5));
-    receive(&mut crm, &around_kills, &mut received).await;
-    receive(&mut crm, &after_kills, &mut received).await;
+    inbox.after_kills.extend(customers_write(app, user, 15, 5));
+    inbox.receive_all(crm).await;
     let total = CONVERSATIONS * (FIRST_ROUND + SECOND_ROUND);
-    wait_for_sent(&app, &user, total).await;
+    wait_for_sent(app, user, total).await;
     assert!(third.count_logs("reply sent") > 0, "the late replica sends");
-
-    // A last DM after a few more polls: a DM published twice would come before it.
-    let reads = app.simulator.requests_for(&user).len();
-    tokio::time::timeout(PATIENCE, app.simulator.wait_for_requests(&user, reads + 3))
-        .await
-        .expect("more polls");
-    let last = customers_write(&app, &user, 20, 1);
-    receive(&mut crm, &last, &mut received).await;
-    after_kills.extend(last);
-    assert_received_once(&received, &around_kills, &after_kills);
-    assert_sent_once_in_order(&app, &user, total);
-
-    third.terminate().await;
-    cleanup(&app).await;
 }
 
 /// X got each reply once, each conversation's in the order published.
