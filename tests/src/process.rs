@@ -66,6 +66,8 @@ impl BridgeProcess {
         }
         let mut child = command.spawn().expect("the bridge binary starts");
         let stderr = child.stderr.take().expect("stderr is piped");
+        // Several bridges may run in one test: their lines tell them apart.
+        let pid = child.id().unwrap_or_default();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let new_line = Arc::new(Notify::new());
         let reader = tokio::spawn({
@@ -74,7 +76,7 @@ impl BridgeProcess {
             async move {
                 let mut reader = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
-                    eprintln!("[bridge] {line}");
+                    eprintln!("[bridge {pid}] {line}");
                     lines.lock().expect("lines").push(line);
                     new_line.notify_waiters();
                 }

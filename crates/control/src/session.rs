@@ -106,6 +106,7 @@ impl xbridge_amqp::Session for ControlSession {
         running: &mut Running,
         shutdown: &CancellationToken,
     ) -> Option<SessionError> {
+        tracing::info!("control running: consuming commands and change notices");
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return None,
