@@ -319,10 +319,20 @@ async fn track_side(
 }
 
 async fn render(State(state): State<OpsState>) -> impl IntoResponse {
+    record_runtime();
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+/// Samples the runtime at each scrape: counting tasks costs one atomic load,
+/// and a sample taken only when someone looks needs no task of its own.
+fn record_runtime() {
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    metrics::gauge!("xbridge_runtime_alive_tasks").set(alive as f64);
 }
 
 /// Binds the operations address early, so a port in use fails at startup.
