@@ -27,6 +27,8 @@ pub struct ChurnArgs {
     pub channels: usize,
     /// Channels of the configuration file, there throughout.
     pub file_channels: usize,
+    /// Times the channels are added and removed, each time new ones.
+    pub rounds: usize,
     /// Seconds to let the process settle before each measurement.
     pub settle_seconds: u64,
     /// The node `rabbitmqctl` asks (`-n`), when not the default one.
@@ -35,19 +37,18 @@ pub struct ChurnArgs {
     pub xbridge: PathBuf,
 }
 
-/// The three measurements and how long the two phases took.
+/// The measurements, labelled, and how long each phase took.
 struct ChurnRun {
-    before: Snapshot,
-    added: Snapshot,
-    removed: Snapshot,
-    adding: Duration,
-    removing: Duration,
+    snapshots: Vec<(String, Snapshot)>,
+    phases: Vec<(String, Duration)>,
 }
 
 /// Adds and removes the channels, then prints the table.
 pub async fn run(args: &ChurnArgs) -> anyhow::Result<()> {
     ensure_built(&args.xbridge)?;
-    let names = (0..args.file_channels).map(|i| format!("f{i:02}")).collect();
+    let names = (0..args.file_channels)
+        .map(|i| format!("f{i:02}"))
+        .collect();
     let app = world(options(names)).await;
     let prefix = app
         .names
@@ -93,47 +94,78 @@ async fn churn(
     let pid = bridge.child.id().context("the bridge has a pid")?;
     let node = args.rabbitmq_node.as_deref();
     bridge.wait_ready().await?;
-    let crm = Crm::connect(app, prefix).await?;
+    let mut crm = Crm::connect(app, prefix).await?;
     let settle = Duration::from_secs(args.settle_seconds);
-    tokio::time::sleep(settle).await;
-    let before = probe::snapshot(pid, bridge.ops_port, node).await?;
-    eprintln!("churn: before: {before}");
-    let mut crm = crm;
-    let accounts: Vec<(String, Account)> = (0..args.channels)
+    let mut run = ChurnRun {
+        snapshots: Vec::new(),
+        phases: Vec::new(),
+    };
+    let look = Look {
+        pid,
+        ops_port: bridge.ops_port,
+        node,
+        settle,
+    };
+    run.measure(&look, "before".into()).await?;
+    for round in 1..=args.rounds {
+        let accounts = accounts(app, round, args.channels);
+        let started = Instant::now();
+        for (i, (name, account)) in accounts.iter().enumerate() {
+            let answer = crm
+                .command(upsert(&format!("add-{round}-{i}"), name, account))
+                .await?;
+            anyhow::ensure!(answer["state"] == "ok", "adding {name}: {answer}");
+            progress("added", i + 1, args.channels, started);
+        }
+        run.phases
+            .push((format!("adding (round {round})"), started.elapsed()));
+        run.measure(&look, format!("{} added (round {round})", args.channels))
+            .await?;
+        let started = Instant::now();
+        for (i, (name, _)) in accounts.iter().enumerate() {
+            let id = format!("rm-{round}-{i}");
+            let command = json!({"command": "channel.remove", "command_id": id, "channel": name});
+            let answer = crm.command(command).await?;
+            anyhow::ensure!(answer["state"] == "removed", "removing {name}: {answer}");
+            progress("removed", i + 1, args.channels, started);
+        }
+        run.phases
+            .push((format!("removing (round {round})"), started.elapsed()));
+        run.measure(&look, format!("all removed (round {round})"))
+            .await?;
+    }
+    Ok(run)
+}
+
+/// Where and when to look at the process.
+struct Look<'a> {
+    pid: u32,
+    ops_port: u16,
+    node: Option<&'a str>,
+    settle: Duration,
+}
+
+impl ChurnRun {
+    /// Lets the process settle, then looks at it.
+    async fn measure(&mut self, look: &Look<'_>, label: String) -> anyhow::Result<()> {
+        tokio::time::sleep(look.settle).await;
+        let snapshot = probe::snapshot(look.pid, look.ops_port, look.node).await?;
+        eprintln!("churn: {label}: {snapshot}");
+        self.snapshots.push((label, snapshot));
+        Ok(())
+    }
+}
+
+/// `count` new simulator accounts for a round, each a channel of its own
+/// name (`churn<round>x<i>`): every round adds channels the bridge never saw.
+fn accounts(app: &TestApp, round: usize, count: usize) -> Vec<(String, Account)> {
+    (0..count)
         .map(|i| {
-            let account = Account::generate(&format!("churn_{i:04}"));
+            let account = Account::generate(&format!("churn_{round}_{i:04}"));
             app.simulator.add_account(account.clone());
-            (format!("churn{i:04}"), account)
+            (format!("churn{round}x{i:04}"), account)
         })
-        .collect();
-    let started = Instant::now();
-    for (i, (name, account)) in accounts.iter().enumerate() {
-        let answer = crm.command(upsert(&format!("add-{i}"), name, account)).await?;
-        anyhow::ensure!(answer["state"] == "ok", "adding {name}: {answer}");
-        progress("added", i + 1, args.channels, started);
-    }
-    let adding = started.elapsed();
-    tokio::time::sleep(settle).await;
-    let added = probe::snapshot(pid, bridge.ops_port, node).await?;
-    eprintln!("churn: after adding: {added}");
-    let started = Instant::now();
-    for (i, (name, _)) in accounts.iter().enumerate() {
-        let command = json!({"command": "channel.remove", "command_id": format!("rm-{i}"), "channel": name});
-        let answer = crm.command(command).await?;
-        anyhow::ensure!(answer["state"] == "removed", "removing {name}: {answer}");
-        progress("removed", i + 1, args.channels, started);
-    }
-    let removing = started.elapsed();
-    tokio::time::sleep(settle).await;
-    let removed = probe::snapshot(pid, bridge.ops_port, node).await?;
-    eprintln!("churn: after removing: {removed}");
-    Ok(ChurnRun {
-        before,
-        added,
-        removed,
-        adding,
-        removing,
-    })
+        .collect()
 }
 
 fn progress(what: &str, done: usize, total: usize, started: Instant) {
@@ -239,22 +271,38 @@ async fn wait_declared(url: &str, queue: &str) -> anyhow::Result<()> {
 
 fn print_table(args: &ChurnArgs, run: &ChurnRun) {
     println!("## Channels added and removed at run time\n");
+    let phases: Vec<String> = run
+        .phases
+        .iter()
+        .map(|(label, took)| format!("{label} {:.1} s", took.as_secs_f64()))
+        .collect();
     println!(
-        "`{}` as a child process with {} file channel(s) and control on; {} channels added one by one \
-         (`channel.upsert`, each answer awaited: {:.1} s in all), then removed one by one \
-         (`channel.remove`, {:.1} s). Each column measured after {} s of settling.\n",
+        "`{}` as a child process with {} file channel(s) and control on; {} round(s) of {} new \
+         channels added one by one (`channel.upsert`, each answer awaited), then removed one by \
+         one (`channel.remove`). Each column measured after {} s of settling. Took: {}.\n",
         args.xbridge.display(),
         args.file_channels,
+        args.rounds,
         args.channels,
-        run.adding.as_secs_f64(),
-        run.removing.as_secs_f64(),
-        args.settle_seconds
+        args.settle_seconds,
+        phases.join(", ")
     );
-    println!("| | before | {} added | all removed | removed − before |", args.channels);
-    println!("| --- | --- | --- | --- | --- |");
+    let labels: Vec<&str> = run.snapshots.iter().map(|(l, _)| l.as_str()).collect();
+    println!("| | {} | last − before |", labels.join(" | "));
+    println!("|{}", " --- |".repeat(labels.len() + 2));
+    let before = &run.snapshots[0].1;
+    let last = &run.snapshots[run.snapshots.len() - 1].1;
     for (label, value) in probe::ROWS {
-        let (b, a, r) = (value(&run.before), value(&run.added), value(&run.removed));
-        println!("| {label} | {b} | {a} | {r} | {:+} |", r - b);
+        let cells: Vec<String> = run
+            .snapshots
+            .iter()
+            .map(|(_, s)| value(s).to_string())
+            .collect();
+        println!(
+            "| {label} | {} | {:+} |",
+            cells.join(" | "),
+            value(last) - value(before)
+        );
     }
     crate::stats::print_load();
     println!();

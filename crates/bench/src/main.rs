@@ -130,6 +130,9 @@ struct ChurnOpts {
     /// Channels of the configuration file, there throughout.
     #[arg(long, default_value_t = 2)]
     file_channels: usize,
+    /// Rounds of adding and removing, each with new channels.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
     /// Seconds to settle before each measurement.
     #[arg(long, default_value_t = 10)]
     settle_secs: u64,
@@ -230,6 +233,7 @@ impl From<&ChurnOpts> for churn::ChurnArgs {
         churn::ChurnArgs {
             channels: o.channels,
             file_channels: o.file_channels,
+            rounds: o.rounds.max(1),
             settle_seconds: o.settle_secs,
             rabbitmq_node: o.rabbitmq_node.clone(),
             xbridge: o
