@@ -133,6 +133,9 @@ struct ChurnOpts {
     /// Rounds of adding and removing, each with new channels.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Keep the state on PostgreSQL (127.0.0.1:5432 as for the tests) instead of the embedded file.
+    #[arg(long)]
+    postgres: bool,
     /// Seconds to settle before each measurement.
     #[arg(long, default_value_t = 10)]
     settle_secs: u64,
@@ -234,6 +237,7 @@ impl From<&ChurnOpts> for churn::ChurnArgs {
             channels: o.channels,
             file_channels: o.file_channels,
             rounds: o.rounds.max(1),
+            postgres: o.postgres,
             settle_seconds: o.settle_secs,
             rabbitmq_node: o.rabbitmq_node.clone(),
             xbridge: o
