@@ -31,6 +31,9 @@ pub struct ChurnArgs {
     pub rounds: usize,
     /// The state store on PostgreSQL instead of the embedded file.
     pub postgres: bool,
+    /// Every round adds the first round's names again (new credentials),
+    /// rather than channels the bridge never saw.
+    pub same_names: bool,
     /// Seconds to let the process settle before each measurement.
     pub settle_seconds: u64,
     /// The node `rabbitmqctl` asks (`-n`), when not the default one.
@@ -131,7 +134,8 @@ async fn churn(
     };
     run.measure(&look, "before".into()).await?;
     for round in 1..=args.rounds {
-        let accounts = accounts(app, round, args.channels);
+        let names_of = if args.same_names { 1 } else { round };
+        let accounts = accounts(app, names_of, args.channels);
         let started = Instant::now();
         for (i, (name, account)) in accounts.iter().enumerate() {
             let answer = crm
@@ -300,7 +304,7 @@ fn print_table(args: &ChurnArgs, run: &ChurnRun) {
         .map(|(label, took)| format!("{label} {:.1} s", took.as_secs_f64()))
         .collect();
     println!(
-        "`{}` as a child process with {} file channel(s), control on and the state store {}; {} round(s) of {} new \
+        "`{}` as a child process with {} file channel(s), control on and the state store {}; {} round(s) of {} {} \
          channels added one by one (`channel.upsert`, each answer awaited), then removed one by \
          one (`channel.remove`). Each column measured after {} s of settling. Took: {}.\n",
         args.xbridge.display(),
@@ -312,6 +316,11 @@ fn print_table(args: &ChurnArgs, run: &ChurnRun) {
         },
         args.rounds,
         args.channels,
+        if args.same_names {
+            "(the same names each round)"
+        } else {
+            "new"
+        },
         args.settle_seconds,
         phases.join(", ")
     );

@@ -136,6 +136,9 @@ struct ChurnOpts {
     /// Keep the state on PostgreSQL (127.0.0.1:5432 as for the tests) instead of the embedded file.
     #[arg(long)]
     postgres: bool,
+    /// Every round adds the same channel names again (default: new names each round).
+    #[arg(long)]
+    same_names: bool,
     /// Seconds to settle before each measurement.
     #[arg(long, default_value_t = 10)]
     settle_secs: u64,
@@ -238,6 +241,7 @@ impl From<&ChurnOpts> for churn::ChurnArgs {
             file_channels: o.file_channels,
             rounds: o.rounds.max(1),
             postgres: o.postgres,
+            same_names: o.same_names,
             settle_seconds: o.settle_secs,
             rabbitmq_node: o.rabbitmq_node.clone(),
             xbridge: o
