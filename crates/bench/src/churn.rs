@@ -137,31 +137,53 @@ async fn churn(
         let names_of = if args.same_names { 1 } else { round };
         let accounts = accounts(app, names_of, args.channels);
         let started = Instant::now();
-        for (i, (name, account)) in accounts.iter().enumerate() {
-            let answer = crm
-                .command(upsert(&format!("add-{round}-{i}"), name, account))
-                .await?;
-            anyhow::ensure!(answer["state"] == "ok", "adding {name}: {answer}");
-            progress("added", i + 1, args.channels, started);
-        }
+        add_all(&mut crm, round, &accounts).await?;
         run.phases
             .push((format!("adding (round {round})"), started.elapsed()));
         run.measure(&look, format!("{} added (round {round})", args.channels))
             .await?;
         let started = Instant::now();
-        for (i, (name, _)) in accounts.iter().enumerate() {
-            let id = format!("rm-{round}-{i}");
-            let command = json!({"command": "channel.remove", "command_id": id, "channel": name});
-            let answer = crm.command(command).await?;
-            anyhow::ensure!(answer["state"] == "removed", "removing {name}: {answer}");
-            progress("removed", i + 1, args.channels, started);
-        }
+        remove_all(&mut crm, round, &accounts).await?;
         run.phases
             .push((format!("removing (round {round})"), started.elapsed()));
         run.measure(&look, format!("all removed (round {round})"))
             .await?;
     }
     Ok(run)
+}
+
+/// Adds every channel of `accounts`, one command at a time.
+async fn add_all(
+    crm: &mut Crm,
+    round: usize,
+    accounts: &[(String, Account)],
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    for (i, (name, account)) in accounts.iter().enumerate() {
+        let answer = crm
+            .command(upsert(&format!("add-{round}-{i}"), name, account))
+            .await?;
+        anyhow::ensure!(answer["state"] == "ok", "adding {name}: {answer}");
+        progress("added", i + 1, accounts.len(), started);
+    }
+    Ok(())
+}
+
+/// Removes every channel of `accounts`, one command at a time.
+async fn remove_all(
+    crm: &mut Crm,
+    round: usize,
+    accounts: &[(String, Account)],
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    for (i, (name, _)) in accounts.iter().enumerate() {
+        let id = format!("rm-{round}-{i}");
+        let command = json!({"command": "channel.remove", "command_id": id, "channel": name});
+        let answer = crm.command(command).await?;
+        anyhow::ensure!(answer["state"] == "removed", "removing {name}: {answer}");
+        progress("removed", i + 1, accounts.len(), started);
+    }
+    Ok(())
 }
 
 /// Where and when to look at the process.
