@@ -42,14 +42,22 @@ impl ChildBridge {
     /// Starts `xbridge run` with `app`'s configuration (written as `file` in
     /// the world's directory) and the ops server on a free loopback port.
     pub(crate) fn spawn(xbridge: &Path, app: &TestApp, file: &str) -> anyhow::Result<ChildBridge> {
+        ChildBridge::spawn_with(xbridge, app, file, &app.config_toml())
+    }
+
+    /// [`ChildBridge::spawn`] with a configuration of the caller's (`app`'s,
+    /// with more in it), the ops server added.
+    pub(crate) fn spawn_with(
+        xbridge: &Path,
+        app: &TestApp,
+        file: &str,
+        toml: &str,
+    ) -> anyhow::Result<ChildBridge> {
         let ops_port = free_port()?;
         let config = app.dir.path().join(file);
         std::fs::write(
             &config,
-            format!(
-                "{}\n[telemetry]\nlisten = \"127.0.0.1:{ops_port}\"\n",
-                app.config_toml()
-            ),
+            format!("{toml}\n[telemetry]\nlisten = \"127.0.0.1:{ops_port}\"\n"),
         )?;
         let child = Command::new(xbridge)
             .arg("run")

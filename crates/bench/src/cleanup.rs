@@ -7,13 +7,18 @@ use xbridge_test_support::amqp_url;
 
 /// Deletes the queues and exchanges named `<prefix>.…`.
 pub async fn run(prefix: &str) -> anyhow::Result<()> {
+    run_on(prefix, None).await
+}
+
+/// [`run`] with `rabbitmqctl` asking `node` (`-n`), when not the default one.
+pub async fn run_on(prefix: &str, node: Option<&str>) -> anyhow::Result<()> {
     anyhow::ensure!(
         prefix.starts_with("t-") || prefix.starts_with("bench-"),
         "only the benchmark's own prefixes (t-…, bench-…) are deleted"
     );
     let wanted = format!("{prefix}.");
-    let queues = listed("list_queues", &wanted)?;
-    let exchanges = listed("list_exchanges", &wanted)?;
+    let queues = listed("list_queues", &wanted, node)?;
+    let exchanges = listed("list_exchanges", &wanted, node)?;
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     for queue in &queues {
@@ -35,8 +40,12 @@ pub async fn run(prefix: &str) -> anyhow::Result<()> {
 }
 
 /// Names `rabbitmqctl <command> name` lists that start with `wanted`.
-fn listed(command: &str, wanted: &str) -> anyhow::Result<Vec<String>> {
-    let output = std::process::Command::new("rabbitmqctl")
+fn listed(command: &str, wanted: &str, node: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let mut rabbitmqctl = std::process::Command::new("rabbitmqctl");
+    if let Some(node) = node {
+        rabbitmqctl.args(["-n", node]);
+    }
+    let output = rabbitmqctl
         .args([command, "name", "--quiet", "--no-table-headers"])
         .output()?;
     anyhow::ensure!(output.status.success(), "rabbitmqctl {command} failed");

@@ -10,18 +10,22 @@
 //! |---|---|
 //! | `outbound.rs`, `inbound.rs`, `scale.rs`, `replicas.rs`, `economy.rs` | one measurement each: setup, measure, print its table |
 //! | `harness.rs` | a world from the test harness, the bridge in process, a confirming publisher, queue readers, the open-loop schedule |
+//! | `churn.rs` | channels added and removed at run time by control commands: what the process holds before and after |
 //! | `child.rs` | the `xbridge` binary as a child process: started with an ops port, ready, stopped |
+//! | `probe.rs` | what a running process holds: memory, threads, files, tasks, AMQP channels, metric series |
 //! | `stats.rs` | percentiles and the formatting of table cells |
 //! | `cleanup.rs` | deleting what an interrupted run left on the broker |
 
 #![warn(missing_docs)]
 
 mod child;
+mod churn;
 mod cleanup;
 mod economy;
 mod harness;
 mod inbound;
 mod outbound;
+mod probe;
 mod replicas;
 mod scale;
 mod stats;
@@ -49,6 +53,9 @@ enum Command {
     Inbound(InboundOpts),
     /// RSS and idle CPU of `xbridge run` with many channels.
     Scale(ScaleOpts),
+    /// Channels added one by one at run time by the CRM's commands, then
+    /// removed: what the `xbridge run` process holds before, between and after.
+    Churn(ChurnOpts),
     /// Requests per sent DM under a rate limit; billed events per polled event.
     Economy(EconomyOpts),
     /// Reply throughput of 1, 2 and 4 `xbridge run` processes sharing one
@@ -111,6 +118,33 @@ struct ScaleOpts {
     /// Seconds to settle after readiness.
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
+    #[command(flatten)]
+    binary: ScaleBinary,
+}
+
+#[derive(Debug, Args)]
+struct ChurnOpts {
+    /// Channels added, then removed.
+    #[arg(long, default_value_t = 1000)]
+    channels: usize,
+    /// Channels of the configuration file, there throughout.
+    #[arg(long, default_value_t = 2)]
+    file_channels: usize,
+    /// Rounds of adding and removing, each with new channels.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Keep the state on PostgreSQL (127.0.0.1:5432 as for the tests) instead of the embedded file.
+    #[arg(long)]
+    postgres: bool,
+    /// Every round adds the same channel names again (default: new names each round).
+    #[arg(long)]
+    same_names: bool,
+    /// Seconds to settle before each measurement.
+    #[arg(long, default_value_t = 10)]
+    settle_secs: u64,
+    /// The RabbitMQ node `rabbitmqctl -n` asks (a node of the benchmark's own).
+    #[arg(long)]
+    rabbitmq_node: Option<String>,
     #[command(flatten)]
     binary: ScaleBinary,
 }
@@ -200,6 +234,25 @@ impl From<&ScaleOpts> for scale::ScaleArgs {
     }
 }
 
+impl From<&ChurnOpts> for churn::ChurnArgs {
+    fn from(o: &ChurnOpts) -> Self {
+        churn::ChurnArgs {
+            channels: o.channels,
+            file_channels: o.file_channels,
+            rounds: o.rounds.max(1),
+            postgres: o.postgres,
+            same_names: o.same_names,
+            settle_seconds: o.settle_secs,
+            rabbitmq_node: o.rabbitmq_node.clone(),
+            xbridge: o
+                .binary
+                .xbridge
+                .clone()
+                .unwrap_or_else(child::default_xbridge),
+        }
+    }
+}
+
 impl From<&ReplicasOpts> for replicas::ReplicasArgs {
     fn from(o: &ReplicasOpts) -> Self {
         replicas::ReplicasArgs {
@@ -251,6 +304,7 @@ async fn main() -> std::process::ExitCode {
         Command::Outbound(o) => outbound::run(&o.into()).await,
         Command::Inbound(o) => inbound::run(&o.into()).await,
         Command::Scale(o) => scale::run(&o.into()).await,
+        Command::Churn(o) => churn::run(&o.into()).await,
         Command::Economy(o) => economy::run(&o.into()).await,
         Command::Replicas(o) => replicas::run(&o.into()).await,
         Command::All(binary) => all(binary).await,

@@ -159,7 +159,7 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// A `Name:   <number> ...` line of `/proc/<pid>/status`.
-fn status_field(status: &str, name: &str) -> anyhow::Result<u64> {
+pub(crate) fn status_field(status: &str, name: &str) -> anyhow::Result<u64> {
     status
         .lines()
         .find_map(|line| line.strip_prefix(name))

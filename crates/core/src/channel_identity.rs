@@ -82,22 +82,49 @@ pub struct ChannelIdentities {
     /// In configuration order, which breaks ties when routing.
     entries: RwLock<Vec<Entry>>,
     /// Each App (by consumer key) and its id, kept so a channel added at run time
-    /// joins the App of the channels it shares a consumer key with.
-    apps: RwLock<HashMap<String, AppId>>,
+    /// joins the App of the channels it shares a consumer key with. Locked after
+    /// `entries`, never before.
+    apps: RwLock<Apps>,
+}
+
+/// The Apps of the channels served now. An App no channel uses any more is
+/// forgotten (its consumer key is a credential, and a thousand channels added
+/// and removed would leave a thousand keys); ids are never reused, so an id held
+/// elsewhere cannot come to name another App.
+#[derive(Default)]
+struct Apps {
+    ids: HashMap<String, AppId>,
+    next: usize,
+}
+
+impl Apps {
+    /// The id of the App of `consumer_key`, a new one for a key not seen.
+    fn id(&mut self, consumer_key: &str) -> AppId {
+        if let Some(id) = self.ids.get(consumer_key) {
+            return *id;
+        }
+        let id = AppId(self.next);
+        self.next += 1;
+        self.ids.insert(consumer_key.to_owned(), id);
+        id
+    }
+
+    /// Forgets the Apps none of `entries` belongs to.
+    fn keep_used(&mut self, entries: &[Entry]) {
+        self.ids
+            .retain(|_, id| entries.iter().any(|e| e.channel.app == *id));
+    }
 }
 
 impl ChannelIdentities {
     /// The channels of `accounts`: a configured id is known from the start, others
     /// are pending until [`ChannelIdentities::learn`].
     pub fn new<'a>(accounts: impl IntoIterator<Item = ChannelAccount<'a>>) -> ChannelIdentities {
-        let mut apps: HashMap<String, AppId> = HashMap::new();
+        let mut apps = Apps::default();
         let entries = accounts
             .into_iter()
             .map(|account| {
-                let next = AppId(apps.len());
-                let app = *apps
-                    .entry(account.consumer_key.expose_secret().to_owned())
-                    .or_insert(next);
+                let app = apps.id(account.consumer_key.expose_secret());
                 // Taken as configured: the configuration checks its form when loaded.
                 let configured = account.user_id.map(UserId::from);
                 Entry {
@@ -123,13 +150,9 @@ impl ChannelIdentities {
     /// old account is dropped, since the new token may belong to another one.
     /// An entry whose App and configured id are the same is kept as it is.
     pub fn upsert(&self, account: ChannelAccount<'_>) {
-        let app = {
-            let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
-            let next = AppId(apps.len());
-            *apps
-                .entry(account.consumer_key.expose_secret().to_owned())
-                .or_insert(next)
-        };
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
+        let app = apps.id(account.consumer_key.expose_secret());
         let configured = account.user_id.map(UserId::from);
         let entry = Entry {
             channel: ChannelIdentity {
@@ -141,20 +164,24 @@ impl ChannelIdentities {
             },
             configured,
         };
-        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         match entries.iter_mut().find(|e| e.channel.name == account.name) {
             Some(old) if old.channel.app == app && old.configured == entry.configured => {}
             Some(old) => *old = entry,
             None => entries.push(entry),
         }
+        // The channel may have left an App (new credentials of another App).
+        apps.keep_used(&entries);
     }
 
-    /// Forgets `channel` (removed at run time): its DMs are no longer routed.
+    /// Forgets `channel` (removed at run time): its DMs are no longer routed,
+    /// and its App is forgotten when no other channel belongs to it.
     pub fn remove(&self, channel: &str) {
-        self.entries
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|e| e.channel.name != channel);
+        self.apps
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|e| e.channel.name != channel);
+            .keep_used(&entries);
     }
 
     /// The channels of a configuration.
@@ -252,6 +279,38 @@ mod tests {
                 user_id: None,
             },
         ])
+    }
+
+    fn app_of(identities: &ChannelIdentities, channel: &str) -> AppId {
+        let all = identities.snapshot();
+        all.iter().find(|c| c.name == channel).expect("served").app
+    }
+
+    #[test]
+    fn an_app_no_channel_uses_is_forgotten_and_its_id_never_reused() {
+        let identities = identities();
+        let k3 = key("app-three");
+        let gamma = || ChannelAccount {
+            name: "gamma",
+            consumer_key: &k3,
+            user_id: None,
+        };
+        identities.upsert(gamma());
+        let first = app_of(&identities, "gamma");
+        let known = |ids: &ChannelIdentities| ids.apps.read().unwrap().ids.len();
+        assert_eq!(known(&identities), 3);
+
+        identities.remove("gamma");
+        identities.remove("other");
+        assert_eq!(
+            known(&identities),
+            1,
+            "only the App of alpha and beta is left"
+        );
+        identities.upsert(gamma());
+        assert_ne!(app_of(&identities, "gamma"), first);
+        assert_ne!(app_of(&identities, "gamma"), app_of(&identities, "alpha"));
+        assert_eq!(app_of(&identities, "alpha"), app_of(&identities, "beta"));
     }
 
     #[test]

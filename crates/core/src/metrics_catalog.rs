@@ -169,6 +169,11 @@ pub const METRICS: &[Metric] = &[
         &[],
         "Writes to the state store that failed (a full disk, PostgreSQL unreachable, ...).",
     ),
+    gauge(
+        "xbridge_runtime_alive_tasks",
+        &[],
+        "Tasks alive in the bridge's async runtime when /metrics was rendered (tokio's num_alive_tasks); flat over time with a steady set of channels, so growth after channels are removed is a leak.",
+    ),
     // X's API.
     counter(
         "xbridge_x_requests_total",

@@ -10,7 +10,15 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use xbridge_core::contract::{ChannelStateEvent, ChannelStatus};
+use chrono::Utc;
+use xbridge_core::contract::{ChannelState, ChannelStateEvent, ChannelStatus};
+
+/// How long a channel's `removed` is remembered once told: long enough that a
+/// change of it still queued behind the removal (older) is known to be stale,
+/// not for the process's life, which would keep every name the CRM ever
+/// removed. A channel gone from the states is not told again either way, and
+/// one added back starts with a newer status.
+const REMOVED_REMEMBERED: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 
 /// What the CRM was last told of each channel, kept across sessions.
 #[derive(Debug, Default)]
@@ -42,19 +50,19 @@ impl PublishedStates {
             .is_some_and(|told| *told == event.status || told.since >= event.status.since)
     }
 
-    /// Records that the CRM's broker confirmed `event`.
+    /// Records that the CRM's broker confirmed `event`, and forgets channels
+    /// told `removed` more than [`REMOVED_REMEMBERED`] ago.
     pub fn record(&self, event: &ChannelStateEvent) {
-        self.told
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(event.channel.clone(), event.status.clone());
+        let mut told = self.told.lock().unwrap_or_else(|e| e.into_inner());
+        told.insert(event.channel.clone(), event.status.clone());
+        let cutoff = Utc::now() - REMOVED_REMEMBERED;
+        told.retain(|_, status| status.state != ChannelState::Removed || status.since > cutoff);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use xbridge_core::channel_state::ChannelStates;
-    use xbridge_core::contract::ChannelState;
 
     use super::*;
 
@@ -81,6 +89,21 @@ mod tests {
         states.set("beta", ChannelState::CreditsExhausted, None, None);
         let next = published.untold(&states.snapshot());
         assert_eq!(names(&next), [("beta", ChannelState::CreditsExhausted)]);
+    }
+
+    #[test]
+    fn a_channel_told_removed_long_ago_is_forgotten() {
+        let states = ChannelStates::new(["acme", "gone"]);
+        let published = PublishedStates::default();
+        let mut removed = published.untold(&states.snapshot()).remove(1);
+        removed.status.state = ChannelState::Removed;
+        published.record(&removed);
+        assert!(published.already_told(&removed), "remembered at first");
+
+        removed.status.since -= REMOVED_REMEMBERED + chrono::TimeDelta::seconds(1);
+        published.record(&removed);
+        let told = published.told.lock().unwrap();
+        assert_eq!(told.keys().collect::<Vec<_>>(), Vec::<&String>::new());
     }
 
     #[test]

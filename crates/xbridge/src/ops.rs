@@ -319,13 +319,74 @@ async fn track_side(
 }
 
 async fn render(State(state): State<OpsState>) -> impl IntoResponse {
+    record_runtime();
+    let served = state.registry.live.current();
     (
         [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        served_only(&state.metrics.render(), |name| served.contains_key(name)),
     )
+}
+
+/// The rendered metrics without the series of channels no longer served.
+///
+/// The `metrics` recorder cannot forget a series, and a channel removed at run
+/// time would otherwise be exported for the rest of the process's life (its
+/// nine `xbridge_channel_state` series, its counters): every channel the CRM
+/// ever added would count against Prometheus' cardinality, and `state="removed"`
+/// would stay 1. What stays in the recorder is a few hundred bytes a name; a
+/// channel added back under its name shows its counters again, still monotonic.
+/// `channel="unknown"` (replies and media for no served channel) is kept.
+fn served_only(rendered: &str, served: impl Fn(&str) -> bool) -> String {
+    let mut kept = String::with_capacity(rendered.len());
+    for line in rendered.split_inclusive('\n') {
+        let channel = line
+            .split_once("channel=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(name, _)| name);
+        // Channel names hold no quote or backslash, so the value ends at the next quote.
+        let gone = channel.is_some_and(|name| name != "unknown" && !served(name));
+        if line.starts_with('#') || !gone {
+            kept.push_str(line);
+        }
+    }
+    kept
+}
+
+/// Samples the runtime at each scrape: counting tasks costs one atomic load,
+/// and a sample taken only when someone looks needs no task of its own.
+fn record_runtime() {
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    metrics::gauge!("xbridge_runtime_alive_tasks").set(alive as f64);
 }
 
 /// Binds the operations address early, so a port in use fails at startup.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     xbridge_core::server::bind(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::served_only;
+
+    #[test]
+    fn series_of_channels_no_longer_served_are_left_out() {
+        let rendered = "# HELP xbridge_channel_state state\n\
+# TYPE xbridge_channel_state gauge\n\
+xbridge_channel_state{channel=\"acme\",state=\"ok\"} 1\n\
+xbridge_channel_state{channel=\"gone\",state=\"removed\"} 1\n\
+xbridge_dms_failed_total{channel=\"unknown\",reason=\"unknown_channel\"} 2\n\
+xbridge_dms_sent_total{channel=\"gone\"} 7\n\
+xbridge_state_store_writable 1\n";
+        let kept = served_only(rendered, |name| name == "acme");
+        assert_eq!(
+            kept,
+            "# HELP xbridge_channel_state state\n\
+# TYPE xbridge_channel_state gauge\n\
+xbridge_channel_state{channel=\"acme\",state=\"ok\"} 1\n\
+xbridge_dms_failed_total{channel=\"unknown\",reason=\"unknown_channel\"} 2\n\
+xbridge_state_store_writable 1\n"
+        );
+    }
 }
