@@ -25,13 +25,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use xbridge_amqp::{SessionLog, Supervisor};
+use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
 use xbridge_core::live_channels::LiveChannels;
 use xbridge_store::{CredentialsKey, SealError, StateStore, StoreError};
 use xbridge_x_api::XClientConfig;
 
-pub use session::SessionError;
+pub use session::{dead_letter_name, SessionError};
 
 use apply::Applier;
 use registry::Registry;
@@ -78,6 +79,7 @@ impl Control {
         store: Arc<dyn StateStore>,
         live: Arc<LiveChannels>,
         states: Arc<ChannelStates>,
+        identities: Arc<ChannelIdentities>,
     ) -> Result<Option<Control>, SealError> {
         if !settings.amqp.control.enabled() {
             return Ok(None);
@@ -88,6 +90,8 @@ impl Control {
             control: settings.amqp.control.clone(),
             x: XClientConfig::from(&settings.x),
             states,
+            identities,
+            max_channels: settings.amqp.max_channels,
         });
         let supervisor = Supervisor::new(
             settings.amqp.url.clone(),

@@ -164,6 +164,7 @@ impl Bridge {
             store.clone(),
             live.clone(),
             states.clone(),
+            identities.clone(),
         )?;
         let (outbound, inbound) = sides(
             settings,
