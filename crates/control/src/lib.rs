@@ -65,6 +65,42 @@ pub async fn load_crm_channels(
     Ok(())
 }
 
+/// The CRM's channels in the store, read again on demand: a reload that removes
+/// a file channel serves the CRM's record of that name again, if the store has one.
+#[derive(Clone)]
+pub struct StoredChannels {
+    registry: Arc<Registry>,
+}
+
+impl StoredChannels {
+    /// The store's CRM channels for `live`, or `None` without
+    /// `state.credentials_key` (nothing stored can be opened).
+    pub fn new(
+        settings: &Settings,
+        store: Arc<dyn StateStore>,
+        live: Arc<LiveChannels>,
+    ) -> Result<Option<StoredChannels>, SealError> {
+        if settings.state.credentials_key.is_none() {
+            return Ok(None);
+        }
+        let key = Arc::new(settings.state.credentials_key()?);
+        Ok(Some(StoredChannels {
+            registry: Arc::new(Registry::new(store, key, live)),
+        }))
+    }
+
+    /// Reads `names` again from the store and serves what it holds for them.
+    /// One that cannot be read now is logged; the control consumer reads every
+    /// CRM channel again each minute.
+    pub async fn reread(&self, names: &[String]) {
+        for name in names {
+            if let Err(error) = self.registry.refresh(name).await {
+                tracing::warn!(channel = %name, %error, "cannot read the CRM's channel of this name from the store; it is read again within a minute");
+            }
+        }
+    }
+}
+
 /// The control consumer of one bridge.
 pub struct Control {
     supervisor: Supervisor,

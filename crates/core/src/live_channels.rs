@@ -234,17 +234,31 @@ impl LiveChannels {
         &self,
         file: &[ChannelSettings],
     ) -> Result<Vec<Delta>, Vec<String>> {
-        self.edit(|map| {
+        self.try_replace_file_channels_if(file, |map| {
             let taken: Vec<String> = file
                 .iter()
                 .filter(|c| map.get(&c.name).is_some_and(|c| c.origin == Origin::Crm))
                 .map(|c| c.name.clone())
                 .collect();
             if taken.is_empty() {
-                Ok(replace_file_channels(map, file))
+                Ok(())
             } else {
                 Err(taken)
             }
+        })
+    }
+
+    /// [`LiveChannels::replace_file_channels`] when `check` of the map served
+    /// now passes, else nothing changes and `check`'s error is returned:
+    /// checked and applied as one step, so no command changes the map between.
+    pub fn try_replace_file_channels_if<E>(
+        &self,
+        file: &[ChannelSettings],
+        check: impl FnOnce(&BTreeMap<String, LiveChannel>) -> Result<(), E>,
+    ) -> Result<Vec<Delta>, E> {
+        self.edit(|map| {
+            check(map)?;
+            Ok(replace_file_channels(map, file))
         })
     }
 }
