@@ -313,7 +313,9 @@ impl Applier {
     fn current(&self, command: &ControlCommand) -> Box<CommandAnswer> {
         let name = command.command.channel();
         match self.states.get(name) {
-            Some(status) if !matches!(status.state, ChannelState::Paused | ChannelState::Removed) => {
+            Some(status)
+                if !matches!(status.state, ChannelState::Paused | ChannelState::Removed) =>
+            {
                 let mut answer = answer(command, status.state, status.detail, None);
                 answer.state.status.since = status.since;
                 answer.state.status.until = status.until;
@@ -369,7 +371,10 @@ impl Applier {
 /// would route one account's DMs as another's.
 fn contradicted(check: &AccountCheck, settings: &ChannelSettings) -> Option<String> {
     let actual = check.account.as_ref()?;
-    let configured = settings.user_id.as_ref().filter(|c| **c != actual.user_id)?;
+    let configured = settings
+        .user_id
+        .as_ref()
+        .filter(|c| **c != actual.user_id)?;
     Some(format!(
         "user_id is {configured}, but the access token belongs to {} (@{}): fix user_id or the credentials; nothing was stored",
         actual.user_id, actual.username

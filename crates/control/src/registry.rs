@@ -83,7 +83,11 @@ impl Registry {
         match entry {
             ChannelEntry::Removed(tombstone) => {
                 if self.live.remove_crm(name, tombstone.revision) {
-                    tracing::info!(channel = name, revision = tombstone.revision, "CRM channel removed");
+                    tracing::info!(
+                        channel = name,
+                        revision = tombstone.revision,
+                        "CRM channel removed"
+                    );
                 }
                 CrmUpsert::Kept
             }
@@ -107,8 +111,12 @@ impl Registry {
         };
         let outcome = self.live.upsert_crm(channel);
         match outcome {
-            CrmUpsert::Served => tracing::info!(channel = %record.name, revision = record.revision, paused = record.paused, "CRM channel served"),
-            CrmUpsert::FileHolds => tracing::warn!(channel = %record.name, "the config file has a channel of the same name as a CRM channel in the store; the file's is served"),
+            CrmUpsert::Served => {
+                tracing::info!(channel = %record.name, revision = record.revision, paused = record.paused, "CRM channel served")
+            }
+            CrmUpsert::FileHolds => {
+                tracing::warn!(channel = %record.name, "the config file has a channel of the same name as a CRM channel in the store; the file's is served")
+            }
             CrmUpsert::Kept => {}
         }
         outcome

@@ -53,7 +53,9 @@ pub enum ReloadError {
     /// The file's channels and the CRM's together are more than
     /// `amqp.max_channels` (of the running configuration: `[amqp]` waits for a
     /// restart).
-    #[error("the file's {file} channels and the CRM's {crm} are more than amqp.max_channels ({max})")]
+    #[error(
+        "the file's {file} channels and the CRM's {crm} are more than amqp.max_channels ({max})"
+    )]
     TooManyChannels {
         /// The file's channels.
         file: usize,
@@ -287,7 +289,10 @@ fn against_crm(
     file: &[ChannelSettings],
     max: usize,
 ) -> Result<(), ReloadError> {
-    let crm: Vec<&LiveChannel> = served.values().filter(|c| c.origin == Origin::Crm).collect();
+    let crm: Vec<&LiveChannel> = served
+        .values()
+        .filter(|c| c.origin == Origin::Crm)
+        .collect();
     let named: Vec<String> = file
         .iter()
         .filter(|f| crm.iter().any(|c| c.name() == f.name))

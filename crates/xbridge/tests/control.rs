@@ -593,7 +593,10 @@ async fn an_upsert_x_contradicts_for_a_served_account_or_past_the_limit_is_refus
     assert_eq!(refused["reason"], "conflict", "{refused}");
     assert!(refused["detail"].as_str().unwrap().contains("acme"));
     assert_no_secret(&refused.to_string(), &acme);
-    assert!(bridge.live.get("twin").is_none(), "one account, one channel");
+    assert!(
+        bridge.live.get("twin").is_none(),
+        "one account, one channel"
+    );
 
     commands.send(&upsert("cmd-newco", "newco", &account)).await;
     assert_eq!(answer(&mut crm, "cmd-newco").await.body["state"], "ok");
@@ -616,7 +619,8 @@ async fn a_crm_channel_x_contradicts_at_start_is_left_out_and_the_others_run() {
     let account = new_account(&app, "newco_support");
     // X refuses the account's token for now: the check cannot tell whose it is,
     // and the channel is stored (`unauthorized`).
-    app.simulator.set_fault(&account.user_id, Fault::Unauthorized);
+    app.simulator
+        .set_fault(&account.user_id, Fault::Unauthorized);
     let mut wrong_id = upsert("cmd-unchecked", "newco", &account);
     wrong_id["user_id"] = json!("1234567");
     commands.send(&wrong_id).await;
@@ -690,7 +694,10 @@ async fn a_crm_channel_a_file_channel_hid_is_served_again_when_a_reload_removes_
 }
 
 /// The store's CRM channels of the test's bridge, for a reloader.
-async fn stored_channels(app: &TestApp, live: &Arc<LiveChannels>) -> xbridge_control::StoredChannels {
+async fn stored_channels(
+    app: &TestApp,
+    live: &Arc<LiveChannels>,
+) -> xbridge_control::StoredChannels {
     let settings = settings(app);
     let store = xbridge::app::open_store(&settings.state).await.unwrap();
     xbridge_control::StoredChannels::new(&settings, store, live.clone())
@@ -706,7 +713,9 @@ async fn answers_say_what_the_bridge_serves_not_what_the_command_said() {
     let mut crm = app.crm().await;
     let commands = Commands::connect(&app).await;
     let account = new_account(&app, "newco_support");
-    commands.send(&upsert("cmd-real-1", "newco", &account)).await;
+    commands
+        .send(&upsert("cmd-real-1", "newco", &account))
+        .await;
     assert_eq!(answer(&mut crm, "cmd-real-1").await.body["state"], "ok");
 
     // The same command id with another token: the stored channel is answered.
@@ -718,7 +727,8 @@ async fn answers_say_what_the_bridge_serves_not_what_the_command_said() {
     assert_eq!(bridge.live.get("newco").unwrap().revision, 1);
 
     // A check that confirms the state keeps its since.
-    let check = |id: &str| json!({"command": "channel.check", "command_id": id, "channel": "newco"});
+    let check =
+        |id: &str| json!({"command": "channel.check", "command_id": id, "channel": "newco"});
     commands.send(&check("cmd-real-2")).await;
     let first = answer(&mut crm, "cmd-real-2").await.body;
     commands.send(&check("cmd-real-3")).await;
@@ -728,9 +738,14 @@ async fn answers_say_what_the_bridge_serves_not_what_the_command_said() {
     let pause = json!({"command": "channel.pause", "command_id": "cmd-real-4", "channel": "newco"});
     commands.send(&pause).await;
     assert_eq!(answer(&mut crm, "cmd-real-4").await.body["state"], "paused");
-    commands.send(&upsert("cmd-real-5", "newco", &account)).await;
+    commands
+        .send(&upsert("cmd-real-5", "newco", &account))
+        .await;
     let updated = answer(&mut crm, "cmd-real-5").await.body;
-    assert_eq!(updated["state"], "paused", "a paused channel stays paused: {updated}");
+    assert_eq!(
+        updated["state"], "paused",
+        "a paused channel stays paused: {updated}"
+    );
     bridge.stop().await;
     cleanup(&app).await;
 }
@@ -754,7 +769,9 @@ async fn a_standby_replica_that_cannot_read_a_notice_reads_it_again() {
     let account = new_account(&app, "newco_support");
 
     store.refuse(Refuse::Everything);
-    commands.send(&upsert("cmd-standby-1", "newco", &account)).await;
+    commands
+        .send(&upsert("cmd-standby-1", "newco", &account))
+        .await;
     assert_eq!(answer(&mut crm, "cmd-standby-1").await.body["state"], "ok");
     active.wait_served("newco", true).await;
     store.wait_for_refusals(1).await;
@@ -784,7 +801,9 @@ async fn a_command_held_past_store_wait_is_refused_unavailable_and_not_applied()
     let account = new_account(&app, "newco_support");
 
     store.refuse(Refuse::Writes);
-    commands.send(&upsert("cmd-wait-1", "newco", &account)).await;
+    commands
+        .send(&upsert("cmd-wait-1", "newco", &account))
+        .await;
     let refused = refusal(&mut crm).await;
     assert_eq!(refused["reason"], "unavailable", "{refused}");
     assert_eq!(refused["command_id"], "cmd-wait-1");
