@@ -14,7 +14,7 @@ use xbridge_core::contract::control::{
     ChannelCommand, CommandAnswer, CommandRefused, ControlCommand, RefusalReason,
 };
 use xbridge_core::contract::{ChannelState, ChannelStateEvent, ChannelStatus};
-use xbridge_core::live_channels::Origin;
+use xbridge_core::live_channels::{LiveChannel, Origin};
 use xbridge_store::{ChannelEntry, ChannelRecord};
 use xbridge_x_api::XClientConfig;
 
@@ -292,19 +292,31 @@ impl Applier {
 
     /// Another channel on the same X App (`consumer_key`) holding another
     /// `consumer_secret`: one App has one secret, which signs its webhook deliveries, so
-    /// one of the two is wrong. Names the channel, never a credential.
+    /// one of the two is wrong. Names the channels and how to rotate the secret, never
+    /// a credential.
     fn other_app_secret(&self, settings: &ChannelSettings) -> Option<String> {
         let key = settings.consumer_key.expose_secret();
         let secret = settings.consumer_secret.expose_secret();
         let served = self.registry.live().current();
-        let other = served.values().find(|c| {
-            c.name() != settings.name
-                && c.settings.consumer_key.expose_secret() == key
-                && c.settings.consumer_secret.expose_secret() != secret
-        })?;
+        let others: Vec<&LiveChannel> = served
+            .values()
+            .filter(|c| {
+                c.name() != settings.name
+                    && c.settings.consumer_key.expose_secret() == key
+                    && c.settings.consumer_secret.expose_secret() != secret
+            })
+            .collect();
+        let first = others.first()?;
+        let names: Vec<&str> = others.iter().map(|c| c.name()).collect();
+        let how = if others.iter().any(|c| c.origin == Origin::File) {
+            "change it in the config file and reload, then send this upsert again"
+        } else {
+            "to rotate the App's secret, send channel.remove for those channels, this upsert, then channel.upsert for each of them with the new secret (their replies wait in their queues meanwhile)"
+        };
         Some(format!(
-            "consumer_key is the X App of channel {}, which holds another consumer_secret for it; one App has one secret",
-            other.name()
+            "consumer_key is the X App of channel {}, which holds another consumer_secret for it (the App's channels with it: {}); one App has one secret: {how}",
+            first.name(),
+            names.join(", ")
         ))
     }
 

@@ -32,6 +32,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use secrecy::ExposeSecret as _;
+
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
@@ -64,10 +66,12 @@ pub enum ReloadError {
         /// The bound.
         max: usize,
     },
-    /// Channels of the file name (`user_id`) an X account a CRM channel serves:
-    /// one account has one channel. Each sentence names both channels.
+    /// Channels of the file name (`user_id`) an X account a CRM channel serves
+    /// (one account has one channel), or hold another `consumer_secret` for the X
+    /// App of a CRM channel (one App has one secret). Each sentence names both
+    /// channels, never a credential.
     #[error("{}", .0.join("; "))]
-    AccountOfCrm(Vec<String>),
+    ClashesWithCrm(Vec<String>),
 }
 
 impl From<ConfigError> for ReloadError {
@@ -305,19 +309,37 @@ fn against_crm(
         let (file, crm) = (file.len(), crm.len());
         return Err(ReloadError::TooManyChannels { file, crm, max });
     }
-    let same_account: Vec<String> = file
+    let clashes: Vec<String> = file
         .iter()
-        .filter_map(|f| {
-            let id = f.user_id.as_deref()?;
-            let twin = crm.iter().find(|c| c.settings.user_id.as_deref() == Some(id))?;
-            Some(format!("channel {}: user_id {id} is served by the CRM's channel {} (one account has one channel)", f.name, twin.name()))
-        })
+        .flat_map(|f| crm.iter().filter_map(move |c| clash(f, c)))
         .collect();
-    if same_account.is_empty() {
+    if clashes.is_empty() {
         Ok(())
     } else {
-        Err(ReloadError::AccountOfCrm(same_account))
+        Err(ReloadError::ClashesWithCrm(clashes))
     }
+}
+
+/// What forbids serving the file's `f` beside the CRM's `c`: one account, or one
+/// X App with two secrets.
+fn clash(f: &ChannelSettings, c: &LiveChannel) -> Option<String> {
+    let crm = &c.settings;
+    if f.user_id.is_some() && f.user_id == crm.user_id {
+        return Some(format!(
+            "channel {}: user_id {} is served by the CRM's channel {} (one account has one channel)",
+            f.name,
+            f.user_id.as_deref().unwrap_or_default(),
+            c.name()
+        ));
+    }
+    let same_app = f.consumer_key.expose_secret() == crm.consumer_key.expose_secret();
+    (same_app && f.consumer_secret.expose_secret() != crm.consumer_secret.expose_secret()).then(|| {
+        format!(
+            "channel {}: consumer_secret differs from the CRM's channel {}, which has the same consumer_key (one X App has one secret)",
+            f.name,
+            c.name()
+        )
+    })
 }
 
 /// Each file with what tells a new version of it (`None` when it cannot be
@@ -388,9 +410,9 @@ fn log_refused(path: &str, error: &ReloadError) {
         ReloadError::TooManyChannels { .. } => {
             tracing::error!(%path, reason = %error, "configuration reload refused: too many channels");
         }
-        ReloadError::AccountOfCrm(reasons) => {
+        ReloadError::ClashesWithCrm(reasons) => {
             for reason in reasons {
-                tracing::error!(%path, %reason, "configuration reload refused: an account a CRM channel serves");
+                tracing::error!(%path, %reason, "configuration reload refused: it clashes with a CRM channel");
             }
         }
     }

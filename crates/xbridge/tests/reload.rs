@@ -332,7 +332,7 @@ fn a_file_channel_named_like_a_crm_channel_refuses_the_reload_as_a_whole() {
 }
 
 #[test]
-fn a_reload_past_max_channels_or_naming_a_crm_account_changes_nothing() {
+fn a_reload_past_max_channels_or_clashing_with_a_crm_channel_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let bound = "[amqp]\nmax_channels = 2\n";
     let path = file_config(dir.path(), &[("acme", "t1")], bound);
@@ -363,11 +363,33 @@ fn a_reload_past_max_channels_or_naming_a_crm_account_changes_nothing() {
     toml.push_str("user_id = \"42\"\n");
     std::fs::write(&path, toml).unwrap();
     match reloader.reload_and_log() {
-        Err(ReloadError::AccountOfCrm(reasons)) => {
+        Err(ReloadError::ClashesWithCrm(reasons)) => {
             assert!(
                 reasons[0].contains("acme") && reasons[0].contains("shop"),
                 "{reasons:?}"
             )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The CRM's App (consumer_key "ck") with another secret.
+    file_config(dir.path(), &[("acme", "t1")], bound);
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, toml.replace("\"cs\"", "\"cs2\"")).unwrap();
+    match reloader.reload_and_log() {
+        Err(ReloadError::ClashesWithCrm(reasons)) => {
+            assert!(reasons[0].contains("consumer_secret"), "{reasons:?}");
+            assert!(!reasons[0].contains("cs2"), "no secret in {reasons:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The CRM's App (consumer_key "ck") with another secret.
+    file_config(dir.path(), &[("acme", "t1")], bound);
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, toml.replace("\"cs\"", "\"cs2\"")).unwrap();
+    match reloader.reload_and_log() {
+        Err(ReloadError::ClashesWithCrm(reasons)) => {
+            assert!(reasons[0].contains("consumer_secret"), "{reasons:?}");
+            assert!(!reasons[0].contains("cs2"), "no secret in {reasons:?}");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
