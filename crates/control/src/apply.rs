@@ -2,7 +2,9 @@
 //! and the live map, its credentials checked against X, and its answer made. A command
 //! that cannot be applied is refused whole before anything is written.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lapin::message::Delivery;
@@ -14,7 +16,7 @@ use xbridge_core::contract::control::{
     ChannelCommand, CommandAnswer, CommandRefused, ControlCommand, RefusalReason,
 };
 use xbridge_core::contract::{ChannelState, ChannelStateEvent, ChannelStatus};
-use xbridge_core::live_channels::{LiveChannel, Origin};
+use xbridge_core::live_channels::{same_settings, LiveChannel, Origin};
 use xbridge_store::{ChannelEntry, ChannelRecord};
 use xbridge_x_api::XClientConfig;
 
@@ -47,7 +49,21 @@ pub struct Applier {
     pub identities: Arc<ChannelIdentities>,
     /// `amqp.max_channels`.
     pub max_channels: usize,
+    /// The last X check of each channel, when, and of which settings.
+    pub checks: Mutex<HashMap<String, LastCheck>>,
 }
+
+/// One channel's last X check.
+pub struct LastCheck {
+    at: Instant,
+    settings: ChannelSettings,
+    check: AccountCheck,
+}
+
+/// How long an X check of the same settings stands for the next: a CRM form's
+/// "test" button pressed again, or a retry loop, does not spend the account's
+/// per-user request budget, which its poller and sends need.
+const CHECK_STANDS_FOR: Duration = Duration::from_secs(30);
 
 impl Applier {
     /// The command `delivery` carries, if its publisher may manage channels, else the
@@ -125,7 +141,7 @@ impl Applier {
             ChannelCommand::Upsert(settings) => self.upsert(command, settings).await,
             ChannelCommand::Check(_) => match served {
                 Some(channel) => {
-                    let check = check_account(self.x.clone(), &channel.settings).await;
+                    let check = self.check(&channel.settings).await;
                     Ok(Outcome::Answered(
                         self.verdict(command, &check, channel.paused),
                         None,
@@ -160,7 +176,7 @@ impl Applier {
         if let Some(detail) = self.too_many(name) {
             return refused(RefusalReason::TooManyChannels, detail);
         }
-        let check = check_account(self.x.clone(), settings).await;
+        let check = self.check(settings).await;
         if let Some(detail) = contradicted(&check, settings) {
             return refused(RefusalReason::InvalidField, detail);
         }
@@ -199,7 +215,7 @@ impl Applier {
         let Some(channel) = served else {
             return file_conflict(command);
         };
-        let check = check_account(self.x.clone(), &channel.settings).await;
+        let check = self.check(&channel.settings).await;
         Outcome::Answered(
             self.verdict(command, &check, channel.paused),
             Some((record.name.clone(), channel.revision)),
@@ -318,6 +334,29 @@ impl Applier {
             first.name(),
             names.join(", ")
         ))
+    }
+
+    /// X's word on `settings`' credentials: the last check's when it is of the same
+    /// settings and younger than [`CHECK_STANDS_FOR`], else a new one.
+    async fn check(&self, settings: &ChannelSettings) -> AccountCheck {
+        {
+            let checks = self.checks.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(last) = checks.get(&settings.name).filter(|last| {
+                last.at.elapsed() < CHECK_STANDS_FOR && same_settings(&last.settings, settings)
+            }) {
+                return last.check.clone();
+            }
+        }
+        let check = check_account(self.x.clone(), settings).await;
+        let last = LastCheck {
+            at: Instant::now(),
+            settings: settings.clone(),
+            check: check.clone(),
+        };
+        let mut checks = self.checks.lock().unwrap_or_else(PoisonError::into_inner);
+        checks.retain(|_, last| last.at.elapsed() < CHECK_STANDS_FOR);
+        checks.insert(settings.name.clone(), last);
+        check
     }
 
     /// The answer to a resume: the channel's state as the bridge last saw it

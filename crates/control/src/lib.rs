@@ -128,6 +128,7 @@ impl Control {
             states,
             identities,
             max_channels: settings.amqp.max_channels,
+            checks: Default::default(),
         });
         let supervisor = Supervisor::new(
             settings.amqp.url.clone(),
