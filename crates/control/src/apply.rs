@@ -2,22 +2,26 @@
 //! and the live map, its credentials checked against X, and its answer made. A command
 //! that cannot be applied is refused whole before anything is written.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lapin::message::Delivery;
 use secrecy::ExposeSecret as _;
+use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ChannelSettings, ControlSettings};
 use xbridge_core::contract::control::{
     ChannelCommand, CommandAnswer, CommandRefused, ControlCommand, RefusalReason,
 };
 use xbridge_core::contract::{ChannelState, ChannelStateEvent, ChannelStatus};
-use xbridge_core::live_channels::Origin;
+use xbridge_core::live_channels::{same_settings, LiveChannel, Origin};
 use xbridge_store::{ChannelEntry, ChannelRecord};
 use xbridge_x_api::XClientConfig;
 
 use crate::diagnosis::{check_account, AccountCheck};
+use crate::record;
 use crate::registry::{Registry, WriteError};
 
 /// What a command came to.
@@ -37,9 +41,29 @@ pub struct Applier {
     pub control: ControlSettings,
     /// How to reach X for the credential check.
     pub x: XClientConfig,
-    /// Every channel's state, for the answer of a check that could not finish.
+    /// Every channel's state: a check's verdict is recorded there, and answers
+    /// take the state's `since` when the verdict is what it already said.
     pub states: Arc<ChannelStates>,
+    /// Each channel's account, configured or learnt from X: one account is served
+    /// by one channel.
+    pub identities: Arc<ChannelIdentities>,
+    /// `amqp.max_channels`.
+    pub max_channels: usize,
+    /// The last X check of each channel, when, and of which settings.
+    pub checks: Mutex<HashMap<String, LastCheck>>,
 }
+
+/// One channel's last X check.
+pub struct LastCheck {
+    at: Instant,
+    settings: ChannelSettings,
+    check: AccountCheck,
+}
+
+/// How long an X check of the same settings stands for the next: a CRM form's
+/// "test" button pressed again, or a retry loop, does not spend the account's
+/// per-user request budget, which its poller and sends need.
+const CHECK_STANDS_FOR: Duration = Duration::from_secs(30);
 
 impl Applier {
     /// The command `delivery` carries, if its publisher may manage channels, else the
@@ -58,6 +82,22 @@ impl Applier {
         match parsed {
             Ok(command) => self.apply(&command).await,
             Err(refused) => Ok(Outcome::Refused(refused)),
+        }
+    }
+
+    /// The refusal of a command that waited for the store longer than
+    /// `amqp.control.store_wait`: nothing of it was applied.
+    pub fn unavailable(&self, delivery: &Delivery, error: &WriteError) -> CommandRefused {
+        let detail = format!(
+            "the bridge's state store is out of reach ({error}); nothing was applied, send the command again later"
+        );
+        match ControlCommand::parse(&delivery.data, delivery.routing_key.as_str()) {
+            Ok(command) => refusal(&command, RefusalReason::Unavailable, detail),
+            Err(mut refused) => {
+                refused.reason = RefusalReason::Unavailable;
+                refused.detail = detail;
+                refused
+            }
         }
     }
 
@@ -85,7 +125,11 @@ impl Applier {
         let name = command.command.channel();
         let served = self.registry.live().get(name);
         let from_file = served.as_ref().is_some_and(|c| c.origin == Origin::File);
-        if from_file && !matches!(command.command, ChannelCommand::Check(_)) {
+        let passes = matches!(
+            command.command,
+            ChannelCommand::Check(_) | ChannelCommand::Remove(_)
+        );
+        if from_file && !passes {
             let detail = format!("channel {name} comes from the config file; change it there");
             return Ok(Outcome::Refused(refusal(
                 command,
@@ -94,26 +138,15 @@ impl Applier {
             )));
         }
         match &command.command {
-            ChannelCommand::Upsert(settings) => {
-                if let Some(detail) = self.other_app_secret(settings) {
-                    return Ok(Outcome::Refused(refusal(
-                        command,
-                        RefusalReason::Conflict,
-                        detail,
-                    )));
-                }
-                let revision = match self.registry.upsert(settings, &command.command_id).await {
-                    Err(WriteError::Raced(_)) => return Ok(raced(command)),
-                    other => other?,
-                };
-                let answer = self.checked(command, settings).await;
-                Ok(Outcome::Answered(answer, Some((name.to_owned(), revision))))
-            }
+            ChannelCommand::Upsert(settings) => self.upsert(command, settings).await,
             ChannelCommand::Check(_) => match served {
-                Some(channel) => Ok(Outcome::Answered(
-                    self.checked(command, &channel.settings).await,
-                    None,
-                )),
+                Some(channel) => {
+                    let check = self.check(&channel.settings).await;
+                    Ok(Outcome::Answered(
+                        self.verdict(command, &check, channel.paused),
+                        None,
+                    ))
+                }
                 None => Ok(unknown(command)),
             },
             ChannelCommand::Remove(_) => self.remove(command).await,
@@ -122,17 +155,128 @@ impl Applier {
         }
     }
 
-    /// `channel.remove`: a CRM channel the store holds (or held: a redelivery).
+    /// `channel.upsert`: refused whole when it contradicts what is served or what
+    /// X says; else stored, served and answered with X's word. A redelivered
+    /// command is answered from what the store holds, not from its body.
+    async fn upsert(
+        &self,
+        command: &ControlCommand,
+        settings: &ChannelSettings,
+    ) -> Result<Outcome, WriteError> {
+        let name = settings.name.as_str();
+        if let Some(ChannelEntry::Live(record)) = self.registry.entry(name).await? {
+            if record::command_id(&record).as_deref() == Some(command.command_id.as_str()) {
+                return Ok(self.replayed(command, &record).await);
+            }
+        }
+        let refused = |reason, detail| Ok(Outcome::Refused(refusal(command, reason, detail)));
+        if let Some(detail) = self.other_app_secret(settings) {
+            return refused(RefusalReason::Conflict, detail);
+        }
+        if let Some(detail) = self.too_many(name) {
+            return refused(RefusalReason::TooManyChannels, detail);
+        }
+        let check = self.check(settings).await;
+        if let Some(detail) = contradicted(&check, settings) {
+            return refused(RefusalReason::InvalidField, detail);
+        }
+        let account = settings
+            .user_id
+            .clone()
+            .or_else(|| check.account.as_ref().map(|a| a.user_id.clone()));
+        if let Some(detail) = account.and_then(|id| self.account_taken(name, &id)) {
+            return refused(RefusalReason::Conflict, detail);
+        }
+        let written = match self.registry.upsert(settings, &command.command_id).await {
+            Err(WriteError::Raced(_)) => return Ok(raced(command)),
+            other => other?,
+        };
+        if written.file_holds {
+            // A reload gave the file this name after the look above: the store
+            // must not keep a record nobody serves, to come back later.
+            self.registry.remove(name).await?;
+            return Ok(file_conflict(command));
+        }
+        Ok(Outcome::Answered(
+            self.verdict(command, &check, written.paused),
+            Some((name.to_owned(), written.revision)),
+        ))
+    }
+
+    /// The answer to a command the store already holds the result of: X's word on
+    /// the credentials stored (the command's body may differ from them).
+    async fn replayed(&self, command: &ControlCommand, record: &ChannelRecord) -> Outcome {
+        self.registry.serve(record);
+        let served = self
+            .registry
+            .live()
+            .get(&record.name)
+            .filter(|c| c.origin == Origin::Crm);
+        let Some(channel) = served else {
+            return file_conflict(command);
+        };
+        let check = self.check(&channel.settings).await;
+        Outcome::Answered(
+            self.verdict(command, &check, channel.paused),
+            Some((record.name.clone(), channel.revision)),
+        )
+    }
+
+    /// Why one more channel may not be served: `amqp.max_channels` reached.
+    fn too_many(&self, name: &str) -> Option<String> {
+        let served = self.registry.live().current();
+        (!served.contains_key(name) && served.len() >= self.max_channels).then(|| {
+            format!(
+                "the bridge serves {} channels, its limit (amqp.max_channels); remove one first or raise the limit",
+                served.len()
+            )
+        })
+    }
+
+    /// Another channel served for the X account `user_id` (configured, or learnt
+    /// from X): two channels of one account would each poll it and publish its DMs
+    /// twice, and webhook routing by account would be ambiguous.
+    fn account_taken(&self, name: &str, user_id: &str) -> Option<String> {
+        let served = self.registry.live().current();
+        let other = served.values().find(|c| {
+            c.name() != name
+                && (c.settings.user_id.as_deref() == Some(user_id)
+                    || self
+                        .identities
+                        .user_id(c.name())
+                        .is_some_and(|id| id.as_str() == user_id))
+        })?;
+        Some(format!(
+            "the X account {user_id} is served by channel {} already; one account has one channel",
+            other.name()
+        ))
+    }
+
+    /// `channel.remove`: a CRM channel the store holds (or held: a redelivery),
+    /// also one a channel of the file hides (the file's stays served), so the CRM
+    /// can delete its own record.
     async fn remove(&self, command: &ControlCommand) -> Result<Outcome, WriteError> {
         let name = command.command.channel();
-        if self.registry.entry(name).await?.is_none() {
-            return Ok(unknown(command));
+        let from_file = self
+            .registry
+            .live()
+            .get(name)
+            .is_some_and(|c| c.origin == Origin::File);
+        match self.registry.entry(name).await? {
+            None => return Ok(unknown(command)),
+            Some(ChannelEntry::Removed(_)) if from_file => return Ok(file_conflict(command)),
+            Some(_) => {}
         }
         match self.registry.remove(name).await {
-            Ok(revision) => Ok(Outcome::Answered(
-                answer(command, ChannelState::Removed, None, None),
-                Some((name.to_owned(), revision)),
-            )),
+            Ok(revision) => {
+                let detail = from_file.then(|| {
+                    format!("the CRM's record of {name} is removed; the config file's channel of that name stays served")
+                });
+                Ok(Outcome::Answered(
+                    answer(command, ChannelState::Removed, detail, None),
+                    Some((name.to_owned(), revision)),
+                ))
+            }
             Err(WriteError::Raced(_)) => Ok(raced(command)),
             Err(error) => Err(error),
         }
@@ -146,15 +290,15 @@ impl Applier {
             _ => return Ok(unknown(command)),
         };
         match self.registry.set_paused(&record, paused).await {
-            Ok(revision) => {
-                let state = if paused {
-                    ChannelState::Paused
+            Ok(written) => {
+                let answer = if paused {
+                    answer(command, ChannelState::Paused, None, None)
                 } else {
-                    ChannelState::Ok
+                    self.current(command)
                 };
                 Ok(Outcome::Answered(
-                    answer(command, state, None, None),
-                    Some((name.to_owned(), revision)),
+                    answer,
+                    Some((name.to_owned(), written.revision)),
                 ))
             }
             Err(WriteError::Raced(_)) => Ok(raced(command)),
@@ -164,44 +308,128 @@ impl Applier {
 
     /// Another channel on the same X App (`consumer_key`) holding another
     /// `consumer_secret`: one App has one secret, which signs its webhook deliveries, so
-    /// one of the two is wrong. Names the channel, never a credential.
+    /// one of the two is wrong. Names the channels and how to rotate the secret, never
+    /// a credential.
     fn other_app_secret(&self, settings: &ChannelSettings) -> Option<String> {
         let key = settings.consumer_key.expose_secret();
         let secret = settings.consumer_secret.expose_secret();
         let served = self.registry.live().current();
-        let other = served.values().find(|c| {
-            c.name() != settings.name
-                && c.settings.consumer_key.expose_secret() == key
-                && c.settings.consumer_secret.expose_secret() != secret
-        })?;
+        let others: Vec<&LiveChannel> = served
+            .values()
+            .filter(|c| {
+                c.name() != settings.name
+                    && c.settings.consumer_key.expose_secret() == key
+                    && c.settings.consumer_secret.expose_secret() != secret
+            })
+            .collect();
+        let first = others.first()?;
+        let names: Vec<&str> = others.iter().map(|c| c.name()).collect();
+        let how = if others.iter().any(|c| c.origin == Origin::File) {
+            "change it in the config file and reload, then send this upsert again"
+        } else {
+            "to rotate the App's secret, send channel.remove for those channels, this upsert, then channel.upsert for each of them with the new secret (their replies wait in their queues meanwhile)"
+        };
         Some(format!(
-            "consumer_key is the X App of channel {}, which holds another consumer_secret for it; one App has one secret",
-            other.name()
+            "consumer_key is the X App of channel {}, which holds another consumer_secret for it (the App's channels with it: {}); one App has one secret: {how}",
+            first.name(),
+            names.join(", ")
         ))
     }
 
-    /// The answer carrying X's word on `settings`' credentials.
-    async fn checked(
+    /// X's word on `settings`' credentials: the last check's when it is of the same
+    /// settings and younger than [`CHECK_STANDS_FOR`], else a new one.
+    async fn check(&self, settings: &ChannelSettings) -> AccountCheck {
+        {
+            let checks = self.checks.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(last) = checks.get(&settings.name).filter(|last| {
+                last.at.elapsed() < CHECK_STANDS_FOR && same_settings(&last.settings, settings)
+            }) {
+                return last.check.clone();
+            }
+        }
+        let check = check_account(self.x.clone(), settings).await;
+        let last = LastCheck {
+            at: Instant::now(),
+            settings: settings.clone(),
+            check: check.clone(),
+        };
+        let mut checks = self.checks.lock().unwrap_or_else(PoisonError::into_inner);
+        checks.retain(|_, last| last.at.elapsed() < CHECK_STANDS_FOR);
+        checks.insert(settings.name.clone(), last);
+        check
+    }
+
+    /// The answer to a resume: the channel's state as the bridge last saw it
+    /// (with its `since`), `ok` while that is still `paused`.
+    fn current(&self, command: &ControlCommand) -> Box<CommandAnswer> {
+        let name = command.command.channel();
+        match self.states.get(name) {
+            Some(status)
+                if !matches!(status.state, ChannelState::Paused | ChannelState::Removed) =>
+            {
+                let mut answer = answer(command, status.state, status.detail, None);
+                answer.state.status.since = status.since;
+                answer.state.status.until = status.until;
+                answer
+            }
+            _ => answer(command, ChannelState::Ok, None, None),
+        }
+    }
+
+    /// The answer carrying X's word on a channel's credentials, recorded as the
+    /// channel's state (so `/channels` says the same). A check that could not
+    /// finish says nothing new: the state stays what the bridge last saw (`ok` for
+    /// a channel it has not used yet), the detail says why. A paused channel is
+    /// answered `paused`, X's word in the detail. A state the check only confirms
+    /// keeps its `since`: the CRM keeps the latest `since` as the current state.
+    fn verdict(
         &self,
         command: &ControlCommand,
-        settings: &ChannelSettings,
+        check: &AccountCheck,
+        paused: bool,
     ) -> Box<CommandAnswer> {
-        let check: AccountCheck = check_account(self.x.clone(), settings).await;
-        // A check that could not finish says nothing new: the state stays what the
-        // bridge last saw (`ok` for a channel it has not used yet), the detail says why.
+        let name = command.command.channel();
+        let known = self.states.get(name);
         let state = check.state().unwrap_or_else(|| {
-            self.states
-                .get(&settings.name)
+            known
+                .as_ref()
+                .filter(|s| s.state != ChannelState::Paused)
                 .map_or(ChannelState::Ok, |status| status.state)
         });
+        if !paused {
+            // A channel created by this command is not in the states yet: it
+            // starts in the checked state (the sides' own `add` keeps it).
+            self.states.add(name, state);
+            self.states.set(name, state, None, check.detail());
+        }
         tracing::info!(
             command_id = %command.command_id,
-            channel = %settings.name,
+            channel = %name,
             state = state.as_str(),
             "credentials checked against X"
         );
-        answer(command, state, check.detail(), check.account)
+        let shown = if paused { ChannelState::Paused } else { state };
+        let mut answer = answer(command, shown, check.detail(), check.account.clone());
+        if let Some(status) = self.states.get(name).filter(|s| s.state == shown) {
+            answer.state.status.since = status.since;
+        }
+        answer
     }
+}
+
+/// Why X's answer forbids storing `settings`: the account the access token
+/// belongs to is not the `user_id` the command gives. Served, such a channel
+/// would route one account's DMs as another's.
+fn contradicted(check: &AccountCheck, settings: &ChannelSettings) -> Option<String> {
+    let actual = check.account.as_ref()?;
+    let configured = settings
+        .user_id
+        .as_ref()
+        .filter(|c| **c != actual.user_id)?;
+    Some(format!(
+        "user_id is {configured}, but the access token belongs to {} (@{}): fix user_id or the credentials; nothing was stored",
+        actual.user_id, actual.username
+    ))
 }
 
 /// A command's `channel.state` answer.
@@ -247,6 +475,15 @@ fn unknown(command: &ControlCommand) -> Outcome {
         format!(
             "the bridge has no channel {name} (neither in the config file nor created by the CRM)"
         ),
+    ))
+}
+
+fn file_conflict(command: &ControlCommand) -> Outcome {
+    let name = command.command.channel();
+    Outcome::Refused(refusal(
+        command,
+        RefusalReason::Conflict,
+        format!("channel {name} comes from the config file; change it there"),
     ))
 }
 

@@ -25,13 +25,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use xbridge_amqp::{SessionLog, Supervisor};
+use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
 use xbridge_core::live_channels::LiveChannels;
 use xbridge_store::{CredentialsKey, SealError, StateStore, StoreError};
 use xbridge_x_api::XClientConfig;
 
-pub use session::SessionError;
+pub use session::{dead_letter_name, SessionError};
 
 use apply::Applier;
 use registry::Registry;
@@ -64,6 +65,42 @@ pub async fn load_crm_channels(
     Ok(())
 }
 
+/// The CRM's channels in the store, read again on demand: a reload that removes
+/// a file channel serves the CRM's record of that name again, if the store has one.
+#[derive(Clone)]
+pub struct StoredChannels {
+    registry: Arc<Registry>,
+}
+
+impl StoredChannels {
+    /// The store's CRM channels for `live`, or `None` without
+    /// `state.credentials_key` (nothing stored can be opened).
+    pub fn new(
+        settings: &Settings,
+        store: Arc<dyn StateStore>,
+        live: Arc<LiveChannels>,
+    ) -> Result<Option<StoredChannels>, SealError> {
+        if settings.state.credentials_key.is_none() {
+            return Ok(None);
+        }
+        let key = Arc::new(settings.state.credentials_key()?);
+        Ok(Some(StoredChannels {
+            registry: Arc::new(Registry::new(store, key, live)),
+        }))
+    }
+
+    /// Reads `names` again from the store and serves what it holds for them.
+    /// One that cannot be read now is logged; the control consumer reads every
+    /// CRM channel again each minute.
+    pub async fn reread(&self, names: &[String]) {
+        for name in names {
+            if let Err(error) = self.registry.refresh(name).await {
+                tracing::warn!(channel = %name, %error, "cannot read the CRM's channel of this name from the store; it is read again within a minute");
+            }
+        }
+    }
+}
+
 /// The control consumer of one bridge.
 pub struct Control {
     supervisor: Supervisor,
@@ -78,6 +115,7 @@ impl Control {
         store: Arc<dyn StateStore>,
         live: Arc<LiveChannels>,
         states: Arc<ChannelStates>,
+        identities: Arc<ChannelIdentities>,
     ) -> Result<Option<Control>, SealError> {
         if !settings.amqp.control.enabled() {
             return Ok(None);
@@ -88,6 +126,9 @@ impl Control {
             control: settings.amqp.control.clone(),
             x: XClientConfig::from(&settings.x),
             states,
+            identities,
+            max_channels: settings.amqp.max_channels,
+            checks: Default::default(),
         });
         let supervisor = Supervisor::new(
             settings.amqp.url.clone(),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use xbridge_core::config::ChannelSettings;
-use xbridge_core::live_channels::{LiveChannels, Origin};
+use xbridge_core::live_channels::{CrmUpsert, LiveChannels, Origin};
 use xbridge_store::{
     Applied, ChannelEntry, ChannelRecord, ChannelTombstone, CredentialsKey, StateStore, StoreError,
 };
@@ -55,9 +55,10 @@ impl Registry {
     }
 
     /// Reads every CRM channel of the store into the live map: what a replica that
-    /// starts, or reconnects after missing notices, does. A channel of the file wins
-    /// over a CRM channel of the same name (warned); one that does not open is
-    /// skipped (warned), the others are served.
+    /// starts, or reconnects after missing notices, does, and what it does every
+    /// minute to heal a notice it could not read. A channel of the file wins over a
+    /// CRM channel of the same name (warned); one that does not open is skipped
+    /// (warned), the others are served.
     pub async fn load_all(&self) -> Result<(), StoreError> {
         let list = self.store.channels().await?;
         for entry in &list.entries {
@@ -66,7 +67,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Reads `name` again from the store (a change notice).
+    /// Reads `name` again from the store (a change notice, or a file channel of
+    /// that name gone by a reload: the CRM's record it hid is served again).
     pub async fn refresh(&self, name: &str) -> Result<(), StoreError> {
         if let Some(entry) = self.store.channel(name).await? {
             self.merge(&entry);
@@ -75,58 +77,59 @@ impl Registry {
     }
 
     /// Brings the live map in line with one stored entry, unless the map already
-    /// holds that revision or a newer one.
-    fn merge(&self, entry: &ChannelEntry) {
+    /// holds that revision or a newer one, or the file has a channel of its name.
+    fn merge(&self, entry: &ChannelEntry) -> CrmUpsert {
         let name = entry.name();
-        let served = self.live.get(name);
-        if served.as_ref().is_some_and(|c| c.origin == Origin::File) {
-            if entry.live().is_some() {
-                tracing::warn!(channel = name, "the config file has a channel of the same name as a CRM channel in the store; the file's is served");
-            }
-            return;
-        }
-        if served
-            .as_ref()
-            .is_some_and(|c| c.revision >= entry.revision())
-        {
-            return;
-        }
         match entry {
-            ChannelEntry::Removed(_) => {
-                if served.is_some() {
-                    self.live.remove(name);
+            ChannelEntry::Removed(tombstone) => {
+                if self.live.remove_crm(name, tombstone.revision) {
                     tracing::info!(
                         channel = name,
-                        revision = entry.revision(),
+                        revision = tombstone.revision,
                         "CRM channel removed"
                     );
                 }
+                CrmUpsert::Kept
             }
             ChannelEntry::Live(record) => self.serve(record),
         }
     }
 
-    /// Serves `record`'s channel.
-    fn serve(&self, record: &ChannelRecord) {
-        match record::to_live(&self.key, record) {
-            Ok(channel) => {
-                self.live.upsert(channel);
-                tracing::info!(channel = %record.name, revision = record.revision, paused = record.paused, "CRM channel served");
-            }
+    /// Serves `record`'s channel (see [`LiveChannels::upsert_crm`]).
+    pub fn serve(&self, record: &ChannelRecord) -> CrmUpsert {
+        // Opening the credentials costs; a record already served needs none.
+        let served = self.live.get(&record.name);
+        if served.is_some_and(|c| c.origin == Origin::Crm && c.revision >= record.revision) {
+            return CrmUpsert::Kept;
+        }
+        let channel = match record::to_live(&self.key, record) {
+            Ok(channel) => channel,
             Err(error @ (RecordError::Seal(_) | RecordError::Decode { .. })) => {
                 tracing::warn!(channel = %record.name, %error, "a stored CRM channel cannot be served; skipped");
+                return CrmUpsert::Kept;
             }
+        };
+        let outcome = self.live.upsert_crm(channel);
+        match outcome {
+            CrmUpsert::Served => {
+                tracing::info!(channel = %record.name, revision = record.revision, paused = record.paused, "CRM channel served")
+            }
+            CrmUpsert::FileHolds => {
+                tracing::warn!(channel = %record.name, "the config file has a channel of the same name as a CRM channel in the store; the file's is served")
+            }
+            CrmUpsert::Kept => {}
         }
+        outcome
     }
 
     /// Stores `settings` as the channel's next revision (keeping its pause), made by
     /// `command_id`, and serves it. A redelivered command (the record already names
-    /// it) writes nothing. Returns the revision served.
+    /// it) writes nothing.
     pub async fn upsert(
         &self,
         settings: &ChannelSettings,
         command_id: &str,
-    ) -> Result<u64, WriteError> {
+    ) -> Result<Written, WriteError> {
         let name = settings.name.as_str();
         self.write(name, |entry| {
             let (current, paused) = match entry {
@@ -151,7 +154,7 @@ impl Registry {
         &self,
         record: &ChannelRecord,
         paused: bool,
-    ) -> Result<u64, WriteError> {
+    ) -> Result<Written, WriteError> {
         self.write(&record.name, |entry| match entry {
             Some(ChannelEntry::Live(record)) if record.paused == paused => {
                 Ok(Step::Done(record.clone()))
@@ -196,21 +199,40 @@ impl Registry {
         &self,
         name: &str,
         decide: impl Fn(Option<&ChannelEntry>) -> Result<Step, WriteError>,
-    ) -> Result<u64, WriteError> {
+    ) -> Result<Written, WriteError> {
         for _ in 0..2 {
             let entry = self.store.channel(name).await?;
-            let record = match decide(entry.as_ref())? {
-                Step::Done(record) => record,
+            let (record, replayed) = match decide(entry.as_ref())? {
+                Step::Done(record) => (record, true),
                 Step::Put(record) => match self.store.put_channel(&record).await? {
-                    Applied::Yes => record,
+                    Applied::Yes => (record, false),
                     Applied::Stale { .. } => continue,
                 },
             };
-            self.merge(&ChannelEntry::Live(record.clone()));
-            return Ok(record.revision);
+            let file_holds = self.serve(&record) == CrmUpsert::FileHolds;
+            return Ok(Written {
+                revision: record.revision,
+                paused: record.paused,
+                replayed,
+                file_holds,
+            });
         }
         Err(WriteError::Raced(name.to_owned()))
     }
+}
+
+/// What a write came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The revision stored.
+    pub revision: u64,
+    /// Whether the stored channel is paused.
+    pub paused: bool,
+    /// The store already held it (a redelivered command): nothing was written.
+    pub replayed: bool,
+    /// A channel of the config file has its name, so it is not served: a reload
+    /// added it after the command looked.
+    pub file_holds: bool,
 }
 
 /// What a write decided.
@@ -258,21 +280,24 @@ mod tests {
             registry
                 .upsert(&channel("newco", "t1"), "c1")
                 .await
-                .unwrap(),
+                .unwrap()
+                .revision,
             1
         );
         assert_eq!(
             registry
                 .upsert(&channel("newco", "t1"), "c1")
                 .await
-                .unwrap(),
+                .unwrap()
+                .revision,
             1
         );
         assert_eq!(
             registry
                 .upsert(&channel("newco", "t2"), "c2")
                 .await
-                .unwrap(),
+                .unwrap()
+                .revision,
             2
         );
         assert_eq!(registry.live().get("newco").unwrap().revision, 2);
@@ -293,10 +318,25 @@ mod tests {
             registry
                 .upsert(&channel("newco", "t1"), "c3")
                 .await
-                .unwrap(),
+                .unwrap()
+                .revision,
             3
         );
         assert!(registry.live().get("newco").is_some());
+    }
+
+    #[tokio::test]
+    async fn an_upsert_of_a_name_a_reload_gave_the_file_meanwhile_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(&dir, &[channel("acme", "file-token")]);
+        let written = registry
+            .upsert(&channel("acme", "crm-token"), "c1")
+            .await
+            .unwrap();
+        assert!(written.file_holds);
+        let served = registry.live().get("acme").unwrap();
+        assert_eq!(served.origin, Origin::File);
+        assert_eq!(served.settings.access_token.expose_secret(), "file-token");
     }
 
     #[tokio::test]

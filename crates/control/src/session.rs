@@ -33,6 +33,10 @@ struct Notice {
 const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// The longest pause between two tries of a command during a store outage.
 const MAX_STORE_RETRY_PAUSE: Duration = Duration::from_secs(15);
+/// How often every CRM channel is read again from the store: heals whatever a
+/// notice could not bring (a notice is retried, but a replica may still miss one,
+/// e.g. a reload that showed a hidden CRM channel while the store was away).
+const RELOAD_ALL_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the session could not start or ended.
 #[derive(Debug, thiserror::Error)]
@@ -107,16 +111,25 @@ impl xbridge_amqp::Session for ControlSession {
         shutdown: &CancellationToken,
     ) -> Option<SessionError> {
         tracing::info!("control running: consuming commands and change notices");
+        let mut reload_all = tokio::time::interval(RELOAD_ALL_EVERY);
+        reload_all.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        reload_all.reset();
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return None,
+                _ = reload_all.tick() => {
+                    if let Err(error) = self.applier.registry.load_all().await {
+                        tracing::warn!(%error, "cannot read the CRM's channels from the store; read again in a minute");
+                    }
+                    Ok(())
+                }
                 next = running.commands.next() => match next {
                     Some(Ok(delivery)) => self.command(running, delivery, shutdown).await,
                     Some(Err(error)) => Err(error.into()),
                     None => Err(SessionError::Cancelled("command")),
                 },
                 next = running.notices.next() => match next {
-                    Some(Ok(delivery)) => self.notice(delivery).await,
+                    Some(Ok(delivery)) => self.notice(delivery, shutdown).await,
                     Some(Err(error)) => Err(error.into()),
                     None => Err(SessionError::Cancelled("change notice")),
                 },
@@ -134,7 +147,9 @@ impl ControlSession {
     /// One command: applied and answered, then acked. While the store cannot be
     /// written the command is held and applied again after a pause (applying it again
     /// gives the same result): a nack would count against the quorum queue's delivery
-    /// limit, which drops the command after 20 returns on RabbitMQ 4. On shutdown it
+    /// limit, which dead-letters the command after 20 returns on RabbitMQ 4. Held
+    /// longer than `amqp.control.store_wait` it is refused `unavailable` and acked,
+    /// well before RabbitMQ's `consumer_timeout` would take it back. On shutdown it
     /// stays unacked, and the broker gives it to the next consumer.
     async fn command(
         &self,
@@ -143,9 +158,14 @@ impl ControlSession {
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
         let mut pause = STORE_RETRY_PAUSE;
+        let held = tokio::time::Instant::now();
+        let wait = self.settings.amqp.control.store_wait;
         let outcome = loop {
             match self.applier.handle(&delivery).await {
                 Ok(outcome) => break outcome,
+                Err(error) if held.elapsed() >= wait => {
+                    break Outcome::Refused(self.applier.unavailable(&delivery, &error));
+                }
                 Err(error) => {
                     tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "a command could not be applied; it is tried again");
                     tokio::select! {
@@ -240,13 +260,25 @@ impl ControlSession {
             .await
     }
 
-    /// A change notice: read that channel again. A store that cannot be read now is
-    /// read again on the next session start.
-    async fn notice(&self, delivery: Delivery) -> Result<(), SessionError> {
+    /// A change notice: read that channel again, trying again after a growing
+    /// pause while the store cannot be read (acked only once read: dropped, a
+    /// removed or rotated channel would stay served here). On shutdown it stays
+    /// unacked; the queue goes with the connection.
+    async fn notice(
+        &self,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
         match serde_json::from_slice::<Notice>(&delivery.data) {
             Ok(notice) => {
-                if let Err(error) = self.applier.registry.refresh(&notice.channel).await {
-                    tracing::warn!(channel = %notice.channel, %error, "cannot read a changed CRM channel from the store");
+                let mut pause = STORE_RETRY_PAUSE;
+                while let Err(error) = self.applier.registry.refresh(&notice.channel).await {
+                    tracing::warn!(channel = %notice.channel, %error, retry_in_ms = pause.as_millis() as u64, "cannot read a changed CRM channel from the store; trying again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(MAX_STORE_RETRY_PAUSE);
                 }
             }
             Err(error) => tracing::warn!(%error, "a change notice does not decode; ignored"),
@@ -278,16 +310,28 @@ fn properties(
     properties
 }
 
-/// Declares the control exchange, the command queue bound to all of it, the change
-/// fanout, and this replica's exclusive queue of notices (its name returned).
+/// The command queue's dead-letter exchange and queue (one name): where RabbitMQ
+/// puts a command it gave up on (its delivery limit, 20 on RabbitMQ 4) instead of
+/// dropping it. Its own, not `xbridge.dead-letter`: a command carries credentials,
+/// and dead letters of replies are read by people who must not see them.
+pub fn dead_letter_name(control: &xbridge_core::config::ControlSettings) -> String {
+    format!("{}.dead-letter", control.exchange)
+}
+
+/// Declares the control exchange, the command queue bound to all of it (with its
+/// dead-letter exchange and queue), the change fanout, and this replica's
+/// exclusive queue of notices (its name returned).
 async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String> {
     let control = &settings.amqp.control;
     exchange(channel, &control.exchange, ExchangeKind::Topic).await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
+    let dead = dead_letter_name(control);
+    declare_dead_letter(channel, &dead).await?;
+    let mut args = quorum();
+    args.insert("x-dead-letter-exchange".into(), text(&dead));
+    // At least once (not the default at most once), which RabbitMQ allows only
+    // with `reject-publish` overflow.
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     let queue = QueueDeclareOptions {
         durable: true,
@@ -315,6 +359,29 @@ async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String
         .await?;
     bind(channel, &name, &control.changes_exchange, "").await?;
     Ok(name)
+}
+
+/// The command queue's dead-letter fanout and the quorum queue bound to it.
+async fn declare_dead_letter(channel: &Channel, name: &str) -> lapin::Result<()> {
+    exchange(channel, name, ExchangeKind::Fanout).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.into(), durable, quorum())
+        .await?;
+    bind(channel, name, name, "").await
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
 }
 
 async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> lapin::Result<()> {

@@ -68,6 +68,17 @@ impl LiveChannel {
     }
 }
 
+/// What [`LiveChannels::upsert_crm`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrmUpsert {
+    /// The channel is served at that revision now.
+    Served,
+    /// The map already held that revision or a newer one: unchanged.
+    Kept,
+    /// A channel of the config file has that name: it stays, the CRM's is not served.
+    FileHolds,
+}
+
 /// Every channel served, by name.
 pub type ChannelMap = Arc<BTreeMap<String, LiveChannel>>;
 
@@ -170,6 +181,33 @@ impl LiveChannels {
         self.edit(|map| map.remove(name))
     }
 
+    /// Serves a CRM channel read from the store, checked and applied as one
+    /// step: never over a channel of the file (a reload may add one between a
+    /// command's look at the map and its store write), and never over the same
+    /// or a newer revision of it.
+    pub fn upsert_crm(&self, channel: LiveChannel) -> CrmUpsert {
+        self.edit(|map| match map.get(channel.name()) {
+            Some(served) if served.origin == Origin::File => CrmUpsert::FileHolds,
+            Some(served) if served.revision >= channel.revision => CrmUpsert::Kept,
+            _ => {
+                map.insert(channel.name().to_owned(), channel);
+                CrmUpsert::Served
+            }
+        })
+    }
+
+    /// Stops serving the CRM channel `name` when it is older than `revision`
+    /// (its tombstone's), as one step: a file channel of that name stays.
+    /// `true` when it was removed.
+    pub fn remove_crm(&self, name: &str, revision: u64) -> bool {
+        self.edit(|map| {
+            let older = map
+                .get(name)
+                .is_some_and(|c| c.origin == Origin::Crm && c.revision < revision);
+            older && map.remove(name).is_some()
+        })
+    }
+
     /// Holds or releases `name`'s replies; `false` when no such channel.
     pub fn set_paused(&self, name: &str, paused: bool) -> bool {
         self.edit(|map| match map.get_mut(name) {
@@ -196,17 +234,31 @@ impl LiveChannels {
         &self,
         file: &[ChannelSettings],
     ) -> Result<Vec<Delta>, Vec<String>> {
-        self.edit(|map| {
+        self.try_replace_file_channels_if(file, |map| {
             let taken: Vec<String> = file
                 .iter()
                 .filter(|c| map.get(&c.name).is_some_and(|c| c.origin == Origin::Crm))
                 .map(|c| c.name.clone())
                 .collect();
             if taken.is_empty() {
-                Ok(replace_file_channels(map, file))
+                Ok(())
             } else {
                 Err(taken)
             }
+        })
+    }
+
+    /// [`LiveChannels::replace_file_channels`] when `check` of the map served
+    /// now passes, else nothing changes and `check`'s error is returned:
+    /// checked and applied as one step, so no command changes the map between.
+    pub fn try_replace_file_channels_if<E>(
+        &self,
+        file: &[ChannelSettings],
+        check: impl FnOnce(&BTreeMap<String, LiveChannel>) -> Result<(), E>,
+    ) -> Result<Vec<Delta>, E> {
+        self.edit(|map| {
+            check(map)?;
+            Ok(replace_file_channels(map, file))
         })
     }
 }
@@ -326,6 +378,25 @@ mod tests {
             applied,
             Ok(vec![Delta::Removed("a".into()), Delta::Added("b".into())])
         );
+    }
+
+    #[test]
+    fn a_crm_channel_never_replaces_a_file_channel_or_a_newer_revision() {
+        let live = LiveChannels::new(&[channel("a", "t1")]);
+        let crm = |name: &str, revision| LiveChannel {
+            origin: Origin::Crm,
+            revision,
+            ..LiveChannel::from_file(channel(name, "crm"))
+        };
+        assert_eq!(live.upsert_crm(crm("a", 1)), CrmUpsert::FileHolds);
+        assert_eq!(live.get("a").unwrap().origin, Origin::File);
+        assert_eq!(live.upsert_crm(crm("b", 2)), CrmUpsert::Served);
+        assert_eq!(live.upsert_crm(crm("b", 2)), CrmUpsert::Kept);
+        assert_eq!(live.upsert_crm(crm("b", 1)), CrmUpsert::Kept);
+        assert!(!live.remove_crm("a", 5), "the file's channel stays");
+        assert!(!live.remove_crm("b", 2), "an older tombstone");
+        assert!(live.remove_crm("b", 3));
+        assert!(live.get("b").is_none());
     }
 
     #[test]

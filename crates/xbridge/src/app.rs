@@ -8,10 +8,11 @@ use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use xbridge_control::Control;
+use xbridge_control::{Control, StoredChannels};
 use xbridge_core::channel_identity::{ChannelIdentities, IdentityMismatch};
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ChannelSettings, HttpSettings, Settings, StateBackend, StateSettings};
+use xbridge_core::contract::ChannelState;
 use xbridge_core::live_channels::{LiveChannels, Origin};
 use xbridge_inbound::service::Inbound;
 use xbridge_inbound::webhook::identity::IdentityResolver;
@@ -106,6 +107,8 @@ pub struct Bridge {
     identities: Arc<ChannelIdentities>,
     /// The CRM's commands, when `amqp.control.allowed_users` names anyone.
     control: Option<Control>,
+    /// The store's CRM channels, read again when a reload shows a hidden one.
+    stored: Option<StoredChannels>,
 }
 
 impl Bridge {
@@ -154,6 +157,7 @@ impl Bridge {
             .await
             .context("reading the CRM's channels from the state store")?;
         settings.channels.extend(crm_channels(&live));
+        let stored = StoredChannels::new(&settings, store.clone(), live.clone())?;
         let settings = Arc::new(settings);
         let states = Arc::new(ChannelStates::new(
             live.current().keys().map(String::as_str),
@@ -164,6 +168,7 @@ impl Bridge {
             store.clone(),
             live.clone(),
             states.clone(),
+            identities.clone(),
         )?;
         let (outbound, inbound) = sides(
             settings,
@@ -172,7 +177,7 @@ impl Bridge {
             states.clone(),
             identities.clone(),
         )?;
-        let resolver = inbound.identity_resolver();
+        let resolver = tolerating_crm(inbound.identity_resolver(), &live, &states);
         let unanswered = resolver.resolve_once().await?;
         Ok(Bridge {
             outbound,
@@ -185,7 +190,14 @@ impl Bridge {
             live,
             identities,
             control,
+            stored,
         })
+    }
+
+    /// The store's CRM channels, `None` without `state.credentials_key`: a
+    /// reload reads those of the file channels it removes again.
+    pub fn stored_channels(&self) -> Option<StoredChannels> {
+        self.stored.clone()
     }
 
     /// `true` while the outbound side is connected and consuming.
@@ -338,6 +350,23 @@ fn crm_channels(live: &LiveChannels) -> Vec<ChannelSettings> {
         .filter(|c| c.origin == Origin::Crm)
         .map(|c| (*c.settings).clone())
         .collect()
+}
+
+/// A CRM channel X contradicts does not stop the bridge as a file channel does:
+/// the CRM fixes it with a command, which a stopped bridge (every replica, at
+/// each restart) would never take. It is left out of routing, `unauthorized`
+/// with the reason, and the other channels run.
+fn tolerating_crm(
+    resolver: IdentityResolver,
+    live: &LiveChannels,
+    states: &Arc<ChannelStates>,
+) -> IdentityResolver {
+    let crm = crm_channels(live).into_iter().map(|c| c.name).collect();
+    let states = states.clone();
+    resolver.tolerating(crm, move |mismatch| {
+        let detail = Some(mismatch.to_string());
+        states.set(&mismatch.channel, ChannelState::Unauthorized, None, detail);
+    })
 }
 
 /// Asks X again about the channels it did not answer for at startup. A

@@ -51,7 +51,8 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let bridge = Bridge::build(loaded.settings.clone()).await?;
     let shutdown = CancellationToken::new();
     signals::cancel_on_signal(shutdown.clone());
-    let reloader = reload::Reloader::new(config.to_owned(), loaded, bridge.live_channels());
+    let reloader = reload::Reloader::new(config.to_owned(), loaded, bridge.live_channels())
+        .with_stored(bridge.stored_channels());
     tokio::spawn(Arc::new(reloader).run(hangups, reload::SECRET_FILE_POLL, shutdown.clone()));
     bridge.run(shutdown).await
 }

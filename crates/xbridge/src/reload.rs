@@ -11,25 +11,35 @@
 //! warning repeats on every reload until the restart.
 //!
 //! A reload is all or nothing. A file that does not load (unreadable, not
-//! TOML, any invalid field) or that names a channel like one the CRM created
-//! is refused as a whole, every reason logged, and the bridge runs on as it
-//! was: half a reload would serve a configuration nobody wrote.
+//! TOML, any invalid field), that names a channel like one the CRM created,
+//! names (`user_id`) an account a CRM channel serves, or would make the file's
+//! and the CRM's channels more than `amqp.max_channels`, is refused as a whole,
+//! every reason logged, and the bridge runs on as it was: half a reload would
+//! serve a configuration nobody wrote.
+//!
+//! A file channel may hide a CRM channel of its name stored before (the file
+//! wins at start). When a reload removes the file's, the store's is read again
+//! and served.
 //!
 //! A secret read from a file (`{ file = "…" }`, a mounted Kubernetes secret)
 //! changes without anyone sending a signal: Kubernetes swaps the files of a
 //! secret volume when the secret is rotated. The files are looked at every
 //! [`SECRET_FILE_POLL`] and a change of one is a reload like a SIGHUP.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use secrecy::ExposeSecret as _;
+
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
-use xbridge_core::config::{ConfigError, Loaded, Settings};
-use xbridge_core::live_channels::{Delta, LiveChannels};
+use xbridge_control::StoredChannels;
+use xbridge_core::config::{ChannelSettings, ConfigError, Loaded, Settings};
+use xbridge_core::live_channels::{Delta, LiveChannel, LiveChannels, Origin};
 
 /// Why a reload was refused; the running configuration stays.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +52,26 @@ pub enum ReloadError {
     /// CRM's would be overwritten by the file's.
     #[error("channels of the file have the names of channels the CRM created: {} (rename them in the file, or remove the CRM's)", .0.join(", "))]
     NamedLikeCrm(Vec<String>),
+    /// The file's channels and the CRM's together are more than
+    /// `amqp.max_channels` (of the running configuration: `[amqp]` waits for a
+    /// restart).
+    #[error(
+        "the file's {file} channels and the CRM's {crm} are more than amqp.max_channels ({max})"
+    )]
+    TooManyChannels {
+        /// The file's channels.
+        file: usize,
+        /// The CRM's channels served.
+        crm: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// Channels of the file name (`user_id`) an X account a CRM channel serves
+    /// (one account has one channel), or hold another `consumer_secret` for the X
+    /// App of a CRM channel (one App has one secret). Each sentence names both
+    /// channels, never a credential.
+    #[error("{}", .0.join("; "))]
+    ClashesWithCrm(Vec<String>),
 }
 
 impl From<ConfigError> for ReloadError {
@@ -84,6 +114,8 @@ pub struct Reloader {
     /// before that configuration was read. Held while a reload runs, so a
     /// SIGHUP and a rotated file never apply two reads in the wrong order.
     secret_files: Mutex<Vec<(PathBuf, Option<Stamp>)>>,
+    /// The store's CRM channels, when the bridge has a store key.
+    stored: Option<StoredChannels>,
 }
 
 impl Reloader {
@@ -97,7 +129,15 @@ impl Reloader {
             secret_files: Mutex::new(stamps(&running.secret_files)),
             running,
             live,
+            stored: None,
         }
+    }
+
+    /// Reads the store's CRM channel of a name a reload takes from the file
+    /// (hidden by the file's until then) and serves it again.
+    pub fn with_stored(mut self, stored: Option<StoredChannels>) -> Reloader {
+        self.stored = stored;
+        self
     }
 
     /// Reads the file again and applies its channels, or changes nothing.
@@ -110,6 +150,9 @@ impl Reloader {
         // one this reload may not have seen, and makes another.
         let before = stamps(secret_files.iter().map(|(file, _)| file));
         let result = self.apply();
+        if let Ok((reloaded, _)) = &result {
+            self.reread(&reloaded.removed);
+        }
         *secret_files = match &result {
             Ok((_, files)) => stamps(files)
                 .into_iter()
@@ -130,10 +173,11 @@ impl Reloader {
     /// its secrets come from.
     fn apply(&self) -> Result<(Reloaded, Vec<PathBuf>), ReloadError> {
         let loaded = Settings::load_with_sections(&self.path)?;
+        let file = &loaded.settings.channels;
+        let max = self.running.settings.amqp.max_channels;
         let deltas = self
             .live
-            .try_replace_file_channels(&loaded.settings.channels)
-            .map_err(ReloadError::NamedLikeCrm)?;
+            .try_replace_file_channels_if(file, |served| against_crm(served, file, max))?;
         let mut reloaded = Reloaded {
             restart_needed: loaded.restart_sections(&self.running),
             warnings: loaded.settings.warnings,
@@ -149,6 +193,20 @@ impl Reloader {
             }
         }
         Ok((reloaded, loaded.secret_files))
+    }
+
+    /// Reads again, in the background, the store's CRM channels named like the
+    /// file channels a reload removed: the file's hid them (`stored` is `None`
+    /// without a store key: there is nothing to read).
+    fn reread(&self, removed: &[String]) {
+        let (Some(stored), false) = (self.stored.clone(), removed.is_empty()) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let names = removed.to_vec();
+        runtime.spawn(async move { stored.reread(&names).await });
     }
 
     /// [`Reloader::reload`], told in the log: each channel changed, or each
@@ -227,6 +285,63 @@ impl Reloader {
     }
 }
 
+/// Why the file's channels cannot be served beside the CRM's `served` now: a
+/// name of a CRM channel, more than `max` channels together, an account a CRM
+/// channel serves.
+fn against_crm(
+    served: &BTreeMap<String, LiveChannel>,
+    file: &[ChannelSettings],
+    max: usize,
+) -> Result<(), ReloadError> {
+    let crm: Vec<&LiveChannel> = served
+        .values()
+        .filter(|c| c.origin == Origin::Crm)
+        .collect();
+    let named: Vec<String> = file
+        .iter()
+        .filter(|f| crm.iter().any(|c| c.name() == f.name))
+        .map(|f| f.name.clone())
+        .collect();
+    if !named.is_empty() {
+        return Err(ReloadError::NamedLikeCrm(named));
+    }
+    if file.len() + crm.len() > max {
+        let (file, crm) = (file.len(), crm.len());
+        return Err(ReloadError::TooManyChannels { file, crm, max });
+    }
+    let clashes: Vec<String> = file
+        .iter()
+        .flat_map(|f| crm.iter().filter_map(move |c| clash(f, c)))
+        .collect();
+    if clashes.is_empty() {
+        Ok(())
+    } else {
+        Err(ReloadError::ClashesWithCrm(clashes))
+    }
+}
+
+/// What forbids serving the file's `f` beside the CRM's `c`: one account, or one
+/// X App with two secrets.
+fn clash(f: &ChannelSettings, c: &LiveChannel) -> Option<String> {
+    let crm = &c.settings;
+    if f.user_id.is_some() && f.user_id == crm.user_id {
+        return Some(format!(
+            "channel {}: user_id {} is served by the CRM's channel {} (one account has one channel)",
+            f.name,
+            f.user_id.as_deref().unwrap_or_default(),
+            c.name()
+        ));
+    }
+    let same_app = f.consumer_key.expose_secret() == crm.consumer_key.expose_secret();
+    (same_app && f.consumer_secret.expose_secret() != crm.consumer_secret.expose_secret()).then(|| {
+        format!(
+            "channel {}: consumer_secret differs from the CRM's channel {}, which has the same consumer_key (one X App has one secret)",
+            f.name,
+            c.name()
+        )
+    })
+}
+
 /// Each file with what tells a new version of it (`None` when it cannot be
 /// looked at: a reload reports why).
 fn stamps<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> Vec<(PathBuf, Option<Stamp>)> {
@@ -290,6 +405,14 @@ fn log_refused(path: &str, error: &ReloadError) {
         ReloadError::NamedLikeCrm(names) => {
             for channel in names {
                 tracing::error!(%path, %channel, "configuration reload refused: a channel the CRM created has this name");
+            }
+        }
+        ReloadError::TooManyChannels { .. } => {
+            tracing::error!(%path, reason = %error, "configuration reload refused: too many channels");
+        }
+        ReloadError::ClashesWithCrm(reasons) => {
+            for reason in reasons {
+                tracing::error!(%path, %reason, "configuration reload refused: it clashes with a CRM channel");
             }
         }
     }

@@ -13,9 +13,17 @@ use crm::{
     refusal, secrets, settings, upsert, Commands, Running,
 };
 use serde_json::json;
+use std::sync::Arc;
 use x_simulator::{Account, Fault};
-use xbridge_core::live_channels::Origin;
-use xbridge_test_support::{postgres_url, spawn_app, FailingStore, Refuse, TestApp, TestOptions};
+use xbridge_core::config::{ChannelSettings, InboundMode};
+use xbridge_core::contract::ChannelState;
+
+use xbridge::app::Bridge;
+use xbridge_core::config::Settings;
+use xbridge_core::live_channels::{LiveChannels, Origin};
+use xbridge_test_support::{
+    postgres_url, spawn_app, FailingStore, Refuse, TestApp, TestOptions, PATIENCE,
+};
 
 #[tokio::test]
 async fn a_channel_created_by_the_crm_is_served_and_answered_with_its_account() {
@@ -285,6 +293,277 @@ async fn a_command_waits_while_the_store_cannot_write_and_is_answered_once_it_ca
     let answer = answer(&mut crm, "cmd-outage-1").await;
     assert_eq!(answer.body["state"], "ok", "{}", answer.body);
     assert_eq!(bridge.live.get("newco").expect("served").revision, 1);
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+/// The test's accounts with their `user_id` configured and the webhook on, so the
+/// bridge asks X who each channel is.
+fn receiving() -> TestOptions {
+    TestOptions {
+        inbound: "listen = \"127.0.0.1:0\"\n".into(),
+        inbound_mode: Some("webhook".into()),
+        ..TestOptions::default()
+    }
+}
+
+/// `account` as a channel of the config file named `name`.
+fn file_channel(name: &str, account: &Account) -> ChannelSettings {
+    ChannelSettings {
+        name: name.into(),
+        consumer_key: account.consumer_key.clone().into(),
+        consumer_secret: account.consumer_secret.clone().into(),
+        access_token: account.access_token.clone().into(),
+        access_token_secret: account.access_token_secret.clone().into(),
+        bearer_token: account.bearer_token.clone().into(),
+        weight: None,
+        url: None,
+        inbound: InboundMode::Webhook,
+        user_id: None,
+    }
+}
+
+#[tokio::test]
+async fn an_upsert_x_contradicts_for_a_served_account_or_past_the_limit_is_refused() {
+    capture_logs();
+    let app = spawn_app(receiving()).await;
+    let bridge = Running::start_with(&app, |limited| limited.amqp.max_channels = 2).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+
+    let mut wrong_id = upsert("cmd-wrong-id", "newco", &account);
+    wrong_id["user_id"] = json!("1234567");
+    commands.send(&wrong_id).await;
+    let refused = refusal(&mut crm).await;
+    assert_eq!(refused["reason"], "invalid_field", "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("user_id"));
+    assert!(bridge.live.get("newco").is_none(), "X's no is not served");
+
+    let acme = app.account("acme").clone();
+    commands.send(&upsert("cmd-twin", "twin", &acme)).await;
+    let refused = refusal(&mut crm).await;
+    assert_eq!(refused["reason"], "conflict", "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("acme"));
+    assert_no_secret(&refused.to_string(), &acme);
+    assert!(
+        bridge.live.get("twin").is_none(),
+        "one account, one channel"
+    );
+
+    commands.send(&upsert("cmd-newco", "newco", &account)).await;
+    assert_eq!(answer(&mut crm, "cmd-newco").await.body["state"], "ok");
+    let third = new_account(&app, "third_support");
+    commands.send(&upsert("cmd-third", "third", &third)).await;
+    let refused = refusal(&mut crm).await;
+    assert_eq!(refused["reason"], "too_many_channels", "{refused}");
+    assert!(bridge.live.get("third").is_none());
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test]
+async fn a_crm_channel_x_contradicts_at_start_is_left_out_and_the_others_run() {
+    capture_logs();
+    let app = spawn_app(receiving()).await;
+    let first = Running::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+    // X refuses the account's token for now: the check cannot tell whose it is,
+    // and the channel is stored (`unauthorized`).
+    app.simulator
+        .set_fault(&account.user_id, Fault::Unauthorized);
+    let mut wrong_id = upsert("cmd-unchecked", "newco", &account);
+    wrong_id["user_id"] = json!("1234567");
+    commands.send(&wrong_id).await;
+    answer(&mut crm, "cmd-unchecked").await;
+    first.stop().await;
+    app.simulator.clear_faults(&account.user_id);
+
+    let again = Running::start(&app).await;
+    let state = again.states.get("newco").expect("newco has a state");
+    assert_eq!(state.state, ChannelState::Unauthorized, "{state:?}");
+    assert!(state.detail.unwrap().contains("1234567"));
+    assert_eq!(again.states.get("acme").unwrap().state, ChannelState::Ok);
+    // The CRM can fix it, as the bridge runs.
+    commands.send(&upsert("cmd-fixed", "newco", &account)).await;
+    assert_eq!(answer(&mut crm, "cmd-fixed").await.body["state"], "ok");
+    assert_eq!(again.states.get("newco").unwrap().state, ChannelState::Ok);
+    again.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test]
+async fn a_crm_channel_a_file_channel_hid_is_served_again_when_a_reload_removes_that() {
+    capture_logs();
+    // PostgreSQL: the reloader's store reads beside the bridge's.
+    let app = spawn_app(TestOptions {
+        postgres: true,
+        ..TestOptions::default()
+    })
+    .await;
+    let first = Running::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let newco = new_account(&app, "newco_support");
+    let gone = new_account(&app, "gone_support");
+    commands.send(&upsert("cmd-hid-1", "newco", &newco)).await;
+    answer(&mut crm, "cmd-hid-1").await;
+    commands.send(&upsert("cmd-hid-2", "gone", &gone)).await;
+    answer(&mut crm, "cmd-hid-2").await;
+    first.stop().await;
+
+    // The file now has both names: the file's win.
+    let bridge = Running::start_with(&app, |shadowed| {
+        shadowed.channels.push(file_channel("newco", &newco));
+        shadowed.channels.push(file_channel("gone", &gone));
+    })
+    .await;
+    assert_eq!(bridge.live.get("newco").unwrap().origin, Origin::File);
+    // The CRM can delete its record the file hides.
+    let remove = json!({"command": "channel.remove", "command_id": "cmd-hid-3", "channel": "gone"});
+    commands.send(&remove).await;
+    assert_eq!(answer(&mut crm, "cmd-hid-3").await.body["state"], "removed");
+    assert_eq!(bridge.live.get("gone").unwrap().origin, Origin::File);
+
+    let path = app.dir.path().join("reload.toml");
+    std::fs::write(&path, app.config_toml()).unwrap();
+    let running = Settings::load_with_sections(&path).unwrap();
+    let reloader = xbridge::reload::Reloader::new(path, running, bridge.live.clone())
+        .with_stored(Some(stored_channels(&app, &bridge.live).await));
+    let reloaded = reloader.reload_and_log().expect("the reload applies");
+    assert_eq!(reloaded.removed, ["gone", "newco"]);
+    let mut watch = bridge.live.subscribe();
+    tokio::time::timeout(
+        PATIENCE,
+        watch.wait_for(|map| map.get("newco").is_some_and(|c| c.origin == Origin::Crm)),
+    )
+    .await
+    .expect("the CRM's newco is served again")
+    .unwrap();
+    assert!(bridge.live.get("gone").is_none(), "its record was removed");
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+/// The store's CRM channels of the test's bridge, for a reloader.
+async fn stored_channels(
+    app: &TestApp,
+    live: &Arc<LiveChannels>,
+) -> xbridge_control::StoredChannels {
+    let settings = settings(app);
+    let store = xbridge::app::open_store(&settings.state).await.unwrap();
+    xbridge_control::StoredChannels::new(&settings, store, live.clone())
+        .unwrap()
+        .expect("a store key")
+}
+
+#[tokio::test]
+async fn answers_say_what_the_bridge_serves_not_what_the_command_said() {
+    capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = Running::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+    commands
+        .send(&upsert("cmd-real-1", "newco", &account))
+        .await;
+    assert_eq!(answer(&mut crm, "cmd-real-1").await.body["state"], "ok");
+
+    // The same command id with another token: the stored channel is answered.
+    let mut reused = upsert("cmd-real-1", "newco", &account);
+    reused["access_token"] = json!(format!("{}-not-a-token", account.user_id));
+    commands.send(&reused).await;
+    let replayed = answer(&mut crm, "cmd-real-1").await;
+    assert_eq!(replayed.body["state"], "ok", "{}", replayed.body);
+    assert_eq!(bridge.live.get("newco").unwrap().revision, 1);
+
+    // A check that confirms the state keeps its since.
+    let check =
+        |id: &str| json!({"command": "channel.check", "command_id": id, "channel": "newco"});
+    commands.send(&check("cmd-real-2")).await;
+    let first = answer(&mut crm, "cmd-real-2").await.body;
+    commands.send(&check("cmd-real-3")).await;
+    let second = answer(&mut crm, "cmd-real-3").await.body;
+    assert_eq!(first["since"], second["since"]);
+
+    let pause = json!({"command": "channel.pause", "command_id": "cmd-real-4", "channel": "newco"});
+    commands.send(&pause).await;
+    assert_eq!(answer(&mut crm, "cmd-real-4").await.body["state"], "paused");
+    commands
+        .send(&upsert("cmd-real-5", "newco", &account))
+        .await;
+    let updated = answer(&mut crm, "cmd-real-5").await.body;
+    assert_eq!(
+        updated["state"], "paused",
+        "a paused channel stays paused: {updated}"
+    );
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test]
+async fn a_standby_replica_that_cannot_read_a_notice_reads_it_again() {
+    capture_logs();
+    let app = spawn_app(TestOptions {
+        postgres: true,
+        ..TestOptions::default()
+    })
+    .await;
+    let active = Running::start(&app).await;
+    let inner = xbridge::app::open_store(&settings(&app).state)
+        .await
+        .expect("the state store");
+    let store = FailingStore::new(inner);
+    let standby = Running::start_on(&app, store.clone()).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+
+    store.refuse(Refuse::Everything);
+    commands
+        .send(&upsert("cmd-standby-1", "newco", &account))
+        .await;
+    assert_eq!(answer(&mut crm, "cmd-standby-1").await.body["state"], "ok");
+    active.wait_served("newco", true).await;
+    store.wait_for_refusals(1).await;
+    store.heal();
+    standby.wait_served("newco", true).await;
+    active.stop().await;
+    standby.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test]
+async fn a_command_held_past_store_wait_is_refused_unavailable_and_not_applied() {
+    capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let inner = xbridge::app::open_store(&settings(&app).state)
+        .await
+        .expect("the state store");
+    let store = FailingStore::new(inner);
+    let mut impatient = settings(&app);
+    impatient.amqp.control.store_wait = std::time::Duration::from_secs(1);
+    let bridge = Bridge::build_with_store(impatient, store.clone())
+        .await
+        .expect("the bridge builds");
+    let bridge = Running::run(bridge).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "newco_support");
+
+    store.refuse(Refuse::Writes);
+    commands
+        .send(&upsert("cmd-wait-1", "newco", &account))
+        .await;
+    let refused = refusal(&mut crm).await;
+    assert_eq!(refused["reason"], "unavailable", "{refused}");
+    assert_eq!(refused["command_id"], "cmd-wait-1");
+    assert_no_secret(&refused.to_string(), &account);
+    assert!(bridge.live.get("newco").is_none());
+    store.heal();
     bridge.stop().await;
     cleanup(&app).await;
 }

@@ -332,6 +332,71 @@ fn a_file_channel_named_like_a_crm_channel_refuses_the_reload_as_a_whole() {
 }
 
 #[test]
+fn a_reload_past_max_channels_or_clashing_with_a_crm_channel_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bound = "[amqp]\nmax_channels = 2\n";
+    let path = file_config(dir.path(), &[("acme", "t1")], bound);
+    let running = Settings::load_with_sections(&path).unwrap();
+    let live = Arc::new(LiveChannels::new(&running.settings.channels));
+    let mut crm = Settings::load(&file_config(dir.path(), &[("shop", "t9")], ""))
+        .unwrap()
+        .channels
+        .remove(0);
+    crm.user_id = Some("42".into());
+    live.upsert(LiveChannel {
+        origin: Origin::Crm,
+        revision: 1,
+        ..LiveChannel::from_file(crm)
+    });
+    let before = live.current();
+    let reloader = Reloader::new(path.clone(), running, live.clone());
+
+    file_config(dir.path(), &[("acme", "t1"), ("new", "t2")], bound);
+    match reloader.reload_and_log() {
+        Err(ReloadError::TooManyChannels { file, crm, max }) => {
+            assert_eq!((file, crm, max), (2, 1, 2))
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    file_config(dir.path(), &[("acme", "t1")], bound);
+    let mut toml = std::fs::read_to_string(&path).unwrap();
+    toml.push_str("user_id = \"42\"\n");
+    std::fs::write(&path, toml).unwrap();
+    match reloader.reload_and_log() {
+        Err(ReloadError::ClashesWithCrm(reasons)) => {
+            assert!(
+                reasons[0].contains("acme") && reasons[0].contains("shop"),
+                "{reasons:?}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The CRM's App (consumer_key "ck") with another secret.
+    file_config(dir.path(), &[("acme", "t1")], bound);
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, toml.replace("\"cs\"", "\"cs2\"")).unwrap();
+    match reloader.reload_and_log() {
+        Err(ReloadError::ClashesWithCrm(reasons)) => {
+            assert!(reasons[0].contains("consumer_secret"), "{reasons:?}");
+            assert!(!reasons[0].contains("cs2"), "no secret in {reasons:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The CRM's App (consumer_key "ck") with another secret.
+    file_config(dir.path(), &[("acme", "t1")], bound);
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, toml.replace("\"cs\"", "\"cs2\"")).unwrap();
+    match reloader.reload_and_log() {
+        Err(ReloadError::ClashesWithCrm(reasons)) => {
+            assert!(reasons[0].contains("consumer_secret"), "{reasons:?}");
+            assert!(!reasons[0].contains("cs2"), "no secret in {reasons:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(Arc::ptr_eq(&before, &live.current()), "nothing changed");
+}
+
+#[test]
 fn a_reload_applies_the_channels_and_names_the_sections_a_restart_applies() {
     let dir = tempfile::tempdir().unwrap();
     let path = file_config(dir.path(), &[("acme", "t1"), ("beta", "t1")], "");

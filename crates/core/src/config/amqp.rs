@@ -17,6 +17,13 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     /// Exchange and queue names.
     pub topology: TopologyNames,
+    /// The most channels (the file's and the CRM's together) the bridge serves.
+    /// Each channel holds AMQP channels of its own on the bridge's connections
+    /// (a reply consumer, a poll lease), and RabbitMQ allows 2047 per connection
+    /// (`channel_max`): past that the connection's next channel fails, which
+    /// would stop replies on every channel. A command, reload or start that
+    /// would serve more is refused instead.
+    pub max_channels: usize,
     /// The CRM's commands that manage channels (`[amqp.control]`).
     pub control: ControlSettings,
 }
@@ -43,7 +50,21 @@ pub struct ControlSettings {
     /// Fanout exchange of change notices (`{channel, revision}`), one
     /// exclusive queue per replica bound to it.
     pub changes_exchange: String,
+    /// How long a command waits for the state store before it is refused
+    /// `unavailable` (and acked): held longer, RabbitMQ's `consumer_timeout`
+    /// (30 min by default) would close the channel and the command would come
+    /// back, counting against the queue's delivery limit, until dropped
+    /// without an answer.
+    #[serde(with = "humantime_serde")]
+    pub store_wait: Duration,
 }
+
+/// How long a command waits for the state store by default.
+pub const DEFAULT_STORE_WAIT: Duration = Duration::from_secs(300);
+
+/// The most channels by default: half of RabbitMQ's default `channel_max`
+/// (2047), which a polled channel on one connection uses two of at worst.
+pub const DEFAULT_MAX_CHANNELS: usize = 1000;
 
 impl Default for ControlSettings {
     fn default() -> Self {
@@ -60,6 +81,7 @@ impl ControlSettings {
             exchange: format!("{prefix}.control"),
             commands_queue: format!("{prefix}.control.commands"),
             changes_exchange: format!("{prefix}.control.changes"),
+            store_wait: DEFAULT_STORE_WAIT,
         }
     }
 
@@ -152,6 +174,7 @@ impl TopologyNames {
 pub(super) struct RawAmqp {
     pub(super) url: SecretSource,
     pub(super) prefetch: u16,
+    pub(super) max_channels: usize,
     pub(super) topology: TopologyNames,
     pub(super) control: ControlSettings,
 }
@@ -161,6 +184,7 @@ impl Default for RawAmqp {
         RawAmqp {
             url: SecretSource::Inline("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             prefetch: 64,
+            max_channels: DEFAULT_MAX_CHANNELS,
             topology: TopologyNames::default(),
             control: ControlSettings::default(),
         }
@@ -180,11 +204,18 @@ pub(super) fn validate(raw: RawAmqp, errors: &mut Vec<String>) -> AmqpSettings {
     if raw.prefetch == 0 {
         errors.push("amqp.prefetch: must be at least 1".into());
     }
+    if raw.max_channels == 0 {
+        errors.push("amqp.max_channels: must be at least 1".into());
+    }
+    if raw.control.store_wait.is_zero() {
+        errors.push("amqp.control.store_wait: must be more than 0s".into());
+    }
     check_topology(&raw.topology, errors);
     check_control(&raw.control, errors);
     AmqpSettings {
         url,
         prefetch: raw.prefetch,
+        max_channels: raw.max_channels,
         topology: raw.topology,
         control: raw.control,
     }

@@ -233,6 +233,13 @@ impl Settings {
         amqp::check_control_key(&amqp, state.credentials_key.is_some(), &mut errors);
         http::validate(&raw.http, inbound.media.timeout, &mut errors);
         let channels = channels::validate(raw.channels, &mut errors);
+        if channels.len() > amqp.max_channels {
+            errors.push(format!(
+                "[[channels]]: {} channels, more than amqp.max_channels ({})",
+                channels.len(),
+                amqp.max_channels
+            ));
+        }
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
@@ -449,6 +456,26 @@ mod tests {
         assert_eq!(settings.outbound.credits.max_wait, Duration::from_secs(900));
         assert_eq!(settings.channels[0].name, "acme");
         assert_eq!(settings.channels[0].weight, Some(2));
+    }
+
+    #[test]
+    fn more_channels_than_amqp_max_channels_is_refused() {
+        assert_eq!(Settings::from_toml(VALID).unwrap().amqp.max_channels, 1000);
+        let channel = |name: &str| {
+            format!(
+                "[[channels]]\nname = \"{name}\"\nconsumer_key = \"ck\"\nconsumer_secret = \"cs\"\naccess_token = \"at-{name}\"\naccess_token_secret = \"ats\"\nbearer_token = \"bt\"\n"
+            )
+        };
+        let one = format!("[amqp]\nmax_channels = 1\n{}", channel("acme"));
+        assert!(Settings::from_toml(&one).is_ok());
+        let two = format!("{one}{}", channel("globex"));
+        let Err(ConfigError::Invalid(errors)) = Settings::from_toml(&two) else {
+            panic!("two channels over a bound of one load");
+        };
+        assert!(
+            errors.iter().any(|e| e.contains("amqp.max_channels (1)")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -46,12 +46,19 @@ fn passes_by_itself(error: &XError) -> bool {
     matches!(error, XError::Transient { .. } | XError::RateLimited { .. })
 }
 
+/// What becomes of a tolerated channel whose configured id X contradicts.
+pub type OnContradicted = Arc<dyn Fn(&IdentityMismatch) + Send + Sync>;
+
 /// Learns the accounts of some channels into the shared identities.
 pub struct IdentityResolver {
     identities: Arc<ChannelIdentities>,
     lookups: Vec<(String, Arc<dyn AccountLookup>)>,
     first_pause: Duration,
     max_pause: Duration,
+    /// Channels whose contradicted id does not stop the bridge, and what is
+    /// done instead (besides leaving the identities).
+    tolerated: Vec<String>,
+    on_contradicted: Option<OnContradicted>,
 }
 
 impl IdentityResolver {
@@ -66,7 +73,37 @@ impl IdentityResolver {
             lookups,
             first_pause: Duration::from_secs(1),
             max_pause: Duration::from_secs(300),
+            tolerated: Vec::new(),
+            on_contradicted: None,
         }
+    }
+
+    /// A contradicted id of one of `channels` does not stop the bridge: the
+    /// channel leaves the identities (its webhook bodies are not routed to it),
+    /// is logged, and `then` is told. For the CRM's channels: the CRM, not the
+    /// operator, fixes them, which it cannot do with the bridge stopped.
+    pub fn tolerating(
+        mut self,
+        channels: Vec<String>,
+        then: impl Fn(&IdentityMismatch) + Send + Sync + 'static,
+    ) -> IdentityResolver {
+        self.tolerated = channels;
+        self.on_contradicted = Some(Arc::new(then));
+        self
+    }
+
+    /// `Err` unless `mismatch` is of a tolerated channel, which is then left
+    /// out of routing.
+    fn contradicted(&self, mismatch: IdentityMismatch) -> Result<(), IdentityMismatch> {
+        if !self.tolerated.contains(&mismatch.channel) {
+            return Err(mismatch);
+        }
+        self.identities.remove(&mismatch.channel);
+        tracing::error!(channel = mismatch.channel, error = %mismatch, "the channel is not the X account its settings name: its webhook bodies are not routed to it until its settings change");
+        if let Some(then) = &self.on_contradicted {
+            then(&mismatch);
+        }
+        Ok(())
     }
 
     /// Asks X once for every channel, all at once. The channels X did not answer
@@ -86,7 +123,7 @@ impl IdentityResolver {
             match joined {
                 Ok(Ok(Some(channel))) => unanswered.push(channel),
                 Ok(Ok(None)) => {}
-                Ok(Err(mismatch)) => return Err(mismatch),
+                Ok(Err(mismatch)) => self.contradicted(mismatch)?,
                 Err(failure) => {
                     tracing::error!(%failure, "asking X for a channel's account failed")
                 }
@@ -105,7 +142,7 @@ impl IdentityResolver {
         shutdown: CancellationToken,
     ) -> Result<(), IdentityMismatch> {
         let mut tasks = JoinSet::new();
-        for (channel, lookup) in self.lookups {
+        for (channel, lookup) in self.lookups.clone() {
             if !unanswered.contains(&channel) {
                 continue;
             }
@@ -132,7 +169,7 @@ impl IdentityResolver {
         }
         while let Some(joined) = tasks.join_next().await {
             if let Ok(Err(mismatch)) = joined {
-                return Err(mismatch);
+                self.contradicted(mismatch)?;
             }
         }
         Ok(())
@@ -271,6 +308,30 @@ mod tests {
                 error.actual.as_str()
             ),
             ("alpha", "1", "7")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tolerated_channel_x_contradicts_leaves_routing_and_the_others_resolve() {
+        let ids = identities();
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let resolver = IdentityResolver::new(
+            ids.clone(),
+            vec![
+                ("alpha".into(), Scripted::lookup(vec![Ok("7".into())])),
+                ("beta".into(), Scripted::lookup(vec![Ok("2".into())])),
+            ],
+        )
+        .tolerating(vec!["alpha".into()], {
+            let told = told.clone();
+            move |m: &IdentityMismatch| told.lock().unwrap().push(m.channel.clone())
+        });
+        assert!(resolver.resolve_once().await.unwrap().is_empty());
+        assert_eq!(*told.lock().unwrap(), vec!["alpha".to_owned()]);
+        assert!(ids.identity("alpha").is_none(), "alpha is not routed");
+        assert_eq!(
+            ids.user_id("beta").as_ref().map(|id| id.as_str()),
+            Some("2")
         );
     }
 

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use x_simulator::Account;
 use xbridge::app::Bridge;
+use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ControlSettings, Settings};
 use xbridge_core::live_channels::LiveChannels;
 use xbridge_store::StateStore;
@@ -90,6 +91,8 @@ pub struct Running {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// The channels it serves.
     pub live: Arc<LiveChannels>,
+    /// Their states.
+    pub states: Arc<ChannelStates>,
     /// Where `/metrics` is served, when the test configured `telemetry.listen`.
     pub ops_addr: Option<std::net::SocketAddr>,
 }
@@ -115,8 +118,9 @@ impl Running {
         Running::run(bridge).await
     }
 
-    async fn run(bridge: Bridge) -> Running {
+    pub async fn run(bridge: Bridge) -> Running {
         let live = bridge.live_channels();
+        let states = bridge.channel_states();
         let ops_addr = bridge.ops_addr();
         let mut ready = bridge.readiness();
         let mut control = bridge.control_readiness().expect("control is on");
@@ -132,6 +136,7 @@ impl Running {
             shutdown,
             task,
             live,
+            states,
             ops_addr,
         }
     }
@@ -290,7 +295,11 @@ pub async fn cleanup(app: &TestApp) {
             let _ = channel
                 .queue_delete(queue, QueueDeleteOptions::default())
                 .await;
-            for exchange in [&control.exchange, &control.changes_exchange] {
+            let dead = xbridge_control::dead_letter_name(&control);
+            let _ = channel
+                .queue_delete(dead.as_str().into(), QueueDeleteOptions::default())
+                .await;
+            for exchange in [&control.exchange, &control.changes_exchange, &dead] {
                 let _ = channel
                     .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                     .await;

@@ -25,6 +25,12 @@ pub enum RefusalReason {
     /// The command contradicts the running configuration, e.g. a channel of the config
     /// file, or an X App whose secret another channel holds differently (runtime).
     Conflict,
+    /// The bridge serves `amqp.max_channels` channels already (runtime).
+    TooManyChannels,
+    /// The bridge's state store stayed out of reach longer than
+    /// `amqp.control.store_wait`: nothing was applied, send the command again later
+    /// (runtime).
+    Unavailable,
 }
 
 /// A refused command, as published to the CRM.
