@@ -107,6 +107,11 @@ pub struct TestApp {
     /// Where this test keeps its state file and config.
     pub dir: tempfile::TempDir,
     options: TestOptions,
+    /// Channels the test created at run time (the CRM's), whose queues
+    /// [`TestApp::cleanup`] deletes with the configured ones: left behind, each
+    /// run would add quorum queues to the shared broker until it runs out of
+    /// file handles.
+    created: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Sets up a test's world: a simulator with one account per channel and
@@ -135,10 +140,26 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
         accounts,
         dir: tempfile::tempdir().expect("a temp dir"),
         options,
+        created: Default::default(),
     }
 }
 
 impl TestApp {
+    /// Records that `channel` was created at run time, so its queues are deleted
+    /// by [`TestApp::cleanup`].
+    pub fn created_channel(&self, channel: &str) {
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        if !created.iter().any(|c| c == channel) {
+            created.push(channel.to_owned());
+        }
+    }
+
+    /// What [`TestApp::created_channel`] records into, for a publisher of the
+    /// CRM's commands that outlives a borrow of the app.
+    pub fn created_channels(&self) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        self.created.clone()
+    }
+
     /// The simulator account behind `channel`.
     pub fn account(&self, channel: &str) -> &Account {
         &self
@@ -386,7 +407,13 @@ bearer_token = "{}"
         if self.options.postgres {
             drop_schema(&self.postgres_schema()).await;
         }
-        let channels: Vec<String> = self.accounts.iter().map(|(n, _)| n.clone()).collect();
+        let mut channels: Vec<String> = self.accounts.iter().map(|(n, _)| n.clone()).collect();
+        channels.extend(
+            self.created
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        );
         let delays = xbridge_core::config::Settings::from_toml(&self.config_toml())
             .map(|s| s.outbound.retry.delays)
             .unwrap_or_default();

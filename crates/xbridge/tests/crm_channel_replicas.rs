@@ -379,6 +379,7 @@ async fn cleanup(app: &TestApp) {
         if let Ok(channel) = connection.create_channel().await {
             let queues = [
                 format!("{prefix}.control.commands"),
+                format!("{prefix}.control.dead-letter"),
                 app.names.outgoing_queue(CHANNEL),
                 app.names.poll_lease_queue(CHANNEL),
             ];
@@ -390,6 +391,7 @@ async fn cleanup(app: &TestApp) {
             for exchange in [
                 format!("{prefix}.control"),
                 format!("{prefix}.control.changes"),
+                format!("{prefix}.control.dead-letter"),
             ] {
                 let _ = channel
                     .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())

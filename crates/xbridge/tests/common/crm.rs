@@ -168,6 +168,8 @@ pub struct Commands {
     _connection: Connection,
     channel: lapin::Channel,
     exchange: String,
+    /// The app's record of channels created at run time, for its cleanup.
+    created: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Commands {
@@ -184,6 +186,7 @@ impl Commands {
             _connection: connection,
             channel,
             exchange: control(app).exchange,
+            created: app.created_channels(),
         }
     }
 
@@ -194,6 +197,12 @@ impl Commands {
             .as_str()
             .unwrap_or("channel.check")
             .to_owned();
+        if let Some(channel) = body["channel"].as_str() {
+            let mut created = self.created.lock().unwrap();
+            if !created.iter().any(|c| c == channel) {
+                created.push(channel.to_owned());
+            }
+        }
         let bytes = serde_json::to_vec(body).unwrap();
         self.publish(&self.exchange.clone(), &key, &bytes, Some("guest"))
             .await;
