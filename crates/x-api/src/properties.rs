@@ -263,3 +263,13 @@ proptest! {
         let _ = pacer.blocked_until();
     }
 }
+
+/// The case the property above found: a failed processing whose error message is
+/// empty still gets a detail an operator can read.
+#[test]
+fn a_failed_processing_with_an_empty_error_message_says_processing_failed() {
+    let body = br#"{"data":{"id":"1880028106020515840","processing_info":{"error":[""],"progress_percent":40,"state":"failed"}}}"#;
+    let envelope: Envelope = serde_json::from_slice(body).expect("the answer reads");
+    let info = envelope.data.processing_info.expect("processing info");
+    assert_eq!(info.failure_detail(), "processing failed");
+}

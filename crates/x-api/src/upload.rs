@@ -141,8 +141,15 @@ impl ProcessingInfo {
     /// The failure detail of a `failed` processing: X's message, else its name, cut short.
     pub(crate) fn failure_detail(&self) -> String {
         let error = self.error.as_ref();
+        // X's text when it gave one that says something: an empty or blank message
+        // (seen as `"error":[""]` read leniently) falls back to the name, then to ours.
         let detail = error
-            .and_then(|error| error.message.as_deref().or(error.name.as_deref()))
+            .and_then(|error| {
+                [error.message.as_deref(), error.name.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|text| !text.trim().is_empty())
+            })
             .unwrap_or("processing failed");
         crate::excerpt::cut(detail, PROCESSING_ERROR_BYTES)
     }
