@@ -34,7 +34,8 @@ pub use session::{
     SessionLog, SetupError, Supervisor,
 };
 pub use topology::{
-    declare_channel_queues, declare_poll_lease_queue, declare_topology, TopologyPlan,
+    bind, declare_channel_queues, declare_exchange, declare_poll_lease_queue, declare_topology,
+    TopologyPlan,
 };
 
 #[cfg(test)]

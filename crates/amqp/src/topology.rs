@@ -254,7 +254,8 @@ async fn declare_delay(
     bind(channel, &name, &name, "").await
 }
 
-async fn declare_exchange(
+/// Declares a durable exchange of `kind` (the control session's exchanges too).
+pub async fn declare_exchange(
     channel: &Channel,
     name: &str,
     kind: ExchangeKind,
@@ -272,7 +273,8 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin
         .map(|_| ())
 }
 
-async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
+/// Binds `queue` to `exchange` with `key`, no arguments.
+pub async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
     channel
         .queue_bind(
             queue.into(),

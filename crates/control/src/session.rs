@@ -7,15 +7,12 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use xbridge_amqp::{ConnectError, PublishError, Publisher, SetupError};
+use xbridge_amqp::{bind, declare_exchange, ConnectError, PublishError, Publisher, SetupError};
 use xbridge_core::config::Settings;
 
 use crate::apply::{Applier, Outcome};
@@ -323,7 +320,13 @@ pub fn dead_letter_name(control: &xbridge_core::config::ControlSettings) -> Stri
 /// exclusive queue of notices (its name returned).
 async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String> {
     let control = &settings.amqp.control;
-    exchange(channel, &control.exchange, ExchangeKind::Topic).await?;
+    declare_exchange(
+        channel,
+        &control.exchange,
+        ExchangeKind::Topic,
+        FieldTable::default(),
+    )
+    .await?;
     let dead = dead_letter_name(control);
     declare_dead_letter(channel, &dead).await?;
     let mut args = quorum();
@@ -341,7 +344,13 @@ async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String
         .queue_declare(control.commands_queue.as_str().into(), queue, args)
         .await?;
     bind(channel, &control.commands_queue, &control.exchange, "#").await?;
-    exchange(channel, &control.changes_exchange, ExchangeKind::Fanout).await?;
+    declare_exchange(
+        channel,
+        &control.changes_exchange,
+        ExchangeKind::Fanout,
+        FieldTable::default(),
+    )
+    .await?;
     // Named under the changes exchange, not by the server (`amq.gen-…`): the bridge's
     // user may configure only its own names (docs/operator.md's recipe).
     let name = format!(
@@ -363,7 +372,7 @@ async fn declare(channel: &Channel, settings: &Settings) -> lapin::Result<String
 
 /// The command queue's dead-letter fanout and the quorum queue bound to it.
 async fn declare_dead_letter(channel: &Channel, name: &str) -> lapin::Result<()> {
-    exchange(channel, name, ExchangeKind::Fanout).await?;
+    declare_exchange(channel, name, ExchangeKind::Fanout, FieldTable::default()).await?;
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -382,28 +391,6 @@ fn quorum() -> FieldTable {
 
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
-}
-
-async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> lapin::Result<()> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(name.into(), kind, durable, FieldTable::default())
-        .await
-}
-
-async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
 }
 
 async fn consume(channel: &Channel, queue: &str, tag: &str) -> lapin::Result<Consumer> {
