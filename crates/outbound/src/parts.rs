@@ -201,7 +201,7 @@ async fn send_part(
 ) -> Result<Result<(), XError>, Unsettled> {
     if let Some(since) = part.ambiguous_since {
         let has_media = part.media.is_some();
-        match find_earlier_send(ctx, target, &part.text, has_media, since).await {
+        match find_earlier_send(ctx, target, &part.text, has_media, since, stop).await {
             Ok(Some(event)) => {
                 let record = earlier_record(ctx, place, event);
                 return mark_sent(ctx, place, part, record, stop).await.map(Ok);
@@ -209,6 +209,7 @@ async fn send_part(
             Ok(None) => part.ambiguous_since = None,
             Err(LookupError::X(error)) => return Ok(Err(error)),
             Err(LookupError::Store(error)) => return Err(error.into()),
+            Err(LookupError::Interrupted) => return Err(Unsettled::Interrupted),
         }
     }
     if let (Some(media), None) = (part.media.as_mut(), &part.media_id) {

@@ -128,9 +128,14 @@ pub struct RecentEvents {
 }
 
 impl RecentEvents {
-    /// Whether the last read shows every DM created since `since`.
-    pub fn covers(&self, since: DateTime<Utc>) -> bool {
-        self.read.as_ref().is_some_and(|read| read.covers(since))
+    /// Whether the last read shows every DM a send started at `since` can have
+    /// created: it reaches back before `since` and started once such a send had
+    /// settled (see [`settled_at`]). A read taken earlier, even one taken after
+    /// `since`, can miss a DM X created while the send was still in flight.
+    pub fn covers(&self, since: DateTime<Utc>, settled: DateTime<Utc>) -> bool {
+        self.read
+            .as_ref()
+            .is_some_and(|read| read.at >= settled && read.back_to <= since - SKEW)
     }
 
     /// Keeps `read` in place of the last one.
@@ -156,10 +161,17 @@ pub struct ReadEvents {
     pub events: Vec<Candidate>,
 }
 
-impl ReadEvents {
-    fn covers(&self, since: DateTime<Utc>) -> bool {
-        self.at > since && self.back_to <= since - SKEW
-    }
+/// When a send that started at `since` (by this process's clock or, give or
+/// take [`SKEW`], another replica's) has settled: X has created its DM or
+/// never will, because the sender gave up on the request after
+/// `request_timeout`. Until then a read of X can miss the DM, as when the
+/// replica that sent it lost its broker connection, or died, mid-request.
+pub fn settled_at(since: DateTime<Utc>, request_timeout: std::time::Duration) -> DateTime<Utc> {
+    let timeout = ChronoDuration::from_std(request_timeout).unwrap_or(ChronoDuration::MAX);
+    since
+        .checked_add_signed(timeout)
+        .and_then(|t| t.checked_add_signed(SKEW))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 #[cfg(test)]
@@ -204,6 +216,37 @@ mod tests {
         // Within the allowed clock skew before the intent.
         let early = event("Your order shipped", "42-100", "2026-11-25T09:59:57Z");
         assert!(matches(&early, &sought(&to_user, "Your order shipped")));
+    }
+
+    fn read(at_: &str, back_to: &str) -> RecentEvents {
+        let mut recent = RecentEvents::default();
+        recent.keep(ReadEvents {
+            at: at(at_),
+            back_to: at(back_to),
+            events: Vec::new(),
+        });
+        recent
+    }
+
+    /// The double send seen when a replica took over from one killed mid-send:
+    /// the survivor's read came after the intent but before X created the DM
+    /// still in flight, and was trusted.
+    #[test]
+    fn a_read_covers_a_send_only_once_the_send_has_settled() {
+        let since = at("2026-11-25T10:00:00Z");
+        let settled = settled_at(since, std::time::Duration::from_secs(10));
+        assert_eq!(settled, at("2026-11-25T10:00:15Z"));
+        assert!(!RecentEvents::default().covers(since, settled));
+        assert!(!read("2026-11-25T10:00:01Z", "2026-11-25T09:00:00Z").covers(since, settled));
+        assert!(read("2026-11-25T10:00:15Z", "2026-11-25T09:00:00Z").covers(since, settled));
+        assert!(
+            !read("2026-11-25T10:01:00Z", "2026-11-25T09:59:58Z").covers(since, settled),
+            "it must reach back before the intent, give or take the skew"
+        );
+        assert_eq!(
+            settled_at(since, std::time::Duration::MAX),
+            DateTime::<Utc>::MAX_UTC
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@ use xbridge_store::StoreError;
 use xbridge_x_api::{DmEventsRequest, DmTarget, XError};
 
 use crate::context::ChannelContext;
-use crate::recent_events::{matches, read_page, Candidate, ReadEvents, Sought, SKEW};
+use tokio_util::sync::CancellationToken;
+
+use crate::recent_events::{matches, read_page, settled_at, Candidate, ReadEvents, Sought, SKEW};
 
 /// Events per page read while looking (X bills each one).
 const PAGE_SIZE: u8 = 100;
@@ -33,16 +35,36 @@ pub enum LookupError {
     /// reply waits for the store, and no attempt is used up.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Shutdown came while the look waited for the earlier send to settle.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Looks for an earlier send of the part on X: its DM event, if found.
+///
+/// It reads X only once that send has settled (see [`settled_at`]): the
+/// replica that sent it may have died or lost its broker connection with the
+/// request still on its way, and X may create the DM after a quicker read.
 pub async fn find_earlier_send(
     ctx: &ChannelContext,
     target: &DmTarget,
     text: &str,
     has_media: bool,
     since: DateTime<Utc>,
+    stop: &CancellationToken,
 ) -> Result<Option<Candidate>, LookupError> {
+    let settled = settled_at(since, ctx.client.request_timeout());
+    if let Ok(wait) = (settled - Utc::now()).to_std() {
+        tracing::info!(
+            channel = %ctx.name,
+            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            "waiting for an earlier send of this DM to settle before looking for it on X"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return Err(LookupError::Interrupted),
+        }
+    }
     let sought = Sought {
         own_user_id: ctx.own_user_id().await?,
         target,
@@ -51,7 +73,7 @@ pub async fn find_earlier_send(
         since,
     };
     let mut recent = ctx.recent_events.lock().await;
-    if !recent.covers(since) {
+    if !recent.covers(since, settled) {
         recent.keep(read_back_to(ctx, since - SKEW).await?);
     }
     // Oldest first, so the earliest unclaimed match wins.

@@ -302,6 +302,12 @@ impl XClient {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(credentials);
     }
 
+    /// How long one request to X may take before the client gives up on it: a DM whose
+    /// send started longer ago than this (plus clock skew) has reached X or never will.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.inner.request_timeout
+    }
+
     /// The pacer of this channel's DM sends, for status reports.
     pub fn pacer(&self) -> &Pacer {
         &self.inner.pacer

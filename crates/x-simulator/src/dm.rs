@@ -41,7 +41,7 @@ pub(crate) async fn send_to_participant(
             parameter: "participant_id",
         },
     };
-    send(caller, target)
+    send(caller, target).await
 }
 
 /// `POST /2/dm_conversations/:dm_conversation_id/messages`.
@@ -55,11 +55,39 @@ pub(crate) async fn send_in_conversation(
             parameter: "dm_conversation_id",
         },
     };
-    send(caller, target)
+    send(caller, target).await
 }
 
 /// Records an admitted send and schedules its webhook deliveries, or says why X refuses it.
-fn send(caller: Authorized<DmSend>, target: Target) -> Reply {
+/// A slow send ([`crate::Fault::SlowSend`]) goes on in a task of its own, so the DM is created
+/// even if the client gives up (and the connection, with this handler, goes) meanwhile.
+async fn send(mut caller: Authorized<DmSend>, target: Target) -> Reply {
+    let slow = {
+        let mut inner = caller.state.lock();
+        let slow = inner.faults.take_slow_send(&caller.account.user_id);
+        inner.slow_sends += usize::from(slow.is_some());
+        slow
+    };
+    let Some(delay) = slow else {
+        return send_now(caller, target);
+    };
+    let finish = tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        caller.now = caller.state.now();
+        let state = Arc::clone(&caller.state);
+        let reply = send_now(caller, target);
+        let mut inner = state.lock();
+        inner.slow_sends = inner.slow_sends.saturating_sub(1);
+        drop(inner);
+        state.dm_recorded.notify_waiters();
+        reply
+    });
+    finish
+        .await
+        .unwrap_or_else(|_| Reply::new(StatusCode::INTERNAL_SERVER_ERROR, ""))
+}
+
+fn send_now(caller: Authorized<DmSend>, target: Target) -> Reply {
     let state = Arc::clone(&caller.state);
     match decide(caller, target) {
         Ok((reply, event)) => {

@@ -16,15 +16,15 @@ use crate::rate_limit::RateLimitWindow;
 /// Serialised with a `kind` tag in snake_case, e.g. `{"kind":"server_error","status":503,"times":2}`,
 /// which is also what `POST /_sim/faults` takes. Several faults may be active at once; setting a
 /// fault of a kind already active replaces it (for `recipient_refuses`: of the same participant).
-/// A faulted request never records a DM.
+/// A faulted request never records a DM, except a slow one (`slow_send`), which does, late.
 ///
 /// Which requests a fault reaches: the account's *states* — billing (`credits_depleted`,
 /// `payment_required`, `usage_capped`, `spend_cap_reached`), `not_enrolled`, `unauthorized`
 /// and `latency` — apply to DM sends, `GET /2/dm_events` and `GET /2/users/:id` alike, as X
 /// bills and blocks reads too (`missing_permission` reaches sends and DM reads, not user
 /// lookups, which need no DM permission). One-off *incidents* are scoped, so a counted fault
-/// meant for sends is never used up by a poll: `server_error`, `timeout`, `rate_limit_window`
-/// and `recipient_refuses` reach DM sends only; `read_server_error`, `read_timeout` and
+/// meant for sends is never used up by a poll: `server_error`, `timeout`, `slow_send`,
+/// `rate_limit_window` and `recipient_refuses` reach DM sends only; `read_server_error`, `read_timeout` and
 /// `read_rate_limit_window` reach the two reads only. The media upload routes
 /// (`/2/media/upload…`) are the sending direction too: they feel the states (but not
 /// `missing_permission`, as uploading needs no DM permission), `server_error` and `timeout`,
@@ -75,6 +75,16 @@ pub enum Fault {
     /// request is held for an hour, or until the client gives up or the simulator shuts down.
     Timeout {
         /// How many requests are held; `None` holds every one until cleared.
+        times: Option<u32>,
+    },
+    /// X is slow to create a DM: a send is answered `millis` after it arrived, and the DM is
+    /// created then, whether or not the client still waits. A client that gives up sooner sees
+    /// a timeout for a DM that exists, created after it gave up; so does a replica that died
+    /// with the request on its way. Reaches DM sends only.
+    SlowSend {
+        /// How long X takes, in milliseconds.
+        millis: u64,
+        /// How many sends are slow; `None` every one until cleared.
         times: Option<u32>,
     },
     /// Replaces the account's rate-limit window (and starts a fresh one), so a test can reach a
@@ -230,6 +240,19 @@ impl FaultBook {
             Fault::Latency { millis } => Some(Duration::from_millis(*millis)),
             _ => None,
         })
+    }
+
+    /// How long X takes to create the account's next DM ([`Fault::SlowSend`]), using up one
+    /// count of it.
+    pub(crate) fn take_slow_send(&mut self, user_id: &str) -> Option<Duration> {
+        let active = self.by_user.get_mut(user_id)?;
+        let index = active
+            .iter()
+            .position(|fault| matches!(fault, Fault::SlowSend { .. }))?;
+        let Fault::SlowSend { millis, .. } = active[index] else {
+            return None;
+        };
+        use_one(active, index).then(|| Duration::from_millis(millis))
     }
 
     pub(crate) fn rate_limit_window(&self, user_id: &str) -> Option<RateLimitWindow> {
@@ -429,7 +452,8 @@ fn use_one(active: &mut Vec<Fault>, index: usize) -> bool {
         | Fault::ReadServerError { times, .. }
         | Fault::MediaTimeout { times }
         | Fault::MediaServerError { times, .. }
-        | Fault::CrcFails { times } => times,
+        | Fault::CrcFails { times }
+        | Fault::SlowSend { times, .. } => times,
         _ => return true,
     };
     match times {

@@ -223,6 +223,17 @@ impl Simulator {
             .await
     }
 
+    /// Waits until every slow send ([`Fault::SlowSend`]) has created its DM (or been refused),
+    /// so a test can tell a DM X created late from one never sent. Wrap it in a timeout.
+    pub async fn wait_for_slow_sends(&self) {
+        let state = self.state();
+        state
+            .wait_until(&state.dm_recorded, |inner| {
+                (inner.slow_sends == 0).then_some(())
+            })
+            .await;
+    }
+
     /// Sets how the account's video and GIF uploads process from their next FINALIZE on:
     /// how many STATUS polls answer `in_progress` before the outcome, which outcome, and the
     /// `check_after_secs` X asks clients to wait (tests set 0). Images never process. Until

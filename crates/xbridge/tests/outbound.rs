@@ -11,7 +11,7 @@ use serde_json::json;
 
 use common::start_bridge;
 use x_simulator::Fault;
-use xbridge_test_support::{assert_valid, reply, spawn_app, TestOptions};
+use xbridge_test_support::{assert_valid, reply, spawn_app, TestOptions, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_becomes_a_signed_dm_and_the_crm_gets_message_sent() {
@@ -508,6 +508,46 @@ async fn server_errors_and_timeouts_are_retried_then_sent() {
         2,
         "{statuses:?}"
     );
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+/// X creates a DM after the bridge gave up waiting for its answer (as when the
+/// replica that sent it lost its broker connection or died mid-request). The
+/// retry looks for the DM on X only once the send has settled: a quicker look
+/// found nothing and sent the customer the same DM twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_x_creates_after_the_bridge_gave_up_is_found_not_sent_twice() {
+    let app = spawn_app(TestOptions {
+        request_timeout: Duration::from_millis(500),
+        retry: "immediate_attempts = 3\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\ndelays = [\"200ms\"]\nmax_attempts = 5\n".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    let user = app.user_id("acme");
+    // X answers (and creates the DM) 3 s after the send, long after the bridge's
+    // 500 ms timeout and its first retry.
+    app.simulator.set_fault(
+        &user,
+        Fault::SlowSend {
+            millis: 3_000,
+            times: Some(1),
+        },
+    );
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+
+    crm.publish_reply("acme", &reply("late-1", "944480690", "created late"))
+        .await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_slow_sends())
+        .await
+        .expect("X created the slow DM");
+    let sent = app.simulator.sent_dms_for(&user);
+    assert_eq!(sent.len(), 1, "one DM, not a second one");
+    assert_eq!(event.body["dm_event_id"], sent[0].dm_event_id.as_str());
 
     bridge.stop().await;
     app.cleanup().await;

@@ -98,6 +98,8 @@ pub(crate) struct Inner {
     pub deliveries: Vec<Delivery>,
     pub requests: Vec<RequestRecord>,
     pub counters: Counters,
+    /// Slow sends ([`crate::Fault::SlowSend`]) still on their way to creating their DM.
+    pub slow_sends: usize,
     /// Bumped by every reset, so deliveries still retrying from before it stop instead of
     /// writing into the fresh log.
     pub epoch: u64,
