@@ -149,20 +149,24 @@ impl Bridge {
         };
         let store_health = store.health();
         let http = settings.http.clone();
-        let mut settings = settings;
         let live = Arc::new(LiveChannels::new(&settings.channels));
         // The CRM's channels come back from the store before the sides are built,
-        // and the sides start with them as with the file's (their queues declared).
+        // and the sides start with them as with the file's: both build from `live`
+        // (`settings.channels` stays the file's).
         xbridge_control::load_crm_channels(&settings, store.clone(), live.clone())
             .await
             .context("reading the CRM's channels from the state store")?;
-        settings.channels.extend(crm_channels(&live));
         let stored = StoredChannels::new(&settings, store.clone(), live.clone())?;
         let settings = Arc::new(settings);
         let states = Arc::new(ChannelStates::new(
             live.current().keys().map(String::as_str),
         ));
-        let identities = Arc::new(ChannelIdentities::from_channels(&settings.channels));
+        let served: Vec<ChannelSettings> = live
+            .current()
+            .values()
+            .map(|c| (*c.settings).clone())
+            .collect();
+        let identities = Arc::new(ChannelIdentities::from_channels(&served));
         let control = Control::new(
             settings.clone(),
             store.clone(),
