@@ -228,7 +228,7 @@ pub enum SetupError {
 }
 
 /// What every session starts with: a confirm-mode publisher (its channel in
-/// `channels`), on which the topology `settings` describe is declared.
+/// `channels`), on which the topology every side shares is declared.
 pub async fn declared_publisher(
     connection: &Connection,
     settings: &Settings,
@@ -252,9 +252,10 @@ pub async fn open_publisher(
     Ok(publisher)
 }
 
-/// Declares on `publisher`'s channel the topology `settings` describe.
+/// Declares on `publisher`'s channel the topology every side shares
+/// ([`TopologyPlan::shared`]).
 pub async fn declare(publisher: &Publisher, settings: &Settings) -> Result<(), SetupError> {
-    declare_plan(publisher, &TopologyPlan::for_settings(settings)).await
+    declare_plan(publisher, &TopologyPlan::shared(settings)).await
 }
 
 /// Declares on `publisher`'s channel the topology `plan` describes (a session

@@ -27,11 +27,16 @@ pub struct TopologyPlan {
 }
 
 impl TopologyPlan {
-    /// Everything the configuration needs. The inbound and the outbound side
-    /// both declare from this, so whichever connects first declares it all,
-    /// the same way.
-    pub fn for_settings(settings: &Settings) -> TopologyPlan {
-        TopologyPlan::for_channels(settings, &settings.channels)
+    /// What every side needs whichever channels are served: the exchanges,
+    /// the incoming, dead-letter and unrouted queues and the delay queues.
+    /// Each session declares it on connecting, so whichever connects first
+    /// declares it, the same way. No channel's queue is in it: a queue the
+    /// broker refuses (declared before with other arguments, say) would end
+    /// the session of every channel. The outbound side declares each reply
+    /// queue on its own ([`declare_reply_queue`]), and each poll lease
+    /// contender its lease queue.
+    pub fn shared(settings: &Settings) -> TopologyPlan {
+        TopologyPlan::for_channels(settings, [])
     }
 
     /// What `channels` need, with the names and delays of `settings`: for a
@@ -190,7 +195,7 @@ async fn declare_outgoing(channel: &Channel, plan: &TopologyPlan) -> lapin::Resu
 
 /// One channel's reply queue, bound by the channel's name, exactly as
 /// [`declare_topology`] does.
-async fn declare_reply_queue(
+pub async fn declare_reply_queue(
     channel: &Channel,
     names: &TopologyNames,
     name: &str,

@@ -399,7 +399,7 @@ impl Applier {
         if !paused {
             // A channel created by this command is not in the states yet: it
             // starts in the checked state (the sides' own `add` keeps it).
-            self.states.add(name, state);
+            self.states.add(name, state, None);
             self.states.set(name, state, None, check.detail());
         }
         tracing::info!(

@@ -43,9 +43,10 @@ impl ChannelStates {
         }
     }
 
-    /// Adds a channel created at run time, `ok` (or `paused`), and broadcasts it
-    /// so the CRM hears of the new channel; a channel already known keeps its state.
-    pub fn add(&self, channel: &str, state: ChannelState) {
+    /// Adds a channel created at run time, `ok` (or `paused`, or why it is not
+    /// served, in `detail`), and broadcasts it so the CRM hears of the new
+    /// channel; a channel already known keeps its state.
+    pub fn add(&self, channel: &str, state: ChannelState, detail: Option<String>) {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if current.contains_key(channel) {
             return;
@@ -54,7 +55,7 @@ impl ChannelStates {
             state,
             since: Utc::now(),
             until: None,
-            detail: None,
+            detail,
         };
         current.insert(channel.to_owned(), status.clone());
         set_gauge(channel, state);

@@ -17,7 +17,7 @@ use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use xbridge_amqp::{close_channels, declare_channel_queues};
+use xbridge_amqp::{close_channels, declare_reply_queue};
 use xbridge_core::config::{Settings, TopologyNames};
 
 use crate::context::ChannelContext;
@@ -28,12 +28,13 @@ use crate::worker;
 /// Why a consumer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
-    /// Its AMQP channel could not be opened or given its prefetch.
+    /// Its AMQP channel could not be opened or given its prefetch: the
+    /// connection's trouble, not the channel's.
     #[error("{0}")]
     Channel(lapin::Error),
-    /// A channel added at run time: its queues could not be declared (a
-    /// queue declared before with other arguments, for one).
-    #[error("declaring the queues of channel {channel} failed: {source}")]
+    /// Its reply queue could not be declared (a queue declared before with
+    /// other arguments, for one).
+    #[error("declaring the reply queue of channel {channel} failed: {source}")]
     Declare {
         /// The channel.
         channel: String,
@@ -118,39 +119,38 @@ pub(crate) struct ChannelConsumers {
     connection: Arc<Connection>,
     reporter: Reporter,
     names: TopologyNames,
-    delays: Vec<Duration>,
     prefetch: u16,
     grace: Duration,
     /// The session's stop: every consumer's stops with it.
     stop: CancellationToken,
-    /// Channels whose queues this session declared (at its start, or when
-    /// it started their consumer).
+    /// Channels whose reply queues this session declared.
     declared: HashSet<String>,
+    /// The AMQP channel reply queues are declared on, opened at the first
+    /// declaration and again after one the broker refused (which closes it).
+    declarer: Option<lapin::Channel>,
     running: BTreeMap<String, Running>,
     tasks: JoinSet<Result<(), Unsettled>>,
     by_task: HashMap<Id, String>,
 }
 
 impl ChannelConsumers {
-    /// No consumer yet, on `connection` with `settings`' names, delays,
-    /// prefetch and grace; `declared` are the channels whose queues the
-    /// session's topology covered.
+    /// No consumer yet, on `connection` with `settings`' names, prefetch and
+    /// grace.
     pub(crate) fn new(
         connection: Arc<Connection>,
         reporter: Reporter,
         settings: &Settings,
         stop: CancellationToken,
-        declared: HashSet<String>,
     ) -> ChannelConsumers {
         ChannelConsumers {
             connection,
             reporter,
             names: settings.amqp.topology.clone(),
-            delays: settings.outbound.retry.delays.clone(),
             prefetch: settings.amqp.prefetch,
             grace: settings.outbound.shutdown_grace,
             stop,
-            declared,
+            declared: HashSet::new(),
+            declarer: None,
             running: BTreeMap::new(),
             tasks: JoinSet::new(),
             by_task: HashMap::new(),
@@ -162,16 +162,21 @@ impl ChannelConsumers {
         self.running.contains_key(name)
     }
 
-    /// Starts consuming `ctx`'s channel, declaring its queues first when this
-    /// session has not.
+    /// Starts consuming `ctx`'s channel, declaring its reply queue first when
+    /// this session has not. A refusal of that queue is the channel's own
+    /// ([`ConsumeError::Declare`], [`ConsumeError::Consume`]).
     pub(crate) async fn start(&mut self, ctx: Arc<ChannelContext>) -> Result<(), ConsumeError> {
         let name = ctx.name.clone();
         if !self.declared.contains(&name) {
             self.declare(&name).await?;
         }
         let queue = self.names.outgoing_queue(&name);
-        let (amqp, consumer) =
-            open_consumer(&self.connection, &queue, &name, self.prefetch).await?;
+        let opened = open_consumer(&self.connection, &queue, &name, self.prefetch).await;
+        if let Err(ConsumeError::Consume { .. }) = &opened {
+            // Deleted since it was declared, perhaps: declared again next time.
+            self.declared.remove(&name);
+        }
+        let (amqp, consumer) = opened?;
         let tag = consumer.tag().as_str().to_owned();
         let stop = self.stop.child_token();
         let task = worker::consume(ctx, self.reporter.clone(), consumer, stop.clone());
@@ -189,22 +194,33 @@ impl ChannelConsumers {
         Ok(())
     }
 
-    /// Declares `name`'s queues on an AMQP channel used for that alone: a
-    /// refused declaration closes the channel it was made on.
+    /// Declares `name`'s reply queue and binding on the AMQP channel kept for
+    /// declarations: a refused declaration closes the channel it was made on,
+    /// so the next one opens another. The delay queues every channel shares
+    /// are the session's, declared when it started.
     async fn declare(&mut self, name: &str) -> Result<(), ConsumeError> {
-        let amqp = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(ConsumeError::Channel)?;
-        let declared = declare_channel_queues(&amqp, &self.names, name, &self.delays).await;
-        close_channels(std::slice::from_ref(&amqp)).await;
-        declared.map_err(|source| ConsumeError::Declare {
-            channel: name.to_owned(),
-            source,
-        })?;
-        self.declared.insert(name.to_owned());
-        Ok(())
+        let amqp = match self.declarer.take() {
+            Some(amqp) if amqp.status().connected() => amqp,
+            _ => self
+                .connection
+                .create_channel()
+                .await
+                .map_err(ConsumeError::Channel)?,
+        };
+        match declare_reply_queue(&amqp, &self.names, name).await {
+            Ok(()) => {
+                self.declarer = Some(amqp);
+                self.declared.insert(name.to_owned());
+                Ok(())
+            }
+            Err(source) => {
+                close_channels(std::slice::from_ref(&amqp)).await;
+                Err(ConsumeError::Declare {
+                    channel: name.to_owned(),
+                    source,
+                })
+            }
+        }
     }
 
     /// Forgets that this session declared `name`'s queues: the channel was
@@ -311,7 +327,9 @@ impl ChannelConsumers {
     /// Closes every consumer's AMQP channel, once they ended: the session's
     /// end, before its connection closes.
     pub(crate) async fn close_all(&mut self) {
-        let channels: Vec<lapin::Channel> = self.running.values().map(|r| r.amqp.clone()).collect();
+        let mut channels: Vec<lapin::Channel> =
+            self.running.values().map(|r| r.amqp.clone()).collect();
+        channels.extend(self.declarer.take());
         close_channels(&channels).await;
         self.running.clear();
         self.by_task.clear();
@@ -319,7 +337,7 @@ impl ChannelConsumers {
 }
 
 /// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,

@@ -53,6 +53,7 @@ pub mod parts;
 mod properties;
 pub mod recent_events;
 pub mod reconcile;
+mod refused_channels;
 pub mod report;
 pub mod send;
 pub mod service;

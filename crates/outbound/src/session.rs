@@ -1,13 +1,14 @@
 //! The outbound side's RabbitMQ session, run by the shared supervisor
 //! ([`xbridge_amqp::Supervisor`]): on each new connection it declares the
-//! topology of the channels served now and starts one consumer per channel,
-//! the unrouted one and the channel state reports; while it runs it follows
-//! the channels served (`LiveChannels`), starting and stopping one channel's
-//! consumer at a time ([`crate::channel_consumers`]); it ends when a consumer
-//! fails, and on shutdown lets the in-flight sends finish within the grace
-//! period.
+//! topology every side shares and starts one consumer per channel served
+//! (declaring its reply queue first), the unrouted one and the channel state
+//! reports; while it runs it follows the channels served (`LiveChannels`),
+//! starting and stopping one channel's consumer at a time
+//! ([`crate::channel_consumers`]). A channel whose queue the broker refuses
+//! waits and is tried again on its own ([`crate::refused_channels`]). The
+//! session ends when a consumer fails, and on shutdown lets the in-flight
+//! sends finish within the grace period.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use rand::seq::SliceRandom as _;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_amqp::{
@@ -27,8 +29,9 @@ use xbridge_core::config::Settings;
 use xbridge_core::contract::{ChannelState, ChannelStateEvent};
 use xbridge_core::live_channels::{ChannelMap, LiveChannel, LiveChannels};
 
-use crate::channel_consumers::{open_consumer, ChannelConsumers, ConsumeError, Ended};
+use crate::channel_consumers::{open_consumer, sleep_until, ChannelConsumers, ConsumeError, Ended};
 use crate::channel_contexts::{ChannelContexts, Upserted};
+use crate::refused_channels::RefusedChannels;
 use crate::report::Reporter;
 use crate::state_sync::PublishedStates;
 use crate::unrouted;
@@ -109,6 +112,7 @@ pub(crate) struct ReplySession {
 pub(crate) struct Consuming {
     tasks: JoinSet<Result<(), Unsettled>>,
     consumers: ChannelConsumers,
+    refused: RefusedChannels,
     live: watch::Receiver<ChannelMap>,
     stop: CancellationToken,
 }
@@ -133,27 +137,19 @@ impl Session for ReplySession {
                 needed: xbridge_amqp::MIN_FRAME_MAX,
             });
         }
-        let mut live = self.live.subscribe();
-        let served = live.borrow_and_update().clone();
-        let plan =
-            TopologyPlan::for_channels(&self.settings, served.values().map(|c| &*c.settings));
-        declare_plan(&publisher, &plan).await?;
+        let live = self.live.subscribe();
+        declare_plan(&publisher, &TopologyPlan::shared(&self.settings)).await?;
         let reporter = Reporter::new(publisher, self.settings.amqp.topology.clone());
         let stop = shutdown.child_token();
         let tasks = self
             .side_tasks(connection, channels, &reporter, &stop)
             .await?;
-        let declared: HashSet<String> = plan.channels.into_iter().collect();
-        let consumers = ChannelConsumers::new(
-            connection.clone(),
-            reporter,
-            &self.settings,
-            stop.clone(),
-            declared,
-        );
+        let consumers =
+            ChannelConsumers::new(connection.clone(), reporter, &self.settings, stop.clone());
         let mut running = Consuming {
             tasks,
             consumers,
+            refused: RefusedChannels::default(),
             live,
             stop,
         };
@@ -188,6 +184,7 @@ impl Session for ReplySession {
                     }
                 }
                 Ok(()) = running.live.changed() => {}
+                () = sleep_until(running.refused.next_retry()) => {}
             }
             if let Err(e) = self.apply(running).await {
                 return Some(e);
@@ -278,6 +275,7 @@ impl ReplySession {
             return;
         }
         running.consumers.forget(name);
+        running.refused.forget(name);
         if self.contexts.remove(name) {
             self.states.set(name, ChannelState::Removed, None, None);
             self.states.remove(name);
@@ -318,11 +316,43 @@ impl ReplySession {
             self.tell(name, ChannelState::Paused, added);
             return Ok(());
         }
-        if !running.consumers.has(name) {
-            running.consumers.start(ctx).await?;
-            self.tell(name, ChannelState::Ok, added);
+        if running.consumers.has(name) || running.refused.waiting(name, Instant::now()) {
+            return Ok(());
         }
-        Ok(())
+        match running.consumers.start(ctx).await {
+            Ok(()) => {
+                if running.refused.forget(name) {
+                    tracing::info!(channel = name, "RabbitMQ took the channel's reply queue");
+                    self.states.set(name, ChannelState::Ok, None, None);
+                }
+                self.tell(name, ChannelState::Ok, added);
+                Ok(())
+            }
+            Err(e @ (ConsumeError::Declare { .. } | ConsumeError::Consume { .. })) => {
+                self.refused(running, name, &e, added);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The broker refused `name`'s reply queue: the channel alone waits and is
+    /// tried again, `broker_refused` with the broker's words meanwhile.
+    fn refused(&mut self, running: &mut Consuming, name: &str, e: &ConsumeError, added: bool) {
+        let retry_in = running.refused.refuse(name, Instant::now());
+        let detail = xbridge_core::excerpt::cut(&e.to_string(), 300);
+        tracing::error!(
+            channel = name,
+            error = %detail,
+            retry_in_secs = retry_in.as_secs(),
+            "RabbitMQ refused the channel's reply queue; its replies wait, the other channels go on"
+        );
+        let state = ChannelState::BrokerRefused;
+        if added {
+            self.states.add(name, state, Some(detail.clone()));
+        }
+        self.states.set(name, state, None, Some(detail.clone()));
+        self.states.explain(name, state, detail);
     }
 
     /// Tells operators and the CRM that `name` is now `paused` or taking
@@ -332,7 +362,7 @@ impl ReplySession {
     fn tell(&mut self, name: &str, state: ChannelState, added: bool) {
         let paused = state == ChannelState::Paused;
         if added {
-            self.states.add(name, state);
+            self.states.add(name, state, None);
         }
         if self.contexts.set_paused(name, paused) {
             self.states.set(name, state, None, None);

@@ -359,3 +359,55 @@ async fn channels_changed_at_run_time_stay_as_they_are_after_a_reconnect() {
     running.bridge.stop().await;
     app.cleanup().await;
 }
+
+/// A queue RabbitMQ refuses for one channel (here a classic queue where the
+/// bridge declares a quorum one) used to end the outbound session of every
+/// channel, and every reconnect met it again: no reply went out at all. Now
+/// that channel alone is `broker_refused` and tried again; once the operator
+/// deletes the wrong queue it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_whose_queue_rabbitmq_refuses_waits_alone_and_is_served_once_fixed() {
+    let app = spawn_app(options(&["acme", "beta"])).await;
+    let wrong_queue = app.names.outgoing_queue("beta");
+    let broker =
+        lapin::Connection::connect(&app.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ");
+    let amqp = broker.create_channel().await.expect("a channel");
+    amqp.queue_declare(
+        wrong_queue.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("a classic queue of the channel's name");
+    let running = start_serving(&app, &["acme", "beta"]).await;
+    let mut crm = app.crm().await;
+
+    let refused = wait_for_state(&mut crm, "beta", "broker_refused").await;
+    let detail = refused.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&wrong_queue), "{detail}");
+    crm.publish_reply("acme", &reply("acme-1", "944480690", "acme is served"))
+        .await;
+    assert_eq!(sent_ids(&mut crm, 1).await, ["acme-1"]);
+
+    amqp.queue_delete(wrong_queue.as_str().into(), Default::default())
+        .await
+        .expect("the operator deletes the wrong queue");
+    wait_for_state(&mut crm, "beta", "ok").await;
+    crm.publish_reply("beta", &reply("beta-1", "944480690", "beta too, now"))
+        .await;
+    assert_eq!(sent_ids(&mut crm, 1).await, ["beta-1"]);
+    assert_eq!(texts(&app, "beta"), ["beta too, now"]);
+    assert!(
+        !running.bridge.ready.has_changed().unwrap(),
+        "no RabbitMQ session restarted"
+    );
+
+    running.bridge.stop().await;
+    broker.close(0, "done".into()).await.ok();
+    app.cleanup().await;
+}

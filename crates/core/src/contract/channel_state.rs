@@ -33,11 +33,16 @@ pub enum ChannelState {
     /// The channel was removed (`channel.remove`, or gone from the file on a
     /// reload): nothing is served; its replies wait in its queue.
     Removed,
+    /// RabbitMQ refuses the channel's reply queue (declared before with other
+    /// arguments, deleted, or not permitted to the bridge's user): its replies
+    /// are not taken until the bridge, trying again, is let in. The other
+    /// channels are not affected.
+    BrokerRefused,
 }
 
 impl ChannelState {
     /// Every state, for metrics.
-    pub const ALL: [ChannelState; 9] = [
+    pub const ALL: [ChannelState; 10] = [
         ChannelState::Ok,
         ChannelState::RateLimited,
         ChannelState::CreditsExhausted,
@@ -47,6 +52,7 @@ impl ChannelState {
         ChannelState::PollingPaused,
         ChannelState::Paused,
         ChannelState::Removed,
+        ChannelState::BrokerRefused,
     ];
 
     /// The wire name.
@@ -61,6 +67,7 @@ impl ChannelState {
             ChannelState::PollingPaused => "polling_paused",
             ChannelState::Paused => "paused",
             ChannelState::Removed => "removed",
+            ChannelState::BrokerRefused => "broker_refused",
         }
     }
 }
