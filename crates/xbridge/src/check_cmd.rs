@@ -2,22 +2,34 @@
 //! the access token belongs to, probes a DM endpoint (X answers `/users/me`
 //! even for tokens without DM permission or accounts without credits), and
 //! tries the bearer token on the webhook list, then prints the account or
-//! the precise problem with its fix. Never prints a secret.
+//! the precise problem with its fix. Never prints a secret. The channels
+//! the CRM created are checked after the file's, read from the state store.
+
+use std::sync::Arc;
 
 use xbridge_control::diagnosis::check_account;
-use xbridge_core::config::{ChannelSettings, InboundMode, Settings};
+use xbridge_core::config::{ChannelSettings, InboundMode, Settings, StateBackend};
+use xbridge_core::live_channels::{LiveChannels, Origin};
 use xbridge_x_api::{webhook_problem, UserCredentials, WebhookClient, XClientConfig};
 
-/// Checks `channel` (or every channel) and returns whether all are ready.
+/// Checks `channel` (or every channel, the file's and the CRM's) and returns
+/// whether all are ready.
 pub async fn run(settings: &Settings, channel: Option<&str>) -> anyhow::Result<bool> {
+    let crm = crm_channels(settings).await;
+    let all = settings.channels.iter().chain(crm.iter());
     let channels: Vec<&ChannelSettings> = match channel {
-        Some(name) => vec![settings
-            .channel(name)
-            .ok_or_else(|| anyhow::anyhow!("no channel named {name:?} in the configuration"))?],
-        None => settings.channels.iter().collect(),
+        Some(name) => vec![all.clone().find(|c| c.name == name).ok_or_else(|| {
+            anyhow::anyhow!("no channel named {name:?} in the configuration or the CRM's channels")
+        })?],
+        None => all.collect(),
     };
     let mut all_ready = true;
     for channel in channels {
+        if crm.iter().any(|c| std::ptr::eq(c, channel)) {
+            crate::outln!("channel {} (created by the CRM):", channel.name);
+        } else {
+            crate::outln!("channel {}:", channel.name);
+        }
         let problems = check_channel(settings, channel).await;
         if problems.is_empty() {
             crate::outln!("  ready");
@@ -36,7 +48,6 @@ pub async fn run(settings: &Settings, channel: Option<&str>) -> anyhow::Result<b
 /// Messages (both by the diagnosis the CRM's commands get too), then the
 /// bearer token and the webhook.
 async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
-    crate::outln!("channel {}:", channel.name);
     let config = XClientConfig::from(&settings.x);
     let check = check_account(config.clone(), channel).await;
     if let Some(account) = &check.account {
@@ -82,4 +93,35 @@ async fn check_webhooks(
             "the bearer token was refused ({error}): copy the App's bearer token from the X developer console"
         )),
     }
+}
+
+/// The channels the CRM created, from the state store, as the bridge serves
+/// them (a file channel of the same name wins): none without
+/// `state.credentials_key`, or before the state file exists. A store that
+/// cannot be opened (a state file a running bridge holds) is said, and the
+/// file's channels are still checked.
+async fn crm_channels(settings: &Settings) -> Vec<ChannelSettings> {
+    if settings.state.credentials_key.is_none() {
+        return Vec::new();
+    }
+    if let StateBackend::Embedded { path } = &settings.state.backend {
+        if !path.exists() {
+            return Vec::new();
+        }
+    }
+    let live = Arc::new(LiveChannels::new(&settings.channels));
+    let loaded = async {
+        let store = crate::app::open_store(&settings.state).await?;
+        xbridge_control::load_crm_channels(settings, store, live.clone()).await?;
+        anyhow::Ok(())
+    };
+    if let Err(e) = loaded.await {
+        crate::outln!("the CRM's channels are not checked: {e:#}");
+        return Vec::new();
+    }
+    live.current()
+        .values()
+        .filter(|c| c.origin == Origin::Crm)
+        .map(|c| (*c.settings).clone())
+        .collect()
 }

@@ -570,3 +570,49 @@ async fn a_channel_the_crm_removes_mid_stream_keeps_its_replies_and_sends_them_o
     bridge.stop().await;
     cleanup(&app).await;
 }
+
+/// An operator's `xbridge check` sees the channels the CRM created too, read
+/// from the state store with the credentials key, and prints no credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xbridge_check_checks_the_channels_the_crm_created() {
+    let app = spawn_app(options()).await;
+    let bridge = start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "checked_co");
+    let created = upsert_polled("cmd-check-create", "checked", &account);
+    let answer = apply(&commands, &mut crm, &created, &account).await;
+    assert_eq!(answer.body["state"], "ok", "{}", answer.body);
+    // The embedded state file is the running bridge's alone.
+    bridge.stop().await;
+
+    let config = app.dir.path().join("xbridge-check.toml");
+    let key = format!(
+        "[state]\ncredentials_key = \"{}\"\n",
+        crm::credentials_key()
+    );
+    std::fs::write(&config, app.config_toml().replacen("[state]\n", &key, 1))
+        .expect("config written");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_xbridge"))
+        .args(["check", "--channel", "checked", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .expect("xbridge check runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("channel checked (created by the CRM):"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("@checked_co (id {})", account.user_id)),
+        "{text}"
+    );
+    assert_no_secret(&text, &account);
+    cleanup(&app).await;
+}
