@@ -14,7 +14,7 @@ use crate::context::ChannelContext;
 use crate::failpoints;
 use crate::media::{MediaError, PreparedMedia};
 use crate::recent_events::Candidate;
-use crate::reconcile::{find_earlier_send, LookupError};
+use crate::reconcile::{find_earlier_send, Ambiguous, Earlier, LookupError};
 use crate::store_outage::{record_part, write_durably};
 use crate::unsettled::Unsettled;
 
@@ -200,10 +200,28 @@ async fn send_part(
     stop: &CancellationToken,
 ) -> Result<Result<(), XError>, Unsettled> {
     if let Some(since) = part.ambiguous_since {
-        let has_media = part.media.is_some();
-        match find_earlier_send(ctx, target, &part.text, has_media, since, stop).await {
-            Ok(Some(event)) => {
+        let ambiguous = Ambiguous {
+            target,
+            message_id: place.message_id,
+            index: place.index,
+            count: place.count,
+            text: &part.text,
+            has_media: part.media.is_some(),
+            since,
+        };
+        match find_earlier_send(ctx, ambiguous, stop).await {
+            Ok(Some(Earlier::OnX(event))) => {
                 let record = earlier_record(ctx, place, event);
+                return mark_sent(ctx, place, part, record, stop).await.map(Ok);
+            }
+            Ok(Some(Earlier::Recorded(record))) => {
+                tracing::warn!(
+                    channel = %ctx.name,
+                    message_id = place.message_id,
+                    dm_event_id = %record.dm_event_id,
+                    part = place.index + 1,
+                    "another replica sent and recorded this DM while this one took the reply over; not sending it again"
+                );
                 return mark_sent(ctx, place, part, record, stop).await.map(Ok);
             }
             Ok(None) => part.ambiguous_since = None,

@@ -12,7 +12,7 @@
 
 use chrono::{DateTime, Utc};
 
-use xbridge_store::StoreError;
+use xbridge_store::{SentRecord, StoreError};
 use xbridge_x_api::{DmEventsRequest, DmTarget, XError};
 
 use crate::context::ChannelContext;
@@ -40,19 +40,54 @@ pub enum LookupError {
     Interrupted,
 }
 
-/// Looks for an earlier send of the part on X: its DM event, if found.
+/// The part of a reply whose earlier send is looked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Ambiguous<'a> {
+    /// Where it was sent.
+    pub target: &'a DmTarget,
+    /// The reply's CRM message id.
+    pub message_id: &'a str,
+    /// Which part (0-based), of how many.
+    pub index: usize,
+    /// How many parts the reply has.
+    pub count: usize,
+    /// The part's text.
+    pub text: &'a str,
+    /// Whether it carries an attachment.
+    pub has_media: bool,
+    /// When the earlier send started (its intent).
+    pub since: DateTime<Utc>,
+}
+
+/// An earlier send of the part, found.
+#[derive(Debug)]
+pub enum Earlier {
+    /// The replica that sent it recorded it meanwhile: this reply's record.
+    Recorded(SentRecord),
+    /// X has it, and no reply's record does: its DM event.
+    OnX(Candidate),
+}
+
+/// Looks for an earlier send of the part: in the store, where the replica
+/// that sent it may have recorded it since, then on X.
 ///
-/// It reads X only once that send has settled (see [`settled_at`]): the
+/// It looks only once that send has settled (see [`settled_at`]): the
 /// replica that sent it may have died or lost its broker connection with the
 /// request still on its way, and X may create the DM after a quicker read.
+/// A DM X has that is recorded for this very part is this part's, not another
+/// reply's: the old owner recorded it while this replica was looking.
 pub async fn find_earlier_send(
     ctx: &ChannelContext,
-    target: &DmTarget,
-    text: &str,
-    has_media: bool,
-    since: DateTime<Utc>,
+    part: Ambiguous<'_>,
     stop: &CancellationToken,
-) -> Result<Option<Candidate>, LookupError> {
+) -> Result<Option<Earlier>, LookupError> {
+    let Ambiguous {
+        target,
+        text,
+        has_media,
+        since,
+        ..
+    } = part;
     let settled = settled_at(since, ctx.client.request_timeout());
     if let Ok(wait) = (settled - Utc::now()).to_std() {
         tracing::info!(
@@ -64,6 +99,9 @@ pub async fn find_earlier_send(
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return Err(LookupError::Interrupted),
         }
+    }
+    if let Some(record) = recorded(ctx, &part).await? {
+        return Ok(Some(Earlier::Recorded(record)));
     }
     let sought = Sought {
         own_user_id: ctx.own_user_id().await?,
@@ -78,11 +116,34 @@ pub async fn find_earlier_send(
     }
     // Oldest first, so the earliest unclaimed match wins.
     for event in recent.events().iter().rev() {
-        if matches(event, &sought) && !ctx.store.is_own_send(&ctx.name, event.id.as_str()).await? {
-            return Ok(Some(event.clone()));
+        if !matches(event, &sought) {
+            continue;
+        }
+        if !ctx.store.is_own_send(&ctx.name, event.id.as_str()).await? {
+            return Ok(Some(Earlier::OnX(event.clone())));
+        }
+        if let Some(record) = recorded(ctx, &part).await? {
+            if record.dm_event_id == event.id.as_str() {
+                return Ok(Some(Earlier::Recorded(record)));
+            }
         }
     }
     Ok(None)
+}
+
+/// The store's record of `part`, if it has one: the whole reply's when it is
+/// one DM, the part's when it is several.
+async fn recorded(
+    ctx: &ChannelContext,
+    part: &Ambiguous<'_>,
+) -> Result<Option<SentRecord>, StoreError> {
+    if part.count > 1 {
+        ctx.store
+            .sent_part(&ctx.name, part.message_id, part.index)
+            .await
+    } else {
+        ctx.store.sent(&ctx.name, part.message_id).await
+    }
 }
 
 /// Reads the account's DM events, newest first, back to `until` (or

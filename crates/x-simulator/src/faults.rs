@@ -255,6 +255,14 @@ impl FaultBook {
         use_one(active, index).then(|| Duration::from_millis(millis))
     }
 
+    /// Whether any account still has a [`Fault::SlowSend`] to use.
+    pub(crate) fn any_slow_send(&self) -> bool {
+        self.by_user
+            .values()
+            .flatten()
+            .any(|fault| matches!(fault, Fault::SlowSend { .. }))
+    }
+
     pub(crate) fn rate_limit_window(&self, user_id: &str) -> Option<RateLimitWindow> {
         self.active(user_id).iter().find_map(|fault| match fault {
             Fault::RateLimitWindow { limit, window_secs } => Some(RateLimitWindow {

@@ -223,13 +223,14 @@ impl Simulator {
             .await
     }
 
-    /// Waits until every slow send ([`Fault::SlowSend`]) has created its DM (or been refused),
-    /// so a test can tell a DM X created late from one never sent. Wrap it in a timeout.
+    /// Waits until every slow send a [`Fault::SlowSend`] counted has come and created its DM
+    /// (or been refused), so a test can tell a DM X created late from one never sent. Set the
+    /// fault with `times`; wrap it in a timeout.
     pub async fn wait_for_slow_sends(&self) {
         let state = self.state();
         state
             .wait_until(&state.dm_recorded, |inner| {
-                (inner.slow_sends == 0).then_some(())
+                (inner.slow_sends == 0 && !inner.faults.any_slow_send()).then_some(())
             })
             .await;
     }

@@ -553,6 +553,64 @@ async fn a_dm_x_creates_after_the_bridge_gave_up_is_found_not_sent_twice() {
     app.cleanup().await;
 }
 
+/// Issue 15's failover race, at unit level: the replica that sent a DM records it
+/// while another, which took the reply over, is looking for it. The DM X has is
+/// then recorded, and used to be taken for another reply's: the reply went out
+/// twice. Here the test plays the old owner and records the DM (the shared store
+/// is PostgreSQL) once X created it, while the bridge waits for the send to settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_the_old_owner_records_while_the_new_one_looks_is_not_sent_again() {
+    let app = spawn_app(TestOptions {
+        postgres: true,
+        request_timeout: Duration::from_millis(500),
+        retry: "immediate_attempts = 3\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\ndelays = [\"200ms\"]\nmax_attempts = 5\n".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    let user = app.user_id("acme");
+    app.simulator.set_fault(
+        &user,
+        Fault::SlowSend {
+            millis: 1_000,
+            times: Some(1),
+        },
+    );
+    let bridge = start_bridge(&app).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply("acme", &reply("owned-1", "944480690", "recorded elsewhere"))
+        .await;
+
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_slow_sends())
+        .await
+        .expect("X created the slow DM");
+    let created = app.simulator.sent_dms_for(&user);
+    assert_eq!(created.len(), 1);
+    let old_owner = xbridge_store::PostgresStore::connect(
+        &xbridge_test_support::postgres_url(),
+        Some(&app.postgres_schema()),
+    )
+    .await
+    .expect("the shared store");
+    let record = xbridge_store::SentRecord {
+        dm_event_id: created[0].dm_event_id.clone(),
+        conversation_id: created[0].dm_conversation_id.clone(),
+        sent_at: created[0].created_at,
+        reported: false,
+        parts: Vec::new(),
+    };
+    xbridge_store::StateStore::record_sent(&old_owner, "acme", "owned-1", &record)
+        .await
+        .expect("the old owner records its send");
+
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+    assert_eq!(event.body["dm_event_id"], created[0].dm_event_id.as_str());
+    assert_eq!(app.simulator.sent_dms_for(&user).len(), 1, "no second DM");
+
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lasting_server_error_ends_as_retries_exhausted() {
     let app = spawn_app(TestOptions {
