@@ -228,10 +228,9 @@ impl Inbox {
     }
 }
 
-// Out of CI until fixed: 1 run in about 20 sent 4 replies twice at the first kill
-// (the killed replica sent them, the survivor sent them again without finding them
-// on X). Run it by hand with `--ignored`; docs/status.md tracks it.
-#[ignore = "1 run in about 20 sends replies twice after a SIGKILL takeover (docs/status.md)"]
+// Once 1 run in about 20 sent 4 replies twice at the first kill: the survivor looked
+// on X before the killed replica's last sends had settled, and trusted that read.
+// The lookup now waits for them (`recent_events::settled_at`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_serve_a_crm_channel_once_with_one_poller_across_a_kill_and_a_late_start() {
     let app = spawn_app(TestOptions {
