@@ -34,8 +34,8 @@ pub use session::{
     SessionLog, SetupError, Supervisor,
 };
 pub use topology::{
-    bind, declare_channel_queues, declare_exchange, declare_poll_lease_queue, declare_reply_queue,
-    declare_topology, TopologyPlan,
+    bind, declare_exchange, declare_poll_lease_queue, declare_reply_queue, declare_topology,
+    TopologyPlan,
 };
 
 #[cfg(test)]

@@ -205,25 +205,6 @@ pub async fn declare_reply_queue(
     bind(channel, &queue, &names.outgoing_exchange, name).await
 }
 
-/// Declares what one channel added at run time needs before it is consumed:
-/// its reply queue and binding, and the delay queues its parked replies go
-/// through (shared by every channel, declared again here because that is
-/// idempotent and cheap, and a parked reply must never find one missing).
-/// The outgoing exchange and the rest are the session's, declared when it
-/// started.
-pub async fn declare_channel_queues(
-    channel: &Channel,
-    names: &TopologyNames,
-    name: &str,
-    delays: &[Duration],
-) -> lapin::Result<()> {
-    declare_reply_queue(channel, names, name).await?;
-    for delay in delays {
-        declare_delay(channel, names, *delay).await?;
-    }
-    Ok(())
-}
-
 /// A topic exchange whose one quorum queue takes every routing key (the
 /// incoming events and the dead letters are both shaped so).
 async fn declare_topic_with_queue(

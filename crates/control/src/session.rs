@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use xbridge_amqp::{bind, declare_exchange, ConnectError, PublishError, Publisher, SetupError};
 use xbridge_core::config::Settings;
+use xbridge_core::contract::ChannelState;
 
 use crate::apply::{Applier, Outcome};
 
@@ -58,9 +59,9 @@ pub enum SessionError {
 /// What runs on one connection.
 pub struct Running {
     publisher: Publisher,
-    /// Declares a channel's reply queue before its answer (see
-    /// [`ControlSession::declare_reply_queue`]).
-    declaring: Channel,
+    /// Where a channel's reply queue is declared before its answer, on an
+    /// AMQP channel of its own (see [`ControlSession::declare_reply_queue`]).
+    connection: Arc<Connection>,
     commands: Consumer,
     notices: Consumer,
 }
@@ -96,7 +97,7 @@ impl xbridge_amqp::Session for ControlSession {
         }
         Ok(Running {
             publisher,
-            declaring: consuming,
+            connection: connection.clone(),
             commands,
             notices,
         })
@@ -173,10 +174,18 @@ impl ControlSession {
                 }
             }
         };
-        if let Outcome::Answered(answer, Some(_)) = &outcome {
-            if answer.state.status.state.as_str() != "removed" {
-                self.declare_reply_queue(&running.declaring, &answer.state.channel)
+        let mut outcome = outcome;
+        if let Outcome::Answered(answer, Some(_)) = &mut outcome {
+            if answer.state.status.state != ChannelState::Removed {
+                let declared = self
+                    .declare_reply_queue(&running.connection, &answer.state.channel)
                     .await?;
+                if let Err(detail) = declared {
+                    // The channel is stored and served; the outbound side tries its
+                    // queue again on its own. The CRM hears why replies wait.
+                    answer.state.status.state = ChannelState::BrokerRefused;
+                    answer.state.status.detail = Some(detail);
+                }
             }
         }
         self.answer(&running.publisher, &delivery, outcome).await?;
@@ -188,10 +197,28 @@ impl ControlSession {
     /// starts consuming it) before the CRM is told the channel exists: a reply the CRM
     /// publishes as soon as it reads the answer is then queued for the channel, not
     /// dead-lettered `unknown_channel` because the outbound side had not declared it yet.
-    async fn declare_reply_queue(&self, amqp: &Channel, channel: &str) -> lapin::Result<()> {
+    /// On an AMQP channel used for that alone: the broker closes the channel a refused
+    /// declaration was made on (a queue of that name with other arguments, say), and
+    /// that must not end the session, whose next start would meet the same command and
+    /// the same refusal. `Ok(Err)` is the broker's refusal, in its words.
+    async fn declare_reply_queue(
+        &self,
+        connection: &Connection,
+        channel: &str,
+    ) -> lapin::Result<Result<(), String>> {
+        let amqp = connection.create_channel().await?;
         let names = &self.settings.amqp.topology;
-        let delays = &self.settings.outbound.retry.delays;
-        xbridge_amqp::declare_channel_queues(amqp, names, channel, delays).await
+        let declared = xbridge_amqp::declare_reply_queue(&amqp, names, channel).await;
+        xbridge_amqp::close_channels(std::slice::from_ref(&amqp)).await;
+        match declared {
+            Ok(()) => Ok(Ok(())),
+            Err(e) if connection.status().connected() => {
+                let detail = format!("RabbitMQ refused the channel's reply queue: {e}");
+                tracing::error!(channel, error = %e, "RabbitMQ refused a new channel's reply queue; its replies wait");
+                Ok(Err(xbridge_core::excerpt::cut(&detail, 300)))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Publishes a command's outcome, confirmed: the change notice first (so a

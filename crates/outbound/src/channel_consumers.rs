@@ -157,6 +157,12 @@ impl ChannelConsumers {
         }
     }
 
+    /// Whether the session's connection is still up: a failure while it is
+    /// is the broker's answer about one channel, not a lost connection.
+    pub(crate) fn connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
     /// Whether `name` has a consumer (running, or stopping).
     pub(crate) fn has(&self, name: &str) -> bool {
         self.running.contains_key(name)
@@ -167,9 +173,7 @@ impl ChannelConsumers {
     /// ([`ConsumeError::Declare`], [`ConsumeError::Consume`]).
     pub(crate) async fn start(&mut self, ctx: Arc<ChannelContext>) -> Result<(), ConsumeError> {
         let name = ctx.name.clone();
-        if !self.declared.contains(&name) {
-            self.declare(&name).await?;
-        }
+        self.declare(&name).await?;
         let queue = self.names.outgoing_queue(&name);
         let opened = open_consumer(&self.connection, &queue, &name, self.prefetch).await;
         if let Err(ConsumeError::Consume { .. }) = &opened {
@@ -198,7 +202,10 @@ impl ChannelConsumers {
     /// declarations: a refused declaration closes the channel it was made on,
     /// so the next one opens another. The delay queues every channel shares
     /// are the session's, declared when it started.
-    async fn declare(&mut self, name: &str) -> Result<(), ConsumeError> {
+    pub(crate) async fn declare(&mut self, name: &str) -> Result<(), ConsumeError> {
+        if self.declared.contains(name) {
+            return Ok(());
+        }
         let amqp = match self.declarer.take() {
             Some(amqp) if amqp.status().connected() => amqp,
             _ => self

@@ -75,31 +75,48 @@ impl ReplyParts {
     /// X's refusal of the first part that failed (the parts before it stay
     /// recorded). Only the state store's failures (before a send: nothing was
     /// sent) and `stop` are `Err`: a part X accepted is recorded whatever it
-    /// takes (see [`crate::store_outage`]).
+    /// takes (see [`crate::store_outage`]). A stop between parts leaves the
+    /// rest to a later delivery.
+    ///
+    /// After waiting for an earlier send to settle (see
+    /// [`crate::reconcile`]), the later parts are looked up in the store
+    /// again: the replica that sent the earlier one may have gone on with them
+    /// meanwhile, and may even have finished the reply ([`Sent::Before`]).
     pub async fn send(
         &mut self,
         ctx: &ChannelContext,
         target: &DmTarget,
         message_id: &str,
         stop: &CancellationToken,
-    ) -> Result<Result<SentRecord, XError>, Unsettled> {
+    ) -> Result<Result<Sent, XError>, Unsettled> {
         let count = self.parts.len();
+        let mut looked = false;
+        let mut went_out = false;
         for (index, part) in self.parts.iter_mut().enumerate() {
+            if looked && part.sent.is_none() {
+                refresh(ctx, message_id, index, part).await?;
+            }
             if part.sent.is_some() {
                 continue;
+            }
+            if went_out && stop.is_cancelled() {
+                return Err(Unsettled::Interrupted);
             }
             let place = Place {
                 message_id,
                 index,
                 count,
             };
-            if let Err(error) = send_part(ctx, target, place, part, stop).await? {
-                return Ok(Err(error));
+            looked |= part.ambiguous_since.is_some();
+            match send_part(ctx, target, place, part, stop).await? {
+                Ok(Step::Next) => went_out = true,
+                Ok(Step::ReplySent(record)) => return Ok(Ok(Sent::Before(record))),
+                Err(error) => return Ok(Err(error)),
             }
         }
         let first = self.parts[0].sent.clone().expect("every part was sent");
         let last = self.parts[count - 1].sent.as_ref().expect("sent");
-        Ok(Ok(SentRecord {
+        Ok(Ok(Sent::Now(SentRecord {
             sent_at: last.sent_at,
             parts: if count > 1 {
                 self.sent_ids()
@@ -107,7 +124,7 @@ impl ReplyParts {
                 Vec::new()
             },
             ..first
-        }))
+        })))
     }
 
     /// A note for a failure after some parts went out: the CRM must know
@@ -181,6 +198,42 @@ async fn prepare_part(
     })
 }
 
+/// How a reply's sending ended well.
+#[derive(Debug)]
+pub enum Sent {
+    /// Its DMs went out (or the last ones did, earlier ones before): its record.
+    Now(SentRecord),
+    /// Another delivery (another replica, the old owner of the channel) sent
+    /// and recorded the whole reply while this one waited to look: its record,
+    /// which that delivery reported.
+    Before(SentRecord),
+}
+
+/// What comes after a part.
+enum Step {
+    /// The part is sent (or found sent): the next one.
+    Next,
+    /// The whole reply was found sent and recorded by another delivery.
+    ReplySent(SentRecord),
+}
+
+/// Reads part `index` again from the store: its record, or an intent another
+/// delivery took since this one prepared the reply.
+async fn refresh(
+    ctx: &ChannelContext,
+    message_id: &str,
+    index: usize,
+    part: &mut Part,
+) -> Result<(), Unsettled> {
+    part.sent = ctx.store.sent_part(&ctx.name, message_id, index).await?;
+    if part.sent.is_some() {
+        part.media = None;
+    } else if part.ambiguous_since.is_none() {
+        part.ambiguous_since = ctx.store.send_intent(&ctx.name, message_id, index).await?;
+    }
+    Ok(())
+}
+
 /// Where a part is: which reply, which of its parts.
 #[derive(Debug, Clone, Copy)]
 struct Place<'a> {
@@ -198,7 +251,7 @@ async fn send_part(
     place: Place<'_>,
     part: &mut Part,
     stop: &CancellationToken,
-) -> Result<Result<(), XError>, Unsettled> {
+) -> Result<Result<Step, XError>, Unsettled> {
     if let Some(since) = part.ambiguous_since {
         let ambiguous = Ambiguous {
             target,
@@ -210,9 +263,20 @@ async fn send_part(
             since,
         };
         match find_earlier_send(ctx, ambiguous, stop).await {
+            Ok(Some(Earlier::ReplySent(record))) => {
+                tracing::warn!(
+                    channel = %ctx.name,
+                    message_id = place.message_id,
+                    dm_event_id = %record.dm_event_id,
+                    "another delivery sent and recorded this whole reply while this one waited to look; not sending it again"
+                );
+                return Ok(Ok(Step::ReplySent(record)));
+            }
             Ok(Some(Earlier::OnX(event))) => {
                 let record = earlier_record(ctx, place, event);
-                return mark_sent(ctx, place, part, record, stop).await.map(Ok);
+                return mark_sent(ctx, place, part, record, stop)
+                    .await
+                    .map(|()| Ok(Step::Next));
             }
             Ok(Some(Earlier::Recorded(record))) => {
                 tracing::warn!(
@@ -222,7 +286,9 @@ async fn send_part(
                     part = place.index + 1,
                     "another replica sent and recorded this DM while this one took the reply over; not sending it again"
                 );
-                return mark_sent(ctx, place, part, record, stop).await.map(Ok);
+                return mark_sent(ctx, place, part, record, stop)
+                    .await
+                    .map(|()| Ok(Step::Next));
             }
             Ok(None) => part.ambiguous_since = None,
             Err(LookupError::X(error)) => return Ok(Err(error)),
@@ -244,7 +310,7 @@ async fn send_part(
     if place.index + 1 < place.count {
         failpoints::freeze_if_armed(failpoints::BETWEEN_PARTS).await;
     }
-    Ok(Ok(()))
+    Ok(Ok(Step::Next))
 }
 
 /// The record of a part whose earlier send was found on X as `event`.
@@ -279,12 +345,15 @@ async fn send_dm(
         index,
         count,
     } = place;
+    // The intent is taken once X's rate limit lets the request go, right before it
+    // leaves: a lookup for this send waits `x.request_timeout` from then (see
+    // `recent_events::settled_at`), which a wait for the pacer before it would eat into.
+    let admitted = ctx.client.admit_dm_send().await;
     let started = Utc::now();
     ctx.store
         .record_send_intent(&ctx.name, message_id, index, started)
         .await?;
-    let sent = match ctx
-        .client
+    let sent = match admitted
         .send_dm_with_media(target, &part.text, part.media_id.as_deref())
         .await
     {

@@ -121,13 +121,43 @@ pub fn matches(event: &Candidate, sought: &Sought<'_>) -> bool {
 
 /// The account's recent DM events as last read, newest first: after a crash
 /// every lane with an ambiguous part looks at once, and X allows only a few
-/// DM reads per window (15 per 15 minutes), so one read serves them all.
+/// DM reads per window (15 per 15 minutes, shared with the poller), so one
+/// read serves them all: each lane's read must come once its own send has
+/// settled, and the lanes waiting say when theirs settle, so the first read
+/// is taken late enough for the others due soon after (see
+/// [`RecentEvents::read_at`]).
 #[derive(Debug, Default)]
 pub struct RecentEvents {
     read: Option<ReadEvents>,
+    /// When the sends the waiting lanes look for settle.
+    waiting: Vec<DateTime<Utc>>,
 }
 
 impl RecentEvents {
+    /// A lane will look for a send that settles at `settled`.
+    pub fn expect(&mut self, settled: DateTime<Utc>) {
+        self.waiting.push(settled);
+    }
+
+    /// A lane that said [`RecentEvents::expect`] looks no more.
+    pub fn forget(&mut self, settled: DateTime<Utc>) {
+        if let Some(index) = self.waiting.iter().position(|t| *t == settled) {
+            self.waiting.swap_remove(index);
+        }
+    }
+
+    /// When to read for a lane whose send settles at `settled`: then, or as late
+    /// as the latest of the other waiting lanes' within [`SKEW`] after it, so
+    /// that one read covers them too.
+    pub fn read_at(&self, settled: DateTime<Utc>) -> DateTime<Utc> {
+        self.waiting
+            .iter()
+            .copied()
+            .filter(|t| *t >= settled && *t <= settled + SKEW)
+            .max()
+            .unwrap_or(settled)
+    }
+
     /// Whether the last read shows every DM a send started at `since` can have
     /// created: it reaches back before `since` and started once such a send had
     /// settled (see [`settled_at`]). A read taken earlier, even one taken after
@@ -247,6 +277,24 @@ mod tests {
             settled_at(since, std::time::Duration::MAX),
             DateTime::<Utc>::MAX_UTC
         );
+    }
+
+    #[test]
+    fn one_read_serves_the_lanes_whose_sends_settle_soon_after() {
+        let mut recent = RecentEvents::default();
+        let first = at("2026-11-25T10:00:15Z");
+        assert_eq!(recent.read_at(first), first, "alone");
+        recent.expect(first);
+        recent.expect(at("2026-11-25T10:00:16Z"));
+        recent.expect(at("2026-11-25T10:00:19Z"));
+        recent.expect(at("2026-11-25T10:01:00Z"));
+        assert_eq!(
+            recent.read_at(first),
+            at("2026-11-25T10:00:19Z"),
+            "the latest within the skew, not one a minute later"
+        );
+        recent.forget(at("2026-11-25T10:00:19Z"));
+        assert_eq!(recent.read_at(first), at("2026-11-25T10:00:16Z"));
     }
 
     #[test]

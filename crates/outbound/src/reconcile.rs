@@ -62,6 +62,9 @@ pub struct Ambiguous<'a> {
 /// An earlier send of the part, found.
 #[derive(Debug)]
 pub enum Earlier {
+    /// The whole reply was sent and recorded meanwhile (by the replica that
+    /// sent the part, which went on): its record.
+    ReplySent(SentRecord),
     /// The replica that sent it recorded it meanwhile: this reply's record.
     Recorded(SentRecord),
     /// X has it, and no reply's record does: its DM event.
@@ -89,19 +92,13 @@ pub async fn find_earlier_send(
         ..
     } = part;
     let settled = settled_at(since, ctx.client.request_timeout());
-    if let Ok(wait) = (settled - Utc::now()).to_std() {
-        tracing::info!(
-            channel = %ctx.name,
-            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            "waiting for an earlier send of this DM to settle before looking for it on X"
-        );
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => return Err(LookupError::Interrupted),
-        }
-    }
-    if let Some(record) = recorded(ctx, &part).await? {
-        return Ok(Some(Earlier::Recorded(record)));
+    ctx.recent_events.lock().await.expect(settled);
+    let waited = wait_until(ctx, settled, stop).await;
+    let mut recent = ctx.recent_events.lock().await;
+    recent.forget(settled);
+    waited?;
+    if let Some(earlier) = recorded(ctx, &part).await? {
+        return Ok(Some(earlier));
     }
     let sought = Sought {
         own_user_id: ctx.own_user_id().await?,
@@ -110,11 +107,15 @@ pub async fn find_earlier_send(
         has_media,
         since,
     };
-    let mut recent = ctx.recent_events.lock().await;
     if !recent.covers(since, settled) {
+        // Late enough for the other lanes waiting to look, so one read serves them;
+        // they wait for this lock meanwhile.
+        let read_at = recent.read_at(settled);
+        wait_until(ctx, read_at, stop).await?;
         recent.keep(read_back_to(ctx, since - SKEW).await?);
     }
     // Oldest first, so the earliest unclaimed match wins.
+    let mut claimed = 0;
     for event in recent.events().iter().rev() {
         if !matches(event, &sought) {
             continue;
@@ -122,28 +123,68 @@ pub async fn find_earlier_send(
         if !ctx.store.is_own_send(&ctx.name, event.id.as_str()).await? {
             return Ok(Some(Earlier::OnX(event.clone())));
         }
-        if let Some(record) = recorded(ctx, &part).await? {
-            if record.dm_event_id == event.id.as_str() {
+        match recorded(ctx, &part).await? {
+            Some(Earlier::Recorded(record)) if record.dm_event_id == event.id.as_str() => {
                 return Ok(Some(Earlier::Recorded(record)));
             }
+            Some(Earlier::ReplySent(record)) => return Ok(Some(Earlier::ReplySent(record))),
+            _ => {}
         }
+        claimed += 1;
     }
+    let events = recent.events();
+    tracing::info!(
+        channel = %ctx.name,
+        message_id = part.message_id,
+        part = part.index + 1,
+        events = events.len(),
+        same_words = events.iter().filter(|e| e.text.trim_end() == text.trim_end()).count(),
+        claimed_by_other_replies = claimed,
+        newest = ?events.first().map(|e| e.created_at),
+        oldest = ?events.last().map(|e| e.created_at),
+        %since,
+        "no earlier send of this DM on X: sending it"
+    );
     Ok(None)
 }
 
-/// The store's record of `part`, if it has one: the whole reply's when it is
-/// one DM, the part's when it is several.
+/// Waits until `when` (by this process's clock), or for `stop`.
+async fn wait_until(
+    ctx: &ChannelContext,
+    when: DateTime<Utc>,
+    stop: &CancellationToken,
+) -> Result<(), LookupError> {
+    let Ok(wait) = (when - Utc::now()).to_std() else {
+        return Ok(());
+    };
+    tracing::info!(
+        channel = %ctx.name,
+        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "waiting for an earlier send of this DM to settle before looking for it"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(wait) => Ok(()),
+        () = stop.cancelled() => Err(LookupError::Interrupted),
+    }
+}
+
+/// What the store says of `part` now: the whole reply recorded, else (a
+/// reply of several DMs) the part recorded.
 async fn recorded(
     ctx: &ChannelContext,
     part: &Ambiguous<'_>,
-) -> Result<Option<SentRecord>, StoreError> {
-    if part.count > 1 {
-        ctx.store
-            .sent_part(&ctx.name, part.message_id, part.index)
-            .await
-    } else {
-        ctx.store.sent(&ctx.name, part.message_id).await
+) -> Result<Option<Earlier>, StoreError> {
+    if let Some(record) = ctx.store.sent(&ctx.name, part.message_id).await? {
+        return Ok(Some(Earlier::ReplySent(record)));
     }
+    if part.count == 1 {
+        return Ok(None);
+    }
+    let record = ctx
+        .store
+        .sent_part(&ctx.name, part.message_id, part.index)
+        .await?;
+    Ok(record.map(Earlier::Recorded))
 }
 
 /// Reads the account's DM events, newest first, back to `until` (or

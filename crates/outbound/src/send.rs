@@ -18,7 +18,7 @@ use xbridge_x_api::{DmTarget, XError};
 use crate::context::ChannelContext;
 use crate::credits::Permit;
 use crate::fate::{self, Fate, History};
-use crate::parts::ReplyParts;
+use crate::parts::{ReplyParts, Sent};
 use crate::report::Failure;
 use crate::settle::Settlement;
 use crate::unsettled::Unsettled;
@@ -64,7 +64,14 @@ pub async fn send(
             .send(ctx, &sending.target, sending.message_id, stop)
             .await
         {
-            Ok(Ok(record)) => return Ok(sent(ctx, sending.message_id, record, &history)),
+            Ok(Ok(Sent::Now(record))) => {
+                return Ok(sent(ctx, sending.message_id, record, &history))
+            }
+            Ok(Ok(Sent::Before(record))) => {
+                // Nothing went to X from here: the permit proves nothing of credits.
+                ctx.gate.inconclusive(permit);
+                return Ok(Settlement::AlreadySent(record));
+            }
             Ok(Err(error)) => error,
             Err(unsettled) => {
                 // Nothing was sent: another sender may probe for credits.

@@ -86,6 +86,14 @@ pub enum SessionError {
     ConsumerPanicked(JoinError),
 }
 
+/// How a channel's start failed (see `ReplySession::refusal`).
+enum Refusal {
+    /// The broker refused the channel's queue: that channel waits alone.
+    Channel(ConsumeError),
+    /// The session cannot go on.
+    Session(SessionError),
+}
+
 impl SessionError {
     /// Why a consumer task that ended on its own ends the session.
     fn ended(joined: Result<Result<(), Unsettled>, JoinError>) -> SessionError {
@@ -141,11 +149,24 @@ impl Session for ReplySession {
         declare_plan(&publisher, &TopologyPlan::shared(&self.settings)).await?;
         let reporter = Reporter::new(publisher, self.settings.amqp.topology.clone());
         let stop = shutdown.child_token();
+        let mut consumers = ChannelConsumers::new(
+            connection.clone(),
+            reporter.clone(),
+            &self.settings,
+            stop.clone(),
+        );
+        // Every served channel's reply queue (paused ones too) before the
+        // unrouted consumer starts: on a broker that lost its definitions, a
+        // reply published meanwhile would be dead-lettered `unknown_channel`.
+        // A refusal is met again, and handled, when the channel is served.
+        for name in self.live.current().keys() {
+            if let Err(ConsumeError::Channel(e)) = consumers.declare(name).await {
+                return Err(ConsumeError::Channel(e).into());
+            }
+        }
         let tasks = self
             .side_tasks(connection, channels, &reporter, &stop)
             .await?;
-        let consumers =
-            ChannelConsumers::new(connection.clone(), reporter, &self.settings, stop.clone());
         let mut running = Consuming {
             tasks,
             consumers,
@@ -309,31 +330,84 @@ impl ReplySession {
         }
         let added = upserted == Upserted::Added;
         if channel.paused {
-            if running.consumers.has(name) {
-                running.consumers.begin_stop(name).await;
-                return Ok(());
-            }
-            self.tell(name, ChannelState::Paused, added);
-            return Ok(());
+            return self.hold(running, name, added).await;
         }
         if running.consumers.has(name) || running.refused.waiting(name, Instant::now()) {
             return Ok(());
         }
-        match running.consumers.start(ctx).await {
+        let started = running.consumers.start(ctx).await;
+        match self.refusal(running, started) {
             Ok(()) => {
-                if running.refused.forget(name) {
+                running.refused.forget(name);
+                if self.is_refused(name) {
                     tracing::info!(channel = name, "RabbitMQ took the channel's reply queue");
                     self.states.set(name, ChannelState::Ok, None, None);
                 }
                 self.tell(name, ChannelState::Ok, added);
                 Ok(())
             }
-            Err(e @ (ConsumeError::Declare { .. } | ConsumeError::Consume { .. })) => {
+            Err(Refusal::Channel(e)) => {
                 self.refused(running, name, &e, added);
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Err(Refusal::Session(e)) => Err(e),
         }
+    }
+
+    /// A paused channel: its consumer stops, and its reply queue is declared
+    /// (replies wait there, not in `unrouted`), tried again like a consumer's
+    /// when the broker refuses it; its state says `paused`.
+    async fn hold(
+        &mut self,
+        running: &mut Consuming,
+        name: &str,
+        added: bool,
+    ) -> Result<(), SessionError> {
+        if running.consumers.has(name) {
+            running.consumers.begin_stop(name).await;
+            return Ok(());
+        }
+        if !running.refused.waiting(name, Instant::now()) {
+            let declared = running.consumers.declare(name).await;
+            match self.refusal(running, declared) {
+                Ok(()) => {
+                    running.refused.forget(name);
+                }
+                Err(Refusal::Channel(e)) => {
+                    let retry_in = running.refused.refuse(name, Instant::now());
+                    tracing::error!(channel = name, error = %e, retry_in_secs = retry_in.as_secs(), "RabbitMQ refused the paused channel's reply queue");
+                }
+                Err(Refusal::Session(e)) => return Err(e),
+            }
+        }
+        self.tell(name, ChannelState::Paused, added);
+        Ok(())
+    }
+
+    /// Whether a failed start or declaration is the channel's own refusal
+    /// (the broker closed the AMQP channel it was made on) or the session's
+    /// trouble (the connection is gone: every channel would fail alike, and
+    /// the session reconnects).
+    fn refusal(
+        &self,
+        running: &Consuming,
+        result: Result<(), ConsumeError>,
+    ) -> Result<(), Refusal> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(e @ (ConsumeError::Declare { .. } | ConsumeError::Consume { .. }))
+                if running.consumers.connected() =>
+            {
+                Err(Refusal::Channel(e))
+            }
+            Err(e) => Err(Refusal::Session(e.into())),
+        }
+    }
+
+    fn is_refused(&self, name: &str) -> bool {
+        self.states
+            .get(name)
+            .is_some_and(|status| status.state == ChannelState::BrokerRefused)
     }
 
     /// The broker refused `name`'s reply queue: the channel alone waits and is

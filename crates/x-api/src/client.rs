@@ -178,8 +178,57 @@ impl XClient {
     /// [`XClient::upload_media`] returned, sent as `"attachments":[{"media_id":…}]` (X takes
     /// one per DM). With media the text may be empty (X takes a DM of only media); without,
     /// it may not. A `media_id` that is not an X id fails locally.
+    pub async fn send_dm_with_media(
+        &self,
+        target: &DmTarget,
+        text: &str,
+        media_id: Option<&str>,
+    ) -> Result<SentDm, XError> {
+        target.messages_url(&self.inner.base_url)?;
+        check_dm(text, media_id)?;
+        self.admit_dm_send()
+            .await
+            .send_dm_with_media(target, text, media_id)
+            .await
+    }
+
+    /// Waits until the channel's pacer lets a DM send go, and reserves it: the request
+    /// leaves when [`AdmittedSend::send_dm_with_media`] is called. Between the two the
+    /// caller records that a send starts, so the record is taken when the request leaves,
+    /// not before a wait for X's rate limit of unknown length: whoever later waits for that
+    /// send to settle (the bridge looking for a DM it may have sent) counts from there.
+    pub async fn admit_dm_send(&self) -> AdmittedSend<'_> {
+        self.inner.pacer.ready().await;
+        AdmittedSend {
+            client: self,
+            _answered: Answered(&self.inner.pacer),
+        }
+    }
+}
+
+/// A DM send the channel's pacer admitted ([`XClient::admit_dm_send`]). Dropped unused,
+/// the pacer hears that it ended.
+pub struct AdmittedSend<'a> {
+    client: &'a XClient,
+    _answered: Answered<'a>,
+}
+
+impl AdmittedSend<'_> {
+    /// Sends the DM (see [`XClient::send_dm_with_media`]) without waiting for the pacer again.
     #[tracing::instrument(skip_all, fields(target = ?target, text_chars = text.chars().count(), media_id = media_id.unwrap_or("none")))]
     pub async fn send_dm_with_media(
+        self,
+        target: &DmTarget,
+        text: &str,
+        media_id: Option<&str>,
+    ) -> Result<SentDm, XError> {
+        let client = self.client;
+        client.send_admitted(target, text, media_id).await
+    }
+}
+
+impl XClient {
+    async fn send_admitted(
         &self,
         target: &DmTarget,
         text: &str,
@@ -187,7 +236,6 @@ impl XClient {
     ) -> Result<SentDm, XError> {
         let url = target.messages_url(&self.inner.base_url)?;
         check_dm(text, media_id)?;
-        self.inner.pacer.ready().await;
         let authorization = oauth::signed_header("POST", &url, &self.credentials())
             .ok_or(XError::Unauthorized { problem: None })?;
         let request = self

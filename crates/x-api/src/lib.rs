@@ -45,7 +45,7 @@ mod upload;
 mod webhooks;
 
 pub use body::{MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES};
-pub use client::{MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};
+pub use client::{AdmittedSend, MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};
 pub use dm::{DmTarget, SentDm};
 pub use error::{classify_send_error, Problem, XError};
 pub use http::{error_chain, XHttp};
