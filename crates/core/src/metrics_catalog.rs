@@ -152,7 +152,7 @@ pub const METRICS: &[Metric] = &[
     gauge(
         "xbridge_channel_state",
         &["channel", "state"],
-        "1 for the channel's current state, else 0; state: ok, rate_limited, credits_exhausted, unauthorized, missing_permission, webhook_invalid, polling_paused.",
+        "1 for the channel's current state, else 0; state: ok, rate_limited, credits_exhausted, unauthorized, missing_permission, webhook_invalid, polling_paused, paused, removed, broker_refused.",
     ),
     gauge(
         "xbridge_rabbitmq_connected",

@@ -62,11 +62,11 @@ pub(crate) async fn send_in_conversation(
 /// A slow send ([`crate::Fault::SlowSend`]) goes on in a task of its own, so the DM is created
 /// even if the client gives up (and the connection, with this handler, goes) meanwhile.
 async fn send(mut caller: Authorized<DmSend>, target: Target) -> Reply {
-    let slow = {
+    let (slow, epoch) = {
         let mut inner = caller.state.lock();
         let slow = inner.faults.take_slow_send(&caller.account.user_id);
         inner.slow_sends += usize::from(slow.is_some());
-        slow
+        (slow, inner.epoch)
     };
     let Some(delay) = slow else {
         return send_now(caller, target);
@@ -75,7 +75,13 @@ async fn send(mut caller: Authorized<DmSend>, target: Target) -> Reply {
         tokio::time::sleep(delay).await;
         caller.now = caller.state.now();
         let state = Arc::clone(&caller.state);
-        let reply = send_now(caller, target);
+        // A reset meanwhile: the send belongs to the scenario that was cleared.
+        let reset = state.lock().epoch != epoch;
+        let reply = if reset {
+            Reply::new(StatusCode::SERVICE_UNAVAILABLE, "")
+        } else {
+            send_now(caller, target)
+        };
         let mut inner = state.lock();
         inner.slow_sends = inner.slow_sends.saturating_sub(1);
         drop(inner);

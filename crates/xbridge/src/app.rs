@@ -23,6 +23,16 @@ use xbridge_x_api::XHttp;
 /// Opens the configured state store: the embedded file for a single process,
 /// or PostgreSQL shared by several replicas.
 pub async fn open_store(settings: &StateSettings) -> anyhow::Result<Arc<dyn StateStore>> {
+    let store = open_store_as_is(settings).await?;
+    tracing::info!(store = %settings.backend.describe(), "state store open");
+    check_credentials_key(settings, store.as_ref()).await?;
+    Ok(store)
+}
+
+/// Opens the configured store without recording the credentials key it is
+/// sealed with: for a command that only reads it (`xbridge check`), which
+/// must not seal a store with a key no bridge has used yet.
+pub async fn open_store_as_is(settings: &StateSettings) -> anyhow::Result<Arc<dyn StateStore>> {
     let store: Arc<dyn StateStore> = match &settings.backend {
         StateBackend::Embedded { path } => Arc::new(
             EmbeddedStore::open(path)
@@ -34,8 +44,6 @@ pub async fn open_store(settings: &StateSettings) -> anyhow::Result<Arc<dyn Stat
                 .with_context(|| format!("opening the PostgreSQL state store (schema {schema})"))?,
         ),
     };
-    tracing::info!(store = %settings.backend.describe(), "state store open");
-    check_credentials_key(settings, store.as_ref()).await?;
     Ok(store)
 }
 

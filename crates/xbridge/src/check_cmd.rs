@@ -15,7 +15,13 @@ use xbridge_x_api::{webhook_problem, UserCredentials, WebhookClient, XClientConf
 /// Checks `channel` (or every channel, the file's and the CRM's) and returns
 /// whether all are ready.
 pub async fn run(settings: &Settings, channel: Option<&str>) -> anyhow::Result<bool> {
-    let crm = crm_channels(settings).await;
+    let (crm, crm_read) = match crm_channels(settings).await {
+        Ok(crm) => (crm, true),
+        Err(e) => {
+            crate::outln!("PROBLEM: the CRM's channels are not checked: {e:#}");
+            (Vec::new(), false)
+        }
+    };
     let all = settings.channels.iter().chain(crm.iter());
     let channels: Vec<&ChannelSettings> = match channel {
         Some(name) => vec![all.clone().find(|c| c.name == name).ok_or_else(|| {
@@ -23,7 +29,7 @@ pub async fn run(settings: &Settings, channel: Option<&str>) -> anyhow::Result<b
         })?],
         None => all.collect(),
     };
-    let mut all_ready = true;
+    let mut all_ready = crm_read;
     for channel in channels {
         if crm.iter().any(|c| std::ptr::eq(c, channel)) {
             crate::outln!("channel {} (created by the CRM):", channel.name);
@@ -98,30 +104,26 @@ async fn check_webhooks(
 /// The channels the CRM created, from the state store, as the bridge serves
 /// them (a file channel of the same name wins): none without
 /// `state.credentials_key`, or before the state file exists. A store that
-/// cannot be opened (a state file a running bridge holds) is said, and the
-/// file's channels are still checked.
-async fn crm_channels(settings: &Settings) -> Vec<ChannelSettings> {
+/// cannot be opened (a state file a running bridge holds) or read with the
+/// key is an error: the file's channels are still checked, and the command
+/// does not say all is ready. The store is only read: the key is not
+/// recorded in it (a PostgreSQL schema is migrated, as a bridge would).
+async fn crm_channels(settings: &Settings) -> anyhow::Result<Vec<ChannelSettings>> {
     if settings.state.credentials_key.is_none() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     if let StateBackend::Embedded { path } = &settings.state.backend {
         if !path.exists() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
     }
     let live = Arc::new(LiveChannels::new(&settings.channels));
-    let loaded = async {
-        let store = crate::app::open_store(&settings.state).await?;
-        xbridge_control::load_crm_channels(settings, store, live.clone()).await?;
-        anyhow::Ok(())
-    };
-    if let Err(e) = loaded.await {
-        crate::outln!("the CRM's channels are not checked: {e:#}");
-        return Vec::new();
-    }
-    live.current()
+    let store = crate::app::open_store_as_is(&settings.state).await?;
+    xbridge_control::load_crm_channels(settings, store, live.clone()).await?;
+    Ok(live
+        .current()
         .values()
         .filter(|c| c.origin == Origin::Crm)
         .map(|c| (*c.settings).clone())
-        .collect()
+        .collect())
 }

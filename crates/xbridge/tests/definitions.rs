@@ -82,16 +82,52 @@ user_id = "{user_id}"
         .unwrap();
     let mut outbound = bridge.readiness();
     let mut inbound = bridge.inbound_readiness();
+    let states = bridge.channel_states();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(bridge.run(shutdown.clone()));
-    // A declaration that differed from the file would close the channel and
-    // the bridge would never become ready.
+    // A shared declaration that differed from the file would close the channel
+    // and the bridge would never become ready; a reply queue that differed would
+    // leave acme `broker_refused`, and a lease queue that differed, no poller.
     for ready in [&mut outbound, &mut inbound] {
         tokio::time::timeout(PATIENCE, ready.wait_for(|r| *r))
             .await
             .expect("the bridge starts against the pre-provisioned topology")
             .unwrap();
     }
+    // (No webhook is registered on the simulated X: `webhook_invalid` is fine here.)
+    let acme = states.get("acme").expect("acme is served");
+    assert_ne!(acme.state.as_str(), "broker_refused", "{acme:?}");
+    let broker = lapin::Connection::connect(
+        &format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let amqp = broker.create_channel().await.unwrap();
+    let lease_queue = xbridge_core::config::TopologyNames::default().poll_lease_queue("acme");
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let queue = amqp
+                .queue_declare(
+                    lease_queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .expect("the lease queue is there");
+            if queue.consumer_count() > 0 {
+                break;
+            }
+            // The contender consumes once it declared the queue: look again.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a poller consumes acme's lease queue");
+    broker.close(0, "done".into()).await.ok();
     shutdown.cancel();
     tokio::time::timeout(PATIENCE, task)
         .await
