@@ -116,6 +116,14 @@ impl PrivateBroker {
         self.running = false;
     }
 
+    /// Closes every client connection by force (`rabbitmqctl
+    /// close_all_connections`), as a network blip does; the node stays up.
+    pub async fn close_all_connections(&self, reason: &str) {
+        assert!(self.running, "the private broker is not running");
+        let mut command = self.command("rabbitmqctl");
+        run(command.args(["-n", &self.node, "close_all_connections", reason])).await;
+    }
+
     /// The node's log, its last lines, for failure messages.
     pub fn log_tail(&self) -> String {
         let path = self

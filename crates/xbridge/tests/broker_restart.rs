@@ -1,9 +1,9 @@
-//! RabbitMQ going away mid-stream: the broker application restarted, then
-//! every connection closed by force. The bridge reconnects, declares its
-//! topology again, and every reply is sent exactly once.
+//! RabbitMQ going away mid-stream: the broker restarted, then every
+//! connection closed by force. The bridge reconnects, declares its topology
+//! again, and every reply is sent exactly once.
 //!
-//! This test restarts the shared broker, so it lives in its own test binary
-//! (cargo runs test binaries one after another) and in a single test.
+//! Each test runs its own RabbitMQ node ([`PrivateBroker`]): stopping the
+//! shared one broke every other test running at the time.
 
 mod common;
 
@@ -14,18 +14,16 @@ use serde_json::json;
 
 use common::start_bridge;
 use x_simulator::Fault;
-use xbridge_test_support::{spawn_app, TestApp, TestOptions};
+use xbridge_test_support::{spawn_app, PrivateBroker, TestApp, TestOptions};
 
 /// Waiting for the broker to come back and the bridge to reconnect.
 const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl runs (the tests need a local RabbitMQ they may restart)");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
+fn on(broker: &PrivateBroker) -> TestOptions {
+    TestOptions {
+        amqp_url: Some(broker.amqp_url()),
+        ..TestOptions::default()
+    }
 }
 
 async fn publish_batch(app: &TestApp, from: usize, to: usize) {
@@ -49,13 +47,10 @@ async fn wait_dms(app: &TestApp, count: usize) {
     .unwrap_or_else(|_| panic!("waited {OUTAGE_PATIENCE:?} for {count} DMs"));
 }
 
-/// The tests here stop the shared broker: one at a time.
-static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reply_is_sent_exactly_once_across_broker_restarts_and_dropped_connections() {
-    let _broker = BROKER.lock().await;
-    let app = spawn_app(TestOptions::default()).await;
+    let mut broker = PrivateBroker::started().await;
+    let app = spawn_app(on(&broker)).await;
     // Slow enough that the broker goes away with replies still queued.
     app.simulator
         .set_fault(&app.user_id("acme"), Fault::Latency { millis: 100 });
@@ -63,14 +58,15 @@ async fn every_reply_is_sent_exactly_once_across_broker_restarts_and_dropped_con
 
     publish_batch(&app, 1, 30).await;
     wait_dms(&app, 5).await;
-    rabbitmqctl(&["stop_app"]);
-    rabbitmqctl(&["start_app"]);
-    rabbitmqctl(&["await_startup"]);
+    broker.stop().await;
+    broker.start().await;
     wait_dms(&app, 30).await;
 
     publish_batch(&app, 31, 60).await;
     wait_dms(&app, 35).await;
-    rabbitmqctl(&["close_all_connections", "xbridge test: dropped connection"]);
+    broker
+        .close_all_connections("xbridge test: dropped connection")
+        .await;
     wait_dms(&app, 60).await;
 
     // Every reply reported to the CRM, and X saw each exactly once, in order.
@@ -99,8 +95,8 @@ async fn every_reply_is_sent_exactly_once_across_broker_restarts_and_dropped_con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_while_rabbitmq_is_stopped_and_recovers_after() {
-    let _broker = BROKER.lock().await;
-    let app = spawn_app(TestOptions::default()).await;
+    let mut broker = PrivateBroker::started().await;
+    let app = spawn_app(on(&broker)).await;
     let config = format!(
         "{}\n[telemetry]\nlisten = \"127.0.0.1:0\"\n",
         app.config_toml()
@@ -125,14 +121,13 @@ async fn readyz_fails_while_rabbitmq_is_stopped_and_recovers_after() {
     }
     assert_eq!(status().await, 200);
 
-    rabbitmqctl(&["stop_app"]);
+    broker.stop().await;
     tokio::time::timeout(OUTAGE_PATIENCE, outbound.wait_for(|r| !*r))
         .await
         .unwrap()
         .unwrap();
     let while_down = status().await;
-    rabbitmqctl(&["start_app"]);
-    rabbitmqctl(&["await_startup"]);
+    broker.start().await;
     assert_eq!(while_down, 503, "not ready without RabbitMQ");
 
     for watch in [&mut outbound, &mut inbound] {
