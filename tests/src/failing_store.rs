@@ -167,11 +167,17 @@ impl StateStore for FailingStore {
         epoch: u64,
     ) -> Result<(), StoreError> {
         self.write(false)?;
-        self.wrote(
-            self.inner
-                .record_send_intent(channel, message_id, part, started_at, epoch)
-                .await,
-        )
+        let written = self
+            .inner
+            .record_send_intent(channel, message_id, part, started_at, epoch)
+            .await;
+        // A refusal is the store's answer, not a failed write.
+        let health = match &written {
+            Err(StoreError::Fenced { .. }) => Ok(()),
+            other => other.clone(),
+        };
+        self.wrote(health)?;
+        written
     }
 
     async fn clear_send_intent(

@@ -41,6 +41,7 @@ pub struct Claim(pub u64);
 pub async fn claim(ctx: &ChannelContext, stop: &CancellationToken) -> Result<Claim, Unsettled> {
     let mut pauses = store_outage::pauses();
     loop {
+        store_outage::until_writable(ctx, stop).await?;
         match ctx.store.claim_channel(&ctx.name).await {
             Ok(epoch) => {
                 tracing::info!(channel = %ctx.name, epoch, "active consumer of the channel's replies; earlier owners are fenced");

@@ -209,9 +209,7 @@ fn pid_of(config: &Path) -> u32 {
 /// heartbeat does: the connection named `xbridge outbound` whose client port
 /// is one of the process's. The broker and every other connection stay.
 async fn close_outbound_connection(pid: u32) {
-    let ports = tokio::task::spawn_blocking(move || broker_ports_of(pid))
-        .await
-        .expect("lsof");
+    let ports = broker_ports_of(pid);
     assert!(!ports.is_empty(), "process {pid} has no broker connection");
     let listed = rabbitmqctl(&[
         "list_connections",
@@ -239,27 +237,34 @@ async fn close_outbound_connection(pid: u32) {
     .await;
 }
 
-/// The local ports of process `pid`'s TCP connections to the broker.
+/// The local ports of process `pid`'s established TCP connections to the
+/// broker's port 5672, from `/proc` (its sockets' inodes, matched in
+/// `/proc/net/tcp`).
 fn broker_ports_of(pid: u32) -> Vec<u16> {
-    let output = Command::new("lsof")
-        .args([
-            "-a",
-            "-n",
-            "-P",
-            "-Fn",
-            "-iTCP:5672",
-            "-sTCP:ESTABLISHED",
-            "-p",
-        ])
-        .arg(pid.to_string())
-        .output()
-        .expect("lsof runs");
-    // Lines like `n127.0.0.1:47598->127.0.0.1:5672`.
-    String::from_utf8_lossy(&output.stdout)
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's descriptors")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    // `sl local rem st tx:rx tr:when retrnsmt uid timeout inode …`, addresses
+    // as hex `ADDR:PORT`; state 01 is ESTABLISHED.
+    table
         .lines()
-        .filter_map(|line| line.strip_prefix('n'))
-        .filter_map(|pair| pair.split_once("->"))
-        .filter_map(|(local, _)| local.rsplit_once(':')?.1.parse().ok())
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |address: &str| u16::from_str_radix(address.rsplit_once(':')?.1, 16).ok();
+            let established = fields.get(3) == Some(&"01");
+            let to_broker = port(fields.get(2)?) == Some(5672);
+            let ours = inodes
+                .iter()
+                .any(|inode| Some(&inode.as_str()) == fields.get(9));
+            (established && to_broker && ours).then(|| port(fields[1]))?
+        })
         .collect()
 }
 
