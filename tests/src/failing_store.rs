@@ -151,19 +151,33 @@ impl StateStore for FailingStore {
         )
     }
 
+    async fn claim_channel(&self, channel: &str) -> Result<u64, StoreError> {
+        self.write(false)?;
+        let claimed = self.inner.claim_channel(channel).await;
+        self.wrote(claimed.as_ref().map(|_| ()).map_err(Clone::clone))?;
+        claimed
+    }
+
     async fn record_send_intent(
         &self,
         channel: &str,
         message_id: &str,
         part: usize,
         started_at: DateTime<Utc>,
+        epoch: u64,
     ) -> Result<(), StoreError> {
         self.write(false)?;
-        self.wrote(
-            self.inner
-                .record_send_intent(channel, message_id, part, started_at)
-                .await,
-        )
+        let written = self
+            .inner
+            .record_send_intent(channel, message_id, part, started_at, epoch)
+            .await;
+        // A refusal is the store's answer, not a failed write.
+        let health = match &written {
+            Err(StoreError::Fenced { .. }) => Ok(()),
+            other => other.clone(),
+        };
+        self.wrote(health)?;
+        written
     }
 
     async fn clear_send_intent(

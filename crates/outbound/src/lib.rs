@@ -22,6 +22,8 @@
 //!   letters, conversation order and the ack, in one place; a sent reply's
 //!   finish beside its lane's next sends.
 //! - [`unsettled`]: why a delivery is left unacknowledged (the consumer reconnects).
+//! - [`fence`]: each consumer's claim of its channel, which fences an old owner's
+//!   sends.
 //! - [`parts`]: a reply as the DMs it becomes, each recorded as it goes out.
 //! - [`fate`]: the pure decisions of what a failure means for the reply and
 //!   for its channel's state.
@@ -46,6 +48,7 @@ pub mod context;
 pub mod credits;
 pub mod failpoints;
 pub mod fate;
+pub mod fence;
 pub mod media;
 pub mod ordering;
 pub mod parts;

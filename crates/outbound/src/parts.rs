@@ -12,6 +12,7 @@ use xbridge_x_api::{DmTarget, MediaUpload, XError};
 
 use crate::context::ChannelContext;
 use crate::failpoints;
+use crate::fence::{self, Claim};
 use crate::media::{MediaError, PreparedMedia};
 use crate::recent_events::Candidate;
 use crate::reconcile::{find_earlier_send, Ambiguous, Earlier, LookupError};
@@ -52,31 +53,37 @@ pub enum PrepareError {
 /// The DMs of one reply and how far they got.
 pub struct ReplyParts {
     parts: Vec<Part>,
+    /// The consumer's claim of the channel: each part's send intent carries
+    /// it, and is refused once another consumer owns the channel.
+    claim: Claim,
 }
 
 impl ReplyParts {
     /// Looks up which parts already went out (a previous delivery may have
     /// died between parts) and prepares the attachments of the others, all
     /// before the first request to X, so a bad attachment sends nothing.
+    /// Sent under `claim`, the claim of the consumer that took the reply.
     pub async fn prepare(
         ctx: &ChannelContext,
         reply: &OutgoingReply,
+        claim: Claim,
     ) -> Result<ReplyParts, PrepareError> {
         let count = reply.attachments.len().max(1);
         let mut parts = Vec::with_capacity(count);
         for index in 0..count {
             parts.push(prepare_part(ctx, reply, index, count).await?);
         }
-        Ok(ReplyParts { parts })
+        Ok(ReplyParts { parts, claim })
     }
 
     /// Sends every part not sent yet, in order: uploads its attachment, sends
     /// the DM, records the part. Returns the record of the whole reply, or
     /// X's refusal of the first part that failed (the parts before it stay
     /// recorded). Only the state store's failures (before a send: nothing was
-    /// sent) and `stop` are `Err`: a part X accepted is recorded whatever it
-    /// takes (see [`crate::store_outage`]). A stop between parts leaves the
-    /// rest to a later delivery.
+    /// sent), a refused claim ([`Unsettled::Fenced`]: nothing was sent) and
+    /// `stop` are `Err`: a part X accepted is recorded whatever it takes (see
+    /// [`crate::store_outage`]). A stop between parts leaves the rest to a
+    /// later delivery.
     ///
     /// After waiting for an earlier send to settle (see
     /// [`crate::reconcile`]), the later parts are looked up in the store
@@ -106,6 +113,7 @@ impl ReplyParts {
                 message_id,
                 index,
                 count,
+                claim: self.claim,
             };
             looked |= part.ambiguous_since.is_some();
             match send_part(ctx, target, place, part, stop).await? {
@@ -240,6 +248,8 @@ struct Place<'a> {
     message_id: &'a str,
     index: usize,
     count: usize,
+    /// The claim its send intent carries.
+    claim: Claim,
 }
 
 /// Sends one part not sent yet: unless an earlier send of it turns out to
@@ -333,6 +343,8 @@ fn earlier_record(ctx: &ChannelContext, place: Place<'_>, event: Candidate) -> S
 
 /// Sends the part's DM, its intent recorded first: X's record of it, or X's
 /// refusal (after which the part is ambiguous if the DM may exist anyway).
+/// No DM when the store refuses the intent: another consumer claimed the
+/// channel since this one did ([`crate::fence`]).
 async fn send_dm(
     ctx: &ChannelContext,
     target: &DmTarget,
@@ -344,15 +356,22 @@ async fn send_dm(
         message_id,
         index,
         count,
+        claim,
     } = place;
     // The intent is taken once X's rate limit lets the request go, right before it
     // leaves: a lookup for this send waits `x.request_timeout` from then (see
     // `recent_events::settled_at`), which a wait for the pacer before it would eat into.
     let admitted = ctx.client.admit_dm_send().await;
     let started = Utc::now();
-    ctx.store
-        .record_send_intent(&ctx.name, message_id, index, started)
-        .await?;
+    let intent = ctx
+        .store
+        .record_send_intent(&ctx.name, message_id, index, started, claim.0)
+        .await;
+    match intent {
+        Ok(()) => {}
+        Err(StoreError::Fenced { .. }) => return Err(fence::fenced(ctx, message_id, claim)),
+        Err(error) => return Err(error.into()),
+    }
     let sent = match admitted
         .send_dm_with_media(target, &part.text, part.media_id.as_deref())
         .await

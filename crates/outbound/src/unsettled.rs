@@ -21,6 +21,10 @@ pub enum Unsettled {
     /// the store and takes the reply again (see `store_outage`).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another consumer claimed the channel since this one did (see
+    /// [`crate::fence`]): the reply is the new owner's, nothing was sent.
+    #[error("another consumer owns the channel's replies now")]
+    Fenced,
     /// Settling a sent reply panicked (a bug); its delivery comes back after
     /// the reconnect, and the send's records keep it from going out twice.
     #[error("settling a sent reply panicked: {0}")]

@@ -20,6 +20,7 @@ use xbridge_amqp::{wire, FailureHeaders};
 use xbridge_core::contract::{FailureReason, InvalidReply, OutgoingReply};
 
 use crate::context::ChannelContext;
+use crate::fence::{self, Claim};
 use crate::parts::{PrepareError, ReplyParts};
 use crate::report::{Failure, Reporter};
 use crate::send::{send, Received};
@@ -37,6 +38,9 @@ struct Job {
     /// When the bridge took the delivery off the queue: a reply waiting in
     /// its lane behind others is already waiting for credits.
     received_at: DateTime<Utc>,
+    /// The consumer's claim of the channel, which the reply's send intents
+    /// carry: refused once another consumer claimed it since.
+    claim: Claim,
 }
 
 struct Lane {
@@ -46,7 +50,9 @@ struct Lane {
 
 /// Consumes `consumer` until `stop` is cancelled or something fails; then
 /// lets the lanes finish what they hold. Returns the failure, if any, so the
-/// caller can reconnect.
+/// caller can reconnect. Claims the channel at the first delivery, before
+/// any lane sees it (see [`crate::fence`]): each consumer makes its own
+/// claim, which fences every earlier consumer's lanes.
 pub async fn consume(
     ctx: Arc<ChannelContext>,
     reporter: Reporter,
@@ -63,6 +69,7 @@ pub async fn consume(
         tasks: JoinSet::new(),
         since_sweep: 0,
     };
+    let mut claim: Option<Claim> = None;
     let outcome = loop {
         let delivery = tokio::select! {
             biased;
@@ -76,7 +83,16 @@ pub async fn consume(
                 ))),
             },
         };
-        lanes.take(delivery);
+        let claim = match claim {
+            Some(claim) => claim,
+            None => match fence::claim(&lanes.ctx, &stop).await {
+                Ok(claimed) => *claim.insert(claimed),
+                // Stopped while the store could not write: the delivery goes back.
+                Err(Unsettled::Interrupted) => break Ok(()),
+                Err(e) => break Err(e),
+            },
+        };
+        lanes.take(delivery, claim);
     };
     lanes.close().await;
     outcome
@@ -99,7 +115,7 @@ struct Lanes {
 impl Lanes {
     /// Hands `delivery` to its conversation's lane, or dead-letters it at
     /// once if it holds no reply the bridge can take.
-    fn take(&mut self, delivery: Delivery) {
+    fn take(&mut self, delivery: Delivery, claim: Claim) {
         match accept(&delivery, &self.ctx, self.reporter.frame_max()) {
             Err(invalid) => {
                 let (ctx, reporter) = (self.ctx.clone(), self.reporter.clone());
@@ -112,7 +128,7 @@ impl Lanes {
                     }
                 });
             }
-            Ok(reply) => self.enqueue(delivery, reply),
+            Ok(reply) => self.enqueue(delivery, reply, claim),
         }
         self.since_sweep += 1;
         if self.since_sweep >= 256 {
@@ -122,7 +138,7 @@ impl Lanes {
         }
     }
 
-    fn enqueue(&mut self, delivery: Delivery, reply: OutgoingReply) {
+    fn enqueue(&mut self, delivery: Delivery, reply: OutgoingReply, claim: Claim) {
         let conversation = reply.target.ordering_key();
         let lane = self
             .by_conversation
@@ -142,6 +158,7 @@ impl Lanes {
             reply,
             conversation,
             received_at: Utc::now(),
+            claim,
         };
         if lane.jobs.send(job).is_err() {
             // The lane stopped on a failure that is already reported.
@@ -293,7 +310,7 @@ async fn process(
         let delay = ctx.policy.retry.delays[0];
         return Ok(Settlement::Park { delay, history });
     }
-    let parts = match ReplyParts::prepare(ctx, &job.reply).await {
+    let parts = match ReplyParts::prepare(ctx, &job.reply, job.claim).await {
         Ok(parts) => parts,
         Err(PrepareError::Invalid(detail)) => {
             let failure = Failure::local(FailureReason::InvalidMessage, detail);

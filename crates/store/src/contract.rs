@@ -9,7 +9,7 @@ use crate::registry::{
     Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone, MAX_REVISION,
 };
 use crate::sealed::CredentialsKey;
-use crate::{check_credentials_key, KeyCheckError, SentRecord, StateStore};
+use crate::{check_credentials_key, KeyCheckError, SentRecord, StateStore, StoreError};
 
 /// The operator's secret the contract's channels are sealed with: key
 /// material in base64, as `openssl rand -base64 48` makes it.
@@ -76,6 +76,8 @@ pub async fn run_all(store: &dyn StateStore) {
     a_reply_sent_in_parts_reads_back_with_every_part(store).await;
     each_part_is_recorded_on_its_own_and_is_an_own_send(store).await;
     send_intents_are_kept_per_part_and_the_last_wins(store).await;
+    a_claim_fences_the_send_intents_of_earlier_claims(store).await;
+    racing_claims_each_get_their_own_epoch(store).await;
     the_first_record_wins(store).await;
     reporting_is_remembered(store).await;
     channels_do_not_share_message_ids(store).await;
@@ -307,12 +309,25 @@ async fn send_intents_are_kept_per_part_and_the_last_wins(store: &dyn StateStore
         store.send_intent("contract-intent", "i", 0).await.unwrap(),
         None
     );
+    let epoch = store.claim_channel("contract-intent").await.unwrap();
     store
-        .record_send_intent("contract-intent", "i", 0, at("2026-11-25T10:00:00.123Z"))
+        .record_send_intent(
+            "contract-intent",
+            "i",
+            0,
+            at("2026-11-25T10:00:00.123Z"),
+            epoch,
+        )
         .await
         .unwrap();
     store
-        .record_send_intent("contract-intent", "i", 0, at("2026-11-25T10:05:00.456Z"))
+        .record_send_intent(
+            "contract-intent",
+            "i",
+            0,
+            at("2026-11-25T10:05:00.456Z"),
+            epoch,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -328,6 +343,110 @@ async fn send_intents_are_kept_per_part_and_the_last_wins(store: &dyn StateStore
         store.send_intent("contract-other", "i", 0).await.unwrap(),
         None
     );
+}
+
+/// Issue 15's race at the store: owner A claims the channel, owner B claims
+/// it after, and A, living on, starts a send: its intent is refused (so A
+/// sends nothing) and leaves nothing behind, while B's goes through.
+async fn a_claim_fences_the_send_intents_of_earlier_claims(store: &dyn StateStore) {
+    let channel = "contract-fence";
+    // To the millisecond, as every store keeps it.
+    let now = truncate_millis(Utc::now());
+    let never_claimed = store.record_send_intent(channel, "f", 0, now, 1).await;
+    assert!(
+        matches!(never_claimed, Err(StoreError::Fenced { .. })),
+        "an intent under a claim nobody made is refused: {never_claimed:?}"
+    );
+    let a = store.claim_channel(channel).await.unwrap();
+    assert!(a >= 1);
+    store
+        .record_send_intent(channel, "f", 0, now, a)
+        .await
+        .unwrap();
+    let b = store.claim_channel(channel).await.unwrap();
+    assert!(b > a, "a claim moves the epoch on: {a} then {b}");
+    let later = now + chrono::Duration::seconds(5);
+    let refused = store.record_send_intent(channel, "f", 1, later, a).await;
+    match refused {
+        Err(StoreError::Fenced { channel: c, held }) => {
+            assert_eq!((c.as_str(), held), (channel, a));
+        }
+        other => panic!("the old owner's intent must be refused, not {other:?}"),
+    }
+    assert_eq!(
+        store.send_intent(channel, "f", 1).await.unwrap(),
+        None,
+        "a refused intent writes nothing"
+    );
+    let replaced = store.record_send_intent(channel, "f", 0, later, a).await;
+    assert!(matches!(replaced, Err(StoreError::Fenced { .. })));
+    assert_eq!(
+        store.send_intent(channel, "f", 0).await.unwrap(),
+        Some(now),
+        "a refused intent does not replace the one written under the claim it had"
+    );
+    store
+        .record_send_intent(channel, "f", 1, later, b)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.send_intent(channel, "f", 1).await.unwrap(),
+        Some(later),
+        "the new owner's intent goes through"
+    );
+    assert!(
+        store.health().is_writable(),
+        "a refusal is not a failed write"
+    );
+    let other = store.claim_channel("contract-fence-other").await.unwrap();
+    store
+        .record_send_intent("contract-fence-other", "f", 0, now, other)
+        .await
+        .expect("a claim fences its own channel only");
+    store
+        .record_send_intent(channel, "f", 2, later, b)
+        .await
+        .expect("a claim of another channel does not fence this one");
+}
+
+/// Claims racing for one channel (two replicas taking it over at once) each
+/// get their own epoch: the store takes them one after the other.
+async fn racing_claims_each_get_their_own_epoch(store: &dyn StateStore) {
+    let race = "contract-fence-race";
+    let claims = tokio::join!(
+        store.claim_channel(race),
+        store.claim_channel(race),
+        store.claim_channel(race),
+        store.claim_channel(race),
+    );
+    let mut epochs = vec![
+        claims.0.unwrap(),
+        claims.1.unwrap(),
+        claims.2.unwrap(),
+        claims.3.unwrap(),
+    ];
+    epochs.sort_unstable();
+    epochs.dedup();
+    assert_eq!(
+        epochs.len(),
+        4,
+        "every claim has an epoch of its own: {epochs:?}"
+    );
+    let last = *epochs.last().expect("four claims");
+    let now = Utc::now();
+    for &epoch in &epochs[..3] {
+        let refused = store.record_send_intent(race, "r", 0, now, epoch).await;
+        assert!(matches!(refused, Err(StoreError::Fenced { .. })));
+    }
+    store
+        .record_send_intent(race, "r", 0, now, last)
+        .await
+        .expect("the last claim owns the channel");
+}
+
+/// `t` to the millisecond, as the stores keep it.
+fn truncate_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).expect("in range")
 }
 
 async fn the_first_record_wins(store: &dyn StateStore) {

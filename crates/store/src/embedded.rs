@@ -20,6 +20,7 @@
 //! opened again.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -46,6 +47,9 @@ const SENT_PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("sent_repl
 /// When the last send of a reply's part started (Unix milliseconds), keyed
 /// like [`SENT_PARTS`].
 const SEND_INTENTS: TableDefinition<&str, i64> = TableDefinition::new("send_intents");
+/// Each channel's owner epoch ([`StateStore::claim_channel`]), keyed by
+/// channel name; a send intent is written only by the owner of the current one.
+const CHANNEL_OWNERS: TableDefinition<&str, u64> = TableDefinition::new("channel_owners");
 /// X DM event ids of the bridge's own sends, keyed by `<channel>\0<dm_event_id>`;
 /// the value is the CRM's message id.
 const OWN_SENDS: TableDefinition<&str, &str> = TableDefinition::new("own_dm_events");
@@ -386,6 +390,7 @@ fn with_tables(db: Database) -> Result<Database, Opening> {
         txn.open_table(SENT).map_err(err)?;
         txn.open_table(SENT_PARTS).map_err(err)?;
         txn.open_table(SEND_INTENTS).map_err(err)?;
+        txn.open_table(CHANNEL_OWNERS).map_err(err)?;
         txn.open_table(OWN_SENDS).map_err(err)?;
         txn.open_table(DELIVERED).map_err(err)?;
         txn.open_table(CURSORS).map_err(err)?;
@@ -632,21 +637,61 @@ impl StateStore for EmbeddedStore {
             .await
     }
 
+    async fn claim_channel(&self, channel: &str) -> Result<u64, StoreError> {
+        // The write may run twice (alone after a shared commit failed): the
+        // epoch it saw in the transaction that committed is the last one set.
+        let claimed = Arc::new(AtomicU64::new(0));
+        let seen = claimed.clone();
+        let channel = channel.to_owned();
+        self.write(move |txn| {
+            let mut owners = txn.open_table(CHANNEL_OWNERS).map_err(err)?;
+            let current = owners
+                .get(channel.as_str())
+                .map_err(err)?
+                .map(|v| v.value());
+            let next = current.unwrap_or(0).saturating_add(1);
+            owners.insert(channel.as_str(), next).map_err(err)?;
+            seen.store(next, Ordering::SeqCst);
+            Ok(())
+        })
+        .await?;
+        Ok(claimed.load(Ordering::SeqCst))
+    }
+
     async fn record_send_intent(
         &self,
         channel: &str,
         message_id: &str,
         part: usize,
         started_at: DateTime<Utc>,
+        epoch: u64,
     ) -> Result<(), StoreError> {
         let key = part_key(channel, message_id, part);
         let millis = started_at.timestamp_millis();
+        // A refusal is not an error of the write: failing it would abort the
+        // commit it shares with other writes. It is told beside instead.
+        let fenced = Arc::new(AtomicBool::new(false));
+        let refused = fenced.clone();
+        let owner = channel.to_owned();
         self.write(move |txn| {
-            let mut table = txn.open_table(SEND_INTENTS).map_err(err)?;
-            table.insert(key.as_str(), millis).map_err(err)?;
+            let owners = txn.open_table(CHANNEL_OWNERS).map_err(err)?;
+            let current = owners.get(owner.as_str()).map_err(err)?.map(|v| v.value());
+            let owned = current == Some(epoch);
+            refused.store(!owned, Ordering::SeqCst);
+            if owned {
+                let mut table = txn.open_table(SEND_INTENTS).map_err(err)?;
+                table.insert(key.as_str(), millis).map_err(err)?;
+            }
             Ok(())
         })
-        .await
+        .await?;
+        if fenced.load(Ordering::SeqCst) {
+            return Err(StoreError::Fenced {
+                channel: channel.to_owned(),
+                held: epoch,
+            });
+        }
+        Ok(())
     }
 
     async fn clear_send_intent(

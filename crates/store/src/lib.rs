@@ -86,6 +86,19 @@ pub enum StoreError {
     /// Anything else: a record that does not decode, a value out of range.
     #[error("state store: {0}")]
     Failed(String),
+    /// A send intent refused because the channel was claimed since the
+    /// caller's claim ([`StateStore::claim_channel`]): another consumer owns
+    /// the channel's replies now, so the caller must send nothing. Not a
+    /// failure of the store: waiting does not heal it.
+    #[error(
+        "channel {channel} was claimed by another consumer since this one's claim (epoch {held})"
+    )]
+    Fenced {
+        /// The channel.
+        channel: String,
+        /// The epoch the refused caller held.
+        held: u64,
+    },
 }
 
 impl StoreError {
@@ -135,17 +148,34 @@ pub trait StateStore: Send + Sync + 'static {
         record: &SentRecord,
     ) -> Result<(), StoreError>;
 
+    /// Makes the caller the owner of `channel`'s replies: increments the
+    /// channel's owner epoch and returns it (1 for a channel never claimed).
+    /// Every consumer of a reply queue claims the channel once, at its first
+    /// delivery; from then on a send intent of an earlier claim is refused
+    /// ([`StateStore::record_send_intent`]), so an old owner that lives on
+    /// (a lost connection, a node loss) cannot start a send of a reply the
+    /// new owner took over.
+    async fn claim_channel(&self, channel: &str) -> Result<u64, StoreError>;
+
     /// Remembers that part `part` (0 for a one-DM reply) is about to be sent,
-    /// and since when, before the request goes to X. After a crash, a part
-    /// with an intent and no sent record may or may not have reached X; the
-    /// bridge then looks for it on X before sending again. A later intent for
-    /// the same part replaces the earlier one.
+    /// and since when, before the request goes to X, by the owner of
+    /// `epoch` ([`StateStore::claim_channel`]). After a crash, a part with an
+    /// intent and no sent record may or may not have reached X; the bridge
+    /// then looks for it on X before sending again. A later intent for the
+    /// same part replaces the earlier one.
+    ///
+    /// Fails with [`StoreError::Fenced`], writing nothing, when `epoch` is
+    /// not the channel's epoch (it was claimed since), checked atomically with
+    /// the write: once a claim returned, no intent of an earlier claim is
+    /// written, and every intent written before it is visible to the new
+    /// owner.
     async fn record_send_intent(
         &self,
         channel: &str,
         message_id: &str,
         part: usize,
         started_at: DateTime<Utc>,
+        epoch: u64,
     ) -> Result<(), StoreError>;
 
     /// Forgets the intent of part `part`: X answered (with an error), so that

@@ -143,6 +143,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
     );
     ",
     ),
+    (
+        3,
+        // Each channel's owner epoch (`StateStore::claim_channel`): a send
+        // intent is written only by the consumer holding the current one.
+        "
+    CREATE TABLE channel_owners (
+        channel text   PRIMARY KEY,
+        epoch   bigint NOT NULL
+    );
+    ",
+    ),
 ];
 
 /// A [`StateStore`] in a PostgreSQL schema, shared by every replica that
@@ -208,6 +219,7 @@ impl PostgresStore {
             .map_err(|error| match error {
                 StoreError::Unavailable(message) => StoreError::Unavailable(redact(message)),
                 StoreError::Failed(message) => StoreError::Failed(redact(message)),
+                fenced @ StoreError::Fenced { .. } => fenced,
             })?;
         Ok(store)
     }
@@ -750,26 +762,74 @@ impl StateStore for PostgresStore {
         .await
     }
 
+    async fn claim_channel(&self, channel: &str) -> Result<u64, StoreError> {
+        let what = "cannot claim a channel";
+        let result = bounded(what, async {
+            let row = self
+                .client()
+                .await?
+                .query_one(
+                    "INSERT INTO channel_owners (channel, epoch) VALUES ($1, 1)
+                     ON CONFLICT (channel) DO UPDATE SET epoch = channel_owners.epoch + 1
+                     RETURNING epoch",
+                    &[&channel],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            let epoch: i64 = row.try_get(0).map_err(|e| fail(what, &e))?;
+            u64::try_from(epoch)
+                .map_err(|_| StoreError::Failed(format!("channel {channel} has epoch {epoch}")))
+        })
+        .await;
+        self.written(result.as_ref().map(|_| ()).map_err(Clone::clone))?;
+        result
+    }
+
     async fn record_send_intent(
         &self,
         channel: &str,
         message_id: &str,
         part: usize,
         started_at: DateTime<Utc>,
+        epoch: u64,
     ) -> Result<(), StoreError> {
         let part = match part_number(part) {
             Ok(part) => part,
             Err(error) => return self.written(Err(error)),
         };
-        self.write(
-            "cannot record a send intent",
-            "INSERT INTO send_intents (channel, message_id, part, started_at)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (channel, message_id, part)
-             DO UPDATE SET started_at = EXCLUDED.started_at",
-            &[&channel, &message_id, &part, &started_at],
-        )
-        .await
+        // An epoch beyond i64 was never handed out: it owns nothing.
+        let held = i64::try_from(epoch).unwrap_or(-1);
+        let what = "cannot record a send intent";
+        // One statement: the owner row is read `FOR SHARE`, so a claim
+        // running at the same time waits for this intent to commit (and then
+        // sees it), or, committed first, leaves this statement reading its new
+        // epoch (READ COMMITTED re-reads a row locked after the snapshot):
+        // either way no intent of an earlier claim lands after a claim.
+        let written = bounded(what, async {
+            self.client()
+                .await?
+                .execute(
+                    "INSERT INTO send_intents (channel, message_id, part, started_at)
+                     SELECT $1, $2, $3, $4
+                     FROM (SELECT epoch FROM channel_owners WHERE channel = $1 FOR SHARE) AS owner
+                     WHERE owner.epoch = $5
+                     ON CONFLICT (channel, message_id, part)
+                     DO UPDATE SET started_at = EXCLUDED.started_at",
+                    &[&channel, &message_id, &part, &started_at, &held],
+                )
+                .await
+                .map_err(|e| fail(what, &e))
+        })
+        .await;
+        let rows = written.as_ref().ok().copied();
+        self.written(written.map(|_| ()))?;
+        if rows == Some(0) {
+            return Err(StoreError::Fenced {
+                channel: channel.to_owned(),
+                held: epoch,
+            });
+        }
+        Ok(())
     }
 
     async fn clear_send_intent(

@@ -122,7 +122,7 @@ async fn replicas_starting_at_once_migrate_safely() {
         for start in starts {
             stores.push(start.await.unwrap().expect("every replica starts"));
         }
-        assert_eq!(applied_migrations(&schema).await, [1, 2]);
+        assert_eq!(applied_migrations(&schema).await, [1, 2, 3]);
         // They share the state: one replica's send is the other's own send.
         let record = contract::sample_record();
         stores[0].record_sent("acme", "m1", &record).await.unwrap();
@@ -180,6 +180,7 @@ async fn refuse_writes(schema: &str, refuse: bool) {
         "sent_replies",
         "sent_reply_parts",
         "send_intents",
+        "channel_owners",
         "own_sends",
         "delivered_events",
         "poll_cursors",
@@ -244,6 +245,7 @@ async fn a_write_stuck_behind_a_lock_fails_and_is_reported_instead_of_hanging() 
     in_fresh_schema(|schema| async move {
         let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
         let health = store.health();
+        let epoch = store.claim_channel("acme").await.unwrap();
         let (locker, connection) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
         tokio::spawn(connection);
         locker
@@ -255,7 +257,7 @@ async fn a_write_stuck_behind_a_lock_fails_and_is_reported_instead_of_hanging() 
 
         let error = tokio::time::timeout(
             std::time::Duration::from_secs(30),
-            store.record_send_intent("acme", "m-1", 0, chrono::Utc::now()),
+            store.record_send_intent("acme", "m-1", 0, chrono::Utc::now(), epoch),
         )
         .await
         .expect("the store call ends")
@@ -269,7 +271,7 @@ async fn a_write_stuck_behind_a_lock_fails_and_is_reported_instead_of_hanging() 
             .await
             .expect("the store notices it can write again");
         store
-            .record_send_intent("acme", "m-1", 0, chrono::Utc::now())
+            .record_send_intent("acme", "m-1", 0, chrono::Utc::now(), epoch)
             .await
             .unwrap();
         assert!(store.send_intent("acme", "m-1", 0).await.unwrap().is_some());

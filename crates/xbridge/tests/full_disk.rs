@@ -289,7 +289,26 @@ async fn a_bridge_started_on_a_full_disk_runs_and_heals_once_freed() {
         .await;
     assert_eq!(crm.next_event().await.body["message_id"], "r-1");
     assert!(bridge.terminate().await.success());
-
+    // The file as a fresh one holding that record: the pages a longer history
+    // leaves free in it would take the next commit even on a full disk (redb
+    // reuses them), and whether there are any depends on that history.
+    let record = {
+        let store = xbridge_store::EmbeddedStore::open(&state).expect("the state file");
+        let record = xbridge_store::StateStore::sent(&store, "acme", "r-1")
+            .await
+            .expect("readable")
+            .expect("r-1 recorded");
+        drop(store);
+        record
+    };
+    std::fs::remove_file(&state).unwrap();
+    {
+        let store = xbridge_store::EmbeddedStore::open(&state).expect("a new state file");
+        xbridge_store::StateStore::record_sent(&store, "acme", "r-1", &record)
+            .await
+            .expect("recorded");
+        drop(store);
+    }
     let filler = tmpfs.fill();
     let bridge = BridgeProcess::start(binary(), &config_path, &[]);
     bridge.wait_for_log("outbound running", 1).await;
