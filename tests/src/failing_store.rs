@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use xbridge_store::{
-    Applied, ChannelEntry, ChannelList, ChannelRecord, ChannelTombstone, SentRecord, StateStore,
-    StoreError, StoreHealth,
+    Applied, ChannelEntry, ChannelList, ChannelRecord, ChannelTombstone, Pruned, SentRecord,
+    StateStore, StoreError, StoreHealth,
 };
 
 /// What the store refuses.
@@ -260,5 +260,19 @@ impl StateStore for FailingStore {
 
     fn health(&self) -> StoreHealth {
         self.health.clone()
+    }
+
+    /// Refused like any write, but not told to the health: the real stores'
+    /// prunes are background work that says nothing about the hot path.
+    async fn prune(&self, older_than: DateTime<Utc>) -> Result<Pruned, StoreError> {
+        match self.mode() {
+            Refuse::Writes | Refuse::Everything => {
+                self.refused.send_modify(|refused| *refused += 1);
+                Err(StoreError::Unavailable(
+                    "No space left on device (injected)".into(),
+                ))
+            }
+            _ => self.inner.prune(older_than).await,
+        }
     }
 }
