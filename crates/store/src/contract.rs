@@ -507,7 +507,7 @@ pub async fn pruning_removes_exactly_the_older_records_while_writes_go_on(store:
     assert!(pruned.own_sends >= 2 * OLD as u64, "{pruned:?}");
     assert!(pruned.delivered_events >= OLD as u64, "{pruned:?}");
 
-    for i in 0..OLD {
+    for (i, event) in old_events.iter().enumerate() {
         let id = format!("old-{i}");
         assert_eq!(store.sent(channel, &id).await.unwrap(), None, "{id}");
         assert_eq!(store.sent_part(channel, &id, 0).await.unwrap(), None);
@@ -520,7 +520,7 @@ pub async fn pruning_removes_exactly_the_older_records_while_writes_go_on(store:
             .is_own_send(channel, &format!("dm-{id}-p0"))
             .await
             .unwrap());
-        assert!(!store.is_delivered(channel, &old_events[i]).await.unwrap());
+        assert!(!store.is_delivered(channel, event).await.unwrap());
     }
     let kept = store.sent(channel, "new").await.unwrap().expect("kept");
     assert_eq!(kept.dm_event_id, "dm-new");
