@@ -33,6 +33,8 @@ pub struct FailingStore {
     health: StoreHealth,
     refuse: Mutex<Refuse>,
     refused: watch::Sender<usize>,
+    /// Prunes the real store answered, for tests of the pruning task.
+    pruned: watch::Sender<usize>,
 }
 
 impl FailingStore {
@@ -43,6 +45,7 @@ impl FailingStore {
             health: StoreHealth::new(),
             refuse: Mutex::new(Refuse::Nothing),
             refused: watch::Sender::new(0),
+            pruned: watch::Sender::new(0),
         })
     }
 
@@ -61,6 +64,12 @@ impl FailingStore {
     pub async fn wait_for_refusals(&self, count: usize) {
         let mut refused = self.refused.subscribe();
         let _ = refused.wait_for(|refused| *refused >= count).await;
+    }
+
+    /// Waits until the real store answered `count` prunes since the start.
+    pub async fn wait_for_prunes(&self, count: usize) {
+        let mut pruned = self.pruned.subscribe();
+        let _ = pruned.wait_for(|pruned| *pruned >= count).await;
     }
 
     /// Calls refused since the start.
@@ -272,7 +281,11 @@ impl StateStore for FailingStore {
                     "No space left on device (injected)".into(),
                 ))
             }
-            _ => self.inner.prune(older_than).await,
+            _ => {
+                let result = self.inner.prune(older_than).await;
+                self.pruned.send_modify(|pruned| *pruned += 1);
+                result
+            }
         }
     }
 }
