@@ -18,6 +18,15 @@
 //! nothing. redb locks the file, also against a second open in the same process, so the
 //! old `Database` is dropped (the writer's handle and every reader's) before the file is
 //! opened again.
+//!
+//! **Pruning.** Records older than the retention are found by reading a
+//! snapshot [`PRUNE_BATCH`] entries at a time (never waiting for the writer),
+//! and removed by one write per batch through the same writer queue, checked
+//! again inside it; so a prune is many short writes the hot path's writes go
+//! between, never one long transaction holding redb's single writer. Sent
+//! records go by their `sent_at`, and take their DMs' own-send entries with
+//! them (those hold no time of their own); send intents and delivered events
+//! by the time they hold. The file's format is unchanged.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -50,7 +59,7 @@ const SEND_INTENTS: TableDefinition<&str, i64> = TableDefinition::new("send_inte
 /// the value is the CRM's message id.
 const OWN_SENDS: TableDefinition<&str, &str> = TableDefinition::new("own_dm_events");
 /// Inbound DM events that reached the CRM, keyed by `<channel>\0<event_id>`;
-/// the value is when (Unix milliseconds), for pruning later.
+/// the value is when (Unix milliseconds), what pruning goes by.
 const DELIVERED: TableDefinition<&str, u64> = TableDefinition::new("delivered_events");
 /// Each channel's poll cursor: the newest delivered DM event id.
 const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("poll_cursors");

@@ -636,8 +636,19 @@ fn session_options(existing: &str, schema: &str) -> String {
 /// Whether the connection string sets `sslmode` (as a URL query parameter or
 /// a key/value pair): the store's TLS comes from `state.tls` alone, and a URL
 /// asking for another mode would be silently overridden.
+/// Only the URL's query (after `?`, where a password cannot be: it would
+/// have to be percent-encoded) or a key/value string's keys are looked at, so
+/// a password that happens to hold the word is not mistaken for the option.
 pub fn url_sets_sslmode(url: &str) -> bool {
-    url.to_ascii_lowercase().contains("sslmode")
+    let is_sslmode = |key: &str| key.trim().eq_ignore_ascii_case("sslmode");
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let query = url.split_once('?').map_or("", |(_, query)| query);
+        return query
+            .split('&')
+            .any(|pair| is_sslmode(pair.split('=').next().unwrap_or_default()));
+    }
+    url.split_whitespace()
+        .any(|pair| pair.split_once('=').is_some_and(|(key, _)| is_sslmode(key)))
 }
 
 /// `operation`, or [`StoreError::Unavailable`] when it takes longer than
@@ -1155,6 +1166,24 @@ mod tests {
             session_options(" -c work_mem=4MB ", "xb"),
             "-c work_mem=4MB -c search_path=xb -c statement_timeout=10000"
         );
+    }
+
+    #[test]
+    fn sslmode_is_found_in_the_query_or_the_keys_never_in_a_password() {
+        for set in [
+            "postgres://u:p@db/x?sslmode=require",
+            "postgresql://db/x?connect_timeout=2&SSLMODE=disable",
+            "host=db user=u sslmode=verify-full",
+        ] {
+            assert!(url_sets_sslmode(set), "{set}");
+        }
+        for unset in [
+            "postgres://u:my-sslmode-pw@db/x",
+            "postgres://u:p@db/x?connect_timeout=2",
+            "host=db password=sslmode",
+        ] {
+            assert!(!url_sets_sslmode(unset), "{unset}");
+        }
     }
 
     #[test]
