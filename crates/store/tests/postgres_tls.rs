@@ -5,7 +5,9 @@
 //! Each test starts a private server (Debian's binaries in
 //! `/usr/lib/postgresql/<version>/bin`, or the `PATH`'s) in a temporary
 //! directory, on a free port, with `ssl = on` and a server certificate for
-//! `localhost` signed by a CA the test makes with the `openssl` command. Its
+//! `localhost` signed by a CA the test makes with the `openssl` command (there
+//! wherever Debian's postgresql package is: it depends on it through
+//! ssl-cert). Its
 //! `pg_hba.conf` takes only TLS connections with a password, so a store that
 //! connects at all connects over TLS. initdb refuses to run as root: as root,
 //! the server runs as the `postgres` user, its directory handed to it. The
