@@ -35,6 +35,10 @@ pub struct FailingStore {
     refused: watch::Sender<usize>,
     /// Prunes the real store answered, for tests of the pruning task.
     pruned: watch::Sender<usize>,
+    /// Prunes refused, apart from [`FailingStore::refusals`]: a bridge's
+    /// pruning task runs at start, and must not count as the reply or event
+    /// write a test waits to see refused.
+    prunes_refused: watch::Sender<usize>,
 }
 
 impl FailingStore {
@@ -46,6 +50,7 @@ impl FailingStore {
             refuse: Mutex::new(Refuse::Nothing),
             refused: watch::Sender::new(0),
             pruned: watch::Sender::new(0),
+            prunes_refused: watch::Sender::new(0),
         })
     }
 
@@ -63,6 +68,12 @@ impl FailingStore {
     /// Waits until `count` calls were refused since the start.
     pub async fn wait_for_refusals(&self, count: usize) {
         let mut refused = self.refused.subscribe();
+        let _ = refused.wait_for(|refused| *refused >= count).await;
+    }
+
+    /// Waits until `count` prunes were refused since the start.
+    pub async fn wait_for_refused_prunes(&self, count: usize) {
+        let mut refused = self.prunes_refused.subscribe();
         let _ = refused.wait_for(|refused| *refused >= count).await;
     }
 
@@ -276,7 +287,7 @@ impl StateStore for FailingStore {
     async fn prune(&self, older_than: DateTime<Utc>) -> Result<Pruned, StoreError> {
         match self.mode() {
             Refuse::Writes | Refuse::Everything => {
-                self.refused.send_modify(|refused| *refused += 1);
+                self.prunes_refused.send_modify(|refused| *refused += 1);
                 Err(StoreError::Unavailable(
                     "No space left on device (injected)".into(),
                 ))

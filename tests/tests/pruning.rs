@@ -40,7 +40,7 @@ async fn the_pruner_outlives_a_failed_prune_and_then_removes_only_what_the_reten
     let mut pruner = spawn_pruner(store.clone(), RETENTION, Duration::from_millis(5));
     // Refused twice: the first failure did not end the task.
     tokio::select! {
-        () = store.wait_for_refusals(2) => {}
+        () = store.wait_for_refused_prunes(2) => {}
         ended = &mut pruner => panic!("the pruner ended after a failed prune: {ended:?}"),
     }
     assert!(store.sent("acme", "old").await.unwrap().is_some());
