@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use xbridge_store::{
-    Applied, ChannelEntry, ChannelList, ChannelRecord, ChannelTombstone, SentRecord, StateStore,
-    StoreError, StoreHealth,
+    Applied, ChannelEntry, ChannelList, ChannelRecord, ChannelTombstone, Pruned, SentRecord,
+    StateStore, StoreError, StoreHealth,
 };
 
 /// What the store refuses.
@@ -33,6 +33,12 @@ pub struct FailingStore {
     health: StoreHealth,
     refuse: Mutex<Refuse>,
     refused: watch::Sender<usize>,
+    /// Prunes the real store answered, for tests of the pruning task.
+    pruned: watch::Sender<usize>,
+    /// Prunes refused, apart from [`FailingStore::refusals`]: a bridge's
+    /// pruning task runs at start, and must not count as the reply or event
+    /// write a test waits to see refused.
+    prunes_refused: watch::Sender<usize>,
 }
 
 impl FailingStore {
@@ -43,6 +49,8 @@ impl FailingStore {
             health: StoreHealth::new(),
             refuse: Mutex::new(Refuse::Nothing),
             refused: watch::Sender::new(0),
+            pruned: watch::Sender::new(0),
+            prunes_refused: watch::Sender::new(0),
         })
     }
 
@@ -61,6 +69,18 @@ impl FailingStore {
     pub async fn wait_for_refusals(&self, count: usize) {
         let mut refused = self.refused.subscribe();
         let _ = refused.wait_for(|refused| *refused >= count).await;
+    }
+
+    /// Waits until `count` prunes were refused since the start.
+    pub async fn wait_for_refused_prunes(&self, count: usize) {
+        let mut refused = self.prunes_refused.subscribe();
+        let _ = refused.wait_for(|refused| *refused >= count).await;
+    }
+
+    /// Waits until the real store answered `count` prunes since the start.
+    pub async fn wait_for_prunes(&self, count: usize) {
+        let mut pruned = self.pruned.subscribe();
+        let _ = pruned.wait_for(|pruned| *pruned >= count).await;
     }
 
     /// Calls refused since the start.
@@ -274,5 +294,23 @@ impl StateStore for FailingStore {
 
     fn health(&self) -> StoreHealth {
         self.health.clone()
+    }
+
+    /// Refused like any write, but not told to the health: the real stores'
+    /// prunes are background work that says nothing about the hot path.
+    async fn prune(&self, older_than: DateTime<Utc>) -> Result<Pruned, StoreError> {
+        match self.mode() {
+            Refuse::Writes | Refuse::Everything => {
+                self.prunes_refused.send_modify(|refused| *refused += 1);
+                Err(StoreError::Unavailable(
+                    "No space left on device (injected)".into(),
+                ))
+            }
+            _ => {
+                let result = self.inner.prune(older_than).await;
+                self.pruned.send_modify(|pruned| *pruned += 1);
+                result
+            }
+        }
     }
 }

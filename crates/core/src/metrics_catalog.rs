@@ -169,6 +169,11 @@ pub const METRICS: &[Metric] = &[
         &[],
         "Writes to the state store that failed (a full disk, PostgreSQL unreachable, ...).",
     ),
+    counter(
+        "xbridge_state_pruned_total",
+        &["table"],
+        "Records the state store pruned as older than state.retention, by table (sent_replies, sent_reply_parts, send_intents, own_sends, delivered_events).",
+    ),
     gauge(
         "xbridge_runtime_alive_tasks",
         &[],

@@ -85,6 +85,7 @@ pub async fn run_all(store: &dyn StateStore) {
     delivered_events_are_remembered_per_channel(store).await;
     poll_cursors_move_per_channel(store).await;
     run_registry(store).await;
+    pruning_removes_exactly_the_older_records_while_writes_go_on(store).await;
 }
 
 /// The channel registry's checks alone.
@@ -534,4 +535,141 @@ async fn poll_cursors_move_per_channel(store: &dyn StateStore) {
         store.poll_cursor("contract-poll-other").await.unwrap(),
         None
     );
+}
+
+/// The clock once it has passed `after` by at least a millisecond (the
+/// embedded store keeps milliseconds): a time strictly between what was
+/// recorded before and what is recorded after. Spins on the clock, no sleep.
+fn time_after(after: DateTime<Utc>) -> DateTime<Utc> {
+    loop {
+        let now = Utc::now();
+        if now.timestamp_millis() > after.timestamp_millis() {
+            return now;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Records older than the cutoff go, every kind of them (sent replies, their
+/// parts, send intents, own sends, delivered events); records from after it
+/// stay, and so do poll cursors; replies and DMs recorded while the prune
+/// runs are kept and readable. Call it last: it prunes whatever the other
+/// checks left from before the cutoff too.
+pub async fn pruning_removes_exactly_the_older_records_while_writes_go_on(store: &dyn StateStore) {
+    const OLD: usize = 40;
+    let channel = "prune";
+    let epoch = store.claim_channel(channel).await.unwrap();
+    let sent = |id: &str, at: DateTime<Utc>| SentRecord {
+        dm_event_id: format!("dm-{id}"),
+        conversation_id: "1-2".into(),
+        sent_at: at,
+        reported: false,
+        parts: Vec::new(),
+    };
+    let long_ago = Utc::now() - chrono::Duration::days(60);
+    for i in 0..OLD {
+        let id = format!("old-{i}");
+        store
+            .record_sent_part(channel, &id, 0, &sent(&format!("{id}-p0"), long_ago))
+            .await
+            .unwrap();
+        store
+            .record_sent(channel, &id, &sent(&id, long_ago))
+            .await
+            .unwrap();
+        store
+            .record_send_intent(channel, &id, 0, long_ago, epoch)
+            .await
+            .unwrap();
+    }
+    let old_events: Vec<String> = (0..OLD).map(|i| format!("old-event-{i}")).collect();
+    store.record_delivered(channel, &old_events).await.unwrap();
+    store.set_poll_cursor(channel, "old-event-9").await.unwrap();
+
+    let cutoff = time_after(Utc::now());
+    let recent = time_after(cutoff);
+    store
+        .record_sent(channel, "new", &sent("new", recent))
+        .await
+        .unwrap();
+    store
+        .record_sent_part(channel, "new", 0, &sent("new-p0", recent))
+        .await
+        .unwrap();
+    store
+        .record_send_intent(channel, "new", 1, recent, epoch)
+        .await
+        .unwrap();
+    store
+        .record_delivered(channel, &["new-event".to_owned()])
+        .await
+        .unwrap();
+
+    // Replies and DMs keep coming while the prune runs.
+    let flow = async {
+        for i in 0..20 {
+            let id = format!("flow-{i}");
+            store
+                .record_sent(channel, &id, &sent(&id, Utc::now()))
+                .await
+                .unwrap();
+            store
+                .record_delivered(channel, &[format!("flow-event-{i}")])
+                .await
+                .unwrap();
+        }
+    };
+    let (pruned, ()) = tokio::join!(store.prune(cutoff), flow);
+    let pruned = pruned.expect("the prune succeeds");
+    assert!(pruned.sent_replies >= OLD as u64, "{pruned:?}");
+    assert!(pruned.sent_reply_parts >= OLD as u64, "{pruned:?}");
+    assert!(pruned.send_intents >= OLD as u64, "{pruned:?}");
+    assert!(pruned.own_sends >= 2 * OLD as u64, "{pruned:?}");
+    assert!(pruned.delivered_events >= OLD as u64, "{pruned:?}");
+
+    for (i, event) in old_events.iter().enumerate() {
+        let id = format!("old-{i}");
+        assert_eq!(store.sent(channel, &id).await.unwrap(), None, "{id}");
+        assert_eq!(store.sent_part(channel, &id, 0).await.unwrap(), None);
+        assert_eq!(store.send_intent(channel, &id, 0).await.unwrap(), None);
+        assert!(!store
+            .is_own_send(channel, &format!("dm-{id}"))
+            .await
+            .unwrap());
+        assert!(!store
+            .is_own_send(channel, &format!("dm-{id}-p0"))
+            .await
+            .unwrap());
+        assert!(!store.is_delivered(channel, event).await.unwrap());
+    }
+    let kept = store.sent(channel, "new").await.unwrap().expect("kept");
+    assert_eq!(kept.dm_event_id, "dm-new");
+    assert!(store.sent_part(channel, "new", 0).await.unwrap().is_some());
+    assert!(store
+        .send_intent(channel, "new", 1)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store.is_own_send(channel, "dm-new").await.unwrap());
+    assert!(store.is_own_send(channel, "dm-new-p0").await.unwrap());
+    assert!(store.is_delivered(channel, "new-event").await.unwrap());
+    for i in 0..20 {
+        let id = format!("flow-{i}");
+        assert!(store.sent(channel, &id).await.unwrap().is_some(), "{id}");
+        assert!(store
+            .is_own_send(channel, &format!("dm-{id}"))
+            .await
+            .unwrap());
+        assert!(store
+            .is_delivered(channel, &format!("flow-event-{i}"))
+            .await
+            .unwrap());
+    }
+    assert_eq!(
+        store.poll_cursor(channel).await.unwrap().as_deref(),
+        Some("old-event-9")
+    );
+
+    // Nothing older is left: the same prune again removes nothing.
+    assert_eq!(store.prune(cutoff).await.unwrap(), crate::Pruned::default());
 }

@@ -18,6 +18,15 @@
 //! nothing. redb locks the file, also against a second open in the same process, so the
 //! old `Database` is dropped (the writer's handle and every reader's) before the file is
 //! opened again.
+//!
+//! **Pruning.** Records older than the retention are found by reading a
+//! snapshot [`PRUNE_BATCH`] entries at a time (never waiting for the writer),
+//! and removed by one write per batch through the same writer queue, checked
+//! again inside it; so a prune is many short writes the hot path's writes go
+//! between, never one long transaction holding redb's single writer. Sent
+//! records go by their `sent_at`, and take their DMs' own-send entries with
+//! them (those hold no time of their own); send intents and delivered events
+//! by the time they hold. The file's format is unchanged.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +45,7 @@ use crate::registry::{
     ChannelTombstone,
 };
 use crate::sealed::SealedCredentials;
-use crate::{SentRecord, StateStore, StoreError, StoreHealth};
+use crate::{Pruned, SentRecord, StateStore, StoreError, StoreHealth};
 
 /// Sent replies, keyed by `<channel>\0<message_id>`; values are JSON so the
 /// record can grow fields without a migration.
@@ -54,7 +63,7 @@ const CHANNEL_OWNERS: TableDefinition<&str, u64> = TableDefinition::new("channel
 /// the value is the CRM's message id.
 const OWN_SENDS: TableDefinition<&str, &str> = TableDefinition::new("own_dm_events");
 /// Inbound DM events that reached the CRM, keyed by `<channel>\0<event_id>`;
-/// the value is when (Unix milliseconds), for pruning later.
+/// the value is when (Unix milliseconds), what pruning goes by.
 const DELIVERED: TableDefinition<&str, u64> = TableDefinition::new("delivered_events");
 /// Each channel's poll cursor: the newest delivered DM event id.
 const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("poll_cursors");
@@ -862,6 +871,18 @@ impl StateStore for EmbeddedStore {
     fn health(&self) -> StoreHealth {
         self.inner.shared.health.clone()
     }
+
+    async fn prune(&self, older_than: DateTime<Utc>) -> Result<Pruned, StoreError> {
+        let (sent_replies, own_replies) = self.prune_sent(SENT, older_than).await?;
+        let (sent_reply_parts, own_parts) = self.prune_sent(SENT_PARTS, older_than).await?;
+        Ok(Pruned {
+            sent_replies,
+            sent_reply_parts,
+            own_sends: own_replies + own_parts,
+            send_intents: self.prune_timed(SEND_INTENTS, older_than).await?,
+            delivered_events: self.prune_timed(DELIVERED, older_than).await?,
+        })
+    }
 }
 
 impl EmbeddedStore {
@@ -982,6 +1003,180 @@ fn contains<V: redb::Value + 'static>(
     let txn = db.begin_read().map_err(err)?;
     let table = txn.open_table(table).map_err(err)?;
     Ok(table.get(key).map_err(err)?.is_some())
+}
+
+/// Entries one prune step reads (on a snapshot, never waiting for the
+/// writer) before it hands those that expired to the writer, as one short
+/// write among the others.
+const PRUNE_BATCH: usize = 1000;
+
+/// A table's value read as Unix milliseconds, to be compared with the cutoff.
+trait Millis: redb::Value + Send + Sync + 'static {
+    fn millis(value: Self::SelfType<'_>) -> i64;
+}
+
+impl Millis for i64 {
+    fn millis(value: i64) -> i64 {
+        value
+    }
+}
+
+impl Millis for u64 {
+    fn millis(value: u64) -> i64 {
+        i64::try_from(value).unwrap_or(i64::MAX)
+    }
+}
+
+/// Up to [`PRUNE_BATCH`] entries of `table` after key `after` (from the
+/// start when `None`): the keys of those `expired` says are, and the last key
+/// read when there may be more.
+fn scan<V: redb::Value + 'static>(
+    db: &Database,
+    table: TableDefinition<'static, &'static str, V>,
+    after: Option<&str>,
+    expired: impl for<'v> Fn(V::SelfType<'v>) -> bool,
+) -> Result<(Vec<String>, Option<String>), StoreError> {
+    use std::ops::Bound;
+    let txn = db.begin_read().map_err(err)?;
+    let table = txn.open_table(table).map_err(err)?;
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut found = Vec::new();
+    let mut seen = 0;
+    for row in table
+        .range::<&str>((start, Bound::Unbounded))
+        .map_err(err)?
+    {
+        let (key, value) = row.map_err(err)?;
+        let key = key.value();
+        if expired(value.value()) {
+            found.push(key.to_owned());
+        }
+        seen += 1;
+        if seen == PRUNE_BATCH {
+            return Ok((found, Some(key.to_owned())));
+        }
+    }
+    Ok((found, None))
+}
+
+/// Whether a stored sent record was sent before `cutoff`; one that does not
+/// decode is kept (its age is unknown).
+fn sent_before(value: &[u8], cutoff: DateTime<Utc>) -> Option<SentRecord> {
+    serde_json::from_slice::<SentRecord>(value)
+        .ok()
+        .filter(|record| record.sent_at < cutoff)
+}
+
+impl EmbeddedStore {
+    /// Removes the sent records of `table` (replies or parts) sent before
+    /// `cutoff`, and their DMs' own-send entries: (records, own sends).
+    async fn prune_sent(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        cutoff: DateTime<Utc>,
+    ) -> Result<(u64, u64), StoreError> {
+        let (mut records, mut own) = (0, 0);
+        let mut after = None;
+        loop {
+            let (keys, last) = self.read_now(|db| {
+                scan(db, table, after.as_deref(), |value: &[u8]| {
+                    sent_before(value, cutoff).is_some()
+                })
+            })?;
+            if !keys.is_empty() {
+                let counts = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+                self.write({
+                    let counts = counts.clone();
+                    move |txn| {
+                        let mut entries = txn.open_table(table).map_err(err)?;
+                        let mut own_sends = txn.open_table(OWN_SENDS).map_err(err)?;
+                        let (mut removed, mut own_removed) = (0, 0);
+                        for key in &keys {
+                            // Checked again: the snapshot may be old.
+                            let stored = entries.get(key.as_str()).map_err(err)?;
+                            let Some(record) = stored.and_then(|v| sent_before(v.value(), cutoff))
+                            else {
+                                continue;
+                            };
+                            entries.remove(key.as_str()).map_err(err)?;
+                            removed += 1;
+                            let channel = key.split('\0').next().unwrap_or_default();
+                            for id in record.dm_event_ids() {
+                                if own_sends
+                                    .remove(self::key(channel, &id).as_str())
+                                    .map_err(err)?
+                                    .is_some()
+                                {
+                                    own_removed += 1;
+                                }
+                            }
+                        }
+                        *counts.lock().unwrap_or_else(PoisonError::into_inner) =
+                            (removed, own_removed);
+                        Ok(())
+                    }
+                })
+                .await?;
+                let (removed, own_removed) = *counts.lock().unwrap_or_else(PoisonError::into_inner);
+                records += removed;
+                own += own_removed;
+            }
+            match last {
+                Some(last) => after = Some(last),
+                None => return Ok((records, own)),
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Removes the entries of `table` (a time in Unix milliseconds per key)
+    /// older than `cutoff`.
+    async fn prune_timed<V: Millis>(
+        &self,
+        table: TableDefinition<'static, &'static str, V>,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let cutoff = cutoff.timestamp_millis();
+        let mut pruned = 0;
+        let mut after = None;
+        loop {
+            let (keys, last) = self.read_now(|db| {
+                scan(db, table, after.as_deref(), |value| {
+                    V::millis(value) < cutoff
+                })
+            })?;
+            if !keys.is_empty() {
+                let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                self.write({
+                    let count = count.clone();
+                    move |txn| {
+                        let mut entries = txn.open_table(table).map_err(err)?;
+                        let mut removed = 0;
+                        for key in &keys {
+                            // Checked again: a newer intent may have replaced it.
+                            let old = entries
+                                .get(key.as_str())
+                                .map_err(err)?
+                                .is_some_and(|v| V::millis(v.value()) < cutoff);
+                            if old {
+                                entries.remove(key.as_str()).map_err(err)?;
+                                removed += 1;
+                            }
+                        }
+                        count.store(removed, std::sync::atomic::Ordering::SeqCst);
+                        Ok(())
+                    }
+                })
+                .await?;
+                pruned += count.load(std::sync::atomic::Ordering::SeqCst);
+            }
+            match last {
+                Some(last) => after = Some(last),
+                None => return Ok(pruned),
+            }
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 #[cfg(test)]

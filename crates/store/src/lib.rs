@@ -24,6 +24,8 @@ mod embedded;
 mod health;
 mod key_check;
 pub mod postgres;
+pub mod postgres_tls;
+pub mod prune;
 pub mod registry;
 pub mod sealed;
 
@@ -31,6 +33,8 @@ pub use embedded::EmbeddedStore;
 pub use health::StoreHealth;
 pub use key_check::{check_credentials_key, KeyCheckError};
 pub use postgres::PostgresStore;
+pub use postgres_tls::PostgresTls;
+pub use prune::{spawn_pruner, Pruned};
 pub use registry::{
     Applied, BrokenChannel, ChannelEntry, ChannelList, ChannelOrigin, ChannelRecord,
     ChannelTombstone, MAX_REVISION,
@@ -245,4 +249,12 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Whether the store can write now, and a way to wait until it can.
     fn health(&self) -> StoreHealth;
+
+    /// Removes the records older than `older_than`: sent replies and their
+    /// parts (by when X accepted them), send intents (by when the send
+    /// started), own DM event ids (with their reply) and delivered event ids
+    /// (by when they were recorded). Channels, the registry and poll cursors
+    /// stay. Works in small batches, each a short write of its own, so the
+    /// writes of replies and DMs go on between them ([`prune`]).
+    async fn prune(&self, older_than: DateTime<Utc>) -> Result<Pruned, StoreError>;
 }

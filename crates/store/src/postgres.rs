@@ -7,9 +7,14 @@
 //! a record's own-send index rows are written in the same transaction only
 //! when the record itself was.
 //!
-//! Connections are plain TCP (`NoTls`): TLS to the database is not supported
-//! yet, so the database must be reached over a trusted network (or a local
-//! TLS-terminating proxy).
+//! Connections are plain TCP unless `state.tls` asks for TLS
+//! ([`PostgresTls`]): `verify-full` checks the server's certificate against
+//! the operator's CA file and host name.
+//!
+//! Records older than the retention are pruned ([`StateStore::prune`]) in
+//! bounded `DELETE`s of at most [`PRUNE_BATCH`] rows, each its own short
+//! statement, so replies and webhook events recorded meanwhile wait for no
+//! more than one batch's row locks.
 //!
 //! A database that refuses writes (read-only, out of disk, unreachable) makes
 //! each write fail with [`StoreError::Unavailable`] and marks the store's
@@ -28,12 +33,13 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use crate::postgres_tls::PostgresTls;
 use crate::registry::{
     revision_as_i64, Applied, ChannelEntry, ChannelList, ChannelOrigin, ChannelRecord,
     ChannelTombstone,
 };
 use crate::sealed::SealedCredentials;
-use crate::{SentRecord, StateStore, StoreError, StoreHealth};
+use crate::{Pruned, SentRecord, StateStore, StoreError, StoreHealth};
 
 /// Connections in the pool: every channel's outbound worker and inbound
 /// poller touches the store once or twice per message, each for a few
@@ -154,6 +160,40 @@ const MIGRATIONS: &[(i32, &str)] = &[
     );
     ",
     ),
+    (
+        4,
+        // The retention (`StateStore::prune`): when each sent record and own
+        // send was made, so old ones can be found; rows there before this
+        // migration count from it (kept a whole retention longer, never
+        // pruned early). An index per pruned table's time, so each bounded
+        // DELETE finds its rows without reading the whole table. (Version 3
+        // is the fencing table's.)
+        "
+    ALTER TABLE sent_replies ADD COLUMN recorded_at timestamptz NOT NULL DEFAULT now();
+    ALTER TABLE sent_reply_parts ADD COLUMN recorded_at timestamptz NOT NULL DEFAULT now();
+    ALTER TABLE own_sends ADD COLUMN recorded_at timestamptz NOT NULL DEFAULT now();
+    CREATE INDEX sent_replies_recorded_at ON sent_replies (recorded_at);
+    CREATE INDEX sent_reply_parts_recorded_at ON sent_reply_parts (recorded_at);
+    CREATE INDEX own_sends_recorded_at ON own_sends (recorded_at);
+    CREATE INDEX send_intents_started_at ON send_intents (started_at);
+    CREATE INDEX delivered_events_delivered_at ON delivered_events (delivered_at);
+    ",
+    ),
+];
+
+/// The most rows one `DELETE` of a prune removes: each is a statement of its
+/// own, so the row locks it takes (and the WAL it writes) stay small and
+/// replies recorded meanwhile never wait long behind it.
+pub const PRUNE_BATCH: i64 = 1000;
+
+/// The tables a prune removes old rows from, each with the column saying when
+/// a row was made, in the order of [`Pruned`]'s fields.
+const PRUNED_TABLES: [(&str, &str); 5] = [
+    ("sent_replies", "recorded_at"),
+    ("sent_reply_parts", "recorded_at"),
+    ("send_intents", "started_at"),
+    ("own_sends", "recorded_at"),
+    ("delivered_events", "delivered_at"),
 ];
 
 /// A [`StateStore`] in a PostgreSQL schema, shared by every replica that
@@ -186,15 +226,33 @@ impl PostgresStore {
     /// if missing) and applies any migration not applied yet, so a replica
     /// never runs against tables older than its code. Replicas starting at
     /// once are safe: migrations run under a transaction-scoped advisory
-    /// lock. Errors never contain the URL's password.
+    /// lock. Errors never contain the URL's password. Plain TCP, no TLS:
+    /// [`PostgresStore::connect_with`] takes a [`PostgresTls`].
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_with(url, schema, &PostgresTls::Disable).await
+    }
+
+    /// [`PostgresStore::connect`], its connections secured as `tls` says.
+    /// The URL must not set `sslmode`: `tls` decides, so the two cannot
+    /// disagree.
+    pub async fn connect_with(
+        url: &str,
+        schema: Option<&str>,
+        tls: &PostgresTls,
+    ) -> Result<PostgresStore, StoreError> {
         let schema = schema.unwrap_or(DEFAULT_SCHEMA);
         if !is_valid_schema_name(schema) {
             return Err(StoreError::Failed(format!(
                 "schema {schema:?} must be 1 to 63 of a-z, 0-9 and _, starting with a letter or _"
             )));
         }
-        let config = session_config(url, schema)?;
+        if url_sets_sslmode(url) {
+            return Err(StoreError::Failed(
+                "the PostgreSQL URL sets sslmode: remove it and set state.tls instead".into(),
+            ));
+        }
+        let mut config = session_config(url, schema)?;
+        config.ssl_mode(tls.ssl_mode());
         let password = config
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
@@ -208,7 +266,7 @@ impl PostgresStore {
             }
         };
         let store = PostgresStore {
-            pool: pool(config)?,
+            pool: pool(config, tls)?,
             schema: schema.to_owned(),
             health: StoreHealth::new(),
             probing: Arc::default(),
@@ -473,10 +531,15 @@ impl PostgresStore {
                 .map_err(|e| fail("cannot record the sent reply", &e))?;
             if inserted == 1 {
                 tx.execute(
-                    "INSERT INTO own_sends (channel, dm_event_id, message_id)
-                     SELECT $1, id, $2 FROM unnest($3::text[]) AS id
+                    "INSERT INTO own_sends (channel, dm_event_id, message_id, recorded_at)
+                     SELECT $1, id, $2, $4 FROM unnest($3::text[]) AS id
                      ON CONFLICT DO NOTHING",
-                    &[&channel, &message_id, &record.dm_event_ids()],
+                    &[
+                        &channel,
+                        &message_id,
+                        &record.dm_event_ids(),
+                        &record.sent_at,
+                    ],
                 )
                 .await
                 .map_err(|e| fail("cannot record the own sends", &e))?;
@@ -546,15 +609,15 @@ fn session_config(url: &str, schema: &str) -> Result<tokio_postgres::Config, Sto
 }
 
 /// A pool of at most [`POOL_SIZE`] connections, each waited for, created and
-/// recycled within [`TIMEOUT`].
-fn pool(config: tokio_postgres::Config) -> Result<Pool, StoreError> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+/// recycled within [`TIMEOUT`], secured as `tls` says.
+fn pool(config: tokio_postgres::Config, tls: &PostgresTls) -> Result<Pool, StoreError> {
+    let manager_config = || ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls.connector()? {
+        Some(connector) => Manager::from_config(config, connector, manager_config()),
+        None => Manager::from_config(config, NoTls, manager_config()),
+    };
     Pool::builder(manager)
         .max_size(POOL_SIZE)
         .runtime(Runtime::Tokio1)
@@ -580,6 +643,24 @@ fn session_options(existing: &str, schema: &str) -> String {
         ));
     }
     options
+}
+
+/// Whether the connection string sets `sslmode` (as a URL query parameter or
+/// a key/value pair): the store's TLS comes from `state.tls` alone, and a URL
+/// asking for another mode would be silently overridden.
+/// Only the URL's query (after `?`, where a password cannot be: it would
+/// have to be percent-encoded) or a key/value string's keys are looked at, so
+/// a password that happens to hold the word is not mistaken for the option.
+pub fn url_sets_sslmode(url: &str) -> bool {
+    let is_sslmode = |key: &str| key.trim().eq_ignore_ascii_case("sslmode");
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let query = url.split_once('?').map_or("", |(_, query)| query);
+        return query
+            .split('&')
+            .any(|pair| is_sslmode(pair.split('=').next().unwrap_or_default()));
+    }
+    url.split_whitespace()
+        .any(|pair| pair.split_once('=').is_some_and(|(key, _)| is_sslmode(key)))
 }
 
 /// `operation`, or [`StoreError::Unavailable`] when it takes longer than
@@ -713,10 +794,10 @@ impl StateStore for PostgresStore {
         record: &SentRecord,
     ) -> Result<(), StoreError> {
         self.insert_first(
-            "INSERT INTO sent_replies (channel, message_id, reported, record)
-             VALUES ($1, $2, $3, $4)
+            "INSERT INTO sent_replies (channel, message_id, reported, recorded_at, record)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING",
-            &[&channel, &message_id, &record.reported],
+            &[&channel, &message_id, &record.reported, &record.sent_at],
             channel,
             message_id,
             record,
@@ -751,10 +832,10 @@ impl StateStore for PostgresStore {
     ) -> Result<(), StoreError> {
         let part = part_number(part)?;
         self.insert_first(
-            "INSERT INTO sent_reply_parts (channel, message_id, part, record)
-             VALUES ($1, $2, $3, $4)
+            "INSERT INTO sent_reply_parts (channel, message_id, part, recorded_at, record)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING",
-            &[&channel, &message_id, &part],
+            &[&channel, &message_id, &part, &record.sent_at],
             channel,
             message_id,
             record,
@@ -1038,6 +1119,58 @@ impl StateStore for PostgresStore {
     fn health(&self) -> StoreHealth {
         self.health.clone()
     }
+
+    async fn prune(&self, older_than: DateTime<Utc>) -> Result<Pruned, StoreError> {
+        let mut counts = [0u64; PRUNED_TABLES.len()];
+        for ((table, column), count) in PRUNED_TABLES.iter().zip(&mut counts) {
+            *count = self.prune_table(table, column, older_than).await?;
+        }
+        let [sent_replies, sent_reply_parts, send_intents, own_sends, delivered_events] = counts;
+        Ok(Pruned {
+            sent_replies,
+            sent_reply_parts,
+            send_intents,
+            own_sends,
+            delivered_events,
+        })
+    }
+}
+
+impl PostgresStore {
+    /// Removes the rows of `table` whose `column` is before `older_than`, at
+    /// most [`PRUNE_BATCH`] per statement, until none is left. Not told to
+    /// the store's health: a prune that fails is tried again later, and the
+    /// hot path's own writes say whether the database takes writes.
+    async fn prune_table(
+        &self,
+        table: &str,
+        column: &str,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let what = format!("cannot prune {table}");
+        // Names from `PRUNED_TABLES`, never from input.
+        let sql = format!(
+            "DELETE FROM {table} WHERE ctid IN (
+                 SELECT ctid FROM {table} WHERE {column} < $1 LIMIT {PRUNE_BATCH}
+             )"
+        );
+        let mut pruned = 0;
+        loop {
+            let deleted = bounded(&what, async {
+                self.client()
+                    .await?
+                    .execute(&sql, &[&older_than])
+                    .await
+                    .map_err(|e| fail(&what, &e))
+            })
+            .await?;
+            pruned += deleted;
+            if deleted < PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 /// The registry's columns, in the order [`channel_entry`] reads them.
@@ -1093,6 +1226,24 @@ mod tests {
             session_options(" -c work_mem=4MB ", "xb"),
             "-c work_mem=4MB -c search_path=xb -c statement_timeout=10000"
         );
+    }
+
+    #[test]
+    fn sslmode_is_found_in_the_query_or_the_keys_never_in_a_password() {
+        for set in [
+            "postgres://u:p@db/x?sslmode=require",
+            "postgresql://db/x?connect_timeout=2&SSLMODE=disable",
+            "host=db user=u sslmode=verify-full",
+        ] {
+            assert!(url_sets_sslmode(set), "{set}");
+        }
+        for unset in [
+            "postgres://u:my-sslmode-pw@db/x",
+            "postgres://u:p@db/x?connect_timeout=2",
+            "host=db password=sslmode",
+        ] {
+            assert!(!url_sets_sslmode(unset), "{unset}");
+        }
     }
 
     #[test]

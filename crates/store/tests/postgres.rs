@@ -122,7 +122,7 @@ async fn replicas_starting_at_once_migrate_safely() {
         for start in starts {
             stores.push(start.await.unwrap().expect("every replica starts"));
         }
-        assert_eq!(applied_migrations(&schema).await, [1, 2, 3]);
+        assert_eq!(applied_migrations(&schema).await, [1, 2, 3, 4]);
         // They share the state: one replica's send is the other's own send.
         let record = contract::sample_record();
         stores[0].record_sent("acme", "m1", &record).await.unwrap();
@@ -401,6 +401,52 @@ async fn a_channel_that_does_not_decode_does_not_hide_the_others() {
         assert_eq!(list.broken.len(), 1, "{list:?}");
         assert_eq!(list.broken[0].name, "odd");
         assert!(list.broken[0].reason.contains("unknown origin"), "{list:?}");
+    })
+    .await;
+}
+
+/// A store from before the retention (migrations 1 to 3 only) upgrades in
+/// place: its records stay, count from the upgrade (so a prune right after it
+/// removes none of them, however old), and are pruned once the retention
+/// has passed since.
+#[tokio::test]
+async fn records_from_before_the_retention_migration_count_from_the_upgrade() {
+    in_fresh_schema(|schema| async move {
+        let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
+        drop(store);
+        // Back to what migration 3 left, with a reply recorded then.
+        admin()
+            .await
+            .batch_execute(&format!(
+                "SET search_path TO \"{schema}\";
+                 DELETE FROM xbridge_schema_migrations WHERE version = 4;
+                 ALTER TABLE sent_replies DROP COLUMN recorded_at;
+                 ALTER TABLE sent_reply_parts DROP COLUMN recorded_at;
+                 ALTER TABLE own_sends DROP COLUMN recorded_at;
+                 DROP INDEX send_intents_started_at, delivered_events_delivered_at;
+                 INSERT INTO sent_replies (channel, message_id, record) VALUES
+                     ('acme', 'before', '{{\"dm_event_id\":\"dm-before\",\"conversation_id\":\"1-2\",\"sent_at\":\"2025-01-01T00:00:00Z\",\"reported\":true}}');
+                 INSERT INTO own_sends (channel, dm_event_id, message_id)
+                     VALUES ('acme', 'dm-before', 'before');"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(applied_migrations(&schema).await, [1, 2, 3]);
+
+        let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
+        assert_eq!(applied_migrations(&schema).await, [1, 2, 3, 4]);
+        let kept = store.sent("acme", "before").await.unwrap().expect("kept");
+        assert_eq!(kept.dm_event_id, "dm-before");
+        let before_upgrade = chrono::Utc::now() - chrono::Duration::days(1);
+        let pruned = store.prune(before_upgrade).await.unwrap();
+        assert_eq!(pruned, xbridge_store::Pruned::default());
+        assert!(store.is_own_send("acme", "dm-before").await.unwrap());
+
+        let after_upgrade = chrono::Utc::now() + chrono::Duration::seconds(1);
+        let pruned = store.prune(after_upgrade).await.unwrap();
+        assert_eq!((pruned.sent_replies, pruned.own_sends), (1, 1));
+        assert_eq!(store.sent("acme", "before").await.unwrap(), None);
+        assert!(!store.is_own_send("acme", "dm-before").await.unwrap());
     })
     .await;
 }

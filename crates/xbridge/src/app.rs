@@ -38,8 +38,8 @@ pub async fn open_store_as_is(settings: &StateSettings) -> anyhow::Result<Arc<dy
             EmbeddedStore::open(path)
                 .with_context(|| format!("opening the state store {}", path.display()))?,
         ),
-        StateBackend::Postgres { url, schema } => Arc::new(
-            PostgresStore::connect(url.expose_secret(), Some(schema))
+        StateBackend::Postgres { url, schema, tls } => Arc::new(
+            PostgresStore::connect_with(url.expose_secret(), Some(schema), tls)
                 .await
                 .with_context(|| format!("opening the PostgreSQL state store (schema {schema})"))?,
         ),
@@ -117,6 +117,16 @@ pub struct Bridge {
     control: Option<Control>,
     /// The store's CRM channels, read again when a reload shows a hidden one.
     stored: Option<StoredChannels>,
+    /// What prunes the store's old records while the bridge runs.
+    pruning: Pruning,
+}
+
+/// The state store and its retention, for the pruning task [`Bridge::run`]
+/// spawns (and ends with the bridge, so the store is released with it).
+struct Pruning {
+    store: Arc<dyn StateStore>,
+    retention: std::time::Duration,
+    every: std::time::Duration,
 }
 
 impl Bridge {
@@ -156,6 +166,11 @@ impl Bridge {
             None => open_store(&settings.state).await?,
         };
         let store_health = store.health();
+        let pruning = Pruning {
+            store: store.clone(),
+            retention: settings.state.retention,
+            every: settings.state.prune_interval,
+        };
         let http = settings.http.clone();
         let live = Arc::new(LiveChannels::new(&settings.channels));
         // The CRM's channels come back from the store before the sides are built,
@@ -203,6 +218,7 @@ impl Bridge {
             identities,
             control,
             stored,
+            pruning,
         })
     }
 
@@ -275,6 +291,11 @@ impl Bridge {
         let identities = self
             .unresolved
             .map(|(resolver, unanswered)| spawn_identity_checks(resolver, unanswered, &shutdown));
+        let pruner = xbridge_store::spawn_pruner(
+            self.pruning.store,
+            self.pruning.retention,
+            self.pruning.every,
+        );
         let inbound = tokio::spawn(self.inbound.run(shutdown.clone()));
         let control = self.control.map(|c| tokio::spawn(c.run(shutdown.clone())));
         let outbound = self.outbound.run(shutdown.clone()).await;
@@ -288,6 +309,8 @@ impl Bridge {
             let _ = ops.await;
         }
         let _ = gauges.await;
+        pruner.abort();
+        let _ = pruner.await;
         if let Some(identities) = identities {
             if let Ok(Err(mismatch)) = identities.await {
                 return Err(mismatch.into());
@@ -414,6 +437,8 @@ mod tests {
                 path: dir.path().join("state.redb"),
             },
             credentials_key: Some(SecretString::from(key)),
+            retention: xbridge_core::config::DEFAULT_RETENTION,
+            prune_interval: xbridge_core::config::DEFAULT_PRUNE_INTERVAL,
         };
         for _ in 0..2 {
             drop(open_store(&settings("ab".repeat(32))).await.unwrap());

@@ -33,7 +33,10 @@ pub use outbound::{
     MAX_REPLY_BYTES_LIMIT,
 };
 pub use outbound_media::{HostPattern, MediaSettings, MAX_MEDIA_BYTES};
-pub use state::{StateBackend, StateSettings, DEFAULT_STATE_SCHEMA};
+pub use state::{
+    PostgresTls, StateBackend, StateSettings, DEFAULT_PRUNE_INTERVAL, DEFAULT_RETENTION,
+    DEFAULT_STATE_SCHEMA,
+};
 pub use telemetry::{LogFormat, TelemetrySettings};
 pub use x::XSettings;
 

@@ -1,12 +1,15 @@
 //! `[state]`: where durable state lives, the embedded file or PostgreSQL.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use xbridge_store::postgres::is_valid_schema_name;
+use xbridge_store::postgres::{is_valid_schema_name, url_sets_sslmode};
+use xbridge_store::postgres_tls::check_ca_file;
 use xbridge_store::sealed::{CredentialsKey, SealError};
+pub use xbridge_store::PostgresTls;
 
 use crate::secret::SecretSource;
 
@@ -21,7 +24,28 @@ pub struct StateSettings {
     /// 32 bytes in base64 or hex, checked at load). Unset,
     /// channels with credentials are not stored at all.
     pub credentials_key: Option<SecretString>,
+    /// How long records of sent replies and delivered DMs are kept
+    /// (`state.retention`); older ones are pruned.
+    pub retention: Duration,
+    /// How often the records older than the retention are pruned
+    /// (`state.prune_interval`).
+    pub prune_interval: Duration,
 }
+
+/// The retention by default: X's DM history reaches 30 days back (a poll or a
+/// lookup of a sent DM can still return an event that old, whose record must
+/// still say it was delivered or sent), plus 15 days for what can hold a reply
+/// back before it is redelivered (a paused channel, a queue backed up over a
+/// long outage, a restore).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(45 * 24 * 3600);
+
+/// The shortest retention taken: below X's 30-day DM history, a DM X still
+/// returns could be delivered to the CRM again.
+pub const MIN_RETENTION: Duration = Duration::from_secs(31 * 24 * 3600);
+
+/// How often records are pruned by default: each run removes a day's records
+/// in small batches, so hourly keeps every run short.
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl StateSettings {
     /// The key credentials are sealed with, derived from
@@ -49,6 +73,8 @@ pub enum StateBackend {
         url: SecretString,
         /// The schema the tables live in (created if missing).
         schema: String,
+        /// TLS to the database (`state.tls`, `state.ca_file`).
+        tls: PostgresTls,
     },
 }
 
@@ -58,7 +84,9 @@ impl StateBackend {
     pub fn describe(&self) -> String {
         match self {
             StateBackend::Embedded { path } => format!("embedded, {}", path.display()),
-            StateBackend::Postgres { schema, .. } => format!("postgres, schema {schema}"),
+            StateBackend::Postgres { schema, tls, .. } => {
+                format!("postgres, schema {schema}, tls {}", tls.mode())
+            }
         }
     }
 }
@@ -74,6 +102,12 @@ pub(super) struct RawState {
     pub(super) url: Option<SecretSource>,
     pub(super) schema: Option<String>,
     pub(super) credentials_key: Option<SecretSource>,
+    tls: Option<RawTls>,
+    ca_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    retention: Duration,
+    #[serde(with = "humantime_serde")]
+    prune_interval: Duration,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +118,15 @@ enum RawStateBackend {
     Postgres,
 }
 
+/// `state.tls`, as libpq names its modes.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum RawTls {
+    Disable,
+    Require,
+    VerifyFull,
+}
+
 impl Default for RawState {
     fn default() -> Self {
         RawState {
@@ -92,6 +135,10 @@ impl Default for RawState {
             url: None,
             schema: None,
             credentials_key: None,
+            tls: None,
+            ca_file: None,
+            retention: DEFAULT_RETENTION,
+            prune_interval: DEFAULT_PRUNE_INTERVAL,
         }
     }
 }
@@ -99,6 +146,16 @@ impl Default for RawState {
 /// Validates `[state]`.
 pub(super) fn validate(mut raw: RawState, errors: &mut Vec<String>) -> StateSettings {
     let credentials_key = credentials_key(raw.credentials_key.take(), errors);
+    if raw.retention < MIN_RETENTION {
+        errors.push(format!(
+            "state.retention: {} is shorter than 31 days: X returns 30 days of DM history, so a DM it still returns could reach the CRM again",
+            humantime::format_duration(raw.retention)
+        ));
+    }
+    if raw.prune_interval.is_zero() {
+        errors.push("state.prune_interval: must be longer than 0".into());
+    }
+    let (retention, prune_interval) = (raw.retention, raw.prune_interval);
     let backend = match raw.backend {
         RawStateBackend::Embedded => embedded(raw, errors),
         RawStateBackend::Postgres => postgres(raw, errors),
@@ -106,6 +163,8 @@ pub(super) fn validate(mut raw: RawState, errors: &mut Vec<String>) -> StateSett
     StateSettings {
         backend,
         credentials_key,
+        retention,
+        prune_interval,
     }
 }
 
@@ -130,7 +189,12 @@ fn credentials_key(source: Option<SecretSource>, errors: &mut Vec<String>) -> Op
 /// The local file store. A URL or schema without the backend is a half-done
 /// switch to PostgreSQL: running on a local file instead would split state.
 fn embedded(raw: RawState, errors: &mut Vec<String>) -> StateBackend {
-    for (field, set) in [("url", raw.url.is_some()), ("schema", raw.schema.is_some())] {
+    for (field, set) in [
+        ("url", raw.url.is_some()),
+        ("schema", raw.schema.is_some()),
+        ("tls", raw.tls.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+    ] {
         if set {
             errors.push(format!(
                 "state.{field}: only used with state.backend = \"postgres\""
@@ -151,7 +215,35 @@ fn postgres(raw: RawState, errors: &mut Vec<String>) -> StateBackend {
             "state.schema: {schema:?} must be 1 to 63 of a-z, 0-9 and _, starting with a letter or _, not pg_"
         ));
     }
-    StateBackend::Postgres { url, schema }
+    let tls = tls(raw.tls, raw.ca_file, errors);
+    StateBackend::Postgres { url, schema, tls }
+}
+
+/// TLS to PostgreSQL: `disable` unless set (plain TCP, as before TLS was
+/// supported); `verify-full` needs a CA file that holds a certificate, read
+/// at load so a wrong path stops the start rather than every connection.
+fn tls(mode: Option<RawTls>, ca_file: Option<PathBuf>, errors: &mut Vec<String>) -> PostgresTls {
+    match (mode.unwrap_or(RawTls::Disable), ca_file) {
+        (RawTls::VerifyFull, Some(ca_file)) => {
+            if let Err(why) = check_ca_file(&ca_file) {
+                errors.push(why);
+            }
+            PostgresTls::VerifyFull { ca_file }
+        }
+        (RawTls::VerifyFull, None) => {
+            errors.push(
+                "state.ca_file: required when state.tls = \"verify-full\" (the PEM file of the CA that signed the database's certificate)"
+                    .into(),
+            );
+            PostgresTls::Disable
+        }
+        (_, Some(_)) => {
+            errors.push("state.ca_file: only used with state.tls = \"verify-full\"".into());
+            PostgresTls::Disable
+        }
+        (RawTls::Require, None) => PostgresTls::Require,
+        (RawTls::Disable, None) => PostgresTls::Disable,
+    }
 }
 
 /// The database URL, resolved and checked for a PostgreSQL scheme so a typo
@@ -171,6 +263,9 @@ fn postgres_url(source: Option<SecretSource>, errors: &mut Vec<String>) -> Secre
     if !value.is_empty() && !value.starts_with("postgres://") && !value.starts_with("postgresql://")
     {
         errors.push("state.url: must start with postgres:// or postgresql://".into());
+    }
+    if url_sets_sslmode(value) {
+        errors.push("state.url: sslmode is not taken from the URL: remove it and set state.tls (disable, require or verify-full)".into());
     }
     url
 }
@@ -201,7 +296,10 @@ mod tests {
             file.display().to_string()
         );
         let settings = Settings::from_toml(&toml).unwrap();
-        let StateBackend::Postgres { url, schema } = &settings.state.backend else {
+        let StateBackend::Postgres {
+            url, schema, tls, ..
+        } = &settings.state.backend
+        else {
             panic!("expected the postgres store");
         };
         assert_eq!(
@@ -209,6 +307,11 @@ mod tests {
             "postgres://xbridge:pg-s3cret@db:5432/xbridge"
         );
         assert_eq!(schema, "bridge");
+        assert_eq!(
+            *tls,
+            PostgresTls::Disable,
+            "plain TCP unless asked, as before"
+        );
         let shown = format!("{settings:?} {}", settings.state.backend.describe());
         assert!(!shown.contains("pg-s3cret"), "{shown}");
 
@@ -299,5 +402,148 @@ mod tests {
             Settings::from_toml(&toml),
             Err(ConfigError::Read(_))
         ));
+        let toml = format!(
+            "{VALID}\n[state]\nbackend = \"postgres\"\nurl = \"postgres://db/x\"\ntls = \"verify-ca\"\n"
+        );
+        assert!(matches!(
+            Settings::from_toml(&toml),
+            Err(ConfigError::Read(_))
+        ));
     }
+
+    #[test]
+    fn verify_full_takes_a_readable_ca_file_and_is_refused_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        // A certificate rustls takes as a trust anchor (a throwaway CA).
+        std::fs::write(&ca, TEST_CA).unwrap();
+        let postgres = "backend = \"postgres\"\nurl = \"postgres://xb:pw-s3cret@db.example/x\"";
+        let toml = format!(
+            "{VALID}\n[state]\n{postgres}\ntls = \"verify-full\"\nca_file = {:?}\n",
+            ca.display().to_string()
+        );
+        let settings = Settings::from_toml(&toml).unwrap();
+        let StateBackend::Postgres { tls, .. } = &settings.state.backend else {
+            panic!("expected the postgres store");
+        };
+        assert_eq!(
+            *tls,
+            PostgresTls::VerifyFull {
+                ca_file: ca.clone()
+            }
+        );
+        assert!(settings
+            .state
+            .backend
+            .describe()
+            .contains("tls verify-full"));
+
+        let toml = format!("{VALID}\n[state]\n{postgres}\ntls = \"require\"\n");
+        let StateBackend::Postgres { tls, .. } = Settings::from_toml(&toml).unwrap().state.backend
+        else {
+            panic!("expected the postgres store");
+        };
+        assert_eq!(tls, PostgresTls::Require);
+
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let cases = [
+            (
+                "tls = \"verify-full\"".to_owned(),
+                "state.ca_file: required when state.tls = \"verify-full\"",
+            ),
+            (
+                format!(
+                    "tls = \"verify-full\"\nca_file = {:?}",
+                    missing.display().to_string()
+                ),
+                "missing.pem: cannot read it",
+            ),
+            (
+                format!(
+                    "tls = \"verify-full\"\nca_file = {:?}",
+                    not_pem.display().to_string()
+                ),
+                "not.pem: holds no PEM certificate",
+            ),
+            (
+                format!(
+                    "tls = \"require\"\nca_file = {:?}",
+                    ca.display().to_string()
+                ),
+                "state.ca_file: only used with state.tls = \"verify-full\"",
+            ),
+        ];
+        for (state, expected) in cases {
+            let toml = format!("{VALID}\n[state]\n{postgres}\n{state}\n");
+            let ConfigError::Invalid(errors) = Settings::from_toml(&toml).unwrap_err() else {
+                panic!("expected validation errors for {state}");
+            };
+            let all = errors.join("\n");
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+            assert!(!all.contains("pw-s3cret"), "{all}");
+        }
+
+        let toml = format!(
+            "{VALID}\n[state]\nbackend = \"postgres\"\nurl = \"postgres://xb:pw-s3cret@db/x?sslmode=require\"\n"
+        );
+        let ConfigError::Invalid(errors) = Settings::from_toml(&toml).unwrap_err() else {
+            panic!("expected validation errors");
+        };
+        let all = errors.join("\n");
+        assert!(all.contains("sslmode is not taken from the URL"), "{all}");
+        assert!(!all.contains("pw-s3cret"), "{all}");
+        let toml = format!("{VALID}\n[state]\ntls = \"require\"\n");
+        let ConfigError::Invalid(errors) = Settings::from_toml(&toml).unwrap_err() else {
+            panic!("expected validation errors");
+        };
+        assert!(errors.join("\n").contains("state.tls: only used with"));
+    }
+
+    #[test]
+    fn the_retention_covers_x_s_dm_history_by_default_and_at_least() {
+        let settings = Settings::from_toml(VALID).unwrap();
+        assert_eq!(settings.state.retention, DEFAULT_RETENTION);
+        assert_eq!(settings.state.retention, Duration::from_secs(45 * 86400));
+        assert_eq!(settings.state.prune_interval, Duration::from_secs(3600));
+
+        let toml = format!("{VALID}\n[state]\nretention = \"90d\"\nprune_interval = \"10m\"\n");
+        let settings = Settings::from_toml(&toml).unwrap();
+        assert_eq!(settings.state.retention, Duration::from_secs(90 * 86400));
+        assert_eq!(settings.state.prune_interval, Duration::from_secs(600));
+
+        for (state, expected) in [
+            (
+                "retention = \"7d\"",
+                "state.retention: 7days is shorter than 31 days",
+            ),
+            (
+                "prune_interval = \"0s\"",
+                "state.prune_interval: must be longer than 0",
+            ),
+        ] {
+            let toml = format!("{VALID}\n[state]\n{state}\n");
+            let ConfigError::Invalid(errors) = Settings::from_toml(&toml).unwrap_err() else {
+                panic!("expected validation errors for {state}");
+            };
+            let all = errors.join("\n");
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    /// A throwaway self-signed CA (P-256), made with `openssl req -x509`.
+    const TEST_CA: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBiTCCAS6gAwIBAgIUPghLGyHK5+nAap+KNYq71NZIeJgwCgYIKoZIzj0EAwIw\n\
+ITEfMB0GA1UEAwwWeGJyaWRnZSBjb25maWcgdGVzdCBDQTAgFw0yNjEyMDUwNjQ1\n\
+MzFaGA8yMTI2MTExMTA2NDUzMVowITEfMB0GA1UEAwwWeGJyaWRnZSBjb25maWcg\n\
+dGVzdCBDQTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABIzXfi5kmk8UDlpT2tes\n\
+2Dn4Fo+6BSl9vXxmwY8LXXju465HVdqj0msRTNmJL0FkiGxwedE4Wza3zSkZ18a5\n\
+pUCjQjBAMA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQDAgEGMB0GA1UdDgQW\n\
+BBReTXADVb/Trwtlymq3ni9YA8F92jAKBggqhkjOPQQDAgNJADBGAiEAwV2hT7p9\n\
+/LxpY7pWLFzPS/NjfwjD1v2Cq2D/IknOOMwCIQDyGMcnuDVQXjWso3WOeYb97srM\n\
+fBDfFMSkLWQNtlWh9w==\n\
+-----END CERTIFICATE-----\n\
+";
 }
