@@ -17,7 +17,7 @@ mod schema;
 
 pub use crm::{Crm, DeadLetter, Event};
 pub use failing_store::{FailingStore, Refuse};
-pub use private_broker::PrivateBroker;
+pub use private_broker::{PrivateBroker, PrivateCluster, CLUSTER_SIZE};
 pub use process::BridgeProcess;
 pub use schema::{assert_valid, schema_errors};
 
