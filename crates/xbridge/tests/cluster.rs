@@ -1,0 +1,145 @@
+//! Issue 15: the bridge on a three-node RabbitMQ cluster ([`PrivateCluster`],
+//! this test's own nodes; the shared broker is never touched), given every
+//! node in `amqp.hosts`. The node it is connected to is lost mid-stream
+//! (`rabbitmqctl stop_app`): it reconnects to another node, and every reply
+//! is sent exactly once and in order per conversation, with one
+//! `message.sent` each (a repeat only under the same AMQP `message_id`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use x_simulator::Fault;
+use xbridge_test_support::{reply, spawn_app, Crm, PrivateCluster, TestApp, TestOptions, PATIENCE};
+
+use common::start_bridge;
+
+const CHANNELS: [&str; 4] = ["north", "south", "east", "west"];
+const CONVERSATIONS_PER_CHANNEL: usize = 5;
+const REPLIES_PER_CONVERSATION: usize = 50;
+const REPLIES: usize = CHANNELS.len() * CONVERSATIONS_PER_CHANNEL * REPLIES_PER_CONVERSATION;
+
+/// Waiting for the cluster to elect new queue leaders and the bridge to
+/// send what was left: longer than [`PATIENCE`], as the loss adds its own.
+const NODE_LOSS_PATIENCE: Duration = Duration::from_secs(90);
+
+/// The recipient of conversation `c` of channel `channel` (an index).
+fn recipient(channel: usize, c: usize) -> String {
+    (2_000_000 + channel * 100 + c).to_string()
+}
+
+/// Publishes every reply, conversations interleaved as a CRM's agents would
+/// answer them; texts read `<conversation>:<seq>`.
+async fn publish_replies(crm: &Crm) {
+    for seq in 0..REPLIES_PER_CONVERSATION {
+        for (ch, channel) in CHANNELS.iter().enumerate() {
+            for c in 0..CONVERSATIONS_PER_CHANNEL {
+                let to = recipient(ch, c);
+                let id = format!("r-{channel}-{c}-{seq}");
+                crm.publish_reply(channel, &reply(&id, &to, &format!("{to}:{seq}")))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Every channel's DMs, once all were sent: each conversation's in order,
+/// none twice.
+async fn assert_sent_once_in_order(app: &TestApp) {
+    let per_channel = CONVERSATIONS_PER_CHANNEL * REPLIES_PER_CONVERSATION;
+    for channel in CHANNELS {
+        let user = app.user_id(channel);
+        tokio::time::timeout(
+            NODE_LOSS_PATIENCE,
+            app.simulator.wait_for_dms(&user, per_channel),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("waited {NODE_LOSS_PATIENCE:?} for {channel}'s DMs"));
+        let mut conversations: HashMap<String, Vec<usize>> = HashMap::new();
+        let dms = app.simulator.sent_dms_for(&user);
+        assert_eq!(dms.len(), per_channel, "{channel}: each reply sent once");
+        for dm in dms {
+            let (to, seq) = dm.text.split_once(':').expect("<conversation>:<seq>");
+            assert_eq!(dm.participant_id.as_deref(), Some(to), "{}", dm.text);
+            conversations
+                .entry(to.to_owned())
+                .or_default()
+                .push(seq.parse().unwrap());
+        }
+        assert_eq!(conversations.len(), CONVERSATIONS_PER_CHANNEL);
+        let expected: Vec<usize> = (0..REPLIES_PER_CONVERSATION).collect();
+        for (to, seqs) in conversations {
+            assert_eq!(seqs, expected, "{channel}, conversation {to}: once, in order");
+        }
+    }
+}
+
+/// Reads `message.sent` until every reply has one; a second one of a reply
+/// must carry the first one's AMQP `message_id` (the documented way a CRM
+/// drops it).
+async fn assert_each_reported(crm: &mut Crm) {
+    let mut reported: HashMap<String, Option<String>> = HashMap::new();
+    while reported.len() < REPLIES {
+        let event = tokio::time::timeout(NODE_LOSS_PATIENCE, crm.next_event())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "waited {NODE_LOSS_PATIENCE:?} for message.sent; {} of {REPLIES} came",
+                    reported.len()
+                )
+            });
+        assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+        let reply = event.body["message_id"].as_str().unwrap().to_owned();
+        let amqp_id = event.properties.message_id().as_ref().map(|id| id.to_string());
+        if let Some(first) = reported.get(&reply) {
+            assert_eq!(
+                first, &amqp_id,
+                "a repeated message.sent of {reply} carries the first one's message_id"
+            );
+        } else {
+            reported.insert(reply, amqp_id);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost() {
+    let cluster = PrivateCluster::started().await;
+    let app = spawn_app(TestOptions {
+        channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
+        amqp_url: Some(cluster.amqp_url(0)),
+        amqp_hosts: cluster.hosts(),
+        ..TestOptions::default()
+    })
+    .await;
+    // Slow enough that the node goes away with replies still queued.
+    for channel in CHANNELS {
+        app.simulator
+            .set_fault(&app.user_id(channel), Fault::Latency { millis: 10 });
+    }
+    // The first node of amqp.hosts: the one lost below.
+    let mut bridge = start_bridge(&app).await;
+    // The CRM on a node that stays.
+    let mut crm = Crm::connect(&cluster.amqp_url(1), app.names.clone()).await;
+
+    publish_replies(&crm).await;
+    tokio::time::timeout(PATIENCE, app.simulator.wait_for_dms(&app.user_id("north"), 20))
+        .await
+        .expect("the first DMs go out");
+    cluster.stop_app(0).await;
+    // The bridge's session was on the lost node: it ended.
+    tokio::time::timeout(PATIENCE, bridge.ready.changed())
+        .await
+        .expect("the bridge saw its node go")
+        .expect("readiness");
+
+    // All of them while node 1 is away: through the other two.
+    assert_sent_once_in_order(&app).await;
+    assert_each_reported(&mut crm).await;
+    assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
+
+    cluster.start_app(0).await;
+    bridge.stop().await;
+    app.cleanup().await;
+}
