@@ -10,6 +10,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use x_simulator::Fault;
 use xbridge_test_support::{reply, spawn_app, Crm, PrivateCluster, TestApp, TestOptions, PATIENCE};
 
@@ -29,19 +31,46 @@ fn recipient(channel: usize, c: usize) -> String {
     (2_000_000 + channel * 100 + c).to_string()
 }
 
-/// Publishes every reply, conversations interleaved as a CRM's agents would
-/// answer them; texts read `<conversation>:<seq>`.
-async fn publish_replies(crm: &Crm) {
+/// Publishes every reply through `url`, conversations interleaved as a
+/// CRM's agents would answer them; texts read `<conversation>:<seq>`. The
+/// confirms are awaited together, so the bridge is still sending when the
+/// last is in.
+async fn publish_replies(url: &str, app: &TestApp) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("the CRM connects");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let mut confirms = Vec::with_capacity(REPLIES);
     for seq in 0..REPLIES_PER_CONVERSATION {
-        for (ch, channel) in CHANNELS.iter().enumerate() {
+        for (ch, name) in CHANNELS.iter().enumerate() {
             for c in 0..CONVERSATIONS_PER_CHANNEL {
                 let to = recipient(ch, c);
-                let id = format!("r-{channel}-{c}-{seq}");
-                crm.publish_reply(channel, &reply(&id, &to, &format!("{to}:{seq}")))
-                    .await;
+                let id = format!("r-{name}-{c}-{seq}");
+                let body = reply(&id, &to, &format!("{to}:{seq}")).to_string();
+                let confirm = channel
+                    .basic_publish(
+                        app.names.outgoing_exchange.as_str().into(),
+                        (*name).into(),
+                        BasicPublishOptions::default(),
+                        body.as_bytes(),
+                        BasicProperties::default()
+                            .with_content_type("application/json".into())
+                            .with_delivery_mode(2),
+                    )
+                    .await
+                    .expect("publish");
+                confirms.push(confirm);
             }
         }
     }
+    for confirm in confirms {
+        assert!(confirm.await.expect("confirm").is_ack(), "the cluster took the reply");
+    }
+    let _ = connection.close(200, "published".into()).await;
 }
 
 /// Every channel's DMs, once all were sent: each conversation's in order,
@@ -113,21 +142,27 @@ async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost()
         ..TestOptions::default()
     })
     .await;
-    // Slow enough that the node goes away with replies still queued.
+    // Slow enough that the node goes away with replies still queued: about
+    // 50 rounds of 150 ms per channel.
     for channel in CHANNELS {
         app.simulator
-            .set_fault(&app.user_id(channel), Fault::Latency { millis: 10 });
+            .set_fault(&app.user_id(channel), Fault::Latency { millis: 150 });
     }
     // The first node of amqp.hosts: the one lost below.
     let mut bridge = start_bridge(&app).await;
     // The CRM on a node that stays.
     let mut crm = Crm::connect(&cluster.amqp_url(1), app.names.clone()).await;
 
-    publish_replies(&crm).await;
+    publish_replies(&cluster.amqp_url(1), &app).await;
     tokio::time::timeout(PATIENCE, app.simulator.wait_for_dms(&app.user_id("north"), 20))
         .await
         .expect("the first DMs go out");
     cluster.stop_app(0).await;
+    let sent: usize = CHANNELS
+        .iter()
+        .map(|c| app.simulator.sent_dms_for(&app.user_id(c)).len())
+        .sum();
+    assert!(sent < REPLIES, "the node was lost mid-stream: {sent} of {REPLIES} sent");
     // The bridge's session was on the lost node: it ended.
     tokio::time::timeout(PATIENCE, bridge.ready.changed())
         .await
