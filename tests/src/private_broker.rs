@@ -265,10 +265,7 @@ impl PrivateCluster {
             node.ctl(&["start_app"]).await;
             node.wait_for_amqp().await;
         }
-        let cluster = PrivateCluster {
-            nodes,
-            _home: home,
-        };
+        let cluster = PrivateCluster { nodes, _home: home };
         let running = cluster.running_nodes().await;
         assert_eq!(
             running.len(),
@@ -313,6 +310,30 @@ impl PrivateCluster {
     pub async fn start_app(&self, index: usize) {
         self.nodes[index].ctl(&["start_app"]).await;
         self.nodes[index].wait_for_amqp().await;
+    }
+
+    /// How many members the quorum queue `queue` (on vhost `/`) has, as
+    /// node `index` lists them (`rabbitmq-queues quorum_status`).
+    pub async fn quorum_members(&self, index: usize, queue: &str) -> usize {
+        let node = &self.nodes[index];
+        let mut command = node.command("rabbitmq-queues");
+        command.args([
+            "-n",
+            &node.node,
+            "quorum_status",
+            queue,
+            "--formatter",
+            "json",
+        ]);
+        let output = command.output().await.expect("rabbitmq-queues runs");
+        assert!(
+            output.status.success(),
+            "quorum_status {queue}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let members: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("quorum_status prints JSON");
+        members.as_array().map_or(0, Vec::len)
     }
 
     /// The nodes the first running one says run the cluster, as

@@ -33,7 +33,10 @@ async fn a_quorum_queue_outlives_the_node_it_was_declared_on() {
     let queue = "cluster-test";
     let first = connect(&cluster.amqp_url(0)).await;
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     first
         .create_channel()
         .await
@@ -48,6 +51,9 @@ async fn a_quorum_queue_outlives_the_node_it_was_declared_on() {
         )
         .await
         .expect("a quorum queue declared through node 1");
+    // RabbitMQ's default, which the bridge's queues rely on: a member on
+    // every node.
+    assert_eq!(cluster.quorum_members(0, queue).await, CLUSTER_SIZE);
 
     cluster.stop_app(0).await;
     assert_eq!(cluster.running_nodes().await.len(), CLUSTER_SIZE - 1);
@@ -71,7 +77,10 @@ async fn a_quorum_queue_outlives_the_node_it_was_declared_on() {
         .expect("a publish through node 2")
         .await
         .expect("its confirm");
-    assert!(confirm.is_ack(), "node 2 confirmed the message: {confirm:?}");
+    assert!(
+        confirm.is_ack(),
+        "node 2 confirmed the message: {confirm:?}"
+    );
 
     let third = connect(&cluster.amqp_url(2)).await;
     let mut consumer = third

@@ -68,7 +68,10 @@ async fn publish_replies(url: &str, app: &TestApp) {
         }
     }
     for confirm in confirms {
-        assert!(confirm.await.expect("confirm").is_ack(), "the cluster took the reply");
+        assert!(
+            confirm.await.expect("confirm").is_ack(),
+            "the cluster took the reply"
+        );
     }
     let _ = connection.close(200, "published".into()).await;
 }
@@ -99,7 +102,10 @@ async fn assert_sent_once_in_order(app: &TestApp) {
         assert_eq!(conversations.len(), CONVERSATIONS_PER_CHANNEL);
         let expected: Vec<usize> = (0..REPLIES_PER_CONVERSATION).collect();
         for (to, seqs) in conversations {
-            assert_eq!(seqs, expected, "{channel}, conversation {to}: once, in order");
+            assert_eq!(
+                seqs, expected,
+                "{channel}, conversation {to}: once, in order"
+            );
         }
     }
 }
@@ -120,7 +126,11 @@ async fn assert_each_reported(crm: &mut Crm) {
             });
         assert_eq!(event.body["type"], "message.sent", "{}", event.body);
         let reply = event.body["message_id"].as_str().unwrap().to_owned();
-        let amqp_id = event.properties.message_id().as_ref().map(|id| id.to_string());
+        let amqp_id = event
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string());
         if let Some(first) = reported.get(&reply) {
             assert_eq!(
                 first, &amqp_id,
@@ -154,15 +164,21 @@ async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost()
     let mut crm = Crm::connect(&cluster.amqp_url(1), app.names.clone()).await;
 
     publish_replies(&cluster.amqp_url(1), &app).await;
-    tokio::time::timeout(PATIENCE, app.simulator.wait_for_dms(&app.user_id("north"), 20))
-        .await
-        .expect("the first DMs go out");
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_dms(&app.user_id("north"), 20),
+    )
+    .await
+    .expect("the first DMs go out");
     cluster.stop_app(0).await;
     let sent: usize = CHANNELS
         .iter()
         .map(|c| app.simulator.sent_dms_for(&app.user_id(c)).len())
         .sum();
-    assert!(sent < REPLIES, "the node was lost mid-stream: {sent} of {REPLIES} sent");
+    assert!(
+        sent < REPLIES,
+        "the node was lost mid-stream: {sent} of {REPLIES} sent"
+    );
     // The bridge's session was on the lost node: it ended.
     tokio::time::timeout(PATIENCE, bridge.ready.changed())
         .await

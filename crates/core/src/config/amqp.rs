@@ -57,7 +57,9 @@ impl BrokerAddress {
 /// `host:port` of an AMQP URL, the scheme's default port when it has none.
 fn node_of(url: &url::Url) -> Option<String> {
     let host = url.host_str().filter(|h| !h.is_empty())?;
-    let port = url.port().unwrap_or(if url.scheme() == "amqps" { 5671 } else { 5672 });
+    let port = url
+        .port()
+        .unwrap_or(if url.scheme() == "amqps" { 5671 } else { 5672 });
     Some(format!("{host}:{port}"))
 }
 
@@ -279,7 +281,8 @@ fn brokers(url: &SecretString, hosts: &[String], errors: &mut Vec<String>) -> Ve
         return vec![BrokerAddress::new(url.clone())];
     }
     let Ok(parsed) = url::Url::parse(url.expose_secret()) else {
-        errors.push("amqp.hosts: amqp.url must be a URL to take the hosts' credentials from".into());
+        errors
+            .push("amqp.hosts: amqp.url must be a URL to take the hosts' credentials from".into());
         return vec![BrokerAddress::new(url.clone())];
     };
     let mut brokers = Vec::with_capacity(hosts.len());
@@ -386,7 +389,12 @@ mod tests {
     #[test]
     fn hosts_take_the_url_s_credentials_vhost_and_options() {
         let settings = Settings::from_toml(VALID).unwrap();
-        let nodes: Vec<_> = settings.amqp.brokers.iter().map(|b| b.node.as_str()).collect();
+        let nodes: Vec<_> = settings
+            .amqp
+            .brokers
+            .iter()
+            .map(|b| b.node.as_str())
+            .collect();
         assert_eq!(nodes, ["127.0.0.1:5672"]);
 
         let cluster = VALID.replace(
@@ -403,9 +411,18 @@ mod tests {
         assert_eq!(
             brokers,
             [
-                ("rabbit-1:5671", "amqps://u:p%40ss@rabbit-1/vh?heartbeat=10".to_owned()),
-                ("rabbit-2:5670", "amqps://u:p%40ss@rabbit-2:5670/vh?heartbeat=10".to_owned()),
-                ("[::1]:5673", "amqps://u:p%40ss@[::1]:5673/vh?heartbeat=10".to_owned()),
+                (
+                    "rabbit-1:5671",
+                    "amqps://u:p%40ss@rabbit-1/vh?heartbeat=10".to_owned()
+                ),
+                (
+                    "rabbit-2:5670",
+                    "amqps://u:p%40ss@rabbit-2:5670/vh?heartbeat=10".to_owned()
+                ),
+                (
+                    "[::1]:5673",
+                    "amqps://u:p%40ss@[::1]:5673/vh?heartbeat=10".to_owned()
+                ),
             ]
         );
     }
@@ -413,10 +430,19 @@ mod tests {
     #[test]
     fn a_host_with_credentials_or_a_path_is_refused_without_showing_the_url() {
         for (hosts, error) in [
-            ("[\"u:secret@rabbit-1\"]", "amqp.hosts[0]: must be host or host:port"),
-            ("[\"rabbit-1\", \"rabbit-2/vh\"]", "amqp.hosts[1]: must be host"),
+            (
+                "[\"u:secret@rabbit-1\"]",
+                "amqp.hosts[0]: must be host or host:port",
+            ),
+            (
+                "[\"rabbit-1\", \"rabbit-2/vh\"]",
+                "amqp.hosts[1]: must be host",
+            ),
             ("[\"rabbit-1:99999\"]", "amqp.hosts[0]: must be host"),
-            ("[\"rabbit-1\", \"rabbit-1:5672\"]", "rabbit-1:5672 is listed twice"),
+            (
+                "[\"rabbit-1\", \"rabbit-1:5672\"]",
+                "rabbit-1:5672 is listed twice",
+            ),
         ] {
             let toml = VALID.replace(
                 "url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"",
