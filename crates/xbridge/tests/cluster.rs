@@ -4,6 +4,8 @@
 //! (`rabbitmqctl stop_app`): it reconnects to another node, and every reply
 //! is sent exactly once and in order per conversation, with one
 //! `message.sent` each (a repeat only under the same AMQP `message_id`).
+//! Once with the bridge in the test's process, once with two replica
+//! processes sharing a PostgreSQL store, on different nodes.
 
 mod common;
 
@@ -13,7 +15,9 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use x_simulator::Fault;
-use xbridge_test_support::{reply, spawn_app, Crm, PrivateCluster, TestApp, TestOptions, PATIENCE};
+use xbridge_test_support::{
+    reply, spawn_app, BridgeProcess, Crm, PrivateCluster, TestApp, TestOptions, PATIENCE,
+};
 
 use common::start_bridge;
 
@@ -142,22 +146,41 @@ async fn assert_each_reported(crm: &mut Crm) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost() {
-    let cluster = PrivateCluster::started().await;
+/// The test's world on `cluster`: every channel slow enough (about 50
+/// rounds of 150 ms each) that a node goes away with replies still queued.
+async fn spawn_on(cluster: &PrivateCluster, postgres: bool) -> TestApp {
     let app = spawn_app(TestOptions {
         channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
         amqp_url: Some(cluster.amqp_url(0)),
         amqp_hosts: cluster.hosts(),
+        postgres,
         ..TestOptions::default()
     })
     .await;
-    // Slow enough that the node goes away with replies still queued: about
-    // 50 rounds of 150 ms per channel.
     for channel in CHANNELS {
         app.simulator
             .set_fault(&app.user_id(channel), Fault::Latency { millis: 150 });
     }
+    app
+}
+
+/// How many DMs every channel sent so far.
+fn sent(app: &TestApp) -> usize {
+    CHANNELS
+        .iter()
+        .map(|c| app.simulator.sent_dms_for(&app.user_id(c)).len())
+        .sum()
+}
+
+/// The log line of a connection made to `node`.
+fn connected(connection: &str, node: &str) -> String {
+    format!("connected to RabbitMQ connection=\"{connection}\" node={node}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost() {
+    let cluster = PrivateCluster::started().await;
+    let app = spawn_on(&cluster, false).await;
     // The first node of amqp.hosts: the one lost below.
     let mut bridge = start_bridge(&app).await;
     // The CRM on a node that stays.
@@ -192,5 +215,67 @@ async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost()
 
     cluster.start_app(0).await;
     bridge.stop().await;
+    app.cleanup().await;
+}
+
+fn binary() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_xbridge"))
+}
+
+/// Issue 15, done-when 1: two replicas on one PostgreSQL store, the first
+/// connected to node 1 and the second to node 2 (its `amqp.hosts` start
+/// there); node 1 is lost mid-stream and started again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_send_every_reply_once_when_one_replica_s_node_is_lost() {
+    let cluster = PrivateCluster::started().await;
+    let app = spawn_on(&cluster, true).await;
+    let hosts = cluster.hosts();
+    let first_config = app.write_config();
+    let mut rotated = hosts.clone();
+    rotated.rotate_left(1);
+    let second_config = app.dir.path().join("second.toml");
+    let toml = app.config_toml().replace(
+        &format!("hosts = {hosts:?}"),
+        &format!("hosts = {rotated:?}"),
+    );
+    std::fs::write(&second_config, toml).expect("the second replica's config");
+
+    let first = BridgeProcess::start(binary(), &first_config, &[]);
+    first.wait_for_log("outbound running", 1).await;
+    let second = BridgeProcess::start(binary(), &second_config, &[]);
+    second.wait_for_log("outbound running", 1).await;
+    first
+        .wait_for_log(&connected("xbridge outbound", &hosts[0]), 1)
+        .await;
+    second
+        .wait_for_log(&connected("xbridge outbound", &hosts[1]), 1)
+        .await;
+
+    publish_replies(&cluster.amqp_url(1), &app).await;
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_dms(&app.user_id("north"), 20),
+    )
+    .await
+    .expect("the first DMs go out");
+    cluster.stop_app(0).await;
+    let sent = sent(&app);
+    assert!(
+        sent < REPLIES,
+        "the node was lost mid-stream: {sent} of {REPLIES} sent"
+    );
+    // The first replica moved on to the next node of its list.
+    first
+        .wait_for_log(&connected("xbridge outbound", &hosts[1]), 1)
+        .await;
+
+    assert_sent_once_in_order(&app).await;
+    let mut crm = Crm::connect(&cluster.amqp_url(2), app.names.clone()).await;
+    assert_each_reported(&mut crm).await;
+    assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
+
+    cluster.start_app(0).await;
+    first.terminate().await;
+    second.terminate().await;
     app.cleanup().await;
 }
