@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use x_simulator::Fault;
+use x_simulator::{Customer, Fault, WebhookConfig};
 use xbridge_test_support::{
     reply, spawn_app, BridgeProcess, Crm, PrivateCluster, TestApp, TestOptions, PATIENCE,
 };
@@ -116,8 +116,9 @@ async fn assert_sent_once_in_order(app: &TestApp) {
 
 /// Reads `message.sent` until every reply has one; a second one of a reply
 /// must carry the first one's AMQP `message_id` (the documented way a CRM
-/// drops it).
-async fn assert_each_reported(crm: &mut Crm) {
+/// drops it). Customers' DMs read meanwhile are counted in `received` by
+/// `event_id`.
+async fn assert_each_reported(crm: &mut Crm, received: &mut HashMap<String, usize>) {
     let mut reported: HashMap<String, Option<String>> = HashMap::new();
     while reported.len() < REPLIES {
         let event = tokio::time::timeout(NODE_LOSS_PATIENCE, crm.next_event())
@@ -128,6 +129,11 @@ async fn assert_each_reported(crm: &mut Crm) {
                     reported.len()
                 )
             });
+        if event.body["type"] == "message.received" {
+            let id = event.body["event_id"].as_str().unwrap().to_owned();
+            *received.entry(id).or_default() += 1;
+            continue;
+        }
         assert_eq!(event.body["type"], "message.sent", "{}", event.body);
         let reply = event.body["message_id"].as_str().unwrap().to_owned();
         let amqp_id = event
@@ -146,14 +152,50 @@ async fn assert_each_reported(crm: &mut Crm) {
     }
 }
 
+/// Waits until X is done delivering `event_id` to the webhook (one delivery
+/// answered 2xx, or X gave up after its retries); whether one succeeded.
+async fn x_delivered(app: &TestApp, event_id: &str) -> bool {
+    let attempts = WebhookConfig::default().delivery_retries as usize + 1;
+    let wait = async {
+        loop {
+            let all = app.simulator.deliveries();
+            let tried: Vec<_> = all
+                .iter()
+                .filter(|d| d.event_id.as_deref() == Some(event_id))
+                .collect();
+            if tried.iter().any(|d| d.succeeded()) {
+                return true;
+            }
+            if tried.len() >= attempts {
+                return false;
+            }
+            app.simulator.wait_for_deliveries(all.len() + 1).await;
+        }
+    };
+    tokio::time::timeout(NODE_LOSS_PATIENCE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("waited for X's deliveries of {event_id}"))
+}
+
 /// The test's world on `cluster`: every channel slow enough (about 50
 /// rounds of 150 ms each) that a node goes away with replies still queued.
-async fn spawn_on(cluster: &PrivateCluster, postgres: bool) -> TestApp {
+/// With `webhook`, the channels receive customers' DMs by X's webhook.
+async fn spawn_on(cluster: &PrivateCluster, postgres: bool, webhook: bool) -> TestApp {
+    let (inbound, inbound_mode) = if webhook {
+        (
+            "listen = \"127.0.0.1:0\"\n".to_owned(),
+            Some("webhook".to_owned()),
+        )
+    } else {
+        (String::new(), None)
+    };
     let app = spawn_app(TestOptions {
         channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
         amqp_url: Some(cluster.amqp_url(0)),
         amqp_hosts: cluster.hosts(),
         postgres,
+        inbound,
+        inbound_mode,
         ..TestOptions::default()
     })
     .await;
@@ -180,9 +222,17 @@ fn connected(connection: &str, node: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost() {
     let cluster = PrivateCluster::started().await;
-    let app = spawn_on(&cluster, false).await;
+    let app = spawn_on(&cluster, false, true).await;
     // The first node of amqp.hosts: the one lost below.
     let mut bridge = start_bridge(&app).await;
+    let webhook = bridge.webhook_addr.expect("the webhook is served");
+    let webhook_id = app
+        .register_webhook("north", &format!("http://{webhook}/webhooks/north"))
+        .await;
+    app.subscribe_account(app.account("north"), &webhook_id)
+        .await;
+    let north = app.user_id("north");
+    let jane = Customer::generate("jane_doe");
     // The CRM on a node that stays.
     let mut crm = Crm::connect(&cluster.amqp_url(1), app.names.clone()).await;
 
@@ -194,14 +244,18 @@ async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost()
     .await
     .expect("the first DMs go out");
     cluster.stop_app(0).await;
-    let sent: usize = CHANNELS
-        .iter()
-        .map(|c| app.simulator.sent_dms_for(&app.user_id(c)).len())
-        .sum();
+    let sent = sent(&app);
     assert!(
         sent < REPLIES,
         "the node was lost mid-stream: {sent} of {REPLIES} sent"
     );
+    // Customers write while the bridge looks for another node.
+    let during: Vec<String> = (0..3)
+        .map(|i| {
+            let text = format!("during the loss {i}");
+            app.simulator.customer_dm(&north, &jane, &text, None).id
+        })
+        .collect();
     // The bridge's session was on the lost node: it ended.
     tokio::time::timeout(PATIENCE, bridge.ready.changed())
         .await
@@ -210,8 +264,34 @@ async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost()
 
     // All of them while node 1 is away: through the other two.
     assert_sent_once_in_order(&app).await;
-    assert_each_reported(&mut crm).await;
+    let mut received = HashMap::new();
+    assert_each_reported(&mut crm, &mut received).await;
     assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
+    // Each DM of the loss reached the CRM once: X's retries over, a last DM
+    // comes after anything they published.
+    for id in &during {
+        assert!(x_delivered(&app, id).await, "X delivered {id} in the end");
+    }
+    let last = app
+        .simulator
+        .customer_dm(&north, &jane, "the last one", None)
+        .id;
+    while !received.contains_key(&last) {
+        let event = tokio::time::timeout(NODE_LOSS_PATIENCE, crm.next_event())
+            .await
+            .expect("the customers' DMs reach the CRM");
+        if event.body["type"] == "message.received" {
+            let id = event.body["event_id"].as_str().unwrap().to_owned();
+            *received.entry(id).or_default() += 1;
+        }
+    }
+    for id in &during {
+        assert_eq!(
+            received.get(id),
+            Some(&1),
+            "{id} reached the CRM once: {received:?}"
+        );
+    }
 
     cluster.start_app(0).await;
     bridge.stop().await;
@@ -228,7 +308,7 @@ fn binary() -> &'static std::path::Path {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_send_every_reply_once_when_one_replica_s_node_is_lost() {
     let cluster = PrivateCluster::started().await;
-    let app = spawn_on(&cluster, true).await;
+    let app = spawn_on(&cluster, true, false).await;
     let hosts = cluster.hosts();
     let first_config = app.write_config();
     let mut rotated = hosts.clone();
@@ -271,7 +351,7 @@ async fn two_replicas_send_every_reply_once_when_one_replica_s_node_is_lost() {
 
     assert_sent_once_in_order(&app).await;
     let mut crm = Crm::connect(&cluster.amqp_url(2), app.names.clone()).await;
-    assert_each_reported(&mut crm).await;
+    assert_each_reported(&mut crm, &mut HashMap::new()).await;
     assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);
 
     cluster.start_app(0).await;
