@@ -85,8 +85,9 @@ enum Attempt<E> {
     Shutdown,
     /// A session that had run at least `healthy_after` ended (already logged).
     Lost,
-    /// Connecting or the setup failed, or the session ended too soon.
-    Failed(E),
+    /// Connecting or the setup failed, or the session ended too soon; on
+    /// the node (`host:port`) it was connected to, if any.
+    Failed(E, Option<String>),
 }
 
 impl Supervisor {
@@ -129,10 +130,11 @@ impl Supervisor {
                 Attempt::Shutdown => return,
                 // Logged when the loss was seen, before the session wound down.
                 Attempt::Lost => pauses = reconnect_backoff(),
-                Attempt::Failed(error) => {
+                Attempt::Failed(error, node) => {
                     let wait = pauses.next().unwrap_or(MAX_PAUSE);
                     tracing::warn!(
                         connection = self.connection_name,
+                        node = node.as_deref().unwrap_or("none"),
                         error = %error,
                         retry_in_ms = wait.as_millis() as u64,
                         "{}",
@@ -157,7 +159,7 @@ impl Supervisor {
         let connecting = connect_any(&self.brokers, self.next, self.connection_name);
         let (connection, at) = match connecting.await {
             Ok((connection, at)) => (Arc::new(connection), at),
-            Err(error) => return Attempt::Failed(error.into()),
+            Err(error) => return Attempt::Failed(error.into(), None),
         };
         // Whatever ends this session (its node lost, most often), the next
         // attempt starts with another node; the round comes back to this one.
@@ -171,7 +173,7 @@ impl Supervisor {
             Err(error) => {
                 close_channels(&channels).await;
                 close(&connection, 320, "setup failed").await;
-                return Attempt::Failed(error);
+                return Attempt::Failed(error, Some(self.brokers[at].node.clone()));
             }
         };
         close_channels(&channels).await;
@@ -209,7 +211,7 @@ impl Supervisor {
                 tracing::warn!(connection = self.connection_name, node, error = %error, "{}", self.log.lost);
                 Attempt::Lost
             }
-            Some(error) => Attempt::Failed(error),
+            Some(error) => Attempt::Failed(error, Some(node.to_owned())),
         };
         session.stop(running).await;
         end
