@@ -17,7 +17,7 @@ mod schema;
 
 pub use crm::{Crm, DeadLetter, Event};
 pub use failing_store::{FailingStore, Refuse};
-pub use private_broker::PrivateBroker;
+pub use private_broker::{PrivateBroker, PrivateCluster, CLUSTER_SIZE};
 pub use process::BridgeProcess;
 pub use schema::{assert_valid, schema_errors};
 
@@ -76,6 +76,9 @@ pub struct TestOptions {
     /// The broker of this test alone (a [`PrivateBroker`]'s URL) instead of
     /// the shared one ([`amqp_url`]), for the bridge, the CRM and cleanup.
     pub amqp_url: Option<String>,
+    /// `amqp.hosts`: the nodes of a cluster (a [`PrivateCluster`]'s
+    /// [`hosts`](PrivateCluster::hosts)), on `amqp_url`'s credentials.
+    pub amqp_hosts: Vec<String>,
 }
 
 impl Default for TestOptions {
@@ -92,6 +95,7 @@ impl Default for TestOptions {
             shared_app: false,
             omit_user_id: false,
             amqp_url: None,
+            amqp_hosts: Vec::new(),
         }
     }
 }
@@ -301,6 +305,7 @@ impl TestApp {
             r#"
 [amqp]
 url = "{amqp}"
+hosts = {hosts:?}
 prefetch = 64
 
 [amqp.topology]
@@ -333,6 +338,7 @@ shutdown_grace = "10s"
 {state}
 "#,
             amqp = self.amqp_url(),
+            hosts = self.options.amqp_hosts,
             oe = n.outgoing_exchange,
             oqp = n.outgoing_queue_prefix,
             un = n.unrouted,

@@ -32,16 +32,25 @@ pub struct PrivateBroker {
     dist_port: u16,
     dir: tempfile::TempDir,
     running: bool,
+    /// A cluster member's `HOME`, where its Erlang cookie is (shared by the
+    /// members); `None`: the user's own, as a lone node needs no other.
+    home: Option<PathBuf>,
 }
 
 impl PrivateBroker {
     /// A node configured but not started: its AMQP URL refuses connections,
     /// as a broker that is down does.
     pub fn new() -> PrivateBroker {
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        PrivateBroker::named(format!("xbt-{id}"), None)
+    }
+
+    /// A node named `<name>@localhost`, configured but not started, with
+    /// `HOME` set to `home` when given.
+    fn named(name: String, home: Option<PathBuf>) -> PrivateBroker {
         let dir = tempfile::tempdir().expect("a directory for the private broker");
         let amqp_port = free_port();
         let dist_port = free_port();
-        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
         std::fs::create_dir_all(dir.path().join("log")).expect("log dir");
         std::fs::write(
@@ -52,11 +61,12 @@ impl PrivateBroker {
         // An empty list: no plugins, so no ports beside AMQP and distribution.
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("enabled_plugins");
         PrivateBroker {
-            node: format!("xbt-{id}@localhost"),
+            node: format!("{name}@localhost"),
             amqp_port,
             dist_port,
             dir,
             running: false,
+            home,
         }
     }
 
@@ -80,6 +90,11 @@ impl PrivateBroker {
         let mut command = self.command("rabbitmq-server");
         run(command.arg("-detached")).await;
         self.running = true;
+        self.wait_for_amqp().await;
+    }
+
+    /// Waits until the node accepts an AMQP connection.
+    async fn wait_for_amqp(&self) {
         // An AMQP handshake is what clients wait for; `rabbitmqctl
         // await_startup` fails before the node registered and then looks again
         // only every 10 s.
@@ -120,8 +135,14 @@ impl PrivateBroker {
     /// close_all_connections`), as a network blip does; the node stays up.
     pub async fn close_all_connections(&self, reason: &str) {
         assert!(self.running, "the private broker is not running");
+        self.ctl(&["close_all_connections", reason]).await;
+    }
+
+    /// `rabbitmqctl -n <this node> <args>`, to its end; fails the test if it
+    /// fails.
+    async fn ctl(&self, args: &[&str]) {
         let mut command = self.command("rabbitmqctl");
-        run(command.args(["-n", &self.node, "close_all_connections", reason])).await;
+        run(command.args(["-n", &self.node]).args(args)).await;
     }
 
     /// The node's log, its last lines, for failure messages.
@@ -146,6 +167,9 @@ impl PrivateBroker {
     /// One of the server's scripts, with this node's environment.
     fn command(&self, script: &str) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(script_path(script));
+        if let Some(home) = &self.home {
+            command.env("HOME", home);
+        }
         command
             .env("RABBITMQ_NODENAME", &self.node)
             .env("RABBITMQ_NODE_IP_ADDRESS", Ipv4Addr::LOCALHOST.to_string())
@@ -161,6 +185,12 @@ impl PrivateBroker {
             .env(
                 "RABBITMQ_ENABLED_PLUGINS_FILE",
                 self.dir.path().join("enabled_plugins"),
+            )
+            // Schedulers that sleep when idle instead of spinning: several
+            // nodes share this machine's few cores with the builds and tests.
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "+sbwt none +sbwtdcpu none +sbwtdio none",
             )
             .current_dir(self.dir.path())
             .stdin(std::process::Stdio::null())
@@ -182,7 +212,11 @@ impl Drop for PrivateBroker {
         if !self.running {
             return;
         }
-        let stopped = std::process::Command::new(script_path("rabbitmqctl"))
+        let mut command = std::process::Command::new(script_path("rabbitmqctl"));
+        if let Some(home) = &self.home {
+            command.env("HOME", home);
+        }
+        let stopped = command
             .args(["-n", &self.node, "stop"])
             .arg(self.pid_file())
             .stdout(std::process::Stdio::null())
@@ -194,6 +228,143 @@ impl Drop for PrivateBroker {
                 self.node, self.node
             );
         }
+    }
+}
+
+/// Three private RabbitMQ nodes joined in one cluster, for tests of a node
+/// loss: each a [`PrivateBroker`] of its own (name unique to the test run,
+/// ports, directories, configuration file), sharing an Erlang cookie of
+/// their own in a `HOME` of their own (`RABBITMQ_ERLANG_COOKIE` is
+/// deprecated), so neither the shared node nor the user's cookie is touched.
+/// A quorum queue declared on it has a member on each node (RabbitMQ's
+/// default initial group size is the cluster's size). Every node is stopped
+/// and deleted on drop.
+pub struct PrivateCluster {
+    nodes: Vec<PrivateBroker>,
+    /// Holds `.erlang.cookie`; kept until the nodes are gone.
+    _home: tempfile::TempDir,
+}
+
+/// How many nodes a [`PrivateCluster`] has: the least that keeps a quorum
+/// (two) when one is lost.
+pub const CLUSTER_SIZE: usize = 3;
+
+impl PrivateCluster {
+    /// Starts three nodes and joins the second and third to the first;
+    /// returns once all three run the cluster and accept AMQP connections.
+    pub async fn started() -> PrivateCluster {
+        let home = tempfile::tempdir().expect("a HOME for the cluster's cookie");
+        let cookie = home.path().join(".erlang.cookie");
+        std::fs::write(&cookie, uuid::Uuid::new_v4().simple().to_string()).expect("the cookie");
+        // Erlang refuses a cookie file others can read.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400))
+            .expect("the cookie's mode");
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let mut nodes: Vec<PrivateBroker> = (1..=CLUSTER_SIZE)
+            .map(|n| PrivateBroker::named(format!("xbc-{id}-{n}"), Some(home.path().into())))
+            .collect();
+        futures::future::join_all(nodes.iter_mut().map(|node| node.start())).await;
+        let first = nodes[0].node.clone();
+        for node in &nodes[1..] {
+            node.ctl(&["stop_app"]).await;
+            node.ctl(&["join_cluster", &first]).await;
+            node.ctl(&["start_app"]).await;
+            node.wait_for_amqp().await;
+        }
+        let cluster = PrivateCluster { nodes, _home: home };
+        let running = cluster.running_nodes().await;
+        assert_eq!(
+            running.len(),
+            CLUSTER_SIZE,
+            "the cluster's running nodes: {running:?}"
+        );
+        cluster
+    }
+
+    /// The AMQP URL of node `index` (0, 1 or 2).
+    pub fn amqp_url(&self, index: usize) -> String {
+        self.nodes[index].amqp_url()
+    }
+
+    /// Every node's AMQP URL, the first node's first.
+    pub fn amqp_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(PrivateBroker::amqp_url).collect()
+    }
+
+    /// `127.0.0.1:<port>` of each node, as `amqp.hosts` takes them.
+    pub fn hosts(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.amqp_port))
+            .collect()
+    }
+
+    /// The Erlang node name of node `index` (`xbc-…-1@localhost`).
+    pub fn node_name(&self, index: usize) -> &str {
+        &self.nodes[index].node
+    }
+
+    /// The node loss: `rabbitmqctl stop_app` on node `index`. RabbitMQ
+    /// closes its clients' connections and its listener; the other two keep
+    /// the cluster's queues (a quorum of their members) going.
+    pub async fn stop_app(&self, index: usize) {
+        self.nodes[index].ctl(&["stop_app"]).await;
+    }
+
+    /// Starts node `index`'s RabbitMQ again (`rabbitmqctl start_app`) and
+    /// waits until it accepts AMQP connections: it rejoins the cluster.
+    pub async fn start_app(&self, index: usize) {
+        self.nodes[index].ctl(&["start_app"]).await;
+        self.nodes[index].wait_for_amqp().await;
+    }
+
+    /// How many members the quorum queue `queue` (on vhost `/`) has, as
+    /// node `index` lists them (`rabbitmq-queues quorum_status`).
+    pub async fn quorum_members(&self, index: usize, queue: &str) -> usize {
+        let node = &self.nodes[index];
+        let mut command = node.command("rabbitmq-queues");
+        command.args([
+            "-n",
+            &node.node,
+            "quorum_status",
+            queue,
+            "--formatter",
+            "json",
+        ]);
+        let output = command.output().await.expect("rabbitmq-queues runs");
+        assert!(
+            output.status.success(),
+            "quorum_status {queue}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let members: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("quorum_status prints JSON");
+        members.as_array().map_or(0, Vec::len)
+    }
+
+    /// The nodes the first running one says run the cluster, as
+    /// `rabbitmqctl cluster_status` lists them.
+    pub async fn running_nodes(&self) -> Vec<String> {
+        for node in &self.nodes {
+            let mut command = node.command("rabbitmqctl");
+            command.args(["-n", &node.node, "cluster_status", "--formatter", "json"]);
+            let Ok(output) = command.output().await else {
+                continue;
+            };
+            if !output.status.success() {
+                continue;
+            }
+            let status: serde_json::Value =
+                serde_json::from_slice(&output.stdout).expect("cluster_status prints JSON");
+            return status["running_nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect();
+        }
+        Vec::new()
     }
 }
 

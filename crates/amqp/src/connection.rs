@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
+use xbridge_core::config::BrokerAddress;
 
 /// Why the broker could not be reached. The AMQP URL (which holds a password)
 /// is never part of it: the detail is lapin's text with the URL and the password
@@ -26,6 +27,11 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// A node that did not complete the handshake within `timeout`.
+    pub(crate) fn timed_out(timeout: Duration) -> ConnectError {
+        ConnectError::Unreachable(Redacted(format!("no answer within {timeout:?}")))
+    }
+
     fn new(error: &lapin::Error, url: &str) -> ConnectError {
         use lapin::ErrorKind;
         let detail = Redacted(redact(&error.to_string(), url));
@@ -60,6 +66,55 @@ pub async fn connect(
     Connection::connect(url.expose_secret(), properties)
         .await
         .map_err(|e| ConnectError::new(&e, url.expose_secret()))
+}
+
+/// How long connecting to one of several nodes may take before the next is
+/// tried: a TCP and AMQP handshake with a live node takes milliseconds, and a
+/// node that takes no packets would otherwise hold the connection up until
+/// the system's TCP timeout, minutes.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Connects to the first of `brokers` that takes the connection, starting
+/// with the one at `first` and going round once; returns the connection and
+/// the index of its node, or the last node's error when none did. Logs the
+/// node (`host:port`, never the URL) connected to, and each that refused
+/// when there are several.
+pub async fn connect_any(
+    brokers: &[BrokerAddress],
+    first: usize,
+    connection_name: &str,
+) -> Result<(Connection, usize), ConnectError> {
+    let count = brokers.len();
+    let mut last = ConnectError::Unreachable(Redacted("no RabbitMQ node configured".into()));
+    for at in (0..count).map(|k| (first + k) % count) {
+        let broker = &brokers[at];
+        let attempt = connect(&broker.url, connection_name);
+        let result = if count > 1 {
+            tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt)
+                .await
+                .unwrap_or_else(|_| Err(ConnectError::timed_out(NODE_CONNECT_TIMEOUT)))
+        } else {
+            attempt.await
+        };
+        match result {
+            Ok(connection) => {
+                tracing::info!(connection = connection_name, node = %broker.node, "connected to RabbitMQ");
+                return Ok((connection, at));
+            }
+            Err(error) => {
+                if count > 1 {
+                    tracing::info!(
+                        connection = connection_name,
+                        node = %broker.node,
+                        error = %error,
+                        "RabbitMQ node did not take the connection; trying the next"
+                    );
+                }
+                last = error;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Why a connection that was up is no longer usable.

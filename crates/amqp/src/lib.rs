@@ -22,7 +22,8 @@ mod topology;
 pub mod wire;
 
 pub use connection::{
-    close, close_channels, connect, connection_lost, ConnectError, ConnectionLost, Redacted,
+    close, close_channels, connect, connect_any, connection_lost, ConnectError, ConnectionLost,
+    Redacted,
 };
 pub use headers::{
     Applied, DroppedHeader, FailureHeaders, HEADER_PREFIX, MAX_DETAIL_BYTES, MAX_DROPPED_BYTES,

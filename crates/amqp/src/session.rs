@@ -1,6 +1,8 @@
 //! The reconnecting session both directions run on RabbitMQ: connect, set up, run until
 //! the session ends (its connection fails, the broker closes it, or shutdown), record
-//! readiness, close, back off, and connect again. A direction says only what its session
+//! readiness, close, back off, and connect again. Given several RabbitMQ nodes (a
+//! cluster, `amqp.hosts`), it connects to the first that answers and, once a session
+//! ends, tries the next one first, round robin. A direction says only what its session
 //! does ([`Session`]) and the words its operators know it by ([`SessionLog`]); the loop,
 //! the pauses, the readiness and the closing are the same for both.
 
@@ -9,12 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::{Channel, Connection};
-use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use xbridge_core::config::Settings;
+use xbridge_core::config::{BrokerAddress, Settings};
 
-use crate::connection::{close, close_channels, connect, ConnectError};
+use crate::connection::{close, close_channels, connect_any, ConnectError};
 use crate::publisher::Publisher;
 use crate::topology::{declare_topology, TopologyPlan};
 
@@ -69,7 +70,10 @@ pub struct SessionLog {
 /// Keeps one direction's session on a live connection for as long as the
 /// process runs, and tells whether it is up.
 pub struct Supervisor {
-    url: SecretString,
+    brokers: Vec<BrokerAddress>,
+    /// The node the next attempt tries first: the first one at start, the
+    /// one after the node of the last session afterwards.
+    next: usize,
     connection_name: &'static str,
     log: SessionLog,
     healthy_after: Duration,
@@ -81,24 +85,29 @@ enum Attempt<E> {
     Shutdown,
     /// A session that had run at least `healthy_after` ended (already logged).
     Lost,
-    /// Connecting or the setup failed, or the session ended too soon.
-    Failed(E),
+    /// Connecting or the setup failed, or the session ended too soon; on
+    /// the node (`host:port`) it was connected to, if any.
+    Failed(E, Option<String>),
 }
 
 impl Supervisor {
-    /// A supervisor of sessions on connections to `url` named `connection_name`
-    /// (what the management UI shows). A session that ends after running at
+    /// A supervisor of sessions on connections to one of `brokers` (tried in
+    /// turn; at least one) named `connection_name` (what the management UI
+    /// shows). A session that ends after running at
     /// least `healthy_after` is reconnected at once with the pauses reset; one
     /// that ends sooner waits its turn, so a session that cannot stay up does
     /// not reconnect in a tight loop.
     pub fn new(
-        url: SecretString,
+        brokers: impl IntoIterator<Item = BrokerAddress>,
         connection_name: &'static str,
         log: SessionLog,
         healthy_after: Duration,
     ) -> Supervisor {
+        let brokers: Vec<BrokerAddress> = brokers.into_iter().collect();
+        assert!(!brokers.is_empty(), "a supervisor needs a broker");
         Supervisor {
-            url,
+            brokers,
+            next: 0,
             connection_name,
             log,
             healthy_after,
@@ -113,7 +122,7 @@ impl Supervisor {
 
     /// Runs `session` on connection after connection until `shutdown`, which
     /// ends it without an error logged. Readiness ends with it.
-    pub async fn run<S: Session>(self, mut session: S, shutdown: CancellationToken) {
+    pub async fn run<S: Session>(mut self, mut session: S, shutdown: CancellationToken) {
         let (session, shutdown) = (&mut session, &shutdown);
         let mut pauses = reconnect_backoff();
         while !shutdown.is_cancelled() {
@@ -121,10 +130,11 @@ impl Supervisor {
                 Attempt::Shutdown => return,
                 // Logged when the loss was seen, before the session wound down.
                 Attempt::Lost => pauses = reconnect_backoff(),
-                Attempt::Failed(error) => {
+                Attempt::Failed(error, node) => {
                     let wait = pauses.next().unwrap_or(MAX_PAUSE);
                     tracing::warn!(
                         connection = self.connection_name,
+                        node = node.as_deref().unwrap_or("none"),
                         error = %error,
                         retry_in_ms = wait.as_millis() as u64,
                         "{}",
@@ -142,21 +152,28 @@ impl Supervisor {
     /// One connection: connects, starts `session` on it, runs it until it
     /// ends, and closes the session's channels and the connection.
     async fn attempt<S: Session>(
-        &self,
+        &mut self,
         session: &mut S,
         shutdown: &CancellationToken,
     ) -> Attempt<S::Error> {
-        let connection = match connect(&self.url, self.connection_name).await {
-            Ok(connection) => Arc::new(connection),
-            Err(error) => return Attempt::Failed(error.into()),
+        let connecting = connect_any(&self.brokers, self.next, self.connection_name);
+        let (connection, at) = match connecting.await {
+            Ok((connection, at)) => (Arc::new(connection), at),
+            Err(error) => return Attempt::Failed(error.into(), None),
         };
+        // Whatever ends this session (its node lost, most often), the next
+        // attempt starts with another node; the round comes back to this one.
+        self.next = (at + 1) % self.brokers.len();
         let mut channels = Vec::new();
         let end = match session.start(&connection, &mut channels, shutdown).await {
-            Ok(running) => self.serve(session, running, shutdown).await,
+            Ok(running) => {
+                let node = &self.brokers[at].node;
+                self.serve(session, running, node, shutdown).await
+            }
             Err(error) => {
                 close_channels(&channels).await;
                 close(&connection, 320, "setup failed").await;
-                return Attempt::Failed(error);
+                return Attempt::Failed(error, Some(self.brokers[at].node.clone()));
             }
         };
         close_channels(&channels).await;
@@ -174,6 +191,7 @@ impl Supervisor {
         &self,
         session: &mut S,
         mut running: S::Running,
+        node: &str,
         shutdown: &CancellationToken,
     ) -> Attempt<S::Error> {
         self.ready.send_replace(true);
@@ -190,10 +208,10 @@ impl Supervisor {
             Some(error) if started.elapsed() >= self.healthy_after => {
                 // Said at once: closing on a dead broker can take a while, and
                 // what the loss causes (leases lost) is logged meanwhile.
-                tracing::warn!(connection = self.connection_name, error = %error, "{}", self.log.lost);
+                tracing::warn!(connection = self.connection_name, node, error = %error, "{}", self.log.lost);
                 Attempt::Lost
             }
-            Some(error) => Attempt::Failed(error),
+            Some(error) => Attempt::Failed(error, Some(node.to_owned())),
         };
         session.stop(running).await;
         end

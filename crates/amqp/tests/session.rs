@@ -11,6 +11,12 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_amqp::{ConnectError, Session, SessionLog, Supervisor};
+use xbridge_core::config::BrokerAddress;
+
+/// One node at `url`.
+fn broker(url: String) -> Vec<BrokerAddress> {
+    vec![BrokerAddress::new(url.into())]
+}
 
 fn amqp_url() -> String {
     std::env::var("XBRIDGE_TEST_AMQP_URL")
@@ -66,7 +72,7 @@ impl Session for Counting {
 
 #[tokio::test]
 async fn an_ended_session_is_started_again_and_shutdown_ends_the_loop() {
-    let supervisor = Supervisor::new(amqp_url().into(), "xbridge test", LOG, Duration::ZERO);
+    let supervisor = Supervisor::new(broker(amqp_url()), "xbridge test", LOG, Duration::ZERO);
     let mut ready = supervisor.readiness();
     let (starts, stops) = (Arc::default(), Arc::default());
     let end = CancellationToken::new();
@@ -105,7 +111,7 @@ async fn an_ended_session_is_started_again_and_shutdown_ends_the_loop() {
 async fn an_unreachable_broker_is_retried_until_shutdown() {
     // Port 1: nothing listens, every attempt is refused.
     let url = "amqp://guest:guest@127.0.0.1:1/%2f".to_owned();
-    let supervisor = Supervisor::new(url.into(), "xbridge test", LOG, Duration::ZERO);
+    let supervisor = Supervisor::new(broker(url), "xbridge test", LOG, Duration::ZERO);
     let ready = supervisor.readiness();
     let starts = Arc::new(AtomicUsize::new(0));
     let session = Counting {
@@ -123,4 +129,36 @@ async fn an_unreachable_broker_is_retried_until_shutdown() {
         .expect("a pause between attempts ends on shutdown")
         .expect("no panic");
     assert_eq!(starts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_node_that_refuses_is_passed_over_for_the_next() {
+    // The first node refuses (nothing listens on port 1); the second is the
+    // shared broker.
+    let brokers = [
+        BrokerAddress::new("amqp://guest:guest@127.0.0.1:1/%2f".to_owned().into()),
+        BrokerAddress::new(amqp_url().into()),
+    ];
+    let supervisor = Supervisor::new(brokers, "xbridge test", LOG, Duration::ZERO);
+    let mut ready = supervisor.readiness();
+    let starts = Arc::new(AtomicUsize::new(0));
+    let session = Counting {
+        starts: Arc::clone(&starts),
+        stops: Arc::default(),
+        end: CancellationToken::new(),
+    };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(supervisor.run(session, shutdown.clone()));
+    // Never ready if the refusal ended the attempt: every retry would start
+    // with the first node again.
+    timeout(Duration::from_secs(10), ready.wait_for(|up| *up))
+        .await
+        .expect("ready in time")
+        .expect("readiness");
+    assert_eq!(starts.load(Ordering::SeqCst), 1);
+    shutdown.cancel();
+    timeout(Duration::from_secs(10), running)
+        .await
+        .expect("stopped in time")
+        .expect("no panic");
 }

@@ -131,7 +131,7 @@ impl Control {
             checks: Default::default(),
         });
         let supervisor = Supervisor::new(
-            settings.amqp.url.clone(),
+            settings.amqp.brokers.clone(),
             "xbridge control",
             SessionLog {
                 retrying: "control cannot start on RabbitMQ; retrying",

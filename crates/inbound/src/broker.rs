@@ -29,7 +29,7 @@ pub(crate) fn supervisor(settings: &Settings) -> Supervisor {
         lost: "inbound lost its RabbitMQ connection; reconnecting",
     };
     Supervisor::new(
-        settings.amqp.url.clone(),
+        settings.amqp.brokers.clone(),
         "xbridge inbound",
         log,
         Duration::ZERO,

@@ -47,7 +47,7 @@ pub(crate) fn supervisor(settings: &Settings) -> Supervisor {
     };
     let healthy_after = Duration::from_secs(30);
     Supervisor::new(
-        settings.amqp.url.clone(),
+        settings.amqp.brokers.clone(),
         "xbridge outbound",
         log,
         healthy_after,

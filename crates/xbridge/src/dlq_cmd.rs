@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use lapin::types::{AMQPValue, FieldTable};
-use xbridge_amqp::{connect, FailureHeaders};
+use xbridge_amqp::{connect_any, FailureHeaders};
 
 use xbridge_amqp::dead_letters::{DeadLetter, DeadLetterQueue, Filter, ReadBound, Taken};
 use xbridge_core::config::Settings;
@@ -43,7 +43,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
         reason: options.reason,
         older_than: options.older_than,
     };
-    let connection = connect(&settings.amqp.url, "xbridge dlq").await?;
+    let (connection, _) = connect_any(&settings.amqp.brokers, 0, "xbridge dlq").await?;
     let mut queue = DeadLetterQueue::open(&connection, settings.amqp.topology.clone()).await?;
     let bound = ReadBound::default();
     let Taken { letters, more } = queue.take(bound).await?;

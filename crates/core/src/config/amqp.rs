@@ -12,6 +12,9 @@ use crate::secret::SecretSource;
 pub struct AmqpSettings {
     /// AMQP URL; a secret because it usually carries a password.
     pub url: SecretString,
+    /// The nodes to connect to, in the order tried: `url` itself, or `url`
+    /// with each of `amqp.hosts` as its host and port. Never empty.
+    pub brokers: Vec<BrokerAddress>,
     /// Unacknowledged replies a channel's consumer may hold: bounds memory and
     /// how many replies wait in the bridge while a channel is paused.
     pub prefetch: u16,
@@ -26,6 +29,52 @@ pub struct AmqpSettings {
     pub max_channels: usize,
     /// The CRM's commands that manage channels (`[amqp.control]`).
     pub control: ControlSettings,
+}
+
+/// One RabbitMQ node the bridge may connect to: what connecting needs and
+/// what a log may say of it.
+#[derive(Debug, Clone)]
+pub struct BrokerAddress {
+    /// The URL to connect with; a secret like `amqp.url`, which it is or
+    /// which it copies the credentials, virtual host and options of.
+    pub url: SecretString,
+    /// `host:port`, how logs name the node: never the credentials.
+    pub node: String,
+}
+
+impl BrokerAddress {
+    /// The node `url` names (its `host:port`, the scheme's port when it has
+    /// none; `unknown` for a URL that does not parse).
+    pub fn new(url: SecretString) -> BrokerAddress {
+        let node = url::Url::parse(url.expose_secret())
+            .ok()
+            .and_then(|parsed| node_of(&parsed))
+            .unwrap_or_else(|| "unknown".to_owned());
+        BrokerAddress { url, node }
+    }
+}
+
+/// `host:port` of an AMQP URL, the scheme's default port when it has none.
+fn node_of(url: &url::Url) -> Option<String> {
+    let host = url.host_str().filter(|h| !h.is_empty())?;
+    let port = url
+        .port()
+        .unwrap_or(if url.scheme() == "amqps" { 5671 } else { 5672 });
+    Some(format!("{host}:{port}"))
+}
+
+/// `url` with `entry` (`host` or `host:port`, an IPv6 address in brackets)
+/// as its host and port; `None` when `entry` is not that.
+fn with_host(url: &url::Url, entry: &str) -> Option<url::Url> {
+    if entry.is_empty() || entry.contains(['@', '/', '?', '#', ' ']) {
+        return None;
+    }
+    let parsed = url::Url::parse(&format!("{}://{entry}", url.scheme())).ok()?;
+    let host = parsed.host_str().filter(|h| !h.is_empty())?;
+    let mut node = url.clone();
+    node.set_host(Some(host)).ok()?;
+    node.set_port(parsed.port()).ok()?;
+    Some(node)
 }
 
 /// `[amqp.control]`: who may manage channels with commands, and the names the
@@ -173,6 +222,7 @@ impl TopologyNames {
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawAmqp {
     pub(super) url: SecretSource,
+    pub(super) hosts: Vec<String>,
     pub(super) prefetch: u16,
     pub(super) max_channels: usize,
     pub(super) topology: TopologyNames,
@@ -183,6 +233,7 @@ impl Default for RawAmqp {
     fn default() -> Self {
         RawAmqp {
             url: SecretSource::Inline("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            hosts: Vec::new(),
             prefetch: 64,
             max_channels: DEFAULT_MAX_CHANNELS,
             topology: TopologyNames::default(),
@@ -201,6 +252,7 @@ pub(super) fn validate(raw: RawAmqp, errors: &mut Vec<String>) -> AmqpSettings {
     if !shown.is_empty() && !shown.starts_with("amqp://") && !shown.starts_with("amqps://") {
         errors.push("amqp.url: must start with amqp:// or amqps://".into());
     }
+    let brokers = brokers(&url, &raw.hosts, errors);
     if raw.prefetch == 0 {
         errors.push("amqp.prefetch: must be at least 1".into());
     }
@@ -214,11 +266,45 @@ pub(super) fn validate(raw: RawAmqp, errors: &mut Vec<String>) -> AmqpSettings {
     check_control(&raw.control, errors);
     AmqpSettings {
         url,
+        brokers,
         prefetch: raw.prefetch,
         max_channels: raw.max_channels,
         topology: raw.topology,
         control: raw.control,
     }
+}
+
+/// The nodes of `amqp.hosts` on `url`'s credentials, virtual host and
+/// options, or `url` alone. An entry's error names its index, never the URL.
+fn brokers(url: &SecretString, hosts: &[String], errors: &mut Vec<String>) -> Vec<BrokerAddress> {
+    if hosts.is_empty() {
+        return vec![BrokerAddress::new(url.clone())];
+    }
+    let Ok(parsed) = url::Url::parse(url.expose_secret()) else {
+        errors
+            .push("amqp.hosts: amqp.url must be a URL to take the hosts' credentials from".into());
+        return vec![BrokerAddress::new(url.clone())];
+    };
+    let mut brokers = Vec::with_capacity(hosts.len());
+    for (i, entry) in hosts.iter().enumerate() {
+        match with_host(&parsed, entry.trim()) {
+            Some(node) => brokers.push(BrokerAddress {
+                node: node_of(&node).unwrap_or_else(|| entry.clone()),
+                url: SecretString::from(node.to_string()),
+            }),
+            None => errors.push(format!(
+                "amqp.hosts[{i}]: must be host or host:port (an IPv6 address in brackets), without credentials"
+            )),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = brokers.iter().find(|b| !seen.insert(b.node.as_str())) {
+        errors.push(format!("amqp.hosts: {} is listed twice", twice.node));
+    }
+    if brokers.is_empty() {
+        brokers.push(BrokerAddress::new(url.clone()));
+    }
+    brokers
 }
 
 fn check_control(control: &ControlSettings, errors: &mut Vec<String>) {
@@ -298,6 +384,74 @@ mod tests {
         let settings = Settings::from_toml(&keyed).unwrap();
         assert!(settings.amqp.control.allows("crm"));
         assert!(!settings.amqp.control.allows("guest"));
+    }
+
+    #[test]
+    fn hosts_take_the_url_s_credentials_vhost_and_options() {
+        let settings = Settings::from_toml(VALID).unwrap();
+        let nodes: Vec<_> = settings
+            .amqp
+            .brokers
+            .iter()
+            .map(|b| b.node.as_str())
+            .collect();
+        assert_eq!(nodes, ["127.0.0.1:5672"]);
+
+        let cluster = VALID.replace(
+            "url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"",
+            "url = \"amqps://u:p%40ss@ignored/vh?heartbeat=10\"\nhosts = [\"rabbit-1\", \"rabbit-2:5670\", \"[::1]:5673\"]",
+        );
+        let settings = Settings::from_toml(&cluster).unwrap();
+        let brokers: Vec<_> = settings
+            .amqp
+            .brokers
+            .iter()
+            .map(|b| (b.node.as_str(), b.url.expose_secret().to_owned()))
+            .collect();
+        assert_eq!(
+            brokers,
+            [
+                (
+                    "rabbit-1:5671",
+                    "amqps://u:p%40ss@rabbit-1/vh?heartbeat=10".to_owned()
+                ),
+                (
+                    "rabbit-2:5670",
+                    "amqps://u:p%40ss@rabbit-2:5670/vh?heartbeat=10".to_owned()
+                ),
+                (
+                    "[::1]:5673",
+                    "amqps://u:p%40ss@[::1]:5673/vh?heartbeat=10".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_host_with_credentials_or_a_path_is_refused_without_showing_the_url() {
+        for (hosts, error) in [
+            (
+                "[\"u:secret@rabbit-1\"]",
+                "amqp.hosts[0]: must be host or host:port",
+            ),
+            (
+                "[\"rabbit-1\", \"rabbit-2/vh\"]",
+                "amqp.hosts[1]: must be host",
+            ),
+            ("[\"rabbit-1:99999\"]", "amqp.hosts[0]: must be host"),
+            (
+                "[\"rabbit-1\", \"rabbit-1:5672\"]",
+                "rabbit-1:5672 is listed twice",
+            ),
+        ] {
+            let toml = VALID.replace(
+                "url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"",
+                &format!("url = \"amqp://guest:topsecret@127.0.0.1:5672/%2f\"\nhosts = {hosts}"),
+            );
+            let text = Settings::from_toml(&toml).unwrap_err().to_string();
+            assert!(text.contains(error), "{hosts}: {text}");
+            assert!(!text.contains("topsecret"), "{text}");
+        }
     }
 
     #[test]

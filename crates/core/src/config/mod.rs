@@ -23,7 +23,7 @@ use figment::Figment;
 use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 
-pub use amqp::{AmqpSettings, ControlSettings, TopologyNames};
+pub use amqp::{AmqpSettings, BrokerAddress, ControlSettings, TopologyNames};
 pub use channels::{is_valid_channel_name, ChannelSettings, InboundMode};
 pub use http::HttpSettings;
 pub use inbound::InboundSettings;
