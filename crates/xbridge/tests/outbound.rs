@@ -11,7 +11,7 @@ use serde_json::json;
 
 use common::start_bridge;
 use x_simulator::Fault;
-use xbridge_test_support::{assert_valid, reply, spawn_app, TestOptions, PATIENCE};
+use xbridge_test_support::{assert_valid, reply, spawn_app, TestApp, TestOptions, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_becomes_a_signed_dm_and_the_crm_gets_message_sent() {
@@ -513,28 +513,37 @@ async fn server_errors_and_timeouts_are_retried_then_sent() {
     app.cleanup().await;
 }
 
-/// X creates a DM after the bridge gave up waiting for its answer (as when the
-/// replica that sent it lost its broker connection or died mid-request). The
-/// retry looks for the DM on X only once the send has settled: a quicker look
-/// found nothing and sent the customer the same DM twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dm_x_creates_after_the_bridge_gave_up_is_found_not_sent_twice() {
+/// A test app whose X gives up on nothing: a 500 ms request timeout with quick
+/// retries, and acme's next DM created `millis` after its send (`slow_send`),
+/// whether or not the bridge still waits; on PostgreSQL when `postgres`.
+async fn slow_to_create(postgres: bool, millis: u64) -> (TestApp, String) {
     let app = spawn_app(TestOptions {
+        postgres,
         request_timeout: Duration::from_millis(500),
         retry: "immediate_attempts = 3\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\ndelays = [\"200ms\"]\nmax_attempts = 5\n".into(),
         ..TestOptions::default()
     })
     .await;
     let user = app.user_id("acme");
-    // X answers (and creates the DM) 3 s after the send, long after the bridge's
-    // 500 ms timeout and its first retry.
     app.simulator.set_fault(
         &user,
         Fault::SlowSend {
-            millis: 3_000,
+            millis,
             times: Some(1),
         },
     );
+    (app, user)
+}
+
+/// X creates a DM after the bridge gave up waiting for its answer (as when the
+/// replica that sent it lost its broker connection or died mid-request). The
+/// retry looks for the DM on X only once the send has settled: a quicker look
+/// found nothing and sent the customer the same DM twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_x_creates_after_the_bridge_gave_up_is_found_not_sent_twice() {
+    // X answers (and creates the DM) 3 s after the send, long after the bridge's
+    // 500 ms timeout and its first retry.
+    let (app, user) = slow_to_create(false, 3_000).await;
     let bridge = start_bridge(&app).await;
     let mut crm = app.crm().await;
 
@@ -560,21 +569,7 @@ async fn a_dm_x_creates_after_the_bridge_gave_up_is_found_not_sent_twice() {
 /// is PostgreSQL) once X created it, while the bridge waits for the send to settle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dm_the_old_owner_records_while_the_new_one_looks_is_not_sent_again() {
-    let app = spawn_app(TestOptions {
-        postgres: true,
-        request_timeout: Duration::from_millis(500),
-        retry: "immediate_attempts = 3\ninitial_backoff = \"10ms\"\nmax_backoff = \"20ms\"\ndelays = [\"200ms\"]\nmax_attempts = 5\n".into(),
-        ..TestOptions::default()
-    })
-    .await;
-    let user = app.user_id("acme");
-    app.simulator.set_fault(
-        &user,
-        Fault::SlowSend {
-            millis: 1_000,
-            times: Some(1),
-        },
-    );
+    let (app, user) = slow_to_create(true, 1_000).await;
     let bridge = start_bridge(&app).await;
     let mut crm = app.crm().await;
     crm.publish_reply("acme", &reply("owned-1", "944480690", "recorded elsewhere"))
