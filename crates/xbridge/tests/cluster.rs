@@ -312,9 +312,11 @@ fn binary() -> &'static std::path::Path {
 
 /// Issue 15, done-when 1: two replicas on one PostgreSQL store, the first
 /// connected to node 1 and the second to node 2 (its `amqp.hosts` start
-/// there); node 1 is lost mid-stream and started again afterwards.
+/// there); node 1 is lost mid-stream and started again afterwards. Before the
+/// old owner was fenced, about 1 run in 5 sent a DM twice: the replica whose
+/// node was lost still sent a reply it held while the other one, handed it,
+/// sent it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about 1 run in 5 sends a DM twice: the replica whose node was lost still sends a reply it held while the other replica, handed it, sends it too; nothing fences the old owner yet (issue 15's fencing, docs/status.md). Run with --ignored once that is in"]
 async fn two_replicas_send_every_reply_once_when_one_replica_s_node_is_lost() {
     let cluster = PrivateCluster::started().await;
     let app = spawn_on(&cluster, true, false).await;
