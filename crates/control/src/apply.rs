@@ -390,12 +390,20 @@ impl Applier {
     ) -> Box<CommandAnswer> {
         let name = command.command.channel();
         let known = self.states.get(name);
-        let state = check.state().unwrap_or_else(|| {
+        let kept = || {
             known
                 .as_ref()
                 .filter(|s| s.state != ChannelState::Paused)
                 .map_or(ChannelState::Ok, |status| status.state)
-        });
+        };
+        let state = match check.state() {
+            // X cannot speak for the broker: its `ok` does not clear a refused queue.
+            Some(ChannelState::Ok) if kept() == ChannelState::BrokerRefused => {
+                ChannelState::BrokerRefused
+            }
+            Some(state) => state,
+            None => kept(),
+        };
         if !paused {
             // A channel created by this command is not in the states yet: it
             // starts in the checked state (the sides' own `add` keeps it).
@@ -409,7 +417,15 @@ impl Applier {
             "credentials checked against X"
         );
         let shown = if paused { ChannelState::Paused } else { state };
-        let mut answer = answer(command, shown, check.detail(), check.account.clone());
+        // X found nothing wrong: a state of the bridge's own (`broker_refused`, say)
+        // stands, and its cause with it.
+        let detail = check.detail().or_else(|| {
+            known
+                .as_ref()
+                .filter(|s| s.state == shown)
+                .and_then(|s| s.detail.clone())
+        });
+        let mut answer = answer(command, shown, detail, check.account.clone());
         if let Some(status) = self.states.get(name).filter(|s| s.state == shown) {
             answer.state.status.since = status.since;
         }

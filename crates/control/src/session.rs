@@ -182,9 +182,15 @@ impl ControlSession {
                     .await?;
                 if let Err(detail) = declared {
                     // The channel is stored and served; the outbound side tries its
-                    // queue again on its own. The CRM hears why replies wait.
-                    answer.state.status.state = ChannelState::BrokerRefused;
-                    answer.state.status.detail = Some(detail);
+                    // queue again on its own. The CRM hears why replies wait, and
+                    // the channel's state says so until the queue is taken.
+                    let (channel, refused) = (&answer.state.channel, ChannelState::BrokerRefused);
+                    let states = &self.applier.states;
+                    states.set(channel, refused, None, Some(detail.clone()));
+                    states.explain(channel, refused, detail.clone());
+                    if let Some(status) = states.get(channel) {
+                        answer.state.status = status;
+                    }
                 }
             }
         }

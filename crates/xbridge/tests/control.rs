@@ -585,3 +585,64 @@ async fn assert_no_credential_in_postgres(app: &TestApp, account: &Account) {
         assert_no_secret(&text, account);
     }
 }
+
+/// A new channel whose reply queue RabbitMQ refuses (here a classic queue of its
+/// name where the bridge declares a quorum queue) is answered `broker_refused` with
+/// the broker's words, and control goes on: declared on the commands' own AMQP
+/// channel, the refusal closed it, ended the control session, and the command came
+/// back to meet the same refusal on every start. A later `channel.check` keeps the
+/// bridge's own state when X finds nothing wrong.
+#[tokio::test]
+async fn a_new_channel_whose_queue_rabbitmq_refuses_is_answered_broker_refused() {
+    capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = Running::start(&app).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "refused_co");
+    let wrong_queue = app.names.outgoing_queue("refused");
+    let broker = lapin::Connection::connect(&app.amqp_url(), Default::default())
+        .await
+        .expect("RabbitMQ");
+    let amqp = broker.create_channel().await.expect("a channel");
+    amqp.queue_declare(
+        wrong_queue.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .expect("a classic queue of the channel's name");
+
+    commands
+        .send(&upsert("cmd-refused", "refused", &account))
+        .await;
+    let refused = answer(&mut crm, "cmd-refused").await;
+    assert_eq!(refused.body["state"], "broker_refused", "{}", refused.body);
+    let detail = refused.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&wrong_queue), "{detail}");
+
+    let check = json!({"command": "channel.check", "command_id": "cmd-check-refused", "channel": "refused"});
+    commands.send(&check).await;
+    let checked = answer(&mut crm, "cmd-check-refused").await;
+    assert_eq!(checked.body["state"], "broker_refused", "{}", checked.body);
+    assert!(
+        checked.body["detail"].as_str().is_some(),
+        "{}",
+        checked.body
+    );
+
+    // Control still takes commands, for this channel and the others.
+    let other = new_account(&app, "other_co");
+    commands.send(&upsert("cmd-other", "other", &other)).await;
+    assert_eq!(answer(&mut crm, "cmd-other").await.body["state"], "ok");
+
+    amqp.queue_delete(wrong_queue.as_str().into(), Default::default())
+        .await
+        .expect("the wrong queue deleted");
+    broker.close(0, "done".into()).await.ok();
+    bridge.stop().await;
+    cleanup(&app).await;
+}
