@@ -184,10 +184,9 @@ impl ControlSession {
                     // The channel is stored and served; the outbound side tries its
                     // queue again on its own. The CRM hears why replies wait, and
                     // the channel's state says so until the queue is taken.
-                    let (channel, refused) = (&answer.state.channel, ChannelState::BrokerRefused);
+                    let channel = &answer.state.channel;
                     let states = &self.applier.states;
-                    states.set(channel, refused, None, Some(detail.clone()));
-                    states.explain(channel, refused, detail.clone());
+                    states.report(channel, ChannelState::BrokerRefused, detail);
                     if let Some(status) = states.get(channel) {
                         answer.state.status = status;
                     }

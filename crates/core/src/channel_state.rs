@@ -105,6 +105,14 @@ impl ChannelStates {
         });
     }
 
+    /// Records that `channel` is in `state` because of `detail`: a change of
+    /// state is set ([`ChannelStates::set`]), a state that holds already takes
+    /// the new cause ([`ChannelStates::explain`]). Either way the CRM hears it once.
+    pub fn report(&self, channel: &str, state: ChannelState, detail: String) {
+        self.set(channel, state, None, Some(detail.clone()));
+        self.explain(channel, state, detail);
+    }
+
     /// Replaces the detail of `channel`'s state when it is still `state` and the
     /// detail differs, and broadcasts the change: a state that lasts can change
     /// its cause (X marked the webhook invalid, then refused to revalidate it), and

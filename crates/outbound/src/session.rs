@@ -425,8 +425,7 @@ impl ReplySession {
         if added {
             self.states.add(name, state, Some(detail.clone()));
         }
-        self.states.set(name, state, None, Some(detail.clone()));
-        self.states.explain(name, state, detail);
+        self.states.report(name, state, detail);
     }
 
     /// Tells operators and the CRM that `name` is now `paused` or taking
