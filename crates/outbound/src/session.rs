@@ -152,6 +152,7 @@ impl Session for ReplySession {
         }
         let live = self.live.subscribe();
         let shares = self.shares.subscribe();
+        self.shares.begin();
         declare_plan(&publisher, &TopologyPlan::shared(&self.settings)).await?;
         let reporter = Reporter::new(publisher, self.settings.amqp.topology.clone());
         let stop = shutdown.child_token();
@@ -240,7 +241,7 @@ impl Session for ReplySession {
             running.consumers.abort_all();
         }
         running.consumers.close_all().await;
-        self.shares.set_consuming(BTreeSet::new());
+        self.shares.idle();
     }
 }
 
@@ -277,6 +278,8 @@ impl ReplySession {
     /// served now, one channel at a time: the others never notice. A consumer
     /// still stopping is left to finish; its end applies the registry again.
     async fn apply(&mut self, running: &mut Consuming) -> Result<(), SessionError> {
+        // The version first: what is decided below is of it or a later one.
+        let version = self.shares.version();
         let served = running.live.borrow_and_update().clone();
         running.shares.borrow_and_update();
         for name in self.contexts.names() {
@@ -292,8 +295,10 @@ impl ReplySession {
         }
         .await;
         // What still consumes here, stopping ones included: the membership
-        // lets a channel go only once its consumer is gone.
-        self.shares.set_consuming(running.consumers.names());
+        // lets a channel go only once its consumer is gone, as of a served
+        // set that no longer has it.
+        self.shares
+            .set_consuming(running.consumers.names(), version);
         applied
     }
 
@@ -349,6 +354,7 @@ impl ReplySession {
         if running.consumers.has(name) || running.refused.waiting(name, Instant::now()) {
             return Ok(());
         }
+        self.shares.starting(name);
         let started = running.consumers.start(ctx).await;
         match self.refusal(running, started) {
             Ok(()) => {

@@ -187,6 +187,32 @@ mod tests {
         assert!((3..=6).contains(&moved), "{moved} moved");
     }
 
+    /// A channel added moves next to nothing; a replica added takes about
+    /// its share and little more (1,000 channels, 4 then 5 replicas).
+    #[test]
+    fn few_channels_move_when_a_channel_or_a_replica_is_added() {
+        let names = names(1000, "channel-");
+        let four = names_of(4);
+        let before = assign(&four, &channels(&names, 3));
+        let mut more = names.clone();
+        more.push("channel-0000a".into());
+        let after = assign(&four, &channels(&more, 3));
+        let moved = before
+            .iter()
+            .filter(|(c, r)| after.get(*c) != Some(*r))
+            .count();
+        assert!(moved <= 5, "{moved} moved when a channel was added");
+        let five = assign(&names_of(5), &channels(&names, 3));
+        let moved = before
+            .iter()
+            .filter(|(c, r)| five.get(*c) != Some(*r))
+            .count();
+        assert!(
+            (200..=260).contains(&moved),
+            "{moved} moved when a replica was added"
+        );
+    }
+
     fn names_of(n: usize) -> Vec<String> {
         names(n, "replica-")
     }

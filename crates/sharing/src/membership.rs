@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +59,14 @@ pub struct Membership {
     replicas: Vec<String>,
     /// Until when the last renewed heartbeat keeps this replica live.
     alive_until: Option<Instant>,
+    /// Whether the outbound side is connected and consuming: a replica cut
+    /// off from RabbitMQ must not keep channels nobody else may take. And how
+    /// long it may be unready before it counts as cut off.
+    ready: Option<(watch::Receiver<bool>, std::time::Duration)>,
+    /// Since when the outbound side has not been ready.
+    unready_since: Option<Instant>,
+    /// Left the replicas for being cut off from RabbitMQ; back once ready.
+    left: bool,
 }
 
 impl Membership {
@@ -76,7 +85,24 @@ impl Membership {
             held: BTreeSet::new(),
             replicas: Vec::new(),
             alive_until: None,
+            ready: None,
+            unready_since: None,
+            left: false,
         }
+    }
+
+    /// Follows the outbound side's readiness: a replica whose outbound side
+    /// has not been connected for `grace` (`outbound.shutdown_grace`: a lost
+    /// connection's session lets its in-flight sends finish before it
+    /// reconnects) plus the expiry leaves the replicas (its channels go to
+    /// the others) until it is again.
+    pub fn with_readiness(
+        mut self,
+        ready: watch::Receiver<bool>,
+        grace: std::time::Duration,
+    ) -> Membership {
+        self.ready = Some((ready, grace + self.settings.expiry));
+        self
     }
 
     /// The first heartbeat and holds, so the sides start with this replica's
@@ -99,13 +125,16 @@ impl Membership {
         let mut consuming = self.shares.consuming_changes();
         let mut tick = tokio::time::interval(self.settings.heartbeat);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tick.reset();
         loop {
+            let expires = self.alive_until.filter(|at| *at > Instant::now());
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => self.heartbeat().await,
                 Ok(()) = live.changed() => {}
                 Ok(()) = consuming.changed() => {}
+                // Expired without a renewal (the store is slow or away):
+                // stop serving now, not at the next event.
+                () = sleep_until(expires) => {}
             }
             self.rebalance().await;
         }
@@ -125,7 +154,21 @@ impl Membership {
     async fn heartbeat(&mut self) {
         let sent = Instant::now();
         let replica = self.shares.replica().to_owned();
-        match self.store.heartbeat(&replica, self.settings.expiry).await {
+        if self.cut_off(sent).await {
+            return;
+        }
+        // Bounded by the expiry: a renewal that comes later is no renewal.
+        let renewed = tokio::time::timeout(
+            self.settings.expiry,
+            self.store.heartbeat(&replica, self.settings.expiry),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(xbridge_store::StoreError::Unavailable(
+                "the heartbeat took longer than state.replica_expiry".into(),
+            ))
+        });
+        match renewed {
             Ok(membership) => {
                 self.alive_until = Some(sent + self.settings.expiry);
                 if membership.replicas != self.replicas {
@@ -136,7 +179,10 @@ impl Membership {
                     for channel in self.held.difference(&in_store) {
                         tracing::warn!(channel, replica, "another replica took the channel while this one's heartbeat had expired");
                     }
-                    self.held.retain(|c| in_store.contains(c));
+                    // The store's word, both ways: a hold whose write
+                    // committed after its call failed is this replica's too,
+                    // to serve or let go.
+                    self.held = in_store;
                 }
             }
             Err(e) => {
@@ -146,9 +192,55 @@ impl Membership {
         metrics::gauge!("xbridge_replicas_live").set(self.replicas.len() as f64);
     }
 
+    /// Whether the outbound side has been cut off from RabbitMQ for the
+    /// grace and the expiry: then this replica leaves (once), so the others
+    /// take its channels, and renews no heartbeat until it is connected again.
+    async fn cut_off(&mut self, now: Instant) -> bool {
+        let Some((ready, patience)) = &self.ready else {
+            return false;
+        };
+        let patience = *patience;
+        if *ready.borrow() {
+            self.unready_since = None;
+            if self.left {
+                self.left = false;
+                tracing::info!(
+                    replica = self.shares.replica(),
+                    "RabbitMQ is back: this replica joins the replicas again"
+                );
+            }
+            return false;
+        }
+        let since = *self.unready_since.get_or_insert(now);
+        if now.duration_since(since) < patience {
+            return false;
+        }
+        if !self.left {
+            let replica = self.shares.replica().to_owned();
+            self.shares.set_served(BTreeSet::new());
+            match self.store.leave(&replica).await {
+                Ok(()) => {
+                    self.left = true;
+                    self.held.clear();
+                    self.alive_until = None;
+                    tracing::warn!(replica, "cut off from RabbitMQ: this replica left the replicas, the others serve its channels until it is back");
+                }
+                Err(e) => {
+                    tracing::warn!(replica, error = %e, "cut off from RabbitMQ, and cannot leave the replicas; the others take its channels once its heartbeat expires")
+                }
+            }
+        }
+        true
+    }
+
     /// Lets go of the channels outside this replica's share whose consumers
     /// have stopped, takes the free ones inside it, and tells the sides.
+    /// Takes and lets go for at most one heartbeat interval, so the next
+    /// heartbeat is never late however many channels move; the rest follows.
     async fn rebalance(&mut self) {
+        let began = Instant::now();
+        let budget = self.settings.heartbeat;
+        let busy = || began.elapsed() >= budget;
         let replica = self.shares.replica().to_owned();
         let expired = self.alive_until.is_none_or(|at| Instant::now() >= at);
         let channels = self.live.current();
@@ -170,10 +262,12 @@ impl Membership {
         // Stop serving first, so the consumers of what goes begin to stop.
         self.shares
             .set_served(self.held.intersection(&wanted).cloned().collect());
-        let consuming = self.shares.consuming();
         let going: Vec<String> = self.held.difference(&wanted).cloned().collect();
         for channel in going {
-            if consuming.contains(&channel) {
+            if busy() {
+                break;
+            }
+            if !self.shares.released(&channel) {
                 continue;
             }
             match self.store.release_channel(&channel, &replica).await {
@@ -190,6 +284,9 @@ impl Membership {
         }
         let coming: Vec<String> = wanted.difference(&self.held).cloned().collect();
         for channel in coming {
+            if busy() {
+                break;
+            }
             match self.store.hold_channel(&channel, &replica).await {
                 Ok(true) => {
                     tracing::info!(channel, replica, "channel taken: this replica serves it");
@@ -204,5 +301,13 @@ impl Membership {
         let served: BTreeSet<String> = self.held.intersection(&wanted).cloned().collect();
         metrics::gauge!("xbridge_channels_served").set(served.len() as f64);
         self.shares.set_served(served);
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -162,16 +162,31 @@ async fn a_replica_whose_connection_the_broker_closed_sends_what_it_held_once() 
     second.wait_for_log(RUNNING, 1).await;
     app.simulator
         .set_fault(&user, Fault::Latency { millis: LATENCY_MS });
+    // Whose share acme is, as both replicas compute it: that one serves it
+    // once it took it (the first took it alone and lets it go if it is not).
+    let ids = [replica_id(&first).await, replica_id(&second).await];
+    let owner = xbridge_sharing::assignment::share_of(
+        &ids[0],
+        &ids,
+        &[xbridge_sharing::assignment::Channel {
+            name: "acme",
+            polled: false,
+        }],
+    );
+    let (active, other, active_config) = if owner.is_empty() {
+        (&second, &first, &second_config)
+    } else {
+        (&first, &second, &config)
+    };
+    active.wait_for_log(ACME_TAKEN, 1).await;
+    if std::ptr::eq(active, &second) {
+        first.wait_for_log("channel let go", 1).await;
+    }
 
     let mut crm = app.crm().await;
     crm.publish_reply("acme", &reply_with_attachment("failover-1"))
         .await;
-    let (active, other) = first_to_log(&first, &second, CLAIMED).await;
-    let active_config = if std::ptr::eq(active, &first) {
-        &config
-    } else {
-        &second_config
-    };
+    active.wait_for_log(CLAIMED, 1).await;
     // The owner is uploading the attachment: no intent yet.
     app.wait_for_requests("acme", 1).await;
     close_outbound_connection(pid_of(active_config)).await;
@@ -195,6 +210,21 @@ async fn a_replica_whose_connection_the_broker_closed_sends_what_it_held_once() 
     first.terminate().await;
     second.terminate().await;
     app.cleanup().await;
+}
+
+const ACME_TAKEN: &str = "channel taken: this replica serves it channel=\"acme\"";
+
+/// The replica id `bridge` logged when it joined.
+async fn replica_id(bridge: &BridgeProcess) -> String {
+    bridge.wait_for_log("joined the replicas", 1).await;
+    bridge
+        .logs()
+        .iter()
+        .find(|line| line.contains("joined the replicas"))
+        .and_then(|line| line.split("replica=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the replica id is logged")
+        .to_owned()
 }
 
 /// The process running `xbridge run --config <config>`.

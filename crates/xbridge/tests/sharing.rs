@@ -4,6 +4,9 @@
 //! 12 channels of which 6 poll X, started one after another: each ends with
 //! 3 channels' reply consumers and 1 or 2 poll leases; stopping one moves its
 //! channels to the other three (4 each), starting it again moves some back.
+//! A fifth replica that reaches only one node takes its share, and gives it
+//! up when that node is lost (cut off from RabbitMQ, it must not keep
+//! channels nobody else may take), and takes a share again once it is back.
 //! Replies flow through every move: each is sent once, and each
 //! conversation's in order, with one `message.sent` each (a repeat only under
 //! the same AMQP `message_id`).
@@ -23,7 +26,7 @@ const CONVERSATIONS: usize = 2;
 /// Replies per conversation published before each change of membership, so
 /// the change happens while they are sent.
 const ROUNDS_PER_PHASE: usize = 6;
-const PHASES: usize = 6;
+const PHASES: usize = 7;
 const REPLIES: usize = CHANNELS * CONVERSATIONS * ROUNDS_PER_PHASE * PHASES;
 
 /// A change of membership settles within a few heartbeats (1 s in tests)
@@ -258,6 +261,17 @@ async fn four_replicas_share_twelve_channels_evenly_and_follow_membership() {
             .set_fault(&app.user_id(&channel(ch)), Fault::Latency { millis: 100 });
     }
     let configs = configs(&app, &cluster, 4);
+    // The fifth replica: node 3 only.
+    let hosts = cluster.hosts();
+    let isolated = app.dir.path().join("isolated.toml");
+    let toml = std::fs::read_to_string(&configs[0]).expect("a config");
+    let only = vec![hosts[2].clone()];
+    std::fs::write(
+        &isolated,
+        toml.replace(&format!("hosts = {hosts:?}"), &format!("hosts = {only:?}"))
+            .replace(&cluster.amqp_url(0), &cluster.amqp_url(2)),
+    )
+    .expect("the isolated replica's config");
 
     // One after another: 12, then 6 + 6, then 4 + 4 + 4, then 3 each.
     let mut replicas = vec![Replica::start(&configs[0]).await];
@@ -281,7 +295,22 @@ async fn four_replicas_share_twelve_channels_evenly_and_follow_membership() {
     replicas.push(Replica::start(&configs[1]).await);
     settled(&replicas.iter().collect::<Vec<_>>(), &app, &cluster).await;
 
+    // The fifth: 2 or 3 each. Then its only node goes: the other four take
+    // its channels while it lives on; it takes a share again once back.
     publish_phase(&crm, 5).await;
+    replicas.push(Replica::start(&isolated).await);
+    settled(&replicas.iter().collect::<Vec<_>>(), &app, &cluster).await;
+    publish_phase(&crm, 6).await;
+    cluster.stop_app(2).await;
+    let (others, cut_off) = replicas.split_at(4);
+    settled(&others.iter().collect::<Vec<_>>(), &app, &cluster).await;
+    cut_off[0]
+        .process
+        .wait_for_log("cut off from RabbitMQ: this replica left", 1)
+        .await;
+    cluster.start_app(2).await;
+    settled(&replicas.iter().collect::<Vec<_>>(), &app, &cluster).await;
+
     assert_sent_once_in_order(&app).await;
     assert_each_reported(&mut crm).await;
     assert_eq!(crm.queue_depth(&app.names.dead_letter_queue).await, 0);

@@ -68,7 +68,13 @@ pub(crate) async fn poll_loop(
             &mut retry,
             &shutdown,
         );
-        let mut lease = match lease.await {
+        // Contending stops when the share moves on meanwhile: a contender
+        // ahead of the channel's new server would get the lease first.
+        let lease = tokio::select! {
+            lease = lease => lease,
+            () = shares.until_unserved(&channel) => Next::Again,
+        };
+        let mut lease = match lease {
             Next::Go(lease) => lease,
             Next::Again => continue,
             Next::Stop => return,
