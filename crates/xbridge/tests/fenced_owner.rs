@@ -59,18 +59,6 @@ async fn app() -> TestApp {
     .await
 }
 
-/// Waits until either process logged `needle`: the one that did.
-async fn first_to_log<'a>(
-    a: &'a BridgeProcess,
-    b: &'a BridgeProcess,
-    needle: &str,
-) -> (&'a BridgeProcess, &'a BridgeProcess) {
-    tokio::select! {
-        () = a.wait_for_log(needle, 1) => (a, b),
-        () = b.wait_for_log(needle, 1) => (b, a),
-    }
-}
-
 /// The unit-level race through the real reply path: the bridge (owner A)
 /// took a reply and is uploading its attachment when owner B claims the
 /// channel (here the test, on the same store). A's intent is refused, so A
