@@ -1,17 +1,57 @@
 //! Each channel's consumer on the running session, started and stopped one
 //! by one as the channels served change (`LiveChannels`), so that a change to
-//! one channel is never a restart of the others. A channel is consumed on an
-//! AMQP channel of its own: stopping it (removed, paused) cancels the
-//! consumer, lets the replies in flight settle within
-//! `outbound.shutdown_grace`, and closes that AMQP channel, which hands what
-//! was not settled back to the queue; the queue and what it holds stay.
+//! one channel is never a restart of the others.
+//!
+//! **Shared AMQP channels.** Consumers share AMQP channels, at most
+//! `amqp.consumers_per_channel` on one: a thousand channels on one AMQP
+//! channel each made a thousand AMQP channels on one connection, and a
+//! RabbitMQ 3.10 node stopped accepting connections each time such a
+//! connection closed (issue 15). Each consumer keeps its own prefetch: the
+//! AMQP channel's `basic.qos` is `global=false`, which RabbitMQ applies to
+//! each consumer created on it afterwards, not to the channel as a whole.
+//!
+//! **Stopping one consumer** (its channel removed or paused) closes no AMQP
+//! channel, as the others on it go on: it is cancelled (`basic.cancel`), its
+//! replies in flight settle within `outbound.shutdown_grace`, and then the
+//! deliveries it still holds unsettled (those its worker took and those
+//! lapin buffered after the worker stopped taking) are nacked with requeue
+//! one by one, in delivery order, never with `multiple` (it would take the
+//! other consumers' deliveries too). In order, because a queue takes them
+//! back in the order they come: a quorum queue delivers returned messages
+//! first, in the order returned, so the conversation's order holds.
+//!
+//! Ordering caveat: on a single-active-consumer queue RabbitMQ 3.10 makes the
+//! next waiting consumer (another replica's) active at the `basic.cancel`,
+//! while this one's unsettled deliveries are still out; whatever that one
+//! takes meanwhile goes ahead of what is requeued here. On planned moves the
+//! store's handover keeps other replicas from registering on the queue until
+//! this one released it, so the requeued replies are back at the queue's
+//! head before anyone consumes again; an unplanned end (a crash, a lost
+//! connection) is the broker's requeue at the connection's close, as before.
+//!
+//! **Ends that still close AMQP channels.** A consumer that ends on its own
+//! failure ends the session, and a session's end closes every AMQP channel it
+//! opened (the broker requeues what was not settled). A queue the broker
+//! refuses must not close a shared AMQP channel: a reply queue is declared
+//! (or, once declared, checked with a passive declare) on the AMQP channel
+//! kept for declarations just before its consumer starts, so a queue deleted
+//! meanwhile or declared with other arguments closes that one, and the
+//! channel waits alone (`broker_refused`, [`crate::refused_channels`]). Only
+//! a queue deleted between that check and the `basic.consume` still closes
+//! the shared AMQP channel: its other consumers end, and with them the
+//! session, which reconnects and serves them again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use futures::{FutureExt as _, StreamExt as _};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use lapin::types::{DeliveryTag, FieldTable};
+use lapin::Acker;
 use lapin::Connection;
 use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 use tokio::time::Instant;
@@ -93,7 +133,8 @@ pub(crate) async fn open_consumer(
 
 /// How a channel's consumer ended.
 pub(crate) enum Ended {
-    /// One asked to stop has stopped, and its AMQP channel is closed.
+    /// One asked to stop has stopped, and what it left unsettled is back in
+    /// its queue.
     Stopped,
     /// One ended on its own: what its task returned. The session ends.
     Failed(Result<Result<(), Unsettled>, JoinError>),
@@ -104,7 +145,13 @@ pub(crate) struct Joined(Id, Result<Result<(), Unsettled>, JoinError>);
 
 /// One channel's consumer while it runs.
 struct Running {
-    amqp: lapin::Channel,
+    /// The AMQP channel it shares ([`ChannelConsumers::shared`]'s key).
+    shared: u64,
+    /// lapin's consumer, a clone of the worker's: what lapin buffered for it
+    /// and the worker never took is read from it when it stopped.
+    consumer: lapin::Consumer,
+    /// The deliveries the worker took, to hand back those left unsettled.
+    held: Held,
     tag: String,
     stop: CancellationToken,
     abort: AbortHandle,
@@ -114,28 +161,78 @@ struct Running {
     aborted: bool,
 }
 
+/// An AMQP channel that consumers share, and how many it carries now.
+struct Shared {
+    amqp: lapin::Channel,
+    consumers: usize,
+}
+
+/// The deliveries one consumer's worker took, by tag: a delivery whose
+/// acker is still usable was neither acked nor nacked. Kept at most about
+/// twice the prefetch long (settled ones are dropped as it grows).
+#[derive(Clone)]
+struct Held {
+    deliveries: Arc<Mutex<Vec<(DeliveryTag, Acker)>>>,
+    /// Its length at which settled deliveries are dropped.
+    sweep_at: usize,
+}
+
+impl Held {
+    fn new(prefetch: u16) -> Held {
+        Held {
+            deliveries: Arc::default(),
+            sweep_at: 2 * usize::from(prefetch) + 16,
+        }
+    }
+
+    /// Remembers `delivery`, on its way to the worker.
+    fn keep(&self, delivery: &Delivery) {
+        let mut deliveries = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        if deliveries.len() >= self.sweep_at {
+            deliveries.retain(|(_, acker)| acker.usable());
+        }
+        deliveries.push((delivery.delivery_tag, delivery.acker.clone()));
+    }
+
+    /// The deliveries not settled, and `buffered` ones, in delivery order.
+    fn unsettled(&self, buffered: Vec<(DeliveryTag, Acker)>) -> Vec<(DeliveryTag, Acker)> {
+        let mut deliveries = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unsettled: Vec<_> = deliveries.drain(..).chain(buffered).collect();
+        unsettled.retain(|(_, acker)| acker.usable());
+        unsettled.sort_by_key(|(tag, _)| *tag);
+        unsettled.dedup_by_key(|(tag, _)| *tag);
+        unsettled
+    }
+}
+
 /// What a session's channel consumers share, and the ones running.
 pub(crate) struct ChannelConsumers {
     connection: Arc<Connection>,
     reporter: Reporter,
     names: TopologyNames,
     prefetch: u16,
+    /// `amqp.consumers_per_channel`.
+    per_channel: usize,
     grace: Duration,
     /// The session's stop: every consumer's stops with it.
     stop: CancellationToken,
     /// Channels whose reply queues this session declared.
     declared: HashSet<String>,
-    /// The AMQP channel reply queues are declared on, opened at the first
-    /// declaration and again after one the broker refused (which closes it).
+    /// The AMQP channel reply queues are declared (and checked) on, opened at
+    /// the first declaration and again after one the broker refused (which
+    /// closes it).
     declarer: Option<lapin::Channel>,
+    /// The AMQP channels consumers share, by the order they were opened.
+    shared: BTreeMap<u64, Shared>,
+    next_shared: u64,
     running: BTreeMap<String, Running>,
     tasks: JoinSet<Result<(), Unsettled>>,
     by_task: HashMap<Id, String>,
 }
 
 impl ChannelConsumers {
-    /// No consumer yet, on `connection` with `settings`' names, prefetch and
-    /// grace.
+    /// No consumer yet, on `connection` with `settings`' names, prefetch,
+    /// consumers per AMQP channel and grace.
     pub(crate) fn new(
         connection: Arc<Connection>,
         reporter: Reporter,
@@ -147,10 +244,13 @@ impl ChannelConsumers {
             reporter,
             names: settings.amqp.topology.clone(),
             prefetch: settings.amqp.prefetch,
+            per_channel: usize::from(settings.amqp.consumers_per_channel.max(1)),
             grace: settings.outbound.shutdown_grace,
             stop,
             declared: HashSet::new(),
             declarer: None,
+            shared: BTreeMap::new(),
+            next_shared: 0,
             running: BTreeMap::new(),
             tasks: JoinSet::new(),
             by_task: HashMap::new(),
@@ -168,26 +268,57 @@ impl ChannelConsumers {
         self.running.contains_key(name)
     }
 
-    /// Starts consuming `ctx`'s channel, declaring its reply queue first when
-    /// this session has not. A refusal of that queue is the channel's own
-    /// ([`ConsumeError::Declare`], [`ConsumeError::Consume`]).
+    /// Starts consuming `ctx`'s channel on a shared AMQP channel, its reply
+    /// queue declared (or checked) first on the declarer. A refusal of that
+    /// queue is the channel's own ([`ConsumeError::Declare`],
+    /// [`ConsumeError::Consume`]).
     pub(crate) async fn start(&mut self, ctx: Arc<ChannelContext>) -> Result<(), ConsumeError> {
         let name = ctx.name.clone();
-        self.declare(&name).await?;
         let queue = self.names.outgoing_queue(&name);
-        let opened = open_consumer(&self.connection, &queue, &name, self.prefetch).await;
-        if let Err(ConsumeError::Consume { .. }) = &opened {
-            // Deleted since it was declared, perhaps: declared again next time.
-            self.declared.remove(&name);
+        if self.declared.contains(&name) {
+            self.check(&name, &queue).await?;
+        } else {
+            self.declare(&name).await?;
         }
-        let (amqp, consumer) = opened?;
+        let shared = self.shared_channel().await?;
+        let amqp = self.shared[&shared].amqp.clone();
+        let consumed = amqp
+            .basic_consume(
+                queue.as_str().into(),
+                format!("xbridge-{name}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        let consumer = match consumed {
+            Ok(consumer) => consumer,
+            Err(source) => {
+                // Deleted since it was checked, perhaps: declared again next
+                // time. The broker closed the shared AMQP channel; one no
+                // consumer is on any more is closed here.
+                self.declared.remove(&name);
+                self.release(shared).await;
+                return Err(ConsumeError::Consume { queue, source });
+            }
+        };
+        self.shared.get_mut(&shared).expect("just used").consumers += 1;
         let tag = consumer.tag().as_str().to_owned();
+        let held = Held::new(self.prefetch);
+        let seen = held.clone();
+        let deliveries = consumer.clone().inspect(move |delivery| {
+            if let Ok(delivery) = delivery {
+                seen.keep(delivery);
+            }
+        });
         let stop = self.stop.child_token();
-        let task = worker::consume(ctx, self.reporter.clone(), consumer, stop.clone());
+        let task = worker::consume(ctx, self.reporter.clone(), deliveries, stop.clone());
         let abort = self.tasks.spawn(task);
         self.by_task.insert(abort.id(), name.clone());
+        tracing::debug!(channel = %name, amqp_channel = amqp.id(), "consuming replies");
         let running = Running {
-            amqp,
+            shared,
+            consumer,
+            held,
             tag,
             stop,
             abort,
@@ -198,6 +329,47 @@ impl ChannelConsumers {
         Ok(())
     }
 
+    /// An AMQP channel with room for one more consumer: the first opened
+    /// that has some, or a new one with the consumers' prefetch.
+    async fn shared_channel(&mut self) -> Result<u64, ConsumeError> {
+        let room = self
+            .shared
+            .iter()
+            .find(|(_, s)| s.consumers < self.per_channel && s.amqp.status().connected());
+        if let Some((id, _)) = room {
+            return Ok(*id);
+        }
+        let amqp = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(ConsumeError::Channel)?;
+        // global=false: the prefetch of each consumer started on it, not a
+        // bound the consumers share.
+        let qos = BasicQosOptions { global: false };
+        if let Err(e) = amqp.basic_qos(self.prefetch, qos).await {
+            close_channels(std::slice::from_ref(&amqp)).await;
+            return Err(ConsumeError::Channel(e));
+        }
+        let id = self.next_shared;
+        self.next_shared += 1;
+        tracing::debug!(
+            amqp_channel = amqp.id(),
+            "opened an AMQP channel for reply consumers"
+        );
+        self.shared.insert(id, Shared { amqp, consumers: 0 });
+        Ok(id)
+    }
+
+    /// Closes the shared AMQP channel `id` once no consumer is on it.
+    async fn release(&mut self, id: u64) {
+        if self.shared.get(&id).is_some_and(|s| s.consumers == 0) {
+            if let Some(shared) = self.shared.remove(&id) {
+                close_channels(std::slice::from_ref(&shared.amqp)).await;
+            }
+        }
+    }
+
     /// Declares `name`'s reply queue and binding on the AMQP channel kept for
     /// declarations: a refused declaration closes the channel it was made on,
     /// so the next one opens another. The delay queues every channel shares
@@ -206,14 +378,7 @@ impl ChannelConsumers {
         if self.declared.contains(name) {
             return Ok(());
         }
-        let amqp = match self.declarer.take() {
-            Some(amqp) if amqp.status().connected() => amqp,
-            _ => self
-                .connection
-                .create_channel()
-                .await
-                .map_err(ConsumeError::Channel)?,
-        };
+        let amqp = self.declarer().await?;
         match declare_reply_queue(&amqp, &self.names, name).await {
             Ok(()) => {
                 self.declarer = Some(amqp);
@@ -227,6 +392,46 @@ impl ChannelConsumers {
                     source,
                 })
             }
+        }
+    }
+
+    /// Checks that `name`'s reply queue, declared before, is still there (a
+    /// passive declare on the declarer), so an operator's deletion closes the
+    /// declarer and not a shared AMQP channel; it is declared again next time.
+    async fn check(&mut self, name: &str, queue: &str) -> Result<(), ConsumeError> {
+        let amqp = self.declarer().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match amqp
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => {
+                self.declarer = Some(amqp);
+                Ok(())
+            }
+            Err(source) => {
+                close_channels(std::slice::from_ref(&amqp)).await;
+                self.declared.remove(name);
+                Err(ConsumeError::Consume {
+                    queue: queue.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// The declarer, opened again when the broker closed it.
+    async fn declarer(&mut self) -> Result<lapin::Channel, ConsumeError> {
+        match self.declarer.take() {
+            Some(amqp) if amqp.status().connected() => Ok(amqp),
+            _ => self
+                .connection
+                .create_channel()
+                .await
+                .map_err(ConsumeError::Channel),
         }
     }
 
@@ -250,7 +455,11 @@ impl ChannelConsumers {
         // the cancel does not read as a consumer the broker cancelled.
         running.stop.cancel();
         running.deadline = Some(Instant::now() + self.grace);
-        let cancel = running
+        let Some(shared) = self.shared.get(&running.shared) else {
+            return;
+        };
+        // Awaits the broker's cancel-ok: nothing is delivered to it after.
+        let cancel = shared
             .amqp
             .basic_cancel(running.tag.as_str().into(), BasicCancelOptions::default());
         if let Err(e) = cancel.await {
@@ -304,20 +513,27 @@ impl ChannelConsumers {
         }
     }
 
-    /// What became of the consumer [`ChannelConsumers::next_end`] saw end,
-    /// once its AMQP channel is closed.
+    /// What became of the consumer [`ChannelConsumers::next_end`] saw end.
+    /// One asked to stop hands back what it left unsettled, and its AMQP
+    /// channel is closed if no other consumer is on it; one that ended on
+    /// its own is left to the session's end, which closes every AMQP
+    /// channel.
     pub(crate) async fn ended(&mut self, Joined(id, result): Joined) -> Ended {
         let name = self.by_task.remove(&id).unwrap_or_default();
         let Some(running) = self.running.remove(&name) else {
             return Ended::Failed(result);
         };
-        close_channels(std::slice::from_ref(&running.amqp)).await;
         if running.deadline.is_none() {
             return Ended::Failed(result);
         }
         if let Ok(Err(e)) = &result {
-            tracing::warn!(channel = %name, error = %e, "a stopping consumer left replies unsettled; they will be redelivered");
+            tracing::warn!(channel = %name, error = %e, "a stopping consumer left replies unsettled; they go back to its queue");
         }
+        requeue(&name, &running).await;
+        if let Some(shared) = self.shared.get_mut(&running.shared) {
+            shared.consumers = shared.consumers.saturating_sub(1);
+        }
+        self.release(running.shared).await;
         Ended::Stopped
     }
 
@@ -331,16 +547,58 @@ impl ChannelConsumers {
         self.tasks.abort_all();
     }
 
-    /// Closes every consumer's AMQP channel, once they ended: the session's
-    /// end, before its connection closes.
+    /// Closes every AMQP channel consumers share, and the declarer, once the
+    /// consumers ended: the session's end, before its connection closes.
+    /// The broker requeues what was not settled.
     pub(crate) async fn close_all(&mut self) {
         let mut channels: Vec<lapin::Channel> =
-            self.running.values().map(|r| r.amqp.clone()).collect();
+            self.shared.values().map(|s| s.amqp.clone()).collect();
         channels.extend(self.declarer.take());
         close_channels(&channels).await;
+        self.shared.clear();
         self.running.clear();
         self.by_task.clear();
     }
+}
+
+/// Hands back to its queue what the stopped consumer `running` left
+/// unsettled: nacked with requeue one by one, in delivery order (never
+/// `multiple`, which would take other consumers' deliveries on the AMQP
+/// channel too). The broker sent nothing for it after its cancel-ok, so
+/// what lapin buffered and the worker never took is all there is besides
+/// what the worker took.
+async fn requeue(name: &str, running: &Running) {
+    let mut buffered = Vec::new();
+    let mut consumer = running.consumer.clone();
+    while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+        buffered.push((delivery.delivery_tag, delivery.acker.clone()));
+    }
+    let unsettled = running.held.unsettled(buffered);
+    if unsettled.is_empty() {
+        return;
+    }
+    let requeue = BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    };
+    let mut requeued = 0usize;
+    for (tag, acker) in &unsettled {
+        match acker.nack(requeue).await {
+            Ok(true) => requeued += 1,
+            // Settled meanwhile, or its AMQP channel is gone: the broker
+            // requeued it at the close.
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(channel = name, delivery_tag = *tag, error = %e, "could not hand a reply back; the broker requeues it when the AMQP channel closes");
+                break;
+            }
+        }
+    }
+    tracing::info!(
+        channel = name,
+        requeued,
+        "a stopped consumer's unsettled replies went back to its queue"
+    );
 }
 
 /// Sleeps until `deadline`, or forever without one.
