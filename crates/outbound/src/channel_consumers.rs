@@ -10,28 +10,40 @@
 //! AMQP channel's `basic.qos` is `global=false`, which RabbitMQ applies to
 //! each consumer created on it afterwards, not to the channel as a whole.
 //!
-//! **Stopping one consumer** (its channel removed or paused) closes no AMQP
-//! channel, as the others on it go on: it is cancelled (`basic.cancel`), its
-//! replies in flight settle within `outbound.shutdown_grace`, and then the
-//! deliveries it still holds unsettled (those its worker took and those
-//! lapin buffered after the worker stopped taking) are nacked with requeue
-//! one by one, in delivery order, never with `multiple` (it would take the
-//! other consumers' deliveries too). In order, because a queue takes them
-//! back in the order they come: a quorum queue delivers returned messages
-//! first, in the order returned, so the conversation's order holds.
+//! **Stopping one consumer** (its channel removed or paused) cancels it
+//! (`basic.cancel`) and lets its replies in flight settle within
+//! `outbound.shutdown_grace`. If it then holds nothing unsettled (an idle
+//! channel, or one whose replies all settled), nothing else happens: the
+//! other consumers on its AMQP channel never notice. If it still holds
+//! deliveries (replies queued in its lanes, or delivered before the cancel
+//! took effect), they must go back to the head of its queue, in order, and
+//! only closing their AMQP channel does that: RabbitMQ 3.10 to 3.13 put a
+//! reply nacked with requeue at the *tail* of a quorum queue without a
+//! delivery limit (a `requeue` appended to the log; only a consumer that
+//! goes away returns its deliveries to the head), behind the replies
+//! published since and those beyond the prefetch, which breaks the order of
+//! its conversations. So that AMQP channel is retired: it takes no new
+//! consumer, its other consumers are stopped the same way (each lets its
+//! replies in flight settle within the grace), and once all have ended it is
+//! closed, which hands every unsettled delivery back to the head of its
+//! queue in delivery order. The channels still served are then consumed
+//! again on another AMQP channel ([`Ended::Stopped`] makes the session apply
+//! the registry again). A channel is not consumed again before its old
+//! deliveries are back: its consumer counts as running until the close.
 //!
 //! Ordering caveat: on a single-active-consumer queue RabbitMQ 3.10 makes the
 //! next waiting consumer (another replica's) active at the `basic.cancel`,
 //! while this one's unsettled deliveries are still out; whatever that one
-//! takes meanwhile goes ahead of what is requeued here. On planned moves the
-//! store's handover keeps other replicas from registering on the queue until
-//! this one released it, so the requeued replies are back at the queue's
-//! head before anyone consumes again; an unplanned end (a crash, a lost
-//! connection) is the broker's requeue at the connection's close, as before.
+//! takes meanwhile goes ahead of what is handed back here. On planned moves
+//! the store's handover keeps other replicas from registering on the queue
+//! until this one released it, so the replies handed back are at the
+//! queue's head before anyone consumes again; an unplanned end (a crash, a
+//! lost connection) is the broker's requeue at the connection's close, as
+//! before.
 //!
-//! **Ends that still close AMQP channels.** A consumer that ends on its own
-//! failure ends the session, and a session's end closes every AMQP channel it
-//! opened (the broker requeues what was not settled). A queue the broker
+//! **Other ends.** A consumer that ends on its own failure ends the session,
+//! and a session's end closes every AMQP channel it opened (the broker hands
+//! back what was not settled). A queue the broker
 //! refuses must not close a shared AMQP channel: a reply queue is declared
 //! (or, once declared, checked with a passive declare) on the AMQP channel
 //! kept for declarations just before its consumer starts, so a queue deleted
@@ -48,9 +60,9 @@ use std::time::Duration;
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
 };
-use lapin::types::{DeliveryTag, FieldTable};
+use lapin::types::FieldTable;
 use lapin::Acker;
 use lapin::Connection;
 use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
@@ -133,8 +145,9 @@ pub(crate) async fn open_consumer(
 
 /// How a channel's consumer ended.
 pub(crate) enum Ended {
-    /// One asked to stop has stopped, and what it left unsettled is back in
-    /// its queue.
+    /// One asked to stop has stopped (and, if it held replies, waits for
+    /// its AMQP channel's close, which hands them back): the session applies
+    /// the registry again.
     Stopped,
     /// One ended on its own: what its task returned. The session ends.
     Failed(Result<Result<(), Unsettled>, JoinError>),
@@ -159,20 +172,26 @@ struct Running {
     deadline: Option<Instant>,
     /// Past its deadline: aborted, its end is awaited.
     aborted: bool,
+    /// Its task ended; it waits for its retired AMQP channel to close.
+    finished: bool,
 }
 
-/// An AMQP channel that consumers share, and how many it carries now.
+/// An AMQP channel that consumers share.
 struct Shared {
     amqp: lapin::Channel,
+    /// The consumers on it, those waiting for its close included.
     consumers: usize,
+    /// A stopped consumer left deliveries on it: it takes no new consumer
+    /// and closes once every consumer on it ended.
+    retiring: bool,
 }
 
-/// The deliveries one consumer's worker took, by tag: a delivery whose
-/// acker is still usable was neither acked nor nacked. Kept at most about
-/// twice the prefetch long (settled ones are dropped as it grows).
+/// The deliveries one consumer's worker took: one whose acker is still
+/// usable was neither acked nor nacked. Kept at most about twice the
+/// prefetch long (settled ones are dropped as it grows).
 #[derive(Clone)]
 struct Held {
-    deliveries: Arc<Mutex<Vec<(DeliveryTag, Acker)>>>,
+    ackers: Arc<Mutex<Vec<Acker>>>,
     /// Its length at which settled deliveries are dropped.
     sweep_at: usize,
 }
@@ -180,28 +199,24 @@ struct Held {
 impl Held {
     fn new(prefetch: u16) -> Held {
         Held {
-            deliveries: Arc::default(),
+            ackers: Arc::default(),
             sweep_at: 2 * usize::from(prefetch) + 16,
         }
     }
 
     /// Remembers `delivery`, on its way to the worker.
     fn keep(&self, delivery: &Delivery) {
-        let mut deliveries = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
-        if deliveries.len() >= self.sweep_at {
-            deliveries.retain(|(_, acker)| acker.usable());
+        let mut ackers = self.ackers.lock().unwrap_or_else(|e| e.into_inner());
+        if ackers.len() >= self.sweep_at {
+            ackers.retain(Acker::usable);
         }
-        deliveries.push((delivery.delivery_tag, delivery.acker.clone()));
+        ackers.push(delivery.acker.clone());
     }
 
-    /// The deliveries not settled, and `buffered` ones, in delivery order.
-    fn unsettled(&self, buffered: Vec<(DeliveryTag, Acker)>) -> Vec<(DeliveryTag, Acker)> {
-        let mut deliveries = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
-        let mut unsettled: Vec<_> = deliveries.drain(..).chain(buffered).collect();
-        unsettled.retain(|(_, acker)| acker.usable());
-        unsettled.sort_by_key(|(tag, _)| *tag);
-        unsettled.dedup_by_key(|(tag, _)| *tag);
-        unsettled
+    /// How many of them are not settled.
+    fn unsettled(&self) -> usize {
+        let ackers = self.ackers.lock().unwrap_or_else(|e| e.into_inner());
+        ackers.iter().filter(|acker| acker.usable()).count()
     }
 }
 
@@ -324,6 +339,7 @@ impl ChannelConsumers {
             abort,
             deadline: None,
             aborted: false,
+            finished: false,
         };
         self.running.insert(name, running);
         Ok(())
@@ -332,10 +348,9 @@ impl ChannelConsumers {
     /// An AMQP channel with room for one more consumer: the first opened
     /// that has some, or a new one with the consumers' prefetch.
     async fn shared_channel(&mut self) -> Result<u64, ConsumeError> {
-        let room = self
-            .shared
-            .iter()
-            .find(|(_, s)| s.consumers < self.per_channel && s.amqp.status().connected());
+        let room = self.shared.iter().find(|(_, s)| {
+            !s.retiring && s.consumers < self.per_channel && s.amqp.status().connected()
+        });
         if let Some((id, _)) = room {
             return Ok(*id);
         }
@@ -357,7 +372,12 @@ impl ChannelConsumers {
             amqp_channel = amqp.id(),
             "opened an AMQP channel for reply consumers"
         );
-        self.shared.insert(id, Shared { amqp, consumers: 0 });
+        let shared = Shared {
+            amqp,
+            consumers: 0,
+            retiring: false,
+        };
+        self.shared.insert(id, shared);
         Ok(id)
     }
 
@@ -479,7 +499,7 @@ impl ChannelConsumers {
             let deadline = self
                 .running
                 .values()
-                .filter(|r| !r.aborted)
+                .filter(|r| !r.aborted && !r.finished)
                 .filter_map(|r| r.deadline)
                 .min();
             let joined = tokio::select! {
@@ -501,7 +521,8 @@ impl ChannelConsumers {
     fn abort_late(&mut self) {
         let now = Instant::now();
         for (name, running) in &mut self.running {
-            if !running.aborted && running.deadline.is_some_and(|d| d <= now) {
+            let late = running.deadline.is_some_and(|d| d <= now);
+            if late && !running.aborted && !running.finished {
                 tracing::warn!(
                     channel = %name,
                     grace_ms = self.grace.as_millis() as u64,
@@ -514,27 +535,80 @@ impl ChannelConsumers {
     }
 
     /// What became of the consumer [`ChannelConsumers::next_end`] saw end.
-    /// One asked to stop hands back what it left unsettled, and its AMQP
-    /// channel is closed if no other consumer is on it; one that ended on
-    /// its own is left to the session's end, which closes every AMQP
-    /// channel.
+    /// One asked to stop that holds nothing unsettled is gone, and its AMQP
+    /// channel closed if no other consumer is on it; one that holds
+    /// deliveries retires its AMQP channel (see the module's doc) and waits
+    /// for its close. One that ended on its own is left to the session's
+    /// end, which closes every AMQP channel.
     pub(crate) async fn ended(&mut self, Joined(id, result): Joined) -> Ended {
         let name = self.by_task.remove(&id).unwrap_or_default();
-        let Some(running) = self.running.remove(&name) else {
+        let Some(running) = self.running.get_mut(&name) else {
             return Ended::Failed(result);
         };
         if running.deadline.is_none() {
+            self.running.remove(&name);
             return Ended::Failed(result);
         }
+        running.finished = true;
+        let shared = running.shared;
+        let unsettled = unsettled(running);
         if let Ok(Err(e)) = &result {
             tracing::warn!(channel = %name, error = %e, "a stopping consumer left replies unsettled; they go back to its queue");
         }
-        requeue(&name, &running).await;
-        if let Some(shared) = self.shared.get_mut(&running.shared) {
-            shared.consumers = shared.consumers.saturating_sub(1);
+        let retiring = self.shared.get(&shared).is_none_or(|s| s.retiring);
+        if !retiring && unsettled == 0 {
+            self.running.remove(&name);
+            if let Some(shared) = self.shared.get_mut(&shared) {
+                shared.consumers = shared.consumers.saturating_sub(1);
+            }
+            self.release(shared).await;
+            return Ended::Stopped;
         }
-        self.release(running.shared).await;
+        if !retiring {
+            self.retire(shared, &name, unsettled).await;
+        }
+        self.close_retired(shared).await;
         Ended::Stopped
+    }
+
+    /// `name`'s consumer stopped holding `unsettled` deliveries on the AMQP
+    /// channel `id`: it takes no new consumer, and its other consumers stop.
+    async fn retire(&mut self, id: u64, name: &str, unsettled: usize) {
+        let Some(shared) = self.shared.get_mut(&id) else {
+            return;
+        };
+        shared.retiring = true;
+        let others: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.shared == id && r.deadline.is_none())
+            .map(|(other, _)| other.clone())
+            .collect();
+        tracing::info!(
+            channel = name,
+            unsettled,
+            amqp_channel = shared.amqp.id(),
+            others = others.len(),
+            "a stopped consumer holds replies: its AMQP channel closes to hand them back to the head of the queue, and the other channels on it are consumed again on another"
+        );
+        for other in others {
+            self.begin_stop(&other).await;
+        }
+    }
+
+    /// Closes the retired AMQP channel `id` once every consumer on it ended:
+    /// the broker hands their unsettled deliveries back to the head of their
+    /// queues, in order. They are gone then, and the session serves again
+    /// those of their channels still served.
+    async fn close_retired(&mut self, id: u64) {
+        let on_it = |r: &Running| r.shared == id;
+        if self.running.values().any(|r| on_it(r) && !r.finished) {
+            return;
+        }
+        if let Some(shared) = self.shared.remove(&id) {
+            close_channels(std::slice::from_ref(&shared.amqp)).await;
+        }
+        self.running.retain(|_, r| !on_it(r));
     }
 
     /// Waits until every consumer ended (the session's stop was cancelled).
@@ -561,44 +635,16 @@ impl ChannelConsumers {
     }
 }
 
-/// Hands back to its queue what the stopped consumer `running` left
-/// unsettled: nacked with requeue one by one, in delivery order (never
-/// `multiple`, which would take other consumers' deliveries on the AMQP
-/// channel too). The broker sent nothing for it after its cancel-ok, so
-/// what lapin buffered and the worker never took is all there is besides
-/// what the worker took.
-async fn requeue(name: &str, running: &Running) {
-    let mut buffered = Vec::new();
+/// How many deliveries the stopped consumer `running` holds unsettled:
+/// those its worker took and left, and those lapin buffered for it and the
+/// worker never took (the broker sent nothing for it after its cancel-ok).
+fn unsettled(running: &Running) -> usize {
     let mut consumer = running.consumer.clone();
-    while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
-        buffered.push((delivery.delivery_tag, delivery.acker.clone()));
+    let mut buffered = 0;
+    while let Some(Some(Ok(_))) = consumer.next().now_or_never() {
+        buffered += 1;
     }
-    let unsettled = running.held.unsettled(buffered);
-    if unsettled.is_empty() {
-        return;
-    }
-    let requeue = BasicNackOptions {
-        multiple: false,
-        requeue: true,
-    };
-    let mut requeued = 0usize;
-    for (tag, acker) in &unsettled {
-        match acker.nack(requeue).await {
-            Ok(true) => requeued += 1,
-            // Settled meanwhile, or its AMQP channel is gone: the broker
-            // requeued it at the close.
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(channel = name, delivery_tag = *tag, error = %e, "could not hand a reply back; the broker requeues it when the AMQP channel closes");
-                break;
-            }
-        }
-    }
-    tracing::info!(
-        channel = name,
-        requeued,
-        "a stopped consumer's unsettled replies went back to its queue"
-    );
+    running.held.unsettled() + buffered
 }
 
 /// Sleeps until `deadline`, or forever without one.
