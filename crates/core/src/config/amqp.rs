@@ -28,8 +28,9 @@ pub struct AmqpSettings {
     /// Exchange and queue names.
     pub topology: TopologyNames,
     /// The most channels (the file's and the CRM's together) the bridge serves.
-    /// Each channel holds AMQP channels of its own on the bridge's connections
-    /// (a reply consumer, a poll lease), and RabbitMQ allows 2047 per connection
+    /// Each channel holds AMQP channels on the bridge's connections (a poll
+    /// lease of its own; reply consumers share `consumers_per_channel` to
+    /// one), and RabbitMQ allows 2047 per connection
     /// (`channel_max`): past that the connection's next channel fails, which
     /// would stop replies on every channel. A command, reload or start that
     /// would serve more is refused instead.
