@@ -23,10 +23,11 @@
 //! goes away returns its deliveries to the head), behind the replies
 //! published since and those beyond the prefetch, which breaks the order of
 //! its conversations. So that AMQP channel is retired: it takes no new
-//! consumer, its other consumers are stopped the same way (each lets its
-//! replies in flight settle within the grace), and once all have ended it is
-//! closed, which hands every unsettled delivery back to the head of its
-//! queue in delivery order. The channels still served are then consumed
+//! consumer, its other consumers' workers stop (each lets its replies in
+//! flight settle within the grace; they are not cancelled, so on a
+//! single-active-consumer queue no other replica takes over before the
+//! close), and once all have ended it is closed, which hands every unsettled
+//! delivery back to the head of its queue in delivery order. The channels still served are then consumed
 //! again on another AMQP channel ([`Ended::Stopped`] makes the session apply
 //! the registry again). A channel is not consumed again before its old
 //! deliveries are back: its consumer counts as running until the close.
@@ -465,16 +466,12 @@ impl ChannelConsumers {
     /// flight have until `outbound.shutdown_grace` from now to settle.
     /// [`ChannelConsumers::next_end`] says when it stopped.
     pub(crate) async fn begin_stop(&mut self, name: &str) {
-        let Some(running) = self.running.get_mut(name) else {
-            return;
-        };
-        if running.deadline.is_some() {
+        if !self.stop_worker(name) {
             return;
         }
-        // The worker sees the stop before the end of its delivery stream, so
-        // the cancel does not read as a consumer the broker cancelled.
-        running.stop.cancel();
-        running.deadline = Some(Instant::now() + self.grace);
+        let Some(running) = self.running.get(name) else {
+            return;
+        };
         let Some(shared) = self.shared.get(&running.shared) else {
             return;
         };
@@ -485,6 +482,23 @@ impl ChannelConsumers {
         if let Err(e) = cancel.await {
             tracing::debug!(channel = name, error = %e, "cancelling a consumer");
         }
+    }
+
+    /// Stops `name`'s worker (it takes no more replies, those in flight have
+    /// the grace to settle), leaving its consumer registered; whether it was
+    /// running and not stopping yet.
+    fn stop_worker(&mut self, name: &str) -> bool {
+        let Some(running) = self.running.get_mut(name) else {
+            return false;
+        };
+        if running.deadline.is_some() {
+            return false;
+        }
+        // The worker sees the stop before the end of its delivery stream, so
+        // a cancel does not read as a consumer the broker cancelled.
+        running.stop.cancel();
+        running.deadline = Some(Instant::now() + self.grace);
+        true
     }
 
     /// The next consumer task to end (one asked to stop, or one that ended
@@ -565,15 +579,16 @@ impl ChannelConsumers {
             return Ended::Stopped;
         }
         if !retiring {
-            self.retire(shared, &name, unsettled).await;
+            self.retire(shared, &name, unsettled);
         }
         self.close_retired(shared).await;
         Ended::Stopped
     }
 
     /// `name`'s consumer stopped holding `unsettled` deliveries on the AMQP
-    /// channel `id`: it takes no new consumer, and its other consumers stop.
-    async fn retire(&mut self, id: u64, name: &str, unsettled: usize) {
+    /// channel `id`: it takes no new consumer, and its other consumers' workers
+    /// stop (their consumers stay registered until the close).
+    fn retire(&mut self, id: u64, name: &str, unsettled: usize) {
         let Some(shared) = self.shared.get_mut(&id) else {
             return;
         };
@@ -591,8 +606,11 @@ impl ChannelConsumers {
             others = others.len(),
             "a stopped consumer holds replies: its AMQP channel closes to hand them back to the head of the queue, and the other channels on it are consumed again on another"
         );
+        // Not cancelled: on a single-active-consumer queue a cancel would make
+        // another replica's waiting consumer active while these still hold
+        // replies; the close hands them back first, then lets it take over.
         for other in others {
-            self.begin_stop(&other).await;
+            self.stop_worker(&other);
         }
     }
 
