@@ -206,3 +206,54 @@ async fn a_stopped_consumer_hands_its_replies_back_ahead_of_later_ones_in_order(
     running.bridge.stop().await;
     app.cleanup().await;
 }
+
+/// acme's reply queue is deleted while acme is paused. On resume its queue
+/// is checked on the AMQP channel kept for declarations, where the broker's
+/// refusal (404) lands: acme alone is `broker_refused` until its queue is
+/// declared again at the next try, and beta's consumer, on the AMQP channel
+/// acme's would join, never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_deleted_meanwhile_is_refused_on_the_declarer_not_on_the_shared_channel() {
+    let app = spawn_app(two_channels()).await;
+    let (running, shared) = start_sharing(&app).await;
+    let mut crm = app.crm().await;
+    let acme_queue = app.names.outgoing_queue("acme");
+
+    running.live.set_paused("acme", true);
+    wait_for_state(&mut crm, "acme", "paused").await;
+    let broker =
+        lapin::Connection::connect(&app.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ");
+    let amqp = broker.create_channel().await.expect("a channel");
+    amqp.queue_delete(acme_queue.as_str().into(), Default::default())
+        .await
+        .expect("an operator deletes acme's queue");
+
+    running.live.set_paused("acme", false);
+    let refused = wait_for_state(&mut crm, "acme", "broker_refused").await;
+    let detail = refused.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&acme_queue), "{detail}");
+    wait_for_state(&mut crm, "acme", "ok").await;
+    crm.publish_reply("acme", &reply("a-1", "944480690", "a-1"))
+        .await;
+    crm.publish_reply("beta", &reply("b-1", "944480690", "b-1"))
+        .await;
+    let mut ids = sent_ids(&mut crm, 2).await;
+    ids.sort();
+    assert_eq!(ids, ["a-1", "b-1"]);
+    let consumers = consumer_channels(&app).await;
+    assert_eq!(
+        consumers.get(&app.names.outgoing_queue("beta")),
+        Some(&shared),
+        "beta's consumer never left its AMQP channel: {consumers:?}"
+    );
+    assert!(
+        !running.bridge.ready.has_changed().unwrap(),
+        "no RabbitMQ session restarted"
+    );
+
+    running.bridge.stop().await;
+    broker.close(0, "done".into()).await.ok();
+    app.cleanup().await;
+}
