@@ -145,6 +145,23 @@ impl PrivateBroker {
         run(command.args(["-n", &self.node]).args(args)).await;
     }
 
+    /// `rabbitmqctl -n <this node> --quiet <args>`: what it printed, or why it
+    /// failed (for the benchmark's looks at a node of its own).
+    pub async fn ctl_output(&self, args: &[&str]) -> Result<String, String> {
+        let mut command = self.command("rabbitmqctl");
+        let output = command
+            .args(["-n", &self.node, "--quiet"])
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
     /// The node's log, its last lines, for failure messages.
     pub fn log_tail(&self) -> String {
         let path = self

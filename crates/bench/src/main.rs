@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `outbound.rs`, `inbound.rs`, `scale.rs`, `replicas.rs`, `economy.rs` | one measurement each: setup, measure, print its table |
 //! | `harness.rs` | a world from the test harness, the bridge in process, a confirming publisher, queue readers, the open-loop schedule |
+//! | `restarts.rs` | `scale --restarts`: many channels on one process, served, stopped and started again on a node of the run's own, a probe connecting meanwhile |
 //! | `churn.rs` | channels added and removed at run time by control commands: what the process holds before and after |
 //! | `child.rs` | the `xbridge` binary as a child process: started with an ops port, ready, stopped |
 //! | `probe.rs` | what a running process holds: memory, threads, files, tasks, AMQP channels, metric series |
@@ -27,6 +28,7 @@ mod inbound;
 mod outbound;
 mod probe;
 mod replicas;
+mod restarts;
 mod scale;
 mod stats;
 
@@ -118,6 +120,19 @@ struct ScaleOpts {
     /// Seconds to settle after readiness.
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
+    /// Instead of the idle figures: on a RabbitMQ node of the run's own,
+    /// start the process, serve a reply on each channel and stop it, three
+    /// times (SIGTERM, SIGKILL, SIGTERM), while a probe connects to the node
+    /// every 200 ms; prints the AMQP channels of the bridge's connections.
+    #[arg(long)]
+    restarts: bool,
+    /// `--restarts`: what the table calls the binary (`before`, `after`).
+    #[arg(long, default_value = "xbridge")]
+    label: String,
+    /// `--restarts`: `amqp.consumers_per_channel` for the bridge (left out
+    /// by default, for binaries that do not know it).
+    #[arg(long)]
+    consumers_per_channel: Option<u16>,
     #[command(flatten)]
     binary: ScaleBinary,
 }
@@ -303,6 +318,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Outbound(o) => outbound::run(&o.into()).await,
         Command::Inbound(o) => inbound::run(&o.into()).await,
+        Command::Scale(o) if o.restarts => restarts_all(o).await,
         Command::Scale(o) => scale::run(&o.into()).await,
         Command::Churn(o) => churn::run(&o.into()).await,
         Command::Economy(o) => economy::run(&o.into()).await,
@@ -317,6 +333,27 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// `scale --restarts`: each channel count in turn.
+async fn restarts_all(o: &ScaleOpts) -> anyhow::Result<()> {
+    for &channels in &o.channels {
+        restarts::run(&restarts::RestartArgs {
+            channels,
+            xbridge: o
+                .binary
+                .xbridge
+                .clone()
+                .unwrap_or_else(child::default_xbridge),
+            label: o.label.clone(),
+            amqp_extra: o
+                .consumers_per_channel
+                .map(|n| format!("consumers_per_channel = {n}"))
+                .unwrap_or_default(),
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 async fn all(binary: &ScaleBinary) -> anyhow::Result<()> {

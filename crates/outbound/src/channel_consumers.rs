@@ -1,17 +1,70 @@
 //! Each channel's consumer on the running session, started and stopped one
 //! by one as the channels served change (`LiveChannels`), so that a change to
-//! one channel is never a restart of the others. A channel is consumed on an
-//! AMQP channel of its own: stopping it (removed, paused) cancels the
-//! consumer, lets the replies in flight settle within
-//! `outbound.shutdown_grace`, and closes that AMQP channel, which hands what
-//! was not settled back to the queue; the queue and what it holds stay.
+//! one channel is never a restart of the others.
+//!
+//! **Shared AMQP channels.** Consumers share AMQP channels, at most
+//! `amqp.consumers_per_channel` on one: a thousand channels on one AMQP
+//! channel each made a thousand AMQP channels on one connection, and a
+//! RabbitMQ 3.10 node stopped accepting connections each time such a
+//! connection closed (issue 15). Each consumer keeps its own prefetch: the
+//! AMQP channel's `basic.qos` is `global=false`, which RabbitMQ applies to
+//! each consumer created on it afterwards, not to the channel as a whole.
+//!
+//! **Stopping one consumer** (its channel removed or paused) cancels it
+//! (`basic.cancel`) and lets its replies in flight settle within
+//! `outbound.shutdown_grace`. If it then holds nothing unsettled (an idle
+//! channel, or one whose replies all settled), nothing else happens: the
+//! other consumers on its AMQP channel never notice. If it still holds
+//! deliveries (replies queued in its lanes, or delivered before the cancel
+//! took effect), they must go back to the head of its queue, in order, and
+//! only closing their AMQP channel does that: RabbitMQ 3.10 to 3.13 put a
+//! reply nacked with requeue at the *tail* of a quorum queue without a
+//! delivery limit (a `requeue` appended to the log; only a consumer that
+//! goes away returns its deliveries to the head), behind the replies
+//! published since and those beyond the prefetch, which breaks the order of
+//! its conversations. So that AMQP channel is retired: it takes no new
+//! consumer, its other consumers' workers stop (each lets its replies in
+//! flight settle within the grace; they are not cancelled, so on a
+//! single-active-consumer queue no other replica takes over before the
+//! close), and once all have ended it is closed, which hands every unsettled
+//! delivery back to the head of its queue in delivery order. The channels still served are then consumed
+//! again on another AMQP channel ([`Ended::Stopped`] makes the session apply
+//! the registry again). A channel is not consumed again before its old
+//! deliveries are back: its consumer counts as running until the close.
+//!
+//! Ordering caveat: on a single-active-consumer queue RabbitMQ 3.10 makes the
+//! next waiting consumer (another replica's) active at the `basic.cancel`,
+//! while this one's unsettled deliveries are still out; whatever that one
+//! takes meanwhile goes ahead of what is handed back here. On planned moves
+//! the store's handover keeps other replicas from registering on the queue
+//! until this one released it, so the replies handed back are at the
+//! queue's head before anyone consumes again; an unplanned end (a crash, a
+//! lost connection) is the broker's requeue at the connection's close, as
+//! before.
+//!
+//! **Other ends.** A consumer that ends on its own failure ends the session,
+//! and a session's end closes every AMQP channel it opened (the broker hands
+//! back what was not settled). A queue the broker
+//! refuses must not close a shared AMQP channel: a reply queue is declared
+//! (or, once declared, checked with a passive declare) on the AMQP channel
+//! kept for declarations just before its consumer starts, so a queue deleted
+//! meanwhile or declared with other arguments closes that one, and the
+//! channel waits alone (`broker_refused`, [`crate::refused_channels`]). Only
+//! a queue deleted between that check and the `basic.consume` still closes
+//! the shared AMQP channel: its other consumers end, and with them the
+//! session, which reconnects and serves them again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use futures::{FutureExt as _, StreamExt as _};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
+use lapin::Acker;
 use lapin::Connection;
 use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 use tokio::time::Instant;
@@ -93,7 +146,9 @@ pub(crate) async fn open_consumer(
 
 /// How a channel's consumer ended.
 pub(crate) enum Ended {
-    /// One asked to stop has stopped, and its AMQP channel is closed.
+    /// One asked to stop has stopped (and, if it held replies, waits for
+    /// its AMQP channel's close, which hands them back): the session applies
+    /// the registry again.
     Stopped,
     /// One ended on its own: what its task returned. The session ends.
     Failed(Result<Result<(), Unsettled>, JoinError>),
@@ -104,7 +159,13 @@ pub(crate) struct Joined(Id, Result<Result<(), Unsettled>, JoinError>);
 
 /// One channel's consumer while it runs.
 struct Running {
-    amqp: lapin::Channel,
+    /// The AMQP channel it shares ([`ChannelConsumers::shared`]'s key).
+    shared: u64,
+    /// lapin's consumer, a clone of the worker's: what lapin buffered for it
+    /// and the worker never took is read from it when it stopped.
+    consumer: lapin::Consumer,
+    /// The deliveries the worker took, to hand back those left unsettled.
+    held: Held,
     tag: String,
     stop: CancellationToken,
     abort: AbortHandle,
@@ -112,6 +173,52 @@ struct Running {
     deadline: Option<Instant>,
     /// Past its deadline: aborted, its end is awaited.
     aborted: bool,
+    /// Its task ended; it waits for its retired AMQP channel to close.
+    finished: bool,
+}
+
+/// An AMQP channel that consumers share.
+struct Shared {
+    amqp: lapin::Channel,
+    /// The consumers on it, those waiting for its close included.
+    consumers: usize,
+    /// A stopped consumer left deliveries on it: it takes no new consumer
+    /// and closes once every consumer on it ended.
+    retiring: bool,
+}
+
+/// The deliveries one consumer's worker took: one whose acker is still
+/// usable was neither acked nor nacked. Kept at most about twice the
+/// prefetch long (settled ones are dropped as it grows).
+#[derive(Clone)]
+struct Held {
+    ackers: Arc<Mutex<Vec<Acker>>>,
+    /// Its length at which settled deliveries are dropped.
+    sweep_at: usize,
+}
+
+impl Held {
+    fn new(prefetch: u16) -> Held {
+        Held {
+            ackers: Arc::default(),
+            sweep_at: 2 * usize::from(prefetch) + 16,
+        }
+    }
+
+    /// Remembers `delivery`, on its way to the worker.
+    fn keep(&self, delivery: &Delivery) {
+        let mut ackers = self.ackers.lock().unwrap_or_else(|e| e.into_inner());
+        if ackers.len() >= self.sweep_at {
+            ackers.retain(Acker::usable);
+        }
+        ackers.push(delivery.acker.clone());
+    }
+
+    /// How many of them are not settled.
+    fn unsettled(&self) -> usize {
+        let ackers = self.ackers.lock().unwrap_or_else(|e| e.into_inner());
+        ackers.iter().filter(|acker| acker.usable()).count()
+    }
 }
 
 /// What a session's channel consumers share, and the ones running.
@@ -120,22 +227,28 @@ pub(crate) struct ChannelConsumers {
     reporter: Reporter,
     names: TopologyNames,
     prefetch: u16,
+    /// `amqp.consumers_per_channel`.
+    per_channel: usize,
     grace: Duration,
     /// The session's stop: every consumer's stops with it.
     stop: CancellationToken,
     /// Channels whose reply queues this session declared.
     declared: HashSet<String>,
-    /// The AMQP channel reply queues are declared on, opened at the first
-    /// declaration and again after one the broker refused (which closes it).
+    /// The AMQP channel reply queues are declared (and checked) on, opened at
+    /// the first declaration and again after one the broker refused (which
+    /// closes it).
     declarer: Option<lapin::Channel>,
+    /// The AMQP channels consumers share, by the order they were opened.
+    shared: BTreeMap<u64, Shared>,
+    next_shared: u64,
     running: BTreeMap<String, Running>,
     tasks: JoinSet<Result<(), Unsettled>>,
     by_task: HashMap<Id, String>,
 }
 
 impl ChannelConsumers {
-    /// No consumer yet, on `connection` with `settings`' names, prefetch and
-    /// grace.
+    /// No consumer yet, on `connection` with `settings`' names, prefetch,
+    /// consumers per AMQP channel and grace.
     pub(crate) fn new(
         connection: Arc<Connection>,
         reporter: Reporter,
@@ -147,10 +260,13 @@ impl ChannelConsumers {
             reporter,
             names: settings.amqp.topology.clone(),
             prefetch: settings.amqp.prefetch,
+            per_channel: usize::from(settings.amqp.consumers_per_channel.max(1)),
             grace: settings.outbound.shutdown_grace,
             stop,
             declared: HashSet::new(),
             declarer: None,
+            shared: BTreeMap::new(),
+            next_shared: 0,
             running: BTreeMap::new(),
             tasks: JoinSet::new(),
             by_task: HashMap::new(),
@@ -173,34 +289,111 @@ impl ChannelConsumers {
         self.running.contains_key(name)
     }
 
-    /// Starts consuming `ctx`'s channel, declaring its reply queue first when
-    /// this session has not. A refusal of that queue is the channel's own
-    /// ([`ConsumeError::Declare`], [`ConsumeError::Consume`]).
+    /// Starts consuming `ctx`'s channel on a shared AMQP channel, its reply
+    /// queue declared (or checked) first on the declarer. A refusal of that
+    /// queue is the channel's own ([`ConsumeError::Declare`],
+    /// [`ConsumeError::Consume`]).
     pub(crate) async fn start(&mut self, ctx: Arc<ChannelContext>) -> Result<(), ConsumeError> {
         let name = ctx.name.clone();
-        self.declare(&name).await?;
         let queue = self.names.outgoing_queue(&name);
-        let opened = open_consumer(&self.connection, &queue, &name, self.prefetch).await;
-        if let Err(ConsumeError::Consume { .. }) = &opened {
-            // Deleted since it was declared, perhaps: declared again next time.
-            self.declared.remove(&name);
+        if self.declared.contains(&name) {
+            self.check(&name, &queue).await?;
+        } else {
+            self.declare(&name).await?;
         }
-        let (amqp, consumer) = opened?;
+        let shared = self.shared_channel().await?;
+        let amqp = self.shared[&shared].amqp.clone();
+        let consumed = amqp
+            .basic_consume(
+                queue.as_str().into(),
+                format!("xbridge-{name}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        let consumer = match consumed {
+            Ok(consumer) => consumer,
+            Err(source) => {
+                // Deleted since it was checked, perhaps: declared again next
+                // time. The broker closed the shared AMQP channel; one no
+                // consumer is on any more is closed here.
+                self.declared.remove(&name);
+                self.release(shared).await;
+                return Err(ConsumeError::Consume { queue, source });
+            }
+        };
+        self.shared.get_mut(&shared).expect("just used").consumers += 1;
         let tag = consumer.tag().as_str().to_owned();
+        let held = Held::new(self.prefetch);
+        let seen = held.clone();
+        let deliveries = consumer.clone().inspect(move |delivery| {
+            if let Ok(delivery) = delivery {
+                seen.keep(delivery);
+            }
+        });
         let stop = self.stop.child_token();
-        let task = worker::consume(ctx, self.reporter.clone(), consumer, stop.clone());
+        let task = worker::consume(ctx, self.reporter.clone(), deliveries, stop.clone());
         let abort = self.tasks.spawn(task);
         self.by_task.insert(abort.id(), name.clone());
+        tracing::debug!(channel = %name, amqp_channel = amqp.id(), "consuming replies");
         let running = Running {
-            amqp,
+            shared,
+            consumer,
+            held,
             tag,
             stop,
             abort,
             deadline: None,
             aborted: false,
+            finished: false,
         };
         self.running.insert(name, running);
         Ok(())
+    }
+
+    /// An AMQP channel with room for one more consumer: the first opened
+    /// that has some, or a new one with the consumers' prefetch.
+    async fn shared_channel(&mut self) -> Result<u64, ConsumeError> {
+        let room = self.shared.iter().find(|(_, s)| {
+            !s.retiring && s.consumers < self.per_channel && s.amqp.status().connected()
+        });
+        if let Some((id, _)) = room {
+            return Ok(*id);
+        }
+        let amqp = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(ConsumeError::Channel)?;
+        // global=false: the prefetch of each consumer started on it, not a
+        // bound the consumers share.
+        let qos = BasicQosOptions { global: false };
+        if let Err(e) = amqp.basic_qos(self.prefetch, qos).await {
+            close_channels(std::slice::from_ref(&amqp)).await;
+            return Err(ConsumeError::Channel(e));
+        }
+        let id = self.next_shared;
+        self.next_shared += 1;
+        tracing::debug!(
+            amqp_channel = amqp.id(),
+            "opened an AMQP channel for reply consumers"
+        );
+        let shared = Shared {
+            amqp,
+            consumers: 0,
+            retiring: false,
+        };
+        self.shared.insert(id, shared);
+        Ok(id)
+    }
+
+    /// Closes the shared AMQP channel `id` once no consumer is on it.
+    async fn release(&mut self, id: u64) {
+        if self.shared.get(&id).is_some_and(|s| s.consumers == 0) {
+            if let Some(shared) = self.shared.remove(&id) {
+                close_channels(std::slice::from_ref(&shared.amqp)).await;
+            }
+        }
     }
 
     /// Declares `name`'s reply queue and binding on the AMQP channel kept for
@@ -211,14 +404,7 @@ impl ChannelConsumers {
         if self.declared.contains(name) {
             return Ok(());
         }
-        let amqp = match self.declarer.take() {
-            Some(amqp) if amqp.status().connected() => amqp,
-            _ => self
-                .connection
-                .create_channel()
-                .await
-                .map_err(ConsumeError::Channel)?,
-        };
+        let amqp = self.declarer().await?;
         match declare_reply_queue(&amqp, &self.names, name).await {
             Ok(()) => {
                 self.declarer = Some(amqp);
@@ -235,6 +421,46 @@ impl ChannelConsumers {
         }
     }
 
+    /// Checks that `name`'s reply queue, declared before, is still there (a
+    /// passive declare on the declarer), so an operator's deletion closes the
+    /// declarer and not a shared AMQP channel; it is declared again next time.
+    async fn check(&mut self, name: &str, queue: &str) -> Result<(), ConsumeError> {
+        let amqp = self.declarer().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match amqp
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => {
+                self.declarer = Some(amqp);
+                Ok(())
+            }
+            Err(source) => {
+                close_channels(std::slice::from_ref(&amqp)).await;
+                self.declared.remove(name);
+                Err(ConsumeError::Consume {
+                    queue: queue.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// The declarer, opened again when the broker closed it.
+    async fn declarer(&mut self) -> Result<lapin::Channel, ConsumeError> {
+        match self.declarer.take() {
+            Some(amqp) if amqp.status().connected() => Ok(amqp),
+            _ => self
+                .connection
+                .create_channel()
+                .await
+                .map_err(ConsumeError::Channel),
+        }
+    }
+
     /// Forgets that this session declared `name`'s queues: the channel was
     /// removed, and an operator may delete its queue before it comes back.
     pub(crate) fn forget(&mut self, name: &str) {
@@ -245,22 +471,39 @@ impl ChannelConsumers {
     /// flight have until `outbound.shutdown_grace` from now to settle.
     /// [`ChannelConsumers::next_end`] says when it stopped.
     pub(crate) async fn begin_stop(&mut self, name: &str) {
-        let Some(running) = self.running.get_mut(name) else {
-            return;
-        };
-        if running.deadline.is_some() {
+        if !self.stop_worker(name) {
             return;
         }
-        // The worker sees the stop before the end of its delivery stream, so
-        // the cancel does not read as a consumer the broker cancelled.
-        running.stop.cancel();
-        running.deadline = Some(Instant::now() + self.grace);
-        let cancel = running
+        let Some(running) = self.running.get(name) else {
+            return;
+        };
+        let Some(shared) = self.shared.get(&running.shared) else {
+            return;
+        };
+        // Awaits the broker's cancel-ok: nothing is delivered to it after.
+        let cancel = shared
             .amqp
             .basic_cancel(running.tag.as_str().into(), BasicCancelOptions::default());
         if let Err(e) = cancel.await {
             tracing::debug!(channel = name, error = %e, "cancelling a consumer");
         }
+    }
+
+    /// Stops `name`'s worker (it takes no more replies, those in flight have
+    /// the grace to settle), leaving its consumer registered; whether it was
+    /// running and not stopping yet.
+    fn stop_worker(&mut self, name: &str) -> bool {
+        let Some(running) = self.running.get_mut(name) else {
+            return false;
+        };
+        if running.deadline.is_some() {
+            return false;
+        }
+        // The worker sees the stop before the end of its delivery stream, so
+        // a cancel does not read as a consumer the broker cancelled.
+        running.stop.cancel();
+        running.deadline = Some(Instant::now() + self.grace);
+        true
     }
 
     /// The next consumer task to end (one asked to stop, or one that ended
@@ -275,7 +518,7 @@ impl ChannelConsumers {
             let deadline = self
                 .running
                 .values()
-                .filter(|r| !r.aborted)
+                .filter(|r| !r.aborted && !r.finished)
                 .filter_map(|r| r.deadline)
                 .min();
             let joined = tokio::select! {
@@ -297,7 +540,8 @@ impl ChannelConsumers {
     fn abort_late(&mut self) {
         let now = Instant::now();
         for (name, running) in &mut self.running {
-            if !running.aborted && running.deadline.is_some_and(|d| d <= now) {
+            let late = running.deadline.is_some_and(|d| d <= now);
+            if late && !running.aborted && !running.finished {
                 tracing::warn!(
                     channel = %name,
                     grace_ms = self.grace.as_millis() as u64,
@@ -309,21 +553,85 @@ impl ChannelConsumers {
         }
     }
 
-    /// What became of the consumer [`ChannelConsumers::next_end`] saw end,
-    /// once its AMQP channel is closed.
+    /// What became of the consumer [`ChannelConsumers::next_end`] saw end.
+    /// One asked to stop that holds nothing unsettled is gone, and its AMQP
+    /// channel closed if no other consumer is on it; one that holds
+    /// deliveries retires its AMQP channel (see the module's doc) and waits
+    /// for its close. One that ended on its own is left to the session's
+    /// end, which closes every AMQP channel.
     pub(crate) async fn ended(&mut self, Joined(id, result): Joined) -> Ended {
         let name = self.by_task.remove(&id).unwrap_or_default();
-        let Some(running) = self.running.remove(&name) else {
+        let Some(running) = self.running.get_mut(&name) else {
             return Ended::Failed(result);
         };
-        close_channels(std::slice::from_ref(&running.amqp)).await;
         if running.deadline.is_none() {
+            self.running.remove(&name);
             return Ended::Failed(result);
         }
+        running.finished = true;
+        let shared = running.shared;
+        let unsettled = unsettled(running);
         if let Ok(Err(e)) = &result {
-            tracing::warn!(channel = %name, error = %e, "a stopping consumer left replies unsettled; they will be redelivered");
+            tracing::warn!(channel = %name, error = %e, "a stopping consumer left replies unsettled; they go back to its queue");
         }
+        let retiring = self.shared.get(&shared).is_none_or(|s| s.retiring);
+        if !retiring && unsettled == 0 {
+            self.running.remove(&name);
+            if let Some(shared) = self.shared.get_mut(&shared) {
+                shared.consumers = shared.consumers.saturating_sub(1);
+            }
+            self.release(shared).await;
+            return Ended::Stopped;
+        }
+        if !retiring {
+            self.retire(shared, &name, unsettled);
+        }
+        self.close_retired(shared).await;
         Ended::Stopped
+    }
+
+    /// `name`'s consumer stopped holding `unsettled` deliveries on the AMQP
+    /// channel `id`: it takes no new consumer, and its other consumers' workers
+    /// stop (their consumers stay registered until the close).
+    fn retire(&mut self, id: u64, name: &str, unsettled: usize) {
+        let Some(shared) = self.shared.get_mut(&id) else {
+            return;
+        };
+        shared.retiring = true;
+        let others: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.shared == id && r.deadline.is_none())
+            .map(|(other, _)| other.clone())
+            .collect();
+        tracing::info!(
+            channel = name,
+            unsettled,
+            amqp_channel = shared.amqp.id(),
+            others = others.len(),
+            "a stopped consumer holds replies: its AMQP channel closes to hand them back to the head of the queue, and the other channels on it are consumed again on another"
+        );
+        // Not cancelled: on a single-active-consumer queue a cancel would make
+        // another replica's waiting consumer active while these still hold
+        // replies; the close hands them back first, then lets it take over.
+        for other in others {
+            self.stop_worker(&other);
+        }
+    }
+
+    /// Closes the retired AMQP channel `id` once every consumer on it ended:
+    /// the broker hands their unsettled deliveries back to the head of their
+    /// queues, in order. They are gone then, and the session serves again
+    /// those of their channels still served.
+    async fn close_retired(&mut self, id: u64) {
+        let on_it = |r: &Running| r.shared == id;
+        if self.running.values().any(|r| on_it(r) && !r.finished) {
+            return;
+        }
+        if let Some(shared) = self.shared.remove(&id) {
+            close_channels(std::slice::from_ref(&shared.amqp)).await;
+        }
+        self.running.retain(|_, r| !on_it(r));
     }
 
     /// Waits until every consumer ended (the session's stop was cancelled).
@@ -336,16 +644,30 @@ impl ChannelConsumers {
         self.tasks.abort_all();
     }
 
-    /// Closes every consumer's AMQP channel, once they ended: the session's
-    /// end, before its connection closes.
+    /// Closes every AMQP channel consumers share, and the declarer, once the
+    /// consumers ended: the session's end, before its connection closes.
+    /// The broker requeues what was not settled.
     pub(crate) async fn close_all(&mut self) {
         let mut channels: Vec<lapin::Channel> =
-            self.running.values().map(|r| r.amqp.clone()).collect();
+            self.shared.values().map(|s| s.amqp.clone()).collect();
         channels.extend(self.declarer.take());
         close_channels(&channels).await;
+        self.shared.clear();
         self.running.clear();
         self.by_task.clear();
     }
+}
+
+/// How many deliveries the stopped consumer `running` holds unsettled:
+/// those its worker took and left, and those lapin buffered for it and the
+/// worker never took (the broker sent nothing for it after its cancel-ok).
+fn unsettled(running: &Running) -> usize {
+    let mut consumer = running.consumer.clone();
+    let mut buffered = 0;
+    while let Some(Some(Ok(_))) = consumer.next().now_or_never() {
+        buffered += 1;
+    }
+    running.held.unsettled() + buffered
 }
 
 /// Sleeps until `deadline`, or forever without one.

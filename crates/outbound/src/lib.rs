@@ -10,7 +10,8 @@
 //!   (`LiveChannels`) while it runs; the grace period on shutdown;
 //!   [`session::SessionError`], why a session ended.
 //! - `channel_consumers`: one channel's consumer started and stopped on its own (added,
-//!   removed, paused, resumed) while the others run on.
+//!   removed, paused, resumed) while the others run on; consumers share AMQP channels
+//!   (`amqp.consumers_per_channel`).
 //! - `channel_contexts`: every served channel's context, kept across reconnects, built on
 //!   add, given new credentials on change, dropped on removal.
 //! - [`context`]: what one channel keeps across reconnects ([`context::ChannelContext`]).

@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use lapin::message::Delivery;
-use lapin::Consumer;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -52,11 +51,13 @@ struct Lane {
 /// lets the lanes finish what they hold. Returns the failure, if any, so the
 /// caller can reconnect. Claims the channel at the first delivery, before
 /// any lane sees it (see [`crate::fence`]): each consumer makes its own
-/// claim, which fences every earlier consumer's lanes.
+/// claim, which fences every earlier consumer's lanes. `consumer` is a
+/// lapin consumer's deliveries, seen on their way by whoever must hand back
+/// what this one leaves unsettled (see [`crate::channel_consumers`]).
 pub async fn consume(
     ctx: Arc<ChannelContext>,
     reporter: Reporter,
-    mut consumer: Consumer,
+    mut consumer: impl Stream<Item = lapin::Result<Delivery>> + Unpin,
     stop: CancellationToken,
 ) -> Result<(), Unsettled> {
     let (failures_tx, mut failures) = mpsc::unbounded_channel::<Unsettled>();

@@ -18,11 +18,19 @@ pub struct AmqpSettings {
     /// Unacknowledged replies a channel's consumer may hold: bounds memory and
     /// how many replies wait in the bridge while a channel is paused.
     pub prefetch: u16,
+    /// The most reply consumers one AMQP channel carries. Every channel's
+    /// consumer on one AMQP channel of its own made a thousand channels a
+    /// thousand AMQP channels on one connection, and a RabbitMQ 3.10 node
+    /// stopped accepting connections while it closed them (issue 15). Each
+    /// consumer keeps its own `amqp.prefetch` (RabbitMQ's `basic.qos` with
+    /// `global=false` is per consumer).
+    pub consumers_per_channel: u16,
     /// Exchange and queue names.
     pub topology: TopologyNames,
     /// The most channels (the file's and the CRM's together) the bridge serves.
-    /// Each channel holds AMQP channels of its own on the bridge's connections
-    /// (a reply consumer, a poll lease), and RabbitMQ allows 2047 per connection
+    /// Each channel holds AMQP channels on the bridge's connections (a poll
+    /// lease of its own; reply consumers share `consumers_per_channel` to
+    /// one), and RabbitMQ allows 2047 per connection
     /// (`channel_max`): past that the connection's next channel fails, which
     /// would stop replies on every channel. A command, reload or start that
     /// would serve more is refused instead.
@@ -114,6 +122,17 @@ pub const DEFAULT_STORE_WAIT: Duration = Duration::from_secs(300);
 /// The most channels by default: half of RabbitMQ's default `channel_max`
 /// (2047), which a polled channel on one connection uses two of at worst.
 pub const DEFAULT_MAX_CHANNELS: usize = 1000;
+
+/// Reply consumers per AMQP channel by default: 1,000 channels take 10 AMQP
+/// channels. An AMQP channel is one process in RabbitMQ, which dispatches
+/// and tracks the acknowledgements of all its consumers' deliveries (up to
+/// `prefetch` each: 6,400 at the default 64), so a few busy channels do not
+/// all queue behind one process; and a channel the broker closes (an error
+/// of one consumer's) takes at most this many consumers with it.
+pub const DEFAULT_CONSUMERS_PER_CHANNEL: u16 = 100;
+
+/// The most reply consumers per AMQP channel a configuration may ask for.
+pub const MAX_CONSUMERS_PER_CHANNEL: u16 = 1000;
 
 impl Default for ControlSettings {
     fn default() -> Self {
@@ -224,6 +243,7 @@ pub(super) struct RawAmqp {
     pub(super) url: SecretSource,
     pub(super) hosts: Vec<String>,
     pub(super) prefetch: u16,
+    pub(super) consumers_per_channel: u16,
     pub(super) max_channels: usize,
     pub(super) topology: TopologyNames,
     pub(super) control: ControlSettings,
@@ -235,6 +255,7 @@ impl Default for RawAmqp {
             url: SecretSource::Inline("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             hosts: Vec::new(),
             prefetch: 64,
+            consumers_per_channel: DEFAULT_CONSUMERS_PER_CHANNEL,
             max_channels: DEFAULT_MAX_CHANNELS,
             topology: TopologyNames::default(),
             control: ControlSettings::default(),
@@ -259,6 +280,11 @@ pub(super) fn validate(raw: RawAmqp, errors: &mut Vec<String>) -> AmqpSettings {
     if raw.max_channels == 0 {
         errors.push("amqp.max_channels: must be at least 1".into());
     }
+    if !(1..=MAX_CONSUMERS_PER_CHANNEL).contains(&raw.consumers_per_channel) {
+        errors.push(format!(
+            "amqp.consumers_per_channel: must be 1 to {MAX_CONSUMERS_PER_CHANNEL}"
+        ));
+    }
     if raw.control.store_wait.is_zero() {
         errors.push("amqp.control.store_wait: must be more than 0s".into());
     }
@@ -268,6 +294,7 @@ pub(super) fn validate(raw: RawAmqp, errors: &mut Vec<String>) -> AmqpSettings {
         url,
         brokers,
         prefetch: raw.prefetch,
+        consumers_per_channel: raw.consumers_per_channel,
         max_channels: raw.max_channels,
         topology: raw.topology,
         control: raw.control,
@@ -451,6 +478,28 @@ mod tests {
             let text = Settings::from_toml(&toml).unwrap_err().to_string();
             assert!(text.contains(error), "{hosts}: {text}");
             assert!(!text.contains("topsecret"), "{text}");
+        }
+    }
+
+    #[test]
+    fn consumers_per_channel_is_100_by_default_and_1_to_1000() {
+        let settings = Settings::from_toml(VALID).unwrap();
+        assert_eq!(settings.amqp.consumers_per_channel, 100);
+        for (value, ok) in [("0", false), ("1", true), ("1000", true), ("1001", false)] {
+            let toml = VALID.replace(
+                "[amqp]\n",
+                &format!("[amqp]\nconsumers_per_channel = {value}\n"),
+            );
+            let parsed = Settings::from_toml(&toml);
+            match (parsed, ok) {
+                (Ok(s), true) => assert_eq!(s.amqp.consumers_per_channel.to_string(), value),
+                (Err(e), false) => assert!(
+                    e.to_string()
+                        .contains("amqp.consumers_per_channel: must be 1 to 1000"),
+                    "{e}"
+                ),
+                (parsed, _) => panic!("{value}: {:?}", parsed.map(|_| ())),
+            }
         }
     }
 
