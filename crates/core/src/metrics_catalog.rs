@@ -134,6 +134,11 @@ pub const METRICS: &[Metric] = &[
         "Channels this replica serves (consumes the reply queue of, polls): its share of the channels served, once the replica that held each let it go.",
     ),
     gauge(
+        "xbridge_channel_served",
+        &["channel"],
+        "1 on the replica whose share the channel is (it consumes the channel's replies and polls it), else 0; summed over replicas it is 1 for each channel.",
+    ),
+    gauge(
         "xbridge_reply_consumers",
         &[],
         "Reply queues this process consumes now, those still stopping included.",

@@ -300,6 +300,10 @@ impl Membership {
         }
         let served: BTreeSet<String> = self.held.intersection(&wanted).cloned().collect();
         metrics::gauge!("xbridge_channels_served").set(served.len() as f64);
+        for name in channels.keys() {
+            let here = if served.contains(name) { 1.0 } else { 0.0 };
+            metrics::gauge!("xbridge_channel_served", "channel" => name.clone()).set(here);
+        }
         self.shares.set_served(served);
     }
 }
