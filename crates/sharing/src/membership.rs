@@ -67,6 +67,9 @@ pub struct Membership {
     unready_since: Option<Instant>,
     /// Left the replicas for being cut off from RabbitMQ; back once ready.
     left: bool,
+    /// Whether other replicas may share the store (its heartbeat lists
+    /// holds): alone, there is nobody to hand the channels to.
+    shared: bool,
 }
 
 impl Membership {
@@ -88,6 +91,7 @@ impl Membership {
             ready: None,
             unready_since: None,
             left: false,
+            shared: false,
         }
     }
 
@@ -175,6 +179,7 @@ impl Membership {
                     tracing::info!(replica, replicas = ?membership.replicas, "the live replicas changed");
                 }
                 self.replicas = membership.replicas;
+                self.shared = membership.held.is_some();
                 if let Some(in_store) = membership.held {
                     for channel in self.held.difference(&in_store) {
                         tracing::warn!(channel, replica, "another replica took the channel while this one's heartbeat had expired");
@@ -199,6 +204,9 @@ impl Membership {
         let Some((ready, patience)) = &self.ready else {
             return false;
         };
+        if !self.shared {
+            return false;
+        }
         let patience = *patience;
         if *ready.borrow() {
             self.unready_since = None;
