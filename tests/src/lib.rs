@@ -360,7 +360,8 @@ shutdown_grace = "10s"
             },
             state = if self.options.postgres {
                 format!(
-                    "backend = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"",
+                    // Replicas move a lost one's channels within 5 s.
+                    "backend = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"\nreplica_heartbeat = \"1s\"\nreplica_expiry = \"5s\"",
                     postgres_url(),
                     self.postgres_schema()
                 )

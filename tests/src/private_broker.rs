@@ -343,6 +343,41 @@ impl PrivateCluster {
         members.as_array().map_or(0, Vec::len)
     }
 
+    /// How many consumers each queue on vhost `/` has, as the first node
+    /// that answers lists them (`rabbitmqctl list_queues name consumers`).
+    pub async fn consumers(&self) -> std::collections::BTreeMap<String, usize> {
+        for node in &self.nodes {
+            let mut command = node.command("rabbitmqctl");
+            command.args([
+                "-n",
+                &node.node,
+                "list_queues",
+                "name",
+                "consumers",
+                "--formatter",
+                "json",
+            ]);
+            let Ok(output) = command.output().await else {
+                continue;
+            };
+            if !output.status.success() {
+                continue;
+            }
+            let queues: serde_json::Value =
+                serde_json::from_slice(&output.stdout).expect("list_queues prints JSON");
+            return queues
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|q| {
+                    let name = q["name"].as_str()?.to_owned();
+                    Some((name, q["consumers"].as_u64()? as usize))
+                })
+                .collect();
+        }
+        panic!("no node of the cluster lists its queues");
+    }
+
     /// The nodes the first running one says run the cluster, as
     /// `rabbitmqctl cluster_status` lists them.
     pub async fn running_nodes(&self) -> Vec<String> {

@@ -123,6 +123,21 @@ pub const METRICS: &[Metric] = &[
         &["channel"],
         "1 while this process holds the channel's poll lease (it is the one polling X), else 0; summed over replicas it is 1 for each polled channel. Polled channels only.",
     ),
+    gauge(
+        "xbridge_replicas_live",
+        &[],
+        "Replicas this one saw live in the shared state store at its last heartbeat, itself included (1 with the embedded store).",
+    ),
+    gauge(
+        "xbridge_channels_served",
+        &[],
+        "Channels this replica serves (consumes the reply queue of, polls): its share of the channels served, once the replica that held each let it go.",
+    ),
+    gauge(
+        "xbridge_reply_consumers",
+        &[],
+        "Reply queues this process consumes now, those still stopping included.",
+    ),
     counter(
         "xbridge_webhook_signature_failures_total",
         &["channel"],

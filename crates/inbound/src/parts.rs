@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) media: Arc<MediaLinks>,
     /// Shared by the webhook and the pollers (see [`InFlightDeliveries`]).
     pub(crate) in_flight: Arc<InFlightDeliveries>,
+    /// The channels this replica polls (its share).
+    pub(crate) shares: Arc<xbridge_sharing::Shares>,
 }
 
 /// One channel's client and profiles: what its poller, its webhook route and the
@@ -145,8 +147,9 @@ impl Kit {
         self.bound.is_some() || channel.inbound.polls()
     }
 
-    /// `parts`' channel polled on its schedule while this replica holds its
-    /// lease, until `stop`; `None` when the channel does not poll.
+    /// `parts`' channel polled on its schedule while it is this replica's
+    /// share and this replica holds its lease, until `stop`; `None` when the
+    /// channel does not poll.
     pub(crate) fn poller(
         &self,
         parts: &ChannelParts,
@@ -175,6 +178,7 @@ impl Kit {
             poll_schedule(settings, channel.inbound),
             settings.amqp.topology.poll_lease_queue(&channel.name),
             self.shared.sink.connection.subscribe(),
+            self.shared.shares.clone(),
             stop.clone(),
         ))
     }

@@ -55,7 +55,8 @@ impl Inbound {
     /// the channels `live` serves now, so configuration mistakes show at startup;
     /// [`Inbound::run`] then follows `live`'s changes. The clients use the
     /// process's shared HTTP stack `http`; webhook bodies are routed by
-    /// `identities`, which [`Inbound::identity_resolver`] completes.
+    /// `identities`, which [`Inbound::identity_resolver`] completes. Of the
+    /// polled channels, it polls those of this replica's `shares`.
     pub fn new(
         settings: Arc<Settings>,
         live: Arc<LiveChannels>,
@@ -63,6 +64,7 @@ impl Inbound {
         states: Arc<ChannelStates>,
         http: XHttp,
         identities: Arc<ChannelIdentities>,
+        shares: Arc<xbridge_sharing::Shares>,
     ) -> Result<Inbound, InboundError> {
         let listener = listener(&settings)?;
         let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -71,6 +73,7 @@ impl Inbound {
             sink: Arc::new(BrokerSink::default()),
             media: Arc::new(media_links(&settings, bound)),
             in_flight: Arc::new(InFlightDeliveries::default()),
+            shares,
         };
         let kit = Kit::new(settings.clone(), http, bound, shared, states, identities);
         let current = live.current();

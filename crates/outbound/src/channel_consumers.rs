@@ -163,6 +163,11 @@ impl ChannelConsumers {
         self.connection.status().connected()
     }
 
+    /// The channels with a consumer (running, or stopping).
+    pub(crate) fn names(&self) -> std::collections::BTreeSet<String> {
+        self.running.keys().cloned().collect()
+    }
+
     /// Whether `name` has a consumer (running, or stopping).
     pub(crate) fn has(&self, name: &str) -> bool {
         self.running.contains_key(name)

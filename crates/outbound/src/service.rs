@@ -13,6 +13,7 @@ use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
 use xbridge_core::live_channels::LiveChannels;
+use xbridge_sharing::Shares;
 use xbridge_store::StateStore;
 use xbridge_x_api::XHttp;
 
@@ -32,7 +33,8 @@ impl Outbound {
     /// clients on the process's shared HTTP stack `http` (one connection pool
     /// and TLS configuration for all channels, since they all talk to X),
     /// sharing the channels' accounts through `identities`; the session then
-    /// follows `live` while it runs. Fails only on a client that cannot be
+    /// follows `live` while it runs, consuming the channels of this replica's
+    /// `shares`. Fails only on a client that cannot be
     /// built (bad base URL).
     pub fn new(
         settings: Arc<Settings>,
@@ -41,6 +43,7 @@ impl Outbound {
         states: Arc<ChannelStates>,
         http: XHttp,
         identities: Arc<ChannelIdentities>,
+        shares: Arc<Shares>,
     ) -> Result<Outbound, OutboundError> {
         let mut contexts = ChannelContexts::new(ContextBuilder {
             settings: settings.clone(),
@@ -63,6 +66,7 @@ impl Outbound {
                 live,
                 contexts,
                 published_states: Arc::default(),
+                shares,
             },
         })
     }

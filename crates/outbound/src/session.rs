@@ -9,11 +9,11 @@
 //! session ends when a consumer fails, and on shutdown lets the in-flight
 //! sends finish within the grace period.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::Connection;
-use rand::seq::SliceRandom as _;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinError, JoinSet};
@@ -28,6 +28,7 @@ use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
 use xbridge_core::contract::{ChannelState, ChannelStateEvent};
 use xbridge_core::live_channels::{ChannelMap, LiveChannel, LiveChannels};
+use xbridge_sharing::Shares;
 
 use crate::channel_consumers::{open_consumer, sleep_until, ChannelConsumers, ConsumeError, Ended};
 use crate::channel_contexts::{ChannelContexts, Upserted};
@@ -113,6 +114,9 @@ pub(crate) struct ReplySession {
     pub(crate) live: Arc<LiveChannels>,
     pub(crate) contexts: ChannelContexts,
     pub(crate) published_states: Arc<PublishedStates>,
+    /// The channels this replica serves of those `live` lists: the others'
+    /// reply queues are declared here but consumed by another replica.
+    pub(crate) shares: Arc<Shares>,
 }
 
 /// A running session's tasks, the channels' consumers, the registry it
@@ -122,6 +126,7 @@ pub(crate) struct Consuming {
     consumers: ChannelConsumers,
     refused: RefusedChannels,
     live: watch::Receiver<ChannelMap>,
+    shares: watch::Receiver<Option<Arc<BTreeSet<String>>>>,
     stop: CancellationToken,
 }
 
@@ -146,6 +151,7 @@ impl Session for ReplySession {
             });
         }
         let live = self.live.subscribe();
+        let shares = self.shares.subscribe();
         declare_plan(&publisher, &TopologyPlan::shared(&self.settings)).await?;
         let reporter = Reporter::new(publisher, self.settings.amqp.topology.clone());
         let stop = shutdown.child_token();
@@ -172,6 +178,7 @@ impl Session for ReplySession {
             consumers,
             refused: RefusedChannels::default(),
             live,
+            shares,
             stop,
         };
         if let Err(e) = self.apply(&mut running).await {
@@ -205,6 +212,7 @@ impl Session for ReplySession {
                     }
                 }
                 Ok(()) = running.live.changed() => {}
+                Ok(()) = running.shares.changed() => {}
                 () = sleep_until(running.refused.next_retry()) => {}
             }
             if let Err(e) = self.apply(running).await {
@@ -232,6 +240,7 @@ impl Session for ReplySession {
             running.consumers.abort_all();
         }
         running.consumers.close_all().await;
+        self.shares.set_consuming(BTreeSet::new());
     }
 }
 
@@ -269,22 +278,23 @@ impl ReplySession {
     /// still stopping is left to finish; its end applies the registry again.
     async fn apply(&mut self, running: &mut Consuming) -> Result<(), SessionError> {
         let served = running.live.borrow_and_update().clone();
+        running.shares.borrow_and_update();
         for name in self.contexts.names() {
             if !served.contains_key(&name) {
                 self.remove(running, &name).await;
             }
         }
-        // Reply queues are single-active-consumer queues: of the replicas
-        // consuming a channel's queue, the one that registered first is the
-        // active one. Registering in an order of this process's own makes
-        // replicas started together split the channels between them instead
-        // of one replica winning every channel.
-        let mut channels: Vec<&LiveChannel> = served.values().collect();
-        channels.shuffle(&mut rand::rng());
-        for channel in channels {
-            self.serve(running, channel).await?;
+        let applied = async {
+            for channel in served.values() {
+                self.serve(running, channel).await?;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        // What still consumes here, stopping ones included: the membership
+        // lets a channel go only once its consumer is gone.
+        self.shares.set_consuming(running.consumers.names());
+        applied
     }
 
     /// `name` is served no more: its consumer stops first (its in-flight
@@ -330,7 +340,11 @@ impl ReplySession {
         }
         let added = upserted == Upserted::Added;
         if channel.paused {
-            return self.hold(running, name, added).await;
+            return self.hold(running, name, added, ChannelState::Paused).await;
+        }
+        if !self.shares.serves(name) {
+            // Another replica's share: the channel is served, not here.
+            return self.hold(running, name, added, ChannelState::Ok).await;
         }
         if running.consumers.has(name) || running.refused.waiting(name, Instant::now()) {
             return Ok(());
@@ -354,14 +368,16 @@ impl ReplySession {
         }
     }
 
-    /// A paused channel: its consumer stops, and its reply queue is declared
-    /// (replies wait there, not in `unrouted`), tried again like a consumer's
-    /// when the broker refuses it; its state says `paused`.
+    /// A channel not consumed here, paused (`state` says so) or another
+    /// replica's share (`ok`): its consumer stops, and its reply queue is
+    /// declared (replies wait there, not in `unrouted`), tried again like a
+    /// consumer's when the broker refuses it.
     async fn hold(
         &mut self,
         running: &mut Consuming,
         name: &str,
         added: bool,
+        state: ChannelState,
     ) -> Result<(), SessionError> {
         if running.consumers.has(name) {
             running.consumers.begin_stop(name).await;
@@ -375,12 +391,12 @@ impl ReplySession {
                 }
                 Err(Refusal::Channel(e)) => {
                     let retry_in = running.refused.refuse(name, Instant::now());
-                    tracing::error!(channel = name, error = %e, retry_in_secs = retry_in.as_secs(), "RabbitMQ refused the paused channel's reply queue");
+                    tracing::error!(channel = name, error = %e, retry_in_secs = retry_in.as_secs(), "RabbitMQ refused the reply queue of a channel not consumed here");
                 }
                 Err(Refusal::Session(e)) => return Err(e),
             }
         }
-        self.tell(name, ChannelState::Paused, added);
+        self.tell(name, state, added);
         Ok(())
     }
 

@@ -23,6 +23,7 @@ pub mod contract;
 mod embedded;
 mod health;
 mod key_check;
+pub mod membership;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod prune;
@@ -32,6 +33,7 @@ pub mod sealed;
 pub use embedded::EmbeddedStore;
 pub use health::StoreHealth;
 pub use key_check::{check_credentials_key, KeyCheckError};
+pub use membership::Heartbeat;
 pub use postgres::PostgresStore;
 pub use postgres_tls::PostgresTls;
 pub use prune::{spawn_pruner, Pruned};
@@ -257,4 +259,39 @@ pub trait StateStore: Send + Sync + 'static {
     /// stay. Works in small batches, each a short write of its own, so the
     /// writes of replies and DMs go on between them ([`prune`]).
     async fn prune(&self, older_than: DateTime<Utc>) -> Result<Pruned, StoreError>;
+
+    /// Keeps `replica` among the live replicas until `ttl` from now (by the
+    /// store's clock, so the replicas' clocks need not agree), and says which
+    /// replicas are live and which channels `replica` holds. By default the
+    /// store has no other replica ([`Heartbeat::alone`]).
+    async fn heartbeat(
+        &self,
+        replica: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        let _ = ttl;
+        Ok(Heartbeat::alone(replica))
+    }
+
+    /// Makes `replica` the holder of `channel` (it serves the channel's
+    /// replies and polls) when no live replica holds it; `false` while
+    /// another live one does. Holding it already is `true`. By default always
+    /// `true`: no other replica can hold it.
+    async fn hold_channel(&self, channel: &str, replica: &str) -> Result<bool, StoreError> {
+        let _ = (channel, replica);
+        Ok(true)
+    }
+
+    /// Lets `channel` go, if `replica` holds it: another replica may take it.
+    async fn release_channel(&self, channel: &str, replica: &str) -> Result<(), StoreError> {
+        let _ = (channel, replica);
+        Ok(())
+    }
+
+    /// `replica` stops: it is no longer live and holds nothing, so the others
+    /// take its channels at once instead of after its heartbeat expires.
+    async fn leave(&self, replica: &str) -> Result<(), StoreError> {
+        let _ = replica;
+        Ok(())
+    }
 }

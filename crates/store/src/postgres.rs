@@ -39,7 +39,7 @@ use crate::registry::{
     ChannelTombstone,
 };
 use crate::sealed::SealedCredentials;
-use crate::{Pruned, SentRecord, StateStore, StoreError, StoreHealth};
+use crate::{Heartbeat, Pruned, SentRecord, StateStore, StoreError, StoreHealth};
 
 /// Connections in the pool: every channel's outbound worker and inbound
 /// poller touches the store once or twice per message, each for a few
@@ -177,6 +177,24 @@ const MIGRATIONS: &[(i32, &str)] = &[
     CREATE INDEX own_sends_recorded_at ON own_sends (recorded_at);
     CREATE INDEX send_intents_started_at ON send_intents (started_at);
     CREATE INDEX delivered_events_delivered_at ON delivered_events (delivered_at);
+    ",
+    ),
+    (
+        5,
+        // Fair sharing (`StateStore::heartbeat`): each live replica's row,
+        // kept alive by its heartbeat, and which replica holds each channel.
+        // A hold whose replica is no longer live may be taken by another.
+        "
+    CREATE TABLE replicas (
+        id         text        PRIMARY KEY,
+        expires_at timestamptz NOT NULL
+    );
+    CREATE TABLE channel_holders (
+        channel text        PRIMARY KEY,
+        replica text        NOT NULL,
+        since   timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX channel_holders_replica ON channel_holders (replica);
     ",
     ),
 ];
@@ -1133,6 +1151,134 @@ impl StateStore for PostgresStore {
             own_sends,
             delivered_events,
         })
+    }
+
+    // Membership is not told to the store's health, as a prune is not: the
+    // hot path's own writes say whether the database takes writes.
+    async fn heartbeat(
+        &self,
+        replica: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Heartbeat, StoreError> {
+        let what = "cannot renew this replica's heartbeat";
+        bounded(what, async {
+            let client = self.client().await?;
+            // Rows of replicas gone for a day are dropped, with their holds,
+            // so the tables stay as small as the replicas running.
+            client
+                .execute(
+                    "INSERT INTO replicas (id, expires_at)
+                     VALUES ($1, now() + make_interval(secs => $2))
+                     ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+                    &[&replica, &ttl.as_secs_f64()],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            client
+                .execute(
+                    "DELETE FROM replicas WHERE expires_at < now() - interval '1 day'",
+                    &[],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            client
+                .execute(
+                    "DELETE FROM channel_holders h
+                     WHERE NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = h.replica)",
+                    &[],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            let replicas = client
+                .query(
+                    "SELECT id FROM replicas WHERE expires_at > now() ORDER BY id",
+                    &[],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?
+                .iter()
+                .map(|row| row.try_get::<_, String>(0))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail(what, &e))?;
+            let held = client
+                .query(
+                    "SELECT channel FROM channel_holders WHERE replica = $1",
+                    &[&replica],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?
+                .iter()
+                .map(|row| row.try_get::<_, String>(0))
+                .collect::<Result<_, _>>()
+                .map_err(|e| fail(what, &e))?;
+            Ok(Heartbeat {
+                replicas,
+                held: Some(held),
+            })
+        })
+        .await
+    }
+
+    async fn hold_channel(&self, channel: &str, replica: &str) -> Result<bool, StoreError> {
+        let what = "cannot hold a channel";
+        bounded(what, async {
+            // One statement: taken when free, kept when already ours, taken
+            // over only from a replica that is not live.
+            let row = self
+                .client()
+                .await?
+                .query_opt(
+                    "INSERT INTO channel_holders (channel, replica) VALUES ($1, $2)
+                     ON CONFLICT (channel) DO UPDATE
+                        SET replica = EXCLUDED.replica, since = now()
+                        WHERE channel_holders.replica = EXCLUDED.replica
+                           OR NOT EXISTS (
+                               SELECT 1 FROM replicas r
+                               WHERE r.id = channel_holders.replica AND r.expires_at > now())
+                     RETURNING replica",
+                    &[&channel, &replica],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            Ok(row.is_some())
+        })
+        .await
+    }
+
+    async fn release_channel(&self, channel: &str, replica: &str) -> Result<(), StoreError> {
+        let what = "cannot release a channel";
+        bounded(what, async {
+            self.client()
+                .await?
+                .execute(
+                    "DELETE FROM channel_holders WHERE channel = $1 AND replica = $2",
+                    &[&channel, &replica],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn leave(&self, replica: &str) -> Result<(), StoreError> {
+        let what = "cannot leave the replicas";
+        bounded(what, async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "DELETE FROM channel_holders WHERE replica = $1",
+                    &[&replica],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            client
+                .execute("DELETE FROM replicas WHERE id = $1", &[&replica])
+                .await
+                .map_err(|e| fail(what, &e))?;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use futures::FutureExt;
 use tokio_postgres::NoTls;
@@ -122,7 +123,7 @@ async fn replicas_starting_at_once_migrate_safely() {
         for start in starts {
             stores.push(start.await.unwrap().expect("every replica starts"));
         }
-        assert_eq!(applied_migrations(&schema).await, [1, 2, 3, 4]);
+        assert_eq!(applied_migrations(&schema).await, [1, 2, 3, 4, 5]);
         // They share the state: one replica's send is the other's own send.
         let record = contract::sample_record();
         stores[0].record_sent("acme", "m1", &record).await.unwrap();
@@ -419,7 +420,8 @@ async fn records_from_before_the_retention_migration_count_from_the_upgrade() {
             .await
             .batch_execute(&format!(
                 "SET search_path TO \"{schema}\";
-                 DELETE FROM xbridge_schema_migrations WHERE version = 4;
+                 DELETE FROM xbridge_schema_migrations WHERE version >= 4;
+                 DROP TABLE replicas, channel_holders;
                  ALTER TABLE sent_replies DROP COLUMN recorded_at;
                  ALTER TABLE sent_reply_parts DROP COLUMN recorded_at;
                  ALTER TABLE own_sends DROP COLUMN recorded_at;
@@ -434,7 +436,7 @@ async fn records_from_before_the_retention_migration_count_from_the_upgrade() {
         assert_eq!(applied_migrations(&schema).await, [1, 2, 3]);
 
         let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
-        assert_eq!(applied_migrations(&schema).await, [1, 2, 3, 4]);
+        assert_eq!(applied_migrations(&schema).await, [1, 2, 3, 4, 5]);
         let kept = store.sent("acme", "before").await.unwrap().expect("kept");
         assert_eq!(kept.dm_event_id, "dm-before");
         let before_upgrade = chrono::Utc::now() - chrono::Duration::days(1);
@@ -447,6 +449,46 @@ async fn records_from_before_the_retention_migration_count_from_the_upgrade() {
         assert_eq!((pruned.sent_replies, pruned.own_sends), (1, 1));
         assert_eq!(store.sent("acme", "before").await.unwrap(), None);
         assert!(!store.is_own_send("acme", "dm-before").await.unwrap());
+    })
+    .await;
+}
+
+/// Fair sharing's rows: a channel held by a live replica is not taken by
+/// another; it is once the holder lets it go, leaves, or its heartbeat
+/// expires; and the expired holder's next heartbeat no longer lists it.
+#[tokio::test]
+async fn a_channel_is_held_by_one_live_replica_at_a_time() {
+    in_fresh_schema(|schema| async move {
+        let store = PostgresStore::connect(&url(), Some(&schema))
+            .await
+            .expect("connects and migrates");
+        let long = Duration::from_secs(60);
+        let a = store.heartbeat("a", long).await.unwrap();
+        assert_eq!(a.replicas, ["a"]);
+        assert!(store.hold_channel("acme", "a").await.unwrap());
+        assert!(store.hold_channel("acme", "a").await.unwrap(), "kept");
+        let b = store.heartbeat("b", long).await.unwrap();
+        assert_eq!(b.replicas, ["a", "b"]);
+        assert!(
+            !store.hold_channel("acme", "b").await.unwrap(),
+            "a holds it"
+        );
+        store.release_channel("acme", "a").await.unwrap();
+        assert!(store.hold_channel("acme", "b").await.unwrap(), "let go");
+        assert!(!store.hold_channel("acme", "a").await.unwrap(), "b's now");
+        let listed = store.heartbeat("b", long).await.unwrap();
+        assert_eq!(listed.held, Some(["acme".to_owned()].into()));
+
+        // b's heartbeat expires: a takes the channel, and b learns it.
+        store.heartbeat("b", Duration::ZERO).await.unwrap();
+        assert!(store.hold_channel("acme", "a").await.unwrap(), "b expired");
+        let b = store.heartbeat("b", long).await.unwrap();
+        assert_eq!(b.held, Some(Default::default()));
+
+        // a leaves: b takes it at once, and a is no longer live.
+        store.leave("a").await.unwrap();
+        assert!(store.hold_channel("acme", "b").await.unwrap(), "a left");
+        assert_eq!(store.heartbeat("b", long).await.unwrap().replicas, ["b"]);
     })
     .await;
 }

@@ -17,6 +17,7 @@ use xbridge_core::live_channels::{LiveChannels, Origin};
 use xbridge_inbound::service::Inbound;
 use xbridge_inbound::webhook::identity::IdentityResolver;
 use xbridge_outbound::Outbound;
+use xbridge_sharing::{replica_id, Membership, MembershipSettings, Shares};
 use xbridge_store::{EmbeddedStore, PostgresStore, StateStore, StoreHealth};
 use xbridge_x_api::XHttp;
 
@@ -119,6 +120,8 @@ pub struct Bridge {
     stored: Option<StoredChannels>,
     /// What prunes the store's old records while the bridge runs.
     pruning: Pruning,
+    /// This replica's heartbeat and share of the channels, joined already.
+    membership: Membership,
 }
 
 /// The state store and its retention, for the pruning task [`Bridge::run`]
@@ -180,6 +183,17 @@ impl Bridge {
             .await
             .context("reading the CRM's channels from the state store")?;
         let stored = StoredChannels::new(&settings, store.clone(), live.clone())?;
+        let shares = Shares::new(replica_id());
+        let mut membership = Membership::new(
+            store.clone(),
+            shares.clone(),
+            live.clone(),
+            MembershipSettings {
+                heartbeat: settings.state.replica_heartbeat,
+                expiry: settings.state.replica_expiry,
+            },
+        );
+        membership.join().await;
         let settings = Arc::new(settings);
         let states = Arc::new(ChannelStates::new(
             live.current().keys().map(String::as_str),
@@ -203,6 +217,7 @@ impl Bridge {
             store,
             states.clone(),
             identities.clone(),
+            shares,
         )?;
         let resolver = tolerating_crm(inbound.identity_resolver(), &live, &states);
         let unanswered = resolver.resolve_once().await?;
@@ -219,6 +234,7 @@ impl Bridge {
             control,
             stored,
             pruning,
+            membership,
         })
     }
 
@@ -296,12 +312,18 @@ impl Bridge {
             self.pruning.retention,
             self.pruning.every,
         );
+        // Leaves only once both sides stopped: a channel is let go after its
+        // reply consumer handed back what it held.
+        let leave = CancellationToken::new();
+        let membership = tokio::spawn(self.membership.run(leave.clone()));
         let inbound = tokio::spawn(self.inbound.run(shutdown.clone()));
         let control = self.control.map(|c| tokio::spawn(c.run(shutdown.clone())));
         let outbound = self.outbound.run(shutdown.clone()).await;
         // Whatever ended the outbound side ends the process: stop inbound too.
         shutdown.cancel();
         let _ = inbound.await;
+        leave.cancel();
+        let _ = membership.await;
         if let Some(control) = control {
             let _ = control.await;
         }
@@ -364,6 +386,7 @@ fn sides(
     store: Arc<dyn StateStore>,
     states: Arc<ChannelStates>,
     identities: Arc<ChannelIdentities>,
+    shares: Arc<Shares>,
 ) -> anyhow::Result<(Outbound, Inbound)> {
     let x_http = XHttp::new().context("setting up the HTTP client for X")?;
     let outbound = Outbound::new(
@@ -373,8 +396,9 @@ fn sides(
         states.clone(),
         x_http.clone(),
         identities.clone(),
+        shares.clone(),
     )?;
-    let inbound = Inbound::new(settings, live, store, states, x_http, identities)?;
+    let inbound = Inbound::new(settings, live, store, states, x_http, identities, shares)?;
     Ok((outbound, inbound))
 }
 
@@ -439,6 +463,8 @@ mod tests {
             credentials_key: Some(SecretString::from(key)),
             retention: xbridge_core::config::DEFAULT_RETENTION,
             prune_interval: xbridge_core::config::DEFAULT_PRUNE_INTERVAL,
+            replica_heartbeat: xbridge_core::config::DEFAULT_REPLICA_HEARTBEAT,
+            replica_expiry: xbridge_core::config::DEFAULT_REPLICA_EXPIRY,
         };
         for _ in 0..2 {
             drop(open_store(&settings("ab".repeat(32))).await.unwrap());

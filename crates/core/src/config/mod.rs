@@ -34,8 +34,8 @@ pub use outbound::{
 };
 pub use outbound_media::{HostPattern, MediaSettings, MAX_MEDIA_BYTES};
 pub use state::{
-    PostgresTls, StateBackend, StateSettings, DEFAULT_PRUNE_INTERVAL, DEFAULT_RETENTION,
-    DEFAULT_STATE_SCHEMA,
+    PostgresTls, StateBackend, StateSettings, DEFAULT_PRUNE_INTERVAL, DEFAULT_REPLICA_EXPIRY,
+    DEFAULT_REPLICA_HEARTBEAT, DEFAULT_RETENTION, DEFAULT_STATE_SCHEMA,
 };
 pub use telemetry::{LogFormat, TelemetrySettings};
 pub use x::XSettings;

@@ -30,6 +30,13 @@ pub struct StateSettings {
     /// How often the records older than the retention are pruned
     /// (`state.prune_interval`).
     pub prune_interval: Duration,
+    /// How often this replica renews its heartbeat in the store
+    /// (`state.replica_heartbeat`), and rebalances its share of the channels.
+    pub replica_heartbeat: Duration,
+    /// How long a heartbeat keeps a replica live (`state.replica_expiry`): a
+    /// replica lost without leaving (killed, cut off) keeps its channels that
+    /// long before the others take them.
+    pub replica_expiry: Duration,
 }
 
 /// The retention by default: X's DM history reaches 30 days back (a poll or a
@@ -46,6 +53,14 @@ pub const MIN_RETENTION: Duration = Duration::from_secs(31 * 24 * 3600);
 /// How often records are pruned by default: each run removes a day's records
 /// in small batches, so hourly keeps every run short.
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Between a replica's heartbeats by default: a channel a replica lets go is
+/// taken by the next within about this long.
+pub const DEFAULT_REPLICA_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How long a heartbeat keeps a replica live by default: five heartbeats, so
+/// a slow database or a pause of the process does not move every channel.
+pub const DEFAULT_REPLICA_EXPIRY: Duration = Duration::from_secs(10);
 
 impl StateSettings {
     /// The key credentials are sealed with, derived from
@@ -108,6 +123,10 @@ pub(super) struct RawState {
     retention: Duration,
     #[serde(with = "humantime_serde")]
     prune_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    replica_heartbeat: Duration,
+    #[serde(with = "humantime_serde")]
+    replica_expiry: Duration,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +158,8 @@ impl Default for RawState {
             ca_file: None,
             retention: DEFAULT_RETENTION,
             prune_interval: DEFAULT_PRUNE_INTERVAL,
+            replica_heartbeat: DEFAULT_REPLICA_HEARTBEAT,
+            replica_expiry: DEFAULT_REPLICA_EXPIRY,
         }
     }
 }
@@ -155,7 +176,9 @@ pub(super) fn validate(mut raw: RawState, errors: &mut Vec<String>) -> StateSett
     if raw.prune_interval.is_zero() {
         errors.push("state.prune_interval: must be longer than 0".into());
     }
+    replica_timing(&raw, errors);
     let (retention, prune_interval) = (raw.retention, raw.prune_interval);
+    let (replica_heartbeat, replica_expiry) = (raw.replica_heartbeat, raw.replica_expiry);
     let backend = match raw.backend {
         RawStateBackend::Embedded => embedded(raw, errors),
         RawStateBackend::Postgres => postgres(raw, errors),
@@ -165,6 +188,24 @@ pub(super) fn validate(mut raw: RawState, errors: &mut Vec<String>) -> StateSett
         credentials_key,
         retention,
         prune_interval,
+        replica_heartbeat,
+        replica_expiry,
+    }
+}
+
+/// A heartbeat of at least 100 ms (each is a few statements in the store),
+/// and an expiry of at least three heartbeats, so one slow heartbeat does not
+/// make a live replica look lost.
+fn replica_timing(raw: &RawState, errors: &mut Vec<String>) {
+    if raw.replica_heartbeat < Duration::from_millis(100) {
+        errors.push("state.replica_heartbeat: must be at least 100ms".into());
+    }
+    if raw.replica_expiry < raw.replica_heartbeat * 3 {
+        errors.push(format!(
+            "state.replica_expiry: {} must be at least three times state.replica_heartbeat ({})",
+            humantime::format_duration(raw.replica_expiry),
+            humantime::format_duration(raw.replica_heartbeat)
+        ));
     }
 }
 

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use xbridge_amqp as amqp;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::contract::ChannelState;
+use xbridge_sharing::Shares;
 use xbridge_x_api::XError;
 
 use crate::polling::lease::{self, LeaseError, PollLease};
@@ -44,6 +45,7 @@ pub(crate) async fn poll_loop(
     schedule: PollSchedule,
     lease_queue: String,
     mut connections: watch::Receiver<Option<Arc<lapin::Connection>>>,
+    shares: Arc<Shares>,
     shutdown: CancellationToken,
 ) {
     let channel = ctx.channel.clone();
@@ -53,6 +55,12 @@ pub(crate) async fn poll_loop(
     // Kept between leases: the page size is about the account, not the holder.
     let mut budget = PollBudget::default();
     loop {
+        // Another replica's share: it polls. This one waits until the
+        // channel is its own (a replica left, or the channels changed).
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = shares.until_served(&channel) => {}
+        }
         let lease = take_lease(
             &channel,
             &lease_queue,
@@ -71,8 +79,15 @@ pub(crate) async fn poll_loop(
             channel,
             "poll lease acquired: this replica polls the channel"
         );
-        let ended =
-            poll_while_held(&ctx, &mut lease, &mut budget, &states, schedule, &shutdown).await;
+        let ended = poll_while_held(
+            &ctx,
+            &mut lease,
+            &mut budget,
+            &states,
+            schedule,
+            (&shares, &shutdown),
+        )
+        .await;
         held.set(0.0);
         if let Next::Stop = release(&channel, lease, ended).await {
             return;
@@ -88,6 +103,11 @@ async fn release(channel: &str, lease: PollLease, ended: Option<LeaseError>) -> 
             lease.release().await;
             tracing::info!(channel, "poll lease released on shutdown");
             Next::Stop
+        }
+        Some(error @ LeaseError::Released { .. }) => {
+            tracing::info!(channel, error = %error, "poll lease let go: the channel is another replica's share now");
+            lease.release().await;
+            Next::Again
         }
         Some(error) => {
             tracing::info!(channel, error = %error, "poll lease lost: this replica stopped polling the channel");
@@ -182,14 +202,15 @@ fn report_polling_paused(states: &ChannelStates, channel: &str, detail: String) 
 
 /// Polls `ctx`'s channel while `lease` is held: every `interval`, sooner after
 /// a rate-limit reset, and with a growing pause while its credits are out.
-/// `None` on shutdown, else why the lease ended.
+/// `None` on shutdown, else why the lease ended ([`LeaseError::Released`]
+/// when the channel stopped being this replica's share).
 async fn poll_while_held(
     ctx: &PollContext,
     lease: &mut PollLease,
     budget: &mut PollBudget,
     states: &ChannelStates,
     schedule: PollSchedule,
-    shutdown: &CancellationToken,
+    (shares, shutdown): (&Shares, &CancellationToken),
 ) -> Option<LeaseError> {
     let mut pacing = Pacing::new(schedule);
     loop {
@@ -204,6 +225,9 @@ async fn poll_while_held(
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             error = lease.ended() => return Some(error),
+            () = shares.until_unserved(&ctx.channel) => {
+                return Some(LeaseError::Released { channel: ctx.channel.clone() });
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }
