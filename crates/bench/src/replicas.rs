@@ -16,7 +16,9 @@ use x_simulator::Fault;
 use xbridge_test_support::{amqp_url, postgres_url, PrivateCluster, TestApp, TestOptions};
 
 use crate::child::{ensure_built, ChildBridge};
-use crate::harness::{between, collect_outcomes, options, read_queue, world, Outcomes, Publisher};
+use crate::harness::{
+    between, collect_outcomes, options, read_queue, world, Outcomes, Publisher, SETUP_PATIENCE,
+};
 use crate::procstat;
 use crate::stats::{other_outcomes, p50_p99_max, per_second, print_load, Latencies};
 
@@ -58,6 +60,10 @@ struct ReplicasRun {
     nodes: Vec<Vec<usize>>,
     /// Where the CPU went (on a cluster only).
     cpu: Option<CpuUse>,
+    /// From all replicas ready to each serving its share of the channels;
+    /// `None` when the replicas report no shares (a version without fair
+    /// sharing) or did not settle in time.
+    settled: Option<Duration>,
 }
 
 /// CPU seconds of each process over a run, first publish to last outcome.
@@ -215,6 +221,7 @@ async fn measure(
     for replica in replicas.iter_mut() {
         replica.wait_ready().await?;
     }
+    let settled = wait_for_shares(replicas, args.channels).await;
     let url = cluster.map_or_else(amqp_url, |c| c.amqp_url(0));
     let (_reader, mut events) = read_queue(&url, &app.names.incoming_queue).await?;
     let publisher = Publisher::connect(&url).await?;
@@ -252,7 +259,60 @@ async fn measure(
         active,
         nodes,
         cpu,
+        settled,
     })
+}
+
+/// Waits until every replica sees all the others live and serves its share
+/// of the channels (`channels ÷ replicas`, rounded either way), as its
+/// `/metrics` says (`xbridge_replicas_live`, `xbridge_channels_served`), so
+/// the backlog meets the replicas as they stay, not while channels move.
+/// Looks every 100 ms; `None` at once for replicas without those gauges, or
+/// after [`SETUP_PATIENCE`] (the run then goes on, and says so).
+async fn wait_for_shares(replicas: &[ChildBridge], channels: usize) -> Option<Duration> {
+    let start = Instant::now();
+    let n = replicas.len();
+    let (low, high) = (channels / n, channels.div_ceil(n));
+    loop {
+        let mut served = Vec::with_capacity(n);
+        for replica in replicas {
+            let text = metrics_text(replica.ops_port).await.unwrap_or_default();
+            let (Some(live), Some(serving)) = (
+                gauge(&text, "xbridge_replicas_live"),
+                gauge(&text, "xbridge_channels_served"),
+            ) else {
+                return None;
+            };
+            served.push((live as usize, serving as usize));
+        }
+        let settled = served
+            .iter()
+            .all(|&(live, serving)| live == n && (low..=high).contains(&serving))
+            && served.iter().map(|(_, s)| s).sum::<usize>() == channels;
+        if settled {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > SETUP_PATIENCE {
+            eprintln!("replicas: the shares did not settle in {SETUP_PATIENCE:?}: (live, served) {served:?}");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of an unlabelled gauge on a `/metrics` page.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+async fn metrics_text(ops_port: u16) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://127.0.0.1:{ops_port}/metrics"))
+        .await?
+        .text()
+        .await?)
 }
 
 /// The cluster nodes (numbered from 1) process `pid` holds connections to.
@@ -369,14 +429,18 @@ fn print_cluster_tables(args: &ReplicasArgs, runs: &[ReplicasRun]) {
          replies are published at once through node 1 (persistent, confirmed), spread evenly over \
          the channels and {} conversations per channel; the events are read on node 1 too. Rate: \
          first publish to last `message.sent`. Channels per replica: those on which the replica's \
-         `/metrics` counted DMs. Nodes: those the replica's TCP connections went to.\n",
+         `/metrics` counted DMs. Nodes: those the replica's TCP connections went to. The backlog is \
+         published once every replica serves its share of the channels (`xbridge_channels_served`, \
+         channels ÷ replicas rounded either way, with `xbridge_replicas_live` at N on each): \
+         shares settled in is how long that took after all were ready (n/a: a version without \
+         those gauges, published at once).\n",
         args.xbridge.display(),
         args.channels,
         args.replies,
         args.conversations,
     );
-    println!("| X latency | replicas | channels | done | replies/s | publish → `message.sent` p50 | p99 | max | channels per replica | nodes per replica |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| X latency | replicas | channels | done | replies/s | publish → `message.sent` p50 | p99 | max | channels per replica | nodes per replica | shares settled in |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for run in runs {
         let split = join(run.active.iter().map(|c| c.len().to_string()), " + ");
         let nodes = join(
@@ -385,8 +449,11 @@ fn print_cluster_tables(args: &ReplicasArgs, runs: &[ReplicasRun]) {
                 .map(|n| join(n.iter().map(usize::to_string), ",")),
             " / ",
         );
+        let settled = run
+            .settled
+            .map_or_else(|| "n/a".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
         println!(
-            "| {} ms | {} | {} | {}/{}{} | {:.0} | {} | {} | {} |",
+            "| {} ms | {} | {} | {}/{}{} | {:.0} | {} | {} | {} | {} |",
             run.latency_ms,
             run.replicas,
             args.channels,
@@ -397,6 +464,7 @@ fn print_cluster_tables(args: &ReplicasArgs, runs: &[ReplicasRun]) {
             p50_p99_max(run.to_sent),
             split,
             nodes,
+            settled,
         );
     }
     println!(
@@ -459,10 +527,7 @@ fn backlog(args: &ReplicasArgs) -> Vec<(String, Vec<u8>)> {
 /// The channels on which a replica sent DMs, from `xbridge_dms_sent_total` on
 /// its `/metrics`.
 async fn channels_sent_on(ops_port: u16) -> anyhow::Result<Vec<String>> {
-    let text = reqwest::get(format!("http://127.0.0.1:{ops_port}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let text = metrics_text(ops_port).await?;
     let mut sent: BTreeMap<String, f64> = BTreeMap::new();
     for line in text.lines() {
         let Some(labels) = line.strip_prefix("xbridge_dms_sent_total{") else {
