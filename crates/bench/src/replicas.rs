@@ -473,17 +473,19 @@ fn print_cluster_tables(args: &ReplicasArgs, runs: &[ReplicasRun]) {
          Benchmark: its own process, which runs the X simulator, the publisher and the reader. \
          Machine: every process's busy time (`/proc/stat`), out of the cores × the run's seconds; \
          other: the part of it no process of the run used (other work on the machine, the \
-         kernel's own).\n"
+         kernel's own). Per reply: the run's processes' CPU (all but other) per reply done; \
+         ceiling: the replies/s the cores would give at that cost with nothing else running.\n"
     );
-    println!("| X latency | replicas | seconds | each replica | RabbitMQ nodes 1, 2, 3 | PostgreSQL | benchmark | machine busy | other |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| X latency | replicas | seconds | each replica | RabbitMQ nodes 1, 2, 3 | PostgreSQL | benchmark | machine busy | other | per reply | ceiling |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     for run in runs {
         let Some(cpu) = &run.cpu else { continue };
         let ours: f64 =
             cpu.replicas.iter().chain(&cpu.nodes).sum::<f64>() + cpu.postgres + cpu.bench;
+        let per_reply = ours / run.sent.max(1) as f64;
         println!(
-            "| {} ms | {} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} of {:.1} | {:.1} |",
+            "| {} ms | {} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} of {:.1} | {:.1} | {:.2} ms | {:.0}/s |",
             run.latency_ms,
             run.replicas,
             cpu.wall,
@@ -494,6 +496,8 @@ fn print_cluster_tables(args: &ReplicasArgs, runs: &[ReplicasRun]) {
             cpu.machine,
             cpu.wall * cores,
             (cpu.machine - ours).max(0.0),
+            per_reply * 1000.0,
+            cores / per_reply,
         );
     }
     print_load();
