@@ -216,6 +216,7 @@ impl Kit {
             crc: crc_self_check(self.bound, channel),
             app_channels: app_channels(served, channel),
             interval,
+            shares: self.shared.shares.clone(),
         }))
     }
 }

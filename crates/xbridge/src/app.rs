@@ -122,6 +122,8 @@ pub struct Bridge {
     pruning: Pruning,
     /// This replica's heartbeat and share of the channels, joined already.
     membership: Membership,
+    /// The channels this replica serves, for `/channels`.
+    shares: Arc<Shares>,
 }
 
 /// The state store and its retention, for the pruning task [`Bridge::run`]
@@ -217,7 +219,7 @@ impl Bridge {
             store,
             states.clone(),
             identities.clone(),
-            shares,
+            shares.clone(),
         )?;
         let resolver = tolerating_crm(inbound.identity_resolver(), &live, &states);
         let unanswered = resolver.resolve_once().await?;
@@ -235,6 +237,7 @@ impl Bridge {
             stored,
             pruning,
             membership,
+            shares,
         })
     }
 
@@ -348,6 +351,7 @@ impl Bridge {
             live: self.live.clone(),
             states: self.states.clone(),
             identities: self.identities.clone(),
+            shares: self.shares.clone(),
         }
     }
 

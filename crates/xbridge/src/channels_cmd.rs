@@ -80,7 +80,7 @@ fn print_table(entries: &[ChannelEntry]) {
         crate::outln!("the bridge serves no channel");
         return;
     }
-    let rows: Vec<[String; 7]> = entries
+    let rows: Vec<[String; 8]> = entries
         .iter()
         .map(|e| {
             [
@@ -91,11 +91,12 @@ fn print_table(entries: &[ChannelEntry]) {
                 e.inbound.clone(),
                 e.state.clone().unwrap_or_else(|| "-".into()),
                 e.user_id.clone().unwrap_or_else(|| "-".into()),
+                if e.here { "yes" } else { "no" }.to_owned(),
             ]
         })
         .collect();
     let header = [
-        "CHANNEL", "ORIGIN", "REVISION", "PAUSED", "INBOUND", "STATE", "USER_ID",
+        "CHANNEL", "ORIGIN", "REVISION", "PAUSED", "INBOUND", "STATE", "USER_ID", "HERE",
     ]
     .map(String::from);
     let mut widths = header.clone().map(|h| h.len());

@@ -105,6 +105,8 @@ pub struct Registry {
     pub states: Arc<ChannelStates>,
     /// Each channel's account, once known.
     pub identities: Arc<ChannelIdentities>,
+    /// The channels this replica serves.
+    pub shares: Arc<xbridge_sharing::Shares>,
 }
 
 /// One channel as `/channels` lists it. Nothing in it is a credential: the
@@ -125,6 +127,15 @@ pub struct ChannelEntry {
     pub state: Option<String>,
     /// Its account's X user id: configured, or once X said it.
     pub user_id: Option<String>,
+    /// Whether this replica serves it: its share of the channels, whose
+    /// replies it consumes and which it polls. Absent from a bridge of an
+    /// earlier version, which served every channel.
+    #[serde(default = "served_here_before")]
+    pub here: bool,
+}
+
+fn served_here_before() -> bool {
+    true
 }
 
 impl Registry {
@@ -148,6 +159,7 @@ impl Registry {
                     .user_id(channel.name())
                     .map(String::from)
                     .or_else(|| channel.settings.user_id.clone()),
+                here: self.shares.serves(channel.name()),
             })
             .collect()
     }

@@ -3,7 +3,9 @@
 //! reply is sent exactly once and in order per conversation, each customer's DM
 //! reaches the CRM once, and only one replica polls the account at a time, through
 //! a SIGKILL of the active replica and through a third process that, started after
-//! the command, learns the channel from the store and takes over in its turn.
+//! the command, learns the channel from the store and shares it: whichever of the two
+//! serves the channel (its fair share of one channel) is killed in turn, and the other
+//! takes over.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,10 +29,17 @@ const CONVERSATIONS: usize = 10;
 /// Replies per conversation before the first kill, and after the third replica started.
 const FIRST_ROUND: usize = 20;
 const SECOND_ROUND: usize = 10;
-/// Replies per conversation published once only the late replica is alive.
+/// Replies per conversation published once only one replica is alive.
 const LAST_ROUND: usize = 1;
 const ACQUIRED: &str = "poll lease acquired";
-const LEASE_ENDED: [&str; 2] = ["poll lease lost", "poll lease released"];
+const LEASE_ENDED: [&str; 3] = [
+    "poll lease lost",
+    "poll lease released",
+    "poll lease let go",
+];
+/// The membership's log lines of `newco` (the file's channel moves too).
+const TAKEN: &str = "channel taken: this replica serves it channel=\"newco\"";
+const LET_GO: &str = "channel let go: another replica serves it channel=\"newco\"";
 
 /// The test's configuration with control on (the CRM publishes as `guest`) and a
 /// key to seal the CRM's credentials with, as the operator sets them.
@@ -129,6 +138,31 @@ fn lease_holder(alive: &[&BridgeProcess]) -> usize {
         "one poller at a time: {holders:?} hold it"
     );
     holders[0]
+}
+
+/// Which of `a` and `b` serves the channel (took it last and has not let it go),
+/// once that is clear: while it moves between them, waits for the next move's log.
+async fn server(a: &BridgeProcess, b: &BridgeProcess) -> usize {
+    loop {
+        let serving = |p: &BridgeProcess| p.count_logs(TAKEN) > p.count_logs(LET_GO);
+        match (serving(a), serving(b)) {
+            (true, false) => return 0,
+            (false, true) => return 1,
+            _ => {}
+        }
+        let counts = |p: &BridgeProcess| (p.count_logs(TAKEN) + 1, p.count_logs(LET_GO) + 1);
+        let ((a_taken, a_let_go), (b_taken, b_let_go)) = (counts(a), counts(b));
+        tokio::time::timeout(PATIENCE, async {
+            tokio::select! {
+                _ = a.wait_for_log(TAKEN, a_taken) => {}
+                _ = a.wait_for_log(LET_GO, a_let_go) => {}
+                _ = b.wait_for_log(TAKEN, b_taken) => {}
+                _ = b.wait_for_log(LET_GO, b_let_go) => {}
+            }
+        })
+        .await
+        .expect("one of the replicas serves the channel");
+    }
 }
 
 /// Waits until one of `first` and `second` logged `needle` `count` times; which one.
@@ -257,7 +291,7 @@ async fn replicas_serve_a_crm_channel_once_with_one_poller_across_a_kill_and_a_l
     };
     let survivor = kill_the_sender(&app, &user, &mut crm, &mut inbox, first, second).await;
     let third = start(&config).await;
-    late_replica_takes_over(&app, &user, &mut crm, &mut inbox, survivor, &third).await;
+    let last = late_replica_takes_over(&app, &user, &mut crm, &mut inbox, survivor, third).await;
 
     // A last DM after a few more polls: a DM published twice would come before it.
     let reads = app.simulator.requests_for(&user).len();
@@ -275,7 +309,7 @@ async fn replicas_serve_a_crm_channel_once_with_one_poller_across_a_kill_and_a_l
         CONVERSATIONS * (FIRST_ROUND + SECOND_ROUND + LAST_ROUND),
     );
 
-    third.terminate().await;
+    last.terminate().await;
     cleanup(&app).await;
 }
 
@@ -314,8 +348,7 @@ async fn kill_the_sender(
     inbox.around_kills.extend(customers_write(app, user, 0, 5));
     publish_replies(crm, 0, FIRST_ROUND).await;
     wait_for_sent(app, user, CONVERSATIONS * FIRST_ROUND / 3).await;
-    lease_holder(&[&first, &second]);
-    let (active, survivor) = if first.count_logs("reply sent") >= second.count_logs("reply sent") {
+    let (active, survivor) = if server(&first, &second).await == 0 {
         (first, second)
     } else {
         (second, first)
@@ -328,35 +361,45 @@ async fn kill_the_sender(
     survivor
 }
 
-/// A replica started after the command learns the channel from the store; it waits
-/// (neither sending nor polling) while the survivor serves, then takes both over when
-/// the survivor is killed mid-stream.
+/// A replica started after the command learns the channel from the store and joins
+/// the survivor: the one channel is the share of one of them (it may move to the
+/// newcomer), and that one sends and polls while the other does neither. It is
+/// killed mid-stream and the other takes both over; the one left is returned.
 async fn late_replica_takes_over(
     app: &TestApp,
     user: &str,
     crm: &mut Crm,
     inbox: &mut Inbox,
     survivor: BridgeProcess,
-    third: &BridgeProcess,
-) {
+    third: BridgeProcess,
+) -> BridgeProcess {
     third.wait_for_log("CRM channel served", 1).await;
-    assert_eq!(lease_holder(&[&survivor, third]), 0, "the survivor polls");
     inbox.around_kills.extend(customers_write(app, user, 10, 5));
     publish_replies(crm, FIRST_ROUND, SECOND_ROUND).await;
     let some = CONVERSATIONS * (FIRST_ROUND + SECOND_ROUND / 3);
     wait_for_sent(app, user, some).await;
-    assert_eq!(third.count_logs("reply sent"), 0, "the survivor sends");
-    assert_eq!(lease_holder(&[&survivor, third]), 0);
-    survivor.kill().await;
-    third.wait_for_log(ACQUIRED, 1).await;
+    let (serving, other) = if server(&survivor, &third).await == 0 {
+        (survivor, third)
+    } else {
+        (third, survivor)
+    };
+    assert_eq!(lease_holder(&[&serving, &other]), 0, "the server polls");
+    let sent_before = other.count_logs("reply sent");
+    serving.kill().await;
+    let acquired = other.count_logs(ACQUIRED) + 1;
+    other.wait_for_log(ACQUIRED, acquired).await;
     inbox.after_kills.extend(customers_write(app, user, 15, 5));
     inbox.receive_all(crm).await;
-    // The survivor may have sent the whole second round before it died: these only
-    // the late replica can send.
+    // The killed one may have sent the whole second round before it died: these only
+    // the replica left can send.
     publish_replies(crm, FIRST_ROUND + SECOND_ROUND, LAST_ROUND).await;
     let total = CONVERSATIONS * (FIRST_ROUND + SECOND_ROUND + LAST_ROUND);
     wait_for_sent(app, user, total).await;
-    assert!(third.count_logs("reply sent") > 0, "the late replica sends");
+    assert!(
+        other.count_logs("reply sent") > sent_before,
+        "the replica left sends"
+    );
+    other
 }
 
 /// X got each reply once, each conversation's in the order published.

@@ -104,8 +104,11 @@ async fn release(channel: &str, lease: PollLease, ended: Option<LeaseError>) -> 
             tracing::info!(channel, "poll lease released on shutdown");
             Next::Stop
         }
-        Some(error @ LeaseError::Released { .. }) => {
-            tracing::info!(channel, error = %error, "poll lease let go: the channel is another replica's share now");
+        Some(LeaseError::Released { .. }) => {
+            tracing::info!(
+                channel,
+                "poll lease let go: the channel is another replica's share now"
+            );
             lease.release().await;
             Next::Again
         }

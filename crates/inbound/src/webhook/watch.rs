@@ -117,6 +117,11 @@ pub struct WebhookWatch {
     pub app_channels: Vec<String>,
     /// Between checks (`inbound.webhook_check_interval`).
     pub interval: Duration,
+    /// Which channels this replica serves: every replica checks the webhook
+    /// (so each one's state says what X says), but only the one whose share
+    /// the channel is asks X to revalidate it, so R replicas do not make R
+    /// requests each round.
+    pub shares: Arc<xbridge_sharing::Shares>,
 }
 
 /// What one look at the App's webhooks calls for.
@@ -283,7 +288,7 @@ async fn check(watch: &WebhookWatch, states: &ChannelStates, pacing: &mut Pacing
             // A more precise cause from an earlier attempt stays.
             report_invalid(states, channel, healing(&webhook), false);
             let Some(crc) = &watch.crc else { return };
-            if pacing.due(Instant::now()) {
+            if watch.shares.serves(channel) && pacing.due(Instant::now()) {
                 let outcome = revalidate(watch, crc.as_ref(), &webhook, pacing).await;
                 report(states, channel, &webhook, outcome);
             }
@@ -593,6 +598,18 @@ mod tests {
         states: &Arc<ChannelStates>,
         how_long: Duration,
     ) {
+        let shares = xbridge_sharing::Shares::everything();
+        watch_on_replica(x, crc, states, how_long, shares).await;
+    }
+
+    /// [`watch_for`] on a replica whose share is `shares`.
+    async fn watch_on_replica(
+        x: Arc<FakeX>,
+        crc: Result<(), String>,
+        states: &Arc<ChannelStates>,
+        how_long: Duration,
+        shares: Arc<xbridge_sharing::Shares>,
+    ) {
         let shutdown = CancellationToken::new();
         let watch = WebhookWatch {
             channel: "acme".into(),
@@ -600,6 +617,7 @@ mod tests {
             crc: Some(Arc::new(Crc(crc))),
             app_channels: Vec::new(),
             interval: INTERVAL,
+            shares,
         };
         let task = tokio::spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
         tokio::time::sleep(how_long).await;
@@ -644,6 +662,7 @@ mod tests {
             crc: Some(Arc::new(Crc(Ok(())))),
             app_channels: Vec::new(),
             interval: INTERVAL,
+            shares: xbridge_sharing::Shares::everything(),
         };
         let task = tokio::spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
 
@@ -705,6 +724,7 @@ mod tests {
             crc: Some(Arc::new(Crc(Ok(())))),
             app_channels: Vec::new(),
             interval: INTERVAL,
+            shares: xbridge_sharing::Shares::everything(),
         };
         let task = tokio::spawn(watch_webhook(watch, states.clone(), shutdown.clone()));
         tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
@@ -773,6 +793,7 @@ mod tests {
                     .map(|c| (*c).to_owned())
                     .collect(),
                 interval: INTERVAL,
+                shares: xbridge_sharing::Shares::everything(),
             };
             tasks.push(tokio::spawn(watch_webhook(
                 watch,
@@ -790,6 +811,25 @@ mod tests {
         }
         assert_eq!(*x.listings.lock().unwrap(), 11, "one listing per round");
         assert_eq!(state(&states), ChannelState::Ok);
+    }
+
+    /// Every replica sees the webhook invalid, but only the one serving the
+    /// channel asks X to revalidate it: R replicas are not R requests a round.
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_whose_share_the_channel_is_not_does_not_ask_x_to_revalidate() {
+        let x = FakeX::refusing(100);
+        let states = Arc::new(ChannelStates::new(["acme"]));
+        let elsewhere = xbridge_sharing::Shares::new("another-replica");
+        watch_on_replica(
+            x.clone(),
+            Ok(()),
+            &states,
+            Duration::from_secs(3600),
+            elsewhere,
+        )
+        .await;
+        assert!(x.requests().is_empty(), "{:?}", x.requests());
+        assert_eq!(state(&states), ChannelState::WebhookInvalid);
     }
 
     #[tokio::test(start_paused = true)]
