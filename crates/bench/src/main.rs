@@ -14,6 +14,7 @@
 //! | `churn.rs` | channels added and removed at run time by control commands: what the process holds before and after |
 //! | `child.rs` | the `xbridge` binary as a child process: started with an ops port, ready, stopped |
 //! | `probe.rs` | what a running process holds: memory, threads, files, tasks, AMQP channels, metric series |
+//! | `procstat.rs` | where a run's CPU went: each process's ticks, a RabbitMQ node's `beam.smp`, the PostgreSQL backends of given processes |
 //! | `stats.rs` | percentiles and the formatting of table cells |
 //! | `cleanup.rs` | deleting what an interrupted run left on the broker |
 
@@ -27,6 +28,7 @@ mod harness;
 mod inbound;
 mod outbound;
 mod probe;
+mod procstat;
 mod replicas;
 mod restarts;
 mod scale;
@@ -184,6 +186,11 @@ struct ReplicasOpts {
     /// Seconds a run may take.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Run on a three-node RabbitMQ cluster the benchmark starts (and
+    /// deletes) itself, every node in the replicas' `amqp.hosts`, and report
+    /// each process's CPU.
+    #[arg(long)]
+    cluster: bool,
     #[command(flatten)]
     binary: ScaleBinary,
 }
@@ -282,6 +289,7 @@ impl From<&ReplicasOpts> for replicas::ReplicasArgs {
                 .xbridge
                 .clone()
                 .unwrap_or_else(child::default_xbridge),
+            cluster: o.cluster,
         }
     }
 }
