@@ -141,6 +141,15 @@ impl Lanes {
 
     fn enqueue(&mut self, delivery: Delivery, reply: OutgoingReply, claim: Claim) {
         let conversation = reply.target.ordering_key();
+        // At debug, the order the broker delivered in, before any lane: a
+        // reply redelivered, or out of its conversation's turn, shows here.
+        tracing::debug!(
+            channel = %self.ctx.name,
+            message_id = %reply.message_id,
+            delivery_tag = delivery.delivery_tag,
+            redelivered = delivery.redelivered,
+            "reply delivered"
+        );
         let lane = self
             .by_conversation
             .entry(conversation.clone())

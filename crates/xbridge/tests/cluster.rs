@@ -306,6 +306,12 @@ async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost()
     app.cleanup().await;
 }
 
+/// Each delivery logged (tag, redelivered) as the broker made it: a run
+/// that fails on order shows whether RabbitMQ or the bridge reordered (one
+/// run in about ten under load sent a reply after later ones of its
+/// conversation; see docs/status.md).
+const DELIVERIES_LOGGED: (&str, &str) = ("RUST_LOG", "info,xbridge_outbound::worker=debug");
+
 fn binary() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_xbridge"))
 }
@@ -331,9 +337,9 @@ async fn two_replicas_send_every_reply_once_when_one_replica_s_node_is_lost() {
     );
     std::fs::write(&second_config, toml).expect("the second replica's config");
 
-    let first = BridgeProcess::start(binary(), &first_config, &[]);
+    let first = BridgeProcess::start(binary(), &first_config, &[DELIVERIES_LOGGED]);
     first.wait_for_log("outbound running", 1).await;
-    let second = BridgeProcess::start(binary(), &second_config, &[]);
+    let second = BridgeProcess::start(binary(), &second_config, &[DELIVERIES_LOGGED]);
     second.wait_for_log("outbound running", 1).await;
     first
         .wait_for_log(&connected("xbridge outbound", &hosts[0]), 1)
@@ -341,6 +347,10 @@ async fn two_replicas_send_every_reply_once_when_one_replica_s_node_is_lost() {
     second
         .wait_for_log(&connected("xbridge outbound", &hosts[1]), 1)
         .await;
+    // The shares settle first (2 channels each: the first held all 4 alone),
+    // so every channel is mid-stream when the node goes, not one still
+    // waiting for its move.
+    second.wait_for_log("channel taken", 2).await;
 
     publish_replies(&cluster.amqp_url(1), &app).await;
     tokio::time::timeout(
