@@ -7,6 +7,7 @@ use std::fmt;
 
 use anyhow::Context as _;
 
+use crate::procstat;
 use crate::scale::status_field;
 
 /// One look at the process.
@@ -76,7 +77,7 @@ pub async fn snapshot(pid: u32, ops_port: u16, node: Option<&str>) -> anyhow::Re
         .json()
         .await?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let ports = broker_ports(pid)?;
+    let ports = broker_ports(pid);
     let series: Vec<&str> = metrics
         .lines()
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
@@ -107,53 +108,13 @@ fn gauge(series: &[&str], name: &str) -> Option<i64> {
 
 /// The local ports of the process's TCP connections to the broker (the
 /// port of `XBRIDGE_TEST_AMQP_URL`, 5672 by default).
-fn broker_ports(pid: u32) -> anyhow::Result<HashSet<u16>> {
-    let broker = broker_port();
-    let mut inodes = HashSet::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-        let Ok(target) = std::fs::read_link(entry?.path()) else {
-            continue;
-        };
-        let target = target.to_string_lossy().into_owned();
-        if let Some(inode) = target
-            .strip_prefix("socket:[")
-            .and_then(|rest| rest.strip_suffix(']'))
-        {
-            inodes.insert(inode.to_owned());
-        }
-    }
-    let mut ports = HashSet::new();
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(remote), Some(inode)) =
-                (fields.get(1), fields.get(2), fields.get(9))
-            else {
-                continue;
-            };
-            if inodes.contains(*inode) && port_of(remote) == Some(broker) {
-                ports.extend(port_of(local));
-            }
-        }
-    }
-    Ok(ports)
-}
-
-/// The port of an `ADDR:PORT` of `/proc/net/tcp` (hexadecimal).
-fn port_of(address: &str) -> Option<u16> {
-    u16::from_str_radix(address.rsplit(':').next()?, 16).ok()
-}
-
-fn broker_port() -> u16 {
-    let url = xbridge_test_support::amqp_url();
-    url.rsplit_once('@')
-        .map_or(url.as_str(), |(_, host)| host)
-        .split(['/', '?'])
-        .next()
-        .and_then(|host| host.rsplit_once(':'))
-        .and_then(|(_, port)| port.parse().ok())
-        .unwrap_or(5672)
+fn broker_ports(pid: u32) -> HashSet<u16> {
+    let broker = procstat::url_port(&xbridge_test_support::amqp_url()).unwrap_or(5672);
+    procstat::connections(pid)
+        .into_iter()
+        .filter(|c| c.remote_port == broker)
+        .map(|c| c.local_port)
+        .collect()
 }
 
 /// AMQP channels RabbitMQ counts on the connections from `ports`.
