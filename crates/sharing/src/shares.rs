@@ -76,11 +76,6 @@ impl Shares {
             .is_none_or(|served| served.contains(channel))
     }
 
-    /// How many channels this replica serves now; `None` for every channel.
-    pub fn count(&self) -> Option<usize> {
-        self.served.borrow().as_ref().map(|s| s.len())
-    }
-
     /// Each change of what this replica serves.
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<BTreeSet<String>>>> {
         self.served.subscribe()
