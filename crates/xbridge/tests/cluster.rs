@@ -222,6 +222,24 @@ fn sent(app: &TestApp) -> usize {
         .sum()
 }
 
+/// Publishes every reply through node 2 and, once the first DMs went out,
+/// stops node 1 (index 0) with replies still to send.
+async fn lose_node_0_mid_stream(cluster: &PrivateCluster, app: &TestApp) {
+    publish_replies(&cluster.amqp_url(1), app).await;
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_dms(&app.user_id("north"), 20),
+    )
+    .await
+    .expect("the first DMs go out");
+    cluster.stop_app(0).await;
+    let sent = sent(app);
+    assert!(
+        sent < REPLIES,
+        "the node was lost mid-stream: {sent} of {REPLIES} sent"
+    );
+}
+
 /// The log line of a connection made to `node`.
 fn connected(connection: &str, node: &str) -> String {
     format!("connected to RabbitMQ connection=\"{connection}\" node={node}")
@@ -244,19 +262,7 @@ async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost()
     // The CRM on a node that stays.
     let mut crm = Crm::connect(&cluster.amqp_url(1), app.names.clone()).await;
 
-    publish_replies(&cluster.amqp_url(1), &app).await;
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_dms(&app.user_id("north"), 20),
-    )
-    .await
-    .expect("the first DMs go out");
-    cluster.stop_app(0).await;
-    let sent = sent(&app);
-    assert!(
-        sent < REPLIES,
-        "the node was lost mid-stream: {sent} of {REPLIES} sent"
-    );
+    lose_node_0_mid_stream(&cluster, &app).await;
     // Customers write while the bridge looks for another node.
     let during: Vec<String> = (0..3)
         .map(|i| {
@@ -352,19 +358,7 @@ async fn two_replicas_send_every_reply_once_when_one_replica_s_node_is_lost() {
     // waiting for its move.
     second.wait_for_log("channel taken", 2).await;
 
-    publish_replies(&cluster.amqp_url(1), &app).await;
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_dms(&app.user_id("north"), 20),
-    )
-    .await
-    .expect("the first DMs go out");
-    cluster.stop_app(0).await;
-    let sent = sent(&app);
-    assert!(
-        sent < REPLIES,
-        "the node was lost mid-stream: {sent} of {REPLIES} sent"
-    );
+    lose_node_0_mid_stream(&cluster, &app).await;
     // The first replica moved on to the next node of its list.
     first
         .wait_for_log(&connected("xbridge outbound", &hosts[1]), 1)
