@@ -196,7 +196,8 @@ impl Bridge {
             },
         );
         membership.join().await;
-        let settings_grace = settings.outbound.shutdown_grace;
+        // Read before `settings` moves into the sides (see `with_readiness`).
+        let grace = settings.outbound.shutdown_grace;
         let settings = Arc::new(settings);
         let states = Arc::new(ChannelStates::new(
             live.current().keys().map(String::as_str),
@@ -222,7 +223,6 @@ impl Bridge {
             identities.clone(),
             shares.clone(),
         )?;
-        let grace = settings_grace;
         let membership = membership.with_readiness(outbound.readiness(), grace);
         let resolver = tolerating_crm(inbound.identity_resolver(), &live, &states);
         let unanswered = resolver.resolve_once().await?;
