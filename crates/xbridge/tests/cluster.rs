@@ -314,8 +314,8 @@ async fn every_reply_goes_out_once_and_in_order_when_the_bridge_s_node_is_lost()
 
 /// Each delivery logged (tag, redelivered) as the broker made it: a run
 /// that fails on order shows whether RabbitMQ or the bridge reordered (one
-/// run in about ten under load sent a reply after later ones of its
-/// conversation; see docs/status.md).
+/// run, before the test waited for the shares to settle, sent a reply after
+/// later ones of its conversation; see docs/status.md).
 const DELIVERIES_LOGGED: (&str, &str) = ("RUST_LOG", "info,xbridge_outbound::worker=debug");
 
 fn binary() -> &'static std::path::Path {
