@@ -19,6 +19,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::mpsc;
 
 /// The child side: reads `queue` at `url` without acknowledgements, says
 /// `ready` once consuming, writes a line per outcome, and exits when its
@@ -95,10 +96,26 @@ fn micros(at: SystemTime) -> u128 {
         .as_micros()
 }
 
-/// The parent side: a running reader and its lines.
+/// The parent side: a running reader and its lines, drained from its stdout
+/// by a task of their own as they come: a reader whose pipe filled while the
+/// parent was busy publishing would stop consuming and date its outcomes
+/// late.
 pub struct ReaderProcess {
     child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+/// Every line `lines` gives, handed over as it comes until the pipe closes.
+fn drain(mut lines: Lines<BufReader<ChildStdout>>) -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// How a backlog of replies `m-<i>` ended, as the reader saw it.
@@ -141,7 +158,10 @@ impl ReaderProcess {
             first.as_deref() == Some("ready"),
             "the CRM reader said {first:?} instead of ready"
         );
-        Ok(ReaderProcess { child, lines })
+        Ok(ReaderProcess {
+            child,
+            lines: drain(lines),
+        })
     }
 
     /// Reads outcomes until `expected` replies have one or `timeout` passed
@@ -150,9 +170,7 @@ impl ReaderProcess {
         let mut outcomes = Outcomes::default();
         let deadline = tokio::time::Instant::now() + timeout;
         while outcomes.sent_at.len() + outcomes.other < expected {
-            let Ok(Ok(Some(line))) =
-                tokio::time::timeout_at(deadline, self.lines.next_line()).await
-            else {
+            let Ok(Some(line)) = tokio::time::timeout_at(deadline, self.lines.recv()).await else {
                 eprintln!(
                     "{what}: gave up after {timeout:?} with {} of {expected} outcomes",
                     outcomes.sent_at.len() + outcomes.other
