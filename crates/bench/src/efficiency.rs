@@ -81,10 +81,13 @@ pub struct EfficiencyArgs {
     pub xbridge: PathBuf,
     /// The `x-simulator` binary.
     pub simulator: PathBuf,
-    /// `perf record` the bridge of the CPU run's last round into this file.
+    /// `perf record` the bridge of the CPU run's last round into this file,
+    /// and the latency run's bridge, while publishing, into `<file>.latency`.
     pub perf: Option<PathBuf>,
     /// `perf record --call-graph` mode.
     pub perf_call_graph: String,
+    /// `perf stat` every bridge and relay into files in this directory.
+    pub perf_stat: Option<PathBuf>,
 }
 
 /// The three paths of the CPU run.
@@ -131,6 +134,9 @@ impl CpuRun {
 /// Runs what `args` asks and prints the tables.
 pub async fn run(args: &EfficiencyArgs) -> anyhow::Result<()> {
     ensure_built(&args.xbridge)?;
+    if let Some(dir) = &args.perf_stat {
+        std::fs::create_dir_all(dir)?;
+    }
     let started = chrono::Utc::now();
     let load_at_start = load_average();
     let simulator = SimulatorProcess::start(&args.simulator).await?;
@@ -258,12 +264,18 @@ async fn relay_run(
         let mut reader = ReaderProcess::start(&amqp_url(), &output).await?;
         let mut relay =
             RelayProcess::start(&amqp_url(), &input, &output, args.in_flight, x).await?;
+        let name = match path {
+            Path3::RelayHttp => format!("relay-http-{round}"),
+            _ => format!("relay-{round}"),
+        };
+        let recorders = PerfRecorder::both(relay.pid(), None, "", stat_file(args, &name))?;
         let relay_before = cpu_of(relay.pid());
         let simulator_before = cpu_of(simulator.pid());
         relay.go().await?;
         let outcomes = reader.collect(args.replies, args.timeout, "relay").await;
         let cpu = cpu_of(relay.pid()) - relay_before;
         let simulator_cpu = cpu_of(simulator.pid()) - simulator_before;
+        PerfRecorder::stop_all(recorders).await;
         relay.stop().await;
         reader.stop().await;
         anyhow::Ok(CpuRun {
@@ -329,20 +341,16 @@ async fn bridge_run(
             .await?;
         let simulator_before = cpu_of(simulator.pid());
         let mut bridge = ChildBridge::spawn_with(&args.xbridge, &app, "bridge.toml", &toml)?;
-        let recorder = match perf {
-            Some(file) => Some(PerfRecorder::start(
-                bridge.child.id(),
-                file,
-                &args.perf_call_graph,
-            )?),
-            None => None,
-        };
+        let recorders = PerfRecorder::both(
+            bridge.child.id(),
+            perf,
+            &args.perf_call_graph,
+            stat_file(args, &format!("bridge-{round}")),
+        )?;
         let outcomes = reader.collect(args.replies, args.timeout, "bridge").await;
         let total = cpu_of(bridge.child.id());
         let simulator_cpu = cpu_of(simulator.pid()) - simulator_before;
-        if let Some(recorder) = recorder {
-            recorder.stop().await;
-        }
+        PerfRecorder::stop_all(recorders).await;
         bridge.terminate();
         bridge.wait_exit().await;
         reader.stop().await;
@@ -362,16 +370,36 @@ async fn bridge_run(
     result
 }
 
-/// `perf record` attached to the bridge for the backlog.
+/// What `--perf-stat` counts.
+const STAT_EVENTS: &str = "task-clock,context-switches,cpu-migrations,\
+syscalls:sys_enter_fdatasync,syscalls:sys_enter_pwrite64,syscalls:sys_enter_write,\
+syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,\
+syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex";
+
+/// `perf record` or `perf stat` attached to a process for a run.
 struct PerfRecorder {
     child: tokio::process::Child,
 }
 
 impl PerfRecorder {
-    fn start(pid: Option<u32>, file: &Path, call_graph: &str) -> anyhow::Result<PerfRecorder> {
-        let pid = pid.context("the bridge has no pid")?;
+    /// `perf record` of `pid` into `file`, sampling at 999 Hz with call graphs.
+    fn record(pid: Option<u32>, file: &Path, call_graph: &str) -> anyhow::Result<PerfRecorder> {
+        let args = ["record", "-F", "999", "--call-graph", call_graph];
+        PerfRecorder::attach(pid, &args, file)
+    }
+
+    /// `perf stat` of `pid` into `file`: context switches and the system
+    /// calls that say what a message costs (fsyncs and file writes of the
+    /// store, socket writes and reads, epoll and futex wake-ups).
+    fn stat(pid: Option<u32>, file: &Path) -> anyhow::Result<PerfRecorder> {
+        PerfRecorder::attach(pid, &["stat", "-e", STAT_EVENTS], file)
+    }
+
+    fn attach(pid: Option<u32>, args: &[&str], file: &Path) -> anyhow::Result<PerfRecorder> {
+        let pid = pid.context("the process has no pid")?;
         let child = tokio::process::Command::new("perf")
-            .args(["record", "-F", "999", "--call-graph", call_graph, "-p"])
+            .args(args)
+            .arg("-p")
             .arg(pid.to_string())
             .arg("-o")
             .arg(file)
@@ -380,8 +408,32 @@ impl PerfRecorder {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .context("starting perf record (is perf installed?)")?;
+            .context("starting perf (is it installed?)")?;
         Ok(PerfRecorder { child })
+    }
+
+    /// Both, as asked: a profile into `record`, counts into `stat`.
+    fn both(
+        pid: Option<u32>,
+        record: Option<&Path>,
+        call_graph: &str,
+        stat: Option<PathBuf>,
+    ) -> anyhow::Result<Vec<PerfRecorder>> {
+        let mut recorders = Vec::new();
+        if let Some(file) = record {
+            recorders.push(PerfRecorder::record(pid, file, call_graph)?);
+        }
+        if let Some(file) = stat {
+            recorders.push(PerfRecorder::stat(pid, &file)?);
+        }
+        Ok(recorders)
+    }
+
+    /// Stops every one of `recorders`.
+    async fn stop_all(recorders: Vec<PerfRecorder>) {
+        for recorder in recorders {
+            recorder.stop().await;
+        }
     }
 
     /// SIGINT, as Ctrl-C, so perf writes its file; waits for it.
@@ -499,7 +551,15 @@ async fn latency_run(
         bridge.wait_ready().await?;
         let mut reader = ReaderProcess::start(&amqp_url(), &app.names.incoming_queue).await?;
         let publisher = Publisher::connect(&amqp_url()).await?;
+        let profile = args.perf.as_deref().map(latency_profile);
+        let recorders = PerfRecorder::both(
+            bridge.child.id(),
+            profile.as_deref(),
+            &args.perf_call_graph,
+            stat_file(args, "latency"),
+        )?;
         let outcome = paced(args, &app, &publisher, bridge.child.id()).await;
+        PerfRecorder::stop_all(recorders).await;
         let (published, confirms, measured_cpu) = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -556,6 +616,18 @@ async fn latency_run(
     .await;
     app.cleanup().await;
     result
+}
+
+/// Where `--perf-stat` puts the counts of run `name`: `<dir>/<name>.txt`.
+fn stat_file(args: &EfficiencyArgs, name: &str) -> Option<PathBuf> {
+    Some(args.perf_stat.as_ref()?.join(format!("{name}.txt")))
+}
+
+/// Where the latency run's profile goes: `<file>.latency`.
+fn latency_profile(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".latency");
+    PathBuf::from(name)
 }
 
 /// What the paced publisher saw: each reply's publish time (wall clock and

@@ -261,13 +261,18 @@ struct EfficiencyOpts {
     /// The `x-simulator` binary; by default the one next to this binary.
     #[arg(long)]
     simulator: Option<PathBuf>,
-    /// `perf record` the bridge of the CPU run's last round into this file
-    /// (a profile run: perf's own cost lands on the machine).
+    /// `perf record` the bridge of the CPU run's last round into this file,
+    /// and the latency run's into `<file>.latency` (a profile run: perf's
+    /// own cost lands on the machine).
     #[arg(long)]
     perf: Option<PathBuf>,
     /// `perf record --call-graph` mode.
     #[arg(long, default_value = "dwarf,16384")]
     perf_call_graph: String,
+    /// `perf stat` (context switches, fsyncs, socket and futex calls) of
+    /// every bridge and relay run into `<DIR>/<run>.txt`.
+    #[arg(long)]
+    perf_stat: Option<PathBuf>,
     #[command(flatten)]
     binary: ScaleBinary,
 }
@@ -419,6 +424,7 @@ impl From<&EfficiencyOpts> for efficiency::EfficiencyArgs {
                 .unwrap_or_else(simulator_process::default_simulator),
             perf: o.perf.clone(),
             perf_call_graph: o.perf_call_graph.clone(),
+            perf_stat: o.perf_stat.clone(),
         }
     }
 }
