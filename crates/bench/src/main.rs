@@ -17,21 +17,28 @@
 //! | `procstat.rs` | where a run's CPU went: each process's ticks, a RabbitMQ node's `beam.smp`, the PostgreSQL backends of given processes |
 //! | `stats.rs` | percentiles and the formatting of table cells |
 //! | `cleanup.rs` | deleting what an interrupted run left on the broker |
+//! | `efficiency.rs` | issue 16: CPU per reply and rate against a relay, reply latency under a steady load, every party a process of its own |
+//! | `relay.rs`, `crm_reader.rs` | the hidden `relay` and `crm-reader` subcommands `efficiency` runs as child processes |
+//! | `simulator_process.rs` | the `x-simulator` binary as a child process, steered over its admin API |
 
 #![warn(missing_docs)]
 
 mod child;
 mod churn;
 mod cleanup;
+mod crm_reader;
 mod economy;
+mod efficiency;
 mod harness;
 mod inbound;
 mod outbound;
 mod probe;
 mod procstat;
+mod relay;
 mod replicas;
 mod restarts;
 mod scale;
+mod simulator_process;
 mod stats;
 
 use std::path::PathBuf;
@@ -65,6 +72,24 @@ enum Command {
     /// Reply throughput of 1, 2 and 4 `xbridge run` processes sharing one
     /// PostgreSQL store.
     Replicas(ReplicasOpts),
+    /// Issue 16: CPU per reply and rate against a plain lapin relay (with and
+    /// without an HTTP POST to X), and reply latency under a steady load; the
+    /// bridge, X, the relay and the CRM's reader each in a process of its own.
+    Efficiency(EfficiencyOpts),
+    /// `efficiency`'s CRM reader, as a child process: prints `<sent|other> <i>
+    /// <unix µs>` per outcome read from a queue.
+    #[command(hide = true)]
+    CrmReader {
+        /// The broker.
+        #[arg(long)]
+        url: String,
+        /// The queue read.
+        #[arg(long)]
+        queue: String,
+    },
+    /// `efficiency`'s plain lapin relay, as a child process.
+    #[command(hide = true)]
+    Relay(RelayOpts),
     /// Everything, with the defaults, machine first (`scale` and `replicas` last).
     All(ScaleBinary),
     /// Deletes the queues and exchanges an interrupted run left, named `<PREFIX>.…`
@@ -196,6 +221,85 @@ struct ReplicasOpts {
 }
 
 #[derive(Debug, Args)]
+struct EfficiencyOpts {
+    /// Replies in the CPU run's backlog (one channel).
+    #[arg(long, default_value_t = 5000)]
+    replies: usize,
+    /// Conversations of the CPU run.
+    #[arg(long, default_value_t = 16)]
+    conversations: usize,
+    /// Messages in flight: the bridge's and the relay's prefetch in the CPU run.
+    #[arg(long, default_value_t = 16)]
+    in_flight: u16,
+    /// Times the CPU run's relay, relay + HTTP and bridge are run, in turn.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Replies per second of the latency run.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Channels of the latency run.
+    #[arg(long, default_value_t = 100)]
+    channels: usize,
+    /// Conversations per channel in the latency run.
+    #[arg(long, default_value_t = 10)]
+    channel_conversations: usize,
+    /// Measured seconds of the latency run.
+    #[arg(long, default_value_t = 20)]
+    seconds: u32,
+    /// Warm-up seconds of the latency run, left out of its figures.
+    #[arg(long, default_value_t = 5)]
+    warmup_seconds: u32,
+    /// Only the CPU run.
+    #[arg(long, conflicts_with = "latency_only")]
+    cpu_only: bool,
+    /// Only the latency run.
+    #[arg(long)]
+    latency_only: bool,
+    /// Seconds a run may take.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+    /// The `x-simulator` binary; by default the one next to this binary.
+    #[arg(long)]
+    simulator: Option<PathBuf>,
+    /// `perf record` the bridge of the CPU run's last round into this file,
+    /// and the latency run's into `<file>.latency` (a profile run: perf's
+    /// own cost lands on the machine).
+    #[arg(long)]
+    perf: Option<PathBuf>,
+    /// `perf record --call-graph` mode.
+    #[arg(long, default_value = "dwarf,16384")]
+    perf_call_graph: String,
+    /// `perf stat` (context switches, fsyncs, socket and futex calls) of
+    /// every bridge and relay run into `<DIR>/<run>.txt`.
+    #[arg(long)]
+    perf_stat: Option<PathBuf>,
+    #[command(flatten)]
+    binary: ScaleBinary,
+}
+
+#[derive(Debug, Args)]
+struct RelayOpts {
+    /// The broker.
+    #[arg(long)]
+    url: String,
+    /// The queue consumed.
+    #[arg(long)]
+    input: String,
+    /// The queue published to.
+    #[arg(long)]
+    output: String,
+    /// Messages in flight.
+    #[arg(long, default_value_t = 16)]
+    prefetch: u16,
+    /// The fake X's base URL: POST each message there first.
+    #[arg(long, requires = "account")]
+    x_url: Option<String>,
+    /// A JSON file of the simulator account to sign as.
+    #[arg(long, requires = "x_url")]
+    account: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct EconomyOpts {
     /// Replies waiting when the bridge meets the rate limit.
     #[arg(long, default_value_t = 100)]
@@ -294,6 +398,37 @@ impl From<&ReplicasOpts> for replicas::ReplicasArgs {
     }
 }
 
+impl From<&EfficiencyOpts> for efficiency::EfficiencyArgs {
+    fn from(o: &EfficiencyOpts) -> Self {
+        efficiency::EfficiencyArgs {
+            replies: o.replies.max(1),
+            conversations: o.conversations.max(1),
+            in_flight: o.in_flight.max(1),
+            rounds: o.rounds.max(1),
+            rate: o.rate.max(1),
+            channels: o.channels.max(1),
+            channel_conversations: o.channel_conversations.max(1),
+            seconds: o.seconds,
+            warmup_seconds: o.warmup_seconds,
+            cpu: !o.latency_only,
+            latency: !o.cpu_only,
+            timeout: Duration::from_secs(o.timeout_secs),
+            xbridge: o
+                .binary
+                .xbridge
+                .clone()
+                .unwrap_or_else(child::default_xbridge),
+            simulator: o
+                .simulator
+                .clone()
+                .unwrap_or_else(simulator_process::default_simulator),
+            perf: o.perf.clone(),
+            perf_call_graph: o.perf_call_graph.clone(),
+            perf_stat: o.perf_stat.clone(),
+        }
+    }
+}
+
 impl From<&EconomyOpts> for economy::EconomyArgs {
     fn from(o: &EconomyOpts) -> Self {
         economy::EconomyArgs {
@@ -331,6 +466,19 @@ async fn main() -> std::process::ExitCode {
         Command::Churn(o) => churn::run(&o.into()).await,
         Command::Economy(o) => economy::run(&o.into()).await,
         Command::Replicas(o) => replicas::run(&o.into()).await,
+        Command::Efficiency(o) => efficiency::run(&o.into()).await,
+        Command::CrmReader { url, queue } => crm_reader::serve(url, queue).await,
+        Command::Relay(o) => {
+            relay::serve(
+                &o.url,
+                &o.input,
+                &o.output,
+                o.prefetch.max(1),
+                o.x_url.as_deref(),
+                o.account.as_deref(),
+            )
+            .await
+        }
         Command::All(binary) => all(binary).await,
         Command::Cleanup { prefix } => cleanup::run(prefix).await,
     };
