@@ -72,15 +72,21 @@ pub async fn run(args: &ScaleArgs) -> anyhow::Result<()> {
     ensure_built(&args.xbridge)?;
     let ticks = clock_ticks()?;
     let mut runs = Vec::new();
+    let mut failed = None;
     for &channels in &args.channels {
-        if args.private_broker {
-            runs.extend(on_private_broker(args, channels, ticks).await?);
+        let measured = if args.private_broker {
+            on_private_broker(args, channels, ticks, &mut runs).await
         } else {
-            runs.push(one(args, channels, ticks).await?);
+            one(args, channels, ticks).await.map(|run| runs.push(run))
+        };
+        if let Err(e) = measured {
+            failed = Some(e.context(format!("{channels} channel(s)")));
+            break;
         }
     }
+    // What was measured before a failure is worth its row.
     print_table(args, &runs);
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 fn print_table(args: &ScaleArgs, runs: &[ScaleRun]) {
@@ -191,20 +197,20 @@ async fn on_private_broker(
     args: &ScaleArgs,
     channels: usize,
     ticks: u64,
-) -> anyhow::Result<Vec<ScaleRun>> {
+    runs: &mut Vec<ScaleRun>,
+) -> anyhow::Result<()> {
     eprintln!("scale: {channels} channel(s): starting a RabbitMQ node of the run's own");
     let broker = PrivateBroker::started().await;
     let mut options = options(channel_names(channels));
     options.amqp_url = Some(broker.amqp_url());
     let app = world(options).await;
-    let mut runs = Vec::new();
     for start in ["first", "second"] {
         let beam = crate::procstat::beam_of(broker.node_name());
         let mut run = start_and_measure(args, &app, beam, channels, ticks, start).await?;
         run.broker = Some(broker_figures(&broker, beam).await);
         runs.push(run);
     }
-    Ok(runs)
+    Ok(())
 }
 
 fn channel_names(channels: usize) -> Vec<String> {
