@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_amqp::{
-    declare_plan, open_publisher, ConnectError, Session, SessionLog, SetupError, Supervisor,
-    TopologyPlan,
+    declare_plan, in_flight, open_publisher, ConnectError, Session, SessionLog, SetupError,
+    Supervisor, TopologyPlan,
 };
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
@@ -511,6 +511,10 @@ impl ReplySession {
     }
 }
 
+/// How many `channel.state` events [`StateReports::tell_untold`] has in
+/// flight at once.
+const STATES_IN_FLIGHT: usize = 256;
+
 /// How often the dead-letter queue's depth is sampled for metrics.
 const DEPTH_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -561,11 +565,14 @@ impl StateReports {
         }
     }
 
-    /// Every current state the CRM was not told yet.
+    /// Every current state the CRM was not told yet, several in flight at
+    /// once: each is another channel's, and one after another (a confirmed
+    /// publish each) 10,000 channels kept the process busy well after it
+    /// was ready (issue 16).
     async fn tell_untold(&self) {
-        for event in self.published.untold(&self.states.snapshot()) {
-            self.tell(event).await;
-        }
+        let untold = self.published.untold(&self.states.snapshot());
+        let tells = untold.into_iter().map(|event| self.tell(event)).collect();
+        in_flight(tells, STATES_IN_FLIGHT).await;
     }
 
     /// `event`, unless the CRM was told it already; one that cannot be
