@@ -258,8 +258,10 @@ async fn start_and_measure(
     bridge.wait_exit().await;
     match &measured {
         Ok(run) => eprintln!(
-            "scale: {channels} channel(s), {start} start: ready after {:.1} s, VmRSS {:.1} MiB, VmHWM {:.1} MiB, {} threads, idle CPU {:.2} %",
+            "scale: {channels} channel(s), {start} start: ready after {:.1} s (CPU to ready: bridge {:.1} s, node {:?} s), VmRSS {:.1} MiB, VmHWM {:.1} MiB, {} threads, idle CPU {:.2} %",
             run.ready_after.as_secs_f64(),
+            run.start_cpu.0,
+            run.start_cpu.1,
             run.rss_kib as f64 / 1024.0,
             run.hwm_kib as f64 / 1024.0,
             run.threads,
@@ -280,7 +282,13 @@ async fn broker_figures(broker: &PrivateBroker, beam: Option<u32>) -> BrokerFigu
             .map(|kib| kib as f64 / 1024.0),
         ..BrokerFigures::default()
     };
-    match broker.ctl_output(&["status", "--formatter", "json"]).await {
+    // A node busy with ten thousand quorum queues may not answer at all.
+    let ctl = |args: &'static [&'static str]| async move {
+        tokio::time::timeout(CTL_PATIENCE, broker.ctl_output(args))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer in {CTL_PATIENCE:?}")))
+    };
+    match ctl(&["status", "--formatter", "json"]).await {
         Ok(status) => {
             if let Ok(status) = serde_json::from_str::<serde_json::Value>(&status) {
                 let total = &status["memory"]["total"];
@@ -297,7 +305,7 @@ async fn broker_figures(broker: &PrivateBroker, beam: Option<u32>) -> BrokerFigu
         }
         Err(e) => eprintln!("scale: rabbitmqctl status: {e}"),
     }
-    match broker.ctl_output(&["list_queues", "name"]).await {
+    match ctl(&["list_queues", "name"]).await {
         Ok(queues) => figures.queues = Some(queues.lines().filter(|l| !l.is_empty()).count()),
         Err(e) => eprintln!("scale: rabbitmqctl list_queues: {e}"),
     }
@@ -333,6 +341,9 @@ async fn measure_idle(
         broker: None,
     })
 }
+
+/// How long the bench waits for one `rabbitmqctl` answer of a private node.
+const CTL_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long deleting a run's topology may take before the run moves on.
 const CLEANUP_PATIENCE: Duration = Duration::from_secs(180);
