@@ -77,6 +77,11 @@ impl PrivateBroker {
         broker
     }
 
+    /// The Erlang node name (`xbt-…@localhost`), to find its `beam.smp`.
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)

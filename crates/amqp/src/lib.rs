@@ -35,8 +35,8 @@ pub use session::{
     SessionLog, SetupError, Supervisor,
 };
 pub use topology::{
-    bind, declare_exchange, declare_poll_lease_queue, declare_reply_queue, declare_topology,
-    TopologyPlan,
+    bind, declare_exchange, declare_poll_lease_queue, declare_reply_queue, declare_reply_queues,
+    declare_topology, in_flight, TopologyPlan, DECLARES_IN_FLIGHT,
 };
 
 #[cfg(test)]

@@ -153,7 +153,11 @@ struct ScaleOpts {
     /// every 200 ms; prints the AMQP channels of the bridge's connections.
     #[arg(long)]
     restarts: bool,
-    /// `--restarts`: what the table calls the binary (`before`, `after`).
+    /// On a RabbitMQ node of the run's own per channel count (never the
+    /// shared one), started twice: queues declared, then queues there.
+    #[arg(long)]
+    private_broker: bool,
+    /// `--restarts`, `--private-broker`: what the table calls the binary (`before`, `after`).
     #[arg(long, default_value = "xbridge")]
     label: String,
     /// `--restarts`: `amqp.consumers_per_channel` for the bridge (left out
@@ -356,6 +360,8 @@ impl From<&ScaleOpts> for scale::ScaleArgs {
                 .xbridge
                 .clone()
                 .unwrap_or_else(child::default_xbridge),
+            private_broker: o.private_broker,
+            label: o.label.clone(),
         }
     }
 }

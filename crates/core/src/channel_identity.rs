@@ -11,7 +11,7 @@
 //! Apps are told apart by their consumer key; what is kept is a number per App,
 //! never the key, so nothing here can print a credential.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{PoisonError, RwLock};
 use xbridge_x_api::UserId;
 
@@ -109,10 +109,13 @@ impl Apps {
         id
     }
 
-    /// Forgets the Apps none of `entries` belongs to.
+    /// Forgets the Apps none of `entries` belongs to. Linear: with one App
+    /// per channel, looking each App up among the entries made it quadratic,
+    /// and called once per channel at start, 10,000 channels took minutes
+    /// (issue 16).
     fn keep_used(&mut self, entries: &[Entry]) {
-        self.ids
-            .retain(|_, id| entries.iter().any(|e| e.channel.app == *id));
+        let used: HashSet<AppId> = entries.iter().map(|e| e.channel.app).collect();
+        self.ids.retain(|_, id| used.contains(id));
     }
 }
 
@@ -166,11 +169,15 @@ impl ChannelIdentities {
         };
         match entries.iter_mut().find(|e| e.channel.name == account.name) {
             Some(old) if old.channel.app == app && old.configured == entry.configured => {}
-            Some(old) => *old = entry,
+            Some(old) => {
+                *old = entry;
+                // The channel may have left an App (new credentials of another
+                // App). A channel added leaves none: every App known belongs
+                // to some channel, so there is nothing to look for then.
+                apps.keep_used(&entries);
+            }
             None => entries.push(entry),
         }
-        // The channel may have left an App (new credentials of another App).
-        apps.keep_used(&entries);
     }
 
     /// Forgets `channel` (removed at run time): its DMs are no longer routed,

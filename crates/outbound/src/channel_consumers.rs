@@ -42,6 +42,17 @@
 //! lost connection) is the broker's requeue at the connection's close, as
 //! before.
 //!
+//! **Many at once.** A session's start declares every served channel's reply
+//! queue and starts every consumer: with thousands of channels, one round
+//! trip after another per declaration, check and `basic.consume` made the
+//! start take minutes (issue 16). [`ChannelConsumers::declare_many`] and
+//! [`ChannelConsumers::start_many`] send them without waiting for each
+//! answer, on a few AMQP channels side by side. Each channel still gets its
+//! own answer: whatever failed there (a refusal closes the AMQP channel it
+//! came on, and everything sent after it on that channel fails with it) is
+//! tried again one by one, as [`ChannelConsumers::declare`] and
+//! [`ChannelConsumers::start`] do, so a refused queue is that channel's alone.
+//!
 //! **Other ends.** A consumer that ends on its own failure ends the session,
 //! and a session's end closes every AMQP channel it opened (the broker hands
 //! back what was not settled). A queue the broker
@@ -70,7 +81,9 @@ use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use xbridge_amqp::{close_channels, declare_reply_queue};
+use xbridge_amqp::{
+    close_channels, declare_reply_queue, declare_reply_queues, in_flight, DECLARES_IN_FLIGHT,
+};
 use xbridge_core::config::{Settings, TopologyNames};
 
 use crate::context::ChannelContext;
@@ -142,6 +155,54 @@ pub(crate) async fn open_consumer(
             Err(e)
         }
     }
+}
+
+/// AMQP channels that declare reply queues side by side in
+/// [`ChannelConsumers::declare_many`]: RabbitMQ handles one AMQP channel's
+/// methods one after the other, and creating a quorum queue waits for its Ra
+/// member to start and for the log's fsync, which queues created at the same
+/// time share. Opened for the declarations and closed after them.
+const BULK_DECLARERS: usize = 4;
+
+/// A consumer's start that [`ChannelConsumers::start_many`] sends together
+/// with the others: its channel, the shared AMQP channel it takes a place on.
+struct Pending {
+    ctx: Arc<ChannelContext>,
+    shared: u64,
+    amqp: lapin::Channel,
+    queue: String,
+}
+
+/// `p`'s `basic.consume`, for [`ChannelConsumers::start_many`].
+async fn consume_pending(p: Pending) -> (Pending, lapin::Result<lapin::Consumer>) {
+    let consumed = p
+        .amqp
+        .basic_consume(
+            p.queue.as_str().into(),
+            format!("xbridge-{}", p.ctx.name).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    (p, consumed)
+}
+
+/// Whether `queue` is there (a passive declare on `amqp`), for
+/// [`ChannelConsumers::start_many`].
+async fn check_queue(
+    amqp: &lapin::Channel,
+    queue: String,
+    ctx: Arc<ChannelContext>,
+) -> (Arc<ChannelContext>, bool) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let there = amqp
+        .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+        .await
+        .is_ok();
+    (ctx, there)
 }
 
 /// How a channel's consumer ended.
@@ -323,6 +384,20 @@ impl ChannelConsumers {
             }
         };
         self.shared.get_mut(&shared).expect("just used").consumers += 1;
+        self.register(ctx, shared, amqp.id(), consumer);
+        Ok(())
+    }
+
+    /// Runs the worker of `ctx`'s channel on `consumer`, just started on the
+    /// shared AMQP channel `shared` (its place there already counted).
+    fn register(
+        &mut self,
+        ctx: Arc<ChannelContext>,
+        shared: u64,
+        amqp_channel: u16,
+        consumer: lapin::Consumer,
+    ) {
+        let name = ctx.name.clone();
         let tag = consumer.tag().as_str().to_owned();
         let held = Held::new(self.prefetch);
         let seen = held.clone();
@@ -335,7 +410,7 @@ impl ChannelConsumers {
         let task = worker::consume(ctx, self.reporter.clone(), deliveries, stop.clone());
         let abort = self.tasks.spawn(task);
         self.by_task.insert(abort.id(), name.clone());
-        tracing::debug!(channel = %name, amqp_channel = amqp.id(), "consuming replies");
+        tracing::debug!(channel = %name, amqp_channel, "consuming replies");
         let running = Running {
             shared,
             consumer,
@@ -348,7 +423,121 @@ impl ChannelConsumers {
             finished: false,
         };
         self.running.insert(name, running);
-        Ok(())
+    }
+
+    /// Starts consuming every channel of `ctxs`, as [`ChannelConsumers::start`]
+    /// does for one, with the declarations or checks of their reply queues,
+    /// then their `basic.consume`s, sent without waiting for each answer
+    /// (see the module's doc). What failed that way is started again one by
+    /// one, so each channel's result is its own, as `start` gives it; in no
+    /// particular order.
+    pub(crate) async fn start_many(
+        &mut self,
+        ctxs: Vec<Arc<ChannelContext>>,
+    ) -> Vec<(Arc<ChannelContext>, Result<(), ConsumeError>)> {
+        let mut results = Vec::with_capacity(ctxs.len());
+        let mut again = Vec::new();
+        let (checked, failed) = self.check_many(ctxs).await;
+        again.extend(failed);
+        let mut pending = Vec::with_capacity(checked.len());
+        let mut checked = checked.into_iter();
+        for ctx in checked.by_ref() {
+            let Ok(shared) = self.shared_channel().await else {
+                // The connection's trouble: `start` says so for each.
+                again.push(ctx);
+                break;
+            };
+            let on = self.shared.get_mut(&shared).expect("just opened or found");
+            // Its place is taken now, so the next one may need another channel.
+            on.consumers += 1;
+            pending.push(Pending {
+                queue: self.names.outgoing_queue(&ctx.name),
+                amqp: on.amqp.clone(),
+                shared,
+                ctx,
+            });
+        }
+        again.extend(checked);
+        let consumes = pending.into_iter().map(consume_pending).collect();
+        let consumed = in_flight(consumes, DECLARES_IN_FLIGHT * BULK_DECLARERS).await;
+        let mut released = Vec::new();
+        for (p, consumed) in consumed {
+            match consumed {
+                Ok(consumer) => {
+                    self.register(p.ctx.clone(), p.shared, p.amqp.id(), consumer);
+                    results.push((p.ctx, Ok(())));
+                }
+                Err(e) => {
+                    tracing::debug!(channel = %p.ctx.name, error = %e, "consuming with others failed; starting it alone");
+                    if let Some(shared) = self.shared.get_mut(&p.shared) {
+                        shared.consumers = shared.consumers.saturating_sub(1);
+                    }
+                    // Declared again, as `start` does after a failed consume.
+                    self.declared.remove(&p.ctx.name);
+                    released.push(p.shared);
+                    again.push(p.ctx);
+                }
+            }
+        }
+        for shared in released {
+            self.release(shared).await;
+        }
+        for ctx in again {
+            let started = self.start(ctx.clone()).await;
+            results.push((ctx, started));
+        }
+        results
+    }
+
+    /// The first step of [`ChannelConsumers::start_many`]: the reply queues
+    /// of `ctxs` not declared in this session declared, the others checked
+    /// (passive declares on the declarer), all sent without waiting for each
+    /// answer. Those that passed, and those to start one by one.
+    async fn check_many(
+        &mut self,
+        ctxs: Vec<Arc<ChannelContext>>,
+    ) -> (Vec<Arc<ChannelContext>>, Vec<Arc<ChannelContext>>) {
+        let (known, new): (Vec<_>, Vec<_>) = ctxs
+            .into_iter()
+            .partition(|ctx| self.declared.contains(&ctx.name));
+        let new_names: Vec<String> = new.iter().map(|ctx| ctx.name.clone()).collect();
+        let (mut passed, mut failed) = (Vec::new(), Vec::new());
+        match self.declare_pipelined(&new_names).await {
+            Ok(_) => {
+                let (declared, not): (Vec<_>, Vec<_>) = new
+                    .into_iter()
+                    .partition(|ctx| self.declared.contains(&ctx.name));
+                passed.extend(declared);
+                failed.extend(not);
+            }
+            Err(_) => failed.extend(new),
+        }
+        if known.is_empty() {
+            return (passed, failed);
+        }
+        let Ok(amqp) = self.declarer().await else {
+            failed.extend(known);
+            return (passed, failed);
+        };
+        let checks = known
+            .into_iter()
+            .map(|ctx| {
+                let queue = self.names.outgoing_queue(&ctx.name);
+                check_queue(&amqp, queue, ctx)
+            })
+            .collect();
+        let checks = in_flight(checks, DECLARES_IN_FLIGHT).await;
+        if amqp.status().connected() {
+            self.declarer = Some(amqp);
+        }
+        for (ctx, there) in checks {
+            if there {
+                passed.push(ctx);
+            } else {
+                failed.push(ctx);
+            }
+        }
+        (passed, failed)
     }
 
     /// An AMQP channel with room for one more consumer: the first opened
@@ -419,6 +608,71 @@ impl ChannelConsumers {
                 })
             }
         }
+    }
+
+    /// Declares the reply queues of `names` not declared in this session yet,
+    /// as [`ChannelConsumers::declare`] does for one, several at a time on
+    /// [`BULK_DECLARERS`] AMQP channels (see the module's doc). A queue the
+    /// broker refuses stays undeclared: its channel meets the refusal again,
+    /// and waits alone, when it is served. Fails only for the connection's
+    /// trouble ([`ConsumeError::Channel`]).
+    pub(crate) async fn declare_many(&mut self, names: &[String]) -> Result<(), ConsumeError> {
+        let new: Vec<String> = names
+            .iter()
+            .filter(|name| !self.declared.contains(*name))
+            .cloned()
+            .collect();
+        for name in self.declare_pipelined(&new).await? {
+            if let Err(e @ ConsumeError::Channel(_)) = self.declare(&name).await {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares `names` on AMQP channels of their own, closed afterwards,
+    /// and records those declared; returns the others, to be tried again one
+    /// by one.
+    async fn declare_pipelined(&mut self, names: &[String]) -> Result<Vec<String>, ConsumeError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lanes = names
+            .len()
+            .div_ceil(DECLARES_IN_FLIGHT)
+            .clamp(1, BULK_DECLARERS);
+        let mut amqps = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            match self.connection.create_channel().await {
+                Ok(amqp) => amqps.push(amqp),
+                Err(e) => {
+                    close_channels(&amqps).await;
+                    return Err(ConsumeError::Channel(e));
+                }
+            }
+        }
+        let per_lane = names.len().div_ceil(lanes);
+        let declared = futures::future::join_all(
+            amqps
+                .iter()
+                .zip(names.chunks(per_lane))
+                .map(|(amqp, chunk)| declare_reply_queues(amqp, &self.names, chunk)),
+        )
+        .await;
+        close_channels(&amqps).await;
+        let mut failed = Vec::new();
+        for (name, result) in declared.into_iter().flatten() {
+            match result {
+                Ok(()) => {
+                    self.declared.insert(name);
+                }
+                Err(e) => {
+                    tracing::debug!(channel = %name, error = %e, "declaring with others failed; declaring it alone");
+                    failed.push(name);
+                }
+            }
+        }
+        Ok(failed)
     }
 
     /// Checks that `name`'s reply queue, declared before, is still there (a

@@ -9,7 +9,7 @@
 //! session ends when a consumer fails, and on shutdown lets the in-flight
 //! sends finish within the grace period.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_amqp::{
-    declare_plan, open_publisher, ConnectError, Session, SessionLog, SetupError, Supervisor,
-    TopologyPlan,
+    declare_plan, in_flight, open_publisher, ConnectError, Session, SessionLog, SetupError,
+    Supervisor, TopologyPlan,
 };
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::Settings;
@@ -85,6 +85,14 @@ pub enum SessionError {
     /// A consumer's task panicked.
     #[error("a consumer task failed: {0}")]
     ConsumerPanicked(JoinError),
+}
+
+/// A channel whose consumer [`ReplySession::serve`] found to start: its
+/// context, and whether it was added just now (to be announced once taking
+/// replies).
+struct Starting {
+    ctx: Arc<crate::context::ChannelContext>,
+    added: bool,
 }
 
 /// How a channel's start failed (see `ReplySession::refusal`).
@@ -166,11 +174,10 @@ impl Session for ReplySession {
         // unrouted consumer starts: on a broker that lost its definitions, a
         // reply published meanwhile would be dead-lettered `unknown_channel`.
         // A refusal is met again, and handled, when the channel is served.
-        for name in self.live.current().keys() {
-            if let Err(ConsumeError::Channel(e)) = consumers.declare(name).await {
-                return Err(ConsumeError::Channel(e).into());
-            }
-        }
+        // Declared several at a time (`declare_many`): one after another,
+        // ten thousand took minutes (issue 16).
+        let names: Vec<String> = self.live.current().keys().cloned().collect();
+        consumers.declare_many(&names).await?;
         let tasks = self
             .side_tasks(connection, channels, &reporter, &stop)
             .await?;
@@ -288,10 +295,11 @@ impl ReplySession {
             }
         }
         let applied = async {
+            let mut starting = Vec::new();
             for channel in served.values() {
-                self.serve(running, channel).await?;
+                starting.extend(self.serve(running, channel).await?);
             }
-            Ok(())
+            self.start_consumers(running, starting).await
         }
         .await;
         // What still consumes here, stopping ones included: the membership
@@ -320,18 +328,20 @@ impl ReplySession {
     }
 
     /// Serves `channel` as the registry has it: its context (new, or with
-    /// new credentials), and its consumer running unless it is paused.
+    /// new credentials), and its consumer running unless it is paused. A
+    /// consumer to start is returned, for [`ReplySession::start_consumers`]
+    /// to start with the others.
     async fn serve(
         &mut self,
         running: &mut Consuming,
         channel: &LiveChannel,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Option<Starting>, SessionError> {
         let name = channel.name();
         let (ctx, upserted) = match self.contexts.upsert(channel) {
             Ok(upserted) => upserted,
             Err(e) => {
                 tracing::error!(channel = name, error = %e, "channel not served");
-                return Ok(());
+                return Ok(None);
             }
         };
         match upserted {
@@ -345,33 +355,65 @@ impl ReplySession {
         }
         let added = upserted == Upserted::Added;
         if channel.paused {
-            return self.hold(running, name, added, ChannelState::Paused).await;
+            self.hold(running, name, added, ChannelState::Paused)
+                .await?;
+            return Ok(None);
         }
         if !self.shares.serves(name) {
             // Another replica's share: the channel is served, not here.
-            return self.hold(running, name, added, ChannelState::Ok).await;
+            self.hold(running, name, added, ChannelState::Ok).await?;
+            return Ok(None);
         }
         if running.consumers.has(name) || running.refused.waiting(name, Instant::now()) {
-            return Ok(());
+            return Ok(None);
         }
         self.shares.starting(name);
-        let started = running.consumers.start(ctx).await;
-        match self.refusal(running, started) {
-            Ok(()) => {
-                running.refused.forget(name);
-                if self.is_refused(name) {
-                    tracing::info!(channel = name, "RabbitMQ took the channel's reply queue");
-                    self.states.set(name, ChannelState::Ok, None, None);
-                }
-                self.tell(name, ChannelState::Ok, added);
-                Ok(())
-            }
-            Err(Refusal::Channel(e)) => {
-                self.refused(running, name, &e, added);
-                Ok(())
-            }
-            Err(Refusal::Session(e)) => Err(e),
+        Ok(Some(Starting { ctx, added }))
+    }
+
+    /// Starts the consumers [`ReplySession::serve`] returned, all together
+    /// (`ChannelConsumers::start_many`), then tells each channel's outcome as
+    /// its own: taking replies, or refused by the broker and waiting alone.
+    /// When the session cannot go on, every channel is still told, and the
+    /// first such error returned; a channel added now whose start it cut
+    /// short is forgotten, so the next session adds (and announces) it.
+    async fn start_consumers(
+        &mut self,
+        running: &mut Consuming,
+        starting: Vec<Starting>,
+    ) -> Result<(), SessionError> {
+        if starting.is_empty() {
+            return Ok(());
         }
+        let added: HashSet<String> = starting
+            .iter()
+            .filter(|s| s.added)
+            .map(|s| s.ctx.name.clone())
+            .collect();
+        let ctxs = starting.into_iter().map(|s| s.ctx).collect();
+        let mut failed = None;
+        for (ctx, started) in running.consumers.start_many(ctxs).await {
+            let name = ctx.name.as_str();
+            let added = added.contains(name);
+            match self.refusal(running, started) {
+                Ok(()) => {
+                    running.refused.forget(name);
+                    if self.is_refused(name) {
+                        tracing::info!(channel = name, "RabbitMQ took the channel's reply queue");
+                        self.states.set(name, ChannelState::Ok, None, None);
+                    }
+                    self.tell(name, ChannelState::Ok, added);
+                }
+                Err(Refusal::Channel(e)) => self.refused(running, name, &e, added),
+                Err(Refusal::Session(e)) => {
+                    if added {
+                        self.contexts.remove(name);
+                    }
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// A channel not consumed here, paused (`state` says so) or another
@@ -469,6 +511,10 @@ impl ReplySession {
     }
 }
 
+/// How many `channel.state` events [`StateReports::tell_untold`] has in
+/// flight at once.
+const STATES_IN_FLIGHT: usize = 256;
+
 /// How often the dead-letter queue's depth is sampled for metrics.
 const DEPTH_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -519,11 +565,14 @@ impl StateReports {
         }
     }
 
-    /// Every current state the CRM was not told yet.
+    /// Every current state the CRM was not told yet, several in flight at
+    /// once: each is another channel's, and one after another (a confirmed
+    /// publish each) 10,000 channels kept the process busy well after it
+    /// was ready (issue 16).
     async fn tell_untold(&self) {
-        for event in self.published.untold(&self.states.snapshot()) {
-            self.tell(event).await;
-        }
+        let untold = self.published.untold(&self.states.snapshot());
+        let tells = untold.into_iter().map(|event| self.tell(event)).collect();
+        in_flight(tells, STATES_IN_FLIGHT).await;
     }
 
     /// `event`, unless the CRM was told it already; one that cannot be
