@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 use xbridge_test_support::TestApp;
 
 use crate::harness::SETUP_PATIENCE;
@@ -112,4 +113,33 @@ impl ChildBridge {
 fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Starts `command`, one of this binary's hidden subcommands (the relay, the
+/// CRM reader), with its stdout piped, and waits until its first line says
+/// `ready`; `what` names it in errors. The rest of its stdout is the caller's.
+pub(crate) async fn spawn_until_ready(
+    mut command: Command,
+    what: &str,
+) -> anyhow::Result<(Child, Lines<BufReader<ChildStdout>>)> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting the {what}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .with_context(|| format!("the {what}'s stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .with_context(|| format!("the {what} did not get ready"))??;
+    anyhow::ensure!(
+        first.as_deref() == Some("ready"),
+        "the {what} said {first:?} instead of ready"
+    );
+    Ok((child, lines))
 }

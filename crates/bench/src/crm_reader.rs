@@ -9,17 +9,17 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader, Lines};
+use tokio::io::{AsyncReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
+
+use crate::child::spawn_until_ready;
+use crate::harness::consume_no_ack;
 
 /// The child side: reads `queue` at `url` without acknowledgements, says
 /// `ready` once consuming, writes a line per outcome, and exits when its
@@ -29,18 +29,7 @@ pub async fn serve(url: &str, queue: &str) -> anyhow::Result<()> {
         .await
         .context("the reader connects")?;
     let channel = connection.create_channel().await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            format!("bench-reader-{}", uuid::Uuid::new_v4().simple()).into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming {queue}"))?;
+    let mut consumer = consume_no_ack(&channel, queue, "bench-reader").await?;
     say("ready")?;
     let mut stdin = tokio::io::stdin();
     let mut sink = [0u8; 64];
@@ -137,27 +126,14 @@ impl Outcomes {
 impl ReaderProcess {
     /// Starts `xbridge-bench crm-reader` on `queue` and waits until it consumes.
     pub async fn start(url: &str, queue: &str) -> anyhow::Result<ReaderProcess> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut command = Command::new(std::env::current_exe()?);
+        command
             .arg("crm-reader")
             .arg("--url")
             .arg(url)
             .arg("--queue")
-            .arg(queue)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the CRM reader")?;
-        let stdout = child.stdout.take().context("the reader's stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .context("the CRM reader did not start consuming")??;
-        anyhow::ensure!(
-            first.as_deref() == Some("ready"),
-            "the CRM reader said {first:?} instead of ready"
-        );
+            .arg(queue);
+        let (child, lines) = spawn_until_ready(command, "CRM reader").await?;
         Ok(ReaderProcess {
             child,
             lines: drain(lines),

@@ -291,18 +291,7 @@ pub async fn read_queue(
 ) -> anyhow::Result<(Connection, mpsc::UnboundedReceiver<Received>)> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            format!("bench-{}", uuid::Uuid::new_v4().simple()).into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming {queue}"))?;
+    let mut consumer = consume_no_ack(&channel, queue, "bench").await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
@@ -351,4 +340,25 @@ pub async fn delete_queue(channel: &Channel, name: &str) {
 /// A duration between two instants, zero if they are out of order.
 pub fn between(from: Instant, to: Instant) -> Duration {
     to.saturating_duration_since(from)
+}
+
+/// A consumer of `queue` that acks nothing (a reader's, which only counts),
+/// tagged `<prefix>-<random>` so two runs never clash.
+pub async fn consume_no_ack(
+    channel: &Channel,
+    queue: &str,
+    prefix: &str,
+) -> anyhow::Result<lapin::Consumer> {
+    channel
+        .basic_consume(
+            queue.into(),
+            format!("{prefix}-{}", uuid::Uuid::new_v4().simple()).into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming {queue}"))
 }

@@ -8,12 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use x_simulator::Fault;
 use xbridge_test_support::amqp_url;
 
@@ -21,6 +18,7 @@ use crate::harness::{
     between, collect_outcomes, declare_quorum_queue, delete_queue, options, read_queue, world,
     InProcessBridge, Outcomes, Publisher, Received,
 };
+use crate::relay::forward;
 use crate::stats::{ms, other_outcomes, p50_p99_max, per_second, print_load, Latencies};
 
 /// The channel every reply goes through.
@@ -269,26 +267,7 @@ async fn start_relay(
         while let Some(Ok(delivery)) = consumer.next().await {
             let channel = publish_channel.clone();
             let output = relay_output.clone();
-            tokio::spawn(async move {
-                let confirmed = async {
-                    channel
-                        .basic_publish(
-                            "".into(),
-                            output.as_str().into(),
-                            BasicPublishOptions::default(),
-                            &delivery.data,
-                            BasicProperties::default()
-                                .with_content_type("application/json".into())
-                                .with_delivery_mode(2),
-                        )
-                        .await?
-                        .await
-                }
-                .await;
-                if confirmed.is_ok() {
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
-                }
-            });
+            tokio::spawn(async move { forward(&channel, &output, delivery).await });
         }
     });
     Ok((relay_connection, relay_task))

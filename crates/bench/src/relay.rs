@@ -12,7 +12,6 @@
 //! state store, ordering, events or retries.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +26,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use x_simulator::Account;
+
+use crate::child::spawn_until_ready;
 
 /// Where the relay POSTs each message, and as whom.
 struct XTarget {
@@ -117,11 +118,18 @@ async fn relay_one(
             return;
         }
     }
+    forward(&channel, &output, delivery).await;
+}
+
+/// The relay's broker work for one message: publishes it to `output` with a
+/// confirm, and acks it once confirmed (left unacknowledged otherwise).
+/// Both relays use it: this process's and the `outbound` benchmark's.
+pub(crate) async fn forward(channel: &Channel, output: &str, delivery: lapin::message::Delivery) {
     let confirmed = async {
         channel
             .basic_publish(
                 "".into(),
-                (&*output).into(),
+                output.into(),
                 BasicPublishOptions::default(),
                 &delivery.data,
                 BasicProperties::default()
@@ -213,22 +221,7 @@ impl RelayProcess {
                 .arg("--account")
                 .arg(&x.account_file);
         }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the relay")?;
-        let stdout = child.stdout.take().context("the relay's stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .context("the relay did not connect")??;
-        anyhow::ensure!(
-            first.as_deref() == Some("ready"),
-            "the relay said {first:?} instead of ready"
-        );
+        let (child, lines) = spawn_until_ready(command, "relay").await?;
         Ok(RelayProcess {
             child,
             _lines: lines,
