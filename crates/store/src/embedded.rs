@@ -1,8 +1,7 @@
 //! The default store: one redb file, crash-safe, no server.
 //!
-//! Every write must be durable before the bridge acts on it (but the "reported" mark,
-//! which commits without a flush of its own: [`PendingWrite::durable`]), and a durable
-//! redb commit costs a disk flush; redb also takes one write transaction at a time. So writes go
+//! Every write must be durable before the bridge acts on it, and a durable redb commit
+//! costs a disk flush; redb also takes one write transaction at a time. So writes go
 //! through one writer thread that commits whatever is waiting together (group commit):
 //! under load one flush serves every reply and event in flight, and each caller still
 //! hears back only once its own write is on disk. Reads run on their own snapshots.
@@ -126,14 +125,6 @@ impl From<Opening> for StoreError {
 /// A write waiting for the writer thread, and where to say how it went.
 struct PendingWrite {
     write: Write,
-    /// Whether its caller must hear back only once it is on disk. A write
-    /// that need not be (the "reported" mark: losing it costs at most a
-    /// repeated `message.sent` under the same `message_id`) commits without
-    /// a flush of its own when no durable write shares its batch, and
-    /// reaches the disk with the next durable commit, or when the file is
-    /// closed (redb makes pending commits durable then): a third of a reply's
-    /// flushes under a steady load (issue 16).
-    durable: bool,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -301,8 +292,7 @@ impl Writer {
     /// alone so one bad write fails only its own caller.
     fn commit_batch(&mut self, db: Arc<Database>, batch: &mut Vec<PendingWrite>) {
         let health = &self.shared.health;
-        let durable = batch.iter().any(|pending| pending.durable);
-        match commit(&db, batch.iter().map(|pending| &pending.write), durable) {
+        match commit(&db, batch.iter().map(|pending| &pending.write)) {
             Ok(()) => {
                 health.write_succeeded();
                 self.delay = REOPEN_FIRST_DELAY;
@@ -330,7 +320,7 @@ impl Writer {
             Err(error) => {
                 tracing::debug!(%error, writes = batch.len(), "shared commit failed: committing each write alone");
                 for pending in batch.drain(..) {
-                    let result = commit(&db, std::iter::once(&pending.write), pending.durable);
+                    let result = commit(&db, std::iter::once(&pending.write));
                     match &result {
                         Ok(()) => health.write_succeeded(),
                         Err(error) => health.write_failed(error),
@@ -370,18 +360,9 @@ fn reopen(shared: &Shared) -> Result<Arc<Database>, StoreError> {
     Ok(Arc::new(db))
 }
 
-/// Applies `writes` in one transaction, all or nothing; on disk when it
-/// returns if `durable`, else with the next durable commit (readers see it
-/// at once either way).
-fn commit<'a>(
-    db: &Database,
-    writes: impl Iterator<Item = &'a Write>,
-    durable: bool,
-) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(err)?;
-    if !durable {
-        txn.set_durability(redb::Durability::None).map_err(err)?;
-    }
+/// Applies `writes` in one transaction and makes it durable; all or nothing.
+fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(err)?;
     for write in writes {
         // Dropping the transaction on an error aborts it.
         write(&txn)?;
@@ -519,20 +500,6 @@ impl EmbeddedStore {
         &self,
         write: impl Fn(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
-        self.submit(Box::new(write), true).await
-    }
-
-    /// A write whose loss in a crash costs nothing the bridge promises: it
-    /// commits without waiting for a flush of its own (see
-    /// [`PendingWrite::durable`]).
-    async fn write_lazily(
-        &self,
-        write: impl Fn(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
-    ) -> Result<(), StoreError> {
-        self.submit(Box::new(write), false).await
-    }
-
-    async fn submit(&self, write: Write, durable: bool) -> Result<(), StoreError> {
         let (done, outcome) = oneshot::channel();
         let stopped = || StoreError::Failed("the store's writer stopped".into());
         self.inner
@@ -540,8 +507,7 @@ impl EmbeddedStore {
             .as_ref()
             .ok_or_else(stopped)?
             .send(PendingWrite {
-                write,
-                durable,
+                write: Box::new(write),
                 done,
             })
             .map_err(|_| stopped())?;
@@ -769,7 +735,7 @@ impl StateStore for EmbeddedStore {
 
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
         let key = key(channel, message_id);
-        self.write_lazily(move |txn| {
+        self.write(move |txn| {
             let mut table = txn.open_table(SENT).map_err(err)?;
             let existing = table
                 .get(key.as_str())
@@ -1495,23 +1461,6 @@ mod tests {
         for n in 0..200 {
             assert!(store.is_delivered("acme", &n.to_string()).await.unwrap());
         }
-    }
-
-    /// The "reported" mark commits without a flush of its own: a clean stop
-    /// still leaves it on disk.
-    #[tokio::test]
-    async fn a_mark_committed_without_a_flush_survives_a_clean_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
-        {
-            let store = EmbeddedStore::open(&path).unwrap();
-            let record = crate::contract::sample_record();
-            store.record_sent("acme", "m1", &record).await.unwrap();
-            store.mark_reported("acme", "m1").await.unwrap();
-        }
-        let store = EmbeddedStore::open(&path).unwrap();
-        let record = store.sent("acme", "m1").await.unwrap().expect("the record");
-        assert!(record.reported, "the mark reached the disk at the close");
     }
 
     #[tokio::test]

@@ -202,8 +202,6 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Remembers that the CRM was told (the `message.sent` was confirmed).
-    /// Need not be durable when it returns: a mark lost in a crash costs at
-    /// most a repeated `message.sent` under the same AMQP `message_id`.
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError>;
 
     /// Whether X's DM event `dm_event_id` is one the bridge sent (recorded by
