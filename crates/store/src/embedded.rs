@@ -361,6 +361,11 @@ fn reopen(shared: &Shared) -> Result<Arc<Database>, StoreError> {
 }
 
 /// Applies `writes` in one transaction and makes it durable; all or nothing.
+/// Always durable: a commit without its flush (redb's `Durability::None`) for
+/// the "reported" mark saved 6 to 11 % of a reply's CPU, but with readers on
+/// other threads redb 4.6 freed a page a reader still held (its debug
+/// assertion in `free_helper` stopped this thread in a node-loss test), so it
+/// was taken back (issue 16, docs/benchmarks.md).
 fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(err)?;
     for write in writes {
