@@ -294,10 +294,11 @@ async fn finish(
 }
 
 /// Remembers that the CRM was told of `message_id`. Only spares a copy of the
-/// reply a second `message.sent` (with the same AMQP `message_id`), so a store
-/// that cannot write it is logged, not waited for.
+/// reply a second `message.sent` (with the same AMQP `message_id`), so it is
+/// not waited for: the store makes it durable with a later write, and one
+/// that cannot write it is logged.
 async fn mark_reported(ctx: &ChannelContext, message_id: &str) {
-    if let Err(error) = ctx.store.mark_reported(&ctx.name, message_id).await {
+    if let Err(error) = ctx.store.mark_reported_soon(&ctx.name, message_id).await {
         tracing::warn!(channel = %ctx.name, message_id, %error, "could not mark the reply as reported; a copy of it would be reported again");
     }
 }

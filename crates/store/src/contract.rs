@@ -80,6 +80,7 @@ pub async fn run_all(store: &dyn StateStore) {
     racing_claims_each_get_their_own_epoch(store).await;
     the_first_record_wins(store).await;
     reporting_is_remembered(store).await;
+    a_mark_made_soon_is_durable_with_the_next_write(store).await;
     channels_do_not_share_message_ids(store).await;
     own_sends_are_known_by_their_dm_event_id(store).await;
     delivered_events_are_remembered_per_channel(store).await;
@@ -472,6 +473,22 @@ async fn reporting_is_remembered(store: &dyn StateStore) {
     // Marking a reply that was never sent changes nothing.
     store.mark_reported("contract", "ghost").await.unwrap();
     assert_eq!(store.sent("contract", "ghost").await.unwrap(), None);
+}
+
+/// A store may keep a mark made "soon" for a later commit, but never after
+/// one a caller waited for: whoever saw a later write durable sees the mark.
+async fn a_mark_made_soon_is_durable_with_the_next_write(store: &dyn StateStore) {
+    store
+        .record_sent("contract", "soon", &sample_record())
+        .await
+        .unwrap();
+    store.mark_reported_soon("contract", "soon").await.unwrap();
+    store
+        .record_sent("contract", "after-soon", &sample_record())
+        .await
+        .unwrap();
+    let record = store.sent("contract", "soon").await.unwrap().unwrap();
+    assert!(record.reported);
 }
 
 async fn channels_do_not_share_message_ids(store: &dyn StateStore) {

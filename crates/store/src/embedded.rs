@@ -122,10 +122,32 @@ impl From<Opening> for StoreError {
     }
 }
 
-/// A write waiting for the writer thread, and where to say how it went.
+/// How long a write nobody waits for (the "reported" mark) waits for a write
+/// somebody does wait for, to share its commit instead of paying a commit and
+/// its flush of its own. Losing it in a crash within this window costs only a
+/// repeated `message.sent`; a clean stop commits it (the queue is drained).
+const LONE_DEFERRED_WAIT: Duration = Duration::from_millis(50);
+
+/// A write waiting for the writer thread, and where to say how it went:
+/// `None` for a deferred write, whose failure the writer logs itself.
 struct PendingWrite {
     write: Write,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl PendingWrite {
+    /// Tells the caller how the write went, or logs a deferred write's failure.
+    fn answer(self, outcome: Result<(), StoreError>) {
+        match (self.done, outcome) {
+            (Some(done), outcome) => {
+                let _ = done.send(outcome);
+            }
+            (None, Err(error)) => {
+                tracing::warn!(%error, "a deferred write (a reply's reported mark) failed; a copy of that reply would be reported again");
+            }
+            (None, Ok(())) => {}
+        }
+    }
 }
 
 /// What the store handles and the writer thread share.
@@ -245,7 +267,7 @@ impl Writer {
             Ok(pending) => {
                 let error = reopening();
                 self.shared.health.write_failed(&error);
-                let _ = pending.done.send(Err(error));
+                pending.answer(Err(error));
             }
             Err(RecvTimeoutError::Timeout) => self.try_reopen(),
             Err(RecvTimeoutError::Disconnected) => return false,
@@ -272,19 +294,31 @@ impl Writer {
     }
 
     /// Waits for a write, then takes what else is waiting, up to
-    /// [`MAX_BATCH`]. False once every store handle is gone.
+    /// [`MAX_BATCH`]. A batch of deferred writes alone waits up to
+    /// [`LONE_DEFERRED_WAIT`] for company. False once every store handle is
+    /// gone and the queue is drained.
     fn next_batch(&self, batch: &mut Vec<PendingWrite>) -> bool {
         let Ok(first) = self.queue.recv() else {
             return false;
         };
         batch.push(first);
+        self.take_waiting(batch);
+        if batch.iter().all(|pending| pending.done.is_none()) {
+            if let Ok(company) = self.queue.recv_timeout(LONE_DEFERRED_WAIT) {
+                batch.push(company);
+                self.take_waiting(batch);
+            }
+        }
+        true
+    }
+
+    fn take_waiting(&self, batch: &mut Vec<PendingWrite>) {
         while batch.len() < MAX_BATCH {
             match self.queue.try_recv() {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }
         }
-        true
     }
 
     /// Commits the batch in one transaction and answers each write; when the
@@ -297,7 +331,7 @@ impl Writer {
                 health.write_succeeded();
                 self.delay = REOPEN_FIRST_DELAY;
                 for pending in batch.drain(..) {
-                    let _ = pending.done.send(Ok(()));
+                    pending.answer(Ok(()));
                 }
             }
             Err(error) if error.is_unavailable() => {
@@ -306,7 +340,7 @@ impl Writer {
                 tracing::warn!(%error, writes = batch.len(), "the state file hit an I/O error; closing it to open it again");
                 for pending in batch.drain(..) {
                     health.write_failed(&error);
-                    let _ = pending.done.send(Err(error.clone()));
+                    pending.answer(Err(error.clone()));
                 }
                 self.close(db);
                 self.pause();
@@ -314,7 +348,7 @@ impl Writer {
             Err(error) if batch.len() == 1 => {
                 if let Some(pending) = batch.pop() {
                     health.write_failed(&error);
-                    let _ = pending.done.send(Err(error));
+                    pending.answer(Err(error));
                 }
             }
             Err(error) => {
@@ -325,7 +359,7 @@ impl Writer {
                         Ok(()) => health.write_succeeded(),
                         Err(error) => health.write_failed(error),
                     }
-                    let _ = pending.done.send(result);
+                    pending.answer(result);
                 }
             }
         }
@@ -373,6 +407,28 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a Write>) -> Result<
         write(&txn)?;
     }
     txn.commit().map_err(err)
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Failed("the store's writer stopped".into())
+}
+
+/// The write that marks the reply under `key` as reported, if it is recorded.
+fn mark_reported(key: String) -> impl Fn(&WriteTransaction) -> Result<(), StoreError> {
+    move |txn| {
+        let mut table = txn.open_table(SENT).map_err(err)?;
+        let existing = table
+            .get(key.as_str())
+            .map_err(err)?
+            .map(|v| v.value().to_vec());
+        if let Some(bytes) = existing {
+            let mut record: SentRecord = serde_json::from_slice(&bytes).map_err(codec)?;
+            record.reported = true;
+            let value = serde_json::to_vec(&record).map_err(codec)?;
+            table.insert(key.as_str(), value.as_slice()).map_err(err)?;
+        }
+        Ok(())
+    }
 }
 
 /// Opens the database file at `path`, creating it readable by its owner only
@@ -506,17 +562,31 @@ impl EmbeddedStore {
         write: impl Fn(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let (done, outcome) = oneshot::channel();
-        let stopped = || StoreError::Failed("the store's writer stopped".into());
+        self.enqueue(Box::new(write), Some(done))?;
+        outcome.await.map_err(|_| writer_stopped())?
+    }
+
+    /// Hands `write` to the writer without waiting for its commit, which it
+    /// shares with the next write somebody waits for (see
+    /// [`LONE_DEFERRED_WAIT`]); the writer logs its failure.
+    fn write_deferred(
+        &self,
+        write: impl Fn(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.enqueue(Box::new(write), None)
+    }
+
+    fn enqueue(
+        &self,
+        write: Write,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) -> Result<(), StoreError> {
         self.inner
             .queue
             .as_ref()
-            .ok_or_else(stopped)?
-            .send(PendingWrite {
-                write: Box::new(write),
-                done,
-            })
-            .map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+            .ok_or_else(writer_stopped)?
+            .send(PendingWrite { write, done })
+            .map_err(|_| writer_stopped())
     }
 
     /// Runs a read on the calling thread. A read transaction never waits for
@@ -739,22 +809,11 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
-        let key = key(channel, message_id);
-        self.write(move |txn| {
-            let mut table = txn.open_table(SENT).map_err(err)?;
-            let existing = table
-                .get(key.as_str())
-                .map_err(err)?
-                .map(|v| v.value().to_vec());
-            if let Some(bytes) = existing {
-                let mut record: SentRecord = serde_json::from_slice(&bytes).map_err(codec)?;
-                record.reported = true;
-                let value = serde_json::to_vec(&record).map_err(codec)?;
-                table.insert(key.as_str(), value.as_slice()).map_err(err)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(mark_reported(key(channel, message_id))).await
+    }
+
+    async fn mark_reported_soon(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
+        self.write_deferred(mark_reported(key(channel, message_id)))
     }
 
     async fn is_own_send(&self, channel: &str, dm_event_id: &str) -> Result<bool, StoreError> {
@@ -1493,5 +1552,23 @@ mod tests {
             store.poll_cursor("acme").await.unwrap().as_deref(),
             Some("42")
         );
+    }
+
+    /// A mark nobody waited for is still in the file after a clean close:
+    /// closing drains the writer's queue, so a bridge that stops cleanly right
+    /// after telling the CRM does not tell it again after a restart.
+    #[tokio::test]
+    async fn a_deferred_mark_is_kept_by_a_clean_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            let record = crate::contract::sample_record();
+            store.record_sent("acme", "m1", &record).await.unwrap();
+            store.mark_reported_soon("acme", "m1").await.unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let record = store.sent("acme", "m1").await.unwrap().unwrap();
+        assert!(record.reported);
     }
 }

@@ -204,6 +204,16 @@ pub trait StateStore: Send + Sync + 'static {
     /// Remembers that the CRM was told (the `message.sent` was confirmed).
     async fn mark_reported(&self, channel: &str, message_id: &str) -> Result<(), StoreError>;
 
+    /// [`StateStore::mark_reported`] without waiting for it to be durable: a
+    /// store may make it durable with a later write. The mark only spares a
+    /// redelivered copy of the reply a second `message.sent`, so losing it in a
+    /// crash costs little, while waiting for a commit of its own cost a third
+    /// of a reply's store work (issue 16, docs/benchmarks.md). Errors seen
+    /// later are the store's to log; one seen at once is returned.
+    async fn mark_reported_soon(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
+        self.mark_reported(channel, message_id).await
+    }
+
     /// Whether X's DM event `dm_event_id` is one the bridge sent (recorded by
     /// [`StateStore::record_sent`]): its echo from X must not reach the CRM as
     /// a customer's message.
