@@ -173,6 +173,7 @@ fn pair(value: Option<(u64, u64)>) -> String {
 
 async fn one(args: &ScaleArgs, channels: usize, ticks: u64) -> anyhow::Result<ScaleRun> {
     eprintln!("scale: {channels} channel(s)");
+    shared_node_has_room(channels).await?;
     let app = world(options(channel_names(channels))).await;
     let measured = start_and_measure(args, &app, None, channels, ticks, "shared").await;
     // The figures first: a broker that chokes on deleting a thousand quorum
@@ -189,6 +190,42 @@ async fn one(args: &ScaleArgs, channels: usize, ticks: u64) -> anyhow::Result<Sc
     }
     measured
 }
+
+/// Refuses a run whose quorum queues the shared node has no descriptors for.
+/// RabbitMQ 3.10 counts about three per quorum queue, and a node past its
+/// limit stops answering connections and `rabbitmqctl` alike, so the run's
+/// own cleanup cannot delete them and every test on the machine then fails:
+/// a node started by `su` gets a soft limit of 1,024, which 1,000 channels
+/// exceed (it happened, 2026-12-05).
+async fn shared_node_has_room(channels: usize) -> anyhow::Result<()> {
+    let status = tokio::time::timeout(
+        CTL_PATIENCE,
+        tokio::process::Command::new("rabbitmqctl")
+            .args(["--quiet", "status", "--formatter", "json"])
+            .output(),
+    )
+    .await
+    .context("rabbitmqctl status: no answer")?
+    .context("rabbitmqctl status")?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&status.stdout).context("rabbitmqctl status: not JSON")?;
+    let fds = &status["file_descriptors"];
+    let (Some(used), Some(limit)) = (fds["total_used"].as_u64(), fds["total_limit"].as_u64())
+    else {
+        anyhow::bail!("rabbitmqctl status names no file descriptor limit");
+    };
+    let wanted = used + 3 * channels as u64 + SHARED_NODE_SPARE_FDS;
+    anyhow::ensure!(
+        wanted <= limit,
+        "{channels} channels want about {wanted} file descriptors of the shared RabbitMQ node, \
+         which allows {limit} ({used} in use): use --private-broker, or start the node with a \
+         higher `ulimit -n`"
+    );
+    Ok(())
+}
+
+/// Descriptors left for connections and the tests beside a run.
+const SHARED_NODE_SPARE_FDS: u64 = 200;
 
 /// `channels` channels on a node of the run's own: a first start that
 /// declares every queue, a second that finds them. The node goes with its
