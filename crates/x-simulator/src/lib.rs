@@ -358,6 +358,7 @@ mod faults;
 mod gate;
 mod media;
 pub mod oauth;
+mod oauth2;
 mod problems;
 mod rate_limit;
 mod reply;
@@ -380,6 +381,7 @@ pub use dm::MAX_TEXT_CHARS;
 pub use dm_events::RETENTION_DAYS;
 pub use events::MediaSpec;
 pub use faults::Fault;
+pub use oauth2::{OAuth2Client, OAuth2Tokens, DEFAULT_ACCESS_TOKEN_SECS};
 pub use rate_limit::RateLimitWindow;
 pub use simulator::{Simulator, SimulatorConfig};
 pub use state::{
