@@ -350,3 +350,63 @@ async fn dm_media_downloads_by_the_oauth2_path_only() {
         .await;
     assert_eq!(ton_with_bearer.status, 403);
 }
+
+#[tokio::test]
+async fn the_admin_api_registers_grants_expires_and_revokes() {
+    let h = harness().await;
+    let admin = |path: &str, body: serde_json::Value| {
+        h.client
+            .post(h.url(&format!("/_sim/oauth2/{path}")))
+            .json(&body)
+            .send()
+    };
+    let unknown = admin("clients", serde_json::json!({"user_id": "1"}))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let client: OAuth2Client = admin(
+        "clients",
+        serde_json::json!({"user_id": h.user_id(), "confidential": true, "access_token_secs": 600}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert!(client.client_secret.is_some());
+    assert_eq!(client.access_token_secs, 600);
+    let granted: OAuth2Tokens = admin(
+        "grants",
+        serde_json::json!({"client_id": client.client_id, "scopes": DM_SCOPES}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(granted.expires_in, 600);
+    assert_eq!(h.send_with_bearer(&granted.access_token).await.status, 201);
+
+    let expired = admin("expire", serde_json::json!({"user_id": h.user_id()}))
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), 200);
+    assert_eq!(h.send_with_bearer(&granted.access_token).await.status, 401);
+    let refresh = granted.refresh_token.unwrap();
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh.as_str()),
+    ];
+    let fresh = tokens(&h.token(&form, Some(&client)).await);
+    assert_eq!(h.send_with_bearer(&fresh.access_token).await.status, 201);
+
+    admin("revoke", serde_json::json!({"user_id": h.user_id()}))
+        .await
+        .unwrap();
+    assert_eq!(h.send_with_bearer(&fresh.access_token).await.status, 401);
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", fresh.refresh_token.as_deref().unwrap()),
+    ];
+    assert_refused_token(&h.token(&form, Some(&client)).await);
+}
