@@ -56,12 +56,21 @@ impl Body {
 /// Reads `response`'s body, at most [`MAX_ANSWER_BYTES`] of a 2xx and
 /// [`MAX_ERROR_BODY_BYTES`] of anything else, chunk by chunk, so no more than the cap (and
 /// one chunk) is ever held. A 2xx that announces a longer body is not read at all.
-pub(crate) async fn read(mut response: Response) -> Result<Body, reqwest::Error> {
+pub(crate) async fn read(response: Response) -> Result<Body, reqwest::Error> {
     let cap = if response.status().is_success() {
         MAX_ANSWER_BYTES
     } else {
         MAX_ERROR_BODY_BYTES
     };
+    read_at_most(response, cap).await
+}
+
+/// [`read`] with a cap of the caller's, for answers known to be small whatever their status
+/// (OAuth 2.0 token answers).
+pub(crate) async fn read_at_most(
+    mut response: Response,
+    cap: usize,
+) -> Result<Body, reqwest::Error> {
     if response.status().is_success()
         && response
             .content_length()

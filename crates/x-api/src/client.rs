@@ -8,6 +8,7 @@ use reqwest::header::{HeaderMap, AUTHORIZATION};
 use reqwest::Method;
 use url::Url;
 
+use crate::auth::{Authorization, XAuth};
 use crate::dm::{self, Attachment, SendDmBody, SendDmResponse};
 use crate::error::body_snippet;
 use crate::http::error_chain;
@@ -97,9 +98,9 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) base_url: Url,
     pub(crate) request_timeout: Duration,
-    /// Swapped whole by [`XClient::set_credentials`]: each request signs with the
-    /// credentials current when it starts.
-    pub(crate) credentials: std::sync::RwLock<Arc<UserCredentials>>,
+    /// Swapped whole by [`XClient::set_credentials`] and [`XClient::set_auth`]: each
+    /// request authenticates with what is current when it starts.
+    pub(crate) auth: std::sync::RwLock<XAuth>,
     pub(crate) pacer: Pacer,
     /// X counts DM reads in a window of their own, so they are paced apart from sends.
     pub(crate) read_pacer: Pacer,
@@ -138,6 +139,12 @@ impl XClient {
         credentials: UserCredentials,
         http: XHttp,
     ) -> Result<XClient, XError> {
+        XClient::with_auth(config, XAuth::from(credentials), http)
+    }
+
+    /// A client for one account authenticating with `auth`: OAuth 1.0a credentials, or an
+    /// OAuth 2.0 token source (`Authorization: Bearer`). Fails like [`XClient::new`].
+    pub fn with_auth(config: XClientConfig, auth: XAuth, http: XHttp) -> Result<XClient, XError> {
         if !matches!(config.base_url.scheme(), "http" | "https")
             || config.base_url.cannot_be_a_base()
         {
@@ -152,7 +159,7 @@ impl XClient {
                 http: http.client().clone(),
                 base_url: config.base_url,
                 request_timeout: config.request_timeout,
-                credentials: std::sync::RwLock::new(Arc::new(credentials)),
+                auth: std::sync::RwLock::new(auth),
                 pacer: Pacer::default(),
                 read_pacer: Pacer::default(),
                 upload_pacer: Pacer::default(),
@@ -236,11 +243,10 @@ impl XClient {
     ) -> Result<SentDm, XError> {
         let url = target.messages_url(&self.inner.base_url)?;
         check_dm(text, media_id)?;
-        let authorization = oauth::signed_header("POST", &url, &self.credentials())
-            .ok_or(XError::Unauthorized { problem: None })?;
+        let authorization = self.authorization("POST", &url).await?;
         let request = self
             .request(Method::POST, url)
-            .header(AUTHORIZATION, authorization)
+            .header(AUTHORIZATION, authorization.header.clone())
             .json(&SendDmBody {
                 text,
                 attachments: media_id.map(|media_id| [Attachment { media_id }]),
@@ -252,6 +258,7 @@ impl XClient {
             learns_window: true,
         };
         let answer = self.exchange(request, paced).await?;
+        authorization.answered(answer.status.as_u16());
         if answer.status.is_success() {
             return sent_dm(&answer);
         }
@@ -329,13 +336,40 @@ impl XClient {
             .timeout(self.inner.request_timeout)
     }
 
-    /// The account's credentials as they are now, for signing one request.
-    pub(crate) fn credentials(&self) -> Arc<UserCredentials> {
+    /// How the account authenticates now.
+    pub(crate) fn auth(&self) -> XAuth {
         self.inner
-            .credentials
+            .auth
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// The `Authorization` of one request to `url`: OAuth 1.0a-signed (query parameters
+    /// included), or the OAuth 2.0 source's current access token (refreshed first if
+    /// needed; a grant X refused is [`XError::Unauthorized`]).
+    pub(crate) async fn authorization(
+        &self,
+        method: &str,
+        url: &Url,
+    ) -> Result<Authorization, XError> {
+        match self.auth() {
+            XAuth::OAuth1(credentials) => oauth::signed_header(method, url, &credentials)
+                .map(Authorization::oauth1)
+                .ok_or(XError::Unauthorized { problem: None }),
+            XAuth::OAuth2(source) => Authorization::bearer(source).await,
+        }
+    }
+
+    /// Whether the account authenticates with OAuth 2.0 (which changes some paths, such as
+    /// the DM media download).
+    pub fn uses_oauth2(&self) -> bool {
+        matches!(self.auth(), XAuth::OAuth2(_))
+    }
+
+    /// The API root the client talks to.
+    pub(crate) fn base_url(&self) -> &Url {
+        &self.inner.base_url
     }
 
     /// Replaces the account's credentials (a rotated token, a channel the CRM
@@ -343,11 +377,17 @@ impl XClient {
     /// already signed finish with the old ones. The pacers are kept: the rate
     /// limit windows belong to the account, not to the token.
     pub fn set_credentials(&self, credentials: UserCredentials) {
+        self.set_auth(XAuth::from(credentials));
+    }
+
+    /// Replaces how the account authenticates, like [`XClient::set_credentials`] (a channel
+    /// moved between OAuth 1.0a and OAuth 2.0, or a new token source).
+    pub fn set_auth(&self, auth: XAuth) {
         *self
             .inner
-            .credentials
+            .auth
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(credentials);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = auth;
     }
 
     /// How long one request to X may take before the client gives up on it: a DM whose
@@ -443,11 +483,10 @@ impl XClient {
     ) -> Result<ReadAnswer, XError> {
         let pacer = &self.inner.read_pacer;
         pacer.ready().await;
-        let authorization = oauth::signed_header("GET", &url, &self.credentials())
-            .ok_or(XError::Unauthorized { problem: None })?;
+        let authorization = self.authorization("GET", &url).await?;
         let request = self
             .request(Method::GET, url)
-            .header(AUTHORIZATION, authorization);
+            .header(AUTHORIZATION, authorization.header.clone());
         let paced = Paced {
             pacer,
             endpoint: window.endpoint(),
@@ -455,6 +494,7 @@ impl XClient {
             learns_window: window == Window::DmEvents,
         };
         let answer = self.exchange(request, paced).await?;
+        authorization.answered(answer.status.as_u16());
         if answer.status.is_success() {
             return Ok(ReadAnswer {
                 rate_limit: RateLimit::from_headers(&answer.headers),

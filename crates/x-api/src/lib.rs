@@ -8,6 +8,9 @@
 //! - [`WebhookClient`] registers, lists and revalidates the App's webhook and subscribes an
 //!   account to it (README §4), with [`WebhookError`] saying what each of X's refusal
 //!   reasons means, so X can push DMs instead of being polled.
+//! - [`XAuth`] is how a client authenticates: OAuth 1.0a [`UserCredentials`], or an OAuth 2.0
+//!   user access token from an [`AccessTokenSource`] such as [`RefreshingTokenSource`]; the
+//!   [`oauth2`] module speaks X's token endpoint (PKCE, refresh, typed [`oauth2::TokenError`]).
 //! - [`XClient::download_media`] fetches a DM's media with the account's signature and hands
 //!   the response on unread, for the inbound media proxy to stream ([`MediaDownloadError`]).
 //! - [`UserId`], [`DmEventId`] and [`ConversationId`] (`id.rs`) keep the three kinds of X id
@@ -26,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod body;
 mod client;
 mod dm;
@@ -36,6 +40,7 @@ mod id;
 mod media_category;
 mod media_download;
 mod oauth;
+pub mod oauth2;
 mod pacing;
 #[cfg(test)]
 mod properties;
@@ -44,6 +49,10 @@ mod telemetry;
 mod upload;
 mod webhooks;
 
+pub use auth::{
+    AccessTokenSource, GrantSink, RefreshingTokenSource, StoreFuture, TokenFuture, XAuth,
+    REFRESH_MARGIN,
+};
 pub use body::{MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES};
 pub use client::{AdmittedSend, MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};
 pub use dm::{DmTarget, SentDm};

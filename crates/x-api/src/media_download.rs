@@ -1,7 +1,9 @@
 //! Downloading the media of a DM: X serves a DM photo at a `ton.twitter.com` URL that only
 //! answers a GET signed with OAuth 1.0a by one of the conversation's accounts (README §5), so
 //! the bridge fetches it with the channel's user token and hands the response on for
-//! streaming.
+//! streaming. A channel on OAuth 2.0 cannot use the TON URL: it fetches the same media at
+//! `GET /2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}` on the API host with its
+//! Bearer token (docs/x-api-facts.md, "OAuth 2.0"), and sends that token nowhere else.
 //!
 //! The response is returned before its body is read: media go up to X's 512 MB video limit,
 //! and the caller streams them rather than holding them in memory. `timeout` bounds the time
@@ -14,6 +16,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderValue, AUTHORIZATION, LOCATION};
 use url::{Origin, Url};
 
+use crate::auth::{Authorization, XAuth};
 use crate::http::error_chain;
 use crate::{oauth, XClient};
 
@@ -82,8 +85,13 @@ impl XClient {
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || !may_fetch(url) {
             return Err(MediaDownloadError::InvalidUrl);
         }
-        let origin = url.origin();
-        let mut current = url.clone();
+        let mut current = match self.auth() {
+            XAuth::OAuth2(_) => {
+                oauth2_media_url(self.base_url(), url).unwrap_or_else(|| url.clone())
+            }
+            XAuth::OAuth1(_) => url.clone(),
+        };
+        let origin = current.origin();
         for _ in 0..=MAX_REDIRECTS {
             let response = self.signed_media_get(&current, timeout).await?;
             let status = response.status();
@@ -116,16 +124,13 @@ impl XClient {
         url: &Url,
         timeout: Duration,
     ) -> Result<reqwest::Response, MediaDownloadError> {
-        let authorization = oauth::signed_header("GET", url, &self.credentials())
-            // Only `None` with control characters in a credential; the header is not shown.
-            .ok_or(MediaDownloadError::Refused { status: 401 })?;
+        let authorization = self.media_authorization(url).await?;
         let started = std::time::Instant::now();
-        let request = self
-            .http()
-            .get(url.clone())
-            .header(AUTHORIZATION, authorization)
-            .timeout(MAX_TRANSFER)
-            .send();
+        let mut request = self.http().get(url.clone()).timeout(MAX_TRANSFER);
+        if let Some(authorization) = &authorization {
+            request = request.header(AUTHORIZATION, authorization.header.clone());
+        }
+        let request = request.send();
         let response = match tokio::time::timeout(timeout, request).await {
             Ok(response) => response,
             Err(_) => {
@@ -139,6 +144,9 @@ impl XClient {
             }
         };
         crate::telemetry::record_request("media", started, &response);
+        if let (Ok(response), Some(authorization)) = (&response, &authorization) {
+            authorization.answered(response.status().as_u16());
+        }
         response.map_err(|error| {
             if error.is_timeout() {
                 MediaDownloadError::Timeout { after: timeout }
@@ -150,6 +158,54 @@ impl XClient {
             }
         })
     }
+}
+
+impl XClient {
+    /// The `Authorization` of a media GET: OAuth 1.0a-signed for any media URL; under OAuth
+    /// 2.0 the Bearer token only to the API host (the rewritten TON URL), never to another
+    /// host, and no header elsewhere (video renditions).
+    async fn media_authorization(
+        &self,
+        url: &Url,
+    ) -> Result<Option<Authorization>, MediaDownloadError> {
+        let refused = |_| MediaDownloadError::Refused { status: 401 };
+        match self.auth() {
+            // `None` only with control characters in a credential; the header is not shown.
+            XAuth::OAuth1(credentials) => oauth::signed_header("GET", url, &credentials)
+                .map(|header| Some(Authorization::oauth1(header)))
+                .ok_or(MediaDownloadError::Refused { status: 401 }),
+            XAuth::OAuth2(source) if url.origin() == self.base_url().origin() => {
+                Authorization::bearer(source)
+                    .await
+                    .map(Some)
+                    .map_err(refused)
+            }
+            XAuth::OAuth2(_) => Ok(None),
+        }
+    }
+}
+
+/// The OAuth 2.0 download URL of a TON URL (`…/1.1/ton/data/dm/{dm_id}/{media_id}/{resource_id}`):
+/// `{base}/2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}`; `None` for another URL.
+pub(crate) fn oauth2_media_url(base: &Url, ton: &Url) -> Option<Url> {
+    let segments: Vec<&str> = ton.path_segments()?.collect();
+    let [.., "1.1", "ton", "data", "dm", dm_id, media_id, resource_id] = segments.as_slice() else {
+        return None;
+    };
+    if [dm_id, media_id, resource_id].iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let mut url = base.clone();
+    url.path_segments_mut().ok()?.pop_if_empty().extend([
+        "2",
+        "dm_conversations",
+        "media",
+        dm_id,
+        media_id,
+        resource_id,
+    ]);
+    url.set_query(ton.query());
+    Some(url)
 }
 
 /// The target of a redirect, if it stays on `origin`.
@@ -185,6 +241,18 @@ mod tests {
 
     fn location(value: &str) -> HeaderValue {
         HeaderValue::from_str(value).unwrap()
+    }
+
+    #[test]
+    fn a_ton_url_maps_to_the_oauth2_media_path() {
+        let base = Url::parse("https://api.x.com").unwrap();
+        let ton = Url::parse("https://ton.twitter.com/1.1/ton/data/dm/11/22/OwIPMAFC.png").unwrap();
+        assert_eq!(
+            oauth2_media_url(&base, &ton).unwrap().as_str(),
+            "https://api.x.com/2/dm_conversations/media/11/22/OwIPMAFC.png"
+        );
+        let video = Url::parse("https://video.twimg.com/dm_video/22/vid/1280x720/a.mp4").unwrap();
+        assert_eq!(oauth2_media_url(&base, &video), None);
     }
 
     #[test]

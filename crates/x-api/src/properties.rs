@@ -1,6 +1,6 @@
 //! Property tests of the X client's parsers of X's answers: error bodies (for sends,
 //! reads and webhook calls), the send-DM answer, user lookups, media upload answers, the
-//! webhook list and the rate-limit headers.
+//! webhook list, the rate-limit headers, and OAuth 2.0 token answers and refusals.
 //!
 //! X is a remote service and its answers are outside input like any other: a wrong or
 //! truncated body, a 25-digit id, a 1 MB detail or an absurd reset time must give a
@@ -272,4 +272,107 @@ fn a_failed_processing_with_an_empty_error_message_says_processing_failed() {
     let envelope: Envelope = serde_json::from_slice(body).expect("the answer reads");
     let info = envelope.data.processing_info.expect("processing info");
     assert_eq!(info.failure_detail(), "processing failed");
+}
+
+/// X's token answers as the 3P captures show them (docs/x-api-facts.md, "OAuth 2.0").
+fn token_answers() -> Vec<Value> {
+    vec![
+        json!({"token_type": "bearer", "expires_in": 7200,
+               "access_token": "UTBtWXd1VDN0TkRxWEdxdF9hVlQzOjE3MDUwNTMxNTg2ODE6MTowOmF0OjE",
+               "scope": "dm.read dm.write tweet.read users.read offline.access",
+               "refresh_token": "TmttMDY2dkNy1EZklLNmxIT1xNTg2ODI6MTowOnJ0OjE"}),
+        json!({"token_type": "bearer", "expires_in": 7200, "access_token": "XXXXX",
+               "scope": "tweet.read"}),
+    ]
+}
+
+/// X's refusals of a token request.
+fn token_errors() -> Vec<Value> {
+    vec![
+        json!({"error": "invalid_request",
+               "error_description": "Value passed for the token was invalid."}),
+        json!({"error": "invalid_request",
+               "error_description": "Value passed for the authorization code was invalid.",
+               "errors": [{"message": "x"}]}),
+        json!({"error": "unauthorized_client",
+               "error_description": "Missing valid authorization header"}),
+        json!({"error": "invalid_grant"}),
+    ]
+}
+
+proptest! {
+    #![proptest_config(arbitrary::config(256))]
+
+    /// Whatever X's token endpoint answers with a 2xx gives a grant whose tokens fit an
+    /// `Authorization` header and whose numbers are bounded, or a fixed reason that quotes
+    /// nothing of the body (it could hold a token).
+    #[test]
+    fn token_answers_give_a_usable_grant_or_a_fixed_reason(body in arbitrary::body(token_answers())) {
+        use secrecy::ExposeSecret as _;
+        match crate::oauth2::parse_token_answer(&body) {
+            Ok(grant) => {
+                let bearer = format!("Bearer {}", grant.access_token.expose_secret());
+                prop_assert!(reqwest::header::HeaderValue::from_str(&bearer).is_ok());
+                prop_assert!(grant.access_token.expose_secret().len() <= 2048);
+                if let Some(refresh) = &grant.refresh_token {
+                    let text = refresh.expose_secret();
+                    prop_assert!(!text.is_empty() && text.len() <= 2048);
+                    prop_assert!(text.bytes().all(|b| b.is_ascii_graphic()));
+                }
+                prop_assert!(grant.expires_in.is_none_or(|d| d.as_secs() <= 365 * 24 * 3600));
+                prop_assert!(grant.scopes.len() <= 64);
+                prop_assert!(grant.scopes.iter().all(|s| s.len() <= 64 + "…".len() && !s.is_empty()));
+            }
+            Err(why) => prop_assert!(why.len() <= 100 && !why.contains('"'), "{why}"),
+        }
+    }
+
+    /// A documented answer with any header-safe tokens and any lifetime reads back as sent.
+    #[test]
+    fn a_well_formed_token_answer_reads_back(
+        access in "[!-~]{1,300}",
+        refresh in proptest::option::of("[!-~]{1,300}"),
+        expires_in in any::<u64>(),
+    ) {
+        use secrecy::ExposeSecret as _;
+        let mut answer = json!({"token_type": "bearer", "expires_in": expires_in,
+                                "access_token": access, "scope": "dm.read dm.write"});
+        if let Some(refresh) = &refresh {
+            answer["refresh_token"] = json!(refresh);
+        }
+        let grant = crate::oauth2::parse_token_answer(answer.to_string().as_bytes()).unwrap();
+        prop_assert_eq!(grant.access_token.expose_secret(), access.as_str());
+        prop_assert_eq!(
+            grant.refresh_token.as_ref().map(|r| r.expose_secret().to_owned()),
+            refresh
+        );
+        prop_assert_eq!(
+            grant.expires_in.map(|d| d.as_secs()),
+            Some(expires_in.min(365 * 24 * 3600))
+        );
+        prop_assert_eq!(grant.scopes, vec!["dm.read".to_owned(), "dm.write".to_owned()]);
+    }
+
+    /// A refusal is sorted by status first (429 and 5xx transient), then by X's `error`:
+    /// only `invalid_grant` and `invalid_request` ask for a new authorisation; texts stay
+    /// bounded.
+    #[test]
+    fn token_refusals_are_sorted_by_status_and_code(
+        status in prop_oneof![400u16..=431, 100u16..600],
+        body in arbitrary::body(token_errors()),
+    ) {
+        use crate::oauth2::TokenError;
+        let error = crate::oauth2::classify_token_error(status, &body);
+        prop_assert!(error.to_string().len() <= 1024, "{}", error.to_string().len());
+        if status == 429 || !(400..500).contains(&status) {
+            prop_assert!(error.is_transient(), "{error:?}");
+        }
+        if let TokenError::GrantRefused { error: code, .. } = &error {
+            prop_assert!(code == "invalid_grant" || code == "invalid_request");
+            prop_assert!((400..500).contains(&status) && status != 429);
+        }
+        if let TokenError::ClientRejected { error: code, .. } = &error {
+            prop_assert!(code == "invalid_client" || code == "unauthorized_client");
+        }
+    }
 }

@@ -19,7 +19,7 @@ use url::Url;
 use crate::client::{hold_on_rate_limit, Exchange, Paced};
 use crate::dm::local_invalid;
 use crate::error::body_snippet;
-use crate::{classify_send_error, oauth, MediaCategory, XClient, XError};
+use crate::{classify_send_error, MediaCategory, XClient, XError};
 
 /// X numbers segments 0 to 999, so an upload has at most this many.
 const MAX_SEGMENTS: u32 = 1000;
@@ -331,11 +331,10 @@ impl XClient {
             Method::POST
         };
         // Query parameters are signed; JSON and multipart bodies are not (README §7).
-        let authorization = oauth::signed_header(method.as_str(), &url, &self.credentials())
-            .ok_or(XError::Unauthorized { problem: None })?;
+        let authorization = self.authorization(method.as_str(), &url).await?;
         let request = self
             .request(method, url)
-            .header(AUTHORIZATION, authorization);
+            .header(AUTHORIZATION, authorization.header.clone());
         let request = match body {
             Body::Json(json) => request.json(&json),
             Body::Multipart(form) => request.multipart(form),
@@ -349,6 +348,7 @@ impl XClient {
             learns_window: step != Step::Status,
         };
         let answer = self.exchange(request, paced).await?;
+        authorization.answered(answer.status.as_u16());
         if answer.status.is_success() {
             return media_data(step, &answer);
         }

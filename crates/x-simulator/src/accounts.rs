@@ -125,10 +125,15 @@ fn parse_accounts(toml: &str) -> anyhow::Result<Vec<Account>> {
     Ok(file.accounts)
 }
 
-/// The accounts a running simulator knows, looked up by the credentials a request carries.
+/// The accounts a running simulator knows, looked up by the credentials a request carries:
+/// their OAuth 1.0a tokens and App tokens, and their OAuth 2.0 grants.
 #[derive(Debug, Default)]
 pub(crate) struct AccountRegistry {
     accounts: Vec<Account>,
+    /// OAuth 2.0 clients and grants; kept apart from [`Account`] so its fields (the accounts
+    /// file's) stay as they are, and kept by `upsert` since a grant outlives a new OAuth 1.0a
+    /// token.
+    pub(crate) oauth2: crate::oauth2::OAuth2Book,
 }
 
 impl AccountRegistry {

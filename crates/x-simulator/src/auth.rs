@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::accounts::{Account, AccountRegistry};
 use crate::oauth::{self, HeaderError, OAuthHeader};
+use crate::oauth2::{self, BearerRefusal, Policy};
 use crate::{problems, request_body};
 
 /// How far a request's `oauth_timestamp` may be from the simulator's clock, and how long a nonce
@@ -42,12 +43,32 @@ pub(crate) enum AuthFailure {
         timestamp: i64,
     },
     NonceReused,
+    /// An OAuth 2.0 user access token past its expiry, or of a revoked grant: X's 401.
+    ExpiredAccessToken {
+        user_id: String,
+    },
+    /// An OAuth 2.0 user access token without a scope the route needs: X's plain 403.
+    MissingScopes {
+        user_id: String,
+        missing: Vec<&'static str>,
+    },
+    /// OAuth 1.0a on a route that takes OAuth 2.0 user tokens only (DM media download).
+    OAuth1NotAccepted {
+        user_id: String,
+    },
+    /// An OAuth 2.0 user access token on a route that does not take one (webhooks, TON).
+    OAuth2NotAccepted {
+        user_id: String,
+    },
 }
 
 impl AuthFailure {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            AuthFailure::AppOnly { .. } => StatusCode::FORBIDDEN,
+            AuthFailure::AppOnly { .. }
+            | AuthFailure::MissingScopes { .. }
+            | AuthFailure::OAuth1NotAccepted { .. }
+            | AuthFailure::OAuth2NotAccepted { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -55,6 +76,15 @@ impl AuthFailure {
     pub(crate) fn body(&self) -> String {
         match self {
             AuthFailure::AppOnly { .. } => problems::unsupported_authentication(),
+            AuthFailure::MissingScopes { .. } => problems::FORBIDDEN.to_string(),
+            AuthFailure::OAuth1NotAccepted { .. } => oauth2::unsupported_authentication(
+                "OAuth 1.0a User Context",
+                "OAuth 2.0 User Context",
+            ),
+            AuthFailure::OAuth2NotAccepted { .. } => oauth2::unsupported_authentication(
+                "OAuth 2.0 User Context",
+                "OAuth 1.0a User Context",
+            ),
             _ => problems::UNAUTHORIZED.to_string(),
         }
     }
@@ -62,7 +92,11 @@ impl AuthFailure {
     /// The account identified despite the refusal, for the request log.
     pub(crate) fn user_id(&self) -> Option<&str> {
         match self {
-            AuthFailure::AppOnly { user_id } => Some(user_id),
+            AuthFailure::AppOnly { user_id }
+            | AuthFailure::ExpiredAccessToken { user_id }
+            | AuthFailure::MissingScopes { user_id, .. }
+            | AuthFailure::OAuth1NotAccepted { user_id }
+            | AuthFailure::OAuth2NotAccepted { user_id } => Some(user_id),
             _ => None,
         }
     }
@@ -88,14 +122,25 @@ impl NonceCache {
     }
 }
 
-/// Finds the account whose credentials signed `request`, or says why none did.
+/// Finds the account whose credentials signed `request` (OAuth 1.0a) or whose OAuth 2.0
+/// user access token it carries (`Authorization: Bearer`, with the route's scopes), or says
+/// why none did.
 pub(crate) fn authenticate<'a>(
     request: &SignedRequest<'_>,
     accounts: &'a AccountRegistry,
     nonces: &mut NonceCache,
     now: DateTime<Utc>,
 ) -> Result<&'a Account, AuthFailure> {
-    let oauth_header = oauth_header(request, accounts)?;
+    let policy = oauth2::policy(request.method, request.uri.path());
+    if let Some(token) = request
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_token)
+    {
+        return bearer_account(token, policy, accounts, now);
+    }
+    let oauth_header = oauth_header(request)?;
     let claim = Claim::read(&oauth_header, accounts)?;
     let base_string = base_string(request, &oauth_header.signed_params)?;
     if !oauth::signature_matches(
@@ -120,29 +165,60 @@ pub(crate) fn authenticate<'a>(
     ) {
         return Err(AuthFailure::NonceReused);
     }
+    if policy.is_some_and(|policy| !policy.oauth1) {
+        return Err(AuthFailure::OAuth1NotAccepted {
+            user_id: account.user_id.clone(),
+        });
+    }
     Ok(account)
 }
 
-/// The request's `Authorization: OAuth …` header, parsed. A Bearer token there is an App's,
-/// which a user-token route refuses naming the account (or as unknown credentials).
-fn oauth_header(
-    request: &SignedRequest<'_>,
-    accounts: &AccountRegistry,
-) -> Result<OAuthHeader, AuthFailure> {
+/// The account of a Bearer token: an App's is refused for user routes (X's 403), a user's
+/// OAuth 2.0 access token must be live and carry the route's scopes.
+fn bearer_account<'a>(
+    token: &str,
+    policy: Option<Policy>,
+    accounts: &'a AccountRegistry,
+    now: DateTime<Utc>,
+) -> Result<&'a Account, AuthFailure> {
+    if let Some(account) = accounts.by_bearer_token(token) {
+        return Err(AuthFailure::AppOnly {
+            user_id: account.user_id.clone(),
+        });
+    }
+    let user = match accounts.oauth2.bearer_user(token, now) {
+        Ok(user) => user,
+        Err(BearerRefusal::Unknown) => return Err(AuthFailure::UnknownCredentials),
+        Err(BearerRefusal::Expired { user_id }) => {
+            return Err(AuthFailure::ExpiredAccessToken { user_id })
+        }
+    };
+    let Some(policy) = policy else {
+        return Err(AuthFailure::OAuth2NotAccepted {
+            user_id: user.user_id,
+        });
+    };
+    let missing = oauth2::missing_scopes(&policy, &user.scopes);
+    if !missing.is_empty() {
+        return Err(AuthFailure::MissingScopes {
+            user_id: user.user_id,
+            missing,
+        });
+    }
+    accounts
+        .by_user_id(&user.user_id)
+        .ok_or(AuthFailure::UnknownCredentials)
+}
+
+/// The request's `Authorization: OAuth …` header, parsed (a Bearer token was sorted out
+/// before, by [`bearer_account`]).
+fn oauth_header(request: &SignedRequest<'_>) -> Result<OAuthHeader, AuthFailure> {
     let value = request
         .headers
         .get(header::AUTHORIZATION)
         .ok_or(AuthFailure::MissingHeader)?
         .to_str()
         .map_err(|_| AuthFailure::Malformed("Authorization is not visible ASCII".into()))?;
-    if let Some(token) = bearer_token(value) {
-        return match accounts.by_bearer_token(token) {
-            Some(account) => Err(AuthFailure::AppOnly {
-                user_id: account.user_id.clone(),
-            }),
-            None => Err(AuthFailure::UnknownCredentials),
-        };
-    }
     oauth::parse_authorization_header(value).map_err(|error| match error {
         HeaderError::NotOAuth => AuthFailure::NotOAuth,
         HeaderError::Malformed(why) => AuthFailure::Malformed(why),

@@ -74,7 +74,10 @@
 //! body; the reason (and the base string the simulator expected) is logged at WARN. "App" is
 //! `Authorization: Bearer <an account's bearer_token>`; where only "user" is listed, a Bearer
 //! token gets X's 403 `unsupported-authentication`. An App is a consumer key: accounts sharing
-//! one share its webhooks and its subscription allowance.
+//! one share its webhooks and its subscription allowance. "User" also takes an OAuth 2.0 user
+//! access token (`Authorization: Bearer`, from `/2/oauth2/token`, checked for expiry and X's
+//! scopes per route); `/2/dm_conversations/media/…` takes only that ([`OAuth2Client`],
+//! docs/simulator.md "OAuth 2.0 user context").
 //!
 //! A send is checked in this order: credentials (401); the account's send window, which counts
 //! every authenticated send (429, default 1000 per 15 minutes); the account's faults; the body —
@@ -267,6 +270,9 @@
 //! | `DELETE /_sim/faults?user_id=…` | clears that account's faults (all accounts' without `user_id`); 204 |
 //! | `GET /_sim/uploads[?user_id=…]` | JSON array of [`Upload`] (without the bytes; `size` is their count) |
 //! | `POST /_sim/media_processing` | body `{"user_id":"…","processing":{"status_polls_before_done":1,"outcome":{"kind":"succeeded"}\|{"kind":"failed","message":"…"},"check_after_secs":1}}` (every field optional): [`Simulator::set_media_processing`]; 204, 404 for an unknown account |
+//! | `POST /_sim/oauth2/clients` | body `{"user_id","confidential"?,"access_token_secs"?}`: a new [`OAuth2Client`]; 201 with it, 404 for an unknown account |
+//! | `POST /_sim/oauth2/grants` | body `{"client_id","scopes":[…]}`: [`Simulator::oauth2_grant`]; 201 with [`OAuth2Tokens`] |
+//! | `POST /_sim/oauth2/expire`, `/_sim/oauth2/revoke` | body `{"user_id"}`: [`Simulator::oauth2_expire_access_tokens`], [`Simulator::oauth2_revoke_grants`]; `{"expired":n}`, `{"revoked":n}` |
 //! | `POST /_sim/reset` | forgets DMs, DM events, uploads, deliveries, billing, requests, counters, faults, windows and nonces; keeps accounts, customers, webhooks and subscriptions; 204 |
 //!
 //! Fault kinds (see [`Fault`]): `credits_depleted`, `payment_required`, `usage_capped`,
@@ -358,6 +364,7 @@ mod faults;
 mod gate;
 mod media;
 pub mod oauth;
+mod oauth2;
 mod problems;
 mod rate_limit;
 mod reply;
@@ -380,6 +387,7 @@ pub use dm::MAX_TEXT_CHARS;
 pub use dm_events::RETENTION_DAYS;
 pub use events::MediaSpec;
 pub use faults::Fault;
+pub use oauth2::{OAuth2Client, OAuth2Tokens, DEFAULT_ACCESS_TOKEN_SECS};
 pub use rate_limit::RateLimitWindow;
 pub use simulator::{Simulator, SimulatorConfig};
 pub use state::{

@@ -12,7 +12,9 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::state::SimState;
-use crate::{admin, dm, dm_events, media, problems, reply, request_log, uploads, users, webhooks};
+use crate::{
+    admin, dm, dm_events, media, oauth2, problems, reply, request_log, uploads, users, webhooks,
+};
 
 pub(crate) fn router(state: Arc<SimState>) -> Router {
     let x_routes = Router::new()
@@ -48,6 +50,15 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
             "/1.1/ton/data/dm/{event_id}/{media_id}/{name}",
             get(media::ton),
         )
+        // OAuth 2.0 only; the same segments and participant check as the TON URL.
+        .route(
+            "/2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}",
+            get(media::ton),
+        )
+        .route("/i/oauth2/authorize", get(oauth2::authorize))
+        .route("/2/oauth2/authorize", get(oauth2::authorize))
+        .route("/2/oauth2/token", post(oauth2::token))
+        .route("/2/oauth2/revoke", post(oauth2::revoke))
         .route("/2/media/upload/initialize", post(uploads::initialize))
         .route(
             "/2/media/upload/{id}/append",

@@ -137,7 +137,7 @@ impl Simulator {
         })
     }
 
-    fn state(&self) -> &SimState {
+    pub(crate) fn state(&self) -> &SimState {
         &self.handle.state
     }
 

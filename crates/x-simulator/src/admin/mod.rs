@@ -5,9 +5,11 @@
 //! |---|---|
 //! | `extract.rs` | what every admin route reads and refuses alike: the JSON body, `?user_id=`, an unknown account |
 //! | `observe.rs` | the `GET` routes: what the simulator saw (DMs, events, requests, uploads, deliveries…) |
+//! | `oauth2.rs` | OAuth 2.0 clients and grants: add, grant, expire, revoke |
 //! | `steer.rs` | the routes that change it: customer DMs, accounts, faults, media processing, redeliveries, reset |
 
 mod extract;
+mod oauth2;
 mod observe;
 mod steer;
 
@@ -38,4 +40,8 @@ pub(crate) fn router() -> Router<Arc<SimState>> {
         .route("/reset", post(steer::reset))
         .route("/uploads", get(observe::uploads))
         .route("/media_processing", post(steer::set_media_processing))
+        .route("/oauth2/clients", post(oauth2::add_client))
+        .route("/oauth2/grants", post(oauth2::grant))
+        .route("/oauth2/expire", post(oauth2::expire))
+        .route("/oauth2/revoke", post(oauth2::revoke))
 }

@@ -5,6 +5,7 @@ mod auth;
 mod delivery;
 mod dm_events;
 mod faults;
+mod oauth2;
 mod rate_limit;
 mod receiver;
 mod sends;
