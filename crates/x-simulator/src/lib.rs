@@ -345,6 +345,8 @@
 #![warn(missing_docs)]
 
 mod accounts;
+mod activity;
+mod activity_delivery;
 mod admin;
 mod auth;
 mod authorized;
@@ -353,6 +355,7 @@ mod customers;
 mod delivery;
 mod dm;
 mod dm_events;
+mod dm_json;
 mod events;
 mod faults;
 mod gate;
@@ -364,6 +367,7 @@ mod reply;
 mod request_body;
 mod request_log;
 mod routes;
+mod signal;
 mod simulator;
 mod state;
 mod uploads;
@@ -383,9 +387,9 @@ pub use faults::Fault;
 pub use rate_limit::RateLimitWindow;
 pub use simulator::{Simulator, SimulatorConfig};
 pub use state::{
-    Counters, Delivery, DmAttachment, DmEvent, MediaProcessing, MediaType, MediaVariant,
-    ProcessingOutcome, ProcessingState, RequestRecord, SentDm, Subscription, Upload, Webhook,
-    WebhookConfig, CLIENT_CLOSED_REQUEST, MESSAGE_CREATE,
+    ActivitySubscription, Counters, Delivery, DmAttachment, DmEvent, MediaProcessing, MediaType,
+    MediaVariant, ProcessingOutcome, ProcessingState, RequestRecord, SentDm, Subscription, Upload,
+    Webhook, WebhookConfig, CLIENT_CLOSED_REQUEST, DM_EVENT_TYPES, MESSAGE_CREATE,
 };
 pub use uploads::{MAX_SEGMENT_BYTES, MAX_SEGMENT_INDEX, MEDIA_EXPIRES_AFTER_SECS};
 pub use webhooks::MAX_WEBHOOK_URL_CHARS;

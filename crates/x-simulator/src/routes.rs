@@ -12,7 +12,9 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::state::SimState;
-use crate::{admin, dm, dm_events, media, problems, reply, request_log, uploads, users, webhooks};
+use crate::{
+    activity, admin, dm, dm_events, media, problems, reply, request_log, uploads, users, webhooks,
+};
 
 pub(crate) fn router(state: Arc<SimState>) -> Router {
     let x_routes = Router::new()
@@ -43,6 +45,14 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
         .route(
             "/2/account_activity/webhooks/{webhook_id}/subscriptions/{user_id}/all",
             delete(webhooks::unsubscribe),
+        )
+        .route(
+            "/2/activity/subscriptions",
+            post(activity::create).get(activity::list),
+        )
+        .route(
+            "/2/activity/subscriptions/{subscription_id}",
+            delete(activity::delete),
         )
         .route(
             "/1.1/ton/data/dm/{event_id}/{media_id}/{name}",
