@@ -7,7 +7,8 @@
 //!   X's rate-limit windows instead of running into 429s.
 //! - [`WebhookClient`] registers, lists and revalidates the App's webhook and subscribes an
 //!   account to it (README §4), with [`WebhookError`] saying what each of X's refusal
-//!   reasons means, so X can push DMs instead of being polled.
+//!   reasons means, so X can push DMs instead of being polled; it also creates, lists and
+//!   deletes the account's X Activity API subscriptions (`activity.rs`, [`ActivitySubscription`]).
 //! - [`XClient::download_media`] fetches a DM's media with the account's signature and hands
 //!   the response on unread, for the inbound media proxy to stream ([`MediaDownloadError`]).
 //! - [`UserId`], [`DmEventId`] and [`ConversationId`] (`id.rs`) keep the three kinds of X id
@@ -26,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+mod activity;
 mod body;
 mod client;
 mod dm;
@@ -44,6 +46,11 @@ mod telemetry;
 mod upload;
 mod webhooks;
 
+pub use activity::{
+    parse_created as parse_activity_subscription_created,
+    parse_list_page as parse_activity_subscription_page, ActivitySubscription, DM_INDICATE_TYPING,
+    DM_READ, DM_RECEIVED, DM_SENT,
+};
 pub use body::{MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES};
 pub use client::{AdmittedSend, MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};
 pub use dm::{DmTarget, SentDm};
