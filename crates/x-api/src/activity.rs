@@ -1,4 +1,4 @@
-//! X Activity API (XAA) subscriptions (docs/x-api-facts.md, "X Activity API"): the successor
+//! X Activity API (XAA) subscriptions (docs/x-api-facts.md, "X Activity API (XAA)"): the successor
 //! of AAA, where an App subscribes one event type of one account (`dm.received`, `dm.sent`,
 //! `dm.read`, `dm.indicate_typing`) and X POSTs each event, in XAA's envelope, to the App's
 //! webhook.

@@ -1,5 +1,5 @@
 //! X Activity API (XAA) subscriptions: `POST/GET /2/activity/subscriptions` and
-//! `DELETE /2/activity/subscriptions/:id` (see docs/x-api-facts.md, "X Activity API").
+//! `DELETE /2/activity/subscriptions/:id` (see docs/x-api-facts.md, "X Activity API (XAA)").
 //!
 //! A subscription selects one event type of one user (`filter.user_id`) for the App that made
 //! it, and names the App's webhook its events are POSTed to. The refusal reasons (duplicate,
