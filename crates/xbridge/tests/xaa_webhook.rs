@@ -10,7 +10,9 @@ use std::path::PathBuf;
 
 use common::{start_bridge_with, RunningBridge};
 use x_simulator::{Customer, DmEvent};
-use xbridge_test_support::{assert_valid, spawn_app, Crm, Event, TestApp, TestOptions, PATIENCE};
+use xbridge_test_support::{
+    assert_valid, reply, spawn_app, Crm, Event, TestApp, TestOptions, PATIENCE,
+};
 
 const XAA: &str = "webhook_api = \"xaa\"\n";
 
@@ -212,6 +214,20 @@ async fn a_channel_subscribed_through_xaa_gets_each_dm_once_and_its_typing_and_r
     assert_eq!(typing.body["channel"], "acme");
     assert_eq!(app.simulator.customer_read(&user, &jane, &dm.id), 1);
     next_of_type(&mut crm, "message.read").await;
+
+    // The bridge's reply comes back from X as dm.sent: answered, and dropped as an echo,
+    // so the next event after message.sent is the customer's next DM.
+    crm.publish_reply("acme", &reply("r-1", &jane.user_id, "It ships today."))
+        .await;
+    let sent = next_of_type(&mut crm, "message.sent").await;
+    let echo_id = sent.body["dm_event_id"].as_str().unwrap().to_owned();
+    let echo = app
+        .simulator
+        .dm_events_for(&user)
+        .into_iter()
+        .find(|e| e.id == echo_id)
+        .expect("X holds the sent DM");
+    assert_eq!(deliveries_of(&app, &echo, 1).await, 1);
     let next = app.simulator.customer_dm(&user, &jane, "Thanks!", None);
     let event = next_of_type(&mut crm, "message.received").await;
     assert_eq!(event.body["event_id"], next.id.as_str());
