@@ -130,7 +130,7 @@ fn unreadable(what: &str, why: String) -> WebhookError {
     })
 }
 
-/// The XAA meaning of a refusal: its own limit, and a 403 for private events.
+/// The XAA meaning of a refusal to create: its own limit, and a 403 for private events.
 fn activity_error(error: WebhookError) -> WebhookError {
     match error {
         WebhookError::SubscriptionLimitExceeded => WebhookError::ActivitySubscriptionLimitExceeded,
@@ -188,10 +188,7 @@ impl WebhookClient {
                     query.append_pair("pagination_token", token);
                 }
             }
-            let answer: Value = self
-                .call(Method::GET, url, Auth::User, None, what)
-                .await
-                .map_err(activity_error)?;
+            let answer: Value = self.call(Method::GET, url, Auth::User, None, what).await?;
             let (page, next) = parse_list_page(&answer).map_err(|why| unreadable(what, why))?;
             all.extend(page);
             match next {
@@ -226,7 +223,7 @@ impl WebhookClient {
         {
             Ok(_) => Ok(true),
             Err(WebhookError::Other(error)) if error.http_status() == Some(404) => Ok(false),
-            Err(error) => Err(activity_error(error)),
+            Err(error) => Err(error),
         }
     }
 }
