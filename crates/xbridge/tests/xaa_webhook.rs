@@ -175,6 +175,12 @@ async fn a_channel_subscribed_through_xaa_gets_each_dm_once_and_its_typing_and_r
     )
     .await;
     assert!(ok && text.contains("dm.received subscription"), "{text}");
+    let (ok, text) = xbridge(&app, &config, &["webhook", "status", "--channel", "acme"]).await;
+    assert!(
+        ok && text.contains("X Activity subscriptions of account"),
+        "{text}"
+    );
+    assert!(text.contains("dm.indicate_typing subscription"), "{text}");
     let (ok, text) = xbridge(&app, &config, &["check"]).await;
     assert!(ok, "{text}");
     assert!(
