@@ -270,3 +270,56 @@ async fn an_invalid_webhook_gets_no_xaa_deliveries_and_reset_keeps_subscriptions
         "an invalid webhook gets nothing"
     );
 }
+
+#[tokio::test]
+async fn typing_and_read_receipts_can_be_made_over_the_admin_api() {
+    let h = quick_harness().await;
+    let mut receiver = Receiver::start(&h.account.consumer_secret).await;
+    let webhook_id = webhook(&h, &receiver).await;
+    let created = create(&h, &h.account, "dm.read", h.user_id(), &webhook_id).await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let post = |path: &str, body: Value| {
+        h.send(h.client.post(h.url(&format!("/_sim/{path}"))).json(&body))
+    };
+    let customer = json!({ "username": "jane", "user_id": "2244994945" });
+
+    let typing = post(
+        "customer_typing",
+        json!({ "user_id": h.user_id(), "customer": customer }),
+    )
+    .await;
+    assert_eq!(typing.status, 200, "{}", typing.body);
+    assert_eq!(
+        typing.json()["deliveries"],
+        0,
+        "not subscribed to dm.indicate_typing"
+    );
+    let unread = post(
+        "customer_read",
+        json!({ "user_id": h.user_id(), "customer": customer }),
+    )
+    .await;
+    assert_eq!(
+        unread.status, 400,
+        "last_read_event_id is required: {}",
+        unread.body
+    );
+    let unknown = post(
+        "customer_typing",
+        json!({ "user_id": "1", "customer": customer }),
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    let body = json!({ "user_id": h.user_id(), "customer": customer, "last_read_event_id": "42" });
+    let read = post("customer_read", body).await;
+    assert_eq!(read.json()["deliveries"], 1, "{}", read.body);
+    let data = receiver.next_post().await.json()["data"].clone();
+    assert_eq!(data["event_type"], "dm.read");
+    assert_eq!(
+        data["payload"]["direct_message_mark_read_events"][0]["sender_id"],
+        "2244994945"
+    );
+    let listed = h.get("/_sim/webhooks").await.json();
+    assert_eq!(listed["activity_subscriptions"][0]["event_type"], "dm.read");
+}
