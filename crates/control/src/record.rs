@@ -8,7 +8,7 @@ use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
-use xbridge_core::config::{ChannelSettings, InboundMode};
+use xbridge_core::config::{ChannelSettings, InboundMode, WebhookApi, XaaEvent};
 use xbridge_core::live_channels::{LiveChannel, Origin};
 use xbridge_store::{ChannelOrigin, ChannelRecord, CredentialsKey, SealError, SealedCredentials};
 
@@ -19,6 +19,12 @@ struct StoredSettings {
     url: Option<Url>,
     inbound: StoredInbound,
     user_id: Option<String>,
+    /// Absent in records written before X Activity API support: `aaa`, as before.
+    #[serde(default)]
+    webhook_api: StoredWebhookApi,
+    /// Absent in those records too: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    xaa_events: Option<Vec<String>>,
     /// The `channel.upsert` that made this revision: a redelivered command finds
     /// itself here and answers again without a new revision.
     command_id: Option<String>,
@@ -50,6 +56,45 @@ impl From<StoredInbound> for InboundMode {
             StoredInbound::Both => InboundMode::Both,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoredWebhookApi {
+    #[default]
+    Aaa,
+    Xaa,
+}
+
+impl From<WebhookApi> for StoredWebhookApi {
+    fn from(api: WebhookApi) -> Self {
+        match api {
+            WebhookApi::Aaa => StoredWebhookApi::Aaa,
+            WebhookApi::Xaa => StoredWebhookApi::Xaa,
+        }
+    }
+}
+
+impl From<StoredWebhookApi> for WebhookApi {
+    fn from(api: StoredWebhookApi) -> Self {
+        match api {
+            StoredWebhookApi::Aaa => WebhookApi::Aaa,
+            StoredWebhookApi::Xaa => WebhookApi::Xaa,
+        }
+    }
+}
+
+/// Stored event names back as events; a name this version does not know fails the
+/// decode rather than silently subscribing less.
+fn stored_events(names: Option<Vec<String>>) -> Result<Option<Vec<XaaEvent>>, ()> {
+    names
+        .map(|names| {
+            names
+                .iter()
+                .map(|name| XaaEvent::from_name(name).ok_or(()))
+                .collect()
+        })
+        .transpose()
 }
 
 /// The five credentials, sealed together as one JSON object.
@@ -92,6 +137,11 @@ pub fn to_record(
         url: settings.url.clone(),
         inbound: settings.inbound.into(),
         user_id: settings.user_id.clone(),
+        webhook_api: settings.webhook_api.into(),
+        xaa_events: settings
+            .xaa_events
+            .as_ref()
+            .map(|events| events.iter().map(|e| e.as_str().to_owned()).collect()),
         command_id: command_id.map(str::to_owned),
     };
     let credentials = StoredCredentials {
@@ -139,6 +189,7 @@ pub fn to_live(key: &CredentialsKey, record: &ChannelRecord) -> Result<LiveChann
     };
     let stored: StoredSettings =
         serde_json::from_str(&record.settings).map_err(|_| decode("settings"))?;
+    let xaa_events = stored_events(stored.xaa_events).map_err(|()| decode("settings"))?;
     let clear = key.open(&record.name, &record.credentials)?;
     let credentials: StoredCredentials =
         serde_json::from_str(clear.expose_secret()).map_err(|_| decode("credentials"))?;
@@ -153,6 +204,8 @@ pub fn to_live(key: &CredentialsKey, record: &ChannelRecord) -> Result<LiveChann
         url: stored.url,
         inbound: stored.inbound.into(),
         user_id: stored.user_id,
+        webhook_api: stored.webhook_api.into(),
+        xaa_events,
     };
     Ok(LiveChannel {
         settings: Arc::new(settings),
@@ -178,6 +231,8 @@ mod tests {
             url: Some(Url::parse("https://x.com/acme").unwrap()),
             inbound: InboundMode::Poll,
             user_id: Some("42".into()),
+            webhook_api: WebhookApi::Xaa,
+            xaa_events: Some(vec![XaaEvent::Read]),
         }
     }
 
@@ -205,5 +260,19 @@ mod tests {
             (true, 7, Origin::Crm)
         );
         assert_eq!(live.settings.user_id.as_deref(), Some("42"));
+        assert_eq!(live.settings.webhook_api, WebhookApi::Xaa);
+        assert_eq!(live.settings.xaa_events, Some(vec![XaaEvent::Read]));
+    }
+
+    #[test]
+    fn a_record_written_before_xaa_reads_as_aaa() {
+        let key = CredentialsKey::derive(&SecretString::from("ab".repeat(32))).unwrap();
+        let mut record = to_record(&key, &settings(), false, 1, None).unwrap();
+        record.settings =
+            r#"{"weight":3,"url":null,"inbound":"webhook","user_id":"42","command_id":"c"}"#
+                .to_owned();
+        let live = to_live(&key, &record).unwrap();
+        assert_eq!(live.settings.webhook_api, WebhookApi::Aaa);
+        assert_eq!(live.settings.xaa_events, None);
     }
 }

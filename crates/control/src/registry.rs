@@ -263,6 +263,8 @@ mod tests {
             url: None,
             inbound: InboundMode::Webhook,
             user_id: None,
+            webhook_api: xbridge_core::config::WebhookApi::Aaa,
+            xaa_events: None,
         }
     }
 

@@ -302,6 +302,8 @@ pub fn same_settings(a: &ChannelSettings, b: &ChannelSettings) -> bool {
         && a.url == b.url
         && a.inbound == b.inbound
         && a.user_id == b.user_id
+        && a.webhook_api == b.webhook_api
+        && a.xaa_events == b.xaa_events
         && secrets(a) == secrets(b)
 }
 
@@ -324,6 +326,8 @@ mod tests {
             url: None,
             inbound: InboundMode::Webhook,
             user_id: None,
+            webhook_api: crate::config::WebhookApi::Aaa,
+            xaa_events: None,
         }
     }
 

@@ -7,7 +7,8 @@
 //!   X's rate-limit windows instead of running into 429s.
 //! - [`WebhookClient`] registers, lists and revalidates the App's webhook and subscribes an
 //!   account to it (README §4), with [`WebhookError`] saying what each of X's refusal
-//!   reasons means, so X can push DMs instead of being polled.
+//!   reasons means, so X can push DMs instead of being polled; it also creates, lists and
+//!   deletes the account's X Activity API subscriptions (`activity.rs`, [`ActivitySubscription`]).
 //! - [`XAuth`] is how a client authenticates: OAuth 1.0a [`UserCredentials`], or an OAuth 2.0
 //!   user access token from an [`AccessTokenSource`] such as [`RefreshingTokenSource`]; the
 //!   [`oauth2`] module speaks X's token endpoint (PKCE, refresh, typed [`oauth2::TokenError`]).
@@ -29,6 +30,7 @@
 
 #![warn(missing_docs)]
 
+mod activity;
 mod auth;
 mod body;
 mod client;
@@ -52,6 +54,11 @@ mod webhooks;
 pub use auth::{
     AccessTokenSource, GrantSink, RefreshingTokenSource, StoreFuture, TokenFuture, XAuth,
     REFRESH_MARGIN,
+};
+pub use activity::{
+    parse_created as parse_activity_subscription_created,
+    parse_list_page as parse_activity_subscription_page, ActivitySubscription, DM_INDICATE_TYPING,
+    DM_READ, DM_RECEIVED, DM_SENT,
 };
 pub use body::{MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES};
 pub use client::{AdmittedSend, MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};

@@ -90,6 +90,16 @@ pub enum WebhookError {
     /// The App has as many subscribed accounts as its plan allows (Pay Per Use: 3).
     #[error("this X App already has as many subscribed accounts as its plan allows (SubscriptionLimitExceeded; Pay Per Use allows 3): unsubscribe another account first, or poll this channel instead")]
     SubscriptionLimitExceeded,
+    /// The App has as many X Activity API subscriptions as its plan allows (self-serve:
+    /// 1,500); X names it like AAA's limit (assumed, not documented).
+    #[error("this X App already has as many X Activity API subscriptions as its plan allows (SubscriptionLimitExceeded; self-serve allows 1,500, each account uses one per DM event type): delete unused ones (`xbridge webhook subscriptions`), or use webhook_api = \"aaa\" for this channel")]
+    ActivitySubscriptionLimitExceeded,
+    /// X refused to subscribe the account to its private DM events (403).
+    #[error("X refused to subscribe this account to its DM events through the X Activity API (403): the account must have authorized this X App (its access token in this channel's credentials); X documents OAuth 2.0 with the dm.read scope for these events — if X refuses the account's OAuth 1.0a token here, set webhook_api = \"aaa\" for this channel ({problem})")]
+    ActivityNotAuthorized {
+        /// X's detail, bounded.
+        problem: String,
+    },
     /// Any other failure (credentials, credits, rate limits, transport, ...).
     #[error(transparent)]
     Other(#[from] XError),
@@ -106,8 +116,9 @@ impl WebhookError {
             WebhookError::WebhookLimitExceeded => "WebhookLimitExceeded",
             WebhookError::WebhookIdInvalid => "WebhookIdInvalid",
             WebhookError::DuplicateSubscriptionFailed => "DuplicateSubscriptionFailed",
-            WebhookError::SubscriptionLimitExceeded => "SubscriptionLimitExceeded",
-            WebhookError::Other(_) => return None,
+            WebhookError::SubscriptionLimitExceeded
+            | WebhookError::ActivitySubscriptionLimitExceeded => "SubscriptionLimitExceeded",
+            WebhookError::ActivityNotAuthorized { .. } | WebhookError::Other(_) => return None,
         })
     }
 }
@@ -172,7 +183,7 @@ impl fmt::Debug for WebhookClient {
 }
 
 /// How a request proves who sends it.
-enum Auth {
+pub(crate) enum Auth {
     /// The App's Bearer token (webhook routes).
     App,
     /// The account's OAuth 1.0a user context (its subscription).
@@ -314,6 +325,35 @@ impl WebhookClient {
         Ok(answer.data.subscribed)
     }
 
+    /// Ends the account's AAA subscription to the webhook:
+    /// `DELETE /2/account_activity/webhooks/:id/subscriptions/:user_id/all` with the App's
+    /// Bearer token (the only auth X documents for it).
+    #[tracing::instrument(skip_all, fields(webhook_id = %webhook_id))]
+    pub async fn unsubscribe(&self, webhook_id: &str, user_id: &str) -> Result<(), WebhookError> {
+        let endpoint = endpoint(
+            &self.base_url,
+            &[
+                "2",
+                "account_activity",
+                "webhooks",
+                checked_id(webhook_id)?,
+                "subscriptions",
+                checked_id(user_id)?,
+                "all",
+            ],
+        )?;
+        let _: Value = self
+            .call(Method::DELETE, endpoint, Auth::App, None, "unsubscription")
+            .await?;
+        tracing::info!("account unsubscribed from the webhook");
+        Ok(())
+    }
+
+    /// X's base URL, for the X Activity API calls beside these (`activity.rs`).
+    pub(crate) fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
     fn subscription_url(&self, webhook_id: &str) -> Result<Url, XError> {
         endpoint(
             &self.base_url,
@@ -329,7 +369,7 @@ impl WebhookClient {
     }
 
     /// One authenticated call: the 2xx body read as `T`, or the classified refusal.
-    async fn call<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
         url: Url,
@@ -410,7 +450,7 @@ fn webhook_answer<T: serde::de::DeserializeOwned>(
 }
 
 /// A webhook id as X writes them (digits), so nothing else lands in a path.
-fn checked_id(webhook_id: &str) -> Result<&str, XError> {
+pub(crate) fn checked_id(webhook_id: &str) -> Result<&str, XError> {
     if !webhook_id.is_empty()
         && webhook_id.len() <= 19
         && webhook_id.bytes().all(|b| b.is_ascii_digit())

@@ -49,6 +49,8 @@ routes! {
     Webhooks => WEBHOOKS;
     /// The subscription routes taking the subscribing account's user token.
     Subscription => SUBSCRIPTION;
+    /// The X Activity API subscription routes: a user or the App's token.
+    Activity => ACTIVITY;
     /// The TON media URL.
     MediaDownload => MEDIA_DOWNLOAD;
 }

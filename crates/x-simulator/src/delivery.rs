@@ -1,17 +1,21 @@
-//! Delivering DM events to subscribed webhooks the way X's Account Activity API does: an AAA
-//! payload, signed with `x-twitter-webhooks-signature`, POSTed in the background and retried
-//! while the receiver does not answer 2xx. Every attempt is logged as a [`Delivery`].
+//! Delivering DM activity to subscribed webhooks the way X does: an Account Activity API (AAA)
+//! payload or an X Activity API (XAA) envelope ([`crate::activity_delivery`]), signed with
+//! `x-twitter-webhooks-signature`, POSTed in the background and retried while the receiver
+//! does not answer 2xx. Every attempt is logged as a [`Delivery`].
 
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use sha2::Sha256;
 
-use crate::customers::find_user;
-use crate::state::{Delivery, DmAttachment, DmEvent, Inner, MediaType, SimState};
+use crate::activity_delivery::{self, Target};
+use crate::customers::Customer;
+use crate::dm_json;
+use crate::signal::{Signal, SignalKind};
+use crate::state::{Delivery, DmEvent, Inner, SimState, Webhook};
 
 /// The header X signs webhook POSTs with.
 pub const SIGNATURE_HEADER: &str = "x-twitter-webhooks-signature";
@@ -45,20 +49,95 @@ struct Job {
 }
 
 /// Starts delivering the event to every valid webhook a participant of it is subscribed to
-/// (both, if both are subscribed accounts), and returns how many deliveries it started.
+/// (both, if both are subscribed accounts): through AAA (one body per subscribed account) and
+/// through XAA (one body per matching `dm.received` / `dm.sent` subscription). Returns how
+/// many deliveries it started.
 ///
 /// Group sends (no recipient) are not delivered: AAA only carries 1:1 DMs.
 pub(crate) fn schedule(state: &Arc<SimState>, event: &DmEvent) -> usize {
     let jobs = {
         let inner = state.lock();
-        jobs_for(&inner, event)
+        let mut jobs = jobs_for(&inner, event);
+        let xaa = activity_delivery::message_targets(&inner, event);
+        jobs.extend(xaa.into_iter().map(|target| job(&inner, target, &event.id)));
+        jobs
     };
+    spawn(state, jobs)
+}
+
+/// Starts delivering a typing indicator or read receipt to the AAA subscription of the
+/// account it is for and its XAA `dm.indicate_typing` / `dm.read` subscriptions. Returns how
+/// many deliveries it started.
+pub(crate) fn schedule_signal(state: &Arc<SimState>, signal: &Signal) -> usize {
+    let jobs = {
+        let inner = state.lock();
+        let mut targets = aaa_signal_targets(&inner, signal);
+        targets.extend(activity_delivery::signal_targets(&inner, signal));
+        targets
+            .into_iter()
+            .map(|target| job(&inner, target, &signal.id))
+            .collect()
+    };
+    spawn(state, jobs)
+}
+
+/// A customer types to, or reads the DMs of, an account: remembers the customer and starts
+/// the deliveries ([`schedule_signal`]).
+pub(crate) fn customer_signal(
+    state: &Arc<SimState>,
+    account_user_id: &str,
+    customer: &Customer,
+    kind: SignalKind,
+) -> usize {
+    let signal = {
+        let mut inner = state.lock();
+        inner.customers.upsert(customer.clone());
+        let now = state.now();
+        Signal {
+            id: inner.next_event_id(now),
+            sender_id: customer.user_id.clone(),
+            recipient_id: account_user_id.to_string(),
+            created_at: now,
+            kind,
+        }
+    };
+    tracing::info!(signal_id = %signal.id, sender_id = %signal.sender_id, account_user_id, kind = ?signal.kind, "customer DM activity");
+    schedule_signal(state, &signal)
+}
+
+fn spawn(state: &Arc<SimState>, jobs: Vec<Job>) -> usize {
     let started = jobs.len();
     for job in jobs {
-        tracing::debug!(webhook_id = %job.webhook_id, event_id = %job.event_id, for_user_id = %job.for_user_id, "delivering a DM event");
+        tracing::debug!(webhook_id = %job.webhook_id, event_id = %job.event_id, for_user_id = %job.for_user_id, "delivering DM activity");
         state.runtime.spawn(run(state.clone(), job));
     }
     started
+}
+
+fn job(inner: &Inner, target: Target, event_id: &str) -> Job {
+    Job {
+        webhook_id: target.webhook.id,
+        url: target.webhook.url,
+        secret: target.webhook.secret,
+        for_user_id: target.for_user_id,
+        event_id: event_id.to_string(),
+        body: target.body,
+        epoch: inner.epoch,
+    }
+}
+
+/// The valid webhooks `user_id` is subscribed to through AAA.
+fn aaa_webhooks<'a>(inner: &'a Inner, user_id: &'a str) -> impl Iterator<Item = &'a Webhook> + 'a {
+    inner
+        .subscriptions
+        .iter()
+        .filter(move |s| s.user_id == user_id)
+        .filter_map(move |subscription| {
+            inner
+                .webhooks
+                .iter()
+                .find(|w| w.id == subscription.webhook_id && w.valid)
+        })
 }
 
 fn jobs_for(inner: &Inner, event: &DmEvent) -> Vec<Job> {
@@ -69,30 +148,35 @@ fn jobs_for(inner: &Inner, event: &DmEvent) -> Vec<Job> {
     participants.dedup();
     let mut jobs = Vec::new();
     for for_user_id in participants {
-        for subscription in inner
-            .subscriptions
-            .iter()
-            .filter(|s| s.user_id == for_user_id)
-        {
-            let Some(webhook) = inner
-                .webhooks
-                .iter()
-                .find(|w| w.id == subscription.webhook_id && w.valid)
-            else {
-                continue;
-            };
-            jobs.push(Job {
-                webhook_id: webhook.id.clone(),
-                url: webhook.url.clone(),
-                secret: webhook.secret.clone(),
+        for webhook in aaa_webhooks(inner, for_user_id) {
+            let target = Target {
+                webhook: webhook.clone(),
                 for_user_id: for_user_id.to_string(),
-                event_id: event.id.clone(),
                 body: aaa_payload(inner, event, for_user_id),
-                epoch: inner.epoch,
-            });
+            };
+            jobs.push(job(inner, target, &event.id));
         }
     }
     jobs
+}
+
+/// AAA's body of a typing indicator or read receipt, for the account it is for.
+fn aaa_signal_targets(inner: &Inner, signal: &Signal) -> Vec<Target> {
+    let for_user_id = signal.recipient_id.as_str();
+    let ids = [signal.sender_id.as_str(), for_user_id];
+    let body = json!({
+        "for_user_id": for_user_id,
+        signal.array(): [signal.to_json()],
+        "users": dm_json::users_of(inner, ids, dm_json::UserShape::Aaa),
+    })
+    .to_string();
+    aaa_webhooks(inner, for_user_id)
+        .map(|webhook| Target {
+            webhook: webhook.clone(),
+            for_user_id: for_user_id.to_string(),
+            body: body.clone(),
+        })
+        .collect()
 }
 
 /// POSTs the job, retrying with doubling waits while the receiver does not answer 2xx.
@@ -224,13 +308,8 @@ pub(crate) async fn deliver_raw(
 pub(crate) fn aaa_payload(inner: &Inner, event: &DmEvent, for_user_id: &str) -> String {
     let mut payload = json!({
         "for_user_id": for_user_id,
-        "direct_message_events": [{
-            "type": "message_create",
-            "id": event.id,
-            "created_timestamp": event.created_at.timestamp_millis().to_string(),
-            "message_create": message_create(event),
-        }],
-        "users": users(inner, event),
+        "direct_message_events": [dm_json::message_event(event)],
+        "users": dm_json::users(inner, event, dm_json::UserShape::Aaa),
     });
     if let Some(app) = &event.source_app_id {
         let name = inner.accounts.by_user_id(&event.sender_id).map_or_else(
@@ -240,162 +319,6 @@ pub(crate) fn aaa_payload(inner: &Inner, event: &DmEvent, for_user_id: &str) -> 
         payload["apps"] = json!({ app: { "id": app, "name": name, "url": "https://example.com" } });
     }
     payload.to_string()
-}
-
-/// `message_create`: who to whom, and the text with a media DM's t.co link appended (its
-/// place in `entities.urls` and the attachment).
-fn message_create(event: &DmEvent) -> Value {
-    let mut text = event.text.clone();
-    let mut urls = Vec::new();
-    if let Some(attachment) = &event.attachment {
-        if !text.is_empty() {
-            text.push(' ');
-        }
-        let start = text.chars().count();
-        text.push_str(&attachment.tco_url);
-        let end = start + attachment.tco_url.chars().count();
-        urls.push(json!({
-            "url": attachment.tco_url,
-            "expanded_url": expanded_url(event),
-            "display_url": display_url(attachment),
-            "indices": [start, end],
-        }));
-    }
-    let mut message_data = json!({
-        "text": text,
-        "entities": { "hashtags": [], "symbols": [], "user_mentions": [], "urls": urls.clone() },
-    });
-    if let (Some(attachment), Some(link)) = (&event.attachment, urls.first()) {
-        message_data["attachment"] = json!({
-            "type": "media",
-            "media": attachment_media(event, attachment, link["indices"].clone()),
-        });
-    }
-    let mut message_create = json!({
-        "target": { "recipient_id": event.recipient_id },
-        "sender_id": event.sender_id,
-        "message_data": message_data,
-    });
-    if let Some(app) = &event.source_app_id {
-        message_create["source_app_id"] = json!(app);
-    }
-    message_create
-}
-
-/// `users`: both participants, where the simulator knows them, by id.
-fn users(inner: &Inner, event: &DmEvent) -> Map<String, Value> {
-    let mut users = Map::new();
-    for id in [
-        Some(event.sender_id.as_str()),
-        event.recipient_id.as_deref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if let Some(user) = find_user(&inner.accounts, &inner.customers, id) {
-            users.insert(
-                user.id.clone(),
-                json!({
-                    "id": user.id,
-                    "name": user.name,
-                    "screen_name": user.username,
-                    "profile_image_url_https": user.profile_image_url,
-                }),
-            );
-        }
-    }
-    users
-}
-
-fn expanded_url(event: &DmEvent) -> String {
-    format!("https://twitter.com/messages/media/{}", event.id)
-}
-
-fn display_url(attachment: &DmAttachment) -> String {
-    let code = attachment
-        .tco_url
-        .rsplit('/')
-        .next()
-        .unwrap_or(&attachment.tco_url);
-    format!("pic.twitter.com/{code}")
-}
-
-/// `message_data.attachment.media`: X's v1.1 media entity.
-fn attachment_media(event: &DmEvent, attachment: &DmAttachment, indices: Value) -> Value {
-    let numeric_id: u64 = attachment.media_id.parse().unwrap_or(0);
-    // As in v1.1 entities, a video's or GIF's `media_url` is its still image; the video
-    // itself is in `video_info.variants`.
-    let image = match attachment.media_type {
-        MediaType::Photo => &attachment.url,
-        _ => attachment
-            .preview_image_url
-            .as_ref()
-            .unwrap_or(&attachment.url),
-    };
-    let mut media = json!({
-        "id": numeric_id,
-        "id_str": attachment.media_id,
-        "indices": indices,
-        "media_url": image,
-        "media_url_https": image,
-        "url": attachment.tco_url,
-        "display_url": display_url(attachment),
-        "expanded_url": expanded_url(event),
-        "type": attachment.media_type.as_str(),
-        "sizes": sizes(attachment.width, attachment.height),
-    });
-    if attachment.media_type != MediaType::Photo {
-        media["video_info"] = video_info(attachment);
-    }
-    media
-}
-
-/// v1.1's `sizes`: a square thumb and the image fitted into 680, 1200 and 2048 pixels.
-fn sizes(w: u32, h: u32) -> Value {
-    let fit = |limit: u32| {
-        let scale = f64::from(limit) / f64::from(w.max(h));
-        if scale >= 1.0 {
-            (w, h)
-        } else {
-            (
-                (f64::from(w) * scale).round() as u32,
-                (f64::from(h) * scale).round() as u32,
-            )
-        }
-    };
-    let size = |(w, h): (u32, u32)| json!({ "w": w, "h": h, "resize": "fit" });
-    json!({
-        "thumb": { "w": 150, "h": 150, "resize": "crop" },
-        "small": size(fit(680)),
-        "medium": size(fit(1200)),
-        "large": size(fit(2048)),
-    })
-}
-
-/// A video's or GIF's `video_info`: aspect ratio, mp4 variants and duration.
-fn video_info(attachment: &DmAttachment) -> Value {
-    let (w, h) = (attachment.width, attachment.height);
-    let divisor = gcd(w, h).max(1);
-    let mut video_info = json!({
-        "aspect_ratio": [w / divisor, h / divisor],
-        "variants": attachment.variants.iter().map(|v| json!({
-            "bitrate": v.bit_rate,
-            "content_type": v.content_type,
-            "url": v.url,
-        })).collect::<Vec<_>>(),
-    });
-    if let Some(duration) = attachment.duration_ms {
-        video_info["duration_millis"] = json!(duration);
-    }
-    video_info
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
 }
 
 #[cfg(test)]

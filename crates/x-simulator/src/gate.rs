@@ -106,6 +106,14 @@ pub(crate) const SUBSCRIPTION: Gate = Gate {
     ..USER
 };
 
+/// The X Activity API subscription routes: a user token or the App's, feeling `latency` and
+/// (for a user token) `unauthorized` only.
+pub(crate) const ACTIVITY: Gate = Gate {
+    what: "activity subscription",
+    app_token: true,
+    ..USER
+};
+
 /// The TON media URL: a participant's user token; only the `media_*` faults, which the route
 /// applies itself once it knows the media, reach it.
 pub(crate) const MEDIA_DOWNLOAD: Gate = Gate {

@@ -59,6 +59,9 @@
 //! | `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all` | user | 200 `{"data":{"subscribed":true\|false}}` (v2 style; v1.1 answered 204/404) |
 //! | `GET /2/account_activity/webhooks/:webhook_id/subscriptions/all/list` | App or user | 200 `{"data":{"application_id","webhook_id","webhook_url","subscriptions":[{"user_id"}]}}` |
 //! | `DELETE /2/account_activity/webhooks/:webhook_id/subscriptions/:user_id/all` | App or user | 200 `{"data":{"subscribed":false}}` |
+//! | `POST /2/activity/subscriptions` `{"event_type","filter":{"user_id"},"tag"?,"webhook_id"?}` | user (its own account) or App (an account of the App) | 200 `{"data":{"subscription":{…}},"meta":{"total_subscriptions"}}` (X's spec shape); 400 `DuplicateSubscriptionFailed` / `WebhookIdInvalid` / `SubscriptionLimitExceeded`, 403 for another user's `dm.*` |
+//! | `GET /2/activity/subscriptions` | App or user | 200 `{"data":[…],"meta":{"total_subscriptions"}}`, the App's, unpaged |
+//! | `DELETE /2/activity/subscriptions/:subscription_id` | App or user | 200 `{"data":{"deleted":true},"meta":{…}}`, 404 `resource-not-found` |
 //! | `POST /2/media/upload/initialize` `{"media_type","total_bytes","media_category","shared"?}` | user | 200 `{"data":{"id","media_key","expires_after_secs":86400}}` (below) |
 //! | `POST /2/media/upload/:id/append` multipart `media`, `segment_index` | user | 200 `{"data":{"expires_at":<epoch secs>}}` |
 //! | `POST /2/media/upload/:id/finalize` | user | 200 `{"data":{"id","media_key","size","expires_after_secs"}}`, plus `processing_info` for videos and GIFs |
@@ -241,8 +244,10 @@
 //!   unknown user (X has been seen to do the latter; the body carries both forms), the retry
 //!   schedule of deliveries (v2's is undocumented), and v2's `text` of a media DM (the simulator
 //!   follows the documented sample: the text without the t.co link) are not confirmed;
-//! - there are no group conversations, `ParticipantsJoin`/`Leave` events, typing or read events,
-//!   per-conversation lookups (`/2/dm_conversations/…/dm_events`), replay, XAA, the one-shot
+//! - there are no group conversations, `ParticipantsJoin`/`Leave` events, typing or read events
+//!   other than [`Simulator::customer_typing`] / [`Simulator::customer_read`] (delivered, never
+//!   listed), per-conversation lookups (`/2/dm_conversations/…/dm_events`), replay, XAA's
+//!   `GET /2/activity/stream` (its subscriptions and webhook deliveries are served), the one-shot
 //!   `POST /2/media/upload`, base64 `media_data` APPENDs, or `shared` media reuse checks; the
 //!   media bytes served for a DM are placeholders unless a test gives them
 //!   ([`MediaSpec`]`::content`, read back with [`Simulator::media_content`]), not the uploaded
@@ -258,7 +263,9 @@
 //! | `POST /_sim/customer_dm` | body `{"user_id":"<account>","customer":{"username":"jane","user_id"?,"name"?,"profile_image_url"?},"text":"…","media"?:{"type":"photo"\|"video"\|"animated_gif",…},"created_at"?:"<RFC 3339>"}` (missing customer fields are generated, see [`MediaSpec`] for `media`); 201 with the [`DmEvent`], 404 for an unknown account |
 //! | `GET /_sim/dm_events[?user_id=…]` | JSON array of [`DmEvent`], oldest first, retention ignored |
 //! | `GET /_sim/billing` | `{"dm_events_billed":{"<user_id>":n}}` |
-//! | `GET /_sim/webhooks` | `{"webhooks":[`[`Webhook`]`],"subscriptions":[`[`Subscription`]`]}` |
+//! | `GET /_sim/webhooks` | `{"webhooks":[`[`Webhook`]`],"subscriptions":[`[`Subscription`]`],"activity_subscriptions":[`[`ActivitySubscription`]`]}` |
+//! | `POST /_sim/customer_typing` | body `{"user_id","customer":{…}}`: [`Simulator::customer_typing`]; `{"deliveries":n}` |
+//! | `POST /_sim/customer_read` | body `{"user_id","customer":{…},"last_read_event_id"}`: [`Simulator::customer_read`]; `{"deliveries":n}` |
 //! | `POST /_sim/webhooks/invalidate` | body `{"webhook_id":"…"}`: [`Simulator::invalidate_webhook`] (what X does after failed periodic CRCs); `{"webhook_id","valid":false}`, 404 for an unknown webhook |
 //! | `GET /_sim/deliveries` | JSON array of [`Delivery`] |
 //! | `POST /_sim/redeliver` | body `{"event_id":"…"}`: [`Simulator::deliver_again`]; `{"deliveries_started":n}`, 404 for an unknown event |
@@ -351,6 +358,8 @@
 #![warn(missing_docs)]
 
 mod accounts;
+mod activity;
+mod activity_delivery;
 mod admin;
 mod auth;
 mod authorized;
@@ -359,6 +368,7 @@ mod customers;
 mod delivery;
 mod dm;
 mod dm_events;
+mod dm_json;
 mod events;
 mod faults;
 mod gate;
@@ -371,6 +381,7 @@ mod reply;
 mod request_body;
 mod request_log;
 mod routes;
+mod signal;
 mod simulator;
 mod state;
 mod uploads;
@@ -391,9 +402,9 @@ pub use oauth2::{OAuth2Client, OAuth2Tokens, DEFAULT_ACCESS_TOKEN_SECS};
 pub use rate_limit::RateLimitWindow;
 pub use simulator::{Simulator, SimulatorConfig};
 pub use state::{
-    Counters, Delivery, DmAttachment, DmEvent, MediaProcessing, MediaType, MediaVariant,
-    ProcessingOutcome, ProcessingState, RequestRecord, SentDm, Subscription, Upload, Webhook,
-    WebhookConfig, CLIENT_CLOSED_REQUEST, MESSAGE_CREATE,
+    ActivitySubscription, Counters, Delivery, DmAttachment, DmEvent, MediaProcessing, MediaType,
+    MediaVariant, ProcessingOutcome, ProcessingState, RequestRecord, SentDm, Subscription, Upload,
+    Webhook, WebhookConfig, CLIENT_CLOSED_REQUEST, DM_EVENT_TYPES, MESSAGE_CREATE,
 };
 pub use uploads::{MAX_SEGMENT_BYTES, MAX_SEGMENT_INDEX, MEDIA_EXPIRES_AFTER_SECS};
 pub use webhooks::MAX_WEBHOOK_URL_CHARS;

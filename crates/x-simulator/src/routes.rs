@@ -13,7 +13,8 @@ use axum::Router;
 
 use crate::state::SimState;
 use crate::{
-    admin, dm, dm_events, media, oauth2, problems, reply, request_log, uploads, users, webhooks,
+    activity, admin, dm, dm_events, media, oauth2, problems, reply, request_log, uploads, users,
+    webhooks,
 };
 
 pub(crate) fn router(state: Arc<SimState>) -> Router {
@@ -45,6 +46,14 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
         .route(
             "/2/account_activity/webhooks/{webhook_id}/subscriptions/{user_id}/all",
             delete(webhooks::unsubscribe),
+        )
+        .route(
+            "/2/activity/subscriptions",
+            post(activity::create).get(activity::list),
+        )
+        .route(
+            "/2/activity/subscriptions/{subscription_id}",
+            delete(activity::delete),
         )
         .route(
             "/1.1/ton/data/dm/{event_id}/{media_id}/{name}",

@@ -17,9 +17,10 @@ use crate::events::{MediaSpec, Written};
 use crate::faults::Fault;
 use crate::rate_limit::RateLimitWindow;
 use crate::routes;
+use crate::signal::SignalKind;
 use crate::state::{
-    Counters, Delivery, DmEvent, MediaProcessing, RequestRecord, SentDm, SimState, StateSettings,
-    Subscription, Upload, UploadRecord, Webhook, WebhookConfig,
+    ActivitySubscription, Counters, Delivery, DmEvent, MediaProcessing, RequestRecord, SentDm,
+    SimState, StateSettings, Subscription, Upload, UploadRecord, Webhook, WebhookConfig,
 };
 use crate::webhooks;
 
@@ -387,6 +388,32 @@ impl Simulator {
         event
     }
 
+    /// The customer starts typing to the account: a typing indicator is delivered to the
+    /// account's AAA subscription and its XAA `dm.indicate_typing` subscriptions (X keeps no DM
+    /// event of it). Returns how many deliveries started.
+    pub fn customer_typing(&self, account_user_id: &str, customer: &Customer) -> usize {
+        self.signal(account_user_id, customer, SignalKind::Typing)
+    }
+
+    /// The customer reads the account's DMs up to `last_read_event_id`: a read receipt is
+    /// delivered to the account's AAA subscription and its XAA `dm.read` subscriptions.
+    /// Returns how many deliveries started.
+    pub fn customer_read(
+        &self,
+        account_user_id: &str,
+        customer: &Customer,
+        last_read_event_id: &str,
+    ) -> usize {
+        let kind = SignalKind::Read {
+            last_read_event_id: last_read_event_id.to_string(),
+        };
+        self.signal(account_user_id, customer, kind)
+    }
+
+    fn signal(&self, account_user_id: &str, customer: &Customer, kind: SignalKind) -> usize {
+        delivery::customer_signal(self.shared_state(), account_user_id, customer, kind)
+    }
+
     /// The content type and bytes the simulator serves at a media URL of a DM event (its TON
     /// URL, a video or GIF rendition, a preview), so a test can compare a download through
     /// the bridge with them byte for byte; `None` for a URL of no known media.
@@ -428,6 +455,11 @@ impl Simulator {
     /// The Account Activity subscriptions, oldest first.
     pub fn subscriptions(&self) -> Vec<Subscription> {
         self.state().lock().subscriptions.clone()
+    }
+
+    /// The X Activity API subscriptions of every App, oldest first.
+    pub fn activity_subscriptions(&self) -> Vec<ActivitySubscription> {
+        self.state().lock().activity_subscriptions.clone()
     }
 
     /// Runs the CRC of a registered webhook now, as X does periodically, and records the outcome

@@ -4,11 +4,14 @@
 //! tries the bearer token on the webhook list, then prints the account or
 //! the precise problem with its fix. Never prints a secret. The channels
 //! the CRM created are checked after the file's, read from the state store.
+//! A channel subscribed through the X Activity API (`webhook_api = "xaa"`) also
+//! has its account's subscriptions checked: each DM event type it wants must be
+//! bound to a registered webhook.
 
 use std::sync::Arc;
 
 use xbridge_control::diagnosis::check_account;
-use xbridge_core::config::{ChannelSettings, InboundMode, Settings, StateBackend};
+use xbridge_core::config::{ChannelSettings, InboundMode, Settings, StateBackend, WebhookApi};
 use xbridge_core::live_channels::{LiveChannels, Origin};
 use xbridge_x_api::{webhook_problem, UserCredentials, WebhookClient, XClientConfig};
 
@@ -72,19 +75,90 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
     }
     let credentials = UserCredentials::from(channel);
     match WebhookClient::new(config, channel.bearer_token.clone(), credentials) {
-        Ok(webhooks) => check_webhooks(&webhooks, channel, &mut problems).await,
+        Ok(webhooks) => {
+            let registered = check_webhooks(&webhooks, channel, &mut problems).await;
+            let user_id = check.account.as_ref().map(|a| a.user_id.as_str());
+            if let (Some(registered), Some(user_id)) = (registered, user_id) {
+                if channel.webhook_api == WebhookApi::Xaa && channel.inbound != InboundMode::Poll {
+                    let wanted = channel.xaa_event_types(
+                        settings.inbound.publish_echoes,
+                        settings.inbound.publish_activity,
+                    );
+                    let wanted: Vec<&str> = wanted.iter().map(|e| e.as_str()).collect();
+                    check_xaa(
+                        &webhooks,
+                        channel,
+                        user_id,
+                        &registered,
+                        &wanted,
+                        &mut problems,
+                    )
+                    .await;
+                }
+            }
+        }
         Err(e) => problems.push(format!("cannot build the webhook client: {e}")),
     }
     problems
 }
 
+/// The account's X Activity subscriptions: each event type in `wanted` must have one
+/// bound to one of the App's webhooks (`registered`, their ids), else X delivers none of
+/// those events. `dm.received` missing means no customer DM arrives by webhook at all.
+async fn check_xaa(
+    webhooks: &WebhookClient,
+    channel: &ChannelSettings,
+    user_id: &str,
+    registered: &[String],
+    wanted: &[&str],
+    problems: &mut Vec<String>,
+) {
+    let name = &channel.name;
+    let all = match webhooks.list_activity_subscriptions().await {
+        Ok(all) => all,
+        Err(error) => {
+            problems.push(format!(
+                "X Activity subscriptions cannot be listed: {error}"
+            ));
+            return;
+        }
+    };
+    let bound = |event_type: &str| {
+        all.iter().any(|s| {
+            s.event_type == event_type
+                && s.user_id.as_deref() == Some(user_id)
+                && s.webhook_id
+                    .as_ref()
+                    .is_some_and(|id| registered.contains(id))
+        })
+    };
+    let (present, missing): (Vec<&str>, Vec<&str>) = wanted.iter().partition(|e| bound(e));
+    if !present.is_empty() {
+        crate::outln!("  X Activity subscriptions: {}", present.join(", "));
+    }
+    if missing.is_empty() {
+        return;
+    }
+    let fix = format!("run `xbridge webhook subscribe --channel {name}`");
+    if missing.contains(&"dm.received") {
+        problems.push(format!(
+            "the account is not subscribed to dm.received through the X Activity API, so X delivers none of its customers' DMs to the webhook: {fix}"
+        ));
+    } else {
+        problems.push(format!(
+            "the account is not subscribed to {} through the X Activity API, so those events do not arrive: {fix}",
+            missing.join(", ")
+        ));
+    }
+}
+
 /// The bearer token on the webhook list; for a channel X delivers to, that
-/// a valid webhook is registered.
+/// a valid webhook is registered. The ids of the App's webhooks, if X listed them.
 async fn check_webhooks(
     webhooks: &WebhookClient,
     channel: &ChannelSettings,
     problems: &mut Vec<String>,
-) {
+) -> Option<Vec<String>> {
     match webhooks.list_webhooks().await {
         Ok(list) => {
             crate::outln!("  bearer token: accepted");
@@ -94,10 +168,14 @@ async fn check_webhooks(
                     None => problems.extend(webhook_problem(&list)),
                 }
             }
+            Some(list.into_iter().map(|w| w.id).collect())
         }
-        Err(error) => problems.push(format!(
-            "the bearer token was refused ({error}): copy the App's bearer token from the X developer console"
-        )),
+        Err(error) => {
+            problems.push(format!(
+                "the bearer token was refused ({error}): copy the App's bearer token from the X developer console"
+            ));
+            None
+        }
     }
 }
 

@@ -196,7 +196,10 @@ pub enum WebhookCommand {
         url: String,
     },
     /// Subscribe the channel's account to the webhook, so X delivers its DMs
-    /// there (`POST /2/account_activity/webhooks/:id/subscriptions/all`).
+    /// there: through the channel's `webhook_api`, the Account Activity API
+    /// (`POST /2/account_activity/webhooks/:id/subscriptions/all`) or the X
+    /// Activity API (`POST /2/activity/subscriptions`, one per DM event type;
+    /// those already present are kept, not duplicated).
     Subscribe {
         /// The TOML configuration file.
         #[arg(long, short, env = "XBRIDGE_CONFIG")]
@@ -217,6 +220,32 @@ pub enum WebhookCommand {
         /// Only this channel; by default every configured channel.
         #[arg(long)]
         channel: Option<String>,
+    },
+    /// List the X Activity API subscriptions of the channel's account
+    /// (`GET /2/activity/subscriptions`).
+    Subscriptions {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+        /// The channel whose account's subscriptions are listed.
+        #[arg(long)]
+        channel: String,
+    },
+    /// End the channel's subscriptions: every X Activity API DM subscription of
+    /// its account (`DELETE /2/activity/subscriptions/:id`) and, with
+    /// `webhook_api = "aaa"`, its Account Activity subscription
+    /// (`DELETE /2/account_activity/webhooks/:id/subscriptions/:user_id/all`).
+    Unsubscribe {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+        /// The channel whose account unsubscribes.
+        #[arg(long)]
+        channel: String,
+        /// Only this webhook's subscriptions; by default the App's only webhook
+        /// (AAA) or every webhook (X Activity API).
+        #[arg(long)]
+        webhook_id: Option<String>,
     },
     /// Make X run the CRC again and re-enable an invalid webhook
     /// (`PUT /2/webhooks/:id`).

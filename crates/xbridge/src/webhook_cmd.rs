@@ -2,6 +2,11 @@
 //! `xbridge run` (register the App's webhook, subscribe each account, check and
 //! revalidate), so operators need neither curl nor the X developer console.
 //!
+//! A channel subscribes through the API it chooses (`webhook_api`): the Account
+//! Activity API, one subscription for all its DM activity, or the X Activity API, one
+//! subscription per DM event type ([`ChannelSettings::xaa_event_types`]), created only
+//! where missing so running `subscribe` again changes nothing.
+//!
 //! Output is for people: what X now has, never a credential. Failures come back
 //! as errors naming the channel and the step, with [`WebhookError`]'s advice for
 //! each of X's refusal reasons; `main` prints them once and exits 1.
@@ -9,8 +14,10 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use xbridge_core::config::{ChannelSettings, Settings};
-use xbridge_x_api::{Webhook, WebhookClient, WebhookError};
+use xbridge_core::config::{ChannelSettings, Settings, WebhookApi};
+use xbridge_x_api::{
+    ActivitySubscription, UserCredentials, Webhook, WebhookClient, WebhookError, XClient,
+};
 
 use crate::cli::WebhookCommand;
 
@@ -33,6 +40,12 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
             webhook_id,
         } => revalidate(&config, &channel, webhook_id).await,
         WebhookCommand::Status { config, channel } => status(&config, channel.as_deref()).await,
+        WebhookCommand::Subscriptions { config, channel } => subscriptions(&config, &channel).await,
+        WebhookCommand::Unsubscribe {
+            config,
+            channel,
+            webhook_id,
+        } => unsubscribe(&config, &channel, webhook_id).await,
     }
 }
 
@@ -52,16 +65,164 @@ async fn register(config: &Path, channel: &str, url: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Subscribes the channel's account to the webhook, so X delivers its DMs.
+/// Subscribes the channel's account to the webhook, so X delivers its DMs: through
+/// the API the channel chooses.
 async fn subscribe(config: &Path, channel: &str, webhook_id: Option<String>) -> anyhow::Result<()> {
-    let (_, client) = channel_client(config, channel)?;
+    let (settings, client) = channel_client(config, channel)?;
     let webhook_id = resolve_webhook_id(&client, channel, webhook_id).await?;
+    let channel_settings = find_channel(&settings, channel)?;
+    if channel_settings.webhook_api == WebhookApi::Xaa {
+        return subscribe_xaa(&settings, channel_settings, &client, &webhook_id).await;
+    }
     client
         .subscribe(&webhook_id)
         .await
         .with_context(|| format!("channel {channel}: subscribing to webhook {webhook_id}"))?;
     crate::outln!("channel {channel}: subscribed to webhook {webhook_id}");
     Ok(())
+}
+
+/// One X Activity subscription per event type the channel wants, bound to the
+/// webhook; those X already has are left alone.
+async fn subscribe_xaa(
+    settings: &Settings,
+    channel: &ChannelSettings,
+    client: &WebhookClient,
+    webhook_id: &str,
+) -> anyhow::Result<()> {
+    let name = &channel.name;
+    let user_id = account_id(settings, channel).await?;
+    let present = account_subscriptions(client, name, &user_id).await?;
+    let inbound = &settings.inbound;
+    let wanted = channel.xaa_event_types(inbound.publish_echoes, inbound.publish_activity);
+    let tag = format!("xbridge:{name}");
+    for event in wanted {
+        let event_type = event.as_str();
+        let existing = present
+            .iter()
+            .find(|s| s.event_type == event_type && s.webhook_id.as_deref() == Some(webhook_id));
+        if let Some(existing) = existing {
+            crate::outln!(
+                "channel {name}: {event_type} already subscribed (subscription {})",
+                existing.subscription_id
+            );
+            continue;
+        }
+        let created = client
+            .create_activity_subscription(event_type, &user_id, webhook_id, &tag)
+            .await
+            .with_context(|| {
+                format!("channel {name}: subscribing {event_type} to webhook {webhook_id}")
+            })?;
+        crate::outln!(
+            "channel {name}: subscribed {event_type} to webhook {webhook_id} (subscription {})",
+            created.subscription_id
+        );
+    }
+    Ok(())
+}
+
+/// Lists the X Activity subscriptions of the channel's account.
+async fn subscriptions(config: &Path, channel: &str) -> anyhow::Result<()> {
+    let (settings, client) = channel_client(config, channel)?;
+    let channel_settings = find_channel(&settings, channel)?;
+    let user_id = account_id(&settings, channel_settings).await?;
+    let found = account_subscriptions(&client, channel, &user_id).await?;
+    crate::outln!(
+        "channel {channel} (account {user_id}, webhook_api = {}):",
+        channel_settings.webhook_api.as_str()
+    );
+    if found.is_empty() {
+        crate::outln!("  no X Activity subscriptions");
+    }
+    for subscription in &found {
+        print_subscription(subscription);
+    }
+    Ok(())
+}
+
+/// Ends the channel's subscriptions: every X Activity DM subscription of its
+/// account, and (with `aaa`) its Account Activity subscription to the webhook.
+async fn unsubscribe(
+    config: &Path,
+    channel: &str,
+    webhook_id: Option<String>,
+) -> anyhow::Result<()> {
+    let (settings, client) = channel_client(config, channel)?;
+    let channel_settings = find_channel(&settings, channel)?;
+    let user_id = account_id(&settings, channel_settings).await?;
+    if channel_settings.webhook_api == WebhookApi::Aaa {
+        let webhook_id = resolve_webhook_id(&client, channel, webhook_id.clone()).await?;
+        client
+            .unsubscribe(&webhook_id, &user_id)
+            .await
+            .with_context(|| {
+                format!("channel {channel}: unsubscribing from webhook {webhook_id}")
+            })?;
+        crate::outln!("channel {channel}: unsubscribed from webhook {webhook_id}");
+    }
+    let found = account_subscriptions(&client, channel, &user_id).await?;
+    let mine = found.iter().filter(|s| {
+        s.event_type.starts_with("dm.")
+            && webhook_id
+                .as_deref()
+                .is_none_or(|id| s.webhook_id.as_deref() == Some(id))
+    });
+    for subscription in mine {
+        let id = &subscription.subscription_id;
+        let deleted = client
+            .delete_activity_subscription(id)
+            .await
+            .with_context(|| format!("channel {channel}: deleting subscription {id}"))?;
+        let how = if deleted { "deleted" } else { "already gone" };
+        crate::outln!(
+            "channel {channel}: {} subscription {id} {how}",
+            subscription.event_type
+        );
+    }
+    Ok(())
+}
+
+/// The account's X user id: configured, or asked of X (`GET /2/users/me`).
+async fn account_id(settings: &Settings, channel: &ChannelSettings) -> anyhow::Result<String> {
+    if let Some(id) = &channel.user_id {
+        return Ok(id.clone());
+    }
+    let client = XClient::new((&settings.x).into(), UserCredentials::from(channel))
+        .with_context(|| format!("channel {}: setting up the X client", channel.name))?;
+    let (user, _) = client
+        .me()
+        .await
+        .with_context(|| format!("channel {}: asking X who the account is", channel.name))?;
+    Ok(user.id.as_str().to_owned())
+}
+
+/// The App's X Activity subscriptions whose filter is the account.
+async fn account_subscriptions(
+    client: &WebhookClient,
+    channel: &str,
+    user_id: &str,
+) -> anyhow::Result<Vec<ActivitySubscription>> {
+    let all = client
+        .list_activity_subscriptions()
+        .await
+        .with_context(|| format!("channel {channel}: listing X Activity subscriptions"))?;
+    Ok(all
+        .into_iter()
+        .filter(|s| s.user_id.as_deref() == Some(user_id))
+        .collect())
+}
+
+fn print_subscription(subscription: &ActivitySubscription) {
+    crate::outln!(
+        "  {} subscription {} -> webhook {}",
+        subscription.event_type,
+        subscription.subscription_id,
+        subscription
+            .webhook_id
+            .as_deref()
+            .unwrap_or("none (stream only)")
+    );
 }
 
 /// Asks X to run the CRC again. X may answer only that it ran the CRC: its
@@ -114,6 +275,21 @@ async fn status(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
             crate::outln!(
                 "  no webhook registered (xbridge webhook register --channel {name} --url URL)"
             );
+        }
+        if channel.webhook_api == WebhookApi::Xaa {
+            for webhook in &webhooks {
+                print_webhook(webhook);
+            }
+            let user_id = account_id(&settings, channel).await?;
+            let found = account_subscriptions(&client, name, &user_id).await?;
+            crate::outln!("  X Activity subscriptions of account {user_id}:");
+            if found.is_empty() {
+                crate::outln!("    none (xbridge webhook subscribe --channel {name})");
+            }
+            for subscription in &found {
+                print_subscription(subscription);
+            }
+            continue;
         }
         for webhook in &webhooks {
             print_webhook(webhook);

@@ -320,6 +320,8 @@ fn file_channel(name: &str, account: &Account) -> ChannelSettings {
         url: None,
         inbound: InboundMode::Webhook,
         user_id: None,
+        webhook_api: xbridge_core::config::WebhookApi::Aaa,
+        xaa_events: None,
     }
 }
 

@@ -34,6 +34,104 @@ pub struct ChannelSettings {
     /// The account's X user id: needed to poll (to tell its own DMs from the
     /// customers'); the webhook learns it from each delivery.
     pub user_id: Option<String>,
+    /// Which of X's webhook APIs `xbridge webhook subscribe` subscribes the account
+    /// through, and `xbridge check` checks. The webhook server takes both either way.
+    pub webhook_api: WebhookApi,
+    /// With [`WebhookApi::Xaa`], the X Activity events to subscribe besides
+    /// `dm.received`; `None` follows `[inbound]` ([`ChannelSettings::xaa_event_types`]).
+    pub xaa_events: Option<Vec<XaaEvent>>,
+}
+
+/// Which of X's webhook APIs delivers a channel's DMs: both POST to the App's one
+/// webhook, signed alike, and the bridge reads both bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookApi {
+    /// The Account Activity API: one subscription per account brings all its DM
+    /// activity (Pay Per Use allows 3 per App). X calls it "being deprecated".
+    #[default]
+    Aaa,
+    /// The X Activity API, AAA's successor: one subscription per account and DM event
+    /// type (`dm.received`, …; 1,500 per App self-serve).
+    Xaa,
+}
+
+impl WebhookApi {
+    /// Its name in configuration and commands: `aaa` or `xaa`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookApi::Aaa => "aaa",
+            WebhookApi::Xaa => "xaa",
+        }
+    }
+
+    /// The value named `name`, if any.
+    pub fn from_name(name: &str) -> Option<WebhookApi> {
+        [WebhookApi::Aaa, WebhookApi::Xaa]
+            .into_iter()
+            .find(|api| api.as_str() == name)
+    }
+}
+
+/// An X Activity DM event type a channel can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum XaaEvent {
+    /// A DM the account received: always subscribed.
+    #[serde(rename = "dm.received")]
+    Received,
+    /// A DM the account sent (from X's app, or through the API): `message.echo`.
+    #[serde(rename = "dm.sent")]
+    Sent,
+    /// A read receipt: `message.read`.
+    #[serde(rename = "dm.read")]
+    Read,
+    /// A typing indicator: `conversation.typing`.
+    #[serde(rename = "dm.indicate_typing")]
+    IndicateTyping,
+}
+
+impl XaaEvent {
+    /// Every one, in the order they are subscribed.
+    pub const ALL: [XaaEvent; 4] = [
+        XaaEvent::Received,
+        XaaEvent::Sent,
+        XaaEvent::Read,
+        XaaEvent::IndicateTyping,
+    ];
+
+    /// X's `event_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XaaEvent::Received => "dm.received",
+            XaaEvent::Sent => "dm.sent",
+            XaaEvent::Read => "dm.read",
+            XaaEvent::IndicateTyping => "dm.indicate_typing",
+        }
+    }
+
+    /// The value named `name` (X's `event_type`), if any.
+    pub fn from_name(name: &str) -> Option<XaaEvent> {
+        XaaEvent::ALL
+            .into_iter()
+            .find(|event| event.as_str() == name)
+    }
+}
+
+impl ChannelSettings {
+    /// The X Activity event types the channel's account is subscribed to with
+    /// [`WebhookApi::Xaa`]: always `dm.received`; then the channel's `xaa_events`, or by
+    /// default what `[inbound]` publishes — `dm.sent` when `publish_echoes` (the account's
+    /// own DMs, which AAA delivers too), `dm.read` and `dm.indicate_typing` when
+    /// `publish_activity`.
+    pub fn xaa_event_types(&self, publish_echoes: bool, publish_activity: bool) -> Vec<XaaEvent> {
+        let wanted = |event: XaaEvent| match (&self.xaa_events, event) {
+            (_, XaaEvent::Received) => true,
+            (Some(chosen), event) => chosen.contains(&event),
+            (None, XaaEvent::Sent) => publish_echoes,
+            (None, _) => publish_activity,
+        };
+        XaaEvent::ALL.into_iter().filter(|e| wanted(*e)).collect()
+    }
 }
 
 /// How a channel receives its customers' DMs.
@@ -75,6 +173,9 @@ pub(super) struct RawChannel {
     #[serde(default)]
     pub(super) inbound: InboundMode,
     pub(super) user_id: Option<String>,
+    #[serde(default)]
+    pub(super) webhook_api: WebhookApi,
+    pub(super) xaa_events: Option<Vec<XaaEvent>>,
 }
 
 /// Validates every `[[channels]]` entry, then what they must agree on.
@@ -159,6 +260,9 @@ fn validate_channel(
         errors.push(format!("{label}.weight: must be at least 1"));
     }
     check_user_id(&label, raw.user_id.as_deref(), raw.inbound.polls(), errors);
+    if let Some(problem) = xaa_events_problem(raw.webhook_api, raw.xaa_events.as_deref()) {
+        errors.push(format!("{label}.xaa_events: {problem}"));
+    }
     (errors.len() == before).then_some(ChannelSettings {
         name,
         consumer_key,
@@ -170,7 +274,16 @@ fn validate_channel(
         url,
         inbound: raw.inbound,
         user_id: raw.user_id,
+        webhook_api: raw.webhook_api,
+        xaa_events: raw.xaa_events,
     })
+}
+
+/// What is wrong with a channel's `xaa_events`, if anything: they only mean something
+/// with `webhook_api = "xaa"`. Shared with the CRM's `channel.upsert`.
+pub fn xaa_events_problem(api: WebhookApi, events: Option<&[XaaEvent]>) -> Option<String> {
+    (api != WebhookApi::Xaa && events.is_some())
+        .then(|| "only applies with webhook_api = \"xaa\"".to_owned())
 }
 
 /// How errors name the channel: by position, and by name once it has one, so
@@ -336,5 +449,69 @@ mod tests {
         assert!(!is_valid_channel_name(""));
         assert!(!is_valid_channel_name("-acme"));
         assert!(!is_valid_channel_name(&"a".repeat(64)));
+    }
+}
+
+#[cfg(test)]
+mod webhook_api_tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn channel(extra: &str) -> String {
+        format!(
+            r#"
+            [[channels]]
+            name = "acme"
+            consumer_key = "ck"
+            consumer_secret = "cs"
+            access_token = "at"
+            access_token_secret = "ats"
+            bearer_token = "bt"
+            {extra}
+            "#
+        )
+    }
+
+    #[test]
+    fn a_channel_uses_aaa_unless_it_chooses_xaa_whose_events_follow_inbound_by_default() {
+        let aaa = &Settings::from_toml(&channel("")).unwrap().channels[0];
+        assert_eq!(aaa.webhook_api, WebhookApi::Aaa);
+        let settings = Settings::from_toml(&channel(r#"webhook_api = "xaa""#)).unwrap();
+        let xaa = &settings.channels[0];
+        assert_eq!(xaa.webhook_api, WebhookApi::Xaa);
+        assert_eq!(xaa.xaa_event_types(false, false), [XaaEvent::Received]);
+        assert_eq!(
+            xaa.xaa_event_types(true, true),
+            XaaEvent::ALL,
+            "echoes bring dm.sent, activity dm.read and dm.indicate_typing"
+        );
+        let chosen = channel(
+            r#"webhook_api = "xaa"
+            xaa_events = ["dm.indicate_typing"]"#,
+        );
+        let chosen = &Settings::from_toml(&chosen).unwrap().channels[0];
+        assert_eq!(
+            chosen.xaa_event_types(true, false),
+            [XaaEvent::Received, XaaEvent::IndicateTyping],
+            "the channel's choice wins over [inbound]"
+        );
+    }
+
+    #[test]
+    fn xaa_events_without_xaa_and_unknown_values_are_refused() {
+        let error = Settings::from_toml(&channel(r#"xaa_events = ["dm.sent"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error
+                .contains("channels[0] (acme).xaa_events: only applies with webhook_api = \"xaa\""),
+            "{error}"
+        );
+        assert!(Settings::from_toml(&channel(r#"webhook_api = "xaaa""#)).is_err());
+        assert!(Settings::from_toml(&channel(
+            r#"webhook_api = "xaa"
+            xaa_events = ["dm.all"]"#
+        ))
+        .is_err());
     }
 }

@@ -24,7 +24,9 @@ use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 
 pub use amqp::{AmqpSettings, BrokerAddress, ControlSettings, TopologyNames};
-pub use channels::{is_valid_channel_name, ChannelSettings, InboundMode};
+pub use channels::{
+    is_valid_channel_name, xaa_events_problem, ChannelSettings, InboundMode, WebhookApi, XaaEvent,
+};
 pub use http::HttpSettings;
 pub use inbound::InboundSettings;
 pub use inbound_media::{MediaProxySettings, DEFAULT_MEDIA_ORIGINS};

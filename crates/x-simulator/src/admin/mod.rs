@@ -23,6 +23,8 @@ use crate::state::SimState;
 pub(crate) fn router() -> Router<Arc<SimState>> {
     Router::new()
         .route("/customer_dm", post(steer::customer_dm))
+        .route("/customer_typing", post(steer::customer_typing))
+        .route("/customer_read", post(steer::customer_read))
         .route("/dm_events", get(observe::dm_events))
         .route("/billing", get(observe::billing))
         .route("/webhooks", get(observe::webhooks))

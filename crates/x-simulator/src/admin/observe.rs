@@ -78,6 +78,7 @@ pub(super) async fn webhooks(State(state): State<Arc<SimState>>) -> Response {
     Json(json!({
         "webhooks": inner.webhooks,
         "subscriptions": inner.subscriptions,
+        "activity_subscriptions": inner.activity_subscriptions,
     }))
     .into_response()
 }

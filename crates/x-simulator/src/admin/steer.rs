@@ -17,6 +17,7 @@ use crate::customers::Customer;
 use crate::delivery;
 use crate::events::{MediaSpec, Written};
 use crate::faults::Fault;
+use crate::signal::SignalKind;
 use crate::state::{DmEvent, MediaProcessing, SimState};
 
 /// Body of `POST /_sim/faults`.
@@ -59,6 +60,15 @@ pub(super) struct CustomerDm {
     text: String,
     media: Option<MediaSpec>,
     created_at: Option<DateTime<Utc>>,
+}
+
+/// Body of `POST /_sim/customer_typing` and `POST /_sim/customer_read` (which needs
+/// `last_read_event_id`).
+#[derive(Debug, Deserialize)]
+pub(super) struct CustomerSignal {
+    user_id: String,
+    customer: CustomerBody,
+    last_read_event_id: Option<String>,
 }
 
 /// Body of `POST /_sim/media_processing`.
@@ -141,6 +151,34 @@ pub(super) async fn customer_dm(
     tracing::info!(event_id = %event.id, sender_id = %event.sender_id, "customer DM received (admin)");
     delivery::schedule(&state, &event);
     (StatusCode::CREATED, Json(event)).into_response()
+}
+
+/// The customer types to the account: `{"deliveries":n}` started, 404 for an unknown account.
+pub(super) async fn customer_typing(
+    State(state): State<Arc<SimState>>,
+    AdminBody(request): AdminBody<CustomerSignal>,
+) -> Response {
+    signal(&state, request, SignalKind::Typing)
+}
+
+/// The customer reads the account's DMs up to `last_read_event_id`.
+pub(super) async fn customer_read(
+    State(state): State<Arc<SimState>>,
+    AdminBody(mut request): AdminBody<CustomerSignal>,
+) -> Response {
+    let Some(last_read_event_id) = request.last_read_event_id.take() else {
+        return error(StatusCode::BAD_REQUEST, "`last_read_event_id` is required");
+    };
+    signal(&state, request, SignalKind::Read { last_read_event_id })
+}
+
+fn signal(state: &Arc<SimState>, request: CustomerSignal, kind: SignalKind) -> Response {
+    if let Err(unknown) = known_account(&state.lock(), &request.user_id) {
+        return unknown.into_response();
+    }
+    let customer = request.customer.into_customer();
+    let started = delivery::customer_signal(state, &request.user_id, &customer, kind);
+    Json(json!({ "deliveries": started })).into_response()
 }
 
 /// The DM event of `request`, recorded, or 404 for an unknown account.

@@ -9,6 +9,7 @@
 //! - `sent_dm.rs`: [`SentDm`], a DM the send endpoints accepted;
 //! - `upload.rs`: [`UploadRecord`] and what tests see of it ([`Upload`]), [`MediaProcessing`];
 //! - `webhook.rs`: [`Webhook`], [`Subscription`] and their limits ([`WebhookConfig`]);
+//! - `activity.rs`: [`ActivitySubscription`], an X Activity API subscription;
 //! - `delivery.rs`: [`Delivery`], one webhook POST;
 //! - `request_record.rs`: [`RequestRecord`], the request log's entries, and [`Counters`].
 
@@ -27,6 +28,7 @@ use crate::customers::CustomerRegistry;
 use crate::faults::{Fault, FaultBook};
 use crate::rate_limit::{RateLimitStatus, RateLimitWindow, RateLimiter};
 
+mod activity;
 mod delivery;
 mod dm_event;
 mod request_record;
@@ -34,6 +36,7 @@ mod sent_dm;
 mod upload;
 mod webhook;
 
+pub use activity::{ActivitySubscription, DM_EVENT_TYPES};
 pub use delivery::Delivery;
 pub use dm_event::{DmAttachment, DmEvent, MediaType, MediaVariant, MESSAGE_CREATE};
 pub use request_record::{Counters, RequestRecord, CLIENT_CLOSED_REQUEST};
@@ -95,6 +98,8 @@ pub(crate) struct Inner {
     pub billed_dm_events: HashMap<String, u64>,
     pub webhooks: Vec<Webhook>,
     pub subscriptions: Vec<Subscription>,
+    /// X Activity API subscriptions, oldest first.
+    pub activity_subscriptions: Vec<ActivitySubscription>,
     pub deliveries: Vec<Delivery>,
     pub requests: Vec<RequestRecord>,
     pub counters: Counters,
@@ -218,7 +223,7 @@ impl SimState {
     }
 
     /// Forgets everything that happened (DMs, DM events, uploads and media processing settings,
-    /// deliveries, billing, requests, counters, faults, windows, nonces), but keeps the accounts, customers, webhooks and subscriptions —
+    /// deliveries, billing, requests, counters, faults, windows, nonces), but keeps the accounts, customers, webhooks and subscriptions (AAA and XAA) —
     /// the set-up — so one simulator can serve several scenarios.
     pub(crate) fn reset(&self) {
         let mut inner = self.lock();
@@ -226,6 +231,7 @@ impl SimState {
         let customers = std::mem::take(&mut inner.customers);
         let webhooks = std::mem::take(&mut inner.webhooks);
         let subscriptions = std::mem::take(&mut inner.subscriptions);
+        let activity_subscriptions = std::mem::take(&mut inner.activity_subscriptions);
         let last_event_id = inner.last_event_id;
         let epoch = inner.epoch + 1;
         *inner = Inner {
@@ -233,6 +239,7 @@ impl SimState {
             customers,
             webhooks,
             subscriptions,
+            activity_subscriptions,
             last_event_id,
             epoch,
             ..Inner::default()

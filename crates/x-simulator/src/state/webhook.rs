@@ -13,6 +13,9 @@ pub struct WebhookConfig {
     /// Accounts that may subscribe to one App's webhooks; Pay Per Use allows 3
     /// (`SubscriptionLimitExceeded` beyond).
     pub max_subscriptions_per_app: usize,
+    /// X Activity API subscriptions one App may hold; self-serve allows 1,500
+    /// (`SubscriptionLimitExceeded` beyond, a reason the simulator assumes).
+    pub max_activity_subscriptions_per_app: usize,
     /// How many times a delivery the receiver did not answer with a 2xx is retried.
     pub delivery_retries: u32,
     /// The wait before the first retry; each later retry waits twice as long as the one before.
@@ -28,6 +31,7 @@ impl Default for WebhookConfig {
         WebhookConfig {
             max_webhooks_per_app: 1,
             max_subscriptions_per_app: 3,
+            max_activity_subscriptions_per_app: 1_500,
             delivery_retries: 3,
             retry_backoff: Duration::from_secs(1),
             timeout: Duration::from_secs(10),

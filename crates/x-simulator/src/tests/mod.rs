@@ -1,5 +1,6 @@
 //! The simulator over real HTTP, as the bridge's client will meet it.
 
+mod activity;
 mod admin;
 mod auth;
 mod delivery;

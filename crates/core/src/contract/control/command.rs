@@ -13,7 +13,9 @@ use url::Url;
 
 use super::refusal::{CommandRefused, RefusalReason};
 use super::MAX_COMMAND_ID_BYTES;
-use crate::config::{is_valid_channel_name, ChannelSettings, InboundMode};
+use crate::config::{
+    is_valid_channel_name, xaa_events_problem, ChannelSettings, InboundMode, WebhookApi, XaaEvent,
+};
 use crate::contract::json_kind::kind;
 use crate::contract::reply::is_user_id;
 use crate::excerpt::quoted;
@@ -249,6 +251,11 @@ fn settings(object: &Map<String, Value>, name: String) -> Result<ChannelSettings
         CREDENTIALS.map(|field| secret(object, field));
     let inbound = inbound(object)?;
     let user_id = user_id(object, inbound)?;
+    let webhook_api = webhook_api(object)?;
+    let xaa_events = xaa_events(object)?;
+    if let Some(problem) = xaa_events_problem(webhook_api, xaa_events.as_deref()) {
+        return Err(format!("xaa_events {problem}"));
+    }
     Ok(ChannelSettings {
         name,
         consumer_key: consumer_key?,
@@ -260,6 +267,8 @@ fn settings(object: &Map<String, Value>, name: String) -> Result<ChannelSettings
         url: channel_url(object)?,
         inbound,
         user_id,
+        webhook_api,
+        xaa_events,
     })
 }
 
@@ -352,6 +361,40 @@ fn inbound(object: &Map<String, Value>) -> Result<InboundMode, String> {
     }
 }
 
+/// `webhook_api`: optional, `aaa` unless given, as in the config file.
+fn webhook_api(object: &Map<String, Value>) -> Result<WebhookApi, String> {
+    match object.get("webhook_api") {
+        None | Some(Value::Null) => Ok(WebhookApi::default()),
+        Some(Value::String(name)) => WebhookApi::from_name(name)
+            .ok_or_else(|| format!("webhook_api {} is not one of aaa, xaa", quoted(name))),
+        Some(other) => Err(format!("webhook_api must be a string, not {}", kind(other))),
+    }
+}
+
+/// `xaa_events`: optional, X Activity DM event types (each at most once); unset, the
+/// bridge's `[inbound]` settings choose.
+fn xaa_events(object: &Map<String, Value>) -> Result<Option<Vec<XaaEvent>>, String> {
+    let items = match object.get("xaa_events") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(format!("xaa_events must be an array, not {}", kind(other))),
+    };
+    let names = XaaEvent::ALL.map(XaaEvent::as_str).join(", ");
+    let mut events = Vec::new();
+    for item in items {
+        let event = match item {
+            Value::String(name) => XaaEvent::from_name(name)
+                .ok_or_else(|| format!("xaa_events: {} is not one of {names}", quoted(name)))?,
+            other => return Err(format!("xaa_events must hold strings, not {}", kind(other))),
+        };
+        if events.contains(&event) {
+            return Err(format!("xaa_events names {} twice", event.as_str()));
+        }
+        events.push(event);
+    }
+    Ok(Some(events))
+}
+
 /// `user_id`: the account's X id; required when the channel polls, as in the config
 /// file (polling tells the account's own DMs from the customers' by it).
 fn user_id(object: &Map<String, Value>, inbound: InboundMode) -> Result<Option<String>, String> {
@@ -418,6 +461,8 @@ mod tests {
         assert_eq!(settings.bearer_token.expose_secret(), "bt-ijkl");
         assert_eq!(settings.weight, Some(3));
         assert_eq!(settings.inbound, InboundMode::Both);
+        assert_eq!(settings.webhook_api, WebhookApi::Aaa, "aaa unless given");
+        assert_eq!(settings.xaa_events, None);
         assert_eq!(settings.user_id.as_deref(), Some("1553086854915936256"));
         assert!(
             !format!("{settings:?}").contains("at-abcd"),
@@ -630,5 +675,35 @@ mod tests {
             "{}",
             refused.detail
         );
+    }
+
+    #[test]
+    fn an_upsert_chooses_xaa_and_its_events() {
+        let mut body = with("webhook_api", json!("xaa"));
+        body["xaa_events"] = json!(["dm.read", "dm.indicate_typing"]);
+        let ChannelCommand::Upsert(settings) = parse(&body).unwrap().command else {
+            panic!("not an upsert")
+        };
+        assert_eq!(settings.webhook_api, WebhookApi::Xaa);
+        assert_eq!(
+            settings.xaa_events,
+            Some(vec![XaaEvent::Read, XaaEvent::IndicateTyping])
+        );
+        for (field, value, says) in [
+            ("webhook_api", json!("aaaa"), "is not one of aaa, xaa"),
+            ("webhook_api", json!(1), "must be a string"),
+            ("xaa_events", json!("dm.read"), "must be an array"),
+            ("xaa_events", json!(["dm.everything"]), "is not one of"),
+            ("xaa_events", json!(["dm.read", "dm.read"]), "twice"),
+        ] {
+            let mut body = body.clone();
+            body[field] = value;
+            let refused = refusal(&body);
+            assert!(refused.detail.contains(says), "{field}: {}", refused.detail);
+        }
+        let aaa_with_events = with("xaa_events", json!(["dm.sent"]));
+        assert!(refusal(&aaa_with_events)
+            .detail
+            .contains("only applies with webhook_api"));
     }
 }
