@@ -477,12 +477,16 @@ async fn reporting_is_remembered(store: &dyn StateStore) {
 
 /// A store may keep a mark made "soon" for a later commit, but never after
 /// one a caller waited for: whoever saw a later write durable sees the mark.
+/// Reads see it at once, so a copy of the reply that comes right after (a CRM
+/// that published twice) is not reported twice.
 async fn a_mark_made_soon_is_durable_with_the_next_write(store: &dyn StateStore) {
     store
         .record_sent("contract", "soon", &sample_record())
         .await
         .unwrap();
     store.mark_reported_soon("contract", "soon").await.unwrap();
+    let record = store.sent("contract", "soon").await.unwrap().unwrap();
+    assert!(record.reported, "a mark made soon is read at once");
     store
         .record_sent("contract", "after-soon", &sample_record())
         .await

@@ -28,10 +28,11 @@
 //! them (those hold no time of their own); send intents and delivered events
 //! by the time they hold. The file's format is unchanged.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -128,24 +129,39 @@ impl From<Opening> for StoreError {
 /// repeated `message.sent`; a clean stop commits it (the queue is drained).
 const LONE_DEFERRED_WAIT: Duration = Duration::from_millis(50);
 
-/// A write waiting for the writer thread, and where to say how it went:
-/// `None` for a deferred write, whose failure the writer logs itself.
+/// A write waiting for the writer thread, and where to say how it went.
 struct PendingWrite {
     write: Write,
-    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    done: Done,
+}
+
+/// Who hears how a write went.
+enum Done {
+    /// A caller waiting for it.
+    Caller(oneshot::Sender<Result<(), StoreError>>),
+    /// Nobody: a deferred "reported" mark, under its key in
+    /// [`Shared::marks_in_flight`]; the writer logs its failure.
+    Mark(String),
 }
 
 impl PendingWrite {
-    /// Tells the caller how the write went, or logs a deferred write's failure.
-    fn answer(self, outcome: Result<(), StoreError>) {
-        match (self.done, outcome) {
-            (Some(done), outcome) => {
+    fn deferred(&self) -> bool {
+        matches!(self.done, Done::Mark(_))
+    }
+
+    /// Tells the caller how the write went, or ends a deferred mark's time in
+    /// flight (reads see what was committed from then on).
+    fn answer(self, shared: &Shared, outcome: Result<(), StoreError>) {
+        match self.done {
+            Done::Caller(done) => {
                 let _ = done.send(outcome);
             }
-            (None, Err(error)) => {
-                tracing::warn!(%error, "a deferred write (a reply's reported mark) failed; a copy of that reply would be reported again");
+            Done::Mark(key) => {
+                shared.marks_in_flight().remove(&key);
+                if let Err(error) = outcome {
+                    tracing::warn!(%error, "a reply's deferred reported mark failed; a copy of that reply would be reported again");
+                }
             }
-            (None, Ok(())) => {}
         }
     }
 }
@@ -156,9 +172,20 @@ struct Shared {
     db: RwLock<Option<Arc<Database>>>,
     opener: Opener,
     health: StoreHealth,
+    /// The keys of "reported" marks handed to the writer and not committed
+    /// (or failed) yet: reads count them, so a copy of a reply that arrives
+    /// in that window is not reported a second time.
+    marks_in_flight: Mutex<HashSet<String>>,
 }
 
 impl Shared {
+    fn marks_in_flight(&self) -> MutexGuard<'_, HashSet<String>> {
+        // The set stays consistent whatever a panicking holder did.
+        self.marks_in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The open database, or why there is none.
     fn current(&self) -> Result<Arc<Database>, StoreError> {
         self.db
@@ -267,7 +294,7 @@ impl Writer {
             Ok(pending) => {
                 let error = reopening();
                 self.shared.health.write_failed(&error);
-                pending.answer(Err(error));
+                pending.answer(&self.shared, Err(error));
             }
             Err(RecvTimeoutError::Timeout) => self.try_reopen(),
             Err(RecvTimeoutError::Disconnected) => return false,
@@ -303,7 +330,7 @@ impl Writer {
         };
         batch.push(first);
         self.take_waiting(batch);
-        if batch.iter().all(|pending| pending.done.is_none()) {
+        if batch.iter().all(PendingWrite::deferred) {
             if let Ok(company) = self.queue.recv_timeout(LONE_DEFERRED_WAIT) {
                 batch.push(company);
                 self.take_waiting(batch);
@@ -331,7 +358,7 @@ impl Writer {
                 health.write_succeeded();
                 self.delay = REOPEN_FIRST_DELAY;
                 for pending in batch.drain(..) {
-                    pending.answer(Ok(()));
+                    pending.answer(&self.shared, Ok(()));
                 }
             }
             Err(error) if error.is_unavailable() => {
@@ -340,7 +367,7 @@ impl Writer {
                 tracing::warn!(%error, writes = batch.len(), "the state file hit an I/O error; closing it to open it again");
                 for pending in batch.drain(..) {
                     health.write_failed(&error);
-                    pending.answer(Err(error.clone()));
+                    pending.answer(&self.shared, Err(error.clone()));
                 }
                 self.close(db);
                 self.pause();
@@ -348,7 +375,7 @@ impl Writer {
             Err(error) if batch.len() == 1 => {
                 if let Some(pending) = batch.pop() {
                     health.write_failed(&error);
-                    pending.answer(Err(error));
+                    pending.answer(&self.shared, Err(error));
                 }
             }
             Err(error) => {
@@ -359,7 +386,7 @@ impl Writer {
                         Ok(()) => health.write_succeeded(),
                         Err(error) => health.write_failed(error),
                     }
-                    pending.answer(result);
+                    pending.answer(&self.shared, result);
                 }
             }
         }
@@ -536,6 +563,7 @@ impl EmbeddedStore {
             db: RwLock::new(db),
             opener,
             health,
+            marks_in_flight: Mutex::default(),
         });
         let (queue, pending) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -562,25 +590,26 @@ impl EmbeddedStore {
         write: impl Fn(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let (done, outcome) = oneshot::channel();
-        self.enqueue(Box::new(write), Some(done))?;
+        self.enqueue(Box::new(write), Done::Caller(done))?;
         outcome.await.map_err(|_| writer_stopped())?
     }
 
-    /// Hands `write` to the writer without waiting for its commit, which it
-    /// shares with the next write somebody waits for (see
-    /// [`LONE_DEFERRED_WAIT`]); the writer logs its failure.
-    fn write_deferred(
-        &self,
-        write: impl Fn(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
-    ) -> Result<(), StoreError> {
-        self.enqueue(Box::new(write), None)
+    /// Hands the mark of the reply under `key` to the writer without waiting
+    /// for its commit, which it shares with the next write somebody waits for
+    /// (see [`LONE_DEFERRED_WAIT`]); reads count it meanwhile.
+    fn mark_deferred(&self, key: String) -> Result<(), StoreError> {
+        self.inner.shared.marks_in_flight().insert(key.clone());
+        let queued = self.enqueue(
+            Box::new(mark_reported(key.clone())),
+            Done::Mark(key.clone()),
+        );
+        if queued.is_err() {
+            self.inner.shared.marks_in_flight().remove(&key);
+        }
+        queued
     }
 
-    fn enqueue(
-        &self,
-        write: Write,
-        done: Option<oneshot::Sender<Result<(), StoreError>>>,
-    ) -> Result<(), StoreError> {
+    fn enqueue(&self, write: Write, done: Done) -> Result<(), StoreError> {
         self.inner
             .queue
             .as_ref()
@@ -685,7 +714,11 @@ impl StateStore for EmbeddedStore {
         message_id: &str,
     ) -> Result<Option<SentRecord>, StoreError> {
         let key = key(channel, message_id);
-        self.read_now(|db| read(db, SENT, &key))
+        let record: Option<SentRecord> = self.read_now(|db| read(db, SENT, &key))?;
+        Ok(record.map(|mut record| {
+            record.reported |= self.inner.shared.marks_in_flight().contains(&key);
+            record
+        }))
     }
 
     async fn record_sent(
@@ -813,7 +846,7 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn mark_reported_soon(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
-        self.write_deferred(mark_reported(key(channel, message_id)))
+        self.mark_deferred(key(channel, message_id))
     }
 
     async fn is_own_send(&self, channel: &str, dm_event_id: &str) -> Result<bool, StoreError> {

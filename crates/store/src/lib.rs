@@ -208,8 +208,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// store may make it durable with a later write. The mark only spares a
     /// redelivered copy of the reply a second `message.sent`, so losing it in a
     /// crash costs little, while waiting for a commit of its own cost a third
-    /// of a reply's store work (issue 16, docs/benchmarks.md). Errors seen
-    /// later are the store's to log; one seen at once is returned.
+    /// of a reply's store work (issue 16, docs/benchmarks.md). Reads in this
+    /// process see the mark at once. Errors seen later are the store's to
+    /// log; one seen at once is returned.
     async fn mark_reported_soon(&self, channel: &str, message_id: &str) -> Result<(), StoreError> {
         self.mark_reported(channel, message_id).await
     }
