@@ -375,6 +375,8 @@ mod gate;
 mod media;
 pub mod oauth;
 mod oauth2;
+mod oauth2_controls;
+mod oauth2_routes;
 mod problems;
 mod rate_limit;
 mod reply;

@@ -5,14 +5,10 @@
 //!
 //! The grants live in the [`crate::accounts::AccountRegistry`], beside the OAuth 1.0a tokens,
 //! because both are credentials acting for an account and [`crate::auth`] looks both up there.
-//! Tests expire access tokens and revoke grants on demand ([`crate::Simulator`]'s `oauth2_*`
+//! Tests expire access tokens and revoke grants on demand (the simulator's `oauth2_*`
 //! methods and `/_sim/oauth2/*`), since waiting two hours for X's expiry is not a test.
 
-use std::sync::Arc;
-
-use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
@@ -21,19 +17,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use crate::state::SimState;
-use crate::Simulator;
-
 /// X's access-token lifetime: two hours (`expires_in: 7200`).
 pub const DEFAULT_ACCESS_TOKEN_SECS: i64 = 7200;
 
 /// How long an authorization code may wait for its exchange: 30 seconds on X.
-const CODE_LIFETIME_SECS: i64 = 30;
+pub(crate) const CODE_LIFETIME_SECS: i64 = 30;
 
 /// X's description of a refused refresh (spent, revoked or unknown refresh token).
-const INVALID_TOKEN: &str = "Value passed for the token was invalid.";
+pub(crate) const INVALID_TOKEN: &str = "Value passed for the token was invalid.";
 /// X's description of a refused authorization code (unknown, spent, expired, wrong verifier).
-const INVALID_CODE: &str = "Value passed for the authorization code was invalid.";
+pub(crate) const INVALID_CODE: &str = "Value passed for the authorization code was invalid.";
 
 /// One App's OAuth 2.0 client, and the account its authorize page approves as.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,24 +79,24 @@ pub struct OAuth2Tokens {
 }
 
 #[derive(Debug)]
-struct PendingCode {
-    code: String,
-    client_id: String,
-    redirect_uri: String,
-    scopes: Vec<String>,
-    challenge: String,
-    method: ChallengeMethod,
-    issued_at: DateTime<Utc>,
+pub(crate) struct PendingCode {
+    pub(crate) code: String,
+    pub(crate) client_id: String,
+    pub(crate) redirect_uri: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) challenge: String,
+    pub(crate) method: ChallengeMethod,
+    pub(crate) issued_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChallengeMethod {
+pub(crate) enum ChallengeMethod {
     S256,
     Plain,
 }
 
 impl ChallengeMethod {
-    fn verifies(self, challenge: &str, verifier: &str) -> bool {
+    pub(crate) fn verifies(self, challenge: &str, verifier: &str) -> bool {
         match self {
             ChallengeMethod::Plain => challenge == verifier,
             ChallengeMethod::S256 => {
@@ -116,21 +109,21 @@ impl ChallengeMethod {
 }
 
 #[derive(Debug)]
-struct AccessToken {
-    token: String,
-    expires_at: DateTime<Utc>,
+pub(crate) struct AccessToken {
+    pub(crate) token: String,
+    pub(crate) expires_at: DateTime<Utc>,
 }
 
 /// One user's authorisation of one client: its scopes, its live access tokens and its one
 /// valid refresh token.
 #[derive(Debug)]
-struct Grant {
-    client_id: String,
-    user_id: String,
-    scopes: Vec<String>,
-    access: Vec<AccessToken>,
-    refresh_token: Option<String>,
-    revoked: bool,
+pub(crate) struct Grant {
+    pub(crate) client_id: String,
+    pub(crate) user_id: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) access: Vec<AccessToken>,
+    pub(crate) refresh_token: Option<String>,
+    pub(crate) revoked: bool,
 }
 
 /// Why a Bearer token does not stand for a user.
@@ -152,21 +145,25 @@ pub(crate) struct BearerUser {
 /// Every OAuth 2.0 client, pending code and grant the simulator knows.
 #[derive(Debug, Default)]
 pub(crate) struct OAuth2Book {
-    clients: Vec<OAuth2Client>,
-    codes: Vec<PendingCode>,
-    grants: Vec<Grant>,
+    pub(crate) clients: Vec<OAuth2Client>,
+    pub(crate) codes: Vec<PendingCode>,
+    pub(crate) grants: Vec<Grant>,
 }
 
 /// A token endpoint refusal: status and X's `{"error","error_description"}` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TokenRefusal {
-    status: StatusCode,
-    error: &'static str,
-    description: String,
+    pub(crate) status: StatusCode,
+    pub(crate) error: &'static str,
+    pub(crate) description: String,
 }
 
 impl TokenRefusal {
-    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         TokenRefusal {
             status,
             error,
@@ -174,7 +171,7 @@ impl TokenRefusal {
         }
     }
 
-    fn invalid_request(description: impl Into<String>) -> Self {
+    pub(crate) fn invalid_request(description: impl Into<String>) -> Self {
         TokenRefusal::new(StatusCode::BAD_REQUEST, "invalid_request", description)
     }
 }
@@ -188,7 +185,7 @@ impl IntoResponse for TokenRefusal {
     }
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -197,7 +194,7 @@ fn json_response(status: StatusCode, body: String) -> Response {
     response
 }
 
-fn random_token(kind: &str) -> String {
+pub(crate) fn random_token(kind: &str) -> String {
     // X's tokens end in `:1:0:at:1` / `:rt:1`-like markers; the kind keeps them apart here too.
     format!("{}{kind}", Alphanumeric.sample_string(&mut rand::rng(), 64))
 }
@@ -209,7 +206,7 @@ impl OAuth2Book {
         self.clients.push(client);
     }
 
-    fn client(&self, client_id: &str) -> Option<&OAuth2Client> {
+    pub(crate) fn client(&self, client_id: &str) -> Option<&OAuth2Client> {
         self.clients.iter().find(|c| c.client_id == client_id)
     }
 
@@ -285,14 +282,18 @@ impl OAuth2Book {
         revoked
     }
 
-    fn take_code(&mut self, code: &str) -> Option<PendingCode> {
+    pub(crate) fn take_code(&mut self, code: &str) -> Option<PendingCode> {
         let index = self.codes.iter().position(|c| c.code == code)?;
         Some(self.codes.swap_remove(index))
     }
 }
 
 /// Issues a fresh access token on `grant` (keeping earlier ones until their expiry).
-fn issue_access(grant: &mut Grant, client: &OAuth2Client, now: DateTime<Utc>) -> OAuth2Tokens {
+pub(crate) fn issue_access(
+    grant: &mut Grant,
+    client: &OAuth2Client,
+    now: DateTime<Utc>,
+) -> OAuth2Tokens {
     let access_token = random_token("at1");
     grant.access.retain(|a| a.expires_at > now);
     grant.access.push(AccessToken {
@@ -381,285 +382,6 @@ pub(crate) fn unsupported_authentication(used: &str, supported: &str) -> String 
         "status": 403
     })
     .to_string()
-}
-
-/// The query of `GET /i/oauth2/authorize` (and of `/2/oauth2/authorize`, `openapi.json`'s name).
-#[derive(Debug, Deserialize)]
-pub(crate) struct AuthorizeQuery {
-    response_type: Option<String>,
-    client_id: Option<String>,
-    redirect_uri: Option<String>,
-    scope: Option<String>,
-    state: Option<String>,
-    code_challenge: Option<String>,
-    code_challenge_method: Option<String>,
-}
-
-/// `GET /i/oauth2/authorize`: approves at once as the client's account and redirects (302) to
-/// `redirect_uri` with `state` and a `code` valid for 30 seconds. A malformed request is 400
-/// with an OAuth error body (X shows an error page to the user instead).
-pub(crate) async fn authorize(
-    State(state): State<Arc<SimState>>,
-    query: Result<Query<AuthorizeQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(query)) = query else {
-        return TokenRefusal::invalid_request("unreadable query string").into_response();
-    };
-    match authorize_code(&state, query) {
-        Ok(location) => {
-            let mut response = StatusCode::FOUND.into_response();
-            if let Ok(value) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
-            response
-        }
-        Err(refusal) => refusal.into_response(),
-    }
-}
-
-fn authorize_code(state: &SimState, query: AuthorizeQuery) -> Result<String, TokenRefusal> {
-    let required = |value: Option<String>, name: &str| {
-        value
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| TokenRefusal::invalid_request(format!("missing {name}")))
-    };
-    if required(query.response_type, "response_type")? != "code" {
-        return Err(TokenRefusal::invalid_request("response_type must be code"));
-    }
-    let client_id = required(query.client_id, "client_id")?;
-    let redirect_uri = required(query.redirect_uri, "redirect_uri")?;
-    let challenge = required(query.code_challenge, "code_challenge")?;
-    let method = match required(query.code_challenge_method, "code_challenge_method")?.as_str() {
-        "S256" => ChallengeMethod::S256,
-        "plain" => ChallengeMethod::Plain,
-        _ => {
-            return Err(TokenRefusal::invalid_request(
-                "code_challenge_method must be S256 or plain",
-            ))
-        }
-    };
-    let app_state = required(query.state, "state")?;
-    if app_state.len() > 500 {
-        return Err(TokenRefusal::invalid_request(
-            "state is over 500 characters",
-        ));
-    }
-    let mut redirect = url::Url::parse(&redirect_uri)
-        .map_err(|_| TokenRefusal::invalid_request("redirect_uri is not a URL"))?;
-    let scopes: Vec<String> = query
-        .scope
-        .unwrap_or_default()
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let code = random_token("ac1");
-    let now = state.now();
-    let mut inner = state.lock();
-    let book = &mut inner.accounts.oauth2;
-    let client = book
-        .client(&client_id)
-        .ok_or_else(|| TokenRefusal::invalid_request("unknown client_id"))?;
-    tracing::info!(user_id = %client.user_id, client_id, "OAuth 2.0 authorize approved");
-    book.codes
-        .retain(|c| now - c.issued_at <= Duration::seconds(CODE_LIFETIME_SECS));
-    book.codes.push(PendingCode {
-        code: code.clone(),
-        client_id,
-        redirect_uri,
-        scopes,
-        challenge,
-        method,
-        issued_at: now,
-    });
-    redirect
-        .query_pairs_mut()
-        .append_pair("state", &app_state)
-        .append_pair("code", &code);
-    Ok(redirect.into())
-}
-
-/// Who is calling the token endpoint: a confidential client by HTTP Basic, or a public one by
-/// `client_id` in the form. A confidential client without its Basic header is X's 401.
-fn token_client(
-    book: &OAuth2Book,
-    headers: &HeaderMap,
-    form_client_id: Option<&str>,
-) -> Result<OAuth2Client, TokenRefusal> {
-    let missing_auth = || {
-        TokenRefusal::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized_client",
-            "Missing valid authorization header",
-        )
-    };
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "));
-    if let Some(encoded) = basic {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(missing_auth)?;
-        let (id, secret) = decoded.split_once(':').ok_or_else(missing_auth)?;
-        return book
-            .client(id)
-            .filter(|c| c.client_secret.as_deref() == Some(secret))
-            .cloned()
-            .ok_or_else(missing_auth);
-    }
-    let client = form_client_id
-        .and_then(|id| book.client(id))
-        .ok_or_else(|| TokenRefusal::invalid_request("Missing required parameter [client_id]."))?;
-    if client.client_secret.is_some() {
-        return Err(missing_auth());
-    }
-    Ok(client.clone())
-}
-
-/// `POST /2/oauth2/token`: the `authorization_code` (with PKCE) and `refresh_token` grants.
-/// A refresh rotates the refresh token: the one used is refused from then on.
-pub(crate) async fn token(
-    State(state): State<Arc<SimState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match token_answer(&state, &headers, &body) {
-        Ok(tokens) => json_response(
-            StatusCode::OK,
-            serde_json::to_string(&tokens).expect("tokens serialize"),
-        ),
-        Err(refusal) => {
-            tracing::warn!(error = refusal.error, description = %refusal.description, "token request refused");
-            refusal.into_response()
-        }
-    }
-}
-
-fn token_answer(
-    state: &SimState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<OAuth2Tokens, TokenRefusal> {
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
-    let field = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
-    let now = state.now();
-    let mut inner = state.lock();
-    let book = &mut inner.accounts.oauth2;
-    let client = token_client(book, headers, field("client_id"))?;
-    match field("grant_type") {
-        Some("authorization_code") => {
-            let code = field("code").ok_or_else(|| TokenRefusal::invalid_request(INVALID_CODE))?;
-            let pending = book
-                .take_code(code)
-                .ok_or_else(|| TokenRefusal::invalid_request(INVALID_CODE))?;
-            let verifier = field("code_verifier").unwrap_or_default();
-            let fresh = now - pending.issued_at <= Duration::seconds(CODE_LIFETIME_SECS);
-            if !fresh
-                || pending.client_id != client.client_id
-                || field("redirect_uri") != Some(pending.redirect_uri.as_str())
-                || !pending.method.verifies(&pending.challenge, verifier)
-            {
-                return Err(TokenRefusal::invalid_request(INVALID_CODE));
-            }
-            Ok(book
-                .grant(&client.client_id, pending.scopes, now)
-                .expect("the client exists"))
-        }
-        Some("refresh_token") => {
-            let presented = field("refresh_token").unwrap_or_default();
-            let grant = book
-                .grants
-                .iter_mut()
-                .find(|g| {
-                    !g.revoked
-                        && g.client_id == client.client_id
-                        && g.refresh_token.as_deref() == Some(presented)
-                })
-                .ok_or_else(|| TokenRefusal::invalid_request(INVALID_TOKEN))?;
-            grant.refresh_token = Some(random_token("rt1"));
-            tracing::info!(user_id = %grant.user_id, "OAuth 2.0 refresh token rotated");
-            Ok(issue_access(grant, &client, now))
-        }
-        _ => Err(TokenRefusal::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "grant_type must be authorization_code or refresh_token",
-        )),
-    }
-}
-
-/// `POST /2/oauth2/revoke`: revokes an access token (that token only) or a refresh token
-/// (the whole grant), answering `{"revoked":true}` even for an unknown token (RFC 7009).
-pub(crate) async fn revoke(
-    State(state): State<Arc<SimState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let mut inner = state.lock();
-    let book = &mut inner.accounts.oauth2;
-    let client = match token_client(book, &headers, field("client_id").as_deref()) {
-        Ok(client) => client,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let token = field("token").unwrap_or_default();
-    for grant in book
-        .grants
-        .iter_mut()
-        .filter(|g| g.client_id == client.client_id)
-    {
-        if grant.refresh_token.as_deref() == Some(token.as_str()) {
-            grant.revoked = true;
-        }
-        grant.access.retain(|a| a.token != token);
-    }
-    json_response(StatusCode::OK, json!({ "revoked": true }).to_string())
-}
-
-impl Simulator {
-    /// Registers an OAuth 2.0 client whose authorize page approves as `client.user_id`.
-    pub fn add_oauth2_client(&self, client: OAuth2Client) {
-        self.state().lock().accounts.oauth2.add_client(client);
-    }
-
-    /// The tokens of a grant of `scopes` to `client_id`, as if its user had gone through the
-    /// authorize page; a refresh token only with `offline.access`. `None` for an unknown client.
-    pub fn oauth2_grant(&self, client_id: &str, scopes: &[&str]) -> Option<OAuth2Tokens> {
-        let now = self.state().now();
-        let scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
-        self.state()
-            .lock()
-            .accounts
-            .oauth2
-            .grant(client_id, scopes, now)
-    }
-
-    /// Expires every OAuth 2.0 access token of the account now; its refresh tokens still
-    /// work. Returns how many tokens it ended.
-    pub fn oauth2_expire_access_tokens(&self, user_id: &str) -> usize {
-        let now = self.state().now();
-        self.state()
-            .lock()
-            .accounts
-            .oauth2
-            .expire_access_tokens(user_id, now)
-    }
-
-    /// Revokes every OAuth 2.0 grant of the account, as its user would in X's settings:
-    /// requests with its access tokens get 401 and a refresh gets X's refusal. Returns how
-    /// many grants it revoked.
-    pub fn oauth2_revoke_grants(&self, user_id: &str) -> usize {
-        self.state().lock().accounts.oauth2.revoke_grants(user_id)
-    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use axum::Router;
 
 use crate::state::SimState;
 use crate::{
-    activity, admin, dm, dm_events, media, oauth2, problems, reply, request_log, uploads, users,
-    webhooks,
+    activity, admin, dm, dm_events, media, oauth2_routes, problems, reply, request_log, uploads,
+    users, webhooks,
 };
 
 pub(crate) fn router(state: Arc<SimState>) -> Router {
@@ -64,10 +64,10 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
             "/2/dm_conversations/media/{dm_id}/{media_id}/{resource_id}",
             get(media::ton),
         )
-        .route("/i/oauth2/authorize", get(oauth2::authorize))
-        .route("/2/oauth2/authorize", get(oauth2::authorize))
-        .route("/2/oauth2/token", post(oauth2::token))
-        .route("/2/oauth2/revoke", post(oauth2::revoke))
+        .route("/i/oauth2/authorize", get(oauth2_routes::authorize))
+        .route("/2/oauth2/authorize", get(oauth2_routes::authorize))
+        .route("/2/oauth2/token", post(oauth2_routes::token))
+        .route("/2/oauth2/revoke", post(oauth2_routes::revoke))
         .route("/2/media/upload/initialize", post(uploads::initialize))
         .route(
             "/2/media/upload/{id}/append",
