@@ -74,6 +74,8 @@ pub(crate) struct SimState {
     /// Woken whenever a webhook delivery attempt is logged, for
     /// [`crate::Simulator::wait_for_deliveries`].
     pub delivery_recorded: Notify,
+    /// The open `GET /2/activity/stream` connections and their backfill log.
+    pub streams: crate::activity_stream::StreamHub,
     inner: Mutex<Inner>,
 }
 
@@ -155,6 +157,7 @@ impl SimState {
             dm_recorded: Notify::new(),
             request_recorded: Notify::new(),
             delivery_recorded: Notify::new(),
+            streams: crate::activity_stream::StreamHub::default(),
             inner: Mutex::new(inner),
         })
     }
