@@ -79,7 +79,9 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
             let registered = check_webhooks(&webhooks, channel, &mut problems).await;
             let user_id = check.account.as_ref().map(|a| a.user_id.as_str());
             if let (Some(registered), Some(user_id)) = (registered, user_id) {
-                if channel.webhook_api == WebhookApi::Xaa && channel.inbound != InboundMode::Poll {
+                if (channel.webhook_api == WebhookApi::Xaa && channel.inbound != InboundMode::Poll)
+                    || channel.inbound.streams()
+                {
                     let wanted = channel.xaa_event_types(
                         settings.inbound.publish_echoes,
                         settings.inbound.publish_activity,
@@ -162,7 +164,7 @@ async fn check_webhooks(
     match webhooks.list_webhooks().await {
         Ok(list) => {
             crate::outln!("  bearer token: accepted");
-            if channel.inbound != InboundMode::Poll {
+            if channel.inbound.uses_webhook() {
                 match list.iter().find(|w| w.valid) {
                     Some(webhook) => crate::outln!("  webhook: {} (valid)", webhook.url),
                     None => problems.extend(webhook_problem(&list)),
