@@ -88,6 +88,7 @@ async fn take_lease(
         match PollLease::contend(&connection, &ctx.lease_queue, &label, lease::RENEW_EVERY).await {
             Ok(mut lease) => {
                 drop(connection);
+                tracing::info!(app = ctx.app, "contending for the X App's stream lease");
                 tokio::select! {
                     _ = stop.cancelled() => {
                         lease.release().await;

@@ -52,6 +52,12 @@ pub(crate) fn app_label(consumer_key: &str) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What stands for the channel name in the App's lease queue
+/// (`<poll_lease_prefix>app.<digest>`), so operators and tests can name the queue.
+pub fn lease_name(consumer_key: &str) -> String {
+    format!("app.{}", app_label(consumer_key))
+}
+
 /// One App's stream task and who it streams for.
 struct AppStream {
     members: watch::Sender<BTreeMap<String, Member>>,
@@ -124,7 +130,7 @@ impl StreamApps {
                 .settings
                 .amqp
                 .topology
-                .poll_lease_queue(&format!("app.{app}")),
+                .poll_lease_queue(&lease_name(channel.consumer_key.expose_secret())),
             settings: self.settings.clone(),
             http: self.http.clone(),
             deliver: self.deliver.clone(),
