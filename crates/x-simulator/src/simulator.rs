@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 use crate::accounts::Account;
-use crate::activity_stream::StreamCounters;
 use crate::clock::{Clock, SystemClock};
 use crate::customers::Customer;
 use crate::delivery;
@@ -19,6 +18,7 @@ use crate::faults::Fault;
 use crate::rate_limit::RateLimitWindow;
 use crate::routes;
 use crate::signal::SignalKind;
+use crate::state::stream::StreamCounters;
 use crate::state::{
     ActivitySubscription, Counters, Delivery, DmEvent, MediaProcessing, RequestRecord, SentDm,
     SimState, StateSettings, Subscription, Upload, UploadRecord, Webhook, WebhookConfig,
