@@ -36,6 +36,7 @@ enum StoredInbound {
     Webhook,
     Poll,
     Both,
+    Stream,
 }
 
 impl From<InboundMode> for StoredInbound {
@@ -44,6 +45,7 @@ impl From<InboundMode> for StoredInbound {
             InboundMode::Webhook => StoredInbound::Webhook,
             InboundMode::Poll => StoredInbound::Poll,
             InboundMode::Both => StoredInbound::Both,
+            InboundMode::Stream => StoredInbound::Stream,
         }
     }
 }
@@ -54,6 +56,7 @@ impl From<StoredInbound> for InboundMode {
             StoredInbound::Webhook => InboundMode::Webhook,
             StoredInbound::Poll => InboundMode::Poll,
             StoredInbound::Both => InboundMode::Both,
+            StoredInbound::Stream => InboundMode::Stream,
         }
     }
 }

@@ -124,6 +124,41 @@ pub const METRICS: &[Metric] = &[
         "1 while this process holds the channel's poll lease (it is the one polling X), else 0; summed over replicas it is 1 for each polled channel. Polled channels only.",
     ),
     gauge(
+        "xbridge_stream_apps_held",
+        &[],
+        "X Apps whose activity stream this process holds (inbound = \"stream\", one lease per App); summed over replicas it is the number of Apps with stream channels.",
+    ),
+    counter(
+        "xbridge_stream_connects_total",
+        &[],
+        "Activity stream connections opened.",
+    ),
+    counter(
+        "xbridge_stream_disconnects_total",
+        &[],
+        "Activity stream connections that ended: cut by X, stalled, or a line not delivered; each is followed by a reconnection with a backfill.",
+    ),
+    counter(
+        "xbridge_stream_connect_failures_total",
+        &[],
+        "Activity stream connections refused or failed.",
+    ),
+    counter(
+        "xbridge_stream_events_total",
+        &[],
+        "Activity stream event lines delivered (published, or found delivered already).",
+    ),
+    counter(
+        "xbridge_stream_lines_skipped_total",
+        &[],
+        "Activity stream lines skipped: over 256 KiB, or not an X event.",
+    ),
+    counter(
+        "xbridge_stream_backfill_gaps_total",
+        &[],
+        "Reconnections after more than X's 5-minute backfill: older events were lost to the stream.",
+    ),
+    gauge(
         "xbridge_replicas_live",
         &[],
         "Replicas this one saw live in the shared state store at its last heartbeat, itself included (1 with the embedded store).",

@@ -31,6 +31,10 @@
 //!   `inbound.backfill_days` back. `polling::schedule` calls it on the channel's
 //!   interval while this replica holds the channel's [`polling::lease`], and pauses it
 //!   while the account's credits are out.
+//! - `stream` (private): `inbound = "stream"`: one task per X App holds the App's
+//!   activity stream (`GET /2/activity/stream`) under a lease like the poller's, and hands
+//!   each event line to the webhook's routing and delivery, in order, reconnecting with a
+//!   backfill after a cut.
 //! - [`delivery`]: what both paths do with what they found, the same way:
 //!   `delivery::dm` drops duplicates and the bridge's own echoes (through the
 //!   `xbridge_store::StateStore`), [`classify`] tells a customer's DM from one the
@@ -96,6 +100,7 @@ pub mod media;
 mod parts;
 pub mod polling;
 pub mod service;
+mod stream;
 pub mod untrusted_log;
 pub mod webhook;
 mod x;
@@ -107,6 +112,7 @@ mod test_support;
 
 pub use delivery::echo::{classify, MessageOrigin};
 pub use delivery::in_flight::{write_pending, InFlightDeliveries, PendingRecords};
+pub use stream::lease_name as stream_lease_name;
 pub use x::dm_events::{parse_dm_events, DmEventsPage};
 pub use x::error::PayloadError;
 pub use x::item::InboundItem;

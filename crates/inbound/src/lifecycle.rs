@@ -35,6 +35,7 @@ use xbridge_core::live_channels::{ChannelMap, Delta, LiveChannel, LiveChannels};
 
 use crate::media::proxy::MediaProxy;
 use crate::parts::{ChannelParts, Kit};
+use crate::stream::StreamApps;
 use crate::webhook::identity::{AccountLookup, IdentityResolver};
 use crate::webhook::server::{WebhookChannel, WebhookState};
 use crate::webhook::watch::watch_webhook;
@@ -70,6 +71,8 @@ impl Running {
 pub(crate) struct Channels {
     kit: Kit,
     served: Option<Served>,
+    /// The stream channels' App streams (`inbound = "stream"`).
+    streams: StreamApps,
     running: HashMap<String, Running>,
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
@@ -83,6 +86,7 @@ impl Channels {
     pub(crate) fn start(
         kit: Kit,
         served: Option<Served>,
+        streams: StreamApps,
         initial: (ChannelMap, Vec<ChannelParts>),
         shutdown: CancellationToken,
     ) -> Channels {
@@ -90,6 +94,7 @@ impl Channels {
         let mut channels = Channels {
             kit,
             served,
+            streams,
             running: HashMap::new(),
             tasks: JoinSet::new(),
             shutdown,
@@ -168,6 +173,7 @@ impl Channels {
     fn serve(&mut self, parts: ChannelParts, now: &ChannelMap, learn: bool) {
         let name = parts.settings.name.clone();
         self.route(&parts);
+        self.stream(&parts);
         let mut running = Running {
             parts,
             poll_stop: self.shutdown.child_token(),
@@ -206,6 +212,18 @@ impl Channels {
         served
             .media
             .serve_channel(&channel.name, parts.client.clone());
+    }
+
+    /// Joins `parts`' channel to its App's activity stream when it streams, else takes it
+    /// out of it.
+    fn stream(&mut self, parts: &ChannelParts) {
+        let channel = &parts.settings;
+        if channel.inbound.streams() {
+            self.streams
+                .join(channel.clone(), parts.profiles.clone(), &mut self.tasks);
+        } else {
+            self.streams.leave(&channel.name);
+        }
     }
 
     fn spawn_poller(&mut self, running: &Running) {
@@ -302,6 +320,7 @@ impl Channels {
             return;
         };
         running.stop();
+        self.streams.leave(name);
         if running.parts.settings.inbound.uses_webhook() {
             self.rewatch_app(&running.parts.settings, now);
         }
@@ -329,6 +348,13 @@ impl Channels {
         running.parts.settings = new.clone();
         self.kit.know(&new);
         self.route(&running.parts);
+        if old.inbound != new.inbound
+            || old.user_id != new.user_id
+            || !same_app_credentials(&old, &new)
+            || !same_account_credentials(&old, &new)
+        {
+            self.stream(&running.parts);
+        }
         self.restart_what_changed(&mut running, &old, now);
         tracing::info!(
             channel = name,

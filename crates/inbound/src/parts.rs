@@ -144,7 +144,7 @@ impl Kit {
     /// webhook is served (one App's webhook brings the events of all its
     /// accounts, whatever their `inbound` mode), else the polled ones.
     pub(crate) fn receives(&self, channel: &ChannelSettings) -> bool {
-        self.bound.is_some() || channel.inbound.polls()
+        self.bound.is_some() || channel.inbound.needs_user_id()
     }
 
     /// `parts`' channel polled on its schedule while it is this replica's

@@ -28,6 +28,7 @@ use crate::lifecycle::{Channels, Served};
 use crate::media::links::MediaLinks;
 use crate::media::proxy::{self as media_proxy, MediaProxy};
 use crate::parts::{ChannelParts, Kit, Shared};
+use crate::stream::StreamApps;
 use crate::webhook::crc_self_check::loopback_if_wildcard;
 use crate::webhook::identity::{AccountLookup, IdentityResolver};
 use crate::webhook::server::{router, WebhookConfig, WebhookState};
@@ -160,7 +161,16 @@ impl Inbound {
         let mut tasks = JoinSet::new();
         tasks.spawn(write_pending_records(shared.clone(), shutdown.clone()));
         let served = listener.is_some().then(|| served(&settings, &kit));
-        let channels = Channels::start(kit, served.clone(), initial, shutdown.clone());
+        // Its own delivery state, never served over HTTP: a stream channel gets no
+        // webhook URL.
+        let streams = StreamApps::new(
+            settings.clone(),
+            kit.http.clone(),
+            shared.sink.clone(),
+            Arc::new(delivery_state(&settings, &kit)),
+            shutdown.clone(),
+        );
+        let channels = Channels::start(kit, served.clone(), streams, initial, shutdown.clone());
         if let (Some(listener), Some(served)) = (listener, served) {
             let app = router(served.webhook).merge(media_proxy::router(served.media));
             let (limits, shutdown) = (settings.http.clone(), shutdown.clone());
@@ -194,22 +204,8 @@ fn listener(settings: &Settings) -> Result<Option<std::net::TcpListener>, Inboun
 /// X's webhook and the media proxy beside it, serving no channel yet: the
 /// channels are added to both as they are served ([`Channels`]).
 fn served(settings: &Settings, kit: &Kit) -> Served {
-    let config = WebhookConfig {
-        body_limit: settings.inbound.body_limit,
-        body_memory: settings.inbound.body_memory,
-        publish_echoes: settings.inbound.publish_echoes,
-        publish_activity: settings.inbound.publish_activity,
-    };
+    let webhook = delivery_state(settings, kit);
     let shared = &kit.shared;
-    let webhook = WebhookState::new(
-        Vec::new(),
-        shared.sink.clone(),
-        shared.store.clone(),
-        config,
-    )
-    .with_identities(kit.identities.clone())
-    .with_media(shared.media.clone())
-    .with_in_flight(shared.in_flight.clone());
     let media = MediaProxy::new(
         shared.media.clone(),
         HashMap::new(),
@@ -220,6 +216,26 @@ fn served(settings: &Settings, kit: &Kit) -> Served {
         webhook: Arc::new(webhook),
         media: Arc::new(media),
     }
+}
+
+/// How webhook bodies (and activity stream lines) are routed and delivered: no channel yet.
+fn delivery_state(settings: &Settings, kit: &Kit) -> WebhookState {
+    let config = WebhookConfig {
+        body_limit: settings.inbound.body_limit,
+        body_memory: settings.inbound.body_memory,
+        publish_echoes: settings.inbound.publish_echoes,
+        publish_activity: settings.inbound.publish_activity,
+    };
+    let shared = &kit.shared;
+    WebhookState::new(
+        Vec::new(),
+        shared.sink.clone(),
+        shared.store.clone(),
+        config,
+    )
+    .with_identities(kit.identities.clone())
+    .with_media(shared.media.clone())
+    .with_in_flight(shared.in_flight.clone())
 }
 
 /// Serves `app` on `listener` until shutdown, then lets the requests in flight

@@ -154,13 +154,39 @@ impl WebhookClient {
         webhook_id: &str,
         tag: &str,
     ) -> Result<ActivitySubscription, WebhookError> {
+        self.create_subscription(event_type, user_id, Some(webhook_id), tag)
+            .await
+    }
+
+    /// Subscribes the channel's account to one event type without a webhook, so only the
+    /// App's activity stream carries its events (`inbound = "stream"`).
+    #[tracing::instrument(skip_all, fields(event_type = %event_type))]
+    pub async fn create_stream_subscription(
+        &self,
+        event_type: &str,
+        user_id: &str,
+        tag: &str,
+    ) -> Result<ActivitySubscription, WebhookError> {
+        self.create_subscription(event_type, user_id, None, tag)
+            .await
+    }
+
+    async fn create_subscription(
+        &self,
+        event_type: &str,
+        user_id: &str,
+        webhook_id: Option<&str>,
+        tag: &str,
+    ) -> Result<ActivitySubscription, WebhookError> {
         let url = endpoint(self.base_url(), &["2", "activity", "subscriptions"])?;
-        let body = json!({
+        let mut body = json!({
             "event_type": event_type,
             "filter": { "user_id": checked_id(user_id)? },
             "tag": tag,
-            "webhook_id": checked_id(webhook_id)?,
         });
+        if let Some(webhook_id) = webhook_id {
+            body["webhook_id"] = json!(checked_id(webhook_id)?);
+        }
         let what = "X Activity subscription";
         let answer: Value = self
             .call(Method::POST, url, Auth::User, Some(&body), what)

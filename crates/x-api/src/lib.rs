@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 mod activity;
+pub mod activity_stream;
 mod auth;
 mod body;
 mod client;

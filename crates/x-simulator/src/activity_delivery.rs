@@ -22,15 +22,66 @@ pub(crate) struct Target {
     pub body: String,
 }
 
+fn message_payload(inner: &Inner, event: &DmEvent) -> Value {
+    json!({
+        "direct_message_events": [dm_json::message_event(event)],
+        "users": dm_json::users(inner, event, UserShape::Xaa),
+    })
+}
+
+fn signal_payload(inner: &Inner, signal: &Signal) -> Value {
+    let ids = [signal.sender_id.as_str(), signal.recipient_id.as_str()];
+    json!({
+        signal.array(): [signal.to_json()],
+        "users": dm_json::users_of(inner, ids, UserShape::Xaa),
+    })
+}
+
+/// What the App's activity stream carries for a message: `(app_key, envelope)` for every
+/// matching subscription, with or without a webhook ([`crate::activity_stream`]).
+pub(crate) fn message_stream_lines(inner: &Inner, event: &DmEvent) -> Vec<(String, String)> {
+    let Some(recipient) = event.recipient_id.as_deref() else {
+        return Vec::new();
+    };
+    let payload = message_payload(inner, event);
+    let mut lines = stream_lines(inner, recipient, "dm.received", &payload);
+    if event.sender_id != recipient {
+        lines.extend(stream_lines(inner, &event.sender_id, "dm.sent", &payload));
+    }
+    lines
+}
+
+/// What the App's activity stream carries for a typing indicator or read receipt.
+pub(crate) fn signal_stream_lines(inner: &Inner, signal: &Signal) -> Vec<(String, String)> {
+    let payload = signal_payload(inner, signal);
+    stream_lines(inner, &signal.recipient_id, signal.event_type(), &payload)
+}
+
+fn stream_lines(
+    inner: &Inner,
+    user_id: &str,
+    event_type: &str,
+    payload: &Value,
+) -> Vec<(String, String)> {
+    inner
+        .activity_subscriptions
+        .iter()
+        .filter(|s| s.user_id == user_id && s.event_type == event_type)
+        .map(|subscription| {
+            (
+                subscription.app_key.clone(),
+                envelope(subscription, payload),
+            )
+        })
+        .collect()
+}
+
 /// The XAA deliveries of a message.
 pub(crate) fn message_targets(inner: &Inner, event: &DmEvent) -> Vec<Target> {
     let Some(recipient) = event.recipient_id.as_deref() else {
         return Vec::new();
     };
-    let payload = json!({
-        "direct_message_events": [dm_json::message_event(event)],
-        "users": dm_json::users(inner, event, UserShape::Xaa),
-    });
+    let payload = message_payload(inner, event);
     let mut targets = targets(inner, recipient, "dm.received", &payload);
     if event.sender_id != recipient {
         targets.extend(targets_for(inner, &event.sender_id, "dm.sent", &payload));
@@ -40,11 +91,7 @@ pub(crate) fn message_targets(inner: &Inner, event: &DmEvent) -> Vec<Target> {
 
 /// The XAA deliveries of a typing indicator or read receipt.
 pub(crate) fn signal_targets(inner: &Inner, signal: &Signal) -> Vec<Target> {
-    let ids = [signal.sender_id.as_str(), signal.recipient_id.as_str()];
-    let payload = json!({
-        signal.array(): [signal.to_json()],
-        "users": dm_json::users_of(inner, ids, UserShape::Xaa),
-    });
+    let payload = signal_payload(inner, signal);
     targets(inner, &signal.recipient_id, signal.event_type(), &payload)
 }
 

@@ -60,6 +60,9 @@ pub(crate) fn schedule(state: &Arc<SimState>, event: &DmEvent) -> usize {
         let mut jobs = jobs_for(&inner, event);
         let xaa = activity_delivery::message_targets(&inner, event);
         jobs.extend(xaa.into_iter().map(|target| job(&inner, target, &event.id)));
+        for (app_key, line) in activity_delivery::message_stream_lines(&inner, event) {
+            state.streams.publish(&app_key, state.now(), &line);
+        }
         jobs
     };
     spawn(state, jobs)
@@ -73,6 +76,9 @@ pub(crate) fn schedule_signal(state: &Arc<SimState>, signal: &Signal) -> usize {
         let inner = state.lock();
         let mut targets = aaa_signal_targets(&inner, signal);
         targets.extend(activity_delivery::signal_targets(&inner, signal));
+        for (app_key, line) in activity_delivery::signal_stream_lines(&inner, signal) {
+            state.streams.publish(&app_key, state.now(), &line);
+        }
         targets
             .into_iter()
             .map(|target| job(&inner, target, &signal.id))

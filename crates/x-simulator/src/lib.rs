@@ -360,6 +360,7 @@
 mod accounts;
 mod activity;
 mod activity_delivery;
+mod activity_stream;
 mod admin;
 mod auth;
 mod authorized;
@@ -394,6 +395,7 @@ mod webhooks;
 mod tests;
 
 pub use accounts::{load_accounts, Account, DEMO_USER_ID};
+pub use activity_stream::{StreamCounters, MAX_BACKFILL_MINUTES, MAX_CONNECTIONS_PER_APP};
 pub use customers::Customer;
 pub use delivery::SIGNATURE_HEADER;
 pub use dm::MAX_TEXT_CHARS;

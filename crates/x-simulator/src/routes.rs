@@ -13,8 +13,8 @@ use axum::Router;
 
 use crate::state::SimState;
 use crate::{
-    activity, admin, dm, dm_events, media, oauth2_routes, problems, reply, request_log, uploads,
-    users, webhooks,
+    activity, activity_stream, admin, dm, dm_events, media, oauth2_routes, problems, reply,
+    request_log, uploads, users, webhooks,
 };
 
 pub(crate) fn router(state: Arc<SimState>) -> Router {
@@ -51,6 +51,7 @@ pub(crate) fn router(state: Arc<SimState>) -> Router {
             "/2/activity/subscriptions",
             post(activity::create).get(activity::list),
         )
+        .route("/2/activity/stream", get(activity_stream::stream))
         .route(
             "/2/activity/subscriptions/{subscription_id}",
             delete(activity::delete),

@@ -18,6 +18,7 @@ use crate::faults::Fault;
 use crate::rate_limit::RateLimitWindow;
 use crate::routes;
 use crate::signal::SignalKind;
+use crate::state::stream::StreamCounters;
 use crate::state::{
     ActivitySubscription, Counters, Delivery, DmEvent, MediaProcessing, RequestRecord, SentDm,
     SimState, StateSettings, Subscription, Upload, UploadRecord, Webhook, WebhookConfig,
@@ -530,6 +531,38 @@ impl Simulator {
         signature: Option<String>,
     ) -> u16 {
         delivery::deliver_raw(self.state(), webhook_id, body.into(), signature).await
+    }
+
+    /// Cuts every open `GET /2/activity/stream` (X's operational-disconnect line, then the end
+    /// of the response); returns how many were cut.
+    pub fn cut_activity_streams(&self) -> usize {
+        self.state().streams.cut_all()
+    }
+
+    /// How many activity streams are open, were opened and were cut.
+    pub fn activity_stream_counters(&self) -> StreamCounters {
+        self.state().streams.counters()
+    }
+
+    /// Waits until the counters satisfy `done` (checked whenever a stream opens or closes).
+    pub async fn wait_for_activity_streams(
+        &self,
+        done: impl Fn(&StreamCounters) -> bool,
+    ) -> StreamCounters {
+        loop {
+            let streams = &self.state().streams;
+            let changed = streams.changed.notified();
+            let counters = streams.counters();
+            if done(&counters) {
+                return counters;
+            }
+            changed.await;
+        }
+    }
+
+    /// Sets the keep-alive interval of streams opened from now on (X: 20 s).
+    pub fn set_activity_stream_keep_alive(&self, every: Duration) {
+        self.state().streams.set_keep_alive(every);
     }
 
     /// Forgets DMs, DM events, uploads and media processing settings, deliveries, billing,

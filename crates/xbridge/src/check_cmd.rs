@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use xbridge_control::diagnosis::check_account;
-use xbridge_core::config::{ChannelSettings, InboundMode, Settings, StateBackend, WebhookApi};
+use xbridge_core::config::{ChannelSettings, Settings, StateBackend, WebhookApi};
 use xbridge_core::live_channels::{LiveChannels, Origin};
 use xbridge_x_api::{webhook_problem, UserCredentials, WebhookClient, XClientConfig};
 
@@ -79,7 +79,8 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
             let registered = check_webhooks(&webhooks, channel, &mut problems).await;
             let user_id = check.account.as_ref().map(|a| a.user_id.as_str());
             if let (Some(registered), Some(user_id)) = (registered, user_id) {
-                if channel.webhook_api == WebhookApi::Xaa && channel.inbound != InboundMode::Poll {
+                // A stream channel's subscriptions have no webhook; the bridge makes them.
+                if channel.webhook_api == WebhookApi::Xaa && channel.inbound.uses_webhook() {
                     let wanted = channel.xaa_event_types(
                         settings.inbound.publish_echoes,
                         settings.inbound.publish_activity,
@@ -162,7 +163,7 @@ async fn check_webhooks(
     match webhooks.list_webhooks().await {
         Ok(list) => {
             crate::outln!("  bearer token: accepted");
-            if channel.inbound != InboundMode::Poll {
+            if channel.inbound.uses_webhook() {
                 match list.iter().find(|w| w.valid) {
                     Some(webhook) => crate::outln!("  webhook: {} (valid)", webhook.url),
                     None => problems.extend(webhook_problem(&list)),

@@ -170,6 +170,7 @@ fn inbound_name(mode: InboundMode) -> &'static str {
         InboundMode::Webhook => "webhook",
         InboundMode::Poll => "poll",
         InboundMode::Both => "both",
+        InboundMode::Stream => "stream",
     }
 }
 

@@ -145,6 +145,10 @@ pub enum InboundMode {
     Poll,
     /// The webhook for speed, and a slow poll that fills any gap it left.
     Both,
+    /// The App's X Activity API stream (`GET /2/activity/stream`): real time without a
+    /// public URL. One replica holds each App's stream; needs `user_id` (its events are
+    /// routed by it) and uses XAA subscriptions whatever `webhook_api` says.
+    Stream,
 }
 
 impl InboundMode {
@@ -156,6 +160,17 @@ impl InboundMode {
     /// Whether X's webhook delivers the channel's DMs.
     pub fn uses_webhook(self) -> bool {
         matches!(self, InboundMode::Webhook | InboundMode::Both)
+    }
+
+    /// Whether the App's activity stream delivers the channel's DMs.
+    pub fn streams(self) -> bool {
+        self == InboundMode::Stream
+    }
+
+    /// Whether the mode needs the account's `user_id` in the settings: polling tells the
+    /// account's own DMs by it, the stream routes its events by it.
+    pub fn needs_user_id(self) -> bool {
+        self.polls() || self.streams()
     }
 }
 
@@ -259,7 +274,12 @@ fn validate_channel(
     if raw.weight == Some(0) {
         errors.push(format!("{label}.weight: must be at least 1"));
     }
-    check_user_id(&label, raw.user_id.as_deref(), raw.inbound.polls(), errors);
+    check_user_id(
+        &label,
+        raw.user_id.as_deref(),
+        raw.inbound.needs_user_id(),
+        errors,
+    );
     if let Some(problem) = xaa_events_problem(raw.webhook_api, raw.xaa_events.as_deref()) {
         errors.push(format!("{label}.xaa_events: {problem}"));
     }
@@ -362,7 +382,7 @@ fn check_user_id(label: &str, user_id: Option<&str>, polls: bool, errors: &mut V
             errors.push(format!("{label}.user_id: must be the account's X user id (1 to 19 digits)"));
         }
         None if polls => errors.push(format!(
-            "{label}.user_id: required when inbound is \"poll\" or \"both\" (the account's X user id)"
+            "{label}.user_id: required when inbound is \"poll\", \"both\" or \"stream\" (the account's X user id)"
         )),
         _ => {}
     }

@@ -495,6 +495,17 @@ fn bad_signature(
     Some(error(StatusCode::UNAUTHORIZED, reason.to_string()))
 }
 
+/// What became of a stream line ([`WebhookState::deliver_streamed`]).
+#[derive(Debug)]
+pub(crate) enum Streamed {
+    /// Its events reached the CRM (or were kept as a dead letter), or it had none to publish.
+    Delivered,
+    /// Not an X body: skipped (why, bounded).
+    Unreadable(String),
+    /// Not taken (broker, store): read it again from the stream's backfill.
+    Failed(String),
+}
+
 /// Why a body could not be delivered in full: X must send it again.
 #[derive(Debug, thiserror::Error)]
 enum BodyDeliveryError {
@@ -555,6 +566,21 @@ impl WebhookState {
             );
         }
         self.publish_items(channel.as_str(), &account, items).await
+    }
+
+    /// One event line of an App's activity stream ([`crate::stream`]): the same envelope a
+    /// webhook POST carries, routed and delivered exactly as one, with `via_channel` (one of
+    /// the App's stream channels) standing for the URL's channel. No signature to check: the
+    /// line came over the App's own Bearer-authenticated connection to X.
+    pub(crate) async fn deliver_streamed(&self, via_channel: &str, body: &[u8]) -> Streamed {
+        let delivery = match parse_webhook(body) {
+            Ok(delivery) => delivery,
+            Err(problem) => return Streamed::Unreadable(shown_within(&problem.to_string(), 200)),
+        };
+        match self.deliver(via_channel, delivery, body).await {
+            Ok(()) => Streamed::Delivered,
+            Err(error) => Streamed::Failed(error.to_string()),
+        }
     }
 
     /// Publishes a routed body's events for `channel`, in order, stopping at the

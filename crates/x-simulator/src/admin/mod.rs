@@ -40,6 +40,14 @@ pub(crate) fn router() -> Router<Arc<SimState>> {
             post(steer::set_fault).delete(steer::clear_faults),
         )
         .route("/reset", post(steer::reset))
+        .route(
+            "/activity_stream",
+            get(crate::activity_stream::admin_counters),
+        )
+        .route(
+            "/activity_stream/cut",
+            post(crate::activity_stream::admin_cut),
+        )
         .route("/uploads", get(observe::uploads))
         .route("/media_processing", post(steer::set_media_processing))
         .route("/oauth2/clients", post(oauth2::add_client))

@@ -33,6 +33,7 @@ mod delivery;
 mod dm_event;
 mod request_record;
 mod sent_dm;
+pub(crate) mod stream;
 mod upload;
 mod webhook;
 
@@ -74,6 +75,8 @@ pub(crate) struct SimState {
     /// Woken whenever a webhook delivery attempt is logged, for
     /// [`crate::Simulator::wait_for_deliveries`].
     pub delivery_recorded: Notify,
+    /// The open `GET /2/activity/stream` connections and their backfill log.
+    pub streams: stream::StreamHub,
     inner: Mutex<Inner>,
 }
 
@@ -155,6 +158,7 @@ impl SimState {
             dm_recorded: Notify::new(),
             request_recorded: Notify::new(),
             delivery_recorded: Notify::new(),
+            streams: stream::StreamHub::default(),
             inner: Mutex::new(inner),
         })
     }

@@ -1,6 +1,7 @@
 //! The simulator over real HTTP, as the bridge's client will meet it.
 
 mod activity;
+mod activity_stream;
 mod admin;
 mod auth;
 mod delivery;

@@ -355,8 +355,14 @@ fn has_userinfo(url: &str) -> bool {
 fn inbound(object: &Map<String, Value>) -> Result<InboundMode, String> {
     match object.get("inbound") {
         None | Some(Value::Null) => Ok(InboundMode::default()),
-        Some(Value::String(mode)) => serde_json::from_value(Value::String(mode.clone()))
-            .map_err(|_| format!("inbound {} is not one of webhook, poll, both", quoted(mode))),
+        Some(Value::String(mode)) => {
+            serde_json::from_value(Value::String(mode.clone())).map_err(|_| {
+                format!(
+                    "inbound {} is not one of webhook, poll, both, stream",
+                    quoted(mode)
+                )
+            })
+        }
         Some(other) => Err(format!("inbound must be a string, not {}", kind(other))),
     }
 }
@@ -402,6 +408,10 @@ fn user_id(object: &Map<String, Value>, inbound: InboundMode) -> Result<Option<S
         None | Some(Value::Null) if inbound.polls() => {
             Err("user_id is required when inbound is poll or both (the account's X user id)".into())
         }
+        None | Some(Value::Null) if inbound.streams() => Err(
+            "user_id is required when inbound is stream (the stream's events are routed by it)"
+                .into(),
+        ),
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(id)) if is_user_id(id) => Ok(Some(id.clone())),
         Some(Value::String(id)) => Err(format!(

@@ -1,0 +1,391 @@
+//! One App's activity stream: the lease, the App's XAA subscriptions, the connection with
+//! its reconnections and backfills, and the delivery of each line (see [`super`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use xbridge_core::config::Settings;
+use xbridge_x_api::activity_stream::{
+    reconnect_backoff, ActivityStream, ActivityStreamClient, StreamError, StreamItem, KEEP_ALIVE,
+    MAX_BACKFILL_MINUTES,
+};
+use xbridge_x_api::{WebhookClient, XHttp};
+
+use super::Member;
+use crate::polling::lease::{self, PollLease};
+use crate::webhook::server::{Streamed, WebhookState};
+
+/// No byte for this long (three of X's keep-alive intervals) and the stream is dead.
+const STALL_AFTER: Duration = Duration::from_secs(3 * KEEP_ALIVE.as_secs());
+
+/// What an App's stream task runs with.
+pub(crate) struct AppContext {
+    /// The App's digest, for logs.
+    pub(crate) app: String,
+    pub(crate) lease_queue: String,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) http: XHttp,
+    pub(crate) deliver: Arc<WebhookState>,
+    pub(crate) connections: watch::Receiver<Option<Arc<lapin::Connection>>>,
+}
+
+type Members = watch::Receiver<BTreeMap<String, Member>>;
+
+/// Holds the App's stream while this replica holds the App's lease, until `stop`.
+/// `xbridge_stream_apps_held` counts the Apps whose stream this replica holds.
+pub(crate) async fn run(mut ctx: AppContext, members: Members, stop: CancellationToken) {
+    let held = metrics::gauge!("xbridge_stream_apps_held");
+    let mut retry = reconnect_backoff();
+    loop {
+        let Some(mut lease) = take_lease(&mut ctx, &mut retry, &stop).await else {
+            return;
+        };
+        retry = reconnect_backoff();
+        held.increment(1.0);
+        tracing::info!(
+            app = ctx.app,
+            "stream lease acquired: this replica holds the X App's activity stream"
+        );
+        let ended = stream_while_held(&ctx, members.clone(), &mut lease, &stop).await;
+        held.decrement(1.0);
+        lease.release().await;
+        match ended {
+            None => {
+                tracing::info!(app = ctx.app, "activity stream stopped; lease released");
+                return;
+            }
+            Some(error) => {
+                tracing::info!(app = ctx.app, %error, "stream lease lost: this replica stopped reading the X App's activity stream");
+            }
+        }
+    }
+}
+
+/// Contends for the App's lease once there is a broker connection, and waits until held.
+/// `None` on stop.
+async fn take_lease(
+    ctx: &mut AppContext,
+    retry: &mut impl Iterator<Item = Duration>,
+    stop: &CancellationToken,
+) -> Option<PollLease> {
+    let label = format!("app.{}", ctx.app);
+    loop {
+        let connection = tokio::select! {
+            _ = stop.cancelled() => return None,
+            connection = ctx.connections.wait_for(Option::is_some) => match connection {
+                Ok(connection) => connection.clone(),
+                Err(_) => return None,
+            },
+        };
+        let Some(connection) = connection else {
+            continue;
+        };
+        match PollLease::contend(&connection, &ctx.lease_queue, &label, lease::RENEW_EVERY).await {
+            Ok(mut lease) => {
+                drop(connection);
+                tracing::info!(app = ctx.app, "contending for the X App's stream lease");
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        lease.release().await;
+                        return None;
+                    }
+                    acquired = lease.acquired() => match acquired {
+                        Ok(()) => return Some(lease),
+                        Err(error) => {
+                            tracing::info!(app = ctx.app, %error, "stopped waiting for the stream lease");
+                        }
+                    },
+                }
+            }
+            Err(error) => {
+                drop(connection);
+                let wait = retry.next().unwrap_or(Duration::from_secs(15));
+                tracing::warn!(app = ctx.app, %error, retry_in_ms = wait.as_millis() as u64, "cannot contend for the stream lease");
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = ctx.connections.changed() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reads the stream while the lease is held: `None` on stop, else why the lease ended.
+async fn stream_while_held(
+    ctx: &AppContext,
+    mut members: Members,
+    lease: &mut PollLease,
+    stop: &CancellationToken,
+) -> Option<lease::LeaseError> {
+    let mut backoff = reconnect_backoff();
+    // When the stream was last known to have delivered everything before it; `None`: not
+    // since this replica holds the lease, so ask for X's whole backfill.
+    let mut good_until: Option<Instant> = None;
+    let mut subscribed = false;
+    loop {
+        let current = members.borrow_and_update().clone();
+        if !subscribed {
+            subscribed = ensure_subscriptions(ctx, &current).await;
+        }
+        // No member left: the task is being stopped.
+        let client = stream_client(ctx, &current)?;
+        let backfill = backfill_minutes(&ctx.app, good_until);
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return None,
+            error = lease.ended() => return Some(error),
+            connected = client.connect(Some(backfill)) => connected,
+        };
+        let wait = match connected {
+            Ok(stream) => {
+                metrics::counter!("xbridge_stream_connects_total").increment(1);
+                tracing::info!(
+                    app = ctx.app,
+                    backfill_minutes = backfill,
+                    "activity stream connected"
+                );
+                backoff = reconnect_backoff();
+                let read = read_stream(ctx, stream, &mut members, &mut good_until);
+                let ended = tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    error = lease.ended() => return Some(error),
+                    ended = read => ended,
+                };
+                match ended {
+                    Ended::MembersChanged => {
+                        subscribed = false;
+                        continue;
+                    }
+                    Ended::Stream(error) => {
+                        metrics::counter!("xbridge_stream_disconnects_total").increment(1);
+                        tracing::warn!(app = ctx.app, %error, "activity stream ended; reconnecting with a backfill");
+                        // Most ends are cuts: reconnect at once, the backoff grows only
+                        // when connecting fails.
+                        Duration::ZERO
+                    }
+                }
+            }
+            Err(error) => connect_failed(ctx, &error, &mut backoff),
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            error = lease.ended() => return Some(error),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// How long to wait after a refused or failed connection.
+fn connect_failed(
+    ctx: &AppContext,
+    error: &StreamError,
+    backoff: &mut impl Iterator<Item = Duration>,
+) -> Duration {
+    metrics::counter!("xbridge_stream_connect_failures_total").increment(1);
+    let mut wait = backoff.next().unwrap_or(Duration::from_secs(300));
+    if error.is_permanent() {
+        // An operator must act; try again now and then, since credentials change live.
+        wait = wait.max(Duration::from_secs(60));
+        tracing::error!(app = ctx.app, %error, retry_in_s = wait.as_secs(), "X refused the activity stream");
+    } else {
+        if let Some(reset) = error.retry_at() {
+            let until = (reset - chrono::Utc::now()).to_std().unwrap_or_default();
+            wait = wait.max(until);
+        }
+        tracing::warn!(app = ctx.app, %error, retry_in_ms = wait.as_millis() as u64, "activity stream not connected");
+    }
+    wait
+}
+
+/// How a connection ended.
+enum Ended {
+    /// X or the network ended it, or a line could not be delivered.
+    Stream(StreamError),
+    /// The App's stream channels changed: make sure of the subscriptions, then go on.
+    MembersChanged,
+}
+
+/// Delivers the stream's events one at a time, in order, until it ends.
+async fn read_stream(
+    ctx: &AppContext,
+    mut stream: ActivityStream,
+    members: &mut Members,
+    good_until: &mut Option<Instant>,
+) -> Ended {
+    loop {
+        let item = tokio::select! {
+            changed = members.changed() => {
+                if changed.is_err() {
+                    return Ended::Stream(StreamError::Disconnected("stopped".to_owned()));
+                }
+                return Ended::MembersChanged;
+            }
+            item = stream.next() => item,
+        };
+        match item {
+            Err(error) => return Ended::Stream(error),
+            Ok(StreamItem::KeepAlive) => {
+                *good_until = Some(Instant::now());
+            }
+            Ok(StreamItem::Skipped(why)) => {
+                metrics::counter!("xbridge_stream_lines_skipped_total").increment(1);
+                tracing::warn!(app = ctx.app, why, "activity stream line skipped");
+            }
+            Ok(StreamItem::Event(event)) => {
+                let via = members
+                    .borrow()
+                    .values()
+                    .find(|m| m.settings.user_id.as_deref() == Some(&event.for_user_id))
+                    .map(|m| m.settings.name.clone());
+                let Some(via) = via else {
+                    // Another mode's channel of the App (its webhook or poller has it), or
+                    // an account no channel streams for.
+                    tracing::debug!(
+                        app = ctx.app,
+                        for_user_id = event.for_user_id,
+                        event_type = event.event_type,
+                        "stream event for an account no stream channel is; skipped"
+                    );
+                    continue;
+                };
+                match ctx.deliver.deliver_streamed(&via, &event.body).await {
+                    Streamed::Delivered => {
+                        metrics::counter!("xbridge_stream_events_total").increment(1);
+                        *good_until = Some(Instant::now());
+                    }
+                    Streamed::Unreadable(why) => {
+                        metrics::counter!("xbridge_stream_lines_skipped_total").increment(1);
+                        tracing::warn!(
+                            app = ctx.app,
+                            channel = via,
+                            why,
+                            "activity stream event unreadable; skipped"
+                        );
+                    }
+                    Streamed::Failed(error) => {
+                        // Read it again from the backfill once the CRM's side takes it.
+                        return Ended::Stream(StreamError::Transient(format!(
+                            "an event for channel {via} was not delivered: {error}"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The backfill that covers the time since `good_until` (a minute more for clocks and
+/// rounding), capped at X's 5; X's whole 5 when unknown. Counts a gap X cannot fill.
+fn backfill_minutes(app: &str, good_until: Option<Instant>) -> u8 {
+    let Some(good_until) = good_until else {
+        return MAX_BACKFILL_MINUTES;
+    };
+    let gap = good_until.elapsed();
+    let minutes = gap.as_secs().div_ceil(60) + 1;
+    if minutes > u64::from(MAX_BACKFILL_MINUTES) {
+        metrics::counter!("xbridge_stream_backfill_gaps_total").increment(1);
+        tracing::warn!(
+            app,
+            gap_s = gap.as_secs(),
+            "the activity stream was down longer than X's 5-minute backfill: older events are lost to the stream (inbound = \"both\"-style polling would fill it)"
+        );
+    }
+    minutes.min(u64::from(MAX_BACKFILL_MINUTES)) as u8
+}
+
+/// The stream client of the App, with the Bearer token of its first channel (they share it).
+fn stream_client(
+    ctx: &AppContext,
+    members: &BTreeMap<String, Member>,
+) -> Option<ActivityStreamClient> {
+    let first = members.values().next()?;
+    Some(ActivityStreamClient::new(
+        &ctx.http,
+        ctx.settings.x.api_base_url.clone(),
+        first.settings.bearer_token.clone(),
+        STALL_AFTER,
+    ))
+}
+
+/// Makes sure each stream channel's account has the XAA subscriptions it wants (without a
+/// webhook, so only the stream carries them), creating what X lacks. `false` when X could
+/// not be asked or refused (logged; tried again at the next change or lease).
+async fn ensure_subscriptions(ctx: &AppContext, members: &BTreeMap<String, Member>) -> bool {
+    let inbound = &ctx.settings.inbound;
+    let mut all_done = true;
+    for member in members.values() {
+        let channel = &member.settings;
+        let Some(user_id) = channel.user_id.as_deref() else {
+            continue;
+        };
+        let client = match WebhookClient::with_http(
+            (&ctx.settings.x).into(),
+            channel.bearer_token.clone(),
+            channel.as_ref().into(),
+            ctx.http.clone(),
+        ) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(channel = channel.name, %error, "cannot build the X client for the channel's subscriptions");
+                all_done = false;
+                continue;
+            }
+        };
+        let present = match client.list_activity_subscriptions().await {
+            Ok(present) => present,
+            Err(error) => {
+                tracing::warn!(channel = channel.name, %error, "cannot list the X Activity subscriptions");
+                all_done = false;
+                continue;
+            }
+        };
+        let tag = format!("xbridge:{}", channel.name);
+        for event in channel.xaa_event_types(inbound.publish_echoes, inbound.publish_activity) {
+            let event_type = event.as_str();
+            let there = present.iter().any(|s| {
+                s.event_type == event_type
+                    && s.user_id.as_deref() == Some(user_id)
+                    && s.webhook_id.is_none()
+            });
+            if there {
+                continue;
+            }
+            match client
+                .create_stream_subscription(event_type, user_id, &tag)
+                .await
+            {
+                Ok(created) => tracing::info!(
+                    channel = channel.name,
+                    event_type,
+                    subscription_id = created.subscription_id,
+                    "X Activity subscription created for the stream"
+                ),
+                Err(error) => {
+                    all_done = false;
+                    tracing::error!(channel = channel.name, event_type, %error, "cannot subscribe the account for the activity stream");
+                }
+            }
+        }
+    }
+    all_done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backfill_covers_the_gap_up_to_xs_five_minutes() {
+        assert_eq!(backfill_minutes("a", None), 5);
+        assert_eq!(backfill_minutes("a", Some(Instant::now())), 1);
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(3600));
+        if let Some(long_ago) = long_ago {
+            assert_eq!(backfill_minutes("a", Some(long_ago)), 5);
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `inbound = "stream"`: the channels' DMs from their X App's activity stream
+//! (`GET /2/activity/stream`, docs/x-api-facts.md "Activity stream"), in real time and
+//! without a public URL.
+//!
+//! One stream carries every subscribed account of an App, so the stream is per **App**, not
+//! per channel: [`StreamApps`] groups the stream channels by consumer key and runs one
+//! [`app::run`] task per App. That task holds the App's lease (the poll lease's
+//! single-active-consumer queue, named `<poll_lease_prefix>app.<hash of the consumer key>`,
+//! never the key itself) so only one replica reads the stream, and another takes over when it
+//! dies; while held it makes sure the App's channels have their XAA subscriptions, holds the
+//! stream open, and hands each event line to the webhook's own routing and delivery
+//! ([`WebhookState::deliver_streamed`]), one at a time, in stream order — so a DM is delivered
+//! once (the same delivered-record check as the webhook and the poller) and in order per
+//! conversation.
+//!
+//! After a cut, a stall or a failed delivery it reconnects (backoff from
+//! `xbridge_x_api::activity_stream::reconnect_backoff`) asking X for a backfill that covers
+//! the time since the stream was last known good, capped at X's 5 minutes; a new holder asks
+//! for the full 5 minutes, since it cannot know what the previous one delivered. Replayed
+//! events that were delivered already are dropped by the delivered record. A gap longer than 5
+//! minutes loses what is older to the stream: it is logged and counted
+//! (`xbridge_stream_backfill_gaps_total`), and `inbound = "both"`'s polling is the remedy.
+
+pub(crate) mod app;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use secrecy::ExposeSecret as _;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use xbridge_core::config::{ChannelSettings, Settings};
+use xbridge_x_api::XHttp;
+
+use crate::broker::BrokerSink;
+use crate::delivery::profiles::Profiles;
+use crate::webhook::server::{WebhookChannel, WebhookState};
+
+/// A stream channel of an App, as its task needs it.
+#[derive(Clone)]
+pub(crate) struct Member {
+    pub(crate) settings: Arc<ChannelSettings>,
+}
+
+/// The App of a consumer key, as named in logs and the lease queue: a digest, so the key
+/// never shows.
+pub(crate) fn app_label(consumer_key: &str) -> String {
+    let digest = Sha256::digest(consumer_key.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What stands for the channel name in the App's lease queue
+/// (`<poll_lease_prefix>app.<digest>`), so operators and tests can name the queue.
+pub fn lease_name(consumer_key: &str) -> String {
+    format!("app.{}", app_label(consumer_key))
+}
+
+/// One App's stream task and who it streams for.
+struct AppStream {
+    members: watch::Sender<BTreeMap<String, Member>>,
+    stop: CancellationToken,
+}
+
+/// The stream channels of this process, grouped by App, and their tasks.
+pub(crate) struct StreamApps {
+    settings: Arc<Settings>,
+    http: XHttp,
+    sink: Arc<BrokerSink>,
+    /// Routes and delivers the stream's lines; never served over HTTP.
+    deliver: Arc<WebhookState>,
+    apps: HashMap<String, AppStream>,
+    shutdown: CancellationToken,
+}
+
+impl StreamApps {
+    pub(crate) fn new(
+        settings: Arc<Settings>,
+        http: XHttp,
+        sink: Arc<BrokerSink>,
+        deliver: Arc<WebhookState>,
+        shutdown: CancellationToken,
+    ) -> StreamApps {
+        StreamApps {
+            settings,
+            http,
+            sink,
+            deliver,
+            apps: HashMap::new(),
+            shutdown,
+        }
+    }
+
+    /// `channel` streams from now on: it joins its App's stream, which starts when it is the
+    /// App's first stream channel.
+    pub(crate) fn join(
+        &mut self,
+        channel: Arc<ChannelSettings>,
+        profiles: Arc<Profiles>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        self.leave(&channel.name);
+        let app = app_label(channel.consumer_key.expose_secret());
+        self.deliver.serve_channel(
+            WebhookChannel {
+                name: channel.name.clone(),
+                consumer_key: channel.consumer_key.clone(),
+                consumer_secret: channel.consumer_secret.clone(),
+                own_user_id: channel.user_id.clone(),
+            },
+            Some(profiles),
+        );
+        let member = Member {
+            settings: channel.clone(),
+        };
+        if let Some(running) = self.apps.get(&app) {
+            running.members.send_modify(|members| {
+                members.insert(channel.name.clone(), member);
+            });
+            tracing::info!(channel = %channel.name, app, "channel joined its X App's activity stream");
+            return;
+        }
+        let members = watch::Sender::new(BTreeMap::from([(channel.name.clone(), member)]));
+        let stop = self.shutdown.child_token();
+        let context = app::AppContext {
+            app: app.clone(),
+            lease_queue: self
+                .settings
+                .amqp
+                .topology
+                .poll_lease_queue(&lease_name(channel.consumer_key.expose_secret())),
+            settings: self.settings.clone(),
+            http: self.http.clone(),
+            deliver: self.deliver.clone(),
+            connections: self.sink.connection.subscribe(),
+        };
+        tasks.spawn(app::run(context, members.subscribe(), stop.clone()));
+        tracing::info!(channel = %channel.name, app, "channel starts its X App's activity stream");
+        self.apps.insert(app, AppStream { members, stop });
+    }
+
+    /// `name` no longer streams (removed, or another mode): it leaves its App's stream, which
+    /// stops when no channel of the App is left.
+    pub(crate) fn leave(&mut self, name: &str) {
+        let Some(app) = self
+            .apps
+            .iter()
+            .find(|(_, a)| a.members.borrow().contains_key(name))
+            .map(|(app, _)| app.clone())
+        else {
+            return;
+        };
+        self.deliver.stop_serving(name);
+        let empty = {
+            let running = &self.apps[&app];
+            running.members.send_modify(|members| {
+                members.remove(name);
+            });
+            running.members.borrow().is_empty()
+        };
+        tracing::info!(
+            channel = name,
+            app,
+            "channel left its X App's activity stream"
+        );
+        if empty {
+            if let Some(running) = self.apps.remove(&app) {
+                running.stop.cancel();
+            }
+        }
+    }
+}
