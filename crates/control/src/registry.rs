@@ -265,6 +265,7 @@ mod tests {
             user_id: None,
             webhook_api: xbridge_core::config::WebhookApi::Aaa,
             xaa_events: None,
+            oauth2: None,
         }
     }
 
