@@ -313,4 +313,49 @@ impl StateStore for FailingStore {
             }
         }
     }
+
+    async fn oauth2_grant(
+        &self,
+        channel: &str,
+    ) -> Result<Option<xbridge_store::OAuth2GrantRow>, StoreError> {
+        self.read()?;
+        self.inner.oauth2_grant(channel).await
+    }
+
+    async fn store_oauth2_grant(
+        &self,
+        channel: &str,
+        base: xbridge_store::GrantBase,
+        sealed: &xbridge_store::SealedGrant,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<xbridge_store::GrantWrite, StoreError> {
+        self.write(false)?;
+        self.inner
+            .store_oauth2_grant(channel, base, sealed, expires_at)
+            .await
+    }
+
+    async fn lease_oauth2_refresh(
+        &self,
+        channel: &str,
+        replica: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.write(false)?;
+        self.inner.lease_oauth2_refresh(channel, replica, ttl).await
+    }
+
+    async fn release_oauth2_refresh(&self, channel: &str, replica: &str) -> Result<(), StoreError> {
+        self.write(false)?;
+        self.inner.release_oauth2_refresh(channel, replica).await
+    }
+
+    async fn mark_oauth2_refused(
+        &self,
+        channel: &str,
+        generation: u64,
+    ) -> Result<bool, StoreError> {
+        self.write(false)?;
+        self.inner.mark_oauth2_refused(channel, generation).await
+    }
 }

@@ -16,6 +16,7 @@ use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ChannelSettings, InboundMode, Settings};
 use xbridge_core::live_channels::LiveChannel;
+use xbridge_core::oauth2_tokens::channel_auth;
 use xbridge_store::StateStore;
 use xbridge_x_api::{WebhookClient, XClient, XHttp};
 
@@ -115,12 +116,26 @@ impl Kit {
         &self,
         channel: Arc<ChannelSettings>,
     ) -> Result<ChannelParts, InboundError> {
-        let client = XClient::with_http(
-            (&self.settings.x).into(),
-            channel.as_ref().into(),
-            self.http.clone(),
+        // OAuth 1.0a signs with the channel's pair; OAuth 2.0 takes its Bearer token
+        // from the grant in the state store, shared with the outbound side.
+        let key = channel
+            .oauth2
+            .as_ref()
+            .and_then(|_| self.settings.state.credentials_key().ok())
+            .map(Arc::new);
+        let auth = channel_auth(
+            &self.settings.x,
+            &channel,
+            self.shared.store.clone(),
+            key,
+            &self.http,
         )
-        .map_err(|e| client_error(&channel, e))?;
+        .map_err(|detail| InboundError::Client {
+            channel: channel.name.clone(),
+            detail,
+        })?;
+        let client = XClient::with_auth((&self.settings.x).into(), auth, self.http.clone())
+            .map_err(|e| client_error(&channel, e))?;
         let ttl = self.settings.inbound.profile_cache_ttl;
         let profiles = Arc::new(Profiles::new(client.clone(), ttl));
         Ok(ChannelParts {

@@ -11,6 +11,7 @@ use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_core::live_channels::LiveChannel;
+use xbridge_core::oauth2_tokens::channel_auth;
 use xbridge_store::StateStore;
 use xbridge_x_api::{XClient, XHttp};
 
@@ -35,11 +36,21 @@ impl ContextBuilder {
     /// `channel`'s context, with its X client on the shared HTTP stack.
     fn build(&self, channel: &ChannelSettings) -> Result<Arc<ChannelContext>, OutboundError> {
         let settings = &self.settings;
-        let client = XClient::with_http((&settings.x).into(), channel.into(), self.http.clone())
-            .map_err(|e| OutboundError::Client {
-                channel: channel.name.clone(),
-                detail: e.to_string(),
-            })?;
+        let failed = |detail: String| OutboundError::Client {
+            channel: channel.name.clone(),
+            detail,
+        };
+        // OAuth 1.0a signs with the channel's pair; OAuth 2.0 takes its Bearer token
+        // from the grant in the state store.
+        let key = channel
+            .oauth2
+            .as_ref()
+            .and_then(|_| settings.state.credentials_key().ok())
+            .map(Arc::new);
+        let auth = channel_auth(&settings.x, channel, self.store.clone(), key, &self.http)
+            .map_err(failed)?;
+        let client = XClient::with_auth((&settings.x).into(), auth, self.http.clone())
+            .map_err(|e| failed(e.to_string()))?;
         let outbound = &settings.outbound;
         Ok(Arc::new(ChannelContext {
             name: channel.name.clone(),
