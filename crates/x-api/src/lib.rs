@@ -51,14 +51,14 @@ mod telemetry;
 mod upload;
 mod webhooks;
 
-pub use auth::{
-    AccessTokenSource, GrantSink, RefreshingTokenSource, StoreFuture, TokenFuture, XAuth,
-    REFRESH_MARGIN,
-};
 pub use activity::{
     parse_created as parse_activity_subscription_created,
     parse_list_page as parse_activity_subscription_page, ActivitySubscription, DM_INDICATE_TYPING,
     DM_READ, DM_RECEIVED, DM_SENT,
+};
+pub use auth::{
+    AccessTokenSource, GrantSink, RefreshingTokenSource, StoreFuture, TokenFuture, XAuth,
+    REFRESH_MARGIN,
 };
 pub use body::{MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES};
 pub use client::{AdmittedSend, MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};

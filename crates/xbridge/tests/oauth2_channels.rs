@@ -141,3 +141,66 @@ async fn a_revoked_grant_makes_the_channel_unauthorized_with_the_fix_and_loses_n
     drop(store);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_authorises_a_channel_once_and_it_sends_and_reads_dms() {
+    let app = spawn_app(TestOptions {
+        inbound_mode: Some("poll".into()),
+        inbound: "poll_interval = \"200ms\"".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    // The channel has a client and no refresh token: the operator authorises it.
+    let toml = oauth2_config(&app);
+    let toml = toml
+        .lines()
+        .filter(|line| !line.starts_with("oauth2_refresh_token"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let settings = xbridge_core::config::Settings::from_toml(&toml).unwrap();
+    let redirect = "http://127.0.0.1/xbridge/oauth2/callback";
+    let (url, pending) = xbridge::oauth2_cmd::begin(&settings, "acme", redirect).unwrap();
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    // The browser step: the simulator approves at once and redirects.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let answer = browser.get(&url).send().await.unwrap();
+    assert_eq!(answer.status(), 302);
+    let location = answer.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(redirect), "{location}");
+    {
+        let store = xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap();
+        // A redirect of another authorisation (another state) is refused.
+        let (_, other) = xbridge::oauth2_cmd::begin(&settings, "acme", redirect).unwrap();
+        assert!(xbridge::oauth2_cmd::finish(other, &store, &location)
+            .await
+            .is_err());
+        let generation = xbridge::oauth2_cmd::finish(pending, &store, &location)
+            .await
+            .unwrap();
+        assert_eq!(generation, 1);
+    }
+
+    let bridge = start_bridge_from(&toml).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply("acme", &reply("au-1", "944480690", "authorised"))
+        .await;
+    assert_eq!(crm.next_event().await.body["type"], "message.sent");
+    assert_eq!(app.wait_for_dms("acme", 1).await[0].text, "authorised");
+    // And it reads: a customer's DM is polled with the same grant.
+    let user = app.user_id("acme");
+    let jane = x_simulator::Customer::generate("jane");
+    app.simulator
+        .customer_dm(&user, &jane, "hello from a customer", None);
+    let received = loop {
+        let event = crm.next_event().await;
+        if event.body["type"] == "message.received" {
+            break event;
+        }
+    };
+    assert_eq!(received.body["text"], "hello from a customer");
+    bridge.stop().await;
+    app.cleanup().await;
+}
