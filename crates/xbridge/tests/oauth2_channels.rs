@@ -158,7 +158,7 @@ async fn an_operator_authorises_a_channel_once_and_it_sends_and_reads_dms() {
         .collect::<Vec<_>>()
         .join("\n");
     let settings = xbridge_core::config::Settings::from_toml(&toml).unwrap();
-    let redirect = "http://127.0.0.1/xbridge/oauth2/callback";
+    let redirect = "http://localhost:8080/callback";
     let (url, pending) = xbridge::oauth2_cmd::begin(&settings, "acme", redirect).unwrap();
     assert!(url.contains("code_challenge_method=S256"), "{url}");
     // The browser step: the simulator approves at once and redirects.
