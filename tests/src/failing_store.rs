@@ -24,6 +24,9 @@ pub enum Refuse {
     SentRecords,
     /// Every call (a store closed while it opens its file again).
     Everything,
+    /// Only the writes of OAuth 2.0 grants (`store_oauth2_grant`): X rotated the
+    /// grant, then the store would not take the new one.
+    Grants,
 }
 
 /// The double. Its health is its own: unwritable from the first refused
@@ -330,6 +333,10 @@ impl StateStore for FailingStore {
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<xbridge_store::GrantWrite, StoreError> {
         self.write(false)?;
+        if matches!(self.mode(), Refuse::Grants) {
+            // Not told to the health: the replies' own writes still succeed.
+            return Err(self.refused(false));
+        }
         self.inner
             .store_oauth2_grant(channel, base, sealed, expires_at)
             .await

@@ -159,6 +159,17 @@ struct Held {
     generation: u64,
     access: Option<SecretString>,
     expires_at: Option<DateTime<Utc>>,
+    /// A rotated grant the store did not take: X already spent the refresh token it
+    /// replaced, so this is the only copy. Written before every later use until the
+    /// store takes it.
+    unsaved: Option<Unsaved>,
+}
+
+/// A grant to store over generation `base`.
+struct Unsaved {
+    base: u64,
+    sealed: xbridge_store::SealedGrant,
+    expires_at: Option<DateTime<Utc>>,
 }
 
 /// What the store holds for the channel, opened.
@@ -235,13 +246,67 @@ impl StoreTokenSource {
             generation,
             access: Some(access),
             expires_at,
+            unsaved: None,
         };
+    }
+
+    /// Stores the rotated grant the store did not take before, if any; `true` when none
+    /// is left unstored.
+    async fn save_unsaved(&self) -> bool {
+        let pending = self
+            .held()
+            .unsaved
+            .as_ref()
+            .map(|u| (u.base, u.sealed.clone(), u.expires_at));
+        let Some((base, sealed, expires_at)) = pending else {
+            return true;
+        };
+        let written = self
+            .store
+            .store_oauth2_grant(
+                &self.channel,
+                GrantBase::Generation(base),
+                &sealed,
+                expires_at,
+            )
+            .await;
+        match written {
+            Ok(written) => {
+                {
+                    let mut held = self.held();
+                    held.unsaved = None;
+                    match written {
+                        GrantWrite::Stored(generation) => held.generation = generation,
+                        // Another replica stored a newer grant: use that one.
+                        GrantWrite::Stale(_) => held.access = None,
+                    }
+                }
+                tracing::info!(channel = %self.channel, "the rotated OAuth 2.0 grant is stored now");
+                let _ = self
+                    .store
+                    .release_oauth2_refresh(&self.channel, &self.holder)
+                    .await;
+                true
+            }
+            Err(error) => {
+                tracing::error!(channel = %self.channel, %error, "the rotated OAuth 2.0 grant is still not stored; trying again before the next use");
+                false
+            }
+        }
     }
 
     async fn refresh(&self) -> Result<SecretString, TokenError> {
         let _one_here = self.refreshing.lock().await;
         if let Some(token) = self.current() {
             return Ok(token);
+        }
+        if !self.save_unsaved().await {
+            // The stored refresh token is spent and the new one is not stored: refreshing
+            // now would lose it for good.
+            return Err(transient(
+                "the rotated OAuth 2.0 grant is not stored yet (the state store refuses writes)"
+                    .to_owned(),
+            ));
         }
         let mut wait = Duration::from_millis(50);
         loop {
@@ -279,6 +344,12 @@ impl StoreTokenSource {
                 continue;
             }
             let outcome = self.refresh_leased(generation, &refresh).await;
+            if self.held().unsaved.is_some() {
+                // Keep the lease: no other replica may refresh the spent token meanwhile.
+                return outcome.and_then(|token| {
+                    token.ok_or_else(|| transient("the refresh gave no token".to_owned()))
+                });
+            }
             if let Err(e) = self
                 .store
                 .release_oauth2_refresh(&self.channel, &self.holder)
@@ -323,11 +394,28 @@ impl StoreTokenSource {
                         &sealed,
                         expires_at,
                     )
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(channel = %self.channel, error = %e, "could not store the rotated OAuth 2.0 grant");
-                        transient(format!("the rotated grant could not be stored: {e}"))
-                    })?;
+                    .await;
+                let written = match written {
+                    Ok(written) => written,
+                    Err(e) => {
+                        // X spent the old refresh token: keep the new grant in memory and
+                        // store it before every later use. Using its access token
+                        // meanwhile makes losing the grant no likelier.
+                        tracing::error!(channel = %self.channel, error = %e, "could not store the rotated OAuth 2.0 grant; keeping it and trying again before the next use");
+                        let mut held = self.held();
+                        *held = Held {
+                            generation,
+                            access: Some(grant.access_token.clone()),
+                            expires_at,
+                            unsaved: Some(Unsaved {
+                                base: generation,
+                                sealed,
+                                expires_at,
+                            }),
+                        };
+                        return Ok(Some(grant.access_token));
+                    }
+                };
                 match written {
                     GrantWrite::Stored(generation) => {
                         tracing::info!(channel = %self.channel, generation, "OAuth 2.0 grant refreshed and stored");
@@ -358,6 +446,7 @@ impl StoreTokenSource {
 impl AccessTokenSource for StoreTokenSource {
     fn access_token(&self) -> TokenFuture<'_> {
         Box::pin(async move {
+            self.save_unsaved().await;
             match self.current() {
                 Some(token) => Ok(token),
                 None => self.refresh().await,
