@@ -24,6 +24,9 @@ pub enum Refuse {
     SentRecords,
     /// Every call (a store closed while it opens its file again).
     Everything,
+    /// Only the writes of OAuth 2.0 grants (`store_oauth2_grant`): X rotated the
+    /// grant, then the store would not take the new one.
+    Grants,
 }
 
 /// The double. Its health is its own: unwritable from the first refused
@@ -312,5 +315,54 @@ impl StateStore for FailingStore {
                 result
             }
         }
+    }
+
+    async fn oauth2_grant(
+        &self,
+        channel: &str,
+    ) -> Result<Option<xbridge_store::OAuth2GrantRow>, StoreError> {
+        self.read()?;
+        self.inner.oauth2_grant(channel).await
+    }
+
+    async fn store_oauth2_grant(
+        &self,
+        channel: &str,
+        base: xbridge_store::GrantBase,
+        sealed: &xbridge_store::SealedGrant,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<xbridge_store::GrantWrite, StoreError> {
+        self.write(false)?;
+        if matches!(self.mode(), Refuse::Grants) {
+            // Not told to the health: the replies' own writes still succeed.
+            return Err(self.refused(false));
+        }
+        self.inner
+            .store_oauth2_grant(channel, base, sealed, expires_at)
+            .await
+    }
+
+    async fn lease_oauth2_refresh(
+        &self,
+        channel: &str,
+        replica: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.write(false)?;
+        self.inner.lease_oauth2_refresh(channel, replica, ttl).await
+    }
+
+    async fn release_oauth2_refresh(&self, channel: &str, replica: &str) -> Result<(), StoreError> {
+        self.write(false)?;
+        self.inner.release_oauth2_refresh(channel, replica).await
+    }
+
+    async fn mark_oauth2_refused(
+        &self,
+        channel: &str,
+        generation: u64,
+    ) -> Result<bool, StoreError> {
+        self.write(false)?;
+        self.inner.mark_oauth2_refused(channel, generation).await
     }
 }

@@ -11,16 +11,17 @@ use lapin::message::Delivery;
 use secrecy::ExposeSecret as _;
 use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
-use xbridge_core::config::{ChannelSettings, ControlSettings};
+use xbridge_core::config::{ChannelSettings, ControlSettings, XSettings};
 use xbridge_core::contract::control::{
     ChannelCommand, CommandAnswer, CommandRefused, ControlCommand, RefusalReason,
 };
 use xbridge_core::contract::{ChannelState, ChannelStateEvent, ChannelStatus};
 use xbridge_core::live_channels::{same_settings, LiveChannel, Origin};
+use xbridge_core::oauth2_tokens::channel_auth;
 use xbridge_store::{ChannelEntry, ChannelRecord};
-use xbridge_x_api::XClientConfig;
+use xbridge_x_api::{XClient, XClientConfig, XHttp};
 
-use crate::diagnosis::{check_account, AccountCheck};
+use crate::diagnosis::{check_account, check_account_with, diagnose, AccountCheck};
 use crate::record;
 use crate::registry::{Registry, WriteError};
 
@@ -41,6 +42,8 @@ pub struct Applier {
     pub control: ControlSettings,
     /// How to reach X for the credential check.
     pub x: XClientConfig,
+    /// `[x]`, for an OAuth 2.0 channel's token endpoint.
+    pub x_settings: XSettings,
     /// Every channel's state: a check's verdict is recorded there, and answers
     /// take the state's `since` when the verdict is what it already said.
     pub states: Arc<ChannelStates>,
@@ -51,6 +54,35 @@ pub struct Applier {
     pub max_channels: usize,
     /// The last X check of each channel, when, and of which settings.
     pub checks: Mutex<HashMap<String, LastCheck>>,
+}
+
+impl Applier {
+    /// An OAuth 2.0 channel's check, with a Bearer token from its grant in the store (or
+    /// its configured refresh token): the same diagnosis, so a grant X refused answers
+    /// `unauthorized` with the fix.
+    async fn check_oauth2(&self, settings: &ChannelSettings) -> AccountCheck {
+        let client = XHttp::new().and_then(|http| {
+            let auth = channel_auth(
+                &self.x_settings,
+                settings,
+                self.registry.store(),
+                Some(self.registry.key()),
+                &http,
+            )
+            .map_err(|detail| xbridge_x_api::XError::Transient {
+                status: None,
+                detail,
+            })?;
+            XClient::with_auth(self.x.clone(), auth, http)
+        });
+        match client {
+            Ok(client) => check_account_with(&client, settings).await,
+            Err(error) => AccountCheck {
+                problems: vec![diagnose(&error)],
+                ..AccountCheck::default()
+            },
+        }
+    }
 }
 
 /// One channel's last X check.
@@ -347,7 +379,11 @@ impl Applier {
                 return last.check.clone();
             }
         }
-        let check = check_account(self.x.clone(), settings).await;
+        let check = if settings.oauth2.is_some() {
+            self.check_oauth2(settings).await
+        } else {
+            check_account(self.x.clone(), settings).await
+        };
         let last = LastCheck {
             at: Instant::now(),
             settings: settings.clone(),

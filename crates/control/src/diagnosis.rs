@@ -56,15 +56,20 @@ impl AccountCheck {
 /// Checks `channel`'s user credentials: the account first (if X refuses the
 /// credentials nothing else can be asked), then Direct Messages.
 pub async fn check_account(config: XClientConfig, channel: &ChannelSettings) -> AccountCheck {
+    match XClient::new(config, UserCredentials::from(channel)) {
+        Ok(client) => check_account_with(&client, channel).await,
+        Err(error) => AccountCheck {
+            problems: vec![diagnose(&error)],
+            ..AccountCheck::default()
+        },
+    }
+}
+
+/// [`check_account`] with a client the caller built (an OAuth 2.0 channel's, whose
+/// Bearer token comes from the grant in the state store).
+pub async fn check_account_with(client: &XClient, channel: &ChannelSettings) -> AccountCheck {
     let mut check = AccountCheck::default();
-    let client = match XClient::new(config, UserCredentials::from(channel)) {
-        Ok(client) => client,
-        Err(error) => {
-            check.problems.push(diagnose(&error));
-            return check;
-        }
-    };
-    if let Err(error) = who_am_i(&client, channel, &mut check).await {
+    if let Err(error) = who_am_i(client, channel, &mut check).await {
         check.problems.push(diagnose(&error));
         return check;
     }

@@ -125,6 +125,7 @@ impl Control {
             registry: Registry::new(store, key, live),
             control: settings.amqp.control.clone(),
             x: XClientConfig::from(&settings.x),
+            x_settings: settings.x.clone(),
             states,
             identities,
             max_channels: settings.amqp.max_channels,

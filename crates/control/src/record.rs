@@ -8,7 +8,7 @@ use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
-use xbridge_core::config::{ChannelSettings, InboundMode, WebhookApi, XaaEvent};
+use xbridge_core::config::{ChannelSettings, InboundMode, OAuth2Channel, WebhookApi, XaaEvent};
 use xbridge_core::live_channels::{LiveChannel, Origin};
 use xbridge_store::{ChannelOrigin, ChannelRecord, CredentialsKey, SealError, SealedCredentials};
 
@@ -100,7 +100,10 @@ fn stored_events(names: Option<Vec<String>>) -> Result<Option<Vec<XaaEvent>>, ()
         .transpose()
 }
 
-/// The five credentials, sealed together as one JSON object.
+/// The five credentials, sealed together as one JSON object; an OAuth 2.0 channel's
+/// client and initial refresh token with them (absent from records written before
+/// OAuth 2.0 channels, which therefore read as OAuth 1.0a channels; its access token
+/// pair is then empty).
 #[derive(Serialize, Deserialize)]
 struct StoredCredentials {
     consumer_key: String,
@@ -108,6 +111,12 @@ struct StoredCredentials {
     access_token: String,
     access_token_secret: String,
     bearer_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oauth2_client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oauth2_client_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oauth2_refresh_token: Option<String>,
 }
 
 /// Why a stored record cannot be served. Never quotes a credential.
@@ -153,6 +162,17 @@ pub fn to_record(
         access_token: settings.access_token.expose_secret().to_owned(),
         access_token_secret: settings.access_token_secret.expose_secret().to_owned(),
         bearer_token: settings.bearer_token.expose_secret().to_owned(),
+        oauth2_client_id: settings.oauth2.as_ref().map(|o| o.client_id.clone()),
+        oauth2_client_secret: settings
+            .oauth2
+            .as_ref()
+            .and_then(|o| o.client_secret.as_ref())
+            .map(|s| s.expose_secret().to_owned()),
+        oauth2_refresh_token: settings
+            .oauth2
+            .as_ref()
+            .and_then(|o| o.refresh_token.as_ref())
+            .map(|s| s.expose_secret().to_owned()),
     };
     let clear = SecretString::from(serde_json::to_string(&credentials).expect("strings serialize"));
     Ok(ChannelRecord {
@@ -196,6 +216,11 @@ pub fn to_live(key: &CredentialsKey, record: &ChannelRecord) -> Result<LiveChann
     let clear = key.open(&record.name, &record.credentials)?;
     let credentials: StoredCredentials =
         serde_json::from_str(clear.expose_secret()).map_err(|_| decode("credentials"))?;
+    let oauth2 = credentials.oauth2_client_id.map(|client_id| OAuth2Channel {
+        client_id,
+        client_secret: credentials.oauth2_client_secret.map(SecretString::from),
+        refresh_token: credentials.oauth2_refresh_token.map(SecretString::from),
+    });
     let settings = ChannelSettings {
         name: record.name.clone(),
         consumer_key: credentials.consumer_key.into(),
@@ -209,6 +234,7 @@ pub fn to_live(key: &CredentialsKey, record: &ChannelRecord) -> Result<LiveChann
         user_id: stored.user_id,
         webhook_api: stored.webhook_api.into(),
         xaa_events,
+        oauth2,
     };
     Ok(LiveChannel {
         settings: Arc::new(settings),
@@ -236,6 +262,7 @@ mod tests {
             user_id: Some("42".into()),
             webhook_api: WebhookApi::Xaa,
             xaa_events: Some(vec![XaaEvent::Read]),
+            oauth2: None,
         }
     }
 
@@ -277,5 +304,34 @@ mod tests {
         let live = to_live(&key, &record).unwrap();
         assert_eq!(live.settings.webhook_api, WebhookApi::Aaa);
         assert_eq!(live.settings.xaa_events, None);
+    }
+
+    #[test]
+    fn an_oauth2_channel_keeps_its_client_sealed_and_opens_to_it() {
+        let key = CredentialsKey::derive(&SecretString::from("ab".repeat(32))).unwrap();
+        let mut oauth2 = settings();
+        oauth2.access_token = "".into();
+        oauth2.access_token_secret = "".into();
+        oauth2.oauth2 = Some(OAuth2Channel {
+            client_id: "client-id-6".into(),
+            client_secret: Some("o2cs-secret-7".into()),
+            refresh_token: Some("o2rt-secret-8".into()),
+        });
+        let record = to_record(&key, &oauth2, false, 2, None).unwrap();
+        for secret in ["client-id-6", "o2cs-secret-7", "o2rt-secret-8"] {
+            assert!(!record.settings.contains(secret));
+            let blob = record.credentials.as_bytes();
+            assert!(!blob.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        }
+        let live = to_live(&key, &record).unwrap();
+        let opened = live.settings.oauth2.as_ref().expect("still OAuth 2.0");
+        assert_eq!(opened.client_id, "client-id-6");
+        assert_eq!(
+            opened.refresh_token.as_ref().map(|s| s.expose_secret()),
+            Some("o2rt-secret-8")
+        );
+        // A record written before OAuth 2.0 channels opens as an OAuth 1.0a channel.
+        let old = to_record(&key, &settings(), false, 1, None).unwrap();
+        assert!(to_live(&key, &old).unwrap().settings.oauth2.is_none());
     }
 }

@@ -35,6 +35,17 @@ pub enum WriteError {
 }
 
 impl Registry {
+    /// The store, for what keeps a channel's state beside its record (an OAuth 2.0
+    /// channel's grant).
+    pub fn store(&self) -> Arc<dyn StateStore> {
+        self.store.clone()
+    }
+
+    /// The key records (and OAuth 2.0 grants) are sealed with.
+    pub fn key(&self) -> Arc<CredentialsKey> {
+        self.key.clone()
+    }
+
     /// A registry over `store`, sealing with `key`, serving through `live`.
     pub fn new(
         store: Arc<dyn StateStore>,
@@ -265,6 +276,7 @@ mod tests {
             user_id: None,
             webhook_api: xbridge_core::config::WebhookApi::Aaa,
             xaa_events: None,
+            oauth2: None,
         }
     }
 

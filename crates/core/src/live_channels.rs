@@ -305,6 +305,19 @@ pub fn same_settings(a: &ChannelSettings, b: &ChannelSettings) -> bool {
         && a.webhook_api == b.webhook_api
         && a.xaa_events == b.xaa_events
         && secrets(a) == secrets(b)
+        && oauth2(a) == oauth2(b)
+}
+
+/// A channel's OAuth 2.0 client and initial refresh token, comparable.
+fn oauth2(c: &ChannelSettings) -> Option<(String, Option<String>, Option<String>)> {
+    let text = |s: &Option<secrecy::SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+    c.oauth2.as_ref().map(|o| {
+        (
+            o.client_id.clone(),
+            text(&o.client_secret),
+            text(&o.refresh_token),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -328,6 +341,7 @@ mod tests {
             user_id: None,
             webhook_api: crate::config::WebhookApi::Aaa,
             xaa_events: None,
+            oauth2: None,
         }
     }
 

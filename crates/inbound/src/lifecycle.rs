@@ -344,7 +344,12 @@ impl Channels {
             return self.add(channel, now);
         };
         let (old, new) = (running.parts.settings.clone(), channel.settings.clone());
-        running.parts.client.set_credentials(new.as_ref().into());
+        match self.kit.auth(&new) {
+            Ok(auth) => running.parts.client.set_auth(auth),
+            Err(error) => {
+                tracing::error!(channel = name, %error, "the channel's new credentials cannot be used; it keeps the old ones")
+            }
+        }
         running.parts.settings = new.clone();
         self.kit.know(&new);
         self.route(&running.parts);

@@ -16,8 +16,9 @@ use xbridge_core::channel_identity::{ChannelAccount, ChannelIdentities};
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ChannelSettings, InboundMode, Settings};
 use xbridge_core::live_channels::LiveChannel;
+use xbridge_core::oauth2_tokens::channel_auth;
 use xbridge_store::StateStore;
-use xbridge_x_api::{WebhookClient, XClient, XHttp};
+use xbridge_x_api::{WebhookClient, XAuth, XClient, XHttp};
 
 use crate::broker::BrokerSink;
 use crate::delivery::in_flight::InFlightDeliveries;
@@ -110,17 +111,36 @@ impl Kit {
         self.app_webhooks.remove(key);
     }
 
+    /// How `channel`'s client authenticates: OAuth 1.0a signs with the channel's pair;
+    /// OAuth 2.0 takes its Bearer token from the grant in the state store, shared with
+    /// the outbound side and the other replicas.
+    pub(crate) fn auth(&self, channel: &ChannelSettings) -> Result<XAuth, InboundError> {
+        let key = channel
+            .oauth2
+            .as_ref()
+            .and_then(|_| self.settings.state.credentials_key().ok())
+            .map(Arc::new);
+        channel_auth(
+            &self.settings.x,
+            channel,
+            self.shared.store.clone(),
+            key,
+            &self.http,
+        )
+        .map_err(|detail| InboundError::Client {
+            channel: channel.name.clone(),
+            detail,
+        })
+    }
+
     /// `channel`'s client (from the shared HTTP stack) and profiles.
     pub(crate) fn parts(
         &self,
         channel: Arc<ChannelSettings>,
     ) -> Result<ChannelParts, InboundError> {
-        let client = XClient::with_http(
-            (&self.settings.x).into(),
-            channel.as_ref().into(),
-            self.http.clone(),
-        )
-        .map_err(|e| client_error(&channel, e))?;
+        let auth = self.auth(&channel)?;
+        let client = XClient::with_auth((&self.settings.x).into(), auth, self.http.clone())
+            .map_err(|e| client_error(&channel, e))?;
         let ttl = self.settings.inbound.profile_cache_ttl;
         let profiles = Arc::new(Profiles::new(client.clone(), ttl));
         Ok(ChannelParts {

@@ -11,8 +11,9 @@ use xbridge_core::channel_identity::ChannelIdentities;
 use xbridge_core::channel_state::ChannelStates;
 use xbridge_core::config::{ChannelSettings, Settings};
 use xbridge_core::live_channels::LiveChannel;
+use xbridge_core::oauth2_tokens::channel_auth;
 use xbridge_store::StateStore;
-use xbridge_x_api::{XClient, XHttp};
+use xbridge_x_api::{XAuth, XClient, XHttp};
 
 use crate::context::ChannelContext;
 use crate::credits::CreditsGate;
@@ -32,14 +33,33 @@ pub(crate) struct ContextBuilder {
 }
 
 impl ContextBuilder {
+    /// How `channel`'s client authenticates: OAuth 1.0a signs with the channel's pair;
+    /// OAuth 2.0 takes its Bearer token from the grant in the state store.
+    fn auth(&self, channel: &ChannelSettings) -> Result<XAuth, OutboundError> {
+        let settings = &self.settings;
+        let key = channel
+            .oauth2
+            .as_ref()
+            .and_then(|_| settings.state.credentials_key().ok())
+            .map(Arc::new);
+        channel_auth(&settings.x, channel, self.store.clone(), key, &self.http).map_err(|detail| {
+            OutboundError::Client {
+                channel: channel.name.clone(),
+                detail,
+            }
+        })
+    }
+
     /// `channel`'s context, with its X client on the shared HTTP stack.
     fn build(&self, channel: &ChannelSettings) -> Result<Arc<ChannelContext>, OutboundError> {
         let settings = &self.settings;
-        let client = XClient::with_http((&settings.x).into(), channel.into(), self.http.clone())
-            .map_err(|e| OutboundError::Client {
-                channel: channel.name.clone(),
-                detail: e.to_string(),
-            })?;
+        let failed = |detail: String| OutboundError::Client {
+            channel: channel.name.clone(),
+            detail,
+        };
+        let auth = self.auth(channel)?;
+        let client = XClient::with_auth((&settings.x).into(), auth, self.http.clone())
+            .map_err(|e| failed(e.to_string()))?;
         let outbound = &settings.outbound;
         Ok(Arc::new(ChannelContext {
             name: channel.name.clone(),
@@ -108,10 +128,8 @@ impl ChannelContexts {
             if Arc::ptr_eq(&served.settings, &channel.settings) {
                 return Ok((served.ctx.clone(), Upserted::Same));
             }
-            served
-                .ctx
-                .client
-                .set_credentials((&*channel.settings).into());
+            let auth = self.builder.auth(&channel.settings)?;
+            served.ctx.client.set_auth(auth);
             served.settings = channel.settings.clone();
             return Ok((served.ctx.clone(), Upserted::CredentialsChanged));
         }

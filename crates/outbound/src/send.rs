@@ -160,6 +160,8 @@ impl<'a> Sending<'a> {
         error: &XError,
         history: &mut FailureHeaders,
     ) -> Fate {
+        let refreshed = oauth2_token_refused(ctx, error);
+        let error = refreshed.as_ref().unwrap_or(error);
         let now = Utc::now();
         history.first_failure_at.get_or_insert(now);
         history.last_failure_at = Some(now);
@@ -312,4 +314,22 @@ async fn pause(duration: Duration, stop: &CancellationToken) -> Result<(), Unset
         _ = stop.cancelled() => Err(Unsettled::Interrupted),
         _ = tokio::time::sleep(duration) => Ok(()),
     }
+}
+
+/// An OAuth 2.0 channel's 401 that is not a refused grant: X refused the access token
+/// (it expired early or was revoked) and the token source refreshes it before the next
+/// attempt, so the send is retried as a passing failure (X created no DM). A grant X
+/// refused at the token endpoint stays `Unauthorized`: only an operator can fix it.
+fn oauth2_token_refused(ctx: &ChannelContext, error: &XError) -> Option<XError> {
+    let XError::Unauthorized { problem } = error else {
+        return None;
+    };
+    let grant_refused = problem
+        .as_ref()
+        .is_some_and(|p| p.title == "OAuth2GrantRefused");
+    (ctx.client.uses_oauth2() && !grant_refused).then(|| XError::Transient {
+        status: Some(401),
+        detail: "X refused the OAuth 2.0 access token; it is refreshed before the next attempt"
+            .to_owned(),
+    })
 }

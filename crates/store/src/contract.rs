@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::oauth2_grant::{GrantBase, GrantWrite, SealedGrant};
 use crate::registry::{
     Applied, ChannelEntry, ChannelOrigin, ChannelRecord, ChannelTombstone, MAX_REVISION,
 };
@@ -87,6 +88,268 @@ pub async fn run_all(store: &dyn StateStore) {
     poll_cursors_move_per_channel(store).await;
     run_registry(store).await;
     pruning_removes_exactly_the_older_records_while_writes_go_on(store).await;
+    run_oauth2(store).await;
+}
+
+/// The OAuth 2.0 grant's checks alone (docs/design-oauth2.md).
+pub async fn run_oauth2(store: &dyn StateStore) {
+    a_stored_grant_reads_back_opens_and_shows_no_token(store).await;
+    a_grant_write_from_an_old_generation_is_refused_and_writes_nothing(store).await;
+    one_replica_at_a_time_holds_the_refresh_lease(store).await;
+    only_the_grant_a_refresh_used_is_marked_refused(store).await;
+}
+
+/// Tokens no store may show in the clear: the contract's grants carry them.
+pub const SAMPLE_GRANT_TOKENS: [&str; 2] = ["o2at-ACCESS-7d1c0ffee", "o2rt-REFRESH-9a8b7c6d"];
+
+/// A grant as the bridge seals it, for `channel`, with `n` in its tokens.
+pub fn sample_grant(channel: &str, n: u32) -> SealedGrant {
+    let json = format!(
+        r#"{{"access_token":"{}-{n}","refresh_token":"{}-{n}","scopes":["dm.read"]}}"#,
+        SAMPLE_GRANT_TOKENS[0], SAMPLE_GRANT_TOKENS[1]
+    );
+    sample_key()
+        .seal_grant(channel, &SecretString::from(json))
+        .expect("sealed")
+}
+
+async fn a_stored_grant_reads_back_opens_and_shows_no_token(store: &dyn StateStore) {
+    assert_eq!(store.oauth2_grant("o2-a").await.unwrap(), None);
+    let expires = DateTime::parse_from_rfc3339("2026-12-05T04:00:00Z")
+        .expect("static time")
+        .with_timezone(&Utc);
+    let grant = sample_grant("o2-a", 1);
+    let written = store
+        .store_oauth2_grant("o2-a", GrantBase::Generation(0), &grant, Some(expires))
+        .await
+        .unwrap();
+    assert_eq!(written, GrantWrite::Stored(1));
+    let row = store.oauth2_grant("o2-a").await.unwrap().expect("stored");
+    assert_eq!(
+        (row.generation, row.expires_at, row.refused),
+        (1, Some(expires), false)
+    );
+    for token in SAMPLE_GRANT_TOKENS {
+        let blob = row.sealed.as_bytes();
+        assert!(!blob.windows(token.len()).any(|w| w == token.as_bytes()));
+    }
+    let opened = sample_key().open_grant("o2-a", &row.sealed).unwrap();
+    assert!(opened.expose_secret().contains("o2rt-REFRESH-9a8b7c6d-1"));
+    // Bound to its channel and its use: not another channel's grant, not credentials.
+    assert!(sample_key().open_grant("o2-b", &row.sealed).is_err());
+    let as_credentials = crate::SealedCredentials::from_stored(row.sealed.as_bytes().to_vec());
+    assert!(sample_key().open("o2-a", &as_credentials).is_err());
+    // A channel's grant is its own.
+    assert_eq!(store.oauth2_grant("o2-b").await.unwrap(), None);
+}
+
+async fn a_grant_write_from_an_old_generation_is_refused_and_writes_nothing(
+    store: &dyn StateStore,
+) {
+    let first = sample_grant("o2-cas", 1);
+    assert_eq!(
+        store
+            .store_oauth2_grant("o2-cas", GrantBase::Generation(0), &first, None)
+            .await
+            .unwrap(),
+        GrantWrite::Stored(1)
+    );
+    let second = sample_grant("o2-cas", 2);
+    assert_eq!(
+        store
+            .store_oauth2_grant("o2-cas", GrantBase::Generation(1), &second, None)
+            .await
+            .unwrap(),
+        GrantWrite::Stored(2)
+    );
+    // A replica that read generation 1 (or none) and refreshed late loses.
+    for late in [GrantBase::Generation(1), GrantBase::Generation(0)] {
+        assert_eq!(
+            store
+                .store_oauth2_grant("o2-cas", late, &sample_grant("o2-cas", 9), None)
+                .await
+                .unwrap(),
+            GrantWrite::Stale(2)
+        );
+    }
+    let row = store.oauth2_grant("o2-cas").await.unwrap().unwrap();
+    assert_eq!(row.generation, 2);
+    assert_eq!(row.sealed, second, "the stale writes changed nothing");
+    // A new authorisation replaces whatever is there.
+    assert_eq!(
+        store
+            .store_oauth2_grant("o2-cas", GrantBase::Any, &sample_grant("o2-cas", 3), None)
+            .await
+            .unwrap(),
+        GrantWrite::Stored(3)
+    );
+    // Racing writers from the same generation: exactly one is stored.
+    let (a, b) = (sample_grant("o2-cas", 4), sample_grant("o2-cas", 5));
+    let (wa, wb) = futures_join(
+        store.store_oauth2_grant("o2-cas", GrantBase::Generation(3), &a, None),
+        store.store_oauth2_grant("o2-cas", GrantBase::Generation(3), &b, None),
+    )
+    .await;
+    let outcomes = [wa.unwrap(), wb.unwrap()];
+    assert!(
+        outcomes.contains(&GrantWrite::Stored(4)) && outcomes.contains(&GrantWrite::Stale(4)),
+        "{outcomes:?}"
+    );
+    let row = store.oauth2_grant("o2-cas").await.unwrap().unwrap();
+    let winner = if outcomes[0] == GrantWrite::Stored(4) {
+        a
+    } else {
+        b
+    };
+    assert_eq!(row.sealed, winner);
+}
+
+/// Both futures, run together.
+async fn futures_join<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
+    tokio::join!(a, b)
+}
+
+async fn one_replica_at_a_time_holds_the_refresh_lease(store: &dyn StateStore) {
+    let ttl = std::time::Duration::from_secs(60);
+    // Before any grant is stored, too.
+    let (a, b) = futures_join(
+        store.lease_oauth2_refresh("o2-lease", "replica-a", ttl),
+        store.lease_oauth2_refresh("o2-lease", "replica-b", ttl),
+    )
+    .await;
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a != b, "exactly one holder: a {a}, b {b}");
+    let (holder, other) = if a {
+        ("replica-a", "replica-b")
+    } else {
+        ("replica-b", "replica-a")
+    };
+    assert!(
+        store
+            .lease_oauth2_refresh("o2-lease", holder, ttl)
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    assert!(!store
+        .lease_oauth2_refresh("o2-lease", other, ttl)
+        .await
+        .unwrap());
+    // Releasing someone else's lease does nothing.
+    store
+        .release_oauth2_refresh("o2-lease", other)
+        .await
+        .unwrap();
+    assert!(!store
+        .lease_oauth2_refresh("o2-lease", other, ttl)
+        .await
+        .unwrap());
+    store
+        .release_oauth2_refresh("o2-lease", holder)
+        .await
+        .unwrap();
+    assert!(store
+        .lease_oauth2_refresh("o2-lease", other, ttl)
+        .await
+        .unwrap());
+    // A lease that expired is taken over.
+    let short = std::time::Duration::from_millis(1);
+    assert!(store
+        .lease_oauth2_refresh("o2-lease-x", "replica-a", short)
+        .await
+        .unwrap());
+    let mut taken = false;
+    // Waits for the store's clock to pass the 1 ms lease, not for another task.
+    for _ in 0..1000 {
+        if store
+            .lease_oauth2_refresh("o2-lease-x", "replica-b", ttl)
+            .await
+            .unwrap()
+        {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(short).await;
+    }
+    assert!(taken, "an expired lease is taken over");
+    assert!(!store
+        .lease_oauth2_refresh("o2-lease-x", "replica-a", ttl)
+        .await
+        .unwrap());
+    // A lease row is not a grant, and a lease does not move the generation.
+    assert_eq!(store.oauth2_grant("o2-lease").await.unwrap(), None);
+    assert_eq!(
+        store
+            .store_oauth2_grant(
+                "o2-lease",
+                GrantBase::Generation(0),
+                &sample_grant("o2-lease", 1),
+                None
+            )
+            .await
+            .unwrap(),
+        GrantWrite::Stored(1)
+    );
+    assert!(
+        !store
+            .lease_oauth2_refresh("o2-lease", holder, ttl)
+            .await
+            .unwrap(),
+        "the lease stays"
+    );
+}
+
+async fn only_the_grant_a_refresh_used_is_marked_refused(store: &dyn StateStore) {
+    assert!(
+        !store.mark_oauth2_refused("o2-refused", 0).await.unwrap(),
+        "no grant"
+    );
+    store
+        .store_oauth2_grant(
+            "o2-refused",
+            GrantBase::Any,
+            &sample_grant("o2-refused", 1),
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .store_oauth2_grant(
+            "o2-refused",
+            GrantBase::Generation(1),
+            &sample_grant("o2-refused", 2),
+            None,
+        )
+        .await
+        .unwrap();
+    // The loser of a refresh race used generation 1's token: the newer grant stays good.
+    assert!(!store.mark_oauth2_refused("o2-refused", 1).await.unwrap());
+    assert!(
+        !store
+            .oauth2_grant("o2-refused")
+            .await
+            .unwrap()
+            .unwrap()
+            .refused
+    );
+    assert!(store.mark_oauth2_refused("o2-refused", 2).await.unwrap());
+    let row = store.oauth2_grant("o2-refused").await.unwrap().unwrap();
+    assert!(row.refused);
+    // Authorising again clears it.
+    store
+        .store_oauth2_grant(
+            "o2-refused",
+            GrantBase::Any,
+            &sample_grant("o2-refused", 3),
+            None,
+        )
+        .await
+        .unwrap();
+    let row = store.oauth2_grant("o2-refused").await.unwrap().unwrap();
+    assert_eq!((row.generation, row.refused), (3, false));
 }
 
 /// The channel registry's checks alone.

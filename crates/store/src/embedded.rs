@@ -41,6 +41,7 @@ use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
+use crate::oauth2_grant::{GrantBase, GrantWrite, OAuth2GrantRow, SealedGrant};
 use crate::registry::{
     revision_as_i64, Applied, ChannelEntry, ChannelList, ChannelOrigin, ChannelRecord,
     ChannelTombstone,
@@ -77,6 +78,9 @@ const REGISTRY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("regist
 const KEY_CHECK: &str = "credentials_key_check";
 /// The writer's probe after reopening the file: one key, the time of the probe
 /// (Unix milliseconds). Writing it proves the file takes writes again.
+/// Each channel's OAuth 2.0 grant, sealed, with its generation, refused mark and
+/// refresh lease ([`StoredGrant`], JSON), by channel.
+const OAUTH2_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("oauth2_grants");
 const PROBE: TableDefinition<&str, i64> = TableDefinition::new("store_probe");
 
 /// A [`StateStore`] in a single redb file. One process at a time may open it
@@ -493,6 +497,7 @@ fn with_tables(db: Database) -> Result<Database, Opening> {
         txn.open_table(CURSORS).map_err(err)?;
         txn.open_table(CHANNELS).map_err(err)?;
         txn.open_table(REGISTRY_META).map_err(err)?;
+        txn.open_table(OAUTH2_GRANTS).map_err(err)?;
         txn.commit().map_err(err)
     };
     ready().map_err(Opening::Write)?;
@@ -979,6 +984,147 @@ impl StateStore for EmbeddedStore {
             send_intents: self.prune_timed(SEND_INTENTS, older_than).await?,
             delivered_events: self.prune_timed(DELIVERED, older_than).await?,
         })
+    }
+
+    async fn oauth2_grant(&self, channel: &str) -> Result<Option<OAuth2GrantRow>, StoreError> {
+        let stored = self.read_now(|db| read_grant_row(db, channel))?;
+        Ok(stored.and_then(StoredGrant::into_row))
+    }
+
+    async fn store_oauth2_grant(
+        &self,
+        channel: &str,
+        base: GrantBase,
+        sealed: &SealedGrant,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<GrantWrite, StoreError> {
+        let blob = sealed.as_bytes().to_vec();
+        let expires = expires_at.map(|at| at.timestamp_millis());
+        self.update_grant(channel, move |row| {
+            if !base.admits(row.generation) {
+                return GrantWrite::Stale(row.generation);
+            }
+            row.generation += 1;
+            row.sealed = Some(blob.clone());
+            row.expires_at = expires;
+            row.refused = false;
+            GrantWrite::Stored(row.generation)
+        })
+        .await
+    }
+
+    async fn lease_oauth2_refresh(
+        &self,
+        channel: &str,
+        replica: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let replica = replica.to_owned();
+        let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.update_grant(channel, move |row| {
+            let now = Utc::now().timestamp_millis();
+            let free = row.refreshing_by.as_deref().is_none_or(|by| by == replica)
+                || row.refreshing_until.is_none_or(|until| until <= now);
+            if free {
+                row.refreshing_by = Some(replica.clone());
+                row.refreshing_until = Some(now.saturating_add(ttl));
+            }
+            free
+        })
+        .await
+    }
+
+    async fn release_oauth2_refresh(&self, channel: &str, replica: &str) -> Result<(), StoreError> {
+        let replica = replica.to_owned();
+        self.update_grant(channel, move |row| {
+            if row.refreshing_by.as_deref() == Some(replica.as_str()) {
+                row.refreshing_by = None;
+                row.refreshing_until = None;
+            }
+        })
+        .await
+    }
+
+    async fn mark_oauth2_refused(
+        &self,
+        channel: &str,
+        generation: u64,
+    ) -> Result<bool, StoreError> {
+        self.update_grant(channel, move |row| {
+            let same = row.generation == generation && row.sealed.is_some();
+            if same {
+                row.refused = true;
+            }
+            same
+        })
+        .await
+    }
+}
+
+/// A channel's row of [`OAUTH2_GRANTS`]. A row may hold a lease and no grant yet
+/// (a channel refreshing from its configured refresh token for the first time).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct StoredGrant {
+    generation: u64,
+    sealed: Option<Vec<u8>>,
+    expires_at: Option<i64>,
+    refused: bool,
+    refreshing_by: Option<String>,
+    refreshing_until: Option<i64>,
+}
+
+impl StoredGrant {
+    fn into_row(self) -> Option<OAuth2GrantRow> {
+        Some(OAuth2GrantRow {
+            generation: self.generation,
+            sealed: SealedGrant::from_stored(self.sealed?),
+            expires_at: self.expires_at.and_then(DateTime::from_timestamp_millis),
+            refused: self.refused,
+        })
+    }
+}
+
+fn read_grant_row(db: &Database, channel: &str) -> Result<Option<StoredGrant>, StoreError> {
+    let txn = db.begin_read().map_err(err)?;
+    let table = txn.open_table(OAUTH2_GRANTS).map_err(err)?;
+    let Some(value) = table.get(channel).map_err(err)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(value.value())
+        .map(Some)
+        .map_err(codec)
+}
+
+impl EmbeddedStore {
+    /// Reads `channel`'s grant row (an empty one if none), applies `change` and writes
+    /// the row back, in one write transaction, so the check and the write are atomic;
+    /// returns what `change` said. The writer may run a write twice (alone after a
+    /// shared commit failed): the answer of the run that committed is the one kept.
+    async fn update_grant<T: Send + 'static>(
+        &self,
+        channel: &str,
+        change: impl Fn(&mut StoredGrant) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let answer = Arc::new(std::sync::Mutex::new(None));
+        let seen = answer.clone();
+        let channel = channel.to_owned();
+        self.write(move |txn| {
+            let mut table = txn.open_table(OAUTH2_GRANTS).map_err(err)?;
+            let mut row: StoredGrant = match table.get(channel.as_str()).map_err(err)? {
+                Some(value) => serde_json::from_slice(value.value()).map_err(codec)?,
+                None => StoredGrant::default(),
+            };
+            let said = change(&mut row);
+            let bytes = serde_json::to_vec(&row).map_err(codec)?;
+            table
+                .insert(channel.as_str(), bytes.as_slice())
+                .map_err(err)?;
+            *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(said);
+            Ok(())
+        })
+        .await?;
+        let said = answer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        said.ok_or_else(|| StoreError::Failed("the grant write ran no change".into()))
     }
 }
 

@@ -24,6 +24,7 @@ mod embedded;
 mod health;
 mod key_check;
 pub mod membership;
+pub mod oauth2_grant;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod prune;
@@ -34,6 +35,7 @@ pub use embedded::EmbeddedStore;
 pub use health::StoreHealth;
 pub use key_check::{check_credentials_key, KeyCheckError};
 pub use membership::Heartbeat;
+pub use oauth2_grant::{GrantBase, GrantWrite, OAuth2GrantRow, SealedGrant};
 pub use postgres::PostgresStore;
 pub use postgres_tls::PostgresTls;
 pub use prune::{spawn_pruner, Pruned};
@@ -298,6 +300,43 @@ pub trait StateStore: Send + Sync + 'static {
         let _ = (channel, replica);
         Ok(())
     }
+
+    /// Channel `channel`'s OAuth 2.0 grant ([`oauth2_grant`]), if one was stored.
+    async fn oauth2_grant(&self, channel: &str) -> Result<Option<OAuth2GrantRow>, StoreError>;
+
+    /// Stores `sealed` as `channel`'s grant if the row is at the generation `base`
+    /// expects (0 when no grant was stored), durably, at the next generation; otherwise
+    /// writes nothing and says the row's generation ([`GrantWrite::Stale`]). A stored
+    /// grant is not refused ([`GrantBase::Any`] is how an operator's new authorisation
+    /// clears the mark); the refresh lease stays as it is.
+    async fn store_oauth2_grant(
+        &self,
+        channel: &str,
+        base: GrantBase,
+        sealed: &SealedGrant,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<GrantWrite, StoreError>;
+
+    /// Makes `replica` the one replica refreshing `channel`'s grant for `ttl` (by the
+    /// store's clock): `true` if it holds the lease now (taken, renewed, or taken over
+    /// from a holder whose lease expired), `false` while another holds it. Works before
+    /// any grant is stored (a channel starting from its configured refresh token).
+    async fn lease_oauth2_refresh(
+        &self,
+        channel: &str,
+        replica: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends `replica`'s refresh lease on `channel`, if it holds it.
+    async fn release_oauth2_refresh(&self, channel: &str, replica: &str) -> Result<(), StoreError>;
+
+    /// Marks `channel`'s grant refused by X, if the row is still at `generation` (the
+    /// grant the caller's refresh used): a loser of a refresh race, whose refresh token
+    /// the winner had already spent, must not mark the winner's new grant. `true` if
+    /// marked.
+    async fn mark_oauth2_refused(&self, channel: &str, generation: u64)
+        -> Result<bool, StoreError>;
 
     /// `replica` stops: it is no longer live and holds nothing, so the others
     /// take its channels at once instead of after its heartbeat expires.

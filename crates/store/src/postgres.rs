@@ -33,6 +33,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use crate::oauth2_grant::{GrantBase, GrantWrite, OAuth2GrantRow, SealedGrant};
 use crate::postgres_tls::PostgresTls;
 use crate::registry::{
     revision_as_i64, Applied, ChannelEntry, ChannelList, ChannelOrigin, ChannelRecord,
@@ -195,6 +196,24 @@ const MIGRATIONS: &[(i32, &str)] = &[
         since   timestamptz NOT NULL DEFAULT now()
     );
     CREATE INDEX channel_holders_replica ON channel_holders (replica);
+    ",
+    ),
+    (
+        6,
+        // OAuth 2.0 channels (`StateStore::store_oauth2_grant`, docs/design-oauth2.md):
+        // each channel's grant, sealed, the generation every write compares and moves
+        // on, the refused mark and the refresh lease. A row may hold a lease before any
+        // grant (a channel refreshing its configured refresh token the first time).
+        "
+    CREATE TABLE oauth2_grants (
+        channel          text        PRIMARY KEY,
+        generation       bigint      NOT NULL DEFAULT 0,
+        sealed           bytea,
+        expires_at       timestamptz,
+        refused          boolean     NOT NULL DEFAULT false,
+        refreshing_by    text,
+        refreshing_until timestamptz
+    );
     ",
     ),
 ];
@@ -1277,6 +1296,184 @@ impl StateStore for PostgresStore {
                 .await
                 .map_err(|e| fail(what, &e))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn oauth2_grant(&self, channel: &str) -> Result<Option<OAuth2GrantRow>, StoreError> {
+        let what = "cannot read an OAuth 2.0 grant";
+        bounded(what, async {
+            let row = self
+                .client()
+                .await?
+                .query_opt(
+                    "SELECT generation, sealed, expires_at, refused FROM oauth2_grants
+                     WHERE channel = $1 AND sealed IS NOT NULL",
+                    &[&channel],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let column = |e: tokio_postgres::Error| fail(what, &e);
+            let generation: i64 = row.try_get(0).map_err(column)?;
+            Ok(Some(OAuth2GrantRow {
+                generation: u64::try_from(generation).unwrap_or(0),
+                sealed: SealedGrant::from_stored(row.try_get(1).map_err(column)?),
+                expires_at: row.try_get(2).map_err(column)?,
+                refused: row.try_get(3).map_err(column)?,
+            }))
+        })
+        .await
+    }
+
+    async fn store_oauth2_grant(
+        &self,
+        channel: &str,
+        base: GrantBase,
+        sealed: &SealedGrant,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<GrantWrite, StoreError> {
+        let what = "cannot store an OAuth 2.0 grant";
+        bounded(what, async {
+            let client = self.client().await?;
+            let blob = sealed.as_bytes();
+            // One statement each, so the comparison and the write are atomic. A row
+            // with only a lease (generation 0) counts as no grant.
+            let stored = match base {
+                GrantBase::Generation(0) => {
+                    client
+                        .query_opt(
+                            "INSERT INTO oauth2_grants (channel, generation, sealed, expires_at, refused)
+                             VALUES ($1, 1, $2, $3, false)
+                             ON CONFLICT (channel) DO UPDATE
+                                SET generation = 1, sealed = EXCLUDED.sealed,
+                                    expires_at = EXCLUDED.expires_at, refused = false
+                                WHERE oauth2_grants.generation = 0
+                             RETURNING generation",
+                            &[&channel, &blob, &expires_at],
+                        )
+                        .await
+                }
+                GrantBase::Generation(expected) => {
+                    let expected = i64::try_from(expected)
+                        .map_err(|_| StoreError::Failed("grant generation out of range".into()))?;
+                    client
+                        .query_opt(
+                            "UPDATE oauth2_grants
+                             SET generation = generation + 1, sealed = $3, expires_at = $4,
+                                 refused = false
+                             WHERE channel = $1 AND generation = $2
+                             RETURNING generation",
+                            &[&channel, &expected, &blob, &expires_at],
+                        )
+                        .await
+                }
+                GrantBase::Any => {
+                    client
+                        .query_opt(
+                            "INSERT INTO oauth2_grants (channel, generation, sealed, expires_at, refused)
+                             VALUES ($1, 1, $2, $3, false)
+                             ON CONFLICT (channel) DO UPDATE
+                                SET generation = oauth2_grants.generation + 1,
+                                    sealed = EXCLUDED.sealed, expires_at = EXCLUDED.expires_at,
+                                    refused = false
+                             RETURNING generation",
+                            &[&channel, &blob, &expires_at],
+                        )
+                        .await
+                }
+            }
+            .map_err(|e| fail(what, &e))?;
+            if let Some(row) = stored {
+                let generation: i64 = row.try_get(0).map_err(|e| fail(what, &e))?;
+                return Ok(GrantWrite::Stored(u64::try_from(generation).unwrap_or(0)));
+            }
+            let now = client
+                .query_opt(
+                    "SELECT generation FROM oauth2_grants WHERE channel = $1",
+                    &[&channel],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            let generation: i64 = match now {
+                Some(row) => row.try_get(0).map_err(|e| fail(what, &e))?,
+                None => 0,
+            };
+            Ok(GrantWrite::Stale(u64::try_from(generation).unwrap_or(0)))
+        })
+        .await
+    }
+
+    async fn lease_oauth2_refresh(
+        &self,
+        channel: &str,
+        replica: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let what = "cannot lease an OAuth 2.0 refresh";
+        bounded(what, async {
+            // Taken when free, renewed when ours, taken over when expired (store clock).
+            let row = self
+                .client()
+                .await?
+                .query_opt(
+                    "INSERT INTO oauth2_grants (channel, refreshing_by, refreshing_until)
+                     VALUES ($1, $2, now() + make_interval(secs => $3))
+                     ON CONFLICT (channel) DO UPDATE
+                        SET refreshing_by = EXCLUDED.refreshing_by,
+                            refreshing_until = EXCLUDED.refreshing_until
+                        WHERE oauth2_grants.refreshing_by IS NULL
+                           OR oauth2_grants.refreshing_by = EXCLUDED.refreshing_by
+                           OR oauth2_grants.refreshing_until <= now()
+                     RETURNING channel",
+                    &[&channel, &replica, &ttl.as_secs_f64()],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            Ok(row.is_some())
+        })
+        .await
+    }
+
+    async fn release_oauth2_refresh(&self, channel: &str, replica: &str) -> Result<(), StoreError> {
+        let what = "cannot release an OAuth 2.0 refresh lease";
+        bounded(what, async {
+            self.client()
+                .await?
+                .execute(
+                    "UPDATE oauth2_grants SET refreshing_by = NULL, refreshing_until = NULL
+                     WHERE channel = $1 AND refreshing_by = $2",
+                    &[&channel, &replica],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_oauth2_refused(
+        &self,
+        channel: &str,
+        generation: u64,
+    ) -> Result<bool, StoreError> {
+        let what = "cannot mark an OAuth 2.0 grant refused";
+        bounded(what, async {
+            let generation = i64::try_from(generation)
+                .map_err(|_| StoreError::Failed("grant generation out of range".into()))?;
+            let marked = self
+                .client()
+                .await?
+                .execute(
+                    "UPDATE oauth2_grants SET refused = true
+                     WHERE channel = $1 AND generation = $2 AND sealed IS NOT NULL",
+                    &[&channel, &generation],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            Ok(marked == 1)
         })
         .await
     }

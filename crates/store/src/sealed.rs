@@ -192,7 +192,7 @@ impl CredentialsKey {
     }
 
     /// Seals `credentials` for `channel` under the associated data `prefix`.
-    fn seal_for(
+    pub(crate) fn seal_for(
         &self,
         prefix: &[u8],
         channel: &str,
@@ -222,7 +222,7 @@ impl CredentialsKey {
     }
 
     /// Opens what [`CredentialsKey::seal_for`] sealed with the same `prefix`.
-    fn open_for(
+    pub(crate) fn open_for(
         &self,
         prefix: &[u8],
         channel: &str,

@@ -123,7 +123,7 @@ async fn replicas_starting_at_once_migrate_safely() {
         for start in starts {
             stores.push(start.await.unwrap().expect("every replica starts"));
         }
-        assert_eq!(applied_migrations(&schema).await, [1, 2, 3, 4, 5]);
+        assert_eq!(applied_migrations(&schema).await, [1, 2, 3, 4, 5, 6]);
         // They share the state: one replica's send is the other's own send.
         let record = contract::sample_record();
         stores[0].record_sent("acme", "m1", &record).await.unwrap();
@@ -421,7 +421,7 @@ async fn records_from_before_the_retention_migration_count_from_the_upgrade() {
             .batch_execute(&format!(
                 "SET search_path TO \"{schema}\";
                  DELETE FROM xbridge_schema_migrations WHERE version >= 4;
-                 DROP TABLE replicas, channel_holders;
+                 DROP TABLE replicas, channel_holders, oauth2_grants;
                  ALTER TABLE sent_replies DROP COLUMN recorded_at;
                  ALTER TABLE sent_reply_parts DROP COLUMN recorded_at;
                  ALTER TABLE own_sends DROP COLUMN recorded_at;
@@ -436,7 +436,7 @@ async fn records_from_before_the_retention_migration_count_from_the_upgrade() {
         assert_eq!(applied_migrations(&schema).await, [1, 2, 3]);
 
         let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
-        assert_eq!(applied_migrations(&schema).await, [1, 2, 3, 4, 5]);
+        assert_eq!(applied_migrations(&schema).await, [1, 2, 3, 4, 5, 6]);
         let kept = store.sent("acme", "before").await.unwrap().expect("kept");
         assert_eq!(kept.dm_event_id, "dm-before");
         let before_upgrade = chrono::Utc::now() - chrono::Duration::days(1);

@@ -10,10 +10,12 @@
 
 use std::sync::Arc;
 
-use xbridge_control::diagnosis::check_account;
+use xbridge_control::diagnosis::{check_account, check_account_with};
 use xbridge_core::config::{ChannelSettings, Settings, StateBackend, WebhookApi};
 use xbridge_core::live_channels::{LiveChannels, Origin};
+use xbridge_core::oauth2_tokens::channel_auth;
 use xbridge_x_api::{webhook_problem, UserCredentials, WebhookClient, XClientConfig};
+use xbridge_x_api::{XClient, XHttp};
 
 /// Checks `channel` (or every channel, the file's and the CRM's) and returns
 /// whether all are ready.
@@ -58,7 +60,14 @@ pub async fn run(settings: &Settings, channel: Option<&str>) -> anyhow::Result<b
 /// bearer token and the webhook.
 async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
     let config = XClientConfig::from(&settings.x);
-    let check = check_account(config.clone(), channel).await;
+    let check = if channel.oauth2.is_some() {
+        match oauth2_client(settings, channel).await {
+            Ok(client) => check_account_with(&client, channel).await,
+            Err(problem) => return vec![problem],
+        }
+    } else {
+        check_account(config.clone(), channel).await
+    };
     if let Some(account) = &check.account {
         crate::outln!(
             "  X account: @{} (id {})",
@@ -101,6 +110,54 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
         Err(e) => problems.push(format!("cannot build the webhook client: {e}")),
     }
     problems
+}
+
+/// An OAuth 2.0 channel's grant as the state store holds it (present, refused, when its
+/// access token ends), printed, and a client probing with it; the problem with its fix
+/// when there is no usable grant.
+async fn oauth2_client(settings: &Settings, channel: &ChannelSettings) -> Result<XClient, String> {
+    let fix = format!("run `xbridge oauth2 authorize --channel {}`", channel.name);
+    let key = settings
+        .state
+        .credentials_key()
+        .map_err(|e| format!("an OAuth 2.0 channel's grant is stored encrypted: {e}"))?;
+    let store = crate::app::open_store(&settings.state).await.map_err(|e| {
+        format!("the state store holding the OAuth 2.0 grant cannot be opened: {e:#}")
+    })?;
+    let row = store
+        .oauth2_grant(&channel.name)
+        .await
+        .map_err(|e| format!("the OAuth 2.0 grant cannot be read: {e}"))?;
+    match &row {
+        Some(row) if row.refused => {
+            return Err(format!(
+                "X refused the channel's OAuth 2.0 grant (revoked, expired or spent); {fix}"
+            ))
+        }
+        Some(row) => crate::outln!(
+            "  OAuth 2.0 grant: stored (generation {}), access token until {}",
+            row.generation,
+            row.expires_at
+                .map_or_else(|| "unknown".to_owned(), |at| at.to_rfc3339())
+        ),
+        None if channel
+            .oauth2
+            .as_ref()
+            .is_some_and(|o| o.refresh_token.is_some()) =>
+        {
+            crate::outln!(
+                "  OAuth 2.0 grant: none stored yet; the configured refresh token is used"
+            )
+        }
+        None => {
+            return Err(format!(
+                "no OAuth 2.0 grant is stored for the channel; {fix}"
+            ))
+        }
+    }
+    let http = XHttp::new().map_err(|e| e.to_string())?;
+    let auth = channel_auth(&settings.x, channel, store, Some(Arc::new(key)), &http)?;
+    XClient::with_auth(XClientConfig::from(&settings.x), auth, http).map_err(|e| e.to_string())
 }
 
 /// The account's X Activity subscriptions: each event type in `wanted` must have one

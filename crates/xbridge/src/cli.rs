@@ -77,12 +77,38 @@ pub enum Command {
         #[command(subcommand)]
         command: ChannelsCommand,
     },
+    /// OAuth 2.0 channels: authorise one once (the bridge refreshes its grant).
+    #[command(name = "oauth2")]
+    OAuth2 {
+        /// What to do.
+        #[command(subcommand)]
+        command: OAuth2Command,
+    },
     /// Inspect, replay and purge dead-lettered replies (the dead-letter
     /// queue), e.g. after credits were topped up.
     Dlq {
         /// What to do with the dead letters.
         #[command(subcommand)]
         command: DlqCommand,
+    },
+}
+
+/// The `oauth2` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OAuth2Command {
+    /// Run X's authorization-code flow (PKCE) for an OAuth 2.0 channel: print the URL to
+    /// open, read back the redirect (or its code) and store the grant, encrypted, in the
+    /// state store, where the bridge's replicas find it.
+    Authorize {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+        /// The channel (one with `oauth2_client_id`).
+        #[arg(long)]
+        channel: String,
+        /// The redirect URI: one of the App's callback URLs in X's developer console.
+        #[arg(long, default_value = crate::oauth2_cmd::DEFAULT_REDIRECT_URI)]
+        redirect_uri: String,
     },
 }
 

@@ -15,6 +15,7 @@ pub mod cli;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod dlq_cmd;
+pub mod oauth2_cmd;
 pub mod ops;
 pub mod output;
 pub mod reload;

@@ -11,7 +11,7 @@ use xbridge::app::Bridge;
 use xbridge::cli::{Cli, Command};
 #[cfg(feature = "demo")]
 use xbridge::demo;
-use xbridge::{channels_cmd, check_cmd, dlq_cmd, reload, signals, webhook_cmd};
+use xbridge::{channels_cmd, check_cmd, dlq_cmd, oauth2_cmd, reload, signals, webhook_cmd};
 use xbridge_core::config::Settings;
 use xbridge_core::telemetry;
 
@@ -30,6 +30,7 @@ async fn main() -> std::process::ExitCode {
         Command::Webhook { command } => webhook_cmd::run(command).await,
         Command::Channels { command } => channels_cmd::run(command).await,
         Command::Dlq { command } => dlq_cmd::run(command).await,
+        Command::OAuth2 { command } => oauth2_cmd::run(command).await,
     };
     match result {
         Ok(()) if xbridge::output::failed() => std::process::ExitCode::from(1),

@@ -322,6 +322,7 @@ fn file_channel(name: &str, account: &Account) -> ChannelSettings {
         user_id: None,
         webhook_api: xbridge_core::config::WebhookApi::Aaa,
         xaa_events: None,
+        oauth2: None,
     }
 }
 

@@ -19,9 +19,10 @@ pub struct ChannelSettings {
     pub consumer_key: SecretString,
     /// The X App's API secret: signs requests and verifies webhooks.
     pub consumer_secret: SecretString,
-    /// The account's access token (must have DM permission).
+    /// The account's OAuth 1.0a access token (must have DM permission); empty for an
+    /// OAuth 2.0 channel ([`ChannelSettings::oauth2`]).
     pub access_token: SecretString,
-    /// The access token's secret.
+    /// The OAuth 1.0a access token's secret; empty for an OAuth 2.0 channel.
     pub access_token_secret: SecretString,
     /// App-only token for webhook management (never accepted for DMs).
     pub bearer_token: SecretString,
@@ -40,6 +41,45 @@ pub struct ChannelSettings {
     /// With [`WebhookApi::Xaa`], the X Activity events to subscribe besides
     /// `dm.received`; `None` follows `[inbound]` ([`ChannelSettings::xaa_event_types`]).
     pub xaa_events: Option<Vec<XaaEvent>>,
+    /// OAuth 2.0 user context instead of the OAuth 1.0a access token pair: the account's
+    /// DMs are read and sent with a Bearer access token refreshed from a grant kept in
+    /// the state store. The consumer key and secret stay (the webhook's CRC and
+    /// signatures use the App's secret), and so does the bearer token (webhook management).
+    pub oauth2: Option<OAuth2Channel>,
+}
+
+/// A channel's OAuth 2.0 client (from X's developer console) and, optionally, the refresh
+/// token to start from. Without one, `xbridge oauth2 authorize --channel NAME` stores the
+/// grant. `Debug` prints no secret ([`SecretString`] redacts itself).
+#[derive(Debug, Clone)]
+pub struct OAuth2Channel {
+    /// The App's OAuth 2.0 Client ID (public: it is in the authorize URL).
+    pub client_id: String,
+    /// The Client Secret of a confidential client (Web App, Automated App or bot).
+    pub client_secret: Option<SecretString>,
+    /// The refresh token of a grant made elsewhere, used only while the state store has
+    /// no grant for the channel: X rotates refresh tokens, so after the first refresh
+    /// the stored grant is the one that counts.
+    pub refresh_token: Option<SecretString>,
+}
+
+/// The longest OAuth 2.0 client id accepted (X's are about 34 characters).
+pub const MAX_OAUTH2_CLIENT_ID_CHARS: usize = 256;
+
+/// What is wrong with an OAuth 2.0 client id, if anything. Shared with the CRM's
+/// `channel.upsert`; the id is not secret, but it is not quoted either.
+pub fn oauth2_client_id_problem(client_id: &str) -> Option<String> {
+    if client_id.is_empty() {
+        Some("must not be empty".to_owned())
+    } else if client_id.len() > MAX_OAUTH2_CLIENT_ID_CHARS {
+        Some(format!(
+            "must be at most {MAX_OAUTH2_CLIENT_ID_CHARS} characters"
+        ))
+    } else if !client_id.bytes().all(|b| b.is_ascii_graphic()) {
+        Some("must be printable ASCII without spaces, as X's client ids are".to_owned())
+    } else {
+        None
+    }
 }
 
 /// Which of X's webhook APIs delivers a channel's DMs: both POST to the App's one
@@ -191,6 +231,9 @@ pub(super) struct RawChannel {
     #[serde(default)]
     pub(super) webhook_api: WebhookApi,
     pub(super) xaa_events: Option<Vec<XaaEvent>>,
+    pub(super) oauth2_client_id: Option<String>,
+    pub(super) oauth2_client_secret: Option<SecretSource>,
+    pub(super) oauth2_refresh_token: Option<SecretSource>,
 }
 
 /// Validates every `[[channels]]` entry, then what they must agree on.
@@ -262,13 +305,30 @@ fn validate_channel(
     let label = channel_label(i, &name);
     let consumer_key = secret(&label, "consumer_key", raw.consumer_key, errors);
     let consumer_secret = secret(&label, "consumer_secret", raw.consumer_secret, errors);
-    let access_token = secret(&label, "access_token", raw.access_token, errors);
-    let access_token_secret = secret(
+    let oauth2 = oauth2_channel(
         &label,
-        "access_token_secret",
-        raw.access_token_secret,
+        OAuth2Fields {
+            client_id: raw.oauth2_client_id,
+            client_secret: raw.oauth2_client_secret,
+            refresh_token: raw.oauth2_refresh_token,
+            access_token: raw.access_token.is_some(),
+            access_token_secret: raw.access_token_secret.is_some(),
+        },
         errors,
     );
+    let (access_token, access_token_secret) = if oauth2.is_some() {
+        (SecretString::from(""), SecretString::from(""))
+    } else {
+        (
+            secret(&label, "access_token", raw.access_token, errors),
+            secret(
+                &label,
+                "access_token_secret",
+                raw.access_token_secret,
+                errors,
+            ),
+        )
+    };
     let bearer_token = secret(&label, "bearer_token", raw.bearer_token, errors);
     let url = channel_url(&label, raw.url, errors);
     if raw.weight == Some(0) {
@@ -296,7 +356,61 @@ fn validate_channel(
         user_id: raw.user_id,
         webhook_api: raw.webhook_api,
         xaa_events: raw.xaa_events,
+        oauth2,
     })
+}
+
+/// A channel's OAuth 2.0 fields: with `oauth2_client_id` the channel uses OAuth 2.0 and
+/// must not also carry the OAuth 1.0a pair (which one would count is not obvious);
+/// without it, the other `oauth2_` fields mean nothing and are refused.
+fn oauth2_channel(
+    label: &str,
+    raw: OAuth2Fields,
+    errors: &mut Vec<String>,
+) -> Option<OAuth2Channel> {
+    let Some(client_id) = raw.client_id else {
+        for (field, given) in [
+            ("oauth2_client_secret", raw.client_secret.is_some()),
+            ("oauth2_refresh_token", raw.refresh_token.is_some()),
+        ] {
+            if given {
+                errors.push(format!(
+                    "{label}.{field}: only applies with oauth2_client_id"
+                ));
+            }
+        }
+        return None;
+    };
+    if let Some(problem) = oauth2_client_id_problem(&client_id) {
+        errors.push(format!("{label}.oauth2_client_id: {problem}"));
+    }
+    for (field, given) in [
+        ("access_token", raw.access_token),
+        ("access_token_secret", raw.access_token_secret),
+    ] {
+        if given {
+            errors.push(format!(
+                "{label}.{field}: not used with oauth2_client_id (an OAuth 2.0 channel has no OAuth 1.0a access token)"
+            ));
+        }
+    }
+    let optional = |field: &str, source: Option<SecretSource>, errors: &mut Vec<String>| {
+        source.map(|source| secret(label, field, Some(source), errors))
+    };
+    Some(OAuth2Channel {
+        client_id,
+        client_secret: optional("oauth2_client_secret", raw.client_secret, errors),
+        refresh_token: optional("oauth2_refresh_token", raw.refresh_token, errors),
+    })
+}
+
+/// A `[[channels]]` entry's OAuth 2.0 fields, and whether it gave the OAuth 1.0a pair.
+struct OAuth2Fields {
+    client_id: Option<String>,
+    client_secret: Option<SecretSource>,
+    refresh_token: Option<SecretSource>,
+    access_token: bool,
+    access_token_secret: bool,
 }
 
 /// What is wrong with a channel's `xaa_events`, if anything: they only mean something
@@ -533,5 +647,81 @@ mod webhook_api_tests {
             xaa_events = ["dm.all"]"#
         ))
         .is_err());
+    }
+}
+
+#[cfg(test)]
+mod oauth2_tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn channel(credentials: &str) -> String {
+        format!(
+            r#"
+            [[channels]]
+            name = "acme"
+            consumer_key = "ck"
+            consumer_secret = "cs"
+            bearer_token = "bt"
+            {credentials}
+            "#
+        )
+    }
+
+    #[test]
+    fn a_channel_carries_an_oauth2_client_instead_of_the_access_token_pair() {
+        let toml = channel(
+            r#"oauth2_client_id = "Y2xpZW50LWlk"
+            oauth2_client_secret = "o2cs-secret"
+            oauth2_refresh_token = "o2rt-secret""#,
+        );
+        let settings = Settings::from_toml(&toml).unwrap();
+        let oauth2 = settings.channels[0].oauth2.as_ref().unwrap();
+        assert_eq!(oauth2.client_id, "Y2xpZW50LWlk");
+        assert_eq!(
+            oauth2.refresh_token.as_ref().unwrap().expose_secret(),
+            "o2rt-secret"
+        );
+        assert!(!format!("{:?}", settings.channels[0]).contains("o2rt-secret"));
+        let public = Settings::from_toml(&channel(r#"oauth2_client_id = "Y2xpZW50LWlk""#)).unwrap();
+        let oauth2 = public.channels[0].oauth2.as_ref().unwrap();
+        assert!(oauth2.client_secret.is_none() && oauth2.refresh_token.is_none());
+        let oauth1 = Settings::from_toml(&channel(
+            r#"access_token = "at"
+            access_token_secret = "ats""#,
+        ))
+        .unwrap();
+        assert!(oauth1.channels[0].oauth2.is_none());
+    }
+
+    #[test]
+    fn mixed_or_stray_oauth2_fields_are_refused_by_name_never_by_value() {
+        for (credentials, says) in [
+            (
+                r#"oauth2_client_id = "cid"
+                access_token = "at-secret""#,
+                "channels[0] (acme).access_token: not used with oauth2_client_id",
+            ),
+            (
+                r#"access_token = "at"
+                access_token_secret = "ats"
+                oauth2_refresh_token = "o2rt-secret""#,
+                "channels[0] (acme).oauth2_refresh_token: only applies with oauth2_client_id",
+            ),
+            (
+                r#"oauth2_client_id = "c id""#,
+                "channels[0] (acme).oauth2_client_id: must be printable ASCII",
+            ),
+            ("", "channels[0] (acme).access_token: missing"),
+        ] {
+            let error = Settings::from_toml(&channel(credentials))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(says), "{error}");
+            assert!(
+                !error.contains("o2rt-secret") && !error.contains("at-secret"),
+                "{error}"
+            );
+        }
     }
 }

@@ -63,6 +63,14 @@ pub async fn start_bridge_with(app: &TestApp, extra: &str) -> RunningBridge {
     start_with(settings).await
 }
 
+/// Starts the bridge from `toml`, a configuration the test derived from its own (for
+/// example with a channel's credentials replaced), and waits like [`start_bridge`].
+#[allow(dead_code)] // Only the OAuth 2.0 tests use it.
+pub async fn start_bridge_from(toml: &str) -> RunningBridge {
+    let settings = Settings::from_toml(toml).expect("the test config is valid");
+    start_with(settings).await
+}
+
 /// Starts another replica of the test's bridge, with its own state file at
 /// `state` (the embedded store cannot be shared), and waits like
 /// [`start_bridge`].

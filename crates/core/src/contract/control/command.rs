@@ -14,7 +14,8 @@ use url::Url;
 use super::refusal::{CommandRefused, RefusalReason};
 use super::MAX_COMMAND_ID_BYTES;
 use crate::config::{
-    is_valid_channel_name, xaa_events_problem, ChannelSettings, InboundMode, WebhookApi, XaaEvent,
+    is_valid_channel_name, oauth2_client_id_problem, xaa_events_problem, ChannelSettings,
+    InboundMode, OAuth2Channel, WebhookApi, XaaEvent,
 };
 use crate::contract::json_kind::kind;
 use crate::contract::reply::is_user_id;
@@ -247,8 +248,19 @@ fn channel(object: &Map<String, Value>) -> Result<String, String> {
 /// The settings of `channel.upsert`, as a `[[channels]]` entry of the config file
 /// would give them, checked by the same rules.
 fn settings(object: &Map<String, Value>, name: String) -> Result<ChannelSettings, String> {
+    let oauth2 = oauth2(object)?;
     let [consumer_key, consumer_secret, access_token, access_token_secret, bearer_token] =
-        CREDENTIALS.map(|field| secret(object, field));
+        CREDENTIALS.map(|field| match (&oauth2, field) {
+            (Some(_), "access_token" | "access_token_secret") => {
+                match object.get(field) {
+                    None | Some(Value::Null) => Ok(SecretString::from("")),
+                    Some(_) => Err(format!(
+                        "{field} is not used with oauth2_client_id (an OAuth 2.0 channel has no OAuth 1.0a access token)"
+                    )),
+                }
+            }
+            _ => secret(object, field),
+        });
     let inbound = inbound(object)?;
     let user_id = user_id(object, inbound)?;
     let webhook_api = webhook_api(object)?;
@@ -269,7 +281,47 @@ fn settings(object: &Map<String, Value>, name: String) -> Result<ChannelSettings
         user_id,
         webhook_api,
         xaa_events,
+        oauth2,
     })
+}
+
+/// The OAuth 2.0 fields of `channel.upsert`, by the config file's rules: with
+/// `oauth2_client_id` the channel uses OAuth 2.0 (`oauth2_client_secret` and
+/// `oauth2_refresh_token` optional); without it the other two are refused.
+fn oauth2(object: &Map<String, Value>) -> Result<Option<OAuth2Channel>, String> {
+    let given = |field: &str| !matches!(object.get(field), None | Some(Value::Null));
+    let optional_secret = |field: &str| -> Result<Option<SecretString>, String> {
+        if given(field) {
+            secret(object, field).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let client_id = match object.get("oauth2_client_id") {
+        None | Some(Value::Null) => {
+            for field in ["oauth2_client_secret", "oauth2_refresh_token"] {
+                if given(field) {
+                    return Err(format!("{field} only applies with oauth2_client_id"));
+                }
+            }
+            return Ok(None);
+        }
+        Some(Value::String(id)) => match oauth2_client_id_problem(id) {
+            Some(problem) => return Err(format!("oauth2_client_id {problem}")),
+            None => id.clone(),
+        },
+        Some(other) => {
+            return Err(format!(
+                "oauth2_client_id must be a string, not {}",
+                kind(other)
+            ))
+        }
+    };
+    Ok(Some(OAuth2Channel {
+        client_id,
+        client_secret: optional_secret("oauth2_client_secret")?,
+        refresh_token: optional_secret("oauth2_refresh_token")?,
+    }))
 }
 
 /// A credential. Its value is never quoted: only its field, type and length are.
@@ -715,5 +767,88 @@ mod tests {
         assert!(refusal(&aaa_with_events)
             .detail
             .contains("only applies with webhook_api"));
+    }
+
+    /// An OAuth 2.0 upsert: the client id instead of the access token pair.
+    fn oauth2_upsert() -> Value {
+        let mut body = upsert();
+        let object = body.as_object_mut().unwrap();
+        object.remove("access_token");
+        object.remove("access_token_secret");
+        object.insert("oauth2_client_id".into(), json!("Y2xpZW50LWlk"));
+        object.insert("oauth2_client_secret".into(), json!("o2cs-secret-77"));
+        object.insert("oauth2_refresh_token".into(), json!("o2rt-secret-88"));
+        body
+    }
+
+    #[test]
+    fn an_upsert_may_carry_an_oauth2_client_instead_of_the_access_token_pair() {
+        let ChannelCommand::Upsert(settings) = parse(&oauth2_upsert()).unwrap().command else {
+            panic!("not an upsert")
+        };
+        let oauth2 = settings.oauth2.as_ref().expect("an OAuth 2.0 channel");
+        assert_eq!(oauth2.client_id, "Y2xpZW50LWlk");
+        assert_eq!(
+            oauth2.client_secret.as_ref().map(|s| s.expose_secret()),
+            Some("o2cs-secret-77")
+        );
+        assert_eq!(
+            oauth2.refresh_token.as_ref().map(|s| s.expose_secret()),
+            Some("o2rt-secret-88")
+        );
+        assert!(settings.access_token.expose_secret().is_empty());
+        assert_eq!(settings.consumer_secret.expose_secret(), "cs-5678");
+
+        // A public client authorised later: only the client id.
+        let mut public = oauth2_upsert();
+        public
+            .as_object_mut()
+            .unwrap()
+            .remove("oauth2_client_secret");
+        public
+            .as_object_mut()
+            .unwrap()
+            .remove("oauth2_refresh_token");
+        let ChannelCommand::Upsert(settings) = parse(&public).unwrap().command else {
+            panic!("not an upsert")
+        };
+        let oauth2 = settings.oauth2.unwrap();
+        assert!(oauth2.client_secret.is_none() && oauth2.refresh_token.is_none());
+        // An OAuth 1.0a upsert has none.
+        let ChannelCommand::Upsert(settings) = parse(&upsert()).unwrap().command else {
+            panic!("not an upsert")
+        };
+        assert!(settings.oauth2.is_none());
+    }
+
+    #[test]
+    fn oauth2_fields_are_refused_by_name_and_never_quoted() {
+        let mut both = oauth2_upsert();
+        both["access_token"] = json!("at-abcd");
+        let mut secret_without_client = upsert();
+        secret_without_client["oauth2_refresh_token"] = json!("o2rt-secret-88");
+        let mut bad_secret = oauth2_upsert();
+        bad_secret["oauth2_client_secret"] = json!("o2cs secret 77");
+        let mut empty_id = oauth2_upsert();
+        empty_id["oauth2_client_id"] = json!("");
+        let mut number_id = oauth2_upsert();
+        number_id["oauth2_client_id"] = json!(7);
+        for (body, says) in [
+            (both, "access_token is not used with oauth2_client_id"),
+            (
+                secret_without_client,
+                "oauth2_refresh_token only applies with oauth2_client_id",
+            ),
+            (bad_secret, "oauth2_client_secret must be printable ASCII"),
+            (empty_id, "oauth2_client_id must not be empty"),
+            (number_id, "oauth2_client_id must be a string"),
+        ] {
+            let refused = refusal(&body);
+            assert_eq!(refused.reason, RefusalReason::InvalidField);
+            assert!(refused.detail.contains(says), "{}", refused.detail);
+            for secret in ["o2rt-secret-88", "o2cs", "at-abcd"] {
+                assert!(!refused.detail.contains(secret), "{}", refused.detail);
+            }
+        }
     }
 }

@@ -102,6 +102,11 @@ fn the_parser_and_the_schemas_agree() {
         "consumer_key": "k", "consumer_secret": "s", "access_token": "t",
         "access_token_secret": "u", "bearer_token": "b"}),
     );
+    templates.push(
+        json!({"command": "channel.upsert", "command_id": "c", "channel": "a",
+        "consumer_key": "k", "consumer_secret": "s", "bearer_token": "b",
+        "oauth2_client_id": "i"}),
+    );
     for template in templates {
         for body in arbitrary::each_field(&template, &samples()) {
             // The body as the parser sees it (the samples' bare numbers written out).
@@ -114,6 +119,9 @@ fn the_parser_and_the_schemas_agree() {
                 "user_id",
                 "webhook_api",
                 "xaa_events",
+                "oauth2_client_id",
+                "oauth2_client_secret",
+                "oauth2_refresh_token",
             ]
             .iter()
             .any(|field| body.get(*field) == Some(&Value::Null));

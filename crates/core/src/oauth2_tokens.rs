@@ -1,0 +1,467 @@
+//! OAuth 2.0 channels' access tokens, kept with the grant in the state store so every
+//! replica (and both directions of one) uses the grant the last refresh stored
+//! (docs/design-oauth2.md, docs/architecture.md).
+//!
+//! X rotates refresh tokens: a refresh answers a new one and the old one is then refused.
+//! So [`StoreTokenSource`] refreshes under the store's refresh lease (one replica at a
+//! time), stores the new grant by compare-and-set on the generation it read *before*
+//! using it, and on a lost race (the row moved on) takes the stored grant instead of its
+//! own. A grant X refused is marked in the store (only if the row is still the one the
+//! refresh used), so every replica reports the channel `unauthorized` with the fix
+//! "run `xbridge oauth2 authorize --channel NAME`".
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize};
+use xbridge_store::{CredentialsKey, GrantBase, GrantWrite, StateStore};
+use xbridge_x_api::oauth2::{
+    OAuth2Client, TokenEndpoint, TokenEndpointConfig, TokenError, TokenGrant,
+};
+use xbridge_x_api::{AccessTokenSource, TokenFuture, XAuth, XHttp, REFRESH_MARGIN};
+
+use crate::config::{ChannelSettings, OAuth2Channel, XSettings};
+
+/// The grant as sealed in the store (JSON). Its `Debug` is not derived.
+#[derive(Serialize, Deserialize)]
+pub struct GrantJson {
+    /// The Bearer access token.
+    pub access_token: String,
+    /// The refresh token to use next.
+    pub refresh_token: Option<String>,
+    /// The scopes X granted.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The client the grant belongs to (a grant of another client is not used).
+    pub client_id: String,
+}
+
+/// What to tell an operator whose channel's grant X refused.
+pub fn authorize_fix(channel: &str) -> String {
+    format!("X refused the channel's OAuth 2.0 grant (revoked, expired or spent); run `xbridge oauth2 authorize --channel {channel}` to authorise it again")
+}
+
+/// The token endpoint of `[x]`: X's own unless `api_base_url` points elsewhere (the
+/// simulator), whose authorize page is then under the same root.
+pub fn token_endpoint(x: &XSettings, oauth2: &OAuth2Channel, http: &XHttp) -> TokenEndpoint {
+    let defaults = TokenEndpointConfig::default();
+    let mut config = if x.api_base_url == defaults.api_base_url {
+        defaults
+    } else {
+        TokenEndpointConfig::at(&x.api_base_url)
+    };
+    config.request_timeout = x.request_timeout;
+    TokenEndpoint::new(
+        config,
+        OAuth2Client {
+            client_id: oauth2.client_id.clone(),
+            client_secret: oauth2.client_secret.clone(),
+        },
+        http,
+    )
+}
+
+/// Seals `grant` of `client_id` for `channel` and returns it with when its access token
+/// ends; the refresh token kept is the new one or, if X sent none, `previous`.
+pub fn seal(
+    key: &CredentialsKey,
+    channel: &str,
+    client_id: &str,
+    grant: &TokenGrant,
+    previous: Option<&SecretString>,
+) -> Result<(xbridge_store::SealedGrant, Option<DateTime<Utc>>), String> {
+    let json = GrantJson {
+        access_token: grant.access_token.expose_secret().to_owned(),
+        refresh_token: grant
+            .refresh_token
+            .as_ref()
+            .or(previous)
+            .map(|t| t.expose_secret().to_owned()),
+        scopes: grant.scopes.clone(),
+        client_id: client_id.to_owned(),
+    };
+    let text = SecretString::from(serde_json::to_string(&json).map_err(|e| e.to_string())?);
+    let sealed = key.seal_grant(channel, &text).map_err(|e| e.to_string())?;
+    let expires_at = grant
+        .expires_in
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .map(|d| Utc::now() + d);
+    Ok((sealed, expires_at))
+}
+
+/// The X client authentication of `channel`: its OAuth 1.0a credentials, or a
+/// [`StoreTokenSource`] over the store for an OAuth 2.0 channel. An OAuth 2.0 channel
+/// needs `state.credentials_key` (the grant is stored only sealed).
+pub fn channel_auth(
+    x: &XSettings,
+    channel: &ChannelSettings,
+    store: Arc<dyn StateStore>,
+    key: Option<Arc<CredentialsKey>>,
+    http: &XHttp,
+) -> Result<XAuth, String> {
+    let Some(oauth2) = &channel.oauth2 else {
+        return Ok(XAuth::from(xbridge_x_api::UserCredentials::from(channel)));
+    };
+    let key = key.ok_or_else(|| {
+        format!(
+            "channel {}: an OAuth 2.0 channel needs state.credentials_key (its grant is stored only encrypted)",
+            channel.name
+        )
+    })?;
+    Ok(XAuth::OAuth2(Arc::new(StoreTokenSource {
+        channel: channel.name.clone(),
+        client_id: oauth2.client_id.clone(),
+        holder: format!("{}-{:016x}", channel.name, rand_u64()),
+        endpoint: token_endpoint(x, oauth2, http),
+        store,
+        key,
+        configured_refresh: oauth2.refresh_token.clone(),
+        lease_ttl: x
+            .request_timeout
+            .saturating_mul(2)
+            .max(Duration::from_secs(10)),
+        held: Mutex::new(Held::default()),
+        refreshing: tokio::sync::Mutex::new(()),
+    })))
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
+
+/// An [`AccessTokenSource`] whose grant lives in the state store.
+pub struct StoreTokenSource {
+    channel: String,
+    client_id: String,
+    /// This source's name as a lease holder.
+    holder: String,
+    endpoint: TokenEndpoint,
+    store: Arc<dyn StateStore>,
+    key: Arc<CredentialsKey>,
+    /// The refresh token from the channel's settings, used only while the store has no grant.
+    configured_refresh: Option<SecretString>,
+    lease_ttl: Duration,
+    held: Mutex<Held>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Held {
+    generation: u64,
+    access: Option<SecretString>,
+    expires_at: Option<DateTime<Utc>>,
+    /// A rotated grant the store did not take: X already spent the refresh token it
+    /// replaced, so this is the only copy. Written before every later use until the
+    /// store takes it.
+    unsaved: Option<Unsaved>,
+}
+
+/// A grant to store over generation `base`.
+struct Unsaved {
+    base: u64,
+    sealed: xbridge_store::SealedGrant,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// What the store holds for the channel, opened.
+struct Stored {
+    generation: u64,
+    access: SecretString,
+    refresh: Option<SecretString>,
+    expires_at: Option<DateTime<Utc>>,
+    refused: bool,
+}
+
+/// Whether a token ending at `expires_at` is good for [`REFRESH_MARGIN`] more.
+fn fresh(expires_at: Option<DateTime<Utc>>) -> bool {
+    let margin = chrono::Duration::from_std(REFRESH_MARGIN).unwrap_or_default();
+    expires_at.is_none_or(|at| Utc::now() + margin < at)
+}
+
+fn transient(detail: String) -> TokenError {
+    TokenError::Transient {
+        status: None,
+        detail,
+    }
+}
+
+fn refused(detail: &str) -> TokenError {
+    TokenError::GrantRefused {
+        error: "authorization_required".to_owned(),
+        description: detail.to_owned(),
+    }
+}
+
+impl StoreTokenSource {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The held token if it is fresh.
+    fn current(&self) -> Option<SecretString> {
+        let held = self.held();
+        held.access.clone().filter(|_| fresh(held.expires_at))
+    }
+
+    async fn read(&self) -> Result<Option<Stored>, TokenError> {
+        let row = self
+            .store
+            .oauth2_grant(&self.channel)
+            .await
+            .map_err(|e| transient(format!("the state store: {e}")))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let text = self
+            .key
+            .open_grant(&self.channel, &row.sealed)
+            .map_err(|e| transient(e.to_string()))?;
+        let json: GrantJson = serde_json::from_str(text.expose_secret())
+            .map_err(|_| transient("the stored grant does not decode".to_owned()))?;
+        if json.client_id != self.client_id {
+            // Authorised for another client: the channel's client changed since.
+            return Err(refused("the stored grant is another OAuth 2.0 client's"));
+        }
+        Ok(Some(Stored {
+            generation: row.generation,
+            access: json.access_token.into(),
+            refresh: json.refresh_token.map(SecretString::from),
+            expires_at: row.expires_at,
+            refused: row.refused,
+        }))
+    }
+
+    fn take(&self, generation: u64, access: SecretString, expires_at: Option<DateTime<Utc>>) {
+        let mut held = self.held();
+        *held = Held {
+            generation,
+            access: Some(access),
+            expires_at,
+            unsaved: None,
+        };
+    }
+
+    /// Stores the rotated grant the store did not take before, if any; `true` when none
+    /// is left unstored.
+    async fn save_unsaved(&self) -> bool {
+        let pending = self
+            .held()
+            .unsaved
+            .as_ref()
+            .map(|u| (u.base, u.sealed.clone(), u.expires_at));
+        let Some((base, sealed, expires_at)) = pending else {
+            return true;
+        };
+        let written = self
+            .store
+            .store_oauth2_grant(
+                &self.channel,
+                GrantBase::Generation(base),
+                &sealed,
+                expires_at,
+            )
+            .await;
+        match written {
+            Ok(written) => {
+                {
+                    let mut held = self.held();
+                    held.unsaved = None;
+                    match written {
+                        GrantWrite::Stored(generation) => held.generation = generation,
+                        // Another replica stored a newer grant: use that one.
+                        GrantWrite::Stale(_) => held.access = None,
+                    }
+                }
+                tracing::info!(channel = %self.channel, "the rotated OAuth 2.0 grant is stored now");
+                let _ = self
+                    .store
+                    .release_oauth2_refresh(&self.channel, &self.holder)
+                    .await;
+                true
+            }
+            Err(error) => {
+                tracing::error!(channel = %self.channel, %error, "the rotated OAuth 2.0 grant is still not stored; trying again before the next use");
+                false
+            }
+        }
+    }
+
+    async fn refresh(&self) -> Result<SecretString, TokenError> {
+        let _one_here = self.refreshing.lock().await;
+        if let Some(token) = self.current() {
+            return Ok(token);
+        }
+        if !self.save_unsaved().await {
+            // The stored refresh token is spent and the new one is not stored: refreshing
+            // now would lose it for good.
+            return Err(transient(
+                "the rotated OAuth 2.0 grant is not stored yet (the state store refuses writes)"
+                    .to_owned(),
+            ));
+        }
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let stored = self.read().await?;
+            if let Some(stored) = &stored {
+                if stored.refused {
+                    return Err(refused(&authorize_fix(&self.channel)));
+                }
+                let rejected = self.held().generation == stored.generation;
+                if !rejected && fresh(stored.expires_at) {
+                    // Another replica (or direction) refreshed: use its grant.
+                    self.take(stored.generation, stored.access.clone(), stored.expires_at);
+                    return Ok(stored.access.clone());
+                }
+            }
+            let (generation, refresh) = match &stored {
+                Some(stored) => (stored.generation, stored.refresh.clone()),
+                None => (0, self.configured_refresh.clone()),
+            };
+            let Some(refresh) = refresh else {
+                return Err(refused(&format!(
+                    "no OAuth 2.0 grant is stored for the channel; run `xbridge oauth2 authorize --channel {}`",
+                    self.channel
+                )));
+            };
+            let leased = self
+                .store
+                .lease_oauth2_refresh(&self.channel, &self.holder, self.lease_ttl)
+                .await
+                .map_err(|e| transient(format!("the state store: {e}")))?;
+            if !leased {
+                // Another replica refreshes now: wait for its grant.
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            let outcome = self.refresh_leased(generation, &refresh).await;
+            if self.held().unsaved.is_some() {
+                // Keep the lease: no other replica may refresh the spent token meanwhile.
+                return outcome.and_then(|token| {
+                    token.ok_or_else(|| transient("the refresh gave no token".to_owned()))
+                });
+            }
+            if let Err(e) = self
+                .store
+                .release_oauth2_refresh(&self.channel, &self.holder)
+                .await
+            {
+                tracing::warn!(channel = %self.channel, error = %e, "could not release the OAuth 2.0 refresh lease; it expires by itself");
+            }
+            match outcome {
+                Ok(Some(token)) => return Ok(token),
+                Ok(None) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Holding the lease: checks the row did not move on, refreshes at X and stores the
+    /// new grant before anything uses it. `None`: the row moved on, read it again.
+    async fn refresh_leased(
+        &self,
+        generation: u64,
+        refresh: &SecretString,
+    ) -> Result<Option<SecretString>, TokenError> {
+        let now = self.read().await?.map_or(0, |s| s.generation);
+        if now != generation {
+            return Ok(None);
+        }
+        match self.endpoint.refresh(refresh).await {
+            Ok(grant) => {
+                let (sealed, expires_at) = seal(
+                    &self.key,
+                    &self.channel,
+                    &self.client_id,
+                    &grant,
+                    Some(refresh),
+                )
+                .map_err(transient)?;
+                let written = self
+                    .store
+                    .store_oauth2_grant(
+                        &self.channel,
+                        GrantBase::Generation(generation),
+                        &sealed,
+                        expires_at,
+                    )
+                    .await;
+                let written = match written {
+                    Ok(written) => written,
+                    Err(e) => {
+                        // X spent the old refresh token: keep the new grant in memory and
+                        // store it before every later use. Using its access token
+                        // meanwhile makes losing the grant no likelier.
+                        tracing::error!(channel = %self.channel, error = %e, "could not store the rotated OAuth 2.0 grant; keeping it and trying again before the next use");
+                        let mut held = self.held();
+                        *held = Held {
+                            generation,
+                            access: Some(grant.access_token.clone()),
+                            expires_at,
+                            unsaved: Some(Unsaved {
+                                base: generation,
+                                sealed,
+                                expires_at,
+                            }),
+                        };
+                        return Ok(Some(grant.access_token));
+                    }
+                };
+                match written {
+                    GrantWrite::Stored(generation) => {
+                        tracing::info!(channel = %self.channel, generation, "OAuth 2.0 grant refreshed and stored");
+                        self.take(generation, grant.access_token.clone(), expires_at);
+                        Ok(Some(grant.access_token))
+                    }
+                    GrantWrite::Stale(_) => Ok(None),
+                }
+            }
+            Err(error) if error.needs_authorization() => {
+                let marked = self
+                    .store
+                    .mark_oauth2_refused(&self.channel, generation)
+                    .await
+                    .unwrap_or(false);
+                if !marked && generation != 0 {
+                    // The row moved on: another replica's refresh spent our token.
+                    return Ok(None);
+                }
+                tracing::warn!(channel = %self.channel, "X refused the channel's OAuth 2.0 grant; it must be authorised again");
+                Err(refused(&authorize_fix(&self.channel)))
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+impl AccessTokenSource for StoreTokenSource {
+    fn access_token(&self) -> TokenFuture<'_> {
+        Box::pin(async move {
+            self.save_unsaved().await;
+            match self.current() {
+                Some(token) => Ok(token),
+                None => self.refresh().await,
+            }
+        })
+    }
+
+    fn rejected(&self, token: &SecretString) {
+        let mut held = self.held();
+        if held
+            .access
+            .as_ref()
+            .is_some_and(|a| a.expose_secret() == token.expose_secret())
+        {
+            held.access = None;
+        }
+    }
+}

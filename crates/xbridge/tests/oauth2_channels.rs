@@ -1,0 +1,206 @@
+//! OAuth 2.0 channels end to end (issue 17, done-when 3): a channel configured with an
+//! OAuth 2.0 client and a refresh token instead of the OAuth 1.0a pair sends its replies
+//! with Bearer tokens it refreshes from the grant in the state store, keeps sending once
+//! each when X ends its access token mid-stream, and when X refuses the grant says so
+//! with the fix and loses no reply silently. Real RabbitMQ, simulated X.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::start_bridge_from;
+use x_simulator::OAuth2Client;
+use xbridge_store::StateStore as _;
+use xbridge_test_support::{reply, spawn_app, TestApp, TestOptions};
+use xbridge_x_api::oauth2::{DM_SCOPES, MEDIA_SCOPE};
+
+/// Random key material the test's state store seals grants with.
+const CREDENTIALS_KEY: &str =
+    "Y29udHJhY3QtY3JlZGVudGlhbHMta2V5LW9mLTQ4LWJ5dGVzLWZvci10aGUtdGVzdHM=";
+
+/// The test's configuration with channel `acme` turned into an OAuth 2.0 channel: its
+/// OAuth 1.0a access token pair removed, a confidential client registered at the
+/// simulator for its account and a refresh token of a grant with the DM scopes given.
+fn oauth2_config(app: &TestApp) -> String {
+    let account = app.account("acme");
+    let client = OAuth2Client::generate(&account.user_id, true);
+    app.simulator.add_oauth2_client(client.clone());
+    let mut scopes = DM_SCOPES.to_vec();
+    scopes.push(MEDIA_SCOPE);
+    let grant = app
+        .simulator
+        .oauth2_grant(&client.client_id, &scopes)
+        .expect("the client is known");
+    let refresh = grant
+        .refresh_token
+        .expect("offline.access gives a refresh token");
+    let toml = app.config_toml();
+    let pair = format!(
+        "access_token = \"{}\"\naccess_token_secret = \"{}\"\n",
+        account.access_token, account.access_token_secret
+    );
+    assert!(
+        toml.contains(&pair),
+        "the test config has the OAuth 1.0a pair"
+    );
+    let oauth2 = format!(
+        "oauth2_client_id = \"{}\"\noauth2_client_secret = \"{}\"\noauth2_refresh_token = \"{refresh}\"\n",
+        client.client_id,
+        client.client_secret.expect("confidential"),
+    );
+    toml.replace(&pair, &oauth2).replace(
+        "[state]\n",
+        &format!("[state]\ncredentials_key = \"{CREDENTIALS_KEY}\"\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth2_channel_sends_100_replies_once_across_an_access_token_expiry() {
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = start_bridge_from(&oauth2_config(&app)).await;
+    let mut crm = app.crm().await;
+
+    let ids: Vec<String> = (0..100).map(|i| format!("o2-{i:03}")).collect();
+    for id in &ids {
+        crm.publish_reply("acme", &reply(id, "944480690", &format!("reply {id}")))
+            .await;
+    }
+    // Mid-stream, once half the replies were confirmed sent, X ends the access token.
+    let mut sent = HashSet::new();
+    for event in crm.events(50).await {
+        assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+        sent.insert(event.body["message_id"].as_str().unwrap().to_owned());
+    }
+    let user = app.user_id("acme");
+    assert!(app.simulator.oauth2_expire_access_tokens(&user) > 0);
+    for event in crm.events(50).await {
+        assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+        sent.insert(event.body["message_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(sent.len(), 100, "every reply reported sent once");
+
+    let dms = app.wait_for_dms("acme", 100).await;
+    let texts: Vec<String> = dms.iter().map(|d| d.text.clone()).collect();
+    let distinct: HashSet<&String> = texts.iter().collect();
+    assert_eq!(
+        (texts.len(), distinct.len()),
+        (100, 100),
+        "each reply became exactly one DM"
+    );
+    // Sent with Bearer tokens: the channel has no OAuth 1.0a token to sign with.
+    bridge.stop().await;
+
+    // The grant was refreshed (at the first send and after the expiry) and every rotated
+    // grant was stored, sealed.
+    let store = xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap();
+    let row = store.oauth2_grant("acme").await.unwrap().expect("stored");
+    assert!(row.generation >= 2, "refreshed twice: {row:?}");
+    assert!(!row.refused);
+    drop(store);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_makes_the_channel_unauthorized_with_the_fix_and_loses_no_reply() {
+    let app = spawn_app(TestOptions::default()).await;
+    let bridge = start_bridge_from(&oauth2_config(&app)).await;
+    let mut crm = app.crm().await;
+
+    crm.publish_reply("acme", &reply("rv-1", "944480690", "before"))
+        .await;
+    assert_eq!(crm.next_event().await.body["type"], "message.sent");
+
+    // The account's user revokes the App in X's settings.
+    let user = app.user_id("acme");
+    assert!(app.simulator.oauth2_revoke_grants(&user) > 0);
+    crm.publish_reply("acme", &reply("rv-2", "944480690", "after"))
+        .await;
+
+    let state = crm.next_channel_state().await;
+    assert_eq!(state.body["state"], "unauthorized", "{}", state.body);
+    let detail = state.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("xbridge oauth2 authorize --channel acme"),
+        "the state says the fix: {detail}"
+    );
+    // The reply is not lost silently: the CRM hears it failed, and why.
+    let failed = crm.next_event().await;
+    assert_eq!(failed.body["type"], "message.failed", "{}", failed.body);
+    assert_eq!(failed.body["message_id"], "rv-2");
+    assert_eq!(failed.body["reason"], "unauthorized");
+    assert_eq!(
+        app.simulator.sent_dms().len(),
+        1,
+        "nothing sent after the revocation"
+    );
+
+    bridge.stop().await;
+    let store = xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap();
+    let row = store.oauth2_grant("acme").await.unwrap().expect("stored");
+    assert!(row.refused, "every replica sees the grant refused");
+    drop(store);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_authorises_a_channel_once_and_it_sends_and_reads_dms() {
+    let app = spawn_app(TestOptions {
+        inbound_mode: Some("poll".into()),
+        inbound: "poll_interval = \"200ms\"".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    // The channel has a client and no refresh token: the operator authorises it.
+    let toml = oauth2_config(&app);
+    let toml = toml
+        .lines()
+        .filter(|line| !line.starts_with("oauth2_refresh_token"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let settings = xbridge_core::config::Settings::from_toml(&toml).unwrap();
+    let redirect = "http://localhost:8080/callback";
+    let (url, pending) = xbridge::oauth2_cmd::begin(&settings, "acme", redirect).unwrap();
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    // The browser step: the simulator approves at once and redirects.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let answer = browser.get(&url).send().await.unwrap();
+    assert_eq!(answer.status(), 302);
+    let location = answer.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(redirect), "{location}");
+    {
+        let store = xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap();
+        // A redirect of another authorisation (another state) is refused.
+        let (_, other) = xbridge::oauth2_cmd::begin(&settings, "acme", redirect).unwrap();
+        assert!(xbridge::oauth2_cmd::finish(other, &store, &location)
+            .await
+            .is_err());
+        let generation = xbridge::oauth2_cmd::finish(pending, &store, &location)
+            .await
+            .unwrap();
+        assert_eq!(generation, 1);
+    }
+
+    let bridge = start_bridge_from(&toml).await;
+    let mut crm = app.crm().await;
+    crm.publish_reply("acme", &reply("au-1", "944480690", "authorised"))
+        .await;
+    assert_eq!(crm.next_event().await.body["type"], "message.sent");
+    assert_eq!(app.wait_for_dms("acme", 1).await[0].text, "authorised");
+    // And it reads: a customer's DM is polled with the same grant.
+    let user = app.user_id("acme");
+    let jane = x_simulator::Customer::generate("jane");
+    app.simulator
+        .customer_dm(&user, &jane, "hello from a customer", None);
+    let received = loop {
+        let event = crm.next_event().await;
+        if event.body["type"] == "message.received" {
+            break event;
+        }
+    };
+    assert_eq!(received.body["text"], "hello from a customer");
+    bridge.stop().await;
+    app.cleanup().await;
+}
