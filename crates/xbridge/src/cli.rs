@@ -4,6 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The redirect URI used when the operator names none: it must be one of the App's
+/// callback URLs in X's developer console. Nothing needs to listen there: the operator
+/// copies the address the browser was sent to.
+pub const DEFAULT_REDIRECT_URI: &str = "http://localhost:8080/callback";
+
 /// What `xbridge --version` prints after the name: the crate version and the
 /// commit it was built from (`build.rs`), so a running binary can be traced to
 /// its source between releases.
@@ -107,7 +112,7 @@ pub enum OAuth2Command {
         #[arg(long)]
         channel: String,
         /// The redirect URI: one of the App's callback URLs in X's developer console.
-        #[arg(long, default_value = crate::oauth2_cmd::DEFAULT_REDIRECT_URI)]
+        #[arg(long, default_value = DEFAULT_REDIRECT_URI)]
         redirect_uri: String,
     },
 }

@@ -19,11 +19,6 @@ use xbridge_x_api::XHttp;
 
 use crate::cli::OAuth2Command;
 
-/// The redirect URI used when the operator names none: it must be one of the App's
-/// callback URLs in X's developer console. Nothing needs to listen there: the operator
-/// copies the address the browser was sent to.
-pub const DEFAULT_REDIRECT_URI: &str = "http://localhost:8080/callback";
-
 /// The most of the pasted redirect that is read: a redirect URL is well under 2 KiB.
 const MAX_PASTED_BYTES: u64 = 8 * 1024;
 
