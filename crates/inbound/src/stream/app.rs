@@ -149,7 +149,6 @@ async fn stream_while_held(
                     backfill_minutes = backfill,
                     "activity stream connected"
                 );
-                backoff = reconnect_backoff();
                 let read = read_stream(ctx, stream, &mut members, &mut good_until);
                 let ended = tokio::select! {
                     _ = stop.cancelled() => return None,
@@ -165,8 +164,17 @@ async fn stream_while_held(
                         metrics::counter!("xbridge_stream_disconnects_total").increment(1);
                         tracing::warn!(app = ctx.app, %error, "activity stream ended; reconnecting with a backfill");
                         // Most ends are cuts: reconnect at once, the backoff grows only
-                        // when connecting fails.
+                        // while connecting or delivering fails.
+                        backoff = reconnect_backoff();
                         Duration::ZERO
+                    }
+                    Ended::Undelivered(why) => {
+                        // The broker or the store cannot take events: reconnecting at once
+                        // would fail on the backfill's first event again, over and over,
+                        // spending X's connections. Wait longer each time instead.
+                        let wait = backoff.next().unwrap_or(Duration::from_secs(300));
+                        tracing::warn!(app = ctx.app, why, retry_in_s = wait.as_secs(), "activity stream event not delivered; reconnecting with a backfill later");
+                        wait
                     }
                 }
             }
@@ -204,8 +212,10 @@ fn connect_failed(
 
 /// How a connection ended.
 enum Ended {
-    /// X or the network ended it, or a line could not be delivered.
+    /// X or the network ended it.
     Stream(StreamError),
+    /// An event could not be delivered to the CRM (the broker or the store failed).
+    Undelivered(String),
     /// The App's stream channels changed: make sure of the subscriptions, then go on.
     MembersChanged,
 }
@@ -269,9 +279,9 @@ async fn read_stream(
                     }
                     Streamed::Failed(error) => {
                         // Read it again from the backfill once the CRM's side takes it.
-                        return Ended::Stream(StreamError::Transient(format!(
+                        return Ended::Undelivered(format!(
                             "an event for channel {via} was not delivered: {error}"
-                        )));
+                        ));
                     }
                 }
             }
