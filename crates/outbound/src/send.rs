@@ -326,7 +326,7 @@ fn oauth2_token_refused(ctx: &ChannelContext, error: &XError) -> Option<XError> 
     };
     let grant_refused = problem
         .as_ref()
-        .is_some_and(|p| p.title == "OAuth2GrantRefused");
+        .is_some_and(|p| p.title == xbridge_x_api::OAUTH2_GRANT_REFUSED);
     (ctx.client.uses_oauth2() && !grant_refused).then(|| XError::Transient {
         status: Some(401),
         detail: "X refused the OAuth 2.0 access token; it is refreshed before the next attempt"

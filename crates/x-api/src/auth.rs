@@ -105,7 +105,7 @@ pub(crate) fn token_failure(error: TokenError) -> XError {
             XError::Unauthorized {
                 problem: Some(Problem {
                     problem_type: "about:blank".to_owned(),
-                    title: "OAuth2GrantRefused".to_owned(),
+                    title: crate::error::OAUTH2_GRANT_REFUSED.to_owned(),
                     detail: Some(error.to_string()),
                     status: None,
                     reason: None,

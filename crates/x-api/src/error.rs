@@ -169,7 +169,7 @@ pub enum XError {
         problem: Option<Problem>,
     },
     /// X does not accept the channel's credentials (401): wrong or revoked keys or tokens.
-    #[error("X rejected this channel's credentials: {} (fix: check the API key and secret and the access token and secret)", describe(.problem.as_ref(), "Unauthorized"))]
+    #[error("X rejected this channel's credentials: {} (fix: {})", describe(.problem.as_ref(), "Unauthorized"), unauthorized_fix(.problem.as_ref()))]
     Unauthorized {
         /// X's body, if it sent a readable one.
         problem: Option<Problem>,
@@ -233,6 +233,20 @@ pub enum XError {
 }
 
 /// X's text from an optional problem, or a fallback.
+/// What an operator does about a 401: a refused OAuth 2.0 grant needs the account's
+/// consent again, not new keys.
+fn unauthorized_fix(problem: Option<&Problem>) -> &'static str {
+    if problem.is_some_and(|p| p.title == OAUTH2_GRANT_REFUSED) {
+        "authorise the channel again with `xbridge oauth2 authorize --channel <name>`, or give it a new OAuth 2.0 refresh token"
+    } else {
+        "check the API key and secret and the access token and secret"
+    }
+}
+
+/// The title of the problem an [`XError::Unauthorized`] carries when X refused a
+/// channel's OAuth 2.0 grant (its refresh token) rather than a request.
+pub const OAUTH2_GRANT_REFUSED: &str = "OAuth2GrantRefused";
+
 fn describe(problem: Option<&Problem>, fallback: &str) -> String {
     problem.map_or(fallback, Problem::text).to_owned()
 }
@@ -447,6 +461,24 @@ mod tests {
         assert!(error
             .detail()
             .contains("`max_results` query parameter value [0]"));
+    }
+
+    #[test]
+    fn a_refused_oauth2_grant_says_to_authorise_again_not_to_check_keys() {
+        let refused = XError::Unauthorized {
+            problem: Some(Problem {
+                problem_type: "about:blank".to_owned(),
+                title: OAUTH2_GRANT_REFUSED.to_owned(),
+                detail: Some("X refused the grant".to_owned()),
+                status: None,
+                reason: None,
+            }),
+        };
+        let said = refused.to_string();
+        assert!(said.contains("xbridge oauth2 authorize"), "{said}");
+        assert!(!said.contains("access token and secret"), "{said}");
+        let plain = XError::Unauthorized { problem: None }.to_string();
+        assert!(plain.contains("access token and secret"), "{plain}");
     }
 
     #[test]

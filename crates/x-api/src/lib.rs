@@ -64,7 +64,7 @@ pub use auth::{
 pub use body::{MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES};
 pub use client::{AdmittedSend, MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};
 pub use dm::{DmTarget, SentDm};
-pub use error::{classify_send_error, Problem, XError};
+pub use error::{classify_send_error, Problem, XError, OAUTH2_GRANT_REFUSED};
 pub use http::{error_chain, XHttp};
 pub use id::{ConversationId, DmEventId, UserId};
 pub use media_category::{MediaCategory, SUPPORTED_MIME_TYPES};
