@@ -343,6 +343,9 @@ fn validate_channel(
     if let Some(problem) = xaa_events_problem(raw.webhook_api, raw.xaa_events.as_deref()) {
         errors.push(format!("{label}.xaa_events: {problem}"));
     }
+    if let Some(problem) = oauth2_inbound_problem(raw.inbound, oauth2.is_some()) {
+        errors.push(format!("{label}.inbound: {problem}"));
+    }
     (errors.len() == before).then_some(ChannelSettings {
         name,
         consumer_key,
@@ -415,6 +418,16 @@ struct OAuth2Fields {
 
 /// What is wrong with a channel's `xaa_events`, if anything: they only mean something
 /// with `webhook_api = "xaa"`. Shared with the CRM's `channel.upsert`.
+/// Why an OAuth 2.0 channel cannot take `inbound`, if it cannot: the stream mode
+/// subscribes the account itself, and X's subscription calls are made with the
+/// account's OAuth 1.0a token, which an OAuth 2.0 channel does not have. Refused
+/// rather than accepted and left without DMs.
+pub fn oauth2_inbound_problem(inbound: InboundMode, oauth2: bool) -> Option<String> {
+    (oauth2 && inbound == InboundMode::Stream).then(|| {
+        "stream is not available to OAuth 2.0 channels yet (the account's activity subscriptions are made with an OAuth 1.0a token); use poll, webhook or both".to_owned()
+    })
+}
+
 pub fn xaa_events_problem(api: WebhookApi, events: Option<&[XaaEvent]>) -> Option<String> {
     (api != WebhookApi::Xaa && events.is_some())
         .then(|| "only applies with webhook_api = \"xaa\"".to_owned())
@@ -692,6 +705,19 @@ mod oauth2_tests {
         ))
         .unwrap();
         assert!(oauth1.channels[0].oauth2.is_none());
+    }
+
+    #[test]
+    fn an_oauth2_channel_cannot_stream_yet() {
+        let error = Settings::from_toml(&channel(
+            "oauth2_client_id = \"Y2xpZW50LWlk\"\ninbound = \"stream\"\nuser_id = \"42\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("channels[0] (acme).inbound: stream is not available to OAuth 2.0"),
+            "{error}"
+        );
     }
 
     #[test]

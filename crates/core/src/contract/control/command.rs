@@ -14,8 +14,8 @@ use url::Url;
 use super::refusal::{CommandRefused, RefusalReason};
 use super::MAX_COMMAND_ID_BYTES;
 use crate::config::{
-    is_valid_channel_name, oauth2_client_id_problem, xaa_events_problem, ChannelSettings,
-    InboundMode, OAuth2Channel, WebhookApi, XaaEvent,
+    is_valid_channel_name, oauth2_client_id_problem, oauth2_inbound_problem, xaa_events_problem,
+    ChannelSettings, InboundMode, OAuth2Channel, WebhookApi, XaaEvent,
 };
 use crate::contract::json_kind::kind;
 use crate::contract::reply::is_user_id;
@@ -267,6 +267,9 @@ fn settings(object: &Map<String, Value>, name: String) -> Result<ChannelSettings
     let xaa_events = xaa_events(object)?;
     if let Some(problem) = xaa_events_problem(webhook_api, xaa_events.as_deref()) {
         return Err(format!("xaa_events {problem}"));
+    }
+    if let Some(problem) = oauth2_inbound_problem(inbound, oauth2.is_some()) {
+        return Err(format!("inbound {problem}"));
     }
     Ok(ChannelSettings {
         name,
@@ -833,7 +836,14 @@ mod tests {
         empty_id["oauth2_client_id"] = json!("");
         let mut number_id = oauth2_upsert();
         number_id["oauth2_client_id"] = json!(7);
+        let mut streaming = oauth2_upsert();
+        streaming["inbound"] = json!("stream");
+        streaming["user_id"] = json!("42");
         for (body, says) in [
+            (
+                streaming,
+                "inbound stream is not available to OAuth 2.0 channels",
+            ),
             (both, "access_token is not used with oauth2_client_id"),
             (
                 secret_without_client,
