@@ -416,8 +416,6 @@ struct OAuth2Fields {
     access_token_secret: bool,
 }
 
-/// What is wrong with a channel's `xaa_events`, if anything: they only mean something
-/// with `webhook_api = "xaa"`. Shared with the CRM's `channel.upsert`.
 /// Why an OAuth 2.0 channel cannot take `inbound`, if it cannot: the stream mode
 /// subscribes the account itself, and X's subscription calls are made with the
 /// account's OAuth 1.0a token, which an OAuth 2.0 channel does not have. Refused
@@ -428,6 +426,8 @@ pub fn oauth2_inbound_problem(inbound: InboundMode, oauth2: bool) -> Option<Stri
     })
 }
 
+/// What is wrong with a channel's `xaa_events`, if anything: they only mean something
+/// with `webhook_api = "xaa"`. Shared with the CRM's `channel.upsert`.
 pub fn xaa_events_problem(api: WebhookApi, events: Option<&[XaaEvent]>) -> Option<String> {
     (api != WebhookApi::Xaa && events.is_some())
         .then(|| "only applies with webhook_api = \"xaa\"".to_owned())
