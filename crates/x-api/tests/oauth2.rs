@@ -253,6 +253,29 @@ async fn a_confidential_client_needs_its_secret() {
 }
 
 #[tokio::test]
+async fn a_malformed_token_request_is_no_reason_to_authorise_again() {
+    let s = setup(false).await;
+    let refresh = s.grant(DM_SCOPES).refresh_token.unwrap();
+    // A public client X does not know: `invalid_request`, but about the request.
+    let unknown = TokenEndpoint::new(
+        TokenEndpointConfig::at(&s.sim.base_url()),
+        OAuth2Client {
+            client_id: "not-a-client-of-this-app".to_owned(),
+            client_secret: None,
+        },
+        &XHttp::new().unwrap(),
+    );
+    let refused = unknown.refresh(&refresh).await.unwrap_err();
+    assert!(!refused.needs_authorization(), "{refused:?}");
+    assert!(
+        matches!(&refused, TokenError::Rejected { status: 400, detail } if detail.starts_with("invalid_request")),
+        "{refused:?}"
+    );
+    // The grant is alive: its refresh token still works.
+    s.endpoint.refresh(&refresh).await.unwrap();
+}
+
+#[tokio::test]
 async fn media_downloads_take_the_oauth2_path() {
     let s = setup(false).await;
     let photo = MediaSpec {
