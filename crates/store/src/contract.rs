@@ -97,6 +97,7 @@ pub async fn run_oauth2(store: &dyn StateStore) {
     a_grant_write_from_an_old_generation_is_refused_and_writes_nothing(store).await;
     one_replica_at_a_time_holds_the_refresh_lease(store).await;
     only_the_grant_a_refresh_used_is_marked_refused(store).await;
+    a_grant_stored_over_a_refused_mark_is_not_refused(store).await;
 }
 
 /// Tokens no store may show in the clear: the contract's grants carry them.
@@ -350,6 +351,30 @@ async fn only_the_grant_a_refresh_used_is_marked_refused(store: &dyn StateStore)
         .unwrap();
     let row = store.oauth2_grant("o2-refused").await.unwrap().unwrap();
     assert_eq!((row.generation, row.refused), (3, false));
+}
+
+/// A refresh may store its rotated grant after another replica, refused the token it
+/// had spent, marked the grant refused: the write, based on the generation both read,
+/// stores the grant, which is not refused.
+async fn a_grant_stored_over_a_refused_mark_is_not_refused(store: &dyn StateStore) {
+    let channel = "o2-late";
+    store
+        .store_oauth2_grant(channel, GrantBase::Any, &sample_grant(channel, 1), None)
+        .await
+        .unwrap();
+    assert!(store.mark_oauth2_refused(channel, 1).await.unwrap());
+    let written = store
+        .store_oauth2_grant(
+            channel,
+            GrantBase::Generation(1),
+            &sample_grant(channel, 2),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, GrantWrite::Stored(2));
+    let row = store.oauth2_grant(channel).await.unwrap().unwrap();
+    assert_eq!((row.generation, row.refused), (2, false));
 }
 
 /// The channel registry's checks alone.
