@@ -219,8 +219,7 @@ impl Channels {
     fn stream(&mut self, parts: &ChannelParts) {
         let channel = &parts.settings;
         if channel.inbound.streams() {
-            self.streams
-                .join(channel.clone(), parts.profiles.clone(), &mut self.tasks);
+            self.streams.join(parts, &mut self.tasks);
         } else {
             self.streams.leave(&channel.name);
         }
@@ -355,6 +354,7 @@ impl Channels {
         self.route(&running.parts);
         if old.inbound != new.inbound
             || old.user_id != new.user_id
+            || old.xaa_events != new.xaa_events
             || !same_app_credentials(&old, &new)
             || !same_account_credentials(&old, &new)
         {
@@ -411,6 +411,7 @@ impl Channels {
         }
         if old.inbound != new.inbound
             || old.user_id != new.user_id
+            || old.xaa_events != new.xaa_events
             || !same_account_credentials(old, &new)
         {
             self.learn_account(running);

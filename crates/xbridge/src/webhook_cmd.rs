@@ -7,6 +7,11 @@
 //! subscription per DM event type ([`ChannelSettings::xaa_event_types`]), created only
 //! where missing so running `subscribe` again changes nothing.
 //!
+//! A stream channel (`inbound = "stream"`) has no webhook: `xbridge run` keeps its stream
+//! subscriptions (one per event type, no `webhook_id`, tagged `xbridge:<channel>`), `subscriptions`
+//! lists them like any other and `unsubscribe` deletes them (say, after taking the channel out
+//! of service while the bridge was stopped).
+//!
 //! Output is for people: what X now has, never a credential. Failures come back
 //! as errors naming the channel and the step, with [`WebhookError`]'s advice for
 //! each of X's refusal reasons; `main` prints them once and exits 1.
@@ -128,10 +133,12 @@ async fn subscriptions(config: &Path, channel: &str) -> anyhow::Result<()> {
     let channel_settings = find_channel(&settings, channel)?;
     let user_id = account_id(&settings, channel_settings).await?;
     let found = account_subscriptions(&client, channel, &user_id).await?;
-    crate::outln!(
-        "channel {channel} (account {user_id}, webhook_api = {}):",
-        channel_settings.webhook_api.as_str()
-    );
+    let api = if channel_settings.inbound.streams() {
+        "inbound = stream".to_owned()
+    } else {
+        format!("webhook_api = {}", channel_settings.webhook_api.as_str())
+    };
+    crate::outln!("channel {channel} (account {user_id}, {api}):");
     if found.is_empty() {
         crate::outln!("  no X Activity subscriptions");
     }
@@ -142,7 +149,8 @@ async fn subscriptions(config: &Path, channel: &str) -> anyhow::Result<()> {
 }
 
 /// Ends the channel's subscriptions: every X Activity DM subscription of its
-/// account, and (with `aaa`) its Account Activity subscription to the webhook.
+/// account (a stream channel's have no webhook), and (with `aaa`, unless the channel
+/// streams) its Account Activity subscription to the webhook.
 async fn unsubscribe(
     config: &Path,
     channel: &str,
@@ -151,7 +159,7 @@ async fn unsubscribe(
     let (settings, client) = channel_client(config, channel)?;
     let channel_settings = find_channel(&settings, channel)?;
     let user_id = account_id(&settings, channel_settings).await?;
-    if channel_settings.webhook_api == WebhookApi::Aaa {
+    if channel_settings.webhook_api == WebhookApi::Aaa && !channel_settings.inbound.streams() {
         let webhook_id = resolve_webhook_id(&client, channel, webhook_id.clone()).await?;
         client
             .unsubscribe(&webhook_id, &user_id)
