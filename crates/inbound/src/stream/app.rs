@@ -336,7 +336,7 @@ async fn ensure_subscriptions(ctx: &AppContext, members: &BTreeMap<String, Membe
         let client = match WebhookClient::with_http(
             (&ctx.settings.x).into(),
             channel.bearer_token.clone(),
-            channel.as_ref().into(),
+            member.auth.clone(),
             ctx.http.clone(),
         ) {
             Ok(client) => client,

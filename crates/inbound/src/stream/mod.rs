@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::config::{ChannelSettings, Settings};
-use xbridge_x_api::XHttp;
+use xbridge_x_api::{XAuth, XHttp};
 
 use crate::broker::BrokerSink;
 use crate::delivery::profiles::Profiles;
@@ -43,6 +43,8 @@ use crate::webhook::server::{WebhookChannel, WebhookState};
 #[derive(Clone)]
 pub(crate) struct Member {
     pub(crate) settings: Arc<ChannelSettings>,
+    /// How the account authenticates when the task subscribes it (OAuth 1.0a or 2.0).
+    pub(crate) auth: XAuth,
 }
 
 /// The App of a consumer key, as named in logs and the lease queue: a digest, so the key
@@ -98,6 +100,7 @@ impl StreamApps {
     pub(crate) fn join(
         &mut self,
         channel: Arc<ChannelSettings>,
+        auth: XAuth,
         profiles: Arc<Profiles>,
         tasks: &mut JoinSet<()>,
     ) {
@@ -114,6 +117,7 @@ impl StreamApps {
         );
         let member = Member {
             settings: channel.clone(),
+            auth,
         };
         if let Some(running) = self.apps.get(&app) {
             running.members.send_modify(|members| {
