@@ -215,13 +215,19 @@ impl Channels {
     }
 
     /// Joins `parts`' channel to its App's activity stream when it streams, else takes it
-    /// out of it.
+    /// out of it. The stream subscribes the account with its own authentication (an OAuth
+    /// 2.0 channel's grant from the store, like its DMs).
     fn stream(&mut self, parts: &ChannelParts) {
         let channel = &parts.settings;
-        if channel.inbound.streams() {
-            self.streams.join(parts, &mut self.tasks);
-        } else {
-            self.streams.leave(&channel.name);
+        if !channel.inbound.streams() {
+            return self.streams.leave(&channel.name);
+        }
+        match self.kit.auth(channel) {
+            Ok(auth) => self.streams.join(parts, auth, &mut self.tasks),
+            Err(error) => {
+                tracing::error!(channel = %channel.name, %error, "the channel cannot subscribe its account for the activity stream");
+                self.streams.leave(&channel.name);
+            }
         }
     }
 

@@ -84,6 +84,18 @@ impl Authorization {
         })
     }
 
+    /// A header no token source stands behind (an OAuth 1.0a signature, the App's Bearer
+    /// token): a 401 to it changes nothing.
+    pub(crate) fn fixed(header: HeaderValue) -> Authorization {
+        Authorization::oauth1(header)
+    }
+
+    /// Whether it carries an OAuth 2.0 user access token, which a 401 drops (so one more try
+    /// goes with a fresh one).
+    pub(crate) fn is_bearer_user(&self) -> bool {
+        self.bearer.is_some()
+    }
+
     /// Tells the token source about a 401, so the token is refreshed before the next request.
     pub(crate) fn answered(&self, status: u16) {
         if status == 401 {

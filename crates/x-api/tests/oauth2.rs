@@ -15,7 +15,8 @@ use xbridge_x_api::oauth2::{
     TokenError, TokenGrant, DM_SCOPES,
 };
 use xbridge_x_api::{
-    AccessTokenSource, DmTarget, TokenFuture, XAuth, XClient, XClientConfig, XError, XHttp,
+    AccessTokenSource, DmTarget, TokenFuture, WebhookClient, XAuth, XClient, XClientConfig, XError,
+    XHttp,
 };
 
 struct Setup {
@@ -320,5 +321,46 @@ async fn media_downloads_take_the_oauth2_path() {
     assert!(
         !paths.iter().any(|p| p.starts_with("/1.1/ton/")),
         "{paths:?}"
+    );
+}
+
+/// The account's XAA subscriptions are made with its OAuth 2.0 token (the simulator records
+/// which token made each), listed with the App's Bearer token, and a token X ended early is
+/// refreshed and the call made once more.
+#[tokio::test]
+async fn a_webhook_client_subscribes_the_account_with_its_oauth2_token_refreshing_on_401() {
+    let s = setup(true).await;
+    let source = TestSource::new(s.endpoint.clone(), s.grant(DM_SCOPES));
+    let client = WebhookClient::with_http(
+        XClientConfig {
+            base_url: s.sim.base_url(),
+            request_timeout: Duration::from_secs(10),
+            ..XClientConfig::default()
+        },
+        s.account.bearer_token.clone().into(),
+        XAuth::OAuth2(source.clone()),
+        XHttp::new().unwrap(),
+    )
+    .unwrap();
+    let user = &s.account.user_id;
+    client
+        .create_stream_subscription("dm.received", user, "t")
+        .await
+        .unwrap();
+
+    s.sim.oauth2_expire_access_tokens(user);
+    client
+        .create_stream_subscription("dm.sent", user, "t")
+        .await
+        .expect("refreshed and sent again");
+    assert_eq!(source.rotated.lock().unwrap().len(), 1, "one refresh");
+
+    let listed = client.list_activity_subscriptions().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let made = s.sim.activity_subscriptions();
+    assert!(
+        made.iter()
+            .all(|m| m.created_with == x_simulator::CreatedWith::OAuth2 && &m.user_id == user),
+        "{made:?}"
     );
 }

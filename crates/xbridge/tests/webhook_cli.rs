@@ -356,7 +356,7 @@ async fn a_stream_channels_subscriptions_are_listed_and_unsubscribed_without_a_w
     let client = xbridge_x_api::WebhookClient::new(
         (&settings.x).into(),
         channel.bearer_token.clone(),
-        channel.into(),
+        xbridge_x_api::XAuth::from(xbridge_x_api::UserCredentials::from(channel)),
     )
     .unwrap();
     for event_type in ["dm.received", "dm.sent"] {

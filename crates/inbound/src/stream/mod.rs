@@ -42,7 +42,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::config::{ChannelSettings, Settings};
-use xbridge_x_api::{XClient, XHttp};
+use xbridge_x_api::{XAuth, XClient, XHttp};
 
 use crate::delivery::profiles::Profiles;
 use crate::parts::{ChannelParts, Shared};
@@ -55,6 +55,8 @@ pub(crate) struct Member {
     pub(crate) settings: Arc<ChannelSettings>,
     pub(crate) client: XClient,
     pub(crate) profiles: Arc<Profiles>,
+    /// How the account authenticates when its subscriptions are made (OAuth 1.0a or 2.0).
+    pub(crate) auth: XAuth,
 }
 
 /// The App of a consumer key, as named in logs and the lease queue: a digest, so the key
@@ -112,7 +114,7 @@ impl StreamApps {
 
     /// `channel` streams from now on: it joins its App's stream, which starts when it is the
     /// App's first stream channel.
-    pub(crate) fn join(&mut self, parts: &ChannelParts, tasks: &mut JoinSet<()>) {
+    pub(crate) fn join(&mut self, parts: &ChannelParts, auth: XAuth, tasks: &mut JoinSet<()>) {
         let channel = parts.settings.clone();
         let profiles = parts.profiles.clone();
         self.detach(&channel.name);
@@ -133,6 +135,7 @@ impl StreamApps {
             settings: channel.clone(),
             client: parts.client.clone(),
             profiles,
+            auth,
         };
         if let Some(running) = self.apps.get(&app) {
             running.members.send_modify(|members| {
@@ -171,9 +174,8 @@ impl StreamApps {
             return;
         };
         let (settings, http) = (self.settings.clone(), self.http.clone());
-        let channel = member.settings;
         let retire = tokio::spawn(async move {
-            subscriptions::retire(&settings, &http, &channel).await;
+            subscriptions::retire(&settings, &http, &member).await;
         });
         self.retiring.retain(|_, task| !task.is_finished());
         self.retiring.insert(name.to_owned(), retire.abort_handle());

@@ -32,12 +32,12 @@ fn is_streamed_for(subscription: &ActivitySubscription, channel: &ChannelSetting
 fn client(
     settings: &Settings,
     http: &XHttp,
-    channel: &ChannelSettings,
+    member: &Member,
 ) -> Result<WebhookClient, WebhookError> {
     WebhookClient::with_http(
         (&settings.x).into(),
-        channel.bearer_token.clone(),
-        channel.into(),
+        member.settings.bearer_token.clone(),
+        member.auth.clone(),
         http.clone(),
     )
     .map_err(WebhookError::from)
@@ -53,16 +53,17 @@ pub(crate) async fn ensure(
 ) -> bool {
     let mut all_done = true;
     for member in members.values() {
-        all_done &= ensure_one(settings, http, &member.settings).await;
+        all_done &= ensure_one(settings, http, member).await;
     }
     all_done
 }
 
-async fn ensure_one(settings: &Settings, http: &XHttp, channel: &ChannelSettings) -> bool {
+async fn ensure_one(settings: &Settings, http: &XHttp, member: &Member) -> bool {
+    let channel = &member.settings;
     let Some(user_id) = channel.user_id.as_deref() else {
         return true;
     };
-    let Some((client, present)) = listed(settings, http, channel).await else {
+    let Some((client, present)) = listed(settings, http, member).await else {
         return false;
     };
     let inbound = &settings.inbound;
@@ -92,9 +93,10 @@ async fn ensure_one(settings: &Settings, http: &XHttp, channel: &ChannelSettings
     done
 }
 
-/// Deletes every stream subscription of `channel`, which no longer streams.
-pub(crate) async fn retire(settings: &Settings, http: &XHttp, channel: &ChannelSettings) {
-    let Some((client, present)) = listed(settings, http, channel).await else {
+/// Deletes every stream subscription of `member`'s channel, which no longer streams.
+pub(crate) async fn retire(settings: &Settings, http: &XHttp, member: &Member) {
+    let channel = &member.settings;
+    let Some((client, present)) = listed(settings, http, member).await else {
         return;
     };
     for subscription in present.iter().filter(|s| is_streamed_for(s, channel)) {
@@ -107,9 +109,10 @@ pub(crate) async fn retire(settings: &Settings, http: &XHttp, channel: &ChannelS
 async fn listed(
     settings: &Settings,
     http: &XHttp,
-    channel: &ChannelSettings,
+    member: &Member,
 ) -> Option<(WebhookClient, Vec<ActivitySubscription>)> {
-    let client = match client(settings, http, channel) {
+    let channel = &member.settings;
+    let client = match client(settings, http, member) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(channel = channel.name, %error, "cannot build the X client for the channel's subscriptions");
