@@ -6,10 +6,13 @@
 //! created each XAA subscription. Real RabbitMQ (and PostgreSQL where the command and the
 //! running bridge share the grant), simulated X.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
 use std::path::PathBuf;
 
+use cli::xbridge;
 use common::start_bridge_from;
 use x_simulator::{CreatedWith, Customer, OAuth2Client};
 use xbridge_test_support::{spawn_app, Crm, Event, TestApp, TestOptions, PATIENCE};
@@ -64,31 +67,6 @@ fn config_file(app: &TestApp, file: &str, toml: &str) -> PathBuf {
     let path = app.state_path().with_file_name(file);
     std::fs::write(&path, toml).unwrap();
     path
-}
-
-/// Runs `xbridge ARGS --config FILE` and returns (success, stdout + stderr), checking that
-/// none of `secrets` was printed.
-async fn xbridge(config: &PathBuf, args: &[&str], secrets: &[String]) -> (bool, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_xbridge"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("XBRIDGE_CONFIG")
-        .output()
-        .await
-        .expect("xbridge runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    for secret in secrets {
-        assert!(
-            !text.contains(secret.as_str()),
-            "a secret was printed:\n{text}"
-        );
-    }
-    (output.status.success(), text)
 }
 
 /// The next `message.received` of the CRM's queue (other events are skipped).
