@@ -377,3 +377,48 @@ async fn stream_subscriptions_follow_the_channels_event_types_and_go_with_the_ch
     bridge.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_subscriptions_deleted_elsewhere_come_back_and_dms_still_arrive() {
+    let app = spawn_app(options(false)).await;
+    forget_lease_queue(&app);
+    let config = app.write_config();
+    let bridge = common::start_bridge(&app).await;
+    let user = app.user_id("acme");
+    let mut crm = app.crm().await;
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_activity_streams(|c| c.open == 1),
+    )
+    .await
+    .expect("the bridge opens the App's stream");
+    let both = vec!["dm.received".to_owned(), "dm.sent".to_owned()];
+    assert_eq!(stream_subscriptions(&app, "acme"), both);
+
+    // While the bridge streams, an operator's `xbridge webhook unsubscribe` (or a lagging
+    // replica's retire) deletes the channel's subscriptions: X would carry none of its DMs.
+    let run = tokio::process::Command::new(binary())
+        .args(["webhook", "unsubscribe", "--channel", "acme", "--config"])
+        .arg(&config)
+        .env_remove("XBRIDGE_CONFIG")
+        .output()
+        .await
+        .expect("xbridge runs");
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(stream_subscriptions(&app, "acme"), Vec::<String>::new());
+
+    // X cuts the stream: the bridge reconnects, making sure of the subscriptions first.
+    assert_eq!(app.simulator.cut_activity_streams(), 1);
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator
+            .wait_for_activity_streams(|c| c.opened >= 2 && c.open == 1),
+    )
+    .await
+    .expect("the bridge reconnects");
+    assert_eq!(stream_subscriptions(&app, "acme"), both);
+    let dm = send(&app, &customers(), &user, 0);
+    read_until(&mut crm, &mut Received::default(), &dm, false).await;
+    bridge.stop().await;
+    app.cleanup().await;
+}
