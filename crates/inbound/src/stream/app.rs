@@ -265,6 +265,12 @@ async fn catch_up(ctx: &AppContext, members: &Members, gap: &mut Gap) {
         if gap.uncaught.is_empty() {
             return;
         }
+        tracing::info!(
+            app = ctx.app,
+            round,
+            channels = gap.uncaught.len(),
+            "activity stream gap longer than the catch-up window: reading the stream channels' DMs back before reconnecting"
+        );
         let began = Instant::now();
         read_back(ctx, members, gap).await;
         gap.good_until = Some(began);
