@@ -113,6 +113,7 @@ mod test_support;
 pub use delivery::echo::{classify, MessageOrigin};
 pub use delivery::in_flight::{write_pending, InFlightDeliveries, PendingRecords};
 pub use stream::lease_name as stream_lease_name;
+pub use stream::subscriptions::is_streamed_for as is_stream_subscription_of;
 pub use x::dm_events::{parse_dm_events, DmEventsPage};
 pub use x::error::PayloadError;
 pub use x::item::InboundItem;

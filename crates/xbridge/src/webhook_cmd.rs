@@ -155,8 +155,10 @@ async fn subscriptions(config: &Path, channel: &str) -> anyhow::Result<()> {
 }
 
 /// Ends the channel's subscriptions: every X Activity DM subscription of its
-/// account (a stream channel's have no webhook), and (with `aaa`, unless the channel
-/// streams) its Account Activity subscription to the webhook.
+/// account (for a stream channel, only its own stream ones: no webhook, its tag), and
+/// (with `aaa`, unless the channel streams) its Account Activity subscription to the
+/// webhook. A running bridge makes a stream channel's again within 10 minutes or at its
+/// stream's next reconnection: remove the channel or change its `inbound` to end them.
 async fn unsubscribe(
     config: &Path,
     channel: &str,
@@ -176,11 +178,18 @@ async fn unsubscribe(
         crate::outln!("channel {channel}: unsubscribed from webhook {webhook_id}");
     }
     let found = account_subscriptions(&client, channel, &user_id).await?;
+    let streams = channel_settings.inbound.streams();
     let mine = found.iter().filter(|s| {
-        s.event_type.starts_with("dm.")
-            && webhook_id
+        let channels = if streams {
+            // Only the channel's own stream subscriptions: the account's webhook-bound ones
+            // (another channel, another tool) go on.
+            xbridge_inbound::is_stream_subscription_of(s, channel_settings)
+        } else {
+            webhook_id
                 .as_deref()
                 .is_none_or(|id| s.webhook_id.as_deref() == Some(id))
+        };
+        s.event_type.starts_with("dm.") && channels
     });
     for subscription in mine {
         let id = &subscription.subscription_id;

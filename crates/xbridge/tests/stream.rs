@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use x_simulator::Customer;
+use x_simulator::{Customer, Fault};
 use xbridge_core::config::{WebhookApi, XaaEvent};
 use xbridge_test_support::{spawn_app, BridgeProcess, Crm, TestApp, TestOptions, PATIENCE};
 
@@ -375,5 +375,114 @@ async fn stream_subscriptions_follow_the_channels_event_types_and_go_with_the_ch
     .await
     .expect("the App's stream stops with its last channel");
     bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_subscriptions_deleted_elsewhere_come_back_and_dms_still_arrive() {
+    let app = spawn_app(options(false)).await;
+    forget_lease_queue(&app);
+    let config = app.write_config();
+    let bridge = common::start_bridge(&app).await;
+    let user = app.user_id("acme");
+    let mut crm = app.crm().await;
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_activity_streams(|c| c.open == 1),
+    )
+    .await
+    .expect("the bridge opens the App's stream");
+    let both = vec!["dm.received".to_owned(), "dm.sent".to_owned()];
+    assert_eq!(stream_subscriptions(&app, "acme"), both);
+
+    // While the bridge streams, an operator's `xbridge webhook unsubscribe` (or a lagging
+    // replica's retire) deletes the channel's subscriptions: X would carry none of its DMs.
+    let run = tokio::process::Command::new(binary())
+        .args(["webhook", "unsubscribe", "--channel", "acme", "--config"])
+        .arg(&config)
+        .env_remove("XBRIDGE_CONFIG")
+        .output()
+        .await
+        .expect("xbridge runs");
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(stream_subscriptions(&app, "acme"), Vec::<String>::new());
+
+    // X cuts the stream: the bridge reconnects, making sure of the subscriptions first.
+    assert_eq!(app.simulator.cut_activity_streams(), 1);
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator
+            .wait_for_activity_streams(|c| c.opened >= 2 && c.open == 1),
+    )
+    .await
+    .expect("the bridge reconnects");
+    assert_eq!(stream_subscriptions(&app, "acme"), both);
+    let dm = send(&app, &customers(), &user, 0);
+    read_until(&mut crm, &mut Received::default(), &dm, false).await;
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dms_written_while_a_catch_up_read_the_gap_reach_the_crm_once() {
+    let app = spawn_app(TestOptions {
+        // As above: X's backfill replays nothing, so what the stream missed only a read of the
+        // DMs brings. Two channels of one App: the catch-up reads acme's DMs, then beta's.
+        channels: vec!["acme".into(), "beta".into()],
+        shared_app: true,
+        inbound: "stream_catch_up_after = \"500ms\"\n".into(),
+        ..options(false)
+    })
+    .await;
+    forget_lease_queue(&app);
+    app.simulator
+        .set_activity_stream_backfill_window(Duration::ZERO);
+    let config = app.write_config();
+    let bridge = BridgeProcess::start(binary(), &config, &[]);
+    bridge.wait_for_log("outbound running", 1).await;
+    let (user, beta) = (app.user_id("acme"), app.user_id("beta"));
+    let mut crm = app.crm().await;
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_activity_streams(|c| c.open == 1),
+    )
+    .await
+    .expect("the bridge opens the App's stream");
+    let customers = customers();
+    let mut received = Received::default();
+    let first = send(&app, &customers, &user, 0);
+    read_until(&mut crm, &mut received, &first, false).await;
+
+    let before = stream_requests(&app, &user);
+    app.simulator.set_activity_stream_down(true);
+    assert_eq!(app.simulator.cut_activity_streams(), 1);
+    for n in 1..5 {
+        send(&app, &customers, &user, n);
+    }
+    let requests = app
+        .simulator
+        .wait_for_requests_to(&user, "/2/activity/stream", before + 1);
+    tokio::time::timeout(PATIENCE, requests)
+        .await
+        .expect("the bridge tries to reconnect");
+    // X answers beta's account slowly, for good: each catch-up read, acme's DMs then beta's,
+    // outlasts the catch-up window, and the stream is not connected meanwhile.
+    app.simulator
+        .set_fault(&beta, Fault::Latency { millis: 1500 });
+    app.simulator.set_activity_stream_down(false);
+    bridge
+        .wait_for_log(
+            "activity stream gap caught up by reading the channel's DMs",
+            1,
+        )
+        .await;
+    // acme's DMs were read; beta's are being read. Neither that read nor X's backfill brings
+    // this one: only reading again from when the catch-up began does.
+    send(&app, &customers, &user, 5);
+
+    let last = send(&app, &customers, &user, 6);
+    read_until(&mut crm, &mut received, &last, false).await;
+    assert_once_in_order(&received.texts, 7);
+    bridge.terminate().await;
     app.cleanup().await;
 }

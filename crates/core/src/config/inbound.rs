@@ -43,7 +43,8 @@ pub struct InboundSettings {
     pub webhook_check_interval: Duration,
     /// A gap in an X App's activity stream (`inbound = "stream"`) longer than this is
     /// filled by reading the stream channels' DMs (`GET /2/dm_events`) back to its start:
-    /// X's backfill on reconnecting covers 5 minutes, the default and the most allowed.
+    /// X's backfill on reconnecting covers 5 minutes, the most allowed. The default, 4
+    /// minutes, leaves a minute of margin for connecting and for X's clock.
     pub stream_catch_up_after: Duration,
     /// The media proxy: the bridge URLs attachments carry, since X's own
     /// media URLs need the channel's OAuth signature, which the CRM lacks.
@@ -91,7 +92,7 @@ impl Default for RawInbound {
             backfill_days: 0,
             profile_cache_ttl: Duration::from_secs(3600),
             webhook_check_interval: Duration::from_secs(300),
-            stream_catch_up_after: Duration::from_secs(300),
+            stream_catch_up_after: Duration::from_secs(240),
             media: RawMediaProxy::default(),
         }
     }

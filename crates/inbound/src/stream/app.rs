@@ -7,6 +7,10 @@
 //! against X's 450 connections per 15 minutes. So the backoff is reset, and the reconnection
 //! immediate, only after a connection that proved healthy ([`proved_healthy`]); else the
 //! task waits longer each time.
+//!
+//! What the stream is known to have delivered ([`Gap`]) is kept across this process's
+//! tenures of the lease: a replica that loses the lease (a broker blip) and takes it again
+//! still knows the gap it must catch up. Another replica taking over cannot know it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use xbridge_x_api::activity_stream::{
 use xbridge_x_api::XHttp;
 
 use super::catch_up::CatchUp;
-use super::{subscriptions, Member};
+use super::{subscriptions, Member, Members};
 use crate::parts::Shared;
 use crate::polling::lease::{self, PollLease};
 use crate::webhook::server::{Streamed, WebhookState};
@@ -35,6 +39,14 @@ const STALL_AFTER: Duration = Duration::from_secs(3 * KEEP_ALIVE.as_secs());
 /// A connection that lived this long (longer than one of X's keep-alive intervals) was
 /// healthy, even if it carried nothing.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// How often the holder, while connected, makes sure of the subscriptions (deleted
+/// elsewhere: a lagging replica's retire, an operator's `xbridge webhook unsubscribe`, and
+/// no event would say so) and tries again the catch-ups that failed. Each (re)connection
+/// does both too.
+pub(crate) const UPKEEP_EVERY: Duration = Duration::from_secs(10 * 60);
+/// How many catch-up reads, each from when the one before began, before the stream connects
+/// anyway (see [`catch_up`]).
+const CATCH_UP_ROUNDS: usize = 3;
 
 /// What an App's stream task runs with.
 pub(crate) struct AppContext {
@@ -49,13 +61,24 @@ pub(crate) struct AppContext {
     pub(crate) connections: watch::Receiver<Option<Arc<lapin::Connection>>>,
 }
 
-type Members = watch::Receiver<BTreeMap<String, Member>>;
+/// What the App's stream is known to have delivered, kept across this process's tenures of
+/// the lease.
+#[derive(Default)]
+struct Gap {
+    /// When the stream was last known to have delivered everything before it; `None`: not
+    /// since this process holds the lease, so ask for X's whole backfill.
+    good_until: Option<Instant>,
+    /// By channel, the start of a gap longer than the catch-up window not caught up yet
+    /// (its read failed): only those channels are read again.
+    uncaught: BTreeMap<String, DateTime<Utc>>,
+}
 
 /// Holds the App's stream while this replica holds the App's lease, until `stop`.
 /// `xbridge_stream_apps_held` counts the Apps whose stream this replica holds.
 pub(crate) async fn run(mut ctx: AppContext, members: Members, stop: CancellationToken) {
     let held = metrics::gauge!("xbridge_stream_apps_held");
     let mut retry = reconnect_backoff();
+    let mut gap = Gap::default();
     loop {
         let Some(mut lease) = take_lease(&mut ctx, &mut retry, &stop).await else {
             return;
@@ -66,7 +89,7 @@ pub(crate) async fn run(mut ctx: AppContext, members: Members, stop: Cancellatio
             app = ctx.app,
             "stream lease acquired: this replica holds the X App's activity stream"
         );
-        let ended = stream_while_held(&ctx, members.clone(), &mut lease, &stop).await;
+        let ended = stream_while_held(&ctx, members.clone(), &mut lease, &mut gap, &stop).await;
         held.decrement(1.0);
         lease.release().await;
         match ended {
@@ -136,29 +159,24 @@ async fn stream_while_held(
     ctx: &AppContext,
     mut members: Members,
     lease: &mut PollLease,
+    gap: &mut Gap,
     stop: &CancellationToken,
 ) -> Option<lease::LeaseError> {
     let mut backoff = reconnect_backoff();
-    // When the stream was last known to have delivered everything before it; `None`: not
-    // since this replica holds the lease, so ask for X's whole backfill.
-    let mut good_until: Option<Instant> = None;
-    // The start of a gap longer than X's backfill not caught up yet.
-    let mut uncaught: Option<DateTime<Utc>> = None;
-    let mut subscribed = false;
     loop {
         let current = members.borrow_and_update().clone();
-        if !subscribed {
-            subscribed = subscriptions::ensure(&ctx.settings, &ctx.http, &current).await;
-        }
+        // At every (re)connection, not only when the members change: subscriptions deleted
+        // elsewhere come back (a failure is logged and tried again at the next).
+        subscriptions::ensure(&ctx.settings, &ctx.http, &current).await;
         // No member left: the task is being stopped.
         let client = stream_client(ctx, &current)?;
-        let catch_up = catch_up(ctx, &current, &mut good_until, &mut uncaught);
+        let catch_up = catch_up(ctx, &members, gap);
         tokio::select! {
             _ = stop.cancelled() => return None,
             error = lease.ended() => return Some(error),
             () = catch_up => {}
         }
-        let backfill = backfill_minutes(good_until);
+        let backfill = backfill_minutes(gap.good_until);
         let connected = tokio::select! {
             _ = stop.cancelled() => return None,
             error = lease.ended() => return Some(error),
@@ -173,17 +191,14 @@ async fn stream_while_held(
                     "activity stream connected"
                 );
                 let connected_at = Instant::now();
-                let read = read_stream(ctx, stream, &mut members, &mut good_until);
+                let read = read_stream(ctx, stream, &mut members, gap);
                 let ended = tokio::select! {
                     _ = stop.cancelled() => return None,
                     error = lease.ended() => return Some(error),
                     ended = read => ended,
                 };
                 match ended {
-                    Ended::MembersChanged => {
-                        subscribed = false;
-                        continue;
-                    }
+                    Ended::MembersChanged => continue,
                     Ended::Stream { error, heard } => {
                         metrics::counter!("xbridge_stream_disconnects_total").increment(1);
                         if proved_healthy(connected_at.elapsed(), heard) {
@@ -225,46 +240,82 @@ fn proved_healthy(lived: Duration, heard: bool) -> bool {
 }
 
 /// Before reconnecting: when the stream was down longer than `inbound.stream_catch_up_after`
-/// (X's backfill), reads the members' DMs back to the gap's start (see [`super::catch_up`]).
-/// Once every member is caught up, the stream counts as good from when the read began; a
-/// failed catch-up is tried again at the next reconnection.
-async fn catch_up(
-    ctx: &AppContext,
-    members: &BTreeMap<String, Member>,
-    good_until: &mut Option<Instant>,
-    uncaught: &mut Option<DateTime<Utc>>,
-) {
-    if let Some(start) = long_gap_start(
-        &ctx.app,
-        *good_until,
-        ctx.settings.inbound.stream_catch_up_after,
-    ) {
-        *uncaught = Some(uncaught.map_or(start, |earlier| earlier.min(start)));
+/// (X's backfill), reads the members' DMs back to the gap's start (see [`super::catch_up`]),
+/// and again from when that read began while the read itself outlasted the window (paced
+/// reads of many accounts take long, and the stream is down meanwhile). The stream counts as
+/// good from when the last read began; a member whose read failed is kept in
+/// [`Gap::uncaught`] and read again alone, at the next reconnection or [`UPKEEP_EVERY`].
+/// After [`CATCH_UP_ROUNDS`] reads the stream connects anyway, and what came during the last
+/// read is read at once while connected: reads that never get within the window (X slow, many
+/// accounts paced) must not keep the stream down for good.
+async fn catch_up(ctx: &AppContext, members: &Members, gap: &mut Gap) {
+    let window = ctx.settings.inbound.stream_catch_up_after;
+    // One outage is one gap, however many reads it takes.
+    let mut first = true;
+    for round in 1.. {
+        let current: Vec<String> = members.borrow().keys().cloned().collect();
+        gap.uncaught.retain(|name, _| current.contains(name));
+        if let Some(start) = long_gap_start(&ctx.app, gap.good_until, window, first) {
+            for name in current {
+                let since = gap.uncaught.entry(name).or_insert(start);
+                *since = (*since).min(start);
+            }
+        }
+        first = false;
+        if gap.uncaught.is_empty() {
+            return;
+        }
+        tracing::info!(
+            app = ctx.app,
+            round,
+            channels = gap.uncaught.len(),
+            "activity stream gap longer than the catch-up window: reading the stream channels' DMs back before reconnecting"
+        );
+        let began = Instant::now();
+        read_back(ctx, members, gap).await;
+        gap.good_until = Some(began);
+        if began.elapsed() <= window {
+            return;
+        }
+        if round == CATCH_UP_ROUNDS {
+            let read_for = began.elapsed();
+            tracing::warn!(
+                app = ctx.app,
+                read_for_s = read_for.as_secs(),
+                "the activity stream's catch-up keeps outlasting its window: connecting, and reading back what came meanwhile while connected"
+            );
+            if let Some(start) = long_gap_start(&ctx.app, gap.good_until, Duration::ZERO, false) {
+                for name in members.borrow().keys() {
+                    let since = gap.uncaught.entry(name.clone()).or_insert(start);
+                    *since = (*since).min(start);
+                }
+            }
+            return;
+        }
     }
-    let Some(since) = *uncaught else {
-        return;
-    };
-    let began = Instant::now();
+}
+
+/// Reads back the DMs of the members in [`Gap::uncaught`]; those that failed stay there.
+async fn read_back(ctx: &AppContext, members: &Members, gap: &mut Gap) {
     let catch_up = CatchUp {
         app: &ctx.app,
         shared: &ctx.shared,
         publish_echoes: ctx.settings.inbound.publish_echoes,
     };
-    if catch_up.run(members, since).await.is_empty() {
-        *uncaught = None;
-        *good_until = Some(began);
-    }
+    let failed = catch_up.run(members, &gap.uncaught).await;
+    gap.uncaught.retain(|name, _| failed.contains(name));
 }
 
-/// When the gap since `good_until` began, if it is longer than `catch_up_after`; counts and
-/// logs one longer than X's 5-minute backfill.
+/// When the gap since `good_until` began, if it is longer than `catch_up_after`; with
+/// `count`, counts and logs one longer than X's 5-minute backfill.
 fn long_gap_start(
     app: &str,
     good_until: Option<Instant>,
     catch_up_after: Duration,
+    count: bool,
 ) -> Option<DateTime<Utc>> {
     let gap = good_until?.elapsed();
-    if gap.as_secs() > 60 * u64::from(MAX_BACKFILL_MINUTES) {
+    if count && gap.as_secs() > 60 * u64::from(MAX_BACKFILL_MINUTES) {
         metrics::counter!("xbridge_stream_backfill_gaps_total").increment(1);
         tracing::warn!(
             app,
@@ -315,9 +366,17 @@ async fn read_stream(
     ctx: &AppContext,
     mut stream: ActivityStream,
     members: &mut Members,
-    good_until: &mut Option<Instant>,
+    gap: &mut Gap,
 ) -> Ended {
     let mut heard = false;
+    // A catch-up left to do (failed, or cut short) is tried at once, then every upkeep.
+    let first = if gap.uncaught.is_empty() {
+        Instant::now() + UPKEEP_EVERY
+    } else {
+        Instant::now()
+    };
+    let mut upkeep = tokio::time::interval_at(first, UPKEEP_EVERY);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let item = tokio::select! {
             changed = members.changed() => {
@@ -327,6 +386,10 @@ async fn read_stream(
                 }
                 return Ended::MembersChanged;
             }
+            _ = upkeep.tick() => {
+                keep_up(ctx, members, gap).await;
+                continue;
+            }
             item = stream.next() => item,
         };
         if matches!(item, Ok(StreamItem::KeepAlive | StreamItem::Event(_))) {
@@ -335,7 +398,7 @@ async fn read_stream(
         match item {
             Err(error) => return Ended::Stream { error, heard },
             Ok(StreamItem::KeepAlive) => {
-                *good_until = Some(Instant::now());
+                gap.good_until = Some(Instant::now());
             }
             Ok(StreamItem::Skipped(why)) => {
                 metrics::counter!("xbridge_stream_lines_skipped_total").increment(1);
@@ -361,7 +424,7 @@ async fn read_stream(
                 match ctx.deliver.deliver_streamed(&via, &event.body).await {
                     Streamed::Delivered => {
                         metrics::counter!("xbridge_stream_events_total").increment(1);
-                        *good_until = Some(Instant::now());
+                        gap.good_until = Some(Instant::now());
                     }
                     Streamed::Unreadable(why) => {
                         metrics::counter!("xbridge_stream_lines_skipped_total").increment(1);
@@ -381,6 +444,16 @@ async fn read_stream(
                 }
             }
         }
+    }
+}
+
+/// While connected, every [`UPKEEP_EVERY`]: makes sure of the subscriptions and tries the
+/// failed catch-ups again. The stream waits meanwhile (X keeps what it sends).
+async fn keep_up(ctx: &AppContext, members: &Members, gap: &mut Gap) {
+    let current = members.borrow().clone();
+    subscriptions::ensure(&ctx.settings, &ctx.http, &current).await;
+    if !gap.uncaught.is_empty() {
+        read_back(ctx, members, gap).await;
     }
 }
 
@@ -435,12 +508,12 @@ mod tests {
     #[test]
     fn only_a_gap_longer_than_the_catch_up_window_is_caught_up_from_its_start() {
         let five = Duration::from_secs(300);
-        assert_eq!(long_gap_start("a", None, five), None);
-        assert_eq!(long_gap_start("a", Some(Instant::now()), five), None);
+        assert_eq!(long_gap_start("a", None, five, true), None);
+        assert_eq!(long_gap_start("a", Some(Instant::now()), five, true), None);
         let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(600)) else {
             return;
         };
-        let start = long_gap_start("a", Some(long_ago), five).expect("a long gap");
+        let start = long_gap_start("a", Some(long_ago), five, true).expect("a long gap");
         let ago = Utc::now() - start;
         assert!((599..=601).contains(&ago.num_seconds()), "{ago}");
     }

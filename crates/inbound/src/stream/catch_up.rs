@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::parts::Shared;
 use crate::polling::poller::{self, snowflake_at, PollContext};
 
-use super::Member;
+use super::{Member, Members};
 
 /// How much earlier than the gap's start the read goes: X's ids carry X's clock, not ours.
 const CLOCK_MARGIN: chrono::Duration = chrono::Duration::minutes(1);
@@ -26,19 +26,32 @@ pub(super) struct CatchUp<'a> {
 }
 
 impl CatchUp<'_> {
-    /// Reads each member's DMs back to `since` and delivers what the CRM lacks. The members
-    /// that could not be caught up (logged), to try again at the next reconnection.
+    /// Reads each channel of `uncaught` back to its gap's start and delivers what the CRM
+    /// lacks. A channel that leaves the stream meanwhile is dropped, also mid-read: its DMs are
+    /// no longer this stream's to publish. The channels that could not be caught up (logged),
+    /// to try again later.
     pub(super) async fn run(
         &self,
-        members: &BTreeMap<String, Member>,
-        since: DateTime<Utc>,
+        members: &Members,
+        uncaught: &BTreeMap<String, DateTime<Utc>>,
     ) -> Vec<String> {
         let mut failed = Vec::new();
-        for member in members.values() {
-            let channel = member.settings.name.as_str();
-            let ctx = self.poll_context(member);
-            let from = snowflake_at(since - CLOCK_MARGIN);
-            match poller::catch_up(&ctx, from).await {
+        for (channel, since) in uncaught {
+            let Some(member) = members.borrow().get(channel).cloned() else {
+                continue;
+            };
+            let ctx = self.poll_context(&member);
+            let from = snowflake_at(*since - CLOCK_MARGIN);
+            let mut left = members.clone();
+            let read = tokio::select! {
+                read = poller::catch_up(&ctx, from) => read,
+                _ = left.wait_for(|members| !members.contains_key(channel)) => {
+                    tracing::info!(app = self.app, channel, "channel left the stream: its catch-up stopped");
+                    continue;
+                }
+            };
+            let since = *since;
+            match read {
                 Ok(outcome) => tracing::info!(
                     app = self.app,
                     channel,
@@ -49,7 +62,7 @@ impl CatchUp<'_> {
                 ),
                 Err(error) => {
                     tracing::error!(app = self.app, channel, since = %since, %error, "activity stream gap not caught up: DMs older than X's backfill may be missing until a later try succeeds");
-                    failed.push(member.settings.name.clone());
+                    failed.push(channel.clone());
                 }
             }
         }

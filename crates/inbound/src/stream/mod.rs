@@ -16,13 +16,16 @@
 //! After a cut, a stall or a failed delivery it reconnects (backoff from
 //! `xbridge_x_api::activity_stream::reconnect_backoff`, reset only by a connection that
 //! proved healthy, see [`app`]) asking X for a backfill that covers the time since the stream
-//! was last known good, capped at X's 5 minutes; a new holder asks for the full 5 minutes,
-//! since it cannot know what the previous one delivered. Replayed events that were delivered
+//! was last known good, capped at X's 5 minutes; a new holder (another replica) asks for the
+//! full 5 minutes, since it cannot know what the previous one delivered; this process keeps
+//! what it knows across its own tenures of the lease. Replayed events that were delivered
 //! already are dropped by the delivered record. A known gap longer than
-//! `inbound.stream_catch_up_after` (X's 5 minutes by default) is counted
-//! (`xbridge_stream_backfill_gaps_total` when past X's 5) and filled by [`catch_up`]: one read
+//! `inbound.stream_catch_up_after` (4 minutes by default, at most X's 5) is counted once
+//! (`xbridge_stream_backfill_gaps_total` when past X's 5) and filled by [`catch_up`]: a read
 //! of each stream channel's DMs back to the gap's start with the poller's own paging and
-//! delivery, before the stream reconnects.
+//! delivery, before the stream reconnects, again while that read outlasted the window. The
+//! holder also makes sure of the subscriptions at every (re)connection and every 10 minutes
+//! ([`subscriptions`]), since they can be deleted elsewhere without a word from X.
 //!
 //! A channel that leaves the stream (removed, or another `inbound` mode) has its stream
 //! subscriptions deleted by [`StreamApps::leave`] in every replica that serves it — also when
@@ -59,6 +62,9 @@ pub(crate) struct Member {
     pub(crate) auth: XAuth,
 }
 
+/// An App's stream channels, by name, as they change.
+pub(crate) type Members = watch::Receiver<BTreeMap<String, Member>>;
+
 /// The App of a consumer key, as named in logs and the lease queue: a digest, so the key
 /// never shows.
 pub(crate) fn app_label(consumer_key: &str) -> String {
@@ -87,9 +93,9 @@ pub(crate) struct StreamApps {
     /// Routes and delivers the stream's lines; never served over HTTP.
     deliver: Arc<WebhookState>,
     apps: HashMap<String, AppStream>,
-    /// Deletions of the stream subscriptions of channels that left, by channel: stopped if
-    /// the channel streams again before they are done.
-    retiring: HashMap<String, tokio::task::AbortHandle>,
+    /// Deletions of the stream subscriptions of channels that left, by channel and App:
+    /// stopped if the channel streams again from that App before they are done.
+    retiring: HashMap<(String, String), tokio::task::AbortHandle>,
     shutdown: CancellationToken,
 }
 
@@ -117,11 +123,17 @@ impl StreamApps {
     pub(crate) fn join(&mut self, parts: &ChannelParts, auth: XAuth, tasks: &mut JoinSet<()>) {
         let channel = parts.settings.clone();
         let profiles = parts.profiles.clone();
-        self.detach(&channel.name);
-        if let Some(retiring) = self.retiring.remove(&channel.name) {
+        let app = app_label(channel.consumer_key.expose_secret());
+        if let Some(old) = self.detach(&channel.name) {
+            // Another consumer key: the old App's subscriptions of the channel would go on
+            // being billed, and no task of that App would delete them.
+            if app_label(old.settings.consumer_key.expose_secret()) != app {
+                self.retire(old);
+            }
+        }
+        if let Some(retiring) = self.retiring.remove(&(channel.name.clone(), app.clone())) {
             retiring.abort();
         }
-        let app = app_label(channel.consumer_key.expose_secret());
         self.deliver.serve_channel(
             WebhookChannel {
                 name: channel.name.clone(),
@@ -170,15 +182,23 @@ impl StreamApps {
     /// and a subscription gone already is no error): when the App's last stream channel goes,
     /// no App task is left to do it.
     pub(crate) fn leave(&mut self, name: &str) {
-        let Some(member) = self.detach(name) else {
-            return;
-        };
+        if let Some(member) = self.detach(name) {
+            self.retire(member);
+        }
+    }
+
+    /// Deletes the stream subscriptions `member` has with its App, in the background.
+    fn retire(&mut self, member: Member) {
+        let key = (
+            member.settings.name.clone(),
+            app_label(member.settings.consumer_key.expose_secret()),
+        );
         let (settings, http) = (self.settings.clone(), self.http.clone());
         let retire = tokio::spawn(async move {
             subscriptions::retire(&settings, &http, &member).await;
         });
         self.retiring.retain(|_, task| !task.is_finished());
-        self.retiring.insert(name.to_owned(), retire.abort_handle());
+        self.retiring.insert(key, retire.abort_handle());
     }
 
     /// Takes `name` out of its App's stream, stopping the App's task when it was the last:

@@ -1,9 +1,12 @@
 //! The stream channels' XAA subscriptions: each has one per event type it wants, without a
 //! webhook (so only the stream carries them) and tagged `xbridge:<channel>`, and no other.
 //!
-//! The App's task ([`super::app`]) keeps them so while it holds the App's lease ([`ensure`]):
-//! it creates what X lacks and deletes the channel's tagged stream subscriptions it no longer
-//! wants (an event type dropped from `xaa_events`, the account of an old `user_id`). A channel
+//! The App's task keeps them so while it holds the App's lease ([`ensure`]), at every
+//! (re)connection of the stream and every 10 minutes while connected — subscriptions are
+//! deleted elsewhere too (a lagging replica's [`retire`], an operator's `xbridge webhook
+//! unsubscribe`) and X says nothing of it, so they come back by themselves. It creates what
+//! X lacks and deletes the channel's tagged stream subscriptions it no longer wants (an event
+//! type dropped from `xaa_events`, the account of an old `user_id`). A channel
 //! that leaves the stream has all of its own deleted by [`retire`], run by
 //! [`super::StreamApps::leave`] in every replica (the task may be gone: it stops with the App's
 //! last stream channel). Subscriptions are told apart by their tag and `webhook_id`, so a
@@ -21,8 +24,9 @@ fn tag(channel: &ChannelSettings) -> String {
     format!("xbridge:{}", channel.name)
 }
 
-/// Whether `subscription` is one of the channel's stream subscriptions.
-fn is_streamed_for(subscription: &ActivitySubscription, channel: &ChannelSettings) -> bool {
+/// Whether `subscription` is one of the channel's stream subscriptions: no webhook, and the
+/// channel's tag (a webhook channel's, another tool's or another channel's are not).
+pub fn is_streamed_for(subscription: &ActivitySubscription, channel: &ChannelSettings) -> bool {
     subscription.webhook_id.is_none() && subscription.tag.as_deref() == Some(&tag(channel))
 }
 
@@ -45,7 +49,7 @@ fn client(
 
 /// Makes each member's subscriptions what it wants: creates the missing, deletes the
 /// unwanted. `false` when X could not be asked or refused (logged; tried again at the next
-/// change or lease).
+/// reconnection or the next upkeep, every 10 minutes).
 pub(crate) async fn ensure(
     settings: &Settings,
     http: &XHttp,
@@ -74,10 +78,12 @@ async fn ensure_one(settings: &Settings, http: &XHttp, member: &Member) -> bool 
         .collect();
     let mut done = true;
     for event_type in &wanted {
+        // Only the channel's own: another's (untagged, another tag) may be deleted by its
+        // owner at any time, and would leave this channel without events.
         let there = present.iter().any(|s| {
             s.event_type == *event_type
                 && s.user_id.as_deref() == Some(user_id)
-                && s.webhook_id.is_none()
+                && is_streamed_for(s, channel)
         });
         if !there {
             done &= create(&client, channel, event_type, user_id).await;
