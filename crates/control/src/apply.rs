@@ -286,7 +286,10 @@ impl Applier {
 
     /// `channel.remove`: a CRM channel the store holds (or held: a redelivery),
     /// also one a channel of the file hides (the file's stays served), so the CRM
-    /// can delete its own record.
+    /// can delete its own record. A removed channel's OAuth 2.0 grant is deleted
+    /// with it: a refresh token left in the store would still speak for the account
+    /// (and a channel of that name made later would inherit it). The grant of a
+    /// file channel of the same name is that channel's, and stays.
     async fn remove(&self, command: &ControlCommand) -> Result<Outcome, WriteError> {
         let name = command.command.channel();
         let from_file = self
@@ -301,6 +304,12 @@ impl Applier {
         }
         match self.registry.remove(name).await {
             Ok(revision) => {
+                if !from_file && self.registry.store().delete_oauth2_grant(name).await? {
+                    tracing::info!(
+                        channel = name,
+                        "the removed channel's OAuth 2.0 grant is deleted"
+                    );
+                }
                 let detail = from_file.then(|| {
                     format!("the CRM's record of {name} is removed; the config file's channel of that name stays served")
                 });
