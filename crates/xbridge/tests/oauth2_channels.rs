@@ -142,6 +142,56 @@ async fn a_revoked_grant_makes_the_channel_unauthorized_with_the_fix_and_loses_n
     app.cleanup().await;
 }
 
+/// The redirect URI the tests' authorisations name.
+const REDIRECT: &str = "http://localhost:8080/callback";
+
+/// The browser step: the simulator's authorize page approves `url` at once, as its
+/// client's account, and redirects; returns where to.
+async fn approve(url: &str) -> String {
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let answer = browser.get(url).send().await.unwrap();
+    assert_eq!(answer.status(), 302);
+    let location = answer.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(REDIRECT), "{location}");
+    location
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorisation_another_account_approved_is_refused_and_stores_nothing() {
+    let app = spawn_app(TestOptions::default()).await;
+    // The operator is signed in to X as another account when they open the URL.
+    let other = x_simulator::Account::generate("someone_else");
+    app.simulator.add_account(other.clone());
+    let client = OAuth2Client::generate(&other.user_id, true);
+    app.simulator.add_oauth2_client(client.clone());
+    let mut settings = xbridge_core::config::Settings::from_toml(&oauth2_config(&app)).unwrap();
+    let channel = &mut settings.channels[0];
+    let acme = app.user_id("acme");
+    channel.user_id = Some(acme.clone());
+    let oauth2 = channel.oauth2.as_mut().unwrap();
+    oauth2.client_id = client.client_id.clone();
+    oauth2.client_secret = client.client_secret.clone().map(Into::into);
+
+    let channel = settings.channels[0].clone();
+    let (url, pending) = xbridge::oauth2_cmd::begin(&settings, &channel, REDIRECT).unwrap();
+    let location = approve(&url).await;
+    let store = xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap();
+    let refused = xbridge::oauth2_cmd::finish(pending, &store, &location)
+        .await
+        .expect_err("another account's grant is refused");
+    let said = format!("{refused:#}");
+    assert!(
+        said.contains(&acme) && said.contains(&other.user_id),
+        "the error names both accounts: {said}"
+    );
+    assert_eq!(store.oauth2_grant("acme").await.unwrap(), None);
+    drop(store);
+    app.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_authorises_a_channel_once_and_it_sends_and_reads_dms() {
     let app = spawn_app(TestOptions {
@@ -158,29 +208,23 @@ async fn an_operator_authorises_a_channel_once_and_it_sends_and_reads_dms() {
         .collect::<Vec<_>>()
         .join("\n");
     let settings = xbridge_core::config::Settings::from_toml(&toml).unwrap();
-    let redirect = "http://localhost:8080/callback";
-    let (url, pending) = xbridge::oauth2_cmd::begin(&settings, "acme", redirect).unwrap();
+    let channel = &settings.channels[0];
+    let (url, pending) = xbridge::oauth2_cmd::begin(&settings, channel, REDIRECT).unwrap();
     assert!(url.contains("code_challenge_method=S256"), "{url}");
-    // The browser step: the simulator approves at once and redirects.
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let answer = browser.get(&url).send().await.unwrap();
-    assert_eq!(answer.status(), 302);
-    let location = answer.headers()["location"].to_str().unwrap().to_owned();
-    assert!(location.starts_with(redirect), "{location}");
+    let location = approve(&url).await;
     {
         let store = xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap();
         // A redirect of another authorisation (another state) is refused.
-        let (_, other) = xbridge::oauth2_cmd::begin(&settings, "acme", redirect).unwrap();
+        let (_, other) = xbridge::oauth2_cmd::begin(&settings, channel, REDIRECT).unwrap();
         assert!(xbridge::oauth2_cmd::finish(other, &store, &location)
             .await
             .is_err());
-        let generation = xbridge::oauth2_cmd::finish(pending, &store, &location)
+        let stored = xbridge::oauth2_cmd::finish(pending, &store, &location)
             .await
             .unwrap();
-        assert_eq!(generation, 1);
+        assert_eq!(stored.generation, 1);
+        // The operator is told whom they authorised: the channel's account.
+        assert_eq!(stored.user_id, app.user_id("acme"));
     }
 
     let bridge = start_bridge_from(&toml).await;
