@@ -2,7 +2,9 @@
 //! OAuth 2.0 client and a refresh token instead of the OAuth 1.0a pair sends its replies
 //! with Bearer tokens it refreshes from the grant in the state store, keeps sending once
 //! each when X ends its access token mid-stream, and when X refuses the grant says so
-//! with the fix and loses no reply silently. Real RabbitMQ, simulated X.
+//! with the fix and loses no reply silently. `xbridge oauth2 authorize` stores only the
+//! channel's account's grant; a token source still on a channel's previous refresh token
+//! takes the grant a new one became. Real RabbitMQ, simulated X.
 
 mod common;
 
@@ -246,5 +248,71 @@ async fn an_operator_authorises_a_channel_once_and_it_sends_and_reads_dms() {
     };
     assert_eq!(received.body["text"], "hello from a customer");
     bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_source_on_the_previous_refresh_token_takes_the_new_grant_and_spends_nothing() {
+    use std::sync::Arc;
+    use xbridge_x_api::{XAuth, XHttp};
+
+    let app = spawn_app(TestOptions::default()).await;
+    let settings = xbridge_core::config::Settings::from_toml(&oauth2_config(&app)).unwrap();
+    let store: Arc<dyn xbridge_store::StateStore> =
+        Arc::new(xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap());
+    let key = Arc::new(settings.state.credentials_key().unwrap());
+    let http = XHttp::new().unwrap();
+    let source = |channel: &xbridge_core::config::ChannelSettings| {
+        let auth = xbridge_core::oauth2_tokens::channel_auth(
+            &settings.x,
+            channel,
+            store.clone(),
+            Some(key.clone()),
+            &http,
+        );
+        match auth.unwrap() {
+            XAuth::OAuth2(source) => source,
+            XAuth::OAuth1(_) => panic!("an OAuth 2.0 channel"),
+        }
+    };
+    let previous = settings.channels[0].clone();
+    let old = source(&previous);
+    let revoked = old
+        .access_token()
+        .await
+        .expect("the configured token is spent");
+
+    // X revokes the grant; the new settings carry a new approval's refresh token, while
+    // a replica (or direction) still runs on the previous settings.
+    let user = app.user_id("acme");
+    assert!(app.simulator.oauth2_revoke_grants(&user) > 0);
+    let client_id = &previous.oauth2.as_ref().unwrap().client_id;
+    let renewed = app.simulator.oauth2_grant(client_id, DM_SCOPES).unwrap();
+    let mut current = previous.clone();
+    current.oauth2.as_mut().unwrap().refresh_token = renewed.refresh_token.map(Into::into);
+    let new = source(&current)
+        .access_token()
+        .await
+        .expect("the new token is spent");
+    let answered = || {
+        app.simulator
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/2/oauth2/token")
+            .count()
+    };
+    let spent = answered();
+
+    // X refuses the old source's token: it takes the new grant. Its own configured token
+    // is older than that grant, not a new one: spent, X would refuse it and the refusal
+    // would mark the new grant refused.
+    old.rejected(&revoked);
+    let taken = old.access_token().await.expect("the new grant is taken");
+    use secrecy::ExposeSecret as _;
+    assert_eq!(taken.expose_secret(), new.expose_secret());
+    assert_eq!(answered(), spent, "no token request");
+    let row = store.oauth2_grant("acme").await.unwrap().expect("stored");
+    assert_eq!((row.generation, row.refused), (2, false));
+    drop(store);
     app.cleanup().await;
 }
