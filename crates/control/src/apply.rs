@@ -22,6 +22,7 @@ use xbridge_store::{ChannelEntry, ChannelRecord};
 use xbridge_x_api::{XClient, XClientConfig, XHttp};
 
 use crate::diagnosis::{check_account, check_account_with, diagnose, AccountCheck};
+use crate::grant_undo::GrantBefore;
 use crate::record;
 use crate::registry::{Registry, WriteError};
 
@@ -208,16 +209,24 @@ impl Applier {
         if let Some(detail) = self.too_many(name) {
             return refused(RefusalReason::TooManyChannels, detail);
         }
+        let store = self.registry.store();
+        let grant_before = GrantBefore::read(store.as_ref(), settings).await?;
         let check = self.check(settings).await;
-        if let Some(detail) = contradicted(&check, settings) {
-            return refused(RefusalReason::InvalidField, detail);
-        }
         let account = settings
             .user_id
             .clone()
             .or_else(|| check.account.as_ref().map(|a| a.user_id.clone()));
-        if let Some(detail) = account.and_then(|id| self.account_taken(name, &id)) {
-            return refused(RefusalReason::Conflict, detail);
+        let refused_why = contradicted(&check, settings)
+            .map(|detail| (RefusalReason::InvalidField, detail))
+            .or_else(|| {
+                let taken = account.and_then(|id| self.account_taken(name, &id))?;
+                Some((RefusalReason::Conflict, taken))
+            });
+        if let Some((reason, detail)) = refused_why {
+            if let Some(before) = grant_before {
+                before.restore(store.as_ref()).await?;
+            }
+            return refused(reason, detail);
         }
         let written = match self.registry.upsert(settings, &command.command_id).await {
             Err(WriteError::Raced(_)) => return Ok(raced(command)),

@@ -226,6 +226,9 @@ struct Stored {
     expires_at: Option<DateTime<Utc>>,
     refused: bool,
     seeds: Option<Vec<String>>,
+    /// The grant is another client's: not used, unless a new configured refresh token
+    /// (of this client) replaces it.
+    other_client: bool,
 }
 
 /// What one refresh spends, and over which generation.
@@ -284,11 +287,9 @@ impl StoreTokenSource {
             .map_err(|e| transient(e.to_string()))?;
         let json: GrantJson = serde_json::from_str(text.expose_secret())
             .map_err(|_| transient("the stored grant does not decode".to_owned()))?;
-        if json.client_id != self.client_id {
-            // Authorised for another client: the channel's client changed since.
-            return Err(refused("the stored grant is another OAuth 2.0 client's"));
-        }
         Ok(Some(Stored {
+            // Authorised for another client: the channel's client changed since.
+            other_client: json.client_id != self.client_id,
             generation: row.generation,
             access: json.access_token.into(),
             refresh: json.refresh_token.map(SecretString::from),
@@ -371,6 +372,9 @@ impl StoreTokenSource {
             let stored = self.read().await?;
             let renewal = stored.as_ref().is_some_and(|s| self.renews(s));
             if let Some(stored) = stored.as_ref().filter(|_| !renewal) {
+                if stored.other_client {
+                    return Err(refused("the stored grant is another OAuth 2.0 client's"));
+                }
                 if stored.refused {
                     return Err(refused(&authorize_fix(&self.channel)));
                 }

@@ -2,8 +2,9 @@
 //! `oauth2_client_id`, `oauth2_client_secret` and `oauth2_refresh_token` are checked
 //! against X with a Bearer token the bridge obtains, the answer is `ok` with the account,
 //! replies go out, and no token appears in the logs. A grant X refused is brought back by
-//! a new `oauth2_refresh_token`, spent once; an operator can authorise a CRM channel;
-//! `channel.remove` deletes the grant. Real RabbitMQ, simulated X.
+//! a new `oauth2_refresh_token`, spent once (and a refused command's token leaves no
+//! grant behind); an operator can authorise a CRM channel; `channel.remove` deletes the
+//! grant. Real RabbitMQ, simulated X.
 
 #[path = "common/crm.rs"]
 mod crm;
@@ -206,6 +207,36 @@ async fn a_revoked_crm_channel_comes_back_with_a_new_refresh_token_spent_once() 
         .unwrap()
         .expect("stored");
     assert!(row.refused);
+
+    // A command carrying another account's refresh token is refused, and the grant its
+    // check made with that token is not left for the served channel to send as.
+    let other = new_account(&app, "otherco_support");
+    let other_client = OAuth2Client::generate(&other.user_id, true);
+    app.simulator.add_oauth2_client(other_client.clone());
+    let other_grant = app
+        .simulator
+        .oauth2_grant(&other_client.client_id, DM_SCOPES);
+    let other_refresh = other_grant.unwrap().refresh_token.unwrap();
+    let mut wrong = oauth2_upsert(
+        "rn-wrong",
+        "renewco",
+        &account,
+        &other_client,
+        Some(&other_refresh),
+    );
+    wrong["user_id"] = account.user_id.clone().into();
+    commands.send(&wrong).await;
+    let refused = crm::refusal(&mut crm).await;
+    assert_eq!(refused["reason"], "invalid_field", "{refused}");
+    let row = store
+        .oauth2_grant("renewco")
+        .await
+        .unwrap()
+        .expect("stored");
+    assert!(
+        row.refused,
+        "the channel's own grant is back, refused as it was"
+    );
 
     // The user approves the App again; the CRM sends the new grant's refresh token.
     let second = refresh(&app);
