@@ -27,6 +27,8 @@ pub enum Refuse {
     /// Only the writes of OAuth 2.0 grants (`store_oauth2_grant`): X rotated the
     /// grant, then the store would not take the new one.
     Grants,
+    /// Only the marks of OAuth 2.0 grants X refused (`mark_oauth2_refused`).
+    RefusedMarks,
 }
 
 /// The double. Its health is its own: unwritable from the first refused
@@ -42,6 +44,12 @@ pub struct FailingStore {
     /// pruning task runs at start, and must not count as the reply or event
     /// write a test waits to see refused.
     prunes_refused: watch::Sender<usize>,
+    /// While `true`, OAuth 2.0 grant writes wait (a slow store).
+    grant_writes_held: watch::Sender<bool>,
+    /// Grant writes that waited so far.
+    grant_writes_waited: watch::Sender<usize>,
+    /// OAuth 2.0 refresh leases granted (taken or renewed) and turned away so far.
+    leases: watch::Sender<(usize, usize)>,
 }
 
 impl FailingStore {
@@ -54,7 +62,45 @@ impl FailingStore {
             refused: watch::Sender::new(0),
             pruned: watch::Sender::new(0),
             prunes_refused: watch::Sender::new(0),
+            grant_writes_held: watch::Sender::new(false),
+            grant_writes_waited: watch::Sender::new(0),
+            leases: watch::Sender::new((0, 0)),
         })
+    }
+
+    /// Makes OAuth 2.0 grant writes wait until [`FailingStore::release_grant_writes`].
+    pub fn hold_grant_writes(&self) {
+        self.grant_writes_held.send_replace(true);
+    }
+
+    /// Lets held and later grant writes through.
+    pub fn release_grant_writes(&self) {
+        self.grant_writes_held.send_replace(false);
+    }
+
+    /// Waits until `count` grant writes were held since the start.
+    pub async fn wait_for_held_grant_writes(&self, count: usize) {
+        let mut waited = self.grant_writes_waited.subscribe();
+        let _ = waited.wait_for(|waited| *waited >= count).await;
+    }
+
+    /// OAuth 2.0 refresh leases granted (taken or renewed) since the start.
+    pub fn leases_granted(&self) -> usize {
+        self.leases.borrow().0
+    }
+
+    /// Waits until `count` refresh leases were granted since the start.
+    pub async fn wait_for_leases_granted(&self, count: usize) {
+        let mut leases = self.leases.subscribe();
+        let _ = leases.wait_for(|(granted, _)| *granted >= count).await;
+    }
+
+    /// Waits until `count` refresh leases were turned away (another held it) since the start.
+    pub async fn wait_for_leases_turned_away(&self, count: usize) {
+        let mut leases = self.leases.subscribe();
+        let _ = leases
+            .wait_for(|(_, turned_away)| *turned_away >= count)
+            .await;
     }
 
     /// Starts refusing `what`.
@@ -337,6 +383,11 @@ impl StateStore for FailingStore {
             // Not told to the health: the replies' own writes still succeed.
             return Err(self.refused(false));
         }
+        let mut held = self.grant_writes_held.subscribe();
+        if *held.borrow_and_update() {
+            self.grant_writes_waited.send_modify(|waited| *waited += 1);
+            let _ = held.wait_for(|held| !*held).await;
+        }
         self.inner
             .store_oauth2_grant(channel, base, sealed, expires_at)
             .await
@@ -354,7 +405,17 @@ impl StateStore for FailingStore {
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError> {
         self.write(false)?;
-        self.inner.lease_oauth2_refresh(channel, replica, ttl).await
+        let leased = self.inner.lease_oauth2_refresh(channel, replica, ttl).await;
+        if let Ok(leased) = leased {
+            self.leases.send_modify(|(granted, turned_away)| {
+                if leased {
+                    *granted += 1;
+                } else {
+                    *turned_away += 1;
+                }
+            });
+        }
+        leased
     }
 
     async fn release_oauth2_refresh(&self, channel: &str, replica: &str) -> Result<(), StoreError> {
@@ -368,6 +429,9 @@ impl StateStore for FailingStore {
         generation: u64,
     ) -> Result<bool, StoreError> {
         self.write(false)?;
+        if matches!(self.mode(), Refuse::RefusedMarks) {
+            return Err(self.refused(false));
+        }
         self.inner.mark_oauth2_refused(channel, generation).await
     }
 }

@@ -209,9 +209,7 @@ async fn shared_node_has_room(channels: usize) -> anyhow::Result<()> {
     .context("rabbitmqctl status")?;
     let status: serde_json::Value =
         serde_json::from_slice(&status.stdout).context("rabbitmqctl status: not JSON")?;
-    let fds = &status["file_descriptors"];
-    let (Some(used), Some(limit)) = (fds["total_used"].as_u64(), fds["total_limit"].as_u64())
-    else {
+    let Some((used, limit)) = descriptors(&status) else {
         anyhow::bail!("rabbitmqctl status names no file descriptor limit");
     };
     let wanted = used + 3 * channels as u64 + SHARED_NODE_SPARE_FDS;
@@ -222,6 +220,12 @@ async fn shared_node_has_room(channels: usize) -> anyhow::Result<()> {
          higher `ulimit -n`"
     );
     Ok(())
+}
+
+/// The file descriptors a node uses and may use, from `rabbitmqctl status --formatter json`.
+fn descriptors(status: &serde_json::Value) -> Option<(u64, u64)> {
+    let fds = &status["file_descriptors"];
+    fds["total_used"].as_u64().zip(fds["total_limit"].as_u64())
 }
 
 /// Descriptors left for connections and the tests beside a run.
@@ -334,8 +338,7 @@ async fn broker_figures(broker: &PrivateBroker, beam: Option<u32>) -> BrokerFigu
                     .or_else(|| total["erlang"].as_u64())
                     .or_else(|| total.as_u64())
                     .map(|bytes| bytes as f64 / 1024.0 / 1024.0);
-                let fds = &status["file_descriptors"];
-                figures.fds = fds["total_used"].as_u64().zip(fds["total_limit"].as_u64());
+                figures.fds = descriptors(&status);
                 let processes = &status["processes"];
                 figures.processes = processes["used"].as_u64().zip(processes["limit"].as_u64());
             }

@@ -37,6 +37,7 @@ pub mod config;
 pub mod contract;
 pub mod live_channels;
 pub mod metrics_catalog;
+pub mod oauth2_held;
 pub mod oauth2_tokens;
 pub mod secret;
 pub mod server;

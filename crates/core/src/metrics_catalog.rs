@@ -156,7 +156,7 @@ pub const METRICS: &[Metric] = &[
     counter(
         "xbridge_stream_backfill_gaps_total",
         &[],
-        "Reconnections after more than X's 5-minute backfill: older events were lost to the stream.",
+        "Reconnections after more than X's 5-minute backfill: X did not replay older events; the bridge reads the stream channels' DMs back to the gap's start instead.",
     ),
     gauge(
         "xbridge_replicas_live",

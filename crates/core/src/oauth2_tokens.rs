@@ -9,9 +9,14 @@
 //! own. A grant X refused is marked in the store (only if the row is still the one the
 //! refresh used), so every replica reports the channel `unauthorized` with the fix
 //! "run `xbridge oauth2 authorize --channel NAME`".
+//!
+//! Every source of a channel in the process shares one [`ProcessGrants`] entry
+//! (`oauth2_held.rs`): a rotated grant the store did not take, and a refusal whose mark
+//! it did not take, outlive the source that met them.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +30,8 @@ use xbridge_x_api::oauth2::{
 use xbridge_x_api::{AccessTokenSource, TokenFuture, XAuth, XHttp, REFRESH_MARGIN};
 
 use crate::config::{ChannelSettings, OAuth2Channel, XSettings};
+pub use crate::oauth2_held::ProcessGrants;
+use crate::oauth2_held::{ChannelGrant, DeadToken, Held, Unsaved};
 
 /// The grant as sealed in the store (JSON). Its `Debug` is not derived.
 #[derive(Serialize, Deserialize)]
@@ -151,40 +158,24 @@ pub fn channel_auth(
             channel.name
         )
     })?;
-    Ok(XAuth::OAuth2(Arc::new(StoreTokenSource {
-        channel: channel.name.clone(),
-        client_id: oauth2.client_id.clone(),
-        holder: format!("{}-{:016x}", channel.name, rand_u64()),
-        endpoint: token_endpoint(x, oauth2, http),
+    Ok(XAuth::OAuth2(Arc::new(StoreTokenSource::new(
+        &channel.name,
+        token_endpoint(x, oauth2, http),
         store,
         key,
-        configured_refresh: oauth2.refresh_token.clone(),
-        configured_refused: AtomicBool::new(false),
-        lease_ttl: x
-            .request_timeout
+        oauth2.refresh_token.clone(),
+        x.request_timeout
             .saturating_mul(2)
             .max(Duration::from_secs(10)),
-        held: Mutex::new(Held::default()),
-        refreshing: tokio::sync::Mutex::new(()),
-    })))
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish()
+        &ProcessGrants::global(),
+    ))))
 }
 
 /// An [`AccessTokenSource`] whose grant lives in the state store.
 pub struct StoreTokenSource {
     channel: String,
     client_id: String,
-    /// This source's name as a lease holder.
+    /// The process's name as the channel's refresh lease holder.
     holder: String,
     endpoint: TokenEndpoint,
     store: Arc<dyn StateStore>,
@@ -195,27 +186,11 @@ pub struct StoreTokenSource {
     /// X refused the configured refresh token: it is not tried again (each try would
     /// ask X, and mark the stored grant refused again). New settings make a new source.
     configured_refused: AtomicBool,
+    /// How long a refresh lease lasts unless renewed; renewed every third of it while a
+    /// refresh runs.
     lease_ttl: Duration,
-    held: Mutex<Held>,
-    refreshing: tokio::sync::Mutex<()>,
-}
-
-#[derive(Default)]
-struct Held {
-    generation: u64,
-    access: Option<SecretString>,
-    expires_at: Option<DateTime<Utc>>,
-    /// A rotated grant the store did not take: X already spent the refresh token it
-    /// replaced, so this is the only copy. Written before every later use until the
-    /// store takes it.
-    unsaved: Option<Unsaved>,
-}
-
-/// A grant to store over generation `base`.
-struct Unsaved {
-    base: u64,
-    sealed: xbridge_store::SealedGrant,
-    expires_at: Option<DateTime<Utc>>,
+    /// What every source of the channel (and client) in the process shares.
+    grant: Arc<ChannelGrant>,
 }
 
 /// What the store holds for the channel, opened.
@@ -262,14 +237,50 @@ fn refused(detail: &str) -> TokenError {
 }
 
 impl StoreTokenSource {
+    /// The source of `channel`'s grant for the endpoint's client, sharing what `grants`
+    /// holds of the channel with every other source of it there.
+    pub fn new(
+        channel: &str,
+        endpoint: TokenEndpoint,
+        store: Arc<dyn StateStore>,
+        key: Arc<CredentialsKey>,
+        configured_refresh: Option<SecretString>,
+        lease_ttl: Duration,
+        grants: &ProcessGrants,
+    ) -> StoreTokenSource {
+        let client_id = endpoint.client().client_id.clone();
+        let grant = grants.channel(channel, &client_id);
+        StoreTokenSource {
+            channel: channel.to_owned(),
+            client_id,
+            holder: grant.holder.clone(),
+            endpoint,
+            store,
+            key,
+            configured_refresh,
+            configured_refused: AtomicBool::new(false),
+            lease_ttl,
+            grant,
+        }
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+        self.grant.held()
     }
 
     /// The held token if it is fresh.
     fn current(&self) -> Option<SecretString> {
         let held = self.held();
         held.access.clone().filter(|_| fresh(held.expires_at))
+    }
+
+    /// The held token if it is fresh and its grant is stored.
+    fn current_stored(&self) -> Option<SecretString> {
+        let held = self.held();
+        let stored = held.unsaved.is_none();
+        held.access
+            .clone()
+            .filter(|_| stored && fresh(held.expires_at))
     }
 
     async fn read(&self) -> Result<Option<Stored>, TokenError> {
@@ -301,16 +312,15 @@ impl StoreTokenSource {
 
     fn take(&self, generation: u64, access: SecretString, expires_at: Option<DateTime<Utc>>) {
         let mut held = self.held();
-        *held = Held {
-            generation,
-            access: Some(access),
-            expires_at,
-            unsaved: None,
-        };
+        held.generation = generation;
+        held.access = Some(access);
+        held.expires_at = expires_at;
+        held.unsaved = None;
     }
 
-    /// Stores the rotated grant the store did not take before, if any; `true` when none
-    /// is left unstored.
+    /// Stores the rotated grant the store did not take before (this source's or an
+    /// earlier one's of the channel), if any; `true` when none is left unstored. Called
+    /// holding the refresh lock, so one write of it at a time.
     async fn save_unsaved(&self) -> bool {
         let pending = self
             .held()
@@ -355,11 +365,14 @@ impl StoreTokenSource {
     }
 
     async fn refresh(&self) -> Result<SecretString, TokenError> {
-        let _one_here = self.refreshing.lock().await;
+        let _one_here = self.grant.refreshing.lock().await;
+        let saved = self.save_unsaved().await;
         if let Some(token) = self.current() {
+            // Refreshed by another caller meanwhile, or the unsaved grant's, whose use
+            // makes losing it no likelier.
             return Ok(token);
         }
-        if !self.save_unsaved().await {
+        if !saved {
             // The stored refresh token is spent and the new one is not stored: refreshing
             // now would lose it for good.
             return Err(transient(
@@ -479,9 +492,54 @@ impl StoreTokenSource {
         }
     }
 
-    /// Holding the lease: checks the row did not move on, refreshes at X and stores the
-    /// new grant before anything uses it. `None`: the row moved on, read it again.
+    /// Holding the lease (renewed meanwhile): checks the row did not move on, refreshes at
+    /// X and stores the new grant before anything uses it. `None`: the row moved on, or
+    /// the lease did, read it again.
     async fn refresh_leased(
+        &self,
+        generation: u64,
+        refresh: &SecretString,
+        seeds: Vec<String>,
+    ) -> Result<Option<SecretString>, TokenError> {
+        self.keeping_lease(self.refresh_at_x(generation, refresh, seeds))
+            .await
+    }
+
+    /// Runs `work` renewing this holder's refresh lease every third of its TTL. The TTL
+    /// fits one token request, but a slow store can make a refresh and its write outlast
+    /// it; another replica taking the lapsed lease over would spend the same refresh
+    /// token, be refused, and mark a grant refused that this refresh just renewed.
+    async fn keeping_lease<T>(&self, work: impl Future<Output = T>) -> T {
+        let renew = async {
+            let period = (self.lease_ttl / 3).max(Duration::from_millis(1));
+            let mut every = tokio::time::interval(period);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await; // At once: the lease was just taken.
+            loop {
+                every.tick().await;
+                let renewed = self
+                    .store
+                    .lease_oauth2_refresh(&self.channel, &self.holder, self.lease_ttl)
+                    .await;
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(channel = %self.channel, "another replica took this OAuth 2.0 refresh's lease over")
+                    }
+                    Err(error) => {
+                        tracing::warn!(channel = %self.channel, %error, "could not renew the OAuth 2.0 refresh lease")
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            done = work => done,
+            () = renew => unreachable!("renewing the lease never ends"),
+        }
+    }
+
+    async fn refresh_at_x(
         &self,
         generation: u64,
         refresh: &SecretString,
@@ -491,70 +549,107 @@ impl StoreTokenSource {
         if now != generation {
             return Ok(None);
         }
+        let known_dead = self
+            .held()
+            .dead
+            .as_ref()
+            .is_some_and(|d| d.is(generation, refresh));
+        if known_dead {
+            // X refused this very token already: asking again would only hammer X.
+            return self.refused_by_x(generation).await;
+        }
         match self.endpoint.refresh(refresh).await {
-            Ok(grant) => {
-                let (sealed, expires_at) = seal(
-                    &self.key,
-                    &self.channel,
-                    &self.client_id,
-                    &grant,
-                    Some(refresh),
-                    seeds,
-                )
-                .map_err(transient)?;
-                let written = self
-                    .store
-                    .store_oauth2_grant(
-                        &self.channel,
-                        GrantBase::Generation(generation),
-                        &sealed,
-                        expires_at,
-                    )
-                    .await;
-                let written = match written {
-                    Ok(written) => written,
-                    Err(e) => {
-                        // X spent the old refresh token: keep the new grant in memory and
-                        // store it before every later use. Using its access token
-                        // meanwhile makes losing the grant no likelier.
-                        tracing::error!(channel = %self.channel, error = %e, "could not store the rotated OAuth 2.0 grant; keeping it and trying again before the next use");
-                        let mut held = self.held();
-                        *held = Held {
-                            generation,
-                            access: Some(grant.access_token.clone()),
-                            expires_at,
-                            unsaved: Some(Unsaved {
-                                base: generation,
-                                sealed,
-                                expires_at,
-                            }),
-                        };
-                        return Ok(Some(grant.access_token));
-                    }
-                };
-                match written {
-                    GrantWrite::Stored(generation) => {
-                        tracing::info!(channel = %self.channel, generation, "OAuth 2.0 grant refreshed and stored");
-                        self.take(generation, grant.access_token.clone(), expires_at);
-                        Ok(Some(grant.access_token))
-                    }
-                    GrantWrite::Stale(_) => Ok(None),
-                }
-            }
+            Ok(grant) => self.keep_rotated(generation, refresh, grant, seeds).await,
             Err(error) if error.needs_authorization() => {
-                let marked = self
-                    .store
-                    .mark_oauth2_refused(&self.channel, generation)
-                    .await
-                    .unwrap_or(false);
-                if !marked && generation != 0 {
-                    // The row moved on: another replica's refresh spent our token.
-                    return Ok(None);
-                }
+                self.held().dead = Some(DeadToken::new(generation, refresh));
+                self.refused_by_x(generation).await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Stores the grant X rotated to from `refresh` (read at `generation`) and takes it;
+    /// if the store does not take it, keeps it to store before every later use.
+    async fn keep_rotated(
+        &self,
+        generation: u64,
+        refresh: &SecretString,
+        grant: TokenGrant,
+        seeds: Vec<String>,
+    ) -> Result<Option<SecretString>, TokenError> {
+        let (sealed, expires_at) = seal(
+            &self.key,
+            &self.channel,
+            &self.client_id,
+            &grant,
+            Some(refresh),
+            seeds,
+        )
+        .map_err(transient)?;
+        let written = self
+            .store
+            .store_oauth2_grant(
+                &self.channel,
+                GrantBase::Generation(generation),
+                &sealed,
+                expires_at,
+            )
+            .await;
+        match written {
+            Ok(GrantWrite::Stored(generation)) => {
+                tracing::info!(channel = %self.channel, generation, "OAuth 2.0 grant refreshed and stored");
+                self.take(generation, grant.access_token.clone(), expires_at);
+                Ok(Some(grant.access_token))
+            }
+            Ok(GrantWrite::Stale(_)) => Ok(None),
+            Err(e) => {
+                // X spent the old refresh token: keep the new grant (for every source of
+                // the channel) and store it before every later use. Using its access
+                // token meanwhile makes losing the grant no likelier.
+                tracing::error!(channel = %self.channel, error = %e, "could not store the rotated OAuth 2.0 grant; keeping it and trying again before the next use");
+                let mut held = self.held();
+                held.generation = generation;
+                held.access = Some(grant.access_token.clone());
+                held.expires_at = expires_at;
+                held.unsaved = Some(Unsaved {
+                    base: generation,
+                    sealed,
+                    expires_at,
+                });
+                Ok(Some(grant.access_token))
+            }
+        }
+    }
+
+    /// X refused the refresh token read at `generation`: marks the grant refused, so every
+    /// replica says to authorise again. Not if this holder lost the lease meanwhile: the
+    /// replica that took it over may have spent the token and not stored its grant yet
+    /// (`None`: read again). If the store does not take the mark, the refusal is still
+    /// the answer, and X is not asked with that token again (`Held::dead`).
+    async fn refused_by_x(&self, generation: u64) -> Result<Option<SecretString>, TokenError> {
+        let ours = self
+            .store
+            .lease_oauth2_refresh(&self.channel, &self.holder, self.lease_ttl)
+            .await;
+        if let Ok(false) = ours {
+            tracing::info!(channel = %self.channel, "X refused the refresh token after another replica took the refresh over; reading its grant");
+            return Ok(None);
+        }
+        match self
+            .store
+            .mark_oauth2_refused(&self.channel, generation)
+            .await
+        {
+            // The row moved on: another replica's refresh spent our token.
+            Ok(false) if generation != 0 => Ok(None),
+            Ok(_) => {
                 tracing::warn!(channel = %self.channel, "X refused the channel's OAuth 2.0 grant; it must be authorised again");
                 Err(refused(&authorize_fix(&self.channel)))
             }
-            Err(error) => Err(error),
+            Err(error) => {
+                tracing::error!(channel = %self.channel, %error, "X refused the channel's OAuth 2.0 grant and the state store did not take the mark; X is not asked with that refresh token again");
+                Err(refused(&authorize_fix(&self.channel)))
+            }
         }
     }
 }
@@ -562,9 +657,9 @@ impl StoreTokenSource {
 impl AccessTokenSource for StoreTokenSource {
     fn access_token(&self) -> TokenFuture<'_> {
         Box::pin(async move {
-            self.save_unsaved().await;
-            match self.current() {
+            match self.current_stored() {
                 Some(token) => Ok(token),
+                // Stores an unsaved grant first, under the refresh lock.
                 None => self.refresh().await,
             }
         })

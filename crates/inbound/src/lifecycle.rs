@@ -215,14 +215,19 @@ impl Channels {
     }
 
     /// Joins `parts`' channel to its App's activity stream when it streams, else takes it
-    /// out of it.
+    /// out of it. The stream subscribes the account with its own authentication (an OAuth
+    /// 2.0 channel's grant from the store, like its DMs).
     fn stream(&mut self, parts: &ChannelParts) {
         let channel = &parts.settings;
-        if channel.inbound.streams() {
-            self.streams
-                .join(channel.clone(), parts.profiles.clone(), &mut self.tasks);
-        } else {
-            self.streams.leave(&channel.name);
+        if !channel.inbound.streams() {
+            return self.streams.leave(&channel.name);
+        }
+        match self.kit.auth(channel) {
+            Ok(auth) => self.streams.join(parts, auth, &mut self.tasks),
+            Err(error) => {
+                tracing::error!(channel = %channel.name, %error, "the channel cannot subscribe its account for the activity stream");
+                self.streams.leave(&channel.name);
+            }
         }
     }
 
@@ -355,6 +360,7 @@ impl Channels {
         self.route(&running.parts);
         if old.inbound != new.inbound
             || old.user_id != new.user_id
+            || old.xaa_events != new.xaa_events
             || !same_app_credentials(&old, &new)
             || !same_account_credentials(&old, &new)
         {
@@ -411,6 +417,7 @@ impl Channels {
         }
         if old.inbound != new.inbound
             || old.user_id != new.user_id
+            || old.xaa_events != new.xaa_events
             || !same_account_credentials(old, &new)
         {
             self.learn_account(running);

@@ -223,7 +223,7 @@ impl Kit {
         let x = WebhookClient::with_http(
             (&self.settings.x).into(),
             channel.bearer_token.clone(),
-            channel.into(),
+            self.auth(channel)?,
             self.http.clone(),
         )
         .map_err(|e| client_error(channel, e))?;

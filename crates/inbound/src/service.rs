@@ -166,7 +166,7 @@ impl Inbound {
         let streams = StreamApps::new(
             settings.clone(),
             kit.http.clone(),
-            shared.sink.clone(),
+            shared.clone(),
             Arc::new(delivery_state(&settings, &kit)),
             shutdown.clone(),
         );

@@ -98,6 +98,7 @@ pub async fn run_oauth2(store: &dyn StateStore) {
     one_replica_at_a_time_holds_the_refresh_lease(store).await;
     only_the_grant_a_refresh_used_is_marked_refused(store).await;
     a_deleted_grant_is_gone_and_no_refresh_of_it_stores_over_a_later_one(store).await;
+    a_grant_stored_over_a_refused_mark_is_not_refused(store).await;
 }
 
 /// Tokens no store may show in the clear: the contract's grants carry them.
@@ -406,6 +407,30 @@ async fn a_deleted_grant_is_gone_and_no_refresh_of_it_stores_over_a_later_one(
         GrantWrite::Stale(next),
         "a grant is there now"
     );
+}
+
+/// A refresh may store its rotated grant after another replica, refused the token it
+/// had spent, marked the grant refused: the write, based on the generation both read,
+/// stores the grant, which is not refused.
+async fn a_grant_stored_over_a_refused_mark_is_not_refused(store: &dyn StateStore) {
+    let channel = "o2-late";
+    store
+        .store_oauth2_grant(channel, GrantBase::Any, &sample_grant(channel, 1), None)
+        .await
+        .unwrap();
+    assert!(store.mark_oauth2_refused(channel, 1).await.unwrap());
+    let written = store
+        .store_oauth2_grant(
+            channel,
+            GrantBase::Generation(1),
+            &sample_grant(channel, 2),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, GrantWrite::Stored(2));
+    let row = store.oauth2_grant(channel).await.unwrap().unwrap();
+    assert_eq!((row.generation, row.refused), (2, false));
 }
 
 /// The channel registry's checks alone.

@@ -3,9 +3,12 @@
 //! `dm.read`, `dm.indicate_typing`) and X POSTs each event, in XAA's envelope, to the App's
 //! webhook.
 //!
-//! Created and listed with the account's OAuth 1.0a user context (what AAA's subscribe uses;
-//! X's spec lists it for both, though its prose speaks of OAuth 2.0 for private events),
-//! deleted with the App's Bearer token (the only auth X's spec lists for DELETE). X documents
+//! Created with the account's own user context: its OAuth 1.0a token, or for an OAuth 2.0
+//! channel its OAuth 2.0 token (X's spec lists both; its prose speaks of OAuth 2.0 with
+//! `dm.read` for private events, which the bridge's grants hold). Listed with the OAuth 1.0a
+//! user context, or for an OAuth 2.0 channel with the App's Bearer token: X's spec wants
+//! `like.read` of an OAuth 2.0 token there, a scope a DM bridge does not ask its users for.
+//! Deleted with the App's Bearer token (the only auth X's spec lists for DELETE). X documents
 //! three shapes of the create answer; [`parse_created`] reads them all.
 
 use reqwest::Method;
@@ -145,7 +148,8 @@ fn activity_error(error: WebhookError) -> WebhookError {
 
 impl WebhookClient {
     /// Subscribes the channel's account (`user_id`) to one event type, delivered to the
-    /// webhook: `POST /2/activity/subscriptions` with the account's user context.
+    /// webhook: `POST /2/activity/subscriptions` with the account's user context (OAuth 1.0a
+    /// or 2.0).
     #[tracing::instrument(skip_all, fields(event_type = %event_type, webhook_id = %webhook_id))]
     pub async fn create_activity_subscription(
         &self,
@@ -198,11 +202,17 @@ impl WebhookClient {
     }
 
     /// Every XAA subscription of the App (not only this account's): `GET
-    /// /2/activity/subscriptions` with the account's user context, page by page.
+    /// /2/activity/subscriptions`, page by page, with the account's OAuth 1.0a user context
+    /// or, for an OAuth 2.0 channel, the App's Bearer token (see the module's doc for why).
     pub async fn list_activity_subscriptions(
         &self,
     ) -> Result<Vec<ActivitySubscription>, WebhookError> {
         let what = "X Activity subscription list";
+        let auth = if self.uses_oauth2() {
+            Auth::App
+        } else {
+            Auth::User
+        };
         let mut all = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..MAX_PAGES {
@@ -214,7 +224,7 @@ impl WebhookClient {
                     query.append_pair("pagination_token", token);
                 }
             }
-            let answer: Value = self.call(Method::GET, url, Auth::User, None, what).await?;
+            let answer: Value = self.call(Method::GET, url, auth, None, what).await?;
             let (page, next) = parse_list_page(&answer).map_err(|why| unreadable(what, why))?;
             all.extend(page);
             match next {

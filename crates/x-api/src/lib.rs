@@ -10,8 +10,9 @@
 //!   reasons means, so X can push DMs instead of being polled; it also creates, lists and
 //!   deletes the account's X Activity API subscriptions (`activity.rs`, [`ActivitySubscription`]).
 //! - [`XAuth`] is how a client authenticates: OAuth 1.0a [`UserCredentials`], or an OAuth 2.0
-//!   user access token from an [`AccessTokenSource`] such as [`RefreshingTokenSource`]; the
-//!   [`oauth2`] module speaks X's token endpoint (PKCE, refresh, typed [`oauth2::TokenError`]).
+//!   user access token from an [`AccessTokenSource`] (the bridge's keeps the grant in its
+//!   state store); the [`oauth2`] module speaks X's token endpoint (PKCE, refresh, typed
+//!   [`oauth2::TokenError`]).
 //! - [`XClient::download_media`] fetches a DM's media with the account's signature and hands
 //!   the response on unread, for the inbound media proxy to stream ([`MediaDownloadError`]).
 //! - [`UserId`], [`DmEventId`] and [`ConversationId`] (`id.rs`) keep the three kinds of X id
@@ -57,10 +58,7 @@ pub use activity::{
     parse_list_page as parse_activity_subscription_page, ActivitySubscription, DM_INDICATE_TYPING,
     DM_READ, DM_RECEIVED, DM_SENT,
 };
-pub use auth::{
-    AccessTokenSource, GrantSink, RefreshingTokenSource, StoreFuture, TokenFuture, XAuth,
-    REFRESH_MARGIN,
-};
+pub use auth::{AccessTokenSource, TokenFuture, XAuth, REFRESH_MARGIN};
 pub use body::{MAX_ANSWER_BYTES, MAX_ERROR_BODY_BYTES};
 pub use client::{AdmittedSend, MediaUploadConfig, XClient, XClientConfig, MAX_SEGMENT_BYTES};
 pub use dm::{DmTarget, SentDm};

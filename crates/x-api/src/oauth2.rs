@@ -153,7 +153,8 @@ impl TokenGrant {
 pub enum TokenError {
     /// X refused the refresh token or authorization code: spent (rotated), revoked by the
     /// user, expired or unknown. X answers `invalid_request` "Value passed for the token was
-    /// invalid." here; `invalid_grant` (RFC 6749) is read the same way.
+    /// invalid." here (only that description: X's `invalid_request` also means a malformed
+    /// request); `invalid_grant` (RFC 6749) is read the same way.
     #[error("X refused the OAuth 2.0 grant ({error}: {description}); authorise the channel again")]
     GrantRefused {
         /// X's `error` code.
@@ -510,6 +511,25 @@ pub(crate) fn parse_token_answer(body: &[u8]) -> Result<TokenGrant, &'static str
     })
 }
 
+/// How X describes a refused refresh token and a refused authorization code in its
+/// `invalid_request` answers (docs/x-api-facts.md, "Error bodies of the token endpoint").
+/// X answers a malformed request `invalid_request` too ("Missing required parameter
+/// [code_verifier]."), which a new authorisation would not fix, so the code alone does not
+/// say the grant is gone.
+const REFUSED_GRANT_DESCRIPTIONS: &[&str] = &[
+    "Value passed for the token was invalid",
+    "Value passed for the authorization code was invalid",
+];
+
+/// Whether X's `error_description` of an `invalid_request` says the token or code it was
+/// given is dead, as opposed to the request being malformed.
+fn describes_a_refused_grant(description: &str) -> bool {
+    let text = description.trim().trim_end_matches('.');
+    REFUSED_GRANT_DESCRIPTIONS
+        .iter()
+        .any(|known| text.eq_ignore_ascii_case(known))
+}
+
 /// X's OAuth error body (RFC 6749 §5.2).
 #[derive(Deserialize)]
 struct RawTokenError {
@@ -518,7 +538,7 @@ struct RawTokenError {
 }
 
 /// Sorts a refusal of the token (or revoke) endpoint: 429 and 5xx are transient; a 4xx by
-/// its `error` code (see [`TokenError`]).
+/// its `error` code (see [`TokenError`]), an `invalid_request` also by its description.
 pub(crate) fn classify_token_error(status: u16, body: &[u8]) -> TokenError {
     if status == 429 || !(400..500).contains(&status) {
         return TokenError::Transient {
@@ -540,10 +560,16 @@ pub(crate) fn classify_token_error(status: u16, body: &[u8]) -> TokenError {
         .map(|text| excerpt::cut(text, MAX_DESCRIPTION_BYTES))
         .unwrap_or_default();
     match error.as_deref() {
-        Some("invalid_grant" | "invalid_request") => TokenError::GrantRefused {
+        Some("invalid_grant") => TokenError::GrantRefused {
             error: error.unwrap_or_default(),
             description,
         },
+        Some("invalid_request") if describes_a_refused_grant(&description) => {
+            TokenError::GrantRefused {
+                error: error.unwrap_or_default(),
+                description,
+            }
+        }
         Some("invalid_client" | "unauthorized_client") => TokenError::ClientRejected {
             error: error.unwrap_or_default(),
             description,
@@ -586,6 +612,8 @@ mod tests {
         let error = classify_token_error(400, body);
         assert!(error.needs_authorization(), "{error:?}");
         assert!(classify_token_error(400, br#"{"error":"invalid_grant"}"#).needs_authorization());
+        let code = br#"{"error":"invalid_request","error_description":"Value passed for the authorization code was invalid."}"#;
+        assert!(classify_token_error(400, code).needs_authorization());
         let client = classify_token_error(
             401,
             br#"{"error":"unauthorized_client","error_description":"Missing valid authorization header"}"#,
@@ -597,6 +625,23 @@ mod tests {
             classify_token_error(404, b"<html>"),
             TokenError::Rejected { status: 404, .. }
         ));
+    }
+
+    #[test]
+    fn a_malformed_request_is_no_refused_grant() {
+        // X's answer to a token request without its PKCE verifier (docs/x-api-facts.md).
+        let body = br#"{"error":"invalid_request","error_description":"Missing required parameter [code_verifier]."}"#;
+        let error = classify_token_error(400, body);
+        assert!(!error.needs_authorization(), "{error:?}");
+        assert!(
+            matches!(&error, TokenError::Rejected { status: 400, detail } if detail.contains("code_verifier")),
+            "{error:?}"
+        );
+        let bare = classify_token_error(400, br#"{"error":"invalid_request"}"#);
+        assert!(!bare.needs_authorization(), "{bare:?}");
+        // X's wording, whatever the case and the final stop.
+        let shouted = br#"{"error":"invalid_request","error_description":" VALUE PASSED FOR THE TOKEN WAS INVALID "}"#;
+        assert!(classify_token_error(400, shouted).needs_authorization());
     }
 
     #[test]

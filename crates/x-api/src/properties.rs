@@ -297,6 +297,8 @@ fn token_errors() -> Vec<Value> {
         json!({"error": "unauthorized_client",
                "error_description": "Missing valid authorization header"}),
         json!({"error": "invalid_grant"}),
+        json!({"error": "invalid_request",
+               "error_description": "Missing required parameter [code_verifier]."}),
     ]
 }
 
@@ -354,8 +356,8 @@ proptest! {
     }
 
     /// A refusal is sorted by status first (429 and 5xx transient), then by X's `error`:
-    /// only `invalid_grant` and `invalid_request` ask for a new authorisation; texts stay
-    /// bounded.
+    /// only `invalid_grant`, and `invalid_request` with X's description of a dead token or
+    /// code, ask for a new authorisation; texts stay bounded.
     #[test]
     fn token_refusals_are_sorted_by_status_and_code(
         status in prop_oneof![400u16..=431, 100u16..600],
@@ -367,12 +369,42 @@ proptest! {
         if status == 429 || !(400..500).contains(&status) {
             prop_assert!(error.is_transient(), "{error:?}");
         }
-        if let TokenError::GrantRefused { error: code, .. } = &error {
-            prop_assert!(code == "invalid_grant" || code == "invalid_request");
+        if let TokenError::GrantRefused { error: code, description } = &error {
+            let dead = description.to_ascii_lowercase();
+            prop_assert!(
+                code == "invalid_grant"
+                    || (code == "invalid_request" && dead.contains("value passed for the")),
+                "{code}: {description}"
+            );
             prop_assert!((400..500).contains(&status) && status != 429);
         }
         if let TokenError::ClientRejected { error: code, .. } = &error {
             prop_assert!(code == "invalid_client" || code == "unauthorized_client");
         }
+    }
+
+    /// An `invalid_request` whose description is anything but X's words for a dead token
+    /// or code is a malformed request, never a reason to authorise the channel again.
+    #[test]
+    fn only_xs_words_make_an_invalid_request_a_refused_grant(
+        description in proptest::option::of(prop_oneof![
+            ".{0,300}",
+            " ?[Vv][Aa][Ll]ue passed for the (token|authorization code) was invalid\\.? ?",
+            "Value passed for the token was invalid[ a-z.]{1,20}",
+        ]),
+        status in 400u16..429,
+    ) {
+        let mut body = json!({"error": "invalid_request"});
+        if let Some(text) = &description {
+            body["error_description"] = json!(text);
+        }
+        let error = crate::oauth2::classify_token_error(status, body.to_string().as_bytes());
+        let named = description.as_deref().is_some_and(|text| {
+            let text = text.trim().trim_end_matches('.').to_ascii_lowercase();
+            text == "value passed for the token was invalid"
+                || text == "value passed for the authorization code was invalid"
+        });
+        prop_assert_eq!(error.needs_authorization(), named, "{:?}", error);
+        prop_assert!(!error.is_transient());
     }
 }

@@ -3,8 +3,10 @@
 //! polled for them.
 //!
 //! The webhook routes (`/2/webhooks`) belong to the App and take its Bearer token; a
-//! subscription (`/2/account_activity/webhooks/:id/subscriptions/all`) belongs to one account
-//! and takes that account's OAuth 1.0a user context. X refuses these calls with a 400 whose
+//! subscription (`/2/account_activity/webhooks/:id/subscriptions/all`, and XAA's in
+//! `activity.rs`) belongs to one account and takes that account's user context: its OAuth
+//! 1.0a signature, or its OAuth 2.0 access token (AAA v2 takes OAuth 2.0 since 2026-01-15,
+//! docs/x-api-facts.md "OAuth 2.0 channels in the bridge"). X refuses these calls with a 400 whose
 //! `errors[].message` names the reason (`CrcValidationFailed`, `WebhookLimitExceeded`, …);
 //! [`WebhookError`] turns each reason into what it means and what to do about it.
 //!
@@ -13,17 +15,18 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::header::{HeaderMap, AUTHORIZATION};
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
+use crate::auth::{Authorization, XAuth};
 use crate::dm::local_invalid;
 use crate::error::body_snippet;
 use crate::read::{classify_read_error, endpoint};
-use crate::{oauth, UserCredentials, XClientConfig, XError, XHttp};
+use crate::{oauth, XClientConfig, XError, XHttp};
 
 /// A webhook as X lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -164,14 +167,15 @@ pub fn classify_webhook_error(status: u16, headers: &HeaderMap, body: &[u8]) -> 
 }
 
 /// The webhook and subscription calls of one channel: the App's Bearer token for the
-/// webhook routes, the account's OAuth 1.0a credentials for its subscription.
+/// webhook routes, the account's own authentication ([`XAuth`]: OAuth 1.0a, or an OAuth 2.0
+/// token source refreshing like its DMs') for its subscriptions.
 #[derive(Clone)]
 pub struct WebhookClient {
     http: reqwest::Client,
     base_url: Url,
     request_timeout: std::time::Duration,
     bearer_token: SecretString,
-    credentials: UserCredentials,
+    auth: XAuth,
 }
 
 impl fmt::Debug for WebhookClient {
@@ -183,10 +187,11 @@ impl fmt::Debug for WebhookClient {
 }
 
 /// How a request proves who sends it.
+#[derive(Clone, Copy)]
 pub(crate) enum Auth {
     /// The App's Bearer token (webhook routes).
     App,
-    /// The account's OAuth 1.0a user context (its subscription).
+    /// The account's user context, OAuth 1.0a or 2.0 (its subscriptions).
     User,
 }
 
@@ -197,9 +202,9 @@ impl WebhookClient {
     pub fn new(
         config: XClientConfig,
         bearer_token: SecretString,
-        credentials: UserCredentials,
+        auth: XAuth,
     ) -> Result<WebhookClient, XError> {
-        WebhookClient::with_http(config, bearer_token, credentials, XHttp::new()?)
+        WebhookClient::with_http(config, bearer_token, auth, XHttp::new()?)
     }
 
     /// A client for one channel on a shared HTTP stack (see [`XHttp`] for why), with its own
@@ -207,7 +212,7 @@ impl WebhookClient {
     pub fn with_http(
         config: XClientConfig,
         bearer_token: SecretString,
-        credentials: UserCredentials,
+        auth: XAuth,
         http: XHttp,
     ) -> Result<WebhookClient, XError> {
         if !matches!(config.base_url.scheme(), "http" | "https")
@@ -223,7 +228,7 @@ impl WebhookClient {
             base_url: config.base_url,
             request_timeout: config.request_timeout,
             bearer_token,
-            credentials,
+            auth,
         })
     }
 
@@ -284,7 +289,7 @@ impl WebhookClient {
 
     /// Subscribes the channel's account to the webhook, so X delivers its DM events there:
     /// `POST /2/account_activity/webhooks/:id/subscriptions/all` with body `{}`, signed with
-    /// the account's OAuth 1.0a user context (X refuses the Bearer token here).
+    /// the account's user context, OAuth 1.0a or 2.0 (X refuses the Bearer token here).
     #[tracing::instrument(skip_all, fields(webhook_id = %webhook_id))]
     pub async fn subscribe(&self, webhook_id: &str) -> Result<(), WebhookError> {
         let endpoint = self.subscription_url(webhook_id)?;
@@ -354,6 +359,17 @@ impl WebhookClient {
         &self.base_url
     }
 
+    /// Whether the account authenticates with OAuth 2.0.
+    pub fn uses_oauth2(&self) -> bool {
+        matches!(self.auth, XAuth::OAuth2(_))
+    }
+
+    /// How the account authenticates, for a client of its other calls (`/users/me`) that
+    /// must share an OAuth 2.0 token source with this one.
+    pub fn auth(&self) -> XAuth {
+        self.auth.clone()
+    }
+
     fn subscription_url(&self, webhook_id: &str) -> Result<Url, XError> {
         endpoint(
             &self.base_url,
@@ -368,7 +384,10 @@ impl WebhookClient {
         )
     }
 
-    /// One authenticated call: the 2xx body read as `T`, or the classified refusal.
+    /// One authenticated call: the 2xx body read as `T`, or the classified refusal. An
+    /// OAuth 2.0 token X answers 401 to is dropped and the call made once more with a
+    /// fresh one, as X created nothing (a token revoked or ended early; the source refreshes
+    /// through the store like the channel's DMs).
     pub(crate) async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
@@ -377,13 +396,36 @@ impl WebhookClient {
         body: Option<&Value>,
         what: &'static str,
     ) -> Result<T, WebhookError> {
-        let authorization = self.authorization(auth, method.as_str(), &url)?;
+        let mut retried = false;
+        loop {
+            let authorization = self.authorization(auth, method.as_str(), &url).await?;
+            let result = self
+                .send(method.clone(), url.clone(), &authorization, body, what)
+                .await;
+            let refused =
+                matches!(&result, Err(WebhookError::Other(e)) if e.http_status() == Some(401));
+            if refused && authorization.is_bearer_user() && !retried {
+                retried = true;
+                continue;
+            }
+            return result;
+        }
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        authorization: &Authorization,
+        body: Option<&Value>,
+        what: &'static str,
+    ) -> Result<T, WebhookError> {
         // The shared HTTP stack has no timeout of its own.
         let mut request = self
             .http
             .request(method, url)
             .timeout(self.request_timeout)
-            .header(AUTHORIZATION, authorization);
+            .header(AUTHORIZATION, authorization.header.clone());
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -392,6 +434,7 @@ impl WebhookClient {
             .await
             .map_err(|error| self.transport_error(&error, what))?;
         let status = response.status().as_u16();
+        authorization.answered(status);
         let headers = response.headers().clone();
         let body = crate::body::read(response)
             .await
@@ -403,16 +446,28 @@ impl WebhookClient {
     }
 
     /// The `Authorization` header of a call, marked sensitive: the App's bearer token, or the
-    /// account's OAuth 1.0a signature (JSON bodies are not part of it).
-    fn authorization(&self, auth: Auth, method: &str, url: &Url) -> Result<HeaderValue, XError> {
-        let header = match auth {
-            Auth::App => {
+    /// account's OAuth 1.0a signature (JSON bodies are not part of it) or OAuth 2.0 access
+    /// token.
+    async fn authorization(
+        &self,
+        auth: Auth,
+        method: &str,
+        url: &Url,
+    ) -> Result<Authorization, WebhookError> {
+        let header = match (auth, &self.auth) {
+            (Auth::App, _) => {
                 oauth::sensitive_header(&format!("Bearer {}", self.bearer_token.expose_secret()))
             }
-            Auth::User => oauth::signed_header(method, url, &self.credentials),
+            (Auth::User, XAuth::OAuth1(credentials)) => {
+                oauth::signed_header(method, url, credentials)
+            }
+            (Auth::User, XAuth::OAuth2(source)) => {
+                return Ok(Authorization::bearer(source.clone()).await?)
+            }
         };
         // Only `None` with control characters in a credential; the header is not shown.
-        header.ok_or(XError::Unauthorized { problem: None })
+        let header = header.ok_or(XError::Unauthorized { problem: None })?;
+        Ok(Authorization::fixed(header))
     }
 
     fn transport_error(&self, error: &reqwest::Error, what: &'static str) -> XError {
@@ -537,7 +592,7 @@ mod tests {
 
     #[test]
     fn the_bearer_token_is_not_in_debug_output() {
-        let credentials = UserCredentials {
+        let credentials = crate::UserCredentials {
             consumer_key: "ck".into(),
             consumer_secret: "cs".into(),
             access_token: "at".into(),
@@ -546,7 +601,7 @@ mod tests {
         let client = WebhookClient::new(
             XClientConfig::default(),
             "very-secret-bearer".into(),
-            credentials,
+            credentials.into(),
         )
         .unwrap();
         assert!(!format!("{client:?}").contains("very-secret-bearer"));

@@ -130,7 +130,7 @@ async fn an_endless_answer_to_a_webhook_call_is_cut_at_the_cap() {
     let client = WebhookClient::new(
         config(endless("200 OK", None).await),
         "bearer".to_owned().into(),
-        credentials(),
+        credentials().into(),
     )
     .unwrap();
     let error = client.list_webhooks().await.unwrap_err();

@@ -1,6 +1,7 @@
 //! OAuth 2.0 user context against the project's X simulator: the token endpoint (PKCE,
 //! refresh, rotation, refusals) and an [`XClient`] authenticating with Bearer user tokens
-//! from a [`RefreshingTokenSource`].
+//! from a minimal [`AccessTokenSource`] of the tests' own. The bridge's token source, which
+//! keeps the grant in the state store, is xbridge-core's `StoreTokenSource`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use xbridge_x_api::oauth2::{
     TokenError, TokenGrant, DM_SCOPES,
 };
 use xbridge_x_api::{
-    DmTarget, GrantSink, RefreshingTokenSource, StoreFuture, XAuth, XClient, XClientConfig, XError,
+    AccessTokenSource, DmTarget, TokenFuture, WebhookClient, XAuth, XClient, XClientConfig, XError,
     XHttp,
 };
 
@@ -66,7 +67,7 @@ impl Setup {
         }
     }
 
-    fn x_client(&self, source: Arc<RefreshingTokenSource>) -> XClient {
+    fn x_client(&self, source: Arc<TestSource>) -> XClient {
         XClient::with_auth(
             XClientConfig {
                 base_url: self.sim.base_url(),
@@ -84,22 +85,54 @@ fn customer() -> DmTarget {
     DmTarget::Participant("1072250532645998596".into())
 }
 
-/// Keeps every grant it is given, as the state store will.
-#[derive(Default)]
-struct Kept(Mutex<Vec<String>>);
+/// The least a client needs from a token source: the grant's access token until X refuses
+/// it (401), then a refresh at the token endpoint. It keeps every refresh token X rotated
+/// to, as the bridge's store does.
+struct TestSource {
+    endpoint: TokenEndpoint,
+    access: Mutex<Option<SecretString>>,
+    refresh: Mutex<Option<SecretString>>,
+    rotated: Mutex<Vec<String>>,
+}
 
-impl GrantSink for Kept {
-    fn store<'a>(&'a self, grant: &'a TokenGrant) -> StoreFuture<'a> {
-        Box::pin(async move {
-            let refresh = grant
-                .refresh_token
-                .as_ref()
-                .unwrap()
-                .expose_secret()
-                .to_owned();
-            self.0.lock().unwrap().push(refresh);
-            Ok(())
+impl TestSource {
+    fn new(endpoint: TokenEndpoint, grant: TokenGrant) -> Arc<TestSource> {
+        Arc::new(TestSource {
+            endpoint,
+            access: Mutex::new(Some(grant.access_token)),
+            refresh: Mutex::new(grant.refresh_token),
+            rotated: Mutex::new(Vec::new()),
         })
+    }
+}
+
+impl AccessTokenSource for TestSource {
+    fn access_token(&self) -> TokenFuture<'_> {
+        Box::pin(async move {
+            if let Some(access) = self.access.lock().unwrap().clone() {
+                return Ok(access);
+            }
+            let refresh = self.refresh.lock().unwrap().clone().unwrap();
+            let grant = self.endpoint.refresh(&refresh).await?;
+            let rotated = grant.refresh_token.clone().unwrap();
+            self.rotated
+                .lock()
+                .unwrap()
+                .push(rotated.expose_secret().to_owned());
+            *self.refresh.lock().unwrap() = Some(rotated);
+            *self.access.lock().unwrap() = Some(grant.access_token.clone());
+            Ok(grant.access_token)
+        })
+    }
+
+    fn rejected(&self, token: &SecretString) {
+        let mut access = self.access.lock().unwrap();
+        if access
+            .as_ref()
+            .is_some_and(|a| a.expose_secret() == token.expose_secret())
+        {
+            *access = None;
+        }
     }
 }
 
@@ -128,10 +161,7 @@ async fn the_pkce_flow_gives_a_grant_whose_token_sends_a_dm() {
         .unwrap();
     assert!(grant.has_scopes(DM_SCOPES));
     assert_eq!(grant.expires_in, Some(Duration::from_secs(7200)));
-    let client = s.x_client(Arc::new(RefreshingTokenSource::new(
-        s.endpoint.clone(),
-        grant,
-    )));
+    let client = s.x_client(TestSource::new(s.endpoint.clone(), grant));
     assert!(client.uses_oauth2());
     client
         .send_dm(&customer(), "Hello over OAuth 2.0")
@@ -150,13 +180,11 @@ async fn the_pkce_flow_gives_a_grant_whose_token_sends_a_dm() {
 }
 
 #[tokio::test]
-async fn an_expired_token_gets_401_and_the_next_send_refreshes_and_stores_the_new_grant() {
+async fn an_expired_token_gets_401_and_the_next_send_refreshes() {
     let s = setup(true).await;
     let first = s.grant(DM_SCOPES);
     let first_refresh = first.refresh_token.clone().unwrap();
-    let kept = Arc::new(Kept::default());
-    let source =
-        Arc::new(RefreshingTokenSource::new(s.endpoint.clone(), first).with_sink(kept.clone()));
+    let source = TestSource::new(s.endpoint.clone(), first);
     let client = s.x_client(source.clone());
     client.send_dm(&customer(), "one").await.unwrap();
 
@@ -166,7 +194,7 @@ async fn an_expired_token_gets_401_and_the_next_send_refreshes_and_stores_the_ne
         matches!(refused, XError::Unauthorized { .. }),
         "{refused:?}"
     );
-    // The 401 told the source; the retry refreshes, stores the rotated grant and goes out.
+    // The 401 told the source; the retry refreshes and goes out.
     client.send_dm(&customer(), "two").await.unwrap();
     let texts: Vec<String> = s
         .sim
@@ -175,10 +203,9 @@ async fn an_expired_token_gets_401_and_the_next_send_refreshes_and_stores_the_ne
         .map(|dm| dm.text)
         .collect();
     assert_eq!(texts, ["one", "two"]);
-    let stored = kept.0.lock().unwrap().clone();
-    assert_eq!(stored.len(), 1, "one refresh, stored once");
-    assert_ne!(stored[0], first_refresh.expose_secret());
-    assert_eq!(source.refresh_token().unwrap().expose_secret(), stored[0]);
+    let rotated = source.rotated.lock().unwrap().clone();
+    assert_eq!(rotated.len(), 1, "one refresh");
+    assert_ne!(rotated[0], first_refresh.expose_secret());
 }
 
 #[tokio::test]
@@ -203,16 +230,12 @@ async fn the_old_refresh_token_is_refused_after_rotation() {
 #[tokio::test]
 async fn a_revoked_grant_is_the_typed_authorise_again_error() {
     let s = setup(false).await;
-    let source = Arc::new(RefreshingTokenSource::new(
-        s.endpoint.clone(),
-        s.grant(DM_SCOPES),
-    ));
+    let source = TestSource::new(s.endpoint.clone(), s.grant(DM_SCOPES));
     let client = s.x_client(source.clone());
     s.sim.oauth2_revoke_grants(&s.account.user_id);
 
     let first = client.send_dm(&customer(), "hello").await.unwrap_err();
     assert!(matches!(first, XError::Unauthorized { .. }), "{first:?}");
-    use xbridge_x_api::AccessTokenSource as _;
     let refresh = source.access_token().await.unwrap_err();
     assert!(refresh.needs_authorization(), "{refresh:?}");
     let second = client.send_dm(&customer(), "hello").await.unwrap_err();
@@ -220,14 +243,6 @@ async fn a_revoked_grant_is_the_typed_authorise_again_error() {
         second.to_string().contains("authorise the channel again"),
         "{second}"
     );
-    let requests_after = s.sim.requests().len();
-    // The refusal is remembered: X is not asked again with the dead refresh token.
-    assert!(source
-        .access_token()
-        .await
-        .unwrap_err()
-        .needs_authorization());
-    assert_eq!(s.sim.requests().len(), requests_after);
     assert!(s.sim.sent_dms_for(&s.account.user_id).is_empty());
 }
 
@@ -253,6 +268,29 @@ async fn a_confidential_client_needs_its_secret() {
 }
 
 #[tokio::test]
+async fn a_malformed_token_request_is_no_reason_to_authorise_again() {
+    let s = setup(false).await;
+    let refresh = s.grant(DM_SCOPES).refresh_token.unwrap();
+    // A public client X does not know: `invalid_request`, but about the request.
+    let unknown = TokenEndpoint::new(
+        TokenEndpointConfig::at(&s.sim.base_url()),
+        OAuth2Client {
+            client_id: "not-a-client-of-this-app".to_owned(),
+            client_secret: None,
+        },
+        &XHttp::new().unwrap(),
+    );
+    let refused = unknown.refresh(&refresh).await.unwrap_err();
+    assert!(!refused.needs_authorization(), "{refused:?}");
+    assert!(
+        matches!(&refused, TokenError::Rejected { status: 400, detail } if detail.starts_with("invalid_request")),
+        "{refused:?}"
+    );
+    // The grant is alive: its refresh token still works.
+    s.endpoint.refresh(&refresh).await.unwrap();
+}
+
+#[tokio::test]
 async fn media_downloads_take_the_oauth2_path() {
     let s = setup(false).await;
     let photo = MediaSpec {
@@ -267,11 +305,7 @@ async fn media_downloads_take_the_oauth2_path() {
         Some(photo),
     );
     let ton = url::Url::parse(&event.attachment.unwrap().url).unwrap();
-    let source = Arc::new(RefreshingTokenSource::new(
-        s.endpoint.clone(),
-        s.grant(DM_SCOPES),
-    ));
-    let client = s.x_client(source);
+    let client = s.x_client(TestSource::new(s.endpoint.clone(), s.grant(DM_SCOPES)));
     let response = client
         .download_media(&ton, Duration::from_secs(10), &|_| true)
         .await
@@ -287,5 +321,46 @@ async fn media_downloads_take_the_oauth2_path() {
     assert!(
         !paths.iter().any(|p| p.starts_with("/1.1/ton/")),
         "{paths:?}"
+    );
+}
+
+/// The account's XAA subscriptions are made with its OAuth 2.0 token (the simulator records
+/// which token made each), listed with the App's Bearer token, and a token X ended early is
+/// refreshed and the call made once more.
+#[tokio::test]
+async fn a_webhook_client_subscribes_the_account_with_its_oauth2_token_refreshing_on_401() {
+    let s = setup(true).await;
+    let source = TestSource::new(s.endpoint.clone(), s.grant(DM_SCOPES));
+    let client = WebhookClient::with_http(
+        XClientConfig {
+            base_url: s.sim.base_url(),
+            request_timeout: Duration::from_secs(10),
+            ..XClientConfig::default()
+        },
+        s.account.bearer_token.clone().into(),
+        XAuth::OAuth2(source.clone()),
+        XHttp::new().unwrap(),
+    )
+    .unwrap();
+    let user = &s.account.user_id;
+    client
+        .create_stream_subscription("dm.received", user, "t")
+        .await
+        .unwrap();
+
+    s.sim.oauth2_expire_access_tokens(user);
+    client
+        .create_stream_subscription("dm.sent", user, "t")
+        .await
+        .expect("refreshed and sent again");
+    assert_eq!(source.rotated.lock().unwrap().len(), 1, "one refresh");
+
+    let listed = client.list_activity_subscriptions().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let made = s.sim.activity_subscriptions();
+    assert!(
+        made.iter()
+            .all(|m| m.created_with == x_simulator::CreatedWith::OAuth2 && &m.user_id == user),
+        "{made:?}"
     );
 }

@@ -4,6 +4,11 @@
 //! A subscription selects one event type of one user (`filter.user_id`) for the App that made
 //! it, and names the App's webhook its events are POSTed to. The refusal reasons (duplicate,
 //! unknown webhook, limit) are not documented by X; the simulator uses the AAA names.
+//!
+//! Created with the account's OAuth 1.0a signature, its OAuth 2.0 user token (holding the
+//! scope the event type needs: `dm.read` for `dm.*`, per the spec) or the App's Bearer token;
+//! each subscription records which ([`CreatedWith`]), so tests can tell how a client
+//! subscribed.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
@@ -14,8 +19,8 @@ use serde_json::{json, Map, Value};
 use crate::accounts::Account;
 use crate::authorized::{Activity, Authorized};
 use crate::reply::Reply;
-use crate::state::{ActivitySubscription, Inner, SimState};
-use crate::{problems, request_body};
+use crate::state::{ActivitySubscription, CreatedWith, Inner, SimState};
+use crate::{auth, problems, request_body};
 
 /// The event types X's spec (v2.167) accepts in `POST /2/activity/subscriptions`.
 const EVENT_TYPES: &[&str] = &[
@@ -111,12 +116,41 @@ fn not_authorized(user_id: &str) -> (StatusCode, String) {
     (StatusCode::FORBIDDEN, body.to_string())
 }
 
-/// Whether the request carried an OAuth 1.0a user signature (else a Bearer token).
-fn signed_by_user(headers: &HeaderMap) -> bool {
-    headers
+/// Who made a request the gate admitted, and for an OAuth 2.0 user token the scopes it holds.
+fn used_token(
+    inner: &Inner,
+    headers: &HeaderMap,
+    now: DateTime<Utc>,
+) -> (CreatedWith, Vec<String>) {
+    let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.trim_start().starts_with("OAuth "))
+        .unwrap_or_default();
+    let Some(token) = auth::bearer_token(value) else {
+        return (CreatedWith::OAuth1, Vec::new());
+    };
+    if inner.accounts.by_bearer_token(token).is_some() {
+        return (CreatedWith::App, Vec::new());
+    }
+    let scopes = inner
+        .accounts
+        .oauth2
+        .bearer_user(token, now)
+        .map(|user| user.scopes)
+        .unwrap_or_default();
+    (CreatedWith::OAuth2, scopes)
+}
+
+/// The OAuth 2.0 scope an event type's subscription needs (the spec's create description).
+fn scope_for(event_type: &str) -> &'static str {
+    let family = event_type.split('.').next().unwrap_or_default();
+    match family {
+        "dm" | "chat" => "dm.read",
+        "like" => "like.read",
+        "mute" => "mute.read",
+        "block" => "block.read",
+        _ => "tweet.read",
+    }
 }
 
 /// A create body's fields, checked against X's schema.
@@ -212,13 +246,17 @@ fn create_refusal(
     state: &SimState,
     inner: &Inner,
     account: &Account,
-    by_user: bool,
+    (created_with, scopes): &(CreatedWith, Vec<String>),
     request: &Request,
 ) -> Option<(StatusCode, String)> {
     let app_key = account.consumer_key.as_str();
+    let needed = scope_for(&request.event_type);
+    if *created_with == CreatedWith::OAuth2 && !scopes.iter().any(|s| s == needed) {
+        return Some((StatusCode::FORBIDDEN, problems::FORBIDDEN.to_string()));
+    }
     // Private events (DMs among them) only for a user who authorized the App: with a user
     // token, that user; with the App's token, one of the App's accounts.
-    let authorized = if by_user {
+    let authorized = if *created_with != CreatedWith::App {
         request.user_id == account.user_id
     } else {
         inner
@@ -269,8 +307,8 @@ pub(crate) async fn create(caller: Authorized<Activity>) -> Reply {
         Err((status, problem)) => return reply.answer(status, problem),
     };
     let mut inner = state.lock();
-    let by_user = signed_by_user(&headers);
-    if let Some((status, problem)) = create_refusal(&state, &inner, &account, by_user, &request) {
+    let used = used_token(&inner, &headers, now);
+    if let Some((status, problem)) = create_refusal(&state, &inner, &account, &used, &request) {
         return reply.answer(status, problem);
     }
     let subscription = ActivitySubscription {
@@ -281,6 +319,7 @@ pub(crate) async fn create(caller: Authorized<Activity>) -> Reply {
         tag: request.tag,
         created_at: now,
         updated_at: now,
+        created_with: used.0,
         app_key: account.consumer_key.clone(),
     };
     tracing::info!(
@@ -288,6 +327,7 @@ pub(crate) async fn create(caller: Authorized<Activity>) -> Reply {
         event_type = %subscription.event_type,
         user_id = %subscription.user_id,
         webhook_id = ?subscription.webhook_id,
+        created_with = ?subscription.created_with,
         "XAA subscription created"
     );
     let shown = subscription.to_json();

@@ -9,6 +9,13 @@
 //! backfill covering its gap misses nothing (and sees again what it already had: X's
 //! documentation promises nothing finer, so the client must de-duplicate).
 //!
+//! A backfill reaches back X's 5 minutes at most, or less after
+//! [`crate::Simulator::set_activity_stream_backfill_window`], so a test can have a gap outlast
+//! X's backfill without waiting 5 minutes.
+//!
+//! [`crate::Simulator::set_activity_stream_down`] has X answer every connection 503 (an outage
+//! of the stream alone) until it is up again.
+//!
 //! Tests cut every open stream through [`crate::Simulator::cut_activity_streams`] (or
 //! `POST /_sim/activity_stream/cut`): each gets X's `operational-disconnect` line and ends. X
 //! allows 2 connections per App; a third is answered 429 `TooManyConnections`.
@@ -88,6 +95,15 @@ pub(crate) async fn stream(caller: Authorized<Activity>) -> Response {
             )
             .into_response();
     }
+    if caller.state.streams.is_down() {
+        return caller
+            .reply
+            .answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                problems::generic(StatusCode::SERVICE_UNAVAILABLE),
+            )
+            .into_response();
+    }
     let minutes = match backfill_minutes(caller.uri.query()) {
         Ok(minutes) => minutes,
         Err(problem) => {
@@ -98,7 +114,7 @@ pub(crate) async fn stream(caller: Authorized<Activity>) -> Response {
         }
     };
     let app_key = caller.account.consumer_key.clone();
-    let since = minutes.map(|m| caller.now - chrono::Duration::minutes(m));
+    let since = minutes.map(|m| caller.state.streams.backfill_since(caller.now, m));
     let state = caller.state.clone();
     let Some((id, lines)) = state.streams.open(&app_key, since) else {
         tracing::info!("activity stream refused: too many connections");

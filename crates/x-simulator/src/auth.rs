@@ -298,7 +298,8 @@ pub(crate) fn authenticate_user_or_app(
     }
 }
 
-fn bearer_token(value: &str) -> Option<&str> {
+/// The token of an `Authorization: Bearer …` value.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("Bearer")

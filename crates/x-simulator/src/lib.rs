@@ -406,9 +406,10 @@ pub use oauth2::{OAuth2Client, OAuth2Tokens, DEFAULT_ACCESS_TOKEN_SECS};
 pub use rate_limit::RateLimitWindow;
 pub use simulator::{Simulator, SimulatorConfig};
 pub use state::{
-    ActivitySubscription, Counters, Delivery, DmAttachment, DmEvent, MediaProcessing, MediaType,
-    MediaVariant, ProcessingOutcome, ProcessingState, RequestRecord, SentDm, Subscription, Upload,
-    Webhook, WebhookConfig, CLIENT_CLOSED_REQUEST, DM_EVENT_TYPES, MESSAGE_CREATE,
+    ActivitySubscription, Counters, CreatedWith, Delivery, DmAttachment, DmEvent, MediaProcessing,
+    MediaType, MediaVariant, ProcessingOutcome, ProcessingState, RequestRecord, SentDm,
+    Subscription, Upload, Webhook, WebhookConfig, CLIENT_CLOSED_REQUEST, DM_EVENT_TYPES,
+    MESSAGE_CREATE,
 };
 pub use uploads::{MAX_SEGMENT_BYTES, MAX_SEGMENT_INDEX, MEDIA_EXPIRES_AFTER_SECS};
 pub use webhooks::MAX_WEBHOOK_URL_CHARS;

@@ -338,6 +338,23 @@ const USERS_READ: Policy = Policy {
     scopes: &["tweet.read", "users.read"],
     oauth1: true,
 };
+/// AAA v2's subscribe and check (`…/webhooks/:id/subscriptions/all`): the spec's scopes (X
+/// added OAuth 2.0 to AAA v2 on 2026-01-15).
+const AAA_SUBSCRIPTION: Policy = Policy {
+    scopes: &["dm.read", "dm.write", "tweet.read", "users.read"],
+    oauth1: true,
+};
+/// `POST /2/activity/subscriptions`: the spec lists no scope for the route itself; the one
+/// the event type needs (`dm.read` for `dm.*`) is checked by the route, which reads the body.
+const ACTIVITY_CREATE: Policy = Policy {
+    scopes: &[],
+    oauth1: true,
+};
+/// `GET /2/activity/subscriptions`: the spec's scopes, odd as they are for a DM bridge.
+const ACTIVITY_LIST: Policy = Policy {
+    scopes: &["like.read", "tweet.read"],
+    oauth1: true,
+};
 
 /// The [`Policy`] of `method path`.
 pub(crate) fn policy(method: &Method, path: &str) -> Option<Policy> {
@@ -358,6 +375,15 @@ pub(crate) fn policy(method: &Method, path: &str) -> Option<Policy> {
         Some(MEDIA_WRITE)
     } else if *method == Method::GET && path.starts_with("/2/users/") {
         Some(USERS_READ)
+    } else if path.starts_with("/2/account_activity/webhooks/")
+        && path.ends_with("/subscriptions/all")
+        && matches!(*method, Method::POST | Method::GET)
+    {
+        Some(AAA_SUBSCRIPTION)
+    } else if path == "/2/activity/subscriptions" && *method == Method::POST {
+        Some(ACTIVITY_CREATE)
+    } else if path == "/2/activity/subscriptions" && *method == Method::GET {
+        Some(ACTIVITY_LIST)
     } else {
         None
     }

@@ -565,6 +565,19 @@ impl Simulator {
         self.state().streams.set_keep_alive(every);
     }
 
+    /// Takes X's activity stream endpoint down (every connection answered 503, open streams
+    /// left alone: cut them with [`Simulator::cut_activity_streams`]) or brings it back up.
+    pub fn set_activity_stream_down(&self, down: bool) {
+        self.state().streams.set_down(down);
+    }
+
+    /// Sets how far back the backfill of streams opened from now on reaches at most (X: 5
+    /// minutes, whatever `backfill_minutes` asks): shorter, a test's gap outlasts X's backfill
+    /// without waiting 5 minutes; zero, a reconnection replays nothing.
+    pub fn set_activity_stream_backfill_window(&self, window: Duration) {
+        self.state().streams.set_backfill_window(window);
+    }
+
     /// Forgets DMs, DM events, uploads and media processing settings, deliveries, billing,
     /// requests, counters, faults, rate-limit windows and nonces; keeps accounts, customers, webhooks and subscriptions.
     pub fn reset(&self) {

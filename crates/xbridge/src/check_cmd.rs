@@ -6,7 +6,8 @@
 //! the CRM created are checked after the file's, read from the state store.
 //! A channel subscribed through the X Activity API (`webhook_api = "xaa"`) also
 //! has its account's subscriptions checked: each DM event type it wants must be
-//! bound to a registered webhook.
+//! bound to a registered webhook. An OAuth 2.0 channel's webhook calls use its grant
+//! too.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use xbridge_control::diagnosis::{check_account, check_account_with};
 use xbridge_core::config::{ChannelSettings, Settings, StateBackend, WebhookApi};
 use xbridge_core::oauth2_tokens::channel_auth;
 use xbridge_x_api::{webhook_problem, UserCredentials, WebhookClient, XClientConfig};
-use xbridge_x_api::{XClient, XHttp};
+use xbridge_x_api::{XAuth, XClient, XHttp};
 
 /// Checks `channel` (or every channel, the file's and the CRM's) and returns
 /// whether all are ready.
@@ -59,13 +60,17 @@ pub async fn run(settings: &Settings, channel: Option<&str>) -> anyhow::Result<b
 /// bearer token and the webhook.
 async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<String> {
     let config = XClientConfig::from(&settings.x);
-    let check = if channel.oauth2.is_some() {
+    let (check, auth) = if channel.oauth2.is_some() {
         match oauth2_client(settings, channel).await {
-            Ok(client) => check_account_with(&client, channel).await,
+            Ok((client, auth)) => (check_account_with(&client, channel).await, auth),
             Err(problem) => return vec![problem],
         }
     } else {
-        check_account(config.clone(), channel).await
+        let credentials = UserCredentials::from(channel);
+        (
+            check_account(config.clone(), channel).await,
+            credentials.into(),
+        )
     };
     if let Some(account) = &check.account {
         crate::outln!(
@@ -81,8 +86,7 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
     if check.dms_readable {
         crate::outln!("  Direct Messages: readable");
     }
-    let credentials = UserCredentials::from(channel);
-    match WebhookClient::new(config, channel.bearer_token.clone(), credentials) {
+    match WebhookClient::new(config, channel.bearer_token.clone(), auth) {
         Ok(webhooks) => {
             let registered = check_webhooks(&webhooks, channel, &mut problems).await;
             let user_id = check.account.as_ref().map(|a| a.user_id.as_str());
@@ -112,9 +116,12 @@ async fn check_channel(settings: &Settings, channel: &ChannelSettings) -> Vec<St
 }
 
 /// An OAuth 2.0 channel's grant as the state store holds it (present, refused, when its
-/// access token ends), printed, and a client probing with it; the problem with its fix
-/// when there is no usable grant.
-async fn oauth2_client(settings: &Settings, channel: &ChannelSettings) -> Result<XClient, String> {
+/// access token ends), printed, and a client probing with it (and its authentication,
+/// for the webhook calls); the problem with its fix when there is no usable grant.
+async fn oauth2_client(
+    settings: &Settings,
+    channel: &ChannelSettings,
+) -> Result<(XClient, XAuth), String> {
     let fix = format!("run `xbridge oauth2 authorize --channel {}`", channel.name);
     let key = settings
         .state
@@ -156,7 +163,9 @@ async fn oauth2_client(settings: &Settings, channel: &ChannelSettings) -> Result
     }
     let http = XHttp::new().map_err(|e| e.to_string())?;
     let auth = channel_auth(&settings.x, channel, store, Some(Arc::new(key)), &http)?;
-    XClient::with_auth(XClientConfig::from(&settings.x), auth, http).map_err(|e| e.to_string())
+    let client = XClient::with_auth(XClientConfig::from(&settings.x), auth.clone(), http)
+        .map_err(|e| e.to_string())?;
+    Ok((client, auth))
 }
 
 /// The account's X Activity subscriptions: each event type in `wanted` must have one

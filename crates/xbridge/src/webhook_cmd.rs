@@ -7,16 +7,27 @@
 //! subscription per DM event type ([`ChannelSettings::xaa_event_types`]), created only
 //! where missing so running `subscribe` again changes nothing.
 //!
+//! A stream channel (`inbound = "stream"`) has no webhook: `xbridge run` keeps its stream
+//! subscriptions (one per event type, no `webhook_id`, tagged `xbridge:<channel>`), `subscriptions`
+//! lists them like any other and `unsubscribe` deletes them (say, after taking the channel out
+//! of service while the bridge was stopped).
+//!
+//! An OAuth 2.0 channel's account authenticates with its grant from the state store (so
+//! the command opens the store), through either API.
+//!
 //! Output is for people: what X now has, never a credential. Failures come back
 //! as errors naming the channel and the step, with [`WebhookError`]'s advice for
 //! each of X's refusal reasons; `main` prints them once and exits 1.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use xbridge_core::config::{ChannelSettings, Settings, WebhookApi};
+use xbridge_core::oauth2_tokens::channel_auth;
 use xbridge_x_api::{
-    ActivitySubscription, UserCredentials, Webhook, WebhookClient, WebhookError, XClient,
+    ActivitySubscription, UserCredentials, Webhook, WebhookClient, WebhookError, XAuth, XClient,
+    XHttp,
 };
 
 use crate::cli::WebhookCommand;
@@ -51,7 +62,7 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
 
 /// Registers `url` as the App's webhook and says what to do next.
 async fn register(config: &Path, channel: &str, url: &str) -> anyhow::Result<()> {
-    let (_, client) = channel_client(config, channel)?;
+    let (_, client) = channel_client(config, channel).await?;
     let webhook = client
         .register_webhook(url)
         .await
@@ -68,7 +79,7 @@ async fn register(config: &Path, channel: &str, url: &str) -> anyhow::Result<()>
 /// Subscribes the channel's account to the webhook, so X delivers its DMs: through
 /// the API the channel chooses.
 async fn subscribe(config: &Path, channel: &str, webhook_id: Option<String>) -> anyhow::Result<()> {
-    let (settings, client) = channel_client(config, channel)?;
+    let (settings, client) = channel_client(config, channel).await?;
     let webhook_id = resolve_webhook_id(&client, channel, webhook_id).await?;
     let channel_settings = find_channel(&settings, channel)?;
     if channel_settings.webhook_api == WebhookApi::Xaa {
@@ -91,7 +102,7 @@ async fn subscribe_xaa(
     webhook_id: &str,
 ) -> anyhow::Result<()> {
     let name = &channel.name;
-    let user_id = account_id(settings, channel).await?;
+    let user_id = account_id(settings, channel, client).await?;
     let present = account_subscriptions(client, name, &user_id).await?;
     let inbound = &settings.inbound;
     let wanted = channel.xaa_event_types(inbound.publish_echoes, inbound.publish_activity);
@@ -124,14 +135,16 @@ async fn subscribe_xaa(
 
 /// Lists the X Activity subscriptions of the channel's account.
 async fn subscriptions(config: &Path, channel: &str) -> anyhow::Result<()> {
-    let (settings, client) = channel_client(config, channel)?;
+    let (settings, client) = channel_client(config, channel).await?;
     let channel_settings = find_channel(&settings, channel)?;
-    let user_id = account_id(&settings, channel_settings).await?;
+    let user_id = account_id(&settings, channel_settings, &client).await?;
     let found = account_subscriptions(&client, channel, &user_id).await?;
-    crate::outln!(
-        "channel {channel} (account {user_id}, webhook_api = {}):",
-        channel_settings.webhook_api.as_str()
-    );
+    let api = if channel_settings.inbound.streams() {
+        "inbound = stream".to_owned()
+    } else {
+        format!("webhook_api = {}", channel_settings.webhook_api.as_str())
+    };
+    crate::outln!("channel {channel} (account {user_id}, {api}):");
     if found.is_empty() {
         crate::outln!("  no X Activity subscriptions");
     }
@@ -142,16 +155,17 @@ async fn subscriptions(config: &Path, channel: &str) -> anyhow::Result<()> {
 }
 
 /// Ends the channel's subscriptions: every X Activity DM subscription of its
-/// account, and (with `aaa`) its Account Activity subscription to the webhook.
+/// account (a stream channel's have no webhook), and (with `aaa`, unless the channel
+/// streams) its Account Activity subscription to the webhook.
 async fn unsubscribe(
     config: &Path,
     channel: &str,
     webhook_id: Option<String>,
 ) -> anyhow::Result<()> {
-    let (settings, client) = channel_client(config, channel)?;
+    let (settings, client) = channel_client(config, channel).await?;
     let channel_settings = find_channel(&settings, channel)?;
-    let user_id = account_id(&settings, channel_settings).await?;
-    if channel_settings.webhook_api == WebhookApi::Aaa {
+    let user_id = account_id(&settings, channel_settings, &client).await?;
+    if channel_settings.webhook_api == WebhookApi::Aaa && !channel_settings.inbound.streams() {
         let webhook_id = resolve_webhook_id(&client, channel, webhook_id.clone()).await?;
         client
             .unsubscribe(&webhook_id, &user_id)
@@ -183,12 +197,18 @@ async fn unsubscribe(
     Ok(())
 }
 
-/// The account's X user id: configured, or asked of X (`GET /2/users/me`).
-async fn account_id(settings: &Settings, channel: &ChannelSettings) -> anyhow::Result<String> {
+/// The account's X user id: configured, or asked of X (`GET /2/users/me`) with the
+/// authentication of `webhooks`, the channel's client.
+async fn account_id(
+    settings: &Settings,
+    channel: &ChannelSettings,
+    webhooks: &WebhookClient,
+) -> anyhow::Result<String> {
     if let Some(id) = &channel.user_id {
         return Ok(id.clone());
     }
-    let client = XClient::new((&settings.x).into(), UserCredentials::from(channel))
+    let client = XHttp::new()
+        .and_then(|http| XClient::with_auth((&settings.x).into(), webhooks.auth(), http))
         .with_context(|| format!("channel {}: setting up the X client", channel.name))?;
     let (user, _) = client
         .me()
@@ -232,7 +252,7 @@ async fn revalidate(
     channel: &str,
     webhook_id: Option<String>,
 ) -> anyhow::Result<()> {
-    let (_, client) = channel_client(config, channel)?;
+    let (_, client) = channel_client(config, channel).await?;
     let webhook_id = resolve_webhook_id(&client, channel, webhook_id).await?;
     client
         .revalidate_webhook(&webhook_id)
@@ -265,7 +285,7 @@ async fn status(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
     }
     for channel in channels {
         let name = &channel.name;
-        let client = client_for(&settings, channel)?;
+        let client = client_for(&settings, channel).await?;
         let webhooks = client
             .list_webhooks()
             .await
@@ -280,7 +300,7 @@ async fn status(config: &Path, only: Option<&str>) -> anyhow::Result<()> {
             for webhook in &webhooks {
                 print_webhook(webhook);
             }
-            let user_id = account_id(&settings, channel).await?;
+            let user_id = account_id(&settings, channel, &client).await?;
             let found = account_subscriptions(&client, name, &user_id).await?;
             crate::outln!("  X Activity subscriptions of account {user_id}:");
             if found.is_empty() {
@@ -355,9 +375,9 @@ async fn resolve_webhook_id(
 }
 
 /// The configuration and a webhook client for one named channel.
-fn channel_client(config: &Path, name: &str) -> anyhow::Result<(Settings, WebhookClient)> {
+async fn channel_client(config: &Path, name: &str) -> anyhow::Result<(Settings, WebhookClient)> {
     let settings = Settings::load(config)?;
-    let client = client_for(&settings, find_channel(&settings, name)?)?;
+    let client = client_for(&settings, find_channel(&settings, name)?).await?;
     Ok((settings, client))
 }
 
@@ -375,12 +395,42 @@ fn find_channel<'a>(settings: &'a Settings, name: &str) -> anyhow::Result<&'a Ch
     })
 }
 
-fn client_for(settings: &Settings, channel: &ChannelSettings) -> anyhow::Result<WebhookClient> {
-    WebhookClient::new(
+async fn client_for(
+    settings: &Settings,
+    channel: &ChannelSettings,
+) -> anyhow::Result<WebhookClient> {
+    let http = XHttp::new()
+        .map_err(WebhookError::from)
+        .with_context(|| format!("channel {}: setting up the X client", channel.name))?;
+    let auth = account_auth(settings, channel, &http).await?;
+    WebhookClient::with_http(
         (&settings.x).into(),
         channel.bearer_token.clone(),
-        channel.into(),
+        auth,
+        http,
     )
     .map_err(WebhookError::from)
     .with_context(|| format!("channel {}: setting up the X client", channel.name))
+}
+
+/// How the channel's account authenticates: its OAuth 1.0a pair, or its OAuth 2.0 grant
+/// from the state store, refreshed and stored back there like the running bridge does
+/// (the store holds the only current refresh token: X spends the old one at each refresh).
+async fn account_auth(
+    settings: &Settings,
+    channel: &ChannelSettings,
+    http: &XHttp,
+) -> anyhow::Result<XAuth> {
+    let name = &channel.name;
+    if channel.oauth2.is_none() {
+        return Ok(XAuth::from(UserCredentials::from(channel)));
+    }
+    let key = settings
+        .state
+        .credentials_key()
+        .with_context(|| format!("channel {name}: its OAuth 2.0 grant is stored encrypted"))?;
+    let store = crate::app::open_store(&settings.state).await.with_context(|| {
+        format!("channel {name}: its OAuth 2.0 grant is in the state store (with the embedded store, run this while the bridge is stopped)")
+    })?;
+    channel_auth(&settings.x, channel, store, Some(Arc::new(key)), http).map_err(anyhow::Error::msg)
 }

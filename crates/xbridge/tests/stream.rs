@@ -1,16 +1,23 @@
 //! `inbound = "stream"` end to end: the bridge holds the X App's activity stream (the
 //! simulator's `GET /2/activity/stream`) with no webhook server and no public URL, creates
 //! the stream-only XAA subscriptions itself, and hands every customer DM to the CRM once and
-//! in order per conversation — across cuts of the stream (backfill) and across the SIGKILL of
-//! the replica holding it (the other takes the App's lease over). Real RabbitMQ (and
-//! PostgreSQL for the replicas, which share the delivered record).
+//! in order per conversation — across cuts of the stream (backfill), across an outage longer
+//! than X's backfill (a catch-up read of the DMs), and across the SIGKILL of the replica
+//! holding it (the other takes the App's lease over); and it keeps the stream subscriptions to
+//! what the channels want as they change and leave. Real RabbitMQ (and PostgreSQL for the
+//! replicas, which share the delivered record).
 
 mod common;
+#[path = "common/live_in.rs"]
+#[allow(dead_code)] // This file changes channels; it serves no webhook.
+mod live_in;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use x_simulator::Customer;
+use xbridge_core::config::{WebhookApi, XaaEvent};
 use xbridge_test_support::{spawn_app, BridgeProcess, Crm, TestApp, TestOptions, PATIENCE};
 
 const CONVERSATIONS: usize = 5;
@@ -229,5 +236,144 @@ async fn one_replica_holds_the_stream_and_the_other_takes_over_after_a_sigkill()
     assert_eq!(app.simulator.activity_stream_counters().open, 1);
 
     standby.terminate().await;
+    app.cleanup().await;
+}
+
+/// The stream requests X answered for `user`.
+fn stream_requests(app: &TestApp, user: &str) -> usize {
+    app.simulator
+        .requests_for(user)
+        .iter()
+        .filter(|r| r.path == "/2/activity/stream")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dms_written_while_the_stream_was_down_longer_than_xs_backfill_reach_the_crm_once() {
+    let app = spawn_app(TestOptions {
+        // X's 5 minutes, shortened on both sides: the bridge's catch-up window and what the
+        // simulator's backfill replays (nothing), so the outage outlasts the backfill at once.
+        inbound: "stream_catch_up_after = \"500ms\"\n".into(),
+        ..options(false)
+    })
+    .await;
+    forget_lease_queue(&app);
+    app.simulator
+        .set_activity_stream_backfill_window(Duration::ZERO);
+    let bridge = common::start_bridge(&app).await;
+    let user = app.user_id("acme");
+    let mut crm = app.crm().await;
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_activity_streams(|c| c.open == 1),
+    )
+    .await
+    .expect("the bridge opens the App's stream");
+    let customers = customers();
+    let mut received = Received::default();
+    let first = send(&app, &customers, &user, 0);
+    read_until(&mut crm, &mut received, &first, false).await;
+
+    // X goes down: the stream is cut and cannot be opened again.
+    let before = stream_requests(&app, &user);
+    app.simulator.set_activity_stream_down(true);
+    assert_eq!(app.simulator.cut_activity_streams(), 1);
+    for n in 1..20 {
+        send(&app, &customers, &user, n);
+    }
+    // A reconnection refused: the next waits at least the backoff's first second, longer
+    // than the catch-up window, so the gap outlasts X's (shortened) backfill.
+    let requests = app
+        .simulator
+        .wait_for_requests_to(&user, "/2/activity/stream", before + 1);
+    tokio::time::timeout(PATIENCE, requests)
+        .await
+        .expect("the bridge tries to reconnect");
+    app.simulator.set_activity_stream_down(false);
+
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_activity_streams(|c| c.open == 1),
+    )
+    .await
+    .expect("the bridge reconnects");
+    let last = send(&app, &customers, &user, 20);
+    read_until(&mut crm, &mut received, &last, false).await;
+    assert_once_in_order(&received.texts, 21);
+    bridge.stop().await;
+    app.cleanup().await;
+}
+
+/// The stream subscriptions (no webhook) the bridge made for `channel`: their event types.
+fn stream_subscriptions(app: &TestApp, channel: &str) -> Vec<String> {
+    let mut types: Vec<String> = app
+        .simulator
+        .activity_subscriptions()
+        .into_iter()
+        .filter(|s| {
+            s.webhook_id.is_none() && s.tag.as_deref() == Some(&format!("xbridge:{channel}"))
+        })
+        .map(|s| s.event_type)
+        .collect();
+    types.sort();
+    types
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_subscriptions_follow_the_channels_event_types_and_go_with_the_channel() {
+    let app = spawn_app(TestOptions {
+        channels: vec!["acme".into(), "beta".into()],
+        shared_app: true,
+        ..options(false)
+    })
+    .await;
+    forget_lease_queue(&app);
+    let bridge = live_in::LiveBridge::start_without(&app, &[]).await;
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_activity_streams(|c| c.open == 1),
+    )
+    .await
+    .expect("the bridge opens the App's stream");
+    let both = vec!["dm.received".to_owned(), "dm.sent".to_owned()];
+    assert_eq!(stream_subscriptions(&app, "acme"), both);
+    assert_eq!(stream_subscriptions(&app, "beta"), both);
+    // The App's Bearer token (the first account's) deletes them.
+    let app_user = app.user_id("acme");
+    let deletions = |count: usize| {
+        let waited =
+            app.simulator
+                .wait_for_requests_to(&app_user, "/2/activity/subscriptions/", count);
+        async move {
+            tokio::time::timeout(PATIENCE, waited)
+                .await
+                .expect("the bridge deletes subscriptions");
+        }
+    };
+
+    // acme no longer wants its own DMs (echoes): its dm.sent subscription goes.
+    let mut acme = bridge.channel("acme");
+    acme.webhook_api = WebhookApi::Xaa;
+    acme.xaa_events = Some(vec![XaaEvent::Received]);
+    bridge.upsert(acme);
+    deletions(1).await;
+    assert_eq!(stream_subscriptions(&app, "acme"), ["dm.received"]);
+    assert_eq!(stream_subscriptions(&app, "beta"), both);
+
+    // beta is removed; then acme, the App's last stream channel: theirs go too.
+    bridge.live.remove("beta");
+    deletions(3).await;
+    assert_eq!(stream_subscriptions(&app, "beta"), Vec::<String>::new());
+    assert_eq!(stream_subscriptions(&app, "acme"), ["dm.received"]);
+    bridge.live.remove("acme");
+    deletions(4).await;
+    assert_eq!(stream_subscriptions(&app, "acme"), Vec::<String>::new());
+    tokio::time::timeout(
+        PATIENCE,
+        app.simulator.wait_for_activity_streams(|c| c.open == 0),
+    )
+    .await
+    .expect("the App's stream stops with its last channel");
+    bridge.stop().await;
     app.cleanup().await;
 }

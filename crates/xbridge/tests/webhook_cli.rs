@@ -38,6 +38,11 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
+        Setup::with_channel("").await
+    }
+
+    /// A setup whose channel has `extra` TOML lines (`{user_id}` is the account's id).
+    async fn with_channel(extra: &str) -> Setup {
         let account = Account::generate("acme_support");
         let sim = Simulator::start(SimulatorConfig {
             accounts: vec![account.clone()],
@@ -63,6 +68,7 @@ consumer_secret = "{cs}"
 access_token = "{at}"
 access_token_secret = "{ats}"
 bearer_token = "{bearer}"
+{extra}
 "#,
             base = sim.base_url(),
             state = dir.path().join("state.redb").display(),
@@ -71,6 +77,7 @@ bearer_token = "{bearer}"
             at = account.access_token,
             ats = account.access_token_secret,
             bearer = account.bearer_token,
+            extra = extra.replace("{user_id}", &account.user_id),
         );
         std::fs::write(&config, toml).unwrap();
         Setup {
@@ -335,5 +342,49 @@ async fn an_unknown_channel_is_named() {
         .xbridge(&["status", "--channel", "nope"])
         .await
         .failed_with(&["no channel \"nope\"", "configured: acme"]);
+    setup.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_channels_subscriptions_are_listed_and_unsubscribed_without_a_webhook() {
+    let setup = Setup::with_channel("inbound = \"stream\"\nuser_id = \"{user_id}\"").await;
+    let user_id = setup.account.user_id.clone();
+    // What `xbridge run` makes for a stream channel: one subscription per event type, no
+    // webhook, tagged with the channel.
+    let settings = xbridge_core::config::Settings::load(&setup.config).unwrap();
+    let channel = settings.channel(CHANNEL).unwrap();
+    let client = xbridge_x_api::WebhookClient::new(
+        (&settings.x).into(),
+        channel.bearer_token.clone(),
+        xbridge_x_api::XAuth::from(xbridge_x_api::UserCredentials::from(channel)),
+    )
+    .unwrap();
+    for event_type in ["dm.received", "dm.sent"] {
+        client
+            .create_stream_subscription(event_type, &user_id, "xbridge:acme")
+            .await
+            .unwrap();
+    }
+
+    let run = setup
+        .xbridge(&["subscriptions", "--channel", CHANNEL])
+        .await;
+    run.succeeded();
+    assert!(run.stdout.contains("inbound = stream"), "{run:?}");
+    assert_eq!(
+        run.stdout.matches("-> webhook none (stream only)").count(),
+        2,
+        "{run:?}"
+    );
+
+    // No webhook is registered: the stream channel needs none to unsubscribe.
+    let run = setup.xbridge(&["unsubscribe", "--channel", CHANNEL]).await;
+    run.succeeded();
+    assert_eq!(run.stdout.matches(" deleted").count(), 2, "{run:?}");
+    assert!(
+        setup.sim.activity_subscriptions().is_empty(),
+        "{:?}",
+        setup.sim.activity_subscriptions()
+    );
     setup.sim.shutdown().await;
 }

@@ -343,9 +343,6 @@ fn validate_channel(
     if let Some(problem) = xaa_events_problem(raw.webhook_api, raw.xaa_events.as_deref()) {
         errors.push(format!("{label}.xaa_events: {problem}"));
     }
-    if let Some(problem) = oauth2_inbound_problem(raw.inbound, oauth2.is_some()) {
-        errors.push(format!("{label}.inbound: {problem}"));
-    }
     (errors.len() == before).then_some(ChannelSettings {
         name,
         consumer_key,
@@ -414,16 +411,6 @@ struct OAuth2Fields {
     refresh_token: Option<SecretSource>,
     access_token: bool,
     access_token_secret: bool,
-}
-
-/// Why an OAuth 2.0 channel cannot take `inbound`, if it cannot: the stream mode
-/// subscribes the account itself, and X's subscription calls are made with the
-/// account's OAuth 1.0a token, which an OAuth 2.0 channel does not have. Refused
-/// rather than accepted and left without DMs.
-pub fn oauth2_inbound_problem(inbound: InboundMode, oauth2: bool) -> Option<String> {
-    (oauth2 && inbound == InboundMode::Stream).then(|| {
-        "stream is not available to OAuth 2.0 channels yet (the account's activity subscriptions are made with an OAuth 1.0a token); use poll, webhook or both".to_owned()
-    })
 }
 
 /// What is wrong with a channel's `xaa_events`, if anything: they only mean something
@@ -707,17 +694,22 @@ mod oauth2_tests {
         assert!(oauth1.channels[0].oauth2.is_none());
     }
 
+    /// Every subscription takes the account's OAuth 2.0 token (XAA's, the stream's and,
+    /// since X added OAuth 2.0 to AAA v2, AAA's), so an OAuth 2.0 channel may stream, or
+    /// take the webhook through either API, like any other.
     #[test]
-    fn an_oauth2_channel_cannot_stream_yet() {
-        let error = Settings::from_toml(&channel(
-            "oauth2_client_id = \"Y2xpZW50LWlk\"\ninbound = \"stream\"\nuser_id = \"42\"",
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            error.contains("channels[0] (acme).inbound: stream is not available to OAuth 2.0"),
-            "{error}"
-        );
+    fn an_oauth2_channel_can_stream_or_take_the_webhook_through_aaa() {
+        for (name, mode) in [
+            ("stream", InboundMode::Stream),
+            ("webhook", InboundMode::Webhook),
+        ] {
+            let settings = Settings::from_toml(&channel(&format!(
+                "oauth2_client_id = \"Y2xpZW50LWlk\"\ninbound = \"{name}\"\nuser_id = \"42\""
+            )))
+            .unwrap();
+            assert!(settings.channels[0].oauth2.is_some(), "{name}");
+            assert_eq!(settings.channels[0].inbound, mode);
+        }
     }
 
     #[test]

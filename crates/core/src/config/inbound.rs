@@ -41,6 +41,10 @@ pub struct InboundSettings {
     /// disabled after a failed CRC shows as `webhook_invalid` instead of as
     /// silence; 0 turns the check off (webhooks managed elsewhere).
     pub webhook_check_interval: Duration,
+    /// A gap in an X App's activity stream (`inbound = "stream"`) longer than this is
+    /// filled by reading the stream channels' DMs (`GET /2/dm_events`) back to its start:
+    /// X's backfill on reconnecting covers 5 minutes, the default and the most allowed.
+    pub stream_catch_up_after: Duration,
     /// The media proxy: the bridge URLs attachments carry, since X's own
     /// media URLs need the channel's OAuth signature, which the CRM lacks.
     pub media: MediaProxySettings,
@@ -69,6 +73,8 @@ pub(super) struct RawInbound {
     pub(super) profile_cache_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub(super) webhook_check_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(super) stream_catch_up_after: Duration,
     pub(super) media: RawMediaProxy,
 }
 
@@ -85,6 +91,7 @@ impl Default for RawInbound {
             backfill_days: 0,
             profile_cache_ttl: Duration::from_secs(3600),
             webhook_check_interval: Duration::from_secs(300),
+            stream_catch_up_after: Duration::from_secs(300),
             media: RawMediaProxy::default(),
         }
     }
@@ -105,6 +112,7 @@ impl RawInbound {
             backfill_days: self.backfill_days,
             profile_cache_ttl: self.profile_cache_ttl,
             webhook_check_interval: self.webhook_check_interval,
+            stream_catch_up_after: self.stream_catch_up_after,
             media: media(self.media),
         }
     }
@@ -121,6 +129,12 @@ pub(super) fn validate(raw: RawInbound, errors: &mut Vec<String>) -> InboundSett
     if raw.poll_interval.is_zero() || raw.safety_poll_interval.is_zero() {
         errors.push(
             "inbound.poll_interval and inbound.safety_poll_interval: must be greater than zero"
+                .into(),
+        );
+    }
+    if raw.stream_catch_up_after.is_zero() || raw.stream_catch_up_after > Duration::from_secs(300) {
+        errors.push(
+            "inbound.stream_catch_up_after: more than zero and at most 5m (X's activity stream backfills 5 minutes; a longer gap would be lost)"
                 .into(),
         );
     }

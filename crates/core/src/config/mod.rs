@@ -25,8 +25,8 @@ use serde::Deserialize;
 
 pub use amqp::{AmqpSettings, BrokerAddress, ControlSettings, TopologyNames};
 pub use channels::{
-    is_valid_channel_name, oauth2_client_id_problem, oauth2_inbound_problem, xaa_events_problem,
-    ChannelSettings, InboundMode, OAuth2Channel, WebhookApi, XaaEvent,
+    is_valid_channel_name, oauth2_client_id_problem, xaa_events_problem, ChannelSettings,
+    InboundMode, OAuth2Channel, WebhookApi, XaaEvent,
 };
 pub use http::HttpSettings;
 pub use inbound::InboundSettings;

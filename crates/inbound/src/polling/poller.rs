@@ -356,6 +356,20 @@ async fn read_back_to(
     }
 }
 
+/// Reads `ctx.channel`'s DMs back to `since` (an event id, such as [`snowflake_at`] of a
+/// time) and delivers, oldest first, those the delivered record lacks — a poll's pages and
+/// delivery, but leaving the channel's poll cursor alone: a one-off read that fills a gap
+/// another path left (the activity stream down longer than X's backfill), not a poll, so a
+/// poller of the channel (if it ever gets one) still reads back to where it was.
+pub async fn catch_up(ctx: &PollContext, since: u64) -> Result<PollOutcome, PollError> {
+    let mut outcome = PollOutcome::default();
+    let mut budget = PollBudget::default();
+    let mut new = read_back_to(ctx, since, &mut budget, &mut outcome).await?;
+    new.reverse();
+    let (_, delivered) = deliver_in_order(ctx, &new, &mut outcome).await;
+    delivered.map(|()| outcome)
+}
+
 /// Delivers `new` in its order, stopping at the first failure, and moves the
 /// cursor past the last event confirmed (also when one failed).
 async fn publish_in_order(
@@ -363,6 +377,20 @@ async fn publish_in_order(
     new: &[Seen],
     outcome: &mut PollOutcome,
 ) -> Result<(), PollError> {
+    let (confirmed, delivered) = deliver_in_order(ctx, new, outcome).await;
+    if let Some(id) = confirmed {
+        move_cursor(ctx, &id.to_string()).await;
+    }
+    delivered
+}
+
+/// Delivers `new` in its order, stopping at the first failure: the id of the last event
+/// confirmed, and how it ended.
+async fn deliver_in_order(
+    ctx: &PollContext,
+    new: &[Seen],
+    outcome: &mut PollOutcome,
+) -> (Option<u64>, Result<(), PollError>) {
     let mut confirmed: Option<u64> = None;
     let mut failed = None;
     for seen in new {
@@ -383,10 +411,7 @@ async fn publish_in_order(
             }
         }
     }
-    if let Some(id) = confirmed {
-        move_cursor(ctx, &id.to_string()).await;
-    }
-    failed.map_or(Ok(()), Err)
+    (confirmed, failed.map_or(Ok(()), Err))
 }
 
 /// Checks that a page goes on from the one before: X lists DM events newest first, so

@@ -1,10 +1,18 @@
 //! One App's activity stream: the lease, the App's XAA subscriptions, the connection with
-//! its reconnections and backfills, and the delivery of each line (see [`super`]).
+//! its reconnections, backfills and catch-ups, and the delivery of each line (see [`super`]).
+//!
+//! A cut usually follows a healthy connection (a deploy at X, a network blip): reconnecting at
+//! once then loses nothing. But X may also end a stream right after accepting it
+//! (`TooManyConnections` on the body, an immediate end): reconnecting at once would loop
+//! against X's 450 connections per 15 minutes. So the backoff is reset, and the reconnection
+//! immediate, only after a connection that proved healthy ([`proved_healthy`]); else the
+//! task waits longer each time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -14,14 +22,19 @@ use xbridge_x_api::activity_stream::{
     reconnect_backoff, ActivityStream, ActivityStreamClient, StreamError, StreamItem, KEEP_ALIVE,
     MAX_BACKFILL_MINUTES,
 };
-use xbridge_x_api::{WebhookClient, XHttp};
+use xbridge_x_api::XHttp;
 
-use super::Member;
+use super::catch_up::CatchUp;
+use super::{subscriptions, Member};
+use crate::parts::Shared;
 use crate::polling::lease::{self, PollLease};
 use crate::webhook::server::{Streamed, WebhookState};
 
 /// No byte for this long (three of X's keep-alive intervals) and the stream is dead.
 const STALL_AFTER: Duration = Duration::from_secs(3 * KEEP_ALIVE.as_secs());
+/// A connection that lived this long (longer than one of X's keep-alive intervals) was
+/// healthy, even if it carried nothing.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
 /// What an App's stream task runs with.
 pub(crate) struct AppContext {
@@ -31,6 +44,8 @@ pub(crate) struct AppContext {
     pub(crate) settings: Arc<Settings>,
     pub(crate) http: XHttp,
     pub(crate) deliver: Arc<WebhookState>,
+    /// What a catch-up read delivers through.
+    pub(crate) shared: Shared,
     pub(crate) connections: watch::Receiver<Option<Arc<lapin::Connection>>>,
 }
 
@@ -127,15 +142,23 @@ async fn stream_while_held(
     // When the stream was last known to have delivered everything before it; `None`: not
     // since this replica holds the lease, so ask for X's whole backfill.
     let mut good_until: Option<Instant> = None;
+    // The start of a gap longer than X's backfill not caught up yet.
+    let mut uncaught: Option<DateTime<Utc>> = None;
     let mut subscribed = false;
     loop {
         let current = members.borrow_and_update().clone();
         if !subscribed {
-            subscribed = ensure_subscriptions(ctx, &current).await;
+            subscribed = subscriptions::ensure(&ctx.settings, &ctx.http, &current).await;
         }
         // No member left: the task is being stopped.
         let client = stream_client(ctx, &current)?;
-        let backfill = backfill_minutes(&ctx.app, good_until);
+        let catch_up = catch_up(ctx, &current, &mut good_until, &mut uncaught);
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            error = lease.ended() => return Some(error),
+            () = catch_up => {}
+        }
+        let backfill = backfill_minutes(good_until);
         let connected = tokio::select! {
             _ = stop.cancelled() => return None,
             error = lease.ended() => return Some(error),
@@ -149,6 +172,7 @@ async fn stream_while_held(
                     backfill_minutes = backfill,
                     "activity stream connected"
                 );
+                let connected_at = Instant::now();
                 let read = read_stream(ctx, stream, &mut members, &mut good_until);
                 let ended = tokio::select! {
                     _ = stop.cancelled() => return None,
@@ -160,13 +184,18 @@ async fn stream_while_held(
                         subscribed = false;
                         continue;
                     }
-                    Ended::Stream(error) => {
+                    Ended::Stream { error, heard } => {
                         metrics::counter!("xbridge_stream_disconnects_total").increment(1);
-                        tracing::warn!(app = ctx.app, %error, "activity stream ended; reconnecting with a backfill");
-                        // Most ends are cuts: reconnect at once, the backoff grows only
-                        // while connecting or delivering fails.
-                        backoff = reconnect_backoff();
-                        Duration::ZERO
+                        if proved_healthy(connected_at.elapsed(), heard) {
+                            // Most ends are cuts: reconnect at once.
+                            tracing::warn!(app = ctx.app, %error, "activity stream ended; reconnecting with a backfill");
+                            backoff = reconnect_backoff();
+                            Duration::ZERO
+                        } else {
+                            let wait = backoff.next().unwrap_or(Duration::from_secs(300));
+                            tracing::warn!(app = ctx.app, %error, retry_in_ms = wait.as_millis() as u64, "activity stream ended right after connecting; reconnecting with a backfill later");
+                            wait
+                        }
                     }
                     Ended::Undelivered(why) => {
                         // The broker or the store cannot take events: reconnecting at once
@@ -186,6 +215,67 @@ async fn stream_while_held(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Whether a connection that ended proved healthy, so reconnecting at once is right: it
+/// carried a keep-alive or an event, or lived past [`HEALTHY_AFTER`]. One X closed at once
+/// did not: reconnecting at once would spend X's connections in a tight loop.
+fn proved_healthy(lived: Duration, heard: bool) -> bool {
+    heard || lived >= HEALTHY_AFTER
+}
+
+/// Before reconnecting: when the stream was down longer than `inbound.stream_catch_up_after`
+/// (X's backfill), reads the members' DMs back to the gap's start (see [`super::catch_up`]).
+/// Once every member is caught up, the stream counts as good from when the read began; a
+/// failed catch-up is tried again at the next reconnection.
+async fn catch_up(
+    ctx: &AppContext,
+    members: &BTreeMap<String, Member>,
+    good_until: &mut Option<Instant>,
+    uncaught: &mut Option<DateTime<Utc>>,
+) {
+    if let Some(start) = long_gap_start(
+        &ctx.app,
+        *good_until,
+        ctx.settings.inbound.stream_catch_up_after,
+    ) {
+        *uncaught = Some(uncaught.map_or(start, |earlier| earlier.min(start)));
+    }
+    let Some(since) = *uncaught else {
+        return;
+    };
+    let began = Instant::now();
+    let catch_up = CatchUp {
+        app: &ctx.app,
+        shared: &ctx.shared,
+        publish_echoes: ctx.settings.inbound.publish_echoes,
+    };
+    if catch_up.run(members, since).await.is_empty() {
+        *uncaught = None;
+        *good_until = Some(began);
+    }
+}
+
+/// When the gap since `good_until` began, if it is longer than `catch_up_after`; counts and
+/// logs one longer than X's 5-minute backfill.
+fn long_gap_start(
+    app: &str,
+    good_until: Option<Instant>,
+    catch_up_after: Duration,
+) -> Option<DateTime<Utc>> {
+    let gap = good_until?.elapsed();
+    if gap.as_secs() > 60 * u64::from(MAX_BACKFILL_MINUTES) {
+        metrics::counter!("xbridge_stream_backfill_gaps_total").increment(1);
+        tracing::warn!(
+            app,
+            gap_s = gap.as_secs(),
+            "the activity stream was down longer than X's 5-minute backfill: catching up by reading the channels' DMs"
+        );
+    }
+    if gap <= catch_up_after {
+        return None;
+    }
+    Some(Utc::now() - chrono::Duration::from_std(gap).unwrap_or(chrono::Duration::MAX))
 }
 
 /// How long to wait after a refused or failed connection.
@@ -212,8 +302,8 @@ fn connect_failed(
 
 /// How a connection ended.
 enum Ended {
-    /// X or the network ended it.
-    Stream(StreamError),
+    /// X or the network ended it; `heard`: it carried a keep-alive or an event first.
+    Stream { error: StreamError, heard: bool },
     /// An event could not be delivered to the CRM (the broker or the store failed).
     Undelivered(String),
     /// The App's stream channels changed: make sure of the subscriptions, then go on.
@@ -227,18 +317,23 @@ async fn read_stream(
     members: &mut Members,
     good_until: &mut Option<Instant>,
 ) -> Ended {
+    let mut heard = false;
     loop {
         let item = tokio::select! {
             changed = members.changed() => {
                 if changed.is_err() {
-                    return Ended::Stream(StreamError::Disconnected("stopped".to_owned()));
+                    let error = StreamError::Disconnected("stopped".to_owned());
+                    return Ended::Stream { error, heard };
                 }
                 return Ended::MembersChanged;
             }
             item = stream.next() => item,
         };
+        if matches!(item, Ok(StreamItem::KeepAlive | StreamItem::Event(_))) {
+            heard = true;
+        }
         match item {
-            Err(error) => return Ended::Stream(error),
+            Err(error) => return Ended::Stream { error, heard },
             Ok(StreamItem::KeepAlive) => {
                 *good_until = Some(Instant::now());
             }
@@ -290,21 +385,12 @@ async fn read_stream(
 }
 
 /// The backfill that covers the time since `good_until` (a minute more for clocks and
-/// rounding), capped at X's 5; X's whole 5 when unknown. Counts a gap X cannot fill.
-fn backfill_minutes(app: &str, good_until: Option<Instant>) -> u8 {
+/// rounding), capped at X's 5; X's whole 5 when unknown.
+fn backfill_minutes(good_until: Option<Instant>) -> u8 {
     let Some(good_until) = good_until else {
         return MAX_BACKFILL_MINUTES;
     };
-    let gap = good_until.elapsed();
-    let minutes = gap.as_secs().div_ceil(60) + 1;
-    if minutes > u64::from(MAX_BACKFILL_MINUTES) {
-        metrics::counter!("xbridge_stream_backfill_gaps_total").increment(1);
-        tracing::warn!(
-            app,
-            gap_s = gap.as_secs(),
-            "the activity stream was down longer than X's 5-minute backfill: older events are lost to the stream (inbound = \"both\"-style polling would fill it)"
-        );
-    }
+    let minutes = good_until.elapsed().as_secs().div_ceil(60) + 1;
     minutes.min(u64::from(MAX_BACKFILL_MINUTES)) as u8
 }
 
@@ -322,80 +408,40 @@ fn stream_client(
     ))
 }
 
-/// Makes sure each stream channel's account has the XAA subscriptions it wants (without a
-/// webhook, so only the stream carries them), creating what X lacks. `false` when X could
-/// not be asked or refused (logged; tried again at the next change or lease).
-async fn ensure_subscriptions(ctx: &AppContext, members: &BTreeMap<String, Member>) -> bool {
-    let inbound = &ctx.settings.inbound;
-    let mut all_done = true;
-    for member in members.values() {
-        let channel = &member.settings;
-        let Some(user_id) = channel.user_id.as_deref() else {
-            continue;
-        };
-        let client = match WebhookClient::with_http(
-            (&ctx.settings.x).into(),
-            channel.bearer_token.clone(),
-            channel.as_ref().into(),
-            ctx.http.clone(),
-        ) {
-            Ok(client) => client,
-            Err(error) => {
-                tracing::error!(channel = channel.name, %error, "cannot build the X client for the channel's subscriptions");
-                all_done = false;
-                continue;
-            }
-        };
-        let present = match client.list_activity_subscriptions().await {
-            Ok(present) => present,
-            Err(error) => {
-                tracing::warn!(channel = channel.name, %error, "cannot list the X Activity subscriptions");
-                all_done = false;
-                continue;
-            }
-        };
-        let tag = format!("xbridge:{}", channel.name);
-        for event in channel.xaa_event_types(inbound.publish_echoes, inbound.publish_activity) {
-            let event_type = event.as_str();
-            let there = present.iter().any(|s| {
-                s.event_type == event_type
-                    && s.user_id.as_deref() == Some(user_id)
-                    && s.webhook_id.is_none()
-            });
-            if there {
-                continue;
-            }
-            match client
-                .create_stream_subscription(event_type, user_id, &tag)
-                .await
-            {
-                Ok(created) => tracing::info!(
-                    channel = channel.name,
-                    event_type,
-                    subscription_id = created.subscription_id,
-                    "X Activity subscription created for the stream"
-                ),
-                Err(error) => {
-                    all_done = false;
-                    tracing::error!(channel = channel.name, event_type, %error, "cannot subscribe the account for the activity stream");
-                }
-            }
-        }
-    }
-    all_done
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_backfill_covers_the_gap_up_to_xs_five_minutes() {
-        assert_eq!(backfill_minutes("a", None), 5);
-        assert_eq!(backfill_minutes("a", Some(Instant::now())), 1);
+        assert_eq!(backfill_minutes(None), 5);
+        assert_eq!(backfill_minutes(Some(Instant::now())), 1);
         let long_ago = Instant::now().checked_sub(Duration::from_secs(3600));
         if let Some(long_ago) = long_ago {
-            assert_eq!(backfill_minutes("a", Some(long_ago)), 5);
+            assert_eq!(backfill_minutes(Some(long_ago)), 5);
         }
+    }
+
+    #[test]
+    fn only_a_connection_that_proved_healthy_reconnects_at_once() {
+        // X closed it at once (TooManyConnections on the body, an immediate end): back off.
+        assert!(!proved_healthy(Duration::ZERO, false));
+        assert!(!proved_healthy(Duration::from_secs(29), false));
+        // A keep-alive or an event, or long enough alive: a cut, reconnect at once.
+        assert!(proved_healthy(Duration::ZERO, true));
+        assert!(proved_healthy(HEALTHY_AFTER, false));
+    }
+
+    #[test]
+    fn only_a_gap_longer_than_the_catch_up_window_is_caught_up_from_its_start() {
+        let five = Duration::from_secs(300);
+        assert_eq!(long_gap_start("a", None, five), None);
+        assert_eq!(long_gap_start("a", Some(Instant::now()), five), None);
+        let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(600)) else {
+            return;
+        };
+        let start = long_gap_start("a", Some(long_ago), five).expect("a long gap");
+        let ago = Utc::now() - start;
+        assert!((599..=601).contains(&ago.num_seconds()), "{ago}");
     }
 }

@@ -7,21 +7,30 @@
 //! [`app::run`] task per App. That task holds the App's lease (the poll lease's
 //! single-active-consumer queue, named `<poll_lease_prefix>app.<hash of the consumer key>`,
 //! never the key itself) so only one replica reads the stream, and another takes over when it
-//! dies; while held it makes sure the App's channels have their XAA subscriptions, holds the
-//! stream open, and hands each event line to the webhook's own routing and delivery
-//! ([`WebhookState::deliver_streamed`]), one at a time, in stream order — so a DM is delivered
-//! once (the same delivered-record check as the webhook and the poller) and in order per
-//! conversation.
+//! dies; while held it keeps the App's channels' XAA subscriptions to what they want
+//! ([`subscriptions`]), holds the stream open, and hands each event line to the webhook's own
+//! routing and delivery ([`WebhookState::deliver_streamed`]), one at a time, in stream order —
+//! so a DM is delivered once (the same delivered-record check as the webhook and the poller)
+//! and in order per conversation.
 //!
 //! After a cut, a stall or a failed delivery it reconnects (backoff from
-//! `xbridge_x_api::activity_stream::reconnect_backoff`) asking X for a backfill that covers
-//! the time since the stream was last known good, capped at X's 5 minutes; a new holder asks
-//! for the full 5 minutes, since it cannot know what the previous one delivered. Replayed
-//! events that were delivered already are dropped by the delivered record. A gap longer than 5
-//! minutes loses what is older to the stream: it is logged and counted
-//! (`xbridge_stream_backfill_gaps_total`), and `inbound = "both"`'s polling is the remedy.
+//! `xbridge_x_api::activity_stream::reconnect_backoff`, reset only by a connection that
+//! proved healthy, see [`app`]) asking X for a backfill that covers the time since the stream
+//! was last known good, capped at X's 5 minutes; a new holder asks for the full 5 minutes,
+//! since it cannot know what the previous one delivered. Replayed events that were delivered
+//! already are dropped by the delivered record. A known gap longer than
+//! `inbound.stream_catch_up_after` (X's 5 minutes by default) is counted
+//! (`xbridge_stream_backfill_gaps_total` when past X's 5) and filled by [`catch_up`]: one read
+//! of each stream channel's DMs back to the gap's start with the poller's own paging and
+//! delivery, before the stream reconnects.
+//!
+//! A channel that leaves the stream (removed, or another `inbound` mode) has its stream
+//! subscriptions deleted by [`StreamApps::leave`] in every replica that serves it — also when
+//! it was the App's last stream channel and the App's task stops (see [`subscriptions`]).
 
 pub(crate) mod app;
+mod catch_up;
+pub(crate) mod subscriptions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,16 +42,21 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use xbridge_core::config::{ChannelSettings, Settings};
-use xbridge_x_api::XHttp;
+use xbridge_x_api::{XAuth, XClient, XHttp};
 
-use crate::broker::BrokerSink;
 use crate::delivery::profiles::Profiles;
+use crate::parts::{ChannelParts, Shared};
 use crate::webhook::server::{WebhookChannel, WebhookState};
 
-/// A stream channel of an App, as its task needs it.
+/// A stream channel of an App, as its task needs it: its settings, and its client and
+/// profiles for a catch-up read of its DMs.
 #[derive(Clone)]
 pub(crate) struct Member {
     pub(crate) settings: Arc<ChannelSettings>,
+    pub(crate) client: XClient,
+    pub(crate) profiles: Arc<Profiles>,
+    /// How the account authenticates when its subscriptions are made (OAuth 1.0a or 2.0).
+    pub(crate) auth: XAuth,
 }
 
 /// The App of a consumer key, as named in logs and the lease queue: a digest, so the key
@@ -68,10 +82,14 @@ struct AppStream {
 pub(crate) struct StreamApps {
     settings: Arc<Settings>,
     http: XHttp,
-    sink: Arc<BrokerSink>,
+    /// The broker connection, and what a catch-up read delivers through.
+    shared: Shared,
     /// Routes and delivers the stream's lines; never served over HTTP.
     deliver: Arc<WebhookState>,
     apps: HashMap<String, AppStream>,
+    /// Deletions of the stream subscriptions of channels that left, by channel: stopped if
+    /// the channel streams again before they are done.
+    retiring: HashMap<String, tokio::task::AbortHandle>,
     shutdown: CancellationToken,
 }
 
@@ -79,29 +97,30 @@ impl StreamApps {
     pub(crate) fn new(
         settings: Arc<Settings>,
         http: XHttp,
-        sink: Arc<BrokerSink>,
+        shared: Shared,
         deliver: Arc<WebhookState>,
         shutdown: CancellationToken,
     ) -> StreamApps {
         StreamApps {
             settings,
             http,
-            sink,
+            shared,
             deliver,
             apps: HashMap::new(),
+            retiring: HashMap::new(),
             shutdown,
         }
     }
 
     /// `channel` streams from now on: it joins its App's stream, which starts when it is the
     /// App's first stream channel.
-    pub(crate) fn join(
-        &mut self,
-        channel: Arc<ChannelSettings>,
-        profiles: Arc<Profiles>,
-        tasks: &mut JoinSet<()>,
-    ) {
-        self.leave(&channel.name);
+    pub(crate) fn join(&mut self, parts: &ChannelParts, auth: XAuth, tasks: &mut JoinSet<()>) {
+        let channel = parts.settings.clone();
+        let profiles = parts.profiles.clone();
+        self.detach(&channel.name);
+        if let Some(retiring) = self.retiring.remove(&channel.name) {
+            retiring.abort();
+        }
         let app = app_label(channel.consumer_key.expose_secret());
         self.deliver.serve_channel(
             WebhookChannel {
@@ -110,10 +129,13 @@ impl StreamApps {
                 consumer_secret: channel.consumer_secret.clone(),
                 own_user_id: channel.user_id.clone(),
             },
-            Some(profiles),
+            Some(profiles.clone()),
         );
         let member = Member {
             settings: channel.clone(),
+            client: parts.client.clone(),
+            profiles,
+            auth,
         };
         if let Some(running) = self.apps.get(&app) {
             running.members.send_modify(|members| {
@@ -134,7 +156,8 @@ impl StreamApps {
             settings: self.settings.clone(),
             http: self.http.clone(),
             deliver: self.deliver.clone(),
-            connections: self.sink.connection.subscribe(),
+            shared: self.shared.clone(),
+            connections: self.shared.sink.connection.subscribe(),
         };
         tasks.spawn(app::run(context, members.subscribe(), stop.clone()));
         tracing::info!(channel = %channel.name, app, "channel starts its X App's activity stream");
@@ -142,21 +165,36 @@ impl StreamApps {
     }
 
     /// `name` no longer streams (removed, or another mode): it leaves its App's stream, which
-    /// stops when no channel of the App is left.
+    /// stops when no channel of the App is left, and its stream subscriptions are deleted, so
+    /// X stops billing and streaming its events. Every replica does it (deleting lists first,
+    /// and a subscription gone already is no error): when the App's last stream channel goes,
+    /// no App task is left to do it.
     pub(crate) fn leave(&mut self, name: &str) {
-        let Some(app) = self
+        let Some(member) = self.detach(name) else {
+            return;
+        };
+        let (settings, http) = (self.settings.clone(), self.http.clone());
+        let retire = tokio::spawn(async move {
+            subscriptions::retire(&settings, &http, &member).await;
+        });
+        self.retiring.retain(|_, task| !task.is_finished());
+        self.retiring.insert(name.to_owned(), retire.abort_handle());
+    }
+
+    /// Takes `name` out of its App's stream, stopping the App's task when it was the last:
+    /// the member it was, if it streamed.
+    fn detach(&mut self, name: &str) -> Option<Member> {
+        let app = self
             .apps
             .iter()
             .find(|(_, a)| a.members.borrow().contains_key(name))
-            .map(|(app, _)| app.clone())
-        else {
-            return;
-        };
+            .map(|(app, _)| app.clone())?;
         self.deliver.stop_serving(name);
+        let mut left = None;
         let empty = {
             let running = &self.apps[&app];
             running.members.send_modify(|members| {
-                members.remove(name);
+                left = members.remove(name);
             });
             running.members.borrow().is_empty()
         };
@@ -170,5 +208,6 @@ impl StreamApps {
                 running.stop.cancel();
             }
         }
+        left
     }
 }

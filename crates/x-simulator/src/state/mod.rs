@@ -37,7 +37,7 @@ pub(crate) mod stream;
 mod upload;
 mod webhook;
 
-pub use activity::{ActivitySubscription, DM_EVENT_TYPES};
+pub use activity::{ActivitySubscription, CreatedWith, DM_EVENT_TYPES};
 pub use delivery::Delivery;
 pub use dm_event::{DmAttachment, DmEvent, MediaType, MediaVariant, MESSAGE_CREATE};
 pub use request_record::{Counters, RequestRecord, CLIENT_CLOSED_REQUEST};

@@ -3,7 +3,7 @@
 //! deliveries can publish to it without the state importing the route.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -66,6 +66,10 @@ pub(crate) struct StreamHub {
     opened: AtomicU64,
     cut: AtomicU64,
     keep_alive_millis: AtomicU64,
+    /// How far back a backfill reaches at most (X: 5 minutes); tests shorten it.
+    backfill_window_millis: AtomicU64,
+    /// X's stream endpoint is down: every connection is answered 503.
+    down: AtomicBool,
     /// Woken when a stream opens or closes, for tests that wait on the counters.
     pub changed: tokio::sync::Notify,
 }
@@ -78,6 +82,8 @@ impl Default for StreamHub {
             opened: AtomicU64::new(0),
             cut: AtomicU64::new(0),
             keep_alive_millis: AtomicU64::new(DEFAULT_KEEP_ALIVE.as_millis() as u64),
+            backfill_window_millis: AtomicU64::new(MAX_BACKFILL_MINUTES as u64 * 60_000),
+            down: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
         }
     }
@@ -105,6 +111,26 @@ impl StreamHub {
 
     pub(crate) fn keep_alive(&self) -> Duration {
         Duration::from_millis(self.keep_alive_millis.load(Ordering::SeqCst))
+    }
+
+    pub(crate) fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_backfill_window(&self, window: Duration) {
+        self.backfill_window_millis
+            .store(window.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Where a backfill of `minutes` asked for at `now` starts: no further back than the
+    /// backfill window.
+    pub(crate) fn backfill_since(&self, now: DateTime<Utc>, minutes: i64) -> DateTime<Utc> {
+        let window = self.backfill_window_millis.load(Ordering::SeqCst) as i64;
+        now - chrono::Duration::milliseconds((minutes * 60_000).min(window))
     }
 
     /// Sends an event line to the App's open streams and logs it for backfill. A stream whose

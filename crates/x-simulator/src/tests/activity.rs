@@ -114,7 +114,10 @@ async fn subscriptions_are_created_listed_and_deleted_with_xs_checks() {
         "the App's, not only the caller's"
     );
     assert_eq!(listed["data"][0], subscription);
-    assert_eq!(h.sim.activity_subscriptions().len(), 2);
+    let made = h.sim.activity_subscriptions();
+    assert_eq!(made.len(), 2);
+    let how: Vec<_> = made.iter().map(|s| s.created_with).collect();
+    assert_eq!(how, [crate::CreatedWith::OAuth1, crate::CreatedWith::App]);
 
     let path = format!("{SUBSCRIPTIONS}/{id}");
     let deleted = h.bearer(&h.account, Method::DELETE, &path, None).await;

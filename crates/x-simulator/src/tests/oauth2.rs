@@ -410,3 +410,119 @@ async fn the_admin_api_registers_grants_expires_and_revokes() {
     ];
     assert_refused_token(&h.token(&form, Some(&client)).await);
 }
+
+/// XAA subscriptions take the account's OAuth 2.0 user token, as X's spec lists: created for
+/// its own account when the token holds the event type's scope (`dm.read` for `dm.*`), and
+/// recorded as made with OAuth 2.0; refused for another account of the App (403
+/// `not-authorized-for-resource`, like a 1.0a token) and without `dm.read` (X's plain 403).
+/// Listing takes the spec's `like.read tweet.read`, which a DM grant lacks.
+#[tokio::test]
+async fn activity_subscriptions_take_an_oauth2_user_token_for_its_own_account_only() {
+    const SUBSCRIPTIONS: &str = "/2/activity/subscriptions";
+    let h = harness().await;
+    let client = h.public_client();
+    let dm = h.sim.oauth2_grant(&client.client_id, DM_SCOPES).unwrap();
+    let h = &h;
+    let body = |user_id: &str, event_type: &str| {
+        serde_json::json!({ "event_type": event_type, "filter": { "user_id": user_id }, "tag": "t" })
+            .to_string()
+    };
+    let post = |token: String, body: String| async move {
+        h.with_bearer(reqwest::Method::POST, SUBSCRIPTIONS, &token, Some(&body))
+            .await
+    };
+
+    let created = post(dm.access_token.clone(), body(h.user_id(), "dm.received")).await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let made = h.sim.activity_subscriptions();
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].user_id, h.user_id());
+    assert_eq!(made[0].created_with, crate::CreatedWith::OAuth2);
+
+    let sibling = h.app_sibling();
+    let others = post(dm.access_token.clone(), body(&sibling.user_id, "dm.sent")).await;
+    assert_eq!(others.status, 403, "{}", others.body);
+    assert_eq!(
+        others.json()["type"],
+        "https://api.twitter.com/2/problems/not-authorized-for-resource"
+    );
+    let no_dm_read = h
+        .sim
+        .oauth2_grant(&client.client_id, &["tweet.read", "users.read"])
+        .unwrap();
+    let refused = post(no_dm_read.access_token, body(h.user_id(), "dm.sent")).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.body, problems::FORBIDDEN);
+    assert_eq!(h.sim.activity_subscriptions().len(), 1);
+
+    let list = |token: String| async move {
+        h.with_bearer(reqwest::Method::GET, SUBSCRIPTIONS, &token, None)
+            .await
+    };
+    let unlisted = list(dm.access_token.clone()).await;
+    assert_eq!(
+        unlisted.status, 403,
+        "a DM grant lacks like.read: {}",
+        unlisted.body
+    );
+    let likes = h
+        .sim
+        .oauth2_grant(&client.client_id, &["like.read", "tweet.read"])
+        .unwrap();
+    let listed = list(likes.access_token).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.json()["meta"]["total_subscriptions"], 1);
+}
+
+/// AAA v2's subscribe and check take the account's OAuth 2.0 user token too (X added it on
+/// 2026-01-15; the spec's scopes are the DM grant's), for its own account; without
+/// `dm.write` X's plain 403.
+#[tokio::test]
+async fn an_aaa_subscription_takes_an_oauth2_user_token_with_the_dm_scopes() {
+    let h = harness().await;
+    let receiver = super::receiver::Receiver::start(&h.account.consumer_secret).await;
+    let body = serde_json::json!({ "url": receiver.url }).to_string();
+    let registered = h
+        .bearer(
+            &h.account,
+            reqwest::Method::POST,
+            "/2/webhooks",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(registered.status, 200, "{}", registered.body);
+    let id = registered.json()["data"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/2/account_activity/webhooks/{id}/subscriptions/all");
+    let client = h.public_client();
+
+    let read_only = h
+        .sim
+        .oauth2_grant(&client.client_id, &["dm.read", "tweet.read", "users.read"])
+        .unwrap();
+    let refused = h
+        .with_bearer(
+            reqwest::Method::POST,
+            &path,
+            &read_only.access_token,
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(h.sim.subscriptions().is_empty());
+
+    let dm = h.sim.oauth2_grant(&client.client_id, DM_SCOPES).unwrap();
+    let subscribed = h
+        .with_bearer(reqwest::Method::POST, &path, &dm.access_token, Some("{}"))
+        .await;
+    assert_eq!(subscribed.status, 200, "{}", subscribed.body);
+    assert_eq!(h.sim.subscriptions()[0].user_id, h.user_id());
+    let checked = h
+        .with_bearer(reqwest::Method::GET, &path, &dm.access_token, None)
+        .await;
+    assert_eq!(
+        checked.json()["data"]["subscribed"],
+        true,
+        "{}",
+        checked.body
+    );
+}

@@ -14,8 +14,8 @@ use url::Url;
 use super::refusal::{CommandRefused, RefusalReason};
 use super::MAX_COMMAND_ID_BYTES;
 use crate::config::{
-    is_valid_channel_name, oauth2_client_id_problem, oauth2_inbound_problem, xaa_events_problem,
-    ChannelSettings, InboundMode, OAuth2Channel, WebhookApi, XaaEvent,
+    is_valid_channel_name, oauth2_client_id_problem, xaa_events_problem, ChannelSettings,
+    InboundMode, OAuth2Channel, WebhookApi, XaaEvent,
 };
 use crate::contract::json_kind::kind;
 use crate::contract::reply::is_user_id;
@@ -267,9 +267,6 @@ fn settings(object: &Map<String, Value>, name: String) -> Result<ChannelSettings
     let xaa_events = xaa_events(object)?;
     if let Some(problem) = xaa_events_problem(webhook_api, xaa_events.as_deref()) {
         return Err(format!("xaa_events {problem}"));
-    }
-    if let Some(problem) = oauth2_inbound_problem(inbound, oauth2.is_some()) {
-        return Err(format!("inbound {problem}"));
     }
     Ok(ChannelSettings {
         name,
@@ -824,6 +821,20 @@ mod tests {
         assert!(settings.oauth2.is_none());
     }
 
+    /// The stream subscribes the account with its OAuth 2.0 token, so the CRM may make an
+    /// OAuth 2.0 channel a stream channel.
+    #[test]
+    fn an_oauth2_upsert_may_stream() {
+        let mut streaming = oauth2_upsert();
+        streaming["inbound"] = json!("stream");
+        streaming["user_id"] = json!("42");
+        let ChannelCommand::Upsert(settings) = parse(&streaming).unwrap().command else {
+            panic!("not an upsert")
+        };
+        assert!(settings.oauth2.is_some());
+        assert_eq!(settings.inbound, InboundMode::Stream);
+    }
+
     #[test]
     fn oauth2_fields_are_refused_by_name_and_never_quoted() {
         let mut both = oauth2_upsert();
@@ -836,14 +847,7 @@ mod tests {
         empty_id["oauth2_client_id"] = json!("");
         let mut number_id = oauth2_upsert();
         number_id["oauth2_client_id"] = json!(7);
-        let mut streaming = oauth2_upsert();
-        streaming["inbound"] = json!("stream");
-        streaming["user_id"] = json!("42");
         for (body, says) in [
-            (
-                streaming,
-                "inbound stream is not available to OAuth 2.0 channels",
-            ),
             (both, "access_token is not used with oauth2_client_id"),
             (
                 secret_without_client,
