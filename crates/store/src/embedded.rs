@@ -1256,7 +1256,13 @@ fn contains<V: redb::Value + 'static>(
 ) -> Result<bool, StoreError> {
     let txn = db.begin_read().map_err(err)?;
     let table = txn.open_table(table).map_err(err)?;
-    Ok(table.get(key).map_err(err)?.is_some())
+    // Bound to a local, not left in the tail expression: a tail's temporaries (here the
+    // value's guard, which holds a page but not the transaction) outlive the function's
+    // locals in edition 2021, so the guard would outlive `txn`, a concurrent commit could
+    // free its page, and redb's debug build stops the writer on that (a node-loss test
+    // hit it, 2026-12-05).
+    let found = table.get(key).map_err(err)?.is_some();
+    Ok(found)
 }
 
 /// Entries one prune step reads (on a snapshot, never waiting for the

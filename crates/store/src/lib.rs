@@ -17,6 +17,11 @@
 //! [`StoreHealth`] tells the health endpoints and the metrics. It heals by
 //! itself once it can write again; callers wait for that rather than give up.
 
+// A redb value guard holds a page, not its read transaction: one left as a temporary in
+// a tail expression outlives the transaction under edition 2021 (a concurrent commit may
+// then free its page; redb's debug build stops the writer on that). This lint names
+// every such tail, so each is bound to a local instead.
+#![deny(tail_expr_drop_order)]
 #![warn(missing_docs)]
 
 pub mod contract;

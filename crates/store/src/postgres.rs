@@ -448,9 +448,8 @@ impl PostgresStore {
         .map_err(|e| fail("cannot take the migration lock", &e))?;
         self.create_schema(&tx).await?;
         self.apply_missing(&tx).await?;
-        tx.commit()
-            .await
-            .map_err(|e| fail("cannot commit the migrations", &e))
+        let committed = tx.commit().await;
+        committed.map_err(|e| fail("cannot commit the migrations", &e))
     }
 
     /// Whether every migration is applied already, found by reading only:
@@ -581,9 +580,8 @@ impl PostgresStore {
                 .await
                 .map_err(|e| fail("cannot record the own sends", &e))?;
             }
-            tx.commit()
-                .await
-                .map_err(|e| fail("cannot commit the sent reply", &e))
+            let committed = tx.commit().await;
+            committed.map_err(|e| fail("cannot commit the sent reply", &e))
         })
         .await;
         self.written(result)
