@@ -393,6 +393,11 @@ impl StateStore for FailingStore {
             .await
     }
 
+    async fn delete_oauth2_grant(&self, channel: &str) -> Result<bool, StoreError> {
+        self.write(false)?;
+        self.inner.delete_oauth2_grant(channel).await
+    }
+
     async fn lease_oauth2_refresh(
         &self,
         channel: &str,

@@ -22,6 +22,7 @@ use xbridge_store::{ChannelEntry, ChannelRecord};
 use xbridge_x_api::{XClient, XClientConfig, XHttp};
 
 use crate::diagnosis::{check_account, check_account_with, diagnose, AccountCheck};
+use crate::grant_undo::GrantBefore;
 use crate::record;
 use crate::registry::{Registry, WriteError};
 
@@ -208,16 +209,24 @@ impl Applier {
         if let Some(detail) = self.too_many(name) {
             return refused(RefusalReason::TooManyChannels, detail);
         }
+        let store = self.registry.store();
+        let grant_before = GrantBefore::read(store.as_ref(), settings).await?;
         let check = self.check(settings).await;
-        if let Some(detail) = contradicted(&check, settings) {
-            return refused(RefusalReason::InvalidField, detail);
-        }
         let account = settings
             .user_id
             .clone()
             .or_else(|| check.account.as_ref().map(|a| a.user_id.clone()));
-        if let Some(detail) = account.and_then(|id| self.account_taken(name, &id)) {
-            return refused(RefusalReason::Conflict, detail);
+        let refused_why = contradicted(&check, settings)
+            .map(|detail| (RefusalReason::InvalidField, detail))
+            .or_else(|| {
+                let taken = account.and_then(|id| self.account_taken(name, &id))?;
+                Some((RefusalReason::Conflict, taken))
+            });
+        if let Some((reason, detail)) = refused_why {
+            if let Some(before) = grant_before {
+                before.restore(store.as_ref()).await?;
+            }
+            return refused(reason, detail);
         }
         let written = match self.registry.upsert(settings, &command.command_id).await {
             Err(WriteError::Raced(_)) => return Ok(raced(command)),
@@ -286,7 +295,10 @@ impl Applier {
 
     /// `channel.remove`: a CRM channel the store holds (or held: a redelivery),
     /// also one a channel of the file hides (the file's stays served), so the CRM
-    /// can delete its own record.
+    /// can delete its own record. A removed channel's OAuth 2.0 grant is deleted
+    /// with it: a refresh token left in the store would still speak for the account
+    /// (and a channel of that name made later would inherit it). The grant of a
+    /// file channel of the same name is that channel's, and stays.
     async fn remove(&self, command: &ControlCommand) -> Result<Outcome, WriteError> {
         let name = command.command.channel();
         let from_file = self
@@ -301,6 +313,12 @@ impl Applier {
         }
         match self.registry.remove(name).await {
             Ok(revision) => {
+                if !from_file && self.registry.store().delete_oauth2_grant(name).await? {
+                    tracing::info!(
+                        channel = name,
+                        "the removed channel's OAuth 2.0 grant is deleted"
+                    );
+                }
                 let detail = from_file.then(|| {
                     format!("the CRM's record of {name} is removed; the config file's channel of that name stays served")
                 });

@@ -5,6 +5,7 @@
 //! - `record.rs`: a CRM channel as the store keeps it (credentials sealed) and back;
 //! - `registry.rs`: the store's CRM channels read into, and written from, the live map;
 //! - `apply.rs`: one command checked, applied and answered (or refused whole);
+//! - `grant_undo.rs`: an OAuth 2.0 grant a refused command's check replaced, put back;
 //! - `session.rs`: the RabbitMQ session: the command queue, whose single active
 //!   consumer makes exactly one replica handle each command, and this replica's queue
 //!   of change notices, which tells every replica to read a changed channel again.
@@ -15,6 +16,7 @@
 
 mod apply;
 pub mod diagnosis;
+mod grant_undo;
 mod record;
 mod registry;
 mod session;

@@ -15,12 +15,14 @@
 //! it did not take, outlive the source that met them.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use xbridge_store::{CredentialsKey, GrantBase, GrantWrite, StateStore};
 use xbridge_x_api::oauth2::{
     OAuth2Client, TokenEndpoint, TokenEndpointConfig, TokenError, TokenGrant,
@@ -43,6 +45,42 @@ pub struct GrantJson {
     pub scopes: Vec<String>,
     /// The client the grant belongs to (a grant of another client is not used).
     pub client_id: String,
+    /// Digests ([`seed_digest`], never the token) of the configured refresh tokens the
+    /// grant descends from or was authorised over, newest last, at most [`MAX_SEEDS`]. A
+    /// configured refresh token not among them is a new authorisation (the CRM's
+    /// `oauth2_refresh_token` after a revoke, an operator's edit) and replaces the grant.
+    /// A list, not the newest alone: a replica still serving the channel's previous
+    /// settings (its change notice not read yet) would take its older token for a new
+    /// one, spend it, and have X's refusal mark the new grant refused.
+    ///
+    /// `None`: a grant stored before seeds were kept. It is taken as descending from the
+    /// configured token (long spent, it must not replace the grant), and gets that
+    /// token's digest at its next refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<Vec<String>>,
+}
+
+/// The most seeds a grant keeps: more than a channel's settings change between two
+/// refreshes.
+pub const MAX_SEEDS: usize = 8;
+
+/// The digest a grant keeps of a configured refresh token (SHA-256, hex): tells a new
+/// token from one the grant came from, and cannot be used as one.
+pub fn seed_digest(token: &SecretString) -> String {
+    Sha256::digest(token.expose_secret().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `seeds` with `token`'s digest added last (once), the oldest dropped past [`MAX_SEEDS`].
+pub fn with_seed(mut seeds: Vec<String>, token: &SecretString) -> Vec<String> {
+    let digest = seed_digest(token);
+    seeds.retain(|s| *s != digest);
+    seeds.push(digest);
+    let over = seeds.len().saturating_sub(MAX_SEEDS);
+    seeds.drain(..over);
+    seeds
 }
 
 /// What to tell an operator whose channel's grant X refused.
@@ -70,14 +108,16 @@ pub fn token_endpoint(x: &XSettings, oauth2: &OAuth2Channel, http: &XHttp) -> To
     )
 }
 
-/// Seals `grant` of `client_id` for `channel` and returns it with when its access token
-/// ends; the refresh token kept is the new one or, if X sent none, `previous`.
+/// Seals `grant` of `client_id` for `channel`, with its `seeds` ([`GrantJson::seeds`]),
+/// and returns it with when its access token ends; the refresh token kept is the new one
+/// or, if X sent none, `previous`.
 pub fn seal(
     key: &CredentialsKey,
     channel: &str,
     client_id: &str,
     grant: &TokenGrant,
     previous: Option<&SecretString>,
+    seeds: Vec<String>,
 ) -> Result<(xbridge_store::SealedGrant, Option<DateTime<Utc>>), String> {
     let json = GrantJson {
         access_token: grant.access_token.expose_secret().to_owned(),
@@ -88,6 +128,7 @@ pub fn seal(
             .map(|t| t.expose_secret().to_owned()),
         scopes: grant.scopes.clone(),
         client_id: client_id.to_owned(),
+        seeds: Some(seeds),
     };
     let text = SecretString::from(serde_json::to_string(&json).map_err(|e| e.to_string())?);
     let sealed = key.seal_grant(channel, &text).map_err(|e| e.to_string())?;
@@ -139,8 +180,12 @@ pub struct StoreTokenSource {
     endpoint: TokenEndpoint,
     store: Arc<dyn StateStore>,
     key: Arc<CredentialsKey>,
-    /// The refresh token from the channel's settings, used only while the store has no grant.
+    /// The refresh token from the channel's settings, used while the store has no grant
+    /// or when it is a new authorisation over the stored one ([`GrantJson::seeds`]).
     configured_refresh: Option<SecretString>,
+    /// X refused the configured refresh token: it is not tried again (each try would
+    /// ask X, and mark the stored grant refused again). New settings make a new source.
+    configured_refused: AtomicBool,
     /// How long a refresh lease lasts unless renewed; renewed every third of it while a
     /// refresh runs.
     lease_ttl: Duration,
@@ -155,6 +200,20 @@ struct Stored {
     refresh: Option<SecretString>,
     expires_at: Option<DateTime<Utc>>,
     refused: bool,
+    seeds: Option<Vec<String>>,
+    /// The grant is another client's: not used, unless a new configured refresh token
+    /// (of this client) replaces it.
+    other_client: bool,
+}
+
+/// What one refresh spends, and over which generation.
+struct Spend {
+    generation: u64,
+    refresh: Option<SecretString>,
+    /// The seeds of the grant the refresh stores ([`GrantJson::seeds`]).
+    seeds: Vec<String>,
+    /// `refresh` is the configured refresh token.
+    configured: bool,
 }
 
 /// Whether a token ending at `expires_at` is good for [`REFRESH_MARGIN`] more.
@@ -199,6 +258,7 @@ impl StoreTokenSource {
             store,
             key,
             configured_refresh,
+            configured_refused: AtomicBool::new(false),
             lease_ttl,
             grant,
         }
@@ -238,16 +298,15 @@ impl StoreTokenSource {
             .map_err(|e| transient(e.to_string()))?;
         let json: GrantJson = serde_json::from_str(text.expose_secret())
             .map_err(|_| transient("the stored grant does not decode".to_owned()))?;
-        if json.client_id != self.client_id {
-            // Authorised for another client: the channel's client changed since.
-            return Err(refused("the stored grant is another OAuth 2.0 client's"));
-        }
         Ok(Some(Stored {
+            // Authorised for another client: the channel's client changed since.
+            other_client: json.client_id != self.client_id,
             generation: row.generation,
             access: json.access_token.into(),
             refresh: json.refresh_token.map(SecretString::from),
             expires_at: row.expires_at,
             refused: row.refused,
+            seeds: json.seeds,
         }))
     }
 
@@ -324,7 +383,11 @@ impl StoreTokenSource {
         let mut wait = Duration::from_millis(50);
         loop {
             let stored = self.read().await?;
-            if let Some(stored) = &stored {
+            let renewal = stored.as_ref().is_some_and(|s| self.renews(s));
+            if let Some(stored) = stored.as_ref().filter(|_| !renewal) {
+                if stored.other_client {
+                    return Err(refused("the stored grant is another OAuth 2.0 client's"));
+                }
                 if stored.refused {
                     return Err(refused(&authorize_fix(&self.channel)));
                 }
@@ -335,11 +398,9 @@ impl StoreTokenSource {
                     return Ok(stored.access.clone());
                 }
             }
-            let (generation, refresh) = match &stored {
-                Some(stored) => (stored.generation, stored.refresh.clone()),
-                None => (0, self.configured_refresh.clone()),
-            };
-            let Some(refresh) = refresh else {
+            let spend = self.spend(stored.as_ref(), renewal);
+            let (generation, seeds) = (spend.generation, spend.seeds);
+            let Some(refresh) = spend.refresh else {
                 return Err(refused(&format!(
                     "no OAuth 2.0 grant is stored for the channel; run `xbridge oauth2 authorize --channel {}`",
                     self.channel
@@ -356,7 +417,7 @@ impl StoreTokenSource {
                 wait = (wait * 2).min(Duration::from_secs(2));
                 continue;
             }
-            let outcome = self.refresh_leased(generation, &refresh).await;
+            let outcome = self.refresh_leased(generation, &refresh, seeds).await;
             if self.held().unsaved.is_some() {
                 // Keep the lease: no other replica may refresh the spent token meanwhile.
                 return outcome.and_then(|token| {
@@ -373,7 +434,60 @@ impl StoreTokenSource {
             match outcome {
                 Ok(Some(token)) => return Ok(token),
                 Ok(None) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if spend.configured && e.needs_authorization() {
+                        self.configured_refused.store(true, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The configured refresh token, unless X refused it already.
+    fn configured(&self) -> Option<&SecretString> {
+        let refused = self.configured_refused.load(Ordering::Relaxed);
+        self.configured_refresh.as_ref().filter(|_| !refused)
+    }
+
+    /// Whether the configured refresh token is a new authorisation over `stored`: one
+    /// the grant does not descend from ([`GrantJson::seeds`]). It then replaces the grant,
+    /// refused or not, under the lease and over the generation read, like any refresh:
+    /// of the replicas that see it, one spends it and the others take its grant.
+    fn renews(&self, stored: &Stored) -> bool {
+        // No seeds: a grant stored before they were kept, taken as descending from the
+        // configured token (see `GrantJson::seeds`).
+        let (Some(configured), Some(seeds)) = (self.configured(), &stored.seeds) else {
+            return false;
+        };
+        !seeds.contains(&seed_digest(configured))
+    }
+
+    /// What a refresh spends: the stored grant's refresh token, or the configured one
+    /// (no grant stored, or a `renewal`); and the seeds of the grant it stores.
+    fn spend(&self, stored: Option<&Stored>, renewal: bool) -> Spend {
+        match stored {
+            Some(stored) if !renewal => Spend {
+                generation: stored.generation,
+                refresh: stored.refresh.clone(),
+                seeds: stored.seeds.clone().unwrap_or_else(|| {
+                    let configured = self.configured_refresh.iter();
+                    configured.fold(Vec::new(), with_seed)
+                }),
+                configured: false,
+            },
+            _ => {
+                let earlier = stored.and_then(|s| s.seeds.clone()).unwrap_or_default();
+                let configured = self.configured();
+                Spend {
+                    generation: stored.map_or(0, |s| s.generation),
+                    refresh: configured.cloned(),
+                    seeds: match configured {
+                        Some(token) => with_seed(earlier, token),
+                        None => earlier,
+                    },
+                    configured: true,
+                }
             }
         }
     }
@@ -385,8 +499,9 @@ impl StoreTokenSource {
         &self,
         generation: u64,
         refresh: &SecretString,
+        seeds: Vec<String>,
     ) -> Result<Option<SecretString>, TokenError> {
-        self.keeping_lease(self.refresh_at_x(generation, refresh))
+        self.keeping_lease(self.refresh_at_x(generation, refresh, seeds))
             .await
     }
 
@@ -428,6 +543,7 @@ impl StoreTokenSource {
         &self,
         generation: u64,
         refresh: &SecretString,
+        seeds: Vec<String>,
     ) -> Result<Option<SecretString>, TokenError> {
         let now = self.read().await?.map_or(0, |s| s.generation);
         if now != generation {
@@ -443,7 +559,7 @@ impl StoreTokenSource {
             return self.refused_by_x(generation).await;
         }
         match self.endpoint.refresh(refresh).await {
-            Ok(grant) => self.keep_rotated(generation, refresh, grant).await,
+            Ok(grant) => self.keep_rotated(generation, refresh, grant, seeds).await,
             Err(error) if error.needs_authorization() => {
                 self.held().dead = Some(DeadToken::new(generation, refresh));
                 self.refused_by_x(generation).await
@@ -459,6 +575,7 @@ impl StoreTokenSource {
         generation: u64,
         refresh: &SecretString,
         grant: TokenGrant,
+        seeds: Vec<String>,
     ) -> Result<Option<SecretString>, TokenError> {
         let (sealed, expires_at) = seal(
             &self.key,
@@ -466,6 +583,7 @@ impl StoreTokenSource {
             &self.client_id,
             &grant,
             Some(refresh),
+            seeds,
         )
         .map_err(transient)?;
         let written = self

@@ -97,6 +97,7 @@ pub async fn run_oauth2(store: &dyn StateStore) {
     a_grant_write_from_an_old_generation_is_refused_and_writes_nothing(store).await;
     one_replica_at_a_time_holds_the_refresh_lease(store).await;
     only_the_grant_a_refresh_used_is_marked_refused(store).await;
+    a_deleted_grant_is_gone_and_no_refresh_of_it_stores_over_a_later_one(store).await;
     a_grant_stored_over_a_refused_mark_is_not_refused(store).await;
 }
 
@@ -351,6 +352,61 @@ async fn only_the_grant_a_refresh_used_is_marked_refused(store: &dyn StateStore)
         .unwrap();
     let row = store.oauth2_grant("o2-refused").await.unwrap().unwrap();
     assert_eq!((row.generation, row.refused), (3, false));
+}
+
+async fn a_deleted_grant_is_gone_and_no_refresh_of_it_stores_over_a_later_one(
+    store: &dyn StateStore,
+) {
+    let name = "o2-deleted";
+    assert!(!store.delete_oauth2_grant(name).await.unwrap(), "no grant");
+    let write = |base, n| async move {
+        store
+            .store_oauth2_grant(name, base, &sample_grant(name, n), None)
+            .await
+            .unwrap()
+    };
+    assert_eq!(write(GrantBase::Any, 1).await, GrantWrite::Stored(1));
+    assert_eq!(
+        write(GrantBase::Generation(1), 2).await,
+        GrantWrite::Stored(2)
+    );
+    assert!(store.mark_oauth2_refused(name, 2).await.unwrap());
+    assert!(store.delete_oauth2_grant(name).await.unwrap());
+    assert_eq!(
+        store.oauth2_grant(name).await.unwrap(),
+        None,
+        "no token left"
+    );
+    assert!(
+        !store.delete_oauth2_grant(name).await.unwrap(),
+        "deleted once"
+    );
+    assert!(!store.mark_oauth2_refused(name, 2).await.unwrap());
+    // A refresh that read generation 2 before the delete stores nothing, now or later.
+    assert!(matches!(
+        write(GrantBase::Generation(2), 9).await,
+        GrantWrite::Stale(_)
+    ));
+    // The channel comes back: its first grant is stored as on a channel without one,
+    // not refused, and above the deleted generation.
+    let GrantWrite::Stored(next) = write(GrantBase::Generation(0), 3).await else {
+        panic!("a grant over a deleted one is stored")
+    };
+    assert!(next > 2, "generation {next}");
+    assert!(matches!(
+        write(GrantBase::Generation(2), 9).await,
+        GrantWrite::Stale(_)
+    ));
+    let row = store.oauth2_grant(name).await.unwrap().expect("stored");
+    assert_eq!((row.generation, row.refused), (next, false));
+    assert_eq!(
+        store
+            .store_oauth2_grant(name, GrantBase::Generation(0), &sample_grant(name, 4), None)
+            .await
+            .unwrap(),
+        GrantWrite::Stale(next),
+        "a grant is there now"
+    );
 }
 
 /// A refresh may store its rotated grant after another replica, refused the token it

@@ -1001,7 +1001,7 @@ impl StateStore for EmbeddedStore {
         let blob = sealed.as_bytes().to_vec();
         let expires = expires_at.map(|at| at.timestamp_millis());
         self.update_grant(channel, move |row| {
-            if !base.admits(row.generation) {
+            if !base.admits(row.generation, row.sealed.is_some()) {
                 return GrantWrite::Stale(row.generation);
             }
             row.generation += 1;
@@ -1009,6 +1009,17 @@ impl StateStore for EmbeddedStore {
             row.expires_at = expires;
             row.refused = false;
             GrantWrite::Stored(row.generation)
+        })
+        .await
+    }
+
+    async fn delete_oauth2_grant(&self, channel: &str) -> Result<bool, StoreError> {
+        self.update_grant(channel, |row| {
+            let had = row.sealed.is_some();
+            row.sealed = None;
+            row.expires_at = None;
+            row.refused = false;
+            had
         })
         .await
     }

@@ -322,6 +322,12 @@ pub trait StateStore: Send + Sync + 'static {
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<GrantWrite, StoreError>;
 
+    /// Deletes `channel`'s grant (its channel is gone): no token of it is left in the
+    /// store. The row's generation stays, so a refresh in flight cannot store over a
+    /// later grant ([`GrantBase::admits`]); a later grant is stored as on a channel
+    /// that never had one. `true` if there was a grant.
+    async fn delete_oauth2_grant(&self, channel: &str) -> Result<bool, StoreError>;
+
     /// Makes `replica` the one replica refreshing `channel`'s grant for `ttl` (by the
     /// store's clock): `true` if it holds the lease now (taken, renewed, or taken over
     /// from a holder whose lease expired), `false` while another holds it. Works before

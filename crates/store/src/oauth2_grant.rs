@@ -88,17 +88,22 @@ pub enum GrantWrite {
 /// Which generation a grant write expects to replace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantBase {
-    /// The generation the writer read (0: there was no grant).
+    /// The generation the writer read (0: there was no grant, or it was deleted).
     Generation(u64),
     /// Any: a new authorisation replaces whatever is stored and clears the refused mark.
     Any,
 }
 
 impl GrantBase {
-    /// Whether a row at `current` may be replaced.
-    pub fn admits(self, current: u64) -> bool {
+    /// Whether a row at `current`, holding a grant or not (`has_grant`), may be replaced.
+    /// A deleted grant ([`crate::StateStore::delete_oauth2_grant`]) leaves its generation
+    /// behind: a write based on no grant (0) is taken and moves on from there, while a
+    /// refresh that read the deleted grant (and spent its token) is refused, even once a
+    /// later grant is stored, whose generation is higher.
+    pub fn admits(self, current: u64, has_grant: bool) -> bool {
         match self {
-            GrantBase::Generation(expected) => expected == current,
+            GrantBase::Generation(0) => !has_grant,
+            GrantBase::Generation(expected) => has_grant && expected == current,
             GrantBase::Any => true,
         }
     }

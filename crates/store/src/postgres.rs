@@ -1338,7 +1338,8 @@ impl StateStore for PostgresStore {
             let client = self.client().await?;
             let blob = sealed.as_bytes();
             // One statement each, so the comparison and the write are atomic. A row
-            // with only a lease (generation 0) counts as no grant.
+            // with only a lease, or whose grant was deleted, counts as no grant
+            // (`GrantBase::admits`); its generation moves on from where it is.
             let stored = match base {
                 GrantBase::Generation(0) => {
                     client
@@ -1346,9 +1347,10 @@ impl StateStore for PostgresStore {
                             "INSERT INTO oauth2_grants (channel, generation, sealed, expires_at, refused)
                              VALUES ($1, 1, $2, $3, false)
                              ON CONFLICT (channel) DO UPDATE
-                                SET generation = 1, sealed = EXCLUDED.sealed,
+                                SET generation = oauth2_grants.generation + 1,
+                                    sealed = EXCLUDED.sealed,
                                     expires_at = EXCLUDED.expires_at, refused = false
-                                WHERE oauth2_grants.generation = 0
+                                WHERE oauth2_grants.sealed IS NULL
                              RETURNING generation",
                             &[&channel, &blob, &expires_at],
                         )
@@ -1362,7 +1364,7 @@ impl StateStore for PostgresStore {
                             "UPDATE oauth2_grants
                              SET generation = generation + 1, sealed = $3, expires_at = $4,
                                  refused = false
-                             WHERE channel = $1 AND generation = $2
+                             WHERE channel = $1 AND generation = $2 AND sealed IS NOT NULL
                              RETURNING generation",
                             &[&channel, &expected, &blob, &expires_at],
                         )
@@ -1400,6 +1402,25 @@ impl StateStore for PostgresStore {
                 None => 0,
             };
             Ok(GrantWrite::Stale(u64::try_from(generation).unwrap_or(0)))
+        })
+        .await
+    }
+
+    async fn delete_oauth2_grant(&self, channel: &str) -> Result<bool, StoreError> {
+        let what = "cannot delete an OAuth 2.0 grant";
+        bounded(what, async {
+            // The row (its generation, a lease) stays: see `StateStore::delete_oauth2_grant`.
+            let deleted = self
+                .client()
+                .await?
+                .execute(
+                    "UPDATE oauth2_grants SET sealed = NULL, expires_at = NULL, refused = false
+                     WHERE channel = $1 AND sealed IS NOT NULL",
+                    &[&channel],
+                )
+                .await
+                .map_err(|e| fail(what, &e))?;
+            Ok(deleted == 1)
         })
         .await
     }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use xbridge_control::diagnosis::{check_account, check_account_with};
 use xbridge_core::config::{ChannelSettings, Settings, StateBackend, WebhookApi};
-use xbridge_core::live_channels::{LiveChannels, Origin};
 use xbridge_core::oauth2_tokens::channel_auth;
 use xbridge_x_api::{webhook_problem, UserCredentials, WebhookClient, XClientConfig};
 use xbridge_x_api::{XAuth, XClient, XHttp};
@@ -247,12 +246,12 @@ async fn check_webhooks(
 }
 
 /// The channels the CRM created, from the state store, as the bridge serves
-/// them (a file channel of the same name wins): none without
-/// `state.credentials_key`, or before the state file exists. A store that
-/// cannot be opened (a state file a running bridge holds) or read with the
-/// key is an error: the file's channels are still checked, and the command
-/// does not say all is ready. The store is only read: the key is not
-/// recorded in it (a PostgreSQL schema is migrated, as a bridge would).
+/// them ([`crate::channel_lookup`]): none without `state.credentials_key`, or
+/// before the state file exists. A store that cannot be opened (a state file a
+/// running bridge holds) or read with the key is an error: the file's channels
+/// are still checked, and the command does not say all is ready. The store is
+/// only read: the key is not recorded in it (a PostgreSQL schema is migrated,
+/// as a bridge would).
 async fn crm_channels(settings: &Settings) -> anyhow::Result<Vec<ChannelSettings>> {
     if settings.state.credentials_key.is_none() {
         return Ok(Vec::new());
@@ -262,13 +261,6 @@ async fn crm_channels(settings: &Settings) -> anyhow::Result<Vec<ChannelSettings
             return Ok(Vec::new());
         }
     }
-    let live = Arc::new(LiveChannels::new(&settings.channels));
     let store = crate::app::open_store_as_is(&settings.state).await?;
-    xbridge_control::load_crm_channels(settings, store, live.clone()).await?;
-    Ok(live
-        .current()
-        .values()
-        .filter(|c| c.origin == Origin::Crm)
-        .map(|c| (*c.settings).clone())
-        .collect())
+    crate::channel_lookup::crm_channels(settings, store).await
 }

@@ -115,6 +115,17 @@ pub enum OAuth2Command {
         #[arg(long, default_value = DEFAULT_REDIRECT_URI)]
         redirect_uri: String,
     },
+    /// Delete a channel's OAuth 2.0 grant from the state store: for a channel removed
+    /// from the config file, whose grant the bridge does not delete by itself (a CRM
+    /// channel's goes with `channel.remove`).
+    Forget {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "XBRIDGE_CONFIG")]
+        config: PathBuf,
+        /// The channel whose grant to delete.
+        #[arg(long)]
+        channel: String,
+    },
 }
 
 /// The `channels` subcommands. They ask the running bridge (its operations

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod channel_lookup;
 pub mod channels_cmd;
 pub mod check_cmd;
 pub mod cli;

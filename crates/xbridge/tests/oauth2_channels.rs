@@ -2,7 +2,9 @@
 //! OAuth 2.0 client and a refresh token instead of the OAuth 1.0a pair sends its replies
 //! with Bearer tokens it refreshes from the grant in the state store, keeps sending once
 //! each when X ends its access token mid-stream, and when X refuses the grant says so
-//! with the fix and loses no reply silently. Real RabbitMQ, simulated X.
+//! with the fix and loses no reply silently. `xbridge oauth2 authorize` stores only the
+//! channel's account's grant; a token source still on a channel's previous refresh token
+//! takes the grant a new one became. Real RabbitMQ, simulated X.
 
 mod common;
 
@@ -150,6 +152,56 @@ async fn a_revoked_grant_makes_the_channel_unauthorized_with_the_fix_and_loses_n
     app.cleanup().await;
 }
 
+/// The redirect URI the tests' authorisations name.
+const REDIRECT: &str = "http://localhost:8080/callback";
+
+/// The browser step: the simulator's authorize page approves `url` at once, as its
+/// client's account, and redirects; returns where to.
+async fn approve(url: &str) -> String {
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let answer = browser.get(url).send().await.unwrap();
+    assert_eq!(answer.status(), 302);
+    let location = answer.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(REDIRECT), "{location}");
+    location
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorisation_another_account_approved_is_refused_and_stores_nothing() {
+    let app = spawn_app(TestOptions::default()).await;
+    // The operator is signed in to X as another account when they open the URL.
+    let other = x_simulator::Account::generate("someone_else");
+    app.simulator.add_account(other.clone());
+    let client = OAuth2Client::generate(&other.user_id, true);
+    app.simulator.add_oauth2_client(client.clone());
+    let mut settings = xbridge_core::config::Settings::from_toml(&oauth2_config(&app)).unwrap();
+    let channel = &mut settings.channels[0];
+    let acme = app.user_id("acme");
+    channel.user_id = Some(acme.clone());
+    let oauth2 = channel.oauth2.as_mut().unwrap();
+    oauth2.client_id = client.client_id.clone();
+    oauth2.client_secret = client.client_secret.clone().map(Into::into);
+
+    let channel = settings.channels[0].clone();
+    let (url, pending) = xbridge::oauth2_cmd::begin(&settings, &channel, REDIRECT).unwrap();
+    let location = approve(&url).await;
+    let store = xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap();
+    let refused = xbridge::oauth2_cmd::finish(pending, &store, &location)
+        .await
+        .expect_err("another account's grant is refused");
+    let said = format!("{refused:#}");
+    assert!(
+        said.contains(&acme) && said.contains(&other.user_id),
+        "the error names both accounts: {said}"
+    );
+    assert_eq!(store.oauth2_grant("acme").await.unwrap(), None);
+    drop(store);
+    app.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_authorises_a_channel_once_and_it_sends_and_reads_dms() {
     let app = spawn_app(TestOptions {
@@ -166,29 +218,23 @@ async fn an_operator_authorises_a_channel_once_and_it_sends_and_reads_dms() {
         .collect::<Vec<_>>()
         .join("\n");
     let settings = xbridge_core::config::Settings::from_toml(&toml).unwrap();
-    let redirect = "http://localhost:8080/callback";
-    let (url, pending) = xbridge::oauth2_cmd::begin(&settings, "acme", redirect).unwrap();
+    let channel = &settings.channels[0];
+    let (url, pending) = xbridge::oauth2_cmd::begin(&settings, channel, REDIRECT).unwrap();
     assert!(url.contains("code_challenge_method=S256"), "{url}");
-    // The browser step: the simulator approves at once and redirects.
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let answer = browser.get(&url).send().await.unwrap();
-    assert_eq!(answer.status(), 302);
-    let location = answer.headers()["location"].to_str().unwrap().to_owned();
-    assert!(location.starts_with(redirect), "{location}");
+    let location = approve(&url).await;
     {
         let store = xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap();
         // A redirect of another authorisation (another state) is refused.
-        let (_, other) = xbridge::oauth2_cmd::begin(&settings, "acme", redirect).unwrap();
+        let (_, other) = xbridge::oauth2_cmd::begin(&settings, channel, REDIRECT).unwrap();
         assert!(xbridge::oauth2_cmd::finish(other, &store, &location)
             .await
             .is_err());
-        let generation = xbridge::oauth2_cmd::finish(pending, &store, &location)
+        let stored = xbridge::oauth2_cmd::finish(pending, &store, &location)
             .await
             .unwrap();
-        assert_eq!(generation, 1);
+        assert_eq!(stored.generation, 1);
+        // The operator is told whom they authorised: the channel's account.
+        assert_eq!(stored.user_id, app.user_id("acme"));
     }
 
     let bridge = start_bridge_from(&toml).await;
@@ -210,5 +256,71 @@ async fn an_operator_authorises_a_channel_once_and_it_sends_and_reads_dms() {
     };
     assert_eq!(received.body["text"], "hello from a customer");
     bridge.stop().await;
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_source_on_the_previous_refresh_token_takes_the_new_grant_and_spends_nothing() {
+    use std::sync::Arc;
+    use xbridge_x_api::{XAuth, XHttp};
+
+    let app = spawn_app(TestOptions::default()).await;
+    let settings = xbridge_core::config::Settings::from_toml(&oauth2_config(&app)).unwrap();
+    let store: Arc<dyn xbridge_store::StateStore> =
+        Arc::new(xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap());
+    let key = Arc::new(settings.state.credentials_key().unwrap());
+    let http = XHttp::new().unwrap();
+    let source = |channel: &xbridge_core::config::ChannelSettings| {
+        let auth = xbridge_core::oauth2_tokens::channel_auth(
+            &settings.x,
+            channel,
+            store.clone(),
+            Some(key.clone()),
+            &http,
+        );
+        match auth.unwrap() {
+            XAuth::OAuth2(source) => source,
+            XAuth::OAuth1(_) => panic!("an OAuth 2.0 channel"),
+        }
+    };
+    let previous = settings.channels[0].clone();
+    let old = source(&previous);
+    let revoked = old
+        .access_token()
+        .await
+        .expect("the configured token is spent");
+
+    // X revokes the grant; the new settings carry a new approval's refresh token, while
+    // a replica (or direction) still runs on the previous settings.
+    let user = app.user_id("acme");
+    assert!(app.simulator.oauth2_revoke_grants(&user) > 0);
+    let client_id = &previous.oauth2.as_ref().unwrap().client_id;
+    let renewed = app.simulator.oauth2_grant(client_id, DM_SCOPES).unwrap();
+    let mut current = previous.clone();
+    current.oauth2.as_mut().unwrap().refresh_token = renewed.refresh_token.map(Into::into);
+    let new = source(&current)
+        .access_token()
+        .await
+        .expect("the new token is spent");
+    let answered = || {
+        app.simulator
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/2/oauth2/token")
+            .count()
+    };
+    let spent = answered();
+
+    // X refuses the old source's token: it takes the new grant. Its own configured token
+    // is older than that grant, not a new one: spent, X would refuse it and the refusal
+    // would mark the new grant refused.
+    old.rejected(&revoked);
+    let taken = old.access_token().await.expect("the new grant is taken");
+    use secrecy::ExposeSecret as _;
+    assert_eq!(taken.expose_secret(), new.expose_secret());
+    assert_eq!(answered(), spent, "no token request");
+    let row = store.oauth2_grant("acme").await.unwrap().expect("stored");
+    assert_eq!((row.generation, row.refused), (2, false));
+    drop(store);
     app.cleanup().await;
 }

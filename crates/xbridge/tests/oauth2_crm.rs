@@ -1,7 +1,10 @@
 //! An OAuth 2.0 channel created by the CRM's `channel.upsert` (issue 17): the command's
 //! `oauth2_client_id`, `oauth2_client_secret` and `oauth2_refresh_token` are checked
 //! against X with a Bearer token the bridge obtains, the answer is `ok` with the account,
-//! replies go out, and no token appears in the logs. Real RabbitMQ, simulated X.
+//! replies go out, and no token appears in the logs. A grant X refused is brought back by
+//! a new `oauth2_refresh_token`, spent once (and a refused command's token leaves no
+//! grant behind); an operator can authorise a CRM channel; `channel.remove` deletes the
+//! grant. Real RabbitMQ, simulated X.
 
 #[path = "common/crm.rs"]
 mod crm;
@@ -130,6 +133,199 @@ async fn a_rotated_grant_the_store_refused_is_kept_and_stored_once_it_can() {
             .generation,
         2
     );
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+/// `channel.upsert` of OAuth 2.0 channel `name` for `account` with `client`, and a
+/// refresh token if given.
+fn oauth2_upsert(
+    command_id: &str,
+    name: &str,
+    account: &x_simulator::Account,
+    client: &OAuth2Client,
+    refresh: Option<&str>,
+) -> serde_json::Value {
+    let mut command = json!({
+        "command": "channel.upsert", "command_id": command_id, "channel": name,
+        "consumer_key": account.consumer_key, "consumer_secret": account.consumer_secret,
+        "bearer_token": account.bearer_token, "inbound": "webhook",
+        "oauth2_client_id": client.client_id, "oauth2_client_secret": client.client_secret,
+    });
+    if let Some(refresh) = refresh {
+        command["oauth2_refresh_token"] = refresh.into();
+    }
+    command
+}
+
+/// The statuses X's token endpoint answered so far, in order.
+fn token_answers(app: &xbridge_test_support::TestApp) -> Vec<u16> {
+    app.simulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/2/oauth2/token")
+        .map(|r| r.status)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_crm_channel_comes_back_with_a_new_refresh_token_spent_once() {
+    use std::sync::Arc;
+    use xbridge_store::StateStore;
+
+    crm::capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let store: Arc<dyn StateStore> =
+        Arc::new(xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap());
+    let bridge = Running::start_on(&app, store.clone()).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "renewco_support");
+    let client = OAuth2Client::generate(&account.user_id, true);
+    app.simulator.add_oauth2_client(client.clone());
+    let refresh = |app: &xbridge_test_support::TestApp| {
+        let grant = app.simulator.oauth2_grant(&client.client_id, DM_SCOPES);
+        grant.unwrap().refresh_token.unwrap()
+    };
+    let first = refresh(&app);
+    let create = oauth2_upsert("rn-create", "renewco", &account, &client, Some(&first));
+    commands.send(&create).await;
+    assert_eq!(answer(&mut crm, "rn-create").await.body["state"], "ok");
+    crm.publish_reply("renewco", &reply("rn-1", "944480690", "before"))
+        .await;
+    assert_eq!(crm.next_event().await.body["type"], "message.sent");
+
+    // The account's user revokes the App: the next reply fails, the grant is refused.
+    assert!(app.simulator.oauth2_revoke_grants(&account.user_id) > 0);
+    crm.publish_reply("renewco", &reply("rn-2", "944480690", "revoked"))
+        .await;
+    let failed = crm.next_event().await;
+    assert_eq!(failed.body["reason"], "unauthorized", "{}", failed.body);
+    let row = store
+        .oauth2_grant("renewco")
+        .await
+        .unwrap()
+        .expect("stored");
+    assert!(row.refused);
+
+    // A command carrying another account's refresh token is refused, and the grant its
+    // check made with that token is not left for the served channel to send as.
+    let other = new_account(&app, "otherco_support");
+    let other_client = OAuth2Client::generate(&other.user_id, true);
+    app.simulator.add_oauth2_client(other_client.clone());
+    let other_grant = app
+        .simulator
+        .oauth2_grant(&other_client.client_id, DM_SCOPES);
+    let other_refresh = other_grant.unwrap().refresh_token.unwrap();
+    let mut wrong = oauth2_upsert(
+        "rn-wrong",
+        "renewco",
+        &account,
+        &other_client,
+        Some(&other_refresh),
+    );
+    wrong["user_id"] = account.user_id.clone().into();
+    commands.send(&wrong).await;
+    let refused = crm::refusal(&mut crm).await;
+    assert_eq!(refused["reason"], "invalid_field", "{refused}");
+    let row = store
+        .oauth2_grant("renewco")
+        .await
+        .unwrap()
+        .expect("stored");
+    assert!(
+        row.refused,
+        "the channel's own grant is back, refused as it was"
+    );
+
+    // The user approves the App again; the CRM sends the new grant's refresh token.
+    let second = refresh(&app);
+    let answered_before = token_answers(&app).len();
+    let renew = oauth2_upsert("rn-renew", "renewco", &account, &client, Some(&second));
+    commands.send(&renew).await;
+    let answered = answer(&mut crm, "rn-renew").await;
+    assert_eq!(answered.body["state"], "ok", "{}", answered.body);
+    crm.publish_reply("renewco", &reply("rn-3", "944480690", "after"))
+        .await;
+    let sent = crm.next_event().await;
+    assert_eq!(sent.body["type"], "message.sent", "{}", sent.body);
+    let texts: Vec<String> = app
+        .simulator
+        .sent_dms_for(&account.user_id)
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(texts, ["before", "after"]);
+    assert!(
+        !store
+            .oauth2_grant("renewco")
+            .await
+            .unwrap()
+            .unwrap()
+            .refused
+    );
+    // Every token source of the channel saw the new refresh token (the check's, the
+    // rebuilt reply context's): one spent it, the others took its grant. A second spend
+    // would be refused by X (it rotated the token) and refuse the channel again.
+    assert_eq!(token_answers(&app)[answered_before..], [200]);
+
+    // The CRM removes the channel: its grant goes with it.
+    let remove =
+        json!({"command": "channel.remove", "command_id": "rn-remove", "channel": "renewco"});
+    commands.send(&remove).await;
+    assert_eq!(answer(&mut crm, "rn-remove").await.body["state"], "removed");
+    assert_eq!(store.oauth2_grant("renewco").await.unwrap(), None);
+
+    let logged = logs();
+    for token in [first.as_str(), second.as_str()] {
+        assert!(!logged.contains(token), "a token was logged");
+    }
+    bridge.stop().await;
+    cleanup(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_authorises_a_channel_the_crm_created() {
+    use std::sync::Arc;
+    use xbridge_store::StateStore;
+
+    crm::capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let store: Arc<dyn StateStore> =
+        Arc::new(xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap());
+    let bridge = Running::start_on(&app, store.clone()).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "authco_support");
+    let client = OAuth2Client::generate(&account.user_id, true);
+    app.simulator.add_oauth2_client(client.clone());
+    // The CRM creates the channel with its client and no grant: an operator authorises it.
+    let create = oauth2_upsert("au-create", "authco", &account, &client, None);
+    commands.send(&create).await;
+    let answered = answer(&mut crm, "au-create").await;
+    assert_eq!(answered.body["state"], "unauthorized", "{}", answered.body);
+
+    let settings = crm::settings(&app);
+    let channel = xbridge::channel_lookup::find_channel(&settings, store.clone(), "authco")
+        .await
+        .expect("the CRM's channel is found");
+    let redirect = "http://localhost:8080/callback";
+    let (url, pending) = xbridge::oauth2_cmd::begin(&settings, &channel, redirect).unwrap();
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let approved = browser.get(&url).send().await.unwrap();
+    let location = approved.headers()["location"].to_str().unwrap().to_owned();
+    let stored = xbridge::oauth2_cmd::finish(pending, store.as_ref(), &location)
+        .await
+        .unwrap();
+    assert_eq!(stored.user_id, account.user_id);
+
+    crm.publish_reply("authco", &reply("au-1", "944480690", "authorised"))
+        .await;
+    let sent = crm.next_event().await;
+    assert_eq!(sent.body["type"], "message.sent", "{}", sent.body);
     bridge.stop().await;
     cleanup(&app).await;
 }

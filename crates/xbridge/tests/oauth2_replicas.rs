@@ -1,6 +1,8 @@
 //! An OAuth 2.0 channel served by two `xbridge` processes sharing one PostgreSQL store
 //! (issue 17, done-when 3): the grant one replica rotated is the one the other uses after
 //! taking the channel over; the configured refresh token, spent by then, would be refused.
+//! A new refresh token the operator configures after X revoked the grant replaces it, and
+//! is spent once: the replica that takes over later uses the grant it became.
 
 use std::path::Path;
 
@@ -16,6 +18,16 @@ fn binary() -> &'static Path {
 const RUNNING: &str = "outbound running";
 const CREDENTIALS_KEY: &str =
     "Y29udHJhY3QtY3JlZGVudGlhbHMta2V5LW9mLTQ4LWJ5dGVzLWZvci10aGUtdGVzdHM=";
+
+/// The statuses X's token endpoint answered so far, in order.
+fn token_answers(app: &xbridge_test_support::TestApp) -> Vec<u16> {
+    app.simulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/2/oauth2/token")
+        .map(|r| r.status)
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_rotated_by_one_replica_is_used_by_the_other_after_a_takeover() {
@@ -39,14 +51,14 @@ async fn a_grant_rotated_by_one_replica_is_used_by_the_other_after_a_takeover() 
         "oauth2_client_id = \"{}\"\noauth2_client_secret = \"{}\"\noauth2_refresh_token = \"{}\"\n",
         client.client_id,
         client.client_secret.clone().unwrap(),
-        grant.refresh_token.unwrap()
+        grant.refresh_token.clone().unwrap()
     );
     let toml = app.config_toml().replace(&pair, &oauth2).replace(
         "[state]\n",
         &format!("[state]\ncredentials_key = \"{CREDENTIALS_KEY}\"\n"),
     );
     let config = app.write_config();
-    std::fs::write(&config, toml).unwrap();
+    std::fs::write(&config, &toml).unwrap();
     let user = app.user_id("acme");
     let store = PostgresStore::connect(&postgres_url(), Some(&app.postgres_schema()))
         .await
@@ -93,6 +105,39 @@ async fn a_grant_rotated_by_one_replica_is_used_by_the_other_after_a_takeover() 
         "the second replica refreshed the rotated grant"
     );
     assert!(!row.refused);
+
+    // The account's user revokes the App and approves it again; the operator configures
+    // the new grant's refresh token on every replica (restarting them).
+    assert!(app.simulator.oauth2_revoke_grants(&user) > 0);
+    let renewed = app.simulator.oauth2_grant(&client.client_id, DM_SCOPES);
+    let renewed = renewed.unwrap().refresh_token.unwrap();
+    let first_token = grant.refresh_token.unwrap();
+    std::fs::write(&config, toml.replace(&first_token, &renewed)).unwrap();
     second.kill().await;
+    let answered_before = token_answers(&app).len();
+    let third = BridgeProcess::start(binary(), &config, &[]);
+    third.wait_for_log(RUNNING, 1).await;
+    crm.publish_reply("acme", &reply("rp-4", "944480690", "four"))
+        .await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+    // A replica configured alike takes over: the new token is the grant's seed by now,
+    // so it refreshes the rotated grant instead of spending the token again.
+    let fourth = BridgeProcess::start(binary(), &config, &[]);
+    fourth.wait_for_log(RUNNING, 1).await;
+    third.kill().await;
+    assert!(app.simulator.oauth2_expire_access_tokens(&user) > 0);
+    crm.publish_reply("acme", &reply("rp-5", "944480690", "five"))
+        .await;
+    let event = crm.next_event().await;
+    assert_eq!(event.body["type"], "message.sent", "{}", event.body);
+    assert_eq!(
+        token_answers(&app)[answered_before..],
+        [200, 200],
+        "the new token spent once, then its rotated grant refreshed; X refused nothing"
+    );
+    let row = store.oauth2_grant("acme").await.unwrap().expect("stored");
+    assert_eq!((row.generation, row.refused), (5, false));
+    fourth.kill().await;
     app.cleanup().await;
 }

@@ -55,7 +55,7 @@ async fn setup() -> Setup {
         expires_in: None,
         scopes: DM_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
     };
-    let (sealed, _) = seal(&key, CHANNEL, &client.client_id, &grant, None).unwrap();
+    let (sealed, _) = seal(&key, CHANNEL, &client.client_id, &grant, None, Vec::new()).unwrap();
     let ended = Utc::now() - chrono::Duration::minutes(1);
     store
         .store_oauth2_grant(CHANNEL, GrantBase::Any, &sealed, Some(ended))
