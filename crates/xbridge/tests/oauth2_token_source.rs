@@ -312,7 +312,7 @@ async fn a_new_source_uses_the_grant_stored_over_the_one_in_use() {
 async fn a_rotated_grant_the_store_refused_keeps_its_lease_and_is_stored_once_it_heals() {
     let s = setup().await;
     // Short, so that the time the store refuses outlasts it several times over.
-    let ttl = Duration::from_millis(900);
+    let ttl = Duration::from_millis(1500);
     s.store.refuse(Refuse::Grants);
     let a = s.source(&ProcessGrants::isolated(), ttl);
     let from_a = patiently("A's refresh", a.access_token())
