@@ -242,18 +242,27 @@ impl StoreTokenSource {
         due
     }
 
+    /// Whether a held access token needs the store's word: there is one, and no unsaved
+    /// grant (whose keeping does not wait for the refresh lock here).
+    fn held_needs_checking(&self) -> bool {
+        let held = self.held();
+        held.access.is_some() && held.unsaved.is_none()
+    }
+
     /// Drops the held access token unless the store still holds its grant, taking the
     /// stored one instead if fresh: the grant may have been replaced (`xbridge oauth2
     /// authorize`, the CRM's new refresh token) or removed since the process got it. Not
     /// while an unsaved grant is held: that one is newer than the stored row. A store that
     /// does not answer leaves the held token in use.
     async fn verify(&self) {
+        if !self.held_needs_checking() {
+            return;
+        }
+        // Under the refresh lock: a refresh running now cannot have its grant taken back
+        // by a read of the row from before it.
         let _one_here = self.grant.refreshing.lock().await;
-        {
-            let held = self.held();
-            if held.access.is_none() || held.unsaved.is_some() {
-                return;
-            }
+        if !self.held_needs_checking() {
+            return;
         }
         let stored = match self.read().await {
             Ok(stored) => stored.filter(|s| !s.refused),
