@@ -50,6 +50,8 @@ pub struct FailingStore {
     grant_writes_waited: watch::Sender<usize>,
     /// OAuth 2.0 refresh leases granted (taken or renewed) and turned away so far.
     leases: watch::Sender<(usize, usize)>,
+    /// OAuth 2.0 grant writes the real store answered so far.
+    grants_written: watch::Sender<usize>,
 }
 
 impl FailingStore {
@@ -65,6 +67,7 @@ impl FailingStore {
             grant_writes_held: watch::Sender::new(false),
             grant_writes_waited: watch::Sender::new(0),
             leases: watch::Sender::new((0, 0)),
+            grants_written: watch::Sender::new(0),
         })
     }
 
@@ -101,6 +104,13 @@ impl FailingStore {
         let _ = leases
             .wait_for(|(_, turned_away)| *turned_away >= count)
             .await;
+    }
+
+    /// Waits until the real store answered `count` OAuth 2.0 grant writes since the start
+    /// (stored or stale): a test's proof that a write reached the store without a sleep.
+    pub async fn wait_for_grant_writes(&self, count: usize) {
+        let mut written = self.grants_written.subscribe();
+        let _ = written.wait_for(|written| *written >= count).await;
     }
 
     /// Starts refusing `what`.
@@ -388,9 +398,14 @@ impl StateStore for FailingStore {
             self.grant_writes_waited.send_modify(|waited| *waited += 1);
             let _ = held.wait_for(|held| !*held).await;
         }
-        self.inner
+        let written = self
+            .inner
             .store_oauth2_grant(channel, base, sealed, expires_at)
-            .await
+            .await;
+        if written.is_ok() {
+            self.grants_written.send_modify(|written| *written += 1);
+        }
+        written
     }
 
     async fn delete_oauth2_grant(&self, channel: &str) -> Result<bool, StoreError> {

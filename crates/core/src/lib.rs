@@ -39,6 +39,7 @@ pub mod live_channels;
 pub mod metrics_catalog;
 pub mod oauth2_held;
 pub mod oauth2_tokens;
+mod oauth2_unsaved;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -6,15 +6,24 @@
 //! lives here, per channel and OAuth 2.0 client: a rotated grant the store did not take
 //! (X already spent the refresh token it replaced, so this is the only copy: dropping it
 //! with the source would lose the grant), a refresh token X refused while the store did
-//! not take the refused mark (so X is not asked with it again on every send), the access
+//! not take the refused mark (so X is not asked with it again on every send), a refresh
+//! token X turned away for another reason (asked again only after a back-off), the access
 //! token in use, and the lease holder's name with the lock that lets one refresh of the
 //! channel run at a time in the process.
+//!
+//! An entry lives as long as the process: it is small, and it may hold the only copy of a
+//! grant (a channel removed and added again finds it). What it holds is never trusted
+//! blindly: a token source checks the held access token against the store's grant when it
+//! is first used and then every minute (`oauth2_tokens.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret as _, SecretString};
+use tokio::time::Instant;
+use xbridge_x_api::oauth2::TokenError;
 
 /// A channel's name and an OAuth 2.0 client id.
 type ChannelClient = (String, String);
@@ -95,6 +104,11 @@ pub(crate) struct Held {
     pub(crate) unsaved: Option<Unsaved>,
     /// The refresh token X last refused, kept whether or not the store took the mark.
     pub(crate) dead: Option<DeadToken>,
+    /// The refresh token X last turned away for another reason (`TokenError::Rejected`),
+    /// and when to ask X with it again.
+    pub(crate) rejected: Option<RejectedToken>,
+    /// Whether a task keeps `unsaved` (its lease renewed, its write retried) until stored.
+    pub(crate) keeper: bool,
 }
 
 /// A grant to store over generation `base`.
@@ -121,5 +135,50 @@ impl DeadToken {
     /// Whether `refresh`, read at `generation`, is this token: X would refuse it again.
     pub(crate) fn is(&self, generation: u64, refresh: &SecretString) -> bool {
         self.generation == generation && self.refresh.expose_secret() == refresh.expose_secret()
+    }
+}
+
+/// The first wait before X is asked again with a refresh token it turned away.
+const FIRST_REJECTED_WAIT: Duration = Duration::from_secs(30);
+/// The longest such wait.
+const LAST_REJECTED_WAIT: Duration = Duration::from_secs(3600);
+
+/// A refresh token X turned away without saying the grant is gone (an `invalid_request`
+/// whose description is not X's words for a dead token, or another 4xx): asking again at
+/// once would get the same answer, so X is asked again only after a back-off, doubling
+/// up to an hour, and every use meanwhile gets X's answer again.
+pub(crate) struct RejectedToken {
+    token: DeadToken,
+    error: TokenError,
+    retry_at: Instant,
+    wait: Duration,
+}
+
+impl RejectedToken {
+    /// X's answer to `refresh` (read at `generation`) while the back-off lasts.
+    pub(crate) fn answer(&self, generation: u64, refresh: &SecretString) -> Option<TokenError> {
+        (self.token.is(generation, refresh) && Instant::now() < self.retry_at)
+            .then(|| self.error.clone())
+    }
+
+    /// X turned `refresh` away with `error`; `previous` is the memory so far, whose wait
+    /// doubles if it was of the same token.
+    pub(crate) fn after(
+        previous: Option<&RejectedToken>,
+        generation: u64,
+        refresh: &SecretString,
+        error: TokenError,
+    ) -> RejectedToken {
+        let wait = previous
+            .filter(|p| p.token.is(generation, refresh))
+            .map_or(FIRST_REJECTED_WAIT, |p| {
+                (p.wait * 2).min(LAST_REJECTED_WAIT)
+            });
+        RejectedToken {
+            token: DeadToken::new(generation, refresh),
+            error,
+            retry_at: Instant::now() + wait,
+            wait,
+        }
     }
 }

@@ -11,18 +11,22 @@
 //! "run `xbridge oauth2 authorize --channel NAME`".
 //!
 //! Every source of a channel in the process shares one [`ProcessGrants`] entry
-//! (`oauth2_held.rs`): a rotated grant the store did not take, and a refusal whose mark
-//! it did not take, outlive the source that met them.
+//! (`oauth2_held.rs`): a rotated grant the store did not take (kept by a task until the
+//! store takes it, `oauth2_unsaved.rs`), and a refusal whose mark it did not take, outlive
+//! the source that met them. The access token held there is used only while the store
+//! still holds its grant: a source checks that when first used and then every
+//! [`VERIFY_EVERY`], so a new authorisation takes effect on the next channel update.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use tokio::time::Instant;
 use xbridge_store::{CredentialsKey, GrantBase, GrantWrite, StateStore};
 use xbridge_x_api::oauth2::{
     OAuth2Client, TokenEndpoint, TokenEndpointConfig, TokenError, TokenGrant,
@@ -31,7 +35,13 @@ use xbridge_x_api::{AccessTokenSource, TokenFuture, XAuth, XHttp, REFRESH_MARGIN
 
 use crate::config::{ChannelSettings, OAuth2Channel, XSettings};
 pub use crate::oauth2_held::ProcessGrants;
-use crate::oauth2_held::{ChannelGrant, DeadToken, Held, Unsaved};
+use crate::oauth2_held::{ChannelGrant, DeadToken, Held, RejectedToken, Unsaved};
+use crate::oauth2_unsaved::Keeper;
+
+/// How often a source in use checks that the store still holds the grant of the access
+/// token the process holds: a new authorisation (another account, other scopes) stored
+/// meanwhile takes effect within this, at one store read per source and period.
+pub const VERIFY_EVERY: Duration = Duration::from_secs(60);
 
 /// The grant as sealed in the store (JSON). Its `Debug` is not derived.
 #[derive(Serialize, Deserialize)]
@@ -191,6 +201,9 @@ pub struct StoreTokenSource {
     lease_ttl: Duration,
     /// What every source of the channel (and client) in the process shares.
     grant: Arc<ChannelGrant>,
+    /// When this source last checked the held token against the store (never: at its
+    /// first use).
+    verified_at: Mutex<Option<Instant>>,
 }
 
 /// What the store holds for the channel, opened.
@@ -261,6 +274,87 @@ impl StoreTokenSource {
             configured_refused: AtomicBool::new(false),
             lease_ttl,
             grant,
+            verified_at: Mutex::new(None),
+        }
+    }
+
+    /// What keeps an unsaved grant of the channel until the store takes it.
+    fn keeper(&self) -> Keeper {
+        Keeper {
+            grant: self.grant.clone(),
+            store: self.store.clone(),
+            channel: self.channel.clone(),
+            lease_ttl: self.lease_ttl,
+        }
+    }
+
+    /// Whether the held token is due a check against the store: at this source's first
+    /// use, then every [`VERIFY_EVERY`].
+    fn verify_due(&self) -> bool {
+        let mut at = self
+            .verified_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let due = at.is_none_or(|at| at.elapsed() >= VERIFY_EVERY);
+        if due {
+            *at = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Whether a held access token needs the store's word: there is one, and no unsaved
+    /// grant (whose keeping does not wait for the refresh lock here).
+    fn held_needs_checking(&self) -> bool {
+        let held = self.held();
+        held.access.is_some() && held.unsaved.is_none()
+    }
+
+    /// Drops the held access token unless the store still holds its grant, taking the
+    /// stored one instead if fresh: the grant may have been replaced (`xbridge oauth2
+    /// authorize`, the CRM's new refresh token) or removed since the process got it. Not
+    /// while an unsaved grant is held: that one is newer than the stored row. A store that
+    /// does not answer leaves the held token in use.
+    async fn verify(&self) {
+        if !self.held_needs_checking() {
+            return;
+        }
+        // Under the refresh lock: a refresh running now cannot have its grant taken back
+        // by a read of the row from before it.
+        let _one_here = self.grant.refreshing.lock().await;
+        if !self.held_needs_checking() {
+            return;
+        }
+        let stored = match self.read().await {
+            Ok(stored) => stored.filter(|s| !s.refused),
+            Err(e) if e.needs_authorization() => None,
+            Err(error) => {
+                tracing::debug!(channel = %self.channel, %error, "could not check the held OAuth 2.0 token against the store");
+                return;
+            }
+        };
+        if stored.as_ref().is_some_and(|s| self.renews(s)) {
+            // This source's settings carry a new authorisation (the CRM's or the file's new
+            // refresh token): the next use spends it, not the process's token of the old one.
+            tracing::info!(channel = %self.channel, "the channel's settings carry a new OAuth 2.0 authorisation; refreshing with it");
+            self.held().access = None;
+            return;
+        }
+        let mut held = self.held();
+        let same = match (&stored, &held.access) {
+            (Some(stored), Some(access)) => stored.access.expose_secret() == access.expose_secret(),
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        tracing::info!(channel = %self.channel, "the stored OAuth 2.0 grant changed; the process's access token is not used any more");
+        match stored.filter(|s| fresh(s.expires_at)) {
+            Some(stored) => {
+                held.generation = stored.generation;
+                held.access = Some(stored.access);
+                held.expires_at = stored.expires_at;
+            }
+            None => held.access = None,
         }
     }
 
@@ -321,47 +415,14 @@ impl StoreTokenSource {
     /// Stores the rotated grant the store did not take before (this source's or an
     /// earlier one's of the channel), if any; `true` when none is left unstored. Called
     /// holding the refresh lock, so one write of it at a time.
+    /// Starts the task keeping it if none runs (its runtime may have gone).
     async fn save_unsaved(&self) -> bool {
-        let pending = self
-            .held()
-            .unsaved
-            .as_ref()
-            .map(|u| (u.base, u.sealed.clone(), u.expires_at));
-        let Some((base, sealed, expires_at)) = pending else {
-            return true;
-        };
-        let written = self
-            .store
-            .store_oauth2_grant(
-                &self.channel,
-                GrantBase::Generation(base),
-                &sealed,
-                expires_at,
-            )
-            .await;
-        match written {
-            Ok(written) => {
-                {
-                    let mut held = self.held();
-                    held.unsaved = None;
-                    match written {
-                        GrantWrite::Stored(generation) => held.generation = generation,
-                        // Another replica stored a newer grant: use that one.
-                        GrantWrite::Stale(_) => held.access = None,
-                    }
-                }
-                tracing::info!(channel = %self.channel, "the rotated OAuth 2.0 grant is stored now");
-                let _ = self
-                    .store
-                    .release_oauth2_refresh(&self.channel, &self.holder)
-                    .await;
-                true
-            }
-            Err(error) => {
-                tracing::error!(channel = %self.channel, %error, "the rotated OAuth 2.0 grant is still not stored; trying again before the next use");
-                false
-            }
+        let keeper = self.keeper();
+        let saved = keeper.save().await;
+        if !saved {
+            keeper.start();
         }
+        saved
     }
 
     async fn refresh(&self) -> Result<SecretString, TokenError> {
@@ -509,33 +570,46 @@ impl StoreTokenSource {
     /// fits one token request, but a slow store can make a refresh and its write outlast
     /// it; another replica taking the lapsed lease over would spend the same refresh
     /// token, be refused, and mark a grant refused that this refresh just renewed.
+    ///
+    /// The renewal in flight when `work` ends is let finish (never dropped mid-query), so
+    /// a release that follows cannot be overtaken by it and the lease re-held for a TTL.
     async fn keeping_lease<T>(&self, work: impl Future<Output = T>) -> T {
+        let (done, mut stop) = tokio::sync::watch::channel(false);
         let renew = async {
             let period = (self.lease_ttl / 3).max(Duration::from_millis(1));
             let mut every = tokio::time::interval(period);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             every.tick().await; // At once: the lease was just taken.
             loop {
-                every.tick().await;
-                let renewed = self
-                    .store
-                    .lease_oauth2_refresh(&self.channel, &self.holder, self.lease_ttl)
-                    .await;
-                match renewed {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(channel = %self.channel, "another replica took this OAuth 2.0 refresh's lease over")
-                    }
-                    Err(error) => {
-                        tracing::warn!(channel = %self.channel, %error, "could not renew the OAuth 2.0 refresh lease")
-                    }
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|done| *done) => return,
+                    _ = every.tick() => {}
                 }
+                self.renew_lease().await;
             }
         };
-        tokio::select! {
-            biased;
-            done = work => done,
-            () = renew => unreachable!("renewing the lease never ends"),
+        let work = async {
+            let out = work.await;
+            done.send_replace(true);
+            out
+        };
+        tokio::join!(work, renew).0
+    }
+
+    async fn renew_lease(&self) {
+        let renewed = self
+            .store
+            .lease_oauth2_refresh(&self.channel, &self.holder, self.lease_ttl)
+            .await;
+        match renewed {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(channel = %self.channel, "another replica took this OAuth 2.0 refresh's lease over")
+            }
+            Err(error) => {
+                tracing::warn!(channel = %self.channel, %error, "could not renew the OAuth 2.0 refresh lease")
+            }
         }
     }
 
@@ -558,11 +632,35 @@ impl StoreTokenSource {
             // X refused this very token already: asking again would only hammer X.
             return self.refused_by_x(generation).await;
         }
+        let turned_away = self
+            .held()
+            .rejected
+            .as_ref()
+            .and_then(|r| r.answer(generation, refresh));
+        if let Some(error) = turned_away {
+            // X turned this very token away lately: its answer again, until the back-off ends.
+            return Err(error);
+        }
         match self.endpoint.refresh(refresh).await {
-            Ok(grant) => self.keep_rotated(generation, refresh, grant, seeds).await,
+            Ok(grant) => {
+                self.held().rejected = None;
+                self.keep_rotated(generation, refresh, grant, seeds).await
+            }
             Err(error) if error.needs_authorization() => {
                 self.held().dead = Some(DeadToken::new(generation, refresh));
                 self.refused_by_x(generation).await
+            }
+            Err(error @ TokenError::Rejected { .. }) => {
+                tracing::warn!(channel = %self.channel, %error, "X turned the OAuth 2.0 refresh away; asking again after a back-off");
+                let mut held = self.held();
+                let rejected = RejectedToken::after(
+                    held.rejected.as_ref(),
+                    generation,
+                    refresh,
+                    error.clone(),
+                );
+                held.rejected = Some(rejected);
+                Err(error)
             }
             Err(error) => Err(error),
         }
@@ -606,16 +704,19 @@ impl StoreTokenSource {
                 // X spent the old refresh token: keep the new grant (for every source of
                 // the channel) and store it before every later use. Using its access
                 // token meanwhile makes losing the grant no likelier.
-                tracing::error!(channel = %self.channel, error = %e, "could not store the rotated OAuth 2.0 grant; keeping it and trying again before the next use");
-                let mut held = self.held();
-                held.generation = generation;
-                held.access = Some(grant.access_token.clone());
-                held.expires_at = expires_at;
-                held.unsaved = Some(Unsaved {
-                    base: generation,
-                    sealed,
-                    expires_at,
-                });
+                tracing::error!(channel = %self.channel, error = %e, "could not store the rotated OAuth 2.0 grant; keeping it and its lease, and trying again");
+                {
+                    let mut held = self.held();
+                    held.generation = generation;
+                    held.access = Some(grant.access_token.clone());
+                    held.expires_at = expires_at;
+                    held.unsaved = Some(Unsaved {
+                        base: generation,
+                        sealed,
+                        expires_at,
+                    });
+                }
+                self.keeper().start();
                 Ok(Some(grant.access_token))
             }
         }
@@ -657,6 +758,9 @@ impl StoreTokenSource {
 impl AccessTokenSource for StoreTokenSource {
     fn access_token(&self) -> TokenFuture<'_> {
         Box::pin(async move {
+            if self.verify_due() {
+                self.verify().await;
+            }
             match self.current_stored() {
                 Some(token) => Ok(token),
                 // Stores an unsaved grant first, under the refresh lock.

@@ -255,3 +255,186 @@ async fn a_refusal_whose_mark_the_store_refused_does_not_hammer_x() {
     assert!(s.stored().await.1, "marked refused");
     assert_eq!(s.token_requests(), 1);
 }
+
+#[tokio::test]
+async fn a_new_source_uses_the_grant_stored_over_the_one_in_use() {
+    let s = setup().await;
+    let grants = ProcessGrants::isolated();
+    let ttl = Duration::from_secs(10);
+    let first = s.source(&grants, ttl);
+    let old = patiently("the first refresh", first.access_token())
+        .await
+        .unwrap();
+    assert_eq!(s.token_requests(), 1);
+
+    // An operator authorises the channel again (`xbridge oauth2 authorize`), maybe as
+    // another account or with other scopes: a new grant, stored over the one in use.
+    let tokens = s.sim.oauth2_grant(&s.client.client_id, DM_SCOPES).unwrap();
+    let grant = TokenGrant {
+        access_token: tokens.access_token.clone().into(),
+        refresh_token: tokens.refresh_token.map(SecretString::from),
+        expires_in: Some(Duration::from_secs(7200)),
+        scopes: DM_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let (sealed, expires_at) = seal(
+        &s.key,
+        CHANNEL,
+        &s.client.client_id,
+        &grant,
+        None,
+        Vec::new(),
+    )
+    .unwrap();
+    s.store
+        .store_oauth2_grant(CHANNEL, GrantBase::Any, &sealed, expires_at)
+        .await
+        .unwrap();
+    assert_ne!(tokens.access_token, old.expose_secret());
+
+    // The next use of the channel (a new source: a channel update, the CRM's check)
+    // goes out with the new grant, not the old one still fresh in the process.
+    let second = s.source(&grants, ttl);
+    let used = patiently("the new source", second.access_token())
+        .await
+        .unwrap();
+    assert!(
+        used.expose_secret() == tokens.access_token,
+        "the new source uses the new grant"
+    );
+    // And so does the source built before, which shares the process's grant.
+    let earlier = patiently("the first source", first.access_token())
+        .await
+        .unwrap();
+    assert!(
+        earlier.expose_secret() == tokens.access_token,
+        "the earlier source uses the new grant too"
+    );
+    assert_eq!(
+        s.token_requests(),
+        1,
+        "the stored grant was fresh: no refresh"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_grant_the_store_refused_keeps_its_lease_and_is_stored_once_it_heals() {
+    let s = setup().await;
+    // Short, so that the time the store refuses outlasts it several times over.
+    let ttl = Duration::from_millis(1500);
+    s.store.refuse(Refuse::Grants);
+    let a = s.source(&ProcessGrants::isolated(), ttl);
+    let from_a = patiently("A's refresh", a.access_token())
+        .await
+        .expect("X rotated the grant; its access token is usable meanwhile");
+    assert_eq!(s.token_requests(), 1, "A spent the stored refresh token");
+
+    // A is not used again, yet it keeps the lease: four renewals outlast the first lease.
+    let taken = s.store.leases_granted();
+    patiently(
+        "A renewing its lease after its refresh returned",
+        s.store.wait_for_leases_granted(taken + 4),
+    )
+    .await;
+
+    // Replica B needs a token now: it must wait for A's grant, not spend the stored
+    // (spent) refresh token, be refused and mark the channel refused for every replica.
+    let b = Arc::new(s.source(&ProcessGrants::isolated(), ttl));
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.access_token().await }
+    });
+    patiently(
+        "B turned away from the lease",
+        s.store.wait_for_leases_turned_away(1),
+    )
+    .await;
+
+    // The store heals: A stores its grant by itself, with no further use of A.
+    s.store.heal();
+    patiently("A's grant stored", s.store.wait_for_grant_writes(2)).await;
+    let (generation, refused, refresh) = s.stored().await;
+    assert_eq!((generation, refused), (2, false));
+    let from_b = patiently("B's token", waiting).await.unwrap();
+    let from_b = from_b.expect("B uses A's grant, not a refusal of the spent token");
+    assert_eq!(from_b.expose_secret(), from_a.expose_secret());
+    assert_eq!(s.token_requests(), 1, "B never asked X");
+    assert!(
+        s.x_takes(&refresh).await,
+        "the stored refresh token is live"
+    );
+    drop(a);
+}
+
+#[tokio::test]
+async fn a_refresh_x_turned_away_is_not_asked_again_at_every_use() {
+    let s = setup().await;
+    let grants = ProcessGrants::isolated();
+    let ttl = Duration::from_secs(10);
+    // A public client X does not know: X answers `invalid_request` "Missing required
+    // parameter [client_id].", which says nothing of the grant (not a dead token).
+    let client_id = "an-unknown-public-client";
+    let refresh = "a-refresh-token-of-the-unknown-client";
+    let grant = TokenGrant {
+        access_token: SecretString::from("an-ended-access-token"),
+        refresh_token: Some(SecretString::from(refresh)),
+        expires_in: None,
+        scopes: DM_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let (sealed, _) = seal(&s.key, CHANNEL, client_id, &grant, None, Vec::new()).unwrap();
+    let ended = Utc::now() - chrono::Duration::minutes(1);
+    s.store
+        .store_oauth2_grant(CHANNEL, GrantBase::Any, &sealed, Some(ended))
+        .await
+        .unwrap();
+    let endpoint = TokenEndpoint::new(
+        TokenEndpointConfig::at(&s.sim.base_url()),
+        OAuth2Client {
+            client_id: client_id.to_owned(),
+            client_secret: None,
+        },
+        &XHttp::new().unwrap(),
+    );
+    let source = |endpoint: TokenEndpoint| {
+        StoreTokenSource::new(
+            CHANNEL,
+            endpoint,
+            s.store.clone(),
+            s.key.clone(),
+            None,
+            ttl,
+            &grants,
+        )
+    };
+
+    let first = source(endpoint.clone());
+    let error = patiently("the refresh", first.access_token())
+        .await
+        .unwrap_err();
+    let said = error.to_string();
+    assert!(
+        matches!(error, TokenError::Rejected { status: 400, .. }),
+        "{error:?}"
+    );
+    assert!(said.contains("invalid_request"), "names X's code: {said}");
+    assert!(said.contains("client_id"), "and X's description: {said}");
+    assert!(!said.contains(refresh), "never the token: {said}");
+    assert_eq!(s.token_requests(), 1);
+
+    // Every use meanwhile, of this source or a new one, gets X's answer without asking X.
+    for _ in 0..3 {
+        let again = patiently("a later use", first.access_token())
+            .await
+            .unwrap_err();
+        assert_eq!(again, error);
+    }
+    let rebuilt = source(endpoint);
+    let again = patiently("a new source", rebuilt.access_token())
+        .await
+        .unwrap_err();
+    assert_eq!(again, error);
+    assert_eq!(s.token_requests(), 1, "X was asked once");
+    assert!(
+        !s.stored().await.1,
+        "nothing marked: the grant was not refused"
+    );
+}
