@@ -210,7 +210,7 @@ impl Applier {
             return refused(RefusalReason::TooManyChannels, detail);
         }
         let store = self.registry.store();
-        let grant_before = GrantBefore::read(store.as_ref(), settings).await?;
+        let grant_before = GrantBefore::read(store.as_ref(), self.registry.key(), settings).await?;
         let check = self.check(settings).await;
         let account = settings
             .user_id

@@ -65,6 +65,23 @@ impl ProcessGrants {
     }
 }
 
+impl ProcessGrants {
+    /// Drops the access tokens this process holds for `channel` (of any client), so its
+    /// next use reads the store: the grant there was put back (a refused command's check
+    /// had stored another account's). An unsaved grant is kept: it is the only copy.
+    pub fn forget_access(&self, channel: &str) {
+        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        for ((name, _), grant) in channels.iter() {
+            if name == channel {
+                let mut held = grant.held();
+                if held.unsaved.is_none() {
+                    held.access = None;
+                }
+            }
+        }
+    }
+}
+
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

@@ -43,6 +43,9 @@ use crate::oauth2_unsaved::Keeper;
 /// meanwhile takes effect within this, at one store read per source and period.
 pub const VERIFY_EVERY: Duration = Duration::from_secs(60);
 
+/// How soon a check the store did not answer is made again.
+const VERIFY_RETRY: Duration = Duration::from_secs(5);
+
 /// The grant as sealed in the store (JSON). Its `Debug` is not derived.
 #[derive(Serialize, Deserialize)]
 pub struct GrantJson {
@@ -81,6 +84,25 @@ pub fn seed_digest(token: &SecretString) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Whether `configured` is a new authorisation over a grant with `seeds`: one the grant
+/// does not descend from. A grant without seeds (stored before they were kept) is taken
+/// as descending from the configured token ([`GrantJson::seeds`]).
+pub fn is_new_authorisation(configured: &SecretString, seeds: Option<&[String]>) -> bool {
+    seeds.is_some_and(|seeds| !seeds.contains(&seed_digest(configured)))
+}
+
+/// The seeds of a sealed grant of `channel` (`None` inside: stored before seeds were
+/// kept); `None` if it does not open with `key` or decode.
+pub fn sealed_seeds(
+    key: &CredentialsKey,
+    channel: &str,
+    sealed: &xbridge_store::SealedGrant,
+) -> Option<Option<Vec<String>>> {
+    let text = key.open_grant(channel, sealed).ok()?;
+    let json: GrantJson = serde_json::from_str(text.expose_secret()).ok()?;
+    Some(json.seeds)
 }
 
 /// `seeds` with `token`'s digest added last (once), the oldest dropped past [`MAX_SEEDS`].
@@ -329,6 +351,12 @@ impl StoreTokenSource {
             Err(e) if e.needs_authorization() => None,
             Err(error) => {
                 tracing::debug!(channel = %self.channel, %error, "could not check the held OAuth 2.0 token against the store");
+                // Check again soon, not a whole period later: the grant may have changed.
+                let soon = Instant::now().checked_sub(VERIFY_EVERY.saturating_sub(VERIFY_RETRY));
+                *self
+                    .verified_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = soon;
                 return;
             }
         };
@@ -516,12 +544,8 @@ impl StoreTokenSource {
     /// refused or not, under the lease and over the generation read, like any refresh:
     /// of the replicas that see it, one spends it and the others take its grant.
     fn renews(&self, stored: &Stored) -> bool {
-        // No seeds: a grant stored before they were kept, taken as descending from the
-        // configured token (see `GrantJson::seeds`).
-        let (Some(configured), Some(seeds)) = (self.configured(), &stored.seeds) else {
-            return false;
-        };
-        !seeds.contains(&seed_digest(configured))
+        self.configured()
+            .is_some_and(|configured| is_new_authorisation(configured, stored.seeds.as_deref()))
     }
 
     /// What a refresh spends: the stored grant's refresh token, or the configured one

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use secrecy::SecretString;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _};
 use xbridge_core::config::{ChannelSettings, Settings};
-use xbridge_core::oauth2_tokens::{seal, token_endpoint, with_seed};
+use xbridge_core::oauth2_tokens::{seal, sealed_seeds, token_endpoint, with_seed, MAX_SEEDS};
 use xbridge_store::{CredentialsKey, GrantBase, GrantWrite, StateStore};
 use xbridge_x_api::oauth2::{
     code_from_redirect, new_state, PkceVerifier, TokenEndpoint, TokenError, DM_SCOPES, MEDIA_SCOPE,
@@ -185,13 +185,28 @@ pub async fn finish(
             pending.channel
         );
     }
+    // The stored grant's seeds are kept too: a replica still on older settings must not
+    // take its configured token for a new authorisation, spend it and have X's refusal
+    // mark this grant refused.
+    let earlier = match store.oauth2_grant(&pending.channel).await? {
+        Some(row) => sealed_seeds(&pending.key, &pending.channel, &row.sealed)
+            .flatten()
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut seeds = pending.seeds.iter().fold(earlier, |mut seeds, seed| {
+        seeds.retain(|s| s != seed);
+        seeds.push(seed.clone());
+        seeds
+    });
+    seeds.drain(..seeds.len().saturating_sub(MAX_SEEDS));
     let (sealed, expires_at) = seal(
         &pending.key,
         &pending.channel,
         &pending.client_id,
         &grant,
         None,
-        pending.seeds.clone(),
+        seeds,
     )
     .map_err(|e| anyhow::anyhow!("cannot seal the grant: {e}"))?;
     match store

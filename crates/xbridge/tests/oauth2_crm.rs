@@ -329,3 +329,61 @@ async fn an_operator_authorises_a_channel_the_crm_created() {
     bridge.stop().await;
     cleanup(&app).await;
 }
+
+/// A refused `channel.upsert` without a new refresh token undoes nothing: its check may
+/// have refreshed the channel's own grant (X then spent the old refresh token), and
+/// putting the old row back would leave the channel a spent token, refused at its next
+/// refresh (a red-team finding: every refused command of a channel whose access token
+/// had ended did that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upsert_whose_check_refreshed_the_grant_leaves_the_channel_working() {
+    use std::sync::Arc;
+    use xbridge_store::StateStore;
+
+    crm::capture_logs();
+    let app = spawn_app(TestOptions::default()).await;
+    let store: Arc<dyn StateStore> =
+        Arc::new(xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap());
+    let bridge = Running::start_on(&app, store.clone()).await;
+    let mut crm = app.crm().await;
+    let commands = Commands::connect(&app).await;
+    let account = new_account(&app, "keepco_support");
+    // Access tokens of a minute: inside the bridge's refresh margin from the start, so
+    // every use of the grant refreshes it first, the refused command's check too.
+    let mut client = OAuth2Client::generate(&account.user_id, true);
+    client.access_token_secs = 60;
+    app.simulator.add_oauth2_client(client.clone());
+    let grant = app.simulator.oauth2_grant(&client.client_id, DM_SCOPES);
+    let first = grant.unwrap().refresh_token.unwrap();
+    let create = oauth2_upsert("kp-create", "keepco", &account, &client, Some(&first));
+    commands.send(&create).await;
+    assert_eq!(answer(&mut crm, "kp-create").await.body["state"], "ok");
+    let generation = store
+        .oauth2_grant("keepco")
+        .await
+        .unwrap()
+        .unwrap()
+        .generation;
+
+    // The CRM sends the channel's settings again, with a user_id that is not the
+    // account's: the check refreshes the grant, then the command is refused.
+    let mut wrong = oauth2_upsert("kp-wrong", "keepco", &account, &client, Some(&first));
+    wrong["user_id"] = "1".into();
+    commands.send(&wrong).await;
+    let refused = crm::refusal(&mut crm).await;
+    assert_eq!(refused["reason"], "invalid_field", "{refused}");
+    let row = store.oauth2_grant("keepco").await.unwrap().unwrap();
+    assert!(
+        row.generation > generation && !row.refused,
+        "the check's refresh stays: the grant before it is spent ({row:?})"
+    );
+
+    // The next reply refreshes with the grant's live refresh token and goes out.
+    crm.publish_reply("keepco", &reply("kp-1", "944480690", "still here"))
+        .await;
+    let sent = crm.next_event().await;
+    assert_eq!(sent.body["type"], "message.sent", "{}", sent.body);
+    assert!(!store.oauth2_grant("keepco").await.unwrap().unwrap().refused);
+    bridge.stop().await;
+    cleanup(&app).await;
+}
