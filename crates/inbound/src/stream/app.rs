@@ -71,6 +71,35 @@ struct Gap {
     /// By channel, the start of a gap longer than the catch-up window not caught up yet
     /// (its read failed): only those channels are read again.
     uncaught: BTreeMap<String, DateTime<Utc>>,
+    /// By channel, when its subscriptions were last found complete (or made so).
+    subscribed: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl Gap {
+    /// Notes what [`subscriptions::ensure`] did at `checked`: a channel whose
+    /// `dm.received` subscription had to be made again, though it was complete at the
+    /// last check, lost it in between (deleted elsewhere: a lagging replica, an operator's
+    /// `xbridge webhook unsubscribe`) and no DM of that time came by the stream, so its
+    /// DMs are read back from that last check.
+    fn note_subscriptions(
+        &mut self,
+        outcomes: BTreeMap<String, subscriptions::Ensured>,
+        checked: DateTime<Utc>,
+    ) {
+        self.subscribed
+            .retain(|name, _| outcomes.contains_key(name));
+        for (name, ensured) in outcomes {
+            if ensured.received_made {
+                if let Some(since) = self.subscribed.get(&name).copied() {
+                    tracing::warn!(channel = name, %since, "the channel's dm.received subscription was gone; its DMs since it was last seen are read back");
+                    self.uncaught.entry(name.clone()).or_insert(since);
+                }
+            }
+            if ensured.done {
+                self.subscribed.insert(name, checked);
+            }
+        }
+    }
 }
 
 /// Holds the App's stream while this replica holds the App's lease, until `stop`.
@@ -167,7 +196,9 @@ async fn stream_while_held(
         let current = members.borrow_and_update().clone();
         // At every (re)connection, not only when the members change: subscriptions deleted
         // elsewhere come back (a failure is logged and tried again at the next).
-        subscriptions::ensure(&ctx.settings, &ctx.http, &current).await;
+        let checked = Utc::now();
+        let outcomes = subscriptions::ensure(&ctx.settings, &ctx.http, &current).await;
+        gap.note_subscriptions(outcomes, checked);
         // No member left: the task is being stopped.
         let client = stream_client(ctx, &current)?;
         let catch_up = catch_up(ctx, &members, gap);
@@ -451,7 +482,9 @@ async fn read_stream(
 /// failed catch-ups again. The stream waits meanwhile (X keeps what it sends).
 async fn keep_up(ctx: &AppContext, members: &Members, gap: &mut Gap) {
     let current = members.borrow().clone();
-    subscriptions::ensure(&ctx.settings, &ctx.http, &current).await;
+    let checked = Utc::now();
+    let outcomes = subscriptions::ensure(&ctx.settings, &ctx.http, &current).await;
+    gap.note_subscriptions(outcomes, checked);
     if !gap.uncaught.is_empty() {
         read_back(ctx, members, gap).await;
     }
@@ -484,6 +517,38 @@ fn stream_client(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_received_subscription_made_again_reads_the_channel_back_from_its_last_check() {
+        use subscriptions::Ensured;
+        let at = |minute: u32| {
+            DateTime::parse_from_rfc3339(&format!("2026-12-05T10:{minute:02}:00Z"))
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let made = Ensured {
+            done: true,
+            received_made: true,
+        };
+        let there = Ensured {
+            done: true,
+            received_made: false,
+        };
+        let mut gap = Gap::default();
+        // The channel's first subscriptions: nothing came before them.
+        gap.note_subscriptions(BTreeMap::from([("acme".to_owned(), made)]), at(0));
+        assert!(gap.uncaught.is_empty());
+        gap.note_subscriptions(BTreeMap::from([("acme".to_owned(), there)]), at(10));
+        assert!(gap.uncaught.is_empty());
+        // Deleted elsewhere since 10:10, made again at 10:20.
+        gap.note_subscriptions(BTreeMap::from([("acme".to_owned(), made)]), at(20));
+        assert_eq!(gap.uncaught.get("acme"), Some(&at(10)));
+        // A channel gone from the stream is forgotten: back later, it starts afresh.
+        gap.uncaught.clear();
+        gap.note_subscriptions(BTreeMap::new(), at(30));
+        gap.note_subscriptions(BTreeMap::from([("acme".to_owned(), made)]), at(40));
+        assert!(gap.uncaught.is_empty());
+    }
 
     #[test]
     fn the_backfill_covers_the_gap_up_to_xs_five_minutes() {

@@ -47,28 +47,41 @@ fn client(
     .map_err(WebhookError::from)
 }
 
+/// What [`ensure`] did for one channel.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ensured {
+    /// Its subscriptions are what it wants now.
+    pub(crate) done: bool,
+    /// Its `dm.received` subscription was missing and is made now: if it had one before,
+    /// it was deleted elsewhere, and the DMs meanwhile never came by the stream.
+    pub(crate) received_made: bool,
+}
+
 /// Makes each member's subscriptions what it wants: creates the missing, deletes the
-/// unwanted. `false` when X could not be asked or refused (logged; tried again at the next
-/// reconnection or the next upkeep, every 10 minutes).
+/// unwanted. Per channel, what was done; one not `done` is logged and tried again at the
+/// next reconnection or the next upkeep, every 10 minutes.
 pub(crate) async fn ensure(
     settings: &Settings,
     http: &XHttp,
     members: &BTreeMap<String, Member>,
-) -> bool {
-    let mut all_done = true;
-    for member in members.values() {
-        all_done &= ensure_one(settings, http, member).await;
+) -> BTreeMap<String, Ensured> {
+    let mut outcomes = BTreeMap::new();
+    for (name, member) in members {
+        outcomes.insert(name.clone(), ensure_one(settings, http, member).await);
     }
-    all_done
+    outcomes
 }
 
-async fn ensure_one(settings: &Settings, http: &XHttp, member: &Member) -> bool {
+async fn ensure_one(settings: &Settings, http: &XHttp, member: &Member) -> Ensured {
     let channel = &member.settings;
     let Some(user_id) = channel.user_id.as_deref() else {
-        return true;
+        return Ensured {
+            done: true,
+            received_made: false,
+        };
     };
     let Some((client, present)) = listed(settings, http, member).await else {
-        return false;
+        return Ensured::default();
     };
     let inbound = &settings.inbound;
     let wanted: Vec<&str> = channel
@@ -77,6 +90,7 @@ async fn ensure_one(settings: &Settings, http: &XHttp, member: &Member) -> bool 
         .map(|event| event.as_str())
         .collect();
     let mut done = true;
+    let mut received_made = false;
     for event_type in &wanted {
         // Only the channel's own: another's (untagged, another tag) may be deleted by its
         // owner at any time, and would leave this channel without events.
@@ -86,7 +100,9 @@ async fn ensure_one(settings: &Settings, http: &XHttp, member: &Member) -> bool 
                 && is_streamed_for(s, channel)
         });
         if !there {
-            done &= create(&client, channel, event_type, user_id).await;
+            let made = create(&client, channel, event_type, user_id).await;
+            received_made |= made && *event_type == "dm.received";
+            done &= made;
         }
     }
     let unwanted = present.iter().filter(|s| {
@@ -96,7 +112,10 @@ async fn ensure_one(settings: &Settings, http: &XHttp, member: &Member) -> bool 
     for subscription in unwanted {
         done &= delete(&client, channel, subscription).await;
     }
-    done
+    Ensured {
+        done,
+        received_made,
+    }
 }
 
 /// Deletes every stream subscription of `member`'s channel, which no longer streams.
