@@ -482,19 +482,30 @@ impl XClient {
         window: Window,
     ) -> Result<ReadAnswer, XError> {
         let pacer = &self.inner.read_pacer;
-        pacer.ready().await;
-        let authorization = self.authorization("GET", &url).await?;
-        let request = self
-            .request(Method::GET, url)
-            .header(AUTHORIZATION, authorization.header.clone());
-        let paced = Paced {
-            pacer,
-            endpoint: window.endpoint(),
-            what,
-            learns_window: window == Window::DmEvents,
+        let mut tries = 0;
+        let answer = loop {
+            tries += 1;
+            pacer.ready().await;
+            let authorization = self.authorization("GET", &url).await?;
+            let request = self
+                .request(Method::GET, url.clone())
+                .header(AUTHORIZATION, authorization.header.clone());
+            let paced = Paced {
+                pacer,
+                endpoint: window.endpoint(),
+                what,
+                learns_window: window == Window::DmEvents,
+            };
+            let answer = self.exchange(request, paced).await?;
+            authorization.answered(answer.status.as_u16());
+            // An OAuth 2.0 access token X ended early (revoked, or expired before its
+            // time): read once more with a refreshed one, as a send does. A read changes
+            // nothing at X, so asking again is safe.
+            if answer.status.as_u16() == 401 && authorization.is_bearer_user() && tries == 1 {
+                continue;
+            }
+            break answer;
         };
-        let answer = self.exchange(request, paced).await?;
-        authorization.answered(answer.status.as_u16());
         if answer.status.is_success() {
             return Ok(ReadAnswer {
                 rate_limit: RateLimit::from_headers(&answer.headers),

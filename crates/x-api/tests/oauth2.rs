@@ -208,6 +208,22 @@ async fn an_expired_token_gets_401_and_the_next_send_refreshes() {
     assert_ne!(rotated[0], first_refresh.expose_secret());
 }
 
+/// A read (here the credential check's `GET /2/users/me`) that X answers 401 for an
+/// access token it ended early is made once more with a refreshed token: a check must not
+/// call a channel with a live grant unauthorized.
+#[tokio::test]
+async fn a_read_with_a_token_x_ended_is_read_again_with_a_refreshed_one() {
+    let s = setup(true).await;
+    let source = TestSource::new(s.endpoint.clone(), s.grant(DM_SCOPES));
+    let client = s.x_client(source.clone());
+    client.me().await.unwrap();
+
+    s.sim.oauth2_expire_access_tokens(&s.account.user_id);
+    let (me, _) = client.me().await.expect("read again after a refresh");
+    assert_eq!(me.id, s.account.user_id);
+    assert_eq!(source.rotated.lock().unwrap().len(), 1, "one refresh");
+}
+
 #[tokio::test]
 async fn the_old_refresh_token_is_refused_after_rotation() {
     let s = setup(false).await;
