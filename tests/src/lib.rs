@@ -195,6 +195,27 @@ impl TestApp {
         .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {count} DM(s) on {channel}"))
     }
 
+    /// The statuses the simulator's OAuth 2.0 token endpoint answered so far, in order.
+    pub fn token_answers(&self) -> Vec<u16> {
+        self.simulator
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/2/oauth2/token")
+            .map(|r| r.status)
+            .collect()
+    }
+
+    /// Waits until `open` activity streams are open at the simulator (`what`: whose, for
+    /// the failure); fails the test after [`PATIENCE`].
+    pub async fn wait_for_open_streams(&self, open: usize, what: &str) {
+        tokio::time::timeout(
+            PATIENCE,
+            self.simulator.wait_for_activity_streams(|c| c.open == open),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("waited {PATIENCE:?} for {what}: {open} open stream(s)"));
+    }
+
     /// Waits until the simulator answered `count` requests of `channel`'s
     /// account; fails the test after [`PATIENCE`].
     pub async fn wait_for_requests(&self, channel: &str, count: usize) {

@@ -195,12 +195,8 @@ async fn an_oauth2_stream_channel_is_subscribed_with_its_own_token_and_gets_dms_
     let (toml, _) = oauth2_config(&app);
     let bridge = start_bridge_from(&toml).await;
     let mut crm = app.crm().await;
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_activity_streams(|c| c.open == 1),
-    )
-    .await
-    .expect("the bridge opens the App's stream");
+    app.wait_for_open_streams(1, "the bridge opens the App's stream")
+        .await;
 
     let user = app.user_id("acme");
     let jane = Customer::generate("jane");

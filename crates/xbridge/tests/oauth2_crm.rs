@@ -158,16 +158,6 @@ fn oauth2_upsert(
     command
 }
 
-/// The statuses X's token endpoint answered so far, in order.
-fn token_answers(app: &xbridge_test_support::TestApp) -> Vec<u16> {
-    app.simulator
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == "/2/oauth2/token")
-        .map(|r| r.status)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_crm_channel_comes_back_with_a_new_refresh_token_spent_once() {
     use std::sync::Arc;
@@ -240,7 +230,7 @@ async fn a_revoked_crm_channel_comes_back_with_a_new_refresh_token_spent_once() 
 
     // The user approves the App again; the CRM sends the new grant's refresh token.
     let second = refresh(&app);
-    let answered_before = token_answers(&app).len();
+    let answered_before = app.token_answers().len();
     let renew = oauth2_upsert("rn-renew", "renewco", &account, &client, Some(&second));
     commands.send(&renew).await;
     let answered = answer(&mut crm, "rn-renew").await;
@@ -267,7 +257,7 @@ async fn a_revoked_crm_channel_comes_back_with_a_new_refresh_token_spent_once() 
     // Every token source of the channel saw the new refresh token (the check's, the
     // rebuilt reply context's): one spent it, the others took its grant. A second spend
     // would be refused by X (it rotated the token) and refuse the channel again.
-    assert_eq!(token_answers(&app)[answered_before..], [200]);
+    assert_eq!(app.token_answers()[answered_before..], [200]);
 
     // The CRM removes the channel: its grant goes with it.
     let remove =

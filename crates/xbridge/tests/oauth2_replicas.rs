@@ -19,16 +19,6 @@ const RUNNING: &str = "outbound running";
 const CREDENTIALS_KEY: &str =
     "Y29udHJhY3QtY3JlZGVudGlhbHMta2V5LW9mLTQ4LWJ5dGVzLWZvci10aGUtdGVzdHM=";
 
-/// The statuses X's token endpoint answered so far, in order.
-fn token_answers(app: &xbridge_test_support::TestApp) -> Vec<u16> {
-    app.simulator
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == "/2/oauth2/token")
-        .map(|r| r.status)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_rotated_by_one_replica_is_used_by_the_other_after_a_takeover() {
     let app = spawn_app(TestOptions {
@@ -114,7 +104,7 @@ async fn a_grant_rotated_by_one_replica_is_used_by_the_other_after_a_takeover() 
     let first_token = grant.refresh_token.unwrap();
     std::fs::write(&config, toml.replace(&first_token, &renewed)).unwrap();
     second.kill().await;
-    let answered_before = token_answers(&app).len();
+    let answered_before = app.token_answers().len();
     let third = BridgeProcess::start(binary(), &config, &[]);
     third.wait_for_log(RUNNING, 1).await;
     crm.publish_reply("acme", &reply("rp-4", "944480690", "four"))
@@ -132,7 +122,7 @@ async fn a_grant_rotated_by_one_replica_is_used_by_the_other_after_a_takeover() 
     let event = crm.next_event().await;
     assert_eq!(event.body["type"], "message.sent", "{}", event.body);
     assert_eq!(
-        token_answers(&app)[answered_before..],
+        app.token_answers()[answered_before..],
         [200, 200],
         "the new token spent once, then its rotated grant refreshed; X refused nothing"
     );

@@ -130,12 +130,8 @@ async fn two_hundred_dms_reach_the_crm_once_and_in_order_across_three_cuts_witho
     );
     let user = app.user_id("acme");
     let mut crm = app.crm().await;
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_activity_streams(|c| c.open == 1),
-    )
-    .await
-    .expect("the bridge opens the App's stream");
+    app.wait_for_open_streams(1, "the bridge opens the App's stream")
+        .await;
     let subscriptions = app.simulator.activity_subscriptions();
     assert!(
         subscriptions
@@ -198,12 +194,8 @@ async fn one_replica_holds_the_stream_and_the_other_takes_over_after_a_sigkill()
     second
         .wait_for_log("contending for the X App's stream lease", 1)
         .await;
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_activity_streams(|c| c.open == 1),
-    )
-    .await
-    .expect("one replica opens the stream");
+    app.wait_for_open_streams(1, "one replica opens the stream")
+        .await;
     let (active, standby) = if first.count_logs("stream lease acquired") == 1 {
         (first, second)
     } else {
@@ -240,6 +232,29 @@ async fn one_replica_holds_the_stream_and_the_other_takes_over_after_a_sigkill()
 }
 
 /// The stream requests X answered for `user`.
+/// X goes down: the App's stream is cut and cannot be opened again; DMs number `dms` are
+/// written meanwhile, and the bridge's next connection attempt has been refused. X stays
+/// down until the test brings it back (`set_activity_stream_down(false)`).
+async fn stream_down_while(
+    app: &TestApp,
+    customers: &[Customer],
+    user: &str,
+    dms: std::ops::Range<usize>,
+) {
+    let before = stream_requests(app, user);
+    app.simulator.set_activity_stream_down(true);
+    assert_eq!(app.simulator.cut_activity_streams(), 1);
+    for n in dms {
+        send(app, customers, user, n);
+    }
+    let requests = app
+        .simulator
+        .wait_for_requests_to(user, "/2/activity/stream", before + 1);
+    tokio::time::timeout(PATIENCE, requests)
+        .await
+        .expect("the bridge tries to reconnect");
+}
+
 fn stream_requests(app: &TestApp, user: &str) -> usize {
     app.simulator
         .requests_for(user)
@@ -263,40 +278,20 @@ async fn dms_written_while_the_stream_was_down_longer_than_xs_backfill_reach_the
     let bridge = common::start_bridge(&app).await;
     let user = app.user_id("acme");
     let mut crm = app.crm().await;
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_activity_streams(|c| c.open == 1),
-    )
-    .await
-    .expect("the bridge opens the App's stream");
+    app.wait_for_open_streams(1, "the bridge opens the App's stream")
+        .await;
     let customers = customers();
     let mut received = Received::default();
     let first = send(&app, &customers, &user, 0);
     read_until(&mut crm, &mut received, &first, false).await;
 
     // X goes down: the stream is cut and cannot be opened again.
-    let before = stream_requests(&app, &user);
-    app.simulator.set_activity_stream_down(true);
-    assert_eq!(app.simulator.cut_activity_streams(), 1);
-    for n in 1..20 {
-        send(&app, &customers, &user, n);
-    }
     // A reconnection refused: the next waits at least the backoff's first second, longer
     // than the catch-up window, so the gap outlasts X's (shortened) backfill.
-    let requests = app
-        .simulator
-        .wait_for_requests_to(&user, "/2/activity/stream", before + 1);
-    tokio::time::timeout(PATIENCE, requests)
-        .await
-        .expect("the bridge tries to reconnect");
+    stream_down_while(&app, &customers, &user, 1..20).await;
     app.simulator.set_activity_stream_down(false);
 
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_activity_streams(|c| c.open == 1),
-    )
-    .await
-    .expect("the bridge reconnects");
+    app.wait_for_open_streams(1, "the bridge reconnects").await;
     let last = send(&app, &customers, &user, 20);
     read_until(&mut crm, &mut received, &last, false).await;
     assert_once_in_order(&received.texts, 21);
@@ -329,12 +324,8 @@ async fn stream_subscriptions_follow_the_channels_event_types_and_go_with_the_ch
     .await;
     forget_lease_queue(&app);
     let bridge = live_in::LiveBridge::start_without(&app, &[]).await;
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_activity_streams(|c| c.open == 1),
-    )
-    .await
-    .expect("the bridge opens the App's stream");
+    app.wait_for_open_streams(1, "the bridge opens the App's stream")
+        .await;
     let both = vec!["dm.received".to_owned(), "dm.sent".to_owned()];
     assert_eq!(stream_subscriptions(&app, "acme"), both);
     assert_eq!(stream_subscriptions(&app, "beta"), both);
@@ -386,12 +377,8 @@ async fn stream_subscriptions_deleted_elsewhere_come_back_and_dms_still_arrive()
     let bridge = common::start_bridge(&app).await;
     let user = app.user_id("acme");
     let mut crm = app.crm().await;
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_activity_streams(|c| c.open == 1),
-    )
-    .await
-    .expect("the bridge opens the App's stream");
+    app.wait_for_open_streams(1, "the bridge opens the App's stream")
+        .await;
     let both = vec!["dm.received".to_owned(), "dm.sent".to_owned()];
     assert_eq!(stream_subscriptions(&app, "acme"), both);
 
@@ -442,29 +429,14 @@ async fn dms_written_while_a_catch_up_read_the_gap_reach_the_crm_once() {
     bridge.wait_for_log("outbound running", 1).await;
     let (user, beta) = (app.user_id("acme"), app.user_id("beta"));
     let mut crm = app.crm().await;
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_activity_streams(|c| c.open == 1),
-    )
-    .await
-    .expect("the bridge opens the App's stream");
+    app.wait_for_open_streams(1, "the bridge opens the App's stream")
+        .await;
     let customers = customers();
     let mut received = Received::default();
     let first = send(&app, &customers, &user, 0);
     read_until(&mut crm, &mut received, &first, false).await;
 
-    let before = stream_requests(&app, &user);
-    app.simulator.set_activity_stream_down(true);
-    assert_eq!(app.simulator.cut_activity_streams(), 1);
-    for n in 1..5 {
-        send(&app, &customers, &user, n);
-    }
-    let requests = app
-        .simulator
-        .wait_for_requests_to(&user, "/2/activity/stream", before + 1);
-    tokio::time::timeout(PATIENCE, requests)
-        .await
-        .expect("the bridge tries to reconnect");
+    stream_down_while(&app, &customers, &user, 1..5).await;
     // X answers beta's account slowly, for good: each catch-up read, acme's DMs then beta's,
     // outlasts the catch-up window, and the stream is not connected meanwhile.
     app.simulator

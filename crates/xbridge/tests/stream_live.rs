@@ -29,12 +29,8 @@ async fn a_stream_channel_the_crm_adds_joins_its_apps_stream_and_its_removal_end
     commands.send(&upsert).await;
     let answer = crm::answer(&mut events, "cmd-stream-add").await;
     assert_eq!(answer.body["state"], "ok", "{}", answer.body);
-    tokio::time::timeout(
-        PATIENCE,
-        app.simulator.wait_for_activity_streams(|c| c.open == 1),
-    )
-    .await
-    .expect("the new channel's App stream opens");
+    app.wait_for_open_streams(1, "the new channel's App stream opens")
+        .await;
 
     let dm = app.simulator.customer_dm(
         &account.user_id,
