@@ -139,6 +139,24 @@ async fn a_rotated_grant_the_store_refused_is_kept_and_stored_once_it_can() {
 
 /// `channel.upsert` of OAuth 2.0 channel `name` for `account` with `client`, and a
 /// refresh token if given.
+/// The bridge running on the test's embedded store, which the test reads too, the CRM's
+/// queue and its command publisher.
+async fn start_with_store(
+    app: &xbridge_test_support::TestApp,
+) -> (
+    std::sync::Arc<dyn xbridge_store::StateStore>,
+    Running,
+    xbridge_test_support::Crm,
+    Commands,
+) {
+    let store: std::sync::Arc<dyn xbridge_store::StateStore> =
+        std::sync::Arc::new(xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap());
+    let bridge = Running::start_on(app, store.clone()).await;
+    let crm = app.crm().await;
+    let commands = Commands::connect(app).await;
+    (store, bridge, crm, commands)
+}
+
 fn oauth2_upsert(
     command_id: &str,
     name: &str,
@@ -160,16 +178,9 @@ fn oauth2_upsert(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_crm_channel_comes_back_with_a_new_refresh_token_spent_once() {
-    use std::sync::Arc;
-    use xbridge_store::StateStore;
-
     crm::capture_logs();
     let app = spawn_app(TestOptions::default()).await;
-    let store: Arc<dyn StateStore> =
-        Arc::new(xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap());
-    let bridge = Running::start_on(&app, store.clone()).await;
-    let mut crm = app.crm().await;
-    let commands = Commands::connect(&app).await;
+    let (store, bridge, mut crm, commands) = start_with_store(&app).await;
     let account = new_account(&app, "renewco_support");
     let client = OAuth2Client::generate(&account.user_id, true);
     app.simulator.add_oauth2_client(client.clone());
@@ -276,16 +287,9 @@ async fn a_revoked_crm_channel_comes_back_with_a_new_refresh_token_spent_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_authorises_a_channel_the_crm_created() {
-    use std::sync::Arc;
-    use xbridge_store::StateStore;
-
     crm::capture_logs();
     let app = spawn_app(TestOptions::default()).await;
-    let store: Arc<dyn StateStore> =
-        Arc::new(xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap());
-    let bridge = Running::start_on(&app, store.clone()).await;
-    let mut crm = app.crm().await;
-    let commands = Commands::connect(&app).await;
+    let (store, bridge, mut crm, commands) = start_with_store(&app).await;
     let account = new_account(&app, "authco_support");
     let client = OAuth2Client::generate(&account.user_id, true);
     app.simulator.add_oauth2_client(client.clone());
@@ -327,16 +331,9 @@ async fn an_operator_authorises_a_channel_the_crm_created() {
 /// had ended did that).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upsert_whose_check_refreshed_the_grant_leaves_the_channel_working() {
-    use std::sync::Arc;
-    use xbridge_store::StateStore;
-
     crm::capture_logs();
     let app = spawn_app(TestOptions::default()).await;
-    let store: Arc<dyn StateStore> =
-        Arc::new(xbridge_store::EmbeddedStore::open(&app.state_path()).unwrap());
-    let bridge = Running::start_on(&app, store.clone()).await;
-    let mut crm = app.crm().await;
-    let commands = Commands::connect(&app).await;
+    let (store, bridge, mut crm, commands) = start_with_store(&app).await;
     let account = new_account(&app, "keepco_support");
     // Access tokens of a minute: inside the bridge's refresh margin from the start, so
     // every use of the grant refreshes it first, the refused command's check too.
