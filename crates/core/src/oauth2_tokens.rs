@@ -106,8 +106,13 @@ pub fn sealed_seeds(
 }
 
 /// `seeds` with `token`'s digest added last (once), the oldest dropped past [`MAX_SEEDS`].
-pub fn with_seed(mut seeds: Vec<String>, token: &SecretString) -> Vec<String> {
-    let digest = seed_digest(token);
+pub fn with_seed(seeds: Vec<String>, token: &SecretString) -> Vec<String> {
+    with_digest(seeds, seed_digest(token))
+}
+
+/// `seeds` with `digest` (a [`seed_digest`]) added last (once), the oldest dropped past
+/// [`MAX_SEEDS`].
+pub fn with_digest(mut seeds: Vec<String>, digest: String) -> Vec<String> {
     seeds.retain(|s| *s != digest);
     seeds.push(digest);
     let over = seeds.len().saturating_sub(MAX_SEEDS);
@@ -599,9 +604,9 @@ impl StoreTokenSource {
     /// a release that follows cannot be overtaken by it and the lease re-held for a TTL.
     async fn keeping_lease<T>(&self, work: impl Future<Output = T>) -> T {
         let (done, mut stop) = tokio::sync::watch::channel(false);
+        let keeper = self.keeper();
         let renew = async {
-            let period = (self.lease_ttl / 3).max(Duration::from_millis(1));
-            let mut every = tokio::time::interval(period);
+            let mut every = tokio::time::interval(keeper.renew_period());
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             every.tick().await; // At once: the lease was just taken.
             loop {
@@ -610,7 +615,7 @@ impl StoreTokenSource {
                     _ = stop.wait_for(|done| *done) => return,
                     _ = every.tick() => {}
                 }
-                self.renew_lease().await;
+                keeper.renew().await;
             }
         };
         let work = async {
@@ -619,22 +624,6 @@ impl StoreTokenSource {
             out
         };
         tokio::join!(work, renew).0
-    }
-
-    async fn renew_lease(&self) {
-        let renewed = self
-            .store
-            .lease_oauth2_refresh(&self.channel, &self.holder, self.lease_ttl)
-            .await;
-        match renewed {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(channel = %self.channel, "another replica took this OAuth 2.0 refresh's lease over")
-            }
-            Err(error) => {
-                tracing::warn!(channel = %self.channel, %error, "could not renew the OAuth 2.0 refresh lease")
-            }
-        }
     }
 
     async fn refresh_at_x(

@@ -94,7 +94,7 @@ impl Keeper {
     /// back-off allows, writes the grant.
     async fn run(self) {
         let running = Running(self.grant.clone());
-        let period = (self.lease_ttl / 3).max(Duration::from_millis(1));
+        let period = self.renew_period();
         let mut every = tokio::time::interval(period);
         every.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut wait = period;
@@ -122,7 +122,16 @@ impl Keeper {
         }
     }
 
-    async fn renew(&self) {
+    /// How often a held refresh lease is renewed: every third of its TTL, so one missed
+    /// renewal does not let it lapse.
+    pub(crate) fn renew_period(&self) -> Duration {
+        (self.lease_ttl / 3).max(Duration::from_millis(1))
+    }
+
+    /// Renews this process's refresh lease of the channel (a refresh running, or an
+    /// unsaved grant kept); a lease another replica took over, or a store that does not
+    /// answer, is logged.
+    pub(crate) async fn renew(&self) {
         let renewed = self
             .store
             .lease_oauth2_refresh(&self.channel, &self.grant.holder, self.lease_ttl)
@@ -130,10 +139,10 @@ impl Keeper {
         match renewed {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(channel = %self.channel, "another replica took the OAuth 2.0 refresh lease over while a rotated grant is not stored")
+                tracing::warn!(channel = %self.channel, "another replica took this process's OAuth 2.0 refresh lease over")
             }
             Err(error) => {
-                tracing::warn!(channel = %self.channel, %error, "could not renew the OAuth 2.0 refresh lease of the unstored grant")
+                tracing::warn!(channel = %self.channel, %error, "could not renew the OAuth 2.0 refresh lease")
             }
         }
     }

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use secrecy::SecretString;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _};
 use xbridge_core::config::{ChannelSettings, Settings};
-use xbridge_core::oauth2_tokens::{seal, sealed_seeds, token_endpoint, with_seed, MAX_SEEDS};
+use xbridge_core::oauth2_tokens::{seal, sealed_seeds, token_endpoint, with_digest, with_seed};
 use xbridge_store::{CredentialsKey, GrantBase, GrantWrite, StateStore};
 use xbridge_x_api::oauth2::{
     code_from_redirect, new_state, PkceVerifier, TokenEndpoint, TokenError, DM_SCOPES, MEDIA_SCOPE,
@@ -194,12 +194,7 @@ pub async fn finish(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let mut seeds = pending.seeds.iter().fold(earlier, |mut seeds, seed| {
-        seeds.retain(|s| s != seed);
-        seeds.push(seed.clone());
-        seeds
-    });
-    seeds.drain(..seeds.len().saturating_sub(MAX_SEEDS));
+    let seeds = pending.seeds.iter().cloned().fold(earlier, with_digest);
     let (sealed, expires_at) = seal(
         &pending.key,
         &pending.channel,
