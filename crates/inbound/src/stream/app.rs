@@ -76,6 +76,13 @@ struct Gap {
 }
 
 impl Gap {
+    /// `name`'s DMs are to be read back from `start`, or from its earlier start if it
+    /// already has one: a read-back covers every gap noted for the channel.
+    fn read_back_from(&mut self, name: String, start: DateTime<Utc>) {
+        let since = self.uncaught.entry(name).or_insert(start);
+        *since = (*since).min(start);
+    }
+
     /// Notes what [`subscriptions::ensure`] did at `checked`: a channel whose
     /// `dm.received` subscription had to be made again, though it was complete at the
     /// last check, lost it in between (deleted elsewhere: a lagging replica, an operator's
@@ -92,7 +99,7 @@ impl Gap {
             if ensured.received_made {
                 if let Some(since) = self.subscribed.get(&name).copied() {
                     tracing::warn!(channel = name, %since, "the channel's dm.received subscription was gone; its DMs since it was last seen are read back");
-                    self.uncaught.entry(name.clone()).or_insert(since);
+                    self.read_back_from(name.clone(), since);
                 }
             }
             if ensured.done {
@@ -288,8 +295,7 @@ async fn catch_up(ctx: &AppContext, members: &Members, gap: &mut Gap) {
         gap.uncaught.retain(|name, _| current.contains(name));
         if let Some(start) = long_gap_start(&ctx.app, gap.good_until, window, first) {
             for name in current {
-                let since = gap.uncaught.entry(name).or_insert(start);
-                *since = (*since).min(start);
+                gap.read_back_from(name, start);
             }
         }
         first = false;
@@ -317,8 +323,7 @@ async fn catch_up(ctx: &AppContext, members: &Members, gap: &mut Gap) {
             );
             if let Some(start) = long_gap_start(&ctx.app, gap.good_until, Duration::ZERO, false) {
                 for name in members.borrow().keys() {
-                    let since = gap.uncaught.entry(name.clone()).or_insert(start);
-                    *since = (*since).min(start);
+                    gap.read_back_from(name.clone(), start);
                 }
             }
             return;
@@ -540,7 +545,9 @@ mod tests {
         assert!(gap.uncaught.is_empty());
         gap.note_subscriptions(BTreeMap::from([("acme".to_owned(), there)]), at(10));
         assert!(gap.uncaught.is_empty());
-        // Deleted elsewhere since 10:10, made again at 10:20.
+        // Deleted elsewhere since 10:10, made again at 10:20, while a catch-up from 10:15
+        // is still pending: the read-back starts at the earlier of the two.
+        gap.uncaught.insert("acme".to_owned(), at(15));
         gap.note_subscriptions(BTreeMap::from([("acme".to_owned(), made)]), at(20));
         assert_eq!(gap.uncaught.get("acme"), Some(&at(10)));
         // A channel gone from the stream is forgotten: back later, it starts afresh.
